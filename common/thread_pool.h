@@ -1,0 +1,56 @@
+// ThreadPool: a fixed set of worker threads for data-parallel loops on the CPU.
+//
+// Workers sleep on a condition variable when idle (never busy-poll: under mpirun several ranks
+// share 2 cores). ParallelFor splits [0, n) into contiguous chunks and blocks until all are done;
+// the calling thread runs one chunk itself. Thread-safe: ParallelFor may be called from one
+// thread at a time per pool (calls from several threads are serialised).
+#ifndef IPS_COMMON_THREAD_POOL_H_
+#define IPS_COMMON_THREAD_POOL_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace ips {
+
+class ThreadPool {
+ public:
+  // num_threads counts the caller: 1 means "run everything inline", no threads are started.
+  explicit ThreadPool(int num_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return num_threads_; }
+
+  // Calls fn(begin, end) over disjoint chunks covering [0, n), each at least min_chunk long
+  // (except possibly the last). Returns when every chunk has finished.
+  void ParallelFor(int64_t n, int64_t min_chunk,
+                   const std::function<void(int64_t begin, int64_t end)>& fn);
+
+ private:
+  void WorkerLoop(int worker_index);
+
+  const int num_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex call_mu_;  // serialises ParallelFor callers
+  std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  // Current job, guarded by mu_.
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  int64_t job_chunk_ = 0;
+  int64_t next_chunk_ = 0;
+  int64_t num_chunks_ = 0;
+  int64_t chunks_done_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace ips
+
+#endif  // IPS_COMMON_THREAD_POOL_H_

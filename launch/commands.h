@@ -1,0 +1,26 @@
+// The subcommands of the `ips` binary. Each takes the arguments after its name and returns the
+// process exit code: 0 success, 1 a runtime or data error (printed to stderr, naming file, line
+// and field), 2 a usage error (unknown flag or subcommand: usage printed to stderr). Each prints
+// `RESULT <command> key=value ...` as its last stdout line on success.
+#ifndef IPS_LAUNCH_COMMANDS_H_
+#define IPS_LAUNCH_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+namespace ips {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+// `ips config check|print --config FILE [--set path=value ...]` (launch/config_command.cc).
+int RunConfigCommand(const std::vector<std::string>& args);
+// `ips data convert|inspect|synth ...` (launch/data_command.cc).
+int RunDataCommand(const std::vector<std::string>& args);
+// `ips data synth ...` (launch/synth_command.cc), called by RunDataCommand.
+int RunSynthCommand(const std::vector<std::string>& args);
+
+}  // namespace ips
+
+#endif  // IPS_LAUNCH_COMMANDS_H_

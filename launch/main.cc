@@ -1,0 +1,49 @@
+// `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
+// Exit codes: 0 success, 1 runtime/data error, 2 usage error.
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "common/logging.h"
+#include "launch/commands.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+
+const Subcommand kSubcommands[] = {
+    {"data", "convert, inspect and synthesize datasets (ips data help)", ips::RunDataCommand},
+    {"config", "check or print a config with its --set overrides", ips::RunConfigCommand},
+};
+
+void PrintUsage(std::ostream& os) {
+  os << "usage: ips <command> [flags]\n\ncommands:\n";
+  for (const auto& c : kSubcommands) os << "  " << c.name << "\t" << c.summary << "\n";
+  os << "\n`ips <command> --help` describes a command's flags.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ips::InitLogging(argv[0]);
+  if (argc < 2) {
+    PrintUsage(std::cerr);
+    return ips::kExitUsage;
+  }
+  const std::string command = argv[1];
+  if (command == "help" || command == "--help" || command == "-h") {
+    PrintUsage(std::cout);
+    return ips::kExitOk;
+  }
+  for (const auto& c : kSubcommands) {
+    if (command == c.name) return c.run(std::vector<std::string>(argv + 2, argv + argc));
+  }
+  std::cerr << "ips: unknown command '" << command << "'\n\n";
+  PrintUsage(std::cerr);
+  return ips::kExitUsage;
+}

@@ -1,0 +1,291 @@
+#include "proto/config_loader.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace ips {
+namespace {
+
+namespace pb = google::protobuf;
+
+// Collects the parser's first error with its position (protobuf reports 0-based line/column).
+class FirstErrorCollector : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (!has_error_) {
+      has_error_ = true;
+      line_ = line;
+      column_ = column;
+      message_ = message;
+    }
+  }
+  void AddWarning(int, pb::io::ColumnNumber, const std::string&) override {}
+  bool has_error() const { return has_error_; }
+  std::string Describe(const std::string& filename) const {
+    std::ostringstream os;
+    os << filename << ":" << (line_ + 1) << ":" << (column_ + 1) << ": " << message_;
+    return os.str();
+  }
+
+ private:
+  bool has_error_ = false;
+  int line_ = 0;
+  int column_ = 0;
+  std::string message_;
+};
+
+// Splits "a.b[2].c" into components; each is a field name with an optional index.
+struct PathPart {
+  std::string name;
+  int index = -1;
+};
+
+StatusOr<std::vector<PathPart>> SplitPath(const std::string& path, const std::string& context) {
+  std::vector<PathPart> parts;
+  std::stringstream ss(path);
+  std::string item;
+  while (std::getline(ss, item, '.')) {
+    PathPart part;
+    const auto bracket = item.find('[');
+    if (bracket != std::string::npos) {
+      if (item.back() != ']')
+        return InvalidArgumentError(context + ": malformed index in '" + item + "'");
+      const std::string idx = item.substr(bracket + 1, item.size() - bracket - 2);
+      char* end = nullptr;
+      const long v = std::strtol(idx.c_str(), &end, 10);
+      if (idx.empty() || *end != '\0' || v < 0)
+        return InvalidArgumentError(context + ": bad index '" + idx + "' in '" + item + "'");
+      part.index = static_cast<int>(v);
+      item = item.substr(0, bracket);
+    }
+    if (item.empty()) return InvalidArgumentError(context + ": empty path component");
+    part.name = item;
+    parts.push_back(part);
+  }
+  if (parts.empty()) return InvalidArgumentError(context + ": empty field path");
+  return parts;
+}
+
+std::string FieldNames(const pb::Descriptor* d) {
+  std::string names;
+  for (int i = 0; i < d->field_count(); ++i) names += (i ? ", " : "") + d->field(i)->name();
+  return names;
+}
+
+// Line (1-based) where the field at `path` was set in the file, or 0 if unknown.
+int LineOf(const pb::TextFormat::ParseInfoTree* tree, const pb::Message& root,
+           const std::vector<std::pair<std::string, int>>& path) {
+  const pb::Message* msg = &root;
+  for (size_t i = 0; i < path.size() && tree != nullptr; ++i) {
+    const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i].first);
+    if (f == nullptr) return 0;
+    const int index = f->is_repeated() ? std::max(0, path[i].second) : -1;
+    if (i + 1 == path.size()) {
+      const auto loc = tree->GetLocation(f, index);
+      return loc.line >= 0 ? loc.line + 1 : 0;
+    }
+    if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) return 0;
+    tree = tree->GetTreeForNested(f, index);
+    const pb::Reflection* r = msg->GetReflection();
+    msg = f->is_repeated() ? &r->GetRepeatedMessage(*msg, f, index) : &r->GetMessage(*msg, f);
+  }
+  return 0;
+}
+
+}  // namespace
+
+StatusOr<config::Config> ParseConfigText(const std::string& text, const std::string& filename) {
+  config::Config cfg;
+  pb::TextFormat::Parser parser;
+  FirstErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &cfg)) {
+    if (errors.has_error()) return InvalidArgumentError(errors.Describe(filename));
+    return InvalidArgumentError(filename + ": could not parse the config");
+  }
+  return cfg;
+}
+
+StatusOr<config::Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(path + ": cannot open the config file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return ParseConfigText(buf.str(), path);
+}
+
+Status ApplyOverride(const std::string& assignment, config::Config* config) {
+  const std::string context = "--set " + assignment;
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    return InvalidArgumentError(context + ": expected path.to.field=value");
+  IPS_ASSIGN_OR_RETURN(auto parts, SplitPath(assignment.substr(0, eq), context));
+  const std::string value = assignment.substr(eq + 1);
+
+  pb::Message* msg = config;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const pb::Descriptor* d = msg->GetDescriptor();
+    const pb::Reflection* r = msg->GetReflection();
+    const pb::FieldDescriptor* f = d->FindFieldByName(parts[i].name);
+    if (f == nullptr)
+      return InvalidArgumentError(context + ": " + d->full_name() + " has no field '" +
+                                  parts[i].name + "' (fields: " + FieldNames(d) + ")");
+    const bool last = i + 1 == parts.size();
+    if (f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      const int size = r->FieldSize(*msg, f);
+      if (parts[i].index < 0)
+        return InvalidArgumentError(context + ": '" + parts[i].name +
+                                    "' is repeated: give an index, e.g. " + parts[i].name + "[0]");
+      if (parts[i].index > size)
+        return InvalidArgumentError(context + ": index " + std::to_string(parts[i].index) +
+                                    " of '" + parts[i].name + "' is past its size " +
+                                    std::to_string(size));
+      if (last)
+        return InvalidArgumentError(context + ": '" + parts[i].name +
+                                    "' is a message; set one of its fields");
+      msg = parts[i].index == size ? r->AddMessage(msg, f)
+                                   : r->MutableRepeatedMessage(msg, f, parts[i].index);
+      continue;
+    }
+    if (parts[i].index >= 0)
+      return InvalidArgumentError(context + ": '" + parts[i].name + "' is not a repeated message");
+    if (!last) {
+      if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE)
+        return InvalidArgumentError(context + ": '" + parts[i].name + "' is not a message");
+      msg = r->MutableMessage(msg, f);
+      continue;
+    }
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE)
+      return InvalidArgumentError(context + ": '" + parts[i].name +
+                                  "' is a message; set one of its fields");
+    // Leaf: parse the value with the text-format rules of the field's type.
+    std::vector<std::string> values;
+    if (f->is_repeated()) {
+      std::stringstream ss(value);
+      std::string v;
+      while (std::getline(ss, v, ',')) values.push_back(v);
+      r->ClearField(msg, f);
+    } else {
+      values.push_back(value);
+    }
+    for (const auto& v : values) {
+      std::string literal = v;
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+        // Strings need quotes in text format; accept bare values.
+        std::string escaped;
+        for (char c : v) {
+          if (c == '"' || c == '\\') escaped.push_back('\\');
+          escaped.push_back(c);
+        }
+        literal = "\"" + escaped + "\"";
+      }
+      // Parse into a scratch message first so that a bad value leaves the config untouched.
+      std::unique_ptr<pb::Message> scratch(msg->New());
+      if (!pb::TextFormat::ParseFieldValueFromString(literal, f, scratch.get()))
+        return InvalidArgumentError(context + ": '" + v + "' is not a valid " +
+                                    f->type_name() + " for field '" + f->full_name() + "'");
+      // For a repeated field this appends one element.
+      if (!pb::TextFormat::ParseFieldValueFromString(literal, f, msg))
+        return InternalError(context + ": could not set value");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateConfig(const config::Config& cfg, const std::string& filename,
+                      const std::string& text) {
+  pb::TextFormat::ParseInfoTree tree;
+  config::Config reparsed;
+  const pb::TextFormat::ParseInfoTree* tree_ptr = nullptr;
+  if (!text.empty()) {
+    pb::TextFormat::Parser parser;
+    parser.WriteLocationsTo(&tree);
+    if (parser.ParseFromString(text, &reparsed)) tree_ptr = &tree;
+  }
+  auto fail = [&](std::vector<std::pair<std::string, int>> path, const std::string& what) {
+    std::string dotted;
+    for (const auto& [name, index] : path) {
+      dotted += (dotted.empty() ? "" : ".") + name;
+      if (index >= 0) dotted += "[" + std::to_string(index) + "]";
+    }
+    const int line = tree_ptr ? LineOf(tree_ptr, reparsed, path) : 0;
+    std::string where = filename;
+    if (line > 0) where += ":" + std::to_string(line);
+    return InvalidArgumentError(where + ": " + dotted + ": " + what);
+  };
+
+  if (cfg.version() < 1 || cfg.version() > kConfigVersion)
+    return fail({{"version", -1}}, "unsupported schema version " + std::to_string(cfg.version()) +
+                                       " (this binary reads 1.." +
+                                       std::to_string(kConfigVersion) + ")");
+  const auto& d = cfg.data();
+  if (d.batch_size() <= 0)
+    return fail({{"data", -1}, {"batch_size", -1}}, "must be positive, got " +
+                                                        std::to_string(d.batch_size()));
+  if (d.max_history() <= 0)
+    return fail({{"data", -1}, {"max_history", -1}},
+                "must be positive, got " + std::to_string(d.max_history()));
+  if (d.has_synthetic()) {
+    if (d.synthetic().num_items() <= 0)
+      return fail({{"data", -1}, {"synthetic", -1}, {"num_items", -1}}, "must be positive");
+    if (d.synthetic().num_categories() <= 0)
+      return fail({{"data", -1}, {"synthetic", -1}, {"num_categories", -1}}, "must be positive");
+  }
+  const auto& m = cfg.model();
+  if (m.embedding_dim() <= 0)
+    return fail({{"model", -1}, {"embedding_dim", -1}},
+                "must be positive, got " + std::to_string(m.embedding_dim()));
+  for (int i = 0; i < m.mlp_hidden_size(); ++i)
+    if (m.mlp_hidden(i) <= 0) return fail({{"model", -1}, {"mlp_hidden", i}}, "must be positive");
+  for (int i = 0; i < m.attention_hidden_size(); ++i)
+    if (m.attention_hidden(i) <= 0)
+      return fail({{"model", -1}, {"attention_hidden", i}}, "must be positive");
+  if (m.dropout() < 0 || m.dropout() >= 1)
+    return fail({{"model", -1}, {"dropout", -1}}, "must be in [0, 1)");
+  if (m.num_heads() <= 0) return fail({{"model", -1}, {"num_heads", -1}}, "must be positive");
+  if (cfg.optimizer().learning_rate() <= 0)
+    return fail({{"optimizer", -1}, {"learning_rate", -1}}, "must be positive");
+  for (int i = 0; i < cfg.tables_size(); ++i) {
+    const auto& t = cfg.tables(i);
+    if (t.name().empty()) return fail({{"tables", i}, {"name", -1}}, "every table needs a name");
+    if (t.dim() <= 0) return fail({{"tables", i}, {"dim", -1}}, "must be positive");
+    if (t.min_count() < 0) return fail({{"tables", i}, {"min_count", -1}}, "must be >= 0");
+    for (int j = 0; j < i; ++j)
+      if (cfg.tables(j).name() == t.name())
+        return fail({{"tables", i}, {"name", -1}}, "duplicate table name '" + t.name() + "'");
+  }
+  if (cfg.train().epochs() <= 0) return fail({{"train", -1}, {"epochs", -1}}, "must be positive");
+  if (cfg.train().num_threads() <= 0)
+    return fail({{"train", -1}, {"num_threads", -1}}, "must be positive");
+  if (cfg.cluster().num_ps() < 0) return fail({{"cluster", -1}, {"num_ps", -1}}, "must be >= 0");
+  if (cfg.cluster().staleness() < 0)
+    return fail({{"cluster", -1}, {"staleness", -1}}, "must be >= 0");
+  if (cfg.checkpoint().keep_last() <= 0)
+    return fail({{"checkpoint", -1}, {"keep_last", -1}}, "must be positive");
+  return Status::Ok();
+}
+
+StatusOr<config::Config> LoadConfig(const std::string& path,
+                                    const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(path + ": cannot open the config file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  const std::string text = buf.str();
+  IPS_ASSIGN_OR_RETURN(config::Config cfg, ParseConfigText(text, path));
+  for (const auto& o : overrides) IPS_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
+  IPS_RETURN_IF_ERROR(ValidateConfig(cfg, path, text));
+  return cfg;
+}
+
+std::string ConfigToText(const config::Config& config) {
+  std::string out;
+  pb::TextFormat::PrintToString(config, &out);
+  return out;
+}
+
+}  // namespace ips

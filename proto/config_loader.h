@@ -1,0 +1,44 @@
+// Loading a Config from Protobuf text format, applying `--set path.to.field=value` overrides,
+// and validating it. Every error names the file, line and field (or the override) at fault.
+#ifndef IPS_PROTO_CONFIG_LOADER_H_
+#define IPS_PROTO_CONFIG_LOADER_H_
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "proto/config.pb.h"
+
+namespace ips {
+
+// The newest schema version this binary understands.
+constexpr int kConfigVersion = 1;
+
+// Parses `text` (named `filename` in errors). Errors: INVALID_ARGUMENT
+// "FILE:LINE:COL: <what>" for syntax errors, unknown fields and bad values.
+StatusOr<config::Config> ParseConfigText(const std::string& text, const std::string& filename);
+
+// Reads and parses a file. NOT_FOUND if it cannot be read.
+StatusOr<config::Config> LoadConfigFile(const std::string& path);
+
+// Applies one override "a.b.c=value". Path components are field names; repeated message fields
+// take an index ("tables[1].dim=36", an index equal to the size appends). A repeated scalar leaf
+// takes a comma-separated list that replaces its contents ("model.mlp_hidden=200,80").
+// Enums take their names. Errors: INVALID_ARGUMENT naming the override and the failing part.
+Status ApplyOverride(const std::string& assignment, config::Config* config);
+
+// Semantic checks (positive sizes, known version, consistent sections). Errors name the file,
+// the field path and, when the field was set in the file, its line.
+Status ValidateConfig(const config::Config& config, const std::string& filename,
+                      const std::string& text);
+
+// LoadConfigFile + every override in order + ValidateConfig.
+StatusOr<config::Config> LoadConfig(const std::string& path,
+                                    const std::vector<std::string>& overrides);
+
+// The config in text format (for logs and checkpoints).
+std::string ConfigToText(const config::Config& config);
+
+}  // namespace ips
+
+#endif  // IPS_PROTO_CONFIG_LOADER_H_

@@ -1,0 +1,119 @@
+#include "proto/config_loader.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <dirent.h>
+#include <fstream>
+#include <string>
+
+namespace ips {
+namespace {
+
+std::string WriteTemp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+void ExpectError(const Status& s, const std::string& fragment) {
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(fragment), std::string::npos)
+      << "message '" << s.message() << "' lacks '" << fragment << "'";
+}
+
+TEST(ConfigLoader, SyntaxErrorNamesFileLineAndColumn) {
+  const auto path = WriteTemp("syntax.pbtxt", "version: 1\nmodel {\n  type: DIN\n  embedding_dim: \n}\n");
+  auto cfg = LoadConfig(path, {});
+  ExpectError(cfg.status(), path + ":5:");
+}
+
+TEST(ConfigLoader, UnknownFieldNamesTheFieldAndLine) {
+  const auto path = WriteTemp("unknown.pbtxt", "version: 1\ndata {\n  batchsize: 3\n}\n");
+  auto cfg = LoadConfig(path, {});
+  ExpectError(cfg.status(), path + ":3:");
+  ExpectError(cfg.status(), "batchsize");
+}
+
+TEST(ConfigLoader, ValidationErrorNamesLineAndFieldPath) {
+  const auto path =
+      WriteTemp("invalid.pbtxt", "version: 1\ndata {\n  seed: 3\n  batch_size: -4\n}\n");
+  auto cfg = LoadConfig(path, {});
+  ExpectError(cfg.status(), path + ":4: data.batch_size: must be positive, got -4");
+}
+
+TEST(ConfigLoader, ValidationOfRepeatedTableNamesIndex) {
+  const auto path = WriteTemp("tables.pbtxt",
+                              "tables { name: \"item\" dim: 18 }\n"
+                              "tables { name: \"cat\" dim: 0 }\n");
+  auto cfg = LoadConfig(path, {});
+  ExpectError(cfg.status(), path + ":2: tables[1].dim: must be positive");
+}
+
+TEST(ConfigLoader, RejectsFutureVersion) {
+  const auto path = WriteTemp("future.pbtxt", "version: 99\n");
+  ExpectError(LoadConfig(path, {}).status(), "unsupported schema version 99");
+}
+
+TEST(ConfigLoader, MissingFileIsNotFound) {
+  auto cfg = LoadConfig("/nonexistent/x.pbtxt", {});
+  EXPECT_EQ(cfg.status().code(), StatusCode::kNotFound);
+}
+
+TEST(ConfigOverride, SetsNestedScalarEnumStringAndRepeated) {
+  const auto path = WriteTemp("base.pbtxt",
+                              "model { type: DIN mlp_hidden: [200, 80] }\n"
+                              "tables { name: \"item\" dim: 18 }\n");
+  auto cfg = LoadConfig(path, {"data.batch_size=128", "model.type=DIEN", "name=my run",
+                               "model.mlp_hidden=64,32,16", "tables[0].dim=36",
+                               "tables[1].name=category", "data.synthetic.num_items=5000"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->data().batch_size(), 128);
+  EXPECT_EQ(cfg->model().type(), config::ModelConfig::DIEN);
+  EXPECT_EQ(cfg->name(), "my run");
+  ASSERT_EQ(cfg->model().mlp_hidden_size(), 3);
+  EXPECT_EQ(cfg->model().mlp_hidden(2), 16);
+  EXPECT_EQ(cfg->tables(0).dim(), 36);
+  ASSERT_EQ(cfg->tables_size(), 2);
+  EXPECT_EQ(cfg->tables(1).name(), "category");
+  EXPECT_EQ(cfg->data().synthetic().num_items(), 5000);
+}
+
+TEST(ConfigOverride, ErrorsNameTheOverrideAndPart) {
+  config::Config cfg;
+  ExpectError(ApplyOverride("data.batchsize=3", &cfg), "has no field 'batchsize'");
+  ExpectError(ApplyOverride("data.batch_size=abc", &cfg), "'abc' is not a valid int32");
+  ExpectError(ApplyOverride("model.type=TRANSFORMERX", &cfg), "'TRANSFORMERX' is not a valid enum");
+  ExpectError(ApplyOverride("tables[3].dim=4", &cfg), "past its size 0");
+  ExpectError(ApplyOverride("tables.dim=4", &cfg), "give an index");
+  ExpectError(ApplyOverride("data=3", &cfg), "is a message");
+  ExpectError(ApplyOverride("nonsense", &cfg), "expected path.to.field=value");
+  // A failed override leaves the config untouched.
+  EXPECT_FALSE(cfg.data().has_batch_size());
+}
+
+TEST(ConfigOverride, ValidationRunsAfterOverrides) {
+  const auto path = WriteTemp("ok.pbtxt", "data { batch_size: 16 }\n");
+  ExpectError(LoadConfig(path, {"data.batch_size=0"}).status(), "data.batch_size: must be positive");
+}
+
+TEST(ConfigFiles, EveryShippedConfigLoads) {
+  const char* src = std::getenv("IPS_SOURCE_DIR");
+  ASSERT_NE(src, nullptr);
+  const std::string dir = std::string(src) + "/launch/configs";
+  DIR* d = opendir(dir.c_str());
+  ASSERT_NE(d, nullptr) << dir;
+  int loaded = 0;
+  while (dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() < 6 || name.substr(name.size() - 6) != ".pbtxt") continue;
+    auto cfg = LoadConfig(dir + "/" + name, {});
+    EXPECT_TRUE(cfg.ok()) << name << ": " << cfg.status();
+    ++loaded;
+  }
+  closedir(d);
+  EXPECT_GT(loaded, 0);
+}
+
+}  // namespace
+}  // namespace ips
