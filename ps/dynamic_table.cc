@@ -1,0 +1,227 @@
+#include "ps/dynamic_table.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "common/random.h"
+#include "ps/internal/table_shard.h"
+
+namespace ips::ps {
+namespace {
+
+int Log2(int64_t x) {
+  int l = 0;
+  while ((int64_t{1} << l) < x) ++l;
+  return l;
+}
+
+// Per-thread scratch for grouping keys by shard.
+struct GroupScratch {
+  std::vector<uint64_t> hashes;
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;
+};
+GroupScratch& ThreadGroupScratch() {
+  thread_local GroupScratch scratch;
+  return scratch;
+}
+
+Status CheckArgs(const TableOptions& o, const uint64_t* keys, int64_t n, const void* data,
+                 const char* what) {
+  if (n < 0) return InvalidArgumentError("table '" + o.name + "': negative key count");
+  if (n > 0 && (keys == nullptr || data == nullptr))
+    return InvalidArgumentError("table '" + o.name + "': null keys or " + what);
+  return Status::Ok();
+}
+
+}  // namespace
+
+DynamicTable::DynamicTable(const TableOptions& options)
+    : options_(options),
+      name_hash_(TableNameHash(options.name)),
+      state_count_(kernels::OptimizerStateCount(ToOptimizerKind(options.optimizer.type))),
+      hyper_(ToOptimizerHyper(options.optimizer)) {}
+
+DynamicTable::~DynamicTable() = default;
+
+StatusOr<std::unique_ptr<DynamicTable>> DynamicTable::Create(const TableOptions& options) {
+  IPS_RETURN_IF_ERROR(ValidateTableOptions(options));
+  std::unique_ptr<DynamicTable> table(new DynamicTable(options));
+  auto config = std::make_unique<internal::ShardConfig>();
+  config->options = options;
+  config->name_hash = table->name_hash_;
+  config->state_count = table->state_count_;
+  config->hyper = table->hyper_;
+  config->rows_per_slab = options.rows_per_slab;
+  config->log2_rows_per_slab = Log2(options.rows_per_slab);
+  config->slab_bytes =
+      internal::SlabBytesFor(options.rows_per_slab, options.dim, table->state_count_);
+  // Index entries carry slot + 1 in 24 bits.
+  config->max_slots = (((int64_t{1} << 24) - 1) / options.rows_per_slab) * options.rows_per_slab;
+  config->sketch_bytes =
+      options.min_count > 1
+          ? internal::CountSketch::kDepth * options.sketch_width * int64_t{sizeof(uint16_t)}
+          : 0;
+  if (options.max_memory_mb > 0) {
+    config->budget_bytes = options.max_memory_mb * (int64_t{1} << 20) / options.num_shards;
+    const int64_t minimum =
+        config->slab_bytes + internal::IndexBytesFor(options.rows_per_slab) + config->sketch_bytes;
+    if (config->budget_bytes < minimum) {
+      return InvalidArgumentError(
+          "table '" + options.name + "': max_memory_mb " + std::to_string(options.max_memory_mb) +
+          " cannot hold one slab per shard (" + std::to_string(options.num_shards) + " shards x " +
+          std::to_string(minimum) + " bytes); lower num_shards or rows_per_slab");
+    }
+  }
+  table->config_ = std::move(config);
+  for (int s = 0; s < options.num_shards; ++s) {
+    table->shards_.push_back(std::make_unique<internal::TableShard>(
+        table->config_.get(), Mix64(table->name_hash_ ^ options.seed ^ static_cast<uint64_t>(s))));
+  }
+  return table;
+}
+
+internal::TableShard& DynamicTable::ShardOf(uint64_t hash) const {
+  // Multiply-shift on the high half: uniform for any shard count.
+  const uint64_t s = ((hash >> 32) * static_cast<uint64_t>(shards_.size())) >> 32;
+  return *shards_[s];
+}
+
+void DynamicTable::GroupByShard(const uint64_t* keys, int64_t n, std::vector<uint64_t>* hashes,
+                                std::vector<int64_t>* order, std::vector<int64_t>* begin) const {
+  const uint64_t num_shards = shards_.size();
+  hashes->resize(static_cast<size_t>(n));
+  order->resize(static_cast<size_t>(n));
+  begin->assign(num_shards + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t h = internal::KeyHash(keys[i]);
+    (*hashes)[i] = h;
+    ++(*begin)[(((h >> 32) * num_shards) >> 32) + 1];
+  }
+  for (uint64_t s = 0; s < num_shards; ++s) (*begin)[s + 1] += (*begin)[s];
+  std::vector<int64_t> fill(begin->begin(), begin->end() - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t s = (((*hashes)[i] >> 32) * num_shards) >> 32;
+    (*order)[fill[s]++] = i;
+  }
+}
+
+Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out) {
+  IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
+  GroupScratch& g = ThreadGroupScratch();
+  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const int64_t m = g.begin[s + 1] - g.begin[s];
+    if (m == 0) continue;
+    IPS_RETURN_IF_ERROR(shards_[s]->Pull(keys, g.hashes.data(), g.order.data() + g.begin[s], m, out,
+                                         step, /*create=*/true));
+  }
+  return Status::Ok();
+}
+
+Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out) const {
+  IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
+  GroupScratch& g = ThreadGroupScratch();
+  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const int64_t m = g.begin[s + 1] - g.begin[s];
+    if (m == 0) continue;
+    IPS_RETURN_IF_ERROR(shards_[s]->Pull(keys, g.hashes.data(), g.order.data() + g.begin[s], m, out,
+                                         step, /*create=*/false));
+  }
+  return Status::Ok();
+}
+
+Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads) {
+  IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, grads, "gradients"));
+  // Every push is one optimizer step, even an empty one, as torch counts optimizer.step().
+  const int64_t opt_step = optimizer_step_.fetch_add(1, std::memory_order_relaxed) + 1;
+  GroupScratch& g = ThreadGroupScratch();
+  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const int64_t m = g.begin[s + 1] - g.begin[s];
+    if (m == 0) continue;
+    IPS_RETURN_IF_ERROR(shards_[s]->Push(keys, g.hashes.data(), g.order.data() + g.begin[s], m,
+                                         grads, step, opt_step));
+  }
+  return Status::Ok();
+}
+
+int64_t DynamicTable::AdvanceStep(int64_t step) {
+  step_.store(step, std::memory_order_relaxed);
+  if (options_.ttl_steps <= 0) return 0;
+  const int64_t interval = options_.ttl_sweep_interval > 0
+                               ? options_.ttl_sweep_interval
+                               : std::max<int64_t>(1, options_.ttl_steps / 8);
+  int64_t last = last_sweep_step_.load(std::memory_order_relaxed);
+  if (step - last < interval) return 0;
+  // One caller sweeps; concurrent callers skip.
+  if (!last_sweep_step_.compare_exchange_strong(last, step)) return 0;
+  return EvictExpired();
+}
+
+int64_t DynamicTable::EvictExpired() {
+  if (options_.ttl_steps <= 0) return 0;
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  int64_t evicted = 0;
+  for (auto& shard : shards_) evicted += shard->SweepExpired(step);
+  return evicted;
+}
+
+Status DynamicTable::Insert(uint64_t key, const float* value, const float* state) {
+  if (value == nullptr) return InvalidArgumentError("table '" + options_.name + "': null value");
+  if (options_.has_padding_key && key == options_.padding_key)
+    return InvalidArgumentError("table '" + options_.name + "': cannot insert the padding key " +
+                                std::to_string(key));
+  const uint64_t h = internal::KeyHash(key);
+  return ShardOf(h).Insert(key, h, value, state, step_.load(std::memory_order_relaxed));
+}
+
+bool DynamicTable::ReadRow(uint64_t key, float* value, float* state) const {
+  const uint64_t h = internal::KeyHash(key);
+  return ShardOf(h).ReadRow(key, h, value, state, step_.load(std::memory_order_relaxed));
+}
+
+void DynamicTable::ForEachRow(
+    const std::function<void(uint64_t key, const float* value, const float* state)>& fn) const {
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  for (const auto& shard : shards_) shard->ForEachRow(fn, step);
+}
+
+void DynamicTable::InitialRow(uint64_t key, float* row) const {
+  InitializeRow(options_.initializer, options_.dim, name_hash_, options_.seed, key, row);
+}
+
+TableStats DynamicTable::Stats() const {
+  TableStats st;
+  st.name = options_.name;
+  st.dim = options_.dim;
+  st.payload_bytes_per_row =
+      options_.dim * static_cast<int64_t>(sizeof(float)) * (1 + state_count_);
+  for (const auto& shard : shards_) {
+    internal::ShardCounters c;
+    internal::ShardMemory m;
+    shard->Snapshot(&c, &m);
+    st.rows += m.rows;
+    st.capacity_rows += m.capacity_rows;
+    st.slab_bytes += m.slab_bytes;
+    st.index_bytes += m.index_bytes;
+    st.sketch_bytes += m.sketch_bytes;
+    st.created_rows += c.created_rows;
+    st.unadmitted_pulls += c.unadmitted_pulls;
+    st.dropped_push_keys += c.dropped_push_keys;
+    st.evicted_ttl += c.evicted_ttl;
+    st.evicted_capacity += c.evicted_capacity;
+    st.pulled_keys += c.pulled_keys;
+    st.pushed_keys += c.pushed_keys;
+  }
+  st.bytes = st.slab_bytes + st.index_bytes + st.sketch_bytes;
+  st.optimizer_step = optimizer_step();
+  return st;
+}
+
+}  // namespace ips::ps

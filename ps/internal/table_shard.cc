@@ -1,0 +1,445 @@
+#include "ps/internal/table_shard.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+
+namespace ips::ps::internal {
+namespace {
+
+int64_t NextPow2(int64_t x) {
+  int64_t p = 1;
+  while (p < x) p <<= 1;
+  return p;
+}
+
+// Prefetch distances in keys (see TableShard::Prefetch).
+constexpr int64_t kFar = 16;
+constexpr int64_t kNear = 8;
+
+int64_t IndexCapacityFor(int64_t slots) {
+  return NextPow2(std::max<int64_t>(16, (slots * 4 + 2) / 3));
+}
+
+// Per-thread scratch for Push, reused across calls so a push does not allocate in steady state.
+struct PushScratch {
+  std::vector<std::pair<uint32_t, int64_t>> items;  // (slot, key position)
+  std::vector<int64_t> rows;
+  std::vector<float> grads;
+};
+PushScratch& ThreadScratch() {
+  thread_local PushScratch scratch;
+  return scratch;
+}
+
+}  // namespace
+
+int64_t IndexBytesFor(int64_t slots) {
+  return IndexCapacityFor(slots) * static_cast<int64_t>(sizeof(uint32_t));
+}
+
+int64_t SlabBytesFor(int64_t rows, int64_t dim, int state_count) {
+  // + 16: TableShard::RowMeta.
+  return rows * (dim * static_cast<int64_t>(sizeof(float)) * (1 + state_count) + 16);
+}
+
+TableShard::TableShard(const ShardConfig* config, uint64_t sample_seed)
+    : config_(config), sample_rng_(sample_seed) {
+  static_assert(sizeof(RowMeta) == 16, "SlabBytesFor counts 16 bytes of metadata per row");
+  if (config_->options.min_count > 1)
+    sketch_ = std::make_unique<CountSketch>(config_->options.sketch_width);
+}
+
+bool TableShard::Expired(uint32_t slot, int64_t step) const {
+  const int64_t ttl = config_->options.ttl_steps;
+  if (ttl <= 0) return false;
+  // Steps are kept mod 2^32; the signed difference is exact for ages below 2^31 and makes a
+  // step that went backwards (a restored checkpoint) read as "recent", never as expired.
+  const int32_t age = static_cast<int32_t>(static_cast<uint32_t>(step) - MetaAt(slot).last_step);
+  return age > ttl;
+}
+
+void TableShard::Touch(uint32_t slot, int64_t step) {
+  RowMeta& m = MetaAt(slot);
+  m.last_step = static_cast<uint32_t>(step);
+  if (m.freq != std::numeric_limits<uint32_t>::max()) ++m.freq;
+}
+
+void TableShard::Prefetch(uint64_t hash, bool far) const {
+  if (index_.empty()) return;
+  const uint32_t* entry = &index_[hash & index_mask_];
+  if (far) {
+    __builtin_prefetch(entry);
+    return;
+  }
+  const uint32_t e = *entry;
+  if (e == 0) return;
+  const uint32_t slot = (e & kSlotMask) - 1;
+  if (static_cast<int64_t>(slot) >= next_unused_) return;
+  __builtin_prefetch(&MetaAt(slot));
+  __builtin_prefetch(ValueAt(slot));
+}
+
+int64_t TableShard::FindPos(uint64_t key, uint64_t hash) const {
+  if (index_.empty()) return -1;
+  const uint32_t tag = static_cast<uint32_t>((hash >> 40) & 0xff);
+  uint64_t pos = hash & index_mask_;
+  for (;;) {
+    const uint32_t e = index_[pos];
+    if (e == 0) return -1;
+    if ((e >> kSlotBits) == tag && KeyAt((e & kSlotMask) - 1) == key)
+      return static_cast<int64_t>(pos);
+    pos = (pos + 1) & index_mask_;
+  }
+}
+
+void TableShard::IndexInsert(uint64_t hash, uint32_t slot) {
+  const uint32_t entry = (static_cast<uint32_t>((hash >> 40) & 0xff) << kSlotBits) | (slot + 1);
+  uint64_t pos = hash & index_mask_;
+  while (index_[pos] != 0) pos = (pos + 1) & index_mask_;
+  index_[pos] = entry;
+}
+
+void TableShard::IndexEraseAt(uint64_t i) {
+  // Backward-shift deletion for linear probing: move later entries of the probe run into the
+  // hole unless that would put them before their home position.
+  uint64_t j = i;
+  for (;;) {
+    j = (j + 1) & index_mask_;
+    const uint32_t e = index_[j];
+    if (e == 0) break;
+    const uint64_t home = KeyHash(KeyAt((e & kSlotMask) - 1)) & index_mask_;
+    const bool movable = i <= j ? (home <= i || home > j) : (home <= i && home > j);
+    if (movable) {
+      index_[i] = e;
+      i = j;
+    }
+  }
+  index_[i] = 0;
+}
+
+void TableShard::GrowIndexFor(int64_t slots) {
+  const int64_t cap = IndexCapacityFor(slots);
+  if (cap <= static_cast<int64_t>(index_.size())) return;
+  std::vector<uint32_t> old;
+  old.swap(index_);
+  index_.assign(static_cast<size_t>(cap), 0);
+  index_.shrink_to_fit();
+  index_mask_ = static_cast<uint64_t>(cap - 1);
+  for (uint32_t e : old) {
+    if (e == 0) continue;
+    const uint32_t slot = (e & kSlotMask) - 1;
+    IndexInsert(KeyHash(KeyAt(slot)), slot);
+  }
+}
+
+void TableShard::RemoveAt(uint64_t pos, uint32_t slot) {
+  IndexEraseAt(pos);
+  RowMeta& m = MetaAt(slot);
+  m.freq = 0;
+  m.key = free_head_;
+  free_head_ = slot;
+  --live_;
+}
+
+void TableShard::EvictOne(int64_t step) {
+  // Redis-style approximate LFU/LRU: the worst of a few random live rows.
+  const bool lru = config_->options.eviction == TableOptions::Eviction::kLru;
+  const uint32_t now = static_cast<uint32_t>(step);
+  int64_t best = -1;
+  uint64_t best_score = 0;
+  int found = 0;
+  auto consider = [&](uint32_t slot) {
+    const RowMeta& m = MetaAt(slot);
+    // Higher score = better victim. LRU: age; LFU: fewer uses, then older.
+    const uint32_t age = now - m.last_step;
+    const uint64_t score = lru ? age : ((static_cast<uint64_t>(~m.freq) << 32) | age);
+    if (best < 0 || score > best_score) {
+      best = slot;
+      best_score = score;
+    }
+    ++found;
+  };
+  for (int tries = 0; tries < 8 * kEvictionSamples && found < kEvictionSamples; ++tries) {
+    const uint32_t slot =
+        static_cast<uint32_t>(sample_rng_.UniformInt(static_cast<uint64_t>(next_unused_)));
+    if (Live(slot)) consider(slot);
+  }
+  if (best < 0) {
+    // Mostly free slots: scan from a random start for any live row (live_ > 0 here).
+    const int64_t start =
+        static_cast<int64_t>(sample_rng_.UniformInt(static_cast<uint64_t>(next_unused_)));
+    for (int64_t k = 0; k < next_unused_ && best < 0; ++k) {
+      const uint32_t slot = static_cast<uint32_t>((start + k) % next_unused_);
+      if (Live(slot)) consider(slot);
+    }
+  }
+  const uint32_t victim = static_cast<uint32_t>(best);
+  const uint64_t key = KeyAt(victim);
+  const int64_t pos = FindPos(key, KeyHash(key));
+  RemoveAt(static_cast<uint64_t>(pos), victim);
+  ++counters_.evicted_capacity;
+}
+
+StatusOr<uint32_t> TableShard::AllocateSlot(int64_t step) {
+  auto pop_free = [this]() {
+    const uint32_t slot = free_head_;
+    free_head_ = static_cast<uint32_t>(KeyAt(slot));
+    return slot;
+  };
+  if (free_head_ != kNoSlot) return pop_free();
+  const int64_t capacity = static_cast<int64_t>(slabs_.size()) * config_->rows_per_slab;
+  if (next_unused_ < capacity) return static_cast<uint32_t>(next_unused_++);
+
+  const int64_t new_capacity = capacity + config_->rows_per_slab;
+  const bool over_slots = new_capacity > config_->max_slots;
+  const bool over_budget =
+      config_->budget_bytes > 0 && (static_cast<int64_t>(slabs_.size()) + 1) * config_->slab_bytes +
+                                           IndexBytesFor(new_capacity) + config_->sketch_bytes >
+                                       config_->budget_bytes;
+  if ((over_slots || over_budget) && live_ > 0) {
+    EvictOne(step);
+    return pop_free();
+  }
+  if (over_slots) {
+    return ResourceExhaustedError("table '" + config_->options.name + "': a shard is full (" +
+                                  std::to_string(config_->max_slots) + " rows); raise num_shards");
+  }
+  // Over budget with no live row happens only if the cap holds less than one slab, which
+  // DynamicTable::Create rejects.
+  const int64_t r = config_->rows_per_slab;
+  const int64_t dim = config_->options.dim;
+  Slab slab;
+  slab.memory.reset(new uint8_t[static_cast<size_t>(config_->slab_bytes)]);
+  uint8_t* p = slab.memory.get();
+  slab.meta = reinterpret_cast<RowMeta*>(p);
+  p += r * sizeof(RowMeta);
+  slab.values = reinterpret_cast<float*>(p);
+  p += r * dim * sizeof(float);
+  for (int k = 0; k < config_->state_count; ++k) {
+    slab.state[k] = reinterpret_cast<float*>(p);
+    p += r * dim * sizeof(float);
+  }
+  std::memset(slab.meta, 0, static_cast<size_t>(r) * sizeof(RowMeta));
+  slabs_.push_back(std::move(slab));
+  GrowIndexFor(new_capacity);
+  return static_cast<uint32_t>(next_unused_++);
+}
+
+void TableShard::InitRow(uint32_t slot, uint64_t key, int64_t step) {
+  Slab& s = SlabOf(slot);
+  const int64_t off = OffsetOf(slot);
+  const int64_t dim = config_->options.dim;
+  s.meta[off] = RowMeta{key, static_cast<uint32_t>(step), 1};
+  InitializeRow(config_->options.initializer, dim, config_->name_hash, config_->options.seed, key,
+                s.values + off * dim);
+  for (int k = 0; k < config_->state_count; ++k) {
+    // Adagrad's accumulator starts at initial_accumulator; Adam's m, v and FTRL's z, n at 0.
+    const float v = (config_->options.optimizer.type == OptimizerOptions::Type::kAdagrad && k == 0)
+                        ? static_cast<float>(config_->options.optimizer.initial_accumulator)
+                        : 0.0f;
+    std::fill_n(s.state[k] + off * dim, dim, v);
+  }
+  ++live_;
+  ++counters_.created_rows;
+}
+
+void TableShard::CopyState(uint32_t slot, float* state) const {
+  const Slab& s = SlabOf(slot);
+  const int64_t dim = config_->options.dim;
+  for (int k = 0; k < config_->state_count; ++k)
+    std::memcpy(state + k * dim, s.state[k] + OffsetOf(slot) * dim, dim * sizeof(float));
+}
+
+Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
+                        float* out, int64_t step, bool create) {
+  const int64_t dim = config_->options.dim;
+  const int64_t min_count = config_->options.min_count;
+  const bool padding = config_->options.has_padding_key;
+  const uint64_t padding_key = config_->options.padding_key;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t t = 0; t < m; ++t) {
+    if (t + kFar < m) Prefetch(hashes[pos[t + kFar]], /*far=*/true);
+    if (t + kNear < m) Prefetch(hashes[pos[t + kNear]], /*far=*/false);
+    const int64_t i = pos[t];
+    const uint64_t key = keys[i];
+    const uint64_t h = hashes[i];
+    float* dst = out + i * dim;
+    if (padding && key == padding_key) {
+      std::fill_n(dst, dim, 0.0f);
+      continue;
+    }
+    int64_t at = FindPos(key, h);
+    if (at >= 0) {
+      const uint32_t slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+      if (!Expired(slot, step)) {
+        if (create) Touch(slot, step);
+        std::memcpy(dst, ValueAt(slot), dim * sizeof(float));
+        continue;
+      }
+      if (create) {
+        RemoveAt(static_cast<uint64_t>(at), slot);
+        ++counters_.evicted_ttl;
+      }
+    }
+    if (!create) {
+      std::fill_n(dst, dim, 0.0f);
+      continue;
+    }
+    if (sketch_ != nullptr && sketch_->Add(h) < min_count) {
+      std::fill_n(dst, dim, 0.0f);
+      ++counters_.unadmitted_pulls;
+      continue;
+    }
+    IPS_ASSIGN_OR_RETURN(const uint32_t slot, AllocateSlot(step));
+    InitRow(slot, key, step);
+    IndexInsert(h, slot);
+    std::memcpy(dst, ValueAt(slot), dim * sizeof(float));
+  }
+  if (create) counters_.pulled_keys += m;
+  return Status::Ok();
+}
+
+Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
+                        const float* grads, int64_t step, int64_t optimizer_step) {
+  const int64_t dim = config_->options.dim;
+  const bool padding = config_->options.has_padding_key;
+  const uint64_t padding_key = config_->options.padding_key;
+  PushScratch& scratch = ThreadScratch();
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.pushed_keys += m;
+  auto& items = scratch.items;
+  items.clear();
+  for (int64_t t = 0; t < m; ++t) {
+    if (t + kFar < m) Prefetch(hashes[pos[t + kFar]], /*far=*/true);
+    if (t + kNear < m) Prefetch(hashes[pos[t + kNear]], /*far=*/false);
+    const int64_t i = pos[t];
+    if (padding && keys[i] == padding_key) continue;
+    const int64_t at = FindPos(keys[i], hashes[i]);
+    if (at < 0) {
+      ++counters_.dropped_push_keys;
+      continue;
+    }
+    const uint32_t slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+    if (Expired(slot, step)) {
+      ++counters_.dropped_push_keys;
+      continue;
+    }
+    items.emplace_back(slot, i);
+  }
+  // Sorting by (slot, position) groups rows by slab, puts duplicates side by side and sums
+  // them in input order, so the result does not depend on thread scheduling.
+  std::sort(items.begin(), items.end());
+  kernels::Context ctx;  // CPU, calling thread: concurrency comes from the callers
+  kernels::SparseUpdateArgs<float> args;
+  args.hyper = config_->hyper;
+  args.step = optimizer_step;
+  args.table_rows = config_->rows_per_slab;
+  args.dim = dim;
+  size_t a = 0;
+  while (a < items.size()) {
+    const uint32_t slab_id = items[a].first >> config_->log2_rows_per_slab;
+    auto& rows = scratch.rows;
+    auto& g = scratch.grads;
+    rows.clear();
+    g.clear();
+    size_t b = a;
+    for (; b < items.size() && (items[b].first >> config_->log2_rows_per_slab) == slab_id; ++b) {
+      const float* src = grads + items[b].second * dim;
+      if (b > a && items[b].first == items[b - 1].first) {
+        float* acc = g.data() + (rows.size() - 1) * dim;
+        for (int64_t j = 0; j < dim; ++j) acc[j] += src[j];
+        continue;
+      }
+      rows.push_back(OffsetOf(items[b].first));
+      g.insert(g.end(), src, src + dim);
+      Touch(items[b].first, step);
+    }
+    Slab& s = slabs_[slab_id];
+    args.param = s.values;
+    args.state0 = s.state[0];
+    args.state1 = s.state[1];
+    args.num_rows = static_cast<int64_t>(rows.size());
+    args.row_indices = rows.data();
+    args.grad = g.data();
+    IPS_RETURN_IF_ERROR(kernels::SparseUpdate<float>(ctx, args));
+    a = b;
+  }
+  return Status::Ok();
+}
+
+Status TableShard::Insert(uint64_t key, uint64_t hash, const float* value, const float* state,
+                          int64_t step) {
+  const int64_t dim = config_->options.dim;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t at = FindPos(key, hash);
+  uint32_t slot;
+  if (at >= 0) {
+    slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+    Touch(slot, step);
+  } else {
+    IPS_ASSIGN_OR_RETURN(slot, AllocateSlot(step));
+    InitRow(slot, key, step);  // sets metadata and the initial optimizer state
+    IndexInsert(hash, slot);
+  }
+  Slab& s = SlabOf(slot);
+  const int64_t off = OffsetOf(slot);
+  std::memcpy(s.values + off * dim, value, dim * sizeof(float));
+  if (state != nullptr) {
+    for (int k = 0; k < config_->state_count; ++k)
+      std::memcpy(s.state[k] + off * dim, state + k * dim, dim * sizeof(float));
+  }
+  return Status::Ok();
+}
+
+bool TableShard::ReadRow(uint64_t key, uint64_t hash, float* value, float* state,
+                         int64_t step) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t at = FindPos(key, hash);
+  if (at < 0) return false;
+  const uint32_t slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+  if (Expired(slot, step)) return false;
+  if (value != nullptr) std::memcpy(value, ValueAt(slot), config_->options.dim * sizeof(float));
+  if (state != nullptr) CopyState(slot, state);
+  return true;
+}
+
+void TableShard::ForEachRow(const std::function<void(uint64_t, const float*, const float*)>& fn,
+                            int64_t step) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<float> state(static_cast<size_t>(config_->state_count * config_->options.dim));
+  for (int64_t k = 0; k < next_unused_; ++k) {
+    const uint32_t slot = static_cast<uint32_t>(k);
+    if (!Live(slot) || Expired(slot, step)) continue;
+    CopyState(slot, state.data());
+    fn(KeyAt(slot), ValueAt(slot), state.empty() ? nullptr : state.data());
+  }
+}
+
+int64_t TableShard::SweepExpired(int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t evicted = 0;
+  for (int64_t k = 0; k < next_unused_; ++k) {
+    const uint32_t slot = static_cast<uint32_t>(k);
+    if (!Live(slot) || !Expired(slot, step)) continue;
+    const uint64_t key = KeyAt(slot);
+    RemoveAt(static_cast<uint64_t>(FindPos(key, KeyHash(key))), slot);
+    ++evicted;
+  }
+  counters_.evicted_ttl += evicted;
+  return evicted;
+}
+
+void TableShard::Snapshot(ShardCounters* counters, ShardMemory* memory) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  *counters = counters_;
+  memory->rows = live_;
+  memory->capacity_rows = static_cast<int64_t>(slabs_.size()) * config_->rows_per_slab;
+  memory->slab_bytes = static_cast<int64_t>(slabs_.size()) * config_->slab_bytes;
+  memory->index_bytes = static_cast<int64_t>(index_.capacity() * sizeof(uint32_t));
+  memory->sketch_bytes = sketch_ != nullptr ? sketch_->bytes() : 0;
+}
+
+}  // namespace ips::ps::internal

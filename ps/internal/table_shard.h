@@ -1,0 +1,156 @@
+// TableShard: one mutex-guarded sub-table of a DynamicTable (see ps/dynamic_table.h for the
+// layout and the eviction rules). Owns the shard's slab arena, hash index, free list, admission
+// sketch and counters. Every public method locks the shard's mutex itself.
+#ifndef IPS_PS_INTERNAL_TABLE_SHARD_H_
+#define IPS_PS_INTERNAL_TABLE_SHARD_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "common/random.h"
+#include "common/status.h"
+#include "kernels/optimizer.h"
+#include "ps/embedding_store.h"
+#include "ps/internal/count_sketch.h"
+#include "ps/table_options.h"
+
+namespace ips::ps::internal {
+
+// The hash every layer uses for a key: shard choice (high bits), index position (low bits),
+// index tag (bits 40..47) and the admission sketch.
+inline uint64_t KeyHash(uint64_t key) { return Mix64(key ^ 0x2545f4914f6cdd1dULL); }
+
+// Per-table constants shared (read-only) by all shards of a table.
+struct ShardConfig {
+  TableOptions options;
+  uint64_t name_hash = 0;
+  int state_count = 0;
+  kernels::OptimizerHyper hyper;
+  int64_t rows_per_slab = 0;
+  int log2_rows_per_slab = 0;
+  int64_t slab_bytes = 0;    // one slab: values, states and metadata
+  int64_t budget_bytes = 0;  // per shard, 0 = no cap
+  int64_t max_slots = 0;     // slot limit of the 24-bit index entries, a multiple of the slab
+  int64_t sketch_bytes = 0;
+};
+
+// Bytes of an index able to address `slots` row slots at <= 75% load.
+int64_t IndexBytesFor(int64_t slots);
+// Bytes of one slab of `rows` rows.
+int64_t SlabBytesFor(int64_t rows, int64_t dim, int state_count);
+
+// Sampled rows per eviction decision (Redis uses 5 by default; more is closer to exact LFU).
+constexpr int kEvictionSamples = 16;
+
+struct ShardCounters {
+  int64_t created_rows = 0;
+  int64_t unadmitted_pulls = 0;
+  int64_t dropped_push_keys = 0;
+  int64_t evicted_ttl = 0;
+  int64_t evicted_capacity = 0;
+  int64_t pulled_keys = 0;
+  int64_t pushed_keys = 0;
+};
+
+struct ShardMemory {
+  int64_t rows = 0;
+  int64_t capacity_rows = 0;
+  int64_t slab_bytes = 0;
+  int64_t index_bytes = 0;
+  int64_t sketch_bytes = 0;
+};
+
+class TableShard {
+ public:
+  TableShard(const ShardConfig* config, uint64_t sample_seed);
+  TableShard(const TableShard&) = delete;
+  TableShard& operator=(const TableShard&) = delete;
+
+  // Pulls keys[pos[t]] (hash hashes[pos[t]]) for t in [0, m) into out + pos[t] * dim.
+  // create = false: read-only lookup.
+  Status Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
+              float* out, int64_t step, bool create);
+  // Applies grads + pos[t] * dim to the rows of keys[pos[t]] as one step of the optimizer with
+  // Adam step count `optimizer_step`.
+  Status Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
+              const float* grads, int64_t step, int64_t optimizer_step);
+  Status Insert(uint64_t key, uint64_t hash, const float* value, const float* state, int64_t step);
+  bool ReadRow(uint64_t key, uint64_t hash, float* value, float* state, int64_t step) const;
+  void ForEachRow(const std::function<void(uint64_t, const float*, const float*)>& fn,
+                  int64_t step) const;
+  // Removes rows unseen for more than ttl_steps; returns how many.
+  int64_t SweepExpired(int64_t step);
+  void Snapshot(ShardCounters* counters, ShardMemory* memory) const;
+
+ private:
+  // Per-row metadata, kept together so the key check and the touch cost one cache miss.
+  struct RowMeta {
+    uint64_t key;        // free slots: the next free slot (intrusive free list)
+    uint32_t last_step;  // step of the last pull or push, mod 2^32
+    uint32_t freq;       // pulls + pushes, saturating; 0 marks a free slot
+  };
+  struct Slab {
+    std::unique_ptr<uint8_t[]> memory;
+    RowMeta* meta = nullptr;  // [R]
+    float* values = nullptr;  // [R x dim]
+    float* state[2] = {nullptr, nullptr};
+  };
+  static constexpr uint32_t kNoSlot = 0xffffffffu;
+  static constexpr int kSlotBits = 24;
+  static constexpr uint32_t kSlotMask = (1u << kSlotBits) - 1;
+
+  // Slot helpers. All private methods require mu_ held.
+  Slab& SlabOf(uint32_t slot) { return slabs_[slot >> config_->log2_rows_per_slab]; }
+  const Slab& SlabOf(uint32_t slot) const { return slabs_[slot >> config_->log2_rows_per_slab]; }
+  int64_t OffsetOf(uint32_t slot) const {
+    return static_cast<int64_t>(slot & static_cast<uint32_t>(config_->rows_per_slab - 1));
+  }
+  RowMeta& MetaAt(uint32_t slot) { return SlabOf(slot).meta[OffsetOf(slot)]; }
+  const RowMeta& MetaAt(uint32_t slot) const { return SlabOf(slot).meta[OffsetOf(slot)]; }
+  uint64_t KeyAt(uint32_t slot) const { return MetaAt(slot).key; }
+  float* ValueAt(uint32_t slot) {
+    return SlabOf(slot).values + OffsetOf(slot) * config_->options.dim;
+  }
+  const float* ValueAt(uint32_t slot) const {
+    return SlabOf(slot).values + OffsetOf(slot) * config_->options.dim;
+  }
+  bool Live(uint32_t slot) const { return MetaAt(slot).freq != 0; }
+  // Prefetches the index entry of a key about to be looked up (distance kFar) and the metadata
+  // and value of the slot its home entry names (distance kNear), hiding most cache misses of a
+  // batch of random keys.
+  void Prefetch(uint64_t hash, bool far) const;
+  bool Expired(uint32_t slot, int64_t step) const;
+  void Touch(uint32_t slot, int64_t step);
+
+  // Index position of key, or -1.
+  int64_t FindPos(uint64_t key, uint64_t hash) const;
+  void IndexInsert(uint64_t hash, uint32_t slot);
+  void IndexEraseAt(uint64_t pos);
+  void GrowIndexFor(int64_t slots);
+  // Removes the row at index position pos (slot slot) and frees the slot.
+  void RemoveAt(uint64_t pos, uint32_t slot);
+  // A free slot: from the free list, the current slab, a new slab, or by evicting a row.
+  StatusOr<uint32_t> AllocateSlot(int64_t step);
+  void EvictOne(int64_t step);
+  void InitRow(uint32_t slot, uint64_t key, int64_t step);
+  void CopyState(uint32_t slot, float* state) const;
+
+  const ShardConfig* const config_;
+  mutable std::mutex mu_;
+  std::vector<Slab> slabs_;              // GUARDED_BY(mu_)
+  int64_t next_unused_ = 0;              // GUARDED_BY(mu_): slots handed out so far
+  uint32_t free_head_ = kNoSlot;         // GUARDED_BY(mu_)
+  int64_t live_ = 0;                     // GUARDED_BY(mu_)
+  std::vector<uint32_t> index_;          // GUARDED_BY(mu_): tag << 24 | (slot + 1)
+  uint64_t index_mask_ = 0;              // GUARDED_BY(mu_)
+  std::unique_ptr<CountSketch> sketch_;  // GUARDED_BY(mu_); null when min_count <= 1
+  Rng sample_rng_;                       // GUARDED_BY(mu_)
+  ShardCounters counters_;               // GUARDED_BY(mu_)
+};
+
+}  // namespace ips::ps::internal
+
+#endif  // IPS_PS_INTERNAL_TABLE_SHARD_H_

@@ -1,0 +1,683 @@
+// Tests of DynamicTable: deterministic row creation, optimizer application through the shared
+// kernel, thread safety, admission, TTL and memory-cap eviction, memory per row, checkpoint
+// iteration.
+#include "ps/dynamic_table.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "common/random.h"
+#include "kernels/optimizer.h"
+#include "tests/testing/tolerance.h"
+
+namespace ips::ps {
+namespace {
+
+using ::ips::testing::AllClose;
+using ::ips::testing::Poison;
+using ::ips::testing::Tolerance;
+
+TableOptions Options(const std::string& name, OptimizerOptions::Type type, int64_t dim = 18) {
+  TableOptions o;
+  o.name = name;
+  o.dim = dim;
+  o.optimizer.type = type;
+  o.optimizer.learning_rate = 0.05;
+  o.optimizer.initial_accumulator = 0.1;
+  o.optimizer.l1 = 0.01;
+  o.optimizer.l2 = 0.02;
+  o.initializer.type = InitializerOptions::Type::kNormal;
+  o.initializer.stddev = 0.1;
+  o.seed = 42;
+  return o;
+}
+
+std::unique_ptr<DynamicTable> MakeTable(const TableOptions& o) {
+  auto t = DynamicTable::Create(o);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return std::move(t).value();
+}
+
+std::vector<uint64_t> RandomKeys(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<uint64_t> keys(static_cast<size_t>(n));
+  for (auto& k : keys) k = rng.Next();
+  return keys;
+}
+
+std::vector<float> RandomGrads(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> g(static_cast<size_t>(n));
+  for (auto& x : g) x = static_cast<float>(rng.Uniform() * 2.0 - 1.0);
+  return g;
+}
+
+// --- Row creation is a pure function of (name, seed, key) ---------------------------------------
+
+TEST(DynamicTable, PullCreatesDeterministicRows_IndependentOfShardsOrderThreads) {
+  const std::vector<uint64_t> keys = RandomKeys(5000, 1);
+  const int64_t dim = 18;
+  std::vector<std::vector<float>> results;
+  for (int shards : {1, 7, 16}) {
+    TableOptions o = Options("item", OptimizerOptions::Type::kAdam);
+    o.num_shards = shards;
+    o.rows_per_slab = 64;
+    auto table = MakeTable(o);
+    std::vector<uint64_t> order = keys;
+    std::reverse(order.begin(), order.end());
+    if (shards == 7) {
+      // Insert from 3 threads in interleaved chunks.
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([&, t] {
+          std::vector<float> out(static_cast<size_t>(dim));
+          for (size_t i = t; i < order.size(); i += 3)
+            ASSERT_TRUE(table->Pull(&order[i], 1, out.data()).ok());
+        });
+      }
+      for (auto& th : threads) th.join();
+    } else if (shards == 16) {
+      std::vector<float> out(order.size() * dim);
+      ASSERT_TRUE(table->Pull(order.data(), static_cast<int64_t>(order.size()), out.data()).ok());
+    }
+    std::vector<float> out(keys.size() * dim);
+    Poison(out);
+    ASSERT_TRUE(table->Pull(keys.data(), static_cast<int64_t>(keys.size()), out.data()).ok());
+    EXPECT_EQ(table->Stats().rows, static_cast<int64_t>(keys.size()));
+    results.push_back(out);
+  }
+  EXPECT_TRUE(AllClose(results[1], results[0], Tolerance{0, 0}));
+  EXPECT_TRUE(AllClose(results[2], results[0], Tolerance{0, 0}));
+  // And it is the published pure function.
+  const TableOptions o = Options("item", OptimizerOptions::Type::kAdam);
+  std::vector<float> want(dim);
+  for (size_t i = 0; i < keys.size(); i += 97) {
+    InitializeRow(o.initializer, dim, TableNameHash("item"), 42, keys[i], want.data());
+    EXPECT_TRUE(AllClose(results[0].data() + i * dim, want.data(), dim, Tolerance{0, 0}));
+  }
+}
+
+TEST(DynamicTable, RowsDependOnSeedAndTableName) {
+  const uint64_t key = 12345;
+  std::vector<float> a(18), b(18), c(18);
+  auto t1 = MakeTable(Options("item", OptimizerOptions::Type::kSgd));
+  TableOptions o2 = Options("item", OptimizerOptions::Type::kSgd);
+  o2.seed = 43;
+  auto t2 = MakeTable(o2);
+  auto t3 = MakeTable(Options("category", OptimizerOptions::Type::kSgd));
+  ASSERT_TRUE(t1->Pull(&key, 1, a.data()).ok());
+  ASSERT_TRUE(t2->Pull(&key, 1, b.data()).ok());
+  ASSERT_TRUE(t3->Pull(&key, 1, c.data()).ok());
+  EXPECT_NE(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_NE(b, c);
+}
+
+TEST(DynamicTable, XavierNormalStddevUsesFanRowsPlusDim) {
+  TableOptions o = Options("item", OptimizerOptions::Type::kSgd, 18);
+  o.initializer.type = InitializerOptions::Type::kXavierNormal;
+  o.initializer.xavier_fan_rows = 63001 - 18;  // std = sqrt(2 / 63001)
+  auto table = MakeTable(o);
+  const std::vector<uint64_t> keys = RandomKeys(20000, 7);
+  std::vector<float> out(keys.size() * 18);
+  ASSERT_TRUE(table->Pull(keys.data(), static_cast<int64_t>(keys.size()), out.data()).ok());
+  double sum = 0, sq = 0;
+  for (float v : out) {
+    sum += v;
+    sq += static_cast<double>(v) * v;
+  }
+  const double n = static_cast<double>(out.size());
+  const double mean = sum / n, std = std::sqrt(sq / n - mean * mean);
+  const double want = std::sqrt(2.0 / 63001.0);
+  EXPECT_NEAR(std, want, 0.02 * want);  // 360K samples: sampling error ~0.1%
+  EXPECT_NEAR(mean, 0.0, 0.01 * want);
+}
+
+TEST(DynamicTable, UniformAndZerosInitializers) {
+  TableOptions o = Options("u", OptimizerOptions::Type::kSgd, 8);
+  o.initializer.type = InitializerOptions::Type::kUniform;
+  o.initializer.range = 0.3;
+  auto table = MakeTable(o);
+  const std::vector<uint64_t> keys = RandomKeys(1000, 3);
+  std::vector<float> out(keys.size() * 8);
+  ASSERT_TRUE(table->Pull(keys.data(), 1000, out.data()).ok());
+  float lo = 1, hi = -1;
+  for (float v : out) lo = std::min(lo, v), hi = std::max(hi, v);
+  EXPECT_GE(lo, -0.3f);
+  EXPECT_LT(hi, 0.3f);
+  EXPECT_LT(lo, -0.28f);
+  EXPECT_GT(hi, 0.28f);
+  o.name = "z";
+  o.initializer.type = InitializerOptions::Type::kZeros;
+  auto zeros = MakeTable(o);
+  Poison(out);
+  ASSERT_TRUE(zeros->Pull(keys.data(), 1000, out.data()).ok());
+  for (float v : out) ASSERT_EQ(v, 0.0f);
+}
+
+// --- Push applies exactly the optimizer kernel ---------------------------------------------------
+
+class PushMatchesKernel : public ::testing::TestWithParam<OptimizerOptions::Type> {};
+
+TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
+  const int64_t dim = 18;
+  TableOptions o = Options("t", GetParam(), dim);
+  o.rows_per_slab = 16;  // rows of one push span several slabs
+  o.num_shards = 3;
+  auto table = MakeTable(o);
+  const int state_count = table->state_count();
+  const int64_t n = 300;
+  const std::vector<uint64_t> keys = RandomKeys(n, 11);
+  std::vector<float> pulled(n * dim);
+  ASSERT_TRUE(table->Pull(keys.data(), n, pulled.data()).ok());
+
+  // Reference copy: [n x dim] tables read back from the store.
+  std::vector<float> param(n * dim), s0(n * dim), s1(n * dim), state(2 * dim);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(table->ReadRow(keys[i], param.data() + i * dim, state.data()));
+    std::copy(state.begin(), state.begin() + dim, s0.begin() + i * dim);
+    std::copy(state.begin() + dim, state.begin() + 2 * dim, s1.begin() + i * dim);
+  }
+  EXPECT_TRUE(AllClose(param, pulled, Tolerance{0, 0}));
+  if (GetParam() == OptimizerOptions::Type::kAdagrad) {
+    for (int64_t i = 0; i < n * dim; ++i) ASSERT_FLOAT_EQ(s0[i], 0.1f);
+  }
+
+  for (int step = 1; step <= 3; ++step) {
+    // Push a random subset, one key twice, plus a key that has no row.
+    std::vector<uint64_t> push_keys;
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < n; ++i) {
+      if ((i * 7 + step) % 3 != 0) {
+        push_keys.push_back(keys[i]);
+        rows.push_back(i);
+      }
+    }
+    const int64_t m = static_cast<int64_t>(push_keys.size());
+    std::vector<float> grads = RandomGrads((m + 2) * dim, 100 + step);
+    push_keys.push_back(push_keys[5]);   // duplicate: summed with the first occurrence
+    push_keys.push_back(0xdeadbeefULL);  // never pulled: dropped
+    ASSERT_TRUE(table->Push(push_keys.data(), m + 2, grads.data()).ok());
+
+    std::vector<float> ref_grads(grads.begin(), grads.begin() + m * dim);
+    for (int64_t j = 0; j < dim; ++j) ref_grads[5 * dim + j] += grads[m * dim + j];
+    kernels::SparseUpdateArgs<float> args;
+    args.hyper = ToOptimizerHyper(o.optimizer);
+    args.step = step;
+    args.table_rows = n;
+    args.dim = dim;
+    args.param = param.data();
+    args.state0 = state_count > 0 ? s0.data() : nullptr;
+    args.state1 = state_count > 1 ? s1.data() : nullptr;
+    args.num_rows = m;
+    args.row_indices = rows.data();
+    args.grad = ref_grads.data();
+    ASSERT_TRUE(kernels::SparseUpdate<float>(kernels::Context{}, args).ok());
+  }
+  EXPECT_EQ(table->optimizer_step(), 3);
+  EXPECT_EQ(table->Stats().dropped_push_keys, 3);
+  std::vector<float> got(n * dim), got_s0(n * dim), got_s1(n * dim);
+  Poison(got);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(table->ReadRow(keys[i], got.data() + i * dim, state.data()));
+    std::copy(state.begin(), state.begin() + dim, got_s0.begin() + i * dim);
+    std::copy(state.begin() + dim, state.begin() + 2 * dim, got_s1.begin() + i * dim);
+  }
+  // Same kernel on the same numbers: identical results.
+  EXPECT_TRUE(AllClose(got, param, Tolerance{0, 0}));
+  if (state_count > 0) {
+    EXPECT_TRUE(AllClose(got_s0, s0, Tolerance{0, 0}));
+  }
+  if (state_count > 1) {
+    EXPECT_TRUE(AllClose(got_s1, s1, Tolerance{0, 0}));
+  }
+  // The update did something.
+  EXPECT_FALSE(AllClose(got, pulled, Tolerance{1e-7, 0}));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllOptimizers, PushMatchesKernel,
+    ::testing::Values(OptimizerOptions::Type::kSgd, OptimizerOptions::Type::kAdagrad,
+                      OptimizerOptions::Type::kAdam, OptimizerOptions::Type::kFtrl),
+    [](const auto& info) {
+      return std::string(kernels::OptimizerKindName(ToOptimizerKind(info.param)));
+    });
+
+// --- Thread safety
+// --------------------------------------------------------------------------------
+
+TEST(DynamicTable, ConcurrentPushesSumExactly_Sgd4Threads) {
+  // SGD with lr 1 from zero rows and gradients of 1: every row must end at exactly
+  // -(number of pushes that contained it), whatever the interleaving.
+  TableOptions o = Options("sum", OptimizerOptions::Type::kSgd, 18);
+  o.optimizer.learning_rate = 1.0;
+  o.initializer.type = InitializerOptions::Type::kZeros;
+  o.num_shards = 4;
+  o.rows_per_slab = 64;
+  auto table = MakeTable(o);
+  const int kThreads = 4, kRounds = 50;
+  const int64_t n = 2000, dim = 18;
+  std::vector<uint64_t> keys(n);
+  std::iota(keys.begin(), keys.end(), 1000);
+  std::atomic<bool> bad_read{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Rng rng(t);
+      std::vector<uint64_t> mine = keys;
+      std::vector<float> out(n * dim), ones(n * dim, 1.0f);
+      for (int r = 0; r < kRounds; ++r) {
+        for (int64_t i = n - 1; i > 0; --i)
+          std::swap(mine[i], mine[rng.UniformInt(static_cast<uint64_t>(i + 1))]);
+        if (!table->Pull(mine.data(), n, out.data()).ok()) bad_read = true;
+        // A row is read whole: every element equal, an integer in [-kThreads*kRounds, 0].
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = out[i * dim];
+          if (v > 0 || v < -kThreads * kRounds || v != std::floor(v)) bad_read = true;
+          for (int64_t j = 1; j < dim; ++j)
+            if (out[i * dim + j] != v) bad_read = true;
+        }
+        if (!table->Push(mine.data(), n, ones.data()).ok()) bad_read = true;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_FALSE(bad_read);
+  std::vector<float> out(n * dim);
+  ASSERT_TRUE(table->Lookup(keys.data(), n, out.data()).ok());
+  for (float v : out) ASSERT_EQ(v, -static_cast<float>(kThreads * kRounds));
+  EXPECT_EQ(table->optimizer_step(), kThreads * kRounds);
+  EXPECT_EQ(table->Stats().rows, n);
+}
+
+TEST(DynamicTable, ConcurrentPullPushSweepAndCapEvictionKeepInvariants) {
+  // Pulls, pushes, TTL sweeps and memory-cap evictions racing on the same shards. Every row ever
+  // created is either live or counted as evicted, the cap holds, and nothing errors.
+  TableOptions o = Options("stress", OptimizerOptions::Type::kAdagrad, 18);
+  o.max_memory_mb = 1;
+  o.num_shards = 4;
+  o.rows_per_slab = 64;
+  o.ttl_steps = 20;
+  o.ttl_sweep_interval = 1;
+  o.min_count = 2;
+  o.sketch_width = 1024;
+  auto table = MakeTable(o);
+  std::atomic<bool> failed{false};
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      Rng rng(100 + t);
+      const int64_t n = 512;
+      std::vector<uint64_t> keys(n);
+      std::vector<float> out(n * 18), grads(n * 18, 0.5f);
+      for (int r = 0; r < 60; ++r) {
+        if (t == 0) table->AdvanceStep(r);  // sweeps due rows while the others pull and push
+        for (auto& k : keys) k = rng.UniformInt(20000);  // duplicates included
+        if (!table->Pull(keys.data(), n, out.data()).ok()) failed = true;
+        if (!table->Push(keys.data(), n, grads.data()).ok()) failed = true;
+      }
+    });
+  }
+  std::thread sweeper([&] {
+    while (!done) {
+      table->EvictExpired();
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+  });
+  for (auto& th : threads) th.join();
+  done = true;
+  sweeper.join();
+  EXPECT_FALSE(failed);
+  const TableStats st = table->Stats();
+  EXPECT_EQ(st.created_rows - st.evicted_ttl - st.evicted_capacity, st.rows);
+  EXPECT_LE(st.bytes, int64_t{1} << 20);
+  EXPECT_GT(st.unadmitted_pulls, 0);
+  EXPECT_GT(st.evicted_ttl, 0);
+  EXPECT_GT(st.evicted_capacity, 0);
+  EXPECT_EQ(st.pulled_keys, 3 * 60 * 512);
+  int64_t visited = 0;
+  table->ForEachRow([&](uint64_t, const float*, const float*) { ++visited; });
+  EXPECT_LE(visited, st.rows);  // rows may expire between Stats and ForEachRow, never appear
+  std::printf("[ stress ] rows %lld created %lld evicted ttl %lld cap %lld unadmitted %lld\n",
+              static_cast<long long>(st.rows), static_cast<long long>(st.created_rows),
+              static_cast<long long>(st.evicted_ttl), static_cast<long long>(st.evicted_capacity),
+              static_cast<long long>(st.unadmitted_pulls));
+}
+
+// --- Feature admission
+// ----------------------------------------------------------------------------
+
+TEST(DynamicTable, AdmissionAfterMinCountSightings) {
+  TableOptions o = Options("adm", OptimizerOptions::Type::kSgd, 4);
+  o.min_count = 3;
+  o.num_shards = 2;
+  o.rows_per_slab = 16;
+  auto table = MakeTable(o);
+  const uint64_t key = 77, other = 78;
+  std::vector<float> out(4), grad(4, 1.0f), init(4);
+  table->InitialRow(key, init.data());
+  for (int seen = 1; seen <= 2; ++seen) {
+    Poison(out);
+    ASSERT_TRUE(table->Pull(&key, 1, out.data()).ok());
+    for (float v : out) EXPECT_EQ(v, 0.0f) << "sighting " << seen;
+    ASSERT_TRUE(table->Push(&key, 1, grad.data()).ok());  // dropped: no row yet
+  }
+  TableStats st = table->Stats();
+  EXPECT_EQ(st.rows, 0);
+  EXPECT_EQ(st.unadmitted_pulls, 2);
+  EXPECT_EQ(st.dropped_push_keys, 2);
+  EXPECT_GT(st.sketch_bytes, 0);
+  ASSERT_TRUE(table->Pull(&key, 1, out.data()).ok());  // third sighting: admitted
+  EXPECT_TRUE(AllClose(out, init, Tolerance{0, 0}));
+  EXPECT_EQ(table->Stats().rows, 1);
+  // Duplicates in one pull count as separate sightings.
+  const uint64_t three[3] = {other, other, other};
+  std::vector<float> out3(12);
+  ASSERT_TRUE(table->Pull(three, 3, out3.data()).ok());
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(out3[j], 0.0f);
+  table->InitialRow(other, init.data());
+  EXPECT_TRUE(AllClose(out3.data() + 8, init.data(), 4, Tolerance{0, 0}));
+  // Lookup never admits or counts.
+  const uint64_t fresh = 999;
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(table->Lookup(&fresh, 1, out.data()).ok());
+  EXPECT_EQ(table->Stats().rows, 2);
+}
+
+// --- TTL eviction --------------------------------------------------------------------------------
+
+TEST(DynamicTable, TtlEvictsRowsUnseenForMoreThanTtlSteps) {
+  TableOptions o = Options("ttl", OptimizerOptions::Type::kSgd, 4);
+  o.optimizer.learning_rate = 1.0;
+  o.ttl_steps = 5;
+  o.ttl_sweep_interval = 1;
+  o.num_shards = 2;
+  o.rows_per_slab = 16;
+  auto table = MakeTable(o);
+  const uint64_t a = 1, b = 2;
+  std::vector<float> out(4), grad(4, 1.0f), init(4);
+  ASSERT_TRUE(table->Pull(&a, 1, out.data()).ok());
+  ASSERT_TRUE(table->Pull(&b, 1, out.data()).ok());
+  ASSERT_TRUE(table->Push(&b, 1, grad.data()).ok());  // b now differs from its initial row
+  table->AdvanceStep(3);
+  ASSERT_TRUE(table->Pull(&a, 1, out.data()).ok());  // a seen at step 3
+  EXPECT_EQ(table->AdvanceStep(5), 0);               // b unseen for 5 steps: kept
+  EXPECT_TRUE(table->ReadRow(b, nullptr, nullptr));
+  EXPECT_EQ(table->AdvanceStep(6), 1);  // b unseen for 6 steps: evicted
+  EXPECT_FALSE(table->ReadRow(b, nullptr, nullptr));
+  EXPECT_TRUE(table->ReadRow(a, nullptr, nullptr));
+  EXPECT_EQ(table->Stats().evicted_ttl, 1);
+  EXPECT_EQ(table->Stats().rows, 1);
+  ASSERT_TRUE(table->Push(&b, 1, grad.data()).ok());
+  EXPECT_EQ(table->Stats().dropped_push_keys, 1);
+  // b comes back as a fresh row; its freed slot is reused (no new slab).
+  const int64_t cap = table->Stats().capacity_rows;
+  ASSERT_TRUE(table->Pull(&b, 1, out.data()).ok());
+  table->InitialRow(b, init.data());
+  EXPECT_TRUE(AllClose(out, init, Tolerance{0, 0}));
+  EXPECT_EQ(table->Stats().capacity_rows, cap);
+  EXPECT_EQ(table->AdvanceStep(9), 1);  // a: last seen at 3
+  EXPECT_EQ(table->Stats().rows, 1);
+}
+
+TEST(DynamicTable, ExpiredRowIsNotServedBeforeTheSweep) {
+  TableOptions o = Options("ttl2", OptimizerOptions::Type::kSgd, 4);
+  o.optimizer.learning_rate = 1.0;
+  o.ttl_steps = 2;
+  o.ttl_sweep_interval = 1000;  // no sweep in this test
+  o.num_shards = 1;
+  o.rows_per_slab = 16;
+  auto table = MakeTable(o);
+  const uint64_t k = 5;
+  std::vector<float> out(4), grad(4, 1.0f), init(4);
+  table->InitialRow(k, init.data());
+  ASSERT_TRUE(table->Pull(&k, 1, out.data()).ok());
+  ASSERT_TRUE(table->Push(&k, 1, grad.data()).ok());
+  EXPECT_EQ(table->AdvanceStep(3), 0);
+  ASSERT_TRUE(table->Lookup(&k, 1, out.data()).ok());
+  for (float v : out) EXPECT_EQ(v, 0.0f);  // expired: reads as missing
+  ASSERT_TRUE(table->Pull(&k, 1, out.data()).ok());
+  EXPECT_TRUE(AllClose(out, init, Tolerance{0, 0}));  // re-created, update gone
+  EXPECT_EQ(table->Stats().evicted_ttl, 1);
+  EXPECT_EQ(table->Stats().rows, 1);
+}
+
+// --- Memory cap ----------------------------------------------------------------------------------
+
+class MemoryCap : public ::testing::TestWithParam<TableOptions::Eviction> {};
+
+TEST_P(MemoryCap, TenTimesMoreKeysThanFitStaysUnderCapAndKeepsHotKeys) {
+  TableOptions o = Options("cap", OptimizerOptions::Type::kAdam, 18);
+  o.max_memory_mb = 2;
+  o.num_shards = 2;
+  o.rows_per_slab = 256;
+  o.eviction = GetParam();
+  auto table = MakeTable(o);
+  const int64_t cap_bytes = 2 << 20;
+  // Rows that fit: about 2 MiB / (232 B + index).
+  const int64_t fit = cap_bytes / 240;
+  const int64_t hot_n = 500, cold_per_round = 1000;
+  const int rounds = static_cast<int>(11 * fit / cold_per_round);
+  std::vector<uint64_t> hot(hot_n);
+  std::iota(hot.begin(), hot.end(), uint64_t{1} << 40);
+  std::vector<float> out(cold_per_round * 18);
+  uint64_t next_cold = 1;
+  for (int r = 0; r < rounds; ++r) {
+    table->AdvanceStep(r);
+    std::vector<uint64_t> cold(cold_per_round);
+    for (auto& k : cold) k = next_cold++;
+    ASSERT_TRUE(table->Pull(hot.data(), hot_n, out.data()).ok());
+    ASSERT_TRUE(table->Pull(cold.data(), cold_per_round, out.data()).ok());
+    const TableStats st = table->Stats();
+    ASSERT_LE(st.bytes, cap_bytes) << "round " << r;
+  }
+  const TableStats st = table->Stats();
+  EXPECT_GE(next_cold - 1, 10 * st.rows);  // fed at least 10x what it holds
+  EXPECT_GT(st.evicted_capacity, 0);
+  EXPECT_GT(st.rows, fit / 2);  // the cap is used, not just respected
+  int64_t hot_kept = 0;
+  for (uint64_t k : hot) hot_kept += table->ReadRow(k, nullptr, nullptr) ? 1 : 0;
+  EXPECT_EQ(hot_kept, hot_n);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, MemoryCap,
+                         ::testing::Values(TableOptions::Eviction::kLfu,
+                                           TableOptions::Eviction::kLru),
+                         [](const auto& info) {
+                           return info.param == TableOptions::Eviction::kLfu ? "Lfu" : "Lru";
+                         });
+
+TEST(DynamicTable, LfuKeepsFrequentKeysAcrossARecentBurstLruDoesNot) {
+  // LFU keeps keys with many past uses even when a burst of new keys is more recent; LRU evicts
+  // them first. Both from the same sequence, so this also shows the policy option takes effect.
+  for (auto policy : {TableOptions::Eviction::kLfu, TableOptions::Eviction::kLru}) {
+    TableOptions o = Options("lfu", OptimizerOptions::Type::kSgd, 18);
+    o.max_memory_mb = 1;
+    o.num_shards = 1;
+    o.rows_per_slab = 256;
+    o.eviction = policy;
+    auto table = MakeTable(o);
+    std::vector<uint64_t> hot(300);
+    std::iota(hot.begin(), hot.end(), uint64_t{1} << 50);
+    std::vector<float> out(20000 * 18);
+    for (int r = 0; r < 10; ++r) {
+      table->AdvanceStep(r);
+      ASSERT_TRUE(table->Pull(hot.data(), 300, out.data()).ok());
+    }
+    table->AdvanceStep(20);
+    std::vector<uint64_t> burst(20000);
+    std::iota(burst.begin(), burst.end(), 1);
+    ASSERT_TRUE(table->Pull(burst.data(), 20000, out.data()).ok());
+    EXPECT_GT(table->Stats().evicted_capacity, 5000);
+    int kept = 0;
+    for (uint64_t k : hot) kept += table->ReadRow(k, nullptr, nullptr) ? 1 : 0;
+    if (policy == TableOptions::Eviction::kLfu) {
+      EXPECT_EQ(kept, 300);
+    } else {
+      EXPECT_LT(kept, 30);
+    }
+  }
+}
+
+TEST(DynamicTable, CapTooSmallForOneSlabPerShardIsAnError) {
+  TableOptions o = Options("tiny", OptimizerOptions::Type::kAdam, 256);
+  o.max_memory_mb = 1;
+  o.num_shards = 16;
+  o.rows_per_slab = 512;
+  auto t = DynamicTable::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("max_memory_mb"), std::string::npos) << t.status();
+}
+
+// --- Memory per row ------------------------------------------------------------------------------
+
+class BytesPerRow : public ::testing::TestWithParam<OptimizerOptions::Type> {};
+
+TEST_P(BytesPerRow, Dim18OneMillionRowsWithin125PercentOfPayload) {
+  TableOptions o = Options("big", GetParam(), 18);
+  o.initializer.type = InitializerOptions::Type::kZeros;  // the accounting, not the RNG
+  auto table = MakeTable(o);
+  const int64_t n = 1 << 20, batch = 1 << 16;
+  std::vector<uint64_t> keys(batch);
+  std::vector<float> out(batch * 18);
+  Rng rng(5);
+  double worst = 0;
+  for (int64_t done = 0; done < n; done += batch) {
+    for (auto& k : keys) k = rng.Next();
+    ASSERT_TRUE(table->Pull(keys.data(), batch, out.data()).ok());
+    if (done + batch >= n / 2) worst = std::max(worst, table->BytesPerRow());
+  }
+  const TableStats st = table->Stats();
+  EXPECT_EQ(st.rows, n);
+  const double target = 1.25 * static_cast<double>(st.payload_bytes_per_row);
+  EXPECT_EQ(st.payload_bytes_per_row, 18 * 4 * (1 + table->state_count()));
+  EXPECT_LE(st.BytesPerRow(), target) << "index " << st.index_bytes << " slabs " << st.slab_bytes;
+  // Also at every batch boundary from 512K to 1M rows (index doublings included).
+  EXPECT_LE(worst, target);
+  std::printf("[ bytes/row ] %s: %.1f (payload %lld, target %.1f, worst %.1f)\n",
+              kernels::OptimizerKindName(ToOptimizerKind(GetParam())), st.BytesPerRow(),
+              static_cast<long long>(st.payload_bytes_per_row), target, worst);
+}
+
+INSTANTIATE_TEST_SUITE_P(AdamAdagrad, BytesPerRow,
+                         ::testing::Values(OptimizerOptions::Type::kAdagrad,
+                                           OptimizerOptions::Type::kAdam),
+                         [](const auto& info) {
+                           return std::string(
+                               kernels::OptimizerKindName(ToOptimizerKind(info.param)));
+                         });
+
+TEST(DynamicTable, PaddingKeyReadsZerosAndIsNeverCreatedOrUpdated) {
+  TableOptions o = Options("pad", OptimizerOptions::Type::kAdam, 4);
+  o.has_padding_key = true;
+  o.padding_key = 0;
+  o.num_shards = 2;
+  o.rows_per_slab = 16;
+  auto table = MakeTable(o);
+  const uint64_t keys[3] = {0, 9, 0};
+  std::vector<float> out(12), grads(12, 1.0f), init(4);
+  Poison(out);
+  ASSERT_TRUE(table->Pull(keys, 3, out.data()).ok());
+  table->InitialRow(9, init.data());
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_EQ(out[j], 0.0f);
+    EXPECT_EQ(out[8 + j], 0.0f);
+    EXPECT_EQ(out[4 + j], init[j]);
+  }
+  ASSERT_TRUE(table->Push(keys, 3, grads.data()).ok());
+  ASSERT_TRUE(table->Pull(keys, 3, out.data()).ok());
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_EQ(out[j], 0.0f);
+    EXPECT_NE(out[4 + j], init[j]);
+  }
+  const TableStats st = table->Stats();
+  EXPECT_EQ(st.rows, 1);
+  EXPECT_EQ(st.dropped_push_keys, 0);
+  EXPECT_FALSE(table->ReadRow(0, nullptr, nullptr));
+  EXPECT_EQ(table->Insert(0, init.data(), nullptr).code(), StatusCode::kInvalidArgument);
+}
+
+// --- Checkpoint iteration ------------------------------------------------------------------------
+
+TEST(DynamicTable, ForEachRowThenInsertRestoresValuesStateAndUpdates) {
+  TableOptions o = Options("ckpt", OptimizerOptions::Type::kAdam, 6);
+  o.rows_per_slab = 16;
+  o.num_shards = 3;
+  auto src = MakeTable(o);
+  const int64_t n = 200, dim = 6;
+  const std::vector<uint64_t> keys = RandomKeys(n, 21);
+  std::vector<float> out(n * dim);
+  ASSERT_TRUE(src->Pull(keys.data(), n, out.data()).ok());
+  for (int s = 0; s < 2; ++s) {
+    const std::vector<float> g = RandomGrads(n * dim, 30 + s);
+    ASSERT_TRUE(src->Push(keys.data(), n, g.data()).ok());
+  }
+  o.num_shards = 5;  // a different sharding restores the same rows
+  auto dst = MakeTable(o);
+  std::map<uint64_t, int> seen;
+  src->ForEachRow([&](uint64_t key, const float* value, const float* state) {
+    ++seen[key];
+    ASSERT_TRUE(dst->Insert(key, value, state).ok());
+  });
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), n);
+  for (const auto& kv : seen) EXPECT_EQ(kv.second, 1);
+  dst->set_optimizer_step(src->optimizer_step());
+  const std::vector<float> g = RandomGrads(n * dim, 40);
+  ASSERT_TRUE(src->Push(keys.data(), n, g.data()).ok());
+  ASSERT_TRUE(dst->Push(keys.data(), n, g.data()).ok());
+  std::vector<float> a(dim), b(dim), sa(2 * dim), sb(2 * dim);
+  for (uint64_t k : keys) {
+    ASSERT_TRUE(src->ReadRow(k, a.data(), sa.data()));
+    ASSERT_TRUE(dst->ReadRow(k, b.data(), sb.data()));
+    ASSERT_TRUE(AllClose(b, a, Tolerance{0, 0}));
+    ASSERT_TRUE(AllClose(sb, sa, Tolerance{0, 0}));
+  }
+  // A null state is the optimizer's initial state.
+  std::vector<float> v(dim, 0.5f);
+  ASSERT_TRUE(dst->Insert(424242, v.data(), nullptr).ok());
+  ASSERT_TRUE(dst->ReadRow(424242, b.data(), sb.data()));
+  EXPECT_TRUE(AllClose(b, v, Tolerance{0, 0}));
+  for (float x : sb) EXPECT_EQ(x, 0.0f);
+}
+
+// --- Bad input -----------------------------------------------------------------------------------
+
+TEST(DynamicTable, BadOptionsAndArgumentsAreStatusErrors) {
+  TableOptions o = Options("bad", OptimizerOptions::Type::kSgd, 0);
+  auto t = DynamicTable::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("dim"), std::string::npos) << t.status();
+  o.dim = 4;
+  o.rows_per_slab = 100;
+  t = DynamicTable::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("rows_per_slab"), std::string::npos) << t.status();
+  o.rows_per_slab = 16;
+  o.optimizer.learning_rate = -1;
+  EXPECT_FALSE(DynamicTable::Create(o).ok());
+  o.optimizer.learning_rate = 0.1;
+  o.name = "";
+  EXPECT_FALSE(DynamicTable::Create(o).ok());
+  o.name = "bad";
+  auto table = MakeTable(o);
+  float out[4];
+  uint64_t key = 1;
+  EXPECT_EQ(table->Pull(&key, -1, out).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(table->Pull(nullptr, 1, out).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(table->Push(&key, 1, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(table->Pull(nullptr, 0, nullptr).ok());
+  EXPECT_EQ(table->Stats().rows, 0);
+}
+
+}  // namespace
+}  // namespace ips::ps
