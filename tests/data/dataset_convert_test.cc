@@ -1,0 +1,408 @@
+// Converter tests: one per input format on small fixtures written here (plain and gzip), the
+// columns read back through Dataset/ShardView, malformed-line messages and bad-record accounting,
+// sharding, and corruption/truncation of converted shards.
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "gtest/gtest.h"
+#include "tests/data/data_test_util.h"
+#include "worker/data_reader.h"
+#include "worker/dataset_builder.h"
+#include "worker/record_parsers.h"
+
+namespace ips {
+namespace {
+
+using testing::TempDir;
+using testing::WriteFile;
+using testing::WriteGzip;
+
+std::string ItemLine(int id, int first_genre) {
+  std::string s = std::to_string(id) + "|Movie " + std::to_string(id) + " (1995)|01-Jan-1995||u";
+  for (int g = 0; g < 19; ++g)
+    s += (g == first_genre || (first_genre >= 0 && g == 18)) ? "|1" : "|0";
+  return s + "\n";
+}
+
+// 3 users. User 10: ts ties keep input order; user 20: 2 events (train only); user 30: 4 events.
+const char kUData[] =
+    "10\t1\t5\t100\n"
+    "10\t2\t3\t200\n"
+    "10\t3\t4\t200\n"
+    "10\t4\t1\t50\n"
+    "20\t2\t2\t10\n"
+    "20\t5\t2\t5\n"
+    "30\t5\t1\t1\n"
+    "30\t1\t1\t2\n"
+    "30\t3\t1\t3\n"
+    "30\t2\t1\t4\n";
+
+std::string UItem() {
+  return ItemLine(1, 3) + ItemLine(2, -1) + ItemLine(3, 0) + ItemLine(4, 7) + ItemLine(5, 18);
+}
+
+ConvertOptions Options(const std::string& format, const std::string& in, const std::string& out) {
+  ConvertOptions o;
+  o.format = format;
+  o.input = in;
+  o.output = out;
+  return o;
+}
+
+std::unique_ptr<Dataset> OpenOrDie(const std::string& dir) {
+  auto d = Dataset::Open(dir);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? std::move(*d) : nullptr;
+}
+
+template <typename T>
+std::vector<T> Vec(ColumnView<T> v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+TEST(ConvertMovieLens100k, PlainAndGzipGiveIdenticalShardsAndExpectedColumns) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.File("plain").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.File("gz").c_str(), 0755), 0);
+  WriteFile(dir.File("plain/u.data"), kUData);
+  WriteFile(dir.File("plain/u.item"), UItem());
+  WriteGzip(dir.File("gz/u.data.gz"), kUData);
+  WriteGzip(dir.File("gz/u.item.gz"), UItem());
+  auto a = ConvertDataset(Options("movielens100k", dir.File("plain"), dir.File("out_a")));
+  ASSERT_TRUE(a.ok()) << a.status();
+  // A u.data path works too (u.item.gz found beside it).
+  auto b = ConvertDataset(Options("movielens100k", dir.File("gz/u.data.gz"), dir.File("out_b")));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(testing::ReadFile(dir.File("out_a/shard-00000-of-00001.ips")),
+            testing::ReadFile(dir.File("out_b/shard-00000-of-00001.ips")));
+  EXPECT_EQ(a->input_lines, 10u);
+  EXPECT_EQ(a->events, 10u);
+  EXPECT_EQ(a->users, 3u);
+  EXPECT_EQ(a->items, 5u);
+  EXPECT_EQ(a->categories, 4u);  // 1 + first genre: 4, 1 (none), 1, 8, 19
+  EXPECT_EQ(a->protocol, "seqrec");
+  EXPECT_EQ(a->train_events, 2u + 2u + 2u);
+
+  auto d = OpenOrDie(dir.File("out_a"));
+  ASSERT_NE(d, nullptr);
+  const ShardView& s = d->shard(0);
+  EXPECT_EQ(Vec(s.rec_user), (std::vector<uint64_t>{10, 20, 30}));
+  EXPECT_EQ(Vec(s.rec_offset), (std::vector<uint64_t>{0, 4, 6, 10}));
+  EXPECT_EQ(Vec(s.rec_train_len), (std::vector<uint32_t>{2, 2, 2}));
+  // Items keep their ids (1..5 dense already). User 10 sorted by ts, ties in input order.
+  EXPECT_EQ(Vec(s.ev_item), (std::vector<uint32_t>{4, 1, 2, 3, 5, 2, 5, 1, 3, 2}));
+  EXPECT_EQ(Vec(s.ev_ts), (std::vector<int64_t>{50, 100, 200, 200, 5, 10, 1, 2, 3, 4}));
+  // Raw categories 1+genre: item1 -> 4, item2 -> 1, item3 -> 1, item4 -> 8, item5 -> 19; dense
+  // over {1,4,8,19} -> 1,2,3,4.
+  EXPECT_EQ(Vec(d->item_cat()), (std::vector<uint32_t>{0, 2, 1, 1, 3, 4}));
+  EXPECT_EQ(Vec(s.ev_cat), (std::vector<uint32_t>{3, 2, 1, 1, 4, 1, 4, 2, 1, 1}));
+  EXPECT_EQ(Vec(s.ev_action), std::vector<uint8_t>(10, static_cast<uint8_t>(Action::kRate)));
+  EXPECT_EQ(Vec(s.ev_domain), std::vector<uint8_t>(10, 0));
+  // seqrec: positions t >= 1 of each train sequence.
+  EXPECT_EQ(Vec(s.train_rec), (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(Vec(s.train_pos), (std::vector<uint32_t>{1, 1, 1}));
+  EXPECT_EQ(Vec(s.train_label), (std::vector<uint8_t>{1, 1, 1}));
+  // Eval: users with >= 3 events; position = last event; candidate 0 = the test item.
+  EXPECT_EQ(Vec(s.eval_rec), (std::vector<uint32_t>{0, 2}));
+  EXPECT_EQ(Vec(s.eval_pos), (std::vector<uint32_t>{3, 3}));
+  ASSERT_EQ(s.eval_cand.size, 2u * 101);
+  EXPECT_EQ(s.eval_cand[0], 3u);
+  EXPECT_EQ(s.eval_cand[101], 2u);
+  // User 10 saw every item but 5, user 30 every item but 4.
+  for (int k = 1; k < 101; ++k) {
+    EXPECT_EQ(s.eval_cand[k], 5u);
+    EXPECT_EQ(s.eval_cand[101 + k], 4u);
+  }
+  EXPECT_EQ(Vec(s.seen_offset), (std::vector<uint64_t>{0, 4, 6, 10}));
+  EXPECT_EQ(Vec(s.seen_item), (std::vector<uint32_t>{1, 2, 3, 4, 2, 5, 1, 2, 3, 5}));
+  EXPECT_EQ(a->history_histogram[1], 3u);
+}
+
+TEST(ConvertMovieLens1m, RatingsAndMoviesLatin1) {
+  TempDir dir;
+  WriteGzip(dir.File("ratings.users_0001-0002.dat.gz"),
+            "1::20::5::978300760\n1::10::3::978300761\n1::30::4::978300700\n2::10::4::1\n");
+  WriteGzip(dir.File("movies.dat.gz"),
+            "10::Caf\xe9 (1995)::Comedy|Drama\n20::X (1999)::Western\n30::Y::Action\n");
+  auto m = ConvertDataset(Options("movielens1m", dir.path(), dir.File("out")));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->events, 4u);
+  EXPECT_EQ(m->users, 2u);
+  EXPECT_EQ(m->items, 3u);
+  EXPECT_EQ(m->categories, 3u);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  // Raw ids 10, 20, 30 -> dense 1, 2, 3; user 1 in time order: 30, 20, 10.
+  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 10, 20, 30}));
+  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 2, 1, 1}));
+  // Categories: Comedy=5, Western=18, Action=1 -> dense over {1,5,18}.
+  EXPECT_EQ(Vec(d->item_cat()), (std::vector<uint32_t>{0, 2, 3, 1}));
+}
+
+TEST(ConvertSeqRec, GzipLineOrderIsTimeOrderAndOneCategory) {
+  TempDir dir;
+  WriteGzip(dir.File("Video.txt.gz"), "1 3\n2 1\n1 1\n1 2\n2 3\n");
+  auto m = ConvertDataset(Options("seqrec", dir.File("Video.txt.gz"), dir.File("out")));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->categories, 1u);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 1, 2, 1, 3}));
+  EXPECT_EQ(Vec(d->shard(0).ev_ts), (std::vector<int64_t>{0, 2, 3, 1, 4}));
+  EXPECT_EQ(Vec(d->shard(0).ev_cat), std::vector<uint32_t>(5, 1));
+}
+
+TEST(ConvertTaobao, CtrProtocolAllPositionsDenseCategories) {
+  TempDir dir;
+  WriteFile(dir.File("ub.csv"),
+            "7,500,90,pv,30\n7,501,91,buy,10\n7,500,90,cart,20\n7,502,90,fav,40\n7,503,92,pv,"
+            "50\n8,501,91,pv,1\n");
+  auto m = ConvertDataset(Options("taobao", dir.File("ub.csv"), dir.File("out")));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->protocol, "ctr");
+  EXPECT_EQ(m->train_negatives, "popularity");
+  EXPECT_EQ(m->users, 2u);
+  EXPECT_EQ(m->items, 4u);
+  EXPECT_EQ(m->categories, 3u);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  const ShardView& s = d->shard(0);
+  EXPECT_EQ(Vec(s.ev_item), (std::vector<uint32_t>{2, 1, 1, 3, 4, 2}));
+  EXPECT_EQ(Vec(s.ev_cat), (std::vector<uint32_t>{2, 1, 1, 1, 3, 2}));
+  EXPECT_EQ(Vec(s.ev_action),
+            (std::vector<uint8_t>{
+                static_cast<uint8_t>(Action::kBuy), static_cast<uint8_t>(Action::kCart),
+                static_cast<uint8_t>(Action::kView), static_cast<uint8_t>(Action::kFav),
+                static_cast<uint8_t>(Action::kView), static_cast<uint8_t>(Action::kView)}));
+  // User 7 (5 events): train = first 3, positives at t = 1, 2. User 8 (1 event): none.
+  EXPECT_EQ(Vec(s.train_pos), (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(m->train_examples_per_epoch, 4u);
+  // Popularity over train events: item 2 (x1), item 1 (x2; user 7 has 1 twice in train).
+  auto counts = d->sampler();
+  EXPECT_TRUE(counts.popularity());
+}
+
+TEST(ConvertDien, GivenExamplesWithLabelsAndHistories) {
+  TempDir dir;
+  WriteFile(dir.File("train"),
+            "1\tU1\tM3\tC1\tM1\x02M2\tC1\x02"
+            "C2\n"
+            "0\tU1\tM9\tC2\tM1\x02M2\tC1\x02"
+            "C2\n"
+            "1\tU2\tM1\tC1\tM2\tC2\n");
+  WriteGzip(dir.File("test.gz"), "1\tU3\tM2\tC2\tM3\tC1\n");
+  ConvertOptions o = Options("dien", dir.File("train"), dir.File("out"));
+  o.eval_input = dir.File("test.gz");
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->protocol, "given");
+  EXPECT_EQ(m->events, 4u);
+  EXPECT_EQ(m->users, 3u);
+  EXPECT_EQ(m->items, 4u);
+  EXPECT_EQ(m->categories, 2u);
+  EXPECT_EQ(m->train_examples, 3u);
+  EXPECT_EQ(m->train_examples_per_epoch, 3u);
+  EXPECT_EQ(m->eval_examples, 1u);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  ReaderOptions ro;
+  ro.batch_size = 8;
+  ro.max_len = 3;
+  ro.shuffle = false;
+  TrainReader r(d.get(), {}, ro);
+  Batch b;
+  ASSERT_TRUE(r.Next(&b));
+  ASSERT_EQ(b.size, 3);
+  std::map<uint64_t, std::vector<uint64_t>> raw_rows;  // target raw -> [label, hist raw...]
+  for (int i = 0; i < b.size; ++i) {
+    std::vector<uint64_t> row = {static_cast<uint64_t>(b.label[i])};
+    for (int t = 0; t < 3; ++t) row.push_back(d->item_raw()[b.hist_item[i * 3 + t]]);
+    raw_rows[d->item_raw()[b.item[i]]] = row;
+    EXPECT_EQ(b.length[i], b.hist_item[i * 3] == 0 ? (b.hist_item[i * 3 + 1] == 0 ? 1 : 2) : 3);
+  }
+  EXPECT_EQ(raw_rows[StringId("M3")],
+            (std::vector<uint64_t>{1, 0, StringId("M1"), StringId("M2")}));
+  EXPECT_EQ(raw_rows[StringId("M9")],
+            (std::vector<uint64_t>{0, 0, StringId("M1"), StringId("M2")}));
+  EXPECT_EQ(raw_rows[StringId("M1")], (std::vector<uint64_t>{1, 0, 0, StringId("M2")}));
+  EXPECT_FALSE(r.Next(&b));
+  EvalReader e(d.get(), {}, ro);
+  ASSERT_TRUE(e.Next(&b));
+  ASSERT_EQ(b.size, 1);
+  EXPECT_EQ(d->item_raw()[b.item[0]], StringId("M2"));
+  EXPECT_EQ(b.label[0], 1.0f);
+  EXPECT_EQ(b.user[0], StringId("U3"));
+}
+
+TEST(ConvertEvents, CanonicalTsvRoundTripsThroughTheReader) {
+  TempDir dir;
+  std::string tsv;
+  std::vector<Event> events;
+  for (int i = 0; i < 12; ++i) {
+    Event e;
+    e.user = 100 + i % 2;
+    e.item = 1000 + i;
+    e.category = 7 + i % 3;
+    e.timestamp = 1000 - i;  // reverse time order in the file
+    e.action = static_cast<Action>(i % 6);
+    e.domain = static_cast<uint8_t>(i % 4);
+    AppendEventLine(e, &tsv);
+    events.push_back(e);
+  }
+  WriteGzip(dir.File("events.tsv.gz"), tsv);
+  ConvertOptions o = Options("events", dir.File("events.tsv.gz"), dir.File("out"));
+  o.protocol = "seqrec";
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  const ShardView& s = d->shard(0);
+  ASSERT_EQ(s.ev_item.size, 12u);
+  for (size_t r = 0; r < 2; ++r) {
+    for (uint64_t k = s.rec_offset[r]; k < s.rec_offset[r + 1]; ++k) {
+      // Find the input event by its raw item id and compare every column.
+      const uint64_t raw = d->item_raw()[s.ev_item[k]];
+      const Event& e = events[raw - 1000];
+      EXPECT_EQ(e.user, s.rec_user[r]);
+      EXPECT_EQ(e.timestamp, s.ev_ts[k]);
+      EXPECT_EQ(static_cast<uint8_t>(e.action), s.ev_action[k]);
+      EXPECT_EQ(e.domain, s.ev_domain[k]);
+      EXPECT_EQ(s.ev_cat[k], e.category - 6);  // raw 7, 8, 9 -> dense 1, 2, 3
+      if (k > s.rec_offset[r]) {
+        EXPECT_LT(s.ev_ts[k - 1], s.ev_ts[k]);
+      }
+    }
+  }
+}
+
+TEST(ConvertErrors, MalformedLineNamesFileLineFieldAndValue) {
+  TempDir dir;
+  WriteFile(dir.File("u.data"), "1\t1\t5\t100\n1\t2\t5\t100\n1\tabc\t5\t100\n");
+  WriteFile(dir.File("u.item"), UItem());
+  auto m = ConvertDataset(Options("movielens100k", dir.File("u.data"), dir.File("out")));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(),
+            dir.File("u.data") + ":3: item: expected an unsigned 64-bit integer id (got 'abc')");
+
+  WriteFile(dir.File("tb.csv"), "1,2,3,pv,4\n1,2,3,pv\n");
+  m = ConvertDataset(Options("taobao", dir.File("tb.csv"), dir.File("out")));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(),
+            dir.File("tb.csv") +
+                ":2: line: expected 5 comma-separated fields: user,item,category,behavior,"
+                "timestamp (got '1,2,3,pv')");
+  // A bad u.item line is always fatal and named.
+  WriteFile(dir.File("u.item"), "1|x|y\n");
+  m = ConvertDataset(Options("movielens100k", dir.File("u.data"), dir.File("out")));
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find(dir.File("u.item") + ":1: line: expected 24"),
+            std::string::npos)
+      << m.status();
+  EXPECT_EQ(ConvertDataset(Options("nope", "x", dir.File("out"))).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ConvertDataset(Options("seqrec", dir.File("missing"), dir.File("out"))).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST(ConvertErrors, MaxBadRecordsSkipsCountsAndAccountsForEveryLine) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), "1 1\n1 x\n\n1 2\n2 1\n2 -\n3 3\n");
+  ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
+  o.max_bad_records = 2;
+  o.min_user_events = 2;
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->input_lines, 7u);
+  EXPECT_EQ(m->bad_records, 2u);
+  EXPECT_EQ(m->filtered.at("blank_line"), 1u);
+  EXPECT_EQ(m->filtered.at("user_below_min_events"), 2u);  // users 2 and 3 have one event each
+  EXPECT_EQ(m->events, 2u);
+  EXPECT_EQ(m->items, 2u);  // item 3 belonged only to a dropped user
+  EXPECT_EQ(m->users, 1u);
+  EXPECT_EQ(m->events + m->bad_records + 1 + 2, m->input_lines);
+  // The manifest round-trips the accounting.
+  auto back = Manifest::ReadFrom(dir.File("out"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToText(), m->ToText());
+
+  o.max_bad_records = 1;
+  auto fail = ConvertDataset(o);
+  ASSERT_FALSE(fail.ok());
+  EXPECT_EQ(fail.status().message(),
+            dir.File("s.txt") +
+                ":6: item: expected an unsigned 64-bit integer id (got '-') [more than "
+                "--max_bad_records=1 bad records]");
+}
+
+TEST(ConvertShards, UsersAreDisjointAcrossShardsAndCountsAddUp) {
+  TempDir dir;
+  std::string text;
+  for (int u = 1; u <= 200; ++u)
+    for (int k = 0; k < 1 + u % 7; ++k)
+      text += std::to_string(u) + " " + std::to_string(1 + (u * 31 + k * 17) % 97) + "\n";
+  WriteFile(dir.File("s.txt"), text);
+  ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("one"));
+  auto one = ConvertDataset(o);
+  ASSERT_TRUE(one.ok()) << one.status();
+  o.output = dir.File("four");
+  o.shards = 4;
+  auto four = ConvertDataset(o);
+  ASSERT_TRUE(four.ok()) << four.status();
+  std::set<uint64_t> users;
+  uint64_t events = 0, train = 0, eval = 0;
+  auto d = OpenOrDie(dir.File("four"));
+  ASSERT_NE(d, nullptr);
+  for (int s = 0; s < 4; ++s) {
+    EXPECT_GT(d->shard(s).rec_user.size, 10u);  // hashing spreads users
+    for (uint64_t u : d->shard(s).rec_user) EXPECT_TRUE(users.insert(u).second) << u;
+    events += d->shard(s).ev_item.size;
+    train += d->shard(s).train_rec.size;
+    eval += d->shard(s).eval_rec.size;
+  }
+  EXPECT_EQ(users.size(), 200u);
+  EXPECT_EQ(events, one->events);
+  EXPECT_EQ(train, one->train_examples);
+  EXPECT_EQ(eval, one->eval_examples);
+  EXPECT_EQ(four->eval_examples, one->eval_examples);
+}
+
+TEST(ConvertCorruption, FlippedShardByteAndTruncationAreDataLossNamingShardAndBlock) {
+  TempDir dir;
+  WriteFile(dir.File("u.data"), kUData);
+  WriteFile(dir.File("u.item"), UItem());
+  ASSERT_TRUE(ConvertDataset(Options("movielens100k", dir.path(), dir.File("out"))).ok());
+  const std::string shard = dir.File("out/shard-00000-of-00001.ips");
+  const std::string good = testing::ReadFile(shard);
+  ASSERT_NE(OpenOrDie(dir.File("out")), nullptr);
+  // Block 0 (rec_user) starts at offset 64.
+  std::string bad = good;
+  bad[64 + 3] ^= 0x10;
+  WriteFile(shard, bad);
+  auto d = Dataset::Open(dir.File("out"));
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(d.status().message().find(shard + ": block 0 (rec_user): CRC mismatch (stored 0x"),
+            std::string::npos)
+      << d.status();
+  WriteFile(shard, good.substr(0, good.size() - 100));
+  d = Dataset::Open(dir.File("out"));
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(
+      d.status().message().find(shard + ": truncated: expected " + std::to_string(good.size()) +
+                                " bytes, found " + std::to_string(good.size() - 100)),
+      std::string::npos)
+      << d.status();
+  // A manifest edited by hand is rejected by its CRC.
+  WriteFile(shard, good);
+  std::string manifest = testing::ReadFile(dir.File("out/MANIFEST"));
+  manifest.replace(manifest.find("users=3"), 7, "users=4");
+  WriteFile(dir.File("out/MANIFEST"), manifest);
+  d = Dataset::Open(dir.File("out"));
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("MANIFEST: CRC mismatch"), std::string::npos) << d.status();
+}
+
+}  // namespace
+}  // namespace ips

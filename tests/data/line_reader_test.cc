@@ -1,0 +1,88 @@
+#include "worker/line_reader.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/data/data_test_util.h"
+
+namespace ips {
+namespace {
+
+std::vector<std::string> ReadAll(const std::string& path, std::vector<int64_t>* numbers = nullptr) {
+  auto r = LineReader::Open(path);
+  EXPECT_TRUE(r.ok()) << r.status();
+  std::vector<std::string> lines;
+  if (!r.ok()) return lines;
+  std::string_view line;
+  for (;;) {
+    auto more = (*r)->Next(&line);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    lines.emplace_back(line);
+    if (numbers) numbers->push_back((*r)->line_number());
+  }
+  return lines;
+}
+
+TEST(LineReader, PlainAndGzipGiveSameLinesWithNumbers) {
+  testing::TempDir dir;
+  const std::string content = "a b\r\nsecond\n\nlast-without-newline";
+  testing::WriteFile(dir.File("p.txt"), content);
+  testing::WriteGzip(dir.File("g.txt"), content);  // no .gz suffix: detected by magic bytes
+  EXPECT_FALSE(*IsGzipFile(dir.File("p.txt")));
+  EXPECT_TRUE(*IsGzipFile(dir.File("g.txt")));
+  std::vector<int64_t> nums;
+  const auto plain = ReadAll(dir.File("p.txt"), &nums);
+  const std::vector<std::string> want = {"a b", "second", "", "last-without-newline"};
+  EXPECT_EQ(plain, want);
+  EXPECT_EQ(nums, (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(ReadAll(dir.File("g.txt")), want);
+}
+
+TEST(LineReader, LinesLongerThanTheBufferAndManyLines) {
+  testing::TempDir dir;
+  std::string content;
+  const std::string long_line(3 << 20, 'x');  // 3 MiB > the 1 MiB buffer
+  content += "short\n" + long_line + "\n";
+  for (int i = 0; i < 100000; ++i) content += std::to_string(i) + "\n";
+  testing::WriteGzip(dir.File("big.gz"), content);
+  const auto lines = ReadAll(dir.File("big.gz"));
+  ASSERT_EQ(lines.size(), 100002u);
+  EXPECT_EQ(lines[0], "short");
+  EXPECT_EQ(lines[1], long_line);
+  EXPECT_EQ(lines[100001], "99999");
+}
+
+TEST(LineReader, MissingFileIsNotFound) {
+  auto r = LineReader::Open("/nonexistent/file.txt");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status().message().find("/nonexistent/file.txt"), std::string::npos);
+}
+
+TEST(LineReader, CorruptGzipIsDataLoss) {
+  testing::TempDir dir;
+  std::string content;
+  for (int i = 0; i < 20000; ++i) content += "line " + std::to_string(i * 7919) + "\n";
+  testing::WriteGzip(dir.File("c.gz"), content);
+  std::string bytes = testing::ReadFile(dir.File("c.gz"));
+  for (size_t i = bytes.size() / 3; i < bytes.size() / 3 + 64; ++i) bytes[i] ^= 0x5a;
+  testing::WriteFile(dir.File("c.gz"), bytes);
+  auto r = LineReader::Open(dir.File("c.gz"));
+  ASSERT_TRUE(r.ok());
+  std::string_view line;
+  Status error;
+  for (;;) {
+    auto more = (*r)->Next(&line);
+    if (!more.ok()) {
+      error = more.status();
+      break;
+    }
+    if (!*more) break;
+  }
+  EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error;
+  EXPECT_NE(error.message().find("c.gz:"), std::string::npos) << error;
+}
+
+}  // namespace
+}  // namespace ips

@@ -1,0 +1,68 @@
+// Dataset conversion: reads one input format (worker/record_parsers.h) into time-ordered user
+// sequences, applies an example-building protocol, and writes a dataset directory of shards
+// (worker/columnar_file.h, columns in worker/shard_schema.h), vocab.ips and MANIFEST.
+//
+// Protocols (identical to ../shared/peers/data.py where the peer defines them):
+//   seqrec  Leave-one-out: users with >= 3 events hold out the last (test) and second to last
+//           (validation, used only as history at test time); others are train-only. Training
+//           positives at each of the last `max_history` positions t >= 1 of the train sequence,
+//           each paired per epoch with one uniformly drawn item the user never interacted with
+//           (any split). Evaluation: all users with >= 3 events or a seeded random `eval_users`
+//           of them; history = last max_history of train+validation; candidates = test item +
+//           `eval_negatives` uniform never-interacted items (with replacement).
+//   ctr     Same time-ordered leave-one-out split, but every train position t >= 1 is a
+//           positive (all behaviours count), and negatives (training per epoch and evaluation)
+//           are drawn by training popularity (item frequency among train events), never an item
+//           the user interacted with.
+//   given   DIEN files: each line is an example with its own history and label; nothing is
+//           sampled. `--eval_input` (DIEN's test file) becomes the evaluation rows.
+// Ids: raw ids are remapped to dense ids 1..n in ascending raw-id order (0 = padding), so data
+// sets already numbered 1..n (SASRec files, MovieLens-100K) keep their ids. Data sets without
+// categories (seqrec) put every item in category 1. MovieLens categories are 1 + genre index.
+#ifndef IPS_WORKER_DATASET_BUILDER_H_
+#define IPS_WORKER_DATASET_BUILDER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/manifest.h"
+
+namespace ips {
+
+struct ConvertOptions {
+  std::string format;      // movielens100k | movielens1m | seqrec | taobao | dien | events
+  std::string input;       // file, or directory for the MovieLens formats
+  std::string eval_input;  // dien only: the test file (optional)
+  std::string output;      // directory (created if missing)
+  int shards = 1;
+  uint64_t seed = 0;
+  std::string protocol;  // empty = the format's default (seqrec for ML/seqrec, ctr, given)
+  int64_t max_bad_records = 0;
+  int64_t max_history = 50;
+  int64_t eval_negatives = 100;
+  int64_t eval_users = 10000;
+  int64_t min_user_events = 1;  // users with fewer events are dropped (counted as filtered)
+  // Progress callback (lines read so far); may be empty.
+  std::function<void(uint64_t lines)> progress;
+};
+
+// The formats and protocols accepted (for usage text and validation).
+const std::vector<std::string>& ConvertFormats();
+std::string DefaultProtocol(const std::string& format);
+
+// Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options or a malformed line
+// ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad,
+// NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. On success returns the manifest
+// that was written to options.output/MANIFEST.
+StatusOr<Manifest> ConvertDataset(const ConvertOptions& options);
+
+// The file name of shard `index` of `count`: "shard-00003-of-00008.ips".
+std::string ShardFileName(int index, int count);
+constexpr char kVocabFile[] = "vocab.ips";
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_DATASET_BUILDER_H_

@@ -1,0 +1,130 @@
+#include "worker/line_reader.h"
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace ips {
+namespace {
+constexpr size_t kBufferBytes = 1 << 20;
+// A line longer than this is certainly not one of our formats: fail instead of eating memory.
+constexpr size_t kMaxLineBytes = 64 << 20;
+}  // namespace
+
+StatusOr<bool> IsGzipFile(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
+  unsigned char magic[2] = {0, 0};
+  const size_t n = std::fread(magic, 1, 2, f);
+  std::fclose(f);
+  return n == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+}
+
+StatusOr<std::unique_ptr<LineReader>> LineReader::Open(const std::string& path) {
+  IPS_ASSIGN_OR_RETURN(bool gzip, IsGzipFile(path));
+  // gzopen reads non-gzip files transparently, so one code path serves both.
+  gzFile gz = gzopen(path.c_str(), "rb");
+  if (gz == nullptr) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
+  gzbuffer(gz, 256 << 10);
+  return std::unique_ptr<LineReader>(new LineReader(path, gz, gzip));
+}
+
+LineReader::LineReader(std::string path, void* gz, bool gzip)
+    : path_(std::move(path)), gz_(gz), gzip_(gzip), buf_(kBufferBytes) {}
+
+LineReader::~LineReader() { gzclose(static_cast<gzFile>(gz_)); }
+
+int64_t LineReader::compressed_offset() const {
+  return static_cast<int64_t>(gzoffset(static_cast<gzFile>(gz_)));
+}
+
+Status LineReader::Fill() {
+  // Move the unread tail to the front, then append as much as fits.
+  if (begin_ > 0) {
+    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  const int n = gzread(static_cast<gzFile>(gz_), buf_.data() + end_,
+                       static_cast<unsigned>(buf_.size() - end_));
+  if (n < 0) {
+    int err = 0;
+    const char* msg = gzerror(static_cast<gzFile>(gz_), &err);
+    return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
+                         ": read error: " + (msg ? msg : "unknown"));
+  }
+  if (n == 0) eof_ = true;
+  end_ += static_cast<size_t>(n);
+  return Status::Ok();
+}
+
+StatusOr<bool> LineReader::Next(std::string_view* line) {
+  long_line_.clear();
+  bool using_long = false;
+  for (;;) {
+    const char* start = buf_.data() + begin_;
+    const void* nl = std::memchr(start, '\n', end_ - begin_);
+    if (nl != nullptr) {
+      const size_t len = static_cast<const char*>(nl) - start;
+      std::string_view piece(start, len);
+      begin_ += len + 1;
+      if (using_long) {
+        long_line_.append(piece);
+        piece = long_line_;
+      }
+      if (!piece.empty() && piece.back() == '\r') piece.remove_suffix(1);
+      *line = piece;
+      ++line_number_;
+      return true;
+    }
+    if (eof_) {
+      if (begin_ == end_ && !using_long) return false;
+      std::string_view piece(start, end_ - begin_);
+      begin_ = end_;
+      if (using_long) {
+        long_line_.append(piece);
+        piece = long_line_;
+      }
+      if (!piece.empty() && piece.back() == '\r') piece.remove_suffix(1);
+      *line = piece;
+      ++line_number_;
+      return true;
+    }
+    if (begin_ == 0 && end_ == buf_.size()) {
+      // The buffer holds one incomplete line: spill it and keep reading.
+      long_line_.append(buf_.data(), end_);
+      using_long = true;
+      begin_ = end_ = 0;
+      if (long_line_.size() > kMaxLineBytes)
+        return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
+                             ": line longer than " + std::to_string(kMaxLineBytes) + " bytes");
+    }
+    IPS_RETURN_IF_ERROR(Fill());
+  }
+}
+
+std::string FormatFieldError(const std::string& path, int64_t line, std::string_view field,
+                             std::string_view expected, std::string_view got) {
+  std::string shown;
+  constexpr size_t kMaxShown = 60;
+  for (size_t i = 0; i < got.size() && i < kMaxShown; ++i) {
+    const unsigned char c = static_cast<unsigned char>(got[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      shown.push_back(static_cast<char>(c));
+    } else {
+      char esc[8];
+      std::snprintf(esc, sizeof(esc), "\\x%02x", c);
+      shown += esc;
+    }
+  }
+  if (got.size() > kMaxShown) shown += "...";
+  std::string out = path + ":" + std::to_string(line) + ": ";
+  out.append(field);
+  out += ": expected ";
+  out.append(expected);
+  out += " (got '" + shown + "')";
+  return out;
+}
+
+}  // namespace ips

@@ -1,0 +1,235 @@
+#include "worker/synthetic_batches.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace ips {
+
+// ---------------------------------------------------------------------------------------------
+// BoundedZipf
+
+BoundedZipf::BoundedZipf(uint32_t n, double alpha) : n_(n), alpha_(alpha), cdf_(n), cells_(n) {
+  if (n == 0) {
+    n_ = 1;
+    cdf_.assign(1, 1.0);
+    cells_.assign(1, Cell{1.0, 0});
+    return;
+  }
+  // The same arithmetic as numpy's `cumsum(arange(1, n + 1) ** -alpha)` followed by `/ cdf[-1]`:
+  // a sequential float64 sum of pow(r, -alpha), then one division per entry. The last entry is
+  // total / total == 1.0 exactly.
+  double acc = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    acc += std::pow(static_cast<double>(i) + 1.0, -alpha);
+    cdf_[i] = acc;
+  }
+  for (uint32_t i = 0; i < n; ++i) cdf_[i] /= acc;
+  total_ = acc;
+  // Vose's alias construction on n * pmf. Leftover cells (rounding) keep probability 1.
+  std::vector<double> scaled(n);
+  std::vector<uint32_t> small, large;
+  for (uint32_t i = 0; i < n; ++i) {
+    scaled[i] = Probability(i + 1) * n;
+    (scaled[i] < 1.0 ? small : large).push_back(i);
+  }
+  while (!small.empty() && !large.empty()) {
+    const uint32_t l = small.back(), g = large.back();
+    small.pop_back();
+    cells_[l] = Cell{scaled[l], g};
+    scaled[g] -= 1.0 - scaled[l];
+    if (scaled[g] < 1.0) {
+      large.pop_back();
+      small.push_back(g);
+    }
+  }
+  for (uint32_t i : large) cells_[i] = Cell{1.0, i};
+  for (uint32_t i : small) cells_[i] = Cell{1.0, i};
+}
+
+uint32_t BoundedZipf::FromUniform(double u) const {
+  const size_t i = std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin();
+  return static_cast<uint32_t>(std::min<size_t>(i, n_ - 1)) + 1;
+}
+
+std::vector<double> BoundedZipf::SamplerPmf() const {
+  std::vector<double> pmf(static_cast<size_t>(n_) + 1, 0.0);
+  for (uint32_t i = 0; i < n_; ++i) {
+    pmf[i + 1] += cells_[i].prob / n_;
+    pmf[cells_[i].alias + 1] += (1.0 - cells_[i].prob) / n_;
+  }
+  return pmf;
+}
+
+double BoundedZipf::Probability(uint32_t id) const {
+  if (id < 1 || id > n_) return 0;
+  // From the pmf, not a CDF difference, which would lose the relative precision of small terms.
+  return std::pow(static_cast<double>(id), -alpha_) / total_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SyntheticBatches
+
+Status ValidateSyntheticOptions(const SyntheticOptions& o) {
+  if (o.num_items < 1 || o.num_items > (1u << 28)) {
+    return InvalidArgumentError("synthetic: num_items must be in [1, 2^28], got " +
+                                std::to_string(o.num_items));
+  }
+  if (o.num_categories < 1) return InvalidArgumentError("synthetic: num_categories must be >= 1");
+  if (o.seq_len < 1 || o.seq_len > 65535) {
+    return InvalidArgumentError("synthetic: seq_len must be in [1, 65535], got " +
+                                std::to_string(o.seq_len));
+  }
+  if (!std::isfinite(o.alpha) || o.alpha < 0) {
+    return InvalidArgumentError("synthetic: alpha must be finite and >= 0, got " +
+                                std::to_string(o.alpha));
+  }
+  if (!(o.positive_rate >= 0 && o.positive_rate <= 1)) {
+    return InvalidArgumentError("synthetic: positive_rate must be in [0, 1], got " +
+                                std::to_string(o.positive_rate));
+  }
+  if (!(o.planted_rate >= 0 && o.planted_rate <= 1)) {
+    return InvalidArgumentError("synthetic: planted_rate must be in [0, 1], got " +
+                                std::to_string(o.planted_rate));
+  }
+  return Status::Ok();
+}
+
+StatusOr<std::unique_ptr<SyntheticBatches>> SyntheticBatches::Create(
+    const SyntheticOptions& options) {
+  IPS_RETURN_IF_ERROR(ValidateSyntheticOptions(options));
+  return std::unique_ptr<SyntheticBatches>(new SyntheticBatches(options));
+}
+
+SyntheticBatches::SyntheticBatches(const SyntheticOptions& o) : o_(o), zipf_(o.num_items, o.alpha) {
+  // Counting sort of items by category: ascending id within a category, as the peer's stable
+  // argsort gives.
+  const uint32_t c_rows = o.num_categories + 1;
+  cat_start_.assign(c_rows + 1, 0);
+  for (uint32_t item = 1; item <= o.num_items; ++item) ++cat_start_[Category(item) + 1];
+  for (uint32_t c = 0; c < c_rows; ++c) cat_start_[c + 1] += cat_start_[c];
+  by_cat_.resize(o.num_items);
+  std::vector<uint32_t> fill(cat_start_.begin(), cat_start_.end() - 1);
+  for (uint32_t item = 1; item <= o.num_items; ++item) by_cat_[fill[Category(item)]++] = item;
+}
+
+const uint32_t* SyntheticBatches::CategoryItems(uint32_t c, uint32_t* count) const {
+  if (c < 1 || c > o_.num_categories) {
+    *count = 0;
+    return by_cat_.data();
+  }
+  *count = cat_start_[c + 1] - cat_start_[c];
+  return by_cat_.data() + cat_start_[c];
+}
+
+uint32_t SyntheticBatches::ModeCategory(const uint32_t* cats, int n, std::vector<int32_t>& counts) {
+  uint32_t best = 0;
+  int32_t best_count = 0;
+  for (int t = 0; t < n; ++t) {
+    const uint32_t c = cats[t];
+    const int32_t k = ++counts[c];
+    if (k > best_count || (k == best_count && c < best)) {
+      best = c;
+      best_count = k;
+    }
+  }
+  for (int t = 0; t < n; ++t) counts[cats[t]] = 0;
+  return best;
+}
+
+namespace {
+
+Status CheckBatchSize(int batch, int seq_len) {
+  if (batch < 1 || static_cast<int64_t>(batch) * (seq_len + 1) > INT32_MAX) {
+    return InvalidArgumentError(
+        "synthetic: batch must be in [1, (2^31 - 1) / (seq_len + 1)], got " +
+        std::to_string(batch));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status SyntheticBatches::MakeCtrBatch(Rng& rng, int batch, CtrBatch* out) const {
+  IPS_RETURN_IF_ERROR(CheckBatchSize(batch, o_.seq_len));
+  const int T = o_.seq_len;
+  const size_t bt = static_cast<size_t>(batch) * T;
+  out->batch = batch;
+  out->seq_len = T;
+  out->hist_item.resize(bt);
+  out->hist_cat.resize(bt);
+  out->length.assign(batch, T);
+  out->item.resize(batch);
+  out->cat.resize(batch);
+  out->label.resize(batch);
+  out->neg_item.resize(bt);
+  out->neg_cat.resize(bt);
+  std::vector<int32_t> counts(CategoryRows(), 0);
+  for (int b = 0; b < batch; ++b) {
+    uint32_t* hist = out->hist_item.data() + static_cast<size_t>(b) * T;
+    uint32_t* hcat = out->hist_cat.data() + static_cast<size_t>(b) * T;
+    for (int t = 0; t < T; ++t) {
+      hist[t] = zipf_.Sample(rng);
+      hcat[t] = Category(hist[t]);
+    }
+    const bool positive = rng.Uniform() < o_.positive_rate;
+    uint32_t target = zipf_.Sample(rng);
+    if (positive && rng.Uniform() < o_.planted_rate) {
+      uint32_t size = 0;
+      const uint32_t* items = CategoryItems(ModeCategory(hcat, T, counts), &size);
+      // size > 0: the mode is the category of a history item.
+      if (size > 0) {
+        target = items[std::min<uint32_t>(static_cast<uint32_t>(rng.Uniform() * size), size - 1)];
+      }
+    }
+    out->item[b] = target;
+    out->cat[b] = Category(target);
+    out->label[b] = positive ? 1.0f : 0.0f;
+  }
+  for (size_t i = 0; i < bt; ++i) {
+    out->neg_item[i] = zipf_.Sample(rng);
+    out->neg_cat[i] = Category(out->neg_item[i]);
+  }
+  return Status::Ok();
+}
+
+Status SyntheticBatches::MakeSeqBatch(Rng& rng, int batch, SeqBatch* out) const {
+  IPS_RETURN_IF_ERROR(CheckBatchSize(batch, o_.seq_len));
+  const int T = o_.seq_len;
+  const size_t bt = static_cast<size_t>(batch) * T;
+  out->batch = batch;
+  out->seq_len = T;
+  out->seq.resize(bt);
+  out->pos.resize(bt);
+  out->neg.resize(bt);
+  out->length.assign(batch, T);
+  for (int b = 0; b < batch; ++b) {
+    uint32_t* seq = out->seq.data() + static_cast<size_t>(b) * T;
+    uint32_t* pos = out->pos.data() + static_cast<size_t>(b) * T;
+    // s[0..T]: seq = s[:-1], pos = s[1:].
+    uint32_t prev = zipf_.Sample(rng);
+    for (int t = 0; t < T; ++t) {
+      seq[t] = prev;
+      prev = zipf_.Sample(rng);
+      pos[t] = prev;
+    }
+  }
+  for (size_t i = 0; i < bt; ++i) out->neg[i] = zipf_.Sample(rng);
+  return Status::Ok();
+}
+
+Rng SyntheticBatches::BatchRng(uint64_t seed, uint64_t index) {
+  return Rng(Mix64(Mix64(seed) ^ (index * 0x9e3779b97f4a7c15ULL + 0x632be59bd9b4e019ULL)));
+}
+
+Status SyntheticBatches::CtrBatchAt(uint64_t index, int batch, CtrBatch* out) const {
+  Rng rng = BatchRng(o_.seed, index);
+  return MakeCtrBatch(rng, batch, out);
+}
+
+Status SyntheticBatches::SeqBatchAt(uint64_t index, int batch, SeqBatch* out) const {
+  Rng rng = BatchRng(o_.seed, index);
+  return MakeSeqBatch(rng, batch, out);
+}
+
+}  // namespace ips
