@@ -83,7 +83,7 @@ template <typename T>
 class [[nodiscard]] StatusOr {
  public:
   StatusOr(const Status& status) : status_(status) {  // NOLINT: implicit by design
-    if (status_.ok()) status_ = InternalError("StatusOr constructed from an OK Status");
+    if (status_.ok()) status_ = Status(StatusCode::kInternal, "StatusOr constructed from an OK Status");
   }
   StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
 
