@@ -15,7 +15,7 @@ struct RunResult {
   std::string output;  // stdout and stderr together
 };
 
-RunResult Run(const std::string& args) {
+RunResult RunIps(const std::string& args) {
   const std::string cmd = std::string(IPS_BINARY) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
@@ -34,16 +34,16 @@ std::string LastLine(const std::string& s) {
 }
 
 TEST(Cli, NoCommandOrUnknownCommandIsUsageExit2) {
-  auto r = Run("");
+  auto r = RunIps("");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("usage: ips"), std::string::npos);
-  r = Run("frobnicate");
+  r = RunIps("frobnicate");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos);
 }
 
 TEST(Cli, HelpListsCommands) {
-  auto r = Run("help");
+  auto r = RunIps("help");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.output.find("data"), std::string::npos);
   EXPECT_NE(r.output.find("config"), std::string::npos);
@@ -52,17 +52,17 @@ TEST(Cli, HelpListsCommands) {
 TEST(Cli, ConfigCheckEndsWithResultLine) {
   const std::string cfg = std::string(std::getenv("IPS_SOURCE_DIR")) +
                           "/launch/configs/din_synthetic.pbtxt";
-  auto r = Run("config check --config " + cfg + " --set data.batch_size=128");
+  auto r = RunIps("config check --config " + cfg + " --set data.batch_size=128");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(LastLine(r.output).rfind("RESULT config_check ", 0), 0u) << r.output;
   EXPECT_NE(r.output.find("overrides=1"), std::string::npos);
-  r = Run("config print --config " + cfg + " --set model.type=DIEN");
+  r = RunIps("config print --config " + cfg + " --set model.type=DIEN");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("type: DIEN"), std::string::npos) << r.output;
 }
 
 TEST(Cli, UnknownFlagIsUsageExit2) {
-  auto r = Run("config check --config x.pbtxt --bogus 1");
+  auto r = RunIps("config check --config x.pbtxt --bogus 1");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("unknown flag '--bogus'"), std::string::npos) << r.output;
 }
@@ -70,11 +70,11 @@ TEST(Cli, UnknownFlagIsUsageExit2) {
 TEST(Cli, BadConfigIsExit1NamingFileAndLine) {
   const std::string path = ::testing::TempDir() + "/bad_cli.pbtxt";
   std::ofstream(path) << "version: 1\nmodel {\n  embedding_dim: -3\n}\n";
-  auto r = Run("config check --config " + path);
+  auto r = RunIps("config check --config " + path);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find(path + ":3: model.embedding_dim: must be positive"), std::string::npos)
       << r.output;
-  r = Run("config check --config " + path + " --set model.embedding_dim=oops");
+  r = RunIps("config check --config " + path + " --set model.embedding_dim=oops");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("'oops' is not a valid int32"), std::string::npos) << r.output;
 }
