@@ -14,7 +14,8 @@
 #   IPS_JOBS            build parallelism (default: all cores)
 #   IPS_BENCH_TIMEOUT   seconds per benchmark binary (default 300)
 # Exit status: 0 when every gpu test passed and every benchmark verified (or, without a CUDA
-# device, after reporting that cleanly); 1 when a gpu test failed; 2 when a benchmark failed;
+# device, after reporting that cleanly); 1 when a gpu test failed (or skipped although a device is
+# visible); 2 when a benchmark failed;
 # 3 when the environment is missing something (cmake, nvcc, GoogleTest); 4 when the build failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +29,7 @@ while (($#)); do
   case $arg in
     --build-without-device) build_without_device=1 ;;
     --table-from) table_from=$1; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check: unknown argument '$arg' (see --help)" >&2; exit 3 ;;
   esac
 done
@@ -36,13 +37,14 @@ done
 # One row per target key of each RESULT line. The figure a target applies to is `ratio` for a
 # bare `target`, else the first key containing the target's suffix (target_bwd -> min_bwd_ratio).
 # Direction: speedups (vs_, speedup), bandwidths (gbs, gbps) and ratios below 1 (efficiencies)
-# must reach the target; time-over-floor ratios (>= 1) and *_ms figures must stay under it.
+# must reach the target; time-over-floor ratios (>= 1), overheads and *_ms figures must stay
+# under it.
 table_rows() {
   awk -v rc="$2" -v bin="$1" '
     function dir(key, target) {
       if (key ~ /vs_|speedup|gbs|gbps|efficiency/) return "ge";
       if (key ~ /ratio/) return (target + 0 < 1) ? "ge" : "le";
-      if (key ~ /_ms$|^ms$/) return "le";
+      if (key ~ /overhead|_ms$|^ms$/) return "le";
       return "?";
     }
     {
@@ -123,7 +125,8 @@ missing=()
 command -v cmake >/dev/null || missing+=("cmake (unpack the cmake deb under $deps or put it on PATH)")
 command -v nvcc >/dev/null || missing+=("nvcc (CUDA toolkit; expected in /usr/local/cuda/bin)")
 gtest_found=0
-for prefix in /usr /usr/local ${CMAKE_PREFIX_PATH//:/ }; do
+cpp=${CMAKE_PREFIX_PATH:-}
+for prefix in /usr /usr/local ${cpp//:/ }; do
   [[ -d $prefix/include/gtest ]] && gtest_found=1
 done
 [[ $gtest_found == 1 ]] ||
@@ -152,8 +155,9 @@ fi
 
 # --- Tests -----------------------------------------------------------------------------------------
 echo "== gpu_check: ctest -L gpu"
-(cd "$build" && ctest -L gpu --output-on-failure)
-test_rc=$?
+(cd "$build" && ctest -L gpu --output-on-failure) | tee "$build.gpu_ctest.log"
+test_rc=${PIPESTATUS[0]}
+skipped=$(grep -c '(Skipped)' "$build.gpu_ctest.log")
 
 # --- Benchmarks ------------------------------------------------------------------------------------
 results=()  # "binary|rc|RESULT line"
@@ -189,6 +193,15 @@ else
 fi
 if [[ $test_rc != 0 ]]; then
   echo "gpu_check: gpu tests FAILED (ctest rc=$test_rc)"
+  exit 1
+fi
+if [[ $have_device == 0 ]]; then
+  echo "gpu_check: gpu tests built; $skipped skipped for lack of a device (a skip is not a pass)"
+  exit 0
+fi
+if [[ $skipped != 0 ]]; then
+  # A device is visible, so a skip means the tests could not use it (driver/runtime mismatch).
+  echo "gpu_check: $skipped gpu test binaries SKIPPED although a device is visible"
   exit 1
 fi
 echo "gpu_check: gpu tests passed"
