@@ -1,0 +1,6 @@
+# Attention kernels: CPU tests (gradient checks, fused vs reference) and CUDA parity tests.
+ips_add_test(NAME attention_test SOURCES attention_test.cc LIBS ips_kernels LABELS unit)
+if(IPS_WITH_CUDA)
+  ips_add_test(NAME attention_gpu_test SOURCES attention_gpu_test.cc LIBS ips_kernels CUDA::cudart
+               LABELS gpu)
+endif()
