@@ -22,7 +22,6 @@
 
 // nvcc's front end flags the assignment in StatusOr's constructor (common/status.h) with a
 // spurious "ignoring return value with nodiscard" (#2810); silence it for this file only.
-#pragma nv_diag_suppress 2810
 #include "common/random.h"
 #include "common/result_line.h"
 #include "kernels/embedding.h"

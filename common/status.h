@@ -82,9 +82,10 @@ inline Status AbortedError(std::string m) { return Status(StatusCode::kAborted, 
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(const Status& status) : status_(status) {  // NOLINT: implicit by design
-    if (status_.ok()) status_ = Status(StatusCode::kInternal, "StatusOr constructed from an OK Status");
-  }
+  // Initialised, not assigned: nvcc warns on discarding operator='s [[nodiscard]] Status&.
+  StatusOr(const Status& status)  // NOLINT: implicit by design
+      : status_(status.ok() ? Status(StatusCode::kInternal, "StatusOr constructed from an OK Status")
+                            : status) {}
   StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
 
   bool ok() const { return status_.ok(); }

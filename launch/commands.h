@@ -20,6 +20,8 @@ int RunConfigCommand(const std::vector<std::string>& args);
 int RunDataCommand(const std::vector<std::string>& args);
 // `ips data synth ...` (launch/synth_command.cc), called by RunDataCommand.
 int RunSynthCommand(const std::vector<std::string>& args);
+// `ips train --config FILE [--set ...] [--metrics_out FILE]` (launch/train_command.cc).
+int RunTrainCommand(const std::vector<std::string>& args);
 
 }  // namespace ips
 

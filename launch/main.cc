@@ -19,6 +19,7 @@ struct Subcommand {
 const Subcommand kSubcommands[] = {
     {"data", "convert, inspect and synthesize datasets (ips data help)", ips::RunDataCommand},
     {"config", "check or print a config with its --set overrides", ips::RunConfigCommand},
+    {"train", "train a config's model (single process; DIN on synthetic data)", ips::RunTrainCommand},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -20,7 +20,6 @@
 
 // nvcc's front end flags the assignment in StatusOr's constructor (common/status.h) with a
 // spurious "ignoring return value with nodiscard" (#2810); silence it for this file only.
-#pragma nv_diag_suppress 2810
 #include "common/cuda_check.h"
 #include "kernels/cuda/embedding_cuda.h"
 #include "kernels/cuda/launch.cuh"

@@ -1,0 +1,116 @@
+// `ips train`: single-process training of a config's model. Today: DIN on the peer's synthetic
+// throughput protocol (data.synthetic), with an in-process embedding store. Training from
+// converted shards (data.train_dir) and distributed roles come later (TrainJobFromConfig says
+// so with UNIMPLEMENTED).
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "common/flags.h"
+#include "common/result_line.h"
+#include "launch/commands.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/local_embedding_store.h"
+#include "worker/trainer.h"
+
+namespace ips {
+namespace {
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+}  // namespace
+
+int RunTrainCommand(const std::vector<std::string>& args) {
+  FlagSet flags("train");
+  flags.Required("config", "Protobuf text-format config file (launch/configs/*.pbtxt)");
+  flags.Repeated("set", "override one field: path.to.field=value");
+  flags.String("metrics_out", "",
+               "append JSON lines (train intervals, eval, result) to this file "
+               "(default: train.metrics_out of the config)");
+  flags.Int("eval_batches", 4, "held-out synthetic batches for the final AUC");
+  flags.Bool("quiet", "no progress line on stderr");
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  const Status parsed = flags.Parse(args);
+  if (!parsed.ok() || !flags.positional().empty()) {
+    std::cerr << (parsed.ok() ? "unexpected argument '" + flags.positional()[0] + "'"
+                              : parsed.message())
+              << "\n"
+              << flags.Usage();
+    return kExitUsage;
+  }
+  auto fail = [](const Status& s) {
+    std::cerr << "error: " << s.ToString() << "\n";
+    return kExitError;
+  };
+  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  if (!cfg.ok()) return fail(cfg.status());
+  auto job = TrainJobFromConfig(*cfg);
+  if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
+  if (flags.GetInt("eval_batches") < 0)
+    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
+  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  if (!store.ok()) return fail(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  if (!trainer.ok()) return fail(trainer.status());
+
+  std::string metrics_path = flags.GetString("metrics_out");
+  if (metrics_path.empty()) metrics_path = cfg->train().metrics_out();
+  std::ofstream metrics;
+  if (!metrics_path.empty()) {
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics)
+      return fail(NotFoundError("cannot open --metrics_out file '" + metrics_path + "'"));
+  }
+  RunSinks sinks;
+  sinks.progress = flags.GetBool("quiet") ? nullptr : stderr;
+  sinks.metrics_out = metrics_path.empty() ? nullptr : &metrics;
+
+  const SyntheticRunOptions& run = job->run;
+  std::cerr << "train: model=din batch=" << run.batch << " seq=" << run.data.seq_len
+            << " items=" << run.data.num_items << " cats=" << run.data.num_categories
+            << " warmup=" << run.warmup_steps << " steps=" << run.steps
+            << " threads=" << job->trainer.num_threads
+            << " activation=" << models::MlpActivationName(job->trainer.din.activation)
+            << (job->trainer.din.attention_softmax ? " attention=softmax" : " attention=raw")
+            << "\n";
+  auto result = RunSyntheticTraining(trainer->get(), run, sinks);
+  if (!result.ok()) return fail(result.status());
+  const SyntheticRunResult& r = *result;
+  std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
+            << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1)
+            << " heldout_auc=" << Fixed(r.eval.auc, 4) << " (" << r.eval.count << " examples)\n";
+
+  ResultLine line("train");
+  line.Add("model", "din")
+      .Add("samples_per_s", Fixed(r.samples_per_s, 1))
+      .Add("steps", r.steps)
+      .Add("batch", static_cast<int64_t>(r.batch))
+      .Add("threads", static_cast<int64_t>(job->trainer.num_threads))
+      .Add("loss", Fixed(r.loss_last10, 4))
+      .Add("auc", Fixed(r.eval.auc, 4));
+  if (sinks.metrics_out != nullptr) {
+    metrics << "{\"phase\":\"result\",\"model\":\"din\",\"samples_per_s\":"
+            << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps << ",\"batch\":" << r.batch
+            << ",\"threads\":" << job->trainer.num_threads
+            << ",\"loss\":" << Fixed(r.loss_last10, 6) << ",\"auc\":" << Fixed(r.eval.auc, 6)
+            << "}\n";
+    metrics.flush();
+    if (!metrics) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
+  }
+  line.Print();
+  return kExitOk;
+}
+
+}  // namespace ips

@@ -1,0 +1,258 @@
+#include "models/layers.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "kernels/activation.h"
+#include "kernels/linear.h"
+#include "kernels/norm.h"
+
+namespace ips::models {
+namespace {
+
+// Programmer errors in model construction (ips_models has no glog: it must build with the
+// kernels alone).
+[[noreturn]] void Die(const char* what) {
+  std::fprintf(stderr, "ips_models: %s\n", what);
+  std::abort();
+}
+
+}  // namespace
+
+// ---- DenseParams -----------------------------------------------------------------------------
+
+template <typename T>
+int64_t DenseParams<T>::Add(std::string name, int64_t size) {
+  if (finalized_) Die("DenseParams::Add after Finalize");
+  if (size < 0) Die("DenseParams::Add with a negative size");
+  Entry e;
+  e.name = std::move(name);
+  e.offset = size_;
+  e.size = size;
+  entries_.push_back(std::move(e));
+  size_ += size;
+  return entries_.back().offset;
+}
+
+template <typename T>
+void DenseParams<T>::Finalize() {
+  if (finalized_) Die("DenseParams::Finalize twice");
+  values_.assign(static_cast<size_t>(size_), T(0));
+  grads_.assign(static_cast<size_t>(size_), T(0));
+  finalized_ = true;
+}
+
+template <typename T>
+const typename DenseParams<T>::Entry* DenseParams<T>::Find(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+// ---- Linear ----------------------------------------------------------------------------------
+
+template <typename T>
+void InitLinearTorchDefault(Rng& rng, int64_t in, int64_t out, T* w, T* b) {
+  const double bound = in > 0 ? 1.0 / std::sqrt(static_cast<double>(in)) : 0.0;
+  for (int64_t i = 0; i < in * out; ++i) w[i] = static_cast<T>((2 * rng.Uniform() - 1) * bound);
+  if (b != nullptr)
+    for (int64_t i = 0; i < out; ++i) b[i] = static_cast<T>((2 * rng.Uniform() - 1) * bound);
+}
+
+template <typename T>
+Linear<T>::Linear(DenseParams<T>* params, const std::string& name, int64_t in, int64_t out)
+    : params_(params), in_(in), out_(out) {
+  if (in < 1 || out < 1) Die("Linear with a non-positive size");
+  w_ = params->Add(name + ".weight", in * out);
+  b_ = params->Add(name + ".bias", out);
+}
+
+template <typename T>
+void Linear<T>::Init(Rng& rng) {
+  InitLinearTorchDefault(rng, in_, out_, params_->value(w_), params_->value(b_));
+}
+
+template <typename T>
+Status Linear<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, T* y) const {
+  kernels::LinearArgs<T> a;
+  a.rows = rows;
+  a.in = in_;
+  a.out = out_;
+  a.x = x;
+  a.w = params_->value(w_);
+  a.bias = params_->value(b_);
+  a.y = y;
+  return kernels::LinearForward(ctx, a);
+}
+
+template <typename T>
+Status Linear<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, T* dy, T* dx) {
+  kernels::LinearArgs<T> a;
+  a.rows = rows;
+  a.in = in_;
+  a.out = out_;
+  a.x = x;
+  a.w = params_->value(w_);
+  a.dy = dy;
+  a.y = dy;     // read by act' only; the identity ignores it
+  a.dpre = dy;  // identity activation: the pre-activation gradient is dy itself
+  a.dx = dx;
+  a.dw = params_->grad(w_);
+  a.dbias = params_->grad(b_);
+  return kernels::LinearBackward(ctx, a);
+}
+
+// ---- Mlp -------------------------------------------------------------------------------------
+
+const char* MlpActivationName(MlpActivation a) {
+  return a == MlpActivation::kDice ? "dice" : "prelu";
+}
+
+template <typename T>
+Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t> sizes,
+            MlpActivation act, int64_t max_rows)
+    : params_(params), sizes_(std::move(sizes)), act_(act), max_rows_(max_rows) {
+  if (sizes_.size() < 2) Die("Mlp needs at least an input and an output size");
+  if (max_rows_ < 1) Die("Mlp with max_rows < 1");
+  const size_t num_layers = sizes_.size() - 1;
+  layers_.reserve(num_layers);
+  for (size_t i = 0; i < num_layers; ++i) {
+    // Names follow the peer's nn.Sequential indices (Linear at 0, 2, 4; activation at 1, 3).
+    layers_.emplace_back(params, name + "." + std::to_string(2 * i), sizes_[i], sizes_[i + 1]);
+    const auto rows = static_cast<size_t>(max_rows_ * sizes_[i + 1]);
+    pre_.emplace_back(rows);
+    grad_.emplace_back(rows);
+    if (i + 1 < num_layers) {
+      alpha_.push_back(
+          params->Add(name + "." + std::to_string(2 * i + 1) + ".alpha", sizes_[i + 1]));
+      post_.emplace_back(rows);
+      dpost_.emplace_back(rows);
+      const auto width = static_cast<size_t>(sizes_[i + 1]);
+      if (act_ == MlpActivation::kDice) {
+        running_mean_.emplace_back(width, T(0));
+        running_var_.emplace_back(width, T(1));
+        save_mean_.emplace_back(width);
+        save_rstd_.emplace_back(width);
+      }
+    }
+  }
+}
+
+template <typename T>
+void Mlp<T>::Init(Rng& rng) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    layers_[i].Init(rng);
+    if (i < alpha_.size()) {
+      T* alpha = params_->value(alpha_[i]);
+      const T init = act_ == MlpActivation::kPrelu ? T(0.25) : T(0);
+      for (int64_t c = 0; c < sizes_[i + 1]; ++c) alpha[c] = init;
+      if (act_ == MlpActivation::kDice) {
+        std::fill(running_mean_[i].begin(), running_mean_[i].end(), T(0));
+        std::fill(running_var_[i].begin(), running_var_[i].end(), T(1));
+      }
+    }
+  }
+}
+
+template <typename T>
+Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bool training,
+                       const T** out) {
+  if (rows < 0 || rows > max_rows_)
+    return InvalidArgumentError("Mlp::Forward: rows " + std::to_string(rows) + " outside [0, " +
+                                std::to_string(max_rows_) + "]");
+  if (act_ == MlpActivation::kDice && training && rows < 2 && layers_.size() > 1)
+    return InvalidArgumentError("Mlp::Forward: Dice needs at least 2 rows in training (got " +
+                                std::to_string(rows) + ")");
+  const T* in = x;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    T* z = pre_[i].data();
+    IPS_RETURN_IF_ERROR(layers_[i].Forward(ctx, rows, in, z));
+    if (i + 1 == layers_.size()) break;
+    T* a = post_[i].data();
+    const int64_t width = sizes_[i + 1];
+    if (act_ == MlpActivation::kPrelu) {
+      kernels::PreluArgs<T> p;
+      p.rows = rows;
+      p.cols = width;
+      p.x = z;
+      p.alpha = params_->value(alpha_[i]);
+      p.y = a;
+      IPS_RETURN_IF_ERROR(kernels::PreluForward(ctx, p));
+    } else {
+      kernels::DiceArgs<T> d;
+      d.n = rows;
+      d.c = width;
+      d.training = training;
+      d.x = z;
+      d.alpha = params_->value(alpha_[i]);
+      d.running_mean = running_mean_[i].data();
+      d.running_var = running_var_[i].data();
+      d.y = a;
+      d.save_mean = save_mean_[i].data();
+      d.save_rstd = save_rstd_[i].data();
+      IPS_RETURN_IF_ERROR(kernels::DiceForward(ctx, d));
+    }
+    in = a;
+  }
+  *out = pre_.back().data();
+  return Status::Ok();
+}
+
+template <typename T>
+Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, const T* dout,
+                        T* dx) {
+  if (rows < 0 || rows > max_rows_)
+    return InvalidArgumentError("Mlp::Backward: rows " + std::to_string(rows) + " outside [0, " +
+                                std::to_string(max_rows_) + "]");
+  const size_t last = layers_.size() - 1;
+  std::memcpy(grad_[last].data(), dout, sizeof(T) * static_cast<size_t>(rows * sizes_.back()));
+  for (size_t i = last + 1; i-- > 0;) {
+    const T* in = i == 0 ? x : post_[i - 1].data();
+    T* d_in = i == 0 ? dx : dpost_[i - 1].data();
+    IPS_RETURN_IF_ERROR(layers_[i].Backward(ctx, rows, in, grad_[i].data(), d_in));
+    if (i == 0) break;
+    // Through the activation of hidden layer i - 1: dpost_ -> grad_ (its pre-activation).
+    const size_t h = i - 1;
+    const int64_t width = sizes_[i];
+    if (act_ == MlpActivation::kPrelu) {
+      kernels::PreluArgs<T> p;
+      p.rows = rows;
+      p.cols = width;
+      p.x = pre_[h].data();
+      p.alpha = params_->value(alpha_[h]);
+      p.dy = dpost_[h].data();
+      p.dx = grad_[h].data();
+      p.dalpha = params_->grad(alpha_[h]);
+      IPS_RETURN_IF_ERROR(kernels::PreluBackward(ctx, p));
+    } else {
+      kernels::DiceArgs<T> d;
+      d.n = rows;
+      d.c = width;
+      d.training = true;
+      d.x = pre_[h].data();
+      d.alpha = params_->value(alpha_[h]);
+      d.save_mean = save_mean_[h].data();
+      d.save_rstd = save_rstd_[h].data();
+      d.dy = dpost_[h].data();
+      d.dx = grad_[h].data();
+      d.dalpha = params_->grad(alpha_[h]);
+      IPS_RETURN_IF_ERROR(kernels::DiceBackward(ctx, d));
+    }
+  }
+  return Status::Ok();
+}
+
+template class DenseParams<float>;
+template class DenseParams<double>;
+template void InitLinearTorchDefault<float>(Rng&, int64_t, int64_t, float*, float*);
+template void InitLinearTorchDefault<double>(Rng&, int64_t, int64_t, double*, double*);
+template class Linear<float>;
+template class Linear<double>;
+template class Mlp<float>;
+template class Mlp<double>;
+
+}  // namespace ips::models

@@ -1,0 +1,152 @@
+// Dense building blocks of the models: the flat dense-parameter store (DenseParams), Linear
+// (torch nn.Linear layout and default initialisation) and Mlp (Linear layers with PReLU or Dice
+// between them). Layers run their forward and backward passes through kernels/ (GEMM, PReLU,
+// Dice, bias grads) on the caller's Context and preallocate every activation buffer for a
+// maximum row count, so a training step allocates nothing.
+//
+// Why one flat buffer for every dense tensor: the dense optimizer (kernels/optimizer.h
+// DenseUpdate) and, later, the all-reduce of dense gradients then run as ONE call over one
+// contiguous array instead of one per tensor. torch's Adam keeps a step count per parameter, but
+// every dense parameter is updated on every step, so a single count is the same thing.
+//
+// Templated on T: float for training, double for the float64 finite-difference gradient checks
+// (every kernel used has a double CPU path).
+//
+// Thread safety: none; a layer belongs to one model, which belongs to one trainer thread. The
+// kernels parallelise internally over ctx.pool.
+#ifndef IPS_MODELS_LAYERS_H_
+#define IPS_MODELS_LAYERS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/random.h"
+#include "common/status.h"
+#include "kernels/context.h"
+
+namespace ips::models {
+
+// Named slices of one contiguous parameter array and its gradient array. Usage: every layer
+// Add()s its tensors in its constructor, the model calls Finalize() once, then layers read their
+// tensors through value()/grad() with the offsets Add() returned.
+template <typename T>
+class DenseParams {
+ public:
+  struct Entry {
+    std::string name;
+    int64_t offset = 0;
+    int64_t size = 0;
+  };
+
+  // Reserves `size` elements called `name` and returns their offset. Calling it after
+  // Finalize() is a programmer error (aborts).
+  int64_t Add(std::string name, int64_t size);
+  // Allocates the value and gradient arrays (zero-filled).
+  void Finalize();
+  bool finalized() const { return finalized_; }
+
+  int64_t size() const { return size_; }
+  T* values() { return values_.data(); }
+  const T* values() const { return values_.data(); }
+  T* grads() { return grads_.data(); }
+  const T* grads() const { return grads_.data(); }
+  T* value(int64_t offset) { return values_.data() + offset; }
+  const T* value(int64_t offset) const { return values_.data() + offset; }
+  T* grad(int64_t offset) { return grads_.data() + offset; }
+  const std::vector<Entry>& entries() const { return entries_; }
+  // The entry called `name`, or nullptr.
+  const Entry* Find(const std::string& name) const;
+
+ private:
+  std::vector<Entry> entries_;
+  int64_t size_ = 0;
+  bool finalized_ = false;
+  std::vector<T> values_;
+  std::vector<T> grads_;
+};
+
+// torch nn.Linear's default initialisation: kaiming_uniform_(a = sqrt(5)) for the weight, whose
+// bound gain * sqrt(3 / fan_in) with gain = sqrt(2 / (1 + 5)) is exactly 1 / sqrt(fan_in), and
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias. Fills w[out x in] then b[out] from rng.
+template <typename T>
+void InitLinearTorchDefault(Rng& rng, int64_t in, int64_t out, T* w, T* b);
+
+// y = x W^T + b with W [out x in] (torch layout), no activation (the Mlp applies PReLU/Dice as
+// separate kernels because they need their pre-activation input for the backward).
+template <typename T>
+class Linear {
+ public:
+  Linear(DenseParams<T>* params, const std::string& name, int64_t in, int64_t out);
+  // After params->Finalize(): the torch default initialisation.
+  void Init(Rng& rng);
+  // x [rows x in] -> y [rows x out]. Errors: the kernels' (INVALID_ARGUMENT on bad shapes).
+  Status Forward(const kernels::Context& ctx, int64_t rows, const T* x, T* y) const;
+  // Writes (overwrites) dW and db into the parameter gradients and dx [rows x in] (nullptr to
+  // skip). dy [rows x out] is also used as the kernel's scratch, so its contents are left as the
+  // pre-activation gradient (equal to dy: there is no activation).
+  Status Backward(const kernels::Context& ctx, int64_t rows, const T* x, T* dy, T* dx);
+
+  int64_t in() const { return in_; }
+  int64_t out() const { return out_; }
+  int64_t weight_offset() const { return w_; }
+  int64_t bias_offset() const { return b_; }
+
+ private:
+  DenseParams<T>* params_;
+  int64_t in_, out_;
+  int64_t w_ = 0, b_ = 0;
+};
+
+enum class MlpActivation {
+  kPrelu,  // torch nn.PReLU(num_parameters = width), alpha initialised to 0.25
+  kDice,   // the peer's Dice: BatchNorm1d(affine = False, eps 1e-8) gate, alpha initialised to 0
+};
+const char* MlpActivationName(MlpActivation a);
+
+// sizes = [in, h1, ..., hk, out]: Linear layers between consecutive sizes with the activation
+// after every layer but the last (the peer's `mlp(sizes, act)`). Owns its activation buffers for
+// up to max_rows rows; Forward's output pointer stays valid until the next Forward.
+template <typename T>
+class Mlp {
+ public:
+  // sizes.size() >= 2 and every size >= 1, max_rows >= 1 (programmer errors otherwise: the model
+  // validates its options first).
+  Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t> sizes,
+      MlpActivation act, int64_t max_rows);
+  // After params->Finalize(): Linear layers as torch, PReLU alphas 0.25, Dice alphas 0 and
+  // running statistics (mean 0, var 1).
+  void Init(Rng& rng);
+
+  // x [rows x sizes[0]] -> *out [rows x sizes.back()] (an internal buffer). training selects
+  // Dice's batch statistics (and updates its running statistics) vs. its running statistics.
+  // Errors: INVALID_ARGUMENT if rows > max_rows (or < 0), or Dice in training with rows < 2;
+  // otherwise the kernels'.
+  Status Forward(const kernels::Context& ctx, int64_t rows, const T* x, bool training,
+                 const T** out);
+  // After Forward(training = true) with the same x and rows: dout [rows x out] (read-only) ->
+  // parameter gradients (overwritten) and dx [rows x sizes[0]] (nullptr to skip).
+  Status Backward(const kernels::Context& ctx, int64_t rows, const T* x, const T* dout, T* dx);
+
+  const std::vector<int64_t>& sizes() const { return sizes_; }
+  MlpActivation activation() const { return act_; }
+  int64_t max_rows() const { return max_rows_; }
+
+ private:
+  DenseParams<T>* params_;
+  std::vector<int64_t> sizes_;
+  MlpActivation act_;
+  int64_t max_rows_;
+  std::vector<Linear<T>> layers_;
+  std::vector<int64_t> alpha_;         // per hidden layer: offset of its activation's alpha
+  std::vector<std::vector<T>> pre_;    // per layer: Linear output [max_rows x out]
+  std::vector<std::vector<T>> post_;   // per hidden layer: activation output
+  std::vector<std::vector<T>> grad_;   // per layer: dL/d(Linear output) scratch
+  std::vector<std::vector<T>> dpost_;  // per hidden layer: dL/d(activation output)
+  // Dice state per hidden layer (not trained, so not in DenseParams).
+  std::vector<std::vector<T>> running_mean_, running_var_, save_mean_, save_rstd_;
+};
+
+}  // namespace ips::models
+
+#endif  // IPS_MODELS_LAYERS_H_

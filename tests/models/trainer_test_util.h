@@ -1,0 +1,55 @@
+// Helpers shared by the trainer tests: a small DIN trainer configuration and an in-process store
+// with the two tables DIN pulls from.
+#ifndef IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
+#define IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
+
+#include <memory>
+#include <vector>
+
+#include "ps/local_embedding_store.h"
+#include "worker/trainer.h"
+
+namespace ips::testing_util {
+
+// DIN with small widths (dim 3 + 3, attention 6/5, MLP 7/4) for plumbing tests.
+inline TrainerOptions SmallTrainerOptions(int64_t max_batch, int64_t max_len) {
+  TrainerOptions o;
+  o.din.embedding_dim = 3;
+  o.din.max_len = max_len;
+  o.din.max_batch = max_batch;
+  o.din.attention_hidden1 = 6;
+  o.din.attention_hidden2 = 5;
+  o.din.mlp_hidden = {7, 4};
+  o.din.seed = 5;
+  o.num_threads = 1;
+  return o;
+}
+
+// "item" (table 0) and "category" (table 1), padding key 0, Xavier-normal rows with the peer's
+// fan (rows of each table), the given optimizer for both.
+inline std::unique_ptr<ps::LocalEmbeddingStore> MakeStore(int64_t dim,
+                                                          ps::OptimizerOptions::Type type,
+                                                          double lr, double item_rows,
+                                                          double cat_rows) {
+  std::vector<ps::TableOptions> tables(2);
+  const char* names[2] = {"item", "category"};
+  const double fan[2] = {item_rows, cat_rows};
+  for (int i = 0; i < 2; ++i) {
+    tables[i].name = names[i];
+    tables[i].dim = dim;
+    tables[i].optimizer.type = type;
+    tables[i].optimizer.learning_rate = lr;
+    tables[i].initializer.xavier_fan_rows = fan[i];
+    tables[i].has_padding_key = true;
+    tables[i].padding_key = 0;
+    tables[i].num_shards = 4;
+    tables[i].rows_per_slab = 64;
+  }
+  auto s = ps::LocalEmbeddingStore::Create(tables);
+  if (!s.ok()) return nullptr;
+  return std::move(*s);
+}
+
+}  // namespace ips::testing_util
+
+#endif  // IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_

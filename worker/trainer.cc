@@ -1,0 +1,480 @@
+#include "worker/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iomanip>
+#include <sstream>
+#include <utility>
+
+#include "common/progress.h"
+#include "common/timer.h"
+#include "kernels/activation.h"
+#include "kernels/embedding.h"
+#include "proto/config.pb.h"
+
+namespace ips {
+
+CtrBatchView ViewOf(const CtrBatch& b) {
+  CtrBatchView v;
+  v.batch = b.batch;
+  v.seq_len = b.seq_len;
+  v.hist_item = b.hist_item.data();
+  v.hist_cat = b.hist_cat.data();
+  v.length = b.length.data();
+  v.item = b.item.data();
+  v.cat = b.cat.data();
+  v.label = b.label.empty() ? nullptr : b.label.data();
+  return v;
+}
+
+CtrBatchView ViewOf(const Batch& b) {
+  CtrBatchView v;
+  v.batch = b.size;
+  v.seq_len = b.max_len;
+  v.hist_item = b.hist_item.data();
+  v.hist_cat = b.hist_cat.data();
+  v.length = b.length.data();
+  v.item = b.item.data();
+  v.cat = b.cat.data();
+  v.label = b.label.empty() ? nullptr : b.label.data();
+  return v;
+}
+
+// ---- Trainer ----------------------------------------------------------------------------------
+
+Trainer::Trainer(const TrainerOptions& o) : o_(o) {}
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
+                                                   ps::EmbeddingStore* store) {
+  if (store == nullptr) return InvalidArgumentError("Trainer::Create: null store");
+  if (options.num_threads < 1)
+    return InvalidArgumentError("TrainerOptions.num_threads must be >= 1 (got " +
+                                std::to_string(options.num_threads) + ")");
+  std::unique_ptr<Trainer> t(new Trainer(options));
+  t->store_ = store;
+  const int64_t D = options.din.embedding_dim;
+  for (auto [name, id] : {std::pair<const std::string*, int*>{&options.item_table, &t->item_table_},
+                          {&options.category_table, &t->cat_table_}}) {
+    auto found = store->FindTable(*name);
+    if (!found.ok()) return found.status().WithContext("Trainer: table '" + *name + "'");
+    *id = *found;
+    IPS_ASSIGN_OR_RETURN(const int64_t dim, store->TableDim(*id));
+    if (dim != D)
+      return InvalidArgumentError("Trainer: table '" + *name + "' has dim " + std::to_string(dim) +
+                                  " but model.embedding_dim is " + std::to_string(D));
+  }
+  t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
+  t->ctx_.device = kernels::Device::kCpu;
+  t->ctx_.pool = t->pool_.get();
+  IPS_ASSIGN_OR_RETURN(t->model_, models::Din<float>::Create(options.din));
+
+  const auto n = static_cast<size_t>(options.din.max_batch * (options.din.max_len + 1));
+  for (auto* v : {&t->item_keys_, &t->cat_keys_, &t->item_unique_, &t->cat_unique_,
+                  &t->item_inverse_, &t->cat_inverse_})
+    v->resize(n);
+  IPS_ASSIGN_OR_RETURN(const size_t ws, kernels::DedupWorkspaceBytes(t->ctx_, n));
+  t->dedup_workspace_.resize(ws);
+  for (auto* v : {&t->item_rows_, &t->cat_rows_, &t->d_item_rows_, &t->d_cat_rows_})
+    v->resize(n * static_cast<size_t>(D));
+  const auto p = static_cast<size_t>(t->model_->params().size());
+  t->dense_state0_.assign(p, 0.f);
+  t->dense_state1_.assign(p, 0.f);
+  return t;
+}
+
+Status Trainer::PrepareKeys(const CtrBatchView& b) {
+  const models::DinOptions& d = o_.din;
+  if (b.batch < 1 || b.batch > d.max_batch)
+    return InvalidArgumentError("Trainer: batch size " + std::to_string(b.batch) + " outside [1, " +
+                                std::to_string(d.max_batch) + "]");
+  if (b.seq_len != d.max_len)
+    return InvalidArgumentError("Trainer: batch history length " + std::to_string(b.seq_len) +
+                                " != the model's max_len " + std::to_string(d.max_len));
+  if (b.hist_item == nullptr || b.hist_cat == nullptr || b.length == nullptr || b.item == nullptr ||
+      b.cat == nullptr)
+    return InvalidArgumentError("Trainer: batch with a null array");
+  const int64_t B = b.batch, L = b.seq_len, n = B * L + B;
+  // [history (B*T), targets (B)]: the layout models::DinInputs expects for its index arrays.
+  // Padded steps get key 0 whatever the batch holds there: the padding key dedups to one row that
+  // reads as zeros and whose pushes the store ignores, so padding never creates rows.
+  for (int64_t r = 0; r < B; ++r) {
+    const int32_t len = b.length[r];
+    if (len < 0 || len > L)
+      return InvalidArgumentError("Trainer: lengths[" + std::to_string(r) + "] = " +
+                                  std::to_string(len) + " outside [0, " + std::to_string(L) + "]");
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t i = r * L + t;
+      const bool valid = t >= L - len;
+      item_keys_[i] = valid ? b.hist_item[i] : 0;
+      cat_keys_[i] = valid ? b.hist_cat[i] : 0;
+    }
+  }
+  for (int64_t i = 0; i < B; ++i) {
+    item_keys_[B * L + i] = b.item[i];
+    cat_keys_[B * L + i] = b.cat[i];
+  }
+  kernels::DedupArgs a;
+  a.n = n;
+  a.workspace = dedup_workspace_.data();
+  a.workspace_bytes = dedup_workspace_.size();
+  a.keys = item_keys_.data();
+  a.unique_keys = item_unique_.data();
+  a.inverse = item_inverse_.data();
+  a.num_unique = &num_item_unique_;
+  IPS_RETURN_IF_ERROR(kernels::DedupKeys(ctx_, a));
+  a.keys = cat_keys_.data();
+  a.unique_keys = cat_unique_.data();
+  a.inverse = cat_inverse_.data();
+  a.num_unique = &num_cat_unique_;
+  return kernels::DedupKeys(ctx_, a);
+}
+
+models::DinInputs<float> Trainer::Inputs(const CtrBatchView& b) const {
+  models::DinInputs<float> in;
+  in.batch = b.batch;
+  in.lengths = b.length;
+  in.item_index = item_inverse_.data();
+  in.cat_index = cat_inverse_.data();
+  in.item_rows = item_rows_.data();
+  in.num_item_rows = num_item_unique_;
+  in.cat_rows = cat_rows_.data();
+  in.num_cat_rows = num_cat_unique_;
+  in.labels = b.label;
+  return in;
+}
+
+namespace {
+// Keys are ids >= 0 stored as int64 for the dedup kernel; the store takes the same bits as
+// uint64 (signed/unsigned variants of one type may alias).
+const uint64_t* AsU64(const std::vector<int64_t>& v) {
+  return reinterpret_cast<const uint64_t*>(v.data());
+}
+}  // namespace
+
+StatusOr<double> Trainer::Step(const CtrBatchView& batch) {
+  if (batch.label == nullptr) return InvalidArgumentError("Trainer::Step: batch without labels");
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch));
+  const int64_t D = o_.din.embedding_dim;
+  IPS_RETURN_IF_ERROR(
+      store_->Pull(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
+  IPS_RETURN_IF_ERROR(
+      store_->Pull(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
+  const models::DinInputs<float> in = Inputs(batch);
+  float loss = 0;
+  IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
+  IPS_RETURN_IF_ERROR(model_->Backward(ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
+  IPS_RETURN_IF_ERROR(
+      store_->Push(item_table_, AsU64(item_unique_), num_item_unique_, D, d_item_rows_.data()));
+  IPS_RETURN_IF_ERROR(
+      store_->Push(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, d_cat_rows_.data()));
+
+  ++steps_;
+  auto& params = model_->params();
+  kernels::DenseUpdateArgs<float> u;
+  u.hyper = o_.dense_optimizer;
+  u.step = steps_;
+  if (u.hyper.kind == kernels::OptimizerKind::kAdam) {
+    // The kernel implements torch's SparseAdam, p -= lr sqrt(bc2)/bc1 * m / (sqrt(v) + eps);
+    // torch's dense Adam (the peer's optimizer for dense weights) divides by
+    // sqrt(v)/sqrt(bc2) + eps instead. Scaling eps by sqrt(bc2) turns the first into the second
+    // exactly, so the dense weights follow torch.optim.Adam.
+    const double bc2 = 1.0 - std::pow(u.hyper.beta2, static_cast<double>(steps_));
+    u.hyper.adam_eps = o_.dense_optimizer.adam_eps * std::sqrt(bc2);
+  }
+  u.size = params.size();
+  u.param = params.values();
+  u.grad = params.grads();
+  const int states = kernels::OptimizerStateCount(o_.dense_optimizer.kind);
+  u.state0 = states >= 1 ? dense_state0_.data() : nullptr;
+  u.state1 = states >= 2 ? dense_state1_.data() : nullptr;
+  IPS_RETURN_IF_ERROR(kernels::DenseUpdate(ctx_, u));
+  IPS_RETURN_IF_ERROR(store_->AdvanceStep(steps_));
+  return static_cast<double>(loss);
+}
+
+Status Trainer::Predict(const CtrBatchView& batch, float* probs) {
+  if (probs == nullptr) return InvalidArgumentError("Trainer::Predict: null probs");
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch));
+  const int64_t D = o_.din.embedding_dim;
+  IPS_RETURN_IF_ERROR(
+      store_->Lookup(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
+  IPS_RETURN_IF_ERROR(
+      store_->Lookup(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
+  models::DinInputs<float> in = Inputs(batch);
+  in.labels = nullptr;
+  IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));
+  const float* logits = model_->logits();
+  for (int i = 0; i < batch.batch; ++i) probs[i] = kernels::StableSigmoid(logits[i]);
+  return Status::Ok();
+}
+
+// ---- Config mapping ---------------------------------------------------------------------------
+
+namespace {
+
+kernels::OptimizerHyper HyperOf(const config::OptimizerConfig& c) {
+  switch (c.type()) {
+    case config::OptimizerConfig::SGD:
+      return kernels::OptimizerHyper::Sgd(c.learning_rate());
+    case config::OptimizerConfig::ADAGRAD:
+      return kernels::OptimizerHyper::Adagrad(c.learning_rate(), c.epsilon());
+    case config::OptimizerConfig::FTRL:
+      return kernels::OptimizerHyper::Ftrl(c.learning_rate(), c.ftrl_beta(), c.l1(), c.l2());
+    case config::OptimizerConfig::ADAM:
+    default:
+      return kernels::OptimizerHyper::Adam(c.learning_rate(), c.beta1(), c.beta2(), c.epsilon());
+  }
+}
+
+ps::OptimizerOptions TableOptimizerOf(const config::OptimizerConfig& c) {
+  ps::OptimizerOptions o;
+  switch (c.type()) {
+    case config::OptimizerConfig::SGD:
+      o.type = ps::OptimizerOptions::Type::kSgd;
+      break;
+    case config::OptimizerConfig::ADAGRAD:
+      o.type = ps::OptimizerOptions::Type::kAdagrad;
+      break;
+    case config::OptimizerConfig::FTRL:
+      o.type = ps::OptimizerOptions::Type::kFtrl;
+      break;
+    case config::OptimizerConfig::ADAM:
+    default:
+      o.type = ps::OptimizerOptions::Type::kAdam;
+      break;
+  }
+  o.learning_rate = c.learning_rate();
+  o.beta1 = c.beta1();
+  o.beta2 = c.beta2();
+  o.epsilon = c.epsilon();
+  o.initial_accumulator = c.initial_accumulator();
+  o.l1 = c.l1();
+  o.l2 = c.l2();
+  o.ftrl_beta = c.ftrl_beta();
+  return o;
+}
+
+}  // namespace
+
+StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
+  TrainJob job;
+  const auto& m = cfg.model();
+  if (m.type() != config::ModelConfig::DIN)
+    return UnimplementedError("model.type " + config::ModelConfig::Type_Name(m.type()) +
+                              ": only DIN is trained so far");
+  if (m.device() != config::CPU)
+    return UnimplementedError("model.device " + config::Device_Name(m.device()) +
+                              ": the trainer runs on CPU only so far");
+  if (!cfg.data().has_synthetic())
+    return UnimplementedError(
+        "data: training from converted shards (data.train_dir) is not wired to `ips train` yet; "
+        "set data.synthetic");
+
+  models::DinOptions& d = job.trainer.din;
+  d.embedding_dim = m.embedding_dim();
+  d.max_len = cfg.data().max_history();
+  d.max_batch = cfg.data().batch_size();
+  if (m.attention_hidden_size() != 0) {
+    if (m.attention_hidden_size() != 2)
+      return InvalidArgumentError(
+          "model.attention_hidden: the DIN activation unit has exactly 2 "
+          "hidden layers (got " +
+          std::to_string(m.attention_hidden_size()) + " sizes)");
+    d.attention_hidden1 = m.attention_hidden(0);
+    d.attention_hidden2 = m.attention_hidden(1);
+  }
+  if (m.mlp_hidden_size() != 0) d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+  switch (m.activation()) {
+    case config::PRELU:
+      d.activation = models::MlpActivation::kPrelu;
+      break;
+    case config::DICE:
+      d.activation = models::MlpActivation::kDice;
+      break;
+    default:
+      return InvalidArgumentError("model.activation " + config::Activation_Name(m.activation()) +
+                                  ": DIN supports PRELU and DICE");
+  }
+  d.attention_softmax = m.attention_softmax();
+  d.seed = cfg.train().seed();
+  IPS_RETURN_IF_ERROR(models::ValidateDinOptions(d));
+  job.trainer.dense_optimizer = HyperOf(cfg.optimizer());
+  job.trainer.num_threads = cfg.train().num_threads();
+  if (job.trainer.num_threads < 1)
+    return InvalidArgumentError("train.num_threads must be >= 1 (got " +
+                                std::to_string(job.trainer.num_threads) + ")");
+
+  const auto& syn = cfg.data().synthetic();
+  for (const std::string name : {"item", "category"}) {
+    int found = -1;
+    for (int i = 0; i < cfg.tables_size(); ++i)
+      if (cfg.tables(i).name() == name) found = i;
+    if (found < 0) return InvalidArgumentError("tables: DIN needs a table named '" + name + "'");
+    const auto& t = cfg.tables(found);
+    const std::string where = "tables[" + std::to_string(found) + "]";
+    if (t.dim() != m.embedding_dim())
+      return InvalidArgumentError(where + ".dim " + std::to_string(t.dim()) +
+                                  " != model.embedding_dim " + std::to_string(m.embedding_dim()));
+    ps::TableOptions o;
+    o.name = name;
+    o.dim = t.dim();
+    o.optimizer = TableOptimizerOf(t.has_optimizer() ? t.optimizer() : cfg.optimizer());
+    switch (t.initializer().type()) {
+      case config::InitializerConfig::NORMAL:
+        o.initializer.type = ps::InitializerOptions::Type::kNormal;
+        break;
+      case config::InitializerConfig::UNIFORM:
+        o.initializer.type = ps::InitializerOptions::Type::kUniform;
+        break;
+      case config::InitializerConfig::ZEROS:
+        o.initializer.type = ps::InitializerOptions::Type::kZeros;
+        break;
+      default:
+        o.initializer.type = ps::InitializerOptions::Type::kXavierNormal;
+    }
+    o.initializer.stddev = t.initializer().stddev();
+    o.initializer.range = t.initializer().range();
+    // The peer's Xavier scale uses the table's row count: n_items + 1 and n_cats.
+    if (cfg.data().has_synthetic())
+      o.initializer.xavier_fan_rows =
+          name == "item" ? static_cast<double>(syn.num_items()) + 1
+                         : static_cast<double>(std::max<int64_t>(syn.num_categories(), 1));
+    o.min_count = t.min_count();
+    o.ttl_steps = t.ttl_steps();
+    o.max_memory_mb = t.max_memory_mb();
+    o.eviction = t.eviction() == config::TableConfig::LRU ? ps::TableOptions::Eviction::kLru
+                                                          : ps::TableOptions::Eviction::kLfu;
+    o.seed = cfg.train().seed();
+    o.has_padding_key = true;  // item 0 / category 0 pad histories (torch's padding_idx = 0)
+    o.padding_key = 0;
+    IPS_RETURN_IF_ERROR(ps::ValidateTableOptions(o));
+    job.tables.push_back(std::move(o));
+  }
+
+  job.synthetic = true;
+  SyntheticRunOptions& r = job.run;
+  r.data.num_items = static_cast<uint32_t>(syn.num_items());
+  r.data.num_categories = static_cast<uint32_t>(syn.num_categories());
+  r.data.seq_len = cfg.data().max_history();
+  r.data.alpha = syn.zipf_alpha();
+  r.data.seed = cfg.data().seed();
+  if (syn.num_items() > (int64_t{1} << 28))
+    return InvalidArgumentError("data.synthetic.num_items must be <= 2^28");
+  IPS_RETURN_IF_ERROR(ValidateSyntheticOptions(r.data));
+  r.batch = cfg.data().batch_size();
+  r.warmup_steps = syn.warmup_steps();
+  r.steps = syn.steps();
+  if (cfg.train().max_steps() > 0)
+    r.steps = static_cast<int>(std::min<int64_t>(r.steps, cfg.train().max_steps()));
+  if (r.warmup_steps < 0 || r.steps < 1)
+    return InvalidArgumentError("data.synthetic: warmup_steps must be >= 0 and steps >= 1");
+  r.log_every_steps = std::max(1, cfg.train().log_every_steps());
+  return job;
+}
+
+// ---- Synthetic protocol -----------------------------------------------------------------------
+
+namespace {
+
+std::string JsonNumber(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os << std::setprecision(8) << v;
+  return os.str();
+}
+
+double Mean(const std::vector<double>& v, size_t begin, size_t end) {
+  if (end <= begin) return std::nan("");
+  double s = 0;
+  for (size_t i = begin; i < end; ++i) s += v[i];
+  return s / static_cast<double>(end - begin);
+}
+
+}  // namespace
+
+StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
+                                                  const SyntheticRunOptions& options,
+                                                  const RunSinks& sinks) {
+  if (trainer == nullptr) return InvalidArgumentError("RunSyntheticTraining: null trainer");
+  if (options.steps < 1 || options.warmup_steps < 0 || options.eval_batches < 0)
+    return InvalidArgumentError(
+        "RunSyntheticTraining: steps must be >= 1, warmup_steps and "
+        "eval_batches >= 0");
+  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
+  // Like the peer, every batch exists before the timer starts.
+  const int train_batches = options.warmup_steps + options.steps;
+  std::vector<CtrBatch> batches(static_cast<size_t>(train_batches + options.eval_batches));
+  for (size_t i = 0; i < batches.size(); ++i)
+    IPS_RETURN_IF_ERROR(gen->CtrBatchAt(i, options.batch, &batches[i]));
+
+  SyntheticRunResult r;
+  r.batch = options.batch;
+  r.steps = options.steps;
+  r.losses.reserve(static_cast<size_t>(train_batches));
+  for (int i = 0; i < options.warmup_steps; ++i) {
+    IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
+    r.losses.push_back(loss);
+  }
+
+  std::unique_ptr<ProgressLine> progress;
+  if (sinks.progress != nullptr)
+    progress = std::make_unique<ProgressLine>(
+        "train", static_cast<int64_t>(options.steps) * options.batch, "samples", sinks.progress);
+  Timer timer;  // the timed region: the steps themselves (logging is outside it)
+  double timed = 0;
+  size_t log_begin = r.losses.size();
+  for (int s = 0; s < options.steps; ++s) {
+    const CtrBatchView view = ViewOf(batches[options.warmup_steps + s]);
+    timer.Reset();
+    auto loss = trainer->Step(view);
+    timed += timer.Seconds();
+    if (!loss.ok()) return loss.status();
+    r.losses.push_back(*loss);
+    const int done = s + 1;
+    const double window_loss = Mean(r.losses, log_begin, r.losses.size());
+    if (progress) {
+      std::ostringstream extra;
+      extra << "loss=" << std::fixed << std::setprecision(4) << window_loss;
+      progress->Update(static_cast<int64_t>(done) * options.batch, extra.str());
+    }
+    if (done % options.log_every_steps == 0 || done == options.steps) {
+      if (sinks.metrics_out != nullptr)
+        *sinks.metrics_out << "{\"phase\":\"train\",\"step\":" << trainer->steps()
+                           << ",\"timed_steps\":" << done << ",\"loss\":" << JsonNumber(window_loss)
+                           << ",\"samples_per_s\":"
+                           << JsonNumber(static_cast<double>(done) * options.batch / timed)
+                           << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
+      log_begin = r.losses.size();
+    }
+  }
+  r.seconds = timed;
+  r.samples_per_s = timed > 0 ? static_cast<double>(options.steps) * options.batch / timed : 0;
+  r.loss_first10 = Mean(r.losses, 0, std::min<size_t>(10, r.losses.size()));
+  r.loss_last10 =
+      Mean(r.losses, r.losses.size() - std::min<size_t>(10, r.losses.size()), r.losses.size());
+  if (progress) {
+    std::ostringstream extra;
+    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss_last10;
+    progress->Finish(extra.str());
+  }
+
+  BinaryMetrics metrics;
+  std::vector<float> probs(static_cast<size_t>(options.batch));
+  for (int e = 0; e < options.eval_batches; ++e) {
+    const CtrBatch& b = batches[static_cast<size_t>(train_batches + e)];
+    IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(b), probs.data()));
+    IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b.label.data(), nullptr, b.batch));
+  }
+  r.eval = metrics.Compute();
+  if (sinks.metrics_out != nullptr) {
+    *sinks.metrics_out << "{\"phase\":\"eval\",\"step\":" << trainer->steps()
+                       << ",\"examples\":" << r.eval.count << ",\"auc\":" << JsonNumber(r.eval.auc)
+                       << ",\"logloss\":" << JsonNumber(r.eval.logloss)
+                       << ",\"accuracy\":" << JsonNumber(r.eval.accuracy) << "}\n";
+    sinks.metrics_out->flush();
+  }
+  return r;
+}
+
+}  // namespace ips
