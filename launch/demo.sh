@@ -2,7 +2,9 @@
 # The main job on the built-in default: installs what is missing, builds, then
 #   1. synthesizes a behaviour log with planted interests, drift, two domains and cold starts,
 #   2. converts it into sharded training data (CTR protocol) and inspects it,
-#   3. converts MovieLens-100K from ../shared/data (sequential-recommendation protocol) when present.
+#   3. converts MovieLens-100K from ../shared/data (sequential-recommendation protocol) when present,
+#   4. trains DIN on the peer's synthetic protocol (launch/configs/din_synthetic.pbtxt) and prints
+#      its held-out AUC.
 # Everything it writes goes under ${IPS_DEMO_DIR:-/tmp/ips-demo}.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,4 +32,6 @@ if [[ -f "$shared/movielens-100k/u.data.gz" ]]; then
 else
   echo "== 3. skipped: $shared/movielens-100k not found"
 fi
+echo "== 4. ips train (DIN, synthetic protocol)"
+$ips train --config launch/configs/din_synthetic.pbtxt --metrics_out "$out/din_metrics.jsonl"
 echo "== demo finished; outputs in $out"

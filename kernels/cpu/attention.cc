@@ -15,6 +15,7 @@
 #include "common/random.h"
 #include "common/thread_pool.h"
 #include "kernels/attention_internal.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/gemm.h"
 
@@ -53,48 +54,8 @@ void ParFor(const Context& ctx, int64_t n, int64_t grain, const Fn& fn) {
 #define IPS_ATTN_INLINE inline
 #endif
 
-// exp(x) for float in plain arithmetic so the compiler vectorises the loops that call it
-// (libm's expf does not vectorise without -ffast-math; the clamps need -fno-trapping-math, set
-// for this file in kernels/attention.cmake). Cephes' polynomial: ~1 ulp on [-87, 88]; inputs
-// are clamped there, which only matters where sigmoid saturates anyway.
-IPS_ATTN_INLINE float FastExp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest without a libm call
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-template <typename T>
-IPS_ATTN_INLINE T Sigmoid(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return 1.0f / (1.0f + FastExp(-x));
-  } else {
-    return T(1) / (T(1) + std::exp(-x));
-  }
-}
-
-// exp for softmax loops: FastExp for float (vectorisable), libm for double.
-template <typename T>
-IPS_ATTN_INLINE T Exp(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return FastExp(x);
-  } else {
-    return std::exp(x);
-  }
-}
+using cpu::Exp;
+using cpu::Sigmoid;
 
 // a[r][c] = sigmoid(a[r][c] + bias[c]).
 template <typename T>

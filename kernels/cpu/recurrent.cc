@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/thread_pool.h"
+#include "kernels/cpu/fast_math.h"
 
 namespace ips::kernels {
 
@@ -58,46 +59,9 @@ namespace {
 
 constexpr int64_t kTileRows = 32;  // rows whose state and h-side gates stay in L1 across steps
 
-// --- Activations -------------------------------------------------------------------------------
-// double (gradient checks, reference): libm. float: a branch-free Cephes-style exp that GCC
-// vectorises inside the gate loops (libm's expf is a scalar call and would dominate the step).
-IPS_RNN_INLINE float FastExp(float x) {
-  x = x < -87.0f ? -87.0f : x;  // clamps as selects (vectorised with -fno-trapping-math)
-  x = x > 88.0f ? 88.0f : x;
-  // Round x·log2(e) to nearest with the 1.5·2^23 trick (no SSE4.1 round instruction needed).
-  const float kMagic = 12582912.0f;
-  const float n = (x * 1.44269504088896341f + kMagic) - kMagic;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-template <typename T>
-IPS_RNN_INLINE T Sigmoid(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return 1.0f / (1.0f + FastExp(-x));
-  } else {
-    return T(1) / (T(1) + std::exp(-x));
-  }
-}
-
-template <typename T>
-IPS_RNN_INLINE T Tanh(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return 1.0f - 2.0f / (1.0f + FastExp(2.0f * x));
-  } else {
-    return std::tanh(x);
-  }
-}
+// --- Activations (kernels/cpu/fast_math.h) -----------------------------------------------------
+using cpu::Sigmoid;
+using cpu::Tanh;
 
 template <typename T>
 inline T RefSigmoid(T x) {

@@ -1,37 +1,17 @@
 // Runs the built `ips` binary as a user would and checks exit codes and messages.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
+#include "tests/testing/run_ips.h"
+
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunIps(const std::string& args) {
-  const std::string cmd = std::string(IPS_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-std::string LastLine(const std::string& s) {
-  std::string t = s;
-  while (!t.empty() && t.back() == '\n') t.pop_back();
-  const auto pos = t.rfind('\n');
-  return pos == std::string::npos ? t : t.substr(pos + 1);
-}
+using ips::testing::LastLine;
+using ips::testing::RunIps;
 
 TEST(Cli, NoCommandOrUnknownCommandIsUsageExit2) {
   auto r = RunIps("");
@@ -50,8 +30,8 @@ TEST(Cli, HelpListsCommands) {
 }
 
 TEST(Cli, ConfigCheckEndsWithResultLine) {
-  const std::string cfg = std::string(std::getenv("IPS_SOURCE_DIR")) +
-                          "/launch/configs/din_synthetic.pbtxt";
+  const std::string cfg =
+      std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs/din_synthetic.pbtxt";
   auto r = RunIps("config check --config " + cfg + " --set data.batch_size=128");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(LastLine(r.output).rfind("RESULT config_check ", 0), 0u) << r.output;

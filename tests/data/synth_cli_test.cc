@@ -10,21 +10,13 @@
 #include <sstream>
 #include <string>
 
+#include "tests/testing/run_ips.h"
 #include "worker/line_reader.h"
 #include "worker/record_parsers.h"
 #include "worker/synth.h"
 
-#ifndef IPS_BINARY
-#error "IPS_BINARY must name the ips executable"
-#endif
-
 namespace ips {
 namespace {
-
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -37,26 +29,8 @@ std::string Tmp(const std::string& name) {
   return "/tmp/synth_cli_test_" + std::to_string(getpid()) + "_" + name;
 }
 
-CliRun Ips(const std::string& args) {
-  const std::string out = Tmp("stdout"), err = Tmp("stderr");
-  const std::string cmd =
-      std::string(IPS_BINARY) + " data synth " + args + " >" + out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = Slurp(out);
-  r.err = Slurp(err);
-  std::remove(out.c_str());
-  std::remove(err.c_str());
-  return r;
-}
-
-std::string LastLine(const std::string& s) {
-  std::string t = s;
-  while (!t.empty() && t.back() == '\n') t.pop_back();
-  const size_t nl = t.rfind('\n');
-  return nl == std::string::npos ? t : t.substr(nl + 1);
-}
+testing::IpsRun Ips(const std::string& args) { return testing::RunIpsSplit("data synth " + args); }
+using testing::LastLine;
 
 const char* kSmall =
     " --events 50000 --users 500 --items 5000 --categories 50 --drift_at 0.5 --domain1_fraction 0.2"
@@ -64,9 +38,9 @@ const char* kSmall =
 
 TEST(SynthCli, WritesGzipLogTruthAndResult) {
   const std::string path = Tmp("log.tsv.gz");
-  const CliRun r = Ips("--output " + path + kSmall);
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const std::string result = LastLine(r.out);
+  const testing::IpsRun r = Ips("--output " + path + kSmall);
+  ASSERT_EQ(r.exit_code, 0) << r.error;
+  const std::string result = LastLine(r.output);
   EXPECT_EQ(result.rfind("RESULT data_synth events=50000 users=500 items=6000 categories=100 ", 0),
             0u)
       << result;
@@ -110,10 +84,10 @@ TEST(SynthCli, WritesGzipLogTruthAndResult) {
 }
 
 TEST(SynthCli, StdoutCarriesOnlyEventsAndResultGoesToStderr) {
-  const CliRun r = Ips("--output - --events 1000 --users 50 --items 500 --categories 10");
-  ASSERT_EQ(r.rc, 0) << r.err;
+  const testing::IpsRun r = Ips("--output - --events 1000 --users 50 --items 500 --categories 10");
+  ASSERT_EQ(r.exit_code, 0) << r.error;
   int lines = 0;
-  std::istringstream in(r.out);
+  std::istringstream in(r.output);
   std::string line;
   while (std::getline(in, line)) {
     Event e;
@@ -122,29 +96,29 @@ TEST(SynthCli, StdoutCarriesOnlyEventsAndResultGoesToStderr) {
     ++lines;
   }
   EXPECT_EQ(lines, 1000);
-  EXPECT_NE(r.err.find("RESULT data_synth events=1000 "), std::string::npos) << r.err;
+  EXPECT_NE(r.error.find("RESULT data_synth events=1000 "), std::string::npos) << r.error;
 }
 
 TEST(SynthCli, UsageErrorsExitTwoWithUsage) {
   for (const std::string args :
        {"--events 10", "--output x --bogus 1", "--output x --events abc", "--output x --noise 2",
         "--output x --events 0", "--output x --categories 2", "--output x stray"}) {
-    const CliRun r = Ips(args);
-    EXPECT_EQ(r.rc, 2) << args << "\n" << r.err;
-    EXPECT_NE(r.err.find("usage: ips data synth"), std::string::npos) << args;
+    const testing::IpsRun r = Ips(args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.error;
+    EXPECT_NE(r.error.find("usage: ips data synth"), std::string::npos) << args;
   }
-  const CliRun help = Ips("--help");
-  EXPECT_EQ(help.rc, 0);
-  EXPECT_NE(help.out.find("--drift_at"), std::string::npos);
+  const testing::IpsRun help = Ips("--help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.output.find("--drift_at"), std::string::npos);
 }
 
 TEST(SynthCli, WriteErrorsExitOneNamingThePath) {
-  CliRun r = Ips("--output /nonexistent-dir/e.tsv --events 100");
-  EXPECT_EQ(r.rc, 1);
-  EXPECT_NE(r.err.find("/nonexistent-dir/e.tsv"), std::string::npos) << r.err;
+  testing::IpsRun r = Ips("--output /nonexistent-dir/e.tsv --events 100");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.error.find("/nonexistent-dir/e.tsv"), std::string::npos) << r.error;
   r = Ips("--output /dev/full --truth none --events 200000");
-  EXPECT_EQ(r.rc, 1);
-  EXPECT_NE(r.err.find("/dev/full"), std::string::npos) << r.err;
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.error.find("/dev/full"), std::string::npos) << r.error;
 }
 
 }  // namespace

@@ -11,30 +11,12 @@
 #include <sstream>
 #include <string>
 
+#include "tests/testing/run_ips.h"
+
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunIps(const std::string& args) {
-  const std::string cmd = std::string(IPS_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-std::string LastLine(const std::string& s) {
-  std::string t = s;
-  while (!t.empty() && t.back() == '\n') t.pop_back();
-  const auto pos = t.rfind('\n');
-  return pos == std::string::npos ? t : t.substr(pos + 1);
-}
+using ips::testing::LastLine;
+using ips::testing::RunIps;
 
 std::string Config() {
   const char* src = std::getenv("IPS_SOURCE_DIR");
