@@ -22,9 +22,7 @@ using testing::FillUniform;
 using testing::Poison;
 
 std::vector<double> Random(int64_t n, Rng& rng, double lo = -2, double hi = 2) {
-  std::vector<double> v(static_cast<size_t>(n));
-  FillUniform(v, rng, lo, hi);
-  return v;
+  return testing::RandomUniform(n, rng, lo, hi);
 }
 
 double NaiveAct(Activation act, double slope, double v) {

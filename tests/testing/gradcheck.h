@@ -27,6 +27,13 @@ inline void FillUniform(std::vector<float>& v, Rng& rng, float lo = -1.f, float 
   for (auto& x : v) x = lo + (hi - lo) * rng.UniformFloat();
 }
 
+// n values uniform in [lo, hi).
+inline std::vector<double> RandomUniform(int64_t n, Rng& rng, double lo, double hi) {
+  std::vector<double> v(static_cast<size_t>(n));
+  FillUniform(v, rng, lo, hi);
+  return v;
+}
+
 // Compares analytic[i] with the central difference of loss() wrt param[i], for every i (or a
 // deterministic sample of max_checks indices when param is larger). `loss` must read `param`.
 inline ::testing::AssertionResult CheckGradient(const char* name, std::vector<double>& param,
