@@ -1,7 +1,8 @@
-// `ips train`: single-process training of a config's model. Today: DIN on the peer's synthetic
-// throughput protocol (data.synthetic), with an in-process embedding store. Training from
-// converted shards (data.train_dir) and distributed roles come later (TrainJobFromConfig says
-// so with UNIMPLEMENTED).
+// `ips train`: single-process training of a config's model with an in-process embedding store.
+// Today: DIN, either on the peer's synthetic throughput protocol (data.synthetic) or on a dataset
+// directory written by `ips data convert` (data.train_dir, seqrec protocol: epochs of training,
+// each followed by the peer's HR@10 / NDCG@10 / sampled-AUC evaluation). Distributed roles come
+// later.
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -10,10 +11,12 @@
 
 #include "common/flags.h"
 #include "common/result_line.h"
+#include "common/timer.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "worker/data_reader.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -25,6 +28,64 @@ std::string Fixed(double v, int digits) {
   return os.str();
 }
 
+int Fail(const Status& s) {
+  std::cerr << "error: " << s.ToString() << "\n";
+  return kExitError;
+}
+
+// data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
+int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
+                  const std::string& metrics_path) {
+  const DatasetRunOptions& run = job.dataset;
+  auto data = Dataset::Open(run.train_dir);
+  if (!data.ok()) return Fail(data.status().WithContext("data.train_dir '" + run.train_dir + "'"));
+  if (Status s = FitJobToDataset(**data, &job); !s.ok())
+    return Fail(s.WithContext("data.train_dir '" + run.train_dir + "'"));
+  auto store = ps::LocalEmbeddingStore::Create(job.tables);
+  if (!store.ok()) return Fail(store.status());
+  auto trainer = Trainer::Create(job.trainer, store->get());
+  if (!trainer.ok()) return Fail(trainer.status());
+  const Manifest& m = (*data)->manifest();
+  TrainReader probe(data->get(), {}, run.reader);
+  std::cerr << "train: model=din data=" << run.train_dir << " (" << m.format << "/" << m.protocol
+            << ", " << m.users << " users, " << m.items << " items, " << m.categories
+            << " cats) examples/epoch=" << probe.examples_per_epoch()
+            << " eval_lists=" << m.eval_examples << "x" << m.eval_candidates
+            << " batch=" << run.reader.batch_size << " seq=" << run.reader.max_len
+            << " epochs=" << run.epochs << " threads=" << job.trainer.num_threads
+            << " activation=" << models::MlpActivationName(job.trainer.din.activation)
+            << (job.trainer.din.attention_softmax ? " attention=softmax" : " attention=raw")
+            << "\n";
+  Timer wall;
+  auto result = RunDatasetTraining(trainer->get(), **data, run, sinks);
+  if (!result.ok()) return Fail(result.status());
+  const DatasetRunResult& r = *result;
+  const std::string k = std::to_string(r.eval.k);
+  std::cerr << "trained " << r.steps << " steps in " << Fixed(r.train_seconds, 1)
+            << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)
+            << " s\n";
+  ResultLine line("train");
+  line.Add("model", "din")
+      .Add("epochs", static_cast<int64_t>(r.epochs))
+      .Add("steps", r.steps)
+      .Add("samples_per_s", Fixed(r.samples_per_s, 1))
+      .Add("loss", Fixed(r.loss, 4))
+      .Add("hr" + k, Fixed(r.eval.hr, 4))
+      .Add("ndcg" + k, Fixed(r.eval.ndcg, 4))
+      .Add("auc", Fixed(r.eval.auc, 4));
+  if (sinks.metrics_out != nullptr) {
+    *metrics << "{\"phase\":\"result\",\"model\":\"din\",\"epochs\":" << r.epochs
+             << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
+             << ",\"loss\":" << Fixed(r.loss, 6) << ",\"hr" << k << "\":" << Fixed(r.eval.hr, 6)
+             << ",\"ndcg" << k << "\":" << Fixed(r.eval.ndcg, 6)
+             << ",\"auc\":" << Fixed(r.eval.auc, 6) << "}\n";
+    metrics->flush();
+    if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
+  }
+  line.Print();
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunTrainCommand(const std::vector<std::string>& args) {
@@ -34,7 +95,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   flags.String("metrics_out", "",
                "append JSON lines (train intervals, eval, result) to this file "
                "(default: train.metrics_out of the config)");
-  flags.Int("eval_batches", 4, "held-out synthetic batches for the final AUC");
+  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches for the final AUC");
   flags.Bool("quiet", "no progress line on stderr");
   if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
     std::cout << flags.Usage();
@@ -60,11 +121,6 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     return fail(InvalidArgumentError("--eval_batches must be >= 0"));
   job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
 
-  auto store = ps::LocalEmbeddingStore::Create(job->tables);
-  if (!store.ok()) return fail(store.status());
-  auto trainer = Trainer::Create(job->trainer, store->get());
-  if (!trainer.ok()) return fail(trainer.status());
-
   std::string metrics_path = flags.GetString("metrics_out");
   if (metrics_path.empty()) metrics_path = cfg->train().metrics_out();
   std::ofstream metrics;
@@ -76,6 +132,12 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   RunSinks sinks;
   sinks.progress = flags.GetBool("quiet") ? nullptr : stderr;
   sinks.metrics_out = metrics_path.empty() ? nullptr : &metrics;
+  if (!job->synthetic) return RunDatasetJob(*job, sinks, &metrics, metrics_path);
+
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  if (!store.ok()) return fail(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  if (!trainer.ok()) return fail(trainer.status());
 
   const SyntheticRunOptions& run = job->run;
   std::cerr << "train: model=din batch=" << run.batch << " seq=" << run.data.seq_len

@@ -195,6 +195,13 @@ StatusOr<double> Trainer::Step(const CtrBatchView& batch) {
 
 Status Trainer::Predict(const CtrBatchView& batch, float* probs) {
   if (probs == nullptr) return InvalidArgumentError("Trainer::Predict: null probs");
+  IPS_RETURN_IF_ERROR(PredictLogits(batch, probs));
+  for (int i = 0; i < batch.batch; ++i) probs[i] = kernels::StableSigmoid(probs[i]);
+  return Status::Ok();
+}
+
+Status Trainer::PredictLogits(const CtrBatchView& batch, float* out) {
+  if (out == nullptr) return InvalidArgumentError("Trainer::PredictLogits: null output");
   IPS_RETURN_IF_ERROR(PrepareKeys(batch));
   const int64_t D = o_.din.embedding_dim;
   IPS_RETURN_IF_ERROR(
@@ -205,7 +212,7 @@ Status Trainer::Predict(const CtrBatchView& batch, float* probs) {
   in.labels = nullptr;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));
   const float* logits = model_->logits();
-  for (int i = 0; i < batch.batch; ++i) probs[i] = kernels::StableSigmoid(logits[i]);
+  std::copy(logits, logits + batch.batch, out);
   return Status::Ok();
 }
 
@@ -266,10 +273,9 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
   if (m.device() != config::CPU)
     return UnimplementedError("model.device " + config::Device_Name(m.device()) +
                               ": the trainer runs on CPU only so far");
-  if (!cfg.data().has_synthetic())
-    return UnimplementedError(
-        "data: training from converted shards (data.train_dir) is not wired to `ips train` yet; "
-        "set data.synthetic");
+  if (!cfg.data().has_synthetic() && cfg.data().train_dir().empty())
+    return InvalidArgumentError(
+        "data: set data.train_dir (a directory written by `ips data convert`) or data.synthetic");
 
   models::DinOptions& d = job.trainer.din;
   d.embedding_dim = m.embedding_dim();
@@ -352,6 +358,30 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
     job.tables.push_back(std::move(o));
   }
 
+  if (!cfg.data().has_synthetic()) {
+    DatasetRunOptions& r = job.dataset;
+    r.train_dir = cfg.data().train_dir();
+    r.reader.batch_size = cfg.data().batch_size();
+    r.reader.max_len = cfg.data().max_history();
+    r.reader.seed = cfg.data().seed();
+    r.reader.shuffle = cfg.data().shuffle();
+    r.epochs = cfg.train().epochs();
+    r.max_steps = cfg.train().max_steps();
+    if (r.max_steps < 0) return InvalidArgumentError("train.max_steps must be >= 0");
+    r.eval_every_epochs = cfg.eval().every_epochs();
+    if (r.eval_every_epochs < 1)
+      return InvalidArgumentError("eval.every_epochs must be >= 1 (got " +
+                                  std::to_string(r.eval_every_epochs) + ")");
+    r.eval_max_users = cfg.eval().max_users();
+    if (r.eval_max_users < 0) return InvalidArgumentError("eval.max_users must be >= 0");
+    if (cfg.eval().top_k_size() > 0) r.top_k = cfg.eval().top_k(0);
+    if (r.top_k < 1)
+      return InvalidArgumentError("eval.top_k[0] must be >= 1 (got " + std::to_string(r.top_k) +
+                                  ")");
+    r.log_every_steps = std::max(1, cfg.train().log_every_steps());
+    return job;
+  }
+
   job.synthetic = true;
   SyntheticRunOptions& r = job.run;
   r.data.num_items = static_cast<uint32_t>(syn.num_items());
@@ -371,6 +401,27 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
     return InvalidArgumentError("data.synthetic: warmup_steps must be >= 0 and steps >= 1");
   r.log_every_steps = std::max(1, cfg.train().log_every_steps());
   return job;
+}
+
+Status FitJobToDataset(const Dataset& data, TrainJob* job) {
+  if (job == nullptr) return InvalidArgumentError("FitJobToDataset: null job");
+  const Manifest& m = data.manifest();
+  if (m.protocol != "seqrec")
+    return FailedPreconditionError("dataset protocol '" + m.protocol +
+                                   "': DIN training with ranking evaluation needs a seqrec dataset "
+                                   "(ips data convert --protocol seqrec)");
+  if (m.train_examples == 0) return FailedPreconditionError("dataset has no training rows");
+  if (m.eval_candidates > static_cast<uint64_t>(1) << 20)
+    return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
+                                   " is implausibly large");
+  // EvalReader batches hold whole lists: at least one list even when batch_size is smaller.
+  job->trainer.din.max_batch =
+      std::max<int>(job->trainer.din.max_batch, static_cast<int>(m.eval_candidates));
+  for (ps::TableOptions& t : job->tables)
+    t.initializer.xavier_fan_rows = t.name == "item"
+                                        ? static_cast<double>(m.items) + 1
+                                        : static_cast<double>(std::max<uint64_t>(m.categories, 1));
+  return Status::Ok();
 }
 
 // ---- Synthetic protocol -----------------------------------------------------------------------
@@ -473,6 +524,143 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                        << ",\"logloss\":" << JsonNumber(r.eval.logloss)
                        << ",\"accuracy\":" << JsonNumber(r.eval.accuracy) << "}\n";
     sinks.metrics_out->flush();
+  }
+  return r;
+}
+
+// ---- Converted datasets -----------------------------------------------------------------------
+
+StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
+                                            const ReaderOptions& reader, int64_t max_users, int k) {
+  if (trainer == nullptr) return InvalidArgumentError("EvaluateRanking: null trainer");
+  Timer timer;
+  ReaderOptions ro = reader;
+  ro.shuffle = false;
+  EvalReader eval(&data, {}, ro);
+  const int cands = eval.candidates_per_list();
+  if (cands < 2)
+    return FailedPreconditionError("EvaluateRanking: the dataset has " + std::to_string(cands) +
+                                   " candidates per evaluation list (need >= 2)");
+  int64_t remaining = max_users > 0 ? std::min(max_users, eval.num_lists()) : eval.num_lists();
+  RankingMetrics metrics(k);
+  Batch batch;
+  std::vector<float> scores;
+  while (remaining > 0 && eval.Next(&batch)) {
+    if (batch.size % cands != 0)
+      return DataLossError("EvaluateRanking: evaluation batch of " + std::to_string(batch.size) +
+                           " rows is not whole lists of " + std::to_string(cands));
+    scores.resize(static_cast<size_t>(batch.size));
+    IPS_RETURN_IF_ERROR(trainer->PredictLogits(ViewOf(batch), scores.data()));
+    const int64_t lists = std::min<int64_t>(batch.size / cands, remaining);
+    IPS_RETURN_IF_ERROR(metrics.Add(scores.data(), lists, cands));
+    remaining -= lists;
+  }
+  RankingEvalResult r;
+  r.users = metrics.Users();
+  r.k = k;
+  r.hr = metrics.HitRate();
+  r.ndcg = metrics.Ndcg();
+  r.auc = metrics.SampledAuc();
+  r.seconds = timer.Seconds();
+  return r;
+}
+
+StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
+                                              const DatasetRunOptions& options,
+                                              const RunSinks& sinks) {
+  if (trainer == nullptr) return InvalidArgumentError("RunDatasetTraining: null trainer");
+  if (options.epochs < 1 || options.eval_every_epochs < 1 || options.max_steps < 0 ||
+      options.top_k < 1)
+    return InvalidArgumentError(
+        "RunDatasetTraining: epochs, eval_every_epochs and top_k must be >= 1, max_steps >= 0");
+  TrainReader reader(&data, {}, options.reader);
+  const int64_t per_epoch = reader.examples_per_epoch();
+  int64_t total = per_epoch * options.epochs;
+  if (options.max_steps > 0)
+    total = std::min<int64_t>(total, options.max_steps * options.reader.batch_size);
+  std::unique_ptr<ProgressLine> progress;
+  if (sinks.progress != nullptr)
+    progress = std::make_unique<ProgressLine>("train", total, "samples", sinks.progress);
+
+  DatasetRunResult r;
+  Batch batch;
+  Timer timer;
+  bool stop = false;
+  for (int e = 0; e < options.epochs && !stop; ++e) {
+    EpochResult er;
+    er.epoch = e + 1;
+    reader.StartEpoch(e);
+    double loss_sum = 0, epoch_seconds = 0;
+    int64_t epoch_samples = 0;
+    double window_sum = 0;
+    int64_t window_steps = 0;
+    timer.Reset();
+    while (reader.Next(&batch)) {
+      auto loss = trainer->Step(ViewOf(batch));
+      if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
+      loss_sum += *loss;
+      window_sum += *loss;
+      ++window_steps;
+      ++er.steps;
+      ++r.steps;
+      epoch_samples += batch.size;
+      r.samples += batch.size;
+      if (progress && (window_steps >= options.log_every_steps || er.steps == 1)) {
+        std::ostringstream extra;
+        extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
+              << std::setprecision(4) << window_sum / static_cast<double>(window_steps);
+        progress->Update(r.samples, extra.str());
+        window_sum = 0;
+        window_steps = 0;
+      }
+      if (options.max_steps > 0 && r.steps >= options.max_steps) {
+        stop = true;
+        break;
+      }
+    }
+    epoch_seconds = timer.Seconds();
+    r.train_seconds += epoch_seconds;
+    r.epochs = e + 1;
+    er.loss = er.steps > 0 ? loss_sum / static_cast<double>(er.steps) : std::nan("");
+    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+    const bool last = stop || e + 1 == options.epochs;
+    if ((e + 1) % options.eval_every_epochs == 0 || last) {
+      IPS_ASSIGN_OR_RETURN(er.eval, EvaluateRanking(trainer, data, options.reader,
+                                                    options.eval_max_users, options.top_k));
+      er.evaluated = true;
+      r.eval = er.eval;
+    }
+    if (progress) {
+      std::ostringstream extra;
+      extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
+            << std::setprecision(4) << er.loss;
+      if (er.evaluated)
+        extra << " hr" << options.top_k << "=" << er.eval.hr << " ndcg" << options.top_k << "="
+              << er.eval.ndcg << " auc=" << er.eval.auc;
+      progress->Update(r.samples, extra.str());
+    }
+    if (sinks.metrics_out != nullptr) {
+      const std::string k = std::to_string(options.top_k);
+      auto metric = [&](double v) { return er.evaluated ? JsonNumber(v) : std::string("null"); };
+      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
+                         << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
+                         << ",\"auc\":" << metric(er.eval.auc)
+                         << ",\"loss\":" << JsonNumber(er.loss)
+                         << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
+                         << ",\"steps\":" << trainer->steps()
+                         << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
+                         << ",\"eval_s\":" << JsonNumber(er.evaluated ? er.eval.seconds : 0)
+                         << "}\n";
+      sinks.metrics_out->flush();
+    }
+    r.loss = er.loss;
+    r.per_epoch.push_back(er);
+  }
+  r.samples_per_s = r.train_seconds > 0 ? static_cast<double>(r.samples) / r.train_seconds : 0;
+  if (progress) {
+    std::ostringstream extra;
+    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss;
+    progress->Finish(extra.str());
   }
   return r;
 }

@@ -6,7 +6,9 @@
 //
 // plus evaluation (Predict: read-only Lookup, inference-mode forward, probabilities) and the
 // synthetic throughput protocol of the peer (RunSyntheticTraining: all warmup + steps batches
-// generated before the timer, then timed steps, then AUC on held-out synthetic batches).
+// generated before the timer, then timed steps, then AUC on held-out synthetic batches), and
+// training on a converted dataset directory (RunDatasetTraining: epochs over TrainReader's
+// batches, each evaluated with the peer's leave-one-out ranking protocol by EvaluateRanking).
 //
 // This module owns the step's orchestration and the config -> options mapping
 // (TrainJobFromConfig). It does not own the model math (models/), the rows (ps/, behind
@@ -90,6 +92,8 @@ class Trainer {
   // statistics) with read-only lookups (unseen keys read as zeros, nothing is created). Labels
   // are not read. Errors as Step.
   Status Predict(const CtrBatchView& batch, float* probs);
+  // As Predict, but the logits [batch.batch] (the ranking score: no sigmoid saturation ties).
+  Status PredictLogits(const CtrBatchView& batch, float* logits);
 
   int64_t steps() const { return steps_; }
   const TrainerOptions& options() const { return o_; }
@@ -135,18 +139,39 @@ struct SyntheticRunOptions {
   int log_every_steps = 50;
 };
 
+// What `ips train` needs for a converted dataset (data.train_dir).
+struct DatasetRunOptions {
+  std::string train_dir;
+  ReaderOptions reader;        // batch_size, max_len (= data.max_history), seed, shuffle
+  int epochs = 1;              // train.epochs
+  int64_t max_steps = 0;       // train.max_steps; 0 = no limit (stops mid-epoch when reached)
+  int eval_every_epochs = 1;   // eval.every_epochs; the last epoch is always evaluated
+  int64_t eval_max_users = 0;  // eval.max_users: evaluate the first N lists; 0 = all
+  int top_k = 10;              // eval.top_k[0] (default 10)
+  int log_every_steps = 50;
+};
+
 struct TrainJob {
   TrainerOptions trainer;
   std::vector<ps::TableOptions> tables;  // item, category (padding key 0, seed = train.seed)
   bool synthetic = false;                // data.synthetic is set
   SyntheticRunOptions run;               // valid when synthetic
+  DatasetRunOptions dataset;             // valid when !synthetic
 };
 
-// Maps a validated config. Errors: UNIMPLEMENTED for model types other than DIN, devices other
-// than CPU, and (for now) data without `synthetic`; INVALID_ARGUMENT naming the field for
-// unsupported values (activation other than PRELU/DICE, attention_hidden not of size 2, a table
-// dim different from model.embedding_dim, a missing "item" or "category" table).
+// Maps a validated config. Errors: UNIMPLEMENTED for model types other than DIN and devices
+// other than CPU; INVALID_ARGUMENT naming the field for data with neither `synthetic` nor
+// `train_dir`, and for unsupported values (activation other than PRELU/DICE, attention_hidden not
+// of size 2, a table dim different from model.embedding_dim, a missing "item" or "category"
+// table). Does not touch the file system: the dataset is opened by the caller.
 StatusOr<TrainJob> TrainJobFromConfig(const config::Config& config);
+
+// Fits a dataset job to the opened dataset before Trainer::Create: the model's max_batch must
+// hold one evaluation batch (whole candidate lists, at least one list of eval_candidates rows),
+// and the Xavier scale uses the dataset's row counts (items + 1, categories), as the peer's.
+// FAILED_PRECONDITION if the dataset is not of the seqrec protocol (DIN's ranking evaluation
+// needs candidate lists) or has no training rows.
+Status FitJobToDataset(const Dataset& data, TrainJob* job);
 
 // ---- The synthetic throughput protocol --------------------------------------------------------
 
@@ -174,6 +199,51 @@ struct RunSinks {
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
                                                   const RunSinks& sinks);
+
+// ---- Training on a converted dataset ----------------------------------------------------------
+
+struct RankingEvalResult {
+  int64_t users = 0;  // evaluated candidate lists
+  int k = 10;
+  double hr = 0, ndcg = 0, auc = 0;  // HR@k, NDCG@k, sampled AUC (NaN when no users)
+  double seconds = 0;
+};
+
+// The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
+// item first) is scored with PredictLogits (read-only: no store rows are created, nothing is
+// updated) and fed to RankingMetrics(k). max_users > 0 evaluates only the first max_users lists
+// (EvalReader's order: raw user id). Errors: the trainer's and the metrics'.
+StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
+                                            const ReaderOptions& reader, int64_t max_users, int k);
+
+struct EpochResult {
+  int epoch = 0;             // 1-based
+  int64_t steps = 0;         // steps in this epoch
+  double loss = 0;           // mean step loss of the epoch
+  double samples_per_s = 0;  // training samples / training seconds of the epoch
+  bool evaluated = false;
+  RankingEvalResult eval;
+};
+
+struct DatasetRunResult {
+  int epochs = 0;  // epochs started (the last may be partial when max_steps stopped it)
+  int64_t steps = 0;
+  int64_t samples = 0;
+  double train_seconds = 0;  // reading + steps; evaluation excluded
+  double samples_per_s = 0;
+  double loss = 0;         // mean step loss of the last epoch
+  RankingEvalResult eval;  // of the last evaluation (always after the last epoch)
+  std::vector<EpochResult> per_epoch;
+};
+
+// Trains options.epochs epochs (TrainReader: epoch-fresh negatives, per-epoch shuffle with
+// reader.seed) or until max_steps, evaluating after every eval_every_epochs-th epoch and after
+// the last one. sinks.metrics_out gets one JSON line per epoch ({"epoch":..,"hr10":..,
+// "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,...}; metrics null for epochs without
+// evaluation). Errors: INVALID_ARGUMENT for bad options, the trainer's and the metrics'.
+StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
+                                              const DatasetRunOptions& options,
+                                              const RunSinks& sinks);
 
 }  // namespace ips
 

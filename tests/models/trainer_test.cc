@@ -1,22 +1,30 @@
 // Trainer (worker/trainer.h): the step's plumbing (keys -> pull -> model -> push -> dense update)
-// against an independent computation, determinism, and the config mapping. The learning tests
+// against an independent computation, determinism, the config mapping, and training on a
+// converted dataset (EvaluateRanking against list-by-list scoring, RunDatasetTraining learning a
+// planted pattern and evaluating on schedule). The learning tests
 // (planted synthetic signal, attention ablation) live in din_learning_test.cc.
 #include "worker/trainer.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
+#include <string>
 #include <vector>
 
+#include "common/random.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "tests/models/trainer_test_util.h"
 #include "tests/testing/tolerance.h"
+#include "worker/dataset_builder.h"
 
 namespace ips {
 namespace {
@@ -329,10 +337,225 @@ TEST(TrainJob, UnsupportedIsReportedNotCrashed) {
   j = TrainJobFromConfig(*cfg);
   EXPECT_EQ(j.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(j.status().message().find("tables[1].dim"), std::string::npos) << j.status();
-  config::Config no_synth = *LoadConfig(ConfigPath(), {});
-  no_synth.mutable_data()->clear_synthetic();
-  no_synth.mutable_data()->set_train_dir("/nonexistent");
-  EXPECT_EQ(TrainJobFromConfig(no_synth).status().code(), StatusCode::kUnimplemented);
+  // Neither synthetic nor train_dir: nothing to train on.
+  auto no_data_or = LoadConfig(ConfigPath(), {});
+  ASSERT_OK(no_data_or.status());
+  config::Config no_data = *no_data_or;
+  no_data.mutable_data()->clear_synthetic();
+  j = TrainJobFromConfig(no_data);
+  EXPECT_EQ(j.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(j.status().message().find("data.train_dir"), std::string::npos) << j.status();
+}
+
+TEST(TrainJob, TrainDirMapsToDatasetOptionsWithoutTouchingTheFileSystem) {
+  auto c_or =
+      LoadConfig(ConfigPath(), {"data.batch_size=64", "data.max_history=12", "data.seed=9",
+                                "train.epochs=3", "train.max_steps=40", "eval.every_epochs=2"});
+  ASSERT_OK(c_or.status());
+  config::Config c = *c_or;
+  c.mutable_data()->clear_synthetic();
+  c.mutable_data()->set_train_dir("/nonexistent/dataset");  // opened later, by the caller
+  auto job = TrainJobFromConfig(c);
+  ASSERT_OK(job.status());
+  EXPECT_FALSE(job->synthetic);
+  EXPECT_EQ(job->dataset.train_dir, "/nonexistent/dataset");
+  EXPECT_EQ(job->dataset.reader.batch_size, 64);
+  EXPECT_EQ(job->dataset.reader.max_len, 12);
+  EXPECT_EQ(job->dataset.reader.seed, 9u);
+  EXPECT_EQ(job->dataset.epochs, 3);
+  EXPECT_EQ(job->dataset.max_steps, 40);
+  EXPECT_EQ(job->dataset.eval_every_epochs, 2);
+  EXPECT_EQ(job->dataset.top_k, 10);
+  c.mutable_eval()->set_every_epochs(0);
+  EXPECT_EQ(TrainJobFromConfig(c).status().code(), StatusCode::kInvalidArgument);
+}
+
+// ---- Training on a converted dataset ----------------------------------------------------------
+
+// A seqrec dataset with a planted pattern: 40 groups of 10 items; user u walks cyclically
+// through group u % 40 (12 events), so every evaluation negative (never interacted) is outside
+// the user's group and a model that learns "target in the history's group" ranks the test item
+// first.
+class DatasetTraining : public ::testing::Test {
+ protected:
+  static constexpr int kMaxLen = 10;
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/trainer_test_ds_" + std::to_string(::getpid());
+    ASSERT_EQ(std::system(("mkdir -p " + dir_).c_str()), 0);
+    {
+      std::ofstream out(dir_ + "/in.txt");
+      Rng rng(1);
+      for (int u = 1; u <= 400; ++u) {
+        const int g = (u - 1) % 40, s = static_cast<int>(rng.UniformInt(10));
+        for (int j = 0; j < 12; ++j) out << u << " " << g * 10 + (s + j) % 10 + 1 << "\n";
+      }
+    }
+    ConvertOptions o;
+    o.format = "seqrec";
+    o.input = dir_ + "/in.txt";
+    o.output = dir_ + "/ds";
+    o.max_history = kMaxLen;
+    ASSERT_OK(ConvertDataset(o).status());
+    auto d = Dataset::Open(dir_ + "/ds");
+    ASSERT_OK(d.status());
+    data_ = std::move(*d);
+  }
+  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
+
+  std::string dir_;
+  std::unique_ptr<Dataset> data_;
+};
+
+TEST_F(DatasetTraining, EvaluateRankingIsReadOnlyCapsUsersAndMatchesAListByListScoring) {
+  const int cands = static_cast<int>(data_->manifest().eval_candidates);
+  ASSERT_EQ(cands, 101);
+  auto store = MakeStore(3, ps::OptimizerOptions::Type::kAdam, 1e-2, 401, 1);
+  ASSERT_NE(store, nullptr);
+  auto trainer = Trainer::Create(SmallTrainerOptions(5 * cands, kMaxLen), store.get());
+  ASSERT_OK(trainer.status());
+  ReaderOptions ro;
+  ro.batch_size = 5 * cands;
+  ro.max_len = kMaxLen;
+  // A few training steps so that some (not all) items have rows and the scores differ.
+  ReaderOptions tro = ro;
+  tro.batch_size = 64;
+  TrainReader train(data_.get(), {}, tro);
+  train.StartEpoch(0);
+  Batch tb;
+  for (int s = 0; s < 3; ++s) {
+    ASSERT_TRUE(train.Next(&tb));
+    ASSERT_OK((*trainer)->Step(ViewOf(tb)).status());
+  }
+  int64_t rows_before[2];
+  for (int t = 0; t < 2; ++t) {
+    auto st = store->Stats(t);
+    ASSERT_OK(st.status());
+    rows_before[t] = st->rows;
+  }
+  ASSERT_GT(rows_before[0], 0);
+  ASSERT_LT(rows_before[0], 400);
+  auto all = EvaluateRanking(trainer->get(), *data_, ro, 0, 10);
+  ASSERT_OK(all.status());
+  EXPECT_EQ(all->users, 400);
+  for (double v : {all->hr, all->ndcg, all->auc}) {
+    EXPECT_GE(v, 0.0);
+    EXPECT_LE(v, 1.0);
+  }
+  // Read-only: evaluation scores all 400 items but creates no rows.
+  for (int t = 0; t < 2; ++t) {
+    auto st = store->Stats(t);
+    ASSERT_OK(st.status());
+    EXPECT_EQ(st->rows, rows_before[t]) << "table " << t;
+  }
+  // The first 7 lists, independently: one list per batch, scored and ranked by hand.
+  auto capped = EvaluateRanking(trainer->get(), *data_, ro, 7, 10);
+  ASSERT_OK(capped.status());
+  EXPECT_EQ(capped->users, 7);
+  ReaderOptions one = ro;
+  one.batch_size = cands;
+  EvalReader reader(data_.get(), {}, one);
+  Batch b;
+  std::vector<float> logits(static_cast<size_t>(cands));
+  double hits = 0, ndcg = 0, auc = 0;
+  int distinct_scores = 0;
+  for (int u = 0; u < 7; ++u) {
+    ASSERT_TRUE(reader.Next(&b));
+    ASSERT_EQ(b.size, cands);
+    EXPECT_EQ(b.label[0], 1.f);
+    ASSERT_OK((*trainer)->PredictLogits(ViewOf(b), logits.data()));
+    std::vector<float> sorted = logits;
+    std::sort(sorted.begin(), sorted.end());
+    distinct_scores += static_cast<int>(std::unique(sorted.begin(), sorted.end()) - sorted.begin());
+    int rank = 0;
+    double below = 0;
+    for (int c = 1; c < cands; ++c) {
+      rank += logits[c] >= logits[0];
+      below += logits[c] < logits[0] ? 1.0 : logits[c] == logits[0] ? 0.5 : 0.0;
+    }
+    if (rank < 10) {
+      hits += 1;
+      ndcg += 1.0 / std::log2(rank + 2.0);
+    }
+    auc += below / (cands - 1);
+  }
+  EXPECT_GT(distinct_scores, 7 * 50) << "scores should not be constant after training";
+  EXPECT_NEAR(capped->hr, hits / 7, 1e-12);
+  EXPECT_NEAR(capped->ndcg, ndcg / 7, 1e-9);
+  EXPECT_NEAR(capped->auc, auc / 7, 1e-9);
+}
+
+TEST_F(DatasetTraining, TwoEpochsLearnThePlantedPatternAndEvaluateOnSchedule) {
+  auto c_or =
+      LoadConfig(ConfigPath(), {"data.batch_size=64", "data.max_history=10", "train.epochs=2",
+                                "train.num_threads=1", "optimizer.learning_rate=0.01"});
+  ASSERT_OK(c_or.status());
+  config::Config c = *c_or;
+  c.mutable_data()->clear_synthetic();
+  c.mutable_data()->set_train_dir(dir_ + "/ds");
+  auto job = TrainJobFromConfig(c);
+  ASSERT_OK(job.status());
+  ASSERT_OK(FitJobToDataset(*data_, &*job));
+  EXPECT_EQ(job->trainer.din.max_batch, 101);  // one whole evaluation list
+  EXPECT_DOUBLE_EQ(job->tables[0].initializer.xavier_fan_rows, 401.0);
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_OK(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_OK(trainer.status());
+  auto before = EvaluateRanking(trainer->get(), *data_, job->dataset.reader, 0, 10);
+  ASSERT_OK(before.status());
+
+  job->dataset.eval_every_epochs = 2;
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  auto r = RunDatasetTraining(trainer->get(), *data_, job->dataset, sinks);
+  ASSERT_OK(r.status());
+  EXPECT_EQ(r->epochs, 2);
+  const int64_t per_epoch = static_cast<int64_t>(data_->manifest().train_examples_per_epoch);
+  EXPECT_EQ(r->samples, 2 * per_epoch);
+  EXPECT_EQ(r->steps, 2 * ((per_epoch + 63) / 64));
+  ASSERT_EQ(r->per_epoch.size(), 2u);
+  EXPECT_FALSE(r->per_epoch[0].evaluated);  // every 2 epochs
+  EXPECT_TRUE(r->per_epoch[1].evaluated);
+  EXPECT_LT(r->per_epoch[1].loss, r->per_epoch[0].loss);
+  EXPECT_EQ(r->eval.users, 400);
+  // Clearly above a random scorer's 10/101 and above the untrained model.
+  EXPECT_GT(r->eval.hr, 0.25) << "untrained hr10=" << before->hr;
+  EXPECT_GT(r->eval.hr, before->hr + 0.1);
+  EXPECT_GT(r->eval.auc, 0.7);
+  const std::string m = metrics.str();
+  EXPECT_NE(m.find("{\"epoch\":1,\"hr10\":null,"), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"epoch\":2,\"hr10\":0."), std::string::npos) << m;
+
+  // max_steps stops mid-epoch and still evaluates.
+  job->dataset.max_steps = 5;
+  auto short_run = RunDatasetTraining(trainer->get(), *data_, job->dataset, RunSinks{});
+  ASSERT_OK(short_run.status());
+  EXPECT_EQ(short_run->steps, 5);
+  EXPECT_EQ(short_run->epochs, 1);
+  EXPECT_TRUE(short_run->per_epoch[0].evaluated);
+}
+
+TEST_F(DatasetTraining, FitJobRejectsNonSeqrecDatasets) {
+  // A ctr-protocol conversion of the same file has no candidate lists to rank.
+  ConvertOptions o;
+  o.format = "seqrec";
+  o.protocol = "ctr";
+  o.input = dir_ + "/in.txt";
+  o.output = dir_ + "/ctr";
+  auto m = ConvertDataset(o);
+  if (!m.ok())
+    GTEST_SKIP() << "seqrec input cannot be converted with the ctr protocol: " << m.status();
+  auto d = Dataset::Open(dir_ + "/ctr");
+  ASSERT_OK(d.status());
+  auto c_or = LoadConfig(ConfigPath(), {});
+  ASSERT_OK(c_or.status());
+  config::Config c = *c_or;
+  c.mutable_data()->clear_synthetic();
+  c.mutable_data()->set_train_dir(dir_ + "/ctr");
+  auto job = TrainJobFromConfig(c);
+  ASSERT_OK(job.status());
+  EXPECT_EQ(FitJobToDataset(**d, &*job).code(), StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
