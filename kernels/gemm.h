@@ -26,6 +26,26 @@ struct GemmArgs {
   int64_t ldc = 0;
 };
 
+// GemmArgs in one expression: MakeGemmArgs(ta, tb, m, n, k, a, lda, b, ldb, c, ldc[, beta]).
+template <typename T>
+GemmArgs<T> MakeGemmArgs(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
+                         int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T beta = 0) {
+  GemmArgs<T> g;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.lda = lda;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  g.beta = beta;
+  return g;
+}
+
 // Returns INVALID_ARGUMENT on negative sizes or too-small leading dimensions, UNIMPLEMENTED for
 // CUDA in a build without it (or for double on CUDA).
 template <typename T>

@@ -194,25 +194,6 @@ using attention_internal::DropThreshold;
 using attention_internal::SavedLayout;
 using attention_internal::WorkLayout;
 
-template <typename T>
-GemmArgs<T> MakeGemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-                     const T* b, int64_t ldb, T* c, int64_t ldc, T beta = 0) {
-  GemmArgs<T> g;
-  g.trans_a = ta;
-  g.trans_b = tb;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.lda = lda;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  g.beta = beta;
-  return g;
-}
-
 // Folded first-layer weights, row h = [Wk - Wd, Wp, Wq + Wd] (3E), from W1 = [Wq|Wk|Wd|Wp].
 template <typename T>
 void FoldW1(const T* w1, int64_t H1, int64_t E, T* wfold) {
@@ -264,9 +245,9 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
     }
   });
   // U = Q (Wq + Wd)^T: the q part of the first layer, once per batch row.
-  GemmCpu(MakeGemm<T>(false, true, B, H1, E, a.query, E, wfold + 2 * E, 3 * E, U, H1));
+  GemmCpu(MakeGemmArgs<T>(false, true, B, H1, E, a.query, E, wfold + 2 * E, 3 * E, U, H1));
   // A1 = X [Wk - Wd, Wp]^T over all steps.
-  GemmCpu(MakeGemm<T>(false, true, B * L, H1, 2 * E, X, 2 * E, wfold, 3 * E, A1, H1));
+  GemmCpu(MakeGemmArgs<T>(false, true, B * L, H1, 2 * E, X, 2 * E, wfold, 3 * E, A1, H1));
   ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
     std::vector<T> ub(static_cast<size_t>(H1));
     for (int64_t b = b0; b < b1; ++b) {
@@ -274,11 +255,11 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
       SigmoidRows(A1 + b * L * H1, ub.data(), L, H1);
     }
   });
-  GemmCpu(MakeGemm<T>(false, true, B * L, H2, H1, A1, H1, a.w2, H1, A2, H2));
+  GemmCpu(MakeGemmArgs<T>(false, true, B * L, H2, H1, A1, H1, a.w2, H1, A2, H2));
   ParFor(ctx, B, 8,
          [&](int64_t b0, int64_t b1) { SigmoidRows(A2 + b0 * L * H2, a.b2, (b1 - b0) * L, H2); });
   // Raw scores s = A2 w3 (+ b3 below), staged in the weights output.
-  GemmCpu(MakeGemm<T>(false, false, B * L, 1, H2, A2, H2, a.w3, 1, weights, 1));
+  GemmCpu(MakeGemmArgs<T>(false, false, B * L, 1, H2, A2, H2, a.w3, 1, weights, 1));
   ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
     std::vector<T> s(static_cast<size_t>(L));
     for (int64_t b = b0; b < b1; ++b) {
@@ -362,18 +343,18 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
   T db3 = 0;
   for (int64_t i = 0; i < N; ++i) db3 += ds[i];
   gr.d_b3[0] = db3;
-  GemmCpu(MakeGemm<T>(false, false, 1, H2, N, ds, N, A2, H2, gr.d_w3, H2));
-  GemmCpu(MakeGemm<T>(false, false, 1, H2, N, ones, N, dZ2, H2, gr.d_b2, H2));
-  GemmCpu(MakeGemm<T>(true, false, H2, H1, N, dZ2, H2, A1, H1, gr.d_w2, H1));
-  GemmCpu(MakeGemm<T>(false, false, N, H1, H2, dZ2, H2, a.w2, H1, G, H1));  // dA1
+  GemmCpu(MakeGemmArgs<T>(false, false, 1, H2, N, ds, N, A2, H2, gr.d_w3, H2));
+  GemmCpu(MakeGemmArgs<T>(false, false, 1, H2, N, ones, N, dZ2, H2, gr.d_b2, H2));
+  GemmCpu(MakeGemmArgs<T>(true, false, H2, H1, N, dZ2, H2, A1, H1, gr.d_w2, H1));
+  GemmCpu(MakeGemmArgs<T>(false, false, N, H1, H2, dZ2, H2, a.w2, H1, G, H1));  // dA1
   ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       SigmoidGradSum(G + b * L * H1, A1 + b * L * H1, Gsum + b * H1, L, H1);
     }
   });
   // GX = G^T [k, q*k] (dWk, dWp) and Gsum^T Q (dWq) side by side in one [H1 x 3E] block.
-  GemmCpu(MakeGemm<T>(true, false, H1, 2 * E, N, G, H1, X, 2 * E, GX, 3 * E));
-  GemmCpu(MakeGemm<T>(true, false, H1, E, B, Gsum, H1, a.query, E, GX + 2 * E, 3 * E));
+  GemmCpu(MakeGemmArgs<T>(true, false, H1, 2 * E, N, G, H1, X, 2 * E, GX, 3 * E));
+  GemmCpu(MakeGemmArgs<T>(true, false, H1, E, B, Gsum, H1, a.query, E, GX + 2 * E, 3 * E));
   for (int64_t h = 0; h < H1; ++h) {
     const T* gx = GX + h * 3 * E;
     T* dw = gr.d_w1 + h * 4 * E;
@@ -389,9 +370,9 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
     for (int64_t h = 0; h < H1; ++h) gr.d_b1[h] += Gsum[b * H1 + h];
   if (gr.d_keys == nullptr && gr.d_query == nullptr) return;
   // DX = G [Wk - Wd, Wp]: the gradient wrt X = [k, q*k].
-  GemmCpu(MakeGemm<T>(false, false, N, 2 * E, H1, G, H1, wfold, 3 * E, DX, 2 * E));
+  GemmCpu(MakeGemmArgs<T>(false, false, N, 2 * E, H1, G, H1, wfold, 3 * E, DX, 2 * E));
   if (gr.d_query != nullptr) {
-    GemmCpu(MakeGemm<T>(false, false, B, E, H1, Gsum, H1, wfold + 2 * E, 3 * E, gr.d_query, E));
+    GemmCpu(MakeGemmArgs<T>(false, false, B, E, H1, Gsum, H1, wfold + 2 * E, 3 * E, gr.d_query, E));
   }
   ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

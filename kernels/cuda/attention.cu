@@ -274,23 +274,6 @@ __global__ void InputGradKernel(const float* __restrict__ DX, const float* __res
   }
 }
 
-GemmArgs<float> G(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float* c, int64_t ldc) {
-  GemmArgs<float> g;
-  g.trans_a = ta;
-  g.trans_b = tb;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.lda = lda;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  return g;
-}
-
 // ---- MHA ----------------------------------------------------------------------------------------
 
 // Same bits as ips::Mix64 (common/random.h), which is host-only.
@@ -511,13 +494,15 @@ Status DinAttentionForwardCuda(const Context& ctx, const DinAttentionArgs<float>
                                    kThreads, 0, st, a.w1, H1, E, wfold));
   IPS_RETURN_IF_ERROR(cuda::Launch("din_build_x", BuildXKernel, cuda::GridFor(N * E, kThreads),
                                    kThreads, 0, st, a.query, a.keys, a.lengths, B, T, E, left, X));
-  IPS_RETURN_IF_ERROR(
-      GemmCuda(ctx, G(false, true, B, H1, E, a.query, E, wfold + 2 * E, 3 * E, U, H1)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, true, N, H1, 2 * E, X, 2 * E, wfold, 3 * E, A1, H1)));
+  IPS_RETURN_IF_ERROR(GemmCuda(
+      ctx, MakeGemmArgs<float>(false, true, B, H1, E, a.query, E, wfold + 2 * E, 3 * E, U, H1)));
+  IPS_RETURN_IF_ERROR(GemmCuda(
+      ctx, MakeGemmArgs<float>(false, true, N, H1, 2 * E, X, 2 * E, wfold, 3 * E, A1, H1)));
   IPS_RETURN_IF_ERROR(cuda::Launch("din_layer1_act", Layer1ActKernel,
                                    cuda::GridFor(N * H1, kThreads), kThreads, 0, st, A1, U, a.b1, B,
                                    T, H1));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, true, N, H2, H1, A1, H1, a.w2, H1, A2, H2)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, true, N, H2, H1, A1, H1, a.w2, H1, A2, H2)));
   IPS_RETURN_IF_ERROR(cuda::Launch("din_scores", ScoresKernel, dim3(static_cast<unsigned>(B)),
                                    kThreads, sizeof(float) * T, st, A2, a.b2, a.w3, a.b3, a.keys,
                                    a.lengths, T, E, H2, left, a.softmax, weights, saved + l.w,
@@ -563,27 +548,34 @@ Status DinAttentionBackwardCuda(const Context& ctx, const DinAttentionArgs<float
                                    dim3(static_cast<unsigned>(B)), kThreads, sizeof(float) * T, st,
                                    A2, a.w3, Ws, a.keys, a.lengths, d_weights, d_pooled, T, E, H2,
                                    left, a.softmax, ds, dZ2, ones));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, false, 1, 1, N, ones, N, ds, 1, gr.d_b3, 1)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, false, 1, H2, N, ds, N, A2, H2, gr.d_w3, H2)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, false, 1, H2, N, ones, N, dZ2, H2, gr.d_b2, H2)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(true, false, H2, H1, N, dZ2, H2, A1, H1, gr.d_w2, H1)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, false, N, H1, H2, dZ2, H2, a.w2, H1, Gm, H1)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, false, 1, 1, N, ones, N, ds, 1, gr.d_b3, 1)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, false, 1, H2, N, ds, N, A2, H2, gr.d_w3, H2)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, false, 1, H2, N, ones, N, dZ2, H2, gr.d_b2, H2)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(true, false, H2, H1, N, dZ2, H2, A1, H1, gr.d_w2, H1)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, false, N, H1, H2, dZ2, H2, a.w2, H1, Gm, H1)));
   IPS_RETURN_IF_ERROR(cuda::Launch("din_layer1_grad", Layer1GradKernel,
                                    dim3(static_cast<unsigned>(B)), 128, 0, st, Gm, A1, T, H1,
                                    Gsum));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(true, false, H1, 2 * E, N, Gm, H1, X, 2 * E, GX, 3 * E)));
   IPS_RETURN_IF_ERROR(
-      GemmCuda(ctx, G(true, false, H1, E, B, Gsum, H1, a.query, E, GX + 2 * E, 3 * E)));
-  IPS_RETURN_IF_ERROR(GemmCuda(ctx, G(false, false, 1, H1, B, ones, B, Gsum, H1, gr.d_b1, H1)));
+      GemmCuda(ctx, MakeGemmArgs<float>(true, false, H1, 2 * E, N, Gm, H1, X, 2 * E, GX, 3 * E)));
+  IPS_RETURN_IF_ERROR(GemmCuda(
+      ctx, MakeGemmArgs<float>(true, false, H1, E, B, Gsum, H1, a.query, E, GX + 2 * E, 3 * E)));
+  IPS_RETURN_IF_ERROR(
+      GemmCuda(ctx, MakeGemmArgs<float>(false, false, 1, H1, B, ones, B, Gsum, H1, gr.d_b1, H1)));
   IPS_RETURN_IF_ERROR(cuda::Launch("din_assemble_dw1", AssembleDw1Kernel,
                                    cuda::GridFor(H1 * E, kThreads), kThreads, 0, st, GX, H1, E,
                                    gr.d_w1));
   if (gr.d_keys == nullptr && gr.d_query == nullptr) return Status::Ok();
-  IPS_RETURN_IF_ERROR(
-      GemmCuda(ctx, G(false, false, N, 2 * E, H1, Gm, H1, wfold, 3 * E, DX, 2 * E)));
+  IPS_RETURN_IF_ERROR(GemmCuda(
+      ctx, MakeGemmArgs<float>(false, false, N, 2 * E, H1, Gm, H1, wfold, 3 * E, DX, 2 * E)));
   if (gr.d_query != nullptr) {
-    IPS_RETURN_IF_ERROR(
-        GemmCuda(ctx, G(false, false, B, E, H1, Gsum, H1, wfold + 2 * E, 3 * E, gr.d_query, E)));
+    IPS_RETURN_IF_ERROR(GemmCuda(ctx, MakeGemmArgs<float>(false, false, B, E, H1, Gsum, H1,
+                                                          wfold + 2 * E, 3 * E, gr.d_query, E)));
   }
   IPS_RETURN_IF_ERROR(cuda::Launch("din_input_grad", InputGradKernel,
                                    dim3(static_cast<unsigned>(B)), 64, 0, st, DX, a.query, a.keys,
