@@ -61,7 +61,8 @@ void ThreadPool::WorkerLoop(int /*worker_index*/) {
   uint64_t seen_generation = 0;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && generation_ != seen_generation); });
+    work_cv_.wait(lock,
+                  [&] { return stop_ || (job_ != nullptr && generation_ != seen_generation); });
     if (stop_) return;
     seen_generation = generation_;
     while (job_ != nullptr && next_chunk_ < num_chunks_) {
@@ -74,6 +75,15 @@ void ThreadPool::WorkerLoop(int /*worker_index*/) {
       if (++chunks_done_ == num_chunks_) done_cv_.notify_all();
     }
   }
+}
+
+void ParallelFor(ThreadPool* pool, int64_t n, int64_t min_chunk,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool == nullptr) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  pool->ParallelFor(n, min_chunk, fn);
 }
 
 }  // namespace ips

@@ -51,6 +51,11 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+// pool->ParallelFor(n, min_chunk, fn), or fn(0, n) on the calling thread when pool is nullptr
+// (kernels take an optional pool).
+void ParallelFor(ThreadPool* pool, int64_t n, int64_t min_chunk,
+                 const std::function<void(int64_t begin, int64_t end)>& fn);
+
 }  // namespace ips
 
 #endif  // IPS_COMMON_THREAD_POOL_H_

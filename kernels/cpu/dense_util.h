@@ -30,12 +30,7 @@ namespace ips::kernels::dense_internal {
 // fn(begin, end) over [0, n): on ctx.pool in chunks of at least min_chunk, or inline.
 inline void ParallelRows(const Context& ctx, int64_t n, int64_t min_chunk,
                          const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(0, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
+  ParallelFor(ctx.pool, n, min_chunk, fn);
 }
 
 // Rows per chunk so that a chunk carries at least ~16k elements of work.

@@ -38,16 +38,6 @@ constexpr int64_t kPrefetchRows = 16;
 constexpr int64_t kMinBagsPerChunk = 16;
 constexpr int64_t kMinRowsPerChunk = 256;
 
-void RunParallel(ThreadPool* pool, int64_t n, int64_t min_chunk,
-                 const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  if (pool == nullptr || pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(0, n);
-    return;
-  }
-  pool->ParallelFor(n, min_chunk, fn);
-}
-
 int NumThreads(ThreadPool* pool) { return pool == nullptr ? 1 : pool->num_threads(); }
 
 // Smallest failing position reported by any worker thread.
@@ -262,7 +252,7 @@ Status GatherPaddedCpu(ThreadPool* pool, const GatherPaddedArgs<T>& a) {
   IPS_RETURN_IF_ERROR(CheckLengths(op, a.lengths, a.batch, a.max_len));
   FirstError err;
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  RunParallel(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
     PaddedPrefetcher<T> pf(a.table, a.table_rows, a.dim, a.indices, a.lengths, a.max_len, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = a.lengths[b];
@@ -291,7 +281,7 @@ Status GatherJaggedCpu(ThreadPool* pool, const GatherJaggedArgs<T>& a) {
   IPS_RETURN_IF_ERROR(CheckOffsets(op, a.offsets, a.batch, a.nnz));
   FirstError err;
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  RunParallel(pool, a.nnz, kMinRowsPerChunk, [&](int64_t j0, int64_t j1) {
+  ParallelFor(pool, a.nnz, kMinRowsPerChunk, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < std::min(j1, j0 + kPrefetchRows); ++j) {
       if (static_cast<uint64_t>(a.indices[j]) < static_cast<uint64_t>(a.table_rows))
         PrefetchRow(a.table + a.indices[j] * a.dim, row_bytes);
@@ -319,7 +309,7 @@ Status PooledPaddedCpu(ThreadPool* pool, const PooledPaddedArgs<T>& a) {
   const char* op = "PooledPadded";
   IPS_RETURN_IF_ERROR(CheckLengths(op, a.lengths, a.batch, a.max_len));
   FirstError err;
-  RunParallel(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
     PaddedPrefetcher<T> pf(a.table, a.table_rows, a.dim, a.indices, a.lengths, a.max_len, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = a.lengths[b];
@@ -348,7 +338,7 @@ Status PooledJaggedCpu(ThreadPool* pool, const PooledJaggedArgs<T>& a) {
   IPS_RETURN_IF_ERROR(CheckOffsets(op, a.offsets, a.batch, a.nnz));
   FirstError err;
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  RunParallel(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
     // Jagged positions of bags [b0, b1) are contiguous: prefetch along the flat index array.
     const int64_t j_end = a.offsets[b1];
     int64_t ahead = a.offsets[b0];
@@ -441,7 +431,7 @@ void ScatterDirect(ThreadPool* pool, int64_t num_rows, int64_t dim, T* out,
                    const ForEach& for_each) {
   const int64_t nt =
       std::max<int64_t>(1, std::min<int64_t>(NumThreads(pool), num_rows / kMinRowsPerChunk));
-  RunParallel(nt > 1 ? pool : nullptr, nt, 1, [&](int64_t tb, int64_t te) {
+  ParallelFor(nt > 1 ? pool : nullptr, nt, 1, [&](int64_t tb, int64_t te) {
     for (int64_t tid = tb; tid < te; ++tid) {
       const int64_t lo = num_rows * tid / nt, hi = num_rows * (tid + 1) / nt;
       std::fill(out + lo * dim, out + hi * dim, T(0));
@@ -474,7 +464,7 @@ void ScatterSegment(ThreadPool* pool, int64_t num_rows, int64_t dim, T* out,
   for_each([&](int64_t r, const T* src, T scale) { entries[starts[r]++] = Entry{src, scale}; });
   const int64_t* ends = starts.data();
   const Entry* es = entries.data();
-  RunParallel(pool, num_rows, kMinRowsPerChunk, [&](int64_t r0, int64_t r1) {
+  ParallelFor(pool, num_rows, kMinRowsPerChunk, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* o = out + r * dim;
       std::fill(o, o + dim, T(0));

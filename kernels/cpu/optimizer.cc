@@ -153,16 +153,6 @@ SpanFn<T> SpanFor(OptimizerKind kind) {
   return nullptr;
 }
 
-void RunParallel(ThreadPool* pool, int64_t n, int64_t min_chunk,
-                 const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  if (pool == nullptr || pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(0, n);
-    return;
-  }
-  pool->ParallelFor(n, min_chunk, fn);
-}
-
 Status CheckHyper(const char* op, const OptimizerHyper& h, int64_t step, const void* state0,
                   const void* state1, bool need_states) {
   const int states = OptimizerStateCount(h.kind);
@@ -204,7 +194,7 @@ Status SparseUpdate(const Context& ctx, const SparseUpdateArgs<T>& a) {
     }
     const SpanFn<T> fn = SpanFor<T>(a.hyper.kind);
     const int states = OptimizerStateCount(a.hyper.kind);
-    RunParallel(ctx.pool, a.num_rows, 64, [&](int64_t i0, int64_t i1) {
+    ParallelFor(ctx.pool, a.num_rows, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t off = a.row_indices[i] * a.dim;
         fn(s, a.dim, a.param + off, states >= 1 ? a.state0 + off : nullptr,
@@ -237,7 +227,7 @@ Status DenseUpdate(const Context& ctx, const DenseUpdateArgs<T>& a) {
   if (ctx.device == Device::kCpu) {
     const SpanFn<T> fn = SpanFor<T>(a.hyper.kind);
     const int states = OptimizerStateCount(a.hyper.kind);
-    RunParallel(ctx.pool, a.size, 4096, [&](int64_t i0, int64_t i1) {
+    ParallelFor(ctx.pool, a.size, 4096, [&](int64_t i0, int64_t i1) {
       fn(s, i1 - i0, a.param + i0, states >= 1 ? a.state0 + i0 : nullptr,
          states >= 2 ? a.state1 + i0 : nullptr, a.grad + i0);
     });

@@ -170,11 +170,7 @@ IPS_RNN_INLINE void SmallMatMul(int64_t rows, int64_t k, int64_t n, const T* in,
 
 template <typename T>
 void ParallelRows(const Context& ctx, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-  if (ctx.pool != nullptr && n > 1) {
-    ctx.pool->ParallelFor(n, kTileRows, fn);
-  } else {
-    fn(0, n);
-  }
+  ParallelFor(ctx.pool, n, kTileRows, fn);
 }
 
 // --- Validation --------------------------------------------------------------------------------

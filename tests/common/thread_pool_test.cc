@@ -31,3 +31,26 @@ TEST(ThreadPool, ManySmallJobsInARow) {
 
 }  // namespace
 }  // namespace ips
+
+namespace ips {
+namespace {
+
+TEST(ParallelForFree, NullPoolRunsInlineOnceAndEmptyRangeNotAtAll) {
+  int calls = 0;
+  int64_t covered = 0;
+  ParallelFor(nullptr, 100, 8, [&](int64_t b, int64_t e) {
+    ++calls;
+    covered += e - b;
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(covered, 100);
+  ParallelFor(nullptr, 0, 8, [&](int64_t, int64_t) { ++calls; });
+  EXPECT_EQ(calls, 1);
+  ThreadPool pool(2);
+  std::atomic<int64_t> sum{0};
+  ParallelFor(&pool, 1000, 8, [&](int64_t b, int64_t e) { sum += e - b; });
+  EXPECT_EQ(sum.load(), 1000);
+}
+
+}  // namespace
+}  // namespace ips
