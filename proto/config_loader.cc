@@ -96,6 +96,14 @@ int LineOf(const pb::TextFormat::ParseInfoTree* tree, const pb::Message& root,
   return 0;
 }
 
+StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(path + ": cannot open the config file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
 }  // namespace
 
 StatusOr<config::Config> ParseConfigText(const std::string& text, const std::string& filename) {
@@ -111,11 +119,8 @@ StatusOr<config::Config> ParseConfigText(const std::string& text, const std::str
 }
 
 StatusOr<config::Config> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(path + ": cannot open the config file");
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return ParseConfigText(buf.str(), path);
+  IPS_ASSIGN_OR_RETURN(const std::string text, ReadConfigFile(path));
+  return ParseConfigText(text, path);
 }
 
 Status ApplyOverride(const std::string& assignment, config::Config* config) {
@@ -186,8 +191,8 @@ Status ApplyOverride(const std::string& assignment, config::Config* config) {
       // Parse into a scratch message first so that a bad value leaves the config untouched.
       std::unique_ptr<pb::Message> scratch(msg->New());
       if (!pb::TextFormat::ParseFieldValueFromString(literal, f, scratch.get()))
-        return InvalidArgumentError(context + ": '" + v + "' is not a valid " +
-                                    f->type_name() + " for field '" + f->full_name() + "'");
+        return InvalidArgumentError(context + ": '" + v + "' is not a valid " + f->type_name() +
+                                    " for field '" + f->full_name() + "'");
       // For a repeated field this appends one element.
       if (!pb::TextFormat::ParseFieldValueFromString(literal, f, msg))
         return InternalError(context + ": could not set value");
@@ -220,12 +225,12 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
 
   if (cfg.version() < 1 || cfg.version() > kConfigVersion)
     return fail({{"version", -1}}, "unsupported schema version " + std::to_string(cfg.version()) +
-                                       " (this binary reads 1.." +
-                                       std::to_string(kConfigVersion) + ")");
+                                       " (this binary reads 1.." + std::to_string(kConfigVersion) +
+                                       ")");
   const auto& d = cfg.data();
   if (d.batch_size() <= 0)
-    return fail({{"data", -1}, {"batch_size", -1}}, "must be positive, got " +
-                                                        std::to_string(d.batch_size()));
+    return fail({{"data", -1}, {"batch_size", -1}},
+                "must be positive, got " + std::to_string(d.batch_size()));
   if (d.max_history() <= 0)
     return fail({{"data", -1}, {"max_history", -1}},
                 "must be positive, got " + std::to_string(d.max_history()));
@@ -271,11 +276,7 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
 
 StatusOr<config::Config> LoadConfig(const std::string& path,
                                     const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(path + ": cannot open the config file");
-  std::stringstream buf;
-  buf << in.rdbuf();
-  const std::string text = buf.str();
+  IPS_ASSIGN_OR_RETURN(const std::string text, ReadConfigFile(path));
   IPS_ASSIGN_OR_RETURN(config::Config cfg, ParseConfigText(text, path));
   for (const auto& o : overrides) IPS_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
   IPS_RETURN_IF_ERROR(ValidateConfig(cfg, path, text));
