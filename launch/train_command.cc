@@ -1,8 +1,8 @@
 // `ips train`: single-process training of a config's model with an in-process embedding store.
-// Today: DIN, either on the peer's synthetic throughput protocol (data.synthetic) or on a dataset
-// directory written by `ips data convert` (data.train_dir, seqrec protocol: epochs of training,
-// each followed by the peer's HR@10 / NDCG@10 / sampled-AUC evaluation). Distributed roles come
-// later.
+// CTR models (DIN, DIEN, BST, pooled, MIND), either on the peer's synthetic throughput protocol
+// (data.synthetic) or on a dataset directory written by `ips data convert` (data.train_dir, seqrec
+// protocol: epochs of training, each followed by the peer's HR@10 / NDCG@10 / sampled-AUC
+// evaluation). Distributed roles come later.
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -47,15 +47,13 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
   if (!trainer.ok()) return Fail(trainer.status());
   const Manifest& m = (*data)->manifest();
   TrainReader probe(data->get(), {}, run.reader);
-  std::cerr << "train: model=din data=" << run.train_dir << " (" << m.format << "/" << m.protocol
-            << ", " << m.users << " users, " << m.items << " items, " << m.categories
+  const std::string model = ModelKindName(job.trainer.model.kind);
+  std::cerr << "train: model=" << model << " data=" << run.train_dir << " (" << m.format << "/"
+            << m.protocol << ", " << m.users << " users, " << m.items << " items, " << m.categories
             << " cats) examples/epoch=" << probe.examples_per_epoch()
             << " eval_lists=" << m.eval_examples << "x" << m.eval_candidates
             << " batch=" << run.reader.batch_size << " seq=" << run.reader.max_len
-            << " epochs=" << run.epochs << " threads=" << job.trainer.num_threads
-            << " activation=" << models::MlpActivationName(job.trainer.din.activation)
-            << (job.trainer.din.attention_softmax ? " attention=softmax" : " attention=raw")
-            << "\n";
+            << " epochs=" << run.epochs << " threads=" << job.trainer.num_threads << "\n";
   Timer wall;
   auto result = RunDatasetTraining(trainer->get(), **data, run, sinks);
   if (!result.ok()) return Fail(result.status());
@@ -65,7 +63,7 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
             << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)
             << " s\n";
   ResultLine line("train");
-  line.Add("model", "din")
+  line.Add("model", model)
       .Add("epochs", static_cast<int64_t>(r.epochs))
       .Add("steps", r.steps)
       .Add("samples_per_s", Fixed(r.samples_per_s, 1))
@@ -74,7 +72,7 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
       .Add("ndcg" + k, Fixed(r.eval.ndcg, 4))
       .Add("auc", Fixed(r.eval.auc, 4));
   if (sinks.metrics_out != nullptr) {
-    *metrics << "{\"phase\":\"result\",\"model\":\"din\",\"epochs\":" << r.epochs
+    *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
              << ",\"loss\":" << Fixed(r.loss, 6) << ",\"hr" << k << "\":" << Fixed(r.eval.hr, 6)
              << ",\"ndcg" << k << "\":" << Fixed(r.eval.ndcg, 6)
@@ -140,13 +138,11 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   if (!trainer.ok()) return fail(trainer.status());
 
   const SyntheticRunOptions& run = job->run;
-  std::cerr << "train: model=din batch=" << run.batch << " seq=" << run.data.seq_len
+  const std::string model = ModelKindName(job->trainer.model.kind);
+  std::cerr << "train: model=" << model << " batch=" << run.batch << " seq=" << run.data.seq_len
             << " items=" << run.data.num_items << " cats=" << run.data.num_categories
             << " warmup=" << run.warmup_steps << " steps=" << run.steps
-            << " threads=" << job->trainer.num_threads
-            << " activation=" << models::MlpActivationName(job->trainer.din.activation)
-            << (job->trainer.din.attention_softmax ? " attention=softmax" : " attention=raw")
-            << "\n";
+            << " threads=" << job->trainer.num_threads << "\n";
   auto result = RunSyntheticTraining(trainer->get(), run, sinks);
   if (!result.ok()) return fail(result.status());
   const SyntheticRunResult& r = *result;
@@ -155,7 +151,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
             << " heldout_auc=" << Fixed(r.eval.auc, 4) << " (" << r.eval.count << " examples)\n";
 
   ResultLine line("train");
-  line.Add("model", "din")
+  line.Add("model", model)
       .Add("samples_per_s", Fixed(r.samples_per_s, 1))
       .Add("steps", r.steps)
       .Add("batch", static_cast<int64_t>(r.batch))
@@ -163,9 +159,9 @@ int RunTrainCommand(const std::vector<std::string>& args) {
       .Add("loss", Fixed(r.loss_last10, 4))
       .Add("auc", Fixed(r.eval.auc, 4));
   if (sinks.metrics_out != nullptr) {
-    metrics << "{\"phase\":\"result\",\"model\":\"din\",\"samples_per_s\":"
-            << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps << ",\"batch\":" << r.batch
-            << ",\"threads\":" << job->trainer.num_threads
+    metrics << "{\"phase\":\"result\",\"model\":\"" << model
+            << "\",\"samples_per_s\":" << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps
+            << ",\"batch\":" << r.batch << ",\"threads\":" << job->trainer.num_threads
             << ",\"loss\":" << Fixed(r.loss_last10, 6) << ",\"auc\":" << Fixed(r.eval.auc, 6)
             << "}\n";
     metrics.flush();

@@ -28,6 +28,7 @@
 #include "common/status.h"
 #include "kernels/context.h"
 #include "models/layers.h"
+#include "models/model.h"
 
 namespace ips::models {
 
@@ -50,26 +51,12 @@ struct DinOptions {
 // INVALID_ARGUMENT naming the first bad field.
 Status ValidateDinOptions(const DinOptions& o);
 
-// One batch as the model sees it. Positions are laid out as [B x T] history (row b = sample b,
-// oldest first, the valid steps are the rightmost lengths[b]) followed by B targets, so both index
-// arrays have B * T + B entries: exactly the layout in which the trainer concatenates keys before
-// de-duplicating them. Every index must lie in [0, num_*_rows), padded positions included
-// (the trainer maps padding to the padding key's row); padded positions get zero gradient.
+// One batch as the model sees it: models/model.h CtrInputs ([B x T] history, then B targets).
 template <typename T>
-struct DinInputs {
-  int64_t batch = 0;                    // B <= max_batch
-  const int32_t* lengths = nullptr;     // [B], each in [0, max_len]
-  const int64_t* item_index = nullptr;  // [B*T + B] rows of item_rows
-  const int64_t* cat_index = nullptr;   // [B*T + B] rows of cat_rows
-  const T* item_rows = nullptr;         // [num_item_rows x embedding_dim]
-  int64_t num_item_rows = 0;
-  const T* cat_rows = nullptr;  // [num_cat_rows x embedding_dim]
-  int64_t num_cat_rows = 0;
-  const T* labels = nullptr;  // [B] in {0, 1}; nullptr for inference (no loss)
-};
+using DinInputs = CtrInputs<T>;
 
 template <typename T>
-class Din {
+class Din final : public CtrModel<T> {
  public:
   // Validates the options, allocates every buffer for max_batch and initialises the dense weights
   // from Rng(seed) in the peer's module order (activation unit, then top MLP) with torch's
@@ -83,7 +70,8 @@ class Din {
   // nullptr otherwise). Errors: INVALID_ARGUMENT for a batch outside [1, max_batch], null
   // pointers, indices out of range or lengths outside [0, max_len] (naming the position);
   // otherwise the kernels'.
-  Status Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool training, T* loss);
+  Status Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool training,
+                 T* loss) override;
 
   // After Forward(training = true) with labels and the same inputs: writes the dense gradients
   // of the mean loss into params().grads() (overwritten) and the gradient of every pulled row to
@@ -91,15 +79,20 @@ class Din {
   // position uses come out zero). Errors: FAILED_PRECONDITION without a training forward with
   // labels; otherwise as Forward.
   Status Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* d_item_rows,
-                  T* d_cat_rows);
+                  T* d_cat_rows) override;
 
   const DinOptions& options() const { return o_; }
   int64_t behaviour_dim() const { return 2 * o_.embedding_dim; }
-  DenseParams<T>& params() { return params_; }
-  const DenseParams<T>& params() const { return params_; }
+  const char* name() const override { return "din"; }
+  int64_t embedding_dim() const override { return o_.embedding_dim; }
+  int64_t max_len() const override { return o_.max_len; }
+  int64_t max_batch() const override { return o_.max_batch; }
+  DenseParams<T>& params() override { return params_; }
+  const DenseParams<T>& params() const override { return params_; }
+  std::vector<StateTensor<T>> state() override { return mlp_->state(); }
   // Outputs of the last Forward (valid until the next one): logits [B], attention weights
   // [B x T] (0 at padded steps), pooled interest [B x E].
-  const T* logits() const { return logits_.data(); }
+  const T* logits() const override { return logits_.data(); }
   const T* attention_weights() const { return weights_.data(); }
   const T* pooled() const { return pooled_.data(); }
 

@@ -115,7 +115,7 @@ const char* MlpActivationName(MlpActivation a) {
 template <typename T>
 Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t> sizes,
             MlpActivation act, int64_t max_rows)
-    : params_(params), sizes_(std::move(sizes)), act_(act), max_rows_(max_rows) {
+    : params_(params), name_(name), sizes_(std::move(sizes)), act_(act), max_rows_(max_rows) {
   if (sizes_.size() < 2) Die("Mlp needs at least an input and an output size");
   if (max_rows_ < 1) Die("Mlp with max_rows < 1");
   const size_t num_layers = sizes_.size() - 1;
@@ -252,6 +252,20 @@ template void InitLinearTorchDefault<float>(Rng&, int64_t, int64_t, float*, floa
 template void InitLinearTorchDefault<double>(Rng&, int64_t, int64_t, double*, double*);
 template class Linear<float>;
 template class Linear<double>;
+template <typename T>
+std::vector<StateTensor<T>> Mlp<T>::state() {
+  std::vector<StateTensor<T>> out;
+  for (size_t i = 0; i < running_mean_.size(); ++i) {
+    if (running_mean_[i].empty()) continue;
+    const std::string prefix = name_ + "." + std::to_string(2 * i + 1);
+    out.push_back({prefix + ".running_mean", running_mean_[i].data(),
+                   static_cast<int64_t>(running_mean_[i].size())});
+    out.push_back({prefix + ".running_var", running_var_[i].data(),
+                   static_cast<int64_t>(running_var_[i].size())});
+  }
+  return out;
+}
+
 template class Mlp<float>;
 template class Mlp<double>;
 

@@ -98,6 +98,14 @@ class Linear {
   int64_t w_ = 0, b_ = 0;
 };
 
+// A non-trained tensor a checkpoint must carry (Dice/BatchNorm running statistics).
+template <typename T>
+struct StateTensor {
+  std::string name;
+  T* data = nullptr;
+  int64_t size = 0;
+};
+
 enum class MlpActivation {
   kPrelu,  // torch nn.PReLU(num_parameters = width), alpha initialised to 0.25
   kDice,   // the peer's Dice: BatchNorm1d(affine = False, eps 1e-8) gate, alpha initialised to 0
@@ -131,9 +139,13 @@ class Mlp {
   const std::vector<int64_t>& sizes() const { return sizes_; }
   MlpActivation activation() const { return act_; }
   int64_t max_rows() const { return max_rows_; }
+  // Dice running means and variances per hidden layer ("<name>.<layer>.running_mean"/"_var");
+  // empty for PReLU.
+  std::vector<StateTensor<T>> state();
 
  private:
   DenseParams<T>* params_;
+  std::string name_;
   std::vector<int64_t> sizes_;
   MlpActivation act_;
   int64_t max_rows_;

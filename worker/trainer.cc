@@ -25,6 +25,8 @@ CtrBatchView ViewOf(const CtrBatch& b) {
   v.item = b.item.data();
   v.cat = b.cat.data();
   v.label = b.label.empty() ? nullptr : b.label.data();
+  v.neg_item = b.neg_item.empty() ? nullptr : b.neg_item.data();
+  v.neg_cat = b.neg_cat.empty() ? nullptr : b.neg_cat.data();
   return v;
 }
 
@@ -47,13 +49,21 @@ Trainer::Trainer(const TrainerOptions& o) : o_(o) {}
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
                                                    ps::EmbeddingStore* store) {
+  IPS_ASSIGN_OR_RETURN(auto model, CreateCtrModel(options.model));
+  return Create(options, store, std::move(model));
+}
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
+                                                   ps::EmbeddingStore* store,
+                                                   std::unique_ptr<models::CtrModel<float>> model) {
   if (store == nullptr) return InvalidArgumentError("Trainer::Create: null store");
+  if (model == nullptr) return InvalidArgumentError("Trainer::Create: null model");
   if (options.num_threads < 1)
     return InvalidArgumentError("TrainerOptions.num_threads must be >= 1 (got " +
                                 std::to_string(options.num_threads) + ")");
   std::unique_ptr<Trainer> t(new Trainer(options));
   t->store_ = store;
-  const int64_t D = options.din.embedding_dim;
+  const int64_t D = model->embedding_dim();
   for (auto [name, id] : {std::pair<const std::string*, int*>{&options.item_table, &t->item_table_},
                           {&options.category_table, &t->cat_table_}}) {
     auto found = store->FindTable(*name);
@@ -67,9 +77,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
   t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
-  IPS_ASSIGN_OR_RETURN(t->model_, models::Din<float>::Create(options.din));
+  t->model_ = std::move(model);
 
-  const auto n = static_cast<size_t>(options.din.max_batch * (options.din.max_len + 1));
+  const int64_t B = t->model_->max_batch(), L = t->model_->max_len();
+  const auto n = static_cast<size_t>(B * (L + 1) + (t->model_->aux_negatives() ? B * L : 0));
   for (auto* v : {&t->item_keys_, &t->cat_keys_, &t->item_unique_, &t->cat_unique_,
                   &t->item_inverse_, &t->cat_inverse_})
     v->resize(n);
@@ -77,25 +88,26 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
   t->dedup_workspace_.resize(ws);
   for (auto* v : {&t->item_rows_, &t->cat_rows_, &t->d_item_rows_, &t->d_cat_rows_})
     v->resize(n * static_cast<size_t>(D));
-  const auto p = static_cast<size_t>(t->model_->params().size());
-  t->dense_state0_.assign(p, 0.f);
-  t->dense_state1_.assign(p, 0.f);
+  t->dense_optimizer_ =
+      std::make_unique<DenseOptimizer>(options.dense_optimizer, t->model_->params().size());
   return t;
 }
 
-Status Trainer::PrepareKeys(const CtrBatchView& b) {
-  const models::DinOptions& d = o_.din;
-  if (b.batch < 1 || b.batch > d.max_batch)
+Status Trainer::PrepareKeys(const CtrBatchView& b, bool with_aux) {
+  if (b.batch < 1 || b.batch > model_->max_batch())
     return InvalidArgumentError("Trainer: batch size " + std::to_string(b.batch) + " outside [1, " +
-                                std::to_string(d.max_batch) + "]");
-  if (b.seq_len != d.max_len)
+                                std::to_string(model_->max_batch()) + "]");
+  if (b.seq_len != model_->max_len())
     return InvalidArgumentError("Trainer: batch history length " + std::to_string(b.seq_len) +
-                                " != the model's max_len " + std::to_string(d.max_len));
+                                " != the model's max_len " + std::to_string(model_->max_len()));
+  if (with_aux && (b.neg_item == nullptr || b.neg_cat == nullptr))
+    return InvalidArgumentError(std::string("Trainer: model ") + model_->name() +
+                                " needs auxiliary negatives (neg_item, neg_cat) in the batch");
   if (b.hist_item == nullptr || b.hist_cat == nullptr || b.length == nullptr || b.item == nullptr ||
       b.cat == nullptr)
     return InvalidArgumentError("Trainer: batch with a null array");
-  const int64_t B = b.batch, L = b.seq_len, n = B * L + B;
-  // [history (B*T), targets (B)]: the layout models::DinInputs expects for its index arrays.
+  const int64_t B = b.batch, L = b.seq_len, n = B * L + B + (with_aux ? B * L : 0);
+  // [history (B*T), targets (B) (, aux negatives (B*T))]: the layout of models::CtrInputs.
   // Padded steps get key 0 whatever the batch holds there: the padding key dedups to one row that
   // reads as zeros and whose pushes the store ignores, so padding never creates rows.
   for (int64_t r = 0; r < B; ++r) {
@@ -108,6 +120,10 @@ Status Trainer::PrepareKeys(const CtrBatchView& b) {
       const bool valid = t >= L - len;
       item_keys_[i] = valid ? b.hist_item[i] : 0;
       cat_keys_[i] = valid ? b.hist_cat[i] : 0;
+      if (with_aux) {
+        item_keys_[B * L + B + i] = valid ? b.neg_item[i] : 0;
+        cat_keys_[B * L + B + i] = valid ? b.neg_cat[i] : 0;
+      }
     }
   }
   for (int64_t i = 0; i < B; ++i) {
@@ -130,8 +146,8 @@ Status Trainer::PrepareKeys(const CtrBatchView& b) {
   return kernels::DedupKeys(ctx_, a);
 }
 
-models::DinInputs<float> Trainer::Inputs(const CtrBatchView& b) const {
-  models::DinInputs<float> in;
+models::CtrInputs<float> Trainer::Inputs(const CtrBatchView& b) const {
+  models::CtrInputs<float> in;
   in.batch = b.batch;
   in.lengths = b.length;
   in.item_index = item_inverse_.data();
@@ -154,13 +170,13 @@ const uint64_t* AsU64(const std::vector<int64_t>& v) {
 
 StatusOr<double> Trainer::Step(const CtrBatchView& batch) {
   if (batch.label == nullptr) return InvalidArgumentError("Trainer::Step: batch without labels");
-  IPS_RETURN_IF_ERROR(PrepareKeys(batch));
-  const int64_t D = o_.din.embedding_dim;
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch, model_->aux_negatives()));
+  const int64_t D = model_->embedding_dim();
   IPS_RETURN_IF_ERROR(
       store_->Pull(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
   IPS_RETURN_IF_ERROR(
       store_->Pull(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
-  const models::DinInputs<float> in = Inputs(batch);
+  const models::CtrInputs<float> in = Inputs(batch);
   float loss = 0;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
   IPS_RETURN_IF_ERROR(model_->Backward(ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
@@ -171,24 +187,9 @@ StatusOr<double> Trainer::Step(const CtrBatchView& batch) {
 
   ++steps_;
   auto& params = model_->params();
-  kernels::DenseUpdateArgs<float> u;
-  u.hyper = o_.dense_optimizer;
-  u.step = steps_;
-  if (u.hyper.kind == kernels::OptimizerKind::kAdam) {
-    // The kernel implements torch's SparseAdam, p -= lr sqrt(bc2)/bc1 * m / (sqrt(v) + eps);
-    // torch's dense Adam (the peer's optimizer for dense weights) divides by
-    // sqrt(v)/sqrt(bc2) + eps instead. Scaling eps by sqrt(bc2) turns the first into the second
-    // exactly, so the dense weights follow torch.optim.Adam.
-    const double bc2 = 1.0 - std::pow(u.hyper.beta2, static_cast<double>(steps_));
-    u.hyper.adam_eps = o_.dense_optimizer.adam_eps * std::sqrt(bc2);
-  }
-  u.size = params.size();
-  u.param = params.values();
-  u.grad = params.grads();
-  const int states = kernels::OptimizerStateCount(o_.dense_optimizer.kind);
-  u.state0 = states >= 1 ? dense_state0_.data() : nullptr;
-  u.state1 = states >= 2 ? dense_state1_.data() : nullptr;
-  IPS_RETURN_IF_ERROR(kernels::DenseUpdate(ctx_, u));
+  if (o_.dense_grad_allreduce)
+    IPS_RETURN_IF_ERROR(o_.dense_grad_allreduce(params.grads(), params.size()));
+  IPS_RETURN_IF_ERROR(dense_optimizer_->Apply(ctx_, steps_, params.values(), params.grads()));
   IPS_RETURN_IF_ERROR(store_->AdvanceStep(steps_));
   return static_cast<double>(loss);
 }
@@ -202,13 +203,14 @@ Status Trainer::Predict(const CtrBatchView& batch, float* probs) {
 
 Status Trainer::PredictLogits(const CtrBatchView& batch, float* out) {
   if (out == nullptr) return InvalidArgumentError("Trainer::PredictLogits: null output");
-  IPS_RETURN_IF_ERROR(PrepareKeys(batch));
-  const int64_t D = o_.din.embedding_dim;
+  // Inference never reads auxiliary negatives: they only feed DIEN's training loss.
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch, /*with_aux=*/false));
+  const int64_t D = model_->embedding_dim();
   IPS_RETURN_IF_ERROR(
       store_->Lookup(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
   IPS_RETURN_IF_ERROR(
       store_->Lookup(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
-  models::DinInputs<float> in = Inputs(batch);
+  models::CtrInputs<float> in = Inputs(batch);
   in.labels = nullptr;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));
   const float* logits = model_->logits();
@@ -267,44 +269,11 @@ ps::OptimizerOptions TableOptimizerOf(const config::OptimizerConfig& c) {
 StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
   TrainJob job;
   const auto& m = cfg.model();
-  if (m.type() != config::ModelConfig::DIN)
-    return UnimplementedError("model.type " + config::ModelConfig::Type_Name(m.type()) +
-                              ": only DIN is trained so far");
-  if (m.device() != config::CPU)
-    return UnimplementedError("model.device " + config::Device_Name(m.device()) +
-                              ": the trainer runs on CPU only so far");
   if (!cfg.data().has_synthetic() && cfg.data().train_dir().empty())
     return InvalidArgumentError(
         "data: set data.train_dir (a directory written by `ips data convert`) or data.synthetic");
-
-  models::DinOptions& d = job.trainer.din;
-  d.embedding_dim = m.embedding_dim();
-  d.max_len = cfg.data().max_history();
-  d.max_batch = cfg.data().batch_size();
-  if (m.attention_hidden_size() != 0) {
-    if (m.attention_hidden_size() != 2)
-      return InvalidArgumentError(
-          "model.attention_hidden: the DIN activation unit has exactly 2 "
-          "hidden layers (got " +
-          std::to_string(m.attention_hidden_size()) + " sizes)");
-    d.attention_hidden1 = m.attention_hidden(0);
-    d.attention_hidden2 = m.attention_hidden(1);
-  }
-  if (m.mlp_hidden_size() != 0) d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
-  switch (m.activation()) {
-    case config::PRELU:
-      d.activation = models::MlpActivation::kPrelu;
-      break;
-    case config::DICE:
-      d.activation = models::MlpActivation::kDice;
-      break;
-    default:
-      return InvalidArgumentError("model.activation " + config::Activation_Name(m.activation()) +
-                                  ": DIN supports PRELU and DICE");
-  }
-  d.attention_softmax = m.attention_softmax();
-  d.seed = cfg.train().seed();
-  IPS_RETURN_IF_ERROR(models::ValidateDinOptions(d));
+  IPS_ASSIGN_OR_RETURN(job.trainer.model, ModelSpecFromConfig(cfg));
+  const bool sequence = IsSequenceModel(job.trainer.model.kind);
   job.trainer.dense_optimizer = HyperOf(cfg.optimizer());
   job.trainer.num_threads = cfg.train().num_threads();
   if (job.trainer.num_threads < 1)
@@ -312,11 +281,17 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
                                 std::to_string(job.trainer.num_threads) + ")");
 
   const auto& syn = cfg.data().synthetic();
-  for (const std::string name : {"item", "category"}) {
+  // Sequence models embed items only; CTR models items and categories.
+  std::vector<std::string> names = {"item"};
+  if (!sequence) names.push_back("category");
+  for (const std::string& name : names) {
     int found = -1;
     for (int i = 0; i < cfg.tables_size(); ++i)
       if (cfg.tables(i).name() == name) found = i;
-    if (found < 0) return InvalidArgumentError("tables: DIN needs a table named '" + name + "'");
+    if (found < 0)
+      return InvalidArgumentError(std::string("tables: model ") +
+                                  ModelKindName(job.trainer.model.kind) + " needs a table named '" +
+                                  name + "'");
     const auto& t = cfg.tables(found);
     const std::string where = "tables[" + std::to_string(found) + "]";
     if (t.dim() != m.embedding_dim())
@@ -415,8 +390,8 @@ Status FitJobToDataset(const Dataset& data, TrainJob* job) {
     return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
                                    " is implausibly large");
   // EvalReader batches hold whole lists: at least one list even when batch_size is smaller.
-  job->trainer.din.max_batch =
-      std::max<int>(job->trainer.din.max_batch, static_cast<int>(m.eval_candidates));
+  job->trainer.model.max_batch =
+      std::max<int64_t>(job->trainer.model.max_batch, static_cast<int64_t>(m.eval_candidates));
   for (ps::TableOptions& t : job->tables)
     t.initializer.xavier_fan_rows = t.name == "item"
                                         ? static_cast<double>(m.items) + 1
@@ -584,6 +559,14 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
 
   DatasetRunResult r;
   Batch batch;
+  // DIEN's auxiliary negatives: one item per history position, uniform over all items as the
+  // peer's seqrec protocol (drawn from (reader seed, step), so a run is reproducible), with the
+  // dataset's category of that item.
+  const bool aux = trainer->model().aux_negatives();
+  const auto num_items = static_cast<uint32_t>(data.manifest().items);
+  const ColumnView<uint32_t> item_cat = data.item_cat();
+  std::vector<uint32_t> neg_item, neg_cat;
+  if (aux && num_items == 0) return FailedPreconditionError("dataset has no items");
   Timer timer;
   bool stop = false;
   for (int e = 0; e < options.epochs && !stop; ++e) {
@@ -596,7 +579,20 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
     int64_t window_steps = 0;
     timer.Reset();
     while (reader.Next(&batch)) {
-      auto loss = trainer->Step(ViewOf(batch));
+      CtrBatchView view = ViewOf(batch);
+      if (aux) {
+        const size_t n = static_cast<size_t>(batch.size) * static_cast<size_t>(batch.max_len);
+        neg_item.resize(n);
+        neg_cat.resize(n);
+        Rng rng(Mix64(options.reader.seed ^ Mix64(static_cast<uint64_t>(trainer->steps()) + 1)));
+        for (size_t i = 0; i < n; ++i) {
+          neg_item[i] = 1 + static_cast<uint32_t>(rng.UniformInt(num_items));
+          neg_cat[i] = neg_item[i] < item_cat.size ? item_cat[neg_item[i]] : 0;
+        }
+        view.neg_item = neg_item.data();
+        view.neg_cat = neg_cat.data();
+      }
+      auto loss = trainer->Step(view);
       if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
       loss_sum += *loss;
       window_sum += *loss;

@@ -1,4 +1,5 @@
-// Trainer: one training worker's step for CTR models (DIN today), in a single process:
+// Trainer: one training worker's step for CTR models (models/model.h CtrModel: DIN, DIEN, BST,
+// the pooled baseline, MIND), in a single process:
 //
 //   Step(batch) = unique keys (kernels DedupKeys) -> store Pull -> model Forward -> Backward
 //                 -> store Push (the table's sparse optimizer: SparseAdam semantics)
@@ -27,6 +28,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -36,11 +38,13 @@
 #include "common/thread_pool.h"
 #include "kernels/context.h"
 #include "kernels/optimizer.h"
-#include "models/din.h"
+#include "models/model.h"
 #include "ps/embedding_store.h"
 #include "ps/table_options.h"
 #include "worker/data_reader.h"
+#include "worker/dense_optimizer.h"
 #include "worker/metrics.h"
+#include "worker/model_factory.h"
 #include "worker/synthetic_batches.h"
 
 namespace ips {
@@ -60,12 +64,21 @@ struct CtrBatchView {
   const uint32_t* item = nullptr;       // [B]
   const uint32_t* cat = nullptr;        // [B]
   const float* label = nullptr;         // [B]; may be null for Predict
+  // [B x T] auxiliary negatives per history position, required by models with aux_negatives()
+  // (DIEN) in Step; ignored otherwise (and by Predict).
+  const uint32_t* neg_item = nullptr;
+  const uint32_t* neg_cat = nullptr;
 };
 CtrBatchView ViewOf(const CtrBatch& b);  // synthetic batches
 CtrBatchView ViewOf(const Batch& b);     // the data reader's batches
 
+// Called with the dense gradients between Backward and the dense update (a multi-worker job
+// all-reduces them here); must leave the same values on every replica.
+using DenseGradHook = std::function<Status(float* grads, int64_t n)>;
+
 struct TrainerOptions {
-  models::DinOptions din;
+  ModelSpec model;                     // built by CreateCtrModel unless Create is given a model
+  DenseGradHook dense_grad_allreduce;  // may be empty (single process)
   kernels::OptimizerHyper dense_optimizer = kernels::OptimizerHyper::Adam(1e-3);
   int num_threads = 1;
   std::string item_table = "item";
@@ -74,11 +87,15 @@ struct TrainerOptions {
 
 class Trainer {
  public:
-  // Builds the model (INVALID_ARGUMENT for bad options) and looks up both tables in `store`
-  // (NOT_FOUND naming the table; INVALID_ARGUMENT if a table's dim differs from
-  // din.embedding_dim). `store` is not owned and must outlive the trainer.
+  // Builds options.model (INVALID_ARGUMENT for bad options) and looks up both tables in `store`
+  // (NOT_FOUND naming the table; INVALID_ARGUMENT if a table's dim differs from the model's
+  // embedding_dim). `store` is not owned and must outlive the trainer.
   static StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options,
                                                    ps::EmbeddingStore* store);
+  // As above with a model built by the caller (options.model is ignored).
+  static StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options,
+                                                   ps::EmbeddingStore* store,
+                                                   std::unique_ptr<models::CtrModel<float>> model);
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
@@ -97,32 +114,37 @@ class Trainer {
 
   int64_t steps() const { return steps_; }
   const TrainerOptions& options() const { return o_; }
-  models::Din<float>& model() { return *model_; }
+  models::CtrModel<float>& model() { return *model_; }
+  DenseOptimizer& dense_optimizer() { return *dense_optimizer_; }
+  ps::EmbeddingStore& store() { return *store_; }
+  // Restores the step counter (checkpoint resume).
+  void set_steps(int64_t steps) { steps_ = steps; }
   const kernels::Context& context() const { return ctx_; }
 
  private:
   explicit Trainer(const TrainerOptions& o);
-  // Checks the batch, concatenates [history, target] keys per table and de-duplicates them.
-  Status PrepareKeys(const CtrBatchView& batch);
-  models::DinInputs<float> Inputs(const CtrBatchView& batch) const;
+  // Checks the batch, concatenates [history, target (, aux negatives when with_aux)] keys per
+  // table and de-duplicates them.
+  Status PrepareKeys(const CtrBatchView& batch, bool with_aux);
+  models::CtrInputs<float> Inputs(const CtrBatchView& batch) const;
 
   TrainerOptions o_;
   ps::EmbeddingStore* store_ = nullptr;
   int item_table_ = -1, cat_table_ = -1;
   std::unique_ptr<ThreadPool> pool_;
   kernels::Context ctx_;
-  std::unique_ptr<models::Din<float>> model_;
+  std::unique_ptr<models::CtrModel<float>> model_;
   int64_t steps_ = 0;
 
   // Per-step buffers sized for max_batch (no allocation per step).
-  std::vector<int64_t> item_keys_, cat_keys_;        // [B*T + B]
-  std::vector<int64_t> item_unique_, cat_unique_;    // capacity B*T + B
-  std::vector<int64_t> item_inverse_, cat_inverse_;  // [B*T + B]
+  std::vector<int64_t> item_keys_, cat_keys_;        // [B*T + B (+ B*T aux negatives)]
+  std::vector<int64_t> item_unique_, cat_unique_;    // same capacity
+  std::vector<int64_t> item_inverse_, cat_inverse_;  // same
   int64_t num_item_unique_ = 0, num_cat_unique_ = 0;
   std::vector<uint8_t> dedup_workspace_;
-  std::vector<float> item_rows_, cat_rows_;         // pulled rows
-  std::vector<float> d_item_rows_, d_cat_rows_;     // their gradients
-  std::vector<float> dense_state0_, dense_state1_;  // dense optimizer state (Adam m, v)
+  std::vector<float> item_rows_, cat_rows_;      // pulled rows
+  std::vector<float> d_item_rows_, d_cat_rows_;  // their gradients
+  std::unique_ptr<DenseOptimizer> dense_optimizer_;
 };
 
 // ---- The config -> options mapping ------------------------------------------------------------

@@ -26,11 +26,11 @@ struct Outcome {
 
 Outcome Train(bool attention, bool softmax, int steps) {
   TrainerOptions opt;  // the peer's DIN sizes: dim 18 + 18, attention 80/40, MLP 200/80, PReLU
-  opt.din.max_batch = 256;
-  opt.din.max_len = 50;
-  opt.din.attention_disabled = !attention;
-  opt.din.attention_softmax = softmax;
-  opt.din.seed = 1;
+  opt.model.max_batch = 256;
+  opt.model.max_len = 50;
+  opt.model.din.attention_disabled = !attention;
+  opt.model.din.attention_softmax = softmax;
+  opt.model.seed = 1;
   opt.num_threads = 2;
   SyntheticRunOptions run;
   run.data.num_items = 20000;
@@ -75,7 +75,7 @@ Outcome Train(bool attention, bool softmax, int steps) {
     ADD_FAILURE() << s;
     return o;
   }
-  const float* w = (*trainer)->model().attention_weights();
+  const float* w = dynamic_cast<models::Din<float>&>((*trainer)->model()).attention_weights();
   double same = 0, other = 0;
   int64_t n_same = 0, n_other = 0;
   for (int i = 0; i < b.batch; ++i)

@@ -66,12 +66,12 @@ CtrBatch SmallBatch() {
 TEST(Trainer, SgdStepMatchesIndependentGradient_B4_T5_varlen) {
   TrainerOptions opt = SmallTrainerOptions(/*max_batch=*/4, /*max_len=*/5);
   opt.dense_optimizer = kernels::OptimizerHyper::Sgd(0.1);
-  auto store = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kSgd, 0.1, 1000, 10);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kSgd, 0.1, 1000, 10);
   auto trainer_or = Trainer::Create(opt, store.get());
   ASSERT_OK(trainer_or.status());
   Trainer& trainer = **trainer_or;
   const CtrBatch batch = SmallBatch();
-  const int64_t D = opt.din.embedding_dim, B = 4, T = 5, n = B * T + B;
+  const int64_t D = opt.model.embedding_dim, B = 4, T = 5, n = B * T + B;
 
   // Independent de-duplication: keys in ascending order.
   std::vector<uint64_t> ikeys, ckeys;
@@ -100,14 +100,14 @@ TEST(Trainer, SgdStepMatchesIndependentGradient_B4_T5_varlen) {
   std::vector<float> irows(iu.size() * D), crows(cu.size() * D);
   // Lookup creates nothing; the step's Pull then creates rows with the same initial values
   // (a pure function of table, seed and key), so read them through a Pull on a twin store.
-  auto twin = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kSgd, 0.1, 1000, 10);
+  auto twin = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kSgd, 0.1, 1000, 10);
   ASSERT_OK(twin->Pull(0, iu.data(), static_cast<int64_t>(iu.size()), D, irows.data()));
   ASSERT_OK(twin->Pull(1, cu.data(), static_cast<int64_t>(cu.size()), D, crows.data()));
   for (int64_t c = 0; c < D; ++c) EXPECT_EQ(irows[c], 0.f);  // key 0 = padding reads zeros
 
-  auto ref_or = models::Din<float>::Create(opt.din);
+  auto ref_or = CreateCtrModel(opt.model);
   ASSERT_OK(ref_or.status());
-  models::Din<float>& ref = **ref_or;
+  models::CtrModel<float>& ref = **ref_or;
   const std::vector<float> dense_before(ref.params().values(),
                                         ref.params().values() + ref.params().size());
   models::DinInputs<float> in;
@@ -167,7 +167,7 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
     std::vector<std::vector<float>> weights(2);
     for (int run = 0; run < 2; ++run) {
       TrainerOptions opt = SmallTrainerOptions(64, 10);
-      opt.din.embedding_dim = 8;
+      opt.model.embedding_dim = 8;
       opt.num_threads = threads;
       auto store = MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
       auto t = Trainer::Create(opt, store.get());
@@ -195,7 +195,7 @@ TEST(Trainer, DenseAdamIsTorchAdam_3Steps) {
   TrainerOptions opt = SmallTrainerOptions(4, 5);
   const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-3;
   opt.dense_optimizer = kernels::OptimizerHyper::Adam(lr, b1, b2, eps);
-  auto store = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
   auto t = Trainer::Create(opt, store.get());
   ASSERT_OK(t.status());
   auto& p = (*t)->model().params();
@@ -225,7 +225,7 @@ TEST(Trainer, DenseAdamIsTorchAdam_3Steps) {
 
 TEST(Trainer, RejectsMismatchedBatchAndTables) {
   TrainerOptions opt = SmallTrainerOptions(4, 5);
-  auto store = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
   auto t = Trainer::Create(opt, store.get());
   ASSERT_OK(t.status());
   CtrBatch b = SmallBatch();
@@ -240,7 +240,7 @@ TEST(Trainer, RejectsMismatchedBatchAndTables) {
   auto missing = Trainer::Create(opt, store.get());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   opt = SmallTrainerOptions(4, 5);
-  opt.din.embedding_dim = 4;  // the store's tables are 3 wide
+  opt.model.embedding_dim = 4;  // the store's tables are 3 wide
   auto wrong_dim = Trainer::Create(opt, store.get());
   EXPECT_EQ(wrong_dim.status().code(), StatusCode::kInvalidArgument);
 }
@@ -249,7 +249,7 @@ TEST(Trainer, RejectsMismatchedBatchAndTables) {
 // row is created for it.
 TEST(Trainer, PaddedStepsCreateNoRows) {
   TrainerOptions opt = SmallTrainerOptions(4, 5);
-  auto store = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
   auto t = Trainer::Create(opt, store.get());
   ASSERT_OK(t.status());
   CtrBatch b = SmallBatch();
@@ -262,16 +262,16 @@ TEST(Trainer, PaddedStepsCreateNoRows) {
   ASSERT_OK(items.status());
   // Valid history items {7, 3, 9, 11} + {3} + {12, 7, 5} and targets {3, 20, 7, 9}.
   EXPECT_EQ(items->rows, 7);
-  std::vector<float> row(opt.din.embedding_dim, 1.f);
+  std::vector<float> row(opt.model.embedding_dim, 1.f);
   const uint64_t key = 999;
-  ASSERT_OK(store->Lookup(0, &key, 1, opt.din.embedding_dim, row.data()));
+  ASSERT_OK(store->Lookup(0, &key, 1, opt.model.embedding_dim, row.data()));
   for (float v : row) EXPECT_EQ(v, 0.f);
 }
 
 // Predict uses read-only lookups: probabilities in (0, 1), no row created.
 TEST(Trainer, PredictCreatesNoRows) {
   TrainerOptions opt = SmallTrainerOptions(4, 5);
-  auto store = MakeStore(opt.din.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
   auto t = Trainer::Create(opt, store.get());
   ASSERT_OK(t.status());
   const CtrBatch b = SmallBatch();
@@ -298,14 +298,14 @@ TEST(TrainJob, FromDinSyntheticConfig) {
   auto job = TrainJobFromConfig(*cfg);
   ASSERT_OK(job.status());
   EXPECT_TRUE(job->synthetic);
-  EXPECT_EQ(job->trainer.din.embedding_dim, 18);
-  EXPECT_EQ(job->trainer.din.max_len, 50);
-  EXPECT_EQ(job->trainer.din.max_batch, 512);
-  EXPECT_EQ(job->trainer.din.attention_hidden1, 80);
-  EXPECT_EQ(job->trainer.din.attention_hidden2, 40);
-  EXPECT_EQ(job->trainer.din.mlp_hidden, (std::vector<int64_t>{200, 80}));
-  EXPECT_EQ(job->trainer.din.activation, models::MlpActivation::kDice);
-  EXPECT_TRUE(job->trainer.din.attention_softmax);
+  EXPECT_EQ(job->trainer.model.embedding_dim, 18);
+  EXPECT_EQ(job->trainer.model.max_len, 50);
+  EXPECT_EQ(job->trainer.model.max_batch, 512);
+  EXPECT_EQ(job->trainer.model.din.attention_hidden1, 80);
+  EXPECT_EQ(job->trainer.model.din.attention_hidden2, 40);
+  EXPECT_EQ(job->trainer.model.din.mlp_hidden, (std::vector<int64_t>{200, 80}));
+  EXPECT_EQ(job->trainer.model.din.activation, models::MlpActivation::kDice);
+  EXPECT_TRUE(job->trainer.model.din.attention_softmax);
   EXPECT_EQ(job->trainer.num_threads, 1);
   EXPECT_EQ(job->trainer.dense_optimizer.kind, kernels::OptimizerKind::kAdam);
   EXPECT_NEAR(job->trainer.dense_optimizer.lr, 1e-3, 1e-9);
@@ -495,7 +495,7 @@ TEST_F(DatasetTraining, TwoEpochsLearnThePlantedPatternAndEvaluateOnSchedule) {
   auto job = TrainJobFromConfig(c);
   ASSERT_OK(job.status());
   ASSERT_OK(FitJobToDataset(*data_, &*job));
-  EXPECT_EQ(job->trainer.din.max_batch, 101);  // one whole evaluation list
+  EXPECT_EQ(job->trainer.model.max_batch, 101);  // one whole evaluation list
   EXPECT_DOUBLE_EQ(job->tables[0].initializer.xavier_fan_rows, 401.0);
   auto store = ps::LocalEmbeddingStore::Create(job->tables);
   ASSERT_OK(store.status());

@@ -14,13 +14,13 @@ namespace ips::testing_util {
 // DIN with small widths (dim 3 + 3, attention 6/5, MLP 7/4) for plumbing tests.
 inline TrainerOptions SmallTrainerOptions(int64_t max_batch, int64_t max_len) {
   TrainerOptions o;
-  o.din.embedding_dim = 3;
-  o.din.max_len = max_len;
-  o.din.max_batch = max_batch;
-  o.din.attention_hidden1 = 6;
-  o.din.attention_hidden2 = 5;
-  o.din.mlp_hidden = {7, 4};
-  o.din.seed = 5;
+  o.model.embedding_dim = 3;
+  o.model.max_len = max_len;
+  o.model.max_batch = max_batch;
+  o.model.din.attention_hidden1 = 6;
+  o.model.din.attention_hidden2 = 5;
+  o.model.din.mlp_hidden = {7, 4};
+  o.model.seed = 5;
   o.num_threads = 1;
   return o;
 }

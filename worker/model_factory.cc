@@ -1,0 +1,133 @@
+#include "worker/model_factory.h"
+
+#include <utility>
+
+#include "proto/config.pb.h"
+
+namespace ips {
+
+const char* ModelKindName(ModelKind kind) {
+  switch (kind) {
+    case ModelKind::kPooled:
+      return "pooled";
+    case ModelKind::kDin:
+      return "din";
+    case ModelKind::kDien:
+      return "dien";
+    case ModelKind::kSasrec:
+      return "sasrec";
+    case ModelKind::kBst:
+      return "bst";
+    case ModelKind::kMind:
+      return "mind";
+    case ModelKind::kGru4Rec:
+      return "gru4rec";
+  }
+  return "unknown";
+}
+
+bool IsSequenceModel(ModelKind kind) {
+  return kind == ModelKind::kSasrec || kind == ModelKind::kGru4Rec;
+}
+
+namespace {
+
+template <typename Options>
+Options WithCommon(Options o, const ModelSpec& s) {
+  o.embedding_dim = s.embedding_dim;
+  o.max_len = s.max_len;
+  o.max_batch = s.max_batch;
+  o.seed = s.seed;
+  return o;
+}
+
+template <typename Model>
+StatusOr<std::unique_ptr<models::CtrModel<float>>> Upcast(StatusOr<std::unique_ptr<Model>> m) {
+  if (!m.ok()) return m.status();
+  return std::unique_ptr<models::CtrModel<float>>(std::move(*m));
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
+  switch (spec.kind) {
+    case ModelKind::kDin:
+      return Upcast(models::Din<float>::Create(WithCommon(spec.din, spec)));
+    default:
+      break;
+  }
+  if (IsSequenceModel(spec.kind))
+    return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
+                                   " is a sequence model, not a CTR model");
+  return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) + " is not built yet");
+}
+
+StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpec& spec) {
+  if (!IsSequenceModel(spec.kind))
+    return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
+                                   " is a CTR model, not a sequence model");
+  return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) + " is not built yet");
+}
+
+namespace {
+
+StatusOr<models::MlpActivation> ActivationOf(const config::ModelConfig& m) {
+  switch (m.activation()) {
+    case config::PRELU:
+      return models::MlpActivation::kPrelu;
+    case config::DICE:
+      return models::MlpActivation::kDice;
+    default:
+      return InvalidArgumentError("model.activation " + config::Activation_Name(m.activation()) +
+                                  ": the MLP heads support PRELU and DICE");
+  }
+}
+
+}  // namespace
+
+StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
+  const auto& m = cfg.model();
+  if (m.device() != config::CPU)
+    return UnimplementedError("model.device " + config::Device_Name(m.device()) +
+                              ": the trainers run on CPU only so far");
+  ModelSpec s;
+  s.embedding_dim = m.embedding_dim();
+  s.max_len = cfg.data().max_history();
+  s.max_batch = cfg.data().batch_size();
+  s.seed = cfg.train().seed();
+  if (s.embedding_dim < 1)
+    return InvalidArgumentError("model.embedding_dim must be >= 1 (got " +
+                                std::to_string(s.embedding_dim) + ")");
+  switch (m.type()) {
+    case config::ModelConfig::DIN: {
+      s.kind = ModelKind::kDin;
+      models::DinOptions& d = s.din;
+      if (m.attention_hidden_size() != 0) {
+        if (m.attention_hidden_size() != 2)
+          return InvalidArgumentError(
+              "model.attention_hidden: the DIN activation unit has exactly 2 hidden layers (got " +
+              std::to_string(m.attention_hidden_size()) + " sizes)");
+        d.attention_hidden1 = m.attention_hidden(0);
+        d.attention_hidden2 = m.attention_hidden(1);
+      }
+      if (m.mlp_hidden_size() != 0)
+        d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+      IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
+      d.attention_softmax = m.attention_softmax();
+      IPS_RETURN_IF_ERROR(models::ValidateDinOptions(WithCommon(d, s)));
+      return s;
+    }
+    default:
+      return UnimplementedError("model.type " + config::ModelConfig::Type_Name(m.type()) +
+                                ": not trained yet");
+  }
+}
+
+StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const config::Config& config,
+                                                                  int64_t max_batch) {
+  IPS_ASSIGN_OR_RETURN(ModelSpec spec, ModelSpecFromConfig(config));
+  spec.max_batch = max_batch;
+  return CreateCtrModel(spec);
+}
+
+}  // namespace ips

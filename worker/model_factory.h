@@ -1,0 +1,58 @@
+// The model registry: which models exist, their options, and how a config becomes a model.
+//
+// ModelSpec holds the common sizes once (embedding width, history length, batch capacity, seed)
+// plus each model family's own options; CreateCtrModel / CreateSeqModel copy the common sizes
+// into the chosen family's options and build it. ModelSpecFromConfig is the one place where
+// proto/config.proto's ModelConfig is read, so the trainers, `ips eval`, `ips export` and the
+// scorer all build the same model from the same config.
+#ifndef IPS_WORKER_MODEL_FACTORY_H_
+#define IPS_WORKER_MODEL_FACTORY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "models/din.h"
+#include "models/model.h"
+
+namespace ips {
+
+namespace config {
+class Config;
+}
+
+enum class ModelKind { kPooled, kDin, kDien, kSasrec, kBst, kMind, kGru4Rec };
+const char* ModelKindName(ModelKind kind);
+// SASRec and GRU4Rec train on sequences (SeqModel); the others on CTR samples (CtrModel).
+bool IsSequenceModel(ModelKind kind);
+
+struct ModelSpec {
+  ModelKind kind = ModelKind::kDin;
+  // Common sizes; they override the same fields of the family's options.
+  int64_t embedding_dim = 18;
+  int64_t max_len = 50;
+  int64_t max_batch = 512;
+  uint64_t seed = 0;
+  // Per family (only the one of `kind` is read).
+  models::DinOptions din;
+};
+
+// Builds the model of spec.kind. INVALID_ARGUMENT for bad options (naming the field),
+// FAILED_PRECONDITION for a kind of the other family.
+StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec);
+StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpec& spec);
+
+// Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
+// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for a device the
+// trainers do not run on.
+StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
+
+// The model of a config, for scoring (`ips eval`, `ips export`, the serving library): the spec
+// from the config with max_batch replaced.
+StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const config::Config& config,
+                                                                  int64_t max_batch);
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_MODEL_FACTORY_H_
