@@ -70,7 +70,9 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
       .Add("loss", Fixed(r.loss, 4))
       .Add("hr" + k, Fixed(r.eval.hr, 4))
       .Add("ndcg" + k, Fixed(r.eval.ndcg, 4))
-      .Add("auc", Fixed(r.eval.auc, 4));
+      .Add("auc", Fixed(r.eval.auc, 4))
+      .Add("gauc", Fixed(r.eval.gauc, 4))
+      .Add("logloss", Fixed(r.eval.logloss, 4));
   if (sinks.metrics_out != nullptr) {
     *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)

@@ -518,8 +518,9 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
                                    " candidates per evaluation list (need >= 2)");
   int64_t remaining = max_users > 0 ? std::min(max_users, eval.num_lists()) : eval.num_lists();
   RankingMetrics metrics(k);
+  BinaryMetrics ctr;
   Batch batch;
-  std::vector<float> scores;
+  std::vector<float> scores, probs;
   while (remaining > 0 && eval.Next(&batch)) {
     if (batch.size % cands != 0)
       return DataLossError("EvaluateRanking: evaluation batch of " + std::to_string(batch.size) +
@@ -528,6 +529,10 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
     IPS_RETURN_IF_ERROR(trainer->PredictLogits(ViewOf(batch), scores.data()));
     const int64_t lists = std::min<int64_t>(batch.size / cands, remaining);
     IPS_RETURN_IF_ERROR(metrics.Add(scores.data(), lists, cands));
+    probs.resize(scores.size());
+    for (size_t i = 0; i < scores.size(); ++i) probs[i] = kernels::StableSigmoid(scores[i]);
+    IPS_RETURN_IF_ERROR(ctr.Add(probs.data(), batch.label.data(),
+                                batch.user.empty() ? nullptr : batch.user.data(), lists * cands));
     remaining -= lists;
   }
   RankingEvalResult r;
@@ -536,6 +541,8 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
   r.hr = metrics.HitRate();
   r.ndcg = metrics.Ndcg();
   r.auc = metrics.SampledAuc();
+  r.gauc = ctr.Gauc();
+  r.logloss = ctr.LogLoss();
   r.seconds = timer.Seconds();
   return r;
 }
@@ -641,6 +648,8 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
       *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
                          << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
                          << ",\"auc\":" << metric(er.eval.auc)
+                         << ",\"gauc\":" << metric(er.eval.gauc)
+                         << ",\"logloss\":" << metric(er.eval.logloss)
                          << ",\"loss\":" << JsonNumber(er.loss)
                          << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
                          << ",\"steps\":" << trainer->steps()

@@ -228,6 +228,9 @@ struct RankingEvalResult {
   int64_t users = 0;  // evaluated candidate lists
   int k = 10;
   double hr = 0, ndcg = 0, auc = 0;  // HR@k, NDCG@k, sampled AUC (NaN when no users)
+  // Over every (user, candidate) row as a CTR example (label 1 = the held-out item):
+  // user-weighted GAUC and logloss of sigmoid(score).
+  double gauc = 0, logloss = 0;
   double seconds = 0;
 };
 
