@@ -17,6 +17,7 @@
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "worker/data_reader.h"
+#include "worker/seq_trainer.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -33,6 +34,22 @@ int Fail(const Status& s) {
   return kExitError;
 }
 
+// The trainer of the job's model family: a CTR Trainer or a SeqTrainer (the other stays null).
+Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
+                   std::unique_ptr<SeqTrainer>* seq) {
+  if (!IsSequenceModel(job.trainer.model.kind)) {
+    IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
+    return Status::Ok();
+  }
+  IPS_ASSIGN_OR_RETURN(auto model, CreateSeqModel(job.trainer.model));
+  SeqTrainerOptions o;
+  o.dense_optimizer = job.trainer.dense_optimizer;
+  o.num_threads = job.trainer.num_threads;
+  o.item_table = job.trainer.item_table;
+  IPS_ASSIGN_OR_RETURN(*seq, SeqTrainer::Create(o, store, std::move(model)));
+  return Status::Ok();
+}
+
 // data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
 int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
                   const std::string& metrics_path) {
@@ -43,19 +60,24 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
     return Fail(s.WithContext("data.train_dir '" + run.train_dir + "'"));
   auto store = ps::LocalEmbeddingStore::Create(job.tables);
   if (!store.ok()) return Fail(store.status());
-  auto trainer = Trainer::Create(job.trainer, store->get());
-  if (!trainer.ok()) return Fail(trainer.status());
+  const bool sequence = IsSequenceModel(job.trainer.model.kind);
+  std::unique_ptr<Trainer> ctr;
+  std::unique_ptr<SeqTrainer> seq;
+  if (Status s = MakeTrainer(job, store->get(), &ctr, &seq); !s.ok()) return Fail(s);
   const Manifest& m = (*data)->manifest();
-  TrainReader probe(data->get(), {}, run.reader);
+  const int64_t per_epoch = sequence
+                                ? SequenceReader(data->get(), {}, run.reader).sequences_per_epoch()
+                                : TrainReader(data->get(), {}, run.reader).examples_per_epoch();
   const std::string model = ModelKindName(job.trainer.model.kind);
   std::cerr << "train: model=" << model << " data=" << run.train_dir << " (" << m.format << "/"
             << m.protocol << ", " << m.users << " users, " << m.items << " items, " << m.categories
-            << " cats) examples/epoch=" << probe.examples_per_epoch()
-            << " eval_lists=" << m.eval_examples << "x" << m.eval_candidates
-            << " batch=" << run.reader.batch_size << " seq=" << run.reader.max_len
-            << " epochs=" << run.epochs << " threads=" << job.trainer.num_threads << "\n";
+            << " cats) examples/epoch=" << per_epoch << " eval_lists=" << m.eval_examples << "x"
+            << m.eval_candidates << " batch=" << run.reader.batch_size
+            << " seq=" << run.reader.max_len << " epochs=" << run.epochs
+            << " threads=" << job.trainer.num_threads << "\n";
   Timer wall;
-  auto result = RunDatasetTraining(trainer->get(), **data, run, sinks);
+  auto result = sequence ? RunSeqDatasetTraining(seq.get(), **data, run, sinks)
+                         : RunDatasetTraining(ctr.get(), **data, run, sinks);
   if (!result.ok()) return Fail(result.status());
   const DatasetRunResult& r = *result;
   const std::string k = std::to_string(r.eval.k);
@@ -79,6 +101,35 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
              << ",\"loss\":" << Fixed(r.loss, 6) << ",\"hr" << k << "\":" << Fixed(r.eval.hr, 6)
              << ",\"ndcg" << k << "\":" << Fixed(r.eval.ndcg, 6)
              << ",\"auc\":" << Fixed(r.eval.auc, 6) << "}\n";
+    metrics->flush();
+    if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
+  }
+  line.Print();
+  return kExitOk;
+}
+
+// data.synthetic with a sequence model: throughput only (i.i.d. Zipf sequences carry no
+// sequential signal, so there is nothing to evaluate), as the peer.
+int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const RunSinks& sinks,
+                       std::ofstream* metrics, const std::string& metrics_path) {
+  auto result = RunSeqSyntheticTraining(trainer, job.run, sinks);
+  if (!result.ok()) return Fail(result.status());
+  const SeqSyntheticRunResult& r = *result;
+  const std::string model = ModelKindName(job.trainer.model.kind);
+  std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
+            << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1) << "\n";
+  ResultLine line("train");
+  line.Add("model", model)
+      .Add("samples_per_s", Fixed(r.samples_per_s, 1))
+      .Add("steps", r.steps)
+      .Add("batch", static_cast<int64_t>(r.batch))
+      .Add("threads", static_cast<int64_t>(job.trainer.num_threads))
+      .Add("loss", Fixed(r.loss_last10, 4));
+  if (sinks.metrics_out != nullptr) {
+    *metrics << "{\"phase\":\"result\",\"model\":\"" << model
+             << "\",\"samples_per_s\":" << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps
+             << ",\"batch\":" << r.batch << ",\"threads\":" << job.trainer.num_threads
+             << ",\"loss\":" << Fixed(r.loss_last10, 6) << "}\n";
     metrics->flush();
     if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
@@ -136,8 +187,9 @@ int RunTrainCommand(const std::vector<std::string>& args) {
 
   auto store = ps::LocalEmbeddingStore::Create(job->tables);
   if (!store.ok()) return fail(store.status());
-  auto trainer = Trainer::Create(job->trainer, store->get());
-  if (!trainer.ok()) return fail(trainer.status());
+  std::unique_ptr<Trainer> ctr;
+  std::unique_ptr<SeqTrainer> seq;
+  if (Status s = MakeTrainer(*job, store->get(), &ctr, &seq); !s.ok()) return fail(s);
 
   const SyntheticRunOptions& run = job->run;
   const std::string model = ModelKindName(job->trainer.model.kind);
@@ -145,7 +197,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
             << " items=" << run.data.num_items << " cats=" << run.data.num_categories
             << " warmup=" << run.warmup_steps << " steps=" << run.steps
             << " threads=" << job->trainer.num_threads << "\n";
-  auto result = RunSyntheticTraining(trainer->get(), run, sinks);
+  if (seq != nullptr) return RunSeqSyntheticJob(seq.get(), *job, sinks, &metrics, metrics_path);
+  auto result = RunSyntheticTraining(ctr.get(), run, sinks);
   if (!result.ok()) return fail(result.status());
   const SyntheticRunResult& r = *result;
   std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)

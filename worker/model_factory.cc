@@ -47,6 +47,12 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> Upcast(StatusOr<std::unique_p
   return std::unique_ptr<models::CtrModel<float>>(std::move(*m));
 }
 
+template <typename Model>
+StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::unique_ptr<Model>> m) {
+  if (!m.ok()) return m.status();
+  return std::unique_ptr<models::SeqModel<float>>(std::move(*m));
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
@@ -66,6 +72,12 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
   if (!IsSequenceModel(spec.kind))
     return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
                                    " is a CTR model, not a sequence model");
+  switch (spec.kind) {
+    case ModelKind::kGru4Rec:
+      return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
+    default:
+      break;
+  }
   return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) + " is not built yet");
 }
 
@@ -115,6 +127,14 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
       IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
       d.attention_softmax = m.attention_softmax();
       IPS_RETURN_IF_ERROR(models::ValidateDinOptions(WithCommon(d, s)));
+      return s;
+    }
+    case config::ModelConfig::GRU4REC: {
+      s.kind = ModelKind::kGru4Rec;
+      // rnn_hidden's default (36) is DIEN's; GRU4Rec's default is the embedding width.
+      s.gru4rec.hidden = m.has_rnn_hidden() ? m.rnn_hidden() : 0;
+      s.gru4rec.cell = m.cell() == config::LSTM ? kernels::RnnCell::kLstm : kernels::RnnCell::kGru;
+      IPS_RETURN_IF_ERROR(models::ValidateGru4RecOptions(WithCommon(s.gru4rec, s)));
       return s;
     }
     default:

@@ -14,6 +14,7 @@
 
 #include "common/status.h"
 #include "models/din.h"
+#include "models/gru4rec.h"
 #include "models/model.h"
 
 namespace ips {
@@ -36,6 +37,7 @@ struct ModelSpec {
   uint64_t seed = 0;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;
+  models::Gru4RecOptions gru4rec;
 };
 
 // Builds the model of spec.kind. INVALID_ARGUMENT for bad options (naming the field),

@@ -505,6 +505,32 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
 
 // ---- Converted datasets -----------------------------------------------------------------------
 
+Status RankingEvaluation::Add(const float* scores, const uint64_t* users, int64_t lists,
+                              int cands) {
+  IPS_RETURN_IF_ERROR(ranking_.Add(scores, lists, cands));
+  const auto n = static_cast<size_t>(lists * cands);
+  probs_.resize(n);
+  labels_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    probs_[i] = kernels::StableSigmoid(scores[i]);
+    labels_[i] = i % static_cast<size_t>(cands) == 0 ? 1.f : 0.f;
+  }
+  return ctr_.Add(probs_.data(), labels_.data(), users, static_cast<int64_t>(n));
+}
+
+RankingEvalResult RankingEvaluation::Result(double seconds) const {
+  RankingEvalResult r;
+  r.users = ranking_.Users();
+  r.k = k_;
+  r.hr = ranking_.HitRate();
+  r.ndcg = ranking_.Ndcg();
+  r.auc = ranking_.SampledAuc();
+  r.gauc = ctr_.Gauc();
+  r.logloss = ctr_.LogLoss();
+  r.seconds = seconds;
+  return r;
+}
+
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
                                             const ReaderOptions& reader, int64_t max_users, int k) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateRanking: null trainer");
@@ -517,10 +543,9 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
     return FailedPreconditionError("EvaluateRanking: the dataset has " + std::to_string(cands) +
                                    " candidates per evaluation list (need >= 2)");
   int64_t remaining = max_users > 0 ? std::min(max_users, eval.num_lists()) : eval.num_lists();
-  RankingMetrics metrics(k);
-  BinaryMetrics ctr;
+  RankingEvaluation metrics(k);
   Batch batch;
-  std::vector<float> scores, probs;
+  std::vector<float> scores;
   while (remaining > 0 && eval.Next(&batch)) {
     if (batch.size % cands != 0)
       return DataLossError("EvaluateRanking: evaluation batch of " + std::to_string(batch.size) +
@@ -528,23 +553,11 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
     scores.resize(static_cast<size_t>(batch.size));
     IPS_RETURN_IF_ERROR(trainer->PredictLogits(ViewOf(batch), scores.data()));
     const int64_t lists = std::min<int64_t>(batch.size / cands, remaining);
-    IPS_RETURN_IF_ERROR(metrics.Add(scores.data(), lists, cands));
-    probs.resize(scores.size());
-    for (size_t i = 0; i < scores.size(); ++i) probs[i] = kernels::StableSigmoid(scores[i]);
-    IPS_RETURN_IF_ERROR(ctr.Add(probs.data(), batch.label.data(),
-                                batch.user.empty() ? nullptr : batch.user.data(), lists * cands));
+    IPS_RETURN_IF_ERROR(
+        metrics.Add(scores.data(), batch.user.empty() ? nullptr : batch.user.data(), lists, cands));
     remaining -= lists;
   }
-  RankingEvalResult r;
-  r.users = metrics.Users();
-  r.k = k;
-  r.hr = metrics.HitRate();
-  r.ndcg = metrics.Ndcg();
-  r.auc = metrics.SampledAuc();
-  r.gauc = ctr.Gauc();
-  r.logloss = ctr.LogLoss();
-  r.seconds = timer.Seconds();
-  return r;
+  return metrics.Result(timer.Seconds());
 }
 
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,

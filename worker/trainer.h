@@ -234,6 +234,23 @@ struct RankingEvalResult {
   double seconds = 0;
 };
 
+// Accumulates scored candidate lists (candidate 0 of each list = the held-out item) into a
+// RankingEvalResult: HR@k, NDCG@k and sampled AUC (RankingMetrics) plus GAUC and logloss of the
+// rows as CTR examples (BinaryMetrics on sigmoid(score)). Shared by the CTR and sequence trainers.
+class RankingEvaluation {
+ public:
+  explicit RankingEvaluation(int k) : k_(k), ranking_(k) {}
+  // scores [lists x cands]; users [lists * cands] may be null. Errors: the metrics'.
+  Status Add(const float* scores, const uint64_t* users, int64_t lists, int cands);
+  RankingEvalResult Result(double seconds) const;
+
+ private:
+  int k_;
+  RankingMetrics ranking_;
+  BinaryMetrics ctr_;
+  std::vector<float> probs_, labels_;
+};
+
 // The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
 // item first) is scored with PredictLogits (read-only: no store rows are created, nothing is
 // updated) and fed to RankingMetrics(k). max_users > 0 evaluates only the first max_users lists

@@ -1,0 +1,331 @@
+#include "models/gru4rec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "common/random.h"
+#include "common/thread_pool.h"
+#include "kernels/embedding.h"
+#include "kernels/loss.h"
+
+namespace ips::models {
+namespace {
+
+template <typename Fn>
+void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
+  if (n <= 0) return;
+  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
+    fn(int64_t{0}, n);
+  } else {
+    ctx.pool->ParallelFor(n, min_chunk, fn);
+  }
+}
+
+Status Bad(const std::string& field, const std::string& what) {
+  return InvalidArgumentError("Gru4RecOptions." + field + ": " + what);
+}
+
+template <typename T>
+T DotRow(const T* a, const T* b, int64_t n) {
+  T s = T(0);
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+Status ValidateGru4RecOptions(const Gru4RecOptions& o) {
+  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
+  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
+  if (o.hidden < 0) return Bad("hidden", "must be >= 0 (0 = embedding_dim)");
+  if (o.cell != kernels::RnnCell::kGru && o.cell != kernels::RnnCell::kLstm)
+    return Bad("cell", "must be GRU or LSTM (AUGRU needs attention scores)");
+  return Status::Ok();
+}
+
+template <typename T>
+Gru4Rec<T>::Gru4Rec(const Gru4RecOptions& o) : o_(o) {}
+
+template <typename T>
+kernels::RnnShape Gru4Rec<T>::Shape(int64_t batch) const {
+  kernels::RnnShape s;
+  s.cell = o_.cell;
+  s.batch = batch;
+  s.steps = o_.max_len;
+  s.input = o_.embedding_dim;
+  s.hidden = hidden_;
+  return s;
+}
+
+template <typename T>
+StatusOr<std::unique_ptr<Gru4Rec<T>>> Gru4Rec<T>::Create(const Gru4RecOptions& options) {
+  IPS_RETURN_IF_ERROR(ValidateGru4RecOptions(options));
+  std::unique_ptr<Gru4Rec<T>> m(new Gru4Rec<T>(options));
+  const Gru4RecOptions& o = m->o_;
+  const int64_t B = o.max_batch, L = o.max_len, D = o.embedding_dim;
+  const int64_t H = o.hidden > 0 ? o.hidden : D;
+  m->hidden_ = H;
+  const int64_t G = kernels::RnnGates(o.cell);
+  const std::string rnn = o.cell == kernels::RnnCell::kGru ? "gru" : "lstm";
+  DenseParams<T>& p = m->params_;
+  m->w_ih_ = p.Add(rnn + ".weight_ih_l0", G * H * D);
+  m->w_hh_ = p.Add(rnn + ".weight_hh_l0", G * H * H);
+  m->b_ih_ = p.Add(rnn + ".bias_ih_l0", G * H);
+  m->b_hh_ = p.Add(rnn + ".bias_hh_l0", G * H);
+  if (H != D) m->proj_ = std::make_unique<Linear<T>>(&p, "proj", H, D);
+  p.Finalize();
+
+  // torch's nn.GRU / nn.LSTM reset_parameters: every tensor U(-1/sqrt(H), 1/sqrt(H)).
+  Rng rng(o.seed);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(H));
+  const int64_t sizes[4] = {G * H * D, G * H * H, G * H, G * H};
+  const int64_t offsets[4] = {m->w_ih_, m->w_hh_, m->b_ih_, m->b_hh_};
+  for (int k = 0; k < 4; ++k) {
+    T* v = p.value(offsets[k]);
+    for (int64_t i = 0; i < sizes[k]; ++i) v[i] = static_cast<T>((2 * rng.Uniform() - 1) * bound);
+  }
+  if (m->proj_) m->proj_->Init(rng);
+
+  auto size = [](int64_t n) { return static_cast<size_t>(n); };
+  const kernels::RnnShape shape = m->Shape(B);
+  const size_t ws_bytes = std::max(kernels::RnnForwardWorkspaceBytes<T>(shape),
+                                   kernels::RnnBackwardWorkspaceBytes<T>(shape));
+  m->x_.resize(size(B * L * D));
+  m->states_.resize(size(B * L * H));
+  m->final_h_.resize(size(B * H));
+  m->final_c_.resize(o.cell == kernels::RnnCell::kLstm ? size(B * H) : 0);
+  m->reserve_.resize(kernels::RnnReserveBytes<T>(shape) / sizeof(T) + 1);
+  m->rnn_ws_.resize(ws_bytes / sizeof(T) + 1);
+  m->proj_out_.resize(m->proj_ ? size(B * L * D) : 0);
+  m->out_left_.resize(size(B * L * D));
+  m->user_.resize(size(B * D));
+  m->logits_.resize(size(2 * B * L));
+  m->labels_.resize(size(2 * B * L));
+  m->mask_.resize(size(2 * B * L));
+  m->d_logits_.resize(size(2 * B * L));
+  m->d_out_.resize(size(B * L * D));
+  m->d_states_.resize(m->proj_ ? size(B * L * H) : 0);
+  m->d_x_.resize(size(B * L * D));
+  m->g_item_.resize(size(3 * B * L * D));
+  return m;
+}
+
+template <typename T>
+Status Gru4Rec<T>::CheckInputs(const SeqInputs<T>& in, bool training) const {
+  const int64_t B = in.batch, L = o_.max_len;
+  if (B < 1 || B > o_.max_batch)
+    return InvalidArgumentError("Gru4Rec: batch " + std::to_string(B) + " outside [1, " +
+                                std::to_string(o_.max_batch) + "]");
+  if (in.lengths == nullptr || in.item_index == nullptr || in.item_rows == nullptr)
+    return InvalidArgumentError("Gru4Rec: null lengths, item_index or item_rows");
+  for (int64_t b = 0; b < B; ++b)
+    if (in.lengths[b] < 0 || in.lengths[b] > L)
+      return InvalidArgumentError("Gru4Rec: lengths[" + std::to_string(b) +
+                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
+                                  std::to_string(L) + "]");
+  const int64_t n = (training ? 3 : 1) * B * L;
+  for (int64_t i = 0; i < n; ++i)
+    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
+      return InvalidArgumentError("Gru4Rec: item_index[" + std::to_string(i) +
+                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
+                                  std::to_string(in.num_item_rows) + ")");
+  return Status::Ok();
+}
+
+template <typename T>
+Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, bool training,
+                           T* loss) {
+  have_training_forward_ = false;
+  IPS_RETURN_IF_ERROR(CheckInputs(in, training));
+  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, H = hidden_;
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+
+  // Left-padded positions -> right-padded recurrent input (valid steps first, zeros after).
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], first = L - len;
+      for (int64_t t = 0; t < L; ++t) {
+        T* dst = x_.data() + (b * L + t) * D;
+        if (t < len)
+          std::memcpy(dst, in.item_rows + in.item_index[b * L + first + t] * D, row_bytes);
+        else
+          std::memset(dst, 0, row_bytes);
+      }
+    }
+  });
+
+  kernels::RnnForwardArgs<T> r;
+  r.shape = Shape(B);
+  r.x = x_.data();
+  r.lengths = in.lengths;
+  r.w_ih = params_.value(w_ih_);
+  r.w_hh = params_.value(w_hh_);
+  r.b_ih = params_.value(b_ih_);
+  r.b_hh = params_.value(b_hh_);
+  r.states = states_.data();
+  r.final_h = final_h_.data();
+  r.final_c = o_.cell == kernels::RnnCell::kLstm ? final_c_.data() : nullptr;
+  r.reserve = reserve_.data();
+  r.workspace = rnn_ws_.data();
+  IPS_RETURN_IF_ERROR(kernels::RnnForward(ctx, r));
+
+  const T* out_right = states_.data();
+  if (proj_) {
+    IPS_RETURN_IF_ERROR(proj_->Forward(ctx, B * L, states_.data(), proj_out_.data()));
+    // The user vector is the projected final state (for an empty history: of h_0 = 0).
+    IPS_RETURN_IF_ERROR(proj_->Forward(ctx, B, final_h_.data(), user_.data()));
+    out_right = proj_out_.data();
+  } else {
+    std::memcpy(user_.data(), final_h_.data(), sizeof(T) * static_cast<size_t>(B * H));
+  }
+
+  // Back to the inputs' layout; padded steps read as zeros.
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], first = L - len;
+      std::memset(out_left_.data() + b * L * D, 0, row_bytes * static_cast<size_t>(first));
+      if (len > 0)
+        std::memcpy(out_left_.data() + (b * L + first) * D, out_right + b * L * D,
+                    row_bytes * static_cast<size_t>(len));
+    }
+  });
+  if (!training) return Status::Ok();
+
+  const int64_t BL = B * L;
+  int64_t valid = 0;
+  for (int64_t b = 0; b < B; ++b) valid += in.lengths[b];
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t first = L - in.lengths[b];
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t i = b * L + t;
+        if (t < first) {
+          logits_[i] = logits_[BL + i] = T(0);
+          mask_[i] = mask_[BL + i] = T(0);
+          continue;
+        }
+        const T* s = out_left_.data() + i * D;
+        logits_[i] = DotRow(s, in.item_rows + in.item_index[BL + i] * D, D);
+        logits_[BL + i] = DotRow(s, in.item_rows + in.item_index[2 * BL + i] * D, D);
+        mask_[i] = mask_[BL + i] = T(1);
+      }
+    }
+  });
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = 2 * BL;
+  l.reduction = kernels::Reduction::kSum;
+  l.logits = logits_.data();
+  l.labels = labels_.data();
+  l.weights = mask_.data();
+  l.loss = loss_scratch_;
+  std::fill(labels_.begin(), labels_.begin() + BL, T(1));
+  std::fill(labels_.begin() + BL, labels_.begin() + 2 * BL, T(0));
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
+  // The peer's masked mean: sum over valid positions of both terms / max(#valid, 1).
+  if (loss != nullptr) *loss = loss_scratch_[0] / static_cast<T>(std::max<int64_t>(valid, 1));
+  valid_ = valid;
+  have_training_forward_ = true;
+  forward_batch_ = B;
+  return Status::Ok();
+}
+
+template <typename T>
+Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, T* d_item_rows) {
+  if (!have_training_forward_ || in.batch != forward_batch_)
+    return FailedPreconditionError(
+        "Gru4Rec::Backward needs a Forward(training = true) on the same batch first");
+  if (d_item_rows == nullptr) return InvalidArgumentError("Gru4Rec::Backward: null d_item_rows");
+  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, BL = B * L;
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = 2 * BL;
+  l.reduction = kernels::Reduction::kSum;
+  l.logits = logits_.data();
+  l.labels = labels_.data();
+  l.weights = mask_.data();
+  l.dloss = T(1) / static_cast<T>(std::max<int64_t>(valid_, 1));
+  l.dlogits = d_logits_.data();
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+
+  // d state_t = dl_pos E[pos_t] + dl_neg E[neg_t] (right-padded layout); the positive and
+  // negative rows get dl * state_t.
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], first = L - len;
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t i = b * L + t;  // left-padded position
+        T* g_pos = g_item_.data() + (BL + i) * D;
+        T* g_neg = g_item_.data() + (2 * BL + i) * D;
+        if (t < first) {
+          std::memset(g_pos, 0, row_bytes);
+          std::memset(g_neg, 0, row_bytes);
+          // The right-padded row b * L + (L - 1 - t) is a padded step of the recurrence.
+          std::memset(d_out_.data() + (b * L + len + t) * D, 0, row_bytes);
+          continue;
+        }
+        const T dp = d_logits_[i], dn = d_logits_[BL + i];
+        const T* s = out_left_.data() + i * D;
+        const T* ep = in.item_rows + in.item_index[BL + i] * D;
+        const T* en = in.item_rows + in.item_index[2 * BL + i] * D;
+        T* d = d_out_.data() + (b * L + (t - first)) * D;
+        for (int64_t c = 0; c < D; ++c) {
+          d[c] = dp * ep[c] + dn * en[c];
+          g_pos[c] = dp * s[c];
+          g_neg[c] = dn * s[c];
+        }
+      }
+    }
+  });
+
+  const T* d_rnn = d_out_.data();
+  if (proj_) {
+    IPS_RETURN_IF_ERROR(proj_->Backward(ctx, BL, states_.data(), d_out_.data(), d_states_.data()));
+    d_rnn = d_states_.data();
+  }
+
+  kernels::RnnBackwardArgs<T> r;
+  r.shape = Shape(B);
+  r.x = x_.data();
+  r.lengths = in.lengths;
+  r.w_ih = params_.value(w_ih_);
+  r.w_hh = params_.value(w_hh_);
+  r.states = states_.data();
+  r.reserve = reserve_.data();
+  r.d_states = d_rnn;
+  r.d_x = d_x_.data();
+  r.d_w_ih = params_.grad(w_ih_);
+  r.d_w_hh = params_.grad(w_hh_);
+  r.d_b_ih = params_.grad(b_ih_);
+  r.d_b_hh = params_.grad(b_hh_);
+  r.workspace = rnn_ws_.data();
+  IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
+
+  // Input rows: the right-padded d_x back to the left-padded positions.
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], first = L - len;
+      T* g = g_item_.data() + b * L * D;
+      std::memset(g, 0, row_bytes * static_cast<size_t>(first));
+      if (len > 0)
+        std::memcpy(g + first * D, d_x_.data() + b * L * D, row_bytes * static_cast<size_t>(len));
+    }
+  });
+
+  kernels::ScatterAddArgs<T> s;
+  s.grad_rows = g_item_.data();
+  s.inverse = in.item_index;
+  s.n = 3 * BL;
+  s.dim = D;
+  s.num_unique = in.num_item_rows;
+  s.grad_unique = d_item_rows;
+  return kernels::ScatterAdd(ctx, s);
+}
+
+template class Gru4Rec<float>;
+template class Gru4Rec<double>;
+
+}  // namespace ips::models

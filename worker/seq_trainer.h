@@ -1,0 +1,180 @@
+// SeqTrainer: one training worker's step for next-item sequence models (models/model.h
+// SeqModel: SASRec, GRU4Rec), in a single process, plus their evaluation and runs:
+//
+//   Step(batch) = keys [seq B*T, pos B*T, neg B*T] (padded steps -> the padding key 0)
+//                 -> unique keys (kernels DedupKeys) -> store Pull (one item table)
+//                 -> model Forward(training) -> Backward -> store Push
+//                 -> dense update (worker/dense_optimizer.h, one call over all dense weights)
+//                 -> store AdvanceStep
+//
+//   ScoreCandidates: an inference forward over histories only (read-only Lookup), then
+//                    <user_vectors()[b], E[candidate]> for every candidate of row b.
+//   RunSeqSyntheticTraining: the peer's synthetic SASRec throughput protocol (SeqBatchAt; all
+//                    warmup + steps batches generated before the timer; a sample = one sequence).
+//   RunSeqDatasetTraining: epochs over SequenceReader (the peer's sasrec_epoch: fresh negatives
+//                    every epoch), each evaluated with the peer's leave-one-out ranking protocol
+//                    (EvaluateSeqRanking: history encoded once per list, candidate 0 = held out).
+//
+// The result and option structs are the CTR trainer's (worker/trainer.h), so `ips train` reports
+// both kinds of model the same way. This module owns the step's orchestration only: not the model
+// math (models/), the rows (ps/, behind EmbeddingStore) nor the batches
+// (worker/synthetic_batches.h, worker/data_reader.h).
+//
+// Determinism: for a fixed seed and thread count, losses are identical run to run (dedup, gather,
+// scatter-add and the optimizers are deterministic on the CPU; so is the BLAS for a fixed thread
+// count), provided the model is (GRU4Rec is; SASRec's dropout draws from its own seeded Rng).
+//
+// Thread safety: a SeqTrainer is used by one thread; it parallelises inside kernels over its own
+// ThreadPool of options.num_threads (the caller counts as one).
+#ifndef IPS_WORKER_SEQ_TRAINER_H_
+#define IPS_WORKER_SEQ_TRAINER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "kernels/context.h"
+#include "kernels/optimizer.h"
+#include "models/model.h"
+#include "ps/embedding_store.h"
+#include "worker/data_reader.h"
+#include "worker/dense_optimizer.h"
+#include "worker/synthetic_batches.h"
+#include "worker/trainer.h"
+
+namespace ips {
+
+// A sequence batch as the trainer reads it: non-owning views, valid during the call. All arrays
+// are [batch x seq_len], row-major, oldest step first, the valid steps the rightmost length[b];
+// entries at padded steps are ignored (they are sent as the padding key 0). pos[b][t] is the
+// item after seq[b][t], neg[b][t] a sampled negative for that step.
+struct SeqBatchView {
+  int batch = 0;
+  int seq_len = 0;
+  const uint32_t* seq = nullptr;
+  const uint32_t* pos = nullptr;  // may be null for scoring
+  const uint32_t* neg = nullptr;  // may be null for scoring
+  const int32_t* length = nullptr;
+};
+SeqBatchView ViewOf(const SeqBatch& b);       // synthetic batches
+SeqBatchView ViewOf(const SequenceBatch& b);  // the data reader's sequence batches
+
+struct SeqTrainerOptions {
+  kernels::OptimizerHyper dense_optimizer = kernels::OptimizerHyper::Adam(1e-3);
+  int num_threads = 1;
+  std::string item_table = "item";
+};
+
+class SeqTrainer {
+ public:
+  // Takes the model (non-null; any SeqModel<float>) and looks up the item table in `store`
+  // (NOT_FOUND naming the table; INVALID_ARGUMENT if its dim differs from the model's
+  // embedding_dim, for a null store/model or num_threads < 1). `store` is not owned and must
+  // outlive the trainer.
+  static StatusOr<std::unique_ptr<SeqTrainer>> Create(
+      const SeqTrainerOptions& options, ps::EmbeddingStore* store,
+      std::unique_ptr<models::SeqModel<float>> model);
+  SeqTrainer(const SeqTrainer&) = delete;
+  SeqTrainer& operator=(const SeqTrainer&) = delete;
+
+  // One training step on `batch` (seq, pos and neg required); returns the batch's mean loss
+  // before the update. Errors: INVALID_ARGUMENT for a batch that does not fit the model (batch
+  // size outside [1, max_batch], seq_len != max_len, null arrays, lengths outside [0, seq_len]),
+  // the store's Pull/Push errors, the model's and kernels' errors. After an error the model or
+  // the store may be partially updated.
+  StatusOr<double> Step(const SeqBatchView& batch);
+
+  // Ranking scores of candidates for each history: scores[b * num_candidates + c] =
+  // <user vector of histories row b, E[candidates[b * num_candidates + c]]>. Inference forward
+  // (no dropout), read-only lookups (unseen keys read as zeros, nothing is created or counted).
+  // histories.pos/neg are not read; histories.batch may exceed max_batch (processed in chunks).
+  // Errors: INVALID_ARGUMENT for null arrays, num_candidates < 1, bad lengths or seq_len; the
+  // store's and the model's.
+  Status ScoreCandidates(const SeqBatchView& histories, const uint32_t* candidates,
+                         int num_candidates, float* scores);
+
+  int64_t steps() const { return steps_; }
+  const SeqTrainerOptions& options() const { return o_; }
+  models::SeqModel<float>& model() { return *model_; }
+  const kernels::Context& context() const { return ctx_; }
+  DenseOptimizer& dense_optimizer() { return *dense_optimizer_; }
+
+ private:
+  explicit SeqTrainer(const SeqTrainerOptions& o);
+  // Checks the batch shape; with_targets also requires pos/neg.
+  Status CheckBatch(const SeqBatchView& b, bool with_targets, bool allow_large) const;
+  // Keys [seq, pos, neg] (or [seq] only) of rows [row0, row0 + rows), padded steps -> 0,
+  // de-duplicated into unique_ / inverse_.
+  Status PrepareKeys(const SeqBatchView& b, int row0, int rows, bool with_targets);
+  models::SeqInputs<float> Inputs(const SeqBatchView& b, int row0, int rows) const;
+
+  SeqTrainerOptions o_;
+  ps::EmbeddingStore* store_ = nullptr;
+  int item_table_ = -1;
+  std::unique_ptr<ThreadPool> pool_;
+  kernels::Context ctx_;
+  std::unique_ptr<models::SeqModel<float>> model_;
+  int64_t dim_ = 0, max_len_ = 0, max_batch_ = 0;
+  int64_t steps_ = 0;
+
+  // Per-step buffers sized for 3 * max_batch * max_len keys (no allocation per step).
+  std::vector<int64_t> keys_, unique_, inverse_;
+  int64_t num_unique_ = 0;
+  std::vector<uint8_t> dedup_workspace_;
+  std::vector<float> rows_, d_rows_;
+  std::unique_ptr<DenseOptimizer> dense_optimizer_;
+  // Scoring scratch (grows with the candidate count; evaluation only).
+  std::vector<uint64_t> cand_keys_;
+  std::vector<float> cand_rows_;
+};
+
+// ---- Runs -------------------------------------------------------------------------------------
+
+struct SeqSyntheticRunResult {
+  int64_t steps = 0;  // timed steps
+  int batch = 0;
+  double seconds = 0;          // timed region only (train steps after warm-up)
+  double samples_per_s = 0;    // sequences per second, as the peer counts SASRec samples
+  std::vector<double> losses;  // every step, warm-up included
+  double loss_first10 = 0;     // mean of the first 10 losses (warm-up included, as the peer)
+  double loss_last10 = 0;
+};
+
+// Generates warmup + steps batches (SyntheticBatches::SeqBatchAt(i), i = 0, 1, ...) before
+// timing, runs the warm-up steps, then times the remaining steps (Step only). options.eval_batches
+// is not used: like the peer, the sequence protocol measures throughput only (Zipf sequences have
+// no sequential signal to evaluate). sinks.metrics_out gets a JSON line every log_every_steps
+// steps. Errors: INVALID_ARGUMENT for bad options; the trainer's and the generator's.
+StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
+                                                        const SyntheticRunOptions& options,
+                                                        const RunSinks& sinks);
+
+// The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
+// item first, every row carrying the user's history) is scored by encoding the history once
+// (the list's first row) and ranking its candidates by ScoreCandidates; scores go to
+// RankingMetrics(k). reader.max_len must be the model's max_len (0 = the manifest's
+// max_history, which must then equal it). max_users > 0 evaluates only the first max_users lists
+// (EvalReader's order). Read-only: no row is created or updated. Errors: FAILED_PRECONDITION for
+// fewer than 2 candidates per list; DATA_LOSS for a batch that is not whole lists or a list whose
+// rows disagree on the history; the trainer's and the metrics'.
+StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
+                                               const ReaderOptions& reader, int64_t max_users,
+                                               int k);
+
+// Trains options.epochs epochs over SequenceReader (reader.seed shuffles and draws the per-epoch
+// negatives; reader.batch_size sequences per step) or until max_steps, evaluating after every
+// eval_every_epochs-th epoch and after the last one. Samples are sequences. A progress line goes
+// to sinks.progress; sinks.metrics_out gets one JSON line per epoch ({"epoch":..,"hr10":..,
+// "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..};
+// metrics null for epochs without evaluation). Errors: INVALID_ARGUMENT for bad options;
+// FAILED_PRECONDITION for a dataset without training sequences; the trainer's and the metrics'.
+StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Dataset& data,
+                                                 const DatasetRunOptions& options,
+                                                 const RunSinks& sinks);
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_SEQ_TRAINER_H_
