@@ -13,6 +13,7 @@
 #include "common/result_line.h"
 #include "common/timer.h"
 #include "launch/commands.h"
+#include "launch/stream_train.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
@@ -148,6 +149,10 @@ int RunTrainCommand(const std::vector<std::string>& args) {
                "(default: train.metrics_out of the config)");
   flags.Int("eval_batches", 4, "data.synthetic only: held-out batches for the final AUC");
   flags.Bool("quiet", "no progress line on stderr");
+  flags.String("stream", "",
+               "train continuously on an append-only event log (a growing file, or - for stdin) "
+               "instead of data.train_dir / data.synthetic");
+  AddStreamFlags(&flags);
   if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
     std::cout << flags.Usage();
     return kExitOk;
@@ -166,12 +171,6 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   };
   auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
-  auto job = TrainJobFromConfig(*cfg);
-  if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
-  if (flags.GetInt("eval_batches") < 0)
-    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
-  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
-
   std::string metrics_path = flags.GetString("metrics_out");
   if (metrics_path.empty()) metrics_path = cfg->train().metrics_out();
   std::ofstream metrics;
@@ -183,6 +182,17 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   RunSinks sinks;
   sinks.progress = flags.GetBool("quiet") ? nullptr : stderr;
   sinks.metrics_out = metrics_path.empty() ? nullptr : &metrics;
+  if (!flags.GetString("stream").empty()) {
+    auto stream_options = StreamCliOptionsFromFlags(flags);
+    if (!stream_options.ok()) return fail(stream_options.status());
+    return RunStreamTrain(*cfg, flags.GetString("stream"), sinks, *stream_options);
+  }
+  auto job = TrainJobFromConfig(*cfg);
+  if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
+  if (flags.GetInt("eval_batches") < 0)
+    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
+  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+
   if (!job->synthetic) return RunDatasetJob(*job, sinks, &metrics, metrics_path);
 
   auto store = ps::LocalEmbeddingStore::Create(job->tables);

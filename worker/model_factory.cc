@@ -59,6 +59,12 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
   switch (spec.kind) {
     case ModelKind::kDin:
       return Upcast(models::Din<float>::Create(WithCommon(spec.din, spec)));
+    case ModelKind::kDien:
+      return Upcast(models::Dien<float>::Create(WithCommon(spec.dien, spec)));
+    case ModelKind::kPooled:
+      return Upcast(models::PooledModel<float>::Create(WithCommon(spec.pooled, spec)));
+    case ModelKind::kMind:
+      return Upcast(models::Mind<float>::Create(WithCommon(spec.mind, spec)));
     default:
       break;
   }
@@ -95,6 +101,18 @@ StatusOr<models::MlpActivation> ActivationOf(const config::ModelConfig& m) {
   }
 }
 
+// model.attention_hidden: the activation unit's two hidden widths (unset = the model's default).
+Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t* h1, int64_t* h2) {
+  if (m.attention_hidden_size() == 0) return Status::Ok();
+  if (m.attention_hidden_size() != 2)
+    return InvalidArgumentError(std::string("model.attention_hidden: the ") + model +
+                                " activation unit has exactly 2 hidden layers (got " +
+                                std::to_string(m.attention_hidden_size()) + " sizes)");
+  *h1 = m.attention_hidden(0);
+  *h2 = m.attention_hidden(1);
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
@@ -114,19 +132,43 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
     case config::ModelConfig::DIN: {
       s.kind = ModelKind::kDin;
       models::DinOptions& d = s.din;
-      if (m.attention_hidden_size() != 0) {
-        if (m.attention_hidden_size() != 2)
-          return InvalidArgumentError(
-              "model.attention_hidden: the DIN activation unit has exactly 2 hidden layers (got " +
-              std::to_string(m.attention_hidden_size()) + " sizes)");
-        d.attention_hidden1 = m.attention_hidden(0);
-        d.attention_hidden2 = m.attention_hidden(1);
-      }
+      IPS_RETURN_IF_ERROR(AttentionHidden(m, "DIN", &d.attention_hidden1, &d.attention_hidden2));
       if (m.mlp_hidden_size() != 0)
         d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
       d.attention_softmax = m.attention_softmax();
       IPS_RETURN_IF_ERROR(models::ValidateDinOptions(WithCommon(d, s)));
+      return s;
+    }
+    case config::ModelConfig::DIEN: {
+      s.kind = ModelKind::kDien;
+      models::DienOptions& d = s.dien;
+      d.rnn_hidden = m.has_rnn_hidden() ? m.rnn_hidden() : 0;  // 0 = 2 * embedding_dim
+      d.cell = m.cell() == config::LSTM ? models::DienCell::kLstm : models::DienCell::kGru;
+      d.aux_loss_weight = m.aux_loss_weight();
+      // A zero weight skips the auxiliary network's work instead of multiplying it by zero.
+      d.aux_loss_disabled = m.aux_loss_weight() == 0;
+      IPS_RETURN_IF_ERROR(AttentionHidden(m, "DIEN", &d.attention_hidden1, &d.attention_hidden2));
+      if (m.mlp_hidden_size() != 0)
+        d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+      IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
+      IPS_RETURN_IF_ERROR(models::ValidateDienOptions(WithCommon(d, s)));
+      return s;
+    }
+    case config::ModelConfig::POOLED: {
+      s.kind = ModelKind::kPooled;
+      models::PooledOptions& p = s.pooled;
+      if (m.mlp_hidden_size() != 0)
+        p.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+      IPS_ASSIGN_OR_RETURN(p.activation, ActivationOf(m));
+      IPS_RETURN_IF_ERROR(models::ValidatePooledOptions(WithCommon(p, s)));
+      return s;
+    }
+    case config::ModelConfig::MIND: {
+      s.kind = ModelKind::kMind;
+      s.mind.num_interests = m.num_interests();
+      s.mind.routing_iterations = m.routing_iterations();
+      IPS_RETURN_IF_ERROR(models::ValidateMindOptions(WithCommon(s.mind, s)));
       return s;
     }
     case config::ModelConfig::GRU4REC: {

@@ -13,9 +13,12 @@
 #include <string>
 
 #include "common/status.h"
+#include "models/dien.h"
 #include "models/din.h"
 #include "models/gru4rec.h"
+#include "models/mind.h"
 #include "models/model.h"
+#include "models/pooled.h"
 
 namespace ips {
 
@@ -37,6 +40,9 @@ struct ModelSpec {
   uint64_t seed = 0;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;
+  models::DienOptions dien;
+  models::PooledOptions pooled;
+  models::MindOptions mind;
   models::Gru4RecOptions gru4rec;
 };
 

@@ -1,0 +1,198 @@
+#include "launch/stream_train.h"
+
+#include <cmath>
+#include <csignal>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "common/result_line.h"
+#include "launch/commands.h"
+#include "proto/config.pb.h"
+#include "ps/local_embedding_store.h"
+
+namespace ips {
+namespace {
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+// JSON has no NaN: an undefined metric (no publish, a one-class window) is null.
+std::string Json(double v, int digits) { return std::isfinite(v) ? Fixed(v, digits) : "null"; }
+
+int Fail(const Status& s) {
+  std::cerr << "error: " << s.ToString() << "\n";
+  return kExitError;
+}
+
+void StreamSignalHandler(int) { RequestStreamStopFromSignal(); }
+
+// Installs the stop handler for SIGINT/SIGTERM for the lifetime of the object.
+class ScopedStopSignals {
+ public:
+  ScopedStopSignals() {
+    ClearStreamStopRequest();
+    struct sigaction sa = {};
+    sa.sa_handler = StreamSignalHandler;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~ScopedStopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+    ClearStreamStopRequest();
+  }
+
+ private:
+  struct sigaction old_int_ = {}, old_term_ = {};
+};
+
+}  // namespace
+
+void AddStreamFlags(FlagSet* flags) {
+  flags->Bool("stream_no_follow",
+              "--stream FILE: end at the end of the file instead of tailing it");
+  flags->Double("stream_idle_timeout_s", 0,
+                "--stream: end after this many seconds without new events (0 = never)");
+  flags->Int("stream_negatives", 1, "--stream: sampled negatives per event");
+  flags->Int("stream_max_users", 1 << 20, "--stream: user histories kept (least recent evicted)");
+  flags->Int("stream_max_items", 1 << 22, "--stream: items in the negative pool (reservoir)");
+  flags->Double("stream_publish_every_s", 10, "--stream: publish every N seconds (0 = off)");
+  flags->Int("stream_publish_every_steps", 0, "--stream: publish every N steps (0 = off)");
+  flags->Double("stream_max_batch_delay_s", 0.5,
+                "--stream: train a partial batch after waiting this long for events");
+  flags->Int("stream_window_events", 10000, "--stream: events per prequential AUC window");
+  flags->Int("stream_max_events", 0, "--stream: stop after N events (0 = at the end / SIGINT)");
+}
+
+StatusOr<StreamCliOptions> StreamCliOptionsFromFlags(const FlagSet& flags) {
+  StreamCliOptions o;
+  o.follow = !flags.GetBool("stream_no_follow");
+  o.idle_timeout_s = flags.GetDouble("stream_idle_timeout_s");
+  o.negatives = static_cast<int>(flags.GetInt("stream_negatives"));
+  o.max_users = flags.GetInt("stream_max_users");
+  o.max_items = flags.GetInt("stream_max_items");
+  o.publish_every_s = flags.GetDouble("stream_publish_every_s");
+  o.publish_every_steps = flags.GetInt("stream_publish_every_steps");
+  o.max_batch_delay_s = flags.GetDouble("stream_max_batch_delay_s");
+  o.window_events = flags.GetInt("stream_window_events");
+  o.max_events = flags.GetInt("stream_max_events");
+  const auto bad = [](const char* flag, const std::string& v, const char* want) {
+    return InvalidArgumentError(std::string("--") + flag + " " + v + ": expected " + want);
+  };
+  if (o.idle_timeout_s < 0)
+    return bad("stream_idle_timeout_s", std::to_string(o.idle_timeout_s), ">= 0");
+  if (flags.GetInt("stream_negatives") < 0 || flags.GetInt("stream_negatives") > 1000)
+    return bad("stream_negatives", std::to_string(flags.GetInt("stream_negatives")), "0..1000");
+  if (o.max_users < 1) return bad("stream_max_users", std::to_string(o.max_users), ">= 1");
+  if (o.max_items < 2) return bad("stream_max_items", std::to_string(o.max_items), ">= 2");
+  if (o.publish_every_s < 0)
+    return bad("stream_publish_every_s", std::to_string(o.publish_every_s), ">= 0");
+  if (o.publish_every_steps < 0)
+    return bad("stream_publish_every_steps", std::to_string(o.publish_every_steps), ">= 0");
+  if (o.max_batch_delay_s < 0)
+    return bad("stream_max_batch_delay_s", std::to_string(o.max_batch_delay_s), ">= 0");
+  if (o.window_events < 1)
+    return bad("stream_window_events", std::to_string(o.window_events), ">= 1");
+  if (o.max_events < 0) return bad("stream_max_events", std::to_string(o.max_events), ">= 0");
+  return o;
+}
+
+int RunStreamTrain(const config::Config& cfg, const std::string& source, const RunSinks& sinks,
+                   const StreamCliOptions& options) {
+  // TrainJobFromConfig maps model, tables and optimizer, and insists on a data source for the
+  // batch trainers; the stream is ours, so name it there (nothing reads data.train_dir here).
+  config::Config c = cfg;
+  if (!c.data().has_synthetic() && c.data().train_dir().empty())
+    c.mutable_data()->set_train_dir("stream:" + source);
+  auto job = TrainJobFromConfig(c);
+  if (!job.ok()) return Fail(job.status());
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  if (!store.ok()) return Fail(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  if (!trainer.ok()) return Fail(trainer.status());
+
+  StreamPublisher publisher;
+  if (options.make_publisher) {
+    auto p = options.make_publisher(trainer->get(), store->get());
+    if (!p.ok()) return Fail(p.status());
+    publisher = std::move(*p);
+  }
+  StreamTrainerOptions so;
+  so.batch_size = cfg.data().batch_size();
+  so.examples.max_len = cfg.data().max_history();
+  so.examples.negatives = options.negatives;
+  so.examples.max_users = options.max_users;
+  so.examples.max_items = options.max_items;
+  so.examples.seed = cfg.train().seed();
+  so.publish_every_s = options.publish_every_s;
+  so.publish_every_steps = options.publish_every_steps;
+  so.max_batch_delay_s = options.max_batch_delay_s;
+  so.window_events = options.window_events;
+  so.max_events = options.max_events;
+  auto st = StreamTrainer::Create(so, trainer->get(), std::move(publisher));
+  if (!st.ok()) return Fail(st.status());
+
+  EventSourceOptions src_o;
+  src_o.follow = options.follow;
+  src_o.idle_timeout_s = options.idle_timeout_s;
+  auto src = EventStreamSource::Open(source, src_o);
+  if (!src.ok()) return Fail(src.status());
+
+  const std::string model = ModelKindName(job->trainer.model.kind);
+  std::cerr << "train --stream: model=" << model << " source=" << (*src)->name()
+            << (options.follow ? " (follow)" : "") << " batch=" << so.batch_size
+            << " seq=" << so.examples.max_len << " negatives=" << so.examples.negatives
+            << " max_users=" << so.examples.max_users << " publish_every_s=" << so.publish_every_s
+            << " publish_every_steps=" << so.publish_every_steps
+            << " threads=" << job->trainer.num_threads << "\n";
+  StatusOr<StreamTrainResult> result = [&] {
+    ScopedStopSignals signals;
+    return (*st)->Run(src->get(), sinks);
+  }();
+  if (!result.ok()) return Fail(result.status());
+  const StreamTrainResult& r = *result;
+  const double auc = r.windows.empty() ? std::nan("") : r.windows.back().auc;
+  std::cerr << "streamed " << r.events << " events (" << r.examples << " examples) in "
+            << Fixed(r.seconds, 1) << " s, " << r.steps << " steps, " << r.publishes
+            << " publishes; histories: " << r.history_users << " users, " << r.history_evictions
+            << " evicted, " << r.history_memory_bytes << " of " << r.history_memory_bound
+            << " bytes; negative pool " << r.pool_items << " items";
+  if ((*src)->pending_bytes() > 0)
+    std::cerr << "; an unterminated last line (" << (*src)->pending_bytes()
+              << " bytes) was left unread";
+  std::cerr << "\n";
+
+  ResultLine line("train_stream");
+  line.Add("model", model)
+      .Add("events", r.events)
+      .Add("examples", r.examples)
+      .Add("steps", r.steps)
+      .Add("events_per_s", Fixed(r.events_per_s, 1))
+      .Add("examples_per_s", Fixed(r.examples_per_s, 1))
+      .Add("loss", Fixed(r.mean_loss, 4))
+      .Add("auc_window", Fixed(auc, 4))
+      .Add("publishes", r.publishes)
+      .Add("freshness_p50_ms", Fixed(1e3 * r.freshness_p50_s, 1))
+      .Add("freshness_p99_ms", Fixed(1e3 * r.freshness_p99_s, 1));
+  if (sinks.metrics_out != nullptr) {
+    *sinks.metrics_out << "{\"phase\":\"stream_result\",\"model\":\"" << model
+                       << "\",\"events\":" << r.events << ",\"examples\":" << r.examples
+                       << ",\"steps\":" << r.steps
+                       << ",\"examples_per_s\":" << Fixed(r.examples_per_s, 1)
+                       << ",\"auc_window\":" << Json(auc, 6) << ",\"publishes\":" << r.publishes
+                       << ",\"freshness_p50_ms\":" << Json(1e3 * r.freshness_p50_s, 3)
+                       << ",\"freshness_p99_ms\":" << Json(1e3 * r.freshness_p99_s, 3) << "}\n";
+    sinks.metrics_out->flush();
+    if (!*sinks.metrics_out) return Fail(DataLossError("writing the metrics output"));
+  }
+  line.Print();
+  return kExitOk;
+}
+
+}  // namespace ips

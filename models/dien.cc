@@ -1,0 +1,1038 @@
+#include "models/dien.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "common/thread_pool.h"
+#include "kernels/cpu/fast_math.h"
+#include "kernels/embedding.h"
+#include "kernels/loss.h"
+
+#if defined(__GNUC__)
+#define IPS_DIEN_INLINE __attribute__((always_inline)) inline
+#else
+#define IPS_DIEN_INLINE inline
+#endif
+
+namespace ips::models {
+namespace {
+
+template <typename Fn>
+void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
+  if (n <= 0) return;
+  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
+    fn(int64_t{0}, n);
+  } else {
+    ctx.pool->ParallelFor(n, min_chunk, fn);
+  }
+}
+
+Status Bad(const std::string& field, const std::string& what) {
+  return InvalidArgumentError("DienOptions." + field + ": " + what);
+}
+
+// Elements of T holding `bytes` (the RNN kernels size their buffers in bytes).
+size_t ElemsFor(size_t bytes, size_t elem) { return (bytes + elem - 1) / elem; }
+
+// ---- Small products for the auxiliary MLP tiles ------------------------------------------------
+// GCC/Clang vector extensions, register-blocked like the recurrent kernels' products
+// (kernels/cpu/recurrent.cc): the BLAS would bring its own thread pool, whose spinning workers
+// collide with ours on a shared 2-core VM, and at tile sizes its packing dominates (OpenBLAS
+// 0.3.21 also detects this Zen 4 VM as Prescott and runs SSE3 kernels: ~10-17 GFLOPS measured at
+// the aux shapes, 4x slower than these tiles). Double (gradient checks) uses the portable 32-byte
+// vectors; float runs an AVX-512 clone (64-byte vectors) or an AVX2+FMA clone when the CPU has
+// one.
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <typename T, int kBytes>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+template <typename T, int kBytes>
+using Vec = typename VecOf<T, kBytes>::type;
+
+template <typename V, typename T>
+IPS_DIEN_INLINE V Load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename V, typename T>
+IPS_DIEN_INLINE void Store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Columns [j, j + kVecs·|V|) of kRows output rows, accumulators in registers over the k loop.
+template <typename T, typename V, int kRows, int kVecs>
+IPS_DIEN_INLINE void Panel(int64_t j, int64_t k, int64_t n, const T* in, int64_t in_rs,
+                           int64_t in_cs, const T* __restrict m, const T* bias, bool accumulate,
+                           T* out, int64_t ld_out) {
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  V acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) {
+      if (accumulate) {
+        acc[r][v] = Load<V>(out + r * ld_out + j + v * L);
+      } else if (bias != nullptr) {
+        acc[r][v] = Load<V>(bias + j + v * L);
+      } else {
+        acc[r][v] = V{};
+      }
+    }
+  for (int64_t p = 0; p < k; ++p) {
+    V w[kVecs];
+    for (int v = 0; v < kVecs; ++v) w[v] = Load<V>(m + p * n + j + v * L);
+    for (int r = 0; r < kRows; ++r) {
+      const T a = in[r * in_rs + p * in_cs];
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) Store(out + r * ld_out + j + v * L, acc[r][v]);
+}
+
+template <typename T, int kBytes, int kRows>
+IPS_DIEN_INLINE void PanelRows(int64_t k, int64_t n, const T* in, int64_t in_rs, int64_t in_cs,
+                               const T* __restrict m, const T* bias, bool accumulate, T* out,
+                               int64_t ld_out) {
+  constexpr int64_t L = kBytes / sizeof(T), L2 = L / 2, L4 = L / 4;
+  int64_t j = 0;
+  for (; j + 2 * L <= n; j += 2 * L)
+    Panel<T, Vec<T, kBytes>, kRows, 2>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+  for (; j + L <= n; j += L)
+    Panel<T, Vec<T, kBytes>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+  for (; j + L2 <= n; j += L2)
+    Panel<T, Vec<T, kBytes / 2>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
+                                           ld_out);
+  if constexpr (L4 >= 2) {
+    for (; j + L4 <= n; j += L4)
+      Panel<T, Vec<T, kBytes / 4>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
+                                             ld_out);
+  }
+  // Pairs of columns (e.g. the last 2 of the 50-wide layer) stay vectorised too.
+  for (; j + 2 <= n; j += 2)
+    Panel<T, Vec<T, 2 * sizeof(T)>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
+                                              ld_out);
+  for (; j < n; ++j) {
+    for (int r = 0; r < kRows; ++r) {
+      T acc = accumulate ? out[r * ld_out + j] : (bias != nullptr ? bias[j] : T(0));
+      for (int64_t p = 0; p < k; ++p) acc += in[r * in_rs + p * in_cs] * m[p * n + j];
+      out[r * ld_out + j] = acc;
+    }
+  }
+}
+
+// out[r][j] (= or +=) bias[j] + sum_p in(r, p) m[p][j], r < rows; m row-major [k x n] (row
+// stride n); in(r, p) = in[r in_rs + p in_cs], so a transposed left operand is free.
+// kBig rows x 2 vectors of accumulators: 6 x 2 (+ 2 weight vectors + 1 broadcast) fits the 16
+// AVX2 registers; AVX-512 runs 8 x 2 (measured best of 6, 8, 12); the rest in blocks of 4, 2, 1.
+template <typename T, int kBytes = 32, int kBig = 6>
+IPS_DIEN_INLINE void MatMulImpl(int64_t rows, int64_t k, int64_t n, const T* in, int64_t in_rs,
+                                int64_t in_cs, const T* __restrict m, const T* bias,
+                                bool accumulate, T* out, int64_t ld_out) {
+  int64_t r = 0;
+  for (; r + kBig <= rows; r += kBig)
+    PanelRows<T, kBytes, kBig>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
+                               out + r * ld_out, ld_out);
+  if constexpr (kBig > 6) {
+    for (; r + 6 <= rows; r += 6)
+      PanelRows<T, kBytes, 6>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
+                              out + r * ld_out, ld_out);
+  }
+  if (r + 4 <= rows) {
+    PanelRows<T, kBytes, 4>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
+                            out + r * ld_out, ld_out);
+    r += 4;
+  }
+  if (r + 2 <= rows) {
+    PanelRows<T, kBytes, 2>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
+                            out + r * ld_out, ld_out);
+    r += 2;
+  }
+  if (r < rows)
+    PanelRows<T, kBytes, 1>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
+                            out + r * ld_out, ld_out);
+}
+
+// out[r] = bias + <in row r, w> over k: the 1-wide output layer, vectorised along k (a panel
+// product would run it one scalar FMA at a time).
+template <typename T, int kBytes = 32>
+IPS_DIEN_INLINE void RowDotImpl(int64_t rows, int64_t k, const T* in, int64_t ld_in,
+                                const T* __restrict w, T bias, T* out) {
+  using V = Vec<T, kBytes>;
+  constexpr int64_t L = kBytes / sizeof(T);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = in + r * ld_in;
+    V acc{};
+    int64_t p = 0;
+    for (; p + L <= k; p += L) acc += Load<V>(x + p) * Load<V>(w + p);
+    T sum = bias;
+    for (int64_t l = 0; l < L; ++l) sum += acc[l];
+    for (; p < k; ++p) sum += x[p] * w[p];
+    out[r] = sum;
+  }
+}
+
+template <typename T>
+IPS_DIEN_INLINE void SigmoidImpl(T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = kernels::cpu::Sigmoid<T>(x[i]);
+}
+// d *= y (1 - y): the sigmoid's derivative from its output y.
+template <typename T>
+IPS_DIEN_INLINE void SigmoidBackwardImpl(const T* __restrict y, T* __restrict d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i] *= y[i] * (T(1) - y[i]);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define IPS_DIEN_AVX2 1
+__attribute__((target("avx2,fma"))) void MatMulAvx2(int64_t rows, int64_t k, int64_t n,
+                                                    const float* in, int64_t in_rs, int64_t in_cs,
+                                                    const float* m, const float* bias,
+                                                    bool accumulate, float* out, int64_t ld_out) {
+  MatMulImpl(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+}
+__attribute__((target("avx2,fma"))) void SigmoidAvx2(float* x, int64_t n) { SigmoidImpl(x, n); }
+__attribute__((target("avx2,fma"))) void SigmoidBackwardAvx2(const float* y, float* d, int64_t n) {
+  SigmoidBackwardImpl(y, d, n);
+}
+__attribute__((target("avx512f,avx512vl,fma"))) void MatMulAvx512(
+    int64_t rows, int64_t k, int64_t n, const float* in, int64_t in_rs, int64_t in_cs,
+    const float* m, const float* bias, bool accumulate, float* out, int64_t ld_out) {
+  MatMulImpl<float, 64, 8>(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+}
+__attribute__((target("avx512f,avx512vl,fma"))) void RowDotAvx512(int64_t rows, int64_t k,
+                                                                  const float* in, int64_t ld_in,
+                                                                  const float* w, float bias,
+                                                                  float* out) {
+  RowDotImpl<float, 64>(rows, k, in, ld_in, w, bias, out);
+}
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("fma");
+  return has;
+}
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+namespace aux_internal {
+
+template <typename T>
+void MatMul(int64_t rows, int64_t k, int64_t n, const T* in, int64_t in_rs, int64_t in_cs,
+            const T* m, const T* bias, bool accumulate, T* out, int64_t ld_out) {
+#ifdef IPS_DIEN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (HasAvx512())
+      return MatMulAvx512(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+    if (HasAvx2())
+      return MatMulAvx2(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+  }
+#endif
+  MatMulImpl(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+}
+
+template <typename T>
+void RowDot(int64_t rows, int64_t k, const T* in, int64_t ld_in, const T* w, T bias, T* out) {
+#ifdef IPS_DIEN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (HasAvx512()) return RowDotAvx512(rows, k, in, ld_in, w, bias, out);
+  }
+#endif
+  RowDotImpl(rows, k, in, ld_in, w, bias, out);
+}
+
+template <typename T>
+void SigmoidInPlace(T* x, int64_t n) {
+#ifdef IPS_DIEN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (HasAvx2()) return SigmoidAvx2(x, n);
+  }
+#endif
+  SigmoidImpl(x, n);
+}
+
+template <typename T>
+void SigmoidBackwardInPlace(const T* y, T* d, int64_t n) {
+#ifdef IPS_DIEN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (HasAvx2()) return SigmoidBackwardAvx2(y, d, n);
+  }
+#endif
+  SigmoidBackwardImpl(y, d, n);
+}
+
+}  // namespace aux_internal
+
+}  // namespace
+
+const char* DienCellName(DienCell c) { return c == DienCell::kLstm ? "lstm" : "gru"; }
+
+Status ValidateDienOptions(const DienOptions& o) {
+  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
+  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
+  if (o.rnn_hidden != 0 && o.rnn_hidden != 2 * o.embedding_dim)
+    return Bad("rnn_hidden",
+               "must be 0 or 2 * embedding_dim = " + std::to_string(2 * o.embedding_dim) +
+                   " (the attention compares the target with the extractor states), got " +
+                   std::to_string(o.rnn_hidden));
+  if (o.cell != DienCell::kGru && o.cell != DienCell::kLstm)
+    return Bad("cell", "must be GRU or LSTM");
+  for (size_t i = 0; i < o.aux_hidden.size(); ++i)
+    if (o.aux_hidden[i] < 1) return Bad("aux_hidden[" + std::to_string(i) + "]", "must be >= 1");
+  if (!std::isfinite(o.aux_loss_weight) || o.aux_loss_weight < 0)
+    return Bad("aux_loss_weight", "must be finite and >= 0");
+  if (o.attention_hidden1 < 1) return Bad("attention_hidden1", "must be >= 1");
+  if (o.attention_hidden2 < 1) return Bad("attention_hidden2", "must be >= 1");
+  for (size_t i = 0; i < o.mlp_hidden.size(); ++i)
+    if (o.mlp_hidden[i] < 1) return Bad("mlp_hidden[" + std::to_string(i) + "]", "must be >= 1");
+  if (o.activation == MlpActivation::kDice && o.max_batch < 2 && !o.mlp_hidden.empty())
+    return Bad("max_batch", "Dice needs batches of at least 2 rows");
+  return Status::Ok();
+}
+
+template <typename T>
+Dien<T>::Dien(const DienOptions& o) : o_(o) {}
+
+template <typename T>
+kernels::RnnShape Dien<T>::ExtractorShape(int64_t batch) const {
+  kernels::RnnShape s;
+  s.cell = o_.cell == DienCell::kLstm ? kernels::RnnCell::kLstm : kernels::RnnCell::kGru;
+  s.batch = batch;
+  s.steps = o_.max_len;
+  s.input = 2 * o_.embedding_dim;
+  s.hidden = hidden_;
+  return s;
+}
+
+template <typename T>
+kernels::RnnShape Dien<T>::AugruShape(int64_t batch) const {
+  kernels::RnnShape s;
+  s.cell = kernels::RnnCell::kAugru;
+  s.batch = batch;
+  s.steps = o_.max_len;
+  s.input = hidden_;
+  s.hidden = hidden_;
+  return s;
+}
+
+template <typename T>
+StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
+  IPS_RETURN_IF_ERROR(ValidateDienOptions(options));
+  std::unique_ptr<Dien<T>> m(new Dien<T>(options));
+  const DienOptions& o = m->o_;
+  const int64_t D = o.embedding_dim, E = 2 * D, H = E, B = o.max_batch, L = o.max_len;
+  const int64_t A1 = o.attention_hidden1, A2 = o.attention_hidden2;
+  m->hidden_ = H;
+  const int64_t G = o.cell == DienCell::kLstm ? 4 : 3;
+
+  // Registration order = the peer's module order: gru, aux, attn, augru, top.
+  DenseParams<T>& p = m->params_;
+  const std::string rnn = o.cell == DienCell::kLstm ? "lstm" : "gru";
+  m->rnn_w_ih_ = p.Add(rnn + ".weight_ih_l0", G * H * E);
+  m->rnn_w_hh_ = p.Add(rnn + ".weight_hh_l0", G * H * H);
+  m->rnn_b_ih_ = p.Add(rnn + ".bias_ih_l0", G * H);
+  m->rnn_b_hh_ = p.Add(rnn + ".bias_hh_l0", G * H);
+  m->aux_sizes_ = {H + E};
+  m->aux_sizes_.insert(m->aux_sizes_.end(), o.aux_hidden.begin(), o.aux_hidden.end());
+  m->aux_sizes_.push_back(1);
+  const size_t aux_layers = m->aux_sizes_.size() - 1;
+  for (size_t i = 0; i < aux_layers; ++i) {
+    const std::string n = "aux." + std::to_string(2 * i);
+    m->aux_w_.push_back(p.Add(n + ".weight", m->aux_sizes_[i] * m->aux_sizes_[i + 1]));
+    m->aux_b_.push_back(p.Add(n + ".bias", m->aux_sizes_[i + 1]));
+  }
+  m->w1_ = p.Add("attn.net.0.weight", A1 * 4 * H);
+  m->b1_ = p.Add("attn.net.0.bias", A1);
+  m->w2_ = p.Add("attn.net.2.weight", A2 * A1);
+  m->b2_ = p.Add("attn.net.2.bias", A2);
+  m->w3_ = p.Add("attn.net.4.weight", A2);
+  m->b3_ = p.Add("attn.net.4.bias", 1);
+  m->au_w_ih_ = p.Add("augru.x2h.weight", 3 * H * H);
+  m->au_b_ih_ = p.Add("augru.x2h.bias", 3 * H);
+  m->au_w_hh_ = p.Add("augru.h2h.weight", 3 * H * H);
+  m->au_b_hh_ = p.Add("augru.h2h.bias", 3 * H);
+  std::vector<int64_t> sizes = {H + E};
+  sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
+  sizes.push_back(1);
+  m->mlp_ = std::make_unique<Mlp<T>>(&p, "top", sizes, o.activation, B);
+  p.Finalize();
+
+  Rng rng(o.seed);
+  {  // nn.GRU / nn.LSTM: every tensor U(-1/sqrt(H), 1/sqrt(H)).
+    const double bound = 1.0 / std::sqrt(static_cast<double>(H));
+    const int64_t offs[4] = {m->rnn_w_ih_, m->rnn_w_hh_, m->rnn_b_ih_, m->rnn_b_hh_};
+    const int64_t lens[4] = {G * H * E, G * H * H, G * H, G * H};
+    for (int q = 0; q < 4; ++q)
+      for (int64_t i = 0; i < lens[q]; ++i)
+        p.value(offs[q])[i] = static_cast<T>((2 * rng.Uniform() - 1) * bound);
+  }
+  for (size_t i = 0; i < aux_layers; ++i)
+    InitLinearTorchDefault(rng, m->aux_sizes_[i], m->aux_sizes_[i + 1], p.value(m->aux_w_[i]),
+                           p.value(m->aux_b_[i]));
+  InitLinearTorchDefault(rng, 4 * H, A1, p.value(m->w1_), p.value(m->b1_));
+  InitLinearTorchDefault(rng, A1, A2, p.value(m->w2_), p.value(m->b2_));
+  InitLinearTorchDefault(rng, A2, int64_t{1}, p.value(m->w3_), p.value(m->b3_));
+  InitLinearTorchDefault(rng, H, 3 * H, p.value(m->au_w_ih_), p.value(m->au_b_ih_));
+  InitLinearTorchDefault(rng, H, 3 * H, p.value(m->au_w_hh_), p.value(m->au_b_hh_));
+  m->mlp_->Init(rng);
+
+  auto size = [](int64_t n) { return static_cast<size_t>(n); };
+  const kernels::RnnShape es = m->ExtractorShape(B), as = m->AugruShape(B);
+  const size_t elem = sizeof(T);
+  m->first_valid_.resize(size(B));
+  m->pair_offset_.resize(size(B + 1));
+  m->x_.resize(size(B * L * E));
+  m->target_.resize(size(B * E));
+  m->states_.resize(size(B * L * H));
+  m->ext_final_h_.resize(size(B * H));
+  m->ext_final_c_.resize(size(B * H));
+  m->ext_reserve_.resize(ElemsFor(kernels::RnnReserveBytes<T>(es), elem));
+  m->att_.resize(size(B * L));
+  m->attn_saved_.resize(size(kernels::DinAttentionSavedSize(B, L, H, A1, A2)));
+  m->au_states_.resize(size(B * L * H));
+  m->au_reserve_.resize(ElemsFor(kernels::RnnReserveBytes<T>(as), elem));
+  m->final_h_.resize(size(B * H));
+  m->mlp_in_.resize(size(B * (H + E)));
+  m->logits_.resize(size(B));
+  const int64_t max_pairs = B * std::max<int64_t>(L - 1, 0);
+  if (!o.aux_loss_disabled) {
+    m->pair_row_.resize(size(max_pairs));
+    m->d_aux_h_.resize(size(max_pairs * H));
+    m->d_aux_pos_.resize(size(max_pairs * E));
+    m->d_aux_neg_.resize(size(max_pairs * E));
+    int64_t off = 0, widest = 0;
+    for (size_t i = 0; i < aux_layers; ++i) {
+      m->aux_out_.emplace_back(size(2 * max_pairs * m->aux_sizes_[i + 1]));
+      m->aux_w_off_.push_back(off);
+      off += m->aux_sizes_[i] * m->aux_sizes_[i + 1];
+      m->aux_b_off_.push_back(off);
+      off += m->aux_sizes_[i + 1];
+      widest = std::max({widest, m->aux_sizes_[i], m->aux_sizes_[i + 1]});
+    }
+    m->aux_part_elems_ = off;
+    m->aux_wt_.resize(size(off));
+    m->aux_partials_.resize(size(kAuxMaxParts * off));
+    m->aux_w0h_.resize(size(m->aux_sizes_[1] * H));
+    m->aux_w0e_.resize(size(m->aux_sizes_[1] * E));
+    m->aux_scratch_.resize(size(kAuxMaxParts));
+    for (AuxScratch& sc : m->aux_scratch_) {
+      sc.hin.resize(size(kAuxTile * H));
+      sc.epos.resize(size(kAuxTile * E));
+      sc.eneg.resize(size(kAuxTile * E));
+      sc.da.resize(size(2 * kAuxTile * widest));
+      sc.dz.resize(size(2 * kAuxTile * widest));
+    }
+  }
+  const size_t ws = std::max(
+      {kernels::RnnForwardWorkspaceBytes<T>(es), kernels::RnnBackwardWorkspaceBytes<T>(es),
+       kernels::RnnForwardWorkspaceBytes<T>(as), kernels::RnnBackwardWorkspaceBytes<T>(as)});
+  m->rnn_workspace_.resize(ElemsFor(ws, elem));
+  m->attn_workspace_.resize(size(kernels::DinAttentionBackwardWorkspaceSize(B, L, H, A1, A2)));
+  m->d_logits_.resize(size(B));
+  m->d_mlp_in_.resize(size(B * (H + E)));
+  m->d_final_.resize(size(B * H));
+  m->d_au_x_.resize(size(B * L * H));
+  m->d_att_.resize(size(B * L));
+  m->d_query_.resize(size(B * E));
+  m->d_keys_.resize(size(B * L * H));
+  m->d_states_.resize(size(B * L * H));
+  m->d_x_.resize(size(B * L * E));
+  m->g_item_.resize(size((2 * B * L + B) * D));
+  m->g_cat_.resize(size((2 * B * L + B) * D));
+  return m;
+}
+
+template <typename T>
+Status Dien<T>::CheckInputs(const CtrInputs<T>& in, bool training) const {
+  const int64_t B = in.batch, L = o_.max_len;
+  if (B < 1 || B > o_.max_batch)
+    return InvalidArgumentError("Dien: batch " + std::to_string(B) + " outside [1, " +
+                                std::to_string(o_.max_batch) + "]");
+  if (in.lengths == nullptr || in.item_index == nullptr || in.cat_index == nullptr ||
+      in.item_rows == nullptr || in.cat_rows == nullptr)
+    return InvalidArgumentError("Dien: null lengths, index or row pointer");
+  for (int64_t b = 0; b < B; ++b)
+    if (in.lengths[b] < 0 || in.lengths[b] > L)
+      return InvalidArgumentError("Dien: lengths[" + std::to_string(b) +
+                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
+                                  std::to_string(L) + "]");
+  // The negatives are only read when the auxiliary loss is computed.
+  const bool negatives = AuxActive(in, training);
+  const int64_t n = (negatives ? 2 * B * L : B * L) + B;
+  for (int64_t i = 0; i < n; ++i) {
+    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
+      return InvalidArgumentError("Dien: item_index[" + std::to_string(i) +
+                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
+                                  std::to_string(in.num_item_rows) + ")");
+    if (in.cat_index[i] < 0 || in.cat_index[i] >= in.num_cat_rows)
+      return InvalidArgumentError("Dien: cat_index[" + std::to_string(i) +
+                                  "] = " + std::to_string(in.cat_index[i]) + " outside [0, " +
+                                  std::to_string(in.num_cat_rows) + ")");
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+kernels::DinAttentionArgs<T> Dien<T>::AttentionArgs(const CtrInputs<T>& in) const {
+  kernels::DinAttentionArgs<T> a = kernels::DienAttentionArgs<T>(
+      in.batch, o_.max_len, hidden_, target_.data(), states_.data(), in.lengths);
+  a.hidden1 = o_.attention_hidden1;
+  a.hidden2 = o_.attention_hidden2;
+  a.w1 = params_.value(w1_);
+  a.b1 = params_.value(b1_);
+  a.w2 = params_.value(w2_);
+  a.b2 = params_.value(b2_);
+  a.w3 = params_.value(w3_);
+  a.b3 = params_.value(b3_);
+  return a;
+}
+
+template <typename T>
+Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+                        T* loss) {
+  have_training_forward_ = false;
+  IPS_RETURN_IF_ERROR(CheckInputs(in, training));
+  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+
+  pair_offset_[0] = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    first_valid_[b] = L - in.lengths[b];
+    pair_offset_[b + 1] = pair_offset_[b] + std::max<int64_t>(in.lengths[b] - 1, 0);
+    if (!pair_row_.empty())
+      for (int64_t p = pair_offset_[b]; p < pair_offset_[b + 1]; ++p)
+        pair_row_[p] = static_cast<int32_t>(b);
+  }
+
+  // Roll to right padding while gathering [item_emb, cat_emb]: rolled step t of row b is the
+  // left-padded position first_valid + t. Padded steps are zero (the kernels never read them).
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], fv = first_valid_[b];
+      for (int64_t t = 0; t < L; ++t) {
+        T* dst = x_.data() + (b * L + t) * E;
+        if (t >= len) {
+          std::memset(dst, 0, 2 * row_bytes);
+        } else {
+          const int64_t pos = b * L + fv + t;
+          std::memcpy(dst, in.item_rows + in.item_index[pos] * D, row_bytes);
+          std::memcpy(dst + D, in.cat_rows + in.cat_index[pos] * D, row_bytes);
+        }
+      }
+      T* tgt = target_.data() + b * E;
+      std::memcpy(tgt, in.item_rows + in.item_index[B * L + b] * D, row_bytes);
+      std::memcpy(tgt + D, in.cat_rows + in.cat_index[B * L + b] * D, row_bytes);
+    }
+  });
+
+  // Interest extractor.
+  {
+    kernels::RnnForwardArgs<T> r;
+    r.shape = ExtractorShape(B);
+    r.x = x_.data();
+    r.lengths = in.lengths;
+    r.w_ih = params_.value(rnn_w_ih_);
+    r.w_hh = params_.value(rnn_w_hh_);
+    r.b_ih = params_.value(rnn_b_ih_);
+    r.b_hh = params_.value(rnn_b_hh_);
+    r.states = states_.data();
+    r.final_h = ext_final_h_.data();
+    r.final_c = ext_final_c_.data();
+    r.reserve = ext_reserve_.data();
+    r.workspace = rnn_workspace_.data();
+    IPS_RETURN_IF_ERROR(kernels::RnnForward(ctx, r));
+  }
+
+  // Auxiliary loss: a training-only term (the peer's loss(); its evaluation calls score()).
+  aux_computed_ = AuxActive(in, training);
+  aux_loss_ = T(0);
+  aux_pairs_ = 0;
+  if (aux_computed_) IPS_RETURN_IF_ERROR(AuxForward(ctx, in));
+
+  // Target attention over the extractor states (softmax over valid steps), or a_t = 1 at valid
+  // steps when ablated.
+  if (o_.attention_disabled) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < L; ++t) att_[b * L + t] = t < in.lengths[b] ? T(1) : T(0);
+  } else {
+    IPS_RETURN_IF_ERROR(kernels::DinAttentionForward(ctx, AttentionArgs(in), att_.data(), nullptr,
+                                                     attn_saved_.data()));
+  }
+
+  // Interest evolution: AUGRU over the states; final_h = state after the last valid step.
+  {
+    kernels::RnnForwardArgs<T> r;
+    r.shape = AugruShape(B);
+    r.x = states_.data();
+    r.lengths = in.lengths;
+    r.w_ih = params_.value(au_w_ih_);
+    r.w_hh = params_.value(au_w_hh_);
+    r.b_ih = params_.value(au_b_ih_);
+    r.b_hh = params_.value(au_b_hh_);
+    r.att = att_.data();
+    r.states = au_states_.data();
+    r.final_h = final_h_.data();
+    r.reserve = au_reserve_.data();
+    r.workspace = rnn_workspace_.data();
+    IPS_RETURN_IF_ERROR(kernels::RnnForward(ctx, r));
+  }
+
+  // mlp_in = [h_final, target].
+  ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* row = mlp_in_.data() + b * (H + E);
+      std::memcpy(row, final_h_.data() + b * H, sizeof(T) * H);
+      std::memcpy(row + H, target_.data() + b * E, sizeof(T) * E);
+    }
+  });
+  const T* out = nullptr;
+  IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
+  std::memcpy(logits_.data(), out, sizeof(T) * static_cast<size_t>(B));
+
+  if (in.labels != nullptr) {
+    kernels::BceWithLogitsArgs<T> l;
+    l.n = B;
+    l.reduction = kernels::Reduction::kMean;
+    l.logits = logits_.data();
+    l.labels = in.labels;
+    l.loss = loss_scratch_;
+    IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
+    click_loss_ = loss_scratch_[0];
+    if (loss != nullptr) *loss = click_loss_ + static_cast<T>(o_.aux_loss_weight) * aux_loss_;
+    have_training_forward_ = training;
+    forward_batch_ = B;
+  }
+  return Status::Ok();
+}
+
+// ---- Auxiliary MLP ---------------------------------------------------------------------------
+// The auxiliary MLP is the largest dense cost of the model (2 rows per pair, up to 2·B·(T-1) =
+// 50,176 rows at the peer's shape, against B = 512 rows for the top MLP), so it runs fused per
+// tile of kAuxTile pairs on the pool's threads: gather the inputs, all layers, the loss, and in
+// the backward all gradients, with the tile's activations in L1/L2. The first layer is split as
+// W·[h, e] = W_h·h + W_e·e, so the h part is computed once for the positive and the negative of
+// a pair (exact: the same sums in a different order).
+
+template <typename T>
+void Dien<T>::AuxGatherTile(const CtrInputs<T>& in, int64_t p0, int64_t p1, T* hin, T* epos,
+                            T* eneg) const {
+  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  const int64_t neg_base = B * L + B;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t b = pair_row_[p], t = p - pair_offset_[b], r = p - p0;
+    std::memcpy(hin + r * H, states_.data() + (b * L + t) * H, sizeof(T) * H);
+    std::memcpy(epos + r * E, x_.data() + (b * L + t + 1) * E, sizeof(T) * E);
+    const int64_t q = neg_base + b * L + first_valid_[b] + t + 1;
+    std::memcpy(eneg + r * E, in.item_rows + in.item_index[q] * D, row_bytes);
+    std::memcpy(eneg + r * E + D, in.cat_rows + in.cat_index[q] * D, row_bytes);
+  }
+}
+
+// Runs fn(part, tile_begin, tile_end) for the aux parts: contiguous pair ranges, one scratch set
+// per part, so results do not depend on which thread runs which part.
+template <typename T>
+template <typename Fn>
+void Dien<T>::ForAuxParts(const kernels::Context& ctx, int64_t pairs, const Fn& fn) {
+  const int64_t tiles = (pairs + kAuxTile - 1) / kAuxTile;
+  const int64_t threads = ctx.pool != nullptr ? ctx.pool->num_threads() : 1;
+  aux_parts_ = std::max<int64_t>(1, std::min<int64_t>({threads, kAuxMaxParts, tiles}));
+  const int64_t parts = aux_parts_;
+  auto run = [&](int64_t part) {
+    const int64_t t0 = part * tiles / parts, t1 = (part + 1) * tiles / parts;
+    fn(part, std::min(pairs, t0 * kAuxTile), std::min(pairs, t1 * kAuxTile));
+  };
+  if (parts == 1) {
+    run(0);
+  } else {
+    ctx.pool->ParallelFor(parts, 1, [&](int64_t b, int64_t e) {
+      for (int64_t part = b; part < e; ++part) run(part);
+    });
+  }
+}
+
+template <typename T>
+Status Dien<T>::AuxForward(const kernels::Context& ctx, const CtrInputs<T>& in) {
+  const int64_t B = in.batch, P = pair_offset_[B];
+  aux_pairs_ = P;
+  if (P == 0) return Status::Ok();
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  // Forward weights transposed to [in x out], so that the tile products stream their rows.
+  for (int64_t i = 0; i < nl; ++i) {
+    const int64_t n_in = aux_sizes_[i], n_out = aux_sizes_[i + 1];
+    const T* w = params_.value(aux_w_[i]);
+    T* wt = aux_wt_.data() + aux_w_off_[i];
+    for (int64_t j = 0; j < n_out; ++j)
+      for (int64_t k = 0; k < n_in; ++k) wt[k * n_out + j] = w[j * n_in + k];
+  }
+  ForAuxParts(ctx, P, [&](int64_t part, int64_t begin, int64_t end) {
+    double loss = 0;
+    for (int64_t p0 = begin; p0 < end; p0 += kAuxTile) {
+      const int64_t p1 = std::min(end, p0 + kAuxTile);
+      loss += AuxForwardTile(in, part, p0, p1);
+    }
+    aux_part_loss_[part] = loss;
+  });
+  double total = 0;
+  for (int64_t part = 0; part < aux_parts_; ++part) total += aux_part_loss_[part];
+  aux_loss_ = static_cast<T>(total / static_cast<double>(P));
+  return Status::Ok();
+}
+
+template <typename T>
+double Dien<T>::AuxForwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, int64_t p1) {
+  const int64_t D = o_.embedding_dim, E = 2 * D, H = hidden_, R = p1 - p0, P = aux_pairs_;
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  AuxScratch& sc = aux_scratch_[part];
+  AuxGatherTile(in, p0, p1, sc.hin.data(), sc.epos.data(), sc.eneg.data());
+  const int64_t rows0[2] = {p0, P + p0};  // first row of the positive / negative block
+  const T* e_in[2] = {sc.epos.data(), sc.eneg.data()};
+  {  // Layer 0, split into the shared h part and the per-block e part.
+    const int64_t n1 = aux_sizes_[1];
+    const T* wt = aux_wt_.data() + aux_w_off_[0];
+    T* base = sc.dz.data();
+    aux_internal::MatMul<T>(R, H, n1, sc.hin.data(), H, 1, wt, params_.value(aux_b_[0]), false,
+                            base, n1);
+    for (int k = 0; k < 2; ++k) {
+      T* out = aux_out_[0].data() + rows0[k] * n1;
+      std::memcpy(out, base, sizeof(T) * R * n1);
+      aux_internal::MatMul<T>(R, E, n1, e_in[k], E, 1, wt + H * n1, nullptr, true, out, n1);
+      if (nl > 1) aux_internal::SigmoidInPlace<T>(out, R * n1);
+    }
+  }
+  for (int64_t i = 1; i < nl; ++i) {
+    const int64_t n_in = aux_sizes_[i], n_out = aux_sizes_[i + 1];
+    for (int k = 0; k < 2; ++k) {
+      T* out = aux_out_[i].data() + rows0[k] * n_out;
+      const T* x = aux_out_[i - 1].data() + rows0[k] * n_in;
+      if (n_out == 1) {
+        aux_internal::RowDot<T>(R, n_in, x, n_in, params_.value(aux_w_[i]),
+                                params_.value(aux_b_[i])[0], out);
+      } else {
+        aux_internal::MatMul<T>(R, n_in, n_out, x, n_in, 1, aux_wt_.data() + aux_w_off_[i],
+                                params_.value(aux_b_[i]), false, out, n_out);
+      }
+      if (i + 1 < nl) aux_internal::SigmoidInPlace<T>(out, R * n_out);
+    }
+  }
+  // BCE(pos, 1) + BCE(neg, 0) = softplus(-x_pos) + softplus(x_neg).
+  const T* logit = aux_out_[nl - 1].data();
+  double loss = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const double xp = -static_cast<double>(logit[p0 + r]);
+    const double xn = static_cast<double>(logit[P + p0 + r]);
+    loss += std::max(xp, 0.0) + std::log1p(std::exp(-std::fabs(xp)));
+    loss += std::max(xn, 0.0) + std::log1p(std::exp(-std::fabs(xn)));
+  }
+  return loss;
+}
+
+template <typename T>
+void Dien<T>::ZeroAuxGrads() {
+  for (size_t i = 0; i + 1 < aux_sizes_.size(); ++i) {
+    std::fill(params_.grad(aux_w_[i]), params_.grad(aux_w_[i]) + aux_sizes_[i] * aux_sizes_[i + 1],
+              T(0));
+    std::fill(params_.grad(aux_b_[i]), params_.grad(aux_b_[i]) + aux_sizes_[i + 1], T(0));
+  }
+}
+
+template <typename T>
+Status Dien<T>::AuxBackward(const kernels::Context& ctx, const CtrInputs<T>& in) {
+  const int64_t P = aux_pairs_;
+  if (P == 0) {
+    ZeroAuxGrads();
+    return Status::Ok();
+  }
+  const int64_t H = hidden_, E = 2 * o_.embedding_dim, n1 = aux_sizes_[1];
+  // Layer 0's weight split into its h and e column blocks ([n1 x H], [n1 x E]) for d(inputs).
+  const T* w0 = params_.value(aux_w_[0]);
+  for (int64_t j = 0; j < n1; ++j) {
+    std::memcpy(aux_w0h_.data() + j * H, w0 + j * (H + E), sizeof(T) * H);
+    std::memcpy(aux_w0e_.data() + j * E, w0 + j * (H + E) + H, sizeof(T) * E);
+  }
+  const int64_t part_elems = aux_part_elems_;
+  ForAuxParts(ctx, P, [&](int64_t part, int64_t begin, int64_t end) {
+    T* partial = aux_partials_.data() + part * part_elems;
+    std::fill(partial, partial + part_elems, T(0));
+    for (int64_t p0 = begin; p0 < end; p0 += kAuxTile)
+      AuxBackwardTile(in, part, p0, std::min(end, p0 + kAuxTile));
+  });
+  // Weight gradients: the parts' partial sums, added in a fixed order.
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  for (int64_t i = 0; i < nl; ++i) {
+    const int64_t nw = aux_sizes_[i] * aux_sizes_[i + 1], nb = aux_sizes_[i + 1];
+    T* gw = params_.grad(aux_w_[i]);
+    T* gb = params_.grad(aux_b_[i]);
+    for (int64_t k = 0; k < nw; ++k) {
+      T v = 0;
+      for (int64_t part = 0; part < aux_parts_; ++part)
+        v += aux_partials_[part * part_elems + aux_w_off_[i] + k];
+      gw[k] = v;
+    }
+    for (int64_t k = 0; k < nb; ++k) {
+      T v = 0;
+      for (int64_t part = 0; part < aux_parts_; ++part)
+        v += aux_partials_[part * part_elems + aux_b_off_[i] + k];
+      gb[k] = v;
+    }
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+void Dien<T>::AuxBackwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, int64_t p1) {
+  const int64_t D = o_.embedding_dim, E = 2 * D, H = hidden_, R = p1 - p0, P = aux_pairs_;
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  AuxScratch& sc = aux_scratch_[part];
+  T* partial = aux_partials_.data() + part * aux_part_elems_;
+  AuxGatherTile(in, p0, p1, sc.hin.data(), sc.epos.data(), sc.eneg.data());
+  const int64_t rows0[2] = {p0, P + p0};
+  // dL/dlogit = weight / P * (sigmoid(x) - y), positives (y = 1) in rows [0, R) of the tile
+  // buffers, negatives (y = 0) in rows [R, 2R).
+  T* cur = sc.da.data();
+  T* next = sc.dz.data();
+  const T scale = static_cast<T>(o_.aux_loss_weight / static_cast<double>(P));
+  const T* logit = aux_out_[nl - 1].data();
+  for (int64_t r = 0; r < R; ++r) {
+    cur[r] = scale * (kernels::cpu::Sigmoid<T>(logit[p0 + r]) - T(1));
+    cur[R + r] = scale * kernels::cpu::Sigmoid<T>(logit[P + p0 + r]);
+  }
+  for (int64_t i = nl - 1; i >= 0; --i) {
+    const int64_t n_in = aux_sizes_[i], n_out = aux_sizes_[i + 1];
+    // cur holds dL/d(output of layer i) [2R x n_out]; turn it into dL/d(pre-activation).
+    if (i + 1 < nl) {
+      for (int k = 0; k < 2; ++k)
+        aux_internal::SigmoidBackwardInPlace<T>(aux_out_[i].data() + rows0[k] * n_out,
+                                                cur + k * R * n_out, R * n_out);
+    }
+    T* gb = partial + aux_b_off_[i];
+    for (int64_t r = 0; r < 2 * R; ++r)
+      for (int64_t c = 0; c < n_out; ++c) gb[c] += cur[r * n_out + c];
+    T* gw = partial + aux_w_off_[i];
+    if (i > 0) {
+      for (int k = 0; k < 2; ++k)
+        aux_internal::MatMul<T>(n_out, R, n_in, cur + k * R * n_out, 1, n_out,
+                                aux_out_[i - 1].data() + rows0[k] * n_in, nullptr, true, gw, n_in);
+      // dL/d(output of layer i - 1) = dpre · W_i, W_i as stored ([n_out x n_in]).
+      aux_internal::MatMul<T>(2 * R, n_out, n_in, cur, n_out, 1, params_.value(aux_w_[i]), nullptr,
+                              false, next, n_in);
+      std::swap(cur, next);
+      continue;
+    }
+    // Layer 0: the h part sees the sum of both blocks' gradients.
+    T* dsum = next;
+    for (int64_t k = 0; k < R * n_out; ++k) dsum[k] = cur[k] + cur[R * n_out + k];
+    aux_internal::MatMul<T>(n_out, R, H, dsum, 1, n_out, sc.hin.data(), nullptr, true, gw, H + E);
+    aux_internal::MatMul<T>(n_out, R, E, cur, 1, n_out, sc.epos.data(), nullptr, true, gw + H,
+                            H + E);
+    aux_internal::MatMul<T>(n_out, R, E, cur + R * n_out, 1, n_out, sc.eneg.data(), nullptr, true,
+                            gw + H, H + E);
+    aux_internal::MatMul<T>(R, n_out, H, dsum, n_out, 1, aux_w0h_.data(), nullptr, false,
+                            d_aux_h_.data() + p0 * H, H);
+    aux_internal::MatMul<T>(R, n_out, E, cur, n_out, 1, aux_w0e_.data(), nullptr, false,
+                            d_aux_pos_.data() + p0 * E, E);
+    aux_internal::MatMul<T>(R, n_out, E, cur + R * n_out, n_out, 1, aux_w0e_.data(), nullptr, false,
+                            d_aux_neg_.data() + p0 * E, E);
+  }
+}
+
+template <typename T>
+Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+                         T* d_cat_rows) {
+  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+    return FailedPreconditionError(
+        "Dien::Backward needs a Forward(training = true) with labels on the same batch first");
+  if (d_item_rows == nullptr || d_cat_rows == nullptr)
+    return InvalidArgumentError("Dien::Backward: null d_item_rows or d_cat_rows");
+  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
+  const int64_t W = H + E;
+
+  // Click loss -> top MLP -> [d_final, d_target].
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = B;
+  l.reduction = kernels::Reduction::kMean;
+  l.logits = logits_.data();
+  l.labels = in.labels;
+  l.dloss = T(1);
+  l.dlogits = d_logits_.data();
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+  IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(d_final_.data() + b * H, d_mlp_in_.data() + b * W, sizeof(T) * H);
+
+  // AUGRU -> d(states) of the evolution path and d(attention weights).
+  {
+    kernels::RnnBackwardArgs<T> r;
+    r.shape = AugruShape(B);
+    r.x = states_.data();
+    r.lengths = in.lengths;
+    r.w_ih = params_.value(au_w_ih_);
+    r.w_hh = params_.value(au_w_hh_);
+    r.att = att_.data();
+    r.states = au_states_.data();
+    r.reserve = au_reserve_.data();
+    r.d_final_h = d_final_.data();
+    r.d_x = d_au_x_.data();
+    r.d_w_ih = params_.grad(au_w_ih_);
+    r.d_w_hh = params_.grad(au_w_hh_);
+    r.d_b_ih = params_.grad(au_b_ih_);
+    r.d_b_hh = params_.grad(au_b_hh_);
+    r.d_att = d_att_.data();
+    r.workspace = rnn_workspace_.data();
+    IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
+  }
+
+  // Attention -> d(target) and d(states) of the attention path.
+  const int64_t A1 = o_.attention_hidden1, A2 = o_.attention_hidden2;
+  T* attn_grads[6] = {params_.grad(w1_), params_.grad(b1_), params_.grad(w2_),
+                      params_.grad(b2_), params_.grad(w3_), params_.grad(b3_)};
+  if (o_.attention_disabled) {
+    std::fill(d_query_.begin(), d_query_.begin() + B * E, T(0));
+    std::fill(d_keys_.begin(), d_keys_.begin() + B * L * H, T(0));
+    const int64_t sizes[6] = {A1 * 4 * H, A1, A2 * A1, A2, A2, 1};
+    for (int i = 0; i < 6; ++i) std::fill(attn_grads[i], attn_grads[i] + sizes[i], T(0));
+  } else {
+    kernels::DinAttentionGrads<T> g;
+    g.d_query = d_query_.data();
+    g.d_keys = d_keys_.data();
+    g.d_w1 = attn_grads[0];
+    g.d_b1 = attn_grads[1];
+    g.d_w2 = attn_grads[2];
+    g.d_b2 = attn_grads[3];
+    g.d_w3 = attn_grads[4];
+    g.d_b3 = attn_grads[5];
+    IPS_RETURN_IF_ERROR(kernels::DinAttentionBackward(ctx, AttentionArgs(in), attn_saved_.data(),
+                                                      d_att_.data(), nullptr, g,
+                                                      attn_workspace_.data()));
+  }
+
+  // Auxiliary MLP -> d(aux inputs).
+  if (aux_computed_) {
+    IPS_RETURN_IF_ERROR(AuxBackward(ctx, in));
+  } else {
+    ZeroAuxGrads();
+  }
+  const int64_t P = aux_computed_ ? aux_pairs_ : 0;
+
+  // Total gradient of the extractor states: evolution input + attention keys + aux pairs' h_t.
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b];
+      for (int64_t t = 0; t < L; ++t) {
+        T* d = d_states_.data() + (b * L + t) * H;
+        if (t >= len) {
+          std::fill(d, d + H, T(0));
+          continue;
+        }
+        const T* da = d_au_x_.data() + (b * L + t) * H;
+        const T* dk = d_keys_.data() + (b * L + t) * H;
+        for (int64_t c = 0; c < H; ++c) d[c] = da[c] + dk[c];
+        if (P > 0 && t + 1 < len) {
+          const T* dh = d_aux_h_.data() + (pair_offset_[b] + t) * H;
+          for (int64_t c = 0; c < H; ++c) d[c] += dh[c];
+        }
+      }
+    }
+  });
+
+  // Interest extractor -> d(rolled behaviours).
+  {
+    kernels::RnnBackwardArgs<T> r;
+    r.shape = ExtractorShape(B);
+    r.x = x_.data();
+    r.lengths = in.lengths;
+    r.w_ih = params_.value(rnn_w_ih_);
+    r.w_hh = params_.value(rnn_w_hh_);
+    r.states = states_.data();
+    r.reserve = ext_reserve_.data();
+    r.d_states = d_states_.data();
+    r.d_x = d_x_.data();
+    r.d_w_ih = params_.grad(rnn_w_ih_);
+    r.d_w_hh = params_.grad(rnn_w_hh_);
+    r.d_b_ih = params_.grad(rnn_b_ih_);
+    r.d_b_hh = params_.grad(rnn_b_hh_);
+    r.workspace = rnn_workspace_.data();
+    IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
+  }
+
+  // Per-position row gradients in the input layout: history positions (un-rolled) get d_x plus
+  // the positive pair's e_{t+1} gradient, targets the MLP's and the query's, negatives their
+  // pair's e'_{t+1} gradient; padded and unused positions zero.
+  const int64_t neg_base = B * L + B;
+  const int64_t n_pos = aux_computed_ ? 2 * B * L + B : B * L + B;
+  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = in.lengths[b], fv = first_valid_[b];
+      for (int64_t s = 0; s < L; ++s) {  // s: left-padded position
+        const int64_t t = s - fv;        // rolled step
+        T* gi = g_item_.data() + (b * L + s) * D;
+        T* gc = g_cat_.data() + (b * L + s) * D;
+        if (t < 0) {
+          std::fill(gi, gi + D, T(0));
+          std::fill(gc, gc + D, T(0));
+          continue;
+        }
+        const T* dx = d_x_.data() + (b * L + t) * E;
+        for (int64_t c = 0; c < D; ++c) {
+          gi[c] = dx[c];
+          gc[c] = dx[D + c];
+        }
+        if (P > 0 && t >= 1) {  // e_t is the positive of pair (t - 1, t)
+          const T* dp = d_aux_pos_.data() + (pair_offset_[b] + t - 1) * E;
+          for (int64_t c = 0; c < D; ++c) {
+            gi[c] += dp[c];
+            gc[c] += dp[D + c];
+          }
+        }
+      }
+      const T* dt = d_mlp_in_.data() + b * W + H;
+      const T* dq = d_query_.data() + b * E;
+      T* gi = g_item_.data() + (B * L + b) * D;
+      T* gc = g_cat_.data() + (B * L + b) * D;
+      for (int64_t c = 0; c < D; ++c) {
+        gi[c] = dt[c] + dq[c];
+        gc[c] = dt[D + c] + dq[D + c];
+      }
+      if (!aux_computed_) continue;
+      for (int64_t s = 0; s < L; ++s) {
+        const int64_t t = s - fv;
+        T* ni = g_item_.data() + (neg_base + b * L + s) * D;
+        T* nc = g_cat_.data() + (neg_base + b * L + s) * D;
+        if (P == 0 || t < 1 || t >= len) {
+          std::fill(ni, ni + D, T(0));
+          std::fill(nc, nc + D, T(0));
+          continue;
+        }
+        const T* dn = d_aux_neg_.data() + (pair_offset_[b] + t - 1) * E;
+        for (int64_t c = 0; c < D; ++c) {
+          ni[c] = dn[c];
+          nc[c] = dn[D + c];
+        }
+      }
+    }
+  });
+
+  kernels::ScatterAddArgs<T> s;
+  s.grad_rows = g_item_.data();
+  s.inverse = in.item_index;
+  s.n = n_pos;
+  s.dim = D;
+  s.num_unique = in.num_item_rows;
+  s.grad_unique = d_item_rows;
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  s.grad_rows = g_cat_.data();
+  s.inverse = in.cat_index;
+  s.num_unique = in.num_cat_rows;
+  s.grad_unique = d_cat_rows;
+  return kernels::ScatterAdd(ctx, s);
+}
+
+template class Dien<float>;
+template class Dien<double>;
+
+}  // namespace ips::models

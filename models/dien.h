@@ -1,0 +1,223 @@
+// Dien: the Deep Interest Evolution Network exactly as the peer defines it
+// (../shared/peers/README.md, "DIEN"; torch_models.DIEN / AUGRU), as an explicit forward and
+// backward pass over kernels/.
+//
+//   behaviour/target e = [item_emb, cat_emb]                                (E = 2 * dim)
+//   history rolled from left to right padding (step 0 = the oldest valid behaviour)
+//   h_t     = GRU (or LSTM) interest extractor over e_t                     (H = E)
+//   aux     = mean over valid pairs (t, t+1) of BCE(aux_MLP([h_t, e_{t+1}]), 1)
+//             + BCE(aux_MLP([h_t, e'_{t+1}]), 0); aux_MLP = 2H -> 100 -> 50 -> 1, sigmoid between
+//   a_t     = masked softmax over valid t of ActivationUnit(target, h_t)
+//   h_final = AUGRU(h_t, a_t): the state after the last valid step (0 for an empty history)
+//   logit   = MLP([h_final, target] (H + E) -> 200 -> 80 -> 1), PReLU or Dice
+//   loss    = mean BCE-with-logits(logit, label) + aux_loss_weight * aux
+//
+// e'_{t+1} is the auxiliary negative sampled for history position t+1 (the CtrInputs layout of
+// models/model.h puts [B x T] negatives after the targets, aligned with the history positions;
+// the peer rolls them with the same index as the history). The negative at the oldest valid
+// position is never used (no state precedes it), and its rows get zero gradient.
+//
+// The model owns its dense weights (DenseParams, registered in the peer's module order: gru,
+// aux, attn, augru, top) and nothing sparse; Backward returns one gradient row per pulled row.
+// Every buffer is allocated at Create() for options.max_batch rows: Forward/Backward allocate
+// nothing. Templated on T (float for training, double for gradient checks).
+//
+// Why the auxiliary pairs are compacted: the peer runs the auxiliary MLP over every (t, t+1),
+// padded or not, and masks the loss afterwards; only valid pairs change the loss or any
+// gradient, so running the MLP over just those rows is exact and does less work on real data.
+//
+// Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
+#ifndef IPS_MODELS_DIEN_H_
+#define IPS_MODELS_DIEN_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/attention.h"
+#include "kernels/context.h"
+#include "kernels/recurrent.h"
+#include "models/layers.h"
+#include "models/model.h"
+
+namespace ips::models {
+
+// The interest extractor's recurrent cell (the evolution layer is always the AUGRU).
+enum class DienCell { kGru, kLstm };
+const char* DienCellName(DienCell c);
+
+struct DienOptions {
+  int64_t embedding_dim = 18;  // width of each table; a behaviour is 2 * embedding_dim wide
+  int64_t max_len = 50;        // history length T (histories are left-padded to it)
+  int64_t max_batch = 512;     // buffers are sized for this many rows
+  // Hidden width of the extractor and of the AUGRU. 0 means 2 * embedding_dim (the peer's 36);
+  // any other value must equal 2 * embedding_dim, because the activation unit compares the
+  // target embedding with the extractor's states (the peer asserts the same).
+  int64_t rnn_hidden = 0;
+  DienCell cell = DienCell::kGru;
+  std::vector<int64_t> aux_hidden = {100, 50};  // auxiliary MLP, sigmoid between layers
+  double aux_loss_weight = 1.0;
+  int64_t attention_hidden1 = 80;
+  int64_t attention_hidden2 = 40;
+  std::vector<int64_t> mlp_hidden = {200, 80};
+  MlpActivation activation = MlpActivation::kPrelu;
+  // Ablation switches (tests use them to show that each part carries signal):
+  // attention_disabled: skip the activation unit; the AUGRU gets a_t = 1 at every valid step
+  //   (so it evolves like a GRU that ignores the target) and the unit's weights get zero
+  //   gradients.
+  // aux_loss_disabled: no auxiliary MLP at all; the loss is the click BCE alone, the auxiliary
+  //   weights and negative rows get zero gradients.
+  bool attention_disabled = false;
+  bool aux_loss_disabled = false;
+  uint64_t seed = 0;  // dense initialisation (Rng); embedding rows are initialised by the store
+};
+
+// INVALID_ARGUMENT naming the first bad field ("DienOptions.<field>: ...").
+Status ValidateDienOptions(const DienOptions& o);
+
+template <typename T>
+class Dien final : public CtrModel<T> {
+ public:
+  // Validates the options, allocates every buffer for max_batch and initialises the dense
+  // weights from Rng(seed) in the peer's module order with torch's defaults (nn.GRU / nn.LSTM:
+  // U(-1/sqrt(H), 1/sqrt(H)) for every tensor; nn.Linear: InitLinearTorchDefault).
+  static StatusOr<std::unique_ptr<Dien>> Create(const DienOptions& options);
+  Dien(const Dien&) = delete;
+  Dien& operator=(const Dien&) = delete;
+
+  // Forward over in.batch rows. With in.labels, *loss (may be nullptr) = click BCE, plus
+  // aux_loss_weight * aux when training (the auxiliary loss is a training term: the peer's
+  // loss() adds it, its evaluation calls score()). training also makes Dice use batch
+  // statistics and keeps the state for Backward. The [B x T] auxiliary negatives are read (and
+  // validated) only when the auxiliary loss is computed (training, labels, aux enabled), so
+  // evaluation and inference callers may pass just B*T + B indices. Errors:
+  // INVALID_ARGUMENT for a batch outside [1, max_batch], null pointers, indices out of range
+  // (negatives included) or lengths outside [0, max_len], naming the position; the kernels'.
+  Status Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+                 T* loss) override;
+  // After Forward(training = true) with labels and the same inputs: dense gradients into
+  // params().grads() (overwritten) and row gradients into d_item_rows / d_cat_rows
+  // (overwritten; unused rows zero). FAILED_PRECONDITION without such a forward.
+  Status Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+                  T* d_cat_rows) override;
+
+  const DienOptions& options() const { return o_; }
+  int64_t behaviour_dim() const { return 2 * o_.embedding_dim; }
+  int64_t hidden() const { return hidden_; }
+  const char* name() const override { return "dien"; }
+  int64_t embedding_dim() const override { return o_.embedding_dim; }
+  int64_t max_len() const override { return o_.max_len; }
+  int64_t max_batch() const override { return o_.max_batch; }
+  bool aux_negatives() const override { return true; }
+  DenseParams<T>& params() override { return params_; }
+  const DenseParams<T>& params() const override { return params_; }
+  std::vector<StateTensor<T>> state() override { return mlp_->state(); }
+  // Outputs of the last Forward (valid until the next one): logits [B]; attention weights
+  // [B x T] in the rolled (right-padded) layout, 0 at padded steps; the final AUGRU state
+  // [B x H]; the click BCE of the last Forward with labels and the (unweighted) auxiliary loss
+  // of the last Forward (0 unless it was a training forward with labels and aux enabled, and 0
+  // when no row has two valid steps); the number of auxiliary pairs.
+  const T* logits() const override { return logits_.data(); }
+  const T* attention_weights() const { return att_.data(); }
+  const T* final_state() const { return final_h_.data(); }
+  T click_loss() const { return click_loss_; }
+  T aux_loss() const { return aux_loss_; }
+  int64_t aux_pairs() const { return aux_pairs_; }
+
+ private:
+  explicit Dien(const DienOptions& o);
+  Status CheckInputs(const CtrInputs<T>& in, bool training) const;
+  bool AuxActive(const CtrInputs<T>& in, bool training) const {
+    return training && in.labels != nullptr && !o_.aux_loss_disabled;
+  }
+  kernels::RnnShape ExtractorShape(int64_t batch) const;
+  kernels::RnnShape AugruShape(int64_t batch) const;
+  kernels::DinAttentionArgs<T> AttentionArgs(const CtrInputs<T>& in) const;
+  // Auxiliary MLP over the compacted pairs, fused per tile of kAuxTile pairs (dien.cc).
+  static constexpr int64_t kAuxTile = 32;
+  static constexpr int64_t kAuxMaxParts = 8;
+  Status AuxForward(const kernels::Context& ctx, const CtrInputs<T>& in);
+  Status AuxBackward(const kernels::Context& ctx, const CtrInputs<T>& in);
+  void AuxGatherTile(const CtrInputs<T>& in, int64_t p0, int64_t p1, T* hin, T* epos,
+                     T* eneg) const;
+  double AuxForwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, int64_t p1);
+  void AuxBackwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, int64_t p1);
+  template <typename Fn>
+  void ForAuxParts(const kernels::Context& ctx, int64_t pairs, const Fn& fn);
+  void ZeroAuxGrads();
+
+  DienOptions o_;
+  int64_t hidden_ = 0;
+  DenseParams<T> params_;
+  // Offsets into params_ (torch layouts): extractor, auxiliary MLP layers, activation unit,
+  // AUGRU.
+  int64_t rnn_w_ih_ = 0, rnn_w_hh_ = 0, rnn_b_ih_ = 0, rnn_b_hh_ = 0;
+  std::vector<int64_t> aux_sizes_;  // [2H, aux_hidden..., 1]
+  std::vector<int64_t> aux_w_, aux_b_;
+  int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
+  int64_t au_w_ih_ = 0, au_b_ih_ = 0, au_w_hh_ = 0, au_b_hh_ = 0;
+  std::unique_ptr<Mlp<T>> mlp_;
+
+  // Forward state, sized for max_batch.
+  std::vector<int64_t> first_valid_;  // [B] T - lengths[b] (left-padded offset)
+  std::vector<int64_t> pair_offset_;  // [B + 1] prefix sums of max(lengths[b] - 1, 0)
+  std::vector<T> x_;                  // [B x T x E] rolled behaviours (0 at padding)
+  std::vector<T> target_;             // [B x E]
+  std::vector<T> states_;             // [B x T x H] extractor states
+  std::vector<T> ext_final_h_;        // [B x H] (unused downstream)
+  std::vector<T> ext_final_c_;        // [B x H] LSTM only
+  std::vector<T> ext_reserve_;        // RnnReserveBytes
+  std::vector<T> att_;                // [B x T]
+  std::vector<T> attn_saved_;
+  std::vector<T> au_states_;  // [B x T x H] AUGRU states
+  std::vector<T> au_reserve_;
+  std::vector<T> final_h_;  // [B x H]
+  std::vector<T> mlp_in_;   // [B x (H + E)] = [h_final, target]
+  std::vector<T> logits_;   // [B]
+  // Auxiliary MLP over the compacted pairs: per-layer outputs [2P x sizes[i+1]] (rows [0, P)
+  // positives, [P, 2P) negatives), forward weights transposed, the pair -> batch row map.
+  std::vector<std::vector<T>> aux_out_;
+  std::vector<T> aux_wt_;                       // per layer W^T [in x out] then (unused) bias slot
+  std::vector<int64_t> aux_w_off_, aux_b_off_;  // layer offsets in aux_wt_ / a partial
+  int64_t aux_part_elems_ = 0;
+  std::vector<int32_t> pair_row_;  // [P] batch row of each pair
+  std::vector<T> rnn_workspace_;   // max of the forward/backward workspaces of both RNNs
+  T loss_scratch_[1] = {T(0)};
+  T click_loss_ = T(0), aux_loss_ = T(0);
+  int64_t aux_pairs_ = 0;
+  bool aux_computed_ = false;
+  // Backward scratch.
+  std::vector<T> attn_workspace_;
+  std::vector<T> d_logits_;  // [B]
+  std::vector<T> d_mlp_in_;  // [B x (H + E)]
+  std::vector<T> d_final_;   // [B x H] the h_final part of d_mlp_in_
+  std::vector<T> d_au_x_;    // [B x T x H] AUGRU input gradient
+  std::vector<T> d_att_;     // [B x T]
+  std::vector<T> d_query_;   // [B x E]
+  std::vector<T> d_keys_;    // [B x T x H]
+  std::vector<T> d_states_;  // [B x T x H] total extractor-state gradient
+  std::vector<T> d_x_;       // [B x T x E]
+  // Auxiliary backward: per-pair input gradients, per-part weight-gradient partials and tile
+  // scratch (one set per part), layer 0's weight split into its h and e column blocks.
+  std::vector<T> d_aux_h_;    // [P x H]  both pair rows' gradient of h_t
+  std::vector<T> d_aux_pos_;  // [P x E]  gradient of e_{t+1}
+  std::vector<T> d_aux_neg_;  // [P x E]  gradient of e'_{t+1}
+  std::vector<T> aux_partials_;
+  std::vector<T> aux_w0h_, aux_w0e_;
+  struct AuxScratch {
+    std::vector<T> hin, epos, eneg;  // [kAuxTile x H / E] gathered inputs
+    std::vector<T> da, dz;           // [2 kAuxTile x widest layer]
+  };
+  std::vector<AuxScratch> aux_scratch_;
+  double aux_part_loss_[8] = {0};
+  int64_t aux_parts_ = 1;
+  std::vector<T> g_item_;  // [(2*B*T + B) x dim] per-position row gradients
+  std::vector<T> g_cat_;
+  bool have_training_forward_ = false;
+  int64_t forward_batch_ = 0;
+};
+
+}  // namespace ips::models
+
+#endif  // IPS_MODELS_DIEN_H_

@@ -1,0 +1,172 @@
+// Mind: the Multi-Interest Network with Dynamic routing (Li et al. 2019, "Multi-Interest Network
+// with Dynamic Routing for Recommendation at Tmall"), as an explicit forward and backward pass
+// over kernels/, trained on the same CTR samples as DIN and serving retrieval with K user vectors.
+//
+//   e_bi   = item_emb of behaviour i (oldest first)                        (dim D)
+//   u_b    = B2I dynamic routing of e_b into K interest capsules            [K x D2]
+//            (kernels/capsule.h MindRoutingForward: shared bilinear map S [D x D2], fixed random
+//            routing logits, `routing_iterations` rounds, squash)
+//   v_bk   = ReLU(W u_bk + c)  (one layer shared by the K interests, to the item space)  [K x D]
+//   w_bk   = softmax_k(pow(<v_bk, e_target>, p))   (label-aware attention, p integer >= 0)
+//   user_b = sum_k w_bk v_bk,   logit_b = <user_b, e_target>,   loss = mean BCE-with-logits
+//
+// Choices and deviations from the paper, each with the reason:
+//  * Item space = item_emb only (not [item_emb, cat_emb]): a user vector is then directly
+//    comparable with a row of the item table, so full-ranking retrieval is one GEMM against the
+//    item table (worker/retrieval.h) with no per-item category join. The category rows of the
+//    inputs are never read and get exactly zero gradient (d_cat_rows is zero-filled).
+//  * Training objective: the paper trains with a sampled softmax over all items; we train on the
+//    same (history, target, label) samples as DIN with BCE on logit_b, so the trainer, the data
+//    protocol and the comparison are shared. Positives pull <user, e_target> up, the sampled
+//    negatives push it down, which is the binary-logistic form of the sampled-softmax objective.
+//  * pow(x, p) keeps the sign as the integer power does (p = 2 maps -3 and 3 to 9, as the
+//    paper's formula literally says; p = 1 and 3 keep the sign). p = 0 gives uniform attention
+//    (the mean of the interests). The paper notes p -> infinity approaches hard attention; large
+//    p overflow easily, so p is limited to [0, 8].
+//  * Routing logits are initialised once from N(0, routing_init_stddev^2) with a fixed seed and
+//    shared by every user (the paper: "initialize randomly" because S is shared, so zero logits
+//    would make the K capsules identical); they are not trained, and a checkpoint carries them as
+//    state ("routing.init_logits"). routing_init_stddev = 0 gives zero logits (allowed only for
+//    K = 1, where they are irrelevant).
+//  * Gradients through the routing are the stop-gradient ones of kernels/capsule.h (the final
+//    iteration's routing coefficients are constants), as common MIND implementations do. The
+//    backward is therefore the exact gradient for routing_iterations = 1 and, for more
+//    iterations, the exact gradient of a 1-iteration routing started from the final logits; the
+//    tests check it both ways.
+//  * No user-profile features (the data has none) and one ReLU layer (the paper's H layers).
+//  * The paper's dynamic number of interests K'_u = max(1, min(K, log2 |I_u|)) is not used: every
+//    user gets K interests (rows with an empty history give K copies of ReLU(c)).
+//
+// Ownership, inputs and outputs as models/din.h: dense weights only (DenseParams), pulled row
+// tables in, one gradient row per pulled row out. Every buffer is allocated at Create() for
+// options.max_batch rows; Forward/Backward allocate nothing. Templated on T (float for training,
+// double for gradient checks).
+//
+// Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
+#ifndef IPS_MODELS_MIND_H_
+#define IPS_MODELS_MIND_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/capsule.h"
+#include "kernels/context.h"
+#include "models/layers.h"
+#include "models/model.h"
+
+namespace ips::models {
+
+struct MindOptions {
+  int64_t embedding_dim = 18;         // width of the item table = the item space = vector_dim()
+  int64_t max_len = 50;               // history length T (histories are left-padded to it)
+  int64_t max_batch = 512;            // buffers are sized for this many rows
+  int64_t num_interests = 4;          // K
+  int routing_iterations = 3;         // r >= 1
+  int64_t capsule_dim = 0;            // D2 of the interest capsules; 0 = embedding_dim
+  int label_attention_pow = 2;        // p in [0, 8]
+  double routing_init_stddev = 1.0;   // routing logits ~ N(0, stddev^2); 0 only with K = 1
+  double bilinear_init_stddev = 1.0;  // S ~ N(0, stddev^2), as the reference implementations
+  bool user_relu = true;  // ReLU on the user-vector layer (the paper); false = linear layer
+  uint64_t seed = 0;      // dense initialisation and routing logits (Rng)
+};
+
+// INVALID_ARGUMENT naming the first bad field ("MindOptions.<field>: ...").
+Status ValidateMindOptions(const MindOptions& o);
+
+template <typename T>
+class Mind final : public CtrModel<T> {
+ public:
+  // Validates the options, allocates every buffer for max_batch and initialises, from
+  // Rng(seed): S ("routing.bilinear" [D x D2]) ~ N(0, bilinear_init_stddev^2), then the user
+  // layer ("user.weight" [D x D2] torch layout, "user.bias" [D]) with torch's nn.Linear default;
+  // the routing logits [K x T] from MindRoutingInitLogits(seed ^ constant). INVALID_ARGUMENT for
+  // bad options.
+  static StatusOr<std::unique_ptr<Mind>> Create(const MindOptions& options);
+  Mind(const Mind&) = delete;
+  Mind& operator=(const Mind&) = delete;
+
+  // As CtrModel::Forward. Reads item rows only: cat_index and cat_rows may be null (if
+  // cat_index is given its entries must lie in [0, num_cat_rows)). labels == nullptr runs
+  // inference: no loss, but targets are still read (they must index item rows) and the logits
+  // computed; user_vectors() never depends on the targets. Errors: INVALID_ARGUMENT for a batch
+  // outside [1, max_batch], null lengths/item pointers, indices out of range or lengths outside
+  // [0, max_len] (naming the position); otherwise the kernels'.
+  Status Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+                 T* loss) override;
+  // As CtrModel::Backward; d_cat_rows [num_cat_rows x dim] is zero-filled (it may be null when
+  // num_cat_rows == 0). FAILED_PRECONDITION without a Forward(training = true) with labels on a
+  // batch of the same size; INVALID_ARGUMENT for null outputs.
+  Status Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+                  T* d_cat_rows) override;
+
+  const MindOptions& options() const { return o_; }
+  int64_t capsule_dim() const { return d2_; }
+  const char* name() const override { return "mind"; }
+  int64_t embedding_dim() const override { return o_.embedding_dim; }
+  int64_t max_len() const override { return o_.max_len; }
+  int64_t max_batch() const override { return o_.max_batch; }
+  DenseParams<T>& params() override { return params_; }
+  const DenseParams<T>& params() const override { return params_; }
+  // The fixed routing logits [K x T] (not trained; a checkpoint restores them).
+  std::vector<StateTensor<T>> state() override;
+
+  // Outputs of the last Forward (valid until the next one): logits [B]; user vectors v
+  // [B x K x D] (computed from the history alone); interest capsules u [B x K x D2]; label-aware
+  // attention weights [B x K]; the routing logits the final routing iteration used [B x K x T]
+  // (position i = the i-th valid behaviour, oldest first).
+  const T* logits() const override { return logits_.data(); }
+  int64_t num_user_vectors() const override { return o_.num_interests; }
+  int64_t vector_dim() const override { return o_.embedding_dim; }
+  const T* user_vectors() const override { return v_.data(); }
+  const T* capsules() const { return caps_.data(); }
+  const T* interest_weights() const { return attw_.data(); }
+  const T* final_routing_logits() const { return final_logits_.data(); }
+
+  // Test hook: when `logits` is non-null, later Forwards start the routing from these per-row
+  // logits [max_batch x K x T] (row b's block at b * K * T) instead of the fixed shared ones;
+  // nullptr restores the normal behaviour. Not owned; must stay valid while set. Used to check
+  // the stop-gradient backward of a multi-iteration routing by finite differences.
+  void SetRoutingLogitsForTesting(const T* logits) { override_logits_ = logits; }
+
+ private:
+  explicit Mind(const MindOptions& o);
+  Status CheckInputs(const CtrInputs<T>& in) const;
+  // The routing kernel's arguments for in.batch rows over the forward buffers.
+  kernels::MindRoutingArgs<T> RoutingArgs(const CtrInputs<T>& in);
+
+  MindOptions o_;
+  int64_t d2_ = 0;
+  DenseParams<T> params_;
+  int64_t s_ = 0, w_ = 0, c_ = 0;  // offsets: S [D x D2], W [D x D2], c [D]
+  std::vector<T> init_logits_;     // [K x T]
+  const T* override_logits_ = nullptr;
+
+  // Forward state, sized for max_batch.
+  std::vector<T> e_;             // [B x T x D] behaviours, left-aligned (valid first), 0 after
+  std::vector<T> ehat_;          // [B x T x D2]
+  std::vector<T> rweights_;      // [B x K x T]
+  std::vector<T> final_logits_;  // [B x K x T]
+  std::vector<T> z_;             // [B x K x D2]
+  std::vector<T> caps_;          // [B x K x D2]
+  std::vector<T> v_;             // [B x K x D]
+  std::vector<T> dots_;          // [B x K] <v_k, e_target>
+  std::vector<T> attw_;          // [B x K]
+  std::vector<T> user_;          // [B x D]
+  std::vector<T> logits_;        // [B]
+  T loss_scratch_[1] = {T(0)};
+  // Backward scratch.
+  std::vector<T> d_logits_;  // [B]
+  std::vector<T> dv_;        // [B x K x D], also the pre-activation gradient
+  std::vector<T> dcaps_;     // [B x K x D2]
+  std::vector<T> de_;        // [B x T x D]
+  std::vector<T> routing_ws_;
+  std::vector<T> g_item_;  // [(B*T + B) x D] per-position item-row gradients
+  bool have_training_forward_ = false;
+  int64_t forward_batch_ = 0;
+};
+
+}  // namespace ips::models
+
+#endif  // IPS_MODELS_MIND_H_

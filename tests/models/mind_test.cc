@@ -1,0 +1,378 @@
+// Mind: float64 finite-difference checks of the whole backward (every dense tensor and every
+// pulled item row) with one routing iteration (where the stop-gradient routing backward is the
+// exact gradient), K = 1 and 4, p = 0..3, ReLU and linear user layer, histories of length 0, 1,
+// max and mixed; with three iterations, the analytic gradient equals the finite difference of the
+// 1-iteration model started from the final routing logits (kernels/capsule.h's definition);
+// category rows get exactly zero gradient; user vectors depend on the history only; the
+// label-aware attention is the documented softmax of pow(<v_k, e>, p); input and option
+// validation.
+#include "models/mind.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/random.h"
+#include "common/thread_pool.h"
+#include "tests/testing/gradcheck.h"
+#include "tests/testing/tolerance.h"
+
+namespace ips::models {
+namespace {
+
+#define ASSERT_OK(expr)                      \
+  do {                                       \
+    const ::ips::Status _st = (expr);        \
+    ASSERT_TRUE(_st.ok()) << _st.ToString(); \
+  } while (0)
+
+using testing::CheckGradient;
+using testing::FillUniform;
+
+// D = 3, capsule dim 4 (different from D, so a transposed S or W cannot pass), T = 5, B = 3.
+MindOptions SmallOptions(int64_t k, int iterations, int pow) {
+  MindOptions o;
+  o.embedding_dim = 3;
+  o.capsule_dim = 4;
+  o.max_len = 5;
+  o.max_batch = 3;
+  o.num_interests = k;
+  o.routing_iterations = iterations;
+  o.label_attention_pow = pow;
+  o.seed = 7;
+  return o;
+}
+
+struct SmallBatch {
+  int64_t B = 3, T = 5, D = 3;
+  std::vector<int32_t> lengths;
+  std::vector<int64_t> item_index, cat_index;
+  std::vector<double> item_rows, cat_rows, labels;
+  int64_t num_item_rows = 6, num_cat_rows = 3;
+
+  explicit SmallBatch(std::vector<int32_t> lens, uint64_t seed = 11) : lengths(std::move(lens)) {
+    Rng rng(seed);
+    const int64_t n = B * T + B;
+    item_index.resize(n);
+    cat_index.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      item_index[i] = static_cast<int64_t>(rng.UniformInt(num_item_rows));
+      cat_index[i] = static_cast<int64_t>(rng.UniformInt(num_cat_rows));
+    }
+    item_rows.resize(num_item_rows * D);
+    cat_rows.resize(num_cat_rows * D);
+    FillUniform(item_rows, rng, -1.0, 1.0);
+    FillUniform(cat_rows, rng, -1.0, 1.0);
+    labels = {1.0, 0.0, 1.0};
+  }
+  CtrInputs<double> Inputs() const {
+    CtrInputs<double> in;
+    in.batch = B;
+    in.lengths = lengths.data();
+    in.item_index = item_index.data();
+    in.cat_index = cat_index.data();
+    in.item_rows = item_rows.data();
+    in.num_item_rows = num_item_rows;
+    in.cat_rows = cat_rows.data();
+    in.num_cat_rows = num_cat_rows;
+    in.labels = labels.data();
+    return in;
+  }
+};
+
+// Moves the dense weights off their init (seeded) so that biases and the user layer are generic,
+// and scales S up a little so the capsules are not in squash's near-zero regime.
+void Perturb(DenseParams<double>& p, uint64_t seed) {
+  Rng rng(seed);
+  for (int64_t i = 0; i < p.size(); ++i) p.values()[i] += 0.3 * (2 * rng.Uniform() - 1);
+}
+
+// Checks every dense tensor of `model` and the item rows against central differences of the loss
+// computed by `model` itself; the analytic gradients are `dense_grad` and `d_item`.
+void CheckAllGradients(Mind<double>& model, const kernels::Context& ctx, SmallBatch& batch,
+                       const std::vector<double>& dense_grad, const std::vector<double>& d_item) {
+  DenseParams<double>& p = model.params();
+  auto loss_fn = [&]() {
+    double l = 0;
+    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
+    return l;
+  };
+  for (const auto& e : p.entries()) {
+    std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
+    std::vector<double> analytic(dense_grad.begin() + e.offset,
+                                 dense_grad.begin() + e.offset + e.size);
+    auto fn = [&]() {
+      std::copy(param.begin(), param.end(), p.values() + e.offset);
+      return loss_fn();
+    };
+    EXPECT_TRUE(CheckGradient(e.name.c_str(), param, analytic, fn, 1e-6, 1e-6));
+    std::copy(param.begin(), param.end(), p.values() + e.offset);
+  }
+  EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
+}
+
+struct GradCase {
+  int64_t k;
+  int pow;
+  bool relu;
+  std::vector<int32_t> lengths;
+  bool threaded;
+  std::string label;
+};
+void PrintTo(const GradCase& c, std::ostream* os) { *os << c.label; }
+
+class MindGradTest : public ::testing::TestWithParam<GradCase> {};
+
+TEST_P(MindGradTest, Backward_OneIteration_B3_T5_D3_Caps4) {
+  const GradCase c = GetParam();
+  MindOptions o = SmallOptions(c.k, 1, c.pow);
+  o.user_relu = c.relu;
+  auto model_or = Mind<double>::Create(o);
+  ASSERT_TRUE(model_or.ok()) << model_or.status();
+  Mind<double>& model = **model_or;
+  DenseParams<double>& p = model.params();
+  Perturb(p, 3);
+
+  ThreadPool pool(2);
+  kernels::Context ctx;
+  ctx.pool = c.threaded ? &pool : nullptr;
+  SmallBatch batch(c.lengths);
+  double loss = 0;
+  ASSERT_OK(model.Forward(ctx, batch.Inputs(), /*training=*/true, &loss));
+  ASSERT_TRUE(std::isfinite(loss));
+  std::vector<double> d_item(batch.item_rows.size(), std::nan("")),
+      d_cat(batch.cat_rows.size(), std::nan(""));
+  std::fill(p.grads(), p.grads() + p.size(), std::nan(""));
+  ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data(), d_cat.data()));
+  for (double g : d_cat) EXPECT_EQ(g, 0.0) << "category rows are outside MIND's item space";
+  const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
+  CheckAllGradients(model, ctx, batch, dense_grad, d_item);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Mind, MindGradTest,
+    ::testing::Values(GradCase{4, 2, true, {5, 1, 3}, false, "K4_p2_relu_mixed"},
+                      GradCase{4, 2, true, {0, 5, 2}, true, "K4_p2_relu_len0"},
+                      GradCase{4, 1, false, {5, 5, 5}, false, "K4_p1_linear_max"},
+                      GradCase{4, 3, true, {1, 1, 1}, false, "K4_p3_relu_len1"},
+                      GradCase{4, 0, true, {5, 1, 3}, true, "K4_p0_relu_mixed"},
+                      GradCase{1, 2, true, {5, 1, 3}, false, "K1_p2_relu_mixed"},
+                      GradCase{1, 2, false, {0, 0, 0}, false, "K1_p2_linear_allempty"}),
+    [](const ::testing::TestParamInfo<GradCase>& info) { return info.param.label; });
+
+// Three routing iterations: the backward is documented as the exact gradient of a 1-iteration
+// routing that starts from the final iteration's logits. Build that model (same weights, per-row
+// init logits = the final logits), check it reproduces the forward, and check the 3-iteration
+// analytic gradients against its finite differences.
+TEST(MindGrad, Backward_ThreeIterations_IsStopGradientOfFinalLogits_K4) {
+  for (int64_t k : {int64_t{1}, int64_t{4}}) {
+    SCOPED_TRACE("K = " + std::to_string(k));
+    auto m3_or = Mind<double>::Create(SmallOptions(k, 3, 2));
+    auto m1_or = Mind<double>::Create(SmallOptions(k, 1, 2));
+    ASSERT_TRUE(m3_or.ok() && m1_or.ok());
+    Mind<double>& m3 = **m3_or;
+    Mind<double>& m1 = **m1_or;
+    Perturb(m3.params(), 5);
+    std::copy(m3.params().values(), m3.params().values() + m3.params().size(),
+              m1.params().values());
+    kernels::Context ctx;
+    SmallBatch batch({5, 2, 4}, 19);
+    double l3 = 0, l1 = 0;
+    ASSERT_OK(m3.Forward(ctx, batch.Inputs(), true, &l3));
+    std::vector<double> d_item(batch.item_rows.size(), std::nan("")),
+        d_cat(batch.cat_rows.size(), std::nan(""));
+    ASSERT_OK(m3.Backward(ctx, batch.Inputs(), d_item.data(), d_cat.data()));
+    const std::vector<double> dense_grad(m3.params().grads(),
+                                         m3.params().grads() + m3.params().size());
+    const std::vector<double> final_logits(m3.final_routing_logits(),
+                                           m3.final_routing_logits() + 3 * k * 5);
+    m1.SetRoutingLogitsForTesting(final_logits.data());
+    ASSERT_OK(m1.Forward(ctx, batch.Inputs(), true, &l1));
+    EXPECT_NEAR(l1, l3, 1e-12);
+    EXPECT_TRUE(testing::AllClose(m1.user_vectors(), m3.user_vectors(), 3 * k * 3, {1e-12, 1e-10}));
+    if (k > 1) {
+      // The extra iterations must matter, or this test would not distinguish anything.
+      auto plain = Mind<double>::Create(SmallOptions(k, 1, 2));
+      std::copy(m3.params().values(), m3.params().values() + m3.params().size(),
+                (*plain)->params().values());
+      double lp = 0;
+      ASSERT_OK((*plain)->Forward(ctx, batch.Inputs(), true, &lp));
+      EXPECT_GT(std::fabs(lp - l3), 1e-9);
+    }
+    CheckAllGradients(m1, ctx, batch, dense_grad, d_item);
+  }
+}
+
+// The user vectors come from the history alone (targets and labels do not change them), K
+// interests differ from each other (the fixed random routing logits break the symmetry of the
+// shared S), and the logit is <sum_k softmax_k(<v_k, e>^p) v_k, e> (recomputed here).
+TEST(MindForward, UserVectorsIgnoreTargetAndAttentionMatchesDefinition) {
+  for (int pow : {0, 1, 2, 3}) {
+    SCOPED_TRACE("p = " + std::to_string(pow));
+    auto m = Mind<double>::Create(SmallOptions(4, 3, pow));
+    ASSERT_TRUE(m.ok());
+    Perturb((*m)->params(), 9);
+    kernels::Context ctx;
+    SmallBatch batch({5, 3, 0});
+    CtrInputs<double> in = batch.Inputs();
+    in.labels = nullptr;
+    ASSERT_OK((*m)->Forward(ctx, in, false, nullptr));
+    const int64_t K = 4, D = 3;
+    std::vector<double> v((*m)->user_vectors(), (*m)->user_vectors() + 3 * K * D);
+    std::vector<double> logits((*m)->logits(), (*m)->logits() + 3);
+    for (int64_t b = 0; b < 3; ++b) {
+      const double* et = batch.item_rows.data() + batch.item_index[15 + b] * D;
+      double a[4], mx = -1e300;
+      for (int64_t k = 0; k < K; ++k) {
+        double d = 0;
+        for (int64_t c = 0; c < D; ++c) d += v[(b * K + k) * D + c] * et[c];
+        a[k] = std::pow(d, pow);
+        mx = std::max(mx, a[k]);
+      }
+      double sum = 0, logit = 0;
+      for (int64_t k = 0; k < K; ++k) sum += std::exp(a[k] - mx);
+      for (int64_t k = 0; k < K; ++k) {
+        const double w = std::exp(a[k] - mx) / sum;
+        EXPECT_NEAR((*m)->interest_weights()[b * K + k], w, 1e-12);
+        for (int64_t c = 0; c < D; ++c) logit += w * v[(b * K + k) * D + c] * et[c];
+      }
+      EXPECT_NEAR(logits[b], logit, 1e-12);
+    }
+    // Row 0's interests are pairwise different.
+    double min_diff = 1e300;
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = i + 1; j < K; ++j) {
+        double diff = 0;
+        for (int64_t c = 0; c < 4; ++c)
+          diff += std::fabs((*m)->capsules()[i * 4 + c] - (*m)->capsules()[j * 4 + c]);
+        min_diff = std::min(min_diff, diff);
+      }
+    EXPECT_GT(min_diff, 1e-6);
+    // New targets (and padding indices): same user vectors, different logits.
+    for (int64_t b = 0; b < 3; ++b) batch.item_index[15 + b] = (batch.item_index[15 + b] + 1) % 6;
+    batch.item_index[5] = (batch.item_index[5] + 1) % 6;  // row 1, padded step 0
+    ASSERT_OK((*m)->Forward(ctx, in, false, nullptr));
+    EXPECT_TRUE(testing::AllClose((*m)->user_vectors(), v.data(), 3 * K * D, {0, 0}));
+    EXPECT_NE((*m)->logits()[0], logits[0]);
+  }
+}
+
+TEST(MindPrecision, FloatMatchesDouble_K4) {
+  const MindOptions o = SmallOptions(4, 3, 2);
+  auto md = Mind<double>::Create(o);
+  auto mf = Mind<float>::Create(o);
+  ASSERT_TRUE(md.ok() && mf.ok());
+  SmallBatch batch({5, 1, 3});
+  const CtrInputs<double> ind = batch.Inputs();
+  std::vector<float> item_f(batch.item_rows.begin(), batch.item_rows.end());
+  std::vector<float> labels_f(batch.labels.begin(), batch.labels.end());
+  CtrInputs<float> inf;
+  inf.batch = ind.batch;
+  inf.lengths = ind.lengths;
+  inf.item_index = ind.item_index;
+  inf.item_rows = item_f.data();
+  inf.num_item_rows = ind.num_item_rows;
+  inf.labels = labels_f.data();  // no category arrays: MIND does not read them
+  kernels::Context ctx;
+  double ld = 0;
+  float lf = 0;
+  ASSERT_OK((*md)->Forward(ctx, ind, true, &ld));
+  ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
+  EXPECT_NEAR(lf, ld, 1e-5);
+  std::vector<double> gid(item_f.size()), gcd(batch.cat_rows.size());
+  std::vector<float> gif(item_f.size(), std::nanf(""));
+  ASSERT_OK((*md)->Backward(ctx, ind, gid.data(), gcd.data()));
+  ASSERT_OK((*mf)->Backward(ctx, inf, gif.data(), nullptr));
+  EXPECT_TRUE(testing::AllClose(gif, gid, {1e-5, 1e-4}));
+  EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
+                                (*md)->params().size(), {1e-5, 1e-4}));
+}
+
+TEST(MindInputs, RejectsBadIndexLengthBatchAndPointers) {
+  auto m = Mind<double>::Create(SmallOptions(4, 3, 2));
+  ASSERT_TRUE(m.ok());
+  kernels::Context ctx;
+  SmallBatch batch({5, 1, 3});
+  batch.item_index[16] = 6;  // only 6 rows; position 16 = target of row 1
+  Status s = (*m)->Forward(ctx, batch.Inputs(), true, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("item_index[16]"), std::string::npos) << s.message();
+  batch.item_index[16] = 0;
+  batch.cat_index[2] = 3;
+  s = (*m)->Forward(ctx, batch.Inputs(), true, nullptr);
+  EXPECT_NE(s.message().find("cat_index[2]"), std::string::npos) << s.message();
+  batch.cat_index[2] = 0;
+  batch.lengths[1] = 6;
+  s = (*m)->Forward(ctx, batch.Inputs(), true, nullptr);
+  EXPECT_NE(s.message().find("lengths[1]"), std::string::npos) << s.message();
+  batch.lengths[1] = 1;
+  CtrInputs<double> in = batch.Inputs();
+  for (int64_t b : {0, 4}) {
+    in.batch = b;
+    EXPECT_EQ((*m)->Forward(ctx, in, true, nullptr).code(), StatusCode::kInvalidArgument);
+  }
+  in.batch = 3;
+  in.item_rows = nullptr;
+  EXPECT_EQ((*m)->Forward(ctx, in, true, nullptr).code(), StatusCode::kInvalidArgument);
+  in = batch.Inputs();
+  std::vector<double> d(64);
+  auto fresh = Mind<double>::Create(SmallOptions(4, 3, 2));
+  EXPECT_EQ((*fresh)->Backward(ctx, in, d.data(), d.data()).code(),
+            StatusCode::kFailedPrecondition);
+  ASSERT_OK((*fresh)->Forward(ctx, in, true, nullptr));
+  EXPECT_EQ((*fresh)->Backward(ctx, in, nullptr, d.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*fresh)->Backward(ctx, in, d.data(), nullptr).code(), StatusCode::kInvalidArgument);
+  ASSERT_OK((*fresh)->Backward(ctx, in, d.data(), d.data() + 32));
+}
+
+TEST(MindOptionsTest, RejectsEachBadFieldAndReportsShapes) {
+  struct Case {
+    const char* field;
+    void (*mutate)(MindOptions*);
+  };
+  const Case cases[] = {
+      {"embedding_dim", [](MindOptions* o) { o->embedding_dim = 0; }},
+      {"max_len", [](MindOptions* o) { o->max_len = 0; }},
+      {"max_batch", [](MindOptions* o) { o->max_batch = 0; }},
+      {"num_interests", [](MindOptions* o) { o->num_interests = 0; }},
+      {"num_interests", [](MindOptions* o) { o->num_interests = 65; }},
+      {"routing_iterations", [](MindOptions* o) { o->routing_iterations = 0; }},
+      {"capsule_dim", [](MindOptions* o) { o->capsule_dim = -1; }},
+      {"label_attention_pow", [](MindOptions* o) { o->label_attention_pow = -1; }},
+      {"label_attention_pow", [](MindOptions* o) { o->label_attention_pow = 9; }},
+      {"routing_init_stddev", [](MindOptions* o) { o->routing_init_stddev = 0; }},
+      {"routing_init_stddev", [](MindOptions* o) { o->routing_init_stddev = std::nan(""); }},
+      {"bilinear_init_stddev", [](MindOptions* o) { o->bilinear_init_stddev = 0; }}};
+  for (const Case& c : cases) {
+    MindOptions o = SmallOptions(4, 3, 2);
+    c.mutate(&o);
+    auto m = Mind<float>::Create(o);
+    ASSERT_FALSE(m.ok()) << c.field;
+    EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(m.status().message().find(std::string("MindOptions.") + c.field), std::string::npos)
+        << m.status().message();
+  }
+  MindOptions one = SmallOptions(1, 3, 2);
+  one.routing_init_stddev = 0;  // zero logits are fine with one interest
+  EXPECT_TRUE(Mind<float>::Create(one).ok());
+
+  MindOptions o;  // defaults: D = 18, K = 4, T = 50
+  o.max_batch = 2;
+  auto m = Mind<float>::Create(o);
+  ASSERT_TRUE(m.ok());
+  EXPECT_STREQ((*m)->name(), "mind");
+  EXPECT_EQ((*m)->num_user_vectors(), 4);
+  EXPECT_EQ((*m)->vector_dim(), 18);
+  EXPECT_EQ((*m)->params().size(), 18 * 18 + 18 * 18 + 18);
+  const auto st = (*m)->state();
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_EQ(st[0].name, "routing.init_logits");
+  EXPECT_EQ(st[0].size, 4 * 50);
+}
+
+}  // namespace
+}  // namespace ips::models
