@@ -22,6 +22,11 @@ int RunDataCommand(const std::vector<std::string>& args);
 int RunSynthCommand(const std::vector<std::string>& args);
 // `ips train --config FILE [--set ...] [--metrics_out FILE]` (launch/train_command.cc).
 int RunTrainCommand(const std::vector<std::string>& args);
+// `ips export --checkpoint DIR --output BUNDLE [--fp16] [--min_count N]` (launch/serve_command.cc).
+int RunExportCommand(const std::vector<std::string>& args);
+// `ips serve --bundle BUNDLE [--poll_ms N]`: JSON lines on stdin -> scores on stdout
+// (launch/serve_command.cc).
+int RunServeCommand(const std::vector<std::string>& args);
 
 }  // namespace ips
 

@@ -20,6 +20,8 @@ const Subcommand kSubcommands[] = {
     {"data", "convert, inspect and synthesize datasets (ips data help)", ips::RunDataCommand},
     {"config", "check or print a config with its --set overrides", ips::RunConfigCommand},
     {"train", "train a config's model (single process; DIN on synthetic data)", ips::RunTrainCommand},
+    {"export", "turn a checkpoint into a versioned serving bundle", ips::RunExportCommand},
+    {"serve", "score JSON-line requests on stdin with a bundle (hot reload)", ips::RunServeCommand},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -196,6 +196,78 @@ void DynamicTable::InitialRow(uint64_t key, float* row) const {
   InitializeRow(options_.initializer, options_.dim, name_hash_, options_.seed, key, row);
 }
 
+uint32_t DynamicTable::BeginCheckpoint() {
+  const uint32_t e = epoch_.fetch_add(1, std::memory_order_relaxed);
+  for (auto& shard : shards_) shard->SetEpoch(e + 1);
+  return e;
+}
+
+void DynamicTable::ForEachRowSince(uint32_t since,
+                                   const std::function<void(const RowRecord&)>& fn) const {
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  for (const auto& shard : shards_) shard->ForEachRowSince(since, fn, step);
+}
+
+std::vector<uint64_t> DynamicTable::RemovedSince(uint32_t since) const {
+  std::vector<uint64_t> keys;
+  for (const auto& shard : shards_) shard->RemovedSince(since, &keys);
+  return keys;
+}
+
+void DynamicTable::DiscardChangesThrough(uint32_t epoch) {
+  for (auto& shard : shards_) shard->DiscardRemovedThrough(epoch);
+}
+
+Status DynamicTable::RestoreRow(const RowRecord& row) {
+  if (row.value == nullptr)
+    return InvalidArgumentError("table '" + options_.name + "': null value");
+  if (options_.has_padding_key && row.key == options_.padding_key)
+    return InvalidArgumentError("table '" + options_.name + "': cannot restore the padding key " +
+                                std::to_string(row.key));
+  const uint64_t h = internal::KeyHash(row.key);
+  return ShardOf(h).RestoreRow(row, h, step_.load(std::memory_order_relaxed));
+}
+
+bool DynamicTable::Erase(uint64_t key) {
+  const uint64_t h = internal::KeyHash(key);
+  return ShardOf(h).Erase(key, h);
+}
+
+void DynamicTable::RestoreClock(int64_t step, int64_t last_sweep_step, int64_t optimizer_step) {
+  step_.store(step, std::memory_order_relaxed);
+  last_sweep_step_.store(last_sweep_step, std::memory_order_relaxed);
+  optimizer_step_.store(optimizer_step, std::memory_order_relaxed);
+}
+
+std::vector<SketchState> DynamicTable::Sketches() const {
+  std::vector<SketchState> out;
+  for (const auto& shard : shards_) {
+    SketchState st;
+    if (!shard->SketchState(&st.counters, &st.additions)) return {};
+    st.width = options_.sketch_width;
+    out.push_back(std::move(st));
+  }
+  return out;
+}
+
+Status DynamicTable::MergeSketches(const std::vector<SketchState>& sketches) {
+  if (options_.min_count <= 1) return Status::Ok();  // no admission: nothing to restore
+  if (sketches.size() != shards_.size())
+    return InvalidArgumentError(
+        "table '" + options_.name + "': " + std::to_string(sketches.size()) +
+        " admission sketches for " + std::to_string(shards_.size()) + " shards");
+  for (const auto& st : sketches) {
+    if (st.width != options_.sketch_width ||
+        static_cast<int64_t>(st.counters.size()) != internal::CountSketch::kDepth * st.width)
+      return InvalidArgumentError("table '" + options_.name + "': admission sketch width " +
+                                  std::to_string(st.width) + " != the table's " +
+                                  std::to_string(options_.sketch_width));
+  }
+  for (size_t s = 0; s < shards_.size(); ++s)
+    shards_[s]->MergeSketch(sketches[s].counters.data(), sketches[s].additions);
+  return Status::Ok();
+}
+
 TableStats DynamicTable::Stats() const {
   TableStats st;
   st.name = options_.name;

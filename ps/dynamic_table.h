@@ -7,8 +7,9 @@
 // A shard keeps rows in an arena of slabs of rows_per_slab rows; a slab holds, as separate
 // contiguous arrays, the values [R x dim], each optimizer state table [R x dim] (Adagrad: the
 // accumulator; Adam: m, v; FTRL: z, n), and per-row metadata (key, last-seen step, LFU count:
-// 16 bytes). Separate arrays let SparseUpdate run directly on a slab (row index = slot in the
-// slab), with no gather or scatter. The hash index is open addressing with linear probing over
+// 16 bytes; the epoch of the last change, for incremental checkpoints: 4 bytes). Separate
+// arrays let SparseUpdate run directly on a slab (row index = slot in the slab), with no gather
+// or scatter. The hash index is open addressing with linear probing over
 // 4-byte entries (8-bit hash tag + 24-bit slot), at most 75% full, sized to the slab capacity;
 // deletion shifts entries back, so there are no tombstones. Freed slots go on an intrusive free
 // list and are reused before any new slab, so memory follows the peak live row count.
@@ -42,6 +43,23 @@ namespace internal {
 class TableShard;
 struct ShardConfig;
 }  // namespace internal
+
+// One row as a checkpoint sees it: value[dim], optimizer state[state_count * dim] (nullptr for
+// SGD) and the TTL/LFU metadata (step of the last use mod 2^32, pulls + pushes).
+struct RowRecord {
+  uint64_t key = 0;
+  const float* value = nullptr;
+  const float* state = nullptr;
+  uint32_t last_step = 0;
+  uint32_t freq = 0;
+};
+
+// One table shard's admission sketch (internal::CountSketch), for checkpoints.
+struct SketchState {
+  int64_t width = 0;
+  int64_t additions = 0;
+  std::vector<uint16_t> counters;  // [4 x width]
+};
 
 class DynamicTable {
  public:
@@ -95,6 +113,39 @@ class DynamicTable {
   // The initial value of key's row (what a pull of a new key returns), into row[dim].
   void InitialRow(uint64_t key, float* row) const;
 
+  // ---- Checkpoint support (ps/table_checkpoint.h) ----
+  // Incremental checkpoints track changes with epochs: every row carries the epoch of its last
+  // change (creation, pull, push, restore), and rows removed (TTL, memory cap, Erase) are
+  // recorded with the epoch of their removal once the first checkpoint began. BeginCheckpoint()
+  // returns E, the epoch every change so far carries (<= E), and moves later changes to E + 1, so
+  // a checkpoint begun at E' holds, relative to one begun at E, the rows with epoch > E and the
+  // keys removed at an epoch > E. Rows changed while a checkpoint is being scanned are in it or
+  // in the next one, never lost. Thread-safe.
+  uint32_t BeginCheckpoint();
+  // Live rows changed at an epoch > since (since = 0: every live row), shard by shard under the
+  // shard's lock (fn must not call back into this table; pointers valid only during the call).
+  void ForEachRowSince(uint32_t since, const std::function<void(const RowRecord&)>& fn) const;
+  // Keys removed at an epoch > since; a key removed and re-created is listed here and also
+  // visited by ForEachRowSince (apply removals first).
+  std::vector<uint64_t> RemovedSince(uint32_t since) const;
+  // Drops the removal records of epochs <= epoch (after a checkpoint begun at `epoch` committed).
+  void DiscardChangesThrough(uint32_t epoch);
+  // Creates or overwrites a row exactly as recorded (value, state, metadata); bypasses admission.
+  // INVALID_ARGUMENT for a null value or the padding key; RESOURCE_EXHAUSTED as Pull.
+  Status RestoreRow(const RowRecord& row);
+  // Removes key's row; false when it has none.
+  bool Erase(uint64_t key);
+  // The step of the last TTL sweep, and a restore of the whole clock (step, last sweep, Adam's
+  // step count) without sweeping.
+  int64_t last_sweep_step() const { return last_sweep_step_.load(std::memory_order_relaxed); }
+  void RestoreClock(int64_t step, int64_t last_sweep_step, int64_t optimizer_step);
+  // Admission sketches, one per shard (empty when min_count <= 1).
+  std::vector<SketchState> Sketches() const;
+  // Element-wise max of sketches[s] into shard s (see CountSketch::MergeMax). INVALID_ARGUMENT
+  // when the shard count or widths differ (the caller then skips the restore of admission counts).
+  Status MergeSketches(const std::vector<SketchState>& sketches);
+  int num_shards() const { return static_cast<int>(shards_.size()); }
+
   TableStats Stats() const;
   // Measured memory per live row: Stats().BytesPerRow().
   double BytesPerRow() const { return Stats().BytesPerRow(); }
@@ -115,6 +166,7 @@ class DynamicTable {
   std::atomic<int64_t> step_{0};
   std::atomic<int64_t> last_sweep_step_{0};
   std::atomic<int64_t> optimizer_step_{0};
+  std::atomic<uint32_t> epoch_{1};
 };
 
 }  // namespace ips::ps

@@ -42,6 +42,22 @@ class CountSketch {
   }
 
   int64_t bytes() const { return static_cast<int64_t>(counters_.size() * sizeof(uint16_t)); }
+  int64_t width() const { return width_; }
+
+  // Checkpoint support: the raw counters [kDepth x width] and the additions since the last aging.
+  const std::vector<uint16_t>& counters() const { return counters_; }
+  int64_t additions() const { return additions_; }
+  // Raises every counter to at least other's (element-wise max) and keeps the larger additions
+  // count. Max, not sum: when several writers' sketches are merged into one table (re-sharding),
+  // each key's estimate stays >= its estimate in the writer that owned it, so admission never
+  // undercounts, while keys owned by one writer are not inflated by the others' counts of
+  // unrelated keys more than collisions already do. Merging one sketch into an empty one
+  // restores it exactly. `counters` must hold kDepth * width() values.
+  void MergeMax(const uint16_t* counters, int64_t additions) {
+    for (size_t i = 0; i < counters_.size(); ++i)
+      counters_[i] = std::max(counters_[i], counters[i]);
+    additions_ = std::max(additions_, additions);
+  }
 
  private:
   void Age() {

@@ -41,13 +41,13 @@ int64_t IndexBytesFor(int64_t slots) {
 }
 
 int64_t SlabBytesFor(int64_t rows, int64_t dim, int state_count) {
-  // + 16: TableShard::RowMeta.
-  return rows * (dim * static_cast<int64_t>(sizeof(float)) * (1 + state_count) + 16);
+  // + 16: TableShard::RowMeta; + 4: the touched epoch.
+  return rows * (dim * static_cast<int64_t>(sizeof(float)) * (1 + state_count) + 16 + 4);
 }
 
 TableShard::TableShard(const ShardConfig* config, uint64_t sample_seed)
     : config_(config), sample_rng_(sample_seed) {
-  static_assert(sizeof(RowMeta) == 16, "SlabBytesFor counts 16 bytes of metadata per row");
+  static_assert(sizeof(RowMeta) == 16, "SlabBytesFor counts 16 + 4 bytes of metadata per row");
   if (config_->options.min_count > 1)
     sketch_ = std::make_unique<CountSketch>(config_->options.sketch_width);
 }
@@ -65,6 +65,7 @@ void TableShard::Touch(uint32_t slot, int64_t step) {
   RowMeta& m = MetaAt(slot);
   m.last_step = static_cast<uint32_t>(step);
   if (m.freq != std::numeric_limits<uint32_t>::max()) ++m.freq;
+  SlabOf(slot).touched[OffsetOf(slot)] = epoch_;
 }
 
 void TableShard::Prefetch(uint64_t hash, bool far) const {
@@ -138,6 +139,7 @@ void TableShard::GrowIndexFor(int64_t slots) {
 void TableShard::RemoveAt(uint64_t pos, uint32_t slot) {
   IndexEraseAt(pos);
   RowMeta& m = MetaAt(slot);
+  if (track_removed_) removed_.emplace_back(m.key, epoch_);
   m.freq = 0;
   m.key = free_head_;
   free_head_ = slot;
@@ -222,7 +224,9 @@ StatusOr<uint32_t> TableShard::AllocateSlot(int64_t step) {
     slab.state[k] = reinterpret_cast<float*>(p);
     p += r * dim * sizeof(float);
   }
+  slab.touched = reinterpret_cast<uint32_t*>(p);
   std::memset(slab.meta, 0, static_cast<size_t>(r) * sizeof(RowMeta));
+  std::memset(slab.touched, 0, static_cast<size_t>(r) * sizeof(uint32_t));
   slabs_.push_back(std::move(slab));
   GrowIndexFor(new_capacity);
   return static_cast<uint32_t>(next_unused_++);
@@ -233,6 +237,7 @@ void TableShard::InitRow(uint32_t slot, uint64_t key, int64_t step) {
   const int64_t off = OffsetOf(slot);
   const int64_t dim = config_->options.dim;
   s.meta[off] = RowMeta{key, static_cast<uint32_t>(step), 1};
+  s.touched[off] = epoch_;
   InitializeRow(config_->options.initializer, dim, config_->name_hash, config_->options.seed, key,
                 s.values + off * dim);
   for (int k = 0; k < config_->state_count; ++k) {
@@ -440,6 +445,92 @@ void TableShard::Snapshot(ShardCounters* counters, ShardMemory* memory) const {
   memory->slab_bytes = static_cast<int64_t>(slabs_.size()) * config_->slab_bytes;
   memory->index_bytes = static_cast<int64_t>(index_.capacity() * sizeof(uint32_t));
   memory->sketch_bytes = sketch_ != nullptr ? sketch_->bytes() : 0;
+}
+
+void TableShard::SetEpoch(uint32_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  epoch_ = epoch;
+  track_removed_ = true;
+}
+
+void TableShard::ForEachRowSince(uint32_t since, const std::function<void(const RowRecord&)>& fn,
+                                 int64_t step) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<float> state(static_cast<size_t>(config_->state_count * config_->options.dim));
+  RowRecord r;
+  for (int64_t k = 0; k < next_unused_; ++k) {
+    const uint32_t slot = static_cast<uint32_t>(k);
+    if (!Live(slot) || Expired(slot, step)) continue;
+    if (SlabOf(slot).touched[OffsetOf(slot)] <= since) continue;
+    CopyState(slot, state.data());
+    const RowMeta& m = MetaAt(slot);
+    r.key = m.key;
+    r.value = ValueAt(slot);
+    r.state = state.empty() ? nullptr : state.data();
+    r.last_step = m.last_step;
+    r.freq = m.freq;
+    fn(r);
+  }
+}
+
+void TableShard::RemovedSince(uint32_t since, std::vector<uint64_t>* keys) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, epoch] : removed_)
+    if (epoch > since) keys->push_back(key);
+}
+
+void TableShard::DiscardRemovedThrough(uint32_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  removed_.erase(std::remove_if(removed_.begin(), removed_.end(),
+                                [epoch](const auto& e) { return e.second <= epoch; }),
+                 removed_.end());
+  removed_.shrink_to_fit();
+}
+
+Status TableShard::RestoreRow(const RowRecord& row, uint64_t hash, int64_t step) {
+  const int64_t dim = config_->options.dim;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t at = FindPos(row.key, hash);
+  uint32_t slot;
+  if (at >= 0) {
+    slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+  } else {
+    IPS_ASSIGN_OR_RETURN(slot, AllocateSlot(step));
+    InitRow(slot, row.key, step);
+    IndexInsert(hash, slot);
+  }
+  Slab& s = SlabOf(slot);
+  const int64_t off = OffsetOf(slot);
+  // freq 0 marks a free slot: a restored live row is used at least once.
+  s.meta[off] = RowMeta{row.key, row.last_step, std::max<uint32_t>(row.freq, 1)};
+  s.touched[off] = epoch_;
+  std::memcpy(s.values + off * dim, row.value, dim * sizeof(float));
+  if (row.state != nullptr) {
+    for (int k = 0; k < config_->state_count; ++k)
+      std::memcpy(s.state[k] + off * dim, row.state + k * dim, dim * sizeof(float));
+  }
+  return Status::Ok();
+}
+
+bool TableShard::Erase(uint64_t key, uint64_t hash) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t at = FindPos(key, hash);
+  if (at < 0) return false;
+  RemoveAt(static_cast<uint64_t>(at), (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1);
+  return true;
+}
+
+bool TableShard::SketchState(std::vector<uint16_t>* counters, int64_t* additions) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sketch_ == nullptr) return false;
+  *counters = sketch_->counters();
+  *additions = sketch_->additions();
+  return true;
+}
+
+void TableShard::MergeSketch(const uint16_t* counters, int64_t additions) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sketch_ != nullptr) sketch_->MergeMax(counters, additions);
 }
 
 }  // namespace ips::ps::internal

@@ -8,11 +8,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "common/random.h"
 #include "common/status.h"
 #include "kernels/optimizer.h"
+#include "ps/dynamic_table.h"
 #include "ps/embedding_store.h"
 #include "ps/internal/count_sketch.h"
 #include "ps/table_options.h"
@@ -85,6 +87,24 @@ class TableShard {
   int64_t SweepExpired(int64_t step);
   void Snapshot(ShardCounters* counters, ShardMemory* memory) const;
 
+  // ---- Checkpoint support (see DynamicTable's checkpoint section) ----
+  // Makes `epoch` the mark of rows touched from now on and starts recording removed keys.
+  void SetEpoch(uint32_t epoch);
+  // Every live row touched at an epoch > since (since = 0: every live row), with its metadata.
+  void ForEachRowSince(uint32_t since, const std::function<void(const RowRecord&)>& fn,
+                       int64_t step) const;
+  // Appends the keys removed at an epoch > since (in removal order).
+  void RemovedSince(uint32_t since, std::vector<uint64_t>* keys) const;
+  // Forgets removals recorded at epochs <= epoch.
+  void DiscardRemovedThrough(uint32_t epoch);
+  // Creates or overwrites a row with its metadata (no admission, no counting as a sighting).
+  Status RestoreRow(const RowRecord& row, uint64_t hash, int64_t step);
+  // Removes the row of key; false when there is none.
+  bool Erase(uint64_t key, uint64_t hash);
+  // Admission sketch state; false (and nothing copied) without a sketch.
+  bool SketchState(std::vector<uint16_t>* counters, int64_t* additions) const;
+  void MergeSketch(const uint16_t* counters, int64_t additions);
+
  private:
   // Per-row metadata, kept together so the key check and the touch cost one cache miss.
   struct RowMeta {
@@ -97,6 +117,7 @@ class TableShard {
     RowMeta* meta = nullptr;  // [R]
     float* values = nullptr;  // [R x dim]
     float* state[2] = {nullptr, nullptr};
+    uint32_t* touched = nullptr;  // [R] checkpoint epoch of the last change (incremental saves)
   };
   static constexpr uint32_t kNoSlot = 0xffffffffu;
   static constexpr int kSlotBits = 24;
@@ -149,6 +170,12 @@ class TableShard {
   std::unique_ptr<CountSketch> sketch_;  // GUARDED_BY(mu_); null when min_count <= 1
   Rng sample_rng_;                       // GUARDED_BY(mu_)
   ShardCounters counters_;               // GUARDED_BY(mu_)
+  // Incremental checkpoints: rows changed since epoch E are those with touched > E; removals are
+  // recorded (key, epoch) only once a checkpoint started, so a table never checkpointed does not
+  // grow a list.
+  uint32_t epoch_ = 1;                                  // GUARDED_BY(mu_)
+  bool track_removed_ = false;                          // GUARDED_BY(mu_)
+  std::vector<std::pair<uint64_t, uint32_t>> removed_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace ips::ps::internal

@@ -1,0 +1,131 @@
+// `ips export` (a checkpoint -> a versioned serving bundle) and `ips serve` (JSON-lines scoring
+// on stdin/stdout with hot reload of newer bundle versions), over worker/serving.h.
+#include <iostream>
+#include <string>
+
+#include "common/flags.h"
+#include "common/result_line.h"
+#include "common/timer.h"
+#include "launch/commands.h"
+#include "worker/serving.h"
+
+namespace ips {
+namespace {
+
+// Parses flags; on failure prints the error and usage and returns false (exit code in *rc).
+bool ParseFlags(FlagSet* flags, const std::vector<std::string>& args, int* rc) {
+  for (const auto& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::cout << flags->Usage();
+      *rc = kExitOk;
+      return false;
+    }
+  }
+  const Status parsed = flags->Parse(args);
+  if (!parsed.ok() || !flags->positional().empty()) {
+    std::cerr << (parsed.ok() ? "unexpected argument '" + flags->positional()[0] + "'"
+                              : parsed.message())
+              << "\n"
+              << flags->Usage();
+    *rc = kExitUsage;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int RunExportCommand(const std::vector<std::string>& args) {
+  FlagSet flags("export");
+  flags.Required("checkpoint", "checkpoint root (follows LATEST) or one ckpt-<step> directory");
+  flags.Required("output", "bundle root; the export becomes its next version v-<n>");
+  flags.Bool("fp16", "store embedding rows as IEEE half precision");
+  flags.Int("min_count", 0, "drop rows used fewer than N times (LFU count)");
+  flags.Int("keep_versions", 3, "bundle versions kept in the root");
+  flags.Bool("delta", "write only the rows that changed since the bundle's current version");
+  int rc = kExitOk;
+  if (!ParseFlags(&flags, args, &rc)) return rc;
+  ExportOptions o;
+  o.checkpoint = flags.GetString("checkpoint");
+  o.output = flags.GetString("output");
+  o.fp16 = flags.GetBool("fp16");
+  o.min_count = flags.GetInt("min_count");
+  o.keep_versions = static_cast<int>(flags.GetInt("keep_versions"));
+  o.delta = flags.GetBool("delta");
+  if (o.min_count < 0 || o.keep_versions < 1) {
+    std::cerr << "error: --min_count must be >= 0 and --keep_versions >= 1\n" << flags.Usage();
+    return kExitUsage;
+  }
+  Timer timer;
+  auto r = ExportBundle(o);
+  if (!r.ok()) {
+    std::cerr << "error: " << r.status().message() << "\n";
+    return kExitError;
+  }
+  std::cout << "exported " << r->path << " (step " << r->step << ", " << r->rows << " rows)\n";
+  ResultLine("export")
+      .Add("bundle", r->path)
+      .Add("version", r->version)
+      .Add("step", r->step)
+      .Add("rows", r->rows)
+      .Add("rows_dropped", r->rows_dropped)
+      .Add("delta_of", r->delta_of)
+      .Add("rows_removed", r->rows_removed)
+      .Add("bytes", r->bytes)
+      .Add("fp16", o.fp16 ? "true" : "false")
+      .Add("seconds", timer.Seconds())
+      .Print();
+  return kExitOk;
+}
+
+int RunServeCommand(const std::vector<std::string>& args) {
+  FlagSet flags("serve");
+  flags.Required("bundle", "bundle root (hot-reloads newer versions) or one v-<n> directory");
+  flags.Int("poll_ms", 200, "how often the bundle root's CURRENT is checked for a new version");
+  flags.Int("max_batch", 128, "candidates per model forward (larger requests run in chunks)");
+  int rc = kExitOk;
+  if (!ParseFlags(&flags, args, &rc)) return rc;
+  if (flags.GetInt("poll_ms") < 1 || flags.GetInt("max_batch") < 1) {
+    std::cerr << "error: --poll_ms and --max_batch must be >= 1\n" << flags.Usage();
+    return kExitUsage;
+  }
+  auto server =
+      BundleServer::Create(flags.GetString("bundle"), static_cast<int>(flags.GetInt("poll_ms")),
+                           flags.GetInt("max_batch"));
+  if (!server.ok()) {
+    std::cerr << "error: " << server.status().message() << "\n";
+    return kExitError;
+  }
+  const int64_t first_version = (*server)->version();
+  std::cerr << "serving " << flags.GetString("bundle") << " version " << first_version << "\n";
+  std::ios::sync_with_stdio(false);
+  Timer timer;
+  int64_t line_no = 0, requests = 0, errors = 0;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
+    bool ok = false;
+    const std::string response = (*server)->HandleLine(line_no, line, &ok);
+    ++requests;
+    if (!ok) {
+      ++errors;
+      std::cerr << "error: stdin line " << line_no << ": request skipped\n";
+    }
+    std::cout << response << '\n';
+    std::cout.flush();  // one response per request as it is answered (interactive clients)
+    for (const auto& e : (*server)->TakeReloadErrors())
+      std::cerr << "warning: reload failed, still serving the old version: " << e << "\n";
+  }
+  ResultLine("serve")
+      .Add("requests", requests)
+      .Add("errors", errors)
+      .Add("reloads", (*server)->reloads())
+      .Add("first_version", first_version)
+      .Add("version", (*server)->version())
+      .Add("seconds", timer.Seconds())
+      .Print();
+  return kExitOk;
+}
+
+}  // namespace ips

@@ -1,0 +1,129 @@
+// Durable binary files for checkpoints and serving bundles: a buffered writer that checksums
+// (CRC32C) everything it writes, appends the checksum as a 4-byte trailer and fsyncs; a reader
+// whose every short read is a DATA_LOSS naming the file, the byte offset and what was being read;
+// whole-file checksum checks; and the atomic publish steps (fsync a directory, write a small file
+// by rename). Used by ps/table_checkpoint.h, worker/checkpoint.h and worker/serving.h.
+//
+// Byte order is the host's (little-endian on every platform we build for); the format headers
+// carry a magic number, so a file from a big-endian host is rejected, not misread.
+//
+// Thread safety: a writer or reader object is used by one thread.
+#ifndef IPS_PS_CHECKPOINT_IO_H_
+#define IPS_PS_CHECKPOINT_IO_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common/status.h"
+
+namespace ips::ps {
+
+class CrcFileWriter {
+ public:
+  // Creates (truncates) `path`. INTERNAL naming the path and errno text when it cannot.
+  static StatusOr<std::unique_ptr<CrcFileWriter>> Create(const std::string& path);
+  ~CrcFileWriter();  // closes without the trailer if Finish() was not called (an aborted write)
+  CrcFileWriter(const CrcFileWriter&) = delete;
+  CrcFileWriter& operator=(const CrcFileWriter&) = delete;
+
+  // Appends bytes. INTERNAL on a write error (disk full), naming the file.
+  Status Write(const void* data, size_t n);
+  template <typename T>
+  Status WritePod(const T& v) {
+    static_assert(std::is_trivially_copyable<T>::value, "POD only");
+    return Write(&v, sizeof(T));
+  }
+  // u32 length + bytes.
+  Status WriteString(const std::string& s);
+
+  // Appends the CRC32C of every byte written so far (u32), flushes, fsyncs and closes.
+  Status Finish();
+  // After Finish: the file's size and the CRC32C of the whole file (trailer included), the
+  // values a manifest records.
+  int64_t file_bytes() const { return bytes_; }
+  uint32_t file_crc32c() const { return file_crc_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  CrcFileWriter(std::string path, FILE* f) : path_(std::move(path)), f_(f) {}
+  std::string path_;
+  FILE* f_ = nullptr;
+  uint32_t crc_ = 0;       // of the body
+  uint32_t file_crc_ = 0;  // of body + trailer
+  int64_t bytes_ = 0;
+};
+
+class CrcFileReader {
+ public:
+  // NOT_FOUND naming the path when it cannot be opened.
+  static StatusOr<std::unique_ptr<CrcFileReader>> Open(const std::string& path);
+  ~CrcFileReader();
+  CrcFileReader(const CrcFileReader&) = delete;
+  CrcFileReader& operator=(const CrcFileReader&) = delete;
+
+  // Reads exactly n bytes; DATA_LOSS "<path>: truncated at byte B (reading <what>)" when the file
+  // ends first. The body CRC is accumulated.
+  Status Read(void* data, size_t n, const char* what);
+  template <typename T>
+  Status ReadPod(T* v, const char* what) {
+    static_assert(std::is_trivially_copyable<T>::value, "POD only");
+    return Read(v, sizeof(T), what);
+  }
+  // u32 length (at most max_len, else DATA_LOSS) + bytes.
+  Status ReadString(std::string* s, size_t max_len, const char* what);
+  // Reads the 4-byte trailer and compares it with the CRC of everything read so far, then checks
+  // that the file ends there. DATA_LOSS naming the file on a mismatch or trailing bytes.
+  Status FinishAndVerify();
+  int64_t offset() const { return offset_; }
+  int64_t file_size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  CrcFileReader(std::string path, FILE* f, int64_t size)
+      : path_(std::move(path)), f_(f), size_(size) {}
+  std::string path_;
+  FILE* f_ = nullptr;
+  int64_t size_ = 0;
+  int64_t offset_ = 0;
+  uint32_t crc_ = 0;
+};
+
+// Size and CRC32C of a whole file. NOT_FOUND when missing, INTERNAL on read errors.
+struct FileDigest {
+  int64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+StatusOr<FileDigest> DigestFile(const std::string& path);
+
+// Checks a file against its manifest entry: NOT_FOUND "<path>: missing", DATA_LOSS
+// "<path>: truncated (N bytes, manifest says M)" / "size N bytes, manifest says M" /
+// "checksum mismatch (crc32c X, manifest says Y)".
+Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c);
+
+// Checks the trailer of a file written by CrcFileWriter (the last 4 bytes are the CRC32C of the
+// rest). DATA_LOSS naming the file otherwise.
+Status VerifyTrailer(const std::string& path);
+
+// fsync of a directory, so that the names created or renamed in it are durable.
+Status FsyncDir(const std::string& dir);
+// Writes `content` to path + ".tmp", fsyncs it, renames it onto `path` and fsyncs the directory:
+// a reader sees the old content or the new one, never a mix.
+Status WriteFileAtomically(const std::string& path, const std::string& content);
+// Reads a whole (small) file. NOT_FOUND when missing.
+StatusOr<std::string> ReadSmallFile(const std::string& path);
+// Removes a directory tree (best effort; errors are ignored: a leftover is cleaned next time).
+void RemoveTree(const std::string& path);
+// Creates a directory (and parents). INTERNAL naming the path on failure.
+Status MakeDirs(const std::string& path);
+// Names of the entries of a directory (no "." / ".."); NOT_FOUND when it cannot be read.
+StatusOr<std::vector<std::string>> ListDir(const std::string& dir);
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+
+}  // namespace ips::ps
+
+#endif  // IPS_PS_CHECKPOINT_IO_H_

@@ -1,0 +1,464 @@
+// Tests of training checkpoints (worker/checkpoint.h): bit-exact round trip of a DIN model's
+// dense weights, dense optimizer state, Dice running statistics, blobs and tables; incremental
+// chains with retention; corrupt, truncated and missing files rejected naming the file with
+// nothing loaded; a writer stopped mid-write (and one killed with SIGKILL) leaves the previous
+// checkpoint loadable and no partial one visible; re-sharding through the reader.
+#include "worker/checkpoint.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/random.h"
+#include "models/din.h"
+#include "ps/checkpoint_io.h"
+
+namespace ips {
+namespace {
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/ips_ckpt_XXXXXX";
+  const char* d = ::mkdtemp(tmpl);
+  EXPECT_NE(d, nullptr);
+  return d;
+}
+
+ps::TableOptions TableOpts(const std::string& name) {
+  ps::TableOptions o;
+  o.name = name;
+  o.dim = 4;
+  o.optimizer.type = ps::OptimizerOptions::Type::kAdam;
+  o.optimizer.learning_rate = 0.01;
+  o.has_padding_key = true;
+  o.num_shards = 4;
+  o.rows_per_slab = 64;
+  o.seed = 3;
+  return o;
+}
+
+// The state of one "trainer": a DIN with Dice (so it has running statistics), its optimizer and
+// two tables.
+struct State {
+  std::unique_ptr<models::Din<float>> model;
+  std::unique_ptr<DenseOptimizer> opt;
+  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
+  CheckpointContent content;
+
+  explicit State(uint64_t seed) {
+    models::DinOptions o;
+    o.embedding_dim = 4;
+    o.max_len = 5;
+    o.max_batch = 8;
+    o.attention_hidden1 = 6;
+    o.attention_hidden2 = 5;
+    o.mlp_hidden = {7, 4};
+    o.activation = models::MlpActivation::kDice;
+    o.seed = seed;
+    model = std::move(models::Din<float>::Create(o)).value();
+    opt = std::make_unique<DenseOptimizer>(kernels::OptimizerHyper::Adam(1e-3),
+                                           model->params().size());
+    for (const char* n : {"item", "category"})
+      tables.push_back(std::move(ps::DynamicTable::Create(TableOpts(n))).value());
+    AddModelState(model.get(), opt.get(), &content);
+    for (auto& t : tables) content.tables.push_back(t.get());
+    content.config_text = "name: \"test\"";
+  }
+
+  // Random dense values, optimizer state and model state; `steps` of table traffic.
+  void Perturb(uint64_t seed, int64_t first_step, int steps) {
+    Rng rng(seed);
+    for (auto& t : content.tensors)
+      for (int64_t i = 0; i < t.size; ++i) t.data[i] = static_cast<float>(rng.Normal());
+    for (int s = 0; s < steps; ++s) {
+      for (auto& t : tables) {
+        t->AdvanceStep(first_step + s);
+        std::vector<uint64_t> keys(32);
+        for (auto& k : keys)
+          k = 1 + rng.UniformInt(100 + 20 * static_cast<uint64_t>(first_step + s));
+        std::vector<float> rows(keys.size() * 4), grads(keys.size() * 4);
+        ASSERT_TRUE(t->Pull(keys.data(), 32, rows.data()).ok());
+        for (auto& g : grads) g = static_cast<float>(rng.Normal());
+        ASSERT_TRUE(t->Push(keys.data(), 32, grads.data()).ok());
+      }
+    }
+  }
+};
+
+std::map<uint64_t, std::vector<float>> Rows(const ps::DynamicTable& t) {
+  std::map<uint64_t, std::vector<float>> out;
+  t.ForEachRowSince(0, [&](const ps::RowRecord& r) {
+    auto& v = out[r.key];
+    v.assign(r.value, r.value + t.dim());
+    if (r.state) v.insert(v.end(), r.state, r.state + t.dim() * t.state_count());
+    v.push_back(static_cast<float>(r.last_step));
+    v.push_back(static_cast<float>(r.freq));
+  });
+  return out;
+}
+
+void ExpectSameState(State& got, State& want) {
+  ASSERT_EQ(got.content.tensors.size(), want.content.tensors.size());
+  for (size_t i = 0; i < want.content.tensors.size(); ++i) {
+    const auto& g = got.content.tensors[i];
+    const auto& w = want.content.tensors[i];
+    ASSERT_EQ(g.name, w.name);
+    ASSERT_EQ(g.size, w.size);
+    EXPECT_EQ(std::memcmp(g.data, w.data, static_cast<size_t>(g.size) * 4), 0) << g.name;
+  }
+  for (size_t t = 0; t < want.tables.size(); ++t) {
+    EXPECT_TRUE(Rows(*got.tables[t]) == Rows(*want.tables[t])) << want.tables[t]->options().name;
+    EXPECT_EQ(got.tables[t]->optimizer_step(), want.tables[t]->optimizer_step());
+    EXPECT_EQ(got.tables[t]->step(), want.tables[t]->step());
+  }
+}
+
+void Poison(State* s) {
+  for (auto& t : s->content.tensors)
+    for (int64_t i = 0; i < t.size; ++i) t.data[i] = std::numeric_limits<float>::quiet_NaN();
+}
+
+TEST(Checkpoint, RoundTrip_BitExact_DenseOptimizerModelStateBlobsTables) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(10, 1, 5);
+  a.content.blobs["reader/position"] = std::string("\x01\x00\x02", 3);
+  a.content.blobs["rng/worker0"] = "state-bytes";
+  bool has_state = false;
+  for (const auto& t : a.content.tensors) has_state |= t.name.rfind("model_state/", 0) == 0;
+  ASSERT_TRUE(has_state) << "Dice running statistics should be checkpointed";
+  CheckpointOptions o;
+  o.dir = dir;
+  auto w = CheckpointWriter::Create(o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto info = SaveCheckpoint(w->get(), 5, a.content);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->path, dir + "/ckpt-5");
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/LATEST").value(), "ckpt-5\n");
+
+  State b(2);
+  Poison(&b);
+  std::map<std::string, std::string> blobs;
+  auto step = LoadCheckpoint(dir, b.content, &blobs);
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(*step, 5);
+  EXPECT_EQ(blobs, a.content.blobs);
+  ExpectSameState(b, a);
+  auto reader = CheckpointReader::Open(dir);
+  ASSERT_TRUE(reader.ok());
+  EXPECT_EQ((*reader)->config_text(), "name: \"test\"");
+  EXPECT_EQ((*reader)->table_names(), (std::vector<std::string>{"category", "item"}));
+
+  // A model of another shape does not half-load.
+  models::DinOptions other;
+  other.embedding_dim = 4;
+  other.max_len = 5;
+  other.max_batch = 8;
+  auto big = std::move(models::Din<float>::Create(other)).value();
+  CheckpointContent wrong;
+  AddModelState(big.get(), nullptr, &wrong);
+  const Status s = (*reader)->Restore(wrong, nullptr);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("tensor"), std::string::npos) << s;
+  ps::RemoveTree(dir);
+}
+
+TEST(Checkpoint, IncrementalChain_RestoreEqualsFullState_RetentionKeepsAncestors) {
+  const std::string dir = TempDir();
+  State a(1);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.incremental = true;
+  o.full_every = 3;
+  o.keep_last = 2;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  std::vector<CheckpointInfo> infos;
+  for (int k = 1; k <= 5; ++k) {
+    a.Perturb(100 + k, 10 * k, 3);
+    auto info = w->Write(10 * k, a.content);
+    ASSERT_TRUE(info.ok()) << info.status();
+    infos.push_back(*info);
+  }
+  // Kinds: full, inc, inc, full, inc.
+  EXPECT_FALSE(infos[0].incremental);
+  EXPECT_TRUE(infos[1].incremental);
+  EXPECT_EQ(infos[1].parent, "ckpt-10");
+  EXPECT_TRUE(infos[2].incremental);
+  EXPECT_EQ(infos[2].parent, "ckpt-20");
+  EXPECT_FALSE(infos[3].incremental);
+  EXPECT_TRUE(infos[4].incremental);
+  EXPECT_LT(infos[1].table_rows, a.tables[0]->Stats().rows + a.tables[1]->Stats().rows);
+  // keep_last 2 keeps ckpt-40 (full) and ckpt-50 (its child); ckpt-10..30 are gone.
+  auto list = ListCheckpoints(dir).value();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].second, "ckpt-40");
+  EXPECT_EQ(list[1].second, "ckpt-50");
+
+  State b(2);
+  auto r = CheckpointReader::Open(dir);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->chain().size(), 2u);
+  ASSERT_TRUE((*r)->Restore(b.content, nullptr).ok());
+  ExpectSameState(b, a);
+  ps::RemoveTree(dir);
+}
+
+TEST(Checkpoint, IncrementalChain_ThreeLinks_RestoreEqualsFullState) {
+  const std::string dir = TempDir();
+  State a(1);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.incremental = true;
+  o.keep_last = 1;  // retention must keep the ancestors of the newest
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  for (int k = 1; k <= 3; ++k) {
+    a.Perturb(200 + k, 10 * k, 4);
+    ASSERT_TRUE(w->Write(10 * k, a.content).ok());
+  }
+  EXPECT_EQ(ListCheckpoints(dir).value().size(), 3u);
+  State b(2);
+  auto r = CheckpointReader::Open(dir);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->chain().size(), 3u);
+  ASSERT_TRUE((*r)->Restore(b.content, nullptr).ok());
+  ExpectSameState(b, a);
+  ps::RemoveTree(dir);
+}
+
+void Corrupt(const std::string& path, long offset) {
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr) << path;
+  std::fseek(f, offset, SEEK_SET);
+  const int c = std::fgetc(f);
+  std::fseek(f, offset, SEEK_SET);
+  std::fputc(c ^ 0x10, f);
+  std::fclose(f);
+}
+
+TEST(Checkpoint, CorruptTruncatedMissingFiles_FailNamingTheFile_NothingLoaded) {
+  for (const std::string file : {"dense.bin", "table-item-r0.bin", "MANIFEST"}) {
+    for (const std::string damage : {"corrupt", "truncated", "missing"}) {
+      SCOPED_TRACE(file + " " + damage);
+      const std::string dir = TempDir();
+      State a(1);
+      a.Perturb(7, 1, 3);
+      CheckpointOptions o;
+      o.dir = dir;
+      ASSERT_TRUE(std::move(CheckpointWriter::Create(o)).value()->Write(3, a.content).ok());
+      const std::string path = dir + "/ckpt-3/" + file;
+      const int64_t size = ps::DigestFile(path).value().bytes;
+      if (damage == "corrupt") Corrupt(path, static_cast<long>(size / 2));
+      if (damage == "truncated") {
+        ASSERT_EQ(::truncate(path.c_str(), size - 7), 0);
+      }
+      if (damage == "missing") {
+        ASSERT_EQ(std::remove(path.c_str()), 0);
+      }
+      State b(2);
+      Poison(&b);
+      auto step = LoadCheckpoint(dir, b.content, nullptr);
+      ASSERT_FALSE(step.ok());
+      EXPECT_NE(step.status().message().find(path), std::string::npos) << step.status();
+      const std::string want = damage == "corrupt"     ? "checksum"
+                               : damage == "truncated" ? "truncated"
+                                                       : "missing";
+      EXPECT_NE(step.status().message().find(want), std::string::npos) << step.status();
+      for (const auto& t : b.content.tensors) EXPECT_TRUE(std::isnan(t.data[0])) << t.name;
+      for (const auto& t : b.tables) EXPECT_EQ(t->Stats().rows, 0);
+      ps::RemoveTree(dir);
+    }
+  }
+}
+
+TEST(Checkpoint, WriterStoppedMidWrite_PreviousStaysLatest_NoPartialVisible) {
+  for (const std::string event : {"file:dense.bin", "file:table-item-r0.bin", "publish"}) {
+    SCOPED_TRACE(event);
+    const std::string dir = TempDir();
+    State a(1);
+    a.Perturb(1, 1, 3);
+    CheckpointOptions o;
+    o.dir = dir;
+    ASSERT_TRUE(std::move(CheckpointWriter::Create(o)).value()->Write(3, a.content).ok());
+    State snapshot(3);
+    ASSERT_TRUE(LoadCheckpoint(dir, snapshot.content, nullptr).ok());
+
+    a.Perturb(2, 4, 3);
+    o.fault_hook = [event](const std::string& e) {
+      return e == event ? AbortedError("killed at " + e) : Status::Ok();
+    };
+    auto w = std::move(CheckpointWriter::Create(o)).value();
+    EXPECT_FALSE(w->Write(6, a.content).ok());
+    auto list = ListCheckpoints(dir).value();
+    ASSERT_EQ(list.size(), 1u);
+    EXPECT_EQ(list[0].second, "ckpt-3");
+    State b(2);
+    auto step = LoadCheckpoint(dir, b.content, nullptr);
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(*step, 3);
+    ExpectSameState(b, snapshot);
+    // The next writer removes the leftover temporary directory.
+    bool tmp_left = false;
+    const auto before = ps::ListDir(dir).value();
+    for (const auto& n : before) tmp_left |= n.rfind("tmp-", 0) == 0;
+    EXPECT_TRUE(tmp_left);
+    o.fault_hook = nullptr;
+    auto w2 = std::move(CheckpointWriter::Create(o)).value();
+    const auto after = ps::ListDir(dir).value();
+    for (const auto& n : after) EXPECT_NE(n.rfind("tmp-", 0), 0u) << n;
+    ps::RemoveTree(dir);
+  }
+}
+
+TEST(Checkpoint, WriterKilledWithSigkill_LatestAlwaysLoadable) {
+  const std::string dir = TempDir();
+  for (int round = 0; round < 4; ++round) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      // Child: checkpoint a growing state as fast as it can until killed.
+      State a(1);
+      CheckpointOptions o;
+      o.dir = dir;
+      o.keep_last = 2;
+      auto w = std::move(CheckpointWriter::Create(o)).value();
+      for (int64_t step = 1000 * round + 1;; ++step) {
+        a.Perturb(static_cast<uint64_t>(step), step, 4);
+        if (!w->Write(step, a.content).ok()) ::_exit(3);
+      }
+    }
+    ::usleep(static_cast<useconds_t>(150000 + 70000 * round));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the child stopped on its own: " << status;
+    State b(2);
+    auto step = LoadCheckpoint(dir, b.content, nullptr);
+    ASSERT_TRUE(step.ok()) << "round " << round << ": " << step.status();
+    EXPECT_GT(*step, 1000 * round) << "round " << round;
+  }
+  ps::RemoveTree(dir);
+}
+
+TEST(Checkpoint, Reshard_TwoWritersIntoThreeTables_ThroughTheReader) {
+  // A checkpoint of one table per "server" rank is emulated by two checkpoints of one table each;
+  // the reader's TableFiles + ps::LoadTableChain with a keep predicate do the re-sharding.
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(5, 1, 6);
+  CheckpointOptions o;
+  o.dir = dir;
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(o)).value()->Write(6, a.content).ok());
+  auto r = std::move(CheckpointReader::Open(dir)).value();
+  const auto want = Rows(*a.tables[0]);
+  std::map<uint64_t, std::vector<float>> merged;
+  for (int rank = 0; rank < 3; ++rank) {
+    auto t = std::move(ps::DynamicTable::Create(TableOpts("item"))).value();
+    ASSERT_TRUE(ps::LoadTableChain(
+                    r->TableFiles("item"), t.get(),
+                    [rank](uint64_t k) { return Mix64(k) % 3 == static_cast<uint64_t>(rank); },
+                    nullptr)
+                    .ok());
+    for (const auto& [k, v] : Rows(*t)) {
+      EXPECT_EQ(Mix64(k) % 3, static_cast<uint64_t>(rank));
+      merged[k] = v;
+    }
+  }
+  EXPECT_TRUE(merged == want);
+  ps::RemoveTree(dir);
+}
+
+// One training step as the trainer does it (pull -> forward -> backward -> push -> dense update
+// -> advance the tables' clock), on a batch drawn from `rng`; returns the loss.
+double TrainStep(State* s, Rng* rng, int64_t step) {
+  const int64_t B = 8, T = 5, D = 4;
+  std::vector<int32_t> lengths(B);
+  std::vector<uint64_t> item_keys(B * T + B, 0), cat_keys(B * T + B, 0);
+  std::vector<float> labels(B);
+  for (int64_t b = 0; b < B; ++b) {
+    lengths[b] = static_cast<int32_t>(rng->UniformInt(T + 1));
+    for (int64_t t = T - lengths[b]; t < T; ++t) {
+      item_keys[b * T + t] = 1 + rng->UniformInt(60);
+      cat_keys[b * T + t] = 1 + item_keys[b * T + t] % 7;
+    }
+    item_keys[B * T + b] = 1 + rng->UniformInt(60);
+    cat_keys[B * T + b] = 1 + item_keys[B * T + b] % 7;
+    labels[b] = rng->Uniform() < 0.5 ? 1.0f : 0.0f;
+  }
+  const int64_t n = B * T + B;
+  std::vector<float> item_rows(n * D), cat_rows(n * D), d_item(n * D), d_cat(n * D);
+  EXPECT_TRUE(s->tables[0]->Pull(item_keys.data(), n, item_rows.data()).ok());
+  EXPECT_TRUE(s->tables[1]->Pull(cat_keys.data(), n, cat_rows.data()).ok());
+  std::vector<int64_t> index(n);
+  for (int64_t i = 0; i < n; ++i) index[i] = i;
+  models::CtrInputs<float> in;
+  in.batch = B;
+  in.lengths = lengths.data();
+  in.item_index = index.data();
+  in.cat_index = index.data();
+  in.item_rows = item_rows.data();
+  in.num_item_rows = n;
+  in.cat_rows = cat_rows.data();
+  in.num_cat_rows = n;
+  in.labels = labels.data();
+  kernels::Context ctx;
+  float loss = 0;
+  EXPECT_TRUE(s->model->Forward(ctx, in, /*training=*/true, &loss).ok());
+  EXPECT_TRUE(s->model->Backward(ctx, in, d_item.data(), d_cat.data()).ok());
+  EXPECT_TRUE(s->tables[0]->Push(item_keys.data(), n, d_item.data()).ok());
+  EXPECT_TRUE(s->tables[1]->Push(cat_keys.data(), n, d_cat.data()).ok());
+  auto& p = s->model->params();
+  EXPECT_TRUE(s->opt->Apply(ctx, step, p.values(), p.grads()).ok());
+  for (auto& t : s->tables) t->AdvanceStep(step);
+  return loss;
+}
+
+std::string RngBytes(const Rng& rng) {
+  return std::string(reinterpret_cast<const char*>(&rng), sizeof(Rng));
+}
+
+TEST(Checkpoint, Resume_LossSequenceBitIdenticalToAnUninterruptedRun) {
+  const std::string dir = TempDir();
+  // Uninterrupted: 12 steps, checkpointing (incrementally) after steps 4 and 8.
+  State a(1);
+  Rng rng(77);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.incremental = true;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  std::vector<double> losses;
+  for (int64_t step = 1; step <= 12; ++step) {
+    losses.push_back(TrainStep(&a, &rng, step));
+    if (step % 4 == 0 && step < 12) {
+      a.content.blobs["rng/batches"] = RngBytes(rng);
+      a.content.blobs["trainer/steps"] = std::to_string(step);
+      ASSERT_TRUE(w->Write(step, a.content).ok());
+    }
+  }
+  // Resume from the latest (ckpt-8, an incremental one) in a fresh process state.
+  State b(99);
+  std::map<std::string, std::string> blobs;
+  auto step0 = LoadCheckpoint(dir, b.content, &blobs);
+  ASSERT_TRUE(step0.ok()) << step0.status();
+  ASSERT_EQ(*step0, 8);
+  ASSERT_EQ(blobs["trainer/steps"], "8");
+  Rng resumed(0);
+  ASSERT_EQ(blobs["rng/batches"].size(), sizeof(Rng));
+  std::memcpy(static_cast<void*>(&resumed), blobs["rng/batches"].data(), sizeof(Rng));
+  for (int64_t step = 9; step <= 12; ++step) {
+    const double loss = TrainStep(&b, &resumed, step);
+    EXPECT_EQ(loss, losses[step - 1]) << "step " << step;  // bit for bit
+  }
+  ExpectSameState(b, a);
+  ps::RemoveTree(dir);
+}
+
+}  // namespace
+}  // namespace ips

@@ -1,0 +1,535 @@
+// Tests of the serving bundle and scorer (worker/serving.h): export/score parity with the
+// model's inference logits (fp32: max abs diff <= 1e-5; fp16: AUC within 0.001), chunking,
+// min_count, request parsing errors, corrupt bundles, and hot reload under a stream of requests
+// with no request lost.
+#include "worker/serving.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/random.h"
+#include "kernels/activation.h"
+#include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
+#include "worker/checkpoint.h"
+#include "worker/metrics.h"
+#include "worker/model_factory.h"
+
+namespace ips {
+namespace {
+
+constexpr char kConfig[] = R"(
+version: 1
+name: "serving_test"
+data { batch_size: 128 max_history: 10 }
+model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] activation: DICE }
+tables { name: "item" dim: 4 }
+tables { name: "category" dim: 4 }
+train { seed: 3 }
+)";
+
+constexpr int64_t kItems = 300, kCats = 20;
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/ips_serving_XXXXXX";
+  const char* d = ::mkdtemp(tmpl);
+  EXPECT_NE(d, nullptr);
+  return d;
+}
+
+uint64_t CatOf(uint64_t item) { return 1 + item % kCats; }
+
+// A "trained" model: random dense weights and Dice statistics, tables after random traffic.
+struct Trained {
+  std::unique_ptr<models::CtrModel<float>> model;
+  std::vector<std::unique_ptr<ps::DynamicTable>> tables;  // item, category
+  CheckpointContent content;
+
+  explicit Trained(uint64_t seed, const char* config_text = kConfig) {
+    auto cfg = ParseConfigText(config_text, "config");
+    EXPECT_TRUE(cfg.ok()) << cfg.status();
+    auto m = CreateCtrModel(*cfg, 128);
+    EXPECT_TRUE(m.ok()) << m.status();
+    model = std::move(*m);
+    Rng rng(seed);
+    auto& p = model->params();
+    for (int64_t i = 0; i < p.size(); ++i) p.values()[i] = static_cast<float>(0.5 * rng.Normal());
+    for (auto& s : model->state())
+      for (int64_t i = 0; i < s.size; ++i)
+        s.data[i] = static_cast<float>(0.1 + std::fabs(rng.Normal()));
+    for (const char* name : {"item", "category"}) {
+      ps::TableOptions o;
+      o.name = name;
+      o.dim = 4;
+      o.has_padding_key = true;
+      o.num_shards = 4;
+      o.rows_per_slab = 64;
+      o.initializer.type = ps::InitializerOptions::Type::kNormal;
+      o.initializer.stddev = 0.5;
+      o.seed = seed;
+      tables.push_back(std::move(ps::DynamicTable::Create(o)).value());
+    }
+    // Traffic: items 1..kItems (some pulled often, some once), categories 1..kCats.
+    for (int step = 0; step < 20; ++step) {
+      std::vector<uint64_t> items(64), cats(64);
+      for (int i = 0; i < 64; ++i) {
+        items[i] = 1 + rng.UniformInt(i < 32 ? 40 : kItems);
+        cats[i] = CatOf(items[i]);
+      }
+      std::vector<float> rows(64 * 4), grads(64 * 4);
+      for (int t = 0; t < 2; ++t) {
+        auto& keys = t == 0 ? items : cats;
+        EXPECT_TRUE(tables[t]->Pull(keys.data(), 64, rows.data()).ok());
+        for (auto& g : grads) g = static_cast<float>(rng.Normal());
+        EXPECT_TRUE(tables[t]->Push(keys.data(), 64, grads.data()).ok());
+      }
+    }
+    AddModelState(model.get(), nullptr, &content);
+    for (auto& t : tables) content.tables.push_back(t.get());
+    content.config_text = config_text;
+  }
+
+  // The model's inference logits for (history, candidates), each position's row read with the
+  // table's read-only Lookup (what the trainer's PredictLogits does).
+  std::vector<float> Reference(const ScoreRequest& q) {
+    const int64_t T = model->max_len(), D = 4;
+    const int64_t B = static_cast<int64_t>(q.candidates.size());
+    const int64_t len = std::min<int64_t>(T, static_cast<int64_t>(q.history.size()));
+    std::vector<uint64_t> item_keys(B * T + B, 0), cat_keys(B * T + B, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < len; ++t) {
+        const size_t h = q.history.size() - len + t;
+        item_keys[b * T + T - len + t] = q.history[h];
+        cat_keys[b * T + T - len + t] = q.history_cats.empty() ? 0 : q.history_cats[h];
+      }
+      item_keys[B * T + b] = q.candidates[b];
+      cat_keys[B * T + b] = q.candidate_cats.empty() ? 0 : q.candidate_cats[b];
+    }
+    std::vector<float> item_rows(item_keys.size() * D), cat_rows(cat_keys.size() * D);
+    EXPECT_TRUE(tables[0]->Lookup(item_keys.data(), item_keys.size(), item_rows.data()).ok());
+    EXPECT_TRUE(tables[1]->Lookup(cat_keys.data(), cat_keys.size(), cat_rows.data()).ok());
+    std::vector<int64_t> index(item_keys.size());
+    for (size_t i = 0; i < index.size(); ++i) index[i] = static_cast<int64_t>(i);
+    std::vector<int32_t> lengths(B, static_cast<int32_t>(len));
+    models::CtrInputs<float> in;
+    in.batch = B;
+    in.lengths = lengths.data();
+    in.item_index = index.data();
+    in.cat_index = index.data();
+    in.item_rows = item_rows.data();
+    in.num_item_rows = static_cast<int64_t>(item_keys.size());
+    in.cat_rows = cat_rows.data();
+    in.num_cat_rows = static_cast<int64_t>(cat_keys.size());
+    kernels::Context ctx;
+    EXPECT_TRUE(model->Forward(ctx, in, /*training=*/false, nullptr).ok());
+    return std::vector<float>(model->logits(), model->logits() + B);
+  }
+};
+
+ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats) {
+  ScoreRequest q;
+  for (int i = 0; i < history; ++i) q.history.push_back(1 + rng.UniformInt(kItems + 50));
+  for (int i = 0; i < candidates; ++i) q.candidates.push_back(1 + rng.UniformInt(kItems + 50));
+  if (cats) {
+    for (uint64_t h : q.history) q.history_cats.push_back(CatOf(h));
+    for (uint64_t c : q.candidates) q.candidate_cats.push_back(CatOf(c));
+  }
+  return q;
+}
+
+std::string Checkpoint(Trained& t, const std::string& dir, int64_t step) {
+  CheckpointOptions o;
+  o.dir = dir;
+  auto w = CheckpointWriter::Create(o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  auto info = (*w)->Write(step, t.content);
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info->path;
+}
+
+double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+  return m;
+}
+
+TEST(Serving, ExportScoreParity_Fp32_MaxAbsDiffWithin1e5_WithChunking) {
+  const std::string dir = TempDir();
+  Trained t(1);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  auto ex = ExportBundle(eo);
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  EXPECT_EQ(ex->version, 1);
+  EXPECT_EQ(ex->step, 20);
+  auto bundle = Bundle::Load(eo.output);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  EXPECT_EQ((*bundle)->rows("item"), t.tables[0]->Stats().rows);
+  auto scorer = Scorer::Create(*bundle);
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
+  auto small = Scorer::Create(*bundle, 16);  // 100 candidates in 7 forwards
+  ASSERT_TRUE(small.ok());
+  Rng rng(9);
+  double worst = 0;
+  for (int r = 0; r < 20; ++r) {
+    // Histories shorter and longer than max_len 10, with and without categories; candidates
+    // include keys the tables never saw (zeros, as the store's Lookup).
+    ScoreRequest q = RandomRequest(rng, r % 15, 100, r % 4 != 3);
+    ScoreResponse got, got_small;
+    ASSERT_TRUE((*scorer)->Score(q, &got).ok());
+    ASSERT_TRUE((*small)->Score(q, &got_small).ok());
+    const std::vector<float> want = t.Reference(q);
+    ASSERT_EQ(got.scores.size(), want.size());
+    worst = std::max(worst, MaxAbsDiff(got.scores, want));
+    worst = std::max(worst, MaxAbsDiff(got_small.scores, want));
+  }
+  std::printf("[ parity ] fp32 bundle vs model: max abs diff %.3g\n", worst);
+  EXPECT_LE(worst, 1e-5);
+  ps::RemoveTree(dir);
+}
+
+// The other CTR models through the same bundle and scorer.
+class OtherModels : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(OtherModels, ExportScoreParity_Fp32_MaxAbsDiffWithin1e5) {
+  const std::string config = std::string(R"(
+version: 1
+name: "serving_test_other"
+data { batch_size: 128 max_history: 10 }
+tables { name: "item" dim: 4 }
+tables { name: "category" dim: 4 }
+model { embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] rnn_hidden: 8 type: )") +
+                             GetParam() + " }\n";
+  const std::string dir = TempDir();
+  Trained t(21, config.c_str());
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  auto ex = ExportBundle(eo);
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  auto scorer = std::move(Scorer::Create(std::move(Bundle::Load(eo.output)).value())).value();
+  EXPECT_STREQ(scorer->model().name(), t.model->name());
+  Rng rng(9);
+  double worst = 0;
+  for (int r = 0; r < 10; ++r) {
+    ScoreRequest q = RandomRequest(rng, r % 13, 50, true);
+    ScoreResponse got;
+    ASSERT_TRUE(scorer->Score(q, &got).ok());
+    worst = std::max(worst, MaxAbsDiff(got.scores, t.Reference(q)));
+  }
+  std::printf("[ parity ] %s fp32 bundle vs model: max abs diff %.3g\n", GetParam(), worst);
+  EXPECT_LE(worst, 1e-5);
+  ps::RemoveTree(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, OtherModels, ::testing::Values("DIEN", "POOLED", "MIND"));
+
+TEST(Serving, ExportScoreParity_Fp16_AucWithin0001) {
+  const std::string dir = TempDir();
+  Trained t(2);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  eo.fp16 = true;
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto bundle = Bundle::Load(eo.output);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  EXPECT_TRUE((*bundle)->fp16());
+  auto scorer = std::move(Scorer::Create(*bundle)).value();
+  // A synthetic eval set: 40 users x 100 candidates, labels drawn from the fp32 model's own
+  // click probabilities (so AUC is well above 0.5 and sensitive to score perturbations).
+  Rng rng(3);
+  BinaryMetrics m32, m16;
+  double worst = 0;
+  for (int u = 0; u < 40; ++u) {
+    ScoreRequest q = RandomRequest(rng, 10, 100, true);
+    const std::vector<float> want = t.Reference(q);
+    ScoreResponse got;
+    ASSERT_TRUE(scorer->Score(q, &got).ok());
+    worst = std::max(worst, MaxAbsDiff(got.scores, want));
+    for (size_t i = 0; i < want.size(); ++i) {
+      const float label = rng.Uniform() < kernels::StableSigmoid(want[i]) ? 1.0f : 0.0f;
+      ASSERT_TRUE(m32.Add(kernels::StableSigmoid(want[i]), label, u).ok());
+      ASSERT_TRUE(m16.Add(kernels::StableSigmoid(got.scores[i]), label, u).ok());
+    }
+  }
+  std::printf("[ parity ] fp16 bundle: AUC %.5f vs fp32 %.5f, max abs logit diff %.3g\n", m16.Auc(),
+              m32.Auc(), worst);
+  EXPECT_GT(worst, 0.0) << "fp16 rows should perturb the scores a little";
+  EXPECT_LE(std::fabs(m16.Auc() - m32.Auc()), 0.001);
+  ps::RemoveTree(dir);
+}
+
+TEST(Serving, MinCountDropsRarelyUsedRows) {
+  const std::string dir = TempDir();
+  Trained t(3);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  eo.min_count = 4;
+  auto ex = ExportBundle(eo);
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  int64_t kept = 0;
+  for (auto& table : t.tables)
+    table->ForEachRowSince(0, [&](const ps::RowRecord& r) { kept += r.freq >= 4; });
+  EXPECT_EQ(ex->rows, kept);
+  EXPECT_GT(ex->rows_dropped, 0);
+  ps::RemoveTree(dir);
+}
+
+TEST(Serving, CorruptBundleFile_RejectedNamingTheFile) {
+  const std::string dir = TempDir();
+  Trained t(4);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  const std::string rows = eo.output + "/v-1/rows-item.bin";
+  FILE* f = std::fopen(rows.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fseek(f, 100, SEEK_SET);
+  std::fputc(0x5a, f);
+  std::fclose(f);
+  auto b = Bundle::Load(eo.output);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find(rows), std::string::npos) << b.status();
+  EXPECT_FALSE(BundleServer::Create(eo.output, 10).ok());
+  ps::RemoveTree(dir);
+}
+
+TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServed) {
+  const std::string dir = TempDir();
+  Trained t(5);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto server = std::move(BundleServer::Create(eo.output, 50)).value();
+  struct Case {
+    std::string line, want;
+  };
+  const std::vector<Case> cases = {
+      {"not json", "expected '{'"},
+      // (The error text is JSON-escaped in the response: quotes appear as \".)
+      {R"({"user":1,"history":[1,2],"candidates":[3],"colour":[1]})",
+       R"(unknown field \"colour\")"},
+      {R"({"user":1,"history":[1,-2],"candidates":[3]})", R"(field \"history\": expected)"},
+      {R"({"user":1,"history":[1,2.5],"candidates":[3]})", "integers"},
+      {R"({"user":1,"history":[1,2],"candidates":[3],"candidate_cats":[1,2]})", "candidate_cats"},
+      {R"({"user":1,"candidates":[3]})", R"(missing field \"history\")"},
+      {R"({"user":1,"history":[1,2],"candidates":[3])", "expected ',' or '}'"},
+      {R"({"user":1,"history":[1,2],"candidates":[3]} x)", "trailing"},
+  };
+  int64_t line = 0;
+  for (const auto& c : cases) {
+    bool ok = true;
+    const std::string r = server->HandleLine(++line, c.line, &ok);
+    EXPECT_FALSE(ok) << c.line;
+    EXPECT_NE(r.find("\"error\":\"line " + std::to_string(line) + ":"), std::string::npos) << r;
+    EXPECT_NE(r.find(c.want), std::string::npos) << c.line << " -> " << r;
+    bool good = false;
+    const std::string g = server->HandleLine(
+        ++line, R"({"user":"u7","history":[1,2,3],"history_cats":[2,3,4],"candidates":[5,6]})",
+        &good);
+    EXPECT_TRUE(good) << g;
+    EXPECT_EQ(g.rfind("{\"user\":\"u7\",\"version\":1,\"scores\":[", 0), 0u) << g;
+  }
+  ps::RemoveTree(dir);
+}
+
+TEST(Serving, DeltaBundle_LoadsToTheSameRowsAsAFullExport_AndIsPickedUp) {
+  const std::string dir = TempDir();
+  Trained t(8);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt1", 10);
+  eo.output = dir + "/bundle";
+  eo.delta = true;  // no version yet: a full bundle
+  auto v1 = ExportBundle(eo);
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  EXPECT_EQ(v1->delta_of, 0);
+  auto server = std::move(BundleServer::Create(eo.output, 5)).value();
+  // More training: a few rows change, one is removed, new keys appear.
+  Rng rng(4);
+  std::vector<uint64_t> keys = {1, 2, 3, 1000, 1001};
+  std::vector<float> rows(keys.size() * 4), grads(keys.size() * 4);
+  ASSERT_TRUE(t.tables[0]->Pull(keys.data(), 5, rows.data()).ok());
+  for (auto& g : grads) g = static_cast<float>(rng.Normal());
+  ASSERT_TRUE(t.tables[0]->Push(keys.data(), 5, grads.data()).ok());
+  ASSERT_TRUE(t.tables[0]->Erase(7));
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt2", 20);
+  auto v2 = ExportBundle(eo);
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(v2->delta_of, 1);
+  EXPECT_EQ(v2->rows, 5);  // the 3 updated rows and the 2 new ones; categories unchanged
+  EXPECT_EQ(v2->rows_removed, 1);
+  ExportOptions full = eo;
+  full.output = dir + "/full";
+  full.delta = false;
+  ASSERT_TRUE(ExportBundle(full).ok());
+  auto a = std::move(Bundle::Load(eo.output)).value();
+  auto b = std::move(Bundle::Load(full.output)).value();
+  EXPECT_EQ(a->version(), 2);
+  for (const char* table : {"item", "category"}) {
+    ASSERT_EQ(a->rows(table), b->rows(table)) << table;
+    for (uint64_t k : b->keys(table)) {
+      const float* ra = a->Row(table, k);
+      ASSERT_NE(ra, nullptr) << table << " key " << k;
+      EXPECT_EQ(std::memcmp(ra, b->Row(table, k), 16), 0) << table << " key " << k;
+    }
+  }
+  EXPECT_EQ(a->Row("item", 7), nullptr);
+  // The server swaps to the delta version.
+  for (int i = 0; i < 400 && server->version() != 2; ++i) ::usleep(5000);
+  EXPECT_EQ(server->version(), 2);
+  bool ok = false;
+  server->HandleLine(1, R"({"history":[1,2],"candidates":[1000]})", &ok);
+  EXPECT_TRUE(ok);
+  ps::RemoveTree(dir);
+}
+
+constexpr char kMindConfig[] = R"(
+version: 1
+name: "serving_test_mind"
+data { batch_size: 128 max_history: 10 }
+model { type: MIND embedding_dim: 4 num_interests: 3 routing_iterations: 2 }
+tables { name: "item" dim: 4 }
+tables { name: "category" dim: 4 }
+)";
+
+TEST(Serving, Retrieval_Mind_TopNEqualsBruteForceOverTheItemTable) {
+  const std::string dir = TempDir();
+  Trained t(12, kMindConfig);
+  ASSERT_GT(t.model->num_user_vectors(), 0);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto scorer = std::move(Scorer::Create(std::move(Bundle::Load(eo.output)).value())).value();
+  Rng rng(5);
+  for (int r = 0; r < 5; ++r) {
+    ScoreRequest q = RandomRequest(rng, 3 + r, 0, false);
+    q.top_n = 7;
+    ScoreResponse got;
+    ASSERT_TRUE(scorer->Score(q, &got).ok());
+    // Brute force: the model's user vectors for the history (one dummy candidate), scored
+    // against every row of the item table.
+    ScoreRequest one = q;
+    one.candidates = {0};
+    t.Reference(one);
+    const int64_t K = t.model->num_user_vectors(), V = t.model->vector_dim();
+    const std::vector<float> u(t.model->user_vectors(), t.model->user_vectors() + K * V);
+    std::vector<std::pair<float, uint64_t>> all;
+    t.tables[0]->ForEachRowSince(0, [&](const ps::RowRecord& row) {
+      float best = -INFINITY;
+      for (int64_t k = 0; k < K; ++k) {
+        float dot = 0;
+        for (int64_t j = 0; j < V; ++j) dot += u[k * V + j] * row.value[j];
+        best = std::max(best, dot);
+      }
+      all.emplace_back(best, row.key);
+    });
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a > b; });
+    ASSERT_EQ(got.items.size(), 7u);
+    for (size_t i = 0; i < 7; ++i) {
+      EXPECT_NEAR(got.item_scores[i], all[i].first, 1e-5) << "rank " << i;
+      // Items agree except where two scores tie within the tolerance.
+      if (i + 1 < all.size() && all[i].first - all[i + 1].first > 1e-4 &&
+          (i == 0 || all[i - 1].first - all[i].first > 1e-4)) {
+        EXPECT_EQ(got.items[i], all[i].second) << "rank " << i;
+      }
+    }
+  }
+  ps::RemoveTree(dir);
+}
+
+TEST(Serving, HotReloadUnderAStreamOfRequests_NoRequestLost) {
+  const std::string dir = TempDir();
+  Trained v1(6), v2(7);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(v1, dir + "/ckpt1", 10);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto server = std::move(BundleServer::Create(eo.output, 5)).value();
+
+  Rng rng(11);
+  const ScoreRequest q = RandomRequest(rng, 10, 20, true);
+  std::string line = R"({"user":42,"history":[)";
+  for (size_t i = 0; i < q.history.size(); ++i)
+    line += (i ? "," : "") + std::to_string(q.history[i]);
+  line += R"(],"history_cats":[)";
+  for (size_t i = 0; i < q.history_cats.size(); ++i)
+    line += (i ? "," : "") + std::to_string(q.history_cats[i]);
+  line += R"(],"candidates":[)";
+  for (size_t i = 0; i < q.candidates.size(); ++i)
+    line += (i ? "," : "") + std::to_string(q.candidates[i]);
+  line += R"(],"candidate_cats":[)";
+  for (size_t i = 0; i < q.candidate_cats.size(); ++i)
+    line += (i ? "," : "") + std::to_string(q.candidate_cats[i]);
+  line += "]}";
+
+  std::vector<std::string> responses;
+  std::atomic<bool> exported{false};
+  std::thread serving([&] {
+    // Keep serving until well after the new version was published (bounded by 20 s).
+    int64_t after = 0;
+    for (int64_t n = 1; n <= 200000 && after < 5000; ++n) {
+      bool ok = false;
+      responses.push_back(server->HandleLine(n, line, &ok));
+      if (!ok) break;
+      if (exported.load()) ++after;
+      if (exported.load() && responses.back().find("\"version\":2") != std::string::npos &&
+          after > 50)
+        break;
+      ::usleep(200);
+    }
+  });
+  ::usleep(20000);
+  eo.checkpoint = Checkpoint(v2, dir + "/ckpt2", 20);
+  auto ex = ExportBundle(eo);
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  EXPECT_EQ(ex->version, 2);
+  exported = true;
+  serving.join();
+
+  // Every request was answered, versions never go back, and both versions served.
+  int64_t v1_count = 0, v2_count = 0;
+  int last = 1;
+  for (const auto& r : responses) {
+    ASSERT_EQ(r.find("error"), std::string::npos) << r;
+    const int v = r.find("\"version\":2") != std::string::npos ? 2 : 1;
+    ASSERT_GE(v, last) << "a response of the old version after the new one";
+    last = v;
+    (v == 1 ? v1_count : v2_count)++;
+  }
+  EXPECT_GT(v1_count, 0);
+  EXPECT_GT(v2_count, 0);
+  EXPECT_EQ(server->reloads(), 1);
+  // The new version scores as model v2 does.
+  auto& back = responses.back();
+  const std::vector<float> want = v2.Reference(q);
+  std::vector<float> got;
+  size_t pos = back.find("\"scores\":[") + 10;
+  while (pos < back.size() && back[pos] != ']') {
+    char* end = nullptr;
+    got.push_back(std::strtof(back.c_str() + pos, &end));
+    pos = static_cast<size_t>(end - back.c_str()) + (back[end - back.c_str()] == ',' ? 1 : 0);
+  }
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_LE(MaxAbsDiff(got, want), 1e-5);
+  std::printf("[ reload ] %zu requests: %lld on v1, %lld on v2\n", responses.size(),
+              static_cast<long long>(v1_count), static_cast<long long>(v2_count));
+  ps::RemoveTree(dir);
+}
+
+}  // namespace
+}  // namespace ips

@@ -1,0 +1,541 @@
+#include "worker/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "common/timer.h"
+#include "proto/checkpoint.pb.h"
+#include "ps/checkpoint_io.h"
+
+namespace ips {
+namespace {
+
+constexpr int kFormatVersion = 1;
+constexpr char kDenseMagic[8] = {'I', 'P', 'S', 'D', 'N', 'S', '0', '1'};
+constexpr char kManifestMagic[8] = {'I', 'P', 'S', 'M', 'A', 'N', '0', '1'};
+constexpr char kManifestName[] = "MANIFEST";
+constexpr char kDenseName[] = "dense.bin";
+constexpr char kLatestName[] = "LATEST";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string CkptName(int64_t step) { return "ckpt-" + std::to_string(step); }
+
+// "ckpt-<digits>" -> step, or -1.
+int64_t StepOfName(const std::string& name) {
+  if (name.rfind("ckpt-", 0) != 0 || name.size() == 5 || name.size() > 5 + 18) return -1;
+  int64_t step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+}  // namespace
+
+// ---- dense.bin --------------------------------------------------------------------------------
+
+StatusOr<ps::FileDigest> WriteDenseFile(const std::string& path,
+                                        const std::vector<TensorRef>& tensors,
+                                        const std::map<std::string, std::string>& blobs) {
+  IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(path));
+  IPS_RETURN_IF_ERROR(w->Write(kDenseMagic, 8));
+  IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint32_t>(kFormatVersion)));
+  IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(tensors.size())));
+  for (const auto& t : tensors) {
+    IPS_RETURN_IF_ERROR(w->WriteString(t.name));
+    IPS_RETURN_IF_ERROR(w->WritePod(t.size));
+    IPS_RETURN_IF_ERROR(w->Write(t.data, static_cast<size_t>(t.size) * sizeof(float)));
+  }
+  IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(blobs.size())));
+  for (const auto& [name, bytes] : blobs) {
+    IPS_RETURN_IF_ERROR(w->WriteString(name));
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint64_t>(bytes.size())));
+    IPS_RETURN_IF_ERROR(w->Write(bytes.data(), bytes.size()));
+  }
+  IPS_RETURN_IF_ERROR(w->Finish());
+  return ps::FileDigest{w->file_bytes(), w->file_crc32c()};
+}
+
+Status ReadDenseFile(const std::string& path, std::map<std::string, std::vector<float>>* tensors,
+                     std::map<std::string, std::string>* blobs) {
+  IPS_ASSIGN_OR_RETURN(auto r, ps::CrcFileReader::Open(path));
+  char magic[8];
+  IPS_RETURN_IF_ERROR(r->Read(magic, 8, "magic"));
+  if (std::memcmp(magic, kDenseMagic, 8) != 0)
+    return DataLossError(path + ": not a dense checkpoint file");
+  uint32_t version = 0;
+  IPS_RETURN_IF_ERROR(r->ReadPod(&version, "version"));
+  if (version != kFormatVersion)
+    return DataLossError(path + ": format version " + std::to_string(version));
+  int64_t n = 0;
+  IPS_RETURN_IF_ERROR(r->ReadPod(&n, "tensor count"));
+  if (n < 0 || n > r->file_size())
+    return DataLossError(path + ": tensor count " + std::to_string(n));
+  for (int64_t i = 0; i < n; ++i) {
+    std::string name;
+    IPS_RETURN_IF_ERROR(r->ReadString(&name, 4096, "tensor name"));
+    int64_t size = 0;
+    IPS_RETURN_IF_ERROR(r->ReadPod(&size, "tensor size"));
+    if (size < 0 || size > (r->file_size() - r->offset()) / 4)
+      return DataLossError(path + ": tensor '" + name + "' size " + std::to_string(size) +
+                           " exceeds the file");
+    std::vector<float> v(static_cast<size_t>(size));
+    IPS_RETURN_IF_ERROR(r->Read(v.data(), v.size() * 4, "tensor values"));
+    if (tensors != nullptr) (*tensors)[name] = std::move(v);
+  }
+  IPS_RETURN_IF_ERROR(r->ReadPod(&n, "blob count"));
+  if (n < 0 || n > r->file_size()) return DataLossError(path + ": blob count " + std::to_string(n));
+  for (int64_t i = 0; i < n; ++i) {
+    std::string name, bytes;
+    IPS_RETURN_IF_ERROR(r->ReadString(&name, 4096, "blob name"));
+    uint64_t size = 0;
+    IPS_RETURN_IF_ERROR(r->ReadPod(&size, "blob size"));
+    if (size > static_cast<uint64_t>(r->file_size() - r->offset()))
+      return DataLossError(path + ": blob '" + name + "' size " + std::to_string(size) +
+                           " exceeds the file");
+    bytes.resize(size);
+    IPS_RETURN_IF_ERROR(r->Read(bytes.data(), size, "blob bytes"));
+    if (blobs != nullptr) (*blobs)[name] = std::move(bytes);
+  }
+  return r->FinishAndVerify();
+}
+
+namespace {
+
+// ---- MANIFEST ---------------------------------------------------------------------------------
+
+Status WriteManifest(const std::string& path, const ckpt::CheckpointManifest& m) {
+  std::string bytes;
+  if (!m.SerializeToString(&bytes)) return InternalError(path + ": cannot serialize the manifest");
+  IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(path));
+  IPS_RETURN_IF_ERROR(w->Write(kManifestMagic, 8));
+  IPS_RETURN_IF_ERROR(w->WriteString(bytes));
+  return w->Finish();
+}
+
+StatusOr<ckpt::CheckpointManifest> ReadManifest(const std::string& dir) {
+  const std::string path = dir + "/" + kManifestName;
+  if (!ps::PathExists(path)) return NotFoundError(path + ": missing");
+  IPS_ASSIGN_OR_RETURN(auto r, ps::CrcFileReader::Open(path));
+  char magic[8];
+  IPS_RETURN_IF_ERROR(r->Read(magic, 8, "magic"));
+  if (std::memcmp(magic, kManifestMagic, 8) != 0)
+    return DataLossError(path + ": not a checkpoint manifest");
+  std::string bytes;
+  IPS_RETURN_IF_ERROR(r->ReadString(&bytes, size_t{1} << 30, "manifest"));
+  IPS_RETURN_IF_ERROR(r->FinishAndVerify());
+  ckpt::CheckpointManifest m;
+  if (!m.ParseFromString(bytes)) return DataLossError(path + ": unparsable manifest");
+  if (m.format_version() < 1 || m.format_version() > kFormatVersion)
+    return InvalidArgumentError(path + ": format version " + std::to_string(m.format_version()) +
+                                " (this binary reads up to " + std::to_string(kFormatVersion) +
+                                ")");
+  return m;
+}
+
+std::string TableFileName(const std::string& table, int rank) {
+  return "table-" + table + "-r" + std::to_string(rank) + ".bin";
+}
+
+}  // namespace
+
+void AddDenseState(models::DenseParams<float>* params,
+                   const std::vector<models::StateTensor<float>>& state, DenseOptimizer* optimizer,
+                   CheckpointContent* content) {
+  for (const auto& e : params->entries())
+    content->tensors.push_back({"dense/" + e.name, params->value(e.offset), e.size});
+  for (const auto& s : state) content->tensors.push_back({"model_state/" + s.name, s.data, s.size});
+  if (optimizer == nullptr) return;
+  for (int k = 0; k < 2; ++k) {
+    std::vector<float>& st = k == 0 ? optimizer->state0() : optimizer->state1();
+    if (static_cast<int64_t>(st.size()) != params->size()) continue;
+    for (const auto& e : params->entries())
+      content->tensors.push_back(
+          {"dense_opt" + std::to_string(k) + "/" + e.name, st.data() + e.offset, e.size});
+  }
+}
+
+StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std::string& root) {
+  IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(root));
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (const auto& n : names) {
+    const int64_t step = StepOfName(n);
+    if (step >= 0 && ps::IsDirectory(root + "/" + n)) out.emplace_back(step, n);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// ---- CheckpointWriter ---------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
+    const CheckpointOptions& options) {
+  if (options.dir.empty()) return InvalidArgumentError("checkpoint: empty dir");
+  if (options.keep_last < 1)
+    return InvalidArgumentError("checkpoint: keep_last " + std::to_string(options.keep_last) +
+                                " < 1");
+  if (options.full_every < 1)
+    return InvalidArgumentError("checkpoint: full_every " + std::to_string(options.full_every) +
+                                " < 1");
+  IPS_RETURN_IF_ERROR(ps::MakeDirs(options.dir));
+  IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.dir));
+  for (const auto& n : names) {
+    // Leftovers of a writer killed mid-write or mid-replace: never visible as checkpoints.
+    if (n.rfind("tmp-", 0) == 0 || n.rfind("trash-", 0) == 0) ps::RemoveTree(options.dir + "/" + n);
+  }
+  return std::unique_ptr<CheckpointWriter>(new CheckpointWriter(options));
+}
+
+StatusOr<std::vector<CheckpointFile>> WriteTableShards(
+    const std::string& staging_dir, int rank, const std::vector<ps::DynamicTable*>& tables,
+    const std::map<std::string, uint32_t>* since_epochs,
+    const std::function<Status(const std::string&)>& fault_hook) {
+  std::set<std::string> names;
+  for (const auto* t : tables) {
+    if (t == nullptr) return InvalidArgumentError("checkpoint: null table");
+    if (!names.insert(t->options().name).second)
+      return InvalidArgumentError("checkpoint: duplicate table '" + t->options().name + "'");
+    if (since_epochs != nullptr && since_epochs->count(t->options().name) == 0)
+      return InvalidArgumentError("checkpoint: table '" + t->options().name +
+                                  "' was not in the previous checkpoint");
+  }
+  std::vector<CheckpointFile> files;
+  for (auto* t : tables) {
+    const std::string& name = t->options().name;
+    CheckpointFile f;
+    f.name = TableFileName(name, rank);
+    ps::TableWriteOptions wo;
+    wo.incremental = since_epochs != nullptr;
+    wo.since_epoch = wo.incremental ? since_epochs->at(name) : 0;
+    IPS_ASSIGN_OR_RETURN(const ps::TableFileInfo ti,
+                         ps::WriteTableFile(t, staging_dir + "/" + f.name, wo));
+    f.bytes = ti.bytes;
+    f.crc32c = ti.crc32c;
+    f.role = CheckpointFile::kTable;
+    f.rank = rank;
+    f.table = name;
+    f.rows = ti.rows;
+    f.epoch = ti.epoch;
+    files.push_back(std::move(f));
+    if (fault_hook) IPS_RETURN_IF_ERROR(fault_hook("file:" + files.back().name));
+  }
+  return files;
+}
+
+Status CheckpointWriter::FireHook(const std::string& event) {
+  if (!o_.fault_hook) return Status::Ok();
+  Status s = o_.fault_hook(event);
+  if (!s.ok()) hook_stopped_ = true;
+  return s;
+}
+
+bool CheckpointWriter::NextIsIncremental() const {
+  return o_.incremental && !last_committed_.empty() && since_full_ < o_.full_every - 1;
+}
+
+StatusOr<std::string> CheckpointWriter::Begin(int64_t step) {
+  const std::string tmp = o_.dir + "/tmp-" + std::to_string(step) + "-" +
+                          std::to_string(::getpid()) + "-" + std::to_string(counter_++);
+  IPS_RETURN_IF_ERROR(ps::MakeDirs(tmp));
+  return tmp;
+}
+
+StatusOr<CheckpointInfo> CheckpointWriter::Commit(int64_t step, const std::string& staging,
+                                                  const CheckpointContent& content,
+                                                  const std::vector<CheckpointFile>& table_files) {
+  Timer timer;
+  {
+    std::set<std::string> names;
+    for (const auto& t : content.tensors) {
+      if (!names.insert(t.name).second)
+        return InvalidArgumentError("checkpoint: duplicate tensor '" + t.name + "'");
+      if (t.size < 0 || (t.size > 0 && t.data == nullptr))
+        return InvalidArgumentError("checkpoint: tensor '" + t.name + "' has no data");
+    }
+  }
+  const bool incremental = NextIsIncremental();
+  ckpt::CheckpointManifest m;
+  m.set_format_version(kFormatVersion);
+  m.set_step(step);
+  m.set_kind(incremental ? ckpt::CheckpointManifest::INCREMENTAL : ckpt::CheckpointManifest::FULL);
+  if (incremental) m.set_parent(last_committed_);
+  m.set_config_text(content.config_text);
+  m.set_unix_time_ms(NowMs());
+  CheckpointInfo info;
+  info.step = step;
+  info.incremental = incremental;
+  info.parent = incremental ? last_committed_ : "";
+
+  IPS_ASSIGN_OR_RETURN(const ps::FileDigest dense,
+                       WriteDenseFile(staging + "/" + kDenseName, content.tensors, content.blobs));
+  {
+    auto* f = m.add_files();
+    f->set_name(kDenseName);
+    f->set_bytes(dense.bytes);
+    f->set_crc32c(dense.crc32c);
+    f->set_role(ckpt::FileEntry::DENSE);
+    info.bytes += dense.bytes;
+  }
+  IPS_RETURN_IF_ERROR(FireHook(std::string("file:") + kDenseName));
+  std::set<int> ranks;
+  for (const auto& tf : table_files) {
+    auto* f = m.add_files();
+    f->set_name(tf.name);
+    f->set_bytes(tf.bytes);
+    f->set_crc32c(tf.crc32c);
+    f->set_role(ckpt::FileEntry::TABLE);
+    f->set_rank(tf.rank);
+    f->set_table(tf.table);
+    f->set_rows(tf.rows);
+    f->set_epoch(tf.epoch);
+    ranks.insert(tf.rank);
+    info.bytes += tf.bytes;
+    info.table_rows += tf.rows;
+  }
+  m.set_num_table_writers(static_cast<int32_t>(std::max<size_t>(1, ranks.size())));
+  IPS_RETURN_IF_ERROR(WriteManifest(staging + "/" + kManifestName, m));
+  IPS_RETURN_IF_ERROR(ps::FsyncDir(staging));
+  IPS_RETURN_IF_ERROR(FireHook("publish"));
+
+  const std::string name = CkptName(step);
+  const std::string final_dir = o_.dir + "/" + name;
+  std::string trash;
+  if (ps::PathExists(final_dir)) {
+    // Replacing a checkpoint of the same step (e.g. SIGTERM right after a periodic one): move the
+    // old one aside first; a crash in between leaves LATEST naming a missing directory, which
+    // the reader answers with the newest remaining checkpoint.
+    trash = o_.dir + "/trash-" + name + "-" + std::to_string(::getpid());
+    if (std::rename(final_dir.c_str(), trash.c_str()) != 0)
+      return InternalError("rename " + final_dir + " -> " + trash + " failed");
+  }
+  if (std::rename(staging.c_str(), final_dir.c_str()) != 0)
+    return InternalError("rename " + staging + " -> " + final_dir + " failed");
+  IPS_RETURN_IF_ERROR(ps::FsyncDir(o_.dir));
+  IPS_RETURN_IF_ERROR(ps::WriteFileAtomically(o_.dir + "/" + kLatestName, name + "\n"));
+  if (!trash.empty()) ps::RemoveTree(trash);
+
+  last_committed_ = name;
+  since_full_ = incremental ? since_full_ + 1 : 0;
+  info.path = final_dir;
+  info.files = m.files_size();
+  Retain();
+  info.seconds = timer.Seconds();
+  return info;
+}
+
+StatusOr<CheckpointInfo> CheckpointWriter::Write(int64_t step, const CheckpointContent& content) {
+  Timer timer;
+  const bool incremental = NextIsIncremental();
+  IPS_ASSIGN_OR_RETURN(const std::string staging, Begin(step));
+  // A real failure (disk full) removes the staging directory; a fault-hook stop leaves it, as a
+  // killed process would.
+  hook_stopped_ = false;
+  auto files = WriteTableShards(staging, 0, content.tables, incremental ? &table_epochs_ : nullptr,
+                                [this](const std::string& e) { return FireHook(e); });
+  StatusOr<CheckpointInfo> committed = files.ok() ? Commit(step, staging, content, *files)
+                                                  : StatusOr<CheckpointInfo>(files.status());
+  if (!committed.ok()) {
+    if (!hook_stopped_ && ps::IsDirectory(staging)) ps::RemoveTree(staging);
+    return committed.status();
+  }
+  CheckpointInfo info = std::move(*committed);
+  // Committed: later incremental checkpoints are relative to this one.
+  table_epochs_.clear();
+  for (size_t i = 0; i < files->size(); ++i) {
+    content.tables[i]->DiscardChangesThrough((*files)[i].epoch);
+    table_epochs_[(*files)[i].table] = (*files)[i].epoch;
+  }
+  info.seconds = timer.Seconds();
+  return info;
+}
+
+void CheckpointWriter::Retain() {
+  auto list = ListCheckpoints(o_.dir);
+  if (!list.ok()) return;
+  const auto& all = *list;
+  if (static_cast<int>(all.size()) <= o_.keep_last) return;
+  std::set<std::string> keep;
+  for (size_t i = all.size() - static_cast<size_t>(o_.keep_last); i < all.size(); ++i) {
+    // Keep the checkpoint and its chain of parents.
+    std::string name = all[i].second;
+    for (int guard = 0; guard < 10000 && !name.empty() && keep.insert(name).second; ++guard) {
+      auto m = ReadManifest(o_.dir + "/" + name);
+      if (!m.ok() || m->kind() != ckpt::CheckpointManifest::INCREMENTAL) break;
+      name = m->parent();
+    }
+  }
+  for (const auto& [step, name] : all)
+    if (keep.count(name) == 0) ps::RemoveTree(o_.dir + "/" + name);
+}
+
+// ---- CheckpointReader ---------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path_in) {
+  std::string path = path_in;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
+  std::string root, name;
+  if (ps::PathExists(path + "/" + kManifestName)) {
+    const size_t slash = path.find_last_of('/');
+    root = slash == std::string::npos ? "." : path.substr(0, slash);
+    name = slash == std::string::npos ? path : path.substr(slash + 1);
+  } else {
+    root = path;
+    auto latest = ps::ReadSmallFile(path + "/" + kLatestName);
+    if (latest.ok()) {
+      name = *latest;
+      while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+      if (StepOfName(name) < 0)
+        return DataLossError(path + "/" + kLatestName + ": names '" + name +
+                             "', not a ckpt-<step> directory");
+      if (!ps::IsDirectory(root + "/" + name)) name.clear();
+    }
+    if (name.empty()) {
+      IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
+      if (list.empty()) return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
+      name = list.back().second;
+    }
+  }
+  std::unique_ptr<CheckpointReader> r(new CheckpointReader());
+  // Follow the chain to its full checkpoint.
+  std::vector<std::pair<std::string, ckpt::CheckpointManifest>> chain;
+  std::set<std::string> seen;
+  for (std::string cur = name;;) {
+    if (!seen.insert(cur).second)
+      return InvalidArgumentError(root + ": checkpoint chain cycles at " + cur);
+    const std::string dir = root + "/" + cur;
+    if (!ps::IsDirectory(dir))
+      return NotFoundError(dir + ": missing (parent of " + chain.back().first + ")");
+    IPS_ASSIGN_OR_RETURN(ckpt::CheckpointManifest m, ReadManifest(dir));
+    const bool inc = m.kind() == ckpt::CheckpointManifest::INCREMENTAL;
+    std::string parent = m.parent();
+    chain.emplace_back(dir, std::move(m));
+    if (!inc) break;
+    if (parent.empty())
+      return InvalidArgumentError(dir + "/MANIFEST: incremental without a parent");
+    cur = parent;
+  }
+  std::reverse(chain.begin(), chain.end());
+  const ckpt::CheckpointManifest& newest = chain.back().second;
+  r->step_ = newest.step();
+  r->config_text_ = newest.config_text();
+  // Every file of every link: existence, size, checksum; then table file structure.
+  for (const auto& [dir, m] : chain) {
+    std::vector<FileRef> refs;
+    for (const auto& f : m.files()) {
+      if (f.name().empty() || f.name().find('/') != std::string::npos || f.name() == "..")
+        return DataLossError(dir + "/MANIFEST: bad file name '" + f.name() + "'");
+      const std::string p = dir + "/" + f.name();
+      IPS_RETURN_IF_ERROR(ps::VerifyFile(p, f.bytes(), f.crc32c()));
+      if (f.role() == ckpt::FileEntry::TABLE) {
+        IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(p));
+        if (h.name != f.table())
+          return DataLossError(p + ": holds table '" + h.name + "', manifest says '" + f.table() +
+                               "'");
+      }
+      refs.push_back({p, f.table(), f.rank(), static_cast<int>(f.role())});
+    }
+    r->dirs_.push_back(dir);
+    r->files_.push_back(std::move(refs));
+  }
+  return r;
+}
+
+std::vector<std::string> CheckpointReader::table_names() const {
+  std::set<std::string> names;
+  for (const auto& f : files_.back())
+    if (f.role == ckpt::FileEntry::TABLE) names.insert(f.table);
+  return {names.begin(), names.end()};
+}
+
+std::vector<std::vector<std::string>> CheckpointReader::TableFiles(const std::string& table) const {
+  std::vector<std::vector<std::string>> groups;
+  for (const auto& link : files_) {
+    std::vector<std::string> g;
+    for (const auto& f : link)
+      if (f.role == ckpt::FileEntry::TABLE && f.table == table) g.push_back(f.path);
+    groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
+Status CheckpointReader::ReadDense(std::map<std::string, std::vector<float>>* tensors,
+                                   std::map<std::string, std::string>* blobs) const {
+  // The dense state of an incremental checkpoint is complete: read the newest link only.
+  for (const auto& f : files_.back())
+    if (f.role == ckpt::FileEntry::DENSE) return ReadDenseFile(f.path, tensors, blobs);
+  return NotFoundError(dir() + "/MANIFEST: lists no dense file");
+}
+
+Status CheckpointReader::Restore(const CheckpointContent& into,
+                                 std::map<std::string, std::string>* blobs,
+                                 const ps::KeyFilter& keep) const {
+  // 1. Check everything.
+  std::map<std::string, std::vector<float>> tensors;
+  std::map<std::string, std::string> saved_blobs;
+  IPS_RETURN_IF_ERROR(ReadDense(&tensors, &saved_blobs));
+  std::set<std::string> wanted;
+  for (const auto& t : into.tensors) {
+    wanted.insert(t.name);
+    auto it = tensors.find(t.name);
+    if (it == tensors.end())
+      return NotFoundError(dir() + ": no tensor '" + t.name + "' in the checkpoint");
+    if (static_cast<int64_t>(it->second.size()) != t.size)
+      return InvalidArgumentError(dir() + ": tensor '" + t.name + "' has " +
+                                  std::to_string(it->second.size()) + " values, the model " +
+                                  std::to_string(t.size));
+  }
+  if (!into.tensors.empty()) {
+    for (const auto& [name, v] : tensors)
+      if (wanted.count(name) == 0)
+        return InvalidArgumentError(dir() + ": tensor '" + name +
+                                    "' of the checkpoint has no place in the model (another model "
+                                    "or configuration?)");
+  }
+  std::vector<std::vector<std::vector<std::string>>> table_files;
+  for (const auto* t : into.tables) {
+    auto groups = TableFiles(t->options().name);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].empty())
+        return NotFoundError(chain()[g] + ": no files of table '" + t->options().name + "'");
+      for (const auto& p : groups[g]) {
+        IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(p));
+        IPS_RETURN_IF_ERROR(ps::CheckTableFileFits(p, h, *t));
+      }
+    }
+    if (t->Stats().rows != 0)
+      return FailedPreconditionError("table '" + t->options().name +
+                                     "' is not empty: restore into fresh tables");
+    table_files.push_back(std::move(groups));
+  }
+  // 2. Load.
+  for (const auto& t : into.tensors) {
+    const auto& v = tensors.at(t.name);
+    std::copy(v.begin(), v.end(), t.data);
+  }
+  for (size_t i = 0; i < into.tables.size(); ++i)
+    IPS_RETURN_IF_ERROR(ps::LoadTableChain(table_files[i], into.tables[i], keep, nullptr));
+  if (blobs != nullptr) *blobs = std::move(saved_blobs);
+  return Status::Ok();
+}
+
+StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointContent& into,
+                                 std::map<std::string, std::string>* blobs,
+                                 const ps::KeyFilter& keep) {
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
+  IPS_RETURN_IF_ERROR(reader->Restore(into, blobs, keep));
+  return reader->step();
+}
+
+}  // namespace ips

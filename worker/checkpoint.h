@@ -1,0 +1,239 @@
+// Training checkpoints: the directory layout, the manifest and the atomic publish. A checkpoint
+// is a directory DIR/ckpt-<step> holding
+//   MANIFEST     proto/checkpoint.proto CheckpointManifest (framed with a CRC32C trailer): the
+//                step, full or incremental (+ parent), the config text, and every file with its
+//                size, CRC32C, role, writer rank and table
+//   dense.bin    named float tensors (dense weights, dense optimizer state, model state such as
+//                Dice running statistics) and named opaque blobs (reader positions, RNG states,
+//                step counters), see CheckpointContent
+//   table-<name>-r<rank>.bin   one table shard per writer (ps/table_checkpoint.h)
+// and DIR/LATEST names the newest one.
+//
+// Durability: a checkpoint is written into DIR/tmp-<step>-..., every file is fsynced, then the
+// directory, then it is renamed to DIR/ckpt-<step> and DIR is fsynced, then LATEST is replaced
+// atomically (write + fsync + rename). A writer killed at any point leaves the previous
+// checkpoint loadable and no partially visible one (a leftover tmp-* is removed by the next
+// writer). The last keep_last checkpoints are kept, plus the ancestors their incremental chains
+// need.
+//
+// Reading validates everything before loading anything: the manifests of the whole chain, then
+// every file's existence, size and CRC32C, then the structure of every table file and that every
+// tensor and table fits its destination. A corrupt, truncated or missing file fails with a
+// message naming the file and what was wrong, and nothing is modified.
+//
+// Thread safety: a writer or reader is used by one thread; the tables' own locking applies while
+// they are written (call between training steps for an exact snapshot). One writer per DIR.
+#ifndef IPS_WORKER_CHECKPOINT_H_
+#define IPS_WORKER_CHECKPOINT_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "models/layers.h"
+#include "ps/checkpoint_io.h"
+#include "ps/dynamic_table.h"
+#include "ps/table_checkpoint.h"
+#include "worker/dense_optimizer.h"
+
+namespace ips {
+
+// A float tensor referenced in place (not owned): read when saving, overwritten when restoring.
+struct TensorRef {
+  std::string name;
+  float* data = nullptr;
+  int64_t size = 0;
+};
+
+// What a checkpoint holds, as references into the live training state.
+struct CheckpointContent {
+  std::vector<TensorRef> tensors;
+  // Opaque named state (reader positions, RNG states, step counters, ...).
+  std::map<std::string, std::string> blobs;
+  // Tables, identified by options().name; not owned.
+  std::vector<ps::DynamicTable*> tables;
+  // The training config in text format (saved; ignored on restore).
+  std::string config_text;
+};
+
+// Adds a model's dense weights ("dense/<entry>"), its non-trained state ("model_state/<name>")
+// and, when `optimizer` is not null, the optimizer's two state arrays sliced like the weights
+// ("dense_opt0/<entry>", "dense_opt1/<entry>"). The references stay valid as long as the model
+// and the optimizer do.
+void AddDenseState(models::DenseParams<float>* params,
+                   const std::vector<models::StateTensor<float>>& state, DenseOptimizer* optimizer,
+                   CheckpointContent* content);
+template <typename Model>  // models::CtrModel<float> or models::SeqModel<float>
+void AddModelState(Model* model, DenseOptimizer* optimizer, CheckpointContent* content) {
+  AddDenseState(&model->params(), model->state(), optimizer, content);
+}
+
+struct CheckpointOptions {
+  std::string dir;
+  int keep_last = 3;  // >= 1
+  // Table files hold only the rows changed since this writer's previous checkpoint; every
+  // full_every-th checkpoint (and the first one) is full, which bounds the chains.
+  bool incremental = false;
+  int full_every = 10;
+  // Tests: called with "file:<name>" after each file is written and with "publish" before the
+  // rename; an error stops the write there without any cleanup, as a killed process would.
+  std::function<Status(const std::string& event)> fault_hook;
+};
+
+struct CheckpointInfo {
+  std::string path;  // DIR/ckpt-<step>
+  int64_t step = 0;
+  bool incremental = false;
+  std::string parent;  // incremental: the directory name of the parent
+  int64_t bytes = 0;   // all files
+  int files = 0;
+  int64_t table_rows = 0;  // rows written (changed rows for an incremental checkpoint)
+  double seconds = 0;
+};
+
+// One file of a checkpoint as the manifest records it.
+struct CheckpointFile {
+  std::string name;  // relative to the checkpoint directory
+  int64_t bytes = 0;
+  uint32_t crc32c = 0;
+  enum Role { kDense, kTable } role = kTable;
+  int rank = 0;       // writer rank (parameter server)
+  std::string table;  // kTable
+  int64_t rows = 0;
+  uint32_t epoch = 0;  // kTable: pass as since_epochs[table] to the next incremental write
+};
+
+// A parameter server's (or any table owner's) part of a checkpoint: writes each table as
+// table-<name>-r<rank>.bin into `staging_dir` (the coordinator's CheckpointWriter::Begin) and
+// returns the entries for its Commit. since_epochs == nullptr: full files; otherwise incremental
+// files relative to the given per-table epochs (the `epoch`s of this rank's files in the previous
+// committed checkpoint). After the coordinator's Commit succeeds, the owner calls
+// table->DiscardChangesThrough(file.epoch) for each file. Errors: INTERNAL naming the file,
+// INVALID_ARGUMENT for duplicate tables or a table missing from since_epochs.
+StatusOr<std::vector<CheckpointFile>> WriteTableShards(
+    const std::string& staging_dir, int rank, const std::vector<ps::DynamicTable*>& tables,
+    const std::map<std::string, uint32_t>* since_epochs,
+    const std::function<Status(const std::string& event)>& fault_hook = nullptr);
+
+class CheckpointWriter {
+ public:
+  // Creates DIR when missing and removes stale tmp-* directories of a killed writer.
+  // INVALID_ARGUMENT for bad options; INTERNAL naming the path on I/O errors.
+  static StatusOr<std::unique_ptr<CheckpointWriter>> Create(const CheckpointOptions& options);
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // Writes and publishes checkpoint `step` of `content` (replacing an existing ckpt-<step>), then
+  // deletes checkpoints beyond keep_last. Errors: INTERNAL naming the file on I/O errors (the
+  // previous checkpoint stays the latest), INVALID_ARGUMENT for duplicate tensor or table names.
+  StatusOr<CheckpointInfo> Write(int64_t step, const CheckpointContent& content);
+
+  // Multi-process checkpoints (one coordinator, e.g. the first worker; table files from every
+  // parameter-server rank on a shared file system):
+  //   1. coordinator: staging = Begin(step); incremental = NextIsIncremental(); tell the servers
+  //   2. every server: WriteTableShards(staging, rank, its tables, incremental ? &its epochs : 0)
+  //   3. coordinator: Commit(step, staging, dense content (its tables ignored), all servers' files)
+  //   4. servers, once Commit succeeded: DiscardChangesThrough + remember the epochs
+  // Write() is exactly these steps in one process (rank 0).
+  bool NextIsIncremental() const;
+  StatusOr<std::string> Begin(int64_t step);
+  // Writes dense.bin and the manifest into `staging` and publishes it (see Write). The table
+  // files must already be in `staging` with the entries given.
+  StatusOr<CheckpointInfo> Commit(int64_t step, const std::string& staging,
+                                  const CheckpointContent& content,
+                                  const std::vector<CheckpointFile>& table_files);
+
+  const CheckpointOptions& options() const { return o_; }
+
+ private:
+  explicit CheckpointWriter(const CheckpointOptions& o) : o_(o) {}
+  void Retain();
+  Status FireHook(const std::string& event);
+
+  CheckpointOptions o_;
+  int64_t counter_ = 0;
+  // Incremental bookkeeping: the last committed checkpoint of this writer and each table's epoch
+  // in it; empty until the first commit (so the first checkpoint after a resume is full).
+  std::string last_committed_;
+  std::map<std::string, uint32_t> table_epochs_;
+  int since_full_ = 0;
+  bool hook_stopped_ = false;  // the fault hook stopped the current write
+};
+
+class CheckpointReader {
+ public:
+  // `path` is a checkpoint root (the directory named by its LATEST file; without LATEST, or when
+  // it names a missing directory, the ckpt-<step> of highest step) or one ckpt-<step> directory.
+  // Validates the whole chain (every manifest, every file's size and CRC32C, every table file's
+  // structure) before returning. Errors: NOT_FOUND (no checkpoint, a missing file: named),
+  // DATA_LOSS (corrupt or truncated file: named, with what was wrong), INVALID_ARGUMENT (a broken
+  // chain or an unknown format version).
+  static StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& path);
+  CheckpointReader(const CheckpointReader&) = delete;
+  CheckpointReader& operator=(const CheckpointReader&) = delete;
+
+  const std::string& dir() const { return dirs_.back(); }
+  int64_t step() const { return step_; }
+  bool incremental() const { return dirs_.size() > 1; }
+  // The chain, oldest (the full checkpoint) first; one entry for a full checkpoint.
+  const std::vector<std::string>& chain() const { return dirs_; }
+  const std::string& config_text() const { return config_text_; }
+  std::vector<std::string> table_names() const;
+  // The files of `table` per chain link (the argument of ps::LoadTableChain).
+  std::vector<std::vector<std::string>> TableFiles(const std::string& table) const;
+
+  // Restores `into`: every tensor must exist in the checkpoint with the same size (and, when
+  // into.tensors is not empty, every checkpoint tensor must be listed: a checkpoint of another
+  // model does not half-load); every table must have files; blobs are returned in *blobs (may be
+  // null). Tables are loaded with ps::LoadTableChain (pass fresh tables) keeping the keys where
+  // keep(key) (empty: all). Everything is checked before anything is written. Errors name the
+  // tensor, table or file.
+  Status Restore(const CheckpointContent& into, std::map<std::string, std::string>* blobs,
+                 const ps::KeyFilter& keep = nullptr) const;
+  // The dense tensors and blobs as owned copies (export, inspection).
+  Status ReadDense(std::map<std::string, std::vector<float>>* tensors,
+                   std::map<std::string, std::string>* blobs) const;
+
+ private:
+  CheckpointReader() = default;
+  struct FileRef {
+    std::string path;
+    std::string table;
+    int rank = 0;
+    int role = 0;
+  };
+  std::vector<std::string> dirs_;            // chain, oldest first
+  std::vector<std::vector<FileRef>> files_;  // per chain link
+  std::string config_text_;
+  int64_t step_ = 0;
+};
+
+// The trainer's one-liners. SaveCheckpoint = writer->Write. LoadCheckpoint opens `path` (a root
+// or one checkpoint), restores `into` (see CheckpointReader::Restore) and returns the step.
+inline StatusOr<CheckpointInfo> SaveCheckpoint(CheckpointWriter* writer, int64_t step,
+                                               const CheckpointContent& content) {
+  return writer->Write(step, content);
+}
+StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointContent& into,
+                                 std::map<std::string, std::string>* blobs,
+                                 const ps::KeyFilter& keep = nullptr);
+
+// The dense.bin format (named float tensors + named blobs, CRC32C trailer), shared with the
+// serving bundle. Write: INTERNAL naming the path on I/O errors. Read: DATA_LOSS naming the file
+// and what is wrong; either output may be null.
+StatusOr<ps::FileDigest> WriteDenseFile(const std::string& path,
+                                        const std::vector<TensorRef>& tensors,
+                                        const std::map<std::string, std::string>& blobs);
+Status ReadDenseFile(const std::string& path, std::map<std::string, std::vector<float>>* tensors,
+                     std::map<std::string, std::string>* blobs);
+
+// The checkpoint directories under a root, sorted by step (oldest first).
+StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std::string& root);
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_CHECKPOINT_H_

@@ -1,0 +1,892 @@
+#include "worker/serving.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <queue>
+#include <set>
+#include <utility>
+
+#include "proto/checkpoint.pb.h"
+#include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
+#include "ps/table_checkpoint.h"
+#include "worker/checkpoint.h"
+#include "worker/model_factory.h"
+
+namespace ips {
+namespace {
+
+constexpr int kBundleVersion = 1;
+constexpr char kManifestMagic[8] = {'I', 'P', 'S', 'B', 'N', 'D', '0', '1'};
+constexpr char kRowsMagic[8] = {'I', 'P', 'S', 'R', 'O', 'W', '0', '1'};
+constexpr char kCurrent[] = "CURRENT";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// IEEE 754 binary16 <-> binary32, round to nearest even (F16C semantics).
+uint16_t FloatToHalf(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u)
+    return static_cast<uint16_t>(sign | (absx > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (absx < 0x38800000u) {
+    // Half subnormals are multiples of 2^-24: scaling by 2^24 is exact in float, and nearbyint
+    // rounds to nearest even (the default rounding mode).
+    float a;
+    std::memcpy(&a, &absx, 4);
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
+  }
+  uint32_t h = ((absx - 0x38000000u) >> 13);
+  const uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1f;
+  const uint32_t m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0) {
+    if (m == 0) {
+      x = sign;
+    } else {  // subnormal: m * 2^-24
+      const float f = static_cast<float>(m) * 5.9604644775390625e-8f;
+      std::memcpy(&x, &f, 4);
+      x |= sign;
+    }
+  } else if (e == 31) {
+    x = sign | 0x7f800000u | (m << 13);
+  } else {
+    x = sign | ((e + 112) << 23) | (m << 13);
+  }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+std::string VersionName(int64_t v) { return "v-" + std::to_string(v); }
+
+int64_t VersionOfName(const std::string& n) {
+  if (n.rfind("v-", 0) != 0 || n.size() == 2 || n.size() > 20) return -1;
+  int64_t v = 0;
+  for (size_t i = 2; i < n.size(); ++i) {
+    if (n[i] < '0' || n[i] > '9') return -1;
+    v = v * 10 + (n[i] - '0');
+  }
+  return v;
+}
+
+Status WriteBundleManifest(const std::string& path, const ckpt::BundleManifest& m) {
+  std::string bytes;
+  if (!m.SerializeToString(&bytes)) return InternalError(path + ": cannot serialize");
+  IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(path));
+  IPS_RETURN_IF_ERROR(w->Write(kManifestMagic, 8));
+  IPS_RETURN_IF_ERROR(w->WriteString(bytes));
+  return w->Finish();
+}
+
+StatusOr<ckpt::BundleManifest> ReadBundleManifest(const std::string& dir) {
+  const std::string path = dir + "/MANIFEST";
+  if (!ps::PathExists(path)) return NotFoundError(path + ": missing");
+  IPS_ASSIGN_OR_RETURN(auto r, ps::CrcFileReader::Open(path));
+  char magic[8];
+  IPS_RETURN_IF_ERROR(r->Read(magic, 8, "magic"));
+  if (std::memcmp(magic, kManifestMagic, 8) != 0)
+    return DataLossError(path + ": not a bundle manifest");
+  std::string bytes;
+  IPS_RETURN_IF_ERROR(r->ReadString(&bytes, size_t{1} << 30, "manifest"));
+  IPS_RETURN_IF_ERROR(r->FinishAndVerify());
+  ckpt::BundleManifest m;
+  if (!m.ParseFromString(bytes)) return DataLossError(path + ": unparsable manifest");
+  if (m.bundle_version() < 1 || m.bundle_version() > kBundleVersion)
+    return InvalidArgumentError(path + ": bundle version " + std::to_string(m.bundle_version()));
+  if (m.delta_of() < 0 || m.delta_of() >= m.model_version())
+    return DataLossError(path + ": delta_of " + std::to_string(m.delta_of()) +
+                         " is not an older version than " + std::to_string(m.model_version()));
+  return m;
+}
+
+// Loads the model's dense tensors from `tensors` ("dense/<entry>", "model_state/<name>").
+Status LoadModelTensors(const std::map<std::string, std::vector<float>>& tensors,
+                        const std::string& where, models::CtrModel<float>* model) {
+  auto& params = model->params();
+  for (const auto& e : params.entries()) {
+    auto it = tensors.find("dense/" + e.name);
+    if (it == tensors.end())
+      return InvalidArgumentError(where + ": no tensor 'dense/" + e.name + "' for the model");
+    if (static_cast<int64_t>(it->second.size()) != e.size)
+      return InvalidArgumentError(where + ": tensor 'dense/" + e.name + "' has " +
+                                  std::to_string(it->second.size()) + " values, the model " +
+                                  std::to_string(e.size));
+    std::copy(it->second.begin(), it->second.end(), params.value(e.offset));
+  }
+  for (const auto& s : model->state()) {
+    auto it = tensors.find("model_state/" + s.name);
+    if (it == tensors.end())
+      return InvalidArgumentError(where + ": no tensor 'model_state/" + s.name + "' for the model");
+    if (static_cast<int64_t>(it->second.size()) != s.size)
+      return InvalidArgumentError(where + ": tensor 'model_state/" + s.name +
+                                  "' has the wrong size");
+    std::copy(it->second.begin(), it->second.end(), s.data);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+// ---- Export -----------------------------------------------------------------------------------
+
+StatusOr<int64_t> CurrentBundleVersion(const std::string& root) {
+  IPS_ASSIGN_OR_RETURN(std::string name, ps::ReadSmallFile(root + "/" + kCurrent));
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const int64_t v = VersionOfName(name);
+  if (v < 0) return DataLossError(root + "/" + kCurrent + ": names '" + name + "', not v-<n>");
+  return v;
+}
+
+StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
+  if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(options.checkpoint));
+  IPS_ASSIGN_OR_RETURN(const config::Config cfg,
+                       ParseConfigText(reader->config_text(), reader->dir() + "/MANIFEST config"));
+  // The model must build from the config and take the checkpoint's dense tensors.
+  // max_batch 2: the smallest any model accepts (Dice needs 2 rows).
+  IPS_ASSIGN_OR_RETURN(auto model, CreateCtrModel(cfg, 2));
+  std::map<std::string, std::vector<float>> tensors;
+  IPS_RETURN_IF_ERROR(reader->ReadDense(&tensors, nullptr));
+  IPS_RETURN_IF_ERROR(LoadModelTensors(tensors, reader->dir(), model.get()));
+
+  IPS_RETURN_IF_ERROR(ps::MakeDirs(options.output));
+  int64_t version = 1;
+  {
+    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.output));
+    for (const auto& n : names) {
+      version = std::max(version, VersionOfName(n) + 1);
+      if (n.rfind("tmp-", 0) == 0) ps::RemoveTree(options.output + "/" + n);
+    }
+  }
+  const std::string tmp = options.output + "/tmp-" + VersionName(version);
+  IPS_RETURN_IF_ERROR(ps::MakeDirs(tmp));
+  ckpt::BundleManifest m;
+  m.set_bundle_version(kBundleVersion);
+  m.set_model_version(version);
+  m.set_config_text(reader->config_text());
+  m.set_fp16(options.fp16);
+  m.set_source_step(reader->step());
+  m.set_source_checkpoint(reader->dir());
+  m.set_min_count(options.min_count);
+  m.set_unix_time_ms(NowMs());
+  ExportResult result;
+  result.version = version;
+  result.step = reader->step();
+  // A delta holds the rows that differ from the current version (bit for bit, after the same
+  // fp16 rounding) and the keys it no longer has.
+  std::shared_ptr<const Bundle> base;
+  if (options.delta) {
+    auto current = Bundle::Load(options.output);
+    if (!current.ok()) {
+      if (current.status().code() != StatusCode::kNotFound) return current.status();
+    } else {
+      base = std::move(*current);
+      if (base->fp16() != options.fp16)
+        return InvalidArgumentError("export --delta: the current version " +
+                                    std::to_string(base->version()) +
+                                    " has fp16=" + (base->fp16() ? "true" : "false") +
+                                    "; a delta must use the same precision");
+      m.set_delta_of(base->version());
+      result.delta_of = base->version();
+    }
+  }
+
+  std::vector<TensorRef> refs;
+  for (auto& [name, v] : tensors) {
+    // Serving needs the weights and the non-trained state, not the optimizer's moments.
+    if (name.rfind("dense/", 0) == 0 || name.rfind("model_state/", 0) == 0)
+      refs.push_back({name, v.data(), static_cast<int64_t>(v.size())});
+  }
+  IPS_ASSIGN_OR_RETURN(const ps::FileDigest dense, WriteDenseFile(tmp + "/dense.bin", refs, {}));
+  {
+    auto* f = m.add_files();
+    f->set_name("dense.bin");
+    f->set_bytes(dense.bytes);
+    f->set_crc32c(dense.crc32c);
+    f->set_role(ckpt::FileEntry::DENSE);
+    result.bytes += dense.bytes;
+  }
+  for (const auto& table : reader->table_names()) {
+    const auto groups = reader->TableFiles(table);
+    IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(groups[0][0]));
+    ps::TableOptions to;
+    to.name = table;
+    to.dim = h.dim;
+    to.optimizer.type = static_cast<ps::OptimizerOptions::Type>(h.optimizer_type);
+    IPS_ASSIGN_OR_RETURN(auto t, ps::DynamicTable::Create(to));
+    IPS_RETURN_IF_ERROR(ps::LoadTableChain(groups, t.get(), nullptr, nullptr));
+    std::vector<uint64_t> keys;
+    std::vector<float> values;
+    t->ForEachRowSince(0, [&](const ps::RowRecord& r) {
+      if (options.min_count > 0 && static_cast<int64_t>(r.freq) < options.min_count) {
+        ++result.rows_dropped;
+        return;
+      }
+      keys.push_back(r.key);
+      values.insert(values.end(), r.value, r.value + h.dim);
+    });
+    if (options.fp16) {
+      // Round once here, so the delta comparison and the file see the served values.
+      for (auto& v : values) v = HalfToFloat(FloatToHalf(v));
+    }
+    std::vector<uint64_t> removed;
+    std::vector<size_t> order;
+    if (base != nullptr) {
+      std::set<uint64_t> live(keys.begin(), keys.end());
+      for (uint64_t k : base->keys(table))
+        if (live.count(k) == 0) removed.push_back(k);
+      std::sort(removed.begin(), removed.end());
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const float* old = base->Row(table, keys[i]);
+        if (old == nullptr || std::memcmp(old, values.data() + i * h.dim, h.dim * 4) != 0)
+          order.push_back(i);
+      }
+    } else {
+      order.resize(keys.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    }
+    // Sorted keys: the file is deterministic for a given checkpoint.
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+    const std::string file = "rows-" + table + ".bin";
+    IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(tmp + "/" + file));
+    IPS_RETURN_IF_ERROR(w->Write(kRowsMagic, 8));
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint32_t>(kBundleVersion)));
+    IPS_RETURN_IF_ERROR(w->WriteString(table));
+    IPS_RETURN_IF_ERROR(w->WritePod(h.dim));
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint32_t>(options.fp16 ? 1 : 0)));
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(order.size())));
+    for (size_t i : order) IPS_RETURN_IF_ERROR(w->WritePod(keys[i]));
+    std::vector<uint16_t> half(static_cast<size_t>(h.dim));
+    for (size_t i : order) {
+      const float* v = values.data() + i * static_cast<size_t>(h.dim);
+      if (options.fp16) {
+        for (int64_t j = 0; j < h.dim; ++j) half[j] = FloatToHalf(v[j]);
+        IPS_RETURN_IF_ERROR(w->Write(half.data(), half.size() * 2));
+      } else {
+        IPS_RETURN_IF_ERROR(w->Write(v, static_cast<size_t>(h.dim) * 4));
+      }
+    }
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(removed.size())));
+    IPS_RETURN_IF_ERROR(w->Write(removed.data(), removed.size() * 8));
+    IPS_RETURN_IF_ERROR(w->Finish());
+    auto* f = m.add_files();
+    f->set_name(file);
+    f->set_bytes(w->file_bytes());
+    f->set_crc32c(w->file_crc32c());
+    f->set_role(ckpt::FileEntry::ROWS);
+    f->set_table(table);
+    f->set_rows(static_cast<int64_t>(order.size()));
+    result.rows += static_cast<int64_t>(order.size());
+    result.rows_removed += static_cast<int64_t>(removed.size());
+    result.bytes += w->file_bytes();
+  }
+  IPS_RETURN_IF_ERROR(WriteBundleManifest(tmp + "/MANIFEST", m));
+  IPS_RETURN_IF_ERROR(ps::FsyncDir(tmp));
+  const std::string final_dir = options.output + "/" + VersionName(version);
+  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    return InternalError("rename " + tmp + " -> " + final_dir + " failed");
+  IPS_RETURN_IF_ERROR(ps::FsyncDir(options.output));
+  IPS_RETURN_IF_ERROR(
+      ps::WriteFileAtomically(options.output + "/" + kCurrent, VersionName(version) + "\n"));
+  // Older versions beyond keep_versions go (a server holds its version in memory), except the
+  // bases the kept deltas need.
+  {
+    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.output));
+    std::set<int64_t> keep;
+    for (int64_t v = version; v > version - std::max(1, options.keep_versions) && v > 0; --v) {
+      for (int64_t cur = v; cur > 0 && keep.insert(cur).second;) {
+        auto mv = ReadBundleManifest(options.output + "/" + VersionName(cur));
+        cur = mv.ok() ? mv->delta_of() : 0;
+      }
+    }
+    for (const auto& n : names) {
+      const int64_t v = VersionOfName(n);
+      if (v >= 0 && keep.count(v) == 0) ps::RemoveTree(options.output + "/" + n);
+    }
+  }
+  result.path = final_dir;
+  return result;
+}
+
+// ---- Bundle -----------------------------------------------------------------------------------
+
+StatusOr<std::shared_ptr<const Bundle>> Bundle::Load(const std::string& path_in) {
+  std::string path = path_in;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::string dir = path;
+  if (!ps::PathExists(path + "/MANIFEST")) {
+    if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such bundle");
+    IPS_ASSIGN_OR_RETURN(const int64_t v, CurrentBundleVersion(path));
+    dir = path + "/" + VersionName(v);
+  }
+  IPS_ASSIGN_OR_RETURN(const ckpt::BundleManifest m, ReadBundleManifest(dir));
+  for (const auto& f : m.files()) {
+    if (f.name().empty() || f.name().find('/') != std::string::npos)
+      return DataLossError(dir + "/MANIFEST: bad file name '" + f.name() + "'");
+    IPS_RETURN_IF_ERROR(ps::VerifyFile(dir + "/" + f.name(), f.bytes(), f.crc32c()));
+  }
+  std::shared_ptr<Bundle> b(new Bundle());
+  if (m.delta_of() != 0) {
+    // A delta applies to its base version, a sibling directory (itself possibly a delta).
+    const size_t slash = dir.find_last_of('/');
+    const std::string root = slash == std::string::npos ? "." : dir.substr(0, slash);
+    IPS_ASSIGN_OR_RETURN(auto base, Load(root + "/" + VersionName(m.delta_of())));
+    b->tables_ = base->tables_;
+  }
+  b->dir_ = dir;
+  b->version_ = m.model_version();
+  b->source_step_ = m.source_step();
+  b->fp16_ = m.fp16();
+  b->config_text_ = m.config_text();
+  for (const auto& f : m.files()) {
+    const std::string p = dir + "/" + f.name();
+    if (f.role() == ckpt::FileEntry::DENSE) {
+      IPS_RETURN_IF_ERROR(ReadDenseFile(p, &b->tensors_, nullptr));
+      continue;
+    }
+    if (f.role() != ckpt::FileEntry::ROWS) continue;
+    IPS_ASSIGN_OR_RETURN(auto r, ps::CrcFileReader::Open(p));
+    char magic[8];
+    IPS_RETURN_IF_ERROR(r->Read(magic, 8, "magic"));
+    if (std::memcmp(magic, kRowsMagic, 8) != 0) return DataLossError(p + ": not a rows file");
+    uint32_t version = 0, fp16 = 0;
+    IPS_RETURN_IF_ERROR(r->ReadPod(&version, "version"));
+    std::string name;
+    IPS_RETURN_IF_ERROR(r->ReadString(&name, 4096, "table name"));
+    Table t;
+    Table& dst = b->tables_[name];  // the base's rows for a delta, empty otherwise
+    IPS_RETURN_IF_ERROR(r->ReadPod(&t.dim, "dim"));
+    if (dst.dim != 0 && dst.dim != t.dim)
+      return DataLossError(p + ": dim " + std::to_string(t.dim) + " but the base version's is " +
+                           std::to_string(dst.dim));
+    IPS_RETURN_IF_ERROR(r->ReadPod(&fp16, "fp16"));
+    int64_t n = 0;
+    IPS_RETURN_IF_ERROR(r->ReadPod(&n, "row count"));
+    if (t.dim < 1 || t.dim > 65536 || n < 0 || n > (r->file_size() - r->offset()) / 8)
+      return DataLossError(p + ": bad dim " + std::to_string(t.dim) + " or row count " +
+                           std::to_string(n));
+    t.keys.resize(static_cast<size_t>(n));
+    IPS_RETURN_IF_ERROR(r->Read(t.keys.data(), t.keys.size() * 8, "keys"));
+    t.values.resize(static_cast<size_t>(n * t.dim));
+    if (fp16 != 0) {
+      std::vector<uint16_t> half(t.values.size());
+      IPS_RETURN_IF_ERROR(r->Read(half.data(), half.size() * 2, "fp16 rows"));
+      for (size_t i = 0; i < half.size(); ++i) t.values[i] = HalfToFloat(half[i]);
+    } else {
+      IPS_RETURN_IF_ERROR(r->Read(t.values.data(), t.values.size() * 4, "rows"));
+    }
+    int64_t num_removed = 0;
+    IPS_RETURN_IF_ERROR(r->ReadPod(&num_removed, "removed count"));
+    if (num_removed < 0 || num_removed > (r->file_size() - r->offset()) / 8)
+      return DataLossError(p + ": removed count " + std::to_string(num_removed));
+    std::vector<uint64_t> removed(static_cast<size_t>(num_removed));
+    IPS_RETURN_IF_ERROR(r->Read(removed.data(), removed.size() * 8, "removed keys"));
+    IPS_RETURN_IF_ERROR(r->FinishAndVerify());
+    if (m.delta_of() == 0) {
+      t.index.reserve(t.keys.size());
+      for (size_t i = 0; i < t.keys.size(); ++i)
+        t.index.emplace(t.keys[i], static_cast<uint32_t>(i));
+      dst = std::move(t);
+      continue;
+    }
+    // Delta: overwrite or append the rows, then drop the removed keys and compact.
+    dst.dim = t.dim;
+    for (size_t i = 0; i < t.keys.size(); ++i) {
+      const float* v = t.values.data() + i * t.dim;
+      auto it = dst.index.find(t.keys[i]);
+      if (it != dst.index.end()) {
+        std::copy(v, v + t.dim, dst.values.begin() + static_cast<size_t>(it->second) * t.dim);
+      } else {
+        dst.index.emplace(t.keys[i], static_cast<uint32_t>(dst.keys.size()));
+        dst.keys.push_back(t.keys[i]);
+        dst.values.insert(dst.values.end(), v, v + t.dim);
+      }
+    }
+    if (!removed.empty()) {
+      for (uint64_t k : removed) dst.index.erase(k);
+      Table compact;
+      compact.dim = dst.dim;
+      compact.index.reserve(dst.index.size());
+      for (size_t i = 0; i < dst.keys.size(); ++i) {
+        if (dst.index.count(dst.keys[i]) == 0) continue;
+        compact.index.emplace(dst.keys[i], static_cast<uint32_t>(compact.keys.size()));
+        compact.keys.push_back(dst.keys[i]);
+        compact.values.insert(compact.values.end(), dst.values.begin() + i * dst.dim,
+                              dst.values.begin() + (i + 1) * dst.dim);
+      }
+      dst = std::move(compact);
+    }
+  }
+  return std::shared_ptr<const Bundle>(std::move(b));
+}
+
+int64_t Bundle::dim(const std::string& table) const {
+  auto it = tables_.find(table);
+  return it == tables_.end() ? 0 : it->second.dim;
+}
+
+const float* Bundle::Row(const std::string& table, uint64_t key) const {
+  auto it = tables_.find(table);
+  if (it == tables_.end()) return nullptr;
+  auto r = it->second.index.find(key);
+  if (r == it->second.index.end()) return nullptr;
+  return it->second.values.data() + static_cast<size_t>(r->second) * it->second.dim;
+}
+
+int64_t Bundle::rows(const std::string& table) const {
+  auto it = tables_.find(table);
+  return it == tables_.end() ? 0 : static_cast<int64_t>(it->second.keys.size());
+}
+
+const std::vector<uint64_t>& Bundle::keys(const std::string& table) const {
+  static const std::vector<uint64_t> kEmpty;
+  auto it = tables_.find(table);
+  return it == tables_.end() ? kEmpty : it->second.keys;
+}
+
+// ---- Scorer -----------------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<Scorer>> Scorer::Create(std::shared_ptr<const Bundle> bundle,
+                                                 int64_t max_batch) {
+  if (bundle == nullptr) return InvalidArgumentError("Scorer: null bundle");
+  // At least 2: models with Dice refuse smaller buffers.
+  max_batch = std::max<int64_t>(2, max_batch);
+  IPS_ASSIGN_OR_RETURN(const config::Config cfg,
+                       ParseConfigText(bundle->config_text(), bundle->dir() + "/MANIFEST config"));
+  std::unique_ptr<Scorer> s(new Scorer());
+  IPS_ASSIGN_OR_RETURN(s->model_, CreateCtrModel(cfg, max_batch));
+  IPS_RETURN_IF_ERROR(LoadModelTensors(bundle->tensors(), bundle->dir(), s->model_.get()));
+  const int64_t dim = s->model_->embedding_dim();
+  for (const std::string* t : {&s->item_table_, &s->cat_table_}) {
+    if (bundle->dim(*t) != 0 && bundle->dim(*t) != dim)
+      return InvalidArgumentError(bundle->dir() + ": table '" + *t + "' has dim " +
+                                  std::to_string(bundle->dim(*t)) + ", the model " +
+                                  std::to_string(dim));
+  }
+  s->bundle_ = std::move(bundle);
+  return s;
+}
+
+Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
+  const int64_t T = model_->max_len();
+  const int64_t D = model_->embedding_dim();
+  const int64_t max_b = model_->max_batch();
+  if (!q.history_cats.empty() && q.history_cats.size() != q.history.size())
+    return InvalidArgumentError("history_cats has " + std::to_string(q.history_cats.size()) +
+                                " entries, history " + std::to_string(q.history.size()));
+  if (!q.candidate_cats.empty() && q.candidate_cats.size() != q.candidates.size())
+    return InvalidArgumentError("candidate_cats has " + std::to_string(q.candidate_cats.size()) +
+                                " entries, candidates " + std::to_string(q.candidates.size()));
+  out->scores.clear();
+  out->items.clear();
+  out->item_scores.clear();
+  const bool retrieval = q.candidates.empty();
+  if (retrieval && model_->num_user_vectors() == 0)
+    return InvalidArgumentError(std::string("no candidates, and model '") + model_->name() +
+                                "' does not retrieve");
+  // Row tables: row 0 = zeros (padding and unknown keys, as the store's Lookup), then the T
+  // history rows, then one row per candidate of the chunk.
+  const int64_t len = std::min<int64_t>(T, static_cast<int64_t>(q.history.size()));
+  const size_t first = q.history.size() - static_cast<size_t>(len);
+  const int64_t chunk_cap = std::min<int64_t>(max_b, std::max<size_t>(1, q.candidates.size()));
+  const int64_t rows = 1 + len + chunk_cap;
+  item_rows_.assign(static_cast<size_t>(rows * D), 0.0f);
+  cat_rows_.assign(static_cast<size_t>(rows * D), 0.0f);
+  auto put = [&](std::vector<float>& dst, int64_t row, const std::string& table, uint64_t key) {
+    const float* r = key == 0 ? nullptr : bundle_->Row(table, key);
+    if (r != nullptr)
+      std::copy(r, r + D, dst.begin() + row * D);
+    else
+      std::fill(dst.begin() + row * D, dst.begin() + (row + 1) * D, 0.0f);
+  };
+  for (int64_t t = 0; t < len; ++t) {
+    put(item_rows_, 1 + t, item_table_, q.history[first + t]);
+    put(cat_rows_, 1 + t, cat_table_, q.history_cats.empty() ? 0 : q.history_cats[first + t]);
+  }
+  const int64_t total = retrieval ? 1 : static_cast<int64_t>(q.candidates.size());
+  for (int64_t begin = 0; begin < total; begin += chunk_cap) {
+    const int64_t B = std::min<int64_t>(chunk_cap, total - begin);
+    item_index_.assign(static_cast<size_t>(B * T + B), 0);
+    cat_index_.assign(static_cast<size_t>(B * T + B), 0);
+    lengths_.assign(static_cast<size_t>(B), static_cast<int32_t>(len));
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < len; ++t) {
+        item_index_[b * T + (T - len) + t] = 1 + t;
+        cat_index_[b * T + (T - len) + t] = 1 + t;
+      }
+      const int64_t row = 1 + len + b;
+      if (!retrieval) {
+        put(item_rows_, row, item_table_, q.candidates[begin + b]);
+        put(cat_rows_, row, cat_table_, q.candidate_cats.empty() ? 0 : q.candidate_cats[begin + b]);
+      }
+      item_index_[B * T + b] = retrieval ? 0 : row;
+      cat_index_[B * T + b] = retrieval ? 0 : row;
+    }
+    models::CtrInputs<float> in;
+    in.batch = B;
+    in.lengths = lengths_.data();
+    in.item_index = item_index_.data();
+    in.cat_index = cat_index_.data();
+    in.item_rows = item_rows_.data();
+    in.num_item_rows = rows;
+    in.cat_rows = cat_rows_.data();
+    in.num_cat_rows = rows;
+    IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));
+    if (!retrieval) out->scores.insert(out->scores.end(), model_->logits(), model_->logits() + B);
+  }
+  if (retrieval) {
+    const int64_t K = model_->num_user_vectors(), V = model_->vector_dim();
+    if (V != bundle_->dim(item_table_))
+      return InvalidArgumentError("user vectors of dim " + std::to_string(V) +
+                                  " cannot score item rows of dim " +
+                                  std::to_string(bundle_->dim(item_table_)));
+    const float* u = model_->user_vectors();
+    using Entry = std::pair<float, uint64_t>;  // min-heap of the best top_n
+    std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> best;
+    const size_t n = static_cast<size_t>(std::max(0, q.top_n));
+    for (uint64_t key : bundle_->keys(item_table_)) {
+      const float* r = bundle_->Row(item_table_, key);
+      float s = -INFINITY;
+      for (int64_t k = 0; k < K; ++k) {
+        float dot = 0;
+        for (int64_t j = 0; j < V; ++j) dot += u[k * V + j] * r[j];
+        s = std::max(s, dot);
+      }
+      if (best.size() < n) {
+        best.emplace(s, key);
+      } else if (n > 0 && s > best.top().first) {
+        best.pop();
+        best.emplace(s, key);
+      }
+    }
+    while (!best.empty()) {
+      out->items.push_back(best.top().second);
+      out->item_scores.push_back(best.top().first);
+      best.pop();
+    }
+    std::reverse(out->items.begin(), out->items.end());
+    std::reverse(out->item_scores.begin(), out->item_scores.end());
+  }
+  return Status::Ok();
+}
+
+// ---- Request JSON -----------------------------------------------------------------------------
+
+namespace {
+
+// A strict little JSON reader for one request object: the fields below only, ids as
+// non-negative integers.
+class RequestParser {
+ public:
+  explicit RequestParser(const std::string& s) : s_(s) {}
+
+  Status Parse(ScoreRequest* q, std::string* user_raw) {
+    Ws();
+    if (!Eat('{')) return Err("expected '{'");
+    Ws();
+    std::set<std::string> seen;
+    if (!Eat('}')) {
+      for (;;) {
+        Ws();
+        std::string key;
+        IPS_RETURN_IF_ERROR(String(&key));
+        if (!seen.insert(key).second) return Err("duplicate field \"" + key + "\"");
+        Ws();
+        if (!Eat(':')) return Err("expected ':' after \"" + key + "\"");
+        Ws();
+        if (key == "user") {
+          const size_t begin = pos_;
+          IPS_RETURN_IF_ERROR(SkipValue());
+          *user_raw = s_.substr(begin, pos_ - begin);
+        } else if (key == "history") {
+          IPS_RETURN_IF_ERROR(Ids(key, &q->history));
+        } else if (key == "history_cats") {
+          IPS_RETURN_IF_ERROR(Ids(key, &q->history_cats));
+        } else if (key == "candidates") {
+          IPS_RETURN_IF_ERROR(Ids(key, &q->candidates));
+        } else if (key == "candidate_cats") {
+          IPS_RETURN_IF_ERROR(Ids(key, &q->candidate_cats));
+        } else if (key == "top_n") {
+          uint64_t v = 0;
+          IPS_RETURN_IF_ERROR(Id(key, &v));
+          if (v > 100000) return Err("top_n " + std::to_string(v) + " > 100000");
+          q->top_n = static_cast<int>(v);
+        } else {
+          return Err("unknown field \"" + key +
+                     "\" (known: user, history, history_cats, candidates, candidate_cats, top_n)");
+        }
+        Ws();
+        if (Eat(',')) continue;
+        if (Eat('}')) break;
+        return Err("expected ',' or '}'");
+      }
+    }
+    Ws();
+    if (pos_ != s_.size()) return Err("trailing characters after the object");
+    if (seen.count("history") == 0) return Err("missing field \"history\"");
+    return Status::Ok();
+  }
+
+ private:
+  Status Err(const std::string& what) const {
+    return InvalidArgumentError("column " + std::to_string(pos_ + 1) + ": " + what);
+  }
+  void Ws() {
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\r')) ++pos_;
+  }
+  bool Eat(char c) {
+    if (pos_ < s_.size() && s_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+  Status String(std::string* out) {
+    if (!Eat('"')) return Err("expected a string");
+    while (pos_ < s_.size() && s_[pos_] != '"') {
+      if (s_[pos_] == '\\') {
+        if (++pos_ >= s_.size()) break;
+        if (s_[pos_] == 'u') {  // kept verbatim: field names and user ids are echoed, not decoded
+          out->append("\\u");
+          ++pos_;
+          continue;
+        }
+      }
+      out->push_back(s_[pos_++]);
+    }
+    if (!Eat('"')) return Err("unterminated string");
+    return Status::Ok();
+  }
+  Status Id(const std::string& field, uint64_t* v) {
+    if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9')
+      return Err("field \"" + field + "\": expected a non-negative integer id");
+    uint64_t x = 0;
+    while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
+      const uint64_t d = static_cast<uint64_t>(s_[pos_] - '0');
+      if (x > (UINT64_MAX - d) / 10) return Err("field \"" + field + "\": id overflows 64 bits");
+      x = x * 10 + d;
+      ++pos_;
+    }
+    if (pos_ < s_.size() && (s_[pos_] == '.' || s_[pos_] == 'e' || s_[pos_] == 'E'))
+      return Err("field \"" + field + "\": ids are integers");
+    *v = x;
+    return Status::Ok();
+  }
+  Status Ids(const std::string& field, std::vector<uint64_t>* out) {
+    if (!Eat('[')) return Err("field \"" + field + "\": expected an array");
+    Ws();
+    if (Eat(']')) return Status::Ok();
+    for (;;) {
+      Ws();
+      uint64_t v = 0;
+      IPS_RETURN_IF_ERROR(Id(field, &v));
+      out->push_back(v);
+      if (out->size() > 1000000) return Err("field \"" + field + "\": more than 1e6 ids");
+      Ws();
+      if (Eat(',')) continue;
+      if (Eat(']')) return Status::Ok();
+      return Err("field \"" + field + "\": expected ',' or ']'");
+    }
+  }
+  Status SkipValue(int depth = 0) {
+    if (depth > 32) return Err("nesting too deep");
+    Ws();
+    if (pos_ >= s_.size()) return Err("expected a value");
+    const char c = s_[pos_];
+    if (c == '"') {
+      std::string ignored;
+      return String(&ignored);
+    }
+    if (c == '{' || c == '[') {
+      const char close = c == '{' ? '}' : ']';
+      ++pos_;
+      Ws();
+      if (Eat(close)) return Status::Ok();
+      for (;;) {
+        if (c == '{') {
+          Ws();
+          std::string k;
+          IPS_RETURN_IF_ERROR(String(&k));
+          Ws();
+          if (!Eat(':')) return Err("expected ':'");
+        }
+        IPS_RETURN_IF_ERROR(SkipValue(depth + 1));
+        Ws();
+        if (Eat(',')) continue;
+        if (Eat(close)) return Status::Ok();
+        return Err("expected ',' or closing bracket");
+      }
+    }
+    const size_t begin = pos_;
+    while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
+                                s_[pos_] == '-' || s_[pos_] == '+' || s_[pos_] == '.'))
+      ++pos_;
+    if (pos_ == begin) return Err("expected a value");
+    return Status::Ok();
+  }
+
+  const std::string& s_;
+  size_t pos_ = 0;
+};
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out += buf;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+void AppendFloat(std::string* out, float v) {
+  char buf[32];
+  if (!std::isfinite(v)) {
+    *out += "null";
+    return;
+  }
+  std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(v));
+  *out += buf;
+}
+
+}  // namespace
+
+// ---- BundleServer -----------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<BundleServer>> BundleServer::Create(const std::string& root, int poll_ms,
+                                                             int64_t max_batch) {
+  if (poll_ms < 1) return InvalidArgumentError("serve: poll interval < 1 ms");
+  IPS_ASSIGN_OR_RETURN(auto bundle, Bundle::Load(root));
+  std::unique_ptr<BundleServer> s(new BundleServer());
+  s->root_ = root;
+  s->poll_ms_ = poll_ms;
+  s->max_batch_ = max_batch;
+  s->loaded_version_ = bundle->version();
+  IPS_ASSIGN_OR_RETURN(s->current_, Scorer::Create(std::move(bundle), max_batch));
+  // Only a bundle root can have newer versions; a v-<n> directory is served as is.
+  if (!ps::PathExists(root + "/MANIFEST")) s->watcher_ = std::thread([p = s.get()] { p->Watch(); });
+  return s;
+}
+
+BundleServer::~BundleServer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+void BundleServer::Watch() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(poll_ms_), [this] { return stop_; });
+    if (stop_) break;
+    const int64_t have = loaded_version_;
+    lock.unlock();
+    std::unique_ptr<Scorer> next;
+    std::string error;
+    auto v = CurrentBundleVersion(root_);
+    if (v.ok() && *v > have) {
+      auto bundle = Bundle::Load(root_ + "/" + VersionName(*v));
+      if (bundle.ok()) {
+        auto scorer = Scorer::Create(std::move(*bundle), max_batch_);
+        if (scorer.ok())
+          next = std::move(*scorer);
+        else
+          error = scorer.status().ToString();
+      } else {
+        error = bundle.status().ToString();
+      }
+    }
+    lock.lock();
+    if (next != nullptr) {
+      loaded_version_ = next->bundle().version();
+      pending_ = std::move(next);
+    } else if (!error.empty() && (errors_.empty() || errors_.back() != error)) {
+      errors_.push_back(error);
+    }
+  }
+}
+
+Scorer* BundleServer::Acquire() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pending_ != nullptr) {
+    current_ = std::move(pending_);
+    ++reloads_;
+  }
+  return current_.get();
+}
+
+int64_t BundleServer::version() { return Acquire()->bundle().version(); }
+
+std::vector<std::string> BundleServer::TakeReloadErrors() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  out.swap(errors_);
+  return out;
+}
+
+std::string BundleServer::HandleLine(int64_t line_no, const std::string& line, bool* ok) {
+  Scorer* scorer = Acquire();
+  ScoreRequest q;
+  std::string user = "null";
+  Status s = RequestParser(line).Parse(&q, &user);
+  ScoreResponse r;
+  if (s.ok()) s = scorer->Score(q, &r);
+  std::string out = "{\"user\":" + user;
+  if (!s.ok()) {
+    *ok = false;
+    return out + ",\"line\":" + std::to_string(line_no) + ",\"error\":\"" +
+           JsonEscape("line " + std::to_string(line_no) + ": " + s.message()) + "\"}";
+  }
+  *ok = true;
+  out += ",\"version\":" + std::to_string(scorer->bundle().version());
+  if (!q.candidates.empty()) {
+    out += ",\"scores\":[";
+    for (size_t i = 0; i < r.scores.size(); ++i) {
+      if (i > 0) out.push_back(',');
+      AppendFloat(&out, r.scores[i]);
+    }
+    out += "]}";
+  } else {
+    out += ",\"items\":[";
+    for (size_t i = 0; i < r.items.size(); ++i) {
+      if (i > 0) out.push_back(',');
+      out += std::to_string(r.items[i]);
+    }
+    out += "],\"scores\":[";
+    for (size_t i = 0; i < r.item_scores.size(); ++i) {
+      if (i > 0) out.push_back(',');
+      AppendFloat(&out, r.item_scores[i]);
+    }
+    out += "]}";
+  }
+  return out;
+}
+
+}  // namespace ips

@@ -1,0 +1,186 @@
+// Serving: the versioned bundle a trained model leaves the cluster in, and the scorer that loads
+// it. Owns the bundle format, `ips export`'s conversion of a checkpoint into a bundle, the
+// read-only row maps, request scoring and the hot reload of newer bundles. The model math is
+// models/'s (built from the bundle's config by worker/model_factory.h), so a bundle scores exactly
+// as the trainer evaluates: inference-mode Forward on the same rows (missing keys read as zeros,
+// like the store's read-only Lookup).
+//
+// Layout: BUNDLE/CURRENT names the live version directory BUNDLE/v-<n>, which holds
+//   MANIFEST         proto/checkpoint.proto BundleManifest (framed, CRC32C trailer): versions,
+//                    config text, every file's size and CRC32C, fp16, min_count, source step
+//   dense.bin        the model's dense weights and non-trained state (worker/checkpoint.h format)
+//   rows-<table>.bin keys and rows of one table (float32 or fp16); in a delta bundle (manifest
+//                    delta_of = base version) only the changed rows plus the removed keys
+// Export writes v-<n+1> under a temporary name, fsyncs and renames it, then replaces CURRENT
+// atomically; a server watching BUNDLE picks the new version up between requests.
+//
+// Thread safety: a Bundle is immutable (shared between threads); a Scorer is used by one thread;
+// BundleServer's methods are called from one thread while its watcher thread loads new versions.
+#ifndef IPS_WORKER_SERVING_H_
+#define IPS_WORKER_SERVING_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/context.h"
+#include "models/model.h"
+
+namespace ips {
+
+struct ExportOptions {
+  std::string checkpoint;  // a checkpoint root or one ckpt-<step> directory
+  std::string output;      // the bundle root (created when missing)
+  bool fp16 = false;       // store rows as IEEE half
+  int64_t min_count = 0;   // drop rows used fewer than this many times (LFU count)
+  int keep_versions = 3;   // older v-<n> directories are removed (bases of kept deltas stay)
+  // Write only the rows that differ from the bundle's current version (and the keys it no longer
+  // has): a small, fast-to-publish update for streaming training. Falls back to a full bundle
+  // when the output has no version yet.
+  bool delta = false;
+};
+
+struct ExportResult {
+  std::string path;  // output/v-<n>
+  int64_t version = 0;
+  int64_t step = 0;
+  int64_t rows = 0;          // rows written over all tables
+  int64_t rows_dropped = 0;  // by min_count
+  int64_t rows_removed = 0;  // delta: keys of the base no longer present
+  int64_t delta_of = 0;      // delta: the base version (0 = a full bundle)
+  int64_t bytes = 0;
+};
+
+// Checks the checkpoint (CheckpointReader), builds the model from its config to check that the
+// dense tensors fit it, and publishes a new bundle version. Errors: the reader's (naming the
+// file), INVALID_ARGUMENT for a config that does not build a CTR model, INTERNAL on I/O errors.
+StatusOr<ExportResult> ExportBundle(const ExportOptions& options);
+
+// One loaded bundle version: the config, the dense tensors and a read-only row map per table.
+class Bundle {
+ public:
+  // `path`: a bundle root (follows CURRENT) or one v-<n> directory. Verifies every file's size and
+  // CRC32C against the manifest before reading it. Errors name the file.
+  static StatusOr<std::shared_ptr<const Bundle>> Load(const std::string& path);
+
+  int64_t version() const { return version_; }
+  int64_t source_step() const { return source_step_; }
+  bool fp16() const { return fp16_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& config_text() const { return config_text_; }
+  const std::map<std::string, std::vector<float>>& tensors() const { return tensors_; }
+  int64_t dim(const std::string& table) const;
+  // Row of key in table, or nullptr (unknown table or key).
+  const float* Row(const std::string& table, uint64_t key) const;
+  int64_t rows(const std::string& table) const;
+  // Every key of a table (retrieval scans them).
+  const std::vector<uint64_t>& keys(const std::string& table) const;
+
+ private:
+  Bundle() = default;
+  struct Table {
+    int64_t dim = 0;
+    std::vector<uint64_t> keys;
+    std::vector<float> values;  // [rows x dim]
+    std::unordered_map<uint64_t, uint32_t> index;
+  };
+  std::string dir_;
+  int64_t version_ = 0, source_step_ = 0;
+  bool fp16_ = false;
+  std::string config_text_;
+  std::map<std::string, std::vector<float>> tensors_;
+  std::map<std::string, Table> tables_;
+};
+
+// The newest version number under a bundle root (from CURRENT), or NOT_FOUND.
+StatusOr<int64_t> CurrentBundleVersion(const std::string& root);
+
+struct ScoreRequest {
+  std::vector<uint64_t> history;         // item ids, oldest first (the last max_len are used)
+  std::vector<uint64_t> history_cats;    // same length, or empty (category rows read as zeros)
+  std::vector<uint64_t> candidates;      // item ids to score; empty = retrieval (top_n)
+  std::vector<uint64_t> candidate_cats;  // same length, or empty
+  int top_n = 10;                        // retrieval only
+};
+
+struct ScoreResponse {
+  std::vector<float> scores;    // one logit per candidate (CTR models)
+  std::vector<uint64_t> items;  // retrieval: the top_n items, best first
+  std::vector<float> item_scores;
+};
+
+// Scores requests with one bundle's model. Not thread-safe (the model's buffers).
+class Scorer {
+ public:
+  // Builds the model of the bundle's config (CreateCtrModel with max_batch rows per forward) and
+  // loads its dense tensors (INVALID_ARGUMENT naming a missing or mis-sized tensor).
+  static StatusOr<std::unique_ptr<Scorer>> Create(std::shared_ptr<const Bundle> bundle,
+                                                  int64_t max_batch = 128);
+  // Logits of every candidate (inference-mode Forward, in chunks of max_batch) or, without
+  // candidates and for models with user vectors, the top_n items of the bundle's item table by
+  // max over user vectors of <vector, item row>. INVALID_ARGUMENT for inconsistent lengths.
+  Status Score(const ScoreRequest& request, ScoreResponse* response);
+  const Bundle& bundle() const { return *bundle_; }
+  models::CtrModel<float>& model() { return *model_; }
+
+ private:
+  Scorer() = default;
+  std::shared_ptr<const Bundle> bundle_;
+  std::unique_ptr<models::CtrModel<float>> model_;
+  kernels::Context ctx_;
+  std::string item_table_ = "item", cat_table_ = "category";
+  // Per-request buffers.
+  std::vector<float> item_rows_, cat_rows_;
+  std::vector<int64_t> item_index_, cat_index_;
+  std::vector<int32_t> lengths_;
+};
+
+// A scorer that follows a bundle root: a watcher thread checks CURRENT every poll_ms (a timed
+// wait on a condition variable, not a busy loop), loads a newer version off the serving thread
+// and hands it over; the serving thread swaps to it at the start of its next request, so no
+// request is dropped or served half by each version.
+class BundleServer {
+ public:
+  static StatusOr<std::unique_ptr<BundleServer>> Create(const std::string& root, int poll_ms,
+                                                        int64_t max_batch = 128);
+  ~BundleServer();  // stops the watcher
+
+  // The scorer to use for the next request (swapping in a loaded newer version first).
+  Scorer* Acquire();
+  int64_t version();
+  int64_t reloads() const { return reloads_; }
+  // Errors of failed reload attempts (the old version keeps serving), for logging.
+  std::vector<std::string> TakeReloadErrors();
+
+  // One request line (JSON) -> one response line (JSON, no newline). Never fails: a bad line
+  // answers {"line":N,"error":"..."}; *ok tells which.
+  std::string HandleLine(int64_t line_no, const std::string& line, bool* ok);
+
+ private:
+  BundleServer() = default;
+  void Watch();
+
+  std::string root_;
+  int poll_ms_ = 500;
+  int64_t max_batch_ = 128;
+  std::unique_ptr<Scorer> current_;  // serving thread only
+  int64_t reloads_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;                // GUARDED_BY(mu_)
+  std::unique_ptr<Scorer> pending_;  // GUARDED_BY(mu_)
+  int64_t loaded_version_ = 0;       // GUARDED_BY(mu_): newest version loaded or pending
+  std::vector<std::string> errors_;  // GUARDED_BY(mu_)
+  std::thread watcher_;
+};
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_SERVING_H_
