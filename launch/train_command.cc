@@ -12,6 +12,7 @@
 #include "common/flags.h"
 #include "common/result_line.h"
 #include "common/timer.h"
+#include "launch/cluster_train.h"
 #include "launch/commands.h"
 #include "launch/stream_train.h"
 #include "proto/config.pb.h"
@@ -171,6 +172,15 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   };
   auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
+  if (LaunchedUnderMpi()) {
+    // `mpirun -np N ips train`: parameter-server and worker ranks (launch/cluster_train.h).
+    ClusterTrainFlags cf;
+    cf.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+    cf.quiet = flags.GetBool("quiet");
+    cf.metrics_out = flags.GetString("metrics_out").empty() ? cfg->train().metrics_out()
+                                                            : flags.GetString("metrics_out");
+    return RunClusterTrain(*cfg, cf);
+  }
   std::string metrics_path = flags.GetString("metrics_out");
   if (metrics_path.empty()) metrics_path = cfg->train().metrics_out();
   std::ofstream metrics;

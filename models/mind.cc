@@ -95,6 +95,7 @@ StatusOr<std::unique_ptr<Mind<T>>> Mind<T>::Create(const MindOptions& options) {
 
   auto size = [](int64_t n) { return static_cast<size_t>(n); };
   m->e_.resize(size(B * L * D));
+  m->et_.resize(size(B * D));
   m->ehat_.resize(size(B * L * D2));
   m->rweights_.resize(size(B * K * L));
   m->final_logits_.resize(size(B * K * L));
@@ -128,6 +129,9 @@ Status Mind<T>::CheckInputs(const CtrInputs<T>& in) const {
                                 std::to_string(o_.max_batch) + "]");
   if (in.lengths == nullptr || in.item_index == nullptr || in.item_rows == nullptr)
     return InvalidArgumentError("Mind: null lengths, item_index or item_rows");
+  if (o_.use_categories && (in.cat_index == nullptr || in.cat_rows == nullptr))
+    return InvalidArgumentError(
+        "Mind: null cat_index or cat_rows (MindOptions.use_categories reads the category rows)");
   for (int64_t b = 0; b < B; ++b)
     if (in.lengths[b] < 0 || in.lengths[b] > L)
       return InvalidArgumentError("Mind: lengths[" + std::to_string(b) +
@@ -177,17 +181,27 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, D2 = d2_, K = o_.num_interests;
   const int p = o_.label_attention_pow;
 
+  // Item vectors of input position `pos` (item row, plus its category row when used).
+  const bool cats = o_.use_categories;
+  auto item_vector = [&](int64_t pos, T* dst) {
+    const T* r = in.item_rows + in.item_index[pos] * D;
+    if (cats) {
+      const T* c = in.cat_rows + in.cat_index[pos] * D;
+      for (int64_t j = 0; j < D; ++j) dst[j] = r[j] + c[j];
+    } else {
+      std::memcpy(dst, r, sizeof(T) * D);
+    }
+  };
   // Behaviours left-aligned (the routing kernel takes steps [0, len) as valid, oldest first):
   // step i of row b is input position L - len + i. The rest is zero so the routing's GEMM reads
-  // finite values there.
+  // finite values there. Targets into et_.
   ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       T* dst = e_.data() + b * L * D;
-      for (int64_t i = 0; i < len; ++i)
-        std::memcpy(dst + i * D, in.item_rows + in.item_index[b * L + first + i] * D,
-                    sizeof(T) * D);
+      for (int64_t i = 0; i < len; ++i) item_vector(b * L + first + i, dst + i * D);
       std::fill(dst + len * D, dst + L * D, T(0));
+      item_vector(B * L + b, et_.data() + b * D);
     }
   });
 
@@ -208,7 +222,7 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   // Label-aware attention over the K user vectors, then the logit against the target.
   ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const T* et = in.item_rows + in.item_index[B * L + b] * D;
+      const T* et = et_.data() + b * D;
       const T* v = v_.data() + b * K * D;
       T* dots = dots_.data() + b * K;
       T* w = attw_.data() + b * K;
@@ -273,7 +287,7 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T g = d_logits_[b];
-      const T* et = in.item_rows + in.item_index[B * L + b] * D;
+      const T* et = et_.data() + b * D;
       const T* v = v_.data() + b * K * D;
       const T* w = attw_.data() + b * K;
       const T* dots = dots_.data() + b * K;
@@ -341,8 +355,16 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   s.num_unique = in.num_item_rows;
   s.grad_unique = d_item_rows;
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  // Categories are outside the item space (see the header): exactly zero gradient.
-  if (in.num_cat_rows > 0) std::fill(d_cat_rows, d_cat_rows + in.num_cat_rows * D, T(0));
+  if (o_.use_categories) {
+    // x = item + cat: the category row of a position gets the same gradient as its item row.
+    s.inverse = in.cat_index;
+    s.num_unique = in.num_cat_rows;
+    s.grad_unique = d_cat_rows;
+    IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  } else if (in.num_cat_rows > 0) {
+    // Categories are outside the item space: exactly zero gradient.
+    std::fill(d_cat_rows, d_cat_rows + in.num_cat_rows * D, T(0));
+  }
   return Status::Ok();
 }
 

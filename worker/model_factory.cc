@@ -65,6 +65,8 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
       return Upcast(models::PooledModel<float>::Create(WithCommon(spec.pooled, spec)));
     case ModelKind::kMind:
       return Upcast(models::Mind<float>::Create(WithCommon(spec.mind, spec)));
+    case ModelKind::kBst:
+      return Upcast(models::Bst<float>::Create(WithCommon(spec.bst, spec)));
     default:
       break;
   }
@@ -81,6 +83,8 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
   switch (spec.kind) {
     case ModelKind::kGru4Rec:
       return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
+    case ModelKind::kSasrec:
+      return UpcastSeq(models::Sasrec<float>::Create(WithCommon(spec.sasrec, spec)));
     default:
       break;
   }
@@ -169,6 +173,26 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
       s.mind.num_interests = m.num_interests();
       s.mind.routing_iterations = m.routing_iterations();
       IPS_RETURN_IF_ERROR(models::ValidateMindOptions(WithCommon(s.mind, s)));
+      return s;
+    }
+    case config::ModelConfig::SASREC: {
+      s.kind = ModelKind::kSasrec;
+      s.sasrec.num_blocks = m.num_blocks();
+      s.sasrec.num_heads = m.num_heads();
+      s.sasrec.dropout = m.dropout();
+      IPS_RETURN_IF_ERROR(models::ValidateSasrecOptions(WithCommon(s.sasrec, s)));
+      return s;
+    }
+    case config::ModelConfig::BST: {
+      s.kind = ModelKind::kBst;
+      models::BstOptions& b = s.bst;
+      b.num_blocks = m.num_blocks();
+      b.num_heads = m.num_heads();
+      b.dropout = m.dropout();
+      if (m.mlp_hidden_size() != 0)
+        b.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+      IPS_ASSIGN_OR_RETURN(b.activation, ActivationOf(m));
+      IPS_RETURN_IF_ERROR(models::ValidateBstOptions(WithCommon(b, s)));
       return s;
     }
     case config::ModelConfig::GRU4REC: {

@@ -13,12 +13,14 @@
 #include <string>
 
 #include "common/status.h"
+#include "models/bst.h"
 #include "models/dien.h"
 #include "models/din.h"
 #include "models/gru4rec.h"
 #include "models/mind.h"
 #include "models/model.h"
 #include "models/pooled.h"
+#include "models/sasrec.h"
 
 namespace ips {
 
@@ -43,6 +45,8 @@ struct ModelSpec {
   models::DienOptions dien;
   models::PooledOptions pooled;
   models::MindOptions mind;
+  models::BstOptions bst;
+  models::SasrecOptions sasrec;
   models::Gru4RecOptions gru4rec;
 };
 

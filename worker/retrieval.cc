@@ -9,6 +9,7 @@
 
 #include "common/thread_pool.h"
 #include "common/timer.h"
+#include "models/mind.h"
 #include "worker/metrics.h"
 
 namespace ips {
@@ -21,6 +22,13 @@ struct Scored {
 };
 bool Better(const Scored& a, const Scored& b) {
   return a.score > b.score || (a.score == b.score && a.item < b.item);
+}
+
+// True when the model's item vectors are item row + category row (MIND with
+// MindOptions.use_categories): the items must then be scored with their category rows added.
+bool ItemVectorsAddCategories(const models::CtrModel<float>* model) {
+  const auto* mind = dynamic_cast<const models::Mind<float>*>(model);
+  return mind != nullptr && mind->options().use_categories;
 }
 
 // ---- Scoring kernel ----------------------------------------------------------------------------
@@ -417,6 +425,27 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
         store->Lookup(options.category_table, keys.data(), C + 1, D, cat_rows.data()));
     std::fill(cat_rows.begin(), cat_rows.begin() + D, 0.0f);
   }
+  // The vectors items are scored with: the item rows, plus each item's category row for models
+  // whose item space adds categories (with category_table = -1 the model sees zero category rows
+  // and the item rows alone are consistent with it). The forward still reads the raw item rows.
+  std::vector<float> summed_rows;
+  const float* score_rows = item_rows.data();
+  if (options.category_table >= 0 && ItemVectorsAddCategories(model)) {
+    const ColumnView<uint32_t> item_cat = data.item_cat();
+    if (item_cat.size < static_cast<size_t>(N + 1))
+      return DataLossError("EvaluateRetrieval: the dataset's item -> category map has " +
+                           std::to_string(item_cat.size) + " entries, need " +
+                           std::to_string(N + 1));
+    summed_rows = item_rows;
+    for (int64_t i = 1; i <= N; ++i) {
+      const uint32_t c = item_cat[static_cast<size_t>(i)];
+      if (c > C)
+        return DataLossError("EvaluateRetrieval: item " + std::to_string(i) + " has category " +
+                             std::to_string(c) + " outside [0, " + std::to_string(C) + "]");
+      for (int64_t j = 0; j < D; ++j) summed_rows[i * D + j] += cat_rows[c * D + j];
+    }
+    score_rows = summed_rows.data();
+  }
 
   const int64_t L = model->max_len();
   const int64_t U = std::min<int64_t>(
@@ -500,9 +529,9 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
     encode_s += t.Seconds();
     t.Reset();
 
-    IPS_RETURN_IF_ERROR(ScoreAllItems(ctx, vectors.data(), nu, K, D, item_rows.data(), N,
-                                      relevant.data(), max_k, options.user_block,
-                                      options.item_block, below.data(), ties.data(), top.data()));
+    IPS_RETURN_IF_ERROR(ScoreAllItems(ctx, vectors.data(), nu, K, D, score_rows, N, relevant.data(),
+                                      max_k, options.user_block, options.item_block, below.data(),
+                                      ties.data(), top.data()));
     for (size_t c = 0; c < options.cutoffs.size(); ++c) {
       IPS_RETURN_IF_ERROR(
           ranking[c].AddCounts(below.data(), ties.data(), nu, static_cast<int>(N - 1)));

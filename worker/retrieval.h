@@ -7,9 +7,11 @@
 //     first max_users of them; the user's history is the list's history (the last max_len
 //     train+validation events), the relevant item is the list's candidate 0 (the held-out item);
 //     the sampled negatives of the list are not used.
-//   * item rows 1..num_items are read once with the store's read-only Lookup (unseen items read
-//     as zeros), the users are encoded in batches by an inference Forward, and
-//     score(user, item) = max_k <v_k, e_item> over the user's vectors.
+//   * item rows 1..num_items (and category rows 0..num_categories when options.category_table is
+//     set) are read once with the store's read-only Lookup (unseen rows read as zeros), the users
+//     are encoded in batches by an inference Forward, and score(user, item) = max_k <v_k, x_item>
+//     over the user's vectors, where x_item is the model's item vector: the item row, plus the
+//     item's category row for MIND with use_categories (models/mind.h).
 //   * Nothing is excluded but the padding item 0: history items stay candidates (the held-out
 //     item may itself appear in the history under seqrec, and excluding the history would then
 //     make it unretrievable; this matches the "no filtering" full-ranking variant).
@@ -46,8 +48,11 @@ namespace ips {
 struct RetrievalOptions {
   std::vector<int> cutoffs = {20, 50, 100};  // the K of Recall@K / HR@K / NDCG@K, each >= 1
   int64_t max_users = 0;                     // 0 = every evaluation list
-  // Category table to feed the model's category inputs from; -1 = category rows read as zeros
-  // (enough for models that do not read categories, e.g. MIND with its item-only space).
+  // Category table to feed the model's category inputs from; -1 = category rows read as zeros.
+  // MIND with MindOptions.use_categories (its default) lives in the space item row + category
+  // row: with a table here, every item is scored as item row + the row of its category
+  // (Dataset::item_cat()); with -1 both the model and the scoring see the item rows alone, which
+  // is consistent but not the space the model was trained in.
   int category_table = -1;
   int64_t users_per_forward = 0;  // 0 = the model's max_batch()
   int64_t item_block = 2048;      // items per scoring tile

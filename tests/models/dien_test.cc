@@ -21,16 +21,11 @@
 #include "common/random.h"
 #include "common/thread_pool.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 
 namespace ips::models {
 namespace {
-
-#define ASSERT_OK(expr)                      \
-  do {                                       \
-    const ::ips::Status _st = (expr);        \
-    ASSERT_TRUE(_st.ok()) << _st.ToString(); \
-  } while (0)
 
 using testing::CheckGradient;
 using testing::FillUniform;

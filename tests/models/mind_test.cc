@@ -1,11 +1,12 @@
-// Mind: float64 finite-difference checks of the whole backward (every dense tensor and every
-// pulled item row) with one routing iteration (where the stop-gradient routing backward is the
-// exact gradient), K = 1 and 4, p = 0..3, ReLU and linear user layer, histories of length 0, 1,
+// Mind: float64 finite-difference checks of the whole backward (every dense tensor, every pulled
+// item row and, in the item + category space, every pulled category row) with one routing
+// iteration (where the stop-gradient routing backward is the exact gradient), K = 1 and 4,
+// p = 0..3, ReLU and linear user layer, with and without categories, histories of length 0, 1,
 // max and mixed; with three iterations, the analytic gradient equals the finite difference of the
 // 1-iteration model started from the final routing logits (kernels/capsule.h's definition);
-// category rows get exactly zero gradient; user vectors depend on the history only; the
-// label-aware attention is the documented softmax of pow(<v_k, e>, p); input and option
-// validation.
+// without categories the category rows are unread and get exactly zero gradient; user vectors
+// depend on the history only; the label-aware attention is the documented softmax of
+// pow(<v_k, x>, p) with x = item row + category row; input and option validation.
 #include "models/mind.h"
 
 #include <gtest/gtest.h>
@@ -19,16 +20,11 @@
 #include "common/random.h"
 #include "common/thread_pool.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 
 namespace ips::models {
 namespace {
-
-#define ASSERT_OK(expr)                      \
-  do {                                       \
-    const ::ips::Status _st = (expr);        \
-    ASSERT_TRUE(_st.ok()) << _st.ToString(); \
-  } while (0)
 
 using testing::CheckGradient;
 using testing::FillUniform;
@@ -91,10 +87,12 @@ void Perturb(DenseParams<double>& p, uint64_t seed) {
   for (int64_t i = 0; i < p.size(); ++i) p.values()[i] += 0.3 * (2 * rng.Uniform() - 1);
 }
 
-// Checks every dense tensor of `model` and the item rows against central differences of the loss
-// computed by `model` itself; the analytic gradients are `dense_grad` and `d_item`.
+// Checks every dense tensor of `model`, the item rows and (when `d_cat` is given) the category
+// rows against central differences of the loss computed by `model` itself; the analytic
+// gradients are `dense_grad`, `d_item` and `d_cat`.
 void CheckAllGradients(Mind<double>& model, const kernels::Context& ctx, SmallBatch& batch,
-                       const std::vector<double>& dense_grad, const std::vector<double>& d_item) {
+                       const std::vector<double>& dense_grad, const std::vector<double>& d_item,
+                       const std::vector<double>* d_cat) {
   DenseParams<double>& p = model.params();
   auto loss_fn = [&]() {
     double l = 0;
@@ -113,12 +111,16 @@ void CheckAllGradients(Mind<double>& model, const kernels::Context& ctx, SmallBa
     std::copy(param.begin(), param.end(), p.values() + e.offset);
   }
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
+  if (d_cat != nullptr) {
+    EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, *d_cat, loss_fn, 1e-6, 1e-6));
+  }
 }
 
 struct GradCase {
   int64_t k;
   int pow;
   bool relu;
+  bool cats;  // MindOptions.use_categories
   std::vector<int32_t> lengths;
   bool threaded;
   std::string label;
@@ -131,6 +133,7 @@ TEST_P(MindGradTest, Backward_OneIteration_B3_T5_D3_Caps4) {
   const GradCase c = GetParam();
   MindOptions o = SmallOptions(c.k, 1, c.pow);
   o.user_relu = c.relu;
+  o.use_categories = c.cats;
   auto model_or = Mind<double>::Create(o);
   ASSERT_TRUE(model_or.ok()) << model_or.status();
   Mind<double>& model = **model_or;
@@ -148,20 +151,26 @@ TEST_P(MindGradTest, Backward_OneIteration_B3_T5_D3_Caps4) {
       d_cat(batch.cat_rows.size(), std::nan(""));
   std::fill(p.grads(), p.grads() + p.size(), std::nan(""));
   ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data(), d_cat.data()));
-  for (double g : d_cat) EXPECT_EQ(g, 0.0) << "category rows are outside MIND's item space";
+  if (!c.cats) {
+    for (double g : d_cat) EXPECT_EQ(g, 0.0) << "category rows are outside the item-only space";
+  }
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
-  CheckAllGradients(model, ctx, batch, dense_grad, d_item);
+  CheckAllGradients(model, ctx, batch, dense_grad, d_item, c.cats ? &d_cat : nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Mind, MindGradTest,
-    ::testing::Values(GradCase{4, 2, true, {5, 1, 3}, false, "K4_p2_relu_mixed"},
-                      GradCase{4, 2, true, {0, 5, 2}, true, "K4_p2_relu_len0"},
-                      GradCase{4, 1, false, {5, 5, 5}, false, "K4_p1_linear_max"},
-                      GradCase{4, 3, true, {1, 1, 1}, false, "K4_p3_relu_len1"},
-                      GradCase{4, 0, true, {5, 1, 3}, true, "K4_p0_relu_mixed"},
-                      GradCase{1, 2, true, {5, 1, 3}, false, "K1_p2_relu_mixed"},
-                      GradCase{1, 2, false, {0, 0, 0}, false, "K1_p2_linear_allempty"}),
+    ::testing::Values(GradCase{4, 3, false, true, {5, 1, 3}, false, "K4_p3_linear_cats_mixed"},
+                      GradCase{4, 3, false, true, {0, 5, 2}, true, "K4_p3_linear_cats_len0"},
+                      GradCase{4, 2, true, true, {5, 1, 3}, false, "K4_p2_relu_cats_mixed"},
+                      GradCase{4, 1, false, true, {5, 5, 5}, false, "K4_p1_linear_cats_max"},
+                      GradCase{4, 3, true, true, {1, 1, 1}, false, "K4_p3_relu_cats_len1"},
+                      GradCase{4, 0, false, true, {5, 1, 3}, true, "K4_p0_linear_cats_mixed"},
+                      GradCase{1, 3, false, true, {5, 1, 3}, false, "K1_p3_linear_cats_mixed"},
+                      GradCase{4, 2, true, false, {5, 1, 3}, false, "K4_p2_relu_items_mixed"},
+                      GradCase{4, 2, true, false, {0, 5, 2}, true, "K4_p2_relu_items_len0"},
+                      GradCase{4, 3, false, false, {5, 5, 5}, false, "K4_p3_linear_items_max"},
+                      GradCase{1, 2, false, false, {0, 0, 0}, false, "K1_p2_linear_items_empty"}),
     [](const ::testing::TestParamInfo<GradCase>& info) { return info.param.label; });
 
 // Three routing iterations: the backward is documented as the exact gradient of a 1-iteration
@@ -203,13 +212,14 @@ TEST(MindGrad, Backward_ThreeIterations_IsStopGradientOfFinalLogits_K4) {
       ASSERT_OK((*plain)->Forward(ctx, batch.Inputs(), true, &lp));
       EXPECT_GT(std::fabs(lp - l3), 1e-9);
     }
-    CheckAllGradients(m1, ctx, batch, dense_grad, d_item);
+    CheckAllGradients(m1, ctx, batch, dense_grad, d_item, &d_cat);
   }
 }
 
 // The user vectors come from the history alone (targets and labels do not change them), K
 // interests differ from each other (the fixed random routing logits break the symmetry of the
-// shared S), and the logit is <sum_k softmax_k(<v_k, e>^p) v_k, e> (recomputed here).
+// shared S), and the logit is <sum_k softmax_k(<v_k, x>^p) v_k, x> with x = item row + category
+// row of the target (recomputed here).
 TEST(MindForward, UserVectorsIgnoreTargetAndAttentionMatchesDefinition) {
   for (int pow : {0, 1, 2, 3}) {
     SCOPED_TRACE("p = " + std::to_string(pow));
@@ -225,7 +235,10 @@ TEST(MindForward, UserVectorsIgnoreTargetAndAttentionMatchesDefinition) {
     std::vector<double> v((*m)->user_vectors(), (*m)->user_vectors() + 3 * K * D);
     std::vector<double> logits((*m)->logits(), (*m)->logits() + 3);
     for (int64_t b = 0; b < 3; ++b) {
-      const double* et = batch.item_rows.data() + batch.item_index[15 + b] * D;
+      double et[3];
+      for (int64_t c = 0; c < D; ++c)
+        et[c] = batch.item_rows[batch.item_index[15 + b] * D + c] +
+                batch.cat_rows[batch.cat_index[15 + b] * D + c];
       double a[4], mx = -1e300;
       for (int64_t k = 0; k < K; ++k) {
         double d = 0;
@@ -253,8 +266,12 @@ TEST(MindForward, UserVectorsIgnoreTargetAndAttentionMatchesDefinition) {
       }
     EXPECT_GT(min_diff, 1e-6);
     // New targets (and padding indices): same user vectors, different logits.
-    for (int64_t b = 0; b < 3; ++b) batch.item_index[15 + b] = (batch.item_index[15 + b] + 1) % 6;
+    for (int64_t b = 0; b < 3; ++b) {
+      batch.item_index[15 + b] = (batch.item_index[15 + b] + 1) % 6;
+      batch.cat_index[15 + b] = (batch.cat_index[15 + b] + 1) % 3;
+    }
     batch.item_index[5] = (batch.item_index[5] + 1) % 6;  // row 1, padded step 0
+    batch.cat_index[5] = (batch.cat_index[5] + 1) % 3;
     ASSERT_OK((*m)->Forward(ctx, in, false, nullptr));
     EXPECT_TRUE(testing::AllClose((*m)->user_vectors(), v.data(), 3 * K * D, {0, 0}));
     EXPECT_NE((*m)->logits()[0], logits[0]);
@@ -262,34 +279,83 @@ TEST(MindForward, UserVectorsIgnoreTargetAndAttentionMatchesDefinition) {
 }
 
 TEST(MindPrecision, FloatMatchesDouble_K4) {
-  const MindOptions o = SmallOptions(4, 3, 2);
-  auto md = Mind<double>::Create(o);
-  auto mf = Mind<float>::Create(o);
-  ASSERT_TRUE(md.ok() && mf.ok());
-  SmallBatch batch({5, 1, 3});
-  const CtrInputs<double> ind = batch.Inputs();
-  std::vector<float> item_f(batch.item_rows.begin(), batch.item_rows.end());
-  std::vector<float> labels_f(batch.labels.begin(), batch.labels.end());
-  CtrInputs<float> inf;
-  inf.batch = ind.batch;
-  inf.lengths = ind.lengths;
-  inf.item_index = ind.item_index;
-  inf.item_rows = item_f.data();
-  inf.num_item_rows = ind.num_item_rows;
-  inf.labels = labels_f.data();  // no category arrays: MIND does not read them
-  kernels::Context ctx;
-  double ld = 0;
-  float lf = 0;
-  ASSERT_OK((*md)->Forward(ctx, ind, true, &ld));
-  ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
-  EXPECT_NEAR(lf, ld, 1e-5);
-  std::vector<double> gid(item_f.size()), gcd(batch.cat_rows.size());
-  std::vector<float> gif(item_f.size(), std::nanf(""));
-  ASSERT_OK((*md)->Backward(ctx, ind, gid.data(), gcd.data()));
-  ASSERT_OK((*mf)->Backward(ctx, inf, gif.data(), nullptr));
-  EXPECT_TRUE(testing::AllClose(gif, gid, {1e-5, 1e-4}));
-  EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
-                                (*md)->params().size(), {1e-5, 1e-4}));
+  for (bool cats : {true, false}) {
+    SCOPED_TRACE(cats ? "item + category space" : "item-only space");
+    MindOptions o = SmallOptions(4, 3, 2);
+    o.use_categories = cats;
+    auto md = Mind<double>::Create(o);
+    auto mf = Mind<float>::Create(o);
+    ASSERT_TRUE(md.ok() && mf.ok());
+    SmallBatch batch({5, 1, 3});
+    const CtrInputs<double> ind = batch.Inputs();
+    std::vector<float> item_f(batch.item_rows.begin(), batch.item_rows.end());
+    std::vector<float> cat_f(batch.cat_rows.begin(), batch.cat_rows.end());
+    std::vector<float> labels_f(batch.labels.begin(), batch.labels.end());
+    CtrInputs<float> inf;
+    inf.batch = ind.batch;
+    inf.lengths = ind.lengths;
+    inf.item_index = ind.item_index;
+    inf.item_rows = item_f.data();
+    inf.num_item_rows = ind.num_item_rows;
+    inf.labels = labels_f.data();
+    if (cats) {  // without categories the float model gets no category arrays at all
+      inf.cat_index = ind.cat_index;
+      inf.cat_rows = cat_f.data();
+      inf.num_cat_rows = ind.num_cat_rows;
+    }
+    kernels::Context ctx;
+    double ld = 0;
+    float lf = 0;
+    ASSERT_OK((*md)->Forward(ctx, ind, true, &ld));
+    ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
+    EXPECT_NEAR(lf, ld, 1e-5);
+    std::vector<double> gid(item_f.size()), gcd(batch.cat_rows.size());
+    std::vector<float> gif(item_f.size(), std::nanf("")), gcf(cat_f.size(), std::nanf(""));
+    ASSERT_OK((*md)->Backward(ctx, ind, gid.data(), gcd.data()));
+    ASSERT_OK((*mf)->Backward(ctx, inf, gif.data(), cats ? gcf.data() : nullptr));
+    EXPECT_TRUE(testing::AllClose(gif, gid, {1e-5, 1e-4}));
+    if (cats) {
+      EXPECT_TRUE(testing::AllClose(gcf, gcd, {1e-5, 1e-4}));
+    }
+    EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
+                                  (*md)->params().size(), {1e-5, 1e-4}));
+  }
+}
+
+// The category rows are part of the item vectors exactly when use_categories is set: changing
+// one behaviour's category row changes the user vectors (and the target's, the logit) with it,
+// and nothing at all without it.
+TEST(MindForward, CategoryRowsEnterTheItemVectorsOnlyWithUseCategories) {
+  for (bool cats : {true, false}) {
+    SCOPED_TRACE(cats ? "item + category space" : "item-only space");
+    MindOptions o = SmallOptions(4, 3, 3);
+    o.use_categories = cats;
+    auto m = Mind<double>::Create(o);
+    ASSERT_TRUE(m.ok());
+    Perturb((*m)->params(), 4);
+    kernels::Context ctx;
+    SmallBatch batch({5, 5, 5});
+    ASSERT_OK((*m)->Forward(ctx, batch.Inputs(), false, nullptr));
+    const std::vector<double> v((*m)->user_vectors(), (*m)->user_vectors() + 3 * 4 * 3);
+    const std::vector<double> logits((*m)->logits(), (*m)->logits() + 3);
+    // Row 0's step 2 gets a category of its own whose row is the old one shifted.
+    batch.cat_rows.resize(batch.cat_rows.size() + 3);
+    for (int c = 0; c < 3; ++c)
+      batch.cat_rows[9 + c] = batch.cat_rows[batch.cat_index[2] * 3 + c] + 0.5;
+    batch.num_cat_rows = 4;
+    batch.cat_index[2] = 3;
+    ASSERT_OK((*m)->Forward(ctx, batch.Inputs(), false, nullptr));
+    double diff = 0;
+    for (int i = 0; i < 12; ++i) diff += std::fabs((*m)->user_vectors()[i] - v[i]);
+    if (cats) {
+      EXPECT_GT(diff, 1e-6);
+    } else {
+      EXPECT_EQ(diff, 0.0);
+    }
+    // The other rows never see it.
+    EXPECT_TRUE(testing::AllClose((*m)->user_vectors() + 12, v.data() + 12, 24, {0, 0}));
+    EXPECT_EQ((*m)->logits()[1], logits[1]);
+  }
 }
 
 TEST(MindInputs, RejectsBadIndexLengthBatchAndPointers) {
@@ -327,6 +393,21 @@ TEST(MindInputs, RejectsBadIndexLengthBatchAndPointers) {
   EXPECT_EQ((*fresh)->Backward(ctx, in, nullptr, d.data()).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ((*fresh)->Backward(ctx, in, d.data(), nullptr).code(), StatusCode::kInvalidArgument);
   ASSERT_OK((*fresh)->Backward(ctx, in, d.data(), d.data() + 32));
+  // The item + category space needs the category arrays; the item-only one does not.
+  in.cat_rows = nullptr;
+  s = (*fresh)->Forward(ctx, in, true, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("use_categories"), std::string::npos) << s.message();
+  in.cat_rows = batch.cat_rows.data();
+  in.cat_index = nullptr;
+  EXPECT_EQ((*fresh)->Forward(ctx, in, true, nullptr).code(), StatusCode::kInvalidArgument);
+  MindOptions items_only = SmallOptions(4, 3, 2);
+  items_only.use_categories = false;
+  auto io = Mind<double>::Create(items_only);
+  in.cat_rows = nullptr;
+  in.num_cat_rows = 0;
+  ASSERT_OK((*io)->Forward(ctx, in, true, nullptr));
+  ASSERT_OK((*io)->Backward(ctx, in, d.data(), nullptr));
 }
 
 TEST(MindOptionsTest, RejectsEachBadFieldAndReportsShapes) {

@@ -2,7 +2,8 @@
 // reference on fresh random vectors (ranks with ties, top-K order, max over interests, tiles
 // that do not divide the sizes, threads), its input checks, and EvaluateRetrieval end to end on
 // a tiny seqrec dataset written by the test: MIND user vectors from the model, every item of the
-// store, Recall/HR/NDCG@K equal to a per-user brute-force evaluation that encodes each user alone.
+// store, Recall/HR/NDCG@K equal to a per-user brute-force evaluation that encodes each user alone;
+// with a category table, items are scored in MIND's item + category space.
 #include "worker/retrieval.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/random.h"
@@ -22,17 +24,12 @@
 #include "models/pooled.h"
 #include "ps/local_embedding_store.h"
 #include "tests/data/data_test_util.h"
+#include "tests/testing/status_matchers.h"
 #include "worker/data_reader.h"
 #include "worker/dataset_builder.h"
 
 namespace ips {
 namespace {
-
-#define ASSERT_OK(expr)                      \
-  do {                                       \
-    const ::ips::Status _st = (expr);        \
-    ASSERT_TRUE(_st.ok()) << _st.ToString(); \
-  } while (0)
 
 // Reference score of one user (K vectors of dim d) against item row i, in double.
 double RefScore(const float* v, int64_t K, int64_t d, const float* item) {
@@ -378,6 +375,148 @@ TEST_F(RetrievalEvalTest, RejectsModelsWithoutUserVectorsAndBadOptions) {
   auto ws = EvaluateRetrieval(ctx, w->get(), store_.get(), item_table_, *data_);
   EXPECT_EQ(ws.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(ws.status().message().find("dim"), std::string::npos) << ws.status().message();
+}
+
+// MIND in its item + category space (MindOptions.use_categories, the default): with the category
+// table given, EvaluateRetrieval scores every item as item row + the row of its category
+// (Dataset::item_cat()) and feeds the histories' category rows to the model; the metrics equal a
+// per-user brute force over exactly those vectors, and differ from scoring the item rows alone.
+TEST(RetrievalCategories, ItemsAreScoredAsItemPlusCategoryRows) {
+  constexpr int kCats = 5;
+  testing::TempDir dir;
+  Rng rng(8);
+  std::string text;
+  int64_t ts = 1000;
+  for (int u = 1; u <= kUsers; ++u) {
+    const int n = 3 + static_cast<int>(rng.UniformInt(9));
+    for (int k = 0; k < n; ++k) {
+      const int item = 1 + static_cast<int>(rng.UniformInt(kItems));
+      text += std::to_string(u) + "\t" + std::to_string(item) + "\t" +
+              std::to_string(1 + item % kCats) + "\t" + std::to_string(++ts) + "\tclick\t0\n";
+    }
+  }
+  testing::WriteFile(dir.File("events.tsv"), text);
+  ConvertOptions co;
+  co.format = "events";
+  co.protocol = "seqrec";
+  co.input = dir.File("events.tsv");
+  co.output = dir.File("out");
+  co.max_history = kL;
+  co.eval_negatives = 8;
+  co.seed = 3;
+  ASSERT_TRUE(ConvertDataset(co).ok());
+  auto d = Dataset::Open(dir.File("out"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  const Dataset& data = **d;
+  const int64_t N = static_cast<int64_t>(data.manifest().items);
+  const int64_t C = static_cast<int64_t>(data.manifest().categories);
+  ASSERT_GE(C, 2) << "the test needs several categories";
+
+  std::vector<ps::TableOptions> tables(2);
+  const char* names[2] = {"item", "category"};
+  for (int i = 0; i < 2; ++i) {
+    tables[i].name = names[i];
+    tables[i].dim = kDim;
+    tables[i].initializer.type = ps::InitializerOptions::Type::kNormal;
+    tables[i].initializer.stddev = 0.5;
+    tables[i].has_padding_key = true;
+    tables[i].padding_key = 0;
+  }
+  auto store_or = ps::LocalEmbeddingStore::Create(tables);
+  ASSERT_TRUE(store_or.ok()) << store_or.status();
+  ps::LocalEmbeddingStore& store = **store_or;
+  const int item_table = *store.FindTable("item"), cat_table = *store.FindTable("category");
+  // Every row exists (Pull creates it), then read back with Lookup, row 0 = zeros.
+  std::vector<float> items((N + 1) * kDim), cats((C + 1) * kDim);
+  for (auto [table, n, rows] :
+       {std::tuple<int, int64_t, std::vector<float>*>{item_table, N, &items},
+        {cat_table, C, &cats}}) {
+    std::vector<uint64_t> keys;
+    for (int64_t i = 1; i <= n; ++i) keys.push_back(static_cast<uint64_t>(i));
+    std::vector<float> scratch(keys.size() * kDim);
+    ASSERT_OK(store.Pull(table, keys.data(), n, kDim, scratch.data()));
+    keys.insert(keys.begin(), 0);
+    ASSERT_OK(store.Lookup(table, keys.data(), n + 1, kDim, rows->data()));
+    std::fill(rows->begin(), rows->begin() + kDim, 0.0f);
+  }
+  // The item vectors the model lives in.
+  std::vector<float> summed = items;
+  for (int64_t i = 1; i <= N; ++i)
+    for (int64_t c = 0; c < kDim; ++c) summed[i * kDim + c] += cats[data.item_cat()[i] * kDim + c];
+
+  models::MindOptions o;
+  o.embedding_dim = kDim;
+  o.max_len = kL;
+  o.max_batch = 6;
+  o.num_interests = 3;
+  o.capsule_dim = 3;
+  o.seed = 9;
+  ASSERT_TRUE(o.use_categories);
+  auto model_or = models::Mind<float>::Create(o);
+  ASSERT_TRUE(model_or.ok()) << model_or.status();
+  models::Mind<float>& model = **model_or;
+  const int64_t K = 3;
+  ThreadPool pool(2);
+  kernels::Context ctx;
+  ctx.pool = &pool;
+  RetrievalOptions ro;
+  ro.cutoffs = {1, 5, 10};
+  ro.category_table = cat_table;
+  ro.item_block = 7;
+  auto res = EvaluateRetrieval(ctx, &model, &store, item_table, data, ro);
+  ASSERT_TRUE(res.ok()) << res.status();
+
+  ReaderOptions rdo;
+  rdo.max_len = kL;
+  rdo.shuffle = false;
+  rdo.batch_size = 1;
+  EvalReader reader(&data, {}, rdo);
+  Batch b;
+  int64_t users = 0;
+  double rank_sum = 0;
+  std::vector<double> hits(3), recall(3);
+  kernels::Context one;
+  while (reader.Next(&b)) {
+    std::vector<int64_t> idx(kL + 1), cidx(kL + 1);
+    for (int t = 0; t < kL; ++t) {
+      const bool valid = t >= kL - b.length[0];
+      idx[t] = valid ? b.hist_item[t] : 0;
+      cidx[t] = valid ? b.hist_cat[t] : 0;
+    }
+    idx[kL] = b.item[0];
+    cidx[kL] = b.cat[0];
+    models::CtrInputs<float> in;
+    in.batch = 1;
+    in.lengths = b.length.data();
+    in.item_index = idx.data();
+    in.cat_index = cidx.data();
+    in.item_rows = items.data();
+    in.num_item_rows = N + 1;
+    in.cat_rows = cats.data();
+    in.num_cat_rows = C + 1;
+    ASSERT_OK(model.Forward(one, in, false, nullptr));
+    const RefUser r = Reference(model.user_vectors(), K, kDim, summed.data(), N, b.item[0], 10);
+    rank_sum += static_cast<double>(r.rank);
+    for (size_t c = 0; c < ro.cutoffs.size(); ++c) {
+      const int k = ro.cutoffs[c];
+      hits[c] += r.rank < k;
+      recall[c] += std::find(r.top.begin(), r.top.begin() + k, b.item[0]) != r.top.begin() + k;
+    }
+    ++users;
+  }
+  ASSERT_GT(users, 10);
+  EXPECT_EQ(res->users, users);
+  EXPECT_NEAR(res->mean_rank, rank_sum / users, 1e-9);
+  for (size_t c = 0; c < ro.cutoffs.size(); ++c) {
+    EXPECT_NEAR(res->cutoffs[c].hit_rate, hits[c] / users, 1e-12) << ro.cutoffs[c];
+    EXPECT_NEAR(res->cutoffs[c].recall, recall[c] / users, 1e-12) << ro.cutoffs[c];
+  }
+  // Without the category table both the model and the scoring see item rows alone: a different
+  // evaluation (so the one above did use the categories).
+  ro.category_table = -1;
+  auto plain = EvaluateRetrieval(ctx, &model, &store, item_table, data, ro);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_GT(std::fabs(plain->mean_rank - res->mean_rank), 1e-9);
 }
 
 }  // namespace

@@ -71,7 +71,7 @@ TEST(TrainCli, SyntheticRunEndsWithResultAndWritesMetrics) {
 }
 
 TEST(TrainCli, UnsupportedAndBadInputExitNonZero) {
-  auto r = RunIps("train --config " + Config() + kSmall + " --set model.type=SASREC");
+  auto r = RunIps("train --config " + Config() + kSmall + " --set model.device=CUDA");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("UNIMPLEMENTED"), std::string::npos) << r.output;
   r = RunIps("train --config " + Config() + " --set model.attention_hidden=80");

@@ -23,16 +23,11 @@
 
 #include "common/random.h"
 #include "tests/models/trainer_test_util.h"
+#include "tests/testing/status_matchers.h"
 #include "worker/record_parsers.h"
 
 namespace ips {
 namespace {
-
-#define ASSERT_OK(expr)                      \
-  do {                                       \
-    const ::ips::Status _st = (expr);        \
-    ASSERT_TRUE(_st.ok()) << _st.ToString(); \
-  } while (0)
 
 std::string TempPath(const std::string& name) {
   const char* dir = std::getenv("TMPDIR");

@@ -1,0 +1,340 @@
+// Benchmark of the distributed layer, under `mpirun -np 3` (rank 0 = PS, ranks 1-2 = workers):
+//   1. pull + push of 64K unique keys x 18 floats through RemoteEmbeddingStore (1 PS, SGD table)
+//      vs raw blocking MPI_Send/MPI_Recv moving the same bytes between the same two ranks
+//      (512 KB keys -> 4.5 MB rows -> 5 MB keys + grads -> ack): bandwidth ratio, target >= 0.5;
+//   2. a 1-key pull round trip vs raw MPI ping-pong of the same bytes (8 B -> 72 B), blocking
+//      (spinning) and non-spinning: latency ratio vs the blocking one, target <= 3;
+//   3. MPI all-reduce (Collective, 2 workers) of DIN's dense weights (DinOptions defaults);
+//   4. CPU use of idle ranks (comm thread polling with sleep backoff, main thread asleep).
+// Every measured path is verified first (rows equal the in-process store's, the all-reduce sum
+// is exactly predictable). Prints `RESULT mpi_ps ...` last (rank 0).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/result_line.h"
+#include "common/timer.h"
+#include "models/din.h"
+#include "ps/local_embedding_store.h"
+#include "ps/remote_store.h"
+#include "ps/server.h"
+#include "worker/cluster.h"
+
+namespace ips {
+namespace {
+
+constexpr int64_t kKeys = 65536;
+constexpr int64_t kDim = 18;
+constexpr int kBandwidthIters = 20;
+constexpr int kLatencyIters = 2000;
+constexpr int kAllReduceIters = 200;
+
+void Die(const Cluster& c, const Status& s) { c.Abort(s); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double CpuSeconds() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+std::vector<ps::TableOptions> Tables() {
+  ps::TableOptions t;
+  t.name = "item";
+  t.dim = kDim;
+  t.optimizer.type = ps::OptimizerOptions::Type::kSgd;
+  t.optimizer.learning_rate = 0.01;
+  t.initializer.type = ps::InitializerOptions::Type::kNormal;
+  t.seed = 3;
+  return {t};
+}
+
+// Raw baseline of phase 1 between ranks 0 (server) and 1 (client) on MPI_COMM_WORLD.
+double RawPullPushSeconds(int rank) {
+  std::vector<char> keys(kKeys * 8, 1), rows(kKeys * kDim * 4, 2), push(kKeys * (8 + kDim * 4), 3),
+      ack(16, 4);
+  std::vector<double> t;
+  for (int it = 0; it < kBandwidthIters + 2; ++it) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    Timer timer;
+    if (rank == 1) {
+      MPI_Send(keys.data(), static_cast<int>(keys.size()), MPI_BYTE, 0, 7, MPI_COMM_WORLD);
+      MPI_Recv(rows.data(), static_cast<int>(rows.size()), MPI_BYTE, 0, 7, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+      MPI_Send(push.data(), static_cast<int>(push.size()), MPI_BYTE, 0, 7, MPI_COMM_WORLD);
+      MPI_Recv(ack.data(), 16, MPI_BYTE, 0, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    } else if (rank == 0) {
+      MPI_Recv(keys.data(), static_cast<int>(keys.size()), MPI_BYTE, 1, 7, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+      MPI_Send(rows.data(), static_cast<int>(rows.size()), MPI_BYTE, 1, 7, MPI_COMM_WORLD);
+      MPI_Recv(push.data(), static_cast<int>(push.size()), MPI_BYTE, 1, 7, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+      MPI_Send(ack.data(), 16, MPI_BYTE, 1, 7, MPI_COMM_WORLD);
+    }
+    if (it >= 2) t.push_back(timer.Seconds());
+  }
+  return Median(t);
+}
+
+// Raw ping-pong of phase 2 (8 B request, 72 B reply); spinning = blocking MPI calls.
+double RawPingPongUs(int rank, bool spinning) {
+  char req[8] = {0}, rep[kDim * 4] = {0};
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<double> t;
+  for (int it = 0; it < kLatencyIters; ++it) {
+    Timer timer;
+    if (rank == 1) {
+      if (spinning) {
+        MPI_Send(req, 8, MPI_BYTE, 0, 8, MPI_COMM_WORLD);
+        MPI_Recv(rep, sizeof(rep), MPI_BYTE, 0, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      } else {
+        MPI_Request r;
+        MPI_Isend(req, 8, MPI_BYTE, 0, 8, MPI_COMM_WORLD, &r);
+        (void)ps::WaitWithoutSpinning(&r, "send");
+        MPI_Irecv(rep, sizeof(rep), MPI_BYTE, 0, 8, MPI_COMM_WORLD, &r);
+        (void)ps::WaitWithoutSpinning(&r, "recv");
+      }
+    } else if (rank == 0) {
+      if (spinning) {
+        MPI_Recv(req, 8, MPI_BYTE, 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Send(rep, sizeof(rep), MPI_BYTE, 1, 8, MPI_COMM_WORLD);
+      } else {
+        MPI_Request r;
+        MPI_Irecv(req, 8, MPI_BYTE, 1, 8, MPI_COMM_WORLD, &r);
+        (void)ps::WaitWithoutSpinning(&r, "recv");
+        MPI_Isend(rep, sizeof(rep), MPI_BYTE, 1, 8, MPI_COMM_WORLD, &r);
+        (void)ps::WaitWithoutSpinning(&r, "send");
+      }
+    }
+    t.push_back(timer.Seconds() * 1e6);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return Median(t);
+}
+
+// Phase 1b: the same frames through the transport alone, answered without table work (rank 0
+// echoes a rows-sized reply to the pull frame and an ack to the push frame): what the messaging
+// layer costs over raw MPI, separated from the PS's table work.
+double TransportOnlySeconds(Cluster* cluster) {
+  ps::Transport* t = cluster->transport();
+  const int iters = kBandwidthIters + 2;
+  if (cluster->rank() == 0) {
+    for (int i = 0; i < 2 * iters; ++i) {
+      ps::Incoming in;
+      if (!t->Receive(&in, 60000)) cluster->Abort(UnavailableError("echo: no request"));
+      const size_t reply = in.frame.kind() == 1000 ? kKeys * kDim * 4 : 0;
+      ps::Frame f = ps::Frame::Make(1002, {}, reply);
+      if (reply > 0) std::memset(f.payload(), 0, reply);
+      t->Reply(in.source, in.frame.id(), std::move(f));
+    }
+    return 0;
+  }
+  if (cluster->rank() != 1) return 0;
+  std::vector<double> times;
+  for (int it = 0; it < iters; ++it) {
+    Timer timer;
+    ps::Frame pull = ps::Frame::Make(1000, "meta", kKeys * 8);
+    std::memset(pull.payload(), 1, kKeys * 8);
+    auto r1 = t->Wait(t->Request(0, std::move(pull)));
+    ps::Frame push = ps::Frame::Make(1001, "meta", kKeys * (8 + kDim * 4));
+    std::memset(push.payload(), 2, kKeys * (8 + kDim * 4));
+    auto r2 = t->Wait(t->Request(0, std::move(push)));
+    if (!r1.ok() || !r2.ok() || r1->payload_size() != kKeys * kDim * 4)
+      cluster->Abort(InternalError("echo: bad reply"));
+    if (it >= 2) times.push_back(timer.Seconds());
+  }
+  return Median(times);
+}
+
+int Main(int argc, char** argv) {
+  ClusterOptions copt;
+  copt.num_ps = 1;
+  auto cluster_or = Cluster::Init(&argc, &argv, copt);
+  if (!cluster_or.ok()) {
+    std::fprintf(stderr, "mpi_ps_bench: %s (run under mpirun -np 3)\n",
+                 cluster_or.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
+  const int rank = cluster->rank();
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world != 3) Die(*cluster, InvalidArgumentError("mpi_ps_bench needs mpirun -np 3"));
+
+  // ---- 4 first: idle CPU (nothing else running yet) ----
+  const double idle_wall = 2.0;
+  const double cpu0 = CpuSeconds();
+  std::this_thread::sleep_for(std::chrono::duration<double>(idle_wall));
+  double idle_cpu_pct = 100.0 * (CpuSeconds() - cpu0) / idle_wall;
+  double idle_max = 0;
+  MPI_Reduce(&idle_cpu_pct, &idle_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  const int64_t wakeups = cluster->transport()->wakeups();
+
+  // ---- Raw baselines (the comm threads are idle; they use their own communicator) ----
+  const bool skip_raw = std::getenv("IPS_BENCH_SKIP_RAW") != nullptr;
+  const double raw_s = skip_raw ? 1 : RawPullPushSeconds(rank);
+  const double raw_pp_us = skip_raw ? 1 : RawPingPongUs(rank, /*spinning=*/true);
+  const double raw_pp_nospin_us = skip_raw ? 1 : RawPingPongUs(rank, /*spinning=*/false);
+
+  const double transport_s = TransportOnlySeconds(cluster.get());
+  MPI_Barrier(MPI_COMM_WORLD);  // no PS request before the echo phase is over
+
+  const std::vector<ps::TableOptions> tables = Tables();
+  double ours_s = 0, table_s = 0, pull1_us = 0, allreduce_ms = 0;
+  int64_t dense_n = 0;
+  bool verified = true;
+  if (cluster->role() == Role::kPs) {
+    ps::ServerOptions so;
+    so.tables = tables;
+    so.num_workers = 2;
+    auto server = ps::ParameterServer::Create(cluster->transport(), so);
+    if (!server.ok()) Die(*cluster, server.status());
+    Status s = (*server)->Run();
+    if (!s.ok()) Die(*cluster, s);
+  } else {
+    ps::RemoteStoreOptions ro;
+    ro.tables = tables;
+    ro.ps_ranks = cluster->layout().PsRanks();
+    ro.worker_index = cluster->role_index();
+    auto remote_or = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
+    if (!remote_or.ok()) Die(*cluster, remote_or.status());
+    ps::RemoteEmbeddingStore* remote = remote_or->get();
+    if (cluster->role_index() != 0) {
+      // Worker 1 pushes nothing: it says so, or worker 0's pulls would wait for its clock.
+      Status s = remote->Finish();
+      if (!s.ok()) Die(*cluster, s);
+    } else {
+      // Phase 1: verify, then time pull + push of 64K unique keys.
+      std::vector<uint64_t> keys(kKeys);
+      for (int64_t i = 0; i < kKeys; ++i) keys[i] = static_cast<uint64_t>(i) * 2654435761ULL + 1;
+      std::vector<float> rows(kKeys * kDim), want(kKeys * kDim), grads(kKeys * kDim, 0.01f);
+      auto local = ps::LocalEmbeddingStore::Create(tables);
+      if (!local.ok()) Die(*cluster, local.status());
+      Status s = remote->Pull(0, keys.data(), kKeys, kDim, rows.data());
+      if (!s.ok()) Die(*cluster, s);
+      s = (*local)->Pull(0, keys.data(), kKeys, kDim, want.data());
+      if (!s.ok()) Die(*cluster, s);
+      if (std::memcmp(rows.data(), want.data(), rows.size() * 4) != 0) verified = false;
+      std::vector<double> t, tt;
+      for (int it = 0; it < kBandwidthIters + 2; ++it) {
+        Timer timer;
+        s = remote->Pull(0, keys.data(), kKeys, kDim, rows.data());
+        if (s.ok()) s = remote->Push(0, keys.data(), kKeys, kDim, grads.data());
+        if (!s.ok()) Die(*cluster, s);
+        if (it >= 2) t.push_back(timer.Seconds());
+        // The PS's own table work for the same call, in-process (context for the ratio).
+        Timer table_timer;
+        s = (*local)->Pull(0, keys.data(), kKeys, kDim, want.data());
+        if (s.ok()) s = (*local)->Push(0, keys.data(), kKeys, kDim, grads.data());
+        if (!s.ok()) Die(*cluster, s);
+        if (it >= 2) tt.push_back(table_timer.Seconds());
+      }
+      if (std::memcmp(rows.data(), want.data(), rows.size() * 4) != 0) verified = false;
+      ours_s = Median(t);
+      table_s = Median(tt);
+      // Phase 2: 1-key pull round trips.
+      std::vector<double> lat;
+      float one[kDim];
+      for (int it = 0; it < kLatencyIters; ++it) {
+        Timer timer;
+        s = remote->Pull(0, keys.data() + (it % 100), 1, kDim, one);
+        if (!s.ok()) Die(*cluster, s);
+        lat.push_back(timer.Seconds() * 1e6);
+      }
+      pull1_us = Median(lat);
+    }
+    // Phase 3: all-reduce of DIN's dense weights among the 2 workers. Worker 1 waits here
+    // (sleeping up to 1 ms per poll) while worker 0 runs phases 1-2.
+    if (Status s = cluster->collective()->Barrier(); !s.ok()) Die(*cluster, s);
+    auto din = models::Din<float>::Create(models::DinOptions{});
+    if (!din.ok()) Die(*cluster, din.status());
+    dense_n = (*din)->params().size();
+    Collective* coll = cluster->collective();
+    std::vector<float> buf(static_cast<size_t>(dense_n));
+    // Small integers: the sum is exact in float, so the check is ==.
+    for (int64_t i = 0; i < dense_n; ++i)
+      buf[i] = static_cast<float>((i % 13) + 100 * cluster->role_index());
+    Status s = coll->AllReduceSum(buf.data(), dense_n);
+    if (!s.ok()) Die(*cluster, s);
+    for (int64_t i = 0; i < dense_n; ++i)
+      if (buf[i] != static_cast<float>(2 * (i % 13) + 100)) verified = false;
+    s = coll->Barrier();
+    std::vector<double> t;
+    for (int it = 0; it < kAllReduceIters; ++it) {
+      Timer timer;
+      s = coll->AllReduceSum(buf.data(), dense_n);
+      if (!s.ok()) Die(*cluster, s);
+      t.push_back(timer.Millis());
+    }
+    allreduce_ms = Median(t);
+    s = remote->ShutdownServers();
+    if (!s.ok()) Die(*cluster, s);
+  }
+  // Gather the worker-0 numbers on rank 0.
+  double vals[7] = {ours_s,
+                    table_s,
+                    pull1_us,
+                    allreduce_ms,
+                    static_cast<double>(dense_n),
+                    transport_s,
+                    verified ? 1.0 : 0.0};
+  double got[7] = {0};
+  MPI_Reduce(vals, got, 6, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  MPI_Reduce(vals + 6, got + 6, 1, MPI_DOUBLE, MPI_MIN, 0, MPI_COMM_WORLD);
+  if (rank == 0) {
+    const double bytes = kKeys * 8.0 + kKeys * kDim * 4.0 + kKeys * (8.0 + kDim * 4.0) + 16;
+    std::printf(
+        "pull+push 64K x %lld: raw MPI %.2f ms (%.2f GB/s), ours %.2f ms (%.2f GB/s), "
+        "in-process table work %.2f ms\n",
+        static_cast<long long>(kDim), raw_s * 1e3, bytes / raw_s / 1e9, got[0] * 1e3,
+        bytes / got[0] / 1e9, got[1] * 1e3);
+    std::printf(
+        "1-key pull: ours %.1f us, raw ping-pong %.2f us (blocking, spins), %.1f us "
+        "(non-spinning)\n",
+        got[2], raw_pp_us, raw_pp_nospin_us);
+    std::printf("all-reduce of %lld floats (DIN dense) over 2 workers: %.3f ms\n",
+                static_cast<long long>(got[4]), got[3]);
+    std::printf(
+        "idle rank CPU: %.2f%% of a core (max over ranks; comm thread %lld wake-ups "
+        "in %.0f s on rank 0)\n",
+        idle_max, static_cast<long long>(wakeups), idle_wall);
+    ResultLine("mpi_ps")
+        .Add("verified", got[6] > 0 ? "yes" : "NO")
+        .Add("bw_ratio", raw_s / got[0])
+        .Add("bw_target", 0.5)
+        .Add("transport_bw_ratio", raw_s / got[5])
+        .Add("ours_pullpush_ms", got[0] * 1e3)
+        .Add("transport_ms", got[5] * 1e3)
+        .Add("raw_ms", raw_s * 1e3)
+        .Add("table_ms", got[1] * 1e3)
+        .Add("pull1_us", got[2])
+        .Add("raw_pingpong_us", raw_pp_us)
+        .Add("raw_pingpong_nospin_us", raw_pp_nospin_us)
+        .Add("lat_ratio", got[2] / raw_pp_us)
+        .Add("lat_ratio_nospin", got[2] / raw_pp_nospin_us)
+        .Add("lat_target", 3.0)
+        .Add("allreduce_ms", got[3])
+        .Add("dense_floats", static_cast<int64_t>(got[4]))
+        .Add("idle_cpu_pct", idle_max)
+        .Print();
+  }
+  return rank != 0 || got[6] > 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace ips
+
+int main(int argc, char** argv) { return ips::Main(argc, argv); }

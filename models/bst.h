@@ -1,0 +1,131 @@
+// Bst: the Behavior Sequence Transformer (Chen et al. 2019, "Behavior Sequence Transformer for
+// E-commerce Recommendation in Alibaba") as a CTR model, an explicit forward and backward pass
+// over kernels/, models/transformer.h's block and models/layers.h's Mlp.
+//
+//   e_t    = [item_emb, cat_emb] of behaviour t, t < T, and e_T = the target's   (E = 2 * dim)
+//   x_0    = (e_t + P[t]) * keep_t over the T + 1 steps (history left-padded, target last)
+//   x_i+1  = Block_i(x_i)          (not causal; padded keys masked; rows at padded steps zero)
+//   pooled = flatten(x_num_blocks) [(T + 1) * E]          (kFlatten, the paper's), or
+//            [mean of the valid history outputs, the target's output] [2E] (kMeanWithTarget)
+//   logit  = MLP(pooled -> mlp_hidden... -> 1),  loss = mean BCE-with-logits
+//
+// Choices, and where they differ from the paper (which has extra user/context features we do
+// not have, and timestamps):
+// - Output: the paper concatenates the transformer's outputs of every step (behaviours and
+//   target) with the other features and feeds the MLP; kFlatten does that (left padding puts
+//   the target at a fixed slot T and the most recent behaviour at T - 1; padded steps are zero).
+// - Positions: the paper embeds the time gap to the recommendation time and concatenates it;
+//   we have no timestamps, so P is a learned embedding of the step index (xavier_normal
+//   initialised), added as SASRec does, which keeps the width E.
+// - Block: the shared pre-LN block (LN before attention and FFN, residual after) instead of the
+//   paper's post-LN; multi-head attention with an output projection (the paper's W^H) and the
+//   FFN's LeakyReLU (slope 0.01) as in the paper; FFN hidden width ffn_hidden (default E).
+// - MLP activation: PReLU (per channel, init 0.25, learned) or Dice instead of the paper's
+//   LeakyReLU; layer widths default to the paper's 1024, 512, 256.
+// - Dropout (paper: 0.2) on the attention probabilities, the attention output, the FFN hidden
+//   layer and the FFN output; no input dropout. Masks as in models/sasrec.h (dropout step).
+//
+// Layout of the inputs: models/model.h CtrInputs ([B x T] history, then B targets).
+// Buffers are allocated at Create() for max_batch. Templated on T. Thread safety: none.
+#ifndef IPS_MODELS_BST_H_
+#define IPS_MODELS_BST_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/context.h"
+#include "models/layers.h"
+#include "models/model.h"
+#include "models/transformer.h"
+
+namespace ips::models {
+
+enum class BstPooling {
+  kFlatten,         // the paper: every step's output, [(T + 1) * E]
+  kMeanWithTarget,  // [mean over valid history steps (0 for an empty history), target] [2E]
+};
+
+struct BstOptions {
+  int64_t embedding_dim = 18;  // width of each table; a behaviour is E = 2 * embedding_dim wide
+  int64_t max_len = 50;        // history length T (the sequence is T + 1 with the target)
+  int64_t max_batch = 512;
+  int64_t num_blocks = 1;  // the paper found 1 best
+  int64_t num_heads = 4;   // must divide E (the paper's 8 does not divide 36)
+  int64_t ffn_hidden = 0;  // 0: E
+  double dropout = 0.2;    // every dropout site, in [0, 1)
+  std::vector<int64_t> mlp_hidden = {1024, 512, 256};
+  MlpActivation activation = MlpActivation::kPrelu;
+  BstPooling pooling = BstPooling::kFlatten;
+  uint64_t seed = 0;  // dense initialisation and the dropout masks
+  // TransformerBlockOptions::fast_cpu_path (own AVX-512 loops vs kernels/ throughout).
+  bool fast_cpu_path = true;
+};
+
+// INVALID_ARGUMENT naming the first bad field ("BstOptions.<field>: ...").
+Status ValidateBstOptions(const BstOptions& o);
+
+template <typename T>
+class Bst final : public CtrModel<T> {
+ public:
+  // Validates the options, allocates every buffer and initialises the dense weights from
+  // Rng(seed): pos (xavier_normal), the blocks, then the MLP (torch defaults).
+  static StatusOr<std::unique_ptr<Bst>> Create(const BstOptions& options);
+  Bst(const Bst&) = delete;
+  Bst& operator=(const Bst&) = delete;
+
+  // training: dropout on (and Dice batch statistics); the dropout step advances by one.
+  // With in.labels, *loss = mean BCE (loss may be nullptr). Errors: INVALID_ARGUMENT for a batch
+  // outside [1, max_batch], null pointers, lengths or indices out of range (naming the
+  // position); otherwise the kernels'.
+  Status Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+                 T* loss) override;
+  // After Forward(training = true) with labels on the same inputs: dense gradients into
+  // params().grads() (overwritten), row gradients into d_item_rows / d_cat_rows (overwritten;
+  // unused rows zero). FAILED_PRECONDITION without such a forward.
+  Status Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+                  T* d_cat_rows) override;
+
+  const BstOptions& options() const { return o_; }
+  int64_t behaviour_dim() const { return 2 * o_.embedding_dim; }
+  const char* name() const override { return "bst"; }
+  int64_t embedding_dim() const override { return o_.embedding_dim; }
+  int64_t max_len() const override { return o_.max_len; }
+  int64_t max_batch() const override { return o_.max_batch; }
+  DenseParams<T>& params() override { return params_; }
+  const DenseParams<T>& params() const override { return params_; }
+  std::vector<StateTensor<T>> state() override { return mlp_->state(); }
+  const T* logits() const override { return logits_.data(); }
+  // The dropout step the next training Forward uses (starts at 0). Setting it replays masks.
+  uint64_t dropout_step() const { return step_; }
+  void set_dropout_step(uint64_t step) { step_ = step; }
+
+ private:
+  explicit Bst(const BstOptions& o);
+  Status CheckInputs(const CtrInputs<T>& in) const;
+
+  BstOptions o_;
+  DenseParams<T> params_;
+  int64_t pos_ = 0;
+  std::vector<std::unique_ptr<TransformerBlock<T>>> blocks_;
+  std::unique_ptr<Mlp<T>> mlp_;
+  uint64_t step_ = 0;
+
+  std::vector<int32_t> seq_lengths_;  // [B] history length + 1 (the target)
+  std::vector<std::vector<T>> xs_;    // num_blocks + 1 tensors [B*(T+1) x E]
+  std::vector<T> pooled_;             // [B x 2E] (kMeanWithTarget only)
+  std::vector<T> logits_;
+  T loss_scratch_[1] = {T(0)};
+  // Backward scratch.
+  std::vector<T> d_logits_, d_mlp_in_;
+  std::vector<T> da_, db_;
+  std::vector<T> g_item_, g_cat_;  // [(B*T + B) x dim]
+  uint64_t forward_seed_ = 0;
+  bool have_training_forward_ = false;
+  int64_t forward_batch_ = 0;
+};
+
+}  // namespace ips::models
+
+#endif  // IPS_MODELS_BST_H_

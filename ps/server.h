@@ -1,0 +1,104 @@
+// ParameterServer: the serving loop of one parameter-server rank. It owns this rank's shard of
+// every embedding table (a LocalEmbeddingStore: the same DynamicTables, optimizers, admission
+// and eviction as the single-process trainer) and the per-worker push clocks that bound
+// staleness. It answers the frames of ps/remote_store.h: pull, read-only lookup, push,
+// advance-step, stats, clock-done and shutdown. Which keys it owns is the client's business
+// (PsOfKey in ps/remote_store.h); a PS serves whatever keys it is sent.
+//
+// Staleness protocol (bounded staleness, SSP): the PS counts, per (worker, table), the pushes it
+// has applied. A pull carries `required` = the reader's own clock minus its bound S; it is served
+// once every worker's applied count for that table is >= required, and deferred (queued, no
+// thread blocked) until then. The reply carries that minimum, from which the worker measures
+// the staleness it actually saw. A worker that has finished sends CLOCK_DONE so nobody waits
+// on it. S = 0 with one worker therefore reads exactly what sync mode reads.
+//
+// Threading: frames are handled one at a time on the transport's comm thread (Run installs the
+// handler and sleeps), so per-worker order is the arrival order; a large pull is split over
+// `num_threads` (DynamicTable is thread-safe and shards keys across its own sub-tables). Pushes are
+// never split: one push is one optimizer step (Adam's step count).
+#ifndef IPS_PS_SERVER_H_
+#define IPS_PS_SERVER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "ps/local_embedding_store.h"
+#include "ps/table_options.h"
+#include "ps/transport.h"
+
+namespace ips::ps {
+
+// Frame kinds of the PS protocol (after the transport's own).
+enum PsFrame : uint32_t {
+  kPsPull = kFrameFirstUser,
+  kPsLookup,
+  kPsPush,
+  kPsAdvance,
+  kPsStats,
+  kPsClockDone,
+  kPsShutdown,
+  kPsReply,
+};
+
+struct ServerOptions {
+  // Every table, identical on all ranks (the worker's RemoteStoreOptions::tables).
+  std::vector<TableOptions> tables;
+  int num_workers = 1;
+  int num_threads = 1;
+  // Test-only: after serving this many pushes, the process kills itself with SIGKILL (< 0: never).
+  int64_t kill_after_pushes = -1;
+};
+
+struct ServerStats {
+  int64_t pulls = 0, lookups = 0, pushes = 0, deferred_pulls = 0;
+};
+
+class ParameterServer {
+ public:
+  // Creates the tables (INVALID_ARGUMENT as LocalEmbeddingStore::Create). `transport` is not
+  // owned and must outlive the server.
+  static StatusOr<std::unique_ptr<ParameterServer>> Create(Transport* transport,
+                                                           const ServerOptions& options);
+
+  // Serves requests until every worker has sent SHUTDOWN. Errors of single requests are
+  // returned to their sender, not here; returns UNAVAILABLE only if the transport stops first.
+  Status Run();
+
+  LocalEmbeddingStore* store() { return store_.get(); }
+  // Valid after Run returned.
+  const ServerStats& stats() const { return stats_; }
+
+ private:
+  ParameterServer() = default;
+  void Handle(Incoming in);
+  // Serves deferred pulls whose clock is now satisfied.
+  void RetryDeferred();
+  int64_t MinApplied(int table) const;
+  void ReplyError(const Incoming& in, const Status& s);
+  void ServePull(const Incoming& in, int table, int64_t n, int64_t dim, bool lookup);
+
+  Transport* transport_ = nullptr;
+  ServerOptions options_;
+  std::unique_ptr<LocalEmbeddingStore> store_;
+  std::unique_ptr<ThreadPool> pool_;
+  // applied_[w][t]: pushes of worker w to table t applied here; INT64_MAX once w is done.
+  std::vector<std::vector<int64_t>> applied_;
+  std::vector<Incoming> deferred_;
+  std::vector<Status> async_error_;  // per worker: a failed un-acked push, reported next reply
+  std::vector<bool> shut_down_;
+  int64_t max_step_ = -1;
+  ServerStats stats_;
+  std::mutex done_mu_;
+  std::condition_variable done_cv_;
+  bool done_ = false;  // guarded by done_mu_: every worker has shut down
+};
+
+}  // namespace ips::ps
+
+#endif  // IPS_PS_SERVER_H_

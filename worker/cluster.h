@@ -1,0 +1,101 @@
+// Cluster: the roles of the ranks of `mpirun -np N ips ...` and the process-wide MPI set-up.
+// It owns the layout (ranks [0, num_ps) are parameter servers, the rest workers; a layout that
+// cannot work is rejected before anything else starts), MPI initialisation (MPI_THREAD_MULTIPLE,
+// see ps/transport.h for why), the transport over all ranks with role names for its failure
+// messages, the workers' communicator and their Collective, and ending the job: Abort prints a
+// message naming the rank and its role, then MPI_Abort, so a failing rank never leaves the others
+// hanging. A rank that dies is detected by the transport (ps/transport.h) within
+// dead_after_ms (default 10 s; on one host within 100 ms), which aborts the job.
+#ifndef IPS_WORKER_CLUSTER_H_
+#define IPS_WORKER_CLUSTER_H_
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "ps/transport.h"
+#include "worker/collective.h"
+
+namespace ips {
+
+namespace config {
+class ClusterConfig;  // proto/config.proto; only cluster.cc includes the generated header
+}
+
+enum class Role { kPs, kWorker };
+
+struct ClusterLayout {
+  int world_size = 0;
+  int num_ps = 0;
+  int num_workers = 0;
+
+  Role RoleOf(int rank) const { return rank < num_ps ? Role::kPs : Role::kWorker; }
+  // Index among the ranks of the same role.
+  int IndexOf(int rank) const { return rank < num_ps ? rank : rank - num_ps; }
+  std::vector<int> PsRanks() const;
+  std::vector<int> WorkerRanks() const;
+  // "ps 0", "worker 1".
+  std::string RoleName(int rank) const;
+  // "rank 0 = ps 0, rank 1 = worker 0, ...".
+  std::string Describe() const;
+};
+
+// INVALID_ARGUMENT with a message saying what to change when num_ps < 1 or num_ps >= world_size
+// (no rank left for a worker). Pure: no MPI.
+StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps);
+// The same from the config's `cluster { num_ps: P }`.
+StatusOr<ClusterLayout> ClusterLayoutFromConfig(const config::ClusterConfig& cluster,
+                                                int world_size);
+
+struct ClusterOptions {
+  int num_ps = 1;
+  ps::Transport::Options transport;  // role_of_rank is filled in by Init
+  // Collective backend of the workers: false = MPI; true = NCCL on device `device`.
+  bool nccl = false;
+  int device = 0;
+};
+
+class Cluster {
+ public:
+  // Initialises MPI (unless already initialised; then it must provide MPI_THREAD_MULTIPLE),
+  // checks the layout (INVALID_ARGUMENT on every rank for a bad one, after which MPI is
+  // finalised and nothing else may run; the caller prints the message on rank 0 and exits
+  // non-zero), then builds the transport and, on workers, the workers' Collective. Collective
+  // over MPI_COMM_WORLD.
+  static StatusOr<std::unique_ptr<Cluster>> Init(int* argc, char*** argv,
+                                                 const ClusterOptions& options);
+  // Shuts the transport down (collective), frees the communicators and finalises MPI if Init
+  // initialised it.
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  int rank() const { return rank_; }
+  const ClusterLayout& layout() const { return layout_; }
+  Role role() const { return layout_.RoleOf(rank_); }
+  int role_index() const { return layout_.IndexOf(rank_); }
+  // "rank 2 (worker 1)".
+  std::string Describe() const;
+  ps::Transport* transport() { return transport_.get(); }
+  // The workers' collective; null on PS ranks.
+  Collective* collective() { return collective_.get(); }
+
+  // Prints "ips: rank R (role): <status>" to stderr and ends the whole job (MPI_Abort).
+  [[noreturn]] void Abort(const Status& status) const;
+
+ private:
+  Cluster() = default;
+  int rank_ = 0;
+  bool owns_mpi_ = false;
+  ClusterLayout layout_;
+  MPI_Comm workers_comm_ = MPI_COMM_NULL;
+  std::unique_ptr<ps::Transport> transport_;
+  std::unique_ptr<Collective> collective_;
+};
+
+}  // namespace ips
+
+#endif  // IPS_WORKER_CLUSTER_H_
