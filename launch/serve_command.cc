@@ -43,6 +43,10 @@ int RunExportCommand(const std::vector<std::string>& args) {
   flags.Int("min_count", 0, "drop rows used fewer than N times (LFU count)");
   flags.Int("keep_versions", 3, "bundle versions kept in the root");
   flags.Bool("delta", "write only the rows that changed since the bundle's current version");
+  flags.String("dataset", "",
+               "dataset directory whose vocab gives the item -> category map (default: the "
+               "checkpoint config's data.train_dir or synthetic catalogue; none: requests must "
+               "carry categories and MIND top-N is refused)");
   int rc = kExitOk;
   if (!ParseFlags(&flags, args, &rc)) return rc;
   ExportOptions o;
@@ -52,6 +56,7 @@ int RunExportCommand(const std::vector<std::string>& args) {
   o.min_count = flags.GetInt("min_count");
   o.keep_versions = static_cast<int>(flags.GetInt("keep_versions"));
   o.delta = flags.GetBool("delta");
+  o.dataset = flags.GetString("dataset");
   if (o.min_count < 0 || o.keep_versions < 1) {
     std::cerr << "error: --min_count must be >= 0 and --keep_versions >= 1\n" << flags.Usage();
     return kExitUsage;
@@ -63,6 +68,10 @@ int RunExportCommand(const std::vector<std::string>& args) {
     return kExitError;
   }
   std::cout << "exported " << r->path << " (step " << r->step << ", " << r->rows << " rows)\n";
+  if (!r->item_cats)
+    std::cerr << "warning: no item -> category map (no dataset known to the checkpoint; pass "
+                 "--dataset DIR): requests must carry history_cats/candidate_cats, and MIND "
+                 "top-N retrieval is refused\n";
   ResultLine("export")
       .Add("bundle", r->path)
       .Add("version", r->version)
@@ -73,6 +82,7 @@ int RunExportCommand(const std::vector<std::string>& args) {
       .Add("rows_removed", r->rows_removed)
       .Add("bytes", r->bytes)
       .Add("fp16", o.fp16 ? "true" : "false")
+      .Add("item_cats", r->item_cats ? "true" : "false")
       .Add("seconds", timer.Seconds())
       .Print();
   return kExitOk;

@@ -10,7 +10,9 @@
 #include "common/result_line.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
+#include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "worker/serving.h"
 
 namespace ips {
 namespace {
@@ -68,6 +70,13 @@ void AddStreamFlags(FlagSet* flags) {
                 "--stream: train a partial batch after waiting this long for events");
   flags->Int("stream_window_events", 10000, "--stream: events per prequential AUC window");
   flags->Int("stream_max_events", 0, "--stream: stop after N events (0 = at the end / SIGINT)");
+  flags->String("stream_publish_dir", "",
+                "--stream: publish serving bundles (full, then deltas) into this bundle root, "
+                "which `ips serve --bundle DIR` hot-reloads");
+  flags->Int("stream_publish_full_every", 10,
+             "--stream_publish_dir: a full bundle after this many deltas (bounds the chain)");
+  flags->Int("stream_publish_keep_versions", 3,
+             "--stream_publish_dir: bundle versions kept (plus the bases of kept deltas)");
 }
 
 StatusOr<StreamCliOptions> StreamCliOptionsFromFlags(const FlagSet& flags) {
@@ -82,6 +91,9 @@ StatusOr<StreamCliOptions> StreamCliOptionsFromFlags(const FlagSet& flags) {
   o.max_batch_delay_s = flags.GetDouble("stream_max_batch_delay_s");
   o.window_events = flags.GetInt("stream_window_events");
   o.max_events = flags.GetInt("stream_max_events");
+  o.publish_dir = flags.GetString("stream_publish_dir");
+  o.publish_full_every = flags.GetInt("stream_publish_full_every");
+  const int64_t keep = flags.GetInt("stream_publish_keep_versions");
   const auto bad = [](const char* flag, const std::string& v, const char* want) {
     return InvalidArgumentError(std::string("--") + flag + " " + v + ": expected " + want);
   };
@@ -100,7 +112,54 @@ StatusOr<StreamCliOptions> StreamCliOptionsFromFlags(const FlagSet& flags) {
   if (o.window_events < 1)
     return bad("stream_window_events", std::to_string(o.window_events), ">= 1");
   if (o.max_events < 0) return bad("stream_max_events", std::to_string(o.max_events), ">= 0");
+  if (o.publish_full_every < 0)
+    return bad("stream_publish_full_every", std::to_string(o.publish_full_every), ">= 0");
+  if (keep < 1 || keep > 1000000)
+    return bad("stream_publish_keep_versions", std::to_string(keep), "1..1000000");
+  o.publish_keep_versions = static_cast<int>(keep);
   return o;
+}
+
+StatusOr<StreamPublisher> MakeBundlePublisher(const StreamCliOptions& options,
+                                              const std::string& config_text,
+                                              const std::string& source, Trainer* trainer,
+                                              ps::EmbeddingStore* store,
+                                              std::shared_ptr<const StreamTrainer*> stream) {
+  auto* local = dynamic_cast<ps::LocalEmbeddingStore*>(store);
+  if (local == nullptr)
+    return UnimplementedError("--stream_publish_dir: publishing needs the in-process store");
+  // The source is built once: the references stay valid (the model's buffers and the store's
+  // tables live as long as the trainer and the store), the values are read at each publish.
+  auto src = std::make_shared<BundleSource>();
+  src->config_text = config_text;
+  src->origin = "stream:" + source;
+  CheckpointContent content;
+  AddModelState(&trainer->model(), nullptr, &content);
+  src->tensors = content.tensors;
+  for (int i = 0; i < local->num_tables(); ++i) {
+    IPS_ASSIGN_OR_RETURN(ps::DynamicTable * t, local->table(i));
+    src->tables.push_back(t);
+  }
+  struct State {
+    std::shared_ptr<const Bundle> last;  // the previous publish (the next delta's base)
+    int64_t deltas_since_full = 0;
+  };
+  auto state = std::make_shared<State>();
+  ExportOptions eo;
+  eo.output = options.publish_dir;
+  eo.keep_versions = options.publish_keep_versions;
+  const int64_t full_every = options.publish_full_every;
+  return StreamPublisher(
+      [src, state, eo, full_every, stream](int64_t step, int64_t, double) mutable -> Status {
+        src->step = step;
+        if (*stream != nullptr) src->item_cats = (*stream)->builder().PoolCategoryMap();
+        // The first publish of a run is full: the root may hold another run's versions.
+        eo.delta = state->last != nullptr && state->deltas_since_full < full_every;
+        IPS_ASSIGN_OR_RETURN(ExportResult r, PublishBundle(*src, eo, state->last));
+        state->deltas_since_full = r.delta_of != 0 ? state->deltas_since_full + 1 : 0;
+        state->last = std::move(r.bundle);
+        return Status::Ok();
+      });
 }
 
 int RunStreamTrain(const config::Config& cfg, const std::string& source, const RunSinks& sinks,
@@ -118,8 +177,14 @@ int RunStreamTrain(const config::Config& cfg, const std::string& source, const R
   if (!trainer.ok()) return Fail(trainer.status());
 
   StreamPublisher publisher;
+  auto stream_slot = std::make_shared<const StreamTrainer*>(nullptr);
   if (options.make_publisher) {
     auto p = options.make_publisher(trainer->get(), store->get());
+    if (!p.ok()) return Fail(p.status());
+    publisher = std::move(*p);
+  } else if (!options.publish_dir.empty()) {
+    auto p = MakeBundlePublisher(options, ConfigToText(cfg), source, trainer->get(), store->get(),
+                                 stream_slot);
     if (!p.ok()) return Fail(p.status());
     publisher = std::move(*p);
   }
@@ -137,6 +202,7 @@ int RunStreamTrain(const config::Config& cfg, const std::string& source, const R
   so.max_events = options.max_events;
   auto st = StreamTrainer::Create(so, trainer->get(), std::move(publisher));
   if (!st.ok()) return Fail(st.status());
+  *stream_slot = st->get();
 
   EventSourceOptions src_o;
   src_o.follow = options.follow;
@@ -150,6 +216,7 @@ int RunStreamTrain(const config::Config& cfg, const std::string& source, const R
             << " seq=" << so.examples.max_len << " negatives=" << so.examples.negatives
             << " max_users=" << so.examples.max_users << " publish_every_s=" << so.publish_every_s
             << " publish_every_steps=" << so.publish_every_steps
+            << (options.publish_dir.empty() ? "" : " publish_dir=" + options.publish_dir)
             << " threads=" << job->trainer.num_threads << "\n";
   StatusOr<StreamTrainResult> result = [&] {
     ScopedStopSignals signals;

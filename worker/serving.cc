@@ -6,14 +6,19 @@
 #include <cstring>
 #include <queue>
 #include <set>
+#include <unordered_set>
 #include <utility>
 
+#include "models/mind.h"
 #include "proto/checkpoint.pb.h"
+#include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "ps/table_checkpoint.h"
 #include "worker/checkpoint.h"
+#include "worker/data_reader.h"
 #include "worker/model_factory.h"
+#include "worker/synthetic_batches.h"
 
 namespace ips {
 namespace {
@@ -154,17 +159,111 @@ StatusOr<int64_t> CurrentBundleVersion(const std::string& root) {
   return v;
 }
 
+namespace {
+
+constexpr char kItemCatsMagic[8] = {'I', 'P', 'S', 'I', 'C', 'A', 'T', '1'};
+constexpr char kItemCatsFile[] = "item_cats.bin";
+constexpr uint64_t kMaxItemCats = uint64_t{1} << 31;
+
+// The item -> category map of a config's training data: the dataset directory `dataset` (or the
+// config's data.train_dir), or the synthetic catalogue's pure function. nullptr when the config
+// names none that opens (the bundle then records no map).
+using ItemCats = std::shared_ptr<const std::vector<uint32_t>>;
+
+StatusOr<ItemCats> ItemCatsForConfig(const config::Config& cfg, const std::string& dataset) {
+  std::string dir = dataset;
+  if (dir.empty() && cfg.data().has_synthetic()) {
+    const uint64_t n = cfg.data().synthetic().num_items();
+    const uint32_t c = cfg.data().synthetic().num_categories();
+    if (n == 0 || c == 0 || n >= kMaxItemCats) return ItemCats();
+    auto m = std::make_shared<std::vector<uint32_t>>(n + 1);
+    for (uint64_t i = 0; i <= n; ++i) (*m)[i] = SyntheticCategory(i, c);
+    return ItemCats(std::move(m));
+  }
+  if (dir.empty()) {
+    dir = cfg.data().train_dir();
+    if (dir.empty() || !ps::PathExists(dir)) return ItemCats();  // a checkpoint from elsewhere
+  }
+  auto ds = Dataset::Open(dir);
+  if (!ds.ok()) {
+    if (!dataset.empty()) return ds.status();  // named explicitly: its error is the user's
+    return ItemCats();
+  }
+  const auto view = (*ds)->item_cat();
+  auto m = std::make_shared<std::vector<uint32_t>>(view.data, view.data + view.size);
+  return ItemCats(std::move(m));
+}
+
+Status ReadItemCats(const std::string& path, std::shared_ptr<const std::vector<uint32_t>>* out) {
+  IPS_ASSIGN_OR_RETURN(auto r, ps::CrcFileReader::Open(path));
+  char magic[8];
+  IPS_RETURN_IF_ERROR(r->Read(magic, 8, "magic"));
+  if (std::memcmp(magic, kItemCatsMagic, 8) != 0)
+    return DataLossError(path + ": not an item -> category map");
+  int64_t n = 0;
+  IPS_RETURN_IF_ERROR(r->ReadPod(&n, "item count"));
+  if (n < 0 || n > (r->file_size() - r->offset()) / 4)
+    return DataLossError(path + ": bad item count " + std::to_string(n));
+  auto m = std::make_shared<std::vector<uint32_t>>(static_cast<size_t>(n));
+  IPS_RETURN_IF_ERROR(r->Read(m->data(), m->size() * 4, "categories"));
+  IPS_RETURN_IF_ERROR(r->FinishAndVerify());
+  *out = std::move(m);
+  return Status::Ok();
+}
+
+}  // namespace
+
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
   IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(options.checkpoint));
   IPS_ASSIGN_OR_RETURN(const config::Config cfg,
                        ParseConfigText(reader->config_text(), reader->dir() + "/MANIFEST config"));
-  // The model must build from the config and take the checkpoint's dense tensors.
-  // max_batch 2: the smallest any model accepts (Dice needs 2 rows).
-  IPS_ASSIGN_OR_RETURN(auto model, CreateCtrModel(cfg, 2));
+  BundleSource src;
+  src.config_text = reader->config_text();
+  src.step = reader->step();
+  src.origin = reader->dir();
+  IPS_ASSIGN_OR_RETURN(src.item_cats, ItemCatsForConfig(cfg, options.dataset));
   std::map<std::string, std::vector<float>> tensors;
   IPS_RETURN_IF_ERROR(reader->ReadDense(&tensors, nullptr));
-  IPS_RETURN_IF_ERROR(LoadModelTensors(tensors, reader->dir(), model.get()));
+  for (auto& [name, v] : tensors)
+    src.tensors.push_back({name, v.data(), static_cast<int64_t>(v.size())});
+  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
+  for (const auto& table : reader->table_names()) {
+    const auto groups = reader->TableFiles(table);
+    IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(groups[0][0]));
+    ps::TableOptions to;
+    to.name = table;
+    to.dim = h.dim;
+    to.optimizer.type = static_cast<ps::OptimizerOptions::Type>(h.optimizer_type);
+    IPS_ASSIGN_OR_RETURN(auto t, ps::DynamicTable::Create(to));
+    IPS_RETURN_IF_ERROR(ps::LoadTableChain(groups, t.get(), nullptr, nullptr));
+    src.tables.push_back(t.get());
+    tables.push_back(std::move(t));
+  }
+  auto r = PublishBundle(src, options);
+  if (!r.ok()) return r.status();
+  r->bundle = nullptr;  // the CLI does not need the in-memory copy
+  return r;
+}
+
+StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOptions& options,
+                                     std::shared_ptr<const Bundle> base) {
+  if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
+  IPS_ASSIGN_OR_RETURN(const config::Config cfg,
+                       ParseConfigText(source.config_text, source.origin + " config"));
+  // The model must build from the config and take the dense tensors.
+  // max_batch 2: the smallest any model accepts (Dice needs 2 rows).
+  IPS_ASSIGN_OR_RETURN(auto model, CreateCtrModel(cfg, 2));
+  std::shared_ptr<Bundle> out(new Bundle());
+  for (const auto& t : source.tensors) {
+    // Serving needs the weights and the non-trained state, not the optimizer's moments.
+    if (t.name.rfind("dense/", 0) == 0 || t.name.rfind("model_state/", 0) == 0)
+      out->tensors_[t.name].assign(t.data, t.data + t.size);
+  }
+  IPS_RETURN_IF_ERROR(LoadModelTensors(out->tensors_, source.origin, model.get()));
+  if (source.item_cats != nullptr && source.item_cats->size() > kMaxItemCats)
+    return InvalidArgumentError("export: item -> category map of " +
+                                std::to_string(source.item_cats->size()) + " items is too large");
 
   IPS_RETURN_IF_ERROR(ps::MakeDirs(options.output));
   int64_t version = 1;
@@ -180,24 +279,26 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   ckpt::BundleManifest m;
   m.set_bundle_version(kBundleVersion);
   m.set_model_version(version);
-  m.set_config_text(reader->config_text());
+  m.set_config_text(source.config_text);
   m.set_fp16(options.fp16);
-  m.set_source_step(reader->step());
-  m.set_source_checkpoint(reader->dir());
+  m.set_source_step(source.step);
+  m.set_source_checkpoint(source.origin);
   m.set_min_count(options.min_count);
   m.set_unix_time_ms(NowMs());
   ExportResult result;
   result.version = version;
-  result.step = reader->step();
+  result.step = source.step;
   // A delta holds the rows that differ from the current version (bit for bit, after the same
   // fp16 rounding) and the keys it no longer has.
-  std::shared_ptr<const Bundle> base;
   if (options.delta) {
-    auto current = Bundle::Load(options.output);
-    if (!current.ok()) {
-      if (current.status().code() != StatusCode::kNotFound) return current.status();
-    } else {
-      base = std::move(*current);
+    auto current = CurrentBundleVersion(options.output);
+    if (base != nullptr && (!current.ok() || *current != base->version())) base = nullptr;
+    if (base == nullptr && current.ok()) {
+      IPS_ASSIGN_OR_RETURN(base, Bundle::Load(options.output));
+    } else if (base == nullptr && current.status().code() != StatusCode::kNotFound) {
+      return current.status();
+    }
+    if (base != nullptr) {
       if (base->fp16() != options.fp16)
         return InvalidArgumentError("export --delta: the current version " +
                                     std::to_string(base->version()) +
@@ -206,14 +307,13 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
       m.set_delta_of(base->version());
       result.delta_of = base->version();
     }
+  } else {
+    base = nullptr;
   }
 
   std::vector<TensorRef> refs;
-  for (auto& [name, v] : tensors) {
-    // Serving needs the weights and the non-trained state, not the optimizer's moments.
-    if (name.rfind("dense/", 0) == 0 || name.rfind("model_state/", 0) == 0)
-      refs.push_back({name, v.data(), static_cast<int64_t>(v.size())});
-  }
+  for (auto& [name, v] : out->tensors_)
+    refs.push_back({name, v.data(), static_cast<int64_t>(v.size())});
   IPS_ASSIGN_OR_RETURN(const ps::FileDigest dense, WriteDenseFile(tmp + "/dense.bin", refs, {}));
   {
     auto* f = m.add_files();
@@ -223,15 +323,31 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
     f->set_role(ckpt::FileEntry::DENSE);
     result.bytes += dense.bytes;
   }
-  for (const auto& table : reader->table_names()) {
-    const auto groups = reader->TableFiles(table);
-    IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(groups[0][0]));
-    ps::TableOptions to;
-    to.name = table;
-    to.dim = h.dim;
-    to.optimizer.type = static_cast<ps::OptimizerOptions::Type>(h.optimizer_type);
-    IPS_ASSIGN_OR_RETURN(auto t, ps::DynamicTable::Create(to));
-    IPS_RETURN_IF_ERROR(ps::LoadTableChain(groups, t.get(), nullptr, nullptr));
+  // The map: written in full bundles, and in a delta only when it changed.
+  out->item_cats_ = source.item_cats;
+  if (base != nullptr && source.item_cats == nullptr) out->item_cats_ = base->item_cats_;
+  const bool write_cats =
+      source.item_cats != nullptr &&
+      (base == nullptr || base->item_cats_ == nullptr ||
+       (base->item_cats_ != source.item_cats && *base->item_cats_ != *source.item_cats));
+  if (write_cats) {
+    const std::string file = kItemCatsFile;
+    IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(tmp + "/" + file));
+    IPS_RETURN_IF_ERROR(w->Write(kItemCatsMagic, 8));
+    IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(source.item_cats->size())));
+    IPS_RETURN_IF_ERROR(w->Write(source.item_cats->data(), source.item_cats->size() * 4));
+    IPS_RETURN_IF_ERROR(w->Finish());
+    auto* f = m.add_files();
+    f->set_name(file);
+    f->set_bytes(w->file_bytes());
+    f->set_crc32c(w->file_crc32c());
+    f->set_role(ckpt::FileEntry::OTHER);
+    result.bytes += w->file_bytes();
+  }
+  result.item_cats = out->item_cats_ != nullptr;
+  for (const ps::DynamicTable* t : source.tables) {
+    const std::string& table = t->options().name;
+    const int64_t dim = t->options().dim;
     std::vector<uint64_t> keys;
     std::vector<float> values;
     t->ForEachRowSince(0, [&](const ps::RowRecord& r) {
@@ -240,7 +356,7 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
         return;
       }
       keys.push_back(r.key);
-      values.insert(values.end(), r.value, r.value + h.dim);
+      values.insert(values.end(), r.value, r.value + dim);
     });
     if (options.fp16) {
       // Round once here, so the delta comparison and the file see the served values.
@@ -249,38 +365,38 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
     std::vector<uint64_t> removed;
     std::vector<size_t> order;
     if (base != nullptr) {
-      std::set<uint64_t> live(keys.begin(), keys.end());
+      std::unordered_set<uint64_t> live(keys.begin(), keys.end());
       for (uint64_t k : base->keys(table))
         if (live.count(k) == 0) removed.push_back(k);
       std::sort(removed.begin(), removed.end());
       for (size_t i = 0; i < keys.size(); ++i) {
         const float* old = base->Row(table, keys[i]);
-        if (old == nullptr || std::memcmp(old, values.data() + i * h.dim, h.dim * 4) != 0)
+        if (old == nullptr || std::memcmp(old, values.data() + i * dim, dim * 4) != 0)
           order.push_back(i);
       }
     } else {
       order.resize(keys.size());
       for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     }
-    // Sorted keys: the file is deterministic for a given checkpoint.
+    // Sorted keys: the file is deterministic for a given state.
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] < keys[b]; });
     const std::string file = "rows-" + table + ".bin";
     IPS_ASSIGN_OR_RETURN(auto w, ps::CrcFileWriter::Create(tmp + "/" + file));
     IPS_RETURN_IF_ERROR(w->Write(kRowsMagic, 8));
     IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint32_t>(kBundleVersion)));
     IPS_RETURN_IF_ERROR(w->WriteString(table));
-    IPS_RETURN_IF_ERROR(w->WritePod(h.dim));
+    IPS_RETURN_IF_ERROR(w->WritePod(dim));
     IPS_RETURN_IF_ERROR(w->WritePod(static_cast<uint32_t>(options.fp16 ? 1 : 0)));
     IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(order.size())));
     for (size_t i : order) IPS_RETURN_IF_ERROR(w->WritePod(keys[i]));
-    std::vector<uint16_t> half(static_cast<size_t>(h.dim));
+    std::vector<uint16_t> half(static_cast<size_t>(dim));
     for (size_t i : order) {
-      const float* v = values.data() + i * static_cast<size_t>(h.dim);
+      const float* v = values.data() + i * static_cast<size_t>(dim);
       if (options.fp16) {
-        for (int64_t j = 0; j < h.dim; ++j) half[j] = FloatToHalf(v[j]);
+        for (int64_t j = 0; j < dim; ++j) half[j] = FloatToHalf(v[j]);
         IPS_RETURN_IF_ERROR(w->Write(half.data(), half.size() * 2));
       } else {
-        IPS_RETURN_IF_ERROR(w->Write(v, static_cast<size_t>(h.dim) * 4));
+        IPS_RETURN_IF_ERROR(w->Write(v, static_cast<size_t>(dim) * 4));
       }
     }
     IPS_RETURN_IF_ERROR(w->WritePod(static_cast<int64_t>(removed.size())));
@@ -296,6 +412,18 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
     result.rows += static_cast<int64_t>(order.size());
     result.rows_removed += static_cast<int64_t>(removed.size());
     result.bytes += w->file_bytes();
+    // The published state in memory (every live row, as served).
+    Bundle::Table& bt = out->tables_[table];
+    bt.dim = dim;
+    bt.index.reserve(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) bt.index.emplace(keys[i], static_cast<uint32_t>(i));
+    bt.keys = std::move(keys);
+    bt.values = std::move(values);
+  }
+  if (base != nullptr) {
+    // Tables of the base that the source no longer has stay as they were (as Load reads them).
+    for (const auto& [name, t] : base->tables_)
+      if (out->tables_.count(name) == 0) out->tables_[name] = t;
   }
   IPS_RETURN_IF_ERROR(WriteBundleManifest(tmp + "/MANIFEST", m));
   IPS_RETURN_IF_ERROR(ps::FsyncDir(tmp));
@@ -321,7 +449,13 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
       if (v >= 0 && keep.count(v) == 0) ps::RemoveTree(options.output + "/" + n);
     }
   }
+  out->dir_ = final_dir;
+  out->version_ = version;
+  out->source_step_ = source.step;
+  out->fp16_ = options.fp16;
+  out->config_text_ = source.config_text;
   result.path = final_dir;
+  result.bundle = std::move(out);
   return result;
 }
 
@@ -349,6 +483,7 @@ StatusOr<std::shared_ptr<const Bundle>> Bundle::Load(const std::string& path_in)
     const std::string root = slash == std::string::npos ? "." : dir.substr(0, slash);
     IPS_ASSIGN_OR_RETURN(auto base, Load(root + "/" + VersionName(m.delta_of())));
     b->tables_ = base->tables_;
+    b->item_cats_ = base->item_cats_;
   }
   b->dir_ = dir;
   b->version_ = m.model_version();
@@ -359,6 +494,10 @@ StatusOr<std::shared_ptr<const Bundle>> Bundle::Load(const std::string& path_in)
     const std::string p = dir + "/" + f.name();
     if (f.role() == ckpt::FileEntry::DENSE) {
       IPS_RETURN_IF_ERROR(ReadDenseFile(p, &b->tensors_, nullptr));
+      continue;
+    }
+    if (f.role() == ckpt::FileEntry::OTHER && f.name() == kItemCatsFile) {
+      IPS_RETURN_IF_ERROR(ReadItemCats(p, &b->item_cats_));
       continue;
     }
     if (f.role() != ckpt::FileEntry::ROWS) continue;
@@ -480,6 +619,8 @@ StatusOr<std::unique_ptr<Scorer>> Scorer::Create(std::shared_ptr<const Bundle> b
                                   std::to_string(bundle->dim(*t)) + ", the model " +
                                   std::to_string(dim));
   }
+  if (const auto* mind = dynamic_cast<const models::Mind<float>*>(s->model_.get()))
+    s->retrieval_uses_categories_ = mind->options().use_categories;
   s->bundle_ = std::move(bundle);
   return s;
 }
@@ -501,6 +642,28 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   if (retrieval && model_->num_user_vectors() == 0)
     return InvalidArgumentError(std::string("no candidates, and model '") + model_->name() +
                                 "' does not retrieve");
+  const bool have_map = bundle_->item_cats() != nullptr;
+  if (!have_map) {
+    // Zeros in place of unknown categories would silently score a different model input.
+    if (q.history_cats.empty() && !q.history.empty())
+      return InvalidArgumentError(
+          "no history_cats, and the bundle has no item -> category map to fill them in (export "
+          "with --dataset DIR, or send history_cats)");
+    if (q.candidate_cats.empty() && !q.candidates.empty())
+      return InvalidArgumentError(
+          "no candidate_cats, and the bundle has no item -> category map to fill them in (export "
+          "with --dataset DIR, or send candidate_cats)");
+    if (retrieval && retrieval_uses_categories_)
+      return FailedPreconditionError(std::string("model '") + model_->name() +
+                                     "' retrieves in the item + category space, and the bundle "
+                                     "has no item -> category map (export with --dataset DIR)");
+  }
+  const auto hist_cat = [&](size_t i) {
+    return q.history_cats.empty() ? bundle_->ItemCategory(q.history[i]) : q.history_cats[i];
+  };
+  const auto cand_cat = [&](size_t i) {
+    return q.candidate_cats.empty() ? bundle_->ItemCategory(q.candidates[i]) : q.candidate_cats[i];
+  };
   // Row tables: row 0 = zeros (padding and unknown keys, as the store's Lookup), then the T
   // history rows, then one row per candidate of the chunk.
   const int64_t len = std::min<int64_t>(T, static_cast<int64_t>(q.history.size()));
@@ -518,7 +681,7 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   };
   for (int64_t t = 0; t < len; ++t) {
     put(item_rows_, 1 + t, item_table_, q.history[first + t]);
-    put(cat_rows_, 1 + t, cat_table_, q.history_cats.empty() ? 0 : q.history_cats[first + t]);
+    put(cat_rows_, 1 + t, cat_table_, hist_cat(first + t));
   }
   const int64_t total = retrieval ? 1 : static_cast<int64_t>(q.candidates.size());
   for (int64_t begin = 0; begin < total; begin += chunk_cap) {
@@ -534,7 +697,7 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
       const int64_t row = 1 + len + b;
       if (!retrieval) {
         put(item_rows_, row, item_table_, q.candidates[begin + b]);
-        put(cat_rows_, row, cat_table_, q.candidate_cats.empty() ? 0 : q.candidate_cats[begin + b]);
+        put(cat_rows_, row, cat_table_, cand_cat(begin + b));
       }
       item_index_[B * T + b] = retrieval ? 0 : row;
       cat_index_[B * T + b] = retrieval ? 0 : row;
@@ -561,8 +724,18 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
     using Entry = std::pair<float, uint64_t>;  // min-heap of the best top_n
     std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> best;
     const size_t n = static_cast<size_t>(std::max(0, q.top_n));
+    const bool with_cats = retrieval_uses_categories_;
+    std::vector<float> x(static_cast<size_t>(V));
     for (uint64_t key : bundle_->keys(item_table_)) {
       const float* r = bundle_->Row(item_table_, key);
+      if (with_cats) {
+        // The item vector of the model's space: item row + its category's row (zeros when the
+        // category has no row, as in training).
+        const uint64_t cat = bundle_->ItemCategory(key);
+        const float* c = cat == 0 ? nullptr : bundle_->Row(cat_table_, cat);
+        for (int64_t j = 0; j < V; ++j) x[j] = r[j] + (c != nullptr ? c[j] : 0.0f);
+        r = x.data();
+      }
       float s = -INFINITY;
       for (int64_t k = 0; k < K; ++k) {
         float dot = 0;

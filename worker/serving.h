@@ -1,5 +1,6 @@
 // Serving: the versioned bundle a trained model leaves the cluster in, and the scorer that loads
-// it. Owns the bundle format, `ips export`'s conversion of a checkpoint into a bundle, the
+// it. Owns the bundle format, PublishBundle (any in-memory model state -> a bundle version: what
+// streaming training publishes), `ips export`'s conversion of a checkpoint into a bundle, the
 // read-only row maps, request scoring and the hot reload of newer bundles. The model math is
 // models/'s (built from the bundle's config by worker/model_factory.h), so a bundle scores exactly
 // as the trainer evaluates: inference-mode Forward on the same rows (missing keys read as zeros,
@@ -11,6 +12,9 @@
 //   dense.bin        the model's dense weights and non-trained state (worker/checkpoint.h format)
 //   rows-<table>.bin keys and rows of one table (float32 or fp16); in a delta bundle (manifest
 //                    delta_of = base version) only the changed rows plus the removed keys
+//   item_cats.bin    optional (role OTHER): the item -> category map of the training data, so
+//                    requests may omit categories and MIND retrieval scores item + category rows.
+//                    Absent: the bundle has no map (a delta without it inherits its base's).
 // Export writes v-<n+1> under a temporary name, fsyncs and renames it, then replaces CURRENT
 // atomically; a server watching BUNDLE picks the new version up between requests.
 //
@@ -32,6 +36,8 @@
 #include "common/status.h"
 #include "kernels/context.h"
 #include "models/model.h"
+#include "ps/dynamic_table.h"
+#include "worker/checkpoint.h"
 
 namespace ips {
 
@@ -45,7 +51,13 @@ struct ExportOptions {
   // has): a small, fast-to-publish update for streaming training. Falls back to a full bundle
   // when the output has no version yet.
   bool delta = false;
+  // A dataset directory whose vocab gives the item -> category map, for checkpoints whose config
+  // names none (empty: the config's data.train_dir when it opens, or its synthetic catalogue;
+  // otherwise the bundle records that it has no map).
+  std::string dataset;
 };
+
+class Bundle;
 
 struct ExportResult {
   std::string path;  // output/v-<n>
@@ -56,7 +68,30 @@ struct ExportResult {
   int64_t rows_removed = 0;  // delta: keys of the base no longer present
   int64_t delta_of = 0;      // delta: the base version (0 = a full bundle)
   int64_t bytes = 0;
+  bool item_cats = false;  // the bundle (or its base) has an item -> category map
+  // The published version as Bundle::Load would read it (PublishBundle only): a streaming
+  // publisher keeps it as the base of its next delta instead of re-reading the chain.
+  std::shared_ptr<const Bundle> bundle;
 };
+
+// A model state to publish, referenced in place (a live trainer and its store, or a checkpoint
+// loaded into memory). Nothing is owned; everything must stay unchanged during PublishBundle.
+struct BundleSource {
+  std::string config_text;  // text-format config the Scorer builds the model from
+  int64_t step = 0;
+  std::string origin;  // recorded in the manifest (source_checkpoint), e.g. "stream:<source>"
+  std::vector<TensorRef> tensors;  // "dense/..." and "model_state/..." (others are ignored)
+  std::vector<const ps::DynamicTable*> tables;
+  // Item id -> category id (index = item); nullptr: no map. A delta only writes it when it
+  // differs from the base's.
+  std::shared_ptr<const std::vector<uint32_t>> item_cats;
+};
+
+// Writes `source` as the output's next version (options.checkpoint and options.dataset unused):
+// full, or with options.delta only the rows that differ from `base` (the output's current
+// version; nullptr: loaded from the output). Same atomic publish and retention as ExportBundle.
+StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOptions& options,
+                                     std::shared_ptr<const Bundle> base = nullptr);
 
 // Checks the checkpoint (CheckpointReader), builds the model from its config to check that the
 // dense tensors fit it, and publishes a new bundle version. Errors: the reader's (naming the
@@ -82,8 +117,15 @@ class Bundle {
   int64_t rows(const std::string& table) const;
   // Every key of a table (retrieval scans them).
   const std::vector<uint64_t>& keys(const std::string& table) const;
+  // The item -> category map (nullptr: the bundle has none) and one lookup (0 = unknown item).
+  const std::shared_ptr<const std::vector<uint32_t>>& item_cats() const { return item_cats_; }
+  uint64_t ItemCategory(uint64_t item) const {
+    return item_cats_ != nullptr && item < item_cats_->size() ? (*item_cats_)[item] : 0;
+  }
 
  private:
+  friend StatusOr<ExportResult> PublishBundle(const BundleSource&, const ExportOptions&,
+                                              std::shared_ptr<const Bundle>);
   Bundle() = default;
   struct Table {
     int64_t dim = 0;
@@ -97,16 +139,19 @@ class Bundle {
   std::string config_text_;
   std::map<std::string, std::vector<float>> tensors_;
   std::map<std::string, Table> tables_;
+  std::shared_ptr<const std::vector<uint32_t>> item_cats_;
 };
 
 // The newest version number under a bundle root (from CURRENT), or NOT_FOUND.
 StatusOr<int64_t> CurrentBundleVersion(const std::string& root);
 
 struct ScoreRequest {
-  std::vector<uint64_t> history;         // item ids, oldest first (the last max_len are used)
-  std::vector<uint64_t> history_cats;    // same length, or empty (category rows read as zeros)
+  std::vector<uint64_t> history;  // item ids, oldest first (the last max_len are used)
+  // Same length, or empty: the categories come from the bundle's item -> category map (a bundle
+  // without one refuses a request that omits them).
+  std::vector<uint64_t> history_cats;
   std::vector<uint64_t> candidates;      // item ids to score; empty = retrieval (top_n)
-  std::vector<uint64_t> candidate_cats;  // same length, or empty
+  std::vector<uint64_t> candidate_cats;  // same length, or empty (as history_cats)
   int top_n = 10;                        // retrieval only
 };
 
@@ -125,7 +170,10 @@ class Scorer {
                                                   int64_t max_batch = 128);
   // Logits of every candidate (inference-mode Forward, in chunks of max_batch) or, without
   // candidates and for models with user vectors, the top_n items of the bundle's item table by
-  // max over user vectors of <vector, item row>. INVALID_ARGUMENT for inconsistent lengths.
+  // max over user vectors of <vector, item vector>, the item vector being the item row, plus its
+  // category's row for MIND with use_categories (which needs the bundle's item -> category map:
+  // FAILED_PRECONDITION without one). INVALID_ARGUMENT for inconsistent lengths, or omitted
+  // categories on a bundle without a map.
   Status Score(const ScoreRequest& request, ScoreResponse* response);
   const Bundle& bundle() const { return *bundle_; }
   models::CtrModel<float>& model() { return *model_; }
@@ -136,6 +184,7 @@ class Scorer {
   std::unique_ptr<models::CtrModel<float>> model_;
   kernels::Context ctx_;
   std::string item_table_ = "item", cat_table_ = "category";
+  bool retrieval_uses_categories_ = false;  // MIND with use_categories
   // Per-request buffers.
   std::vector<float> item_rows_, cat_rows_;
   std::vector<int64_t> item_index_, cat_index_;

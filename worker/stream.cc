@@ -435,6 +435,15 @@ uint32_t StreamExampleBuilder::PoolCategory(uint32_t item) const {
   return it == pool_index_.end() ? 0 : pool_[it->second].cat;
 }
 
+std::shared_ptr<const std::vector<uint32_t>> StreamExampleBuilder::PoolCategoryMap() const {
+  uint64_t max_item = 0;
+  for (const PoolEntry& e : pool_) max_item = std::max<uint64_t>(max_item, e.item);
+  if (max_item > 16 * static_cast<uint64_t>(pool_.size()) + (uint64_t{1} << 20)) return nullptr;
+  auto m = std::make_shared<std::vector<uint32_t>>(pool_.empty() ? 0 : max_item + 1, 0);
+  for (const PoolEntry& e : pool_) (*m)[e.item] = e.cat;
+  return m;
+}
+
 void StreamExampleBuilder::AddToPool(uint32_t item, uint32_t cat) {
   const auto it = pool_index_.find(item);
   if (it != pool_index_.end()) {

@@ -238,6 +238,10 @@ class StreamExampleBuilder {
   int64_t items_seen() const { return items_seen_; }
   // Category of a pool item (the latest seen), 0 if the item is not in the pool.
   uint32_t PoolCategory(uint32_t item) const;
+  // The pool's item -> category map as a dense array indexed by item id (0 for items not in the
+  // pool), for a serving bundle. nullptr when the ids are too sparse for a dense array (the
+  // largest id above 16 x the pool size + 2^20).
+  std::shared_ptr<const std::vector<uint32_t>> PoolCategoryMap() const;
 
  private:
   explicit StreamExampleBuilder(const StreamExampleOptions& o);

@@ -1,16 +1,20 @@
 // `ips export` and `ips serve` as a user runs them: a checkpoint written by the library is
 // exported (RESULT export ...), requests piped to `ips serve` are answered one per line with the
 // bad ones answered by errors naming the line (RESULT serve ... errors=N), and usage errors exit 2.
+// The export records the synthetic catalogue's item -> category map, so requests may omit
+// categories; a bundle without a map answers such requests with an error naming the field.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "tests/testing/run_ips.h"
 #include "worker/checkpoint.h"
+#include "worker/data_reader.h"
 #include "worker/model_factory.h"
 
 namespace ips {
@@ -22,7 +26,7 @@ using ::ips::testing::RunIpsSplit;
 constexpr char kConfig[] = R"(
 version: 1
 name: "serve_cli_test"
-data { batch_size: 32 max_history: 5 }
+data { batch_size: 32 max_history: 5 synthetic { num_items: 10 num_categories: 3 } }
 model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] }
 tables { name: "item" dim: 4 }
 tables { name: "category" dim: 4 }
@@ -59,12 +63,21 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   CheckpointOptions co;
   co.dir = dir + "/ckpt";
   ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, content).ok());
+  // The same state under a config that names no data: its bundle has no map.
+  std::string no_data = kConfig;
+  const std::string synth = " synthetic { num_items: 10 num_categories: 3 }";
+  no_data.erase(no_data.find(synth), synth.size());
+  content.config_text = no_data;
+  CheckpointOptions co2;
+  co2.dir = dir + "/ckpt_no_data";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co2)).value()->Write(7, content).ok());
 
   auto ex = RunIpsSplit("export --checkpoint " + co.dir + " --output " + dir + "/bundle --fp16");
   ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
   EXPECT_EQ(LastLine(ex.output).rfind("RESULT export ", 0), 0u) << ex.output;
   EXPECT_NE(ex.output.find("version=1"), std::string::npos) << ex.output;
   EXPECT_NE(ex.output.find("rows=12"), std::string::npos) << ex.output;
+  EXPECT_NE(ex.output.find("item_cats=true"), std::string::npos) << ex.output;
 
   const std::string requests = dir + "/requests.jsonl";
   {
@@ -87,6 +100,71 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   EXPECT_NE(sv.output.find(R"({"user":"c","version":1,"scores":[)"), std::string::npos);
   EXPECT_EQ(LastLine(sv.output).rfind("RESULT serve requests=3 errors=1 ", 0), 0u) << sv.output;
   EXPECT_NE(sv.error.find("line 2"), std::string::npos) << sv.error;
+
+  // No map: a request without categories is answered with an error naming the field; with them
+  // it is scored. A --dataset that does not open fails the export naming it.
+  auto ex2 = RunIpsSplit("export --checkpoint " + co2.dir + " --output " + dir + "/bundle2");
+  ASSERT_EQ(ex2.exit_code, 0) << ex2.output << ex2.error;
+  EXPECT_NE(ex2.output.find("item_cats=false"), std::string::npos) << ex2.output;
+  EXPECT_NE(ex2.error.find("--dataset"), std::string::npos) << ex2.error;
+  {
+    std::ofstream f(requests);
+    f << R"({"user":"a","history":[1,2,3],"history_cats":[1,2,3],"candidates":[4,5,99],)"
+      << R"("candidate_cats":[1,2,0]})"
+      << "\n";
+    f << R"({"user":"d","history":[1,2],"candidates":[4]})"
+      << "\n";
+  }
+  auto sv2 = RunIpsSplit("serve --bundle " + dir + "/bundle2 < " + requests);
+  ASSERT_EQ(sv2.exit_code, 0) << sv2.output << sv2.error;
+  EXPECT_NE(sv2.output.find(R"({"user":"d","line":2,"error":"line 2: no history_cats)"),
+            std::string::npos)
+      << sv2.output;
+  EXPECT_EQ(LastLine(sv2.output).rfind("RESULT serve requests=2 errors=1 ", 0), 0u) << sv2.output;
+  // --dataset: a converted dataset's vocab is the map; a request without categories then scores
+  // as the same request with the dataset's categories.
+  auto synthed = RunIps("data synth --output " + dir +
+                        "/events.tsv --truth none --events 300 "
+                        "--users 20 --items 40 --categories 16 --domain1_fraction 0");
+  ASSERT_EQ(synthed.exit_code, 0) << synthed.output;
+  auto conv =
+      RunIps("data convert --format events --input " + dir + "/events.tsv --output " + dir + "/ds");
+  ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  auto ds = Dataset::Open(dir + "/ds");
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  const auto cat = [&](uint64_t i) {
+    return std::to_string(i < (*ds)->item_cat().size ? (*ds)->item_cat()[i] : 0);
+  };
+  // (The map matters: some of these items have a category with a row, keys 1..6.)
+  bool some_row = false;
+  for (uint64_t i = 1; i <= 5; ++i) some_row = some_row || std::stoi(cat(i)) <= 6;
+  ASSERT_TRUE(some_row);
+  auto ex3 = RunIpsSplit("export --checkpoint " + co2.dir + " --output " + dir +
+                         "/bundle4 --dataset " + dir + "/ds");
+  ASSERT_EQ(ex3.exit_code, 0) << ex3.output << ex3.error;
+  EXPECT_NE(ex3.output.find("item_cats=true"), std::string::npos) << ex3.output;
+  {
+    std::ofstream f(requests);
+    f << R"({"user":"x","history":[1,2,3],"candidates":[4,5]})"
+      << "\n";
+    f << R"({"user":"x","history":[1,2,3],"history_cats":[)" << cat(1) << "," << cat(2) << ","
+      << cat(3) << R"(],"candidates":[4,5],"candidate_cats":[)" << cat(4) << "," << cat(5)
+      << "]}\n";
+  }
+  auto sv3 = RunIpsSplit("serve --bundle " + dir + "/bundle4 < " + requests);
+  ASSERT_EQ(sv3.exit_code, 0) << sv3.output << sv3.error;
+  {
+    std::istringstream lines(sv3.output);
+    std::string a, b;
+    std::getline(lines, a);
+    std::getline(lines, b);
+    EXPECT_EQ(a.rfind(R"({"user":"x","version":1,"scores":[)", 0), 0u) << sv3.output;
+    EXPECT_EQ(a, b) << sv3.output;
+  }
+  auto bad_ds = RunIps("export --checkpoint " + co2.dir + " --output " + dir +
+                       "/bundle3 --dataset " + dir + "/no_dataset");
+  EXPECT_EQ(bad_ds.exit_code, 1);
+  EXPECT_NE(bad_ds.output.find(dir + "/no_dataset"), std::string::npos) << bad_ds.output;
 
   // Usage and input errors.
   EXPECT_EQ(RunIps("serve").exit_code, 2);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "worker/checkpoint.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
+#include "worker/synthetic_batches.h"
 
 namespace ips {
 namespace {
@@ -30,7 +32,7 @@ namespace {
 constexpr char kConfig[] = R"(
 version: 1
 name: "serving_test"
-data { batch_size: 128 max_history: 10 }
+data { batch_size: 128 max_history: 10 synthetic { num_items: 350 num_categories: 20 } }
 model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] activation: DICE }
 tables { name: "item" dim: 4 }
 tables { name: "category" dim: 4 }
@@ -46,7 +48,9 @@ std::string TempDir() {
   return d;
 }
 
-uint64_t CatOf(uint64_t item) { return 1 + item % kCats; }
+// The synthetic catalogue's categories (the configs' data.synthetic: 350 items, 20 categories),
+// which the export records as the bundle's item -> category map.
+uint64_t CatOf(uint64_t item) { return SyntheticCategory(item, kCats); }
 
 // A "trained" model: random dense weights and Dice statistics, tables after random traffic.
 struct Trained {
@@ -175,6 +179,9 @@ TEST(Serving, ExportScoreParity_Fp32_MaxAbsDiffWithin1e5_WithChunking) {
   auto bundle = Bundle::Load(eo.output);
   ASSERT_TRUE(bundle.ok()) << bundle.status();
   EXPECT_EQ((*bundle)->rows("item"), t.tables[0]->Stats().rows);
+  EXPECT_TRUE(ex->item_cats);
+  ASSERT_NE((*bundle)->item_cats(), nullptr);
+  EXPECT_EQ((*bundle)->item_cats()->size(), 351u);
   auto scorer = Scorer::Create(*bundle);
   ASSERT_TRUE(scorer.ok()) << scorer.status();
   auto small = Scorer::Create(*bundle, 16);  // 100 candidates in 7 forwards
@@ -184,11 +191,18 @@ TEST(Serving, ExportScoreParity_Fp32_MaxAbsDiffWithin1e5_WithChunking) {
   for (int r = 0; r < 20; ++r) {
     // Histories shorter and longer than max_len 10, with and without categories; candidates
     // include keys the tables never saw (zeros, as the store's Lookup).
+    // Without categories in the request, the bundle's item -> category map fills them in: the
+    // reference is given the true ones.
     ScoreRequest q = RandomRequest(rng, r % 15, 100, r % 4 != 3);
     ScoreResponse got, got_small;
     ASSERT_TRUE((*scorer)->Score(q, &got).ok());
     ASSERT_TRUE((*small)->Score(q, &got_small).ok());
-    const std::vector<float> want = t.Reference(q);
+    ScoreRequest with_cats = q;
+    if (q.history_cats.empty()) {
+      for (uint64_t h : q.history) with_cats.history_cats.push_back(CatOf(h));
+      for (uint64_t c : q.candidates) with_cats.candidate_cats.push_back(CatOf(c));
+    }
+    const std::vector<float> want = t.Reference(with_cats);
     ASSERT_EQ(got.scores.size(), want.size());
     worst = std::max(worst, MaxAbsDiff(got.scores, want));
     worst = std::max(worst, MaxAbsDiff(got_small.scores, want));
@@ -400,13 +414,13 @@ TEST(Serving, DeltaBundle_LoadsToTheSameRowsAsAFullExport_AndIsPickedUp) {
 constexpr char kMindConfig[] = R"(
 version: 1
 name: "serving_test_mind"
-data { batch_size: 128 max_history: 10 }
+data { batch_size: 128 max_history: 10 synthetic { num_items: 350 num_categories: 20 } }
 model { type: MIND embedding_dim: 4 num_interests: 3 routing_iterations: 2 }
 tables { name: "item" dim: 4 }
 tables { name: "category" dim: 4 }
 )";
 
-TEST(Serving, Retrieval_Mind_TopNEqualsBruteForceOverTheItemTable) {
+TEST(Serving, Retrieval_Mind_TopNEqualsBruteForceInTheItemPlusCategorySpace) {
   const std::string dir = TempDir();
   Trained t(12, kMindConfig);
   ASSERT_GT(t.model->num_user_vectors(), 0);
@@ -425,15 +439,25 @@ TEST(Serving, Retrieval_Mind_TopNEqualsBruteForceOverTheItemTable) {
     // against every row of the item table.
     ScoreRequest one = q;
     one.candidates = {0};
+    for (uint64_t h : q.history) one.history_cats.push_back(CatOf(h));
+    one.candidate_cats = {0};
     t.Reference(one);
     const int64_t K = t.model->num_user_vectors(), V = t.model->vector_dim();
     const std::vector<float> u(t.model->user_vectors(), t.model->user_vectors() + K * V);
+    // MIND's item space: item row + the row of its category (zeros for a category never seen).
+    std::map<uint64_t, std::vector<float>> cat_rows;
+    t.tables[1]->ForEachRowSince(
+        0, [&](const ps::RowRecord& row) { cat_rows[row.key].assign(row.value, row.value + V); });
     std::vector<std::pair<float, uint64_t>> all;
     t.tables[0]->ForEachRowSince(0, [&](const ps::RowRecord& row) {
+      std::vector<float> x(row.value, row.value + V);
+      auto c = cat_rows.find(CatOf(row.key));
+      if (c != cat_rows.end())
+        for (int64_t j = 0; j < V; ++j) x[j] += c->second[j];
       float best = -INFINITY;
       for (int64_t k = 0; k < K; ++k) {
         float dot = 0;
-        for (int64_t j = 0; j < V; ++j) dot += u[k * V + j] * row.value[j];
+        for (int64_t j = 0; j < V; ++j) dot += u[k * V + j] * x[j];
         best = std::max(best, dot);
       }
       all.emplace_back(best, row.key);
@@ -528,6 +552,96 @@ TEST(Serving, HotReloadUnderAStreamOfRequests_NoRequestLost) {
   EXPECT_LE(MaxAbsDiff(got, want), 1e-5);
   std::printf("[ reload ] %zu requests: %lld on v1, %lld on v2\n", responses.size(),
               static_cast<long long>(v1_count), static_cast<long long>(v2_count));
+  ps::RemoveTree(dir);
+}
+
+// A bundle whose checkpoint names no dataset has no item -> category map: a request must then
+// carry its categories, and MIND top-N (which needs the category rows) is refused.
+TEST(Serving, NoItemCategoryMap_RequiresRequestCategories_RefusesMindTopN) {
+  const std::string dir = TempDir();
+  std::string din = kConfig, mind = kMindConfig;
+  const std::string synth = " synthetic { num_items: 350 num_categories: 20 }";
+  din.erase(din.find(synth), synth.size());
+  mind.erase(mind.find(synth), synth.size());
+  for (const std::string* config : {&din, &mind}) {
+    Trained t(31, config->c_str());
+    ExportOptions eo;
+    eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+    eo.output = dir + "/bundle";
+    auto ex = ExportBundle(eo);
+    ASSERT_TRUE(ex.ok()) << ex.status();
+    EXPECT_FALSE(ex->item_cats);
+    auto bundle = std::move(Bundle::Load(eo.output)).value();
+    EXPECT_EQ(bundle->item_cats(), nullptr);
+    auto scorer = std::move(Scorer::Create(bundle)).value();
+    Rng rng(3);
+    ScoreRequest q = RandomRequest(rng, 5, 4, false);
+    ScoreResponse r;
+    Status s = scorer->Score(q, &r);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("history_cats"), std::string::npos) << s;
+    q = RandomRequest(rng, 5, 4, true);
+    EXPECT_TRUE(scorer->Score(q, &r).ok());
+    EXPECT_LE(MaxAbsDiff(r.scores, t.Reference(q)), 1e-5);
+    if (config == &mind) {
+      q.candidates.clear();
+      q.candidate_cats.clear();
+      s = scorer->Score(q, &r);
+      EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+      EXPECT_NE(s.message().find("item -> category map"), std::string::npos) << s;
+    }
+    ps::RemoveTree(dir + "/bundle");
+    ps::RemoveTree(dir + "/ckpt");
+  }
+  ps::RemoveTree(dir);
+}
+
+// A delta bundle inherits its base's map; PublishBundle's in-memory copy equals the loaded one.
+TEST(Serving, PublishBundle_DeltaInheritsTheMap_InMemoryBundleEqualsLoaded) {
+  const std::string dir = TempDir();
+  Trained t(41);
+  BundleSource src;
+  src.config_text = kConfig;
+  src.step = 5;
+  src.origin = "test";
+  src.tensors = t.content.tensors;
+  for (auto& tb : t.tables) src.tables.push_back(tb.get());
+  auto cats = std::make_shared<std::vector<uint32_t>>(351);
+  for (uint64_t i = 0; i <= 350; ++i) (*cats)[i] = static_cast<uint32_t>(CatOf(i));
+  src.item_cats = cats;
+  ExportOptions eo;
+  eo.output = dir + "/bundle";
+  auto full = PublishBundle(src, eo);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->delta_of, 0);
+  // Change some rows and publish a delta against the in-memory base.
+  Rng rng(2);
+  std::vector<uint64_t> keys = {1, 2, 3, 999};
+  std::vector<float> rows(16), grads(16);
+  ASSERT_TRUE(t.tables[0]->Pull(keys.data(), 4, rows.data()).ok());
+  for (auto& g : grads) g = static_cast<float>(rng.Normal());
+  ASSERT_TRUE(t.tables[0]->Push(keys.data(), 4, grads.data()).ok());
+  eo.delta = true;
+  src.step = 6;
+  auto delta = PublishBundle(src, eo, full->bundle);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  EXPECT_EQ(delta->delta_of, 1);
+  EXPECT_GE(delta->rows, 3);
+  EXPECT_LT(delta->rows, t.tables[0]->Stats().rows);
+  auto loaded = std::move(Bundle::Load(eo.output)).value();
+  EXPECT_EQ(loaded->version(), 2);
+  ASSERT_NE(loaded->item_cats(), nullptr);
+  EXPECT_EQ(*loaded->item_cats(), *cats);
+  for (const char* table : {"item", "category"}) {
+    EXPECT_EQ(loaded->rows(table), delta->bundle->rows(table));
+    for (uint64_t k : loaded->keys(table)) {
+      const float* a = loaded->Row(table, k);
+      const float* b = delta->bundle->Row(table, k);
+      ASSERT_NE(b, nullptr);
+      EXPECT_EQ(std::memcmp(a, b, 16), 0) << table << " " << k;
+    }
+  }
+  EXPECT_EQ(loaded->tensors(), delta->bundle->tensors());
   ps::RemoveTree(dir);
 }
 

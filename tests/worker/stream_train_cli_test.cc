@@ -1,21 +1,31 @@
 // RunStreamTrain (launch/stream_train.cc), the body of `ips train --stream SOURCE`: a config's DIN
 // trained on an event file ends with the RESULT train_stream line and exit code 0, calls the
 // publisher built by make_publisher, writes metrics JSON lines; a bad line exits 1 naming the file,
-// line and field; bad --stream_* flags are rejected.
+// line and field; bad --stream_* flags are rejected. With --stream_publish_dir the stream publishes
+// serving bundles (a full one, then deltas) that a BundleServer (the body of `ips serve`) running
+// alongside hot-reloads without losing a request.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/random.h"
 #include "launch/commands.h"
 #include "launch/stream_train.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
 #include "worker/record_parsers.h"
+#include "worker/serving.h"
 
 namespace ips {
 namespace {
@@ -38,6 +48,19 @@ config::Config SmallConfig() {
                            "small.pbtxt");
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *c : config::Config();
+}
+
+std::string EventLines(int begin, int end) {
+  std::string all;
+  for (int i = begin; i < end; ++i) {
+    Event e;
+    e.user = 1 + Mix64(i) % 20;
+    e.item = 1 + Mix64(i + 77) % 100;
+    e.category = e.item % 10 + 1;
+    e.timestamp = 1700000000 + i;
+    AppendEventLine(e, &all);
+  }
+  return all;
 }
 
 std::string WriteEvents(const std::string& name, int n, const std::string& extra) {
@@ -97,6 +120,158 @@ TEST(StreamTrainCli, TrainsFileEndsWithResultLineAndPublishes) {
   EXPECT_NE(m.find("\"phase\":\"stream_result\""), std::string::npos);
 }
 
+// The scores of a response line {"user":..,"version":V,"scores":[...]} (%.9g: exact floats).
+std::vector<float> ResponseScores(const std::string& r) {
+  std::vector<float> out;
+  size_t pos = r.find("\"scores\":[");
+  if (pos == std::string::npos) return out;
+  pos += 10;
+  while (pos < r.size() && r[pos] != ']') {
+    char* end = nullptr;
+    out.push_back(std::strtof(r.c_str() + pos, &end));
+    pos = static_cast<size_t>(end - r.c_str());
+    if (pos < r.size() && r[pos] == ',') ++pos;
+  }
+  return out;
+}
+
+int64_t ResponseVersion(const std::string& r) {
+  const size_t pos = r.find("\"version\":");
+  return pos == std::string::npos ? -1 : std::atoll(r.c_str() + pos + 10);
+}
+
+TEST(StreamTrainCli, PublishDir_ServeHotReloadsEveryVersion_FinalScoresEqualFreshBundle) {
+  const std::string tmp = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
+                          "/ips_stream_publish_" + std::to_string(getpid());
+  ps::RemoveTree(tmp);
+  ASSERT_TRUE(ps::MakeDirs(tmp).ok());
+  const std::string events = tmp + "/events.tsv", bundle = tmp + "/bundle";
+  // A growing log: 12 chunks of 250 events, 30 ms apart, tailed by the stream.
+  std::ofstream(events, std::ios::binary) << EventLines(0, 250);
+  std::thread writer([&] {
+    for (int c = 1; c < 12; ++c) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      std::ofstream(events, std::ios::binary | std::ios::app) << EventLines(250 * c, 250 * c + 250);
+    }
+  });
+  StreamCliOptions o;
+  o.follow = true;
+  o.idle_timeout_s = 0.8;  // ends the stream once the writer stopped
+  o.publish_every_s = 0;
+  o.publish_every_steps = 4;
+  o.max_batch_delay_s = 0.02;
+  o.window_events = 1000;
+  o.publish_dir = bundle;
+  o.publish_full_every = 3;
+  std::atomic<bool> done{false};
+  int rc = -1;
+  testing::internal::CaptureStdout();
+  std::thread training([&] {
+    rc = RunStreamTrain(SmallConfig(), events, RunSinks{}, o);
+    done = true;
+  });
+
+  // `ips serve` on the bundle root as soon as the first publish is there.
+  for (int i = 0; i < 3000 && !ps::PathExists(bundle + "/CURRENT") && !done; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto server = BundleServer::Create(bundle, 2);
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Requests without categories: the bundle's map (the stream's items) fills them in.
+  Rng rng(17);
+  auto request = [&](std::string* line) {
+    *line = R"({"user":1,"history":[)";
+    for (int i = 0; i < 8; ++i) *line += (i ? "," : "") + std::to_string(1 + rng.UniformInt(100));
+    *line += R"(],"candidates":[)";
+    for (int i = 0; i < 20; ++i) *line += (i ? "," : "") + std::to_string(1 + rng.UniformInt(110));
+    *line += "]}";
+  };
+  std::vector<std::string> responses;
+  std::set<int64_t> versions;
+  int64_t sent = 0, last_version = 0;
+  bool monotone = true;
+  std::string line;
+  auto serve_one = [&] {
+    request(&line);
+    bool ok = false;
+    responses.push_back((*server)->HandleLine(++sent, line, &ok));
+    EXPECT_TRUE(ok) << responses.back();
+    const int64_t v = ResponseVersion(responses.back());
+    monotone = monotone && v >= last_version;
+    last_version = v;
+    versions.insert(v);
+  };
+  while (!done) {
+    serve_one();
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  training.join();
+  writer.join();
+  const std::string out = testing::internal::GetCapturedStdout();
+  ASSERT_EQ(rc, kExitOk) << out;
+  auto final_version = CurrentBundleVersion(bundle);
+  ASSERT_TRUE(final_version.ok()) << final_version.status();
+  // Keep serving until the final publish is picked up (bounded), then compare.
+  for (int i = 0; i < 5000 && last_version < *final_version; ++i) {
+    serve_one();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(last_version, *final_version);
+  auto fresh = Bundle::Load(bundle);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_NE((*fresh)->item_cats(), nullptr);
+  auto scorer = Scorer::Create(*fresh);
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
+  for (int r = 0; r < 20; ++r) {
+    serve_one();
+    ASSERT_EQ(ResponseVersion(responses.back()), *final_version);
+    // The same request scored by the final bundle loaded fresh, categories given explicitly from
+    // its map (the event log's item % 10 + 1).
+    ScoreRequest q;
+    size_t a = line.find("[") + 1, b = line.find("]");
+    for (std::istringstream is(line.substr(a, b - a)); is.good();) {
+      uint64_t v;
+      char comma;
+      is >> v;
+      q.history.push_back(v);
+      is >> comma;
+    }
+    a = line.find("[", b) + 1;
+    b = line.find("]", a);
+    for (std::istringstream is(line.substr(a, b - a)); is.good();) {
+      uint64_t v;
+      char comma;
+      is >> v;
+      q.candidates.push_back(v);
+      is >> comma;
+    }
+    for (uint64_t h : q.history) q.history_cats.push_back(h % 10 + 1);
+    for (uint64_t c : q.candidates) q.candidate_cats.push_back(c <= 100 ? c % 10 + 1 : 0);
+    ScoreResponse want;
+    ASSERT_TRUE((*scorer)->Score(q, &want).ok());
+    EXPECT_EQ(ResponseScores(responses.back()), want.scores) << responses.back();
+  }
+  // No request lost, versions never went back, several versions served.
+  EXPECT_EQ(static_cast<int64_t>(responses.size()), sent);
+  for (const auto& r : responses) EXPECT_EQ(r.find("error"), std::string::npos) << r;
+  EXPECT_TRUE(monotone);
+  EXPECT_GE(versions.size(), 2u);
+  EXPECT_GE((*server)->reloads(), 1);
+  // The RESULT line: as many publishes as versions, and freshness measured to the publishes.
+  const size_t res = out.find("RESULT train_stream ");
+  ASSERT_NE(res, std::string::npos) << out;
+  const std::string result = out.substr(res);
+  EXPECT_NE(result.find(" publishes=" + std::to_string(*final_version) + " "), std::string::npos)
+      << result;
+  EXPECT_NE(result.find(" freshness_p50_ms="), std::string::npos) << result;
+  EXPECT_NE(result.find(" freshness_p99_ms="), std::string::npos) << result;
+  EXPECT_EQ(result.find("nan"), std::string::npos) << result;
+  std::printf("[ publish ] %lld requests over %zu versions, %lld reloads; %s",
+              static_cast<long long>(sent), versions.size(),
+              static_cast<long long>((*server)->reloads()), result.c_str());
+  server->reset();
+  ps::RemoveTree(tmp);
+}
+
 TEST(StreamTrainCli, BadLineExitsNonZeroNamingFileLineField) {
   const std::string path = WriteEvents("bad.tsv", 100, "3\t9\t2\t1700000000\tpv\tx\n");
   StreamCliOptions o;
@@ -121,11 +296,16 @@ TEST(StreamTrainCli, MissingSourceAndBadFlags) {
 
   FlagSet flags("train");
   AddStreamFlags(&flags);
-  ASSERT_TRUE(flags.Parse({"--stream_negatives", "2", "--stream_no_follow"}).ok());
+  ASSERT_TRUE(flags
+                  .Parse({"--stream_negatives", "2", "--stream_no_follow", "--stream_publish_dir",
+                          "/tmp/b", "--stream_publish_full_every", "4"})
+                  .ok());
   auto good = StreamCliOptionsFromFlags(flags);
   ASSERT_TRUE(good.ok()) << good.status();
   EXPECT_EQ(good->negatives, 2);
   EXPECT_FALSE(good->follow);
+  EXPECT_EQ(good->publish_dir, "/tmp/b");
+  EXPECT_EQ(good->publish_full_every, 4);
   FlagSet bad("train");
   AddStreamFlags(&bad);
   ASSERT_TRUE(bad.Parse({"--stream_window_events", "0"}).ok());
