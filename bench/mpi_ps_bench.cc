@@ -8,11 +8,20 @@
 //   4. CPU use of idle ranks (comm thread polling with sleep backoff, main thread asleep).
 // Every measured path is verified first (rows equal the in-process store's, the all-reduce sum
 // is exactly predictable). Prints `RESULT mpi_ps ...` last (rank 0).
+//
+// `--mode=allreduce_vs_step` (same -np 3 layout; flags --batch=512 --steps=30 --threads=2)
+// measures instead, in one run on one machine, the all-reduce (AllReduceMean over the 2 workers,
+// as the trainer calls it) of the dense gradients of DIN built by CreateCtrModel with the default
+// ModelSpec, and a full single-process DIN training step (Trainer::Step over an in-process
+// store: dedup, pull, forward, backward, push, dense update) at batch 512 on worker 0 while the
+// other ranks sleep; prints `RESULT allreduce_vs_step allreduce_ms=.. step_ms=.. ratio=..
+// target=0.05` (the "dense all-reduce <= 5% of a DIN step at batch 512").
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +37,9 @@
 #include "ps/remote_store.h"
 #include "ps/server.h"
 #include "worker/cluster.h"
+#include "worker/model_factory.h"
+#include "worker/synthetic_batches.h"
+#include "worker/trainer.h"
 
 namespace ips {
 namespace {
@@ -159,6 +171,134 @@ double TransportOnlySeconds(Cluster* cluster) {
   return Median(times);
 }
 
+struct StepModeFlags {
+  int batch = 512;
+  int steps = 30;
+  int threads = 2;
+};
+
+// Parses `--mode=allreduce_vs_step` and its flags; returns false (and prints why) on a bad one.
+bool ParseFlags(int argc, char** argv, bool* step_mode, StepModeFlags* f) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* name, int* out) {
+      const std::string prefix = std::string("--") + name + "=";
+      if (a.rfind(prefix, 0) != 0) return false;
+      *out = std::atoi(a.c_str() + prefix.size());
+      return true;
+    };
+    if (a == "--mode=allreduce_vs_step") {
+      *step_mode = true;
+    } else if (a == "--mode=pullpush") {
+      *step_mode = false;
+    } else if (!value("batch", &f->batch) && !value("steps", &f->steps) &&
+               !value("threads", &f->threads)) {
+      std::fprintf(stderr,
+                   "mpi_ps_bench: unknown flag '%s' (--mode=pullpush|allreduce_vs_step, "
+                   "--batch=N, --steps=N, --threads=N)\n",
+                   a.c_str());
+      return false;
+    }
+  }
+  if (f->batch < 1 || f->steps < 1 || f->threads < 1) {
+    std::fprintf(stderr, "mpi_ps_bench: --batch, --steps and --threads must be >= 1\n");
+    return false;
+  }
+  return true;
+}
+
+// --mode=allreduce_vs_step (see the header comment). Runs on every rank; rank 0 (the PS, idle
+// here) prints the RESULT line. Returns the exit code.
+int AllReduceVsStep(Cluster* cluster, const StepModeFlags& f) {
+  const int rank = cluster->rank();
+  double ar_ms = 0, step_ms = 0, dense_n = 0, verified = 1, loss_first = 0, loss_last = 0;
+  if (cluster->role() == Role::kWorker) {
+    Collective* coll = cluster->collective();
+    ModelSpec spec;  // the defaults: DIN, embedding 18, history 50
+    spec.max_batch = f.batch;
+    auto model = CreateCtrModel(spec);
+    if (!model.ok()) cluster->Abort(model.status());
+    const int64_t n = (*model)->params().size();
+    dense_n = static_cast<double>(n);
+    // Verify: small integers average exactly ((a + a + 100) / 2 = a + 50).
+    std::vector<float> buf(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      buf[i] = static_cast<float>((i % 13) + 100 * cluster->role_index());
+    if (Status s = coll->AllReduceMean(buf.data(), n); !s.ok()) cluster->Abort(s);
+    for (int64_t i = 0; i < n; ++i)
+      if (buf[i] != static_cast<float>((i % 13) + 50)) verified = 0;
+    std::vector<double> t;
+    for (int it = 0; it < kAllReduceIters + 10; ++it) {
+      Timer timer;
+      if (Status s = coll->AllReduceMean(buf.data(), n); !s.ok()) cluster->Abort(s);
+      if (it >= 10) t.push_back(timer.Millis());
+    }
+    ar_ms = Median(t);
+    if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+    if (cluster->role_index() == 0) {
+      // The step alone: worker 1 sleeps in the barrier below meanwhile.
+      std::vector<ps::TableOptions> tables(2);
+      tables[0].name = "item";
+      tables[1].name = "category";
+      for (auto& tb : tables) tb.dim = spec.embedding_dim;  // Adam 1e-3, Xavier: defaults
+      auto store = ps::LocalEmbeddingStore::Create(tables);
+      if (!store.ok()) cluster->Abort(store.status());
+      TrainerOptions to;
+      to.model = spec;
+      to.num_threads = f.threads;
+      auto trainer = Trainer::Create(to, store->get(), std::move(model).value());
+      if (!trainer.ok()) cluster->Abort(trainer.status());
+      auto gen = SyntheticBatches::Create(SyntheticOptions{});
+      if (!gen.ok()) cluster->Abort(gen.status());
+      const int warmup = 5;
+      std::vector<CtrBatch> batches(static_cast<size_t>(warmup + f.steps));
+      for (size_t i = 0; i < batches.size(); ++i)
+        if (Status s = (*gen)->CtrBatchAt(i, f.batch, &batches[i]); !s.ok()) cluster->Abort(s);
+      std::vector<double> st;
+      for (size_t i = 0; i < batches.size(); ++i) {
+        Timer timer;
+        auto loss = (*trainer)->Step(ViewOf(batches[i]));
+        if (!loss.ok()) cluster->Abort(loss.status());
+        // A step that trains: finite losses (checked below, first vs last).
+        if (!std::isfinite(*loss)) verified = 0;
+        if (i == 0) loss_first = *loss;
+        loss_last = *loss;
+        if (static_cast<int>(i) >= warmup) st.push_back(timer.Millis());
+      }
+      step_ms = Median(st);
+    }
+    if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+  }
+  // Rank 0 sleeps here (non-spinning) while the workers measure: a blocking MPI_Reduce would
+  // spin and take a core from the timed step on a small machine.
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  if (Status s = ps::WaitWithoutSpinning(&req, "MPI_Ibarrier"); !s.ok()) cluster->Abort(s);
+  double vals[4] = {ar_ms, step_ms, dense_n, verified}, got[4] = {0};
+  MPI_Reduce(vals, got, 3, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  MPI_Reduce(vals + 3, got + 3, 1, MPI_DOUBLE, MPI_MIN, 0, MPI_COMM_WORLD);
+  double losses[2] = {loss_first, loss_last}, got_losses[2] = {0};
+  MPI_Reduce(losses, got_losses, 2, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  if (rank != 0) return 0;
+  const double ratio = got[1] > 0 ? got[0] / got[1] : 0;
+  std::printf(
+      "DIN dense gradients: %lld floats (%.1f KB); all-reduce (mean, 2 workers, MPI): %.3f ms; "
+      "DIN training step at batch %d (%d threads): %.2f ms (loss %.4f -> %.4f)\n",
+      static_cast<long long>(got[2]), got[2] * 4 / 1024, got[0], f.batch, f.threads, got[1],
+      got_losses[0], got_losses[1]);
+  ResultLine("allreduce_vs_step")
+      .Add("verified", got[3] > 0 ? "yes" : "NO")
+      .Add("dense_floats", static_cast<int64_t>(got[2]))
+      .Add("batch", static_cast<int64_t>(f.batch))
+      .Add("threads", static_cast<int64_t>(f.threads))
+      .Add("allreduce_ms", got[0])
+      .Add("step_ms", got[1])
+      .Add("ratio", ratio)
+      .Add("target", 0.05)
+      .Print();
+  return got[3] > 0 ? 0 : 1;
+}
+
 int Main(int argc, char** argv) {
   ClusterOptions copt;
   copt.num_ps = 1;
@@ -173,6 +313,11 @@ int Main(int argc, char** argv) {
   int world = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   if (world != 3) Die(*cluster, InvalidArgumentError("mpi_ps_bench needs mpirun -np 3"));
+  bool step_mode = false;
+  StepModeFlags step_flags;
+  if (!ParseFlags(argc, argv, &step_mode, &step_flags))
+    Die(*cluster, InvalidArgumentError("bad flags"));
+  if (step_mode) return AllReduceVsStep(cluster.get(), step_flags);
 
   // ---- 4 first: idle CPU (nothing else running yet) ----
   const double idle_wall = 2.0;

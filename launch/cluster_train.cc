@@ -72,8 +72,15 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   auto store = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
   if (!store.ok()) cluster->Abort(store.status());
   // Gradients of each worker's mean loss, averaged: the gradient of the global batch's mean.
-  job.trainer.dense_grad_allreduce = [coll](float* g, int64_t n) {
-    return coll->AllReduceMean(g, n);
+  // The hook is timed (output only: allreduce_ms in the RESULT line, for launch/scale.sh).
+  double allreduce_s = 0;
+  int64_t dense_floats = 0;
+  job.trainer.dense_grad_allreduce = [coll, &allreduce_s, &dense_floats](float* g, int64_t n) {
+    Timer t;
+    Status s = coll->AllReduceMean(g, n);
+    allreduce_s += t.Seconds();
+    dense_floats = n;
+    return s;
   };
   auto trainer_or = Trainer::Create(job.trainer, store->get());
   if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
@@ -115,6 +122,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       std::fflush(stderr);
       std::raise(SIGKILL);
     }
+    if (i == run.warmup_steps) allreduce_s = 0;  // timed steps only
     timer.Reset();
     auto loss = trainer->Step(ViewOf(batches[i]));
     if (i >= run.warmup_steps) timed += timer.Seconds();
@@ -224,6 +232,16 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
         .Add("staleness_max", m.staleness_max)
         .Add("pull_p50_us", Fixed(m.pull_p50_us, 0))
         .Add("pull_p99_us", Fixed(m.pull_p99_us, 0))
+        .Add("push_p50_us", Fixed(m.push_p50_us, 0))
+        .Add("push_p99_us", Fixed(m.push_p99_us, 0))
+        // Worker 0's per-step averages over the timed steps (step = Trainer::Step), its PS
+        // traffic per step over all steps, and the dense floats all-reduced per step.
+        .Add("step_ms", Fixed(run.steps > 0 ? 1000 * timed / run.steps : 0, 3))
+        .Add("allreduce_ms", Fixed(run.steps > 0 ? 1000 * allreduce_s / run.steps : 0, 3))
+        .Add("ps_bytes_per_step",
+             static_cast<int64_t>(train_steps > 0 ? (m.bytes_sent + m.bytes_received) / train_steps
+                                                  : 0))
+        .Add("dense_floats", dense_floats)
         .Add("bytes_per_row_ratio", Fixed(largest_ratio, 3))
         .Print();
   }

@@ -13,6 +13,9 @@ namespace ips {
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
+// `ips train` stopped by SIGTERM between two steps after saving a checkpoint (resume with
+// --resume); its last stdout line is `RESULT train ... status=stopped step=N`.
+constexpr int kExitStopped = 3;
 
 // `ips config check|print --config FILE [--set path=value ...]` (launch/config_command.cc).
 int RunConfigCommand(const std::vector<std::string>& args);
@@ -20,8 +23,12 @@ int RunConfigCommand(const std::vector<std::string>& args);
 int RunDataCommand(const std::vector<std::string>& args);
 // `ips data synth ...` (launch/synth_command.cc), called by RunDataCommand.
 int RunSynthCommand(const std::vector<std::string>& args);
-// `ips train --config FILE [--set ...] [--metrics_out FILE]` (launch/train_command.cc).
+// `ips train --config FILE [--set ...] [--metrics_out FILE] [--resume DIR]`
+// (launch/train_command.cc).
 int RunTrainCommand(const std::vector<std::string>& args);
+// `ips eval --config FILE --checkpoint DIR [--set ...] [--metrics_out FILE]`: the evaluation of
+// the config's model family on a checkpoint (launch/eval_command.cc).
+int RunEvalCommand(const std::vector<std::string>& args);
 // `ips export --checkpoint DIR --output BUNDLE [--fp16] [--min_count N]` (launch/serve_command.cc).
 int RunExportCommand(const std::vector<std::string>& args);
 // `ips serve --bundle BUNDLE [--poll_ms N]`: JSON lines on stdin -> scores on stdout

@@ -1,5 +1,6 @@
 // `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
-// Exit codes: 0 success, 1 runtime/data error, 2 usage error.
+// Exit codes: 0 success, 1 runtime/data error, 2 usage error, 3 `ips train` stopped by SIGTERM
+// after a checkpoint.
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -19,7 +20,10 @@ struct Subcommand {
 const Subcommand kSubcommands[] = {
     {"data", "convert, inspect and synthesize datasets (ips data help)", ips::RunDataCommand},
     {"config", "check or print a config with its --set overrides", ips::RunConfigCommand},
-    {"train", "train a config's model (single process; DIN on synthetic data)", ips::RunTrainCommand},
+    {"train", "train a config's model (single process; DIN on synthetic data)",
+     ips::RunTrainCommand},
+    {"eval", "evaluate a checkpoint of a config's model (ranking, retrieval or AUC)",
+     ips::RunEvalCommand},
     {"export", "turn a checkpoint into a versioned serving bundle", ips::RunExportCommand},
     {"serve", "score JSON-line requests on stdin with a bundle (hot reload)", ips::RunServeCommand},
 };

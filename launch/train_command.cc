@@ -2,7 +2,15 @@
 // CTR models (DIN, DIEN, BST, pooled, MIND), either on the peer's synthetic throughput protocol
 // (data.synthetic) or on a dataset directory written by `ips data convert` (data.train_dir, seqrec
 // protocol: epochs of training, each followed by the peer's HR@10 / NDCG@10 / sampled-AUC
-// evaluation). Distributed roles come later.
+// evaluation). MIND on a dataset adds the full-ranking retrieval evaluation (recall@K).
+//
+// Checkpoints (config `checkpoint { dir every_steps every_seconds keep_last incremental }`): saved
+// every N steps / seconds, after the last step, and on SIGTERM, which stops the run between two
+// steps after saving (exit code kExitStopped = 3 and `RESULT train ... status=stopped`).
+// `--resume DIR` (a checkpoint root or one ckpt-<step>) restores the weights, optimizer states,
+// tables, step counter and reader position and continues exactly where the run stopped.
+#include <atomic>
+#include <csignal>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -18,7 +26,9 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "worker/checkpoint.h"
 #include "worker/data_reader.h"
+#include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
 
@@ -34,6 +44,71 @@ std::string Fixed(double v, int digits) {
 int Fail(const Status& s) {
   std::cerr << "error: " << s.ToString() << "\n";
   return kExitError;
+}
+
+// Set by SIGTERM; the training loops poll it between steps (lock-free: async-signal safe).
+std::atomic<bool> g_stop_requested{false};
+extern "C" void OnSigterm(int) { g_stop_requested.store(true, std::memory_order_relaxed); }
+
+// Checkpointing of one run: the writer (checkpoint.dir set), the content of the trainer and the
+// blobs of a resumed checkpoint.
+struct CheckpointSetup {
+  std::unique_ptr<CheckpointWriter> writer;
+  std::map<std::string, std::string> resume_blobs;
+  RunCheckpointing run;
+  std::string dir;
+  int64_t resumed_step = -1;
+};
+
+// Builds the writer and the content, restores --resume when given, installs the SIGTERM handler.
+Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
+                        SeqTrainer* seq, ps::LocalEmbeddingStore* store, CheckpointSetup* out) {
+  const std::string text = ConfigToText(cfg);
+  if (ctr != nullptr) {
+    IPS_ASSIGN_OR_RETURN(
+        out->run.content,
+        TrainerCheckpointContent(&ctr->model(), &ctr->dense_optimizer(), store, text));
+  } else {
+    IPS_ASSIGN_OR_RETURN(out->run.content, SeqTrainerCheckpointContent(seq, store, text));
+  }
+  if (!resume.empty()) {
+    IPS_ASSIGN_OR_RETURN(out->resumed_step,
+                         LoadCheckpoint(resume, out->run.content, &out->resume_blobs));
+    out->run.resume = &out->resume_blobs;
+    std::cerr << "train: resumed from '" << resume << "' at step " << out->resumed_step << "\n";
+  }
+  const config::CheckpointConfig& c = cfg.checkpoint();
+  if (!c.dir().empty()) {
+    CheckpointOptions o;
+    o.dir = c.dir();
+    o.keep_last = c.keep_last();
+    o.incremental = c.incremental();
+    IPS_ASSIGN_OR_RETURN(out->writer, CheckpointWriter::Create(o));
+    out->run.writer = out->writer.get();
+    out->run.every_steps = c.every_steps();
+    out->run.every_seconds = c.every_seconds();
+    out->dir = c.dir();
+    if (c.every_steps() < 0 || c.every_seconds() < 0)
+      return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
+  }
+  out->run.stop = &g_stop_requested;
+  std::signal(SIGTERM, OnSigterm);
+  return Status::Ok();
+}
+
+// A run stopped by SIGTERM: says where the checkpoint is and how to continue.
+int ReportStopped(const std::string& model, int64_t step, const CheckpointSetup& ck) {
+  if (ck.writer != nullptr)
+    std::cerr << "train: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir
+              << "/ckpt-" << step << "; continue with --resume " << ck.dir << "\n";
+  else
+    std::cerr << "train: stopped by SIGTERM at step " << step
+              << "; nothing saved (no checkpoint.dir in the config)\n";
+  ResultLine line("train");
+  line.Add("model", model).Add("status", "stopped").Add("step", step);
+  if (ck.writer != nullptr) line.Add("checkpoint", ck.dir + "/ckpt-" + std::to_string(step));
+  line.Print();
+  return kExitStopped;
 }
 
 // The trainer of the job's model family: a CTR Trainer or a SeqTrainer (the other stays null).
@@ -52,9 +127,20 @@ Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_p
   return Status::Ok();
 }
 
+// EvaluateRetrieval with the run's cut-offs and user limit, item vectors = item + category rows.
+StatusOr<RetrievalResult> RunRetrieval(Trainer* trainer, ps::EmbeddingStore* store,
+                                       const Dataset& data, const DatasetRunOptions& run) {
+  RetrievalOptions o;
+  o.cutoffs = run.retrieval_cutoffs;
+  o.max_users = run.eval_max_users;
+  IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
+  IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
+  return EvaluateRetrieval(trainer->context(), &trainer->model(), store, item, data, o);
+}
+
 // data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
-int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
-                  const std::string& metrics_path) {
+int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& resume,
+                  RunSinks sinks, std::ofstream* metrics, const std::string& metrics_path) {
   const DatasetRunOptions& run = job.dataset;
   auto data = Dataset::Open(run.train_dir);
   if (!data.ok()) return Fail(data.status().WithContext("data.train_dir '" + run.train_dir + "'"));
@@ -66,6 +152,10 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
   if (Status s = MakeTrainer(job, store->get(), &ctr, &seq); !s.ok()) return Fail(s);
+  CheckpointSetup ck;
+  if (Status s = SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &ck); !s.ok())
+    return Fail(s);
+  sinks.checkpoint = &ck.run;
   const Manifest& m = (*data)->manifest();
   const int64_t per_epoch = sequence
                                 ? SequenceReader(data->get(), {}, run.reader).sequences_per_epoch()
@@ -82,7 +172,17 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
                          : RunDatasetTraining(ctr.get(), **data, run, sinks);
   if (!result.ok()) return Fail(result.status());
   const DatasetRunResult& r = *result;
+  if (r.stopped) return ReportStopped(model, ctr != nullptr ? ctr->steps() : seq->steps(), ck);
   const std::string k = std::to_string(r.eval.k);
+  // MIND (user vectors): the full-ranking retrieval evaluation after the sampled ranking one.
+  std::vector<RetrievalCutoff> recall;
+  if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
+    auto retrieval = RunRetrieval(ctr.get(), store->get(), **data, run);
+    if (!retrieval.ok()) return Fail(retrieval.status());
+    recall = retrieval->cutoffs;
+    std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
+              << " items in " << Fixed(retrieval->seconds, 1) << " s\n";
+  }
   std::cerr << "trained " << r.steps << " steps in " << Fixed(r.train_seconds, 1)
             << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)
             << " s\n";
@@ -97,12 +197,18 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
       .Add("auc", Fixed(r.eval.auc, 4))
       .Add("gauc", Fixed(r.eval.gauc, 4))
       .Add("logloss", Fixed(r.eval.logloss, 4));
+  for (const RetrievalCutoff& c : recall)
+    line.Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
   if (sinks.metrics_out != nullptr) {
     *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
              << ",\"loss\":" << Fixed(r.loss, 6) << ",\"hr" << k << "\":" << Fixed(r.eval.hr, 6)
              << ",\"ndcg" << k << "\":" << Fixed(r.eval.ndcg, 6)
-             << ",\"auc\":" << Fixed(r.eval.auc, 6) << "}\n";
+             << ",\"auc\":" << Fixed(r.eval.auc, 6);
+    for (const RetrievalCutoff& c : recall)
+      *metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6) << ",\"retrieval_hr" << c.k
+               << "\":" << Fixed(c.hit_rate, 6);
+    *metrics << "}\n";
     metrics->flush();
     if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
@@ -112,11 +218,13 @@ int RunDatasetJob(TrainJob job, const RunSinks& sinks, std::ofstream* metrics,
 
 // data.synthetic with a sequence model: throughput only (i.i.d. Zipf sequences carry no
 // sequential signal, so there is nothing to evaluate), as the peer.
-int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const RunSinks& sinks,
-                       std::ofstream* metrics, const std::string& metrics_path) {
+int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const CheckpointSetup& ck,
+                       const RunSinks& sinks, std::ofstream* metrics,
+                       const std::string& metrics_path) {
   auto result = RunSeqSyntheticTraining(trainer, job.run, sinks);
   if (!result.ok()) return Fail(result.status());
   const SeqSyntheticRunResult& r = *result;
+  if (r.stopped) return ReportStopped(ModelKindName(job.trainer.model.kind), trainer->steps(), ck);
   const std::string model = ModelKindName(job.trainer.model.kind);
   std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
             << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1) << "\n";
@@ -150,6 +258,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
                "(default: train.metrics_out of the config)");
   flags.Int("eval_batches", 4, "data.synthetic only: held-out batches for the final AUC");
   flags.Bool("quiet", "no progress line on stderr");
+  flags.String("resume", "",
+               "continue a run from a checkpoint: its root (LATEST) or one ckpt-<step> directory");
   flags.String("stream", "",
                "train continuously on an append-only event log (a growing file, or - for stdin) "
                "instead of data.train_dir / data.synthetic");
@@ -203,7 +313,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     return fail(InvalidArgumentError("--eval_batches must be >= 0"));
   job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
 
-  if (!job->synthetic) return RunDatasetJob(*job, sinks, &metrics, metrics_path);
+  const std::string resume = flags.GetString("resume");
+  if (!job->synthetic) return RunDatasetJob(*job, *cfg, resume, sinks, &metrics, metrics_path);
 
   auto store = ps::LocalEmbeddingStore::Create(job->tables);
   if (!store.ok()) return fail(store.status());
@@ -212,15 +323,20 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   if (Status s = MakeTrainer(*job, store->get(), &ctr, &seq); !s.ok()) return fail(s);
 
   const SyntheticRunOptions& run = job->run;
+  CheckpointSetup ck;
+  if (Status s = SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), &ck); !s.ok())
+    return fail(s);
+  sinks.checkpoint = &ck.run;
   const std::string model = ModelKindName(job->trainer.model.kind);
   std::cerr << "train: model=" << model << " batch=" << run.batch << " seq=" << run.data.seq_len
             << " items=" << run.data.num_items << " cats=" << run.data.num_categories
             << " warmup=" << run.warmup_steps << " steps=" << run.steps
             << " threads=" << job->trainer.num_threads << "\n";
-  if (seq != nullptr) return RunSeqSyntheticJob(seq.get(), *job, sinks, &metrics, metrics_path);
+  if (seq != nullptr) return RunSeqSyntheticJob(seq.get(), *job, ck, sinks, &metrics, metrics_path);
   auto result = RunSyntheticTraining(ctr.get(), run, sinks);
   if (!result.ok()) return fail(result.status());
   const SyntheticRunResult& r = *result;
+  if (r.stopped) return ReportStopped(model, ctr->steps(), ck);
   std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
             << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1)
             << " heldout_auc=" << Fixed(r.eval.auc, 4) << " (" << r.eval.count << " examples)\n";

@@ -10,6 +10,7 @@
 #include "common/progress.h"
 #include "common/timer.h"
 #include "kernels/embedding.h"
+#include "models/sasrec.h"
 
 namespace ips {
 
@@ -210,6 +211,26 @@ Status SeqTrainer::ScoreCandidates(const SeqBatchView& histories, const uint32_t
 
 // ---- Synthetic protocol -----------------------------------------------------------------------
 
+namespace {
+
+// SASRec's dropout masks are a function of (seed, dropout step): the step travels with the run.
+void SaveSeqDropoutStep(models::SeqModel<float>& model, std::map<std::string, std::string>* b) {
+  if (auto* m = dynamic_cast<models::Sasrec<float>*>(&model))
+    (*b)["model/dropout_step"] =
+        PackBlob(std::vector<int64_t>{static_cast<int64_t>(m->dropout_step())});
+}
+Status RestoreSeqDropoutStep(const std::map<std::string, std::string>& blobs,
+                             models::SeqModel<float>* model) {
+  if (auto* m = dynamic_cast<models::Sasrec<float>*>(model)) {
+    std::vector<int64_t> v;
+    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &v));
+    m->set_dropout_step(static_cast<uint64_t>(v[0]));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,
                                                         const RunSinks& sinks) {
@@ -230,10 +251,42 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
   r.batch = options.batch;
   r.steps = options.steps;
   r.losses.reserve(static_cast<size_t>(train_batches));
-  for (int i = 0; i < options.warmup_steps; ++i) {
+  // Resume: the trainer continues at the saved step (batch index = step) with the saved losses.
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    std::vector<int64_t> st;
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/synthetic_step", 1, &st));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/losses", 0, &r.losses));
+    if (st[0] < 0 || st[0] > train_batches || static_cast<int64_t>(r.losses.size()) != st[0])
+      return DataLossError("checkpoint blob 'run/synthetic_step' = " + std::to_string(st[0]) +
+                           " does not fit a run of " + std::to_string(train_batches) +
+                           " steps with " + std::to_string(r.losses.size()) + " losses");
+    trainer->set_steps(st[0]);
+    IPS_RETURN_IF_ERROR(RestoreSeqDropoutStep(*ckpt->resume, &trainer->model()));
+  }
+  CheckpointTrigger trigger(ckpt);
+  auto blobs = [&] {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
+    b["run/losses"] = PackBlob(r.losses);
+    SaveSeqDropoutStep(trainer->model(), &b);
+    return b;
+  };
+  auto after_step = [&](double loss, bool last) -> Status {
+    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
+    return trigger.AfterStep(trainer->steps(), last, blobs);
+  };
+  const int first = static_cast<int>(trainer->steps());
+  for (int i = first; i < options.warmup_steps; ++i) {
     IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
     r.losses.push_back(loss);
+    IPS_RETURN_IF_ERROR(after_step(loss, i + 1 == train_batches));
+    if (trigger.StopRequested()) {
+      r.stopped = true;
+      return r;
+    }
   }
+  const int first_timed = std::max(0, first - options.warmup_steps);
 
   std::unique_ptr<ProgressLine> progress;
   if (sinks.progress != nullptr)
@@ -242,7 +295,7 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
   Timer timer;  // the timed region: the steps themselves (logging is outside it)
   double timed = 0;
   size_t log_begin = r.losses.size();
-  for (int s = 0; s < options.steps; ++s) {
+  for (int s = first_timed; s < options.steps; ++s) {
     const SeqBatchView view = ViewOf(batches[static_cast<size_t>(options.warmup_steps + s)]);
     timer.Reset();
     auto loss = trainer->Step(view);
@@ -261,13 +314,21 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
         *sinks.metrics_out << "{\"phase\":\"train\",\"model\":\"" << trainer->model().name()
                            << "\",\"step\":" << trainer->steps() << ",\"timed_steps\":" << done
                            << ",\"loss\":" << JsonNumber(window_loss) << ",\"samples_per_s\":"
-                           << JsonNumber(static_cast<double>(done) * options.batch / timed)
+                           << JsonNumber(static_cast<double>(done - first_timed) * options.batch /
+                                         timed)
                            << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
       log_begin = r.losses.size();
     }
+    IPS_RETURN_IF_ERROR(after_step(*loss, done == options.steps));
+    if (trigger.StopRequested() && done < options.steps) {
+      r.stopped = true;
+      r.seconds = timed;
+      return r;
+    }
   }
   r.seconds = timed;
-  r.samples_per_s = timed > 0 ? static_cast<double>(options.steps) * options.batch / timed : 0;
+  r.samples_per_s =
+      timed > 0 ? static_cast<double>(options.steps - first_timed) * options.batch / timed : 0;
   r.loss_first10 = Mean(r.losses, 0, std::min<size_t>(10, r.losses.size()));
   r.loss_last10 =
       Mean(r.losses, r.losses.size() - std::min<size_t>(10, r.losses.size()), r.losses.size());
@@ -344,6 +405,21 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
   return metrics.Result(timer.Seconds());
 }
 
+StatusOr<CheckpointContent> SeqTrainerCheckpointContent(SeqTrainer* trainer,
+                                                        ps::LocalEmbeddingStore* store,
+                                                        const std::string& config_text) {
+  if (trainer == nullptr || store == nullptr)
+    return InvalidArgumentError("SeqTrainerCheckpointContent: null trainer or store");
+  CheckpointContent c;
+  AddModelState(&trainer->model(), &trainer->dense_optimizer(), &c);
+  for (int t = 0; t < store->num_tables(); ++t) {
+    IPS_ASSIGN_OR_RETURN(ps::DynamicTable * table, store->table(t));
+    c.tables.push_back(table);
+  }
+  c.config_text = config_text;
+  return c;
+}
+
 StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Dataset& data,
                                                  const DatasetRunOptions& options,
                                                  const RunSinks& sinks) {
@@ -368,16 +444,54 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
 
   DatasetRunResult r;
   SequenceBatch batch;
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  std::vector<int64_t> resume_state;
+  std::vector<double> resume_loss;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/dataset", 7, &resume_state));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/loss_sum", 1, &resume_loss));
+    if (resume_state[0] < 0 || resume_state[0] >= options.epochs)
+      return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
+                           " is beyond train.epochs " + std::to_string(options.epochs));
+    trainer->set_steps(resume_state[6]);
+    IPS_RETURN_IF_ERROR(RestoreSeqDropoutStep(*ckpt->resume, &trainer->model()));
+    r.steps = resume_state[2];
+    r.samples = resume_state[3];
+  }
+  CheckpointTrigger trigger(ckpt);
   Timer timer;
   bool stop = false;
-  for (int e = 0; e < options.epochs && !stop; ++e) {
+  const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
+  for (int e = first_epoch; e < options.epochs && !stop; ++e) {
     EpochResult er;
     er.epoch = e + 1;
-    reader.StartEpoch(e);
     double loss_sum = 0, window_sum = 0;
     int64_t epoch_samples = 0, window_steps = 0;
+    if (e == first_epoch && !resume_state.empty()) {
+      IPS_RETURN_IF_ERROR(reader.SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
+      er.steps = resume_state[4];
+      epoch_samples = resume_state[5];
+      loss_sum = resume_loss[0];
+    } else {
+      reader.StartEpoch(e);
+    }
+    auto blobs = [&] {
+      std::map<std::string, std::string> b;
+      // SequenceReader has no position accessor: every batch advances it by its rows, so the
+      // position in the epoch is the epoch's sequence count.
+      b["run/dataset"] = PackBlob(std::vector<int64_t>{e, epoch_samples, r.steps, r.samples,
+                                                       er.steps, epoch_samples, trainer->steps()});
+      b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
+      SaveSeqDropoutStep(trainer->model(), &b);
+      return b;
+    };
     timer.Reset();
-    while (reader.Next(&batch)) {
+    while (true) {
+      if (options.max_steps > 0 && r.steps >= options.max_steps) {
+        stop = true;
+        break;
+      }
+      if (!reader.Next(&batch)) break;
       auto loss = trainer->Step(ViewOf(batch));
       if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
       loss_sum += *loss;
@@ -395,11 +509,16 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
         window_sum = 0;
         window_steps = 0;
       }
-      if (options.max_steps > 0 && r.steps >= options.max_steps) {
-        stop = true;
-        break;
+      if (sinks.on_step) sinks.on_step(trainer->steps(), *loss);
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
+      if (trigger.StopRequested()) {
+        r.stopped = true;
+        r.epochs = e + 1;
+        return r;
       }
     }
+    if (stop || e + 1 == options.epochs)
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
     const double epoch_seconds = timer.Seconds();
     r.train_seconds += epoch_seconds;
     r.epochs = e + 1;

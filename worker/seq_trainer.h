@@ -101,6 +101,9 @@ class SeqTrainer {
   models::SeqModel<float>& model() { return *model_; }
   const kernels::Context& context() const { return ctx_; }
   DenseOptimizer& dense_optimizer() { return *dense_optimizer_; }
+  ps::EmbeddingStore& store() { return *store_; }
+  // Restores the step counter (checkpoint resume).
+  void set_steps(int64_t steps) { steps_ = steps; }
 
  private:
   explicit SeqTrainer(const SeqTrainerOptions& o);
@@ -141,13 +144,16 @@ struct SeqSyntheticRunResult {
   std::vector<double> losses;  // every step, warm-up included
   double loss_first10 = 0;     // mean of the first 10 losses (warm-up included, as the peer)
   double loss_last10 = 0;
+  bool stopped = false;  // a stop request ended the run early (after a checkpoint)
 };
 
 // Generates warmup + steps batches (SyntheticBatches::SeqBatchAt(i), i = 0, 1, ...) before
 // timing, runs the warm-up steps, then times the remaining steps (Step only). options.eval_batches
 // is not used: like the peer, the sequence protocol measures throughput only (Zipf sequences have
 // no sequential signal to evaluate). sinks.metrics_out gets a JSON line every log_every_steps
-// steps. Errors: INVALID_ARGUMENT for bad options; the trainer's and the generator's.
+// steps. sinks.checkpoint: periodic checkpoints, stop and resume as RunSyntheticTraining (the
+// losses so far and SASRec's dropout step travel with the checkpoint). Errors: INVALID_ARGUMENT
+// for bad options; the trainer's and the generator's.
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,
                                                         const RunSinks& sinks);
@@ -171,6 +177,13 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
 // "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..};
 // metrics null for epochs without evaluation). Errors: INVALID_ARGUMENT for bad options;
 // FAILED_PRECONDITION for a dataset without training sequences; the trainer's and the metrics'.
+// The checkpoint content of a single-process sequence trainer (see TrainerCheckpointContent).
+StatusOr<CheckpointContent> SeqTrainerCheckpointContent(SeqTrainer* trainer,
+                                                        ps::LocalEmbeddingStore* store,
+                                                        const std::string& config_text);
+
+// sinks.checkpoint: periodic checkpoints, stop and resume as RunDatasetTraining (SASRec's dropout
+// step is saved and restored with the run).
 StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Dataset& data,
                                                  const DatasetRunOptions& options,
                                                  const RunSinks& sinks);

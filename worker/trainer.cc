@@ -11,6 +11,7 @@
 #include "common/timer.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
+#include "models/bst.h"
 #include "proto/config.pb.h"
 
 namespace ips {
@@ -349,7 +350,14 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
                                   std::to_string(r.eval_every_epochs) + ")");
     r.eval_max_users = cfg.eval().max_users();
     if (r.eval_max_users < 0) return InvalidArgumentError("eval.max_users must be >= 0");
-    if (cfg.eval().top_k_size() > 0) r.top_k = cfg.eval().top_k(0);
+    if (cfg.eval().top_k_size() > 0) {
+      r.top_k = cfg.eval().top_k(0);
+      r.retrieval_cutoffs.assign(cfg.eval().top_k().begin(), cfg.eval().top_k().end());
+      for (int k : r.retrieval_cutoffs)
+        if (k < 1)
+          return InvalidArgumentError("eval.top_k entries must be >= 1 (got " + std::to_string(k) +
+                                      ")");
+    }
     if (r.top_k < 1)
       return InvalidArgumentError("eval.top_k[0] must be >= 1 (got " + std::to_string(r.top_k) +
                                   ")");
@@ -419,6 +427,85 @@ double Mean(const std::vector<double>& v, size_t begin, size_t end) {
 
 }  // namespace
 
+// ---- Checkpoints ------------------------------------------------------------------------------
+
+StatusOr<CheckpointContent> TrainerCheckpointContent(models::CtrModel<float>* model,
+                                                     DenseOptimizer* optimizer,
+                                                     ps::LocalEmbeddingStore* store,
+                                                     const std::string& config_text) {
+  if (model == nullptr || store == nullptr)
+    return InvalidArgumentError("TrainerCheckpointContent: null model or store");
+  CheckpointContent c;
+  AddModelState(model, optimizer, &c);
+  for (int t = 0; t < store->num_tables(); ++t) {
+    IPS_ASSIGN_OR_RETURN(ps::DynamicTable * table, store->table(t));
+    c.tables.push_back(table);
+  }
+  c.config_text = config_text;
+  return c;
+}
+
+CheckpointTrigger::CheckpointTrigger(const RunCheckpointing* c) : c_(c) {}
+
+Status CheckpointTrigger::AfterStep(
+    int64_t step, bool force, const std::function<std::map<std::string, std::string>()>& blobs) {
+  if (c_ == nullptr || c_->writer == nullptr || step == last_step_) return Status::Ok();
+  const double now = timer_.Seconds();
+  const bool due = force || StopRequested() ||
+                   (c_->every_steps > 0 && step % c_->every_steps == 0) ||
+                   (c_->every_seconds > 0 && now - last_seconds_ >= c_->every_seconds);
+  if (!due) return Status::Ok();
+  CheckpointContent content = c_->content;
+  content.blobs = blobs();
+  IPS_ASSIGN_OR_RETURN(const CheckpointInfo info, SaveCheckpoint(c_->writer, step, content));
+  last_step_ = step;
+  last_seconds_ = timer_.Seconds();
+  if (c_->on_saved) c_->on_saved(info);
+  return Status::Ok();
+}
+
+namespace {
+
+// BST's dropout masks are a function of (seed, dropout step): the step travels with the run.
+void SaveDropoutStep(models::CtrModel<float>& model, std::map<std::string, std::string>* blobs) {
+  if (auto* bst = dynamic_cast<models::Bst<float>*>(&model))
+    (*blobs)["model/dropout_step"] =
+        PackBlob(std::vector<int64_t>{static_cast<int64_t>(bst->dropout_step())});
+}
+Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs,
+                          models::CtrModel<float>* model) {
+  if (auto* bst = dynamic_cast<models::Bst<float>*>(model)) {
+    std::vector<int64_t> v;
+    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &v));
+    bst->set_dropout_step(static_cast<uint64_t>(v[0]));
+  }
+  return Status::Ok();
+}
+
+StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vector<CtrBatch>& bs) {
+  BinaryMetrics metrics;
+  std::vector<float> probs;
+  for (const CtrBatch& b : bs) {
+    probs.resize(static_cast<size_t>(b.batch));
+    IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(b), probs.data()));
+    IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b.label.data(), nullptr, b.batch));
+  }
+  return metrics.Compute();
+}
+
+}  // namespace
+
+StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
+                                                       const SyntheticRunOptions& options) {
+  if (trainer == nullptr) return InvalidArgumentError("EvaluateSyntheticHeldOut: null trainer");
+  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
+  std::vector<CtrBatch> bs(static_cast<size_t>(std::max(0, options.eval_batches)));
+  const size_t first = static_cast<size_t>(options.warmup_steps + options.steps);
+  for (size_t i = 0; i < bs.size(); ++i)
+    IPS_RETURN_IF_ERROR(gen->CtrBatchAt(first + i, options.batch, &bs[i]));
+  return EvaluateBatches(trainer, bs);
+}
+
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
                                                   const RunSinks& sinks) {
@@ -438,11 +525,43 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
   r.batch = options.batch;
   r.steps = options.steps;
   r.losses.reserve(static_cast<size_t>(train_batches));
-  for (int i = 0; i < options.warmup_steps; ++i) {
+  // Resume: the trainer continues at the saved step (batch index = step) with the saved losses.
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    std::vector<int64_t> st;
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/synthetic_step", 1, &st));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/losses", 0, &r.losses));
+    if (st[0] < 0 || st[0] > train_batches || static_cast<int64_t>(r.losses.size()) != st[0])
+      return DataLossError("checkpoint blob 'run/synthetic_step' = " + std::to_string(st[0]) +
+                           " does not fit a run of " + std::to_string(train_batches) +
+                           " steps with " + std::to_string(r.losses.size()) + " losses");
+    trainer->set_steps(st[0]);
+    IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
+  }
+  CheckpointTrigger trigger(ckpt);
+  auto blobs = [&] {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
+    b["run/losses"] = PackBlob(r.losses);
+    SaveDropoutStep(trainer->model(), &b);
+    return b;
+  };
+  auto after_step = [&](double loss, bool last) -> Status {
+    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
+    return trigger.AfterStep(trainer->steps(), last, blobs);
+  };
+  const int first = static_cast<int>(trainer->steps());
+  for (int i = first; i < options.warmup_steps; ++i) {
     IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
     r.losses.push_back(loss);
+    IPS_RETURN_IF_ERROR(after_step(loss, i + 1 == train_batches));
+    if (trigger.StopRequested()) {
+      r.stopped = true;
+      return r;
+    }
   }
 
+  const int first_timed = std::max(0, first - options.warmup_steps);
   std::unique_ptr<ProgressLine> progress;
   if (sinks.progress != nullptr)
     progress = std::make_unique<ProgressLine>(
@@ -450,7 +569,7 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
   Timer timer;  // the timed region: the steps themselves (logging is outside it)
   double timed = 0;
   size_t log_begin = r.losses.size();
-  for (int s = 0; s < options.steps; ++s) {
+  for (int s = first_timed; s < options.steps; ++s) {
     const CtrBatchView view = ViewOf(batches[options.warmup_steps + s]);
     timer.Reset();
     auto loss = trainer->Step(view);
@@ -469,13 +588,21 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
         *sinks.metrics_out << "{\"phase\":\"train\",\"step\":" << trainer->steps()
                            << ",\"timed_steps\":" << done << ",\"loss\":" << JsonNumber(window_loss)
                            << ",\"samples_per_s\":"
-                           << JsonNumber(static_cast<double>(done) * options.batch / timed)
+                           << JsonNumber(static_cast<double>(done - first_timed) * options.batch /
+                                         timed)
                            << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
       log_begin = r.losses.size();
     }
+    IPS_RETURN_IF_ERROR(after_step(*loss, done == options.steps));
+    if (trigger.StopRequested() && done < options.steps) {
+      r.stopped = true;
+      r.seconds = timed;
+      return r;
+    }
   }
   r.seconds = timed;
-  r.samples_per_s = timed > 0 ? static_cast<double>(options.steps) * options.batch / timed : 0;
+  r.samples_per_s =
+      timed > 0 ? static_cast<double>(options.steps - first_timed) * options.batch / timed : 0;
   r.loss_first10 = Mean(r.losses, 0, std::min<size_t>(10, r.losses.size()));
   r.loss_last10 =
       Mean(r.losses, r.losses.size() - std::min<size_t>(10, r.losses.size()), r.losses.size());
@@ -485,14 +612,9 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
     progress->Finish(extra.str());
   }
 
-  BinaryMetrics metrics;
-  std::vector<float> probs(static_cast<size_t>(options.batch));
-  for (int e = 0; e < options.eval_batches; ++e) {
-    const CtrBatch& b = batches[static_cast<size_t>(train_batches + e)];
-    IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(b), probs.data()));
-    IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b.label.data(), nullptr, b.batch));
-  }
-  r.eval = metrics.Compute();
+  std::vector<CtrBatch> held_out(batches.begin() + train_batches, batches.end());
+  batches.clear();
+  IPS_ASSIGN_OR_RETURN(r.eval, EvaluateBatches(trainer, held_out));
   if (sinks.metrics_out != nullptr) {
     *sinks.metrics_out << "{\"phase\":\"eval\",\"step\":" << trainer->steps()
                        << ",\"examples\":" << r.eval.count << ",\"auc\":" << JsonNumber(r.eval.auc)
@@ -587,18 +709,55 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
   const ColumnView<uint32_t> item_cat = data.item_cat();
   std::vector<uint32_t> neg_item, neg_cat;
   if (aux && num_items == 0) return FailedPreconditionError("dataset has no items");
+  // Resume: the saved epoch, reader position, counters and the epoch's loss accumulators.
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  std::vector<int64_t> resume_state;
+  std::vector<double> resume_loss;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/dataset", 7, &resume_state));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/loss_sum", 1, &resume_loss));
+    if (resume_state[0] < 0 || resume_state[0] >= options.epochs)
+      return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
+                           " is beyond train.epochs " + std::to_string(options.epochs));
+    trainer->set_steps(resume_state[6]);
+    IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
+    r.steps = resume_state[2];
+    r.samples = resume_state[3];
+  }
+  CheckpointTrigger trigger(ckpt);
   Timer timer;
   bool stop = false;
-  for (int e = 0; e < options.epochs && !stop; ++e) {
+  const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
+  for (int e = first_epoch; e < options.epochs && !stop; ++e) {
     EpochResult er;
     er.epoch = e + 1;
-    reader.StartEpoch(e);
     double loss_sum = 0, epoch_seconds = 0;
     int64_t epoch_samples = 0;
+    if (e == first_epoch && !resume_state.empty()) {
+      IPS_RETURN_IF_ERROR(reader.SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
+      er.steps = resume_state[4];
+      epoch_samples = resume_state[5];
+      loss_sum = resume_loss[0];
+    } else {
+      reader.StartEpoch(e);
+    }
+    auto blobs = [&] {
+      std::map<std::string, std::string> b;
+      b["run/dataset"] = PackBlob(std::vector<int64_t>{e, reader.position(), r.steps, r.samples,
+                                                       er.steps, epoch_samples, trainer->steps()});
+      b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
+      SaveDropoutStep(trainer->model(), &b);
+      return b;
+    };
     double window_sum = 0;
     int64_t window_steps = 0;
     timer.Reset();
-    while (reader.Next(&batch)) {
+    while (true) {
+      if (options.max_steps > 0 && r.steps >= options.max_steps) {
+        stop = true;
+        break;
+      }
+      if (!reader.Next(&batch)) break;
       CtrBatchView view = ViewOf(batch);
       if (aux) {
         const size_t n = static_cast<size_t>(batch.size) * static_cast<size_t>(batch.max_len);
@@ -629,11 +788,18 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
         window_sum = 0;
         window_steps = 0;
       }
-      if (options.max_steps > 0 && r.steps >= options.max_steps) {
-        stop = true;
-        break;
+      if (sinks.on_step) sinks.on_step(trainer->steps(), *loss);
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
+      if (trigger.StopRequested()) {
+        r.stopped = true;
+        r.epochs = e + 1;
+        return r;
       }
     }
+    // The final state (before the last evaluation) is always saved: `ips eval` and `ips export`
+    // read it.
+    if (stop || e + 1 == options.epochs)
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
     epoch_seconds = timer.Seconds();
     r.train_seconds += epoch_seconds;
     r.epochs = e + 1;

@@ -26,9 +26,12 @@
 #ifndef IPS_WORKER_TRAINER_H_
 #define IPS_WORKER_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -36,11 +39,14 @@
 
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "common/timer.h"
 #include "kernels/context.h"
 #include "kernels/optimizer.h"
 #include "models/model.h"
 #include "ps/embedding_store.h"
+#include "ps/local_embedding_store.h"
 #include "ps/table_options.h"
+#include "worker/checkpoint.h"
 #include "worker/data_reader.h"
 #include "worker/dense_optimizer.h"
 #include "worker/metrics.h"
@@ -170,6 +176,9 @@ struct DatasetRunOptions {
   int eval_every_epochs = 1;   // eval.every_epochs; the last epoch is always evaluated
   int64_t eval_max_users = 0;  // eval.max_users: evaluate the first N lists; 0 = all
   int top_k = 10;              // eval.top_k[0] (default 10)
+  // Full-ranking retrieval cut-offs (every eval.top_k; default 20, 50, 100) for models with
+  // user vectors (MIND): the CLI runs EvaluateRetrieval after the ranking evaluation.
+  std::vector<int> retrieval_cutoffs = {20, 50, 100};
   int log_every_steps = 50;
 };
 
@@ -181,8 +190,8 @@ struct TrainJob {
   DatasetRunOptions dataset;             // valid when !synthetic
 };
 
-// Maps a validated config. Errors: UNIMPLEMENTED for model types other than DIN and devices
-// other than CPU; INVALID_ARGUMENT naming the field for data with neither `synthetic` nor
+// Maps a validated config (the model through ModelSpecFromConfig). Errors: UNIMPLEMENTED for
+// devices other than CPU; INVALID_ARGUMENT naming the field for data with neither `synthetic` nor
 // `train_dir`, and for unsupported values (activation other than PRELU/DICE, attention_hidden not
 // of size 2, a table dim different from model.embedding_dim, a missing "item" or "category"
 // table). Does not touch the file system: the dataset is opened by the caller.
@@ -205,22 +214,98 @@ struct SyntheticRunResult {
   std::vector<double> losses;  // every step, warm-up included
   double loss_first10 = 0;     // mean of the first 10 losses (warm-up included, as the peer)
   double loss_last10 = 0;
-  BinaryMetricsResult eval;  // on the held-out batches
+  BinaryMetricsResult eval;  // on the held-out batches (not run when stopped)
+  bool stopped = false;      // a stop request ended the run early (after a checkpoint)
+};
+
+// ---- Checkpoints of a run ---------------------------------------------------------------------
+
+// Periodic checkpoints, the stop request (SIGTERM) and resume of the Run* functions. Between two
+// steps a run saves `content` plus its own blobs (step counter, reader epoch/position, loss
+// accumulators, dropout step) when every_steps steps or every_seconds seconds have passed since
+// the last save, when *stop is set (then it returns with stopped = true), and once after its last
+// training step. Resume: the caller restores `content` (LoadCheckpoint into fresh tables, model
+// and optimizer) and passes the checkpoint's blobs as `resume`; the run then continues at the
+// saved step with the saved reader position, so its loss sequence equals an uninterrupted run's
+// bit for bit (every batch, negative and dropout mask is a function of (seed, step/position)).
+struct RunCheckpointing {
+  CheckpointWriter* writer = nullptr;  // null: nothing is saved (a stop request still stops)
+  int64_t every_steps = 0;             // 0: off
+  double every_seconds = 0;            // 0: off
+  CheckpointContent content;           // tensors, tables, config text; blobs are the run's
+  const std::atomic<bool>* stop = nullptr;
+  const std::map<std::string, std::string>* resume = nullptr;  // restored blobs; null = fresh
+  std::function<void(const CheckpointInfo&)> on_saved;         // logging; may be empty
+};
+
+// The checkpoint content of a single-process trainer: the model's dense weights and state, the
+// dense optimizer's state and every table of `store`. References stay valid while they live.
+StatusOr<CheckpointContent> TrainerCheckpointContent(models::CtrModel<float>* model,
+                                                     DenseOptimizer* optimizer,
+                                                     ps::LocalEmbeddingStore* store,
+                                                     const std::string& config_text);
+
+// Blob packing of plain values (vectors of int64/double) for RunCheckpointing.
+template <typename T>
+std::string PackBlob(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+// DATA_LOSS naming the blob when it is missing or has the wrong size (n = 0: any multiple).
+template <typename T>
+Status UnpackBlob(const std::map<std::string, std::string>& blobs, const std::string& name,
+                  size_t n, std::vector<T>* out) {
+  auto it = blobs.find(name);
+  if (it == blobs.end()) return DataLossError("checkpoint blob '" + name + "' is missing");
+  const std::string& b = it->second;
+  if (b.size() % sizeof(T) != 0 || (n > 0 && b.size() != n * sizeof(T)))
+    return DataLossError("checkpoint blob '" + name + "' has " + std::to_string(b.size()) +
+                         " bytes");
+  out->resize(b.size() / sizeof(T));
+  if (!b.empty()) std::memcpy(out->data(), b.data(), b.size());
+  return Status::Ok();
+}
+
+// The between-steps trigger of RunCheckpointing (shared by the CTR and sequence runs).
+class CheckpointTrigger {
+ public:
+  explicit CheckpointTrigger(const RunCheckpointing* c);
+  bool StopRequested() const {
+    return c_ != nullptr && c_->stop != nullptr && c_->stop->load(std::memory_order_relaxed);
+  }
+  // Saves checkpoint `step` with `blobs` when due, when forced or when a stop is requested (and
+  // not already saved at `step`). Errors: the writer's.
+  Status AfterStep(int64_t step, bool force,
+                   const std::function<std::map<std::string, std::string>()>& blobs);
+
+ private:
+  const RunCheckpointing* c_;
+  double last_seconds_ = 0;
+  int64_t last_step_ = -1;
+  Timer timer_;
 };
 
 // Output sinks of a run; every pointer may be null.
 struct RunSinks {
   FILE* progress = nullptr;             // ProgressLine (samples/s, loss, ETA)
   std::ostream* metrics_out = nullptr;  // JSON lines: one per log interval, one for eval
+  const RunCheckpointing* checkpoint = nullptr;
+  std::function<void(int64_t step, double loss)> on_step;  // after every training step
 };
 
 // Generates warmup + steps + eval batches (SyntheticBatches::CtrBatchAt(i), i = 0, 1, ...)
 // before timing, runs the warm-up steps, times the remaining steps (Step only, as the peer times
-// zero_grad..optimizer.step), then evaluates AUC on the held-out batches. Errors: the trainer's
-// and the generator's.
+// zero_grad..optimizer.step), then evaluates AUC on the held-out batches. sinks.checkpoint:
+// periodic checkpoints, stop (returns stopped = true without evaluating) and resume (batch index
+// = restored step; the losses so far are restored, so first10/last10 equal an uninterrupted
+// run's). Errors: the trainer's and the generator's.
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
                                                   const RunSinks& sinks);
+
+// The protocol's held-out evaluation alone: batches warmup + steps .. + eval_batches - 1 of the
+// stream, Predict, AUC/GAUC/logloss (`ips eval` of a synthetic checkpoint).
+StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
+                                                       const SyntheticRunOptions& options);
 
 // ---- Training on a converted dataset ----------------------------------------------------------
 
@@ -276,13 +361,18 @@ struct DatasetRunResult {
   double loss = 0;         // mean step loss of the last epoch
   RankingEvalResult eval;  // of the last evaluation (always after the last epoch)
   std::vector<EpochResult> per_epoch;
+  bool stopped = false;  // a stop request ended the run early (after a checkpoint; no eval)
 };
 
 // Trains options.epochs epochs (TrainReader: epoch-fresh negatives, per-epoch shuffle with
 // reader.seed) or until max_steps, evaluating after every eval_every_epochs-th epoch and after
 // the last one. sinks.metrics_out gets one JSON line per epoch ({"epoch":..,"hr10":..,
 // "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,...}; metrics null for epochs without
-// evaluation). Errors: INVALID_ARGUMENT for bad options, the trainer's and the metrics'.
+// evaluation). sinks.checkpoint: periodic checkpoints (plus one after the last step, before the
+// last evaluation: `ips eval` reproduces that evaluation), stop and resume at the saved epoch and
+// reader position (per_epoch then holds the epochs run after the resume). Errors:
+// INVALID_ARGUMENT for bad options, DATA_LOSS for resume blobs that do not fit, the trainer's
+// and the metrics'.
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks);

@@ -1,0 +1,181 @@
+// `ips eval --config FILE --checkpoint DIR [--set ...] [--metrics_out FILE]`: rebuilds the
+// config's store and model, restores a checkpoint written by `ips train` and runs the evaluation
+// of that model family, exactly as the trainer runs it at the end of training:
+//   * data.train_dir: the peer's leave-one-out ranking (EvaluateRanking for CTR models,
+//     EvaluateSeqRanking for sequence models: HR@K, NDCG@K, sampled AUC, GAUC, logloss) and, for
+//     models with user vectors (MIND), the full-ranking retrieval (EvaluateRetrieval: recall@K,
+//     HR@K for every eval.top_k);
+//   * data.synthetic (CTR models): AUC / GAUC / logloss on the protocol's held-out batches.
+// Ends with `RESULT eval model=... step=... key=value ...`. Evaluation is read-only: no row is
+// created, nothing in the checkpoint changes.
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "common/flags.h"
+#include "common/result_line.h"
+#include "launch/commands.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/local_embedding_store.h"
+#include "worker/checkpoint.h"
+#include "worker/data_reader.h"
+#include "worker/retrieval.h"
+#include "worker/seq_trainer.h"
+#include "worker/trainer.h"
+
+namespace ips {
+namespace {
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+// The evaluation's numbers in RESULT order (also written as one JSON line).
+using Metrics = std::vector<std::pair<std::string, std::string>>;
+
+// Builds the job's trainer over `store` and restores the checkpoint into it; returns the step.
+StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
+                          const std::string& checkpoint, ps::LocalEmbeddingStore* store,
+                          std::unique_ptr<Trainer>* ctr, std::unique_ptr<SeqTrainer>* seq) {
+  const std::string text = ConfigToText(cfg);
+  CheckpointContent content;
+  if (!IsSequenceModel(job.trainer.model.kind)) {
+    IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
+    IPS_ASSIGN_OR_RETURN(content, TrainerCheckpointContent(
+                                      &(*ctr)->model(), &(*ctr)->dense_optimizer(), store, text));
+  } else {
+    IPS_ASSIGN_OR_RETURN(auto model, CreateSeqModel(job.trainer.model));
+    SeqTrainerOptions o;
+    o.dense_optimizer = job.trainer.dense_optimizer;
+    o.num_threads = job.trainer.num_threads;
+    o.item_table = job.trainer.item_table;
+    IPS_ASSIGN_OR_RETURN(*seq, SeqTrainer::Create(o, store, std::move(model)));
+    IPS_ASSIGN_OR_RETURN(content, SeqTrainerCheckpointContent(seq->get(), store, text));
+  }
+  return LoadCheckpoint(checkpoint, content, nullptr);
+}
+
+Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& checkpoint,
+                   int64_t* step, Metrics* out) {
+  const DatasetRunOptions& run = job.dataset;
+  auto opened = Dataset::Open(run.train_dir);
+  if (!opened.ok()) return opened.status().WithContext("data.train_dir '" + run.train_dir + "'");
+  std::unique_ptr<Dataset> data = std::move(*opened);
+  IPS_RETURN_IF_ERROR(
+      FitJobToDataset(*data, &job).WithContext("data.train_dir '" + run.train_dir + "'"));
+  IPS_ASSIGN_OR_RETURN(auto store, ps::LocalEmbeddingStore::Create(job.tables));
+  std::unique_ptr<Trainer> ctr;
+  std::unique_ptr<SeqTrainer> seq;
+  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));
+  RankingEvalResult r;
+  if (ctr != nullptr) {
+    IPS_ASSIGN_OR_RETURN(
+        r, EvaluateRanking(ctr.get(), *data, run.reader, run.eval_max_users, run.top_k));
+  } else {
+    ReaderOptions ro = run.reader;
+    if (ro.max_len == 0) ro.max_len = static_cast<int>(seq->model().max_len());
+    IPS_ASSIGN_OR_RETURN(r,
+                         EvaluateSeqRanking(seq.get(), *data, ro, run.eval_max_users, run.top_k));
+  }
+  const std::string k = std::to_string(r.k);
+  *out = {{"users", std::to_string(r.users)}, {"hr" + k, Fixed(r.hr, 6)},
+          {"ndcg" + k, Fixed(r.ndcg, 6)},     {"auc", Fixed(r.auc, 6)},
+          {"gauc", Fixed(r.gauc, 6)},         {"logloss", Fixed(r.logloss, 6)}};
+  if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
+    RetrievalOptions o;
+    o.cutoffs = run.retrieval_cutoffs;
+    o.max_users = run.eval_max_users;
+    IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(job.trainer.item_table));
+    IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(job.trainer.category_table));
+    IPS_ASSIGN_OR_RETURN(const RetrievalResult rr, EvaluateRetrieval(ctr->context(), &ctr->model(),
+                                                                     store.get(), item, *data, o));
+    for (const RetrievalCutoff& c : rr.cutoffs) {
+      out->emplace_back("recall" + std::to_string(c.k), Fixed(c.recall, 6));
+      out->emplace_back("retrieval_hr" + std::to_string(c.k), Fixed(c.hit_rate, 6));
+    }
+    out->emplace_back("retrieval_items", std::to_string(rr.items));
+  }
+  return Status::Ok();
+}
+
+Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::string& checkpoint,
+                     int64_t* step, Metrics* out) {
+  if (IsSequenceModel(job.trainer.model.kind))
+    return FailedPreconditionError(
+        "ips eval: sequence models on data.synthetic have no evaluation (i.i.d. Zipf sequences "
+        "carry no sequential signal); use data.train_dir");
+  IPS_ASSIGN_OR_RETURN(auto store, ps::LocalEmbeddingStore::Create(job.tables));
+  std::unique_ptr<Trainer> ctr;
+  std::unique_ptr<SeqTrainer> seq;
+  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));
+  IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r, EvaluateSyntheticHeldOut(ctr.get(), job.run));
+  *out = {{"examples", std::to_string(r.count)},
+          {"auc", Fixed(r.auc, 6)},
+          {"gauc", Fixed(r.gauc, 6)},
+          {"logloss", Fixed(r.logloss, 6)},
+          {"accuracy", Fixed(r.accuracy, 6)}};
+  return Status::Ok();
+}
+
+}  // namespace
+
+int RunEvalCommand(const std::vector<std::string>& args) {
+  FlagSet flags("eval");
+  flags.Required("config", "Protobuf text-format config file of the run that wrote the checkpoint");
+  flags.Required("checkpoint", "checkpoint root (LATEST) or one ckpt-<step> directory");
+  flags.Repeated("set", "override one field: path.to.field=value");
+  flags.String("metrics_out", "", "append the result as one JSON line to this file");
+  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches (as ips train)");
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  const Status parsed = flags.Parse(args);
+  if (!parsed.ok() || !flags.positional().empty()) {
+    std::cerr << (parsed.ok() ? "unexpected argument '" + flags.positional()[0] + "'"
+                              : parsed.message())
+              << "\n"
+              << flags.Usage();
+    return kExitUsage;
+  }
+  auto fail = [](const Status& s) {
+    std::cerr << "error: " << s.ToString() << "\n";
+    return kExitError;
+  };
+  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  if (!cfg.ok()) return fail(cfg.status());
+  auto job = TrainJobFromConfig(*cfg);
+  if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
+  if (flags.GetInt("eval_batches") < 0)
+    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
+  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+  const std::string checkpoint = flags.GetString("checkpoint");
+  int64_t step = 0;
+  Metrics metrics;
+  const Status s = job->synthetic ? EvalSynthetic(*cfg, *job, checkpoint, &step, &metrics)
+                                  : EvalDataset(*cfg, *job, checkpoint, &step, &metrics);
+  if (!s.ok()) return fail(s);
+  const std::string model = ModelKindName(job->trainer.model.kind);
+  const std::string metrics_path = flags.GetString("metrics_out");
+  if (!metrics_path.empty()) {
+    std::ofstream f(metrics_path, std::ios::app);
+    f << "{\"phase\":\"eval\",\"model\":\"" << model << "\",\"step\":" << step;
+    for (const auto& [key, value] : metrics) f << ",\"" << key << "\":" << value;
+    f << "}\n";
+    f.flush();
+    if (!f) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
+  }
+  ResultLine line("eval");
+  line.Add("model", model).Add("step", step);
+  for (const auto& [key, value] : metrics) line.Add(key, value);
+  line.Print();
+  return kExitOk;
+}
+
+}  // namespace ips
