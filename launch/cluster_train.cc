@@ -264,9 +264,11 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   copt.num_ps = config.cluster().num_ps();
   auto cluster_or = Cluster::Init(nullptr, nullptr, copt);
   if (!cluster_or.ok()) {
+    // Every rank prints: mpirun kills the others as soon as the first one exits, so a message left
+    // to rank 0 alone is lost whenever another rank exits first.
     const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-    if (rank == nullptr || std::atoi(rank) == 0)
-      std::cerr << "error: " << cluster_or.status().ToString() << "\n";
+    std::cerr << "error: rank " << (rank != nullptr ? rank : "0") << ": "
+              << cluster_or.status().ToString() << "\n";
     return 1;
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();

@@ -233,7 +233,8 @@ int CaseStore(int argc, char** argv) {
   if (!cluster_or.ok()) {
     int rank = 0;
     if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK")) rank = std::atoi(r);
-    if (rank == 0) std::fprintf(stderr, "ips: %s\n", cluster_or.status().ToString().c_str());
+    // Every rank prints (mpirun kills the rest when the first exits).
+    std::fprintf(stderr, "ips: rank %d: %s\n", rank, cluster_or.status().ToString().c_str());
     return 2;
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
