@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/thread_pool.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
 
@@ -101,30 +102,8 @@ StatusOr<std::unique_ptr<Bst<T>>> Bst<T>::Create(const BstOptions& options) {
 
 template <typename T>
 Status Bst<T>::CheckInputs(const CtrInputs<T>& in) const {
-  const int64_t B = in.batch, L = o_.max_len;
-  if (B < 1 || B > o_.max_batch)
-    return InvalidArgumentError("Bst: batch " + std::to_string(B) + " outside [1, " +
-                                std::to_string(o_.max_batch) + "]");
-  if (in.lengths == nullptr || in.item_index == nullptr || in.cat_index == nullptr ||
-      in.item_rows == nullptr || in.cat_rows == nullptr)
-    return InvalidArgumentError("Bst: null lengths, index or row pointer");
-  for (int64_t b = 0; b < B; ++b)
-    if (in.lengths[b] < 0 || in.lengths[b] > L)
-      return InvalidArgumentError("Bst: lengths[" + std::to_string(b) +
-                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
-                                  std::to_string(L) + "]");
-  const int64_t n = B * L + B;
-  for (int64_t i = 0; i < n; ++i) {
-    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
-      return InvalidArgumentError("Bst: item_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_item_rows) + ")");
-    if (in.cat_index[i] < 0 || in.cat_index[i] >= in.num_cat_rows)
-      return InvalidArgumentError("Bst: cat_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.cat_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_cat_rows) + ")");
-  }
-  return Status::Ok();
+  return CheckCtrInputs("Bst", in, o_.max_batch, o_.max_len, in.batch * o_.max_len + in.batch,
+                        CategoryInputs::kRequired);
 }
 
 template <typename T>
@@ -139,7 +118,7 @@ Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool
   // x_0: behaviours then the target, plus positions; zero at padded steps.
   const T* pos = params_.value(pos_);
   T* x0 = xs_[0].data();
-  ModelParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 8, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       seq_lengths_[b] = in.lengths[b] + 1;
       const int64_t first_valid = L - in.lengths[b];
@@ -169,7 +148,7 @@ Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool
   const T* xl = xs_.back().data();
   const T* mlp_in = xl;  // kFlatten: [B x S x E] is already [B x S*E]
   if (o_.pooling == BstPooling::kMeanWithTarget) {
-    ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         T* row = pooled_.data() + b * 2 * E;
         std::fill(row, row + E, T(0));
@@ -231,7 +210,7 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
   T* dy = d_mlp_in_.data();
   if (o_.pooling == BstPooling::kMeanWithTarget) {
     dy = da_.data();
-    ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+    ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T* dp = d_mlp_in_.data() + b * 2 * E;
         const int64_t len = in.lengths[b];
@@ -258,7 +237,7 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
   }
 
   // dy = dL/dx_0: split into item and category halves per position; positions sum over rows.
-  ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       for (int64_t t = 0; t < S; ++t) {
@@ -277,7 +256,7 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
     }
   });
   T* dpos = params_.grad(pos_);
-  ModelParFor(ctx, S, 4, [&](int64_t t0, int64_t t1) {
+  ParallelFor(ctx.pool, S, 4, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       T* dp = dpos + t * E;
       std::fill(dp, dp + E, T(0));

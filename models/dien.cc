@@ -20,16 +20,6 @@
 namespace ips::models {
 namespace {
 
-template <typename Fn>
-void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("DienOptions." + field + ": " + what);
 }
@@ -511,7 +501,7 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
 
   // Roll to right padding while gathering [item_emb, cat_emb]: rolled step t of row b is the
   // left-padded position first_valid + t. Padded steps are zero (the kernels never read them).
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], fv = first_valid_[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -583,7 +573,7 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   }
 
   // mlp_in = [h_final, target].
-  ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* row = mlp_in_.data() + b * (H + E);
       std::memcpy(row, final_h_.data() + b * H, sizeof(T) * H);
@@ -920,7 +910,7 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   const int64_t P = aux_computed_ ? aux_pairs_ : 0;
 
   // Total gradient of the extractor states: evolution input + attention keys + aux pairs' h_t.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -965,7 +955,7 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   // pair's e'_{t+1} gradient; padded and unused positions zero.
   const int64_t neg_base = B * L + B;
   const int64_t n_pos = aux_computed_ ? 2 * B * L + B : B * L + B;
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], fv = first_valid_[b];
       for (int64_t s = 0; s < L; ++s) {  // s: left-padded position

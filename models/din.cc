@@ -12,16 +12,6 @@
 namespace ips::models {
 namespace {
 
-template <typename Fn>
-void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("DinOptions." + field + ": " + what);
 }
@@ -92,30 +82,8 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
 
 template <typename T>
 Status Din<T>::CheckInputs(const DinInputs<T>& in) const {
-  const int64_t B = in.batch, L = o_.max_len;
-  if (B < 1 || B > o_.max_batch)
-    return InvalidArgumentError("Din: batch " + std::to_string(B) + " outside [1, " +
-                                std::to_string(o_.max_batch) + "]");
-  if (in.lengths == nullptr || in.item_index == nullptr || in.cat_index == nullptr ||
-      in.item_rows == nullptr || in.cat_rows == nullptr)
-    return InvalidArgumentError("Din: null lengths, index or row pointer");
-  for (int64_t b = 0; b < B; ++b)
-    if (in.lengths[b] < 0 || in.lengths[b] > L)
-      return InvalidArgumentError("Din: lengths[" + std::to_string(b) +
-                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
-                                  std::to_string(L) + "]");
-  const int64_t n = B * L + B;
-  for (int64_t i = 0; i < n; ++i) {
-    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
-      return InvalidArgumentError("Din: item_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_item_rows) + ")");
-    if (in.cat_index[i] < 0 || in.cat_index[i] >= in.num_cat_rows)
-      return InvalidArgumentError("Din: cat_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.cat_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_cat_rows) + ")");
-  }
-  return Status::Ok();
+  return CheckCtrInputs("Din", in, o_.max_batch, o_.max_len, in.batch * o_.max_len + in.batch,
+                        CategoryInputs::kRequired);
 }
 
 template <typename T>
@@ -128,7 +96,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool
 
   // Gather [item_emb, cat_emb] per position; padded steps are zero (the attention kernel never
   // reads them; `summed` skips them).
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -173,7 +141,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool
   }
 
   // mlp_in = [pooled, target, summed].
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* row = mlp_in_.data() + b * 3 * E;
       std::memcpy(row, pooled_.data() + b * E, sizeof(T) * E);
@@ -226,7 +194,7 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* 
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
 
-  ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       std::memcpy(d_pooled_.data() + b * E, d_mlp_in_.data() + b * 3 * E, sizeof(T) * E);
   });
@@ -276,7 +244,7 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* 
 
   // Per-position gradients of the item and category halves: history steps get the attention's
   // key gradient plus (when valid) the `summed` gradient; targets get the MLP's and the query's.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* d_row = d_mlp_in_.data() + b * 3 * E;
       const T* d_target = d_row + E;

@@ -13,16 +13,6 @@
 namespace ips::models {
 namespace {
 
-template <typename Fn>
-void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("Gru4RecOptions." + field + ": " + what);
 }
@@ -144,7 +134,7 @@ Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
 
   // Left-padded positions -> right-padded recurrent input (valid steps first, zeros after).
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       for (int64_t t = 0; t < L; ++t) {
@@ -183,7 +173,7 @@ Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   }
 
   // Back to the inputs' layout; padded steps read as zeros.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       std::memset(out_left_.data() + b * L * D, 0, row_bytes * static_cast<size_t>(first));
@@ -197,7 +187,7 @@ Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   const int64_t BL = B * L;
   int64_t valid = 0;
   for (int64_t b = 0; b < B; ++b) valid += in.lengths[b];
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first = L - in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -253,7 +243,7 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in,
 
   // d state_t = dl_pos E[pos_t] + dl_neg E[neg_t] (right-padded layout); the positive and
   // negative rows get dl * state_t.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       for (int64_t t = 0; t < L; ++t) {
@@ -305,7 +295,7 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in,
   IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
 
   // Input rows: the right-padded d_x back to the left-padded positions.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       T* g = g_item_.data() + b * L * D;

@@ -15,16 +15,6 @@
 namespace ips::models {
 namespace {
 
-template <typename Fn>
-void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("MindOptions." + field + ": " + what);
 }
@@ -123,32 +113,9 @@ std::vector<StateTensor<T>> Mind<T>::state() {
 
 template <typename T>
 Status Mind<T>::CheckInputs(const CtrInputs<T>& in) const {
-  const int64_t B = in.batch, L = o_.max_len;
-  if (B < 1 || B > o_.max_batch)
-    return InvalidArgumentError("Mind: batch " + std::to_string(B) + " outside [1, " +
-                                std::to_string(o_.max_batch) + "]");
-  if (in.lengths == nullptr || in.item_index == nullptr || in.item_rows == nullptr)
-    return InvalidArgumentError("Mind: null lengths, item_index or item_rows");
-  if (o_.use_categories && (in.cat_index == nullptr || in.cat_rows == nullptr))
-    return InvalidArgumentError(
-        "Mind: null cat_index or cat_rows (MindOptions.use_categories reads the category rows)");
-  for (int64_t b = 0; b < B; ++b)
-    if (in.lengths[b] < 0 || in.lengths[b] > L)
-      return InvalidArgumentError("Mind: lengths[" + std::to_string(b) +
-                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
-                                  std::to_string(L) + "]");
-  const int64_t n = B * L + B;
-  for (int64_t i = 0; i < n; ++i) {
-    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
-      return InvalidArgumentError("Mind: item_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_item_rows) + ")");
-    if (in.cat_index != nullptr && (in.cat_index[i] < 0 || in.cat_index[i] >= in.num_cat_rows))
-      return InvalidArgumentError("Mind: cat_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.cat_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_cat_rows) + ")");
-  }
-  return Status::Ok();
+  // Without use_categories the category inputs may be absent (their rows are never read).
+  return CheckCtrInputs("Mind", in, o_.max_batch, o_.max_len, in.batch * o_.max_len + in.batch,
+                        o_.use_categories ? CategoryInputs::kRequired : CategoryInputs::kIfPresent);
 }
 
 template <typename T>
@@ -195,7 +162,7 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   // Behaviours left-aligned (the routing kernel takes steps [0, len) as valid, oldest first):
   // step i of row b is input position L - len + i. The rest is zero so the routing's GEMM reads
   // finite values there. Targets into et_.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       T* dst = e_.data() + b * L * D;
@@ -220,7 +187,7 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   IPS_RETURN_IF_ERROR(kernels::LinearForward(ctx, lin));
 
   // Label-aware attention over the K user vectors, then the logit against the target.
-  ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* et = et_.data() + b * D;
       const T* v = v_.data() + b * K * D;
@@ -284,7 +251,7 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
 
   // Through logit = <user, e_t>, user = sum_k w_k v_k, w = softmax(dots^p), dots_k = <v_k, e_t>:
   // dv_k (into dv_) and the target row's gradient (into the target slots of g_item_).
-  ParFor(ctx, B, 64, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T g = d_logits_[b];
       const T* et = et_.data() + b * D;
@@ -338,7 +305,7 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
 
   // History positions: the left-aligned behaviour gradient of step i goes back to input
   // position L - len + i; padded positions get zero.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = in.lengths[b], first = L - len;
       T* g = g_item_.data() + b * L * D;

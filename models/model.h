@@ -49,6 +49,16 @@ struct CtrInputs {
   const T* labels = nullptr;  // [B] in {0, 1}; nullptr for inference (no loss)
 };
 
+// The checks every CtrModel's Forward starts with: batch in [1, max_batch], non-null lengths,
+// item index and rows (and category index and rows when cats == kRequired), lengths in
+// [0, max_len], and each of the first `positions` indices inside its row table (category indices
+// also when cats == kIfPresent and they are given). INVALID_ARGUMENT naming `model` and the first
+// bad position.
+enum class CategoryInputs { kRequired, kIfPresent };
+template <typename T>
+Status CheckCtrInputs(const char* model, const CtrInputs<T>& in, int64_t max_batch, int64_t max_len,
+                      int64_t positions, CategoryInputs cats = CategoryInputs::kRequired);
+
 template <typename T>
 class CtrModel {
  public:

@@ -11,16 +11,6 @@
 namespace ips::models {
 namespace {
 
-template <typename Fn>
-void ParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("PooledOptions." + field + ": " + what);
 }
@@ -75,30 +65,8 @@ StatusOr<std::unique_ptr<PooledModel<T>>> PooledModel<T>::Create(const PooledOpt
 
 template <typename T>
 Status PooledModel<T>::CheckInputs(const CtrInputs<T>& in) const {
-  const int64_t B = in.batch, L = o_.max_len;
-  if (B < 1 || B > o_.max_batch)
-    return InvalidArgumentError("PooledModel: batch " + std::to_string(B) + " outside [1, " +
-                                std::to_string(o_.max_batch) + "]");
-  if (in.lengths == nullptr || in.item_index == nullptr || in.cat_index == nullptr ||
-      in.item_rows == nullptr || in.cat_rows == nullptr)
-    return InvalidArgumentError("PooledModel: null lengths, index or row pointer");
-  for (int64_t b = 0; b < B; ++b)
-    if (in.lengths[b] < 0 || in.lengths[b] > L)
-      return InvalidArgumentError("PooledModel: lengths[" + std::to_string(b) +
-                                  "] = " + std::to_string(in.lengths[b]) + " outside [0, " +
-                                  std::to_string(L) + "]");
-  const int64_t n = B * L + B;
-  for (int64_t i = 0; i < n; ++i) {
-    if (in.item_index[i] < 0 || in.item_index[i] >= in.num_item_rows)
-      return InvalidArgumentError("PooledModel: item_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.item_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_item_rows) + ")");
-    if (in.cat_index[i] < 0 || in.cat_index[i] >= in.num_cat_rows)
-      return InvalidArgumentError("PooledModel: cat_index[" + std::to_string(i) +
-                                  "] = " + std::to_string(in.cat_index[i]) + " outside [0, " +
-                                  std::to_string(in.num_cat_rows) + ")");
-  }
-  return Status::Ok();
+  return CheckCtrInputs("PooledModel", in, o_.max_batch, o_.max_len,
+                        in.batch * o_.max_len + in.batch, CategoryInputs::kRequired);
 }
 
 template <typename T>
@@ -111,7 +79,7 @@ Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& 
 
   // mlp_in = [pooled, target]: the pooled half sums the valid (rightmost) steps directly from the
   // row tables; padded positions are never read.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* row = mlp_in_.data() + b * 2 * E;
       T* pooled = row;
@@ -179,7 +147,7 @@ Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>&
 
   // Every valid history step receives the pooled gradient (scaled by 1/len for the mean); padded
   // steps get zero; targets get the MLP input's target half.
-  ParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* d_pooled = d_mlp_in_.data() + b * 2 * E;
       const T* d_target = d_pooled + E;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/thread_pool.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "kernels/norm.h"
@@ -132,7 +133,7 @@ Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, b
   const T scale = static_cast<T>(std::sqrt(static_cast<double>(d)));
   const T* pos = params_.value(pos_);
   T* x0 = xs_[0].data();
-  ModelParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 8, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -178,7 +179,7 @@ Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, b
   int64_t count = 0;
   for (int64_t b = 0; b < B; ++b) count += in.lengths[b];
   std::vector<T>& per_row = da_;  // scratch: one partial sum per sequence
-  ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       T sum = 0;
@@ -226,7 +227,7 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   T* g_seq = g_rows_.data();
   T* g_pos = g_seq + rows * d;
   T* g_neg = g_pos + rows * d;
-  ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -279,7 +280,7 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, 
     DropoutApply<T>(ctx, input_mask_.data(), static_cast<T>(1.0 / (1.0 - o_.dropout)), dy, nullptr,
                     dy, 0, rows * d);
   const T scale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  ModelParFor(ctx, B, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = L - in.lengths[b];
       for (int64_t t = 0; t < L; ++t) {
@@ -296,7 +297,7 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   });
   // dP[t] = sum over sequences valid at t (in b order: deterministic).
   T* dpos = params_.grad(pos_);
-  ModelParFor(ctx, L, 4, [&](int64_t t0, int64_t t1) {
+  ParallelFor(ctx.pool, L, 4, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       T* dp = dpos + t * d;
       std::fill(dp, dp + d, T(0));

@@ -1,5 +1,7 @@
 #include "models/transformer.h"
 
+#include "common/thread_pool.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define IPS_TF_AVX512 1
@@ -248,7 +250,7 @@ void FastRowsTimes(const kernels::Context& ctx, int64_t rows, const T* a, int64_
                    int64_t N, const T* bias, T* c, bool accumulate, kernels::Activation act,
                    T slope) {
   const int nv = static_cast<int>((N + Vec<T>::kW - 1) / Vec<T>::kW);
-  ModelParFor(ctx, rows, 96, [&](int64_t r0, int64_t r1) {
+  ParallelFor(ctx.pool, rows, 96, [&](int64_t r0, int64_t r1) {
 #define IPS_TF_CALL(NV) \
   RowsTimesRange<T, NV>(r0, r1, a, K, b, N, K, N, bias, c, N, accumulate, act, slope)
     IPS_TF_DISPATCH_NV(nv, IPS_TF_CALL)
@@ -279,7 +281,7 @@ void FastWeightGrad(const kernels::Context& ctx, int64_t rows, const T* dy, int6
     run(0, 1);
     return;
   }
-  ModelParFor(ctx, parts, 1, run);
+  ParallelFor(ctx.pool, parts, 1, run);
   const int64_t n = O * I;
   std::copy(partial, partial + n, dw);
   for (int64_t p = 1; p < parts; ++p)
@@ -516,7 +518,7 @@ void DropoutMask(const kernels::Context& ctx, uint64_t seed, double p, int64_t n
   const uint32_t thr = DropThreshold32(p);
   const int64_t words = (n + 15) / 16;
   bits[words] = 0;
-  ModelParFor(ctx, words, 2048, [&](int64_t w0, int64_t w1) {
+  ParallelFor(ctx.pool, words, 2048, [&](int64_t w0, int64_t w1) {
 #ifdef IPS_TF_AVX512
     if (HasAvx512()) {
       DropoutMaskAvx512(seed, thr, n, w0, w1, bits);
@@ -530,7 +532,7 @@ void DropoutMask(const kernels::Context& ctx, uint64_t seed, double p, int64_t n
 template <typename T>
 void DropoutApply(const kernels::Context& ctx, const uint16_t* bits, T scale, const T* in,
                   const T* add, T* out, int64_t begin, int64_t end) {
-  ModelParFor(ctx, end - begin, 16384, [&](int64_t c0, int64_t c1) {
+  ParallelFor(ctx.pool, end - begin, 16384, [&](int64_t c0, int64_t c1) {
     const int64_t b = begin + c0, e = begin + c1;
 #ifdef IPS_TF_AVX512
     if (HasAvx512()) {
@@ -674,7 +676,7 @@ Status TransformerBlock<T>::LinBackward(const kernels::Context& ctx, const Lin& 
   if (o_.fast_cpu_path && FastFits<T>(l.in) && rows > 0) {
     if (act != kernels::Activation::kIdentity) {  // ReLU / LeakyReLU from the output's sign
       const T neg = act == kernels::Activation::kLeakyRelu ? T(0.01) : T(0);
-      ModelParFor(ctx, rows, 256, [&](int64_t r0, int64_t r1) {
+      ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
         for (int64_t i = r0 * l.out; i < r1 * l.out; ++i)
           dpre[i] = y[i] > T(0) ? dpre[i] : dpre[i] * neg;
       });
@@ -721,7 +723,7 @@ Status TransformerBlock<T>::LayerNorm(const kernels::Context& ctx,
     const int64_t threads = ctx.pool == nullptr ? 1 : ctx.pool->num_threads();
     const int64_t parts = std::max<int64_t>(1, std::min({threads, kMaxParts, a.rows / 64}));
     const int64_t d = a.dim;
-    ModelParFor(ctx, parts, 1, [&](int64_t p0, int64_t p1) {
+    ParallelFor(ctx.pool, parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t r0 = a.rows * p / parts, r1 = a.rows * (p + 1) / parts;
         T* dg = ln_partials_.data() + p * 2 * d;
@@ -857,7 +859,7 @@ Status TransformerBlock<T>::AttentionForward(const kernels::Context& ctx, int64_
   if (parts == 1) {
     run(0, 1);
   } else {
-    ModelParFor(ctx, parts, 1, run);
+    ParallelFor(ctx.pool, parts, 1, run);
   }
   return Status::Ok();
 }
@@ -948,7 +950,7 @@ Status TransformerBlock<T>::AttentionBackward(const kernels::Context& ctx, int64
   if (parts == 1) {
     run(0, 1);
   } else {
-    ModelParFor(ctx, parts, 1, run);
+    ParallelFor(ctx.pool, parts, 1, run);
   }
   return Status::Ok();
 }
@@ -1001,7 +1003,7 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
                 mask_ffn_out_.data());
     DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, x, mid, 0, rows * d);
   } else {
-    ModelParFor(ctx, rows, 256, [&](int64_t r0, int64_t r1) {
+    ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0 * d; i < r1 * d; ++i) mid[i] = x[i] + o[i];
     });
   }
@@ -1024,7 +1026,7 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   IPS_RETURN_IF_ERROR(LinForward(ctx, ffn2_, rows, f1, f2_.data(), id));
   const T* f2 = f2_.data();
   // y = (m + drop(f2)) * keep: padded rows zero, each sequence's valid rows one span.
-  ModelParFor(ctx, batch, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, batch, 16, [&](int64_t b0, int64_t b1) {
     const kernels::Context inline_ctx;  // already inside the pool
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = T_ - lengths[b];
@@ -1052,7 +1054,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
 
   // g = dy * keep (dL/dy before the keep mask).
   T* g = g_.data();
-  ModelParFor(ctx, batch, 16, [&](int64_t b0, int64_t b1) {
+  ParallelFor(ctx.pool, batch, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t first_valid = T_ - lengths[b];
       const int64_t base = b * T_ * d;
@@ -1091,7 +1093,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   ln.dbeta = params_->grad(ln2_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
   // g = dL/dm = g + LN2's input gradient.
-  ModelParFor(ctx, rows, 256, [&](int64_t r0, int64_t r1) {
+  ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0 * d; i < r1 * d; ++i) g[i] += dtmp[i];
   });
 
@@ -1126,7 +1128,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   ln.dbeta = params_->grad(ln1_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
   // dx = LN1's input gradient + the residual's dL/dm.
-  ModelParFor(ctx, rows, 256, [&](int64_t r0, int64_t r1) {
+  ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0 * d; i < r1 * d; ++i) dx[i] += g[i];
   });
   return Status::Ok();

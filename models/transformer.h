@@ -91,17 +91,6 @@ template <typename T>
 void DropoutApply(const kernels::Context& ctx, const uint16_t* bits, T scale, const T* in,
                   const T* add, T* out, int64_t begin, int64_t end);
 
-// Runs fn(begin, end) over [0, n) on ctx.pool (inline without a pool or for small n).
-template <typename Fn>
-void ModelParFor(const kernels::Context& ctx, int64_t n, int64_t min_chunk, const Fn& fn) {
-  if (n <= 0) return;
-  if (ctx.pool == nullptr || ctx.pool->num_threads() <= 1 || n <= min_chunk) {
-    fn(int64_t{0}, n);
-  } else {
-    ctx.pool->ParallelFor(n, min_chunk, fn);
-  }
-}
-
 template <typename T>
 class TransformerBlock {
  public:
