@@ -11,6 +11,7 @@
 #include "common/timer.h"
 #include "kernels/embedding.h"
 #include "models/sasrec.h"
+#include "worker/internal/run_steps.h"
 
 namespace ips {
 
@@ -44,19 +45,8 @@ const uint64_t* AsU64(const std::vector<int64_t>& v) {
   return reinterpret_cast<const uint64_t*>(v.data());
 }
 
-std::string JsonNumber(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream os;
-  os << std::setprecision(8) << v;
-  return os.str();
-}
-
-double Mean(const std::vector<double>& v, size_t begin, size_t end) {
-  if (end <= begin) return std::nan("");
-  double s = 0;
-  for (size_t i = begin; i < end; ++i) s += v[i];
-  return s / static_cast<double>(end - begin);
-}
+using internal::JsonNumber;
+using internal::Mean;
 
 }  // namespace
 
@@ -248,95 +238,10 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
     IPS_RETURN_IF_ERROR(gen->SeqBatchAt(i, options.batch, &batches[i]));
 
   SeqSyntheticRunResult r;
-  r.batch = options.batch;
-  r.steps = options.steps;
-  r.losses.reserve(static_cast<size_t>(train_batches));
-  // Resume: the trainer continues at the saved step (batch index = step) with the saved losses.
-  const RunCheckpointing* ckpt = sinks.checkpoint;
-  if (ckpt != nullptr && ckpt->resume != nullptr) {
-    std::vector<int64_t> st;
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/synthetic_step", 1, &st));
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/losses", 0, &r.losses));
-    if (st[0] < 0 || st[0] > train_batches || static_cast<int64_t>(r.losses.size()) != st[0])
-      return DataLossError("checkpoint blob 'run/synthetic_step' = " + std::to_string(st[0]) +
-                           " does not fit a run of " + std::to_string(train_batches) +
-                           " steps with " + std::to_string(r.losses.size()) + " losses");
-    trainer->set_steps(st[0]);
-    IPS_RETURN_IF_ERROR(RestoreSeqDropoutStep(*ckpt->resume, &trainer->model()));
-  }
-  CheckpointTrigger trigger(ckpt);
-  auto blobs = [&] {
-    std::map<std::string, std::string> b;
-    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
-    b["run/losses"] = PackBlob(r.losses);
-    SaveSeqDropoutStep(trainer->model(), &b);
-    return b;
-  };
-  auto after_step = [&](double loss, bool last) -> Status {
-    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
-    return trigger.AfterStep(trainer->steps(), last, blobs);
-  };
-  const int first = static_cast<int>(trainer->steps());
-  for (int i = first; i < options.warmup_steps; ++i) {
-    IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
-    r.losses.push_back(loss);
-    IPS_RETURN_IF_ERROR(after_step(loss, i + 1 == train_batches));
-    if (trigger.StopRequested()) {
-      r.stopped = true;
-      return r;
-    }
-  }
-  const int first_timed = std::max(0, first - options.warmup_steps);
-
-  std::unique_ptr<ProgressLine> progress;
-  if (sinks.progress != nullptr)
-    progress = std::make_unique<ProgressLine>(
-        "train", static_cast<int64_t>(options.steps) * options.batch, "sequences", sinks.progress);
-  Timer timer;  // the timed region: the steps themselves (logging is outside it)
-  double timed = 0;
-  size_t log_begin = r.losses.size();
-  for (int s = first_timed; s < options.steps; ++s) {
-    const SeqBatchView view = ViewOf(batches[static_cast<size_t>(options.warmup_steps + s)]);
-    timer.Reset();
-    auto loss = trainer->Step(view);
-    timed += timer.Seconds();
-    if (!loss.ok()) return loss.status();
-    r.losses.push_back(*loss);
-    const int done = s + 1;
-    const double window_loss = Mean(r.losses, log_begin, r.losses.size());
-    if (progress) {
-      std::ostringstream extra;
-      extra << "loss=" << std::fixed << std::setprecision(4) << window_loss;
-      progress->Update(static_cast<int64_t>(done) * options.batch, extra.str());
-    }
-    if (done % options.log_every_steps == 0 || done == options.steps) {
-      if (sinks.metrics_out != nullptr)
-        *sinks.metrics_out << "{\"phase\":\"train\",\"model\":\"" << trainer->model().name()
-                           << "\",\"step\":" << trainer->steps() << ",\"timed_steps\":" << done
-                           << ",\"loss\":" << JsonNumber(window_loss) << ",\"samples_per_s\":"
-                           << JsonNumber(static_cast<double>(done - first_timed) * options.batch /
-                                         timed)
-                           << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
-      log_begin = r.losses.size();
-    }
-    IPS_RETURN_IF_ERROR(after_step(*loss, done == options.steps));
-    if (trigger.StopRequested() && done < options.steps) {
-      r.stopped = true;
-      r.seconds = timed;
-      return r;
-    }
-  }
-  r.seconds = timed;
-  r.samples_per_s =
-      timed > 0 ? static_cast<double>(options.steps - first_timed) * options.batch / timed : 0;
-  r.loss_first10 = Mean(r.losses, 0, std::min<size_t>(10, r.losses.size()));
-  r.loss_last10 =
-      Mean(r.losses, r.losses.size() - std::min<size_t>(10, r.losses.size()), r.losses.size());
-  if (progress) {
-    std::ostringstream extra;
-    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss_last10;
-    progress->Finish(extra.str());
-  }
+  IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences",
+                                                  /*json_model=*/true, SaveSeqDropoutStep,
+                                                  RestoreSeqDropoutStep, &r));
+  if (r.stopped) return r;
   if (sinks.metrics_out != nullptr) sinks.metrics_out->flush();
   return r;
 }

@@ -1,0 +1,148 @@
+// Internal to worker/trainer.cc and worker/seq_trainer.cc: the parts of a training run that the
+// CTR trainer and the sequence trainer share, so each exists once.
+#ifndef IPS_WORKER_INTERNAL_RUN_STEPS_H_
+#define IPS_WORKER_INTERNAL_RUN_STEPS_H_
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/progress.h"
+#include "common/status.h"
+#include "common/timer.h"
+#include "worker/trainer.h"
+
+namespace ips::internal {
+
+// A JSON number, or null for NaN/inf (JSON has no literal for them).
+inline std::string JsonNumber(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os << std::setprecision(8) << v;
+  return os.str();
+}
+
+// Mean of v[begin, end); NaN when empty.
+inline double Mean(const std::vector<double>& v, size_t begin, size_t end) {
+  if (end <= begin) return std::nan("");
+  double s = 0;
+  for (size_t i = begin; i < end; ++i) s += v[i];
+  return s / static_cast<double>(end - begin);
+}
+
+// The training part of the peer's synthetic protocol for either trainer: resume from the
+// checkpoint's run blobs, the untimed warm-up steps, then the timed steps (Step only inside the
+// timer; progress line in `unit`s; a JSON line every log_every_steps, with the model's name when
+// json_model), with checkpoints after every step. `batches` holds warmup + steps training
+// batches (batch i = step i). Fills r's batch, steps, losses, seconds, samples_per_s,
+// loss_first10/last10; sets r->stopped and returns early when a stop was requested.
+// save_dropout / restore_dropout carry the model's dropout step through checkpoints.
+template <typename TrainerT, typename BatchT, typename ResultT, typename ModelT>
+Status RunSyntheticSteps(
+    TrainerT* trainer, const std::vector<BatchT>& batches, const SyntheticRunOptions& options,
+    const RunSinks& sinks, const char* unit, bool json_model,
+    void (*save_dropout)(ModelT&, std::map<std::string, std::string>*),
+    Status (*restore_dropout)(const std::map<std::string, std::string>&, ModelT*), ResultT* r) {
+  const int train_batches = options.warmup_steps + options.steps;
+  r->batch = options.batch;
+  r->steps = options.steps;
+  r->losses.reserve(static_cast<size_t>(train_batches));
+  // Resume: the trainer continues at the saved step (batch index = step) with the saved losses.
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    std::vector<int64_t> st;
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/synthetic_step", 1, &st));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/losses", 0, &r->losses));
+    if (st[0] < 0 || st[0] > train_batches || static_cast<int64_t>(r->losses.size()) != st[0])
+      return DataLossError("checkpoint blob 'run/synthetic_step' = " + std::to_string(st[0]) +
+                           " does not fit a run of " + std::to_string(train_batches) +
+                           " steps with " + std::to_string(r->losses.size()) + " losses");
+    trainer->set_steps(st[0]);
+    IPS_RETURN_IF_ERROR(restore_dropout(*ckpt->resume, &trainer->model()));
+  }
+  CheckpointTrigger trigger(ckpt);
+  auto blobs = [&] {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
+    b["run/losses"] = PackBlob(r->losses);
+    save_dropout(trainer->model(), &b);
+    return b;
+  };
+  auto after_step = [&](double loss, bool last) -> Status {
+    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
+    return trigger.AfterStep(trainer->steps(), last, blobs);
+  };
+  const int first = static_cast<int>(trainer->steps());
+  for (int i = first; i < options.warmup_steps; ++i) {
+    IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
+    r->losses.push_back(loss);
+    IPS_RETURN_IF_ERROR(after_step(loss, i + 1 == train_batches));
+    if (trigger.StopRequested()) {
+      r->stopped = true;
+      return Status::Ok();
+    }
+  }
+
+  const int first_timed = std::max(0, first - options.warmup_steps);
+  std::unique_ptr<ProgressLine> progress;
+  if (sinks.progress != nullptr)
+    progress = std::make_unique<ProgressLine>(
+        "train", static_cast<int64_t>(options.steps) * options.batch, unit, sinks.progress);
+  Timer timer;  // the timed region: the steps themselves (logging is outside it)
+  double timed = 0;
+  size_t log_begin = r->losses.size();
+  for (int s = first_timed; s < options.steps; ++s) {
+    const auto view = ViewOf(batches[static_cast<size_t>(options.warmup_steps + s)]);
+    timer.Reset();
+    auto loss = trainer->Step(view);
+    timed += timer.Seconds();
+    if (!loss.ok()) return loss.status();
+    r->losses.push_back(*loss);
+    const int done = s + 1;
+    const double window_loss = Mean(r->losses, log_begin, r->losses.size());
+    if (progress) {
+      std::ostringstream extra;
+      extra << "loss=" << std::fixed << std::setprecision(4) << window_loss;
+      progress->Update(static_cast<int64_t>(done) * options.batch, extra.str());
+    }
+    if (done % options.log_every_steps == 0 || done == options.steps) {
+      if (sinks.metrics_out != nullptr) {
+        *sinks.metrics_out << "{\"phase\":\"train\",";
+        if (json_model) *sinks.metrics_out << "\"model\":\"" << trainer->model().name() << "\",";
+        *sinks.metrics_out << "\"step\":" << trainer->steps() << ",\"timed_steps\":" << done
+                           << ",\"loss\":" << JsonNumber(window_loss) << ",\"samples_per_s\":"
+                           << JsonNumber(static_cast<double>(done - first_timed) * options.batch /
+                                         timed)
+                           << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
+      }
+      log_begin = r->losses.size();
+    }
+    IPS_RETURN_IF_ERROR(after_step(*loss, done == options.steps));
+    if (trigger.StopRequested() && done < options.steps) {
+      r->stopped = true;
+      r->seconds = timed;
+      return Status::Ok();
+    }
+  }
+  r->seconds = timed;
+  r->samples_per_s =
+      timed > 0 ? static_cast<double>(options.steps - first_timed) * options.batch / timed : 0;
+  r->loss_first10 = Mean(r->losses, 0, std::min<size_t>(10, r->losses.size()));
+  r->loss_last10 =
+      Mean(r->losses, r->losses.size() - std::min<size_t>(10, r->losses.size()), r->losses.size());
+  if (progress) {
+    std::ostringstream extra;
+    extra << "loss=" << std::fixed << std::setprecision(4) << r->loss_last10;
+    progress->Finish(extra.str());
+  }
+  return Status::Ok();
+}
+
+}  // namespace ips::internal
+
+#endif  // IPS_WORKER_INTERNAL_RUN_STEPS_H_
