@@ -98,8 +98,9 @@ class Bst final : public CtrModel<T> {
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
   const T* logits() const override { return logits_.data(); }
   // The dropout step the next training Forward uses (starts at 0). Setting it replays masks.
-  uint64_t dropout_step() const { return step_; }
-  void set_dropout_step(uint64_t step) { step_ = step; }
+  bool has_dropout_step() const override { return true; }
+  uint64_t dropout_step() const override { return step_; }
+  void set_dropout_step(uint64_t step) override { step_ = step; }
 
  private:
   explicit Bst(const BstOptions& o);

@@ -89,6 +89,11 @@ class CtrModel {
   virtual std::vector<StateTensor<T>> state() { return {}; }
   // Logits [B] of the last Forward.
   virtual const T* logits() const = 0;
+  // Models with dropout draw their masks from (seed, dropout step); a checkpoint carries the step
+  // so that a resumed run replays the same masks. Models without dropout return false.
+  virtual bool has_dropout_step() const { return false; }
+  virtual uint64_t dropout_step() const { return 0; }
+  virtual void set_dropout_step(uint64_t) {}
 
   // Retrieval (MIND): vectors per user (0 = the model does not retrieve), each of vector_dim().
   virtual int64_t num_user_vectors() const { return 0; }
@@ -140,6 +145,11 @@ class SeqModel {
   // (SASRec: the final LayerNorm output; GRU4Rec: the projected hidden state); the ranking score
   // of candidate c is <user_vectors()[b], E[c]>.
   virtual const T* user_vectors() const = 0;
+  // Models with dropout draw their masks from (seed, dropout step); a checkpoint carries the step
+  // so that a resumed run replays the same masks. Models without dropout return false.
+  virtual bool has_dropout_step() const { return false; }
+  virtual uint64_t dropout_step() const { return 0; }
+  virtual void set_dropout_step(uint64_t) {}
 };
 
 }  // namespace ips::models

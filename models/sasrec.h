@@ -94,8 +94,9 @@ class Sasrec final : public SeqModel<T> {
   const T* pos_logits() const { return pos_logits_.data(); }
   const T* neg_logits() const { return neg_logits_.data(); }
   // The dropout step the next training Forward uses (starts at 0). Setting it replays masks.
-  uint64_t dropout_step() const { return step_; }
-  void set_dropout_step(uint64_t step) { step_ = step; }
+  bool has_dropout_step() const override { return true; }
+  uint64_t dropout_step() const override { return step_; }
+  void set_dropout_step(uint64_t step) override { step_ = step; }
 
  private:
   explicit Sasrec(const SasrecOptions& o);

@@ -10,7 +10,6 @@
 #include "common/progress.h"
 #include "common/timer.h"
 #include "kernels/embedding.h"
-#include "models/sasrec.h"
 #include "worker/internal/run_steps.h"
 
 namespace ips {
@@ -201,25 +200,7 @@ Status SeqTrainer::ScoreCandidates(const SeqBatchView& histories, const uint32_t
 
 // ---- Synthetic protocol -----------------------------------------------------------------------
 
-namespace {
-
-// SASRec's dropout masks are a function of (seed, dropout step): the step travels with the run.
-void SaveSeqDropoutStep(models::SeqModel<float>& model, std::map<std::string, std::string>* b) {
-  if (auto* m = dynamic_cast<models::Sasrec<float>*>(&model))
-    (*b)["model/dropout_step"] =
-        PackBlob(std::vector<int64_t>{static_cast<int64_t>(m->dropout_step())});
-}
-Status RestoreSeqDropoutStep(const std::map<std::string, std::string>& blobs,
-                             models::SeqModel<float>* model) {
-  if (auto* m = dynamic_cast<models::Sasrec<float>*>(model)) {
-    std::vector<int64_t> v;
-    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &v));
-    m->set_dropout_step(static_cast<uint64_t>(v[0]));
-  }
-  return Status::Ok();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,
@@ -239,8 +220,7 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
 
   SeqSyntheticRunResult r;
   IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences",
-                                                  /*json_model=*/true, SaveSeqDropoutStep,
-                                                  RestoreSeqDropoutStep, &r));
+                                                  /*json_model=*/true, &r));
   if (r.stopped) return r;
   if (sinks.metrics_out != nullptr) sinks.metrics_out->flush();
   return r;
@@ -359,7 +339,7 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
       return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
                            " is beyond train.epochs " + std::to_string(options.epochs));
     trainer->set_steps(resume_state[6]);
-    IPS_RETURN_IF_ERROR(RestoreSeqDropoutStep(*ckpt->resume, &trainer->model()));
+    IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(*ckpt->resume, &trainer->model()));
     r.steps = resume_state[2];
     r.samples = resume_state[3];
   }
@@ -387,7 +367,7 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
       b["run/dataset"] = PackBlob(std::vector<int64_t>{e, epoch_samples, r.steps, r.samples,
                                                        er.steps, epoch_samples, trainer->steps()});
       b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
-      SaveSeqDropoutStep(trainer->model(), &b);
+      internal::SaveDropoutStep(trainer->model(), &b);
       return b;
     };
     timer.Reset();

@@ -11,7 +11,6 @@
 #include "common/timer.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
-#include "models/bst.h"
 #include "proto/config.pb.h"
 #include "worker/internal/run_steps.h"
 
@@ -456,22 +455,6 @@ Status CheckpointTrigger::AfterStep(
 
 namespace {
 
-// BST's dropout masks are a function of (seed, dropout step): the step travels with the run.
-void SaveDropoutStep(models::CtrModel<float>& model, std::map<std::string, std::string>* blobs) {
-  if (auto* bst = dynamic_cast<models::Bst<float>*>(&model))
-    (*blobs)["model/dropout_step"] =
-        PackBlob(std::vector<int64_t>{static_cast<int64_t>(bst->dropout_step())});
-}
-Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs,
-                          models::CtrModel<float>* model) {
-  if (auto* bst = dynamic_cast<models::Bst<float>*>(model)) {
-    std::vector<int64_t> v;
-    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &v));
-    bst->set_dropout_step(static_cast<uint64_t>(v[0]));
-  }
-  return Status::Ok();
-}
-
 StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vector<CtrBatch>& bs) {
   BinaryMetrics metrics;
   std::vector<float> probs;
@@ -513,8 +496,7 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
 
   SyntheticRunResult r;
   IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples",
-                                                  /*json_model=*/false, SaveDropoutStep,
-                                                  RestoreDropoutStep, &r));
+                                                  /*json_model=*/false, &r));
   if (r.stopped) return r;
 
   std::vector<CtrBatch> held_out(batches.begin() + train_batches, batches.end());
@@ -625,7 +607,7 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
       return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
                            " is beyond train.epochs " + std::to_string(options.epochs));
     trainer->set_steps(resume_state[6]);
-    IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
+    IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(*ckpt->resume, &trainer->model()));
     r.steps = resume_state[2];
     r.samples = resume_state[3];
   }
@@ -651,7 +633,7 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
       b["run/dataset"] = PackBlob(std::vector<int64_t>{e, reader.position(), r.steps, r.samples,
                                                        er.steps, epoch_samples, trainer->steps()});
       b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
-      SaveDropoutStep(trainer->model(), &b);
+      internal::SaveDropoutStep(trainer->model(), &b);
       return b;
     };
     double window_sum = 0;

@@ -35,19 +35,33 @@ inline double Mean(const std::vector<double>& v, size_t begin, size_t end) {
   return s / static_cast<double>(end - begin);
 }
 
+// The model's dropout step as the checkpoint blob "model/dropout_step" (only for models that have
+// one, see models/model.h), and back.
+template <typename ModelT>
+void SaveDropoutStep(const ModelT& model, std::map<std::string, std::string>* blobs) {
+  if (model.has_dropout_step())
+    (*blobs)["model/dropout_step"] =
+        PackBlob(std::vector<int64_t>{static_cast<int64_t>(model.dropout_step())});
+}
+template <typename ModelT>
+Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs, ModelT* model) {
+  if (!model->has_dropout_step()) return Status::Ok();
+  std::vector<int64_t> v;
+  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &v));
+  model->set_dropout_step(static_cast<uint64_t>(v[0]));
+  return Status::Ok();
+}
+
 // The training part of the peer's synthetic protocol for either trainer: resume from the
 // checkpoint's run blobs, the untimed warm-up steps, then the timed steps (Step only inside the
 // timer; progress line in `unit`s; a JSON line every log_every_steps, with the model's name when
 // json_model), with checkpoints after every step. `batches` holds warmup + steps training
 // batches (batch i = step i). Fills r's batch, steps, losses, seconds, samples_per_s,
 // loss_first10/last10; sets r->stopped and returns early when a stop was requested.
-// save_dropout / restore_dropout carry the model's dropout step through checkpoints.
-template <typename TrainerT, typename BatchT, typename ResultT, typename ModelT>
-Status RunSyntheticSteps(
-    TrainerT* trainer, const std::vector<BatchT>& batches, const SyntheticRunOptions& options,
-    const RunSinks& sinks, const char* unit, bool json_model,
-    void (*save_dropout)(ModelT&, std::map<std::string, std::string>*),
-    Status (*restore_dropout)(const std::map<std::string, std::string>&, ModelT*), ResultT* r) {
+template <typename TrainerT, typename BatchT, typename ResultT>
+Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
+                         const SyntheticRunOptions& options, const RunSinks& sinks,
+                         const char* unit, bool json_model, ResultT* r) {
   const int train_batches = options.warmup_steps + options.steps;
   r->batch = options.batch;
   r->steps = options.steps;
@@ -63,14 +77,14 @@ Status RunSyntheticSteps(
                            " does not fit a run of " + std::to_string(train_batches) +
                            " steps with " + std::to_string(r->losses.size()) + " losses");
     trainer->set_steps(st[0]);
-    IPS_RETURN_IF_ERROR(restore_dropout(*ckpt->resume, &trainer->model()));
+    IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
   }
   CheckpointTrigger trigger(ckpt);
   auto blobs = [&] {
     std::map<std::string, std::string> b;
     b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
     b["run/losses"] = PackBlob(r->losses);
-    save_dropout(trainer->model(), &b);
+    SaveDropoutStep(trainer->model(), &b);
     return b;
   };
   auto after_step = [&](double loss, bool last) -> Status {
