@@ -1,11 +1,14 @@
 #include "launch/cluster_train.h"
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -14,9 +17,13 @@
 #include "common/progress.h"
 #include "common/result_line.h"
 #include "common/timer.h"
+#include "launch/commands.h"
 #include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
 #include "ps/remote_store.h"
 #include "ps/server.h"
+#include "worker/checkpoint.h"
 #include "worker/cluster.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
@@ -32,12 +39,54 @@ std::string Fixed(double v, int digits) {
   return os.str();
 }
 
-int RunServer(Cluster* cluster, const TrainJob& job) {
+// Set by SIGTERM on a worker; read between steps (lock-free: async-signal safe).
+std::atomic<bool> g_stop_requested{false};
+extern "C" void OnClusterSigterm(int) { g_stop_requested.store(true, std::memory_order_relaxed); }
+
+bool Checkpointing(const config::Config& config) { return !config.checkpoint().dir().empty(); }
+
+// --resume on a PS: the rows of every table that PsOfKey assigns to this server, from the shard
+// files of however many servers wrote the checkpoint.
+Status RestoreServerShards(Cluster* cluster, ps::LocalEmbeddingStore* store,
+                           const std::string& path) {
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
+  CheckpointContent into;
+  for (int t = 0; t < store->num_tables(); ++t) {
+    IPS_ASSIGN_OR_RETURN(ps::DynamicTable * table, store->table(t));
+    into.tables.push_back(table);
+  }
+  const int me = cluster->role_index(), num_ps = cluster->layout().num_ps;
+  IPS_RETURN_IF_ERROR(reader->Restore(
+      into, nullptr, [me, num_ps](uint64_t key) { return ps::PsOfKey(key, num_ps) == me; }));
+  std::cerr << cluster->Describe() << ": resumed from " << reader->dir() << " (step "
+            << reader->step() << "):";
+  for (ps::DynamicTable* t : into.tables)
+    std::cerr << " " << t->options().name << "=" << t->Stats().rows << " rows";
+  std::cerr << "\n";
+  return Status::Ok();
+}
+
+int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& job,
+              const ClusterTrainFlags& flags) {
   ps::ServerOptions so;
   so.tables = job.tables;
   so.num_workers = cluster->layout().num_workers;
+  if (cluster->rank() == flags.kill_rank) {
+    if (flags.kill_in_checkpoint_step >= 0) {
+      so.kill_in_checkpoint_step = flags.kill_in_checkpoint_step;
+    } else {
+      so.kill_after_pushes = flags.kill_step;
+    }
+  }
+  // A SIGTERM sent to every rank stops the workers after a checkpoint, which needs the servers:
+  // they leave when the workers shut them down.
+  if (Checkpointing(config)) std::signal(SIGTERM, SIG_IGN);
   auto server = ps::ParameterServer::Create(cluster->transport(), so);
   if (!server.ok()) cluster->Abort(server.status());
+  if (!flags.resume.empty()) {
+    if (Status s = RestoreServerShards(cluster, (*server)->store(), flags.resume); !s.ok())
+      cluster->Abort(s.WithContext("--resume " + flags.resume));
+  }
   if (Status s = (*server)->Run(); !s.ok()) cluster->Abort(s);
   const ps::ServerStats& st = (*server)->stats();
   for (int t = 0; t < (*server)->store()->num_tables(); ++t) {
@@ -54,6 +103,122 @@ int RunServer(Cluster* cluster, const TrainJob& job) {
             << " bytes_in=" << cluster->transport()->bytes_received()
             << " bytes_out=" << cluster->transport()->bytes_sent() << "\n";
   return 0;
+}
+
+// --resume on a worker: the dense state (every worker loads the same, so replicas stay equal) and
+// the run's position. Returns the step to continue at.
+StatusOr<int64_t> RestoreWorker(Trainer* trainer, const CheckpointContent& dense,
+                                const std::string& path, int train_steps,
+                                std::vector<double>* losses) {
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
+  std::map<std::string, std::string> blobs;
+  IPS_RETURN_IF_ERROR(reader->Restore(dense, &blobs));
+  std::vector<int64_t> step;
+  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/synthetic_step", 1, &step));
+  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/losses", 0, losses));
+  if (step[0] < 0 || step[0] > train_steps || static_cast<int64_t>(losses->size()) != step[0])
+    return DataLossError(reader->dir() +
+                         ": blob 'run/synthetic_step' = " + std::to_string(step[0]) +
+                         " does not fit a run of " + std::to_string(train_steps) + " steps with " +
+                         std::to_string(losses->size()) + " losses");
+  trainer->set_steps(step[0]);
+  if (trainer->model().has_dropout_step()) {
+    std::vector<int64_t> d;
+    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &d));
+    trainer->model().set_dropout_step(static_cast<uint64_t>(d[0]));
+  }
+  return step[0];
+}
+
+// checkpoint.dir set: checks the intervals, installs the SIGTERM handler and, on worker 0, creates
+// the writer (null on the other workers). *writing_step is the checkpoint being written, read by
+// the test-only fault hook (flags.kill_in_checkpoint_step).
+StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
+                                                               const config::Config& config,
+                                                               const ClusterTrainFlags& flags,
+                                                               const int64_t* writing_step) {
+  const config::CheckpointConfig& ck = config.checkpoint();
+  if (ck.every_steps() < 0 || ck.every_seconds() < 0)
+    return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
+  std::signal(SIGTERM, OnClusterSigterm);
+  if (cluster->role_index() != 0) return std::unique_ptr<CheckpointWriter>();
+  CheckpointOptions o;
+  o.dir = ck.dir();
+  o.keep_last = ck.keep_last();
+  o.incremental = ck.incremental();
+  if (cluster->rank() == flags.kill_rank && flags.kill_in_checkpoint_step >= 0) {
+    // Test-only: the coordinator dies with every file of the checkpoint and its manifest
+    // written, just before the publishing rename.
+    const int64_t kill_at = flags.kill_in_checkpoint_step;
+    o.fault_hook = [writing_step, kill_at, cluster](const std::string& event) {
+      if (event == "publish" && *writing_step == kill_at) {
+        std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL before publishing %lld\n",
+                     cluster->Describe().c_str(), static_cast<long long>(*writing_step));
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
+      return Status::Ok();
+    };
+  }
+  return CheckpointWriter::Create(o);
+}
+
+// Whether the step about to run ends with a checkpoint (and whether the run stops after it),
+// decided before the step and the same on every worker: a SIGTERM reaches the workers at
+// different steps, and only worker 0's clock decides every_seconds. Deciding first lets the step
+// skip its prefetch, so a snapshot never holds a pull of the step after it. `done` = the steps
+// done once this one is; last = it is the run's last step.
+Status DecideCheckpoint(Collective* coll, const config::CheckpointConfig& ck, int w, int64_t done,
+                        bool last, double seconds_since_checkpoint, bool* checkpoint_after,
+                        bool* stop) {
+  float decide[2] = {
+      g_stop_requested.load(std::memory_order_relaxed) ? 1.f : 0.f,
+      w == 0 && ck.every_seconds() > 0 && seconds_since_checkpoint >= ck.every_seconds() ? 1.f
+                                                                                         : 0.f};
+  IPS_RETURN_IF_ERROR(coll->AllReduceSum(decide, 2));
+  *stop = decide[0] > 0;
+  *checkpoint_after =
+      *stop || decide[1] > 0 || last || (ck.every_steps() > 0 && done % ck.every_steps() == 0);
+  return Status::Ok();
+}
+
+// Checkpoint `step`, called by every worker at the same step; see the header for the protocol.
+// Worker 0 (the only one with a writer) adds blobs() (the run's position) to the dense content.
+Status WriteCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, CheckpointWriter* writer,
+                       const CheckpointContent& dense,
+                       const std::function<std::map<std::string, std::string>()>& blobs,
+                       int64_t step, int64_t* writing_step) {
+  Collective* coll = cluster->collective();
+  // Every worker has finished `step`: its pushes are applied (sync: acknowledged; async: the
+  // step's AdvanceStep reply follows them on the same channel).
+  IPS_RETURN_IF_ERROR(coll->Barrier());
+  if (cluster->role_index() == 0) {
+    Timer t;
+    *writing_step = step;
+    IPS_ASSIGN_OR_RETURN(const std::string staging, writer->Begin(step));
+    const bool incremental = writer->NextIsIncremental();
+    auto shards = store->CheckpointServers(staging, step, incremental);
+    if (!shards.ok()) {
+      ps::RemoveTree(staging);
+      return shards.status().WithContext("checkpoint " + std::to_string(step));
+    }
+    std::vector<CheckpointFile> files;
+    for (const ps::TableShardFile& f : *shards) files.push_back(CheckpointFileOf(f));
+    CheckpointContent content = dense;
+    content.blobs = blobs();
+    auto info = writer->Commit(step, staging, content, files);
+    if (!info.ok()) {
+      ps::RemoveTree(staging);
+      return info.status();
+    }
+    IPS_RETURN_IF_ERROR(store->CommitServerCheckpoint(step));
+    std::cerr << "checkpoint " << info->path << ": " << info->files << " files, " << info->bytes
+              << " bytes, " << info->table_rows << " table rows"
+              << (info->incremental ? " (incremental)" : "") << " in " << Fixed(t.Seconds(), 3)
+              << " s\n";
+  }
+  // The others start the next step only once the servers' shards are written.
+  return coll->Barrier();
 }
 
 int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
@@ -85,20 +250,58 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   auto trainer_or = Trainer::Create(job.trainer, store->get());
   if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
   Trainer* trainer = trainer_or->get();
+  const SyntheticRunOptions& run = job.run;
+  const int train_steps = run.warmup_steps + run.steps;
+
+  // Checkpoint state: the dense part (every worker's replica is the same; worker 0 writes it),
+  // and the run's position: the step (batch index) and worker 0's losses so far.
+  CheckpointContent dense;
+  AddModelState(&trainer->model(), &trainer->dense_optimizer(), &dense);
+  dense.config_text = ConfigToText(config);
+  std::vector<double> losses;
+  int start = 0;
+  if (!flags.resume.empty()) {
+    auto restored = RestoreWorker(trainer, dense, flags.resume, train_steps, &losses);
+    if (!restored.ok()) cluster->Abort(restored.status().WithContext("--resume " + flags.resume));
+    start = static_cast<int>(*restored);
+    if (w == 0)
+      std::cerr << "cluster: resumed from " << flags.resume << " at step " << start << "\n";
+  }
+  const config::CheckpointConfig& ck = config.checkpoint();
+  std::unique_ptr<CheckpointWriter> writer;
+  int64_t writing_step = -1;  // the checkpoint being written (for the test-only fault hook)
+  if (Checkpointing(config)) {
+    auto wr = StartCheckpointing(cluster, config, flags, &writing_step);
+    if (!wr.ok()) cluster->Abort(wr.status());
+    writer = std::move(wr).value();
+  }
+  auto run_blobs = [&](int64_t step) {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
+    b["run/losses"] = PackBlob(losses);
+    if (trainer->model().has_dropout_step())
+      b["model/dropout_step"] =
+          PackBlob(std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
+    b["cluster/layout"] = PackBlob(std::vector<int64_t>{cluster->layout().num_ps, num_workers});
+    return b;
+  };
+  // Every worker calls it at the same step.
+  auto checkpoint = [&](int64_t step) {
+    return WriteCheckpoint(cluster, store->get(), writer.get(), dense,
+                           [&] { return run_blobs(step); }, step, &writing_step);
+  };
   // Replicas start equal: worker 0's initial dense weights everywhere.
   auto& params = trainer->model().params();
   if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
       !s.ok())
     cluster->Abort(s);
 
-  const SyntheticRunOptions& run = job.run;
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
   // Worker w's shard: batches w, w + W, w + 2W, ... (with one worker: exactly the
   // single-process stream); held-out batches follow every worker's training batches.
-  const int train_steps = run.warmup_steps + run.steps;
   std::vector<CtrBatch> batches(static_cast<size_t>(train_steps));
-  for (int i = 0; i < train_steps; ++i) {
+  for (int i = start; i < train_steps; ++i) {
     const uint64_t index = static_cast<uint64_t>(i) * num_workers + static_cast<uint64_t>(w);
     if (Status s = (*gen)->CtrBatchAt(index, run.batch, &batches[i]); !s.ok()) cluster->Abort(s);
   }
@@ -112,20 +315,43 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   if (w == 0 && !flags.quiet)
     progress = std::make_unique<ProgressLine>(
         "train", static_cast<int64_t>(run.steps) * run.batch * num_workers, "samples", stderr);
-  std::vector<double> losses;
   double timed = 0;
-  Timer timer;
-  for (int i = 0; i < train_steps; ++i) {
+  int64_t timed_steps = 0;
+  bool stopped = false;
+  Timer timer, since_checkpoint;
+  for (int i = start; i < train_steps; ++i) {
     if (cluster->rank() == flags.kill_rank && i == flags.kill_step) {
       std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %d\n",
                    cluster->Describe().c_str(), i);
       std::fflush(stderr);
       std::raise(SIGKILL);
     }
+    if (cluster->rank() == flags.kill_rank && i == flags.term_step) std::raise(SIGTERM);
+    // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
+    bool checkpoint_after = false, stop = false;
+    if (Checkpointing(config)) {
+      if (Status s = DecideCheckpoint(coll, ck, w, i + 1, i + 1 == train_steps,
+                                      since_checkpoint.Seconds(), &checkpoint_after, &stop);
+          !s.ok())
+        cluster->Abort(s);
+    }
     if (i == run.warmup_steps) allreduce_s = 0;  // timed steps only
     timer.Reset();
-    auto loss = trainer->Step(ViewOf(batches[i]));
-    if (i >= run.warmup_steps) timed += timer.Seconds();
+    // The next batch's pull overlaps this step's compute and push (Trainer::Step's `next`), where
+    // that changes nothing: not with TTL or a memory cap (a prefetch is served before this step's
+    // AdvanceStep, so its rows' ages and recency differ), and not before a checkpoint (the
+    // snapshot would hold the unconsumed prefetch's rows and sightings, which the resumed run
+    // pulls and counts again).
+    bool prefetch = i + 1 < train_steps && !checkpoint_after;
+    for (const ps::TableOptions& t : job.tables)
+      if (t.ttl_steps > 0 || t.max_memory_mb > 0) prefetch = false;
+    CtrBatchView next;
+    if (prefetch) next = ViewOf(batches[i + 1]);
+    auto loss = trainer->Step(ViewOf(batches[i]), prefetch ? &next : nullptr);
+    if (i >= run.warmup_steps) {
+      timed += timer.Seconds();
+      ++timed_steps;
+    }
     if (!loss.ok()) cluster->Abort(loss.status());
     losses.push_back(*loss);
     const int done = i + 1;
@@ -147,8 +373,32 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
               << ",\"bytes_received\":" << m.bytes_received
               << ",\"staleness_max\":" << m.staleness_max << "}\n";
     }
+    if (checkpoint_after) {
+      if (Status s = checkpoint(done); !s.ok()) cluster->Abort(s);
+      since_checkpoint.Reset();
+    }
+    if (stop && done < train_steps) {
+      stopped = true;
+      break;
+    }
   }
-  if (progress) progress->Finish("loss=" + Fixed(losses.back(), 4));
+  if (stopped) {
+    const int64_t step = trainer->steps();
+    if (progress) progress->Finish("stopped");
+    if (w == 0) {
+      std::cerr << "cluster: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir()
+                << "/ckpt-" << step << "; continue with --resume " << ck.dir() << "\n";
+      ResultLine("train_cluster")
+          .Add("model", ModelKindName(job.trainer.model.kind))
+          .Add("status", "stopped")
+          .Add("step", step)
+          .Add("checkpoint", ck.dir() + "/ckpt-" + std::to_string(step))
+          .Print();
+    }
+    if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
+    return kExitStopped;
+  }
+  if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
       cluster->Abort(s);
@@ -160,10 +410,10 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   double slowest = 0;
   for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
   const double samples_per_s =
-      slowest > 0 ? static_cast<double>(run.steps) * run.batch * num_workers / slowest : 0;
+      slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
   const ps::RemoteStoreMetrics m = (*store)->metrics();
-  std::cerr << cluster->Describe() << ": steps=" << train_steps
-            << " own_samples_per_s=" << Fixed(timed > 0 ? run.steps * run.batch / timed : 0, 1)
+  std::cerr << cluster->Describe() << ": steps=" << train_steps << " own_samples_per_s="
+            << Fixed(timed > 0 ? static_cast<double>(timed_steps) * run.batch / timed : 0, 1)
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
             << " pull_p99_us=" << Fixed(m.pull_p99_us, 0)
             << " push_p50_us=" << Fixed(m.push_p50_us, 0)
@@ -236,8 +486,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
         .Add("push_p99_us", Fixed(m.push_p99_us, 0))
         // Worker 0's per-step averages over the timed steps (step = Trainer::Step), its PS
         // traffic per step over all steps, and the dense floats all-reduced per step.
-        .Add("step_ms", Fixed(run.steps > 0 ? 1000 * timed / run.steps : 0, 3))
-        .Add("allreduce_ms", Fixed(run.steps > 0 ? 1000 * allreduce_s / run.steps : 0, 3))
+        .Add("step_ms", Fixed(timed_steps > 0 ? 1000 * timed / timed_steps : 0, 3))
+        .Add("allreduce_ms", Fixed(timed_steps > 0 ? 1000 * allreduce_s / timed_steps : 0, 3))
         .Add("ps_bytes_per_step",
              static_cast<int64_t>(train_steps > 0 ? (m.bytes_sent + m.bytes_received) / train_steps
                                                   : 0))
@@ -282,7 +532,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
     std::cerr << "cluster: " << cluster->layout().Describe() << "; sync="
               << (config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
               << " staleness=" << config.cluster().staleness() << "\n";
-  const int code = cluster->role() == Role::kPs ? RunServer(cluster.get(), *job)
+  const int code = cluster->role() == Role::kPs ? RunServer(cluster.get(), config, *job, flags)
                                                 : RunWorker(cluster.get(), config, *job, flags);
   cluster.reset();  // transport shutdown (collective) and MPI_Finalize
   return code;

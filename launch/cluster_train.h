@@ -4,7 +4,27 @@
 // (worker/trainer.h) with a RemoteEmbeddingStore (ps/remote_store.h) and the dense gradients
 // averaged over the workers by the Collective (worker/collective.h) in the trainer's
 // dense_grad_allreduce hook. This module owns only that orchestration: roles, the per-worker
-// data shard, the replica check, metrics per role, and the final statistics of the tables.
+// data shard, the replica check, metrics per role, the final statistics of the tables, and the
+// coordination of checkpoints.
+//
+// Checkpoints (config `checkpoint { dir every_steps every_seconds keep_last incremental }`, the
+// same directory layout as single-process training, worker/checkpoint.h): after every
+// every_steps-th step, when worker 0 finds every_seconds passed, after the last step, and when a
+// worker got SIGTERM, every worker stops at the same step (the decision is all-reduced before
+// each step, which then skips its prefetch of the next batch), waits at a barrier (so every push of
+// that step is applied), and worker 0 opens a staging directory, has every PS write its shard of
+// every table into it (ps/server.h CHECKPOINT), writes the dense weights, dense optimizer state,
+// model state and run state (step, losses) and the manifest with every file's size and CRC32C, and
+// publishes it by rename only after every PS acknowledged; the others wait at a second barrier. A
+// rank killed at any point leaves the previous checkpoint intact and no partial one visible.
+// SIGTERM stops the job after that checkpoint (exit code 3 on the workers; the servers ignore
+// SIGTERM and stop when the workers shut them down).
+//
+// Resume (`--resume DIR`, a checkpoint root or one ckpt-<step>; on every rank): each PS loads
+// the rows that PsOfKey assigns to it from every writer's shard files (so a checkpoint of P
+// servers resumes on any number of servers), the workers load the dense state and continue at
+// the saved step with the same batches. A checkpoint of a single-process run resumes here and
+// a cluster checkpoint resumes single-process (`ips train --resume`) or exports (`ips export`).
 #ifndef IPS_LAUNCH_CLUSTER_TRAIN_H_
 #define IPS_LAUNCH_CLUSTER_TRAIN_H_
 
@@ -22,9 +42,18 @@ struct ClusterTrainFlags {
   bool quiet = false;            // no progress line
   std::string metrics_out;       // JSON lines from worker 0 and per-role summaries ("" = none)
   int replica_check_every = 50;  // steps between dense replica checksums (0 = never)
-  // Test-only failure injection: rank kill_rank raises SIGKILL at training step kill_step.
+  // Continue from this checkpoint (a root with LATEST, or one ckpt-<step>); "" = fresh start.
+  std::string resume;
+  // Test-only failure injection: rank kill_rank raises SIGKILL, a worker at training step
+  // kill_step, a PS after serving kill_step pushes or, when kill_in_checkpoint_step >= 0, in the
+  // middle of the checkpoint of that step: a PS after writing its shards (before acknowledging
+  // them), worker 0 after writing every file and the manifest (before the publishing rename).
   int kill_rank = -1;
   int64_t kill_step = -1;
+  int64_t kill_in_checkpoint_step = -1;
+  // Test-only: worker rank kill_rank raises SIGTERM at the start of training step term_step (the
+  // other ranks get none: the workers still stop together).
+  int64_t term_step = -1;
 };
 
 // Runs the job on this rank (every rank of the mpirun job calls it with the same config).
@@ -32,7 +61,9 @@ struct ClusterTrainFlags {
 // finalises it (worker/cluster.h); call it at most once per process. Returns the process exit code:
 // 0 on success, 1 on a bad layout (printed once, by rank 0, before anything starts) or a runtime
 // error (the failing rank prints it naming itself and its role, and ends the job with MPI_Abort).
-// Worker 0 prints `RESULT train_cluster ...` as its last stdout line. Synthetic data
+// Worker 0 prints `RESULT train_cluster ...` as its last stdout line. A run stopped by SIGTERM
+// returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
+// prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. Synthetic data
 // (data.synthetic) only for now: a dataset directory is UNIMPLEMENTED here.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 

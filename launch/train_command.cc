@@ -9,6 +9,7 @@
 // steps after saving (exit code kExitStopped = 3 and `RESULT train ... status=stopped`).
 // `--resume DIR` (a checkpoint root or one ckpt-<step>) restores the weights, optimizer states,
 // tables, step counter and reader position and continues exactly where the run stopped.
+// Under mpirun, checkpoints and --resume are launch/cluster_train.h's (same layout).
 #include <atomic>
 #include <csignal>
 #include <fstream>
@@ -289,6 +290,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     cf.quiet = flags.GetBool("quiet");
     cf.metrics_out = flags.GetString("metrics_out").empty() ? cfg->train().metrics_out()
                                                             : flags.GetString("metrics_out");
+    // Every rank gets the same --resume: the servers load their shards, the workers the rest.
+    cf.resume = flags.GetString("resume");
     return RunClusterTrain(*cfg, cf);
   }
   std::string metrics_path = flags.GetString("metrics_out");

@@ -73,6 +73,22 @@ class EmbeddingStore {
   virtual Status Push(int table, const uint64_t* keys, int64_t n, int64_t dim,
                       const float* grads) = 0;
 
+  // A hint that the NEXT step will Pull keys[0, n) of `table` (same keys, same order): a store
+  // whose rows are remote starts that pull now, so that it overlaps this step's compute and
+  // push, and serves the next matching Pull from it. Call it after this step's Pull of the table
+  // and before its Push. The rows it delivers are what that Pull would read (in sync mode, after
+  // this step's push; see ps/remote_store.h); a Pull of other keys ignores it. Pass only keys
+  // the next step will really pull: a remote store's prefetch counts as a pull on the server
+  // (creates rows, counts a sighting) even when nothing consumes it. The keys are copied.
+  // The in-process store reads its rows in place and has nothing to start: the default is a
+  // no-op. Errors: NOT_FOUND (unknown table), INVALID_ARGUMENT (n < 0, null keys with n > 0).
+  // Thread-safe as Pull.
+  virtual Status PrefetchPull(int table, const uint64_t* keys, int64_t n) {
+    if (n < 0 || (n > 0 && keys == nullptr))
+      return InvalidArgumentError("PrefetchPull: bad keys (n = " + std::to_string(n) + ")");
+    return TableDim(table).status();
+  }
+
   // Sets the global training step used for TTL ages and LRU recency (steps normally increase
   // by one per trainer step) and runs due TTL sweeps. Thread-safe.
   virtual Status AdvanceStep(int64_t step) = 0;

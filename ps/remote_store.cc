@@ -186,7 +186,10 @@ Status RemoteEmbeddingStore::Pull(int table, const uint64_t* keys, int64_t n, in
   Timer timer;
   std::unique_ptr<Inflight> f;
   Inflight* p = prefetch_[table].get();
-  if (p != nullptr && p->n == n && std::equal(keys, keys + n, p->keys.begin())) {
+  // Only for the pull it was made for: one made a step earlier (no Pull consumed it, then a
+  // step without a prefetch) was served before this step's push and would read stale rows.
+  if (p != nullptr && p->clock == pushes_[table] && p->n == n &&
+      std::equal(keys, keys + n, p->keys.begin())) {
     f = std::move(prefetch_[table]);
     ++prefetch_hits_;
   } else {
@@ -358,6 +361,58 @@ Status RemoteEmbeddingStore::ShutdownServers() {
   psproto::Request req;
   req.set_worker(options_.worker_index);
   return SendAll(kPsShutdown, Serialize(req));
+}
+
+StatusOr<std::vector<TableShardFile>> RemoteEmbeddingStore::CheckpointServers(
+    const std::string& dir, int64_t step, bool incremental) {
+  psproto::Request req;
+  req.set_worker(options_.worker_index);
+  req.set_step(step);
+  req.set_checkpoint_dir(dir);
+  req.set_incremental(incremental);
+  const std::string meta = Serialize(req);
+  std::vector<Transport::Ticket> tickets(num_ps_);
+  for (int p = 0; p < num_ps_; ++p) {
+    Frame frame = Frame::Make(kPsCheckpoint, meta, 0);
+    bytes_sent_ += static_cast<int64_t>(frame.size());
+    tickets[p] = transport_->Request(options_.ps_ranks[p], std::move(frame));
+  }
+  std::vector<TableShardFile> files;
+  Status first;
+  for (int p = 0; p < num_ps_; ++p) {
+    StatusOr<Frame> reply = transport_->Wait(std::move(tickets[p]), /*timeout_ms=*/-1);
+    Status s = reply.ok() ? ReplyStatus(*reply) : reply.status();
+    if (!s.ok()) {
+      if (first.ok()) first = s;
+      continue;
+    }
+    psproto::Response resp;
+    if (!resp.ParseFromArray(reply->meta().data(), static_cast<int>(reply->meta().size()))) {
+      if (first.ok()) first = DataLossError("remote store: unparsable checkpoint reply");
+      continue;
+    }
+    for (const psproto::ShardFileProto& f : resp.shard_files()) {
+      TableShardFile t;
+      t.name = f.name();
+      t.table = f.table();
+      t.rank = f.rank();
+      t.info.bytes = f.bytes();
+      t.info.crc32c = f.crc32c();
+      t.info.rows = f.rows();
+      t.info.removed = f.removed();
+      t.info.epoch = f.epoch();
+      files.push_back(std::move(t));
+    }
+  }
+  if (!first.ok()) return first;
+  return files;
+}
+
+Status RemoteEmbeddingStore::CommitServerCheckpoint(int64_t step) {
+  psproto::Request req;
+  req.set_worker(options_.worker_index);
+  req.set_step(step);
+  return SendAll(kPsCheckpointCommit, Serialize(req));
 }
 
 RemoteStoreMetrics RemoteEmbeddingStore::metrics() const {

@@ -23,6 +23,7 @@
 
 #include "common/status.h"
 #include "ps/embedding_store.h"
+#include "ps/table_checkpoint.h"
 #include "ps/table_options.h"
 #include "ps/transport.h"
 
@@ -82,15 +83,29 @@ class RemoteEmbeddingStore : public EmbeddingStore {
 
   // Starts the pull of the NEXT step's keys (call it after this step's Pull and before its
   // Push: its clock is one more than a Pull's now) and returns at once; the next Pull of the
-  // same table with the same keys in the same order consumes it (a Pull of other keys pulls
-  // afresh and leaves it outstanding). One prefetch per table: a newer one abandons the older (the
+  // same table with the same keys in the same order consumes it, if made after exactly one more
+  // Push of the table (a Pull of other keys, or at another clock, pulls afresh and leaves it
+  // outstanding). One prefetch per table: a newer one abandons the older (the
   // PS still serves it, so it counts as a sighting there). The keys are copied.
-  Status PrefetchPull(int table, const uint64_t* keys, int64_t n);
+  Status PrefetchPull(int table, const uint64_t* keys, int64_t n) override;
 
   // Tells every PS this worker will push no more (peers' pulls stop waiting on its clock).
   Status Finish();
   // Finish, then tells every PS this worker is leaving; a PS's Run returns once every worker has.
   Status ShutdownServers();
+
+  // Coordinated checkpoints (launch/cluster_train.cc; ps/server.h CHECKPOINT). The caller makes
+  // sure no worker is inside a step (every worker waits at a barrier), so the shards are one
+  // consistent snapshot. CheckpointServers asks every PS to write its shard of every table into
+  // `dir` (a staging directory on a file system every PS sees) and returns all their files;
+  // it waits without the reply timeout (large tables take long; a dead PS is reported by the
+  // transport). CommitServerCheckpoint, once the checkpoint is published, makes those files the
+  // base of each PS's next incremental ones. Errors: UNAVAILABLE (a PS died), a PS's INTERNAL
+  // naming the file it could not write, FAILED_PRECONDITION (incremental without a committed
+  // base, a commit of another step).
+  StatusOr<std::vector<TableShardFile>> CheckpointServers(const std::string& dir, int64_t step,
+                                                          bool incremental);
+  Status CommitServerCheckpoint(int64_t step);
 
   RemoteStoreMetrics metrics() const;
 

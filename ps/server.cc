@@ -1,5 +1,6 @@
 #include "ps/server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <utility>
 
 #include "proto/ps.pb.h"
+#include "ps/table_checkpoint.h"
 
 namespace ips::ps {
 namespace {
@@ -56,7 +58,12 @@ StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(Transport* tr
   s->applied_.assign(options.num_workers, std::vector<int64_t>(options.tables.size(), 0));
   s->async_error_.assign(options.num_workers, Status::Ok());
   s->shut_down_.assign(options.num_workers, false);
+  s->held_pushes_.resize(options.tables.size());
   return s;
+}
+
+ParameterServer::~ParameterServer() {
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
 }
 
 int64_t ParameterServer::MinApplied(int table) const {
@@ -142,26 +149,13 @@ void ParameterServer::Handle(Incoming in) {
             in, DataLossError("push payload of " + std::to_string(in.frame.payload_size()) +
                               " bytes for " + std::to_string(n) + " keys x dim " +
                               std::to_string(dim)));
-      const auto* keys = reinterpret_cast<const uint64_t*>(in.frame.payload());
-      const auto* grads = reinterpret_cast<const float*>(in.frame.payload() + n * 8);
-      Status s = store_->Push(table, keys, n, dim, grads);
-      ++stats_.pushes;
-      if (applied_[w][table] != kDone) applied_[w][table] = req.clock();
-      if (options_.kill_after_pushes >= 0 && stats_.pushes >= options_.kill_after_pushes) {
-        std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL after %lld pushes\n",
-                     transport_->Describe(transport_->rank()).c_str(),
-                     static_cast<long long>(stats_.pushes));
-        std::fflush(stderr);
-        std::raise(SIGKILL);
-      }
-      if (req.want_ack()) {
-        if (!s.ok()) {
-          ReplyError(in, s);
-        } else {
-          transport_->Reply(in.source, in.frame.id(), Frame::Make(kPsReply, {}, 0));
-        }
-      } else if (!s.ok()) {
-        async_error_[w] = s;
+      if (req.want_ack() && options_.num_workers > 1) {
+        // Sync mode: held until every active worker's push of this clock is here, then applied
+        // in worker order (see the header).
+        held_pushes_[table][req.clock()].push_back({w, std::move(in)});
+        ReleaseHeldPushes(table);
+      } else {
+        ApplyPush(in, req);
       }
       RetryDeferred();
       return;
@@ -189,11 +183,134 @@ void ParameterServer::Handle(Incoming in) {
       for (auto& c : applied_[w]) c = kDone;
       if (kind == kPsShutdown) shut_down_[w] = true;
       transport_->Reply(in.source, in.frame.id(), Frame::Make(kPsReply, {}, 0));
+      // Held pushes no longer wait for this worker.
+      for (int t = 0; t < store_->num_tables(); ++t) ReleaseHeldPushes(t);
       RetryDeferred();
+      return;
+    }
+    case kPsCheckpoint: {
+      if (req.checkpoint_dir().empty())
+        return ReplyError(in, InvalidArgumentError("checkpoint request without a directory"));
+      if (req.incremental() && committed_epochs_.empty())
+        return ReplyError(
+            in, FailedPreconditionError("incremental checkpoint requested, but this server has "
+                                        "committed no checkpoint to be incremental to"));
+      // The previous write replied before its commit could be sent: joining is immediate.
+      if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+      checkpoint_thread_ =
+          std::thread(&ParameterServer::WriteCheckpoint, this, in.source, in.frame.id(),
+                      req.checkpoint_dir(), req.step(), req.incremental(), committed_epochs_);
+      return;
+    }
+    case kPsCheckpointCommit: {
+      if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+      if (pending_step_ < 0 || pending_step_ != req.step())
+        return ReplyError(
+            in, FailedPreconditionError("commit of checkpoint " + std::to_string(req.step()) +
+                                        ", but the last one written here is " +
+                                        std::to_string(pending_step_)));
+      for (int t = 0; t < store_->num_tables(); ++t) {
+        StatusOr<DynamicTable*> table = store_->table(t);
+        if (!table.ok()) return ReplyError(in, table.status());
+        auto it = pending_epochs_.find((*table)->options().name);
+        if (it != pending_epochs_.end()) (*table)->DiscardChangesThrough(it->second);
+      }
+      committed_epochs_ = pending_epochs_;
+      pending_step_ = -1;
+      transport_->Reply(in.source, in.frame.id(), Frame::Make(kPsReply, {}, 0));
       return;
     }
     default:
       return ReplyError(in, InvalidArgumentError("unknown frame kind " + std::to_string(kind)));
+  }
+}
+
+void ParameterServer::WriteCheckpoint(int source, uint64_t id, const std::string& dir, int64_t step,
+                                      bool incremental, std::map<std::string, uint32_t> since) {
+  auto fail = [&](const Status& st) {
+    psproto::Response resp;
+    resp.set_code(static_cast<int>(st.code()));
+    resp.set_error(transport_->Describe(transport_->rank()) + ": " + st.message());
+    transport_->Reply(source, id, Frame::Make(kPsReply, Serialize(resp), 0));
+  };
+  std::vector<DynamicTable*> tables;
+  for (int t = 0; t < store_->num_tables(); ++t) {
+    StatusOr<DynamicTable*> table = store_->table(t);
+    if (!table.ok()) return fail(table.status());
+    tables.push_back(*table);
+  }
+  StatusOr<std::vector<TableShardFile>> files =
+      WriteTableShardFiles(dir, transport_->rank(), tables, incremental ? &since : nullptr);
+  if (!files.ok()) return fail(files.status());
+  pending_step_ = step;
+  pending_epochs_.clear();
+  psproto::Response resp;
+  for (const TableShardFile& f : *files) {
+    pending_epochs_[f.table] = f.info.epoch;
+    psproto::ShardFileProto* p = resp.add_shard_files();
+    p->set_name(f.name);
+    p->set_table(f.table);
+    p->set_rank(f.rank);
+    p->set_bytes(f.info.bytes);
+    p->set_crc32c(f.info.crc32c);
+    p->set_rows(f.info.rows);
+    p->set_removed(f.info.removed);
+    p->set_epoch(f.info.epoch);
+  }
+  if (options_.kill_in_checkpoint_step >= 0 && step == options_.kill_in_checkpoint_step) {
+    std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL while writing checkpoint %lld\n",
+                 transport_->Describe(transport_->rank()).c_str(), static_cast<long long>(step));
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+  transport_->Reply(source, id, Frame::Make(kPsReply, Serialize(resp), 0));
+}
+
+void ParameterServer::ApplyPush(const Incoming& in, const psproto::Request& req) {
+  const int w = req.worker(), table = req.table();
+  const int64_t n = req.num_keys(), dim = req.dim();
+  const auto* keys = reinterpret_cast<const uint64_t*>(in.frame.payload());
+  const auto* grads = reinterpret_cast<const float*>(in.frame.payload() + n * 8);
+  Status s = store_->Push(table, keys, n, dim, grads);
+  ++stats_.pushes;
+  if (applied_[w][table] != kDone) applied_[w][table] = req.clock();
+  if (options_.kill_after_pushes >= 0 && stats_.pushes >= options_.kill_after_pushes) {
+    std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL after %lld pushes\n",
+                 transport_->Describe(transport_->rank()).c_str(),
+                 static_cast<long long>(stats_.pushes));
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+  if (req.want_ack()) {
+    if (!s.ok()) {
+      ReplyError(in, s);
+    } else {
+      transport_->Reply(in.source, in.frame.id(), Frame::Make(kPsReply, {}, 0));
+    }
+  } else if (!s.ok()) {
+    async_error_[w] = s;
+  }
+}
+
+void ParameterServer::ReleaseHeldPushes(int table) {
+  auto& held = held_pushes_[table];
+  while (!held.empty()) {
+    auto first = held.begin();
+    std::vector<HeldPush>& pushes = first->second;
+    // Workers that have finished (CLOCK_DONE) push no more; the others all push every clock.
+    size_t active = 0;
+    for (int w = 0; w < options_.num_workers; ++w)
+      if (applied_[w][table] != kDone) ++active;
+    if (pushes.size() < active) return;
+    std::sort(pushes.begin(), pushes.end(),
+              [](const HeldPush& a, const HeldPush& b) { return a.worker < b.worker; });
+    for (HeldPush& p : pushes) {
+      psproto::Request req;
+      const std::string_view meta = p.in.frame.meta();
+      req.ParseFromArray(meta.data(), static_cast<int>(meta.size()));  // parsed before holding
+      ApplyPush(p.in, req);
+    }
+    held.erase(first);
   }
 }
 
@@ -232,6 +349,7 @@ Status ParameterServer::Run() {
   }
   l.unlock();
   transport_->SetRequestHandler(nullptr);
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   return Status::Ok();
 }
 

@@ -15,15 +15,31 @@
 // Threading: frames are handled one at a time on the transport's comm thread (Run installs the
 // handler and sleeps), so per-worker order is the arrival order; a large pull is split over
 // `num_threads` (DynamicTable is thread-safe and shards keys across its own sub-tables). Pushes are
-// never split: one push is one optimizer step (Adam's step count).
+// never split: one push is one optimizer step (Adam's step count). In sync mode (pushes that
+// want an ack) with several workers, a push is held until every worker that has not finished
+// has sent its push of the same clock to the same table, and then they are applied in worker
+// order: the result does not depend on which worker's push arrived first, so sync training is
+// deterministic run to run (and a resumed run repeats an uninterrupted one). It costs no extra
+// wait: a sync worker's next pull waits for every worker's push anyway.
+//
+// Checkpoints (launch/cluster_train.cc coordinates them, worker/checkpoint.h owns the layout):
+// CHECKPOINT writes this server's shard of every table (ps/table_checkpoint.h
+// WriteTableShardFiles: rows, optimizer state, TTL/LFU metadata, admission sketches) into the
+// coordinator's staging directory and replies with the files' sizes and CRC32Cs; the write runs
+// on a thread of its own so the comm thread keeps answering heartbeats. CHECKPOINT_COMMIT, sent
+// once the coordinator has published the checkpoint, makes those files the base of this
+// server's next incremental ones. The coordinator sends them only while every worker waits
+// between the same two steps, so a shard is an exact snapshot.
 #ifndef IPS_PS_SERVER_H_
 #define IPS_PS_SERVER_H_
 
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/status.h"
@@ -31,6 +47,10 @@
 #include "ps/local_embedding_store.h"
 #include "ps/table_options.h"
 #include "ps/transport.h"
+
+namespace ips::psproto {
+class Request;  // proto/ps.proto; only the .cc files include the generated header
+}
 
 namespace ips::ps {
 
@@ -44,6 +64,8 @@ enum PsFrame : uint32_t {
   kPsClockDone,
   kPsShutdown,
   kPsReply,
+  kPsCheckpoint,
+  kPsCheckpointCommit,
 };
 
 struct ServerOptions {
@@ -53,6 +75,9 @@ struct ServerOptions {
   int num_threads = 1;
   // Test-only: after serving this many pushes, the process kills itself with SIGKILL (< 0: never).
   int64_t kill_after_pushes = -1;
+  // Test-only: SIGKILL after writing the shard files of the checkpoint of this step, before
+  // replying (a server dying mid-checkpoint; < 0: never).
+  int64_t kill_in_checkpoint_step = -1;
 };
 
 struct ServerStats {
@@ -70,6 +95,9 @@ class ParameterServer {
   // returned to their sender, not here; returns UNAVAILABLE only if the transport stops first.
   Status Run();
 
+  // Joins a checkpoint write still running.
+  ~ParameterServer();
+
   LocalEmbeddingStore* store() { return store_.get(); }
   // Valid after Run returned.
   const ServerStats& stats() const { return stats_; }
@@ -82,6 +110,13 @@ class ParameterServer {
   int64_t MinApplied(int table) const;
   void ReplyError(const Incoming& in, const Status& s);
   void ServePull(const Incoming& in, int table, int64_t n, int64_t dim, bool lookup);
+  // Applies one push (store, clock, stats, ack or deferred error).
+  void ApplyPush(const Incoming& in, const psproto::Request& req);
+  // Applies the held sync pushes of `table` whose clock every active worker has pushed.
+  void ReleaseHeldPushes(int table);
+  // CHECKPOINT's write, on checkpoint_thread_; replies to (source, id) itself.
+  void WriteCheckpoint(int source, uint64_t id, const std::string& dir, int64_t step,
+                       bool incremental, std::map<std::string, uint32_t> since);
 
   Transport* transport_ = nullptr;
   ServerOptions options_;
@@ -90,6 +125,11 @@ class ParameterServer {
   // applied_[w][t]: pushes of worker w to table t applied here; INT64_MAX once w is done.
   std::vector<std::vector<int64_t>> applied_;
   std::vector<Incoming> deferred_;
+  struct HeldPush {
+    int worker = 0;
+    Incoming in;
+  };
+  std::vector<std::map<int64_t, std::vector<HeldPush>>> held_pushes_;  // per table, by clock
   std::vector<Status> async_error_;  // per worker: a failed un-acked push, reported next reply
   std::vector<bool> shut_down_;
   int64_t max_step_ = -1;
@@ -97,6 +137,12 @@ class ParameterServer {
   std::mutex done_mu_;
   std::condition_variable done_cv_;
   bool done_ = false;  // guarded by done_mu_: every worker has shut down
+  // Checkpoints. The thread writes pending_* and is joined (by the comm thread) before they are
+  // read; committed_epochs_ is the comm thread's.
+  std::thread checkpoint_thread_;
+  int64_t pending_step_ = -1;
+  std::map<std::string, uint32_t> pending_epochs_;
+  std::map<std::string, uint32_t> committed_epochs_;  // per table: epoch of the last commit
 };
 
 }  // namespace ips::ps

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <utility>
 
 #include "ps/checkpoint_io.h"
@@ -309,6 +310,39 @@ Status LoadTableChain(const std::vector<std::vector<std::string>>& groups, Dynam
   }
   if (stats != nullptr) *stats = total;
   return Status::Ok();
+}
+
+std::string TableShardFileName(const std::string& table, int rank) {
+  return "table-" + table + "-r" + std::to_string(rank) + ".bin";
+}
+
+StatusOr<std::vector<TableShardFile>> WriteTableShardFiles(
+    const std::string& dir, int rank, const std::vector<DynamicTable*>& tables,
+    const std::map<std::string, uint32_t>* since_epochs,
+    const std::function<Status(const std::string&)>& fault_hook) {
+  std::set<std::string> names;
+  for (const auto* t : tables) {
+    if (t == nullptr) return InvalidArgumentError("checkpoint: null table");
+    if (!names.insert(t->options().name).second)
+      return InvalidArgumentError("checkpoint: duplicate table '" + t->options().name + "'");
+    if (since_epochs != nullptr && since_epochs->count(t->options().name) == 0)
+      return InvalidArgumentError("checkpoint: table '" + t->options().name +
+                                  "' was not in the previous checkpoint");
+  }
+  std::vector<TableShardFile> files;
+  for (auto* t : tables) {
+    TableShardFile f;
+    f.table = t->options().name;
+    f.name = TableShardFileName(f.table, rank);
+    f.rank = rank;
+    TableWriteOptions wo;
+    wo.incremental = since_epochs != nullptr;
+    wo.since_epoch = wo.incremental ? since_epochs->at(f.table) : 0;
+    IPS_ASSIGN_OR_RETURN(f.info, WriteTableFile(t, dir + "/" + f.name, wo));
+    files.push_back(std::move(f));
+    if (fault_hook) IPS_RETURN_IF_ERROR(fault_hook("file:" + files.back().name));
+  }
+  return files;
 }
 
 }  // namespace ips::ps

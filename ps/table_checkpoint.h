@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,32 @@ struct TableFileInfo {
 // INTERNAL naming the path on I/O failures; the partial file is left for the caller to discard.
 StatusOr<TableFileInfo> WriteTableFile(DynamicTable* table, const std::string& path,
                                        const TableWriteOptions& options);
+
+// One writer's part of a multi-file checkpoint (a parameter server's shard of every table, or the
+// single-process trainer's whole tables): the file of `table` written by `rank` is named
+// table-<table>-r<rank>.bin inside the checkpoint directory (worker/checkpoint.h lists the
+// files in its manifest).
+std::string TableShardFileName(const std::string& table, int rank);
+
+// A written shard file as a manifest records it.
+struct TableShardFile {
+  std::string name;  // TableShardFileName, relative to the checkpoint directory
+  std::string table;
+  int rank = 0;
+  TableFileInfo info;
+};
+
+// Writes each table to dir/TableShardFileName(name, rank). since_epochs == nullptr: full files;
+// otherwise incremental files relative to the given per-table epochs (the `epoch`s of this
+// writer's files in its previous committed checkpoint). `fault_hook` (tests; may be empty) is
+// called with "file:<name>" after each file; its error stops the write there. Errors: INTERNAL
+// naming the file, INVALID_ARGUMENT for a null or duplicate table or a table missing from
+// since_epochs. Used by worker/checkpoint.h (WriteTableShards) and ps/server.h (kPsCheckpoint),
+// so that both write the same files.
+StatusOr<std::vector<TableShardFile>> WriteTableShardFiles(
+    const std::string& dir, int rank, const std::vector<DynamicTable*>& tables,
+    const std::map<std::string, uint32_t>* since_epochs,
+    const std::function<Status(const std::string& event)>& fault_hook = nullptr);
 
 // The header of a table file.
 struct TableFileHeader {

@@ -144,10 +144,6 @@ StatusOr<ckpt::CheckpointManifest> ReadManifest(const std::string& dir) {
   return m;
 }
 
-std::string TableFileName(const std::string& table, int rank) {
-  return "table-" + table + "-r" + std::to_string(rank) + ".bin";
-}
-
 }  // namespace
 
 void AddDenseState(models::DenseParams<float>* params,
@@ -201,36 +197,25 @@ StatusOr<std::vector<CheckpointFile>> WriteTableShards(
     const std::string& staging_dir, int rank, const std::vector<ps::DynamicTable*>& tables,
     const std::map<std::string, uint32_t>* since_epochs,
     const std::function<Status(const std::string&)>& fault_hook) {
-  std::set<std::string> names;
-  for (const auto* t : tables) {
-    if (t == nullptr) return InvalidArgumentError("checkpoint: null table");
-    if (!names.insert(t->options().name).second)
-      return InvalidArgumentError("checkpoint: duplicate table '" + t->options().name + "'");
-    if (since_epochs != nullptr && since_epochs->count(t->options().name) == 0)
-      return InvalidArgumentError("checkpoint: table '" + t->options().name +
-                                  "' was not in the previous checkpoint");
-  }
+  IPS_ASSIGN_OR_RETURN(
+      const std::vector<ps::TableShardFile> shards,
+      ps::WriteTableShardFiles(staging_dir, rank, tables, since_epochs, fault_hook));
   std::vector<CheckpointFile> files;
-  for (auto* t : tables) {
-    const std::string& name = t->options().name;
-    CheckpointFile f;
-    f.name = TableFileName(name, rank);
-    ps::TableWriteOptions wo;
-    wo.incremental = since_epochs != nullptr;
-    wo.since_epoch = wo.incremental ? since_epochs->at(name) : 0;
-    IPS_ASSIGN_OR_RETURN(const ps::TableFileInfo ti,
-                         ps::WriteTableFile(t, staging_dir + "/" + f.name, wo));
-    f.bytes = ti.bytes;
-    f.crc32c = ti.crc32c;
-    f.role = CheckpointFile::kTable;
-    f.rank = rank;
-    f.table = name;
-    f.rows = ti.rows;
-    f.epoch = ti.epoch;
-    files.push_back(std::move(f));
-    if (fault_hook) IPS_RETURN_IF_ERROR(fault_hook("file:" + files.back().name));
-  }
+  for (const ps::TableShardFile& s : shards) files.push_back(CheckpointFileOf(s));
   return files;
+}
+
+CheckpointFile CheckpointFileOf(const ps::TableShardFile& s) {
+  CheckpointFile f;
+  f.name = s.name;
+  f.bytes = s.info.bytes;
+  f.crc32c = s.info.crc32c;
+  f.role = CheckpointFile::kTable;
+  f.rank = s.rank;
+  f.table = s.table;
+  f.rows = s.info.rows;
+  f.epoch = s.info.epoch;
+  return f;
 }
 
 Status CheckpointWriter::FireHook(const std::string& event) {

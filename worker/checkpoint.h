@@ -119,6 +119,10 @@ StatusOr<std::vector<CheckpointFile>> WriteTableShards(
     const std::map<std::string, uint32_t>* since_epochs,
     const std::function<Status(const std::string& event)>& fault_hook = nullptr);
 
+// The manifest entry of a shard file written by ps::WriteTableShardFiles (a parameter server's
+// part of a multi-process checkpoint, ps/server.h kPsCheckpoint).
+CheckpointFile CheckpointFileOf(const ps::TableShardFile& shard);
+
 class CheckpointWriter {
  public:
   // Creates DIR when missing and removes stale tmp-* directories of a killed writer.

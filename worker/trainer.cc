@@ -82,9 +82,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
 
   const int64_t B = t->model_->max_batch(), L = t->model_->max_len();
   const auto n = static_cast<size_t>(B * (L + 1) + (t->model_->aux_negatives() ? B * L : 0));
-  for (auto* v : {&t->item_keys_, &t->cat_keys_, &t->item_unique_, &t->cat_unique_,
-                  &t->item_inverse_, &t->cat_inverse_})
-    v->resize(n);
+  for (BatchKeys* k : {&t->cur_, &t->next_})
+    for (auto* v : {&k->item_keys, &k->cat_keys, &k->item_unique, &k->cat_unique, &k->item_inverse,
+                    &k->cat_inverse})
+      v->resize(n);
   IPS_ASSIGN_OR_RETURN(const size_t ws, kernels::DedupWorkspaceBytes(t->ctx_, n));
   t->dedup_workspace_.resize(ws);
   for (auto* v : {&t->item_rows_, &t->cat_rows_, &t->d_item_rows_, &t->d_cat_rows_})
@@ -94,7 +95,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
   return t;
 }
 
-Status Trainer::PrepareKeys(const CtrBatchView& b, bool with_aux) {
+Status Trainer::PrepareKeys(const CtrBatchView& b, bool with_aux, BatchKeys* k, bool reuse_next) {
   if (b.batch < 1 || b.batch > model_->max_batch())
     return InvalidArgumentError("Trainer: batch size " + std::to_string(b.batch) + " outside [1, " +
                                 std::to_string(model_->max_batch()) + "]");
@@ -108,6 +109,9 @@ Status Trainer::PrepareKeys(const CtrBatchView& b, bool with_aux) {
       b.cat == nullptr)
     return InvalidArgumentError("Trainer: batch with a null array");
   const int64_t B = b.batch, L = b.seq_len, n = B * L + B + (with_aux ? B * L : 0);
+  int64_t* item_keys = k->item_keys.data();
+  int64_t* cat_keys = k->cat_keys.data();
+  k->deduped = false;
   // [history (B*T), targets (B) (, aux negatives (B*T))]: the layout of models::CtrInputs.
   // Padded steps get key 0 whatever the batch holds there: the padding key dedups to one row that
   // reads as zeros and whose pushes the store ignores, so padding never creates rows.
@@ -119,44 +123,57 @@ Status Trainer::PrepareKeys(const CtrBatchView& b, bool with_aux) {
     for (int64_t t = 0; t < L; ++t) {
       const int64_t i = r * L + t;
       const bool valid = t >= L - len;
-      item_keys_[i] = valid ? b.hist_item[i] : 0;
-      cat_keys_[i] = valid ? b.hist_cat[i] : 0;
+      item_keys[i] = valid ? b.hist_item[i] : 0;
+      cat_keys[i] = valid ? b.hist_cat[i] : 0;
       if (with_aux) {
-        item_keys_[B * L + B + i] = valid ? b.neg_item[i] : 0;
-        cat_keys_[B * L + B + i] = valid ? b.neg_cat[i] : 0;
+        item_keys[B * L + B + i] = valid ? b.neg_item[i] : 0;
+        cat_keys[B * L + B + i] = valid ? b.neg_cat[i] : 0;
       }
     }
   }
   for (int64_t i = 0; i < B; ++i) {
-    item_keys_[B * L + i] = b.item[i];
-    cat_keys_[B * L + i] = b.cat[i];
+    item_keys[B * L + i] = b.item[i];
+    cat_keys[B * L + i] = b.cat[i];
+  }
+  k->n = n;
+  k->with_aux = with_aux;
+  // The batch given as the previous Step's `next` was de-duplicated then: the same keys (compared
+  // here, so any other batch is de-duplicated afresh) have the same dedup.
+  if (reuse_next && next_.deduped && next_.n == n && next_.with_aux == with_aux &&
+      std::equal(item_keys, item_keys + n, next_.item_keys.data()) &&
+      std::equal(cat_keys, cat_keys + n, next_.cat_keys.data())) {
+    std::swap(*k, next_);
+    next_.deduped = false;
+    return Status::Ok();
   }
   kernels::DedupArgs a;
   a.n = n;
   a.workspace = dedup_workspace_.data();
   a.workspace_bytes = dedup_workspace_.size();
-  a.keys = item_keys_.data();
-  a.unique_keys = item_unique_.data();
-  a.inverse = item_inverse_.data();
-  a.num_unique = &num_item_unique_;
+  a.keys = item_keys;
+  a.unique_keys = k->item_unique.data();
+  a.inverse = k->item_inverse.data();
+  a.num_unique = &k->num_item_unique;
   IPS_RETURN_IF_ERROR(kernels::DedupKeys(ctx_, a));
-  a.keys = cat_keys_.data();
-  a.unique_keys = cat_unique_.data();
-  a.inverse = cat_inverse_.data();
-  a.num_unique = &num_cat_unique_;
-  return kernels::DedupKeys(ctx_, a);
+  a.keys = cat_keys;
+  a.unique_keys = k->cat_unique.data();
+  a.inverse = k->cat_inverse.data();
+  a.num_unique = &k->num_cat_unique;
+  IPS_RETURN_IF_ERROR(kernels::DedupKeys(ctx_, a));
+  k->deduped = true;
+  return Status::Ok();
 }
 
 models::CtrInputs<float> Trainer::Inputs(const CtrBatchView& b) const {
   models::CtrInputs<float> in;
   in.batch = b.batch;
   in.lengths = b.length;
-  in.item_index = item_inverse_.data();
-  in.cat_index = cat_inverse_.data();
+  in.item_index = cur_.item_inverse.data();
+  in.cat_index = cur_.cat_inverse.data();
   in.item_rows = item_rows_.data();
-  in.num_item_rows = num_item_unique_;
+  in.num_item_rows = cur_.num_item_unique;
   in.cat_rows = cat_rows_.data();
-  in.num_cat_rows = num_cat_unique_;
+  in.num_cat_rows = cur_.num_cat_unique;
   in.labels = b.label;
   return in;
 }
@@ -169,22 +186,44 @@ const uint64_t* AsU64(const std::vector<int64_t>& v) {
 }
 }  // namespace
 
-StatusOr<double> Trainer::Step(const CtrBatchView& batch) {
+StatusOr<double> Trainer::Step(const CtrBatchView& batch, const CtrBatchView* next) {
   if (batch.label == nullptr) return InvalidArgumentError("Trainer::Step: batch without labels");
-  IPS_RETURN_IF_ERROR(PrepareKeys(batch, model_->aux_negatives()));
+  const bool aux = model_->aux_negatives();
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch, aux, &cur_, /*reuse_next=*/true));
+  if (next != nullptr) {
+    // Checked before anything is pulled, so a bad `next` leaves the store untouched.
+    if (next->label == nullptr)
+      return InvalidArgumentError("Trainer::Step: next batch without labels");
+    Status s = PrepareKeys(*next, aux, &next_, /*reuse_next=*/false);
+    if (!s.ok()) return s.WithContext("Trainer::Step: next batch");
+  }
   const int64_t D = model_->embedding_dim();
+  IPS_RETURN_IF_ERROR(store_->Pull(item_table_, AsU64(cur_.item_unique), cur_.num_item_unique, D,
+                                   item_rows_.data()));
   IPS_RETURN_IF_ERROR(
-      store_->Pull(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
-  IPS_RETURN_IF_ERROR(
-      store_->Pull(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
+      store_->Pull(cat_table_, AsU64(cur_.cat_unique), cur_.num_cat_unique, D, cat_rows_.data()));
+  if (next != nullptr) {
+    // As early as the protocol allows (after this step's pulls, before its pushes): the PS
+    // holds it until this step's push is applied (sync), then serves it while this worker
+    // finishes the step.
+    IPS_RETURN_IF_ERROR(
+        store_->PrefetchPull(item_table_, AsU64(next_.item_unique), next_.num_item_unique));
+    IPS_RETURN_IF_ERROR(
+        store_->PrefetchPull(cat_table_, AsU64(next_.cat_unique), next_.num_cat_unique));
+  }
   const models::CtrInputs<float> in = Inputs(batch);
   float loss = 0;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
   IPS_RETURN_IF_ERROR(model_->Backward(ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
+  // Categories first: a PS serves a held prefetch as soon as the push it waits for is applied,
+  // before the next request it has; the small category pull then delays the item push only a
+  // little, while the large item pull is served as the last thing of the step, overlapping this
+  // worker's dense all-reduce and update. (The tables are independent: the order changes no
+  // value.)
   IPS_RETURN_IF_ERROR(
-      store_->Push(item_table_, AsU64(item_unique_), num_item_unique_, D, d_item_rows_.data()));
-  IPS_RETURN_IF_ERROR(
-      store_->Push(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, d_cat_rows_.data()));
+      store_->Push(cat_table_, AsU64(cur_.cat_unique), cur_.num_cat_unique, D, d_cat_rows_.data()));
+  IPS_RETURN_IF_ERROR(store_->Push(item_table_, AsU64(cur_.item_unique), cur_.num_item_unique, D,
+                                   d_item_rows_.data()));
 
   ++steps_;
   auto& params = model_->params();
@@ -205,12 +244,12 @@ Status Trainer::Predict(const CtrBatchView& batch, float* probs) {
 Status Trainer::PredictLogits(const CtrBatchView& batch, float* out) {
   if (out == nullptr) return InvalidArgumentError("Trainer::PredictLogits: null output");
   // Inference never reads auxiliary negatives: they only feed DIEN's training loss.
-  IPS_RETURN_IF_ERROR(PrepareKeys(batch, /*with_aux=*/false));
+  IPS_RETURN_IF_ERROR(PrepareKeys(batch, /*with_aux=*/false, &cur_, /*reuse_next=*/false));
   const int64_t D = model_->embedding_dim();
+  IPS_RETURN_IF_ERROR(store_->Lookup(item_table_, AsU64(cur_.item_unique), cur_.num_item_unique, D,
+                                     item_rows_.data()));
   IPS_RETURN_IF_ERROR(
-      store_->Lookup(item_table_, AsU64(item_unique_), num_item_unique_, D, item_rows_.data()));
-  IPS_RETURN_IF_ERROR(
-      store_->Lookup(cat_table_, AsU64(cat_unique_), num_cat_unique_, D, cat_rows_.data()));
+      store_->Lookup(cat_table_, AsU64(cur_.cat_unique), cur_.num_cat_unique, D, cat_rows_.data()));
   models::CtrInputs<float> in = Inputs(batch);
   in.labels = nullptr;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));

@@ -11,6 +11,10 @@
 // training on a converted dataset directory (RunDatasetTraining: epochs over TrainReader's
 // batches, each evaluated with the peer's leave-one-out ranking protocol by EvaluateRanking).
 //
+// Given the next batch as well, Step hands that batch's de-duplicated keys to the store right
+// after its own Pull (EmbeddingStore::PrefetchPull), so that a parameter-server store pulls the
+// next step's rows while this step computes and pushes.
+//
 // This module owns the step's orchestration and the config -> options mapping
 // (TrainJobFromConfig). It does not own the model math (models/), the rows (ps/, behind
 // EmbeddingStore) or the batches (worker/synthetic_batches.h, worker/data_reader.h). A
@@ -109,7 +113,21 @@ class Trainer {
   // the update. Errors: INVALID_ARGUMENT for a batch that does not fit the model (batch size
   // outside [1, max_batch], seq_len != max_len, null arrays, lengths out of range), the store's
   // Pull/Push errors, the kernels' errors. After an error the model may be partially updated.
-  StatusOr<double> Step(const CtrBatchView& batch);
+  //
+  // `next`, when not null, is the batch the NEXT Step will train on (only its keys are read, during
+  // this call). Its keys are de-duplicated here, and right after this step's pulls their pull is
+  // started with EmbeddingStore::PrefetchPull, so that with parameter servers the next step's
+  // pull travels and is served while this step computes and pushes (in sync mode the PS serves it
+  // once this step's push is applied: the same rows a pull in the next step would read). The next
+  // Step finds the keys it needs already de-duplicated (compared key by key, so a different batch
+  // is merely not served from the prefetch). With the in-process store the losses are those of
+  // Step(batch) exactly. Pass only the batch that really comes next: a remote prefetch counts as
+  // a pull on the PS (it creates rows, counts a sighting) whether or not a Step consumes it. With
+  // TTL or a memory cap (TableOptions ttl_steps, max_memory_mb) a prefetched pull is a sighting
+  // one step earlier (served before this step's AdvanceStep), so rows at the TTL edge may live a
+  // step longer and eviction order may differ: launch/cluster_train.cc passes no `next` then.
+  // Errors also INVALID_ARGUMENT for a `next` that does not fit the model (nothing is pulled).
+  StatusOr<double> Step(const CtrBatchView& batch, const CtrBatchView* next = nullptr);
 
   // Click probabilities [batch.batch] of `batch` in inference mode (Dice uses its running
   // statistics) with read-only lookups (unseen keys read as zeros, nothing is created). Labels
@@ -129,9 +147,21 @@ class Trainer {
 
  private:
   explicit Trainer(const TrainerOptions& o);
+  // The keys of one batch per table: [history, target (, aux negatives)] as the model indexes
+  // them, and their de-duplication. Buffers sized for max_batch (no allocation per step).
+  struct BatchKeys {
+    int64_t n = 0;  // keys per table
+    bool with_aux = false;
+    bool deduped = false;                            // unique/inverse hold the dedup of keys
+    std::vector<int64_t> item_keys, cat_keys;        // [B*T + B (+ B*T aux negatives)]
+    std::vector<int64_t> item_unique, cat_unique;    // same capacity
+    std::vector<int64_t> item_inverse, cat_inverse;  // same
+    int64_t num_item_unique = 0, num_cat_unique = 0;
+  };
   // Checks the batch, concatenates [history, target (, aux negatives when with_aux)] keys per
-  // table and de-duplicates them.
-  Status PrepareKeys(const CtrBatchView& batch, bool with_aux);
+  // table into *k and de-duplicates them; with reuse_next, takes next_'s dedup instead when
+  // next_ holds exactly these keys (the batch given as `next` to the previous Step).
+  Status PrepareKeys(const CtrBatchView& batch, bool with_aux, BatchKeys* k, bool reuse_next);
   models::CtrInputs<float> Inputs(const CtrBatchView& batch) const;
 
   TrainerOptions o_;
@@ -143,10 +173,8 @@ class Trainer {
   int64_t steps_ = 0;
 
   // Per-step buffers sized for max_batch (no allocation per step).
-  std::vector<int64_t> item_keys_, cat_keys_;        // [B*T + B (+ B*T aux negatives)]
-  std::vector<int64_t> item_unique_, cat_unique_;    // same capacity
-  std::vector<int64_t> item_inverse_, cat_inverse_;  // same
-  int64_t num_item_unique_ = 0, num_cat_unique_ = 0;
+  BatchKeys cur_;   // this step's (or this prediction's) keys
+  BatchKeys next_;  // the keys of Step's `next`, prefetched
   std::vector<uint8_t> dedup_workspace_;
   std::vector<float> item_rows_, cat_rows_;      // pulled rows
   std::vector<float> d_item_rows_, d_cat_rows_;  // their gradients

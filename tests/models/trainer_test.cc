@@ -1,5 +1,6 @@
 // Trainer (worker/trainer.h): the step's plumbing (keys -> pull -> model -> push -> dense update)
-// against an independent computation, determinism, the config mapping, and training on a
+// against an independent computation, determinism, the next-batch prefetch (what it hands the
+// store, and that it changes no loss), the config mapping, and training on a
 // converted dataset (EvaluateRanking against list-by-list scoring, RunDatasetTraining learning a
 // planted pattern and evaluating on schedule). The learning tests
 // (planted synthetic signal, attention ablation) live in din_learning_test.cc.
@@ -181,6 +182,174 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
     EXPECT_TRUE(weights[0] == weights[1]) << "threads=" << threads;
     EXPECT_NE(losses[0].front(), losses[0].back());  // it did train
   }
+}
+
+// An EmbeddingStore in front of the in-process one that records what the trainer prefetches and
+// checks it against what the next step pulls, as a parameter-server store would use it.
+class PrefetchRecordingStore : public ps::EmbeddingStore {
+ public:
+  explicit PrefetchRecordingStore(ps::LocalEmbeddingStore* inner) : inner_(inner) {}
+  StatusOr<int> FindTable(const std::string& name) const override {
+    return inner_->FindTable(name);
+  }
+  StatusOr<int64_t> TableDim(int table) const override { return inner_->TableDim(table); }
+  Status Pull(int table, const uint64_t* keys, int64_t n, int64_t dim, float* out) override {
+    ++pulls;
+    auto it = pending_.find(table);
+    if (it != pending_.end()) {
+      if (it->second == std::vector<uint64_t>(keys, keys + n)) ++hits;
+      pending_.erase(it);
+    }
+    return inner_->Pull(table, keys, n, dim, out);
+  }
+  Status Lookup(int table, const uint64_t* keys, int64_t n, int64_t dim, float* out) override {
+    return inner_->Lookup(table, keys, n, dim, out);
+  }
+  Status Push(int table, const uint64_t* keys, int64_t n, int64_t dim,
+              const float* grads) override {
+    // The protocol: a prefetch is issued after the step's pull and before its push.
+    if (pending_.count(table) == 0 && expect_prefetch) ++pushes_without_prefetch;
+    return inner_->Push(table, keys, n, dim, grads);
+  }
+  Status AdvanceStep(int64_t step) override { return inner_->AdvanceStep(step); }
+  StatusOr<ps::TableStats> Stats(int table) const override { return inner_->Stats(table); }
+  Status PrefetchPull(int table, const uint64_t* keys, int64_t n) override {
+    ++prefetches;
+    pending_[table].assign(keys, keys + n);
+    return Status::Ok();
+  }
+
+  int pulls = 0, prefetches = 0, hits = 0, pushes_without_prefetch = 0;
+  bool expect_prefetch = false;
+
+ private:
+  ps::LocalEmbeddingStore* inner_;
+  std::map<int, std::vector<uint64_t>> pending_;
+};
+
+ModelSpec PrefetchSpec(ModelKind kind) {
+  ModelSpec s;
+  s.kind = kind;
+  s.embedding_dim = 8;
+  s.max_len = 10;
+  s.max_batch = 64;
+  s.seed = 5;
+  s.din.attention_hidden1 = 16;
+  s.din.attention_hidden2 = 8;
+  s.din.mlp_hidden = {16, 8};
+  s.dien.attention_hidden1 = 16;
+  s.dien.attention_hidden2 = 8;
+  s.dien.aux_hidden = {16, 8};
+  s.dien.mlp_hidden = {16, 8};
+  return s;
+}
+
+// Step(batch, &next): every step after the first pulls exactly the keys the previous step
+// prefetched (same order, both tables), issued between that step's pull and push, and the losses
+// and dense weights are bit-identical to Step(batch) alone. DIN, and DIEN, whose keys include the
+// auxiliary negatives.
+TEST(Trainer, NextBatchPrefetchIsWhatTheNextStepPullsAndChangesNoLoss_DinDien) {
+  SyntheticOptions so;
+  so.num_items = 5000;
+  so.num_categories = 20;
+  so.seq_len = 10;
+  so.seed = 3;
+  auto gen = SyntheticBatches::Create(so);
+  ASSERT_OK(gen.status());
+  constexpr int kSteps = 7;
+  std::vector<CtrBatch> batches(kSteps);
+  for (int i = 0; i < kSteps; ++i) ASSERT_OK((*gen)->CtrBatchAt(i, 64, &batches[i]));
+  for (ModelKind kind : {ModelKind::kDin, ModelKind::kDien}) {
+    std::vector<std::vector<double>> losses(2);
+    std::vector<std::vector<float>> weights(2);
+    for (int prefetch = 0; prefetch < 2; ++prefetch) {
+      TrainerOptions opt;
+      opt.model = PrefetchSpec(kind);
+      auto local = MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
+      PrefetchRecordingStore store(local.get());
+      store.expect_prefetch = prefetch == 1;
+      auto t = Trainer::Create(opt, &store);
+      ASSERT_OK(t.status());
+      for (int i = 0; i < kSteps; ++i) {
+        const CtrBatchView next = ViewOf(batches[std::min(i + 1, kSteps - 1)]);
+        const bool last = i + 1 == kSteps;
+        if (last) store.expect_prefetch = false;  // nothing comes next
+        auto l = (*t)->Step(ViewOf(batches[i]), prefetch == 1 && !last ? &next : nullptr);
+        ASSERT_OK(l.status());
+        losses[prefetch].push_back(*l);
+      }
+      const auto& p = (*t)->model().params();
+      weights[prefetch].assign(p.values(), p.values() + p.size());
+      EXPECT_EQ(store.pulls, 2 * kSteps);
+      EXPECT_EQ(store.pushes_without_prefetch, 0);
+      EXPECT_EQ(store.prefetches, prefetch == 1 ? 2 * (kSteps - 1) : 0);
+      EXPECT_EQ(store.hits, prefetch == 1 ? 2 * (kSteps - 1) : 0) << ModelKindName(kind);
+    }
+    EXPECT_EQ(losses[0], losses[1]) << ModelKindName(kind);
+    EXPECT_TRUE(weights[0] == weights[1]) << ModelKindName(kind);
+    EXPECT_NE(losses[0].front(), losses[0].back());  // it did train
+  }
+}
+
+// A `next` that is not what comes next is only a wasted prefetch: the step that follows pulls
+// its own keys (de-duplicated afresh) and its loss equals a plain step's. A bad `next` is
+// rejected before anything is pulled.
+TEST(Trainer, WrongOrBadNextBatchIsHarmless) {
+  SyntheticOptions so;
+  so.num_items = 5000;
+  so.num_categories = 20;
+  so.seq_len = 10;
+  so.seed = 4;
+  auto gen = SyntheticBatches::Create(so);
+  ASSERT_OK(gen.status());
+  std::vector<CtrBatch> b(4);
+  for (int i = 0; i < 4; ++i) ASSERT_OK((*gen)->CtrBatchAt(i, 32, &b[i]));
+  TrainerOptions opt;
+  opt.model = PrefetchSpec(ModelKind::kDin);
+  std::vector<std::vector<double>> losses(2);
+  for (int wrong = 0; wrong < 2; ++wrong) {
+    auto local = MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
+    PrefetchRecordingStore store(local.get());
+    auto t = Trainer::Create(opt, &store);
+    ASSERT_OK(t.status());
+    const CtrBatchView other = ViewOf(b[3]);
+    for (int i = 0; i < 3; ++i) {
+      auto l = (*t)->Step(ViewOf(b[i]), wrong == 1 ? &other : nullptr);
+      ASSERT_OK(l.status());
+      losses[wrong].push_back(*l);
+    }
+    EXPECT_EQ(store.hits, 0);
+    if (wrong == 1) {
+      CtrBatch bad = b[3];
+      bad.length[2] = 99;
+      const CtrBatchView bad_view = ViewOf(bad);
+      auto stats = local->Stats(0);
+      ASSERT_OK(stats.status());
+      auto s = (*t)->Step(ViewOf(b[0]), &bad_view);
+      EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(s.status().message().find("next batch"), std::string::npos) << s.status();
+      EXPECT_NE(s.status().message().find("lengths[2]"), std::string::npos) << s.status();
+      auto after = local->Stats(0);
+      ASSERT_OK(after.status());
+      EXPECT_EQ(after->pulled_keys, stats->pulled_keys);  // nothing pulled
+      EXPECT_EQ((*t)->steps(), 3);
+    }
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+}
+
+// The in-process store's PrefetchPull is a no-op that still checks its arguments.
+TEST(LocalEmbeddingStore, PrefetchPullIsANoOpThatChecksArguments) {
+  auto store = MakeStore(3, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  const uint64_t keys[3] = {4, 5, 6};
+  EXPECT_OK(store->PrefetchPull(0, keys, 3));
+  EXPECT_EQ(store->PrefetchPull(7, keys, 3).code(), StatusCode::kNotFound);
+  EXPECT_EQ(store->PrefetchPull(0, nullptr, 3).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->PrefetchPull(0, keys, -1).code(), StatusCode::kInvalidArgument);
+  auto stats = store->Stats(0);
+  ASSERT_OK(stats.status());
+  EXPECT_EQ(stats->rows, 0);  // nothing created
+  EXPECT_EQ(stats->pulled_keys, 0);
 }
 
 // The dense weights follow torch.optim.Adam exactly (eps added to sqrt(v) / sqrt(bc2), not to

@@ -13,7 +13,8 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist)
       "mpi_store_async_test:MpiRemoteStore.Async*"
       "mpi_store_admission_test:MpiRemoteStore.Admission*:MpiRemoteStore.MemoryCap*"
       "mpi_cluster_failure_test:MpiCluster.*"
-      "mpi_train_test:MpiTrain.*")
+      "mpi_train_test:MpiTrain.*"
+      "mpi_train_prefetch_test:MpiTrainPrefetch.*")
     foreach(group ${_ips_mpi_groups})
       string(FIND "${group}" ":" colon)
       string(SUBSTRING "${group}" 0 ${colon} name)

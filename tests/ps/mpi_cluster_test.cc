@@ -27,6 +27,7 @@
 #include "common/random.h"
 #include "common/timer.h"
 #include "launch/cluster_train.h"
+#include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "ps/remote_store.h"
@@ -34,6 +35,8 @@
 #include "ps/transport.h"
 #include "tests/testing/tolerance.h"
 #include "worker/cluster.h"
+#include "worker/collective.h"
+#include "worker/metrics.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -421,6 +424,125 @@ int CaseTrain() {
   return RunClusterTrain(*cfg, f);
 }
 
+// ---- Case: the trainer's next-batch prefetch over parameter servers --------------------------
+
+// The worker loop of launch/cluster_train.cc (worker w trains batches w, w + W, ...; the dense
+// gradients are averaged by the workers' Collective; replicas start from worker 0's weights),
+// reduced to what the prefetch tests read, with Trainer::Step(batch, &next) when --prefetch=1
+// (--next_offset=2: a wrong next, the batch after it). Worker 0 prints every loss
+// (LOSS step=<i> loss=<%.17g>) and one line PREFETCH worker=0 steps=.. pulls=.. prefetch_hits=..
+// auc=.. samples_per_s=.. staleness_max=.. step_ms=.. pull_p50_us=.. pull_p99_us=.. (times of the
+// steps after warmup; pull latency: the store's whole Pull calls, a prefetched one included);
+// the AUC is over --eval_batches held-out batches of the stream after every worker's training
+// batches. Also the measurement of the prefetch's effect: run it with --prefetch=0 and 1.
+int CaseTrainerPrefetch(int argc, char** argv) {
+  auto cfg = LoadConfig(Arg("config", ""), {});
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "CASE FAILED: %s\n", cfg.status().ToString().c_str());
+    return 1;
+  }
+  auto job_or = TrainJobFromConfig(*cfg);
+  if (!job_or.ok()) {
+    std::fprintf(stderr, "CASE FAILED: %s\n", job_or.status().ToString().c_str());
+    return 1;
+  }
+  TrainJob job = std::move(job_or).value();
+  ClusterOptions copt;
+  copt.num_ps = cfg->cluster().num_ps();
+  auto cluster_or = Cluster::Init(&argc, &argv, copt);
+  if (!cluster_or.ok()) {
+    std::fprintf(stderr, "CASE FAILED: %s\n", cluster_or.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
+  const int num_workers = cluster->layout().num_workers;
+  if (cluster->role() == Role::kPs) {
+    ps::ServerOptions so;
+    so.tables = job.tables;
+    so.num_workers = num_workers;
+    auto server = ps::ParameterServer::Create(cluster->transport(), so);
+    if (!server.ok()) cluster->Abort(server.status());
+    if (Status s = (*server)->Run(); !s.ok()) cluster->Abort(s);
+    // Pulls held until the pushes they wait for were applied: a prefetch of the next step.
+    std::printf("PREFETCH_PS %d pulls=%lld deferred=%lld\n", cluster->role_index(),
+                static_cast<long long>((*server)->stats().pulls),
+                static_cast<long long>((*server)->stats().deferred_pulls));
+    std::fflush(stdout);
+    return 0;
+  }
+  const int w = cluster->role_index();
+  Collective* coll = cluster->collective();
+  RemoteStoreOptions ro;
+  ro.tables = job.tables;
+  ro.ps_ranks = cluster->layout().PsRanks();
+  ro.worker_index = w;
+  ro.mode = cfg->cluster().sync() == config::ClusterConfig::ASYNC ? RemoteStoreOptions::Mode::kAsync
+                                                                  : RemoteStoreOptions::Mode::kSync;
+  ro.staleness = cfg->cluster().staleness();
+  auto store = RemoteEmbeddingStore::Create(cluster->transport(), ro);
+  if (!store.ok()) cluster->Abort(store.status());
+  job.trainer.dense_grad_allreduce = [coll](float* g, int64_t n) {
+    return coll->AllReduceMean(g, n);
+  };
+  auto trainer_or = Trainer::Create(job.trainer, store->get());
+  if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
+  Trainer* trainer = trainer_or->get();
+  auto& params = trainer->model().params();
+  if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
+      !s.ok())
+    cluster->Abort(s);
+  auto gen = SyntheticBatches::Create(job.run.data);
+  if (!gen.ok()) cluster->Abort(gen.status());
+  const int train_steps = job.run.warmup_steps + job.run.steps;
+  std::vector<CtrBatch> batches(static_cast<size_t>(train_steps));
+  for (int i = 0; i < train_steps; ++i) {
+    const uint64_t index = static_cast<uint64_t>(i) * num_workers + static_cast<uint64_t>(w);
+    if (Status s = (*gen)->CtrBatchAt(index, job.run.batch, &batches[i]); !s.ok())
+      cluster->Abort(s);
+  }
+  const bool prefetch = IntArg("prefetch", 1) != 0;
+  // --next_offset=2 hands Step the batch after next: a wrong `next` that no Pull consumes.
+  const int next_offset = IntArg("next_offset", 1);
+  double timed = 0;
+  Timer timer;
+  for (int i = 0; i < train_steps; ++i) {
+    timer.Reset();
+    const bool has_next = prefetch && i + next_offset < train_steps;
+    CtrBatchView next;
+    if (has_next) next = ViewOf(batches[i + next_offset]);
+    auto loss = trainer->Step(ViewOf(batches[i]), has_next ? &next : nullptr);
+    if (i >= job.run.warmup_steps) timed += timer.Seconds();
+    if (!loss.ok()) cluster->Abort(loss.status());
+    if (w == 0) std::printf("LOSS step=%d loss=%.17g\n", i, *loss);
+  }
+  if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
+    cluster->Abort(s);
+  const ps::RemoteStoreMetrics m = (*store)->metrics();
+  if (Status s = (*store)->Finish(); !s.ok()) cluster->Abort(s);
+  if (w == 0) {
+    BinaryMetrics bm;
+    std::vector<float> probs(static_cast<size_t>(job.run.batch));
+    for (int e = 0; e < IntArg("eval_batches", 2); ++e) {
+      CtrBatch b;
+      const uint64_t index = static_cast<uint64_t>(train_steps) * num_workers + e;
+      if (Status s = (*gen)->CtrBatchAt(index, job.run.batch, &b); !s.ok()) cluster->Abort(s);
+      if (Status s = trainer->Predict(ViewOf(b), probs.data()); !s.ok()) cluster->Abort(s);
+      if (Status s = bm.Add(probs.data(), b.label.data(), nullptr, b.batch); !s.ok())
+        cluster->Abort(s);
+    }
+    std::printf(
+        "PREFETCH worker=0 steps=%d pulls=%lld prefetch_hits=%lld auc=%.4f samples_per_s=%.1f "
+        "staleness_max=%lld step_ms=%.3f pull_p50_us=%.1f pull_p99_us=%.1f\n",
+        train_steps, static_cast<long long>(m.pulls), static_cast<long long>(m.prefetch_hits),
+        bm.Compute().auc, timed > 0 ? job.run.steps * job.run.batch * num_workers / timed : 0.0,
+        static_cast<long long>(m.staleness_max),
+        job.run.steps > 0 ? timed * 1e3 / job.run.steps : 0.0, m.pull_p50_us, m.pull_p99_us);
+    std::fflush(stdout);
+  }
+  if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  return 0;
+}
+
 // ---- The gtest side: launching mpirun ---------------------------------------------------------
 
 struct MpiRun {
@@ -517,6 +639,20 @@ TEST(MpiRemoteStore, EqualsLocalStore_1_2_3Ps_Sync) {
     ASSERT_FALSE(c.empty()) << r.output;
     if (crc.empty()) crc = c;
     EXPECT_EQ(c, crc) << ps << " PS give other rows than 1 PS";
+  }
+}
+
+// Sync mode with the next step's keys prefetched before each push: every pull, prefetched or
+// not, reads exactly what the in-process store reads (checked step by step on the worker), so
+// the PS holds a prefetch until this worker's push of the step is applied.
+TEST(MpiRemoteStore, EqualsLocalStore_SyncWithPrefetch_1_2Ps) {
+  for (int ps : {1, 2}) {
+    MpiRun r = RunMpi(ps + 1, "--mpi_case=store --prefetch=1 --num_ps=" + std::to_string(ps));
+    ASSERT_EQ(r.exit_code, 0) << ps << " PS:\n" << r.output;
+    EXPECT_EQ(r.output.find("CASE FAILED"), std::string::npos) << r.output;
+    // 30 steps x 2 tables, all but the first step's pulls served from the prefetch.
+    EXPECT_EQ(Field(r.output, "WORKER 0", "prefetch_hits"), "58") << r.output;
+    EXPECT_NE(Field(r.output, "PS 0", "deferred"), "0") << "no prefetch was held\n" << r.output;
   }
 }
 
@@ -740,6 +876,179 @@ TEST(MpiTrain, AsyncStaleness4AucWithin0005OfSync_2Workers) {
   EXPECT_NEAR(auc[1], auc[0], 0.005);
 }
 
+// ---- The trainer's next-batch prefetch (Trainer::Step(batch, &next)) ---------------------------
+
+// Runs the trainer_prefetch case on `np` ranks with `config_text` (and `extra_args`); returns the
+// run and worker 0's losses.
+MpiRun RunTrainerPrefetch(int np, const std::string& config_text, bool prefetch,
+                          std::vector<double>* losses, const std::string& extra_args = "",
+                          int timeout_s = 90) {
+  const std::string path = TempPath("prefetch.pbtxt");
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f != nullptr) {
+    std::fwrite(config_text.data(), 1, config_text.size(), f);
+    std::fclose(f);
+  }
+  MpiRun r = RunMpi(np,
+                    "--mpi_case=trainer_prefetch --config=" + path +
+                        " --prefetch=" + (prefetch ? "1" : "0") + " " + extra_args,
+                    timeout_s);
+  std::remove(path.c_str());
+  losses->clear();
+  size_t pos = 0;
+  while ((pos = r.output.find("LOSS step=", pos)) != std::string::npos) {
+    const size_t k = r.output.find(" loss=", pos);
+    if (k == std::string::npos) break;
+    losses->push_back(std::strtod(r.output.c_str() + k + 6, nullptr));
+    pos = k;
+  }
+  return r;
+}
+
+// The single-process losses of TrainConfigText's job (the reference of the 1-worker sync runs).
+std::vector<double> SingleProcessLosses() {
+  auto cfg = ParseConfigText(TrainConfigText(1, "SYNC"), "test");
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  if (!cfg.ok()) return {};
+  auto job = TrainJobFromConfig(*cfg);
+  EXPECT_TRUE(job.ok()) << job.status();
+  if (!job.ok()) return {};
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  EXPECT_TRUE(store.ok());
+  if (!store.ok()) return {};
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  if (!trainer.ok()) return {};
+  job->run.eval_batches = 0;
+  auto single = RunSyntheticTraining(trainer->get(), job->run, RunSinks{});
+  EXPECT_TRUE(single.ok()) << single.status();
+  return single.ok() ? single->losses : std::vector<double>{};
+}
+
+// The claim: with the prefetch, 1 worker + 1 or 2 PS in sync mode still give EXACTLY the
+// single-process loss sequence, and the same as without the prefetch (a prefetched pull is held
+// by the PS until this step's push is applied, so it reads what a fresh pull would), and every
+// step after the first is served from the prefetch: prefetch_hits = 2 tables x (steps - 1), each
+// of them held by every PS (its frame arrives before the push it waits for).
+TEST(MpiTrainPrefetch, OneWorkerSyncEqualsSingleProcessLossesAndEveryPullIsPrefetched_1And2Ps) {
+  const std::vector<double> single = SingleProcessLosses();
+  const size_t steps = single.size();
+  ASSERT_EQ(steps, 14u);
+  for (int ps : {1, 2}) {
+    std::vector<double> got;
+    MpiRun r = RunTrainerPrefetch(ps + 1, TrainConfigText(ps, "SYNC"), true, &got);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_TRUE(testing::AllClose(got, single, testing::Tolerance{0, 0})) << ps << " PS\n"
+                                                                          << r.output;
+    EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "pulls"), std::to_string(2 * steps));
+    EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"),
+              std::to_string(2 * (steps - 1)))
+        << r.output;
+    // (A held pull counts again each time a push of another table re-checks it.)
+    for (int p = 0; p < ps; ++p) {
+      const std::string held = Field(r.output, "PREFETCH_PS " + std::to_string(p), "deferred");
+      ASSERT_FALSE(held.empty()) << r.output;
+      EXPECT_GE(std::stoll(held), static_cast<long long>(2 * (steps - 1))) << "PS " << p;
+    }
+  }
+  // Without it: the same losses, nothing prefetched, nothing held.
+  std::vector<double> plain;
+  MpiRun r = RunTrainerPrefetch(2, TrainConfigText(1, "SYNC"), false, &plain);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(testing::AllClose(plain, single, testing::Tolerance{0, 0})) << r.output;
+  EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"), "0") << r.output;
+  EXPECT_EQ(Field(r.output, "PREFETCH_PS 0", "deferred"), "0") << r.output;
+}
+
+// A wrong `next` (the batch after the next one) over 2 PS: no Pull consumes a prefetch, so each
+// step pulls afresh (the outstanding prefetch is abandoned, never waited on: that could
+// deadlock), and the losses are still exactly single-process training's: the wasted prefetch
+// only creates rows early (a row's initial value is a pure function of its key) and counts
+// sightings, which no option of this job reads. The last steps have no `next`, so the last step
+// pulls the very keys prefetched two steps before: served before the push in between, those rows
+// are stale, and the store pulls afresh (it matches the clock too, not only the keys).
+TEST(MpiTrainPrefetch, WrongNextBatchIsIgnoredAndChangesNoLoss_1Worker2PsSync) {
+  const std::vector<double> single = SingleProcessLosses();
+  ASSERT_EQ(single.size(), 14u);
+  std::vector<double> got;
+  MpiRun r = RunTrainerPrefetch(3, TrainConfigText(2, "SYNC"), true, &got, "--next_offset=2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(testing::AllClose(got, single, testing::Tolerance{0, 0})) << r.output;
+  EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "pulls"), "28") << r.output;
+  EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"), "0") << r.output;
+  // The prefetches were sent (and held by the PS) all the same: 2 tables x 12 steps.
+  const std::string held = Field(r.output, "PREFETCH_PS 0", "deferred");
+  ASSERT_FALSE(held.empty()) << r.output;
+  EXPECT_GE(std::stoll(held), 24) << r.output;
+}
+
+// 2 workers + 2 PS in sync mode: the same loss sequence with and without the prefetch, bit for
+// bit (a sync PS applies every worker's push of a clock together, in worker order, so a held
+// prefetch and a fresh pull of the next step read the same rows), the dense replicas end equal
+// (checked by the case), worker 0 reads no stale row, and all its pulls after the first step are
+// served from the prefetch.
+TEST(MpiTrainPrefetch, TwoWorkersSyncSameLossesWithAndWithoutPrefetch_2Ps) {
+  std::vector<double> losses[2];
+  for (int prefetch = 0; prefetch < 2; ++prefetch) {
+    MpiRun r = RunTrainerPrefetch(4, TrainConfigText(2, "SYNC"), prefetch == 1, &losses[prefetch]);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_EQ(losses[prefetch].size(), 14u) << r.output;
+    EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"), prefetch == 1 ? "26" : "0")
+        << r.output;
+    EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "staleness_max"), "0") << r.output;
+  }
+  EXPECT_TRUE(testing::AllClose(losses[1], losses[0], testing::Tolerance{0, 0}));
+  EXPECT_NE(losses[0].front(), losses[0].back());  // it did train
+}
+
+// Async with staleness 0 (1 worker, 2 PS): a prefetch is served only once this worker's push
+// is applied, so the losses are still exactly single-process training's, all served from it.
+TEST(MpiTrainPrefetch, OneWorkerAsyncStaleness0EqualsSingleProcessLosses_2Ps) {
+  const std::vector<double> single = SingleProcessLosses();
+  ASSERT_EQ(single.size(), 14u);
+  std::vector<double> got;
+  MpiRun r = RunTrainerPrefetch(3, TrainConfigText(2, "ASYNC staleness: 0"), true, &got);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(testing::AllClose(got, single, testing::Tolerance{0, 0})) << r.output;
+  EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"), "26") << r.output;
+}
+
+// Async with staleness 2 and the prefetch (2 workers, 1 PS): the measured staleness stays within
+// the bound and the held-out AUC is within 0.01 of sync's (also prefetched).
+TEST(MpiTrainPrefetch, AsyncStaleness2AucCloseToSync_2Workers) {
+  auto config = [](const std::string& sync) {
+    return "version: 1\nname: \"mpi_prefetch_auc\"\n"
+           "data { batch_size: 128 max_history: 10 seed: 0 synthetic { num_items: 20000 "
+           "num_categories: 50 zipf_alpha: 1.1 warmup_steps: 5 steps: 100 } }\n"
+           "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] mlp_hidden: [32, 16] "
+           "activation: PRELU }\n"
+           "optimizer { type: ADAM learning_rate: 0.005 }\n"
+           "tables { name: \"item\" dim: 8 }\ntables { name: \"category\" dim: 8 }\n"
+           "train { num_threads: 1 seed: 0 log_every_steps: 50 }\n"
+           "cluster { num_ps: 1 sync: " +
+           sync + " }\n";
+  };
+  double auc[2];
+  int k = 0;
+  for (const std::string sync : {"SYNC", "ASYNC staleness: 2"}) {
+    std::vector<double> losses;
+    MpiRun r = RunTrainerPrefetch(3, config(sync), true, &losses);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string a = Field(r.output, "PREFETCH worker=0", "auc");
+    ASSERT_FALSE(a.empty()) << r.output;
+    auc[k++] = std::stod(a);
+    EXPECT_EQ(Field(r.output, "PREFETCH worker=0", "prefetch_hits"), std::to_string(2 * 104));
+    const std::string st = Field(r.output, "PREFETCH worker=0", "staleness_max");
+    ASSERT_FALSE(st.empty()) << r.output;
+    EXPECT_LE(std::stoi(st), sync == "SYNC" ? 0 : 2) << r.output;
+    std::printf("%s with prefetch: auc %s staleness_max %s samples_per_s %s\n", sync.c_str(),
+                a.c_str(), st.c_str(),
+                Field(r.output, "PREFETCH worker=0", "samples_per_s").c_str());
+  }
+  EXPECT_GT(auc[0], 0.75) << "sync did not learn: the comparison would be vacuous";
+  EXPECT_NEAR(auc[1], auc[0], 0.01);
+}
+
 }  // namespace
 }  // namespace ips
 
@@ -756,6 +1065,7 @@ int main(int argc, char** argv) {
   if (mpi_case == "transport") return ips::CaseTransport();
   if (mpi_case == "store") return ips::CaseStore(argc, argv);
   if (mpi_case == "train") return ips::CaseTrain();
+  if (mpi_case == "trainer_prefetch") return ips::CaseTrainerPrefetch(argc, argv);
   if (!mpi_case.empty()) {
     std::fprintf(stderr, "unknown --mpi_case=%s\n", mpi_case.c_str());
     return 2;

@@ -1,0 +1,503 @@
+// Checkpoints of distributed training (launch/cluster_train.h) under mpirun: a 1-worker sync run
+// resumed from a checkpoint repeats the uninterrupted run's losses bit for bit; a worker or a
+// parameter server killed with SIGKILL (mid-run, or mid-checkpoint) ends the job non-zero and
+// leaves the last complete checkpoint intact and no partial one visible, and --resume finishes
+// with the uninterrupted run's held-out AUC (within 0.002); a checkpoint written by 2 servers
+// resumes on 3 (re-sharded by PsOfKey) with the same tables and losses as on 2.
+//
+// One binary plays two parts (as tests/ps/mpi_cluster_test.cc). Run by ctest, its tests launch
+// `mpirun ... <this binary> --mpi_case=train ...`; run by mpirun with --mpi_case=train, every rank
+// calls RunClusterTrain with the flags given.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/timer.h"
+#include "launch/cluster_train.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
+#include "ps/dynamic_table.h"
+#include "tests/testing/tolerance.h"
+#include "worker/checkpoint.h"
+#include "worker/trainer.h"
+
+namespace ips {
+namespace {
+
+std::map<std::string, std::string> g_args;
+
+std::string Arg(const std::string& name, const std::string& def) {
+  auto it = g_args.find(name);
+  return it == g_args.end() ? def : it->second;
+}
+int64_t IntArg(const std::string& name, int64_t def) {
+  auto it = g_args.find(name);
+  return it == g_args.end() ? def : std::stoll(it->second);
+}
+
+// ---- The mpirun side --------------------------------------------------------------------------
+
+int CaseTrain() {
+  auto cfg = LoadConfig(Arg("config", ""), {});
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "CASE FAILED: %s\n", cfg.status().ToString().c_str());
+    return 1;
+  }
+  ClusterTrainFlags f;
+  f.eval_batches = static_cast<int>(IntArg("eval_batches", 8));
+  f.quiet = true;
+  f.metrics_out = Arg("metrics_out", "");
+  f.replica_check_every = 5;
+  f.resume = Arg("resume", "");
+  f.kill_rank = static_cast<int>(IntArg("kill_rank", -1));
+  f.kill_step = IntArg("kill_step", -1);
+  f.kill_in_checkpoint_step = IntArg("kill_in_checkpoint_step", -1);
+  f.term_step = IntArg("term_step", -1);
+  return RunClusterTrain(*cfg, f);
+}
+
+// ---- The gtest side ---------------------------------------------------------------------------
+
+struct MpiRun {
+  int exit_code = -1;
+  double seconds = 0;
+  std::string stdout_text;  // the ranks' stdout only (RESULT lines), never interleaved with logs
+  std::string output;       // stderr, then stdout
+};
+
+std::string SelfPath() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+std::string ReadAll(const std::string& path) {
+  std::string out;
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  std::fclose(f);
+  return out;
+}
+
+// Runs `mpirun -np <np> <this binary> <args>`. stdout and stderr are captured apart: mpirun
+// forwards each rank's streams in chunks, so a log line of one rank may land inside another
+// rank's stdout line when both go to one pipe.
+MpiRun RunMpi(int np, const std::string& args, int timeout_s = 60) {
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string err_path = std::string(tmp != nullptr ? tmp : "/tmp") +
+                               "/ips_ckpt_test_stderr_" + std::to_string(getpid());
+  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
+                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe -np " +
+                          std::to_string(np) + " " + SelfPath() + " " + args + " 2>" + err_path;
+  MpiRun r;
+  Timer timer;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.stdout_text.append(buf, n);
+  const int status = pclose(p);
+  r.seconds = timer.Seconds();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.output = ReadAll(err_path) + "---- stdout ----\n" + r.stdout_text;
+  std::remove(err_path.c_str());
+  return r;
+}
+
+// The value of `key=` on the first line of `out` that starts with `prefix` (empty if absent).
+std::string Field(const std::string& out, const std::string& prefix, const std::string& key) {
+  size_t pos = 0;
+  while ((pos = out.find(prefix, pos)) != std::string::npos) {
+    if (pos == 0 || out[pos - 1] == '\n') {
+      const size_t end = out.find('\n', pos);
+      const std::string line = out.substr(pos, end - pos);
+      const size_t k = line.find(" " + key + "=");
+      if (k == std::string::npos) return "";
+      const size_t b = k + key.size() + 2;
+      return line.substr(b, line.find(' ', b) - b);
+    }
+    ++pos;
+  }
+  return "";
+}
+
+// A per-test scratch directory, removed at the end.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& name) {
+    const char* tmp = std::getenv("TMPDIR");
+    path_ = std::string(tmp != nullptr ? tmp : "/tmp") + "/ips_ckpt_test_" +
+            std::to_string(getpid()) + "_" + name;
+    ps::RemoveTree(path_);
+    EXPECT_TRUE(ps::MakeDirs(path_).ok());
+  }
+  ~ScratchDir() { ps::RemoveTree(path_); }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct TrainSetup {
+  int num_ps = 1;
+  int steps = 18;  // after 2 warm-up steps
+  int batch = 32;
+  int every_steps = 10;
+  int keep_last = 3;
+  bool incremental = false;
+  std::string checkpoint_dir;
+};
+
+std::string ConfigText(const TrainSetup& s) {
+  return "version: 1\nname: \"cluster_ckpt\"\n"
+         "data { batch_size: " +
+         std::to_string(s.batch) +
+         " max_history: 8 seed: 0 synthetic { num_items: 3000 num_categories: 40 "
+         "zipf_alpha: 1.1 warmup_steps: 2 steps: " +
+         std::to_string(s.steps) +
+         " } }\n"
+         "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] mlp_hidden: [16, 8] "
+         "activation: PRELU }\n"
+         "optimizer { type: ADAM learning_rate: 0.01 }\n"
+         "tables { name: \"item\" dim: 8 }\ntables { name: \"category\" dim: 8 }\n"
+         "train { num_threads: 1 seed: 0 log_every_steps: 1 }\n"
+         "cluster { num_ps: " +
+         std::to_string(s.num_ps) +
+         " sync: SYNC }\n"
+         "checkpoint { dir: \"" +
+         s.checkpoint_dir + "\" every_steps: " + std::to_string(s.every_steps) +
+         " keep_last: " + std::to_string(s.keep_last) +
+         (s.incremental ? " incremental: true" : "") + " }\n";
+}
+
+std::string WriteConfig(const ScratchDir& dir, const std::string& name, const TrainSetup& s) {
+  const std::string path = dir / name;
+  FILE* f = std::fopen(path.c_str(), "w");
+  EXPECT_NE(f, nullptr);
+  const std::string text = ConfigText(s);
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
+  return path;
+}
+
+// step -> loss of worker 0's per-step metrics lines.
+std::map<int64_t, double> LossesOf(const std::string& metrics_path) {
+  std::map<int64_t, double> losses;
+  FILE* f = std::fopen(metrics_path.c_str(), "r");
+  if (f == nullptr) return losses;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    const std::string s(line);
+    if (s.find("\"phase\":\"train\"") == std::string::npos) continue;
+    const size_t st = s.find("\"step\":"), k = s.find("\"loss\":");
+    if (st != std::string::npos && k != std::string::npos)
+      losses[std::strtoll(s.c_str() + st + 7, nullptr, 10)] =
+          std::strtod(s.c_str() + k + 7, nullptr);
+  }
+  std::fclose(f);
+  return losses;
+}
+
+// The losses of `got`'s steps, and the same steps of `ref` (missing ones: NaN, so they differ).
+void Aligned(const std::map<int64_t, double>& got, const std::map<int64_t, double>& ref,
+             std::vector<double>* a, std::vector<double>* b) {
+  for (const auto& [step, loss] : got) {
+    a->push_back(loss);
+    auto it = ref.find(step);
+    b->push_back(it == ref.end() ? std::nan("") : it->second);
+  }
+}
+
+// The checkpoints a reader can see under `root`: each validated (manifest, sizes, CRC32Cs, table
+// structure) by CheckpointReader::Open. Returns their steps; fails the test on an invalid one.
+std::vector<int64_t> ValidCheckpoints(const std::string& root) {
+  std::vector<int64_t> steps;
+  auto list = ListCheckpoints(root);
+  EXPECT_TRUE(list.ok()) << list.status();
+  if (!list.ok()) return steps;
+  for (const auto& [step, name] : *list) {
+    auto reader = CheckpointReader::Open(root + "/" + name);
+    EXPECT_TRUE(reader.ok()) << name << ": " << reader.status();
+    if (reader.ok()) steps.push_back((*reader)->step());
+  }
+  return steps;
+}
+
+// Loads every table of a checkpoint (all writers' files) into fresh tables: key -> value + state.
+std::map<std::string, std::map<uint64_t, std::vector<float>>> TablesOf(
+    const std::string& checkpoint, const std::string& config_path) {
+  std::map<std::string, std::map<uint64_t, std::vector<float>>> out;
+  auto cfg = LoadConfig(config_path, {});
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  if (!cfg.ok()) return out;
+  auto job = TrainJobFromConfig(*cfg);
+  EXPECT_TRUE(job.ok()) << job.status();
+  if (!job.ok()) return out;
+  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
+  CheckpointContent into;
+  for (const ps::TableOptions& o : job->tables) {
+    auto t = ps::DynamicTable::Create(o);
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return out;
+    into.tables.push_back(t->get());
+    tables.push_back(std::move(t).value());
+  }
+  auto reader = CheckpointReader::Open(checkpoint);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!reader.ok()) return out;
+  std::map<std::string, std::string> blobs;
+  EXPECT_TRUE((*reader)->Restore(into, &blobs).ok());
+  for (const auto& t : tables) {
+    auto& rows = out[t->options().name];
+    const int64_t dim = t->options().dim, state = t->state_count() * dim;
+    t->ForEachRowSince(0, [&](const ps::RowRecord& r) {
+      std::vector<float> v(r.value, r.value + dim);
+      v.insert(v.end(), r.state, r.state + state);
+      v.push_back(static_cast<float>(r.freq));
+      rows[r.key] = std::move(v);
+    });
+  }
+  return out;
+}
+
+// (a) 1 PS + 1 worker, sync: checkpoints at steps 10 and 20; resuming from step 10 repeats the
+// uninterrupted run's losses of steps 11..20 exactly and its held-out AUC. The checkpoint has
+// the single-process layout: `ips train --resume` reads it (TablesOf loads it the same way).
+TEST(ClusterCheckpoint, OneWorkerSyncResumeEqualsUninterruptedBitwise) {
+  ScratchDir dir("a");
+  TrainSetup s;
+  s.checkpoint_dir = dir / "ckpt";
+  const std::string config = WriteConfig(dir, "a.pbtxt", s);
+  MpiRun full =
+      RunMpi(2, "--mpi_case=train --config=" + config + " --metrics_out=" + (dir / "full.jsonl"));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20})) << full.output;
+  const auto reference = LossesOf(dir / "full.jsonl");
+  ASSERT_EQ(reference.size(), 20u) << full.output;
+
+  s.checkpoint_dir = dir / "ckpt_resumed";
+  const std::string config2 = WriteConfig(dir, "a2.pbtxt", s);
+  MpiRun resumed = RunMpi(2, "--mpi_case=train --config=" + config2 + " --metrics_out=" +
+                                 (dir / "resumed.jsonl") + " --resume=" + (dir / "ckpt/ckpt-10"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  const auto got = LossesOf(dir / "resumed.jsonl");
+  ASSERT_EQ(got.size(), 10u) << resumed.output;
+  EXPECT_EQ(got.begin()->first, 11);
+  std::vector<double> a, b;
+  Aligned(got, reference, &a, &b);
+  EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
+  EXPECT_EQ(Field(resumed.stdout_text, "RESULT train_cluster", "auc"),
+            Field(full.stdout_text, "RESULT train_cluster", "auc"));
+  // The final checkpoints of both runs hold the same tables.
+  EXPECT_EQ(TablesOf(dir / "ckpt/ckpt-20", config), TablesOf(dir / "ckpt_resumed", config));
+  std::printf("uninterrupted %.1f s, resumed %.1f s\n", full.seconds, resumed.seconds);
+}
+
+// The uninterrupted reference of the 2 PS + 2 worker tests: 40 steps of batch 64, AUC on 8
+// held-out batches; incremental checkpoints every 8 steps (8 full, 16 incremental on 8, ...; the
+// first one after a resume is full), so resuming from 16 loads a chain.
+TrainSetup TwoByTwo(const std::string& checkpoint_dir) {
+  TrainSetup s;
+  s.num_ps = 2;
+  s.steps = 38;
+  s.batch = 64;
+  s.every_steps = 8;
+  s.keep_last = 2;
+  s.incremental = true;
+  s.checkpoint_dir = checkpoint_dir;
+  return s;
+}
+
+// Kills `kill_args` into a 2 PS + 2 worker job, checks what is left, resumes it and compares the
+// AUC and worker 0's losses with an uninterrupted run's. `expect_latest` is the step of the
+// newest complete checkpoint.
+void KillAndResume(const std::string& name, const std::string& kill_args, int64_t expect_latest) {
+  ScratchDir dir(name);
+  const TrainSetup ref_setup = TwoByTwo(dir / "ref_ckpt");
+  const std::string ref_config = WriteConfig(dir, "ref.pbtxt", ref_setup);
+  MpiRun ref = RunMpi(
+      4, "--mpi_case=train --config=" + ref_config + " --metrics_out=" + (dir / "ref.jsonl"));
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string ref_auc = Field(ref.stdout_text, "RESULT train_cluster", "auc");
+  ASSERT_FALSE(ref_auc.empty()) << ref.output;
+
+  const TrainSetup s = TwoByTwo(dir / "ckpt");
+  const std::string config = WriteConfig(dir, "kill.pbtxt", s);
+  MpiRun killed = RunMpi(4, "--mpi_case=train --config=" + config + " " + kill_args);
+  EXPECT_NE(killed.exit_code, 0) << killed.output;
+  EXPECT_NE(killed.output.find("kills itself with SIGKILL"), std::string::npos) << killed.output;
+  EXPECT_EQ(killed.stdout_text.find("RESULT train_cluster"), std::string::npos) << killed.output;
+  // Only complete checkpoints are visible, every one verifies, the newest is the expected one
+  // and LATEST names it.
+  const std::vector<int64_t> steps = ValidCheckpoints(s.checkpoint_dir);
+  ASSERT_FALSE(steps.empty()) << killed.output;
+  EXPECT_EQ(steps.back(), expect_latest) << killed.output;
+  auto latest = CheckpointReader::Open(s.checkpoint_dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ((*latest)->step(), expect_latest);
+  EXPECT_EQ((*latest)->incremental(), expect_latest == 16);  // 16 = 8 + its changes
+  auto names = ps::ListDir(s.checkpoint_dir);
+  ASSERT_TRUE(names.ok());
+  for (const std::string& n : *names)
+    EXPECT_TRUE(n == "LATEST" || n.rfind("ckpt-", 0) == 0 || n.rfind("tmp-", 0) == 0) << n;
+
+  MpiRun resumed =
+      RunMpi(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
+                    " --metrics_out=" + (dir / "resumed.jsonl"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("at step " + std::to_string(expect_latest)), std::string::npos)
+      << resumed.output;
+  const std::string auc = Field(resumed.stdout_text, "RESULT train_cluster", "auc");
+  ASSERT_FALSE(auc.empty()) << resumed.output;
+  EXPECT_GT(std::stod(ref_auc), 0.6) << "the reference did not learn: the comparison is vacuous";
+  EXPECT_NEAR(std::stod(auc), std::stod(ref_auc), 0.002) << resumed.output;
+  // Stronger, since the servers apply a sync step's pushes in worker order (ps/server.h): the
+  // resumed run repeats the reference's losses exactly.
+  const auto got = LossesOf(dir / "resumed.jsonl");
+  EXPECT_EQ(got.size(), static_cast<size_t>(40 - expect_latest));
+  std::vector<double> a, b;
+  Aligned(got, LossesOf(dir / "ref.jsonl"), &a, &b);
+  EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
+  // The resumed run's own writer removed the killed run's staging leftovers.
+  auto after = ps::ListDir(s.checkpoint_dir);
+  ASSERT_TRUE(after.ok());
+  for (const std::string& n : *after) EXPECT_NE(n.rfind("tmp-", 0), 0u) << n;
+  std::printf("%s: reference auc %s (%.1f s), killed after %.1f s, resumed auc %s (%.1f s)\n",
+              name.c_str(), ref_auc.c_str(), ref.seconds, killed.seconds, auc.c_str(),
+              resumed.seconds);
+}
+
+// (b) Worker 1 (rank 3) kills itself at step 21: checkpoints 8 and 16 exist, 24 never started.
+TEST(ClusterCheckpoint, KilledWorkerLeavesLastCheckpointAndResumes_2Ps2Workers) {
+  KillAndResume("b", "--kill_rank=3 --kill_step=21", 16);
+}
+
+// (c) PS 1 (rank 1) kills itself mid-run, after 84 pushes (each PS gets a push per table from
+// each worker every step: during step 21): checkpoint 16 is the newest.
+TEST(ClusterCheckpoint, KilledPsLeavesLastCheckpointAndResumes_2Ps2Workers) {
+  KillAndResume("c", "--kill_rank=1 --kill_step=84", 16);
+}
+
+// (c2) PS 1 kills itself after writing its shards of checkpoint 16, before acknowledging them:
+// checkpoint 8 is the newest complete one; the staging directory of 16 is left behind but is not
+// a visible checkpoint.
+TEST(ClusterCheckpoint, PsKilledMidCheckpointLeavesPreviousAndResumes_2Ps2Workers) {
+  KillAndResume("c2", "--kill_rank=1 --kill_in_checkpoint_step=16", 8);
+}
+
+// (c3) Worker 0 (rank 2, the coordinator) kills itself with every file of checkpoint 16 and its
+// manifest written, just before the rename that publishes it: checkpoint 8 stays the newest.
+TEST(ClusterCheckpoint, WorkerKilledMidCheckpointLeavesPreviousAndResumes_2Ps2Workers) {
+  KillAndResume("c3", "--kill_rank=2 --kill_in_checkpoint_step=16", 8);
+}
+
+// (e) SIGTERM reaching only worker 1 (rank 3) at the start of step 13: both workers checkpoint
+// after step 13 and stop (`RESULT ... status=stopped step=14`); --resume repeats the
+// uninterrupted run's losses of steps 15..40 bit for bit and its AUC.
+TEST(ClusterCheckpoint, SigtermCheckpointsAndStops_2Ps2Workers) {
+  ScratchDir dir("e");
+  const TrainSetup ref_setup = TwoByTwo(dir / "ref_ckpt");
+  const std::string ref_config = WriteConfig(dir, "ref.pbtxt", ref_setup);
+  MpiRun ref = RunMpi(
+      4, "--mpi_case=train --config=" + ref_config + " --metrics_out=" + (dir / "ref.jsonl"));
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+
+  const TrainSetup s = TwoByTwo(dir / "ckpt");
+  const std::string config = WriteConfig(dir, "term.pbtxt", s);
+  MpiRun stopped =
+      RunMpi(4, "--mpi_case=train --config=" + config +
+                    " --kill_rank=3 --term_step=13 --metrics_out=" + (dir / "stopped.jsonl"));
+  EXPECT_NE(stopped.exit_code, 0) << stopped.output;  // the workers exit 3 (kExitStopped)
+  EXPECT_EQ(Field(stopped.stdout_text, "RESULT train_cluster", "status"), "stopped")
+      << stopped.output;
+  EXPECT_EQ(Field(stopped.stdout_text, "RESULT train_cluster", "step"), "14") << stopped.output;
+  EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{8, 14})) << stopped.output;
+  EXPECT_EQ(LossesOf(dir / "stopped.jsonl").size(), 14u);
+
+  MpiRun resumed =
+      RunMpi(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
+                    " --metrics_out=" + (dir / "resumed.jsonl"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("at step 14"), std::string::npos) << resumed.output;
+  const auto got = LossesOf(dir / "resumed.jsonl");
+  EXPECT_EQ(got.size(), 26u);
+  std::vector<double> a, b;
+  Aligned(got, LossesOf(dir / "ref.jsonl"), &a, &b);
+  EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
+  const std::string auc = Field(resumed.stdout_text, "RESULT train_cluster", "auc");
+  EXPECT_FALSE(auc.empty()) << resumed.output;
+  EXPECT_EQ(auc, Field(ref.stdout_text, "RESULT train_cluster", "auc"));
+}
+
+// (d) A checkpoint written by 2 PS resumed on 2 and on 3 PS (1 worker, sync): the same losses
+// bit for bit and the same tables at the end (each PS loads the keys PsOfKey gives it).
+TEST(ClusterCheckpoint, ReshardTwoPsCheckpointOntoThreePs) {
+  ScratchDir dir("d");
+  TrainSetup s;
+  s.num_ps = 2;
+  s.checkpoint_dir = dir / "ckpt";
+  const std::string config = WriteConfig(dir, "d.pbtxt", s);
+  MpiRun written = RunMpi(3, "--mpi_case=train --config=" + config);
+  ASSERT_EQ(written.exit_code, 0) << written.output;
+  std::map<int64_t, double> losses[2];
+  std::string final_checkpoint[2];
+  for (int k = 0; k < 2; ++k) {
+    TrainSetup r = s;
+    r.num_ps = 2 + k;
+    r.checkpoint_dir = dir / ("resumed" + std::to_string(r.num_ps));
+    const std::string c = WriteConfig(dir, "d" + std::to_string(r.num_ps) + ".pbtxt", r);
+    const std::string metrics = dir / ("m" + std::to_string(r.num_ps) + ".jsonl");
+    MpiRun run =
+        RunMpi(r.num_ps + 1, "--mpi_case=train --config=" + c + " --metrics_out=" + metrics +
+                                 " --resume=" + (dir / "ckpt/ckpt-10"));
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    losses[k] = LossesOf(metrics);
+    ASSERT_EQ(losses[k].size(), 10u) << run.output;
+    final_checkpoint[k] = r.checkpoint_dir;
+    auto reader = CheckpointReader::Open(r.checkpoint_dir);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    EXPECT_EQ((*reader)->TableFiles("item").back().size(), static_cast<size_t>(r.num_ps));
+  }
+  std::vector<double> a, b;
+  Aligned(losses[1], losses[0], &a, &b);
+  EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
+  const auto t2 = TablesOf(final_checkpoint[0], config);
+  const auto t3 = TablesOf(final_checkpoint[1], config);
+  ASSERT_EQ(t2.size(), 2u);
+  EXPECT_GT(t2.at("item").size(), 100u);
+  EXPECT_TRUE(t2 == t3) << "tables differ after resuming on 2 and on 3 servers";
+}
+
+}  // namespace
+}  // namespace ips
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) {
+      const size_t eq = a.find('=');
+      ips::g_args[a.substr(2, eq - 2)] = a.substr(eq + 1);
+    }
+  }
+  const std::string mpi_case = ips::Arg("mpi_case", "");
+  if (mpi_case == "train") return ips::CaseTrain();
+  if (!mpi_case.empty()) {
+    std::fprintf(stderr, "unknown --mpi_case=%s\n", mpi_case.c_str());
+    return 2;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
