@@ -111,12 +111,12 @@ int RunServeCommand(const std::vector<std::string>& args) {
   std::ios::sync_with_stdio(false);
   Timer timer;
   int64_t line_no = 0, requests = 0, errors = 0;
-  std::string line;
+  std::string line, response;  // reused: no allocation per request once grown
   while (std::getline(std::cin, line)) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
     bool ok = false;
-    const std::string response = (*server)->HandleLine(line_no, line, &ok);
+    (*server)->HandleLine(line_no, line, &ok, &response);
     ++requests;
     if (!ok) {
       ++errors;

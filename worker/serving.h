@@ -4,7 +4,10 @@
 // read-only row maps, request scoring and the hot reload of newer bundles. The model math is
 // models/'s (built from the bundle's config by worker/model_factory.h), so a bundle scores exactly
 // as the trainer evaluates: inference-mode Forward on the same rows (missing keys read as zeros,
-// like the store's read-only Lookup).
+// like the store's read-only Lookup). DIN on AVX-512 CPUs scores through models/din_serving.h
+// instead (one history against many candidates: the same logits within 1e-5, about half the
+// work); a serving loop that reuses its buffers (BundleServer::HandleLine into one string)
+// allocates nothing per request.
 //
 // Layout: BUNDLE/CURRENT names the live version directory BUNDLE/v-<n>, which holds
 //   MANIFEST         proto/checkpoint.proto BundleManifest (framed, CRC32C trailer): versions,
@@ -35,6 +38,7 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "models/din_serving.h"
 #include "models/model.h"
 #include "ps/dynamic_table.h"
 #include "worker/checkpoint.h"
@@ -114,6 +118,10 @@ class Bundle {
   int64_t dim(const std::string& table) const;
   // Row of key in table, or nullptr (unknown table or key).
   const float* Row(const std::string& table, uint64_t key) const;
+  // rows[i] = Row(table, keys[i]) for i < n, the lookups' and rows' cache misses overlapped
+  // (every slot prefetched, then every row): a request's rows in a table far larger than the
+  // caches cost about one memory latency, not one per key.
+  void Rows(const std::string& table, const uint64_t* keys, int64_t n, const float** rows) const;
   int64_t rows(const std::string& table) const;
   // Every key of a table (retrieval scans them).
   const std::vector<uint64_t>& keys(const std::string& table) const;
@@ -131,7 +139,23 @@ class Bundle {
     int64_t dim = 0;
     std::vector<uint64_t> keys;
     std::vector<float> values;  // [rows x dim]
+    // key -> row while a table is built (Load, PublishBundle); Freeze() moves it into `slots`.
     std::unordered_map<uint64_t, uint32_t> index;
+    // The served index: open addressing, linear probing from Mix64(key) & mask, >= 2 slots per
+    // row: one cache miss per lookup where the node-based map takes three.
+    struct Slot {
+      uint64_t key = 0;
+      uint32_t row_plus1 = 0;  // 0: empty
+    };
+    std::vector<Slot> slots;
+    uint64_t mask = 0;
+    void Freeze();  // slots from keys (every key live, row = position); releases `index`
+    void Thaw();    // `index` from keys again (a delta is applied to a frozen base)
+    const Slot* Probe(uint64_t key) const;  // the key's slot, or nullptr
+    const float* Find(uint64_t key) const {
+      const Slot* s = Probe(key);
+      return s == nullptr ? nullptr : values.data() + (s->row_plus1 - 1) * static_cast<size_t>(dim);
+    }
   };
   std::string dir_;
   int64_t version_ = 0, source_step_ = 0;
@@ -165,9 +189,13 @@ struct ScoreResponse {
 class Scorer {
  public:
   // Builds the model of the bundle's config (CreateCtrModel with max_batch rows per forward) and
-  // loads its dense tensors (INVALID_ARGUMENT naming a missing or mis-sized tensor).
+  // loads its dense tensors (INVALID_ARGUMENT naming a missing or mis-sized tensor). With
+  // fast_path, a DIN model that models/din_serving.h covers scores candidates through it (the
+  // history's share of the attention computed once per request, not once per candidate; same
+  // logits as the Forward within float rounding) on a CPU with AVX-512; every other model, DIN
+  // configurations it does not cover and CPUs without AVX-512 use the generic Forward.
   static StatusOr<std::unique_ptr<Scorer>> Create(std::shared_ptr<const Bundle> bundle,
-                                                  int64_t max_batch = 128);
+                                                  int64_t max_batch = 128, bool fast_path = true);
   // Logits of every candidate (inference-mode Forward, in chunks of max_batch) or, without
   // candidates and for models with user vectors, the top_n items of the bundle's item table by
   // max over user vectors of <vector, item vector>, the item vector being the item row, plus its
@@ -177,6 +205,8 @@ class Scorer {
   Status Score(const ScoreRequest& request, ScoreResponse* response);
   const Bundle& bundle() const { return *bundle_; }
   models::CtrModel<float>& model() { return *model_; }
+  // Which path scores candidates: "din_serving/avx512" or "forward".
+  std::string scoring_path() const;
 
  private:
   Scorer() = default;
@@ -184,8 +214,13 @@ class Scorer {
   std::unique_ptr<models::CtrModel<float>> model_;
   kernels::Context ctx_;
   std::string item_table_ = "item", cat_table_ = "category";
-  bool retrieval_uses_categories_ = false;  // MIND with use_categories
-  // Per-request buffers.
+  bool retrieval_uses_categories_ = false;        // MIND with use_categories
+  std::unique_ptr<models::DinServing> din_fast_;  // nullptr: the generic Forward
+  // Per-request buffers (reused: after the first requests of a size, scoring allocates nothing).
+  std::vector<float> hist_behaviours_, cand_behaviours_;  // [T x 2D], [n x 2D] for din_fast_
+  // Their item then category keys, and rows (nullptr: zeros), [2 x (T + n)].
+  std::vector<uint64_t> behaviour_keys_;
+  std::vector<const float*> behaviour_rows_;
   std::vector<float> item_rows_, cat_rows_;
   std::vector<int64_t> item_index_, cat_index_;
   std::vector<int32_t> lengths_;
@@ -209,8 +244,11 @@ class BundleServer {
   std::vector<std::string> TakeReloadErrors();
 
   // One request line (JSON) -> one response line (JSON, no newline). Never fails: a bad line
-  // answers {"line":N,"error":"..."}; *ok tells which.
+  // answers {"line":N,"error":"..."}; *ok tells which. Serving thread only.
   std::string HandleLine(int64_t line_no, const std::string& line, bool* ok);
+  // The same into *out (replaced): a loop that reuses `out` allocates nothing per request once
+  // the buffers have grown to its largest request (no allocator or page-fault share in the p99).
+  void HandleLine(int64_t line_no, const std::string& line, bool* ok, std::string* out);
 
  private:
   BundleServer() = default;
@@ -220,6 +258,10 @@ class BundleServer {
   int poll_ms_ = 500;
   int64_t max_batch_ = 128;
   std::unique_ptr<Scorer> current_;  // serving thread only
+  // HandleLine's per-request buffers, reused (serving thread only).
+  ScoreRequest request_;
+  ScoreResponse response_;
+  std::string user_;
   int64_t reloads_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
