@@ -1,12 +1,18 @@
 #include "ps/transport.h"
 
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <utility>
 
@@ -17,8 +23,18 @@ constexpr int kTagRequest = 1;
 constexpr int kTagReply = 2;
 constexpr int kTagControl = 3;
 constexpr size_t kHeaderBytes = 16;  // id u64, kind u32, meta_len u32
+// Sends at least this large wake the sender's own comm thread: a rendezvous transfer progresses
+// only inside MPI calls of both sides. Smaller (eager) sends complete when posted.
+constexpr size_t kWakeOwnThreadBytes = 4096;
 
 size_t PayloadOffset(size_t meta_len) { return (kHeaderBytes + meta_len + 7) & ~size_t{7}; }
+
+constexpr size_t kBellPageBytes = 4096;
+
+// Polling while traffic is recent (see the header): at most every kActiveSleepUs, or every
+// kActiveSleepRungUs when every peer rings this rank's bells, for kActiveWindowUs after the last
+// request or reply moved.
+constexpr int64_t kActiveSleepUs = 20, kActiveSleepRungUs = 200, kActiveWindowUs = 20000;
 
 int64_t NowUs() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -43,11 +59,43 @@ bool ProcessAlive(int pid) {
 struct Transport::Ticket::Slot {
   int peer = -1;
   std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
+  bool done = false;  // guarded by mu
   Frame reply;
   Status error;
 };
+
+// Lives in shared memory when peers on this host ring it: plain lock-free atomics, the same in
+// every process. One cache line each, so ringing one does not disturb the other's sleeper.
+struct alignas(64) Transport::Bell {
+  std::atomic<uint32_t> seq{0};       // bumped by every ring; the futex word
+  std::atomic<uint32_t> sleepers{0};  // threads in SleepOn: ringers skip the syscall when 0
+};
+
+static_assert(sizeof(std::atomic<uint32_t>) == 4, "futex words are 32-bit");
+
+// Wakes every sleeper of `bell` (if any) after bumping it. Non-private futex operations: the
+// word may be shared between processes.
+void Transport::Ring(Bell* bell) {
+  bell->seq.fetch_add(1, std::memory_order_seq_cst);
+  if (bell->sleepers.load(std::memory_order_seq_cst) != 0) {
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&bell->seq), FUTEX_WAKE, INT_MAX, nullptr,
+            nullptr, 0);
+  }
+}
+
+// Sleeps until `bell` moves past `seen` (a ring since the caller read it returns at once) or
+// for `us` microseconds. seq_cst on both sides: either the ringer sees this sleeper, or the
+// kernel's compare sees the ring.
+void Transport::SleepOn(Bell* bell, uint32_t seen, int64_t us) {
+  bell->sleepers.fetch_add(1, std::memory_order_seq_cst);
+  if (bell->seq.load(std::memory_order_seq_cst) == seen) {
+    timespec ts;
+    ts.tv_sec = static_cast<time_t>(us / 1000000);
+    ts.tv_nsec = static_cast<long>((us % 1000000) * 1000);  // NOLINT(runtime/int)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&bell->seq), FUTEX_WAIT, seen, &ts, nullptr, 0);
+  }
+  bell->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+}
 
 // ---- Frame -------------------------------------------------------------------------------------
 
@@ -141,20 +189,25 @@ StatusOr<std::unique_ptr<Transport>> Transport::Create(MPI_Comm comm, const Opti
   constexpr int kHostLen = 256;
   struct Ident {
     int pid;
+    int bell_id;
     char host[kHostLen];
   };
   Ident mine{};
   mine.pid = static_cast<int>(getpid());
+  mine.bell_id = t->CreateBells();
   gethostname(mine.host, kHostLen - 1);
   std::vector<Ident> all(t->size_);
   IPS_RETURN_IF_ERROR(MpiStatus(MPI_Iallgather(&mine, sizeof(Ident), MPI_BYTE, all.data(),
                                                sizeof(Ident), MPI_BYTE, t->comm_, &req),
                                 "MPI_Iallgather(pids)"));
   IPS_RETURN_IF_ERROR(WaitWithoutSpinning(&req, "MPI_Iallgather(pids)"));
+  std::vector<int> bell_ids;
   for (const Ident& id : all) {
     t->pids_.push_back(id.pid);
     t->hosts_.emplace_back(id.host);
+    bell_ids.push_back(id.bell_id);
   }
+  IPS_RETURN_IF_ERROR(t->OpenPeerBells(bell_ids));
   const int64_t now = NowUs();
   t->last_heard_us_.assign(t->size_, now);
   t->departed_.assign(t->size_, false);
@@ -167,6 +220,73 @@ StatusOr<std::unique_ptr<Transport>> Transport::Create(MPI_Comm comm, const Opti
 Transport::~Transport() {
   if (thread_.joinable()) Shutdown();
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (!own_bell_name_.empty()) shm_unlink(own_bell_name_.c_str());
+  for (void* m : mappings_) munmap(m, kBellPageBytes);
+}
+
+int Transport::CreateBells() {
+  static_assert(2 * sizeof(Bell) <= kBellPageBytes, "a rank's bells fit one page");
+  // The name must be unique on the host while it exists: pid + a per-process counter.
+  static std::atomic<int> counter{0};
+  const int id = counter.fetch_add(1);
+  const std::string name = "/ips_transport_" + std::to_string(getpid()) + "_" + std::to_string(id);
+  const int fd = options_.doorbells ? shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600) : -1;
+  void* mem = MAP_FAILED;
+  if (fd >= 0) {
+    if (ftruncate(fd, kBellPageBytes) == 0)
+      mem = mmap(nullptr, kBellPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (mem == MAP_FAILED) shm_unlink(name.c_str());
+  }
+  if (mem == MAP_FAILED) {
+    // No shared memory: local wake-ups only; peers' messages are found by polling.
+    owned_bells_.reset(new Bell[2]);
+    own_bells_ = owned_bells_.get();
+    return -1;
+  }
+  mappings_.push_back(mem);
+  own_bell_name_ = name;
+  own_bells_ = new (mem) Bell[2];
+  return id;
+}
+
+Status Transport::OpenPeerBells(const std::vector<int>& bell_ids) {
+  peer_bells_.assign(size_, nullptr);
+  peer_bells_[rank_] = own_bells_;
+  int opened_all = bell_ids[rank_] >= 0 ? 1 : 0;
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_) continue;
+    void* mem = MAP_FAILED;
+    if (bell_ids[p] >= 0 && hosts_[p] == hosts_[rank_]) {
+      const std::string name =
+          "/ips_transport_" + std::to_string(pids_[p]) + "_" + std::to_string(bell_ids[p]);
+      const int fd = shm_open(name.c_str(), O_RDWR, 0600);
+      if (fd >= 0) {
+        mem = mmap(nullptr, kBellPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+      }
+    }
+    if (mem == MAP_FAILED) {
+      opened_all = 0;  // this peer (on another host, say) is found by polling
+      continue;
+    }
+    mappings_.push_back(mem);
+    peer_bells_[p] = static_cast<Bell*>(mem);
+  }
+  // Every rank learns whether all bells work everywhere (then the comm thread may poll less
+  // often; see Loop). The all-reduce is also the barrier after which the names go (the mappings
+  // stay), leaving nothing in /dev/shm.
+  int all = 0;
+  MPI_Request req;
+  IPS_RETURN_IF_ERROR(MpiStatus(MPI_Iallreduce(&opened_all, &all, 1, MPI_INT, MPI_MIN, comm_, &req),
+                                "MPI_Iallreduce(bells)"));
+  IPS_RETURN_IF_ERROR(WaitWithoutSpinning(&req, "MPI_Iallreduce(bells)"));
+  all_peers_ring_ = all == 1;
+  if (!own_bell_name_.empty()) {
+    shm_unlink(own_bell_name_.c_str());
+    own_bell_name_.clear();
+  }
+  return Status::Ok();
 }
 
 std::string Transport::Describe(int r) const {
@@ -179,22 +299,38 @@ void Transport::Enqueue(int peer, int tag, Frame frame) {
   // The caller posts its own MPI_Isend (MPI_THREAD_MULTIPLE): no hand-off to the comm thread on
   // the request path, which only completes the send. Posting under out_mu_ keeps the sends of
   // one rank in a single order (MPI's non-overtaking rule then keeps them in order per peer).
+  const bool large = frame.size() >= kWakeOwnThreadBytes;
+  bool ok;
+  bool pending = false;  // the send needs more MPI progress (the comm thread's)
   {
     std::lock_guard<std::mutex> l(out_mu_);
     MPI_Request req;
     const int rc =
         MPI_Isend(frame.data(), static_cast<int>(frame.size()), MPI_BYTE, peer, tag, comm_, &req);
     if (tag != kTagControl) user_sends_ = true;
-    if (rc != MPI_SUCCESS) {
+    ok = rc == MPI_SUCCESS;
+    if (!ok) {
       failed_sends_.push_back(peer);
     } else {
       bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()));
       messages_sent_.fetch_add(1);
-      sends_.push_back(PendingSend{req, std::move(frame)});
+      // An eager send is usually complete already: then the frame goes now, and the comm
+      // thread has nothing to finish.
+      int done = 0;
+      if (!large) MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      if (!done) {
+        sends_.push_back(PendingSend{req, std::move(frame)});
+        pending = true;
+      }
     }
-    new_sends_ = true;
   }
-  out_cv_.notify_one();
+  // The peer's bell: its comm thread (requests) or its waiting threads (replies) wake now
+  // instead of at their next poll.
+  if (ok && peer != rank_ && peer_bells_[peer] != nullptr)
+    Ring(&peer_bells_[peer][tag == kTagReply ? kReplyBell : kRequestBell]);
+  // This rank's comm thread: to report a failed send, or to drive a transfer that did not
+  // complete when posted (a large one, or a small one queued behind a full shared-memory FIFO).
+  if (!ok || pending) Ring(&own_bells_[kRequestBell]);
 }
 
 void Transport::SetRequestHandler(std::function<void(Incoming)> handler) {
@@ -231,16 +367,109 @@ Transport::Ticket Transport::Request(int peer, Frame frame) {
 
 StatusOr<Frame> Transport::Wait(Ticket ticket, int timeout_ms) {
   if (!ticket.valid()) return InvalidArgumentError("transport: Wait on an invalid ticket");
-  Ticket::Slot& s = *ticket.slot_;
-  std::unique_lock<std::mutex> l(s.mu);
-  if (timeout_ms < 0) {
-    s.cv.wait(l, [&] { return s.done; });
-  } else if (!s.cv.wait_for(l, std::chrono::milliseconds(timeout_ms), [&] { return s.done; })) {
-    return UnavailableError("transport: no reply from " + Describe(s.peer) + " within " +
-                            std::to_string(timeout_ms) + " ms");
+  thread_local bool fine_slack = false;
+  if (!fine_slack) {
+    SetFineTimerSlack();
+    fine_slack = true;
   }
+  Ticket::Slot& s = *ticket.slot_;
+  Bell* bell = &own_bells_[kReplyBell];
+  const int64_t start = NowUs();
+  const int64_t deadline = timeout_ms < 0 ? INT64_MAX : start + int64_t{timeout_ms} * 1000;
+  int idle = 0;
+  waiters_.fetch_add(1);
+  struct Leave {
+    std::atomic<int>* n;
+    ~Leave() { n->fetch_sub(1); }
+  } leave{&waiters_};
+  // The waiting thread receives replies itself (any ticket's): the peer's ring wakes it, and no
+  // hand-off through the comm thread (a second wake-up) sits on the reply path. The comm thread
+  // still receives replies nobody waits for yet (prefetches) and rings this bell when it does.
+  while (true) {
+    const uint32_t seen = bell->seq.load(std::memory_order_seq_cst);
+    {
+      std::lock_guard<std::mutex> l(s.mu);
+      if (s.done) break;
+    }
+    if (!stopped_.load() && ReceiveOneReply()) continue;
+    const int64_t now = NowUs();
+    if (now >= deadline)
+      return UnavailableError("transport: no reply from " + Describe(s.peer) + " within " +
+                              std::to_string(timeout_ms) + " ms");
+    // The ring wakes this thread at once; the timed polls back it up, as in the comm thread:
+    // 2 us doubling to kActiveSleepRungUs (to kActiveSleepUs when some peer cannot ring, e.g.
+    // one on another host) for kActiveWindowUs, then max_sleep_us. The short first sleeps also
+    // make a quick reply cheaper to notice: on a VM, a timed wake of this (halted) vCPU costs
+    // less than the cross-vCPU wake-up a ring sends (bench/mpi_ps_bench.cc, pull1_us).
+    const int64_t cap = now - start >= kActiveWindowUs ? options_.max_sleep_us
+                        : all_peers_ring_              ? kActiveSleepRungUs
+                                                       : kActiveSleepUs;
+    const int64_t us = std::min<int64_t>(int64_t{2} << std::min(idle, 14), cap);
+    ++idle;
+    SleepOn(bell, seen, std::min<int64_t>(deadline - now, us));
+  }
+  std::lock_guard<std::mutex> l(s.mu);
   if (!s.error.ok()) return s.error;
   return std::move(s.reply);
+}
+
+bool Transport::ReceiveOneReply() {
+  int flag = 0;
+  MPI_Message msg;
+  MPI_Status st;
+  // Twice: an unmatched probe runs MPI's progress, which may only then move an arrived message
+  // to where the next probe matches it (Open MPI's ob1 does so).
+  for (int attempt = 0; attempt < 2 && !flag; ++attempt)
+    if (MPI_Improbe(MPI_ANY_SOURCE, kTagReply, comm_, &flag, &msg, &st) != MPI_SUCCESS)
+      return false;
+  if (!flag) return false;
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  std::unique_ptr<char[]> bytes(new char[std::max<size_t>(static_cast<size_t>(count), 1)]);
+  if (static_cast<size_t>(count) < kWakeOwnThreadBytes) {
+    // Small: the data is already here (eager).
+    if (MPI_Mrecv(bytes.get(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+      return false;
+  } else {
+    MPI_Request req;
+    if (MPI_Imrecv(bytes.get(), count, MPI_BYTE, &msg, &req) != MPI_SUCCESS) return false;
+    // A large reply moves in fragments that need MPI calls on both sides: test, and sleep
+    // briefly in between (no spinning).
+    int idle = 0;
+    while (true) {
+      int done = 0;
+      MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      if (done) break;
+      usleep(static_cast<useconds_t>(std::min(20, 2 << std::min(idle++, 4))));
+    }
+  }
+  messages_received_.fetch_add(1);
+  bytes_received_.fetch_add(count);
+  StatusOr<Frame> frame = Frame::Adopt(std::move(bytes), static_cast<size_t>(count));
+  if (!frame.ok()) {
+    std::fprintf(stderr, "ips: %s: bad frame from %s: %s\n", Describe(rank_).c_str(),
+                 Describe(st.MPI_SOURCE).c_str(), frame.status().ToString().c_str());
+    return true;
+  }
+  DeliverReply(std::move(*frame));
+  return true;
+}
+
+void Transport::DeliverReply(Frame frame) {
+  std::shared_ptr<Ticket::Slot> slot;
+  {
+    std::lock_guard<std::mutex> l(tickets_mu_);
+    auto it = tickets_.find(frame.id());
+    if (it == tickets_.end()) return;  // abandoned ticket
+    slot = std::move(it->second);
+    tickets_.erase(it);
+  }
+  {
+    std::lock_guard<std::mutex> l(slot->mu);
+    slot->reply = std::move(frame);
+    slot->done = true;
+  }
+  Ring(&own_bells_[kReplyBell]);
 }
 
 bool Transport::Receive(Incoming* out, int timeout_ms) {
@@ -260,7 +489,7 @@ bool Transport::Receive(Incoming* out, int timeout_ms) {
 void Transport::Shutdown() {
   if (!thread_.joinable()) return;
   shutdown_requested_.store(true);
-  out_cv_.notify_one();
+  Ring(&own_bells_[kRequestBell]);
   thread_.join();
   FailAllTickets("transport shut down");
   in_cv_.notify_all();
@@ -277,8 +506,8 @@ void Transport::FailAllTickets(const std::string& why) {
     std::lock_guard<std::mutex> l(slot->mu);
     slot->done = true;
     slot->error = UnavailableError(why);
-    slot->cv.notify_all();
   }
+  Ring(&own_bells_[kReplyBell]);
 }
 
 void Transport::DeclareDead(int peer, const std::string& why) {
@@ -311,18 +540,7 @@ void Transport::Deliver(int source, int tag, std::unique_ptr<char[]> bytes, size
   }
   user_traffic_ = true;
   if (tag == kTagReply) {
-    std::shared_ptr<Ticket::Slot> slot;
-    {
-      std::lock_guard<std::mutex> l(tickets_mu_);
-      auto it = tickets_.find(frame->id());
-      if (it == tickets_.end()) return;  // abandoned ticket
-      slot = std::move(it->second);
-      tickets_.erase(it);
-    }
-    std::lock_guard<std::mutex> l(slot->mu);
-    slot->reply = std::move(*frame);
-    slot->done = true;
-    slot->cv.notify_all();
+    DeliverReply(std::move(*frame));
     return;
   }
   Dispatch(Incoming{source, std::move(*frame)});
@@ -380,7 +598,6 @@ bool Transport::Poll() {
   {
     std::lock_guard<std::mutex> l(out_mu_);
     failed.swap(failed_sends_);
-    new_sends_ = false;
     if (user_sends_) user_traffic_ = true;
     user_sends_ = false;
   }
@@ -394,12 +611,28 @@ bool Transport::Poll() {
     }
     for (Incoming& in : queued) Dispatch(std::move(in));
   }
+  // While a thread waits in Wait, it receives the replies (see there): probing only requests
+  // and control frames here keeps a second thread from taking a reply and handing it over.
+  const bool waiters = waiters_.load() > 0;
+  auto probe = [&](int* flag, MPI_Message* msg, MPI_Status* st) {
+    if (!waiters) return MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, flag, msg, st);
+    const int rc = MPI_Improbe(MPI_ANY_SOURCE, kTagRequest, comm_, flag, msg, st);
+    if (rc != MPI_SUCCESS || *flag) return rc;
+    return MPI_Improbe(MPI_ANY_SOURCE, kTagControl, comm_, flag, msg, st);
+  };
+  bool retried = false;
   for (int i = 0; i < 64; ++i) {
     int flag = 0;
     MPI_Message msg;
     MPI_Status st;
-    if (MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &msg, &st) != MPI_SUCCESS || !flag)
-      break;
+    if (probe(&flag, &msg, &st) != MPI_SUCCESS) break;
+    if (!flag) {
+      // Once more: an unmatched probe runs MPI's progress, which may only then move an arrived
+      // message to where the next probe matches it (Open MPI's ob1 does so).
+      if (retried) break;
+      retried = true;
+      continue;
+    }
     int count = 0;
     MPI_Get_count(&st, MPI_BYTE, &count);
     PendingRecv r;
@@ -407,9 +640,16 @@ bool Transport::Poll() {
     r.tag = st.MPI_TAG;
     r.size = static_cast<size_t>(count);
     r.bytes.reset(new char[std::max<size_t>(r.size, 1)]);
+    did = true;
+    if (recvs_.empty() && r.size < kWakeOwnThreadBytes) {
+      // A small matched message is already here (eager): receive and deliver it now, in
+      // arrival order as nothing is pending before it.
+      MPI_Mrecv(r.bytes.get(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
+      Deliver(r.source, r.tag, std::move(r.bytes), r.size);
+      continue;
+    }
     MPI_Imrecv(r.bytes.get(), count, MPI_BYTE, &msg, &r.request);
     recvs_.push_back(std::move(r));
-    did = true;
   }
   // Deliver in arrival order: a large push and the small pull after it stay in order.
   size_t done = 0;
@@ -444,7 +684,10 @@ void Transport::Loop() {
   SetFineTimerSlack();
   int idle = 0;
   int64_t last_activity_us = 0;
+  Bell* bell = &own_bells_[kRequestBell];
   while (true) {
+    // Read before polling: a ring during the poll makes the sleep below return at once.
+    const uint32_t seen = bell->seq.load(std::memory_order_seq_cst);
     bool did = Poll();
     CheckPeers();
     if (shutdown_requested_.load()) {
@@ -487,15 +730,18 @@ void Transport::Loop() {
     // While traffic is recent, poll at most every kActiveSleepUs: a pure exponential backoff
     // makes the detection delay grow with the gap since the last message, which in a
     // request/response loop feeds on itself. After kActiveWindowUs of silence, back off fully.
-    constexpr int64_t kActiveSleepUs = 20, kActiveWindowUs = 20000;
-    if (now - last_activity_us < kActiveWindowUs) us = std::min(us, kActiveSleepUs);
-    std::unique_lock<std::mutex> l(out_mu_);
-    // Transfers in flight (rendezvous of large messages) progress only inside MPI calls.
-    if (!sends_.empty() || !recvs_.empty()) us = std::min<int64_t>(us, 20);
+    // With every peer ringing this rank's bell, that poll only catches what a ring missed (a
+    // message not yet visible when its sender rang), so it may be rarer.
+    const int64_t active_sleep_us = all_peers_ring_ ? kActiveSleepRungUs : kActiveSleepUs;
+    if (now - last_activity_us < kActiveWindowUs) us = std::min(us, active_sleep_us);
+    {
+      std::lock_guard<std::mutex> l(out_mu_);
+      // Transfers in flight (rendezvous of large messages) progress only inside MPI calls.
+      if (!sends_.empty() || !recvs_.empty()) us = std::min<int64_t>(us, kActiveSleepUs);
+    }
     ++idle;
-    out_cv_.wait_for(l, std::chrono::microseconds(us), [&] {
-      return new_sends_ || (shutdown_phase_ == 0 && shutdown_requested_.load());
-    });
+    if (shutdown_phase_ == 0 && shutdown_requested_.load()) continue;
+    SleepOn(bell, seen, us);
   }
   stopped_.store(true);
   in_cv_.notify_all();

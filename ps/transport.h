@@ -6,19 +6,35 @@
 // (ps/server.h and ps/remote_store.h do).
 //
 // Threading: MPI is initialised with MPI_THREAD_MULTIPLE (Cluster, worker/cluster.h). A sender
-// posts its own MPI_Isend (no hand-off to another thread on the request path); the comm thread
-// does everything else: probing and receiving, completing sends and receives, heartbeats, and
-// running the request handler of a parameter server (so a pull is served on the thread that
-// received it, with no further hand-off). Collectives (worker/collective.h) run on the trainer
-// thread on their own communicator, and MPI_Abort may come from any thread.
+// posts its own MPI_Isend (no hand-off to another thread on the request path). A thread waiting
+// for a reply (Wait) receives replies itself, so no hand-off sits on the reply path either. The
+// comm thread does everything else: probing and receiving requests (and replies nobody waits
+// for yet, e.g. prefetches), completing sends and large receives, heartbeats, and running the
+// request handler of a parameter server (so a pull is served on the thread that received it).
+// Collectives (worker/collective.h) run on the trainer thread on their own communicator, and
+// MPI_Abort may come from any thread.
 //
-// No busy-polling: Open MPI's blocking MPI_Recv/MPI_Wait spin a core, and here 4+ ranks share 2
-// cores. The comm thread polls MPI_Improbe/MPI_Test and, when nothing happened, sleeps on a
-// condition variable that a local send wakes at once, for an exponential backoff (2 us doubling)
-// capped at 20 us while requests moved in the last 20 ms, at max_sleep_us (1 ms) up to 1 s of
-// silence, and at 10 ms after that; heartbeats do not count as traffic. The thread's timer
-// slack is set to 1 us so short sleeps are short.
+// No busy-polling: Open MPI's blocking MPI_Recv/MPI_Probe/MPI_Wait spin a core (with
+// mpi_yield_when_idle they sched_yield in a loop; measured on the loaded 2-core dev VM, a rank
+// blocked 2 s in MPI_Recv used 64% of a core, 48% with `--mca mpi_yield_when_idle 1`, so no MCA
+// setting helps), and here 4+ ranks share 2 cores. Instead every rank has two doorbells, futex
+// words in a small shared-memory segment that the other ranks on its host map: one for requests
+// (the comm thread sleeps on it) and one for replies (threads in Wait sleep on it). A sender rings
+// the peer's bell right after its MPI_Isend, so a sleeping receiver wakes at once and finds the
+// message with MPI_Improbe; a ring costs one atomic add, plus a FUTEX_WAKE only when someone
+// sleeps. Sleeps are also bounded, because a message can be missed by a ring (a peer on another
+// host has no bell; a rendezvous transfer needs MPI calls on both sides): for 20 ms after traffic
+// the comm thread polls at least every 200 us (every 20 us while a transfer is in flight, or when
+// some peer cannot ring), backing off from 2 us; then it backs off to max_sleep_us (1 ms) and,
+// after 1 s of silence, to 10 ms; heartbeats do not count as traffic. A thread in Wait backs
+// off the same way from the start of its wait. The short first sleeps are not only a safety
+// net: on a VM whose idle vCPUs halt, a timed wake-up of the sleeper's own vCPU is cheaper than
+// the cross-vCPU wake-up a ring causes, and the first of the two wins (measured on the 2-core
+// dev VM: a 1-key pull round trip of ~32-42 us with them, ~45-49 us with the bells alone).
+// Threads' timer slack is set to 1 us so short sleeps are short.
 // Measured idle cost: bench/mpi_ps_bench.cc prints idle_cpu_pct (about 0.5% of a core here).
+// A round trip thus costs two wake-ups of sleeping threads; bench/mpi_ps_bench.cc compares it
+// with raw MPI ping-pongs, spinning ones and ones whose two sides sleep on a futex bell.
 #ifndef IPS_PS_TRANSPORT_H_
 #define IPS_PS_TRANSPORT_H_
 
@@ -88,6 +104,9 @@ class Transport {
     bool watch_local_pids = true;
     // Longest sleep of the comm thread while traffic is less than 1 s old (after that: 10 ms).
     int max_sleep_us = 1000;
+    // Peers on this host ring each other's doorbells (shared memory, see above). false: no
+    // bells; every message is found by polling (what a peer on another host always gets).
+    bool doorbells = true;
     // Called on the comm thread when a peer is dead, with a message naming its rank and role.
     // Default: print it to stderr and MPI_Abort(MPI_COMM_WORLD, 1).
     std::function<void(int rank, const std::string& message)> on_peer_dead;
@@ -127,8 +146,9 @@ class Transport {
   // Sends `frame` as a request (the transport assigns its id) and returns a ticket for the
   // reply. Thread-safe.
   Ticket Request(int peer, Frame frame);
-  // Waits (sleeping) for the reply of `ticket`. UNAVAILABLE when the peer is declared dead or
-  // the transport shuts down, DEADLINE as UNAVAILABLE after timeout_ms (< 0: no timeout).
+  // Waits (sleeping on the reply bell) for the reply of `ticket`, receiving replies itself
+  // meanwhile (any ticket's: each goes to its own ticket). UNAVAILABLE when the peer is declared
+  // dead or the transport shuts down, DEADLINE as UNAVAILABLE after timeout_ms (< 0: none).
   StatusOr<Frame> Wait(Ticket ticket, int timeout_ms = -1);
 
   // Routes incoming requests to `handler`, called on the comm thread (it may Reply, and must not
@@ -168,8 +188,29 @@ class Transport {
   void FailAllTickets(const std::string& why);
 
   void Deliver(int source, int tag, std::unique_ptr<char[]> bytes, size_t size);
+  // Hands a reply to its ticket and rings this rank's reply bell. Thread-safe.
+  void DeliverReply(Frame frame);
   void Dispatch(Incoming in);
   void Enqueue(int peer, int tag, Frame frame);
+  // Run by a thread in Wait: receives one reply (any ticket's) if one is there; true if it did.
+  bool ReceiveOneReply();
+  // Creates this rank's bells (shared memory when possible) and returns the id peers open it by
+  // (-1: private, no peer can ring it).
+  int CreateBells();
+  // Maps the bells of the peers on this host; unlinks this rank's segment afterwards.
+  Status OpenPeerBells(const std::vector<int>& bell_ids);
+
+  // A doorbell: a futex word that senders bump after posting a message (see the header).
+  struct Bell;
+  static constexpr int kRequestBell = 0, kReplyBell = 1;
+  static void Ring(Bell* bell);
+  static void SleepOn(Bell* bell, uint32_t seen, int64_t us);
+  Bell* own_bells_ = nullptr;            // [2]; in shared memory or owned_bells_
+  std::unique_ptr<Bell[]> owned_bells_;  // when shared memory is unavailable
+  std::vector<Bell*> peer_bells_;        // per rank: its [2] bells, nullptr = none (poll)
+  std::vector<void*> mappings_;          // shared-memory mappings to unmap
+  std::string own_bell_name_;            // shm name until unlinked
+  bool all_peers_ring_ = false;          // every peer can ring this rank's bells
 
   struct PendingSend {
     MPI_Request request;
@@ -196,10 +237,8 @@ class Transport {
   MPI_Request barrier_ = MPI_REQUEST_NULL;
 
   std::mutex out_mu_;               // guards the sends (posting and completing)
-  std::condition_variable out_cv_;  // wakes the comm thread
   std::vector<PendingSend> sends_;  // guarded by out_mu_
   std::vector<int> failed_sends_;   // guarded by out_mu_: peers whose Isend failed
-  bool new_sends_ = false;          // guarded by out_mu_
   bool user_sends_ = false;         // guarded by out_mu_: a non-heartbeat send was posted
 
   std::mutex handler_mu_;
@@ -213,7 +252,8 @@ class Transport {
   std::mutex tickets_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Ticket::Slot>> tickets_;  // by request id
   std::atomic<uint64_t> next_id_{1};
-  std::string failure_;  // guarded by tickets_mu_: set once the transport is broken
+  std::atomic<int> waiters_{0};  // threads in Wait (they receive replies themselves)
+  std::string failure_;          // guarded by tickets_mu_: set once the transport is broken
 
   // Comm-thread-only state.
   std::vector<PendingRecv> recvs_;

@@ -25,10 +25,14 @@ int64_t IndexCapacityFor(int64_t slots) {
 
 // Per-thread scratch for Push, reused across calls so a push does not allocate in steady state.
 struct PushScratch {
-  std::vector<std::pair<uint32_t, int64_t>> items;  // (slot, key position)
+  std::vector<std::pair<uint32_t, int64_t>> items;    // (slot, key position), by position
+  std::vector<std::pair<uint32_t, int64_t>> by_slab;  // the same, grouped by slab (stable)
+  std::vector<int64_t> slab_begin;                    // counting sort: start of each slab
+  std::vector<int32_t> row_of;  // [rows_per_slab]: index in `rows` of a slab row, -1 = none
   std::vector<int64_t> rows;
   std::vector<float> grads;
 };
+
 PushScratch& ThreadScratch() {
   thread_local PushScratch scratch;
   return scratch;
@@ -68,7 +72,7 @@ void TableShard::Touch(uint32_t slot, int64_t step) {
   SlabOf(slot).touched[OffsetOf(slot)] = epoch_;
 }
 
-void TableShard::Prefetch(uint64_t hash, bool far) const {
+__attribute__((always_inline)) inline void TableShard::Prefetch(uint64_t hash, bool far) const {
   if (index_.empty()) return;
   const uint32_t* entry = &index_[hash & index_mask_];
   if (far) {
@@ -80,7 +84,11 @@ void TableShard::Prefetch(uint64_t hash, bool far) const {
   const uint32_t slot = (e & kSlotMask) - 1;
   if (static_cast<int64_t>(slot) >= next_unused_) return;
   __builtin_prefetch(&MetaAt(slot));
-  __builtin_prefetch(ValueAt(slot));
+  // A row of dim floats usually straddles two cache lines; Touch writes its epoch word.
+  const float* value = ValueAt(slot);
+  __builtin_prefetch(value);
+  __builtin_prefetch(value + config_->options.dim - 1);
+  __builtin_prefetch(&SlabOf(slot).touched[OffsetOf(slot)]);
 }
 
 int64_t TableShard::FindPos(uint64_t key, uint64_t hash) const {
@@ -334,34 +342,54 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
     }
     items.emplace_back(slot, i);
   }
-  // Sorting by (slot, position) groups rows by slab, puts duplicates side by side and sums
-  // them in input order, so the result does not depend on thread scheduling.
-  std::sort(items.begin(), items.end());
+  // Group by slab with a stable counting sort (a shard has few slabs): within a slab the keys
+  // stay in input order, so the gradients are read front to back (not at random, as a sort by
+  // slot would) and duplicates are summed in input order, whatever the thread scheduling.
+  const size_t num_slabs = slabs_.size();
+  const int log2_rows = config_->log2_rows_per_slab;
+  auto& begin = scratch.slab_begin;
+  begin.assign(num_slabs + 1, 0);
+  for (const auto& it : items) ++begin[(it.first >> log2_rows) + 1];
+  for (size_t k = 0; k < num_slabs; ++k) begin[k + 1] += begin[k];
+  auto& by_slab = scratch.by_slab;
+  by_slab.resize(items.size());
+  {
+    std::vector<int64_t>& fill = scratch.rows;  // reused as the fill cursors
+    fill.assign(begin.begin(), begin.end() - 1);
+    for (const auto& it : items) by_slab[static_cast<size_t>(fill[it.first >> log2_rows]++)] = it;
+  }
   kernels::Context ctx;  // CPU, calling thread: concurrency comes from the callers
   kernels::SparseUpdateArgs<float> args;
   args.hyper = config_->hyper;
   args.step = optimizer_step;
   args.table_rows = config_->rows_per_slab;
   args.dim = dim;
-  size_t a = 0;
-  while (a < items.size()) {
-    const uint32_t slab_id = items[a].first >> config_->log2_rows_per_slab;
-    auto& rows = scratch.rows;
-    auto& g = scratch.grads;
+  auto& rows = scratch.rows;
+  auto& g = scratch.grads;
+  auto& row_of = scratch.row_of;
+  if (row_of.size() != static_cast<size_t>(config_->rows_per_slab))
+    row_of.assign(static_cast<size_t>(config_->rows_per_slab), -1);
+  for (size_t slab_id = 0; slab_id < num_slabs; ++slab_id) {
+    const int64_t b0 = begin[slab_id], b1 = begin[slab_id + 1];
+    if (b0 == b1) continue;
     rows.clear();
-    g.clear();
-    size_t b = a;
-    for (; b < items.size() && (items[b].first >> config_->log2_rows_per_slab) == slab_id; ++b) {
-      const float* src = grads + items[b].second * dim;
-      if (b > a && items[b].first == items[b - 1].first) {
-        float* acc = g.data() + (rows.size() - 1) * dim;
-        for (int64_t j = 0; j < dim; ++j) acc[j] += src[j];
+    if (g.size() < static_cast<size_t>((b1 - b0) * dim))
+      g.resize(static_cast<size_t>((b1 - b0) * dim));
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint32_t slot = by_slab[b].first;
+      const int64_t off = OffsetOf(slot);
+      const float* src = grads + by_slab[b].second * dim;
+      if (row_of[off] >= 0) {  // a duplicate key: its gradients add up
+        float* dst = g.data() + row_of[off] * dim;
+        for (int64_t j = 0; j < dim; ++j) dst[j] += src[j];
         continue;
       }
-      rows.push_back(OffsetOf(items[b].first));
-      g.insert(g.end(), src, src + dim);
-      Touch(items[b].first, step);
+      row_of[off] = static_cast<int32_t>(rows.size());
+      std::copy_n(src, dim, g.data() + rows.size() * dim);
+      rows.push_back(off);
+      Touch(slot, step);
     }
+    for (int64_t r : rows) row_of[r] = -1;
     Slab& s = slabs_[slab_id];
     args.param = s.values;
     args.state0 = s.state[0];
@@ -370,7 +398,6 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
     args.row_indices = rows.data();
     args.grad = g.data();
     IPS_RETURN_IF_ERROR(kernels::SparseUpdate<float>(ctx, args));
-    a = b;
   }
   return Status::Ok();
 }
