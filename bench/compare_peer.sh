@@ -17,6 +17,9 @@
 # when other jobs share its 2 cores): repeat and take the median.
 # OpenBLAS 0.3.21 (Debian) detects this Zen 4 VM as "Prescott" (SSE3 kernels) for both torch and
 # us; `OPENBLAS_CORETYPE=SkylakeX bench/compare_peer.sh ...` gives both sides AVX-512 kernels.
+# Our DIN/DIEN attention unit and the float MLP layers (<= 512 wide) do not go through OpenBLAS:
+# they use kernels/cpu/small_gemm.h (AVX-512/AVX2 picked at run time), so for DIN the
+# variable only changes the peer's speed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "${here}/.." && pwd)"

@@ -18,7 +18,8 @@
 //   inspect device memory cheaply, so it clamps) lengths outside [0, max_len]; UNIMPLEMENTED for
 //   CUDA in a build without it or for double on CUDA.
 // - Thread safety: the functions are reentrant; concurrent calls must not share output or
-//   workspace buffers. CPU paths parallelise over ctx.pool and call GemmCpu.
+//   workspace buffers. CPU paths parallelise over ctx.pool and run their
+//   GEMMs per pool task with cpu::SmallGemm (kernels/cpu/small_gemm.h).
 #ifndef IPS_KERNELS_ATTENTION_H_
 #define IPS_KERNELS_ATTENTION_H_
 

@@ -1,6 +1,7 @@
-// CPU attention: the fused DIN activation unit (GEMMs over folded first-layer weights plus
-// per-batch elementwise passes), multi-head attention as per-(batch, head) loops, their scalar
-// references, and the dispatch to CUDA.
+// CPU attention: the fused DIN activation unit (SmallGemm products over folded first-layer
+// weights and the elementwise passes, run per block of batch rows while the block is in cache),
+// multi-head attention as per-(batch, head) loops, their scalar references, and the dispatch to
+// CUDA.
 #include "kernels/attention.h"
 
 #include <algorithm>
@@ -16,8 +17,8 @@
 #include "common/thread_pool.h"
 #include "kernels/attention_internal.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/small_gemm.h"
 #include "kernels/cuda/attention_cuda.h"
-#include "kernels/gemm.h"
 
 namespace ips::kernels {
 namespace {
@@ -211,6 +212,53 @@ void FoldW1(const T* w1, int64_t H1, int64_t E, T* wfold) {
   }
 }
 
+// Contiguous runs of valid steps of batch rows [b0, b1), as [row0, row1) in the B*T step index,
+// in order: a row's valid steps continue the previous row's run when no padding lies between
+// (full histories make one run per chunk). The GEMMs run over runs, so padded steps cost nothing.
+template <typename T, typename Fn>
+void ForEachValidRun(const DinAttentionArgs<T>& a, int64_t b0, int64_t b1, const Fn& fn) {
+  const int64_t L = a.max_len;
+  int64_t r0 = 0, r1 = 0;
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t lo, hi;
+    ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
+    if (hi <= lo) continue;
+    if (r1 > r0 && b * L + lo == r1) {
+      r1 = b * L + hi;
+      continue;
+    }
+    if (r1 > r0) fn(r0, r1);
+    r0 = b * L + lo;
+    r1 = b * L + hi;
+  }
+  if (r1 > r0) fn(r0, r1);
+}
+
+// SmallGemm over A given by (row stride, column stride) and B with contiguous columns.
+template <typename T>
+IPS_ATTN_INLINE void Mm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col,
+                        const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  cpu::SmallGemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.a_row = a_row;
+  g.a_col = a_col;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  g.accumulate = accumulate;
+  cpu::SmallGemm(g);
+}
+
+// Batch rows per cache block: the block's X, A1, A2 (forward) or dZ2, G, DX (backward) stay in
+// the core's L2 between the GEMMs and the elementwise passes that consume them.
+constexpr int64_t kDinBlockRows = 4;
+
+// Forward: one pass over blocks of batch rows; each block builds X, runs both layers (GEMM,
+// then bias + sigmoid), the scores, the mask or softmax and the pooling while it is in cache.
 template <typename T>
 void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights, T* pooled,
                    T* saved) {
@@ -223,9 +271,19 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
   T* U = saved + lay.u;
   T* wfold = saved + lay.wfold;
   FoldW1(a.w1, H1, E, wfold);
+  // SmallGemm's B operand has contiguous columns: the weights transposed ([in x out]).
+  std::vector<T> packed(static_cast<size_t>(3 * E * H1 + H1 * H2));
+  T* wkp_t = packed.data();      // [2E x H1]: [Wk - Wd, Wp]^T
+  T* wq_t = wkp_t + 2 * E * H1;  // [E x H1]: (Wq + Wd)^T
+  T* w2_t = wq_t + E * H1;       // [H1 x H2]
+  for (int64_t h = 0; h < H1; ++h) {
+    for (int64_t p = 0; p < 3 * E; ++p) wkp_t[p * H1 + h] = wfold[h * 3 * E + p];
+    for (int64_t j = 0; j < H2; ++j) w2_t[h * H2 + j] = a.w2[j * H1 + h];
+  }
 
-  // X = [k, q*k] at valid steps, 0 at padded ones (so padded keys are never read).
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
+  ParFor(ctx, B, kDinBlockRows, [&](int64_t b0, int64_t b1) {
+    std::vector<T> ub(static_cast<size_t>(H1)), s(static_cast<size_t>(L));
+    // X = [k, q*k] at valid steps, 0 at padded ones (so padded keys are never read).
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo, hi;
       ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
@@ -234,6 +292,8 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
         T* x = X + (b * L + t) * 2 * E;
         if (t < lo || t >= hi) {
           std::fill(x, x + 2 * E, T(0));
+          std::fill(A1 + (b * L + t) * H1, A1 + (b * L + t + 1) * H1, T(0));
+          std::fill(A2 + (b * L + t) * H2, A2 + (b * L + t + 1) * H2, T(0));
           continue;
         }
         const T* k = a.keys + (b * L + t) * E;
@@ -243,29 +303,31 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
         }
       }
     }
-  });
-  // U = Q (Wq + Wd)^T: the q part of the first layer, once per batch row.
-  GemmCpu(MakeGemmArgs<T>(false, true, B, H1, E, a.query, E, wfold + 2 * E, 3 * E, U, H1));
-  // A1 = X [Wk - Wd, Wp]^T over all steps.
-  GemmCpu(MakeGemmArgs<T>(false, true, B * L, H1, 2 * E, X, 2 * E, wfold, 3 * E, A1, H1));
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
-    std::vector<T> ub(static_cast<size_t>(H1));
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t h = 0; h < H1; ++h) ub[h] = U[b * H1 + h] + a.b1[h];
-      SigmoidRows(A1 + b * L * H1, ub.data(), L, H1);
-    }
-  });
-  GemmCpu(MakeGemmArgs<T>(false, true, B * L, H2, H1, A1, H1, a.w2, H1, A2, H2));
-  ParFor(ctx, B, 8,
-         [&](int64_t b0, int64_t b1) { SigmoidRows(A2 + b0 * L * H2, a.b2, (b1 - b0) * L, H2); });
-  // Raw scores s = A2 w3 (+ b3 below), staged in the weights output.
-  GemmCpu(MakeGemmArgs<T>(false, false, B * L, 1, H2, A2, H2, a.w3, 1, weights, 1));
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
-    std::vector<T> s(static_cast<size_t>(L));
+    // U = Q (Wq + Wd)^T: the q part of the first layer, once per batch row.
+    Mm(b1 - b0, H1, E, a.query + b0 * E, E, int64_t{1}, wq_t, H1, U + b0 * H1, H1, false);
+    ForEachValidRun(a, b0, b1, [&](int64_t r0, int64_t r1) {
+      Mm(r1 - r0, H1, 2 * E, X + r0 * 2 * E, 2 * E, int64_t{1}, wkp_t, H1, A1 + r0 * H1, H1, false);
+    });
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo, hi;
       ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
-      for (int64_t t = 0; t < L; ++t) s[t] = weights[b * L + t] + a.b3[0];
+      for (int64_t h = 0; h < H1; ++h) ub[h] = U[b * H1 + h] + a.b1[h];
+      SigmoidRows(A1 + (b * L + lo) * H1, ub.data(), hi - lo, H1);
+    }
+    ForEachValidRun(a, b0, b1, [&](int64_t r0, int64_t r1) {
+      Mm(r1 - r0, H2, H1, A1 + r0 * H1, H1, int64_t{1}, w2_t, H2, A2 + r0 * H2, H2, false);
+    });
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t lo, hi;
+      ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
+      SigmoidRows(A2 + (b * L + lo) * H2, a.b2, hi - lo, H2);
+      // Raw scores s = A2 w3 + b3.
+      for (int64_t t = lo; t < hi; ++t) {
+        const T* a2 = A2 + (b * L + t) * H2;
+        T acc = 0;
+        for (int64_t j = 0; j < H2; ++j) acc += a2[j] * a.w3[j];
+        s[t] = acc + a.b3[0];
+      }
       T* w = weights + b * L;
       T* ws = Ws + b * L;
       if (a.softmax && hi > lo) {
@@ -292,12 +354,15 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
   });
 }
 
+// Backward: blocks of batch rows as in the forward. The weight gradients are sums over all
+// steps; each of a fixed number of slices of the batch (independent of the thread count and of
+// which thread runs it) sums its own part, and the parts are added in slice order, so results
+// are deterministic and the same for any pool.
 template <typename T>
 void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* saved,
                     const T* d_weights, const T* d_pooled, const DinAttentionGrads<T>& gr,
                     T* work) {
   const int64_t B = a.batch, L = a.max_len, E = a.dim, H1 = a.hidden1, H2 = a.hidden2;
-  const int64_t N = B * L;
   const DinSavedLayout sl = SavedLayout(B, L, E, H1, H2);
   const DinWorkLayout wl = WorkLayout(B, L, E, H1, H2);
   const T* X = saved + sl.x;
@@ -310,51 +375,126 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
   T* DX = work + wl.dx;
   T* Gsum = work + wl.gsum;
   T* ds = work + wl.ds;
-  T* ones = work + wl.ones;
   T* GX = work + wl.gx;
+  const bool need_dx = gr.d_keys != nullptr || gr.d_query != nullptr;
 
-  // ds = dL/ds per step (through the mask or the softmax), then dZ2 = ds w3 * a2 (1 - a2).
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
+  constexpr int64_t kMaxSlices = 16;
+  const int64_t slices = std::max<int64_t>(1, std::min(B, kMaxSlices));
+  // Per slice: dW2 [H2 x H1] | G^T X [H1 x 2E] | dw3 [H2] | db2 [H2] | db1 [H1] | db3 [1].
+  const int64_t o_gx = H2 * H1, o_w3 = o_gx + H1 * 2 * E, o_b2 = o_w3 + H2, o_b1 = o_b2 + H2,
+                o_b3 = o_b1 + H1, per = o_b3 + 1;
+  std::vector<T> part(static_cast<size_t>(slices * per), T(0));
+
+  ParFor(ctx, slices, 1, [&](int64_t s0, int64_t s1) {
     std::vector<T> g(static_cast<size_t>(L));
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t lo, hi;
-      ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
-      const T* w = Ws + b * L;
-      for (int64_t t = lo; t < hi; ++t) {
-        T gt = d_weights != nullptr ? d_weights[b * L + t] : T(0);
-        if (d_pooled != nullptr) {
-          const T* k = a.keys + (b * L + t) * E;
-          const T* dp = d_pooled + b * E;
-          for (int64_t e = 0; e < E; ++e) gt += dp[e] * k[e];
+    for (int64_t sidx = s0; sidx < s1; ++sidx) {
+      T* pt = part.data() + sidx * per;
+      const int64_t sb0 = B * sidx / slices, sb1 = B * (sidx + 1) / slices;
+      for (int64_t c0 = sb0; c0 < sb1; c0 += kDinBlockRows) {
+        const int64_t c1 = std::min(sb1, c0 + kDinBlockRows);
+        // ds = dL/ds per step (through the mask or the softmax), dZ2 = ds w3 * a2 (1 - a2).
+        for (int64_t b = c0; b < c1; ++b) {
+          int64_t lo, hi;
+          ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
+          const T* w = Ws + b * L;
+          for (int64_t t = lo; t < hi; ++t) {
+            T gt = d_weights != nullptr ? d_weights[b * L + t] : T(0);
+            if (d_pooled != nullptr) {
+              const T* k = a.keys + (b * L + t) * E;
+              const T* dp = d_pooled + b * E;
+              for (int64_t e = 0; e < E; ++e) gt += dp[e] * k[e];
+            }
+            g[t] = gt;
+          }
+          T* dsb = ds + b * L;
+          if (a.softmax) {
+            T dot = 0;
+            for (int64_t t = lo; t < hi; ++t) dot += w[t] * g[t];
+            for (int64_t t = lo; t < hi; ++t) g[t] = w[t] * (g[t] - dot);
+          }
+          for (int64_t t = 0; t < L; ++t) dsb[t] = (t >= lo && t < hi) ? g[t] : T(0);
+          SigmoidGradOut(dZ2 + (b * L + lo) * H2, dsb + lo, a.w3, A2 + (b * L + lo) * H2, hi - lo,
+                         H2);
+          for (int64_t t = lo; t < hi; ++t) {
+            const T* a2 = A2 + (b * L + t) * H2;
+            const T* dz = dZ2 + (b * L + t) * H2;
+            const T dst = dsb[t];
+            pt[o_b3] += dst;
+            for (int64_t j = 0; j < H2; ++j) {
+              pt[o_w3 + j] += dst * a2[j];
+              pt[o_b2 + j] += dz[j];
+            }
+          }
         }
-        g[t] = gt;
+        // dA1 = dZ2 W2 (into G), dW2 += dZ2^T A1.
+        ForEachValidRun(a, c0, c1, [&](int64_t r0, int64_t r1) {
+          const T* dz = dZ2 + r0 * H2;
+          Mm(r1 - r0, H1, H2, dz, H2, int64_t{1}, a.w2, H1, G + r0 * H1, H1, false);
+          Mm(H2, H1, r1 - r0, dz, int64_t{1}, H2, A1 + r0 * H1, H1, pt, H1, true);
+        });
+        // G = dA1 * a1 (1 - a1) = dL/dz1; Gsum = its sum over the row's steps.
+        for (int64_t b = c0; b < c1; ++b) {
+          int64_t lo, hi;
+          ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
+          SigmoidGradSum(G + (b * L + lo) * H1, A1 + (b * L + lo) * H1, Gsum + b * H1, hi - lo, H1);
+          for (int64_t h = 0; h < H1; ++h) pt[o_b1 + h] += Gsum[b * H1 + h];
+        }
+        // G^T X (dWk, dWp) += over the block; DX = G [Wk - Wd, Wp] = dL/dX.
+        ForEachValidRun(a, c0, c1, [&](int64_t r0, int64_t r1) {
+          const T* gz = G + r0 * H1;
+          Mm(H1, 2 * E, r1 - r0, gz, int64_t{1}, H1, X + r0 * 2 * E, 2 * E, pt + o_gx, 2 * E, true);
+          if (need_dx)
+            Mm(r1 - r0, 2 * E, H1, gz, H1, int64_t{1}, wfold, 3 * E, DX + r0 * 2 * E, 2 * E, false);
+        });
+        if (!need_dx) continue;
+        if (gr.d_query != nullptr) {
+          Mm(c1 - c0, E, H1, Gsum + c0 * H1, H1, int64_t{1}, wfold + 2 * E, 3 * E,
+             gr.d_query + c0 * E, E, false);
+        }
+        for (int64_t b = c0; b < c1; ++b) {
+          int64_t lo, hi;
+          ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
+          const T* q = a.query + b * E;
+          const T* dp = d_pooled != nullptr ? d_pooled + b * E : nullptr;
+          T* dq = gr.d_query != nullptr ? gr.d_query + b * E : nullptr;
+          for (int64_t t = 0; t < L; ++t) {
+            T* dk = gr.d_keys != nullptr ? gr.d_keys + (b * L + t) * E : nullptr;
+            if (t < lo || t >= hi) {
+              if (dk != nullptr) std::fill(dk, dk + E, T(0));
+              continue;
+            }
+            const T* dx = DX + (b * L + t) * 2 * E;
+            const T* k = a.keys + (b * L + t) * E;
+            if (dk != nullptr) {
+              const T wt = Ws[b * L + t];
+              for (int64_t e = 0; e < E; ++e) dk[e] = dx[e] + q[e] * dx[E + e];
+              if (dp != nullptr)
+                for (int64_t e = 0; e < E; ++e) dk[e] += wt * dp[e];
+            }
+            if (dq != nullptr)
+              for (int64_t e = 0; e < E; ++e) dq[e] += k[e] * dx[E + e];
+          }
+        }
       }
-      T* dsb = ds + b * L;
-      if (a.softmax) {
-        T dot = 0;
-        for (int64_t t = lo; t < hi; ++t) dot += w[t] * g[t];
-        for (int64_t t = lo; t < hi; ++t) g[t] = w[t] * (g[t] - dot);
-      }
-      for (int64_t t = 0; t < L; ++t) dsb[t] = (t >= lo && t < hi) ? g[t] : T(0);
-      SigmoidGradOut(dZ2 + b * L * H2, dsb, a.w3, A2 + b * L * H2, L, H2);
-      std::fill(ones + b * L, ones + (b + 1) * L, T(1));
     }
   });
-  T db3 = 0;
-  for (int64_t i = 0; i < N; ++i) db3 += ds[i];
-  gr.d_b3[0] = db3;
-  GemmCpu(MakeGemmArgs<T>(false, false, 1, H2, N, ds, N, A2, H2, gr.d_w3, H2));
-  GemmCpu(MakeGemmArgs<T>(false, false, 1, H2, N, ones, N, dZ2, H2, gr.d_b2, H2));
-  GemmCpu(MakeGemmArgs<T>(true, false, H2, H1, N, dZ2, H2, A1, H1, gr.d_w2, H1));
-  GemmCpu(MakeGemmArgs<T>(false, false, N, H1, H2, dZ2, H2, a.w2, H1, G, H1));  // dA1
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      SigmoidGradSum(G + b * L * H1, A1 + b * L * H1, Gsum + b * H1, L, H1);
-    }
-  });
-  // GX = G^T [k, q*k] (dWk, dWp) and Gsum^T Q (dWq) side by side in one [H1 x 3E] block.
-  GemmCpu(MakeGemmArgs<T>(true, false, H1, 2 * E, N, G, H1, X, 2 * E, GX, 3 * E));
-  GemmCpu(MakeGemmArgs<T>(true, false, H1, E, B, Gsum, H1, a.query, E, GX + 2 * E, 3 * E));
+
+  // Sum the slices in order.
+  std::vector<T> total(part.begin(), part.begin() + per);
+  for (int64_t sidx = 1; sidx < slices; ++sidx) {
+    const T* pt = part.data() + sidx * per;
+    for (int64_t i = 0; i < per; ++i) total[i] += pt[i];
+  }
+  std::copy(total.begin(), total.begin() + H2 * H1, gr.d_w2);
+  std::copy(total.begin() + o_w3, total.begin() + o_w3 + H2, gr.d_w3);
+  std::copy(total.begin() + o_b2, total.begin() + o_b2 + H2, gr.d_b2);
+  std::copy(total.begin() + o_b1, total.begin() + o_b1 + H1, gr.d_b1);
+  gr.d_b3[0] = total[o_b3];
+  // GX = [G^T k, G^T (q*k), Gsum^T q] in one [H1 x 3E] block.
+  for (int64_t h = 0; h < H1; ++h)
+    std::copy(total.begin() + o_gx + h * 2 * E, total.begin() + o_gx + (h + 1) * 2 * E,
+              GX + h * 3 * E);
+  Mm(H1, E, B, Gsum, int64_t{1}, H1, a.query, E, GX + 2 * E, 3 * E, false);
   for (int64_t h = 0; h < H1; ++h) {
     const T* gx = GX + h * 3 * E;
     T* dw = gr.d_w1 + h * 4 * E;
@@ -365,41 +505,6 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
       dw[3 * E + e] = gx[E + e];              // dWp
     }
   }
-  for (int64_t h = 0; h < H1; ++h) gr.d_b1[h] = 0;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H1; ++h) gr.d_b1[h] += Gsum[b * H1 + h];
-  if (gr.d_keys == nullptr && gr.d_query == nullptr) return;
-  // DX = G [Wk - Wd, Wp]: the gradient wrt X = [k, q*k].
-  GemmCpu(MakeGemmArgs<T>(false, false, N, 2 * E, H1, G, H1, wfold, 3 * E, DX, 2 * E));
-  if (gr.d_query != nullptr) {
-    GemmCpu(MakeGemmArgs<T>(false, false, B, E, H1, Gsum, H1, wfold + 2 * E, 3 * E, gr.d_query, E));
-  }
-  ParFor(ctx, B, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t lo, hi;
-      ValidRange(a.padding, L, a.lengths[b], &lo, &hi);
-      const T* q = a.query + b * E;
-      const T* dp = d_pooled != nullptr ? d_pooled + b * E : nullptr;
-      T* dq = gr.d_query != nullptr ? gr.d_query + b * E : nullptr;
-      for (int64_t t = 0; t < L; ++t) {
-        T* dk = gr.d_keys != nullptr ? gr.d_keys + (b * L + t) * E : nullptr;
-        if (t < lo || t >= hi) {
-          if (dk != nullptr) std::fill(dk, dk + E, T(0));
-          continue;
-        }
-        const T* dx = DX + (b * L + t) * 2 * E;
-        const T* k = a.keys + (b * L + t) * E;
-        if (dk != nullptr) {
-          const T wt = Ws[b * L + t];
-          for (int64_t e = 0; e < E; ++e) dk[e] = dx[e] + q[e] * dx[E + e];
-          if (dp != nullptr)
-            for (int64_t e = 0; e < E; ++e) dk[e] += wt * dp[e];
-        }
-        if (dq != nullptr)
-          for (int64_t e = 0; e < E; ++e) dq[e] += k[e] * dx[E + e];
-      }
-    }
-  });
 }
 
 // ---- DIN reference ----------------------------------------------------------------------------

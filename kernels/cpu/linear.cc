@@ -1,10 +1,79 @@
 // kernels/linear.h: composed from Gemm and the activation ops, so it runs on either device.
+// On the CPU, float layers up to kSmallWidth wide (the recommender MLPs: 72..216 -> 200 -> 80
+// -> 1) run their GEMMs as SmallGemm blocks on ctx.pool instead of the BLAS: at these sizes the
+// BLAS's packing and its own spinning threads (next to our pool's) cost more than the products
+// (kernels/cpu/small_gemm.h says why).
 #include "kernels/linear.h"
 
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "common/thread_pool.h"
 #include "kernels/cpu/dense_util.h"
+#include "kernels/cpu/small_gemm.h"
 #include "kernels/gemm.h"
 
 namespace ips::kernels {
+namespace {
+
+constexpr int64_t kSmallWidth = 512;
+constexpr int64_t kRowBlock = 64;  // rows per pool task (forward, dx)
+
+template <typename T>
+bool UseSmallGemm(const Context& ctx, const LinearArgs<T>& a) {
+  return std::is_same_v<T, float> && ctx.device == Device::kCpu && a.in <= kSmallWidth &&
+         a.out <= kSmallWidth;
+}
+
+template <typename T>
+void Mm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col, const T* b,
+        int64_t ldb, T* c, int64_t ldc) {
+  cpu::SmallGemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.a_row = a_row;
+  g.a_col = a_col;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  cpu::SmallGemm(g);
+}
+
+// y = x W^T, row blocks in parallel; SmallGemm's B operand is W^T [in x out].
+template <typename T>
+void SmallForward(const Context& ctx, const LinearArgs<T>& a) {
+  std::vector<T> wt(static_cast<size_t>(a.in * a.out));
+  for (int64_t o = 0; o < a.out; ++o)
+    for (int64_t i = 0; i < a.in; ++i) wt[i * a.out + o] = a.w[o * a.in + i];
+  ParallelFor(ctx.pool, a.rows, kRowBlock, [&](int64_t r0, int64_t r1) {
+    Mm(r1 - r0, a.out, a.in, a.x + r0 * a.in, a.in, int64_t{1}, wt.data(), a.out, a.y + r0 * a.out,
+       a.out);
+  });
+}
+
+// dW = dpre^T x split by output rows (each task sums over every row in order: no partials, the
+// same result for any pool); dx = dpre W by row blocks.
+template <typename T>
+void SmallBackward(const Context& ctx, const LinearArgs<T>& a) {
+  if (a.rows == 0) {  // x and dpre may be null: nothing to read, dW = 0 (dx is empty)
+    std::fill(a.dw, a.dw + a.out * a.in, T(0));
+    return;
+  }
+  ParallelFor(ctx.pool, a.out, 8, [&](int64_t o0, int64_t o1) {
+    Mm(o1 - o0, a.in, a.rows, a.dpre + o0, int64_t{1}, a.out, a.x, a.in, a.dw + o0 * a.in, a.in);
+  });
+  if (a.dx == nullptr) return;
+  ParallelFor(ctx.pool, a.rows, kRowBlock, [&](int64_t r0, int64_t r1) {
+    Mm(r1 - r0, a.in, a.out, a.dpre + r0 * a.out, a.out, int64_t{1}, a.w, a.in, a.dx + r0 * a.in,
+       a.in);
+  });
+}
+
+}  // namespace
 
 template <typename T>
 Status LinearForward(const Context& ctx, const LinearArgs<T>& a) {
@@ -12,18 +81,26 @@ Status LinearForward(const Context& ctx, const LinearArgs<T>& a) {
   IPS_RETURN_IF_ERROR(dense_internal::NonNegative(kOp, a.rows, a.in, a.out));
   if (a.rows * a.out == 0) return Status::Ok();
   IPS_RETURN_IF_ERROR(dense_internal::Required(kOp, "y", a.y));
-  GemmArgs<T> g;  // y = x W^T
-  g.trans_b = true;
-  g.m = a.rows;
-  g.n = a.out;
-  g.k = a.in;
-  g.a = a.x;
-  g.lda = std::max<int64_t>(1, a.in);
-  g.b = a.w;
-  g.ldb = std::max<int64_t>(1, a.in);
-  g.c = a.y;
-  g.ldc = a.out;
-  IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+  if (UseSmallGemm(ctx, a)) {
+    if (a.in == 0) {
+      std::fill(a.y, a.y + a.rows * a.out, T(0));
+    } else {
+      SmallForward(ctx, a);
+    }
+  } else {
+    GemmArgs<T> g;  // y = x W^T
+    g.trans_b = true;
+    g.m = a.rows;
+    g.n = a.out;
+    g.k = a.in;
+    g.a = a.x;
+    g.lda = std::max<int64_t>(1, a.in);
+    g.b = a.w;
+    g.ldb = std::max<int64_t>(1, a.in);
+    g.c = a.y;
+    g.ldc = a.out;
+    IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+  }
   BiasActivationArgs<T> ba;
   ba.rows = a.rows;
   ba.cols = a.out;
@@ -49,30 +126,34 @@ Status LinearBackward(const Context& ctx, const LinearArgs<T>& a) {
   ab.dy = a.dy;
   ab.dx = a.dpre;
   IPS_RETURN_IF_ERROR(ActivationBackward(ctx, ab));
-  GemmArgs<T> g;  // dW = dpre^T x: [out x rows] x [rows x in]
-  g.trans_a = true;
-  g.m = a.out;
-  g.n = a.in;
-  g.k = a.rows;
-  g.a = a.dpre;
-  g.lda = std::max<int64_t>(1, a.out);
-  g.b = a.x;
-  g.ldb = std::max<int64_t>(1, a.in);
-  g.c = a.dw;
-  g.ldc = std::max<int64_t>(1, a.in);
-  IPS_RETURN_IF_ERROR(Gemm(ctx, g));
-  if (a.dx != nullptr) {
-    GemmArgs<T> h;  // dx = dpre W: [rows x out] x [out x in]
-    h.m = a.rows;
-    h.n = a.in;
-    h.k = a.out;
-    h.a = a.dpre;
-    h.lda = std::max<int64_t>(1, a.out);
-    h.b = a.w;
-    h.ldb = std::max<int64_t>(1, a.in);
-    h.c = a.dx;
-    h.ldc = std::max<int64_t>(1, a.in);
-    IPS_RETURN_IF_ERROR(Gemm(ctx, h));
+  if (UseSmallGemm(ctx, a)) {
+    SmallBackward(ctx, a);
+  } else {
+    GemmArgs<T> g;  // dW = dpre^T x: [out x rows] x [rows x in]
+    g.trans_a = true;
+    g.m = a.out;
+    g.n = a.in;
+    g.k = a.rows;
+    g.a = a.dpre;
+    g.lda = std::max<int64_t>(1, a.out);
+    g.b = a.x;
+    g.ldb = std::max<int64_t>(1, a.in);
+    g.c = a.dw;
+    g.ldc = std::max<int64_t>(1, a.in);
+    IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+    if (a.dx != nullptr) {
+      GemmArgs<T> h;  // dx = dpre W: [rows x out] x [out x in]
+      h.m = a.rows;
+      h.n = a.in;
+      h.k = a.out;
+      h.a = a.dpre;
+      h.lda = std::max<int64_t>(1, a.out);
+      h.b = a.w;
+      h.ldb = std::max<int64_t>(1, a.in);
+      h.c = a.dx;
+      h.ldc = std::max<int64_t>(1, a.in);
+      IPS_RETURN_IF_ERROR(Gemm(ctx, h));
+    }
   }
   if (a.dbias != nullptr) {
     BiasGradArgs<T> bg;

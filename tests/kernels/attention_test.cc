@@ -266,6 +266,57 @@ TEST(DinAttentionCpu, FusedMatchesReference_Float_OddWidths_NoPool) {
   CompareDinWithReference<float>(s, Context{}, {2e-5, 2e-4}, 13);
 }
 
+// The CPU paths split the batch into pool tasks and sum weight gradients over fixed slices of
+// it, so forward and backward are bitwise the same with or without a pool, and the weight
+// gradients do not change when d_query / d_keys are not asked for (the backward then skips
+// dL/dX). B = 37 is not a multiple of the row block or of the slice count.
+TEST(DinAttentionCpu, BitwiseIndependentOfPoolAndOfOptionalGrads_B37) {
+  ThreadPool pool(2);
+  Context pooled_ctx;
+  pooled_ctx.pool = &pool;
+  for (bool softmax : {false, true}) {
+    SCOPED_TRACE(softmax ? "softmax" : "raw");
+    const DinShape s{37, 50, 36, 80, 40, Padding::kLeft, softmax, true, MixedLengths(37, 50, 19)};
+    DinData<float> d(s, 23);
+    std::vector<float> w0, p0, saved0, w1, p1, saved1;
+    RunDinForward(Context{}, d, &w0, &p0, &saved0);
+    RunDinForward(pooled_ctx, d, &w1, &p1, &saved1);
+    ASSERT_EQ(w0, w1);
+    ASSERT_EQ(p0, p1);
+    Rng rng(29);
+    std::vector<float> up_w(s.B * s.T), up_p(s.B * s.E);
+    Fill(up_w, rng);
+    Fill(up_p, rng);
+    DinGradBufs<float> g0(s), g1(s), g2(s);
+    std::vector<float> work(DinAttentionBackwardWorkspaceSize(d.Args()));
+    Poison(work);
+    ASSERT_TRUE(DinAttentionBackward(Context{}, d.Args(), saved0.data(), up_w.data(), up_p.data(),
+                                     g0.Grads(), work.data())
+                    .ok());
+    Poison(work);
+    ASSERT_TRUE(DinAttentionBackward(pooled_ctx, d.Args(), saved1.data(), up_w.data(), up_p.data(),
+                                     g1.Grads(), work.data())
+                    .ok());
+    Poison(work);
+    DinAttentionGrads<float> weights_only = g2.Grads();
+    weights_only.d_query = nullptr;
+    weights_only.d_keys = nullptr;
+    ASSERT_TRUE(DinAttentionBackward(pooled_ctx, d.Args(), saved1.data(), up_w.data(), up_p.data(),
+                                     weights_only, work.data())
+                    .ok());
+    EXPECT_EQ(g0.dq, g1.dq);
+    EXPECT_EQ(g0.dk, g1.dk);
+    for (const DinGradBufs<float>* g : {&g1, &g2}) {
+      EXPECT_EQ(g0.dw1, g->dw1);
+      EXPECT_EQ(g0.db1, g->db1);
+      EXPECT_EQ(g0.dw2, g->dw2);
+      EXPECT_EQ(g0.db2, g->db2);
+      EXPECT_EQ(g0.dw3, g->dw3);
+      EXPECT_EQ(g0.db3, g->db3);
+    }
+  }
+}
+
 // DIEN: the target over GRU states, E = H = 36, T = 50, right-padded, softmax over valid steps.
 TEST(DienAttentionCpu, SoftmaxOverStates_E36_T50_MatchesReferenceAndSumsToOne) {
   const int64_t B = 8, T = 50, H = 36;
