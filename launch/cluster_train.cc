@@ -1,6 +1,8 @@
 #include "launch/cluster_train.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "common/progress.h"
+#include "common/random.h"
 #include "common/result_line.h"
 #include "common/timer.h"
 #include "launch/commands.h"
@@ -23,10 +26,13 @@
 #include "ps/checkpoint_io.h"
 #include "ps/remote_store.h"
 #include "ps/server.h"
+#include "ps/transport.h"
 #include "worker/checkpoint.h"
 #include "worker/cluster.h"
+#include "worker/data_reader.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
+#include "worker/retrieval.h"
 #include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
@@ -130,6 +136,51 @@ StatusOr<int64_t> RestoreWorker(Trainer* trainer, const CheckpointContent& dense
   return step[0];
 }
 
+// This worker's client of the parameter servers (cluster.sync, cluster.staleness).
+ps::RemoteStoreOptions WorkerStoreOptions(Cluster* cluster, const config::Config& config,
+                                          const TrainJob& job) {
+  ps::RemoteStoreOptions ro;
+  ro.tables = job.tables;
+  ro.ps_ranks = cluster->layout().PsRanks();
+  ro.worker_index = cluster->role_index();
+  ro.mode = config.cluster().sync() == config::ClusterConfig::ASYNC
+                ? ps::RemoteStoreOptions::Mode::kAsync
+                : ps::RemoteStoreOptions::Mode::kSync;
+  ro.staleness = config.cluster().staleness();
+  return ro;
+}
+
+// Gradients of each worker's mean loss, averaged: the gradient of the global batch's mean.
+// The hook is timed (output only: allreduce_ms in the RESULT line, for launch/scale.sh).
+DenseGradHook TimedAllReduceMean(Collective* coll, double* seconds, int64_t* floats) {
+  return [coll, seconds, floats](float* g, int64_t n) {
+    Timer t;
+    Status s = coll->AllReduceMean(g, n);
+    *seconds += t.Seconds();
+    *floats = n;
+    return s;
+  };
+}
+
+// The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
+// checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
+int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const TrainJob& job,
+                        const config::CheckpointConfig& ck, int64_t step, ProgressLine* progress) {
+  if (progress != nullptr) progress->Finish("stopped");
+  if (cluster->role_index() == 0) {
+    std::cerr << "cluster: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir()
+              << "/ckpt-" << step << "; continue with --resume " << ck.dir() << "\n";
+    ResultLine("train_cluster")
+        .Add("model", ModelKindName(job.trainer.model.kind))
+        .Add("status", "stopped")
+        .Add("step", step)
+        .Add("checkpoint", ck.dir() + "/ckpt-" + std::to_string(step))
+        .Print();
+  }
+  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  return kExitStopped;
+}
+
 // checkpoint.dir set: checks the intervals, installs the SIGTERM handler and, on worker 0, creates
 // the writer (null on the other workers). *writing_step is the checkpoint being written, read by
 // the test-only fault hook (flags.kill_in_checkpoint_step).
@@ -226,27 +277,14 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   const int w = cluster->role_index();
   const int num_workers = cluster->layout().num_workers;
   Collective* coll = cluster->collective();
-  ps::RemoteStoreOptions ro;
-  ro.tables = job.tables;
-  ro.ps_ranks = cluster->layout().PsRanks();
-  ro.worker_index = w;
-  ro.mode = config.cluster().sync() == config::ClusterConfig::ASYNC
-                ? ps::RemoteStoreOptions::Mode::kAsync
-                : ps::RemoteStoreOptions::Mode::kSync;
-  ro.staleness = config.cluster().staleness();
+  const ps::RemoteStoreOptions ro = WorkerStoreOptions(cluster, config, job);
   auto store = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
   if (!store.ok()) cluster->Abort(store.status());
   // Gradients of each worker's mean loss, averaged: the gradient of the global batch's mean.
   // The hook is timed (output only: allreduce_ms in the RESULT line, for launch/scale.sh).
   double allreduce_s = 0;
   int64_t dense_floats = 0;
-  job.trainer.dense_grad_allreduce = [coll, &allreduce_s, &dense_floats](float* g, int64_t n) {
-    Timer t;
-    Status s = coll->AllReduceMean(g, n);
-    allreduce_s += t.Seconds();
-    dense_floats = n;
-    return s;
-  };
+  job.trainer.dense_grad_allreduce = TimedAllReduceMean(coll, &allreduce_s, &dense_floats);
   auto trainer_or = Trainer::Create(job.trainer, store->get());
   if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
   Trainer* trainer = trainer_or->get();
@@ -287,8 +325,9 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   };
   // Every worker calls it at the same step.
   auto checkpoint = [&](int64_t step) {
-    return WriteCheckpoint(cluster, store->get(), writer.get(), dense,
-                           [&] { return run_blobs(step); }, step, &writing_step);
+    return WriteCheckpoint(
+        cluster, store->get(), writer.get(), dense, [&] { return run_blobs(step); }, step,
+        &writing_step);
   };
   // Replicas start equal: worker 0's initial dense weights everywhere.
   auto& params = trainer->model().params();
@@ -382,22 +421,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       break;
     }
   }
-  if (stopped) {
-    const int64_t step = trainer->steps();
-    if (progress) progress->Finish("stopped");
-    if (w == 0) {
-      std::cerr << "cluster: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir()
-                << "/ckpt-" << step << "; continue with --resume " << ck.dir() << "\n";
-      ResultLine("train_cluster")
-          .Add("model", ModelKindName(job.trainer.model.kind))
-          .Add("status", "stopped")
-          .Add("step", step)
-          .Add("checkpoint", ck.dir() + "/ckpt-" + std::to_string(step))
-          .Print();
-    }
-    if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
-    return kExitStopped;
-  }
+  if (stopped)
+    return StopAfterCheckpoint(cluster, store->get(), job, ck, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
@@ -499,6 +524,433 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   return exit_code;
 }
 
+// ---- Training on a dataset directory (data.train_dir) ------------------------------------------
+
+// A JSON number as worker/trainer.cc's per-epoch lines print it (8 significant digits, null for
+// NaN/inf), so the lines of a 1-worker run equal single-process `ips train`'s.
+std::string JsonNumber8(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os << std::setprecision(8) << v;
+  return os.str();
+}
+
+// The run's position, in the blobs of single-process RunDatasetTraining (worker/trainer.cc):
+// "run/dataset" = {epoch, position, steps, samples, epoch steps, epoch samples, trainer steps},
+// "run/loss_sum" = the epoch's loss sum, so a checkpoint resumes either way. Here the position is
+// the next unread example of the epoch's order (over every worker), samples count every worker's
+// and the loss sum is over every worker's step losses.
+struct DatasetPosition {
+  int64_t epoch = 0, position = 0, steps = 0, samples = 0, epoch_steps = 0, epoch_samples = 0;
+  double loss_sum = 0;
+};
+
+// --resume on a dataset worker: the dense state and the run's position.
+StatusOr<DatasetPosition> RestoreDatasetWorker(Trainer* trainer, const CheckpointContent& dense,
+                                               const std::string& path, int epochs,
+                                               int64_t per_epoch) {
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
+  std::map<std::string, std::string> blobs;
+  IPS_RETURN_IF_ERROR(reader->Restore(dense, &blobs));
+  std::vector<int64_t> st;
+  std::vector<double> loss;
+  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/dataset", 7, &st));
+  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/loss_sum", 1, &loss));
+  if (st[0] < 0 || st[0] >= epochs || st[1] < 0 || st[1] > per_epoch || st[2] < 0 || st[6] < 0)
+    return DataLossError(reader->dir() + ": blob 'run/dataset' (epoch " +
+                         std::to_string(st[0] + 1) + ", position " + std::to_string(st[1]) +
+                         ") does not fit a run of " + std::to_string(epochs) + " epochs of " +
+                         std::to_string(per_epoch) + " examples");
+  trainer->set_steps(st[6]);
+  if (trainer->model().has_dropout_step()) {
+    std::vector<int64_t> d;
+    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &d));
+    trainer->model().set_dropout_step(static_cast<uint64_t>(d[0]));
+  }
+  DatasetPosition p;
+  p.epoch = st[0];
+  p.position = st[1];
+  p.steps = st[2];
+  p.samples = st[3];
+  p.epoch_steps = st[4];
+  p.epoch_samples = st[5];
+  p.loss_sum = loss[0];
+  return p;
+}
+
+// The sum of every worker's `v` (exact with one worker: no float round trip).
+StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v) {
+  if (num_workers == 1) return v;
+  float f = static_cast<float>(v);
+  IPS_RETURN_IF_ERROR(coll->AllReduceSum(&f, 1));
+  return static_cast<double>(f);
+}
+
+// Worker w of W on data.train_dir. Every worker reads the whole dataset's epoch order (the same
+// TrainReader, seed and per-epoch shuffle as single-process training) and takes every W-th batch
+// of it: in round k of an epoch started at position p0, batch k*W + w, i.e. the examples from
+// p0 + (k*W + w)*batch on. Every worker runs the same number of rounds (floor of the epoch's
+// batches / W: the dense all-reduce needs every worker in every step), so up to W - 1 batches at
+// the end of an epoch's order are left out (different examples each epoch: the order is
+// reshuffled); with one worker the batches are exactly single-process training's. DIEN's
+// auxiliary negatives are drawn as in RunDatasetTraining from (seed, step), worker w > 0 mixing
+// in w. After every eval.every_epochs-th epoch and the last one, worker 0 runs the single-process
+// evaluation (EvaluateRanking, and EvaluateRetrieval for models with user vectors) while the
+// others wait at a barrier, so it reads the tables of exactly that step.
+int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob job,
+                     const Dataset& data, const ClusterTrainFlags& flags) {
+  const int w = cluster->role_index();
+  const int num_workers = cluster->layout().num_workers;
+  Collective* coll = cluster->collective();
+  const ps::RemoteStoreOptions ro = WorkerStoreOptions(cluster, config, job);
+  auto store = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
+  if (!store.ok()) cluster->Abort(store.status());
+  double allreduce_s = 0;
+  int64_t dense_floats = 0;
+  job.trainer.dense_grad_allreduce = TimedAllReduceMean(coll, &allreduce_s, &dense_floats);
+  auto trainer_or = Trainer::Create(job.trainer, store->get());
+  if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
+  Trainer* trainer = trainer_or->get();
+  const DatasetRunOptions& run = job.dataset;
+  if (run.epochs < 1 || run.eval_every_epochs < 1 || run.max_steps < 0 || run.top_k < 1)
+    cluster->Abort(InvalidArgumentError(
+        "train.epochs, eval.every_epochs and eval.top_k must be >= 1, train.max_steps >= 0"));
+
+  TrainReader reader(&data, {}, run.reader);
+  const int64_t per_epoch = reader.examples_per_epoch();
+  const int64_t batch = std::max(1, run.reader.batch_size);
+  // Rounds (steps of every worker) of an epoch entered at example `p`.
+  auto rounds_from = [&](int64_t p) -> int64_t {
+    return p >= per_epoch ? 0 : (per_epoch - p + batch - 1) / batch / num_workers;
+  };
+  // The examples of worker v's batch in round k of an epoch entered at p0 (0 past the end).
+  auto batch_rows = [&](int64_t p0, int64_t k, int v) -> int64_t {
+    const int64_t first = p0 + (k * num_workers + v) * batch;
+    return std::max<int64_t>(0, std::min<int64_t>(batch, per_epoch - first));
+  };
+  if (rounds_from(0) == 0)
+    cluster->Abort(FailedPreconditionError(
+        "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) +
+        " training examples per epoch are fewer than one batch of " + std::to_string(batch) +
+        " for each of the " + std::to_string(num_workers) + " workers"));
+
+  CheckpointContent dense;
+  AddModelState(&trainer->model(), &trainer->dense_optimizer(), &dense);
+  dense.config_text = ConfigToText(config);
+  DatasetPosition at;  // the run's position; a resumed run starts at the checkpoint's
+  const bool resumed = !flags.resume.empty();
+  if (resumed) {
+    auto restored = RestoreDatasetWorker(trainer, dense, flags.resume, run.epochs, per_epoch);
+    if (!restored.ok()) cluster->Abort(restored.status().WithContext("--resume " + flags.resume));
+    at = *restored;
+    if (w != 0) at.loss_sum = 0;  // worker 0 carries the sum of every worker's losses so far
+    if (w == 0)
+      std::cerr << "cluster: resumed from " << flags.resume << " at epoch " << at.epoch + 1
+                << " position " << at.position << " step " << trainer->steps() << "\n";
+  }
+  // The run's last step (a checkpoint always follows it, as in single-process training).
+  int64_t last_step =
+      at.steps + rounds_from(at.position) + (run.epochs - at.epoch - 1) * rounds_from(0);
+  if (run.max_steps > 0) last_step = std::min<int64_t>(last_step, run.max_steps);
+  const int64_t first_step = at.steps;
+
+  const config::CheckpointConfig& ck = config.checkpoint();
+  std::unique_ptr<CheckpointWriter> writer;
+  int64_t writing_step = -1;
+  if (Checkpointing(config)) {
+    auto wr = StartCheckpointing(cluster, config, flags, &writing_step);
+    if (!wr.ok()) cluster->Abort(wr.status());
+    writer = std::move(wr).value();
+  }
+  auto& params = trainer->model().params();
+  if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
+      !s.ok())
+    cluster->Abort(s);
+
+  std::ofstream metrics;
+  if (w == 0 && !flags.metrics_out.empty()) {
+    metrics.open(flags.metrics_out, std::ios::app);
+    if (!metrics)
+      cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
+  }
+  const std::string model = ModelKindName(job.trainer.model.kind);
+  if (w == 0)
+    std::cerr << "cluster: model=" << model << " data=" << run.train_dir
+              << " examples/epoch=" << per_epoch << " batch=" << batch << " per worker x "
+              << num_workers << " workers, " << rounds_from(0) << " steps/epoch, "
+              << per_epoch - std::min(per_epoch, rounds_from(0) * num_workers * batch)
+              << " examples/epoch left out, epochs=" << run.epochs << "\n";
+  std::unique_ptr<ProgressLine> progress;
+  if (w == 0 && !flags.quiet)
+    progress = std::make_unique<ProgressLine>(
+        "train", (last_step - first_step) * batch * num_workers, "samples", stderr);
+
+  // DIEN's auxiliary negatives of the batch trained at trainer step `step` (RunDatasetTraining's
+  // draw; worker w > 0 mixes in w so the workers' negatives differ).
+  const bool aux = trainer->model().aux_negatives();
+  const auto num_items = static_cast<uint32_t>(data.manifest().items);
+  const ColumnView<uint32_t> item_cat = data.item_cat();
+  if (aux && num_items == 0) cluster->Abort(FailedPreconditionError("dataset has no items"));
+  struct Negatives {
+    std::vector<uint32_t> item, cat;
+  } neg_cur, neg_next;
+  auto with_negatives = [&](const Batch& b, int64_t step, Negatives* n) {
+    CtrBatchView v = ViewOf(b);
+    if (!aux) return v;
+    const size_t cells = static_cast<size_t>(b.size) * static_cast<size_t>(b.max_len);
+    n->item.resize(cells);
+    n->cat.resize(cells);
+    uint64_t seed = Mix64(run.reader.seed ^ Mix64(static_cast<uint64_t>(step) + 1));
+    if (w > 0) seed = Mix64(seed ^ static_cast<uint64_t>(w));
+    Rng rng(seed);
+    for (size_t i = 0; i < cells; ++i) {
+      n->item[i] = 1 + static_cast<uint32_t>(rng.UniformInt(num_items));
+      n->cat[i] = n->item[i] < item_cat.size ? item_cat[n->item[i]] : 0;
+    }
+    v.neg_item = n->item.data();
+    v.neg_cat = n->cat.data();
+    return v;
+  };
+  bool ttl = false;  // no prefetch with TTL or a memory cap (see RunWorker)
+  for (const ps::TableOptions& t : job.tables)
+    if (t.ttl_steps > 0 || t.max_memory_mb > 0) ttl = true;
+
+  Batch cur, next;
+  double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
+  int64_t samples_run = 0;   // every worker's samples trained by this process
+  RankingEvalResult last_eval;
+  std::vector<RetrievalCutoff> recall;
+  double last_loss = std::nan("");
+  int epochs_run = 0;
+  bool stopped = false, max_steps_reached = false;
+  Timer timer, since_checkpoint;
+  for (int64_t e = at.epoch; e < run.epochs && !stopped && !max_steps_reached; ++e) {
+    const bool resumed_epoch = resumed && e == at.epoch;
+    const int64_t p0 = resumed_epoch ? at.position : 0;
+    int64_t epoch_steps = resumed_epoch ? at.epoch_steps : 0;
+    int64_t epoch_samples = resumed_epoch ? at.epoch_samples : 0;
+    double loss_sum = resumed_epoch ? at.loss_sum : 0;
+    const int64_t rounds = rounds_from(p0);
+    reader.StartEpoch(e);
+    auto read = [&](int64_t k, Batch* b) {
+      Status s = reader.SkipTo(e, p0 + (k * num_workers + w) * batch);
+      if (s.ok() && !reader.Next(b)) s = InternalError("the reader ended before its batch");
+      if (!s.ok())
+        cluster->Abort(
+            s.WithContext("epoch " + std::to_string(e + 1) + " round " + std::to_string(k)));
+    };
+    bool have_next = false;
+    timer.Reset();
+    for (int64_t k = 0; k < rounds; ++k) {
+      if (run.max_steps > 0 && at.steps >= run.max_steps) break;
+      const int64_t i = trainer->steps();
+      if (cluster->rank() == flags.kill_rank && i == flags.kill_step) {
+        std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
+                     cluster->Describe().c_str(), static_cast<long long>(i));
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
+      if (cluster->rank() == flags.kill_rank && i == flags.term_step) std::raise(SIGTERM);
+      bool checkpoint_after = false, stop = false;
+      if (Checkpointing(config)) {
+        if (Status s = DecideCheckpoint(coll, ck, w, i + 1, at.steps + 1 == last_step,
+                                        since_checkpoint.Seconds(), &checkpoint_after, &stop);
+            !s.ok())
+          cluster->Abort(s);
+      }
+      if (have_next) {
+        std::swap(cur, next);
+        std::swap(neg_cur, neg_next);
+      } else {
+        read(k, &cur);
+      }
+      // The next batch's pull overlaps this step (Trainer::Step's `next`) within an epoch, not
+      // before a checkpoint or the last step (see RunWorker).
+      const bool prefetch = k + 1 < rounds && !checkpoint_after && !ttl &&
+                            !(run.max_steps > 0 && at.steps + 1 >= run.max_steps);
+      const CtrBatchView view = with_negatives(cur, i, &neg_cur);
+      CtrBatchView next_view;
+      if (prefetch) {
+        read(k + 1, &next);
+        next_view = with_negatives(next, i + 1, &neg_next);
+      }
+      have_next = prefetch;
+      auto loss = trainer->Step(view, prefetch ? &next_view : nullptr);
+      if (!loss.ok()) cluster->Abort(loss.status().WithContext("epoch " + std::to_string(e + 1)));
+      loss_sum += *loss;
+      ++epoch_steps;
+      ++at.steps;
+      int64_t round_samples = 0;
+      for (int v = 0; v < num_workers; ++v) round_samples += batch_rows(p0, k, v);
+      epoch_samples += round_samples;
+      at.samples += round_samples;
+      samples_run += round_samples;
+      const int64_t done = trainer->steps();
+      if (flags.replica_check_every > 0 && done % flags.replica_check_every == 0) {
+        if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), done); !s.ok())
+          cluster->Abort(s);
+      }
+      if (progress && (epoch_steps % run.log_every_steps == 0 || k == 0))
+        progress->Update(at.samples, "epoch " + std::to_string(e + 1) + "/" +
+                                         std::to_string(run.epochs) + " loss=" + Fixed(*loss, 4));
+      if (metrics.is_open() && (done % run.log_every_steps == 0 || at.steps == last_step)) {
+        std::ostringstream line;  // worker 0's step loss, every digit (the tests compare them)
+        line << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
+             << ",\"epoch\":" << e + 1 << ",\"step\":" << done
+             << ",\"loss\":" << std::setprecision(17) << *loss << "}\n";
+        metrics << line.str();
+      }
+      if (checkpoint_after) {
+        auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
+        if (!global_loss.ok()) cluster->Abort(global_loss.status());
+        const int64_t position = std::min(per_epoch, p0 + (k + 1) * num_workers * batch);
+        auto blobs = [&] {
+          std::map<std::string, std::string> b;
+          b["run/dataset"] = PackBlob(std::vector<int64_t>{e, position, at.steps, at.samples,
+                                                           epoch_steps, epoch_samples, done});
+          b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
+          if (trainer->model().has_dropout_step())
+            b["model/dropout_step"] = PackBlob(
+                std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
+          b["cluster/layout"] =
+              PackBlob(std::vector<int64_t>{cluster->layout().num_ps, num_workers});
+          return b;
+        };
+        if (Status s = WriteCheckpoint(cluster, store->get(), writer.get(), dense, blobs, done,
+                                       &writing_step);
+            !s.ok())
+          cluster->Abort(s);
+        since_checkpoint.Reset();
+      }
+      if (stop && at.steps < last_step) {
+        stopped = true;
+        break;
+      }
+    }
+    if (stopped) break;
+    if (run.max_steps > 0 && at.steps >= run.max_steps) max_steps_reached = true;
+    const double epoch_seconds = timer.Seconds();
+    train_seconds += epoch_seconds;
+    epochs_run = static_cast<int>(e + 1);
+    auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
+    if (!global_loss.ok()) cluster->Abort(global_loss.status());
+    const double epoch_loss = epoch_steps > 0
+                                  ? *global_loss / static_cast<double>(epoch_steps * num_workers)
+                                  : std::nan("");
+    last_loss = epoch_loss;
+    const bool last = max_steps_reached || e + 1 == run.epochs;
+    const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || last;
+    RankingEvalResult eval;
+    if (evaluate) {
+      // Every worker's pushes of this step are applied and nobody pulls until worker 0 is done.
+      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+      if (w == 0) {
+        auto ranking = EvaluateRanking(trainer, data, run.reader, run.eval_max_users, run.top_k);
+        if (!ranking.ok()) cluster->Abort(ranking.status());
+        eval = *ranking;
+        last_eval = eval;
+        if (last && trainer->model().num_user_vectors() > 0) {
+          auto retrieval = RunRetrievalEvaluation(trainer, store->get(), data, run);
+          if (!retrieval.ok()) cluster->Abort(retrieval.status());
+          recall = retrieval->cutoffs;
+          std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
+                    << " items in " << Fixed(retrieval->seconds, 1) << " s\n";
+        }
+      }
+      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+    }
+    const double epoch_samples_per_s =
+        epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+    if (progress) {
+      std::string extra = "epoch " + std::to_string(e + 1) + "/" + std::to_string(run.epochs) +
+                          " loss=" + Fixed(epoch_loss, 4);
+      if (evaluate)
+        extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
+                 std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4) +
+                 " auc=" + Fixed(eval.auc, 4);
+      progress->Update(at.samples, extra);
+    }
+    if (metrics.is_open()) {  // RunDatasetTraining's per-epoch line
+      const std::string k = std::to_string(run.top_k);
+      auto metric = [&](double v) { return evaluate ? JsonNumber8(v) : std::string("null"); };
+      metrics << "{\"epoch\":" << e + 1 << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg"
+              << k << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
+              << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
+              << ",\"loss\":" << JsonNumber8(epoch_loss)
+              << ",\"samples_per_s\":" << JsonNumber8(epoch_samples_per_s)
+              << ",\"steps\":" << trainer->steps()
+              << ",\"eval_users\":" << (evaluate ? eval.users : 0)
+              << ",\"eval_s\":" << JsonNumber8(evaluate ? eval.seconds : 0) << "}\n";
+      metrics.flush();
+    }
+  }
+  if (stopped)
+    return StopAfterCheckpoint(cluster, store->get(), job, ck, trainer->steps(), progress.get());
+  if (progress) progress->Finish("loss=" + Fixed(last_loss, 4));
+  if (flags.replica_check_every > 0) {
+    if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), trainer->steps());
+        !s.ok())
+      cluster->Abort(s);
+  }
+  // Global throughput: every worker's samples over the slowest worker's training time.
+  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
+  times[w] = static_cast<float>(train_seconds);
+  if (Status s = coll->AllReduceSum(times.data(), num_workers); !s.ok()) cluster->Abort(s);
+  double slowest = 0;
+  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  const double samples_per_s = slowest > 0 ? static_cast<double>(samples_run) / slowest : 0;
+  const int64_t steps_run = at.steps - first_step;
+  const ps::RemoteStoreMetrics m = (*store)->metrics();
+  std::cerr << cluster->Describe() << ": steps=" << steps_run
+            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
+            << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
+            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
+            << "\n";
+  if (Status s = (*store)->Finish(); !s.ok()) cluster->Abort(s);
+  int exit_code = 0;
+  if (w == 0) {
+    const std::string k = std::to_string(last_eval.k);
+    std::cerr << "trained " << steps_run << " steps x " << num_workers << " workers in "
+              << Fixed(train_seconds, 1) << " s, evaluated " << last_eval.users << " users\n";
+    ResultLine line("train_cluster");
+    line.Add("model", model)
+        .Add("workers", static_cast<int64_t>(num_workers))
+        .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
+        .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
+        .Add("epochs", static_cast<int64_t>(epochs_run))
+        .Add("steps", at.steps)
+        .Add("samples_per_s", Fixed(samples_per_s, 1))
+        .Add("loss", Fixed(last_loss, 4))
+        .Add("hr" + k, Fixed(last_eval.hr, 4))
+        .Add("ndcg" + k, Fixed(last_eval.ndcg, 4))
+        .Add("auc", Fixed(last_eval.auc, 4))
+        .Add("gauc", Fixed(last_eval.gauc, 4))
+        .Add("logloss", Fixed(last_eval.logloss, 4));
+    for (const RetrievalCutoff& c : recall)
+      line.Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
+    line.Add("staleness_max", m.staleness_max)
+        .Add("allreduce_ms",
+             Fixed(steps_run > 0 ? 1000 * allreduce_s / static_cast<double>(steps_run) : 0, 3))
+        .Add("dense_floats", dense_floats);
+    if (metrics.is_open()) {
+      metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"workers\":" << num_workers
+              << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << epochs_run
+              << ",\"steps\":" << at.steps << ",\"samples_per_s\":" << Fixed(samples_per_s, 1)
+              << ",\"loss\":" << Fixed(last_loss, 6) << ",\"hr" << k
+              << "\":" << Fixed(last_eval.hr, 6) << ",\"ndcg" << k
+              << "\":" << Fixed(last_eval.ndcg, 6) << ",\"auc\":" << Fixed(last_eval.auc, 6);
+      for (const RetrievalCutoff& c : recall)
+        metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
+      metrics << "}\n";
+      metrics.flush();
+      if (!metrics) exit_code = 1;
+    }
+    line.Print();
+  }
+  if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  return exit_code;
+}
+
 }  // namespace
 
 bool LaunchedUnderMpi() {
@@ -509,7 +961,38 @@ bool LaunchedUnderMpi() {
   return false;
 }
 
+StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
+                                                 const Dataset& data,
+                                                 const DatasetRunOptions& run) {
+  RetrievalOptions o;
+  o.cutoffs = run.retrieval_cutoffs;
+  o.max_users = run.eval_max_users;
+  IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
+  IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
+  return EvaluateRetrieval(trainer->context(), &trainer->model(), store, item, data, o);
+}
+
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags) {
+  // data.train_dir: every rank opens and checks the dataset (the servers need its row counts for
+  // the tables' initialisers).
+  auto job = TrainJobFromConfig(config);
+  std::unique_ptr<Dataset> data;
+  Status data_status;
+  if (job.ok() && !job->synthetic) {
+    Status& s = data_status;
+    if (IsSequenceModel(job->trainer.model.kind)) {
+      s = UnimplementedError(
+          "distributed training of the sequence model '" +
+          std::string(ModelKindName(job->trainer.model.kind)) +
+          "' (SeqTrainer) under mpirun; train it single-process (`ips train` without mpirun) or "
+          "use a CTR model (din, dien, bst, pooled, mind)");
+    } else {
+      auto opened = Dataset::Open(job->dataset.train_dir);
+      s = opened.ok() ? FitJobToDataset(**opened, &*job) : opened.status();
+      if (s.ok()) data = std::move(opened).value();
+      s = s.WithContext("data.train_dir '" + job->dataset.train_dir + "'");
+    }
+  }
   ClusterOptions copt;
   copt.num_ps = config.cluster().num_ps();
   auto cluster_or = Cluster::Init(nullptr, nullptr, copt);
@@ -522,18 +1005,44 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
     return 1;
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
-  auto job = TrainJobFromConfig(config);
   if (!job.ok()) cluster->Abort(job.status());
-  if (!job->synthetic)
-    cluster->Abort(UnimplementedError(
-        "distributed training on a dataset directory (data.train_dir); use data.synthetic"));
+  if (!job->synthetic) {
+    // The ranks agree before anything starts: a bad directory (or one missing on some host) or a
+    // model this driver cannot train ends every rank with exit code 1, each printing why. (Exiting
+    // without the agreement, mpirun kills the other ranks before they can print.)
+    int bad = data_status.ok() ? 0 : 1;
+    MPI_Request req;
+    Status agreed =
+        ps::MpiStatus(MPI_Iallreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &req),
+                      "MPI_Iallreduce");
+    if (agreed.ok()) agreed = ps::WaitWithoutSpinning(&req, "MPI_Iallreduce");
+    if (!agreed.ok()) cluster->Abort(agreed);
+    if (bad != 0) {
+      // One write per line: mpirun interleaves the ranks' stderr at write boundaries.
+      const std::string line =
+          "error: " + cluster->Describe() + ": " +
+          (data_status.ok() ? "another rank failed to open the dataset; see its error"
+                            : data_status.ToString()) +
+          "\n";
+      std::fputs(line.c_str(), stderr);
+      std::fflush(stderr);
+      cluster.reset();  // MPI_Finalize on every rank
+      return 1;
+    }
+  }
   job->run.eval_batches = flags.eval_batches;
   if (cluster->rank() == 0)
     std::cerr << "cluster: " << cluster->layout().Describe() << "; sync="
               << (config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
               << " staleness=" << config.cluster().staleness() << "\n";
-  const int code = cluster->role() == Role::kPs ? RunServer(cluster.get(), config, *job, flags)
-                                                : RunWorker(cluster.get(), config, *job, flags);
+  int code = 0;
+  if (cluster->role() == Role::kPs) {
+    code = RunServer(cluster.get(), config, *job, flags);
+  } else if (data != nullptr) {
+    code = RunDatasetWorker(cluster.get(), config, *job, *data, flags);
+  } else {
+    code = RunWorker(cluster.get(), config, *job, flags);
+  }
   cluster.reset();  // transport shutdown (collective) and MPI_Finalize
   return code;
 }

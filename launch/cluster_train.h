@@ -25,17 +25,40 @@
 // servers resumes on any number of servers), the workers load the dense state and continue at
 // the saved step with the same batches. A checkpoint of a single-process run resumes here and
 // a cluster checkpoint resumes single-process (`ips train --resume`) or exports (`ips export`).
+//
+// Data: data.synthetic (worker w trains the generator's batches w, w + W, ...; worker 0 evaluates
+// AUC on held-out batches) or data.train_dir, a directory of `ips data convert` (CTR models only:
+// a sequence model is UNIMPLEMENTED here). Every rank opens and checks the directory. Each worker
+// follows the single-process epoch order (TrainReader: same seed, same per-epoch shuffle) and
+// trains every W-th batch of it: round k of an epoch is batches kW .. kW + W - 1, one per worker,
+// so the workers read disjoint examples; every worker runs floor(batches / W) rounds per epoch (up
+// to W - 1 batches of each epoch's order are left out). With one worker the batches, losses and
+// metrics are single-process training's. After every eval.every_epochs-th epoch and the last,
+// worker 0 runs the single-process evaluation (EvaluateRanking: HR@k, NDCG@k, AUC, GAUC, logloss;
+// EvaluateRetrieval for MIND) while the others wait, and writes the same per-epoch JSON lines to
+// --metrics_out. Checkpoints hold the single-process reader blobs (epoch, position in the epoch's
+// order, counters, the epoch's loss sum over every worker), so they resume on any number of workers
+// and single-process.
 #ifndef IPS_LAUNCH_CLUSTER_TRAIN_H_
 #define IPS_LAUNCH_CLUSTER_TRAIN_H_
 
 #include <cstdint>
 #include <string>
 
+#include "common/status.h"
+
 namespace ips {
 
 namespace config {
 class Config;
 }
+namespace ps {
+class EmbeddingStore;
+}
+class Dataset;
+class Trainer;
+struct DatasetRunOptions;
+struct RetrievalResult;
 
 struct ClusterTrainFlags {
   int eval_batches = 4;          // synthetic data: held-out batches evaluated on worker 0
@@ -63,13 +86,21 @@ struct ClusterTrainFlags {
 // error (the failing rank prints it naming itself and its role, and ends the job with MPI_Abort).
 // Worker 0 prints `RESULT train_cluster ...` as its last stdout line. A run stopped by SIGTERM
 // returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
-// prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. Synthetic data
-// (data.synthetic) only for now: a dataset directory is UNIMPLEMENTED here.
+// prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. A bad
+// data.train_dir, or a sequence model on one, returns 1 on every rank before training starts
+// (the ranks agree first), each rank printing the error.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 
 // Whether this process was started by mpirun with more than one rank (OMPI_COMM_WORLD_SIZE,
 // PMI_SIZE or MPI_LOCALNRANKS > 1): `ips train` dispatches to RunClusterTrain then.
 bool LaunchedUnderMpi();
+
+// The full-ranking retrieval evaluation (EvaluateRetrieval, worker/retrieval.h) of a model with
+// user vectors (MIND) after training on `data`: item vectors = the store's item + category rows,
+// cut-offs and user limit from `run`. Shared by single-process `ips train` and worker 0 of a
+// cluster run. Errors: NOT_FOUND for a missing table, EvaluateRetrieval's.
+StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
+                                                 const Dataset& data, const DatasetRunOptions& run);
 
 }  // namespace ips
 

@@ -128,17 +128,6 @@ Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_p
   return Status::Ok();
 }
 
-// EvaluateRetrieval with the run's cut-offs and user limit, item vectors = item + category rows.
-StatusOr<RetrievalResult> RunRetrieval(Trainer* trainer, ps::EmbeddingStore* store,
-                                       const Dataset& data, const DatasetRunOptions& run) {
-  RetrievalOptions o;
-  o.cutoffs = run.retrieval_cutoffs;
-  o.max_users = run.eval_max_users;
-  IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
-  IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
-  return EvaluateRetrieval(trainer->context(), &trainer->model(), store, item, data, o);
-}
-
 // data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
 int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& resume,
                   RunSinks sinks, std::ofstream* metrics, const std::string& metrics_path) {
@@ -178,7 +167,7 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   // MIND (user vectors): the full-ranking retrieval evaluation after the sampled ranking one.
   std::vector<RetrievalCutoff> recall;
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
-    auto retrieval = RunRetrieval(ctr.get(), store->get(), **data, run);
+    auto retrieval = RunRetrievalEvaluation(ctr.get(), store->get(), **data, run);
     if (!retrieval.ok()) return Fail(retrieval.status());
     recall = retrieval->cutoffs;
     std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items

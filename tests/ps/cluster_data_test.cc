@@ -1,0 +1,371 @@
+// Distributed training on a dataset directory (launch/cluster_train.h, data.train_dir) under
+// mpirun, through the `ips` binary as a user runs it, on a tiny dataset made here with
+// `ips data synth` + `ips data convert`:
+//  - 1 worker + 1 PS (sync) trains exactly single-process RunDatasetTraining: every step loss
+//    equal to the last bit, and the per-epoch lines (loss, HR@10, NDCG@10, AUC, GAUC, logloss at
+//    the 8 digits they are printed with) equal;
+//  - 2 workers + 2 PS complete with each worker on its own half of every epoch's batches and a
+//    ranking quality far above a random scorer's;
+//  - a missing or corrupt train_dir, and a sequence model, fail on every rank with the reason,
+//    a non-zero exit and no hang;
+//  - a checkpoint written mid-epoch resumes (1 worker, and 2 workers + 2 PS) with the
+//    uninterrupted run's step losses and metrics bit for bit, and single-process
+//    `ips train --resume` continues a cluster checkpoint to the same final metrics.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/timer.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/local_embedding_store.h"
+#include "tests/testing/run_ips.h"
+#include "worker/data_reader.h"
+#include "worker/trainer.h"
+
+namespace ips {
+namespace {
+
+using testing::LastLine;
+using testing::RunIps;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+// The value of "key": in a JSON line, or key= in a RESULT line ("" if absent).
+std::string JsonField(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const size_t at = line.find(k);
+  if (at == std::string::npos) return "";
+  const size_t b = at + k.size();
+  return line.substr(b, line.find_first_of(",}", b) - b);
+}
+double ResultValue(const std::string& line, const std::string& key) {
+  const size_t at = line.find(" " + key + "=");
+  if (at == std::string::npos) return std::nan("");
+  return std::atof(line.c_str() + at + key.size() + 2);
+}
+// A per-epoch line without its timing fields (samples_per_s, eval_s).
+std::string WithoutTimings(std::string line) {
+  for (const char* key : {"\"samples_per_s\":", "\"eval_s\":"}) {
+    const size_t at = line.find(key);
+    if (at == std::string::npos) continue;
+    const size_t end = line.find_first_of(",}", at);
+    line.erase(at, end - at);
+  }
+  return line;
+}
+
+struct MpiRun {
+  int exit_code = -1;
+  double seconds = 0;
+  std::string out;  // stdout (the RESULT line)
+  std::string err;  // every rank's stderr
+};
+
+// `timeout mpirun -np N ips ARGS` with stdout and stderr captured apart (mpirun forwards each
+// rank's streams in chunks: one pipe would interleave them).
+MpiRun RunMpiIps(int np, const std::string& args, int timeout_s = 60) {
+  const std::string base = ::testing::TempDir() + "/ips_cluster_data_" + std::to_string(getpid());
+  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
+                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe -np " +
+                          std::to_string(np) + " " IPS_BINARY " " + args + " >" + base + ".out 2>" +
+                          base + ".err";
+  MpiRun r;
+  Timer t;
+  const int status = std::system(cmd.c_str());
+  r.seconds = t.Seconds();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = Slurp(base + ".out");
+  r.err = Slurp(base + ".err");
+  std::remove((base + ".out").c_str());
+  std::remove((base + ".err").c_str());
+  return r;
+}
+
+// A tiny seqrec dataset (~200 users, ~320 items, 3786 training examples per epoch in 2 shards,
+// 100 sampled negatives per evaluation list), made once per test binary.
+class ClusterData : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(::testing::TempDir() + "/ips_cluster_data_" + std::to_string(getpid()));
+    ASSERT_EQ(std::system(("rm -rf " + *dir_ + " && mkdir -p " + *dir_).c_str()), 0);
+    auto synth = RunIps("data synth --output " + *dir_ +
+                        "/events.txt --truth none --events 6000 --users 200 --items 300 "
+                        "--categories 20 --seed 3");
+    ASSERT_EQ(synth.exit_code, 0) << synth.output;
+    auto conv = RunIps("data convert --format events --protocol seqrec --input " + *dir_ +
+                       "/events.txt --output " + *dir_ + "/ds --max_history 10 --shards 2");
+    ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  }
+  static void TearDownTestSuite() {
+    (void)std::system(("rm -rf " + *dir_).c_str());
+    delete dir_;
+  }
+  static std::string Dir() { return *dir_; }
+  static std::string Data() { return *dir_ + "/ds"; }
+
+  // The config of every run: DIN on the dataset, 2 epochs, every step logged.
+  static std::string Config(const std::string& name, const std::string& extra = "") {
+    const std::string path = *dir_ + "/" + name + ".pbtxt";
+    std::ofstream(path) << "version: 1\nname: \"" << name << "\"\n"
+                        << "data { train_dir: \"" << Data()
+                        << "\" batch_size: 128 max_history: 10 seed: 0 }\n"
+                           "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] "
+                           "mlp_hidden: [32, 16] activation: PRELU }\n"
+                           "optimizer { type: ADAM learning_rate: 0.01 }\n"
+                           "tables { name: \"item\" dim: 8 initializer { type: XAVIER_NORMAL } }\n"
+                           "tables { name: \"category\" dim: 8 initializer { type: XAVIER_NORMAL "
+                           "} }\n"
+                           "train { epochs: 2 num_threads: 1 seed: 0 log_every_steps: 1 }\n"
+                           "eval { top_k: 10 every_epochs: 1 }\n"
+                           "cluster { num_ps: 1 sync: SYNC }\n"
+                        << extra;
+    return path;
+  }
+
+  static std::string* dir_;
+};
+std::string* ClusterData::dir_ = nullptr;
+
+// Single-process training as `ips train` runs it (launch/train_command.cc): every step's loss and
+// the per-epoch metrics lines.
+struct SingleProcess {
+  std::vector<double> losses;
+  std::vector<std::string> epoch_lines;
+};
+SingleProcess TrainSingleProcess(const std::string& config_path) {
+  SingleProcess sp;
+  auto cfg = LoadConfig(config_path, {});
+  EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+  if (!cfg.ok()) return sp;
+  auto job = TrainJobFromConfig(*cfg);
+  EXPECT_TRUE(job.ok()) << job.status().ToString();
+  auto data = Dataset::Open(job->dataset.train_dir);
+  EXPECT_TRUE(data.ok()) << data.status().ToString();
+  if (!job.ok() || !data.ok()) return sp;
+  EXPECT_TRUE(FitJobToDataset(**data, &*job).ok());
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  EXPECT_TRUE(store.ok());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  EXPECT_TRUE(trainer.ok()) << trainer.status().ToString();
+  if (!store.ok() || !trainer.ok()) return sp;
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  sinks.on_step = [&sp](int64_t, double loss) { sp.losses.push_back(loss); };
+  auto r = RunDatasetTraining(trainer->get(), **data, job->dataset, sinks);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  sp.epoch_lines = Lines(metrics.str());
+  return sp;
+}
+
+// The cluster run's metrics lines: step losses (17 digits) and per-epoch lines.
+struct ClusterMetrics {
+  std::vector<std::string> losses;  // as printed
+  std::vector<int64_t> steps;
+  std::vector<std::string> epoch_lines;
+};
+ClusterMetrics ReadClusterMetrics(const std::string& path) {
+  ClusterMetrics m;
+  for (const std::string& line : Lines(Slurp(path))) {
+    if (line.rfind("{\"phase\":\"train\"", 0) == 0) {
+      m.losses.push_back(JsonField(line, "loss"));
+      m.steps.push_back(std::stoll(JsonField(line, "step")));
+    } else if (line.rfind("{\"epoch\":", 0) == 0) {
+      m.epoch_lines.push_back(line);
+    }
+  }
+  return m;
+}
+std::string Digits17(double v) {
+  std::ostringstream os;
+  os << std::setprecision(17) << v;
+  return os.str();
+}
+
+TEST_F(ClusterData, OneWorkerOnePsEqualsSingleProcessBitwise) {
+  const std::string config = Config("one");
+  const SingleProcess sp = TrainSingleProcess(config);
+  ASSERT_EQ(sp.losses.size(), 60u);  // 2 epochs of ceil(3786 / 128) = 30 batches
+  ASSERT_EQ(sp.epoch_lines.size(), 2u);
+  const std::string metrics = Dir() + "/one.jsonl";
+  MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  std::cerr << "1 worker + 1 PS: " << r.seconds << " s\n";
+  const ClusterMetrics cm = ReadClusterMetrics(metrics);
+  ASSERT_EQ(cm.losses.size(), sp.losses.size()) << r.err;
+  for (size_t i = 0; i < sp.losses.size(); ++i)
+    ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
+  ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
+  for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
+    EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
+  const std::string last = LastLine(r.out);
+  EXPECT_EQ(
+      last.rfind("RESULT train_cluster model=din workers=1 ps=1 sync=sync epochs=2 steps=60", 0),
+      0u)
+      << last;
+  std::ostringstream hr;
+  hr << std::fixed << std::setprecision(4) << std::stod(JsonField(sp.epoch_lines[1], "hr10"));
+  EXPECT_NE(last.find(" hr10=" + hr.str() + " "), std::string::npos) << last;
+}
+
+TEST_F(ClusterData, TwoWorkersTwoPsSplitTheBatches) {
+  const std::string config = Config("two");
+  const std::string metrics = Dir() + "/two.jsonl";
+  MpiRun r = RunMpiIps(
+      4, "train --quiet --config " + config + " --set cluster.num_ps=2 --metrics_out " + metrics,
+      80);
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  std::cerr << "2 workers + 2 PS: " << r.seconds << " s\n";
+  const std::string last = LastLine(r.out);
+  // 30 batches per epoch: 15 rounds of 2 workers, every batch trained once.
+  EXPECT_EQ(
+      last.rfind("RESULT train_cluster model=din workers=2 ps=2 sync=sync epochs=2 steps=30 ", 0),
+      0u)
+      << last;
+  EXPECT_NE(r.err.find("15 steps/epoch, 0 examples/epoch left out"), std::string::npos) << r.err;
+  // A random scorer: HR@10 = 10/101, AUC = 0.5.
+  EXPECT_GT(ResultValue(last, "hr10"), 0.3) << last;
+  EXPECT_GT(ResultValue(last, "auc"), 0.7) << last;
+  EXPECT_FALSE(std::isnan(ResultValue(last, "ndcg10"))) << last;
+  EXPECT_LT(ResultValue(last, "loss"), 0.69) << last;  // below log(2): it learned
+  const ClusterMetrics cm = ReadClusterMetrics(metrics);
+  EXPECT_EQ(cm.losses.size(), 30u);
+  EXPECT_EQ(cm.epoch_lines.size(), 2u);
+  // Both servers hold rows: the embeddings are sharded over them.
+  EXPECT_NE(r.err.find("rank 0 (ps 0): table item rows="), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rank 1 (ps 1): table item rows="), std::string::npos) << r.err;
+}
+
+TEST_F(ClusterData, BadTrainDirFailsOnEveryRankWithoutHanging) {
+  const std::string missing = Dir() + "/no_such_dir";
+  MpiRun r = RunMpiIps(
+      3, "train --quiet --config " + Config("bad") + " --set data.train_dir=" + missing, 45);
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
+  // Every rank says why (each opened the directory itself).
+  for (const char* rank : {"rank 0 (ps 0)", "rank 1 (worker 0)", "rank 2 (worker 1)"})
+    EXPECT_NE(
+        r.err.find(std::string("error: ") + rank + ": NOT_FOUND: data.train_dir '" + missing + "'"),
+        std::string::npos)
+        << rank << "\n"
+        << r.err;
+  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+  EXPECT_LT(r.seconds, 40) << r.err;
+
+  // A corrupt copy (a flipped byte in MANIFEST): DATA_LOSS.
+  const std::string corrupt = Dir() + "/corrupt";
+  ASSERT_EQ(std::system(("rm -rf " + corrupt + " && cp -r " + Data() + " " + corrupt).c_str()), 0);
+  {
+    std::fstream f(corrupt + "/MANIFEST", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('#');
+  }
+  r = RunMpiIps(3, "train --quiet --config " + Config("bad") + " --set data.train_dir=" + corrupt,
+                45);
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
+  EXPECT_NE(r.err.find("DATA_LOSS"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+
+  // A sequence model: UNIMPLEMENTED naming it.
+  r = RunMpiIps(2,
+                "train --quiet --config " + Config("bad") +
+                    " --set model.type=SASREC --set model.num_heads=1 --set model.num_blocks=1",
+                45);
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
+  EXPECT_NE(r.err.find("UNIMPLEMENTED"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("'sasrec'"), std::string::npos) << r.err;
+}
+
+TEST_F(ClusterData, CheckpointMidEpochResumesBitwise) {
+  const std::string ckpt = Dir() + "/ckpt";
+  ASSERT_EQ(std::system(("rm -rf " + ckpt).c_str()), 0);
+  const std::string config =
+      Config("ck", "checkpoint { dir: \"" + ckpt + "\" every_steps: 20 keep_last: 5 }\n");
+  const std::string full_metrics = Dir() + "/ck_full.jsonl";
+  MpiRun full = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + full_metrics);
+  ASSERT_EQ(full.exit_code, 0) << full.err << full.out;
+  // Step 20 is in the middle of epoch 1 (30 steps per epoch).
+  MpiRun resumed = RunMpiIps(2, "train --quiet --config " + Config("ck") + " --resume " + ckpt +
+                                    "/ckpt-20 --metrics_out " + Dir() + "/ck_resumed.jsonl");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err << resumed.out;
+  std::cerr << "full " << full.seconds << " s, resumed " << resumed.seconds << " s\n";
+  const ClusterMetrics a = ReadClusterMetrics(full_metrics);
+  const ClusterMetrics b = ReadClusterMetrics(Dir() + "/ck_resumed.jsonl");
+  ASSERT_EQ(a.losses.size(), 60u);
+  ASSERT_EQ(b.losses.size(), 40u);
+  for (size_t i = 0; i < b.losses.size(); ++i) {
+    EXPECT_EQ(b.steps[i], a.steps[20 + i]);
+    ASSERT_EQ(b.losses[i], a.losses[20 + i]) << "step " << b.steps[i];
+  }
+  ASSERT_EQ(b.epoch_lines.size(), 2u);  // the resumed epoch 1 (its loss sums steps 1..30) and 2
+  for (size_t e = 0; e < 2; ++e)
+    EXPECT_EQ(WithoutTimings(b.epoch_lines[e]), WithoutTimings(a.epoch_lines[e]));
+  EXPECT_EQ(LastLine(resumed.out).substr(0, LastLine(resumed.out).find(" samples_per_s")),
+            LastLine(full.out).substr(0, LastLine(full.out).find(" samples_per_s")));
+  // A cluster checkpoint continues single-process with the same final metrics.
+  auto single = testing::RunIpsSplit("train --quiet --config " + Config("ck") + " --resume " +
+                                     ckpt + "/ckpt-20");
+  ASSERT_EQ(single.exit_code, 0) << single.error << single.output;
+  const std::string s_last = LastLine(single.output), c_last = LastLine(full.out);
+  for (const char* key : {"loss", "hr10", "ndcg10", "auc", "gauc", "logloss"})
+    EXPECT_EQ(ResultValue(s_last, key), ResultValue(c_last, key)) << key << "\n"
+                                                                  << s_last << "\n"
+                                                                  << c_last;
+}
+
+// 2 workers + 2 PS, sync: the servers apply a step's pushes in worker order, so a run resumed
+// mid-epoch repeats worker 0's step losses and the final metrics bit for bit.
+TEST_F(ClusterData, ResumeTwoWorkersMidEpochBitwise) {
+  const std::string ckpt = Dir() + "/ckpt2";
+  ASSERT_EQ(std::system(("rm -rf " + ckpt).c_str()), 0);
+  const std::string config =
+      Config("ck2", "checkpoint { dir: \"" + ckpt + "\" every_steps: 10 keep_last: 5 }\n");
+  const std::string full_metrics = Dir() + "/ck2_full.jsonl";
+  MpiRun full = RunMpiIps(4, "train --quiet --config " + config +
+                                 " --set cluster.num_ps=2 --metrics_out " + full_metrics);
+  ASSERT_EQ(full.exit_code, 0) << full.err << full.out;
+  // Step 10 of 15 per epoch: in the middle of epoch 1.
+  MpiRun resumed =
+      RunMpiIps(4, "train --quiet --config " + Config("ck2") + " --set cluster.num_ps=2 --resume " +
+                       ckpt + "/ckpt-10 --metrics_out " + Dir() + "/ck2_resumed.jsonl");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err << resumed.out;
+  const ClusterMetrics a = ReadClusterMetrics(full_metrics);
+  const ClusterMetrics b = ReadClusterMetrics(Dir() + "/ck2_resumed.jsonl");
+  ASSERT_EQ(a.losses.size(), 30u);
+  ASSERT_EQ(b.losses.size(), 20u);
+  for (size_t i = 0; i < b.losses.size(); ++i)
+    ASSERT_EQ(b.losses[i], a.losses[10 + i]) << "step " << b.steps[i];
+  ASSERT_EQ(b.epoch_lines.size(), 2u);
+  for (size_t e = 0; e < 2; ++e)
+    EXPECT_EQ(WithoutTimings(b.epoch_lines[e]), WithoutTimings(a.epoch_lines[e]));
+}
+
+}  // namespace
+}  // namespace ips
