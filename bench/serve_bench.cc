@@ -28,45 +28,26 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <new>
 #include <string>
 #include <vector>
 
+#include "common/allocation_counter.h"
 #include "common/random.h"
 #include "common/result_line.h"
 #include "common/timer.h"
 #include "models/din.h"
 #include "models/din_serving.h"
-#include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
-#include "worker/checkpoint.h"
-#include "worker/model_factory.h"
 #include "worker/serving.h"
+#include "worker/serving_fixture.h"
 
 // One thread means one BLAS thread too (when OpenBLAS is the GEMM backend).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
-// Heap allocations of the process, counted to show that a request allocates nothing once the
-// serving buffers have grown (replaceable global operator new; delete stays malloc's free).
-namespace {
-std::atomic<int64_t> g_allocations{0};
-}  // namespace
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ips {
 namespace {
@@ -123,21 +104,6 @@ struct Series {
   }
 };
 
-// The JSON line `ips serve` reads for a request.
-std::string RequestLine(int64_t user, const ScoreRequest& q) {
-  std::string s = "{\"user\":" + std::to_string(user);
-  auto ids = [&](const char* name, const std::vector<uint64_t>& v) {
-    s += std::string(",\"") + name + "\":[";
-    for (size_t i = 0; i < v.size(); ++i) s += (i > 0 ? "," : "") + std::to_string(v[i]);
-    s += "]";
-  };
-  ids("history", q.history);
-  ids("history_cats", q.history_cats);
-  ids("candidates", q.candidates);
-  ids("candidate_cats", q.candidate_cats);
-  return s + "}";
-}
-
 int Run(int argc, char** argv) {
   // OpenBLAS picks its kernels by CPU detection at load time, and on some VMs (this one) it
   // falls back to the SSE3 "Prescott" kernels, 4-5x slower than the machine can do. Unless the
@@ -183,41 +149,17 @@ int Run(int argc, char** argv) {
               CPU_COUNT(&allowed));
   const int64_t kCats = 1000, T = 50, B = 100, D = 18;
 
-  // A "trained" state: random dense weights, item and category tables of `items` rows.
-  auto cfg = ParseConfigText(kConfig, "serve_bench config");
-  if (!cfg.ok()) return std::fprintf(stderr, "%s\n", cfg.status().ToString().c_str()), 1;
-  auto model = std::move(CreateCtrModel(*cfg, 128)).value();
-  Rng rng(1);
-  for (int64_t i = 0; i < model->params().size(); ++i)
-    model->params().values()[i] = static_cast<float>(0.1 * rng.Normal());
-  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
-  CheckpointContent content;
-  AddModelState(model.get(), nullptr, &content);
-  for (const char* name : {"item", "category"}) {
-    ps::TableOptions o;
-    o.name = name;
-    o.dim = D;
-    o.has_padding_key = true;
-    tables.push_back(std::move(ps::DynamicTable::Create(o)).value());
-    const int64_t n = tables.size() == 1 ? items : kCats;
-    std::vector<uint64_t> keys(static_cast<size_t>(n));
-    for (int64_t k = 0; k < n; ++k) keys[k] = static_cast<uint64_t>(k + 1);
-    std::vector<float> rows(keys.size() * D);
-    if (!tables.back()->Pull(keys.data(), n, rows.data()).ok()) return 1;
-    content.tables.push_back(tables.back().get());
-  }
-  content.config_text = kConfig;
+  // A "trained" state: random dense weights, item keys 1..items and category keys 1..kCats,
+  // exported to the bundle dir/bundle.
+  auto state = MakeServingState(kConfig, 128, {items, kCats}, ps::TableOptions(), 0.1, 1);
+  if (!state.ok()) return std::fprintf(stderr, "%s\n", state.status().ToString().c_str()), 1;
   char tmpl[] = "/tmp/ips_serve_bench_XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  if (!std::move(CheckpointWriter::Create(co)).value()->Write(1, content).ok()) return 1;
-  ExportOptions eo;
-  eo.checkpoint = co.dir;
-  eo.output = dir + "/bundle";
-  auto ex = ExportBundle(eo);
-  if (!ex.ok()) return std::fprintf(stderr, "%s\n", ex.status().ToString().c_str()), 1;
-  auto bundle = std::move(Bundle::Load(eo.output)).value();
+  auto exported = ExportServingBundle(**state, dir, 1, /*fp16=*/false);
+  if (!exported.ok()) return std::fprintf(stderr, "%s\n", exported.status().ToString().c_str()), 1;
+  const std::shared_ptr<const Bundle> bundle = *exported;
+  const auto& model = (*state)->model;
+  const auto& tables = (*state)->tables;
   auto scorer = std::move(Scorer::Create(bundle, 128)).value();
   auto generic = std::move(Scorer::Create(bundle, 128, /*fast_path=*/false)).value();
   std::printf("scoring path: %s (baseline: %s)\n", scorer->scoring_path().c_str(),
@@ -275,7 +217,7 @@ int Run(int argc, char** argv) {
   auto fast_forward = models::DinServing::Create(*din);
   if (!fast_forward.ok())
     return std::fprintf(stderr, "%s\n", fast_forward.status().ToString().c_str()), 1;
-  auto server = BundleServer::Create(eo.output, /*poll_ms=*/60000, 128);
+  auto server = BundleServer::Create(dir + "/bundle", /*poll_ms=*/60000, 128);
   if (!server.ok()) return std::fprintf(stderr, "%s\n", server.status().ToString().c_str()), 1;
   // The fast forward's inputs, pre-gathered: [T x 2D] history and [B x 2D] candidate behaviours.
   std::vector<float> hist_rows(T * 2 * D), cand_rows(B * 2 * D), item_tmp(B * D), cat_tmp(B * D);
@@ -330,7 +272,8 @@ int Run(int argc, char** argv) {
     }
     want += "]}";
     bool ok = false;
-    const std::string got = (*server)->HandleLine(i + 1, RequestLine(i, q), &ok);
+    const std::string got =
+        (*server)->HandleLine(i + 1, ScoreRequestLine(std::to_string(i), q), &ok);
     if (!ok || got != want) {
       json_ok = false;
       std::fprintf(stderr, "json response differs:\n got %s\nwant %s\n", got.c_str(), want.c_str());
@@ -352,7 +295,7 @@ int Run(int argc, char** argv) {
   Rng tr(3);
   for (int i = 0; i < requests; ++i) {
     reqs.push_back(make_request(tr));
-    lines.push_back(RequestLine(i, reqs.back()));
+    lines.push_back(ScoreRequestLine(std::to_string(i), reqs.back()));
   }
   ScoreResponse resp, base;
   std::string json_out;
@@ -385,7 +328,7 @@ int Run(int argc, char** argv) {
   double fast_seconds = 0;
   for (int i = 0; i < requests; ++i) {
     const ScoreRequest& q = reqs[i];
-    const int64_t a0 = g_allocations.load(std::memory_order_relaxed);
+    const int64_t a0 = HeapAllocations();
     const ThreadCounters c0 = ThreadCounters::Now();
     if (!fast.Time([&] { return scorer->Score(q, &resp).ok(); })) return 1;
     const ThreadCounters c1 = ThreadCounters::Now();
@@ -394,7 +337,7 @@ int Run(int argc, char** argv) {
       ++preempted;
     else
       clean.push_back(fast.wall.back());
-    fast_allocs += g_allocations.load(std::memory_order_relaxed) - a0;
+    fast_allocs += HeapAllocations() - a0;
     fast_seconds += fast.wall.back() * 1e-6;
     if (!generic_s.Time([&] { return generic->Score(q, &base).ok(); })) return 1;
     gather_behaviours(q);
@@ -404,13 +347,13 @@ int Run(int argc, char** argv) {
               .ok();
         }))
       return 1;
-    const int64_t j0 = g_allocations.load(std::memory_order_relaxed);
+    const int64_t j0 = HeapAllocations();
     if (!json.Time([&] {
           (*server)->HandleLine(i, lines[i], &ok, &json_out);
           return ok;
         }))
       return 1;
-    json_allocs += g_allocations.load(std::memory_order_relaxed) - j0;
+    json_allocs += HeapAllocations() - j0;
   }
 
   if (fifo) {

@@ -57,6 +57,7 @@ void ParFor(const Context& ctx, int64_t n, int64_t grain, const Fn& fn) {
 
 using cpu::Exp;
 using cpu::Sigmoid;
+using cpu::SmallMm;
 
 // a[r][c] = sigmoid(a[r][c] + bias[c]).
 template <typename T>
@@ -234,25 +235,6 @@ void ForEachValidRun(const DinAttentionArgs<T>& a, int64_t b0, int64_t b1, const
   if (r1 > r0) fn(r0, r1);
 }
 
-// SmallGemm over A given by (row stride, column stride) and B with contiguous columns.
-template <typename T>
-IPS_ATTN_INLINE void Mm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col,
-                        const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
-  cpu::SmallGemmArgs<T> g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.a_row = a_row;
-  g.a_col = a_col;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  g.accumulate = accumulate;
-  cpu::SmallGemm(g);
-}
-
 // Batch rows per cache block: the block's X, A1, A2 (forward) or dZ2, G, DX (backward) stay in
 // the core's L2 between the GEMMs and the elementwise passes that consume them.
 constexpr int64_t kDinBlockRows = 4;
@@ -304,9 +286,10 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
       }
     }
     // U = Q (Wq + Wd)^T: the q part of the first layer, once per batch row.
-    Mm(b1 - b0, H1, E, a.query + b0 * E, E, int64_t{1}, wq_t, H1, U + b0 * H1, H1, false);
+    SmallMm(b1 - b0, H1, E, a.query + b0 * E, E, int64_t{1}, wq_t, H1, U + b0 * H1, H1, false);
     ForEachValidRun(a, b0, b1, [&](int64_t r0, int64_t r1) {
-      Mm(r1 - r0, H1, 2 * E, X + r0 * 2 * E, 2 * E, int64_t{1}, wkp_t, H1, A1 + r0 * H1, H1, false);
+      SmallMm(r1 - r0, H1, 2 * E, X + r0 * 2 * E, 2 * E, int64_t{1}, wkp_t, H1, A1 + r0 * H1, H1,
+              false);
     });
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo, hi;
@@ -315,7 +298,7 @@ void DinForwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, T* weights,
       SigmoidRows(A1 + (b * L + lo) * H1, ub.data(), hi - lo, H1);
     }
     ForEachValidRun(a, b0, b1, [&](int64_t r0, int64_t r1) {
-      Mm(r1 - r0, H2, H1, A1 + r0 * H1, H1, int64_t{1}, w2_t, H2, A2 + r0 * H2, H2, false);
+      SmallMm(r1 - r0, H2, H1, A1 + r0 * H1, H1, int64_t{1}, w2_t, H2, A2 + r0 * H2, H2, false);
     });
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo, hi;
@@ -429,8 +412,8 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
         // dA1 = dZ2 W2 (into G), dW2 += dZ2^T A1.
         ForEachValidRun(a, c0, c1, [&](int64_t r0, int64_t r1) {
           const T* dz = dZ2 + r0 * H2;
-          Mm(r1 - r0, H1, H2, dz, H2, int64_t{1}, a.w2, H1, G + r0 * H1, H1, false);
-          Mm(H2, H1, r1 - r0, dz, int64_t{1}, H2, A1 + r0 * H1, H1, pt, H1, true);
+          SmallMm(r1 - r0, H1, H2, dz, H2, int64_t{1}, a.w2, H1, G + r0 * H1, H1, false);
+          SmallMm(H2, H1, r1 - r0, dz, int64_t{1}, H2, A1 + r0 * H1, H1, pt, H1, true);
         });
         // G = dA1 * a1 (1 - a1) = dL/dz1; Gsum = its sum over the row's steps.
         for (int64_t b = c0; b < c1; ++b) {
@@ -442,14 +425,16 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
         // G^T X (dWk, dWp) += over the block; DX = G [Wk - Wd, Wp] = dL/dX.
         ForEachValidRun(a, c0, c1, [&](int64_t r0, int64_t r1) {
           const T* gz = G + r0 * H1;
-          Mm(H1, 2 * E, r1 - r0, gz, int64_t{1}, H1, X + r0 * 2 * E, 2 * E, pt + o_gx, 2 * E, true);
+          SmallMm(H1, 2 * E, r1 - r0, gz, int64_t{1}, H1, X + r0 * 2 * E, 2 * E, pt + o_gx, 2 * E,
+                  true);
           if (need_dx)
-            Mm(r1 - r0, 2 * E, H1, gz, H1, int64_t{1}, wfold, 3 * E, DX + r0 * 2 * E, 2 * E, false);
+            SmallMm(r1 - r0, 2 * E, H1, gz, H1, int64_t{1}, wfold, 3 * E, DX + r0 * 2 * E, 2 * E,
+                    false);
         });
         if (!need_dx) continue;
         if (gr.d_query != nullptr) {
-          Mm(c1 - c0, E, H1, Gsum + c0 * H1, H1, int64_t{1}, wfold + 2 * E, 3 * E,
-             gr.d_query + c0 * E, E, false);
+          SmallMm(c1 - c0, E, H1, Gsum + c0 * H1, H1, int64_t{1}, wfold + 2 * E, 3 * E,
+                  gr.d_query + c0 * E, E, false);
         }
         for (int64_t b = c0; b < c1; ++b) {
           int64_t lo, hi;
@@ -494,7 +479,7 @@ void DinBackwardCpu(const Context& ctx, const DinAttentionArgs<T>& a, const T* s
   for (int64_t h = 0; h < H1; ++h)
     std::copy(total.begin() + o_gx + h * 2 * E, total.begin() + o_gx + (h + 1) * 2 * E,
               GX + h * 3 * E);
-  Mm(H1, E, B, Gsum, int64_t{1}, H1, a.query, E, GX + 2 * E, 3 * E, false);
+  SmallMm(H1, E, B, Gsum, int64_t{1}, H1, a.query, E, GX + 2 * E, 3 * E, false);
   for (int64_t h = 0; h < H1; ++h) {
     const T* gx = GX + h * 3 * E;
     T* dw = gr.d_w1 + h * 4 * E;

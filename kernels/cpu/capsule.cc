@@ -204,17 +204,9 @@ Status MindRoutingForward(const Context& ctx, const MindRoutingArgs<T>& a) {
   IPS_RETURN_IF_ERROR(CheckRouting(kOp, a, true));
   if (a.batch == 0) return Status::Ok();
   // ehat = E S: [B*T x D] x [D x D2].
-  GemmArgs<T> g;
-  g.m = a.batch * a.max_len;
-  g.n = a.out_dim;
-  g.k = a.in_dim;
-  g.a = a.e;
-  g.lda = a.in_dim;
-  g.b = a.s;
-  g.ldb = a.out_dim;
-  g.c = a.ehat;
-  g.ldc = a.out_dim;
-  IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+  IPS_RETURN_IF_ERROR(
+      Gemm(ctx, MakeGemmArgs<T>(false, false, a.batch * a.max_len, a.out_dim, a.in_dim, a.e,
+                                a.in_dim, a.s, a.out_dim, a.ehat, a.out_dim)));
   if (ctx.device == Device::kCpu) {
     ParallelRows(ctx, a.batch, 1, [&](int64_t b0, int64_t b1) { RoutingLoopCpu(a, b0, b1); });
     return Status::Ok();
@@ -230,18 +222,10 @@ Status MindRoutingBackward(const Context& ctx, const MindRoutingArgs<T>& a) {
   if (a.batch == 0) {
     // No rows: dS is an empty sum.
     if (a.ds != nullptr) {
-      GemmArgs<T> g;  // k = 0 GEMM writes zeros on either device
-      g.m = a.in_dim;
-      g.n = a.out_dim;
-      g.k = 0;
-      g.trans_a = true;
-      g.a = a.e;
-      g.lda = std::max<int64_t>(1, a.in_dim);
-      g.b = a.workspace;
-      g.ldb = std::max<int64_t>(1, a.out_dim);
-      g.c = a.ds;
-      g.ldc = std::max<int64_t>(1, a.out_dim);
-      return Gemm(ctx, g);
+      // A k = 0 GEMM writes zeros on either device.
+      const int64_t in1 = std::max<int64_t>(1, a.in_dim), out1 = std::max<int64_t>(1, a.out_dim);
+      return Gemm(ctx, MakeGemmArgs<T>(true, false, a.in_dim, a.out_dim, 0, a.e, in1, a.workspace,
+                                       out1, a.ds, out1));
     }
     return Status::Ok();
   }
@@ -259,32 +243,14 @@ Status MindRoutingBackward(const Context& ctx, const MindRoutingArgs<T>& a) {
   }
   const int64_t rows = a.batch * a.max_len;
   // dS = E^T dEhat: [D x B*T] x [B*T x D2].
-  GemmArgs<T> g;
-  g.trans_a = true;
-  g.m = a.in_dim;
-  g.n = a.out_dim;
-  g.k = rows;
-  g.a = a.e;
-  g.lda = a.in_dim;
-  g.b = a.workspace;
-  g.ldb = a.out_dim;
-  g.c = a.ds;
-  g.ldc = a.out_dim;
-  IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+  IPS_RETURN_IF_ERROR(
+      Gemm(ctx, MakeGemmArgs<T>(true, false, a.in_dim, a.out_dim, rows, a.e, a.in_dim, a.workspace,
+                                a.out_dim, a.ds, a.out_dim)));
   if (a.de != nullptr) {
     // dE = dEhat S^T: [B*T x D2] x [D2 x D].
-    GemmArgs<T> h;
-    h.trans_b = true;
-    h.m = rows;
-    h.n = a.in_dim;
-    h.k = a.out_dim;
-    h.a = a.workspace;
-    h.lda = a.out_dim;
-    h.b = a.s;
-    h.ldb = a.out_dim;
-    h.c = a.de;
-    h.ldc = a.in_dim;
-    IPS_RETURN_IF_ERROR(Gemm(ctx, h));
+    IPS_RETURN_IF_ERROR(
+        Gemm(ctx, MakeGemmArgs<T>(false, true, rows, a.in_dim, a.out_dim, a.workspace, a.out_dim,
+                                  a.s, a.out_dim, a.de, a.in_dim)));
   }
   return Status::Ok();
 }

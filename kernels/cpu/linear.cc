@@ -17,6 +17,8 @@
 namespace ips::kernels {
 namespace {
 
+using cpu::SmallMm;
+
 constexpr int64_t kSmallWidth = 512;
 constexpr int64_t kRowBlock = 64;  // rows per pool task (forward, dx)
 
@@ -26,23 +28,6 @@ bool UseSmallGemm(const Context& ctx, const LinearArgs<T>& a) {
          a.out <= kSmallWidth;
 }
 
-template <typename T>
-void Mm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col, const T* b,
-        int64_t ldb, T* c, int64_t ldc) {
-  cpu::SmallGemmArgs<T> g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.a_row = a_row;
-  g.a_col = a_col;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  cpu::SmallGemm(g);
-}
-
 // y = x W^T, row blocks in parallel; SmallGemm's B operand is W^T [in x out].
 template <typename T>
 void SmallForward(const Context& ctx, const LinearArgs<T>& a) {
@@ -50,8 +35,8 @@ void SmallForward(const Context& ctx, const LinearArgs<T>& a) {
   for (int64_t o = 0; o < a.out; ++o)
     for (int64_t i = 0; i < a.in; ++i) wt[i * a.out + o] = a.w[o * a.in + i];
   ParallelFor(ctx.pool, a.rows, kRowBlock, [&](int64_t r0, int64_t r1) {
-    Mm(r1 - r0, a.out, a.in, a.x + r0 * a.in, a.in, int64_t{1}, wt.data(), a.out, a.y + r0 * a.out,
-       a.out);
+    SmallMm(r1 - r0, a.out, a.in, a.x + r0 * a.in, a.in, int64_t{1}, wt.data(), a.out,
+            a.y + r0 * a.out, a.out);
   });
 }
 
@@ -64,12 +49,13 @@ void SmallBackward(const Context& ctx, const LinearArgs<T>& a) {
     return;
   }
   ParallelFor(ctx.pool, a.out, 8, [&](int64_t o0, int64_t o1) {
-    Mm(o1 - o0, a.in, a.rows, a.dpre + o0, int64_t{1}, a.out, a.x, a.in, a.dw + o0 * a.in, a.in);
+    SmallMm(o1 - o0, a.in, a.rows, a.dpre + o0, int64_t{1}, a.out, a.x, a.in, a.dw + o0 * a.in,
+            a.in);
   });
   if (a.dx == nullptr) return;
   ParallelFor(ctx.pool, a.rows, kRowBlock, [&](int64_t r0, int64_t r1) {
-    Mm(r1 - r0, a.in, a.out, a.dpre + r0 * a.out, a.out, int64_t{1}, a.w, a.in, a.dx + r0 * a.in,
-       a.in);
+    SmallMm(r1 - r0, a.in, a.out, a.dpre + r0 * a.out, a.out, int64_t{1}, a.w, a.in,
+            a.dx + r0 * a.in, a.in);
   });
 }
 
@@ -88,18 +74,10 @@ Status LinearForward(const Context& ctx, const LinearArgs<T>& a) {
       SmallForward(ctx, a);
     }
   } else {
-    GemmArgs<T> g;  // y = x W^T
-    g.trans_b = true;
-    g.m = a.rows;
-    g.n = a.out;
-    g.k = a.in;
-    g.a = a.x;
-    g.lda = std::max<int64_t>(1, a.in);
-    g.b = a.w;
-    g.ldb = std::max<int64_t>(1, a.in);
-    g.c = a.y;
-    g.ldc = a.out;
-    IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+    const int64_t in1 = std::max<int64_t>(1, a.in);  // the BLAS wants ld >= 1 when in = 0
+    // y = x W^T
+    IPS_RETURN_IF_ERROR(Gemm(
+        ctx, MakeGemmArgs<T>(false, true, a.rows, a.out, a.in, a.x, in1, a.w, in1, a.y, a.out)));
   }
   BiasActivationArgs<T> ba;
   ba.rows = a.rows;
@@ -129,30 +107,14 @@ Status LinearBackward(const Context& ctx, const LinearArgs<T>& a) {
   if (UseSmallGemm(ctx, a)) {
     SmallBackward(ctx, a);
   } else {
-    GemmArgs<T> g;  // dW = dpre^T x: [out x rows] x [rows x in]
-    g.trans_a = true;
-    g.m = a.out;
-    g.n = a.in;
-    g.k = a.rows;
-    g.a = a.dpre;
-    g.lda = std::max<int64_t>(1, a.out);
-    g.b = a.x;
-    g.ldb = std::max<int64_t>(1, a.in);
-    g.c = a.dw;
-    g.ldc = std::max<int64_t>(1, a.in);
-    IPS_RETURN_IF_ERROR(Gemm(ctx, g));
+    const int64_t in1 = std::max<int64_t>(1, a.in), out1 = std::max<int64_t>(1, a.out);
+    // dW = dpre^T x: [out x rows] x [rows x in]
+    IPS_RETURN_IF_ERROR(Gemm(
+        ctx, MakeGemmArgs<T>(true, false, a.out, a.in, a.rows, a.dpre, out1, a.x, in1, a.dw, in1)));
     if (a.dx != nullptr) {
-      GemmArgs<T> h;  // dx = dpre W: [rows x out] x [out x in]
-      h.m = a.rows;
-      h.n = a.in;
-      h.k = a.out;
-      h.a = a.dpre;
-      h.lda = std::max<int64_t>(1, a.out);
-      h.b = a.w;
-      h.ldb = std::max<int64_t>(1, a.in);
-      h.c = a.dx;
-      h.ldc = std::max<int64_t>(1, a.in);
-      IPS_RETURN_IF_ERROR(Gemm(ctx, h));
+      // dx = dpre W: [rows x out] x [out x in]
+      IPS_RETURN_IF_ERROR(Gemm(ctx, MakeGemmArgs<T>(false, false, a.rows, a.in, a.out, a.dpre, out1,
+                                                    a.w, in1, a.dx, in1)));
     }
   }
   if (a.dbias != nullptr) {

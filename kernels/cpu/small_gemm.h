@@ -43,6 +43,33 @@ enum class SmallGemmIsa { kAvx512, kAvx2, kPortable };
 template <typename T>
 void SmallGemm(const SmallGemmArgs<T>& g);
 
+// SmallGemmArgs in one expression (as MakeGemmArgs in kernels/gemm.h).
+template <typename T>
+SmallGemmArgs<T> MakeSmallGemmArgs(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row,
+                                   int64_t a_col, const T* b, int64_t ldb, T* c, int64_t ldc,
+                                   bool accumulate = false) {
+  SmallGemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.a_row = a_row;
+  g.a_col = a_col;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  g.accumulate = accumulate;
+  return g;
+}
+
+// SmallGemm(MakeSmallGemmArgs(...)): the one-line products of the CPU kernels' blocked loops.
+template <typename T>
+inline void SmallMm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col,
+                    const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate = false) {
+  SmallGemm(MakeSmallGemmArgs(m, n, k, a, a_row, a_col, b, ldb, c, ldc, accumulate));
+}
+
 // The ISA SmallGemm<float> picked for this CPU (IPS_SMALL_GEMM=portable|avx2|avx512 in the
 // environment caps it, for A/B runs), and its name for benchmark labels.
 SmallGemmIsa SmallGemmSelectedIsa();

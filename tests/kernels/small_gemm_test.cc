@@ -40,19 +40,34 @@ bool IsaAvailable(SmallGemmIsa isa) {
 // A(i, p) = a[i * a_row + p * a_col]: row-major [m x k], or the transposed view of a [k x m].
 SmallGemmArgs<float> MakeArgs(int64_t m, int64_t n, int64_t k, bool trans, const float* a,
                               const float* b, int64_t ldb, float* c, int64_t ldc, bool acc) {
-  SmallGemmArgs<float> g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.a_row = trans ? 1 : k;
-  g.a_col = trans ? m : 1;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  g.accumulate = acc;
-  return g;
+  return cpu::MakeSmallGemmArgs(m, n, k, a, trans ? 1 : k, trans ? m : 1, b, ldb, c, ldc, acc);
+}
+
+// Fresh random A and B; C random when the product accumulates into it, NaN-poisoned otherwise.
+template <typename T>
+void FillOperands(Rng& rng, bool acc, std::vector<T>* a, std::vector<T>* b, std::vector<T>* c) {
+  FillUniform(*a, rng);
+  FillUniform(*b, rng);
+  if (acc) {
+    FillUniform(*c, rng);
+  } else {
+    Poison(*c);
+  }
+}
+
+// The [m x n] product g describes, in float64 over g's A and B; c0 is C before the call (its
+// values are added when g accumulates).
+template <typename T>
+std::vector<double> Float64Product(const SmallGemmArgs<T>& g, const std::vector<T>& c0) {
+  std::vector<double> want;
+  for (int64_t i = 0; i < g.m; ++i)
+    for (int64_t j = 0; j < g.n; ++j) {
+      double sum = g.accumulate ? c0[i * g.ldc + j] : 0.0;
+      for (int64_t p = 0; p < g.k; ++p)
+        sum += static_cast<double>(g.a[i * g.a_row + p * g.a_col]) * g.b[p * g.ldb + j];
+      want.push_back(sum);
+    }
+  return want;
 }
 
 // Every compiled ISA path against a float64 loop: strided (plain and transposed) A, column tails
@@ -75,25 +90,12 @@ TEST(SmallGemm, EveryIsaMatchesFloat64Loop_TailsTransposedAccumulate) {
             for (bool acc : {false, true}) {
               const int64_t ldb = n + 3, ldc = n + 5;
               std::vector<float> a(m * k + 1), b(k * ldb + 1), c(m * ldc);
-              FillUniform(a, rng);
-              FillUniform(b, rng);
-              if (acc) {
-                FillUniform(c, rng);
-              } else {
-                Poison(c);
-              }
+              FillOperands(rng, acc, &a, &b, &c);
               std::vector<float> out = c;
               const auto g =
                   MakeArgs(m, n, k, trans, a.data(), b.data(), ldb, out.data(), ldc, acc);
-              std::vector<double> want;
+              const std::vector<double> want = Float64Product(g, c);
               std::vector<float> got;
-              for (int64_t i = 0; i < m; ++i)
-                for (int64_t j = 0; j < n; ++j) {
-                  double sum = acc ? c[i * ldc + j] : 0.0;
-                  for (int64_t p = 0; p < k; ++p)
-                    sum += static_cast<double>(a[i * g.a_row + p * g.a_col]) * b[p * ldb + j];
-                  want.push_back(sum);
-                }
               ASSERT_TRUE(cpu::SmallGemmWithIsa(isa, g));
               for (int64_t i = 0; i < m; ++i) {
                 for (int64_t j = 0; j < n; ++j) got.push_back(out[i * ldc + j]);
@@ -158,32 +160,12 @@ TEST(SmallGemm, DoubleMatchesLoop_TransposedA_Accumulate_KZero) {
   for (int64_t k : {0, 13})
     for (bool acc : {false, true}) {
       const int64_t m = 11, n = 21;
-      std::vector<double> a(k * m + 1), b(k * n + 1), c(m * n), want(m * n);
-      FillUniform(a, rng);
-      FillUniform(b, rng);
-      if (acc) {
-        FillUniform(c, rng);
-      } else {
-        Poison(c);
-      }
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          double s = acc ? c[i * n + j] : 0.0;
-          for (int64_t p = 0; p < k; ++p) s += a[p * m + i] * b[p * n + j];
-          want[i * n + j] = s;
-        }
-      SmallGemmArgs<double> g;
-      g.m = m;
-      g.n = n;
-      g.k = k;
-      g.a = a.data();
-      g.a_row = 1;
-      g.a_col = m;
-      g.b = b.data();
-      g.ldb = n;
-      g.c = c.data();
-      g.ldc = n;
-      g.accumulate = acc;
+      std::vector<double> a(k * m + 1), b(k * n + 1), c(m * n);
+      FillOperands(rng, acc, &a, &b, &c);
+      // A is the transposed view of a [k x m]: A(i, p) = a[p * m + i].
+      const auto g =
+          cpu::MakeSmallGemmArgs(m, n, k, a.data(), int64_t{1}, m, b.data(), n, c.data(), n, acc);
+      const std::vector<double> want = Float64Product(g, c);
       cpu::SmallGemm(g);
       EXPECT_TRUE(AllClose(c, want, {1e-13, 1e-12})) << "k=" << k << " acc=" << acc;
     }

@@ -11,42 +11,18 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <memory>
-#include <new>
 #include <string>
 #include <vector>
 
+#include "common/allocation_counter.h"
 #include "common/random.h"
-#include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "tests/testing/tolerance.h"
-#include "worker/checkpoint.h"
-#include "worker/model_factory.h"
 #include "worker/serving.h"
+#include "worker/serving_fixture.h"
 #include "worker/synthetic_batches.h"
-
-// Heap allocations of this test binary (replaceable global operator new), for the
-// no-allocation-per-request checks.
-namespace {
-std::atomic<int64_t> g_allocations{0};
-}  // namespace
-// GCC cannot tell that free() below matches the malloc() in this replacement operator new.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace ips {
 namespace {
@@ -66,50 +42,20 @@ train { seed: 3 }
 )";
 }
 
-// A bundle of a "trained" model: random dense weights, tables after random traffic.
+// A bundle of a "trained" model: random dense weights, tables (keys 1..kItems and 1..kCats)
+// initialised N(0, 0.5^2).
 std::shared_ptr<const Bundle> ExportRandom(const std::string& dir, const std::string& config,
                                            bool fp16, uint64_t seed) {
-  auto cfg = ParseConfigText(config, "config");
-  EXPECT_TRUE(cfg.ok()) << cfg.status();
-  auto model = std::move(CreateCtrModel(*cfg, 128)).value();
-  Rng rng(seed);
-  auto& p = model->params();
-  for (int64_t i = 0; i < p.size(); ++i) p.values()[i] = static_cast<float>(0.3 * rng.Normal());
-  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
-  CheckpointContent content;
-  AddModelState(model.get(), nullptr, &content);
-  for (const char* name : {"item", "category"}) {
-    ps::TableOptions o;
-    o.name = name;
-    o.dim = 4;
-    o.has_padding_key = true;
-    o.initializer.type = ps::InitializerOptions::Type::kNormal;
-    o.initializer.stddev = 0.5;
-    o.seed = seed;
-    tables.push_back(std::move(ps::DynamicTable::Create(o)).value());
-    const int64_t n = tables.size() == 1 ? kItems : kCats;
-    std::vector<uint64_t> keys(static_cast<size_t>(n));
-    for (int64_t k = 0; k < n; ++k) keys[k] = static_cast<uint64_t>(k + 1);
-    std::vector<float> rows(keys.size() * 4);
-    EXPECT_TRUE(tables.back()->Pull(keys.data(), n, rows.data()).ok());
-    content.tables.push_back(tables.back().get());
-  }
-  content.config_text = config;
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  auto w = CheckpointWriter::Create(co);
-  EXPECT_TRUE(w.ok()) << w.status();
-  auto info = (*w)->Write(1, content);
-  EXPECT_TRUE(info.ok()) << info.status();
-  ExportOptions eo;
-  eo.checkpoint = info->path;
-  eo.output = dir + "/bundle";
-  eo.fp16 = fp16;
-  auto ex = ExportBundle(eo);
-  EXPECT_TRUE(ex.ok()) << ex.status();
-  auto bundle = Bundle::Load(eo.output);
+  ps::TableOptions table;
+  table.initializer.type = ps::InitializerOptions::Type::kNormal;
+  table.initializer.stddev = 0.5;
+  table.seed = seed;
+  auto state = MakeServingState(config, 128, {kItems, kCats}, table, 0.3, seed);
+  EXPECT_TRUE(state.ok()) << state.status();
+  if (!state.ok()) return nullptr;
+  auto bundle = ExportServingBundle(**state, dir, 1, fp16);
   EXPECT_TRUE(bundle.ok()) << bundle.status();
-  return *bundle;
+  return bundle.ok() ? *bundle : nullptr;
 }
 
 ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats) {
@@ -203,21 +149,6 @@ TEST(DinServingScorerPaths, BundleRowsEqualsRow) {
   ps::RemoveTree(dir);
 }
 
-// A request line with categories (the test bundles have no item -> category map).
-std::string Line(const std::string& user, const ScoreRequest& q) {
-  std::string s = "{\"user\":" + user;
-  auto ids = [&](const char* name, const std::vector<uint64_t>& v) {
-    s += std::string(",\"") + name + "\":[";
-    for (size_t i = 0; i < v.size(); ++i) s += (i > 0 ? "," : "") + std::to_string(v[i]);
-    s += "]";
-  };
-  ids("history", q.history);
-  if (!q.history_cats.empty()) ids("history_cats", q.history_cats);
-  ids("candidates", q.candidates);
-  if (!q.candidate_cats.empty()) ids("candidate_cats", q.candidate_cats);
-  return s + "}";
-}
-
 TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWarm) {
   char tmpl[] = "/tmp/ips_din_serving_XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
@@ -228,14 +159,14 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
   Rng rng(10);
   const ScoreRequest big = RandomRequest(rng, 14, 37, true);
   const std::vector<std::string> lines = {
-      Line("1", big),
-      Line("2", RandomRequest(rng, 5, 3, false)),  // categories from the bundle's map
+      ScoreRequestLine("1", big),
+      ScoreRequestLine("2", RandomRequest(rng, 5, 3, false)),  // categories from the bundle's map
       R"({"user":5,"history":[1,2],"history_cats":[1],"candidates":[3]})",  // length mismatch
-      Line("\"u3\"", RandomRequest(rng, 3, 5, true)),
+      ScoreRequestLine("\"u3\"", RandomRequest(rng, 3, 5, true)),
       R"({"user":4,"history":[1],"history":[2],"candidates":[3]})",  // duplicate field
       R"({"history":[],"history_cats":[],"candidates":[7],"candidate_cats":[1]})",
-      Line("6", RandomRequest(rng, 0, 1, true)),
-      Line("1", big),
+      ScoreRequestLine("6", RandomRequest(rng, 0, 1, true)),
+      ScoreRequestLine("1", big),
   };
   std::string out = "stale";
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -255,18 +186,18 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
     GTEST_SKIP() << "no AVX-512: the Forward serves, and its allocations are not checked";
   }
   bool ok = false;
-  int64_t before = g_allocations.load();
+  int64_t before = HeapAllocations();
   (*reused)->HandleLine(8, lines[0], &ok, &out);
-  EXPECT_EQ(g_allocations.load() - before, 0);
+  EXPECT_EQ(HeapAllocations() - before, 0);
   EXPECT_TRUE(ok) << out;
   auto scorer = Scorer::Create(bundle, 16);
   ASSERT_TRUE(scorer.ok()) << scorer.status();
   ASSERT_EQ((*scorer)->scoring_path(), "din_serving/avx512");
   ScoreResponse r;
   ASSERT_TRUE((*scorer)->Score(big, &r).ok());
-  before = g_allocations.load();
+  before = HeapAllocations();
   ASSERT_TRUE((*scorer)->Score(big, &r).ok());
-  EXPECT_EQ(g_allocations.load() - before, 0);
+  EXPECT_EQ(HeapAllocations() - before, 0);
   EXPECT_EQ(r.scores.size(), big.candidates.size());
   ps::RemoveTree(dir);
 }

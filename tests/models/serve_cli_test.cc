@@ -10,12 +10,11 @@
 #include <sstream>
 #include <string>
 
-#include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "tests/testing/run_ips.h"
 #include "worker/checkpoint.h"
 #include "worker/data_reader.h"
-#include "worker/model_factory.h"
+#include "worker/serving_fixture.h"
 
 namespace ips {
 namespace {
@@ -42,24 +41,10 @@ std::string LastLine(const std::string& s) {
 TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
-  auto cfg = ParseConfigText(kConfig, "kConfig");
-  ASSERT_TRUE(cfg.ok()) << cfg.status();
-  auto model = std::move(CreateCtrModel(*cfg, 8)).value();
-  std::vector<std::unique_ptr<ps::DynamicTable>> tables;
-  CheckpointContent content;
-  AddModelState(model.get(), nullptr, &content);
-  for (const char* name : {"item", "category"}) {
-    ps::TableOptions o;
-    o.name = name;
-    o.dim = 4;
-    o.has_padding_key = true;
-    tables.push_back(std::move(ps::DynamicTable::Create(o)).value());
-    std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6};
-    std::vector<float> rows(keys.size() * 4);
-    ASSERT_TRUE(tables.back()->Pull(keys.data(), 6, rows.data()).ok());
-    content.tables.push_back(tables.back().get());
-  }
-  content.config_text = kConfig;
+  // The model at its init, keys 1..6 of both tables.
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointContent& content = (*state)->content;
   CheckpointOptions co;
   co.dir = dir + "/ckpt";
   ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, content).ok());
