@@ -1,8 +1,12 @@
 // CPU implementation of kernels/embedding.h, plus the dispatch to the CUDA twin.
 //
 // Gather is bound by random DRAM reads of table rows (the tables are far larger than the
-// caches), so the loops keep several row fetches in flight with software prefetches issued
-// kPrefetchRows positions ahead; the copies themselves are trivial. Backward and de-duplication
+// caches) and, with 4 KiB pages, by the page walk each of them needs; the loops keep several
+// row fetches in flight with software prefetches issued kPrefetchRows positions ahead, the
+// copies themselves are trivial. Forward work is handed to the pool's threads in small blocks
+// from a shared counter (ForEachBlock) rather than in one half per thread, so a pool thread the
+// OS has not scheduled yet (shared cores, several ranks per host) costs at most one block
+// instead of half the batch. Backward and de-duplication
 // work on batch-sized data that fits in L2, so they are organised to avoid scratch allocation
 // and extra passes rather than for memory-level parallelism.
 #include "kernels/embedding.h"
@@ -34,11 +38,39 @@ namespace {
 // running ahead), for the plain gather out-of-order execution alone already overlaps the
 // independent row copies and the prefetch gains little.
 constexpr int64_t kPrefetchRows = 16;
-// Smallest piece of a batch worth handing to another thread.
-constexpr int64_t kMinBagsPerChunk = 16;
+// Units of forward work handed out by ForEachBlock: 16 bags (800 rows at T = 50; B = 512 gives
+// 32 blocks) or 1024 jagged rows, tens of microseconds each, long enough that the restart of
+// the prefetch pipeline at a block start (its first kPrefetchRows misses are not overlapped
+// with earlier rows) touches ~2% of the rows.
+constexpr int64_t kBagsPerBlock = 16;
+constexpr int64_t kRowsPerBlock = 1024;
+// Smallest piece of a batch worth handing to another thread (backward).
 constexpr int64_t kMinRowsPerChunk = 256;
 
 int NumThreads(ThreadPool* pool) { return pool == nullptr ? 1 : pool->num_threads(); }
+
+// Calls fn(begin, end) over consecutive blocks of `block` items covering [0, n); the pool's
+// threads (caller included) take blocks in increasing order from a shared counter until none
+// are left or stop() turns true. Blocks are claimed in order, so once an error has been recorded
+// every unclaimed block lies after it: stopping then still reports the smallest bad position.
+template <typename Fn, typename Stop>
+void ForEachBlock(ThreadPool* pool, int64_t n, int64_t block, const Stop& stop, const Fn& fn) {
+  const int64_t blocks = (n + block - 1) / block;
+  const int64_t nt = std::min<int64_t>(NumThreads(pool), blocks);
+  if (nt <= 1) {
+    if (n > 0) fn(0, n);  // one run: the prefetch pipeline never restarts
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool->ParallelFor(nt, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      if (stop()) return;
+      const int64_t k = next.fetch_add(1, std::memory_order_relaxed);
+      if (k >= blocks) return;
+      fn(k * block, std::min(n, (k + 1) * block));
+    }
+  });
+}
 
 // Smallest failing position reported by any worker thread.
 class FirstError {
@@ -145,13 +177,17 @@ Status CheckFlatIndices(const char* op, const char* field, const int64_t* indice
   return Status::Ok();
 }
 
-// Non-temporal hint (locality 0): a random row of a table this size is not read again soon, so
-// it should not push the batch's working set out of L2 (measured slightly faster than T0, by
-// less than this VM's run-to-run noise).
+// Locality 1 (prefetcht2 on x86: fetch into L2, not L1). On the dev VM (Xeon, 2 GiB table,
+// B = 512, T = 50, best of 60 interleaved repetitions) a plain gather loop with it was 3-8%
+// faster than with the non-temporal hint used before for D = 18, 36, 64 on 4 KiB pages and
+// 9-12% on huge pages; T0 was no better than the non-temporal hint. The row is consumed a few
+// rows later, from L2.
+// One prefetch per 64-byte line the row touches (a 72-byte row at offset 56 spans two lines).
 inline void PrefetchRow(const void* row, size_t bytes) {
-  const char* c = static_cast<const char*>(row);
-  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
-  __builtin_prefetch(c + bytes - 1, 0, 0);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(row) & ~uintptr_t{63};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(row) + bytes - 1;
+  for (uintptr_t line = first; line <= last; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 1);
 }
 
 // Walks the valid positions (b, t < lengths[b]) of bags [b, b_end) of a padded batch, a fixed
@@ -251,8 +287,9 @@ Status GatherPaddedCpu(ThreadPool* pool, const GatherPaddedArgs<T>& a) {
   const char* op = "GatherPadded";
   IPS_RETURN_IF_ERROR(CheckLengths(op, a.lengths, a.batch, a.max_len));
   FirstError err;
+  const auto stop = [&err] { return err.failed(); };
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  ForEachBlock(pool, a.batch, kBagsPerBlock, stop, [&](int64_t b0, int64_t b1) {
     PaddedPrefetcher<T> pf(a.table, a.table_rows, a.dim, a.indices, a.lengths, a.max_len, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = a.lengths[b];
@@ -280,8 +317,9 @@ Status GatherJaggedCpu(ThreadPool* pool, const GatherJaggedArgs<T>& a) {
   const char* op = "GatherJagged";
   IPS_RETURN_IF_ERROR(CheckOffsets(op, a.offsets, a.batch, a.nnz));
   FirstError err;
+  const auto stop = [&err] { return err.failed(); };
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  ParallelFor(pool, a.nnz, kMinRowsPerChunk, [&](int64_t j0, int64_t j1) {
+  ForEachBlock(pool, a.nnz, kRowsPerBlock, stop, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < std::min(j1, j0 + kPrefetchRows); ++j) {
       if (static_cast<uint64_t>(a.indices[j]) < static_cast<uint64_t>(a.table_rows))
         PrefetchRow(a.table + a.indices[j] * a.dim, row_bytes);
@@ -309,7 +347,8 @@ Status PooledPaddedCpu(ThreadPool* pool, const PooledPaddedArgs<T>& a) {
   const char* op = "PooledPadded";
   IPS_RETURN_IF_ERROR(CheckLengths(op, a.lengths, a.batch, a.max_len));
   FirstError err;
-  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  const auto stop = [&err] { return err.failed(); };
+  ForEachBlock(pool, a.batch, kBagsPerBlock, stop, [&](int64_t b0, int64_t b1) {
     PaddedPrefetcher<T> pf(a.table, a.table_rows, a.dim, a.indices, a.lengths, a.max_len, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = a.lengths[b];
@@ -337,8 +376,9 @@ Status PooledJaggedCpu(ThreadPool* pool, const PooledJaggedArgs<T>& a) {
   const char* op = "PooledJagged";
   IPS_RETURN_IF_ERROR(CheckOffsets(op, a.offsets, a.batch, a.nnz));
   FirstError err;
+  const auto stop = [&err] { return err.failed(); };
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(T);
-  ParallelFor(pool, a.batch, kMinBagsPerChunk, [&](int64_t b0, int64_t b1) {
+  ForEachBlock(pool, a.batch, kBagsPerBlock, stop, [&](int64_t b0, int64_t b1) {
     // Jagged positions of bags [b0, b1) are contiguous: prefetch along the flat index array.
     const int64_t j_end = a.offsets[b1];
     int64_t ahead = a.offsets[b0];

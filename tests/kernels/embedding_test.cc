@@ -620,6 +620,59 @@ TEST(EmbeddingCpuErrors, BadIndexLengthOffsetAreReportedWithPosition) {
   EXPECT_EQ(GatherPadded(ctx, a).code(), StatusCode::kInvalidArgument);
 }
 
+// The forward ops hand bags / rows to the pool's threads in blocks of 16 bags / 1024 rows, in
+// order, and stop handing out blocks after an error: the error must still name the smallest bad
+// position whichever thread finds which, with several bad ones in different blocks.
+TEST(EmbeddingCpuErrors, SmallestBadIndexIsReportedAcrossBlocks) {
+  // Wide rows make a block take long enough (tens of microseconds) that both threads of the
+  // pool really are inside blocks at once.
+  const int64_t rows = 100, dim = 2048, batch = 300, max_len = 8, n = batch * max_len;
+  Rng rng(11);
+  std::vector<float> table(rows * dim), out(n * dim), pooled(batch * dim);
+  for (auto& x : table) x = rng.UniformFloat();
+  std::vector<int64_t> idx(n), len(batch, max_len), offsets(batch + 1);
+  for (auto& i : idx) i = static_cast<int64_t>(rng.UniformInt(rows));
+  for (int64_t b = 0; b <= batch; ++b) offsets[b] = b * max_len;
+  // Sets of bad positions; the report must name the smallest of each. The last two put one
+  // late in block 0 and one at the end of block 1 (padded: 128 positions per block, gather
+  // jagged: 1024), so the caller and the pool thread each find one, the smaller one first.
+  const std::vector<std::vector<int64_t>> cases = {
+      {250 * max_len + 3},
+      {250 * max_len + 3, 40 * max_len + 6, 130 * max_len},
+      {0, 250 * max_len + 3, 40 * max_len + 6},
+      {100, 255},
+      {1000, 2047}};
+  for (int threads : {1, 2}) {
+    ThreadPool pool(threads);
+    const Context ctx{Device::kCpu, &pool};
+    for (const auto& bad : cases) {
+      std::vector<int64_t> cur = idx;
+      for (size_t k = 0; k < bad.size(); ++k) cur[bad[k]] = k % 2 ? -7 : rows + 5;
+      const int64_t first = *std::min_element(bad.begin(), bad.end());
+      const std::string want =
+          "indices[" + std::to_string(first) + "] = " + std::to_string(cur[first]) + " is";
+      for (int rep = 0; rep < 10; ++rep) {  // thread interleavings vary run to run
+        GatherPaddedArgs<float> g{table.data(), rows,  dim,     cur.data(),
+                                  len.data(),   batch, max_len, out.data()};
+        Status s = GatherPadded(ctx, g);
+        ASSERT_NE(s.message().find(want), std::string::npos) << s << " want " << want;
+        PooledPaddedArgs<float> pp{table.data(), rows,    dim,           cur.data(),   len.data(),
+                                   batch,        max_len, Pooling::kSum, pooled.data()};
+        s = PooledPadded(ctx, pp);
+        ASSERT_NE(s.message().find(want), std::string::npos) << s << " want " << want;
+        GatherJaggedArgs<float> gj{table.data(),   rows,  dim, cur.data(),
+                                   offsets.data(), batch, n,   out.data()};
+        s = GatherJagged(ctx, gj);
+        ASSERT_NE(s.message().find(want), std::string::npos) << s << " want " << want;
+        PooledJaggedArgs<float> pj{table.data(), rows, dim,           cur.data(),   offsets.data(),
+                                   batch,        n,    Pooling::kSum, pooled.data()};
+        s = PooledJagged(ctx, pj);
+        ASSERT_NE(s.message().find(want), std::string::npos) << s << " want " << want;
+      }
+    }
+  }
+}
+
 TEST(EmbeddingCpuErrors, CudaRequestWithoutCudaBuildIsUnimplemented) {
   if (CudaBuilt()) GTEST_SKIP() << "this build has CUDA";
   std::vector<float> table(8, 1.f), out(8);
