@@ -8,6 +8,23 @@
 #include "ps/internal/table_shard.h"
 
 namespace ips::ps {
+namespace internal {
+
+// Per-thread scratch for grouping keys by shard: order lists key positions shard by shard
+// (begin[s] starts shard s), keys and hashes are the keys and their hashes in that order, so
+// that each shard reads its share front to back instead of gathering it from the caller's
+// arrays key by key.
+struct GroupScratch {
+  std::vector<uint64_t> input_hashes;  // hash of keys[i], in input order
+  std::vector<uint64_t> keys;
+  std::vector<uint64_t> hashes;
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;
+  std::vector<int64_t> fill;
+};
+
+}  // namespace internal
+
 namespace {
 
 int Log2(int64_t x) {
@@ -16,12 +33,8 @@ int Log2(int64_t x) {
   return l;
 }
 
-// Per-thread scratch for grouping keys by shard.
-struct GroupScratch {
-  std::vector<uint64_t> hashes;
-  std::vector<int64_t> order;
-  std::vector<int64_t> begin;
-};
+using internal::GroupScratch;
+
 GroupScratch& ThreadGroupScratch() {
   thread_local GroupScratch scratch;
   return scratch;
@@ -88,35 +101,39 @@ internal::TableShard& DynamicTable::ShardOf(uint64_t hash) const {
   return *shards_[s];
 }
 
-void DynamicTable::GroupByShard(const uint64_t* keys, int64_t n, std::vector<uint64_t>* hashes,
-                                std::vector<int64_t>* order, std::vector<int64_t>* begin) const {
+void DynamicTable::GroupByShard(const uint64_t* keys, int64_t n, internal::GroupScratch* g) const {
   const uint64_t num_shards = shards_.size();
-  hashes->resize(static_cast<size_t>(n));
-  order->resize(static_cast<size_t>(n));
-  begin->assign(num_shards + 1, 0);
+  g->input_hashes.resize(static_cast<size_t>(n));
+  g->keys.resize(static_cast<size_t>(n));
+  g->hashes.resize(static_cast<size_t>(n));
+  g->order.resize(static_cast<size_t>(n));
+  g->begin.assign(num_shards + 1, 0);
+  uint64_t* h = g->input_hashes.data();
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t h = internal::KeyHash(keys[i]);
-    (*hashes)[i] = h;
-    ++(*begin)[(((h >> 32) * num_shards) >> 32) + 1];
+    h[i] = internal::KeyHash(keys[i]);
+    ++g->begin[(((h[i] >> 32) * num_shards) >> 32) + 1];
   }
-  for (uint64_t s = 0; s < num_shards; ++s) (*begin)[s + 1] += (*begin)[s];
-  std::vector<int64_t> fill(begin->begin(), begin->end() - 1);
+  for (uint64_t s = 0; s < num_shards; ++s) g->begin[s + 1] += g->begin[s];
+  g->fill.assign(g->begin.begin(), g->begin.end() - 1);
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t s = (((*hashes)[i] >> 32) * num_shards) >> 32;
-    (*order)[fill[s]++] = i;
+    const int64_t at = g->fill[((h[i] >> 32) * num_shards) >> 32]++;
+    g->order[at] = i;
+    g->hashes[at] = h[i];
+    g->keys[at] = keys[i];
   }
 }
 
 Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out) {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
-  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
   for (size_t s = 0; s < shards_.size(); ++s) {
     const int64_t m = g.begin[s + 1] - g.begin[s];
     if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Pull(keys, g.hashes.data(), g.order.data() + g.begin[s], m, out,
-                                         step, /*create=*/true));
+    IPS_RETURN_IF_ERROR(shards_[s]->Pull(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
+                                         g.order.data() + g.begin[s], m, out, step,
+                                         /*create=*/true));
   }
   return Status::Ok();
 }
@@ -124,13 +141,14 @@ Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out) {
 Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out) const {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
-  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
   for (size_t s = 0; s < shards_.size(); ++s) {
     const int64_t m = g.begin[s + 1] - g.begin[s];
     if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Pull(keys, g.hashes.data(), g.order.data() + g.begin[s], m, out,
-                                         step, /*create=*/false));
+    IPS_RETURN_IF_ERROR(shards_[s]->Pull(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
+                                         g.order.data() + g.begin[s], m, out, step,
+                                         /*create=*/false));
   }
   return Status::Ok();
 }
@@ -140,13 +158,13 @@ Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads) {
   // Every push is one optimizer step, even an empty one, as torch counts optimizer.step().
   const int64_t opt_step = optimizer_step_.fetch_add(1, std::memory_order_relaxed) + 1;
   GroupScratch& g = ThreadGroupScratch();
-  GroupByShard(keys, n, &g.hashes, &g.order, &g.begin);
+  GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
   for (size_t s = 0; s < shards_.size(); ++s) {
     const int64_t m = g.begin[s + 1] - g.begin[s];
     if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Push(keys, g.hashes.data(), g.order.data() + g.begin[s], m,
-                                         grads, step, opt_step));
+    IPS_RETURN_IF_ERROR(shards_[s]->Push(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
+                                         g.order.data() + g.begin[s], m, grads, step, opt_step));
   }
   return Status::Ok();
 }

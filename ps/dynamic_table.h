@@ -1,7 +1,9 @@
 // DynamicTable: one embedding table of 64-bit keys that grows as keys arrive: the storage behind
 // LocalEmbeddingStore (in the trainer) and behind each parameter server's shard of a table.
 // It owns the rows, their optimizer state, feature admission, TTL and memory-cap eviction; the
-// update arithmetic is kernels/optimizer.h's SparseUpdate, called on the table's own storage.
+// update arithmetic is kernels/optimizer.h's SparseUpdate, called on the table's own storage
+// (a push whose rows are distinct, the trainer's case, updates each row in place with a copy
+// of the kernel's element-wise loop, bitwise the same; see TableShard::Push).
 //
 // Layout. Keys are hashed (Mix64) to one of num_shards sub-tables, each with its own mutex.
 // A shard keeps rows in an arena of slabs of rows_per_slab rows; a slab holds, as separate
@@ -42,6 +44,7 @@ namespace ips::ps {
 namespace internal {
 class TableShard;
 struct ShardConfig;
+struct GroupScratch;
 }  // namespace internal
 
 // One row as a checkpoint sees it: value[dim], optimizer state[state_count * dim] (nullptr for
@@ -153,9 +156,8 @@ class DynamicTable {
  private:
   explicit DynamicTable(const TableOptions& options);
   internal::TableShard& ShardOf(uint64_t hash) const;
-  // Groups [0, n) by shard: order_ lists key positions shard by shard, begin_[s] starts shard s.
-  void GroupByShard(const uint64_t* keys, int64_t n, std::vector<uint64_t>* hashes,
-                    std::vector<int64_t>* order, std::vector<int64_t>* begin) const;
+  // Groups [0, n) by shard into *g (dynamic_table.cc's per-thread scratch).
+  void GroupByShard(const uint64_t* keys, int64_t n, internal::GroupScratch* g) const;
 
   const TableOptions options_;
   const uint64_t name_hash_;

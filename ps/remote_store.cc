@@ -36,13 +36,31 @@ void Record(std::vector<double>* v, int64_t count, double us) {
 
 }  // namespace
 
+// A PS's share of a large pull is sent as several frames (parts) at once, each of at least
+// kMinPullPartKeys keys and at most kMaxPullParts per PS: the PS serves them one after the
+// other, so its table lookup of one part overlaps the transfer of the previous part's rows and
+// this thread's copy of them into the caller's output (measured with bench/mpi_ps_bench.cc: 64K
+// keys x 18 floats from 1 PS). Each part is an ordinary pull frame; in sync mode the parts read
+// the rows one frame would, as the PS handles a worker's frames in arrival order and no push of
+// a later clock can be applied between two parts (see ps/server.h); in async mode each part
+// meets the staleness bound on its own.
+constexpr int64_t kMinPullPartKeys = 16384;
+constexpr int64_t kMaxPullParts = 4;
+
 struct RemoteEmbeddingStore::Inflight {
   int table = -1;
   int64_t n = 0;
-  int64_t clock = 0;  // the reader's own clock (for measured staleness)
-  std::vector<uint64_t> keys;
-  std::vector<std::vector<int64_t>> positions;  // per PS: positions in keys
-  std::vector<Transport::Ticket> tickets;       // per PS (invalid: nothing sent)
+  int64_t clock = 0;           // the reader's own clock (for measured staleness)
+  std::vector<uint64_t> keys;  // a prefetch's keys (to match the Pull that consumes it)
+  // Per PS: positions in keys. Empty with a single PS, whose positions are the identity (its
+  // replies are copied to the output in one piece).
+  std::vector<std::vector<int64_t>> positions;
+  struct Part {
+    int ps = 0;
+    int64_t begin = 0, end = 0;  // range of the PS's positions (of keys with a single PS)
+    Transport::Ticket ticket;
+  };
+  std::vector<Part> parts;  // in sending order
   Timer timer;
 };
 
@@ -105,49 +123,67 @@ Status RemoteEmbeddingStore::ReplyStatus(const Frame& f) const {
 }
 
 std::unique_ptr<RemoteEmbeddingStore::Inflight> RemoteEmbeddingStore::StartPull(
-    uint32_t kind, int table, const uint64_t* keys, int64_t n, int64_t clock) {
+    uint32_t kind, int table, const uint64_t* keys, int64_t n, int64_t clock, bool keep_keys) {
   auto f = std::make_unique<Inflight>();
   f->table = table;
   f->n = n;
   f->clock = clock;
-  f->keys.assign(keys, keys + n);
-  f->positions.assign(num_ps_, {});
-  owner_.resize(static_cast<size_t>(n));
+  if (keep_keys) f->keys.assign(keys, keys + n);
   std::vector<int64_t> count(num_ps_, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    owner_[i] = num_ps_ == 1 ? 0 : PsOfKey(keys[i], num_ps_);
-    ++count[owner_[i]];
+  if (num_ps_ == 1) {
+    count[0] = n;
+  } else {
+    f->positions.assign(num_ps_, {});
+    owner_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      owner_[i] = PsOfKey(keys[i], num_ps_);
+      ++count[owner_[i]];
+    }
+    for (int p = 0; p < num_ps_; ++p) f->positions[p].reserve(static_cast<size_t>(count[p]));
+    for (int64_t i = 0; i < n; ++i) f->positions[owner_[i]].push_back(i);
   }
-  for (int p = 0; p < num_ps_; ++p) f->positions[p].reserve(static_cast<size_t>(count[p]));
-  for (int64_t i = 0; i < n; ++i) f->positions[owner_[i]].push_back(i);
-  f->tickets.resize(num_ps_);
+  psproto::Request req;
+  req.set_table(table);
+  req.set_dim(options_.tables[table].dim);
+  req.set_worker(options_.worker_index);
+  const int64_t bound = options_.mode == RemoteStoreOptions::Mode::kSync ? 0 : options_.staleness;
+  req.set_clock(std::max<int64_t>(0, clock - bound));
   for (int p = 0; p < num_ps_; ++p) {
-    const auto& pos = f->positions[p];
     // A pull without keys has no effect on a PS: none is sent.
-    if (pos.empty()) continue;
-    psproto::Request req;
-    req.set_table(table);
-    req.set_num_keys(static_cast<int64_t>(pos.size()));
-    req.set_dim(options_.tables[table].dim);
-    req.set_worker(options_.worker_index);
-    const int64_t bound = options_.mode == RemoteStoreOptions::Mode::kSync ? 0 : options_.staleness;
-    req.set_clock(std::max<int64_t>(0, clock - bound));
-    Frame frame = Frame::Make(kind, Serialize(req), pos.size() * 8);
-    auto* out = reinterpret_cast<uint64_t*>(frame.payload());
-    for (size_t j = 0; j < pos.size(); ++j) out[j] = keys[pos[j]];
-    bytes_sent_ += static_cast<int64_t>(frame.size());
-    f->tickets[p] = transport_->Request(options_.ps_ranks[p], std::move(frame));
+    if (count[p] == 0) continue;
+    const int64_t num_parts =
+        std::max<int64_t>(1, std::min(kMaxPullParts, count[p] / kMinPullPartKeys));
+    for (int64_t k = 0; k < num_parts; ++k) {
+      Inflight::Part part;
+      part.ps = p;
+      part.begin = count[p] * k / num_parts;
+      part.end = count[p] * (k + 1) / num_parts;
+      const int64_t m = part.end - part.begin;
+      req.set_num_keys(m);
+      Frame frame = Frame::Make(kind, Serialize(req), static_cast<size_t>(m) * 8);
+      auto* out = reinterpret_cast<uint64_t*>(frame.payload());
+      if (num_ps_ == 1) {
+        std::memcpy(out, keys + part.begin, static_cast<size_t>(m) * 8);
+      } else {
+        const int64_t* pos = f->positions[p].data() + part.begin;
+        for (int64_t j = 0; j < m; ++j) out[j] = keys[pos[j]];
+      }
+      bytes_sent_ += static_cast<int64_t>(frame.size());
+      part.ticket = transport_->Request(options_.ps_ranks[p], std::move(frame));
+      f->parts.push_back(std::move(part));
+    }
   }
   return f;
 }
 
 Status RemoteEmbeddingStore::FinishPull(Inflight* f, float* out) {
   const int64_t dim = options_.tables[f->table].dim;
+  const size_t row_bytes = static_cast<size_t>(dim) * 4;
   Status first;
-  for (int p = 0; p < num_ps_; ++p) {
-    if (!f->tickets[p].valid()) continue;
-    StatusOr<Frame> reply = transport_->Wait(std::move(f->tickets[p]), options_.timeout_ms);
-    f->tickets[p] = Transport::Ticket();
+  for (Inflight::Part& part : f->parts) {
+    if (!part.ticket.valid()) continue;
+    StatusOr<Frame> reply = transport_->Wait(std::move(part.ticket), options_.timeout_ms);
+    part.ticket = Transport::Ticket();
     if (!reply.ok()) {
       if (first.ok()) first = reply.status();
       continue;
@@ -157,14 +193,18 @@ Status RemoteEmbeddingStore::FinishPull(Inflight* f, float* out) {
       if (first.ok()) first = s;
       continue;
     }
-    const auto& pos = f->positions[p];
-    if (reply->payload_size() != pos.size() * static_cast<size_t>(dim) * 4) {
+    const int64_t m = part.end - part.begin;
+    if (reply->payload_size() != static_cast<size_t>(m) * row_bytes) {
       if (first.ok()) first = DataLossError("remote store: pull reply of wrong size");
       continue;
     }
     const auto* rows = reinterpret_cast<const float*>(reply->payload());
-    for (size_t j = 0; j < pos.size(); ++j)
-      std::memcpy(out + pos[j] * dim, rows + j * dim, static_cast<size_t>(dim) * 4);
+    if (f->positions.empty()) {
+      std::memcpy(out + part.begin * dim, rows, static_cast<size_t>(m) * row_bytes);
+    } else {
+      const int64_t* pos = f->positions[part.ps].data() + part.begin;
+      for (int64_t j = 0; j < m; ++j) std::memcpy(out + pos[j] * dim, rows + j * dim, row_bytes);
+    }
     psproto::Response resp;
     if (resp.ParseFromArray(reply->meta().data(), static_cast<int>(reply->meta().size())) &&
         resp.has_min_clock()) {
@@ -195,7 +235,7 @@ Status RemoteEmbeddingStore::Pull(int table, const uint64_t* keys, int64_t n, in
   } else {
     // Not the prefetched keys (or none): pull afresh. A prefetch of other keys stays
     // outstanding; waiting for it here could deadlock, as it may need this step's push.
-    f = StartPull(kPsPull, table, keys, n, pushes_[table]);
+    f = StartPull(kPsPull, table, keys, n, pushes_[table], /*keep_keys=*/false);
   }
   Status s = FinishPull(f.get(), out);
   Record(&pull_us_, pulls_, timer.Seconds() * 1e6);
@@ -208,7 +248,7 @@ Status RemoteEmbeddingStore::PrefetchPull(int table, const uint64_t* keys, int64
   if (n < 0 || (n > 0 && keys == nullptr))
     return InvalidArgumentError("remote store: bad prefetch keys");
   // An older prefetch still outstanding is abandoned (its reply is discarded on arrival).
-  prefetch_[table] = StartPull(kPsPull, table, keys, n, pushes_[table] + 1);
+  prefetch_[table] = StartPull(kPsPull, table, keys, n, pushes_[table] + 1, /*keep_keys=*/true);
   return Status::Ok();
 }
 
@@ -218,7 +258,7 @@ Status RemoteEmbeddingStore::Lookup(int table, const uint64_t* keys, int64_t n, 
   if (n < 0) return InvalidArgumentError("remote store: negative key count");
   if (n > 0 && (keys == nullptr || out == nullptr))
     return InvalidArgumentError("remote store: null keys or output");
-  std::unique_ptr<Inflight> f = StartPull(kPsLookup, table, keys, n, 0);
+  std::unique_ptr<Inflight> f = StartPull(kPsLookup, table, keys, n, 0, /*keep_keys=*/false);
   return FinishPull(f.get(), out);
 }
 
@@ -232,11 +272,15 @@ Status RemoteEmbeddingStore::Push(int table, const uint64_t* keys, int64_t n, in
   Timer timer;
   const bool sync = options_.mode == RemoteStoreOptions::Mode::kSync;
   const int64_t seq = ++pushes_[table];
-  owner_.resize(static_cast<size_t>(n));
   std::vector<int64_t> count(num_ps_, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    owner_[i] = num_ps_ == 1 ? 0 : PsOfKey(keys[i], num_ps_);
-    ++count[owner_[i]];
+  if (num_ps_ == 1) {
+    count[0] = n;
+  } else {
+    owner_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      owner_[i] = PsOfKey(keys[i], num_ps_);
+      ++count[owner_[i]];
+    }
   }
   std::vector<Transport::Ticket> tickets(num_ps_);
   for (int p = 0; p < num_ps_; ++p) {
@@ -253,12 +297,17 @@ Status RemoteEmbeddingStore::Push(int table, const uint64_t* keys, int64_t n, in
         Frame::Make(kPsPush, Serialize(req), static_cast<size_t>(count[p]) * (8 + dim * 4));
     auto* k = reinterpret_cast<uint64_t*>(frame.payload());
     auto* g = reinterpret_cast<float*>(frame.payload() + count[p] * 8);
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (owner_[i] != p) continue;
-      k[j] = keys[i];
-      std::memcpy(g + j * dim, grads + i * dim, static_cast<size_t>(dim) * 4);
-      ++j;
+    if (num_ps_ == 1) {
+      std::memcpy(k, keys, static_cast<size_t>(n) * 8);
+      std::memcpy(g, grads, static_cast<size_t>(n * dim) * 4);
+    } else {
+      int64_t j = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (owner_[i] != p) continue;
+        k[j] = keys[i];
+        std::memcpy(g + j * dim, grads + i * dim, static_cast<size_t>(dim) * 4);
+        ++j;
+      }
     }
     bytes_sent_ += static_cast<int64_t>(frame.size());
     if (sync) {

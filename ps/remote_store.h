@@ -1,6 +1,7 @@
 // RemoteEmbeddingStore: the worker-side EmbeddingStore whose rows live on parameter servers
-// (ps/server.h). It owns the key -> PS partition (PsOfKey), the per-call fan-out (one pull
-// frame and one push frame per PS per call, keys as raw uint64 arrays, rows and gradients as raw
+// (ps/server.h). It owns the key -> PS partition (PsOfKey), the per-call fan-out (one push
+// frame per PS per call; one pull frame per PS, or a few sent at once for a large pull so that
+// the PS's lookups overlap the transfers; keys as raw uint64 arrays, rows and gradients as raw
 // float arrays), the worker's push clocks for bounded staleness, the prefetch of the next
 // batch's rows, and the client-side metrics (latency percentiles, bytes, measured staleness).
 //
@@ -113,10 +114,11 @@ class RemoteEmbeddingStore : public EmbeddingStore {
   struct Inflight;  // one pull fan-out
   RemoteEmbeddingStore() = default;
   Status CheckTable(int table, int64_t dim) const;
-  // Partitions keys by PS and sends one frame of `kind` per PS (empty ones included when
-  // `all_ps`), returning the fan-out to wait on.
+  // Partitions keys by PS and sends the frames of `kind` to each PS that owns some (one, or a
+  // few parts of a large share), returning the fan-out to wait on; keep_keys copies the keys
+  // into it (a prefetch, matched against the later Pull's keys).
   std::unique_ptr<Inflight> StartPull(uint32_t kind, int table, const uint64_t* keys, int64_t n,
-                                      int64_t clock);
+                                      int64_t clock, bool keep_keys);
   Status FinishPull(Inflight* f, float* out);
   Status SendAll(uint32_t kind, const std::string& meta);
   Status ReplyStatus(const Frame& f) const;

@@ -14,8 +14,14 @@
 //
 // Threading: frames are handled one at a time on the transport's comm thread (Run installs the
 // handler and sleeps), so per-worker order is the arrival order; a large pull is split over
-// `num_threads` (DynamicTable is thread-safe and shards keys across its own sub-tables). Pushes are
-// never split: one push is one optimizer step (Adam's step count). In sync mode (pushes that
+// `num_threads` (DynamicTable is thread-safe and shards keys across its own sub-tables). A worker
+// sends a large pull as a few consecutive pull frames (ps/remote_store.h), each served as soon
+// as it arrives, so the lookup of one overlaps the transfer of the previous one's rows. In sync
+// mode they read the rows one frame would (no push of a later clock can be applied between
+// them, see below); in async mode another worker's push may land between two of them, as
+// between two pulls, and each still meets the staleness bound. Each counts as a pull in
+// ServerStats. Pushes are never split: one push
+// is one optimizer step (Adam's step count). In sync mode (pushes that
 // want an ack) with several workers, a push is held until every worker that has not finished
 // has sent its push of the same clock to the same table, and then they are applied in worker
 // order: the result does not depend on which worker's push arrived first, so sync training is

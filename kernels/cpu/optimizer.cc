@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "common/thread_pool.h"
+#include "kernels/cpu/optimizer_span.h"
 
 #ifdef IPS_WITH_CUDA
 #include "kernels/cuda/optimizer_cuda.h"
@@ -95,46 +96,6 @@ OptimizerScalars MakeOptimizerScalars(const OptimizerHyper& h, int64_t step) {
 
 namespace {
 
-template <OptimizerKind K, typename T>
-void UpdateSpan(const OptimizerScalars& s, int64_t n, T* __restrict p, T* __restrict s0,
-                T* __restrict s1, const T* __restrict g) {
-  if constexpr (K == OptimizerKind::kSgd) {
-    const T lr = static_cast<T>(s.lr);
-    for (int64_t i = 0; i < n; ++i) p[i] -= lr * g[i];
-  } else if constexpr (K == OptimizerKind::kAdagrad) {
-    const T lr = static_cast<T>(s.lr), eps = static_cast<T>(s.eps);
-    for (int64_t i = 0; i < n; ++i) {
-      s0[i] += g[i] * g[i];
-      p[i] -= lr * g[i] / (std::sqrt(s0[i]) + eps);
-    }
-  } else if constexpr (K == OptimizerKind::kAdam) {
-    const T one_b1 = static_cast<T>(1.0 - s.beta1), one_b2 = static_cast<T>(1.0 - s.beta2);
-    const T step_size = static_cast<T>(s.adam_step_size), eps = static_cast<T>(s.eps);
-    for (int64_t i = 0; i < n; ++i) {
-      const T gi = g[i];
-      s0[i] += one_b1 * (gi - s0[i]);
-      s1[i] += one_b2 * (gi * gi - s1[i]);
-      p[i] -= step_size * s0[i] / (std::sqrt(s1[i]) + eps);
-    }
-  } else {
-    const T inv_alpha = static_cast<T>(1.0 / s.ftrl_alpha), beta = static_cast<T>(s.ftrl_beta);
-    const T l1 = static_cast<T>(s.ftrl_l1), l2 = static_cast<T>(s.ftrl_l2);
-    for (int64_t i = 0; i < n; ++i) {
-      const T gi = g[i];
-      const T n_new = s1[i] + gi * gi;
-      const T sqrt_new = std::sqrt(n_new);
-      const T sigma = (sqrt_new - std::sqrt(s1[i])) * inv_alpha;
-      const T z = s0[i] + gi - sigma * p[i];
-      s0[i] = z;
-      s1[i] = n_new;
-      const T az = std::fabs(z);
-      // Branch-free form of the proximal step: zero inside the l1 ball.
-      const T shrunk = az > l1 ? (az - l1) : T(0);
-      p[i] = -std::copysign(shrunk, z) / ((beta + sqrt_new) * inv_alpha + l2);
-    }
-  }
-}
-
 template <typename T>
 using SpanFn = void (*)(const OptimizerScalars&, int64_t, T*, T*, T*, const T*);
 
@@ -142,13 +103,13 @@ template <typename T>
 SpanFn<T> SpanFor(OptimizerKind kind) {
   switch (kind) {
     case OptimizerKind::kSgd:
-      return &UpdateSpan<OptimizerKind::kSgd, T>;
+      return &cpu::UpdateSpan<OptimizerKind::kSgd, T>;
     case OptimizerKind::kAdagrad:
-      return &UpdateSpan<OptimizerKind::kAdagrad, T>;
+      return &cpu::UpdateSpan<OptimizerKind::kAdagrad, T>;
     case OptimizerKind::kAdam:
-      return &UpdateSpan<OptimizerKind::kAdam, T>;
+      return &cpu::UpdateSpan<OptimizerKind::kAdam, T>;
     case OptimizerKind::kFtrl:
-      return &UpdateSpan<OptimizerKind::kFtrl, T>;
+      return &cpu::UpdateSpan<OptimizerKind::kFtrl, T>;
   }
   return nullptr;
 }

@@ -1,10 +1,13 @@
 #include "ps/internal/table_shard.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
+
+#include "kernels/cpu/optimizer_span.h"
 
 namespace ips::ps::internal {
 namespace {
@@ -31,6 +34,10 @@ struct PushScratch {
   std::vector<int32_t> row_of;  // [rows_per_slab]: index in `rows` of a slab row, -1 = none
   std::vector<int64_t> rows;
   std::vector<float> grads;
+  // Duplicate detection: seen[slot] == generation when slot already occurs in this push of
+  // this shard (a new generation per shard push, so the array is never cleared).
+  std::vector<uint32_t> seen;
+  uint32_t generation = 0;
 };
 
 PushScratch& ThreadScratch() {
@@ -39,6 +46,42 @@ PushScratch& ThreadScratch() {
 }
 
 }  // namespace
+
+// Used when the rows of a push are distinct: each row is updated in place from the caller's
+// gradients (no grouping by slab, no gradient copy, no indirect call per row) by the same
+// UpdateSpan that kernels::SparseUpdate runs, so the rows are bitwise what the kernel would give.
+template <kernels::OptimizerKind K>
+void TableShard::UpdateDistinctRows(const std::pair<uint32_t, int64_t>* items, int64_t count,
+                                    const float* grads, int64_t step,
+                                    const kernels::OptimizerScalars& scalars) {
+  const int64_t dim = config_->options.dim;
+  const int states = config_->state_count;
+  for (int64_t t = 0; t < count; ++t) {
+    if (t + kNear < count) {
+      // The rows and gradients of a later item: the lookups touched them a while ago, and the
+      // gradients of one shard are a strided subset of the caller's array.
+      const uint32_t ahead = items[t + kNear].first;
+      const Slab& a = SlabOf(ahead);
+      const int64_t aoff = OffsetOf(ahead) * dim;
+      const float* ag = grads + items[t + kNear].second * dim;
+      __builtin_prefetch(a.values + aoff, 1);
+      __builtin_prefetch(a.values + aoff + dim - 1, 1);
+      for (int k = 0; k < states; ++k) {
+        __builtin_prefetch(a.state[k] + aoff, 1);
+        __builtin_prefetch(a.state[k] + aoff + dim - 1, 1);
+      }
+      __builtin_prefetch(ag);
+      __builtin_prefetch(ag + dim - 1);
+    }
+    const uint32_t slot = items[t].first;
+    Touch(slot, step);
+    Slab& s = SlabOf(slot);
+    const int64_t off = OffsetOf(slot) * dim;
+    kernels::cpu::UpdateSpan<K, float>(
+        scalars, dim, s.values + off, s.state[0] != nullptr ? s.state[0] + off : nullptr,
+        s.state[1] != nullptr ? s.state[1] + off : nullptr, grads + items[t].second * dim);
+  }
+}
 
 int64_t IndexBytesFor(int64_t slots) {
   return IndexCapacityFor(slots) * static_cast<int64_t>(sizeof(uint32_t));
@@ -56,7 +99,7 @@ TableShard::TableShard(const ShardConfig* config, uint64_t sample_seed)
     sketch_ = std::make_unique<CountSketch>(config_->options.sketch_width);
 }
 
-bool TableShard::Expired(uint32_t slot, int64_t step) const {
+__attribute__((always_inline)) inline bool TableShard::Expired(uint32_t slot, int64_t step) const {
   const int64_t ttl = config_->options.ttl_steps;
   if (ttl <= 0) return false;
   // Steps are kept mod 2^32; the signed difference is exact for ages below 2^31 and makes a
@@ -65,7 +108,7 @@ bool TableShard::Expired(uint32_t slot, int64_t step) const {
   return age > ttl;
 }
 
-void TableShard::Touch(uint32_t slot, int64_t step) {
+__attribute__((always_inline)) inline void TableShard::Touch(uint32_t slot, int64_t step) {
   RowMeta& m = MetaAt(slot);
   m.last_step = static_cast<uint32_t>(step);
   if (m.freq != std::numeric_limits<uint32_t>::max()) ++m.freq;
@@ -91,7 +134,8 @@ __attribute__((always_inline)) inline void TableShard::Prefetch(uint64_t hash, b
   __builtin_prefetch(&SlabOf(slot).touched[OffsetOf(slot)]);
 }
 
-int64_t TableShard::FindPos(uint64_t key, uint64_t hash) const {
+__attribute__((always_inline)) inline int64_t TableShard::FindPos(uint64_t key,
+                                                                  uint64_t hash) const {
   if (index_.empty()) return -1;
   const uint32_t tag = static_cast<uint32_t>((hash >> 40) & 0xff);
   uint64_t pos = hash & index_mask_;
@@ -274,11 +318,11 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
   const uint64_t padding_key = config_->options.padding_key;
   std::lock_guard<std::mutex> lock(mu_);
   for (int64_t t = 0; t < m; ++t) {
-    if (t + kFar < m) Prefetch(hashes[pos[t + kFar]], /*far=*/true);
-    if (t + kNear < m) Prefetch(hashes[pos[t + kNear]], /*far=*/false);
+    if (t + kFar < m) Prefetch(hashes[t + kFar], /*far=*/true);
+    if (t + kNear < m) Prefetch(hashes[t + kNear], /*far=*/false);
     const int64_t i = pos[t];
-    const uint64_t key = keys[i];
-    const uint64_t h = hashes[i];
+    const uint64_t key = keys[t];
+    const uint64_t h = hashes[t];
     float* dst = out + i * dim;
     if (padding && key == padding_key) {
       std::fill_n(dst, dim, 0.0f);
@@ -325,12 +369,21 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
   counters_.pushed_keys += m;
   auto& items = scratch.items;
   items.clear();
+  auto& seen = scratch.seen;
+  if (seen.size() < static_cast<size_t>(next_unused_))
+    seen.resize(static_cast<size_t>(next_unused_));
+  if (++scratch.generation == 0) {  // wrapped: forget every stamp
+    std::fill(seen.begin(), seen.end(), 0u);
+    scratch.generation = 1;
+  }
+  const uint32_t generation = scratch.generation;
+  bool duplicates = false;
   for (int64_t t = 0; t < m; ++t) {
-    if (t + kFar < m) Prefetch(hashes[pos[t + kFar]], /*far=*/true);
-    if (t + kNear < m) Prefetch(hashes[pos[t + kNear]], /*far=*/false);
+    if (t + kFar < m) Prefetch(hashes[t + kFar], /*far=*/true);
+    if (t + kNear < m) Prefetch(hashes[t + kNear], /*far=*/false);
     const int64_t i = pos[t];
-    if (padding && keys[i] == padding_key) continue;
-    const int64_t at = FindPos(keys[i], hashes[i]);
+    if (padding && keys[t] == padding_key) continue;
+    const int64_t at = FindPos(keys[t], hashes[t]);
     if (at < 0) {
       ++counters_.dropped_push_keys;
       continue;
@@ -341,6 +394,34 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
       continue;
     }
     items.emplace_back(slot, i);
+    duplicates |= seen[slot] == generation;
+    seen[slot] = generation;
+  }
+  const kernels::OptimizerHyper& hyper = config_->hyper;
+  if (!duplicates && (hyper.kind != kernels::OptimizerKind::kFtrl || hyper.ftrl_alpha > 0)) {
+    // Distinct rows (the trainer deduplicates its keys): each row gets its own gradient, so the
+    // rows can be updated in input order straight from `grads`. Below, duplicates are summed
+    // first (in input order) and the kernel runs per slab; both give the same bits.
+    const kernels::OptimizerScalars scalars = kernels::MakeOptimizerScalars(hyper, optimizer_step);
+    const int64_t count = static_cast<int64_t>(items.size());
+    switch (hyper.kind) {
+      case kernels::OptimizerKind::kSgd:
+        UpdateDistinctRows<kernels::OptimizerKind::kSgd>(items.data(), count, grads, step, scalars);
+        break;
+      case kernels::OptimizerKind::kAdagrad:
+        UpdateDistinctRows<kernels::OptimizerKind::kAdagrad>(items.data(), count, grads, step,
+                                                             scalars);
+        break;
+      case kernels::OptimizerKind::kAdam:
+        UpdateDistinctRows<kernels::OptimizerKind::kAdam>(items.data(), count, grads, step,
+                                                          scalars);
+        break;
+      case kernels::OptimizerKind::kFtrl:
+        UpdateDistinctRows<kernels::OptimizerKind::kFtrl>(items.data(), count, grads, step,
+                                                          scalars);
+        break;
+    }
+    return Status::Ok();
   }
   // Group by slab with a stable counting sort (a shard has few slabs): within a slab the keys
   // stay in input order, so the gradients are read front to back (not at random, as a sort by

@@ -71,12 +71,13 @@ class TableShard {
   TableShard(const TableShard&) = delete;
   TableShard& operator=(const TableShard&) = delete;
 
-  // Pulls keys[pos[t]] (hash hashes[pos[t]]) for t in [0, m) into out + pos[t] * dim.
-  // create = false: read-only lookup.
+  // Pulls keys[t] (hash hashes[t]) for t in [0, m) into out + pos[t] * dim: keys and hashes are
+  // this shard's share of a call, gathered contiguously (read front to back), pos their
+  // positions in the caller's arrays. create = false: read-only lookup.
   Status Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
               float* out, int64_t step, bool create);
-  // Applies grads + pos[t] * dim to the rows of keys[pos[t]] as one step of the optimizer with
-  // Adam step count `optimizer_step`.
+  // Applies grads + pos[t] * dim to the rows of keys[t] (hash hashes[t]; as Pull) as one step
+  // of the optimizer with Adam step count `optimizer_step`.
   Status Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
               const float* grads, int64_t step, int64_t optimizer_step);
   Status Insert(uint64_t key, uint64_t hash, const float* value, const float* state, int64_t step);
@@ -157,6 +158,12 @@ class TableShard {
   StatusOr<uint32_t> AllocateSlot(int64_t step);
   void EvictOne(int64_t step);
   void InitRow(uint32_t slot, uint64_t key, int64_t step);
+  // Push's update of distinct rows items[t] = (slot, key position), in place from
+  // grads + position * dim (see Push).
+  template <kernels::OptimizerKind K>
+  void UpdateDistinctRows(const std::pair<uint32_t, int64_t>* items, int64_t count,
+                          const float* grads, int64_t step,
+                          const kernels::OptimizerScalars& scalars);
   void CopyState(uint32_t slot, float* state) const;
 
   const ShardConfig* const config_;

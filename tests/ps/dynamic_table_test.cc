@@ -168,9 +168,13 @@ TEST(DynamicTable, UniformAndZerosInitializers) {
 
 class PushMatchesKernel : public ::testing::TestWithParam<OptimizerOptions::Type> {};
 
-TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
+// Three pushes of a random subset of pulled keys, checked bitwise against kernels::SparseUpdate
+// on a copy. `duplicate_and_missing`: each push also repeats one key (summed with its first
+// occurrence) and names a key that has no row (dropped): TableShard::Push's grouped path. Without
+// them every row is distinct: its in-place path.
+void CheckPushesMatchKernel(OptimizerOptions::Type type, bool duplicate_and_missing) {
   const int64_t dim = 18;
-  TableOptions o = Options("t", GetParam(), dim);
+  TableOptions o = Options("t", type, dim);
   o.rows_per_slab = 16;  // rows of one push span several slabs
   o.num_shards = 3;
   auto table = MakeTable(o);
@@ -188,7 +192,7 @@ TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
     std::copy(state.begin() + dim, state.begin() + 2 * dim, s1.begin() + i * dim);
   }
   EXPECT_TRUE(AllClose(param, pulled, Tolerance{0, 0}));
-  if (GetParam() == OptimizerOptions::Type::kAdagrad) {
+  if (type == OptimizerOptions::Type::kAdagrad) {
     for (int64_t i = 0; i < n * dim; ++i) ASSERT_FLOAT_EQ(s0[i], 0.1f);
   }
 
@@ -204,12 +208,18 @@ TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
     }
     const int64_t m = static_cast<int64_t>(push_keys.size());
     std::vector<float> grads = RandomGrads((m + 2) * dim, 100 + step);
-    push_keys.push_back(push_keys[5]);   // duplicate: summed with the first occurrence
-    push_keys.push_back(0xdeadbeefULL);  // never pulled: dropped
-    ASSERT_TRUE(table->Push(push_keys.data(), m + 2, grads.data()).ok());
+    int64_t pushed = m;
+    if (duplicate_and_missing) {
+      push_keys.push_back(push_keys[5]);   // duplicate: summed with the first occurrence
+      push_keys.push_back(0xdeadbeefULL);  // never pulled: dropped
+      pushed += 2;
+    }
+    ASSERT_TRUE(table->Push(push_keys.data(), pushed, grads.data()).ok());
 
     std::vector<float> ref_grads(grads.begin(), grads.begin() + m * dim);
-    for (int64_t j = 0; j < dim; ++j) ref_grads[5 * dim + j] += grads[m * dim + j];
+    if (duplicate_and_missing) {
+      for (int64_t j = 0; j < dim; ++j) ref_grads[5 * dim + j] += grads[m * dim + j];
+    }
     kernels::SparseUpdateArgs<float> args;
     args.hyper = ToOptimizerHyper(o.optimizer);
     args.step = step;
@@ -224,7 +234,7 @@ TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
     ASSERT_TRUE(kernels::SparseUpdate<float>(kernels::Context{}, args).ok());
   }
   EXPECT_EQ(table->optimizer_step(), 3);
-  EXPECT_EQ(table->Stats().dropped_push_keys, 3);
+  EXPECT_EQ(table->Stats().dropped_push_keys, duplicate_and_missing ? 3 : 0);
   std::vector<float> got(n * dim), got_s0(n * dim), got_s1(n * dim);
   Poison(got);
   for (int64_t i = 0; i < n; ++i) {
@@ -242,6 +252,14 @@ TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
   }
   // The update did something.
   EXPECT_FALSE(AllClose(got, pulled, Tolerance{1e-7, 0}));
+}
+
+TEST_P(PushMatchesKernel, ThreeStepsWithDuplicatesAndMissingKeys) {
+  CheckPushesMatchKernel(GetParam(), /*duplicate_and_missing=*/true);
+}
+
+TEST_P(PushMatchesKernel, ThreeStepsOfDistinctKeysUpdatedInPlace) {
+  CheckPushesMatchKernel(GetParam(), /*duplicate_and_missing=*/false);
 }
 
 INSTANTIATE_TEST_SUITE_P(
