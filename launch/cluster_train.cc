@@ -162,6 +162,72 @@ DenseGradHook TimedAllReduceMean(Collective* coll, double* seconds, int64_t* flo
   };
 }
 
+// What every training worker (RunWorker, RunDatasetWorker) starts with: its client of the
+// parameter servers and its trainer, whose dense gradients are averaged over the workers by a
+// TimedAllReduceMean hook (into allreduce_s and dense_floats: the hook points at them, so the
+// object stays where it is made). Aborts the job on an error.
+struct TrainingWorker {
+  TrainingWorker(Cluster* cluster, const config::Config& config, TrainJob* job) {
+    auto s = ps::RemoteEmbeddingStore::Create(cluster->transport(),
+                                              WorkerStoreOptions(cluster, config, *job));
+    if (!s.ok()) cluster->Abort(s.status());
+    store = std::move(s).value();
+    job->trainer.dense_grad_allreduce =
+        TimedAllReduceMean(cluster->collective(), &allreduce_s, &dense_floats);
+    auto t = Trainer::Create(job->trainer, store.get());
+    if (!t.ok()) cluster->Abort(t.status());
+    trainer = std::move(t).value();
+  }
+  TrainingWorker(const TrainingWorker&) = delete;
+  TrainingWorker& operator=(const TrainingWorker&) = delete;
+
+  double allreduce_s = 0;    // seconds in the dense all-reduce
+  int64_t dense_floats = 0;  // floats per all-reduce
+  std::unique_ptr<ps::RemoteEmbeddingStore> store;
+  std::unique_ptr<Trainer> trainer;
+};
+
+// Worker 0's --metrics_out (appended to); closed on the other workers and without the flag.
+void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
+  if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
+  metrics->open(flags.metrics_out, std::ios::app);
+  if (!*metrics)
+    cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
+}
+
+// Whether the next batch's pull may overlap a step (Trainer::Step's `next`) at all: not with TTL
+// or a memory cap (a prefetch is served before this step's AdvanceStep, so its rows' ages and
+// recency differ).
+bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
+  for (const ps::TableOptions& t : tables)
+    if (t.ttl_steps > 0 || t.max_memory_mb > 0) return false;
+  return true;
+}
+
+// The blobs of a checkpoint that every run writes besides its position: the model's dropout
+// step (models that have one) and the cluster's layout.
+void AddModelAndLayoutBlobs(Cluster* cluster, Trainer* trainer,
+                            std::map<std::string, std::string>* blobs) {
+  if (trainer->model().has_dropout_step())
+    (*blobs)["model/dropout_step"] =
+        PackBlob(std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
+  (*blobs)["cluster/layout"] =
+      PackBlob(std::vector<int64_t>{cluster->layout().num_ps, cluster->layout().num_workers});
+}
+
+// The slowest worker's `seconds` (every worker calls it: global throughput = every worker's
+// samples over it).
+double SlowestWorkerSeconds(Cluster* cluster, double seconds) {
+  const int num_workers = cluster->layout().num_workers;
+  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
+  times[cluster->role_index()] = static_cast<float>(seconds);
+  if (Status s = cluster->collective()->AllReduceSum(times.data(), num_workers); !s.ok())
+    cluster->Abort(s);
+  double slowest = 0;
+  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  return slowest;
+}
+
 // The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
 // checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
 int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const TrainJob& job,
@@ -233,6 +299,29 @@ Status DecideCheckpoint(Collective* coll, const config::CheckpointConfig& ck, in
   return Status::Ok();
 }
 
+// Before trainer step `step` (0-based; `last`: the run's last step): the test-only faults
+// (flags.kill_rank dies with SIGKILL at kill_step, or raises SIGTERM at term_step), then
+// DecideCheckpoint when checkpointing (else both outputs false). Aborts the job on an error.
+void BeginStep(Cluster* cluster, const config::Config& config, const ClusterTrainFlags& flags,
+               int64_t step, bool last, const Timer& since_checkpoint, bool* checkpoint_after,
+               bool* stop) {
+  if (cluster->rank() == flags.kill_rank && step == flags.kill_step) {
+    std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
+                 cluster->Describe().c_str(), static_cast<long long>(step));
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+  if (cluster->rank() == flags.kill_rank && step == flags.term_step) std::raise(SIGTERM);
+  *checkpoint_after = false;
+  *stop = false;
+  if (!Checkpointing(config)) return;
+  if (Status s =
+          DecideCheckpoint(cluster->collective(), config.checkpoint(), cluster->role_index(),
+                           step + 1, last, since_checkpoint.Seconds(), checkpoint_after, stop);
+      !s.ok())
+    cluster->Abort(s);
+}
+
 // Checkpoint `step`, called by every worker at the same step; see the header for the protocol.
 // Worker 0 (the only one with a writer) adds blobs() (the run's position) to the dense content.
 Status WriteCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, CheckpointWriter* writer,
@@ -277,17 +366,9 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   const int w = cluster->role_index();
   const int num_workers = cluster->layout().num_workers;
   Collective* coll = cluster->collective();
-  const ps::RemoteStoreOptions ro = WorkerStoreOptions(cluster, config, job);
-  auto store = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
-  if (!store.ok()) cluster->Abort(store.status());
-  // Gradients of each worker's mean loss, averaged: the gradient of the global batch's mean.
-  // The hook is timed (output only: allreduce_ms in the RESULT line, for launch/scale.sh).
-  double allreduce_s = 0;
-  int64_t dense_floats = 0;
-  job.trainer.dense_grad_allreduce = TimedAllReduceMean(coll, &allreduce_s, &dense_floats);
-  auto trainer_or = Trainer::Create(job.trainer, store->get());
-  if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
-  Trainer* trainer = trainer_or->get();
+  TrainingWorker tw(cluster, config, &job);
+  ps::RemoteEmbeddingStore* store = tw.store.get();
+  Trainer* trainer = tw.trainer.get();
   const SyntheticRunOptions& run = job.run;
   const int train_steps = run.warmup_steps + run.steps;
 
@@ -317,17 +398,13 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     std::map<std::string, std::string> b;
     b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
     b["run/losses"] = PackBlob(losses);
-    if (trainer->model().has_dropout_step())
-      b["model/dropout_step"] =
-          PackBlob(std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
-    b["cluster/layout"] = PackBlob(std::vector<int64_t>{cluster->layout().num_ps, num_workers});
+    AddModelAndLayoutBlobs(cluster, trainer, &b);
     return b;
   };
   // Every worker calls it at the same step.
   auto checkpoint = [&](int64_t step) {
     return WriteCheckpoint(
-        cluster, store->get(), writer.get(), dense, [&] { return run_blobs(step); }, step,
-        &writing_step);
+        cluster, store, writer.get(), dense, [&] { return run_blobs(step); }, step, &writing_step);
   };
   // Replicas start equal: worker 0's initial dense weights everywhere.
   auto& params = trainer->model().params();
@@ -345,11 +422,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     if (Status s = (*gen)->CtrBatchAt(index, run.batch, &batches[i]); !s.ok()) cluster->Abort(s);
   }
   std::ofstream metrics;
-  if (w == 0 && !flags.metrics_out.empty()) {
-    metrics.open(flags.metrics_out, std::ios::app);
-    if (!metrics)
-      cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
-  }
+  OpenMetricsOut(cluster, flags, &metrics);
   std::unique_ptr<ProgressLine> progress;
   if (w == 0 && !flags.quiet)
     progress = std::make_unique<ProgressLine>(
@@ -358,32 +431,19 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   int64_t timed_steps = 0;
   bool stopped = false;
   Timer timer, since_checkpoint;
+  const bool may_prefetch = PrefetchChangesNothing(job.tables);
   for (int i = start; i < train_steps; ++i) {
-    if (cluster->rank() == flags.kill_rank && i == flags.kill_step) {
-      std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %d\n",
-                   cluster->Describe().c_str(), i);
-      std::fflush(stderr);
-      std::raise(SIGKILL);
-    }
-    if (cluster->rank() == flags.kill_rank && i == flags.term_step) std::raise(SIGTERM);
     // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
-    bool checkpoint_after = false, stop = false;
-    if (Checkpointing(config)) {
-      if (Status s = DecideCheckpoint(coll, ck, w, i + 1, i + 1 == train_steps,
-                                      since_checkpoint.Seconds(), &checkpoint_after, &stop);
-          !s.ok())
-        cluster->Abort(s);
-    }
-    if (i == run.warmup_steps) allreduce_s = 0;  // timed steps only
+    bool checkpoint_after, stop;
+    BeginStep(cluster, config, flags, i, i + 1 == train_steps, since_checkpoint, &checkpoint_after,
+              &stop);
+    if (i == run.warmup_steps) tw.allreduce_s = 0;  // timed steps only
     timer.Reset();
     // The next batch's pull overlaps this step's compute and push (Trainer::Step's `next`), where
-    // that changes nothing: not with TTL or a memory cap (a prefetch is served before this step's
-    // AdvanceStep, so its rows' ages and recency differ), and not before a checkpoint (the
+    // that changes nothing: see PrefetchChangesNothing, and not before a checkpoint (the
     // snapshot would hold the unconsumed prefetch's rows and sightings, which the resumed run
     // pulls and counts again).
-    bool prefetch = i + 1 < train_steps && !checkpoint_after;
-    for (const ps::TableOptions& t : job.tables)
-      if (t.ttl_steps > 0 || t.max_memory_mb > 0) prefetch = false;
+    const bool prefetch = i + 1 < train_steps && !checkpoint_after && may_prefetch;
     CtrBatchView next;
     if (prefetch) next = ViewOf(batches[i + 1]);
     auto loss = trainer->Step(ViewOf(batches[i]), prefetch ? &next : nullptr);
@@ -403,7 +463,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
                        "loss=" + Fixed(*loss, 4));
     }
     if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps)) {
-      const auto m = (*store)->metrics();
+      const auto m = store->metrics();
       metrics << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
               << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17) << *loss
               << std::setprecision(6) << ",\"pull_p50_us\":" << m.pull_p50_us
@@ -422,21 +482,17 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     }
   }
   if (stopped)
-    return StopAfterCheckpoint(cluster, store->get(), job, ck, trainer->steps(), progress.get());
+    return StopAfterCheckpoint(cluster, store, job, ck, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
       cluster->Abort(s);
   }
   // Global throughput: every worker's samples over the slowest worker's time.
-  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
-  times[w] = static_cast<float>(timed);
-  if (Status s = coll->AllReduceSum(times.data(), num_workers); !s.ok()) cluster->Abort(s);
-  double slowest = 0;
-  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  const double slowest = SlowestWorkerSeconds(cluster, timed);
   const double samples_per_s =
       slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
-  const ps::RemoteStoreMetrics m = (*store)->metrics();
+  const ps::RemoteStoreMetrics m = store->metrics();
   std::cerr << cluster->Describe() << ": steps=" << train_steps << " own_samples_per_s="
             << Fixed(timed > 0 ? static_cast<double>(timed_steps) * run.batch / timed : 0, 1)
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
@@ -446,7 +502,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
             << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
             << " staleness_mean=" << Fixed(m.staleness_mean, 2) << "\n";
   // This worker pushes no more: the others' pulls must not wait on its clock.
-  if (Status s = (*store)->Finish(); !s.ok()) cluster->Abort(s);
+  if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
 
   int exit_code = 0;
   if (w == 0) {
@@ -465,7 +521,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     double largest_ratio = 0;  // of the table with the most rows (small tables: slab floor)
     int64_t largest_rows = -1;
     for (int t = 0; t < static_cast<int>(job.tables.size()); ++t) {
-      auto ts = (*store)->Stats(t);
+      auto ts = store->Stats(t);
       if (!ts.ok()) cluster->Abort(ts.status());
       const double ratio =
           ts->payload_bytes_per_row > 0 ? ts->BytesPerRow() / ts->payload_bytes_per_row : 0;
@@ -498,7 +554,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
         .Add("workers", static_cast<int64_t>(num_workers))
         .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
         .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
-        .Add("staleness", static_cast<int64_t>(ro.staleness))
+        .Add("staleness", static_cast<int64_t>(config.cluster().staleness()))
         .Add("samples_per_s", Fixed(samples_per_s, 1))
         .Add("steps", static_cast<int64_t>(run.steps))
         .Add("batch", static_cast<int64_t>(run.batch))
@@ -512,15 +568,15 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
         // Worker 0's per-step averages over the timed steps (step = Trainer::Step), its PS
         // traffic per step over all steps, and the dense floats all-reduced per step.
         .Add("step_ms", Fixed(timed_steps > 0 ? 1000 * timed / timed_steps : 0, 3))
-        .Add("allreduce_ms", Fixed(timed_steps > 0 ? 1000 * allreduce_s / timed_steps : 0, 3))
+        .Add("allreduce_ms", Fixed(timed_steps > 0 ? 1000 * tw.allreduce_s / timed_steps : 0, 3))
         .Add("ps_bytes_per_step",
              static_cast<int64_t>(train_steps > 0 ? (m.bytes_sent + m.bytes_received) / train_steps
                                                   : 0))
-        .Add("dense_floats", dense_floats)
+        .Add("dense_floats", tw.dense_floats)
         .Add("bytes_per_row_ratio", Fixed(largest_ratio, 3))
         .Print();
   }
-  if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;
 }
 
@@ -602,15 +658,9 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   const int w = cluster->role_index();
   const int num_workers = cluster->layout().num_workers;
   Collective* coll = cluster->collective();
-  const ps::RemoteStoreOptions ro = WorkerStoreOptions(cluster, config, job);
-  auto store = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
-  if (!store.ok()) cluster->Abort(store.status());
-  double allreduce_s = 0;
-  int64_t dense_floats = 0;
-  job.trainer.dense_grad_allreduce = TimedAllReduceMean(coll, &allreduce_s, &dense_floats);
-  auto trainer_or = Trainer::Create(job.trainer, store->get());
-  if (!trainer_or.ok()) cluster->Abort(trainer_or.status());
-  Trainer* trainer = trainer_or->get();
+  TrainingWorker tw(cluster, config, &job);
+  ps::RemoteEmbeddingStore* store = tw.store.get();
+  Trainer* trainer = tw.trainer.get();
   const DatasetRunOptions& run = job.dataset;
   if (run.epochs < 1 || run.eval_every_epochs < 1 || run.max_steps < 0 || run.top_k < 1)
     cluster->Abort(InvalidArgumentError(
@@ -668,11 +718,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     cluster->Abort(s);
 
   std::ofstream metrics;
-  if (w == 0 && !flags.metrics_out.empty()) {
-    metrics.open(flags.metrics_out, std::ios::app);
-    if (!metrics)
-      cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
-  }
+  OpenMetricsOut(cluster, flags, &metrics);
   const std::string model = ModelKindName(job.trainer.model.kind);
   if (w == 0)
     std::cerr << "cluster: model=" << model << " data=" << run.train_dir
@@ -688,32 +734,16 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   // DIEN's auxiliary negatives of the batch trained at trainer step `step` (RunDatasetTraining's
   // draw; worker w > 0 mixes in w so the workers' negatives differ).
   const bool aux = trainer->model().aux_negatives();
-  const auto num_items = static_cast<uint32_t>(data.manifest().items);
-  const ColumnView<uint32_t> item_cat = data.item_cat();
-  if (aux && num_items == 0) cluster->Abort(FailedPreconditionError("dataset has no items"));
-  struct Negatives {
-    std::vector<uint32_t> item, cat;
-  } neg_cur, neg_next;
-  auto with_negatives = [&](const Batch& b, int64_t step, Negatives* n) {
-    CtrBatchView v = ViewOf(b);
-    if (!aux) return v;
-    const size_t cells = static_cast<size_t>(b.size) * static_cast<size_t>(b.max_len);
-    n->item.resize(cells);
-    n->cat.resize(cells);
-    uint64_t seed = Mix64(run.reader.seed ^ Mix64(static_cast<uint64_t>(step) + 1));
+  if (aux && data.manifest().items == 0)
+    cluster->Abort(FailedPreconditionError("dataset has no items"));
+  AuxNegatives neg_cur, neg_next;
+  auto with_negatives = [&](const Batch& b, int64_t step, AuxNegatives* n) {
+    if (!aux) return ViewOf(b);
+    uint64_t seed = AuxNegativesSeed(run.reader.seed, step);
     if (w > 0) seed = Mix64(seed ^ static_cast<uint64_t>(w));
-    Rng rng(seed);
-    for (size_t i = 0; i < cells; ++i) {
-      n->item[i] = 1 + static_cast<uint32_t>(rng.UniformInt(num_items));
-      n->cat[i] = n->item[i] < item_cat.size ? item_cat[n->item[i]] : 0;
-    }
-    v.neg_item = n->item.data();
-    v.neg_cat = n->cat.data();
-    return v;
+    return ViewWithAuxNegatives(b, data, seed, n);
   };
-  bool ttl = false;  // no prefetch with TTL or a memory cap (see RunWorker)
-  for (const ps::TableOptions& t : job.tables)
-    if (t.ttl_steps > 0 || t.max_memory_mb > 0) ttl = true;
+  const bool may_prefetch = PrefetchChangesNothing(job.tables);
 
   Batch cur, next;
   double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
@@ -744,20 +774,9 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     for (int64_t k = 0; k < rounds; ++k) {
       if (run.max_steps > 0 && at.steps >= run.max_steps) break;
       const int64_t i = trainer->steps();
-      if (cluster->rank() == flags.kill_rank && i == flags.kill_step) {
-        std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
-                     cluster->Describe().c_str(), static_cast<long long>(i));
-        std::fflush(stderr);
-        std::raise(SIGKILL);
-      }
-      if (cluster->rank() == flags.kill_rank && i == flags.term_step) std::raise(SIGTERM);
-      bool checkpoint_after = false, stop = false;
-      if (Checkpointing(config)) {
-        if (Status s = DecideCheckpoint(coll, ck, w, i + 1, at.steps + 1 == last_step,
-                                        since_checkpoint.Seconds(), &checkpoint_after, &stop);
-            !s.ok())
-          cluster->Abort(s);
-      }
+      bool checkpoint_after, stop;
+      BeginStep(cluster, config, flags, i, at.steps + 1 == last_step, since_checkpoint,
+                &checkpoint_after, &stop);
       if (have_next) {
         std::swap(cur, next);
         std::swap(neg_cur, neg_next);
@@ -766,7 +785,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       }
       // The next batch's pull overlaps this step (Trainer::Step's `next`) within an epoch, not
       // before a checkpoint or the last step (see RunWorker).
-      const bool prefetch = k + 1 < rounds && !checkpoint_after && !ttl &&
+      const bool prefetch = k + 1 < rounds && !checkpoint_after && may_prefetch &&
                             !(run.max_steps > 0 && at.steps + 1 >= run.max_steps);
       const CtrBatchView view = with_negatives(cur, i, &neg_cur);
       CtrBatchView next_view;
@@ -809,15 +828,11 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
           b["run/dataset"] = PackBlob(std::vector<int64_t>{e, position, at.steps, at.samples,
                                                            epoch_steps, epoch_samples, done});
           b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
-          if (trainer->model().has_dropout_step())
-            b["model/dropout_step"] = PackBlob(
-                std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
-          b["cluster/layout"] =
-              PackBlob(std::vector<int64_t>{cluster->layout().num_ps, num_workers});
+          AddModelAndLayoutBlobs(cluster, trainer, &b);
           return b;
         };
-        if (Status s = WriteCheckpoint(cluster, store->get(), writer.get(), dense, blobs, done,
-                                       &writing_step);
+        if (Status s =
+                WriteCheckpoint(cluster, store, writer.get(), dense, blobs, done, &writing_step);
             !s.ok())
           cluster->Abort(s);
         since_checkpoint.Reset();
@@ -850,7 +865,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
         eval = *ranking;
         last_eval = eval;
         if (last && trainer->model().num_user_vectors() > 0) {
-          auto retrieval = RunRetrievalEvaluation(trainer, store->get(), data, run);
+          auto retrieval = RunRetrievalEvaluation(trainer, store, data, run);
           if (!retrieval.ok()) cluster->Abort(retrieval.status());
           recall = retrieval->cutoffs;
           std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
@@ -885,7 +900,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     }
   }
   if (stopped)
-    return StopAfterCheckpoint(cluster, store->get(), job, ck, trainer->steps(), progress.get());
+    return StopAfterCheckpoint(cluster, store, job, ck, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(last_loss, 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), trainer->steps());
@@ -893,20 +908,16 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       cluster->Abort(s);
   }
   // Global throughput: every worker's samples over the slowest worker's training time.
-  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
-  times[w] = static_cast<float>(train_seconds);
-  if (Status s = coll->AllReduceSum(times.data(), num_workers); !s.ok()) cluster->Abort(s);
-  double slowest = 0;
-  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
   const double samples_per_s = slowest > 0 ? static_cast<double>(samples_run) / slowest : 0;
   const int64_t steps_run = at.steps - first_step;
-  const ps::RemoteStoreMetrics m = (*store)->metrics();
+  const ps::RemoteStoreMetrics m = store->metrics();
   std::cerr << cluster->Describe() << ": steps=" << steps_run
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
             << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
             << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
             << "\n";
-  if (Status s = (*store)->Finish(); !s.ok()) cluster->Abort(s);
+  if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
   int exit_code = 0;
   if (w == 0) {
     const std::string k = std::to_string(last_eval.k);
@@ -930,8 +941,8 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       line.Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
     line.Add("staleness_max", m.staleness_max)
         .Add("allreduce_ms",
-             Fixed(steps_run > 0 ? 1000 * allreduce_s / static_cast<double>(steps_run) : 0, 3))
-        .Add("dense_floats", dense_floats);
+             Fixed(steps_run > 0 ? 1000 * tw.allreduce_s / static_cast<double>(steps_run) : 0, 3))
+        .Add("dense_floats", tw.dense_floats);
     if (metrics.is_open()) {
       metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"workers\":" << num_workers
               << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << epochs_run
@@ -947,7 +958,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     }
     line.Print();
   }
-  if (Status s = (*store)->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;
 }
 

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/progress.h"
+#include "common/random.h"
 #include "common/timer.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
@@ -608,6 +609,29 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
   return metrics.Result(timer.Seconds());
 }
 
+uint64_t AuxNegativesSeed(uint64_t reader_seed, int64_t step) {
+  return Mix64(reader_seed ^ Mix64(static_cast<uint64_t>(step) + 1));
+}
+
+CtrBatchView ViewWithAuxNegatives(const Batch& batch, const Dataset& data, uint64_t seed,
+                                  AuxNegatives* negatives) {
+  const auto num_items = static_cast<uint32_t>(data.manifest().items);
+  const ColumnView<uint32_t> item_cat = data.item_cat();
+  const size_t n = static_cast<size_t>(batch.size) * static_cast<size_t>(batch.max_len);
+  negatives->item.resize(n);
+  negatives->cat.resize(n);
+  Rng rng(seed);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t item = 1 + static_cast<uint32_t>(rng.UniformInt(num_items));
+    negatives->item[i] = item;
+    negatives->cat[i] = item < item_cat.size ? item_cat[item] : 0;
+  }
+  CtrBatchView view = ViewOf(batch);
+  view.neg_item = negatives->item.data();
+  view.neg_cat = negatives->cat.data();
+  return view;
+}
+
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks) {
@@ -627,14 +651,10 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
 
   DatasetRunResult r;
   Batch batch;
-  // DIEN's auxiliary negatives: one item per history position, uniform over all items as the
-  // peer's seqrec protocol (drawn from (reader seed, step), so a run is reproducible), with the
-  // dataset's category of that item.
+  // DIEN's auxiliary negatives (see AuxNegatives).
   const bool aux = trainer->model().aux_negatives();
-  const auto num_items = static_cast<uint32_t>(data.manifest().items);
-  const ColumnView<uint32_t> item_cat = data.item_cat();
-  std::vector<uint32_t> neg_item, neg_cat;
-  if (aux && num_items == 0) return FailedPreconditionError("dataset has no items");
+  AuxNegatives negatives;
+  if (aux && data.manifest().items == 0) return FailedPreconditionError("dataset has no items");
   // Resume: the saved epoch, reader position, counters and the epoch's loss accumulators.
   const RunCheckpointing* ckpt = sinks.checkpoint;
   std::vector<int64_t> resume_state;
@@ -684,19 +704,11 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
         break;
       }
       if (!reader.Next(&batch)) break;
-      CtrBatchView view = ViewOf(batch);
-      if (aux) {
-        const size_t n = static_cast<size_t>(batch.size) * static_cast<size_t>(batch.max_len);
-        neg_item.resize(n);
-        neg_cat.resize(n);
-        Rng rng(Mix64(options.reader.seed ^ Mix64(static_cast<uint64_t>(trainer->steps()) + 1)));
-        for (size_t i = 0; i < n; ++i) {
-          neg_item[i] = 1 + static_cast<uint32_t>(rng.UniformInt(num_items));
-          neg_cat[i] = neg_item[i] < item_cat.size ? item_cat[neg_item[i]] : 0;
-        }
-        view.neg_item = neg_item.data();
-        view.neg_cat = neg_cat.data();
-      }
+      const CtrBatchView view =
+          aux ? ViewWithAuxNegatives(batch, data,
+                                     AuxNegativesSeed(options.reader.seed, trainer->steps()),
+                                     &negatives)
+              : ViewOf(batch);
       auto loss = trainer->Step(view);
       if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
       loss_sum += *loss;

@@ -405,6 +405,20 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks);
 
+// DIEN's auxiliary negatives of a dataset batch (models with aux_negatives()): one item per
+// history position, uniform over the dataset's items 1..manifest().items as the peer's seqrec
+// protocol, with the dataset's category of that item. RunDatasetTraining draws the batch trained
+// at trainer step `step` from AuxNegativesSeed(reader seed, step), so a run is reproducible (the
+// distributed driver, launch/cluster_train.cc, draws the same way).
+struct AuxNegatives {
+  std::vector<uint32_t> item, cat;  // [size x max_len] of the batch drawn last
+};
+uint64_t AuxNegativesSeed(uint64_t reader_seed, int64_t step);
+// ViewOf(batch) with neg_item/neg_cat drawn from `seed` into *negatives (the view reads them: keep
+// *negatives unchanged while it is used). The dataset must have items (callers check it once).
+CtrBatchView ViewWithAuxNegatives(const Batch& batch, const Dataset& data, uint64_t seed,
+                                  AuxNegatives* negatives);
+
 }  // namespace ips
 
 #endif  // IPS_WORKER_TRAINER_H_

@@ -148,15 +148,27 @@ TEST(Trainer, SgdStepMatchesIndependentGradient_B4_T5_varlen) {
   EXPECT_TRUE(testing::AllClose(p.values(), dense_want.data(), p.size(), {1e-6, 1e-5}));
 }
 
-// Same seed, same thread count: bit-identical loss sequences and dense weights. One thread (the
-// guarantee) and two (also deterministic: fixed partitions, no atomics on the CPU).
-TEST(Trainer, DeterministicLossSequence_1and2Threads) {
+// The synthetic stream of the determinism and prefetch tests: 5000 items, 20 categories,
+// histories of 10.
+StatusOr<std::unique_ptr<SyntheticBatches>> SmallStream(uint64_t seed) {
   SyntheticOptions so;
   so.num_items = 5000;
   so.num_categories = 20;
   so.seq_len = 10;
-  so.seed = 3;
-  auto gen = SyntheticBatches::Create(so);
+  so.seed = seed;
+  return SyntheticBatches::Create(so);
+}
+
+// A trainer's dense weights, for bit-for-bit comparisons of runs.
+std::vector<float> DenseWeights(Trainer& trainer) {
+  const auto& p = trainer.model().params();
+  return std::vector<float>(p.values(), p.values() + p.size());
+}
+
+// Same seed, same thread count: bit-identical loss sequences and dense weights. One thread (the
+// guarantee) and two (also deterministic: fixed partitions, no atomics on the CPU).
+TEST(Trainer, DeterministicLossSequence_1and2Threads) {
+  auto gen = SmallStream(3);
   ASSERT_OK(gen.status());
   for (int threads : {1, 2}) {
     std::vector<std::vector<double>> losses(2);
@@ -175,8 +187,7 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
         ASSERT_OK(l.status());
         losses[run].push_back(*l);
       }
-      const auto& p = (*t)->model().params();
-      weights[run].assign(p.values(), p.values() + p.size());
+      weights[run] = DenseWeights(**t);
     }
     EXPECT_EQ(losses[0], losses[1]) << "threads=" << threads;
     EXPECT_TRUE(weights[0] == weights[1]) << "threads=" << threads;
@@ -249,12 +260,7 @@ ModelSpec PrefetchSpec(ModelKind kind) {
 // and dense weights are bit-identical to Step(batch) alone. DIN, and DIEN, whose keys include the
 // auxiliary negatives.
 TEST(Trainer, NextBatchPrefetchIsWhatTheNextStepPullsAndChangesNoLoss_DinDien) {
-  SyntheticOptions so;
-  so.num_items = 5000;
-  so.num_categories = 20;
-  so.seq_len = 10;
-  so.seed = 3;
-  auto gen = SyntheticBatches::Create(so);
+  auto gen = SmallStream(3);
   ASSERT_OK(gen.status());
   constexpr int kSteps = 7;
   std::vector<CtrBatch> batches(kSteps);
@@ -278,8 +284,7 @@ TEST(Trainer, NextBatchPrefetchIsWhatTheNextStepPullsAndChangesNoLoss_DinDien) {
         ASSERT_OK(l.status());
         losses[prefetch].push_back(*l);
       }
-      const auto& p = (*t)->model().params();
-      weights[prefetch].assign(p.values(), p.values() + p.size());
+      weights[prefetch] = DenseWeights(**t);
       EXPECT_EQ(store.pulls, 2 * kSteps);
       EXPECT_EQ(store.pushes_without_prefetch, 0);
       EXPECT_EQ(store.prefetches, prefetch == 1 ? 2 * (kSteps - 1) : 0);
@@ -295,12 +300,7 @@ TEST(Trainer, NextBatchPrefetchIsWhatTheNextStepPullsAndChangesNoLoss_DinDien) {
 // its own keys (de-duplicated afresh) and its loss equals a plain step's. A bad `next` is
 // rejected before anything is pulled.
 TEST(Trainer, WrongOrBadNextBatchIsHarmless) {
-  SyntheticOptions so;
-  so.num_items = 5000;
-  so.num_categories = 20;
-  so.seq_len = 10;
-  so.seed = 4;
-  auto gen = SyntheticBatches::Create(so);
+  auto gen = SmallStream(4);
   ASSERT_OK(gen.status());
   std::vector<CtrBatch> b(4);
   for (int i = 0; i < 4; ++i) ASSERT_OK((*gen)->CtrBatchAt(i, 32, &b[i]));

@@ -9,8 +9,6 @@
 // `mpirun ... <this binary> --mpi_case=train ...`; run by mpirun with --mpi_case=train, every rank
 // calls RunClusterTrain with the flags given.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -20,12 +18,12 @@
 #include <string>
 #include <vector>
 
-#include "common/timer.h"
-#include "launch/cluster_train.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "ps/dynamic_table.h"
+#include "tests/ps/cluster_train_case.h"
+#include "tests/testing/mpi_run.h"
 #include "tests/testing/tolerance.h"
 #include "worker/checkpoint.h"
 #include "worker/trainer.h"
@@ -33,122 +31,11 @@
 namespace ips {
 namespace {
 
-std::map<std::string, std::string> g_args;
-
-std::string Arg(const std::string& name, const std::string& def) {
-  auto it = g_args.find(name);
-  return it == g_args.end() ? def : it->second;
-}
-int64_t IntArg(const std::string& name, int64_t def) {
-  auto it = g_args.find(name);
-  return it == g_args.end() ? def : std::stoll(it->second);
-}
-
-// ---- The mpirun side --------------------------------------------------------------------------
-
-int CaseTrain() {
-  auto cfg = LoadConfig(Arg("config", ""), {});
-  if (!cfg.ok()) {
-    std::fprintf(stderr, "CASE FAILED: %s\n", cfg.status().ToString().c_str());
-    return 1;
-  }
-  ClusterTrainFlags f;
-  f.eval_batches = static_cast<int>(IntArg("eval_batches", 8));
-  f.quiet = true;
-  f.metrics_out = Arg("metrics_out", "");
-  f.replica_check_every = 5;
-  f.resume = Arg("resume", "");
-  f.kill_rank = static_cast<int>(IntArg("kill_rank", -1));
-  f.kill_step = IntArg("kill_step", -1);
-  f.kill_in_checkpoint_step = IntArg("kill_in_checkpoint_step", -1);
-  f.term_step = IntArg("term_step", -1);
-  return RunClusterTrain(*cfg, f);
-}
-
-// ---- The gtest side ---------------------------------------------------------------------------
-
-struct MpiRun {
-  int exit_code = -1;
-  double seconds = 0;
-  std::string stdout_text;  // the ranks' stdout only (RESULT lines), never interleaved with logs
-  std::string output;       // stderr, then stdout
-};
-
-std::string SelfPath() {
-  char buf[4096];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
-
-std::string ReadAll(const std::string& path) {
-  std::string out;
-  FILE* f = std::fopen(path.c_str(), "r");
-  if (f == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  std::fclose(f);
-  return out;
-}
-
-// Runs `mpirun -np <np> <this binary> <args>`. stdout and stderr are captured apart: mpirun
-// forwards each rank's streams in chunks, so a log line of one rank may land inside another
-// rank's stdout line when both go to one pipe.
-MpiRun RunMpi(int np, const std::string& args, int timeout_s = 60) {
-  const char* tmp = std::getenv("TMPDIR");
-  const std::string err_path = std::string(tmp != nullptr ? tmp : "/tmp") +
-                               "/ips_ckpt_test_stderr_" + std::to_string(getpid());
-  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
-                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe -np " +
-                          std::to_string(np) + " " + SelfPath() + " " + args + " 2>" + err_path;
-  MpiRun r;
-  Timer timer;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.stdout_text.append(buf, n);
-  const int status = pclose(p);
-  r.seconds = timer.Seconds();
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.output = ReadAll(err_path) + "---- stdout ----\n" + r.stdout_text;
-  std::remove(err_path.c_str());
-  return r;
-}
-
-// The value of `key=` on the first line of `out` that starts with `prefix` (empty if absent).
-std::string Field(const std::string& out, const std::string& prefix, const std::string& key) {
-  size_t pos = 0;
-  while ((pos = out.find(prefix, pos)) != std::string::npos) {
-    if (pos == 0 || out[pos - 1] == '\n') {
-      const size_t end = out.find('\n', pos);
-      const std::string line = out.substr(pos, end - pos);
-      const size_t k = line.find(" " + key + "=");
-      if (k == std::string::npos) return "";
-      const size_t b = k + key.size() + 2;
-      return line.substr(b, line.find(' ', b) - b);
-    }
-    ++pos;
-  }
-  return "";
-}
-
-// A per-test scratch directory, removed at the end.
-class ScratchDir {
- public:
-  explicit ScratchDir(const std::string& name) {
-    const char* tmp = std::getenv("TMPDIR");
-    path_ = std::string(tmp != nullptr ? tmp : "/tmp") + "/ips_ckpt_test_" +
-            std::to_string(getpid()) + "_" + name;
-    ps::RemoveTree(path_);
-    EXPECT_TRUE(ps::MakeDirs(path_).ok());
-  }
-  ~ScratchDir() { ps::RemoveTree(path_); }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testing::Field;
+using testing::LossesOf;
+using testing::MpiRun;
+using testing::RunMpiSelf;
+using testing::ScratchDir;
 
 struct TrainSetup {
   int num_ps = 1;
@@ -161,53 +48,20 @@ struct TrainSetup {
 };
 
 std::string ConfigText(const TrainSetup& s) {
-  return "version: 1\nname: \"cluster_ckpt\"\n"
-         "data { batch_size: " +
-         std::to_string(s.batch) +
-         " max_history: 8 seed: 0 synthetic { num_items: 3000 num_categories: 40 "
-         "zipf_alpha: 1.1 warmup_steps: 2 steps: " +
-         std::to_string(s.steps) +
-         " } }\n"
-         "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] mlp_hidden: [16, 8] "
-         "activation: PRELU }\n"
-         "optimizer { type: ADAM learning_rate: 0.01 }\n"
-         "tables { name: \"item\" dim: 8 }\ntables { name: \"category\" dim: 8 }\n"
-         "train { num_threads: 1 seed: 0 log_every_steps: 1 }\n"
-         "cluster { num_ps: " +
-         std::to_string(s.num_ps) +
-         " sync: SYNC }\n"
-         "checkpoint { dir: \"" +
-         s.checkpoint_dir + "\" every_steps: " + std::to_string(s.every_steps) +
-         " keep_last: " + std::to_string(s.keep_last) +
-         (s.incremental ? " incremental: true" : "") + " }\n";
+  testing::SyntheticDinJob job;
+  job.name = "cluster_ckpt";
+  job.batch = s.batch;
+  job.steps = s.steps;
+  job.num_ps = s.num_ps;
+  job.extra = "checkpoint { dir: \"" + s.checkpoint_dir +
+              "\" every_steps: " + std::to_string(s.every_steps) +
+              " keep_last: " + std::to_string(s.keep_last) +
+              (s.incremental ? " incremental: true" : "") + " }\n";
+  return job.Text();
 }
 
 std::string WriteConfig(const ScratchDir& dir, const std::string& name, const TrainSetup& s) {
-  const std::string path = dir / name;
-  FILE* f = std::fopen(path.c_str(), "w");
-  EXPECT_NE(f, nullptr);
-  const std::string text = ConfigText(s);
-  std::fwrite(text.data(), 1, text.size(), f);
-  std::fclose(f);
-  return path;
-}
-
-// step -> loss of worker 0's per-step metrics lines.
-std::map<int64_t, double> LossesOf(const std::string& metrics_path) {
-  std::map<int64_t, double> losses;
-  FILE* f = std::fopen(metrics_path.c_str(), "r");
-  if (f == nullptr) return losses;
-  char line[4096];
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    const std::string s(line);
-    if (s.find("\"phase\":\"train\"") == std::string::npos) continue;
-    const size_t st = s.find("\"step\":"), k = s.find("\"loss\":");
-    if (st != std::string::npos && k != std::string::npos)
-      losses[std::strtoll(s.c_str() + st + 7, nullptr, 10)] =
-          std::strtod(s.c_str() + k + 7, nullptr);
-  }
-  std::fclose(f);
-  return losses;
+  return dir.Write(name, ConfigText(s));
 }
 
 // The losses of `got`'s steps, and the same steps of `ref` (missing ones: NaN, so they differ).
@@ -280,8 +134,8 @@ TEST(ClusterCheckpoint, OneWorkerSyncResumeEqualsUninterruptedBitwise) {
   TrainSetup s;
   s.checkpoint_dir = dir / "ckpt";
   const std::string config = WriteConfig(dir, "a.pbtxt", s);
-  MpiRun full =
-      RunMpi(2, "--mpi_case=train --config=" + config + " --metrics_out=" + (dir / "full.jsonl"));
+  MpiRun full = RunMpiSelf(
+      2, "--mpi_case=train --config=" + config + " --metrics_out=" + (dir / "full.jsonl"));
   ASSERT_EQ(full.exit_code, 0) << full.output;
   EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20})) << full.output;
   const auto reference = LossesOf(dir / "full.jsonl");
@@ -289,8 +143,9 @@ TEST(ClusterCheckpoint, OneWorkerSyncResumeEqualsUninterruptedBitwise) {
 
   s.checkpoint_dir = dir / "ckpt_resumed";
   const std::string config2 = WriteConfig(dir, "a2.pbtxt", s);
-  MpiRun resumed = RunMpi(2, "--mpi_case=train --config=" + config2 + " --metrics_out=" +
-                                 (dir / "resumed.jsonl") + " --resume=" + (dir / "ckpt/ckpt-10"));
+  MpiRun resumed = RunMpiSelf(2, "--mpi_case=train --config=" + config2 +
+                                     " --metrics_out=" + (dir / "resumed.jsonl") +
+                                     " --resume=" + (dir / "ckpt/ckpt-10"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
   const auto got = LossesOf(dir / "resumed.jsonl");
@@ -299,8 +154,8 @@ TEST(ClusterCheckpoint, OneWorkerSyncResumeEqualsUninterruptedBitwise) {
   std::vector<double> a, b;
   Aligned(got, reference, &a, &b);
   EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
-  EXPECT_EQ(Field(resumed.stdout_text, "RESULT train_cluster", "auc"),
-            Field(full.stdout_text, "RESULT train_cluster", "auc"));
+  EXPECT_EQ(Field(resumed.out, "RESULT train_cluster", "auc"),
+            Field(full.out, "RESULT train_cluster", "auc"));
   // The final checkpoints of both runs hold the same tables.
   EXPECT_EQ(TablesOf(dir / "ckpt/ckpt-20", config), TablesOf(dir / "ckpt_resumed", config));
   std::printf("uninterrupted %.1f s, resumed %.1f s\n", full.seconds, resumed.seconds);
@@ -328,18 +183,18 @@ void KillAndResume(const std::string& name, const std::string& kill_args, int64_
   ScratchDir dir(name);
   const TrainSetup ref_setup = TwoByTwo(dir / "ref_ckpt");
   const std::string ref_config = WriteConfig(dir, "ref.pbtxt", ref_setup);
-  MpiRun ref = RunMpi(
+  MpiRun ref = RunMpiSelf(
       4, "--mpi_case=train --config=" + ref_config + " --metrics_out=" + (dir / "ref.jsonl"));
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
-  const std::string ref_auc = Field(ref.stdout_text, "RESULT train_cluster", "auc");
+  const std::string ref_auc = Field(ref.out, "RESULT train_cluster", "auc");
   ASSERT_FALSE(ref_auc.empty()) << ref.output;
 
   const TrainSetup s = TwoByTwo(dir / "ckpt");
   const std::string config = WriteConfig(dir, "kill.pbtxt", s);
-  MpiRun killed = RunMpi(4, "--mpi_case=train --config=" + config + " " + kill_args);
+  MpiRun killed = RunMpiSelf(4, "--mpi_case=train --config=" + config + " " + kill_args);
   EXPECT_NE(killed.exit_code, 0) << killed.output;
   EXPECT_NE(killed.output.find("kills itself with SIGKILL"), std::string::npos) << killed.output;
-  EXPECT_EQ(killed.stdout_text.find("RESULT train_cluster"), std::string::npos) << killed.output;
+  EXPECT_EQ(killed.out.find("RESULT train_cluster"), std::string::npos) << killed.output;
   // Only complete checkpoints are visible, every one verifies, the newest is the expected one
   // and LATEST names it.
   const std::vector<int64_t> steps = ValidCheckpoints(s.checkpoint_dir);
@@ -355,12 +210,12 @@ void KillAndResume(const std::string& name, const std::string& kill_args, int64_
     EXPECT_TRUE(n == "LATEST" || n.rfind("ckpt-", 0) == 0 || n.rfind("tmp-", 0) == 0) << n;
 
   MpiRun resumed =
-      RunMpi(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
-                    " --metrics_out=" + (dir / "resumed.jsonl"));
+      RunMpiSelf(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
+                        " --metrics_out=" + (dir / "resumed.jsonl"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("at step " + std::to_string(expect_latest)), std::string::npos)
       << resumed.output;
-  const std::string auc = Field(resumed.stdout_text, "RESULT train_cluster", "auc");
+  const std::string auc = Field(resumed.out, "RESULT train_cluster", "auc");
   ASSERT_FALSE(auc.empty()) << resumed.output;
   EXPECT_GT(std::stod(ref_auc), 0.6) << "the reference did not learn: the comparison is vacuous";
   EXPECT_NEAR(std::stod(auc), std::stod(ref_auc), 0.002) << resumed.output;
@@ -411,25 +266,24 @@ TEST(ClusterCheckpoint, SigtermCheckpointsAndStops_2Ps2Workers) {
   ScratchDir dir("e");
   const TrainSetup ref_setup = TwoByTwo(dir / "ref_ckpt");
   const std::string ref_config = WriteConfig(dir, "ref.pbtxt", ref_setup);
-  MpiRun ref = RunMpi(
+  MpiRun ref = RunMpiSelf(
       4, "--mpi_case=train --config=" + ref_config + " --metrics_out=" + (dir / "ref.jsonl"));
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
 
   const TrainSetup s = TwoByTwo(dir / "ckpt");
   const std::string config = WriteConfig(dir, "term.pbtxt", s);
   MpiRun stopped =
-      RunMpi(4, "--mpi_case=train --config=" + config +
-                    " --kill_rank=3 --term_step=13 --metrics_out=" + (dir / "stopped.jsonl"));
+      RunMpiSelf(4, "--mpi_case=train --config=" + config +
+                        " --kill_rank=3 --term_step=13 --metrics_out=" + (dir / "stopped.jsonl"));
   EXPECT_NE(stopped.exit_code, 0) << stopped.output;  // the workers exit 3 (kExitStopped)
-  EXPECT_EQ(Field(stopped.stdout_text, "RESULT train_cluster", "status"), "stopped")
-      << stopped.output;
-  EXPECT_EQ(Field(stopped.stdout_text, "RESULT train_cluster", "step"), "14") << stopped.output;
+  EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "status"), "stopped") << stopped.output;
+  EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "step"), "14") << stopped.output;
   EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{8, 14})) << stopped.output;
   EXPECT_EQ(LossesOf(dir / "stopped.jsonl").size(), 14u);
 
   MpiRun resumed =
-      RunMpi(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
-                    " --metrics_out=" + (dir / "resumed.jsonl"));
+      RunMpiSelf(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
+                        " --metrics_out=" + (dir / "resumed.jsonl"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("at step 14"), std::string::npos) << resumed.output;
   const auto got = LossesOf(dir / "resumed.jsonl");
@@ -437,9 +291,9 @@ TEST(ClusterCheckpoint, SigtermCheckpointsAndStops_2Ps2Workers) {
   std::vector<double> a, b;
   Aligned(got, LossesOf(dir / "ref.jsonl"), &a, &b);
   EXPECT_TRUE(testing::AllClose(a, b, testing::Tolerance{0, 0}));
-  const std::string auc = Field(resumed.stdout_text, "RESULT train_cluster", "auc");
+  const std::string auc = Field(resumed.out, "RESULT train_cluster", "auc");
   EXPECT_FALSE(auc.empty()) << resumed.output;
-  EXPECT_EQ(auc, Field(ref.stdout_text, "RESULT train_cluster", "auc"));
+  EXPECT_EQ(auc, Field(ref.out, "RESULT train_cluster", "auc"));
 }
 
 // (d) A checkpoint written by 2 PS resumed on 2 and on 3 PS (1 worker, sync): the same losses
@@ -450,7 +304,7 @@ TEST(ClusterCheckpoint, ReshardTwoPsCheckpointOntoThreePs) {
   s.num_ps = 2;
   s.checkpoint_dir = dir / "ckpt";
   const std::string config = WriteConfig(dir, "d.pbtxt", s);
-  MpiRun written = RunMpi(3, "--mpi_case=train --config=" + config);
+  MpiRun written = RunMpiSelf(3, "--mpi_case=train --config=" + config);
   ASSERT_EQ(written.exit_code, 0) << written.output;
   std::map<int64_t, double> losses[2];
   std::string final_checkpoint[2];
@@ -461,8 +315,8 @@ TEST(ClusterCheckpoint, ReshardTwoPsCheckpointOntoThreePs) {
     const std::string c = WriteConfig(dir, "d" + std::to_string(r.num_ps) + ".pbtxt", r);
     const std::string metrics = dir / ("m" + std::to_string(r.num_ps) + ".jsonl");
     MpiRun run =
-        RunMpi(r.num_ps + 1, "--mpi_case=train --config=" + c + " --metrics_out=" + metrics +
-                                 " --resume=" + (dir / "ckpt/ckpt-10"));
+        RunMpiSelf(r.num_ps + 1, "--mpi_case=train --config=" + c + " --metrics_out=" + metrics +
+                                     " --resume=" + (dir / "ckpt/ckpt-10"));
     ASSERT_EQ(run.exit_code, 0) << run.output;
     losses[k] = LossesOf(metrics);
     ASSERT_EQ(losses[k].size(), 10u) << run.output;
@@ -485,19 +339,6 @@ TEST(ClusterCheckpoint, ReshardTwoPsCheckpointOntoThreePs) {
 }  // namespace ips
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) {
-      const size_t eq = a.find('=');
-      ips::g_args[a.substr(2, eq - 2)] = a.substr(eq + 1);
-    }
-  }
-  const std::string mpi_case = ips::Arg("mpi_case", "");
-  if (mpi_case == "train") return ips::CaseTrain();
-  if (!mpi_case.empty()) {
-    std::fprintf(stderr, "unknown --mpi_case=%s\n", mpi_case.c_str());
-    return 2;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
+  return ips::testing::MpiTestMain(
+      argc, argv, {{"train", [] { return ips::testing::CaseTrain(/*eval_batches=*/8); }}});
 }

@@ -9,18 +9,10 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist AND TARGET ips)
     target_compile_definitions(cluster_data_test PRIVATE IPS_MPIEXEC="${MPIEXEC_EXECUTABLE}"
                                IPS_BINARY="$<TARGET_FILE:ips>")
     add_dependencies(cluster_data_test ips)
-    set(_ips_data_groups
+    ips_add_test_groups(TARGET cluster_data_test LABELS mpi TIMEOUT 120 GROUPS
       "cluster_data_two_workers_test:ClusterData.TwoWorkers*"
       "cluster_data_bad_dir_test:ClusterData.BadTrainDir*"
       "cluster_data_resume_test:ClusterData.CheckpointMidEpoch*"
       "cluster_data_resume_two_workers_test:ClusterData.ResumeTwoWorkers*")
-    foreach(group ${_ips_data_groups})
-      string(FIND "${group}" ":" colon)
-      string(SUBSTRING "${group}" 0 ${colon} name)
-      math(EXPR start "${colon} + 1")
-      string(SUBSTRING "${group}" ${start} -1 filter)
-      add_test(NAME ${name} COMMAND cluster_data_test --gtest_filter=${filter})
-      set_tests_properties(${name} PROPERTIES LABELS mpi TIMEOUT 120)
-    endforeach()
   endif()
 endif()

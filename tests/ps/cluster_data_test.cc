@@ -12,8 +12,6 @@
 //    uninterrupted run's step losses and metrics bit for bit, and single-process
 //    `ips train --resume` continues a cluster checkpoint to the same final metrics.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -25,10 +23,10 @@
 #include <string>
 #include <vector>
 
-#include "common/timer.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "tests/testing/mpi_run.h"
 #include "tests/testing/run_ips.h"
 #include "worker/data_reader.h"
 #include "worker/trainer.h"
@@ -37,14 +35,8 @@ namespace ips {
 namespace {
 
 using testing::LastLine;
+using testing::MpiRun;
 using testing::RunIps;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::vector<std::string> Lines(const std::string& text) {
   std::vector<std::string> out;
@@ -79,31 +71,9 @@ std::string WithoutTimings(std::string line) {
   return line;
 }
 
-struct MpiRun {
-  int exit_code = -1;
-  double seconds = 0;
-  std::string out;  // stdout (the RESULT line)
-  std::string err;  // every rank's stderr
-};
-
-// `timeout mpirun -np N ips ARGS` with stdout and stderr captured apart (mpirun forwards each
-// rank's streams in chunks: one pipe would interleave them).
+// `timeout mpirun -np NP ips ARGS`.
 MpiRun RunMpiIps(int np, const std::string& args, int timeout_s = 60) {
-  const std::string base = ::testing::TempDir() + "/ips_cluster_data_" + std::to_string(getpid());
-  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
-                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe -np " +
-                          std::to_string(np) + " " IPS_BINARY " " + args + " >" + base + ".out 2>" +
-                          base + ".err";
-  MpiRun r;
-  Timer t;
-  const int status = std::system(cmd.c_str());
-  r.seconds = t.Seconds();
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = Slurp(base + ".out");
-  r.err = Slurp(base + ".err");
-  std::remove((base + ".out").c_str());
-  std::remove((base + ".err").c_str());
-  return r;
+  return testing::RunMpi(IPS_BINARY, np, args, timeout_s);
 }
 
 // A tiny seqrec dataset (~200 users, ~320 items, 3786 training examples per epoch in 2 shards,
@@ -111,26 +81,22 @@ MpiRun RunMpiIps(int np, const std::string& args, int timeout_s = 60) {
 class ClusterData : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/ips_cluster_data_" + std::to_string(getpid()));
-    ASSERT_EQ(std::system(("rm -rf " + *dir_ + " && mkdir -p " + *dir_).c_str()), 0);
-    auto synth = RunIps("data synth --output " + *dir_ +
+    dir_ = new testing::ScratchDir("cluster_data");
+    auto synth = RunIps("data synth --output " + Dir() +
                         "/events.txt --truth none --events 6000 --users 200 --items 300 "
                         "--categories 20 --seed 3");
     ASSERT_EQ(synth.exit_code, 0) << synth.output;
-    auto conv = RunIps("data convert --format events --protocol seqrec --input " + *dir_ +
-                       "/events.txt --output " + *dir_ + "/ds --max_history 10 --shards 2");
+    auto conv = RunIps("data convert --format events --protocol seqrec --input " + Dir() +
+                       "/events.txt --output " + Dir() + "/ds --max_history 10 --shards 2");
     ASSERT_EQ(conv.exit_code, 0) << conv.output;
   }
-  static void TearDownTestSuite() {
-    (void)std::system(("rm -rf " + *dir_).c_str());
-    delete dir_;
-  }
-  static std::string Dir() { return *dir_; }
-  static std::string Data() { return *dir_ + "/ds"; }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string Dir() { return dir_->path(); }
+  static std::string Data() { return Dir() + "/ds"; }
 
   // The config of every run: DIN on the dataset, 2 epochs, every step logged.
   static std::string Config(const std::string& name, const std::string& extra = "") {
-    const std::string path = *dir_ + "/" + name + ".pbtxt";
+    const std::string path = Dir() + "/" + name + ".pbtxt";
     std::ofstream(path) << "version: 1\nname: \"" << name << "\"\n"
                         << "data { train_dir: \"" << Data()
                         << "\" batch_size: 128 max_history: 10 seed: 0 }\n"
@@ -147,9 +113,9 @@ class ClusterData : public ::testing::Test {
     return path;
   }
 
-  static std::string* dir_;
+  static testing::ScratchDir* dir_;
 };
-std::string* ClusterData::dir_ = nullptr;
+testing::ScratchDir* ClusterData::dir_ = nullptr;
 
 // Single-process training as `ips train` runs it (launch/train_command.cc): every step's loss and
 // the per-epoch metrics lines.
@@ -191,7 +157,7 @@ struct ClusterMetrics {
 };
 ClusterMetrics ReadClusterMetrics(const std::string& path) {
   ClusterMetrics m;
-  for (const std::string& line : Lines(Slurp(path))) {
+  for (const std::string& line : Lines(testing::ReadFile(path))) {
     if (line.rfind("{\"phase\":\"train\"", 0) == 0) {
       m.losses.push_back(JsonField(line, "loss"));
       m.steps.push_back(std::stoll(JsonField(line, "step")));

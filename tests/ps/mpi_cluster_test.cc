@@ -33,6 +33,8 @@
 #include "ps/remote_store.h"
 #include "ps/server.h"
 #include "ps/transport.h"
+#include "tests/ps/cluster_train_case.h"
+#include "tests/testing/mpi_run.h"
 #include "tests/testing/tolerance.h"
 #include "worker/cluster.h"
 #include "worker/collective.h"
@@ -50,18 +52,11 @@ using ps::RemoteStoreOptions;
 using ps::TableOptions;
 using ps::Transport;
 
-// ---- Arguments of a case ----------------------------------------------------------------------
-
-std::map<std::string, std::string> g_args;
-
-std::string Arg(const std::string& name, const std::string& def) {
-  auto it = g_args.find(name);
-  return it == g_args.end() ? def : it->second;
-}
-int64_t IntArg(const std::string& name, int64_t def) {
-  auto it = g_args.find(name);
-  return it == g_args.end() ? def : std::stoll(it->second);
-}
+using testing::CaseArg;
+using testing::CaseIntArg;
+using testing::Field;
+using testing::MpiRun;
+using testing::ScratchDir;
 
 // Prints a check failure of this rank and remembers it.
 bool g_failed = false;
@@ -163,7 +158,7 @@ std::vector<TableOptions> CaseTables() {
   TableOptions item;
   item.name = "item";
   item.dim = 18;
-  const std::string opt = Arg("optimizer", "adam");
+  const std::string opt = CaseArg("optimizer", "adam");
   item.optimizer.type = opt == "sgd"       ? ps::OptimizerOptions::Type::kSgd
                         : opt == "adagrad" ? ps::OptimizerOptions::Type::kAdagrad
                         : opt == "ftrl"    ? ps::OptimizerOptions::Type::kFtrl
@@ -171,11 +166,11 @@ std::vector<TableOptions> CaseTables() {
   item.optimizer.learning_rate = 0.05;
   item.initializer.type = ps::InitializerOptions::Type::kNormal;
   item.initializer.stddev = 0.1;
-  item.min_count = IntArg("min_count", 0);
-  item.ttl_steps = IntArg("ttl", 0);
+  item.min_count = CaseIntArg("min_count", 0);
+  item.ttl_steps = CaseIntArg("ttl", 0);
   item.ttl_sweep_interval = item.ttl_steps > 0 ? 1 : 0;
-  item.max_memory_mb = IntArg("max_memory_mb", 0);
-  item.num_shards = static_cast<int>(IntArg("shards", 4));
+  item.max_memory_mb = CaseIntArg("max_memory_mb", 0);
+  item.num_shards = static_cast<int>(CaseIntArg("shards", 4));
   item.rows_per_slab = 64;
   item.seed = 17;
   item.has_padding_key = true;
@@ -229,9 +224,9 @@ std::string StatsLine(const ps::TableStats& s) {
 
 int CaseStore(int argc, char** argv) {
   ClusterOptions copt;
-  copt.num_ps = static_cast<int>(IntArg("num_ps", 1));
-  copt.transport.dead_after_ms = static_cast<int>(IntArg("dead_after_ms", 10000));
-  copt.transport.watch_local_pids = IntArg("watch_pids", 1) != 0;
+  copt.num_ps = static_cast<int>(CaseIntArg("num_ps", 1));
+  copt.transport.dead_after_ms = static_cast<int>(CaseIntArg("dead_after_ms", 10000));
+  copt.transport.watch_local_pids = CaseIntArg("watch_pids", 1) != 0;
   auto cluster_or = Cluster::Init(&argc, &argv, copt);
   if (!cluster_or.ok()) {
     int rank = 0;
@@ -243,14 +238,14 @@ int CaseStore(int argc, char** argv) {
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
   if (cluster->rank() == 0) std::printf("LAYOUT %s\n", cluster->layout().Describe().c_str());
   const std::vector<TableOptions> tables = CaseTables();
-  const int64_t steps = IntArg("steps", 30);
-  const int64_t kill_rank = IntArg("kill_rank", -1), kill_step = IntArg("kill_step", -1);
+  const int64_t steps = CaseIntArg("steps", 30);
+  const int64_t kill_rank = CaseIntArg("kill_rank", -1), kill_step = CaseIntArg("kill_step", -1);
 
   if (cluster->role() == Role::kPs) {
     ps::ServerOptions so;
     so.tables = tables;
     so.num_workers = cluster->layout().num_workers;
-    so.num_threads = static_cast<int>(IntArg("ps_threads", 1));
+    so.num_threads = static_cast<int>(CaseIntArg("ps_threads", 1));
     if (kill_rank == cluster->rank()) so.kill_after_pushes = kill_step;
     auto server = ps::ParameterServer::Create(cluster->transport(), so);
     if (!server.ok()) cluster->Abort(server.status());
@@ -269,9 +264,9 @@ int CaseStore(int argc, char** argv) {
   ro.tables = tables;
   ro.ps_ranks = cluster->layout().PsRanks();
   ro.worker_index = w;
-  ro.mode = Arg("mode", "sync") == "async" ? RemoteStoreOptions::Mode::kAsync
-                                           : RemoteStoreOptions::Mode::kSync;
-  ro.staleness = static_cast<int>(IntArg("staleness", 0));
+  ro.mode = CaseArg("mode", "sync") == "async" ? RemoteStoreOptions::Mode::kAsync
+                                               : RemoteStoreOptions::Mode::kSync;
+  ro.staleness = static_cast<int>(CaseIntArg("staleness", 0));
   auto remote_or = RemoteEmbeddingStore::Create(cluster->transport(), ro);
   if (!remote_or.ok()) cluster->Abort(remote_or.status());
   RemoteEmbeddingStore* remote = remote_or->get();
@@ -291,17 +286,17 @@ int CaseStore(int argc, char** argv) {
       Fail(cluster->rank(), "FindTable of an unknown name is not NOT_FOUND");
   }
   // The reference: the in-process store, fed the same stream (meaningful with one worker).
-  const bool compare = IntArg("compare_local", 1) != 0 && cluster->layout().num_workers == 1;
+  const bool compare = CaseIntArg("compare_local", 1) != 0 && cluster->layout().num_workers == 1;
   std::unique_ptr<LocalEmbeddingStore> local;
   if (compare) {
     auto l = LocalEmbeddingStore::Create(tables);
     if (!l.ok()) cluster->Abort(l.status());
     local = std::move(l).value();
   }
-  const bool prefetch = IntArg("prefetch", 0) != 0;
-  const int64_t batch = IntArg("batch", 300), vocab = IntArg("vocab", 2000),
-                fresh = IntArg("fresh", 0);
-  const int64_t sleep_us = IntArg("worker_sleep_us", 0);
+  const bool prefetch = CaseIntArg("prefetch", 0) != 0;
+  const int64_t batch = CaseIntArg("batch", 300), vocab = CaseIntArg("vocab", 2000),
+                fresh = CaseIntArg("fresh", 0);
+  const int64_t sleep_us = CaseIntArg("worker_sleep_us", 0);
   for (int64_t step = 0; step < steps; ++step) {
     if (kill_rank == cluster->rank() && step == kill_step) {
       std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
@@ -406,24 +401,6 @@ int CaseStore(int argc, char** argv) {
   return 0;
 }
 
-// ---- Case: distributed training through launch/cluster_train.h ------------------------------
-
-int CaseTrain() {
-  auto cfg = LoadConfig(Arg("config", ""), {});
-  if (!cfg.ok()) {
-    std::fprintf(stderr, "CASE FAILED: %s\n", cfg.status().ToString().c_str());
-    return 1;
-  }
-  ClusterTrainFlags f;
-  f.eval_batches = 2;
-  f.quiet = true;
-  f.metrics_out = Arg("metrics_out", "");
-  f.replica_check_every = 5;
-  f.kill_rank = static_cast<int>(IntArg("kill_rank", -1));
-  f.kill_step = IntArg("kill_step", -1);
-  return RunClusterTrain(*cfg, f);
-}
-
 // ---- Case: the trainer's next-batch prefetch over parameter servers --------------------------
 
 // The worker loop of launch/cluster_train.cc (worker w trains batches w, w + W, ...; the dense
@@ -436,7 +413,7 @@ int CaseTrain() {
 // the AUC is over --eval_batches held-out batches of the stream after every worker's training
 // batches. Also the measurement of the prefetch's effect: run it with --prefetch=0 and 1.
 int CaseTrainerPrefetch(int argc, char** argv) {
-  auto cfg = LoadConfig(Arg("config", ""), {});
+  auto cfg = LoadConfig(CaseArg("config", ""), {});
   if (!cfg.ok()) {
     std::fprintf(stderr, "CASE FAILED: %s\n", cfg.status().ToString().c_str());
     return 1;
@@ -500,9 +477,9 @@ int CaseTrainerPrefetch(int argc, char** argv) {
     if (Status s = (*gen)->CtrBatchAt(index, job.run.batch, &batches[i]); !s.ok())
       cluster->Abort(s);
   }
-  const bool prefetch = IntArg("prefetch", 1) != 0;
+  const bool prefetch = CaseIntArg("prefetch", 1) != 0;
   // --next_offset=2 hands Step the batch after next: a wrong `next` that no Pull consumes.
-  const int next_offset = IntArg("next_offset", 1);
+  const int next_offset = CaseIntArg("next_offset", 1);
   double timed = 0;
   Timer timer;
   for (int i = 0; i < train_steps; ++i) {
@@ -522,7 +499,7 @@ int CaseTrainerPrefetch(int argc, char** argv) {
   if (w == 0) {
     BinaryMetrics bm;
     std::vector<float> probs(static_cast<size_t>(job.run.batch));
-    for (int e = 0; e < IntArg("eval_batches", 2); ++e) {
+    for (int e = 0; e < CaseIntArg("eval_batches", 2); ++e) {
       CtrBatch b;
       const uint64_t index = static_cast<uint64_t>(train_steps) * num_workers + e;
       if (Status s = (*gen)->CtrBatchAt(index, job.run.batch, &b); !s.ok()) cluster->Abort(s);
@@ -545,51 +522,10 @@ int CaseTrainerPrefetch(int argc, char** argv) {
 
 // ---- The gtest side: launching mpirun ---------------------------------------------------------
 
-struct MpiRun {
-  int exit_code = -1;
-  double seconds = 0;
-  std::string output;
-};
-
-std::string SelfPath() {
-  char buf[4096];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
-
+// Every launch here may take 90 s (the store cases run up to 110 steps on 4 ranks).
 MpiRun RunMpi(int np, const std::string& args, int timeout_s = 90,
               const std::string& mpirun_flags = "") {
-  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
-                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe " + mpirun_flags +
-                          " -np " + std::to_string(np) + " " + SelfPath() + " " + args + " 2>&1";
-  MpiRun r;
-  Timer timer;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.seconds = timer.Seconds();
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-// The value of `key=` on the first line starting with `prefix` (empty if absent).
-std::string Field(const std::string& out, const std::string& prefix, const std::string& key) {
-  size_t pos = 0;
-  while ((pos = out.find(prefix, pos)) != std::string::npos) {
-    if (pos == 0 || out[pos - 1] == '\n') {
-      const size_t end = out.find('\n', pos);
-      const std::string line = out.substr(pos, end - pos);
-      const size_t k = line.find(" " + key + "=");
-      if (k == std::string::npos) return "";
-      const size_t b = k + key.size() + 2;
-      return line.substr(b, line.find(' ', b) - b);
-    }
-    ++pos;
-  }
-  return "";
+  return testing::RunMpiSelf(np, args, timeout_s, mpirun_flags);
 }
 
 TEST(ClusterLayout, RolesAndBadLayouts) {
@@ -751,37 +687,12 @@ TEST(MpiCluster, KilledPsDetectedByHeartbeats) {
   EXPECT_NE(r.output.find("rank 0 (ps 0) sent nothing"), std::string::npos) << r.output;
 }
 
+// The small job (14 steps of batch 32) on `num_ps` servers.
 std::string TrainConfigText(int num_ps, const std::string& sync) {
-  return "version: 1\nname: \"mpi_test\"\n"
-         "data { batch_size: 32 max_history: 8 seed: 0 synthetic { num_items: 3000 "
-         "num_categories: 40 zipf_alpha: 1.1 warmup_steps: 2 steps: 12 } }\n"
-         "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] mlp_hidden: [16, 8] "
-         "activation: PRELU }\n"
-         "optimizer { type: ADAM learning_rate: 0.01 }\n"
-         "tables { name: \"item\" dim: 8 }\ntables { name: \"category\" dim: 8 }\n"
-         "train { num_threads: 1 seed: 0 log_every_steps: 1 }\n"
-         "cluster { num_ps: " +
-         std::to_string(num_ps) + " sync: " + sync + " }\n";
-}
-
-std::string TempPath(const std::string& name) {
-  return (std::getenv("TMPDIR") ? std::string(std::getenv("TMPDIR")) : std::string("/tmp")) +
-         "/ips_mpi_test_" + std::to_string(getpid()) + "_" + name;
-}
-
-std::vector<double> LossesOf(const std::string& metrics_path) {
-  std::vector<double> losses;
-  FILE* f = std::fopen(metrics_path.c_str(), "r");
-  if (f == nullptr) return losses;
-  char line[4096];
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    const std::string s(line);
-    if (s.find("\"phase\":\"train\"") == std::string::npos) continue;
-    const size_t k = s.find("\"loss\":");
-    if (k != std::string::npos) losses.push_back(std::strtod(s.c_str() + k + 7, nullptr));
-  }
-  std::fclose(f);
-  return losses;
+  testing::SyntheticDinJob job;
+  job.num_ps = num_ps;
+  job.sync = sync;
+  return job.Text();
 }
 
 // The reference: 1 worker + 1 or 2 PS in sync mode gives the same loss sequence as
@@ -800,39 +711,26 @@ TEST(MpiTrain, OneWorkerSyncEqualsSingleProcessLosses_1And2Ps) {
   ASSERT_TRUE(single.ok()) << single.status();
   ASSERT_EQ(single->losses.size(), 14u);
   for (int ps : {1, 2}) {
-    const std::string config_path = TempPath("train.pbtxt");
-    const std::string metrics_path = TempPath("metrics.jsonl");
-    std::remove(metrics_path.c_str());
-    {
-      FILE* f = std::fopen(config_path.c_str(), "w");
-      ASSERT_NE(f, nullptr);
-      const std::string text = TrainConfigText(ps, "SYNC");
-      std::fwrite(text.data(), 1, text.size(), f);
-      std::fclose(f);
-    }
+    ScratchDir dir("train" + std::to_string(ps));
+    const std::string config_path = dir.Write("train.pbtxt", TrainConfigText(ps, "SYNC"));
+    const std::string metrics_path = dir / "metrics.jsonl";
     MpiRun r = RunMpi(
         ps + 1, "--mpi_case=train --config=" + config_path + " --metrics_out=" + metrics_path);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("RESULT train_cluster"), std::string::npos) << r.output;
-    const std::vector<double> got = LossesOf(metrics_path);
+    std::vector<double> got;
+    for (const auto& [step, loss] : testing::LossesOf(metrics_path)) got.push_back(loss);
     EXPECT_TRUE(testing::AllClose(got, single->losses, testing::Tolerance{0, 0})) << ps << " PS\n"
                                                                                   << r.output;
-    std::remove(config_path.c_str());
-    std::remove(metrics_path.c_str());
   }
 }
 
 // 2 PS + 2 workers, sync: trains, replicas pass the periodic checksum (the job would abort on
 // a mismatch), worker 0 prints the RESULT line.
 TEST(MpiTrain, TwoPsTwoWorkersSyncReplicasStayEqual) {
-  const std::string config_path = TempPath("train2.pbtxt");
-  FILE* f = std::fopen(config_path.c_str(), "w");
-  ASSERT_NE(f, nullptr);
-  const std::string text = TrainConfigText(2, "SYNC");
-  std::fwrite(text.data(), 1, text.size(), f);
-  std::fclose(f);
-  MpiRun r = RunMpi(4, "--mpi_case=train --config=" + config_path);
-  std::remove(config_path.c_str());
+  ScratchDir dir("two_ps");
+  MpiRun r = RunMpi(
+      4, "--mpi_case=train --config=" + dir.Write("train2.pbtxt", TrainConfigText(2, "SYNC")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("RESULT train_cluster model=din workers=2 ps=2"), std::string::npos)
       << r.output;
@@ -842,28 +740,27 @@ TEST(MpiTrain, TwoPsTwoWorkersSyncReplicasStayEqual) {
 // within 0.005 of sync on synthetic data (DIN at its paper sizes, batch 256, 120 steps).
 TEST(MpiTrain, AsyncStaleness4AucWithin0005OfSync_2Workers) {
   auto config = [](const std::string& sync) {
-    return "version: 1\nname: \"mpi_auc\"\n"
-           "data { batch_size: 256 max_history: 20 seed: 0 synthetic { num_items: 100000 "
-           "num_categories: 100 zipf_alpha: 1.1 warmup_steps: 5 steps: 120 } }\n"
-           "model { type: DIN embedding_dim: 18 attention_hidden: [80, 40] mlp_hidden: [200, 80] "
-           "activation: PRELU }\n"
-           "optimizer { type: ADAM learning_rate: 0.001 }\n"
-           "tables { name: \"item\" dim: 18 }\ntables { name: \"category\" dim: 18 }\n"
-           "train { num_threads: 1 seed: 0 log_every_steps: 50 }\n"
-           "cluster { num_ps: 1 sync: " +
-           sync + " }\n";
+    testing::SyntheticDinJob job;
+    job.name = "mpi_auc";
+    job.batch = 256;
+    job.max_history = 20;
+    job.num_items = 100000;
+    job.num_categories = 100;
+    job.warmup_steps = 5;
+    job.steps = 120;
+    job.dim = 18;
+    job.attention_hidden = "[80, 40]";
+    job.mlp_hidden = "[200, 80]";
+    job.learning_rate = "0.001";
+    job.log_every_steps = 50;
+    job.sync = sync;
+    return job.Text();
   };
   double auc[2];
   int k = 0;
   for (const std::string sync : {"SYNC", "ASYNC staleness: 4"}) {
-    const std::string path = TempPath("auc.pbtxt");
-    FILE* f = std::fopen(path.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    const std::string text = config(sync);
-    std::fwrite(text.data(), 1, text.size(), f);
-    std::fclose(f);
-    MpiRun r = RunMpi(3, "--mpi_case=train --config=" + path);
-    std::remove(path.c_str());
+    ScratchDir dir("auc");
+    MpiRun r = RunMpi(3, "--mpi_case=train --config=" + dir.Write("auc.pbtxt", config(sync)));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const std::string a = Field(r.output, "RESULT train_cluster", "auc");
     ASSERT_FALSE(a.empty()) << r.output;
@@ -883,17 +780,12 @@ TEST(MpiTrain, AsyncStaleness4AucWithin0005OfSync_2Workers) {
 MpiRun RunTrainerPrefetch(int np, const std::string& config_text, bool prefetch,
                           std::vector<double>* losses, const std::string& extra_args = "",
                           int timeout_s = 90) {
-  const std::string path = TempPath("prefetch.pbtxt");
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (f != nullptr) {
-    std::fwrite(config_text.data(), 1, config_text.size(), f);
-    std::fclose(f);
-  }
-  MpiRun r = RunMpi(np,
-                    "--mpi_case=trainer_prefetch --config=" + path +
-                        " --prefetch=" + (prefetch ? "1" : "0") + " " + extra_args,
-                    timeout_s);
-  std::remove(path.c_str());
+  ScratchDir dir("prefetch");
+  MpiRun r =
+      RunMpi(np,
+             "--mpi_case=trainer_prefetch --config=" + dir.Write("prefetch.pbtxt", config_text) +
+                 " --prefetch=" + (prefetch ? "1" : "0") + " " + extra_args,
+             timeout_s);
   losses->clear();
   size_t pos = 0;
   while ((pos = r.output.find("LOSS step=", pos)) != std::string::npos) {
@@ -1017,16 +909,19 @@ TEST(MpiTrainPrefetch, OneWorkerAsyncStaleness0EqualsSingleProcessLosses_2Ps) {
 // the bound and the held-out AUC is within 0.01 of sync's (also prefetched).
 TEST(MpiTrainPrefetch, AsyncStaleness2AucCloseToSync_2Workers) {
   auto config = [](const std::string& sync) {
-    return "version: 1\nname: \"mpi_prefetch_auc\"\n"
-           "data { batch_size: 128 max_history: 10 seed: 0 synthetic { num_items: 20000 "
-           "num_categories: 50 zipf_alpha: 1.1 warmup_steps: 5 steps: 100 } }\n"
-           "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] mlp_hidden: [32, 16] "
-           "activation: PRELU }\n"
-           "optimizer { type: ADAM learning_rate: 0.005 }\n"
-           "tables { name: \"item\" dim: 8 }\ntables { name: \"category\" dim: 8 }\n"
-           "train { num_threads: 1 seed: 0 log_every_steps: 50 }\n"
-           "cluster { num_ps: 1 sync: " +
-           sync + " }\n";
+    testing::SyntheticDinJob job;
+    job.name = "mpi_prefetch_auc";
+    job.batch = 128;
+    job.max_history = 10;
+    job.num_items = 20000;
+    job.num_categories = 50;
+    job.warmup_steps = 5;
+    job.steps = 100;
+    job.mlp_hidden = "[32, 16]";
+    job.learning_rate = "0.005";
+    job.log_every_steps = 50;
+    job.sync = sync;
+    return job.Text();
   };
   double auc[2];
   int k = 0;
@@ -1053,23 +948,10 @@ TEST(MpiTrainPrefetch, AsyncStaleness2AucCloseToSync_2Workers) {
 }  // namespace ips
 
 int main(int argc, char** argv) {
-  std::string mpi_case;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) {
-      const size_t eq = a.find('=');
-      ips::g_args[a.substr(2, eq - 2)] = a.substr(eq + 1);
-    }
-  }
-  mpi_case = ips::Arg("mpi_case", "");
-  if (mpi_case == "transport") return ips::CaseTransport();
-  if (mpi_case == "store") return ips::CaseStore(argc, argv);
-  if (mpi_case == "train") return ips::CaseTrain();
-  if (mpi_case == "trainer_prefetch") return ips::CaseTrainerPrefetch(argc, argv);
-  if (!mpi_case.empty()) {
-    std::fprintf(stderr, "unknown --mpi_case=%s\n", mpi_case.c_str());
-    return 2;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
+  return ips::testing::MpiTestMain(
+      argc, argv,
+      {{"transport", ips::CaseTransport},
+       {"store", [&] { return ips::CaseStore(argc, argv); }},
+       {"train", [] { return ips::testing::CaseTrain(/*eval_batches=*/2); }},
+       {"trainer_prefetch", [&] { return ips::CaseTrainerPrefetch(argc, argv); }}});
 }

@@ -1,0 +1,179 @@
+// Launching `mpirun` from the MPI tests (tests/ps/*), shared so that every test runs it, captures
+// it and reads its output the same way: RunMpi / RunMpiSelf (timed, killed by `timeout`, stdout
+// and stderr captured apart), Field (a key=value of a line such as `RESULT ...`), ScratchDir (a
+// per-test directory), and the two-part main() of a binary that launches itself under mpirun
+// (MpiTestMain, with the --name=value arguments of its cases in CaseArg / CaseIntArg).
+#ifndef IPS_TESTS_TESTING_MPI_RUN_H_
+#define IPS_TESTS_TESTING_MPI_RUN_H_
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "common/timer.h"
+#include "ps/checkpoint_io.h"
+
+#ifndef IPS_MPIEXEC
+#error "IPS_MPIEXEC must name the mpirun executable"
+#endif
+
+namespace ips::testing {
+
+// $TMPDIR, or /tmp.
+inline std::string TempRoot() {
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp != nullptr ? tmp : "/tmp";
+}
+
+inline std::string ReadFile(const std::string& path) {
+  std::string out;
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  std::fclose(f);
+  return out;
+}
+
+// This test binary's own path (for mpirun to launch it).
+inline std::string SelfPath() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+struct MpiRun {
+  int exit_code = -1;  // 128 + signal when killed; 124 when `timeout` ended it
+  double seconds = 0;
+  std::string out;     // every rank's stdout (RESULT lines), never interleaved with logs
+  std::string err;     // every rank's stderr
+  std::string output;  // err, then out: for failure messages and searches of either
+};
+
+// `timeout mpirun --allow-run-as-root --oversubscribe MPIRUN_FLAGS -np NP PROGRAM ARGS`. stdout
+// and stderr are captured apart: mpirun forwards each rank's streams in chunks, so a log line of
+// one rank may land inside another rank's stdout line when both go to one pipe.
+inline MpiRun RunMpi(const std::string& program, int np, const std::string& args, int timeout_s,
+                     const std::string& mpirun_flags = "") {
+  static int runs = 0;  // a process's runs are sequential; concurrent processes differ by pid
+  const std::string base =
+      TempRoot() + "/ips_mpi_run_" + std::to_string(getpid()) + "_" + std::to_string(runs++);
+  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
+                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe " + mpirun_flags +
+                          " -np " + std::to_string(np) + " " + program + " " + args + " >" + base +
+                          ".out 2>" + base + ".err";
+  MpiRun r;
+  Timer timer;
+  const int status = std::system(cmd.c_str());
+  r.seconds = timer.Seconds();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = ReadFile(base + ".out");
+  r.err = ReadFile(base + ".err");
+  r.output = r.err + "---- stdout ----\n" + r.out;
+  std::remove((base + ".out").c_str());
+  std::remove((base + ".err").c_str());
+  return r;
+}
+
+// RunMpi of this test binary (its mpirun side: see MpiTestMain).
+inline MpiRun RunMpiSelf(int np, const std::string& args, int timeout_s = 60,
+                         const std::string& mpirun_flags = "") {
+  return RunMpi(SelfPath(), np, args, timeout_s, mpirun_flags);
+}
+
+// The value of `key=` on the first line of `out` that starts with `prefix` (empty if absent).
+inline std::string Field(const std::string& out, const std::string& prefix,
+                         const std::string& key) {
+  size_t pos = 0;
+  while ((pos = out.find(prefix, pos)) != std::string::npos) {
+    if (pos == 0 || out[pos - 1] == '\n') {
+      const size_t end = out.find('\n', pos);
+      const std::string line = out.substr(pos, end - pos);
+      const size_t k = line.find(" " + key + "=");
+      if (k == std::string::npos) return "";
+      const size_t b = k + key.size() + 2;
+      return line.substr(b, line.find(' ', b) - b);
+    }
+    ++pos;
+  }
+  return "";
+}
+
+// A per-test scratch directory (under $TMPDIR, named after the process and `name`), emptied
+// first and removed at the end.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& name)
+      : path_(TempRoot() + "/ips_test_" + std::to_string(getpid()) + "_" + name) {
+    ps::RemoveTree(path_);
+    EXPECT_TRUE(ps::MakeDirs(path_).ok()) << path_;
+  }
+  ~ScratchDir() { ps::RemoveTree(path_); }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  // Writes `text` to the file `name` in the directory; returns its path.
+  std::string Write(const std::string& name, const std::string& text) const {
+    const std::string file = *this / name;
+    FILE* f = std::fopen(file.c_str(), "w");
+    EXPECT_NE(f, nullptr) << file;
+    if (f != nullptr) {
+      EXPECT_EQ(std::fwrite(text.data(), 1, text.size(), f), text.size()) << file;
+      std::fclose(f);
+    }
+    return file;
+  }
+
+ private:
+  std::string path_;
+};
+
+// The --name=value arguments of the process (set by MpiTestMain).
+inline std::map<std::string, std::string>& CaseArgs() {
+  static std::map<std::string, std::string> args;
+  return args;
+}
+inline std::string CaseArg(const std::string& name, const std::string& def) {
+  auto it = CaseArgs().find(name);
+  return it == CaseArgs().end() ? def : it->second;
+}
+inline int64_t CaseIntArg(const std::string& name, int64_t def) {
+  auto it = CaseArgs().find(name);
+  return it == CaseArgs().end() ? def : std::stoll(it->second);
+}
+
+// The main() of a test binary that launches itself under mpirun: with --mpi_case=NAME (the
+// mpirun side, on every rank) it returns cases[NAME]() (2 for an unknown case), otherwise it runs
+// the gtest tests.
+inline int MpiTestMain(int argc, char** argv,
+                       const std::map<std::string, std::function<int()>>& cases) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const size_t eq = a.find('=');
+    if (a.rfind("--", 0) == 0 && eq != std::string::npos)
+      CaseArgs()[a.substr(2, eq - 2)] = a.substr(eq + 1);
+  }
+  const std::string mpi_case = CaseArg("mpi_case", "");
+  if (!mpi_case.empty()) {
+    auto it = cases.find(mpi_case);
+    if (it != cases.end()) return it->second();
+    std::fprintf(stderr, "unknown --mpi_case=%s\n", mpi_case.c_str());
+    return 2;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
+
+}  // namespace ips::testing
+
+#endif  // IPS_TESTS_TESTING_MPI_RUN_H_
