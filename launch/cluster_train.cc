@@ -30,6 +30,7 @@
 #include "worker/checkpoint.h"
 #include "worker/cluster.h"
 #include "worker/data_reader.h"
+#include "worker/internal/run_steps.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
 #include "worker/retrieval.h"
@@ -128,11 +129,7 @@ StatusOr<int64_t> RestoreWorker(Trainer* trainer, const CheckpointContent& dense
                          " does not fit a run of " + std::to_string(train_steps) + " steps with " +
                          std::to_string(losses->size()) + " losses");
   trainer->set_steps(step[0]);
-  if (trainer->model().has_dropout_step()) {
-    std::vector<int64_t> d;
-    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &d));
-    trainer->model().set_dropout_step(static_cast<uint64_t>(d[0]));
-  }
+  IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(blobs, &trainer->model()));
   return step[0];
 }
 
@@ -208,9 +205,7 @@ bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
 // step (models that have one) and the cluster's layout.
 void AddModelAndLayoutBlobs(Cluster* cluster, Trainer* trainer,
                             std::map<std::string, std::string>* blobs) {
-  if (trainer->model().has_dropout_step())
-    (*blobs)["model/dropout_step"] =
-        PackBlob(std::vector<int64_t>{static_cast<int64_t>(trainer->model().dropout_step())});
+  internal::SaveDropoutStep(trainer->model(), blobs);
   (*blobs)["cluster/layout"] =
       PackBlob(std::vector<int64_t>{cluster->layout().num_ps, cluster->layout().num_workers});
 }
@@ -582,15 +577,6 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
 
 // ---- Training on a dataset directory (data.train_dir) ------------------------------------------
 
-// A JSON number as worker/trainer.cc's per-epoch lines print it (8 significant digits, null for
-// NaN/inf), so the lines of a 1-worker run equal single-process `ips train`'s.
-std::string JsonNumber8(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream os;
-  os << std::setprecision(8) << v;
-  return os.str();
-}
-
 // The run's position, in the blobs of single-process RunDatasetTraining (worker/trainer.cc):
 // "run/dataset" = {epoch, position, steps, samples, epoch steps, epoch samples, trainer steps},
 // "run/loss_sum" = the epoch's loss sum, so a checkpoint resumes either way. Here the position is
@@ -618,11 +604,7 @@ StatusOr<DatasetPosition> RestoreDatasetWorker(Trainer* trainer, const Checkpoin
                          ") does not fit a run of " + std::to_string(epochs) + " epochs of " +
                          std::to_string(per_epoch) + " examples");
   trainer->set_steps(st[6]);
-  if (trainer->model().has_dropout_step()) {
-    std::vector<int64_t> d;
-    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "model/dropout_step", 1, &d));
-    trainer->model().set_dropout_step(static_cast<uint64_t>(d[0]));
-  }
+  IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(blobs, &trainer->model()));
   DatasetPosition p;
   p.epoch = st[0];
   p.position = st[1];
@@ -887,15 +869,17 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     }
     if (metrics.is_open()) {  // RunDatasetTraining's per-epoch line
       const std::string k = std::to_string(run.top_k);
-      auto metric = [&](double v) { return evaluate ? JsonNumber8(v) : std::string("null"); };
+      auto metric = [&](double v) {
+        return evaluate ? internal::JsonNumber(v) : std::string("null");
+      };
       metrics << "{\"epoch\":" << e + 1 << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg"
               << k << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
               << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
-              << ",\"loss\":" << JsonNumber8(epoch_loss)
-              << ",\"samples_per_s\":" << JsonNumber8(epoch_samples_per_s)
+              << ",\"loss\":" << internal::JsonNumber(epoch_loss)
+              << ",\"samples_per_s\":" << internal::JsonNumber(epoch_samples_per_s)
               << ",\"steps\":" << trainer->steps()
               << ",\"eval_users\":" << (evaluate ? eval.users : 0)
-              << ",\"eval_s\":" << JsonNumber8(evaluate ? eval.seconds : 0) << "}\n";
+              << ",\"eval_s\":" << internal::JsonNumber(evaluate ? eval.seconds : 0) << "}\n";
       metrics.flush();
     }
   }

@@ -1,5 +1,6 @@
-// Internal to worker/trainer.cc and worker/seq_trainer.cc: the parts of a training run that the
-// CTR trainer and the sequence trainer share, so each exists once.
+// Internal to the training drivers (worker/trainer.cc, worker/seq_trainer.cc and the distributed
+// driver launch/cluster_train.cc): the parts of a training run they share, so each exists once
+// (and a 1-worker cluster run prints and checkpoints exactly what single-process training does).
 #ifndef IPS_WORKER_INTERNAL_RUN_STEPS_H_
 #define IPS_WORKER_INTERNAL_RUN_STEPS_H_
 
