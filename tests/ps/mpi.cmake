@@ -7,6 +7,7 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist)
     GROUPS
       "mpi_store_local_test:MpiRemoteStore.EqualsLocal*"
       "mpi_store_async_test:MpiRemoteStore.Async*"
+      "mpi_store_large_pull_test:MpiRemoteStore.LargePull*"
       "mpi_store_admission_test:MpiRemoteStore.Admission*:MpiRemoteStore.MemoryCap*"
       "mpi_cluster_failure_test:MpiCluster.*"
       "mpi_train_test:MpiTrain.*"

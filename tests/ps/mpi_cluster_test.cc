@@ -1,8 +1,8 @@
 // Tests of the distributed layer under mpirun: transport round trips, the remote store against
 // the in-process LocalEmbeddingStore on the same key stream (1, 2 and 3 PS; sync and async with
-// S = 0 and prefetch), admission and eviction through the remote store, a memory-capped table fed
-// 10x its capacity, bounded staleness with two workers, a killed rank ending the job, and a bad
-// layout rejected.
+// S = 0 and prefetch; pulls of ~110K keys, sent to each PS in several frames), admission and
+// eviction through the remote store, a memory-capped table fed 10x its capacity, bounded staleness
+// with two workers, a killed rank ending the job, and a bad layout rejected.
 //
 // One binary plays two parts. Run by ctest (no --mpi_case), it is a gtest binary whose tests
 // launch `mpirun ... <this binary> --mpi_case=<case> ...`, and check the exit code, the time
@@ -201,6 +201,18 @@ std::vector<uint64_t> StepKeys(int worker, int64_t step, int table, int64_t n, i
   return keys;
 }
 
+// --distinct=N: the item table's keys of a step are N distinct keys, the same set every step
+// (so each step's pull reads the rows the previous push updated) in a per-step order (so the
+// parts a large pull is split into hold other keys each step). Mix64 is a bijection with
+// Mix64(0) = 0: the set includes the padding key.
+std::vector<uint64_t> DistinctKeys(int64_t n, int64_t step) {
+  std::vector<uint64_t> keys(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) keys[static_cast<size_t>(i)] = Mix64(static_cast<uint64_t>(i));
+  Rng rng(Mix64(0x5eed + static_cast<uint64_t>(step)));
+  for (size_t i = keys.size(); i > 1; --i) std::swap(keys[i - 1], keys[rng.UniformInt(i)]);
+  return keys;
+}
+
 // Deterministic gradients of pulled rows: a function of the rows and the key.
 void Grads(const std::vector<uint64_t>& keys, const std::vector<float>& rows, int64_t dim,
            std::vector<float>* g) {
@@ -218,7 +230,7 @@ std::string StatsLine(const ps::TableStats& s) {
          " evicted_ttl=" + std::to_string(s.evicted_ttl) +
          " evicted_cap=" + std::to_string(s.evicted_capacity) +
          " dropped=" + std::to_string(s.dropped_push_keys) + " bytes=" + std::to_string(s.bytes) +
-         " pushed=" + std::to_string(s.pushed_keys) +
+         " pulled=" + std::to_string(s.pulled_keys) + " pushed=" + std::to_string(s.pushed_keys) +
          " opt_step=" + std::to_string(s.optimizer_step);
 }
 
@@ -297,6 +309,11 @@ int CaseStore(int argc, char** argv) {
   const int64_t batch = CaseIntArg("batch", 300), vocab = CaseIntArg("vocab", 2000),
                 fresh = CaseIntArg("fresh", 0);
   const int64_t sleep_us = CaseIntArg("worker_sleep_us", 0);
+  const int64_t distinct = CaseIntArg("distinct", 0);
+  auto keys_of = [&](int64_t step, int t) {
+    return distinct > 0 && t == 0 ? DistinctKeys(distinct, step)
+                                  : StepKeys(w, step, t, batch, vocab, fresh);
+  };
   for (int64_t step = 0; step < steps; ++step) {
     if (kill_rank == cluster->rank() && step == kill_step) {
       std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
@@ -306,7 +323,7 @@ int CaseStore(int argc, char** argv) {
     }
     for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
       const int64_t dim = tables[t].dim;
-      const std::vector<uint64_t> keys = StepKeys(w, step, t, batch, vocab, fresh);
+      const std::vector<uint64_t> keys = keys_of(step, t);
       std::vector<float> got(keys.size() * dim), want(keys.size() * dim);
       testing::Poison(got);
       Status s = remote->Pull(t, keys.data(), static_cast<int64_t>(keys.size()), dim, got.data());
@@ -324,7 +341,7 @@ int CaseStore(int argc, char** argv) {
         std::this_thread::sleep_for(std::chrono::microseconds(sleep_us * (w + 1)));
       }
       if (prefetch && step + 1 < steps) {
-        const std::vector<uint64_t> next = StepKeys(w, step + 1, t, batch, vocab, fresh);
+        const std::vector<uint64_t> next = keys_of(step + 1, t);
         s = remote->PrefetchPull(t, next.data(), static_cast<int64_t>(next.size()));
         if (!s.ok()) cluster->Abort(s);
       }
@@ -342,13 +359,18 @@ int CaseStore(int argc, char** argv) {
     if (compare) (void)local->AdvanceStep(step + 1);
   }
   // Final state: a read-only lookup of probe keys, CRC printed (compared across runs by the
-  // gtest side), and the statistics.
-  std::vector<uint64_t> probe;
-  for (uint64_t k = 0; k < 500; ++k) probe.push_back(k);
+  // gtest side), and the statistics. With --distinct, the item table's probe is every key it
+  // pulled (a lookup that large is sent in parts too).
+  std::vector<uint64_t> small_probe;
+  for (uint64_t k = 0; k < 500; ++k) small_probe.push_back(k);
+  const std::vector<uint64_t> distinct_probe =
+      distinct > 0 ? DistinctKeys(distinct, 0) : std::vector<uint64_t>{};
   uint32_t crc = 0;
   for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
     const int64_t dim = tables[t].dim;
+    const std::vector<uint64_t>& probe = distinct > 0 && t == 0 ? distinct_probe : small_probe;
     std::vector<float> got(probe.size() * dim), want(probe.size() * dim);
+    testing::Poison(got);
     Status s = remote->Lookup(t, probe.data(), static_cast<int64_t>(probe.size()), dim, got.data());
     if (!s.ok()) cluster->Abort(s);
     crc = Crc32cExtend(crc, got.data(), got.size() * sizeof(float));
@@ -377,7 +399,8 @@ int CaseStore(int argc, char** argv) {
       if (tables[t].max_memory_mb == 0 &&
           (lst->rows != rst->rows || lst->created_rows != rst->created_rows ||
            lst->unadmitted_pulls != rst->unadmitted_pulls || lst->evicted_ttl != rst->evicted_ttl ||
-           lst->dropped_push_keys != rst->dropped_push_keys))
+           lst->dropped_push_keys != rst->dropped_push_keys ||
+           lst->pulled_keys != rst->pulled_keys || lst->pushed_keys != rst->pushed_keys))
         Fail(cluster->rank(),
              "stats differ: remote " + StatsLine(*rst) + " local " + StatsLine(*lst));
     }
@@ -656,6 +679,86 @@ TEST(MpiRemoteStore, MemoryCapHeldUnder10xKeys_2Ps) {
   EXPECT_GE(std::stoll(created), 10 * std::stoll(rows)) << r.output;
   std::printf("memory cap: %s bytes <= %d, %s rows live, %s created\n", bytes.c_str(), 2 << 20,
               rows.c_str(), created.c_str());
+}
+
+// ---- Large pulls, sent to each PS in parts ------------------------------------------------------
+
+// The multi-part pull path of ps/remote_store.cc: a PS's share of a pull is sent as
+// max(1, min(4, share / 16384)) frames. kLargePullKeys distinct keys give every PS of 1 or 3 at
+// least 2 x 16384 of them, so every pull of the item table is split (4 parts on 1 PS, 2 on each
+// of 3 PS).
+constexpr int64_t kLargePullKeys = 110000;
+constexpr int64_t kLargePullSteps = 3;
+constexpr int64_t kPartKeys = 16384;  // ps/remote_store.cc's kMinPullPartKeys
+
+// The pull frames each of `num_ps` PS must receive from a --distinct=kLargePullKeys
+// --steps=kLargePullSteps --prefetch=1 store case, every prefetch consumed: each step's keys of
+// each table are sent once (step 0 by its Pull, later steps by the previous step's PrefetchPull).
+std::vector<int64_t> LargePullFrames(int num_ps) {
+  std::vector<int64_t> frames(num_ps, 0);
+  for (int64_t step = 0; step < kLargePullSteps; ++step) {
+    for (int t = 0; t < 2; ++t) {
+      std::vector<int64_t> share(num_ps, 0);
+      const std::vector<uint64_t> keys =
+          t == 0 ? DistinctKeys(kLargePullKeys, step) : StepKeys(0, step, t, 300, 2000, 0);
+      for (uint64_t k : keys) ++share[ps::PsOfKey(k, num_ps)];
+      for (int p = 0; p < num_ps; ++p) {
+        if (t == 0) {
+          EXPECT_GE(share[p], 2 * kPartKeys)
+              << "PS " << p << " of " << num_ps << " would get a single-part pull: test is vacuous";
+        }
+        if (share[p] > 0)
+          frames[p] += std::max<int64_t>(1, std::min<int64_t>(4, share[p] / kPartKeys));
+      }
+    }
+  }
+  return frames;
+}
+
+// Checks a --distinct large-pull run on `num_ps` PS: the case's own checks held (every pull,
+// prefetched or not, and the final lookup of every key bitwise equal to the in-process store's),
+// every pull after the first step was served from the prefetch, and each PS got the pull frames
+// of the split.
+void ExpectLargePullRun(const MpiRun& r, int num_ps) {
+  ASSERT_EQ(r.exit_code, 0) << num_ps << " PS:\n" << r.output;
+  EXPECT_EQ(r.output.find("CASE FAILED"), std::string::npos) << r.output;
+  EXPECT_EQ(Field(r.output, "WORKER 0", "pulls"), std::to_string(2 * kLargePullSteps)) << r.output;
+  EXPECT_EQ(Field(r.output, "WORKER 0", "prefetch_hits"), std::to_string(2 * (kLargePullSteps - 1)))
+      << r.output;
+  const std::vector<int64_t> frames = LargePullFrames(num_ps);
+  for (int p = 0; p < num_ps; ++p)
+    EXPECT_EQ(Field(r.output, "PS " + std::to_string(p), "pulls"), std::to_string(frames[p]))
+        << "PS " << p << " of " << num_ps << "\n"
+        << r.output;
+  // Every step's gradients of every key reached the PS (the padding key's may be dropped).
+  const std::string pushed = Field(r.output, "STATS worker=0 table=item", "pushed");
+  ASSERT_FALSE(pushed.empty()) << r.output;
+  EXPECT_GE(std::stoll(pushed), (kLargePullKeys - 1) * kLargePullSteps) << r.output;
+}
+
+// 1 worker, sync, 1 and 3 PS: ~110K distinct keys of dim 18 pulled, pushed and pulled again (3
+// steps), the next step's keys prefetched between each pull and push; every pull and the final
+// lookup of all keys equal the in-process store's bit for bit (checked on the worker).
+TEST(MpiRemoteStore, LargePullInPartsEqualsLocalStore_1_3Ps_SyncWithPrefetch) {
+  for (int ps : {1, 3}) {
+    MpiRun r = RunMpi(ps + 1, "--mpi_case=store --num_ps=" + std::to_string(ps) +
+                                  " --prefetch=1 --distinct=" + std::to_string(kLargePullKeys) +
+                                  " --steps=" + std::to_string(kLargePullSteps));
+    ExpectLargePullRun(r, ps);
+    std::printf("%d PS: %.1f s\n", ps, r.seconds);
+  }
+}
+
+// The same in async mode with S = 0 (3 PS): each part meets the bound on its own and a
+// prefetch is held until the step's push is applied, so it still reads what sync reads.
+TEST(MpiRemoteStore, LargePullInPartsAsyncStaleness0EqualsLocalStore_3Ps) {
+  MpiRun r =
+      RunMpi(4,
+             "--mpi_case=store --num_ps=3 --mode=async --staleness=0 --prefetch=1 "
+             "--distinct=" +
+                 std::to_string(kLargePullKeys) + " --steps=" + std::to_string(kLargePullSteps));
+  ExpectLargePullRun(r, 3);
+  EXPECT_EQ(Field(r.output, "WORKER 0", "staleness_max"), "0") << r.output;
 }
 
 TEST(MpiCluster, BadLayoutRejectedBeforeTraining) {
