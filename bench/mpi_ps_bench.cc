@@ -4,6 +4,8 @@
 //      vs raw blocking MPI_Send/MPI_Recv moving the same bytes between the same two ranks
 //      (512 KB keys -> 4.5 MB rows -> 5 MB keys + grads -> ack): bandwidth ratio, target >= 0.5;
 //      1b. the same frames through the transport alone (no table work), for context;
+//      the PS applies them with `--ps_threads=N` threads (default 0: what `ips train` picks,
+//      worker/cluster.h PsThreads; the in-process table work printed for context is 1 thread);
 //   2. a 1-key pull round trip vs raw MPI ping-pong of the same bytes (8 B -> 72 B) with
 //      blocking calls (which spin): latency ratio, target <= 3; and vs a raw ping-pong whose
 //      two sides sleep on a futex doorbell, the floor of any transport that does not spin;
@@ -261,14 +263,15 @@ double TransportOnlySeconds(Cluster* cluster) {
   return Median(times);
 }
 
-struct StepModeFlags {
+struct BenchFlags {
   int batch = 512;
   int steps = 30;
   int threads = 2;
+  int ps_threads = 0;  // the PS's threads (cluster.ps_threads; 0: PsThreads' automatic choice)
 };
 
 // Parses `--mode=allreduce_vs_step` and its flags; returns false (and prints why) on a bad one.
-bool ParseFlags(int argc, char** argv, bool* step_mode, StepModeFlags* f) {
+bool ParseFlags(int argc, char** argv, bool* step_mode, BenchFlags* f) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](const char* name, int* out) {
@@ -283,16 +286,17 @@ bool ParseFlags(int argc, char** argv, bool* step_mode, StepModeFlags* f) {
     } else if (a == "--mode=pullpush") {
       *step_mode = false;
     } else if (!value("batch", &f->batch) && !value("steps", &f->steps) &&
-               !value("threads", &f->threads)) {
+               !value("threads", &f->threads) && !value("ps_threads", &f->ps_threads)) {
       std::fprintf(stderr,
                    "mpi_ps_bench: unknown flag '%s' (--mode=pullpush|allreduce_vs_step, "
-                   "--batch=N, --steps=N, --threads=N, --no_doorbells)\n",
+                   "--batch=N, --steps=N, --threads=N, --ps_threads=N, --no_doorbells)\n",
                    a.c_str());
       return false;
     }
   }
-  if (f->batch < 1 || f->steps < 1 || f->threads < 1) {
-    std::fprintf(stderr, "mpi_ps_bench: --batch, --steps and --threads must be >= 1\n");
+  if (f->batch < 1 || f->steps < 1 || f->threads < 1 || f->ps_threads < 0) {
+    std::fprintf(stderr,
+                 "mpi_ps_bench: --batch, --steps and --threads must be >= 1, --ps_threads >= 0\n");
     return false;
   }
   return true;
@@ -300,7 +304,7 @@ bool ParseFlags(int argc, char** argv, bool* step_mode, StepModeFlags* f) {
 
 // --mode=allreduce_vs_step (see the header comment). Runs on every rank; rank 0 (the PS, idle
 // here) prints the RESULT line. Returns the exit code.
-int AllReduceVsStep(Cluster* cluster, const StepModeFlags& f) {
+int AllReduceVsStep(Cluster* cluster, const BenchFlags& f) {
   const int rank = cluster->rank();
   double ar_ms = 0, step_ms = 0, dense_n = 0, verified = 1, loss_first = 0, loss_last = 0;
   if (cluster->role() == Role::kWorker) {
@@ -413,12 +417,14 @@ int Main(int argc, char** argv) {
     Die(*cluster, InvalidArgumentError("mpi_ps_bench needs mpirun -np 3 (or -np 2)"));
   const int num_workers = world - 1;
   bool step_mode = false;
-  StepModeFlags step_flags;
+  BenchFlags step_flags;
   if (!ParseFlags(argc, argv, &step_mode, &step_flags))
     Die(*cluster, InvalidArgumentError("bad flags"));
   if (step_mode && world != 3)
     Die(*cluster, InvalidArgumentError("--mode=allreduce_vs_step needs mpirun -np 3"));
   if (step_mode) return AllReduceVsStep(cluster.get(), step_flags);
+  // What `ips train` would give the PS here (`cluster.ps_threads`, 0 = automatic).
+  const int ps_threads = PsThreads(step_flags.ps_threads, cluster->layout());
 
   // ---- 4 first: idle CPU (nothing else running yet) ----
   const double idle_wall = 2.0;
@@ -459,6 +465,7 @@ int Main(int argc, char** argv) {
     ps::ServerOptions so;
     so.tables = tables;
     so.num_workers = num_workers;
+    so.num_threads = ps_threads;
     auto server_or = ps::ParameterServer::Create(cluster->transport(), so);
     if (!server_or.ok()) Die(*cluster, server_or.status());
     server = std::move(server_or).value();
@@ -594,7 +601,7 @@ int Main(int argc, char** argv) {
     const double pp_us = got[7], sleep_us = got[8];
     std::printf(
         "pull+push 64K x %lld (medians, interleaved): raw MPI %.2f ms (%.2f GB/s), ours %.2f ms "
-        "(%.2f GB/s), transport alone %.2f ms, in-process table work %.2f ms\n",
+        "(%.2f GB/s), transport alone %.2f ms, in-process table work (1 thread) %.2f ms\n",
         static_cast<long long>(kDim), raw_ms, bytes / got[6] / 1e9, ours_ms, bytes / got[0] / 1e9,
         got[5] * 1e3, got[1] * 1e3);
     std::printf(
@@ -611,6 +618,7 @@ int Main(int argc, char** argv) {
         .Add("verified", all_verified ? "yes" : "NO")
         .Add("ranks", static_cast<int64_t>(world))
         .Add("doorbells", doorbells ? "yes" : "no")
+        .Add("ps_threads", static_cast<int64_t>(ps_threads))
         .Add("bw_ratio", got[6] / got[0])
         .Add("bw_target", 0.5)
         .Add("transport_bw_ratio", got[6] / got[5])

@@ -78,6 +78,7 @@ int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& jo
   ps::ServerOptions so;
   so.tables = job.tables;
   so.num_workers = cluster->layout().num_workers;
+  so.num_threads = PsThreads(config.cluster().ps_threads(), cluster->layout());
   if (cluster->rank() == flags.kill_rank) {
     if (flags.kill_in_checkpoint_step >= 0) {
       so.kill_in_checkpoint_step = flags.kill_in_checkpoint_step;
@@ -105,8 +106,8 @@ int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& jo
               << " evicted_ttl=" << ts->evicted_ttl << " evicted_cap=" << ts->evicted_capacity
               << "\n";
   }
-  std::cerr << cluster->Describe() << ": served pulls=" << st.pulls << " pushes=" << st.pushes
-            << " deferred_pulls=" << st.deferred_pulls
+  std::cerr << cluster->Describe() << ": threads=" << so.num_threads << " served pulls=" << st.pulls
+            << " pushes=" << st.pushes << " deferred_pulls=" << st.deferred_pulls
             << " bytes_in=" << cluster->transport()->bytes_received()
             << " bytes_out=" << cluster->transport()->bytes_sent() << "\n";
   return 0;

@@ -269,6 +269,8 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
   if (cfg.cluster().num_ps() < 0) return fail({{"cluster", -1}, {"num_ps", -1}}, "must be >= 0");
   if (cfg.cluster().staleness() < 0)
     return fail({{"cluster", -1}, {"staleness", -1}}, "must be >= 0");
+  if (cfg.cluster().ps_threads() < 0)
+    return fail({{"cluster", -1}, {"ps_threads", -1}}, "must be >= 0 (0: automatic)");
   if (cfg.checkpoint().keep_last() <= 0)
     return fail({{"checkpoint", -1}, {"keep_last", -1}}, "must be positive");
   return Status::Ok();

@@ -1,6 +1,7 @@
 #include "ps/dynamic_table.h"
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <utility>
 
@@ -123,50 +124,63 @@ void DynamicTable::GroupByShard(const uint64_t* keys, int64_t n, internal::Group
   }
 }
 
-Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out) {
+Status DynamicTable::ForEachShardOf(
+    const GroupScratch& g, int64_t n, ThreadPool* pool,
+    const std::function<Status(size_t s, int64_t begin, int64_t m)>& fn) const {
+  const size_t num_shards = shards_.size();
+  auto run = [&](size_t s) -> Status {
+    const int64_t m = g.begin[s + 1] - g.begin[s];
+    return m == 0 ? Status::Ok() : fn(s, g.begin[s], m);
+  };
+  if (pool == nullptr || pool->num_threads() < 2 || n < kParallelKeys) {
+    for (size_t s = 0; s < num_shards; ++s) IPS_RETURN_IF_ERROR(run(s));
+    return Status::Ok();
+  }
+  // Shards are claimed one at a time rather than split up front: a pool thread takes tens of
+  // microseconds to wake (and on a busy host sometimes a whole time slice), and meanwhile the
+  // calling thread, which starts at once, keeps claiming shards.
+  std::vector<Status> status(num_shards);
+  std::atomic<size_t> next{0};
+  pool->ParallelFor(pool->num_threads(), 1, [&](int64_t, int64_t) {
+    for (size_t s = next.fetch_add(1); s < num_shards; s = next.fetch_add(1)) status[s] = run(s);
+  });
+  for (const Status& s : status) IPS_RETURN_IF_ERROR(s);
+  return Status::Ok();
+}
+
+Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const int64_t m = g.begin[s + 1] - g.begin[s];
-    if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Pull(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
-                                         g.order.data() + g.begin[s], m, out, step,
-                                         /*create=*/true));
-  }
-  return Status::Ok();
+  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
+    return shards_[s]->Pull(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, out,
+                            step, /*create=*/true);
+  });
 }
 
-Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out) const {
+Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) const {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const int64_t m = g.begin[s + 1] - g.begin[s];
-    if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Pull(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
-                                         g.order.data() + g.begin[s], m, out, step,
-                                         /*create=*/false));
-  }
-  return Status::Ok();
+  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
+    return shards_[s]->Pull(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, out,
+                            step, /*create=*/false);
+  });
 }
 
-Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads) {
+Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, ThreadPool* pool) {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, grads, "gradients"));
   // Every push is one optimizer step, even an empty one, as torch counts optimizer.step().
   const int64_t opt_step = optimizer_step_.fetch_add(1, std::memory_order_relaxed) + 1;
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const int64_t m = g.begin[s + 1] - g.begin[s];
-    if (m == 0) continue;
-    IPS_RETURN_IF_ERROR(shards_[s]->Push(g.keys.data() + g.begin[s], g.hashes.data() + g.begin[s],
-                                         g.order.data() + g.begin[s], m, grads, step, opt_step));
-  }
-  return Status::Ok();
+  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
+    return shards_[s]->Push(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, grads,
+                            step, opt_step);
+  });
 }
 
 int64_t DynamicTable::AdvanceStep(int64_t step) {

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/thread_pool.h"
 #include "ps/embedding_store.h"
 #include "ps/table_options.h"
 
@@ -79,15 +80,21 @@ class DynamicTable {
   // state_count() * dim floats in the ForEachRow / Insert / ReadRow layout [state0 | state1].
   int state_count() const { return state_count_; }
 
+  // Pull, Lookup and Push take an optional `pool` (not owned; nullptr = the calling thread
+  // only): a call of at least kParallelKeys keys spreads whole shards over it, each shard
+  // handled by one thread, so the result is the same as without it (a shard's keys are applied
+  // in input order either way, and shards share no rows).
+  static constexpr int64_t kParallelKeys = 4096;
+
   // Rows of keys[0, n) into out[n x dim]; see EmbeddingStore::Pull. Errors: INVALID_ARGUMENT
   // for n < 0 or null pointers with n > 0; RESOURCE_EXHAUSTED when a shard would exceed
   // 2^24 - 1 rows with nothing to evict.
-  Status Pull(const uint64_t* keys, int64_t n, float* out);
+  Status Pull(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool = nullptr);
   // Read-only pull: missing or expired keys read as zeros; creates, counts and touches nothing.
-  Status Lookup(const uint64_t* keys, int64_t n, float* out) const;
+  Status Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool = nullptr) const;
   // One optimizer step on the rows of keys[0, n) with grads[n x dim]; duplicates are summed,
   // keys without a row dropped (counted). See EmbeddingStore::Push.
-  Status Push(const uint64_t* keys, int64_t n, const float* grads);
+  Status Push(const uint64_t* keys, int64_t n, const float* grads, ThreadPool* pool = nullptr);
 
   // Sets the current step (TTL ages, LRU recency) and sweeps expired rows when a sweep is due.
   // Returns the number of rows evicted by the sweep.
@@ -158,6 +165,11 @@ class DynamicTable {
   internal::TableShard& ShardOf(uint64_t hash) const;
   // Groups [0, n) by shard into *g (dynamic_table.cc's per-thread scratch).
   void GroupByShard(const uint64_t* keys, int64_t n, internal::GroupScratch* g) const;
+  // Calls fn(s, begin, m) for every shard s that has m > 0 of g's keys (starting at g's
+  // position begin), over `pool` when n is large enough. Returns the error of the first failing
+  // shard in shard order (so which error is reported does not depend on the threads).
+  Status ForEachShardOf(const internal::GroupScratch& g, int64_t n, ThreadPool* pool,
+                        const std::function<Status(size_t s, int64_t begin, int64_t m)>& fn) const;
 
   const TableOptions options_;
   const uint64_t name_hash_;

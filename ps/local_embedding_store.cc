@@ -6,8 +6,9 @@
 namespace ips::ps {
 
 StatusOr<std::unique_ptr<LocalEmbeddingStore>> LocalEmbeddingStore::Create(
-    const std::vector<TableOptions>& tables) {
+    const std::vector<TableOptions>& tables, ThreadPool* pool) {
   std::unique_ptr<LocalEmbeddingStore> store(new LocalEmbeddingStore());
+  store->pool_ = pool;
   for (const TableOptions& options : tables) {
     for (const auto& t : store->tables_) {
       if (t->options().name == options.name)
@@ -48,19 +49,19 @@ StatusOr<DynamicTable*> LocalEmbeddingStore::Checked(int t, int64_t dim) const {
 
 Status LocalEmbeddingStore::Pull(int t, const uint64_t* keys, int64_t n, int64_t dim, float* out) {
   IPS_ASSIGN_OR_RETURN(DynamicTable * table, Checked(t, dim));
-  return table->Pull(keys, n, out);
+  return table->Pull(keys, n, out, pool_);
 }
 
 Status LocalEmbeddingStore::Lookup(int t, const uint64_t* keys, int64_t n, int64_t dim,
                                    float* out) {
   IPS_ASSIGN_OR_RETURN(DynamicTable * table, Checked(t, dim));
-  return table->Lookup(keys, n, out);
+  return table->Lookup(keys, n, out, pool_);
 }
 
 Status LocalEmbeddingStore::Push(int t, const uint64_t* keys, int64_t n, int64_t dim,
                                  const float* grads) {
   IPS_ASSIGN_OR_RETURN(DynamicTable * table, Checked(t, dim));
-  return table->Push(keys, n, grads);
+  return table->Push(keys, n, grads, pool_);
 }
 
 Status LocalEmbeddingStore::AdvanceStep(int64_t step) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/thread_pool.h"
 #include "ps/dynamic_table.h"
 #include "ps/embedding_store.h"
 #include "ps/table_options.h"
@@ -19,9 +20,12 @@ namespace ips::ps {
 class LocalEmbeddingStore : public EmbeddingStore {
  public:
   // One table per entry, with table id = its position in `tables`. INVALID_ARGUMENT for bad
-  // options (naming the table and field) or two tables with the same name.
+  // options (naming the table and field) or two tables with the same name. `pool` (not owned,
+  // may be null, must outlive the store) spreads a large Pull, Lookup or Push over the table's
+  // shards (DynamicTable::kParallelKeys); the results do not depend on it. The store's calls
+  // then serialise on the pool (ThreadPool::ParallelFor takes one caller at a time).
   static StatusOr<std::unique_ptr<LocalEmbeddingStore>> Create(
-      const std::vector<TableOptions>& tables);
+      const std::vector<TableOptions>& tables, ThreadPool* pool = nullptr);
 
   StatusOr<int> FindTable(const std::string& name) const override;
   StatusOr<int64_t> TableDim(int table) const override;
@@ -42,6 +46,7 @@ class LocalEmbeddingStore : public EmbeddingStore {
   StatusOr<DynamicTable*> Checked(int table, int64_t dim) const;
 
   std::vector<std::unique_ptr<DynamicTable>> tables_;  // fixed after Create: no lock needed
+  ThreadPool* pool_ = nullptr;
 };
 
 }  // namespace ips::ps

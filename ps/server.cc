@@ -53,8 +53,8 @@ StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(Transport* tr
   std::unique_ptr<ParameterServer> s(new ParameterServer());
   s->transport_ = transport;
   s->options_ = options;
-  IPS_ASSIGN_OR_RETURN(s->store_, LocalEmbeddingStore::Create(options.tables));
   s->pool_ = std::make_unique<ThreadPool>(std::max(1, options.num_threads));
+  IPS_ASSIGN_OR_RETURN(s->store_, LocalEmbeddingStore::Create(options.tables, s->pool_.get()));
   s->applied_.assign(options.num_workers, std::vector<int64_t>(options.tables.size(), 0));
   s->async_error_.assign(options.num_workers, Status::Ok());
   s->shut_down_.assign(options.num_workers, false);
@@ -86,17 +86,9 @@ void ParameterServer::ServePull(const Incoming& in, int table, int64_t n, int64_
   Frame reply = Frame::Make(kPsReply, Serialize(resp), static_cast<size_t>(n * dim) * 4);
   const auto* keys = reinterpret_cast<const uint64_t*>(in.frame.payload());
   float* out = reinterpret_cast<float*>(reply.payload());
-  Status status;
-  std::mutex mu;
-  // Chunks of >= 4096 keys: below that a thread hand-off costs more than the lookups.
-  pool_->ParallelFor(n, 4096, [&](int64_t b, int64_t e) {
-    Status s = lookup ? store_->Lookup(table, keys + b, e - b, dim, out + b * dim)
-                      : store_->Pull(table, keys + b, e - b, dim, out + b * dim);
-    if (!s.ok()) {
-      std::lock_guard<std::mutex> l(mu);
-      status = s;
-    }
-  });
+  // The store spreads a large pull over pool_, shard by shard.
+  const Status status =
+      lookup ? store_->Lookup(table, keys, n, dim, out) : store_->Pull(table, keys, n, dim, out);
   if (!status.ok()) return ReplyError(in, status);
   if (lookup) {
     ++stats_.lookups;

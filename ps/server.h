@@ -13,8 +13,9 @@
 // on it. S = 0 with one worker therefore reads exactly what sync mode reads.
 //
 // Threading: frames are handled one at a time on the transport's comm thread (Run installs the
-// handler and sleeps), so per-worker order is the arrival order; a large pull is split over
-// `num_threads` (DynamicTable is thread-safe and shards keys across its own sub-tables). A worker
+// handler and sleeps), so per-worker order is the arrival order; a large pull or push is spread
+// over `num_threads`, each thread taking whole shards of the table (DynamicTable's pool argument:
+// the result does not depend on the thread count). A worker
 // sends a large pull as a few consecutive pull frames (ps/remote_store.h), each served as soon
 // as it arrives, so the lookup of one overlaps the transfer of the previous one's rows. In sync
 // mode they read the rows one frame would (no push of a later clock can be applied between
@@ -126,8 +127,8 @@ class ParameterServer {
 
   Transport* transport_ = nullptr;
   ServerOptions options_;
+  std::unique_ptr<ThreadPool> pool_;  // before store_, which uses it
   std::unique_ptr<LocalEmbeddingStore> store_;
-  std::unique_ptr<ThreadPool> pool_;
   // applied_[w][t]: pushes of worker w to table t applied here; INT64_MAX once w is done.
   std::vector<std::vector<int64_t>> applied_;
   std::vector<Incoming> deferred_;

@@ -1,7 +1,10 @@
 #include "worker/cluster.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "proto/config.pb.h"
@@ -31,6 +34,15 @@ std::string ClusterLayout::Describe() const {
     s += "rank " + std::to_string(r) + " = " + RoleName(r);
   }
   return s;
+}
+
+int PsThreads(int configured, const ClusterLayout& layout) {
+  if (configured > 0) return configured;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int on_host = local != nullptr ? std::max(1, std::atoi(local)) : layout.world_size;
+  const int ps_on_host = std::max(1, std::min(layout.num_ps, on_host));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / ps_on_host);
 }
 
 StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps) {

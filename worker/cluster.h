@@ -50,6 +50,14 @@ StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps);
 StatusOr<ClusterLayout> ClusterLayoutFromConfig(const config::ClusterConfig& cluster,
                                                 int world_size);
 
+// Threads of a parameter-server rank: `configured` (cluster.ps_threads) when > 0, else this
+// host's cores divided by the PS ranks that may be on it. mpirun maps ranks to a host's slots in
+// order and the PS ranks come first, so up to min(num_ps, ranks on this host) of them can share
+// it (OMPI_COMM_WORLD_LOCAL_SIZE; the whole world when unset). The pool's threads sleep between
+// requests: they take the cores the workers leave idle while waiting for a pull, and cost
+// nothing while the workers compute.
+int PsThreads(int configured, const ClusterLayout& layout);
+
 struct ClusterOptions {
   int num_ps = 1;
   ps::Transport::Options transport;  // role_of_rank is filled in by Init

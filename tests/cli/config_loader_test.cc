@@ -97,6 +97,13 @@ TEST(ConfigOverride, ValidationRunsAfterOverrides) {
   ExpectError(LoadConfig(path, {"data.batch_size=0"}).status(), "data.batch_size: must be positive");
 }
 
+TEST(ConfigOverride, ClusterPsThreadsMustNotBeNegative) {
+  const auto path = WriteTemp("ps_threads.pbtxt", "cluster { num_ps: 1 ps_threads: 2 }\n");
+  EXPECT_TRUE(LoadConfig(path, {}).ok());
+  ExpectError(LoadConfig(path, {"cluster.ps_threads=-1"}).status(),
+              "cluster.ps_threads: must be >= 0 (0: automatic)");
+}
+
 TEST(ConfigFiles, EveryShippedConfigLoads) {
   const char* src = std::getenv("IPS_SOURCE_DIR");
   ASSERT_NE(src, nullptr);

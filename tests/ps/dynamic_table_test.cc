@@ -10,12 +10,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <thread>
 #include <vector>
 
 #include "common/random.h"
+#include "common/thread_pool.h"
 #include "kernels/optimizer.h"
 #include "tests/testing/tolerance.h"
 
@@ -467,6 +469,83 @@ TEST(DynamicTable, ExpiredRowIsNotServedBeforeTheSweep) {
   EXPECT_TRUE(AllClose(out, init, Tolerance{0, 0}));  // re-created, update gone
   EXPECT_EQ(table->Stats().evicted_ttl, 1);
   EXPECT_EQ(table->Stats().rows, 1);
+}
+
+// --- A thread pool spreads shards, and changes nothing -------------------------------------------
+
+// Drives two tables with the same calls, one through a 3-thread pool (large calls spread whole
+// shards over it) and one on the calling thread, and requires every pulled row, the final rows
+// and their optimizer state to be bitwise equal: admission, cap eviction (a per-shard sampler)
+// and duplicate keys in a push must not depend on which thread handled a shard.
+// *stats: the tables' stats at the end.
+void CheckPoolChangesNothing(TableOptions o, TableStats* stats = nullptr) {
+  auto serial = MakeTable(o);
+  auto pooled = MakeTable(o);
+  ThreadPool pool(3);
+  const int64_t n = 3 * DynamicTable::kParallelKeys;
+  for (int round = 0; round < 6; ++round) {
+    serial->AdvanceStep(round);
+    pooled->AdvanceStep(round);
+    // Half the keys repeat from a fixed set (admission counts, hot rows), half are new, and a
+    // tenth of the push repeats keys (summed gradients).
+    std::vector<uint64_t> keys = RandomKeys(n, 1000 + round);
+    const std::vector<uint64_t> fixed = RandomKeys(n / 2, 7);
+    std::copy(fixed.begin(), fixed.end(), keys.begin());
+    for (int64_t i = 0; i < n / 10; ++i) keys[n - 1 - i] = keys[i];
+    std::vector<float> a(n * o.dim), b(n * o.dim);
+    Poison(a);
+    Poison(b);
+    ASSERT_TRUE(serial->Pull(keys.data(), n, a.data()).ok());
+    ASSERT_TRUE(pooled->Pull(keys.data(), n, b.data(), &pool).ok());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "round " << round;
+    Poison(a);
+    Poison(b);
+    ASSERT_TRUE(serial->Lookup(keys.data(), n, a.data()).ok());
+    ASSERT_TRUE(pooled->Lookup(keys.data(), n, b.data(), &pool).ok());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "round " << round;
+    const std::vector<float> grads = RandomGrads(n * o.dim, 2000 + round);
+    ASSERT_TRUE(serial->Push(keys.data(), n, grads.data()).ok());
+    ASSERT_TRUE(pooled->Push(keys.data(), n, grads.data(), &pool).ok());
+  }
+  auto dump = [&](const DynamicTable& t) {
+    std::map<uint64_t, std::vector<float>> rows;
+    t.ForEachRowSince(0, [&](const RowRecord& r) {
+      std::vector<float>& v = rows[r.key];
+      v.assign(r.value, r.value + o.dim);
+      if (r.state != nullptr) v.insert(v.end(), r.state, r.state + t.state_count() * o.dim);
+      v.push_back(static_cast<float>(r.freq));
+    });
+    return rows;
+  };
+  const auto want = dump(*serial);
+  EXPECT_GT(want.size(), 0u);
+  EXPECT_TRUE(want == dump(*pooled));
+  EXPECT_EQ(serial->Stats().rows, pooled->Stats().rows);
+  EXPECT_EQ(serial->Stats().evicted_capacity, pooled->Stats().evicted_capacity);
+  EXPECT_EQ(serial->optimizer_step(), pooled->optimizer_step());
+  if (stats != nullptr) *stats = serial->Stats();
+}
+
+TEST(DynamicTable, PoolChangesNothing_AdamWithDuplicates) {
+  CheckPoolChangesNothing(Options("pool_adam", OptimizerOptions::Type::kAdam));
+}
+
+TEST(DynamicTable, PoolChangesNothing_FtrlWithAdmission) {
+  TableOptions o = Options("pool_ftrl", OptimizerOptions::Type::kFtrl);
+  o.min_count = 2;
+  TableStats st;
+  CheckPoolChangesNothing(o, &st);
+  EXPECT_LT(st.rows, 6 * 3 * DynamicTable::kParallelKeys);  // keys seen once have no row
+}
+
+TEST(DynamicTable, PoolChangesNothing_AdagradUnderAMemoryCap) {
+  TableOptions o = Options("pool_cap", OptimizerOptions::Type::kAdagrad);
+  o.max_memory_mb = 4;
+  o.num_shards = 4;
+  o.rows_per_slab = 256;
+  TableStats st;
+  CheckPoolChangesNothing(o, &st);
+  EXPECT_GT(st.evicted_capacity, 0);
 }
 
 // --- Memory cap ----------------------------------------------------------------------------------
