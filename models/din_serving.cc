@@ -1,31 +1,46 @@
-// DIN serving forward (models/din_serving.h): weight folding at Create and a small GEMM-with-
-// epilogue engine, out[rows x 16*nv] = epilogue(bias + add + x W), that every layer runs on. Its
-// register tiles are AVX-512 (compiled per function with a target attribute, picked at run time:
-// the build targets baseline x86-64) with a portable scalar twin for other CPUs and for tests.
+// DIN serving forward (models/din_serving.h): weight folding at Create, a small GEMM-with-
+// epilogue engine, out[rows x 16*nv] = epilogue(bias + add + x W), and the attention unit's
+// lane kernels. Register tiles are AVX-512 (compiled per function with a target attribute,
+// picked at run time: the build targets baseline x86-64) with a portable scalar twin for other
+// CPUs and for tests.
 //
-// Why our own tiles instead of kernels/gemm.h: the shapes are tiny (K = 36..200, N = 48..208,
+// Why our own tiles instead of kernels/gemm.h: the shapes are tiny (K = 36..200, N = 40..208,
 // M = 8..50 rows) and the epilogues (sigmoid, PReLU, sigmoid then the score dot product) are
 // fused into the tile while it is in registers; a BLAS call per 8x80 tile costs more in overhead
 // than the arithmetic, and the distro OpenBLAS may pick SSE3 kernels on this VM.
 //
-// Cost at DIN's sizes (E 36, attention 80/40, 50 steps, 100 candidates): ~2.1M 16-wide FMAs and
-// ~0.6M sigmoid lanes per request, ~0.7 ms on one AVX-512 core of the dev VM, whose measured peak
-// (~3.3G vector FMAs/s) puts the FMAs alone at ~0.64 ms; sigmoids replaced by the identity (an
-// experiment) saved ~0.17 ms. The second attention layer's 40 outputs pad to 48 lanes;
-// interleaving two history steps per row (80 lanes, no padding) measured only 2.5% faster, not
-// worth its duplicated weights and interleaved buffers.
+// Two layouts for the attention unit's (candidate, step) pairs. Rows: one candidate's pairs
+// along the rows of the tiles, outputs along the lanes (the portable path; AVX-512 for a block
+// of fewer than kLaneMinCandidates candidates, the last one of a request). Lanes (AVX-512, whole
+// blocks of 16 candidates): one candidate per lane and the weights broadcast from memory, so no
+// lane is padding at any width (rows pad the second layer's 40 outputs to 48 lanes) and the
+// score dot product needs no horizontal sums.
+//
+// Cost at DIN's sizes (E 36, attention 80/40, 50 steps, 100 candidates): the attention unit's
+// 6080 multiply-adds per pair (2880 first layer, q * k only; 3200 second) are ~1.9M 16-wide
+// FMAs per request, the top MLP ~0.2M, and 120 sigmoids per pair ~38K sigmoid vectors of 11
+// operations: ~0.52 ms on one AVX-512 core of the dev VM while the VM's other core is quiet
+// (busy, the same request takes up to ~1.6x that), ~95% of the ~5G vector operations/s the
+// core sustains. Measured on a request of 100 (minimum of 1000): rows for every block 0.70 ms
+// with the former 17-operation sigmoid; lanes 0.54 ms; the 11-operation sigmoid 0.52 ms (of it,
+// sigmoids ~0.10 ms, measured by replacing them with the identity; the top MLP ~0.04 ms; the
+// last block's 4 candidates on the row tiles ~0.03 ms). Two, three or four steps per lane group
+// (register tiles 14x2, 9x3, 6x4) measured the same: the FMA ports, not loads, are the limit.
 #include "models/din_serving.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <utility>
 
 #include "kernels/cpu/fast_math.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define IPS_DIN_SERVING_X86 1
-#define IPS_AVX512 __attribute__((target("avx512f")))
+#define IPS_AVX512 __attribute__((target("avx512f,avx512dq")))
 #else
 #define IPS_DIN_SERVING_X86 0
 #endif
@@ -35,6 +50,11 @@ namespace {
 
 constexpr int64_t kLanes = 16;  // floats per AVX-512 vector; output widths are padded to it
 constexpr int64_t kBlock = 16;  // candidates per block (top MLP rows; bounds the scratch)
+static_assert(kBlock == kLanes, "the lane kernels put a block's candidates along one vector");
+// Blocks of at least this many candidates run the lane kernels, where a block costs the same
+// for any count (~82 us at DIN's sizes on the dev VM); smaller ones (a request's last block) the
+// row tiles, which cost per candidate (~6.6 us): measured break-even 12-13.
+constexpr int64_t kLaneMinCandidates = 13;
 // History steps per fused layer-1 -> layer-2 chunk: its layer-1 activations (10 x 80 floats at
 // DIN's sizes) stay in L1 for layer 2; 10 is two even tiles of each layer (measured: 5, 8 and 16
 // are 1-4% slower at the paper's sizes).
@@ -42,6 +62,8 @@ constexpr int64_t kSteps = 10;
 
 int64_t PadTo(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
+// The sigmoid epilogues take acc in units of -log2(e) on AVX-512 (Sigmoid16), plain on the
+// portable tile.
 enum class Epi {
   kStore,       // out = acc
   kSigmoid,     // out = sigmoid(acc)
@@ -107,27 +129,26 @@ void TilePortable(const TileArgs& a, int64_t rows, int64_t cols) {
 // ---- AVX-512 tile -----------------------------------------------------------------------------
 
 #if IPS_DIN_SERVING_X86
-// sigmoid(x) = 1 / (1 + 2^(-x log2 e)), with FastExp's clamps (kernels/cpu/fast_math.h): the
-// exponent split as n + r, n = round(-x log2 e) and r = fma(x, -log2 e, -n) (one rounding, in
-// [-0.5, 0.5]), 2^r by its degree-6 Taylor polynomial in r ln 2 (truncation < 1.2e-7 relative),
-// 2^n by vscalefps, and the division as rcp14 plus one Newton step. Within ~2 ulp of FastExp's
-// sigmoid (a different reduction, same accuracy class), in 16 vector operations instead of 20.
-IPS_AVX512 inline __m512 Sigmoid16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(87.0f));
-  const __m512 neg_log2e = _mm512_set1_ps(-1.44269504088896341f);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, neg_log2e),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fmsub_ps(x, neg_log2e, n);
-  // 2^r = sum_k (r ln2)^k / k!, Horner in r with c_k = ln2^k / k!.
-  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512 d = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
+// sigmoid(x) from y = -x log2(e): the AVX-512 path folds the -log2(e) into the attention
+// unit's weights and biases at Create, so its pre-activations arrive as y, and computes
+// 1 / (1 + 2^y). The exponent splits as floor(y) + r, r = y - floor(y) in [0, 1) in one
+// vreduceps (exact); 2^r is a degree-5 minimax polynomial (relative error 7.5e-8, 1.5e-7
+// evaluated in float: FastExp's accuracy class, kernels/cpu/fast_math.h); 2^floor(y) comes from
+// vscalefps (which floors its exponent operand itself), rounding toward zero so that a y past
+// 128 (x < -88.7) saturates at FLT_MAX instead of overflowing to inf (inf * rcp(inf) = NaN in the
+// Newton step): no clamp needed, and the result there is ~1e-39, sigmoid's 0. The division is
+// rcp14 plus one Newton step. 11 vector operations; the Taylor/roundscale version this replaced
+// took 17 (the sigmoids are ~20% of a request's vector operations).
+IPS_AVX512 inline __m512 Sigmoid16(__m512 y) {
+  const __m512 r = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(1.8775742501020432e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.989345282316208e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.582631379365921e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4015361070632935e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931530833244324e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999999403953552e-1f));
+  const __m512 e = _mm512_scalef_round_ps(p, y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
   const __m512 inv = _mm512_rcp14_ps(d);
   return _mm512_fmadd_ps(inv, _mm512_fnmadd_ps(d, inv, _mm512_set1_ps(1.0f)), inv);
 }
@@ -238,6 +259,159 @@ TileFn Avx512Tile(int64_t rows, int64_t nv) {
       return RowTile<8>(v);
   }
 }
+
+// ---- AVX-512 lane kernels: candidates along the vector lanes --------------------------------
+//
+// A block of 16 candidates is one vector per feature (lane i = candidate i), and a group of V
+// history steps is V such vectors: the pair (candidate i, step t0 + v) is lane i of vector v.
+// The weights, and the per-step history terms, are then scalars broadcast from memory (an FMA's
+// embedded-broadcast operand), so every lane does useful work at any layer width (the row tiles
+// pad the second attention layer's 40 outputs to 48 lanes), and the score dot product w3 . a2 is
+// one FMA per output instead of a horizontal sum per pair. Register tile: HB outputs x V vectors
+// of accumulators plus the V input vectors.
+constexpr int kGroup = 2;   // history steps per group (V); a last odd step runs as V = 1
+constexpr int kMaxHb = 14;  // outputs per tile: 14 x 2 accumulators + 2 inputs of 32 registers
+
+struct LaneArgs {
+  int64_t E = 0, H1 = 0, W1 = 0, W2 = 0;
+  const float* hk = nullptr;  // [V x W1] the group's history terms (rows of hk_)
+  const float* u = nullptr;   // [H1 x 16] candidate term + b1, per lane
+  const float* wp = nullptr;  // [E x W1]
+  const float* w2 = nullptr;  // [H1 x W2]
+  const float* b2 = nullptr;  // [H2]
+  const float* w3 = nullptr;  // [H2]
+  const float* qk = nullptr;  // [E x V x 16] q * k
+  float* a1 = nullptr;        // [H1 x V x 16] first layer's activations
+  float* s = nullptr;         // [V x 16] scores, accumulated into
+};
+
+// a1[h0 .. h0 + HB) = sigmoid(u + hk + Wp^T qk) for the group's V steps.
+template <int V, int HB>
+IPS_AVX512 void LaneLayer1(const LaneArgs& a, int64_t h0) {
+  __m512 acc[HB][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < HB; ++j) {
+    const __m512 u = _mm512_load_ps(a.u + (h0 + j) * kLanes);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      acc[j][v] = _mm512_add_ps(u, _mm512_set1_ps(a.hk[v * a.W1 + h0 + j]));
+  }
+  const float* w = a.wp + h0;
+  const float* x = a.qk;
+  for (int64_t e = 0; e < a.E; ++e, w += a.W1, x += V * kLanes) {
+    __m512 xv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < HB; ++j) {
+      const __m512 wj = _mm512_set1_ps(w[j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wj, xv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < HB; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      _mm512_store_ps(a.a1 + ((h0 + j) * V + v) * kLanes, Sigmoid16(acc[j][v]));
+}
+
+// s += sum_{j in [j0, j0 + HB)} w3[j] sigmoid(b2[j] + W2^T a1) for the group's V steps.
+template <int V, int HB>
+IPS_AVX512 void LaneLayer2(const LaneArgs& a, int64_t j0) {
+  __m512 acc[HB][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < HB; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_set1_ps(a.b2[j0 + j]);
+  const float* w = a.w2 + j0;
+  const float* x = a.a1;
+  for (int64_t h = 0; h < a.H1; ++h, w += a.W2, x += V * kLanes) {
+    __m512 xv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < HB; ++j) {
+      const __m512 wj = _mm512_set1_ps(w[j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wj, xv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    __m512 s = _mm512_load_ps(a.s + v * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < HB; ++j)
+      s = _mm512_fmadd_ps(Sigmoid16(acc[j][v]), _mm512_set1_ps(a.w3[j0 + j]), s);
+    _mm512_store_ps(a.s + v * kLanes, s);
+  }
+}
+
+using LaneFn = void (*)(const LaneArgs&, int64_t);
+template <int V, int... I>
+constexpr std::array<LaneFn, sizeof...(I)> Layer1Fns(std::integer_sequence<int, I...>) {
+  return {&LaneLayer1<V, I + 1>...};
+}
+template <int V, int... I>
+constexpr std::array<LaneFn, sizeof...(I)> Layer2Fns(std::integer_sequence<int, I...>) {
+  return {&LaneLayer2<V, I + 1>...};
+}
+// [V - 1][HB - 1]
+const std::array<LaneFn, kMaxHb> kLayer1[kGroup] = {
+    Layer1Fns<1>(std::make_integer_sequence<int, kMaxHb>()),
+    Layer1Fns<2>(std::make_integer_sequence<int, kMaxHb>())};
+const std::array<LaneFn, kMaxHb> kLayer2[kGroup] = {
+    Layer2Fns<1>(std::make_integer_sequence<int, kMaxHb>()),
+    Layer2Fns<2>(std::make_integer_sequence<int, kMaxHb>())};
+
+// Runs fn(first, count) over [0, n) in the fewest tiles of <= kMaxHb outputs, as even as
+// possible (80: 14, 14, 13, 13, 13, 13).
+template <typename Fn>
+void ForTiles(int64_t n, Fn&& fn) {
+  const int64_t tiles = (n + kMaxHb - 1) / kMaxHb;
+  int64_t first = 0;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int64_t count = n / tiles + (i < n % tiles ? 1 : 0);
+    fn(first, count);
+    first += count;
+  }
+}
+
+// qk[e][v] = q[e] * k[v][e] for the group's V steps (k: rows of E).
+IPS_AVX512 void LaneQk(const float* q, const float* k, int64_t v_count, int64_t E, float* qk) {
+  for (int64_t e = 0; e < E; ++e) {
+    const __m512 qe = _mm512_load_ps(q + e * kLanes);
+    for (int64_t v = 0; v < v_count; ++v)
+      _mm512_store_ps(qk + (e * v_count + v) * kLanes,
+                      _mm512_mul_ps(qe, _mm512_set1_ps(k[v * E + e])));
+  }
+}
+
+// pooled[e] (+)= sum_t s[t] * k[t][e] for e in [e0, e0 + NE), t ascending (the generic
+// forward's order), NE accumulators in registers across the steps.
+template <int NE>
+IPS_AVX512 void LanePoolTile(const float* s, const float* k, int64_t len, int64_t E, int64_t e0,
+                             float* pooled) {
+  __m512 acc[NE];
+#pragma GCC unroll 16
+  for (int j = 0; j < NE; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    const __m512 st = _mm512_load_ps(s + t * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < NE; ++j)
+      acc[j] = _mm512_fmadd_ps(st, _mm512_set1_ps(k[t * E + e0 + j]), acc[j]);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NE; ++j) _mm512_store_ps(pooled + (e0 + j) * kLanes, acc[j]);
+}
+constexpr int kPoolTile = 12;
+template <int... I>
+constexpr std::array<void (*)(const float*, const float*, int64_t, int64_t, int64_t, float*),
+                     sizeof...(I)>
+PoolFns(std::integer_sequence<int, I...>) {
+  return {&LanePoolTile<I + 1>...};
+}
+const auto kPool = PoolFns(std::make_integer_sequence<int, kPoolTile>());
 #endif  // IPS_DIN_SERVING_X86
 
 // The plain loops around the tiles, as AVX-512 and baseline clones picked at load time.
@@ -299,6 +473,22 @@ void RunGemm(const TileArgs& a, int64_t rows, int64_t nvec, bool avx512) {
   }
 }
 
+// Softmax over s[t * stride + c], t in [0, len), for every column c < stride: the attention
+// weights of `stride` candidates side by side (1: one candidate).
+void Softmax(float* s, int64_t len, int64_t stride) {
+  for (int64_t c = 0; c < stride; ++c) {
+    float mx = s[c];
+    for (int64_t t = 1; t < len; ++t) mx = std::max(mx, s[t * stride + c]);
+    float sum = 0;
+    for (int64_t t = 0; t < len; ++t) {
+      float& v = s[t * stride + c];
+      v = std::exp(v - mx);
+      sum += v;
+    }
+    for (int64_t t = 0; t < len; ++t) s[t * stride + c] /= sum;
+  }
+}
+
 // w [out x in] (torch layout), columns [c0, c0 + n) -> [n x outp] transposed, zero padded.
 std::vector<float> TransposePad(const float* w, int64_t out, int64_t in, int64_t c0, int64_t n,
                                 int64_t outp) {
@@ -318,7 +508,7 @@ std::vector<float> Pad(const float* v, int64_t n, int64_t np) {
 
 bool DinServing::CpuHasAvx512() {
 #if IPS_DIN_SERVING_X86
-  return __builtin_cpu_supports("avx512f");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #else
   return false;
 #endif
@@ -333,7 +523,7 @@ StatusOr<std::unique_ptr<DinServing>> DinServing::Create(const Din<float>& model
     return UnimplementedError("DinServing: attention_disabled is not covered");
   const bool has_avx512 = CpuHasAvx512();
   if (isa == Isa::kAvx512 && !has_avx512)
-    return InvalidArgumentError("DinServing: AVX-512 requested on a CPU without AVX-512F");
+    return InvalidArgumentError("DinServing: AVX-512 requested on a CPU without AVX-512F and DQ");
 
   std::unique_ptr<DinServing> s(new DinServing());
   s->avx512_ = isa == Isa::kAvx512 || (isa == Isa::kAuto && has_avx512);
@@ -376,6 +566,13 @@ StatusOr<std::unique_ptr<DinServing>> DinServing::Create(const Din<float>& model
   s->b2_ = Pad(b2, H2, W2);
   s->w3_ = Pad(w3, H2, W2);
   s->b3_ = b3[0];
+  if (s->avx512_) {
+    // Pre-activations in units of -log2(e) for Sigmoid16: one more rounding per weight
+    // (relative 6e-8), of the size the multiplication it replaces would add per sigmoid.
+    constexpr float kNegLog2e = -1.44269504088896341f;
+    for (std::vector<float>* w : {&s->wk_, &s->wq_, &s->wp_, &s->b1_, &s->w2_, &s->b2_})
+      for (float& v : *w) v *= kNegLog2e;
+  }
 
   // Top MLP: sizes [3E, hidden..., 1], named top.<2i>.weight/bias and top.<2i+1>.alpha.
   std::vector<int64_t> sizes = {3 * E};
@@ -419,6 +616,18 @@ StatusOr<std::unique_ptr<DinServing>> DinServing::Create(const Din<float>& model
   s->s_.resize(size(s->L_));
   s->mlp_in_.resize(size(kBlock * 2 * E));
   for (auto& a : s->act_) a.resize(size(kBlock * max_outp));
+  // The lane kernels' scratch, 64-byte aligned (whole-vector loads and stores).
+  const int64_t q_size = E * kLanes, u_size = H1 * kLanes, qk_size = E * 2 * kLanes,
+                a1_size = H1 * 2 * kLanes, s_size = s->L_ * kLanes, pool_size = E * kLanes;
+  s->lane_buf_.resize(size(q_size + u_size + qk_size + a1_size + s_size + pool_size + kLanes));
+  float* buf = s->lane_buf_.data();
+  buf += (kLanes - reinterpret_cast<uintptr_t>(buf) / sizeof(float) % kLanes) % kLanes;
+  s->lane_q_ = buf;
+  s->lane_u_ = s->lane_q_ + q_size;
+  s->lane_qk_ = s->lane_u_ + u_size;
+  s->lane_a1_ = s->lane_qk_ + qk_size;
+  s->lane_s_ = s->lane_a1_ + a1_size;
+  s->lane_pool_ = s->lane_s_ + s_size;
   return s;
 }
 
@@ -471,7 +680,6 @@ Status DinServing::Score(const float* history, int64_t len, const float* candida
 void DinServing::ScoreBlock(const float* history, int64_t len, const float* cand, int64_t n,
                             float* logits) {
   const int64_t E = E_, W1 = W1_;
-  const int64_t nv1 = W1 / kLanes, nv2 = W2_ / kLanes;
   if (len > 0) {
     // The candidate term of the first attention layer, b1 included.
     TileArgs u;
@@ -483,56 +691,18 @@ void DinServing::ScoreBlock(const float* history, int64_t len, const float* cand
     u.bias = b1_.data();
     u.out = u_.data();
     u.ldo = W1;
-    RunGemm(u, n, nv1, avx512_);
+    RunGemm(u, n, W1 / kLanes, avx512_);
   }
   for (int64_t c = 0; c < n; ++c) {
-    const float* q = cand + c * E;
     float* pooled = mlp_in_.data() + c * 2 * E;
-    std::copy(q, q + E, pooled + E);
-    std::fill(pooled, pooled + E, 0.0f);
-    if (len == 0) continue;  // no valid step: zero weights, zero pooled
-    ScaleColumns(history, q, qk_.data(), len, E);
-    std::fill(s_.begin(), s_.begin() + len, 0.0f);
-    for (int64_t t0 = 0; t0 < len; t0 += kSteps) {
-      const int64_t rows = std::min(kSteps, len - t0);
-      TileArgs l1;
-      l1.x = qk_.data() + t0 * E;
-      l1.ldx = E;
-      l1.k = E;
-      l1.w = wp_.data();
-      l1.ldw = W1;
-      l1.bias = u_.data() + c * W1;
-      l1.add = hk_.data() + t0 * W1;
-      l1.ldadd = W1;
-      l1.epi = Epi::kSigmoid;
-      l1.out = a1_.data();
-      l1.ldo = W1;
-      RunGemm(l1, rows, nv1, avx512_);
-      TileArgs l2;
-      l2.x = a1_.data();
-      l2.ldx = W1;
-      l2.k = H1_;
-      l2.w = w2_.data();
-      l2.ldw = W2_;
-      l2.bias = b2_.data();
-      l2.epi = Epi::kSigmoidDot;
-      l2.dot = w3_.data();
-      l2.dot_out = s_.data() + t0;
-      RunGemm(l2, rows, nv2, avx512_);
-    }
-    float* s = s_.data();
-    for (int64_t t = 0; t < len; ++t) s[t] += b3_;
-    if (softmax_) {
-      float mx = s[0];
-      for (int64_t t = 1; t < len; ++t) mx = std::max(mx, s[t]);
-      float sum = 0;
-      for (int64_t t = 0; t < len; ++t) {
-        s[t] = std::exp(s[t] - mx);
-        sum += s[t];
-      }
-      for (int64_t t = 0; t < len; ++t) s[t] /= sum;
-    }
-    WeightedRowSum(s, history, len, E, pooled);
+    std::fill(pooled, pooled + E, 0.0f);  // no valid step: zero weights, zero pooled
+    std::copy(cand + c * E, cand + (c + 1) * E, pooled + E);
+  }
+  if (len > 0) {
+    if (avx512_ && n >= kLaneMinCandidates)
+      AttendLanes(history, len, cand, n);
+    else
+      AttendRows(history, len, cand, n);
   }
 
   // Top MLP over the block: [pooled, target] rows, the per-request bias holding `summed`'s part.
@@ -570,6 +740,92 @@ void DinServing::ScoreBlock(const float* history, int64_t len, const float* cand
     for (int64_t i = 0; i < k; ++i) z += x[c * ldx + i] * out_w_[i];
     logits[c] = z;
   }
+}
+
+// The attention, pooled into mlp_in_, one candidate at a time: its pairs along the rows of the
+// tiles (the portable path, and AVX-512 blocks of few candidates).
+void DinServing::AttendRows(const float* history, int64_t len, const float* cand, int64_t n) {
+  const int64_t E = E_, W1 = W1_;
+  const int64_t nv1 = W1 / kLanes, nv2 = W2_ / kLanes;
+  for (int64_t c = 0; c < n; ++c) {
+    const float* q = cand + c * E;
+    float* pooled = mlp_in_.data() + c * 2 * E;
+    ScaleColumns(history, q, qk_.data(), len, E);
+    std::fill(s_.begin(), s_.begin() + len, 0.0f);
+    for (int64_t t0 = 0; t0 < len; t0 += kSteps) {
+      const int64_t rows = std::min(kSteps, len - t0);
+      TileArgs l1;
+      l1.x = qk_.data() + t0 * E;
+      l1.ldx = E;
+      l1.k = E;
+      l1.w = wp_.data();
+      l1.ldw = W1;
+      l1.bias = u_.data() + c * W1;
+      l1.add = hk_.data() + t0 * W1;
+      l1.ldadd = W1;
+      l1.epi = Epi::kSigmoid;
+      l1.out = a1_.data();
+      l1.ldo = W1;
+      RunGemm(l1, rows, nv1, avx512_);
+      TileArgs l2;
+      l2.x = a1_.data();
+      l2.ldx = W1;
+      l2.k = H1_;
+      l2.w = w2_.data();
+      l2.ldw = W2_;
+      l2.bias = b2_.data();
+      l2.epi = Epi::kSigmoidDot;
+      l2.dot = w3_.data();
+      l2.dot_out = s_.data() + t0;
+      RunGemm(l2, rows, nv2, avx512_);
+    }
+    float* s = s_.data();
+    for (int64_t t = 0; t < len; ++t) s[t] += b3_;
+    if (softmax_) Softmax(s, len, 1);
+    WeightedRowSum(s, history, len, E, pooled);
+  }
+}
+
+// The attention, pooled into mlp_in_, for a block of up to 16 candidates along the vector lanes
+// (lanes past n hold zero candidates and are dropped).
+void DinServing::AttendLanes(const float* history, int64_t len, const float* cand, int64_t n) {
+#if IPS_DIN_SERVING_X86
+  const int64_t E = E_, W1 = W1_, H1 = H1_;
+  // The block transposed: targets [E x 16] and their first-layer term (b1 included) [H1 x 16].
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t c = 0; c < kLanes; ++c) lane_q_[e * kLanes + c] = c < n ? cand[c * E + e] : 0.0f;
+  for (int64_t h = 0; h < H1; ++h)
+    for (int64_t c = 0; c < kLanes; ++c) lane_u_[h * kLanes + c] = c < n ? u_[c * W1 + h] : 0.0f;
+  float* s = lane_s_;  // [len x 16]
+  std::fill(s, s + len * kLanes, b3_);
+  LaneArgs a;
+  a.E = E;
+  a.H1 = H1;
+  a.W1 = W1;
+  a.W2 = W2_;
+  a.u = lane_u_;
+  a.wp = wp_.data();
+  a.w2 = w2_.data();
+  a.b2 = b2_.data();
+  a.w3 = w3_.data();
+  a.qk = lane_qk_;
+  a.a1 = lane_a1_;
+  for (int64_t t0 = 0; t0 < len; t0 += kGroup) {
+    const int64_t v = std::min<int64_t>(kGroup, len - t0);
+    LaneQk(lane_q_, history + t0 * E, v, E, lane_qk_);
+    a.hk = hk_.data() + t0 * W1;
+    a.s = s + t0 * kLanes;
+    ForTiles(H1, [&](int64_t h0, int64_t hb) { kLayer1[v - 1][hb - 1](a, h0); });
+    ForTiles(H2_, [&](int64_t j0, int64_t hb) { kLayer2[v - 1][hb - 1](a, j0); });
+  }
+  if (softmax_) Softmax(s, len, kLanes);
+  for (int64_t e0 = 0; e0 < E; e0 += kPoolTile)
+    kPool[std::min<int64_t>(kPoolTile, E - e0) - 1](s, history, len, E, e0, lane_pool_);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t e = 0; e < E; ++e) mlp_in_[c * 2 * E + e] = lane_pool_[e * kLanes + c];
+#else
+  (void)history, (void)len, (void)cand, (void)n;
+#endif
 }
 
 }  // namespace ips::models

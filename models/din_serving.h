@@ -12,6 +12,8 @@
 //   and only Wp (q * k), the second layer and the score scale with the pairs.
 //   Padded history steps are skipped instead of computed and masked. `summed` (the sum of the
 //   history) and its part of the top MLP's first layer are per request, not per candidate.
+//   On AVX-512, blocks of candidates run with one candidate per vector lane (weights broadcast),
+//   so the pairs' work has no padded lanes at any layer width (models/din_serving.cc).
 //
 // Covered: Din<float> with PReLU in the top MLP, raw or softmax attention scores (every DIN config
 // in launch/configs). Not covered (Create returns UNIMPLEMENTED, callers keep the generic
@@ -38,11 +40,12 @@ namespace ips::models {
 
 class DinServing {
  public:
-  // Code paths; kAuto picks AVX-512 when the CPU has it (checked at run time), else portable.
+  // Code paths; kAuto picks AVX-512 when the CPU has it (AVX-512F and DQ, checked at run time),
+  // else portable.
   enum class Isa { kAuto, kPortable, kAvx512 };
 
   // Snapshot of `model`'s weights. UNIMPLEMENTED for a configuration this path does not cover
-  // (the message says which); INVALID_ARGUMENT for kAvx512 on a CPU without AVX-512F.
+  // (the message says which); INVALID_ARGUMENT for kAvx512 on a CPU without AVX-512F and DQ.
   static StatusOr<std::unique_ptr<DinServing>> Create(const Din<float>& model,
                                                       Isa isa = Isa::kAuto);
   DinServing(const DinServing&) = delete;
@@ -68,12 +71,19 @@ class DinServing {
   DinServing() = default;
   void ScoreBlock(const float* history, int64_t len, const float* candidates, int64_t n,
                   float* logits);
+  // The attention of a block's n candidates (len > 0), pooled into mlp_in_: one candidate at a
+  // time with its (candidate, step) pairs along the tiles' rows, or (AVX-512) the whole block
+  // with its candidates along the vector lanes.
+  void AttendRows(const float* history, int64_t len, const float* candidates, int64_t n);
+  void AttendLanes(const float* history, int64_t len, const float* candidates, int64_t n);
 
   bool avx512_ = false;
   bool softmax_ = false;
   int64_t E_ = 0, L_ = 0, H1_ = 0, H2_ = 0;
   // The activation unit's weights, transposed to [in x out], output widths padded to whole
-  // 16-float vectors: W1 = H1 and W2 = H2 rounded up (padding weights and biases are 0).
+  // 16-float vectors: W1 = H1 and W2 = H2 rounded up (padding weights and biases are 0). On the
+  // AVX-512 path wk_, wq_, wp_, b1_, w2_ and b2_ are scaled by -log2(e): its sigmoid takes the
+  // pre-activation in those units (one multiplication per sigmoid saved).
   int64_t W1_ = 0, W2_ = 0;
   std::vector<float> wk_;  // [E x W1]  (Wk - Wd)^T: the history term
   std::vector<float> wq_;  // [E x W1]  (Wq + Wd)^T: the candidate term
@@ -106,6 +116,12 @@ class DinServing {
   std::vector<float> s_;         // [L] attention scores of one candidate
   std::vector<float> mlp_in_;    // [kBlock x 2E] [pooled, target]
   std::vector<float> act_[2];    // [kBlock x max outp] top MLP activations (ping-pong)
+  // AttendLanes' scratch, transposed (16 candidates along a vector), in one 64-byte aligned
+  // buffer: targets [E x 16], their first-layer term [H1 x 16], q * k of a group of two steps
+  // [E x 2 x 16], its first layer [H1 x 2 x 16], scores [L x 16], pooled [E x 16].
+  std::vector<float> lane_buf_;
+  float *lane_q_ = nullptr, *lane_u_ = nullptr, *lane_qk_ = nullptr, *lane_a1_ = nullptr,
+        *lane_s_ = nullptr, *lane_pool_ = nullptr;
 };
 
 }  // namespace ips::models

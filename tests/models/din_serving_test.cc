@@ -1,10 +1,12 @@
 // DinServing (models/din_serving.h): its logits equal Din<float>::Forward(training = false) on a
 // batch whose rows all share one left-padded history (max abs diff <= 1e-5, no relative slack),
 // on fresh random weights (PReLU alphas included) and embeddings, for history lengths 0, 1, odd
-// and max, candidate counts that are not multiples of its blocks, zero ("padded": unknown key)
-// candidate rows, raw and softmax attention, the launch/configs shapes, hidden sizes that are not
-// multiples of 16 and an MLP without hidden layers; on both code paths (portable, AVX-512 when
-// the CPU has it). Plus the configurations it refuses (Dice, attention_disabled) and bad inputs.
+// and max, candidate counts that are not multiples of its blocks (both AVX-512 attention
+// layouts), zero ("padded": unknown key) candidate rows, raw and softmax attention, the
+// launch/configs shapes, hidden sizes that are not multiples of 16 or of the lane kernels' tiles,
+// saturated attention units and an MLP without hidden layers; on both code paths (portable,
+// AVX-512 when the CPU has it). Plus the configurations it refuses (Dice, attention_disabled) and
+// bad inputs.
 #include "models/din_serving.h"
 
 #include <gtest/gtest.h>
@@ -118,14 +120,17 @@ void ExpectMatchesForward(const DinOptions& o, const std::vector<int64_t>& lens,
   }
 }
 
+// Candidate counts: blocks of 16 on the AVX-512 lane kernels, last blocks of 1, 4 and 12 on its
+// row tiles, of 13 (the smallest on the lanes) and 14 on lanes with idle lanes; odd history
+// lengths end with a lane group of one step.
 TEST(DinServing, MatchesForward_Paper_E36_H80x40_Mlp200x80_len0_1_13_50) {
-  ExpectMatchesForward(ServeOptions(), {0, 1, 13, 50}, {1, 17, 100}, 1);
+  ExpectMatchesForward(ServeOptions(), {0, 1, 13, 50}, {1, 12, 14, 17, 29, 100}, 1);
 }
 
 TEST(DinServing, MatchesForward_Softmax_len0_1_50) {
   DinOptions o = ServeOptions();
   o.attention_softmax = true;
-  ExpectMatchesForward(o, {0, 1, 50}, {5, 33}, 2);
+  ExpectMatchesForward(o, {0, 1, 50}, {5, 14, 33}, 2);
 }
 
 // launch/configs/din_stream.pbtxt's attention 16/8; odd widths everywhere else.
@@ -136,11 +141,40 @@ TEST(DinServing, MatchesForward_OddShapes_E10_H16x8_Mlp30) {
   o.attention_hidden1 = 16;
   o.attention_hidden2 = 8;
   o.mlp_hidden = {30};
-  ExpectMatchesForward(o, {0, 1, 4, 9}, {1, 16, 19}, 3);
+  ExpectMatchesForward(o, {0, 1, 4, 9}, {1, 16, 19, 29}, 3);
   o.attention_hidden1 = 97;
   o.attention_hidden2 = 33;
   o.mlp_hidden = {17, 90, 3};
   ExpectMatchesForward(o, {0, 1, 9}, {2, 40}, 4);
+}
+
+// Attention pre-activations far past sigmoid's saturation (|x| in the hundreds, beyond where
+// 2^(-x log2 e) overflows a float): weights exactly 0 or 1, no NaN or inf, logits still equal.
+TEST(DinServing, MatchesForward_SaturatedAttentionUnits) {
+  DinOptions o = ServeOptions();
+  o.max_len = 20;
+  auto model = RandomDin(o, 9);
+  DenseParams<float>& p = model->params();
+  for (const char* name : {"attn.net.0.bias", "attn.net.2.bias"}) {
+    const DenseParams<float>::Entry* e = p.Find(name);
+    ASSERT_NE(e, nullptr) << name;
+    float* b = p.values() + e->offset;
+    for (int64_t i = 0; i < e->size; ++i) b[i] = i % 3 == 0 ? 300.0f : i % 3 == 1 ? -300.0f : b[i];
+  }
+  const int64_t E = 2 * o.embedding_dim, len = 20, n = 21;
+  Rng rng(109);
+  std::vector<float> history(len * E), cand(n * E);
+  for (float& v : history) v = static_cast<float>(0.3 * rng.Normal());
+  for (float& v : cand) v = static_cast<float>(0.3 * rng.Normal());
+  const std::vector<float> want = GenericLogits(model.get(), history, len, cand, n);
+  for (DinServing::Isa isa : Isas()) {
+    auto created = DinServing::Create(*model, isa);
+    ASSERT_OK(created.status());
+    std::vector<float> got(n);
+    Poison(got);
+    ASSERT_OK((*created)->Score(history.data(), len, cand.data(), n, got.data()));
+    EXPECT_TRUE(AllClose(got, want, kExact)) << (*created)->isa_name();
+  }
 }
 
 TEST(DinServing, MatchesForward_NoHiddenMlp) {
