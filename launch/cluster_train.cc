@@ -38,13 +38,213 @@
 #include "worker/trainer.h"
 
 namespace ips {
-namespace {
+namespace cluster_internal {
 
 std::string Fixed(double v, int digits) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(digits) << v;
   return os.str();
 }
+
+WorkerClient::WorkerClient(Cluster* cluster, const config::Config& config, const TrainJob& job) {
+  ps::RemoteStoreOptions ro;
+  ro.tables = job.tables;
+  ro.ps_ranks = cluster->layout().PsRanks();
+  ro.worker_index = cluster->role_index();
+  ro.mode = config.cluster().sync() == config::ClusterConfig::ASYNC
+                ? ps::RemoteStoreOptions::Mode::kAsync
+                : ps::RemoteStoreOptions::Mode::kSync;
+  ro.staleness = config.cluster().staleness();
+  auto s = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
+  if (!s.ok()) cluster->Abort(s.status());
+  store = std::move(s).value();
+  Collective* coll = cluster->collective();
+  dense_grad_hook = [coll, this](float* g, int64_t n) {
+    Timer t;
+    Status st = coll->AllReduceMean(g, n);
+    allreduce_s += t.Seconds();
+    dense_floats = n;
+    return st;
+  };
+}
+
+WorkerClient::~WorkerClient() = default;
+
+void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
+  if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
+  metrics->open(flags.metrics_out, std::ios::app);
+  if (!*metrics)
+    cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
+}
+
+bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
+  for (const ps::TableOptions& t : tables)
+    if (t.ttl_steps > 0 || t.max_memory_mb > 0) return false;
+  return true;
+}
+
+double SlowestWorkerSeconds(Cluster* cluster, double seconds) {
+  const int num_workers = cluster->layout().num_workers;
+  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
+  times[cluster->role_index()] = static_cast<float>(seconds);
+  if (Status s = cluster->collective()->AllReduceSum(times.data(), num_workers); !s.ok())
+    cluster->Abort(s);
+  double slowest = 0;
+  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  return slowest;
+}
+
+StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v) {
+  if (num_workers == 1) return v;
+  float f = static_cast<float>(v);
+  IPS_RETURN_IF_ERROR(coll->AllReduceSum(&f, 1));
+  return static_cast<double>(f);
+}
+
+uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i) {
+  return static_cast<uint64_t>(i) * static_cast<uint64_t>(cluster->layout().num_workers) +
+         static_cast<uint64_t>(cluster->role_index());
+}
+
+void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
+                            const ps::RemoteStoreMetrics& m) {
+  metrics << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
+          << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17) << loss
+          << std::setprecision(6) << ",\"pull_p50_us\":" << m.pull_p50_us
+          << ",\"pull_p99_us\":" << m.pull_p99_us << ",\"push_p50_us\":" << m.push_p50_us
+          << ",\"push_p99_us\":" << m.push_p99_us << ",\"bytes_sent\":" << m.bytes_sent
+          << ",\"bytes_received\":" << m.bytes_received << ",\"staleness_max\":" << m.staleness_max
+          << "}\n";
+}
+
+void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
+                      const ps::RemoteStoreMetrics& m) {
+  std::cerr << cluster->Describe() << ": steps=" << s.train_steps << " own_samples_per_s="
+            << Fixed(s.timed_s > 0 ? static_cast<double>(s.timed_steps) * batch / s.timed_s : 0, 1)
+            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
+            << " pull_p99_us=" << Fixed(m.pull_p99_us, 0)
+            << " push_p50_us=" << Fixed(m.push_p50_us, 0)
+            << " push_p99_us=" << Fixed(m.push_p99_us, 0) << " bytes_sent=" << m.bytes_sent
+            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
+            << " staleness_mean=" << Fixed(m.staleness_mean, 2) << "\n";
+}
+
+ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
+                               const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                               const SyntheticSummary& s) {
+  ResultLine line("train_cluster");
+  line.Add("model", ModelKindName(job.trainer.model.kind))
+      .Add("workers", static_cast<int64_t>(cluster->layout().num_workers))
+      .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
+      .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
+      .Add("staleness", static_cast<int64_t>(config.cluster().staleness()))
+      .Add("samples_per_s", Fixed(s.samples_per_s, 1))
+      .Add("steps", static_cast<int64_t>(job.run.steps))
+      .Add("batch", static_cast<int64_t>(job.run.batch))
+      .Add("loss", Fixed(s.loss, 4));
+  for (const auto& [key, value] : s.quality) line.Add(key, value);
+  const double per_step = s.timed_steps > 0 ? 1000.0 / static_cast<double>(s.timed_steps) : 0;
+  line.Add("staleness_max", m.staleness_max)
+      .Add("pull_p50_us", Fixed(m.pull_p50_us, 0))
+      .Add("pull_p99_us", Fixed(m.pull_p99_us, 0))
+      .Add("push_p50_us", Fixed(m.push_p50_us, 0))
+      .Add("push_p99_us", Fixed(m.push_p99_us, 0))
+      // Worker 0's per-step averages over the timed steps (step = the trainer's Step), its PS
+      // traffic per step over all steps, and the dense floats all-reduced per step.
+      .Add("step_ms", Fixed(per_step * s.timed_s, 3))
+      .Add("allreduce_ms", Fixed(per_step * client.allreduce_s, 3))
+      .Add("ps_bytes_per_step",
+           static_cast<int64_t>(
+               s.train_steps > 0 ? (m.bytes_sent + m.bytes_received) / s.train_steps : 0))
+      .Add("dense_floats", client.dense_floats);
+  return line;
+}
+
+void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
+                          double loss) {
+  std::ostringstream line;  // worker 0's step loss, every digit (the tests compare them)
+  line << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
+       << ",\"epoch\":" << epoch << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17)
+       << loss << "}\n";
+  metrics << line.str();
+}
+
+void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
+                    const RankingEvalResult& eval, double loss, double samples_per_s,
+                    int64_t steps) {
+  const std::string k = std::to_string(top_k);
+  auto metric = [&](double v) { return evaluated ? internal::JsonNumber(v) : std::string("null"); };
+  metrics << "{\"epoch\":" << epoch << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg" << k
+          << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
+          << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
+          << ",\"loss\":" << internal::JsonNumber(loss)
+          << ",\"samples_per_s\":" << internal::JsonNumber(samples_per_s) << ",\"steps\":" << steps
+          << ",\"eval_users\":" << (evaluated ? eval.users : 0)
+          << ",\"eval_s\":" << internal::JsonNumber(evaluated ? eval.seconds : 0) << "}\n";
+  metrics.flush();
+}
+
+ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
+                             const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                             const DatasetSummary& s) {
+  ResultLine line("train_cluster");
+  line.Add("model", s.model)
+      .Add("workers", static_cast<int64_t>(cluster->layout().num_workers))
+      .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
+      .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
+      .Add("epochs", static_cast<int64_t>(s.epochs))
+      .Add("steps", s.steps)
+      .Add("samples_per_s", Fixed(s.samples_per_s, 1))
+      .Add("loss", Fixed(s.loss, 4));
+  AddRankingFields(s.eval, s.recall, &line);
+  line.Add("staleness_max", m.staleness_max)
+      .Add("allreduce_ms",
+           Fixed(s.steps_run > 0 ? 1000 * client.allreduce_s / static_cast<double>(s.steps_run) : 0,
+                 3))
+      .Add("dense_floats", client.dense_floats);
+  return line;
+}
+
+void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s) {
+  const std::string k = std::to_string(s.eval.k);
+  metrics << "{\"phase\":\"result\",\"model\":\"" << s.model
+          << "\",\"workers\":" << cluster->layout().num_workers
+          << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << s.epochs
+          << ",\"steps\":" << s.steps << ",\"samples_per_s\":" << Fixed(s.samples_per_s, 1)
+          << ",\"loss\":" << Fixed(s.loss, 6) << ",\"hr" << k << "\":" << Fixed(s.eval.hr, 6)
+          << ",\"ndcg" << k << "\":" << Fixed(s.eval.ndcg, 6)
+          << ",\"auc\":" << Fixed(s.eval.auc, 6);
+  for (const RetrievalCutoff& c : s.recall)
+    metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
+  metrics << "}\n";
+  metrics.flush();
+}
+
+}  // namespace cluster_internal
+
+namespace {
+
+using cluster_internal::DatasetSummary;
+using cluster_internal::Fixed;
+using cluster_internal::OpenMetricsOut;
+using cluster_internal::PrefetchChangesNothing;
+using cluster_internal::SlowestWorkerSeconds;
+using cluster_internal::SumOverWorkers;
+using cluster_internal::SyntheticSummary;
+using cluster_internal::WorkerClient;
+
+// A CTR training worker (RunWorker, RunDatasetWorker): the client of the parameter servers and
+// the trainer, whose dense gradients the client's hook averages over the workers.
+struct TrainingWorker : WorkerClient {
+  TrainingWorker(Cluster* cluster, const config::Config& config, TrainJob* job)
+      : WorkerClient(cluster, config, *job) {
+    job->trainer.dense_grad_allreduce = dense_grad_hook;
+    auto t = Trainer::Create(job->trainer, store.get());
+    if (!t.ok()) cluster->Abort(t.status());
+    trainer = std::move(t).value();
+  }
+  std::unique_ptr<Trainer> trainer;
+};
 
 // Set by SIGTERM on a worker; read between steps (lock-free: async-signal safe).
 std::atomic<bool> g_stop_requested{false};
@@ -134,74 +334,6 @@ StatusOr<int64_t> RestoreWorker(Trainer* trainer, const CheckpointContent& dense
   return step[0];
 }
 
-// This worker's client of the parameter servers (cluster.sync, cluster.staleness).
-ps::RemoteStoreOptions WorkerStoreOptions(Cluster* cluster, const config::Config& config,
-                                          const TrainJob& job) {
-  ps::RemoteStoreOptions ro;
-  ro.tables = job.tables;
-  ro.ps_ranks = cluster->layout().PsRanks();
-  ro.worker_index = cluster->role_index();
-  ro.mode = config.cluster().sync() == config::ClusterConfig::ASYNC
-                ? ps::RemoteStoreOptions::Mode::kAsync
-                : ps::RemoteStoreOptions::Mode::kSync;
-  ro.staleness = config.cluster().staleness();
-  return ro;
-}
-
-// Gradients of each worker's mean loss, averaged: the gradient of the global batch's mean.
-// The hook is timed (output only: allreduce_ms in the RESULT line, for launch/scale.sh).
-DenseGradHook TimedAllReduceMean(Collective* coll, double* seconds, int64_t* floats) {
-  return [coll, seconds, floats](float* g, int64_t n) {
-    Timer t;
-    Status s = coll->AllReduceMean(g, n);
-    *seconds += t.Seconds();
-    *floats = n;
-    return s;
-  };
-}
-
-// What every training worker (RunWorker, RunDatasetWorker) starts with: its client of the
-// parameter servers and its trainer, whose dense gradients are averaged over the workers by a
-// TimedAllReduceMean hook (into allreduce_s and dense_floats: the hook points at them, so the
-// object stays where it is made). Aborts the job on an error.
-struct TrainingWorker {
-  TrainingWorker(Cluster* cluster, const config::Config& config, TrainJob* job) {
-    auto s = ps::RemoteEmbeddingStore::Create(cluster->transport(),
-                                              WorkerStoreOptions(cluster, config, *job));
-    if (!s.ok()) cluster->Abort(s.status());
-    store = std::move(s).value();
-    job->trainer.dense_grad_allreduce =
-        TimedAllReduceMean(cluster->collective(), &allreduce_s, &dense_floats);
-    auto t = Trainer::Create(job->trainer, store.get());
-    if (!t.ok()) cluster->Abort(t.status());
-    trainer = std::move(t).value();
-  }
-  TrainingWorker(const TrainingWorker&) = delete;
-  TrainingWorker& operator=(const TrainingWorker&) = delete;
-
-  double allreduce_s = 0;    // seconds in the dense all-reduce
-  int64_t dense_floats = 0;  // floats per all-reduce
-  std::unique_ptr<ps::RemoteEmbeddingStore> store;
-  std::unique_ptr<Trainer> trainer;
-};
-
-// Worker 0's --metrics_out (appended to); closed on the other workers and without the flag.
-void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
-  if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
-  metrics->open(flags.metrics_out, std::ios::app);
-  if (!*metrics)
-    cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
-}
-
-// Whether the next batch's pull may overlap a step (Trainer::Step's `next`) at all: not with TTL
-// or a memory cap (a prefetch is served before this step's AdvanceStep, so its rows' ages and
-// recency differ).
-bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
-  for (const ps::TableOptions& t : tables)
-    if (t.ttl_steps > 0 || t.max_memory_mb > 0) return false;
-  return true;
-}
-
 // The blobs of a checkpoint that every run writes besides its position: the model's dropout
 // step (models that have one) and the cluster's layout.
 void AddModelAndLayoutBlobs(Cluster* cluster, Trainer* trainer,
@@ -209,19 +341,6 @@ void AddModelAndLayoutBlobs(Cluster* cluster, Trainer* trainer,
   internal::SaveDropoutStep(trainer->model(), blobs);
   (*blobs)["cluster/layout"] =
       PackBlob(std::vector<int64_t>{cluster->layout().num_ps, cluster->layout().num_workers});
-}
-
-// The slowest worker's `seconds` (every worker calls it: global throughput = every worker's
-// samples over it).
-double SlowestWorkerSeconds(Cluster* cluster, double seconds) {
-  const int num_workers = cluster->layout().num_workers;
-  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
-  times[cluster->role_index()] = static_cast<float>(seconds);
-  if (Status s = cluster->collective()->AllReduceSum(times.data(), num_workers); !s.ok())
-    cluster->Abort(s);
-  double slowest = 0;
-  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
-  return slowest;
 }
 
 // The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
@@ -414,7 +533,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   // single-process stream); held-out batches follow every worker's training batches.
   std::vector<CtrBatch> batches(static_cast<size_t>(train_steps));
   for (int i = start; i < train_steps; ++i) {
-    const uint64_t index = static_cast<uint64_t>(i) * num_workers + static_cast<uint64_t>(w);
+    const uint64_t index = cluster_internal::SyntheticBatchIndex(cluster, i);
     if (Status s = (*gen)->CtrBatchAt(index, run.batch, &batches[i]); !s.ok()) cluster->Abort(s);
   }
   std::ofstream metrics;
@@ -458,16 +577,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
                        "loss=" + Fixed(*loss, 4));
     }
-    if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps)) {
-      const auto m = store->metrics();
-      metrics << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
-              << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17) << *loss
-              << std::setprecision(6) << ",\"pull_p50_us\":" << m.pull_p50_us
-              << ",\"pull_p99_us\":" << m.pull_p99_us << ",\"push_p50_us\":" << m.push_p50_us
-              << ",\"push_p99_us\":" << m.push_p99_us << ",\"bytes_sent\":" << m.bytes_sent
-              << ",\"bytes_received\":" << m.bytes_received
-              << ",\"staleness_max\":" << m.staleness_max << "}\n";
-    }
+    if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps))
+      cluster_internal::WriteSyntheticStepLine(metrics, cluster, done, *loss, store->metrics());
     if (checkpoint_after) {
       if (Status s = checkpoint(done); !s.ok()) cluster->Abort(s);
       since_checkpoint.Reset();
@@ -489,14 +600,14 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   const double samples_per_s =
       slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
   const ps::RemoteStoreMetrics m = store->metrics();
-  std::cerr << cluster->Describe() << ": steps=" << train_steps << " own_samples_per_s="
-            << Fixed(timed > 0 ? static_cast<double>(timed_steps) * run.batch / timed : 0, 1)
-            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
-            << " pull_p99_us=" << Fixed(m.pull_p99_us, 0)
-            << " push_p50_us=" << Fixed(m.push_p50_us, 0)
-            << " push_p99_us=" << Fixed(m.push_p99_us, 0) << " bytes_sent=" << m.bytes_sent
-            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
-            << " staleness_mean=" << Fixed(m.staleness_mean, 2) << "\n";
+  SyntheticSummary summary;
+  summary.train_steps = train_steps;
+  summary.timed_steps = timed_steps;
+  summary.timed_s = timed;
+  summary.samples_per_s = samples_per_s;
+  const size_t n = losses.size(), k = std::min<size_t>(10, n);
+  summary.loss = internal::Mean(losses, n - k, n);
+  cluster_internal::LogWorkerTraffic(cluster, summary, run.batch, m);
   // This worker pushes no more: the others' pulls must not wait on its clock.
   if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
 
@@ -531,12 +642,9 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       tables << ",\"" << ts->name << "_rows\":" << ts->rows << ",\"" << ts->name
              << "_bytes\":" << ts->bytes;
     }
-    double first10 = 0, last10 = 0;
-    const size_t k = std::min<size_t>(10, losses.size());
-    for (size_t i = 0; i < k; ++i) first10 += losses[i] / k;
-    for (size_t i = losses.size() - k; i < losses.size(); ++i) last10 += losses[i] / k;
-    std::cerr << "loss first10=" << Fixed(first10, 4) << " last10=" << Fixed(last10, 4)
-              << " heldout_auc=" << Fixed(eval.auc, 4) << "\n";
+    const double last10 = summary.loss;
+    std::cerr << "loss first10=" << Fixed(internal::Mean(losses, 0, k), 4)
+              << " last10=" << Fixed(last10, 4) << " heldout_auc=" << Fixed(eval.auc, 4) << "\n";
     if (metrics.is_open()) {
       metrics << "{\"phase\":\"result\",\"workers\":" << num_workers
               << ",\"ps\":" << cluster->layout().num_ps << ",\"samples_per_s\":" << samples_per_s
@@ -545,30 +653,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       metrics.flush();
       if (!metrics) exit_code = 1;
     }
-    ResultLine("train_cluster")
-        .Add("model", ModelKindName(job.trainer.model.kind))
-        .Add("workers", static_cast<int64_t>(num_workers))
-        .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
-        .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
-        .Add("staleness", static_cast<int64_t>(config.cluster().staleness()))
-        .Add("samples_per_s", Fixed(samples_per_s, 1))
-        .Add("steps", static_cast<int64_t>(run.steps))
-        .Add("batch", static_cast<int64_t>(run.batch))
-        .Add("loss", Fixed(last10, 4))
-        .Add("auc", Fixed(eval.auc, 4))
-        .Add("staleness_max", m.staleness_max)
-        .Add("pull_p50_us", Fixed(m.pull_p50_us, 0))
-        .Add("pull_p99_us", Fixed(m.pull_p99_us, 0))
-        .Add("push_p50_us", Fixed(m.push_p50_us, 0))
-        .Add("push_p99_us", Fixed(m.push_p99_us, 0))
-        // Worker 0's per-step averages over the timed steps (step = Trainer::Step), its PS
-        // traffic per step over all steps, and the dense floats all-reduced per step.
-        .Add("step_ms", Fixed(timed_steps > 0 ? 1000 * timed / timed_steps : 0, 3))
-        .Add("allreduce_ms", Fixed(timed_steps > 0 ? 1000 * tw.allreduce_s / timed_steps : 0, 3))
-        .Add("ps_bytes_per_step",
-             static_cast<int64_t>(train_steps > 0 ? (m.bytes_sent + m.bytes_received) / train_steps
-                                                  : 0))
-        .Add("dense_floats", tw.dense_floats)
+    summary.quality.emplace_back("auc", Fixed(eval.auc, 4));
+    cluster_internal::SyntheticResultLine(cluster, config, job, tw, m, summary)
         .Add("bytes_per_row_ratio", Fixed(largest_ratio, 3))
         .Print();
   }
@@ -615,14 +701,6 @@ StatusOr<DatasetPosition> RestoreDatasetWorker(Trainer* trainer, const Checkpoin
   p.epoch_samples = st[5];
   p.loss_sum = loss[0];
   return p;
-}
-
-// The sum of every worker's `v` (exact with one worker: no float round trip).
-StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v) {
-  if (num_workers == 1) return v;
-  float f = static_cast<float>(v);
-  IPS_RETURN_IF_ERROR(coll->AllReduceSum(&f, 1));
-  return static_cast<double>(f);
 }
 
 // Worker w of W on data.train_dir. Every worker reads the whole dataset's epoch order (the same
@@ -795,13 +873,8 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       if (progress && (epoch_steps % run.log_every_steps == 0 || k == 0))
         progress->Update(at.samples, "epoch " + std::to_string(e + 1) + "/" +
                                          std::to_string(run.epochs) + " loss=" + Fixed(*loss, 4));
-      if (metrics.is_open() && (done % run.log_every_steps == 0 || at.steps == last_step)) {
-        std::ostringstream line;  // worker 0's step loss, every digit (the tests compare them)
-        line << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
-             << ",\"epoch\":" << e + 1 << ",\"step\":" << done
-             << ",\"loss\":" << std::setprecision(17) << *loss << "}\n";
-        metrics << line.str();
-      }
+      if (metrics.is_open() && (done % run.log_every_steps == 0 || at.steps == last_step))
+        cluster_internal::WriteDatasetStepLine(metrics, cluster, e + 1, done, *loss);
       if (checkpoint_after) {
         auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
         if (!global_loss.ok()) cluster->Abort(global_loss.status());
@@ -868,21 +941,9 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
                  " auc=" + Fixed(eval.auc, 4);
       progress->Update(at.samples, extra);
     }
-    if (metrics.is_open()) {  // RunDatasetTraining's per-epoch line
-      const std::string k = std::to_string(run.top_k);
-      auto metric = [&](double v) {
-        return evaluate ? internal::JsonNumber(v) : std::string("null");
-      };
-      metrics << "{\"epoch\":" << e + 1 << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg"
-              << k << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
-              << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
-              << ",\"loss\":" << internal::JsonNumber(epoch_loss)
-              << ",\"samples_per_s\":" << internal::JsonNumber(epoch_samples_per_s)
-              << ",\"steps\":" << trainer->steps()
-              << ",\"eval_users\":" << (evaluate ? eval.users : 0)
-              << ",\"eval_s\":" << internal::JsonNumber(evaluate ? eval.seconds : 0) << "}\n";
-      metrics.flush();
-    }
+    if (metrics.is_open())  // RunDatasetTraining's per-epoch line
+      cluster_internal::WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, epoch_loss,
+                                       epoch_samples_per_s, trainer->steps());
   }
   if (stopped)
     return StopAfterCheckpoint(cluster, store, job, ck, trainer->steps(), progress.get());
@@ -905,43 +966,22 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
   int exit_code = 0;
   if (w == 0) {
-    const std::string k = std::to_string(last_eval.k);
     std::cerr << "trained " << steps_run << " steps x " << num_workers << " workers in "
               << Fixed(train_seconds, 1) << " s, evaluated " << last_eval.users << " users\n";
-    ResultLine line("train_cluster");
-    line.Add("model", model)
-        .Add("workers", static_cast<int64_t>(num_workers))
-        .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
-        .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
-        .Add("epochs", static_cast<int64_t>(epochs_run))
-        .Add("steps", at.steps)
-        .Add("samples_per_s", Fixed(samples_per_s, 1))
-        .Add("loss", Fixed(last_loss, 4))
-        .Add("hr" + k, Fixed(last_eval.hr, 4))
-        .Add("ndcg" + k, Fixed(last_eval.ndcg, 4))
-        .Add("auc", Fixed(last_eval.auc, 4))
-        .Add("gauc", Fixed(last_eval.gauc, 4))
-        .Add("logloss", Fixed(last_eval.logloss, 4));
-    for (const RetrievalCutoff& c : recall)
-      line.Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
-    line.Add("staleness_max", m.staleness_max)
-        .Add("allreduce_ms",
-             Fixed(steps_run > 0 ? 1000 * tw.allreduce_s / static_cast<double>(steps_run) : 0, 3))
-        .Add("dense_floats", tw.dense_floats);
+    DatasetSummary summary;
+    summary.model = model;
+    summary.epochs = epochs_run;
+    summary.steps = at.steps;
+    summary.steps_run = steps_run;
+    summary.samples_per_s = samples_per_s;
+    summary.loss = last_loss;
+    summary.eval = last_eval;
+    summary.recall = recall;
     if (metrics.is_open()) {
-      metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"workers\":" << num_workers
-              << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << epochs_run
-              << ",\"steps\":" << at.steps << ",\"samples_per_s\":" << Fixed(samples_per_s, 1)
-              << ",\"loss\":" << Fixed(last_loss, 6) << ",\"hr" << k
-              << "\":" << Fixed(last_eval.hr, 6) << ",\"ndcg" << k
-              << "\":" << Fixed(last_eval.ndcg, 6) << ",\"auc\":" << Fixed(last_eval.auc, 6);
-      for (const RetrievalCutoff& c : recall)
-        metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
-      metrics << "}\n";
-      metrics.flush();
+      cluster_internal::WriteDatasetResultLine(metrics, cluster, summary);
       if (!metrics) exit_code = 1;
     }
-    line.Print();
+    cluster_internal::DatasetResultLine(cluster, config, tw, m, summary).Print();
   }
   if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;
@@ -955,6 +995,19 @@ bool LaunchedUnderMpi() {
     if (v != nullptr && std::atoi(v) > 1) return true;
   }
   return false;
+}
+
+void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,
+                      ResultLine* line) {
+  using cluster_internal::Fixed;
+  const std::string k = std::to_string(eval.k);
+  line->Add("hr" + k, Fixed(eval.hr, 4))
+      .Add("ndcg" + k, Fixed(eval.ndcg, 4))
+      .Add("auc", Fixed(eval.auc, 4))
+      .Add("gauc", Fixed(eval.gauc, 4))
+      .Add("logloss", Fixed(eval.logloss, 4));
+  for (const RetrievalCutoff& c : recall)
+    line->Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
 }
 
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
@@ -973,21 +1026,24 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   // the tables' initialisers).
   auto job = TrainJobFromConfig(config);
   std::unique_ptr<Dataset> data;
-  Status data_status;
-  if (job.ok() && !job->synthetic) {
+  Status data_status;  // what every rank checks before anything starts (see below)
+  const bool sequence = job.ok() && IsSequenceModel(job->trainer.model.kind);
+  if (sequence && (Checkpointing(config) || !flags.resume.empty())) {
+    std::string asked;  // what the job asked for: checkpoint.dir, --resume or both
+    if (Checkpointing(config)) asked = "checkpoint.dir '" + config.checkpoint().dir() + "'";
+    if (!flags.resume.empty())
+      asked += (asked.empty() ? "" : ", ") + std::string("--resume '") + flags.resume + "'";
+    data_status = UnimplementedError(
+        "checkpoints of the sequence model '" +
+        std::string(ModelKindName(job->trainer.model.kind)) + "' under mpirun (" + asked +
+        "): remove checkpoint.dir and --resume to train it distributed, or checkpoint it "
+        "single-process (`ips train` without mpirun)");
+  } else if (job.ok() && !job->synthetic) {
     Status& s = data_status;
-    if (IsSequenceModel(job->trainer.model.kind)) {
-      s = UnimplementedError(
-          "distributed training of the sequence model '" +
-          std::string(ModelKindName(job->trainer.model.kind)) +
-          "' (SeqTrainer) under mpirun; train it single-process (`ips train` without mpirun) or "
-          "use a CTR model (din, dien, bst, pooled, mind)");
-    } else {
-      auto opened = Dataset::Open(job->dataset.train_dir);
-      s = opened.ok() ? FitJobToDataset(**opened, &*job) : opened.status();
-      if (s.ok()) data = std::move(opened).value();
-      s = s.WithContext("data.train_dir '" + job->dataset.train_dir + "'");
-    }
+    auto opened = Dataset::Open(job->dataset.train_dir);
+    s = opened.ok() ? FitJobToDataset(**opened, &*job) : opened.status();
+    if (s.ok()) data = std::move(opened).value();
+    s = s.WithContext("data.train_dir '" + job->dataset.train_dir + "'");
   }
   ClusterOptions copt;
   copt.num_ps = config.cluster().num_ps();
@@ -1002,9 +1058,9 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
   if (!job.ok()) cluster->Abort(job.status());
-  if (!job->synthetic) {
+  if (!job->synthetic || sequence) {
     // The ranks agree before anything starts: a bad directory (or one missing on some host) or a
-    // model this driver cannot train ends every rank with exit code 1, each printing why. (Exiting
+    // job this driver cannot run ends every rank with exit code 1, each printing why. (Exiting
     // without the agreement, mpirun kills the other ranks before they can print.)
     int bad = data_status.ok() ? 0 : 1;
     MPI_Request req;
@@ -1017,7 +1073,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
       // One write per line: mpirun interleaves the ranks' stderr at write boundaries.
       const std::string line =
           "error: " + cluster->Describe() + ": " +
-          (data_status.ok() ? "another rank failed to open the dataset; see its error"
+          (data_status.ok() ? "another rank failed its checks of the job; see its error"
                             : data_status.ToString()) +
           "\n";
       std::fputs(line.c_str(), stderr);
@@ -1034,6 +1090,8 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   int code = 0;
   if (cluster->role() == Role::kPs) {
     code = RunServer(cluster.get(), config, *job, flags);
+  } else if (sequence) {
+    code = cluster_internal::RunSeqWorker(cluster.get(), config, *job, data.get(), flags);
   } else if (data != nullptr) {
     code = RunDatasetWorker(cluster.get(), config, *job, *data, flags);
   } else {

@@ -1,8 +1,9 @@
 // Distributed training under mpirun: `mpirun -np N ips train --config X` with cluster.num_ps = P
 // runs P parameter-server ranks (ps/server.h, serving their shard of every table) and N - P
-// worker ranks, each training the config's CTR model through the single-process Trainer
-// (worker/trainer.h) with a RemoteEmbeddingStore (ps/remote_store.h) and the dense gradients
-// averaged over the workers by the Collective (worker/collective.h) in the trainer's
+// worker ranks, each training the config's model through the single-process trainer (CTR
+// models: Trainer, worker/trainer.h; sequence models: SeqTrainer, worker/seq_trainer.h, in
+// launch/cluster_seq_train.cc) with a RemoteEmbeddingStore (ps/remote_store.h) and the dense
+// gradients averaged over the workers by the Collective (worker/collective.h) in the trainer's
 // dense_grad_allreduce hook. This module owns only that orchestration: roles, the per-worker
 // data shard, the replica check, metrics per role, the final statistics of the tables, and the
 // coordination of checkpoints.
@@ -27,8 +28,9 @@
 // a cluster checkpoint resumes single-process (`ips train --resume`) or exports (`ips export`).
 //
 // Data: data.synthetic (worker w trains the generator's batches w, w + W, ...; worker 0 evaluates
-// AUC on held-out batches) or data.train_dir, a directory of `ips data convert` (CTR models only:
-// a sequence model is UNIMPLEMENTED here). Every rank opens and checks the directory. Each worker
+// AUC on held-out batches) or data.train_dir, a directory of `ips data convert`. Every rank opens
+// and checks the directory. Sequence models (SASRec, GRU4Rec) train the same way through
+// launch/cluster_seq_train.cc (RunSeqWorker below), without checkpoints. Each worker
 // follows the single-process epoch order (TrainReader: same seed, same per-epoch shuffle) and
 // trains every W-th batch of it: round k of an epoch is batches kW .. kW + W - 1, one per worker,
 // so the workers read disjoint examples; every worker runs floor(batches / W) rounds per epoch (up
@@ -43,9 +45,16 @@
 #define IPS_LAUNCH_CLUSTER_TRAIN_H_
 
 #include <cstdint>
+#include <iosfwd>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "common/result_line.h"
 #include "common/status.h"
+#include "worker/retrieval.h"
+#include "worker/trainer.h"
 
 namespace ips {
 
@@ -54,10 +63,12 @@ class Config;
 }
 namespace ps {
 class EmbeddingStore;
-}
+class RemoteEmbeddingStore;
+struct RemoteStoreMetrics;
+}  // namespace ps
+class Cluster;
+class Collective;
 class Dataset;
-class Trainer;
-struct DatasetRunOptions;
 struct RetrievalResult;
 
 struct ClusterTrainFlags {
@@ -87,8 +98,9 @@ struct ClusterTrainFlags {
 // Worker 0 prints `RESULT train_cluster ...` as its last stdout line. A run stopped by SIGTERM
 // returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
 // prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. A bad
-// data.train_dir, or a sequence model on one, returns 1 on every rank before training starts
-// (the ranks agree first), each rank printing the error.
+// data.train_dir, or checkpoint.dir / --resume with a sequence model (not implemented under
+// mpirun), returns 1 on every rank before training starts (the ranks agree first), each rank
+// printing the error.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 
 // Whether this process was started by mpirun with more than one rank (OMPI_COMM_WORLD_SIZE,
@@ -102,6 +114,101 @@ bool LaunchedUnderMpi();
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
                                                  const Dataset& data, const DatasetRunOptions& run);
 
+// The ranking fields of a dataset run's RESULT line, the same for `ips train` and its mpirun
+// form: hrK ndcgK auc gauc logloss (K = eval.k, 4 decimals), then recallK per retrieval cut-off.
+void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,
+                      ResultLine* line);
+
+// ---- Internal: shared by the CTR workers (cluster_train.cc) and the sequence workers -----------
+// (cluster_seq_train.cc), so that both print, measure and average the same way.
+namespace cluster_internal {
+
+std::string Fixed(double v, int digits);  // fixed notation with `digits` decimals
+
+// What every training worker starts with: its client of the parameter servers (cluster.sync,
+// cluster.staleness) and the hook (for TrainerOptions / SeqTrainerOptions dense_grad_allreduce)
+// that averages the dense gradients over the workers, i.e. the gradient of the global batch's
+// mean loss. The hook is timed into allreduce_s and dense_floats (the RESULT line's allreduce_ms)
+// and points at them, so the object stays where it is made. Aborts the job on an error.
+struct WorkerClient {
+  WorkerClient(Cluster* cluster, const config::Config& config, const TrainJob& job);
+  ~WorkerClient();
+  WorkerClient(const WorkerClient&) = delete;
+  WorkerClient& operator=(const WorkerClient&) = delete;
+
+  double allreduce_s = 0;    // seconds in the dense all-reduce
+  int64_t dense_floats = 0;  // floats per all-reduce
+  std::unique_ptr<ps::RemoteEmbeddingStore> store;
+  DenseGradHook dense_grad_hook;
+};
+
+// Worker 0's --metrics_out (appended to); closed on the other workers and without the flag.
+void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics);
+
+// Whether the next batch's pull may overlap a step (the trainers' Step `next`) at all: not with
+// TTL or a memory cap (a prefetch is served before this step's AdvanceStep, so its rows' ages and
+// recency differ).
+bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables);
+
+// The slowest worker's `seconds` (every worker calls it: global throughput = every worker's
+// samples over it).
+double SlowestWorkerSeconds(Cluster* cluster, double seconds);
+
+// The sum of every worker's `v` (exact with one worker: no float round trip).
+StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v);
+
+// Synthetic data: worker w's training batch i is the generator's batch i * W + w (with one
+// worker, exactly the single-process stream); held-out batches follow every worker's batches.
+uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i);
+
+// A synthetic run's per-step --metrics_out line (the loss with every digit: tests compare them)
+// and its end: this worker's traffic on stderr, and worker 0's RESULT line (`quality`: the
+// metrics after the loss, e.g. the CTR held-out AUC; none for a sequence model).
+struct SyntheticSummary {
+  int64_t train_steps = 0;  // warm-up included
+  int64_t timed_steps = 0;
+  double timed_s = 0;  // this worker's seconds in the timed steps
+  double samples_per_s = 0;
+  double loss = 0;  // mean of the last 10 step losses
+  std::vector<std::pair<std::string, std::string>> quality;
+};
+void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
+                            const ps::RemoteStoreMetrics& m);
+void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
+                      const ps::RemoteStoreMetrics& m);
+ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
+                               const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                               const SyntheticSummary& s);
+
+// A dataset run's lines: per step and per epoch on --metrics_out (the single-process per-epoch
+// line of RunDatasetTraining), and at the end worker 0's RESULT line and --metrics_out result.
+struct DatasetSummary {
+  std::string model;
+  int epochs = 0;
+  int64_t steps = 0;      // the run's steps (every worker's rounds)
+  int64_t steps_run = 0;  // of them, run by this process (not resumed)
+  double samples_per_s = 0;
+  double loss = 0;  // the last epoch's mean step loss over every worker
+  RankingEvalResult eval;
+  std::vector<RetrievalCutoff> recall;
+};
+void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
+                          double loss);
+void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
+                    const RankingEvalResult& eval, double loss, double samples_per_s,
+                    int64_t steps);
+ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
+                             const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                             const DatasetSummary& s);
+void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s);
+
+// The sequence models' worker (launch/cluster_seq_train.cc): SeqTrainer steps on synthetic
+// batches (data == nullptr) or on the sequences of `data` (fitted to the job already), with the
+// same sharding, all-reduce, replica checks and outputs as the CTR workers. Returns the exit code.
+int RunSeqWorker(Cluster* cluster, const config::Config& config, TrainJob job, const Dataset* data,
+                 const ClusterTrainFlags& flags);
+
+}  // namespace cluster_internal
 }  // namespace ips
 
 #endif  // IPS_LAUNCH_CLUSTER_TRAIN_H_

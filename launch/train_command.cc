@@ -119,12 +119,7 @@ Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_p
     IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
     return Status::Ok();
   }
-  IPS_ASSIGN_OR_RETURN(auto model, CreateSeqModel(job.trainer.model));
-  SeqTrainerOptions o;
-  o.dense_optimizer = job.trainer.dense_optimizer;
-  o.num_threads = job.trainer.num_threads;
-  o.item_table = job.trainer.item_table;
-  IPS_ASSIGN_OR_RETURN(*seq, SeqTrainer::Create(o, store, std::move(model)));
+  IPS_ASSIGN_OR_RETURN(*seq, CreateSeqTrainer(job.trainer, store));
   return Status::Ok();
 }
 
@@ -181,14 +176,8 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
       .Add("epochs", static_cast<int64_t>(r.epochs))
       .Add("steps", r.steps)
       .Add("samples_per_s", Fixed(r.samples_per_s, 1))
-      .Add("loss", Fixed(r.loss, 4))
-      .Add("hr" + k, Fixed(r.eval.hr, 4))
-      .Add("ndcg" + k, Fixed(r.eval.ndcg, 4))
-      .Add("auc", Fixed(r.eval.auc, 4))
-      .Add("gauc", Fixed(r.eval.gauc, 4))
-      .Add("logloss", Fixed(r.eval.logloss, 4));
-  for (const RetrievalCutoff& c : recall)
-    line.Add("recall" + std::to_string(c.k), Fixed(c.recall, 4));
+      .Add("loss", Fixed(r.loss, 4));
+  AddRankingFields(r.eval, recall, &line);
   if (sinks.metrics_out != nullptr) {
     *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)

@@ -11,6 +11,7 @@
 #include "common/timer.h"
 #include "kernels/embedding.h"
 #include "worker/internal/run_steps.h"
+#include "worker/model_factory.h"
 
 namespace ips {
 
@@ -144,10 +145,30 @@ models::SeqInputs<float> SeqTrainer::Inputs(const SeqBatchView& b, int row0, int
   return in;
 }
 
-StatusOr<double> SeqTrainer::Step(const SeqBatchView& batch) {
+StatusOr<double> SeqTrainer::Step(const SeqBatchView& batch, const SeqBatchView* next) {
   IPS_RETURN_IF_ERROR(CheckBatch(batch, /*with_targets=*/true, /*allow_large=*/false));
+  if (next != nullptr) {
+    // Checked before anything is pulled, so a bad `next` leaves the store untouched.
+    Status s = CheckBatch(*next, /*with_targets=*/true, /*allow_large=*/false);
+    if (!s.ok()) return s.WithContext("SeqTrainer::Step: next batch");
+  }
   IPS_RETURN_IF_ERROR(PrepareKeys(batch, 0, batch.batch, /*with_targets=*/true));
   IPS_RETURN_IF_ERROR(store_->Pull(item_table_, AsU64(unique_), num_unique_, dim_, rows_.data()));
+  if (next != nullptr) {
+    // The next step's keys in the order its PrepareKeys will produce them (the dedup is
+    // deterministic), so its Pull consumes the prefetch; this step's keys are held meanwhile.
+    held_unique_.resize(unique_.size());
+    held_inverse_.resize(inverse_.size());
+    std::swap(unique_, held_unique_);
+    std::swap(inverse_, held_inverse_);
+    const int64_t held_num_unique = num_unique_;
+    Status s = PrepareKeys(*next, 0, next->batch, /*with_targets=*/true);
+    if (s.ok()) s = store_->PrefetchPull(item_table_, AsU64(unique_), num_unique_);
+    std::swap(unique_, held_unique_);
+    std::swap(inverse_, held_inverse_);
+    num_unique_ = held_num_unique;
+    IPS_RETURN_IF_ERROR(s);
+  }
   const models::SeqInputs<float> in = Inputs(batch, 0, batch.batch);
   float loss = 0;
   IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
@@ -155,6 +176,8 @@ StatusOr<double> SeqTrainer::Step(const SeqBatchView& batch) {
   IPS_RETURN_IF_ERROR(store_->Push(item_table_, AsU64(unique_), num_unique_, dim_, d_rows_.data()));
   ++steps_;
   auto& params = model_->params();
+  if (o_.dense_grad_allreduce)
+    IPS_RETURN_IF_ERROR(o_.dense_grad_allreduce(params.grads(), params.size()));
   IPS_RETURN_IF_ERROR(dense_optimizer_->Apply(ctx_, steps_, params.values(), params.grads()));
   IPS_RETURN_IF_ERROR(store_->AdvanceStep(steps_));
   return static_cast<double>(loss);
@@ -198,9 +221,22 @@ Status SeqTrainer::ScoreCandidates(const SeqBatchView& histories, const uint32_t
   return Status::Ok();
 }
 
-// ---- Synthetic protocol -----------------------------------------------------------------------
+StatusOr<std::unique_ptr<SeqTrainer>> CreateSeqTrainer(const TrainerOptions& options,
+                                                       ps::EmbeddingStore* store) {
+  if (!IsSequenceModel(options.model.kind))
+    return InvalidArgumentError("CreateSeqTrainer: '" +
+                                std::string(ModelKindName(options.model.kind)) +
+                                "' is not a sequence model");
+  IPS_ASSIGN_OR_RETURN(auto model, CreateSeqModel(options.model));
+  SeqTrainerOptions o;
+  o.dense_optimizer = options.dense_optimizer;
+  o.num_threads = options.num_threads;
+  o.item_table = options.item_table;
+  o.dense_grad_allreduce = options.dense_grad_allreduce;
+  return SeqTrainer::Create(o, store, std::move(model));
+}
 
-namespace {}  // namespace
+// ---- Synthetic protocol -----------------------------------------------------------------------
 
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,

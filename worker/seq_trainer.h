@@ -3,7 +3,9 @@
 //
 //   Step(batch) = keys [seq B*T, pos B*T, neg B*T] (padded steps -> the padding key 0)
 //                 -> unique keys (kernels DedupKeys) -> store Pull (one item table)
+//                 [-> store PrefetchPull of the next batch's keys, when given one]
 //                 -> model Forward(training) -> Backward -> store Push
+//                 [-> dense_grad_allreduce hook: a multi-worker job averages the dense gradients]
 //                 -> dense update (worker/dense_optimizer.h, one call over all dense weights)
 //                 -> store AdvanceStep
 //
@@ -66,6 +68,7 @@ struct SeqTrainerOptions {
   kernels::OptimizerHyper dense_optimizer = kernels::OptimizerHyper::Adam(1e-3);
   int num_threads = 1;
   std::string item_table = "item";
+  DenseGradHook dense_grad_allreduce;  // may be empty (single process); see worker/trainer.h
 };
 
 class SeqTrainer {
@@ -81,11 +84,14 @@ class SeqTrainer {
   SeqTrainer& operator=(const SeqTrainer&) = delete;
 
   // One training step on `batch` (seq, pos and neg required); returns the batch's mean loss
-  // before the update. Errors: INVALID_ARGUMENT for a batch that does not fit the model (batch
-  // size outside [1, max_batch], seq_len != max_len, null arrays, lengths outside [0, seq_len]),
-  // the store's Pull/Push errors, the model's and kernels' errors. After an error the model or
-  // the store may be partially updated.
-  StatusOr<double> Step(const SeqBatchView& batch);
+  // before the update. `next` (optional): the batch of the following Step, whose keys are
+  // prefetched (EmbeddingStore::PrefetchPull) after this step's pull so that a remote store's
+  // round trip overlaps this step's compute and push; the caller must pass that very batch to the
+  // next Step. It changes no value. Errors: INVALID_ARGUMENT for a batch (or next) that does not
+  // fit the model (batch size outside [1, max_batch], seq_len != max_len, null arrays, lengths
+  // outside [0, seq_len]), the store's Pull/Push errors, the hook's, the model's and kernels'
+  // errors. After an error the model or the store may be partially updated.
+  StatusOr<double> Step(const SeqBatchView& batch, const SeqBatchView* next = nullptr);
 
   // Ranking scores of candidates for each history: scores[b * num_candidates + c] =
   // <user vector of histories row b, E[candidates[b * num_candidates + c]]>. Inference forward
@@ -126,6 +132,9 @@ class SeqTrainer {
   // Per-step buffers sized for 3 * max_batch * max_len keys (no allocation per step).
   std::vector<int64_t> keys_, unique_, inverse_;
   int64_t num_unique_ = 0;
+  // The current step's unique_/inverse_ while the next batch's keys are de-duplicated for its
+  // prefetch (swapped, not copied; sized on the first prefetch).
+  std::vector<int64_t> held_unique_, held_inverse_;
   std::vector<uint8_t> dedup_workspace_;
   std::vector<float> rows_, d_rows_;
   std::unique_ptr<DenseOptimizer> dense_optimizer_;
@@ -133,6 +142,13 @@ class SeqTrainer {
   std::vector<uint64_t> cand_keys_;
   std::vector<float> cand_rows_;
 };
+
+// A SeqTrainer for a job's trainer options (worker/trainer.h TrainJobFromConfig): the sequence
+// model options.model (CreateSeqModel), its dense optimizer, threads, item table and dense
+// gradient hook. Errors: INVALID_ARGUMENT for a model kind that is not a sequence model, and
+// CreateSeqModel's and Create's.
+StatusOr<std::unique_ptr<SeqTrainer>> CreateSeqTrainer(const TrainerOptions& options,
+                                                       ps::EmbeddingStore* store);
 
 // ---- Runs -------------------------------------------------------------------------------------
 
