@@ -285,6 +285,25 @@ struct LaneArgs {
   float* s = nullptr;         // [V x 16] scores, accumulated into
 };
 
+// acc[j][v] += sum_r w[r * w_stride + j] * x[r * V + v] over `rows` input rows: each weight a
+// broadcast scalar, x a row of V vectors (V history steps, 16 candidates each). The inner loop
+// of both lane layers.
+template <int V, int HB>
+IPS_AVX512 __attribute__((always_inline)) inline void AccumulateBroadcastRows(
+    const float* w, int64_t w_stride, const float* x, int64_t rows, __m512 (&acc)[HB][V]) {
+  for (int64_t r = 0; r < rows; ++r, w += w_stride, x += V * kLanes) {
+    __m512 xv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < HB; ++j) {
+      const __m512 wj = _mm512_set1_ps(w[j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wj, xv[v], acc[j][v]);
+    }
+  }
+}
+
 // a1[h0 .. h0 + HB) = sigmoid(u + hk + Wp^T qk) for the group's V steps.
 template <int V, int HB>
 IPS_AVX512 void LaneLayer1(const LaneArgs& a, int64_t h0) {
@@ -296,19 +315,7 @@ IPS_AVX512 void LaneLayer1(const LaneArgs& a, int64_t h0) {
     for (int v = 0; v < V; ++v)
       acc[j][v] = _mm512_add_ps(u, _mm512_set1_ps(a.hk[v * a.W1 + h0 + j]));
   }
-  const float* w = a.wp + h0;
-  const float* x = a.qk;
-  for (int64_t e = 0; e < a.E; ++e, w += a.W1, x += V * kLanes) {
-    __m512 xv[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
-#pragma GCC unroll 16
-    for (int j = 0; j < HB; ++j) {
-      const __m512 wj = _mm512_set1_ps(w[j]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wj, xv[v], acc[j][v]);
-    }
-  }
+  AccumulateBroadcastRows<V, HB>(a.wp + h0, a.W1, a.qk, a.E, acc);
 #pragma GCC unroll 16
   for (int j = 0; j < HB; ++j)
 #pragma GCC unroll 4
@@ -324,19 +331,7 @@ IPS_AVX512 void LaneLayer2(const LaneArgs& a, int64_t j0) {
   for (int j = 0; j < HB; ++j)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_set1_ps(a.b2[j0 + j]);
-  const float* w = a.w2 + j0;
-  const float* x = a.a1;
-  for (int64_t h = 0; h < a.H1; ++h, w += a.W2, x += V * kLanes) {
-    __m512 xv[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
-#pragma GCC unroll 16
-    for (int j = 0; j < HB; ++j) {
-      const __m512 wj = _mm512_set1_ps(w[j]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wj, xv[v], acc[j][v]);
-    }
-  }
+  AccumulateBroadcastRows<V, HB>(a.w2 + j0, a.W2, a.a1, a.H1, acc);
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
     __m512 s = _mm512_load_ps(a.s + v * kLanes);
