@@ -17,8 +17,11 @@
 // worker 0 runs the single-process leave-one-out evaluation (EvaluateSeqRanking, read-only lookups
 // through the remote store) while the others wait at a barrier.
 //
-// No checkpoints: RunClusterTrain refuses checkpoint.dir and --resume for a sequence model on
-// every rank before this runs.
+// Checkpoints and --resume: the CTR workers' (WorkerCheckpoints, launch/cluster_train.h) with the
+// SeqTrainer's dense state, step count and SASRec's dropout step, and the single-process run blobs
+// of RunSeqSyntheticTraining / RunSeqDatasetTraining (a synthetic run's step and losses; a
+// dataset run's epoch, position in SequenceReader's order and the epoch's loss sum), so a
+// checkpoint resumes on any number of servers and workers, and single-process.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -103,10 +106,14 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   SeqWorker sw(cluster, config, &job);
   const int num_workers = cluster->layout().num_workers;
   const int train_steps = run.warmup_steps + run.steps;
+  WorkerCheckpoints ck(cluster, config, flags, sw.store.get(),
+                       CheckpointStateOf(sw.trainer.get(), config));
+  std::vector<double> losses;  // worker 0's so far (restored with the checkpoint)
+  const int start = ck.ResumeSynthetic(train_steps, &losses);
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
   std::vector<SeqBatch> batches(static_cast<size_t>(train_steps));
-  for (int i = 0; i < train_steps; ++i)
+  for (int i = start; i < train_steps; ++i)
     if (Status s = (*gen)->SeqBatchAt(SyntheticBatchIndex(cluster, i), run.batch, &batches[i]);
         !s.ok())
       cluster->Abort(s);
@@ -115,14 +122,17 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   auto progress =
       WorkerZeroProgress(cluster, flags, static_cast<int64_t>(run.steps) * run.batch * num_workers);
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
-  std::vector<double> losses;
   SyntheticSummary summary;
   summary.train_steps = train_steps;
+  bool stopped = false;
   Timer timer;
-  for (int i = 0; i < train_steps; ++i) {
+  for (int i = start; i < train_steps; ++i) {
+    bool checkpoint_after, stop;  // decided by every worker together (see RunWorker)
+    ck.BeginStep(i, i + 1 == train_steps, &checkpoint_after, &stop);
     if (i == run.warmup_steps) sw.allreduce_s = 0;  // timed steps only
     timer.Reset();
-    const bool prefetch = i + 1 < train_steps && may_prefetch;
+    // No prefetch before a checkpoint: the snapshot would hold its rows (see RunWorker).
+    const bool prefetch = i + 1 < train_steps && may_prefetch && !checkpoint_after;
     SeqBatchView next;
     if (prefetch) next = ViewOf(batches[i + 1]);
     const double loss =
@@ -139,7 +149,13 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
                        "loss=" + Fixed(loss, 4));
     if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps))
       WriteSyntheticStepLine(metrics, cluster, done, loss, sw.store->metrics());
+    if (checkpoint_after) ck.WriteSynthetic(done, losses);
+    if (stop && done < train_steps) {
+      stopped = true;
+      break;
+    }
   }
+  if (stopped) return ck.Stop(job, sw.trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.back(), 4));
   sw.CheckReplicas(train_steps, flags.replica_check_every, /*force=*/true);
   // Global throughput: every worker's sequences over the slowest worker's time.
@@ -189,31 +205,25 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
   if (ro.max_len == 0) ro.max_len = static_cast<int>(trainer->model().max_len());
   SequenceReader reader(&data, {}, ro);
   const int64_t per_epoch = reader.sequences_per_epoch(), batch = ro.batch_size;
-  const int64_t rounds = (per_epoch + batch - 1) / batch / num_workers;
-  if (rounds == 0)
+  const EpochRounds rounds_of{per_epoch, batch, num_workers};
+  if (rounds_of.From(0) == 0)
     cluster->Abort(FailedPreconditionError(
         "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) +
         " training sequences (with >= 2 events) per epoch are fewer than one batch of " +
         std::to_string(batch) + " for each of the " + std::to_string(num_workers) + " workers"));
-  // Every worker's sequences in round k (the epoch's last batch may be short).
-  auto round_rows = [&](int64_t k) {
-    int64_t rows = 0;
-    for (int v = 0; v < num_workers; ++v)
-      rows += std::clamp<int64_t>(per_epoch - (k * num_workers + v) * batch, 0, batch);
-    return rows;
-  };
-  int64_t last_step = rounds * run.epochs;
-  if (run.max_steps > 0) last_step = std::min<int64_t>(last_step, run.max_steps);
+  WorkerCheckpoints ck(cluster, config, flags, sw.store.get(), CheckpointStateOf(trainer, config));
+  DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
   const std::string model = ModelKindName(job.trainer.model.kind);
   if (w == 0)
     std::cerr << "cluster: model=" << model << " data=" << run.train_dir
               << " sequences/epoch=" << per_epoch << " batch=" << batch << " per worker x "
-              << num_workers << " workers, " << rounds << " steps/epoch, "
-              << per_epoch - std::min(per_epoch, rounds * num_workers * batch)
+              << num_workers << " workers, " << rounds_of.From(0) << " steps/epoch, "
+              << per_epoch - rounds_of.PositionAfter(0, rounds_of.From(0) - 1)
               << " sequences/epoch left out, epochs=" << run.epochs << "\n";
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
-  auto progress = WorkerZeroProgress(cluster, flags, last_step * batch * num_workers);
+  auto progress = WorkerZeroProgress(cluster, flags,
+                                     (walk.last_step() - walk.first_step()) * batch * num_workers);
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
 
   SequenceBatch cur, next;
@@ -221,54 +231,48 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
   summary.model = model;
   summary.loss = std::nan("");
   double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
-  int64_t samples = 0;       // every worker's sequences trained so far
+  bool stopped = false, finished = false;
   Timer timer;
-  for (int64_t e = 0; e < run.epochs && summary.steps < last_step; ++e) {
+  for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
     const std::string where = "epoch " + std::to_string(e + 1);
+    walk.StartEpoch(e);
     auto read = [&](int64_t k, SequenceBatch* b) {
-      Status s = reader.SkipTo(e, (k * num_workers + w) * batch);
+      Status s = reader.SkipTo(e, walk.First(k, w));
       if (s.ok() && !reader.Next(b)) s = InternalError("the reader ended before its batch");
       if (!s.ok()) cluster->Abort(s.WithContext(where + " round " + std::to_string(k)));
     };
-    double loss_sum = 0;
-    int64_t epoch_steps = 0, epoch_samples = 0;
     bool have_next = false;
     timer.Reset();
-    for (int64_t k = 0; k < rounds && summary.steps < last_step; ++k) {
+    for (int64_t k = 0; k < walk.rounds() && !walk.Done(); ++k) {
+      bool checkpoint_after, stop;  // decided by every worker together (see RunWorker)
+      ck.BeginStep(trainer->steps(), walk.NextIsLast(), &checkpoint_after, &stop);
       if (have_next) {
         std::swap(cur, next);
       } else {
         read(k, &cur);
       }
-      // Within an epoch and not after the run's last step (see RunWorker's prefetch).
-      have_next = may_prefetch && k + 1 < rounds && summary.steps + 1 < last_step;
+      // Within an epoch, not before a checkpoint or the run's last step (see RunWorker).
+      have_next = may_prefetch && walk.HasNext(k) && !checkpoint_after;
       SeqBatchView next_view;
       if (have_next) {
         read(k + 1, &next);
         next_view = ViewOf(next);
       }
       const double loss = sw.Step(ViewOf(cur), have_next ? &next_view : nullptr, where);
-      loss_sum += loss;
-      ++epoch_steps;
-      ++summary.steps;
-      epoch_samples += round_rows(k);
-      const int64_t done = trainer->steps();
-      sw.CheckReplicas(done, flags.replica_check_every, /*force=*/false);
-      if (progress && (epoch_steps % run.log_every_steps == 0 || k == 0))
-        progress->Update(samples + epoch_samples,
-                         where + "/" + std::to_string(run.epochs) + " loss=" + Fixed(loss, 4));
-      if (metrics.is_open() && (done % run.log_every_steps == 0 || summary.steps == last_step))
-        WriteDatasetStepLine(metrics, cluster, e + 1, done, loss);
+      sw.CheckReplicas(trainer->steps(), flags.replica_check_every, /*force=*/false);
+      stopped = walk.AfterStep(k, trainer->steps(), loss, checkpoint_after, stop, progress.get(),
+                               metrics.is_open() ? &metrics : nullptr);
+      if (stopped) break;
     }
+    if (stopped) break;
+    finished = walk.Done();  // the run's last step (train.max_steps, or the last epoch's)
     const double epoch_seconds = timer.Seconds();
     train_seconds += epoch_seconds;
-    samples += epoch_samples;
     summary.epochs = static_cast<int>(e + 1);
-    auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
+    auto global_loss = SumOverWorkers(coll, num_workers, walk.epoch_loss_sum());
     if (!global_loss.ok()) cluster->Abort(global_loss.status());
-    summary.loss = *global_loss / static_cast<double>(epoch_steps * num_workers);
-    const bool evaluate =
-        (e + 1) % run.eval_every_epochs == 0 || e + 1 == run.epochs || summary.steps >= last_step;
+    summary.loss = *global_loss / static_cast<double>(walk.epoch_steps() * num_workers);
+    const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || e + 1 == run.epochs || finished;
     RankingEvalResult eval;
     if (evaluate) {
       // Every worker's pushes are applied and nobody pulls until worker 0 is done.
@@ -282,26 +286,28 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
       if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
     }
     const double epoch_samples_per_s =
-        epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+        epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;
     if (progress) {
       std::string extra =
           where + "/" + std::to_string(run.epochs) + " loss=" + Fixed(summary.loss, 4);
       if (evaluate)
         extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
                  std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4);
-      progress->Update(samples, extra);
+      progress->Update(walk.at().samples, extra);
     }
     if (metrics.is_open())
       WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, summary.loss, epoch_samples_per_s,
                      trainer->steps());
   }
+  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));
   sw.CheckReplicas(trainer->steps(), flags.replica_check_every, /*force=*/true);
   const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
-  summary.samples_per_s = slowest > 0 ? static_cast<double>(samples) / slowest : 0;
-  summary.steps_run = summary.steps;
+  summary.samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
+  summary.steps = walk.at().steps;
+  summary.steps_run = walk.at().steps - walk.first_step();
   const ps::RemoteStoreMetrics m = sw.store->metrics();
-  std::cerr << cluster->Describe() << ": steps=" << summary.steps
+  std::cerr << cluster->Describe() << ": steps=" << summary.steps_run
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
             << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
             << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
@@ -310,7 +316,7 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
   if (Status s = sw.store->Finish(); !s.ok()) cluster->Abort(s);
   int exit_code = 0;
   if (w == 0) {
-    std::cerr << "trained " << summary.steps << " steps x " << num_workers << " workers in "
+    std::cerr << "trained " << summary.steps_run << " steps x " << num_workers << " workers in "
               << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users << " users\n";
     if (metrics.is_open()) {
       WriteDatasetResultLine(metrics, cluster, summary);

@@ -265,11 +265,12 @@ Status RestoreServerShards(Cluster* cluster, ps::LocalEmbeddingStore* store,
   const int me = cluster->role_index(), num_ps = cluster->layout().num_ps;
   IPS_RETURN_IF_ERROR(reader->Restore(
       into, nullptr, [me, num_ps](uint64_t key) { return ps::PsOfKey(key, num_ps) == me; }));
-  std::cerr << cluster->Describe() << ": resumed from " << reader->dir() << " (step "
-            << reader->step() << "):";
+  // One write: mpirun interleaves the ranks' stderr at write boundaries.
+  std::string line = cluster->Describe() + ": resumed from " + reader->dir() + " (step " +
+                     std::to_string(reader->step()) + "):";
   for (ps::DynamicTable* t : into.tables)
-    std::cerr << " " << t->options().name << "=" << t->Stats().rows << " rows";
-  std::cerr << "\n";
+    line += " " + t->options().name + "=" + std::to_string(t->Stats().rows) + " rows";
+  std::cerr << line + "\n";
   return Status::Ok();
 }
 
@@ -311,36 +312,6 @@ int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& jo
             << " bytes_in=" << cluster->transport()->bytes_received()
             << " bytes_out=" << cluster->transport()->bytes_sent() << "\n";
   return 0;
-}
-
-// --resume on a worker: the dense state (every worker loads the same, so replicas stay equal) and
-// the run's position. Returns the step to continue at.
-StatusOr<int64_t> RestoreWorker(Trainer* trainer, const CheckpointContent& dense,
-                                const std::string& path, int train_steps,
-                                std::vector<double>* losses) {
-  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
-  std::map<std::string, std::string> blobs;
-  IPS_RETURN_IF_ERROR(reader->Restore(dense, &blobs));
-  std::vector<int64_t> step;
-  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/synthetic_step", 1, &step));
-  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/losses", 0, losses));
-  if (step[0] < 0 || step[0] > train_steps || static_cast<int64_t>(losses->size()) != step[0])
-    return DataLossError(reader->dir() +
-                         ": blob 'run/synthetic_step' = " + std::to_string(step[0]) +
-                         " does not fit a run of " + std::to_string(train_steps) + " steps with " +
-                         std::to_string(losses->size()) + " losses");
-  trainer->set_steps(step[0]);
-  IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(blobs, &trainer->model()));
-  return step[0];
-}
-
-// The blobs of a checkpoint that every run writes besides its position: the model's dropout
-// step (models that have one) and the cluster's layout.
-void AddModelAndLayoutBlobs(Cluster* cluster, Trainer* trainer,
-                            std::map<std::string, std::string>* blobs) {
-  internal::SaveDropoutStep(trainer->model(), blobs);
-  (*blobs)["cluster/layout"] =
-      PackBlob(std::vector<int64_t>{cluster->layout().num_ps, cluster->layout().num_workers});
 }
 
 // The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
@@ -476,6 +447,189 @@ Status WriteCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, Checkp
   return coll->Barrier();
 }
 
+}  // namespace
+
+// ---- WorkerCheckpoints: the protocol above for either trainer ---------------------------------
+
+namespace cluster_internal {
+
+WorkerCheckpoints::WorkerCheckpoints(Cluster* cluster, const config::Config& config,
+                                     const ClusterTrainFlags& flags,
+                                     ps::RemoteEmbeddingStore* store, TrainerCheckpointState state)
+    : cluster_(cluster), config_(config), flags_(flags), store_(store), state_(std::move(state)) {
+  if (!Checkpointing(config)) return;
+  auto wr = StartCheckpointing(cluster, config, flags, &writing_step_);
+  if (!wr.ok()) cluster->Abort(wr.status());
+  writer_ = std::move(wr).value();
+}
+
+WorkerCheckpoints::~WorkerCheckpoints() = default;
+
+StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::string* dir) {
+  // Every worker loads the same dense state, so the replicas stay equal.
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(flags_.resume));
+  std::map<std::string, std::string> blobs;
+  IPS_RETURN_IF_ERROR(reader->Restore(state_.dense, &blobs));
+  *dir = reader->dir();
+  return blobs;
+}
+
+int WorkerCheckpoints::ResumeSynthetic(int train_steps, std::vector<double>* losses) {
+  if (flags_.resume.empty()) return 0;
+  std::string dir;
+  auto blobs = Restore(&dir);
+  std::vector<int64_t> step;
+  Status s = blobs.status();
+  if (s.ok()) s = UnpackBlob(*blobs, "run/synthetic_step", 1, &step);
+  if (s.ok()) s = UnpackBlob(*blobs, "run/losses", 0, losses);
+  if (s.ok() &&
+      (step[0] < 0 || step[0] > train_steps || static_cast<int64_t>(losses->size()) != step[0]))
+    s = DataLossError(dir + ": blob 'run/synthetic_step' = " + std::to_string(step[0]) +
+                      " does not fit a run of " + std::to_string(train_steps) + " steps with " +
+                      std::to_string(losses->size()) + " losses");
+  if (s.ok()) {
+    state_.set_steps(step[0]);
+    s = state_.restore_model_blobs(*blobs);
+  }
+  if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
+  if (cluster_->role_index() == 0)
+    std::cerr << ("cluster: resumed from " + flags_.resume + " at step " +  // one write
+                  std::to_string(step[0]) + "\n");
+  return static_cast<int>(step[0]);
+}
+
+DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) {
+  DatasetPosition p;
+  if (flags_.resume.empty()) return p;
+  std::string dir;
+  auto blobs = Restore(&dir);
+  std::vector<int64_t> st;
+  std::vector<double> loss;
+  Status s = blobs.status();
+  if (s.ok()) s = UnpackBlob(*blobs, "run/dataset", 7, &st);
+  if (s.ok()) s = UnpackBlob(*blobs, "run/loss_sum", 1, &loss);
+  if (s.ok() &&
+      (st[0] < 0 || st[0] >= epochs || st[1] < 0 || st[1] > per_epoch || st[2] < 0 || st[6] < 0))
+    s = DataLossError(dir + ": blob 'run/dataset' (epoch " + std::to_string(st[0] + 1) +
+                      ", position " + std::to_string(st[1]) + ") does not fit a run of " +
+                      std::to_string(epochs) + " epochs of " + std::to_string(per_epoch) +
+                      " examples");
+  if (s.ok()) {
+    state_.set_steps(st[6]);
+    s = state_.restore_model_blobs(*blobs);
+  }
+  if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
+  // Worker 0 carries the sum of every worker's losses so far.
+  p = {st[0], st[1], st[2], st[3], st[4], st[5], cluster_->role_index() == 0 ? loss[0] : 0};
+  if (cluster_->role_index() == 0)
+    std::cerr << ("cluster: resumed from " + flags_.resume + " at epoch " +  // one write
+                  std::to_string(p.epoch + 1) + " position " + std::to_string(p.position) +
+                  " step " + std::to_string(st[6]) + "\n");
+  return p;
+}
+
+void WorkerCheckpoints::BeginStep(int64_t step, bool last, bool* checkpoint_after, bool* stop) {
+  if (!stepping_) {  // every_seconds counts from the first step (not from the set-up)
+    since_checkpoint_.Reset();
+    stepping_ = true;
+  }
+  ips::BeginStep(cluster_, config_, flags_, step, last, since_checkpoint_, checkpoint_after, stop);
+}
+
+void WorkerCheckpoints::Write(int64_t step,
+                              const std::function<std::map<std::string, std::string>()>& blobs) {
+  // Besides the run's position, every checkpoint holds the model's blobs (dropout step) and the
+  // cluster's layout.
+  auto all_blobs = [&] {
+    std::map<std::string, std::string> b = blobs();
+    state_.save_model_blobs(&b);
+    b["cluster/layout"] =
+        PackBlob(std::vector<int64_t>{cluster_->layout().num_ps, cluster_->layout().num_workers});
+    return b;
+  };
+  if (Status s = WriteCheckpoint(cluster_, store_, writer_.get(), state_.dense, all_blobs, step,
+                                 &writing_step_);
+      !s.ok())
+    cluster_->Abort(s);
+  since_checkpoint_.Reset();
+}
+
+void WorkerCheckpoints::WriteSynthetic(int64_t step, const std::vector<double>& losses) {
+  Write(step, [&] {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
+    b["run/losses"] = PackBlob(losses);
+    return b;
+  });
+}
+
+void WorkerCheckpoints::WriteDataset(int64_t step, DatasetPosition at) {
+  auto global_loss =
+      SumOverWorkers(cluster_->collective(), cluster_->layout().num_workers, at.loss_sum);
+  if (!global_loss.ok()) cluster_->Abort(global_loss.status());
+  Write(step, [&] {
+    std::map<std::string, std::string> b;
+    b["run/dataset"] = PackBlob(std::vector<int64_t>{at.epoch, at.position, at.steps, at.samples,
+                                                     at.epoch_steps, at.epoch_samples, step});
+    b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
+    return b;
+  });
+}
+
+int WorkerCheckpoints::Stop(const TrainJob& job, int64_t step, ProgressLine* progress) {
+  return StopAfterCheckpoint(cluster_, store_, job, config_.checkpoint(), step, progress);
+}
+
+DatasetWalk::DatasetWalk(Cluster* cluster, const DatasetRunOptions& run, const EpochRounds& rounds,
+                         WorkerCheckpoints* ck, bool resume)
+    : cluster_(cluster), run_(run), rounds_(rounds), ck_(ck), resumed_(resume) {
+  at_ = ck->ResumeDataset(run.epochs, rounds.per_epoch);
+  first_step_ = at_.steps;
+  // The run's last step (a checkpoint always follows it, as in single-process training).
+  last_step_ =
+      at_.steps + rounds.From(at_.position) + (run.epochs - at_.epoch - 1) * rounds.From(0);
+  if (run.max_steps > 0) last_step_ = std::min<int64_t>(last_step_, run.max_steps);
+}
+
+void DatasetWalk::StartEpoch(int64_t e) {
+  const bool resumed_epoch = resumed_ && e == at_.epoch;
+  epoch_ = resumed_epoch ? at_ : DatasetPosition{};
+  epoch_.epoch = e;
+  if (!resumed_epoch) epoch_.position = 0;
+  p0_ = epoch_.position;
+  rounds_in_epoch_ = rounds_.From(p0_);
+  resumed_ = false;
+}
+
+bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
+                            ProgressLine* progress, std::ostream* metrics) {
+  const int64_t rows = rounds_.Rows(p0_, k);
+  epoch_.loss_sum += loss;
+  ++epoch_.epoch_steps;
+  epoch_.epoch_samples += rows;
+  ++at_.steps;
+  at_.samples += rows;
+  samples_run_ += rows;
+  const int64_t e = epoch_.epoch;
+  if (progress != nullptr && (epoch_.epoch_steps % run_.log_every_steps == 0 || k == 0))
+    progress->Update(at_.samples, "epoch " + std::to_string(e + 1) + "/" +
+                                      std::to_string(run_.epochs) + " loss=" + Fixed(loss, 4));
+  if (metrics != nullptr && (done % run_.log_every_steps == 0 || at_.steps == last_step_))
+    WriteDatasetStepLine(*metrics, cluster_, e + 1, done, loss);
+  if (checkpoint_after)
+    ck_->WriteDataset(done, {e, rounds_.PositionAfter(p0_, k), at_.steps, at_.samples,
+                             epoch_.epoch_steps, epoch_.epoch_samples, epoch_.loss_sum});
+  return stop && at_.steps < last_step_;
+}
+
+}  // namespace cluster_internal
+
+namespace {
+
+using cluster_internal::CheckpointStateOf;
+using cluster_internal::DatasetPosition;
+using cluster_internal::WorkerCheckpoints;
+
 int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
               const ClusterTrainFlags& flags) {
   const int w = cluster->role_index();
@@ -487,40 +641,10 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   const SyntheticRunOptions& run = job.run;
   const int train_steps = run.warmup_steps + run.steps;
 
-  // Checkpoint state: the dense part (every worker's replica is the same; worker 0 writes it),
-  // and the run's position: the step (batch index) and worker 0's losses so far.
-  CheckpointContent dense;
-  AddModelState(&trainer->model(), &trainer->dense_optimizer(), &dense);
-  dense.config_text = ConfigToText(config);
+  // Checkpoints hold the run's position: the step (batch index) and worker 0's losses so far.
+  WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
   std::vector<double> losses;
-  int start = 0;
-  if (!flags.resume.empty()) {
-    auto restored = RestoreWorker(trainer, dense, flags.resume, train_steps, &losses);
-    if (!restored.ok()) cluster->Abort(restored.status().WithContext("--resume " + flags.resume));
-    start = static_cast<int>(*restored);
-    if (w == 0)
-      std::cerr << "cluster: resumed from " << flags.resume << " at step " << start << "\n";
-  }
-  const config::CheckpointConfig& ck = config.checkpoint();
-  std::unique_ptr<CheckpointWriter> writer;
-  int64_t writing_step = -1;  // the checkpoint being written (for the test-only fault hook)
-  if (Checkpointing(config)) {
-    auto wr = StartCheckpointing(cluster, config, flags, &writing_step);
-    if (!wr.ok()) cluster->Abort(wr.status());
-    writer = std::move(wr).value();
-  }
-  auto run_blobs = [&](int64_t step) {
-    std::map<std::string, std::string> b;
-    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
-    b["run/losses"] = PackBlob(losses);
-    AddModelAndLayoutBlobs(cluster, trainer, &b);
-    return b;
-  };
-  // Every worker calls it at the same step.
-  auto checkpoint = [&](int64_t step) {
-    return WriteCheckpoint(
-        cluster, store, writer.get(), dense, [&] { return run_blobs(step); }, step, &writing_step);
-  };
+  const int start = ck.ResumeSynthetic(train_steps, &losses);
   // Replicas start equal: worker 0's initial dense weights everywhere.
   auto& params = trainer->model().params();
   if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
@@ -545,13 +669,12 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   double timed = 0;
   int64_t timed_steps = 0;
   bool stopped = false;
-  Timer timer, since_checkpoint;
+  Timer timer;
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
   for (int i = start; i < train_steps; ++i) {
     // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
     bool checkpoint_after, stop;
-    BeginStep(cluster, config, flags, i, i + 1 == train_steps, since_checkpoint, &checkpoint_after,
-              &stop);
+    ck.BeginStep(i, i + 1 == train_steps, &checkpoint_after, &stop);
     if (i == run.warmup_steps) tw.allreduce_s = 0;  // timed steps only
     timer.Reset();
     // The next batch's pull overlaps this step's compute and push (Trainer::Step's `next`), where
@@ -579,17 +702,13 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     }
     if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps))
       cluster_internal::WriteSyntheticStepLine(metrics, cluster, done, *loss, store->metrics());
-    if (checkpoint_after) {
-      if (Status s = checkpoint(done); !s.ok()) cluster->Abort(s);
-      since_checkpoint.Reset();
-    }
+    if (checkpoint_after) ck.WriteSynthetic(done, losses);
     if (stop && done < train_steps) {
       stopped = true;
       break;
     }
   }
-  if (stopped)
-    return StopAfterCheckpoint(cluster, store, job, ck, trainer->steps(), progress.get());
+  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
@@ -664,45 +783,6 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
 
 // ---- Training on a dataset directory (data.train_dir) ------------------------------------------
 
-// The run's position, in the blobs of single-process RunDatasetTraining (worker/trainer.cc):
-// "run/dataset" = {epoch, position, steps, samples, epoch steps, epoch samples, trainer steps},
-// "run/loss_sum" = the epoch's loss sum, so a checkpoint resumes either way. Here the position is
-// the next unread example of the epoch's order (over every worker), samples count every worker's
-// and the loss sum is over every worker's step losses.
-struct DatasetPosition {
-  int64_t epoch = 0, position = 0, steps = 0, samples = 0, epoch_steps = 0, epoch_samples = 0;
-  double loss_sum = 0;
-};
-
-// --resume on a dataset worker: the dense state and the run's position.
-StatusOr<DatasetPosition> RestoreDatasetWorker(Trainer* trainer, const CheckpointContent& dense,
-                                               const std::string& path, int epochs,
-                                               int64_t per_epoch) {
-  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
-  std::map<std::string, std::string> blobs;
-  IPS_RETURN_IF_ERROR(reader->Restore(dense, &blobs));
-  std::vector<int64_t> st;
-  std::vector<double> loss;
-  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/dataset", 7, &st));
-  IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "run/loss_sum", 1, &loss));
-  if (st[0] < 0 || st[0] >= epochs || st[1] < 0 || st[1] > per_epoch || st[2] < 0 || st[6] < 0)
-    return DataLossError(reader->dir() + ": blob 'run/dataset' (epoch " +
-                         std::to_string(st[0] + 1) + ", position " + std::to_string(st[1]) +
-                         ") does not fit a run of " + std::to_string(epochs) + " epochs of " +
-                         std::to_string(per_epoch) + " examples");
-  trainer->set_steps(st[6]);
-  IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(blobs, &trainer->model()));
-  DatasetPosition p;
-  p.epoch = st[0];
-  p.position = st[1];
-  p.steps = st[2];
-  p.samples = st[3];
-  p.epoch_steps = st[4];
-  p.epoch_samples = st[5];
-  p.loss_sum = loss[0];
-  return p;
-}
-
 // Worker w of W on data.train_dir. Every worker reads the whole dataset's epoch order (the same
 // TrainReader, seed and per-epoch shuffle as single-process training) and takes every W-th batch
 // of it: in round k of an epoch started at position p0, batch k*W + w, i.e. the examples from
@@ -730,49 +810,16 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   TrainReader reader(&data, {}, run.reader);
   const int64_t per_epoch = reader.examples_per_epoch();
   const int64_t batch = std::max(1, run.reader.batch_size);
-  // Rounds (steps of every worker) of an epoch entered at example `p`.
-  auto rounds_from = [&](int64_t p) -> int64_t {
-    return p >= per_epoch ? 0 : (per_epoch - p + batch - 1) / batch / num_workers;
-  };
-  // The examples of worker v's batch in round k of an epoch entered at p0 (0 past the end).
-  auto batch_rows = [&](int64_t p0, int64_t k, int v) -> int64_t {
-    const int64_t first = p0 + (k * num_workers + v) * batch;
-    return std::max<int64_t>(0, std::min<int64_t>(batch, per_epoch - first));
-  };
-  if (rounds_from(0) == 0)
+  const cluster_internal::EpochRounds rounds_of{per_epoch, batch, num_workers};
+  if (rounds_of.From(0) == 0)
     cluster->Abort(FailedPreconditionError(
         "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) +
         " training examples per epoch are fewer than one batch of " + std::to_string(batch) +
         " for each of the " + std::to_string(num_workers) + " workers"));
 
-  CheckpointContent dense;
-  AddModelState(&trainer->model(), &trainer->dense_optimizer(), &dense);
-  dense.config_text = ConfigToText(config);
-  DatasetPosition at;  // the run's position; a resumed run starts at the checkpoint's
-  const bool resumed = !flags.resume.empty();
-  if (resumed) {
-    auto restored = RestoreDatasetWorker(trainer, dense, flags.resume, run.epochs, per_epoch);
-    if (!restored.ok()) cluster->Abort(restored.status().WithContext("--resume " + flags.resume));
-    at = *restored;
-    if (w != 0) at.loss_sum = 0;  // worker 0 carries the sum of every worker's losses so far
-    if (w == 0)
-      std::cerr << "cluster: resumed from " << flags.resume << " at epoch " << at.epoch + 1
-                << " position " << at.position << " step " << trainer->steps() << "\n";
-  }
-  // The run's last step (a checkpoint always follows it, as in single-process training).
-  int64_t last_step =
-      at.steps + rounds_from(at.position) + (run.epochs - at.epoch - 1) * rounds_from(0);
-  if (run.max_steps > 0) last_step = std::min<int64_t>(last_step, run.max_steps);
-  const int64_t first_step = at.steps;
+  WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
+  cluster_internal::DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
 
-  const config::CheckpointConfig& ck = config.checkpoint();
-  std::unique_ptr<CheckpointWriter> writer;
-  int64_t writing_step = -1;
-  if (Checkpointing(config)) {
-    auto wr = StartCheckpointing(cluster, config, flags, &writing_step);
-    if (!wr.ok()) cluster->Abort(wr.status());
-    writer = std::move(wr).value();
-  }
   auto& params = trainer->model().params();
   if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
       !s.ok())
@@ -784,13 +831,13 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   if (w == 0)
     std::cerr << "cluster: model=" << model << " data=" << run.train_dir
               << " examples/epoch=" << per_epoch << " batch=" << batch << " per worker x "
-              << num_workers << " workers, " << rounds_from(0) << " steps/epoch, "
-              << per_epoch - std::min(per_epoch, rounds_from(0) * num_workers * batch)
+              << num_workers << " workers, " << rounds_of.From(0) << " steps/epoch, "
+              << per_epoch - std::min(per_epoch, rounds_of.From(0) * num_workers * batch)
               << " examples/epoch left out, epochs=" << run.epochs << "\n";
   std::unique_ptr<ProgressLine> progress;
   if (w == 0 && !flags.quiet)
     progress = std::make_unique<ProgressLine>(
-        "train", (last_step - first_step) * batch * num_workers, "samples", stderr);
+        "train", (walk.last_step() - walk.first_step()) * batch * num_workers, "samples", stderr);
 
   // DIEN's auxiliary negatives of the batch trained at trainer step `step` (RunDatasetTraining's
   // draw; worker w > 0 mixes in w so the workers' negatives differ).
@@ -808,23 +855,17 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
 
   Batch cur, next;
   double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
-  int64_t samples_run = 0;   // every worker's samples trained by this process
   RankingEvalResult last_eval;
   std::vector<RetrievalCutoff> recall;
   double last_loss = std::nan("");
   int epochs_run = 0;
-  bool stopped = false, max_steps_reached = false;
-  Timer timer, since_checkpoint;
-  for (int64_t e = at.epoch; e < run.epochs && !stopped && !max_steps_reached; ++e) {
-    const bool resumed_epoch = resumed && e == at.epoch;
-    const int64_t p0 = resumed_epoch ? at.position : 0;
-    int64_t epoch_steps = resumed_epoch ? at.epoch_steps : 0;
-    int64_t epoch_samples = resumed_epoch ? at.epoch_samples : 0;
-    double loss_sum = resumed_epoch ? at.loss_sum : 0;
-    const int64_t rounds = rounds_from(p0);
+  bool stopped = false, finished = false;
+  Timer timer;
+  for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
+    walk.StartEpoch(e);
     reader.StartEpoch(e);
     auto read = [&](int64_t k, Batch* b) {
-      Status s = reader.SkipTo(e, p0 + (k * num_workers + w) * batch);
+      Status s = reader.SkipTo(e, walk.First(k, w));
       if (s.ok() && !reader.Next(b)) s = InternalError("the reader ended before its batch");
       if (!s.ok())
         cluster->Abort(
@@ -832,12 +873,10 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     };
     bool have_next = false;
     timer.Reset();
-    for (int64_t k = 0; k < rounds; ++k) {
-      if (run.max_steps > 0 && at.steps >= run.max_steps) break;
+    for (int64_t k = 0; k < walk.rounds() && !walk.Done(); ++k) {
       const int64_t i = trainer->steps();
       bool checkpoint_after, stop;
-      BeginStep(cluster, config, flags, i, at.steps + 1 == last_step, since_checkpoint,
-                &checkpoint_after, &stop);
+      ck.BeginStep(i, walk.NextIsLast(), &checkpoint_after, &stop);
       if (have_next) {
         std::swap(cur, next);
         std::swap(neg_cur, neg_next);
@@ -846,8 +885,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       }
       // The next batch's pull overlaps this step (Trainer::Step's `next`) within an epoch, not
       // before a checkpoint or the last step (see RunWorker).
-      const bool prefetch = k + 1 < rounds && !checkpoint_after && may_prefetch &&
-                            !(run.max_steps > 0 && at.steps + 1 >= run.max_steps);
+      const bool prefetch = walk.HasNext(k) && !checkpoint_after && may_prefetch;
       const CtrBatchView view = with_negatives(cur, i, &neg_cur);
       CtrBatchView next_view;
       if (prefetch) {
@@ -857,59 +895,28 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       have_next = prefetch;
       auto loss = trainer->Step(view, prefetch ? &next_view : nullptr);
       if (!loss.ok()) cluster->Abort(loss.status().WithContext("epoch " + std::to_string(e + 1)));
-      loss_sum += *loss;
-      ++epoch_steps;
-      ++at.steps;
-      int64_t round_samples = 0;
-      for (int v = 0; v < num_workers; ++v) round_samples += batch_rows(p0, k, v);
-      epoch_samples += round_samples;
-      at.samples += round_samples;
-      samples_run += round_samples;
       const int64_t done = trainer->steps();
       if (flags.replica_check_every > 0 && done % flags.replica_check_every == 0) {
         if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), done); !s.ok())
           cluster->Abort(s);
       }
-      if (progress && (epoch_steps % run.log_every_steps == 0 || k == 0))
-        progress->Update(at.samples, "epoch " + std::to_string(e + 1) + "/" +
-                                         std::to_string(run.epochs) + " loss=" + Fixed(*loss, 4));
-      if (metrics.is_open() && (done % run.log_every_steps == 0 || at.steps == last_step))
-        cluster_internal::WriteDatasetStepLine(metrics, cluster, e + 1, done, *loss);
-      if (checkpoint_after) {
-        auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
-        if (!global_loss.ok()) cluster->Abort(global_loss.status());
-        const int64_t position = std::min(per_epoch, p0 + (k + 1) * num_workers * batch);
-        auto blobs = [&] {
-          std::map<std::string, std::string> b;
-          b["run/dataset"] = PackBlob(std::vector<int64_t>{e, position, at.steps, at.samples,
-                                                           epoch_steps, epoch_samples, done});
-          b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
-          AddModelAndLayoutBlobs(cluster, trainer, &b);
-          return b;
-        };
-        if (Status s =
-                WriteCheckpoint(cluster, store, writer.get(), dense, blobs, done, &writing_step);
-            !s.ok())
-          cluster->Abort(s);
-        since_checkpoint.Reset();
-      }
-      if (stop && at.steps < last_step) {
-        stopped = true;
-        break;
-      }
+      stopped = walk.AfterStep(k, done, *loss, checkpoint_after, stop, progress.get(),
+                               metrics.is_open() ? &metrics : nullptr);
+      if (stopped) break;
     }
     if (stopped) break;
-    if (run.max_steps > 0 && at.steps >= run.max_steps) max_steps_reached = true;
+    finished = walk.Done();  // the run's last step (train.max_steps, or the last epoch's)
     const double epoch_seconds = timer.Seconds();
     train_seconds += epoch_seconds;
     epochs_run = static_cast<int>(e + 1);
-    auto global_loss = SumOverWorkers(coll, num_workers, loss_sum);
+    auto global_loss = SumOverWorkers(coll, num_workers, walk.epoch_loss_sum());
     if (!global_loss.ok()) cluster->Abort(global_loss.status());
-    const double epoch_loss = epoch_steps > 0
-                                  ? *global_loss / static_cast<double>(epoch_steps * num_workers)
-                                  : std::nan("");
+    const double epoch_loss =
+        walk.epoch_steps() > 0
+            ? *global_loss / static_cast<double>(walk.epoch_steps() * num_workers)
+            : std::nan("");
     last_loss = epoch_loss;
-    const bool last = max_steps_reached || e + 1 == run.epochs;
+    const bool last = finished || e + 1 == run.epochs;
     const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || last;
     RankingEvalResult eval;
     if (evaluate) {
@@ -931,7 +938,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
     }
     const double epoch_samples_per_s =
-        epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+        epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;
     if (progress) {
       std::string extra = "epoch " + std::to_string(e + 1) + "/" + std::to_string(run.epochs) +
                           " loss=" + Fixed(epoch_loss, 4);
@@ -939,14 +946,13 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
         extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
                  std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4) +
                  " auc=" + Fixed(eval.auc, 4);
-      progress->Update(at.samples, extra);
+      progress->Update(walk.at().samples, extra);
     }
     if (metrics.is_open())  // RunDatasetTraining's per-epoch line
       cluster_internal::WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, epoch_loss,
                                        epoch_samples_per_s, trainer->steps());
   }
-  if (stopped)
-    return StopAfterCheckpoint(cluster, store, job, ck, trainer->steps(), progress.get());
+  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(last_loss, 4));
   if (flags.replica_check_every > 0) {
     if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), trainer->steps());
@@ -955,8 +961,8 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   }
   // Global throughput: every worker's samples over the slowest worker's training time.
   const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
-  const double samples_per_s = slowest > 0 ? static_cast<double>(samples_run) / slowest : 0;
-  const int64_t steps_run = at.steps - first_step;
+  const double samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
+  const int64_t steps_run = walk.at().steps - walk.first_step();
   const ps::RemoteStoreMetrics m = store->metrics();
   std::cerr << cluster->Describe() << ": steps=" << steps_run
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
@@ -971,7 +977,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     DatasetSummary summary;
     summary.model = model;
     summary.epochs = epochs_run;
-    summary.steps = at.steps;
+    summary.steps = walk.at().steps;
     summary.steps_run = steps_run;
     summary.samples_per_s = samples_per_s;
     summary.loss = last_loss;
@@ -1028,17 +1034,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   std::unique_ptr<Dataset> data;
   Status data_status;  // what every rank checks before anything starts (see below)
   const bool sequence = job.ok() && IsSequenceModel(job->trainer.model.kind);
-  if (sequence && (Checkpointing(config) || !flags.resume.empty())) {
-    std::string asked;  // what the job asked for: checkpoint.dir, --resume or both
-    if (Checkpointing(config)) asked = "checkpoint.dir '" + config.checkpoint().dir() + "'";
-    if (!flags.resume.empty())
-      asked += (asked.empty() ? "" : ", ") + std::string("--resume '") + flags.resume + "'";
-    data_status = UnimplementedError(
-        "checkpoints of the sequence model '" +
-        std::string(ModelKindName(job->trainer.model.kind)) + "' under mpirun (" + asked +
-        "): remove checkpoint.dir and --resume to train it distributed, or checkpoint it "
-        "single-process (`ips train` without mpirun)");
-  } else if (job.ok() && !job->synthetic) {
+  if (job.ok() && !job->synthetic) {
     Status& s = data_status;
     auto opened = Dataset::Open(job->dataset.train_dir);
     s = opened.ok() ? FitJobToDataset(**opened, &*job) : opened.status();
@@ -1058,10 +1054,10 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
   if (!job.ok()) cluster->Abort(job.status());
-  if (!job->synthetic || sequence) {
-    // The ranks agree before anything starts: a bad directory (or one missing on some host) or a
-    // job this driver cannot run ends every rank with exit code 1, each printing why. (Exiting
-    // without the agreement, mpirun kills the other ranks before they can print.)
+  if (!job->synthetic) {
+    // The ranks agree before anything starts: a bad directory (or one missing on some host) ends
+    // every rank with exit code 1, each printing why. (Exiting without the agreement, mpirun
+    // kills the other ranks before they can print.)
     int bad = data_status.ok() ? 0 : 1;
     MPI_Request req;
     Status agreed =

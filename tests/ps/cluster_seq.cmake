@@ -10,7 +10,9 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist AND TARGET ips)
       "cluster_seq_gru4rec_test:ClusterSeq.Gru4rec*"
       "cluster_seq_two_workers_test:ClusterSeq.TwoWorkers*"
       "cluster_seq_data_test:ClusterSeqData.OneWorker*"
-      "cluster_seq_checkpoint_test:ClusterSeqData.Checkpoint*")
+      "cluster_seq_checkpoint_test:ClusterSeqData.Checkpoint*"
+      "cluster_seq_resume_test:ClusterSeqData.Resume*"
+      "cluster_seq_synthetic_checkpoint_test:ClusterSeq.Checkpoint*")
   if(TARGET cluster_seq_test)
     target_compile_definitions(cluster_seq_test PRIVATE IPS_BINARY="$<TARGET_FILE:ips>")
     add_dependencies(cluster_seq_test ips)

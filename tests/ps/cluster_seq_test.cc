@@ -11,7 +11,12 @@
 //  - on a dataset directory (made with `ips data synth` + `ips data convert`), 1 worker repeats
 //    single-process RunSeqDatasetTraining's step losses and per-epoch HR@10 / NDCG@10 / AUC, and
 //    2 workers + 2 PS report an HR@10 far above a random scorer's;
-//  - checkpoint.dir or --resume with a sequence model fails on every rank, cleanly and at once.
+//  - checkpoints: SASRec (dropout) stopped by SIGTERM or checkpointed periodically resumes with
+//    the uninterrupted run's remaining step losses bit for bit (synthetic, 1 worker), and on a
+//    dataset mid-epoch with the same losses and per-epoch lines on a different number of PS
+//    (1 worker: 1 -> 2 PS, 2 workers: 2 -> 1 PS, also synthetic); single-process
+//    `ips train --resume` of a cluster checkpoint ends with the same metrics; a missing checkpoint
+//    fails on every rank.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -327,33 +332,181 @@ TEST_F(ClusterSeqData, OneWorkerEqualsSingleProcessAndTwoWorkersRank) {
   EXPECT_TRUE(std::isfinite(std::stod(Field(r.out, "RESULT train_cluster", "loss")))) << r.out;
 }
 
-// Checkpoints of a sequence model under mpirun are not implemented: checkpoint.dir or --resume
-// ends every rank at once with exit code 1 and a message naming the field and the model.
-TEST_F(ClusterSeqData, CheckpointOrResumeFailsCleanlyOnEveryRank) {
-  ScratchDir dir("seq_ckpt");
-  const std::string ckpt = dir / "ckpt";
-  for (const bool resume : {false, true}) {
-    const std::string config =
-        dir.Write("c.pbtxt",
-                  DatasetConfig(Data(), 1, resume ? "" : "checkpoint { dir: \"" + ckpt + "\" }\n"));
-    MpiRun r = Train(3, config, resume ? "--resume=" + ckpt : "", 45);
-    EXPECT_NE(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.exit_code, 124) << "hung: " << r.output;
-    for (const char* rank : {"rank 0 (ps 0)", "rank 1 (worker 0)", "rank 2 (worker 1)"})
-      EXPECT_NE(r.err.find(std::string("error: ") + rank +
-                           ": UNIMPLEMENTED: checkpoints of the "
-                           "sequence model 'sasrec' under mpirun"),
-                std::string::npos)
-          << rank << "\n"
-          << r.err;
-    EXPECT_NE(r.err.find(resume ? "--resume '" + ckpt + "'" : "checkpoint.dir '" + ckpt + "'"),
-              std::string::npos)
-        << r.err;
-    EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
-    EXPECT_LT(r.seconds, 40) << r.err;
+// The per-epoch lines of a --metrics_out file without their timings (samples_per_s, eval_s).
+std::vector<std::string> EpochLinesWithoutTimings(const std::string& metrics_path) {
+  std::vector<std::string> out;
+  for (std::string line : LinesStartingWith(testing::ReadFile(metrics_path), "{\"epoch\":")) {
+    for (const char* key : {"\"samples_per_s\":", "\"eval_s\":"}) {
+      const size_t at = line.find(key);
+      if (at != std::string::npos) line.erase(at, line.find_first_of(",}", at) - at);
+    }
+    out.push_back(line);
   }
-  // Nothing was written.
-  EXPECT_NE(std::system(("test -e " + ckpt).c_str()), 0);
+  return out;
+}
+
+// Resumed step losses (step -> loss) equal to the uninterrupted run's from `first` on, bit for bit.
+void ExpectSameLossesFrom(const std::map<int64_t, double>& full,
+                          const std::map<int64_t, double>& resumed, int64_t first,
+                          const std::string& what) {
+  ASSERT_FALSE(resumed.empty()) << what;
+  EXPECT_EQ(resumed.begin()->first, first) << what;
+  EXPECT_EQ(resumed.rbegin()->first, full.rbegin()->first) << what;
+  for (const auto& [step, loss] : resumed) {
+    auto it = full.find(step);
+    ASSERT_NE(it, full.end()) << what << ": step " << step;
+    EXPECT_EQ(loss, it->second) << what << ": step " << step;
+  }
+}
+
+// Synthetic SASRec (dropout 0.3), 1 worker + 1 PS, sync: SIGTERM at the start of step 13 (index
+// 12) checkpoints after it and stops; --resume of that checkpoint (the root's LATEST) and of the
+// periodic ckpt-8 both repeat the uninterrupted run's remaining step losses bit for bit (the
+// dropout masks follow the restored dropout step, the rows and Adam states the servers' shards).
+TEST(ClusterSeq, CheckpointSigtermAndResumeRepeatTheLosses) {
+  ScratchDir dir("seq_ckpt_synth");
+  const std::string ckpt = dir / "ckpt";
+  const std::string plain = dir.Write("plain.pbtxt", SyntheticConfig(kSasrec, 1, "SYNC"));
+  MpiRun full = Train(2, plain, "--metrics_out=" + (dir / "full.jsonl"));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  const std::map<int64_t, double> ref = testing::LossesOf(dir / "full.jsonl");
+  ASSERT_EQ(ref.size(), 22u) << full.output;
+
+  const std::string config =
+      dir.Write("ckpt.pbtxt", SyntheticConfig(kSasrec, 1, "SYNC") + "checkpoint { dir: \"" + ckpt +
+                                  "\" every_steps: 8 }\n");
+  MpiRun stopped =
+      Train(2, config, "--kill_rank=1 --term_step=12 --metrics_out=" + (dir / "stopped.jsonl"));
+  EXPECT_NE(stopped.exit_code, 0) << stopped.output;  // the worker exits 3 (kExitStopped)
+  EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "status"), "stopped") << stopped.output;
+  EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "step"), "13") << stopped.output;
+  EXPECT_EQ(std::system(("test -d " + ckpt + "/ckpt-8 && test -d " + ckpt + "/ckpt-13").c_str()),
+            0);
+  EXPECT_EQ(testing::LossesOf(dir / "stopped.jsonl").size(), 13u);
+
+  MpiRun resumed = Train(2, plain, "--resume=" + ckpt + " --metrics_out=" + (dir / "r13.jsonl"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.err.find("resumed from " + ckpt + " at step 13"), std::string::npos)
+      << resumed.err;
+  ExpectSameLossesFrom(ref, testing::LossesOf(dir / "r13.jsonl"), 14, "resumed at 13");
+  // The RESULT loss (last-10 mean) needs the checkpoint's losses of steps 13 and before.
+  EXPECT_EQ(Field(resumed.out, "RESULT train_cluster", "loss"),
+            Field(full.out, "RESULT train_cluster", "loss"))
+      << resumed.out;
+
+  resumed = Train(2, plain, "--resume=" + ckpt + "/ckpt-8 --metrics_out=" + (dir / "r8.jsonl"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  ExpectSameLossesFrom(ref, testing::LossesOf(dir / "r8.jsonl"), 9, "resumed at 8");
+
+  // Single-process `ips train --resume` of the cluster checkpoint: the same last-10 mean loss
+  // (6 decimals on --metrics_out's result line).
+  auto single = testing::RunIpsSplit("train --quiet --config " + plain + " --resume " + ckpt +
+                                     "/ckpt-8 --metrics_out " + (dir / "single.jsonl"));
+  ASSERT_EQ(single.exit_code, 0) << single.error << single.output;
+  auto result_loss = [](const std::string& path) {
+    const auto lines = LinesStartingWith(testing::ReadFile(path), "{\"phase\":\"result\"");
+    return lines.empty() ? std::nan("") : JsonValue(lines.back(), "loss");
+  };
+  EXPECT_EQ(result_loss(dir / "single.jsonl"), result_loss(dir / "full.jsonl")) << single.output;
+}
+
+// Synthetic SASRec, 2 workers + 2 PS, sync: ckpt-8 resumes on 2 workers + 1 PS (the rows
+// re-sharded) with worker 0's step losses of the uninterrupted run, bit for bit.
+TEST(ClusterSeq, CheckpointTwoWorkersResumesOnFewerPs) {
+  ScratchDir dir("seq_ckpt_two");
+  const std::string ckpt = dir / "ckpt";
+  MpiRun full =
+      Train(4,
+            dir.Write("c.pbtxt", SyntheticConfig(kSasrec, 2, "SYNC") + "checkpoint { dir: \"" +
+                                     ckpt + "\" every_steps: 8 }\n"),
+            "--metrics_out=" + (dir / "full.jsonl"));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  const std::map<int64_t, double> ref = testing::LossesOf(dir / "full.jsonl");
+  ASSERT_EQ(ref.size(), 22u) << full.output;
+  MpiRun resumed = Train(3, dir.Write("r.pbtxt", SyntheticConfig(kSasrec, 1, "SYNC")),
+                         "--resume=" + ckpt + "/ckpt-8 --metrics_out=" + (dir / "r.jsonl"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.out.find("RESULT train_cluster model=sasrec workers=2 ps=1"), std::string::npos)
+      << resumed.output;
+  ExpectSameLossesFrom(ref, testing::LossesOf(dir / "r.jsonl"), 9, "2 -> 1 PS");
+}
+
+// A dataset run on `workers` workers + `ps` servers that checkpoints every `every` steps, and a
+// run resumed from its ckpt-<at> on resumed_ps servers: the resumed run starts at `where`
+// ("epoch E position P step S") and repeats worker 0's step losses (bit for bit) and the per-epoch
+// lines of the uninterrupted run, which has `steps` steps over 3 epochs and resumes in epoch 2.
+struct ResumedDataRun {
+  MpiRun full, resumed;
+  std::string ckpt, resumed_config;
+};
+void ExpectResumeRepeatsTheRun(const ScratchDir& dir, const std::string& data, int workers, int ps,
+                               int every, int at, int resumed_ps, size_t steps,
+                               const std::string& where, ResumedDataRun* out) {
+  out->ckpt = dir / "ckpt";
+  const std::string full_metrics = dir / "full.jsonl", resumed_metrics = dir / "resumed.jsonl";
+  const std::string ck = "checkpoint { dir: \"" + out->ckpt +
+                         "\" every_steps: " + std::to_string(every) + " keep_last: 5 }\n";
+  out->full = Train(workers + ps, dir.Write("c.pbtxt", DatasetConfig(data, ps, ck)),
+                    "--metrics_out=" + full_metrics);
+  ASSERT_EQ(out->full.exit_code, 0) << out->full.output;
+  const std::map<int64_t, double> ref = testing::LossesOf(full_metrics);
+  ASSERT_EQ(ref.size(), steps) << out->full.output;
+
+  out->resumed_config = dir.Write("r.pbtxt", DatasetConfig(data, resumed_ps));
+  out->resumed = Train(workers + resumed_ps, out->resumed_config,
+                       "--resume=" + out->ckpt + "/ckpt-" + std::to_string(at) +
+                           " --metrics_out=" + resumed_metrics);
+  ASSERT_EQ(out->resumed.exit_code, 0) << out->resumed.output;
+  EXPECT_NE(out->resumed.err.find("resumed from " + out->ckpt + "/ckpt-" + std::to_string(at) +
+                                  " at " + where + "\n"),
+            std::string::npos)
+      << out->resumed.err;
+  ExpectSameLossesFrom(ref, testing::LossesOf(resumed_metrics), at + 1,
+                       std::to_string(ps) + " -> " + std::to_string(resumed_ps) + " PS");
+  // The resumed epoch 2 (its loss over all its steps) and epoch 3.
+  const std::vector<std::string> a = EpochLinesWithoutTimings(full_metrics),
+                                 b = EpochLinesWithoutTimings(resumed_metrics);
+  ASSERT_EQ(a.size(), 3u) << out->full.output;
+  ASSERT_EQ(b.size(), 2u) << out->resumed.output;
+  EXPECT_EQ(b[0], a[1]);
+  EXPECT_EQ(b[1], a[2]);
+  EXPECT_EQ(Field(out->resumed.out, "RESULT train_cluster", "hr10"),
+            Field(out->full.out, "RESULT train_cluster", "hr10"))
+      << out->resumed.out;
+}
+
+// 1 worker: a checkpoint in the middle of epoch 2 (step 10, 7 steps per epoch) of a run on 1 PS
+// resumes on 2 PS (the rows re-sharded); single-process `ips train --resume` of it ends with the
+// same metrics.
+TEST_F(ClusterSeqData, CheckpointMidEpochResumesOnMorePsAndSingleProcess) {
+  ScratchDir dir("seq_ckpt_data");
+  ResumedDataRun r;
+  ASSERT_NO_FATAL_FAILURE(ExpectResumeRepeatsTheRun(dir, Data(), 1, 1, 10, 10, 2, 21,
+                                                    "epoch 2 position 96 step 10", &r));
+  auto single = testing::RunIpsSplit("train --quiet --config " + r.resumed_config + " --resume " +
+                                     r.ckpt + "/ckpt-10");
+  ASSERT_EQ(single.exit_code, 0) << single.error << single.output;
+  for (const char* key : {"loss", "hr10", "ndcg10", "auc"})
+    EXPECT_EQ(Field(single.output, "RESULT", key), Field(r.full.out, "RESULT train_cluster", key))
+        << key << "\n"
+        << single.output << "\n"
+        << r.full.out;
+}
+
+// 2 workers + 2 PS (3 rounds per epoch): a checkpoint after step 4 (epoch 2, round 1) resumes on
+// 2 workers + 1 PS (sync: every row's pushes are applied in worker order on whichever server
+// holds it). A missing checkpoint fails on every rank without a hang.
+TEST_F(ClusterSeqData, ResumeTwoWorkersOnFewerPs) {
+  ScratchDir dir("seq_resume_two");
+  ResumedDataRun r;
+  ASSERT_NO_FATAL_FAILURE(
+      ExpectResumeRepeatsTheRun(dir, Data(), 2, 2, 4, 4, 1, 9, "epoch 2 position 64 step 4", &r));
+  const std::string& config = r.resumed_config;
+  MpiRun missing = Train(3, config, "--resume=" + (dir / "nowhere"), 45);
+  EXPECT_NE(missing.exit_code, 0) << missing.output;
+  EXPECT_NE(missing.exit_code, 124) << "hung: " << missing.output;
+  EXPECT_NE(missing.err.find("--resume " + (dir / "nowhere")), std::string::npos) << missing.err;
+  EXPECT_EQ(missing.out.find("RESULT"), std::string::npos) << missing.out;
 }
 
 }  // namespace
