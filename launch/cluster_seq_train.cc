@@ -269,9 +269,9 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
     const double epoch_seconds = timer.Seconds();
     train_seconds += epoch_seconds;
     summary.epochs = static_cast<int>(e + 1);
-    auto global_loss = SumOverWorkers(coll, num_workers, walk.epoch_loss_sum());
-    if (!global_loss.ok()) cluster->Abort(global_loss.status());
-    summary.loss = *global_loss / static_cast<double>(walk.epoch_steps() * num_workers);
+    auto mean_loss = walk.EpochLoss();
+    if (!mean_loss.ok()) cluster->Abort(mean_loss.status());
+    summary.loss = *mean_loss;
     const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || e + 1 == run.epochs || finished;
     RankingEvalResult eval;
     if (evaluate) {

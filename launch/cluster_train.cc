@@ -601,6 +601,14 @@ void DatasetWalk::StartEpoch(int64_t e) {
   resumed_ = false;
 }
 
+StatusOr<double> DatasetWalk::EpochLoss() const {
+  const int num_workers = cluster_->layout().num_workers;
+  IPS_ASSIGN_OR_RETURN(const double sum,
+                       SumOverWorkers(cluster_->collective(), num_workers, epoch_.loss_sum));
+  return epoch_.epoch_steps > 0 ? sum / static_cast<double>(epoch_.epoch_steps * num_workers)
+                                : std::nan("");
+}
+
 bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
                             ProgressLine* progress, std::ostream* metrics) {
   const int64_t rows = rounds_.Rows(p0_, k);
@@ -909,12 +917,9 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
     const double epoch_seconds = timer.Seconds();
     train_seconds += epoch_seconds;
     epochs_run = static_cast<int>(e + 1);
-    auto global_loss = SumOverWorkers(coll, num_workers, walk.epoch_loss_sum());
-    if (!global_loss.ok()) cluster->Abort(global_loss.status());
-    const double epoch_loss =
-        walk.epoch_steps() > 0
-            ? *global_loss / static_cast<double>(walk.epoch_steps() * num_workers)
-            : std::nan("");
+    auto mean_loss = walk.EpochLoss();
+    if (!mean_loss.ok()) cluster->Abort(mean_loss.status());
+    const double epoch_loss = *mean_loss;
     last_loss = epoch_loss;
     const bool last = finished || e + 1 == run.epochs;
     const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || last;

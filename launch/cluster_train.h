@@ -355,6 +355,9 @@ class DatasetWalk {
   int64_t epoch_samples() const { return epoch_.epoch_samples; }
   double epoch_loss_sum() const { return epoch_.loss_sum; }
   int64_t samples_run() const { return samples_run_; }  // every worker's, by this process
+  // The current epoch's mean step loss over every worker (an all-reduce: every worker calls it
+  // at the same point); NaN for an epoch without steps.
+  StatusOr<double> EpochLoss() const;
 
  private:
   Cluster* cluster_;
