@@ -17,7 +17,7 @@
 // worker 0 runs the single-process leave-one-out evaluation (EvaluateSeqRanking, read-only lookups
 // through the remote store) while the others wait at a barrier.
 //
-// Checkpoints and --resume: the CTR workers' (WorkerCheckpoints, launch/cluster_train.h) with the
+// Checkpoints and --resume: the CTR workers' (WorkerCheckpoints, launch/cluster_worker.h) with the
 // SeqTrainer's dense state, step count and SASRec's dropout step, and the single-process run blobs
 // of RunSeqSyntheticTraining / RunSeqDatasetTraining (a synthetic run's step and losses; a
 // dataset run's epoch, position in SequenceReader's order and the epoch's loss sum), so a
@@ -33,7 +33,7 @@
 
 #include "common/progress.h"
 #include "common/timer.h"
-#include "launch/cluster_train.h"
+#include "launch/cluster_worker.h"
 #include "proto/config.pb.h"
 #include "ps/remote_store.h"
 #include "worker/cluster.h"

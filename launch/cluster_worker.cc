@@ -1,0 +1,553 @@
+#include "launch/cluster_worker.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/progress.h"
+#include "common/random.h"
+#include "common/result_line.h"
+#include "common/timer.h"
+#include "launch/commands.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
+#include "ps/remote_store.h"
+#include "ps/server.h"
+#include "ps/transport.h"
+#include "worker/checkpoint.h"
+#include "worker/cluster.h"
+#include "worker/data_reader.h"
+#include "worker/internal/run_steps.h"
+#include "worker/metrics.h"
+#include "worker/model_factory.h"
+#include "worker/retrieval.h"
+#include "worker/synthetic_batches.h"
+#include "worker/trainer.h"
+
+namespace ips {
+namespace cluster_internal {
+
+bool Checkpointing(const config::Config& config) { return !config.checkpoint().dir().empty(); }
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+WorkerClient::WorkerClient(Cluster* cluster, const config::Config& config, const TrainJob& job) {
+  ps::RemoteStoreOptions ro;
+  ro.tables = job.tables;
+  ro.ps_ranks = cluster->layout().PsRanks();
+  ro.worker_index = cluster->role_index();
+  ro.mode = config.cluster().sync() == config::ClusterConfig::ASYNC
+                ? ps::RemoteStoreOptions::Mode::kAsync
+                : ps::RemoteStoreOptions::Mode::kSync;
+  ro.staleness = config.cluster().staleness();
+  auto s = ps::RemoteEmbeddingStore::Create(cluster->transport(), ro);
+  if (!s.ok()) cluster->Abort(s.status());
+  store = std::move(s).value();
+  Collective* coll = cluster->collective();
+  dense_grad_hook = [coll, this](float* g, int64_t n) {
+    Timer t;
+    Status st = coll->AllReduceMean(g, n);
+    allreduce_s += t.Seconds();
+    dense_floats = n;
+    return st;
+  };
+}
+
+WorkerClient::~WorkerClient() = default;
+
+void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
+  if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
+  metrics->open(flags.metrics_out, std::ios::app);
+  if (!*metrics)
+    cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
+}
+
+bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
+  for (const ps::TableOptions& t : tables)
+    if (t.ttl_steps > 0 || t.max_memory_mb > 0) return false;
+  return true;
+}
+
+double SlowestWorkerSeconds(Cluster* cluster, double seconds) {
+  const int num_workers = cluster->layout().num_workers;
+  std::vector<float> times(static_cast<size_t>(num_workers), 0.0f);
+  times[cluster->role_index()] = static_cast<float>(seconds);
+  if (Status s = cluster->collective()->AllReduceSum(times.data(), num_workers); !s.ok())
+    cluster->Abort(s);
+  double slowest = 0;
+  for (float t : times) slowest = std::max(slowest, static_cast<double>(t));
+  return slowest;
+}
+
+StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v) {
+  if (num_workers == 1) return v;
+  float f = static_cast<float>(v);
+  IPS_RETURN_IF_ERROR(coll->AllReduceSum(&f, 1));
+  return static_cast<double>(f);
+}
+
+uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i) {
+  return static_cast<uint64_t>(i) * static_cast<uint64_t>(cluster->layout().num_workers) +
+         static_cast<uint64_t>(cluster->role_index());
+}
+
+void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
+                            const ps::RemoteStoreMetrics& m) {
+  metrics << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
+          << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17) << loss
+          << std::setprecision(6) << ",\"pull_p50_us\":" << m.pull_p50_us
+          << ",\"pull_p99_us\":" << m.pull_p99_us << ",\"push_p50_us\":" << m.push_p50_us
+          << ",\"push_p99_us\":" << m.push_p99_us << ",\"bytes_sent\":" << m.bytes_sent
+          << ",\"bytes_received\":" << m.bytes_received << ",\"staleness_max\":" << m.staleness_max
+          << "}\n";
+}
+
+void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
+                      const ps::RemoteStoreMetrics& m) {
+  std::cerr << cluster->Describe() << ": steps=" << s.train_steps << " own_samples_per_s="
+            << Fixed(s.timed_s > 0 ? static_cast<double>(s.timed_steps) * batch / s.timed_s : 0, 1)
+            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
+            << " pull_p99_us=" << Fixed(m.pull_p99_us, 0)
+            << " push_p50_us=" << Fixed(m.push_p50_us, 0)
+            << " push_p99_us=" << Fixed(m.push_p99_us, 0) << " bytes_sent=" << m.bytes_sent
+            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
+            << " staleness_mean=" << Fixed(m.staleness_mean, 2) << "\n";
+}
+
+ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
+                               const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                               const SyntheticSummary& s) {
+  ResultLine line("train_cluster");
+  line.Add("model", ModelKindName(job.trainer.model.kind))
+      .Add("workers", static_cast<int64_t>(cluster->layout().num_workers))
+      .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
+      .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
+      .Add("staleness", static_cast<int64_t>(config.cluster().staleness()))
+      .Add("samples_per_s", Fixed(s.samples_per_s, 1))
+      .Add("steps", static_cast<int64_t>(job.run.steps))
+      .Add("batch", static_cast<int64_t>(job.run.batch))
+      .Add("loss", Fixed(s.loss, 4));
+  for (const auto& [key, value] : s.quality) line.Add(key, value);
+  const double per_step = s.timed_steps > 0 ? 1000.0 / static_cast<double>(s.timed_steps) : 0;
+  line.Add("staleness_max", m.staleness_max)
+      .Add("pull_p50_us", Fixed(m.pull_p50_us, 0))
+      .Add("pull_p99_us", Fixed(m.pull_p99_us, 0))
+      .Add("push_p50_us", Fixed(m.push_p50_us, 0))
+      .Add("push_p99_us", Fixed(m.push_p99_us, 0))
+      // Worker 0's per-step averages over the timed steps (step = the trainer's Step), its PS
+      // traffic per step over all steps, and the dense floats all-reduced per step.
+      .Add("step_ms", Fixed(per_step * s.timed_s, 3))
+      .Add("allreduce_ms", Fixed(per_step * client.allreduce_s, 3))
+      .Add("ps_bytes_per_step",
+           static_cast<int64_t>(
+               s.train_steps > 0 ? (m.bytes_sent + m.bytes_received) / s.train_steps : 0))
+      .Add("dense_floats", client.dense_floats);
+  return line;
+}
+
+void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
+                          double loss) {
+  std::ostringstream line;  // worker 0's step loss, every digit (the tests compare them)
+  line << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
+       << ",\"epoch\":" << epoch << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17)
+       << loss << "}\n";
+  metrics << line.str();
+}
+
+void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
+                    const RankingEvalResult& eval, double loss, double samples_per_s,
+                    int64_t steps) {
+  const std::string k = std::to_string(top_k);
+  auto metric = [&](double v) { return evaluated ? internal::JsonNumber(v) : std::string("null"); };
+  metrics << "{\"epoch\":" << epoch << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg" << k
+          << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
+          << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
+          << ",\"loss\":" << internal::JsonNumber(loss)
+          << ",\"samples_per_s\":" << internal::JsonNumber(samples_per_s) << ",\"steps\":" << steps
+          << ",\"eval_users\":" << (evaluated ? eval.users : 0)
+          << ",\"eval_s\":" << internal::JsonNumber(evaluated ? eval.seconds : 0) << "}\n";
+  metrics.flush();
+}
+
+ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
+                             const WorkerClient& client, const ps::RemoteStoreMetrics& m,
+                             const DatasetSummary& s) {
+  ResultLine line("train_cluster");
+  line.Add("model", s.model)
+      .Add("workers", static_cast<int64_t>(cluster->layout().num_workers))
+      .Add("ps", static_cast<int64_t>(cluster->layout().num_ps))
+      .Add("sync", config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
+      .Add("epochs", static_cast<int64_t>(s.epochs))
+      .Add("steps", s.steps)
+      .Add("samples_per_s", Fixed(s.samples_per_s, 1))
+      .Add("loss", Fixed(s.loss, 4));
+  AddRankingFields(s.eval, s.recall, &line);
+  line.Add("staleness_max", m.staleness_max)
+      .Add("allreduce_ms",
+           Fixed(s.steps_run > 0 ? 1000 * client.allreduce_s / static_cast<double>(s.steps_run) : 0,
+                 3))
+      .Add("dense_floats", client.dense_floats);
+  return line;
+}
+
+void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s) {
+  const std::string k = std::to_string(s.eval.k);
+  metrics << "{\"phase\":\"result\",\"model\":\"" << s.model
+          << "\",\"workers\":" << cluster->layout().num_workers
+          << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << s.epochs
+          << ",\"steps\":" << s.steps << ",\"samples_per_s\":" << Fixed(s.samples_per_s, 1)
+          << ",\"loss\":" << Fixed(s.loss, 6) << ",\"hr" << k << "\":" << Fixed(s.eval.hr, 6)
+          << ",\"ndcg" << k << "\":" << Fixed(s.eval.ndcg, 6)
+          << ",\"auc\":" << Fixed(s.eval.auc, 6);
+  for (const RetrievalCutoff& c : s.recall)
+    metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
+  metrics << "}\n";
+  metrics.flush();
+}
+
+}  // namespace cluster_internal
+
+namespace {
+
+using cluster_internal::Checkpointing;
+using cluster_internal::Fixed;
+
+// Set by SIGTERM on a worker; read between steps (lock-free: async-signal safe).
+std::atomic<bool> g_stop_requested{false};
+extern "C" void OnClusterSigterm(int) { g_stop_requested.store(true, std::memory_order_relaxed); }
+
+// The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
+// checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
+int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const TrainJob& job,
+                        const config::CheckpointConfig& ck, int64_t step, ProgressLine* progress) {
+  if (progress != nullptr) progress->Finish("stopped");
+  if (cluster->role_index() == 0) {
+    std::cerr << "cluster: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir()
+              << "/ckpt-" << step << "; continue with --resume " << ck.dir() << "\n";
+    ResultLine("train_cluster")
+        .Add("model", ModelKindName(job.trainer.model.kind))
+        .Add("status", "stopped")
+        .Add("step", step)
+        .Add("checkpoint", ck.dir() + "/ckpt-" + std::to_string(step))
+        .Print();
+  }
+  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  return kExitStopped;
+}
+
+// checkpoint.dir set: checks the intervals, installs the SIGTERM handler and, on worker 0, creates
+// the writer (null on the other workers). *writing_step is the checkpoint being written, read by
+// the test-only fault hook (flags.kill_in_checkpoint_step).
+StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
+                                                               const config::Config& config,
+                                                               const ClusterTrainFlags& flags,
+                                                               const int64_t* writing_step) {
+  const config::CheckpointConfig& ck = config.checkpoint();
+  if (ck.every_steps() < 0 || ck.every_seconds() < 0)
+    return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
+  std::signal(SIGTERM, OnClusterSigterm);
+  if (cluster->role_index() != 0) return std::unique_ptr<CheckpointWriter>();
+  CheckpointOptions o;
+  o.dir = ck.dir();
+  o.keep_last = ck.keep_last();
+  o.incremental = ck.incremental();
+  if (cluster->rank() == flags.kill_rank && flags.kill_in_checkpoint_step >= 0) {
+    // Test-only: the coordinator dies with every file of the checkpoint and its manifest
+    // written, just before the publishing rename.
+    const int64_t kill_at = flags.kill_in_checkpoint_step;
+    o.fault_hook = [writing_step, kill_at, cluster](const std::string& event) {
+      if (event == "publish" && *writing_step == kill_at) {
+        std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL before publishing %lld\n",
+                     cluster->Describe().c_str(), static_cast<long long>(*writing_step));
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
+      return Status::Ok();
+    };
+  }
+  return CheckpointWriter::Create(o);
+}
+
+// Whether the step about to run ends with a checkpoint (and whether the run stops after it),
+// decided before the step and the same on every worker: a SIGTERM reaches the workers at
+// different steps, and only worker 0's clock decides every_seconds. Deciding first lets the step
+// skip its prefetch, so a snapshot never holds a pull of the step after it. `done` = the steps
+// done once this one is; last = it is the run's last step.
+Status DecideCheckpoint(Collective* coll, const config::CheckpointConfig& ck, int w, int64_t done,
+                        bool last, double seconds_since_checkpoint, bool* checkpoint_after,
+                        bool* stop) {
+  float decide[2] = {
+      g_stop_requested.load(std::memory_order_relaxed) ? 1.f : 0.f,
+      w == 0 && ck.every_seconds() > 0 && seconds_since_checkpoint >= ck.every_seconds() ? 1.f
+                                                                                         : 0.f};
+  IPS_RETURN_IF_ERROR(coll->AllReduceSum(decide, 2));
+  *stop = decide[0] > 0;
+  *checkpoint_after =
+      *stop || decide[1] > 0 || last || (ck.every_steps() > 0 && done % ck.every_steps() == 0);
+  return Status::Ok();
+}
+
+// Before trainer step `step` (0-based; `last`: the run's last step): the test-only faults
+// (flags.kill_rank dies with SIGKILL at kill_step, or raises SIGTERM at term_step), then
+// DecideCheckpoint when checkpointing (else both outputs false). Aborts the job on an error.
+void BeginStep(Cluster* cluster, const config::Config& config, const ClusterTrainFlags& flags,
+               int64_t step, bool last, const Timer& since_checkpoint, bool* checkpoint_after,
+               bool* stop) {
+  if (cluster->rank() == flags.kill_rank && step == flags.kill_step) {
+    std::fprintf(stderr, "ips: test: %s kills itself with SIGKILL at step %lld\n",
+                 cluster->Describe().c_str(), static_cast<long long>(step));
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+  if (cluster->rank() == flags.kill_rank && step == flags.term_step) std::raise(SIGTERM);
+  *checkpoint_after = false;
+  *stop = false;
+  if (!Checkpointing(config)) return;
+  if (Status s =
+          DecideCheckpoint(cluster->collective(), config.checkpoint(), cluster->role_index(),
+                           step + 1, last, since_checkpoint.Seconds(), checkpoint_after, stop);
+      !s.ok())
+    cluster->Abort(s);
+}
+
+// Checkpoint `step`, called by every worker at the same step; see the header for the protocol.
+// Worker 0 (the only one with a writer) adds blobs() (the run's position) to the dense content.
+Status WriteCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, CheckpointWriter* writer,
+                       const CheckpointContent& dense,
+                       const std::function<std::map<std::string, std::string>()>& blobs,
+                       int64_t step, int64_t* writing_step) {
+  Collective* coll = cluster->collective();
+  // Every worker has finished `step`: its pushes are applied (sync: acknowledged; async: the
+  // step's AdvanceStep reply follows them on the same channel).
+  IPS_RETURN_IF_ERROR(coll->Barrier());
+  if (cluster->role_index() == 0) {
+    Timer t;
+    *writing_step = step;
+    IPS_ASSIGN_OR_RETURN(const std::string staging, writer->Begin(step));
+    const bool incremental = writer->NextIsIncremental();
+    auto shards = store->CheckpointServers(staging, step, incremental);
+    if (!shards.ok()) {
+      ps::RemoveTree(staging);
+      return shards.status().WithContext("checkpoint " + std::to_string(step));
+    }
+    std::vector<CheckpointFile> files;
+    for (const ps::TableShardFile& f : *shards) files.push_back(CheckpointFileOf(f));
+    CheckpointContent content = dense;
+    content.blobs = blobs();
+    auto info = writer->Commit(step, staging, content, files);
+    if (!info.ok()) {
+      ps::RemoveTree(staging);
+      return info.status();
+    }
+    IPS_RETURN_IF_ERROR(store->CommitServerCheckpoint(step));
+    std::cerr << "checkpoint " << info->path << ": " << info->files << " files, " << info->bytes
+              << " bytes, " << info->table_rows << " table rows"
+              << (info->incremental ? " (incremental)" : "") << " in " << Fixed(t.Seconds(), 3)
+              << " s\n";
+  }
+  // The others start the next step only once the servers' shards are written.
+  return coll->Barrier();
+}
+
+}  // namespace
+
+// ---- WorkerCheckpoints: the protocol above for either trainer ---------------------------------
+
+namespace cluster_internal {
+
+WorkerCheckpoints::WorkerCheckpoints(Cluster* cluster, const config::Config& config,
+                                     const ClusterTrainFlags& flags,
+                                     ps::RemoteEmbeddingStore* store, TrainerCheckpointState state)
+    : cluster_(cluster), config_(config), flags_(flags), store_(store), state_(std::move(state)) {
+  if (!Checkpointing(config)) return;
+  auto wr = StartCheckpointing(cluster, config, flags, &writing_step_);
+  if (!wr.ok()) cluster->Abort(wr.status());
+  writer_ = std::move(wr).value();
+}
+
+WorkerCheckpoints::~WorkerCheckpoints() = default;
+
+StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::string* dir) {
+  // Every worker loads the same dense state, so the replicas stay equal.
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(flags_.resume));
+  std::map<std::string, std::string> blobs;
+  IPS_RETURN_IF_ERROR(reader->Restore(state_.dense, &blobs));
+  *dir = reader->dir();
+  return blobs;
+}
+
+int WorkerCheckpoints::ResumeSynthetic(int train_steps, std::vector<double>* losses) {
+  if (flags_.resume.empty()) return 0;
+  std::string dir;
+  auto blobs = Restore(&dir);
+  std::vector<int64_t> step;
+  Status s = blobs.status();
+  if (s.ok()) s = UnpackBlob(*blobs, "run/synthetic_step", 1, &step);
+  if (s.ok()) s = UnpackBlob(*blobs, "run/losses", 0, losses);
+  if (s.ok() &&
+      (step[0] < 0 || step[0] > train_steps || static_cast<int64_t>(losses->size()) != step[0]))
+    s = DataLossError(dir + ": blob 'run/synthetic_step' = " + std::to_string(step[0]) +
+                      " does not fit a run of " + std::to_string(train_steps) + " steps with " +
+                      std::to_string(losses->size()) + " losses");
+  if (s.ok()) {
+    state_.set_steps(step[0]);
+    s = state_.restore_model_blobs(*blobs);
+  }
+  if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
+  if (cluster_->role_index() == 0)
+    std::cerr << ("cluster: resumed from " + flags_.resume + " at step " +  // one write
+                  std::to_string(step[0]) + "\n");
+  return static_cast<int>(step[0]);
+}
+
+DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) {
+  DatasetPosition p;
+  if (flags_.resume.empty()) return p;
+  std::string dir;
+  auto blobs = Restore(&dir);
+  std::vector<int64_t> st;
+  std::vector<double> loss;
+  Status s = blobs.status();
+  if (s.ok()) s = UnpackBlob(*blobs, "run/dataset", 7, &st);
+  if (s.ok()) s = UnpackBlob(*blobs, "run/loss_sum", 1, &loss);
+  if (s.ok() &&
+      (st[0] < 0 || st[0] >= epochs || st[1] < 0 || st[1] > per_epoch || st[2] < 0 || st[6] < 0))
+    s = DataLossError(dir + ": blob 'run/dataset' (epoch " + std::to_string(st[0] + 1) +
+                      ", position " + std::to_string(st[1]) + ") does not fit a run of " +
+                      std::to_string(epochs) + " epochs of " + std::to_string(per_epoch) +
+                      " examples");
+  if (s.ok()) {
+    state_.set_steps(st[6]);
+    s = state_.restore_model_blobs(*blobs);
+  }
+  if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
+  // Worker 0 carries the sum of every worker's losses so far.
+  p = {st[0], st[1], st[2], st[3], st[4], st[5], cluster_->role_index() == 0 ? loss[0] : 0};
+  if (cluster_->role_index() == 0)
+    std::cerr << ("cluster: resumed from " + flags_.resume + " at epoch " +  // one write
+                  std::to_string(p.epoch + 1) + " position " + std::to_string(p.position) +
+                  " step " + std::to_string(st[6]) + "\n");
+  return p;
+}
+
+void WorkerCheckpoints::BeginStep(int64_t step, bool last, bool* checkpoint_after, bool* stop) {
+  if (!stepping_) {  // every_seconds counts from the first step (not from the set-up)
+    since_checkpoint_.Reset();
+    stepping_ = true;
+  }
+  ips::BeginStep(cluster_, config_, flags_, step, last, since_checkpoint_, checkpoint_after, stop);
+}
+
+void WorkerCheckpoints::Write(int64_t step,
+                              const std::function<std::map<std::string, std::string>()>& blobs) {
+  // Besides the run's position, every checkpoint holds the model's blobs (dropout step) and the
+  // cluster's layout.
+  auto all_blobs = [&] {
+    std::map<std::string, std::string> b = blobs();
+    state_.save_model_blobs(&b);
+    b["cluster/layout"] =
+        PackBlob(std::vector<int64_t>{cluster_->layout().num_ps, cluster_->layout().num_workers});
+    return b;
+  };
+  if (Status s = WriteCheckpoint(cluster_, store_, writer_.get(), state_.dense, all_blobs, step,
+                                 &writing_step_);
+      !s.ok())
+    cluster_->Abort(s);
+  since_checkpoint_.Reset();
+}
+
+void WorkerCheckpoints::WriteSynthetic(int64_t step, const std::vector<double>& losses) {
+  Write(step, [&] {
+    std::map<std::string, std::string> b;
+    b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
+    b["run/losses"] = PackBlob(losses);
+    return b;
+  });
+}
+
+void WorkerCheckpoints::WriteDataset(int64_t step, DatasetPosition at) {
+  auto global_loss =
+      SumOverWorkers(cluster_->collective(), cluster_->layout().num_workers, at.loss_sum);
+  if (!global_loss.ok()) cluster_->Abort(global_loss.status());
+  Write(step, [&] {
+    std::map<std::string, std::string> b;
+    b["run/dataset"] = PackBlob(std::vector<int64_t>{at.epoch, at.position, at.steps, at.samples,
+                                                     at.epoch_steps, at.epoch_samples, step});
+    b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
+    return b;
+  });
+}
+
+int WorkerCheckpoints::Stop(const TrainJob& job, int64_t step, ProgressLine* progress) {
+  return StopAfterCheckpoint(cluster_, store_, job, config_.checkpoint(), step, progress);
+}
+
+DatasetWalk::DatasetWalk(Cluster* cluster, const DatasetRunOptions& run, const EpochRounds& rounds,
+                         WorkerCheckpoints* ck, bool resume)
+    : cluster_(cluster), run_(run), rounds_(rounds), ck_(ck), resumed_(resume) {
+  at_ = ck->ResumeDataset(run.epochs, rounds.per_epoch);
+  first_step_ = at_.steps;
+  // The run's last step (a checkpoint always follows it, as in single-process training).
+  last_step_ =
+      at_.steps + rounds.From(at_.position) + (run.epochs - at_.epoch - 1) * rounds.From(0);
+  if (run.max_steps > 0) last_step_ = std::min<int64_t>(last_step_, run.max_steps);
+}
+
+void DatasetWalk::StartEpoch(int64_t e) {
+  const bool resumed_epoch = resumed_ && e == at_.epoch;
+  epoch_ = resumed_epoch ? at_ : DatasetPosition{};
+  epoch_.epoch = e;
+  if (!resumed_epoch) epoch_.position = 0;
+  p0_ = epoch_.position;
+  rounds_in_epoch_ = rounds_.From(p0_);
+  resumed_ = false;
+}
+
+StatusOr<double> DatasetWalk::EpochLoss() const {
+  const int num_workers = cluster_->layout().num_workers;
+  IPS_ASSIGN_OR_RETURN(const double sum,
+                       SumOverWorkers(cluster_->collective(), num_workers, epoch_.loss_sum));
+  return epoch_.epoch_steps > 0 ? sum / static_cast<double>(epoch_.epoch_steps * num_workers)
+                                : std::nan("");
+}
+
+bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
+                            ProgressLine* progress, std::ostream* metrics) {
+  const int64_t rows = rounds_.Rows(p0_, k);
+  epoch_.loss_sum += loss;
+  ++epoch_.epoch_steps;
+  epoch_.epoch_samples += rows;
+  ++at_.steps;
+  at_.samples += rows;
+  samples_run_ += rows;
+  const int64_t e = epoch_.epoch;
+  if (progress != nullptr && (epoch_.epoch_steps % run_.log_every_steps == 0 || k == 0))
+    progress->Update(at_.samples, "epoch " + std::to_string(e + 1) + "/" +
+                                      std::to_string(run_.epochs) + " loss=" + Fixed(loss, 4));
+  if (metrics != nullptr && (done % run_.log_every_steps == 0 || at_.steps == last_step_))
+    WriteDatasetStepLine(*metrics, cluster_, e + 1, done, loss);
+  if (checkpoint_after)
+    ck_->WriteDataset(done, {e, rounds_.PositionAfter(p0_, k), at_.steps, at_.samples,
+                             epoch_.epoch_steps, epoch_.epoch_samples, epoch_.loss_sum});
+  return stop && at_.steps < last_step_;
+}
+
+}  // namespace cluster_internal
+}  // namespace ips
