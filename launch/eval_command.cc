@@ -69,7 +69,8 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
   std::unique_ptr<Dataset> data = std::move(*opened);
   IPS_RETURN_IF_ERROR(
       FitJobToDataset(*data, &job).WithContext("data.train_dir '" + run.train_dir + "'"));
-  IPS_ASSIGN_OR_RETURN(auto store, ps::LocalEmbeddingStore::Create(job.tables));
+  IPS_ASSIGN_OR_RETURN(
+      auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
   IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));
@@ -110,7 +111,8 @@ Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::
     return FailedPreconditionError(
         "ips eval: sequence models on data.synthetic have no evaluation (i.i.d. Zipf sequences "
         "carry no sequential signal); use data.train_dir");
-  IPS_ASSIGN_OR_RETURN(auto store, ps::LocalEmbeddingStore::Create(job.tables));
+  IPS_ASSIGN_OR_RETURN(
+      auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
   IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));

@@ -171,7 +171,7 @@ int RunStreamTrain(const config::Config& cfg, const std::string& source, const R
     c.mutable_data()->set_train_dir("stream:" + source);
   auto job = TrainJobFromConfig(c);
   if (!job.ok()) return Fail(job.status());
-  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  auto store = ps::LocalEmbeddingStore::CreateThreaded(job->tables, job->trainer.num_threads);
   if (!store.ok()) return Fail(store.status());
   auto trainer = Trainer::Create(job->trainer, store->get());
   if (!trainer.ok()) return Fail(trainer.status());

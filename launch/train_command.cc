@@ -131,7 +131,7 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   if (!data.ok()) return Fail(data.status().WithContext("data.train_dir '" + run.train_dir + "'"));
   if (Status s = FitJobToDataset(**data, &job); !s.ok())
     return Fail(s.WithContext("data.train_dir '" + run.train_dir + "'"));
-  auto store = ps::LocalEmbeddingStore::Create(job.tables);
+  auto store = ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads);
   if (!store.ok()) return Fail(store.status());
   const bool sequence = IsSequenceModel(job.trainer.model.kind);
   std::unique_ptr<Trainer> ctr;
@@ -297,7 +297,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   const std::string resume = flags.GetString("resume");
   if (!job->synthetic) return RunDatasetJob(*job, *cfg, resume, sinks, &metrics, metrics_path);
 
-  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  auto store = ps::LocalEmbeddingStore::CreateThreaded(job->tables, job->trainer.num_threads);
   if (!store.ok()) return fail(store.status());
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;

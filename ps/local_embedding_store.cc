@@ -20,6 +20,15 @@ StatusOr<std::unique_ptr<LocalEmbeddingStore>> LocalEmbeddingStore::Create(
   return store;
 }
 
+StatusOr<std::unique_ptr<LocalEmbeddingStore>> LocalEmbeddingStore::CreateThreaded(
+    const std::vector<TableOptions>& tables, int num_threads) {
+  std::unique_ptr<ThreadPool> pool;
+  if (num_threads > 1) pool = std::make_unique<ThreadPool>(num_threads);
+  IPS_ASSIGN_OR_RETURN(auto store, Create(tables, pool.get()));
+  store->owned_pool_ = std::move(pool);
+  return store;
+}
+
 StatusOr<int> LocalEmbeddingStore::FindTable(const std::string& name) const {
   for (size_t i = 0; i < tables_.size(); ++i)
     if (tables_[i]->options().name == name) return static_cast<int>(i);

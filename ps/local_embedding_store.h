@@ -26,6 +26,11 @@ class LocalEmbeddingStore : public EmbeddingStore {
   // then serialise on the pool (ThreadPool::ParallelFor takes one caller at a time).
   static StatusOr<std::unique_ptr<LocalEmbeddingStore>> Create(
       const std::vector<TableOptions>& tables, ThreadPool* pool = nullptr);
+  // The same with a pool of its own of num_threads threads (1 or less: none), for a caller with
+  // no pool to share: the single-process trainer gives it its thread count, so the batch's
+  // pull and push spread over the tables' shards as a parameter server's do.
+  static StatusOr<std::unique_ptr<LocalEmbeddingStore>> CreateThreaded(
+      const std::vector<TableOptions>& tables, int num_threads);
 
   StatusOr<int> FindTable(const std::string& name) const override;
   StatusOr<int64_t> TableDim(int table) const override;
@@ -46,6 +51,7 @@ class LocalEmbeddingStore : public EmbeddingStore {
   StatusOr<DynamicTable*> Checked(int table, int64_t dim) const;
 
   std::vector<std::unique_ptr<DynamicTable>> tables_;  // fixed after Create: no lock needed
+  std::unique_ptr<ThreadPool> owned_pool_;             // CreateThreaded's
   ThreadPool* pool_ = nullptr;
 };
 

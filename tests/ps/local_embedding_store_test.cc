@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <vector>
 
 #include "tests/testing/tolerance.h"
@@ -115,6 +116,32 @@ TEST(LocalEmbeddingStore, PullPushAdvanceStepReachTheirTables) {
   EXPECT_EQ(store->Stats(0)->rows, 0);
   EXPECT_EQ(store->Stats(0)->evicted_ttl, 2);
   EXPECT_EQ(store->Stats(1)->rows, 1);
+}
+
+// CreateThreaded's own pool serves large calls (>= DynamicTable::kParallelKeys keys) and changes
+// nothing: pulls and the rows after pushes equal a store without a pool, bit for bit.
+TEST(LocalEmbeddingStore, CreateThreadedMatchesUnthreadedBitwise) {
+  auto threaded = LocalEmbeddingStore::CreateThreaded(TwoTables(), 3);
+  ASSERT_TRUE(threaded.ok()) << threaded.status();
+  auto plain = MakeStore();
+  const int64_t n = 2 * DynamicTable::kParallelKeys + 17;
+  std::vector<uint64_t> keys(n);
+  for (int64_t i = 0; i < n; ++i) keys[i] = static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ULL + 1;
+  for (int step = 0; step < 3; ++step) {
+    std::vector<float> a(n * 18), b(n * 18), grads(n * 18);
+    for (int64_t i = 0; i < n * 18; ++i) grads[i] = static_cast<float>((i * 7 + step) % 13) - 6.f;
+    ::ips::testing::Poison(a);
+    ::ips::testing::Poison(b);
+    ASSERT_TRUE(plain->Pull(0, keys.data(), n, 18, a.data()).ok());
+    ASSERT_TRUE((*threaded)->Pull(0, keys.data(), n, 18, b.data()).ok());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "step " << step;
+    ASSERT_TRUE(plain->Push(0, keys.data(), n, 18, grads.data()).ok());
+    ASSERT_TRUE((*threaded)->Push(0, keys.data(), n, 18, grads.data()).ok());
+  }
+  std::vector<float> a(n * 18), b(n * 18);
+  ASSERT_TRUE(plain->Lookup(0, keys.data(), n, 18, a.data()).ok());
+  ASSERT_TRUE((*threaded)->Lookup(0, keys.data(), n, 18, b.data()).ok());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
 
 }  // namespace
