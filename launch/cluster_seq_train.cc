@@ -55,20 +55,7 @@ struct SeqWorker : WorkerClient {
     auto t = CreateSeqTrainer(job->trainer, store.get());
     if (!t.ok()) cluster->Abort(t.status());
     trainer = std::move(t).value();
-    auto& params = trainer->model().params();
-    if (Status s = cluster->collective()->Broadcast(params.values(),
-                                                    params.size() * int64_t{sizeof(float)}, 0);
-        !s.ok())
-      cluster->Abort(s);
-  }
-
-  // The replicas' checksum after `done` steps, every `every` steps (0 = never) or when forced.
-  void CheckReplicas(int64_t done, int every, bool force) {
-    if (every <= 0 || (!force && done % every != 0)) return;
-    auto& params = trainer->model().params();
-    if (Status s = CheckReplicasEqual(cluster->collective(), params.values(), params.size(), done);
-        !s.ok())
-      cluster->Abort(s);
+    BroadcastDenseFromWorker0(cluster, &trainer->model().params());
   }
 
   // The step on `cur` (prefetching `next` when not null); aborts the job on an error.
@@ -143,7 +130,8 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
     }
     losses.push_back(loss);
     const int64_t done = i + 1;
-    sw.CheckReplicas(done, flags.replica_check_every, /*force=*/false);
+    CheckReplicas(cluster, sw.trainer->model().params(), done, flags.replica_check_every,
+                  /*force=*/false);
     if (progress && i >= run.warmup_steps)
       progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
                        "loss=" + Fixed(loss, 4));
@@ -157,7 +145,8 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   }
   if (stopped) return ck.Stop(job, sw.trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.back(), 4));
-  sw.CheckReplicas(train_steps, flags.replica_check_every, /*force=*/true);
+  CheckReplicas(cluster, sw.trainer->model().params(), train_steps, flags.replica_check_every,
+                /*force=*/true);
   // Global throughput: every worker's sequences over the slowest worker's time.
   const double slowest = SlowestWorkerSeconds(cluster, summary.timed_s);
   summary.samples_per_s =
@@ -259,7 +248,8 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
         next_view = ViewOf(next);
       }
       const double loss = sw.Step(ViewOf(cur), have_next ? &next_view : nullptr, where);
-      sw.CheckReplicas(trainer->steps(), flags.replica_check_every, /*force=*/false);
+      CheckReplicas(cluster, trainer->model().params(), trainer->steps(), flags.replica_check_every,
+                    /*force=*/false);
       stopped = walk.AfterStep(k, trainer->steps(), loss, checkpoint_after, stop, progress.get(),
                                metrics.is_open() ? &metrics : nullptr);
       if (stopped) break;
@@ -301,7 +291,8 @@ int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, 
   }
   if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));
-  sw.CheckReplicas(trainer->steps(), flags.replica_check_every, /*force=*/true);
+  CheckReplicas(cluster, trainer->model().params(), trainer->steps(), flags.replica_check_every,
+                /*force=*/true);
   const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
   summary.samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
   summary.steps = walk.at().steps;

@@ -42,7 +42,9 @@ namespace ips {
 
 namespace {
 
+using cluster_internal::BroadcastDenseFromWorker0;
 using cluster_internal::Checkpointing;
+using cluster_internal::CheckReplicas;
 using cluster_internal::DatasetSummary;
 using cluster_internal::Fixed;
 using cluster_internal::OpenMetricsOut;
@@ -139,7 +141,6 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
               const ClusterTrainFlags& flags) {
   const int w = cluster->role_index();
   const int num_workers = cluster->layout().num_workers;
-  Collective* coll = cluster->collective();
   TrainingWorker tw(cluster, config, &job);
   ps::RemoteEmbeddingStore* store = tw.store.get();
   Trainer* trainer = tw.trainer.get();
@@ -150,11 +151,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
   std::vector<double> losses;
   const int start = ck.ResumeSynthetic(train_steps, &losses);
-  // Replicas start equal: worker 0's initial dense weights everywhere.
   auto& params = trainer->model().params();
-  if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
-      !s.ok())
-    cluster->Abort(s);
+  BroadcastDenseFromWorker0(cluster, &params);
 
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
@@ -197,10 +195,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     if (!loss.ok()) cluster->Abort(loss.status());
     losses.push_back(*loss);
     const int done = i + 1;
-    if (flags.replica_check_every > 0 && done % flags.replica_check_every == 0) {
-      if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), done); !s.ok())
-        cluster->Abort(s);
-    }
+    CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
     if (progress && i >= run.warmup_steps) {
       progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
                        "loss=" + Fixed(*loss, 4));
@@ -215,10 +210,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   }
   if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
-  if (flags.replica_check_every > 0) {
-    if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), train_steps); !s.ok())
-      cluster->Abort(s);
-  }
+  CheckReplicas(cluster, params, train_steps, flags.replica_check_every, /*force=*/true);
   // Global throughput: every worker's samples over the slowest worker's time.
   const double slowest = SlowestWorkerSeconds(cluster, timed);
   const double samples_per_s =
@@ -326,9 +318,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   cluster_internal::DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
 
   auto& params = trainer->model().params();
-  if (Status s = coll->Broadcast(params.values(), params.size() * int64_t{sizeof(float)}, 0);
-      !s.ok())
-    cluster->Abort(s);
+  BroadcastDenseFromWorker0(cluster, &params);
 
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
@@ -401,10 +391,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
       auto loss = trainer->Step(view, prefetch ? &next_view : nullptr);
       if (!loss.ok()) cluster->Abort(loss.status().WithContext("epoch " + std::to_string(e + 1)));
       const int64_t done = trainer->steps();
-      if (flags.replica_check_every > 0 && done % flags.replica_check_every == 0) {
-        if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), done); !s.ok())
-          cluster->Abort(s);
-      }
+      CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
       stopped = walk.AfterStep(k, done, *loss, checkpoint_after, stop, progress.get(),
                                metrics.is_open() ? &metrics : nullptr);
       if (stopped) break;
@@ -456,11 +443,7 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
   }
   if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(last_loss, 4));
-  if (flags.replica_check_every > 0) {
-    if (Status s = CheckReplicasEqual(coll, params.values(), params.size(), trainer->steps());
-        !s.ok())
-      cluster->Abort(s);
-  }
+  CheckReplicas(cluster, params, trainer->steps(), flags.replica_check_every, /*force=*/true);
   // Global throughput: every worker's samples over the slowest worker's training time.
   const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
   const double samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;

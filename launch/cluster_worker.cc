@@ -72,6 +72,21 @@ WorkerClient::WorkerClient(Cluster* cluster, const config::Config& config, const
 
 WorkerClient::~WorkerClient() = default;
 
+void BroadcastDenseFromWorker0(Cluster* cluster, models::DenseParams<float>* params) {
+  if (Status s = cluster->collective()->Broadcast(params->values(),
+                                                  params->size() * int64_t{sizeof(float)}, 0);
+      !s.ok())
+    cluster->Abort(s);
+}
+
+void CheckReplicas(Cluster* cluster, const models::DenseParams<float>& params, int64_t done,
+                   int every, bool force) {
+  if (every <= 0 || (!force && done % every != 0)) return;
+  if (Status s = CheckReplicasEqual(cluster->collective(), params.values(), params.size(), done);
+      !s.ok())
+    cluster->Abort(s);
+}
+
 void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
   if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
   metrics->open(flags.metrics_out, std::ios::app);

@@ -63,6 +63,15 @@ struct WorkerClient {
   DenseGradHook dense_grad_hook;
 };
 
+// Replicas start equal: worker 0's dense weights broadcast to every worker (aborts on an error).
+void BroadcastDenseFromWorker0(Cluster* cluster, models::DenseParams<float>* params);
+
+// The dense replicas compared across the workers (CheckReplicasEqual, worker/collective.h) after
+// `done` steps: every `every` steps, or now when `force` (the end of a run); never for every <= 0.
+// Every worker calls it at the same steps; aborts the job on a mismatch.
+void CheckReplicas(Cluster* cluster, const models::DenseParams<float>& params, int64_t done,
+                   int every, bool force);
+
 // Worker 0's --metrics_out (appended to); closed on the other workers and without the flag.
 void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics);
 
