@@ -417,14 +417,13 @@ int Main(int argc, char** argv) {
     Die(*cluster, InvalidArgumentError("mpi_ps_bench needs mpirun -np 3 (or -np 2)"));
   const int num_workers = world - 1;
   bool step_mode = false;
-  BenchFlags step_flags;
-  if (!ParseFlags(argc, argv, &step_mode, &step_flags))
-    Die(*cluster, InvalidArgumentError("bad flags"));
+  BenchFlags flags;
+  if (!ParseFlags(argc, argv, &step_mode, &flags)) Die(*cluster, InvalidArgumentError("bad flags"));
   if (step_mode && world != 3)
     Die(*cluster, InvalidArgumentError("--mode=allreduce_vs_step needs mpirun -np 3"));
-  if (step_mode) return AllReduceVsStep(cluster.get(), step_flags);
+  if (step_mode) return AllReduceVsStep(cluster.get(), flags);
   // What `ips train` would give the PS here (`cluster.ps_threads`, 0 = automatic).
-  const int ps_threads = PsThreads(step_flags.ps_threads, cluster->layout());
+  const int ps_threads = PsThreads(flags.ps_threads, cluster->layout());
 
   // ---- 4 first: idle CPU (nothing else running yet) ----
   const double idle_wall = 2.0;

@@ -149,24 +149,22 @@ Status DynamicTable::ForEachShardOf(
 }
 
 Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) {
-  IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
-  GroupScratch& g = ThreadGroupScratch();
-  GroupByShard(keys, n, &g);
-  const int64_t step = step_.load(std::memory_order_relaxed);
-  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
-    return shards_[s]->Pull(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, out,
-                            step, /*create=*/true);
-  });
+  return ReadRows(keys, n, out, pool, /*create=*/true);
 }
 
 Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) const {
+  return ReadRows(keys, n, out, pool, /*create=*/false);
+}
+
+Status DynamicTable::ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool,
+                              bool create) const {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
   return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
     return shards_[s]->Pull(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, out,
-                            step, /*create=*/false);
+                            step, create);
   });
 }
 

@@ -165,6 +165,9 @@ class DynamicTable {
   internal::TableShard& ShardOf(uint64_t hash) const;
   // Groups [0, n) by shard into *g (dynamic_table.cc's per-thread scratch).
   void GroupByShard(const uint64_t* keys, int64_t n, internal::GroupScratch* g) const;
+  // Pull (create = true: rows are created, counted and touched) and Lookup (create = false).
+  // Const because the shards are reached through pointers and lock themselves.
+  Status ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool, bool create) const;
   // Calls fn(s, begin, m) for every shard s that has m > 0 of g's keys (starting at g's
   // position begin), over `pool` when n is large enough. Returns the error of the first failing
   // shard in shard order (so which error is reported does not depend on the threads).
