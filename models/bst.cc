@@ -28,6 +28,7 @@ TransformerBlockOptions BlockOptions(const BstOptions& o) {
   bo.max_batch = o.max_batch;
   bo.max_len = o.max_len + 1;
   bo.fast_cpu_path = o.fast_cpu_path;
+  bo.layout = o.layout;
   return bo;
 }
 

@@ -61,6 +61,9 @@ struct BstOptions {
   uint64_t seed = 0;  // dense initialisation and the dropout masks
   // TransformerBlockOptions::fast_cpu_path (own AVX-512 loops vs kernels/ throughout).
   bool fast_cpu_path = true;
+  // TransformerBlockOptions::layout: kPreLn (the paper's equation, the peer) or kQueryNorm (the
+  // SASRec reference code's norms and residuals).
+  BlockLayout layout = BlockLayout::kPreLn;
 };
 
 // INVALID_ARGUMENT naming the first bad field ("BstOptions.<field>: ...").

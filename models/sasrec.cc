@@ -62,6 +62,7 @@ StatusOr<std::unique_ptr<Sasrec<T>>> Sasrec<T>::Create(const SasrecOptions& opti
   bo.max_batch = B;
   bo.max_len = L;
   bo.fast_cpu_path = o.fast_cpu_path;
+  bo.layout = o.layout;
   IPS_RETURN_IF_ERROR(ValidateTransformerBlockOptions(bo, "SasrecOptions"));
 
   DenseParams<T>& p = m->params_;

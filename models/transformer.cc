@@ -512,6 +512,14 @@ IPS_TF_TARGET void DropoutApplyAvx512(const uint16_t* bits, double scale, const 
 }
 #endif  // IPS_TF_AVX512
 
+// dst[i] += src[i] for i in [0, n), split over ctx.pool.
+template <typename T>
+void AddInto(const kernels::Context& ctx, int64_t n, const T* src, T* dst) {
+  ParallelFor(ctx.pool, n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] += src[i];
+  });
+}
+
 }  // namespace
 
 void DropoutMask(const kernels::Context& ctx, uint64_t seed, double p, int64_t n, uint16_t* bits) {
@@ -980,9 +988,11 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, false));
 
   const auto id = kernels::Activation::kIdentity;
+  const bool query_norm = o_.layout == BlockLayout::kQueryNorm;
+  const T* kv_in = query_norm ? x : h1_.data();
   IPS_RETURN_IF_ERROR(LinForward(ctx, q_, rows, h1_.data(), q_buf_.data(), id));
-  IPS_RETURN_IF_ERROR(LinForward(ctx, k_, rows, h1_.data(), k_buf_.data(), id));
-  IPS_RETURN_IF_ERROR(LinForward(ctx, v_, rows, h1_.data(), v_buf_.data(), id));
+  IPS_RETURN_IF_ERROR(LinForward(ctx, k_, rows, kv_in, k_buf_.data(), id));
+  IPS_RETURN_IF_ERROR(LinForward(ctx, v_, rows, kv_in, v_buf_.data(), id));
 
   IPS_RETURN_IF_ERROR(AttentionForward(ctx, batch, lengths));
   const T* o = attn_.data();
@@ -991,7 +1001,8 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
     o = proj_buf_.data();
   }
 
-  // m = x + drop(o).
+  // m = x + drop(o) (kQueryNorm: h1 + drop(o)).
+  const T* res1 = query_norm ? h1_.data() : x;
   T* mid = mid_.data();
   const T keep_scale = dropout_on_ ? static_cast<T>(1.0 / (1.0 - o_.dropout)) : T(1);
   if (dropout_on_) {
@@ -1001,10 +1012,10 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
                 mask_ffn_hidden_.data());
     DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnOut), o_.dropout, rows * d,
                 mask_ffn_out_.data());
-    DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, x, mid, 0, rows * d);
+    DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, res1, mid, 0, rows * d);
   } else {
     ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0 * d; i < r1 * d; ++i) mid[i] = x[i] + o[i];
+      for (int64_t i = r0 * d; i < r1 * d; ++i) mid[i] = res1[i] + o[i];
     });
   }
 
@@ -1025,7 +1036,9 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   }
   IPS_RETURN_IF_ERROR(LinForward(ctx, ffn2_, rows, f1, f2_.data(), id));
   const T* f2 = f2_.data();
-  // y = (m + drop(f2)) * keep: padded rows zero, each sequence's valid rows one span.
+  // y = (m + drop(f2)) * keep (kQueryNorm: h2 + drop(f2)): padded rows zero, each sequence's
+  // valid rows one span.
+  const T* res2 = query_norm ? h2_.data() : mid;
   ParallelFor(ctx.pool, batch, 16, [&](int64_t b0, int64_t b1) {
     const kernels::Context inline_ctx;  // already inside the pool
     for (int64_t b = b0; b < b1; ++b) {
@@ -1033,9 +1046,9 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
       const int64_t base = b * T_ * d, valid = base + first_valid * d, end = base + T_ * d;
       std::fill(y + base, y + valid, T(0));
       if (dropout_on_) {
-        DropoutApply<T>(inline_ctx, mask_ffn_out_.data(), keep_scale, f2, mid, y, valid, end);
+        DropoutApply<T>(inline_ctx, mask_ffn_out_.data(), keep_scale, f2, res2, y, valid, end);
       } else {
-        for (int64_t i = valid; i < end; ++i) y[i] = mid[i] + f2[i];
+        for (int64_t i = valid; i < end; ++i) y[i] = res2[i] + f2[i];
       }
     }
   });
@@ -1080,6 +1093,9 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   IPS_RETURN_IF_ERROR(LinBackward(ctx, ffn1_, rows, h2_.data(), f1_.data(), df1_.data(),
                                   o_.ffn_activation, dh_.data(), T(0)));
 
+  const bool query_norm = o_.layout == BlockLayout::kQueryNorm;
+  // kQueryNorm: the residual starts at h2, so dL/dh2 = FFN's input gradient + g.
+  if (query_norm) AddInto(ctx, rows * d, g, dh_.data());
   kernels::LayerNormArgs<T> ln;
   ln.rows = rows;
   ln.dim = d;
@@ -1088,14 +1104,12 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   ln.mean = mean2_.data();
   ln.rstd = rstd2_.data();
   ln.dy = dh_.data();
-  ln.dx = dtmp;
+  ln.dx = query_norm ? g : dtmp;  // kQueryNorm: LN2's input gradient is all of dL/dm
   ln.dgamma = params_->grad(ln2_g_);
   ln.dbeta = params_->grad(ln2_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
-  // g = dL/dm = g + LN2's input gradient.
-  ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0 * d; i < r1 * d; ++i) g[i] += dtmp[i];
-  });
+  // kPreLn: g = dL/dm = g (the residual) + LN2's input gradient.
+  if (!query_norm) AddInto(ctx, rows * d, dtmp, g);
 
   // Attention branch: do = dropout'(g).
   if (dropout_on_) {
@@ -1110,13 +1124,19 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
     d_attn = dh_.data();
   }
   IPS_RETURN_IF_ERROR(AttentionBackward(ctx, batch, lengths, d_attn));
-  // dh1 = dQ Wq + dK Wk + dV Wv (d_attn may live in dh_, but the attention backward is done).
+  // kPreLn: dh1 = dQ Wq + dK Wk + dV Wv. kQueryNorm: dh1 = dQ Wq + g (the residual from h1),
+  // and dK Wk + dV Wv go straight to dx below. (d_attn may live in dh_, but the attention
+  // backward is done.)
   IPS_RETURN_IF_ERROR(
       LinBackward(ctx, q_, rows, h1_.data(), dq_.data(), dq_.data(), id, dh_.data(), T(0)));
-  IPS_RETURN_IF_ERROR(
-      LinBackward(ctx, k_, rows, h1_.data(), dk_.data(), dk_.data(), id, dh_.data(), T(1)));
-  IPS_RETURN_IF_ERROR(
-      LinBackward(ctx, v_, rows, h1_.data(), dv_.data(), dv_.data(), id, dh_.data(), T(1)));
+  if (query_norm) {
+    AddInto(ctx, rows * d, g, dh_.data());
+  } else {
+    IPS_RETURN_IF_ERROR(
+        LinBackward(ctx, k_, rows, h1_.data(), dk_.data(), dk_.data(), id, dh_.data(), T(1)));
+    IPS_RETURN_IF_ERROR(
+        LinBackward(ctx, v_, rows, h1_.data(), dv_.data(), dv_.data(), id, dh_.data(), T(1)));
+  }
 
   ln.x = x;
   ln.gamma = params_->value(ln1_g_);
@@ -1127,10 +1147,14 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   ln.dgamma = params_->grad(ln1_g_);
   ln.dbeta = params_->grad(ln1_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
-  // dx = LN1's input gradient + the residual's dL/dm.
-  ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0 * d; i < r1 * d; ++i) dx[i] += g[i];
-  });
+  if (query_norm) {
+    // dx = LN1's input gradient + dK Wk + dV Wv.
+    IPS_RETURN_IF_ERROR(LinBackward(ctx, k_, rows, x, dk_.data(), dk_.data(), id, dx, T(1)));
+    IPS_RETURN_IF_ERROR(LinBackward(ctx, v_, rows, x, dv_.data(), dv_.data(), id, dx, T(1)));
+  } else {
+    // dx = LN1's input gradient + the residual's dL/dm.
+    AddInto(ctx, rows * d, g, dx);
+  }
   return Status::Ok();
 }
 

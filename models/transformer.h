@@ -10,8 +10,9 @@
 //   m  = x + drop(o)
 //   y  = (m + drop(FFN(LN2(m)))) * keep,   FFN = Linear -> ReLU|LeakyReLU -> Dropout -> Linear
 // with keep = 1 at valid steps and 0 at padded ones, exactly the peer's SASRec block
-// (../shared/peers/torch_models.py SASRec.encode). Rows at padded steps therefore leave the
-// block as zeros and pass no gradient; their keys are masked.
+// (../shared/peers/torch_models.py SASRec.encode); BlockLayout::kQueryNorm moves the norms and
+// residuals to where the SASRec reference code has them (see BlockLayout). Rows at padded steps
+// therefore leave the block as zeros and pass no gradient; their keys are masked.
 //
 // Why pre-LN for BST too: one block serves both models (SASRec's peer is pre-LN), and pre-LN
 // trains stably without warm-up; BST's paper uses post-LN (LN(x + drop(f(x)))). models/bst.h
@@ -47,6 +48,17 @@
 
 namespace ips::models {
 
+// Where a block's LayerNorms and residuals sit.
+//   kPreLn:     the block above (the SASRec paper's equation x + Dropout(g(LN(x))), the peer's).
+//   kQueryNorm: the SASRec authors' reference TensorFlow code (kang205/SASRec model.py): LN1
+//               feeds only the queries, keys and values are Linear(x), and both residuals start
+//               from the normalised input:
+//                 h = LN1(x); m = h + drop(A(Q(h), K(x), V(x)))
+//                 h2 = LN2(m); y = (h2 + drop(FFN(h2))) * keep
+//               The paper's reported figures come from this code, so accuracy runs against the
+//               paper use it; the peer (and our default) follow the paper's equation.
+enum class BlockLayout { kPreLn, kQueryNorm };
+
 struct TransformerBlockOptions {
   int64_t dim = 50;         // model width d; num_heads must divide it
   int64_t num_heads = 1;    // head_dim = dim / num_heads; scores scaled by 1/sqrt(head_dim)
@@ -54,9 +66,10 @@ struct TransformerBlockOptions {
   kernels::Activation ffn_activation = kernels::Activation::kRelu;  // kRelu or kLeakyRelu
   bool causal = false;                  // SASRec: position i attends to j <= i only
   bool attn_output_projection = false;  // SASRec: none (the peer); BST: Linear(dim, dim)
-  double dropout = 0;                   // rate of every dropout site, in [0, 1)
-  int64_t max_batch = 1;                // buffers are sized for max_batch x max_len rows
-  int64_t max_len = 1;                  // sequence length T (sequences are left-padded to it)
+  BlockLayout layout = BlockLayout::kPreLn;
+  double dropout = 0;     // rate of every dropout site, in [0, 1)
+  int64_t max_batch = 1;  // buffers are sized for max_batch x max_len rows
+  int64_t max_len = 1;    // sequence length T (sequences are left-padded to it)
   // The Linear layers' GEMMs and the attention through the block's own AVX-512 loops where the
   // CPU has them and the widths fit (see transformer.cc); false (or no AVX-512): always
   // kernels::Linear/Gemm (OpenBLAS) and kernels::MhaForward/Backward. Both compute the same

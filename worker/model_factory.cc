@@ -105,6 +105,11 @@ StatusOr<models::MlpActivation> ActivationOf(const config::ModelConfig& m) {
   }
 }
 
+models::BlockLayout LayoutOf(const config::ModelConfig& m) {
+  return m.block_layout() == config::ModelConfig::QUERY_NORM ? models::BlockLayout::kQueryNorm
+                                                             : models::BlockLayout::kPreLn;
+}
+
 // model.attention_hidden: the activation unit's two hidden widths (unset = the model's default).
 Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t* h1, int64_t* h2) {
   if (m.attention_hidden_size() == 0) return Status::Ok();
@@ -180,6 +185,7 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
       s.sasrec.num_blocks = m.num_blocks();
       s.sasrec.num_heads = m.num_heads();
       s.sasrec.dropout = m.dropout();
+      s.sasrec.layout = LayoutOf(m);
       IPS_RETURN_IF_ERROR(models::ValidateSasrecOptions(WithCommon(s.sasrec, s)));
       return s;
     }
@@ -189,6 +195,7 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
       b.num_blocks = m.num_blocks();
       b.num_heads = m.num_heads();
       b.dropout = m.dropout();
+      b.layout = LayoutOf(m);
       if (m.mlp_hidden_size() != 0)
         b.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(b.activation, ActivationOf(m));

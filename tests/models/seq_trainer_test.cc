@@ -5,6 +5,7 @@
 // dataset.
 #include "worker/seq_trainer.h"
 
+#include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -21,11 +22,13 @@
 #include "common/random.h"
 #include "models/gru4rec.h"
 #include "models/sasrec.h"
+#include "proto/config.pb.h"
 #include "ps/local_embedding_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 #include "worker/dataset_builder.h"
 #include "worker/metrics.h"
+#include "worker/model_factory.h"
 
 namespace ips {
 namespace {
@@ -451,10 +454,13 @@ INSTANTIATE_TEST_SUITE_P(Cells, SeqTrainerLearns,
                          });
 
 // The trainer is model-agnostic: SASRec (dropout on, its own seeded masks) learns the same
-// planted pattern through the same step and scoring.
-TEST(SeqTrainerSasrec, PlantedNextItemHr10FarAboveRandom) {
+// planted pattern through the same step and scoring, with either block layout.
+class SeqTrainerSasrec : public ::testing::TestWithParam<models::BlockLayout> {};
+
+TEST_P(SeqTrainerSasrec, PlantedNextItemHr10FarAboveRandom) {
   const PlantedSequences data(17);
   models::SasrecOptions so;
+  so.layout = GetParam();
   so.embedding_dim = 16;
   so.max_len = PlantedSequences::kLen;
   so.max_batch = 64;
@@ -479,6 +485,32 @@ TEST(SeqTrainerSasrec, PlantedNextItemHr10FarAboveRandom) {
   EXPECT_GT(trained.HitRate(), 0.6);
   std::printf("sasrec planted hr10 %.3f (ndcg %.3f, auc %.3f)\n", trained.HitRate(), trained.Ndcg(),
               trained.SampledAuc());
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, SeqTrainerSasrec,
+                         ::testing::Values(models::BlockLayout::kPreLn,
+                                           models::BlockLayout::kQueryNorm),
+                         [](const ::testing::TestParamInfo<models::BlockLayout>& i) {
+                           return std::string(
+                               i.param == models::BlockLayout::kPreLn ? "pre_ln" : "query_norm");
+                         });
+
+// model.block_layout reaches both transformer models; PRE_LN (the peer's) is the default.
+TEST(ModelFactory, BlockLayoutFromConfig) {
+  config::Config c;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
+      "model { type: SASREC embedding_dim: 8 block_layout: QUERY_NORM }", &c));
+  auto spec = ModelSpecFromConfig(c);
+  ASSERT_OK(spec.status());
+  EXPECT_EQ(spec->sasrec.layout, models::BlockLayout::kQueryNorm);
+  c.mutable_model()->set_type(config::ModelConfig::BST);
+  spec = ModelSpecFromConfig(c);
+  ASSERT_OK(spec.status());
+  EXPECT_EQ(spec->bst.layout, models::BlockLayout::kQueryNorm);
+  c.mutable_model()->clear_block_layout();
+  spec = ModelSpecFromConfig(c);
+  ASSERT_OK(spec.status());
+  EXPECT_EQ(spec->bst.layout, models::BlockLayout::kPreLn);
 }
 
 // ---- The synthetic throughput protocol --------------------------------------------------------

@@ -122,8 +122,13 @@ struct BlockCase {
   bool causal, proj;
   std::vector<int32_t> lengths;
   std::string label;
+  BlockLayout layout = BlockLayout::kPreLn;
 };
 void PrintTo(const BlockCase& c, std::ostream* os) { *os << c.label; }
+BlockCase QueryNormBlock(BlockCase c) {
+  c.layout = BlockLayout::kQueryNorm;
+  return c;
+}
 
 class BlockPathTest : public ::testing::TestWithParam<BlockCase> {};
 
@@ -139,6 +144,7 @@ void CompareBlockPaths(const BlockCase& c, testing::Tolerance tol) {
   o.ffn_activation = c.proj ? kernels::Activation::kLeakyRelu : kernels::Activation::kRelu;
   o.causal = c.causal;
   o.attn_output_projection = c.proj;
+  o.layout = c.layout;
   o.max_batch = static_cast<int64_t>(c.lengths.size());
   o.max_len = c.max_len;
   DenseParams<T> pf, ps;
@@ -185,11 +191,14 @@ TEST_P(BlockPathTest, FastMatchesKernels_Double) {
 
 INSTANTIATE_TEST_SUITE_P(
     Block, BlockPathTest,
-    ::testing::Values(BlockCase{4, 1, 4, 5, true, false, {5, 1, 3}, "d4_H1_T5_causal"},
-                      BlockCase{20, 2, 40, 7, true, false, {7, 0, 4, 1, 6}, "d20_H2_F40_causal"},
-                      BlockCase{50, 1, 50, 50, true, false, {50, 13, 1, 0}, "d50_H1_T50"},
-                      BlockCase{36, 3, 72, 9, false, true, {9, 2, 0, 5}, "d36_H3_F72_proj"},
-                      BlockCase{70, 2, 130, 6, false, true, {6, 3}, "d70_H2_F130_proj"}),
+    ::testing::Values(
+        BlockCase{4, 1, 4, 5, true, false, {5, 1, 3}, "d4_H1_T5_causal"},
+        BlockCase{20, 2, 40, 7, true, false, {7, 0, 4, 1, 6}, "d20_H2_F40_causal"},
+        BlockCase{50, 1, 50, 50, true, false, {50, 13, 1, 0}, "d50_H1_T50"},
+        BlockCase{36, 3, 72, 9, false, true, {9, 2, 0, 5}, "d36_H3_F72_proj"},
+        BlockCase{70, 2, 130, 6, false, true, {6, 3}, "d70_H2_F130_proj"},
+        QueryNormBlock({20, 2, 40, 7, true, false, {7, 0, 4, 1, 6}, "d20_H2_querynorm"}),
+        QueryNormBlock({36, 3, 72, 9, false, true, {9, 2, 0, 5}, "d36_H3_querynorm"})),
     [](const ::testing::TestParamInfo<BlockCase>& info) { return info.param.label; });
 
 // ---- SASRec ----------------------------------------------------------------------------------
@@ -249,8 +258,13 @@ struct SasrecCase {
   std::string label;
   bool fast = true;  // SasrecOptions::fast_cpu_path
   int64_t dim = 4, max_len = 5;
+  BlockLayout layout = BlockLayout::kPreLn;
 };
 void PrintTo(const SasrecCase& c, std::ostream* os) { *os << c.label; }
+SasrecCase QueryNorm(SasrecCase c) {
+  c.layout = BlockLayout::kQueryNorm;
+  return c;
+}
 
 class SasrecGradTest : public ::testing::TestWithParam<SasrecCase> {};
 
@@ -262,6 +276,7 @@ TEST_P(SasrecGradTest, Backward_B3_Blocks2) {
   so.fast_cpu_path = c.fast;
   so.embedding_dim = c.dim;
   so.max_len = c.max_len;
+  so.layout = c.layout;
   auto model_or = Sasrec<double>::Create(so);
   ASSERT_TRUE(model_or.ok()) << model_or.status();
   Sasrec<double>& model = **model_or;
@@ -298,16 +313,22 @@ TEST_P(SasrecGradTest, Backward_B3_Blocks2) {
 
 INSTANTIATE_TEST_SUITE_P(
     Sasrec, SasrecGradTest,
-    ::testing::Values(SasrecCase{1, 0.0, {5, 1, 3}, false, "H1_nodrop_mixed"},
-                      SasrecCase{2, 0.0, {5, 1, 3}, false, "H2_nodrop_mixed"},
-                      SasrecCase{1, 0.3, {5, 1, 3}, false, "H1_drop_mixed"},
-                      SasrecCase{2, 0.3, {0, 5, 2}, true, "H2_drop_len0_pool2"},
-                      SasrecCase{1, 0.0, {5, 5, 5}, true, "H1_nodrop_max_pool2"},
-                      SasrecCase{2, 0.5, {1, 1, 1}, false, "H2_drop_len1"},
-                      SasrecCase{1, 0.0, {0, 1, 0}, false, "H1_nodrop_len0_len1"},
-                      SasrecCase{2, 0.3, {5, 1, 3}, true, "H2_drop_mixed_kernelpath", false},
-                      // Several vectors per row with ragged tails (d 20 = 2.5 double vectors).
-                      SasrecCase{2, 0.2, {7, 3, 0}, true, "D20_T7_H2_drop", true, 20, 7}),
+    ::testing::Values(
+        SasrecCase{1, 0.0, {5, 1, 3}, false, "H1_nodrop_mixed"},
+        SasrecCase{2, 0.0, {5, 1, 3}, false, "H2_nodrop_mixed"},
+        SasrecCase{1, 0.3, {5, 1, 3}, false, "H1_drop_mixed"},
+        SasrecCase{2, 0.3, {0, 5, 2}, true, "H2_drop_len0_pool2"},
+        SasrecCase{1, 0.0, {5, 5, 5}, true, "H1_nodrop_max_pool2"},
+        SasrecCase{2, 0.5, {1, 1, 1}, false, "H2_drop_len1"},
+        SasrecCase{1, 0.0, {0, 1, 0}, false, "H1_nodrop_len0_len1"},
+        SasrecCase{2, 0.3, {5, 1, 3}, true, "H2_drop_mixed_kernelpath", false},
+        // Several vectors per row with ragged tails (d 20 = 2.5 double vectors).
+        SasrecCase{2, 0.2, {7, 3, 0}, true, "D20_T7_H2_drop", true, 20, 7},
+        // The SASRec reference code's layout (BlockLayout::kQueryNorm).
+        QueryNorm({1, 0.0, {5, 1, 3}, false, "QueryNorm_H1_nodrop_mixed"}),
+        QueryNorm({2, 0.3, {0, 5, 2}, true, "QueryNorm_H2_drop_len0_pool2"}),
+        QueryNorm({2, 0.3, {5, 1, 3}, true, "QueryNorm_H2_drop_kernelpath", false}),
+        QueryNorm({2, 0.2, {7, 3, 0}, true, "QueryNorm_D20_T7_H2_drop", true, 20, 7})),
     [](const ::testing::TestParamInfo<SasrecCase>& info) { return info.param.label; });
 
 // No valid position anywhere: the loss is 0 (the peer's clamp(min=1)), nothing is NaN, and every
@@ -546,6 +567,23 @@ with open(sys.argv[2]) as f:
     for line in f:
         parts = line.split()
         vals[parts[0]] = [float(x) for x in parts[1:]]
+def encode_query_norm(self, seq):
+    # The SASRec reference code's block (models/transformer.h BlockLayout::kQueryNorm), written
+    # over the peer's modules: LN1 on the queries only, K and V from x, residuals from LN(x).
+    L = seq.shape[1]
+    keep = (seq != 0).unsqueeze(-1).double()
+    x = self.drop(self.item(seq) * self.d ** 0.5 + self.pos.weight[-L:]) * keep
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = causal[None] & (seq != 0)[:, None, :]
+    for blk in self.blocks:
+        h = blk["ln1"](x)
+        s = blk["q"](h) @ blk["k"](x).transpose(1, 2) / self.d ** 0.5
+        a = self.drop(torch.softmax(s.masked_fill(~allowed, -1e9), dim=-1))
+        h2 = blk["ln2"](h + self.drop(a @ blk["v"](x)))
+        x = (h2 + self.drop(blk["ffn"](h2))) * keep
+    return self.ln_out(x)
+if sys.argv[4] == "query_norm":
+    SASRec.encode = encode_query_norm
 m = SASRec(n_items, d, max_len, blocks, dropout=0.0).double()
 sd = m.state_dict()
 for k in sd:
@@ -563,13 +601,16 @@ with open(sys.argv[3], "w") as f:
         f.write(name + " " + " ".join("%.17g" % v for v in g.flatten().tolist()) + "\n")
 )PY";
 
-TEST(SasrecPeerParity, LossAndGradientsMatchTorch_Dropout0_B3_T6_D4) {
+// Loss and every gradient against torch in float64 (the peer's SASRec, its encode replaced by
+// the reference code's block for kQueryNorm), dropout 0.
+void CheckSasrecAgainstTorch(BlockLayout layout) {
   const std::string peer = PeerDir();
   if (!FileExists(peer + "/torch_models.py")) GTEST_SKIP() << "no peer at " << peer;
   if (std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "/usr/bin/python3 has no torch";
 
   SasrecOptions o;
+  o.layout = layout;
   o.embedding_dim = 4;
   o.max_len = 6;
   o.max_batch = 3;
@@ -618,8 +659,9 @@ TEST(SasrecPeerParity, LossAndGradientsMatchTorch_Dropout0_B3_T6_D4) {
       f << "\n";
     }
   }
-  const std::string cmd =
-      "/usr/bin/python3 " + py_path + " " + peer + " " + in_path + " " + out_path + " 2>&1";
+  const std::string cmd = "/usr/bin/python3 " + py_path + " " + peer + " " + in_path + " " +
+                          out_path + " " +
+                          (layout == BlockLayout::kQueryNorm ? "query_norm" : "pre_ln") + " 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::map<std::string, std::vector<double>> got;
   {
@@ -647,6 +689,13 @@ TEST(SasrecPeerParity, LossAndGradientsMatchTorch_Dropout0_B3_T6_D4) {
   // torch leaves the padding row's gradient at zero (padding_idx); ours only receives padded
   // uses' zeros too, so the whole table matches.
   EXPECT_TRUE(testing::AllClose(d_item, got["item.weight"], {1e-10, 1e-8}));
+}
+
+TEST(SasrecPeerParity, LossAndGradientsMatchTorch_Dropout0_B3_T6_D4) {
+  CheckSasrecAgainstTorch(BlockLayout::kPreLn);
+}
+TEST(SasrecPeerParity, QueryNormMatchesTorch_Dropout0_B3_T6_D4) {
+  CheckSasrecAgainstTorch(BlockLayout::kQueryNorm);
 }
 
 // ---- BST -------------------------------------------------------------------------------------
@@ -712,6 +761,7 @@ struct BstCase {
   bool threaded;
   std::string label;
   bool fast = true;  // BstOptions::fast_cpu_path
+  BlockLayout layout = BlockLayout::kPreLn;
 };
 void PrintTo(const BstCase& c, std::ostream* os) { *os << c.label; }
 
@@ -721,6 +771,7 @@ TEST_P(BstGradTest, Backward_B3_T4_D3x2_Mlp5x3) {
   const BstCase c = GetParam();
   BstOptions bo = SmallBst(c.heads, c.dropout, c.pooling, c.act);
   bo.fast_cpu_path = c.fast;
+  bo.layout = c.layout;
   auto model_or = Bst<double>::Create(bo);
   ASSERT_TRUE(model_or.ok()) << model_or.status();
   Bst<double>& model = **model_or;
@@ -766,6 +817,15 @@ std::vector<BstCase> BstCases() {
   c.push_back({1, 0.0, kM, kD, {4, 4, 4}, false, "H1_nodrop_mean_dice_max"});
   c.push_back({2, 0.2, kF, kD, {0, 0, 0}, false, "H2_drop_flatten_dice_allempty"});
   c.push_back({2, 0.3, kM, kP, {4, 0, 2}, true, "H2_drop_mean_kernelpath", false});
+  c.push_back({2,
+               0.3,
+               kF,
+               kP,
+               {4, 1, 0},
+               true,
+               "H2_drop_flatten_querynorm",
+               true,
+               BlockLayout::kQueryNorm});
   return c;
 }
 
