@@ -1001,17 +1001,20 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
     o = proj_buf_.data();
   }
 
-  // m = x + drop(o) (kQueryNorm: h1 + drop(o)).
+  // m = x + drop(o) (kQueryNorm: h1 + o, the reference code dropping only the attention
+  // weights).
   const T* res1 = query_norm ? h1_.data() : x;
   T* mid = mid_.data();
   const T keep_scale = dropout_on_ ? static_cast<T>(1.0 / (1.0 - o_.dropout)) : T(1);
   if (dropout_on_) {
-    DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteAttnOut), o_.dropout, rows * d,
-                mask_attn_out_.data());
     DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnHidden), o_.dropout, rows * F,
                 mask_ffn_hidden_.data());
     DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnOut), o_.dropout, rows * d,
                 mask_ffn_out_.data());
+  }
+  if (AttnOutDropout()) {
+    DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteAttnOut), o_.dropout, rows * d,
+                mask_attn_out_.data());
     DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, res1, mid, 0, rows * d);
   } else {
     ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
@@ -1112,7 +1115,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   if (!query_norm) AddInto(ctx, rows * d, dtmp, g);
 
   // Attention branch: do = dropout'(g).
-  if (dropout_on_) {
+  if (AttnOutDropout()) {
     DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, g, nullptr, dtmp, 0, rows * d);
   } else {
     std::memcpy(dtmp, g, sizeof(T) * static_cast<size_t>(rows * d));

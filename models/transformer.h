@@ -50,10 +50,11 @@ namespace ips::models {
 
 // Where a block's LayerNorms and residuals sit.
 //   kPreLn:     the block above (the SASRec paper's equation x + Dropout(g(LN(x))), the peer's).
-//   kQueryNorm: the SASRec authors' reference TensorFlow code (kang205/SASRec model.py): LN1
-//               feeds only the queries, keys and values are Linear(x), and both residuals start
-//               from the normalised input:
-//                 h = LN1(x); m = h + drop(A(Q(h), K(x), V(x)))
+//   kQueryNorm: the SASRec authors' reference TensorFlow code (kang205/SASRec model.py,
+//               modules.py): LN1 feeds only the queries, keys and values are Linear(x), both
+//               residuals start from the normalised input, and the attention output has no
+//               dropout of its own (only the attention weights are dropped):
+//                 h = LN1(x); m = h + A(Q(h), K(x), V(x))
 //                 h2 = LN2(m); y = (h2 + drop(FFN(h2))) * keep
 //               The paper's reported figures come from this code, so accuracy runs against the
 //               paper use it; the peer (and our default) follow the paper's equation.
@@ -151,6 +152,8 @@ class TransformerBlock {
   // kernels::LayerNormForward/Backward, or this file's AVX-512 rows (the fast CPU path).
   Status LayerNorm(const kernels::Context& ctx, const kernels::LayerNormArgs<T>& a, bool backward);
   bool FastAttention() const;
+  // Whether the attention output has its own dropout site (not in kQueryNorm's layout).
+  bool AttnOutDropout() const { return dropout_on_ && o_.layout == BlockLayout::kPreLn; }
   // attn_ = dropout(softmax(masked Q K^T * scale)) V (probs_ keeps the softmax), and back.
   Status AttentionForward(const kernels::Context& ctx, int64_t batch, const int32_t* lengths);
   Status AttentionBackward(const kernels::Context& ctx, int64_t batch, const int32_t* lengths,

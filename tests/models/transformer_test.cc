@@ -579,7 +579,7 @@ def encode_query_norm(self, seq):
         h = blk["ln1"](x)
         s = blk["q"](h) @ blk["k"](x).transpose(1, 2) / self.d ** 0.5
         a = self.drop(torch.softmax(s.masked_fill(~allowed, -1e9), dim=-1))
-        h2 = blk["ln2"](h + self.drop(a @ blk["v"](x)))
+        h2 = blk["ln2"](h + a @ blk["v"](x))  # no dropout on the attention output
         x = (h2 + self.drop(blk["ffn"](h2))) * keep
     return self.ln_out(x)
 if sys.argv[4] == "query_norm":
