@@ -53,8 +53,8 @@ StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(Transport* tr
   std::unique_ptr<ParameterServer> s(new ParameterServer());
   s->transport_ = transport;
   s->options_ = options;
-  s->pool_ = std::make_unique<ThreadPool>(std::max(1, options.num_threads));
-  IPS_ASSIGN_OR_RETURN(s->store_, LocalEmbeddingStore::Create(options.tables, s->pool_.get()));
+  IPS_ASSIGN_OR_RETURN(s->store_,
+                       LocalEmbeddingStore::CreateThreaded(options.tables, options.num_threads));
   s->applied_.assign(options.num_workers, std::vector<int64_t>(options.tables.size(), 0));
   s->async_error_.assign(options.num_workers, Status::Ok());
   s->shut_down_.assign(options.num_workers, false);
@@ -86,7 +86,7 @@ void ParameterServer::ServePull(const Incoming& in, int table, int64_t n, int64_
   Frame reply = Frame::Make(kPsReply, Serialize(resp), static_cast<size_t>(n * dim) * 4);
   const auto* keys = reinterpret_cast<const uint64_t*>(in.frame.payload());
   float* out = reinterpret_cast<float*>(reply.payload());
-  // The store spreads a large pull over pool_, shard by shard.
+  // The store spreads a large pull over its num_threads threads, shard by shard.
   const Status status =
       lookup ? store_->Lookup(table, keys, n, dim, out) : store_->Pull(table, keys, n, dim, out);
   if (!status.ok()) return ReplyError(in, status);

@@ -50,7 +50,6 @@
 #include <vector>
 
 #include "common/status.h"
-#include "common/thread_pool.h"
 #include "ps/local_embedding_store.h"
 #include "ps/table_options.h"
 #include "ps/transport.h"
@@ -127,7 +126,6 @@ class ParameterServer {
 
   Transport* transport_ = nullptr;
   ServerOptions options_;
-  std::unique_ptr<ThreadPool> pool_;  // before store_, which uses it
   std::unique_ptr<LocalEmbeddingStore> store_;
   // applied_[w][t]: pushes of worker w to table t applied here; INT64_MAX once w is done.
   std::vector<std::vector<int64_t>> applied_;
