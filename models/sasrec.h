@@ -51,7 +51,7 @@ struct SasrecOptions {
   // TransformerBlockOptions::fast_cpu_path (own AVX-512 loops vs kernels/ throughout).
   bool fast_cpu_path = true;
   // TransformerBlockOptions::layout: kPreLn (the paper's equation, the peer) or kQueryNorm (the
-  // SASRec reference code's norms and residuals).
+  // SASRec reference code's norms, residuals and dropout sites).
   BlockLayout layout = BlockLayout::kPreLn;
 };
 

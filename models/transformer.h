@@ -10,9 +10,9 @@
 //   m  = x + drop(o)
 //   y  = (m + drop(FFN(LN2(m)))) * keep,   FFN = Linear -> ReLU|LeakyReLU -> Dropout -> Linear
 // with keep = 1 at valid steps and 0 at padded ones, exactly the peer's SASRec block
-// (../shared/peers/torch_models.py SASRec.encode); BlockLayout::kQueryNorm moves the norms and
-// residuals to where the SASRec reference code has them (see BlockLayout). Rows at padded steps
-// therefore leave the block as zeros and pass no gradient; their keys are masked.
+// (../shared/peers/torch_models.py SASRec.encode). Rows at padded steps therefore leave the
+// block as zeros and pass no gradient; their keys are masked. BlockLayout::kQueryNorm moves the
+// norms, residuals and dropout sites to where the SASRec reference code has them.
 //
 // Why pre-LN for BST too: one block serves both models (SASRec's peer is pre-LN), and pre-LN
 // trains stably without warm-up; BST's paper uses post-LN (LN(x + drop(f(x)))). models/bst.h
