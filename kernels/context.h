@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "common/status.h"
+
 namespace ips {
 class ThreadPool;
 }
@@ -29,6 +31,10 @@ struct Context {
 bool CudaBuilt();
 // True when CUDA is built and at least one device is visible (used by tests to GTEST_SKIP).
 bool CudaDeviceAvailable();
+// Makes device (local_rank mod the visible device count) current for the calling thread, so that
+// the ranks of one host spread over its GPUs. UNIMPLEMENTED without CUDA; FAILED_PRECONDITION
+// with no visible device.
+Status BindCudaDevice(int local_rank);
 
 }  // namespace ips::kernels
 
