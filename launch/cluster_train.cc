@@ -20,6 +20,7 @@
 #include "common/random.h"
 #include "common/result_line.h"
 #include "common/timer.h"
+#include "kernels/context.h"
 #include "launch/cluster_worker.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
@@ -568,6 +569,12 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
     std::cerr << "cluster: " << cluster->layout().Describe() << "; sync="
               << (config.cluster().sync() == config::ClusterConfig::ASYNC ? "async" : "sync")
               << " staleness=" << config.cluster().staleness() << "\n";
+  if (cluster->role() != Role::kPs && job->trainer.model.device == kernels::Device::kCuda) {
+    // Several workers on one host: each takes the GPU of its local rank (round robin).
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (Status s = kernels::BindCudaDevice(local != nullptr ? std::atoi(local) : 0); !s.ok())
+      cluster->Abort(s.WithContext(cluster->Describe()));
+  }
   int code = 0;
   if (cluster->role() == Role::kPs) {
     code = RunServer(cluster.get(), config, *job, flags);

@@ -3,7 +3,11 @@
 # labelled `gpu` (CUDA vs CPU parity), then every GPU benchmark binary (build-gpu/bench/*_gpu_bench)
 # and prints a table of their RESULT lines: op, figure, value, target, met?
 #
-# Usage (repo root):  launch/gpu_check.sh [--build-without-device]
+# Usage (repo root):  launch/gpu_check.sh [--build-without-device] [--full]
+#   --full   builds the whole project instead of the kernels alone, so the `gpu` tests of the
+#            models (tests/models/din_gpu_test.cc: DIN on CUDA vs the CPU, and under the
+#            Trainer) run too; needs every build dependency (Protobuf, glog, Open MPI, ...), e.g.
+#            the debs of ../shared/tools/device-debs.sh unpacked under IPS_DEPS_PREFIX.
 # Environment:
 #   CMAKE_PREFIX_PATH   where cmake finds GoogleTest etc. when the machine lacks them (the lead
 #                       unpacks Debian debs under /opt/deps: see ../shared/tools/device-debs.sh);
@@ -22,12 +26,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 build_without_device=0
+kernels_only=ON
 table_from=""
 while (($#)); do
   arg=$1
   shift
   case $arg in
     --build-without-device) build_without_device=1 ;;
+    --full) kernels_only=OFF ;;
     --table-from) table_from=$1; shift ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check: unknown argument '$arg' (see --help)" >&2; exit 3 ;;
@@ -140,7 +146,7 @@ fi
 prefix_arg=()
 [[ -n ${CMAKE_PREFIX_PATH:-} ]] && prefix_arg=("-DCMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH//:/;}")
 echo "== gpu_check: configure $build (CUDA archs $archs)"
-if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DIPS_KERNELS_ONLY=ON -DIPS_CUDA=ON \
+if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DIPS_KERNELS_ONLY=$kernels_only -DIPS_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" "${prefix_arg[@]}" >"$build.configure.log" 2>&1; then
   cat "$build.configure.log"
   echo "gpu_check: configure FAILED" >&2

@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 
-#include "common/thread_pool.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "models/din_ops.h"
 
 namespace ips::models {
 namespace {
@@ -61,22 +62,37 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   InitLinearTorchDefault(rng, H2, int64_t{1}, p.value(m->w3_), p.value(m->b3_));
   m->mlp_->Init(rng);
 
-  auto size = [](int64_t n) { return static_cast<size_t>(n); };
-  m->hist_.resize(size(B * L * E));
-  m->target_.resize(size(B * E));
-  m->weights_.resize(size(B * L));
-  m->pooled_.resize(size(B * E));
-  m->mlp_in_.resize(size(B * 3 * E));
-  m->logits_.resize(size(B));
-  m->attn_saved_.resize(size(kernels::DinAttentionSavedSize(B, L, E, H1, H2)));
-  m->attn_workspace_.resize(size(kernels::DinAttentionBackwardWorkspaceSize(B, L, E, H1, H2)));
-  m->d_logits_.resize(size(B));
-  m->d_mlp_in_.resize(size(B * 3 * E));
-  m->d_pooled_.resize(size(B * E));
-  m->d_query_.resize(size(B * E));
-  m->d_keys_.resize(size(B * L * E));
-  m->g_item_.resize(size((B * L + B) * D));
-  m->g_cat_.resize(size((B * L + B) * D));
+  // Weights are initialised on the host (the same on every device), then mirrored.
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev));
+  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev));
+  const std::pair<kernels::Buffer<T>*, int64_t> buffers[] = {
+      {&m->hist_, B * L * E},
+      {&m->target_, B * E},
+      {&m->weights_, B * L},
+      {&m->pooled_, B * E},
+      {&m->mlp_in_, B * 3 * E},
+      {&m->logits_, B},
+      {&m->attn_saved_, kernels::DinAttentionSavedSize(B, L, E, H1, H2)},
+      {&m->loss_scratch_, 1},
+      {&m->attn_workspace_, kernels::DinAttentionBackwardWorkspaceSize(B, L, E, H1, H2)},
+      {&m->d_logits_, B},
+      {&m->d_mlp_in_, B * 3 * E},
+      {&m->d_pooled_, B * E},
+      {&m->d_query_, B * E},
+      {&m->d_keys_, B * L * E},
+      {&m->g_item_, (B * L + B) * D},
+      {&m->g_cat_, (B * L + B) * D},
+  };
+  for (const auto& [buffer, n] : buffers) {
+    IPS_ASSIGN_OR_RETURN(*buffer, kernels::Buffer<T>::Create(dev, n));
+  }
+  if (dev != kernels::Device::kCpu) {
+    IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
+                         CtrInputStaging<T>::Create(dev, B, B * L + B, D));
+    m->staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
+    m->host_logits_.resize(static_cast<size_t>(B));
+  }
   return m;
 }
 
@@ -87,77 +103,51 @@ Status Din<T>::CheckInputs(const DinInputs<T>& in) const {
 }
 
 template <typename T>
-Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool training,
+Status Din<T>::CheckContext(const kernels::Context& ctx) const {
+  if (ctx.device == o_.device) return Status::Ok();
+  return InvalidArgumentError("Din: the model lives on " +
+                              std::string(on_cpu() ? "the CPU" : "CUDA") +
+                              " but was called with a Context for another device");
+}
+
+template <typename T>
+Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in, bool training,
                        T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in));
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
+  DinInputs<T> in = host_in;
+  if (!on_cpu()) {
+    IPS_ASSIGN_OR_RETURN(in, staging_->Stage(ctx, host_in, B * L + B));
+    IPS_RETURN_IF_ERROR(params_.UploadValues(ctx));
+  }
+  const DinShapes shapes{B, L, D, in.lengths};
 
   // Gather [item_emb, cat_emb] per position; padded steps are zero (the attention kernel never
   // reads them; `summed` skips them).
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        T* dst = hist_.data() + (b * L + t) * E;
-        const int64_t pos = b * L + t;
-        if (t < first_valid) {
-          std::memset(dst, 0, 2 * row_bytes);
-        } else {
-          std::memcpy(dst, in.item_rows + in.item_index[pos] * D, row_bytes);
-          std::memcpy(dst + D, in.cat_rows + in.cat_index[pos] * D, row_bytes);
-        }
-      }
-      T* tgt = target_.data() + b * E;
-      std::memcpy(tgt, in.item_rows + in.item_index[B * L + b] * D, row_bytes);
-      std::memcpy(tgt + D, in.cat_rows + in.cat_index[B * L + b] * D, row_bytes);
-    }
-  });
+  IPS_RETURN_IF_ERROR(DinGatherBehaviours(ctx, shapes, in.item_index, in.cat_index, in.item_rows,
+                                          in.cat_rows, hist_.data(), target_.data()));
 
   if (o_.attention_disabled) {
-    std::fill(weights_.begin(), weights_.begin() + B * L, T(0));
-    std::fill(pooled_.begin(), pooled_.begin() + B * E, T(0));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, weights_.data(), sizeof(T) * B * L));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, pooled_.data(), sizeof(T) * B * E));
   } else {
-    kernels::DinAttentionArgs<T> a;
-    a.batch = B;
-    a.max_len = L;
-    a.dim = E;
-    a.hidden1 = o_.attention_hidden1;
-    a.hidden2 = o_.attention_hidden2;
-    a.padding = kernels::Padding::kLeft;
-    a.softmax = o_.attention_softmax;
-    a.query = target_.data();
-    a.keys = hist_.data();
-    a.lengths = in.lengths;
-    a.w1 = params_.value(w1_);
-    a.b1 = params_.value(b1_);
-    a.w2 = params_.value(w2_);
-    a.b2 = params_.value(b2_);
-    a.w3 = params_.value(w3_);
-    a.b3 = params_.value(b3_);
+    kernels::DinAttentionArgs<T> a = AttentionArgs(B, in.lengths);
     IPS_RETURN_IF_ERROR(
         kernels::DinAttentionForward(ctx, a, weights_.data(), pooled_.data(), attn_saved_.data()));
   }
 
   // mlp_in = [pooled, target, summed].
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* row = mlp_in_.data() + b * 3 * E;
-      std::memcpy(row, pooled_.data() + b * E, sizeof(T) * E);
-      std::memcpy(row + E, target_.data() + b * E, sizeof(T) * E);
-      T* summed = row + 2 * E;
-      std::fill(summed, summed + E, T(0));
-      for (int64_t t = L - in.lengths[b]; t < L; ++t) {
-        const T* e = hist_.data() + (b * L + t) * E;
-        for (int64_t c = 0; c < E; ++c) summed[c] += e[c];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(
+      DinBuildMlpInput(ctx, shapes, hist_.data(), pooled_.data(), target_.data(), mlp_in_.data()));
 
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
-  std::memcpy(logits_.data(), out, sizeof(T) * static_cast<size_t>(B));
+  IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * B));
+  if (!on_cpu())
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToHost(ctx, host_logits_.data(), logits_.data(), sizeof(T) * B));
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -165,9 +155,10 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool
     l.reduction = kernels::Reduction::kMean;
     l.logits = logits_.data();
     l.labels = in.labels;
-    l.loss = loss_scratch_;
+    l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr) *loss = loss_scratch_[0];
+    if (loss != nullptr)
+      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -175,14 +166,40 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& in, bool
 }
 
 template <typename T>
-Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* d_item_rows,
+kernels::DinAttentionArgs<T> Din<T>::AttentionArgs(int64_t batch, const int32_t* lengths) {
+  kernels::DinAttentionArgs<T> a;
+  a.batch = batch;
+  a.max_len = o_.max_len;
+  a.dim = 2 * o_.embedding_dim;
+  a.hidden1 = o_.attention_hidden1;
+  a.hidden2 = o_.attention_hidden2;
+  a.padding = kernels::Padding::kLeft;
+  a.softmax = o_.attention_softmax;
+  a.query = target_.data();
+  a.keys = hist_.data();
+  a.lengths = lengths;
+  a.w1 = params_.compute_value(w1_);
+  a.b1 = params_.compute_value(b1_);
+  a.w2 = params_.compute_value(w2_);
+  a.b2 = params_.compute_value(b2_);
+  a.w3 = params_.compute_value(w3_);
+  a.b3 = params_.compute_value(b3_);
+  return a;
+}
+
+template <typename T>
+Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in, T* d_item_rows,
                         T* d_cat_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+  if (!have_training_forward_ || host_in.batch != forward_batch_ || host_in.labels == nullptr)
     return FailedPreconditionError(
         "Din::Backward needs a Forward(training = true) with labels on the same batch first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("Din::Backward: null d_item_rows or d_cat_rows");
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
+  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
+  // Off the CPU the forward's staged copy of the inputs is used (the same batch).
+  const DinInputs<T>& in = on_cpu() ? host_in : staging_->staged();
+  const DinShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = B;
@@ -193,42 +210,24 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* 
   l.dlogits = d_logits_.data();
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
+  IPS_RETURN_IF_ERROR(DinPooledGrad(ctx, shapes, d_mlp_in_.data(), d_pooled_.data()));
 
-  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      std::memcpy(d_pooled_.data() + b * E, d_mlp_in_.data() + b * 3 * E, sizeof(T) * E);
-  });
-
-  T* attn_grads[6] = {params_.grad(w1_), params_.grad(b1_), params_.grad(w2_),
-                      params_.grad(b2_), params_.grad(w3_), params_.grad(b3_)};
+  T* attn_grads[6] = {params_.compute_grad(w1_), params_.compute_grad(b1_),
+                      params_.compute_grad(w2_), params_.compute_grad(b2_),
+                      params_.compute_grad(w3_), params_.compute_grad(b3_)};
   if (o_.attention_disabled) {
-    std::fill(d_query_.begin(), d_query_.begin() + B * E, T(0));
-    std::fill(d_keys_.begin(), d_keys_.begin() + B * L * E, T(0));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_query_.data(), sizeof(T) * B * E));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_keys_.data(), sizeof(T) * B * L * E));
     const int64_t sizes[6] = {o_.attention_hidden1 * 4 * E,
                               o_.attention_hidden1,
                               o_.attention_hidden2 * o_.attention_hidden1,
                               o_.attention_hidden2,
                               o_.attention_hidden2,
                               1};
-    for (int i = 0; i < 6; ++i) std::fill(attn_grads[i], attn_grads[i] + sizes[i], T(0));
+    for (int i = 0; i < 6; ++i)
+      IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, attn_grads[i], sizeof(T) * sizes[i]));
   } else {
-    kernels::DinAttentionArgs<T> a;
-    a.batch = B;
-    a.max_len = L;
-    a.dim = E;
-    a.hidden1 = o_.attention_hidden1;
-    a.hidden2 = o_.attention_hidden2;
-    a.padding = kernels::Padding::kLeft;
-    a.softmax = o_.attention_softmax;
-    a.query = target_.data();
-    a.keys = hist_.data();
-    a.lengths = in.lengths;
-    a.w1 = params_.value(w1_);
-    a.b1 = params_.value(b1_);
-    a.w2 = params_.value(w2_);
-    a.b2 = params_.value(b2_);
-    a.w3 = params_.value(w3_);
-    a.b3 = params_.value(b3_);
+    kernels::DinAttentionArgs<T> a = AttentionArgs(B, in.lengths);
     kernels::DinAttentionGrads<T> g;
     g.d_query = d_query_.data();
     g.d_keys = d_keys_.data();
@@ -244,36 +243,8 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* 
 
   // Per-position gradients of the item and category halves: history steps get the attention's
   // key gradient plus (when valid) the `summed` gradient; targets get the MLP's and the query's.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* d_row = d_mlp_in_.data() + b * 3 * E;
-      const T* d_target = d_row + E;
-      const T* d_summed = d_row + 2 * E;
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t pos = b * L + t;
-        const T* dk = d_keys_.data() + pos * E;
-        T* gi = g_item_.data() + pos * D;
-        T* gc = g_cat_.data() + pos * D;
-        if (t < first_valid) {
-          std::fill(gi, gi + D, T(0));
-          std::fill(gc, gc + D, T(0));
-        } else {
-          for (int64_t c = 0; c < D; ++c) {
-            gi[c] = dk[c] + d_summed[c];
-            gc[c] = dk[D + c] + d_summed[D + c];
-          }
-        }
-      }
-      const T* dq = d_query_.data() + b * E;
-      T* gi = g_item_.data() + (B * L + b) * D;
-      T* gc = g_cat_.data() + (B * L + b) * D;
-      for (int64_t c = 0; c < D; ++c) {
-        gi[c] = d_target[c] + dq[c];
-        gc[c] = d_target[D + c] + dq[D + c];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(DinRowGrads(ctx, shapes, d_mlp_in_.data(), d_keys_.data(), d_query_.data(),
+                                  g_item_.data(), g_cat_.data()));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
@@ -281,13 +252,16 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& in, T* 
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
+  s.grad_unique = on_cpu() ? d_item_rows : staging_->device_d_item_rows();
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = d_cat_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = on_cpu() ? d_cat_rows : staging_->device_d_cat_rows();
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  if (on_cpu()) return Status::Ok();
+  IPS_RETURN_IF_ERROR(staging_->UnstageRowGrads(ctx, d_item_rows, d_cat_rows));
+  return params_.DownloadGrads(ctx);
 }
 
 template class Din<float>;

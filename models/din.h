@@ -17,6 +17,13 @@
 // Every buffer is allocated at Create() for options.max_batch rows: Forward/Backward allocate
 // nothing. Templated on T (float for training, double for gradient checks).
 //
+// Devices: options.device = kCuda (float only) keeps every buffer and a copy of the dense
+// weights on the GPU and runs the same passes through the kernels' CUDA twins; the interface
+// stays host memory (inputs are staged to the device by models/device_staging.h, the row
+// gradients, the loss, the logits and the dense gradients in params() come back to the host),
+// so a trainer drives both devices the same way. Forward/Backward then need a Context whose
+// device is the model's.
+//
 // Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
 #ifndef IPS_MODELS_DIN_H_
 #define IPS_MODELS_DIN_H_
@@ -26,7 +33,10 @@
 #include <vector>
 
 #include "common/status.h"
+#include "kernels/attention.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 
@@ -46,6 +56,8 @@ struct DinOptions {
   // carries signal (the model must do worse without it).
   bool attention_disabled = false;
   uint64_t seed = 0;  // dense initialisation (Rng); embedding rows are initialised by the store
+  // Where the passes run (see the header comment). The initial weights do not depend on it.
+  kernels::Device device = kernels::Device::kCpu;
 };
 
 // INVALID_ARGUMENT naming the first bad field.
@@ -60,7 +72,8 @@ class Din final : public CtrModel<T> {
  public:
   // Validates the options, allocates every buffer for max_batch and initialises the dense weights
   // from Rng(seed) in the peer's module order (activation unit, then top MLP) with torch's
-  // nn.Linear defaults. INVALID_ARGUMENT for bad options.
+  // nn.Linear defaults. INVALID_ARGUMENT for bad options; for kCuda, UNIMPLEMENTED with
+  // T = double or without CUDA in the build, INTERNAL when device memory cannot be had.
   static StatusOr<std::unique_ptr<Din>> Create(const DinOptions& options);
   Din(const Din&) = delete;
   Din& operator=(const Din&) = delete;
@@ -87,18 +100,24 @@ class Din final : public CtrModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
-  // Outputs of the last Forward (valid until the next one): logits [B], attention weights
-  // [B x T] (0 at padded steps), pooled interest [B x E].
-  const T* logits() const override { return logits_.data(); }
+  // Outputs of the last Forward (valid until the next one): logits [B] (host memory), and, in
+  // the model's device memory, attention weights [B x T] (0 at padded steps) and pooled
+  // interest [B x E].
+  const T* logits() const override { return on_cpu() ? logits_.data() : host_logits_.data(); }
   const T* attention_weights() const { return weights_.data(); }
   const T* pooled() const { return pooled_.data(); }
 
  private:
   explicit Din(const DinOptions& o);
   Status CheckInputs(const DinInputs<T>& in) const;
+  Status CheckContext(const kernels::Context& ctx) const;
+  // The activation unit's arguments for a batch of `batch` rows (weights on the model's device).
+  kernels::DinAttentionArgs<T> AttentionArgs(int64_t batch, const int32_t* lengths);
+  bool on_cpu() const { return o_.device == kernels::Device::kCpu; }
 
   DinOptions o_;
   DenseParams<T> params_;
@@ -106,24 +125,27 @@ class Din final : public CtrModel<T> {
   int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
   std::unique_ptr<Mlp<T>> mlp_;
 
-  // Forward state, sized for max_batch.
-  std::vector<T> hist_;     // [B x T x E] gathered behaviours (0 at padding)
-  std::vector<T> target_;   // [B x E]
-  std::vector<T> weights_;  // [B x T]
-  std::vector<T> pooled_;   // [B x E]
-  std::vector<T> mlp_in_;   // [B x 3E] = [pooled, target, summed]
-  std::vector<T> logits_;   // [B]
-  std::vector<T> attn_saved_;
-  T loss_scratch_[1] = {T(0)};
+  // Forward state, sized for max_batch, on the model's device.
+  kernels::Buffer<T> hist_;     // [B x T x E] gathered behaviours (0 at padding)
+  kernels::Buffer<T> target_;   // [B x E]
+  kernels::Buffer<T> weights_;  // [B x T]
+  kernels::Buffer<T> pooled_;   // [B x E]
+  kernels::Buffer<T> mlp_in_;   // [B x 3E] = [pooled, target, summed]
+  kernels::Buffer<T> logits_;   // [B]
+  kernels::Buffer<T> attn_saved_;
+  kernels::Buffer<T> loss_scratch_;  // [1]
   // Backward scratch.
-  std::vector<T> attn_workspace_;
-  std::vector<T> d_logits_;  // [B]
-  std::vector<T> d_mlp_in_;  // [B x 3E]
-  std::vector<T> d_pooled_;  // [B x E]
-  std::vector<T> d_query_;   // [B x E]
-  std::vector<T> d_keys_;    // [B x T x E]
-  std::vector<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
-  std::vector<T> g_cat_;     // [(B*T + B) x dim]
+  kernels::Buffer<T> attn_workspace_;
+  kernels::Buffer<T> d_logits_;  // [B]
+  kernels::Buffer<T> d_mlp_in_;  // [B x 3E]
+  kernels::Buffer<T> d_pooled_;  // [B x E]
+  kernels::Buffer<T> d_query_;   // [B x E]
+  kernels::Buffer<T> d_keys_;    // [B x T x E]
+  kernels::Buffer<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
+  kernels::Buffer<T> g_cat_;     // [(B*T + B) x dim]
+  // Off the CPU: the inputs' device copies and the logits' host copy.
+  std::unique_ptr<CtrInputStaging<T>> staging_;
+  std::vector<T> host_logits_;
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;
 };

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/activation.h"
@@ -43,7 +44,37 @@ void DenseParams<T>::Finalize() {
   if (finalized_) Die("DenseParams::Finalize twice");
   values_.assign(static_cast<size_t>(size_), T(0));
   grads_.assign(static_cast<size_t>(size_), T(0));
+  compute_values_ = values_.data();
+  compute_grads_ = grads_.data();
   finalized_ = true;
+}
+
+template <typename T>
+Status DenseParams<T>::AttachDevice(kernels::Device device) {
+  if (!finalized_) Die("DenseParams::AttachDevice before Finalize");
+  if (device == kernels::Device::kCpu) return Status::Ok();
+  if (!std::is_same_v<T, float>)
+    return UnimplementedError("DenseParams: CUDA parameters are float only");
+  IPS_ASSIGN_OR_RETURN(device_values_, kernels::Buffer<T>::Create(device, size_));
+  IPS_ASSIGN_OR_RETURN(device_grads_, kernels::Buffer<T>::Create(device, size_));
+  device_ = device;
+  compute_values_ = device_values_.data();
+  compute_grads_ = device_grads_.data();
+  return Status::Ok();
+}
+
+template <typename T>
+Status DenseParams<T>::UploadValues(const kernels::Context& ctx) {
+  if (device_ == kernels::Device::kCpu) return Status::Ok();
+  return kernels::CopyToDevice(ctx, device_values_.data(), values_.data(),
+                               static_cast<size_t>(size_) * sizeof(T));
+}
+
+template <typename T>
+Status DenseParams<T>::DownloadGrads(const kernels::Context& ctx) {
+  if (device_ == kernels::Device::kCpu) return Status::Ok();
+  return kernels::CopyToHost(ctx, grads_.data(), device_grads_.data(),
+                             static_cast<size_t>(size_) * sizeof(T));
 }
 
 template <typename T>
@@ -83,8 +114,8 @@ Status Linear<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x,
   a.in = in_;
   a.out = out_;
   a.x = x;
-  a.w = params_->value(w_);
-  a.bias = params_->value(b_);
+  a.w = params_->compute_value(w_);
+  a.bias = params_->compute_value(b_);
   a.y = y;
   return kernels::LinearForward(ctx, a);
 }
@@ -96,13 +127,13 @@ Status Linear<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x
   a.in = in_;
   a.out = out_;
   a.x = x;
-  a.w = params_->value(w_);
+  a.w = params_->compute_value(w_);
   a.dy = dy;
   a.y = dy;     // read by act' only; the identity ignores it
   a.dpre = dy;  // identity activation: the pre-activation gradient is dy itself
   a.dx = dx;
-  a.dw = params_->grad(w_);
-  a.dbias = params_->grad(b_);
+  a.dw = params_->compute_grad(w_);
+  a.dbias = params_->compute_grad(b_);
   return kernels::LinearBackward(ctx, a);
 }
 
@@ -123,23 +154,89 @@ Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t
   for (size_t i = 0; i < num_layers; ++i) {
     // Names follow the peer's nn.Sequential indices (Linear at 0, 2, 4; activation at 1, 3).
     layers_.emplace_back(params, name + "." + std::to_string(2 * i), sizes_[i], sizes_[i + 1]);
-    const auto rows = static_cast<size_t>(max_rows_ * sizes_[i + 1]);
-    pre_.emplace_back(rows);
-    grad_.emplace_back(rows);
     if (i + 1 < num_layers) {
       alpha_.push_back(
           params->Add(name + "." + std::to_string(2 * i + 1) + ".alpha", sizes_[i + 1]));
-      post_.emplace_back(rows);
-      dpost_.emplace_back(rows);
       const auto width = static_cast<size_t>(sizes_[i + 1]);
       if (act_ == MlpActivation::kDice) {
         running_mean_.emplace_back(width, T(0));
         running_var_.emplace_back(width, T(1));
-        save_mean_.emplace_back(width);
-        save_rstd_.emplace_back(width);
       }
     }
   }
+  // Host memory fails only where std::vector would have thrown.
+  if (!AllocateBuffers(kernels::Device::kCpu).ok()) Die("Mlp: out of host memory");
+}
+
+template <typename T>
+Status Mlp<T>::AllocateBuffers(kernels::Device device) {
+  using Buf = kernels::Buffer<T>;
+  const size_t num_layers = layers_.size();
+  pre_.clear();
+  grad_.clear();
+  post_.clear();
+  dpost_.clear();
+  save_mean_.clear();
+  save_rstd_.clear();
+  device_running_mean_.clear();
+  device_running_var_.clear();
+  for (size_t i = 0; i < num_layers; ++i) {
+    const int64_t rows = max_rows_ * sizes_[i + 1];
+    IPS_ASSIGN_OR_RETURN(Buf pre, Buf::Create(device, rows));
+    IPS_ASSIGN_OR_RETURN(Buf grad, Buf::Create(device, rows));
+    pre_.push_back(std::move(pre));
+    grad_.push_back(std::move(grad));
+    if (i + 1 == num_layers) break;
+    IPS_ASSIGN_OR_RETURN(Buf post, Buf::Create(device, rows));
+    IPS_ASSIGN_OR_RETURN(Buf dpost, Buf::Create(device, rows));
+    post_.push_back(std::move(post));
+    dpost_.push_back(std::move(dpost));
+    if (act_ != MlpActivation::kDice) continue;
+    const int64_t width = sizes_[i + 1];
+    IPS_ASSIGN_OR_RETURN(Buf mean, Buf::Create(device, width));
+    IPS_ASSIGN_OR_RETURN(Buf rstd, Buf::Create(device, width));
+    save_mean_.push_back(std::move(mean));
+    save_rstd_.push_back(std::move(rstd));
+    if (device == kernels::Device::kCpu) continue;
+    IPS_ASSIGN_OR_RETURN(Buf running_mean, Buf::Create(device, width));
+    IPS_ASSIGN_OR_RETURN(Buf running_var, Buf::Create(device, width));
+    device_running_mean_.push_back(std::move(running_mean));
+    device_running_var_.push_back(std::move(running_var));
+  }
+  device_ = device;
+  return Status::Ok();
+}
+
+template <typename T>
+Status Mlp<T>::AttachDevice(kernels::Device device) {
+  if (device == device_) return Status::Ok();
+  if (device != kernels::Device::kCpu && !std::is_same_v<T, float>)
+    return UnimplementedError("Mlp: CUDA layers are float only");
+  return AllocateBuffers(device);
+}
+
+template <typename T>
+Status Mlp<T>::UploadRunningStats(const kernels::Context& ctx) {
+  for (size_t i = 0; i < device_running_mean_.size(); ++i) {
+    const size_t bytes = running_mean_[i].size() * sizeof(T);
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToDevice(ctx, device_running_mean_[i].data(), running_mean_[i].data(), bytes));
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToDevice(ctx, device_running_var_[i].data(), running_var_[i].data(), bytes));
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status Mlp<T>::DownloadRunningStats(const kernels::Context& ctx) {
+  for (size_t i = 0; i < device_running_mean_.size(); ++i) {
+    const size_t bytes = running_mean_[i].size() * sizeof(T);
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToHost(ctx, running_mean_[i].data(), device_running_mean_[i].data(), bytes));
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToHost(ctx, running_var_[i].data(), device_running_var_[i].data(), bytes));
+  }
+  return Status::Ok();
 }
 
 template <typename T>
@@ -167,6 +264,7 @@ Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bo
   if (act_ == MlpActivation::kDice && training && rows < 2 && layers_.size() > 1)
     return InvalidArgumentError("Mlp::Forward: Dice needs at least 2 rows in training (got " +
                                 std::to_string(rows) + ")");
+  IPS_RETURN_IF_ERROR(UploadRunningStats(ctx));
   const T* in = x;
   for (size_t i = 0; i < layers_.size(); ++i) {
     T* z = pre_[i].data();
@@ -179,7 +277,7 @@ Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bo
       p.rows = rows;
       p.cols = width;
       p.x = z;
-      p.alpha = params_->value(alpha_[i]);
+      p.alpha = params_->compute_value(alpha_[i]);
       p.y = a;
       IPS_RETURN_IF_ERROR(kernels::PreluForward(ctx, p));
     } else {
@@ -188,9 +286,10 @@ Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bo
       d.c = width;
       d.training = training;
       d.x = z;
-      d.alpha = params_->value(alpha_[i]);
-      d.running_mean = running_mean_[i].data();
-      d.running_var = running_var_[i].data();
+      d.alpha = params_->compute_value(alpha_[i]);
+      const bool on_device = !device_running_mean_.empty();
+      d.running_mean = on_device ? device_running_mean_[i].data() : running_mean_[i].data();
+      d.running_var = on_device ? device_running_var_[i].data() : running_var_[i].data();
       d.y = a;
       d.save_mean = save_mean_[i].data();
       d.save_rstd = save_rstd_[i].data();
@@ -198,6 +297,7 @@ Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bo
     }
     in = a;
   }
+  if (training) IPS_RETURN_IF_ERROR(DownloadRunningStats(ctx));
   *out = pre_.back().data();
   return Status::Ok();
 }
@@ -209,7 +309,8 @@ Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, c
     return InvalidArgumentError("Mlp::Backward: rows " + std::to_string(rows) + " outside [0, " +
                                 std::to_string(max_rows_) + "]");
   const size_t last = layers_.size() - 1;
-  std::memcpy(grad_[last].data(), dout, sizeof(T) * static_cast<size_t>(rows * sizes_.back()));
+  IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, grad_[last].data(), dout,
+                                            sizeof(T) * static_cast<size_t>(rows * sizes_.back())));
   for (size_t i = last + 1; i-- > 0;) {
     const T* in = i == 0 ? x : post_[i - 1].data();
     T* d_in = i == 0 ? dx : dpost_[i - 1].data();
@@ -223,10 +324,10 @@ Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, c
       p.rows = rows;
       p.cols = width;
       p.x = pre_[h].data();
-      p.alpha = params_->value(alpha_[h]);
+      p.alpha = params_->compute_value(alpha_[h]);
       p.dy = dpost_[h].data();
       p.dx = grad_[h].data();
-      p.dalpha = params_->grad(alpha_[h]);
+      p.dalpha = params_->compute_grad(alpha_[h]);
       IPS_RETURN_IF_ERROR(kernels::PreluBackward(ctx, p));
     } else {
       kernels::DiceArgs<T> d;
@@ -234,12 +335,12 @@ Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, c
       d.c = width;
       d.training = true;
       d.x = pre_[h].data();
-      d.alpha = params_->value(alpha_[h]);
+      d.alpha = params_->compute_value(alpha_[h]);
       d.save_mean = save_mean_[h].data();
       d.save_rstd = save_rstd_[h].data();
       d.dy = dpost_[h].data();
       d.dx = grad_[h].data();
-      d.dalpha = params_->grad(alpha_[h]);
+      d.dalpha = params_->compute_grad(alpha_[h]);
       IPS_RETURN_IF_ERROR(kernels::DiceBackward(ctx, d));
     }
   }

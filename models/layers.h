@@ -12,6 +12,14 @@
 // Templated on T: float for training, double for the float64 finite-difference gradient checks
 // (every kernel used has a double CPU path).
 //
+// Devices. A layer runs on the device of the Context it is given, with its parameters and
+// buffers on that device: a model on CUDA calls AttachDevice(kCuda) on its DenseParams and
+// Mlp after building them. The host copy of the parameters stays the reference that everything
+// outside the model reads and writes (initialisation, the dense optimizer, the all-reduce,
+// checkpoints); the device copy is what the kernels use (compute_value/compute_grad), refreshed
+// by UploadValues before a forward pass and copied back by DownloadGrads after a backward pass.
+// On the CPU both are the same array and those calls do nothing.
+//
 // Thread safety: none; a layer belongs to one model, which belongs to one trainer thread. The
 // kernels parallelise internally over ctx.pool.
 #ifndef IPS_MODELS_LAYERS_H_
@@ -24,6 +32,7 @@
 #include "common/random.h"
 #include "common/status.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
 
 namespace ips::models {
 
@@ -45,6 +54,17 @@ class DenseParams {
   // Allocates the value and gradient arrays (zero-filled).
   void Finalize();
   bool finalized() const { return finalized_; }
+  // After Finalize: keeps a copy of the values and gradients on `device` for the kernels
+  // (nothing for kCpu). UNIMPLEMENTED for CUDA with T = double or in a build without CUDA.
+  Status AttachDevice(kernels::Device device);
+  kernels::Device device() const { return device_; }
+  // The arrays the kernels read and write: the device copy, or the host arrays on the CPU.
+  T* compute_value(int64_t offset) { return compute_values_ + offset; }
+  const T* compute_value(int64_t offset) const { return compute_values_ + offset; }
+  T* compute_grad(int64_t offset) { return compute_grads_ + offset; }
+  // Host values -> device copy; device gradients -> host (waits for the copy). No-ops on the CPU.
+  Status UploadValues(const kernels::Context& ctx);
+  Status DownloadGrads(const kernels::Context& ctx);
 
   int64_t size() const { return size_; }
   T* values() { return values_.data(); }
@@ -64,6 +84,10 @@ class DenseParams {
   bool finalized_ = false;
   std::vector<T> values_;
   std::vector<T> grads_;
+  kernels::Device device_ = kernels::Device::kCpu;
+  kernels::Buffer<T> device_values_, device_grads_;  // empty on the CPU
+  T* compute_values_ = nullptr;
+  T* compute_grads_ = nullptr;
 };
 
 // torch nn.Linear's default initialisation: kaiming_uniform_(a = sqrt(5)) for the weight, whose
@@ -125,6 +149,10 @@ class Mlp {
   // After params->Finalize(): Linear layers as torch, PReLU alphas 0.25, Dice alphas 0 and
   // running statistics (mean 0, var 1).
   void Init(Rng& rng);
+  // Moves the activation buffers to `device` and keeps a device copy of Dice's running
+  // statistics (the host copy, which state() exposes, stays the reference: uploaded at the start
+  // of each Forward, copied back after a training one). Errors as DenseParams::AttachDevice.
+  Status AttachDevice(kernels::Device device);
 
   // x [rows x sizes[0]] -> *out [rows x sizes.back()] (an internal buffer). training selects
   // Dice's batch statistics (and updates its running statistics) vs. its running statistics.
@@ -149,14 +177,25 @@ class Mlp {
   std::vector<int64_t> sizes_;
   MlpActivation act_;
   int64_t max_rows_;
+  // Allocates the activation buffers on `device` (every one replaced).
+  Status AllocateBuffers(kernels::Device device);
+  // Dice's running statistics: host -> device before a forward, device -> host after a
+  // training one (no-ops on the CPU or with PReLU).
+  Status UploadRunningStats(const kernels::Context& ctx);
+  Status DownloadRunningStats(const kernels::Context& ctx);
+
   std::vector<Linear<T>> layers_;
-  std::vector<int64_t> alpha_;         // per hidden layer: offset of its activation's alpha
-  std::vector<std::vector<T>> pre_;    // per layer: Linear output [max_rows x out]
-  std::vector<std::vector<T>> post_;   // per hidden layer: activation output
-  std::vector<std::vector<T>> grad_;   // per layer: dL/d(Linear output) scratch
-  std::vector<std::vector<T>> dpost_;  // per hidden layer: dL/d(activation output)
-  // Dice state per hidden layer (not trained, so not in DenseParams).
-  std::vector<std::vector<T>> running_mean_, running_var_, save_mean_, save_rstd_;
+  std::vector<int64_t> alpha_;  // per hidden layer: offset of its activation's alpha
+  kernels::Device device_ = kernels::Device::kCpu;
+  std::vector<kernels::Buffer<T>> pre_;    // per layer: Linear output [max_rows x out]
+  std::vector<kernels::Buffer<T>> post_;   // per hidden layer: activation output
+  std::vector<kernels::Buffer<T>> grad_;   // per layer: dL/d(Linear output) scratch
+  std::vector<kernels::Buffer<T>> dpost_;  // per hidden layer: dL/d(activation output)
+  // Dice state per hidden layer (not trained, so not in DenseParams): the running statistics
+  // on the host (the reference, see AttachDevice) and, on CUDA, their device copies.
+  std::vector<std::vector<T>> running_mean_, running_var_;
+  std::vector<kernels::Buffer<T>> device_running_mean_, device_running_var_;
+  std::vector<kernels::Buffer<T>> save_mean_, save_rstd_;
 };
 
 }  // namespace ips::models

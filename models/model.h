@@ -70,6 +70,9 @@ class CtrModel {
   virtual int64_t max_batch() const = 0;
   // True if the inputs carry [B x T] auxiliary negatives after the targets (DIEN).
   virtual bool aux_negatives() const { return false; }
+  // Where Forward/Backward run; they need a Context of this device (the inputs, the row
+  // gradients, the loss, logits() and params() are host memory on every device).
+  virtual kernels::Device device() const { return kernels::Device::kCpu; }
 
   // Forward over in.batch rows. training = true uses batch statistics and keeps what Backward
   // needs; with labels, *loss = the mean training loss (BCE, plus any auxiliary loss); loss may be

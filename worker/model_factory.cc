@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "kernels/context.h"
 #include "proto/config.pb.h"
 
 namespace ips {
@@ -56,9 +57,15 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
 }  // namespace
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
+  if (spec.device != kernels::Device::kCpu && spec.kind != ModelKind::kDin)
+    return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
+                              " runs on the CPU only so far (only DIN runs on CUDA)");
   switch (spec.kind) {
-    case ModelKind::kDin:
-      return Upcast(models::Din<float>::Create(WithCommon(spec.din, spec)));
+    case ModelKind::kDin: {
+      models::DinOptions o = WithCommon(spec.din, spec);
+      o.device = spec.device;
+      return Upcast(models::Din<float>::Create(o));
+    }
     case ModelKind::kDien:
       return Upcast(models::Dien<float>::Create(WithCommon(spec.dien, spec)));
     case ModelKind::kPooled:
@@ -80,6 +87,9 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
   if (!IsSequenceModel(spec.kind))
     return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
                                    " is a CTR model, not a sequence model");
+  if (spec.device != kernels::Device::kCpu)
+    return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
+                              " runs on the CPU only so far (only DIN runs on CUDA)");
   switch (spec.kind) {
     case ModelKind::kGru4Rec:
       return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
@@ -126,10 +136,23 @@ Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t*
 
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
   const auto& m = cfg.model();
-  if (m.device() != config::CPU)
-    return UnimplementedError("model.device " + config::Device_Name(m.device()) +
-                              ": the trainers run on CPU only so far");
   ModelSpec s;
+  if (m.device() == config::CUDA) {
+    if (m.type() != config::ModelConfig::DIN)
+      return UnimplementedError("model.device CUDA: only DIN runs on CUDA so far (model " +
+                                config::ModelConfig::Type_Name(m.type()) +
+                                " runs with device: CPU)");
+    if (!kernels::CudaBuilt())
+      return UnimplementedError(
+          "model.device CUDA: this ips was built without CUDA (nvcc was "
+          "not found at configure time)");
+    if (!kernels::CudaDeviceAvailable())
+      return FailedPreconditionError("model.device CUDA: no CUDA device is visible");
+    s.device = kernels::Device::kCuda;
+  } else if (m.device() != config::CPU) {
+    return UnimplementedError("model.device " + config::Device_Name(m.device()) +
+                              ": unknown device");
+  }
   s.embedding_dim = m.embedding_dim();
   s.max_len = cfg.data().max_history();
   s.max_batch = cfg.data().batch_size();
@@ -218,7 +241,11 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const config::Config& config,
                                                                   int64_t max_batch) {
-  IPS_ASSIGN_OR_RETURN(ModelSpec spec, ModelSpecFromConfig(config));
+  // Scoring runs on the CPU whatever device trained the model: the serving library and `ips
+  // eval` read host weights, and a checkpoint holds the same tensors either way.
+  config::Config on_cpu = config;
+  on_cpu.mutable_model()->set_device(config::CPU);
+  IPS_ASSIGN_OR_RETURN(ModelSpec spec, ModelSpecFromConfig(on_cpu));
   spec.max_batch = max_batch;
   return CreateCtrModel(spec);
 }

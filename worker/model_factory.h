@@ -40,6 +40,9 @@ struct ModelSpec {
   int64_t max_len = 50;
   int64_t max_batch = 512;
   uint64_t seed = 0;
+  // Where the model runs (model.device; it overrides din.device); CUDA is accepted for DIN only
+  // so far (CreateCtrModel: UNIMPLEMENTED for another model on CUDA).
+  kernels::Device device = kernels::Device::kCpu;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;
   models::DienOptions dien;
@@ -56,12 +59,13 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
 StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpec& spec);
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
-// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for a device the
-// trainers do not run on.
+// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA with
+// a model other than DIN or in a build without CUDA; FAILED_PRECONDITION for CUDA with no
+// visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
 
-// The model of a config, for scoring (`ips eval`, `ips export`, the serving library): the spec
-// from the config with max_batch replaced.
+// The model of a config, for scoring (`ips export`, the serving library): the spec from the
+// config with max_batch replaced, on the CPU whatever model.device says.
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const config::Config& config,
                                                                   int64_t max_batch);
 

@@ -79,6 +79,8 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
   t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
+  t->model_ctx_ = t->ctx_;
+  t->model_ctx_.device = model->device();
   t->model_ = std::move(model);
 
   const int64_t B = t->model_->max_batch(), L = t->model_->max_len();
@@ -89,8 +91,11 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
       v->resize(n);
   IPS_ASSIGN_OR_RETURN(const size_t ws, kernels::DedupWorkspaceBytes(t->ctx_, n));
   t->dedup_workspace_.resize(ws);
-  for (auto* v : {&t->item_rows_, &t->cat_rows_, &t->d_item_rows_, &t->d_cat_rows_})
-    v->resize(n * static_cast<size_t>(D));
+  const bool pinned = t->model_ctx_.device != kernels::Device::kCpu;
+  for (auto* v : {&t->item_rows_, &t->cat_rows_, &t->d_item_rows_, &t->d_cat_rows_}) {
+    IPS_ASSIGN_OR_RETURN(*v,
+                         kernels::HostBuffer<float>::Create(static_cast<int64_t>(n) * D, pinned));
+  }
   t->dense_optimizer_ =
       std::make_unique<DenseOptimizer>(options.dense_optimizer, t->model_->params().size());
   return t;
@@ -214,8 +219,8 @@ StatusOr<double> Trainer::Step(const CtrBatchView& batch, const CtrBatchView* ne
   }
   const models::CtrInputs<float> in = Inputs(batch);
   float loss = 0;
-  IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
-  IPS_RETURN_IF_ERROR(model_->Backward(ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
+  IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/true, &loss));
+  IPS_RETURN_IF_ERROR(model_->Backward(model_ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
   // Categories first: a PS serves a held prefetch as soon as the push it waits for is applied,
   // before the next request it has; the small category pull then delays the item push only a
   // little, while the large item pull is served as the last thing of the step, overlapping this
@@ -253,7 +258,7 @@ Status Trainer::PredictLogits(const CtrBatchView& batch, float* out) {
       store_->Lookup(cat_table_, AsU64(cur_.cat_unique), cur_.num_cat_unique, D, cat_rows_.data()));
   models::CtrInputs<float> in = Inputs(batch);
   in.labels = nullptr;
-  IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/false, nullptr));
+  IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/false, nullptr));
   const float* logits = model_->logits();
   std::copy(logits, logits + batch.batch, out);
   return Status::Ok();

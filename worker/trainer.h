@@ -25,6 +25,10 @@
 // gather, scatter-add and optimizer kernels are deterministic on the CPU; so is the BLAS for a
 // fixed thread count).
 //
+// Devices: the model runs where it was built (models::CtrModel::device(); `model.device` in the
+// config, DIN only on CUDA so far); keys, pulls, pushes and the dense optimizer stay on the host,
+// the model copies its inputs in and its gradients out (pulled rows in page-locked buffers).
+//
 // Thread safety: a Trainer is used by one thread; it parallelises inside kernels over its own
 // ThreadPool of options.num_threads (the caller counts as one).
 #ifndef IPS_WORKER_TRAINER_H_
@@ -45,6 +49,7 @@
 #include "common/thread_pool.h"
 #include "common/timer.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
 #include "kernels/optimizer.h"
 #include "models/model.h"
 #include "ps/embedding_store.h"
@@ -168,7 +173,8 @@ class Trainer {
   ps::EmbeddingStore* store_ = nullptr;
   int item_table_ = -1, cat_table_ = -1;
   std::unique_ptr<ThreadPool> pool_;
-  kernels::Context ctx_;
+  kernels::Context ctx_;        // the host work of a step (dedup, dense optimizer)
+  kernels::Context model_ctx_;  // the model's passes: ctx_ on its device (models/din.h)
   std::unique_ptr<models::CtrModel<float>> model_;
   int64_t steps_ = 0;
 
@@ -176,8 +182,10 @@ class Trainer {
   BatchKeys cur_;   // this step's (or this prediction's) keys
   BatchKeys next_;  // the keys of Step's `next`, prefetched
   std::vector<uint8_t> dedup_workspace_;
-  std::vector<float> item_rows_, cat_rows_;      // pulled rows
-  std::vector<float> d_item_rows_, d_cat_rows_;  // their gradients
+  // Pulled rows and their gradients; page-locked when the model runs on CUDA, so that the
+  // model's copies to and from the device run at full speed.
+  kernels::HostBuffer<float> item_rows_, cat_rows_;
+  kernels::HostBuffer<float> d_item_rows_, d_cat_rows_;
   std::unique_ptr<DenseOptimizer> dense_optimizer_;
 };
 

@@ -317,5 +317,25 @@ TEST(DinInit, TorchLinearDefaultsAndPreluAlpha) {
   EXPECT_EQ(p.size(), 11600 + 3240 + 41 + 21800 + 200 + 16080 + 80 + 81);
 }
 
+// The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
+// CUDA model needs CUDA in the build (tests/models/din_gpu_test.cc runs it where there is a GPU).
+TEST(DinDevice, ContextMustMatchAndCudaIsFloatOnly) {
+  DinOptions o = SmallOptions(MlpActivation::kPrelu, false);
+  auto cpu = Din<double>::Create(o);
+  ASSERT_OK(cpu.status());
+  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
+  SmallBatch b({5, 1, 3});
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  double loss = 0;
+  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
+  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
+  o.device = kernels::Device::kCuda;
+  EXPECT_EQ(Din<double>::Create(o).status().code(), StatusCode::kUnimplemented);
+  if (!kernels::CudaBuilt()) {
+    EXPECT_EQ(Din<float>::Create(o).status().code(), StatusCode::kUnimplemented);
+  }
+}
+
 }  // namespace
 }  // namespace ips::models

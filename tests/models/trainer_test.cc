@@ -485,10 +485,20 @@ TEST(TrainJob, FromDinSyntheticConfig) {
 }
 
 TEST(TrainJob, UnsupportedIsReportedNotCrashed) {
-  // The trainers run on the CPU only; a CUDA model is refused up front, not half-built.
-  auto cfg = LoadConfig(ConfigPath(), {"model.device=CUDA"});
+  // CUDA runs DIN only, and only where CUDA is built and a device is visible; anything else is
+  // refused up front with the reason, not half-built.
+  auto cfg = LoadConfig(ConfigPath(), {"model.device=CUDA", "model.type=DIN"});
   ASSERT_OK(cfg.status());
-  EXPECT_EQ(TrainJobFromConfig(*cfg).status().code(), StatusCode::kUnimplemented);
+  const StatusCode din_cuda = !kernels::CudaBuilt()             ? StatusCode::kUnimplemented
+                              : !kernels::CudaDeviceAvailable() ? StatusCode::kFailedPrecondition
+                                                                : StatusCode::kOk;
+  EXPECT_EQ(TrainJobFromConfig(*cfg).status().code(), din_cuda)
+      << TrainJobFromConfig(*cfg).status();
+  cfg = LoadConfig(ConfigPath(), {"model.device=CUDA", "model.type=DIEN"});
+  ASSERT_OK(cfg.status());
+  const Status dien_cuda = TrainJobFromConfig(*cfg).status();
+  EXPECT_EQ(dien_cuda.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(dien_cuda.message().find("only DIN runs on CUDA"), std::string::npos) << dien_cuda;
   // Every model type maps (SASRec needs only the item table; the rest also "category").
   for (const char* type : {"POOLED", "DIN", "DIEN", "BST", "MIND", "GRU4REC"}) {
     cfg = LoadConfig(ConfigPath(), {std::string("model.type=") + type});

@@ -1,0 +1,147 @@
+// CUDA twins of models/din_ops.h (float). One thread per output element over grid-stride loops;
+// the `summed` reduction runs in step order per (row, column), as on the CPU, so both devices
+// add in the same order.
+#include "kernels/cuda/launch.cuh"
+#include "models/din_ops.h"
+
+namespace ips::models::cuda {
+namespace {
+
+using kernels::cuda::GridFor;
+using kernels::cuda::Launch;
+using kernels::cuda::StreamOf;
+
+constexpr unsigned kThreads = 256;
+
+__device__ __forceinline__ int64_t FirstValid(const int32_t* lengths, int64_t b, int64_t L) {
+  int64_t len = lengths[b];
+  len = len < 0 ? 0 : (len > L ? L : len);
+  return L - len;
+}
+
+__global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D,
+                                       const int32_t* __restrict__ lengths,
+                                       const int64_t* __restrict__ item_index,
+                                       const int64_t* __restrict__ cat_index,
+                                       const float* __restrict__ item_rows,
+                                       const float* __restrict__ cat_rows, float* __restrict__ hist,
+                                       float* __restrict__ target) {
+  const int64_t E = 2 * D;
+  const int64_t total = (B * L + B) * E;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t pos = i / E, c = i % E;
+    float v;
+    if (pos < B * L) {
+      const int64_t b = pos / L, t = pos % L;
+      if (t < FirstValid(lengths, b, L)) {
+        hist[i] = 0.0f;
+        continue;
+      }
+    }
+    v = c < D ? item_rows[item_index[pos] * D + c] : cat_rows[cat_index[pos] * D + (c - D)];
+    if (pos < B * L)
+      hist[i] = v;
+    else
+      target[(pos - B * L) * E + c] = v;
+  }
+}
+
+__global__ void BuildMlpInputKernel(int64_t B, int64_t L, int64_t E,
+                                    const int32_t* __restrict__ lengths,
+                                    const float* __restrict__ hist,
+                                    const float* __restrict__ pooled,
+                                    const float* __restrict__ target, float* __restrict__ mlp_in) {
+  const int64_t total = B * 3 * E;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / (3 * E), c = i % (3 * E);
+    float v;
+    if (c < E) {
+      v = pooled[b * E + c];
+    } else if (c < 2 * E) {
+      v = target[b * E + (c - E)];
+    } else {
+      v = 0.0f;
+      for (int64_t t = FirstValid(lengths, b, L); t < L; ++t)
+        v += hist[(b * L + t) * E + (c - 2 * E)];
+    }
+    mlp_in[i] = v;
+  }
+}
+
+__global__ void PooledGradKernel(int64_t B, int64_t E, const float* __restrict__ d_mlp_in,
+                                 float* __restrict__ d_pooled) {
+  const int64_t total = B * E;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x)
+    d_pooled[i] = d_mlp_in[(i / E) * 3 * E + i % E];
+}
+
+__global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, const int32_t* __restrict__ lengths,
+                               const float* __restrict__ d_mlp_in, const float* __restrict__ d_keys,
+                               const float* __restrict__ d_query, float* __restrict__ g_item,
+                               float* __restrict__ g_cat) {
+  const int64_t E = 2 * D;
+  const int64_t total = (B * L + B) * D;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t pos = i / D, c = i % D;
+    float gi, gc;
+    if (pos < B * L) {
+      const int64_t b = pos / L, t = pos % L;
+      if (t < FirstValid(lengths, b, L)) {
+        gi = 0.0f;
+        gc = 0.0f;
+      } else {
+        const float* d_summed = d_mlp_in + b * 3 * E + 2 * E;
+        gi = d_keys[pos * E + c] + d_summed[c];
+        gc = d_keys[pos * E + D + c] + d_summed[D + c];
+      }
+    } else {
+      const int64_t b = pos - B * L;
+      const float* d_target = d_mlp_in + b * 3 * E + E;
+      gi = d_target[c] + d_query[b * E + c];
+      gc = d_target[D + c] + d_query[b * E + D + c];
+    }
+    g_item[i] = gi;
+    g_cat[i] = gc;
+  }
+}
+
+}  // namespace
+
+Status DinGatherBehaviours(const kernels::Context& ctx, const DinShapes& s,
+                           const int64_t* item_index, const int64_t* cat_index,
+                           const float* item_rows, const float* cat_rows, float* hist,
+                           float* target) {
+  const int64_t n = (s.batch * s.max_len + s.batch) * 2 * s.dim;
+  return Launch("din_gather_behaviours", GatherBehavioursKernel, dim3(GridFor(n, kThreads)),
+                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, s.dim, s.lengths, item_index,
+                cat_index, item_rows, cat_rows, hist, target);
+}
+
+Status DinBuildMlpInput(const kernels::Context& ctx, const DinShapes& s, const float* hist,
+                        const float* pooled, const float* target, float* mlp_in) {
+  const int64_t n = s.batch * 3 * 2 * s.dim;
+  return Launch("din_build_mlp_input", BuildMlpInputKernel, dim3(GridFor(n, kThreads)),
+                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, 2 * s.dim, s.lengths, hist,
+                pooled, target, mlp_in);
+}
+
+Status DinPooledGrad(const kernels::Context& ctx, const DinShapes& s, const float* d_mlp_in,
+                     float* d_pooled) {
+  const int64_t n = s.batch * 2 * s.dim;
+  return Launch("din_pooled_grad", PooledGradKernel, dim3(GridFor(n, kThreads)), dim3(kThreads), 0,
+                StreamOf(ctx), s.batch, 2 * s.dim, d_mlp_in, d_pooled);
+}
+
+Status DinRowGrads(const kernels::Context& ctx, const DinShapes& s, const float* d_mlp_in,
+                   const float* d_keys, const float* d_query, float* g_item, float* g_cat) {
+  const int64_t n = (s.batch * s.max_len + s.batch) * s.dim;
+  return Launch("din_row_grads", RowGradsKernel, dim3(GridFor(n, kThreads)), dim3(kThreads), 0,
+                StreamOf(ctx), s.batch, s.max_len, s.dim, s.lengths, d_mlp_in, d_keys, d_query,
+                g_item, g_cat);
+}
+
+}  // namespace ips::models::cuda

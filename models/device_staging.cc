@@ -1,0 +1,73 @@
+#include "models/device_staging.h"
+
+#include <string>
+
+namespace ips::models {
+
+template <typename T>
+StatusOr<CtrInputStaging<T>> CtrInputStaging<T>::Create(kernels::Device device, int64_t max_batch,
+                                                        int64_t max_positions, int64_t dim) {
+  CtrInputStaging s;
+  s.max_batch_ = max_batch;
+  s.max_positions_ = max_positions;
+  s.dim_ = dim;
+  IPS_ASSIGN_OR_RETURN(s.lengths_, kernels::Buffer<int32_t>::Create(device, max_batch));
+  IPS_ASSIGN_OR_RETURN(s.item_index_, kernels::Buffer<int64_t>::Create(device, max_positions));
+  IPS_ASSIGN_OR_RETURN(s.cat_index_, kernels::Buffer<int64_t>::Create(device, max_positions));
+  IPS_ASSIGN_OR_RETURN(s.labels_, kernels::Buffer<T>::Create(device, max_batch));
+  for (kernels::Buffer<T>* rows : {&s.item_rows_, &s.cat_rows_, &s.d_item_rows_, &s.d_cat_rows_}) {
+    IPS_ASSIGN_OR_RETURN(*rows, kernels::Buffer<T>::Create(device, max_positions * dim));
+  }
+  return s;
+}
+
+template <typename T>
+StatusOr<CtrInputs<T>> CtrInputStaging<T>::Stage(const kernels::Context& ctx,
+                                                 const CtrInputs<T>& in, int64_t positions) {
+  if (in.batch > max_batch_ || positions > max_positions_ || in.num_item_rows > max_positions_ ||
+      in.num_cat_rows > max_positions_)
+    return InvalidArgumentError("CtrInputStaging: batch of " + std::to_string(in.batch) +
+                                " rows, " + std::to_string(positions) +
+                                " positions exceeds the staging buffers");
+  auto copy = [&](void* dst, const void* src, int64_t count, size_t elem) -> Status {
+    if (src == nullptr || count == 0) return Status::Ok();
+    return kernels::CopyToDevice(ctx, dst, src, static_cast<size_t>(count) * elem);
+  };
+  CtrInputs<T> d = in;
+  IPS_RETURN_IF_ERROR(copy(lengths_.data(), in.lengths, in.batch, sizeof(int32_t)));
+  d.lengths = lengths_.data();
+  IPS_RETURN_IF_ERROR(copy(item_index_.data(), in.item_index, positions, sizeof(int64_t)));
+  d.item_index = item_index_.data();
+  IPS_RETURN_IF_ERROR(copy(item_rows_.data(), in.item_rows, in.num_item_rows * dim_, sizeof(T)));
+  d.item_rows = item_rows_.data();
+  if (in.cat_index != nullptr) {
+    IPS_RETURN_IF_ERROR(copy(cat_index_.data(), in.cat_index, positions, sizeof(int64_t)));
+    d.cat_index = cat_index_.data();
+  }
+  if (in.cat_rows != nullptr) {
+    IPS_RETURN_IF_ERROR(copy(cat_rows_.data(), in.cat_rows, in.num_cat_rows * dim_, sizeof(T)));
+    d.cat_rows = cat_rows_.data();
+  }
+  if (in.labels != nullptr) {
+    IPS_RETURN_IF_ERROR(copy(labels_.data(), in.labels, in.batch, sizeof(T)));
+    d.labels = labels_.data();
+  }
+  staged_ = d;
+  return d;
+}
+
+template <typename T>
+Status CtrInputStaging<T>::UnstageRowGrads(const kernels::Context& ctx, T* d_item_rows,
+                                           T* d_cat_rows) const {
+  IPS_RETURN_IF_ERROR(
+      kernels::CopyToHost(ctx, d_item_rows, d_item_rows_.data(),
+                          static_cast<size_t>(staged_.num_item_rows * dim_) * sizeof(T)));
+  if (d_cat_rows == nullptr) return Status::Ok();
+  return kernels::CopyToHost(ctx, d_cat_rows, d_cat_rows_.data(),
+                             static_cast<size_t>(staged_.num_cat_rows * dim_) * sizeof(T));
+}
+
+template class CtrInputStaging<float>;
+template class CtrInputStaging<double>;
+
+}  // namespace ips::models

@@ -1,0 +1,50 @@
+// CtrInputStaging: the device copies of a CtrModel's inputs (models/model.h CtrInputs) and of
+// its row gradients, for a model that runs on CUDA. The model's interface stays host memory (the
+// trainer pulls rows into host buffers, page-locked when the model is on CUDA, see
+// worker/trainer.cc); Stage copies a batch to the device at the start of Forward and
+// UnstageRowGrads copies the pulled rows' gradients back at the end of Backward.
+// Buffers are sized at Create for the model's largest batch; nothing is allocated per batch.
+#ifndef IPS_MODELS_DEVICE_STAGING_H_
+#define IPS_MODELS_DEVICE_STAGING_H_
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/model.h"
+
+namespace ips::models {
+
+template <typename T>
+class CtrInputStaging {
+ public:
+  // For batches of up to max_batch rows with up to max_positions indices per table (every
+  // pulled row is referenced, so a table holds at most max_positions rows) of `dim` floats.
+  static StatusOr<CtrInputStaging> Create(kernels::Device device, int64_t max_batch,
+                                          int64_t max_positions, int64_t dim);
+
+  // Copies `in` (host; `positions` indices per table, already checked by the model) to the
+  // device and returns the same batch with device pointers. Categories may be absent.
+  StatusOr<CtrInputs<T>> Stage(const kernels::Context& ctx, const CtrInputs<T>& in,
+                               int64_t positions);
+  // The last staged batch.
+  const CtrInputs<T>& staged() const { return staged_; }
+  // Device buffers for the row gradients of the last staged batch.
+  T* device_d_item_rows() { return d_item_rows_.data(); }
+  T* device_d_cat_rows() { return d_cat_rows_.data(); }
+  // Copies those gradients to the host arrays (d_cat_rows may be null when there are no
+  // categories); waits for the copy.
+  Status UnstageRowGrads(const kernels::Context& ctx, T* d_item_rows, T* d_cat_rows) const;
+
+ private:
+  int64_t max_batch_ = 0, max_positions_ = 0, dim_ = 0;
+  kernels::Buffer<int32_t> lengths_;
+  kernels::Buffer<int64_t> item_index_, cat_index_;
+  kernels::Buffer<T> item_rows_, cat_rows_, labels_, d_item_rows_, d_cat_rows_;
+  CtrInputs<T> staged_;
+};
+
+}  // namespace ips::models
+
+#endif  // IPS_MODELS_DEVICE_STAGING_H_
