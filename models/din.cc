@@ -64,8 +64,8 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
 
   // Weights are initialised on the host (the same on every device), then mirrored.
   const kernels::Device dev = o.device;
-  IPS_RETURN_IF_ERROR(p.AttachDevice(dev));
-  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev));
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev, o.stage_on_cpu));
   const std::pair<kernels::Buffer<T>*, int64_t> buffers[] = {
       {&m->hist_, B * L * E},
       {&m->target_, B * E},
@@ -87,7 +87,7 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   for (const auto& [buffer, n] : buffers) {
     IPS_ASSIGN_OR_RETURN(*buffer, kernels::Buffer<T>::Create(dev, n));
   }
-  if (dev != kernels::Device::kCpu) {
+  if (m->staged()) {
     IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
                          CtrInputStaging<T>::Create(dev, B, B * L + B, D));
     m->staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
@@ -106,7 +106,7 @@ template <typename T>
 Status Din<T>::CheckContext(const kernels::Context& ctx) const {
   if (ctx.device == o_.device) return Status::Ok();
   return InvalidArgumentError("Din: the model lives on " +
-                              std::string(on_cpu() ? "the CPU" : "CUDA") +
+                              std::string(o_.device == kernels::Device::kCpu ? "the CPU" : "CUDA") +
                               " but was called with a Context for another device");
 }
 
@@ -118,7 +118,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
   IPS_RETURN_IF_ERROR(CheckInputs(host_in));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
   DinInputs<T> in = host_in;
-  if (!on_cpu()) {
+  if (staged()) {
     IPS_ASSIGN_OR_RETURN(in, staging_->Stage(ctx, host_in, B * L + B));
     IPS_RETURN_IF_ERROR(params_.UploadValues(ctx));
   }
@@ -145,7 +145,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
   IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * B));
-  if (!on_cpu())
+  if (staged())
     IPS_RETURN_IF_ERROR(
         kernels::CopyToHost(ctx, host_logits_.data(), logits_.data(), sizeof(T) * B));
 
@@ -197,8 +197,8 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
     return InvalidArgumentError("Din::Backward: null d_item_rows or d_cat_rows");
   IPS_RETURN_IF_ERROR(CheckContext(ctx));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
-  // Off the CPU the forward's staged copy of the inputs is used (the same batch).
-  const DinInputs<T>& in = on_cpu() ? host_in : staging_->staged();
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const DinInputs<T>& in = staged() ? staging_->staged() : host_in;
   const DinShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
@@ -252,14 +252,14 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = on_cpu() ? d_item_rows : staging_->device_d_item_rows();
+  s.grad_unique = staged() ? staging_->device_d_item_rows() : d_item_rows;
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = on_cpu() ? d_cat_rows : staging_->device_d_cat_rows();
+  s.grad_unique = staged() ? staging_->device_d_cat_rows() : d_cat_rows;
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  if (on_cpu()) return Status::Ok();
+  if (!staged()) return Status::Ok();
   IPS_RETURN_IF_ERROR(staging_->UnstageRowGrads(ctx, d_item_rows, d_cat_rows));
   return params_.DownloadGrads(ctx);
 }

@@ -58,6 +58,11 @@ struct DinOptions {
   uint64_t seed = 0;  // dense initialisation (Rng); embedding rows are initialised by the store
   // Where the passes run (see the header comment). The initial weights do not depend on it.
   kernels::Device device = kernels::Device::kCpu;
+  // Test switch for device = kCpu: take the CUDA path's copies (inputs staged into the model's
+  // own buffers, weights, gradients, Dice statistics, loss and logits through separate copies)
+  // with the CPU kernels, so that CPU tests cover that logic; results are bitwise the plain
+  // CPU path's.
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field.
@@ -107,7 +112,7 @@ class Din final : public CtrModel<T> {
   // Outputs of the last Forward (valid until the next one): logits [B] (host memory), and, in
   // the model's device memory, attention weights [B x T] (0 at padded steps) and pooled
   // interest [B x E].
-  const T* logits() const override { return on_cpu() ? logits_.data() : host_logits_.data(); }
+  const T* logits() const override { return staged() ? host_logits_.data() : logits_.data(); }
   const T* attention_weights() const { return weights_.data(); }
   const T* pooled() const { return pooled_.data(); }
 
@@ -117,7 +122,8 @@ class Din final : public CtrModel<T> {
   Status CheckContext(const kernels::Context& ctx) const;
   // The activation unit's arguments for a batch of `batch` rows (weights on the model's device).
   kernels::DinAttentionArgs<T> AttentionArgs(int64_t batch, const int32_t* lengths);
-  bool on_cpu() const { return o_.device == kernels::Device::kCpu; }
+  // True when the passes copy their inputs in and results out (CUDA, or stage_on_cpu).
+  bool staged() const { return o_.device != kernels::Device::kCpu || o_.stage_on_cpu; }
 
   DinOptions o_;
   DenseParams<T> params_;
@@ -143,7 +149,7 @@ class Din final : public CtrModel<T> {
   kernels::Buffer<T> d_keys_;    // [B x T x E]
   kernels::Buffer<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
   kernels::Buffer<T> g_cat_;     // [(B*T + B) x dim]
-  // Off the CPU: the inputs' device copies and the logits' host copy.
+  // When staged(): the inputs' device copies and the logits' host copy.
   std::unique_ptr<CtrInputStaging<T>> staging_;
   std::vector<T> host_logits_;
   bool have_training_forward_ = false;

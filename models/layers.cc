@@ -50,14 +50,15 @@ void DenseParams<T>::Finalize() {
 }
 
 template <typename T>
-Status DenseParams<T>::AttachDevice(kernels::Device device) {
+Status DenseParams<T>::AttachDevice(kernels::Device device, bool separate_copy) {
   if (!finalized_) Die("DenseParams::AttachDevice before Finalize");
-  if (device == kernels::Device::kCpu) return Status::Ok();
-  if (!std::is_same_v<T, float>)
+  if (device == kernels::Device::kCpu && !separate_copy) return Status::Ok();
+  if (device != kernels::Device::kCpu && !std::is_same_v<T, float>)
     return UnimplementedError("DenseParams: CUDA parameters are float only");
   IPS_ASSIGN_OR_RETURN(device_values_, kernels::Buffer<T>::Create(device, size_));
   IPS_ASSIGN_OR_RETURN(device_grads_, kernels::Buffer<T>::Create(device, size_));
   device_ = device;
+  mirrored_ = true;
   compute_values_ = device_values_.data();
   compute_grads_ = device_grads_.data();
   return Status::Ok();
@@ -65,14 +66,14 @@ Status DenseParams<T>::AttachDevice(kernels::Device device) {
 
 template <typename T>
 Status DenseParams<T>::UploadValues(const kernels::Context& ctx) {
-  if (device_ == kernels::Device::kCpu) return Status::Ok();
+  if (!mirrored_) return Status::Ok();
   return kernels::CopyToDevice(ctx, device_values_.data(), values_.data(),
                                static_cast<size_t>(size_) * sizeof(T));
 }
 
 template <typename T>
 Status DenseParams<T>::DownloadGrads(const kernels::Context& ctx) {
-  if (device_ == kernels::Device::kCpu) return Status::Ok();
+  if (!mirrored_) return Status::Ok();
   return kernels::CopyToHost(ctx, grads_.data(), device_grads_.data(),
                              static_cast<size_t>(size_) * sizeof(T));
 }
@@ -165,11 +166,12 @@ Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t
     }
   }
   // Host memory fails only where std::vector would have thrown.
-  if (!AllocateBuffers(kernels::Device::kCpu).ok()) Die("Mlp: out of host memory");
+  if (!AllocateBuffers(kernels::Device::kCpu, /*mirror_stats=*/false).ok())
+    Die("Mlp: out of host memory");
 }
 
 template <typename T>
-Status Mlp<T>::AllocateBuffers(kernels::Device device) {
+Status Mlp<T>::AllocateBuffers(kernels::Device device, bool mirror_stats) {
   using Buf = kernels::Buffer<T>;
   const size_t num_layers = layers_.size();
   pre_.clear();
@@ -197,7 +199,7 @@ Status Mlp<T>::AllocateBuffers(kernels::Device device) {
     IPS_ASSIGN_OR_RETURN(Buf rstd, Buf::Create(device, width));
     save_mean_.push_back(std::move(mean));
     save_rstd_.push_back(std::move(rstd));
-    if (device == kernels::Device::kCpu) continue;
+    if (!mirror_stats) continue;
     IPS_ASSIGN_OR_RETURN(Buf running_mean, Buf::Create(device, width));
     IPS_ASSIGN_OR_RETURN(Buf running_var, Buf::Create(device, width));
     device_running_mean_.push_back(std::move(running_mean));
@@ -208,11 +210,12 @@ Status Mlp<T>::AllocateBuffers(kernels::Device device) {
 }
 
 template <typename T>
-Status Mlp<T>::AttachDevice(kernels::Device device) {
-  if (device == device_) return Status::Ok();
+Status Mlp<T>::AttachDevice(kernels::Device device, bool separate_copy) {
+  const bool mirror_stats = device != kernels::Device::kCpu || separate_copy;
+  if (device == device_ && !mirror_stats) return Status::Ok();
   if (device != kernels::Device::kCpu && !std::is_same_v<T, float>)
     return UnimplementedError("Mlp: CUDA layers are float only");
-  return AllocateBuffers(device);
+  return AllocateBuffers(device, mirror_stats);
 }
 
 template <typename T>

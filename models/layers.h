@@ -55,14 +55,17 @@ class DenseParams {
   void Finalize();
   bool finalized() const { return finalized_; }
   // After Finalize: keeps a copy of the values and gradients on `device` for the kernels
-  // (nothing for kCpu). UNIMPLEMENTED for CUDA with T = double or in a build without CUDA.
-  Status AttachDevice(kernels::Device device);
+  // (nothing for kCpu, unless separate_copy: a second host copy, so that CPU tests run the
+  // upload/download logic of a device). UNIMPLEMENTED for CUDA with T = double or in a build
+  // without CUDA.
+  Status AttachDevice(kernels::Device device, bool separate_copy = false);
   kernels::Device device() const { return device_; }
   // The arrays the kernels read and write: the device copy, or the host arrays on the CPU.
   T* compute_value(int64_t offset) { return compute_values_ + offset; }
   const T* compute_value(int64_t offset) const { return compute_values_ + offset; }
   T* compute_grad(int64_t offset) { return compute_grads_ + offset; }
-  // Host values -> device copy; device gradients -> host (waits for the copy). No-ops on the CPU.
+  // Host values -> device copy; device gradients -> host (waits for the copy). No-ops without a
+  // copy.
   Status UploadValues(const kernels::Context& ctx);
   Status DownloadGrads(const kernels::Context& ctx);
 
@@ -85,7 +88,8 @@ class DenseParams {
   std::vector<T> values_;
   std::vector<T> grads_;
   kernels::Device device_ = kernels::Device::kCpu;
-  kernels::Buffer<T> device_values_, device_grads_;  // empty on the CPU
+  bool mirrored_ = false;                            // the kernels use the copies below
+  kernels::Buffer<T> device_values_, device_grads_;  // empty unless mirrored_
   T* compute_values_ = nullptr;
   T* compute_grads_ = nullptr;
 };
@@ -151,8 +155,9 @@ class Mlp {
   void Init(Rng& rng);
   // Moves the activation buffers to `device` and keeps a device copy of Dice's running
   // statistics (the host copy, which state() exposes, stays the reference: uploaded at the start
-  // of each Forward, copied back after a training one). Errors as DenseParams::AttachDevice.
-  Status AttachDevice(kernels::Device device);
+  // of each Forward, copied back after a training one). separate_copy: keep that copy on the
+  // CPU too (as DenseParams). Errors as DenseParams::AttachDevice.
+  Status AttachDevice(kernels::Device device, bool separate_copy = false);
 
   // x [rows x sizes[0]] -> *out [rows x sizes.back()] (an internal buffer). training selects
   // Dice's batch statistics (and updates its running statistics) vs. its running statistics.
@@ -177,8 +182,9 @@ class Mlp {
   std::vector<int64_t> sizes_;
   MlpActivation act_;
   int64_t max_rows_;
-  // Allocates the activation buffers on `device` (every one replaced).
-  Status AllocateBuffers(kernels::Device device);
+  // Allocates the activation buffers on `device` (every one replaced), and the copies of
+  // Dice's running statistics when mirror_stats.
+  Status AllocateBuffers(kernels::Device device, bool mirror_stats);
   // Dice's running statistics: host -> device before a forward, device -> host after a
   // training one (no-ops on the CPU or with PReLU).
   Status UploadRunningStats(const kernels::Context& ctx);

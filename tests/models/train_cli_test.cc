@@ -71,9 +71,22 @@ TEST(TrainCli, SyntheticRunEndsWithResultAndWritesMetrics) {
 }
 
 TEST(TrainCli, UnsupportedAndBadInputExitNonZero) {
-  auto r = RunIps("train --config " + Config() + kSmall + " --set model.device=CUDA");
+  // CUDA runs DIN only: another model is refused whatever the machine; DIN on CUDA trains where
+  // CUDA is built and a device is visible, and is refused with the reason elsewhere.
+  auto r = RunIps("train --config " + Config() + kSmall +
+                  " --set model.device=CUDA --set model.type=DIEN");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("UNIMPLEMENTED"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("only DIN runs on CUDA"), std::string::npos) << r.output;
+  r = RunIps("train --config " + Config() + kSmall + " --set model.device=CUDA");
+  if (r.exit_code != 0) {
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_TRUE(r.output.find("built without CUDA") != std::string::npos ||
+                r.output.find("no CUDA device is visible") != std::string::npos)
+        << r.output;
+  } else {
+    EXPECT_NE(r.output.find("RESULT train model=din"), std::string::npos) << r.output;
+  }
   r = RunIps("train --config " + Config() + " --set model.attention_hidden=80");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("model.attention_hidden"), std::string::npos) << r.output;
