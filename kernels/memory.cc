@@ -40,7 +40,11 @@ StatusOr<void*> AllocateOn(Device device, size_t bytes) {
 #ifdef IPS_WITH_CUDA
   void* p = nullptr;
   IPS_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
-  if (cudaError_t e = cudaMemset(p, 0, bytes); e != cudaSuccess) {
+  // cudaMemset runs on the legacy default stream and returns early; waiting here keeps the fill
+  // ahead of any later copy on a non-blocking stream (allocation happens once, at setup).
+  cudaError_t e = cudaMemset(p, 0, bytes);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
     cudaFree(p);
     IPS_CUDA_RETURN_IF_ERROR(e);
   }
