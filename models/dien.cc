@@ -336,12 +336,7 @@ StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
     m->aux_w_.push_back(p.Add(n + ".weight", m->aux_sizes_[i] * m->aux_sizes_[i + 1]));
     m->aux_b_.push_back(p.Add(n + ".bias", m->aux_sizes_[i + 1]));
   }
-  m->w1_ = p.Add("attn.net.0.weight", A1 * 4 * H);
-  m->b1_ = p.Add("attn.net.0.bias", A1);
-  m->w2_ = p.Add("attn.net.2.weight", A2 * A1);
-  m->b2_ = p.Add("attn.net.2.bias", A2);
-  m->w3_ = p.Add("attn.net.4.weight", A2);
-  m->b3_ = p.Add("attn.net.4.bias", 1);
+  m->attn_.Register(&p, H, A1, A2);
   m->au_w_ih_ = p.Add("augru.x2h.weight", 3 * H * H);
   m->au_b_ih_ = p.Add("augru.x2h.bias", 3 * H);
   m->au_w_hh_ = p.Add("augru.h2h.weight", 3 * H * H);
@@ -364,9 +359,7 @@ StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
   for (size_t i = 0; i < aux_layers; ++i)
     InitLinearTorchDefault(rng, m->aux_sizes_[i], m->aux_sizes_[i + 1], p.value(m->aux_w_[i]),
                            p.value(m->aux_b_[i]));
-  InitLinearTorchDefault(rng, 4 * H, A1, p.value(m->w1_), p.value(m->b1_));
-  InitLinearTorchDefault(rng, A1, A2, p.value(m->w2_), p.value(m->b2_));
-  InitLinearTorchDefault(rng, A2, int64_t{1}, p.value(m->w3_), p.value(m->b3_));
+  m->attn_.Init(rng);
   InitLinearTorchDefault(rng, H, 3 * H, p.value(m->au_w_ih_), p.value(m->au_b_ih_));
   InitLinearTorchDefault(rng, H, 3 * H, p.value(m->au_w_hh_), p.value(m->au_b_hh_));
   m->mlp_->Init(rng);
@@ -471,14 +464,7 @@ template <typename T>
 kernels::DinAttentionArgs<T> Dien<T>::AttentionArgs(const CtrInputs<T>& in) const {
   kernels::DinAttentionArgs<T> a = kernels::DienAttentionArgs<T>(
       in.batch, o_.max_len, hidden_, target_.data(), states_.data(), in.lengths);
-  a.hidden1 = o_.attention_hidden1;
-  a.hidden2 = o_.attention_hidden2;
-  a.w1 = params_.value(w1_);
-  a.b1 = params_.value(b1_);
-  a.w2 = params_.value(w2_);
-  a.b2 = params_.value(b2_);
-  a.w3 = params_.value(w3_);
-  a.b3 = params_.value(b3_);
+  attn_.SetWeights(&a);
   return a;
 }
 
@@ -878,24 +864,14 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   }
 
   // Attention -> d(target) and d(states) of the attention path.
-  const int64_t A1 = o_.attention_hidden1, A2 = o_.attention_hidden2;
-  T* attn_grads[6] = {params_.grad(w1_), params_.grad(b1_), params_.grad(w2_),
-                      params_.grad(b2_), params_.grad(w3_), params_.grad(b3_)};
   if (o_.attention_disabled) {
     std::fill(d_query_.begin(), d_query_.begin() + B * E, T(0));
     std::fill(d_keys_.begin(), d_keys_.begin() + B * L * H, T(0));
-    const int64_t sizes[6] = {A1 * 4 * H, A1, A2 * A1, A2, A2, 1};
-    for (int i = 0; i < 6; ++i) std::fill(attn_grads[i], attn_grads[i] + sizes[i], T(0));
+    IPS_RETURN_IF_ERROR(attn_.ZeroGrads(ctx));
   } else {
-    kernels::DinAttentionGrads<T> g;
+    kernels::DinAttentionGrads<T> g = attn_.Grads();
     g.d_query = d_query_.data();
     g.d_keys = d_keys_.data();
-    g.d_w1 = attn_grads[0];
-    g.d_b1 = attn_grads[1];
-    g.d_w2 = attn_grads[2];
-    g.d_b2 = attn_grads[3];
-    g.d_w3 = attn_grads[4];
-    g.d_b3 = attn_grads[5];
     IPS_RETURN_IF_ERROR(kernels::DinAttentionBackward(ctx, AttentionArgs(in), attn_saved_.data(),
                                                       d_att_.data(), nullptr, g,
                                                       attn_workspace_.data()));

@@ -155,7 +155,7 @@ class Dien final : public CtrModel<T> {
   int64_t rnn_w_ih_ = 0, rnn_w_hh_ = 0, rnn_b_ih_ = 0, rnn_b_hh_ = 0;
   std::vector<int64_t> aux_sizes_;  // [2H, aux_hidden..., 1]
   std::vector<int64_t> aux_w_, aux_b_;
-  int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
+  ActivationUnitWeights<T> attn_;
   int64_t au_w_ih_ = 0, au_b_ih_ = 0, au_w_hh_ = 0, au_b_hh_ = 0;
   std::unique_ptr<Mlp<T>> mlp_;
 

@@ -44,12 +44,7 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   const int64_t B = o.max_batch, L = o.max_len, D = o.embedding_dim;
   // Registration order = the peer's module order: the activation unit, then the top MLP.
   DenseParams<T>& p = m->params_;
-  m->w1_ = p.Add("attn.net.0.weight", H1 * 4 * E);
-  m->b1_ = p.Add("attn.net.0.bias", H1);
-  m->w2_ = p.Add("attn.net.2.weight", H2 * H1);
-  m->b2_ = p.Add("attn.net.2.bias", H2);
-  m->w3_ = p.Add("attn.net.4.weight", H2);
-  m->b3_ = p.Add("attn.net.4.bias", 1);
+  m->attn_.Register(&p, E, H1, H2);
   std::vector<int64_t> sizes = {3 * E};
   sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
   sizes.push_back(1);
@@ -57,9 +52,7 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   p.Finalize();
 
   Rng rng(o.seed);
-  InitLinearTorchDefault(rng, 4 * E, H1, p.value(m->w1_), p.value(m->b1_));
-  InitLinearTorchDefault(rng, H1, H2, p.value(m->w2_), p.value(m->b2_));
-  InitLinearTorchDefault(rng, H2, int64_t{1}, p.value(m->w3_), p.value(m->b3_));
+  m->attn_.Init(rng);
   m->mlp_->Init(rng);
 
   // Weights are initialised on the host (the same on every device), then mirrored.
@@ -171,19 +164,12 @@ kernels::DinAttentionArgs<T> Din<T>::AttentionArgs(int64_t batch, const int32_t*
   a.batch = batch;
   a.max_len = o_.max_len;
   a.dim = 2 * o_.embedding_dim;
-  a.hidden1 = o_.attention_hidden1;
-  a.hidden2 = o_.attention_hidden2;
   a.padding = kernels::Padding::kLeft;
   a.softmax = o_.attention_softmax;
   a.query = target_.data();
   a.keys = hist_.data();
   a.lengths = lengths;
-  a.w1 = params_.compute_value(w1_);
-  a.b1 = params_.compute_value(b1_);
-  a.w2 = params_.compute_value(w2_);
-  a.b2 = params_.compute_value(b2_);
-  a.w3 = params_.compute_value(w3_);
-  a.b3 = params_.compute_value(b3_);
+  attn_.SetWeights(&a);
   return a;
 }
 
@@ -212,33 +198,17 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
   IPS_RETURN_IF_ERROR(DinPooledGrad(ctx, shapes, d_mlp_in_.data(), d_pooled_.data()));
 
-  T* attn_grads[6] = {params_.compute_grad(w1_), params_.compute_grad(b1_),
-                      params_.compute_grad(w2_), params_.compute_grad(b2_),
-                      params_.compute_grad(w3_), params_.compute_grad(b3_)};
   if (o_.attention_disabled) {
     IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_query_.data(), sizeof(T) * B * E));
     IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_keys_.data(), sizeof(T) * B * L * E));
-    const int64_t sizes[6] = {o_.attention_hidden1 * 4 * E,
-                              o_.attention_hidden1,
-                              o_.attention_hidden2 * o_.attention_hidden1,
-                              o_.attention_hidden2,
-                              o_.attention_hidden2,
-                              1};
-    for (int i = 0; i < 6; ++i)
-      IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, attn_grads[i], sizeof(T) * sizes[i]));
+    IPS_RETURN_IF_ERROR(attn_.ZeroGrads(ctx));
   } else {
-    kernels::DinAttentionArgs<T> a = AttentionArgs(B, in.lengths);
-    kernels::DinAttentionGrads<T> g;
+    kernels::DinAttentionGrads<T> g = attn_.Grads();
     g.d_query = d_query_.data();
     g.d_keys = d_keys_.data();
-    g.d_w1 = attn_grads[0];
-    g.d_b1 = attn_grads[1];
-    g.d_w2 = attn_grads[2];
-    g.d_b2 = attn_grads[3];
-    g.d_w3 = attn_grads[4];
-    g.d_b3 = attn_grads[5];
-    IPS_RETURN_IF_ERROR(kernels::DinAttentionBackward(ctx, a, attn_saved_.data(), nullptr,
-                                                      d_pooled_.data(), g, attn_workspace_.data()));
+    IPS_RETURN_IF_ERROR(kernels::DinAttentionBackward(ctx, AttentionArgs(B, in.lengths),
+                                                      attn_saved_.data(), nullptr, d_pooled_.data(),
+                                                      g, attn_workspace_.data()));
   }
 
   // Per-position gradients of the item and category halves: history steps get the attention's

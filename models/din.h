@@ -127,8 +127,7 @@ class Din final : public CtrModel<T> {
 
   DinOptions o_;
   DenseParams<T> params_;
-  // Activation unit tensors (offsets into params_), torch layouts: w1 [H1 x 4E], w3 [H2].
-  int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
+  ActivationUnitWeights<T> attn_;  // in params_, torch layouts: w1 [H1 x 4E], w3 [H2]
   std::unique_ptr<Mlp<T>> mlp_;
 
   // Forward state, sized for max_batch, on the model's device.

@@ -138,6 +138,62 @@ Status Linear<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x
   return kernels::LinearBackward(ctx, a);
 }
 
+// ---- ActivationUnitWeights --------------------------------------------------------------------
+
+template <typename T>
+void ActivationUnitWeights<T>::Register(DenseParams<T>* params, int64_t dim, int64_t hidden1,
+                                        int64_t hidden2) {
+  params_ = params;
+  dim_ = dim;
+  hidden1_ = hidden1;
+  hidden2_ = hidden2;
+  w1_ = params->Add("attn.net.0.weight", hidden1 * 4 * dim);
+  b1_ = params->Add("attn.net.0.bias", hidden1);
+  w2_ = params->Add("attn.net.2.weight", hidden2 * hidden1);
+  b2_ = params->Add("attn.net.2.bias", hidden2);
+  w3_ = params->Add("attn.net.4.weight", hidden2);
+  b3_ = params->Add("attn.net.4.bias", 1);
+}
+
+template <typename T>
+void ActivationUnitWeights<T>::Init(Rng& rng) {
+  DenseParams<T>& p = *params_;
+  InitLinearTorchDefault(rng, 4 * dim_, hidden1_, p.value(w1_), p.value(b1_));
+  InitLinearTorchDefault(rng, hidden1_, hidden2_, p.value(w2_), p.value(b2_));
+  InitLinearTorchDefault(rng, hidden2_, int64_t{1}, p.value(w3_), p.value(b3_));
+}
+
+template <typename T>
+void ActivationUnitWeights<T>::SetWeights(kernels::DinAttentionArgs<T>* a) const {
+  a->hidden1 = hidden1_;
+  a->hidden2 = hidden2_;
+  a->w1 = params_->compute_value(w1_);
+  a->b1 = params_->compute_value(b1_);
+  a->w2 = params_->compute_value(w2_);
+  a->b2 = params_->compute_value(b2_);
+  a->w3 = params_->compute_value(w3_);
+  a->b3 = params_->compute_value(b3_);
+}
+
+template <typename T>
+kernels::DinAttentionGrads<T> ActivationUnitWeights<T>::Grads() const {
+  kernels::DinAttentionGrads<T> g;
+  g.d_w1 = params_->compute_grad(w1_);
+  g.d_b1 = params_->compute_grad(b1_);
+  g.d_w2 = params_->compute_grad(w2_);
+  g.d_b2 = params_->compute_grad(b2_);
+  g.d_w3 = params_->compute_grad(w3_);
+  g.d_b3 = params_->compute_grad(b3_);
+  return g;
+}
+
+template <typename T>
+Status ActivationUnitWeights<T>::ZeroGrads(const kernels::Context& ctx) const {
+  // The six tensors are registered back to back.
+  const int64_t n = b3_ + 1 - w1_;
+  return kernels::ZeroOnDevice(ctx, params_->compute_grad(w1_), sizeof(T) * n);
+}
+
 // ---- Mlp -------------------------------------------------------------------------------------
 
 const char* MlpActivationName(MlpActivation a) {
@@ -356,6 +412,8 @@ template void InitLinearTorchDefault<float>(Rng&, int64_t, int64_t, float*, floa
 template void InitLinearTorchDefault<double>(Rng&, int64_t, int64_t, double*, double*);
 template class Linear<float>;
 template class Linear<double>;
+template class ActivationUnitWeights<float>;
+template class ActivationUnitWeights<double>;
 template <typename T>
 std::vector<StateTensor<T>> Mlp<T>::state() {
   std::vector<StateTensor<T>> out;

@@ -31,6 +31,7 @@
 
 #include "common/random.h"
 #include "common/status.h"
+#include "kernels/attention.h"
 #include "kernels/context.h"
 #include "kernels/memory.h"
 
@@ -124,6 +125,29 @@ class Linear {
   DenseParams<T>* params_;
   int64_t in_, out_;
   int64_t w_ = 0, b_ = 0;
+};
+
+// The six tensors of DIN's activation unit (the peer's ActivationUnit: attn.net.0/2/4 weight and
+// bias), shared by DIN and DIEN: registration, torch's default initialisation, and the
+// kernels/attention.h arguments on the parameters' compute copies.
+template <typename T>
+class ActivationUnitWeights {
+ public:
+  // Registers the tensors for keys of width `dim` (the unit's input is 4 * dim wide).
+  void Register(DenseParams<T>* params, int64_t dim, int64_t hidden1, int64_t hidden2);
+  // After params->Finalize(): nn.Linear defaults, layer by layer.
+  void Init(Rng& rng);
+  // Sets a's hidden sizes and w1..b3.
+  void SetWeights(kernels::DinAttentionArgs<T>* a) const;
+  // The weight gradients (d_query and d_keys left for the caller).
+  kernels::DinAttentionGrads<T> Grads() const;
+  // Zeroes the weight gradients (attention disabled).
+  Status ZeroGrads(const kernels::Context& ctx) const;
+
+ private:
+  DenseParams<T>* params_ = nullptr;
+  int64_t dim_ = 0, hidden1_ = 0, hidden2_ = 0;
+  int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
 };
 
 // A non-trained tensor a checkpoint must carry (Dice/BatchNorm running statistics).
