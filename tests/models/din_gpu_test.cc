@@ -190,7 +190,8 @@ TEST_F(DinGpu, RejectsAContextOfAnotherDevice) {
 }
 
 // The Trainer drives a CUDA DIN exactly as a CPU one (pinned pulls, host dense optimizer, pushes):
-// 30 Adam steps on the synthetic stream give the same loss sequence within float tolerance.
+// 30 Adam steps on the synthetic stream give the same losses, weights and predictions within
+// float tolerance.
 TEST_F(DinGpu, TrainerLossesMatchCpu_30Steps) {
   SyntheticOptions so;
   so.num_items = 5000;
@@ -199,34 +200,19 @@ TEST_F(DinGpu, TrainerLossesMatchCpu_30Steps) {
   so.seed = 3;
   auto gen = SyntheticBatches::Create(so);
   ASSERT_OK(gen.status());
-  std::vector<std::vector<double>> losses(2);
-  std::vector<std::vector<float>> weights(2);
-  int run = 0;
-  for (kernels::Device device : {kernels::Device::kCpu, kernels::Device::kCuda}) {
-    TrainerOptions opt = testing_util::SmallTrainerOptions(128, 10);
-    opt.model.embedding_dim = 8;
-    opt.model.device = device;
-    auto store = testing_util::MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
-    auto t = Trainer::Create(opt, store.get());
-    ASSERT_OK(t.status());
-    CtrBatch batch;
-    for (uint64_t i = 0; i < 30; ++i) {
-      ASSERT_OK((*gen)->CtrBatchAt(i, 128, &batch));
-      auto l = (*t)->Step(ViewOf(batch));
-      ASSERT_OK(l.status());
-      losses[run].push_back(*l);
-    }
-    const auto& p = (*t)->model().params();
-    weights[run].assign(p.values(), p.values() + p.size());
-    ++run;
-  }
+  TrainerOptions opt = testing_util::SmallTrainerOptions(128, 10);
+  opt.model.embedding_dim = 8;
+  const testing_util::TrainedDin cpu = testing_util::TrainDinSteps(**gen, opt, 30, 128);
+  opt.model.device = kernels::Device::kCuda;
+  const testing_util::TrainedDin gpu = testing_util::TrainDinSteps(**gen, opt, 30, 128);
+  ASSERT_EQ(gpu.losses.size(), 30u);
   // Rounding differences compound over steps through Adam: a loose relative bound that a
   // broken path (a missing upload, gradients left on the device) misses by far.
-  EXPECT_TRUE(AllClose(losses[1], losses[0], {1e-4, 1e-2}));
-  EXPECT_LT(
-      RelativeL2(weights[1].data(), weights[0].data(), static_cast<int64_t>(weights[0].size())),
-      1e-2);
-  EXPECT_NE(losses[1].front(), losses[1].back());
+  EXPECT_TRUE(AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
+  EXPECT_LT(RelativeL2(gpu.weights_and_probs.data(), cpu.weights_and_probs.data(),
+                       static_cast<int64_t>(cpu.weights_and_probs.size())),
+            1e-2);
+  EXPECT_NE(gpu.losses.front(), gpu.losses.back());
 }
 
 }  // namespace

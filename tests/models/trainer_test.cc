@@ -33,6 +33,8 @@ namespace {
 
 using testing_util::MakeStore;
 using testing_util::SmallTrainerOptions;
+using testing_util::TrainDinSteps;
+using testing_util::TrainedDin;
 
 // A hand-made batch: B = 4, T = 5, lengths 5, 1, 0, 3, with repeated items, so dedup, padding and
 // the [history, target] key layout all matter.
@@ -165,33 +167,21 @@ std::vector<float> DenseWeights(Trainer& trainer) {
   return std::vector<float>(p.values(), p.values() + p.size());
 }
 
-// Same seed, same thread count: bit-identical loss sequences and dense weights. One thread (the
-// guarantee) and two (also deterministic: fixed partitions, no atomics on the CPU).
+// Same seed, same thread count: bit-identical loss sequences, dense weights and predictions. One
+// thread (the guarantee) and two (also deterministic: fixed partitions, no atomics on the CPU).
 TEST(Trainer, DeterministicLossSequence_1and2Threads) {
   auto gen = SmallStream(3);
   ASSERT_OK(gen.status());
   for (int threads : {1, 2}) {
-    std::vector<std::vector<double>> losses(2);
-    std::vector<std::vector<float>> weights(2);
-    for (int run = 0; run < 2; ++run) {
-      TrainerOptions opt = SmallTrainerOptions(64, 10);
-      opt.model.embedding_dim = 8;
-      opt.num_threads = threads;
-      auto store = MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
-      auto t = Trainer::Create(opt, store.get());
-      ASSERT_OK(t.status());
-      CtrBatch b;
-      for (uint64_t i = 0; i < 8; ++i) {
-        ASSERT_OK((*gen)->CtrBatchAt(i, 64, &b));
-        auto l = (*t)->Step(ViewOf(b));
-        ASSERT_OK(l.status());
-        losses[run].push_back(*l);
-      }
-      weights[run] = DenseWeights(**t);
-    }
-    EXPECT_EQ(losses[0], losses[1]) << "threads=" << threads;
-    EXPECT_TRUE(weights[0] == weights[1]) << "threads=" << threads;
-    EXPECT_NE(losses[0].front(), losses[0].back());  // it did train
+    TrainerOptions opt = SmallTrainerOptions(64, 10);
+    opt.model.embedding_dim = 8;
+    opt.num_threads = threads;
+    const TrainedDin a = TrainDinSteps(**gen, opt, 8, 64);
+    const TrainedDin b = TrainDinSteps(**gen, opt, 8, 64);
+    ASSERT_EQ(a.losses.size(), 8u);
+    EXPECT_EQ(a.losses, b.losses) << "threads=" << threads;
+    EXPECT_TRUE(a.weights_and_probs == b.weights_and_probs) << "threads=" << threads;
+    EXPECT_NE(a.losses.front(), a.losses.back());  // it did train
   }
 }
 
@@ -202,31 +192,15 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
 TEST(Trainer, StagedDinTrainsBitwiseAsThePlainOne) {
   auto gen = SmallStream(4);
   ASSERT_OK(gen.status());
-  std::vector<std::vector<double>> losses(2);
-  std::vector<std::vector<float>> weights(2);
-  for (int run = 0; run < 2; ++run) {
-    TrainerOptions opt = SmallTrainerOptions(64, 10);
-    opt.model.embedding_dim = 8;
-    opt.model.din.stage_on_cpu = run == 1;
-    auto store = MakeStore(8, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
-    auto t = Trainer::Create(opt, store.get());
-    ASSERT_OK(t.status());
-    CtrBatch b;
-    for (uint64_t i = 0; i < 8; ++i) {
-      ASSERT_OK((*gen)->CtrBatchAt(i, 64, &b));
-      auto l = (*t)->Step(ViewOf(b));
-      ASSERT_OK(l.status());
-      losses[run].push_back(*l);
-    }
-    std::vector<float> probs(64);
-    ASSERT_OK((*gen)->CtrBatchAt(100, 64, &b));
-    ASSERT_OK((*t)->Predict(ViewOf(b), probs.data()));
-    weights[run] = DenseWeights(**t);
-    weights[run].insert(weights[run].end(), probs.begin(), probs.end());
-  }
-  EXPECT_EQ(losses[0], losses[1]);
-  EXPECT_TRUE(weights[0] == weights[1]);
-  EXPECT_NE(losses[0].front(), losses[0].back());
+  TrainerOptions opt = SmallTrainerOptions(64, 10);
+  opt.model.embedding_dim = 8;
+  const TrainedDin plain = TrainDinSteps(**gen, opt, 8, 64);
+  opt.model.din.stage_on_cpu = true;
+  const TrainedDin staged = TrainDinSteps(**gen, opt, 8, 64);
+  ASSERT_EQ(plain.losses.size(), 8u);
+  EXPECT_EQ(plain.losses, staged.losses);
+  EXPECT_TRUE(plain.weights_and_probs == staged.weights_and_probs);
+  EXPECT_NE(plain.losses.front(), plain.losses.back());
 }
 
 // An EmbeddingStore in front of the in-process one that records what the trainer prefetches and

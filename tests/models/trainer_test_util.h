@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "ps/local_embedding_store.h"
+#include "tests/testing/status_matchers.h"
+#include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
 namespace ips::testing_util {
@@ -48,6 +50,41 @@ inline std::unique_ptr<ps::LocalEmbeddingStore> MakeStore(int64_t dim,
   auto s = ps::LocalEmbeddingStore::Create(tables);
   if (!s.ok()) return nullptr;
   return std::move(*s);
+}
+
+// What a short training run left: the loss of every step, then the dense weights followed by
+// the click probabilities of one held-out batch.
+struct TrainedDin {
+  std::vector<double> losses;
+  std::vector<float> weights_and_probs;
+};
+
+// Trains `opt` with Adam 1e-2 tables (MakeStore, sized for the 5000 items and 20 categories of
+// the synthetic stream) on batches 0..steps-1 of `gen`, then predicts batch 100. Gtest failures
+// (and an empty result) on any error.
+inline TrainedDin TrainDinSteps(SyntheticBatches& gen, const TrainerOptions& opt, int steps,
+                                int batch) {
+  TrainedDin out;
+  auto store =
+      MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
+  auto t = Trainer::Create(opt, store.get());
+  EXPECT_OK(t.status());
+  if (!t.ok()) return out;
+  CtrBatch b;
+  for (int i = 0; i < steps; ++i) {
+    EXPECT_OK(gen.CtrBatchAt(static_cast<uint64_t>(i), batch, &b));
+    auto l = (*t)->Step(ViewOf(b));
+    EXPECT_OK(l.status());
+    if (!l.ok()) return out;
+    out.losses.push_back(*l);
+  }
+  const auto& p = (*t)->model().params();
+  out.weights_and_probs.assign(p.values(), p.values() + p.size());
+  std::vector<float> probs(static_cast<size_t>(batch));
+  EXPECT_OK(gen.CtrBatchAt(100, batch, &b));
+  EXPECT_OK((*t)->Predict(ViewOf(b), probs.data()));
+  out.weights_and_probs.insert(out.weights_and_probs.end(), probs.begin(), probs.end());
+  return out;
 }
 
 }  // namespace ips::testing_util
