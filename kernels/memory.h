@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
 
 #include "common/status.h"
@@ -72,6 +73,15 @@ class Buffer {
   T* data_ = nullptr;
   int64_t size_ = 0;
 };
+
+// Creates every (buffer, element count) of `buffers` on `device` (a model's buffers at Create).
+template <typename T>
+Status CreateBuffers(Device device, std::initializer_list<std::pair<Buffer<T>*, int64_t>> buffers) {
+  for (const auto& [buffer, n] : buffers) {
+    IPS_ASSIGN_OR_RETURN(*buffer, Buffer<T>::Create(device, n));
+  }
+  return Status::Ok();
+}
 
 // An owned, zero-filled host array of n elements of T, page-locked when asked (see
 // AllocateHost). Move-only.

@@ -1,6 +1,7 @@
 #include "models/device_staging.h"
 
 #include <string>
+#include <utility>
 
 namespace ips::models {
 
@@ -67,7 +68,47 @@ Status CtrInputStaging<T>::UnstageRowGrads(const kernels::Context& ctx, T* d_ite
                              static_cast<size_t>(staged_.num_cat_rows * dim_) * sizeof(T));
 }
 
+template <typename T>
+StatusOr<CtrDeviceIo<T>> CtrDeviceIo<T>::Create(kernels::Device device, bool staged,
+                                                int64_t max_batch, int64_t max_positions,
+                                                int64_t dim) {
+  CtrDeviceIo io;
+  if (!staged) return io;
+  IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
+                       CtrInputStaging<T>::Create(device, max_batch, max_positions, dim));
+  io.staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
+  io.host_logits_.resize(static_cast<size_t>(max_batch));
+  return io;
+}
+
+template <typename T>
+StatusOr<CtrInputs<T>> CtrDeviceIo<T>::BeginForward(const kernels::Context& ctx,
+                                                    const CtrInputs<T>& host_in, int64_t positions,
+                                                    DenseParams<T>* params) {
+  if (!staged()) return host_in;
+  IPS_ASSIGN_OR_RETURN(CtrInputs<T> in, staging_->Stage(ctx, host_in, positions));
+  IPS_RETURN_IF_ERROR(params->UploadValues(ctx));
+  return in;
+}
+
+template <typename T>
+Status CtrDeviceIo<T>::EndForward(const kernels::Context& ctx, const T* logits, int64_t batch) {
+  if (!staged()) return Status::Ok();
+  return kernels::CopyToHost(ctx, host_logits_.data(), logits,
+                             static_cast<size_t>(batch) * sizeof(T));
+}
+
+template <typename T>
+Status CtrDeviceIo<T>::EndBackward(const kernels::Context& ctx, T* d_item_rows, T* d_cat_rows,
+                                   DenseParams<T>* params) {
+  if (!staged()) return Status::Ok();
+  IPS_RETURN_IF_ERROR(staging_->UnstageRowGrads(ctx, d_item_rows, d_cat_rows));
+  return params->DownloadGrads(ctx);
+}
+
 template class CtrInputStaging<float>;
 template class CtrInputStaging<double>;
+template class CtrDeviceIo<float>;
+template class CtrDeviceIo<double>;
 
 }  // namespace ips::models

@@ -8,10 +8,13 @@
 #define IPS_MODELS_DEVICE_STAGING_H_
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "common/status.h"
 #include "kernels/context.h"
 #include "kernels/memory.h"
+#include "models/layers.h"
 #include "models/model.h"
 
 namespace ips::models {
@@ -43,6 +46,46 @@ class CtrInputStaging {
   kernels::Buffer<int64_t> item_index_, cat_index_;
   kernels::Buffer<T> item_rows_, cat_rows_, labels_, d_item_rows_, d_cat_rows_;
   CtrInputs<T> staged_;
+};
+
+// What a CtrModel adds around its passes so that they can run on CUDA with a host interface
+// (DIN and the pooled baseline use it): the batch staged in, the weights uploaded, the logits,
+// row gradients and dense gradients copied back. Not staged (a plain CPU model), every call
+// passes through and costs nothing. `staged` may also be set on the CPU (the models'
+// stage_on_cpu test switch) to run this logic with the CPU kernels.
+template <typename T>
+class CtrDeviceIo {
+ public:
+  static StatusOr<CtrDeviceIo> Create(kernels::Device device, bool staged, int64_t max_batch,
+                                      int64_t max_positions, int64_t dim);
+  bool staged() const { return staging_ != nullptr; }
+
+  // Start of Forward: the batch as the kernels see it (host_in itself when not staged) with
+  // `positions` indices per table, and params' values uploaded.
+  StatusOr<CtrInputs<T>> BeginForward(const kernels::Context& ctx, const CtrInputs<T>& host_in,
+                                      int64_t positions, DenseParams<T>* params);
+  // After Forward wrote logits [batch] (model memory): keeps their host copy when staged.
+  Status EndForward(const kernels::Context& ctx, const T* logits, int64_t batch);
+  // The model's logits() given its own buffer.
+  const T* HostLogits(const T* logits) const { return staged() ? host_logits_.data() : logits; }
+
+  // Backward: the inputs of the last forward (host_in when not staged), where the row gradients
+  // are to be written, and at the end the copies back (row gradients, then dense gradients).
+  const CtrInputs<T>& BackwardInputs(const CtrInputs<T>& host_in) const {
+    return staged() ? staging_->staged() : host_in;
+  }
+  T* ItemGradTarget(T* host_d_item_rows) {
+    return staged() ? staging_->device_d_item_rows() : host_d_item_rows;
+  }
+  T* CatGradTarget(T* host_d_cat_rows) {
+    return staged() ? staging_->device_d_cat_rows() : host_d_cat_rows;
+  }
+  Status EndBackward(const kernels::Context& ctx, T* d_item_rows, T* d_cat_rows,
+                     DenseParams<T>* params);
+
+ private:
+  std::unique_ptr<CtrInputStaging<T>> staging_;  // null when not staged
+  std::vector<T> host_logits_;
 };
 
 }  // namespace ips::models

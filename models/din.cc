@@ -8,7 +8,7 @@
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
-#include "models/din_ops.h"
+#include "models/ctr_ops.h"
 
 namespace ips::models {
 namespace {
@@ -59,33 +59,28 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   const kernels::Device dev = o.device;
   IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
   IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev, o.stage_on_cpu));
-  const std::pair<kernels::Buffer<T>*, int64_t> buffers[] = {
-      {&m->hist_, B * L * E},
-      {&m->target_, B * E},
-      {&m->weights_, B * L},
-      {&m->pooled_, B * E},
-      {&m->mlp_in_, B * 3 * E},
-      {&m->logits_, B},
-      {&m->attn_saved_, kernels::DinAttentionSavedSize(B, L, E, H1, H2)},
-      {&m->loss_scratch_, 1},
-      {&m->attn_workspace_, kernels::DinAttentionBackwardWorkspaceSize(B, L, E, H1, H2)},
-      {&m->d_logits_, B},
-      {&m->d_mlp_in_, B * 3 * E},
-      {&m->d_pooled_, B * E},
-      {&m->d_query_, B * E},
-      {&m->d_keys_, B * L * E},
-      {&m->g_item_, (B * L + B) * D},
-      {&m->g_cat_, (B * L + B) * D},
-  };
-  for (const auto& [buffer, n] : buffers) {
-    IPS_ASSIGN_OR_RETURN(*buffer, kernels::Buffer<T>::Create(dev, n));
-  }
-  if (m->staged()) {
-    IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
-                         CtrInputStaging<T>::Create(dev, B, B * L + B, D));
-    m->staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
-    m->host_logits_.resize(static_cast<size_t>(B));
-  }
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(
+      dev, {
+               {&m->hist_, B * L * E},
+               {&m->target_, B * E},
+               {&m->weights_, B * L},
+               {&m->pooled_, B * E},
+               {&m->mlp_in_, B * 3 * E},
+               {&m->logits_, B},
+               {&m->attn_saved_, kernels::DinAttentionSavedSize(B, L, E, H1, H2)},
+               {&m->loss_scratch_, 1},
+               {&m->attn_workspace_, kernels::DinAttentionBackwardWorkspaceSize(B, L, E, H1, H2)},
+               {&m->d_logits_, B},
+               {&m->d_mlp_in_, B * 3 * E},
+               {&m->d_pooled_, B * E},
+               {&m->d_query_, B * E},
+               {&m->d_keys_, B * L * E},
+               {&m->g_item_, (B * L + B) * D},
+               {&m->g_cat_, (B * L + B) * D},
+           }));
+  IPS_ASSIGN_OR_RETURN(
+      m->io_,
+      CtrDeviceIo<T>::Create(dev, dev != kernels::Device::kCpu || o.stage_on_cpu, B, B * L + B, D));
   return m;
 }
 
@@ -110,12 +105,8 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
   IPS_RETURN_IF_ERROR(CheckContext(ctx));
   IPS_RETURN_IF_ERROR(CheckInputs(host_in));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
-  DinInputs<T> in = host_in;
-  if (staged()) {
-    IPS_ASSIGN_OR_RETURN(in, staging_->Stage(ctx, host_in, B * L + B));
-    IPS_RETURN_IF_ERROR(params_.UploadValues(ctx));
-  }
-  const DinShapes shapes{B, L, D, in.lengths};
+  IPS_ASSIGN_OR_RETURN(const DinInputs<T> in, io_.BeginForward(ctx, host_in, B * L + B, &params_));
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   // Gather [item_emb, cat_emb] per position; padded steps are zero (the attention kernel never
   // reads them; `summed` skips them).
@@ -138,9 +129,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
   IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * B));
-  if (staged())
-    IPS_RETURN_IF_ERROR(
-        kernels::CopyToHost(ctx, host_logits_.data(), logits_.data(), sizeof(T) * B));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -184,8 +173,8 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
   IPS_RETURN_IF_ERROR(CheckContext(ctx));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
   // Staged, the forward's copy of the inputs is used (the same batch).
-  const DinInputs<T>& in = staged() ? staging_->staged() : host_in;
-  const DinShapes shapes{B, L, D, in.lengths};
+  const DinInputs<T>& in = io_.BackwardInputs(host_in);
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = B;
@@ -222,16 +211,14 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = staged() ? staging_->device_d_item_rows() : d_item_rows;
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = staged() ? staging_->device_d_cat_rows() : d_cat_rows;
+  s.grad_unique = io_.CatGradTarget(d_cat_rows);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  if (!staged()) return Status::Ok();
-  IPS_RETURN_IF_ERROR(staging_->UnstageRowGrads(ctx, d_item_rows, d_cat_rows));
-  return params_.DownloadGrads(ctx);
+  return io_.EndBackward(ctx, d_item_rows, d_cat_rows, &params_);
 }
 
 template class Din<float>;

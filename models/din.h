@@ -112,7 +112,7 @@ class Din final : public CtrModel<T> {
   // Outputs of the last Forward (valid until the next one): logits [B] (host memory), and, in
   // the model's device memory, attention weights [B x T] (0 at padded steps) and pooled
   // interest [B x E].
-  const T* logits() const override { return staged() ? host_logits_.data() : logits_.data(); }
+  const T* logits() const override { return io_.HostLogits(logits_.data()); }
   const T* attention_weights() const { return weights_.data(); }
   const T* pooled() const { return pooled_.data(); }
 
@@ -122,8 +122,6 @@ class Din final : public CtrModel<T> {
   Status CheckContext(const kernels::Context& ctx) const;
   // The activation unit's arguments for a batch of `batch` rows (weights on the model's device).
   kernels::DinAttentionArgs<T> AttentionArgs(int64_t batch, const int32_t* lengths);
-  // True when the passes copy their inputs in and results out (CUDA, or stage_on_cpu).
-  bool staged() const { return o_.device != kernels::Device::kCpu || o_.stage_on_cpu; }
 
   DinOptions o_;
   DenseParams<T> params_;
@@ -148,9 +146,8 @@ class Din final : public CtrModel<T> {
   kernels::Buffer<T> d_keys_;    // [B x T x E]
   kernels::Buffer<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
   kernels::Buffer<T> g_cat_;     // [(B*T + B) x dim]
-  // When staged(): the inputs' device copies and the logits' host copy.
-  std::unique_ptr<CtrInputStaging<T>> staging_;
-  std::vector<T> host_logits_;
+  // The copies in and out on CUDA (or with stage_on_cpu).
+  CtrDeviceIo<T> io_;
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;
 };

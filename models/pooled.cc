@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 
-#include "common/thread_pool.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "models/ctr_ops.h"
 
 namespace ips::models {
 namespace {
@@ -52,14 +53,22 @@ StatusOr<std::unique_ptr<PooledModel<T>>> PooledModel<T>::Create(const PooledOpt
   Rng rng(o.seed);
   m->mlp_->Init(rng);
 
-  auto size = [](int64_t n) { return static_cast<size_t>(n); };
-  m->pooled_.resize(size(B * E));
-  m->mlp_in_.resize(size(B * 2 * E));
-  m->logits_.resize(size(B));
-  m->d_logits_.resize(size(B));
-  m->d_mlp_in_.resize(size(B * 2 * E));
-  m->g_item_.resize(size((B * L + B) * D));
-  m->g_cat_.resize(size((B * L + B) * D));
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(dev, {
+                                                         {&m->pooled_, B * E},
+                                                         {&m->mlp_in_, B * 2 * E},
+                                                         {&m->logits_, B},
+                                                         {&m->loss_scratch_, 1},
+                                                         {&m->d_logits_, B},
+                                                         {&m->d_mlp_in_, B * 2 * E},
+                                                         {&m->g_item_, (B * L + B) * D},
+                                                         {&m->g_cat_, (B * L + B) * D},
+                                                     }));
+  IPS_ASSIGN_OR_RETURN(
+      m->io_,
+      CtrDeviceIo<T>::Create(dev, dev != kernels::Device::kCpu || o.stage_on_cpu, B, B * L + B, D));
   return m;
 }
 
@@ -70,43 +79,33 @@ Status PooledModel<T>::CheckInputs(const CtrInputs<T>& in) const {
 }
 
 template <typename T>
-Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
-                               T* loss) {
+Status PooledModel<T>::CheckContext(const kernels::Context& ctx) const {
+  if (ctx.device == o_.device) return Status::Ok();
+  return InvalidArgumentError(std::string("PooledModel: the model lives on ") +
+                              (o_.device == kernels::Device::kCpu ? "the CPU" : "CUDA") +
+                              " but was called with a Context for another device");
+}
+
+template <typename T>
+Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in,
+                               bool training, T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in));
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
-  const bool mean = o_.pooling == HistoryPooling::kMean;
+  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
+  IPS_ASSIGN_OR_RETURN(const CtrInputs<T> in, io_.BeginForward(ctx, host_in, B * L + B, &params_));
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   // mlp_in = [pooled, target]: the pooled half sums the valid (rightmost) steps directly from the
   // row tables; padded positions are never read.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* row = mlp_in_.data() + b * 2 * E;
-      T* pooled = row;
-      std::fill(pooled, pooled + E, T(0));
-      const int64_t len = in.lengths[b];
-      for (int64_t t = L - len; t < L; ++t) {
-        const T* ie = in.item_rows + in.item_index[b * L + t] * D;
-        const T* ce = in.cat_rows + in.cat_index[b * L + t] * D;
-        for (int64_t c = 0; c < D; ++c) {
-          pooled[c] += ie[c];
-          pooled[D + c] += ce[c];
-        }
-      }
-      if (mean && len > 0) {
-        const T inv = T(1) / static_cast<T>(len);
-        for (int64_t c = 0; c < E; ++c) pooled[c] *= inv;
-      }
-      std::memcpy(pooled_.data() + b * E, pooled, sizeof(T) * E);
-      T* tgt = row + E;
-      std::memcpy(tgt, in.item_rows + in.item_index[B * L + b] * D, sizeof(T) * D);
-      std::memcpy(tgt + D, in.cat_rows + in.cat_index[B * L + b] * D, sizeof(T) * D);
-    }
-  });
+  IPS_RETURN_IF_ERROR(PooledBuildMlpInput(ctx, shapes, o_.pooling == HistoryPooling::kMean,
+                                          in.item_index, in.cat_index, in.item_rows, in.cat_rows,
+                                          mlp_in_.data(), pooled_.data()));
 
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
-  std::memcpy(logits_.data(), out, sizeof(T) * static_cast<size_t>(B));
+  IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * B));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -114,9 +113,10 @@ Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& 
     l.reduction = kernels::Reduction::kMean;
     l.logits = logits_.data();
     l.labels = in.labels;
-    l.loss = loss_scratch_;
+    l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr) *loss = loss_scratch_[0];
+    if (loss != nullptr)
+      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -124,16 +124,18 @@ Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& 
 }
 
 template <typename T>
-Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
-                                T* d_cat_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_in,
+                                T* d_item_rows, T* d_cat_rows) {
+  if (!have_training_forward_ || host_in.batch != forward_batch_ || host_in.labels == nullptr)
     return FailedPreconditionError(
         "PooledModel::Backward needs a Forward(training = true) with labels on the same batch "
         "first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("PooledModel::Backward: null d_item_rows or d_cat_rows");
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
-  const bool mean = o_.pooling == HistoryPooling::kMean;
+  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
+  const CtrInputs<T>& in = io_.BackwardInputs(host_in);
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = B;
@@ -147,30 +149,8 @@ Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>&
 
   // Every valid history step receives the pooled gradient (scaled by 1/len for the mean); padded
   // steps get zero; targets get the MLP input's target half.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* d_pooled = d_mlp_in_.data() + b * 2 * E;
-      const T* d_target = d_pooled + E;
-      const int64_t len = in.lengths[b];
-      const T scale = mean && len > 0 ? T(1) / static_cast<T>(len) : T(1);
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t pos = b * L + t;
-        T* gi = g_item_.data() + pos * D;
-        T* gc = g_cat_.data() + pos * D;
-        if (t < L - len) {
-          std::fill(gi, gi + D, T(0));
-          std::fill(gc, gc + D, T(0));
-        } else {
-          for (int64_t c = 0; c < D; ++c) {
-            gi[c] = scale * d_pooled[c];
-            gc[c] = scale * d_pooled[D + c];
-          }
-        }
-      }
-      std::memcpy(g_item_.data() + (B * L + b) * D, d_target, sizeof(T) * D);
-      std::memcpy(g_cat_.data() + (B * L + b) * D, d_target + D, sizeof(T) * D);
-    }
-  });
+  IPS_RETURN_IF_ERROR(PooledRowGrads(ctx, shapes, o_.pooling == HistoryPooling::kMean,
+                                     d_mlp_in_.data(), g_item_.data(), g_cat_.data()));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
@@ -178,13 +158,14 @@ Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>&
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = d_cat_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = io_.CatGradTarget(d_cat_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  return io_.EndBackward(ctx, d_item_rows, d_cat_rows, &params_);
 }
 
 template class PooledModel<float>;

@@ -14,7 +14,8 @@
 // Ownership, inputs and outputs exactly as models/din.h: dense weights only (DenseParams), pulled
 // row tables in, one gradient row per pulled row out. Every buffer is allocated at Create() for
 // options.max_batch rows; Forward/Backward allocate nothing. Templated on T (float for training,
-// double for gradient checks).
+// double for gradient checks). Runs on CUDA (options.device, float) exactly as DIN does: buffers
+// and a weight copy on the GPU, a host interface (models/device_staging.h CtrDeviceIo).
 //
 // Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
 #ifndef IPS_MODELS_POOLED_H_
@@ -26,6 +27,8 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 
@@ -45,6 +48,9 @@ struct PooledOptions {
   std::vector<int64_t> mlp_hidden = {200, 80};
   MlpActivation activation = MlpActivation::kPrelu;
   uint64_t seed = 0;  // dense initialisation (Rng); embedding rows are initialised by the store
+  // Where the passes run, and the CPU test switch of the CUDA path's copies: as DinOptions.
+  kernels::Device device = kernels::Device::kCpu;
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field ("PooledOptions.<field>: ...").
@@ -76,31 +82,35 @@ class PooledModel final : public CtrModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
-  // Outputs of the last Forward (valid until the next one): logits [B], pooled history [B x E].
-  const T* logits() const override { return logits_.data(); }
+  // Outputs of the last Forward (valid until the next one): logits [B] (host memory), pooled
+  // history [B x E] (the model's device memory).
+  const T* logits() const override { return io_.HostLogits(logits_.data()); }
   const T* pooled() const { return pooled_.data(); }
 
  private:
   explicit PooledModel(const PooledOptions& o);
   Status CheckInputs(const CtrInputs<T>& in) const;
+  Status CheckContext(const kernels::Context& ctx) const;
 
   PooledOptions o_;
   DenseParams<T> params_;
   std::unique_ptr<Mlp<T>> mlp_;
 
-  // Forward state, sized for max_batch.
-  std::vector<T> pooled_;  // [B x E]
-  std::vector<T> mlp_in_;  // [B x 2E] = [pooled, target]
-  std::vector<T> logits_;  // [B]
-  T loss_scratch_[1] = {T(0)};
+  // Forward state, sized for max_batch, on the model's device.
+  kernels::Buffer<T> pooled_;        // [B x E]
+  kernels::Buffer<T> mlp_in_;        // [B x 2E] = [pooled, target]
+  kernels::Buffer<T> logits_;        // [B]
+  kernels::Buffer<T> loss_scratch_;  // [1]
   // Backward scratch.
-  std::vector<T> d_logits_;  // [B]
-  std::vector<T> d_mlp_in_;  // [B x 2E]
-  std::vector<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
-  std::vector<T> g_cat_;     // [(B*T + B) x dim]
+  kernels::Buffer<T> d_logits_;  // [B]
+  kernels::Buffer<T> d_mlp_in_;  // [B x 2E]
+  kernels::Buffer<T> g_item_;    // [(B*T + B) x dim] per-position item-row gradients
+  kernels::Buffer<T> g_cat_;     // [(B*T + B) x dim]
+  CtrDeviceIo<T> io_;            // the copies in and out on CUDA (or with stage_on_cpu)
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;
 };

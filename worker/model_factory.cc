@@ -57,9 +57,10 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
 }  // namespace
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
-  if (spec.device != kernels::Device::kCpu && spec.kind != ModelKind::kDin)
+  if (spec.device != kernels::Device::kCpu && spec.kind != ModelKind::kDin &&
+      spec.kind != ModelKind::kPooled)
     return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
-                              " runs on the CPU only so far (only DIN runs on CUDA)");
+                              " runs on the CPU only so far (only DIN and POOLED run on CUDA)");
   switch (spec.kind) {
     case ModelKind::kDin: {
       models::DinOptions o = WithCommon(spec.din, spec);
@@ -68,8 +69,11 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
     }
     case ModelKind::kDien:
       return Upcast(models::Dien<float>::Create(WithCommon(spec.dien, spec)));
-    case ModelKind::kPooled:
-      return Upcast(models::PooledModel<float>::Create(WithCommon(spec.pooled, spec)));
+    case ModelKind::kPooled: {
+      models::PooledOptions o = WithCommon(spec.pooled, spec);
+      o.device = spec.device;
+      return Upcast(models::PooledModel<float>::Create(o));
+    }
     case ModelKind::kMind:
       return Upcast(models::Mind<float>::Create(WithCommon(spec.mind, spec)));
     case ModelKind::kBst:
@@ -89,7 +93,7 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
                                    " is a CTR model, not a sequence model");
   if (spec.device != kernels::Device::kCpu)
     return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
-                              " runs on the CPU only so far (only DIN runs on CUDA)");
+                              " runs on the CPU only so far (only DIN and POOLED run on CUDA)");
   switch (spec.kind) {
     case ModelKind::kGru4Rec:
       return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
@@ -138,10 +142,10 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
   const auto& m = cfg.model();
   ModelSpec s;
   if (m.device() == config::CUDA) {
-    if (m.type() != config::ModelConfig::DIN)
-      return UnimplementedError("model.device CUDA: only DIN runs on CUDA so far (model " +
-                                config::ModelConfig::Type_Name(m.type()) +
-                                " runs with device: CPU)");
+    if (m.type() != config::ModelConfig::DIN && m.type() != config::ModelConfig::POOLED)
+      return UnimplementedError(
+          "model.device CUDA: only DIN and POOLED run on CUDA so far (model " +
+          config::ModelConfig::Type_Name(m.type()) + " runs with device: CPU)");
     if (!kernels::CudaBuilt())
       return UnimplementedError(
           "model.device CUDA: this ips was built without CUDA (nvcc was "

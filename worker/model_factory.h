@@ -40,8 +40,8 @@ struct ModelSpec {
   int64_t max_len = 50;
   int64_t max_batch = 512;
   uint64_t seed = 0;
-  // Where the model runs (model.device; it overrides din.device); CUDA is accepted for DIN only
-  // so far (CreateCtrModel: UNIMPLEMENTED for another model on CUDA).
+  // Where the model runs (model.device; it overrides din.device); CUDA is accepted for DIN and
+  // POOLED so far (CreateCtrModel: UNIMPLEMENTED for another model on CUDA).
   kernels::Device device = kernels::Device::kCpu;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;
@@ -60,7 +60,7 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
 // INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA with
-// a model other than DIN or in a build without CUDA; FAILED_PRECONDITION for CUDA with no
+// a model other than DIN or POOLED or in a build without CUDA; FAILED_PRECONDITION for CUDA with no
 // visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
 

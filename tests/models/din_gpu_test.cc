@@ -1,8 +1,9 @@
-// DIN on CUDA (models/din.h with device = kCuda) against DIN on the CPU: the same weights
-// (initialised on the host either way), fresh random inputs with lengths 0, 1 and max, PReLU and
-// Dice, raw and softmax attention. Forward (loss, logits), backward (every dense gradient, every
-// pulled row's gradient), an evaluation forward after the host weights changed (the upload path),
-// and the Trainer driving both devices for several steps. Label `gpu`: skipped without a device.
+// DIN and the pooled baseline on CUDA (device = kCuda) against the same models on the CPU: the same
+// weights (initialised on the host either way), fresh random inputs with lengths 0, 1 and max,
+// PReLU and Dice, raw and softmax attention. Forward (loss, logits), backward (every dense
+// gradient, every pulled row's gradient), an evaluation forward after the host weights changed (the
+// upload path), and the Trainer driving both devices for several steps. Label `gpu`: skipped
+// without a device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "common/random.h"
 #include "kernels/context.h"
 #include "models/din.h"
+#include "models/pooled.h"
 #include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -87,7 +89,7 @@ struct Pass {
   std::vector<float> logits, dense_grads, d_item, d_cat;
 };
 
-Pass TrainingPass(Din<float>& m, const kernels::Context& ctx, const Batch& b) {
+Pass TrainingPass(models::CtrModel<float>& m, const kernels::Context& ctx, const Batch& b) {
   Pass p;
   const auto in = b.Inputs();
   EXPECT_OK(m.Forward(ctx, in, /*training=*/true, &p.loss));
@@ -173,6 +175,47 @@ TEST_F(DinGpu, ForwardBackwardMatchCpu_PreluDice_RawSoftmax) {
       for (size_t i = 0; i < cpu_state.size(); ++i)
         EXPECT_TRUE(AllClose(gpu_state[i].data, cpu_state[i].data, cpu_state[i].size, kElementwise))
             << cpu_state[i].name;
+    }
+  }
+}
+
+// The pooled baseline: sum and mean pooling, two batch sizes, every dense tensor and row.
+TEST_F(DinGpu, PooledForwardBackwardMatchCpu_SumMean) {
+  for (models::HistoryPooling pooling :
+       {models::HistoryPooling::kSum, models::HistoryPooling::kMean}) {
+    SCOPED_TRACE(models::HistoryPoolingName(pooling));
+    models::PooledOptions o;
+    o.embedding_dim = 18;
+    o.max_len = 50;
+    o.max_batch = 80;
+    o.pooling = pooling;
+    o.activation = MlpActivation::kDice;
+    o.seed = 5;
+    auto cpu = models::PooledModel<float>::Create(o);
+    ASSERT_OK(cpu.status());
+    o.device = kernels::Device::kCuda;
+    auto gpu = models::PooledModel<float>::Create(o);
+    ASSERT_OK(gpu.status());
+    kernels::Context cpu_ctx, gpu_ctx;
+    gpu_ctx.device = kernels::Device::kCuda;
+    for (int64_t rows : {int64_t{67}, int64_t{9}}) {
+      SCOPED_TRACE("batch " + std::to_string(rows));
+      const Batch b(rows, 50, 18, 77 + rows);
+      const Pass want = TrainingPass(**cpu, cpu_ctx, b);
+      const Pass got = TrainingPass(**gpu, gpu_ctx, b);
+      EXPECT_NEAR(got.loss, want.loss, 1e-5 + 1e-4 * std::fabs(want.loss));
+      EXPECT_TRUE(AllClose(got.logits, want.logits, kElementwise));
+      for (const auto& e : (*cpu)->params().entries())
+        EXPECT_LT(RelativeL2(got.dense_grads.data() + e.offset, want.dense_grads.data() + e.offset,
+                             e.size),
+                  kMaxRelL2)
+            << e.name;
+      EXPECT_LT(RelativeL2(got.d_item.data(), want.d_item.data(),
+                           static_cast<int64_t>(want.d_item.size())),
+                kMaxRelL2);
+      EXPECT_LT(
+          RelativeL2(got.d_cat.data(), want.d_cat.data(), static_cast<int64_t>(want.d_cat.size())),
+          kMaxRelL2);
     }
   }
 }

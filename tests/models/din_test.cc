@@ -12,6 +12,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -351,43 +352,9 @@ TEST(DinDevice, StagedCopiesGiveBitwiseThePlainCpuResults) {
       o.stage_on_cpu = true;
       auto staged = Din<double>::Create(o);
       ASSERT_OK(staged.status());
-      const kernels::Context ctx;
-      for (int round = 0; round < 2; ++round) {
-        SmallBatch b({5, 1, 0}, 21 + round);
-        std::vector<double> losses, logits[2], grads[2], d_item[2], d_cat[2];
-        int k = 0;
-        for (Din<double>* m : {plain->get(), staged->get()}) {
-          double loss = 0;
-          ASSERT_OK(m->Forward(ctx, b.Inputs(), true, &loss));
-          losses.push_back(loss);
-          logits[k].assign(m->logits(), m->logits() + b.B);
-          d_item[k].assign(b.num_item_rows * b.D, std::nan(""));
-          d_cat[k].assign(b.num_cat_rows * b.D, std::nan(""));
-          ASSERT_OK(m->Backward(ctx, b.Inputs(), d_item[k].data(), d_cat[k].data()));
-          grads[k].assign(m->params().grads(), m->params().grads() + m->params().size());
-          // What a dense optimizer does between steps: the next round must see it.
-          double* w = m->params().values();
-          for (int64_t i = 0; i < m->params().size(); ++i) w[i] -= 0.05 * grads[k][i];
-          ++k;
-        }
-        EXPECT_EQ(losses[0], losses[1]) << "round " << round;
-        EXPECT_EQ(logits[0], logits[1]);
-        EXPECT_EQ(grads[0], grads[1]);
-        EXPECT_EQ(d_item[0], d_item[1]);
-        EXPECT_EQ(d_cat[0], d_cat[1]);
-      }
-      // Inference reads the running statistics the training passes brought back to the host.
-      const auto plain_state = (*plain)->state(), staged_state = (*staged)->state();
-      ASSERT_EQ(plain_state.size(), staged_state.size());
-      for (size_t i = 0; i < plain_state.size(); ++i)
-        for (int64_t j = 0; j < plain_state[i].size; ++j)
-          EXPECT_EQ(plain_state[i].data[j], staged_state[i].data[j]) << plain_state[i].name;
-      SmallBatch b({2, 5, 3}, 31);
-      auto in = b.Inputs();
-      in.labels = nullptr;
-      ASSERT_OK((*plain)->Forward(ctx, in, false, nullptr));
-      ASSERT_OK((*staged)->Forward(ctx, in, false, nullptr));
-      for (int64_t i = 0; i < b.B; ++i) EXPECT_EQ((*plain)->logits()[i], (*staged)->logits()[i]);
+      const SmallBatch b1({5, 1, 0}, 21), b2({5, 1, 0}, 22), eval({2, 5, 3}, 31);
+      testing_util::ExpectStagedMatchesPlain(**plain, **staged, {b1.Inputs(), b2.Inputs()},
+                                             eval.Inputs());
     }
   }
 }

@@ -14,6 +14,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -301,6 +302,32 @@ TEST(PooledOptionsTest, RejectsEachBadField) {
   EXPECT_EQ((*m)->params().size(), 72 * 200 + 200 + 200 + 200 * 80 + 80 + 80 + 80 + 1);
   EXPECT_STREQ((*m)->name(), "pooled");
   EXPECT_EQ((*m)->num_user_vectors(), 0);
+}
+
+// The CUDA path's copies (CtrDeviceIo), run on the CPU with stage_on_cpu: bitwise the plain
+// model, sum and mean pooling, PReLU and Dice (tests/models/staged_check.h).
+TEST(PooledDevice, StagedCopiesGiveBitwiseThePlainCpuResults) {
+  for (HistoryPooling pooling : {HistoryPooling::kSum, HistoryPooling::kMean}) {
+    for (MlpActivation act : {MlpActivation::kPrelu, MlpActivation::kDice}) {
+      SCOPED_TRACE(std::string(HistoryPoolingName(pooling)) + " " + MlpActivationName(act));
+      PooledOptions o = SmallOptions(pooling, act);
+      auto plain = PooledModel<double>::Create(o);
+      ASSERT_OK(plain.status());
+      o.stage_on_cpu = true;
+      auto staged = PooledModel<double>::Create(o);
+      ASSERT_OK(staged.status());
+      const SmallBatch b1({5, 1, 0}, 21), b2({5, 1, 0}, 22), eval({2, 5, 3}, 31);
+      testing_util::ExpectStagedMatchesPlain(**plain, **staged, {b1.Inputs(), b2.Inputs()},
+                                             eval.Inputs());
+    }
+  }
+  // The device is the model's.
+  auto cpu = PooledModel<double>::Create(SmallOptions(HistoryPooling::kSum, MlpActivation::kPrelu));
+  ASSERT_OK(cpu.status());
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  const SmallBatch b({5, 1, 3});
+  EXPECT_EQ((*cpu)->Forward(cuda, b.Inputs(), true, nullptr).code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -71,13 +71,14 @@ TEST(TrainCli, SyntheticRunEndsWithResultAndWritesMetrics) {
 }
 
 TEST(TrainCli, UnsupportedAndBadInputExitNonZero) {
-  // CUDA runs DIN only: another model is refused whatever the machine; DIN on CUDA trains where
-  // CUDA is built and a device is visible, and is refused with the reason elsewhere.
+  // CUDA runs DIN and the pooled baseline only: another model is refused whatever the machine; DIN
+  // on CUDA trains where CUDA is built and a device is visible, and is refused with the reason
+  // elsewhere.
   auto r = RunIps("train --config " + Config() + kSmall +
                   " --set model.device=CUDA --set model.type=DIEN");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("UNIMPLEMENTED"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("only DIN runs on CUDA"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("only DIN and POOLED run on CUDA"), std::string::npos) << r.output;
   r = RunIps("train --config " + Config() + kSmall + " --set model.device=CUDA");
   if (r.exit_code != 0) {
     EXPECT_EQ(r.exit_code, 1) << r.output;

@@ -1,8 +1,8 @@
-// CUDA twins of models/din_ops.h (float). One thread per output element over grid-stride loops;
-// the `summed` reduction runs in step order per (row, column), as on the CPU, so both devices
-// add in the same order.
+// CUDA twins of models/ctr_ops.h (float). One thread per output element over grid-stride loops;
+// the sums over history steps run in step order per (row, column), as on the CPU, so both
+// devices add in the same order.
 #include "kernels/cuda/launch.cuh"
-#include "models/din_ops.h"
+#include "models/ctr_ops.h"
 
 namespace ips::models::cuda {
 namespace {
@@ -109,9 +109,75 @@ __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, const int32_t* _
   }
 }
 
+__global__ void PooledMlpInputKernel(int64_t B, int64_t L, int64_t D, bool mean,
+                                     const int32_t* __restrict__ lengths,
+                                     const int64_t* __restrict__ item_index,
+                                     const int64_t* __restrict__ cat_index,
+                                     const float* __restrict__ item_rows,
+                                     const float* __restrict__ cat_rows, float* __restrict__ mlp_in,
+                                     float* __restrict__ pooled) {
+  const int64_t E = 2 * D;
+  const int64_t total = B * 2 * E;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / (2 * E), c = i % (2 * E);
+    float v;
+    if (c < E) {
+      const int64_t first_valid = FirstValid(lengths, b, L);
+      v = 0.0f;
+      for (int64_t t = first_valid; t < L; ++t) {
+        const int64_t pos = b * L + t;
+        v += c < D ? item_rows[item_index[pos] * D + c] : cat_rows[cat_index[pos] * D + (c - D)];
+      }
+      const int64_t len = L - first_valid;
+      if (mean && len > 0) {
+        const float inv = 1.0f / static_cast<float>(len);
+        v *= inv;
+      }
+      pooled[b * E + c] = v;
+    } else {
+      const int64_t pos = B * L + b, k = c - E;
+      v = k < D ? item_rows[item_index[pos] * D + k] : cat_rows[cat_index[pos] * D + (k - D)];
+    }
+    mlp_in[i] = v;
+  }
+}
+
+__global__ void PooledRowGradsKernel(int64_t B, int64_t L, int64_t D, bool mean,
+                                     const int32_t* __restrict__ lengths,
+                                     const float* __restrict__ d_mlp_in, float* __restrict__ g_item,
+                                     float* __restrict__ g_cat) {
+  const int64_t E = 2 * D;
+  const int64_t total = (B * L + B) * D;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t pos = i / D, c = i % D;
+    float gi, gc;
+    if (pos < B * L) {
+      const int64_t b = pos / L, t = pos % L;
+      const int64_t first_valid = FirstValid(lengths, b, L), len = L - first_valid;
+      if (t < first_valid) {
+        gi = 0.0f;
+        gc = 0.0f;
+      } else {
+        const float scale = mean && len > 0 ? 1.0f / static_cast<float>(len) : 1.0f;
+        const float* d_pooled = d_mlp_in + b * 2 * E;
+        gi = scale * d_pooled[c];
+        gc = scale * d_pooled[D + c];
+      }
+    } else {
+      const float* d_target = d_mlp_in + (pos - B * L) * 2 * E + E;
+      gi = d_target[c];
+      gc = d_target[D + c];
+    }
+    g_item[i] = gi;
+    g_cat[i] = gc;
+  }
+}
+
 }  // namespace
 
-Status DinGatherBehaviours(const kernels::Context& ctx, const DinShapes& s,
+Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
                            const int64_t* item_index, const int64_t* cat_index,
                            const float* item_rows, const float* cat_rows, float* hist,
                            float* target) {
@@ -121,7 +187,7 @@ Status DinGatherBehaviours(const kernels::Context& ctx, const DinShapes& s,
                 cat_index, item_rows, cat_rows, hist, target);
 }
 
-Status DinBuildMlpInput(const kernels::Context& ctx, const DinShapes& s, const float* hist,
+Status DinBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, const float* hist,
                         const float* pooled, const float* target, float* mlp_in) {
   const int64_t n = s.batch * 3 * 2 * s.dim;
   return Launch("din_build_mlp_input", BuildMlpInputKernel, dim3(GridFor(n, kThreads)),
@@ -129,19 +195,37 @@ Status DinBuildMlpInput(const kernels::Context& ctx, const DinShapes& s, const f
                 pooled, target, mlp_in);
 }
 
-Status DinPooledGrad(const kernels::Context& ctx, const DinShapes& s, const float* d_mlp_in,
+Status DinPooledGrad(const kernels::Context& ctx, const CtrShapes& s, const float* d_mlp_in,
                      float* d_pooled) {
   const int64_t n = s.batch * 2 * s.dim;
   return Launch("din_pooled_grad", PooledGradKernel, dim3(GridFor(n, kThreads)), dim3(kThreads), 0,
                 StreamOf(ctx), s.batch, 2 * s.dim, d_mlp_in, d_pooled);
 }
 
-Status DinRowGrads(const kernels::Context& ctx, const DinShapes& s, const float* d_mlp_in,
+Status DinRowGrads(const kernels::Context& ctx, const CtrShapes& s, const float* d_mlp_in,
                    const float* d_keys, const float* d_query, float* g_item, float* g_cat) {
   const int64_t n = (s.batch * s.max_len + s.batch) * s.dim;
   return Launch("din_row_grads", RowGradsKernel, dim3(GridFor(n, kThreads)), dim3(kThreads), 0,
                 StreamOf(ctx), s.batch, s.max_len, s.dim, s.lengths, d_mlp_in, d_keys, d_query,
                 g_item, g_cat);
+}
+
+Status PooledBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, bool mean,
+                           const int64_t* item_index, const int64_t* cat_index,
+                           const float* item_rows, const float* cat_rows, float* mlp_in,
+                           float* pooled) {
+  const int64_t n = s.batch * 4 * s.dim;
+  return Launch("pooled_build_mlp_input", PooledMlpInputKernel, dim3(GridFor(n, kThreads)),
+                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, s.dim, mean, s.lengths,
+                item_index, cat_index, item_rows, cat_rows, mlp_in, pooled);
+}
+
+Status PooledRowGrads(const kernels::Context& ctx, const CtrShapes& s, bool mean,
+                      const float* d_mlp_in, float* g_item, float* g_cat) {
+  const int64_t n = (s.batch * s.max_len + s.batch) * s.dim;
+  return Launch("pooled_row_grads", PooledRowGradsKernel, dim3(GridFor(n, kThreads)),
+                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, s.dim, mean, s.lengths,
+                d_mlp_in, g_item, g_cat);
 }
 
 }  // namespace ips::models::cuda
