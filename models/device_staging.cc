@@ -69,11 +69,11 @@ Status CtrInputStaging<T>::UnstageRowGrads(const kernels::Context& ctx, T* d_ite
 }
 
 template <typename T>
-StatusOr<CtrDeviceIo<T>> CtrDeviceIo<T>::Create(kernels::Device device, bool staged,
+StatusOr<CtrDeviceIo<T>> CtrDeviceIo<T>::Create(kernels::Device device, bool stage_on_cpu,
                                                 int64_t max_batch, int64_t max_positions,
                                                 int64_t dim) {
   CtrDeviceIo io;
-  if (!staged) return io;
+  if (device == kernels::Device::kCpu && !stage_on_cpu) return io;
   IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
                        CtrInputStaging<T>::Create(device, max_batch, max_positions, dim));
   io.staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));

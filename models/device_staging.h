@@ -51,12 +51,13 @@ class CtrInputStaging {
 // What a CtrModel adds around its passes so that they can run on CUDA with a host interface
 // (DIN and the pooled baseline use it): the batch staged in, the weights uploaded, the logits,
 // row gradients and dense gradients copied back. Not staged (a plain CPU model), every call
-// passes through and costs nothing. `staged` may also be set on the CPU (the models'
-// stage_on_cpu test switch) to run this logic with the CPU kernels.
+// passes through and costs nothing.
 template <typename T>
 class CtrDeviceIo {
  public:
-  static StatusOr<CtrDeviceIo> Create(kernels::Device device, bool staged, int64_t max_batch,
+  // Staged off the CPU, and on the CPU with stage_on_cpu (the models' test switch that runs this
+  // logic with the CPU kernels).
+  static StatusOr<CtrDeviceIo> Create(kernels::Device device, bool stage_on_cpu, int64_t max_batch,
                                       int64_t max_positions, int64_t dim);
   bool staged() const { return staging_ != nullptr; }
 

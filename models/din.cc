@@ -78,9 +78,7 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
                {&m->g_item_, (B * L + B) * D},
                {&m->g_cat_, (B * L + B) * D},
            }));
-  IPS_ASSIGN_OR_RETURN(
-      m->io_,
-      CtrDeviceIo<T>::Create(dev, dev != kernels::Device::kCpu || o.stage_on_cpu, B, B * L + B, D));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, B * L + B, D));
   return m;
 }
 
@@ -91,18 +89,10 @@ Status Din<T>::CheckInputs(const DinInputs<T>& in) const {
 }
 
 template <typename T>
-Status Din<T>::CheckContext(const kernels::Context& ctx) const {
-  if (ctx.device == o_.device) return Status::Ok();
-  return InvalidArgumentError("Din: the model lives on " +
-                              std::string(o_.device == kernels::Device::kCpu ? "the CPU" : "CUDA") +
-                              " but was called with a Context for another device");
-}
-
-template <typename T>
 Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in, bool training,
                        T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Din", o_.device, ctx));
   IPS_RETURN_IF_ERROR(CheckInputs(host_in));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
   IPS_ASSIGN_OR_RETURN(const DinInputs<T> in, io_.BeginForward(ctx, host_in, B * L + B, &params_));
@@ -170,7 +160,7 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
         "Din::Backward needs a Forward(training = true) with labels on the same batch first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("Din::Backward: null d_item_rows or d_cat_rows");
-  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Din", o_.device, ctx));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D;
   // Staged, the forward's copy of the inputs is used (the same batch).
   const DinInputs<T>& in = io_.BackwardInputs(host_in);

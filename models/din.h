@@ -119,7 +119,6 @@ class Din final : public CtrModel<T> {
  private:
   explicit Din(const DinOptions& o);
   Status CheckInputs(const DinInputs<T>& in) const;
-  Status CheckContext(const kernels::Context& ctx) const;
   // The activation unit's arguments for a batch of `batch` rows (weights on the model's device).
   kernels::DinAttentionArgs<T> AttentionArgs(int64_t batch, const int32_t* lengths);
 

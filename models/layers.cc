@@ -57,7 +57,6 @@ Status DenseParams<T>::AttachDevice(kernels::Device device, bool separate_copy) 
     return UnimplementedError("DenseParams: CUDA parameters are float only");
   IPS_ASSIGN_OR_RETURN(device_values_, kernels::Buffer<T>::Create(device, size_));
   IPS_ASSIGN_OR_RETURN(device_grads_, kernels::Buffer<T>::Create(device, size_));
-  device_ = device;
   mirrored_ = true;
   compute_values_ = device_values_.data();
   compute_grads_ = device_grads_.data();

@@ -60,7 +60,6 @@ class DenseParams {
   // upload/download logic of a device). UNIMPLEMENTED for CUDA with T = double or in a build
   // without CUDA.
   Status AttachDevice(kernels::Device device, bool separate_copy = false);
-  kernels::Device device() const { return device_; }
   // The arrays the kernels read and write: the device copy, or the host arrays on the CPU.
   T* compute_value(int64_t offset) { return compute_values_ + offset; }
   const T* compute_value(int64_t offset) const { return compute_values_ + offset; }
@@ -88,7 +87,6 @@ class DenseParams {
   bool finalized_ = false;
   std::vector<T> values_;
   std::vector<T> grads_;
-  kernels::Device device_ = kernels::Device::kCpu;
   bool mirrored_ = false;                            // the kernels use the copies below
   kernels::Buffer<T> device_values_, device_grads_;  // empty unless mirrored_
   T* compute_values_ = nullptr;

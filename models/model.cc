@@ -4,6 +4,14 @@
 
 namespace ips::models {
 
+Status CheckModelDevice(const char* model, kernels::Device model_device,
+                        const kernels::Context& ctx) {
+  if (ctx.device == model_device) return Status::Ok();
+  return InvalidArgumentError(std::string(model) + ": the model lives on " +
+                              (model_device == kernels::Device::kCpu ? "the CPU" : "CUDA") +
+                              " but was called with a Context for another device");
+}
+
 template <typename T>
 Status CheckCtrInputs(const char* model, const CtrInputs<T>& in, int64_t max_batch, int64_t max_len,
                       int64_t positions, CategoryInputs cats) {

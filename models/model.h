@@ -55,6 +55,11 @@ struct CtrInputs {
 // also when cats == kIfPresent and they are given). INVALID_ARGUMENT naming `model` and the first
 // bad position.
 enum class CategoryInputs { kRequired, kIfPresent };
+
+// The check every pass of a model that lives on `model_device` starts with: ctx must be of that
+// device. INVALID_ARGUMENT naming `model` otherwise.
+Status CheckModelDevice(const char* model, kernels::Device model_device,
+                        const kernels::Context& ctx);
 template <typename T>
 Status CheckCtrInputs(const char* model, const CtrInputs<T>& in, int64_t max_batch, int64_t max_len,
                       int64_t positions, CategoryInputs cats = CategoryInputs::kRequired);

@@ -66,9 +66,7 @@ StatusOr<std::unique_ptr<PooledModel<T>>> PooledModel<T>::Create(const PooledOpt
                                                          {&m->g_item_, (B * L + B) * D},
                                                          {&m->g_cat_, (B * L + B) * D},
                                                      }));
-  IPS_ASSIGN_OR_RETURN(
-      m->io_,
-      CtrDeviceIo<T>::Create(dev, dev != kernels::Device::kCpu || o.stage_on_cpu, B, B * L + B, D));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, B * L + B, D));
   return m;
 }
 
@@ -79,18 +77,10 @@ Status PooledModel<T>::CheckInputs(const CtrInputs<T>& in) const {
 }
 
 template <typename T>
-Status PooledModel<T>::CheckContext(const kernels::Context& ctx) const {
-  if (ctx.device == o_.device) return Status::Ok();
-  return InvalidArgumentError(std::string("PooledModel: the model lives on ") +
-                              (o_.device == kernels::Device::kCpu ? "the CPU" : "CUDA") +
-                              " but was called with a Context for another device");
-}
-
-template <typename T>
 Status PooledModel<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in,
                                bool training, T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckModelDevice("PooledModel", o_.device, ctx));
   IPS_RETURN_IF_ERROR(CheckInputs(host_in));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
   IPS_ASSIGN_OR_RETURN(const CtrInputs<T> in, io_.BeginForward(ctx, host_in, B * L + B, &params_));
@@ -132,7 +122,7 @@ Status PooledModel<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>&
         "first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("PooledModel::Backward: null d_item_rows or d_cat_rows");
-  IPS_RETURN_IF_ERROR(CheckContext(ctx));
+  IPS_RETURN_IF_ERROR(CheckModelDevice("PooledModel", o_.device, ctx));
   const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
   const CtrInputs<T>& in = io_.BackwardInputs(host_in);
   const CtrShapes shapes{B, L, D, in.lengths};

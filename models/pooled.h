@@ -94,7 +94,6 @@ class PooledModel final : public CtrModel<T> {
  private:
   explicit PooledModel(const PooledOptions& o);
   Status CheckInputs(const CtrInputs<T>& in) const;
-  Status CheckContext(const kernels::Context& ctx) const;
 
   PooledOptions o_;
   DenseParams<T> params_;
