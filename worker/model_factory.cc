@@ -54,13 +54,20 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
   return std::unique_ptr<models::SeqModel<float>>(std::move(*m));
 }
 
+// The one place that knows which models run on CUDA (DIN and the pooled baseline so far): specs
+// and configs of any other model on CUDA are refused here.
+Status CheckDevice(ModelKind kind, kernels::Device device) {
+  if (device == kernels::Device::kCpu || kind == ModelKind::kDin || kind == ModelKind::kPooled)
+    return Status::Ok();
+  return UnimplementedError(
+      std::string("model.device CUDA: only DIN and POOLED run on CUDA so far (model ") +
+      ModelKindName(kind) + " runs with device: CPU)");
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
-  if (spec.device != kernels::Device::kCpu && spec.kind != ModelKind::kDin &&
-      spec.kind != ModelKind::kPooled)
-    return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
-                              " runs on the CPU only so far (only DIN and POOLED run on CUDA)");
+  IPS_RETURN_IF_ERROR(CheckDevice(spec.kind, spec.device));
   switch (spec.kind) {
     case ModelKind::kDin: {
       models::DinOptions o = WithCommon(spec.din, spec);
@@ -91,9 +98,7 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
   if (!IsSequenceModel(spec.kind))
     return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
                                    " is a CTR model, not a sequence model");
-  if (spec.device != kernels::Device::kCpu)
-    return UnimplementedError(std::string("model ") + ModelKindName(spec.kind) +
-                              " runs on the CPU only so far (only DIN and POOLED run on CUDA)");
+  IPS_RETURN_IF_ERROR(CheckDevice(spec.kind, spec.device));
   switch (spec.kind) {
     case ModelKind::kGru4Rec:
       return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
@@ -138,20 +143,11 @@ Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t*
 
 }  // namespace
 
-StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
+// ModelSpecFromConfig without the device checks.
+static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
   const auto& m = cfg.model();
   ModelSpec s;
   if (m.device() == config::CUDA) {
-    if (m.type() != config::ModelConfig::DIN && m.type() != config::ModelConfig::POOLED)
-      return UnimplementedError(
-          "model.device CUDA: only DIN and POOLED run on CUDA so far (model " +
-          config::ModelConfig::Type_Name(m.type()) + " runs with device: CPU)");
-    if (!kernels::CudaBuilt())
-      return UnimplementedError(
-          "model.device CUDA: this ips was built without CUDA (nvcc was "
-          "not found at configure time)");
-    if (!kernels::CudaDeviceAvailable())
-      return FailedPreconditionError("model.device CUDA: no CUDA device is visible");
     s.device = kernels::Device::kCuda;
   } else if (m.device() != config::CPU) {
     return UnimplementedError("model.device " + config::Device_Name(m.device()) +
@@ -241,6 +237,18 @@ StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
       return UnimplementedError("model.type " + config::ModelConfig::Type_Name(m.type()) +
                                 ": not trained yet");
   }
+}
+
+StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
+  IPS_ASSIGN_OR_RETURN(ModelSpec s, SpecOfConfig(cfg));
+  IPS_RETURN_IF_ERROR(CheckDevice(s.kind, s.device));
+  if (s.device == kernels::Device::kCuda && !kernels::CudaBuilt())
+    return UnimplementedError(
+        "model.device CUDA: this ips was built without CUDA (nvcc was not found at configure "
+        "time)");
+  if (s.device == kernels::Device::kCuda && !kernels::CudaDeviceAvailable())
+    return FailedPreconditionError("model.device CUDA: no CUDA device is visible");
+  return s;
 }
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const config::Config& config,
