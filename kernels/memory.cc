@@ -90,50 +90,45 @@ void FreeHost(void* p, bool pinned) {
   std::free(p);
 }
 
-Status CopyToDevice(const Context& ctx, void* device_dst, const void* host_src, size_t bytes) {
+namespace {
+
+enum class Direction { kToDevice, kToHost, kOnDevice };
+
+// The three copies: memmove on the CPU; on CUDA an async copy on ctx's stream, which a copy to
+// the host then waits for.
+Status Copy(const Context& ctx, void* dst, const void* src, size_t bytes, Direction direction,
+            const char* what) {
   if (bytes == 0) return Status::Ok();
   if (ctx.device == Device::kCpu) {
-    std::memcpy(device_dst, host_src, bytes);
+    std::memmove(dst, src, bytes);
     return Status::Ok();
   }
 #ifdef IPS_WITH_CUDA
-  IPS_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, StreamOf(ctx)));
+  const cudaMemcpyKind kind = direction == Direction::kToDevice ? cudaMemcpyHostToDevice
+                              : direction == Direction::kToHost ? cudaMemcpyDeviceToHost
+                                                                : cudaMemcpyDeviceToDevice;
+  IPS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, kind, StreamOf(ctx)));
+  if (direction == Direction::kToHost)
+    IPS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(StreamOf(ctx)));
   return Status::Ok();
 #else
-  return NoCuda("CopyToDevice");
+  (void)direction;
+  return NoCuda(what);
 #endif
+}
+
+}  // namespace
+
+Status CopyToDevice(const Context& ctx, void* device_dst, const void* host_src, size_t bytes) {
+  return Copy(ctx, device_dst, host_src, bytes, Direction::kToDevice, "CopyToDevice");
 }
 
 Status CopyToHost(const Context& ctx, void* host_dst, const void* device_src, size_t bytes) {
-  if (bytes == 0) return Status::Ok();
-  if (ctx.device == Device::kCpu) {
-    std::memcpy(host_dst, device_src, bytes);
-    return Status::Ok();
-  }
-#ifdef IPS_WITH_CUDA
-  IPS_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, StreamOf(ctx)));
-  IPS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(StreamOf(ctx)));
-  return Status::Ok();
-#else
-  return NoCuda("CopyToHost");
-#endif
+  return Copy(ctx, host_dst, device_src, bytes, Direction::kToHost, "CopyToHost");
 }
 
 Status CopyOnDevice(const Context& ctx, void* device_dst, const void* device_src, size_t bytes) {
-  if (bytes == 0) return Status::Ok();
-  if (ctx.device == Device::kCpu) {
-    std::memmove(device_dst, device_src, bytes);
-    return Status::Ok();
-  }
-#ifdef IPS_WITH_CUDA
-  IPS_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, StreamOf(ctx)));
-  return Status::Ok();
-#else
-  return NoCuda("CopyOnDevice");
-#endif
+  return Copy(ctx, device_dst, device_src, bytes, Direction::kOnDevice, "CopyOnDevice");
 }
 
 Status ZeroOnDevice(const Context& ctx, void* device_dst, size_t bytes) {

@@ -4,7 +4,7 @@
 // pointers in.
 //
 // On the CPU a "device" buffer is ordinary 64-byte-aligned host memory and every copy is a
-// memcpy, so code written against these functions runs unchanged on either device (the CPU run
+// memmove, so code written against these functions runs unchanged on either device (the CPU run
 // exercises the same staging logic as the CUDA one). Every buffer is zero-filled on allocation.
 // Errors: INTERNAL naming the failing CUDA call; UNIMPLEMENTED for CUDA in a build without it.
 #ifndef IPS_KERNELS_MEMORY_H_
@@ -31,7 +31,7 @@ void FreeHost(void* p, bool pinned);
 // Copies on ctx's device and stream. CopyToHost waits for the stream, so the host may read the
 // result on return; CopyToDevice, CopyOnDevice and ZeroOnDevice are ordered on the stream (a
 // host source must stay unchanged until the stream has passed the copy: call Synchronize before
-// overwriting it). On the CPU all of them are memcpy/memset.
+// overwriting it). On the CPU all of them are memmove/memset.
 Status CopyToDevice(const Context& ctx, void* device_dst, const void* host_src, size_t bytes);
 Status CopyToHost(const Context& ctx, void* host_dst, const void* device_src, size_t bytes);
 Status CopyOnDevice(const Context& ctx, void* device_dst, const void* device_src, size_t bytes);
