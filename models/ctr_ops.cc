@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "common/thread_pool.h"
+#include "models/ops_dispatch.h"
 
 namespace ips::models {
 namespace {
@@ -15,32 +16,14 @@ int64_t FirstValid(const CtrShapes& s, int64_t b) {
   return s.max_len - len;
 }
 
-// CUDA runs float only; double on CUDA (or CUDA in a build without it) is UNIMPLEMENTED.
-#define IPS_CTR_OPS_CUDA(T, op, ...)                                    \
-  if (ctx.device == kernels::Device::kCuda) {                           \
-    if constexpr (std::is_same_v<T, float>) {                           \
-      IPS_CTR_OPS_CUDA_CALL(op, __VA_ARGS__);                           \
-    }                                                                   \
-    return UnimplementedError(std::string(#op) +                        \
-                              " on CUDA: float only, and needs a CUDA " \
-                              "build");                                 \
-  }
-#ifdef IPS_WITH_CUDA
-#define IPS_CTR_OPS_CUDA_CALL(op, ...) return cuda::op(ctx, __VA_ARGS__)
-#else
-#define IPS_CTR_OPS_CUDA_CALL(op, ...) \
-  do {                                 \
-  } while (0)
-#endif
-
 }  // namespace
 
 template <typename T>
 Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
                            const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
                            const T* cat_rows, T* hist, T* target) {
-  IPS_CTR_OPS_CUDA(T, DinGatherBehaviours, s, item_index, cat_index, item_rows, cat_rows, hist,
-                   target);
+  IPS_MODEL_OPS_CUDA(T, DinGatherBehaviours, s, item_index, cat_index, item_rows, cat_rows, hist,
+                     target);
   const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
   const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
   ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
@@ -67,7 +50,7 @@ Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
 template <typename T>
 Status DinBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, const T* hist,
                         const T* pooled, const T* target, T* mlp_in) {
-  IPS_CTR_OPS_CUDA(T, DinBuildMlpInput, s, hist, pooled, target, mlp_in);
+  IPS_MODEL_OPS_CUDA(T, DinBuildMlpInput, s, hist, pooled, target, mlp_in);
   const int64_t L = s.max_len, E = 2 * s.dim;
   ParallelFor(ctx.pool, s.batch, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -88,7 +71,7 @@ Status DinBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, const T
 template <typename T>
 Status DinPooledGrad(const kernels::Context& ctx, const CtrShapes& s, const T* d_mlp_in,
                      T* d_pooled) {
-  IPS_CTR_OPS_CUDA(T, DinPooledGrad, s, d_mlp_in, d_pooled);
+  IPS_MODEL_OPS_CUDA(T, DinPooledGrad, s, d_mlp_in, d_pooled);
   const int64_t E = 2 * s.dim;
   ParallelFor(ctx.pool, s.batch, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
@@ -100,7 +83,7 @@ Status DinPooledGrad(const kernels::Context& ctx, const CtrShapes& s, const T* d
 template <typename T>
 Status DinRowGrads(const kernels::Context& ctx, const CtrShapes& s, const T* d_mlp_in,
                    const T* d_keys, const T* d_query, T* g_item, T* g_cat) {
-  IPS_CTR_OPS_CUDA(T, DinRowGrads, s, d_mlp_in, d_keys, d_query, g_item, g_cat);
+  IPS_MODEL_OPS_CUDA(T, DinRowGrads, s, d_mlp_in, d_keys, d_query, g_item, g_cat);
   const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
   ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -139,8 +122,8 @@ template <typename T>
 Status PooledBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, bool mean,
                            const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
                            const T* cat_rows, T* mlp_in, T* pooled) {
-  IPS_CTR_OPS_CUDA(T, PooledBuildMlpInput, s, mean, item_index, cat_index, item_rows, cat_rows,
-                   mlp_in, pooled);
+  IPS_MODEL_OPS_CUDA(T, PooledBuildMlpInput, s, mean, item_index, cat_index, item_rows, cat_rows,
+                     mlp_in, pooled);
   const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
   ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -172,7 +155,7 @@ Status PooledBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, bool
 template <typename T>
 Status PooledRowGrads(const kernels::Context& ctx, const CtrShapes& s, bool mean, const T* d_mlp_in,
                       T* g_item, T* g_cat) {
-  IPS_CTR_OPS_CUDA(T, PooledRowGrads, s, mean, d_mlp_in, g_item, g_cat);
+  IPS_MODEL_OPS_CUDA(T, PooledRowGrads, s, mean, d_mlp_in, g_item, g_cat);
   const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
   ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

@@ -71,13 +71,14 @@ Status CtrInputStaging<T>::UnstageRowGrads(const kernels::Context& ctx, T* d_ite
 template <typename T>
 StatusOr<CtrDeviceIo<T>> CtrDeviceIo<T>::Create(kernels::Device device, bool stage_on_cpu,
                                                 int64_t max_batch, int64_t max_positions,
-                                                int64_t dim) {
+                                                int64_t dim, int64_t output_width) {
   CtrDeviceIo io;
   if (device == kernels::Device::kCpu && !stage_on_cpu) return io;
   IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
                        CtrInputStaging<T>::Create(device, max_batch, max_positions, dim));
   io.staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
-  io.host_logits_.resize(static_cast<size_t>(max_batch));
+  io.output_width_ = output_width;
+  io.host_output_.resize(static_cast<size_t>(max_batch * output_width));
   return io;
 }
 
@@ -92,10 +93,10 @@ StatusOr<CtrInputs<T>> CtrDeviceIo<T>::BeginForward(const kernels::Context& ctx,
 }
 
 template <typename T>
-Status CtrDeviceIo<T>::EndForward(const kernels::Context& ctx, const T* logits, int64_t batch) {
+Status CtrDeviceIo<T>::EndForward(const kernels::Context& ctx, const T* output, int64_t batch) {
   if (!staged()) return Status::Ok();
-  return kernels::CopyToHost(ctx, host_logits_.data(), logits,
-                             static_cast<size_t>(batch) * sizeof(T));
+  return kernels::CopyToHost(ctx, host_output_.data(), output,
+                             static_cast<size_t>(batch * output_width_) * sizeof(T));
 }
 
 template <typename T>

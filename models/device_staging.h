@@ -48,27 +48,31 @@ class CtrInputStaging {
   CtrInputs<T> staged_;
 };
 
-// What a CtrModel adds around its passes so that they can run on CUDA with a host interface
-// (DIN and the pooled baseline use it): the batch staged in, the weights uploaded, the logits,
-// row gradients and dense gradients copied back. Not staged (a plain CPU model), every call
-// passes through and costs nothing.
+// What a model adds around its passes so that they can run on CUDA with a host interface (DIN,
+// the pooled baseline and, through SeqAsCtrInputs, GRU4Rec use it): the batch staged in, the
+// weights uploaded, the forward's host-visible output (logits, or a sequence model's user
+// vectors), the row gradients and the dense gradients copied back. Not staged (a plain CPU
+// model), every call passes through and costs nothing.
 template <typename T>
 class CtrDeviceIo {
  public:
   // Staged off the CPU, and on the CPU with stage_on_cpu (the models' test switch that runs this
   // logic with the CPU kernels).
+  // output_width: elements per row of the output EndForward brings back (1: logits).
   static StatusOr<CtrDeviceIo> Create(kernels::Device device, bool stage_on_cpu, int64_t max_batch,
-                                      int64_t max_positions, int64_t dim);
+                                      int64_t max_positions, int64_t dim, int64_t output_width = 1);
   bool staged() const { return staging_ != nullptr; }
 
   // Start of Forward: the batch as the kernels see it (host_in itself when not staged) with
   // `positions` indices per table, and params' values uploaded.
   StatusOr<CtrInputs<T>> BeginForward(const kernels::Context& ctx, const CtrInputs<T>& host_in,
                                       int64_t positions, DenseParams<T>* params);
-  // After Forward wrote logits [batch] (model memory): keeps their host copy when staged.
-  Status EndForward(const kernels::Context& ctx, const T* logits, int64_t batch);
-  // The model's logits() given its own buffer.
-  const T* HostLogits(const T* logits) const { return staged() ? host_logits_.data() : logits; }
+  // After Forward wrote its output [batch x output_width] (model memory; the logits of a CTR
+  // model): keeps their host copy when staged.
+  Status EndForward(const kernels::Context& ctx, const T* output, int64_t batch);
+  // The model's logits() (or user_vectors()) given its own buffer.
+  const T* HostOutput(const T* output) const { return staged() ? host_output_.data() : output; }
+  const T* HostLogits(const T* logits) const { return HostOutput(logits); }
 
   // Backward: the inputs of the last forward (host_in when not staged), where the row gradients
   // are to be written, and at the end the copies back (row gradients, then dense gradients).
@@ -86,8 +90,32 @@ class CtrDeviceIo {
 
  private:
   std::unique_ptr<CtrInputStaging<T>> staging_;  // null when not staged
-  std::vector<T> host_logits_;
+  int64_t output_width_ = 1;
+  std::vector<T> host_output_;
 };
+
+// A sequence batch (models/model.h SeqInputs: item rows only, no labels) as the CtrInputs the
+// staging copies, and back: the copies are the same, so sequence models share CtrDeviceIo.
+template <typename T>
+CtrInputs<T> SeqAsCtrInputs(const SeqInputs<T>& in) {
+  CtrInputs<T> c;
+  c.batch = in.batch;
+  c.lengths = in.lengths;
+  c.item_index = in.item_index;
+  c.item_rows = in.item_rows;
+  c.num_item_rows = in.num_item_rows;
+  return c;
+}
+template <typename T>
+SeqInputs<T> CtrAsSeqInputs(const CtrInputs<T>& in) {
+  SeqInputs<T> s;
+  s.batch = in.batch;
+  s.lengths = in.lengths;
+  s.item_index = in.item_index;
+  s.item_rows = in.item_rows;
+  s.num_item_rows = in.num_item_rows;
+  return s;
+}
 
 }  // namespace ips::models
 

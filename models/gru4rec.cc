@@ -9,19 +9,13 @@
 #include "common/thread_pool.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "models/seq_ops.h"
 
 namespace ips::models {
 namespace {
 
 Status Bad(const std::string& field, const std::string& what) {
   return InvalidArgumentError("Gru4RecOptions." + field + ": " + what);
-}
-
-template <typename T>
-T DotRow(const T* a, const T* b, int64_t n) {
-  T s = T(0);
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 }  // namespace
@@ -79,27 +73,37 @@ StatusOr<std::unique_ptr<Gru4Rec<T>>> Gru4Rec<T>::Create(const Gru4RecOptions& o
   }
   if (m->proj_) m->proj_->Init(rng);
 
-  auto size = [](int64_t n) { return static_cast<size_t>(n); };
+  // Weights are initialised on the host (the same on every device), then mirrored.
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
   const kernels::RnnShape shape = m->Shape(B);
   const size_t ws_bytes = std::max(kernels::RnnForwardWorkspaceBytes<T>(shape),
                                    kernels::RnnBackwardWorkspaceBytes<T>(shape));
-  m->x_.resize(size(B * L * D));
-  m->states_.resize(size(B * L * H));
-  m->final_h_.resize(size(B * H));
-  m->final_c_.resize(o.cell == kernels::RnnCell::kLstm ? size(B * H) : 0);
-  m->reserve_.resize(kernels::RnnReserveBytes<T>(shape) / sizeof(T) + 1);
-  m->rnn_ws_.resize(ws_bytes / sizeof(T) + 1);
-  m->proj_out_.resize(m->proj_ ? size(B * L * D) : 0);
-  m->out_left_.resize(size(B * L * D));
-  m->user_.resize(size(B * D));
-  m->logits_.resize(size(2 * B * L));
-  m->labels_.resize(size(2 * B * L));
-  m->mask_.resize(size(2 * B * L));
-  m->d_logits_.resize(size(2 * B * L));
-  m->d_out_.resize(size(B * L * D));
-  m->d_states_.resize(m->proj_ ? size(B * L * H) : 0);
-  m->d_x_.resize(size(B * L * D));
-  m->g_item_.resize(size(3 * B * L * D));
+  const int64_t reserve = static_cast<int64_t>(kernels::RnnReserveBytes<T>(shape) / sizeof(T)) + 1;
+  const int64_t workspace = static_cast<int64_t>(ws_bytes / sizeof(T)) + 1;
+  const bool lstm = o.cell == kernels::RnnCell::kLstm, proj = m->proj_ != nullptr;
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(dev, {
+                                                         {&m->x_, B * L * D},
+                                                         {&m->states_, B * L * H},
+                                                         {&m->final_h_, B * H},
+                                                         {&m->final_c_, lstm ? B * H : 0},
+                                                         {&m->reserve_, reserve},
+                                                         {&m->rnn_ws_, workspace},
+                                                         {&m->proj_out_, proj ? B * L * D : 0},
+                                                         {&m->out_left_, B * L * D},
+                                                         {&m->user_, B * D},
+                                                         {&m->logits_, 2 * B * L},
+                                                         {&m->labels_, 2 * B * L},
+                                                         {&m->mask_, 2 * B * L},
+                                                         {&m->loss_scratch_, 1},
+                                                         {&m->d_logits_, 2 * B * L},
+                                                         {&m->d_out_, B * L * D},
+                                                         {&m->d_states_, proj ? B * L * H : 0},
+                                                         {&m->d_x_, B * L * D},
+                                                         {&m->g_item_, 3 * B * L * D},
+                                                     }));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, 3 * B * L, D,
+                                                      /*output_width=*/D));
   return m;
 }
 
@@ -126,35 +130,29 @@ Status Gru4Rec<T>::CheckInputs(const SeqInputs<T>& in, bool training) const {
 }
 
 template <typename T>
-Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, bool training,
+Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& host_in, bool training,
                            T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in, training));
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, H = hidden_;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Gru4Rec", o_.device, ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in, training));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, H = hidden_;
+  IPS_ASSIGN_OR_RETURN(
+      const CtrInputs<T> staged,
+      io_.BeginForward(ctx, SeqAsCtrInputs(host_in), (training ? 3 : 1) * B * L, &params_));
+  const SeqInputs<T> in = CtrAsSeqInputs(staged);
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   // Left-padded positions -> right-padded recurrent input (valid steps first, zeros after).
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      for (int64_t t = 0; t < L; ++t) {
-        T* dst = x_.data() + (b * L + t) * D;
-        if (t < len)
-          std::memcpy(dst, in.item_rows + in.item_index[b * L + first + t] * D, row_bytes);
-        else
-          std::memset(dst, 0, row_bytes);
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(SeqGatherRightPadded(ctx, shapes, in.item_index, in.item_rows, x_.data()));
 
   kernels::RnnForwardArgs<T> r;
   r.shape = Shape(B);
   r.x = x_.data();
   r.lengths = in.lengths;
-  r.w_ih = params_.value(w_ih_);
-  r.w_hh = params_.value(w_hh_);
-  r.b_ih = params_.value(b_ih_);
-  r.b_hh = params_.value(b_hh_);
+  r.w_ih = params_.compute_value(w_ih_);
+  r.w_hh = params_.compute_value(w_hh_);
+  r.b_ih = params_.compute_value(b_ih_);
+  r.b_hh = params_.compute_value(b_hh_);
   r.states = states_.data();
   r.final_h = final_h_.data();
   r.final_c = o_.cell == kernels::RnnCell::kLstm ? final_c_.data() : nullptr;
@@ -169,53 +167,34 @@ Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, 
     IPS_RETURN_IF_ERROR(proj_->Forward(ctx, B, final_h_.data(), user_.data()));
     out_right = proj_out_.data();
   } else {
-    std::memcpy(user_.data(), final_h_.data(), sizeof(T) * static_cast<size_t>(B * H));
+    IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, user_.data(), final_h_.data(),
+                                              sizeof(T) * static_cast<size_t>(B * H)));
   }
 
   // Back to the inputs' layout; padded steps read as zeros.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      std::memset(out_left_.data() + b * L * D, 0, row_bytes * static_cast<size_t>(first));
-      if (len > 0)
-        std::memcpy(out_left_.data() + (b * L + first) * D, out_right + b * L * D,
-                    row_bytes * static_cast<size_t>(len));
-    }
-  });
+  IPS_RETURN_IF_ERROR(SeqRightToLeft(ctx, shapes, out_right, out_left_.data()));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, user_.data(), B));
   if (!training) return Status::Ok();
 
   const int64_t BL = B * L;
   int64_t valid = 0;
-  for (int64_t b = 0; b < B; ++b) valid += in.lengths[b];
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t i = b * L + t;
-        if (t < first) {
-          logits_[i] = logits_[BL + i] = T(0);
-          mask_[i] = mask_[BL + i] = T(0);
-          continue;
-        }
-        const T* s = out_left_.data() + i * D;
-        logits_[i] = DotRow(s, in.item_rows + in.item_index[BL + i] * D, D);
-        logits_[BL + i] = DotRow(s, in.item_rows + in.item_index[2 * BL + i] * D, D);
-        mask_[i] = mask_[BL + i] = T(1);
-      }
-    }
-  });
+  for (int64_t b = 0; b < B; ++b) valid += host_in.lengths[b];
+  IPS_RETURN_IF_ERROR(SeqScoreNextItems(ctx, shapes, in.item_index, in.item_rows, out_left_.data(),
+                                        logits_.data(), labels_.data(), mask_.data()));
   kernels::BceWithLogitsArgs<T> l;
   l.n = 2 * BL;
   l.reduction = kernels::Reduction::kSum;
   l.logits = logits_.data();
   l.labels = labels_.data();
   l.weights = mask_.data();
-  l.loss = loss_scratch_;
-  std::fill(labels_.begin(), labels_.begin() + BL, T(1));
-  std::fill(labels_.begin() + BL, labels_.begin() + 2 * BL, T(0));
+  l.loss = loss_scratch_.data();
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
   // The peer's masked mean: sum over valid positions of both terms / max(#valid, 1).
-  if (loss != nullptr) *loss = loss_scratch_[0] / static_cast<T>(std::max<int64_t>(valid, 1));
+  if (loss != nullptr) {
+    T sum = T(0);
+    IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, &sum, loss_scratch_.data(), sizeof(T)));
+    *loss = sum / static_cast<T>(std::max<int64_t>(valid, 1));
+  }
   valid_ = valid;
   have_training_forward_ = true;
   forward_batch_ = B;
@@ -223,13 +202,17 @@ Status Gru4Rec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, 
 }
 
 template <typename T>
-Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, T* d_item_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_)
+Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& host_in,
+                            T* d_item_rows) {
+  if (!have_training_forward_ || host_in.batch != forward_batch_)
     return FailedPreconditionError(
         "Gru4Rec::Backward needs a Forward(training = true) on the same batch first");
   if (d_item_rows == nullptr) return InvalidArgumentError("Gru4Rec::Backward: null d_item_rows");
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, BL = B * L;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Gru4Rec", o_.device, ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, BL = B * L;
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const SeqInputs<T> in = CtrAsSeqInputs(io_.BackwardInputs(SeqAsCtrInputs(host_in)));
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = 2 * BL;
@@ -243,33 +226,8 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in,
 
   // d state_t = dl_pos E[pos_t] + dl_neg E[neg_t] (right-padded layout); the positive and
   // negative rows get dl * state_t.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t i = b * L + t;  // left-padded position
-        T* g_pos = g_item_.data() + (BL + i) * D;
-        T* g_neg = g_item_.data() + (2 * BL + i) * D;
-        if (t < first) {
-          std::memset(g_pos, 0, row_bytes);
-          std::memset(g_neg, 0, row_bytes);
-          // The right-padded row b * L + (L - 1 - t) is a padded step of the recurrence.
-          std::memset(d_out_.data() + (b * L + len + t) * D, 0, row_bytes);
-          continue;
-        }
-        const T dp = d_logits_[i], dn = d_logits_[BL + i];
-        const T* s = out_left_.data() + i * D;
-        const T* ep = in.item_rows + in.item_index[BL + i] * D;
-        const T* en = in.item_rows + in.item_index[2 * BL + i] * D;
-        T* d = d_out_.data() + (b * L + (t - first)) * D;
-        for (int64_t c = 0; c < D; ++c) {
-          d[c] = dp * ep[c] + dn * en[c];
-          g_pos[c] = dp * s[c];
-          g_neg[c] = dn * s[c];
-        }
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(SeqScoreBackward(ctx, shapes, in.item_index, in.item_rows, out_left_.data(),
+                                       d_logits_.data(), d_out_.data(), g_item_.data() + BL * D));
 
   const T* d_rnn = d_out_.data();
   if (proj_) {
@@ -281,29 +239,21 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in,
   r.shape = Shape(B);
   r.x = x_.data();
   r.lengths = in.lengths;
-  r.w_ih = params_.value(w_ih_);
-  r.w_hh = params_.value(w_hh_);
+  r.w_ih = params_.compute_value(w_ih_);
+  r.w_hh = params_.compute_value(w_hh_);
   r.states = states_.data();
   r.reserve = reserve_.data();
   r.d_states = d_rnn;
   r.d_x = d_x_.data();
-  r.d_w_ih = params_.grad(w_ih_);
-  r.d_w_hh = params_.grad(w_hh_);
-  r.d_b_ih = params_.grad(b_ih_);
-  r.d_b_hh = params_.grad(b_hh_);
+  r.d_w_ih = params_.compute_grad(w_ih_);
+  r.d_w_hh = params_.compute_grad(w_hh_);
+  r.d_b_ih = params_.compute_grad(b_ih_);
+  r.d_b_hh = params_.compute_grad(b_hh_);
   r.workspace = rnn_ws_.data();
   IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
 
   // Input rows: the right-padded d_x back to the left-padded positions.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      T* g = g_item_.data() + b * L * D;
-      std::memset(g, 0, row_bytes * static_cast<size_t>(first));
-      if (len > 0)
-        std::memcpy(g + first * D, d_x_.data() + b * L * D, row_bytes * static_cast<size_t>(len));
-    }
-  });
+  IPS_RETURN_IF_ERROR(SeqRightToLeft(ctx, shapes, d_x_.data(), g_item_.data()));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
@@ -311,8 +261,9 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in,
   s.n = 3 * BL;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  return io_.EndBackward(ctx, d_item_rows, nullptr, &params_);
 }
 
 template class Gru4Rec<float>;

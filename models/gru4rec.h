@@ -23,6 +23,13 @@
 // Forward/Backward allocate nothing. Templated on T (float for training, double for gradient
 // checks).
 //
+// Devices: options.device = kCuda (float only) keeps every buffer and a copy of the dense
+// weights on the GPU and runs the same passes through the kernels' CUDA twins (the layout loops
+// are models/seq_ops.h); the interface stays host memory (the batch is staged in, and the row
+// gradients, the loss, user_vectors() and the dense gradients in params() come back, by
+// models/device_staging.h CtrDeviceIo as for DIN), so a trainer drives both devices the same
+// way. Forward/Backward then need a Context whose device is the model's.
+//
 // Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
 #ifndef IPS_MODELS_GRU4REC_H_
 #define IPS_MODELS_GRU4REC_H_
@@ -33,7 +40,9 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
 #include "kernels/recurrent.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 
@@ -46,6 +55,11 @@ struct Gru4RecOptions {
   int64_t hidden = 0;          // H; 0 = embedding_dim (then there is no projection)
   kernels::RnnCell cell = kernels::RnnCell::kGru;  // kGru or kLstm (AUGRU needs attention)
   uint64_t seed = 0;  // dense initialisation (Rng); embedding rows are initialised by the store
+  // Where the passes run (see the header comment). The initial weights do not depend on it.
+  kernels::Device device = kernels::Device::kCpu;
+  // Test switch for device = kCpu: take the CUDA path's copies with the CPU kernels (as
+  // DinOptions::stage_on_cpu); results are bitwise the plain CPU path's.
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field.
@@ -57,7 +71,8 @@ class Gru4Rec final : public SeqModel<T> {
   // Validates the options, allocates every buffer for max_batch and initialises the dense
   // weights from Rng(seed): the cell's four tensors U(-1/sqrt(H), 1/sqrt(H)) (torch's
   // nn.GRU/nn.LSTM default, in the order w_ih, w_hh, b_ih, b_hh), then the projection with
-  // nn.Linear's default. INVALID_ARGUMENT for bad options.
+  // nn.Linear's default. INVALID_ARGUMENT for bad options; for kCuda, UNIMPLEMENTED with
+  // T = double or without CUDA in the build, INTERNAL when device memory cannot be had.
   static StatusOr<std::unique_ptr<Gru4Rec>> Create(const Gru4RecOptions& options);
   Gru4Rec(const Gru4Rec&) = delete;
   Gru4Rec& operator=(const Gru4Rec&) = delete;
@@ -66,7 +81,8 @@ class Gru4Rec final : public SeqModel<T> {
   // (may be nullptr) gets the mean loss and the state for Backward is kept. training = false:
   // B*T entries (the sequence only), loss is not computed. Both fill user_vectors().
   // Errors: INVALID_ARGUMENT for a batch outside [1, max_batch], null pointers, lengths outside
-  // [0, max_len] or indices outside [0, num_item_rows) (naming the position); the kernels'.
+  // [0, max_len] or indices outside [0, num_item_rows) (naming the position), or a Context of
+  // another device; the kernels'.
   Status Forward(const kernels::Context& ctx, const SeqInputs<T>& in, bool training,
                  T* loss) override;
   // After Forward(training = true) on the same inputs: dense gradients into params().grads()
@@ -83,12 +99,13 @@ class Gru4Rec final : public SeqModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
-  // [B x d] after any Forward, valid until the next one.
-  const T* user_vectors() const override { return user_.data(); }
-  // States of the last Forward [B x T x d] in the inputs' left-padded layout (rows at padded
-  // steps are unspecified). For tests.
+  // [B x d] after any Forward (host memory), valid until the next one.
+  const T* user_vectors() const override { return io_.HostOutput(user_.data()); }
+  // States of the last Forward [B x T x d] in the inputs' left-padded layout (0 at padded
+  // steps), in the model's device memory. For tests.
   const T* states() const { return out_left_.data(); }
 
  private:
@@ -102,28 +119,30 @@ class Gru4Rec final : public SeqModel<T> {
   int64_t w_ih_ = 0, w_hh_ = 0, b_ih_ = 0, b_hh_ = 0;  // offsets into params_
   std::unique_ptr<Linear<T>> proj_;                    // only when hidden != embedding_dim
 
-  // Forward state, sized for max_batch. "Right" buffers use the recurrent kernels' layout (valid
-  // steps first), "left" ones the inputs' layout.
-  std::vector<T> x_;         // [B x T x d] gathered inputs, right-padded (0 at padding)
-  std::vector<T> states_;    // [B x T x H] cell outputs, right-padded
-  std::vector<T> final_h_;   // [B x H]
-  std::vector<T> final_c_;   // [B x H] (LSTM)
-  std::vector<T> reserve_;   // RnnReserveBytes
-  std::vector<T> rnn_ws_;    // max(forward, backward) workspace
-  std::vector<T> proj_out_;  // [B x T x d] projected states, right-padded (projection only)
-  std::vector<T> out_left_;  // [B x T x d] states in the left-padded layout
-  std::vector<T> user_;      // [B x d]
-  std::vector<T> logits_;    // [2 x B x T]: positives then negatives, left-padded layout
-  std::vector<T> labels_;    // [2 x B x T]: B*T ones then B*T zeros (set per forward)
-  std::vector<T> mask_;      // [2 x B x T]: 1 at valid steps
-  T loss_scratch_[1] = {T(0)};
-  int64_t valid_ = 0;  // valid positions of the last training forward
+  // Forward state, sized for max_batch, on the model's device. "Right" buffers use the recurrent
+  // kernels' layout (valid steps first), "left" ones the inputs' layout.
+  kernels::Buffer<T> x_;             // [B x T x d] gathered inputs, right-padded (0 at padding)
+  kernels::Buffer<T> states_;        // [B x T x H] cell outputs, right-padded
+  kernels::Buffer<T> final_h_;       // [B x H]
+  kernels::Buffer<T> final_c_;       // [B x H] (LSTM)
+  kernels::Buffer<T> reserve_;       // RnnReserveBytes
+  kernels::Buffer<T> rnn_ws_;        // max(forward, backward) workspace
+  kernels::Buffer<T> proj_out_;      // [B x T x d] projected states, right-padded (projection only)
+  kernels::Buffer<T> out_left_;      // [B x T x d] states in the left-padded layout
+  kernels::Buffer<T> user_;          // [B x d]
+  kernels::Buffer<T> logits_;        // [2 x B x T]: positives then negatives, left-padded layout
+  kernels::Buffer<T> labels_;        // [2 x B x T]: B*T ones then B*T zeros
+  kernels::Buffer<T> mask_;          // [2 x B x T]: 1 at valid steps
+  kernels::Buffer<T> loss_scratch_;  // [1]
+  int64_t valid_ = 0;                // valid positions of the last training forward
   // Backward scratch.
-  std::vector<T> d_logits_;  // [2 x B x T]
-  std::vector<T> d_out_;     // [B x T x d] gradient of the states, right-padded
-  std::vector<T> d_states_;  // [B x T x H] (projection only)
-  std::vector<T> d_x_;       // [B x T x d]
-  std::vector<T> g_item_;    // [3 x B x T x d] per-position row gradients
+  kernels::Buffer<T> d_logits_;  // [2 x B x T]
+  kernels::Buffer<T> d_out_;     // [B x T x d] gradient of the states, right-padded
+  kernels::Buffer<T> d_states_;  // [B x T x H] (projection only)
+  kernels::Buffer<T> d_x_;       // [B x T x d]
+  kernels::Buffer<T> g_item_;    // [3 x B x T x d] per-position row gradients
+  // The copies in and out on CUDA (or with stage_on_cpu); its output is user_.
+  CtrDeviceIo<T> io_;
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;
 };

@@ -135,6 +135,9 @@ class SeqModel {
   virtual int64_t embedding_dim() const = 0;
   virtual int64_t max_len() const = 0;
   virtual int64_t max_batch() const = 0;
+  // Where Forward/Backward run; they need a Context of this device (the inputs, the row
+  // gradients, the loss, user_vectors() and params() are host memory on every device).
+  virtual kernels::Device device() const { return kernels::Device::kCpu; }
 
   // training = true: dropout on, keeps what Backward needs, *loss = mean over valid positions of
   // BCE(<state_t, pos_t>, 1) + BCE(<state_t, neg_t>, 0). training = false: inputs are the

@@ -54,13 +54,16 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
   return std::unique_ptr<models::SeqModel<float>>(std::move(*m));
 }
 
-// The one place that knows which models run on CUDA (DIN and the pooled baseline so far): specs
-// and configs of any other model on CUDA are refused here.
+// The one place that knows which models run on CUDA: specs and configs of any other model on
+// CUDA are refused here.
+bool RunsOnCuda(ModelKind kind) {
+  return kind == ModelKind::kDin || kind == ModelKind::kPooled || kind == ModelKind::kGru4Rec;
+}
+
 Status CheckDevice(ModelKind kind, kernels::Device device) {
-  if (device == kernels::Device::kCpu || kind == ModelKind::kDin || kind == ModelKind::kPooled)
-    return Status::Ok();
+  if (device == kernels::Device::kCpu || RunsOnCuda(kind)) return Status::Ok();
   return UnimplementedError(
-      std::string("model.device CUDA: only DIN and POOLED run on CUDA so far (model ") +
+      std::string("model.device CUDA: only DIN, POOLED and GRU4REC run on CUDA so far (model ") +
       ModelKindName(kind) + " runs with device: CPU)");
 }
 
@@ -100,8 +103,11 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
                                    " is a CTR model, not a sequence model");
   IPS_RETURN_IF_ERROR(CheckDevice(spec.kind, spec.device));
   switch (spec.kind) {
-    case ModelKind::kGru4Rec:
-      return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
+    case ModelKind::kGru4Rec: {
+      models::Gru4RecOptions o = WithCommon(spec.gru4rec, spec);
+      o.device = spec.device;
+      return UpcastSeq(models::Gru4Rec<float>::Create(o));
+    }
     case ModelKind::kSasrec:
       return UpcastSeq(models::Sasrec<float>::Create(WithCommon(spec.sasrec, spec)));
     default:

@@ -79,6 +79,8 @@ StatusOr<std::unique_ptr<SeqTrainer>> SeqTrainer::Create(
   t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
+  t->model_ctx_ = t->ctx_;
+  t->model_ctx_.device = model->device();
   t->model_ = std::move(model);
 
   const auto n = static_cast<size_t>(3 * t->max_batch_ * t->max_len_);
@@ -86,8 +88,11 @@ StatusOr<std::unique_ptr<SeqTrainer>> SeqTrainer::Create(
   IPS_ASSIGN_OR_RETURN(const size_t ws,
                        kernels::DedupWorkspaceBytes(t->ctx_, static_cast<int64_t>(n)));
   t->dedup_workspace_.resize(ws);
-  t->rows_.resize(n * static_cast<size_t>(t->dim_));
-  t->d_rows_.resize(n * static_cast<size_t>(t->dim_));
+  const bool pinned = t->model_ctx_.device != kernels::Device::kCpu;
+  for (auto* v : {&t->rows_, &t->d_rows_}) {
+    IPS_ASSIGN_OR_RETURN(
+        *v, kernels::HostBuffer<float>::Create(static_cast<int64_t>(n) * t->dim_, pinned));
+  }
   t->dense_optimizer_ =
       std::make_unique<DenseOptimizer>(options.dense_optimizer, t->model_->params().size());
   return t;
@@ -171,8 +176,8 @@ StatusOr<double> SeqTrainer::Step(const SeqBatchView& batch, const SeqBatchView*
   }
   const models::SeqInputs<float> in = Inputs(batch, 0, batch.batch);
   float loss = 0;
-  IPS_RETURN_IF_ERROR(model_->Forward(ctx_, in, /*training=*/true, &loss));
-  IPS_RETURN_IF_ERROR(model_->Backward(ctx_, in, d_rows_.data()));
+  IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/true, &loss));
+  IPS_RETURN_IF_ERROR(model_->Backward(model_ctx_, in, d_rows_.data()));
   IPS_RETURN_IF_ERROR(store_->Push(item_table_, AsU64(unique_), num_unique_, dim_, d_rows_.data()));
   ++steps_;
   auto& params = model_->params();
@@ -197,7 +202,7 @@ Status SeqTrainer::ScoreCandidates(const SeqBatchView& histories, const uint32_t
     IPS_RETURN_IF_ERROR(PrepareKeys(histories, row0, rows, /*with_targets=*/false));
     IPS_RETURN_IF_ERROR(store_->Lookup(item_table_, AsU64(unique_), num_unique_, D, rows_.data()));
     IPS_RETURN_IF_ERROR(
-        model_->Forward(ctx_, Inputs(histories, row0, rows), /*training=*/false, nullptr));
+        model_->Forward(model_ctx_, Inputs(histories, row0, rows), /*training=*/false, nullptr));
     const float* users = model_->user_vectors();
 
     const size_t n = static_cast<size_t>(rows * C);

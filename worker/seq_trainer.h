@@ -26,6 +26,11 @@
 // scatter-add and the optimizers are deterministic on the CPU; so is the BLAS for a fixed thread
 // count), provided the model is (GRU4Rec is; SASRec's dropout draws from its own seeded Rng).
 //
+// Devices: as the CTR trainer's (worker/trainer.h): the model runs where it was built
+// (models::SeqModel::device(); `model.device` in the config, GRU4REC on CUDA so far); keys,
+// pulls, pushes, candidate scoring and the dense optimizer stay on the host, the model copies its
+// inputs in and its gradients out (pulled rows in page-locked buffers).
+//
 // Thread safety: a SeqTrainer is used by one thread; it parallelises inside kernels over its own
 // ThreadPool of options.num_threads (the caller counts as one).
 #ifndef IPS_WORKER_SEQ_TRAINER_H_
@@ -39,6 +44,7 @@
 #include "common/status.h"
 #include "common/thread_pool.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
 #include "kernels/optimizer.h"
 #include "models/model.h"
 #include "ps/embedding_store.h"
@@ -125,6 +131,7 @@ class SeqTrainer {
   int item_table_ = -1;
   std::unique_ptr<ThreadPool> pool_;
   kernels::Context ctx_;
+  kernels::Context model_ctx_;  // the model's passes: ctx_ on its device
   std::unique_ptr<models::SeqModel<float>> model_;
   int64_t dim_ = 0, max_len_ = 0, max_batch_ = 0;
   int64_t steps_ = 0;
@@ -136,7 +143,8 @@ class SeqTrainer {
   // prefetch (swapped, not copied; sized on the first prefetch).
   std::vector<int64_t> held_unique_, held_inverse_;
   std::vector<uint8_t> dedup_workspace_;
-  std::vector<float> rows_, d_rows_;
+  // Pulled rows and their gradients; page-locked when the model is on CUDA.
+  kernels::HostBuffer<float> rows_, d_rows_;
   std::unique_ptr<DenseOptimizer> dense_optimizer_;
   // Scoring scratch (grows with the candidate count; evaluation only).
   std::vector<uint64_t> cand_keys_;

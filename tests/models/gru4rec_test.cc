@@ -346,5 +346,72 @@ TEST(Gru4Rec, RejectsBadOptionsAndInputs) {
   EXPECT_EQ(m.Backward(ctx, smaller, d.data()).code(), StatusCode::kFailedPrecondition);
 }
 
+// The device is the model's: a CPU model refuses a CUDA Context, and double never runs on CUDA.
+TEST(Gru4RecDevice, ContextMustMatchAndCudaIsFloatOnly) {
+  auto cpu = Gru4Rec<double>::Create(SmallOptions(kernels::RnnCell::kGru, 0));
+  ASSERT_OK(cpu.status());
+  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  SmallBatch batch({5, 1, 0, 3});
+  double loss = 0;
+  const Status s = (*cpu)->Forward(cuda, batch.Inputs(), true, &loss);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.ToString().find("Gru4Rec"), std::string::npos) << s.ToString();
+  Gru4RecOptions o = SmallOptions(kernels::RnnCell::kGru, 0);
+  o.device = kernels::Device::kCuda;
+  EXPECT_EQ(Gru4Rec<double>::Create(o).status().code(), StatusCode::kUnimplemented);
+}
+
+// stage_on_cpu takes the CUDA path's copies (inputs staged into the model's own buffers, weights
+// uploaded, the loss, user vectors, row and dense gradients copied back) with the CPU kernels:
+// everything must be bitwise the plain model's, over two rounds with a weight update between
+// them (the upload must see it) and an inference forward after.
+TEST(Gru4RecDevice, StagedCopiesGiveBitwiseThePlainCpuResults) {
+  for (kernels::RnnCell cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
+    for (int64_t hidden : {int64_t{0}, int64_t{5}}) {
+      SCOPED_TRACE(CellName(cell) + " hidden " + std::to_string(hidden));
+      auto plain_or = Gru4Rec<double>::Create(SmallOptions(cell, hidden));
+      Gru4RecOptions staged_options = SmallOptions(cell, hidden);
+      staged_options.stage_on_cpu = true;
+      auto staged_or = Gru4Rec<double>::Create(staged_options);
+      ASSERT_OK(plain_or.status());
+      ASSERT_OK(staged_or.status());
+      Gru4Rec<double>* models[2] = {plain_or->get(), staged_or->get()};
+      const kernels::Context ctx;
+      const SmallBatch batches[2] = {SmallBatch({5, 1, 0, 3}, 21), SmallBatch({2, 5}, 22)};
+      for (int round = 0; round < 2; ++round) {
+        SCOPED_TRACE("round " + std::to_string(round));
+        const SeqInputs<double> in = batches[round].Inputs();
+        double loss[2];
+        std::vector<double> users[2], grads[2], d_rows[2];
+        for (int k = 0; k < 2; ++k) {
+          ASSERT_OK(models[k]->Forward(ctx, in, true, &loss[k]));
+          users[k].assign(models[k]->user_vectors(), models[k]->user_vectors() + in.batch * 3);
+          d_rows[k].assign(batches[round].rows.size(), std::nan(""));
+          ASSERT_OK(models[k]->Backward(ctx, in, d_rows[k].data()));
+          DenseParams<double>& p = models[k]->params();
+          grads[k].assign(p.grads(), p.grads() + p.size());
+          // What the dense optimizer does between steps: the next round must see it.
+          for (int64_t i = 0; i < p.size(); ++i) p.values()[i] -= 0.1 * p.grads()[i];
+        }
+        EXPECT_EQ(loss[0], loss[1]);
+        EXPECT_EQ(users[0], users[1]);
+        EXPECT_EQ(grads[0], grads[1]);
+        EXPECT_EQ(d_rows[0], d_rows[1]);
+        EXPECT_NE(loss[0], 0.0);
+      }
+      // Inference: the sequence part only.
+      SmallBatch eval({3, 5, 0}, 23);
+      std::vector<double> users[2];
+      for (int k = 0; k < 2; ++k) {
+        ASSERT_OK(models[k]->Forward(ctx, eval.Inputs(), false, nullptr));
+        users[k].assign(models[k]->user_vectors(), models[k]->user_vectors() + eval.B * 3);
+      }
+      EXPECT_EQ(users[0], users[1]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ips::models

@@ -24,6 +24,7 @@
 #include "models/sasrec.h"
 #include "proto/config.pb.h"
 #include "ps/local_embedding_store.h"
+#include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 #include "worker/dataset_builder.h"
@@ -202,6 +203,24 @@ TEST(SeqTrainer, DeterministicLossSequence_GRU_and_LSTM_1and2Threads) {
       EXPECT_EQ(dense[0], dense[1]);
       EXPECT_NE(losses[0].front(), losses[0].back());
     }
+}
+
+// A SeqTrainer over a GRU4Rec with stage_on_cpu (the CUDA path's copies with the CPU kernels;
+// pulled rows in the trainer's host buffers, as on CUDA) trains and scores bitwise as the plain
+// one: the trainer drives a model on another device the same way.
+TEST(SeqTrainer, StagedGru4RecTrainsBitwiseAsThePlainOne) {
+  auto gen = SyntheticBatches::Create(SmallSynthetic());
+  ASSERT_OK(gen.status());
+  for (auto cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
+    models::Gru4RecOptions mo = SmallModel(8, 12, 16, 6, cell);
+    const testing_util::TrainedSeq plain = testing_util::TrainGru4RecSteps(**gen, mo, 3001, 8, 16);
+    mo.stage_on_cpu = true;
+    const testing_util::TrainedSeq staged = testing_util::TrainGru4RecSteps(**gen, mo, 3001, 8, 16);
+    ASSERT_EQ(plain.losses.size(), 8u);
+    EXPECT_EQ(staged.losses, plain.losses);
+    EXPECT_EQ(staged.weights_and_scores, plain.weights_and_scores);
+    EXPECT_NE(plain.losses.front(), plain.losses.back());
+  }
 }
 
 // ScoreCandidates = <user vector of an independently fed model, Lookup'd candidate row>; it is

@@ -1,13 +1,16 @@
-// Helpers shared by the trainer tests: a small DIN trainer configuration and an in-process store
-// with the two tables DIN pulls from.
+// Helpers shared by the trainer tests: a small DIN trainer configuration, an in-process store
+// with the two tables DIN pulls from, and short training runs of DIN (Trainer) and GRU4Rec
+// (SeqTrainer).
 #ifndef IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
 #define IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
 
 #include <memory>
 #include <vector>
 
+#include "models/gru4rec.h"
 #include "ps/local_embedding_store.h"
 #include "tests/testing/status_matchers.h"
+#include "worker/seq_trainer.h"
 #include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
@@ -84,6 +87,67 @@ inline TrainedDin TrainDinSteps(SyntheticBatches& gen, const TrainerOptions& opt
   EXPECT_OK(gen.CtrBatchAt(100, batch, &b));
   EXPECT_OK((*t)->Predict(ViewOf(b), probs.data()));
   out.weights_and_probs.insert(out.weights_and_probs.end(), probs.begin(), probs.end());
+  return out;
+}
+
+// What a short GRU4Rec run left: the loss of every step, then the dense weights followed by the
+// scores of 3 candidates for each row of one held-out batch.
+struct TrainedSeq {
+  std::vector<double> losses;
+  std::vector<float> weights_and_scores;
+};
+
+// A SeqTrainer (2 threads, Adam 1e-2 dense and on an "item" table of `num_items` rows) over
+// `model` trains on batches 0..steps-1 of `gen` (lengths varied from 0 to T), then scores 3
+// candidates per row of batch 100 (items of its first two steps). Gtest failures (and an empty
+// result) on any error.
+inline TrainedSeq TrainGru4RecSteps(SyntheticBatches& gen, const models::Gru4RecOptions& model,
+                                    int64_t num_items, int steps, int batch) {
+  TrainedSeq out;
+  std::vector<ps::TableOptions> tables(1);
+  tables[0].name = "item";
+  tables[0].dim = model.embedding_dim;
+  tables[0].optimizer.type = ps::OptimizerOptions::Type::kAdam;
+  tables[0].optimizer.learning_rate = 1e-2;
+  tables[0].initializer.xavier_fan_rows = static_cast<double>(num_items);
+  tables[0].has_padding_key = true;
+  tables[0].padding_key = 0;
+  auto store = ps::LocalEmbeddingStore::Create(tables);
+  EXPECT_OK(store.status());
+  auto m = models::Gru4Rec<float>::Create(model);
+  EXPECT_OK(m.status());
+  if (!store.ok() || !m.ok()) return out;
+  SeqTrainerOptions to;
+  to.dense_optimizer = kernels::OptimizerHyper::Adam(1e-2);
+  to.num_threads = 2;
+  auto t = SeqTrainer::Create(to, store->get(), std::move(*m));
+  EXPECT_OK(t.status());
+  if (!t.ok()) return out;
+  SeqBatch b;
+  // Synthetic sequences are full: vary the lengths (0 to T) so that padding is exercised.
+  auto vary_lengths = [&b](int i) {
+    for (int r = 0; r < b.batch; ++r) b.length[r] = (r * 7 + i) % (b.seq_len + 1);
+  };
+  for (int i = 0; i < steps; ++i) {
+    EXPECT_OK(gen.SeqBatchAt(static_cast<uint64_t>(i), batch, &b));
+    vary_lengths(i);
+    auto l = (*t)->Step(ViewOf(b));
+    EXPECT_OK(l.status());
+    if (!l.ok()) return out;
+    out.losses.push_back(*l);
+  }
+  const auto& p = (*t)->model().params();
+  out.weights_and_scores.assign(p.values(), p.values() + p.size());
+  EXPECT_OK(gen.SeqBatchAt(100, batch, &b));
+  vary_lengths(100);
+  constexpr int kCandidates = 3;
+  std::vector<uint32_t> candidates;
+  for (int r = 0; r < batch; ++r)
+    for (uint32_t c : {b.pos[r * b.seq_len], b.neg[r * b.seq_len], b.pos[r * b.seq_len + 1]})
+      candidates.push_back(c);
+  std::vector<float> scores(candidates.size());
+  EXPECT_OK((*t)->ScoreCandidates(ViewOf(b), candidates.data(), kCandidates, scores.data()));
+  out.weights_and_scores.insert(out.weights_and_scores.end(), scores.begin(), scores.end());
   return out;
 }
 
