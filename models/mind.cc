@@ -6,11 +6,11 @@
 #include <string>
 
 #include "common/random.h"
-#include "common/thread_pool.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/loss.h"
+#include "models/mind_ops.h"
 
 namespace ips::models {
 namespace {
@@ -22,18 +22,6 @@ Status Bad(const std::string& field, const std::string& what) {
 // Decorrelates the routing logits' stream from the dense initialisation's (both come from
 // options.seed).
 constexpr uint64_t kRoutingSeedSalt = 0x6d696e64726f7574ULL;  // "mindrout"
-
-// x^p for a small integer p >= 0 (0^0 = 1), and its derivative p x^(p-1).
-template <typename T>
-T IntPow(T x, int p) {
-  T r = T(1);
-  for (int i = 0; i < p; ++i) r *= x;
-  return r;
-}
-template <typename T>
-T IntPowGrad(T x, int p) {
-  return p == 0 ? T(0) : static_cast<T>(p) * IntPow(x, p - 1);
-}
 
 }  // namespace
 
@@ -83,26 +71,77 @@ StatusOr<std::unique_ptr<Mind<T>>> Mind<T>::Create(const MindOptions& options) {
   kernels::MindRoutingInitLogits(o.seed ^ kRoutingSeedSalt, K, L, o.routing_init_stddev,
                                  m->init_logits_.data());
 
-  auto size = [](int64_t n) { return static_cast<size_t>(n); };
-  m->e_.resize(size(B * L * D));
-  m->et_.resize(size(B * D));
-  m->ehat_.resize(size(B * L * D2));
-  m->rweights_.resize(size(B * K * L));
-  m->final_logits_.resize(size(B * K * L));
-  m->z_.resize(size(B * K * D2));
-  m->caps_.resize(size(B * K * D2));
-  m->v_.resize(size(B * K * D));
-  m->dots_.resize(size(B * K));
-  m->attw_.resize(size(B * K));
-  m->user_.resize(size(B * D));
-  m->logits_.resize(size(B));
-  m->d_logits_.resize(size(B));
-  m->dv_.resize(size(B * K * D));
-  m->dcaps_.resize(size(B * K * D2));
-  m->de_.resize(size(B * L * D));
-  m->routing_ws_.resize(size(kernels::MindRoutingBackwardWorkspaceSize(B, L, D2)));
-  m->g_item_.resize(size((B * L + B) * D));
+  // Weights and routing logits are initialised on the host (the same on every device), then
+  // mirrored.
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(
+      dev, {
+               {&m->e_, B * L * D},
+               {&m->et_, B * D},
+               {&m->ehat_, B * L * D2},
+               {&m->rweights_, B * K * L},
+               {&m->final_logits_, B * K * L},
+               {&m->z_, B * K * D2},
+               {&m->caps_, B * K * D2},
+               {&m->v_, B * K * D},
+               {&m->dots_, B * K},
+               {&m->attw_, B * K},
+               {&m->user_, B * D},
+               {&m->logits_, B},
+               {&m->loss_scratch_, 1},
+               {&m->d_logits_, B},
+               {&m->dv_, B * K * D},
+               {&m->dcaps_, B * K * D2},
+               {&m->de_, B * L * D},
+               {&m->routing_ws_, kernels::MindRoutingBackwardWorkspaceSize(B, L, D2)},
+               {&m->g_item_, (B * L + B) * D},
+           }));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, B * L + B, D));
+  if (m->io_.staged()) {
+    IPS_ASSIGN_OR_RETURN(m->device_init_logits_, kernels::Buffer<T>::Create(dev, K * L));
+    IPS_ASSIGN_OR_RETURN(m->host_v_, kernels::HostBuffer<T>::Create(
+                                         B * K * D, /*pinned=*/dev == kernels::Device::kCuda));
+    m->staging_rows_ = B * L + B;
+    for (CompactTable* t : {&m->compact_item_, &m->compact_cat_})
+      IPS_RETURN_IF_ERROR(t->Allocate(B * L + B, D, dev == kernels::Device::kCuda));
+  }
   return m;
+}
+
+template <typename T>
+Status Mind<T>::CompactTable::Allocate(int64_t positions, int64_t dim, bool pinned) {
+  IPS_ASSIGN_OR_RETURN(index, kernels::HostBuffer<int64_t>::Create(positions, pinned));
+  IPS_ASSIGN_OR_RETURN(rows, kernels::HostBuffer<T>::Create(positions * dim, pinned));
+  IPS_ASSIGN_OR_RETURN(grads, kernels::HostBuffer<T>::Create(positions * dim, pinned));
+  original.resize(static_cast<size_t>(positions));
+  order.resize(static_cast<size_t>(positions));
+  return Status::Ok();
+}
+
+template <typename T>
+void Mind<T>::CompactTable::Build(const int64_t* table_index, int64_t positions,
+                                  const T* table_rows, int64_t dim) {
+  for (int64_t i = 0; i < positions; ++i) order[i] = {table_index[i], i};
+  std::sort(order.begin(), order.begin() + positions);
+  rows_used = 0;
+  for (int64_t i = 0; i < positions; ++i) {
+    if (i == 0 || order[i].first != order[i - 1].first) {
+      original[rows_used] = order[i].first;
+      std::memcpy(rows.data() + rows_used * dim, table_rows + order[i].first * dim,
+                  sizeof(T) * static_cast<size_t>(dim));
+      ++rows_used;
+    }
+    index.data()[order[i].second] = rows_used - 1;
+  }
+}
+
+template <typename T>
+void Mind<T>::CompactTable::Expand(int64_t num_rows, int64_t dim, T* out) const {
+  std::fill(out, out + num_rows * dim, T(0));
+  for (int64_t r = 0; r < rows_used; ++r)
+    std::memcpy(out + original[r] * dim, grads.data() + r * dim,
+                sizeof(T) * static_cast<size_t>(dim));
 }
 
 template <typename T>
@@ -129,8 +168,10 @@ kernels::MindRoutingArgs<T> Mind<T>::RoutingArgs(const CtrInputs<T>& in) {
   a.iterations = o_.routing_iterations;
   a.e = e_.data();
   a.lengths = in.lengths;
-  a.s = params_.value(s_);
-  a.init_logits = override_logits_ != nullptr ? override_logits_ : init_logits_.data();
+  a.s = params_.compute_value(s_);
+  // Staged, the device copy (uploaded at the start of Forward) of the host reference.
+  const T* shared_logits = io_.staged() ? device_init_logits_.data() : init_logits_.data();
+  a.init_logits = override_logits_ != nullptr ? override_logits_ : shared_logits;
   a.init_logits_per_row = override_logits_ != nullptr;
   a.out = caps_.data();
   a.ehat = ehat_.data();
@@ -141,36 +182,47 @@ kernels::MindRoutingArgs<T> Mind<T>::RoutingArgs(const CtrInputs<T>& in) {
 }
 
 template <typename T>
-Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in, bool training,
                         T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in));
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, D2 = d2_, K = o_.num_interests;
-  const int p = o_.label_attention_pow;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Mind", o_.device, ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, D2 = d2_,
+                K = o_.num_interests;
+  const int64_t positions = B * L + B;
+  // Tables larger than the staging buffers: stage the referenced rows only.
+  CtrInputs<T> src = host_in;
+  compacted_ = io_.staged() &&
+               (host_in.num_item_rows > staging_rows_ || host_in.num_cat_rows > staging_rows_);
+  if (compacted_) {
+    compact_item_.Build(host_in.item_index, positions, host_in.item_rows, D);
+    src.item_index = compact_item_.index.data();
+    src.item_rows = compact_item_.rows.data();
+    src.num_item_rows = compact_item_.rows_used;
+    if (o_.use_categories) {
+      compact_cat_.Build(host_in.cat_index, positions, host_in.cat_rows, D);
+      src.cat_index = compact_cat_.index.data();
+      src.cat_rows = compact_cat_.rows.data();
+      src.num_cat_rows = compact_cat_.rows_used;
+    } else {  // never read; Backward zero-fills their gradients on the host
+      src.cat_index = nullptr;
+      src.cat_rows = nullptr;
+      src.num_cat_rows = 0;
+    }
+  }
+  IPS_ASSIGN_OR_RETURN(const CtrInputs<T> in, io_.BeginForward(ctx, src, positions, &params_));
+  if (io_.staged()) {
+    // The host copy is the reference (a checkpoint restores it through state()).
+    IPS_RETURN_IF_ERROR(kernels::CopyToDevice(ctx, device_init_logits_.data(), init_logits_.data(),
+                                              sizeof(T) * static_cast<size_t>(K * L)));
+  }
+  const MindShapes shapes{B, L, D, K, in.lengths};
 
-  // Item vectors of input position `pos` (item row, plus its category row when used).
-  const bool cats = o_.use_categories;
-  auto item_vector = [&](int64_t pos, T* dst) {
-    const T* r = in.item_rows + in.item_index[pos] * D;
-    if (cats) {
-      const T* c = in.cat_rows + in.cat_index[pos] * D;
-      for (int64_t j = 0; j < D; ++j) dst[j] = r[j] + c[j];
-    } else {
-      std::memcpy(dst, r, sizeof(T) * D);
-    }
-  };
-  // Behaviours left-aligned (the routing kernel takes steps [0, len) as valid, oldest first):
-  // step i of row b is input position L - len + i. The rest is zero so the routing's GEMM reads
-  // finite values there. Targets into et_.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      T* dst = e_.data() + b * L * D;
-      for (int64_t i = 0; i < len; ++i) item_vector(b * L + first + i, dst + i * D);
-      std::fill(dst + len * D, dst + L * D, T(0));
-      item_vector(B * L + b, et_.data() + b * D);
-    }
-  });
+  // Behaviours left-aligned (the routing kernel takes steps [0, len) as valid, oldest first),
+  // targets into et_.
+  IPS_RETURN_IF_ERROR(MindGatherItemVectors(ctx, shapes, o_.use_categories, in.item_index,
+                                            in.cat_index, in.item_rows, in.cat_rows, e_.data(),
+                                            et_.data()));
 
   IPS_RETURN_IF_ERROR(kernels::MindRoutingForward(ctx, RoutingArgs(in)));
 
@@ -181,38 +233,20 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   lin.out = D;
   lin.act = o_.user_relu ? kernels::Activation::kRelu : kernels::Activation::kIdentity;
   lin.x = caps_.data();
-  lin.w = params_.value(w_);
-  lin.bias = params_.value(c_);
+  lin.w = params_.compute_value(w_);
+  lin.bias = params_.compute_value(c_);
   lin.y = v_.data();
   IPS_RETURN_IF_ERROR(kernels::LinearForward(ctx, lin));
 
   // Label-aware attention over the K user vectors, then the logit against the target.
-  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* et = et_.data() + b * D;
-      const T* v = v_.data() + b * K * D;
-      T* dots = dots_.data() + b * K;
-      T* w = attw_.data() + b * K;
-      T mx = T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        T d = 0;
-        for (int64_t c = 0; c < D; ++c) d += v[k * D + c] * et[c];
-        dots[k] = d;
-        w[k] = IntPow(d, p);
-        mx = k == 0 ? w[k] : std::max(mx, w[k]);
-      }
-      T sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += (w[k] = std::exp(w[k] - mx));
-      for (int64_t k = 0; k < K; ++k) w[k] /= sum;
-      T* user = user_.data() + b * D;
-      std::fill(user, user + D, T(0));
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t c = 0; c < D; ++c) user[c] += w[k] * v[k * D + c];
-      T logit = 0;
-      for (int64_t c = 0; c < D; ++c) logit += user[c] * et[c];
-      logits_[b] = logit;
-    }
-  });
+  IPS_RETURN_IF_ERROR(MindLabelAttentionForward(ctx, shapes, o_.label_attention_pow, v_.data(),
+                                                et_.data(), dots_.data(), attw_.data(),
+                                                user_.data(), logits_.data()));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
+  if (io_.staged()) {
+    IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, host_v_.data(), v_.data(),
+                                            sizeof(T) * static_cast<size_t>(B * K * D)));
+  }
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -220,9 +254,10 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
     l.reduction = kernels::Reduction::kMean;
     l.logits = logits_.data();
     l.labels = in.labels;
-    l.loss = loss_scratch_;
+    l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr) *loss = loss_scratch_[0];
+    if (loss != nullptr)
+      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -230,15 +265,19 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
 }
 
 template <typename T>
-Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_in, T* d_item_rows,
                          T* d_cat_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+  if (!have_training_forward_ || host_in.batch != forward_batch_ || host_in.labels == nullptr)
     return FailedPreconditionError(
         "Mind::Backward needs a Forward(training = true) with labels on the same batch first");
-  if (d_item_rows == nullptr || (d_cat_rows == nullptr && in.num_cat_rows > 0))
+  if (d_item_rows == nullptr || (d_cat_rows == nullptr && host_in.num_cat_rows > 0))
     return InvalidArgumentError("Mind::Backward: null d_item_rows or d_cat_rows");
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, D2 = d2_, K = o_.num_interests;
-  const int p = o_.label_attention_pow;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Mind", o_.device, ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, D2 = d2_,
+                K = o_.num_interests;
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const CtrInputs<T>& in = io_.BackwardInputs(host_in);
+  const MindShapes shapes{B, L, D, K, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = B;
@@ -249,36 +288,10 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   l.dlogits = d_logits_.data();
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
 
-  // Through logit = <user, e_t>, user = sum_k w_k v_k, w = softmax(dots^p), dots_k = <v_k, e_t>:
-  // dv_k (into dv_) and the target row's gradient (into the target slots of g_item_).
-  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T g = d_logits_[b];
-      const T* et = et_.data() + b * D;
-      const T* v = v_.data() + b * K * D;
-      const T* w = attw_.data() + b * K;
-      const T* dots = dots_.data() + b * K;
-      const T* user = user_.data() + b * D;
-      T* dv = dv_.data() + b * K * D;
-      T* d_et = g_item_.data() + (B * L + b) * D;
-      for (int64_t c = 0; c < D; ++c) d_et[c] = g * user[c];
-      // dw_k = <v_k, duser> with duser = g e_t; ws = sum_k w_k dw_k.
-      T ws = 0;
-      T dw[64];  // K <= 64 (ValidateMindOptions)
-      for (int64_t k = 0; k < K; ++k) {
-        dw[k] = g * dots[k];
-        ws += w[k] * dw[k];
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        const T ddot = IntPowGrad(dots[k], p) * w[k] * (dw[k] - ws);
-        const T gw = g * w[k];
-        for (int64_t c = 0; c < D; ++c) {
-          dv[k * D + c] = gw * et[c] + ddot * et[c];
-          d_et[c] += ddot * v[k * D + c];
-        }
-      }
-    }
-  });
+  // dv_k (into dv_) and the target rows' gradient (into the target slots of g_item_).
+  IPS_RETURN_IF_ERROR(MindLabelAttentionBackward(
+      ctx, shapes, o_.label_attention_pow, d_logits_.data(), v_.data(), et_.data(), dots_.data(),
+      attw_.data(), user_.data(), dv_.data(), g_item_.data()));
 
   kernels::LinearArgs<T> lin;
   lin.rows = B * K;
@@ -286,51 +299,57 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   lin.out = D;
   lin.act = o_.user_relu ? kernels::Activation::kRelu : kernels::Activation::kIdentity;
   lin.x = caps_.data();
-  lin.w = params_.value(w_);
-  lin.bias = params_.value(c_);
+  lin.w = params_.compute_value(w_);
+  lin.bias = params_.compute_value(c_);
   lin.y = v_.data();
   lin.dy = dv_.data();
   lin.dpre = dv_.data();
   lin.dx = dcaps_.data();
-  lin.dw = params_.grad(w_);
-  lin.dbias = params_.grad(c_);
+  lin.dw = params_.compute_grad(w_);
+  lin.dbias = params_.compute_grad(c_);
   IPS_RETURN_IF_ERROR(kernels::LinearBackward(ctx, lin));
 
   kernels::MindRoutingArgs<T> r = RoutingArgs(in);
   r.dout = dcaps_.data();
   r.de = de_.data();
-  r.ds = params_.grad(s_);
+  r.ds = params_.compute_grad(s_);
   r.workspace = routing_ws_.data();
   IPS_RETURN_IF_ERROR(kernels::MindRoutingBackward(ctx, r));
 
   // History positions: the left-aligned behaviour gradient of step i goes back to input
   // position L - len + i; padded positions get zero.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], first = L - len;
-      T* g = g_item_.data() + b * L * D;
-      std::fill(g, g + first * D, T(0));
-      std::memcpy(g + first * D, de_.data() + b * L * D, sizeof(T) * len * D);
-    }
-  });
+  IPS_RETURN_IF_ERROR(MindHistoryRowGrads(ctx, shapes, de_.data(), g_item_.data()));
 
+  // After a compacted forward the row gradients come back for the compact tables first.
+  T* item_out = compacted_ ? compact_item_.grads.data() : d_item_rows;
+  T* cat_out = compacted_ ? (o_.use_categories ? compact_cat_.grads.data() : nullptr) : d_cat_rows;
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
   s.inverse = in.item_index;
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
+  s.grad_unique = io_.ItemGradTarget(item_out);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   if (o_.use_categories) {
     // x = item + cat: the category row of a position gets the same gradient as its item row.
     s.inverse = in.cat_index;
     s.num_unique = in.num_cat_rows;
-    s.grad_unique = d_cat_rows;
+    s.grad_unique = io_.CatGradTarget(cat_out);
     IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   } else if (in.num_cat_rows > 0) {
     // Categories are outside the item space: exactly zero gradient.
-    std::fill(d_cat_rows, d_cat_rows + in.num_cat_rows * D, T(0));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(
+        ctx, io_.CatGradTarget(cat_out), sizeof(T) * static_cast<size_t>(in.num_cat_rows * D)));
+  }
+  IPS_RETURN_IF_ERROR(io_.EndBackward(ctx, item_out, cat_out, &params_));
+  if (compacted_) {
+    compact_item_.Expand(host_in.num_item_rows, D, d_item_rows);
+    if (o_.use_categories) {
+      compact_cat_.Expand(host_in.num_cat_rows, D, d_cat_rows);
+    } else if (host_in.num_cat_rows > 0) {
+      std::fill(d_cat_rows, d_cat_rows + host_in.num_cat_rows * D, T(0));
+    }
   }
   return Status::Ok();
 }

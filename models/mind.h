@@ -67,17 +67,34 @@
 // options.max_batch rows; Forward/Backward allocate nothing. Templated on T (float for training,
 // double for gradient checks).
 //
+// Devices: options.device = kCuda (float only) keeps every buffer, a copy of the dense weights
+// and a copy of the routing init logits on the GPU and runs the same passes through the kernels'
+// CUDA twins (kernels/capsule.h routing, Linear, BCE, ScatterAdd, and models/mind_ops.h for the
+// item-vector layout, the label-aware attention and the row-gradient layout). The interface stays
+// host memory: inputs are staged to the device by models/device_staging.h; the loss, logits(),
+// user_vectors() (read by the retrieval evaluation after an inference Forward), the row gradients
+// and the dense gradients in params() come back to the host; the routing init logits' host copy
+// (state(), what a checkpoint restores) stays the reference and is uploaded before every
+// Forward (it is not trained, so nothing comes back). Forward/Backward then need a Context whose
+// device is the model's. Pulled tables larger than the staging buffers (the retrieval
+// evaluation passes the whole item table) are compacted on the host to the rows the batch
+// references before staging, with the same results. capsules(), interest_weights() and
+// final_routing_logits() stay in the model's device memory.
+//
 // Thread safety: none (one model per trainer thread); kernels use ctx.pool internally.
 #ifndef IPS_MODELS_MIND_H_
 #define IPS_MODELS_MIND_H_
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
 #include "kernels/capsule.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 
@@ -98,6 +115,13 @@ struct MindOptions {
   // header comment for why the category is in by default.
   bool use_categories = true;
   uint64_t seed = 0;  // dense initialisation and routing logits (Rng)
+  // Where the passes run (see the header comment). The initial weights do not depend on it.
+  kernels::Device device = kernels::Device::kCpu;
+  // Test switch for device = kCpu: take the CUDA path's copies (inputs staged into the model's
+  // own buffers, weights, routing logits, gradients, loss, logits and user vectors through
+  // separate copies) with the CPU kernels, so that CPU tests cover that logic; results are
+  // bitwise the plain CPU path's.
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field ("MindOptions.<field>: ...").
@@ -110,7 +134,8 @@ class Mind final : public CtrModel<T> {
   // Rng(seed): S ("routing.bilinear" [D x D2]) ~ N(0, bilinear_init_stddev^2), then the user
   // layer ("user.weight" [D x D2] torch layout, "user.bias" [D]) with torch's nn.Linear default;
   // the routing logits [K x T] from MindRoutingInitLogits(seed ^ constant). INVALID_ARGUMENT for
-  // bad options.
+  // bad options; for kCuda, UNIMPLEMENTED with T = double or without CUDA in the build, INTERNAL
+  // when device memory cannot be had.
   static StatusOr<std::unique_ptr<Mind>> Create(const MindOptions& options);
   Mind(const Mind&) = delete;
   Mind& operator=(const Mind&) = delete;
@@ -121,7 +146,8 @@ class Mind final : public CtrModel<T> {
   // inference: no loss, but targets are still read (they must index item rows) and the logits
   // computed; user_vectors() never depends on the targets. Errors: INVALID_ARGUMENT for a batch
   // outside [1, max_batch], null lengths/item pointers, indices out of range or lengths outside
-  // [0, max_len] (naming the position); otherwise the kernels'.
+  // [0, max_len] (naming the position), or a Context of another device than the model's;
+  // otherwise the kernels'.
   Status Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
                  T* loss) override;
   // As CtrModel::Backward; d_cat_rows [num_cat_rows x dim] gets the category rows' gradients
@@ -138,26 +164,29 @@ class Mind final : public CtrModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
   // The fixed routing logits [K x T] (not trained; a checkpoint restores them).
   std::vector<StateTensor<T>> state() override;
 
-  // Outputs of the last Forward (valid until the next one): logits [B]; user vectors v
-  // [B x K x D] (computed from the history alone); interest capsules u [B x K x D2]; label-aware
-  // attention weights [B x K]; the routing logits the final routing iteration used [B x K x T]
-  // (position i = the i-th valid behaviour, oldest first).
-  const T* logits() const override { return logits_.data(); }
+  // Outputs of the last Forward (valid until the next one), in host memory: logits [B]; user
+  // vectors v [B x K x D] (computed from the history alone). In the model's device memory:
+  // interest capsules u [B x K x D2]; label-aware attention weights [B x K]; the routing logits
+  // the final routing iteration used [B x K x T] (position i = the i-th valid behaviour, oldest
+  // first).
+  const T* logits() const override { return io_.HostLogits(logits_.data()); }
   int64_t num_user_vectors() const override { return o_.num_interests; }
   int64_t vector_dim() const override { return o_.embedding_dim; }
-  const T* user_vectors() const override { return v_.data(); }
+  const T* user_vectors() const override { return io_.staged() ? host_v_.data() : v_.data(); }
   const T* capsules() const { return caps_.data(); }
   const T* interest_weights() const { return attw_.data(); }
   const T* final_routing_logits() const { return final_logits_.data(); }
 
   // Test hook: when `logits` is non-null, later Forwards start the routing from these per-row
-  // logits [max_batch x K x T] (row b's block at b * K * T) instead of the fixed shared ones;
-  // nullptr restores the normal behaviour. Not owned; must stay valid while set. Used to check
+  // logits [max_batch x K x T] (row b's block at b * K * T, in the model's device memory)
+  // instead of the fixed shared ones; nullptr restores the normal behaviour. Not owned; must stay
+  // valid while set. Used to check
   // the stop-gradient backward of a multi-iteration routing by finite differences.
   void SetRoutingLogitsForTesting(const T* logits) { override_logits_ = logits; }
 
@@ -171,30 +200,55 @@ class Mind final : public CtrModel<T> {
   int64_t d2_ = 0;
   DenseParams<T> params_;
   int64_t s_ = 0, w_ = 0, c_ = 0;  // offsets: S [D x D2], W [D x D2], c [D]
-  std::vector<T> init_logits_;     // [K x T]
+  std::vector<T> init_logits_;     // [K x T], the reference (state())
   const T* override_logits_ = nullptr;
 
-  // Forward state, sized for max_batch.
-  std::vector<T> e_;             // [B x T x D] behaviours, left-aligned (valid first), 0 after
-  std::vector<T> et_;            // [B x D] target item vectors
-  std::vector<T> ehat_;          // [B x T x D2]
-  std::vector<T> rweights_;      // [B x K x T]
-  std::vector<T> final_logits_;  // [B x K x T]
-  std::vector<T> z_;             // [B x K x D2]
-  std::vector<T> caps_;          // [B x K x D2]
-  std::vector<T> v_;             // [B x K x D]
-  std::vector<T> dots_;          // [B x K] <v_k, e_target>
-  std::vector<T> attw_;          // [B x K]
-  std::vector<T> user_;          // [B x D]
-  std::vector<T> logits_;        // [B]
-  T loss_scratch_[1] = {T(0)};
+  // Forward state, sized for max_batch, on the model's device.
+  kernels::Buffer<T> e_;             // [B x T x D] behaviours, left-aligned (valid first), 0 after
+  kernels::Buffer<T> et_;            // [B x D] target item vectors
+  kernels::Buffer<T> ehat_;          // [B x T x D2]
+  kernels::Buffer<T> rweights_;      // [B x K x T]
+  kernels::Buffer<T> final_logits_;  // [B x K x T]
+  kernels::Buffer<T> z_;             // [B x K x D2]
+  kernels::Buffer<T> caps_;          // [B x K x D2]
+  kernels::Buffer<T> v_;             // [B x K x D]
+  kernels::Buffer<T> dots_;          // [B x K] <v_k, e_target>
+  kernels::Buffer<T> attw_;          // [B x K]
+  kernels::Buffer<T> user_;          // [B x D]
+  kernels::Buffer<T> logits_;        // [B]
+  kernels::Buffer<T> loss_scratch_;  // [1]
   // Backward scratch.
-  std::vector<T> d_logits_;  // [B]
-  std::vector<T> dv_;        // [B x K x D], also the pre-activation gradient
-  std::vector<T> dcaps_;     // [B x K x D2]
-  std::vector<T> de_;        // [B x T x D]
-  std::vector<T> routing_ws_;
-  std::vector<T> g_item_;  // [(B*T + B) x D] per-position item-row gradients
+  kernels::Buffer<T> d_logits_;  // [B]
+  kernels::Buffer<T> dv_;        // [B x K x D], also the pre-activation gradient
+  kernels::Buffer<T> dcaps_;     // [B x K x D2]
+  kernels::Buffer<T> de_;        // [B x T x D]
+  kernels::Buffer<T> routing_ws_;
+  kernels::Buffer<T> g_item_;  // [(B*T + B) x D] per-position item-row gradients
+  // The copies in and out on CUDA (or with stage_on_cpu): inputs, weights, logits and row and
+  // dense gradients (io_); the routing init logits' device copy [K x T] and the user vectors'
+  // host copy [B x K x D] (page-locked on CUDA). Empty when not staged.
+  CtrDeviceIo<T> io_;
+  kernels::Buffer<T> device_init_logits_;
+  kernels::HostBuffer<T> host_v_;
+  // Staged batches whose pulled tables are larger than the staging buffers (max_batch * (T + 1)
+  // rows; the retrieval evaluation passes the whole item table): only the rows the batch
+  // references are staged, renumbered in row order, and their gradients are expanded back to
+  // the caller's table (zero elsewhere), so the results are those of the full tables.
+  struct CompactTable {
+    kernels::HostBuffer<int64_t> index;              // [P] the positions' indices into `rows`
+    kernels::HostBuffer<T> rows;                     // [P x D] the referenced rows
+    kernels::HostBuffer<T> grads;                    // [P x D] their gradients
+    std::vector<int64_t> original;                   // [P] compact row -> row of the caller's table
+    std::vector<std::pair<int64_t, int64_t>> order;  // [P] scratch: (row, position)
+    int64_t rows_used = 0;
+    Status Allocate(int64_t positions, int64_t dim, bool pinned);
+    void Build(const int64_t* table_index, int64_t positions, const T* table_rows, int64_t dim);
+    // out [num_rows x dim]: the compact rows' gradients at their rows, 0 elsewhere.
+    void Expand(int64_t num_rows, int64_t dim, T* out) const;
+  };
+  int64_t staging_rows_ = 0;  // rows a staged table holds: max_batch * (T + 1)
+  CompactTable compact_item_, compact_cat_;
+  bool compacted_ = false;  // the last Forward staged compact tables
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;
 };

@@ -57,13 +57,15 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
 // The one place that knows which models run on CUDA: specs and configs of any other model on
 // CUDA are refused here.
 bool RunsOnCuda(ModelKind kind) {
-  return kind == ModelKind::kDin || kind == ModelKind::kPooled || kind == ModelKind::kGru4Rec;
+  return kind == ModelKind::kDin || kind == ModelKind::kPooled || kind == ModelKind::kMind ||
+         kind == ModelKind::kGru4Rec;
 }
 
 Status CheckDevice(ModelKind kind, kernels::Device device) {
   if (device == kernels::Device::kCpu || RunsOnCuda(kind)) return Status::Ok();
   return UnimplementedError(
-      std::string("model.device CUDA: only DIN, POOLED and GRU4REC run on CUDA so far (model ") +
+      std::string(
+          "model.device CUDA: only DIN, POOLED, MIND and GRU4REC run on CUDA so far (model ") +
       ModelKindName(kind) + " runs with device: CPU)");
 }
 
@@ -84,8 +86,11 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
       o.device = spec.device;
       return Upcast(models::PooledModel<float>::Create(o));
     }
-    case ModelKind::kMind:
-      return Upcast(models::Mind<float>::Create(WithCommon(spec.mind, spec)));
+    case ModelKind::kMind: {
+      models::MindOptions o = WithCommon(spec.mind, spec);
+      o.device = spec.device;
+      return Upcast(models::Mind<float>::Create(o));
+    }
     case ModelKind::kBst:
       return Upcast(models::Bst<float>::Create(WithCommon(spec.bst, spec)));
     default:

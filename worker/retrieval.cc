@@ -521,7 +521,11 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
     in.num_item_rows = N + 1;
     in.cat_rows = cat_rows.data();
     in.num_cat_rows = C + 1;
-    IPS_RETURN_IF_ERROR(model->Forward(ctx, in, /*training=*/false, nullptr));
+    // The encoding forward runs on the model's device (its inputs and user vectors are host
+    // memory on every device); the scoring stays on ctx, the CPU.
+    kernels::Context model_ctx = ctx;
+    model_ctx.device = model->device();
+    IPS_RETURN_IF_ERROR(model->Forward(model_ctx, in, /*training=*/false, nullptr));
     const float* v = model->user_vectors();
     if (v == nullptr)
       return InvalidArgumentError("EvaluateRetrieval: model returned no user vectors");

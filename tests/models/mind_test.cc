@@ -6,11 +6,15 @@
 // 1-iteration model started from the final routing logits (kernels/capsule.h's definition);
 // without categories the category rows are unread and get exactly zero gradient; user vectors
 // depend on the history only; the label-aware attention is the documented softmax of
-// pow(<v_k, x>, p) with x = item row + category row; input and option validation.
+// pow(<v_k, x>, p) with x = item row + category row; input and option validation; the device
+// logic: a model refuses a Context of another device, CUDA is float only, and the CUDA path's
+// copies (stage_on_cpu) give bitwise the plain CPU results, user vectors included
+// (tests/models/mind_gpu_test.cc runs the CUDA model itself where there is a GPU).
 #include "models/mind.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <ostream>
@@ -19,6 +23,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -453,6 +458,119 @@ TEST(MindOptionsTest, RejectsEachBadFieldAndReportsShapes) {
   ASSERT_EQ(st.size(), 1u);
   EXPECT_EQ(st[0].name, "routing.init_logits");
   EXPECT_EQ(st[0].size, 4 * 50);
+}
+
+// The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
+// CUDA model needs CUDA in the build (tests/models/mind_gpu_test.cc runs it where there is a GPU).
+TEST(MindDevice, ContextMustMatchAndCudaIsFloatOnly) {
+  MindOptions o = SmallOptions(4, 3, 3);
+  auto cpu = Mind<double>::Create(o);
+  ASSERT_OK(cpu.status());
+  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
+  SmallBatch b({5, 1, 3});
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  double loss = 0;
+  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
+  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
+  // A CPU forward, then a backward on the wrong device: refused too.
+  ASSERT_OK((*cpu)->Forward(kernels::Context{}, b.Inputs(), true, &loss));
+  std::vector<double> d_item(b.item_rows.size()), d_cat(b.cat_rows.size());
+  EXPECT_EQ((*cpu)->Backward(cuda, b.Inputs(), d_item.data(), d_cat.data()).code(),
+            StatusCode::kInvalidArgument);
+  o.device = kernels::Device::kCuda;
+  EXPECT_EQ(Mind<double>::Create(o).status().code(), StatusCode::kUnimplemented);
+  if (!kernels::CudaBuilt()) {
+    EXPECT_EQ(Mind<float>::Create(o).status().code(), StatusCode::kUnimplemented);
+  }
+}
+
+std::vector<double> UserVectors(const Mind<double>& m, int64_t batch) {
+  const int64_t n = batch * m.num_user_vectors() * m.vector_dim();
+  return std::vector<double>(m.user_vectors(), m.user_vectors() + n);
+}
+
+// staged_check.h's comparison (losses, logits, dense and row gradients, state, inference logits
+// after the weights changed), plus what MIND adds: the user vectors of training and inference
+// passes, and an inference pass after the routing init logits (state, which a checkpoint
+// restores into the host copy) changed on the host.
+void ExpectStagedMindMatchesPlain(Mind<double>& plain, Mind<double>& staged,
+                                  const std::vector<CtrInputs<double>>& batches,
+                                  CtrInputs<double> eval) {
+  testing_util::ExpectStagedMatchesPlain(plain, staged, batches, eval);
+  EXPECT_EQ(UserVectors(staged, eval.batch), UserVectors(plain, eval.batch));
+  const kernels::Context ctx;
+  for (const CtrInputs<double>& in : batches) {
+    double loss[2];
+    ASSERT_OK(plain.Forward(ctx, in, true, &loss[0]));
+    ASSERT_OK(staged.Forward(ctx, in, true, &loss[1]));
+    EXPECT_EQ(loss[0], loss[1]);
+    EXPECT_EQ(UserVectors(staged, in.batch), UserVectors(plain, in.batch));
+  }
+  eval.labels = nullptr;
+  ASSERT_OK(plain.Forward(ctx, eval, false, nullptr));
+  const std::vector<double> before = UserVectors(plain, eval.batch);
+  for (Mind<double>* m : {&plain, &staged}) {
+    const std::vector<StateTensor<double>> st = m->state();
+    ASSERT_EQ(st.size(), 1u);
+    for (int64_t j = 0; j < st[0].size; ++j) st[0].data[j] = -0.5 * st[0].data[j] + 0.01 * j;
+    ASSERT_OK(m->Forward(ctx, eval, false, nullptr));
+  }
+  const std::vector<double> after = UserVectors(plain, eval.batch);
+  EXPECT_NE(after, before) << "the routing logits must matter for this check";
+  EXPECT_EQ(UserVectors(staged, eval.batch), after);
+  for (int64_t i = 0; i < eval.batch; ++i) EXPECT_EQ(staged.logits()[i], plain.logits()[i]);
+}
+
+// A batch over pulled tables larger than a staged model's staging buffers (max_batch * (T + 1)
+// = 18 rows here), as the retrieval evaluation passes them (the whole item table): most rows are
+// unreferenced and must get zero gradients.
+SmallBatch LargeTables(std::vector<int32_t> lens, uint64_t seed) {
+  SmallBatch b(std::move(lens), seed);
+  Rng rng(seed + 1000);
+  b.num_item_rows = 40;
+  b.num_cat_rows = 25;
+  for (int64_t& i : b.item_index) i = static_cast<int64_t>(rng.UniformInt(40));
+  for (int64_t& c : b.cat_index) c = static_cast<int64_t>(rng.UniformInt(25));
+  b.item_rows.resize(40 * 3);
+  b.cat_rows.resize(25 * 3);
+  FillUniform(b.item_rows, rng, -1.0, 1.0);
+  FillUniform(b.cat_rows, rng, -1.0, 1.0);
+  return b;
+}
+
+// stage_on_cpu runs the CUDA path's copies (staged inputs, mirrored weights, gradients and
+// routing logits, loss, logits and user vectors copied back) with the CPU kernels: bitwise the
+// plain CPU model's results, training and inference, after the host weights and routing logits
+// changed, in both item spaces and with both user layers, over histories of length 0, 1 and max,
+// with pulled tables that fit the staging buffers and tables that do not (staged compacted).
+// This is the CPU check of the logic a CUDA MIND adds around its kernels.
+TEST(MindDevice, StagedCopiesGiveBitwiseThePlainCpuResults) {
+  for (bool cats : {true, false}) {
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(std::string(cats ? "item + category" : "item only") +
+                   (relu ? ", ReLU" : ", linear"));
+      MindOptions o = SmallOptions(4, 3, 3);
+      o.use_categories = cats;
+      o.user_relu = relu;
+      auto plain = Mind<double>::Create(o);
+      ASSERT_OK(plain.status());
+      o.stage_on_cpu = true;
+      auto staged = Mind<double>::Create(o);
+      ASSERT_OK(staged.status());
+      EXPECT_EQ((*staged)->device(), kernels::Device::kCpu);
+      // ReLU must have live and dead units, and the bias must move the vectors: off the init.
+      Perturb((*plain)->params(), 13);
+      std::copy((*plain)->params().values(),
+                (*plain)->params().values() + (*plain)->params().size(),
+                (*staged)->params().values());
+      const SmallBatch b1({5, 1, 0}, 21), b2({0, 5, 1}, 22), eval({2, 5, 3}, 31);
+      ExpectStagedMindMatchesPlain(**plain, **staged, {b1.Inputs(), b2.Inputs()}, eval.Inputs());
+      const SmallBatch large1 = LargeTables({1, 0, 5}, 23), large_eval = LargeTables({5, 2, 0}, 32);
+      ExpectStagedMindMatchesPlain(**plain, **staged, {large1.Inputs(), b1.Inputs()},
+                                   large_eval.Inputs());
+    }
+  }
 }
 
 }  // namespace
