@@ -7,9 +7,12 @@
 #include <type_traits>
 
 #include "common/thread_pool.h"
+#include "kernels/activation.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/embedding.h"
+#include "kernels/linear.h"
 #include "kernels/loss.h"
+#include "models/dien_ops.h"
 
 #if defined(__GNUC__)
 #define IPS_DIEN_INLINE __attribute__((always_inline)) inline
@@ -364,69 +367,110 @@ StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
   InitLinearTorchDefault(rng, H, 3 * H, p.value(m->au_w_hh_), p.value(m->au_b_hh_));
   m->mlp_->Init(rng);
 
+  // Weights are initialised on the host (the same on every device), then mirrored.
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev, o.stage_on_cpu));
+  const int64_t max_positions = 2 * B * L + B;
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, max_positions, D));
+
   auto size = [](int64_t n) { return static_cast<size_t>(n); };
+  // Elements of T holding the RNN kernels' byte sizes.
+  auto elems = [](size_t bytes) { return static_cast<int64_t>(ElemsFor(bytes, sizeof(T))); };
   const kernels::RnnShape es = m->ExtractorShape(B), as = m->AugruShape(B);
-  const size_t elem = sizeof(T);
-  m->first_valid_.resize(size(B));
-  m->pair_offset_.resize(size(B + 1));
-  m->x_.resize(size(B * L * E));
-  m->target_.resize(size(B * E));
-  m->states_.resize(size(B * L * H));
-  m->ext_final_h_.resize(size(B * H));
-  m->ext_final_c_.resize(size(B * H));
-  m->ext_reserve_.resize(ElemsFor(kernels::RnnReserveBytes<T>(es), elem));
-  m->att_.resize(size(B * L));
-  m->attn_saved_.resize(size(kernels::DinAttentionSavedSize(B, L, H, A1, A2)));
-  m->au_states_.resize(size(B * L * H));
-  m->au_reserve_.resize(ElemsFor(kernels::RnnReserveBytes<T>(as), elem));
-  m->final_h_.resize(size(B * H));
-  m->mlp_in_.resize(size(B * (H + E)));
-  m->logits_.resize(size(B));
-  const int64_t max_pairs = B * std::max<int64_t>(L - 1, 0);
-  if (!o.aux_loss_disabled) {
-    m->pair_row_.resize(size(max_pairs));
-    m->d_aux_h_.resize(size(max_pairs * H));
-    m->d_aux_pos_.resize(size(max_pairs * E));
-    m->d_aux_neg_.resize(size(max_pairs * E));
-    int64_t off = 0, widest = 0;
-    for (size_t i = 0; i < aux_layers; ++i) {
-      m->aux_out_.emplace_back(size(2 * max_pairs * m->aux_sizes_[i + 1]));
-      m->aux_w_off_.push_back(off);
-      off += m->aux_sizes_[i] * m->aux_sizes_[i + 1];
-      m->aux_b_off_.push_back(off);
-      off += m->aux_sizes_[i + 1];
-      widest = std::max({widest, m->aux_sizes_[i], m->aux_sizes_[i + 1]});
-    }
-    m->aux_part_elems_ = off;
-    m->aux_wt_.resize(size(off));
-    m->aux_partials_.resize(size(kAuxMaxParts * off));
-    m->aux_w0h_.resize(size(m->aux_sizes_[1] * H));
-    m->aux_w0e_.resize(size(m->aux_sizes_[1] * E));
-    m->aux_scratch_.resize(size(kAuxMaxParts));
-    for (AuxScratch& sc : m->aux_scratch_) {
-      sc.hin.resize(size(kAuxTile * H));
-      sc.epos.resize(size(kAuxTile * E));
-      sc.eneg.resize(size(kAuxTile * E));
-      sc.da.resize(size(2 * kAuxTile * widest));
-      sc.dz.resize(size(2 * kAuxTile * widest));
-    }
-  }
   const size_t ws = std::max(
       {kernels::RnnForwardWorkspaceBytes<T>(es), kernels::RnnBackwardWorkspaceBytes<T>(es),
        kernels::RnnForwardWorkspaceBytes<T>(as), kernels::RnnBackwardWorkspaceBytes<T>(as)});
-  m->rnn_workspace_.resize(ElemsFor(ws, elem));
-  m->attn_workspace_.resize(size(kernels::DinAttentionBackwardWorkspaceSize(B, L, H, A1, A2)));
-  m->d_logits_.resize(size(B));
-  m->d_mlp_in_.resize(size(B * (H + E)));
-  m->d_final_.resize(size(B * H));
-  m->d_au_x_.resize(size(B * L * H));
-  m->d_att_.resize(size(B * L));
-  m->d_query_.resize(size(B * E));
-  m->d_keys_.resize(size(B * L * H));
-  m->d_states_.resize(size(B * L * H));
-  m->d_x_.resize(size(B * L * E));
-  m->g_item_.resize(size((2 * B * L + B) * D));
-  m->g_cat_.resize(size((2 * B * L + B) * D));
+  const int64_t max_pairs = o.aux_loss_disabled ? 0 : B * std::max<int64_t>(L - 1, 0);
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(
+      dev, {
+               {&m->x_, B * L * E},
+               {&m->target_, B * E},
+               {&m->states_, B * L * H},
+               {&m->ext_final_h_, B * H},
+               {&m->ext_final_c_, B * H},
+               {&m->ext_reserve_, elems(kernels::RnnReserveBytes<T>(es))},
+               {&m->att_, B * L},
+               {&m->attn_saved_, kernels::DinAttentionSavedSize(B, L, H, A1, A2)},
+               {&m->au_states_, B * L * H},
+               {&m->au_reserve_, elems(kernels::RnnReserveBytes<T>(as))},
+               {&m->final_h_, B * H},
+               {&m->mlp_in_, B * (H + E)},
+               {&m->logits_, B},
+               {&m->rnn_workspace_, elems(ws)},
+               {&m->loss_scratch_, 1},
+               {&m->attn_workspace_, kernels::DinAttentionBackwardWorkspaceSize(B, L, H, A1, A2)},
+               {&m->d_logits_, B},
+               {&m->d_mlp_in_, B * (H + E)},
+               {&m->d_final_, B * H},
+               {&m->d_au_x_, B * L * H},
+               {&m->d_att_, B * L},
+               {&m->d_query_, B * E},
+               {&m->d_keys_, B * L * H},
+               {&m->d_states_, B * L * H},
+               {&m->d_x_, B * L * E},
+               {&m->d_aux_h_, max_pairs * H},
+               {&m->d_aux_pos_, max_pairs * E},
+               {&m->d_aux_neg_, max_pairs * E},
+               {&m->g_item_, max_positions * D},
+               {&m->g_cat_, max_positions * D},
+           }));
+  m->first_valid_.resize(size(B));
+  m->pair_offset_.resize(size(B + 1));
+  m->pair_row_.resize(size(max_pairs));
+  if (o.aux_loss_disabled) return m;
+
+  int64_t widest = 0;
+  for (size_t i = 0; i < m->aux_sizes_.size(); ++i) widest = std::max(widest, m->aux_sizes_[i]);
+  if (!m->aux_fused()) {
+    // The layer-by-layer auxiliary MLP over up to 2 * max_pairs rows, and the device copies of
+    // the pair index arrays.
+    IPS_ASSIGN_OR_RETURN(m->pair_offset_dev_, kernels::Buffer<int64_t>::Create(dev, B + 1));
+    IPS_ASSIGN_OR_RETURN(m->pair_row_dev_, kernels::Buffer<int32_t>::Create(dev, max_pairs));
+    const int64_t rows = 2 * max_pairs;
+    IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(dev, {
+                                                           {&m->aux_in_, rows * (H + E)},
+                                                           {&m->aux_grad_a_, rows * widest},
+                                                           {&m->aux_grad_b_, rows * widest},
+                                                           {&m->aux_labels_, rows},
+                                                       }));
+    m->aux_act_.resize(aux_layers);
+    for (size_t i = 0; i < aux_layers; ++i) {
+      IPS_ASSIGN_OR_RETURN(m->aux_act_[i],
+                           kernels::Buffer<T>::Create(dev, rows * m->aux_sizes_[i + 1]));
+    }
+    // Interleaved pair rows: positives (label 1) at even rows, negatives (label 0) at odd ones,
+    // so the labels do not depend on the batch and are copied once here.
+    std::vector<T> labels(size(rows));
+    for (int64_t r = 0; r < rows; r += 2) labels[size(r)] = T(1);
+    kernels::Context c;
+    c.device = dev;
+    IPS_RETURN_IF_ERROR(
+        kernels::CopyToDevice(c, m->aux_labels_.data(), labels.data(), sizeof(T) * size(rows)));
+    IPS_RETURN_IF_ERROR(kernels::Synchronize(c));
+    return m;
+  }
+  int64_t off = 0;
+  for (size_t i = 0; i < aux_layers; ++i) {
+    m->aux_out_.emplace_back(size(2 * max_pairs * m->aux_sizes_[i + 1]));
+    m->aux_w_off_.push_back(off);
+    off += m->aux_sizes_[i] * m->aux_sizes_[i + 1];
+    m->aux_b_off_.push_back(off);
+    off += m->aux_sizes_[i + 1];
+  }
+  m->aux_part_elems_ = off;
+  m->aux_wt_.resize(size(off));
+  m->aux_partials_.resize(size(kAuxMaxParts * off));
+  m->aux_w0h_.resize(size(m->aux_sizes_[1] * H));
+  m->aux_w0e_.resize(size(m->aux_sizes_[1] * E));
+  m->aux_scratch_.resize(size(kAuxMaxParts));
+  for (AuxScratch& sc : m->aux_scratch_) {
+    sc.hin.resize(size(kAuxTile * H));
+    sc.epos.resize(size(kAuxTile * E));
+    sc.eneg.resize(size(kAuxTile * E));
+    sc.da.resize(size(2 * kAuxTile * widest));
+    sc.dz.resize(size(2 * kAuxTile * widest));
+  }
   return m;
 }
 
@@ -469,42 +513,46 @@ kernels::DinAttentionArgs<T> Dien<T>::AttentionArgs(const CtrInputs<T>& in) cons
 }
 
 template <typename T>
-Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in, bool training,
                         T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in, training));
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Dien", o_.device, ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in, training));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
+  // Auxiliary loss: a training-only term (the peer's loss(); its evaluation calls score()). The
+  // negatives are staged only then.
+  aux_computed_ = AuxActive(host_in, training);
+  const int64_t positions = (aux_computed_ ? 2 * B * L : B * L) + B;
+  IPS_ASSIGN_OR_RETURN(const CtrInputs<T> in, io_.BeginForward(ctx, host_in, positions, &params_));
+  const DienShapes shapes{B, L, D, in.lengths};
 
+  // Host-side index work from the host lengths: a prefix sum and a pair -> row map, a few
+  // hundred integers per batch, which the host computes anyway for the pair count P (the size
+  // of every auxiliary pass); staged, they are copied to the device once per batch rather than
+  // rebuilt there by a scan kernel.
   pair_offset_[0] = 0;
   for (int64_t b = 0; b < B; ++b) {
-    first_valid_[b] = L - in.lengths[b];
-    pair_offset_[b + 1] = pair_offset_[b] + std::max<int64_t>(in.lengths[b] - 1, 0);
+    first_valid_[b] = L - host_in.lengths[b];
+    pair_offset_[b + 1] = pair_offset_[b] + std::max<int64_t>(host_in.lengths[b] - 1, 0);
     if (!pair_row_.empty())
       for (int64_t p = pair_offset_[b]; p < pair_offset_[b + 1]; ++p)
         pair_row_[p] = static_cast<int32_t>(b);
   }
+  if (aux_computed_ && io_.staged()) {
+    // Pageable sources: the copy has read them when it returns, so the next batch may rewrite
+    // them.
+    IPS_RETURN_IF_ERROR(kernels::CopyToDevice(ctx, pair_offset_dev_.data(), pair_offset_.data(),
+                                              sizeof(int64_t) * static_cast<size_t>(B + 1)));
+    if (pair_offset_[B] > 0)
+      IPS_RETURN_IF_ERROR(
+          kernels::CopyToDevice(ctx, pair_row_dev_.data(), pair_row_.data(),
+                                sizeof(int32_t) * static_cast<size_t>(pair_offset_[B])));
+  }
 
   // Roll to right padding while gathering [item_emb, cat_emb]: rolled step t of row b is the
   // left-padded position first_valid + t. Padded steps are zero (the kernels never read them).
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], fv = first_valid_[b];
-      for (int64_t t = 0; t < L; ++t) {
-        T* dst = x_.data() + (b * L + t) * E;
-        if (t >= len) {
-          std::memset(dst, 0, 2 * row_bytes);
-        } else {
-          const int64_t pos = b * L + fv + t;
-          std::memcpy(dst, in.item_rows + in.item_index[pos] * D, row_bytes);
-          std::memcpy(dst + D, in.cat_rows + in.cat_index[pos] * D, row_bytes);
-        }
-      }
-      T* tgt = target_.data() + b * E;
-      std::memcpy(tgt, in.item_rows + in.item_index[B * L + b] * D, row_bytes);
-      std::memcpy(tgt + D, in.cat_rows + in.cat_index[B * L + b] * D, row_bytes);
-    }
-  });
+  IPS_RETURN_IF_ERROR(DienGatherBehaviours(ctx, shapes, in.item_index, in.cat_index, in.item_rows,
+                                           in.cat_rows, x_.data(), target_.data()));
 
   // Interest extractor.
   {
@@ -512,10 +560,10 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
     r.shape = ExtractorShape(B);
     r.x = x_.data();
     r.lengths = in.lengths;
-    r.w_ih = params_.value(rnn_w_ih_);
-    r.w_hh = params_.value(rnn_w_hh_);
-    r.b_ih = params_.value(rnn_b_ih_);
-    r.b_hh = params_.value(rnn_b_hh_);
+    r.w_ih = params_.compute_value(rnn_w_ih_);
+    r.w_hh = params_.compute_value(rnn_w_hh_);
+    r.b_ih = params_.compute_value(rnn_b_ih_);
+    r.b_hh = params_.compute_value(rnn_b_hh_);
     r.states = states_.data();
     r.final_h = ext_final_h_.data();
     r.final_c = ext_final_c_.data();
@@ -524,8 +572,6 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
     IPS_RETURN_IF_ERROR(kernels::RnnForward(ctx, r));
   }
 
-  // Auxiliary loss: a training-only term (the peer's loss(); its evaluation calls score()).
-  aux_computed_ = AuxActive(in, training);
   aux_loss_ = T(0);
   aux_pairs_ = 0;
   if (aux_computed_) IPS_RETURN_IF_ERROR(AuxForward(ctx, in));
@@ -533,8 +579,7 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   // Target attention over the extractor states (softmax over valid steps), or a_t = 1 at valid
   // steps when ablated.
   if (o_.attention_disabled) {
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < L; ++t) att_[b * L + t] = t < in.lengths[b] ? T(1) : T(0);
+    IPS_RETURN_IF_ERROR(DienValidMask(ctx, shapes, att_.data()));
   } else {
     IPS_RETURN_IF_ERROR(kernels::DinAttentionForward(ctx, AttentionArgs(in), att_.data(), nullptr,
                                                      attn_saved_.data()));
@@ -546,10 +591,10 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
     r.shape = AugruShape(B);
     r.x = states_.data();
     r.lengths = in.lengths;
-    r.w_ih = params_.value(au_w_ih_);
-    r.w_hh = params_.value(au_w_hh_);
-    r.b_ih = params_.value(au_b_ih_);
-    r.b_hh = params_.value(au_b_hh_);
+    r.w_ih = params_.compute_value(au_w_ih_);
+    r.w_hh = params_.compute_value(au_w_hh_);
+    r.b_ih = params_.compute_value(au_b_ih_);
+    r.b_hh = params_.compute_value(au_b_hh_);
     r.att = att_.data();
     r.states = au_states_.data();
     r.final_h = final_h_.data();
@@ -559,16 +604,12 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
   }
 
   // mlp_in = [h_final, target].
-  ParallelFor(ctx.pool, B, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* row = mlp_in_.data() + b * (H + E);
-      std::memcpy(row, final_h_.data() + b * H, sizeof(T) * H);
-      std::memcpy(row + H, target_.data() + b * E, sizeof(T) * E);
-    }
-  });
+  IPS_RETURN_IF_ERROR(
+      DienBuildMlpInput(ctx, shapes, final_h_.data(), target_.data(), mlp_in_.data()));
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in_.data(), training, &out));
-  std::memcpy(logits_.data(), out, sizeof(T) * static_cast<size_t>(B));
+  IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * B));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -576,9 +617,9 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, boo
     l.reduction = kernels::Reduction::kMean;
     l.logits = logits_.data();
     l.labels = in.labels;
-    l.loss = loss_scratch_;
+    l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    click_loss_ = loss_scratch_[0];
+    IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, &click_loss_, loss_scratch_.data(), sizeof(T)));
     if (loss != nullptr) *loss = click_loss_ + static_cast<T>(o_.aux_loss_weight) * aux_loss_;
     have_training_forward_ = training;
     forward_batch_ = B;
@@ -637,6 +678,7 @@ Status Dien<T>::AuxForward(const kernels::Context& ctx, const CtrInputs<T>& in) 
   const int64_t B = in.batch, P = pair_offset_[B];
   aux_pairs_ = P;
   if (P == 0) return Status::Ok();
+  if (!aux_fused()) return AuxForwardLayers(ctx, in);
   const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
   // Forward weights transposed to [in x out], so that the tile products stream their rows.
   for (int64_t i = 0; i < nl; ++i) {
@@ -709,21 +751,21 @@ double Dien<T>::AuxForwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0,
 }
 
 template <typename T>
-void Dien<T>::ZeroAuxGrads() {
+Status Dien<T>::ZeroAuxGrads(const kernels::Context& ctx) {
   for (size_t i = 0; i + 1 < aux_sizes_.size(); ++i) {
-    std::fill(params_.grad(aux_w_[i]), params_.grad(aux_w_[i]) + aux_sizes_[i] * aux_sizes_[i + 1],
-              T(0));
-    std::fill(params_.grad(aux_b_[i]), params_.grad(aux_b_[i]) + aux_sizes_[i + 1], T(0));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, params_.compute_grad(aux_w_[i]),
+                                              sizeof(T) * aux_sizes_[i] * aux_sizes_[i + 1]));
+    IPS_RETURN_IF_ERROR(
+        kernels::ZeroOnDevice(ctx, params_.compute_grad(aux_b_[i]), sizeof(T) * aux_sizes_[i + 1]));
   }
+  return Status::Ok();
 }
 
 template <typename T>
 Status Dien<T>::AuxBackward(const kernels::Context& ctx, const CtrInputs<T>& in) {
   const int64_t P = aux_pairs_;
-  if (P == 0) {
-    ZeroAuxGrads();
-    return Status::Ok();
-  }
+  if (P == 0) return ZeroAuxGrads(ctx);
+  if (!aux_fused()) return AuxBackwardLayers(ctx, in);
   const int64_t H = hidden_, E = 2 * o_.embedding_dim, n1 = aux_sizes_[1];
   // Layer 0's weight split into its h and e column blocks ([n1 x H], [n1 x E]) for d(inputs).
   const T* w0 = params_.value(aux_w_[0]);
@@ -817,16 +859,97 @@ void Dien<T>::AuxBackwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, 
   }
 }
 
+// ---- Auxiliary MLP, layer by layer (staged: CUDA, or the CPU with stage_on_cpu) ---------------
+// The same MLP over all 2P pair rows at once through kernels/ (Linear = GEMM + bias + sigmoid,
+// BCE-with-logits summed, then divided by P), on whichever device the model runs: on CUDA one
+// GEMM per layer over ~50k rows beats anything tiled, and the CPU run of the same calls is what
+// lets CPU tests check this path. Rows are interleaved (2p positive, 2p + 1 negative) so that the
+// labels are fixed; the first layer runs on the full [h_t, e] rows (the h part is computed twice
+// per pair, against once in the fused path).
+
 template <typename T>
-Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+Status Dien<T>::AuxForwardLayers(const kernels::Context& ctx, const CtrInputs<T>& in) {
+  const int64_t P = aux_pairs_, rows = 2 * P;
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  const DienShapes shapes{in.batch, o_.max_len, o_.embedding_dim, in.lengths};
+  IPS_RETURN_IF_ERROR(DienAuxGather(ctx, shapes, P, PairRows(), PairOffsets(), states_.data(),
+                                    x_.data(), in.item_index, in.cat_index, in.item_rows,
+                                    in.cat_rows, aux_in_.data()));
+  for (int64_t i = 0; i < nl; ++i) {
+    kernels::LinearArgs<T> a;
+    a.rows = rows;
+    a.in = aux_sizes_[i];
+    a.out = aux_sizes_[i + 1];
+    a.act = i + 1 < nl ? kernels::Activation::kSigmoid : kernels::Activation::kIdentity;
+    a.x = i == 0 ? aux_in_.data() : aux_act_[i - 1].data();
+    a.w = params_.compute_value(aux_w_[i]);
+    a.bias = params_.compute_value(aux_b_[i]);
+    a.y = aux_act_[i].data();
+    IPS_RETURN_IF_ERROR(kernels::LinearForward(ctx, a));
+  }
+  // Sum over pairs of BCE(pos, 1) + BCE(neg, 0), then the mean over pairs on the host.
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = rows;
+  l.reduction = kernels::Reduction::kSum;
+  l.logits = aux_act_[nl - 1].data();
+  l.labels = aux_labels_.data();
+  l.loss = loss_scratch_.data();
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
+  T total = T(0);
+  IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, &total, loss_scratch_.data(), sizeof(T)));
+  aux_loss_ = static_cast<T>(static_cast<double>(total) / static_cast<double>(P));
+  return Status::Ok();
+}
+
+template <typename T>
+Status Dien<T>::AuxBackwardLayers(const kernels::Context& ctx, const CtrInputs<T>& in) {
+  const int64_t P = aux_pairs_, rows = 2 * P;
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  T* cur = aux_grad_a_.data();
+  T* next = aux_grad_b_.data();
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = rows;
+  l.reduction = kernels::Reduction::kSum;
+  l.logits = aux_act_[nl - 1].data();
+  l.labels = aux_labels_.data();
+  l.dloss = static_cast<T>(o_.aux_loss_weight / static_cast<double>(P));
+  l.dlogits = cur;
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+  for (int64_t i = nl - 1; i >= 0; --i) {
+    kernels::LinearArgs<T> a;
+    a.rows = rows;
+    a.in = aux_sizes_[i];
+    a.out = aux_sizes_[i + 1];
+    a.act = i + 1 < nl ? kernels::Activation::kSigmoid : kernels::Activation::kIdentity;
+    a.x = i == 0 ? aux_in_.data() : aux_act_[i - 1].data();
+    a.w = params_.compute_value(aux_w_[i]);
+    a.y = aux_act_[i].data();
+    a.dy = cur;
+    a.dpre = cur;
+    a.dx = next;  // layer 0: the gradient of the gathered [h, e] rows
+    a.dw = params_.compute_grad(aux_w_[i]);
+    a.dbias = params_.compute_grad(aux_b_[i]);
+    IPS_RETURN_IF_ERROR(kernels::LinearBackward(ctx, a));
+    std::swap(cur, next);
+  }
+  const DienShapes shapes{in.batch, o_.max_len, o_.embedding_dim, in.lengths};
+  return DienAuxSplitGrads(ctx, shapes, P, cur, d_aux_h_.data(), d_aux_pos_.data(),
+                           d_aux_neg_.data());
+}
+
+template <typename T>
+Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_in, T* d_item_rows,
                          T* d_cat_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+  if (!have_training_forward_ || host_in.batch != forward_batch_ || host_in.labels == nullptr)
     return FailedPreconditionError(
         "Dien::Backward needs a Forward(training = true) with labels on the same batch first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("Dien::Backward: null d_item_rows or d_cat_rows");
-  const int64_t B = in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
-  const int64_t W = H + E;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Dien", o_.device, ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim, E = 2 * D, H = hidden_;
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const CtrInputs<T>& in = io_.BackwardInputs(host_in);
+  const DienShapes shapes{B, L, D, in.lengths};
 
   // Click loss -> top MLP -> [d_final, d_target].
   kernels::BceWithLogitsArgs<T> l;
@@ -838,8 +961,7 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   l.dlogits = d_logits_.data();
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(d_final_.data() + b * H, d_mlp_in_.data() + b * W, sizeof(T) * H);
+  IPS_RETURN_IF_ERROR(DienFinalGrad(ctx, shapes, d_mlp_in_.data(), d_final_.data()));
 
   // AUGRU -> d(states) of the evolution path and d(attention weights).
   {
@@ -847,17 +969,17 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
     r.shape = AugruShape(B);
     r.x = states_.data();
     r.lengths = in.lengths;
-    r.w_ih = params_.value(au_w_ih_);
-    r.w_hh = params_.value(au_w_hh_);
+    r.w_ih = params_.compute_value(au_w_ih_);
+    r.w_hh = params_.compute_value(au_w_hh_);
     r.att = att_.data();
     r.states = au_states_.data();
     r.reserve = au_reserve_.data();
     r.d_final_h = d_final_.data();
     r.d_x = d_au_x_.data();
-    r.d_w_ih = params_.grad(au_w_ih_);
-    r.d_w_hh = params_.grad(au_w_hh_);
-    r.d_b_ih = params_.grad(au_b_ih_);
-    r.d_b_hh = params_.grad(au_b_hh_);
+    r.d_w_ih = params_.compute_grad(au_w_ih_);
+    r.d_w_hh = params_.compute_grad(au_w_hh_);
+    r.d_b_ih = params_.compute_grad(au_b_ih_);
+    r.d_b_hh = params_.compute_grad(au_b_hh_);
     r.d_att = d_att_.data();
     r.workspace = rnn_workspace_.data();
     IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
@@ -865,8 +987,8 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
 
   // Attention -> d(target) and d(states) of the attention path.
   if (o_.attention_disabled) {
-    std::fill(d_query_.begin(), d_query_.begin() + B * E, T(0));
-    std::fill(d_keys_.begin(), d_keys_.begin() + B * L * H, T(0));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_query_.data(), sizeof(T) * B * E));
+    IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, d_keys_.data(), sizeof(T) * B * L * H));
     IPS_RETURN_IF_ERROR(attn_.ZeroGrads(ctx));
   } else {
     kernels::DinAttentionGrads<T> g = attn_.Grads();
@@ -881,30 +1003,14 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   if (aux_computed_) {
     IPS_RETURN_IF_ERROR(AuxBackward(ctx, in));
   } else {
-    ZeroAuxGrads();
+    IPS_RETURN_IF_ERROR(ZeroAuxGrads(ctx));
   }
-  const int64_t P = aux_computed_ ? aux_pairs_ : 0;
+  // The pair offsets, or null when no pair contributes.
+  const int64_t* pair_offset = aux_computed_ && aux_pairs_ > 0 ? PairOffsets() : nullptr;
 
   // Total gradient of the extractor states: evolution input + attention keys + aux pairs' h_t.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        T* d = d_states_.data() + (b * L + t) * H;
-        if (t >= len) {
-          std::fill(d, d + H, T(0));
-          continue;
-        }
-        const T* da = d_au_x_.data() + (b * L + t) * H;
-        const T* dk = d_keys_.data() + (b * L + t) * H;
-        for (int64_t c = 0; c < H; ++c) d[c] = da[c] + dk[c];
-        if (P > 0 && t + 1 < len) {
-          const T* dh = d_aux_h_.data() + (pair_offset_[b] + t) * H;
-          for (int64_t c = 0; c < H; ++c) d[c] += dh[c];
-        }
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(DienStateGrads(ctx, shapes, pair_offset, d_au_x_.data(), d_keys_.data(),
+                                     d_aux_h_.data(), d_states_.data()));
 
   // Interest extractor -> d(rolled behaviours).
   {
@@ -912,16 +1018,16 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
     r.shape = ExtractorShape(B);
     r.x = x_.data();
     r.lengths = in.lengths;
-    r.w_ih = params_.value(rnn_w_ih_);
-    r.w_hh = params_.value(rnn_w_hh_);
+    r.w_ih = params_.compute_value(rnn_w_ih_);
+    r.w_hh = params_.compute_value(rnn_w_hh_);
     r.states = states_.data();
     r.reserve = ext_reserve_.data();
     r.d_states = d_states_.data();
     r.d_x = d_x_.data();
-    r.d_w_ih = params_.grad(rnn_w_ih_);
-    r.d_w_hh = params_.grad(rnn_w_hh_);
-    r.d_b_ih = params_.grad(rnn_b_ih_);
-    r.d_b_hh = params_.grad(rnn_b_hh_);
+    r.d_w_ih = params_.compute_grad(rnn_w_ih_);
+    r.d_w_hh = params_.compute_grad(rnn_w_hh_);
+    r.d_b_ih = params_.compute_grad(rnn_b_ih_);
+    r.d_b_hh = params_.compute_grad(rnn_b_hh_);
     r.workspace = rnn_workspace_.data();
     IPS_RETURN_IF_ERROR(kernels::RnnBackward(ctx, r));
   }
@@ -929,73 +1035,24 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T*
   // Per-position row gradients in the input layout: history positions (un-rolled) get d_x plus
   // the positive pair's e_{t+1} gradient, targets the MLP's and the query's, negatives their
   // pair's e'_{t+1} gradient; padded and unused positions zero.
-  const int64_t neg_base = B * L + B;
-  const int64_t n_pos = aux_computed_ ? 2 * B * L + B : B * L + B;
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = in.lengths[b], fv = first_valid_[b];
-      for (int64_t s = 0; s < L; ++s) {  // s: left-padded position
-        const int64_t t = s - fv;        // rolled step
-        T* gi = g_item_.data() + (b * L + s) * D;
-        T* gc = g_cat_.data() + (b * L + s) * D;
-        if (t < 0) {
-          std::fill(gi, gi + D, T(0));
-          std::fill(gc, gc + D, T(0));
-          continue;
-        }
-        const T* dx = d_x_.data() + (b * L + t) * E;
-        for (int64_t c = 0; c < D; ++c) {
-          gi[c] = dx[c];
-          gc[c] = dx[D + c];
-        }
-        if (P > 0 && t >= 1) {  // e_t is the positive of pair (t - 1, t)
-          const T* dp = d_aux_pos_.data() + (pair_offset_[b] + t - 1) * E;
-          for (int64_t c = 0; c < D; ++c) {
-            gi[c] += dp[c];
-            gc[c] += dp[D + c];
-          }
-        }
-      }
-      const T* dt = d_mlp_in_.data() + b * W + H;
-      const T* dq = d_query_.data() + b * E;
-      T* gi = g_item_.data() + (B * L + b) * D;
-      T* gc = g_cat_.data() + (B * L + b) * D;
-      for (int64_t c = 0; c < D; ++c) {
-        gi[c] = dt[c] + dq[c];
-        gc[c] = dt[D + c] + dq[D + c];
-      }
-      if (!aux_computed_) continue;
-      for (int64_t s = 0; s < L; ++s) {
-        const int64_t t = s - fv;
-        T* ni = g_item_.data() + (neg_base + b * L + s) * D;
-        T* nc = g_cat_.data() + (neg_base + b * L + s) * D;
-        if (P == 0 || t < 1 || t >= len) {
-          std::fill(ni, ni + D, T(0));
-          std::fill(nc, nc + D, T(0));
-          continue;
-        }
-        const T* dn = d_aux_neg_.data() + (pair_offset_[b] + t - 1) * E;
-        for (int64_t c = 0; c < D; ++c) {
-          ni[c] = dn[c];
-          nc[c] = dn[D + c];
-        }
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(DienRowGrads(ctx, shapes, aux_computed_, pair_offset, d_x_.data(),
+                                   d_aux_pos_.data(), d_aux_neg_.data(), d_mlp_in_.data(),
+                                   d_query_.data(), g_item_.data(), g_cat_.data()));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
   s.inverse = in.item_index;
-  s.n = n_pos;
+  s.n = (aux_computed_ ? 2 * B * L : B * L) + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = d_cat_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = io_.CatGradTarget(d_cat_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  return io_.EndBackward(ctx, d_item_rows, d_cat_rows, &params_);
 }
 
 template class Dien<float>;

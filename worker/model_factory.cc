@@ -57,16 +57,15 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
 // The one place that knows which models run on CUDA: specs and configs of any other model on
 // CUDA are refused here.
 bool RunsOnCuda(ModelKind kind) {
-  return kind == ModelKind::kDin || kind == ModelKind::kPooled || kind == ModelKind::kMind ||
-         kind == ModelKind::kGru4Rec;
+  return kind == ModelKind::kDin || kind == ModelKind::kDien || kind == ModelKind::kPooled ||
+         kind == ModelKind::kMind || kind == ModelKind::kGru4Rec;
 }
 
 Status CheckDevice(ModelKind kind, kernels::Device device) {
   if (device == kernels::Device::kCpu || RunsOnCuda(kind)) return Status::Ok();
-  return UnimplementedError(
-      std::string(
-          "model.device CUDA: only DIN, POOLED, MIND and GRU4REC run on CUDA so far (model ") +
-      ModelKindName(kind) + " runs with device: CPU)");
+  return UnimplementedError(std::string("model.device CUDA: only DIN, DIEN, POOLED, MIND and "
+                                        "GRU4REC run on CUDA so far (model ") +
+                            ModelKindName(kind) + " runs with device: CPU)");
 }
 
 }  // namespace
@@ -79,8 +78,11 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
       o.device = spec.device;
       return Upcast(models::Din<float>::Create(o));
     }
-    case ModelKind::kDien:
-      return Upcast(models::Dien<float>::Create(WithCommon(spec.dien, spec)));
+    case ModelKind::kDien: {
+      models::DienOptions o = WithCommon(spec.dien, spec);
+      o.device = spec.device;
+      return Upcast(models::Dien<float>::Create(o));
+    }
     case ModelKind::kPooled: {
       models::PooledOptions o = WithCommon(spec.pooled, spec);
       o.device = spec.device;

@@ -40,8 +40,8 @@ struct ModelSpec {
   int64_t max_len = 50;
   int64_t max_batch = 512;
   uint64_t seed = 0;
-  // Where the model runs (model.device; it overrides din.device); CUDA is accepted for DIN and
-  // POOLED so far (CreateCtrModel: UNIMPLEMENTED for another model on CUDA).
+  // Where the model runs (model.device; it overrides the family's device); CUDA is accepted for
+  // DIN, DIEN, POOLED, MIND and GRU4REC so far (UNIMPLEMENTED for SASREC and BST on CUDA).
   kernels::Device device = kernels::Device::kCpu;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;

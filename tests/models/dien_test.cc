@@ -1,7 +1,9 @@
 // Dien: float64 finite-difference checks of the whole model's backward (every dense tensor, every
 // pulled item/category row including rows only auxiliary negatives use) with the GRU and the LSTM
 // extractor, PReLU and Dice, lengths 0, 1, max and mixed; ablation switches that really remove
-// the attention / auxiliary contribution; float/double agreement; input validation; and, when
+// the attention / auxiliary contribution; float/double agreement; input validation; the device
+// path run on the CPU (stage_on_cpu: its own finite-difference checks, and agreement with the
+// plain model to float64 rounding; the CUDA run is tests/models/dien_gpu_test.cc); and, when
 // /usr/bin/python3 has torch, parity of the loss and every gradient with the peer's torch DIEN
 // (../shared/peers/torch_models.py) at identical weights.
 #include "models/dien.h"
@@ -20,6 +22,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -116,6 +119,8 @@ struct GradCase {
   bool threaded;
   const char* label;
   std::vector<int64_t> aux_hidden = {5, 4};
+  // stage_on_cpu: the device path (staged copies, layer-by-layer auxiliary MLP) on the CPU.
+  bool staged = false;
 };
 
 class DienGradTest : public ::testing::TestWithParam<GradCase> {};
@@ -126,6 +131,7 @@ TEST_P(DienGradTest, Backward_B4_T5_D3x2_Aux5x4_Attn6x5_Mlp7x4) {
   const GradCase& c = GetParam();
   DienOptions o = SmallOptions(c.cell, c.act);
   o.aux_hidden = c.aux_hidden;
+  o.stage_on_cpu = c.staged;
   auto model_or = Dien<double>::Create(o);
   ASSERT_TRUE(model_or.ok()) << model_or.status();
   Dien<double>& model = **model_or;
@@ -195,6 +201,23 @@ INSTANTIATE_TEST_SUITE_P(
         // auxiliary MLP without hidden layers (a single linear layer to the logit).
         GradCase{DienCell::kGru, MlpActivation::kPrelu, {5, 3, 2, 4}, false, "gru_aux_1", {1}},
         GradCase{DienCell::kLstm, MlpActivation::kDice, {5, 3, 2, 4}, true, "lstm_aux_linear", {}}),
+    [](const ::testing::TestParamInfo<GradCase>& info) { return std::string(info.param.label); });
+
+// The device path (stage_on_cpu: staged copies, the ops of models/dien_ops.h, the auxiliary MLP
+// layer by layer through kernels/): the same checks of its own backward.
+GradCase Staged(GradCase c) {
+  c.staged = true;
+  return c;
+}
+INSTANTIATE_TEST_SUITE_P(
+    DienStaged, DienGradTest,
+    ::testing::Values(
+        Staged({DienCell::kGru, MlpActivation::kPrelu, {5, 1, 3, 0}, false, "gru_prelu_mixed"}),
+        Staged({DienCell::kLstm, MlpActivation::kDice, {2, 5, 4, 1}, true, "lstm_dice_pool2"}),
+        Staged({DienCell::kGru, MlpActivation::kDice, {1, 1, 1, 1}, false, "gru_dice_len1"}),
+        Staged({DienCell::kLstm, MlpActivation::kPrelu, {0, 0, 0, 0}, false, "lstm_len0"}),
+        Staged({DienCell::kGru, MlpActivation::kPrelu, {5, 3, 2, 4}, false, "gru_aux_1", {1}}),
+        Staged({DienCell::kLstm, MlpActivation::kDice, {5, 3, 2, 4}, true, "lstm_aux_linear", {}})),
     [](const ::testing::TestParamInfo<GradCase>& info) { return std::string(info.param.label); });
 
 // A batch large enough for several auxiliary tiles (32 pairs each) split over two parts: the
@@ -745,6 +768,132 @@ TEST(DienLearning, AdamLearnsSuccessorTask) {
   EXPECT_GT(first_click, 0.6);
   EXPECT_LT(last_click, 0.35) << "first " << first_click;
   EXPECT_LT(last_aux, 0.8 * first_aux);
+}
+
+// ---- Devices ------------------------------------------------------------------------------------
+
+// The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
+// CUDA model needs CUDA in the build (tests/models/dien_gpu_test.cc runs it where there is a GPU).
+TEST(DienDevice, ContextMustMatchAndCudaIsFloatOnly) {
+  DienOptions o = SmallOptions(DienCell::kGru, MlpActivation::kPrelu);
+  auto cpu = Dien<double>::Create(o);
+  ASSERT_OK(cpu.status());
+  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
+  SmallBatch b({5, 1, 3, 0});
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  double loss = 0;
+  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
+  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
+  ASSERT_OK((*cpu)->Forward(kernels::Context{}, b.Inputs(), true, &loss));
+  std::vector<double> d_item(b.item_rows.size()), d_cat(b.cat_rows.size());
+  const Status wrong_back = (*cpu)->Backward(cuda, b.Inputs(), d_item.data(), d_cat.data());
+  EXPECT_EQ(wrong_back.code(), StatusCode::kInvalidArgument) << wrong_back;
+  o.device = kernels::Device::kCuda;
+  EXPECT_EQ(Dien<double>::Create(o).status().code(), StatusCode::kUnimplemented);
+  if (!kernels::CudaBuilt()) {
+    EXPECT_EQ(Dien<float>::Create(o).status().code(), StatusCode::kUnimplemented);
+  }
+}
+
+std::vector<double> DienExtras(CtrModel<double>& m) {
+  auto& d = dynamic_cast<Dien<double>&>(m);
+  return {d.click_loss(), d.aux_loss(), static_cast<double>(d.aux_pairs())};
+}
+
+// stage_on_cpu runs the CUDA path (staged inputs, mirrored weights and gradients, Dice
+// statistics, losses and logits copied back, the per-batch ops of models/dien_ops.h, the
+// auxiliary MLP layer by layer through kernels/) with the CPU kernels. Its auxiliary MLP sums in
+// another order than the plain model's fused tiles, so in float64 every output tensor must agree
+// to a relative L2 error of 1e-10 (rounding, not a formula difference): losses, logits, every
+// dense gradient, every row gradient, Dice statistics and inference logits after the host
+// weights changed; GRU and LSTM, PReLU and Dice, auxiliary loss and attention on and off,
+// lengths 0, 1 and max in every batch.
+TEST(DienDevice, StagedMatchesPlainCpuToRoundoff) {
+  constexpr double kMaxRelL2 = 1e-10;
+  for (DienCell cell : {DienCell::kGru, DienCell::kLstm})
+    for (MlpActivation act : {MlpActivation::kPrelu, MlpActivation::kDice})
+      for (bool aux_off : {false, true})
+        for (bool att_off : {false, true}) {
+          SCOPED_TRACE(std::string(DienCellName(cell)) + " " + MlpActivationName(act) +
+                       (aux_off ? " no-aux" : " aux") + (att_off ? " no-attention" : " attention"));
+          DienOptions o = SmallOptions(cell, act);
+          o.aux_loss_disabled = aux_off;
+          o.attention_disabled = att_off;
+          auto plain = Dien<double>::Create(o);
+          ASSERT_OK(plain.status());
+          o.stage_on_cpu = true;
+          auto staged = Dien<double>::Create(o);
+          ASSERT_OK(staged.status());
+          // Both start from the same perturbed weights (the initialisation does not depend on
+          // the device; the perturbation is the same draw).
+          Perturb((*plain)->params(), 13);
+          Perturb((*staged)->params(), 13);
+          const SmallBatch b1({5, 1, 0, 3}, 21), b2({0, 5, 2, 1}, 22), eval({2, 5, 3, 0}, 31);
+          testing_util::ExpectStagedCloseToPlain(**plain, **staged, {b1.Inputs(), b2.Inputs()},
+                                                 eval.Inputs(), kMaxRelL2, DienExtras);
+        }
+}
+
+// A larger batch (hundreds of auxiliary pairs, several fused tiles and parts on the plain side,
+// a thread pool on both): staged against plain within the same bound.
+TEST(DienDevice, StagedMatchesPlainCpu_B24_T12_ManyPairs) {
+  DienOptions o = SmallOptions(DienCell::kLstm, MlpActivation::kDice);
+  o.max_len = 12;
+  o.max_batch = 24;
+  auto plain = Dien<double>::Create(o);
+  ASSERT_OK(plain.status());
+  o.stage_on_cpu = true;
+  auto staged = Dien<double>::Create(o);
+  ASSERT_OK(staged.status());
+  Perturb((*plain)->params(), 5);
+  Perturb((*staged)->params(), 5);
+  const int64_t B = 24, T = 12, NI = 30, NC = 5;
+  Rng rng(17);
+  std::vector<int32_t> lengths(B);
+  for (int64_t b = 0; b < B; ++b)
+    lengths[b] = static_cast<int32_t>(b % 4 == 0 ? T : rng.UniformInt(T + 1));
+  lengths[1] = 0;
+  lengths[2] = 1;
+  std::vector<int64_t> ii(2 * B * T + B), ci(2 * B * T + B);
+  for (auto& v : ii) v = static_cast<int64_t>(rng.UniformInt(NI));
+  for (auto& v : ci) v = static_cast<int64_t>(rng.UniformInt(NC));
+  std::vector<double> items(NI * kD), cats(NC * kD), labels(B);
+  FillUniform(items, rng, -1.0, 1.0);
+  FillUniform(cats, rng, -1.0, 1.0);
+  for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
+  CtrInputs<double> in;
+  in.batch = B;
+  in.lengths = lengths.data();
+  in.item_index = ii.data();
+  in.cat_index = ci.data();
+  in.item_rows = items.data();
+  in.num_item_rows = NI;
+  in.cat_rows = cats.data();
+  in.num_cat_rows = NC;
+  in.labels = labels.data();
+  ThreadPool pool(2);
+  kernels::Context ctx;
+  ctx.pool = &pool;
+  double loss[2];
+  std::vector<double> gi[2], gc[2], dense[2];
+  int k = 0;
+  for (Dien<double>* m : {plain->get(), staged->get()}) {
+    ASSERT_OK(m->Forward(ctx, in, true, &loss[k]));
+    ASSERT_GT(m->aux_pairs(), 4 * 32);
+    gi[k].assign(items.size(), std::nan(""));
+    gc[k].assign(cats.size(), std::nan(""));
+    ASSERT_OK(m->Backward(ctx, in, gi[k].data(), gc[k].data()));
+    dense[k].assign(m->params().grads(), m->params().grads() + m->params().size());
+    ++k;
+  }
+  EXPECT_LE(testing::RelativeL2(&loss[1], &loss[0], 1), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gi[1].data(), gi[0].data(), NI * kD), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gc[1].data(), gc[0].data(), NC * kD), 1e-10);
+  for (const auto& e : (*plain)->params().entries())
+    EXPECT_LE(testing::RelativeL2(dense[1].data() + e.offset, dense[0].data() + e.offset, e.size),
+              1e-10)
+        << e.name;
 }
 
 // ---- Parity with the peer's torch DIEN -------------------------------------------------------

@@ -2,7 +2,8 @@
 // weights (initialised on the host either way), fresh random inputs with lengths 0, 1 and max,
 // PReLU and Dice, raw and softmax attention. Forward (loss, logits), backward (every dense
 // gradient, every pulled row's gradient), an evaluation forward after the host weights changed (the
-// upload path), and the Trainer driving both devices for several steps. Label `gpu`: skipped
+// upload path), and the Trainer driving both devices for several steps (DIEN and MIND too; their
+// model-level checks are dien_gpu_test and mind_gpu_test). Label `gpu`: skipped
 // without a device.
 #include <gtest/gtest.h>
 
@@ -19,6 +20,7 @@
 #include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
+#include "worker/model_factory.h"
 #include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
@@ -233,7 +235,8 @@ TEST_F(DinGpu, RejectsAContextOfAnotherDevice) {
 // The Trainer drives a CUDA DIN exactly as a CPU one (pinned pulls, host dense optimizer, pushes):
 // 30 Adam steps on the synthetic stream give the same losses, weights and predictions within
 // float tolerance.
-TEST_F(DinGpu, TrainerLossesMatchCpu_30Steps) {
+// The Trainer drives every CTR model that runs on CUDA the same way on both devices.
+TEST_F(DinGpu, TrainerLossesMatchCpu_30Steps_DinDienPooledMind) {
   SyntheticOptions so;
   so.num_items = 5000;
   so.num_categories = 20;
@@ -241,19 +244,23 @@ TEST_F(DinGpu, TrainerLossesMatchCpu_30Steps) {
   so.seed = 3;
   auto gen = SyntheticBatches::Create(so);
   ASSERT_OK(gen.status());
-  TrainerOptions opt = testing_util::SmallTrainerOptions(128, 10);
-  opt.model.embedding_dim = 8;
-  const testing_util::TrainedDin cpu = testing_util::TrainDinSteps(**gen, opt, 30, 128);
-  opt.model.device = kernels::Device::kCuda;
-  const testing_util::TrainedDin gpu = testing_util::TrainDinSteps(**gen, opt, 30, 128);
-  ASSERT_EQ(gpu.losses.size(), 30u);
-  // Rounding differences compound over steps through Adam: a loose relative bound that a
-  // broken path (a missing upload, gradients left on the device) misses by far.
-  EXPECT_TRUE(AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
-  EXPECT_LT(RelativeL2(gpu.weights_and_probs.data(), cpu.weights_and_probs.data(),
-                       static_cast<int64_t>(cpu.weights_and_probs.size())),
-            1e-2);
-  EXPECT_NE(gpu.losses.front(), gpu.losses.back());
+  for (ModelKind kind : {ModelKind::kDin, ModelKind::kDien, ModelKind::kPooled, ModelKind::kMind}) {
+    SCOPED_TRACE(ModelKindName(kind));
+    TrainerOptions opt = testing_util::SmallTrainerOptions(128, 10);
+    opt.model.kind = kind;
+    opt.model.embedding_dim = 8;
+    const testing_util::TrainedCtr cpu = testing_util::TrainCtrSteps(**gen, opt, 30, 128);
+    opt.model.device = kernels::Device::kCuda;
+    const testing_util::TrainedCtr gpu = testing_util::TrainCtrSteps(**gen, opt, 30, 128);
+    ASSERT_EQ(gpu.losses.size(), 30u);
+    // Rounding differences compound over steps through Adam: a loose relative bound that a
+    // broken path (a missing upload, gradients left on the device) misses by far.
+    EXPECT_TRUE(AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
+    EXPECT_LT(RelativeL2(gpu.weights_and_probs.data(), cpu.weights_and_probs.data(),
+                         static_cast<int64_t>(cpu.weights_and_probs.size())),
+              1e-2);
+    EXPECT_NE(gpu.losses.front(), gpu.losses.back());
+  }
 }
 
 }  // namespace

@@ -1,37 +1,49 @@
 // The CPU check of the copies a CTR model adds to run on CUDA (models/device_staging.h
 // CtrDeviceIo, switched on for the CPU by the models' stage_on_cpu option): a staged model must
-// give bitwise the plain model's losses, logits, dense and row gradients, Dice statistics and
-// inference logits, also after its host weights changed between steps.
+// give the plain model's losses, logits, dense and row gradients, Dice statistics and inference
+// logits, also after its host weights changed between steps. Bitwise where the staged model runs
+// the same arithmetic (DIN, the pooled baseline); within a relative L2 bound per tensor where
+// its device path sums in another order (DIEN's layer-by-layer auxiliary MLP).
 #ifndef IPS_TESTS_MODELS_STAGED_CHECK_H_
 #define IPS_TESTS_MODELS_STAGED_CHECK_H_
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "models/model.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tolerance.h"
 
 namespace ips::testing_util {
 
-// Trains both models on each of `batches` (labels required; rows tables of num_*_rows x dim),
-// stepping the host weights by -0.05 x gradient between batches, then scores `eval` (labels
-// ignored) in inference mode, comparing everything bitwise.
-inline void ExpectStagedMatchesPlain(models::CtrModel<double>& plain,
-                                     models::CtrModel<double>& staged,
-                                     const std::vector<models::CtrInputs<double>>& batches,
-                                     models::CtrInputs<double> eval) {
+namespace staged_internal {
+
+// Extra per-model scalars read after each training Forward (e.g. DIEN's click and aux losses).
+using Extras = std::function<std::vector<double>(models::CtrModel<double>&)>;
+
+// Trains both models on each of `batches`, stepping the host weights by -0.05 x gradient between
+// batches, then scores `eval` in inference mode; cmp(what, got, want, n) compares each output of
+// the staged model (got) with the plain one's (want): the loss, the logits, every dense tensor's
+// gradient, both row-gradient tables, the extras, every state tensor and the inference logits.
+template <typename Cmp>
+void RunAndCompare(models::CtrModel<double>& plain, models::CtrModel<double>& staged,
+                   const std::vector<models::CtrInputs<double>>& batches,
+                   models::CtrInputs<double> eval, const Cmp& cmp, const Extras& extras) {
   const kernels::Context ctx;
   const int64_t dim = plain.embedding_dim();
   for (size_t round = 0; round < batches.size(); ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     const models::CtrInputs<double>& in = batches[round];
-    std::vector<double> loss(2), logits[2], grads[2], d_item[2], d_cat[2];
+    std::vector<double> loss(2), logits[2], grads[2], d_item[2], d_cat[2], extra[2];
     int k = 0;
     for (models::CtrModel<double>* m : {&plain, &staged}) {
       ASSERT_OK(m->Forward(ctx, in, true, &loss[k]));
       logits[k].assign(m->logits(), m->logits() + in.batch);
+      if (extras) extra[k] = extras(*m);
       d_item[k].assign(in.num_item_rows * dim, std::nan(""));
       d_cat[k].assign(in.num_cat_rows * dim, std::nan(""));
       ASSERT_OK(m->Backward(ctx, in, d_item[k].data(), d_cat[k].data()));
@@ -41,22 +53,61 @@ inline void ExpectStagedMatchesPlain(models::CtrModel<double>& plain,
       for (int64_t i = 0; i < m->params().size(); ++i) w[i] -= 0.05 * grads[k][i];
       ++k;
     }
-    EXPECT_EQ(loss[0], loss[1]);
-    EXPECT_EQ(logits[0], logits[1]);
-    EXPECT_EQ(grads[0], grads[1]);
-    EXPECT_EQ(d_item[0], d_item[1]);
-    EXPECT_EQ(d_cat[0], d_cat[1]);
+    cmp("loss", &loss[1], &loss[0], 1);
+    cmp("logits", logits[1].data(), logits[0].data(), in.batch);
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (const auto& e : plain.params().entries())
+      cmp(("grad " + e.name).c_str(), grads[1].data() + e.offset, grads[0].data() + e.offset,
+          e.size);
+    cmp("d_item_rows", d_item[1].data(), d_item[0].data(), static_cast<int64_t>(d_item[0].size()));
+    cmp("d_cat_rows", d_cat[1].data(), d_cat[0].data(), static_cast<int64_t>(d_cat[0].size()));
+    ASSERT_EQ(extra[0].size(), extra[1].size());
+    for (size_t i = 0; i < extra[0].size(); ++i)
+      cmp(("extra " + std::to_string(i)).c_str(), &extra[1][i], &extra[0][i], 1);
   }
   // Inference reads the running statistics the training passes brought back to the host.
   const auto plain_state = plain.state(), staged_state = staged.state();
   ASSERT_EQ(plain_state.size(), staged_state.size());
   for (size_t i = 0; i < plain_state.size(); ++i)
-    for (int64_t j = 0; j < plain_state[i].size; ++j)
-      EXPECT_EQ(plain_state[i].data[j], staged_state[i].data[j]) << plain_state[i].name;
+    cmp(plain_state[i].name.c_str(), staged_state[i].data, plain_state[i].data,
+        plain_state[i].size);
   eval.labels = nullptr;
   ASSERT_OK(plain.Forward(ctx, eval, false, nullptr));
   ASSERT_OK(staged.Forward(ctx, eval, false, nullptr));
-  for (int64_t i = 0; i < eval.batch; ++i) EXPECT_EQ(plain.logits()[i], staged.logits()[i]);
+  cmp("inference logits", staged.logits(), plain.logits(), eval.batch);
+}
+
+}  // namespace staged_internal
+
+// Trains both models on each of `batches` (labels required; rows tables of num_*_rows x dim),
+// stepping the host weights by -0.05 x gradient between batches, then scores `eval` (labels
+// ignored) in inference mode, comparing everything bitwise.
+inline void ExpectStagedMatchesPlain(models::CtrModel<double>& plain,
+                                     models::CtrModel<double>& staged,
+                                     const std::vector<models::CtrInputs<double>>& batches,
+                                     models::CtrInputs<double> eval) {
+  staged_internal::RunAndCompare(
+      plain, staged, batches, eval,
+      [](const char* what, const double* got, const double* want, int64_t n) {
+        EXPECT_EQ(std::vector<double>(got, got + n), std::vector<double>(want, want + n)) << what;
+      },
+      nullptr);
+}
+
+// The same run, comparing every output tensor (the loss, the logits, each dense tensor's
+// gradient, each row table, each extra, each state tensor, the inference logits) by its relative
+// L2 error (tests/testing/tolerance.h), which must be <= max_rel_l2; NaN never passes.
+inline void ExpectStagedCloseToPlain(models::CtrModel<double>& plain,
+                                     models::CtrModel<double>& staged,
+                                     const std::vector<models::CtrInputs<double>>& batches,
+                                     models::CtrInputs<double> eval, double max_rel_l2,
+                                     const staged_internal::Extras& extras = nullptr) {
+  staged_internal::RunAndCompare(
+      plain, staged, batches, eval,
+      [max_rel_l2](const char* what, const double* got, const double* want, int64_t n) {
+        EXPECT_LE(testing::RelativeL2(got, want, n), max_rel_l2) << what;
+      },
+      extras);
 }
 
 }  // namespace ips::testing_util

@@ -33,8 +33,8 @@ namespace {
 
 using testing_util::MakeStore;
 using testing_util::SmallTrainerOptions;
-using testing_util::TrainDinSteps;
-using testing_util::TrainedDin;
+using testing_util::TrainCtrSteps;
+using testing_util::TrainedCtr;
 
 // A hand-made batch: B = 4, T = 5, lengths 5, 1, 0, 3, with repeated items, so dedup, padding and
 // the [history, target] key layout all matter.
@@ -176,8 +176,8 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
     TrainerOptions opt = SmallTrainerOptions(64, 10);
     opt.model.embedding_dim = 8;
     opt.num_threads = threads;
-    const TrainedDin a = TrainDinSteps(**gen, opt, 8, 64);
-    const TrainedDin b = TrainDinSteps(**gen, opt, 8, 64);
+    const TrainedCtr a = TrainCtrSteps(**gen, opt, 8, 64);
+    const TrainedCtr b = TrainCtrSteps(**gen, opt, 8, 64);
     ASSERT_EQ(a.losses.size(), 8u);
     EXPECT_EQ(a.losses, b.losses) << "threads=" << threads;
     EXPECT_TRUE(a.weights_and_probs == b.weights_and_probs) << "threads=" << threads;
@@ -194,9 +194,9 @@ TEST(Trainer, StagedDinTrainsBitwiseAsThePlainOne) {
   ASSERT_OK(gen.status());
   TrainerOptions opt = SmallTrainerOptions(64, 10);
   opt.model.embedding_dim = 8;
-  const TrainedDin plain = TrainDinSteps(**gen, opt, 8, 64);
+  const TrainedCtr plain = TrainCtrSteps(**gen, opt, 8, 64);
   opt.model.din.stage_on_cpu = true;
-  const TrainedDin staged = TrainDinSteps(**gen, opt, 8, 64);
+  const TrainedCtr staged = TrainCtrSteps(**gen, opt, 8, 64);
   ASSERT_EQ(plain.losses.size(), 8u);
   EXPECT_EQ(plain.losses, staged.losses);
   EXPECT_TRUE(plain.weights_and_probs == staged.weights_and_probs);

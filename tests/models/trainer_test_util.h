@@ -57,17 +57,17 @@ inline std::unique_ptr<ps::LocalEmbeddingStore> MakeStore(int64_t dim,
 
 // What a short training run left: the loss of every step, then the dense weights followed by
 // the click probabilities of one held-out batch.
-struct TrainedDin {
+struct TrainedCtr {
   std::vector<double> losses;
   std::vector<float> weights_and_probs;
 };
 
-// Trains `opt` with Adam 1e-2 tables (MakeStore, sized for the 5000 items and 20 categories of
-// the synthetic stream) on batches 0..steps-1 of `gen`, then predicts batch 100. Gtest failures
-// (and an empty result) on any error.
-inline TrainedDin TrainDinSteps(SyntheticBatches& gen, const TrainerOptions& opt, int steps,
+// Trains `opt` (any CTR model) with Adam 1e-2 tables (MakeStore, sized for the 5000 items and 20
+// categories of the synthetic stream) on batches 0..steps-1 of `gen`, then predicts batch 100.
+// Gtest failures (and an empty result) on any error.
+inline TrainedCtr TrainCtrSteps(SyntheticBatches& gen, const TrainerOptions& opt, int steps,
                                 int batch) {
-  TrainedDin out;
+  TrainedCtr out;
   auto store =
       MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
   auto t = Trainer::Create(opt, store.get());
