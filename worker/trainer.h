@@ -26,8 +26,9 @@
 // fixed thread count).
 //
 // Devices: the model runs where it was built (models::CtrModel::device(); `model.device` in the
-// config, DIN and POOLED on CUDA so far); keys, pulls, pushes and the dense optimizer stay on the
-// host, the model copies its inputs in and its gradients out (pulled rows in page-locked buffers).
+// config; worker/model_factory.h lists the models that run on CUDA); keys, pulls, pushes and the
+// dense optimizer stay on the host, the model copies its inputs in and its gradients out (pulled
+// rows in page-locked buffers).
 //
 // Thread safety: a Trainer is used by one thread; it parallelises inside kernels over its own
 // ThreadPool of options.num_threads (the caller counts as one).
