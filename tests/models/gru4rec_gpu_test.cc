@@ -14,6 +14,7 @@
 #include "common/random.h"
 #include "kernels/context.h"
 #include "models/gru4rec.h"
+#include "tests/models/gpu_test_util.h"
 #include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -25,18 +26,10 @@ namespace {
 using models::Gru4Rec;
 using models::Gru4RecOptions;
 using testing::AllClose;
-using testing::RelativeL2;
+using testing_util::kGpuMaxRelL2;
+using testing_util::RelL2;
 
-// Float on both devices; cuBLAS and the recurrent kernels sum in other orders, so compare with
-// the relative L2 error METHOD.md uses for float32 paths.
-constexpr double kMaxRelL2 = 1e-4;
-
-class Gru4RecGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!kernels::CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device visible";
-  }
-};
+class Gru4RecGpu : public testing_util::CudaTest {};
 
 // B sequences of T steps over 2B + 5 pulled rows; [3 x B x T] indices (inputs, positives,
 // negatives); lengths 0, 1 and T among random ones.
@@ -86,10 +79,6 @@ Pass TrainingPass(models::SeqModel<float>& m, const kernels::Context& ctx, const
   return p;
 }
 
-double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
-  return RelativeL2(got.data(), want.data(), static_cast<int64_t>(want.size()));
-}
-
 TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
   for (kernels::RnnCell cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
     for (int64_t hidden : {int64_t{0}, int64_t{40}}) {
@@ -107,6 +96,7 @@ TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
       auto gpu = Gru4Rec<float>::Create(o);
       ASSERT_OK(cpu.status());
       ASSERT_OK(gpu.status());
+      testing_util::ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
       kernels::Context cpu_ctx, gpu_ctx;
       gpu_ctx.device = kernels::Device::kCuda;
       // A batch below max_batch, then a smaller one (buffers are sized for 80 rows).
@@ -116,18 +106,10 @@ TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
         const Pass want = TrainingPass(**cpu, cpu_ctx, batch);
         const Pass got = TrainingPass(**gpu, gpu_ctx, batch);
         EXPECT_NEAR(got.loss, want.loss, 1e-5 + 1e-4 * std::fabs(want.loss));
-        EXPECT_LT(RelL2(got.users, want.users), kMaxRelL2);
-        EXPECT_LT(RelL2(got.dense_grads, want.dense_grads), kMaxRelL2);
-        EXPECT_LT(RelL2(got.d_rows, want.d_rows), kMaxRelL2);
+        EXPECT_LT(RelL2(got.users, want.users), kGpuMaxRelL2);
+        EXPECT_LT(RelL2(got.d_rows, want.d_rows), kGpuMaxRelL2);
         for (float g : got.d_rows) ASSERT_FALSE(std::isnan(g)) << "a row gradient unwritten";
-        // Each dense tensor alone (a small one could hide in the total).
-        for (const auto& e : (*cpu)->params().entries()) {
-          const std::vector<float> g(got.dense_grads.begin() + e.offset,
-                                     got.dense_grads.begin() + e.offset + e.size);
-          const std::vector<float> w(want.dense_grads.begin() + e.offset,
-                                     want.dense_grads.begin() + e.offset + e.size);
-          EXPECT_LT(RelL2(g, w), kMaxRelL2) << e.name;
-        }
+        testing_util::ExpectDenseGradsClose((*cpu)->params(), got.dense_grads, want.dense_grads);
       }
       // Inference after the host weights moved: the CUDA model must upload them.
       for (auto* m : {cpu->get(), gpu->get()}) {
@@ -141,7 +123,7 @@ TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
                                     (*cpu)->user_vectors() + eval.B * eval.D);
       const std::vector<float> got((*gpu)->user_vectors(),
                                    (*gpu)->user_vectors() + eval.B * eval.D);
-      EXPECT_LT(RelL2(got, want), kMaxRelL2);
+      EXPECT_LT(RelL2(got, want), kGpuMaxRelL2);
     }
   }
 }
