@@ -1,23 +1,11 @@
 // CUDA twins of models/ctr_ops.h (float). One thread per output element over grid-stride loops;
 // the sums over history steps run in step order per (row, column), as on the CPU, so both
 // devices add in the same order.
-#include "kernels/cuda/launch.cuh"
 #include "models/ctr_ops.h"
+#include "models/cuda/model_ops.cuh"
 
 namespace ips::models::cuda {
 namespace {
-
-using kernels::cuda::GridFor;
-using kernels::cuda::Launch;
-using kernels::cuda::StreamOf;
-
-constexpr unsigned kThreads = 256;
-
-__device__ __forceinline__ int64_t FirstValid(const int32_t* lengths, int64_t b, int64_t L) {
-  int64_t len = lengths[b];
-  len = len < 0 ? 0 : (len > L ? L : len);
-  return L - len;
-}
 
 __global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D,
                                        const int32_t* __restrict__ lengths,
@@ -34,7 +22,7 @@ __global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D,
     float v;
     if (pos < B * L) {
       const int64_t b = pos / L, t = pos % L;
-      if (t < FirstValid(lengths, b, L)) {
+      if (t < (L - ClampedLength(lengths, b, L))) {
         hist[i] = 0.0f;
         continue;
       }
@@ -63,7 +51,7 @@ __global__ void BuildMlpInputKernel(int64_t B, int64_t L, int64_t E,
       v = target[b * E + (c - E)];
     } else {
       v = 0.0f;
-      for (int64_t t = FirstValid(lengths, b, L); t < L; ++t)
+      for (int64_t t = (L - ClampedLength(lengths, b, L)); t < L; ++t)
         v += hist[(b * L + t) * E + (c - 2 * E)];
     }
     mlp_in[i] = v;
@@ -90,7 +78,7 @@ __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, const int32_t* _
     float gi, gc;
     if (pos < B * L) {
       const int64_t b = pos / L, t = pos % L;
-      if (t < FirstValid(lengths, b, L)) {
+      if (t < (L - ClampedLength(lengths, b, L))) {
         gi = 0.0f;
         gc = 0.0f;
       } else {
@@ -123,7 +111,7 @@ __global__ void PooledMlpInputKernel(int64_t B, int64_t L, int64_t D, bool mean,
     const int64_t b = i / (2 * E), c = i % (2 * E);
     float v;
     if (c < E) {
-      const int64_t first_valid = FirstValid(lengths, b, L);
+      const int64_t first_valid = (L - ClampedLength(lengths, b, L));
       v = 0.0f;
       for (int64_t t = first_valid; t < L; ++t) {
         const int64_t pos = b * L + t;
@@ -155,7 +143,7 @@ __global__ void PooledRowGradsKernel(int64_t B, int64_t L, int64_t D, bool mean,
     float gi, gc;
     if (pos < B * L) {
       const int64_t b = pos / L, t = pos % L;
-      const int64_t first_valid = FirstValid(lengths, b, L), len = L - first_valid;
+      const int64_t first_valid = (L - ClampedLength(lengths, b, L)), len = L - first_valid;
       if (t < first_valid) {
         gi = 0.0f;
         gc = 0.0f;

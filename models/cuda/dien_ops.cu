@@ -1,25 +1,10 @@
 // CUDA twins of models/dien_ops.h (float). One thread per output element over grid-stride loops,
 // as models/cuda/ctr_ops.cu; every sum is at most two or three terms in the CPU's order.
-#include "kernels/cuda/launch.cuh"
+#include "models/cuda/model_ops.cuh"
 #include "models/dien_ops.h"
 
 namespace ips::models::cuda {
 namespace {
-
-using kernels::cuda::GridFor;
-using kernels::cuda::Launch;
-using kernels::cuda::StreamOf;
-
-constexpr unsigned kThreads = 256;
-
-__device__ __forceinline__ int64_t Length(const int32_t* lengths, int64_t b, int64_t L) {
-  int64_t len = lengths[b];
-  return len < 0 ? 0 : (len > L ? L : len);
-}
-
-#define IPS_GRID_STRIDE(i, total)                                               \
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (total); \
-       i += int64_t{gridDim.x} * blockDim.x)
 
 __global__ void GatherKernel(int64_t B, int64_t L, int64_t D, const int32_t* __restrict__ lengths,
                              const int64_t* __restrict__ item_index,
@@ -32,7 +17,7 @@ __global__ void GatherKernel(int64_t B, int64_t L, int64_t D, const int32_t* __r
     const int64_t row = i / E, c = i % E;
     int64_t pos;
     if (row < B * L) {
-      const int64_t b = row / L, t = row % L, len = Length(lengths, b, L);
+      const int64_t b = row / L, t = row % L, len = ClampedLength(lengths, b, L);
       if (t >= len) {
         x[i] = 0.0f;
         continue;
@@ -52,7 +37,7 @@ __global__ void GatherKernel(int64_t B, int64_t L, int64_t D, const int32_t* __r
 
 __global__ void ValidMaskKernel(int64_t B, int64_t L, const int32_t* __restrict__ lengths,
                                 float* __restrict__ att) {
-  IPS_GRID_STRIDE(i, B * L) { att[i] = i % L < Length(lengths, i / L, L) ? 1.0f : 0.0f; }
+  IPS_GRID_STRIDE(i, B * L) { att[i] = i % L < ClampedLength(lengths, i / L, L) ? 1.0f : 0.0f; }
 }
 
 __global__ void BuildMlpInputKernel(int64_t B, int64_t H, int64_t E,
@@ -77,7 +62,7 @@ __global__ void StateGradsKernel(int64_t B, int64_t L, int64_t H,
                                  const float* __restrict__ d_aux_h, float* __restrict__ d_states) {
   IPS_GRID_STRIDE(i, B * L * H) {
     const int64_t bt = i / H, c = i % H, b = bt / L, t = bt % L;
-    const int64_t len = Length(lengths, b, L);
+    const int64_t len = ClampedLength(lengths, b, L);
     if (t >= len) {
       d_states[i] = 0.0f;
       continue;
@@ -102,7 +87,7 @@ __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, bool negatives,
     const int64_t pos = i / D, c = i % D;
     float gi = 0.0f, gc = 0.0f;
     if (pos < B * L) {  // history position
-      const int64_t b = pos / L, len = Length(lengths, b, L), t = pos % L - (L - len);
+      const int64_t b = pos / L, len = ClampedLength(lengths, b, L), t = pos % L - (L - len);
       if (t >= 0) {
         const float* dx = d_x + (b * L + t) * E;
         gi = dx[c];
@@ -118,7 +103,7 @@ __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, bool negatives,
       gi = d_mlp_in[b * W + H + c] + d_query[b * E + c];
       gc = d_mlp_in[b * W + H + D + c] + d_query[b * E + D + c];
     } else {  // auxiliary negative
-      const int64_t q = pos - (B * L + B), b = q / L, len = Length(lengths, b, L);
+      const int64_t q = pos - (B * L + B), b = q / L, len = ClampedLength(lengths, b, L);
       const int64_t t = q % L - (L - len);
       if (pair_offset != nullptr && t >= 1 && t < len) {
         const float* dn = d_aux_neg + (pair_offset[b] + t - 1) * E;
@@ -151,7 +136,7 @@ __global__ void AuxGatherKernel(int64_t B, int64_t L, int64_t D, int64_t pairs,
     } else if (!neg) {
       v = x[(b * L + t + 1) * E + (c - H)];
     } else {
-      const int64_t q = B * L + B + b * L + (L - Length(lengths, b, L)) + t + 1, k = c - H;
+      const int64_t q = B * L + B + b * L + (L - ClampedLength(lengths, b, L)) + t + 1, k = c - H;
       v = k < D ? item_rows[item_index[q] * D + k] : cat_rows[cat_index[q] * D + (k - D)];
     }
     aux_in[i] = v;

@@ -2,24 +2,14 @@
 // grid-stride loops; the label-aware attention runs one warp per batch row (K <= 64 interests of
 // D columns: each lane owns columns lane, lane + 32, ..., the dot products are warp sums and the
 // K-way softmax is computed redundantly by every lane of the warp, in the CPU's order over k).
-#include "kernels/cuda/launch.cuh"
+#include "models/cuda/model_ops.cuh"
 #include "models/mind_ops.h"
 
 namespace ips::models::cuda {
 namespace {
 
-using kernels::cuda::GridFor;
-using kernels::cuda::Launch;
-using kernels::cuda::StreamOf;
-
-constexpr unsigned kThreads = 256;
 constexpr unsigned kWarpsPerBlock = kThreads / 32;
 constexpr int kMaxInterests = 64;  // ValidateMindOptions
-
-__device__ __forceinline__ int64_t ClampedLength(const int32_t* lengths, int64_t b, int64_t L) {
-  int64_t len = lengths[b];
-  return len < 0 ? 0 : (len > L ? L : len);
-}
 
 __device__ __forceinline__ float WarpAllSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,25 +1,10 @@
 // CUDA twins of models/seq_ops.h (float). One thread per output element (per position for the
 // scores) over grid-stride loops; each dot product runs in column order, as on the CPU.
-#include "kernels/cuda/launch.cuh"
+#include "models/cuda/model_ops.cuh"
 #include "models/seq_ops.h"
 
 namespace ips::models::cuda {
 namespace {
-
-using kernels::cuda::GridFor;
-using kernels::cuda::Launch;
-using kernels::cuda::StreamOf;
-
-constexpr unsigned kThreads = 256;
-
-__device__ __forceinline__ int64_t ValidLength(const int32_t* lengths, int64_t b, int64_t L) {
-  const int64_t len = lengths[b];
-  return len < 0 ? 0 : (len > L ? L : len);
-}
-
-#define IPS_GRID_STRIDE(i, total)                                               \
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (total); \
-       i += int64_t{gridDim.x} * blockDim.x)
 
 __global__ void GatherRightPaddedKernel(int64_t B, int64_t L, int64_t D,
                                         const int32_t* __restrict__ lengths,
@@ -28,7 +13,7 @@ __global__ void GatherRightPaddedKernel(int64_t B, int64_t L, int64_t D,
                                         float* __restrict__ x) {
   IPS_GRID_STRIDE(i, B * L * D) {
     const int64_t c = i % D, t = (i / D) % L, b = i / (D * L);
-    const int64_t len = ValidLength(lengths, b, L);
+    const int64_t len = ClampedLength(lengths, b, L);
     x[i] = t < len ? item_rows[item_index[b * L + (L - len) + t] * D + c] : 0.0f;
   }
 }
@@ -38,7 +23,7 @@ __global__ void RightToLeftKernel(int64_t B, int64_t L, int64_t D,
                                   const float* __restrict__ right, float* __restrict__ left) {
   IPS_GRID_STRIDE(i, B * L * D) {
     const int64_t c = i % D, t = (i / D) % L, b = i / (D * L);
-    const int64_t first = L - ValidLength(lengths, b, L);
+    const int64_t first = L - ClampedLength(lengths, b, L);
     left[i] = t < first ? 0.0f : right[(b * L + (t - first)) * D + c];
   }
 }
@@ -55,7 +40,7 @@ __global__ void ScoreNextItemsKernel(int64_t B, int64_t L, int64_t D,
     const int64_t b = i / L, t = i % L;
     labels[i] = 1.0f;
     labels[BL + i] = 0.0f;
-    if (t < L - ValidLength(lengths, b, L)) {
+    if (t < L - ClampedLength(lengths, b, L)) {
       logits[i] = logits[BL + i] = 0.0f;
       mask[i] = mask[BL + i] = 0.0f;
       continue;
@@ -82,7 +67,7 @@ __global__ void ScoreBackwardKernel(
   const int64_t BL = B * L;
   IPS_GRID_STRIDE(k, BL * D) {
     const int64_t c = k % D, i = k / D, b = i / L, t = i % L;
-    const int64_t len = ValidLength(lengths, b, L), first = L - len;
+    const int64_t len = ClampedLength(lengths, b, L), first = L - len;
     if (t < first) {
       g_pos_neg[k] = 0.0f;
       g_pos_neg[BL * D + k] = 0.0f;
@@ -96,8 +81,6 @@ __global__ void ScoreBackwardKernel(
     g_pos_neg[BL * D + k] = dn * state;
   }
 }
-
-#undef IPS_GRID_STRIDE
 
 }  // namespace
 
