@@ -19,22 +19,23 @@ int64_t FirstValid(const CtrShapes& s, int64_t b) {
 }  // namespace
 
 template <typename T>
-Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
-                           const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
-                           const T* cat_rows, T* hist, T* target) {
-  IPS_MODEL_OPS_CUDA(T, DinGatherBehaviours, s, item_index, cat_index, item_rows, cat_rows, hist,
-                     target);
+Status GatherBehaviours(const kernels::Context& ctx, const CtrShapes& s, StepLayout layout,
+                        const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
+                        const T* cat_rows, T* hist, T* target) {
+  IPS_MODEL_OPS_CUDA(T, GatherBehaviours, s, layout, item_index, cat_index, item_rows, cat_rows,
+                     hist, target);
   const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
   const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
+  const bool rolled = layout == StepLayout::kRolled;
   ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = FirstValid(s, b);
+      const int64_t first_valid = FirstValid(s, b), len = L - first_valid;
       for (int64_t t = 0; t < L; ++t) {
         T* dst = hist + (b * L + t) * E;
-        const int64_t pos = b * L + t;
-        if (t < first_valid) {
+        if (rolled ? t >= len : t < first_valid) {
           std::memset(dst, 0, 2 * row_bytes);
         } else {
+          const int64_t pos = b * L + (rolled ? first_valid + t : t);
           std::memcpy(dst, item_rows + item_index[pos] * D, row_bytes);
           std::memcpy(dst + D, cat_rows + cat_index[pos] * D, row_bytes);
         }
@@ -185,9 +186,8 @@ Status PooledRowGrads(const kernels::Context& ctx, const CtrShapes& s, bool mean
 }
 
 #define IPS_CTR_OPS_INSTANTIATE(T)                                                                 \
-  template Status DinGatherBehaviours<T>(const kernels::Context&, const CtrShapes&,                \
-                                         const int64_t*, const int64_t*, const T*, const T*, T*,   \
-                                         T*);                                                      \
+  template Status GatherBehaviours<T>(const kernels::Context&, const CtrShapes&, StepLayout,       \
+                                      const int64_t*, const int64_t*, const T*, const T*, T*, T*); \
   template Status DinBuildMlpInput<T>(const kernels::Context&, const CtrShapes&, const T*,         \
                                       const T*, const T*, T*);                                     \
   template Status DinPooledGrad<T>(const kernels::Context&, const CtrShapes&, const T*, T*);       \

@@ -1,5 +1,5 @@
-// The per-batch data movement of the CTR models (DIN, the pooled baseline) that is not a
-// kernels/ op: laying the pulled rows out as behaviours, building the top MLP's input and
+// The per-batch data movement of the CTR models (DIN, the pooled baseline; DIEN's gather) that is
+// not a kernels/ op: laying the pulled rows out as behaviours, building the top MLP's input and
 // splitting its gradient back into per-position row gradients. Each runs on ctx's device (CPU:
 // float and double over ctx.pool; CUDA: float, models/cuda/ctr_ops.cu) with every pointer in
 // that device's memory. Shapes as in models/model.h CtrInputs: B rows, history T (left-padded:
@@ -22,13 +22,18 @@ struct CtrShapes {
   const int32_t* lengths = nullptr;  // [B], clamped to [0, T]
 };
 
-// hist [B x T x E]: the item and category rows of every valid step (0 at padded steps);
-// target [B x E]: the rows of the B targets. Indices follow models/model.h CtrInputs
+// How a history's steps are laid out in a [B x T x E] behaviour buffer: as the inputs
+// (left-padded: the valid steps are the last lengths[b]; DIN, the pooled model) or rolled to the
+// front (step t < lengths[b] is input position b*T + T - lengths[b] + t; DIEN's recurrent layers).
+enum class StepLayout { kLeftPadded, kRolled };
+
+// hist [B x T x E]: the item and category rows of every valid step in `layout` (0 at padded
+// steps); target [B x E]: the rows of the B targets. Indices follow models/model.h CtrInputs
 // (history positions, then targets).
 template <typename T>
-Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
-                           const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
-                           const T* cat_rows, T* hist, T* target);
+Status GatherBehaviours(const kernels::Context& ctx, const CtrShapes& s, StepLayout layout,
+                        const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
+                        const T* cat_rows, T* hist, T* target);
 
 // mlp_in [B x 3E] = [pooled, target, sum of the valid steps of hist] (summed in step order).
 template <typename T>
@@ -64,10 +69,9 @@ Status PooledRowGrads(const kernels::Context& ctx, const CtrShapes& s, bool mean
 
 #ifdef IPS_WITH_CUDA
 namespace cuda {
-Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
-                           const int64_t* item_index, const int64_t* cat_index,
-                           const float* item_rows, const float* cat_rows, float* hist,
-                           float* target);
+Status GatherBehaviours(const kernels::Context& ctx, const CtrShapes& s, StepLayout layout,
+                        const int64_t* item_index, const int64_t* cat_index, const float* item_rows,
+                        const float* cat_rows, float* hist, float* target);
 Status DinBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, const float* hist,
                         const float* pooled, const float* target, float* mlp_in);
 Status DinPooledGrad(const kernels::Context& ctx, const CtrShapes& s, const float* d_mlp_in,

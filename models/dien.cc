@@ -551,8 +551,9 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in
 
   // Roll to right padding while gathering [item_emb, cat_emb]: rolled step t of row b is the
   // left-padded position first_valid + t. Padded steps are zero (the kernels never read them).
-  IPS_RETURN_IF_ERROR(DienGatherBehaviours(ctx, shapes, in.item_index, in.cat_index, in.item_rows,
-                                           in.cat_rows, x_.data(), target_.data()));
+  IPS_RETURN_IF_ERROR(GatherBehaviours(ctx, shapes, StepLayout::kRolled, in.item_index,
+                                       in.cat_index, in.item_rows, in.cat_rows, x_.data(),
+                                       target_.data()));
 
   // Interest extractor.
   {

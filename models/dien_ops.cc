@@ -18,35 +18,6 @@ int64_t Length(const DienShapes& s, int64_t b) {
 }  // namespace
 
 template <typename T>
-Status DienGatherBehaviours(const kernels::Context& ctx, const DienShapes& s,
-                            const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
-                            const T* cat_rows, T* x, T* target) {
-  IPS_MODEL_OPS_CUDA(T, DienGatherBehaviours, s, item_index, cat_index, item_rows, cat_rows, x,
-                     target);
-  const int64_t B = s.batch, L = s.max_len, D = s.dim, E = 2 * D;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(D);
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t len = Length(s, b), fv = L - len;
-      for (int64_t t = 0; t < L; ++t) {
-        T* dst = x + (b * L + t) * E;
-        if (t >= len) {
-          std::memset(dst, 0, 2 * row_bytes);
-        } else {
-          const int64_t pos = b * L + fv + t;
-          std::memcpy(dst, item_rows + item_index[pos] * D, row_bytes);
-          std::memcpy(dst + D, cat_rows + cat_index[pos] * D, row_bytes);
-        }
-      }
-      T* tgt = target + b * E;
-      std::memcpy(tgt, item_rows + item_index[B * L + b] * D, row_bytes);
-      std::memcpy(tgt + D, cat_rows + cat_index[B * L + b] * D, row_bytes);
-    }
-  });
-  return Status::Ok();
-}
-
-template <typename T>
 Status DienValidMask(const kernels::Context& ctx, const DienShapes& s, T* att) {
   IPS_MODEL_OPS_CUDA(T, DienValidMask, s, att);
   const int64_t L = s.max_len;
@@ -216,23 +187,20 @@ Status DienAuxSplitGrads(const kernels::Context& ctx, const DienShapes& s, int64
   return Status::Ok();
 }
 
-#define IPS_DIEN_OPS_INSTANTIATE(T)                                                               \
-  template Status DienGatherBehaviours<T>(const kernels::Context&, const DienShapes&,             \
-                                          const int64_t*, const int64_t*, const T*, const T*, T*, \
-                                          T*);                                                    \
-  template Status DienValidMask<T>(const kernels::Context&, const DienShapes&, T*);               \
-  template Status DienBuildMlpInput<T>(const kernels::Context&, const DienShapes&, const T*,      \
-                                       const T*, T*);                                             \
-  template Status DienFinalGrad<T>(const kernels::Context&, const DienShapes&, const T*, T*);     \
-  template Status DienStateGrads<T>(const kernels::Context&, const DienShapes&, const int64_t*,   \
-                                    const T*, const T*, const T*, T*);                            \
-  template Status DienRowGrads<T>(const kernels::Context&, const DienShapes&, bool,               \
-                                  const int64_t*, const T*, const T*, const T*, const T*,         \
-                                  const T*, T*, T*);                                              \
-  template Status DienAuxGather<T>(const kernels::Context&, const DienShapes&, int64_t,           \
-                                   const int32_t*, const int64_t*, const T*, const T*,            \
-                                   const int64_t*, const int64_t*, const T*, const T*, T*);       \
-  template Status DienAuxSplitGrads<T>(const kernels::Context&, const DienShapes&, int64_t,       \
+#define IPS_DIEN_OPS_INSTANTIATE(T)                                                             \
+  template Status DienValidMask<T>(const kernels::Context&, const DienShapes&, T*);             \
+  template Status DienBuildMlpInput<T>(const kernels::Context&, const DienShapes&, const T*,    \
+                                       const T*, T*);                                           \
+  template Status DienFinalGrad<T>(const kernels::Context&, const DienShapes&, const T*, T*);   \
+  template Status DienStateGrads<T>(const kernels::Context&, const DienShapes&, const int64_t*, \
+                                    const T*, const T*, const T*, T*);                          \
+  template Status DienRowGrads<T>(const kernels::Context&, const DienShapes&, bool,             \
+                                  const int64_t*, const T*, const T*, const T*, const T*,       \
+                                  const T*, T*, T*);                                            \
+  template Status DienAuxGather<T>(const kernels::Context&, const DienShapes&, int64_t,         \
+                                   const int32_t*, const int64_t*, const T*, const T*,          \
+                                   const int64_t*, const int64_t*, const T*, const T*, T*);     \
+  template Status DienAuxSplitGrads<T>(const kernels::Context&, const DienShapes&, int64_t,     \
                                        const T*, T*, T*, T*);
 IPS_DIEN_OPS_INSTANTIATE(float)
 IPS_DIEN_OPS_INSTANTIATE(double)

@@ -1,7 +1,7 @@
-// The per-batch data movement of DIEN (models/dien.h) that is not a kernels/ op: rolling the
-// pulled rows into right-padded behaviours, building the top MLP's input, summing the gradients
-// of the extractor states, splitting gradients back into per-position row gradients, and the
-// auxiliary MLP's pair gather/scatter on the device path. Each runs on ctx's device (CPU: float
+// The per-batch data movement of DIEN (models/dien.h) that is not a kernels/ op (the rolled,
+// right-padded behaviours are gathered by models/ctr_ops.h GatherBehaviours): building the top
+// MLP's input, summing the gradients of the extractor states, splitting gradients back into
+// per-position row gradients, and the auxiliary MLP's pair gather/scatter on the device path. Each runs on ctx's device (CPU: float
 // and double over ctx.pool; CUDA: float, models/cuda/dien_ops.cu) with every pointer in that
 // device's memory, like models/ctr_ops.h. Outputs are overwritten.
 //
@@ -21,22 +21,12 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "models/ctr_ops.h"
 
 namespace ips::models {
 
-struct DienShapes {
-  int64_t batch = 0;                 // B
-  int64_t max_len = 0;               // T
-  int64_t dim = 0;                   // D (E = H = 2D)
-  const int32_t* lengths = nullptr;  // [B], clamped to [0, T]
-};
-
-// x [B x T x E]: rolled step t of row b = [item row, category row] of input position
-// b*T + (T - lengths[b]) + t, 0 at padded steps; target [B x E] the B targets' rows.
-template <typename T>
-Status DienGatherBehaviours(const kernels::Context& ctx, const DienShapes& s,
-                            const int64_t* item_index, const int64_t* cat_index, const T* item_rows,
-                            const T* cat_rows, T* x, T* target);
+// B rows of T steps; D the table width (E = H = 2D).
+using DienShapes = CtrShapes;
 
 // att [B x T] = 1 at valid rolled steps, 0 at padded ones (the attention ablation).
 template <typename T>
@@ -86,9 +76,6 @@ Status DienAuxSplitGrads(const kernels::Context& ctx, const DienShapes& s, int64
 
 #ifdef IPS_WITH_CUDA
 namespace cuda {
-Status DienGatherBehaviours(const kernels::Context& ctx, const DienShapes& s,
-                            const int64_t* item_index, const int64_t* cat_index,
-                            const float* item_rows, const float* cat_rows, float* x, float* target);
 Status DienValidMask(const kernels::Context& ctx, const DienShapes& s, float* att);
 Status DienBuildMlpInput(const kernels::Context& ctx, const DienShapes& s, const float* final_h,
                          const float* target, float* mlp_in);

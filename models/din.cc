@@ -100,8 +100,9 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
 
   // Gather [item_emb, cat_emb] per position; padded steps are zero (the attention kernel never
   // reads them; `summed` skips them).
-  IPS_RETURN_IF_ERROR(DinGatherBehaviours(ctx, shapes, in.item_index, in.cat_index, in.item_rows,
-                                          in.cat_rows, hist_.data(), target_.data()));
+  IPS_RETURN_IF_ERROR(GatherBehaviours(ctx, shapes, StepLayout::kLeftPadded, in.item_index,
+                                       in.cat_index, in.item_rows, in.cat_rows, hist_.data(),
+                                       target_.data()));
 
   if (o_.attention_disabled) {
     IPS_RETURN_IF_ERROR(kernels::ZeroOnDevice(ctx, weights_.data(), sizeof(T) * B * L));

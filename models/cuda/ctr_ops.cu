@@ -7,7 +7,7 @@
 namespace ips::models::cuda {
 namespace {
 
-__global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D,
+__global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D, bool rolled,
                                        const int32_t* __restrict__ lengths,
                                        const int64_t* __restrict__ item_index,
                                        const int64_t* __restrict__ cat_index,
@@ -15,23 +15,24 @@ __global__ void GatherBehavioursKernel(int64_t B, int64_t L, int64_t D,
                                        const float* __restrict__ cat_rows, float* __restrict__ hist,
                                        float* __restrict__ target) {
   const int64_t E = 2 * D;
-  const int64_t total = (B * L + B) * E;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t pos = i / E, c = i % E;
-    float v;
-    if (pos < B * L) {
-      const int64_t b = pos / L, t = pos % L;
-      if (t < (L - ClampedLength(lengths, b, L))) {
+  IPS_GRID_STRIDE(i, (B * L + B) * E) {
+    const int64_t row = i / E, c = i % E;
+    int64_t pos = row;  // a target: b = row - B*L sits at input position B*L + b
+    if (row < B * L) {
+      const int64_t b = row / L, t = row % L, len = ClampedLength(lengths, b, L);
+      const int64_t first_valid = L - len;
+      if (rolled ? t >= len : t < first_valid) {
         hist[i] = 0.0f;
         continue;
       }
+      pos = b * L + (rolled ? first_valid + t : t);
     }
-    v = c < D ? item_rows[item_index[pos] * D + c] : cat_rows[cat_index[pos] * D + (c - D)];
-    if (pos < B * L)
+    const float v =
+        c < D ? item_rows[item_index[pos] * D + c] : cat_rows[cat_index[pos] * D + (c - D)];
+    if (row < B * L)
       hist[i] = v;
     else
-      target[(pos - B * L) * E + c] = v;
+      target[(row - B * L) * E + c] = v;
   }
 }
 
@@ -165,14 +166,14 @@ __global__ void PooledRowGradsKernel(int64_t B, int64_t L, int64_t D, bool mean,
 
 }  // namespace
 
-Status DinGatherBehaviours(const kernels::Context& ctx, const CtrShapes& s,
-                           const int64_t* item_index, const int64_t* cat_index,
-                           const float* item_rows, const float* cat_rows, float* hist,
-                           float* target) {
+Status GatherBehaviours(const kernels::Context& ctx, const CtrShapes& s, StepLayout layout,
+                        const int64_t* item_index, const int64_t* cat_index, const float* item_rows,
+                        const float* cat_rows, float* hist, float* target) {
   const int64_t n = (s.batch * s.max_len + s.batch) * 2 * s.dim;
-  return Launch("din_gather_behaviours", GatherBehavioursKernel, dim3(GridFor(n, kThreads)),
-                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, s.dim, s.lengths, item_index,
-                cat_index, item_rows, cat_rows, hist, target);
+  return Launch("gather_behaviours", GatherBehavioursKernel, dim3(GridFor(n, kThreads)),
+                dim3(kThreads), 0, StreamOf(ctx), s.batch, s.max_len, s.dim,
+                layout == StepLayout::kRolled, s.lengths, item_index, cat_index, item_rows,
+                cat_rows, hist, target);
 }
 
 Status DinBuildMlpInput(const kernels::Context& ctx, const CtrShapes& s, const float* hist,

@@ -6,35 +6,6 @@
 namespace ips::models::cuda {
 namespace {
 
-__global__ void GatherKernel(int64_t B, int64_t L, int64_t D, const int32_t* __restrict__ lengths,
-                             const int64_t* __restrict__ item_index,
-                             const int64_t* __restrict__ cat_index,
-                             const float* __restrict__ item_rows,
-                             const float* __restrict__ cat_rows, float* __restrict__ x,
-                             float* __restrict__ target) {
-  const int64_t E = 2 * D;
-  IPS_GRID_STRIDE(i, (B * L + B) * E) {
-    const int64_t row = i / E, c = i % E;
-    int64_t pos;
-    if (row < B * L) {
-      const int64_t b = row / L, t = row % L, len = ClampedLength(lengths, b, L);
-      if (t >= len) {
-        x[i] = 0.0f;
-        continue;
-      }
-      pos = b * L + (L - len) + t;
-    } else {
-      pos = row;  // target b = row - B*L sits at input position B*L + b
-    }
-    const float v =
-        c < D ? item_rows[item_index[pos] * D + c] : cat_rows[cat_index[pos] * D + (c - D)];
-    if (row < B * L)
-      x[i] = v;
-    else
-      target[(row - B * L) * E + c] = v;
-  }
-}
-
 __global__ void ValidMaskKernel(int64_t B, int64_t L, const int32_t* __restrict__ lengths,
                                 float* __restrict__ att) {
   IPS_GRID_STRIDE(i, B * L) { att[i] = i % L < ClampedLength(lengths, i / L, L) ? 1.0f : 0.0f; }
@@ -163,16 +134,6 @@ __global__ void AuxSplitGradsKernel(int64_t D, int64_t pairs, const float* __res
 }
 
 }  // namespace
-
-Status DienGatherBehaviours(const kernels::Context& ctx, const DienShapes& s,
-                            const int64_t* item_index, const int64_t* cat_index,
-                            const float* item_rows, const float* cat_rows, float* x,
-                            float* target) {
-  const int64_t n = (s.batch * s.max_len + s.batch) * 2 * s.dim;
-  return Launch("dien_gather_behaviours", GatherKernel, dim3(GridFor(n, kThreads)), dim3(kThreads),
-                0, StreamOf(ctx), s.batch, s.max_len, s.dim, s.lengths, item_index, cat_index,
-                item_rows, cat_rows, x, target);
-}
 
 Status DienValidMask(const kernels::Context& ctx, const DienShapes& s, float* att) {
   const int64_t n = s.batch * s.max_len;
