@@ -7,17 +7,23 @@ namespace ips::models {
 
 template <typename T>
 StatusOr<CtrInputStaging<T>> CtrInputStaging<T>::Create(kernels::Device device, int64_t max_batch,
-                                                        int64_t max_positions, int64_t dim) {
+                                                        int64_t max_positions, int64_t dim,
+                                                        bool categories) {
   CtrInputStaging s;
   s.max_batch_ = max_batch;
   s.max_positions_ = max_positions;
+  s.max_cat_positions_ = categories ? max_positions : 0;
   s.dim_ = dim;
   IPS_ASSIGN_OR_RETURN(s.lengths_, kernels::Buffer<int32_t>::Create(device, max_batch));
-  IPS_ASSIGN_OR_RETURN(s.item_index_, kernels::Buffer<int64_t>::Create(device, max_positions));
-  IPS_ASSIGN_OR_RETURN(s.cat_index_, kernels::Buffer<int64_t>::Create(device, max_positions));
   IPS_ASSIGN_OR_RETURN(s.labels_, kernels::Buffer<T>::Create(device, max_batch));
-  for (kernels::Buffer<T>* rows : {&s.item_rows_, &s.cat_rows_, &s.d_item_rows_, &s.d_cat_rows_}) {
+  IPS_ASSIGN_OR_RETURN(s.item_index_, kernels::Buffer<int64_t>::Create(device, max_positions));
+  IPS_ASSIGN_OR_RETURN(s.cat_index_,
+                       kernels::Buffer<int64_t>::Create(device, s.max_cat_positions_));
+  for (kernels::Buffer<T>* rows : {&s.item_rows_, &s.d_item_rows_}) {
     IPS_ASSIGN_OR_RETURN(*rows, kernels::Buffer<T>::Create(device, max_positions * dim));
+  }
+  for (kernels::Buffer<T>* rows : {&s.cat_rows_, &s.d_cat_rows_}) {
+    IPS_ASSIGN_OR_RETURN(*rows, kernels::Buffer<T>::Create(device, s.max_cat_positions_ * dim));
   }
   return s;
 }
@@ -25,8 +31,9 @@ StatusOr<CtrInputStaging<T>> CtrInputStaging<T>::Create(kernels::Device device, 
 template <typename T>
 StatusOr<CtrInputs<T>> CtrInputStaging<T>::Stage(const kernels::Context& ctx,
                                                  const CtrInputs<T>& in, int64_t positions) {
+  const bool cats = in.cat_index != nullptr || in.cat_rows != nullptr;
   if (in.batch > max_batch_ || positions > max_positions_ || in.num_item_rows > max_positions_ ||
-      in.num_cat_rows > max_positions_)
+      in.num_cat_rows > max_cat_positions_ || (cats && positions > max_cat_positions_))
     return InvalidArgumentError("CtrInputStaging: batch of " + std::to_string(in.batch) +
                                 " rows, " + std::to_string(positions) +
                                 " positions exceeds the staging buffers");
@@ -71,11 +78,13 @@ Status CtrInputStaging<T>::UnstageRowGrads(const kernels::Context& ctx, T* d_ite
 template <typename T>
 StatusOr<CtrDeviceIo<T>> CtrDeviceIo<T>::Create(kernels::Device device, bool stage_on_cpu,
                                                 int64_t max_batch, int64_t max_positions,
-                                                int64_t dim, int64_t output_width) {
+                                                int64_t dim, int64_t output_width,
+                                                bool categories) {
   CtrDeviceIo io;
   if (device == kernels::Device::kCpu && !stage_on_cpu) return io;
-  IPS_ASSIGN_OR_RETURN(CtrInputStaging<T> staging,
-                       CtrInputStaging<T>::Create(device, max_batch, max_positions, dim));
+  IPS_ASSIGN_OR_RETURN(
+      CtrInputStaging<T> staging,
+      CtrInputStaging<T>::Create(device, max_batch, max_positions, dim, categories));
   io.staging_ = std::make_unique<CtrInputStaging<T>>(std::move(staging));
   io.output_width_ = output_width;
   io.host_output_.resize(static_cast<size_t>(max_batch * output_width));

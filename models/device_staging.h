@@ -24,8 +24,11 @@ class CtrInputStaging {
  public:
   // For batches of up to max_batch rows with up to max_positions indices per table (every
   // pulled row is referenced, so a table holds at most max_positions rows) of `dim` floats.
+  // categories = false: a model without category rows (no buffers for them; Stage refuses
+  // category inputs).
   static StatusOr<CtrInputStaging> Create(kernels::Device device, int64_t max_batch,
-                                          int64_t max_positions, int64_t dim);
+                                          int64_t max_positions, int64_t dim,
+                                          bool categories = true);
 
   // Copies `in` (host; `positions` indices per table, already checked by the model) to the
   // device and returns the same batch with device pointers. Categories may be absent.
@@ -41,7 +44,7 @@ class CtrInputStaging {
   Status UnstageRowGrads(const kernels::Context& ctx, T* d_item_rows, T* d_cat_rows) const;
 
  private:
-  int64_t max_batch_ = 0, max_positions_ = 0, dim_ = 0;
+  int64_t max_batch_ = 0, max_positions_ = 0, max_cat_positions_ = 0, dim_ = 0;
   kernels::Buffer<int32_t> lengths_;
   kernels::Buffer<int64_t> item_index_, cat_index_;
   kernels::Buffer<T> item_rows_, cat_rows_, labels_, d_item_rows_, d_cat_rows_;
@@ -49,8 +52,8 @@ class CtrInputStaging {
 };
 
 // What a model adds around its passes so that they can run on CUDA with a host interface (DIN,
-// the pooled baseline and, through SeqAsCtrInputs, GRU4Rec use it): the batch staged in, the
-// weights uploaded, the forward's host-visible output (logits, or a sequence model's user
+// DIEN, MIND, the pooled baseline and, through SeqAsCtrInputs, GRU4Rec use it): the batch staged
+// in, the weights uploaded, the forward's host-visible output (logits, or a sequence model's user
 // vectors), the row gradients and the dense gradients copied back. Not staged (a plain CPU
 // model), every call passes through and costs nothing.
 template <typename T>
@@ -58,9 +61,11 @@ class CtrDeviceIo {
  public:
   // Staged off the CPU, and on the CPU with stage_on_cpu (the models' test switch that runs this
   // logic with the CPU kernels).
-  // output_width: elements per row of the output EndForward brings back (1: logits).
+  // output_width: elements per row of the output EndForward brings back (1: logits);
+  // categories: as CtrInputStaging::Create.
   static StatusOr<CtrDeviceIo> Create(kernels::Device device, bool stage_on_cpu, int64_t max_batch,
-                                      int64_t max_positions, int64_t dim, int64_t output_width = 1);
+                                      int64_t max_positions, int64_t dim, int64_t output_width = 1,
+                                      bool categories = true);
   bool staged() const { return staging_ != nullptr; }
 
   // Start of Forward: the batch as the kernels see it (host_in itself when not staged) with

@@ -398,7 +398,7 @@ StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
                {&m->mlp_in_, B * (H + E)},
                {&m->logits_, B},
                {&m->rnn_workspace_, elems(ws)},
-               {&m->loss_scratch_, 1},
+               {&m->loss_scratch_, 2},
                {&m->attn_workspace_, kernels::DinAttentionBackwardWorkspaceSize(B, L, H, A1, A2)},
                {&m->d_logits_, B},
                {&m->d_mlp_in_, B * (H + E)},
@@ -539,8 +539,9 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in
         pair_row_[p] = static_cast<int32_t>(b);
   }
   if (aux_computed_ && io_.staged()) {
-    // Pageable sources: the copy has read them when it returns, so the next batch may rewrite
-    // them.
+    // Pageable sources, which must not change until the stream has passed the copy: safe,
+    // because every staged Forward ends in a CopyToHost (EndForward), which waits for the stream,
+    // before the next batch rewrites them.
     IPS_RETURN_IF_ERROR(kernels::CopyToDevice(ctx, pair_offset_dev_.data(), pair_offset_.data(),
                                               sizeof(int64_t) * static_cast<size_t>(B + 1)));
     if (pair_offset_[B] > 0)
@@ -620,7 +621,16 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in
     l.labels = in.labels;
     l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, &click_loss_, loss_scratch_.data(), sizeof(T)));
+    // One copy (one wait) for the click loss and, from the device path's auxiliary pass, the
+    // summed auxiliary loss in loss_scratch_[1].
+    const bool aux_on_device = aux_computed_ && !aux_fused() && aux_pairs_ > 0;
+    T host_losses[2] = {T(0), T(0)};
+    IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, host_losses, loss_scratch_.data(),
+                                            (aux_on_device ? 2 : 1) * sizeof(T)));
+    click_loss_ = host_losses[0];
+    if (aux_on_device)
+      aux_loss_ =
+          static_cast<T>(static_cast<double>(host_losses[1]) / static_cast<double>(aux_pairs_));
     if (loss != nullptr) *loss = click_loss_ + static_cast<T>(o_.aux_loss_weight) * aux_loss_;
     have_training_forward_ = training;
     forward_batch_ = B;
@@ -888,18 +898,16 @@ Status Dien<T>::AuxForwardLayers(const kernels::Context& ctx, const CtrInputs<T>
     a.y = aux_act_[i].data();
     IPS_RETURN_IF_ERROR(kernels::LinearForward(ctx, a));
   }
-  // Sum over pairs of BCE(pos, 1) + BCE(neg, 0), then the mean over pairs on the host.
+  // Sum over pairs of BCE(pos, 1) + BCE(neg, 0); the mean over pairs is taken on the host.
   kernels::BceWithLogitsArgs<T> l;
   l.n = rows;
   l.reduction = kernels::Reduction::kSum;
   l.logits = aux_act_[nl - 1].data();
   l.labels = aux_labels_.data();
-  l.loss = loss_scratch_.data();
-  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-  T total = T(0);
-  IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, &total, loss_scratch_.data(), sizeof(T)));
-  aux_loss_ = static_cast<T>(static_cast<double>(total) / static_cast<double>(P));
-  return Status::Ok();
+  // The sum stays on the device (loss_scratch_[1]); Forward brings it back with the click loss,
+  // so the host does not wait here before queueing the rest of the forward.
+  l.loss = loss_scratch_.data() + 1;
+  return kernels::BceWithLogitsForward(ctx, l);
 }
 
 template <typename T>

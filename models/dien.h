@@ -218,7 +218,7 @@ class Dien final : public CtrModel<T> {
   kernels::Buffer<T> mlp_in_;         // [B x (H + E)] = [h_final, target]
   kernels::Buffer<T> logits_;         // [B]
   kernels::Buffer<T> rnn_workspace_;  // max of the forward/backward workspaces of both RNNs
-  kernels::Buffer<T> loss_scratch_;   // [1] click loss, then (staged) the summed aux loss
+  kernels::Buffer<T> loss_scratch_;   // [2] click loss, (staged) the summed aux loss
   T click_loss_ = T(0), aux_loss_ = T(0);
   int64_t aux_pairs_ = 0;
   bool aux_computed_ = false;

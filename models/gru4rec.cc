@@ -103,7 +103,7 @@ StatusOr<std::unique_ptr<Gru4Rec<T>>> Gru4Rec<T>::Create(const Gru4RecOptions& o
                                                          {&m->g_item_, 3 * B * L * D},
                                                      }));
   IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, 3 * B * L, D,
-                                                      /*output_width=*/D));
+                                                      /*output_width=*/D, /*categories=*/false));
   return m;
 }
 

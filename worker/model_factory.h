@@ -60,8 +60,8 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
 // INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA with
-// a model other than DIN or POOLED or in a build without CUDA; FAILED_PRECONDITION for CUDA with no
-// visible device.
+// a model that does not run there (ModelSpec::device) or in a build without CUDA;
+// FAILED_PRECONDITION for CUDA with no visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
 
 // The model of a config, for scoring (`ips export`, the serving library): the spec from the
