@@ -5,8 +5,8 @@
 #
 # Usage (repo root):  launch/gpu_check.sh [--build-without-device] [--full]
 #   --full   builds the whole project instead of the kernels alone, so the `gpu` tests of the
-#            models (tests/models/*_gpu_test.cc: DIN, DIEN, MIND, GRU4Rec and the pooled model
-#            on CUDA vs the CPU, and under the trainers) run too; needs every build dependency (Protobuf, glog, Open MPI, ...), e.g.
+#            models (tests/models/*_gpu_test.cc: every model on CUDA vs the CPU, and under the
+#            trainers) run too; needs every build dependency (Protobuf, glog, Open MPI, ...), e.g.
 #            the debs of ../shared/tools/device-debs.sh unpacked under IPS_DEPS_PREFIX.
 # Environment:
 #   CMAKE_PREFIX_PATH   where cmake finds GoogleTest etc. when the machine lacks them (the lead

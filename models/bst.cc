@@ -8,6 +8,7 @@
 #include "common/thread_pool.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "models/transformer_ops.h"
 
 namespace ips::models {
 namespace {
@@ -27,7 +28,8 @@ TransformerBlockOptions BlockOptions(const BstOptions& o) {
   bo.dropout = o.dropout;
   bo.max_batch = o.max_batch;
   bo.max_len = o.max_len + 1;
-  bo.fast_cpu_path = o.fast_cpu_path;
+  // The device path (CUDA, or the CPU with stage_on_cpu) runs everything through kernels/.
+  bo.fast_cpu_path = o.fast_cpu_path && o.device == kernels::Device::kCpu && !o.stage_on_cpu;
   bo.layout = o.layout;
   return bo;
 }
@@ -86,18 +88,27 @@ StatusOr<std::unique_ptr<Bst<T>>> Bst<T>::Create(const BstOptions& options) {
   for (auto& blk : m->blocks_) blk->Init(rng);
   m->mlp_->Init(rng);
 
-  const auto n = [](int64_t v) { return static_cast<size_t>(v); };
-  m->seq_lengths_.resize(n(B));
-  m->xs_.resize(n(o.num_blocks + 1));
-  for (auto& x : m->xs_) x.resize(n(B * S * E));
-  if (o.pooling == BstPooling::kMeanWithTarget) m->pooled_.resize(n(B * 2 * E));
-  m->logits_.resize(n(B));
-  m->d_logits_.resize(n(B));
-  m->d_mlp_in_.resize(n(B * MlpInputWidth(o)));
-  m->da_.resize(n(B * S * E));
-  m->db_.resize(n(B * S * E));
-  m->g_item_.resize(n((B * L + B) * D));
-  m->g_cat_.resize(n((B * L + B) * D));
+  // Weights are initialised on the host (the same on every device), then mirrored.
+  const kernels::Device dev = o.device;
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  IPS_RETURN_IF_ERROR(m->mlp_->AttachDevice(dev, o.stage_on_cpu));
+  for (auto& blk : m->blocks_) IPS_RETURN_IF_ERROR(blk->AttachDevice(dev));
+  IPS_ASSIGN_OR_RETURN(m->seq_lengths_, kernels::Buffer<int32_t>::Create(dev, B));
+  m->xs_.resize(static_cast<size_t>(o.num_blocks + 1));
+  for (auto& x : m->xs_) {
+    IPS_ASSIGN_OR_RETURN(x, kernels::Buffer<T>::Create(dev, B * S * E));
+  }
+  const bool mean = o.pooling == BstPooling::kMeanWithTarget;
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(dev, {{&m->pooled_, mean ? B * 2 * E : 0},
+                                                      {&m->logits_, B},
+                                                      {&m->loss_scratch_, 1},
+                                                      {&m->d_logits_, B},
+                                                      {&m->d_mlp_in_, B * MlpInputWidth(o)},
+                                                      {&m->da_, B * S * E},
+                                                      {&m->db_, B * S * E},
+                                                      {&m->g_item_, (B * L + B) * D},
+                                                      {&m->g_cat_, (B * L + B) * D}}));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, B * L + B, D));
   return m;
 }
 
@@ -108,68 +119,37 @@ Status Bst<T>::CheckInputs(const CtrInputs<T>& in) const {
 }
 
 template <typename T>
-Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
+Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in, bool training,
                        T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in));
-  const int64_t B = in.batch, L = o_.max_len, S = L + 1, D = o_.embedding_dim, E = 2 * D;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Bst", o_.device, ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
+  IPS_ASSIGN_OR_RETURN(const CtrInputs<T> in, io_.BeginForward(ctx, host_in, B * L + B, &params_));
+  const CtrShapes shapes{B, L, D, in.lengths};
   forward_seed_ = DropoutStepSeed(o_.seed, step_);
   if (training) ++step_;
 
   // x_0: behaviours then the target, plus positions; zero at padded steps.
-  const T* pos = params_.value(pos_);
-  T* x0 = xs_[0].data();
-  ParallelFor(ctx.pool, B, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      seq_lengths_[b] = in.lengths[b] + 1;
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < S; ++t) {
-        T* dst = x0 + (b * S + t) * E;
-        if (t < first_valid) {
-          std::fill(dst, dst + E, T(0));
-          continue;
-        }
-        const int64_t i = t < L ? b * L + t : B * L + b;
-        const T* ei = in.item_rows + in.item_index[i] * D;
-        const T* ec = in.cat_rows + in.cat_index[i] * D;
-        const T* p = pos + t * E;
-        for (int64_t c = 0; c < D; ++c) {
-          dst[c] = ei[c] + p[c];
-          dst[D + c] = ec[c] + p[D + c];
-        }
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(BstEmbed<T>(ctx, shapes, in.item_index, in.cat_index, in.item_rows,
+                                  in.cat_rows, params_.compute_value(pos_), seq_lengths_.data(),
+                                  xs_[0].data()));
 
   for (size_t i = 0; i < blocks_.size(); ++i)
     IPS_RETURN_IF_ERROR(blocks_[i]->Forward(ctx, B, seq_lengths_.data(), xs_[i].data(),
                                             xs_[i + 1].data(), training,
                                             DropoutSiteSeed(forward_seed_, i + 1)));
 
-  const T* xl = xs_.back().data();
-  const T* mlp_in = xl;  // kFlatten: [B x S x E] is already [B x S*E]
+  const T* mlp_in = xs_.back().data();  // kFlatten: [B x S x E] is already [B x S*E]
   if (o_.pooling == BstPooling::kMeanWithTarget) {
-    ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* row = pooled_.data() + b * 2 * E;
-        std::fill(row, row + E, T(0));
-        const int64_t len = in.lengths[b];
-        for (int64_t t = L - len; t < L; ++t) {
-          const T* x = xl + (b * S + t) * E;
-          for (int64_t c = 0; c < E; ++c) row[c] += x[c];
-        }
-        if (len > 0) {
-          const T inv = T(1) / static_cast<T>(len);
-          for (int64_t c = 0; c < E; ++c) row[c] *= inv;
-        }
-        std::memcpy(row + E, xl + (b * S + L) * E, sizeof(T) * static_cast<size_t>(E));
-      }
-    });
+    IPS_RETURN_IF_ERROR(BstMeanPool<T>(ctx, shapes, xs_.back().data(), pooled_.data()));
     mlp_in = pooled_.data();
   }
   const T* out = nullptr;
   IPS_RETURN_IF_ERROR(mlp_->Forward(ctx, B, mlp_in, training, &out));
-  std::memcpy(logits_.data(), out, sizeof(T) * static_cast<size_t>(B));
+  IPS_RETURN_IF_ERROR(
+      kernels::CopyOnDevice(ctx, logits_.data(), out, sizeof(T) * static_cast<size_t>(B)));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
     kernels::BceWithLogitsArgs<T> l;
@@ -177,9 +157,10 @@ Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool
     l.reduction = kernels::Reduction::kMean;
     l.logits = logits_.data();
     l.labels = in.labels;
-    l.loss = loss_scratch_;
+    l.loss = loss_scratch_.data();
     IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr) *loss = loss_scratch_[0];
+    if (loss != nullptr)
+      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -187,14 +168,18 @@ Status Bst<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool
 }
 
 template <typename T>
-Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* d_item_rows,
+Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_in, T* d_item_rows,
                         T* d_cat_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_ || in.labels == nullptr)
+  if (!have_training_forward_ || host_in.batch != forward_batch_ || host_in.labels == nullptr)
     return FailedPreconditionError(
         "Bst::Backward needs a Forward(training = true) with labels on the same batch first");
   if (d_item_rows == nullptr || d_cat_rows == nullptr)
     return InvalidArgumentError("Bst::Backward: null d_item_rows or d_cat_rows");
-  const int64_t B = in.batch, L = o_.max_len, S = L + 1, D = o_.embedding_dim, E = 2 * D;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Bst", o_.device, ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, D = o_.embedding_dim;
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const CtrInputs<T>& in = io_.BackwardInputs(host_in);
+  const CtrShapes shapes{B, L, D, in.lengths};
 
   kernels::BceWithLogitsArgs<T> l;
   l.n = B;
@@ -211,22 +196,7 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
   T* dy = d_mlp_in_.data();
   if (o_.pooling == BstPooling::kMeanWithTarget) {
     dy = da_.data();
-    ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* dp = d_mlp_in_.data() + b * 2 * E;
-        const int64_t len = in.lengths[b];
-        const T inv = len > 0 ? T(1) / static_cast<T>(len) : T(0);
-        for (int64_t t = 0; t < L; ++t) {
-          T* g = dy + (b * S + t) * E;
-          if (t < L - len) {
-            std::fill(g, g + E, T(0));
-          } else {
-            for (int64_t c = 0; c < E; ++c) g[c] = dp[c] * inv;
-          }
-        }
-        std::memcpy(dy + (b * S + L) * E, dp + E, sizeof(T) * static_cast<size_t>(E));
-      }
-    });
+    IPS_RETURN_IF_ERROR(BstMeanPoolBackward<T>(ctx, shapes, d_mlp_in_.data(), dy));
   }
   T* bufs[2] = {da_.data(), db_.data()};
   int next = dy == da_.data() ? 1 : 0;
@@ -238,36 +208,8 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
   }
 
   // dy = dL/dx_0: split into item and category halves per position; positions sum over rows.
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < S; ++t) {
-        const int64_t i = t < L ? b * L + t : B * L + b;
-        T* gi = g_item_.data() + i * D;
-        T* gc = g_cat_.data() + i * D;
-        if (t < first_valid) {
-          std::fill(gi, gi + D, T(0));
-          std::fill(gc, gc + D, T(0));
-          continue;
-        }
-        const T* g = dy + (b * S + t) * E;
-        std::memcpy(gi, g, sizeof(T) * static_cast<size_t>(D));
-        std::memcpy(gc, g + D, sizeof(T) * static_cast<size_t>(D));
-      }
-    }
-  });
-  T* dpos = params_.grad(pos_);
-  ParallelFor(ctx.pool, S, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      T* dp = dpos + t * E;
-      std::fill(dp, dp + E, T(0));
-      for (int64_t b = 0; b < B; ++b) {
-        if (t < L - in.lengths[b]) continue;
-        const T* g = dy + (b * S + t) * E;
-        for (int64_t c = 0; c < E; ++c) dp[c] += g[c];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(BstEmbedBackward<T>(ctx, shapes, dy, g_item_.data(), g_cat_.data(),
+                                          params_.compute_grad(pos_)));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_item_.data();
@@ -275,13 +217,14 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& in, T* 
   s.n = B * L + B;
   s.dim = D;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
   IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
   s.grad_rows = g_cat_.data();
   s.inverse = in.cat_index;
   s.num_unique = in.num_cat_rows;
-  s.grad_unique = d_cat_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = io_.CatGradTarget(d_cat_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  return io_.EndBackward(ctx, d_item_rows, d_cat_rows, &params_);
 }
 
 template class Bst<float>;

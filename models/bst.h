@@ -26,6 +26,17 @@
 //   layer and the FFN output; no input dropout. Masks as in models/sasrec.h (dropout step).
 //
 // Layout of the inputs: models/model.h CtrInputs ([B x T] history, then B targets).
+//
+// Devices: options.device = kCuda (float only) keeps every buffer and a copy of the dense
+// weights (and the MLP's buffers and Dice statistics) on the GPU and runs the same passes
+// through the kernels' CUDA twins and models/transformer_ops.h for the model's own loops
+// (behaviour + target input, mean pooling, dropout masks, row-gradient layout); dropout works on
+// both devices with the same masks. The interface stays host memory (the batch is staged in,
+// and the row gradients, the loss, logits() and the dense gradients come back, by
+// models/device_staging.h CtrDeviceIo as for DIN), so a trainer drives both devices the same
+// way. Forward/Backward then need a Context whose device is the model's. The device path never
+// takes the fast CPU loops (fast_cpu_path is ignored there).
+//
 // Buffers are allocated at Create() for max_batch. Templated on T. Thread safety: none.
 #ifndef IPS_MODELS_BST_H_
 #define IPS_MODELS_BST_H_
@@ -36,6 +47,8 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 #include "models/transformer.h"
@@ -64,6 +77,12 @@ struct BstOptions {
   // TransformerBlockOptions::layout: kPreLn (the paper's equation, the peer) or kQueryNorm (the
   // SASRec reference code's norms, residuals and dropout sites).
   BlockLayout layout = BlockLayout::kPreLn;
+  // Where the passes run (see the header comment). The initial weights do not depend on it.
+  kernels::Device device = kernels::Device::kCpu;
+  // Test switch for device = kCpu: take the CUDA path's copies and kernels with the CPU kernels
+  // (as DinOptions::stage_on_cpu); results are bitwise the plain CPU model's with
+  // fast_cpu_path = false.
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field ("BstOptions.<field>: ...").
@@ -73,7 +92,9 @@ template <typename T>
 class Bst final : public CtrModel<T> {
  public:
   // Validates the options, allocates every buffer and initialises the dense weights from
-  // Rng(seed): pos (xavier_normal), the blocks, then the MLP (torch defaults).
+  // Rng(seed): pos (xavier_normal), the blocks, then the MLP (torch defaults). For kCuda,
+  // UNIMPLEMENTED with T = double or without CUDA in the build, INTERNAL when device memory
+  // cannot be had.
   static StatusOr<std::unique_ptr<Bst>> Create(const BstOptions& options);
   Bst(const Bst&) = delete;
   Bst& operator=(const Bst&) = delete;
@@ -81,7 +102,7 @@ class Bst final : public CtrModel<T> {
   // training: dropout on (and Dice batch statistics); the dropout step advances by one.
   // With in.labels, *loss = mean BCE (loss may be nullptr). Errors: INVALID_ARGUMENT for a batch
   // outside [1, max_batch], null pointers, lengths or indices out of range (naming the
-  // position); otherwise the kernels'.
+  // position), or a Context of another device; otherwise the kernels'.
   Status Forward(const kernels::Context& ctx, const CtrInputs<T>& in, bool training,
                  T* loss) override;
   // After Forward(training = true) with labels on the same inputs: dense gradients into
@@ -96,10 +117,12 @@ class Bst final : public CtrModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
-  const T* logits() const override { return logits_.data(); }
+  // Host memory on every device.
+  const T* logits() const override { return io_.HostLogits(logits_.data()); }
   // The dropout step the next training Forward uses (starts at 0). Setting it replays masks.
   bool has_dropout_step() const override { return true; }
   uint64_t dropout_step() const override { return step_; }
@@ -116,15 +139,18 @@ class Bst final : public CtrModel<T> {
   std::unique_ptr<Mlp<T>> mlp_;
   uint64_t step_ = 0;
 
-  std::vector<int32_t> seq_lengths_;  // [B] history length + 1 (the target)
-  std::vector<std::vector<T>> xs_;    // num_blocks + 1 tensors [B*(T+1) x E]
-  std::vector<T> pooled_;             // [B x 2E] (kMeanWithTarget only)
-  std::vector<T> logits_;
-  T loss_scratch_[1] = {T(0)};
+  // On the model's device.
+  kernels::Buffer<int32_t> seq_lengths_;  // [B] history length + 1 (the target)
+  std::vector<kernels::Buffer<T>> xs_;    // num_blocks + 1 tensors [B*(T+1) x E]
+  kernels::Buffer<T> pooled_;             // [B x 2E] (kMeanWithTarget only)
+  kernels::Buffer<T> logits_;             // [B]
+  kernels::Buffer<T> loss_scratch_;       // [1]
   // Backward scratch.
-  std::vector<T> d_logits_, d_mlp_in_;
-  std::vector<T> da_, db_;
-  std::vector<T> g_item_, g_cat_;  // [(B*T + B) x dim]
+  kernels::Buffer<T> d_logits_, d_mlp_in_;
+  kernels::Buffer<T> da_, db_;
+  kernels::Buffer<T> g_item_, g_cat_;  // [(B*T + B) x dim]
+  // The copies in and out on CUDA (or with stage_on_cpu); its output is logits_.
+  CtrDeviceIo<T> io_;
   uint64_t forward_seed_ = 0;
   bool have_training_forward_ = false;
   int64_t forward_batch_ = 0;

@@ -9,6 +9,7 @@
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "kernels/norm.h"
+#include "models/transformer_ops.h"
 
 namespace ips::models {
 namespace {
@@ -19,12 +20,6 @@ Status Bad(const std::string& field, const std::string& what) {
 
 // Dropout site of the embedding input (blocks use sites 1..num_blocks as their seeds).
 constexpr uint64_t kSiteInput = 0;
-
-// log(1 + exp(z)) without overflow.
-template <typename T>
-T Softplus(T z) {
-  return std::max(z, T(0)) + std::log1p(std::exp(-std::fabs(z)));
-}
 
 }  // namespace
 
@@ -61,7 +56,9 @@ StatusOr<std::unique_ptr<Sasrec<T>>> Sasrec<T>::Create(const SasrecOptions& opti
   bo.dropout = o.dropout;
   bo.max_batch = B;
   bo.max_len = L;
-  bo.fast_cpu_path = o.fast_cpu_path;
+  // The device path (CUDA, or the CPU with stage_on_cpu) runs everything through kernels/.
+  const kernels::Device dev = o.device;
+  bo.fast_cpu_path = o.fast_cpu_path && dev == kernels::Device::kCpu && !o.stage_on_cpu;
   bo.layout = o.layout;
   IPS_RETURN_IF_ERROR(ValidateTransformerBlockOptions(bo, "SasrecOptions"));
 
@@ -82,19 +79,28 @@ StatusOr<std::unique_ptr<Sasrec<T>>> Sasrec<T>::Create(const SasrecOptions& opti
   std::fill(p.value(m->ln_g_), p.value(m->ln_g_) + d, T(1));
   std::fill(p.value(m->ln_b_), p.value(m->ln_b_) + d, T(0));
 
-  const auto n = [](int64_t v) { return static_cast<size_t>(v); };
-  m->xs_.resize(n(o.num_blocks + 1));
-  for (auto& x : m->xs_) x.resize(n(B * L * d));
-  m->out_.resize(n(B * L * d));
-  m->mean_.resize(n(B * L));
-  m->rstd_.resize(n(B * L));
-  m->pos_logits_.resize(n(B * L));
-  m->neg_logits_.resize(n(B * L));
-  m->user_vectors_.resize(n(B * d));
-  m->da_.resize(n(B * L * d));
-  m->db_.resize(n(B * L * d));
-  m->g_rows_.resize(n(3 * B * L * d));
-  if (o.dropout > 0) m->input_mask_.resize(n(DropoutMaskWords(B * L * d)));
+  // Weights are initialised on the host (the same on every device), then mirrored.
+  IPS_RETURN_IF_ERROR(p.AttachDevice(dev, o.stage_on_cpu));
+  for (auto& blk : m->blocks_) IPS_RETURN_IF_ERROR(blk->AttachDevice(dev));
+  m->xs_.resize(static_cast<size_t>(o.num_blocks + 1));
+  for (auto& x : m->xs_) {
+    IPS_ASSIGN_OR_RETURN(x, kernels::Buffer<T>::Create(dev, B * L * d));
+  }
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(dev, {{&m->out_, B * L * d},
+                                                      {&m->mean_, B * L},
+                                                      {&m->rstd_, B * L},
+                                                      {&m->pos_logits_, B * L},
+                                                      {&m->neg_logits_, B * L},
+                                                      {&m->seq_loss_, B},
+                                                      {&m->user_vectors_, B * d},
+                                                      {&m->da_, B * L * d},
+                                                      {&m->db_, B * L * d},
+                                                      {&m->g_rows_, 3 * B * L * d}}));
+  IPS_ASSIGN_OR_RETURN(m->input_mask_, kernels::Buffer<uint16_t>::Create(
+                                           dev, o.dropout > 0 ? DropoutMaskWords(B * L * d) : 0));
+  m->host_seq_loss_.resize(static_cast<size_t>(B));
+  IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, 3 * B * L, d,
+                                                      /*output_width=*/d));
   return m;
 }
 
@@ -121,40 +127,33 @@ Status Sasrec<T>::CheckInputs(const SeqInputs<T>& in, bool training) const {
 }
 
 template <typename T>
-Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, bool training,
+Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& host_in, bool training,
                           T* loss) {
   have_training_forward_ = false;
-  IPS_RETURN_IF_ERROR(CheckInputs(in, training));
-  const int64_t B = in.batch, L = o_.max_len, d = o_.embedding_dim, rows = B * L;
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Sasrec", o_.device, ctx));
+  IPS_RETURN_IF_ERROR(CheckInputs(host_in, training));
+  const int64_t B = host_in.batch, L = o_.max_len, d = o_.embedding_dim, rows = B * L;
+  IPS_ASSIGN_OR_RETURN(
+      const CtrInputs<T> staged,
+      io_.BeginForward(ctx, SeqAsCtrInputs(host_in), (training ? 3 : 1) * rows, &params_));
+  const SeqInputs<T> in = CtrAsSeqInputs(staged);
+  const CtrShapes shapes{B, L, d, in.lengths};
   dropout_on_ = training && o_.dropout > 0;
   forward_seed_ = DropoutStepSeed(o_.seed, step_);
   if (training) ++step_;
 
   // x_0 = drop(E[s] * sqrt(d) + P) * keep.
   const T scale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  const T* pos = params_.value(pos_);
   T* x0 = xs_[0].data();
-  ParallelFor(ctx.pool, B, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        T* dst = x0 + (b * L + t) * d;
-        if (t < first_valid) {
-          std::fill(dst, dst + d, T(0));
-          continue;
-        }
-        const T* e = in.item_rows + in.item_index[b * L + t] * d;
-        const T* p = pos + t * d;
-        for (int64_t c = 0; c < d; ++c) dst[c] = e[c] * scale + p[c];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(SasrecEmbed<T>(ctx, shapes, in.item_index, in.item_rows,
+                                     params_.compute_value(pos_), scale, x0));
   if (dropout_on_) {
     // Padded rows are zero, so dropping them keeps them zero: the mask times keep.
-    DropoutMask(ctx, DropoutSiteSeed(forward_seed_, kSiteInput), o_.dropout, rows * d,
-                input_mask_.data());
-    DropoutApply<T>(ctx, input_mask_.data(), static_cast<T>(1.0 / (1.0 - o_.dropout)), x0, nullptr,
-                    x0, 0, rows * d);
+    IPS_RETURN_IF_ERROR(TfDropoutMask(ctx, DropoutSiteSeed(forward_seed_, kSiteInput), o_.dropout,
+                                      rows * d, input_mask_.data()));
+    IPS_RETURN_IF_ERROR(TfDropoutApply<T>(ctx, input_mask_.data(),
+                                          static_cast<T>(1.0 / (1.0 - o_.dropout)), x0, nullptr, x0,
+                                          rows * d));
   }
 
   for (size_t i = 0; i < blocks_.size(); ++i)
@@ -165,48 +164,25 @@ Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, b
   ln.rows = rows;
   ln.dim = d;
   ln.x = xs_.back().data();
-  ln.gamma = params_.value(ln_g_);
-  ln.beta = params_.value(ln_b_);
+  ln.gamma = params_.compute_value(ln_g_);
+  ln.beta = params_.compute_value(ln_b_);
   ln.y = out_.data();
   ln.mean = mean_.data();
   ln.rstd = rstd_.data();
   IPS_RETURN_IF_ERROR(kernels::LayerNormForward(ctx, ln));
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(user_vectors_.data() + b * d, out_.data() + (b * L + L - 1) * d,
-                sizeof(T) * static_cast<size_t>(d));
+  IPS_RETURN_IF_ERROR(SasrecLastStep<T>(ctx, shapes, out_.data(), user_vectors_.data()));
+  IPS_RETURN_IF_ERROR(io_.EndForward(ctx, user_vectors_.data(), B));
   if (!training) return Status::Ok();
 
   // Logits and the loss, summed per sequence then over sequences in order (deterministic).
   int64_t count = 0;
-  for (int64_t b = 0; b < B; ++b) count += in.lengths[b];
-  std::vector<T>& per_row = da_;  // scratch: one partial sum per sequence
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      T sum = 0;
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t i = b * L + t;
-        if (t < first_valid) {
-          pos_logits_[i] = neg_logits_[i] = T(0);
-          continue;
-        }
-        const T* h = out_.data() + i * d;
-        const T* ep = in.item_rows + in.item_index[rows + i] * d;
-        const T* en = in.item_rows + in.item_index[2 * rows + i] * d;
-        T lp = 0, lneg = 0;
-        for (int64_t c = 0; c < d; ++c) {
-          lp += h[c] * ep[c];
-          lneg += h[c] * en[c];
-        }
-        pos_logits_[i] = lp;
-        neg_logits_[i] = lneg;
-        sum += Softplus(-lp) + Softplus(lneg);
-      }
-      per_row[b] = sum;
-    }
-  });
+  for (int64_t b = 0; b < B; ++b) count += host_in.lengths[b];
+  IPS_RETURN_IF_ERROR(SasrecScore<T>(ctx, shapes, in.item_index, in.item_rows, out_.data(),
+                                     pos_logits_.data(), neg_logits_.data(), seq_loss_.data()));
+  IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, host_seq_loss_.data(), seq_loss_.data(),
+                                          sizeof(T) * static_cast<size_t>(B)));
   T total = 0;
-  for (int64_t b = 0; b < B; ++b) total += per_row[b];
+  for (int64_t b = 0; b < B; ++b) total += host_seq_loss_[b];
   inv_count_ = T(1) / static_cast<T>(std::max<int64_t>(count, 1));
   if (loss != nullptr) *loss = total * inv_count_;
   have_training_forward_ = true;
@@ -215,59 +191,36 @@ Status Sasrec<T>::Forward(const kernels::Context& ctx, const SeqInputs<T>& in, b
 }
 
 template <typename T>
-Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, T* d_item_rows) {
-  if (!have_training_forward_ || in.batch != forward_batch_)
+Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& host_in,
+                           T* d_item_rows) {
+  if (!have_training_forward_ || host_in.batch != forward_batch_)
     return FailedPreconditionError(
         "Sasrec::Backward needs a Forward(training = true) on the same batch first");
   if (d_item_rows == nullptr) return InvalidArgumentError("Sasrec::Backward: null d_item_rows");
-  const int64_t B = in.batch, L = o_.max_len, d = o_.embedding_dim, rows = B * L;
-  const size_t row_bytes = sizeof(T) * static_cast<size_t>(d);
+  IPS_RETURN_IF_ERROR(CheckModelDevice("Sasrec", o_.device, ctx));
+  const int64_t B = host_in.batch, L = o_.max_len, d = o_.embedding_dim, rows = B * L;
+  // Staged, the forward's copy of the inputs is used (the same batch).
+  const SeqInputs<T> in = CtrAsSeqInputs(io_.BackwardInputs(SeqAsCtrInputs(host_in)));
+  const CtrShapes shapes{B, L, d, in.lengths};
 
   // dL/dout and the positive/negative rows' gradients.
   T* dout = da_.data();
   T* g_seq = g_rows_.data();
-  T* g_pos = g_seq + rows * d;
-  T* g_neg = g_pos + rows * d;
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t i = b * L + t;
-        T* go = dout + i * d;
-        T* gp = g_pos + i * d;
-        T* gn = g_neg + i * d;
-        if (t < first_valid) {
-          std::memset(go, 0, row_bytes);
-          std::memset(gp, 0, row_bytes);
-          std::memset(gn, 0, row_bytes);
-          continue;
-        }
-        // d softplus(-z)/dz = -sigmoid(-z); d softplus(z)/dz = sigmoid(z).
-        const T dp = -kernels::StableSigmoid(-pos_logits_[i]) * inv_count_;
-        const T dn = kernels::StableSigmoid(neg_logits_[i]) * inv_count_;
-        const T* h = out_.data() + i * d;
-        const T* ep = in.item_rows + in.item_index[rows + i] * d;
-        const T* en = in.item_rows + in.item_index[2 * rows + i] * d;
-        for (int64_t c = 0; c < d; ++c) {
-          go[c] = dp * ep[c] + dn * en[c];
-          gp[c] = dp * h[c];
-          gn[c] = dn * h[c];
-        }
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(SasrecScoreBackward<T>(ctx, shapes, in.item_index, in.item_rows, out_.data(),
+                                             pos_logits_.data(), neg_logits_.data(), inv_count_,
+                                             dout, g_seq + rows * d));
 
   kernels::LayerNormArgs<T> ln;
   ln.rows = rows;
   ln.dim = d;
   ln.x = xs_.back().data();
-  ln.gamma = params_.value(ln_g_);
+  ln.gamma = params_.compute_value(ln_g_);
   ln.mean = mean_.data();
   ln.rstd = rstd_.data();
   ln.dy = dout;
   ln.dx = db_.data();
-  ln.dgamma = params_.grad(ln_g_);
-  ln.dbeta = params_.grad(ln_b_);
+  ln.dgamma = params_.compute_grad(ln_g_);
+  ln.dbeta = params_.compute_grad(ln_b_);
   IPS_RETURN_IF_ERROR(kernels::LayerNormBackward(ctx, ln));
 
   T* dy = db_.data();
@@ -278,37 +231,13 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   }
   // dy = dL/dx_0 (after its dropout).
   if (dropout_on_)
-    DropoutApply<T>(ctx, input_mask_.data(), static_cast<T>(1.0 / (1.0 - o_.dropout)), dy, nullptr,
-                    dy, 0, rows * d);
+    IPS_RETURN_IF_ERROR(TfDropoutApply<T>(ctx, input_mask_.data(),
+                                          static_cast<T>(1.0 / (1.0 - o_.dropout)), dy, nullptr, dy,
+                                          rows * d));
+  // The input rows' gradients, and dP[t] = sum over sequences valid at t (in b order).
   const T scale = static_cast<T>(std::sqrt(static_cast<double>(d)));
-  ParallelFor(ctx.pool, B, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = L - in.lengths[b];
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t i = b * L + t;
-        T* gs = g_seq + i * d;
-        if (t < first_valid) {
-          std::memset(gs, 0, row_bytes);
-          continue;
-        }
-        const T* g = dy + i * d;
-        for (int64_t c = 0; c < d; ++c) gs[c] = g[c] * scale;
-      }
-    }
-  });
-  // dP[t] = sum over sequences valid at t (in b order: deterministic).
-  T* dpos = params_.grad(pos_);
-  ParallelFor(ctx.pool, L, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      T* dp = dpos + t * d;
-      std::fill(dp, dp + d, T(0));
-      for (int64_t b = 0; b < B; ++b) {
-        if (t < L - in.lengths[b]) continue;
-        const T* g = dy + (b * L + t) * d;
-        for (int64_t c = 0; c < d; ++c) dp[c] += g[c];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(
+      SasrecEmbedBackward<T>(ctx, shapes, dy, scale, g_seq, params_.compute_grad(pos_)));
 
   kernels::ScatterAddArgs<T> s;
   s.grad_rows = g_rows_.data();
@@ -316,8 +245,9 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& in, 
   s.n = 3 * rows;
   s.dim = d;
   s.num_unique = in.num_item_rows;
-  s.grad_unique = d_item_rows;
-  return kernels::ScatterAdd(ctx, s);
+  s.grad_unique = io_.ItemGradTarget(d_item_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  return io_.EndBackward(ctx, d_item_rows, nullptr, &params_);
 }
 
 template class Sasrec<float>;

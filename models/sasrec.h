@@ -23,6 +23,17 @@
 // forward with the same masks: set_dropout_step(step) before it. The peer's torch RNG cannot be
 // matched, so parity with it is only defined at dropout 0.
 //
+// Devices: options.device = kCuda (float only) keeps every buffer and a copy of the dense
+// weights on the GPU and runs the same passes through the kernels' CUDA twins (LayerNorm,
+// Linear/Gemm, MhaForward/Backward, ScatterAdd) and models/transformer_ops.h for the model's own
+// loops (embedding + positions, dropout masks, scores, row-gradient layout); dropout works on
+// both devices with the same masks. The interface stays host memory (the batch is staged in,
+// and the row gradients, the loss, user_vectors() and the dense gradients in params() come back,
+// by models/device_staging.h CtrDeviceIo as for GRU4Rec), so a trainer drives both devices the
+// same way. Forward/Backward then need a Context whose device is the model's. The device path
+// never takes the fast CPU loops (fast_cpu_path is ignored there), so a CUDA model matches the
+// CPU model with fast_cpu_path = false up to the kernels' rounding.
+//
 // Buffers are allocated at Create() for max_batch: Forward/Backward allocate nothing.
 // Templated on T (float for training, double for gradient checks). Thread safety: none.
 #ifndef IPS_MODELS_SASREC_H_
@@ -34,6 +45,8 @@
 
 #include "common/status.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
+#include "models/device_staging.h"
 #include "models/layers.h"
 #include "models/model.h"
 #include "models/transformer.h"
@@ -53,6 +66,12 @@ struct SasrecOptions {
   // TransformerBlockOptions::layout: kPreLn (the paper's equation, the peer) or kQueryNorm (the
   // SASRec reference code's norms, residuals and dropout sites).
   BlockLayout layout = BlockLayout::kPreLn;
+  // Where the passes run (see the header comment). The initial weights do not depend on it.
+  kernels::Device device = kernels::Device::kCpu;
+  // Test switch for device = kCpu: take the CUDA path's copies and kernels with the CPU kernels
+  // (as DinOptions::stage_on_cpu); results are bitwise the plain CPU model's with
+  // fast_cpu_path = false.
+  bool stage_on_cpu = false;
 };
 
 // INVALID_ARGUMENT naming the first bad field ("SasrecOptions.<field>: ...").
@@ -63,7 +82,9 @@ class Sasrec final : public SeqModel<T> {
  public:
   // Validates the options, allocates every buffer and initialises the dense weights from
   // Rng(seed) in the peer's order: pos (xavier_normal), then per block LayerNorms (1, 0) and
-  // q, k, v, ffn.0, ffn.3 (torch nn.Linear defaults), then ln_out (1, 0).
+  // q, k, v, ffn.0, ffn.3 (torch nn.Linear defaults), then ln_out (1, 0). For kCuda,
+  // UNIMPLEMENTED with T = double or without CUDA in the build, INTERNAL when device memory
+  // cannot be had.
   static StatusOr<std::unique_ptr<Sasrec>> Create(const SasrecOptions& options);
   Sasrec(const Sasrec&) = delete;
   Sasrec& operator=(const Sasrec&) = delete;
@@ -73,7 +94,7 @@ class Sasrec final : public SeqModel<T> {
   // the forward. training = false: item_index holds the B*T inputs, no dropout, no loss.
   // Both fill user_vectors(). Errors: INVALID_ARGUMENT for a batch outside [1, max_batch], null
   // pointers, lengths outside [0, max_len] or indices outside [0, num_item_rows) (naming the
-  // position); otherwise the kernels'.
+  // position), or a Context of another device; otherwise the kernels'.
   Status Forward(const kernels::Context& ctx, const SeqInputs<T>& in, bool training,
                  T* loss) override;
   // After Forward(training = true) on the same inputs: dense gradients into params().grads()
@@ -87,11 +108,13 @@ class Sasrec final : public SeqModel<T> {
   int64_t embedding_dim() const override { return o_.embedding_dim; }
   int64_t max_len() const override { return o_.max_len; }
   int64_t max_batch() const override { return o_.max_batch; }
+  kernels::Device device() const override { return o_.device; }
   DenseParams<T>& params() override { return params_; }
   const DenseParams<T>& params() const override { return params_; }
-  // [B x d] of the last Forward.
-  const T* user_vectors() const override { return user_vectors_.data(); }
-  // The final LayerNorm output of the last Forward [B x T x d] (valid steps only meaningful).
+  // [B x d] of the last Forward (host memory).
+  const T* user_vectors() const override { return io_.HostOutput(user_vectors_.data()); }
+  // The final LayerNorm output of the last Forward [B x T x d] (valid steps only meaningful), in
+  // the model's device memory (as the logits below).
   const T* states() const { return out_.data(); }
   // Positive and negative logits of the last training Forward [B x T] (0 at padded steps).
   const T* pos_logits() const { return pos_logits_.data(); }
@@ -111,15 +134,19 @@ class Sasrec final : public SeqModel<T> {
   std::vector<std::unique_ptr<TransformerBlock<T>>> blocks_;
   uint64_t step_ = 0;
 
-  // Forward state, sized for max_batch.
-  std::vector<std::vector<T>> xs_;  // num_blocks + 1 tensors [B*T x d]: block inputs/outputs
-  std::vector<T> out_, mean_, rstd_;
-  std::vector<T> pos_logits_, neg_logits_;
-  std::vector<T> user_vectors_;
+  // Forward state, sized for max_batch, on the model's device.
+  std::vector<kernels::Buffer<T>> xs_;  // num_blocks + 1 tensors [B*T x d]: block in/outputs
+  kernels::Buffer<T> out_, mean_, rstd_;
+  kernels::Buffer<T> pos_logits_, neg_logits_;
+  kernels::Buffer<T> seq_loss_;  // [B] per-sequence loss sums
+  kernels::Buffer<T> user_vectors_;
+  std::vector<T> host_seq_loss_;  // [B] their host copy
   // Backward scratch.
-  std::vector<T> da_, db_;            // [B*T x d] ping-pong gradients
-  std::vector<T> g_rows_;             // [3*B*T x d] per-position item-row gradients
-  std::vector<uint16_t> input_mask_;  // the input dropout's mask (DropoutMask bits)
+  kernels::Buffer<T> da_, db_;            // [B*T x d] ping-pong gradients
+  kernels::Buffer<T> g_rows_;             // [3*B*T x d] per-position item-row gradients
+  kernels::Buffer<uint16_t> input_mask_;  // the input dropout's mask (DropoutMask bits)
+  // The copies in and out on CUDA (or with stage_on_cpu); its output is user_vectors_.
+  CtrDeviceIo<T> io_;
   bool dropout_on_ = false;
   uint64_t forward_seed_ = 0;
   T inv_count_ = T(0);

@@ -17,7 +17,9 @@
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
 #include "kernels/linear.h"
+#include "kernels/memory.h"
 #include "kernels/norm.h"
+#include "models/transformer_ops.h"
 
 namespace ips::models {
 namespace {
@@ -512,14 +514,6 @@ IPS_TF_TARGET void DropoutApplyAvx512(const uint16_t* bits, double scale, const 
 }
 #endif  // IPS_TF_AVX512
 
-// dst[i] += src[i] for i in [0, n), split over ctx.pool.
-template <typename T>
-void AddInto(const kernels::Context& ctx, int64_t n, const T* src, T* dst) {
-  ParallelFor(ctx.pool, n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dst[i] += src[i];
-  });
-}
-
 }  // namespace
 
 void DropoutMask(const kernels::Context& ctx, uint64_t seed, double p, int64_t n, uint16_t* bits) {
@@ -610,19 +604,14 @@ TransformerBlock<T>::TransformerBlock(DenseParams<T>* params, const std::string&
   ffn1_ = AddLinear(prefix + ".ffn.0", d, F);
   ffn2_ = AddLinear(prefix + ".ffn.3", F, d);
 
+  if (!Allocate(kernels::Device::kCpu).ok()) Die("TransformerBlock: out of memory");
+  // The fast CPU path's scratch (host memory, only where that path can run).
   const auto n = [](int64_t v) { return static_cast<size_t>(v); };
-  const int64_t rows = o.max_batch * o.max_len;
-  for (auto* buf : {&h1_, &q_buf_, &k_buf_, &v_buf_, &attn_, &mid_, &h2_, &f2_, &g_, &dtmp_, &dq_,
-                    &dk_, &dv_, &dh_})
-    buf->resize(n(rows * d));
-  if (o.attn_output_projection) proj_buf_.resize(n(rows * d));
-  for (auto* buf : {&mean1_, &rstd1_, &mean2_, &rstd2_}) buf->resize(n(rows));
-  f1_.resize(n(rows * F));
-  df1_.resize(n(rows * F));
-  if (o.dropout > 0) f1d_.resize(n(rows * F));
-  probs_.resize(n(kernels::MhaSavedSize(o.max_batch, o.max_len, o.num_heads)));
-  wt_.resize(n(d * std::max(d, F)));
-  ln_partials_.resize(n(kMaxParts * 2 * d));
+  if (o.fast_cpu_path) {
+    wt_.resize(n(d * std::max(d, F)));
+    ln_partials_.resize(n(kMaxParts * 2 * d));
+    partials_.resize(n(kMaxParts * d * std::max(d, F)));
+  }
   if (FastAttention()) {
     const int64_t T_ = o.max_len, dh = d / o.num_heads;
     attn_scratch_.resize(n(kMaxParts * (dh * T_ + 5 * T_ * T_)));
@@ -630,12 +619,50 @@ TransformerBlock<T>::TransformerBlock(DenseParams<T>* params, const std::string&
       mask_attn_probs_.resize(
           n(DropoutMaskWords(kernels::MhaSavedSize(o.max_batch, o.max_len, o.num_heads))));
   }
-  if (o.dropout > 0) {
-    mask_attn_out_.resize(n(DropoutMaskWords(rows * d)));
-    mask_ffn_hidden_.resize(n(DropoutMaskWords(rows * F)));
-    mask_ffn_out_.resize(n(DropoutMaskWords(rows * d)));
-  }
-  partials_.resize(n(kMaxParts * d * std::max(d, F)));
+}
+
+template <typename T>
+Status TransformerBlock<T>::Allocate(kernels::Device device) {
+  const TransformerBlockOptions& o = o_;
+  const int64_t d = o.dim, F = o.ffn_hidden, rows = o.max_batch * o.max_len;
+  const bool proj = o.attn_output_projection, drop = o.dropout > 0;
+  IPS_RETURN_IF_ERROR(kernels::CreateBuffers<T>(
+      device, {{&h1_, rows * d},
+               {&q_buf_, rows * d},
+               {&k_buf_, rows * d},
+               {&v_buf_, rows * d},
+               {&attn_, rows * d},
+               {&mid_, rows * d},
+               {&h2_, rows * d},
+               {&f2_, rows * d},
+               {&g_, rows * d},
+               {&dtmp_, rows * d},
+               {&dq_, rows * d},
+               {&dk_, rows * d},
+               {&dv_, rows * d},
+               {&dh_, rows * d},
+               {&proj_buf_, proj ? rows * d : 0},
+               {&mean1_, rows},
+               {&rstd1_, rows},
+               {&mean2_, rows},
+               {&rstd2_, rows},
+               {&f1_, rows * F},
+               {&df1_, rows * F},
+               {&f1d_, drop ? rows * F : 0},
+               {&probs_, kernels::MhaSavedSize(o.max_batch, o.max_len, o.num_heads)}}));
+  return kernels::CreateBuffers<uint16_t>(
+      device, {{&mask_attn_out_, drop ? DropoutMaskWords(rows * d) : 0},
+               {&mask_ffn_hidden_, drop ? DropoutMaskWords(rows * F) : 0},
+               {&mask_ffn_out_, drop ? DropoutMaskWords(rows * d) : 0}});
+}
+
+template <typename T>
+Status TransformerBlock<T>::AttachDevice(kernels::Device device) {
+  if (device == kernels::Device::kCpu) return Status::Ok();
+  if (!std::is_same_v<T, float>)
+    return UnimplementedError("TransformerBlock: CUDA blocks are float only");
+  if (o_.fast_cpu_path) Die("TransformerBlock::AttachDevice: fast_cpu_path is CPU-only");
+  return Allocate(device);
 }
 
 template <typename T>
@@ -658,11 +685,12 @@ Status TransformerBlock<T>::LinForward(const kernels::Context& ctx, const Lin& l
                                        const T* x, T* y, kernels::Activation act) {
   if (o_.fast_cpu_path && FastFits<T>(l.out) && rows > 0) {
     // y = x W^T: the kernel wants B = W^T [in x out].
-    const T* w = params_->value(l.w);
+    const T* w = params_->compute_value(l.w);
     T* wt = wt_.data();
     for (int64_t o = 0; o < l.out; ++o)
       for (int64_t i = 0; i < l.in; ++i) wt[i * l.out + o] = w[o * l.in + i];
-    FastRowsTimes<T>(ctx, rows, x, l.in, wt, l.out, params_->value(l.b), y, false, act, T(0.01));
+    FastRowsTimes<T>(ctx, rows, x, l.in, wt, l.out, params_->compute_value(l.b), y, false, act,
+                     T(0.01));
     return Status::Ok();
   }
   kernels::LinearArgs<T> a;
@@ -671,8 +699,8 @@ Status TransformerBlock<T>::LinForward(const kernels::Context& ctx, const Lin& l
   a.out = l.out;
   a.act = act;
   a.x = x;
-  a.w = params_->value(l.w);
-  a.bias = params_->value(l.b);
+  a.w = params_->compute_value(l.w);
+  a.bias = params_->compute_value(l.b);
   a.y = y;
   return kernels::LinearForward(ctx, a);
 }
@@ -689,15 +717,16 @@ Status TransformerBlock<T>::LinBackward(const kernels::Context& ctx, const Lin& 
           dpre[i] = y[i] > T(0) ? dpre[i] : dpre[i] * neg;
       });
     }
-    FastWeightGrad<T>(ctx, rows, dpre, l.out, x, l.in, params_->grad(l.w), partials_.data());
+    FastWeightGrad<T>(ctx, rows, dpre, l.out, x, l.in, params_->compute_grad(l.w),
+                      partials_.data());
     kernels::BiasGradArgs<T> bg;
     bg.rows = rows;
     bg.cols = l.out;
     bg.dy = dpre;
-    bg.dbias = params_->grad(l.b);
+    bg.dbias = params_->compute_grad(l.b);
     IPS_RETURN_IF_ERROR(kernels::BiasGrad(ctx, bg));
     if (dx != nullptr)  // dx (+)= dpre W, W [out x in] as B
-      FastRowsTimes<T>(ctx, rows, dpre, l.out, params_->value(l.w), l.in, nullptr, dx,
+      FastRowsTimes<T>(ctx, rows, dpre, l.out, params_->compute_value(l.w), l.in, nullptr, dx,
                        dx_beta != T(0), kernels::Activation::kIdentity, T(0));
     return Status::Ok();
   }
@@ -707,19 +736,19 @@ Status TransformerBlock<T>::LinBackward(const kernels::Context& ctx, const Lin& 
   a.out = l.out;
   a.act = act;
   a.x = x;
-  a.w = params_->value(l.w);
+  a.w = params_->compute_value(l.w);
   a.y = const_cast<T*>(y);  // LinearArgs::y is the forward's output; the backward only reads it
   a.dy = dpre;
   a.dpre = dpre;
   a.dx = dx_beta == T(0) ? dx : nullptr;
-  a.dw = params_->grad(l.w);
-  a.dbias = params_->grad(l.b);
+  a.dw = params_->compute_grad(l.w);
+  a.dbias = params_->compute_grad(l.b);
   IPS_RETURN_IF_ERROR(kernels::LinearBackward(ctx, a));
   if (dx == nullptr || dx_beta == T(0)) return Status::Ok();
   // Accumulating dx += dpre W (Q, K and V all read the same LN output).
   return kernels::Gemm(
       ctx, kernels::MakeGemmArgs(false, false, rows, l.in, l.out, static_cast<const T*>(dpre),
-                                 l.out, params_->value(l.w), l.in, dx, l.in, dx_beta));
+                                 l.out, params_->compute_value(l.w), l.in, dx, l.in, dx_beta));
 }
 
 template <typename T>
@@ -980,8 +1009,8 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   ln.rows = rows;
   ln.dim = d;
   ln.x = x;
-  ln.gamma = params_->value(ln1_g_);
-  ln.beta = params_->value(ln1_b_);
+  ln.gamma = params_->compute_value(ln1_g_);
+  ln.beta = params_->compute_value(ln1_b_);
   ln.y = h1_.data();
   ln.mean = mean1_.data();
   ln.rstd = rstd1_.data();
@@ -1007,24 +1036,23 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   T* mid = mid_.data();
   const T keep_scale = dropout_on_ ? static_cast<T>(1.0 / (1.0 - o_.dropout)) : T(1);
   if (dropout_on_) {
-    DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnHidden), o_.dropout, rows * F,
-                mask_ffn_hidden_.data());
-    DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnOut), o_.dropout, rows * d,
-                mask_ffn_out_.data());
+    IPS_RETURN_IF_ERROR(TfDropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnHidden), o_.dropout,
+                                      rows * F, mask_ffn_hidden_.data()));
+    IPS_RETURN_IF_ERROR(TfDropoutMask(ctx, DropoutSiteSeed(seed_, kSiteFfnOut), o_.dropout,
+                                      rows * d, mask_ffn_out_.data()));
   }
   if (AttnOutDropout()) {
-    DropoutMask(ctx, DropoutSiteSeed(seed_, kSiteAttnOut), o_.dropout, rows * d,
-                mask_attn_out_.data());
-    DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, res1, mid, 0, rows * d);
+    IPS_RETURN_IF_ERROR(TfDropoutMask(ctx, DropoutSiteSeed(seed_, kSiteAttnOut), o_.dropout,
+                                      rows * d, mask_attn_out_.data()));
+    IPS_RETURN_IF_ERROR(
+        TfDropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, o, res1, mid, rows * d));
   } else {
-    ParallelFor(ctx.pool, rows, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0 * d; i < r1 * d; ++i) mid[i] = res1[i] + o[i];
-    });
+    IPS_RETURN_IF_ERROR(TfAdd<T>(ctx, rows * d, res1, o, mid));
   }
 
   ln.x = mid;
-  ln.gamma = params_->value(ln2_g_);
-  ln.beta = params_->value(ln2_b_);
+  ln.gamma = params_->compute_value(ln2_g_);
+  ln.beta = params_->compute_value(ln2_b_);
   ln.y = h2_.data();
   ln.mean = mean2_.data();
   ln.rstd = rstd2_.data();
@@ -1033,8 +1061,8 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   IPS_RETURN_IF_ERROR(LinForward(ctx, ffn1_, rows, h2_.data(), f1_.data(), o_.ffn_activation));
   const T* f1 = f1_.data();
   if (dropout_on_) {
-    DropoutApply<T>(ctx, mask_ffn_hidden_.data(), keep_scale, f1, nullptr, f1d_.data(), 0,
-                    rows * F);
+    IPS_RETURN_IF_ERROR(TfDropoutApply<T>(ctx, mask_ffn_hidden_.data(), keep_scale, f1, nullptr,
+                                          f1d_.data(), rows * F));
     f1 = f1d_.data();
   }
   IPS_RETURN_IF_ERROR(LinForward(ctx, ffn2_, rows, f1, f2_.data(), id));
@@ -1042,19 +1070,9 @@ Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
   // y = (m + drop(f2)) * keep (kQueryNorm: h2 + drop(f2)): padded rows zero, each sequence's
   // valid rows one span.
   const T* res2 = query_norm ? h2_.data() : mid;
-  ParallelFor(ctx.pool, batch, 16, [&](int64_t b0, int64_t b1) {
-    const kernels::Context inline_ctx;  // already inside the pool
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = T_ - lengths[b];
-      const int64_t base = b * T_ * d, valid = base + first_valid * d, end = base + T_ * d;
-      std::fill(y + base, y + valid, T(0));
-      if (dropout_on_) {
-        DropoutApply<T>(inline_ctx, mask_ffn_out_.data(), keep_scale, f2, res2, y, valid, end);
-      } else {
-        for (int64_t i = valid; i < end; ++i) y[i] = res2[i] + f2[i];
-      }
-    }
-  });
+  IPS_RETURN_IF_ERROR(TfKeepResidual<T>(ctx, CtrShapes{batch, T_, d, lengths},
+                                        dropout_on_ ? mask_ffn_out_.data() : nullptr, keep_scale,
+                                        f2, res2, y));
   return Status::Ok();
 }
 
@@ -1070,55 +1088,50 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
 
   // g = dy * keep (dL/dy before the keep mask).
   T* g = g_.data();
-  ParallelFor(ctx.pool, batch, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first_valid = T_ - lengths[b];
-      const int64_t base = b * T_ * d;
-      std::fill(g + base, g + base + first_valid * d, T(0));
-      std::memcpy(g + base + first_valid * d, dy + base + first_valid * d,
-                  sizeof(T) * static_cast<size_t>((T_ - first_valid) * d));
-    }
-  });
+  IPS_RETURN_IF_ERROR(TfKeepRows<T>(ctx, CtrShapes{batch, T_, d, lengths}, dy, g));
 
   // FFN: dtmp = d f2 (through its dropout), df1 = d(f1 after dropout).
   T* dtmp = dtmp_.data();
   const T keep_scale = dropout_on_ ? static_cast<T>(1.0 / (1.0 - o_.dropout)) : T(1);
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(rows * d);
   if (dropout_on_) {
-    DropoutApply<T>(ctx, mask_ffn_out_.data(), keep_scale, g, nullptr, dtmp, 0, rows * d);
+    IPS_RETURN_IF_ERROR(
+        TfDropoutApply<T>(ctx, mask_ffn_out_.data(), keep_scale, g, nullptr, dtmp, rows * d));
   } else {
-    std::memcpy(dtmp, g, sizeof(T) * static_cast<size_t>(rows * d));
+    IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, dtmp, g, row_bytes));
   }
   const T* f1_in = dropout_on_ ? f1d_.data() : f1_.data();
   IPS_RETURN_IF_ERROR(LinBackward(ctx, ffn2_, rows, f1_in, dtmp, dtmp, id, df1_.data(), T(0)));
   if (dropout_on_)
-    DropoutApply<T>(ctx, mask_ffn_hidden_.data(), keep_scale, df1_.data(), nullptr, df1_.data(), 0,
-                    rows * F);
+    IPS_RETURN_IF_ERROR(TfDropoutApply<T>(ctx, mask_ffn_hidden_.data(), keep_scale, df1_.data(),
+                                          nullptr, df1_.data(), rows * F));
   IPS_RETURN_IF_ERROR(LinBackward(ctx, ffn1_, rows, h2_.data(), f1_.data(), df1_.data(),
                                   o_.ffn_activation, dh_.data(), T(0)));
 
   const bool query_norm = o_.layout == BlockLayout::kQueryNorm;
   // kQueryNorm: the residual starts at h2, so dL/dh2 = FFN's input gradient + g.
-  if (query_norm) AddInto(ctx, rows * d, g, dh_.data());
+  if (query_norm) IPS_RETURN_IF_ERROR(TfAdd<T>(ctx, rows * d, dh_.data(), g, dh_.data()));
   kernels::LayerNormArgs<T> ln;
   ln.rows = rows;
   ln.dim = d;
   ln.x = mid_.data();
-  ln.gamma = params_->value(ln2_g_);
+  ln.gamma = params_->compute_value(ln2_g_);
   ln.mean = mean2_.data();
   ln.rstd = rstd2_.data();
   ln.dy = dh_.data();
   ln.dx = query_norm ? g : dtmp;  // kQueryNorm: LN2's input gradient is all of dL/dm
-  ln.dgamma = params_->grad(ln2_g_);
-  ln.dbeta = params_->grad(ln2_b_);
+  ln.dgamma = params_->compute_grad(ln2_g_);
+  ln.dbeta = params_->compute_grad(ln2_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
   // kPreLn: g = dL/dm = g (the residual) + LN2's input gradient.
-  if (!query_norm) AddInto(ctx, rows * d, dtmp, g);
+  if (!query_norm) IPS_RETURN_IF_ERROR(TfAdd<T>(ctx, rows * d, g, dtmp, g));
 
   // Attention branch: do = dropout'(g).
   if (AttnOutDropout()) {
-    DropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, g, nullptr, dtmp, 0, rows * d);
+    IPS_RETURN_IF_ERROR(
+        TfDropoutApply<T>(ctx, mask_attn_out_.data(), keep_scale, g, nullptr, dtmp, rows * d));
   } else {
-    std::memcpy(dtmp, g, sizeof(T) * static_cast<size_t>(rows * d));
+    IPS_RETURN_IF_ERROR(kernels::CopyOnDevice(ctx, dtmp, g, row_bytes));
   }
   T* d_attn = dtmp;
   if (o_.attn_output_projection) {
@@ -1133,7 +1146,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   IPS_RETURN_IF_ERROR(
       LinBackward(ctx, q_, rows, h1_.data(), dq_.data(), dq_.data(), id, dh_.data(), T(0)));
   if (query_norm) {
-    AddInto(ctx, rows * d, g, dh_.data());
+    IPS_RETURN_IF_ERROR(TfAdd<T>(ctx, rows * d, dh_.data(), g, dh_.data()));
   } else {
     IPS_RETURN_IF_ERROR(
         LinBackward(ctx, k_, rows, h1_.data(), dk_.data(), dk_.data(), id, dh_.data(), T(1)));
@@ -1142,13 +1155,13 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
   }
 
   ln.x = x;
-  ln.gamma = params_->value(ln1_g_);
+  ln.gamma = params_->compute_value(ln1_g_);
   ln.mean = mean1_.data();
   ln.rstd = rstd1_.data();
   ln.dy = dh_.data();
   ln.dx = dx;
-  ln.dgamma = params_->grad(ln1_g_);
-  ln.dbeta = params_->grad(ln1_b_);
+  ln.dgamma = params_->compute_grad(ln1_g_);
+  ln.dbeta = params_->compute_grad(ln1_b_);
   IPS_RETURN_IF_ERROR(LayerNorm(ctx, ln, true));
   if (query_norm) {
     // dx = LN1's input gradient + dK Wk + dV Wv.
@@ -1156,7 +1169,7 @@ Status TransformerBlock<T>::Backward(const kernels::Context& ctx, int64_t batch,
     IPS_RETURN_IF_ERROR(LinBackward(ctx, v_, rows, x, dv_.data(), dv_.data(), id, dx, T(1)));
   } else {
     // dx = LN1's input gradient + the residual's dL/dm.
-    AddInto(ctx, rows * d, g, dx);
+    IPS_RETURN_IF_ERROR(TfAdd<T>(ctx, rows * d, dx, g, dx));
   }
   return Status::Ok();
 }

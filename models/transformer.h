@@ -31,6 +31,14 @@
 // Buffers are sized at construction for max_batch * max_len rows: Forward/Backward allocate
 // nothing (the kernels::Mha fallback allocates small per-thread scratch). Templated on T (float
 // for training, double for gradient checks). Thread safety: none; work is split over ctx.pool.
+//
+// Devices: AttachDevice(kCuda) moves every buffer to the GPU; the block then runs on a CUDA
+// Context through the kernels' CUDA twins (LayerNorm, Linear/Gemm, MhaForward/Backward, whose
+// attention dropout is the same function of the seed on both devices) and
+// models/transformer_ops.h for its own loops (residuals, keep-masks, the dropout masks, which
+// give the same bits on both devices). Its weights are read and written through
+// DenseParams::compute_value/compute_grad, so the owning model attaches its DenseParams to the
+// same device. That path never takes the fast CPU loops (the model clears fast_cpu_path).
 #ifndef IPS_MODELS_TRANSFORMER_H_
 #define IPS_MODELS_TRANSFORMER_H_
 
@@ -43,6 +51,7 @@
 #include "common/thread_pool.h"
 #include "kernels/activation.h"
 #include "kernels/context.h"
+#include "kernels/memory.h"
 #include "kernels/norm.h"
 #include "models/layers.h"
 
@@ -122,10 +131,16 @@ class TransformerBlock {
   // q, k, v, [attn_out,] ffn.0, ffn.3.
   void Init(Rng& rng);
 
+  // Reallocates every buffer on `device` (the constructor puts them on the CPU); kCuda needs
+  // T = float and fast_cpu_path = false (programmer errors otherwise: the model checks first).
+  // INTERNAL when device memory cannot be had; UNIMPLEMENTED for CUDA in a build without it.
+  Status AttachDevice(kernels::Device device);
+
   // x [batch x T x dim] -> y [batch x T x dim] (y must not alias x). lengths [batch] (left
   // padding, each in [0, T]; the caller validated them). training with dropout > 0 applies the
   // dropout sites with masks drawn from `seed`; otherwise no dropout. Keeps what Backward needs.
-  // Errors: INVALID_ARGUMENT for batch outside [0, max_batch]; the kernels' errors.
+  // Every pointer (lengths included) is in the block's device memory, and ctx is of that
+  // device. Errors: INVALID_ARGUMENT for batch outside [0, max_batch]; the kernels' errors.
   Status Forward(const kernels::Context& ctx, int64_t batch, const int32_t* lengths, const T* x,
                  T* y, bool training, uint64_t seed);
 
@@ -136,7 +151,8 @@ class TransformerBlock {
                   const T* dy, T* dx);
 
   const TransformerBlockOptions& options() const { return o_; }
-  // The attention probabilities of the last Forward (before dropout) [batch x H x T x T].
+  // The attention probabilities of the last Forward (before dropout) [batch x H x T x T], in
+  // the block's device memory.
   const T* attention() const { return probs_.data(); }
 
  private:
@@ -158,6 +174,8 @@ class TransformerBlock {
   Status AttentionForward(const kernels::Context& ctx, int64_t batch, const int32_t* lengths);
   Status AttentionBackward(const kernels::Context& ctx, int64_t batch, const int32_t* lengths,
                            const T* d_attn);
+  // (Re)allocates the buffers above on `device`.
+  Status Allocate(kernels::Device device);
 
   DenseParams<T>* params_;
   TransformerBlockOptions o_;
@@ -168,25 +186,26 @@ class TransformerBlock {
   int64_t batch_ = 0;
   bool dropout_on_ = false;
   uint64_t seed_ = 0;
-  // Per-row buffers, [max_batch * max_len x width].
-  std::vector<T> h1_, mean1_, rstd1_;  // LN1 output and statistics
-  std::vector<T> q_buf_, k_buf_, v_buf_;
-  std::vector<T> probs_;     // [B x H x T x T] softmax probabilities (the attention op's `saved`)
-  std::vector<T> attn_;      // A V
-  std::vector<T> proj_buf_;  // Linear(A V) when attn_output_projection
-  std::vector<T> mid_;       // m = x + drop(o)
-  std::vector<T> h2_, mean2_, rstd2_;
-  std::vector<T> f1_;   // act(Linear(h2)), before its dropout
-  std::vector<T> f1d_;  // after its dropout
-  std::vector<T> f2_;   // second FFN Linear output
+  // Per-row buffers, [max_batch * max_len x width], on the block's device (AttachDevice).
+  kernels::Buffer<T> h1_, mean1_, rstd1_;  // LN1 output and statistics
+  kernels::Buffer<T> q_buf_, k_buf_, v_buf_;
+  kernels::Buffer<T> probs_;     // [B x H x T x T] softmax probabilities (the attention's `saved`)
+  kernels::Buffer<T> attn_;      // A V
+  kernels::Buffer<T> proj_buf_;  // Linear(A V) when attn_output_projection
+  kernels::Buffer<T> mid_;       // m = x + drop(o)
+  kernels::Buffer<T> h2_, mean2_, rstd2_;
+  kernels::Buffer<T> f1_;   // act(Linear(h2)), before its dropout
+  kernels::Buffer<T> f1d_;  // after its dropout
+  kernels::Buffer<T> f2_;   // second FFN Linear output
   // Backward scratch.
-  std::vector<T> g_;                  // dL/dy * keep, then dL/dm
-  std::vector<T> dtmp_;               // [rows x dim]
-  std::vector<T> df1_;                // [rows x ffn_hidden]
-  std::vector<T> dq_, dk_, dv_, dh_;  // [rows x dim]
-  std::vector<T> wt_;                 // a transposed weight (fast projections)
-  // Dropout masks of the last training forward (DropoutMask bits).
-  std::vector<uint16_t> mask_attn_out_, mask_ffn_hidden_, mask_ffn_out_;
+  kernels::Buffer<T> g_;                  // dL/dy * keep, then dL/dm
+  kernels::Buffer<T> dtmp_;               // [rows x dim]
+  kernels::Buffer<T> df1_;                // [rows x ffn_hidden]
+  kernels::Buffer<T> dq_, dk_, dv_, dh_;  // [rows x dim]
+  // Dropout masks of the last training forward (DropoutMask bits), on the block's device.
+  kernels::Buffer<uint16_t> mask_attn_out_, mask_ffn_hidden_, mask_ffn_out_;
+  // The fast CPU path's own scratch (host memory; empty unless that path can run).
+  std::vector<T> wt_;                      // a transposed weight (fast projections)
   std::vector<uint16_t> mask_attn_probs_;  // fast attention's dropout on the probabilities
   std::vector<T> attn_scratch_;            // fast attention: per-part transposes and T x T tiles
   std::vector<T> partials_;                // per-thread weight-gradient partial sums

@@ -39,6 +39,7 @@ Options WithCommon(Options o, const ModelSpec& s) {
   o.max_len = s.max_len;
   o.max_batch = s.max_batch;
   o.seed = s.seed;
+  o.device = s.device;
   return o;
 }
 
@@ -54,45 +55,18 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> UpcastSeq(StatusOr<std::uniqu
   return std::unique_ptr<models::SeqModel<float>>(std::move(*m));
 }
 
-// The one place that knows which models run on CUDA: specs and configs of any other model on
-// CUDA are refused here.
-bool RunsOnCuda(ModelKind kind) {
-  return kind == ModelKind::kDin || kind == ModelKind::kDien || kind == ModelKind::kPooled ||
-         kind == ModelKind::kMind || kind == ModelKind::kGru4Rec;
-}
-
-Status CheckDevice(ModelKind kind, kernels::Device device) {
-  if (device == kernels::Device::kCpu || RunsOnCuda(kind)) return Status::Ok();
-  return UnimplementedError(std::string("model.device CUDA: only DIN, DIEN, POOLED, MIND and "
-                                        "GRU4REC run on CUDA so far (model ") +
-                            ModelKindName(kind) + " runs with device: CPU)");
-}
-
 }  // namespace
 
 StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpec& spec) {
-  IPS_RETURN_IF_ERROR(CheckDevice(spec.kind, spec.device));
   switch (spec.kind) {
-    case ModelKind::kDin: {
-      models::DinOptions o = WithCommon(spec.din, spec);
-      o.device = spec.device;
-      return Upcast(models::Din<float>::Create(o));
-    }
-    case ModelKind::kDien: {
-      models::DienOptions o = WithCommon(spec.dien, spec);
-      o.device = spec.device;
-      return Upcast(models::Dien<float>::Create(o));
-    }
-    case ModelKind::kPooled: {
-      models::PooledOptions o = WithCommon(spec.pooled, spec);
-      o.device = spec.device;
-      return Upcast(models::PooledModel<float>::Create(o));
-    }
-    case ModelKind::kMind: {
-      models::MindOptions o = WithCommon(spec.mind, spec);
-      o.device = spec.device;
-      return Upcast(models::Mind<float>::Create(o));
-    }
+    case ModelKind::kDin:
+      return Upcast(models::Din<float>::Create(WithCommon(spec.din, spec)));
+    case ModelKind::kDien:
+      return Upcast(models::Dien<float>::Create(WithCommon(spec.dien, spec)));
+    case ModelKind::kPooled:
+      return Upcast(models::PooledModel<float>::Create(WithCommon(spec.pooled, spec)));
+    case ModelKind::kMind:
+      return Upcast(models::Mind<float>::Create(WithCommon(spec.mind, spec)));
     case ModelKind::kBst:
       return Upcast(models::Bst<float>::Create(WithCommon(spec.bst, spec)));
     default:
@@ -108,13 +82,9 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
   if (!IsSequenceModel(spec.kind))
     return FailedPreconditionError(std::string("model ") + ModelKindName(spec.kind) +
                                    " is a CTR model, not a sequence model");
-  IPS_RETURN_IF_ERROR(CheckDevice(spec.kind, spec.device));
   switch (spec.kind) {
-    case ModelKind::kGru4Rec: {
-      models::Gru4RecOptions o = WithCommon(spec.gru4rec, spec);
-      o.device = spec.device;
-      return UpcastSeq(models::Gru4Rec<float>::Create(o));
-    }
+    case ModelKind::kGru4Rec:
+      return UpcastSeq(models::Gru4Rec<float>::Create(WithCommon(spec.gru4rec, spec)));
     case ModelKind::kSasrec:
       return UpcastSeq(models::Sasrec<float>::Create(WithCommon(spec.sasrec, spec)));
     default:
@@ -254,7 +224,6 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
 
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
   IPS_ASSIGN_OR_RETURN(ModelSpec s, SpecOfConfig(cfg));
-  IPS_RETURN_IF_ERROR(CheckDevice(s.kind, s.device));
   if (s.device == kernels::Device::kCuda && !kernels::CudaBuilt())
     return UnimplementedError(
         "model.device CUDA: this ips was built without CUDA (nvcc was not found at configure "

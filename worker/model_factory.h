@@ -40,8 +40,8 @@ struct ModelSpec {
   int64_t max_len = 50;
   int64_t max_batch = 512;
   uint64_t seed = 0;
-  // Where the model runs (model.device; it overrides the family's device); CUDA is accepted for
-  // DIN, DIEN, POOLED, MIND and GRU4REC so far (UNIMPLEMENTED for SASREC and BST on CUDA).
+  // Where the model runs (model.device; it overrides the family's device). Every model runs on
+  // CUDA in a CUDA build (the model's Create: UNIMPLEMENTED without one).
   kernels::Device device = kernels::Device::kCpu;
   // Per family (only the one of `kind` is read).
   models::DinOptions din;
@@ -59,9 +59,8 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
 StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpec& spec);
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
-// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA with
-// a model that does not run there (ModelSpec::device) or in a build without CUDA;
-// FAILED_PRECONDITION for CUDA with no visible device.
+// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA in a
+// build without CUDA; FAILED_PRECONDITION for CUDA with no visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
 
 // The model of a config, for scoring (`ips export`, the serving library): the spec from the

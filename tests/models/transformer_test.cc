@@ -23,6 +23,7 @@
 #include "common/thread_pool.h"
 #include "models/bst.h"
 #include "models/sasrec.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -963,6 +964,193 @@ TEST(BstInit, ShapesOfTheDefaultModel) {
   EXPECT_EQ(top0->size, 1836 * 1024);
   ASSERT_NE(p.Find("blocks.0.attn_out.weight"), nullptr);
   EXPECT_EQ(p.Find("blocks.1.q.weight"), nullptr);
+}
+
+// ---- Devices (the CUDA path's logic, run on the CPU with stage_on_cpu) ------------------------
+
+// A CPU model refuses a CUDA Context (naming the model); a CUDA model is float only.
+TEST(TransformerDevice, ContextMustMatchAndCudaIsFloatOnly) {
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  auto sasrec = Sasrec<double>::Create(SmallSasrec(1, 0.0));
+  ASSERT_OK(sasrec.status());
+  EXPECT_EQ((*sasrec)->device(), kernels::Device::kCpu);
+  SeqBatch seq({5, 1, 0}, 5, 4);
+  double loss = 0;
+  Status s = (*sasrec)->Forward(cuda, seq.Inputs(), true, &loss);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.ToString().find("Sasrec"), std::string::npos) << s.ToString();
+  SasrecOptions so = SmallSasrec(1, 0.0);
+  so.device = kernels::Device::kCuda;
+  EXPECT_EQ(Sasrec<double>::Create(so).status().code(), StatusCode::kUnimplemented);
+
+  auto bst = Bst<double>::Create(SmallBst(1, 0.0, BstPooling::kFlatten, MlpActivation::kPrelu));
+  ASSERT_OK(bst.status());
+  EXPECT_EQ((*bst)->device(), kernels::Device::kCpu);
+  CtrBatch ctr({4, 1, 0});
+  s = (*bst)->Forward(cuda, ctr.Inputs(), true, &loss);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.ToString().find("Bst"), std::string::npos) << s.ToString();
+  BstOptions bo = SmallBst(1, 0.0, BstPooling::kFlatten, MlpActivation::kPrelu);
+  bo.device = kernels::Device::kCuda;
+  EXPECT_EQ(Bst<double>::Create(bo).status().code(), StatusCode::kUnimplemented);
+#ifndef IPS_WITH_CUDA
+  // Without CUDA in the build, float is refused too.
+  so.device = kernels::Device::kCuda;
+  EXPECT_EQ(Sasrec<float>::Create(so).status().code(), StatusCode::kUnimplemented);
+#endif
+}
+
+// stage_on_cpu takes the CUDA path (inputs staged into the model's buffers, weights uploaded,
+// every loop through models/transformer_ops.h, the loss, user vectors, row and dense gradients
+// copied back) with the CPU kernels: it must be bitwise the plain model with fast_cpu_path =
+// false (the same kernels in the same order), over two rounds with a weight update between them
+// (the upload must see it), dropout on, lengths 0, 1 and max, a batch below max_batch, and an
+// inference forward after.
+TEST(SasrecDevice, StagedCopiesGiveBitwiseThePlainKernelPath) {
+  for (BlockLayout layout : {BlockLayout::kPreLn, BlockLayout::kQueryNorm}) {
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(std::string(layout == BlockLayout::kPreLn ? "preln" : "querynorm") +
+                   " threads " + std::to_string(threads));
+      SasrecOptions o = SmallSasrec(2, 0.3);
+      o.layout = layout;
+      o.fast_cpu_path = false;
+      auto plain_or = Sasrec<double>::Create(o);
+      o.fast_cpu_path = true;  // ignored on the device path
+      o.stage_on_cpu = true;
+      auto staged_or = Sasrec<double>::Create(o);
+      ASSERT_OK(plain_or.status());
+      ASSERT_OK(staged_or.status());
+      Sasrec<double>* models[2] = {plain_or->get(), staged_or->get()};
+      ThreadPool pool(threads);
+      kernels::Context ctx;
+      ctx.pool = threads > 1 ? &pool : nullptr;
+      const SeqBatch batches[2] = {SeqBatch({5, 1, 0}, 5, 4, 7, 21), SeqBatch({2, 5}, 5, 4, 6, 22)};
+      for (int round = 0; round < 2; ++round) {
+        SCOPED_TRACE("round " + std::to_string(round));
+        const SeqInputs<double> in = batches[round].Inputs();
+        double loss[2];
+        std::vector<double> users[2], grads[2], d_rows[2], logits[2];
+        for (int k = 0; k < 2; ++k) {
+          ASSERT_OK(models[k]->Forward(ctx, in, true, &loss[k]));
+          users[k].assign(models[k]->user_vectors(), models[k]->user_vectors() + in.batch * 4);
+          logits[k].assign(models[k]->pos_logits(), models[k]->pos_logits() + in.batch * 5);
+          d_rows[k].assign(batches[round].item_rows.size(), std::nan(""));
+          DenseParams<double>& p = models[k]->params();
+          std::fill(p.grads(), p.grads() + p.size(), std::nan(""));
+          ASSERT_OK(models[k]->Backward(ctx, in, d_rows[k].data()));
+          grads[k].assign(p.grads(), p.grads() + p.size());
+          // What the dense optimizer does between steps: the next round must see it.
+          for (int64_t i = 0; i < p.size(); ++i) p.values()[i] -= 0.1 * p.grads()[i];
+        }
+        EXPECT_EQ(loss[0], loss[1]);
+        EXPECT_NE(loss[0], 0.0);
+        EXPECT_EQ(users[0], users[1]);
+        EXPECT_EQ(logits[0], logits[1]);
+        EXPECT_EQ(d_rows[0], d_rows[1]);
+        for (const auto& e : models[0]->params().entries())
+          EXPECT_EQ(std::vector<double>(grads[1].begin() + e.offset,
+                                        grads[1].begin() + e.offset + e.size),
+                    std::vector<double>(grads[0].begin() + e.offset,
+                                        grads[0].begin() + e.offset + e.size))
+              << e.name;
+        EXPECT_TRUE(AllFinite(grads[1].data(), static_cast<int64_t>(grads[1].size())));
+      }
+      // Inference: the sequence part only (B*T indices).
+      SeqBatch eval({3, 5, 0}, 5, 4, 7, 23);
+      eval.item_index.resize(eval.B * eval.T);
+      std::vector<double> users[2];
+      for (int k = 0; k < 2; ++k) {
+        ASSERT_OK(models[k]->Forward(ctx, eval.Inputs(), false, nullptr));
+        users[k].assign(models[k]->user_vectors(), models[k]->user_vectors() + eval.B * 4);
+      }
+      EXPECT_EQ(users[0], users[1]);
+    }
+  }
+}
+
+// The same for BST through tests/models/staged_check.h (loss, logits, every dense gradient, both
+// row tables, Dice statistics, inference logits), both poolings, PReLU and Dice, dropout on.
+TEST(BstDevice, StagedCopiesGiveBitwiseThePlainKernelPath) {
+  const auto kF = BstPooling::kFlatten, kM = BstPooling::kMeanWithTarget;
+  for (BstPooling pooling : {kF, kM}) {
+    for (MlpActivation act : {MlpActivation::kPrelu, MlpActivation::kDice}) {
+      SCOPED_TRACE(std::string(pooling == kF ? "flatten " : "mean ") + MlpActivationName(act));
+      BstOptions o = SmallBst(2, 0.3, pooling, act);
+      o.fast_cpu_path = false;
+      auto plain = Bst<double>::Create(o);
+      o.fast_cpu_path = true;  // ignored on the device path
+      o.stage_on_cpu = true;
+      auto staged = Bst<double>::Create(o);
+      ASSERT_OK(plain.status());
+      ASSERT_OK(staged.status());
+      CtrBatch b0({4, 1, 0}, 31), b1({0, 4, 2}, 32), eval({3, 4, 0}, 33);
+      CtrInputs<double> second = b1.Inputs();
+      second.batch = 2;  // below max_batch
+      testing_util::ExpectStagedMatchesPlain(**plain, **staged, {b0.Inputs(), second},
+                                             eval.Inputs());
+    }
+  }
+}
+
+// Float64 finite differences of the staged models (dropout on, masks replayed): the device
+// path's backward is the gradient of its forward.
+TEST(SasrecDevice, StagedGradientCheck_Dropout) {
+  SasrecOptions o = SmallSasrec(2, 0.3);
+  o.stage_on_cpu = true;
+  auto model_or = Sasrec<double>::Create(o);
+  ASSERT_OK(model_or.status());
+  Sasrec<double>& model = **model_or;
+  DenseParams<double>& p = model.params();
+  Perturb(p, 3);
+  const kernels::Context ctx;
+  SeqBatch batch({5, 1, 0}, 5, 4);
+  constexpr uint64_t kStep = 3;
+  model.set_dropout_step(kStep);
+  double loss = 0;
+  ASSERT_OK(model.Forward(ctx, batch.Inputs(), true, &loss));
+  std::vector<double> d_item(batch.item_rows.size(), std::nan(""));
+  ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data()));
+  const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
+  auto loss_fn = [&]() {
+    model.set_dropout_step(kStep);
+    double l = 0;
+    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
+    return l;
+  };
+  EXPECT_DOUBLE_EQ(loss_fn(), loss);
+  CheckDense(p, dense_grad, loss_fn);
+  EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
+}
+
+TEST(BstDevice, StagedGradientCheck_Dropout) {
+  BstOptions o = SmallBst(2, 0.3, BstPooling::kMeanWithTarget, MlpActivation::kPrelu);
+  o.stage_on_cpu = true;
+  auto model_or = Bst<double>::Create(o);
+  ASSERT_OK(model_or.status());
+  Bst<double>& model = **model_or;
+  DenseParams<double>& p = model.params();
+  Perturb(p, 2);
+  const kernels::Context ctx;
+  CtrBatch batch({4, 1, 0});
+  constexpr uint64_t kStep = 7;
+  model.set_dropout_step(kStep);
+  double loss = 0;
+  ASSERT_OK(model.Forward(ctx, batch.Inputs(), true, &loss));
+  std::vector<double> d_item(batch.item_rows.size(), std::nan("")),
+      d_cat(batch.cat_rows.size(), std::nan(""));
+  ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data(), d_cat.data()));
+  const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
+  auto loss_fn = [&]() {
+    model.set_dropout_step(kStep);
+    double l = 0;
+    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
+    return l;
+  };
+  EXPECT_DOUBLE_EQ(loss_fn(), loss);
+  CheckDense(p, dense_grad, loss_fn);
+  EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
+  EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, d_cat, loss_fn, 1e-6, 1e-6));
 }
 
 }  // namespace
