@@ -1,8 +1,8 @@
 // Helpers shared by the models' CUDA-vs-CPU tests (label `gpu`): a fixture that skips without a
-// device, random CTR batches with lengths 0, 1 and max, one training pass captured with poisoned
-// row-gradient outputs, and the comparisons every model's test makes (float on both devices; the
-// CUDA kernels sum in other orders, so relative L2 as METHOD.md uses for float32 paths, plus a
-// loose element-wise bound).
+// device, random CTR and sequence batches with lengths 0, 1 and max, one training pass captured
+// with poisoned gradient outputs, and the comparisons every model's test makes (float on both
+// devices; the CUDA kernels sum in other orders, so relative L2 as METHOD.md uses for float32
+// paths, plus a loose element-wise bound).
 #ifndef IPS_TESTS_MODELS_GPU_TEST_UTIL_H_
 #define IPS_TESTS_MODELS_GPU_TEST_UTIL_H_
 
@@ -122,8 +122,9 @@ inline CtrPass CtrTrainingPass(models::CtrModel<float>& m, const kernels::Contex
   if (m.num_user_vectors() > 0)
     p.user_vectors.assign(m.user_vectors(),
                           m.user_vectors() + b.B * m.num_user_vectors() * m.vector_dim());
-  p.d_item.assign(b.rows_item * b.D, NAN);  // poisoned: every row must be written
+  p.d_item.assign(b.rows_item * b.D, NAN);  // poisoned: every gradient must be written
   p.d_cat.assign(b.rows_cat * b.D, NAN);
+  std::fill(m.params().grads(), m.params().grads() + m.params().size(), NAN);
   EXPECT_OK(m.Backward(ctx, in, p.d_item.data(), p.d_cat.data()));
   p.dense_grads.assign(m.params().grads(), m.params().grads() + m.params().size());
   return p;
@@ -171,6 +172,89 @@ inline void ExpectInferenceMatchesAfterWeightChange(models::CtrModel<float>& cpu
     for (int64_t i = 0; i < n; ++i)
       ASSERT_FALSE(std::isnan(gpu.user_vectors()[i])) << "user vector element " << i;
   }
+}
+
+// ---- Sequence models (models/model.h SeqModel) ----
+
+// B sequences of T steps (lengths as RandomCtrBatch's) over 2B + 5 pulled item rows; [3 x B x T]
+// indices (inputs, positives, negatives).
+struct RandomSeqBatch {
+  int64_t B, T, D, rows;
+  std::vector<int32_t> lengths;
+  std::vector<int64_t> index;
+  std::vector<float> item_rows;
+
+  RandomSeqBatch(int64_t b, int64_t t, int64_t d, uint64_t seed)
+      : B(b), T(t), D(d), rows(2 * b + 5) {
+    Rng rng(seed);
+    lengths.resize(B);
+    for (int64_t i = 0; i < B; ++i)
+      lengths[i] = static_cast<int32_t>(rng.UniformInt(static_cast<uint64_t>(T + 1)));
+    lengths[0] = 0;
+    lengths[1] = 1;
+    lengths[2] = static_cast<int32_t>(T);
+    for (int64_t i = 0; i < 3 * B * T; ++i)
+      index.push_back(static_cast<int64_t>(rng.UniformInt(static_cast<uint64_t>(rows))));
+    for (int64_t i = 0; i < rows * D; ++i)
+      item_rows.push_back(static_cast<float>(2 * rng.Uniform() - 1));
+  }
+  models::SeqInputs<float> Inputs() const {
+    models::SeqInputs<float> in;
+    in.batch = B;
+    in.lengths = lengths.data();
+    in.item_index = index.data();
+    in.item_rows = item_rows.data();
+    in.num_item_rows = rows;
+    return in;
+  }
+};
+
+struct SeqPass {
+  float loss = 0;
+  std::vector<float> user_vectors, dense_grads, d_rows;
+};
+
+inline SeqPass SeqTrainingPass(models::SeqModel<float>& m, const kernels::Context& ctx,
+                               const RandomSeqBatch& b) {
+  SeqPass p;
+  const auto in = b.Inputs();
+  p.loss = NAN;
+  EXPECT_OK(m.Forward(ctx, in, /*training=*/true, &p.loss));
+  p.user_vectors.assign(m.user_vectors(), m.user_vectors() + b.B * b.D);
+  p.d_rows.assign(b.rows * b.D, NAN);  // poisoned: every gradient must be written
+  std::fill(m.params().grads(), m.params().grads() + m.params().size(), NAN);
+  EXPECT_OK(m.Backward(ctx, in, p.d_rows.data()));
+  p.dense_grads.assign(m.params().grads(), m.params().grads() + m.params().size());
+  return p;
+}
+
+inline void ExpectSeqPassMatches(const SeqPass& got, const SeqPass& want,
+                                 const models::DenseParams<float>& layout) {
+  EXPECT_NEAR(got.loss, want.loss, 1e-5 + 1e-4 * std::fabs(want.loss));
+  EXPECT_LT(RelL2(got.user_vectors, want.user_vectors), kGpuMaxRelL2);
+  EXPECT_LT(RelL2(got.d_rows, want.d_rows), kGpuMaxRelL2);
+  for (float g : got.d_rows) ASSERT_FALSE(std::isnan(g)) << "a row gradient unwritten";
+  ExpectDenseGradsClose(layout, got.dense_grads, want.dense_grads);
+}
+
+// As ExpectInferenceMatchesAfterWeightChange for a sequence model: the user vectors of an
+// inference forward over `b`'s sequences (B*T indices only).
+inline void ExpectSeqInferenceMatchesAfterWeightChange(models::SeqModel<float>& cpu,
+                                                       models::SeqModel<float>& gpu,
+                                                       RandomSeqBatch b) {
+  for (models::SeqModel<float>* m : {&cpu, &gpu}) {
+    float* w = m->params().values();
+    for (int64_t i = 0; i < m->params().size(); ++i) w[i] *= 0.9f;
+  }
+  kernels::Context cpu_ctx, gpu_ctx;
+  gpu_ctx.device = kernels::Device::kCuda;
+  b.index.resize(static_cast<size_t>(b.B * b.T));
+  ASSERT_OK(cpu.Forward(cpu_ctx, b.Inputs(), /*training=*/false, nullptr));
+  ASSERT_OK(gpu.Forward(gpu_ctx, b.Inputs(), /*training=*/false, nullptr));
+  const int64_t n = b.B * b.D;
+  EXPECT_LT(testing::RelativeL2(gpu.user_vectors(), cpu.user_vectors(), n), kGpuMaxRelL2);
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_FALSE(std::isnan(gpu.user_vectors()[i])) << "user vector element " << i;
 }
 
 }  // namespace ips::testing_util

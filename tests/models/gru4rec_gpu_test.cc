@@ -26,58 +26,12 @@ namespace {
 using models::Gru4Rec;
 using models::Gru4RecOptions;
 using testing::AllClose;
-using testing_util::kGpuMaxRelL2;
+using testing_util::RandomSeqBatch;
 using testing_util::RelL2;
+using testing_util::SeqPass;
+using testing_util::SeqTrainingPass;
 
 class Gru4RecGpu : public testing_util::CudaTest {};
-
-// B sequences of T steps over 2B + 5 pulled rows; [3 x B x T] indices (inputs, positives,
-// negatives); lengths 0, 1 and T among random ones.
-struct Batch {
-  int64_t B, T, D, rows;
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> index;
-  std::vector<float> item_rows;
-
-  Batch(int64_t b, int64_t t, int64_t d, uint64_t seed) : B(b), T(t), D(d), rows(2 * b + 5) {
-    Rng rng(seed);
-    lengths.resize(B);
-    for (int64_t i = 0; i < B; ++i)
-      lengths[i] = static_cast<int32_t>(rng.UniformInt(static_cast<uint64_t>(T + 1)));
-    lengths[0] = 0;
-    lengths[1] = 1;
-    lengths[2] = static_cast<int32_t>(T);
-    for (int64_t i = 0; i < 3 * B * T; ++i)
-      index.push_back(static_cast<int64_t>(rng.UniformInt(static_cast<uint64_t>(rows))));
-    for (int64_t i = 0; i < rows * D; ++i)
-      item_rows.push_back(static_cast<float>(2 * rng.Uniform() - 1));
-  }
-  models::SeqInputs<float> Inputs() const {
-    models::SeqInputs<float> in;
-    in.batch = B;
-    in.lengths = lengths.data();
-    in.item_index = index.data();
-    in.item_rows = item_rows.data();
-    in.num_item_rows = rows;
-    return in;
-  }
-};
-
-struct Pass {
-  float loss = 0;
-  std::vector<float> users, dense_grads, d_rows;
-};
-
-Pass TrainingPass(models::SeqModel<float>& m, const kernels::Context& ctx, const Batch& b) {
-  Pass p;
-  const auto in = b.Inputs();
-  EXPECT_OK(m.Forward(ctx, in, /*training=*/true, &p.loss));
-  p.users.assign(m.user_vectors(), m.user_vectors() + b.B * b.D);
-  p.d_rows.assign(b.rows * b.D, NAN);  // poisoned: every row must be written
-  EXPECT_OK(m.Backward(ctx, in, p.d_rows.data()));
-  p.dense_grads.assign(m.params().grads(), m.params().grads() + m.params().size());
-  return p;
-}
 
 TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
   for (kernels::RnnCell cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
@@ -102,28 +56,13 @@ TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
       // A batch below max_batch, then a smaller one (buffers are sized for 80 rows).
       for (int64_t B : {int64_t{67}, int64_t{9}}) {
         SCOPED_TRACE("B " + std::to_string(B));
-        const Batch batch(B, o.max_len, o.embedding_dim, 100 + static_cast<uint64_t>(B));
-        const Pass want = TrainingPass(**cpu, cpu_ctx, batch);
-        const Pass got = TrainingPass(**gpu, gpu_ctx, batch);
-        EXPECT_NEAR(got.loss, want.loss, 1e-5 + 1e-4 * std::fabs(want.loss));
-        EXPECT_LT(RelL2(got.users, want.users), kGpuMaxRelL2);
-        EXPECT_LT(RelL2(got.d_rows, want.d_rows), kGpuMaxRelL2);
-        for (float g : got.d_rows) ASSERT_FALSE(std::isnan(g)) << "a row gradient unwritten";
-        testing_util::ExpectDenseGradsClose((*cpu)->params(), got.dense_grads, want.dense_grads);
+        const RandomSeqBatch batch(B, o.max_len, o.embedding_dim, 100 + static_cast<uint64_t>(B));
+        const SeqPass want = SeqTrainingPass(**cpu, cpu_ctx, batch);
+        const SeqPass got = SeqTrainingPass(**gpu, gpu_ctx, batch);
+        testing_util::ExpectSeqPassMatches(got, want, (*cpu)->params());
       }
-      // Inference after the host weights moved: the CUDA model must upload them.
-      for (auto* m : {cpu->get(), gpu->get()}) {
-        auto& p = m->params();
-        for (int64_t i = 0; i < p.size(); ++i) p.values()[i] -= 0.05f * p.grads()[i];
-      }
-      const Batch eval(23, o.max_len, o.embedding_dim, 7);
-      ASSERT_OK((*cpu)->Forward(cpu_ctx, eval.Inputs(), false, nullptr));
-      ASSERT_OK((*gpu)->Forward(gpu_ctx, eval.Inputs(), false, nullptr));
-      const std::vector<float> want((*cpu)->user_vectors(),
-                                    (*cpu)->user_vectors() + eval.B * eval.D);
-      const std::vector<float> got((*gpu)->user_vectors(),
-                                   (*gpu)->user_vectors() + eval.B * eval.D);
-      EXPECT_LT(RelL2(got, want), kGpuMaxRelL2);
+      testing_util::ExpectSeqInferenceMatchesAfterWeightChange(
+          **cpu, **gpu, RandomSeqBatch(23, o.max_len, o.embedding_dim, 7));
     }
   }
 }
@@ -136,7 +75,7 @@ TEST_F(Gru4RecGpu, RejectsAContextOfAnotherDevice) {
   o.device = kernels::Device::kCuda;
   auto gpu = Gru4Rec<float>::Create(o);
   ASSERT_OK(gpu.status());
-  const Batch batch(4, 6, 8, 1);
+  const RandomSeqBatch batch(4, 6, 8, 1);
   float loss = 0;
   EXPECT_EQ((*gpu)->Forward(kernels::Context{}, batch.Inputs(), true, &loss).code(),
             StatusCode::kInvalidArgument);
