@@ -220,6 +220,45 @@ INSTANTIATE_TEST_SUITE_P(
         Staged({DienCell::kLstm, MlpActivation::kDice, {5, 3, 2, 4}, true, "lstm_aux_linear", {}})),
     [](const ::testing::TestParamInfo<GradCase>& info) { return std::string(info.param.label); });
 
+// B = 24 rows of T = 12 steps (every 4th row full, the rest random lengths; with_short_rows:
+// rows 1 and 2 of lengths 0 and 1) over 30 item and 5 category rows, 2*B*T + B indices (history,
+// targets, negatives) and labels: many auxiliary pairs, several tiles of them.
+struct ManyPairsBatch {
+  static constexpr int64_t B = 24, T = 12, NI = 30, NC = 5;
+  std::vector<int32_t> lengths;
+  std::vector<int64_t> ii, ci;
+  std::vector<double> items, cats, labels;
+
+  explicit ManyPairsBatch(bool with_short_rows)
+      : lengths(B), ii(2 * B * T + B), ci(2 * B * T + B), items(NI * kD), cats(NC * kD), labels(B) {
+    Rng rng(17);
+    for (int64_t b = 0; b < B; ++b)
+      lengths[b] = static_cast<int32_t>(b % 4 == 0 ? T : rng.UniformInt(T + 1));
+    if (with_short_rows) {
+      lengths[1] = 0;
+      lengths[2] = 1;
+    }
+    for (auto& v : ii) v = static_cast<int64_t>(rng.UniformInt(NI));
+    for (auto& v : ci) v = static_cast<int64_t>(rng.UniformInt(NC));
+    FillUniform(items, rng, -1.0, 1.0);
+    FillUniform(cats, rng, -1.0, 1.0);
+    for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
+  }
+  CtrInputs<double> Inputs() const {
+    CtrInputs<double> in;
+    in.batch = B;
+    in.lengths = lengths.data();
+    in.item_index = ii.data();
+    in.cat_index = ci.data();
+    in.item_rows = items.data();
+    in.num_item_rows = NI;
+    in.cat_rows = cats.data();
+    in.num_cat_rows = NC;
+    in.labels = labels.data();
+    return in;
+  }
+};
+
 // A batch large enough for several auxiliary tiles (32 pairs each) split over two parts: the
 // pooled run matches the inline run (only the order of the partial sums differs), and the
 // auxiliary weights and all rows pass the finite-difference check there too.
@@ -231,28 +270,10 @@ TEST(DienGrad, ManyAuxTiles_B24_T12_Pool2MatchesInlineAndFiniteDifferences) {
   ASSERT_TRUE(m_or.ok());
   Dien<double>& m = **m_or;
   Perturb(m.params(), 5);
-  const int64_t B = 24, T = 12, NI = 30, NC = 5;
-  Rng rng(17);
-  std::vector<int32_t> lengths(B);
-  for (int64_t b = 0; b < B; ++b)
-    lengths[b] = static_cast<int32_t>(b % 4 == 0 ? T : rng.UniformInt(T + 1));
-  std::vector<int64_t> ii(2 * B * T + B), ci(2 * B * T + B);
-  for (auto& v : ii) v = static_cast<int64_t>(rng.UniformInt(NI));
-  for (auto& v : ci) v = static_cast<int64_t>(rng.UniformInt(NC));
-  std::vector<double> items(NI * kD), cats(NC * kD), labels(B);
-  FillUniform(items, rng, -1.0, 1.0);
-  FillUniform(cats, rng, -1.0, 1.0);
-  for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
-  CtrInputs<double> in;
-  in.batch = B;
-  in.lengths = lengths.data();
-  in.item_index = ii.data();
-  in.cat_index = ci.data();
-  in.item_rows = items.data();
-  in.num_item_rows = NI;
-  in.cat_rows = cats.data();
-  in.num_cat_rows = NC;
-  in.labels = labels.data();
+  // Non-const: the finite-difference check perturbs the rows in place (in points at them).
+  ManyPairsBatch batch(/*with_short_rows=*/false);
+  const CtrInputs<double> in = batch.Inputs();
+  std::vector<double>&items = batch.items, &cats = batch.cats;
 
   ThreadPool pool(2);
   kernels::Context inline_ctx, pool_ctx;
@@ -848,30 +869,9 @@ TEST(DienDevice, StagedMatchesPlainCpu_B24_T12_ManyPairs) {
   ASSERT_OK(staged.status());
   Perturb((*plain)->params(), 5);
   Perturb((*staged)->params(), 5);
-  const int64_t B = 24, T = 12, NI = 30, NC = 5;
-  Rng rng(17);
-  std::vector<int32_t> lengths(B);
-  for (int64_t b = 0; b < B; ++b)
-    lengths[b] = static_cast<int32_t>(b % 4 == 0 ? T : rng.UniformInt(T + 1));
-  lengths[1] = 0;
-  lengths[2] = 1;
-  std::vector<int64_t> ii(2 * B * T + B), ci(2 * B * T + B);
-  for (auto& v : ii) v = static_cast<int64_t>(rng.UniformInt(NI));
-  for (auto& v : ci) v = static_cast<int64_t>(rng.UniformInt(NC));
-  std::vector<double> items(NI * kD), cats(NC * kD), labels(B);
-  FillUniform(items, rng, -1.0, 1.0);
-  FillUniform(cats, rng, -1.0, 1.0);
-  for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
-  CtrInputs<double> in;
-  in.batch = B;
-  in.lengths = lengths.data();
-  in.item_index = ii.data();
-  in.cat_index = ci.data();
-  in.item_rows = items.data();
-  in.num_item_rows = NI;
-  in.cat_rows = cats.data();
-  in.num_cat_rows = NC;
-  in.labels = labels.data();
+  const ManyPairsBatch batch(/*with_short_rows=*/true);
+  const CtrInputs<double> in = batch.Inputs();
+  const std::vector<double>&items = batch.items, &cats = batch.cats;
   ThreadPool pool(2);
   kernels::Context ctx;
   ctx.pool = &pool;
@@ -888,8 +888,8 @@ TEST(DienDevice, StagedMatchesPlainCpu_B24_T12_ManyPairs) {
     ++k;
   }
   EXPECT_LE(testing::RelativeL2(&loss[1], &loss[0], 1), 1e-10);
-  EXPECT_LE(testing::RelativeL2(gi[1].data(), gi[0].data(), NI * kD), 1e-10);
-  EXPECT_LE(testing::RelativeL2(gc[1].data(), gc[0].data(), NC * kD), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gi[1].data(), gi[0].data(), ManyPairsBatch::NI * kD), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gc[1].data(), gc[0].data(), ManyPairsBatch::NC * kD), 1e-10);
   for (const auto& e : (*plain)->params().entries())
     EXPECT_LE(testing::RelativeL2(dense[1].data() + e.offset, dense[0].data() + e.offset, e.size),
               1e-10)

@@ -269,6 +269,19 @@ SasrecCase QueryNorm(SasrecCase c) {
 
 class SasrecGradTest : public ::testing::TestWithParam<SasrecCase> {};
 
+// The training loss of `model` on `in` with the dropout masks of `step` replayed (the function
+// a finite-difference check perturbs; `in` points at the rows it perturbs in place).
+template <typename Model, typename Inputs>
+std::function<double()> ReplayedLoss(Model& model, const kernels::Context& ctx, Inputs in,
+                                     uint64_t step) {
+  return [&model, &ctx, in, step]() {
+    model.set_dropout_step(step);
+    double l = 0;
+    EXPECT_TRUE(model.Forward(ctx, in, true, &l).ok());
+    return l;
+  };
+}
+
 // Every dense tensor and every pulled item row against central differences of the mean loss.
 // With dropout, each evaluation replays the masks of dropout step 3.
 TEST_P(SasrecGradTest, Backward_B3_Blocks2) {
@@ -301,12 +314,7 @@ TEST_P(SasrecGradTest, Backward_B3_Blocks2) {
   ASSERT_TRUE(AllFinite(dense_grad.data(), p.size()));
   ASSERT_TRUE(AllFinite(d_item.data(), static_cast<int64_t>(d_item.size())));
 
-  auto loss_fn = [&]() {
-    model.set_dropout_step(kStep);
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
+  const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss) << "the replayed forward must reproduce the loss";
   CheckDense(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
@@ -795,12 +803,7 @@ TEST_P(BstGradTest, Backward_B3_T4_D3x2_Mlp5x3) {
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
   ASSERT_TRUE(AllFinite(dense_grad.data(), p.size()));
 
-  auto loss_fn = [&]() {
-    model.set_dropout_step(kStep);
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
+  const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
   CheckDense(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
@@ -1112,12 +1115,7 @@ TEST(SasrecDevice, StagedGradientCheck_Dropout) {
   std::vector<double> d_item(batch.item_rows.size(), std::nan(""));
   ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data()));
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
-  auto loss_fn = [&]() {
-    model.set_dropout_step(kStep);
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
+  const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
   CheckDense(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
@@ -1141,12 +1139,7 @@ TEST(BstDevice, StagedGradientCheck_Dropout) {
       d_cat(batch.cat_rows.size(), std::nan(""));
   ASSERT_OK(model.Backward(ctx, batch.Inputs(), d_item.data(), d_cat.data()));
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
-  auto loss_fn = [&]() {
-    model.set_dropout_step(kStep);
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
+  const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
   CheckDense(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
