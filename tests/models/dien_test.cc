@@ -796,25 +796,9 @@ TEST(DienLearning, AdamLearnsSuccessorTask) {
 // The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
 // CUDA model needs CUDA in the build (tests/models/dien_gpu_test.cc runs it where there is a GPU).
 TEST(DienDevice, ContextMustMatchAndCudaIsFloatOnly) {
-  DienOptions o = SmallOptions(DienCell::kGru, MlpActivation::kPrelu);
-  auto cpu = Dien<double>::Create(o);
-  ASSERT_OK(cpu.status());
-  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
-  SmallBatch b({5, 1, 3, 0});
-  kernels::Context cuda;
-  cuda.device = kernels::Device::kCuda;
-  double loss = 0;
-  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
-  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
-  ASSERT_OK((*cpu)->Forward(kernels::Context{}, b.Inputs(), true, &loss));
-  std::vector<double> d_item(b.item_rows.size()), d_cat(b.cat_rows.size());
-  const Status wrong_back = (*cpu)->Backward(cuda, b.Inputs(), d_item.data(), d_cat.data());
-  EXPECT_EQ(wrong_back.code(), StatusCode::kInvalidArgument) << wrong_back;
-  o.device = kernels::Device::kCuda;
-  EXPECT_EQ(Dien<double>::Create(o).status().code(), StatusCode::kUnimplemented);
-  if (!kernels::CudaBuilt()) {
-    EXPECT_EQ(Dien<float>::Create(o).status().code(), StatusCode::kUnimplemented);
-  }
+  const SmallBatch b({5, 1, 3, 0});
+  testing_util::ExpectTheDeviceIsTheModels<Dien>(
+      SmallOptions(DienCell::kGru, MlpActivation::kPrelu), b.Inputs(), "Dien");
 }
 
 std::vector<double> DienExtras(CtrModel<double>& m) {

@@ -321,21 +321,8 @@ TEST(DinInit, TorchLinearDefaultsAndPreluAlpha) {
 // The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
 // CUDA model needs CUDA in the build (tests/models/din_gpu_test.cc runs it where there is a GPU).
 TEST(DinDevice, ContextMustMatchAndCudaIsFloatOnly) {
-  DinOptions o = SmallOptions(MlpActivation::kPrelu, false);
-  auto cpu = Din<double>::Create(o);
-  ASSERT_OK(cpu.status());
-  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
-  SmallBatch b({5, 1, 3});
-  kernels::Context cuda;
-  cuda.device = kernels::Device::kCuda;
-  double loss = 0;
-  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
-  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
-  o.device = kernels::Device::kCuda;
-  EXPECT_EQ(Din<double>::Create(o).status().code(), StatusCode::kUnimplemented);
-  if (!kernels::CudaBuilt()) {
-    EXPECT_EQ(Din<float>::Create(o).status().code(), StatusCode::kUnimplemented);
-  }
+  testing_util::ExpectTheDeviceIsTheModels<Din>(SmallOptions(MlpActivation::kPrelu, false),
+                                                SmallBatch({5, 1, 3}).Inputs(), "Din");
 }
 
 // stage_on_cpu runs the CUDA path's copies (staged inputs, mirrored weights and gradients, Dice

@@ -13,6 +13,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -348,19 +349,9 @@ TEST(Gru4Rec, RejectsBadOptionsAndInputs) {
 
 // The device is the model's: a CPU model refuses a CUDA Context, and double never runs on CUDA.
 TEST(Gru4RecDevice, ContextMustMatchAndCudaIsFloatOnly) {
-  auto cpu = Gru4Rec<double>::Create(SmallOptions(kernels::RnnCell::kGru, 0));
-  ASSERT_OK(cpu.status());
-  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
-  kernels::Context cuda;
-  cuda.device = kernels::Device::kCuda;
-  SmallBatch batch({5, 1, 0, 3});
-  double loss = 0;
-  const Status s = (*cpu)->Forward(cuda, batch.Inputs(), true, &loss);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.ToString().find("Gru4Rec"), std::string::npos) << s.ToString();
-  Gru4RecOptions o = SmallOptions(kernels::RnnCell::kGru, 0);
-  o.device = kernels::Device::kCuda;
-  EXPECT_EQ(Gru4Rec<double>::Create(o).status().code(), StatusCode::kUnimplemented);
+  const SmallBatch batch({5, 1, 0, 3});
+  testing_util::ExpectTheDeviceIsTheModels<Gru4Rec>(SmallOptions(kernels::RnnCell::kGru, 0),
+                                                    batch.Inputs(), "Gru4Rec");
 }
 
 // stage_on_cpu takes the CUDA path's copies (inputs staged into the model's own buffers, weights

@@ -463,26 +463,8 @@ TEST(MindOptionsTest, RejectsEachBadFieldAndReportsShapes) {
 // The device is the model's: a CPU model refuses a CUDA Context, double never runs on CUDA, and a
 // CUDA model needs CUDA in the build (tests/models/mind_gpu_test.cc runs it where there is a GPU).
 TEST(MindDevice, ContextMustMatchAndCudaIsFloatOnly) {
-  MindOptions o = SmallOptions(4, 3, 3);
-  auto cpu = Mind<double>::Create(o);
-  ASSERT_OK(cpu.status());
-  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
-  SmallBatch b({5, 1, 3});
-  kernels::Context cuda;
-  cuda.device = kernels::Device::kCuda;
-  double loss = 0;
-  const Status wrong = (*cpu)->Forward(cuda, b.Inputs(), true, &loss);
-  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
-  // A CPU forward, then a backward on the wrong device: refused too.
-  ASSERT_OK((*cpu)->Forward(kernels::Context{}, b.Inputs(), true, &loss));
-  std::vector<double> d_item(b.item_rows.size()), d_cat(b.cat_rows.size());
-  EXPECT_EQ((*cpu)->Backward(cuda, b.Inputs(), d_item.data(), d_cat.data()).code(),
-            StatusCode::kInvalidArgument);
-  o.device = kernels::Device::kCuda;
-  EXPECT_EQ(Mind<double>::Create(o).status().code(), StatusCode::kUnimplemented);
-  if (!kernels::CudaBuilt()) {
-    EXPECT_EQ(Mind<float>::Create(o).status().code(), StatusCode::kUnimplemented);
-  }
+  const SmallBatch b({5, 1, 3});
+  testing_util::ExpectTheDeviceIsTheModels<Mind>(SmallOptions(4, 3, 3), b.Inputs(), "Mind");
 }
 
 std::vector<double> UserVectors(const Mind<double>& m, int64_t batch) {

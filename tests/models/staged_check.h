@@ -12,8 +12,10 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/context.h"
 #include "models/model.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
@@ -108,6 +110,39 @@ inline void ExpectStagedCloseToPlain(models::CtrModel<double>& plain,
         EXPECT_LE(testing::RelativeL2(got, want, n), max_rel_l2) << what;
       },
       extras);
+}
+
+// The device is the model's: a CPU model of `options` (device() kCpu) refuses a CUDA Context in
+// Forward and, after a CPU forward, in Backward, with INVALID_ARGUMENT naming `name`; `options`
+// on kCuda creates no double model (UNIMPLEMENTED), nor a float one in a build without CUDA.
+// Model is a CtrModel or SeqModel class template; `in` a training batch for it.
+template <template <typename> class Model, typename Options, typename Inputs>
+void ExpectTheDeviceIsTheModels(Options options, const Inputs& in, const std::string& name) {
+  auto cpu = Model<double>::Create(options);
+  ASSERT_OK(cpu.status());
+  EXPECT_EQ((*cpu)->device(), kernels::Device::kCpu);
+  kernels::Context cuda;
+  cuda.device = kernels::Device::kCuda;
+  double loss = 0;
+  const Status wrong = (*cpu)->Forward(cuda, in, true, &loss);
+  EXPECT_EQ(wrong.code(), StatusCode::kInvalidArgument) << wrong;
+  EXPECT_NE(wrong.ToString().find(name), std::string::npos) << wrong;
+  ASSERT_OK((*cpu)->Forward(kernels::Context{}, in, true, &loss));
+  const int64_t dim = (*cpu)->embedding_dim();
+  std::vector<double> d_item(static_cast<size_t>(in.num_item_rows * dim));
+  Status wrong_back;
+  if constexpr (std::is_same_v<Inputs, models::CtrInputs<double>>) {
+    std::vector<double> d_cat(static_cast<size_t>(in.num_cat_rows * dim));
+    wrong_back = (*cpu)->Backward(cuda, in, d_item.data(), d_cat.data());
+  } else {
+    wrong_back = (*cpu)->Backward(cuda, in, d_item.data());
+  }
+  EXPECT_EQ(wrong_back.code(), StatusCode::kInvalidArgument) << wrong_back;
+  options.device = kernels::Device::kCuda;
+  EXPECT_EQ(Model<double>::Create(options).status().code(), StatusCode::kUnimplemented);
+  if (!kernels::CudaBuilt()) {
+    EXPECT_EQ(Model<float>::Create(options).status().code(), StatusCode::kUnimplemented);
+  }
 }
 
 }  // namespace ips::testing_util

@@ -973,35 +973,11 @@ TEST(BstInit, ShapesOfTheDefaultModel) {
 
 // A CPU model refuses a CUDA Context (naming the model); a CUDA model is float only.
 TEST(TransformerDevice, ContextMustMatchAndCudaIsFloatOnly) {
-  kernels::Context cuda;
-  cuda.device = kernels::Device::kCuda;
-  auto sasrec = Sasrec<double>::Create(SmallSasrec(1, 0.0));
-  ASSERT_OK(sasrec.status());
-  EXPECT_EQ((*sasrec)->device(), kernels::Device::kCpu);
-  SeqBatch seq({5, 1, 0}, 5, 4);
-  double loss = 0;
-  Status s = (*sasrec)->Forward(cuda, seq.Inputs(), true, &loss);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.ToString().find("Sasrec"), std::string::npos) << s.ToString();
-  SasrecOptions so = SmallSasrec(1, 0.0);
-  so.device = kernels::Device::kCuda;
-  EXPECT_EQ(Sasrec<double>::Create(so).status().code(), StatusCode::kUnimplemented);
-
-  auto bst = Bst<double>::Create(SmallBst(1, 0.0, BstPooling::kFlatten, MlpActivation::kPrelu));
-  ASSERT_OK(bst.status());
-  EXPECT_EQ((*bst)->device(), kernels::Device::kCpu);
-  CtrBatch ctr({4, 1, 0});
-  s = (*bst)->Forward(cuda, ctr.Inputs(), true, &loss);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.ToString().find("Bst"), std::string::npos) << s.ToString();
-  BstOptions bo = SmallBst(1, 0.0, BstPooling::kFlatten, MlpActivation::kPrelu);
-  bo.device = kernels::Device::kCuda;
-  EXPECT_EQ(Bst<double>::Create(bo).status().code(), StatusCode::kUnimplemented);
-#ifndef IPS_WITH_CUDA
-  // Without CUDA in the build, float is refused too.
-  so.device = kernels::Device::kCuda;
-  EXPECT_EQ(Sasrec<float>::Create(so).status().code(), StatusCode::kUnimplemented);
-#endif
+  const SeqBatch seq({5, 1, 0}, 5, 4);
+  testing_util::ExpectTheDeviceIsTheModels<Sasrec>(SmallSasrec(1, 0.0), seq.Inputs(), "Sasrec");
+  const CtrBatch ctr({4, 1, 0});
+  testing_util::ExpectTheDeviceIsTheModels<Bst>(
+      SmallBst(1, 0.0, BstPooling::kFlatten, MlpActivation::kPrelu), ctr.Inputs(), "Bst");
 }
 
 // stage_on_cpu takes the CUDA path (inputs staged into the model's buffers, weights uploaded,
