@@ -14,6 +14,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/ctr_test_batch.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -37,43 +38,10 @@ PooledOptions SmallOptions(HistoryPooling pooling, MlpActivation act) {
   return o;
 }
 
-// B = 3, T = 5 over 4 item rows and 3 category rows, with repeated indices so the scatter-add
-// sums several positions into one row.
-struct SmallBatch {
-  int64_t B = 3, T = 5, D = 3;
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> item_index, cat_index;
-  std::vector<double> item_rows, cat_rows, labels;
-  int64_t num_item_rows = 4, num_cat_rows = 3;
-
-  explicit SmallBatch(std::vector<int32_t> lens, uint64_t seed = 11) : lengths(std::move(lens)) {
-    Rng rng(seed);
-    const int64_t n = B * T + B;
-    item_index.resize(n);
-    cat_index.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      item_index[i] = static_cast<int64_t>(rng.UniformInt(num_item_rows));
-      cat_index[i] = static_cast<int64_t>(rng.UniformInt(num_cat_rows));
-    }
-    item_rows.resize(num_item_rows * D);
-    cat_rows.resize(num_cat_rows * D);
-    FillUniform(item_rows, rng, -1.0, 1.0);
-    FillUniform(cat_rows, rng, -1.0, 1.0);
-    labels = {1.0, 0.0, 1.0};
-  }
-  CtrInputs<double> Inputs() const {
-    CtrInputs<double> in;
-    in.batch = B;
-    in.lengths = lengths.data();
-    in.item_index = item_index.data();
-    in.cat_index = cat_index.data();
-    in.item_rows = item_rows.data();
-    in.num_item_rows = num_item_rows;
-    in.cat_rows = cat_rows.data();
-    in.num_cat_rows = num_cat_rows;
-    in.labels = labels.data();
-    return in;
-  }
+// Rows of T = 5 steps over 4 item rows and 3 category rows (tests/models/ctr_test_batch.h).
+struct SmallBatch : testing_util::SmallCtrBatch {
+  explicit SmallBatch(std::vector<int32_t> lens, uint64_t seed = 11)
+      : SmallCtrBatch(std::move(lens), 5, 3, 4, 3, seed) {}
 };
 
 struct GradCase {

@@ -23,6 +23,7 @@
 #include "common/thread_pool.h"
 #include "models/bst.h"
 #include "models/sasrec.h"
+#include "tests/models/ctr_test_batch.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -724,41 +725,10 @@ BstOptions SmallBst(int64_t heads, double dropout, BstPooling pooling, MlpActiva
   return o;
 }
 
-struct CtrBatch {
-  int64_t B = 3, T = 4, D = 3;
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> item_index, cat_index;
-  std::vector<double> item_rows, cat_rows, labels;
-  int64_t num_item_rows = 5, num_cat_rows = 3;
-
-  explicit CtrBatch(std::vector<int32_t> lens, uint64_t seed = 17) : lengths(std::move(lens)) {
-    Rng rng(seed);
-    const int64_t n = B * T + B;
-    item_index.resize(n);
-    cat_index.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      item_index[i] = static_cast<int64_t>(rng.UniformInt(num_item_rows));
-      cat_index[i] = static_cast<int64_t>(rng.UniformInt(num_cat_rows));
-    }
-    item_rows.resize(num_item_rows * D);
-    cat_rows.resize(num_cat_rows * D);
-    FillUniform(item_rows, rng, -1.0, 1.0);
-    FillUniform(cat_rows, rng, -1.0, 1.0);
-    labels = {1.0, 0.0, 1.0};
-  }
-  CtrInputs<double> Inputs() const {
-    CtrInputs<double> in;
-    in.batch = B;
-    in.lengths = lengths.data();
-    in.item_index = item_index.data();
-    in.cat_index = cat_index.data();
-    in.item_rows = item_rows.data();
-    in.num_item_rows = num_item_rows;
-    in.cat_rows = cat_rows.data();
-    in.num_cat_rows = num_cat_rows;
-    in.labels = labels.data();
-    return in;
-  }
+// Rows of T = 4 steps over 5 item rows and 3 category rows (tests/models/ctr_test_batch.h).
+struct CtrBatch : testing_util::SmallCtrBatch {
+  explicit CtrBatch(std::vector<int32_t> lens, uint64_t seed = 17)
+      : SmallCtrBatch(std::move(lens), 4, 3, 5, 3, seed) {}
 };
 
 struct BstCase {
