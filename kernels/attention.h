@@ -195,6 +195,12 @@ int64_t MhaSavedSize(const MhaArgs<T>& a) {
   return MhaSavedSize(a.batch, a.seq_len, a.heads);
 }
 
+// Whether MhaForward/MhaBackward can run sequences of seq_len steps with heads of head_dim on the
+// current CUDA device: OK, or UNIMPLEMENTED naming the sizes and the device's limit (the
+// backward keeps a head's T x T scores in shared memory), or without CUDA in the build. A model
+// on CUDA checks it when it is created, so that a too-long max_len fails before training.
+Status MhaCudaSupports(int64_t seq_len, int64_t head_dim);
+
 // out: [B x T x H*dh]; saved: [MhaSavedSize] elements (also the attention map, for inspection).
 // CUDA supports seq_len <= 1024 and needs (2*T*dh + 2*T*T) floats of shared memory per block.
 template <typename T>

@@ -211,20 +211,8 @@ Status Bst<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_in
   IPS_RETURN_IF_ERROR(BstEmbedBackward<T>(ctx, shapes, dy, g_item_.data(), g_cat_.data(),
                                           params_.compute_grad(pos_)));
 
-  kernels::ScatterAddArgs<T> s;
-  s.grad_rows = g_item_.data();
-  s.inverse = in.item_index;
-  s.n = B * L + B;
-  s.dim = D;
-  s.num_unique = in.num_item_rows;
-  s.grad_unique = io_.ItemGradTarget(d_item_rows);
-  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  s.grad_rows = g_cat_.data();
-  s.inverse = in.cat_index;
-  s.num_unique = in.num_cat_rows;
-  s.grad_unique = io_.CatGradTarget(d_cat_rows);
-  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  return io_.EndBackward(ctx, d_item_rows, d_cat_rows, &params_);
+  return io_.ScatterRowGradsAndEnd(ctx, in, B * L + B, D, g_item_.data(), g_cat_.data(),
+                                   d_item_rows, d_cat_rows, &params_);
 }
 
 template class Bst<float>;

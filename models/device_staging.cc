@@ -3,6 +3,8 @@
 #include <string>
 #include <utility>
 
+#include "kernels/embedding.h"
+
 namespace ips::models {
 
 template <typename T>
@@ -114,6 +116,29 @@ Status CtrDeviceIo<T>::EndBackward(const kernels::Context& ctx, T* d_item_rows, 
   if (!staged()) return Status::Ok();
   IPS_RETURN_IF_ERROR(staging_->UnstageRowGrads(ctx, d_item_rows, d_cat_rows));
   return params->DownloadGrads(ctx);
+}
+
+template <typename T>
+Status CtrDeviceIo<T>::ScatterRowGradsAndEnd(const kernels::Context& ctx, const CtrInputs<T>& in,
+                                             int64_t positions, int64_t dim, const T* g_item,
+                                             const T* g_cat, T* d_item_rows, T* d_cat_rows,
+                                             DenseParams<T>* params) {
+  kernels::ScatterAddArgs<T> s;
+  s.grad_rows = g_item;
+  s.inverse = in.item_index;
+  s.n = positions;
+  s.dim = dim;
+  s.num_unique = in.num_item_rows;
+  s.grad_unique = ItemGradTarget(d_item_rows);
+  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  if (g_cat != nullptr) {
+    s.grad_rows = g_cat;
+    s.inverse = in.cat_index;
+    s.num_unique = in.num_cat_rows;
+    s.grad_unique = CatGradTarget(d_cat_rows);
+    IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
+  }
+  return EndBackward(ctx, d_item_rows, d_cat_rows, params);
 }
 
 template class CtrInputStaging<float>;

@@ -92,6 +92,13 @@ class CtrDeviceIo {
   }
   Status EndBackward(const kernels::Context& ctx, T* d_item_rows, T* d_cat_rows,
                      DenseParams<T>* params);
+  // The usual end of a Backward: scatter-adds per-position row gradients g_item (and g_cat,
+  // unless null) [positions x dim], in the index layout of `in` (the inputs the kernels saw),
+  // into one gradient row per pulled row (kernels/embedding.h ScatterAdd, into the targets
+  // above), then EndBackward.
+  Status ScatterRowGradsAndEnd(const kernels::Context& ctx, const CtrInputs<T>& in,
+                               int64_t positions, int64_t dim, const T* g_item, const T* g_cat,
+                               T* d_item_rows, T* d_cat_rows, DenseParams<T>* params);
 
  private:
   std::unique_ptr<CtrInputStaging<T>> staging_;  // null when not staged

@@ -1,9 +1,9 @@
 // The per-batch data movement of DIEN (models/dien.h) that is not a kernels/ op (the rolled,
 // right-padded behaviours are gathered by models/ctr_ops.h GatherBehaviours): building the top
 // MLP's input, summing the gradients of the extractor states, splitting gradients back into
-// per-position row gradients, and the auxiliary MLP's pair gather/scatter on the device path. Each runs on ctx's device (CPU: float
-// and double over ctx.pool; CUDA: float, models/cuda/dien_ops.cu) with every pointer in that
-// device's memory, like models/ctr_ops.h. Outputs are overwritten.
+// per-position row gradients, and the auxiliary MLP's pair gather/scatter on the device path. Each
+// runs on ctx's device (CPU: float and double over ctx.pool; CUDA: float, models/cuda/dien_ops.cu)
+// with every pointer in that device's memory, like models/ctr_ops.h. Outputs are overwritten.
 //
 // Shapes: B rows, history T (the input layout is left-padded: row b's valid positions are
 // [T - lengths[b], T); the rolled layout is right-padded: step t of row b is valid when

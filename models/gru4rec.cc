@@ -255,15 +255,8 @@ Status Gru4Rec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& hos
   // Input rows: the right-padded d_x back to the left-padded positions.
   IPS_RETURN_IF_ERROR(SeqRightToLeft(ctx, shapes, d_x_.data(), g_item_.data()));
 
-  kernels::ScatterAddArgs<T> s;
-  s.grad_rows = g_item_.data();
-  s.inverse = in.item_index;
-  s.n = 3 * BL;
-  s.dim = D;
-  s.num_unique = in.num_item_rows;
-  s.grad_unique = io_.ItemGradTarget(d_item_rows);
-  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  return io_.EndBackward(ctx, d_item_rows, nullptr, &params_);
+  return io_.ScatterRowGradsAndEnd(ctx, SeqAsCtrInputs(in), 3 * BL, D, g_item_.data(),
+                                   /*g_cat=*/nullptr, d_item_rows, nullptr, &params_);
 }
 
 template class Gru4Rec<float>;

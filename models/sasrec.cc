@@ -100,7 +100,7 @@ StatusOr<std::unique_ptr<Sasrec<T>>> Sasrec<T>::Create(const SasrecOptions& opti
                                            dev, o.dropout > 0 ? DropoutMaskWords(B * L * d) : 0));
   m->host_seq_loss_.resize(static_cast<size_t>(B));
   IPS_ASSIGN_OR_RETURN(m->io_, CtrDeviceIo<T>::Create(dev, o.stage_on_cpu, B, 3 * B * L, d,
-                                                      /*output_width=*/d));
+                                                      /*output_width=*/d, /*categories=*/false));
   return m;
 }
 
@@ -239,15 +239,8 @@ Status Sasrec<T>::Backward(const kernels::Context& ctx, const SeqInputs<T>& host
   IPS_RETURN_IF_ERROR(
       SasrecEmbedBackward<T>(ctx, shapes, dy, scale, g_seq, params_.compute_grad(pos_)));
 
-  kernels::ScatterAddArgs<T> s;
-  s.grad_rows = g_rows_.data();
-  s.inverse = in.item_index;
-  s.n = 3 * rows;
-  s.dim = d;
-  s.num_unique = in.num_item_rows;
-  s.grad_unique = io_.ItemGradTarget(d_item_rows);
-  IPS_RETURN_IF_ERROR(kernels::ScatterAdd(ctx, s));
-  return io_.EndBackward(ctx, d_item_rows, nullptr, &params_);
+  return io_.ScatterRowGradsAndEnd(ctx, SeqAsCtrInputs(in), 3 * rows, d, g_rows_.data(),
+                                   /*g_cat=*/nullptr, d_item_rows, nullptr, &params_);
 }
 
 template class Sasrec<float>;

@@ -662,6 +662,9 @@ Status TransformerBlock<T>::AttachDevice(kernels::Device device) {
   if (!std::is_same_v<T, float>)
     return UnimplementedError("TransformerBlock: CUDA blocks are float only");
   if (o_.fast_cpu_path) Die("TransformerBlock::AttachDevice: fast_cpu_path is CPU-only");
+  // A sequence too long for the CUDA attention fails here, at Create, not at the first Backward.
+  if (Status st = kernels::MhaCudaSupports(o_.max_len, o_.dim / o_.num_heads); !st.ok())
+    return st.WithContext("TransformerBlock (max_len " + std::to_string(o_.max_len) + ")");
   return Allocate(device);
 }
 

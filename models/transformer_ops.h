@@ -8,8 +8,9 @@
 //
 // Shapes (models/ctr_ops.h CtrShapes): B sequences of T steps, left-padded (step t of row b is
 // valid when t >= T - lengths[b]), `dim` the row width the op names. Outputs are overwritten.
-// The CUDA twins compute every sum in the CPU's order (one thread per sum), so a CUDA model
-// differs from the CPU one only by the kernels' own arithmetic (cuBLAS, atomics in ScatterAdd).
+// The CUDA twins compute every sum in the CPU's order (one thread per sum); a CUDA model still
+// differs from the CPU one in the last bits: nvcc fuses multiply-adds (FMA) that the host build
+// does not, and the kernels' own arithmetic (cuBLAS, atomics in ScatterAdd) sums in other orders.
 #ifndef IPS_MODELS_TRANSFORMER_OPS_H_
 #define IPS_MODELS_TRANSFORMER_OPS_H_
 

@@ -881,6 +881,16 @@ int64_t MhaSavedSize(int64_t batch, int64_t seq_len, int64_t heads) {
   return batch * heads * seq_len * seq_len;
 }
 
+Status MhaCudaSupports(int64_t seq_len, int64_t head_dim) {
+#ifdef IPS_WITH_CUDA
+  return MhaCudaSupportsCuda(seq_len, head_dim);
+#else
+  (void)seq_len;
+  (void)head_dim;
+  return UnimplementedError("multi-head attention on CUDA: this build has no CUDA");
+#endif
+}
+
 template <typename T>
 Status MhaForward(const Context& ctx, const MhaArgs<T>& args, T* out, T* saved) {
   const bool cpu = ctx.device == Device::kCpu;

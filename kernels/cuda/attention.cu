@@ -437,7 +437,14 @@ __global__ void MhaBackwardKernel(MhaDev m, const float* __restrict__ Q,
   }
 }
 
-Status PrepareSmem(const char* name, const void* kernel, size_t bytes) {
+// Shared memory per block of the backward kernel (the larger of the two): a head's Q/K rows and
+// its T x T scores and their gradients.
+size_t MhaBackwardSmemBytes(int64_t seq_len, int64_t head_dim) {
+  return sizeof(float) * static_cast<size_t>(2 * seq_len * head_dim + 2 * seq_len * seq_len);
+}
+
+// UNIMPLEMENTED naming `name` when `bytes` of shared memory per block exceed the device's limit.
+Status CheckSmem(const char* name, size_t bytes) {
   if (bytes <= 48 * 1024) return Status::Ok();
   int dev = 0, max_optin = 0;
   IPS_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev));
@@ -448,6 +455,12 @@ Status PrepareSmem(const char* name, const void* kernel, size_t bytes) {
                               " bytes of shared memory per block, device allows " +
                               std::to_string(max_optin) + " (seq_len/head_dim too large)");
   }
+  return Status::Ok();
+}
+
+Status PrepareSmem(const char* name, const void* kernel, size_t bytes) {
+  IPS_RETURN_IF_ERROR(CheckSmem(name, bytes));
+  if (bytes <= 48 * 1024) return Status::Ok();
   IPS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(bytes)));
   return Status::Ok();
@@ -601,12 +614,22 @@ Status MhaBackwardCuda(const Context& ctx, const MhaArgs<float>& a, const float*
   if (a.batch * a.seq_len == 0) return Status::Ok();
   if (a.seq_len > 1024) return UnimplementedError("MhaBackwardCuda: seq_len > 1024");
   const MhaDev m = MakeMhaDev(a);
-  const size_t smem = sizeof(float) * (2 * a.seq_len * a.head_dim + 2 * a.seq_len * a.seq_len);
+  const size_t smem = MhaBackwardSmemBytes(a.seq_len, a.head_dim);
   IPS_RETURN_IF_ERROR(
       PrepareSmem("mha_backward", reinterpret_cast<const void*>(MhaBackwardKernel), smem));
   return cuda::Launch("mha_backward", MhaBackwardKernel,
                       dim3(static_cast<unsigned>(a.batch * a.heads)), kMhaWarps * 32, smem,
                       cuda::StreamOf(ctx), m, a.q, a.k, a.v, saved, d_out, dq, dk, dv);
+}
+
+Status MhaCudaSupportsCuda(int64_t seq_len, int64_t head_dim) {
+  if (seq_len > 1024)
+    return UnimplementedError("multi-head attention on CUDA: seq_len " + std::to_string(seq_len) +
+                              " > 1024");
+  return CheckSmem(("multi-head attention on CUDA with seq_len " + std::to_string(seq_len) +
+                    " and head_dim " + std::to_string(head_dim))
+                       .c_str(),
+                   MhaBackwardSmemBytes(seq_len, head_dim));
 }
 
 }  // namespace ips::kernels

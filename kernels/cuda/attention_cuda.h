@@ -14,6 +14,7 @@ Status DinAttentionForwardCuda(const Context& ctx, const DinAttentionArgs<float>
 Status DinAttentionBackwardCuda(const Context& ctx, const DinAttentionArgs<float>& args,
                                 const float* saved, const float* d_weights, const float* d_pooled,
                                 const DinAttentionGrads<float>& grads, float* workspace);
+Status MhaCudaSupportsCuda(int64_t seq_len, int64_t head_dim);
 Status MhaForwardCuda(const Context& ctx, const MhaArgs<float>& args, float* out, float* saved);
 Status MhaBackwardCuda(const Context& ctx, const MhaArgs<float>& args, const float* saved,
                        const float* d_out, float* dq, float* dk, float* dv);

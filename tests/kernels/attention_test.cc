@@ -581,5 +581,12 @@ TEST(MhaCpu, RejectsBadArguments) {
   EXPECT_TRUE(MhaForward(Context{}, d.Args(), out.data(), saved.data()).ok());
 }
 
+// Without CUDA in the build, the CUDA attention supports nothing (a model on CUDA is refused at
+// Create); tests/models/transformer_gpu_test.cc checks the limits on a device.
+TEST(MhaCuda, SupportsNothingWithoutCuda) {
+  if (CudaBuilt()) GTEST_SKIP() << "CUDA is built: the GPU test checks the limits";
+  EXPECT_EQ(MhaCudaSupports(50, 50).code(), StatusCode::kUnimplemented);
+}
+
 }  // namespace
 }  // namespace ips::kernels

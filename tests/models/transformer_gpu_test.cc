@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/random.h"
+#include "kernels/attention.h"
 #include "kernels/context.h"
 #include "models/bst.h"
 #include "models/sasrec.h"
@@ -137,6 +138,24 @@ TEST_F(TransformerGpu, RejectsAContextOfAnotherDevice) {
   float loss = 0;
   EXPECT_EQ((*gpu)->Forward(kernels::Context{}, batch.Inputs(), true, &loss).code(),
             StatusCode::kInvalidArgument);
+}
+
+// A sequence too long for the CUDA attention's shared memory is refused when the model is
+// created (naming max_len), not at its first backward; the usual lengths are accepted.
+TEST_F(TransformerGpu, TooLongSequencesAreRefusedAtCreate) {
+  EXPECT_OK(kernels::MhaCudaSupports(50, 50));
+  EXPECT_EQ(kernels::MhaCudaSupports(1025, 8).code(), StatusCode::kUnimplemented);
+  SasrecOptions o;
+  o.embedding_dim = 50;
+  o.max_batch = 4;
+  o.fast_cpu_path = false;
+  o.device = kernels::Device::kCuda;
+  o.max_len = 50;
+  EXPECT_OK(Sasrec<float>::Create(o).status());
+  o.max_len = 400;  // 2*T*dh + 2*T*T floats = 1.4 MB of shared memory per block
+  const Status s = Sasrec<float>::Create(o).status();
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s;
+  EXPECT_NE(s.ToString().find("max_len 400"), std::string::npos) << s;
 }
 
 }  // namespace
