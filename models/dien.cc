@@ -614,13 +614,8 @@ Status Dien<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in
   IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
-    kernels::BceWithLogitsArgs<T> l;
-    l.n = B;
-    l.reduction = kernels::Reduction::kMean;
-    l.logits = logits_.data();
-    l.labels = in.labels;
-    l.loss = loss_scratch_.data();
-    IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
+    IPS_RETURN_IF_ERROR(ClickLoss(ctx, B, logits_.data(), in.labels, loss_scratch_.data(),
+                                  static_cast<T*>(nullptr)));
     // One copy (one wait) for the click loss and, from the device path's auxiliary pass, the
     // summed auxiliary loss in loss_scratch_[1].
     const bool aux_on_device = aux_computed_ && !aux_fused() && aux_pairs_ > 0;
@@ -961,14 +956,7 @@ Status Dien<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_i
   const DienShapes shapes{B, L, D, in.lengths};
 
   // Click loss -> top MLP -> [d_final, d_target].
-  kernels::BceWithLogitsArgs<T> l;
-  l.n = B;
-  l.reduction = kernels::Reduction::kMean;
-  l.logits = logits_.data();
-  l.labels = in.labels;
-  l.dloss = T(1);
-  l.dlogits = d_logits_.data();
-  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+  IPS_RETURN_IF_ERROR(ClickLossBackward(ctx, B, logits_.data(), in.labels, d_logits_.data()));
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
   IPS_RETURN_IF_ERROR(DienFinalGrad(ctx, shapes, d_mlp_in_.data(), d_final_.data()));
 

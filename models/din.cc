@@ -123,15 +123,7 @@ Status Din<T>::Forward(const kernels::Context& ctx, const DinInputs<T>& host_in,
   IPS_RETURN_IF_ERROR(io_.EndForward(ctx, logits_.data(), B));
 
   if (in.labels != nullptr) {
-    kernels::BceWithLogitsArgs<T> l;
-    l.n = B;
-    l.reduction = kernels::Reduction::kMean;
-    l.logits = logits_.data();
-    l.labels = in.labels;
-    l.loss = loss_scratch_.data();
-    IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr)
-      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
+    IPS_RETURN_IF_ERROR(ClickLoss(ctx, B, logits_.data(), in.labels, loss_scratch_.data(), loss));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -167,14 +159,7 @@ Status Din<T>::Backward(const kernels::Context& ctx, const DinInputs<T>& host_in
   const DinInputs<T>& in = io_.BackwardInputs(host_in);
   const CtrShapes shapes{B, L, D, in.lengths};
 
-  kernels::BceWithLogitsArgs<T> l;
-  l.n = B;
-  l.reduction = kernels::Reduction::kMean;
-  l.logits = logits_.data();
-  l.labels = in.labels;
-  l.dloss = T(1);
-  l.dlogits = d_logits_.data();
-  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+  IPS_RETURN_IF_ERROR(ClickLossBackward(ctx, B, logits_.data(), in.labels, d_logits_.data()));
   IPS_RETURN_IF_ERROR(mlp_->Backward(ctx, B, mlp_in_.data(), d_logits_.data(), d_mlp_in_.data()));
   IPS_RETURN_IF_ERROR(DinPooledGrad(ctx, shapes, d_mlp_in_.data(), d_pooled_.data()));
 

@@ -10,6 +10,7 @@
 
 #include "kernels/activation.h"
 #include "kernels/linear.h"
+#include "kernels/loss.h"
 #include "kernels/norm.h"
 
 namespace ips::models {
@@ -404,6 +405,42 @@ Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, c
   }
   return Status::Ok();
 }
+
+template <typename T>
+Status ClickLoss(const kernels::Context& ctx, int64_t batch, const T* logits, const T* labels,
+                 T* loss_scratch, T* host_loss) {
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = batch;
+  l.reduction = kernels::Reduction::kMean;
+  l.logits = logits;
+  l.labels = labels;
+  l.loss = loss_scratch;
+  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
+  if (host_loss == nullptr) return Status::Ok();
+  return kernels::CopyToHost(ctx, host_loss, loss_scratch, sizeof(T));
+}
+
+template <typename T>
+Status ClickLossBackward(const kernels::Context& ctx, int64_t batch, const T* logits,
+                         const T* labels, T* d_logits) {
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = batch;
+  l.reduction = kernels::Reduction::kMean;
+  l.logits = logits;
+  l.labels = labels;
+  l.dloss = T(1);
+  l.dlogits = d_logits;
+  return kernels::BceWithLogitsBackward(ctx, l);
+}
+
+template Status ClickLoss<float>(const kernels::Context&, int64_t, const float*, const float*,
+                                 float*, float*);
+template Status ClickLoss<double>(const kernels::Context&, int64_t, const double*, const double*,
+                                  double*, double*);
+template Status ClickLossBackward<float>(const kernels::Context&, int64_t, const float*,
+                                         const float*, float*);
+template Status ClickLossBackward<double>(const kernels::Context&, int64_t, const double*,
+                                          const double*, double*);
 
 template class DenseParams<float>;
 template class DenseParams<double>;

@@ -148,6 +148,17 @@ class ActivationUnitWeights {
   int64_t w1_ = 0, b1_ = 0, w2_ = 0, b2_ = 0, w3_ = 0, b3_ = 0;
 };
 
+// The click loss every CTR model ends with: the mean BCE-with-logits of logits [batch] against
+// labels [batch] (model memory), into loss_scratch [1] (model memory) and, when host_loss is not
+// null, copied to *host_loss (waits for it).
+template <typename T>
+Status ClickLoss(const kernels::Context& ctx, int64_t batch, const T* logits, const T* labels,
+                 T* loss_scratch, T* host_loss);
+// Its gradient: d_logits [batch] = d(mean BCE)/d(logits).
+template <typename T>
+Status ClickLossBackward(const kernels::Context& ctx, int64_t batch, const T* logits,
+                         const T* labels, T* d_logits);
+
 // A non-trained tensor a checkpoint must carry (Dice/BatchNorm running statistics).
 template <typename T>
 struct StateTensor {

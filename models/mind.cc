@@ -249,15 +249,7 @@ Status Mind<T>::Forward(const kernels::Context& ctx, const CtrInputs<T>& host_in
   }
 
   if (in.labels != nullptr) {
-    kernels::BceWithLogitsArgs<T> l;
-    l.n = B;
-    l.reduction = kernels::Reduction::kMean;
-    l.logits = logits_.data();
-    l.labels = in.labels;
-    l.loss = loss_scratch_.data();
-    IPS_RETURN_IF_ERROR(kernels::BceWithLogitsForward(ctx, l));
-    if (loss != nullptr)
-      IPS_RETURN_IF_ERROR(kernels::CopyToHost(ctx, loss, loss_scratch_.data(), sizeof(T)));
+    IPS_RETURN_IF_ERROR(ClickLoss(ctx, B, logits_.data(), in.labels, loss_scratch_.data(), loss));
     have_training_forward_ = training;
     forward_batch_ = B;
   }
@@ -279,14 +271,7 @@ Status Mind<T>::Backward(const kernels::Context& ctx, const CtrInputs<T>& host_i
   const CtrInputs<T>& in = io_.BackwardInputs(host_in);
   const MindShapes shapes{B, L, D, K, in.lengths};
 
-  kernels::BceWithLogitsArgs<T> l;
-  l.n = B;
-  l.reduction = kernels::Reduction::kMean;
-  l.logits = logits_.data();
-  l.labels = in.labels;
-  l.dloss = T(1);
-  l.dlogits = d_logits_.data();
-  IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
+  IPS_RETURN_IF_ERROR(ClickLossBackward(ctx, B, logits_.data(), in.labels, d_logits_.data()));
 
   // dv_k (into dv_) and the target rows' gradient (into the target slots of g_item_).
   IPS_RETURN_IF_ERROR(MindLabelAttentionBackward(
