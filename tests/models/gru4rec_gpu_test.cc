@@ -95,9 +95,11 @@ TEST_F(Gru4RecGpu, SeqTrainerLossesMatchCpu_30Steps) {
   o.max_batch = 64;
   o.hidden = 24;
   o.seed = 5;
-  const testing_util::TrainedSeq cpu = testing_util::TrainGru4RecSteps(**gen, o, 3001, 30, 64);
+  const testing_util::TrainedSeq cpu =
+      testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, o, 3001, 30, 64);
   o.device = kernels::Device::kCuda;
-  const testing_util::TrainedSeq gpu = testing_util::TrainGru4RecSteps(**gen, o, 3001, 30, 64);
+  const testing_util::TrainedSeq gpu =
+      testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, o, 3001, 30, 64);
   ASSERT_EQ(gpu.losses.size(), 30u);
   // Rounding differences compound over steps through Adam: a loose relative bound that a broken
   // path (a missing upload, gradients left on the device) misses by far.

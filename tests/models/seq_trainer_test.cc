@@ -213,14 +213,40 @@ TEST(SeqTrainer, StagedGru4RecTrainsBitwiseAsThePlainOne) {
   ASSERT_OK(gen.status());
   for (auto cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
     models::Gru4RecOptions mo = SmallModel(8, 12, 16, 6, cell);
-    const testing_util::TrainedSeq plain = testing_util::TrainGru4RecSteps(**gen, mo, 3001, 8, 16);
+    const testing_util::TrainedSeq plain =
+        testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, mo, 3001, 8, 16);
     mo.stage_on_cpu = true;
-    const testing_util::TrainedSeq staged = testing_util::TrainGru4RecSteps(**gen, mo, 3001, 8, 16);
+    const testing_util::TrainedSeq staged =
+        testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, mo, 3001, 8, 16);
     ASSERT_EQ(plain.losses.size(), 8u);
     EXPECT_EQ(staged.losses, plain.losses);
     EXPECT_EQ(staged.weights_and_scores, plain.weights_and_scores);
     EXPECT_NE(plain.losses.front(), plain.losses.back());
   }
+}
+
+// The same for SASRec with dropout: the SeqTrainer drives its device path (kernels/ only, dropout
+// masks from the model's seeded step counter) exactly as the plain model on the same path.
+TEST(SeqTrainer, StagedSasrecTrainsBitwiseAsThePlainOne) {
+  auto gen = SyntheticBatches::Create(SmallSynthetic());
+  ASSERT_OK(gen.status());
+  models::SasrecOptions mo;
+  mo.embedding_dim = 8;
+  mo.max_len = 12;
+  mo.max_batch = 16;
+  mo.num_heads = 2;
+  mo.dropout = 0.2;
+  mo.seed = 5;
+  mo.fast_cpu_path = false;
+  const testing_util::TrainedSeq plain =
+      testing_util::TrainSeqSteps<models::Sasrec<float>>(**gen, mo, 3001, 8, 16);
+  mo.stage_on_cpu = true;
+  const testing_util::TrainedSeq staged =
+      testing_util::TrainSeqSteps<models::Sasrec<float>>(**gen, mo, 3001, 8, 16);
+  ASSERT_EQ(plain.losses.size(), 8u);
+  EXPECT_EQ(staged.losses, plain.losses);
+  EXPECT_EQ(staged.weights_and_scores, plain.weights_and_scores);
+  EXPECT_NE(plain.losses.front(), plain.losses.back());
 }
 
 // ScoreCandidates = <user vector of an independently fed model, Lookup'd candidate row>; it is

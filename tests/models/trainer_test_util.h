@@ -7,7 +7,6 @@
 #include <memory>
 #include <vector>
 
-#include "models/gru4rec.h"
 #include "ps/local_embedding_store.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/seq_trainer.h"
@@ -90,23 +89,26 @@ inline TrainedCtr TrainCtrSteps(SyntheticBatches& gen, const TrainerOptions& opt
   return out;
 }
 
-// What a short GRU4Rec run left: the loss of every step, then the dense weights followed by the
-// scores of 3 candidates for each row of one held-out batch.
+// What a short sequence-model run left: the loss of every step, then the dense weights followed by
+// the scores of 3 candidates for each row of one held-out batch.
 struct TrainedSeq {
   std::vector<double> losses;
   std::vector<float> weights_and_scores;
 };
 
 // A SeqTrainer (2 threads, Adam 1e-2 dense and on an "item" table of `num_items` rows) over
-// `model` trains on batches 0..steps-1 of `gen` (lengths varied from 0 to T), then scores 3
-// candidates per row of batch 100 (items of its first two steps). Gtest failures (and an empty
-// result) on any error.
-inline TrainedSeq TrainGru4RecSteps(SyntheticBatches& gen, const models::Gru4RecOptions& model,
-                                    int64_t num_items, int steps, int batch) {
+// `model` (or TrainSeqSteps<models::Gru4Rec<float>>(gen, options, ...)) trains on batches
+// 0..steps-1 of `gen` (lengths varied from 0 to T), then scores 3 candidates per row of batch 100
+// (items of its first two steps). Gtest failures (and an empty result) on any error.
+inline TrainedSeq TrainSeqSteps(SyntheticBatches& gen,
+                                StatusOr<std::unique_ptr<models::SeqModel<float>>> model,
+                                int64_t num_items, int steps, int batch) {
   TrainedSeq out;
+  EXPECT_OK(model.status());
+  if (!model.ok()) return out;
   std::vector<ps::TableOptions> tables(1);
   tables[0].name = "item";
-  tables[0].dim = model.embedding_dim;
+  tables[0].dim = (*model)->embedding_dim();
   tables[0].optimizer.type = ps::OptimizerOptions::Type::kAdam;
   tables[0].optimizer.learning_rate = 1e-2;
   tables[0].initializer.xavier_fan_rows = static_cast<double>(num_items);
@@ -114,13 +116,11 @@ inline TrainedSeq TrainGru4RecSteps(SyntheticBatches& gen, const models::Gru4Rec
   tables[0].padding_key = 0;
   auto store = ps::LocalEmbeddingStore::Create(tables);
   EXPECT_OK(store.status());
-  auto m = models::Gru4Rec<float>::Create(model);
-  EXPECT_OK(m.status());
-  if (!store.ok() || !m.ok()) return out;
+  if (!store.ok()) return out;
   SeqTrainerOptions to;
   to.dense_optimizer = kernels::OptimizerHyper::Adam(1e-2);
   to.num_threads = 2;
-  auto t = SeqTrainer::Create(to, store->get(), std::move(*m));
+  auto t = SeqTrainer::Create(to, store->get(), std::move(*model));
   EXPECT_OK(t.status());
   if (!t.ok()) return out;
   SeqBatch b;
@@ -149,6 +149,15 @@ inline TrainedSeq TrainGru4RecSteps(SyntheticBatches& gen, const models::Gru4Rec
   EXPECT_OK((*t)->ScoreCandidates(ViewOf(b), candidates.data(), kCandidates, scores.data()));
   out.weights_and_scores.insert(out.weights_and_scores.end(), scores.begin(), scores.end());
   return out;
+}
+
+template <typename Model, typename Options>
+TrainedSeq TrainSeqSteps(SyntheticBatches& gen, const Options& model, int64_t num_items, int steps,
+                         int batch) {
+  auto m = Model::Create(model);
+  if (!m.ok()) return TrainSeqSteps(gen, m.status(), num_items, steps, batch);
+  return TrainSeqSteps(gen, std::unique_ptr<models::SeqModel<float>>(std::move(*m)), num_items,
+                       steps, batch);
 }
 
 }  // namespace ips::testing_util

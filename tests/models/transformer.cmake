@@ -3,7 +3,7 @@
 ips_add_test(NAME transformer_test SOURCES transformer_test.cc LIBS ips_models LABELS unit)
 if(IPS_WITH_CUDA)
   # SASRec and BST on CUDA against the CPU kernel path; skips without a device.
-  ips_add_test(NAME transformer_gpu_test SOURCES transformer_gpu_test.cc LIBS ips_models
+  ips_add_test(NAME transformer_gpu_test SOURCES transformer_gpu_test.cc LIBS ips_worker
                LABELS gpu)
 endif()
 # The SASRec/BST step timing driver (bench/transformer_bench.cc). It lives here because
