@@ -56,26 +56,8 @@ TEST_F(DinGpu, ForwardBackwardMatchCpu_PreluDice_RawSoftmax) {
       o.activation = act;
       o.attention_softmax = softmax;
       o.seed = 3;
-      auto cpu = Din<float>::Create(o);
-      ASSERT_OK(cpu.status());
-      o.device = kernels::Device::kCuda;
-      auto gpu = Din<float>::Create(o);
-      ASSERT_OK(gpu.status());
-      testing_util::ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
-
-      kernels::Context cpu_ctx, gpu_ctx;
-      gpu_ctx.device = kernels::Device::kCuda;
-      // A batch below max_batch, then a smaller one through the same models (stale data of the
-      // larger batch, or sizes taken from max_batch instead of the batch, would show).
-      for (int64_t rows : {int64_t{67}, int64_t{9}}) {
-        SCOPED_TRACE("batch " + std::to_string(rows));
-        const RandomCtrBatch b = Batch(rows, 50, 18, 41 + rows);
-        const CtrPass want = CtrTrainingPass(**cpu, cpu_ctx, b);
-        const CtrPass got = CtrTrainingPass(**gpu, gpu_ctx, b);
-        ExpectCtrPassMatches(got, want, (*cpu)->params());
-      }
-      testing_util::ExpectInferenceMatchesAfterWeightChange(**cpu, **gpu,
-                                                            Batch(67, 50, 18, 108).Inputs());
+      testing_util::ExpectCudaMatchesCpu<Din<float>>(
+          o, {67, 9}, 41, [](int64_t B, uint64_t seed) { return Batch(B, 50, 18, seed); });
     }
   }
 }
@@ -92,20 +74,8 @@ TEST_F(DinGpu, PooledForwardBackwardMatchCpu_SumMean) {
     o.pooling = pooling;
     o.activation = MlpActivation::kDice;
     o.seed = 5;
-    auto cpu = models::PooledModel<float>::Create(o);
-    ASSERT_OK(cpu.status());
-    o.device = kernels::Device::kCuda;
-    auto gpu = models::PooledModel<float>::Create(o);
-    ASSERT_OK(gpu.status());
-    kernels::Context cpu_ctx, gpu_ctx;
-    gpu_ctx.device = kernels::Device::kCuda;
-    for (int64_t rows : {int64_t{67}, int64_t{9}}) {
-      SCOPED_TRACE("batch " + std::to_string(rows));
-      const RandomCtrBatch b = Batch(rows, 50, 18, 77 + rows);
-      const CtrPass want = CtrTrainingPass(**cpu, cpu_ctx, b);
-      const CtrPass got = CtrTrainingPass(**gpu, gpu_ctx, b);
-      ExpectCtrPassMatches(got, want, (*cpu)->params());
-    }
+    testing_util::ExpectCudaMatchesCpu<models::PooledModel<float>>(
+        o, {67, 9}, 77, [](int64_t B, uint64_t seed) { return Batch(B, 50, 18, seed); });
   }
 }
 

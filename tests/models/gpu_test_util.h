@@ -10,6 +10,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/random.h"
@@ -255,6 +258,48 @@ inline void ExpectSeqInferenceMatchesAfterWeightChange(models::SeqModel<float>& 
   EXPECT_LT(testing::RelativeL2(gpu.user_vectors(), cpu.user_vectors(), n), kGpuMaxRelL2);
   for (int64_t i = 0; i < n; ++i)
     ASSERT_FALSE(std::isnan(gpu.user_vectors()[i])) << "user vector element " << i;
+}
+
+// ---- The whole comparison ----
+
+// Creates the model of `options` on the CPU and on CUDA (the same initial weights), runs a
+// training pass of make_batch(B, seed_base + B) (a RandomCtrBatch or a RandomSeqBatch) for each B
+// in batch_sizes through both and compares them (after_pass, when given, adds model-specific
+// checks), then the inference check after a weight change on make_batch(23, 7). Give a batch
+// below max_batch, then a smaller one: stale data of the larger batch, or sizes taken from
+// max_batch instead of the batch, would show.
+template <typename Model, typename Options, typename MakeBatch>
+void ExpectCudaMatchesCpu(Options options, const std::vector<int64_t>& batch_sizes,
+                          uint64_t seed_base, const MakeBatch& make_batch,
+                          const std::function<void(Model&, Model&)>& after_pass = {}) {
+  auto cpu = Model::Create(options);
+  options.device = kernels::Device::kCuda;
+  auto gpu = Model::Create(options);
+  ASSERT_OK(cpu.status());
+  ASSERT_OK(gpu.status());
+  ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
+  kernels::Context cpu_ctx, gpu_ctx;
+  gpu_ctx.device = kernels::Device::kCuda;
+  for (int64_t B : batch_sizes) {
+    SCOPED_TRACE("batch " + std::to_string(B));
+    const auto batch = make_batch(B, seed_base + static_cast<uint64_t>(B));
+    if constexpr (std::is_same_v<std::decay_t<decltype(batch)>, RandomSeqBatch>) {
+      const SeqPass want = SeqTrainingPass(**cpu, cpu_ctx, batch);
+      const SeqPass got = SeqTrainingPass(**gpu, gpu_ctx, batch);
+      ExpectSeqPassMatches(got, want, (*cpu)->params());
+    } else {
+      const CtrPass want = CtrTrainingPass(**cpu, cpu_ctx, batch);
+      const CtrPass got = CtrTrainingPass(**gpu, gpu_ctx, batch);
+      ExpectCtrPassMatches(got, want, (*cpu)->params());
+    }
+    if (after_pass) after_pass(**cpu, **gpu);
+  }
+  const auto eval = make_batch(23, 7);
+  if constexpr (std::is_same_v<std::decay_t<decltype(eval)>, RandomSeqBatch>) {
+    ExpectSeqInferenceMatchesAfterWeightChange(**cpu, **gpu, eval);
+  } else {
+    ExpectInferenceMatchesAfterWeightChange(**cpu, **gpu, eval.Inputs());
+  }
 }
 
 }  // namespace ips::testing_util

@@ -45,24 +45,10 @@ TEST_F(Gru4RecGpu, ForwardBackwardMatchCpu_GruLstm_ProjNoProj) {
       o.hidden = hidden;
       o.cell = cell;
       o.seed = 9;
-      auto cpu = Gru4Rec<float>::Create(o);
-      o.device = kernels::Device::kCuda;
-      auto gpu = Gru4Rec<float>::Create(o);
-      ASSERT_OK(cpu.status());
-      ASSERT_OK(gpu.status());
-      testing_util::ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
-      kernels::Context cpu_ctx, gpu_ctx;
-      gpu_ctx.device = kernels::Device::kCuda;
-      // A batch below max_batch, then a smaller one (buffers are sized for 80 rows).
-      for (int64_t B : {int64_t{67}, int64_t{9}}) {
-        SCOPED_TRACE("B " + std::to_string(B));
-        const RandomSeqBatch batch(B, o.max_len, o.embedding_dim, 100 + static_cast<uint64_t>(B));
-        const SeqPass want = SeqTrainingPass(**cpu, cpu_ctx, batch);
-        const SeqPass got = SeqTrainingPass(**gpu, gpu_ctx, batch);
-        testing_util::ExpectSeqPassMatches(got, want, (*cpu)->params());
-      }
-      testing_util::ExpectSeqInferenceMatchesAfterWeightChange(
-          **cpu, **gpu, RandomSeqBatch(23, o.max_len, o.embedding_dim, 7));
+      testing_util::ExpectCudaMatchesCpu<Gru4Rec<float>>(
+          o, {67, 9}, 100, [&o](int64_t B, uint64_t seed) {
+            return RandomSeqBatch(B, o.max_len, o.embedding_dim, seed);
+          });
     }
   }
 }

@@ -57,24 +57,14 @@ TEST_F(TransformerGpu, SasrecMatchesCpu_DropoutOffOn_TwoLayouts) {
       o.layout = layout;
       o.seed = 9;
       o.fast_cpu_path = false;
-      auto cpu = Sasrec<float>::Create(o);
-      o.device = kernels::Device::kCuda;
-      auto gpu = Sasrec<float>::Create(o);
-      ASSERT_OK(cpu.status());
-      ASSERT_OK(gpu.status());
-      testing_util::ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
-      kernels::Context cpu_ctx, gpu_ctx;
-      gpu_ctx.device = kernels::Device::kCuda;
-      for (int64_t B : {int64_t{33}, int64_t{7}}) {
-        SCOPED_TRACE("B " + std::to_string(B));
-        const RandomSeqBatch batch(B, o.max_len, o.embedding_dim, 100 + static_cast<uint64_t>(B));
-        const SeqPass want = SeqTrainingPass(**cpu, cpu_ctx, batch);
-        const SeqPass got = SeqTrainingPass(**gpu, gpu_ctx, batch);
-        testing_util::ExpectSeqPassMatches(got, want, (*cpu)->params());
-        EXPECT_EQ((*cpu)->dropout_step(), (*gpu)->dropout_step());
-      }
-      testing_util::ExpectSeqInferenceMatchesAfterWeightChange(
-          **cpu, **gpu, RandomSeqBatch(23, o.max_len, o.embedding_dim, 7));
+      testing_util::ExpectCudaMatchesCpu<Sasrec<float>>(
+          o, {33, 7}, 100,
+          [&o](int64_t B, uint64_t seed) {
+            return RandomSeqBatch(B, o.max_len, o.embedding_dim, seed);
+          },
+          [](Sasrec<float>& cpu, Sasrec<float>& gpu) {
+            EXPECT_EQ(cpu.dropout_step(), gpu.dropout_step());
+          });
     }
   }
 }
@@ -104,25 +94,11 @@ TEST_F(TransformerGpu, BstMatchesCpu_Poolings_PreluDice_DropoutOffOn) {
         o.pooling = pooling;
         o.seed = 11;
         o.fast_cpu_path = false;
-        auto cpu = Bst<float>::Create(o);
-        o.device = kernels::Device::kCuda;
-        auto gpu = Bst<float>::Create(o);
-        ASSERT_OK(cpu.status());
-        ASSERT_OK(gpu.status());
-        testing_util::ExpectSameInitialWeights((*cpu)->params(), (*gpu)->params());
-        kernels::Context cpu_ctx, gpu_ctx;
-        gpu_ctx.device = kernels::Device::kCuda;
-        for (int64_t B : {int64_t{33}, int64_t{7}}) {
-          SCOPED_TRACE("B " + std::to_string(B));
-          const RandomCtrBatch batch =
-              BstBatch(B, o.max_len, o.embedding_dim, 200 + static_cast<uint64_t>(B));
-          const CtrPass want = CtrTrainingPass(**cpu, cpu_ctx, batch);
-          const CtrPass got = CtrTrainingPass(**gpu, gpu_ctx, batch);
-          testing_util::ExpectCtrPassMatches(got, want, (*cpu)->params());
-        }
         // Dice's running statistics come back to the host after a training forward.
-        testing_util::ExpectInferenceMatchesAfterWeightChange(
-            **cpu, **gpu, BstBatch(23, o.max_len, o.embedding_dim, 7).Inputs());
+        testing_util::ExpectCudaMatchesCpu<Bst<float>>(
+            o, {33, 7}, 200, [&o](int64_t B, uint64_t seed) {
+              return BstBatch(B, o.max_len, o.embedding_dim, seed);
+            });
       }
     }
   }
