@@ -1,6 +1,7 @@
 // `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
 // Exit codes: 0 success, 1 runtime/data error, 2 usage error, 3 `ips train` stopped by SIGTERM
 // after a checkpoint.
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -37,6 +38,11 @@ void PrintUsage(std::ostream& os) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line-buffered stderr: under mpirun the ranks' output is merged into one stream, and a line
+  // written in pieces (an unbuffered std::cerr writes every << separately) could be split by
+  // another rank's line, e.g. a RESULT line. With a line buffer every line is one write. The
+  // progress line, which ends in \r, flushes itself.
+  std::setvbuf(stderr, nullptr, _IOLBF, size_t{1} << 16);
   ips::InitLogging(argv[0]);
   if (argc < 2) {
     PrintUsage(std::cerr);
