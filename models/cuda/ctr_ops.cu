@@ -41,9 +41,7 @@ __global__ void BuildMlpInputKernel(int64_t B, int64_t L, int64_t E,
                                     const float* __restrict__ hist,
                                     const float* __restrict__ pooled,
                                     const float* __restrict__ target, float* __restrict__ mlp_in) {
-  const int64_t total = B * 3 * E;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, B * 3 * E) {
     const int64_t b = i / (3 * E), c = i % (3 * E);
     float v;
     if (c < E) {
@@ -52,7 +50,7 @@ __global__ void BuildMlpInputKernel(int64_t B, int64_t L, int64_t E,
       v = target[b * E + (c - E)];
     } else {
       v = 0.0f;
-      for (int64_t t = (L - ClampedLength(lengths, b, L)); t < L; ++t)
+      for (int64_t t = L - ClampedLength(lengths, b, L); t < L; ++t)
         v += hist[(b * L + t) * E + (c - 2 * E)];
     }
     mlp_in[i] = v;
@@ -61,10 +59,8 @@ __global__ void BuildMlpInputKernel(int64_t B, int64_t L, int64_t E,
 
 __global__ void PooledGradKernel(int64_t B, int64_t E, const float* __restrict__ d_mlp_in,
                                  float* __restrict__ d_pooled) {
-  const int64_t total = B * E;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x)
-    d_pooled[i] = d_mlp_in[(i / E) * 3 * E + i % E];
+  IPS_GRID_STRIDE(i, B * E)
+  d_pooled[i] = d_mlp_in[(i / E) * 3 * E + i % E];
 }
 
 __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, const int32_t* __restrict__ lengths,
@@ -72,14 +68,12 @@ __global__ void RowGradsKernel(int64_t B, int64_t L, int64_t D, const int32_t* _
                                const float* __restrict__ d_query, float* __restrict__ g_item,
                                float* __restrict__ g_cat) {
   const int64_t E = 2 * D;
-  const int64_t total = (B * L + B) * D;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, (B * L + B) * D) {
     const int64_t pos = i / D, c = i % D;
     float gi, gc;
     if (pos < B * L) {
       const int64_t b = pos / L, t = pos % L;
-      if (t < (L - ClampedLength(lengths, b, L))) {
+      if (t < L - ClampedLength(lengths, b, L)) {
         gi = 0.0f;
         gc = 0.0f;
       } else {
@@ -106,13 +100,11 @@ __global__ void PooledMlpInputKernel(int64_t B, int64_t L, int64_t D, bool mean,
                                      const float* __restrict__ cat_rows, float* __restrict__ mlp_in,
                                      float* __restrict__ pooled) {
   const int64_t E = 2 * D;
-  const int64_t total = B * 2 * E;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, B * 2 * E) {
     const int64_t b = i / (2 * E), c = i % (2 * E);
     float v;
     if (c < E) {
-      const int64_t first_valid = (L - ClampedLength(lengths, b, L));
+      const int64_t first_valid = L - ClampedLength(lengths, b, L);
       v = 0.0f;
       for (int64_t t = first_valid; t < L; ++t) {
         const int64_t pos = b * L + t;
@@ -137,14 +129,12 @@ __global__ void PooledRowGradsKernel(int64_t B, int64_t L, int64_t D, bool mean,
                                      const float* __restrict__ d_mlp_in, float* __restrict__ g_item,
                                      float* __restrict__ g_cat) {
   const int64_t E = 2 * D;
-  const int64_t total = (B * L + B) * D;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, (B * L + B) * D) {
     const int64_t pos = i / D, c = i % D;
     float gi, gc;
     if (pos < B * L) {
       const int64_t b = pos / L, t = pos % L;
-      const int64_t first_valid = (L - ClampedLength(lengths, b, L)), len = L - first_valid;
+      const int64_t first_valid = L - ClampedLength(lengths, b, L), len = L - first_valid;
       if (t < first_valid) {
         gi = 0.0f;
         gc = 0.0f;

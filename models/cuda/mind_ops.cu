@@ -32,9 +32,7 @@ __global__ void GatherItemVectorsKernel(int64_t B, int64_t L, int64_t D, bool us
                                         const float* __restrict__ item_rows,
                                         const float* __restrict__ cat_rows, float* __restrict__ e,
                                         float* __restrict__ et) {
-  const int64_t total = (B * L + B) * D;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, (B * L + B) * D) {
     const int64_t pos = i / D, c = i % D;
     int64_t src = pos;  // the input position whose rows go here
     if (pos < B * L) {
@@ -130,9 +128,7 @@ __global__ void LabelAttentionBackwardKernel(
 __global__ void HistoryRowGradsKernel(int64_t B, int64_t L, int64_t D,
                                       const int32_t* __restrict__ lengths,
                                       const float* __restrict__ de, float* __restrict__ g_item) {
-  const int64_t total = B * L * D;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  IPS_GRID_STRIDE(i, B * L * D) {
     const int64_t pos = i / D, c = i % D;
     const int64_t b = pos / L, t = pos % L, first = L - ClampedLength(lengths, b, L);
     g_item[i] = t < first ? 0.0f : de[(b * L + (t - first)) * D + c];

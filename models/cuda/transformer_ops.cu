@@ -65,7 +65,7 @@ __global__ void KeepResidualKernel(int64_t B, int64_t L, int64_t d,
                                    float* __restrict__ y) {
   IPS_GRID_STRIDE(i, B * L * d) {
     const int64_t t = (i / d) % L, b = i / (d * L);
-    if (t < (L - ClampedLength(lengths, b, L))) {
+    if (t < L - ClampedLength(lengths, b, L)) {
       y[i] = 0.0f;
     } else if (bits != nullptr) {
       y[i] = res[i] + (Kept(bits, i) ? f[i] * scale : 0.0f);
@@ -79,7 +79,7 @@ __global__ void KeepRowsKernel(int64_t B, int64_t L, int64_t d, const int32_t* _
                                const float* __restrict__ dy, float* __restrict__ g) {
   IPS_GRID_STRIDE(i, B * L * d) {
     const int64_t t = (i / d) % L, b = i / (d * L);
-    g[i] = t < (L - ClampedLength(lengths, b, L)) ? 0.0f : dy[i];
+    g[i] = t < L - ClampedLength(lengths, b, L) ? 0.0f : dy[i];
   }
 }
 
@@ -91,7 +91,7 @@ __global__ void SasrecEmbedKernel(int64_t B, int64_t L, int64_t d,
                                   float* __restrict__ x0) {
   IPS_GRID_STRIDE(i, B * L * d) {
     const int64_t c = i % d, t = (i / d) % L, b = i / (d * L);
-    x0[i] = t < (L - ClampedLength(lengths, b, L))
+    x0[i] = t < L - ClampedLength(lengths, b, L)
                 ? 0.0f
                 : item_rows[item_index[b * L + t] * d + c] * scale + pos[t * d + c];
   }
@@ -114,7 +114,7 @@ __global__ void SasrecScoreKernel(int64_t B, int64_t L, int64_t d,
                                   float* __restrict__ neg_logits, float* __restrict__ seq_loss) {
   const int64_t rows = B * L;
   IPS_GRID_STRIDE(b, B) {
-    const int64_t first_valid = (L - ClampedLength(lengths, b, L));
+    const int64_t first_valid = L - ClampedLength(lengths, b, L);
     float sum = 0.0f;
     for (int64_t t = 0; t < L; ++t) {
       const int64_t i = b * L + t;
@@ -147,7 +147,7 @@ __global__ void SasrecScoreBackwardKernel(
   const int64_t rows = B * L;
   IPS_GRID_STRIDE(k, rows * d) {
     const int64_t c = k % d, i = k / d, t = i % L, b = i / L;
-    if (t < (L - ClampedLength(lengths, b, L))) {
+    if (t < L - ClampedLength(lengths, b, L)) {
       dout[k] = g_pos[k] = g_neg[k] = 0.0f;
       continue;
     }
@@ -167,7 +167,7 @@ __global__ void SasrecInputGradKernel(int64_t B, int64_t L, int64_t d,
                                       float* __restrict__ g_seq) {
   IPS_GRID_STRIDE(i, B * L * d) {
     const int64_t t = (i / d) % L, b = i / (d * L);
-    g_seq[i] = t < (L - ClampedLength(lengths, b, L)) ? 0.0f : dx0[i] * scale;
+    g_seq[i] = t < L - ClampedLength(lengths, b, L) ? 0.0f : dx0[i] * scale;
   }
 }
 
@@ -202,7 +202,7 @@ __global__ void BstEmbedKernel(int64_t B, int64_t L, int64_t D, const int32_t* _
   const int64_t S = L + 1, E = 2 * D;
   IPS_GRID_STRIDE(k, B * S * E) {
     const int64_t c = k % E, t = (k / E) % S, b = k / (E * S);
-    if (t < (L - ClampedLength(lengths, b, L))) {
+    if (t < L - ClampedLength(lengths, b, L)) {
       x0[k] = 0.0f;
       continue;
     }
@@ -254,7 +254,7 @@ __global__ void BstRowGradKernel(int64_t B, int64_t L, int64_t D,
   IPS_GRID_STRIDE(k, B * S * E) {
     const int64_t c = k % E, t = (k / E) % S, b = k / (E * S);
     const int64_t i = t < L ? b * L + t : B * L + b;
-    const float g = t < (L - ClampedLength(lengths, b, L)) ? 0.0f : dx0[k];
+    const float g = t < L - ClampedLength(lengths, b, L) ? 0.0f : dx0[k];
     if (c < D) {
       g_item[i * D + c] = g;
     } else {
