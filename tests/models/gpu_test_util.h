@@ -260,6 +260,17 @@ inline void ExpectSeqInferenceMatchesAfterWeightChange(models::SeqModel<float>& 
     ASSERT_FALSE(std::isnan(gpu.user_vectors()[i])) << "user vector element " << i;
 }
 
+// A model created on CUDA from `options` (device set here) refuses a CPU Context.
+template <typename Model, typename Options, typename Inputs>
+void ExpectCudaModelRefusesCpuContext(Options options, const Inputs& in) {
+  options.device = kernels::Device::kCuda;
+  auto gpu = Model::Create(options);
+  ASSERT_OK(gpu.status());
+  float loss = 0;
+  EXPECT_EQ((*gpu)->Forward(kernels::Context{}, in, true, &loss).code(),
+            StatusCode::kInvalidArgument);
+}
+
 // ---- The whole comparison ----
 
 // Creates the model of `options` on the CPU and on CUDA (the same initial weights), runs a

@@ -25,11 +25,7 @@ namespace {
 
 using models::Gru4Rec;
 using models::Gru4RecOptions;
-using testing::AllClose;
 using testing_util::RandomSeqBatch;
-using testing_util::RelL2;
-using testing_util::SeqPass;
-using testing_util::SeqTrainingPass;
 
 class Gru4RecGpu : public testing_util::CudaTest {};
 
@@ -58,13 +54,8 @@ TEST_F(Gru4RecGpu, RejectsAContextOfAnotherDevice) {
   o.embedding_dim = 8;
   o.max_len = 6;
   o.max_batch = 4;
-  o.device = kernels::Device::kCuda;
-  auto gpu = Gru4Rec<float>::Create(o);
-  ASSERT_OK(gpu.status());
-  const RandomSeqBatch batch(4, 6, 8, 1);
-  float loss = 0;
-  EXPECT_EQ((*gpu)->Forward(kernels::Context{}, batch.Inputs(), true, &loss).code(),
-            StatusCode::kInvalidArgument);
+  testing_util::ExpectCudaModelRefusesCpuContext<Gru4Rec<float>>(
+      o, RandomSeqBatch(4, 6, 8, 1).Inputs());
 }
 
 TEST_F(Gru4RecGpu, SeqTrainerLossesMatchCpu_30Steps) {
@@ -81,17 +72,12 @@ TEST_F(Gru4RecGpu, SeqTrainerLossesMatchCpu_30Steps) {
   o.max_batch = 64;
   o.hidden = 24;
   o.seed = 5;
-  const testing_util::TrainedSeq cpu =
+  const testing_util::TrainedRun cpu =
       testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, o, 3001, 30, 64);
   o.device = kernels::Device::kCuda;
-  const testing_util::TrainedSeq gpu =
+  const testing_util::TrainedRun gpu =
       testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, o, 3001, 30, 64);
-  ASSERT_EQ(gpu.losses.size(), 30u);
-  // Rounding differences compound over steps through Adam: a loose relative bound that a broken
-  // path (a missing upload, gradients left on the device) misses by far.
-  EXPECT_TRUE(AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
-  EXPECT_LT(RelL2(gpu.weights_and_scores, cpu.weights_and_scores), 1e-2);
-  EXPECT_NE(gpu.losses.front(), gpu.losses.back());
+  testing_util::ExpectCudaRunMatchesCpu(gpu, cpu, 30);
 }
 
 }  // namespace

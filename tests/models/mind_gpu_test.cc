@@ -91,11 +91,7 @@ TEST_F(MindGpu, RejectsAContextOfAnotherDevice) {
   MindOptions o;
   o.max_batch = 4;
   o.max_len = 5;
-  o.device = kernels::Device::kCuda;
-  auto gpu = Mind<float>::Create(o);
-  ASSERT_OK(gpu.status());
-  EXPECT_EQ((*gpu)->Forward(kernels::Context{}, Batch(4, 5, 18, 7).Inputs(), true, nullptr).code(),
-            StatusCode::kInvalidArgument);
+  testing_util::ExpectCudaModelRefusesCpuContext<Mind<float>>(o, Batch(4, 5, 18, 7).Inputs());
 }
 
 }  // namespace

@@ -213,14 +213,14 @@ TEST(SeqTrainer, StagedGru4RecTrainsBitwiseAsThePlainOne) {
   ASSERT_OK(gen.status());
   for (auto cell : {kernels::RnnCell::kGru, kernels::RnnCell::kLstm}) {
     models::Gru4RecOptions mo = SmallModel(8, 12, 16, 6, cell);
-    const testing_util::TrainedSeq plain =
+    const testing_util::TrainedRun plain =
         testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, mo, 3001, 8, 16);
     mo.stage_on_cpu = true;
-    const testing_util::TrainedSeq staged =
+    const testing_util::TrainedRun staged =
         testing_util::TrainSeqSteps<models::Gru4Rec<float>>(**gen, mo, 3001, 8, 16);
     ASSERT_EQ(plain.losses.size(), 8u);
     EXPECT_EQ(staged.losses, plain.losses);
-    EXPECT_EQ(staged.weights_and_scores, plain.weights_and_scores);
+    EXPECT_EQ(staged.weights_and_outputs, plain.weights_and_outputs);
     EXPECT_NE(plain.losses.front(), plain.losses.back());
   }
 }
@@ -238,14 +238,14 @@ TEST(SeqTrainer, StagedSasrecTrainsBitwiseAsThePlainOne) {
   mo.dropout = 0.2;
   mo.seed = 5;
   mo.fast_cpu_path = false;
-  const testing_util::TrainedSeq plain =
+  const testing_util::TrainedRun plain =
       testing_util::TrainSeqSteps<models::Sasrec<float>>(**gen, mo, 3001, 8, 16);
   mo.stage_on_cpu = true;
-  const testing_util::TrainedSeq staged =
+  const testing_util::TrainedRun staged =
       testing_util::TrainSeqSteps<models::Sasrec<float>>(**gen, mo, 3001, 8, 16);
   ASSERT_EQ(plain.losses.size(), 8u);
   EXPECT_EQ(staged.losses, plain.losses);
-  EXPECT_EQ(staged.weights_and_scores, plain.weights_and_scores);
+  EXPECT_EQ(staged.weights_and_outputs, plain.weights_and_outputs);
   EXPECT_NE(plain.losses.front(), plain.losses.back());
 }
 

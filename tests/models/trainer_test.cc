@@ -34,7 +34,7 @@ namespace {
 using testing_util::MakeStore;
 using testing_util::SmallTrainerOptions;
 using testing_util::TrainCtrSteps;
-using testing_util::TrainedCtr;
+using testing_util::TrainedRun;
 
 // A hand-made batch: B = 4, T = 5, lengths 5, 1, 0, 3, with repeated items, so dedup, padding and
 // the [history, target] key layout all matter.
@@ -176,11 +176,11 @@ TEST(Trainer, DeterministicLossSequence_1and2Threads) {
     TrainerOptions opt = SmallTrainerOptions(64, 10);
     opt.model.embedding_dim = 8;
     opt.num_threads = threads;
-    const TrainedCtr a = TrainCtrSteps(**gen, opt, 8, 64);
-    const TrainedCtr b = TrainCtrSteps(**gen, opt, 8, 64);
+    const TrainedRun a = TrainCtrSteps(**gen, opt, 8, 64);
+    const TrainedRun b = TrainCtrSteps(**gen, opt, 8, 64);
     ASSERT_EQ(a.losses.size(), 8u);
     EXPECT_EQ(a.losses, b.losses) << "threads=" << threads;
-    EXPECT_TRUE(a.weights_and_probs == b.weights_and_probs) << "threads=" << threads;
+    EXPECT_TRUE(a.weights_and_outputs == b.weights_and_outputs) << "threads=" << threads;
     EXPECT_NE(a.losses.front(), a.losses.back());  // it did train
   }
 }
@@ -194,12 +194,12 @@ TEST(Trainer, StagedDinTrainsBitwiseAsThePlainOne) {
   ASSERT_OK(gen.status());
   TrainerOptions opt = SmallTrainerOptions(64, 10);
   opt.model.embedding_dim = 8;
-  const TrainedCtr plain = TrainCtrSteps(**gen, opt, 8, 64);
+  const TrainedRun plain = TrainCtrSteps(**gen, opt, 8, 64);
   opt.model.din.stage_on_cpu = true;
-  const TrainedCtr staged = TrainCtrSteps(**gen, opt, 8, 64);
+  const TrainedRun staged = TrainCtrSteps(**gen, opt, 8, 64);
   ASSERT_EQ(plain.losses.size(), 8u);
   EXPECT_EQ(plain.losses, staged.losses);
-  EXPECT_TRUE(plain.weights_and_probs == staged.weights_and_probs);
+  EXPECT_TRUE(plain.weights_and_outputs == staged.weights_and_outputs);
   EXPECT_NE(plain.losses.front(), plain.losses.back());
 }
 

@@ -9,6 +9,7 @@
 
 #include "ps/local_embedding_store.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tolerance.h"
 #include "worker/seq_trainer.h"
 #include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
@@ -55,18 +56,30 @@ inline std::unique_ptr<ps::LocalEmbeddingStore> MakeStore(int64_t dim,
 }
 
 // What a short training run left: the loss of every step, then the dense weights followed by
-// the click probabilities of one held-out batch.
-struct TrainedCtr {
+// the model's outputs on one held-out batch (click probabilities, or candidate scores).
+struct TrainedRun {
   std::vector<double> losses;
-  std::vector<float> weights_and_probs;
+  std::vector<float> weights_and_outputs;
 };
+
+// The same run on CUDA and on the CPU (gpu tests): rounding differences compound over steps
+// through Adam, so a loose relative bound that a broken path (a missing upload, gradients left on
+// the device) misses by far; the run must also have learnt something.
+inline void ExpectCudaRunMatchesCpu(const TrainedRun& gpu, const TrainedRun& cpu, size_t steps) {
+  ASSERT_EQ(gpu.losses.size(), steps);
+  EXPECT_TRUE(testing::AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
+  EXPECT_LT(testing::RelativeL2(gpu.weights_and_outputs.data(), cpu.weights_and_outputs.data(),
+                                static_cast<int64_t>(cpu.weights_and_outputs.size())),
+            1e-2);
+  EXPECT_NE(gpu.losses.front(), gpu.losses.back());
+}
 
 // Trains `opt` (any CTR model) with Adam 1e-2 tables (MakeStore, sized for the 5000 items and 20
 // categories of the synthetic stream) on batches 0..steps-1 of `gen`, then predicts batch 100.
 // Gtest failures (and an empty result) on any error.
-inline TrainedCtr TrainCtrSteps(SyntheticBatches& gen, const TrainerOptions& opt, int steps,
+inline TrainedRun TrainCtrSteps(SyntheticBatches& gen, const TrainerOptions& opt, int steps,
                                 int batch) {
-  TrainedCtr out;
+  TrainedRun out;
   auto store =
       MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-2, 5001, 21);
   auto t = Trainer::Create(opt, store.get());
@@ -81,29 +94,22 @@ inline TrainedCtr TrainCtrSteps(SyntheticBatches& gen, const TrainerOptions& opt
     out.losses.push_back(*l);
   }
   const auto& p = (*t)->model().params();
-  out.weights_and_probs.assign(p.values(), p.values() + p.size());
+  out.weights_and_outputs.assign(p.values(), p.values() + p.size());
   std::vector<float> probs(static_cast<size_t>(batch));
   EXPECT_OK(gen.CtrBatchAt(100, batch, &b));
   EXPECT_OK((*t)->Predict(ViewOf(b), probs.data()));
-  out.weights_and_probs.insert(out.weights_and_probs.end(), probs.begin(), probs.end());
+  out.weights_and_outputs.insert(out.weights_and_outputs.end(), probs.begin(), probs.end());
   return out;
 }
-
-// What a short sequence-model run left: the loss of every step, then the dense weights followed by
-// the scores of 3 candidates for each row of one held-out batch.
-struct TrainedSeq {
-  std::vector<double> losses;
-  std::vector<float> weights_and_scores;
-};
 
 // A SeqTrainer (2 threads, Adam 1e-2 dense and on an "item" table of `num_items` rows) over
 // `model` (or TrainSeqSteps<models::Gru4Rec<float>>(gen, options, ...)) trains on batches
 // 0..steps-1 of `gen` (lengths varied from 0 to T), then scores 3 candidates per row of batch 100
 // (items of its first two steps). Gtest failures (and an empty result) on any error.
-inline TrainedSeq TrainSeqSteps(SyntheticBatches& gen,
+inline TrainedRun TrainSeqSteps(SyntheticBatches& gen,
                                 StatusOr<std::unique_ptr<models::SeqModel<float>>> model,
                                 int64_t num_items, int steps, int batch) {
-  TrainedSeq out;
+  TrainedRun out;
   EXPECT_OK(model.status());
   if (!model.ok()) return out;
   std::vector<ps::TableOptions> tables(1);
@@ -137,7 +143,7 @@ inline TrainedSeq TrainSeqSteps(SyntheticBatches& gen,
     out.losses.push_back(*l);
   }
   const auto& p = (*t)->model().params();
-  out.weights_and_scores.assign(p.values(), p.values() + p.size());
+  out.weights_and_outputs.assign(p.values(), p.values() + p.size());
   EXPECT_OK(gen.SeqBatchAt(100, batch, &b));
   vary_lengths(100);
   constexpr int kCandidates = 3;
@@ -147,12 +153,12 @@ inline TrainedSeq TrainSeqSteps(SyntheticBatches& gen,
       candidates.push_back(c);
   std::vector<float> scores(candidates.size());
   EXPECT_OK((*t)->ScoreCandidates(ViewOf(b), candidates.data(), kCandidates, scores.data()));
-  out.weights_and_scores.insert(out.weights_and_scores.end(), scores.begin(), scores.end());
+  out.weights_and_outputs.insert(out.weights_and_outputs.end(), scores.begin(), scores.end());
   return out;
 }
 
 template <typename Model, typename Options>
-TrainedSeq TrainSeqSteps(SyntheticBatches& gen, const Options& model, int64_t num_items, int steps,
+TrainedRun TrainSeqSteps(SyntheticBatches& gen, const Options& model, int64_t num_items, int steps,
                          int batch) {
   auto m = Model::Create(model);
   if (!m.ok()) return TrainSeqSteps(gen, m.status(), num_items, steps, batch);

@@ -33,12 +33,8 @@ using models::BstPooling;
 using models::MlpActivation;
 using models::Sasrec;
 using models::SasrecOptions;
-using testing_util::CtrPass;
-using testing_util::CtrTrainingPass;
 using testing_util::RandomCtrBatch;
 using testing_util::RandomSeqBatch;
-using testing_util::SeqPass;
-using testing_util::SeqTrainingPass;
 
 class TransformerGpu : public testing_util::CudaTest {};
 
@@ -109,13 +105,8 @@ TEST_F(TransformerGpu, RejectsAContextOfAnotherDevice) {
   o.embedding_dim = 8;
   o.max_len = 6;
   o.max_batch = 4;
-  o.device = kernels::Device::kCuda;
-  auto gpu = Sasrec<float>::Create(o);
-  ASSERT_OK(gpu.status());
-  const RandomSeqBatch batch(4, 6, 8, 1);
-  float loss = 0;
-  EXPECT_EQ((*gpu)->Forward(kernels::Context{}, batch.Inputs(), true, &loss).code(),
-            StatusCode::kInvalidArgument);
+  testing_util::ExpectCudaModelRefusesCpuContext<Sasrec<float>>(
+      o, RandomSeqBatch(4, 6, 8, 1).Inputs());
 }
 
 // A sequence too long for the CUDA attention's shared memory is refused when the model is
@@ -154,17 +145,12 @@ TEST_F(TransformerGpu, SeqTrainerSasrecLossesMatchCpu_30Steps) {
   o.dropout = 0.2;
   o.seed = 5;
   o.fast_cpu_path = false;
-  const testing_util::TrainedSeq cpu =
+  const testing_util::TrainedRun cpu =
       testing_util::TrainSeqSteps<Sasrec<float>>(**gen, o, 3001, 30, 64);
   o.device = kernels::Device::kCuda;
-  const testing_util::TrainedSeq gpu =
+  const testing_util::TrainedRun gpu =
       testing_util::TrainSeqSteps<Sasrec<float>>(**gen, o, 3001, 30, 64);
-  ASSERT_EQ(gpu.losses.size(), 30u);
-  // Rounding differences compound over steps through Adam: a loose relative bound that a broken
-  // path (a missing upload, gradients left on the device) misses by far.
-  EXPECT_TRUE(testing::AllClose(gpu.losses, cpu.losses, {1e-4, 1e-2}));
-  EXPECT_LT(testing_util::RelL2(gpu.weights_and_scores, cpu.weights_and_scores), 1e-2);
-  EXPECT_NE(gpu.losses.front(), gpu.losses.back());
+  testing_util::ExpectCudaRunMatchesCpu(gpu, cpu, 30);
 }
 
 }  // namespace
