@@ -1,7 +1,8 @@
 // A small double-precision CTR batch for the models' CPU tests (gradient checks, staged-vs-plain
 // comparisons): B = lengths.size() rows of T steps, rows D wide, indices drawn over a few pulled
 // item and category rows (repeats, so the scatter-add sums several positions into one row), rows
-// U(-1, 1), labels 1, 0, 1, ...
+// U(-1, 1), labels 1, 0, 1, ... A test batch with another layout (DIEN's negatives) derives from
+// it, draws its own data and keeps Inputs().
 #ifndef IPS_TESTS_MODELS_CTR_TEST_BATCH_H_
 #define IPS_TESTS_MODELS_CTR_TEST_BATCH_H_
 
@@ -58,6 +59,18 @@ struct SmallCtrBatch {
     in.labels = labels.data();
     return in;
   }
+
+ protected:
+  // For batches that draw their own indices, rows and labels (e.g. with auxiliary negatives):
+  // the sizes and lengths only, everything else empty.
+  SmallCtrBatch(std::vector<int32_t> lens, int64_t t, int64_t d, int64_t item_row_count,
+                int64_t cat_row_count)
+      : B(static_cast<int64_t>(lens.size())),
+        T(t),
+        D(d),
+        lengths(std::move(lens)),
+        num_item_rows(item_row_count),
+        num_cat_rows(cat_row_count) {}
 };
 
 }  // namespace ips::testing_util

@@ -22,6 +22,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/ctr_test_batch.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -56,14 +57,9 @@ DienOptions SmallOptions(DienCell cell, MlpActivation act) {
 // negatives) and category rows [0, 4) (row 3 only through negatives). Item row 6 is used only by
 // the negative at each row's oldest valid position, which no pair reads: its gradient must be
 // exactly zero. Item row 7 is never indexed.
-struct SmallBatch {
-  int64_t B = kB, T = kT, D = kD;
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> item_index, cat_index;
-  std::vector<double> item_rows, cat_rows, labels;
-  int64_t num_item_rows = 8, num_cat_rows = 4;
-
-  explicit SmallBatch(std::vector<int32_t> lens, uint64_t seed = 11) : lengths(std::move(lens)) {
+struct SmallBatch : testing_util::SmallCtrBatch {
+  explicit SmallBatch(std::vector<int32_t> lens, uint64_t seed = 11)
+      : SmallCtrBatch(std::move(lens), kT, kD, /*item_row_count=*/8, /*cat_row_count=*/4) {
     Rng rng(seed);
     const int64_t n = 2 * B * T + B;
     item_index.resize(n);
@@ -89,19 +85,6 @@ struct SmallBatch {
     FillUniform(cat_rows, rng, -1.0, 1.0);
     labels.resize(B);
     for (int64_t b = 0; b < B; ++b) labels[b] = b % 2 == 0 ? 1.0 : 0.0;
-  }
-  CtrInputs<double> Inputs() const {
-    CtrInputs<double> in;
-    in.batch = B;
-    in.lengths = lengths.data();
-    in.item_index = item_index.data();
-    in.cat_index = cat_index.data();
-    in.item_rows = item_rows.data();
-    in.num_item_rows = num_item_rows;
-    in.cat_rows = cat_rows.data();
-    in.num_cat_rows = num_cat_rows;
-    in.labels = labels.data();
-    return in;
   }
 };
 
@@ -223,39 +206,33 @@ INSTANTIATE_TEST_SUITE_P(
 // B = 24 rows of T = 12 steps (every 4th row full, the rest random lengths; with_short_rows:
 // rows 1 and 2 of lengths 0 and 1) over 30 item and 5 category rows, 2*B*T + B indices (history,
 // targets, negatives) and labels: many auxiliary pairs, several tiles of them.
-struct ManyPairsBatch {
-  static constexpr int64_t B = 24, T = 12, NI = 30, NC = 5;
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> ii, ci;
-  std::vector<double> items, cats, labels;
+struct ManyPairsBatch : testing_util::SmallCtrBatch {
+  explicit ManyPairsBatch(bool with_short_rows) : ManyPairsBatch(with_short_rows, Rng(17)) {}
 
-  explicit ManyPairsBatch(bool with_short_rows)
-      : lengths(B), ii(2 * B * T + B), ci(2 * B * T + B), items(NI * kD), cats(NC * kD), labels(B) {
-    Rng rng(17);
-    for (int64_t b = 0; b < B; ++b)
-      lengths[b] = static_cast<int32_t>(b % 4 == 0 ? T : rng.UniformInt(T + 1));
+ private:
+  static std::vector<int32_t> DrawLengths(Rng& rng, bool with_short_rows) {
+    std::vector<int32_t> lengths(24);
+    for (size_t b = 0; b < lengths.size(); ++b)
+      lengths[b] = static_cast<int32_t>(b % 4 == 0 ? 12 : rng.UniformInt(13));
     if (with_short_rows) {
       lengths[1] = 0;
       lengths[2] = 1;
     }
-    for (auto& v : ii) v = static_cast<int64_t>(rng.UniformInt(NI));
-    for (auto& v : ci) v = static_cast<int64_t>(rng.UniformInt(NC));
-    FillUniform(items, rng, -1.0, 1.0);
-    FillUniform(cats, rng, -1.0, 1.0);
-    for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
+    return lengths;
   }
-  CtrInputs<double> Inputs() const {
-    CtrInputs<double> in;
-    in.batch = B;
-    in.lengths = lengths.data();
-    in.item_index = ii.data();
-    in.cat_index = ci.data();
-    in.item_rows = items.data();
-    in.num_item_rows = NI;
-    in.cat_rows = cats.data();
-    in.num_cat_rows = NC;
-    in.labels = labels.data();
-    return in;
+  // rng draws the lengths (in the base's initialiser), then everything else, in that order.
+  ManyPairsBatch(bool with_short_rows, Rng rng)
+      : SmallCtrBatch(DrawLengths(rng, with_short_rows), 12, kD, 30, 5) {
+    item_index.resize(2 * B * T + B);
+    cat_index.resize(2 * B * T + B);
+    for (auto& v : item_index) v = static_cast<int64_t>(rng.UniformInt(num_item_rows));
+    for (auto& v : cat_index) v = static_cast<int64_t>(rng.UniformInt(num_cat_rows));
+    item_rows.resize(num_item_rows * D);
+    cat_rows.resize(num_cat_rows * D);
+    FillUniform(item_rows, rng, -1.0, 1.0);
+    FillUniform(cat_rows, rng, -1.0, 1.0);
+    labels.resize(B);
+    for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<double>(rng.UniformInt(2));
   }
 };
 
@@ -273,7 +250,7 @@ TEST(DienGrad, ManyAuxTiles_B24_T12_Pool2MatchesInlineAndFiniteDifferences) {
   // Non-const: the finite-difference check perturbs the rows in place (in points at them).
   ManyPairsBatch batch(/*with_short_rows=*/false);
   const CtrInputs<double> in = batch.Inputs();
-  std::vector<double>&items = batch.items, &cats = batch.cats;
+  std::vector<double>&items = batch.item_rows, &cats = batch.cat_rows;
 
   ThreadPool pool(2);
   kernels::Context inline_ctx, pool_ctx;
@@ -855,7 +832,7 @@ TEST(DienDevice, StagedMatchesPlainCpu_B24_T12_ManyPairs) {
   Perturb((*staged)->params(), 5);
   const ManyPairsBatch batch(/*with_short_rows=*/true);
   const CtrInputs<double> in = batch.Inputs();
-  const std::vector<double>&items = batch.items, &cats = batch.cats;
+  const std::vector<double>&items = batch.item_rows, &cats = batch.cat_rows;
   ThreadPool pool(2);
   kernels::Context ctx;
   ctx.pool = &pool;
@@ -872,8 +849,8 @@ TEST(DienDevice, StagedMatchesPlainCpu_B24_T12_ManyPairs) {
     ++k;
   }
   EXPECT_LE(testing::RelativeL2(&loss[1], &loss[0], 1), 1e-10);
-  EXPECT_LE(testing::RelativeL2(gi[1].data(), gi[0].data(), ManyPairsBatch::NI * kD), 1e-10);
-  EXPECT_LE(testing::RelativeL2(gc[1].data(), gc[0].data(), ManyPairsBatch::NC * kD), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gi[1].data(), gi[0].data(), batch.num_item_rows * kD), 1e-10);
+  EXPECT_LE(testing::RelativeL2(gc[1].data(), gc[0].data(), batch.num_cat_rows * kD), 1e-10);
   for (const auto& e : (*plain)->params().entries())
     EXPECT_LE(testing::RelativeL2(dense[1].data() + e.offset, dense[0].data() + e.offset, e.size),
               1e-10)
