@@ -122,7 +122,7 @@ class Bst final : public CtrModel<T> {
   const DenseParams<T>& params() const override { return params_; }
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
   // Host memory on every device.
-  const T* logits() const override { return io_.HostLogits(logits_.data()); }
+  const T* logits() const override { return io_.HostOutput(logits_.data()); }
   // The dropout step the next training Forward uses (starts at 0). Setting it replays masks.
   bool has_dropout_step() const override { return true; }
   uint64_t dropout_step() const override { return step_; }

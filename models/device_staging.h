@@ -77,7 +77,6 @@ class CtrDeviceIo {
   Status EndForward(const kernels::Context& ctx, const T* output, int64_t batch);
   // The model's logits() (or user_vectors()) given its own buffer.
   const T* HostOutput(const T* output) const { return staged() ? host_output_.data() : output; }
-  const T* HostLogits(const T* logits) const { return HostOutput(logits); }
 
   // Backward: the inputs of the last forward (host_in when not staged), where the row gradients
   // are to be written, and at the end the copies back (row gradients, then dense gradients).

@@ -145,7 +145,7 @@ class Dien final : public CtrModel<T> {
   // Forward with labels and the (unweighted) auxiliary loss of the last Forward (0 unless it was
   // a training forward with labels and aux enabled, and 0 when no row has two valid steps); the
   // number of auxiliary pairs.
-  const T* logits() const override { return io_.HostLogits(logits_.data()); }
+  const T* logits() const override { return io_.HostOutput(logits_.data()); }
   const T* attention_weights() const { return att_.data(); }
   const T* final_state() const { return final_h_.data(); }
   T click_loss() const { return click_loss_; }

@@ -112,7 +112,7 @@ class Din final : public CtrModel<T> {
   // Outputs of the last Forward (valid until the next one): logits [B] (host memory), and, in
   // the model's device memory, attention weights [B x T] (0 at padded steps) and pooled
   // interest [B x E].
-  const T* logits() const override { return io_.HostLogits(logits_.data()); }
+  const T* logits() const override { return io_.HostOutput(logits_.data()); }
   const T* attention_weights() const { return weights_.data(); }
   const T* pooled() const { return pooled_.data(); }
 

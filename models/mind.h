@@ -175,7 +175,7 @@ class Mind final : public CtrModel<T> {
   // interest capsules u [B x K x D2]; label-aware attention weights [B x K]; the routing logits
   // the final routing iteration used [B x K x T] (position i = the i-th valid behaviour, oldest
   // first).
-  const T* logits() const override { return io_.HostLogits(logits_.data()); }
+  const T* logits() const override { return io_.HostOutput(logits_.data()); }
   int64_t num_user_vectors() const override { return o_.num_interests; }
   int64_t vector_dim() const override { return o_.embedding_dim; }
   const T* user_vectors() const override { return io_.staged() ? host_v_.data() : v_.data(); }

@@ -88,7 +88,7 @@ class PooledModel final : public CtrModel<T> {
   std::vector<StateTensor<T>> state() override { return mlp_->state(); }
   // Outputs of the last Forward (valid until the next one): logits [B] (host memory), pooled
   // history [B x E] (the model's device memory).
-  const T* logits() const override { return io_.HostLogits(logits_.data()); }
+  const T* logits() const override { return io_.HostOutput(logits_.data()); }
   const T* pooled() const { return pooled_.data(); }
 
  private:
