@@ -2,12 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 
-#include "common/thread_pool.h"
-#include "kernels/embedding.h"
-#include "kernels/loss.h"
 #include "models/transformer_ops.h"
 
 namespace ips::models {

@@ -9,7 +9,6 @@
 #include "common/thread_pool.h"
 #include "kernels/activation.h"
 #include "kernels/cpu/fast_math.h"
-#include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/loss.h"
 #include "models/dien_ops.h"

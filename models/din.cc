@@ -1,13 +1,10 @@
 #include "models/din.h"
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <utility>
 
 #include "kernels/attention.h"
-#include "kernels/embedding.h"
-#include "kernels/loss.h"
 #include "models/ctr_ops.h"
 
 namespace ips::models {

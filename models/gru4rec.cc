@@ -2,12 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 
 #include "common/random.h"
-#include "common/thread_pool.h"
-#include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "models/seq_ops.h"
 

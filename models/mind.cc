@@ -9,7 +9,6 @@
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
-#include "kernels/loss.h"
 #include "models/mind_ops.h"
 
 namespace ips::models {

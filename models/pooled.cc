@@ -1,12 +1,9 @@
 #include "models/pooled.h"
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <utility>
 
-#include "kernels/embedding.h"
-#include "kernels/loss.h"
 #include "models/ctr_ops.h"
 
 namespace ips::models {

@@ -2,12 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 
-#include "common/thread_pool.h"
 #include "kernels/activation.h"
-#include "kernels/embedding.h"
 #include "kernels/norm.h"
 #include "models/transformer_ops.h"
 
