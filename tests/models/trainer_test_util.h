@@ -62,6 +62,15 @@ struct TrainedRun {
   std::vector<float> weights_and_outputs;
 };
 
+// Two runs that must be the same to the bit (a rerun, a staged model against the plain one), and
+// that trained: `steps` losses, equal losses, weights and outputs, the loss moved.
+inline void ExpectRunsBitwiseEqual(const TrainedRun& a, const TrainedRun& b, size_t steps) {
+  ASSERT_EQ(a.losses.size(), steps);
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_TRUE(a.weights_and_outputs == b.weights_and_outputs);
+  EXPECT_NE(a.losses.front(), a.losses.back());
+}
+
 // The same run on CUDA and on the CPU (gpu tests): rounding differences compound over steps
 // through Adam, so a loose relative bound that a broken path (a missing upload, gradients left on
 // the device) misses by far; the run must also have learnt something.
