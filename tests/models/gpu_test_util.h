@@ -37,6 +37,16 @@ inline double RelL2(const std::vector<float>& got, const std::vector<float>& wan
   return testing::RelativeL2(got.data(), want.data(), static_cast<int64_t>(want.size()));
 }
 
+// B >= 3 random lengths in [0, T] with rows 0, 1, 2 of lengths 0, 1 and T.
+inline std::vector<int32_t> RandomLengths(Rng& rng, int64_t B, int64_t T) {
+  std::vector<int32_t> lengths(static_cast<size_t>(B));
+  for (auto& l : lengths) l = static_cast<int32_t>(rng.UniformInt(static_cast<uint64_t>(T + 1)));
+  lengths[0] = 0;
+  lengths[1] = 1;
+  lengths[2] = static_cast<int32_t>(T);
+  return lengths;
+}
+
 // B rows of T steps (rows 0, 1, 2 of lengths 0, 1 and T, the rest random) over `item_rows`
 // pulled item rows and 7 category rows; B*T + B positions (history, targets), then B*T auxiliary
 // negatives when aux_negatives; random labels.
@@ -50,12 +60,7 @@ struct RandomCtrBatch {
                  bool aux_negatives = false)
       : B(b), T(t), D(d), rows_item(item_row_count) {
     Rng rng(seed);
-    lengths.resize(B);
-    for (int64_t i = 0; i < B; ++i)
-      lengths[i] = static_cast<int32_t>(rng.UniformInt(static_cast<uint64_t>(T + 1)));
-    lengths[0] = 0;
-    lengths[1] = 1;
-    lengths[2] = static_cast<int32_t>(T);
+    lengths = RandomLengths(rng, B, T);
     const int64_t n = (aux_negatives ? 2 : 1) * B * T + B;
     for (int64_t i = 0; i < n; ++i) {
       item_index.push_back(static_cast<int64_t>(rng.UniformInt(rows_item)));
@@ -190,12 +195,7 @@ struct RandomSeqBatch {
   RandomSeqBatch(int64_t b, int64_t t, int64_t d, uint64_t seed)
       : B(b), T(t), D(d), rows(2 * b + 5) {
     Rng rng(seed);
-    lengths.resize(B);
-    for (int64_t i = 0; i < B; ++i)
-      lengths[i] = static_cast<int32_t>(rng.UniformInt(static_cast<uint64_t>(T + 1)));
-    lengths[0] = 0;
-    lengths[1] = 1;
-    lengths[2] = static_cast<int32_t>(T);
+    lengths = RandomLengths(rng, B, T);
     for (int64_t i = 0; i < 3 * B * T; ++i)
       index.push_back(static_cast<int64_t>(rng.UniformInt(static_cast<uint64_t>(rows))));
     for (int64_t i = 0; i < rows * D; ++i)
