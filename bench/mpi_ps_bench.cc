@@ -16,7 +16,9 @@
 // MPI_THREAD_MULTIPLE and MCA settings). Every measured path is verified first (rows equal the
 // in-process store's, the all-reduce sum is exactly predictable). Prints `RESULT mpi_ps ...`
 // last (rank 0). `--no_doorbells` runs the transport without its doorbells (every message found
-// by polling, as for a peer on another host).
+// by polling, as for a peer on another host). `--spin_us=N` makes the transport's waiting threads
+// poll N us before they sleep (default: what `ips train` picks, worker/cluster.h TransportSpinUs,
+// i.e. 0 on a host with fewer than 4 cores per rank), as the blocking raw baseline of phase 2 does.
 //
 // `--mode=allreduce_vs_step` (same -np 3 layout; flags --batch=512 --steps=30 --threads=2)
 // measures instead, in one run on one machine, the all-reduce (AllReduceMean over the 2 workers,
@@ -280,17 +282,18 @@ bool ParseFlags(int argc, char** argv, bool* step_mode, BenchFlags* f) {
       *out = std::atoi(a.c_str() + prefix.size());
       return true;
     };
-    if (a == "--no_doorbells") continue;  // read in Main
+    if (a == "--no_doorbells" || a.rfind("--spin_us=", 0) == 0) continue;  // read in Main
     if (a == "--mode=allreduce_vs_step") {
       *step_mode = true;
     } else if (a == "--mode=pullpush") {
       *step_mode = false;
     } else if (!value("batch", &f->batch) && !value("steps", &f->steps) &&
                !value("threads", &f->threads) && !value("ps_threads", &f->ps_threads)) {
-      std::fprintf(stderr,
-                   "mpi_ps_bench: unknown flag '%s' (--mode=pullpush|allreduce_vs_step, "
-                   "--batch=N, --steps=N, --threads=N, --ps_threads=N, --no_doorbells)\n",
-                   a.c_str());
+      std::fprintf(
+          stderr,
+          "mpi_ps_bench: unknown flag '%s' (--mode=pullpush|allreduce_vs_step, "
+          "--batch=N, --steps=N, --threads=N, --ps_threads=N, --no_doorbells, --spin_us=N)\n",
+          a.c_str());
       return false;
     }
   }
@@ -400,9 +403,14 @@ int Main(int argc, char** argv) {
   // --no_doorbells: the transport finds every message by polling, as it must for a peer on
   // another host (read before Init, which builds the transport).
   bool doorbells = true;
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--no_doorbells") doorbells = false;
+  int spin_us = -1;  // --spin_us=N (-1: what `ips train` picks, worker/cluster.h TransportSpinUs)
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--no_doorbells") doorbells = false;
+    if (a.rfind("--spin_us=", 0) == 0) spin_us = std::atoi(a.c_str() + 10);
+  }
   copt.transport.doorbells = doorbells;
+  copt.transport.spin_us = TransportSpinUs(spin_us);
   auto cluster_or = Cluster::Init(&argc, &argv, copt);
   if (!cluster_or.ok()) {
     std::fprintf(stderr, "mpi_ps_bench: %s (run under mpirun -np 3 or -np 2)\n",
@@ -618,6 +626,7 @@ int Main(int argc, char** argv) {
         .Add("ranks", static_cast<int64_t>(world))
         .Add("doorbells", doorbells ? "yes" : "no")
         .Add("ps_threads", static_cast<int64_t>(ps_threads))
+        .Add("spin_us", static_cast<int64_t>(copt.transport.spin_us))
         .Add("bw_ratio", got[6] / got[0])
         .Add("bw_target", 0.5)
         .Add("transport_bw_ratio", got[6] / got[5])

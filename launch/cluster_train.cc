@@ -529,6 +529,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   }
   ClusterOptions copt;
   copt.num_ps = config.cluster().num_ps();
+  copt.transport.spin_us = TransportSpinUs(config.cluster().transport_spin_us());
   auto cluster_or = Cluster::Init(nullptr, nullptr, copt);
   if (!cluster_or.ok()) {
     // Every rank prints: mpirun kills the others as soon as the first one exits, so a message left

@@ -271,6 +271,9 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
     return fail({{"cluster", -1}, {"staleness", -1}}, "must be >= 0");
   if (cfg.cluster().ps_threads() < 0)
     return fail({{"cluster", -1}, {"ps_threads", -1}}, "must be >= 0 (0: automatic)");
+  if (cfg.cluster().transport_spin_us() < -1 || cfg.cluster().transport_spin_us() > 1000000)
+    return fail({{"cluster", -1}, {"transport_spin_us", -1}},
+                "must be in [0, 1000000] microseconds, or -1 (automatic)");
   if (cfg.checkpoint().keep_last() <= 0)
     return fail({{"checkpoint", -1}, {"keep_last", -1}}, "must be positive");
   return Status::Ok();

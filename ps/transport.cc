@@ -396,6 +396,7 @@ StatusOr<Frame> Transport::Wait(Ticket ticket, int timeout_ms) {
     if (now >= deadline)
       return UnavailableError("transport: no reply from " + Describe(s.peer) + " within " +
                               std::to_string(timeout_ms) + " ms");
+    if (now - start < options_.spin_us) continue;  // cores to spare: poll again at once
     // The ring wakes this thread at once; the timed polls back it up, as in the comm thread:
     // 2 us doubling to kActiveSleepRungUs (to kActiveSleepUs when some peer cannot ring, e.g.
     // one on another host) for kActiveWindowUs, then max_sleep_us. The short first sleeps also
@@ -723,6 +724,9 @@ void Transport::Loop() {
     // costs ~100 wake-ups a second; the first message after such a pause waits at most that.
     constexpr int64_t kLongIdleUs = 1000000, kLongIdleSleepUs = 10000;
     const int64_t now = NowUs();
+    // A server with cores to spare polls again at once for a while after each request. (A
+    // worker's comm thread need not: its waiting threads receive their replies themselves.)
+    if (now - last_activity_us < options_.spin_us && has_handler_.load()) continue;
     const int64_t cap = now - last_activity_us > kLongIdleUs
                             ? std::max<int64_t>(options_.max_sleep_us, kLongIdleSleepUs)
                             : options_.max_sleep_us;

@@ -31,7 +31,8 @@
 // net: on a VM whose idle vCPUs halt, a timed wake-up of the sleeper's own vCPU is cheaper than
 // the cross-vCPU wake-up a ring causes, and the first of the two wins (measured on the 2-core
 // dev VM: a 1-key pull round trip of ~32-42 us with them, ~45-49 us with the bells alone).
-// Threads' timer slack is set to 1 us so short sleeps are short.
+// Threads' timer slack is set to 1 us so short sleeps are short. Where cores are to spare,
+// Options::spin_us makes the waiting threads poll for a while before they sleep.
 // Measured idle cost: bench/mpi_ps_bench.cc prints idle_cpu_pct (about 0.5% of a core here).
 // A round trip thus costs two wake-ups of sleeping threads; bench/mpi_ps_bench.cc compares it
 // with raw MPI ping-pongs, spinning ones and ones whose two sides sleep on a futex bell.
@@ -107,6 +108,12 @@ class Transport {
     // Peers on this host ring each other's doorbells (shared memory, see above). false: no
     // bells; every message is found by polling (what a peer on another host always gets).
     bool doorbells = true;
+    // For a host with cores to spare (see worker/cluster.h TransportSpinUs): a thread in Wait,
+    // and the comm thread of a rank that serves requests, poll without sleeping for this long
+    // (from the start of the wait; after the last request) before they sleep as above. A
+    // spinning thread holds a core, as blocking MPI calls do; it saves the two wake-ups of a
+    // round trip. 0: never spin.
+    int spin_us = 0;
     // Called on the comm thread when a peer is dead, with a message naming its rank and role.
     // Default: print it to stderr and MPI_Abort(MPI_COMM_WORLD, 1).
     std::function<void(int rank, const std::string& message)> on_peer_dead;

@@ -45,6 +45,15 @@ int PsThreads(int configured, const ClusterLayout& layout) {
   return std::max(1, cores / ps_on_host);
 }
 
+int TransportSpinUs(int configured) {
+  if (configured >= 0) return configured;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (local == nullptr) local = std::getenv("OMPI_COMM_WORLD_SIZE");
+  const int on_host = local != nullptr ? std::max(1, std::atoi(local)) : 1;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return cores >= kCoresPerSpinningRank * on_host ? kAutoSpinUs : 0;
+}
+
 StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps) {
   if (world_size < 1)
     return InvalidArgumentError("cluster: world size " + std::to_string(world_size) + " < 1");

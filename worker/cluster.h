@@ -58,6 +58,15 @@ StatusOr<ClusterLayout> ClusterLayoutFromConfig(const config::ClusterConfig& clu
 // nothing while the workers compute.
 int PsThreads(int configured, const ClusterLayout& layout);
 
+// How long a rank's waiting threads poll before they sleep (ps::Transport::Options::spin_us):
+// `configured` (cluster.transport_spin_us) when >= 0, else kAutoSpinUs where this host has at
+// least kCoresPerSpinningRank cores per rank on it (OMPI_COMM_WORLD_LOCAL_SIZE, else the whole
+// OMPI_COMM_WORLD_SIZE, else 1), and 0 (never spin) where fewer: there a spinning thread would
+// take the core another rank needs, as on the 2-core dev VM. Callable before Cluster::Init.
+constexpr int kAutoSpinUs = 100;
+constexpr int kCoresPerSpinningRank = 4;
+int TransportSpinUs(int configured);
+
 struct ClusterOptions {
   int num_ps = 1;
   ps::Transport::Options transport;  // role_of_rank is filled in by Init

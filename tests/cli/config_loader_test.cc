@@ -1,9 +1,9 @@
 #include "proto/config_loader.h"
 
+#include <dirent.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <dirent.h>
 #include <fstream>
 #include <string>
 
@@ -23,7 +23,8 @@ void ExpectError(const Status& s, const std::string& fragment) {
 }
 
 TEST(ConfigLoader, SyntaxErrorNamesFileLineAndColumn) {
-  const auto path = WriteTemp("syntax.pbtxt", "version: 1\nmodel {\n  type: DIN\n  embedding_dim: \n}\n");
+  const auto path =
+      WriteTemp("syntax.pbtxt", "version: 1\nmodel {\n  type: DIN\n  embedding_dim: \n}\n");
   auto cfg = LoadConfig(path, {});
   ExpectError(cfg.status(), path + ":5:");
 }
@@ -64,9 +65,9 @@ TEST(ConfigOverride, SetsNestedScalarEnumStringAndRepeated) {
   const auto path = WriteTemp("base.pbtxt",
                               "model { type: DIN mlp_hidden: [200, 80] }\n"
                               "tables { name: \"item\" dim: 18 }\n");
-  auto cfg = LoadConfig(path, {"data.batch_size=128", "model.type=DIEN", "name=my run",
-                               "model.mlp_hidden=64,32,16", "tables[0].dim=36",
-                               "tables[1].name=category", "data.synthetic.num_items=5000"});
+  auto cfg = LoadConfig(
+      path, {"data.batch_size=128", "model.type=DIEN", "name=my run", "model.mlp_hidden=64,32,16",
+             "tables[0].dim=36", "tables[1].name=category", "data.synthetic.num_items=5000"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->data().batch_size(), 128);
   EXPECT_EQ(cfg->model().type(), config::ModelConfig::DIEN);
@@ -94,7 +95,8 @@ TEST(ConfigOverride, ErrorsNameTheOverrideAndPart) {
 
 TEST(ConfigOverride, ValidationRunsAfterOverrides) {
   const auto path = WriteTemp("ok.pbtxt", "data { batch_size: 16 }\n");
-  ExpectError(LoadConfig(path, {"data.batch_size=0"}).status(), "data.batch_size: must be positive");
+  ExpectError(LoadConfig(path, {"data.batch_size=0"}).status(),
+              "data.batch_size: must be positive");
 }
 
 TEST(ConfigOverride, ClusterPsThreadsMustNotBeNegative) {
@@ -102,6 +104,14 @@ TEST(ConfigOverride, ClusterPsThreadsMustNotBeNegative) {
   EXPECT_TRUE(LoadConfig(path, {}).ok());
   ExpectError(LoadConfig(path, {"cluster.ps_threads=-1"}).status(),
               "cluster.ps_threads: must be >= 0 (0: automatic)");
+}
+
+TEST(ConfigOverride, ClusterTransportSpinUsIsAutomaticOrARange) {
+  const auto path = WriteTemp("spin.pbtxt", "cluster { num_ps: 1 transport_spin_us: 50 }\n");
+  EXPECT_TRUE(LoadConfig(path, {}).ok());
+  EXPECT_TRUE(LoadConfig(path, {"cluster.transport_spin_us=-1"}).ok());
+  ExpectError(LoadConfig(path, {"cluster.transport_spin_us=-2"}).status(),
+              "cluster.transport_spin_us: must be in [0, 1000000] microseconds, or -1 (automatic)");
 }
 
 TEST(ConfigFiles, EveryShippedConfigLoads) {

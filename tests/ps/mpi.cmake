@@ -3,7 +3,7 @@
 # several ctest entries by gtest filter so that each stays well under 60 s on a 2-core box.
 if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist)
   ips_add_cluster_train_test(NAME ps_mpi_test SOURCES mpi_cluster_test.cc
-    ARGS --gtest_filter=ClusterLayout.*:PsOfKey.*:MpiTransport.*
+    ARGS --gtest_filter=ClusterLayout.*:PsOfKey.*:TransportSpinUs.*:MpiTransport.*
     GROUPS
       "mpi_store_local_test:MpiRemoteStore.EqualsLocal*"
       "mpi_store_async_test:MpiRemoteStore.Async*"

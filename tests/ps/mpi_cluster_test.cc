@@ -239,6 +239,7 @@ int CaseStore(int argc, char** argv) {
   copt.num_ps = static_cast<int>(CaseIntArg("num_ps", 1));
   copt.transport.dead_after_ms = static_cast<int>(CaseIntArg("dead_after_ms", 10000));
   copt.transport.watch_local_pids = CaseIntArg("watch_pids", 1) != 0;
+  copt.transport.spin_us = static_cast<int>(CaseIntArg("spin_us", 0));
   auto cluster_or = Cluster::Init(&argc, &argv, copt);
   if (!cluster_or.ok()) {
     int rank = 0;
@@ -567,6 +568,38 @@ TEST(ClusterLayout, RolesAndBadLayouts) {
   }
 }
 
+TEST(TransportSpinUs, ConfiguredOrOnlyWhereCoresAreToSpare) {
+  EXPECT_EQ(TransportSpinUs(0), 0);
+  EXPECT_EQ(TransportSpinUs(250), 250);
+  struct SavedEnv {
+    const char* name;
+    std::string value;
+    bool set;
+    explicit SavedEnv(const char* n) : name(n), set(std::getenv(n) != nullptr) {
+      if (set) value = std::getenv(n);
+    }
+    ~SavedEnv() {
+      if (set) {
+        setenv(name, value.c_str(), 1);
+      } else {
+        unsetenv(name);
+      }
+    }
+  } local("OMPI_COMM_WORLD_LOCAL_SIZE"), world("OMPI_COMM_WORLD_SIZE");
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  // More ranks on this host than cores: never (the local size wins over the world's).
+  setenv("OMPI_COMM_WORLD_LOCAL_SIZE", std::to_string(cores + 1).c_str(), 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "1", 1);
+  EXPECT_EQ(TransportSpinUs(-1), 0);
+  // One rank on this host: only with kCoresPerSpinningRank cores.
+  setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "1", 1);
+  EXPECT_EQ(TransportSpinUs(-1), cores >= kCoresPerSpinningRank ? kAutoSpinUs : 0);
+  // No local size: the whole world is on this host.
+  unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  setenv("OMPI_COMM_WORLD_SIZE", std::to_string(cores).c_str(), 1);
+  EXPECT_EQ(TransportSpinUs(-1), 0);
+}
+
 TEST(PsOfKey, SpreadsKeysEvenly) {
   for (int p : {1, 2, 3, 5}) {
     std::vector<int> count(p, 0);
@@ -599,6 +632,20 @@ TEST(MpiRemoteStore, EqualsLocalStore_1_2_3Ps_Sync) {
     if (crc.empty()) crc = c;
     EXPECT_EQ(c, crc) << ps << " PS give other rows than 1 PS";
   }
+}
+
+// Waiting threads that poll before they sleep (Transport::Options::spin_us, what hosts with
+// cores to spare get) read the same rows; each step's rows are checked against the in-process
+// store on the worker.
+TEST(MpiRemoteStore, EqualsLocalStore_SpinningWaits_2Ps) {
+  MpiRun plain = RunMpi(3, "--mpi_case=store --num_ps=2");
+  MpiRun spinning = RunMpi(3, "--mpi_case=store --num_ps=2 --spin_us=200 --prefetch=1");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(spinning.exit_code, 0) << spinning.output;
+  EXPECT_EQ(spinning.output.find("CASE FAILED"), std::string::npos) << spinning.output;
+  const std::string crc = Field(plain.output, "WORKER 0", "probe_crc");
+  ASSERT_FALSE(crc.empty()) << plain.output;
+  EXPECT_EQ(Field(spinning.output, "WORKER 0", "probe_crc"), crc) << spinning.output;
 }
 
 // Sync mode with the next step's keys prefetched before each push: every pull, prefetched or
