@@ -1,13 +1,9 @@
 #include "worker/seq_trainer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <iomanip>
-#include <sstream>
 #include <utility>
 
-#include "common/progress.h"
 #include "common/timer.h"
 #include "kernels/embedding.h"
 #include "worker/internal/run_steps.h"
@@ -346,6 +342,48 @@ StatusOr<CheckpointContent> SeqTrainerCheckpointContent(SeqTrainer* trainer,
   return c;
 }
 
+namespace {
+
+// RunDatasetEpochs' source for the sequence trainer: a SequenceReader's batches, ranked by
+// EvaluateSeqRanking.
+class SeqEpochSource {
+ public:
+  SeqEpochSource(SeqTrainer* trainer, const Dataset& data, const DatasetRunOptions& options,
+                 const ReaderOptions& reader)
+      : trainer_(trainer),
+        data_(data),
+        options_(options),
+        reader_options_(reader),
+        reader_(&data, {}, reader) {}
+
+  int64_t per_epoch() const { return reader_.sequences_per_epoch(); }
+  void StartEpoch(int epoch) { reader_.StartEpoch(epoch); }
+  Status SkipTo(int epoch, int64_t position) { return reader_.SkipTo(epoch, position); }
+  // SequenceReader has no position accessor: every batch advances it by its rows, so the
+  // position in the epoch is the epoch's sequence count.
+  int64_t Position(int64_t epoch_samples) const { return epoch_samples; }
+  StatusOr<bool> Step(double* loss, int64_t* samples) {
+    if (!reader_.Next(&batch_)) return false;
+    IPS_ASSIGN_OR_RETURN(*loss, trainer_->Step(ViewOf(batch_)));
+    *samples = batch_.size;
+    return true;
+  }
+  StatusOr<RankingEvalResult> Evaluate() {
+    return EvaluateSeqRanking(trainer_, data_, reader_options_, options_.eval_max_users,
+                              options_.top_k);
+  }
+
+ private:
+  SeqTrainer* trainer_;
+  const Dataset& data_;
+  const DatasetRunOptions& options_;
+  const ReaderOptions reader_options_;
+  SequenceReader reader_;
+  SequenceBatch batch_;
+};
+
+}  // namespace
+
 StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Dataset& data,
                                                  const DatasetRunOptions& options,
                                                  const RunSinks& sinks) {
@@ -357,139 +395,12 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
         "log_every_steps must be >= 1, max_steps >= 0");
   ReaderOptions ro = options.reader;
   if (ro.max_len == 0) ro.max_len = static_cast<int>(trainer->model().max_len());
-  SequenceReader reader(&data, {}, ro);
-  const int64_t per_epoch = reader.sequences_per_epoch();
-  if (per_epoch == 0)
+  SeqEpochSource source(trainer, data, options, ro);
+  if (source.per_epoch() == 0)
     return FailedPreconditionError(
         "RunSeqDatasetTraining: the dataset has no sequence with >= 2 training events");
-  int64_t total = per_epoch * options.epochs;
-  if (options.max_steps > 0) total = std::min<int64_t>(total, options.max_steps * ro.batch_size);
-  std::unique_ptr<ProgressLine> progress;
-  if (sinks.progress != nullptr)
-    progress = std::make_unique<ProgressLine>("train", total, "sequences", sinks.progress);
-
-  DatasetRunResult r;
-  SequenceBatch batch;
-  const RunCheckpointing* ckpt = sinks.checkpoint;
-  std::vector<int64_t> resume_state;
-  std::vector<double> resume_loss;
-  if (ckpt != nullptr && ckpt->resume != nullptr) {
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/dataset", 7, &resume_state));
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/loss_sum", 1, &resume_loss));
-    if (resume_state[0] < 0 || resume_state[0] >= options.epochs)
-      return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
-                           " is beyond train.epochs " + std::to_string(options.epochs));
-    trainer->set_steps(resume_state[6]);
-    IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(*ckpt->resume, &trainer->model()));
-    r.steps = resume_state[2];
-    r.samples = resume_state[3];
-  }
-  CheckpointTrigger trigger(ckpt);
-  Timer timer;
-  bool stop = false;
-  const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
-  for (int e = first_epoch; e < options.epochs && !stop; ++e) {
-    EpochResult er;
-    er.epoch = e + 1;
-    double loss_sum = 0, window_sum = 0;
-    int64_t epoch_samples = 0, window_steps = 0;
-    if (e == first_epoch && !resume_state.empty()) {
-      IPS_RETURN_IF_ERROR(reader.SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
-      er.steps = resume_state[4];
-      epoch_samples = resume_state[5];
-      loss_sum = resume_loss[0];
-    } else {
-      reader.StartEpoch(e);
-    }
-    auto blobs = [&] {
-      std::map<std::string, std::string> b;
-      // SequenceReader has no position accessor: every batch advances it by its rows, so the
-      // position in the epoch is the epoch's sequence count.
-      b["run/dataset"] = PackBlob(std::vector<int64_t>{e, epoch_samples, r.steps, r.samples,
-                                                       er.steps, epoch_samples, trainer->steps()});
-      b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
-      internal::SaveDropoutStep(trainer->model(), &b);
-      return b;
-    };
-    timer.Reset();
-    while (true) {
-      if (options.max_steps > 0 && r.steps >= options.max_steps) {
-        stop = true;
-        break;
-      }
-      if (!reader.Next(&batch)) break;
-      auto loss = trainer->Step(ViewOf(batch));
-      if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
-      loss_sum += *loss;
-      window_sum += *loss;
-      ++window_steps;
-      ++er.steps;
-      ++r.steps;
-      epoch_samples += batch.size;
-      r.samples += batch.size;
-      if (progress && (window_steps >= options.log_every_steps || er.steps == 1)) {
-        std::ostringstream extra;
-        extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
-              << std::setprecision(4) << window_sum / static_cast<double>(window_steps);
-        progress->Update(r.samples, extra.str());
-        window_sum = 0;
-        window_steps = 0;
-      }
-      if (sinks.on_step) sinks.on_step(trainer->steps(), *loss);
-      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
-      if (trigger.StopRequested()) {
-        r.stopped = true;
-        r.epochs = e + 1;
-        return r;
-      }
-    }
-    if (stop || e + 1 == options.epochs)
-      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
-    const double epoch_seconds = timer.Seconds();
-    r.train_seconds += epoch_seconds;
-    r.epochs = e + 1;
-    er.loss = er.steps > 0 ? loss_sum / static_cast<double>(er.steps) : std::nan("");
-    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
-    const bool last = stop || e + 1 == options.epochs;
-    if ((e + 1) % options.eval_every_epochs == 0 || last) {
-      IPS_ASSIGN_OR_RETURN(
-          er.eval, EvaluateSeqRanking(trainer, data, ro, options.eval_max_users, options.top_k));
-      er.evaluated = true;
-      r.eval = er.eval;
-    }
-    if (progress) {
-      std::ostringstream extra;
-      extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
-            << std::setprecision(4) << er.loss;
-      if (er.evaluated)
-        extra << " hr" << options.top_k << "=" << er.eval.hr << " ndcg" << options.top_k << "="
-              << er.eval.ndcg << " auc=" << er.eval.auc;
-      progress->Update(r.samples, extra.str());
-    }
-    if (sinks.metrics_out != nullptr) {
-      const std::string k = std::to_string(options.top_k);
-      auto metric = [&](double v) { return er.evaluated ? JsonNumber(v) : std::string("null"); };
-      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
-                         << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
-                         << ",\"auc\":" << metric(er.eval.auc)
-                         << ",\"loss\":" << JsonNumber(er.loss)
-                         << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
-                         << ",\"steps\":" << trainer->steps()
-                         << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
-                         << ",\"eval_s\":" << JsonNumber(er.evaluated ? er.eval.seconds : 0)
-                         << "}\n";
-      sinks.metrics_out->flush();
-    }
-    r.loss = er.loss;
-    r.per_epoch.push_back(er);
-  }
-  r.samples_per_s = r.train_seconds > 0 ? static_cast<double>(r.samples) / r.train_seconds : 0;
-  if (progress) {
-    std::ostringstream extra;
-    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss;
-    progress->Finish(extra.str());
-  }
-  return r;
+  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "sequences",
+                                    /*binary_metrics=*/false);
 }
 
 }  // namespace ips

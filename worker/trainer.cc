@@ -1,13 +1,9 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <iomanip>
-#include <sstream>
 #include <utility>
 
-#include "common/progress.h"
 #include "common/random.h"
 #include "common/timer.h"
 #include "kernels/activation.h"
@@ -637,6 +633,51 @@ CtrBatchView ViewWithAuxNegatives(const Batch& batch, const Dataset& data, uint6
   return view;
 }
 
+namespace {
+
+// RunDatasetEpochs' source for the CTR trainer: a TrainReader's batches, with DIEN's auxiliary
+// negatives drawn per step (see AuxNegatives), ranked by EvaluateRanking.
+class CtrEpochSource {
+ public:
+  CtrEpochSource(Trainer* trainer, const Dataset& data, const DatasetRunOptions& options)
+      : trainer_(trainer),
+        data_(data),
+        options_(options),
+        reader_(&data, {}, options.reader),
+        aux_(trainer->model().aux_negatives()) {}
+
+  int64_t per_epoch() const { return reader_.examples_per_epoch(); }
+  void StartEpoch(int epoch) { reader_.StartEpoch(epoch); }
+  Status SkipTo(int epoch, int64_t position) { return reader_.SkipTo(epoch, position); }
+  int64_t Position(int64_t /*epoch_samples*/) const { return reader_.position(); }
+  StatusOr<bool> Step(double* loss, int64_t* samples) {
+    if (!reader_.Next(&batch_)) return false;
+    const CtrBatchView view =
+        aux_ ? ViewWithAuxNegatives(batch_, data_,
+                                    AuxNegativesSeed(options_.reader.seed, trainer_->steps()),
+                                    &negatives_)
+             : ViewOf(batch_);
+    IPS_ASSIGN_OR_RETURN(*loss, trainer_->Step(view));
+    *samples = batch_.size;
+    return true;
+  }
+  StatusOr<RankingEvalResult> Evaluate() {
+    return EvaluateRanking(trainer_, data_, options_.reader, options_.eval_max_users,
+                           options_.top_k);
+  }
+
+ private:
+  Trainer* trainer_;
+  const Dataset& data_;
+  const DatasetRunOptions& options_;
+  TrainReader reader_;
+  const bool aux_;
+  Batch batch_;
+  AuxNegatives negatives_;
+};
+
+}  // namespace
+
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks) {
@@ -645,151 +686,11 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
       options.top_k < 1)
     return InvalidArgumentError(
         "RunDatasetTraining: epochs, eval_every_epochs and top_k must be >= 1, max_steps >= 0");
-  TrainReader reader(&data, {}, options.reader);
-  const int64_t per_epoch = reader.examples_per_epoch();
-  int64_t total = per_epoch * options.epochs;
-  if (options.max_steps > 0)
-    total = std::min<int64_t>(total, options.max_steps * options.reader.batch_size);
-  std::unique_ptr<ProgressLine> progress;
-  if (sinks.progress != nullptr)
-    progress = std::make_unique<ProgressLine>("train", total, "samples", sinks.progress);
-
-  DatasetRunResult r;
-  Batch batch;
-  // DIEN's auxiliary negatives (see AuxNegatives).
-  const bool aux = trainer->model().aux_negatives();
-  AuxNegatives negatives;
-  if (aux && data.manifest().items == 0) return FailedPreconditionError("dataset has no items");
-  // Resume: the saved epoch, reader position, counters and the epoch's loss accumulators.
-  const RunCheckpointing* ckpt = sinks.checkpoint;
-  std::vector<int64_t> resume_state;
-  std::vector<double> resume_loss;
-  if (ckpt != nullptr && ckpt->resume != nullptr) {
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/dataset", 7, &resume_state));
-    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/loss_sum", 1, &resume_loss));
-    if (resume_state[0] < 0 || resume_state[0] >= options.epochs)
-      return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
-                           " is beyond train.epochs " + std::to_string(options.epochs));
-    trainer->set_steps(resume_state[6]);
-    IPS_RETURN_IF_ERROR(internal::RestoreDropoutStep(*ckpt->resume, &trainer->model()));
-    r.steps = resume_state[2];
-    r.samples = resume_state[3];
-  }
-  CheckpointTrigger trigger(ckpt);
-  Timer timer;
-  bool stop = false;
-  const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
-  for (int e = first_epoch; e < options.epochs && !stop; ++e) {
-    EpochResult er;
-    er.epoch = e + 1;
-    double loss_sum = 0, epoch_seconds = 0;
-    int64_t epoch_samples = 0;
-    if (e == first_epoch && !resume_state.empty()) {
-      IPS_RETURN_IF_ERROR(reader.SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
-      er.steps = resume_state[4];
-      epoch_samples = resume_state[5];
-      loss_sum = resume_loss[0];
-    } else {
-      reader.StartEpoch(e);
-    }
-    auto blobs = [&] {
-      std::map<std::string, std::string> b;
-      b["run/dataset"] = PackBlob(std::vector<int64_t>{e, reader.position(), r.steps, r.samples,
-                                                       er.steps, epoch_samples, trainer->steps()});
-      b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
-      internal::SaveDropoutStep(trainer->model(), &b);
-      return b;
-    };
-    double window_sum = 0;
-    int64_t window_steps = 0;
-    timer.Reset();
-    while (true) {
-      if (options.max_steps > 0 && r.steps >= options.max_steps) {
-        stop = true;
-        break;
-      }
-      if (!reader.Next(&batch)) break;
-      const CtrBatchView view =
-          aux ? ViewWithAuxNegatives(batch, data,
-                                     AuxNegativesSeed(options.reader.seed, trainer->steps()),
-                                     &negatives)
-              : ViewOf(batch);
-      auto loss = trainer->Step(view);
-      if (!loss.ok()) return loss.status().WithContext("epoch " + std::to_string(e + 1));
-      loss_sum += *loss;
-      window_sum += *loss;
-      ++window_steps;
-      ++er.steps;
-      ++r.steps;
-      epoch_samples += batch.size;
-      r.samples += batch.size;
-      if (progress && (window_steps >= options.log_every_steps || er.steps == 1)) {
-        std::ostringstream extra;
-        extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
-              << std::setprecision(4) << window_sum / static_cast<double>(window_steps);
-        progress->Update(r.samples, extra.str());
-        window_sum = 0;
-        window_steps = 0;
-      }
-      if (sinks.on_step) sinks.on_step(trainer->steps(), *loss);
-      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
-      if (trigger.StopRequested()) {
-        r.stopped = true;
-        r.epochs = e + 1;
-        return r;
-      }
-    }
-    // The final state (before the last evaluation) is always saved: `ips eval` and `ips export`
-    // read it.
-    if (stop || e + 1 == options.epochs)
-      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
-    epoch_seconds = timer.Seconds();
-    r.train_seconds += epoch_seconds;
-    r.epochs = e + 1;
-    er.loss = er.steps > 0 ? loss_sum / static_cast<double>(er.steps) : std::nan("");
-    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
-    const bool last = stop || e + 1 == options.epochs;
-    if ((e + 1) % options.eval_every_epochs == 0 || last) {
-      IPS_ASSIGN_OR_RETURN(er.eval, EvaluateRanking(trainer, data, options.reader,
-                                                    options.eval_max_users, options.top_k));
-      er.evaluated = true;
-      r.eval = er.eval;
-    }
-    if (progress) {
-      std::ostringstream extra;
-      extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
-            << std::setprecision(4) << er.loss;
-      if (er.evaluated)
-        extra << " hr" << options.top_k << "=" << er.eval.hr << " ndcg" << options.top_k << "="
-              << er.eval.ndcg << " auc=" << er.eval.auc;
-      progress->Update(r.samples, extra.str());
-    }
-    if (sinks.metrics_out != nullptr) {
-      const std::string k = std::to_string(options.top_k);
-      auto metric = [&](double v) { return er.evaluated ? JsonNumber(v) : std::string("null"); };
-      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
-                         << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
-                         << ",\"auc\":" << metric(er.eval.auc)
-                         << ",\"gauc\":" << metric(er.eval.gauc)
-                         << ",\"logloss\":" << metric(er.eval.logloss)
-                         << ",\"loss\":" << JsonNumber(er.loss)
-                         << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
-                         << ",\"steps\":" << trainer->steps()
-                         << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
-                         << ",\"eval_s\":" << JsonNumber(er.evaluated ? er.eval.seconds : 0)
-                         << "}\n";
-      sinks.metrics_out->flush();
-    }
-    r.loss = er.loss;
-    r.per_epoch.push_back(er);
-  }
-  r.samples_per_s = r.train_seconds > 0 ? static_cast<double>(r.samples) / r.train_seconds : 0;
-  if (progress) {
-    std::ostringstream extra;
-    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss;
-    progress->Finish(extra.str());
-  }
-  return r;
+  if (trainer->model().aux_negatives() && data.manifest().items == 0)
+    return FailedPreconditionError("dataset has no items");
+  CtrEpochSource source(trainer, data, options);
+  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "samples",
+                                    /*binary_metrics=*/true);
 }
 
 }  // namespace ips

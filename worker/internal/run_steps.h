@@ -1,5 +1,6 @@
 // Internal to the training drivers (worker/trainer.cc, worker/seq_trainer.cc and the distributed
-// driver launch/cluster_train.cc): the parts of a training run they share, so each exists once
+// driver launch/cluster_train.cc): the parts of a training run they share (the synthetic
+// protocol's steps, a dataset run's epochs, the checkpoint blobs), so each exists once
 // (and a 1-worker cluster run prints and checkpoints exactly what single-process training does).
 #ifndef IPS_WORKER_INTERNAL_RUN_STEPS_H_
 #define IPS_WORKER_INTERNAL_RUN_STEPS_H_
@@ -156,6 +157,157 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
     progress->Finish(extra.str());
   }
   return Status::Ok();
+}
+
+// The epochs of a dataset run for either trainer: resume from the checkpoint's run blobs (epoch,
+// reader position, counters and the epoch's loss sum), each epoch's steps (a progress line in
+// `unit`s with the loss of the last log_every_steps steps, a checkpoint trigger after every
+// step), evaluation every eval_every_epochs epochs and after the last, and one JSON line per
+// epoch (with GAUC and logloss when binary_metrics). `source` owns the reader and the step:
+//   int64_t per_epoch() const;                    examples (or sequences) per epoch
+//   void StartEpoch(int epoch);
+//   Status SkipTo(int epoch, int64_t position);   a checkpoint's reader position
+//   int64_t Position(int64_t epoch_samples) const;  the reader's position now, for a checkpoint
+//   StatusOr<bool> Step(double* loss, int64_t* samples);  one training step; false at epoch end
+//   StatusOr<RankingEvalResult> Evaluate();
+template <typename TrainerT, typename SourceT>
+StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
+                                            const DatasetRunOptions& options, const RunSinks& sinks,
+                                            const char* unit, bool binary_metrics) {
+  int64_t total = source->per_epoch() * options.epochs;
+  if (options.max_steps > 0)
+    total = std::min<int64_t>(total, options.max_steps * options.reader.batch_size);
+  std::unique_ptr<ProgressLine> progress;
+  if (sinks.progress != nullptr)
+    progress = std::make_unique<ProgressLine>("train", total, unit, sinks.progress);
+
+  DatasetRunResult r;
+  // Resume: the saved epoch, reader position, counters and the epoch's loss accumulators.
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  std::vector<int64_t> resume_state;
+  std::vector<double> resume_loss;
+  if (ckpt != nullptr && ckpt->resume != nullptr) {
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/dataset", 7, &resume_state));
+    IPS_RETURN_IF_ERROR(UnpackBlob(*ckpt->resume, "run/loss_sum", 1, &resume_loss));
+    if (resume_state[0] < 0 || resume_state[0] >= options.epochs)
+      return DataLossError("checkpoint epoch " + std::to_string(resume_state[0] + 1) +
+                           " is beyond train.epochs " + std::to_string(options.epochs));
+    trainer->set_steps(resume_state[6]);
+    IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
+    r.steps = resume_state[2];
+    r.samples = resume_state[3];
+  }
+  CheckpointTrigger trigger(ckpt);
+  Timer timer;
+  bool stop = false;
+  const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
+  for (int e = first_epoch; e < options.epochs && !stop; ++e) {
+    EpochResult er;
+    er.epoch = e + 1;
+    double loss_sum = 0, window_sum = 0;
+    int64_t epoch_samples = 0, window_steps = 0;
+    if (e == first_epoch && !resume_state.empty()) {
+      IPS_RETURN_IF_ERROR(source->SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
+      er.steps = resume_state[4];
+      epoch_samples = resume_state[5];
+      loss_sum = resume_loss[0];
+    } else {
+      source->StartEpoch(e);
+    }
+    auto blobs = [&] {
+      std::map<std::string, std::string> b;
+      b["run/dataset"] =
+          PackBlob(std::vector<int64_t>{e, source->Position(epoch_samples), r.steps, r.samples,
+                                        er.steps, epoch_samples, trainer->steps()});
+      b["run/loss_sum"] = PackBlob(std::vector<double>{loss_sum});
+      SaveDropoutStep(trainer->model(), &b);
+      return b;
+    };
+    timer.Reset();
+    while (true) {
+      if (options.max_steps > 0 && r.steps >= options.max_steps) {
+        stop = true;
+        break;
+      }
+      double loss = 0;
+      int64_t samples = 0;
+      StatusOr<bool> stepped = source->Step(&loss, &samples);
+      if (!stepped.ok()) return stepped.status().WithContext("epoch " + std::to_string(e + 1));
+      if (!*stepped) break;
+      loss_sum += loss;
+      window_sum += loss;
+      ++window_steps;
+      ++er.steps;
+      ++r.steps;
+      epoch_samples += samples;
+      r.samples += samples;
+      if (progress && (window_steps >= options.log_every_steps || er.steps == 1)) {
+        std::ostringstream extra;
+        extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
+              << std::setprecision(4) << window_sum / static_cast<double>(window_steps);
+        progress->Update(r.samples, extra.str());
+        window_sum = 0;
+        window_steps = 0;
+      }
+      if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
+      if (trigger.StopRequested()) {
+        r.stopped = true;
+        r.epochs = e + 1;
+        return r;
+      }
+    }
+    // The final state (before the last evaluation) is always saved: `ips eval` and `ips export`
+    // read it.
+    if (stop || e + 1 == options.epochs)
+      IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
+    const double epoch_seconds = timer.Seconds();
+    r.train_seconds += epoch_seconds;
+    r.epochs = e + 1;
+    er.loss = er.steps > 0 ? loss_sum / static_cast<double>(er.steps) : std::nan("");
+    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+    const bool last = stop || e + 1 == options.epochs;
+    if ((e + 1) % options.eval_every_epochs == 0 || last) {
+      IPS_ASSIGN_OR_RETURN(er.eval, source->Evaluate());
+      er.evaluated = true;
+      r.eval = er.eval;
+    }
+    if (progress) {
+      std::ostringstream extra;
+      extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
+            << std::setprecision(4) << er.loss;
+      if (er.evaluated)
+        extra << " hr" << options.top_k << "=" << er.eval.hr << " ndcg" << options.top_k << "="
+              << er.eval.ndcg << " auc=" << er.eval.auc;
+      progress->Update(r.samples, extra.str());
+    }
+    if (sinks.metrics_out != nullptr) {
+      const std::string k = std::to_string(options.top_k);
+      auto metric = [&](double v) { return er.evaluated ? JsonNumber(v) : std::string("null"); };
+      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
+                         << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
+                         << ",\"auc\":" << metric(er.eval.auc);
+      if (binary_metrics)
+        *sinks.metrics_out << ",\"gauc\":" << metric(er.eval.gauc)
+                           << ",\"logloss\":" << metric(er.eval.logloss);
+      *sinks.metrics_out << ",\"loss\":" << JsonNumber(er.loss)
+                         << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
+                         << ",\"steps\":" << trainer->steps()
+                         << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
+                         << ",\"eval_s\":" << JsonNumber(er.evaluated ? er.eval.seconds : 0)
+                         << "}\n";
+      sinks.metrics_out->flush();
+    }
+    r.loss = er.loss;
+    r.per_epoch.push_back(er);
+  }
+  r.samples_per_s = r.train_seconds > 0 ? static_cast<double>(r.samples) / r.train_seconds : 0;
+  if (progress) {
+    std::ostringstream extra;
+    extra << "loss=" << std::fixed << std::setprecision(4) << r.loss;
+    progress->Finish(extra.str());
+  }
+  return r;
 }
 
 }  // namespace ips::internal
