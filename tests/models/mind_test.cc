@@ -24,6 +24,7 @@
 #include "common/random.h"
 #include "common/thread_pool.h"
 #include "tests/models/ctr_test_batch.h"
+#include "tests/models/model_gradcheck.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -60,35 +61,6 @@ struct SmallBatch : testing_util::SmallCtrBatch {
 void Perturb(DenseParams<double>& p, uint64_t seed) {
   Rng rng(seed);
   for (int64_t i = 0; i < p.size(); ++i) p.values()[i] += 0.3 * (2 * rng.Uniform() - 1);
-}
-
-// Checks every dense tensor of `model`, the item rows and (when `d_cat` is given) the category
-// rows against central differences of the loss computed by `model` itself; the analytic
-// gradients are `dense_grad`, `d_item` and `d_cat`.
-void CheckAllGradients(Mind<double>& model, const kernels::Context& ctx, SmallBatch& batch,
-                       const std::vector<double>& dense_grad, const std::vector<double>& d_item,
-                       const std::vector<double>* d_cat) {
-  DenseParams<double>& p = model.params();
-  auto loss_fn = [&]() {
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
-  for (const auto& e : p.entries()) {
-    std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
-    std::vector<double> analytic(dense_grad.begin() + e.offset,
-                                 dense_grad.begin() + e.offset + e.size);
-    auto fn = [&]() {
-      std::copy(param.begin(), param.end(), p.values() + e.offset);
-      return loss_fn();
-    };
-    EXPECT_TRUE(CheckGradient(e.name.c_str(), param, analytic, fn, 1e-6, 1e-6));
-    std::copy(param.begin(), param.end(), p.values() + e.offset);
-  }
-  EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
-  if (d_cat != nullptr) {
-    EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, *d_cat, loss_fn, 1e-6, 1e-6));
-  }
 }
 
 struct GradCase {
@@ -130,7 +102,8 @@ TEST_P(MindGradTest, Backward_OneIteration_B3_T5_D3_Caps4) {
     for (double g : d_cat) EXPECT_EQ(g, 0.0) << "category rows are outside the item-only space";
   }
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
-  CheckAllGradients(model, ctx, batch, dense_grad, d_item, c.cats ? &d_cat : nullptr);
+  testing_util::ExpectGradientsMatch(model, ctx, batch, dense_grad, d_item,
+                                     c.cats ? &d_cat : nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -187,7 +160,7 @@ TEST(MindGrad, Backward_ThreeIterations_IsStopGradientOfFinalLogits_K4) {
       ASSERT_OK((*plain)->Forward(ctx, batch.Inputs(), true, &lp));
       EXPECT_GT(std::fabs(lp - l3), 1e-9);
     }
-    CheckAllGradients(m1, ctx, batch, dense_grad, d_item, &d_cat);
+    testing_util::ExpectGradientsMatch(m1, ctx, batch, dense_grad, d_item, &d_cat);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "common/random.h"
 #include "common/thread_pool.h"
 #include "tests/models/ctr_test_batch.h"
+#include "tests/models/model_gradcheck.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -79,24 +80,7 @@ TEST_P(PooledGradTest, Backward_B3_T5_D3x2_Mlp7x4) {
   ASSERT_OK(model.Backward(ctx, in, d_item.data(), d_cat.data()));
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
 
-  auto loss_fn = [&]() {
-    double l = 0;
-    EXPECT_TRUE(model.Forward(ctx, batch.Inputs(), true, &l).ok());
-    return l;
-  };
-  for (const auto& e : p.entries()) {
-    std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
-    std::vector<double> analytic(dense_grad.begin() + e.offset,
-                                 dense_grad.begin() + e.offset + e.size);
-    auto fn = [&]() {
-      std::copy(param.begin(), param.end(), p.values() + e.offset);
-      return loss_fn();
-    };
-    EXPECT_TRUE(CheckGradient(e.name.c_str(), param, analytic, fn, 1e-6, 1e-6));
-    std::copy(param.begin(), param.end(), p.values() + e.offset);
-  }
-  EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
-  EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, d_cat, loss_fn, 1e-6, 1e-6));
+  testing_util::ExpectGradientsMatch(model, ctx, batch, dense_grad, d_item, &d_cat);
 }
 
 INSTANTIATE_TEST_SUITE_P(

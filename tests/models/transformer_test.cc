@@ -24,6 +24,7 @@
 #include "models/bst.h"
 #include "models/sasrec.h"
 #include "tests/models/ctr_test_batch.h"
+#include "tests/models/model_gradcheck.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -42,22 +43,6 @@ void Perturb(DenseParams<T>& p, uint64_t seed, double amount = 0.3) {
   Rng rng(seed);
   for (int64_t i = 0; i < p.size(); ++i)
     p.values()[i] += static_cast<T>(amount * (2 * rng.Uniform() - 1));
-}
-
-// Checks each dense tensor separately (so a failure names it) against central differences.
-void CheckDense(DenseParams<double>& p, const std::vector<double>& dense_grad,
-                const std::function<double()>& loss_fn) {
-  for (const auto& e : p.entries()) {
-    std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
-    std::vector<double> analytic(dense_grad.begin() + e.offset,
-                                 dense_grad.begin() + e.offset + e.size);
-    auto fn = [&]() {
-      std::copy(param.begin(), param.end(), p.values() + e.offset);
-      return loss_fn();
-    };
-    EXPECT_TRUE(CheckGradient(e.name.c_str(), param, analytic, fn, 1e-6, 1e-6));
-    std::copy(param.begin(), param.end(), p.values() + e.offset);
-  }
 }
 
 bool AllFinite(const double* v, int64_t n) {
@@ -317,7 +302,7 @@ TEST_P(SasrecGradTest, Backward_B3_Blocks2) {
 
   const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss) << "the replayed forward must reproduce the loss";
-  CheckDense(p, dense_grad, loss_fn);
+  testing_util::ExpectDenseGradientsMatch(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
 }
 
@@ -775,7 +760,7 @@ TEST_P(BstGradTest, Backward_B3_T4_D3x2_Mlp5x3) {
 
   const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
-  CheckDense(p, dense_grad, loss_fn);
+  testing_util::ExpectDenseGradientsMatch(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
   EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, d_cat, loss_fn, 1e-6, 1e-6));
 }
@@ -1063,7 +1048,7 @@ TEST(SasrecDevice, StagedGradientCheck_Dropout) {
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
   const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
-  CheckDense(p, dense_grad, loss_fn);
+  testing_util::ExpectDenseGradientsMatch(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
 }
 
@@ -1087,7 +1072,7 @@ TEST(BstDevice, StagedGradientCheck_Dropout) {
   const std::vector<double> dense_grad(p.grads(), p.grads() + p.size());
   const auto loss_fn = ReplayedLoss(model, ctx, batch.Inputs(), kStep);
   EXPECT_DOUBLE_EQ(loss_fn(), loss);
-  CheckDense(p, dense_grad, loss_fn);
+  testing_util::ExpectDenseGradientsMatch(p, dense_grad, loss_fn);
   EXPECT_TRUE(CheckGradient("item_rows", batch.item_rows, d_item, loss_fn, 1e-6, 1e-6));
   EXPECT_TRUE(CheckGradient("cat_rows", batch.cat_rows, d_cat, loss_fn, 1e-6, 1e-6));
 }
