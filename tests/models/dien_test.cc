@@ -260,19 +260,10 @@ TEST(DienGrad, ManyAuxTiles_B24_T12_Pool2MatchesInlineAndFiniteDifferences) {
     EXPECT_TRUE(m.Forward(pool_ctx, in, true, &l).ok());
     return l;
   };
-  DenseParams<double>& p = m.params();
-  for (const auto& e : p.entries()) {
-    if (e.name.rfind("aux.", 0) != 0 && e.name.rfind("gru.", 0) != 0) continue;
-    std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
-    std::vector<double> analytic(dense_inline.begin() + e.offset,
-                                 dense_inline.begin() + e.offset + e.size);
-    auto fn = [&]() {
-      std::copy(param.begin(), param.end(), p.values() + e.offset);
-      return loss_fn();
-    };
-    EXPECT_TRUE(CheckGradient(e.name.c_str(), param, analytic, fn, 1e-6, 1e-6));
-    std::copy(param.begin(), param.end(), p.values() + e.offset);
-  }
+  testing_util::ExpectDenseGradientsMatch(
+      m.params(), dense_inline, loss_fn, [](const std::string& name) {
+        return name.rfind("aux.", 0) == 0 || name.rfind("gru.", 0) == 0;
+      });
   EXPECT_TRUE(CheckGradient("item_rows", items, gi_inline, loss_fn, 1e-6, 1e-6));
   EXPECT_TRUE(CheckGradient("cat_rows", cats, gc_inline, loss_fn, 1e-6, 1e-6));
 }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "kernels/context.h"
@@ -16,12 +17,15 @@
 
 namespace ips::testing_util {
 
-// Every tensor of `p` against `dense_grad` (the analytic gradient of all of p); `loss_fn`
-// recomputes the loss at p's current values. Leaves p's values as they were.
-inline void ExpectDenseGradientsMatch(models::DenseParams<double>& p,
-                                      const std::vector<double>& dense_grad,
-                                      const std::function<double()>& loss_fn) {
+// Every tensor of `p` (or those whose name `only` accepts) against `dense_grad` (the analytic
+// gradient of all of p); `loss_fn` recomputes the loss at p's current values. Leaves p's values
+// as they were.
+inline void ExpectDenseGradientsMatch(
+    models::DenseParams<double>& p, const std::vector<double>& dense_grad,
+    const std::function<double()>& loss_fn,
+    const std::function<bool(const std::string& name)>& only = nullptr) {
   for (const auto& e : p.entries()) {
+    if (only && !only(e.name)) continue;
     std::vector<double> param(p.values() + e.offset, p.values() + e.offset + e.size);
     std::vector<double> analytic(dense_grad.begin() + e.offset,
                                  dense_grad.begin() + e.offset + e.size);
