@@ -36,22 +36,31 @@ std::string ClusterLayout::Describe() const {
   return s;
 }
 
+namespace {
+
+// Ranks of this job on this host: OMPI_COMM_WORLD_LOCAL_SIZE (mpirun sets it), else `whole_job`
+// (all of them on one host).
+int RanksOnThisHost(int whole_job) {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  return local != nullptr ? std::max(1, std::atoi(local)) : whole_job;
+}
+
+int HostCores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+}  // namespace
+
 int PsThreads(int configured, const ClusterLayout& layout) {
   if (configured > 0) return configured;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int on_host = local != nullptr ? std::max(1, std::atoi(local)) : layout.world_size;
-  const int ps_on_host = std::max(1, std::min(layout.num_ps, on_host));
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / ps_on_host);
+  const int ps_on_host = std::max(1, std::min(layout.num_ps, RanksOnThisHost(layout.world_size)));
+  return std::max(1, HostCores() / ps_on_host);
 }
 
 int TransportSpinUs(int configured) {
   if (configured >= 0) return configured;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  if (local == nullptr) local = std::getenv("OMPI_COMM_WORLD_SIZE");
-  const int on_host = local != nullptr ? std::max(1, std::atoi(local)) : 1;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return cores >= kCoresPerSpinningRank * on_host ? kAutoSpinUs : 0;
+  // Before Cluster::Init there is no layout: the job's size from mpirun's environment.
+  const char* world = std::getenv("OMPI_COMM_WORLD_SIZE");
+  const int on_host = RanksOnThisHost(world != nullptr ? std::max(1, std::atoi(world)) : 1);
+  return HostCores() >= kCoresPerSpinningRank * on_host ? kAutoSpinUs : 0;
 }
 
 StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps) {
