@@ -881,27 +881,41 @@ Status Dien<T>::AuxForwardLayers(const kernels::Context& ctx, const CtrInputs<T>
                                     x_.data(), in.item_index, in.cat_index, in.item_rows,
                                     in.cat_rows, aux_in_.data()));
   for (int64_t i = 0; i < nl; ++i) {
-    kernels::LinearArgs<T> a;
-    a.rows = rows;
-    a.in = aux_sizes_[i];
-    a.out = aux_sizes_[i + 1];
-    a.act = i + 1 < nl ? kernels::Activation::kSigmoid : kernels::Activation::kIdentity;
-    a.x = i == 0 ? aux_in_.data() : aux_act_[i - 1].data();
-    a.w = params_.compute_value(aux_w_[i]);
+    kernels::LinearArgs<T> a = AuxLayerArgs(i, rows);
     a.bias = params_.compute_value(aux_b_[i]);
-    a.y = aux_act_[i].data();
     IPS_RETURN_IF_ERROR(kernels::LinearForward(ctx, a));
   }
   // Sum over pairs of BCE(pos, 1) + BCE(neg, 0); the mean over pairs is taken on the host.
-  kernels::BceWithLogitsArgs<T> l;
-  l.n = rows;
-  l.reduction = kernels::Reduction::kSum;
-  l.logits = aux_act_[nl - 1].data();
-  l.labels = aux_labels_.data();
+  kernels::BceWithLogitsArgs<T> l = AuxLossArgs(rows);
   // The sum stays on the device (loss_scratch_[1]); Forward brings it back with the click loss,
   // so the host does not wait here before queueing the rest of the forward.
   l.loss = loss_scratch_.data() + 1;
   return kernels::BceWithLogitsForward(ctx, l);
+}
+
+template <typename T>
+kernels::LinearArgs<T> Dien<T>::AuxLayerArgs(int64_t i, int64_t rows) {
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  kernels::LinearArgs<T> a;
+  a.rows = rows;
+  a.in = aux_sizes_[i];
+  a.out = aux_sizes_[i + 1];
+  a.act = i + 1 < nl ? kernels::Activation::kSigmoid : kernels::Activation::kIdentity;
+  a.x = i == 0 ? aux_in_.data() : aux_act_[i - 1].data();
+  a.w = params_.compute_value(aux_w_[i]);
+  a.y = aux_act_[i].data();
+  return a;
+}
+
+template <typename T>
+kernels::BceWithLogitsArgs<T> Dien<T>::AuxLossArgs(int64_t rows) {
+  const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
+  kernels::BceWithLogitsArgs<T> l;
+  l.n = rows;
+  l.reduction = kernels::Reduction::kSum;
+  l.logits = aux_act_[nl - 1].data();  // the last layer's logits
+  l.labels = aux_labels_.data();
+  return l;
 }
 
 template <typename T>
@@ -910,23 +924,12 @@ Status Dien<T>::AuxBackwardLayers(const kernels::Context& ctx, const CtrInputs<T
   const int64_t nl = static_cast<int64_t>(aux_sizes_.size()) - 1;
   T* cur = aux_grad_a_.data();
   T* next = aux_grad_b_.data();
-  kernels::BceWithLogitsArgs<T> l;
-  l.n = rows;
-  l.reduction = kernels::Reduction::kSum;
-  l.logits = aux_act_[nl - 1].data();
-  l.labels = aux_labels_.data();
+  kernels::BceWithLogitsArgs<T> l = AuxLossArgs(rows);
   l.dloss = static_cast<T>(o_.aux_loss_weight / static_cast<double>(P));
   l.dlogits = cur;
   IPS_RETURN_IF_ERROR(kernels::BceWithLogitsBackward(ctx, l));
   for (int64_t i = nl - 1; i >= 0; --i) {
-    kernels::LinearArgs<T> a;
-    a.rows = rows;
-    a.in = aux_sizes_[i];
-    a.out = aux_sizes_[i + 1];
-    a.act = i + 1 < nl ? kernels::Activation::kSigmoid : kernels::Activation::kIdentity;
-    a.x = i == 0 ? aux_in_.data() : aux_act_[i - 1].data();
-    a.w = params_.compute_value(aux_w_[i]);
-    a.y = aux_act_[i].data();
+    kernels::LinearArgs<T> a = AuxLayerArgs(i, rows);
     a.dy = cur;
     a.dpre = cur;
     a.dx = next;  // layer 0: the gradient of the gathered [h, e] rows

@@ -49,6 +49,8 @@
 #include "common/status.h"
 #include "kernels/attention.h"
 #include "kernels/context.h"
+#include "kernels/linear.h"
+#include "kernels/loss.h"
 #include "kernels/memory.h"
 #include "kernels/recurrent.h"
 #include "models/device_staging.h"
@@ -170,6 +172,10 @@ class Dien final : public CtrModel<T> {
   Status AuxBackward(const kernels::Context& ctx, const CtrInputs<T>& in);
   Status AuxForwardLayers(const kernels::Context& ctx, const CtrInputs<T>& in);
   Status AuxBackwardLayers(const kernels::Context& ctx, const CtrInputs<T>& in);
+  // What the staged forward and backward of auxiliary layer i (and of its loss) share: shapes,
+  // activation and the buffers of the 2P pair rows.
+  kernels::LinearArgs<T> AuxLayerArgs(int64_t i, int64_t rows);
+  kernels::BceWithLogitsArgs<T> AuxLossArgs(int64_t rows);
   void AuxGatherTile(const CtrInputs<T>& in, int64_t p0, int64_t p1, T* hin, T* epos,
                      T* eneg) const;
   double AuxForwardTile(const CtrInputs<T>& in, int64_t part, int64_t p0, int64_t p1);
