@@ -69,13 +69,6 @@ struct SeqWorker : WorkerClient {
   std::unique_ptr<SeqTrainer> trainer;
 };
 
-// How many of this worker's pulls its prefetch served (every step's but the first of each run of
-// prefetched steps, when the prefetch is on).
-void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m) {
-  std::cerr << cluster->Describe() << ": pulls=" << m.pulls << " prefetch_hits=" << m.prefetch_hits
-            << "\n";
-}
-
 std::unique_ptr<ProgressLine> WorkerZeroProgress(Cluster* cluster, const ClusterTrainFlags& flags,
                                                  int64_t total) {
   if (cluster->role_index() != 0 || flags.quiet) return nullptr;
@@ -177,154 +170,67 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   return exit_code;
 }
 
-// data.train_dir: epochs over SequenceReader's order, worker w training batch k*W + w of round k.
-int RunSeqDataset(Cluster* cluster, const config::Config& config, TrainJob job, const Dataset& data,
-                  const ClusterTrainFlags& flags) {
-  const DatasetRunOptions& run = job.dataset;
-  if (run.epochs < 1 || run.eval_every_epochs < 1 || run.max_steps < 0 || run.top_k < 1 ||
-      run.reader.batch_size < 1 || run.log_every_steps < 1)
-    cluster->Abort(InvalidArgumentError(
-        "train.epochs, eval.every_epochs, eval.top_k, data.batch_size and train.log_every_steps "
-        "must be >= 1, train.max_steps >= 0"));
-  SeqWorker sw(cluster, config, &job);
-  SeqTrainer* trainer = sw.trainer.get();
-  Collective* coll = cluster->collective();
-  const int w = cluster->role_index(), num_workers = cluster->layout().num_workers;
-  ReaderOptions ro = run.reader;
-  if (ro.max_len == 0) ro.max_len = static_cast<int>(trainer->model().max_len());
-  SequenceReader reader(&data, {}, ro);
-  const int64_t per_epoch = reader.sequences_per_epoch(), batch = ro.batch_size;
-  const EpochRounds rounds_of{per_epoch, batch, num_workers};
-  if (rounds_of.From(0) == 0)
-    cluster->Abort(FailedPreconditionError(
-        "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) +
-        " training sequences (with >= 2 events) per epoch are fewer than one batch of " +
-        std::to_string(batch) + " for each of the " + std::to_string(num_workers) + " workers"));
-  WorkerCheckpoints ck(cluster, config, flags, sw.store.get(), CheckpointStateOf(trainer, config));
-  DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
-  const std::string model = ModelKindName(job.trainer.model.kind);
-  if (w == 0)
-    std::cerr << "cluster: model=" << model << " data=" << run.train_dir
-              << " sequences/epoch=" << per_epoch << " batch=" << batch << " per worker x "
-              << num_workers << " workers, " << rounds_of.From(0) << " steps/epoch, "
-              << per_epoch - rounds_of.PositionAfter(0, rounds_of.From(0) - 1)
-              << " sequences/epoch left out, epochs=" << run.epochs << "\n";
-  std::ofstream metrics;
-  OpenMetricsOut(cluster, flags, &metrics);
-  auto progress = WorkerZeroProgress(cluster, flags,
-                                     (walk.last_step() - walk.first_step()) * batch * num_workers);
-  const bool may_prefetch = PrefetchChangesNothing(job.tables);
+// data.train_dir: the SeqTrainer's reader, step and evaluation for RunDatasetRounds (worker w
+// training batch k*W + w of round k).
+class SeqRoundsSource : public DatasetRoundsSource {
+ public:
+  SeqRoundsSource(SeqWorker* sw, const Dataset& data, const DatasetRunOptions& run)
+      : sw_(sw),
+        data_(data),
+        run_(run),
+        reader_options_(ReaderOptionsOf(sw, run)),
+        reader_(&data, {}, reader_options_) {}
 
-  SequenceBatch cur, next;
-  DatasetSummary summary;
-  summary.model = model;
-  summary.loss = std::nan("");
-  double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
-  bool stopped = false, finished = false;
-  Timer timer;
-  for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
-    const std::string where = "epoch " + std::to_string(e + 1);
-    walk.StartEpoch(e);
-    auto read = [&](int64_t k, SequenceBatch* b) {
-      Status s = reader.SkipTo(e, walk.First(k, w));
-      if (s.ok() && !reader.Next(b)) s = InternalError("the reader ended before its batch");
-      if (!s.ok()) cluster->Abort(s.WithContext(where + " round " + std::to_string(k)));
-    };
-    bool have_next = false;
-    timer.Reset();
-    for (int64_t k = 0; k < walk.rounds() && !walk.Done(); ++k) {
-      bool checkpoint_after, stop;  // decided by every worker together (see RunWorker)
-      ck.BeginStep(trainer->steps(), walk.NextIsLast(), &checkpoint_after, &stop);
-      if (have_next) {
-        std::swap(cur, next);
-      } else {
-        read(k, &cur);
-      }
-      // Within an epoch, not before a checkpoint or the run's last step (see RunWorker).
-      have_next = may_prefetch && walk.HasNext(k) && !checkpoint_after;
-      SeqBatchView next_view;
-      if (have_next) {
-        read(k + 1, &next);
-        next_view = ViewOf(next);
-      }
-      const double loss = sw.Step(ViewOf(cur), have_next ? &next_view : nullptr, where);
-      CheckReplicas(cluster, trainer->model().params(), trainer->steps(), flags.replica_check_every,
-                    /*force=*/false);
-      stopped = walk.AfterStep(k, trainer->steps(), loss, checkpoint_after, stop, progress.get(),
-                               metrics.is_open() ? &metrics : nullptr);
-      if (stopped) break;
-    }
-    if (stopped) break;
-    finished = walk.Done();  // the run's last step (train.max_steps, or the last epoch's)
-    const double epoch_seconds = timer.Seconds();
-    train_seconds += epoch_seconds;
-    summary.epochs = static_cast<int>(e + 1);
-    auto mean_loss = walk.EpochLoss();
-    if (!mean_loss.ok()) cluster->Abort(mean_loss.status());
-    summary.loss = *mean_loss;
-    const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || e + 1 == run.epochs || finished;
-    RankingEvalResult eval;
-    if (evaluate) {
-      // Every worker's pushes are applied and nobody pulls until worker 0 is done.
-      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
-      if (w == 0) {
-        auto ranking = EvaluateSeqRanking(trainer, data, ro, run.eval_max_users, run.top_k);
-        if (!ranking.ok()) cluster->Abort(ranking.status().WithContext(where));
-        eval = *ranking;
-        summary.eval = eval;
-      }
-      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
-    }
-    const double epoch_samples_per_s =
-        epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;
-    if (progress) {
-      std::string extra =
-          where + "/" + std::to_string(run.epochs) + " loss=" + Fixed(summary.loss, 4);
-      if (evaluate)
-        extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
-                 std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4);
-      progress->Update(walk.at().samples, extra);
-    }
-    if (metrics.is_open())
-      WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, summary.loss, epoch_samples_per_s,
-                     trainer->steps());
+  int64_t per_epoch() const override { return reader_.sequences_per_epoch(); }
+  Status Read(int64_t e, int64_t first, int64_t /*step*/, bool next) override {
+    IPS_RETURN_IF_ERROR(reader_.SkipTo(e, first));
+    if (!reader_.Next(&batches_[next ? 1 : 0]))
+      return InternalError("the reader ended before its batch");
+    return Status::Ok();
   }
-  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
-  if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));
-  CheckReplicas(cluster, trainer->model().params(), trainer->steps(), flags.replica_check_every,
-                /*force=*/true);
-  const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
-  summary.samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
-  summary.steps = walk.at().steps;
-  summary.steps_run = walk.at().steps - walk.first_step();
-  const ps::RemoteStoreMetrics m = sw.store->metrics();
-  std::cerr << cluster->Describe() << ": steps=" << summary.steps_run
-            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
-            << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
-            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
-            << "\n";
-  PrintPrefetchHits(cluster, m);
-  if (Status s = sw.store->Finish(); !s.ok()) cluster->Abort(s);
-  int exit_code = 0;
-  if (w == 0) {
-    std::cerr << "trained " << summary.steps_run << " steps x " << num_workers << " workers in "
-              << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users << " users\n";
-    if (metrics.is_open()) {
-      WriteDatasetResultLine(metrics, cluster, summary);
-      if (!metrics) exit_code = 1;
-    }
-    DatasetResultLine(cluster, config, sw, m, summary).Print();
+  void Advance() override { std::swap(batches_[0], batches_[1]); }
+  StatusOr<double> Step(bool prefetch) override {
+    const SeqBatchView next = prefetch ? ViewOf(batches_[1]) : SeqBatchView();
+    return sw_->trainer->Step(ViewOf(batches_[0]), prefetch ? &next : nullptr);
   }
-  if (Status s = sw.store->ShutdownServers(); !s.ok()) cluster->Abort(s);
-  return exit_code;
-}
+  int64_t steps() const override { return sw_->trainer->steps(); }
+  const models::DenseParams<float>& params() const override {
+    return sw_->trainer->model().params();
+  }
+  StatusOr<RankingEvalResult> Evaluate(bool /*last*/,
+                                       std::vector<RetrievalCutoff>* /*recall*/) override {
+    return EvaluateSeqRanking(sw_->trainer.get(), data_, reader_options_, run_.eval_max_users,
+                              run_.top_k);
+  }
+  Names names() const override {
+    return {"sequences", "training sequences (with >= 2 events)", "sequences"};
+  }
+
+ private:
+  // The config's reader with the model's window when data.max_len is 0.
+  static ReaderOptions ReaderOptionsOf(SeqWorker* sw, const DatasetRunOptions& run) {
+    ReaderOptions ro = run.reader;
+    if (ro.max_len == 0) ro.max_len = static_cast<int>(sw->trainer->model().max_len());
+    return ro;
+  }
+
+  SeqWorker* sw_;
+  const Dataset& data_;
+  const DatasetRunOptions& run_;
+  const ReaderOptions reader_options_;
+  SequenceReader reader_;
+  SequenceBatch batches_[2];  // this step's batch and the prefetched one
+};
 
 }  // namespace
 
 int RunSeqWorker(Cluster* cluster, const config::Config& config, TrainJob job, const Dataset* data,
                  const ClusterTrainFlags& flags) {
   if (data == nullptr) return RunSeqSynthetic(cluster, config, std::move(job), flags);
-  return RunSeqDataset(cluster, config, std::move(job), *data, flags);
+  SeqWorker sw(cluster, config, &job);
+  SeqRoundsSource source(&sw, *data, job.dataset);
+  return RunDatasetRounds(cluster, config, job, flags, sw,
+                          CheckpointStateOf(sw.trainer.get(), config), &source);
 }
 
 }  // namespace ips::cluster_internal

@@ -292,191 +292,83 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
 // in w. After every eval.every_epochs-th epoch and the last one, worker 0 runs the single-process
 // evaluation (EvaluateRanking, and EvaluateRetrieval for models with user vectors) while the
 // others wait at a barrier, so it reads the tables of exactly that step.
+// The CTR worker's reader, Trainer step and evaluation for RunDatasetRounds.
+class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
+ public:
+  CtrRoundsSource(Cluster* cluster, TrainingWorker* tw, const Dataset& data,
+                  const DatasetRunOptions& run)
+      : worker_(cluster->role_index()),
+        tw_(tw),
+        trainer_(tw->trainer.get()),
+        data_(data),
+        run_(run),
+        reader_(&data, {}, run.reader),
+        aux_(trainer_->model().aux_negatives()) {
+    if (aux_ && data.manifest().items == 0)
+      cluster->Abort(FailedPreconditionError("dataset has no items"));
+  }
+
+  int64_t per_epoch() const override { return reader_.examples_per_epoch(); }
+  Status Read(int64_t e, int64_t first, int64_t step, bool next) override {
+    Slot& slot = slots_[next ? 1 : 0];
+    IPS_RETURN_IF_ERROR(reader_.SkipTo(e, first));
+    if (!reader_.Next(&slot.batch)) return InternalError("the reader ended before its batch");
+    // DIEN's auxiliary negatives: RunDatasetTraining's draw for trainer step `step`; worker w > 0
+    // mixes in w so the workers' negatives differ.
+    if (!aux_) {
+      slot.view = ViewOf(slot.batch);
+      return Status::Ok();
+    }
+    uint64_t seed = AuxNegativesSeed(run_.reader.seed, step);
+    if (worker_ > 0) seed = Mix64(seed ^ static_cast<uint64_t>(worker_));
+    slot.view = ViewWithAuxNegatives(slot.batch, data_, seed, &slot.negatives);
+    return Status::Ok();
+  }
+  // The views point into the batches' and negatives' heap buffers, which the swap keeps.
+  void Advance() override { std::swap(slots_[0], slots_[1]); }
+  StatusOr<double> Step(bool prefetch) override {
+    return trainer_->Step(slots_[0].view, prefetch ? &slots_[1].view : nullptr);
+  }
+  int64_t steps() const override { return trainer_->steps(); }
+  const models::DenseParams<float>& params() const override { return trainer_->model().params(); }
+  StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall) override {
+    IPS_ASSIGN_OR_RETURN(
+        RankingEvalResult ranking,
+        EvaluateRanking(trainer_, data_, run_.reader, run_.eval_max_users, run_.top_k));
+    if (last && trainer_->model().num_user_vectors() > 0) {
+      IPS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
+                           RunRetrievalEvaluation(trainer_, tw_->store.get(), data_, run_));
+      *recall = retrieval.cutoffs;
+      std::cerr << "retrieval: " << retrieval.users << " users x " << retrieval.items
+                << " items in " << cluster_internal::Fixed(retrieval.seconds, 1) << " s\n";
+    }
+    return ranking;
+  }
+  Names names() const override { return {"examples", "training examples", "samples"}; }
+
+ private:
+  struct Slot {
+    Batch batch;
+    AuxNegatives negatives;
+    CtrBatchView view;
+  };
+  const int worker_;
+  TrainingWorker* tw_;
+  Trainer* trainer_;
+  const Dataset& data_;
+  const DatasetRunOptions& run_;
+  TrainReader reader_;
+  const bool aux_;
+  Slot slots_[2];  // this step's batch and the prefetched one
+};
+
 int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob job,
                      const Dataset& data, const ClusterTrainFlags& flags) {
-  const int w = cluster->role_index();
-  const int num_workers = cluster->layout().num_workers;
-  Collective* coll = cluster->collective();
   TrainingWorker tw(cluster, config, &job);
-  ps::RemoteEmbeddingStore* store = tw.store.get();
-  Trainer* trainer = tw.trainer.get();
-  const DatasetRunOptions& run = job.dataset;
-  if (run.epochs < 1 || run.eval_every_epochs < 1 || run.max_steps < 0 || run.top_k < 1)
-    cluster->Abort(InvalidArgumentError(
-        "train.epochs, eval.every_epochs and eval.top_k must be >= 1, train.max_steps >= 0"));
-
-  TrainReader reader(&data, {}, run.reader);
-  const int64_t per_epoch = reader.examples_per_epoch();
-  const int64_t batch = std::max(1, run.reader.batch_size);
-  const cluster_internal::EpochRounds rounds_of{per_epoch, batch, num_workers};
-  if (rounds_of.From(0) == 0)
-    cluster->Abort(FailedPreconditionError(
-        "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) +
-        " training examples per epoch are fewer than one batch of " + std::to_string(batch) +
-        " for each of the " + std::to_string(num_workers) + " workers"));
-
-  WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
-  cluster_internal::DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
-
-  auto& params = trainer->model().params();
-  BroadcastDenseFromWorker0(cluster, &params);
-
-  std::ofstream metrics;
-  OpenMetricsOut(cluster, flags, &metrics);
-  const std::string model = ModelKindName(job.trainer.model.kind);
-  if (w == 0)
-    std::cerr << "cluster: model=" << model << " data=" << run.train_dir
-              << " examples/epoch=" << per_epoch << " batch=" << batch << " per worker x "
-              << num_workers << " workers, " << rounds_of.From(0) << " steps/epoch, "
-              << per_epoch - std::min(per_epoch, rounds_of.From(0) * num_workers * batch)
-              << " examples/epoch left out, epochs=" << run.epochs << "\n";
-  std::unique_ptr<ProgressLine> progress;
-  if (w == 0 && !flags.quiet)
-    progress = std::make_unique<ProgressLine>(
-        "train", (walk.last_step() - walk.first_step()) * batch * num_workers, "samples", stderr);
-
-  // DIEN's auxiliary negatives of the batch trained at trainer step `step` (RunDatasetTraining's
-  // draw; worker w > 0 mixes in w so the workers' negatives differ).
-  const bool aux = trainer->model().aux_negatives();
-  if (aux && data.manifest().items == 0)
-    cluster->Abort(FailedPreconditionError("dataset has no items"));
-  AuxNegatives neg_cur, neg_next;
-  auto with_negatives = [&](const Batch& b, int64_t step, AuxNegatives* n) {
-    if (!aux) return ViewOf(b);
-    uint64_t seed = AuxNegativesSeed(run.reader.seed, step);
-    if (w > 0) seed = Mix64(seed ^ static_cast<uint64_t>(w));
-    return ViewWithAuxNegatives(b, data, seed, n);
-  };
-  const bool may_prefetch = PrefetchChangesNothing(job.tables);
-
-  Batch cur, next;
-  double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
-  RankingEvalResult last_eval;
-  std::vector<RetrievalCutoff> recall;
-  double last_loss = std::nan("");
-  int epochs_run = 0;
-  bool stopped = false, finished = false;
-  Timer timer;
-  for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
-    walk.StartEpoch(e);
-    reader.StartEpoch(e);
-    auto read = [&](int64_t k, Batch* b) {
-      Status s = reader.SkipTo(e, walk.First(k, w));
-      if (s.ok() && !reader.Next(b)) s = InternalError("the reader ended before its batch");
-      if (!s.ok())
-        cluster->Abort(
-            s.WithContext("epoch " + std::to_string(e + 1) + " round " + std::to_string(k)));
-    };
-    bool have_next = false;
-    timer.Reset();
-    for (int64_t k = 0; k < walk.rounds() && !walk.Done(); ++k) {
-      const int64_t i = trainer->steps();
-      bool checkpoint_after, stop;
-      ck.BeginStep(i, walk.NextIsLast(), &checkpoint_after, &stop);
-      if (have_next) {
-        std::swap(cur, next);
-        std::swap(neg_cur, neg_next);
-      } else {
-        read(k, &cur);
-      }
-      // The next batch's pull overlaps this step (Trainer::Step's `next`) within an epoch, not
-      // before a checkpoint or the last step (see RunWorker).
-      const bool prefetch = walk.HasNext(k) && !checkpoint_after && may_prefetch;
-      const CtrBatchView view = with_negatives(cur, i, &neg_cur);
-      CtrBatchView next_view;
-      if (prefetch) {
-        read(k + 1, &next);
-        next_view = with_negatives(next, i + 1, &neg_next);
-      }
-      have_next = prefetch;
-      auto loss = trainer->Step(view, prefetch ? &next_view : nullptr);
-      if (!loss.ok()) cluster->Abort(loss.status().WithContext("epoch " + std::to_string(e + 1)));
-      const int64_t done = trainer->steps();
-      CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
-      stopped = walk.AfterStep(k, done, *loss, checkpoint_after, stop, progress.get(),
-                               metrics.is_open() ? &metrics : nullptr);
-      if (stopped) break;
-    }
-    if (stopped) break;
-    finished = walk.Done();  // the run's last step (train.max_steps, or the last epoch's)
-    const double epoch_seconds = timer.Seconds();
-    train_seconds += epoch_seconds;
-    epochs_run = static_cast<int>(e + 1);
-    auto mean_loss = walk.EpochLoss();
-    if (!mean_loss.ok()) cluster->Abort(mean_loss.status());
-    const double epoch_loss = *mean_loss;
-    last_loss = epoch_loss;
-    const bool last = finished || e + 1 == run.epochs;
-    const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || last;
-    RankingEvalResult eval;
-    if (evaluate) {
-      // Every worker's pushes of this step are applied and nobody pulls until worker 0 is done.
-      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
-      if (w == 0) {
-        auto ranking = EvaluateRanking(trainer, data, run.reader, run.eval_max_users, run.top_k);
-        if (!ranking.ok()) cluster->Abort(ranking.status());
-        eval = *ranking;
-        last_eval = eval;
-        if (last && trainer->model().num_user_vectors() > 0) {
-          auto retrieval = RunRetrievalEvaluation(trainer, store, data, run);
-          if (!retrieval.ok()) cluster->Abort(retrieval.status());
-          recall = retrieval->cutoffs;
-          std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
-                    << " items in " << Fixed(retrieval->seconds, 1) << " s\n";
-        }
-      }
-      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
-    }
-    const double epoch_samples_per_s =
-        epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;
-    if (progress) {
-      std::string extra = "epoch " + std::to_string(e + 1) + "/" + std::to_string(run.epochs) +
-                          " loss=" + Fixed(epoch_loss, 4);
-      if (evaluate)
-        extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
-                 std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4) +
-                 " auc=" + Fixed(eval.auc, 4);
-      progress->Update(walk.at().samples, extra);
-    }
-    if (metrics.is_open())  // RunDatasetTraining's per-epoch line
-      cluster_internal::WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, epoch_loss,
-                                       epoch_samples_per_s, trainer->steps());
-  }
-  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
-  if (progress) progress->Finish("loss=" + Fixed(last_loss, 4));
-  CheckReplicas(cluster, params, trainer->steps(), flags.replica_check_every, /*force=*/true);
-  // Global throughput: every worker's samples over the slowest worker's training time.
-  const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
-  const double samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
-  const int64_t steps_run = walk.at().steps - walk.first_step();
-  const ps::RemoteStoreMetrics m = store->metrics();
-  std::cerr << cluster->Describe() << ": steps=" << steps_run
-            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
-            << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
-            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
-            << "\n";
-  if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
-  int exit_code = 0;
-  if (w == 0) {
-    std::cerr << "trained " << steps_run << " steps x " << num_workers << " workers in "
-              << Fixed(train_seconds, 1) << " s, evaluated " << last_eval.users << " users\n";
-    DatasetSummary summary;
-    summary.model = model;
-    summary.epochs = epochs_run;
-    summary.steps = walk.at().steps;
-    summary.steps_run = steps_run;
-    summary.samples_per_s = samples_per_s;
-    summary.loss = last_loss;
-    summary.eval = last_eval;
-    summary.recall = recall;
-    if (metrics.is_open()) {
-      cluster_internal::WriteDatasetResultLine(metrics, cluster, summary);
-      if (!metrics) exit_code = 1;
-    }
-    cluster_internal::DatasetResultLine(cluster, config, tw, m, summary).Print();
-  }
-  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
-  return exit_code;
+  BroadcastDenseFromWorker0(cluster, &tw.trainer->model().params());
+  CtrRoundsSource source(cluster, &tw, data, job.dataset);
+  return cluster_internal::RunDatasetRounds(cluster, config, job, flags, tw,
+                                            CheckpointStateOf(tw.trainer.get(), config), &source);
 }
 
 }  // namespace

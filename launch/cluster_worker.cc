@@ -134,6 +134,11 @@ void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t don
           << "}\n";
 }
 
+void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m) {
+  std::cerr << cluster->Describe() << ": pulls=" << m.pulls << " prefetch_hits=" << m.prefetch_hits
+            << "\n";
+}
+
 void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
                       const ps::RemoteStoreMetrics& m) {
   std::cerr << cluster->Describe() << ": steps=" << s.train_steps << " own_samples_per_s="
@@ -562,6 +567,148 @@ bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoin
     ck_->WriteDataset(done, {e, rounds_.PositionAfter(p0_, k), at_.steps, at_.samples,
                              epoch_.epoch_steps, epoch_.epoch_samples, epoch_.loss_sum});
   return stop && at_.steps < last_step_;
+}
+
+int RunDatasetRounds(Cluster* cluster, const config::Config& config, const TrainJob& job,
+                     const ClusterTrainFlags& flags, const WorkerClient& client,
+                     TrainerCheckpointState checkpoint_state, DatasetRoundsSource* source) {
+  const DatasetRunOptions& run = job.dataset;
+  if (run.epochs < 1 || run.eval_every_epochs < 1 || run.max_steps < 0 || run.top_k < 1 ||
+      run.reader.batch_size < 1 || run.log_every_steps < 1)
+    cluster->Abort(InvalidArgumentError(
+        "train.epochs, eval.every_epochs, eval.top_k, data.batch_size and train.log_every_steps "
+        "must be >= 1, train.max_steps >= 0"));
+  const int w = cluster->role_index(), num_workers = cluster->layout().num_workers;
+  Collective* coll = cluster->collective();
+  ps::RemoteEmbeddingStore* store = client.store.get();
+  const DatasetRoundsSource::Names names = source->names();
+  const int64_t per_epoch = source->per_epoch(), batch = run.reader.batch_size;
+  const EpochRounds rounds_of{per_epoch, batch, num_workers};
+  if (rounds_of.From(0) == 0)
+    cluster->Abort(FailedPreconditionError(
+        "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) + " " +
+        names.trainable + " per epoch are fewer than one batch of " + std::to_string(batch) +
+        " for each of the " + std::to_string(num_workers) + " workers"));
+  WorkerCheckpoints ck(cluster, config, flags, store, std::move(checkpoint_state));
+  DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
+  const std::string model = ModelKindName(job.trainer.model.kind);
+  if (w == 0)
+    std::cerr << "cluster: model=" << model << " data=" << run.train_dir << " " << names.items
+              << "/epoch=" << per_epoch << " batch=" << batch << " per worker x " << num_workers
+              << " workers, " << rounds_of.From(0) << " steps/epoch, "
+              << per_epoch - rounds_of.PositionAfter(0, rounds_of.From(0) - 1) << " " << names.items
+              << "/epoch left out, epochs=" << run.epochs << "\n";
+  std::ofstream metrics;
+  OpenMetricsOut(cluster, flags, &metrics);
+  std::unique_ptr<ProgressLine> progress;
+  if (w == 0 && !flags.quiet)
+    progress = std::make_unique<ProgressLine>(
+        "train", (walk.last_step() - walk.first_step()) * batch * num_workers, names.unit, stderr);
+  const bool may_prefetch = PrefetchChangesNothing(job.tables);
+
+  DatasetSummary summary;
+  summary.model = model;
+  summary.loss = std::nan("");
+  double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
+  bool stopped = false, finished = false;
+  Timer timer;
+  for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
+    const std::string where = "epoch " + std::to_string(e + 1);
+    walk.StartEpoch(e);
+    auto read = [&](int64_t k, bool next) {
+      Status s = source->Read(e, walk.First(k, w), source->steps() + (next ? 1 : 0), next);
+      if (!s.ok()) cluster->Abort(s.WithContext(where + " round " + std::to_string(k)));
+    };
+    bool have_next = false;
+    timer.Reset();
+    for (int64_t k = 0; k < walk.rounds() && !walk.Done(); ++k) {
+      bool checkpoint_after, stop;  // decided by every worker together (see RunWorker)
+      ck.BeginStep(source->steps(), walk.NextIsLast(), &checkpoint_after, &stop);
+      if (have_next) {
+        source->Advance();
+      } else {
+        read(k, /*next=*/false);
+      }
+      // The next batch's pull overlaps this step within an epoch, not before a checkpoint (the
+      // snapshot would hold the unconsumed prefetch's rows and sightings) or the run's last step.
+      have_next = may_prefetch && walk.HasNext(k) && !checkpoint_after;
+      if (have_next) read(k + 1, /*next=*/true);
+      auto loss = source->Step(have_next);
+      if (!loss.ok()) cluster->Abort(loss.status().WithContext(where));
+      CheckReplicas(cluster, source->params(), source->steps(), flags.replica_check_every,
+                    /*force=*/false);
+      stopped = walk.AfterStep(k, source->steps(), *loss, checkpoint_after, stop, progress.get(),
+                               metrics.is_open() ? &metrics : nullptr);
+      if (stopped) break;
+    }
+    if (stopped) break;
+    finished = walk.Done();  // the run's last step (train.max_steps, or the last epoch's)
+    const double epoch_seconds = timer.Seconds();
+    train_seconds += epoch_seconds;
+    summary.epochs = static_cast<int>(e + 1);
+    auto mean_loss = walk.EpochLoss();
+    if (!mean_loss.ok()) cluster->Abort(mean_loss.status());
+    summary.loss = *mean_loss;
+    const bool last = finished || e + 1 == run.epochs;
+    const bool evaluate = (e + 1) % run.eval_every_epochs == 0 || last;
+    RankingEvalResult eval;
+    if (evaluate) {
+      // Every worker's pushes are applied and nobody pulls until worker 0 is done, so it reads
+      // the tables of exactly this step.
+      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+      if (w == 0) {
+        auto ranking = source->Evaluate(last, &summary.recall);
+        if (!ranking.ok()) cluster->Abort(ranking.status().WithContext(where));
+        eval = *ranking;
+        summary.eval = eval;
+      }
+      if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+    }
+    const double epoch_samples_per_s =
+        epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;
+    if (progress) {
+      std::string extra =
+          where + "/" + std::to_string(run.epochs) + " loss=" + Fixed(summary.loss, 4);
+      if (evaluate)
+        extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
+                 std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4) +
+                 " auc=" + Fixed(eval.auc, 4);
+      progress->Update(walk.at().samples, extra);
+    }
+    if (metrics.is_open())  // single-process RunDatasetTraining's per-epoch line
+      WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, summary.loss, epoch_samples_per_s,
+                     source->steps());
+  }
+  if (stopped) return ck.Stop(job, source->steps(), progress.get());
+  if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));
+  CheckReplicas(cluster, source->params(), source->steps(), flags.replica_check_every,
+                /*force=*/true);
+  // Global throughput: every worker's samples over the slowest worker's training time.
+  const double slowest = SlowestWorkerSeconds(cluster, train_seconds);
+  summary.samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
+  summary.steps = walk.at().steps;
+  summary.steps_run = walk.at().steps - walk.first_step();
+  const ps::RemoteStoreMetrics m = store->metrics();
+  std::cerr << cluster->Describe() << ": steps=" << summary.steps_run
+            << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
+            << " push_p50_us=" << Fixed(m.push_p50_us, 0) << " bytes_sent=" << m.bytes_sent
+            << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
+            << "\n";
+  PrintPrefetchHits(cluster, m);
+  // This worker pushes no more: the others' pulls must not wait on its clock.
+  if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
+  int exit_code = 0;
+  if (w == 0) {
+    std::cerr << "trained " << summary.steps_run << " steps x " << num_workers << " workers in "
+              << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users << " users\n";
+    if (metrics.is_open()) {
+      WriteDatasetResultLine(metrics, cluster, summary);
+      if (!metrics) exit_code = 1;
+    }
+    DatasetResultLine(cluster, config, client, m, summary).Print();
+  }
+  if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
+  return exit_code;
 }
 
 }  // namespace cluster_internal

@@ -104,6 +104,9 @@ struct SyntheticSummary {
 };
 void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
                             const ps::RemoteStoreMetrics& m);
+// How many of this worker's pulls its prefetch served (every step's but the first of each run of
+// prefetched steps, when the prefetch is on), on stderr.
+void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m);
 void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
                       const ps::RemoteStoreMetrics& m);
 ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
@@ -293,6 +296,47 @@ class DatasetWalk {
   int64_t p0_ = 0, rounds_in_epoch_ = 0;
   int64_t first_step_ = 0, last_step_ = 0, samples_run_ = 0;
 };
+
+// What a dataset worker trains (RunDatasetRounds): the reader of the single-process epoch order,
+// the trainer's step on the batch read for it (the next batch's pull overlapping the step) and
+// worker 0's evaluation. The CTR workers (cluster_train.cc) and the sequence workers
+// (cluster_seq_train.cc) each have one.
+class DatasetRoundsSource {
+ public:
+  virtual ~DatasetRoundsSource() = default;
+
+  virtual int64_t per_epoch() const = 0;  // examples (sequences) in an epoch's order
+  // Reads the batch from example `first` of epoch e's order (shuffled by epoch) for trainer step
+  // `step`: as this step's batch, or (next) as the one the step prefetches.
+  virtual Status Read(int64_t e, int64_t first, int64_t step, bool next) = 0;
+  virtual void Advance() = 0;  // the prefetched batch becomes this step's
+  // The trainer's step on this step's batch (pulling the next one's rows during it when
+  // `prefetch`); returns this worker's loss.
+  virtual StatusOr<double> Step(bool prefetch) = 0;
+  virtual int64_t steps() const = 0;  // the trainer's step count
+  virtual const models::DenseParams<float>& params() const = 0;
+  // Worker 0's evaluation after an epoch (last: the run's last; models with user vectors add
+  // their full-ranking recall to *recall then).
+  virtual StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall) = 0;
+
+  // What the messages call the data: e.g. "examples" (per epoch), "training examples" (too few
+  // for a batch per worker), "samples" (the progress line's unit).
+  struct Names {
+    const char* items;
+    const char* trainable;
+    const char* unit;
+  };
+  virtual Names names() const = 0;
+};
+
+// A dataset run of data.train_dir on this worker (see launch/cluster_train.cc's RunDatasetWorker
+// for the sharding): resume, the epochs' rounds with prefetch, replica checks, checkpoints and
+// SIGTERM stops, the per-epoch evaluation on worker 0 between two barriers, the progress and
+// --metrics_out lines, and worker 0's RESULT line; shuts the servers down at the end. Aborts the
+// job on an error; returns the exit code.
+int RunDatasetRounds(Cluster* cluster, const config::Config& config, const TrainJob& job,
+                     const ClusterTrainFlags& flags, const WorkerClient& client,
+                     TrainerCheckpointState checkpoint_state, DatasetRoundsSource* source);
 
 // The sequence models' worker (launch/cluster_seq_train.cc): SeqTrainer steps on synthetic
 // batches (data == nullptr) or on the sequences of `data` (fitted to the job already), with the
