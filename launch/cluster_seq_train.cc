@@ -23,7 +23,6 @@
 // dataset run's epoch, position in SequenceReader's order and the epoch's loss sum), so a
 // checkpoint resumes on any number of servers and workers, and single-process.
 #include <algorithm>
-#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -31,8 +30,6 @@
 #include <utility>
 #include <vector>
 
-#include "common/progress.h"
-#include "common/timer.h"
 #include "launch/cluster_worker.h"
 #include "proto/config.pb.h"
 #include "ps/remote_store.h"
@@ -50,7 +47,7 @@ namespace {
 // gradients the client's hook averages; the replicas start from worker 0's dense weights.
 struct SeqWorker : WorkerClient {
   SeqWorker(Cluster* cluster, const config::Config& config, TrainJob* job)
-      : WorkerClient(cluster, config, *job), cluster(cluster) {
+      : WorkerClient(cluster, config, *job) {
     job->trainer.dense_grad_allreduce = dense_grad_hook;
     auto t = CreateSeqTrainer(job->trainer, store.get());
     if (!t.ok()) cluster->Abort(t.status());
@@ -58,22 +55,8 @@ struct SeqWorker : WorkerClient {
     BroadcastDenseFromWorker0(cluster, &trainer->model().params());
   }
 
-  // The step on `cur` (prefetching `next` when not null); aborts the job on an error.
-  double Step(const SeqBatchView& cur, const SeqBatchView* next, const std::string& where) {
-    auto loss = trainer->Step(cur, next);
-    if (!loss.ok()) cluster->Abort(loss.status().WithContext(where));
-    return *loss;
-  }
-
-  Cluster* cluster;
   std::unique_ptr<SeqTrainer> trainer;
 };
-
-std::unique_ptr<ProgressLine> WorkerZeroProgress(Cluster* cluster, const ClusterTrainFlags& flags,
-                                                 int64_t total) {
-  if (cluster->role_index() != 0 || flags.quiet) return nullptr;
-  return std::make_unique<ProgressLine>("train", total, "sequences", stderr);
-}
 
 // data.synthetic: the single-process protocol's batches (all made before the timer), worker w
 // training batches w, w + W, ...
@@ -99,56 +82,17 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
       cluster->Abort(s);
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
-  auto progress =
-      WorkerZeroProgress(cluster, flags, static_cast<int64_t>(run.steps) * run.batch * num_workers);
-  const bool may_prefetch = PrefetchChangesNothing(job.tables);
+  auto step = [&](int i, bool prefetch) {
+    const SeqBatchView next = prefetch ? ViewOf(batches[i + 1]) : SeqBatchView();
+    return sw.trainer->Step(ViewOf(batches[i]), prefetch ? &next : nullptr);
+  };
   SyntheticSummary summary;
-  summary.train_steps = train_steps;
-  bool stopped = false;
-  Timer timer;
-  for (int i = start; i < train_steps; ++i) {
-    bool checkpoint_after, stop;  // decided by every worker together (see RunWorker)
-    ck.BeginStep(i, i + 1 == train_steps, &checkpoint_after, &stop);
-    if (i == run.warmup_steps) sw.allreduce_s = 0;  // timed steps only
-    timer.Reset();
-    // No prefetch before a checkpoint: the snapshot would hold its rows (see RunWorker).
-    const bool prefetch = i + 1 < train_steps && may_prefetch && !checkpoint_after;
-    SeqBatchView next;
-    if (prefetch) next = ViewOf(batches[i + 1]);
-    const double loss =
-        sw.Step(ViewOf(batches[i]), prefetch ? &next : nullptr, "step " + std::to_string(i + 1));
-    if (i >= run.warmup_steps) {
-      summary.timed_s += timer.Seconds();
-      ++summary.timed_steps;
-    }
-    losses.push_back(loss);
-    const int64_t done = i + 1;
-    CheckReplicas(cluster, sw.trainer->model().params(), done, flags.replica_check_every,
-                  /*force=*/false);
-    if (progress && i >= run.warmup_steps)
-      progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
-                       "loss=" + Fixed(loss, 4));
-    if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps))
-      WriteSyntheticStepLine(metrics, cluster, done, loss, sw.store->metrics());
-    if (checkpoint_after) ck.WriteSynthetic(done, losses);
-    if (stop && done < train_steps) {
-      stopped = true;
-      break;
-    }
-  }
-  if (stopped) return ck.Stop(job, sw.trainer->steps(), progress.get());
-  if (progress) progress->Finish("loss=" + Fixed(losses.back(), 4));
-  CheckReplicas(cluster, sw.trainer->model().params(), train_steps, flags.replica_check_every,
-                /*force=*/true);
-  // Global throughput: every worker's sequences over the slowest worker's time.
-  const double slowest = SlowestWorkerSeconds(cluster, summary.timed_s);
-  summary.samples_per_s =
-      slowest > 0 ? static_cast<double>(summary.timed_steps) * run.batch * num_workers / slowest
-                  : 0;
-  const size_t n = losses.size(), k = std::min<size_t>(10, n);
-  summary.loss = internal::Mean(losses, n - k, n);
+  if (auto stopped = RunSyntheticRounds(cluster, flags, job, &sw, &ck, sw.trainer->model().params(),
+                                        start, "sequences", step,
+                                        metrics.is_open() ? &metrics : nullptr, &losses, &summary))
+    return *stopped;
+  const size_t k = std::min<size_t>(10, losses.size());
   const ps::RemoteStoreMetrics m = sw.store->metrics();
-  LogWorkerTraffic(cluster, summary, run.batch, m);
   PrintPrefetchHits(cluster, m);
   if (Status s = sw.store->Finish(); !s.ok()) cluster->Abort(s);
   int exit_code = 0;

@@ -1,14 +1,12 @@
 #include "launch/cluster_train.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
-#include <iomanip>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -16,10 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "common/progress.h"
 #include "common/random.h"
 #include "common/result_line.h"
-#include "common/timer.h"
 #include "kernels/context.h"
 #include "launch/cluster_worker.h"
 #include "launch/commands.h"
@@ -45,18 +41,14 @@ namespace {
 
 using cluster_internal::BroadcastDenseFromWorker0;
 using cluster_internal::Checkpointing;
-using cluster_internal::CheckReplicas;
-using cluster_internal::DatasetSummary;
 using cluster_internal::Fixed;
 using cluster_internal::OpenMetricsOut;
-using cluster_internal::PrefetchChangesNothing;
-using cluster_internal::SlowestWorkerSeconds;
-using cluster_internal::SumOverWorkers;
 using cluster_internal::SyntheticSummary;
 using cluster_internal::WorkerClient;
 
 // A CTR training worker (RunWorker, RunDatasetWorker): the client of the parameter servers and
-// the trainer, whose dense gradients the client's hook averages over the workers.
+// the trainer, whose dense gradients the client's hook averages over the workers; the replicas
+// start from worker 0's dense weights (every worker restores the same --resume state later).
 struct TrainingWorker : WorkerClient {
   TrainingWorker(Cluster* cluster, const config::Config& config, TrainJob* job)
       : WorkerClient(cluster, config, *job) {
@@ -64,6 +56,7 @@ struct TrainingWorker : WorkerClient {
     auto t = Trainer::Create(job->trainer, store.get());
     if (!t.ok()) cluster->Abort(t.status());
     trainer = std::move(t).value();
+    BroadcastDenseFromWorker0(cluster, &trainer->model().params());
   }
   std::unique_ptr<Trainer> trainer;
 };
@@ -135,7 +128,6 @@ int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& jo
 namespace {
 
 using cluster_internal::CheckpointStateOf;
-using cluster_internal::DatasetPosition;
 using cluster_internal::WorkerCheckpoints;
 
 int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
@@ -152,8 +144,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
   std::vector<double> losses;
   const int start = ck.ResumeSynthetic(train_steps, &losses);
-  auto& params = trainer->model().params();
-  BroadcastDenseFromWorker0(cluster, &params);
+  const auto& params = trainer->model().params();
 
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
@@ -166,65 +157,17 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   }
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
-  std::unique_ptr<ProgressLine> progress;
-  if (w == 0 && !flags.quiet)
-    progress = std::make_unique<ProgressLine>(
-        "train", static_cast<int64_t>(run.steps) * run.batch * num_workers, "samples", stderr);
-  double timed = 0;
-  int64_t timed_steps = 0;
-  bool stopped = false;
-  Timer timer;
-  const bool may_prefetch = PrefetchChangesNothing(job.tables);
-  for (int i = start; i < train_steps; ++i) {
-    // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
-    bool checkpoint_after, stop;
-    ck.BeginStep(i, i + 1 == train_steps, &checkpoint_after, &stop);
-    if (i == run.warmup_steps) tw.allreduce_s = 0;  // timed steps only
-    timer.Reset();
-    // The next batch's pull overlaps this step's compute and push (Trainer::Step's `next`), where
-    // that changes nothing: see PrefetchChangesNothing, and not before a checkpoint (the
-    // snapshot would hold the unconsumed prefetch's rows and sightings, which the resumed run
-    // pulls and counts again).
-    const bool prefetch = i + 1 < train_steps && !checkpoint_after && may_prefetch;
-    CtrBatchView next;
-    if (prefetch) next = ViewOf(batches[i + 1]);
-    auto loss = trainer->Step(ViewOf(batches[i]), prefetch ? &next : nullptr);
-    if (i >= run.warmup_steps) {
-      timed += timer.Seconds();
-      ++timed_steps;
-    }
-    if (!loss.ok()) cluster->Abort(loss.status());
-    losses.push_back(*loss);
-    const int done = i + 1;
-    CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
-    if (progress && i >= run.warmup_steps) {
-      progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
-                       "loss=" + Fixed(*loss, 4));
-    }
-    if (metrics.is_open() && (done % run.log_every_steps == 0 || done == train_steps))
-      cluster_internal::WriteSyntheticStepLine(metrics, cluster, done, *loss, store->metrics());
-    if (checkpoint_after) ck.WriteSynthetic(done, losses);
-    if (stop && done < train_steps) {
-      stopped = true;
-      break;
-    }
-  }
-  if (stopped) return ck.Stop(job, trainer->steps(), progress.get());
-  if (progress) progress->Finish("loss=" + Fixed(losses.empty() ? 0.0 : losses.back(), 4));
-  CheckReplicas(cluster, params, train_steps, flags.replica_check_every, /*force=*/true);
-  // Global throughput: every worker's samples over the slowest worker's time.
-  const double slowest = SlowestWorkerSeconds(cluster, timed);
-  const double samples_per_s =
-      slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
-  const ps::RemoteStoreMetrics m = store->metrics();
+  auto step = [&](int i, bool prefetch) {
+    const CtrBatchView next = prefetch ? ViewOf(batches[i + 1]) : CtrBatchView();
+    return trainer->Step(ViewOf(batches[i]), prefetch ? &next : nullptr);
+  };
   SyntheticSummary summary;
-  summary.train_steps = train_steps;
-  summary.timed_steps = timed_steps;
-  summary.timed_s = timed;
-  summary.samples_per_s = samples_per_s;
-  const size_t n = losses.size(), k = std::min<size_t>(10, n);
-  summary.loss = internal::Mean(losses, n - k, n);
-  cluster_internal::LogWorkerTraffic(cluster, summary, run.batch, m);
+  if (auto stopped = cluster_internal::RunSyntheticRounds(
+          cluster, flags, job, &tw, &ck, params, start, "samples", step,
+          metrics.is_open() ? &metrics : nullptr, &losses, &summary))
+    return *stopped;
+  const ps::RemoteStoreMetrics m = store->metrics();
+  const size_t k = std::min<size_t>(10, losses.size());
   // This worker pushes no more: the others' pulls must not wait on its clock.
   if (Status s = store->Finish(); !s.ok()) cluster->Abort(s);
 
@@ -264,9 +207,10 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
               << " last10=" << Fixed(last10, 4) << " heldout_auc=" << Fixed(eval.auc, 4) << "\n";
     if (metrics.is_open()) {
       metrics << "{\"phase\":\"result\",\"workers\":" << num_workers
-              << ",\"ps\":" << cluster->layout().num_ps << ",\"samples_per_s\":" << samples_per_s
-              << ",\"loss\":" << last10 << ",\"auc\":" << eval.auc
-              << ",\"staleness_max\":" << m.staleness_max << tables.str() << "}\n";
+              << ",\"ps\":" << cluster->layout().num_ps
+              << ",\"samples_per_s\":" << summary.samples_per_s << ",\"loss\":" << last10
+              << ",\"auc\":" << eval.auc << ",\"staleness_max\":" << m.staleness_max << tables.str()
+              << "}\n";
       metrics.flush();
       if (!metrics) exit_code = 1;
     }
@@ -365,7 +309,6 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
 int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob job,
                      const Dataset& data, const ClusterTrainFlags& flags) {
   TrainingWorker tw(cluster, config, &job);
-  BroadcastDenseFromWorker0(cluster, &tw.trainer->model().params());
   CtrRoundsSource source(cluster, &tw, data, job.dataset);
   return cluster_internal::RunDatasetRounds(cluster, config, job, flags, tw,
                                             CheckpointStateOf(tw.trainer.get(), config), &source);

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -149,6 +150,66 @@ void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
             << " push_p99_us=" << Fixed(m.push_p99_us, 0) << " bytes_sent=" << m.bytes_sent
             << " bytes_received=" << m.bytes_received << " staleness_max=" << m.staleness_max
             << " staleness_mean=" << Fixed(m.staleness_mean, 2) << "\n";
+}
+
+std::optional<int> RunSyntheticRounds(
+    Cluster* cluster, const ClusterTrainFlags& flags, const TrainJob& job, WorkerClient* client,
+    WorkerCheckpoints* ck, const models::DenseParams<float>& params, int start, const char* unit,
+    const std::function<StatusOr<double>(int, bool)>& step, std::ostream* metrics,
+    std::vector<double>* losses, SyntheticSummary* summary) {
+  const SyntheticRunOptions& run = job.run;
+  const int num_workers = cluster->layout().num_workers;
+  const int train_steps = run.warmup_steps + run.steps;
+  std::unique_ptr<ProgressLine> progress;
+  if (cluster->role_index() == 0 && !flags.quiet)
+    progress = std::make_unique<ProgressLine>(
+        "train", static_cast<int64_t>(run.steps) * run.batch * num_workers, unit, stderr);
+  const bool may_prefetch = PrefetchChangesNothing(job.tables);
+  double timed = 0;
+  int64_t timed_steps = 0;
+  Timer timer;
+  for (int i = start; i < train_steps; ++i) {
+    // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
+    bool checkpoint_after, stop;
+    ck->BeginStep(i, i + 1 == train_steps, &checkpoint_after, &stop);
+    if (i == run.warmup_steps) client->allreduce_s = 0;  // timed steps only
+    timer.Reset();
+    // The next batch's pull overlaps this step's compute and push where that changes nothing
+    // (PrefetchChangesNothing), and not before a checkpoint: the snapshot would hold the
+    // unconsumed prefetch's rows and sightings, which the resumed run pulls and counts again.
+    const bool prefetch = i + 1 < train_steps && !checkpoint_after && may_prefetch;
+    auto loss = step(i, prefetch);
+    if (i >= run.warmup_steps) {
+      timed += timer.Seconds();
+      ++timed_steps;
+    }
+    if (!loss.ok()) cluster->Abort(loss.status().WithContext("step " + std::to_string(i + 1)));
+    losses->push_back(*loss);
+    const int done = i + 1;
+    CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
+    if (progress && i >= run.warmup_steps)
+      progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
+                       "loss=" + Fixed(*loss, 4));
+    if (metrics != nullptr && (done % run.log_every_steps == 0 || done == train_steps))
+      WriteSyntheticStepLine(*metrics, cluster, done, *loss, client->store->metrics());
+    if (checkpoint_after) ck->WriteSynthetic(done, *losses);
+    if (stop && done < train_steps) {
+      return ck->Stop(job, done, progress.get());
+    }
+  }
+  if (progress) progress->Finish("loss=" + Fixed(losses->empty() ? 0.0 : losses->back(), 4));
+  CheckReplicas(cluster, params, train_steps, flags.replica_check_every, /*force=*/true);
+  // Global throughput: every worker's samples over the slowest worker's time.
+  const double slowest = SlowestWorkerSeconds(cluster, timed);
+  summary->train_steps = train_steps;
+  summary->timed_steps = timed_steps;
+  summary->timed_s = timed;
+  summary->samples_per_s =
+      slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
+  const size_t n = losses->size(), k = std::min<size_t>(10, n);
+  summary->loss = internal::Mean(*losses, n - k, n);
+  LogWorkerTraffic(cluster, *summary, run.batch, client->store->metrics());
+  return std::nullopt;
 }
 
 ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,

@@ -15,6 +15,7 @@
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,8 @@ class Collective;
 class ProgressLine;
 
 namespace cluster_internal {
+
+class WorkerCheckpoints;
 
 // Whether the config asks for checkpoints (checkpoint.dir set).
 bool Checkpointing(const config::Config& config);
@@ -104,6 +107,20 @@ struct SyntheticSummary {
 };
 void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
                             const ps::RemoteStoreMetrics& m);
+// The steps of a synthetic run on this worker, for both kinds of worker: trainer steps `start` (a
+// resumed checkpoint's, else 0) to run.warmup_steps + run.steps, where step(i, prefetch) trains
+// the worker's batch i (pulling batch i + 1's rows during it when prefetch) and returns its loss;
+// checkpoints and SIGTERM stops, replica checks, worker 0's progress line (in `unit`s) and
+// --metrics_out step lines (metrics: null when closed). Appends the losses to *losses (which
+// holds a resumed run's), fills *summary (train_steps, timed steps and seconds, samples_per_s
+// over every worker, the last 10 losses' mean) and logs this worker's traffic. Returns the exit
+// code when a stop ended the run early (after its checkpoint; *summary is not filled then).
+// Aborts the job on an error.
+std::optional<int> RunSyntheticRounds(
+    Cluster* cluster, const ClusterTrainFlags& flags, const TrainJob& job, WorkerClient* client,
+    WorkerCheckpoints* ck, const models::DenseParams<float>& params, int start, const char* unit,
+    const std::function<StatusOr<double>(int, bool)>& step, std::ostream* metrics,
+    std::vector<double>* losses, SyntheticSummary* summary);
 // How many of this worker's pulls its prefetch served (every step's but the first of each run of
 // prefetched steps, when the prefetch is on), on stderr.
 void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m);
