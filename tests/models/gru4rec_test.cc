@@ -13,6 +13,7 @@
 
 #include "common/random.h"
 #include "common/thread_pool.h"
+#include "tests/models/model_gradcheck.h"
 #include "tests/models/staged_check.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
@@ -252,31 +253,11 @@ TEST(Gru4Rec, FloatMatchesDouble_LSTM_proj_pool2) {
   for (int64_t i = 0; i < (*md)->params().size(); ++i)
     (*mf)->params().values()[i] = static_cast<float>((*md)->params().values()[i]);
   SmallBatch batch({5, 2, 0, 4});
-  std::vector<float> rows_f(batch.rows.begin(), batch.rows.end());
-  for (size_t i = 0; i < rows_f.size(); ++i) batch.rows[i] = rows_f[i];
-  SeqInputs<float> inf;
-  inf.batch = batch.B;
-  inf.lengths = batch.lengths.data();
-  inf.item_index = batch.index.data();
-  inf.item_rows = rows_f.data();
-  inf.num_item_rows = batch.num_rows;
+  for (double& v : batch.rows) v = static_cast<float>(v);  // both models read the same rows
   ThreadPool pool(2);
   kernels::Context cf;
   cf.pool = &pool;
-  kernels::Context cd;
-  double ld = 0;
-  float lf = 0;
-  ASSERT_OK((*md)->Forward(cd, batch.Inputs(), true, &ld));
-  ASSERT_OK((*mf)->Forward(cf, inf, true, &lf));
-  EXPECT_NEAR(lf, ld, 1e-5);
-  std::vector<double> gd(batch.rows.size());
-  std::vector<float> gf(batch.rows.size());
-  testing::Poison(gf);
-  ASSERT_OK((*md)->Backward(cd, batch.Inputs(), gd.data()));
-  ASSERT_OK((*mf)->Backward(cf, inf, gf.data()));
-  EXPECT_TRUE(testing::AllClose(gf, gd, {1e-5, 1e-4}));
-  EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
-                                (*md)->params().size(), {1e-5, 1e-4}));
+  testing_util::ExpectFloatMatchesDouble(kernels::Context(), cf, **md, **mf, batch.Inputs());
 }
 
 TEST(Gru4Rec, DenseTensorsAreTorchNamedAndSized) {

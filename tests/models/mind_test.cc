@@ -235,38 +235,8 @@ TEST(MindPrecision, FloatMatchesDouble_K4) {
     auto mf = Mind<float>::Create(o);
     ASSERT_TRUE(md.ok() && mf.ok());
     SmallBatch batch({5, 1, 3});
-    const CtrInputs<double> ind = batch.Inputs();
-    std::vector<float> item_f(batch.item_rows.begin(), batch.item_rows.end());
-    std::vector<float> cat_f(batch.cat_rows.begin(), batch.cat_rows.end());
-    std::vector<float> labels_f(batch.labels.begin(), batch.labels.end());
-    CtrInputs<float> inf;
-    inf.batch = ind.batch;
-    inf.lengths = ind.lengths;
-    inf.item_index = ind.item_index;
-    inf.item_rows = item_f.data();
-    inf.num_item_rows = ind.num_item_rows;
-    inf.labels = labels_f.data();
-    if (cats) {  // without categories the float model gets no category arrays at all
-      inf.cat_index = ind.cat_index;
-      inf.cat_rows = cat_f.data();
-      inf.num_cat_rows = ind.num_cat_rows;
-    }
-    kernels::Context ctx;
-    double ld = 0;
-    float lf = 0;
-    ASSERT_OK((*md)->Forward(ctx, ind, true, &ld));
-    ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
-    EXPECT_NEAR(lf, ld, 1e-5);
-    std::vector<double> gid(item_f.size()), gcd(batch.cat_rows.size());
-    std::vector<float> gif(item_f.size(), std::nanf("")), gcf(cat_f.size(), std::nanf(""));
-    ASSERT_OK((*md)->Backward(ctx, ind, gid.data(), gcd.data()));
-    ASSERT_OK((*mf)->Backward(ctx, inf, gif.data(), cats ? gcf.data() : nullptr));
-    EXPECT_TRUE(testing::AllClose(gif, gid, {1e-5, 1e-4}));
-    if (cats) {
-      EXPECT_TRUE(testing::AllClose(gcf, gcd, {1e-5, 1e-4}));
-    }
-    EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
-                                  (*md)->params().size(), {1e-5, 1e-4}));
+    testing_util::ExpectFloatMatchesDouble(kernels::Context(), **md, **mf, batch.Inputs(),
+                                           /*float_cats=*/cats);
   }
 }
 

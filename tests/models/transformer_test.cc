@@ -436,26 +436,8 @@ TEST(SasrecPrecision, FloatMatchesDouble_B3_T5_H2_Dropout) {
   auto mf = Sasrec<float>::Create(o);
   ASSERT_TRUE(md.ok() && mf.ok());
   SeqBatch batch({5, 1, 3}, 5, 4);
-  std::vector<float> rows_f(batch.item_rows.begin(), batch.item_rows.end());
-  SeqInputs<float> inf;
-  inf.batch = 3;
-  inf.lengths = batch.lengths.data();
-  inf.item_index = batch.item_index.data();
-  inf.item_rows = rows_f.data();
-  inf.num_item_rows = batch.num_rows;
-  kernels::Context ctx;
-  double ld = 0;
-  float lf = 0;
-  ASSERT_OK((*md)->Forward(ctx, batch.Inputs(), true, &ld));
-  ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
-  EXPECT_NEAR(lf, ld, 1e-5);
-  std::vector<double> gd(rows_f.size());
-  std::vector<float> gf(rows_f.size(), std::nanf(""));
-  ASSERT_OK((*md)->Backward(ctx, batch.Inputs(), gd.data()));
-  ASSERT_OK((*mf)->Backward(ctx, inf, gf.data()));
-  EXPECT_TRUE(testing::AllClose(gf, gd, {1e-5, 1e-4}));
-  EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
-                                (*md)->params().size(), {1e-5, 1e-4}));
+  const kernels::Context ctx;
+  testing_util::ExpectFloatMatchesDouble(ctx, ctx, **md, **mf, batch.Inputs());
 }
 
 TEST(SasrecInputs, RejectsBadIndexLengthBatchAndOptions) {
@@ -831,34 +813,7 @@ TEST(BstPrecision, FloatMatchesDouble_B3_T4_H2_Dropout) {
   auto mf = Bst<float>::Create(o);
   ASSERT_TRUE(md.ok() && mf.ok());
   CtrBatch batch({4, 1, 2});
-  std::vector<float> item_f(batch.item_rows.begin(), batch.item_rows.end());
-  std::vector<float> cat_f(batch.cat_rows.begin(), batch.cat_rows.end());
-  std::vector<float> labels_f(batch.labels.begin(), batch.labels.end());
-  const CtrInputs<double> ind = batch.Inputs();
-  CtrInputs<float> inf;
-  inf.batch = ind.batch;
-  inf.lengths = ind.lengths;
-  inf.item_index = ind.item_index;
-  inf.cat_index = ind.cat_index;
-  inf.item_rows = item_f.data();
-  inf.num_item_rows = ind.num_item_rows;
-  inf.cat_rows = cat_f.data();
-  inf.num_cat_rows = ind.num_cat_rows;
-  inf.labels = labels_f.data();
-  kernels::Context ctx;
-  double ld = 0;
-  float lf = 0;
-  ASSERT_OK((*md)->Forward(ctx, ind, true, &ld));
-  ASSERT_OK((*mf)->Forward(ctx, inf, true, &lf));
-  EXPECT_NEAR(lf, ld, 1e-5);
-  std::vector<double> gid(item_f.size()), gcd(cat_f.size());
-  std::vector<float> gif(item_f.size(), std::nanf("")), gcf(cat_f.size(), std::nanf(""));
-  ASSERT_OK((*md)->Backward(ctx, ind, gid.data(), gcd.data()));
-  ASSERT_OK((*mf)->Backward(ctx, inf, gif.data(), gcf.data()));
-  EXPECT_TRUE(testing::AllClose(gif, gid, {1e-5, 1e-4}));
-  EXPECT_TRUE(testing::AllClose(gcf, gcd, {1e-5, 1e-4}));
-  EXPECT_TRUE(testing::AllClose((*mf)->params().grads(), (*md)->params().grads(),
-                                (*md)->params().size(), {1e-5, 1e-4}));
+  testing_util::ExpectFloatMatchesDouble(kernels::Context(), **md, **mf, batch.Inputs());
 }
 
 TEST(BstInputs, RejectsBadIndexLengthBatchAndOptions) {
