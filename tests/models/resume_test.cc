@@ -27,6 +27,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/checkpoint.h"
 #include "worker/dataset_builder.h"
@@ -95,23 +96,9 @@ std::string TempRoot(const std::string& name) {
   return dir;
 }
 
-// The planted seqrec dataset of trainer_test (40 groups of 10 items, 400 users x 12 events).
+// The planted seqrec dataset of trainer_test.
 std::string MakeDataset(const std::string& root) {
-  {
-    std::ofstream out(root + "/in.txt");
-    Rng rng(1);
-    for (int u = 1; u <= 400; ++u) {
-      const int g = (u - 1) % 40, s = static_cast<int>(rng.UniformInt(10));
-      for (int j = 0; j < 12; ++j) out << u << " " << g * 10 + (s + j) % 10 + 1 << "\n";
-    }
-  }
-  ConvertOptions o;
-  o.format = "seqrec";
-  o.input = root + "/in.txt";
-  o.output = root + "/ds";
-  o.max_history = 10;
-  EXPECT_OK(ConvertDataset(o).status());
-  return root + "/ds";
+  return testing_util::MakePlantedGroupsDataset(root, 10);
 }
 
 // One single-process run as `ips train` does it, in fresh objects: stop_after > 0 raises the stop

@@ -553,38 +553,11 @@ TEST(TrainJob, TrainDirMapsToDatasetOptionsWithoutTouchingTheFileSystem) {
 
 // ---- Training on a converted dataset ----------------------------------------------------------
 
-// A seqrec dataset with a planted pattern: 40 groups of 10 items; user u walks cyclically
-// through group u % 40 (12 events), so every evaluation negative (never interacted) is outside
-// the user's group and a model that learns "target in the history's group" ranks the test item
-// first.
-class DatasetTraining : public ::testing::Test {
+// MakePlantedGroupsDataset's dataset: a model that learns "target in the history's group" ranks
+// the test item first.
+class DatasetTraining : public testing_util::PlantedGroupsDatasetTest {
  protected:
-  static constexpr int kMaxLen = 10;
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/trainer_test_ds_" + std::to_string(::getpid());
-    ASSERT_EQ(std::system(("mkdir -p " + dir_).c_str()), 0);
-    {
-      std::ofstream out(dir_ + "/in.txt");
-      Rng rng(1);
-      for (int u = 1; u <= 400; ++u) {
-        const int g = (u - 1) % 40, s = static_cast<int>(rng.UniformInt(10));
-        for (int j = 0; j < 12; ++j) out << u << " " << g * 10 + (s + j) % 10 + 1 << "\n";
-      }
-    }
-    ConvertOptions o;
-    o.format = "seqrec";
-    o.input = dir_ + "/in.txt";
-    o.output = dir_ + "/ds";
-    o.max_history = kMaxLen;
-    ASSERT_OK(ConvertDataset(o).status());
-    auto d = Dataset::Open(dir_ + "/ds");
-    ASSERT_OK(d.status());
-    data_ = std::move(*d);
-  }
-  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
-
-  std::string dir_;
-  std::unique_ptr<Dataset> data_;
+  DatasetTraining() : PlantedGroupsDatasetTest("trainer_test_ds") {}
 };
 
 TEST_F(DatasetTraining, EvaluateRankingIsReadOnlyCapsUsersAndMatchesAListByListScoring) {

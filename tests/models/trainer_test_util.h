@@ -1,15 +1,24 @@
 // Helpers shared by the trainer tests: a small DIN trainer configuration, an in-process store
-// with the two tables DIN pulls from, and short training runs of DIN (Trainer) and GRU4Rec
-// (SeqTrainer).
+// with the two tables DIN pulls from, short training runs of DIN (Trainer) and GRU4Rec
+// (SeqTrainer), and a converted dataset with a planted sequential pattern.
 #ifndef IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
 #define IPS_TESTS_MODELS_TRAINER_TEST_UTIL_H_
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "common/random.h"
 #include "ps/local_embedding_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
+#include "worker/data_reader.h"
+#include "worker/dataset_builder.h"
 #include "worker/seq_trainer.h"
 #include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
@@ -174,6 +183,48 @@ TrainedRun TrainSeqSteps(SyntheticBatches& gen, const Options& model, int64_t nu
   return TrainSeqSteps(gen, std::unique_ptr<models::SeqModel<float>>(std::move(*m)), num_items,
                        steps, batch);
 }
+
+// A seqrec dataset converted under `root` (root/ds, returned) with a planted pattern: 40 groups
+// of 10 items; user u walks cyclically through group u % 40 (12 events) from a random start, so
+// the held-out item is the successor of the last history item, and every evaluation negative
+// (never interacted) lies outside the user's group.
+inline std::string MakePlantedGroupsDataset(const std::string& root, int max_history) {
+  {
+    std::ofstream out(root + "/in.txt");
+    Rng rng(1);
+    for (int u = 1; u <= 400; ++u) {
+      const int g = (u - 1) % 40, s = static_cast<int>(rng.UniformInt(10));
+      for (int j = 0; j < 12; ++j) out << u << " " << g * 10 + (s + j) % 10 + 1 << "\n";
+    }
+  }
+  ConvertOptions o;
+  o.format = "seqrec";
+  o.input = root + "/in.txt";
+  o.output = root + "/ds";
+  o.max_history = max_history;
+  EXPECT_OK(ConvertDataset(o).status());
+  return root + "/ds";
+}
+
+// A test fixture holding MakePlantedGroupsDataset's dataset (history window kMaxLen) in a
+// temporary directory named after `prefix`.
+class PlantedGroupsDatasetTest : public ::testing::Test {
+ protected:
+  static constexpr int kMaxLen = 10;
+  explicit PlantedGroupsDatasetTest(const char* prefix) : prefix_(prefix) {}
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/" + prefix_ + "_" + std::to_string(::getpid());
+    ASSERT_EQ(std::system(("mkdir -p " + dir_).c_str()), 0);
+    auto d = Dataset::Open(MakePlantedGroupsDataset(dir_, kMaxLen));
+    ASSERT_OK(d.status());
+    data_ = std::move(*d);
+  }
+  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
+
+  std::string prefix_;
+  std::string dir_;
+  std::unique_ptr<Dataset> data_;
+};
 
 }  // namespace ips::testing_util
 
