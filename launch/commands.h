@@ -5,10 +5,13 @@
 #ifndef IPS_LAUNCH_COMMANDS_H_
 #define IPS_LAUNCH_COMMANDS_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace ips {
+
+class FlagSet;
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
@@ -16,6 +19,11 @@ constexpr int kExitUsage = 2;
 // `ips train` stopped by SIGTERM between two steps after saving a checkpoint (resume with
 // --resume); its last stdout line is `RESULT train ... status=stopped step=N`.
 constexpr int kExitStopped = 3;
+
+// Parses a subcommand's flags (launch/command_flags.cc): --help or -h prints the usage on stdout
+// (exit 0); a bad flag or an unexpected positional argument prints the error and the usage on
+// stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
+std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
 
 // `ips config check|print --config FILE [--set path=value ...]` (launch/config_command.cc).
 int RunConfigCommand(const std::vector<std::string>& args);

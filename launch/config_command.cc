@@ -20,14 +20,7 @@ int RunConfigCommand(const std::vector<std::string>& args) {
   FlagSet flags("config " + verb);
   flags.Required("config", "Protobuf text-format config file (launch/configs/*.pbtxt)");
   flags.Repeated("set", "override one field: path.to.field=value");
-  const Status parsed = flags.Parse({args.begin() + 1, args.end()});
-  if (!parsed.ok() || !flags.positional().empty()) {
-    std::cerr << (parsed.ok() ? "unexpected argument '" + flags.positional()[0] + "'"
-                              : parsed.message())
-              << "\n"
-              << flags.Usage();
-    return kExitUsage;
-  }
+  if (auto rc = ParseCommandFlags(&flags, {args.begin() + 1, args.end()})) return *rc;
   auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) {
     std::cerr << "error: " << cfg.status().message() << "\n";

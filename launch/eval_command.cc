@@ -134,18 +134,7 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   flags.Repeated("set", "override one field: path.to.field=value");
   flags.String("metrics_out", "", "append the result as one JSON line to this file");
   flags.Int("eval_batches", 4, "data.synthetic only: held-out batches (as ips train)");
-  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
-  const Status parsed = flags.Parse(args);
-  if (!parsed.ok() || !flags.positional().empty()) {
-    std::cerr << (parsed.ok() ? "unexpected argument '" + flags.positional()[0] + "'"
-                              : parsed.message())
-              << "\n"
-              << flags.Usage();
-    return kExitUsage;
-  }
+  if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;

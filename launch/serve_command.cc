@@ -10,30 +10,6 @@
 #include "worker/serving.h"
 
 namespace ips {
-namespace {
-
-// Parses flags; on failure prints the error and usage and returns false (exit code in *rc).
-bool ParseFlags(FlagSet* flags, const std::vector<std::string>& args, int* rc) {
-  for (const auto& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::cout << flags->Usage();
-      *rc = kExitOk;
-      return false;
-    }
-  }
-  const Status parsed = flags->Parse(args);
-  if (!parsed.ok() || !flags->positional().empty()) {
-    std::cerr << (parsed.ok() ? "unexpected argument '" + flags->positional()[0] + "'"
-                              : parsed.message())
-              << "\n"
-              << flags->Usage();
-    *rc = kExitUsage;
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 int RunExportCommand(const std::vector<std::string>& args) {
   FlagSet flags("export");
@@ -47,8 +23,7 @@ int RunExportCommand(const std::vector<std::string>& args) {
                "dataset directory whose vocab gives the item -> category map (default: the "
                "checkpoint config's data.train_dir or synthetic catalogue; none: requests must "
                "carry categories and MIND top-N is refused)");
-  int rc = kExitOk;
-  if (!ParseFlags(&flags, args, &rc)) return rc;
+  if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
   ExportOptions o;
   o.checkpoint = flags.GetString("checkpoint");
   o.output = flags.GetString("output");
@@ -93,8 +68,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
   flags.Required("bundle", "bundle root (hot-reloads newer versions) or one v-<n> directory");
   flags.Int("poll_ms", 200, "how often the bundle root's CURRENT is checked for a new version");
   flags.Int("max_batch", 128, "candidates per model forward (larger requests run in chunks)");
-  int rc = kExitOk;
-  if (!ParseFlags(&flags, args, &rc)) return rc;
+  if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
   if (flags.GetInt("poll_ms") < 1 || flags.GetInt("max_batch") < 1) {
     std::cerr << "error: --poll_ms and --max_batch must be >= 1\n" << flags.Usage();
     return kExitUsage;

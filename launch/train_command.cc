@@ -243,18 +243,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
                "train continuously on an append-only event log (a growing file, or - for stdin) "
                "instead of data.train_dir / data.synthetic");
   AddStreamFlags(&flags);
-  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
-  const Status parsed = flags.Parse(args);
-  if (!parsed.ok() || !flags.positional().empty()) {
-    std::cerr << (parsed.ok() ? "unexpected argument '" + flags.positional()[0] + "'"
-                              : parsed.message())
-              << "\n"
-              << flags.Usage();
-    return kExitUsage;
-  }
+  if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
