@@ -49,10 +49,7 @@ Status ValidateBstOptions(const BstOptions& o) {
   if (o.ffn_hidden < 0) return Bad("ffn_hidden", "must be >= 0 (0: the behaviour width)");
   if (!(o.dropout >= 0 && o.dropout < 1))
     return Bad("dropout", std::to_string(o.dropout) + " outside [0, 1)");
-  for (size_t i = 0; i < o.mlp_hidden.size(); ++i)
-    if (o.mlp_hidden[i] < 1) return Bad("mlp_hidden[" + std::to_string(i) + "]", "must be >= 1");
-  if (o.activation == MlpActivation::kDice && o.max_batch < 2 && !o.mlp_hidden.empty())
-    return Bad("max_batch", "Dice needs batches of at least 2 rows");
+  IPS_RETURN_IF_ERROR(CheckMlpHeadOptions("BstOptions", o.mlp_hidden, o.activation, o.max_batch));
   return ValidateTransformerBlockOptions(BlockOptions(o), "BstOptions");
 }
 

@@ -22,11 +22,7 @@ Status ValidateDinOptions(const DinOptions& o) {
   if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
   if (o.attention_hidden1 < 1) return Bad("attention_hidden1", "must be >= 1");
   if (o.attention_hidden2 < 1) return Bad("attention_hidden2", "must be >= 1");
-  for (size_t i = 0; i < o.mlp_hidden.size(); ++i)
-    if (o.mlp_hidden[i] < 1) return Bad("mlp_hidden[" + std::to_string(i) + "]", "must be >= 1");
-  if (o.activation == MlpActivation::kDice && o.max_batch < 2 && !o.mlp_hidden.empty())
-    return Bad("max_batch", "Dice needs batches of at least 2 rows");
-  return Status::Ok();
+  return CheckMlpHeadOptions("DinOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 
 template <typename T>

@@ -200,6 +200,18 @@ const char* MlpActivationName(MlpActivation a) {
   return a == MlpActivation::kDice ? "dice" : "prelu";
 }
 
+Status CheckMlpHeadOptions(const char* options, const std::vector<int64_t>& hidden,
+                           MlpActivation act, int64_t max_batch) {
+  for (size_t i = 0; i < hidden.size(); ++i)
+    if (hidden[i] < 1)
+      return InvalidArgumentError(std::string(options) + ".mlp_hidden[" + std::to_string(i) +
+                                  "]: must be >= 1");
+  if (act == MlpActivation::kDice && max_batch < 2 && !hidden.empty())
+    return InvalidArgumentError(std::string(options) +
+                                ".max_batch: Dice needs batches of at least 2 rows");
+  return Status::Ok();
+}
+
 template <typename T>
 Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t> sizes,
             MlpActivation act, int64_t max_rows)

@@ -173,6 +173,12 @@ enum class MlpActivation {
 };
 const char* MlpActivationName(MlpActivation a);
 
+// The option checks of a model's MLP head, as an INVALID_ARGUMENT "<options>.<field>: ..."
+// (options: e.g. "DinOptions"): every hidden width >= 1, and Dice (batch statistics) only with
+// max_batch >= 2.
+Status CheckMlpHeadOptions(const char* options, const std::vector<int64_t>& hidden,
+                           MlpActivation act, int64_t max_batch);
+
 // sizes = [in, h1, ..., hk, out]: Linear layers between consecutive sizes with the activation
 // after every layer but the last (the peer's `mlp(sizes, act)`). Owns its activation buffers for
 // up to max_rows rows; Forward's output pointer stays valid until the next Forward.

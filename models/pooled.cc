@@ -25,11 +25,7 @@ Status ValidatePooledOptions(const PooledOptions& o) {
   if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
   if (o.pooling != HistoryPooling::kSum && o.pooling != HistoryPooling::kMean)
     return Bad("pooling", "must be kSum or kMean");
-  for (size_t i = 0; i < o.mlp_hidden.size(); ++i)
-    if (o.mlp_hidden[i] < 1) return Bad("mlp_hidden[" + std::to_string(i) + "]", "must be >= 1");
-  if (o.activation == MlpActivation::kDice && o.max_batch < 2 && !o.mlp_hidden.empty())
-    return Bad("max_batch", "Dice needs batches of at least 2 rows");
-  return Status::Ok();
+  return CheckMlpHeadOptions("PooledOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 
 template <typename T>
