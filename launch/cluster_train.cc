@@ -235,8 +235,9 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
 // auxiliary negatives are drawn as in RunDatasetTraining from (seed, step), worker w > 0 mixing
 // in w. After every eval.every_epochs-th epoch and the last one, worker 0 runs the single-process
 // evaluation (EvaluateRanking, and EvaluateRetrieval for models with user vectors) while the
-// others wait at a barrier, so it reads the tables of exactly that step.
-// The CTR worker's reader, Trainer step and evaluation for RunDatasetRounds.
+// others wait at a barrier, so it reads the tables of exactly that step. The loop is
+// RunDatasetRounds (launch/cluster_worker.h, shared with the sequence workers); this is the CTR
+// worker's reader, Trainer step and evaluation for it.
 class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
  public:
   CtrRoundsSource(Cluster* cluster, TrainingWorker* tw, const Dataset& data,

@@ -1,11 +1,12 @@
 // The pieces that both kinds of worker of `mpirun ... ips train` share (launch/cluster_train.h
 // describes the job, its checkpoints and its data sharding): the CTR workers in cluster_train.cc
-// and the sequence-model workers in cluster_seq_train.cc. It owns what makes them print, measure,
-// average and checkpoint the same way: the client of the parameter servers with its timed
-// all-reduce hook (WorkerClient), the progress/metrics/RESULT lines, how the workers split an
-// epoch (EpochRounds, DatasetWalk) and the checkpoint protocol for either trainer
-// (WorkerCheckpoints over a TrainerCheckpointState). Internal to launch/: nothing outside the two
-// worker files includes it.
+// and the sequence-model workers in cluster_seq_train.cc. It owns what makes them train, print,
+// measure, average and checkpoint the same way: the client of the parameter servers with its
+// timed all-reduce hook (WorkerClient), the step loops of a synthetic run (RunSyntheticRounds)
+// and of a dataset run (RunDatasetRounds over a DatasetRoundsSource), the progress/metrics/RESULT
+// lines, how the workers split an epoch (EpochRounds, DatasetWalk) and the checkpoint protocol for
+// either trainer (WorkerCheckpoints over a TrainerCheckpointState). Internal to launch/: nothing
+// outside the two worker files includes it.
 #ifndef IPS_LAUNCH_CLUSTER_WORKER_H_
 #define IPS_LAUNCH_CLUSTER_WORKER_H_
 
