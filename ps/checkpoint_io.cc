@@ -56,7 +56,7 @@ Status CrcFileWriter::Finish() {
   if (f_ == nullptr) return FailedPreconditionError(path_ + ": Finish called twice");
   const uint32_t body_crc = crc_;
   IPS_RETURN_IF_ERROR(WritePod(body_crc));
-  file_crc_ = crc_;
+  file_crc_ = body_crc;
   FILE* f = f_;
   f_ = nullptr;
   if (std::fflush(f) != 0) {
@@ -144,26 +144,10 @@ StatusOr<FileDigest> DigestFile(const std::string& path) {
   return d;
 }
 
-Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return NotFoundError(path + ": missing");
-  if (st.st_size < bytes)
-    return DataLossError(path + ": truncated (" + std::to_string(st.st_size) +
-                         " bytes, manifest says " + std::to_string(bytes) + ")");
-  if (st.st_size != bytes)
-    return DataLossError(path + ": size " + std::to_string(st.st_size) + " bytes, manifest says " +
-                         std::to_string(bytes));
-  IPS_ASSIGN_OR_RETURN(const FileDigest d, DigestFile(path));
-  if (d.bytes != bytes)
-    return DataLossError(path + ": size changed while reading (" + std::to_string(d.bytes) +
-                         " bytes)");
-  if (d.crc32c != crc32c)
-    return DataLossError(path + ": checksum mismatch (crc32c " + Hex(d.crc32c) +
-                         ", manifest says " + Hex(crc32c) + "): the file is corrupt");
-  return Status::Ok();
-}
+namespace {
 
-Status VerifyTrailer(const std::string& path) {
+// Reads a CrcFileWriter file through and checks its trailer; returns the body's CRC32C.
+StatusOr<uint32_t> VerifiedBodyCrc(const std::string& path) {
   IPS_ASSIGN_OR_RETURN(auto r, CrcFileReader::Open(path));
   if (r->file_size() < 4)
     return DataLossError(path + ": truncated (" + std::to_string(r->file_size()) + " bytes)");
@@ -174,8 +158,32 @@ Status VerifyTrailer(const std::string& path) {
     IPS_RETURN_IF_ERROR(r->Read(buf.data(), n, "body"));
     left -= static_cast<int64_t>(n);
   }
-  return r->FinishAndVerify();
+  const uint32_t body_crc = r->crc32c();
+  IPS_RETURN_IF_ERROR(r->FinishAndVerify());
+  return body_crc;
 }
+
+}  // namespace
+
+Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return NotFoundError(path + ": missing");
+  if (st.st_size < bytes)
+    return DataLossError(path + ": truncated (" + std::to_string(st.st_size) +
+                         " bytes, manifest says " + std::to_string(bytes) + ")");
+  if (st.st_size != bytes)
+    return DataLossError(path + ": size " + std::to_string(st.st_size) + " bytes, manifest says " +
+                         std::to_string(bytes));
+  IPS_ASSIGN_OR_RETURN(const uint32_t body_crc, VerifiedBodyCrc(path));
+  if (body_crc == crc32c) return Status::Ok();
+  // An older manifest's CRC of the whole file (body + trailer; see the header).
+  const uint32_t whole_file_crc = Crc32cExtend(body_crc, &body_crc, sizeof(body_crc));
+  if (whole_file_crc == crc32c) return Status::Ok();
+  return DataLossError(path + ": checksum mismatch (crc32c " + Hex(body_crc) + ", manifest says " +
+                       Hex(crc32c) + "): the file is corrupt or belongs to another checkpoint");
+}
+
+Status VerifyTrailer(const std::string& path) { return VerifiedBodyCrc(path).status(); }
 
 Status FsyncDir(const std::string& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);

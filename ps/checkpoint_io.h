@@ -42,8 +42,9 @@ class CrcFileWriter {
 
   // Appends the CRC32C of every byte written so far (u32), flushes, fsyncs and closes.
   Status Finish();
-  // After Finish: the file's size and the CRC32C of the whole file (trailer included), the
-  // values a manifest records.
+  // After Finish: the file's size and the CRC32C of its body (the trailer's value), the values a
+  // manifest records. Not the CRC of the whole file: a CRC over data followed by its own CRC is the
+  // same constant for every file, so a manifest holding it could not tell two files apart.
   int64_t file_bytes() const { return bytes_; }
   uint32_t file_crc32c() const { return file_crc_; }
   const std::string& path() const { return path_; }
@@ -53,7 +54,7 @@ class CrcFileWriter {
   std::string path_;
   FILE* f_ = nullptr;
   uint32_t crc_ = 0;       // of the body
-  uint32_t file_crc_ = 0;  // of body + trailer
+  uint32_t file_crc_ = 0;  // of the body, after Finish
   int64_t bytes_ = 0;
 };
 
@@ -80,6 +81,7 @@ class CrcFileReader {
   Status FinishAndVerify();
   int64_t offset() const { return offset_; }
   int64_t file_size() const { return size_; }
+  uint32_t crc32c() const { return crc_; }  // of everything read so far
   const std::string& path() const { return path_; }
 
  private:
@@ -99,9 +101,12 @@ struct FileDigest {
 };
 StatusOr<FileDigest> DigestFile(const std::string& path);
 
-// Checks a file against its manifest entry: NOT_FOUND "<path>: missing", DATA_LOSS
-// "<path>: truncated (N bytes, manifest says M)" / "size N bytes, manifest says M" /
-// "checksum mismatch (crc32c X, manifest says Y)".
+// Checks a file written by CrcFileWriter against its manifest entry (CrcFileWriter's file_bytes
+// and file_crc32c): NOT_FOUND "<path>: missing", DATA_LOSS "<path>: truncated (N bytes, manifest
+// says M)" / "size N bytes, manifest says M" / "checksum mismatch (...)" when the body's CRC32C
+// differs from the trailer or from the manifest's (a corrupt file, or one from another checkpoint).
+// Manifests written before the body CRC was recorded hold the CRC of the whole file, which every
+// intact file shares: they are accepted on the trailer alone.
 Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c);
 
 // Checks the trailer of a file written by CrcFileWriter (the last 4 bytes are the CRC32C of the
