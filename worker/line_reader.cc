@@ -54,7 +54,18 @@ Status LineReader::Fill() {
     return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
                          ": read error: " + (msg ? msg : "unknown"));
   }
-  if (n == 0) eof_ = true;
+  if (n == 0) {
+    // zlib ends a gzip stream cut short (a truncated download or copy) like a complete one and
+    // only says so through gzerror: without this check the rest of the file would be silently
+    // missing.
+    int err = Z_OK;
+    gzerror(static_cast<gzFile>(gz_), &err);
+    if (gzip_ && err == Z_BUF_ERROR)
+      return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
+                           ": truncated gzip stream (the file ends before the compressed data "
+                           "does)");
+    eof_ = true;
+  }
   end_ += static_cast<size_t>(n);
   return Status::Ok();
 }

@@ -84,5 +84,37 @@ TEST(LineReader, CorruptGzipIsDataLoss) {
   EXPECT_NE(error.message().find("c.gz:"), std::string::npos) << error;
 }
 
+// A gzip file cut short (in the middle of the compressed data, or only its 8-byte trailer) is an
+// error naming the file, never a silently shorter input.
+TEST(LineReader, TruncatedGzipIsDataLoss) {
+  testing::TempDir dir;
+  std::string content;
+  for (int i = 0; i < 20000; ++i) content += "line " + std::to_string(i * 7919) + "\n";
+  testing::WriteGzip(dir.File("full.gz"), content);
+  const std::string bytes = testing::ReadFile(dir.File("full.gz"));
+  for (size_t keep : {bytes.size() / 2, bytes.size() - 8, bytes.size() - 1}) {
+    SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(bytes.size()));
+    testing::WriteFile(dir.File("t.gz"), bytes.substr(0, keep));
+    auto r = LineReader::Open(dir.File("t.gz"));
+    ASSERT_TRUE(r.ok());
+    std::string_view line;
+    Status error;
+    int64_t lines = 0;
+    for (;;) {
+      auto more = (*r)->Next(&line);
+      if (!more.ok()) {
+        error = more.status();
+        break;
+      }
+      if (!*more) break;
+      ++lines;
+    }
+    EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error << " after " << lines << " lines";
+    EXPECT_NE(error.message().find("t.gz:"), std::string::npos) << error;
+    EXPECT_NE(error.message().find("truncated gzip"), std::string::npos) << error;
+  }
+  EXPECT_EQ(ReadAll(dir.File("full.gz")).size(), 20000u);
+}
+
 }  // namespace
 }  // namespace ips
