@@ -70,6 +70,9 @@ StatusOr<std::vector<PathPart>> SplitPath(const std::string& path, const std::st
   return parts;
 }
 
+constexpr int kMaxThreads = 1024;
+constexpr int kMaxBatch = 1 << 20;
+
 std::string FieldNames(const pb::Descriptor* d) {
   std::string names;
   for (int i = 0; i < d->field_count(); ++i) names += (i ? ", " : "") + d->field(i)->name();
@@ -84,6 +87,8 @@ int LineOf(const pb::TextFormat::ParseInfoTree* tree, const pb::Message& root,
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(path[i].first);
     if (f == nullptr) return 0;
     const int index = f->is_repeated() ? std::max(0, path[i].second) : -1;
+    // An element the file does not have (appended by --set): no line to name.
+    if (f->is_repeated() && index >= msg->GetReflection()->FieldSize(*msg, f)) return 0;
     if (i + 1 == path.size()) {
       const auto loc = tree->GetLocation(f, index);
       return loc.line >= 0 ? loc.line + 1 : 0;
@@ -228,9 +233,19 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
                                        " (this binary reads 1.." + std::to_string(kConfigVersion) +
                                        ")");
   const auto& d = cfg.data();
-  if (d.batch_size() <= 0)
+  if (d.batch_size() <= 0 || d.batch_size() > kMaxBatch)
     return fail({{"data", -1}, {"batch_size", -1}},
-                "must be positive, got " + std::to_string(d.batch_size()));
+                (d.batch_size() <= 0 ? "must be positive, got " : "must be at most 1048576, got ") +
+                    std::to_string(d.batch_size()));
+  if (d.has_synthetic() && !d.train_dir().empty())
+    return fail({{"data", -1}, {"train_dir", -1}},
+                "data.synthetic is set too: a run trains on one of them (use a config "
+                "without data.synthetic to train on '" +
+                    d.train_dir() + "')");
+  if (!d.eval_dir().empty())
+    return fail({{"data", -1}, {"eval_dir", -1}},
+                "is not used: evaluation reads the held-out events that `ips data convert` "
+                "keeps in data.train_dir");
   if (d.max_history() <= 0)
     return fail({{"data", -1}, {"max_history", -1}},
                 "must be positive, got " + std::to_string(d.max_history()));
@@ -264,13 +279,19 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
         return fail({{"tables", i}, {"name", -1}}, "duplicate table name '" + t.name() + "'");
   }
   if (cfg.train().epochs() <= 0) return fail({{"train", -1}, {"epochs", -1}}, "must be positive");
-  if (cfg.train().num_threads() <= 0)
-    return fail({{"train", -1}, {"num_threads", -1}}, "must be positive");
+  // Thread counts are capped: a typo of 10000 would start that many threads and abort in
+  // std::thread instead of failing here.
+  if (cfg.train().num_threads() <= 0 || cfg.train().num_threads() > kMaxThreads)
+    return fail({{"train", -1}, {"num_threads", -1}},
+                "must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                    std::to_string(cfg.train().num_threads()));
   if (cfg.cluster().num_ps() < 0) return fail({{"cluster", -1}, {"num_ps", -1}}, "must be >= 0");
   if (cfg.cluster().staleness() < 0)
     return fail({{"cluster", -1}, {"staleness", -1}}, "must be >= 0");
-  if (cfg.cluster().ps_threads() < 0)
-    return fail({{"cluster", -1}, {"ps_threads", -1}}, "must be >= 0 (0: automatic)");
+  if (cfg.cluster().ps_threads() < 0 || cfg.cluster().ps_threads() > kMaxThreads)
+    return fail({{"cluster", -1}, {"ps_threads", -1}},
+                "must be in [0, " + std::to_string(kMaxThreads) + "] (0: automatic), got " +
+                    std::to_string(cfg.cluster().ps_threads()));
   if (cfg.cluster().transport_spin_us() < -1 || cfg.cluster().transport_spin_us() > 1000000)
     return fail({{"cluster", -1}, {"transport_spin_us", -1}},
                 "must be in [0, 1000000] microseconds, or -1 (automatic)");

@@ -51,6 +51,18 @@ TEST(ConfigLoader, ValidationOfRepeatedTableNamesIndex) {
   ExpectError(cfg.status(), path + ":2: tables[1].dim: must be positive");
 }
 
+// An element appended by --set that fails validation: the error, without a line (the file has
+// no such element), never a crash.
+TEST(ConfigLoader, InvalidElementAppendedBySetIsAnError) {
+  const auto path = WriteTemp("two_tables.pbtxt",
+                              "tables { name: \"item\" dim: 18 }\n"
+                              "tables { name: \"cat\" dim: 18 }\n");
+  auto cfg = LoadConfig(path, {"tables[2].dim=18"});
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(cfg.status().message().find("tables[2]"), std::string::npos) << cfg.status();
+}
+
 TEST(ConfigLoader, RejectsFutureVersion) {
   const auto path = WriteTemp("future.pbtxt", "version: 99\n");
   ExpectError(LoadConfig(path, {}).status(), "unsupported schema version 99");
@@ -99,11 +111,28 @@ TEST(ConfigOverride, ValidationRunsAfterOverrides) {
               "data.batch_size: must be positive");
 }
 
-TEST(ConfigOverride, ClusterPsThreadsMustNotBeNegative) {
+TEST(ConfigOverride, ThreadCountsAndBatchSizeAreBounded) {
   const auto path = WriteTemp("ps_threads.pbtxt", "cluster { num_ps: 1 ps_threads: 2 }\n");
   EXPECT_TRUE(LoadConfig(path, {}).ok());
   ExpectError(LoadConfig(path, {"cluster.ps_threads=-1"}).status(),
-              "cluster.ps_threads: must be >= 0 (0: automatic)");
+              "cluster.ps_threads: must be in [0, 1024] (0: automatic), got -1");
+  ExpectError(LoadConfig(path, {"cluster.ps_threads=100000"}).status(),
+              "cluster.ps_threads: must be in [0, 1024] (0: automatic), got 100000");
+  ExpectError(LoadConfig(path, {"train.num_threads=10000"}).status(),
+              "train.num_threads: must be in [1, 1024], got 10000");
+  ExpectError(LoadConfig(path, {"data.batch_size=2000000"}).status(),
+              "data.batch_size: must be at most 1048576, got 2000000");
+  EXPECT_TRUE(LoadConfig(path, {"train.num_threads=1024", "data.batch_size=1048576"}).ok());
+}
+
+// A run reads one data source: synthetic batches and a dataset directory together are refused,
+// and the unused data.eval_dir is never silently ignored.
+TEST(ConfigOverride, OneDataSourceAndNoEvalDir) {
+  const auto path = WriteTemp("synthetic.pbtxt", "data { synthetic { num_items: 100 } }\n");
+  EXPECT_TRUE(LoadConfig(path, {}).ok());
+  ExpectError(LoadConfig(path, {"data.train_dir=/tmp/ds"}).status(),
+              "data.train_dir: data.synthetic is set too");
+  ExpectError(LoadConfig(path, {"data.eval_dir=/tmp/ds"}).status(), "data.eval_dir: is not used");
 }
 
 TEST(ConfigOverride, ClusterTransportSpinUsIsAutomaticOrARange) {
