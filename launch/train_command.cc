@@ -168,7 +168,7 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
     std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
               << " items in " << Fixed(retrieval->seconds, 1) << " s\n";
   }
-  std::cerr << "trained " << r.steps << " steps in " << Fixed(r.train_seconds, 1)
+  std::cerr << "trained " << r.steps_run << " steps in " << Fixed(r.train_seconds, 1)
             << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)
             << " s\n";
   ResultLine line("train");
@@ -250,6 +250,20 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   };
   auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
+  if (!flags.GetString("stream").empty()) {
+    // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
+    // what it would otherwise silently ignore.
+    if (!flags.GetString("resume").empty())
+      return fail(InvalidArgumentError(
+          "--resume does not apply to --stream: a stream starts from a fresh model and writes "
+          "no checkpoints (its trained state is in the bundles of --stream_publish_dir)"));
+    if (!cfg->checkpoint().dir().empty())
+      return fail(InvalidArgumentError(
+          "checkpoint.dir is set, but --stream writes no checkpoints (it publishes serving "
+          "bundles with --stream_publish_dir)"));
+    if (LaunchedUnderMpi())
+      return fail(InvalidArgumentError("--stream runs in one process, not under mpirun"));
+  }
   if (LaunchedUnderMpi()) {
     // `mpirun -np N ips train`: parameter-server and worker ranks (launch/cluster_train.h).
     ClusterTrainFlags cf;

@@ -390,13 +390,14 @@ struct EpochResult {
 };
 
 struct DatasetRunResult {
-  int epochs = 0;  // epochs started (the last may be partial when max_steps stopped it)
-  int64_t steps = 0;
-  int64_t samples = 0;
-  double train_seconds = 0;  // reading + steps; evaluation excluded
-  double samples_per_s = 0;
-  double loss = 0;         // mean step loss of the last epoch
-  RankingEvalResult eval;  // of the last evaluation (always after the last epoch)
+  int epochs = 0;            // epochs started (the last may be partial when max_steps stopped it)
+  int64_t steps = 0;         // the run's, a resumed checkpoint's included
+  int64_t steps_run = 0;     // of them, trained by this call (not resumed)
+  int64_t samples = 0;       // the run's, a resumed checkpoint's included
+  double train_seconds = 0;  // this call's reading + steps; evaluation excluded
+  double samples_per_s = 0;  // of the samples trained by this call
+  double loss = 0;           // mean step loss of the last epoch
+  RankingEvalResult eval;    // of the last evaluation (always after the last epoch)
   std::vector<EpochResult> per_epoch;
   bool stopped = false;  // a stop request ended the run early (after a checkpoint; no eval)
 };

@@ -230,6 +230,16 @@ void ExpectBitwiseResume(const std::string& name, const char* config, bool datas
     const DatasetRunResult& b = second.dataset;
     EXPECT_EQ(a.steps, b.steps);
     EXPECT_EQ(a.samples, b.samples);
+    // Throughput is over what the resumed run trained itself: its samples (not the run's
+    // total) in its own seconds.
+    EXPECT_EQ(a.steps_run, a.steps);
+    EXPECT_EQ(b.steps_run, a.steps - k);
+    EXPECT_EQ(first.dataset.steps_run, 0) << "a stopped run returns before its result";
+    EXPECT_NEAR(a.samples_per_s * a.train_seconds, static_cast<double>(a.samples), 0.5);
+    const double resumed_samples = b.samples_per_s * b.train_seconds;
+    EXPECT_GT(resumed_samples, 0.0);
+    EXPECT_LE(resumed_samples, static_cast<double>(a.samples - k) + 0.5)
+        << "the k steps before the resume trained at least one sample each";
     EXPECT_EQ(a.loss, b.loss);  // the last epoch's mean loss, accumulators restored
     EXPECT_EQ(a.eval.users, b.eval.users);
     EXPECT_EQ(a.eval.hr, b.eval.hr);

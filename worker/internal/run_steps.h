@@ -197,6 +197,8 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     r.steps = resume_state[2];
     r.samples = resume_state[3];
   }
+  // Throughput counts what this process trains, not the resumed checkpoint's samples.
+  const int64_t first_samples = r.samples;
   CheckpointTrigger trigger(ckpt);
   Timer timer;
   bool stop = false;
@@ -205,7 +207,7 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     EpochResult er;
     er.epoch = e + 1;
     double loss_sum = 0, window_sum = 0;
-    int64_t epoch_samples = 0, window_steps = 0;
+    int64_t epoch_samples = 0, window_steps = 0, samples_here = 0;
     if (e == first_epoch && !resume_state.empty()) {
       IPS_RETURN_IF_ERROR(source->SkipTo(e, resume_state[1]).WithContext("checkpoint reader"));
       er.steps = resume_state[4];
@@ -240,6 +242,7 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
       ++er.steps;
       ++r.steps;
       epoch_samples += samples;
+      samples_here += samples;
       r.samples += samples;
       if (progress && (window_steps >= options.log_every_steps || er.steps == 1)) {
         std::ostringstream extra;
@@ -265,7 +268,7 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     r.train_seconds += epoch_seconds;
     r.epochs = e + 1;
     er.loss = er.steps > 0 ? loss_sum / static_cast<double>(er.steps) : std::nan("");
-    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(epoch_samples) / epoch_seconds : 0;
+    er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(samples_here) / epoch_seconds : 0;
     const bool last = stop || e + 1 == options.epochs;
     if ((e + 1) % options.eval_every_epochs == 0 || last) {
       IPS_ASSIGN_OR_RETURN(er.eval, source->Evaluate());
@@ -301,7 +304,9 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     r.loss = er.loss;
     r.per_epoch.push_back(er);
   }
-  r.samples_per_s = r.train_seconds > 0 ? static_cast<double>(r.samples) / r.train_seconds : 0;
+  r.steps_run = r.steps - (resume_state.empty() ? 0 : resume_state[2]);
+  r.samples_per_s =
+      r.train_seconds > 0 ? static_cast<double>(r.samples - first_samples) / r.train_seconds : 0;
   if (progress) {
     std::ostringstream extra;
     extra << "loss=" << std::fixed << std::setprecision(4) << r.loss;
