@@ -75,6 +75,10 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   const int start = ck.ResumeSynthetic(train_steps, &losses);
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
+  if (Status s = CheckPregeneratedBatches(train_steps - start, run.batch, run.data.seq_len,
+                                          "warm-up and timed, this worker's");
+      !s.ok())
+    cluster->Abort(s);
   std::vector<SeqBatch> batches(static_cast<size_t>(train_steps));
   for (int i = start; i < train_steps; ++i)
     if (Status s = (*gen)->SeqBatchAt(SyntheticBatchIndex(cluster, i), run.batch, &batches[i]);

@@ -150,6 +150,10 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   if (!gen.ok()) cluster->Abort(gen.status());
   // Worker w's shard: batches w, w + W, w + 2W, ... (with one worker: exactly the
   // single-process stream); held-out batches follow every worker's training batches.
+  if (Status s = CheckPregeneratedBatches(train_steps - start, run.batch, run.data.seq_len,
+                                          "warm-up and timed, this worker's");
+      !s.ok())
+    cluster->Abort(s);
   std::vector<CtrBatch> batches(static_cast<size_t>(train_steps));
   for (int i = start; i < train_steps; ++i) {
     const uint64_t index = cluster_internal::SyntheticBatchIndex(cluster, i);

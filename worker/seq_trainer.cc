@@ -248,9 +248,11 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
     return InvalidArgumentError(
         "RunSeqSyntheticTraining: steps, batch and log_every_steps must be >= 1, warmup_steps "
         ">= 0");
-  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   // Like the peer, every batch exists before the timer starts.
   const int train_batches = options.warmup_steps + options.steps;
+  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(train_batches, options.batch, options.data.seq_len,
+                                               "warm-up and timed"));
+  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   std::vector<SeqBatch> batches(static_cast<size_t>(train_batches));
   for (size_t i = 0; i < batches.size(); ++i)
     IPS_RETURN_IF_ERROR(gen->SeqBatchAt(i, options.batch, &batches[i]));

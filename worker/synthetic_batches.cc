@@ -1,5 +1,7 @@
 #include "worker/synthetic_batches.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -69,6 +71,25 @@ double BoundedZipf::Probability(uint32_t id) const {
 
 // ---------------------------------------------------------------------------------------------
 // SyntheticBatches
+
+Status CheckPregeneratedBatches(int64_t batches, int64_t batch, int64_t seq_len,
+                                const std::string& what) {
+  // The larger batch kind: a CtrBatch with DIEN's negatives, 4 ids per position and 5 per row.
+  const double bytes_per_batch = static_cast<double>(batch) * (16.0 * seq_len + 20.0);
+  const double need = static_cast<double>(std::max<int64_t>(0, batches)) * bytes_per_batch;
+  const double memory =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (memory > 0 && need > 0.5 * memory) {
+    auto gib = [](double b) { return std::to_string(static_cast<int64_t>(b / (1 << 30))); };
+    return ResourceExhaustedError(
+        "data.synthetic: " + std::to_string(batches) + " batches (" + what + ") of " +
+        std::to_string(batch) + " rows x " + std::to_string(seq_len) +
+        " positions are all made before training starts and need about " + gib(need) +
+        " GiB, more than half of this machine's " + gib(memory) +
+        " GiB: lower data.synthetic.steps, data.batch_size or the held-out batches");
+  }
+  return Status::Ok();
+}
 
 Status ValidateSyntheticOptions(const SyntheticOptions& o) {
   if (o.num_items < 1 || o.num_items > (1u << 28)) {

@@ -116,6 +116,13 @@ struct SyntheticOptions {
 // seq_len in [1, 65535], alpha finite and >= 0, rates in [0, 1].
 Status ValidateSyntheticOptions(const SyntheticOptions& o);
 
+// The peer's protocol makes every batch before the timer starts, so a run holds all of them at
+// once: RESOURCE_EXHAUSTED (naming data.synthetic.steps, data.batch_size and `what`, e.g.
+// "--eval_batches") when `batches` batches of `batch` rows x `seq_len` would need more than half
+// of this machine's memory, instead of swapping or being killed while making them.
+Status CheckPregeneratedBatches(int64_t batches, int64_t batch, int64_t seq_len,
+                                const std::string& what);
+
 // The synthetic category of an item: fmix64(item) % num_categories + 1 for item >= 1, and 0 for
 // the padding item 0. A pure function (no table), num_categories >= 1.
 inline uint32_t SyntheticCategory(uint64_t item, uint32_t num_categories) {

@@ -512,6 +512,8 @@ StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vecto
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
                                                        const SyntheticRunOptions& options) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSyntheticHeldOut: null trainer");
+  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(options.eval_batches, options.batch,
+                                               options.data.seq_len, "held-out (--eval_batches)"));
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   std::vector<CtrBatch> bs(static_cast<size_t>(std::max(0, options.eval_batches)));
   const size_t first = static_cast<size_t>(options.warmup_steps + options.steps);
@@ -528,9 +530,12 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
     return InvalidArgumentError(
         "RunSyntheticTraining: steps must be >= 1, warmup_steps and "
         "eval_batches >= 0");
-  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   // Like the peer, every batch exists before the timer starts.
   const int train_batches = options.warmup_steps + options.steps;
+  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(
+      static_cast<int64_t>(train_batches) + options.eval_batches, options.batch,
+      options.data.seq_len, "warm-up, timed and held-out (--eval_batches)"));
+  IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   std::vector<CtrBatch> batches(static_cast<size_t>(train_batches + options.eval_batches));
   for (size_t i = 0; i < batches.size(); ++i)
     IPS_RETURN_IF_ERROR(gen->CtrBatchAt(i, options.batch, &batches[i]));

@@ -100,6 +100,30 @@ TEST(TrainCli, UnsupportedAndBadInputExitNonZero) {
   EXPECT_NE(r.output.find("/nonexistent/dir/m.jsonl"), std::string::npos) << r.output;
 }
 
+// Inputs that used to be accepted and then exhaust memory or be silently ignored: refused before
+// anything is trained, naming what to change.
+TEST(TrainCli, RunsThatCannotWorkAreRefusedUpFront) {
+  // Every batch of the synthetic protocol is made before training: a run whose batches cannot fit
+  // in memory fails at once (not after swapping, or killed).
+  auto r = RunIps("train --config " + Config() + kSmall + " --eval_batches 100000000");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("RESOURCE_EXHAUSTED"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--eval_batches"), std::string::npos) << r.output;
+  r = RunIps("train --config " + Config() + kSmall +
+             " --set data.synthetic.steps=2000000000 --set data.batch_size=512");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("data.synthetic.steps"), std::string::npos) << r.output;
+  // Streaming training writes no checkpoints: --resume and checkpoint.dir are refused.
+  const std::string stream_config = ConfigNamed("din_stream.pbtxt");
+  r = RunIps("train --config " + stream_config + " --stream /nonexistent.tsv --resume /tmp/x");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--resume does not apply to --stream"), std::string::npos) << r.output;
+  r = RunIps("train --config " + stream_config +
+             " --stream /nonexistent.tsv --set checkpoint.dir=/tmp/x");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--stream writes no checkpoints"), std::string::npos) << r.output;
+}
+
 // A seqrec file with a planted pattern (user u walks cyclically through item group u % 40 of
 // 10 items), converted with `ips data convert`, then trained 2 epochs: HR@10 must clearly beat a
 // random scorer's 10/101.
