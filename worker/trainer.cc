@@ -431,9 +431,12 @@ Status FitJobToDataset(const Dataset& data, TrainJob* job) {
   if (job == nullptr) return InvalidArgumentError("FitJobToDataset: null job");
   const Manifest& m = data.manifest();
   if (m.protocol != "seqrec")
-    return FailedPreconditionError("dataset protocol '" + m.protocol +
-                                   "': DIN training with ranking evaluation needs a seqrec dataset "
-                                   "(ips data convert --protocol seqrec)");
+    return FailedPreconditionError(
+        "dataset protocol '" + m.protocol + "': training " +
+        ModelKindName(job->trainer.model.kind) +
+        " (with its leave-one-out ranking evaluation) needs a seqrec dataset: convert the input "
+        "again with `ips data convert ... --protocol seqrec` (ctr and given datasets are for "
+        "`ips data inspect` and the readers only)");
   if (m.train_examples == 0) return FailedPreconditionError("dataset has no training rows");
   if (m.eval_candidates > static_cast<uint64_t>(1) << 20)
     return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
