@@ -24,6 +24,19 @@ std::vector<std::string> ReadAll(const std::string& path, std::vector<int64_t>* 
   return lines;
 }
 
+// Reads `path` to its end; returns the first error (OK when none) and counts the lines before it.
+Status ReadToError(const std::string& path, int64_t* lines = nullptr) {
+  auto r = LineReader::Open(path);
+  if (!r.ok()) return r.status();
+  std::string_view line;
+  for (int64_t n = 0;; ++n) {
+    auto more = (*r)->Next(&line);
+    if (lines != nullptr) *lines = n;
+    if (!more.ok()) return more.status();
+    if (!*more) return Status::Ok();
+  }
+}
+
 TEST(LineReader, PlainAndGzipGiveSameLinesWithNumbers) {
   testing::TempDir dir;
   const std::string content = "a b\r\nsecond\n\nlast-without-newline";
@@ -68,18 +81,7 @@ TEST(LineReader, CorruptGzipIsDataLoss) {
   std::string bytes = testing::ReadFile(dir.File("c.gz"));
   for (size_t i = bytes.size() / 3; i < bytes.size() / 3 + 64; ++i) bytes[i] ^= 0x5a;
   testing::WriteFile(dir.File("c.gz"), bytes);
-  auto r = LineReader::Open(dir.File("c.gz"));
-  ASSERT_TRUE(r.ok());
-  std::string_view line;
-  Status error;
-  for (;;) {
-    auto more = (*r)->Next(&line);
-    if (!more.ok()) {
-      error = more.status();
-      break;
-    }
-    if (!*more) break;
-  }
+  const Status error = ReadToError(dir.File("c.gz"));
   EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error;
   EXPECT_NE(error.message().find("c.gz:"), std::string::npos) << error;
 }
@@ -95,20 +97,8 @@ TEST(LineReader, TruncatedGzipIsDataLoss) {
   for (size_t keep : {bytes.size() / 2, bytes.size() - 8, bytes.size() - 1}) {
     SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(bytes.size()));
     testing::WriteFile(dir.File("t.gz"), bytes.substr(0, keep));
-    auto r = LineReader::Open(dir.File("t.gz"));
-    ASSERT_TRUE(r.ok());
-    std::string_view line;
-    Status error;
     int64_t lines = 0;
-    for (;;) {
-      auto more = (*r)->Next(&line);
-      if (!more.ok()) {
-        error = more.status();
-        break;
-      }
-      if (!*more) break;
-      ++lines;
-    }
+    const Status error = ReadToError(dir.File("t.gz"), &lines);
     EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error << " after " << lines << " lines";
     EXPECT_NE(error.message().find("t.gz:"), std::string::npos) << error;
     EXPECT_NE(error.message().find("truncated gzip"), std::string::npos) << error;
