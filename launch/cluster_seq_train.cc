@@ -75,15 +75,13 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   const int start = ck.ResumeSynthetic(train_steps, &losses);
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
-  if (Status s = CheckPregeneratedBatches(train_steps - start, run.batch, run.data.seq_len,
-                                          "warm-up and timed, this worker's");
+  std::vector<SeqBatch> batches;
+  if (Status s = (*gen)->MakeSeqBatches(
+          start, train_steps, run.batch,
+          [cluster](int64_t i) { return SyntheticBatchIndex(cluster, i); },
+          "warm-up and timed, this worker's", &batches);
       !s.ok())
     cluster->Abort(s);
-  std::vector<SeqBatch> batches(static_cast<size_t>(train_steps));
-  for (int i = start; i < train_steps; ++i)
-    if (Status s = (*gen)->SeqBatchAt(SyntheticBatchIndex(cluster, i), run.batch, &batches[i]);
-        !s.ok())
-      cluster->Abort(s);
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
   auto step = [&](int i, bool prefetch) {
@@ -126,7 +124,7 @@ class SeqRoundsSource : public DatasetRoundsSource {
       : sw_(sw),
         data_(data),
         run_(run),
-        reader_options_(ReaderOptionsOf(sw, run)),
+        reader_options_(WithModelWindow(sw->trainer.get(), run.reader)),
         reader_(&data, {}, reader_options_) {}
 
   int64_t per_epoch() const override { return reader_.sequences_per_epoch(); }
@@ -155,13 +153,6 @@ class SeqRoundsSource : public DatasetRoundsSource {
   }
 
  private:
-  // The config's reader with the model's window when data.max_len is 0.
-  static ReaderOptions ReaderOptionsOf(SeqWorker* sw, const DatasetRunOptions& run) {
-    ReaderOptions ro = run.reader;
-    if (ro.max_len == 0) ro.max_len = static_cast<int>(sw->trainer->model().max_len());
-    return ro;
-  }
-
   SeqWorker* sw_;
   const Dataset& data_;
   const DatasetRunOptions& run_;

@@ -150,15 +150,13 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   if (!gen.ok()) cluster->Abort(gen.status());
   // Worker w's shard: batches w, w + W, w + 2W, ... (with one worker: exactly the
   // single-process stream); held-out batches follow every worker's training batches.
-  if (Status s = CheckPregeneratedBatches(train_steps - start, run.batch, run.data.seq_len,
-                                          "warm-up and timed, this worker's");
+  std::vector<CtrBatch> batches;
+  if (Status s = (*gen)->MakeCtrBatches(
+          start, train_steps, run.batch,
+          [cluster](int64_t i) { return cluster_internal::SyntheticBatchIndex(cluster, i); },
+          "warm-up and timed, this worker's", &batches);
       !s.ok())
     cluster->Abort(s);
-  std::vector<CtrBatch> batches(static_cast<size_t>(train_steps));
-  for (int i = start; i < train_steps; ++i) {
-    const uint64_t index = cluster_internal::SyntheticBatchIndex(cluster, i);
-    if (Status s = (*gen)->CtrBatchAt(index, run.batch, &batches[i]); !s.ok()) cluster->Abort(s);
-  }
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
   auto step = [&](int i, bool prefetch) {
@@ -288,8 +286,6 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
       IPS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
                            RunRetrievalEvaluation(trainer_, tw_->store.get(), data_, run_));
       *recall = retrieval.cutoffs;
-      std::cerr << "retrieval: " << retrieval.users << " users x " << retrieval.items
-                << " items in " << cluster_internal::Fixed(retrieval.seconds, 1) << " s\n";
     }
     return ranking;
   }
@@ -350,7 +346,11 @@ StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::Embedding
   o.max_users = run.eval_max_users;
   IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
   IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
-  return EvaluateRetrieval(trainer->context(), &trainer->model(), store, item, data, o);
+  IPS_ASSIGN_OR_RETURN(RetrievalResult r, EvaluateRetrieval(trainer->context(), &trainer->model(),
+                                                            store, item, data, o));
+  std::cerr << "retrieval: " << r.users << " users x " << r.items << " items in "
+            << cluster_internal::Fixed(r.seconds, 1) << " s\n";
+  return r;
 }
 
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags) {

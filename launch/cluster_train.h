@@ -102,8 +102,9 @@ bool LaunchedUnderMpi();
 
 // The full-ranking retrieval evaluation (EvaluateRetrieval, worker/retrieval.h) of a model with
 // user vectors (MIND) after training on `data`: item vectors = the store's item + category rows,
-// cut-offs and user limit from `run`. Shared by single-process `ips train` and worker 0 of a
-// cluster run. Errors: NOT_FOUND for a missing table, EvaluateRetrieval's.
+// cut-offs and user limit from `run`; logs its size and time on stderr. Shared by single-process
+// `ips train` and worker 0 of a cluster run. Errors: NOT_FOUND for a missing table,
+// EvaluateRetrieval's.
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
                                                  const Dataset& data, const DatasetRunOptions& run);
 

@@ -79,10 +79,8 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
     IPS_ASSIGN_OR_RETURN(
         r, EvaluateRanking(ctr.get(), *data, run.reader, run.eval_max_users, run.top_k));
   } else {
-    ReaderOptions ro = run.reader;
-    if (ro.max_len == 0) ro.max_len = static_cast<int>(seq->model().max_len());
-    IPS_ASSIGN_OR_RETURN(r,
-                         EvaluateSeqRanking(seq.get(), *data, ro, run.eval_max_users, run.top_k));
+    IPS_ASSIGN_OR_RETURN(
+        r, EvaluateSeqRanking(seq.get(), *data, run.reader, run.eval_max_users, run.top_k));
   }
   const std::string k = std::to_string(r.k);
   *out = {{"users", std::to_string(r.users)}, {"hr" + k, Fixed(r.hr, 6)},

@@ -165,8 +165,6 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
     auto retrieval = RunRetrievalEvaluation(ctr.get(), store->get(), **data, run);
     if (!retrieval.ok()) return Fail(retrieval.status());
     recall = retrieval->cutoffs;
-    std::cerr << "retrieval: " << retrieval->users << " users x " << retrieval->items
-              << " items in " << Fixed(retrieval->seconds, 1) << " s\n";
   }
   std::cerr << "trained " << r.steps_run << " steps in " << Fixed(r.train_seconds, 1)
             << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)

@@ -250,12 +250,11 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
         ">= 0");
   // Like the peer, every batch exists before the timer starts.
   const int train_batches = options.warmup_steps + options.steps;
-  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(train_batches, options.batch, options.data.seq_len,
-                                               "warm-up and timed"));
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
-  std::vector<SeqBatch> batches(static_cast<size_t>(train_batches));
-  for (size_t i = 0; i < batches.size(); ++i)
-    IPS_RETURN_IF_ERROR(gen->SeqBatchAt(i, options.batch, &batches[i]));
+  std::vector<SeqBatch> batches;
+  IPS_RETURN_IF_ERROR(gen->MakeSeqBatches(
+      0, train_batches, options.batch, [](int64_t i) { return static_cast<uint64_t>(i); },
+      "warm-up and timed", &batches));
 
   SeqSyntheticRunResult r;
   IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences",
@@ -267,14 +266,18 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
 
 // ---- Converted datasets -----------------------------------------------------------------------
 
+ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader) {
+  if (reader.max_len == 0) reader.max_len = static_cast<int>(trainer->model().max_len());
+  return reader;
+}
+
 StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
                                                const ReaderOptions& reader, int64_t max_users,
                                                int k) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSeqRanking: null trainer");
   Timer timer;
-  ReaderOptions ro = reader;
+  ReaderOptions ro = WithModelWindow(trainer, reader);
   ro.shuffle = false;
-  if (ro.max_len == 0) ro.max_len = static_cast<int>(trainer->model().max_len());
   // A sequence model encodes one history per list (not one per row, as a CTR model scores), so
   // read max_batch whole lists at a time: one inference forward per reader batch.
   const int64_t list_rows = static_cast<int64_t>(data.manifest().eval_candidates);
@@ -395,9 +398,7 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
     return InvalidArgumentError(
         "RunSeqDatasetTraining: epochs, eval_every_epochs, top_k, reader.batch_size and "
         "log_every_steps must be >= 1, max_steps >= 0");
-  ReaderOptions ro = options.reader;
-  if (ro.max_len == 0) ro.max_len = static_cast<int>(trainer->model().max_len());
-  SeqEpochSource source(trainer, data, options, ro);
+  SeqEpochSource source(trainer, data, options, WithModelWindow(trainer, options.reader));
   if (source.per_epoch() == 0)
     return FailedPreconditionError(
         "RunSeqDatasetTraining: the dataset has no sequence with >= 2 training events");

@@ -194,6 +194,10 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
                                                const ReaderOptions& reader, int64_t max_users,
                                                int k);
 
+// `reader` with the trainer's model window (its max_len) where reader.max_len is 0, which a
+// SequenceReader would otherwise read as the manifest's max_history.
+ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader);
+
 // Trains options.epochs epochs over SequenceReader (reader.seed shuffles and draws the per-epoch
 // negatives; reader.batch_size sequences per step) or until max_steps, evaluating after every
 // eval_every_epochs-th epoch and after the last one. Samples are sequences. A progress line goes

@@ -72,25 +72,6 @@ double BoundedZipf::Probability(uint32_t id) const {
 // ---------------------------------------------------------------------------------------------
 // SyntheticBatches
 
-Status CheckPregeneratedBatches(int64_t batches, int64_t batch, int64_t seq_len,
-                                const std::string& what) {
-  // The larger batch kind: a CtrBatch with DIEN's negatives, 4 ids per position and 5 per row.
-  const double bytes_per_batch = static_cast<double>(batch) * (16.0 * seq_len + 20.0);
-  const double need = static_cast<double>(std::max<int64_t>(0, batches)) * bytes_per_batch;
-  const double memory =
-      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
-  if (memory > 0 && need > 0.5 * memory) {
-    auto gib = [](double b) { return std::to_string(static_cast<int64_t>(b / (1 << 30))); };
-    return ResourceExhaustedError(
-        "data.synthetic: " + std::to_string(batches) + " batches (" + what + ") of " +
-        std::to_string(batch) + " rows x " + std::to_string(seq_len) +
-        " positions are all made before training starts and need about " + gib(need) +
-        " GiB, more than half of this machine's " + gib(memory) +
-        " GiB: lower data.synthetic.steps, data.batch_size or the held-out batches");
-  }
-  return Status::Ok();
-}
-
 Status ValidateSyntheticOptions(const SyntheticOptions& o) {
   if (o.num_items < 1 || o.num_items > (1u << 28)) {
     return InvalidArgumentError("synthetic: num_items must be in [1, 2^28], got " +
@@ -251,6 +232,55 @@ Status SyntheticBatches::CtrBatchAt(uint64_t index, int batch, CtrBatch* out) co
 Status SyntheticBatches::SeqBatchAt(uint64_t index, int batch, SeqBatch* out) const {
   Rng rng = BatchRng(o_.seed, index);
   return MakeSeqBatch(rng, batch, out);
+}
+
+namespace {
+
+// The memory check of MakeCtrBatches / MakeSeqBatches (see the header).
+Status CheckPregeneratedBatches(int64_t batches, int64_t batch, int64_t seq_len,
+                                const std::string& what) {
+  // The larger batch kind: a CtrBatch with DIEN's negatives, 4 ids per position and 5 per row.
+  const double bytes_per_batch = static_cast<double>(batch) * (16.0 * seq_len + 20.0);
+  const double need = static_cast<double>(std::max<int64_t>(0, batches)) * bytes_per_batch;
+  const double memory =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (memory > 0 && need > 0.5 * memory) {
+    auto gib = [](double b) { return std::to_string(static_cast<int64_t>(b / (1 << 30))); };
+    return ResourceExhaustedError(
+        "data.synthetic: " + std::to_string(batches) + " batches (" + what + ") of " +
+        std::to_string(batch) + " rows x " + std::to_string(seq_len) +
+        " positions are all made before training starts and need about " + gib(need) +
+        " GiB, more than half of this machine's " + gib(memory) +
+        " GiB: lower data.synthetic.steps, data.batch_size or the held-out batches");
+  }
+  return Status::Ok();
+}
+
+template <typename BatchT, typename MakeT>
+Status MakeBatches(int64_t begin, int64_t end, int batch, int seq_len,
+                   const std::function<uint64_t(int64_t)>& index_of, const std::string& what,
+                   std::vector<BatchT>* out, const MakeT& make_at) {
+  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(end - begin, batch, seq_len, what));
+  out->resize(static_cast<size_t>(std::max<int64_t>(0, end)));
+  for (int64_t i = begin; i < end; ++i)
+    IPS_RETURN_IF_ERROR(make_at(index_of(i), &(*out)[static_cast<size_t>(i)]));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status SyntheticBatches::MakeCtrBatches(int64_t begin, int64_t end, int batch,
+                                        const std::function<uint64_t(int64_t)>& index_of,
+                                        const std::string& what, std::vector<CtrBatch>* out) const {
+  return MakeBatches(begin, end, batch, o_.seq_len, index_of, what, out,
+                     [&](uint64_t index, CtrBatch* b) { return CtrBatchAt(index, batch, b); });
+}
+
+Status SyntheticBatches::MakeSeqBatches(int64_t begin, int64_t end, int batch,
+                                        const std::function<uint64_t(int64_t)>& index_of,
+                                        const std::string& what, std::vector<SeqBatch>* out) const {
+  return MakeBatches(begin, end, batch, o_.seq_len, index_of, what, out,
+                     [&](uint64_t index, SeqBatch* b) { return SeqBatchAt(index, batch, b); });
 }
 
 }  // namespace ips

@@ -43,7 +43,9 @@
 #define IPS_WORKER_SYNTHETIC_BATCHES_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/random.h"
@@ -116,13 +118,6 @@ struct SyntheticOptions {
 // seq_len in [1, 65535], alpha finite and >= 0, rates in [0, 1].
 Status ValidateSyntheticOptions(const SyntheticOptions& o);
 
-// The peer's protocol makes every batch before the timer starts, so a run holds all of them at
-// once: RESOURCE_EXHAUSTED (naming data.synthetic.steps, data.batch_size and `what`, e.g.
-// "--eval_batches") when `batches` batches of `batch` rows x `seq_len` would need more than half
-// of this machine's memory, instead of swapping or being killed while making them.
-Status CheckPregeneratedBatches(int64_t batches, int64_t batch, int64_t seq_len,
-                                const std::string& what);
-
 // The synthetic category of an item: fmix64(item) % num_categories + 1 for item >= 1, and 0 for
 // the padding item 0. A pure function (no table), num_categories >= 1.
 inline uint32_t SyntheticCategory(uint64_t item, uint32_t num_categories) {
@@ -184,6 +179,18 @@ class SyntheticBatches {
   // Batch `index` of the stream: MakeXxxBatch with BatchRng(options.seed, index).
   Status CtrBatchAt(uint64_t index, int batch, CtrBatch* out) const;
   Status SeqBatchAt(uint64_t index, int batch, SeqBatch* out) const;
+  // The batches of a run, made before it starts as the peer's protocol does: (*out)[i] =
+  // XxxBatchAt(index_of(i)) for i in [begin, end), *out resized to `end` (the slots before
+  // `begin`, a resumed run's, left empty). A run holds all of them at once, so first
+  // RESOURCE_EXHAUSTED (naming data.synthetic.steps, data.batch_size and `what`, e.g.
+  // "--eval_batches") when they would need more than half of this machine's memory, instead of
+  // swapping or being killed while making them.
+  Status MakeCtrBatches(int64_t begin, int64_t end, int batch,
+                        const std::function<uint64_t(int64_t)>& index_of, const std::string& what,
+                        std::vector<CtrBatch>* out) const;
+  Status MakeSeqBatches(int64_t begin, int64_t end, int batch,
+                        const std::function<uint64_t(int64_t)>& index_of, const std::string& what,
+                        std::vector<SeqBatch>* out) const;
   // An Rng whose stream depends on both seed and index through a hash (seeds s and s + 1 of
   // Rng::Seed would give overlapping SplitMix sequences; hashing keeps batch streams unrelated).
   static Rng BatchRng(uint64_t seed, uint64_t index);

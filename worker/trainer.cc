@@ -515,13 +515,13 @@ StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vecto
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
                                                        const SyntheticRunOptions& options) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSyntheticHeldOut: null trainer");
-  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(options.eval_batches, options.batch,
-                                               options.data.seq_len, "held-out (--eval_batches)"));
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
-  std::vector<CtrBatch> bs(static_cast<size_t>(std::max(0, options.eval_batches)));
-  const size_t first = static_cast<size_t>(options.warmup_steps + options.steps);
-  for (size_t i = 0; i < bs.size(); ++i)
-    IPS_RETURN_IF_ERROR(gen->CtrBatchAt(first + i, options.batch, &bs[i]));
+  // The held-out batches follow the warm-up and timed ones.
+  const uint64_t first = static_cast<uint64_t>(options.warmup_steps + options.steps);
+  std::vector<CtrBatch> bs;
+  IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
+      0, options.eval_batches, options.batch, [first](int64_t i) { return first + i; },
+      "held-out (--eval_batches)", &bs));
   return EvaluateBatches(trainer, bs);
 }
 
@@ -535,13 +535,12 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
         "eval_batches >= 0");
   // Like the peer, every batch exists before the timer starts.
   const int train_batches = options.warmup_steps + options.steps;
-  IPS_RETURN_IF_ERROR(CheckPregeneratedBatches(
-      static_cast<int64_t>(train_batches) + options.eval_batches, options.batch,
-      options.data.seq_len, "warm-up, timed and held-out (--eval_batches)"));
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
-  std::vector<CtrBatch> batches(static_cast<size_t>(train_batches + options.eval_batches));
-  for (size_t i = 0; i < batches.size(); ++i)
-    IPS_RETURN_IF_ERROR(gen->CtrBatchAt(i, options.batch, &batches[i]));
+  std::vector<CtrBatch> batches;
+  IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
+      0, static_cast<int64_t>(train_batches) + options.eval_batches, options.batch,
+      [](int64_t i) { return static_cast<uint64_t>(i); },
+      "warm-up, timed and held-out (--eval_batches)", &batches));
 
   SyntheticRunResult r;
   IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples",

@@ -197,8 +197,8 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     r.steps = resume_state[2];
     r.samples = resume_state[3];
   }
-  // Throughput counts what this process trains, not the resumed checkpoint's samples.
-  const int64_t first_samples = r.samples;
+  // Throughput counts what this process trains, not the resumed checkpoint's steps and samples.
+  const int64_t first_steps = r.steps, first_samples = r.samples;
   CheckpointTrigger trigger(ckpt);
   Timer timer;
   bool stop = false;
@@ -304,7 +304,7 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     r.loss = er.loss;
     r.per_epoch.push_back(er);
   }
-  r.steps_run = r.steps - (resume_state.empty() ? 0 : resume_state[2]);
+  r.steps_run = r.steps - first_steps;
   r.samples_per_s =
       r.train_seconds > 0 ? static_cast<double>(r.samples - first_samples) / r.train_seconds : 0;
   if (progress) {
