@@ -329,9 +329,8 @@ void AddRankingFields(const RankingEvalResult& eval, const std::vector<Retrieval
                       ResultLine* line) {
   using cluster_internal::Fixed;
   const std::string k = std::to_string(eval.k);
-  line->Add("hr" + k, Fixed(eval.hr, 4))
-      .Add("ndcg" + k, Fixed(eval.ndcg, 4))
-      .Add("auc", Fixed(eval.auc, 4))
+  if (eval.ranked) line->Add("hr" + k, Fixed(eval.hr, 4)).Add("ndcg" + k, Fixed(eval.ndcg, 4));
+  line->Add("auc", Fixed(eval.auc, 4))
       .Add("gauc", Fixed(eval.gauc, 4))
       .Add("logloss", Fixed(eval.logloss, 4));
   for (const RetrievalCutoff& c : recall)

@@ -255,11 +255,9 @@ void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch
 void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
                     const RankingEvalResult& eval, double loss, double samples_per_s,
                     int64_t steps) {
-  const std::string k = std::to_string(top_k);
-  auto metric = [&](double v) { return evaluated ? internal::JsonNumber(v) : std::string("null"); };
-  metrics << "{\"epoch\":" << epoch << ",\"hr" << k << "\":" << metric(eval.hr) << ",\"ndcg" << k
-          << "\":" << metric(eval.ndcg) << ",\"auc\":" << metric(eval.auc)
-          << ",\"gauc\":" << metric(eval.gauc) << ",\"logloss\":" << metric(eval.logloss)
+  RankingEvalResult shown = eval;
+  shown.k = top_k;  // an epoch not evaluated has a default-constructed eval
+  metrics << "{\"epoch\":" << epoch << "," << internal::EvalJsonMembers(shown, evaluated)
           << ",\"loss\":" << internal::JsonNumber(loss)
           << ",\"samples_per_s\":" << internal::JsonNumber(samples_per_s) << ",\"steps\":" << steps
           << ",\"eval_users\":" << (evaluated ? eval.users : 0)
@@ -289,14 +287,11 @@ ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
 }
 
 void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s) {
-  const std::string k = std::to_string(s.eval.k);
   metrics << "{\"phase\":\"result\",\"model\":\"" << s.model
           << "\",\"workers\":" << cluster->layout().num_workers
           << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << s.epochs
           << ",\"steps\":" << s.steps << ",\"samples_per_s\":" << Fixed(s.samples_per_s, 1)
-          << ",\"loss\":" << Fixed(s.loss, 6) << ",\"hr" << k << "\":" << Fixed(s.eval.hr, 6)
-          << ",\"ndcg" << k << "\":" << Fixed(s.eval.ndcg, 6)
-          << ",\"auc\":" << Fixed(s.eval.auc, 6);
+          << ",\"loss\":" << Fixed(s.loss, 6) << "," << internal::EvalJsonMembers(s.eval, true);
   for (const RetrievalCutoff& c : s.recall)
     metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
   metrics << "}\n";
@@ -730,10 +725,7 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
     if (progress) {
       std::string extra =
           where + "/" + std::to_string(run.epochs) + " loss=" + Fixed(summary.loss, 4);
-      if (evaluate)
-        extra += " hr" + std::to_string(run.top_k) + "=" + Fixed(eval.hr, 4) + " ndcg" +
-                 std::to_string(run.top_k) + "=" + Fixed(eval.ndcg, 4) +
-                 " auc=" + Fixed(eval.auc, 4);
+      if (evaluate) extra += internal::EvalProgressText(eval);
       progress->Update(walk.at().samples, extra);
     }
     if (metrics.is_open())  // single-process RunDatasetTraining's per-epoch line

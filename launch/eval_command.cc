@@ -83,9 +83,15 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
         r, EvaluateSeqRanking(seq.get(), *data, run.reader, run.eval_max_users, run.top_k));
   }
   const std::string k = std::to_string(r.k);
-  *out = {{"users", std::to_string(r.users)}, {"hr" + k, Fixed(r.hr, 6)},
-          {"ndcg" + k, Fixed(r.ndcg, 6)},     {"auc", Fixed(r.auc, 6)},
-          {"gauc", Fixed(r.gauc, 6)},         {"logloss", Fixed(r.logloss, 6)}};
+  if (r.ranked)
+    *out = {{"users", std::to_string(r.users)},
+            {"hr" + k, Fixed(r.hr, 6)},
+            {"ndcg" + k, Fixed(r.ndcg, 6)}};
+  else  // a given dataset: labelled rows, no candidate lists
+    *out = {{"examples", std::to_string(r.users)}};
+  out->insert(
+      out->end(),
+      {{"auc", Fixed(r.auc, 6)}, {"gauc", Fixed(r.gauc, 6)}, {"logloss", Fixed(r.logloss, 6)}});
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
     RetrievalOptions o;
     o.cutoffs = run.retrieval_cutoffs;

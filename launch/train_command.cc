@@ -1,8 +1,9 @@
 // `ips train`: single-process training of a config's model with an in-process embedding store.
 // CTR models (DIN, DIEN, BST, pooled, MIND), either on the peer's synthetic throughput protocol
-// (data.synthetic) or on a dataset directory written by `ips data convert` (data.train_dir, seqrec
-// protocol: epochs of training, each followed by the peer's HR@10 / NDCG@10 / sampled-AUC
-// evaluation). MIND on a dataset adds the full-ranking retrieval evaluation (recall@K).
+// (data.synthetic) or on a dataset directory written by `ips data convert` (data.train_dir:
+// epochs of training, each followed by the peer's HR@10 / NDCG@10 / sampled-AUC evaluation of
+// seqrec and ctr datasets, or AUC / GAUC / logloss over a given dataset's labelled rows). MIND
+// on a dataset adds the full-ranking retrieval evaluation (recall@K).
 //
 // Checkpoints (config `checkpoint { dir every_steps every_seconds keep_last incremental }`): saved
 // every N steps / seconds, after the last step, and on SIGTERM, which stops the run between two
@@ -29,6 +30,7 @@
 #include "ps/local_embedding_store.h"
 #include "worker/checkpoint.h"
 #include "worker/data_reader.h"
+#include "worker/internal/run_steps.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
@@ -158,7 +160,6 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   if (!result.ok()) return Fail(result.status());
   const DatasetRunResult& r = *result;
   if (r.stopped) return ReportStopped(model, ctr != nullptr ? ctr->steps() : seq->steps(), ck);
-  const std::string k = std::to_string(r.eval.k);
   // MIND (user vectors): the full-ranking retrieval evaluation after the sampled ranking one.
   std::vector<RetrievalCutoff> recall;
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
@@ -167,8 +168,8 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
     recall = retrieval->cutoffs;
   }
   std::cerr << "trained " << r.steps_run << " steps in " << Fixed(r.train_seconds, 1)
-            << " s, evaluated " << r.eval.users << " users; wall " << Fixed(wall.Seconds(), 1)
-            << " s\n";
+            << " s, evaluated " << r.eval.users << (r.eval.ranked ? " users" : " rows") << "; wall "
+            << Fixed(wall.Seconds(), 1) << " s\n";
   ResultLine line("train");
   line.Add("model", model)
       .Add("epochs", static_cast<int64_t>(r.epochs))
@@ -179,9 +180,7 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   if (sinks.metrics_out != nullptr) {
     *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
-             << ",\"loss\":" << Fixed(r.loss, 6) << ",\"hr" << k << "\":" << Fixed(r.eval.hr, 6)
-             << ",\"ndcg" << k << "\":" << Fixed(r.eval.ndcg, 6)
-             << ",\"auc\":" << Fixed(r.eval.auc, 6);
+             << ",\"loss\":" << Fixed(r.loss, 6) << "," << internal::EvalJsonMembers(r.eval, true);
     for (const RetrievalCutoff& c : recall)
       *metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6) << ",\"retrieval_hr" << c.k
                << "\":" << Fixed(c.hit_rate, 6);

@@ -402,8 +402,7 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
   if (source.per_epoch() == 0)
     return FailedPreconditionError(
         "RunSeqDatasetTraining: the dataset has no sequence with >= 2 training events");
-  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "sequences",
-                                    /*binary_metrics=*/false);
+  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "sequences");
 }
 
 }  // namespace ips

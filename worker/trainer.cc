@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -430,13 +431,24 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
 Status FitJobToDataset(const Dataset& data, TrainJob* job) {
   if (job == nullptr) return InvalidArgumentError("FitJobToDataset: null job");
   const Manifest& m = data.manifest();
-  if (m.protocol != "seqrec")
-    return FailedPreconditionError(
-        "dataset protocol '" + m.protocol + "': training " +
-        ModelKindName(job->trainer.model.kind) +
-        " (with its leave-one-out ranking evaluation) needs a seqrec dataset: convert the input "
-        "again with `ips data convert ... --protocol seqrec` (ctr and given datasets are for "
-        "`ips data inspect` and the readers only)");
+  const char* model = ModelKindName(job->trainer.model.kind);
+  if (m.protocol == "given") {
+    // Given rows are single examples with their own labels: no per-user sequences to train a
+    // sequence model on, no candidate lists to rank or retrieve from.
+    if (IsSequenceModel(job->trainer.model.kind) || job->trainer.model.kind == ModelKind::kMind)
+      return FailedPreconditionError(
+          std::string("dataset protocol 'given' (examples given by the input, labelled): ") +
+          model +
+          " trains on per-user sequences and is evaluated by ranking candidate lists; convert "
+          "sequence input (taobao, events, movielens, seqrec) with `--protocol seqrec` or `ctr`");
+    if (m.eval_examples == 0)
+      return FailedPreconditionError(
+          "dataset protocol 'given' has no evaluation rows: convert DIEN's test file with "
+          "`ips data convert --format dien ... --eval_input FILE`");
+  } else if (m.protocol != "seqrec" && m.protocol != "ctr") {
+    return FailedPreconditionError("dataset protocol '" + m.protocol +
+                                   "' is not one of seqrec, ctr, given");
+  }
   if (m.train_examples == 0) return FailedPreconditionError("dataset has no training rows");
   if (m.eval_candidates > static_cast<uint64_t>(1) << 20)
     return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
@@ -588,6 +600,40 @@ RankingEvalResult RankingEvaluation::Result(double seconds) const {
   return r;
 }
 
+namespace {
+
+// EvaluateRanking of a given dataset: every EvalReader row is one labelled CTR example.
+StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* eval,
+                                                 int64_t max_rows, int k) {
+  Timer timer;
+  int64_t remaining = max_rows > 0 ? std::min(max_rows, eval->num_lists()) : eval->num_lists();
+  BinaryMetrics metrics;
+  Batch batch;
+  std::vector<float> scores;
+  while (remaining > 0 && eval->Next(&batch)) {
+    scores.resize(static_cast<size_t>(batch.size));
+    IPS_RETURN_IF_ERROR(trainer->PredictLogits(ViewOf(batch), scores.data()));
+    const int64_t rows = std::min<int64_t>(batch.size, remaining);
+    for (int64_t i = 0; i < rows; ++i) scores[i] = kernels::StableSigmoid(scores[i]);
+    IPS_RETURN_IF_ERROR(metrics.Add(scores.data(), batch.label.data(),
+                                    batch.user.empty() ? nullptr : batch.user.data(), rows));
+    remaining -= rows;
+  }
+  const BinaryMetricsResult b = metrics.Compute();
+  RankingEvalResult r;
+  r.ranked = false;
+  r.users = b.count;
+  r.k = k;
+  r.hr = r.ndcg = std::nan("");
+  r.auc = b.auc;
+  r.gauc = b.gauc;
+  r.logloss = b.logloss;
+  r.seconds = timer.Seconds();
+  return r;
+}
+
+}  // namespace
+
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
                                             const ReaderOptions& reader, int64_t max_users, int k) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateRanking: null trainer");
@@ -595,6 +641,8 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
   ReaderOptions ro = reader;
   ro.shuffle = false;
   EvalReader eval(&data, {}, ro);
+  if (data.manifest().eval_candidates == 0)
+    return EvaluateLabelledRows(trainer, &eval, max_users, k);
   const int cands = eval.candidates_per_list();
   if (cands < 2)
     return FailedPreconditionError("EvaluateRanking: the dataset has " + std::to_string(cands) +
@@ -696,8 +744,7 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
   if (trainer->model().aux_negatives() && data.manifest().items == 0)
     return FailedPreconditionError("dataset has no items");
   CtrEpochSource source(trainer, data, options);
-  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "samples",
-                                    /*binary_metrics=*/true);
+  return internal::RunDatasetEpochs(trainer, &source, options, sinks, "samples");
 }
 
 }  // namespace ips

@@ -237,8 +237,11 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& config);
 // Fits a dataset job to the opened dataset before Trainer::Create: the model's max_batch must
 // hold one evaluation batch (whole candidate lists, at least one list of eval_candidates rows),
 // and the Xavier scale uses the dataset's row counts (items + 1, categories), as the peer's.
-// FAILED_PRECONDITION if the dataset is not of the seqrec protocol (DIN's ranking evaluation
-// needs candidate lists) or has no training rows.
+// Every model trains on seqrec and ctr datasets (evaluated by ranking their candidate lists); the
+// CTR models but MIND also on given datasets (DIEN files: evaluated by AUC over the labelled
+// rows). FAILED_PRECONDITION for a given dataset with a sequence model (they train on per-user
+// sequences), MIND (its retrieval evaluation needs candidate lists) or no evaluation rows, and
+// for a dataset without training rows.
 Status FitJobToDataset(const Dataset& data, TrainJob* job);
 
 // ---- The synthetic throughput protocol --------------------------------------------------------
@@ -347,11 +350,14 @@ StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
 // ---- Training on a converted dataset ----------------------------------------------------------
 
 struct RankingEvalResult {
-  int64_t users = 0;  // evaluated candidate lists
+  // false for a given dataset: no candidate lists, so no HR/NDCG (NaN); `users` counts rows and
+  // `auc` is the AUC over all labelled rows.
+  bool ranked = true;
+  int64_t users = 0;  // evaluated candidate lists (given: labelled rows)
   int k = 10;
   double hr = 0, ndcg = 0, auc = 0;  // HR@k, NDCG@k, sampled AUC (NaN when no users)
-  // Over every (user, candidate) row as a CTR example (label 1 = the held-out item):
-  // user-weighted GAUC and logloss of sigmoid(score).
+  // Over every (user, candidate) row as a CTR example (label 1 = the held-out item; given: the
+  // row's label): user-weighted GAUC and logloss of sigmoid(score).
   double gauc = 0, logloss = 0;
   double seconds = 0;
 };
@@ -376,7 +382,9 @@ class RankingEvaluation {
 // The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
 // item first) is scored with PredictLogits (read-only: no store rows are created, nothing is
 // updated) and fed to RankingMetrics(k). max_users > 0 evaluates only the first max_users lists
-// (EvalReader's order: raw user id). Errors: the trainer's and the metrics'.
+// (EvalReader's order: raw user id). A given dataset (no candidate lists) is evaluated as CTR
+// examples instead: AUC, GAUC and logloss over its labelled evaluation rows (max_users caps the
+// rows; ranked = false). Errors: the trainer's and the metrics'.
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
                                             const ReaderOptions& reader, int64_t max_users, int k);
 

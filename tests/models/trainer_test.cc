@@ -690,26 +690,166 @@ TEST_F(DatasetTraining, TwoEpochsLearnThePlantedPatternAndEvaluateOnSchedule) {
   EXPECT_TRUE(short_run->per_epoch[0].evaluated);
 }
 
-TEST_F(DatasetTraining, FitJobRejectsNonSeqrecDatasets) {
-  // A ctr-protocol conversion of the same file has no candidate lists to rank.
+// A dataset job for `dir` from din_synthetic.pbtxt with `sets` on top; FitJobToDataset's status.
+StatusOr<TrainJob> DatasetJob(const std::string& dir, std::vector<std::string> sets) {
+  IPS_ASSIGN_OR_RETURN(config::Config c, LoadConfig(ConfigPath(), sets));
+  c.mutable_data()->clear_synthetic();
+  c.mutable_data()->set_train_dir(dir);
+  return TrainJobFromConfig(c);
+}
+
+// Trains `job` on `data` from scratch; the run's result.
+StatusOr<DatasetRunResult> TrainFromScratch(const Dataset& data, TrainJob* job) {
+  IPS_RETURN_IF_ERROR(FitJobToDataset(data, job));
+  IPS_ASSIGN_OR_RETURN(auto store, ps::LocalEmbeddingStore::Create(job->tables));
+  IPS_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(job->trainer, store.get()));
+  return RunDatasetTraining(trainer.get(), data, job->dataset, RunSinks{});
+}
+
+TEST_F(DatasetTraining, CtrProtocolDatasetTrainsAndRanksItsCandidateLists) {
+  // The same file with the ctr protocol: every training position a positive, popularity
+  // negatives; its evaluation lists are ranked like seqrec's.
   ConvertOptions o;
   o.format = "seqrec";
   o.protocol = "ctr";
   o.input = dir_ + "/in.txt";
   o.output = dir_ + "/ctr";
-  auto m = ConvertDataset(o);
-  if (!m.ok())
-    GTEST_SKIP() << "seqrec input cannot be converted with the ctr protocol: " << m.status();
+  o.max_history = kMaxLen;
+  ASSERT_OK(ConvertDataset(o).status());
   auto d = Dataset::Open(dir_ + "/ctr");
   ASSERT_OK(d.status());
-  auto c_or = LoadConfig(ConfigPath(), {});
-  ASSERT_OK(c_or.status());
-  config::Config c = *c_or;
-  c.mutable_data()->clear_synthetic();
-  c.mutable_data()->set_train_dir(dir_ + "/ctr");
-  auto job = TrainJobFromConfig(c);
+  ASSERT_EQ((*d)->manifest().protocol, "ctr");
+  auto job =
+      DatasetJob(dir_ + "/ctr", {"data.batch_size=64", "data.max_history=10", "train.epochs=2",
+                                 "train.num_threads=1", "optimizer.learning_rate=0.01"});
   ASSERT_OK(job.status());
-  EXPECT_EQ(FitJobToDataset(**d, &*job).code(), StatusCode::kFailedPrecondition);
+  auto r = TrainFromScratch(**d, &*job);
+  ASSERT_OK(r.status());
+  EXPECT_TRUE(r->eval.ranked);
+  EXPECT_EQ(r->eval.users, 400);
+  EXPECT_GT(r->eval.hr, 0.25);  // a random scorer: 10/101
+  EXPECT_GT(r->eval.auc, 0.7);
+}
+
+// DIEN-format files (label, user, target, category, history items, history categories) with a
+// planted rule: label 1 when the target is from the user's group of items, 0 when from another.
+class GivenDatasetTraining : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/trainer_test_given_" + std::to_string(::getpid());
+    ASSERT_EQ(std::system(("mkdir -p " + dir_).c_str()), 0);
+    WriteDienFile(dir_ + "/train", 3000, 1);
+    WriteDienFile(dir_ + "/test", 600, 2);
+  }
+  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
+
+  static void WriteDienFile(const std::string& path, int lines, uint64_t seed) {
+    std::ofstream out(path);
+    Rng rng(seed);
+    for (int n = 0; n < lines; ++n) {
+      const int user = static_cast<int>(rng.UniformInt(200)), group = user % 20;
+      const bool positive = rng.UniformInt(2) == 0;
+      int target_group = group;
+      if (!positive) target_group = (group + 1 + static_cast<int>(rng.UniformInt(19))) % 20;
+      auto item = [&](int g) { return g * 10 + static_cast<int>(rng.UniformInt(10)); };
+      std::string hist, cats;
+      for (int t = 0; t < 6; ++t) {
+        hist += (t ? "\x02" : "") + ("M" + std::to_string(item(group)));
+        cats += (t ? "\x02" : "") + ("C" + std::to_string(group));
+      }
+      out << (positive ? 1 : 0) << "\tU" << user << "\tM" << item(target_group) << "\tC"
+          << target_group << "\t" << hist << "\t" << cats << "\n";
+    }
+  }
+
+  std::unique_ptr<Dataset> Convert(bool with_eval) {
+    ConvertOptions o;
+    o.format = "dien";
+    o.input = dir_ + "/train";
+    if (with_eval) o.eval_input = dir_ + "/test";
+    o.output = dir_ + (with_eval ? "/ds" : "/ds_no_eval");
+    o.max_history = 10;
+    EXPECT_OK(ConvertDataset(o).status());
+    auto d = Dataset::Open(o.output);
+    EXPECT_OK(d.status());
+    return d.ok() ? std::move(*d) : nullptr;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(GivenDatasetTraining, DinLearnsTheLabelsAndIsEvaluatedByAucOverTheRows) {
+  auto data = Convert(true);
+  ASSERT_NE(data, nullptr);
+  ASSERT_EQ(data->manifest().protocol, "given");
+  auto job =
+      DatasetJob(dir_ + "/ds", {"data.batch_size=64", "data.max_history=10", "train.epochs=3",
+                                "train.num_threads=1", "optimizer.learning_rate=0.01"});
+  ASSERT_OK(job.status());
+  ASSERT_OK(FitJobToDataset(*data, &*job));
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_OK(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_OK(trainer.status());
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  auto r = RunDatasetTraining(trainer->get(), *data, job->dataset, sinks);
+  ASSERT_OK(r.status());
+  EXPECT_EQ(r->samples, 3 * 3000);  // every given row once per epoch, no sampled negatives
+  EXPECT_FALSE(r->eval.ranked);
+  EXPECT_TRUE(std::isnan(r->eval.hr));
+  EXPECT_EQ(r->eval.users, 600);  // rows
+  EXPECT_GT(r->eval.auc, 0.9) << "the category alone separates the labels";
+  EXPECT_LT(r->eval.logloss, 0.5);
+  const std::string m = metrics.str();
+  EXPECT_EQ(m.find("hr10"), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"epoch\":3,\"auc\":0."), std::string::npos) << m;
+
+  // The AUC is the rows' pairwise AUC of the read-only predictions (counted here directly),
+  // capped at max_users rows.
+  ReaderOptions ro = job->dataset.reader;
+  ro.shuffle = false;
+  EvalReader eval(data.get(), {}, ro);
+  Batch batch;
+  std::vector<std::pair<float, float>> scored;  // (logit, label)
+  std::vector<float> logits;
+  while (eval.Next(&batch) && scored.size() < 250) {
+    logits.resize(batch.size);
+    ASSERT_OK((*trainer)->PredictLogits(ViewOf(batch), logits.data()));
+    for (int i = 0; i < batch.size && scored.size() < 250; ++i)
+      scored.emplace_back(logits[i], batch.label[i]);
+  }
+  double pairs = 0, wins = 0;
+  for (const auto& p : scored)
+    for (const auto& q : scored)
+      if (p.second == 1 && q.second == 0) {
+        pairs += 1;
+        wins += p.first > q.first ? 1 : (p.first == q.first ? 0.5 : 0);
+      }
+  auto capped = EvaluateRanking(trainer->get(), *data, job->dataset.reader, 250, 10);
+  ASSERT_OK(capped.status());
+  EXPECT_EQ(capped->users, 250);
+  EXPECT_NEAR(capped->auc, wins / pairs, 1e-9);
+}
+
+TEST_F(GivenDatasetTraining, RefusedForSequenceModelsMindAndDatasetsWithoutEvaluationRows) {
+  auto data = Convert(true);
+  ASSERT_NE(data, nullptr);
+  for (const char* type : {"SASREC", "GRU4REC", "MIND"}) {
+    auto job = DatasetJob(dir_ + "/ds", {std::string("model.type=") + type});
+    ASSERT_OK(job.status());
+    const Status s = FitJobToDataset(*data, &*job);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << type;
+    EXPECT_NE(s.message().find("--protocol seqrec"), std::string::npos) << s;
+  }
+  auto no_eval = Convert(false);
+  ASSERT_NE(no_eval, nullptr);
+  auto job = DatasetJob(dir_ + "/ds_no_eval", {});
+  ASSERT_OK(job.status());
+  const Status s = FitJobToDataset(*no_eval, &*job);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("--eval_input"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/random.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
@@ -93,12 +94,36 @@ class ClusterData : public ::testing::Test {
   static void TearDownTestSuite() { delete dir_; }
   static std::string Dir() { return dir_->path(); }
   static std::string Data() { return Dir() + "/ds"; }
+  // A given-protocol dataset (DIEN files: labelled examples with their histories; label 1 when
+  // the target's category is the history's).
+  static std::string GivenData() {
+    for (const bool train : {true, false}) {
+      std::ofstream out(Dir() + (train ? "/dien_train" : "/dien_test"));
+      Rng rng(train ? 1 : 2);
+      for (int n = 0; n < (train ? 1500 : 300); ++n) {
+        const int g = static_cast<int>(rng.UniformInt(10));
+        const bool positive = rng.UniformInt(2) == 0;
+        const int tg = positive ? g : (g + 1 + static_cast<int>(rng.UniformInt(9))) % 10;
+        out << (positive ? 1 : 0) << "\tU" << rng.UniformInt(100) << "\tM"
+            << tg * 10 + rng.UniformInt(10) << "\tC" << tg << "\tM" << g * 10 + rng.UniformInt(10)
+            << "\x02M" << g * 10 + rng.UniformInt(10) << "\tC" << g
+            << "\x02"
+               "C"
+            << g << "\n";
+      }
+    }
+    auto conv = RunIps("data convert --format dien --input " + Dir() + "/dien_train --eval_input " +
+                       Dir() + "/dien_test --output " + Dir() + "/given --max_history 10");
+    EXPECT_EQ(conv.exit_code, 0) << conv.output;
+    return Dir() + "/given";
+  }
 
   // The config of every run: DIN on the dataset, 2 epochs, every step logged.
-  static std::string Config(const std::string& name, const std::string& extra = "") {
+  static std::string Config(const std::string& name, const std::string& extra = "",
+                            const std::string& data = Data()) {
     const std::string path = Dir() + "/" + name + ".pbtxt";
     std::ofstream(path) << "version: 1\nname: \"" << name << "\"\n"
-                        << "data { train_dir: \"" << Data()
+                        << "data { train_dir: \"" << data
                         << "\" batch_size: 128 max_history: 10 seed: 0 }\n"
                            "model { type: DIN embedding_dim: 8 attention_hidden: [16, 8] "
                            "mlp_hidden: [32, 16] activation: PRELU }\n"
@@ -197,6 +222,31 @@ TEST_F(ClusterData, OneWorkerOnePsEqualsSingleProcessBitwise) {
   std::ostringstream hr;
   hr << std::fixed << std::setprecision(4) << std::stod(JsonField(sp.epoch_lines[1], "hr10"));
   EXPECT_NE(last.find(" hr10=" + hr.str() + " "), std::string::npos) << last;
+}
+
+TEST_F(ClusterData, GivenDatasetOneWorkerEqualsSingleProcessAndReportsRowAuc) {
+  const std::string config = Config("given", "", GivenData());
+  const SingleProcess sp = TrainSingleProcess(config);
+  ASSERT_EQ(sp.losses.size(), 24u);  // 2 epochs of ceil(1500 / 128) = 12 batches
+  ASSERT_EQ(sp.epoch_lines.size(), 2u);
+  EXPECT_EQ(sp.epoch_lines[1].find("hr10"), std::string::npos) << sp.epoch_lines[1];
+  const std::string metrics = Dir() + "/given.jsonl";
+  MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  const ClusterMetrics cm = ReadClusterMetrics(metrics);
+  ASSERT_EQ(cm.losses.size(), sp.losses.size()) << r.err;
+  for (size_t i = 0; i < sp.losses.size(); ++i)
+    ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
+  ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
+  for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
+    EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
+  const std::string last = LastLine(r.out);
+  EXPECT_EQ(last.find(" hr10="), std::string::npos) << last;
+  const double auc = std::stod(JsonField(sp.epoch_lines[1], "auc"));
+  EXPECT_GT(auc, 0.75) << "the category separates the labels";
+  std::ostringstream shown;
+  shown << std::fixed << std::setprecision(4) << auc;
+  EXPECT_NE(last.find(" auc=" + shown.str() + " "), std::string::npos) << last;
 }
 
 TEST_F(ClusterData, TwoWorkersTwoPsSplitTheBatches) {

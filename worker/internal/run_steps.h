@@ -29,6 +29,31 @@ inline std::string JsonNumber(double v) {
   return os.str();
 }
 
+// An evaluation's metrics as JSON members (no braces): "hr<k>", "ndcg<k>" (ranked lists only: a
+// given dataset has none), "auc", "gauc", "logloss"; every value null when not `evaluated`.
+inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated) {
+  auto metric = [&](double v) { return evaluated ? JsonNumber(v) : std::string("null"); };
+  const std::string k = std::to_string(eval.k);
+  std::string s;
+  if (eval.ranked)
+    s += "\"hr" + k + "\":" + metric(eval.hr) + ",\"ndcg" + k + "\":" + metric(eval.ndcg) + ",";
+  return s + "\"auc\":" + metric(eval.auc) + ",\"gauc\":" + metric(eval.gauc) +
+         ",\"logloss\":" + metric(eval.logloss);
+}
+
+// The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.. auc=.." (given: " auc=..
+// gauc=..").
+inline std::string EvalProgressText(const RankingEvalResult& eval) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(4);
+  if (eval.ranked)
+    os << " hr" << eval.k << "=" << eval.hr << " ndcg" << eval.k << "=" << eval.ndcg
+       << " auc=" << eval.auc;
+  else
+    os << " auc=" << eval.auc << " gauc=" << eval.gauc;
+  return os.str();
+}
+
 // Mean of v[begin, end); NaN when empty.
 inline double Mean(const std::vector<double>& v, size_t begin, size_t end) {
   if (end <= begin) return std::nan("");
@@ -163,7 +188,7 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
 // reader position, counters and the epoch's loss sum), each epoch's steps (a progress line in
 // `unit`s with the loss of the last log_every_steps steps, a checkpoint trigger after every
 // step), evaluation every eval_every_epochs epochs and after the last, and one JSON line per
-// epoch (with GAUC and logloss when binary_metrics). `source` owns the reader and the step:
+// epoch (EvalJsonMembers). `source` owns the reader and the step:
 //   int64_t per_epoch() const;                    examples (or sequences) per epoch
 //   void StartEpoch(int epoch);
 //   Status SkipTo(int epoch, int64_t position);   a checkpoint's reader position
@@ -173,7 +198,7 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
 template <typename TrainerT, typename SourceT>
 StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
                                             const DatasetRunOptions& options, const RunSinks& sinks,
-                                            const char* unit, bool binary_metrics) {
+                                            const char* unit) {
   int64_t total = source->per_epoch() * options.epochs;
   if (options.max_steps > 0)
     total = std::min<int64_t>(total, options.max_steps * options.reader.batch_size);
@@ -279,21 +304,14 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
       std::ostringstream extra;
       extra << "epoch " << (e + 1) << "/" << options.epochs << " loss=" << std::fixed
             << std::setprecision(4) << er.loss;
-      if (er.evaluated)
-        extra << " hr" << options.top_k << "=" << er.eval.hr << " ndcg" << options.top_k << "="
-              << er.eval.ndcg << " auc=" << er.eval.auc;
+      if (er.evaluated) extra << EvalProgressText(er.eval);
       progress->Update(r.samples, extra.str());
     }
     if (sinks.metrics_out != nullptr) {
-      const std::string k = std::to_string(options.top_k);
-      auto metric = [&](double v) { return er.evaluated ? JsonNumber(v) : std::string("null"); };
-      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ",\"hr" << k << "\":" << metric(er.eval.hr)
-                         << ",\"ndcg" << k << "\":" << metric(er.eval.ndcg)
-                         << ",\"auc\":" << metric(er.eval.auc);
-      if (binary_metrics)
-        *sinks.metrics_out << ",\"gauc\":" << metric(er.eval.gauc)
-                           << ",\"logloss\":" << metric(er.eval.logloss);
-      *sinks.metrics_out << ",\"loss\":" << JsonNumber(er.loss)
+      RankingEvalResult shown = er.eval;
+      shown.k = options.top_k;  // an epoch not evaluated has a default-constructed eval
+      *sinks.metrics_out << "{\"epoch\":" << er.epoch << "," << EvalJsonMembers(shown, er.evaluated)
+                         << ",\"loss\":" << JsonNumber(er.loss)
                          << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
                          << ",\"steps\":" << trainer->steps()
                          << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
