@@ -317,12 +317,12 @@ int RunDatasetWorker(Cluster* cluster, const config::Config& config, TrainJob jo
 
 }  // namespace
 
-bool LaunchedUnderMpi() {
+int MpiWorldSizeFromEnv() {
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS"}) {
     const char* v = std::getenv(var);
-    if (v != nullptr && std::atoi(v) > 1) return true;
+    if (v != nullptr) return std::max(0, std::atoi(v));
   }
-  return false;
+  return 0;
 }
 
 void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,

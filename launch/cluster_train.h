@@ -96,9 +96,13 @@ struct ClusterTrainFlags {
 // rank printing the error.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 
-// Whether this process was started by mpirun with more than one rank (OMPI_COMM_WORLD_SIZE,
-// PMI_SIZE or MPI_LOCALNRANKS > 1): `ips train` dispatches to RunClusterTrain then.
-bool LaunchedUnderMpi();
+// The world size mpirun announced to this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE or
+// MPI_LOCALNRANKS), 0 when not started by mpirun.
+int MpiWorldSizeFromEnv();
+// Whether this process was started by mpirun with more than one rank: `ips train` dispatches to
+// RunClusterTrain then (with one rank there is no room for a server and a worker, so it trains
+// single-process and says so).
+inline bool LaunchedUnderMpi() { return MpiWorldSizeFromEnv() > 1; }
 
 // The full-ranking retrieval evaluation (EvaluateRetrieval, worker/retrieval.h) of a model with
 // user vectors (MIND) after training on `data`: item vectors = the store's item + category rows,

@@ -261,6 +261,12 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     if (LaunchedUnderMpi())
       return fail(InvalidArgumentError("--stream runs in one process, not under mpirun"));
   }
+  if (MpiWorldSizeFromEnv() == 1 && flags.GetString("stream").empty())
+    std::cerr << "train: mpirun started one rank: no room for parameter servers and workers "
+                 "(cluster.num_ps="
+              << cfg->cluster().num_ps()
+              << " ignored); training single-process. Use mpirun -np >= num_ps + 1 for a "
+                 "cluster\n";
   if (LaunchedUnderMpi()) {
     // `mpirun -np N ips train`: parameter-server and worker ranks (launch/cluster_train.h).
     ClusterTrainFlags cf;

@@ -11,6 +11,7 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist AND TARGET ips)
     add_dependencies(cluster_data_test ips)
     ips_add_test_groups(TARGET cluster_data_test LABELS mpi TIMEOUT 120 GROUPS
       "cluster_data_given_test:ClusterData.GivenDataset*"
+      "cluster_data_one_rank_test:ClusterData.OneRank*"
       "cluster_data_two_workers_test:ClusterData.TwoWorkers*"
       "cluster_data_bad_dir_test:ClusterData.BadTrainDir*"
       "cluster_data_resume_test:ClusterData.CheckpointMidEpoch*"

@@ -249,6 +249,13 @@ TEST_F(ClusterData, GivenDatasetOneWorkerEqualsSingleProcessAndReportsRowAuc) {
   EXPECT_NE(last.find(" auc=" + shown.str() + " "), std::string::npos) << last;
 }
 
+TEST_F(ClusterData, OneRankTrainsSingleProcessAndSaysSo) {
+  MpiRun r = RunMpiIps(1, "train --quiet --config " + Config("np1", "") + " --set train.epochs=1");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_NE(r.err.find("mpirun started one rank"), std::string::npos) << r.err;
+  EXPECT_EQ(LastLine(r.out).rfind("RESULT train model=din", 0), 0u) << r.out;
+}
+
 TEST_F(ClusterData, TwoWorkersTwoPsSplitTheBatches) {
   const std::string config = Config("two");
   const std::string metrics = Dir() + "/two.jsonl";
