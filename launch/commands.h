@@ -9,9 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "common/status.h"
+
 namespace ips {
 
 class FlagSet;
+namespace config {
+class CheckpointConfig;
+class Config;
+}  // namespace config
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
@@ -25,7 +31,11 @@ constexpr int kExitStopped = 3;
 // stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
 
-// `ips config check|print --config FILE [--set path=value ...]` (launch/config_command.cc).
+// `ips config check|print --config FILE [--set path=value ...] [--np N]`
+// (launch/config_command.cc). `check` runs every check of `ips train` that needs neither a
+// training step nor a write: the config loader's, the job's (TrainJobFromConfig), the dataset's
+// (Dataset::Open and FitJobToDataset, when data.train_dir exists), the store's and the trainer's
+// (the model is built), the checkpoint section's and, with --np, the mpirun layout's.
 int RunConfigCommand(const std::vector<std::string>& args);
 // `ips data convert|inspect|synth ...` (launch/data_command.cc).
 int RunDataCommand(const std::vector<std::string>& args);
@@ -34,6 +44,12 @@ int RunSynthCommand(const std::vector<std::string>& args);
 // `ips train --config FILE [--set ...] [--metrics_out FILE] [--resume DIR]`
 // (launch/train_command.cc).
 int RunTrainCommand(const std::vector<std::string>& args);
+// Checks of `ips train` that read only the config, shared with `ips config check`
+// (launch/train_command.cc). CheckCheckpointIntervals: with checkpoint.dir set, every_steps and
+// every_seconds must be >= 0. CheckStreamConfig: `ips train --stream` refuses checkpoint.dir (a
+// stream writes no checkpoints). INVALID_ARGUMENT naming the field.
+Status CheckCheckpointIntervals(const config::CheckpointConfig& checkpoint);
+Status CheckStreamConfig(const config::Config& config);
 // `ips eval --config FILE --checkpoint DIR [--set ...] [--metrics_out FILE]`: the evaluation of
 // the config's model family on a checkpoint (launch/eval_command.cc).
 int RunEvalCommand(const std::vector<std::string>& args);

@@ -1,17 +1,112 @@
 // `ips config check|print`: loads a config with its overrides, validates it, and prints the
 // effective configuration (print) or a one-line summary (check).
+//
+// `check` runs, in `ips train`'s order and with its messages, every check `ips train` runs before
+// its first training step that writes nothing: the config loader's (ValidateConfig), the job's
+// (TrainJobFromConfig: model options through ModelSpecFromConfig, tables, run options), the
+// dataset's (Dataset::Open and FitJobToDataset) when data.train_dir exists, the store's (table
+// options such as max_memory_mb), the trainer's (the model is built: its options, the tables'
+// widths) and the checkpoint section's, plus with --np N the layout of `mpirun -np N ips train`.
+// A config that passes is refused by `ips train` only for what cannot be known here: a
+// data.train_dir created or changed later, an unwritable checkpoint.dir or train.metrics_out, a
+// dataset too small for the workers of a cluster run, and failures while training.
+//
+// A missing data.train_dir is a warning, not an error: a config is often checked before its data
+// set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
+// Corrupt or unfit data in an existing directory is an error, as in `ips train`.
+#include <filesystem>
 #include <iostream>
+#include <memory>
+#include <string>
+#include <system_error>
 
 #include "common/flags.h"
 #include "common/result_line.h"
 #include "launch/commands.h"
+#include "proto/config.pb.h"
 #include "proto/config_loader.h"
+#include "ps/local_embedding_store.h"
+#include "worker/cluster.h"
+#include "worker/data_reader.h"
+#include "worker/model_factory.h"
+#include "worker/seq_trainer.h"
+#include "worker/trainer.h"
 
 namespace ips {
+namespace {
+
+// Builds the job of `cfg` as `ips train` does and runs its checks (see the file comment). `np`:
+// the mpirun world size to check the layout for (< 2: a single-process run). *data_state says
+// what was checked of the data: "synthetic", "checked" (data.train_dir opened and fitted),
+// "missing" (data.train_dir does not exist: warned, skipped) or "stream" (no data source: the
+// config is checked as an `ips train --stream` job). Errors are `ips train`'s, with its context.
+Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, int64_t np,
+                     std::string* data_state) {
+  const bool cluster = np > 1;
+  // Neither data source: only `ips train --stream` takes the config (one process), and names the
+  // stream as the job's data the way RunStreamTrain (launch/stream_train.cc) does.
+  const bool stream = !cluster && !cfg.data().has_synthetic() && cfg.data().train_dir().empty();
+  StatusOr<TrainJob> job = InvalidArgumentError("no job");
+  if (stream) {
+    *data_state = "stream";
+    std::cerr << "note: data has neither train_dir nor synthetic: checked as a job of `ips train "
+                 "--stream` (plain `ips train` refuses it)\n";
+    IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
+    config::Config c = cfg;
+    c.mutable_data()->set_train_dir("stream:-");
+    job = TrainJobFromConfig(c);
+    if (!job.ok()) return job.status();
+  } else {
+    job = TrainJobFromConfig(cfg);
+    // Single-process `ips train` names the config file; its mpirun form does not.
+    if (!job.ok()) return cluster ? job.status() : job.status().WithContext(config_path);
+    *data_state = job->synthetic ? "synthetic" : "checked";
+  }
+
+  if (!job->synthetic && !stream) {
+    const std::string& dir = job->dataset.train_dir;
+    const std::string context = "data.train_dir '" + dir + "'";
+    std::error_code ec;
+    if (!std::filesystem::exists(dir, ec)) {
+      *data_state = "missing";
+      std::cerr << "warning: " << context
+                << " does not exist: the dataset checks were skipped; `ips train` fails until "
+                   "`ips data convert` writes it\n";
+    } else {
+      // The whole open of `ips train` (every block's CRC), then the fit of the job to the data.
+      auto data = Dataset::Open(dir);
+      if (!data.ok()) return data.status().WithContext(context);
+      IPS_RETURN_IF_ERROR(FitJobToDataset(**data, &*job).WithContext(context));
+    }
+  }
+
+  // mpirun: RunClusterTrain checks the layout (Cluster::Init) after the job and the dataset.
+  if (cluster) {
+    auto layout = MakeClusterLayout(static_cast<int>(np), cfg.cluster().num_ps());
+    if (!layout.ok()) return layout.status();
+  }
+
+  // The store and the trainer of the job, as `ips train` builds them: the tables' options (the
+  // rows themselves are created on first pull, so nothing big is allocated) and the model, built
+  // at the job's batch capacity (its buffers: what training allocates anyway).
+  auto store = ps::LocalEmbeddingStore::CreateThreaded(job->tables, job->trainer.num_threads);
+  if (!store.ok()) return store.status();
+  if (stream || !IsSequenceModel(job->trainer.model.kind)) {
+    auto trainer = Trainer::Create(job->trainer, store->get());
+    if (!trainer.ok()) return trainer.status();
+  } else {
+    auto trainer = CreateSeqTrainer(job->trainer, store->get());
+    if (!trainer.ok()) return trainer.status();
+  }
+  if (!stream) IPS_RETURN_IF_ERROR(CheckCheckpointIntervals(cfg.checkpoint()));
+  return Status::Ok();
+}
+
+}  // namespace
 
 int RunConfigCommand(const std::vector<std::string>& args) {
   const std::string usage_head =
-      "usage: ips config check|print --config FILE [--set path.to.field=value ...]\n";
+      "usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N]\n";
   if (args.empty() || (args[0] != "check" && args[0] != "print")) {
     std::cerr << usage_head;
     return args.empty() || args[0] == "--help" ? (args.empty() ? kExitUsage : kExitOk) : kExitUsage;
@@ -20,20 +115,35 @@ int RunConfigCommand(const std::vector<std::string>& args) {
   FlagSet flags("config " + verb);
   flags.Required("config", "Protobuf text-format config file (launch/configs/*.pbtxt)");
   flags.Repeated("set", "override one field: path.to.field=value");
+  if (verb == "check")
+    flags.Int("np", 0,
+              "also check the cluster layout of `mpirun -np N ips train` (cluster.num_ps); "
+              "0 or 1: a single-process run");
   if (auto rc = ParseCommandFlags(&flags, {args.begin() + 1, args.end()})) return *rc;
-  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
-  if (!cfg.ok()) {
-    std::cerr << "error: " << cfg.status().message() << "\n";
+  auto fail = [](const Status& s) {
+    std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
-  }
-  if (verb == "print") std::cout << ConfigToText(*cfg);
-  ResultLine("config_" + verb)
-      .Add("config", flags.GetString("config"))
+  };
+  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  if (!cfg.ok()) return fail(cfg.status());
+  ResultLine line("config_" + verb);
+  line.Add("config", flags.GetString("config"))
       .Add("version", static_cast<int64_t>(cfg->version()))
       .Add("model", config::ModelConfig::Type_Name(cfg->model().type()))
       .Add("tables", static_cast<int64_t>(cfg->tables_size()))
-      .Add("overrides", static_cast<int64_t>(flags.GetRepeated("set").size()))
-      .Print();
+      .Add("overrides", static_cast<int64_t>(flags.GetRepeated("set").size()));
+  if (verb == "check") {
+    const int64_t np = flags.GetInt("np");
+    if (np < 0)
+      return fail(InvalidArgumentError("--np must be >= 0 (got " + std::to_string(np) + ")"));
+    std::string data_state;
+    if (Status s = CheckTrainJob(*cfg, flags.GetString("config"), np, &data_state); !s.ok())
+      return fail(s);
+    line.Add("data", data_state);
+    if (np > 1) line.Add("np", np);
+  }
+  if (verb == "print") std::cout << ConfigToText(*cfg);
+  line.Print();
   return kExitOk;
 }
 

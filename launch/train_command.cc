@@ -36,6 +36,23 @@
 #include "worker/trainer.h"
 
 namespace ips {
+
+Status CheckCheckpointIntervals(const config::CheckpointConfig& c) {
+  if (!c.dir().empty() && (c.every_steps() < 0 || c.every_seconds() < 0))
+    return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
+  return Status::Ok();
+}
+
+Status CheckStreamConfig(const config::Config& cfg) {
+  // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
+  // what it would otherwise silently ignore.
+  if (!cfg.checkpoint().dir().empty())
+    return InvalidArgumentError(
+        "checkpoint.dir is set, but --stream writes no checkpoints (it publishes serving "
+        "bundles with --stream_publish_dir)");
+  return Status::Ok();
+}
+
 namespace {
 
 std::string Fixed(double v, int digits) {
@@ -91,8 +108,7 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     out->run.every_steps = c.every_steps();
     out->run.every_seconds = c.every_seconds();
     out->dir = c.dir();
-    if (c.every_steps() < 0 || c.every_seconds() < 0)
-      return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
+    IPS_RETURN_IF_ERROR(CheckCheckpointIntervals(c));
   }
   out->run.stop = &g_stop_requested;
   std::signal(SIGTERM, OnSigterm);
@@ -254,10 +270,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
       return fail(InvalidArgumentError(
           "--resume does not apply to --stream: a stream starts from a fresh model and writes "
           "no checkpoints (its trained state is in the bundles of --stream_publish_dir)"));
-    if (!cfg->checkpoint().dir().empty())
-      return fail(InvalidArgumentError(
-          "checkpoint.dir is set, but --stream writes no checkpoints (it publishes serving "
-          "bundles with --stream_publish_dir)"));
+    if (Status s = CheckStreamConfig(*cfg); !s.ok()) return fail(s);
     if (LaunchedUnderMpi())
       return fail(InvalidArgumentError("--stream runs in one process, not under mpirun"));
   }

@@ -1,0 +1,201 @@
+// `ips config check` runs the checks of `ips train` (launch/config_command.cc): a config that
+// `ips train` refuses before training is refused by `check` with the same error line, every
+// shipped config passes, a missing data.train_dir is a warning and an existing one is opened and
+// fitted to the job.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "proto/config_loader.h"
+#include "tests/testing/run_ips.h"
+
+namespace {
+
+using ips::testing::IpsRun;
+using ips::testing::LastLine;
+using ips::testing::RunIps;
+
+std::string ConfigNamed(const std::string& name) {
+  return std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs/" + name;
+}
+
+// The "error: ..." line of a run's output ("" when there is none).
+std::string ErrorLine(const IpsRun& r) {
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("error: ", 0) == 0) return line;
+  return "";
+}
+
+// `ips config check ARGS` fails (exit 1, no RESULT line) with the error line of `ips TRAIN_ARGS`,
+// which must contain `want`.
+void ExpectCheckFailsLikeTrain(const std::string& args, const std::string& train_args,
+                               const std::string& want) {
+  const IpsRun train = RunIps(train_args);
+  ASSERT_EQ(train.exit_code, 1) << train.output;
+  const IpsRun check = RunIps("config check " + args);
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  EXPECT_EQ(check.output.find("RESULT"), std::string::npos) << check.output;
+  EXPECT_NE(ErrorLine(check).find(want), std::string::npos) << check.output;
+  EXPECT_EQ(ErrorLine(check), ErrorLine(train)) << "check:\n"
+                                                << check.output << "train:\n"
+                                                << train.output;
+}
+
+// A synthetic run small enough to train in a moment, for the cases `ips train` accepts.
+const char kSmall[] =
+    " --set data.batch_size=16 --set data.max_history=8 --set data.synthetic.num_items=1000"
+    " --set data.synthetic.num_categories=10 --set data.synthetic.warmup_steps=1"
+    " --set data.synthetic.steps=2 --set train.num_threads=1";
+
+TEST(ConfigCheck, SasrecHeadsThatDoNotDivideTheWidthFailLikeTrain) {
+  const std::string args =
+      "--config " + ConfigNamed("sasrec_synthetic.pbtxt") + " --set model.num_heads=3";
+  ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "num_heads");
+}
+
+TEST(ConfigCheck, TableDimOtherThanEmbeddingDimFailsLikeTrain) {
+  const std::string args =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[0].dim=32";
+  ExpectCheckFailsLikeTrain(args, "train " + args + kSmall,
+                            "tables[0].dim 32 != model.embedding_dim 18");
+  // A table the model needs is missing.
+  const std::string missing =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[1].name=cat";
+  ExpectCheckFailsLikeTrain(missing, "train " + missing + kSmall, "needs a table named 'category'");
+}
+
+TEST(ConfigCheck, ModelOptionsFailLikeTrain) {
+  // attention_hidden of 1 size: ModelSpecFromConfig's check, not the loader's.
+  const std::string args =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set model.attention_hidden=80";
+  ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "model.attention_hidden");
+}
+
+TEST(ConfigCheck, StoreAndCheckpointChecksFailLikeTrain) {
+  // The store's table check: a memory cap below one slab per shard.
+  const std::string cap =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[0].max_memory_mb=1";
+  ExpectCheckFailsLikeTrain(cap, "train " + cap + kSmall, "max_memory_mb");
+  // Negative checkpoint intervals with checkpoint.dir set (nothing is written by check).
+  const std::string dir = ::testing::TempDir() + "/config_check_ck_" + std::to_string(getpid());
+  const std::string ck = "--config " + ConfigNamed("din_synthetic.pbtxt") +
+                         " --set checkpoint.dir=" + dir + " --set checkpoint.every_steps=-1";
+  const IpsRun check = RunIps("config check " + ck);
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "config check wrote " << dir;
+  ExpectCheckFailsLikeTrain(ck, "train " + ck + kSmall,
+                            "checkpoint.every_steps and every_seconds must be >= 0");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ConfigCheck, EveryShippedConfigPasses) {
+  const std::string absent =
+      ::testing::TempDir() + "/config_check_absent_" + std::to_string(getpid());
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(
+           std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs")) {
+    if (e.path().extension() != ".pbtxt") continue;
+    ++seen;
+    const std::string path = e.path().string();
+    auto cfg = ips::LoadConfigFile(path);
+    ASSERT_TRUE(cfg.ok()) << path << ": " << cfg.status().ToString();
+    // The shipped data.train_dir is a placeholder that may or may not exist on this host: point it
+    // at a directory that certainly does not, so the result does not depend on the host.
+    const bool dataset = !cfg->data().train_dir().empty();
+    const std::string args =
+        "config check --config " + path + (dataset ? " --set data.train_dir=" + absent : "");
+    const IpsRun r = RunIps(args);
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
+    const std::string last = LastLine(r.output);
+    EXPECT_EQ(last.rfind("RESULT config_check config=" + path + " ", 0), 0u) << r.output;
+    const std::string data = cfg->data().has_synthetic() ? "synthetic"
+                             : dataset                   ? "missing"
+                                                         : "stream";
+    EXPECT_NE(last.find(" data=" + data), std::string::npos) << r.output;
+    if (dataset) {
+      EXPECT_NE(r.output.find("warning: data.train_dir '" + absent + "' does not exist"),
+                std::string::npos)
+          << r.output;
+    }
+  }
+  EXPECT_GE(seen, 10);
+}
+
+TEST(ConfigCheck, StreamConfigIsCheckedAsAStreamJob) {
+  const std::string cfg = ConfigNamed("din_stream.pbtxt");
+  IpsRun r = RunIps("config check --config " + cfg);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(LastLine(r.output).find(" data=stream"), std::string::npos) << r.output;
+  // `ips train --stream` refuses checkpoint.dir before it reads the stream.
+  const std::string args = "--config " + cfg + " --set checkpoint.dir=/tmp/never_written";
+  ExpectCheckFailsLikeTrain(args, "train " + args + " --stream /nonexistent.tsv",
+                            "checkpoint.dir is set, but --stream");
+  // A sequence model cannot stream (the stream trainer is the CTR Trainer).
+  const std::string seq =
+      "--config " + cfg + " --set model.type=SASREC --set model.num_heads=1 --set tables[1].name=x";
+  ExpectCheckFailsLikeTrain(seq, "train " + seq + " --stream /nonexistent.tsv", "sequence model");
+}
+
+TEST(ConfigCheck, ClusterLayoutWithNp) {
+  const std::string cfg = "--config " + ConfigNamed("din_synthetic.pbtxt");
+  IpsRun r = RunIps("config check " + cfg + " --set cluster.num_ps=2 --np 2");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cluster.num_ps = 2 leaves no worker among the 2 ranks"),
+            std::string::npos)
+      << r.output;
+  r = RunIps("config check " + cfg + " --set cluster.num_ps=2 --np 3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(LastLine(r.output).find(" np=3"), std::string::npos) << r.output;
+  // Without --np (or with 1) the run is single-process, which ignores the cluster section.
+  r = RunIps("config check " + cfg + " --set cluster.num_ps=2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("config check " + cfg + " --np -1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+}
+
+// A converted dataset is opened and fitted; a corrupt one fails as `ips train` does; a missing
+// directory is a warning.
+TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
+  const std::string dir = ::testing::TempDir() + "/config_check_ds_" + std::to_string(getpid());
+  ASSERT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  {
+    std::ofstream out(dir + "/events.txt");
+    for (int u = 1; u <= 50; ++u)
+      for (int j = 0; j < 8; ++j) out << u << " " << (u * 7 + j) % 60 + 1 << "\n";
+  }
+  auto conv = RunIps("data convert --format seqrec --input " + dir + "/events.txt --output " + dir +
+                     "/ds --max_history 10");
+  ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  const std::string args = "--config " + ConfigNamed("din_ml100k.pbtxt") +
+                           " --set data.max_history=10 --set data.batch_size=16"
+                           " --set train.num_threads=1 --set data.train_dir=";
+  IpsRun r = RunIps("config check " + args + dir + "/ds");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(LastLine(r.output).find(" data=checked"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("warning"), std::string::npos) << r.output;
+
+  r = RunIps("config check " + args + dir + "/no_such_dir");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(LastLine(r.output).find(" data=missing"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("warning: data.train_dir '" + dir + "/no_such_dir' does not exist"),
+            std::string::npos)
+      << r.output;
+
+  // An existing directory that is not a dataset, and a corrupt manifest: `ips train`'s errors.
+  ExpectCheckFailsLikeTrain(args + dir, "train " + args + dir, "data.train_dir '" + dir + "'");
+  {
+    std::fstream f(dir + "/ds/MANIFEST", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('#');  // breaks the manifest's CRC line
+  }
+  ExpectCheckFailsLikeTrain(args + dir + "/ds", "train " + args + dir + "/ds", "DATA_LOSS");
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
