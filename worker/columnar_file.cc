@@ -1,13 +1,17 @@
 #include "worker/columnar_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <mutex>
 
 #include "common/crc32c.h"
 
@@ -131,6 +135,94 @@ StatusOr<ColumnarWriter::Written> ColumnarWriter::Write(const std::string& path)
   return w;
 }
 
+namespace {
+
+// Shards are mmap'd: a file truncated in place under a running job (not replaced: the converter
+// renames new files in, which leaves old mappings intact) makes the next read of a vanished page
+// raise SIGBUS. The handler names the file instead of crashing with a bare stack trace. It reads
+// a fixed table of the live mappings without locks (async-signal-safe); faults outside them go
+// to the previous handler (glog's failure handler, or the default action).
+struct MappedRange {
+  std::atomic<bool> used{false};
+  std::atomic<uintptr_t> begin{0};  // published last: 0 while being filled in or released
+  uintptr_t end = 0;
+  char path[240] = {};
+};
+constexpr int kMaxMappedRanges = 4096;
+MappedRange g_mapped[kMaxMappedRanges];
+struct sigaction g_previous_sigbus;
+
+void WriteAll(const char* s, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(STDERR_FILENO, s, n);
+    if (w <= 0) return;
+    s += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+void WriteStr(const char* s) { WriteAll(s, std::strlen(s)); }
+
+void OnSigbus(int sig, siginfo_t* info, void* context) {
+  const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (const MappedRange& m : g_mapped) {
+    const uintptr_t begin = m.begin.load(std::memory_order_acquire);
+    if (begin == 0 || addr < begin || addr >= m.end) continue;
+    char offset[24];
+    int n = 0;
+    for (uintptr_t v = addr - begin; n == 0 || v > 0; v /= 10) offset[n++] = '0' + v % 10;
+    WriteStr("\nips: fatal: ");
+    WriteStr(m.path);
+    WriteStr(" shrank while this job had it mapped (SIGBUS reading byte ");
+    while (n > 0) WriteAll(&offset[--n], 1);
+    WriteStr(
+        "): the file was truncated or rewritten in place under a running job. Restore it (or "
+        "convert into a new directory) and resume from the last checkpoint.\n");
+    ::_exit(1);
+  }
+  // Not one of ours: hand it to the previous disposition. A fault returns and its access repeats
+  // under that one; a sent signal (kill, raise: si_code <= 0) is sent again.
+  ::sigaction(sig, &g_previous_sigbus, nullptr);
+  if (info->si_code <= 0) ::raise(sig);
+  (void)context;
+}
+
+void InstallSigbusHandlerOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa = {};
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_previous_sigbus);
+  });
+}
+
+// The slot holding the mapping, or -1 when the table is full (the mapping then works as before,
+// only without the named message).
+int RegisterMapping(const void* base, uint64_t size, const std::string& path) {
+  InstallSigbusHandlerOnce();
+  for (int i = 0; i < kMaxMappedRanges; ++i) {
+    bool expected = false;
+    if (!g_mapped[i].used.compare_exchange_strong(expected, true)) continue;
+    MappedRange& m = g_mapped[i];
+    const size_t n = std::min(path.size(), sizeof(m.path) - 1);
+    std::memcpy(m.path, path.data(), n);
+    m.path[n] = '\0';
+    m.end = reinterpret_cast<uintptr_t>(base) + size;
+    m.begin.store(reinterpret_cast<uintptr_t>(base), std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+void UnregisterMapping(int slot) {
+  if (slot < 0) return;
+  g_mapped[slot].begin.store(0, std::memory_order_release);
+  g_mapped[slot].used.store(false, std::memory_order_release);
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<ColumnarFile>> ColumnarFile::Open(const std::string& path,
                                                            uint32_t expected_kind) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -151,6 +243,7 @@ StatusOr<std::unique_ptr<ColumnarFile>> ColumnarFile::Open(const std::string& pa
     }
     f->mapping_ = m;
     f->base_ = static_cast<const uint8_t*>(m);
+    f->mapping_slot_ = RegisterMapping(m, f->size_, path);
   }
   ::close(fd);
   IPS_RETURN_IF_ERROR(f->Validate(expected_kind));
@@ -171,7 +264,9 @@ StatusOr<std::unique_ptr<ColumnarFile>> ColumnarFile::FromBytes(const std::strin
 }
 
 ColumnarFile::~ColumnarFile() {
-  if (mapping_ != nullptr) ::munmap(mapping_, size_);
+  if (mapping_ == nullptr) return;
+  UnregisterMapping(mapping_slot_);
+  ::munmap(mapping_, size_);
 }
 
 Status ColumnarFile::Validate(uint32_t expected_kind) {

@@ -145,6 +145,7 @@ class ColumnarFile {
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   void* mapping_ = nullptr;     // mmap'ed region (Open)
+  int mapping_slot_ = -1;       // its entry in the SIGBUS handler's table of live mappings
   std::vector<uint64_t> copy_;  // 8-byte aligned copy (FromBytes)
   uint32_t kind_ = 0;
   std::map<std::string, BlockInfo> blocks_;
