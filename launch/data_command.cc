@@ -39,7 +39,10 @@ bool WantsHelp(const std::vector<std::string>& args) {
 }
 
 void DeclareConvertFlags(FlagSet* f) {
-  f->Required("format", "input format: " + Join(ConvertFormats()));
+  f->Required("format", "input format: " + Join(ConvertFormats()) +
+                            " (seqrec: `user item` per line in time order, space/tab separated; "
+                            "extra columns are ignored, as the peer does; item ids >= 1, 0 is "
+                            "padding)");
   f->Required("input", "input file (plain or gzip), or directory for movielens100k/movielens1m");
   f->Required("output", "output dataset directory (created if missing)");
   f->String("eval_input", "", "dien only: DIEN's test file, converted into evaluation rows");
@@ -50,9 +53,13 @@ void DeclareConvertFlags(FlagSet* f) {
             "taobao/events");
   f->Int("max_bad_records", 0, "skip and count up to N malformed lines (more fails)");
   f->Int("max_history", 50, "history window L (seqrec: positives at the last L train positions)");
-  f->Int("eval_negatives", 100, "sampled negatives per evaluation list");
-  f->Int("eval_users", 10000, "evaluate all users with >= 3 events, or a seeded random N");
-  f->Int("min_user_events", 1, "drop (and count) users with fewer events");
+  f->Int("eval_negatives", 100,
+         "sampled negatives per evaluation list, 1..100000 (seqrec/ctr; unused by dien)");
+  f->Int("eval_users", 10000,
+         "evaluate a seeded random N >= 1 of the users with >= 3 events, or all of them when "
+         "there are fewer (seqrec/ctr; unused by dien)");
+  f->Int("min_user_events", 1,
+         "drop (and count) users with fewer events (>= 0; an error if no user is left)");
 }
 
 int RunConvert(const std::vector<std::string>& args) {
@@ -97,6 +104,11 @@ int RunConvert(const std::vector<std::string>& args) {
       opt.protocol != "given") {
     std::cerr << "error: unknown --protocol '" << opt.protocol << "'\n"
               << flags.Usage() << std::endl;
+    return kExitUsage;
+  }
+  // Out-of-range flag values are usage errors (exit 2), found before any input is read.
+  if (Status s = ValidateConvertOptions(opt); !s.ok()) {
+    std::cerr << "error: " << s.message() << "\n" << flags.Usage() << std::endl;
     return kExitUsage;
   }
   ProgressLine progress("convert " + opt.format, 0, "lines");

@@ -2,11 +2,14 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <map>
+#include <set>
 #include <unordered_map>
 
 #include "common/random.h"
@@ -68,6 +71,14 @@ struct LineStats {
   uint64_t bad = 0;
   std::map<std::string, uint64_t> filtered;
 };
+
+// "N lines: B bad, F filtered", for errors about an input that yielded nothing usable.
+std::string LineSummary(const LineStats& stats) {
+  uint64_t filtered = 0;
+  for (const auto& [reason, n] : stats.filtered) filtered += n;
+  return std::to_string(stats.lines) + " lines: " + std::to_string(stats.bad) + " bad, " +
+         std::to_string(filtered) + " filtered";
+}
 
 // Reads `path` line by line; `parse(line, err)` returns false for a malformed line. Blank lines
 // are counted as filtered ("blank_line"), never parsed.
@@ -215,9 +226,11 @@ uint64_t ShardOf(uint64_t user_raw, int shards) {
   return Mix64(user_raw ^ 0x5851f42d4c957f2dULL) % static_cast<uint64_t>(shards);
 }
 
-// Event formats: group by user, split, build rows.
+// Event formats: group by user, split, build rows. `path` (the events file) names the input in
+// errors.
 Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
-                       const std::string& protocol, LineStats* stats, Built* b) {
+                       const std::string& protocol, const std::string& path, LineStats* stats,
+                       Built* b) {
   // Dense ids first, in input order (independent lookups), so that an item's category is the
   // one of its first event in input order and the sort below carries everything it needs.
   DenseIds items, cats;
@@ -263,10 +276,11 @@ Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
   std::vector<Event>().swap(events);
   std::sort(keys.begin(), keys.end());
   // Users below --min_user_events are dropped (every one of their lines counted as filtered).
-  size_t out = 0;
+  size_t out = 0, most_events = 0;
   for (size_t i = 0; i < keys.size();) {
     size_t j = i;
     while (j < keys.size() && keys[j].user == keys[i].user) ++j;
+    most_events = std::max(most_events, j - i);
     if (static_cast<int64_t>(j - i) < opt.min_user_events) {
       stats->filtered["user_below_min_events"] += j - i;
       stats->kept -= j - i;
@@ -276,6 +290,11 @@ Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
     }
     i = j;
   }
+  // An empty dataset has no items to sample negatives from: the readers refuse to open it.
+  if (out == 0)
+    return InvalidArgumentError(path + ": no user has >= " + std::to_string(opt.min_user_events) +
+                                " events (the most any user has is " + std::to_string(most_events) +
+                                "); lower --min_user_events");
   const bool dropped = out != keys.size();
   keys.resize(out);
   // Item/category vocabularies over the kept events only (compacted if users were dropped; the
@@ -348,8 +367,16 @@ Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
   b->users = b->rec_user.size();
   // Evaluation users: all with >= 3 events, or a seeded random eval_users of them.
   std::vector<uint32_t> eligible;
-  for (size_t r = 0; r < b->rec_user.size(); ++r)
+  uint64_t most_kept = 0;
+  for (size_t r = 0; r < b->rec_user.size(); ++r) {
+    most_kept = std::max<uint64_t>(most_kept, b->rec_off[r + 1] - b->rec_off[r]);
     if (b->rec_off[r + 1] - b->rec_off[r] >= 3) eligible.push_back(static_cast<uint32_t>(r));
+  }
+  // No evaluation list would make every ranking metric 0/0 = NaN after training.
+  if (eligible.empty())
+    return InvalidArgumentError(path + ": no user has >= 3 events (the most any user has is " +
+                                std::to_string(most_kept) +
+                                "): the leave-one-out split leaves nothing to evaluate");
   if (static_cast<int64_t>(eligible.size()) > opt.eval_users) {
     Rng rng(opt.seed + 12345);
     for (int64_t k = 0; k < opt.eval_users; ++k) {
@@ -518,6 +545,41 @@ StatusOr<ManifestFile> WriteShard(const Built& b, int s, int num_shards, const s
   return f;
 }
 
+// True for exactly the names ShardFileName writes: "shard-" 5 digits "-of-" 5 digits ".ips".
+bool IsShardFileName(const std::string& name) {
+  static const char kPattern[] = "shard-#####-of-#####.ips";
+  if (name.size() != sizeof(kPattern) - 1) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const bool digit = name[i] >= '0' && name[i] <= '9';
+    if (kPattern[i] == '#' ? !digit : name[i] != kPattern[i]) return false;
+  }
+  return true;
+}
+
+// Each file is replaced atomically (tmp + rename) and MANIFEST last, so converting into an
+// existing directory leaves the previous conversion's shards that the new manifest does not
+// list (e.g. a different --shards). Once the new manifest is in place they are garbage: remove
+// them, but only files named exactly like our shards. A failure only leaves clutter behind (the
+// dataset is complete), so it is a warning.
+void RemoveStaleShards(const std::string& dir, const Manifest& m) {
+  std::set<std::string> listed;
+  for (const ManifestFile& f : m.shards) listed.insert(f.file);
+  std::vector<std::string> stale;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* de = ::readdir(d)) {
+      const std::string name = de->d_name;
+      if (IsShardFileName(name) && listed.count(name) == 0) stale.push_back(name);
+    }
+    ::closedir(d);
+  }
+  for (const std::string& name : stale) {
+    const std::string path = dir + "/" + name;
+    if (::unlink(path.c_str()) != 0)
+      std::cerr << "warning: " << path << ": cannot remove stale shard: " << std::strerror(errno)
+                << "\n";
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& ConvertFormats() {
@@ -538,7 +600,7 @@ std::string ShardFileName(int index, int count) {
   return buf;
 }
 
-StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
+Status ValidateConvertOptions(const ConvertOptions& opt) {
   const auto& formats = ConvertFormats();
   if (std::find(formats.begin(), formats.end(), opt.format) == formats.end())
     return InvalidArgumentError("unknown --format '" + opt.format + "'");
@@ -552,13 +614,41 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
                                 ")");
   if (opt.max_history < 1 || opt.max_history > 100000)
     return InvalidArgumentError("--max_history must be in 1..100000");
-  if (opt.eval_negatives < 0 || opt.eval_negatives > 100000)
-    return InvalidArgumentError("--eval_negatives must be in 0..100000");
-  if (opt.eval_users < 0) return InvalidArgumentError("--eval_users must be >= 0");
+  if (protocol == "given") {
+    // DIEN's files carry their own evaluation rows: neither flag is used (only kept in range).
+    if (opt.eval_negatives < 0 || opt.eval_negatives > 100000)
+      return InvalidArgumentError("--eval_negatives must be in 0..100000 (got " +
+                                  std::to_string(opt.eval_negatives) + ")");
+    if (opt.eval_users < 0)
+      return InvalidArgumentError("--eval_users must be >= 0 (got " +
+                                  std::to_string(opt.eval_users) + ")");
+  } else {
+    // Evaluation ranks the held-out item among sampled negatives, over a sample of users: with
+    // no negative or no user there is nothing to rank and every metric is NaN.
+    if (opt.eval_negatives < 1 || opt.eval_negatives > 100000)
+      return InvalidArgumentError("--eval_negatives must be in 1..100000 for --protocol " +
+                                  protocol + " (got " + std::to_string(opt.eval_negatives) +
+                                  "): each evaluation list ranks the held-out item against at "
+                                  "least one negative");
+    if (opt.eval_users < 1)
+      return InvalidArgumentError("--eval_users must be >= 1 for --protocol " + protocol +
+                                  " (got " + std::to_string(opt.eval_users) +
+                                  "): training evaluates on these users' held-out items; a value "
+                                  "above the number of eligible users evaluates all of them");
+  }
+  if (opt.min_user_events < 0)
+    return InvalidArgumentError("--min_user_events must be >= 0 (got " +
+                                std::to_string(opt.min_user_events) + ")");
   if (opt.max_bad_records < 0) return InvalidArgumentError("--max_bad_records must be >= 0");
   if (!opt.eval_input.empty() && opt.format != "dien")
     return InvalidArgumentError("--eval_input is only used by --format dien");
   if (opt.output.empty()) return InvalidArgumentError("--output is required");
+  return Status::Ok();
+}
+
+StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
+  IPS_RETURN_IF_ERROR(ValidateConvertOptions(opt));
+  const std::string protocol = opt.protocol.empty() ? DefaultProtocol(opt.format) : opt.protocol;
 
   LineStats stats;
   Built b;
@@ -571,21 +661,53 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
       return true;
     }));
     d.num_train = d.rows.size();
-    if (!opt.eval_input.empty())
+    // No training rows (or an --eval_input without rows) would train on nothing (evaluate to
+    // NaN): refuse, naming the file.
+    if (d.num_train == 0)
+      return InvalidArgumentError(opt.input + ": no usable examples (" + LineSummary(stats) + ")");
+    if (!opt.eval_input.empty()) {
+      // One LineStats for both files: --max_bad_records bounds their total.
+      const LineStats before = stats;
       IPS_RETURN_IF_ERROR(
           ReadLines(opt.eval_input, opt, &stats, [&](std::string_view l, FieldError* e) {
             if (!ParseDienLine(l, &rec, e)) return false;
             d.rows.push_back(rec);
             return true;
           }));
+      if (d.rows.size() == d.num_train) {
+        LineStats eval_only;
+        eval_only.lines = stats.lines - before.lines;
+        eval_only.bad = stats.bad - before.bad;
+        for (const auto& [reason, n] : stats.filtered) {
+          const auto it = before.filtered.find(reason);
+          eval_only.filtered[reason] = n - (it == before.filtered.end() ? 0 : it->second);
+        }
+        return InvalidArgumentError(opt.eval_input + ": no usable examples (" +
+                                    LineSummary(eval_only) + ")");
+      }
+    }
     if (d.rows.size() >= 0xffffffffULL) return InvalidArgumentError("too many DIEN rows");
     IPS_RETURN_IF_ERROR(BuildFromDien(d, opt, &b));
   } else {
     std::vector<Event> events;
     std::unordered_map<uint64_t, uint64_t> item_cat;
-    bool has_item_table = false;
     std::string data_path = opt.input;
     Event ev;
+    // MovieLens: every rated item must be in the item table (its category comes from there); a
+    // missing one means mismatched files, so it is a bad line rather than a guessed category.
+    std::string missing_item;  // the `got` of that error (viewed until ReadLines formats it)
+    const auto set_category = [&](const char* expected, FieldError* e) {
+      const auto it = item_cat.find(ev.item);
+      if (it == item_cat.end()) {
+        missing_item = std::to_string(ev.item);
+        e->field = "item";
+        e->expected = expected;
+        e->got = missing_item;
+        return false;
+      }
+      ev.category = it->second;
+      return true;
+    };
     if (opt.format == "movielens100k") {
       if (IsDir(opt.input)) {
         IPS_ASSIGN_OR_RETURN(data_path, FindBeside(opt.input, "u.data", false));
@@ -593,9 +715,9 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
       IPS_ASSIGN_OR_RETURN(std::string item_path,
                            FindBeside(DirName(data_path), "u.item", EndsWith(data_path, ".gz")));
       IPS_RETURN_IF_ERROR(ReadItemTable(item_path, &item_cat, ParseMovieLens100kItem));
-      has_item_table = true;
       IPS_RETURN_IF_ERROR(ReadLines(data_path, opt, &stats, [&](std::string_view l, FieldError* e) {
         if (!ParseMovieLens100kRating(l, &ev, e)) return false;
+        if (!set_category("a movie id listed in u.item", e)) return false;
         events.push_back(ev);
         return true;
       }));
@@ -624,9 +746,9 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
       IPS_ASSIGN_OR_RETURN(std::string movies_path, FindBeside(DirName(data_path), "movies.dat",
                                                                EndsWith(data_path, ".gz")));
       IPS_RETURN_IF_ERROR(ReadItemTable(movies_path, &item_cat, ParseMovieLens1mMovie));
-      has_item_table = true;
       IPS_RETURN_IF_ERROR(ReadLines(data_path, opt, &stats, [&](std::string_view l, FieldError* e) {
         if (!ParseMovieLens1mRating(l, &ev, e)) return false;
+        if (!set_category("a movie id listed in movies.dat", e)) return false;
         events.push_back(ev);
         return true;
       }));
@@ -652,16 +774,12 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
         return true;
       }));
     }
-    if (has_item_table) {
-      // Items missing from the item table get category 1 (genre "unknown" / the first genre).
-      for (Event& e : events) {
-        auto it = item_cat.find(e.item);
-        e.category = it == item_cat.end() ? 1 : it->second;
-      }
-    }
+    // An empty dataset has no items to sample negatives from: the readers refuse to open it.
+    if (events.empty())
+      return InvalidArgumentError(data_path + ": no usable events (" + LineSummary(stats) + ")");
     if (events.size() >= 0xffffffffULL)
       return InvalidArgumentError(opt.input + ": more than 2^32-1 events (split the input)");
-    IPS_RETURN_IF_ERROR(BuildFromEvents(std::move(events), opt, protocol, &stats, &b));
+    IPS_RETURN_IF_ERROR(BuildFromEvents(std::move(events), opt, protocol, data_path, &stats, &b));
   }
   if (opt.progress) opt.progress(stats.lines);
 
@@ -713,6 +831,7 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
     m.shards.push_back(f);
   }
   IPS_RETURN_IF_ERROR(m.WriteTo(opt.output));
+  RemoveStaleShards(opt.output, m);
   return m;
 }
 

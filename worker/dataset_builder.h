@@ -42,9 +42,11 @@ struct ConvertOptions {
   std::string protocol;  // empty = the format's default (seqrec for ML/seqrec, ctr, given)
   int64_t max_bad_records = 0;
   int64_t max_history = 50;
+  // seqrec/ctr: negatives per evaluation list (1..100000: ranking needs at least one) and the
+  // cap on evaluated users (>= 1; all eligible users when there are fewer). Unused by `given`.
   int64_t eval_negatives = 100;
   int64_t eval_users = 10000;
-  int64_t min_user_events = 1;  // users with fewer events are dropped (counted as filtered)
+  int64_t min_user_events = 1;  // >= 0; users with fewer events are dropped (counted as filtered)
   // Progress callback (lines read so far); may be empty.
   std::function<void(uint64_t lines)> progress;
 };
@@ -53,10 +55,19 @@ struct ConvertOptions {
 const std::vector<std::string>& ConvertFormats();
 std::string DefaultProtocol(const std::string& format);
 
-// Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options or a malformed line
-// ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad,
-// NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. On success returns the manifest
-// that was written to options.output/MANIFEST.
+// Checks the options alone (no I/O): format, protocol and every numeric flag's range, naming
+// the flag. ConvertDataset runs it first; the CLI runs it to report a usage error.
+Status ValidateConvertOptions(const ConvertOptions& options);
+
+// Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options, for a malformed line
+// ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad
+// (a MovieLens rating of an item missing from u.item / movies.dat is such a line), and for input
+// that would give a dataset the readers reject or that evaluates to NaN ("file: no usable
+// events", "file: no user has >= N events", no user with the 3 events leave-one-out evaluation
+// needs); NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. Refused input or options
+// leave options.output untouched. On success returns the manifest written to
+// options.output/MANIFEST; shard files of an earlier conversion into the same directory that the
+// new manifest does not list (names exactly like ShardFileName's) are then removed.
 StatusOr<Manifest> ConvertDataset(const ConvertOptions& options);
 
 // The file name of shard `index` of `count`: "shard-00003-of-00008.ips".

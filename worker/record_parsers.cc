@@ -170,7 +170,10 @@ bool ParseSeqRecLine(std::string_view line, Event* out, FieldError* err) {
   }
   if (n != 2) return Fail(err, "line", "2 fields: user item", line);
   if (!ParseU64(f[0], &out->user)) return Fail(err, "user", kIdExpected, f[0]);
-  if (!ParseU64(f[1], &out->item)) return Fail(err, "item", kIdExpected, f[1]);
+  // Item 0 is the padding id of the readers' histories (and of the peer's), so a file using it
+  // as a real item cannot be told apart from padding. Users are never padded: 0 is a user.
+  if (!ParseU64(f[1], &out->item) || out->item == 0)
+    return Fail(err, "item", kPositiveIdExpected, f[1]);
   out->category = 0;
   out->timestamp = 0;
   out->action = Action::kView;

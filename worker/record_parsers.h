@@ -40,8 +40,9 @@ bool ParseMovieLens1mRating(std::string_view line, Event* out, FieldError* err);
 // the FIRST listed genre in the README's 18-genre list (Action=1 ... Western=18).
 bool ParseMovieLens1mMovie(std::string_view line, uint64_t* item, uint64_t* category,
                            FieldError* err);
-// SASRec-style `user item` (space or tab separated, extra columns ignored, time order = line
-// order).
+// SASRec-style `user item` (space or tab separated, time order = line order). Columns after the
+// second are ignored, as the peer does (`line.split()[:2]`). item must be >= 1 (0 is padding);
+// user 0 is an ordinary user.
 bool ParseSeqRecLine(std::string_view line, Event* out, FieldError* err);
 // Taobao UserBehavior CSV `user,item,category,behavior,ts`, behavior in pv|buy|cart|fav.
 bool ParseTaobaoLine(std::string_view line, Event* out, FieldError* err);

@@ -1,9 +1,12 @@
 // Runs the built `ips` binary: a malformed input exits 1 naming file:line:field, an unknown flag
-// or format exits 2 with usage, and convert + inspect end with their RESULT lines.
+// or format exits 2 with usage, and convert + inspect end with their RESULT lines. Inputs and
+// flag values that would yield a dataset the readers reject (or one evaluating to NaN) are refused.
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/data/data_test_util.h"
@@ -16,7 +19,8 @@ testing::IpsRun Ips(const std::string& args) { return testing::RunIps(args); }
 
 TEST(DataCli, MalformedLineExitsOneNamingFileLineField) {
   testing::TempDir dir;
-  testing::WriteFile(dir.File("ub.csv"), "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,like,102\n");
+  testing::WriteFile(dir.File("ub.csv"),
+                     "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,like,102\n1,4,3,pv,103\n");
   const testing::IpsRun r = Ips("data convert --format taobao --input " + dir.File("ub.csv") +
                                 " --output " + dir.File("out"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
@@ -32,7 +36,7 @@ TEST(DataCli, MalformedLineExitsOneNamingFileLineField) {
   EXPECT_NE(ok.output.find(" bad_records=1 "), std::string::npos) << ok.output;
   const testing::IpsRun inspect = Ips("data inspect " + dir.File("out"));
   EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
-  EXPECT_NE(inspect.output.find("RESULT data_inspect users=1 items=1 categories=1 events=2"),
+  EXPECT_NE(inspect.output.find("RESULT data_inspect users=1 items=2 categories=1 events=3"),
             std::string::npos)
       << inspect.output;
   // A corrupted shard makes inspect fail with DATA_LOSS.
@@ -59,6 +63,59 @@ TEST(DataCli, UsageErrorsExitTwo) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
   r = Ips("data inspect");
   EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+TEST(DataCli, EmptyInputExitsOneNamingTheFile) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("empty.txt"), "");
+  const testing::IpsRun r = Ips("data convert --format seqrec --input " + dir.File("empty.txt") +
+                                " --output " + dir.File("out"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir.File("empty.txt") + ": no usable events"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+}
+
+TEST(DataCli, DegenerateFlagValuesAreUsageErrorsNamingTheFlag) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("s.txt"), "1 1\n1 2\n1 3\n2 1\n2 2\n2 3\n2 4\n");
+  const std::string base = "data convert --format seqrec --input " + dir.File("s.txt") +
+                           " --output " + dir.File("out") + " ";
+  for (const auto& [flags, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--min_user_events -1", "--min_user_events must be >= 0 (got -1)"},
+           {"--eval_users 0", "--eval_users must be >= 1"},
+           {"--eval_negatives 0", "--eval_negatives must be in 1..100000"},
+           {"--protocol ctr --eval_negatives 0", "--eval_negatives must be in 1..100000"}}) {
+    const testing::IpsRun r = Ips(base + flags);
+    EXPECT_EQ(r.exit_code, 2) << flags << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: " + message), std::string::npos) << flags << "\n" << r.output;
+    EXPECT_NE(r.output.find("usage:"), std::string::npos) << flags << "\n" << r.output;
+  }
+  // --min_user_events above every user is a data error (exit 1) that says what the data holds.
+  const testing::IpsRun r = Ips(base + "--min_user_events 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(
+      r.output.find(dir.File("s.txt") + ": no user has >= 5 events (the most any user has is 4)"),
+      std::string::npos)
+      << r.output;
+  // The help documents the seqrec format's extra columns and the evaluation flags' ranges.
+  const testing::IpsRun help = Ips("data convert --help");
+  EXPECT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_NE(help.output.find("extra columns are ignored"), std::string::npos) << help.output;
+}
+
+TEST(DataCli, MovieLensItemMissingFromTheItemTableExitsOne) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("ratings.dat"), "1::10::5::1\n1::20::5::2\n1::77::5::3\n");
+  testing::WriteFile(dir.File("movies.dat"), "10::A (1990)::Action\n20::B (1991)::Drama\n");
+  const testing::IpsRun r = Ips("data convert --format movielens1m --input " + dir.path() +
+                                " --output " + dir.File("out"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(dir.File("ratings.dat") +
+                          ":3: item: expected a movie id listed in movies.dat (got '77')"),
+            std::string::npos)
+      << r.output;
 }
 
 }  // namespace

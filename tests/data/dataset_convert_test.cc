@@ -1,6 +1,10 @@
 // Converter tests: one per input format on small fixtures written here (plain and gzip), the
 // columns read back through Dataset/ShardView, malformed-line messages and bad-record accounting,
-// sharding, and corruption/truncation of converted shards.
+// sharding, corruption/truncation of converted shards, and the inputs/options refused because
+// they would yield a dataset the readers reject or one that evaluates to NaN.
+#include <dirent.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -308,18 +312,19 @@ TEST(ConvertErrors, MalformedLineNamesFileLineFieldAndValue) {
 
 TEST(ConvertErrors, MaxBadRecordsSkipsCountsAndAccountsForEveryLine) {
   TempDir dir;
-  WriteFile(dir.File("s.txt"), "1 1\n1 x\n\n1 2\n2 1\n2 -\n3 3\n");
+  // User 1 keeps 3 events (>= 3, so there is an evaluation list; see ConvertRefuses).
+  WriteFile(dir.File("s.txt"), "1 1\n1 x\n\n1 2\n2 1\n2 -\n3 3\n1 4\n");
   ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
   o.max_bad_records = 2;
   o.min_user_events = 2;
   auto m = ConvertDataset(o);
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->input_lines, 7u);
+  EXPECT_EQ(m->input_lines, 8u);
   EXPECT_EQ(m->bad_records, 2u);
   EXPECT_EQ(m->filtered.at("blank_line"), 1u);
   EXPECT_EQ(m->filtered.at("user_below_min_events"), 2u);  // users 2 and 3 have one event each
-  EXPECT_EQ(m->events, 2u);
-  EXPECT_EQ(m->items, 2u);  // item 3 belonged only to a dropped user
+  EXPECT_EQ(m->events, 3u);
+  EXPECT_EQ(m->items, 3u);  // item 3 belonged only to a dropped user
   EXPECT_EQ(m->users, 1u);
   EXPECT_EQ(m->events + m->bad_records + 1 + 2, m->input_lines);
   // The manifest round-trips the accounting.
@@ -332,8 +337,8 @@ TEST(ConvertErrors, MaxBadRecordsSkipsCountsAndAccountsForEveryLine) {
   ASSERT_FALSE(fail.ok());
   EXPECT_EQ(fail.status().message(),
             dir.File("s.txt") +
-                ":6: item: expected an unsigned 64-bit integer id (got '-') [more than "
-                "--max_bad_records=1 bad records]");
+                ":6: item: expected an unsigned 64-bit integer id >= 1 (0 is padding) (got '-') "
+                "[more than --max_bad_records=1 bad records]");
 }
 
 TEST(ConvertShards, UsersAreDisjointAcrossShardsAndCountsAddUp) {
@@ -402,6 +407,213 @@ TEST(ConvertCorruption, FlippedShardByteAndTruncationAreDataLossNamingShardAndBl
   d = Dataset::Open(dir.File("out"));
   ASSERT_FALSE(d.ok());
   EXPECT_NE(d.status().message().find("MANIFEST: CRC mismatch"), std::string::npos) << d.status();
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// The names in `dir` (without . and ..), sorted.
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(name);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Expects an INVALID_ARGUMENT whose message contains every one of `parts`.
+void ExpectInvalid(const StatusOr<Manifest>& m, const std::vector<std::string>& parts) {
+  ASSERT_FALSE(m.ok()) << "converted, expected an error containing '" << parts[0] << "'";
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument) << m.status();
+  for (const std::string& p : parts)
+    EXPECT_NE(m.status().message().find(p), std::string::npos) << m.status() << "\nmissing: " << p;
+}
+
+TEST(ConvertRefuses, EmptyInputNamesTheFileAndWritesNothing) {
+  TempDir dir;
+  WriteFile(dir.File("empty.txt"), "");
+  ExpectInvalid(ConvertDataset(Options("seqrec", dir.File("empty.txt"), dir.File("out"))),
+                {dir.File("empty.txt") + ": no usable events", "0 lines"});
+  // Blank lines only, and every line bad under --max_bad_records: still nothing usable.
+  WriteFile(dir.File("blank.txt"), "\n  \n\t\n");
+  ExpectInvalid(ConvertDataset(Options("seqrec", dir.File("blank.txt"), dir.File("out"))),
+                {dir.File("blank.txt") + ": no usable events", "3 lines", "3 filtered"});
+  WriteFile(dir.File("bad.csv"), "1,2,3,like,4\nx\n");
+  ConvertOptions o = Options("taobao", dir.File("bad.csv"), dir.File("out"));
+  o.max_bad_records = 5;
+  ExpectInvalid(ConvertDataset(o), {dir.File("bad.csv") + ": no usable events", "2 bad"});
+  // MovieLens: the ratings file is named (not the directory).
+  ASSERT_EQ(::mkdir(dir.File("ml").c_str(), 0755), 0);
+  WriteFile(dir.File("ml/u.data"), "");
+  WriteFile(dir.File("ml/u.item"), UItem());
+  ExpectInvalid(ConvertDataset(Options("movielens100k", dir.File("ml"), dir.File("out"))),
+                {dir.File("ml/u.data") + ": no usable events"});
+  // DIEN: an empty training file, and an empty --eval_input.
+  WriteFile(dir.File("train"), "");
+  WriteFile(dir.File("test"), "1\tU3\tM2\tC2\tM3\tC1\n");
+  o = Options("dien", dir.File("train"), dir.File("out"));
+  o.eval_input = dir.File("test");
+  ExpectInvalid(ConvertDataset(o), {dir.File("train") + ": no usable examples"});
+  WriteFile(dir.File("train"), "1\tU1\tM1\tC1\tM2\tC2\n");
+  WriteFile(dir.File("test"), "\n");
+  ExpectInvalid(ConvertDataset(o), {dir.File("test") + ": no usable examples"});
+  EXPECT_FALSE(Exists(dir.File("out"))) << "a refused conversion must not create the output";
+}
+
+// Users 1 (3 events) and 2 (4 events).
+const char kTwoUsers[] = "1 1\n1 2\n1 3\n2 1\n2 2\n2 3\n2 4\n";
+
+TEST(ConvertRefuses, MinUserEventsAboveEveryUserAndNegative) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), kTwoUsers);
+  ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
+  o.min_user_events = 5;
+  ExpectInvalid(ConvertDataset(o),
+                {dir.File("s.txt") + ": no user has >= 5 events (the most any user has is 4)",
+                 "--min_user_events"});
+  o.min_user_events = -1;
+  ExpectInvalid(ConvertDataset(o), {"--min_user_events must be >= 0 (got -1)"});
+  EXPECT_FALSE(Exists(dir.File("out")));
+  o.min_user_events = 4;
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->users, 1u);
+  EXPECT_EQ(m->filtered.at("user_below_min_events"), 3u);
+  ASSERT_NE(OpenOrDie(dir.File("out")), nullptr);
+}
+
+TEST(ConvertRefuses, EvalUsersAndNegativesThatLeaveNothingToRank) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), kTwoUsers);
+  for (const char* protocol : {"seqrec", "ctr"}) {
+    SCOPED_TRACE(protocol);
+    const std::string out = dir.File(std::string("out_") + protocol);
+    ConvertOptions o = Options("seqrec", dir.File("s.txt"), out);
+    o.protocol = protocol;
+    o.eval_users = 0;
+    ExpectInvalid(ConvertDataset(o), {"--eval_users must be >= 1", protocol, "(got 0)"});
+    o.eval_users = 10000;
+    o.eval_negatives = 0;
+    ExpectInvalid(ConvertDataset(o), {"--eval_negatives must be in 1..100000", protocol});
+    EXPECT_FALSE(Exists(out));
+    o.eval_negatives = 1;
+    o.eval_users = 1;  // a seeded sample of one of the two eligible users
+    auto m = ConvertDataset(o);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->eval_examples, 1u);
+    EXPECT_EQ(m->eval_candidates, 2u);
+  }
+  // DIEN files carry their own evaluation rows: neither flag is used, so 0 is accepted.
+  WriteFile(dir.File("train"), "1\tU1\tM1\tC1\tM2\tC2\n");
+  WriteFile(dir.File("test"), "1\tU3\tM2\tC2\tM1\tC1\n");
+  ConvertOptions o = Options("dien", dir.File("train"), dir.File("dien"));
+  o.eval_input = dir.File("test");
+  o.eval_users = 0;
+  o.eval_negatives = 0;
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->eval_examples, 1u);
+}
+
+TEST(ConvertRefuses, NoUserWithThreeEventsLeavesNothingToEvaluate) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), "1 1\n1 2\n2 1\n");
+  ExpectInvalid(ConvertDataset(Options("seqrec", dir.File("s.txt"), dir.File("out"))),
+                {dir.File("s.txt") +
+                 ": no user has >= 3 events (the most any user has is 2): the leave-one-out "
+                 "split leaves nothing to evaluate"});
+  EXPECT_FALSE(Exists(dir.File("out")));
+}
+
+TEST(ConvertRefuses, MovieLensRatingOfAnItemMissingFromTheItemTable) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.File("ml").c_str(), 0755), 0);
+  WriteFile(dir.File("ml/u.data"), "1\t1\t5\t10\n1\t2\t5\t11\n1\t99\t5\t12\n1\t3\t5\t13\n");
+  WriteFile(dir.File("ml/u.item"), UItem());
+  ConvertOptions o = Options("movielens100k", dir.File("ml"), dir.File("out"));
+  auto m = ConvertDataset(o);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(),
+            dir.File("ml/u.data") + ":3: item: expected a movie id listed in u.item (got '99')");
+  // Like any bad record it can be skipped and counted.
+  o.max_bad_records = 1;
+  m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->bad_records, 1u);
+  EXPECT_EQ(m->items, 3u);
+
+  ASSERT_EQ(::mkdir(dir.File("m1").c_str(), 0755), 0);
+  WriteFile(dir.File("m1/ratings.dat"), "1::10::5::1\n1::20::5::2\n1::77::5::3\n");
+  WriteFile(dir.File("m1/movies.dat"), "10::A (1990)::Action\n20::B (1991)::Drama\n");
+  m = ConvertDataset(Options("movielens1m", dir.File("m1"), dir.File("out1")));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(
+      m.status().message(),
+      dir.File("m1/ratings.dat") + ":3: item: expected a movie id listed in movies.dat (got '77')");
+}
+
+TEST(ConvertRefuses, SeqRecItemZeroIsPaddingExtraColumnsAndUserZeroAreKept) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), "1 1\n1 0\n1 2\n");
+  auto m = ConvertDataset(Options("seqrec", dir.File("s.txt"), dir.File("out")));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(),
+            dir.File("s.txt") +
+                ":2: item: expected an unsigned 64-bit integer id >= 1 (0 is padding) (got '0')");
+  // Like the peer (`line.split()[:2]`): columns after the second are ignored; user ids are not
+  // padded anywhere, so user 0 is an ordinary user.
+  WriteFile(dir.File("s.txt"), "0 1 5.0 x\n0 2\t7\n0 3\n1 1 9\n");
+  m = ConvertDataset(Options("seqrec", dir.File("s.txt"), dir.File("out")));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->users, 2u);
+  EXPECT_EQ(m->items, 3u);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(Vec(d->shard(0).rec_user), (std::vector<uint64_t>{0, 1}));
+  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 1, 2, 3}));
+}
+
+TEST(ConvertShards, ReconvertingWithFewerShardsRemovesOnlyStaleShardFiles) {
+  TempDir dir;
+  std::string text;
+  for (int u = 1; u <= 60; ++u)
+    for (int k = 0; k < 4; ++k)
+      text += std::to_string(u) + " " + std::to_string(1 + (u * 7 + k) % 30) + "\n";
+  WriteFile(dir.File("s.txt"), text);
+  ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
+  o.shards = 4;
+  ASSERT_TRUE(ConvertDataset(o).ok());
+  // Files that only resemble shard names are not ours to delete.
+  const std::vector<std::string> keep = {"notes.txt", "shard-00009-of-00004.ips.bak",
+                                         "shard-0001-of-00004.ips", "myshard-00000-of-00004.ips",
+                                         "shard-00000-of-00004.ips.tmp"};
+  for (const std::string& k : keep) WriteFile(dir.File("out/" + k), "x");
+  o.shards = 2;
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<std::string> want = keep;
+  for (const char* f :
+       {"MANIFEST", "shard-00000-of-00002.ips", "shard-00001-of-00002.ips", kVocabFile})
+    want.push_back(f);
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(ListDir(dir.File("out")), want);
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->num_shards(), 2);
+  uint64_t users = 0;
+  for (int s = 0; s < d->num_shards(); ++s) users += d->shard(s).rec_user.size;
+  EXPECT_EQ(users, 60u);
+  // Same shard count again: the files are rewritten in place, nothing removed.
+  ASSERT_TRUE(ConvertDataset(o).ok());
+  EXPECT_EQ(ListDir(dir.File("out")), want);
 }
 
 }  // namespace

@@ -76,6 +76,16 @@ TEST(RecordParsers, SeqRecTaobaoEvents) {
   EXPECT_FALSE(ParseSeqRecLine("12", &e, &err));
   EXPECT_FALSE(ParseSeqRecLine("12 -4", &e, &err));
   EXPECT_STREQ(err.field, "item");
+  // Item 0 is the padding id of every reader (and of the peer's histories): refused.
+  EXPECT_FALSE(ParseSeqRecLine("12 0", &e, &err));
+  EXPECT_STREQ(err.field, "item");
+  EXPECT_EQ(err.got, "0");
+  EXPECT_STREQ(err.expected, "an unsigned 64-bit integer id >= 1 (0 is padding)");
+  // Columns after the second are ignored (the peer reads `line.split()[:2]`); users are never
+  // padded, so user 0 is accepted.
+  ASSERT_TRUE(ParseSeqRecLine("0 34	5.0 x", &e, &err));
+  EXPECT_EQ(e.user, 0u);
+  EXPECT_EQ(e.item, 34u);
 
   ASSERT_TRUE(ParseTaobaoLine("1,2268318,2520377,pv,1511544070", &e, &err));
   EXPECT_EQ(e.category, 2520377u);
