@@ -291,7 +291,7 @@ void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const Datas
           << "\",\"workers\":" << cluster->layout().num_workers
           << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << s.epochs
           << ",\"steps\":" << s.steps << ",\"samples_per_s\":" << Fixed(s.samples_per_s, 1)
-          << ",\"loss\":" << Fixed(s.loss, 6) << "," << internal::EvalJsonMembers(s.eval, true);
+          << ",\"loss\":" << Fixed(s.loss, 6) << "," << internal::EvalJsonMembers(s.eval, true, 6);
   for (const RetrievalCutoff& c : s.recall)
     metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
   metrics << "}\n";

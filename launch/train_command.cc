@@ -196,7 +196,8 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   if (sinks.metrics_out != nullptr) {
     *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
              << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
-             << ",\"loss\":" << Fixed(r.loss, 6) << "," << internal::EvalJsonMembers(r.eval, true);
+             << ",\"loss\":" << Fixed(r.loss, 6) << ","
+             << internal::EvalJsonMembers(r.eval, true, 6);
     for (const RetrievalCutoff& c : recall)
       *metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6) << ",\"retrieval_hr" << c.k
                << "\":" << Fixed(c.hit_rate, 6);

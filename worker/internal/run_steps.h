@@ -31,8 +31,17 @@ inline std::string JsonNumber(double v) {
 
 // An evaluation's metrics as JSON members (no braces): "hr<k>", "ndcg<k>" (ranked lists only: a
 // given dataset has none), "auc", "gauc", "logloss"; every value null when not `evaluated`.
-inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated) {
-  auto metric = [&](double v) { return evaluated ? JsonNumber(v) : std::string("null"); };
+// fixed_digits >= 0 prints that many decimals (the result lines: the same figures as `ips eval`'s
+// RESULT line), else JsonNumber's 8 significant digits.
+inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
+                                   int fixed_digits = -1) {
+  auto metric = [&](double v) {
+    if (!evaluated || !std::isfinite(v)) return std::string("null");
+    if (fixed_digits < 0) return JsonNumber(v);
+    std::ostringstream os;
+    os << std::fixed << std::setprecision(fixed_digits) << v;
+    return os.str();
+  };
   const std::string k = std::to_string(eval.k);
   std::string s;
   if (eval.ranked)
