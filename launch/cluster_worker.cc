@@ -336,8 +336,6 @@ StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
                                                                const ClusterTrainFlags& flags,
                                                                const int64_t* writing_step) {
   const config::CheckpointConfig& ck = config.checkpoint();
-  if (ck.every_steps() < 0 || ck.every_seconds() < 0)
-    return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
   std::signal(SIGTERM, OnClusterSigterm);
   if (cluster->role_index() != 0) return std::unique_ptr<CheckpointWriter>();
   CheckpointOptions o;

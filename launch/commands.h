@@ -15,7 +15,6 @@ namespace ips {
 
 class FlagSet;
 namespace config {
-class CheckpointConfig;
 class Config;
 }  // namespace config
 
@@ -45,10 +44,8 @@ int RunSynthCommand(const std::vector<std::string>& args);
 // (launch/train_command.cc).
 int RunTrainCommand(const std::vector<std::string>& args);
 // Checks of `ips train` that read only the config, shared with `ips config check`
-// (launch/train_command.cc). CheckCheckpointIntervals: with checkpoint.dir set, every_steps and
-// every_seconds must be >= 0. CheckStreamConfig: `ips train --stream` refuses checkpoint.dir (a
+// (launch/train_command.cc). CheckStreamConfig: `ips train --stream` refuses checkpoint.dir (a
 // stream writes no checkpoints). INVALID_ARGUMENT naming the field.
-Status CheckCheckpointIntervals(const config::CheckpointConfig& checkpoint);
 Status CheckStreamConfig(const config::Config& config);
 // `ips eval --config FILE --checkpoint DIR [--set ...] [--metrics_out FILE]`: the evaluation of
 // the config's model family on a checkpoint (launch/eval_command.cc).

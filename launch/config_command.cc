@@ -98,7 +98,6 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
     auto trainer = CreateSeqTrainer(job->trainer, store->get());
     if (!trainer.ok()) return trainer.status();
   }
-  if (!stream) IPS_RETURN_IF_ERROR(CheckCheckpointIntervals(cfg.checkpoint()));
   return Status::Ok();
 }
 

@@ -37,12 +37,6 @@
 
 namespace ips {
 
-Status CheckCheckpointIntervals(const config::CheckpointConfig& c) {
-  if (!c.dir().empty() && (c.every_steps() < 0 || c.every_seconds() < 0))
-    return InvalidArgumentError("checkpoint.every_steps and every_seconds must be >= 0");
-  return Status::Ok();
-}
-
 Status CheckStreamConfig(const config::Config& cfg) {
   // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
   // what it would otherwise silently ignore.
@@ -108,7 +102,6 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     out->run.every_steps = c.every_steps();
     out->run.every_seconds = c.every_seconds();
     out->dir = c.dir();
-    IPS_RETURN_IF_ERROR(CheckCheckpointIntervals(c));
   }
   out->run.stop = &g_stop_requested;
   std::signal(SIGTERM, OnSigterm);

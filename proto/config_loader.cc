@@ -4,6 +4,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -101,6 +102,52 @@ int LineOf(const pb::TextFormat::ParseInfoTree* tree, const pb::Message& root,
   return 0;
 }
 
+// The first float or double field (depth first, in field-number order, set fields only: the
+// defaults are finite) that holds NaN or an infinity: its path in *path, its value in *value.
+bool FindNonFinite(const pb::Message& msg, std::vector<std::pair<std::string, int>>* path,
+                   double* value) {
+  const pb::Reflection* r = msg.GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields;
+  r->ListFields(msg, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    const int n = f->is_repeated() ? r->FieldSize(msg, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      path->emplace_back(f->name(), f->is_repeated() ? i : -1);
+      double v = 0;
+      switch (f->cpp_type()) {
+        case pb::FieldDescriptor::CPPTYPE_FLOAT:
+          v = f->is_repeated() ? r->GetRepeatedFloat(msg, f, i) : r->GetFloat(msg, f);
+          break;
+        case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+          v = f->is_repeated() ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f);
+          break;
+        case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+          if (FindNonFinite(
+                  f->is_repeated() ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f), path,
+                  value))
+            return true;
+          break;
+        default:
+          break;
+      }
+      if (!std::isfinite(v)) {
+        *value = v;
+        return true;
+      }
+      path->pop_back();
+    }
+  }
+  return false;
+}
+
+std::string NumberText(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
 StatusOr<std::string> ReadConfigFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFoundError(path + ": cannot open the config file");
@@ -175,9 +222,27 @@ Status ApplyOverride(const std::string& assignment, config::Config* config) {
     // Leaf: parse the value with the text-format rules of the field's type.
     std::vector<std::string> values;
     if (f->is_repeated()) {
-      std::stringstream ss(value);
-      std::string v;
-      while (std::getline(ss, v, ',')) values.push_back(v);
+      const std::string field = assignment.substr(0, eq);
+      // An empty list would clear the field, which the models read as "use the default sizes"
+      // (e.g. model.mlp_hidden= would mean 200,80, not "no hidden layer"): refuse it. Leave the
+      // field out of the config for the default.
+      if (value.empty())
+        return InvalidArgumentError(context + ": " + field +
+                                    ": empty list (give at least one value; for the default, "
+                                    "leave the field out of the config)");
+      for (size_t start = 0;;) {
+        const size_t comma = value.find(',', start);
+        values.push_back(value.substr(start, comma == std::string::npos ? comma : comma - start));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      // "64,32," would otherwise drop its empty last element silently.
+      if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_STRING) {
+        for (size_t k = 0; k < values.size(); ++k)
+          if (values[k].empty())
+            return InvalidArgumentError(context + ": " + field + ": element " + std::to_string(k) +
+                                        " of '" + value + "' is empty");
+      }
       r->ClearField(msg, f);
     } else {
       values.push_back(value);
@@ -232,6 +297,14 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
     return fail({{"version", -1}}, "unsupported schema version " + std::to_string(cfg.version()) +
                                        " (this binary reads 1.." + std::to_string(kConfigVersion) +
                                        ")");
+  {
+    // NaN passes every range check below (each comparison with it is false) and an infinity
+    // passes most: refuse both in every float and double field, wherever it sits.
+    std::vector<std::pair<std::string, int>> path;
+    double value = 0;
+    if (FindNonFinite(cfg, &path, &value))
+      return fail(path, "must be a finite number, got " + NumberText(value));
+  }
   const auto& d = cfg.data();
   if (d.batch_size() <= 0 || d.batch_size() > kMaxBatch)
     return fail({{"data", -1}, {"batch_size", -1}},
@@ -297,6 +370,14 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
                 "must be in [0, 1000000] microseconds, or -1 (automatic)");
   if (cfg.checkpoint().keep_last() <= 0)
     return fail({{"checkpoint", -1}, {"keep_last", -1}}, "must be positive");
+  if (cfg.checkpoint().every_steps() < 0)
+    return fail({{"checkpoint", -1}, {"every_steps", -1}},
+                "must be >= 0 (0: no step-based checkpoints), got " +
+                    std::to_string(cfg.checkpoint().every_steps()));
+  if (cfg.checkpoint().every_seconds() < 0)
+    return fail({{"checkpoint", -1}, {"every_seconds", -1}},
+                "must be >= 0 (0: no time-based checkpoints), got " +
+                    NumberText(cfg.checkpoint().every_seconds()));
   return Status::Ok();
 }
 

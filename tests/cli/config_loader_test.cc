@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ips {
 namespace {
@@ -141,6 +143,73 @@ TEST(ConfigOverride, ClusterTransportSpinUsIsAutomaticOrARange) {
   EXPECT_TRUE(LoadConfig(path, {"cluster.transport_spin_us=-1"}).ok());
   ExpectError(LoadConfig(path, {"cluster.transport_spin_us=-2"}).status(),
               "cluster.transport_spin_us: must be in [0, 1000000] microseconds, or -1 (automatic)");
+}
+
+// NaN passes every "must be positive" / "in [0, 1)" comparison and an infinity most of them:
+// every float and double field refuses both, in the file or from --set, naming the field path.
+TEST(ConfigLoader, NonFiniteFloatsAreRefusedNamingTheField) {
+  const auto path = WriteTemp("finite.pbtxt",
+                              "tables { name: \"item\" dim: 4 }\n"
+                              "tables { name: \"cat\" dim: 4\n"
+                              "  optimizer { learning_rate: inf }\n"
+                              "}\n");
+  ExpectError(LoadConfig(path, {}).status(),
+              path + ":3: tables[1].optimizer.learning_rate: must be a finite number, got inf");
+  const auto ok = WriteTemp("finite_ok.pbtxt", "checkpoint { every_seconds: 30 }\n");
+  ASSERT_TRUE(LoadConfig(ok, {}).ok());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"checkpoint.every_seconds=nan",
+       "checkpoint.every_seconds: must be a finite number, got nan"},
+      {"checkpoint.every_seconds=inf",
+       "checkpoint.every_seconds: must be a finite number, got inf"},
+      {"checkpoint.every_seconds=-inf",
+       "checkpoint.every_seconds: must be a finite number, got -inf"},
+      {"optimizer.learning_rate=nan", "optimizer.learning_rate: must be a finite number, got nan"},
+      {"optimizer.l2=inf", "optimizer.l2: must be a finite number, got inf"},
+      {"model.dropout=nan", "model.dropout: must be a finite number, got nan"},
+      {"model.aux_loss_weight=-inf", "model.aux_loss_weight: must be a finite number, got -inf"},
+      {"data.synthetic.zipf_alpha=nan",
+       "data.synthetic.zipf_alpha: must be a finite number, got nan"},
+      {"tables[0].initializer.stddev=inf",
+       "tables[0].initializer.stddev: must be a finite number, got inf"},
+  };
+  for (const auto& [set, want] : cases) {
+    SCOPED_TRACE(set);
+    ExpectError(LoadConfig(ok, {set}).status(), want);
+  }
+  // The file sets every_seconds: its line is named.
+  ExpectError(LoadConfig(ok, {"checkpoint.every_seconds=nan"}).status(), ok + ":1: ");
+}
+
+TEST(ConfigLoader, NegativeCheckpointIntervalsAreRefused) {
+  const auto path = WriteTemp("intervals.pbtxt", "checkpoint { every_steps: 100 }\n");
+  ASSERT_TRUE(LoadConfig(path, {"checkpoint.every_seconds=0.5"}).ok());
+  ExpectError(LoadConfig(path, {"checkpoint.every_seconds=-1"}).status(),
+              "checkpoint.every_seconds: must be >= 0 (0: no time-based checkpoints), got -1");
+  const auto negative = WriteTemp("negative_seconds.pbtxt", "checkpoint { every_seconds: -2.5 }\n");
+  ExpectError(LoadConfig(negative, {}).status(),
+              negative +
+                  ":1: checkpoint.every_seconds: must be >= 0 (0: no time-based "
+                  "checkpoints), got -2.5");
+}
+
+// An empty list would clear the field, which the models read as their default sizes: refused,
+// as is an empty element (a trailing comma), and the config is left as it was.
+TEST(ConfigOverride, EmptyListIsAnError) {
+  config::Config cfg;
+  cfg.mutable_model()->add_mlp_hidden(64);
+  ExpectError(ApplyOverride("model.mlp_hidden=", &cfg), "model.mlp_hidden: empty list");
+  ExpectError(ApplyOverride("model.attention_hidden=", &cfg), "model.attention_hidden: empty list");
+  ExpectError(ApplyOverride("eval.top_k=", &cfg), "eval.top_k: empty list");
+  ExpectError(ApplyOverride("model.mlp_hidden=64,32,", &cfg),
+              "model.mlp_hidden: element 2 of '64,32,' is empty");
+  ExpectError(ApplyOverride("model.mlp_hidden=,64", &cfg),
+              "model.mlp_hidden: element 0 of ',64' is empty");
+  ASSERT_EQ(cfg.model().mlp_hidden_size(), 1);
+  EXPECT_EQ(cfg.model().mlp_hidden(0), 64);
+  EXPECT_TRUE(ApplyOverride("model.mlp_hidden=32", &cfg).ok());
+  ASSERT_EQ(cfg.model().mlp_hidden_size(), 1);
+  EXPECT_EQ(cfg.model().mlp_hidden(0), 32);
 }
 
 TEST(ConfigFiles, EveryShippedConfigLoads) {
