@@ -15,6 +15,7 @@ void FlagSet::Declare(const std::string& name, Kind kind, std::string value, std
   }
   Flag f;
   f.kind = kind;
+  f.default_value = value;
   f.value = std::move(value);
   f.help = std::move(help);
   f.required = required;
@@ -72,8 +73,7 @@ Status FlagSet::Parse(const std::vector<std::string>& args) {
       continue;
     }
     if (!has_value) {
-      if (i + 1 >= args.size())
-        return InvalidArgumentError("flag --" + name + ": missing value");
+      if (i + 1 >= args.size()) return InvalidArgumentError("flag --" + name + ": missing value");
       value = args[++i];
     }
     if (f.kind == Kind::kInt) {
@@ -143,8 +143,8 @@ std::string FlagSet::Usage() const {
     os << "  " << f.help;
     if (f.required) {
       os << " (required)";
-    } else if (f.kind != Kind::kBool && f.kind != Kind::kRepeated && !f.value.empty()) {
-      os << " (default " << f.value << ")";
+    } else if (f.kind != Kind::kBool && f.kind != Kind::kRepeated && !f.default_value.empty()) {
+      os << " (default " << f.default_value << ")";
     } else if (f.kind == Kind::kRepeated) {
       os << " (repeatable)";
     }

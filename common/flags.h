@@ -43,14 +43,16 @@ class FlagSet {
   bool WasSet(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
-  // "usage: ips <command> [flags]" followed by one line per flag.
+  // "usage: ips <command> [flags]" followed by one line per flag, with its declared default (never
+  // the value given on the command line, which the caller may have just rejected).
   std::string Usage() const;
 
  private:
   enum class Kind { kString, kInt, kDouble, kBool, kRepeated };
   struct Flag {
     Kind kind;
-    std::string value;
+    std::string value;          // the parsed value, or the default
+    std::string default_value;  // as declared: what Usage() shows, whatever was given
     std::vector<std::string> values;
     std::string help;
     bool required = false;

@@ -18,9 +18,9 @@ FlagSet MakeFlags() {
 
 TEST(Flags, ParsesBothSpellingsDefaultsAndRepeats) {
   FlagSet f = MakeFlags();
-  ASSERT_TRUE(f.Parse({"--input", "a.txt", "--shards=4", "--fp16", "--set", "x=1", "--set=y=2",
-                       "pos"})
-                  .ok());
+  ASSERT_TRUE(
+      f.Parse({"--input", "a.txt", "--shards=4", "--fp16", "--set", "x=1", "--set=y=2", "pos"})
+          .ok());
   EXPECT_EQ(f.GetString("input"), "a.txt");
   EXPECT_EQ(f.GetString("format"), "events");
   EXPECT_EQ(f.GetInt("shards"), 4);
@@ -66,6 +66,35 @@ TEST(Flags, UsageListsEveryFlag) {
   const std::string u = f.Usage();
   for (const char* name : {"--input", "--format", "--shards", "--rate", "--fp16", "--set"})
     EXPECT_NE(u.find(name), std::string::npos) << name;
+}
+
+// The usage printed after a rejected value (out of range for the command, or a later bad flag)
+// shows each flag's declared default, not the value given.
+TEST(Flags, UsageShowsTheDeclaredDefaultNotTheGivenValue) {
+  {
+    FlagSet f = MakeFlags();
+    ASSERT_TRUE(f.Parse({"--input", "a", "--shards", "-7", "--rate=9.5", "--format", "tsv"}).ok());
+    EXPECT_EQ(f.GetInt("shards"), -7);  // a command rejects it and prints the usage
+    const std::string u = f.Usage();
+    EXPECT_NE(u.find("number of shards (default 1)"), std::string::npos) << u;
+    EXPECT_NE(u.find("a rate (default 0.5)"), std::string::npos) << u;
+    EXPECT_NE(u.find("format (default events)"), std::string::npos) << u;
+    EXPECT_EQ(u.find("-7"), std::string::npos) << u;
+    EXPECT_EQ(u.find("9.5"), std::string::npos) << u;
+    EXPECT_EQ(u.find("tsv"), std::string::npos) << u;
+  }
+  {
+    FlagSet f = MakeFlags();
+    EXPECT_FALSE(f.Parse({"--input", "a", "--shards", "12", "--bogus"}).ok());
+    const std::string u = f.Usage();
+    EXPECT_NE(u.find("number of shards (default 1)"), std::string::npos) << u;
+    EXPECT_EQ(u.find("12"), std::string::npos) << u;
+  }
+  {
+    FlagSet f = MakeFlags();
+    EXPECT_FALSE(f.Parse({"--input", "a", "--shards", "abc"}).ok());
+    EXPECT_NE(f.Usage().find("number of shards (default 1)"), std::string::npos) << f.Usage();
+  }
 }
 
 }  // namespace
