@@ -1,8 +1,12 @@
 #include "worker/checkpoint.h"
 
+#include <fcntl.h>
+#include <glog/logging.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <set>
@@ -21,6 +25,7 @@ constexpr char kManifestMagic[8] = {'I', 'P', 'S', 'M', 'A', 'N', '0', '1'};
 constexpr char kManifestName[] = "MANIFEST";
 constexpr char kDenseName[] = "dense.bin";
 constexpr char kLatestName[] = "LATEST";
+constexpr char kLockName[] = "LOCK";
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -39,6 +44,49 @@ int64_t StepOfName(const std::string& name) {
     step = step * 10 + (name[i] - '0');
   }
   return step;
+}
+
+// Takes DIR/LOCK exclusively without waiting and records this process's pid in it (for the
+// message a second run gets). Returns the descriptor, which holds the lock until it is closed (by
+// the writer's destructor or, for a killed process, by the kernel), or -1 where the file system
+// has no flock (the run goes on unlocked, with a warning). The file itself is never removed:
+// removing a lock file races with a process that has just opened it.
+StatusOr<int> LockCheckpointDir(const std::string& dir) {
+  const std::string path = dir + "/" + kLockName;
+  // O_CLOEXEC: a process started by the run must not inherit (and outlive it with) the lock.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return InternalError(path + ": cannot open: " + std::strerror(errno));
+  int rc;
+  do {
+    rc = ::flock(fd, LOCK_EX | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const int err = errno;
+    if (err == EWOULDBLOCK) {
+      char buf[32] = {};
+      const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+      std::string pid(buf, n > 0 ? static_cast<size_t>(n) : 0);
+      while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+      ::close(fd);
+      return FailedPreconditionError("checkpoint.dir " + dir + " is in use by another run (pid " +
+                                     (pid.empty() ? std::string("unknown") : pid) +
+                                     "): give each run its own checkpoint.dir (lock: " + path +
+                                     ")");
+    }
+    ::close(fd);
+    if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
+      LOG(WARNING) << path << ": the file system does not support flock (" << std::strerror(err)
+                   << "); checkpoint.dir is not protected against a second run writing into it";
+      return -1;
+    }
+    return InternalError(path + ": flock failed: " + std::strerror(err));
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  // Best effort: the pid only improves the other run's message.
+  if (::ftruncate(fd, 0) != 0 ||
+      ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+    LOG(WARNING) << path << ": cannot record the pid: " << std::strerror(errno);
+  return fd;
 }
 
 }  // namespace
@@ -185,12 +233,19 @@ StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     return InvalidArgumentError("checkpoint: full_every " + std::to_string(options.full_every) +
                                 " < 1");
   IPS_RETURN_IF_ERROR(ps::MakeDirs(options.dir));
+  // The lock comes first: the cleanup below would delete a live writer's staging directory.
+  IPS_ASSIGN_OR_RETURN(const int lock_fd, LockCheckpointDir(options.dir));
+  std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(options, lock_fd));
   IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.dir));
   for (const auto& n : names) {
     // Leftovers of a writer killed mid-write or mid-replace: never visible as checkpoints.
     if (n.rfind("tmp-", 0) == 0 || n.rfind("trash-", 0) == 0) ps::RemoveTree(options.dir + "/" + n);
   }
-  return std::unique_ptr<CheckpointWriter>(new CheckpointWriter(options));
+  return writer;
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 StatusOr<std::vector<CheckpointFile>> WriteTableShards(
@@ -378,18 +433,30 @@ StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::st
   } else {
     root = path;
     auto latest = ps::ReadSmallFile(path + "/" + kLatestName);
+    std::string missing;  // what LATEST names when that directory does not exist
     if (latest.ok()) {
       name = *latest;
       while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
       if (StepOfName(name) < 0)
         return DataLossError(path + "/" + kLatestName + ": names '" + name +
                              "', not a ckpt-<step> directory");
-      if (!ps::IsDirectory(root + "/" + name)) name.clear();
+      if (!ps::IsDirectory(root + "/" + name)) missing.swap(name);
     }
     if (name.empty()) {
       IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
-      if (list.empty()) return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
+      if (list.empty()) {
+        if (!missing.empty())
+          return NotFoundError(path + "/" + kLatestName + ": names '" + missing +
+                               "', which is missing, and there is no other ckpt-<step>");
+        return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
+      }
       name = list.back().second;
+      // Deliberate (a writer killed between replacing a checkpoint and updating LATEST leaves
+      // this state), but never silent: the run may resume from an older step than expected.
+      if (!missing.empty())
+        LOG(WARNING) << path << "/" << kLatestName << " names '" << missing
+                     << "', which is missing; using " << root << "/" << name
+                     << " (the newest ckpt-<step>) instead";
     }
   }
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());

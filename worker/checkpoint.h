@@ -22,7 +22,12 @@
 // message naming the file and what was wrong, and nothing is modified.
 //
 // Thread safety: a writer or reader is used by one thread; the tables' own locking applies while
-// they are written (call between training steps for an exact snapshot). One writer per DIR.
+// they are written (call between training steps for an exact snapshot). One writer per DIR: the
+// writer holds an advisory lock (flock) on DIR/LOCK for its lifetime, so a second run pointed at
+// the same DIR fails instead of interleaving checkpoints and deleting the first run's staging
+// directories. In a multi-process run only the coordinator (the process that publishes
+// manifests and LATEST) has a writer; the parameter servers write their table files into its
+// staging directory without the lock.
 #ifndef IPS_WORKER_CHECKPOINT_H_
 #define IPS_WORKER_CHECKPOINT_H_
 
@@ -125,11 +130,15 @@ CheckpointFile CheckpointFileOf(const ps::TableShardFile& shard);
 
 class CheckpointWriter {
  public:
-  // Creates DIR when missing and removes stale tmp-* directories of a killed writer.
-  // INVALID_ARGUMENT for bad options; INTERNAL naming the path on I/O errors.
+  // Creates DIR when missing, takes the lock DIR/LOCK (non-blocking; released when the writer is
+  // destroyed or the process exits, a kill included) and then removes stale tmp-* directories of
+  // a killed writer. INVALID_ARGUMENT for bad options; FAILED_PRECONDITION "checkpoint.dir DIR
+  // is in use by another run (pid N)" when another writer, in this or another process, holds the
+  // lock; INTERNAL naming the path on I/O errors.
   static StatusOr<std::unique_ptr<CheckpointWriter>> Create(const CheckpointOptions& options);
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+  ~CheckpointWriter();
 
   // Writes and publishes checkpoint `step` of `content` (replacing an existing ckpt-<step>), then
   // deletes checkpoints beyond keep_last. Errors: INTERNAL naming the file on I/O errors (the
@@ -154,11 +163,12 @@ class CheckpointWriter {
   const CheckpointOptions& options() const { return o_; }
 
  private:
-  explicit CheckpointWriter(const CheckpointOptions& o) : o_(o) {}
+  CheckpointWriter(const CheckpointOptions& o, int lock_fd) : o_(o), lock_fd_(lock_fd) {}
   void Retain();
   Status FireHook(const std::string& event);
 
   CheckpointOptions o_;
+  int lock_fd_ = -1;  // DIR/LOCK, flock'ed exclusively; -1 where the file system has no locks
   int64_t counter_ = 0;
   // Incremental bookkeeping: the last committed checkpoint of this writer and each table's epoch
   // in it; empty until the first commit (so the first checkpoint after a resume is full).
@@ -171,7 +181,8 @@ class CheckpointWriter {
 class CheckpointReader {
  public:
   // `path` is a checkpoint root (the directory named by its LATEST file; without LATEST, or when
-  // it names a missing directory, the ckpt-<step> of highest step) or one ckpt-<step> directory.
+  // it names a missing directory, the ckpt-<step> of highest step; the latter is logged as a
+  // warning naming both) or one ckpt-<step> directory.
   // Validates the whole chain (every manifest, every file's size and CRC32C, every table file's
   // structure) before returning. Errors: NOT_FOUND (no checkpoint, a missing file: named),
   // DATA_LOSS (corrupt or truncated file: named, with what was wrong), INVALID_ARGUMENT (a broken

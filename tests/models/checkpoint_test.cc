@@ -5,6 +5,7 @@
 // checkpoint loadable and no partial one visible; re-sharding through the reader.
 #include "worker/checkpoint.h"
 
+#include <glog/logging.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -310,6 +311,7 @@ TEST(Checkpoint, WriterStoppedMidWrite_PreviousStaysLatest_NoPartialVisible) {
     for (const auto& n : before) tmp_left |= n.rfind("tmp-", 0) == 0;
     EXPECT_TRUE(tmp_left);
     o.fault_hook = nullptr;
+    w.reset();  // the stopped writer's process is gone (its lock with it)
     auto w2 = std::move(CheckpointWriter::Create(o)).value();
     const auto after = ps::ListDir(dir).value();
     for (const auto& n : after) EXPECT_NE(n.rfind("tmp-", 0), 0u) << n;
@@ -344,6 +346,94 @@ TEST(Checkpoint, WriterKilledWithSigkill_LatestAlwaysLoadable) {
     ASSERT_TRUE(step.ok()) << "round " << round << ": " << step.status();
     EXPECT_GT(*step, 1000 * round) << "round " << round;
   }
+  ps::RemoveTree(dir);
+}
+
+// LATEST naming a missing directory (a writer killed between moving a same-step checkpoint
+// aside and updating LATEST): the reader falls back to the newest ckpt-<step>, and says so.
+TEST(Checkpoint, LatestNamesMissingDirectory_FallsBackToNewest_WithAWarningNamingBoth) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(3, 1, 2);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.keep_last = 5;
+  {
+    auto w = std::move(CheckpointWriter::Create(o)).value();
+    ASSERT_TRUE(w->Write(4, a.content).ok());
+    ASSERT_TRUE(w->Write(7, a.content).ok());
+    ASSERT_TRUE(w->Write(9, a.content).ok());
+  }
+  ASSERT_TRUE(ps::WriteFileAtomically(dir + "/LATEST", "ckpt-12\n").ok());
+  FLAGS_logtostderr = true;  // glog's warnings to stderr, where the test reads them
+  testing::internal::CaptureStderr();
+  auto r = CheckpointReader::Open(dir);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->step(), 9);
+  EXPECT_EQ((*r)->dir(), dir + "/ckpt-9");
+  EXPECT_NE(err.find(dir + "/LATEST names 'ckpt-12', which is missing; using " + dir + "/ckpt-9"),
+            std::string::npos)
+      << err;
+  // LATEST naming an existing checkpoint: used, and nothing logged.
+  ASSERT_TRUE(ps::WriteFileAtomically(dir + "/LATEST", "ckpt-7\n").ok());
+  testing::internal::CaptureStderr();
+  auto r7 = CheckpointReader::Open(dir);
+  const std::string quiet = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(quiet.find("LATEST"), std::string::npos) << quiet;
+  ASSERT_TRUE(r7.ok()) << r7.status();
+  EXPECT_EQ((*r7)->step(), 7);
+  // Nothing to fall back to: the error names LATEST and what it names.
+  const std::string empty = TempDir();
+  ASSERT_TRUE(ps::WriteFileAtomically(empty + "/LATEST", "ckpt-3\n").ok());
+  auto none = CheckpointReader::Open(empty);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(none.status().message().find(empty + "/LATEST: names 'ckpt-3', which is missing"),
+            std::string::npos)
+      << none.status();
+  ps::RemoveTree(empty);
+  ps::RemoveTree(dir);
+}
+
+// Two runs writing one checkpoint.dir would interleave checkpoints and delete each other's staging
+// directories: the second writer is refused, naming the directory and the first one's pid, and
+// the first one's staging directory survives. The lock goes with the writer (or its process).
+TEST(Checkpoint, SecondWriterOnTheSameDir_FailedPreconditionNamingDirAndPid) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(3, 1, 2);
+  CheckpointOptions o;
+  o.dir = dir;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  ASSERT_TRUE(w->Write(2, a.content).ok());
+  const std::string staging = w->Begin(5).value();  // a checkpoint being written
+  auto second = CheckpointWriter::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(
+      second.status().message().find("checkpoint.dir " + dir + " is in use by another run (pid " +
+                                     std::to_string(::getpid()) + ")"),
+      std::string::npos)
+      << second.status();
+  EXPECT_TRUE(ps::IsDirectory(staging)) << "the refused writer removed a live staging directory";
+  // Another process is refused too (flock, not a per-process table).
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto s = CheckpointWriter::Create(o);
+    ::_exit(!s.ok() && s.status().code() == StatusCode::kFailedPrecondition ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // Readers take no lock.
+  EXPECT_TRUE(CheckpointReader::Open(dir).ok());
+  w.reset();
+  auto third = CheckpointWriter::Create(o);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_FALSE(ps::IsDirectory(staging));  // the stale staging directory of the old writer
+  EXPECT_TRUE((*third)->Write(6, a.content).ok());
   ps::RemoveTree(dir);
 }
 

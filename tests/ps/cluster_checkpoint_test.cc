@@ -206,8 +206,9 @@ void KillAndResume(const std::string& name, const std::string& kill_args, int64_
   EXPECT_EQ((*latest)->incremental(), expect_latest == 16);  // 16 = 8 + its changes
   auto names = ps::ListDir(s.checkpoint_dir);
   ASSERT_TRUE(names.ok());
-  for (const std::string& n : *names)
-    EXPECT_TRUE(n == "LATEST" || n.rfind("ckpt-", 0) == 0 || n.rfind("tmp-", 0) == 0) << n;
+  for (const std::string& n : *names)  // LOCK: the coordinator's writer lock (worker/checkpoint.h)
+    EXPECT_TRUE(n == "LATEST" || n == "LOCK" || n.rfind("ckpt-", 0) == 0 || n.rfind("tmp-", 0) == 0)
+        << n;
 
   MpiRun resumed =
       RunMpiSelf(4, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir +
