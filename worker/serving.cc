@@ -215,6 +215,23 @@ Status ReadItemCats(const std::string& path, std::shared_ptr<const std::vector<u
   return Status::Ok();
 }
 
+// Removes an export's staging directory (tmp-v-N) when it goes out of scope, unless Release()d
+// once the directory has been renamed into place: every error return in between (an
+// incompatible delta base, a full disk, ...) leaves nothing behind.
+class StagingDirCleanup {
+ public:
+  explicit StagingDirCleanup(std::string dir) : dir_(std::move(dir)) {}
+  StagingDirCleanup(const StagingDirCleanup&) = delete;
+  StagingDirCleanup& operator=(const StagingDirCleanup&) = delete;
+  ~StagingDirCleanup() {
+    if (!dir_.empty() && ps::PathExists(dir_)) ps::RemoveTree(dir_);
+  }
+  void Release() { dir_.clear(); }
+
+ private:
+  std::string dir_;
+};
+
 }  // namespace
 
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
@@ -279,6 +296,7 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
     }
   }
   const std::string tmp = options.output + "/tmp-" + VersionName(version);
+  StagingDirCleanup cleanup(tmp);
   IPS_RETURN_IF_ERROR(ps::MakeDirs(tmp));
   ckpt::BundleManifest m;
   m.set_bundle_version(kBundleVersion);
@@ -435,6 +453,7 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
   const std::string final_dir = options.output + "/" + VersionName(version);
   if (std::rename(tmp.c_str(), final_dir.c_str()) != 0)
     return InternalError("rename " + tmp + " -> " + final_dir + " failed");
+  cleanup.Release();  // tmp is gone: the published version must never be removed here
   IPS_RETURN_IF_ERROR(ps::FsyncDir(options.output));
   IPS_RETURN_IF_ERROR(
       ps::WriteFileAtomically(options.output + "/" + kCurrent, VersionName(version) + "\n"));

@@ -411,6 +411,47 @@ TEST(Serving, DeltaBundle_LoadsToTheSameRowsAsAFullExport_AndIsPickedUp) {
   ps::RemoveTree(dir);
 }
 
+// A failed `ips export --delta` (a base of another precision; a corrupt base) leaves no staging
+// directory behind, and the current version stays current.
+TEST(Serving, FailedDeltaExport_LeavesNoStagingDirectory) {
+  const std::string dir = TempDir();
+  Trained t(9);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 10);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto leftovers = [&] {
+    std::vector<std::string> tmp;
+    const std::vector<std::string> names = ps::ListDir(eo.output).value();
+    for (const auto& n : names)
+      if (n.rfind("tmp-", 0) == 0) tmp.push_back(n);
+    return tmp;
+  };
+  ExportOptions delta = eo;
+  delta.delta = true;
+  delta.fp16 = true;  // the current version is fp32
+  auto r = ExportBundle(delta);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("same precision"), std::string::npos) << r.status();
+  EXPECT_TRUE(leftovers().empty()) << leftovers()[0];
+  EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
+
+  // A corrupt base: the delta cannot be computed.
+  const std::string rows = eo.output + "/v-1/rows-item.bin";
+  FILE* f = std::fopen(rows.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fseek(f, 100, SEEK_SET);
+  std::fputc(0x5a, f);
+  std::fclose(f);
+  delta.fp16 = false;
+  r = ExportBundle(delta);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(rows), std::string::npos) << r.status();
+  EXPECT_TRUE(leftovers().empty()) << leftovers()[0];
+  EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
+  ps::RemoveTree(dir);
+}
+
 constexpr char kMindConfig[] = R"(
 version: 1
 name: "serving_test_mind"
