@@ -198,7 +198,25 @@ TEST_P(ProtocolTest, SkipToResumesExactlyAndShardsPartitionTheEpoch) {
                         b.item[i], b.label[i]);
   ASSERT_EQ(tail.size(), rows.size() - 23);
   EXPECT_TRUE(std::equal(tail.begin(), tail.end(), rows.begin() + 23));
-  EXPECT_EQ(resumed.SkipTo(0, full.examples_per_epoch() + 1).code(), StatusCode::kOutOfRange);
+  {
+    // A checkpoint of another (larger) dataset: the message says so, naming both numbers.
+    const int64_t total = full.examples_per_epoch();
+    const Status past = resumed.SkipTo(0, total + 77);
+    EXPECT_EQ(past.code(), StatusCode::kOutOfRange);
+    EXPECT_NE(past.message().find("the checkpoint's position " + std::to_string(total + 77) +
+                                  " is past this dataset's epoch size of " + std::to_string(total) +
+                                  " examples"),
+              std::string::npos)
+        << past;
+    EXPECT_NE(past.message().find("written for another dataset"), std::string::npos) << past;
+    SequenceReader seqs(data_.get(), {}, ro);
+    const Status seq_past = seqs.SkipTo(0, seqs.sequences_per_epoch() + 5);
+    EXPECT_EQ(seq_past.code(), StatusCode::kOutOfRange);
+    EXPECT_NE(seq_past.message().find("is past this dataset's epoch size of " +
+                                      std::to_string(seqs.sequences_per_epoch()) + " sequences"),
+              std::string::npos)
+        << seq_past;
+  }
   // Workers reading disjoint shard sets see, together, exactly the full epoch's examples.
   std::multiset<std::tuple<uint64_t, std::vector<uint32_t>, uint32_t, float>> all(rows.begin(),
                                                                                   rows.end());
