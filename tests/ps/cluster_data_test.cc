@@ -198,6 +198,16 @@ std::string Digits17(double v) {
   return os.str();
 }
 
+// The cluster run's step losses (all 17 digits) and epoch lines equal single-process training's.
+void ExpectSameRun(const SingleProcess& sp, const ClusterMetrics& cm, const std::string& err) {
+  ASSERT_EQ(cm.losses.size(), sp.losses.size()) << err;
+  for (size_t i = 0; i < sp.losses.size(); ++i)
+    ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
+  ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
+  for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
+    EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
+}
+
 TEST_F(ClusterData, OneWorkerOnePsEqualsSingleProcessBitwise) {
   const std::string config = Config("one");
   const SingleProcess sp = TrainSingleProcess(config);
@@ -207,13 +217,7 @@ TEST_F(ClusterData, OneWorkerOnePsEqualsSingleProcessBitwise) {
   MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   std::cerr << "1 worker + 1 PS: " << r.seconds << " s\n";
-  const ClusterMetrics cm = ReadClusterMetrics(metrics);
-  ASSERT_EQ(cm.losses.size(), sp.losses.size()) << r.err;
-  for (size_t i = 0; i < sp.losses.size(); ++i)
-    ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
-  ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
-  for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
-    EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
+  ExpectSameRun(sp, ReadClusterMetrics(metrics), r.err);
   const std::string last = LastLine(r.out);
   EXPECT_EQ(
       last.rfind("RESULT train_cluster model=din workers=1 ps=1 sync=sync epochs=2 steps=60", 0),
@@ -233,13 +237,7 @@ TEST_F(ClusterData, GivenDatasetOneWorkerEqualsSingleProcessAndReportsRowAuc) {
   const std::string metrics = Dir() + "/given.jsonl";
   MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
-  const ClusterMetrics cm = ReadClusterMetrics(metrics);
-  ASSERT_EQ(cm.losses.size(), sp.losses.size()) << r.err;
-  for (size_t i = 0; i < sp.losses.size(); ++i)
-    ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
-  ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
-  for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
-    EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
+  ExpectSameRun(sp, ReadClusterMetrics(metrics), r.err);
   const std::string last = LastLine(r.out);
   EXPECT_EQ(last.find(" hr10="), std::string::npos) << last;
   const double auc = std::stod(JsonField(sp.epoch_lines[1], "auc"));
