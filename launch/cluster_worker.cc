@@ -252,12 +252,10 @@ void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch
   metrics << line.str();
 }
 
-void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
-                    const RankingEvalResult& eval, double loss, double samples_per_s,
-                    int64_t steps) {
-  RankingEvalResult shown = eval;
-  shown.k = top_k;  // an epoch not evaluated has a default-constructed eval
-  metrics << "{\"epoch\":" << epoch << "," << internal::EvalJsonMembers(shown, evaluated)
+void WriteEpochLine(std::ostream& metrics, int64_t epoch, const DatasetRunOptions& run,
+                    bool evaluated, const RankingEvalResult& eval, double loss,
+                    double samples_per_s, int64_t steps) {
+  metrics << "{\"epoch\":" << epoch << "," << internal::EpochEvalJsonMembers(eval, evaluated, run)
           << ",\"loss\":" << internal::JsonNumber(loss)
           << ",\"samples_per_s\":" << internal::JsonNumber(samples_per_s) << ",\"steps\":" << steps
           << ",\"eval_users\":" << (evaluated ? eval.users : 0)
@@ -727,7 +725,7 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
       progress->Update(walk.at().samples, extra);
     }
     if (metrics.is_open())  // single-process RunDatasetTraining's per-epoch line
-      WriteEpochLine(metrics, e + 1, run.top_k, evaluate, eval, summary.loss, epoch_samples_per_s,
+      WriteEpochLine(metrics, e + 1, run, evaluate, eval, summary.loss, epoch_samples_per_s,
                      source->steps());
   }
   if (stopped) return ck.Stop(job, source->steps(), progress.get());
@@ -751,7 +749,8 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   int exit_code = 0;
   if (w == 0) {
     std::cerr << "trained " << summary.steps_run << " steps x " << num_workers << " workers in "
-              << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users << " users\n";
+              << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users
+              << (summary.eval.ranked ? " users" : " rows") << "\n";
     if (metrics.is_open()) {
       WriteDatasetResultLine(metrics, cluster, summary);
       if (!metrics) exit_code = 1;

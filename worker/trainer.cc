@@ -450,6 +450,7 @@ Status FitJobToDataset(const Dataset& data, TrainJob* job) {
                                    "' is not one of seqrec, ctr, given");
   }
   if (m.train_examples == 0) return FailedPreconditionError("dataset has no training rows");
+  job->dataset.ranked_eval = m.eval_candidates > 0;
   if (m.eval_candidates > static_cast<uint64_t>(1) << 20)
     return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
                                    " is implausibly large");

@@ -213,6 +213,9 @@ struct DatasetRunOptions {
   int eval_every_epochs = 1;   // eval.every_epochs; the last epoch is always evaluated
   int64_t eval_max_users = 0;  // eval.max_users: evaluate the first N lists; 0 = all
   int top_k = 10;              // eval.top_k[0] (default 10)
+  // Whether the evaluation ranks candidate lists (seqrec, ctr) or scores labelled rows (given):
+  // set by FitJobToDataset; the epoch lines of epochs not evaluated name the same fields.
+  bool ranked_eval = true;
   // Full-ranking retrieval cut-offs (every eval.top_k; default 20, 50, 100) for models with
   // user vectors (MIND): the CLI runs EvaluateRetrieval after the ranking evaluation.
   std::vector<int> retrieval_cutoffs = {20, 50, 100};

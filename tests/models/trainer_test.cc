@@ -782,11 +782,12 @@ TEST_F(GivenDatasetTraining, DinLearnsTheLabelsAndIsEvaluatedByAucOverTheRows) {
   auto data = Convert(true);
   ASSERT_NE(data, nullptr);
   ASSERT_EQ(data->manifest().protocol, "given");
-  auto job =
-      DatasetJob(dir_ + "/ds", {"data.batch_size=64", "data.max_history=10", "train.epochs=3",
-                                "train.num_threads=1", "optimizer.learning_rate=0.01"});
+  auto job = DatasetJob(
+      dir_ + "/ds", {"data.batch_size=64", "data.max_history=10", "train.epochs=3",
+                     "train.num_threads=1", "optimizer.learning_rate=0.01", "eval.every_epochs=2"});
   ASSERT_OK(job.status());
   ASSERT_OK(FitJobToDataset(*data, &*job));
+  EXPECT_FALSE(job->dataset.ranked_eval);
   auto store = ps::LocalEmbeddingStore::Create(job->tables);
   ASSERT_OK(store.status());
   auto trainer = Trainer::Create(job->trainer, store->get());
@@ -804,6 +805,7 @@ TEST_F(GivenDatasetTraining, DinLearnsTheLabelsAndIsEvaluatedByAucOverTheRows) {
   EXPECT_LT(r->eval.logloss, 0.5);
   const std::string m = metrics.str();
   EXPECT_EQ(m.find("hr10"), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"epoch\":1,\"auc\":null,"), std::string::npos) << m;  // not evaluated
   EXPECT_NE(m.find("{\"epoch\":3,\"auc\":0."), std::string::npos) << m;
 
   // The AUC is the rows' pairwise AUC of the read-only predictions (counted here directly),

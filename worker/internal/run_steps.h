@@ -50,6 +50,17 @@ inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated
          ",\"logloss\":" + metric(eval.logloss);
 }
 
+// An epoch line's EvalJsonMembers: an epoch not evaluated (a default-constructed eval) names the
+// fields an evaluation of the run would have (top_k; no hr/ndcg for a given dataset), all null.
+inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
+                                        const DatasetRunOptions& options) {
+  if (evaluated) return EvalJsonMembers(eval, true);
+  RankingEvalResult shown;
+  shown.k = options.top_k;
+  shown.ranked = options.ranked_eval;
+  return EvalJsonMembers(shown, false);
+}
+
 // The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.. auc=.." (given: " auc=..
 // gauc=..").
 inline std::string EvalProgressText(const RankingEvalResult& eval) {
@@ -317,9 +328,8 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
       progress->Update(r.samples, extra.str());
     }
     if (sinks.metrics_out != nullptr) {
-      RankingEvalResult shown = er.eval;
-      shown.k = options.top_k;  // an epoch not evaluated has a default-constructed eval
-      *sinks.metrics_out << "{\"epoch\":" << er.epoch << "," << EvalJsonMembers(shown, er.evaluated)
+      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ","
+                         << EpochEvalJsonMembers(er.eval, er.evaluated, options)
                          << ",\"loss\":" << JsonNumber(er.loss)
                          << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
                          << ",\"steps\":" << trainer->steps()
