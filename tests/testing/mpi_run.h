@@ -66,10 +66,16 @@ inline MpiRun RunMpi(const std::string& program, int np, const std::string& args
   static int runs = 0;  // a process's runs are sequential; concurrent processes differ by pid
   const std::string base =
       TempRoot() + "/ips_mpi_run_" + std::to_string(getpid()) + "_" + std::to_string(runs++);
-  const std::string cmd = "timeout -k 10 " + std::to_string(timeout_s) +
-                          " " IPS_MPIEXEC " --allow-run-as-root --oversubscribe " + mpirun_flags +
-                          " -np " + std::to_string(np) + " " + program + " " + args + " >" + base +
-                          ".out 2>" + base + ".err";
+  // Each mpirun gets its own session directory: two mpiruns started at once (ctest -j2) race
+  // creating the shared default /tmp/ompi.<host>.<uid>, and the loser fails with "mkdir ... File
+  // exists" before any rank runs.
+  const std::string session = base + ".ompi";
+  const std::string cmd = "mkdir -p " + session + " && timeout -k 10 " + std::to_string(timeout_s) +
+                          " " IPS_MPIEXEC
+                          " --allow-run-as-root --oversubscribe --mca "
+                          "orte_tmpdir_base " +
+                          session + " " + mpirun_flags + " -np " + std::to_string(np) + " " +
+                          program + " " + args + " >" + base + ".out 2>" + base + ".err";
   MpiRun r;
   Timer timer;
   const int status = std::system(cmd.c_str());
@@ -80,6 +86,7 @@ inline MpiRun RunMpi(const std::string& program, int np, const std::string& args
   r.output = r.err + "---- stdout ----\n" + r.out;
   std::remove((base + ".out").c_str());
   std::remove((base + ".err").c_str());
+  (void)std::system(("rm -rf " + session).c_str());
   return r;
 }
 
