@@ -5,6 +5,7 @@
 #ifndef IPS_LAUNCH_COMMANDS_H_
 #define IPS_LAUNCH_COMMANDS_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,9 +15,15 @@
 namespace ips {
 
 class FlagSet;
+class SeqTrainer;
+class Trainer;
+struct TrainJob;
 namespace config {
 class Config;
 }  // namespace config
+namespace ps {
+class EmbeddingStore;
+}  // namespace ps
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
@@ -47,6 +54,10 @@ int RunTrainCommand(const std::vector<std::string>& args);
 // (launch/train_command.cc). CheckStreamConfig: `ips train --stream` refuses checkpoint.dir (a
 // stream writes no checkpoints). INVALID_ARGUMENT naming the field.
 Status CheckStreamConfig(const config::Config& config);
+// The trainer of the job's model family, as `ips train`, `ips eval` and `ips config check` build
+// it (launch/train_command.cc): a CTR Trainer or a SeqTrainer; the other stays null.
+Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
+                   std::unique_ptr<SeqTrainer>* seq);
 // `ips eval --config FILE --checkpoint DIR [--set ...] [--metrics_out FILE]`: the evaluation of
 // the config's model family on a checkpoint (launch/eval_command.cc).
 int RunEvalCommand(const std::vector<std::string>& args);

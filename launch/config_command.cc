@@ -28,7 +28,6 @@
 #include "ps/local_embedding_store.h"
 #include "worker/cluster.h"
 #include "worker/data_reader.h"
-#include "worker/model_factory.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
 
@@ -91,14 +90,11 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
   // at the job's batch capacity (its buffers: what training allocates anyway).
   auto store = ps::LocalEmbeddingStore::CreateThreaded(job->tables, job->trainer.num_threads);
   if (!store.ok()) return store.status();
-  if (stream || !IsSequenceModel(job->trainer.model.kind)) {
-    auto trainer = Trainer::Create(job->trainer, store->get());
-    if (!trainer.ok()) return trainer.status();
-  } else {
-    auto trainer = CreateSeqTrainer(job->trainer, store->get());
-    if (!trainer.ok()) return trainer.status();
-  }
-  return Status::Ok();
+  std::unique_ptr<Trainer> ctr;
+  std::unique_ptr<SeqTrainer> seq;
+  // A stream trains a CTR Trainer whatever the model (RunStreamTrain), failing as it does.
+  if (stream) return Trainer::Create(job->trainer, store->get()).status();
+  return MakeTrainer(*job, store->get(), &ctr, &seq);
 }
 
 }  // namespace

@@ -45,17 +45,11 @@ StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
                           std::unique_ptr<Trainer>* ctr, std::unique_ptr<SeqTrainer>* seq) {
   const std::string text = ConfigToText(cfg);
   CheckpointContent content;
-  if (!IsSequenceModel(job.trainer.model.kind)) {
-    IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
+  IPS_RETURN_IF_ERROR(MakeTrainer(job, store, ctr, seq));
+  if (*ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(content, TrainerCheckpointContent(
                                       &(*ctr)->model(), &(*ctr)->dense_optimizer(), store, text));
   } else {
-    IPS_ASSIGN_OR_RETURN(auto model, CreateSeqModel(job.trainer.model));
-    SeqTrainerOptions o;
-    o.dense_optimizer = job.trainer.dense_optimizer;
-    o.num_threads = job.trainer.num_threads;
-    o.item_table = job.trainer.item_table;
-    IPS_ASSIGN_OR_RETURN(*seq, SeqTrainer::Create(o, store, std::move(model)));
     IPS_ASSIGN_OR_RETURN(content, SeqTrainerCheckpointContent(seq->get(), store, text));
   }
   return LoadCheckpoint(checkpoint, content, nullptr);

@@ -47,6 +47,16 @@ Status CheckStreamConfig(const config::Config& cfg) {
   return Status::Ok();
 }
 
+Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
+                   std::unique_ptr<SeqTrainer>* seq) {
+  if (!IsSequenceModel(job.trainer.model.kind)) {
+    IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
+    return Status::Ok();
+  }
+  IPS_ASSIGN_OR_RETURN(*seq, CreateSeqTrainer(job.trainer, store));
+  return Status::Ok();
+}
+
 namespace {
 
 std::string Fixed(double v, int digits) {
@@ -121,17 +131,6 @@ int ReportStopped(const std::string& model, int64_t step, const CheckpointSetup&
   if (ck.writer != nullptr) line.Add("checkpoint", ck.dir + "/ckpt-" + std::to_string(step));
   line.Print();
   return kExitStopped;
-}
-
-// The trainer of the job's model family: a CTR Trainer or a SeqTrainer (the other stays null).
-Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
-                   std::unique_ptr<SeqTrainer>* seq) {
-  if (!IsSequenceModel(job.trainer.model.kind)) {
-    IPS_ASSIGN_OR_RETURN(*ctr, Trainer::Create(job.trainer, store));
-    return Status::Ok();
-  }
-  IPS_ASSIGN_OR_RETURN(*seq, CreateSeqTrainer(job.trainer, store));
-  return Status::Ok();
 }
 
 // data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
