@@ -183,14 +183,24 @@ TrainReader::TrainReader(const Dataset* data, std::vector<int> shards, ReaderOpt
   StartEpoch(0);
 }
 
-Status TrainReader::SkipTo(int64_t epoch, int64_t position) {
-  const int64_t total = examples_per_epoch();
+namespace {
+
+// A reader's SkipTo position (from a resumed checkpoint) within an epoch of `total` `unit`s: one
+// past the epoch was saved for other data.
+Status CheckResumePosition(int64_t position, int64_t total, const char* unit) {
   if (position < 0) return OutOfRangeError("SkipTo: negative position " + std::to_string(position));
-  // Positions come from a resumed checkpoint: one past the epoch was saved for other data.
   if (position > total)
     return OutOfRangeError("SkipTo: the checkpoint's position " + std::to_string(position) +
-                           " is past this dataset's epoch size of " + std::to_string(total) +
-                           " examples: the checkpoint was probably written for another dataset");
+                           " is past this dataset's epoch size of " + std::to_string(total) + " " +
+                           unit + ": the checkpoint was probably written for another dataset");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status TrainReader::SkipTo(int64_t epoch, int64_t position) {
+  const int64_t total = examples_per_epoch();
+  IPS_RETURN_IF_ERROR(CheckResumePosition(position, total, "examples"));
   if (epoch != epoch_ || order_.size() != static_cast<size_t>(total)) {
     order_.resize(total);
     for (int64_t i = 0; i < total; ++i) order_[i] = static_cast<uint64_t>(i);
@@ -304,12 +314,7 @@ SequenceReader::SequenceReader(const Dataset* data, std::vector<int> shards, Rea
 
 Status SequenceReader::SkipTo(int64_t epoch, int64_t position) {
   const int64_t total = sequences_per_epoch();
-  if (position < 0) return OutOfRangeError("SkipTo: negative position " + std::to_string(position));
-  // Positions come from a resumed checkpoint: one past the epoch was saved for other data.
-  if (position > total)
-    return OutOfRangeError("SkipTo: the checkpoint's position " + std::to_string(position) +
-                           " is past this dataset's epoch size of " + std::to_string(total) +
-                           " sequences: the checkpoint was probably written for another dataset");
+  IPS_RETURN_IF_ERROR(CheckResumePosition(position, total, "sequences"));
   if (epoch != epoch_) {
     order_.resize(total);
     for (int64_t i = 0; i < total; ++i) order_[i] = static_cast<uint32_t>(i);
