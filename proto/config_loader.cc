@@ -308,7 +308,8 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
   const auto& d = cfg.data();
   if (d.batch_size() <= 0 || d.batch_size() > kMaxBatch)
     return fail({{"data", -1}, {"batch_size", -1}},
-                (d.batch_size() <= 0 ? "must be positive, got " : "must be at most 1048576, got ") +
+                (d.batch_size() <= 0 ? "must be positive, got "
+                                     : "must be at most " + std::to_string(kMaxBatch) + ", got ") +
                     std::to_string(d.batch_size()));
   if (d.has_synthetic() && !d.train_dir().empty())
     return fail({{"data", -1}, {"train_dir", -1}},

@@ -72,12 +72,18 @@ struct LineStats {
   std::map<std::string, uint64_t> filtered;
 };
 
-// "N lines: B bad, F filtered", for errors about an input that yielded nothing usable.
-std::string LineSummary(const LineStats& stats) {
+uint64_t FilteredTotal(const LineStats& stats) {
   uint64_t filtered = 0;
   for (const auto& [reason, n] : stats.filtered) filtered += n;
-  return std::to_string(stats.lines) + " lines: " + std::to_string(stats.bad) + " bad, " +
-         std::to_string(filtered) + " filtered";
+  return filtered;
+}
+
+// "N lines: B bad, F filtered" of the lines counted since `before` (the start by default), for
+// errors about an input that yielded nothing usable.
+std::string LineSummary(const LineStats& stats, const LineStats& before = {}) {
+  return std::to_string(stats.lines - before.lines) +
+         " lines: " + std::to_string(stats.bad - before.bad) + " bad, " +
+         std::to_string(FilteredTotal(stats) - FilteredTotal(before)) + " filtered";
 }
 
 // Reads `path` line by line; `parse(line, err)` returns false for a malformed line. Blank lines
@@ -674,17 +680,9 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
             d.rows.push_back(rec);
             return true;
           }));
-      if (d.rows.size() == d.num_train) {
-        LineStats eval_only;
-        eval_only.lines = stats.lines - before.lines;
-        eval_only.bad = stats.bad - before.bad;
-        for (const auto& [reason, n] : stats.filtered) {
-          const auto it = before.filtered.find(reason);
-          eval_only.filtered[reason] = n - (it == before.filtered.end() ? 0 : it->second);
-        }
+      if (d.rows.size() == d.num_train)
         return InvalidArgumentError(opt.eval_input + ": no usable examples (" +
-                                    LineSummary(eval_only) + ")");
-      }
+                                    LineSummary(stats, before) + ")");
     }
     if (d.rows.size() >= 0xffffffffULL) return InvalidArgumentError("too many DIEN rows");
     IPS_RETURN_IF_ERROR(BuildFromDien(d, opt, &b));
