@@ -9,6 +9,7 @@
 #include "common/thread_pool.h"
 #include "kernels/activation.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/small_gemm.h"
 #include "kernels/linear.h"
 #include "kernels/loss.h"
 #include "models/dien_ops.h"
@@ -30,13 +31,10 @@ Status Bad(const std::string& field, const std::string& what) {
 size_t ElemsFor(size_t bytes, size_t elem) { return (bytes + elem - 1) / elem; }
 
 // ---- Small products for the auxiliary MLP tiles ------------------------------------------------
-// GCC/Clang vector extensions, register-blocked like the recurrent kernels' products
-// (kernels/cpu/recurrent.cc): the BLAS would bring its own thread pool, whose spinning workers
-// collide with ours on a shared 2-core VM, and at tile sizes its packing dominates (OpenBLAS
-// 0.3.21 also detects this Zen 4 VM as Prescott and runs SSE3 kernels: ~10-17 GFLOPS measured at
-// the aux shapes, 4x slower than these tiles). Double (gradient checks) uses the portable 32-byte
-// vectors; float runs an AVX-512 clone (64-byte vectors) or an AVX2+FMA clone when the CPU has
-// one.
+// Products go through kernels/cpu/small_gemm.h (per-ISA micro-kernels picked at run time; it says
+// why not the BLAS). The 1-wide output layer (RowDot) and the sigmoids are vectorised here with
+// GCC/Clang vector extensions: double (gradient checks) uses portable 32-byte vectors; float runs
+// an AVX-512 clone (64-byte vectors) or an AVX2+FMA clone when the CPU has one.
 #pragma GCC diagnostic ignored "-Wpsabi"
 template <typename T, int kBytes>
 struct VecOf {
@@ -51,103 +49,6 @@ IPS_DIEN_INLINE V Load(const T* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-template <typename V, typename T>
-IPS_DIEN_INLINE void Store(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// Columns [j, j + kVecs·|V|) of kRows output rows, accumulators in registers over the k loop.
-template <typename T, typename V, int kRows, int kVecs>
-IPS_DIEN_INLINE void Panel(int64_t j, int64_t k, int64_t n, const T* in, int64_t in_rs,
-                           int64_t in_cs, const T* __restrict m, const T* bias, bool accumulate,
-                           T* out, int64_t ld_out) {
-  constexpr int64_t L = sizeof(V) / sizeof(T);
-  V acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVecs; ++v) {
-      if (accumulate) {
-        acc[r][v] = Load<V>(out + r * ld_out + j + v * L);
-      } else if (bias != nullptr) {
-        acc[r][v] = Load<V>(bias + j + v * L);
-      } else {
-        acc[r][v] = V{};
-      }
-    }
-  for (int64_t p = 0; p < k; ++p) {
-    V w[kVecs];
-    for (int v = 0; v < kVecs; ++v) w[v] = Load<V>(m + p * n + j + v * L);
-    for (int r = 0; r < kRows; ++r) {
-      const T a = in[r * in_rs + p * in_cs];
-      for (int v = 0; v < kVecs; ++v) acc[r][v] += a * w[v];
-    }
-  }
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVecs; ++v) Store(out + r * ld_out + j + v * L, acc[r][v]);
-}
-
-template <typename T, int kBytes, int kRows>
-IPS_DIEN_INLINE void PanelRows(int64_t k, int64_t n, const T* in, int64_t in_rs, int64_t in_cs,
-                               const T* __restrict m, const T* bias, bool accumulate, T* out,
-                               int64_t ld_out) {
-  constexpr int64_t L = kBytes / sizeof(T), L2 = L / 2, L4 = L / 4;
-  int64_t j = 0;
-  for (; j + 2 * L <= n; j += 2 * L)
-    Panel<T, Vec<T, kBytes>, kRows, 2>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
-  for (; j + L <= n; j += L)
-    Panel<T, Vec<T, kBytes>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
-  for (; j + L2 <= n; j += L2)
-    Panel<T, Vec<T, kBytes / 2>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
-                                           ld_out);
-  if constexpr (L4 >= 2) {
-    for (; j + L4 <= n; j += L4)
-      Panel<T, Vec<T, kBytes / 4>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
-                                             ld_out);
-  }
-  // Pairs of columns (e.g. the last 2 of the 50-wide layer) stay vectorised too.
-  for (; j + 2 <= n; j += 2)
-    Panel<T, Vec<T, 2 * sizeof(T)>, kRows, 1>(j, k, n, in, in_rs, in_cs, m, bias, accumulate, out,
-                                              ld_out);
-  for (; j < n; ++j) {
-    for (int r = 0; r < kRows; ++r) {
-      T acc = accumulate ? out[r * ld_out + j] : (bias != nullptr ? bias[j] : T(0));
-      for (int64_t p = 0; p < k; ++p) acc += in[r * in_rs + p * in_cs] * m[p * n + j];
-      out[r * ld_out + j] = acc;
-    }
-  }
-}
-
-// out[r][j] (= or +=) bias[j] + sum_p in(r, p) m[p][j], r < rows; m row-major [k x n] (row
-// stride n); in(r, p) = in[r in_rs + p in_cs], so a transposed left operand is free.
-// kBig rows x 2 vectors of accumulators: 6 x 2 (+ 2 weight vectors + 1 broadcast) fits the 16
-// AVX2 registers; AVX-512 runs 8 x 2 (measured best of 6, 8, 12); the rest in blocks of 4, 2, 1.
-template <typename T, int kBytes = 32, int kBig = 6>
-IPS_DIEN_INLINE void MatMulImpl(int64_t rows, int64_t k, int64_t n, const T* in, int64_t in_rs,
-                                int64_t in_cs, const T* __restrict m, const T* bias,
-                                bool accumulate, T* out, int64_t ld_out) {
-  int64_t r = 0;
-  for (; r + kBig <= rows; r += kBig)
-    PanelRows<T, kBytes, kBig>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
-                               out + r * ld_out, ld_out);
-  if constexpr (kBig > 6) {
-    for (; r + 6 <= rows; r += 6)
-      PanelRows<T, kBytes, 6>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
-                              out + r * ld_out, ld_out);
-  }
-  if (r + 4 <= rows) {
-    PanelRows<T, kBytes, 4>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
-                            out + r * ld_out, ld_out);
-    r += 4;
-  }
-  if (r + 2 <= rows) {
-    PanelRows<T, kBytes, 2>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
-                            out + r * ld_out, ld_out);
-    r += 2;
-  }
-  if (r < rows)
-    PanelRows<T, kBytes, 1>(k, n, in + r * in_rs, in_rs, in_cs, m, bias, accumulate,
-                            out + r * ld_out, ld_out);
-}
-
 // out[r] = bias + <in row r, w> over k: the 1-wide output layer, vectorised along k (a panel
 // product would run it one scalar FMA at a time).
 template <typename T, int kBytes = 32>
@@ -179,20 +80,9 @@ IPS_DIEN_INLINE void SigmoidBackwardImpl(const T* __restrict y, T* __restrict d,
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define IPS_DIEN_AVX2 1
-__attribute__((target("avx2,fma"))) void MatMulAvx2(int64_t rows, int64_t k, int64_t n,
-                                                    const float* in, int64_t in_rs, int64_t in_cs,
-                                                    const float* m, const float* bias,
-                                                    bool accumulate, float* out, int64_t ld_out) {
-  MatMulImpl(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
-}
 __attribute__((target("avx2,fma"))) void SigmoidAvx2(float* x, int64_t n) { SigmoidImpl(x, n); }
 __attribute__((target("avx2,fma"))) void SigmoidBackwardAvx2(const float* y, float* d, int64_t n) {
   SigmoidBackwardImpl(y, d, n);
-}
-__attribute__((target("avx512f,avx512vl,fma"))) void MatMulAvx512(
-    int64_t rows, int64_t k, int64_t n, const float* in, int64_t in_rs, int64_t in_cs,
-    const float* m, const float* bias, bool accumulate, float* out, int64_t ld_out) {
-  MatMulImpl<float, 64, 8>(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
 }
 __attribute__((target("avx512f,avx512vl,fma"))) void RowDotAvx512(int64_t rows, int64_t k,
                                                                   const float* in, int64_t ld_in,
@@ -213,18 +103,18 @@ bool HasAvx2() {
 
 namespace aux_internal {
 
+// out[r][j] (= or +=) bias[j] + sum_p in(r, p) m[p][j], r < rows; m row-major [k x n] (row
+// stride n); in(r, p) = in[r in_rs + p in_cs], so a transposed left operand is free. The bias is
+// written first and the product accumulated onto it, the same FMA chain per element as a
+// product started from the bias.
 template <typename T>
 void MatMul(int64_t rows, int64_t k, int64_t n, const T* in, int64_t in_rs, int64_t in_cs,
             const T* m, const T* bias, bool accumulate, T* out, int64_t ld_out) {
-#ifdef IPS_DIEN_AVX2
-  if constexpr (std::is_same_v<T, float>) {
-    if (HasAvx512())
-      return MatMulAvx512(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
-    if (HasAvx2())
-      return MatMulAvx2(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+  if (!accumulate && bias != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * ld_out, bias, n * sizeof(T));
+    accumulate = true;
   }
-#endif
-  MatMulImpl(rows, k, n, in, in_rs, in_cs, m, bias, accumulate, out, ld_out);
+  kernels::cpu::SmallMm(rows, n, k, in, in_rs, in_cs, m, n, out, ld_out, accumulate);
 }
 
 template <typename T>
