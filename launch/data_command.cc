@@ -1,6 +1,8 @@
 // `ips data convert|inspect|synth`: the command-line face of the data layer (worker/
 // dataset_builder.h, worker/data_reader.h). Usage errors exit 2 with usage text on stderr, data
-// errors exit 1 naming file, line and field; success ends with one `RESULT data_* ...` line.
+// errors exit 1 naming file, line and field (or, for an input that would convert into a dataset
+// that cannot train or evaluate, the file, what is missing and the remedy); success ends with one
+// `RESULT data_* ...` line.
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -54,7 +56,9 @@ void DeclareConvertFlags(FlagSet* f) {
   f->Int("max_bad_records", 0, "skip and count up to N malformed lines (more fails)");
   f->Int("max_history", 50, "history window L (seqrec: positives at the last L train positions)");
   f->Int("eval_negatives", 100,
-         "sampled negatives per evaluation list, 1..100000 (seqrec/ctr; unused by dien)");
+         "sampled negatives per evaluation list, 1..100000, drawn with replacement from the items "
+         "the user never interacted with (seqrec/ctr; unused by dien; an input where a user "
+         "interacted with every item is refused)");
   f->Int("eval_users", 10000,
          "evaluate a seeded random N >= 1 of the users with >= 3 events, or all of them when "
          "there are fewer (seqrec/ctr; unused by dien)");

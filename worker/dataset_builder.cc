@@ -232,6 +232,64 @@ uint64_t ShardOf(uint64_t user_raw, int shards) {
   return Mix64(user_raw ^ 0x5851f42d4c957f2dULL) % static_cast<uint64_t>(shards);
 }
 
+// Every negative (an evaluation candidate drawn here, a training negative drawn per epoch by
+// the reader) must be an item the user never interacted with. A user who interacted with every
+// item has none: the sampler would hand back one of its own items (even the held-out one), so
+// its list ranks the positive against itself, and training labels its own items (even the
+// row's positive) 0. The peer's and SASRec's reference samplers loop forever there. Refused
+// rather than dropped from evaluation: excluding users would silently change the evaluated
+// population (and the seeded sample of every other user), and the same users' training
+// negatives would stay wrong. Only users with >= num_items events can be affected, so the check
+// costs nothing on real catalogues.
+Status CheckEveryUserHasANegative(const Built& b, const std::vector<uint32_t>& evaluated,
+                                  uint32_t num_items, const ConvertOptions& opt,
+                                  const std::string& path) {
+  std::vector<uint32_t> stamp(num_items + 1, 0);
+  uint64_t affected = 0, needing = 0;
+  size_t first = b.rec_user.size(), e = 0;
+  bool first_evaluated = false, first_trains = false;
+  for (size_t r = 0; r < b.rec_user.size(); ++r) {
+    const bool is_evaluated = e < evaluated.size() && evaluated[e] == r;
+    if (is_evaluated) ++e;
+    const bool trains = b.train_begin[r + 1] > b.train_begin[r];
+    if (!is_evaluated && !trains) continue;  // nothing is ever drawn for this user
+    ++needing;
+    const uint64_t begin = b.rec_off[r], end = b.rec_off[r + 1];
+    if (end - begin < num_items) continue;
+    uint32_t distinct = 0;
+    for (uint64_t k = begin; k < end; ++k) {
+      uint32_t& s = stamp[b.ev_item[k]];
+      if (s != static_cast<uint32_t>(r + 1)) {
+        s = static_cast<uint32_t>(r + 1);
+        ++distinct;
+      }
+    }
+    if (distinct < num_items) continue;
+    if (affected++ == 0) {
+      first = r;
+      first_evaluated = is_evaluated;
+      first_trains = trains;
+    }
+  }
+  if (affected == 0) return Status::Ok();
+  std::string needs;
+  if (first_evaluated)
+    needs = "the --eval_negatives=" + std::to_string(opt.eval_negatives) +
+            " candidates of its evaluation list";
+  if (first_trains)
+    needs +=
+        std::string(needs.empty() ? "" : " and ") + "the per-epoch negatives of its training rows";
+  return InvalidArgumentError(
+      path + ": user " + std::to_string(b.rec_user[first]) + " interacted with every one of the " +
+      std::to_string(num_items) + " items (" +
+      std::to_string(b.rec_off[first + 1] - b.rec_off[first]) +
+      " events), so no negative can be drawn for it: " + needs +
+      " must be items it never interacted with (" + std::to_string(affected) + " of the " +
+      std::to_string(needing) +
+      " users with training rows or an evaluation list interacted with every item); convert a "
+      "catalogue with items these users never interacted with, or remove their events");
+}
+
 // Event formats: group by user, split, build rows. `path` (the events file) names the input in
 // errors.
 Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
@@ -371,6 +429,22 @@ Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
     i = j;
   }
   b->users = b->rec_user.size();
+  // A training row is a position t >= 1 of a train sequence: without one, `ips train` would
+  // only fail later ("dataset has no training rows"). Refuse before anything is written.
+  if (b->train_pos.empty()) {
+    uint32_t most_train = 0;
+    for (uint32_t t : b->rec_train) most_train = std::max(most_train, t);
+    std::string remedy = "a user with 2 events, or with >= 4";
+    if (opt.min_user_events > 2 && stats->filtered.count("user_below_min_events"))
+      remedy += " (--min_user_events " + std::to_string(opt.min_user_events) +
+                " dropped the users with fewer)";
+    return InvalidArgumentError(
+        path + ": no training rows: no user has >= 2 training events (the most any user keeps is " +
+        std::to_string(most_train) +
+        "; the leave-one-out split holds out the last 2 events of users with >= 3, and a "
+        "training row needs an event before it): the input needs " +
+        remedy);
+  }
   // Evaluation users: all with >= 3 events, or a seeded random eval_users of them.
   std::vector<uint32_t> eligible;
   uint64_t most_kept = 0;
@@ -393,6 +467,7 @@ Status BuildFromEvents(std::vector<Event> events, const ConvertOptions& opt,
     std::sort(eligible.begin(), eligible.end());
   }
   const uint32_t num_items = static_cast<uint32_t>(b->item_raw.size() - 1);
+  IPS_RETURN_IF_ERROR(CheckEveryUserHasANegative(*b, eligible, num_items, opt, path));
   const NegativeSampler sampler = protocol == "ctr"
                                       ? NegativeSampler::Popularity(b->item_count.data(), num_items)
                                       : NegativeSampler::Uniform(num_items);

@@ -9,7 +9,10 @@
 //           each paired per epoch with one uniformly drawn item the user never interacted with
 //           (any split). Evaluation: all users with >= 3 events or a seeded random `eval_users`
 //           of them; history = last max_history of train+validation; candidates = test item +
-//           `eval_negatives` uniform never-interacted items (with replacement).
+//           `eval_negatives` uniform never-interacted items (with replacement). Input where a
+//           user that needs negatives (training rows or an evaluation list) interacted with
+//           every item, or where no user keeps >= 2 training events, is refused (the peer's
+//           sampler would loop forever on the first; the second cannot train).
 //   ctr     Same time-ordered leave-one-out split, but every train position t >= 1 is a
 //           positive (all behaviours count), and negatives (training per epoch and evaluation)
 //           are drawn by training popularity (item frequency among train events), never an item
@@ -62,10 +65,13 @@ Status ValidateConvertOptions(const ConvertOptions& options);
 // Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options, for a malformed line
 // ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad
 // (a MovieLens rating of an item missing from u.item / movies.dat is such a line), and for input
-// that would give a dataset the readers reject or that evaluates to NaN ("file: no usable
-// events", "file: no user has >= N events", no user with the 3 events leave-one-out evaluation
-// needs); NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. Refused input or options
-// leave options.output untouched. On success returns the manifest written to
+// that would give a dataset the readers reject, that cannot train or that evaluates to NaN or
+// to a meaningless ranking ("file: no usable events", "file: no user has >= N events", no user
+// with the 3 events leave-one-out evaluation needs, "file: no training rows" when no user keeps
+// >= 2 training events, "file: user U interacted with every one of the N items" when a user
+// with training rows or an evaluation list has no item left to draw its negatives from);
+// NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. Refused input or options leave
+// options.output untouched. On success returns the manifest written to
 // options.output/MANIFEST; shard files of an earlier conversion into the same directory that the
 // new manifest does not list (names exactly like ShardFileName's) are then removed.
 StatusOr<Manifest> ConvertDataset(const ConvertOptions& options);

@@ -1,7 +1,9 @@
 // Runs the built `ips` binary: a malformed input exits 1 naming file:line:field, an unknown flag
 // or format exits 2 with usage, and convert + inspect end with their RESULT lines. Inputs and
-// flag values that would yield a dataset the readers reject (or one evaluating to NaN) are refused.
+// flag values that would yield a dataset the readers reject (or one evaluating to NaN, one
+// without training rows, or one with a user no negative can be drawn for) are refused.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -19,8 +21,10 @@ testing::IpsRun Ips(const std::string& args) { return testing::RunIps(args); }
 
 TEST(DataCli, MalformedLineExitsOneNamingFileLineField) {
   testing::TempDir dir;
+  // User 2 (2 events) gives the training row; item 5 is one user 1 never interacted with.
   testing::WriteFile(dir.File("ub.csv"),
-                     "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,like,102\n1,4,3,pv,103\n");
+                     "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,like,102\n1,4,3,pv,103\n2,5,3,pv,104\n"
+                     "2,2,3,pv,105\n");
   const testing::IpsRun r = Ips("data convert --format taobao --input " + dir.File("ub.csv") +
                                 " --output " + dir.File("out"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
@@ -36,7 +40,7 @@ TEST(DataCli, MalformedLineExitsOneNamingFileLineField) {
   EXPECT_NE(ok.output.find(" bad_records=1 "), std::string::npos) << ok.output;
   const testing::IpsRun inspect = Ips("data inspect " + dir.File("out"));
   EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
-  EXPECT_NE(inspect.output.find("RESULT data_inspect users=1 items=2 categories=1 events=3"),
+  EXPECT_NE(inspect.output.find("RESULT data_inspect users=2 items=3 categories=1 events=5"),
             std::string::npos)
       << inspect.output;
   // A corrupted shard makes inspect fail with DATA_LOSS.
@@ -103,6 +107,35 @@ TEST(DataCli, DegenerateFlagValuesAreUsageErrorsNamingTheFlag) {
   const testing::IpsRun help = Ips("data convert --help");
   EXPECT_EQ(help.exit_code, 0) << help.output;
   EXPECT_NE(help.output.find("extra columns are ignored"), std::string::npos) << help.output;
+}
+
+TEST(DataCli, DatasetsThatCannotTrainOrHaveNoNegativeExitOneNamingTheInput) {
+  testing::TempDir dir;
+  // Every user keeps < 2 training events: nothing to train on.
+  testing::WriteFile(dir.File("s.txt"), "1 1\n1 2\n1 3\n2 2\n2 3\n2 4\n3 5\n");
+  testing::IpsRun r = Ips("data convert --format seqrec --input " + dir.File("s.txt") +
+                          " --output " + dir.File("out"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir.File("s.txt") +
+                          ": no training rows: no user has >= 2 training events"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("the input needs a user with 2 events, or with >= 4"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+  // User 1 interacted with all 4 items: no evaluation negative can be drawn for it.
+  testing::WriteFile(dir.File("all.txt"), "1 1\n1 2\n1 3\n1 4\n2 1\n2 2\n");
+  r = Ips("data convert --format seqrec --input " + dir.File("all.txt") + " --output " +
+          dir.File("out") + " --eval_negatives 5");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + dir.File("all.txt") +
+                          ": user 1 interacted with every one of the 4 items (4 events), so no "
+                          "negative can be drawn for it: the --eval_negatives=5 candidates"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+  EXPECT_NE(::access(dir.File("out").c_str(), F_OK), 0)
+      << "a refused conversion wrote " << dir.File("out");
 }
 
 TEST(DataCli, MovieLensItemMissingFromTheItemTableExitsOne) {

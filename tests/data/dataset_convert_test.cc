@@ -1,7 +1,8 @@
 // Converter tests: one per input format on small fixtures written here (plain and gzip), the
 // columns read back through Dataset/ShardView, malformed-line messages and bad-record accounting,
 // sharding, corruption/truncation of converted shards, and the inputs/options refused because
-// they would yield a dataset the readers reject or one that evaluates to NaN.
+// they would yield a dataset the readers reject, one that evaluates to NaN, one without training
+// rows, or one with a user no negative can be drawn for.
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -125,54 +126,60 @@ TEST(ConvertMovieLens100k, PlainAndGzipGiveIdenticalShardsAndExpectedColumns) {
 
 TEST(ConvertMovieLens1m, RatingsAndMoviesLatin1) {
   TempDir dir;
+  // User 2's two ratings give the training row; movie 40 is one user 1 never rated (its
+  // evaluation negatives).
   WriteGzip(dir.File("ratings.users_0001-0002.dat.gz"),
-            "1::20::5::978300760\n1::10::3::978300761\n1::30::4::978300700\n2::10::4::1\n");
+            "1::20::5::978300760\n1::10::3::978300761\n1::30::4::978300700\n2::10::4::1\n"
+            "2::40::3::2\n");
   WriteGzip(dir.File("movies.dat.gz"),
-            "10::Caf\xe9 (1995)::Comedy|Drama\n20::X (1999)::Western\n30::Y::Action\n");
+            "10::Caf\xe9 (1995)::Comedy|Drama\n20::X (1999)::Western\n30::Y::Action\n"
+            "40::Z (2000)::Comedy\n");
   auto m = ConvertDataset(Options("movielens1m", dir.path(), dir.File("out")));
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->events, 4u);
+  EXPECT_EQ(m->events, 5u);
   EXPECT_EQ(m->users, 2u);
-  EXPECT_EQ(m->items, 3u);
+  EXPECT_EQ(m->items, 4u);
   EXPECT_EQ(m->categories, 3u);
+  EXPECT_EQ(m->train_examples, 1u);
   auto d = OpenOrDie(dir.File("out"));
   ASSERT_NE(d, nullptr);
-  // Raw ids 10, 20, 30 -> dense 1, 2, 3; user 1 in time order: 30, 20, 10.
-  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 10, 20, 30}));
-  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 2, 1, 1}));
+  // Raw ids 10, 20, 30, 40 -> dense 1, 2, 3, 4; user 1 in time order: 30, 20, 10.
+  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 10, 20, 30, 40}));
+  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 2, 1, 1, 4}));
   // Categories: Comedy=5, Western=18, Action=1 -> dense over {1,5,18}.
-  EXPECT_EQ(Vec(d->item_cat()), (std::vector<uint32_t>{0, 2, 3, 1}));
+  EXPECT_EQ(Vec(d->item_cat()), (std::vector<uint32_t>{0, 2, 3, 1, 2}));
 }
 
 TEST(ConvertSeqRec, GzipLineOrderIsTimeOrderAndOneCategory) {
   TempDir dir;
-  WriteGzip(dir.File("Video.txt.gz"), "1 3\n2 1\n1 1\n1 2\n2 3\n");
+  // User 3's item 4 is one evaluated user 1 never interacted with (its negatives).
+  WriteGzip(dir.File("Video.txt.gz"), "1 3\n2 1\n1 1\n1 2\n2 3\n3 4\n");
   auto m = ConvertDataset(Options("seqrec", dir.File("Video.txt.gz"), dir.File("out")));
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->categories, 1u);
   auto d = OpenOrDie(dir.File("out"));
   ASSERT_NE(d, nullptr);
-  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 1, 2, 1, 3}));
-  EXPECT_EQ(Vec(d->shard(0).ev_ts), (std::vector<int64_t>{0, 2, 3, 1, 4}));
-  EXPECT_EQ(Vec(d->shard(0).ev_cat), std::vector<uint32_t>(5, 1));
+  EXPECT_EQ(Vec(d->shard(0).ev_item), (std::vector<uint32_t>{3, 1, 2, 1, 3, 4}));
+  EXPECT_EQ(Vec(d->shard(0).ev_ts), (std::vector<int64_t>{0, 2, 3, 1, 4, 5}));
+  EXPECT_EQ(Vec(d->shard(0).ev_cat), std::vector<uint32_t>(6, 1));
 }
 
 TEST(ConvertTaobao, CtrProtocolAllPositionsDenseCategories) {
   TempDir dir;
   WriteFile(dir.File("ub.csv"),
             "7,500,90,pv,30\n7,501,91,buy,10\n7,500,90,cart,20\n7,502,90,fav,40\n7,503,92,pv,"
-            "50\n8,501,91,pv,1\n");
+            "50\n8,504,91,pv,1\n");
   auto m = ConvertDataset(Options("taobao", dir.File("ub.csv"), dir.File("out")));
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->protocol, "ctr");
   EXPECT_EQ(m->train_negatives, "popularity");
   EXPECT_EQ(m->users, 2u);
-  EXPECT_EQ(m->items, 4u);
+  EXPECT_EQ(m->items, 5u);  // 504 (user 8's, category 91) is the one user 7 never interacted with
   EXPECT_EQ(m->categories, 3u);
   auto d = OpenOrDie(dir.File("out"));
   ASSERT_NE(d, nullptr);
   const ShardView& s = d->shard(0);
-  EXPECT_EQ(Vec(s.ev_item), (std::vector<uint32_t>{2, 1, 1, 3, 4, 2}));
+  EXPECT_EQ(Vec(s.ev_item), (std::vector<uint32_t>{2, 1, 1, 3, 4, 5}));
   EXPECT_EQ(Vec(s.ev_cat), (std::vector<uint32_t>{2, 1, 1, 1, 3, 2}));
   EXPECT_EQ(Vec(s.ev_action),
             (std::vector<uint8_t>{
@@ -312,20 +319,22 @@ TEST(ConvertErrors, MalformedLineNamesFileLineFieldAndValue) {
 
 TEST(ConvertErrors, MaxBadRecordsSkipsCountsAndAccountsForEveryLine) {
   TempDir dir;
-  // User 1 keeps 3 events (>= 3, so there is an evaluation list; see ConvertRefuses).
-  WriteFile(dir.File("s.txt"), "1 1\n1 x\n\n1 2\n2 1\n2 -\n3 3\n1 4\n");
+  // User 1 keeps 3 events (>= 3, so there is an evaluation list), user 4 two (the training
+  // row), and item 5 is one user 1 never interacted with (its negatives; see ConvertRefuses).
+  WriteFile(dir.File("s.txt"), "1 1\n1 x\n\n1 2\n2 1\n2 -\n3 3\n1 4\n4 5\n4 1\n");
   ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
   o.max_bad_records = 2;
   o.min_user_events = 2;
   auto m = ConvertDataset(o);
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->input_lines, 8u);
+  EXPECT_EQ(m->input_lines, 10u);
   EXPECT_EQ(m->bad_records, 2u);
   EXPECT_EQ(m->filtered.at("blank_line"), 1u);
   EXPECT_EQ(m->filtered.at("user_below_min_events"), 2u);  // users 2 and 3 have one event each
-  EXPECT_EQ(m->events, 3u);
-  EXPECT_EQ(m->items, 3u);  // item 3 belonged only to a dropped user
-  EXPECT_EQ(m->users, 1u);
+  EXPECT_EQ(m->events, 5u);
+  EXPECT_EQ(m->items, 4u);  // item 3 belonged only to a dropped user
+  EXPECT_EQ(m->users, 2u);
+  EXPECT_EQ(m->train_examples, 1u);
   EXPECT_EQ(m->events + m->bad_records + 1 + 2, m->input_lines);
   // The manifest round-trips the accounting.
   auto back = Manifest::ReadFrom(dir.File("out"));
@@ -467,12 +476,12 @@ TEST(ConvertRefuses, EmptyInputNamesTheFileAndWritesNothing) {
   EXPECT_FALSE(Exists(dir.File("out"))) << "a refused conversion must not create the output";
 }
 
-// Users 1 (3 events) and 2 (4 events).
-const char kTwoUsers[] = "1 1\n1 2\n1 3\n2 1\n2 2\n2 3\n2 4\n";
+// Users 1 (3 events), 2 and 3 (4 events each; both have items they never interacted with).
+const char kThreeUsers[] = "1 1\n1 2\n1 3\n2 1\n2 2\n2 3\n2 4\n3 5\n3 4\n3 6\n3 7\n";
 
 TEST(ConvertRefuses, MinUserEventsAboveEveryUserAndNegative) {
   TempDir dir;
-  WriteFile(dir.File("s.txt"), kTwoUsers);
+  WriteFile(dir.File("s.txt"), kThreeUsers);
   ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
   o.min_user_events = 5;
   ExpectInvalid(ConvertDataset(o),
@@ -484,14 +493,14 @@ TEST(ConvertRefuses, MinUserEventsAboveEveryUserAndNegative) {
   o.min_user_events = 4;
   auto m = ConvertDataset(o);
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->users, 1u);
+  EXPECT_EQ(m->users, 2u);
   EXPECT_EQ(m->filtered.at("user_below_min_events"), 3u);
   ASSERT_NE(OpenOrDie(dir.File("out")), nullptr);
 }
 
 TEST(ConvertRefuses, EvalUsersAndNegativesThatLeaveNothingToRank) {
   TempDir dir;
-  WriteFile(dir.File("s.txt"), kTwoUsers);
+  WriteFile(dir.File("s.txt"), kThreeUsers);
   for (const char* protocol : {"seqrec", "ctr"}) {
     SCOPED_TRACE(protocol);
     const std::string out = dir.File(std::string("out_") + protocol);
@@ -504,7 +513,7 @@ TEST(ConvertRefuses, EvalUsersAndNegativesThatLeaveNothingToRank) {
     ExpectInvalid(ConvertDataset(o), {"--eval_negatives must be in 1..100000", protocol});
     EXPECT_FALSE(Exists(out));
     o.eval_negatives = 1;
-    o.eval_users = 1;  // a seeded sample of one of the two eligible users
+    o.eval_users = 1;  // a seeded sample of one of the three eligible users
     auto m = ConvertDataset(o);
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ(m->eval_examples, 1u);
@@ -532,10 +541,107 @@ TEST(ConvertRefuses, NoUserWithThreeEventsLeavesNothingToEvaluate) {
   EXPECT_FALSE(Exists(dir.File("out")));
 }
 
+TEST(ConvertRefuses, NoTrainingRowsNamesTheFileAndWritesNothing) {
+  TempDir dir;
+  // Users 1 and 2 (3 events) keep one training event each, user 3 has one event: nothing for
+  // a training row (a position t >= 1 of a train sequence), though evaluation has two lists.
+  WriteFile(dir.File("s.txt"), "1 1\n1 2\n1 3\n2 2\n2 3\n2 4\n3 5\n");
+  for (const char* protocol : {"seqrec", "ctr"}) {
+    SCOPED_TRACE(protocol);
+    ConvertOptions o = Options("seqrec", dir.File("s.txt"), dir.File("out"));
+    o.protocol = protocol;
+    ExpectInvalid(ConvertDataset(o),
+                  {dir.File("s.txt") +
+                       ": no training rows: no user has >= 2 training events (the most any user "
+                       "keeps is 1; the leave-one-out split holds out the last 2 events of users "
+                       "with >= 3",
+                   "the input needs a user with 2 events, or with >= 4"});
+  }
+  EXPECT_FALSE(Exists(dir.File("out")));
+  // A user with 2 events keeps both for training: one row. --min_user_events 3 drops it, and the
+  // message says so.
+  WriteFile(dir.File("two.txt"), "1 1\n1 2\n1 3\n2 4\n2 5\n");
+  ConvertOptions o = Options("seqrec", dir.File("two.txt"), dir.File("out"));
+  auto m = ConvertDataset(o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->train_examples, 1u);
+  const std::string manifest = testing::ReadFile(dir.File("out/MANIFEST"));
+  o.min_user_events = 3;
+  ExpectInvalid(ConvertDataset(o),
+                {dir.File("two.txt") + ": no training rows", "(the most any user keeps is 1;",
+                 "(--min_user_events 3 dropped the users with fewer)"});
+  // Refused before anything is written: the earlier dataset in the directory is untouched.
+  EXPECT_EQ(testing::ReadFile(dir.File("out/MANIFEST")), manifest);
+  ASSERT_NE(OpenOrDie(dir.File("out")), nullptr);
+}
+
+TEST(ConvertRefuses, UserWhoInteractedWithEveryItemHasNoNegativeToDraw) {
+  TempDir dir;
+  // User 1 (4 events: training rows and an evaluation list) interacted with all 4 items.
+  WriteFile(dir.File("all.txt"), "1 1\n1 2\n1 3\n1 4\n2 1\n2 2\n");
+  for (const char* protocol : {"seqrec", "ctr"}) {
+    SCOPED_TRACE(protocol);
+    ConvertOptions o = Options("seqrec", dir.File("all.txt"), dir.File("out"));
+    o.protocol = protocol;
+    ExpectInvalid(
+        ConvertDataset(o),
+        {dir.File("all.txt") +
+         ": user 1 interacted with every one of the 4 items (4 events), so no negative can be "
+         "drawn for it: the --eval_negatives=100 candidates of its evaluation list and the "
+         "per-epoch negatives of its training rows must be items it never interacted with (1 of "
+         "the 2 users with training rows or an evaluation list interacted with every item); "
+         "convert a catalogue with items these users never interacted with, or remove their "
+         "events"});
+    // Fewer negatives do not help: there is no item to draw any of them from.
+    o.eval_negatives = 1;
+    ExpectInvalid(ConvertDataset(o), {": user 1 interacted with every one of the 4 items",
+                                      "the --eval_negatives=1 candidates"});
+  }
+  EXPECT_FALSE(Exists(dir.File("out")));
+  // Some users affected, not all: still refused (the first named, all counted). Users 1 and 2
+  // interacted with every item; user 3 (evaluated) and user 4 (training) did not.
+  WriteFile(dir.File("some.txt"),
+            "1 1\n1 2\n1 3\n1 4\n2 1\n2 2\n2 3\n2 4\n2 1\n"
+            "3 1\n3 1\n3 1\n4 2\n4 3\n");
+  ExpectInvalid(ConvertDataset(Options("seqrec", dir.File("some.txt"), dir.File("out"))),
+                {dir.File("some.txt") + ": user 1 interacted with every one of the 4 items",
+                 "(2 of the 4 users with training rows or an evaluation list"});
+  // A user with an evaluation list and no training row (3 events), and one with training rows
+  // and no evaluation list (2 events): each message names what needs the negatives.
+  WriteFile(dir.File("eval.txt"), "1 1\n1 2\n1 3\n2 1\n2 1\n");
+  auto m = ConvertDataset(Options("seqrec", dir.File("eval.txt"), dir.File("out")));
+  ExpectInvalid(m, {dir.File("eval.txt") +
+                    ": user 1 interacted with every one of the 3 items (3 events), so no "
+                    "negative can be drawn for it: the --eval_negatives=100 candidates of its "
+                    "evaluation list must be items it never interacted with (1 of the 2 users"});
+  WriteFile(dir.File("train.txt"), "1 1\n1 2\n2 1\n2 1\n2 1\n");
+  m = ConvertDataset(Options("seqrec", dir.File("train.txt"), dir.File("out")));
+  ExpectInvalid(m, {dir.File("train.txt") +
+                    ": user 1 interacted with every one of the 2 items (2 events), so no "
+                    "negative can be drawn for it: the per-epoch negatives of its training rows "
+                    "must be items it never interacted with (1 of the 2 users"});
+  EXPECT_EQ(m.status().message().find("--eval_negatives"), std::string::npos) << m.status();
+  EXPECT_FALSE(Exists(dir.File("out")));
+  // One item user 1 never interacted with is enough (negatives are drawn with replacement):
+  // every one of its negatives is that item.
+  WriteFile(dir.File("all.txt"), "1 1\n1 2\n1 3\n1 4\n2 1\n2 5\n");
+  m = ConvertDataset(Options("seqrec", dir.File("all.txt"), dir.File("out")));
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto d = OpenOrDie(dir.File("out"));
+  ASSERT_NE(d, nullptr);
+  const ShardView& s = d->shard(0);
+  EXPECT_EQ(Vec(s.eval_rec), (std::vector<uint32_t>{0}));
+  ASSERT_EQ(s.eval_cand.size, 101u);
+  EXPECT_EQ(s.eval_cand[0], 4u);  // the held-out item
+  for (int k = 1; k < 101; ++k) EXPECT_EQ(s.eval_cand[k], 5u) << k;
+}
+
 TEST(ConvertRefuses, MovieLensRatingOfAnItemMissingFromTheItemTable) {
   TempDir dir;
   ASSERT_EQ(::mkdir(dir.File("ml").c_str(), 0755), 0);
-  WriteFile(dir.File("ml/u.data"), "1\t1\t5\t10\n1\t2\t5\t11\n1\t99\t5\t12\n1\t3\t5\t13\n");
+  // User 2 (2 ratings, the training row) rates item 4, one user 1 never rated.
+  WriteFile(dir.File("ml/u.data"),
+            "1\t1\t5\t10\n1\t2\t5\t11\n1\t99\t5\t12\n1\t3\t5\t13\n2\t4\t5\t14\n2\t1\t5\t15\n");
   WriteFile(dir.File("ml/u.item"), UItem());
   ConvertOptions o = Options("movielens100k", dir.File("ml"), dir.File("out"));
   auto m = ConvertDataset(o);
@@ -548,7 +654,7 @@ TEST(ConvertRefuses, MovieLensRatingOfAnItemMissingFromTheItemTable) {
   m = ConvertDataset(o);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->bad_records, 1u);
-  EXPECT_EQ(m->items, 3u);
+  EXPECT_EQ(m->items, 4u);  // 1..4, not 99
 
   ASSERT_EQ(::mkdir(dir.File("m1").c_str(), 0755), 0);
   WriteFile(dir.File("m1/ratings.dat"), "1::10::5::1\n1::20::5::2\n1::77::5::3\n");
@@ -570,15 +676,16 @@ TEST(ConvertRefuses, SeqRecItemZeroIsPaddingExtraColumnsAndUserZeroAreKept) {
                 ":2: item: expected an unsigned 64-bit integer id >= 1 (0 is padding) (got '0')");
   // Like the peer (`line.split()[:2]`): columns after the second are ignored; user ids are not
   // padded anywhere, so user 0 is an ordinary user.
-  WriteFile(dir.File("s.txt"), "0 1 5.0 x\n0 2\t7\n0 3\n1 1 9\n");
+  // (User 1's two events give the training row; item 4 is one user 0 never interacted with.)
+  WriteFile(dir.File("s.txt"), "0 1 5.0 x\n0 2\t7\n0 3\n1 1 9\n1 4 y z\n");
   m = ConvertDataset(Options("seqrec", dir.File("s.txt"), dir.File("out")));
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->users, 2u);
-  EXPECT_EQ(m->items, 3u);
+  EXPECT_EQ(m->items, 4u);
   auto d = OpenOrDie(dir.File("out"));
   ASSERT_NE(d, nullptr);
   EXPECT_EQ(Vec(d->shard(0).rec_user), (std::vector<uint64_t>{0, 1}));
-  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(Vec(d->item_raw()), (std::vector<uint64_t>{0, 1, 2, 3, 4}));
 }
 
 TEST(ConvertShards, ReconvertingWithFewerShardsRemovesOnlyStaleShardFiles) {
