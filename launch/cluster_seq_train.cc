@@ -148,9 +148,7 @@ class SeqRoundsSource : public DatasetRoundsSource {
     return EvaluateSeqRanking(sw_->trainer.get(), data_, reader_options_, run_.eval_max_users,
                               run_.top_k);
   }
-  Names names() const override {
-    return {"sequences", "training sequences (with >= 2 events)", "sequences"};
-  }
+  Names names() const override { return {"sequences", "sequences"}; }
 
  private:
   SeqWorker* sw_;

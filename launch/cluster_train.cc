@@ -16,6 +16,7 @@
 
 #include "common/random.h"
 #include "common/result_line.h"
+#include "common/stop_signals.h"
 #include "kernels/context.h"
 #include "launch/cluster_worker.h"
 #include "launch/commands.h"
@@ -96,9 +97,9 @@ int RunServer(Cluster* cluster, const config::Config& config, const TrainJob& jo
       so.kill_after_pushes = flags.kill_step;
     }
   }
-  // A SIGTERM sent to every rank stops the workers after a checkpoint, which needs the servers:
-  // they leave when the workers shut them down.
-  if (Checkpointing(config)) std::signal(SIGTERM, SIG_IGN);
+  // A stop signal sent to every rank (SIGTERM, or SIGUSR1 forwarded by mpirun) stops the workers
+  // after a checkpoint, which needs the servers: they leave when the workers shut them down.
+  if (Checkpointing(config)) IgnoreStopSignals();
   auto server = ps::ParameterServer::Create(cluster->transport(), so);
   if (!server.ok()) cluster->Abort(server.status());
   if (!flags.resume.empty()) {
@@ -289,7 +290,7 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
     }
     return ranking;
   }
-  Names names() const override { return {"examples", "training examples", "samples"}; }
+  Names names() const override { return {"examples", "samples"}; }
 
  private:
   struct Slot {
@@ -323,6 +324,21 @@ int MpiWorldSizeFromEnv() {
     if (v != nullptr) return std::max(0, std::atoi(v));
   }
   return 0;
+}
+
+Status CheckEpochFillsWorkers(const TrainJob& job, int64_t per_epoch, int num_workers) {
+  const DatasetRunOptions& run = job.dataset;
+  const int64_t batch = run.reader.batch_size;
+  if (batch < 1 || num_workers < 1)
+    return InvalidArgumentError("data.batch_size and the number of workers must be >= 1");
+  if (cluster_internal::EpochRounds{per_epoch, batch, num_workers}.From(0) > 0) return Status::Ok();
+  const char* rows = IsSequenceModel(job.trainer.model.kind)
+                         ? "training sequences (with >= 2 events)"
+                         : "training examples";
+  return FailedPreconditionError("data.train_dir '" + run.train_dir +
+                                 "': " + std::to_string(per_epoch) + " " + rows +
+                                 " per epoch are fewer than one batch of " + std::to_string(batch) +
+                                 " for each of the " + std::to_string(num_workers) + " workers");
 }
 
 void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,

@@ -11,15 +11,16 @@
 // Checkpoints (config `checkpoint { dir every_steps every_seconds keep_last incremental }`, the
 // same directory layout as single-process training, worker/checkpoint.h): after every
 // every_steps-th step, when worker 0 finds every_seconds passed, after the last step, and when a
-// worker got SIGTERM, every worker stops at the same step (the decision is all-reduced before
-// each step, which then skips its prefetch of the next batch), waits at a barrier (so every push of
-// that step is applied), and worker 0 opens a staging directory, has every PS write its shard of
-// every table into it (ps/server.h CHECKPOINT), writes the dense weights, dense optimizer state,
-// model state and run state (step, losses) and the manifest with every file's size and CRC32C, and
-// publishes it by rename only after every PS acknowledged; the others wait at a second barrier. A
-// rank killed at any point leaves the previous checkpoint intact and no partial one visible.
-// SIGTERM stops the job after that checkpoint (exit code 3 on the workers; the servers ignore
-// SIGTERM and stop when the workers shut them down).
+// worker got a stop signal (SIGTERM or SIGUSR1, common/stop_signals.h), every worker stops at the
+// same step (the decision is all-reduced before each step, which then skips its prefetch of the
+// next batch), waits at a barrier (so every push of that step is applied), and worker 0 opens a
+// staging directory, has every PS write its shard of every table into it (ps/server.h CHECKPOINT),
+// writes the dense weights, dense optimizer state, model state and run state (step, losses) and the
+// manifest with every file's size and CRC32C, and publishes it by rename only after every PS
+// acknowledged; the others wait at a second barrier. A rank killed at any point leaves the previous
+// checkpoint intact and no partial one visible. A stop signal stops the job after that checkpoint
+// (exit code 3 on the workers; the servers ignore SIGTERM and SIGUSR1 and stop when the workers
+// shut them down).
 //
 // Resume (`--resume DIR`, a checkpoint root or one ckpt-<step>; on every rank): each PS loads
 // the rows that PsOfKey assigns to it from every writer's shard files (so a checkpoint of P
@@ -111,6 +112,13 @@ inline bool LaunchedUnderMpi() { return MpiWorldSizeFromEnv() > 1; }
 // EvaluateRetrieval's.
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
                                                  const Dataset& data, const DatasetRunOptions& run);
+
+// Every worker of a dataset run steps in every round (the dense gradients are all-reduced over
+// all of them), so an epoch of per_epoch training rows (TrainingRowsPerEpoch, worker/trainer.h)
+// must hold one batch (data.batch_size) for each of num_workers workers; FAILED_PRECONDITION
+// naming data.train_dir, the rows, the batch and the workers otherwise. Every worker checks it
+// before its first round (RunDatasetRounds), and `ips config check --np N` with the same message.
+Status CheckEpochFillsWorkers(const TrainJob& job, int64_t per_epoch, int num_workers);
 
 // The ranking fields of a dataset run's RESULT line, the same for `ips train` and its mpirun
 // form: hrK ndcgK auc gauc logloss (K = eval.k, 4 decimals), then recallK per retrieval cut-off.

@@ -20,6 +20,7 @@
 #include "common/progress.h"
 #include "common/random.h"
 #include "common/result_line.h"
+#include "common/stop_signals.h"
 #include "common/timer.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
@@ -252,17 +253,6 @@ void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch
   metrics << line.str();
 }
 
-void WriteEpochLine(std::ostream& metrics, int64_t epoch, const DatasetRunOptions& run,
-                    bool evaluated, const RankingEvalResult& eval, double loss,
-                    double samples_per_s, int64_t steps) {
-  metrics << "{\"epoch\":" << epoch << "," << internal::EpochEvalJsonMembers(eval, evaluated, run)
-          << ",\"loss\":" << internal::JsonNumber(loss)
-          << ",\"samples_per_s\":" << internal::JsonNumber(samples_per_s) << ",\"steps\":" << steps
-          << ",\"eval_users\":" << (evaluated ? eval.users : 0)
-          << ",\"eval_s\":" << internal::JsonNumber(evaluated ? eval.seconds : 0) << "}\n";
-  metrics.flush();
-}
-
 ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
                              const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                              const DatasetSummary& s) {
@@ -303,18 +293,15 @@ namespace {
 using cluster_internal::Checkpointing;
 using cluster_internal::Fixed;
 
-// Set by SIGTERM on a worker; read between steps (lock-free: async-signal safe).
-std::atomic<bool> g_stop_requested{false};
-extern "C" void OnClusterSigterm(int) { g_stop_requested.store(true, std::memory_order_relaxed); }
-
-// The end of a run stopped by SIGTERM after its checkpoint `step`: worker 0 says where the
-// checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
+// The end of a run stopped by SIGTERM or SIGUSR1 after its checkpoint `step`: worker 0 says where
+// the checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
 int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const TrainJob& job,
                         const config::CheckpointConfig& ck, int64_t step, ProgressLine* progress) {
   if (progress != nullptr) progress->Finish("stopped");
   if (cluster->role_index() == 0) {
-    std::cerr << "cluster: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir()
-              << "/ckpt-" << step << "; continue with --resume " << ck.dir() << "\n";
+    std::cerr << "cluster: stopped by " << StopSignalName() << " at step " << step
+              << "; checkpoint " << ck.dir() << "/ckpt-" << step << "; continue with --resume "
+              << ck.dir() << "\n";
     ResultLine("train_cluster")
         .Add("model", ModelKindName(job.trainer.model.kind))
         .Add("status", "stopped")
@@ -326,7 +313,8 @@ int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const
   return kExitStopped;
 }
 
-// checkpoint.dir set: checks the intervals, installs the SIGTERM handler and, on worker 0, creates
+// checkpoint.dir set: checks the intervals, installs the stop handler
+// (SIGTERM, SIGUSR1: common/stop_signals.h) and, on worker 0, creates
 // the writer (null on the other workers). *writing_step is the checkpoint being written, read by
 // the test-only fault hook (flags.kill_in_checkpoint_step).
 StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
@@ -334,7 +322,7 @@ StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
                                                                const ClusterTrainFlags& flags,
                                                                const int64_t* writing_step) {
   const config::CheckpointConfig& ck = config.checkpoint();
-  std::signal(SIGTERM, OnClusterSigterm);
+  InstallStopSignals();
   if (cluster->role_index() != 0) return std::unique_ptr<CheckpointWriter>();
   CheckpointOptions o;
   o.dir = ck.dir();
@@ -366,7 +354,7 @@ Status DecideCheckpoint(Collective* coll, const config::CheckpointConfig& ck, in
                         bool last, double seconds_since_checkpoint, bool* checkpoint_after,
                         bool* stop) {
   float decide[2] = {
-      g_stop_requested.load(std::memory_order_relaxed) ? 1.f : 0.f,
+      StopRequested().load(std::memory_order_relaxed) ? 1.f : 0.f,
       w == 0 && ck.every_seconds() > 0 && seconds_since_checkpoint >= ck.every_seconds() ? 1.f
                                                                                          : 0.f};
   IPS_RETURN_IF_ERROR(coll->AllReduceSum(decide, 2));
@@ -635,12 +623,8 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   ps::RemoteEmbeddingStore* store = client.store.get();
   const DatasetRoundsSource::Names names = source->names();
   const int64_t per_epoch = source->per_epoch(), batch = run.reader.batch_size;
+  if (Status s = CheckEpochFillsWorkers(job, per_epoch, num_workers); !s.ok()) cluster->Abort(s);
   const EpochRounds rounds_of{per_epoch, batch, num_workers};
-  if (rounds_of.From(0) == 0)
-    cluster->Abort(FailedPreconditionError(
-        "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) + " " +
-        names.trainable + " per epoch are fewer than one batch of " + std::to_string(batch) +
-        " for each of the " + std::to_string(num_workers) + " workers"));
   WorkerCheckpoints ck(cluster, config, flags, store, std::move(checkpoint_state));
   DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
   const std::string model = ModelKindName(job.trainer.model.kind);
@@ -724,9 +708,11 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
       if (evaluate) extra += internal::EvalProgressText(eval);
       progress->Update(walk.at().samples, extra);
     }
-    if (metrics.is_open())  // single-process RunDatasetTraining's per-epoch line
-      WriteEpochLine(metrics, e + 1, run, evaluate, eval, summary.loss, epoch_samples_per_s,
-                     source->steps());
+    if (metrics.is_open()) {  // single-process RunDatasetTraining's per-epoch line
+      metrics << internal::EpochJsonLine(e + 1, eval, evaluate, run, summary.loss,
+                                         epoch_samples_per_s, source->steps());
+      metrics.flush();
+    }
   }
   if (stopped) return ck.Stop(job, source->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));

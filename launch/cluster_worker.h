@@ -131,8 +131,9 @@ ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, c
                                const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                                const SyntheticSummary& s);
 
-// A dataset run's lines: per step and per epoch on --metrics_out (the single-process per-epoch
-// line of RunDatasetTraining), and at the end worker 0's RESULT line and --metrics_out result.
+// A dataset run's lines: per step on --metrics_out (per epoch: internal::EpochJsonLine, the
+// single-process line of RunDatasetTraining), and at the end worker 0's RESULT line and
+// --metrics_out result.
 struct DatasetSummary {
   std::string model;
   int epochs = 0;
@@ -145,9 +146,6 @@ struct DatasetSummary {
 };
 void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
                           double loss);
-void WriteEpochLine(std::ostream& metrics, int64_t epoch, int top_k, bool evaluated,
-                    const RankingEvalResult& eval, double loss, double samples_per_s,
-                    int64_t steps);
 ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
                              const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                              const DatasetSummary& s);
@@ -337,11 +335,10 @@ class DatasetRoundsSource {
   // their full-ranking recall to *recall then).
   virtual StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall) = 0;
 
-  // What the messages call the data: e.g. "examples" (per epoch), "training examples" (too few
-  // for a batch per worker), "samples" (the progress line's unit).
+  // What the messages call the data: e.g. "examples" (per epoch), "samples" (the progress line's
+  // unit).
   struct Names {
     const char* items;
-    const char* trainable;
     const char* unit;
   };
   virtual Names names() const = 0;

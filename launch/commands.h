@@ -28,7 +28,8 @@ class EmbeddingStore;
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
-// `ips train` stopped by SIGTERM between two steps after saving a checkpoint (resume with
+// `ips train` stopped by SIGTERM or SIGUSR1 between two steps after saving a checkpoint (resume
+// with
 // --resume); its last stdout line is `RESULT train ... status=stopped step=N`.
 constexpr int kExitStopped = 3;
 

@@ -4,12 +4,15 @@
 // `check` runs, in `ips train`'s order and with its messages, every check `ips train` runs before
 // its first training step that writes nothing: the config loader's (ValidateConfig), the job's
 // (TrainJobFromConfig: model options through ModelSpecFromConfig, tables, run options), the
-// dataset's (Dataset::Open and FitJobToDataset) when data.train_dir exists, the store's (table
-// options such as max_memory_mb), the trainer's (the model is built: its options, the tables'
-// widths) and the checkpoint section's, plus with --np N the layout of `mpirun -np N ips train`.
-// A config that passes is refused by `ips train` only for what cannot be known here: a
-// data.train_dir created or changed later, an unwritable checkpoint.dir or train.metrics_out, a
-// dataset too small for the workers of a cluster run, and failures while training.
+// dataset's (Dataset::Open and FitJobToDataset, eval.top_k against the candidate lists included)
+// when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
+// (the model is built: its options, the tables' widths) and the checkpoint section's (its
+// intervals, and checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
+// create or write, which check does not create), plus with --np N the layout of `mpirun -np N ips
+// train` and its dataset's epoch against the workers (CheckEpochFillsWorkers). A config that
+// passes is refused by `ips train` only for what cannot be known here: a data.train_dir created or
+// changed later, a checkpoint.dir locked by another run or failing to be written, an unwritable
+// --metrics_out, and failures while training.
 //
 // A missing data.train_dir is a warning, not an error: a config is often checked before its data
 // set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
@@ -19,13 +22,16 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <utility>
 
 #include "common/flags.h"
 #include "common/result_line.h"
+#include "launch/cluster_train.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "worker/checkpoint.h"
 #include "worker/cluster.h"
 #include "worker/data_reader.h"
 #include "worker/seq_trainer.h"
@@ -46,6 +52,7 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
   // stream as the job's data the way RunStreamTrain (launch/stream_train.cc) does.
   const bool stream = !cluster && !cfg.data().has_synthetic() && cfg.data().train_dir().empty();
   StatusOr<TrainJob> job = InvalidArgumentError("no job");
+  std::unique_ptr<Dataset> data;  // data.train_dir when it exists, fitted to the job
   if (stream) {
     *data_state = "stream";
     std::cerr << "note: data has neither train_dir nor synthetic: checked as a job of `ips train "
@@ -73,16 +80,19 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
                    "`ips data convert` writes it\n";
     } else {
       // The whole open of `ips train` (every block's CRC), then the fit of the job to the data.
-      auto data = Dataset::Open(dir);
-      if (!data.ok()) return data.status().WithContext(context);
-      IPS_RETURN_IF_ERROR(FitJobToDataset(**data, &*job).WithContext(context));
+      auto opened = Dataset::Open(dir);
+      if (!opened.ok()) return opened.status().WithContext(context);
+      data = std::move(opened).value();
+      IPS_RETURN_IF_ERROR(FitJobToDataset(*data, &*job).WithContext(context));
     }
   }
 
   // mpirun: RunClusterTrain checks the layout (Cluster::Init) after the job and the dataset.
+  int num_workers = 1;
   if (cluster) {
     auto layout = MakeClusterLayout(static_cast<int>(np), cfg.cluster().num_ps());
     if (!layout.ok()) return layout.status();
+    num_workers = layout->num_workers;
   }
 
   // The store and the trainer of the job, as `ips train` builds them: the tables' options (the
@@ -94,7 +104,17 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
   std::unique_ptr<SeqTrainer> seq;
   // A stream trains a CTR Trainer whatever the model (RunStreamTrain), failing as it does.
   if (stream) return Trainer::Create(job->trainer, store->get()).status();
-  return MakeTrainer(*job, store->get(), &ctr, &seq);
+  IPS_RETURN_IF_ERROR(MakeTrainer(*job, store->get(), &ctr, &seq));
+  // mpirun: every worker checks its share of an epoch (RunDatasetRounds) once its trainer is
+  // built, before the checkpoint writer is created.
+  if (cluster && data != nullptr)
+    IPS_RETURN_IF_ERROR(
+        CheckEpochFillsWorkers(*job, TrainingRowsPerEpoch(*data, *job), num_workers));
+  // The writer's checks that write nothing: `ips train` creates checkpoint.dir (SetupCheckpoints;
+  // mpirun: worker 0's StartCheckpointing) after its trainer.
+  if (!cfg.checkpoint().dir().empty())
+    IPS_RETURN_IF_ERROR(CheckpointWriter::CheckDir(cfg.checkpoint().dir()));
+  return Status::Ok();
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
 // Exit codes: 0 success, 1 runtime/data error, 2 usage error, 3 `ips train` stopped by SIGTERM
-// after a checkpoint.
+// or SIGUSR1 after a checkpoint (common/stop_signals.h).
 #include <cstdio>
 #include <cstring>
 #include <iostream>

@@ -21,6 +21,7 @@
 
 #include "common/flags.h"
 #include "common/result_line.h"
+#include "common/stop_signals.h"
 #include "common/timer.h"
 #include "launch/cluster_train.h"
 #include "launch/commands.h"
@@ -70,10 +71,6 @@ int Fail(const Status& s) {
   return kExitError;
 }
 
-// Set by SIGTERM; the training loops poll it between steps (lock-free: async-signal safe).
-std::atomic<bool> g_stop_requested{false};
-extern "C" void OnSigterm(int) { g_stop_requested.store(true, std::memory_order_relaxed); }
-
 // Checkpointing of one run: the writer (checkpoint.dir set), the content of the trainer and the
 // blobs of a resumed checkpoint.
 struct CheckpointSetup {
@@ -84,7 +81,8 @@ struct CheckpointSetup {
   int64_t resumed_step = -1;
 };
 
-// Builds the writer and the content, restores --resume when given, installs the SIGTERM handler.
+// Builds the writer and the content, restores --resume when given, installs the stop handler
+// (SIGTERM, SIGUSR1: common/stop_signals.h).
 Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
                         SeqTrainer* seq, ps::LocalEmbeddingStore* store, CheckpointSetup* out) {
   const std::string text = ConfigToText(cfg);
@@ -113,18 +111,18 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     out->run.every_seconds = c.every_seconds();
     out->dir = c.dir();
   }
-  out->run.stop = &g_stop_requested;
-  std::signal(SIGTERM, OnSigterm);
+  out->run.stop = &StopRequested();
+  InstallStopSignals();
   return Status::Ok();
 }
 
-// A run stopped by SIGTERM: says where the checkpoint is and how to continue.
+// A run stopped by SIGTERM or SIGUSR1: says where the checkpoint is and how to continue.
 int ReportStopped(const std::string& model, int64_t step, const CheckpointSetup& ck) {
   if (ck.writer != nullptr)
-    std::cerr << "train: stopped by SIGTERM at step " << step << "; checkpoint " << ck.dir
-              << "/ckpt-" << step << "; continue with --resume " << ck.dir << "\n";
+    std::cerr << "train: stopped by " << StopSignalName() << " at step " << step << "; checkpoint "
+              << ck.dir << "/ckpt-" << step << "; continue with --resume " << ck.dir << "\n";
   else
-    std::cerr << "train: stopped by SIGTERM at step " << step
+    std::cerr << "train: stopped by " << StopSignalName() << " at step " << step
               << "; nothing saved (no checkpoint.dir in the config)\n";
   ResultLine line("train");
   line.Add("model", model).Add("status", "stopped").Add("step", step);
@@ -152,9 +150,7 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
     return Fail(s);
   sinks.checkpoint = &ck.run;
   const Manifest& m = (*data)->manifest();
-  const int64_t per_epoch = sequence
-                                ? SequenceReader(data->get(), {}, run.reader).sequences_per_epoch()
-                                : TrainReader(data->get(), {}, run.reader).examples_per_epoch();
+  const int64_t per_epoch = TrainingRowsPerEpoch(**data, job);
   const std::string model = ModelKindName(job.trainer.model.kind);
   std::cerr << "train: model=" << model << " data=" << run.train_dir << " (" << m.format << "/"
             << m.protocol << ", " << m.users << " users, " << m.items << " items, " << m.categories

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <glog/logging.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -223,9 +224,40 @@ StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std
 
 // ---- CheckpointWriter ---------------------------------------------------------------------------
 
+Status CheckpointWriter::CheckDir(const std::string& dir) {
+  if (dir.empty()) return InvalidArgumentError("checkpoint: empty dir");
+  auto refuse = [&dir](const std::string& why) {
+    return FailedPreconditionError("checkpoint.dir " + dir + " " + why);
+  };
+  // Create makes every missing directory on the way (ps::MakeDirs), so what decides is the
+  // nearest path that exists: DIR itself, or the ancestor DIR would be created in.
+  auto trim = [](std::string p) {
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    return p;
+  };
+  const std::string target = trim(dir);
+  std::string at = target;
+  struct stat st;
+  while (::stat(at.c_str(), &st) != 0) {
+    if ((errno != ENOENT && errno != ENOTDIR) || at == "." || at == "/")
+      return refuse("cannot be checked: " + at + ": " + std::strerror(errno));
+    const size_t slash = at.find_last_of('/');
+    at = slash == std::string::npos ? "." : slash == 0 ? "/" : trim(at.substr(0, slash));
+  }
+  const bool exists = at == target;
+  if (!S_ISDIR(st.st_mode))
+    return refuse(exists ? "exists and is not a directory"
+                         : "cannot be created: " + at + " is not a directory");
+  // Search and write permission: to create the next directory in `at`, or DIR/LOCK in DIR.
+  if (::access(at.c_str(), W_OK | X_OK) != 0)
+    return refuse(exists ? std::string("is not writable: ") + std::strerror(errno)
+                         : "cannot be created in " + at + ": " + std::strerror(errno));
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     const CheckpointOptions& options) {
-  if (options.dir.empty()) return InvalidArgumentError("checkpoint: empty dir");
+  IPS_RETURN_IF_ERROR(CheckDir(options.dir));
   if (options.keep_last < 1)
     return InvalidArgumentError("checkpoint: keep_last " + std::to_string(options.keep_last) +
                                 " < 1");

@@ -130,12 +130,18 @@ CheckpointFile CheckpointFileOf(const ps::TableShardFile& shard);
 
 class CheckpointWriter {
  public:
-  // Creates DIR when missing, takes the lock DIR/LOCK (non-blocking; released when the writer is
-  // destroyed or the process exits, a kill included) and then removes stale tmp-* directories of
-  // a killed writer. INVALID_ARGUMENT for bad options; FAILED_PRECONDITION "checkpoint.dir DIR
-  // is in use by another run (pid N)" when another writer, in this or another process, holds the
-  // lock; INTERNAL naming the path on I/O errors.
+  // Runs CheckDir, creates DIR when missing, takes the lock DIR/LOCK (non-blocking; released when
+  // the writer is destroyed or the process exits, a kill included) and then removes stale tmp-*
+  // directories of a killed writer. INVALID_ARGUMENT for bad options; CheckDir's errors;
+  // FAILED_PRECONDITION "checkpoint.dir DIR is in use by another run (pid N)" when another
+  // writer, in this or another process, holds the lock; INTERNAL naming the path on I/O errors.
   static StatusOr<std::unique_ptr<CheckpointWriter>> Create(const CheckpointOptions& options);
+  // The checks of Create that write nothing (`ips config check` runs them, so it refuses what
+  // `ips train` would at start-up): FAILED_PRECONDITION "checkpoint.dir DIR ..." when DIR exists
+  // and is not a directory, when its nearest existing ancestor is not a directory or not writable
+  // (DIR cannot be created), or when DIR is a directory this process cannot write (Create writes
+  // DIR/LOCK); INVALID_ARGUMENT for an empty DIR.
+  static Status CheckDir(const std::string& dir);
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
   ~CheckpointWriter();

@@ -393,6 +393,7 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
     r.eval_max_users = cfg.eval().max_users();
     if (r.eval_max_users < 0) return InvalidArgumentError("eval.max_users must be >= 0");
     if (cfg.eval().top_k_size() > 0) {
+      r.top_k_set = true;
       r.top_k = cfg.eval().top_k(0);
       r.retrieval_cutoffs.assign(cfg.eval().top_k().begin(), cfg.eval().top_k().end());
       for (int k : r.retrieval_cutoffs)
@@ -428,6 +429,51 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
   return job;
 }
 
+namespace {
+
+// FitJobToDataset's eval.top_k check on a dataset of ranked candidate lists (see trainer.h).
+Status CheckTopKFitsDataset(const Manifest& m, const TrainJob& job) {
+  const DatasetRunOptions& r = job.dataset;
+  const bool mind = job.trainer.model.kind == ModelKind::kMind;
+  // The sampled ranking uses top_k[0] and MIND's retrieval every entry (or its default
+  // cut-offs). The other models ignore the later entries; one that no candidate list could reach
+  // is refused all the same (the user expected it to mean something).
+  const std::vector<int> entries = r.top_k_set ? r.retrieval_cutoffs : std::vector<int>{r.top_k};
+  auto name = [&](size_t i, int k) {
+    const std::string v = " " + std::to_string(k);
+    if (!r.top_k_set) return "eval.top_k" + v + " (the default)";
+    if (entries.size() == 1) return "eval.top_k" + v;
+    return "eval.top_k[" + std::to_string(i) + "]" + v;
+  };
+  const uint64_t candidates = m.eval_candidates;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const int k = entries[i];
+    if ((i == 0 || !mind) && static_cast<uint64_t>(k) > candidates)
+      return FailedPreconditionError(
+          name(i, k) + " exceeds the " + std::to_string(candidates) +
+          " candidates ranked per user (the held-out item and " + std::to_string(candidates - 1) +
+          " sampled negatives): HR@" + std::to_string(k) +
+          " would be 1 for every user; use at most " + std::to_string(candidates) +
+          " (or convert with more --eval_negatives)");
+  }
+  if (!mind) return Status::Ok();
+  const std::vector<int>& cutoffs = r.retrieval_cutoffs;
+  for (size_t i = 0; i < cutoffs.size(); ++i) {
+    const int k = cutoffs[i];
+    if (static_cast<uint64_t>(k) <= m.items) continue;
+    const std::string what =
+        r.top_k_set ? name(i, k) : "the default retrieval cut-off " + std::to_string(k);
+    const std::string items = std::to_string(m.items), recall = "recall@" + std::to_string(k);
+    return FailedPreconditionError(
+        what + " exceeds the " + items + " items MIND ranks per user in its full-ranking " +
+        "retrieval: " + recall + " would be 1 for every user; set eval.top_k entries of at most " +
+        items);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status FitJobToDataset(const Dataset& data, TrainJob* job) {
   if (job == nullptr) return InvalidArgumentError("FitJobToDataset: null job");
   const Manifest& m = data.manifest();
@@ -454,6 +500,7 @@ Status FitJobToDataset(const Dataset& data, TrainJob* job) {
   if (m.eval_candidates > static_cast<uint64_t>(1) << 20)
     return FailedPreconditionError("dataset eval_candidates " + std::to_string(m.eval_candidates) +
                                    " is implausibly large");
+  if (job->dataset.ranked_eval) IPS_RETURN_IF_ERROR(CheckTopKFitsDataset(m, *job));
   // EvalReader batches hold whole lists: at least one list even when batch_size is smaller.
   job->trainer.model.max_batch =
       std::max<int64_t>(job->trainer.model.max_batch, static_cast<int64_t>(m.eval_candidates));
@@ -462,6 +509,12 @@ Status FitJobToDataset(const Dataset& data, TrainJob* job) {
                                         ? static_cast<double>(m.items) + 1
                                         : static_cast<double>(std::max<uint64_t>(m.categories, 1));
   return Status::Ok();
+}
+
+int64_t TrainingRowsPerEpoch(const Dataset& data, const TrainJob& job) {
+  if (IsSequenceModel(job.trainer.model.kind))
+    return SequenceReader(&data, {}, job.dataset.reader).sequences_per_epoch();
+  return TrainReader(&data, {}, job.dataset.reader).examples_per_epoch();
 }
 
 // ---- Synthetic protocol -----------------------------------------------------------------------

@@ -213,6 +213,7 @@ struct DatasetRunOptions {
   int eval_every_epochs = 1;   // eval.every_epochs; the last epoch is always evaluated
   int64_t eval_max_users = 0;  // eval.max_users: evaluate the first N lists; 0 = all
   int top_k = 10;              // eval.top_k[0] (default 10)
+  bool top_k_set = false;      // eval.top_k was given (else top_k and retrieval_cutoffs: defaults)
   // Whether the evaluation ranks candidate lists (seqrec, ctr) or scores labelled rows (given):
   // set by FitJobToDataset; the epoch lines of epochs not evaluated name the same fields.
   bool ranked_eval = true;
@@ -243,9 +244,18 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& config);
 // Every model trains on seqrec and ctr datasets (evaluated by ranking their candidate lists); the
 // CTR models but MIND also on given datasets (DIEN files: evaluated by AUC over the labelled
 // rows). FAILED_PRECONDITION for a given dataset with a sequence model (they train on per-user
-// sequences), MIND (its retrieval evaluation needs candidate lists) or no evaluation rows, and
-// for a dataset without training rows.
+// sequences), MIND (its retrieval evaluation needs candidate lists) or no evaluation rows, for a
+// dataset without training rows, and, on a dataset of candidate lists, for an eval.top_k entry
+// (or default) beyond what a user's evaluation ranks, which would make every HR@K (recall@K) 1:
+// the eval_candidates of a list (the held-out item and its sampled negatives) for every entry
+// (MIND: top_k[0], its sampled ranking's), the dataset's items for MIND's retrieval cut-offs.
+// `ips train`, its mpirun form, `ips eval` and `ips config check` all run it.
 Status FitJobToDataset(const Dataset& data, TrainJob* job);
+
+// The training rows one epoch of `data` yields to `job`'s model, as its reader counts them:
+// examples for the CTR models (TrainReader: stored rows x (1 + sampled negatives)), sequences
+// for the sequence models (SequenceReader: records with >= 2 training events).
+int64_t TrainingRowsPerEpoch(const Dataset& data, const TrainJob& job);
 
 // ---- The synthetic throughput protocol --------------------------------------------------------
 

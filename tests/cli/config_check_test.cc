@@ -1,7 +1,8 @@
 // `ips config check` runs the checks of `ips train` (launch/config_command.cc): a config that
 // `ips train` refuses before training is refused by `check` with the same error line, every
 // shipped config passes, a missing data.train_dir is a warning and an existing one is opened and
-// fitted to the job.
+// fitted to the job (eval.top_k against its candidate lists, and with --np N the epoch against
+// the workers), and a checkpoint.dir that cannot be a directory is refused without being created.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -158,11 +159,17 @@ TEST(ConfigCheck, ClusterLayoutWithNp) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
 }
 
-// A converted dataset is opened and fitted; a corrupt one fails as `ips train` does; a missing
-// directory is a warning.
-TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
-  const std::string dir = ::testing::TempDir() + "/config_check_ds_" + std::to_string(getpid());
-  ASSERT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+// A fresh scratch directory `name` (removed first) under the test's temp dir.
+std::string FreshDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/" + name + "_" + std::to_string(getpid());
+  EXPECT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  return dir;
+}
+
+// A tiny seqrec dataset converted into DIR/ds: 50 users of 8 events over 60 items, i.e. 250
+// training rows (500 examples per epoch with their sampled negatives), 50 training sequences and
+// 50 evaluation lists of 101 candidates (the held-out item and 100 sampled negatives).
+void ConvertSmallDataset(const std::string& dir) {
   {
     std::ofstream out(dir + "/events.txt");
     for (int u = 1; u <= 50; ++u)
@@ -171,9 +178,19 @@ TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
   auto conv = RunIps("data convert --format seqrec --input " + dir + "/events.txt --output " + dir +
                      "/ds --max_history 10");
   ASSERT_EQ(conv.exit_code, 0) << conv.output;
-  const std::string args = "--config " + ConfigNamed("din_ml100k.pbtxt") +
-                           " --set data.max_history=10 --set data.batch_size=16"
-                           " --set train.num_threads=1 --set data.train_dir=";
+}
+
+// DIN (din_ml100k.pbtxt) on a dataset; append the data.train_dir.
+const char kDinOnDataset[] =
+    " --set data.max_history=10 --set data.batch_size=16 --set train.num_threads=1"
+    " --set data.train_dir=";
+
+// A converted dataset is opened and fitted; a corrupt one fails as `ips train` does; a missing
+// directory is a warning.
+TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
+  const std::string dir = FreshDir("config_check_ds");
+  ConvertSmallDataset(dir);
+  const std::string args = "--config " + ConfigNamed("din_ml100k.pbtxt") + kDinOnDataset;
   IpsRun r = RunIps("config check " + args + dir + "/ds");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(LastLine(r.output).find(" data=checked"), std::string::npos) << r.output;
@@ -194,6 +211,97 @@ TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
     f.put('#');  // breaks the manifest's CRC line
   }
   ExpectCheckFailsLikeTrain(args + dir + "/ds", "train " + args + dir + "/ds", "DATA_LOSS");
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// eval.top_k beyond the candidates ranked per user (101 here) would report HR@K = 1: `ips train`,
+// `ips eval` and `ips config check` refuse it with the same message, naming the value and the
+// candidate count. The whole list (101) is accepted.
+TEST(ConfigCheck, TopKBeyondTheCandidateListFailsLikeTrainAndEval) {
+  const std::string dir = FreshDir("config_check_top_k");
+  ConvertSmallDataset(dir);
+  const std::string args =
+      "--config " + ConfigNamed("din_ml100k.pbtxt") + kDinOnDataset + dir + "/ds";
+  const std::string top_k = " --set eval.top_k=500";
+  ExpectCheckFailsLikeTrain(args + top_k, "train " + args + top_k,
+                            "eval.top_k 500 exceeds the 101 candidates");
+  // `ips eval` fits the job to the dataset before it opens the checkpoint.
+  const IpsRun eval = RunIps("eval " + args + top_k + " --checkpoint " + dir + "/no_checkpoint");
+  EXPECT_EQ(eval.exit_code, 1) << eval.output;
+  EXPECT_EQ(ErrorLine(eval), ErrorLine(RunIps("config check " + args + top_k))) << eval.output;
+  // A later entry counts too (MIND's retrieval cut-offs are checked against the item count).
+  ExpectCheckFailsLikeTrain(args + " --set eval.top_k=10,102",
+                            "train " + args + " --set eval.top_k=10,102",
+                            "eval.top_k[1] 102 exceeds the 101 candidates");
+  const IpsRun whole = RunIps("config check " + args + " --set eval.top_k=101");
+  EXPECT_EQ(whole.exit_code, 0) << whole.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// `mpirun -np N ips train` steps every worker in every round, so an epoch with fewer batches than
+// workers is refused before training (RunDatasetRounds); check --np N refuses it with the same
+// message (tests/ps/cluster_data_test.cc compares it with an mpirun run's).
+TEST(ConfigCheck, EpochWithFewerBatchesThanWorkersFailsWithNp) {
+  const std::string dir = FreshDir("config_check_workers");
+  ConvertSmallDataset(dir);
+  const std::string ds = dir + "/ds";
+  // DIN: 500 examples per epoch = 5 batches of 100, for 5 workers (np 6, one PS) but not 7.
+  const std::string din = "--config " + ConfigNamed("din_ml100k.pbtxt") + kDinOnDataset + ds +
+                          " --set data.batch_size=100";
+  IpsRun r = RunIps("config check " + din + " --np 6");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("config check " + din + " --np 8");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
+  EXPECT_EQ(ErrorLine(r), "error: FAILED_PRECONDITION: data.train_dir '" + ds +
+                              "': 500 training examples per epoch are fewer than one batch of "
+                              "100 for each of the 7 workers")
+      << r.output;
+  // Without --np the run is single-process: one worker.
+  r = RunIps("config check " + din);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // A sequence model trains on sequences: 50 per epoch = 5 batches of 10.
+  const std::string sasrec = "--config " + ConfigNamed("sasrec_games.pbtxt") +
+                             " --set data.max_history=10 --set data.batch_size=10"
+                             " --set train.num_threads=1 --set data.train_dir=" +
+                             ds;
+  r = RunIps("config check " + sasrec + " --np 6");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("config check " + sasrec + " --np 7");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(ErrorLine(r).find("50 training sequences (with >= 2 events) per epoch are fewer than "
+                              "one batch of 10 for each of the 6 workers"),
+            std::string::npos)
+      << r.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// `ips train` creates checkpoint.dir (and its parents) when it starts: a path that exists as a
+// file, or lies under one, fails there; check refuses it with the same error line and creates
+// nothing. A directory it can create passes.
+TEST(ConfigCheck, CheckpointDirThatCannotBeADirectoryFailsLikeTrain) {
+  const std::string dir = FreshDir("config_check_ckdir");
+  std::ofstream(dir + "/file") << "not a directory\n";
+  for (const std::string& ck : {dir + "/file", dir + "/file/sub"}) {
+    const std::string args =
+        "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set checkpoint.dir=" + ck;
+    ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "checkpoint.dir " + ck);
+  }
+  const std::string fresh = dir + "/new/ck";
+  IpsRun r = RunIps("config check --config " + ConfigNamed("din_synthetic.pbtxt") +
+                    " --set checkpoint.dir=" + fresh);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/new")) << "config check created " << fresh;
+  // A parent without write permission (root writes anywhere: only checked as another user).
+  if (geteuid() != 0) {
+    std::filesystem::create_directory(dir + "/ro");
+    std::filesystem::permissions(
+        dir + "/ro", std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+    const std::string args = "--config " + ConfigNamed("din_synthetic.pbtxt") +
+                             " --set checkpoint.dir=" + dir + "/ro/ck";
+    ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "checkpoint.dir " + dir + "/ro/ck");
+    std::filesystem::permissions(dir + "/ro", std::filesystem::perms::owner_all);
+  }
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

@@ -454,24 +454,28 @@ TEST(ResumeCli, MindTrainReportsRetrievalAndEvalReproducesIt) {
   (void)std::system(("rm -rf " + root).c_str());
 }
 
-TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterruptedRun) {
-  const std::string root = TempRoot("cli_term");
-  WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);
-  const std::string sets =
-      " --set data.synthetic.steps=20000 --set data.synthetic.num_items=500 --set "
-      "data.batch_size=8 --set checkpoint.dir=" +
-      root + "/ck";
+// `ips train` of the synthetic config with `sets`, sent `sig` once training started; returns
+// its exit status and streams. The RESULT line must say status=stopped at a step of the run.
+struct Stopped {
+  int status = -1;
+  std::string out, err;
+  int64_t step = -1;
+};
+Stopped TrainAndSignal(const std::string& root, const std::string& sets, int sig) {
+  Stopped r;
   const std::string cmd =
       std::string(IPS_BINARY) + " train --quiet --config " + root + "/syn.pbtxt" + sets;
   const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
+  EXPECT_GE(pid, 0);
+  if (pid < 0) return r;
   if (pid == 0) {
     const std::string redirected =
         "exec " + cmd + " >" + root + "/term.out 2>" + root + "/term.err";
     execl("/bin/sh", "sh", "-c", redirected.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  // SIGTERM once training started (the header line is printed after the handler is installed).
+  // The signal once training started (the header line is printed after the handler is
+  // installed).
   for (int i = 0; i < 600; ++i) {
     std::ifstream e(root + "/term.err");
     std::stringstream ss;
@@ -480,19 +484,33 @@ TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterrupted
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(kill(pid, sig), 0);
+  EXPECT_EQ(waitpid(pid, &r.status, 0), pid);
   std::ifstream fo(root + "/term.out"), fe(root + "/term.err");
   std::stringstream so, se;
   so << fo.rdbuf();
   se << fe.rdbuf();
-  ASSERT_EQ(WEXITSTATUS(status), 3) << so.str() << se.str();
-  const std::string stopped = LastLine(so.str());
-  ASSERT_EQ(stopped.rfind("RESULT train model=din status=stopped step=", 0), 0u) << stopped;
-  EXPECT_NE(se.str().find("stopped by SIGTERM"), std::string::npos);
-  const int64_t step = std::stoll(Field(stopped, "step", false));
+  r.out = so.str();
+  r.err = se.str();
+  const std::string stopped = LastLine(r.out);
+  EXPECT_EQ(stopped.rfind("RESULT train model=din status=stopped step=", 0), 0u) << stopped;
+  const std::string step = Field(stopped, "step", false);
+  if (!step.empty()) r.step = std::stoll(step);
+  return r;
+}
+
+TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterruptedRun) {
+  const std::string root = TempRoot("cli_term");
+  WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);
+  const std::string sets =
+      " --set data.synthetic.steps=20000 --set data.synthetic.num_items=500 --set "
+      "data.batch_size=8 --set checkpoint.dir=" +
+      root + "/ck";
+  const Stopped stopped = TrainAndSignal(root, sets, SIGTERM);
+  ASSERT_TRUE(WIFEXITED(stopped.status));
+  ASSERT_EQ(WEXITSTATUS(stopped.status), 3) << stopped.out << stopped.err;
+  EXPECT_NE(stopped.err.find("stopped by SIGTERM"), std::string::npos);
+  const int64_t step = stopped.step;
   ASSERT_GT(step, 0);
   ASSERT_LT(step, 20003);
 
@@ -508,6 +526,27 @@ TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterrupted
   ASSERT_EQ(fresh.rc, 0) << fresh.err;
   EXPECT_EQ(Field(LastLine(resumed.out), "loss", false), Field(LastLine(fresh.out), "loss", false));
   EXPECT_EQ(Field(LastLine(resumed.out), "auc", false), Field(LastLine(fresh.out), "auc", false));
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// SIGUSR1 stops like SIGTERM: `mpirun -np 1 ips train` trains in one process, and mpirun forwards
+// SIGUSR1 to it and waits, where a SIGTERM to mpirun is followed by SIGKILL after 1 s.
+TEST(ResumeCli, Sigusr1StopsLikeSigtermWithACheckpoint) {
+  const std::string root = TempRoot("cli_usr1");
+  WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);
+  const std::string sets =
+      " --set data.synthetic.steps=20000 --set data.synthetic.num_items=500 --set "
+      "data.batch_size=8 --set checkpoint.dir=" +
+      root + "/ck";
+  const Stopped stopped = TrainAndSignal(root, sets, SIGUSR1);
+  ASSERT_TRUE(WIFEXITED(stopped.status)) << stopped.err;
+  EXPECT_EQ(WEXITSTATUS(stopped.status), 3) << stopped.out << stopped.err;
+  EXPECT_NE(stopped.err.find("stopped by SIGUSR1"), std::string::npos) << stopped.err;
+  ASSERT_GT(stopped.step, 0);
+  auto list = ListCheckpoints(root + "/ck");
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_FALSE(list->empty());
+  EXPECT_EQ(list->back().first, stopped.step);
   (void)std::system(("rm -rf " + root).c_str());
 }
 

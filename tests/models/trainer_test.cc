@@ -680,6 +680,10 @@ TEST_F(DatasetTraining, TwoEpochsLearnThePlantedPatternAndEvaluateOnSchedule) {
   const std::string m = metrics.str();
   EXPECT_NE(m.find("{\"epoch\":1,\"hr10\":null,"), std::string::npos) << m;
   EXPECT_NE(m.find("{\"epoch\":2,\"hr10\":0."), std::string::npos) << m;
+  // Ranked lists count the evaluated users (0 in an epoch not evaluated).
+  EXPECT_NE(m.find(",\"eval_users\":0,"), std::string::npos) << m;
+  EXPECT_NE(m.find(",\"eval_users\":400,"), std::string::npos) << m;
+  EXPECT_EQ(m.find("eval_rows"), std::string::npos) << m;
 
   // max_steps stops mid-epoch and still evaluates.
   job->dataset.max_steps = 5;
@@ -696,6 +700,39 @@ StatusOr<TrainJob> DatasetJob(const std::string& dir, std::vector<std::string> s
   c.mutable_data()->clear_synthetic();
   c.mutable_data()->set_train_dir(dir);
   return TrainJobFromConfig(c);
+}
+
+// eval.top_k beyond the candidates a user's evaluation ranks would report HR@K (or recall@K) = 1
+// for everyone: FitJobToDataset refuses it, naming the entry, its value and the candidate count.
+// Every model ranks the sampled lists (101 candidates here) with top_k[0]; MIND also ranks every
+// item (400 here) for its retrieval cut-offs, which are all the entries.
+TEST_F(DatasetTraining, TopKBeyondTheCandidatesIsRefused) {
+  auto fit = [&](std::vector<std::string> sets) -> Status {
+    IPS_ASSIGN_OR_RETURN(TrainJob job, DatasetJob(dir_ + "/ds", std::move(sets)));
+    return FitJobToDataset(*data_, &job);
+  };
+  auto expect_refused = [&](std::vector<std::string> sets, const std::string& want) {
+    const Status s = fit(sets);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s;
+  };
+  ASSERT_EQ(data_->manifest().eval_candidates, 101u);
+  ASSERT_EQ(data_->manifest().items, 400u);
+  EXPECT_OK(fit({}));  // the default 10
+  EXPECT_OK(fit({"eval.top_k=101"}));
+  expect_refused({"eval.top_k=102"},
+                 "eval.top_k 102 exceeds the 101 candidates ranked per user (the held-out item "
+                 "and 100 sampled negatives)");
+  expect_refused({"eval.top_k=10,500"}, "eval.top_k[1] 500 exceeds the 101 candidates");
+  const std::vector<std::string> mind = {"model.type=MIND", "model.num_interests=2"};
+  auto with = [](std::vector<std::string> v, const std::string& set) {
+    v.push_back(set);
+    return v;
+  };
+  EXPECT_OK(fit(mind));  // the default cut-offs 20, 50, 100
+  EXPECT_OK(fit(with(mind, "eval.top_k=10,400")));
+  expect_refused(with(mind, "eval.top_k=10,401"), "eval.top_k[1] 401 exceeds the 400 items");
+  expect_refused(with(mind, "eval.top_k=102,400"), "eval.top_k[0] 102 exceeds the 101 candidates");
 }
 
 // Trains `job` on `data` from scratch; the run's result.
@@ -807,6 +844,14 @@ TEST_F(GivenDatasetTraining, DinLearnsTheLabelsAndIsEvaluatedByAucOverTheRows) {
   EXPECT_EQ(m.find("hr10"), std::string::npos) << m;
   EXPECT_NE(m.find("{\"epoch\":1,\"auc\":null,"), std::string::npos) << m;  // not evaluated
   EXPECT_NE(m.find("{\"epoch\":3,\"auc\":0."), std::string::npos) << m;
+  // The epoch lines count the evaluated rows, not users (0 in an epoch not evaluated).
+  EXPECT_NE(m.find(",\"eval_rows\":0,"), std::string::npos) << m;
+  EXPECT_NE(m.find(",\"eval_rows\":600,"), std::string::npos) << m;
+  EXPECT_EQ(m.find("eval_users"), std::string::npos) << m;
+  // No candidate lists: eval.top_k ranks nothing here, so any value is accepted.
+  auto big_k = DatasetJob(dir_ + "/ds", {"data.max_history=10", "eval.top_k=500"});
+  ASSERT_OK(big_k.status());
+  EXPECT_OK(FitJobToDataset(*data, &*big_k));
 
   // The AUC is the rows' pairwise AUC of the read-only predictions (counted here directly),
   // capped at max_users rows.

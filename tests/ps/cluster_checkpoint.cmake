@@ -10,5 +10,6 @@ if(NOT IPS_KERNELS_ONLY AND TARGET ips_dist)
       "cluster_checkpoint_kill_ps_mid_test:ClusterCheckpoint.PsKilledMid*"
       "cluster_checkpoint_kill_worker_mid_test:ClusterCheckpoint.WorkerKilledMid*"
       "cluster_checkpoint_sigterm_test:ClusterCheckpoint.Sigterm*"
+      "cluster_checkpoint_sigusr1_test:ClusterCheckpoint.Sigusr1*"
       "cluster_checkpoint_reshard_test:ClusterCheckpoint.Reshard*")
 endif()

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -295,6 +296,38 @@ TEST(ClusterCheckpoint, SigtermCheckpointsAndStops_2Ps2Workers) {
   const std::string auc = Field(resumed.out, "RESULT train_cluster", "auc");
   EXPECT_FALSE(auc.empty()) << resumed.output;
   EXPECT_EQ(auc, Field(ref.out, "RESULT train_cluster", "auc"));
+}
+
+// (f) SIGUSR1 sent to mpirun itself once the first periodic checkpoint exists: Open MPI
+// forwards SIGUSR1 to every rank and waits for them (a SIGTERM to mpirun gives the ranks
+// odls_base_sigkill_timeout, 1 s, before SIGKILL: too short for a large checkpoint). The worker
+// stops at the next step with a checkpoint, the server ignores the signal and is shut down by the
+// worker, and mpirun exits with the workers' code 3.
+TEST(ClusterCheckpoint, Sigusr1ToMpirunCheckpointsAndStops_1Ps1Worker) {
+  ScratchDir dir("f");
+  TrainSetup s;
+  s.steps = 1000000;  // runs until stopped
+  s.every_steps = 10;
+  s.keep_last = 2;
+  s.checkpoint_dir = dir / "ckpt";
+  const std::string config = WriteConfig(dir, "f.pbtxt", s);
+  const auto checkpointed = [&] {
+    auto list = ListCheckpoints(s.checkpoint_dir);
+    return list.ok() && !list->empty();
+  };
+  MpiRun stopped = testing::RunMpiSignalled(
+      testing::SelfPath(), 2,
+      "--mpi_case=train --config=" + config + " --metrics_out=" + (dir / "stopped.jsonl"), SIGUSR1,
+      checkpointed, 90);
+  EXPECT_EQ(stopped.exit_code, 3) << stopped.output;  // kExitStopped, passed on by mpirun
+  EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "status"), "stopped") << stopped.output;
+  const std::string step = Field(stopped.out, "RESULT train_cluster", "step");
+  ASSERT_FALSE(step.empty()) << stopped.output;
+  const std::vector<int64_t> valid = ValidCheckpoints(s.checkpoint_dir);
+  ASSERT_FALSE(valid.empty()) << stopped.output;
+  EXPECT_EQ(std::to_string(valid.back()), step) << stopped.output;
+  EXPECT_GT(valid.back(), 10);
+  EXPECT_NE(stopped.err.find("stopped by"), std::string::npos) << stopped.output;
 }
 
 // (d) A checkpoint written by 2 PS resumed on 2 and on 3 PS (1 worker, sync): the same losses

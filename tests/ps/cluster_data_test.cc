@@ -6,8 +6,11 @@
 //    the 8 digits they are printed with) equal;
 //  - 2 workers + 2 PS complete with each worker on its own half of every epoch's batches and a
 //    ranking quality far above a random scorer's;
+//  - a given-protocol dataset (labelled rows) trains like single-process training too, its epoch
+//    lines counting the evaluated rows as eval_rows;
 //  - a missing or corrupt train_dir fails on every rank with the reason, a non-zero exit and no
-//    hang (sequence models on a dataset: tests/ps/cluster_seq_test.cc);
+//    hang, and one with fewer batches per epoch than workers with the message of
+//    `ips config check --np N` (sequence models on a dataset: tests/ps/cluster_seq_test.cc);
 //  - a checkpoint written mid-epoch resumes (1 worker, and 2 workers + 2 PS) with the
 //    uninterrupted run's step losses and metrics bit for bit, and single-process
 //    `ips train --resume` continues a cluster checkpoint to the same final metrics.
@@ -237,7 +240,13 @@ TEST_F(ClusterData, GivenDatasetOneWorkerEqualsSingleProcessAndReportsRowAuc) {
   const std::string metrics = Dir() + "/given.jsonl";
   MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
-  ExpectSameRun(sp, ReadClusterMetrics(metrics), r.err);
+  const ClusterMetrics cm = ReadClusterMetrics(metrics);
+  ExpectSameRun(sp, cm, r.err);
+  // The epoch lines count the 300 evaluated rows as rows, not users.
+  for (const std::string& line : cm.epoch_lines) {
+    EXPECT_EQ(JsonField(line, "eval_rows"), "300") << line;
+    EXPECT_EQ(line.find("eval_users"), std::string::npos) << line;
+  }
   const std::string last = LastLine(r.out);
   EXPECT_EQ(last.find(" hr10="), std::string::npos) << last;
   const double auc = std::stod(JsonField(sp.epoch_lines[1], "auc"));
@@ -245,6 +254,27 @@ TEST_F(ClusterData, GivenDatasetOneWorkerEqualsSingleProcessAndReportsRowAuc) {
   std::ostringstream shown;
   shown << std::fixed << std::setprecision(4) << auc;
   EXPECT_NE(last.find(" auc=" + shown.str() + " "), std::string::npos) << last;
+}
+
+// Every worker steps in every round: an epoch of fewer batches than workers is refused before
+// training, with the message `ips config check --np N` gives for it.
+TEST_F(ClusterData, BadTrainDirTooSmallForTheWorkersFailsAsConfigCheckSays) {
+  // 1500 given rows per epoch = 2 batches of 1000 for 3 workers (4 ranks, one PS).
+  const std::string config = Config("small", "", GivenData());
+  const std::string sets = " --set data.batch_size=1000";
+  const testing::IpsRun check = RunIps("config check --config " + config + sets + " --np 4");
+  ASSERT_EQ(check.exit_code, 1) << check.output;
+  const std::string want = "FAILED_PRECONDITION: data.train_dir '" + Dir() +
+                           "/given': 1500 training examples per epoch are fewer than one batch of "
+                           "1000 for each of the 3 workers";
+  EXPECT_NE(check.output.find("error: " + want + "\n"), std::string::npos) << check.output;
+  MpiRun r = RunMpiIps(4, "train --quiet --config " + config + sets, 45);
+  EXPECT_NE(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
+  EXPECT_NE(r.err.find(want), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+  // Two workers get a batch each.
+  EXPECT_EQ(RunIps("config check --config " + config + sets + " --np 3").exit_code, 0);
 }
 
 TEST_F(ClusterData, OneRankTrainsSingleProcessAndSaysSo) {

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -58,35 +59,98 @@ struct MpiRun {
   std::string output;  // err, then out: for failure messages and searches of either
 };
 
-// `timeout mpirun --allow-run-as-root --oversubscribe MPIRUN_FLAGS -np NP PROGRAM ARGS`. stdout
-// and stderr are captured apart: mpirun forwards each rank's streams in chunks, so a log line of
-// one rank may land inside another rank's stdout line when both go to one pipe.
+// One mpirun's files: its captured stdout and stderr and its own session directory. Each
+// mpirun gets its own session directory: two mpiruns started at once (ctest -j2) race creating
+// the shared default /tmp/ompi.<host>.<uid>, and the loser fails with "mkdir ... File exists"
+// before any rank runs.
+struct MpiRunFiles {
+  std::string base;  // base.out, base.err, base.ompi
+
+  MpiRunFiles() {
+    static int runs = 0;  // a process's runs are sequential; concurrent processes differ by pid
+    base = TempRoot() + "/ips_mpi_run_" + std::to_string(getpid()) + "_" + std::to_string(runs++);
+  }
+  std::string session() const { return base + ".ompi"; }
+  // `mpirun --allow-run-as-root --oversubscribe MPIRUN_FLAGS -np NP PROGRAM ARGS >out 2>err`.
+  // stdout and stderr are captured apart: mpirun forwards each rank's streams in chunks, so a
+  // log line of one rank may land inside another rank's stdout line when both go to one pipe.
+  std::string Command(const std::string& program, int np, const std::string& args,
+                      const std::string& mpirun_flags) const {
+    return IPS_MPIEXEC " --allow-run-as-root --oversubscribe --mca orte_tmpdir_base " + session() +
+           " " + mpirun_flags + " -np " + std::to_string(np) + " " + program + " " + args + " >" +
+           base + ".out 2>" + base + ".err";
+  }
+  // Fills r's captured streams from the files, then removes them.
+  void Collect(MpiRun* r) const {
+    r->out = ReadFile(base + ".out");
+    r->err = ReadFile(base + ".err");
+    r->output = r->err + "---- stdout ----\n" + r->out;
+    std::remove((base + ".out").c_str());
+    std::remove((base + ".err").c_str());
+    (void)std::system(("rm -rf " + session()).c_str());
+  }
+};
+
+inline int ExitCodeOf(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// `timeout mpirun ...` (MpiRunFiles::Command), waited for.
 inline MpiRun RunMpi(const std::string& program, int np, const std::string& args, int timeout_s,
                      const std::string& mpirun_flags = "") {
-  static int runs = 0;  // a process's runs are sequential; concurrent processes differ by pid
-  const std::string base =
-      TempRoot() + "/ips_mpi_run_" + std::to_string(getpid()) + "_" + std::to_string(runs++);
-  // Each mpirun gets its own session directory: two mpiruns started at once (ctest -j2) race
-  // creating the shared default /tmp/ompi.<host>.<uid>, and the loser fails with "mkdir ... File
-  // exists" before any rank runs.
-  const std::string session = base + ".ompi";
-  const std::string cmd = "mkdir -p " + session + " && timeout -k 10 " + std::to_string(timeout_s) +
-                          " " IPS_MPIEXEC
-                          " --allow-run-as-root --oversubscribe --mca "
-                          "orte_tmpdir_base " +
-                          session + " " + mpirun_flags + " -np " + std::to_string(np) + " " +
-                          program + " " + args + " >" + base + ".out 2>" + base + ".err";
+  const MpiRunFiles files;
+  const std::string cmd = "mkdir -p " + files.session() + " && timeout -k 10 " +
+                          std::to_string(timeout_s) + " " +
+                          files.Command(program, np, args, mpirun_flags);
   MpiRun r;
   Timer timer;
-  const int status = std::system(cmd.c_str());
+  r.exit_code = ExitCodeOf(std::system(cmd.c_str()));
   r.seconds = timer.Seconds();
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = ReadFile(base + ".out");
-  r.err = ReadFile(base + ".err");
-  r.output = r.err + "---- stdout ----\n" + r.out;
-  std::remove((base + ".out").c_str());
-  std::remove((base + ".err").c_str());
-  (void)std::system(("rm -rf " + session).c_str());
+  files.Collect(&r);
+  return r;
+}
+
+// mpirun as RunMpi, but once `ready()` holds (polled every 20 ms) signal `sig` is sent to the
+// mpirun process itself, as a user or a scheduler stops a job; then waited for. mpirun runs in
+// its own process group, which is SIGKILLed (ranks included) when timeout_s passes; exit_code is
+// then 124. ready() never holding before mpirun exits: the signal is not sent.
+inline MpiRun RunMpiSignalled(const std::string& program, int np, const std::string& args, int sig,
+                              const std::function<bool()>& ready, int timeout_s,
+                              const std::string& mpirun_flags = "") {
+  const MpiRunFiles files;
+  const std::string cmd =
+      "mkdir -p " + files.session() + " && exec " + files.Command(program, np, args, mpirun_flags);
+  MpiRun r;
+  Timer timer;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  EXPECT_GT(pid, 0) << "fork failed";
+  if (pid <= 0) return r;
+  bool signalled = false;
+  int status = 0;
+  for (;;) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      r.exit_code = ExitCodeOf(status);
+      break;
+    }
+    if (timer.Seconds() > timeout_s) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      r.exit_code = 124;
+      break;
+    }
+    if (!signalled && ready()) {
+      kill(pid, sig);
+      signalled = true;
+    }
+    usleep(20000);
+  }
+  r.seconds = timer.Seconds();
+  files.Collect(&r);
   return r;
 }
 

@@ -61,6 +61,25 @@ inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool eval
   return EvalJsonMembers(shown, false);
 }
 
+// One epoch's JSON line on --metrics_out (with its newline), the same for single-process training
+// (RunDatasetEpochs) and a cluster run's worker 0 (launch/cluster_worker.cc): the epoch, its
+// EpochEvalJsonMembers, mean step loss, throughput, the trainer's step count, what the evaluation
+// covered and its time. That count is "eval_users" for ranked candidate lists (one per user) and
+// "eval_rows" for a given dataset (RankingEvalResult::users holds its labelled rows); 0 in an
+// epoch not evaluated, under the key an evaluation of the run would use.
+inline std::string EpochJsonLine(int64_t epoch, const RankingEvalResult& eval, bool evaluated,
+                                 const DatasetRunOptions& options, double loss,
+                                 double samples_per_s, int64_t steps) {
+  const bool ranked = evaluated ? eval.ranked : options.ranked_eval;
+  std::ostringstream os;
+  os << "{\"epoch\":" << epoch << "," << EpochEvalJsonMembers(eval, evaluated, options)
+     << ",\"loss\":" << JsonNumber(loss) << ",\"samples_per_s\":" << JsonNumber(samples_per_s)
+     << ",\"steps\":" << steps << (ranked ? ",\"eval_users\":" : ",\"eval_rows\":")
+     << (evaluated ? eval.users : 0) << ",\"eval_s\":" << JsonNumber(evaluated ? eval.seconds : 0)
+     << "}\n";
+  return os.str();
+}
+
 // The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.. auc=.." (given: " auc=..
 // gauc=..").
 inline std::string EvalProgressText(const RankingEvalResult& eval) {
@@ -328,14 +347,8 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
       progress->Update(r.samples, extra.str());
     }
     if (sinks.metrics_out != nullptr) {
-      *sinks.metrics_out << "{\"epoch\":" << er.epoch << ","
-                         << EpochEvalJsonMembers(er.eval, er.evaluated, options)
-                         << ",\"loss\":" << JsonNumber(er.loss)
-                         << ",\"samples_per_s\":" << JsonNumber(er.samples_per_s)
-                         << ",\"steps\":" << trainer->steps()
-                         << ",\"eval_users\":" << (er.evaluated ? er.eval.users : 0)
-                         << ",\"eval_s\":" << JsonNumber(er.evaluated ? er.eval.seconds : 0)
-                         << "}\n";
+      *sinks.metrics_out << EpochJsonLine(er.epoch, er.eval, er.evaluated, options, er.loss,
+                                          er.samples_per_s, trainer->steps());
       sinks.metrics_out->flush();
     }
     r.loss = er.loss;
