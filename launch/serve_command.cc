@@ -18,7 +18,9 @@ int RunExportCommand(const std::vector<std::string>& args) {
   flags.Bool("fp16", "store embedding rows as IEEE half precision");
   flags.Int("min_count", 0, "drop rows used fewer than N times (LFU count)");
   flags.Int("keep_versions", 3, "bundle versions kept in the root");
-  flags.Bool("delta", "write only the rows that changed since the bundle's current version");
+  flags.Bool("delta",
+             "write only the rows that changed since the bundle's current version (a root with "
+             "no version yet gets a full one, said on stderr and as delta_reason=no_base)");
   flags.String("dataset", "",
                "dataset directory whose vocab gives the item -> category map (default: the "
                "checkpoint config's data.train_dir or synthetic catalogue; none: requests must "
@@ -43,23 +45,31 @@ int RunExportCommand(const std::vector<std::string>& args) {
     return kExitError;
   }
   std::cout << "exported " << r->path << " (step " << r->step << ", " << r->rows << " rows)\n";
+  // --delta without a base still publishes (the first version of a publisher that always passes
+  // --delta must be full), but never silently: the user asked for a delta and did not get one.
+  if (r->delta_skipped == "no_base")
+    std::cerr << "note: --delta: " << o.output
+              << " has no current version (no CURRENT) to diff against, so " << r->path
+              << " is a full bundle; later --delta exports are deltas against it\n";
   if (!r->item_cats)
     std::cerr << "warning: no item -> category map (no dataset known to the checkpoint; pass "
                  "--dataset DIR): requests must carry history_cats/candidate_cats, and MIND "
                  "top-N retrieval is refused\n";
-  ResultLine("export")
-      .Add("bundle", r->path)
+  ResultLine result("export");
+  result.Add("bundle", r->path)
       .Add("version", r->version)
       .Add("step", r->step)
       .Add("rows", r->rows)
       .Add("rows_dropped", r->rows_dropped)
+      .Add("delta", r->delta_of != 0 ? "true" : "false")
       .Add("delta_of", r->delta_of)
       .Add("rows_removed", r->rows_removed)
       .Add("bytes", r->bytes)
       .Add("fp16", o.fp16 ? "true" : "false")
       .Add("item_cats", r->item_cats ? "true" : "false")
-      .Add("seconds", timer.Seconds())
-      .Print();
+      .Add("seconds", timer.Seconds());
+  if (!r->delta_skipped.empty()) result.Add("delta_reason", r->delta_skipped);
+  result.Print();
   return kExitOk;
 }
 

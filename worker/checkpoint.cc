@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <glog/logging.h>
+#include <google/protobuf/text_format.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,6 +16,8 @@
 
 #include "common/timer.h"
 #include "proto/checkpoint.pb.h"
+#include "proto/config.pb.h"
+#include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 
 namespace ips {
@@ -194,6 +197,134 @@ StatusOr<ckpt::CheckpointManifest> ReadManifest(const std::string& dir) {
 }
 
 }  // namespace
+
+// ---- Explaining a checkpoint that does not fit ------------------------------------------------
+
+namespace {
+
+// The settings of a config that shape a checkpoint's tensors and tables (model.type and
+// model.embedding_dim first, the other model.* fields but model.device, data.max_history,
+// optimizer.type, each table's dim and optimizer type), as (path, value). Values are effective
+// ones (a field left unset reads as its default), so two configs that build the same model agree
+// whatever they spell out.
+using ShapeSettings = std::vector<std::pair<std::string, std::string>>;
+
+std::string FieldValue(const google::protobuf::Message& m,
+                       const google::protobuf::FieldDescriptor* f) {
+  std::string out;
+  if (!f->is_repeated()) {
+    google::protobuf::TextFormat::PrintFieldValueToString(m, f, -1, &out);
+    return out;
+  }
+  const int n = m.GetReflection()->FieldSize(m, f);
+  if (n == 0) return "(unset)";
+  out = "[";
+  for (int i = 0; i < n; ++i) {
+    std::string v;
+    google::protobuf::TextFormat::PrintFieldValueToString(m, f, i, &v);
+    out += (i > 0 ? ", " : "") + v;
+  }
+  return out + "]";
+}
+
+bool ShapeSettingsOf(const std::string& config_text, ShapeSettings* out) {
+  if (config_text.empty()) return false;
+  auto cfg = ParseConfigText(config_text, "checkpoint config");
+  // Without a model section the text is not the config that built the model (library callers
+  // record placeholders): naming the defaults' DIN would misattribute the checkpoint.
+  if (!cfg.ok() || !cfg->has_model()) return false;
+  const config::ModelConfig& model = cfg->model();
+  out->emplace_back("model.type", config::ModelConfig::Type_Name(model.type()));
+  out->emplace_back("model.embedding_dim", std::to_string(model.embedding_dim()));
+  const google::protobuf::Descriptor* d = model.GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    // Where the model runs does not change what it holds.
+    if (f->name() == "type" || f->name() == "embedding_dim" || f->name() == "device") continue;
+    out->emplace_back("model." + f->name(), FieldValue(model, f));
+  }
+  out->emplace_back("data.max_history", std::to_string(cfg->data().max_history()));
+  const std::string dense_opt = config::OptimizerConfig::Type_Name(cfg->optimizer().type());
+  out->emplace_back("optimizer.type", dense_opt);
+  for (const config::TableConfig& t : cfg->tables()) {
+    const std::string p = "tables['" + t.name() + "']";
+    out->emplace_back(p + ".dim", std::to_string(t.dim()));
+    out->emplace_back(
+        p + ".optimizer.type",
+        t.has_optimizer() ? config::OptimizerConfig::Type_Name(t.optimizer().type()) : dense_opt);
+  }
+  return true;
+}
+
+std::string Describe(const ShapeSettings& s) {
+  // ShapeSettingsOf puts model.type and model.embedding_dim first.
+  return "a " + s[0].second + " model (model.embedding_dim " + s[1].second + ")";
+}
+
+std::vector<std::string> Differences(const ShapeSettings& a, const ShapeSettings& b) {
+  std::map<std::string, std::string> bm(b.begin(), b.end());
+  std::set<std::string> seen;
+  std::vector<std::string> out;
+  auto add = [&](const std::string& path, const std::string& va, const std::string& vb) {
+    out.push_back(path + " (checkpoint " + va + ", config " + vb + ")");
+  };
+  for (const auto& [path, va] : a) {
+    seen.insert(path);
+    auto it = bm.find(path);
+    if (it == bm.end())
+      add(path, va, "none");
+    else if (it->second != va)
+      add(path, va, it->second);
+  }
+  for (const auto& [path, vb] : b)
+    if (seen.count(path) == 0) add(path, "none", vb);
+  return out;
+}
+
+// `misfit` (a tensor or table of the checkpoint that does not fit `into`) in the user's terms: the
+// model and settings of the config that wrote the checkpoint against the config given now.
+Status ExplainMisfit(const Status& misfit, const std::string& dir, const std::string& written,
+                     const std::string& wanted) {
+  // A damaged file is not a question of configs.
+  if (misfit.code() == StatusCode::kDataLoss) return misfit;
+  ShapeSettings ckpt, cfg;
+  // A checkpoint written without a config (a library caller's), or with one this binary cannot
+  // parse: the misfit is all there is to say.
+  if (!ShapeSettingsOf(written, &ckpt)) return misfit;
+  if (!ShapeSettingsOf(wanted, &cfg))
+    return Status(misfit.code(),
+                  misfit.message() + " (the checkpoint was written by " + Describe(ckpt) + ")");
+  std::vector<std::string> diffs = Differences(ckpt, cfg);
+  if (diffs.empty()) return misfit;  // same settings: the message of the tensor is all we know
+  std::string msg = "the checkpoint at " + dir + " was written by " + Describe(ckpt);
+  const bool same_model = ckpt[0] == cfg[0] && ckpt[1] == cfg[1];
+  if (same_model) {
+    msg += " with other settings than the config's: ";
+  } else {
+    msg += ", the config says " + cfg[0].second + " (model.embedding_dim " + cfg[1].second + ")";
+    // The headline already names type and width.
+    diffs.erase(std::remove_if(diffs.begin(), diffs.end(),
+                               [](const std::string& d) {
+                                 return d.rfind("model.type ", 0) == 0 ||
+                                        d.rfind("model.embedding_dim ", 0) == 0;
+                               }),
+                diffs.end());
+    if (!diffs.empty()) msg += "; it also differs in ";
+  }
+  for (size_t i = 0; i < diffs.size(); ++i) msg += (i > 0 ? ", " : "") + diffs[i];
+  msg +=
+      ". Use the config of the run that wrote the checkpoint, or a checkpoint of this model "
+      "(first misfit: " +
+      misfit.message() + ")";
+  return InvalidArgumentError(msg);
+}
+
+}  // namespace
+
+std::string DescribeConfigModel(const std::string& config_text) {
+  ShapeSettings s;
+  return ShapeSettingsOf(config_text, &s) ? Describe(s) : std::string();
+}
 
 void AddDenseState(models::DenseParams<float>* params,
                    const std::vector<models::StateTensor<float>>& state, DenseOptimizer* optimizer,
@@ -569,40 +700,47 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
   std::map<std::string, std::vector<float>> tensors;
   std::map<std::string, std::string> saved_blobs;
   IPS_RETURN_IF_ERROR(ReadDense(&tensors, &saved_blobs));
-  std::set<std::string> wanted;
-  for (const auto& t : into.tensors) {
-    wanted.insert(t.name);
-    auto it = tensors.find(t.name);
-    if (it == tensors.end())
-      return NotFoundError(dir() + ": no tensor '" + t.name + "' in the checkpoint");
-    if (static_cast<int64_t>(it->second.size()) != t.size)
-      return InvalidArgumentError(dir() + ": tensor '" + t.name + "' has " +
-                                  std::to_string(it->second.size()) + " values, the model " +
-                                  std::to_string(t.size));
-  }
-  if (!into.tensors.empty()) {
-    for (const auto& [name, v] : tensors)
-      if (wanted.count(name) == 0)
-        return InvalidArgumentError(dir() + ": tensor '" + name +
-                                    "' of the checkpoint has no place in the model (another model "
-                                    "or configuration?)");
-  }
   std::vector<std::vector<std::vector<std::string>>> table_files;
-  for (const auto* t : into.tables) {
-    auto groups = TableFiles(t->options().name);
-    for (size_t g = 0; g < groups.size(); ++g) {
-      if (groups[g].empty())
-        return NotFoundError(chain()[g] + ": no files of table '" + t->options().name + "'");
-      for (const auto& p : groups[g]) {
-        IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(p));
-        IPS_RETURN_IF_ERROR(ps::CheckTableFileFits(p, h, *t));
-      }
+  // Whether the checkpoint's tensors and tables fit `into`; a misfit is explained below in terms
+  // of the two configs (a user passing the config of another model sees that, not tensor sizes).
+  const Status fits = [&]() -> Status {
+    std::set<std::string> wanted;
+    for (const auto& t : into.tensors) {
+      wanted.insert(t.name);
+      auto it = tensors.find(t.name);
+      if (it == tensors.end())
+        return NotFoundError(dir() + ": no tensor '" + t.name + "' in the checkpoint");
+      if (static_cast<int64_t>(it->second.size()) != t.size)
+        return InvalidArgumentError(dir() + ": tensor '" + t.name + "' has " +
+                                    std::to_string(it->second.size()) + " values, the model " +
+                                    std::to_string(t.size));
     }
+    if (!into.tensors.empty()) {
+      for (const auto& [name, v] : tensors)
+        if (wanted.count(name) == 0)
+          return InvalidArgumentError(dir() + ": tensor '" + name +
+                                      "' of the checkpoint has no place in the model (another "
+                                      "model or configuration?)");
+    }
+    for (const auto* t : into.tables) {
+      auto groups = TableFiles(t->options().name);
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (groups[g].empty())
+          return NotFoundError(chain()[g] + ": no files of table '" + t->options().name + "'");
+        for (const auto& p : groups[g]) {
+          IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(p));
+          IPS_RETURN_IF_ERROR(ps::CheckTableFileFits(p, h, *t));
+        }
+      }
+      table_files.push_back(std::move(groups));
+    }
+    return Status::Ok();
+  }();
+  if (!fits.ok()) return ExplainMisfit(fits, dir(), config_text_, into.config_text);
+  for (const auto* t : into.tables)
     if (t->Stats().rows != 0)
       return FailedPreconditionError("table '" + t->options().name +
                                      "' is not empty: restore into fresh tables");
-    table_files.push_back(std::move(groups));
-  }
   // 2. Load.
   for (const auto& t : into.tensors) {
     const auto& v = tensors.at(t.name);

@@ -212,7 +212,11 @@ class CheckpointReader {
   // model does not half-load); every table must have files; blobs are returned in *blobs (may be
   // null). Tables are loaded with ps::LoadTableChain (pass fresh tables) keeping the keys where
   // keep(key) (empty: all). Everything is checked before anything is written. Errors name the
-  // tensor, table or file.
+  // tensor, table or file. When they do not fit and the checkpoint's recorded config and
+  // into.config_text differ in a setting that shapes them, the error is INVALID_ARGUMENT "the
+  // checkpoint at DIR was written by a DIEN model (model.embedding_dim 18), the config says DIN
+  // (...)" listing the differing settings, then the first misfit; a checkpoint without a config
+  // (or into.config_text empty) gets the misfit alone (plus the checkpoint's model when known).
   Status Restore(const CheckpointContent& into, std::map<std::string, std::string>* blobs,
                  const ps::KeyFilter& keep = nullptr) const;
   // The dense tensors and blobs as owned copies (export, inspection).
@@ -251,6 +255,12 @@ StatusOr<ps::FileDigest> WriteDenseFile(const std::string& path,
                                         const std::map<std::string, std::string>& blobs);
 Status ReadDenseFile(const std::string& path, std::map<std::string, std::vector<float>>* tensors,
                      std::map<std::string, std::string>* blobs);
+
+// A config's model for messages (CheckpointReader::Restore's misfits, `ips export --delta` onto a
+// bundle of another model): "a DIEN model (model.embedding_dim 18)", or "" when `config_text` is
+// empty, does not parse or has no model section (a placeholder, not the config that built the
+// model). Checkpoints and bundles record the config that wrote them (config_text).
+std::string DescribeConfigModel(const std::string& config_text);
 
 // The checkpoint directories under a root, sorted by step (oldest first).
 StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std::string& root);

@@ -326,8 +326,29 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
                                     std::to_string(base->version()) +
                                     " has fp16=" + (base->fp16() ? "true" : "false") +
                                     "; a delta must use the same precision");
+      // Rows of another width cannot be diffed against the base's (and Bundle::Load refuses such
+      // a delta): typically a checkpoint of another model exported into a model's bundle root.
+      for (const ps::DynamicTable* t : source.tables) {
+        const int64_t had = base->dim(t->options().name);
+        if (had == 0 || had == t->options().dim) continue;
+        const std::string was = DescribeConfigModel(base->config_text());
+        const std::string is = DescribeConfigModel(source.config_text);
+        return InvalidArgumentError(
+            "export --delta: the current version " + std::to_string(base->version()) + " of " +
+            options.output + " has table '" + t->options().name + "' of dim " +
+            std::to_string(had) + ", " + source.origin + " has dim " +
+            std::to_string(t->options().dim) +
+            (was.empty() || is.empty()
+                 ? std::string()
+                 : " (the base was exported from " + was + ", this from " + is + ")") +
+            ": a delta must keep the base's table widths; export without --delta for a full "
+            "version");
+      }
       m.set_delta_of(base->version());
       result.delta_of = base->version();
+    } else {
+      // Nothing to diff against: the full bundle is the first base (the caller says so).
+      result.delta_skipped = "no_base";
     }
   } else {
     base = nullptr;

@@ -52,8 +52,11 @@ struct ExportOptions {
   int64_t min_count = 0;   // drop rows used fewer than this many times (LFU count)
   int keep_versions = 3;   // older v-<n> directories are removed (bases of kept deltas stay)
   // Write only the rows that differ from the bundle's current version (and the keys it no longer
-  // has): a small, fast-to-publish update for streaming training. Falls back to a full bundle
-  // when the output has no version yet.
+  // has): a small, fast-to-publish update for streaming training. The current version must have
+  // the same precision and table widths (INVALID_ARGUMENT naming both otherwise). When the output
+  // has no current version yet (no CURRENT) there is nothing to diff against: a full bundle is
+  // written and ExportResult::delta_skipped says why, so a publisher that always asks for a delta
+  // needs no special first run, and its caller can still tell the user.
   bool delta = false;
   // A dataset directory whose vocab gives the item -> category map, for checkpoints whose config
   // names none (empty: the config's data.train_dir when it opens, or its synthetic catalogue;
@@ -71,6 +74,9 @@ struct ExportResult {
   int64_t rows_dropped = 0;  // by min_count
   int64_t rows_removed = 0;  // delta: keys of the base no longer present
   int64_t delta_of = 0;      // delta: the base version (0 = a full bundle)
+  // options.delta asked for a delta but a full bundle was written, and why: "no_base" (the output
+  // had no current version). Empty otherwise.
+  std::string delta_skipped;
   int64_t bytes = 0;
   bool item_cats = false;  // the bundle (or its base) has an item -> category map
   // The published version as Bundle::Load would read it (PublishBundle only): a streaming

@@ -2,7 +2,9 @@
 // dense weights, dense optimizer state, Dice running statistics, blobs and tables; incremental
 // chains with retention; corrupt, truncated and missing files rejected naming the file with
 // nothing loaded; a writer stopped mid-write (and one killed with SIGKILL) leaves the previous
-// checkpoint loadable and no partial one visible; re-sharding through the reader.
+// checkpoint loadable and no partial one visible; re-sharding through the reader; a checkpoint of
+// another model or configuration is rejected saying which model (and settings) wrote it and what
+// the config says, falling back to the misfit tensor where the checkpoint records no config.
 #include "worker/checkpoint.h"
 
 #include <glog/logging.h>
@@ -17,11 +19,13 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/random.h"
 #include "models/din.h"
 #include "ps/checkpoint_io.h"
+#include "worker/serving_fixture.h"
 
 namespace ips {
 namespace {
@@ -462,6 +466,129 @@ TEST(Checkpoint, Reshard_TwoWritersIntoThreeTables_ThroughTheReader) {
     }
   }
   EXPECT_TRUE(merged == want);
+  ps::RemoveTree(dir);
+}
+
+// ---- A checkpoint of another model: the error says which model wrote it -----------------------
+
+constexpr char kDinConfig[] = R"(
+version: 1
+data { max_history: 5 }
+model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] }
+tables { name: "item" dim: 4 }
+tables { name: "category" dim: 4 }
+)";
+
+// kDinConfig with each `from` replaced by its `to`.
+std::string DinConfigWith(const std::vector<std::pair<std::string, std::string>>& edits) {
+  std::string c = kDinConfig;
+  for (const auto& [from, to] : edits) {
+    const size_t p = c.find(from);
+    EXPECT_NE(p, std::string::npos) << from;
+    if (p != std::string::npos) c.replace(p, from.size(), to);
+  }
+  return c;
+}
+
+// Writes the state of `config` (a model at random weights, keys 1..6 in each table) as
+// <dir>/ckpt-3, recording `recorded_config` as its config.
+void WriteCheckpointOf(const std::string& config, const std::string& recorded_config,
+                       const std::string& dir) {
+  auto state = MakeServingState(config, 8, {6, 6}, ps::TableOptions(), 0.5, 1);
+  ASSERT_TRUE(state.ok()) << state.status();
+  (*state)->content.config_text = recorded_config;
+  CheckpointOptions o;
+  o.dir = dir;
+  auto info = std::move(CheckpointWriter::Create(o)).value()->Write(3, (*state)->content);
+  ASSERT_TRUE(info.ok()) << info.status();
+}
+
+// LoadCheckpoint (what `ips eval`, `ips train --resume` and the cluster worker's resume call) of
+// the checkpoint in `dir` into the state of `config`, whose content records `given_config`;
+// checks that nothing was loaded and returns the error.
+Status LoadInto(const std::string& dir, const std::string& config,
+                const std::string& given_config) {
+  auto state = MakeServingState(config, 8, {0, 0}, ps::TableOptions(), 0, 0);
+  EXPECT_TRUE(state.ok()) << state.status();
+  if (!state.ok()) return state.status();
+  (*state)->content.config_text = given_config;
+  for (auto& t : (*state)->content.tensors)
+    for (int64_t i = 0; i < t.size; ++i) t.data[i] = std::numeric_limits<float>::quiet_NaN();
+  auto step = LoadCheckpoint(dir, (*state)->content, nullptr);
+  EXPECT_FALSE(step.ok());
+  for (const auto& t : (*state)->content.tensors) EXPECT_TRUE(std::isnan(t.data[0])) << t.name;
+  for (const auto& t : (*state)->tables) EXPECT_EQ(t->Stats().rows, 0);
+  return step.status();
+}
+
+TEST(Checkpoint, CheckpointOfAnotherModel_ErrorSaysWhichModelWroteItAndWhatTheConfigSays) {
+  const std::string dir = TempDir();
+  WriteCheckpointOf(kDinConfig, kDinConfig, dir);
+  const std::string at = "the checkpoint at " + dir + "/ckpt-3 was written by ";
+  {
+    SCOPED_TRACE("another model type");
+    const std::string dien = DinConfigWith({{"type: DIN", "type: DIEN rnn_hidden: 8"}});
+    const Status s = LoadInto(dir, dien, dien);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(at + "a DIN model (model.embedding_dim 4), the config says DIEN "
+                                    "(model.embedding_dim 4)"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.message().find("model.rnn_hidden (checkpoint 36, config 8)"), std::string::npos)
+        << s;
+    // The tensor that did not fit is still named, after the explanation.
+    EXPECT_NE(s.message().find("first misfit: " + dir + "/ckpt-3: no tensor 'dense/"),
+              std::string::npos)
+        << s;
+  }
+  {
+    SCOPED_TRACE("another embedding width");
+    const std::string cfg = DinConfigWith({{"embedding_dim: 4", "embedding_dim: 8"},
+                                           {"\"item\" dim: 4", "\"item\" dim: 8"},
+                                           {"\"category\" dim: 4", "\"category\" dim: 8"}});
+    const Status s = LoadInto(dir, cfg, cfg);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(at + "a DIN model (model.embedding_dim 4), the config says DIN "
+                                    "(model.embedding_dim 8); it also differs in "
+                                    "tables['item'].dim (checkpoint 4, config 8), "
+                                    "tables['category'].dim (checkpoint 4, config 8)"),
+              std::string::npos)
+        << s;
+  }
+  {
+    SCOPED_TRACE("same model and width, other layers");
+    const std::string cfg = DinConfigWith({{"mlp_hidden: [7, 4]", "mlp_hidden: [9, 4]"}});
+    const Status s = LoadInto(dir, cfg, cfg);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(at + "a DIN model (model.embedding_dim 4) with other settings than "
+                                    "the config's: model.mlp_hidden (checkpoint [7, 4], config "
+                                    "[9, 4])"),
+              std::string::npos)
+        << s;
+  }
+  ps::RemoveTree(dir);
+}
+
+// Checkpoints that record no config (library callers; or a placeholder without a model section)
+// and loaders that give none keep the misfit message; what is known is added, nothing guessed.
+TEST(Checkpoint, CheckpointOfAnotherModel_WithoutConfigs_FallsBackToTheMisfit) {
+  const std::string dien = DinConfigWith({{"type: DIN", "type: DIEN rnn_hidden: 8"}});
+  for (const std::string& recorded : {std::string(), std::string("name: \"placeholder\"")}) {
+    SCOPED_TRACE("recorded config '" + recorded + "'");
+    const std::string dir = TempDir();
+    WriteCheckpointOf(kDinConfig, recorded, dir);
+    const Status s = LoadInto(dir, dien, dien);
+    EXPECT_NE(s.message().find(dir + "/ckpt-3: no tensor 'dense/"), std::string::npos) << s;
+    EXPECT_EQ(s.message().find("written by"), std::string::npos) << s;
+    ps::RemoveTree(dir);
+  }
+  const std::string dir = TempDir();
+  WriteCheckpointOf(kDinConfig, kDinConfig, dir);
+  const Status s = LoadInto(dir, dien, "");
+  EXPECT_NE(s.message().find(dir + "/ckpt-3: no tensor 'dense/"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("(the checkpoint was written by a DIN model (model.embedding_dim 4))"),
+            std::string::npos)
+      << s;
   ps::RemoveTree(dir);
 }
 

@@ -3,6 +3,8 @@
 // bad ones answered by errors naming the line (RESULT serve ... errors=N), and usage errors exit 2.
 // The export records the synthetic catalogue's item -> category map, so requests may omit
 // categories; a bundle without a map answers such requests with an error naming the field.
+// `ips export --delta` onto an empty root writes a full bundle and says so; `ips eval` and `ips
+// train --resume` of another model's checkpoint name the model that wrote it.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -158,6 +160,78 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   auto missing = RunIps("export --checkpoint " + dir + "/none --output " + dir + "/b2");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find(dir + "/none"), std::string::npos) << missing.output;
+  ps::RemoveTree(dir);
+}
+
+// `ips export --delta` onto a root with no version: a full bundle is published (a publisher that
+// always passes --delta needs no special first run), but not silently: stderr says there was no
+// base and the RESULT line says delta=false delta_reason=no_base. The next --delta is a delta.
+TEST(ServeCli, ExportDeltaOntoAnEmptyRoot_WritesAFullBundleAndSaysSo) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  const std::string export_delta =
+      "export --checkpoint " + co.dir + " --output " + dir + "/bundle --delta";
+  auto first = RunIpsSplit(export_delta);
+  ASSERT_EQ(first.exit_code, 0) << first.output << first.error;
+  const std::string line = LastLine(first.output);
+  EXPECT_EQ(line.rfind("RESULT export ", 0), 0u) << first.output;
+  EXPECT_NE(line.find(" version=1 "), std::string::npos) << line;
+  EXPECT_NE(line.find(" delta=false "), std::string::npos) << line;
+  EXPECT_NE(line.find(" delta_of=0 "), std::string::npos) << line;
+  EXPECT_NE(line.find(" delta_reason=no_base"), std::string::npos) << line;
+  EXPECT_NE(first.error.find("note: --delta: " + dir + "/bundle has no current version"),
+            std::string::npos)
+      << first.error;
+  EXPECT_NE(first.error.find(dir + "/bundle/v-1 is a full bundle"), std::string::npos)
+      << first.error;
+
+  auto second = RunIpsSplit(export_delta);
+  ASSERT_EQ(second.exit_code, 0) << second.output << second.error;
+  const std::string line2 = LastLine(second.output);
+  EXPECT_NE(line2.find(" version=2 "), std::string::npos) << line2;
+  EXPECT_NE(line2.find(" delta=true "), std::string::npos) << line2;
+  EXPECT_NE(line2.find(" delta_of=1 "), std::string::npos) << line2;
+  EXPECT_EQ(line2.find("delta_reason"), std::string::npos) << line2;
+  EXPECT_EQ(second.error.find("--delta"), std::string::npos) << second.error;
+  // Without --delta nothing is said about deltas beyond delta=false.
+  auto plain = RunIpsSplit("export --checkpoint " + co.dir + " --output " + dir + "/bundle_plain");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output << plain.error;
+  EXPECT_NE(LastLine(plain.output).find(" delta=false "), std::string::npos) << plain.output;
+  EXPECT_EQ(plain.output.find("delta_reason"), std::string::npos) << plain.output;
+  EXPECT_EQ(plain.error.find("--delta"), std::string::npos) << plain.error;
+  ps::RemoveTree(dir);
+}
+
+// `ips eval` and `ips train --resume` with the config of another model than the checkpoint's say
+// so: the checkpoint's path, the model that wrote it and the model of the config, not only a
+// tensor's size.
+TEST(ServeCli, EvalAndResumeWithAnotherModelsConfig_SayWhichModelWroteTheCheckpoint) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  std::string dien = kConfig;
+  const std::string din = "type: DIN embedding_dim: 4";
+  dien.replace(dien.find(din), din.size(), "type: DIEN embedding_dim: 4 rnn_hidden: 8");
+  const std::string config = dir + "/dien.pbtxt";
+  std::ofstream(config) << dien;
+  const std::string want = "the checkpoint at " + co.dir +
+                           "/ckpt-7 was written by a DIN model (model.embedding_dim 4), the "
+                           "config says DIEN (model.embedding_dim 4)";
+  auto eval = RunIpsSplit("eval --config " + config + " --checkpoint " + co.dir);
+  EXPECT_EQ(eval.exit_code, 1) << eval.output << eval.error;
+  EXPECT_NE(eval.error.find(want), std::string::npos) << eval.error;
+  auto resume = RunIpsSplit("train --quiet --config " + config + " --resume " + co.dir);
+  EXPECT_EQ(resume.exit_code, 1) << resume.output << resume.error;
+  EXPECT_NE(resume.error.find(want), std::string::npos) << resume.error;
   ps::RemoveTree(dir);
 }
 

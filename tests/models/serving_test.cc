@@ -1,7 +1,8 @@
 // Tests of the serving bundle and scorer (worker/serving.h): export/score parity with the
 // model's inference logits (fp32: max abs diff <= 1e-5; fp16: AUC within 0.001), chunking,
 // min_count, request parsing errors, corrupt bundles, and hot reload under a stream of requests
-// with no request lost.
+// with no request lost; --delta onto a root with no version writes a full bundle and says why,
+// and onto a version of other table widths is refused.
 #include "worker/serving.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/random.h"
@@ -24,6 +26,7 @@
 #include "worker/checkpoint.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
+#include "worker/serving_fixture.h"
 #include "worker/synthetic_batches.h"
 
 namespace ips {
@@ -367,10 +370,11 @@ TEST(Serving, DeltaBundle_LoadsToTheSameRowsAsAFullExport_AndIsPickedUp) {
   ExportOptions eo;
   eo.checkpoint = Checkpoint(t, dir + "/ckpt1", 10);
   eo.output = dir + "/bundle";
-  eo.delta = true;  // no version yet: a full bundle
+  eo.delta = true;  // no version yet: a full bundle, and the result says why
   auto v1 = ExportBundle(eo);
   ASSERT_TRUE(v1.ok()) << v1.status();
   EXPECT_EQ(v1->delta_of, 0);
+  EXPECT_EQ(v1->delta_skipped, "no_base");
   auto server = std::move(BundleServer::Create(eo.output, 5)).value();
   // More training: a few rows change, one is removed, new keys appear.
   Rng rng(4);
@@ -384,12 +388,15 @@ TEST(Serving, DeltaBundle_LoadsToTheSameRowsAsAFullExport_AndIsPickedUp) {
   auto v2 = ExportBundle(eo);
   ASSERT_TRUE(v2.ok()) << v2.status();
   EXPECT_EQ(v2->delta_of, 1);
+  EXPECT_EQ(v2->delta_skipped, "");
   EXPECT_EQ(v2->rows, 5);  // the 3 updated rows and the 2 new ones; categories unchanged
   EXPECT_EQ(v2->rows_removed, 1);
   ExportOptions full = eo;
   full.output = dir + "/full";
   full.delta = false;
-  ASSERT_TRUE(ExportBundle(full).ok());
+  auto f1 = ExportBundle(full);
+  ASSERT_TRUE(f1.ok()) << f1.status();
+  EXPECT_EQ(f1->delta_skipped, "") << "no delta was asked for";
   auto a = std::move(Bundle::Load(eo.output)).value();
   auto b = std::move(Bundle::Load(full.output)).value();
   EXPECT_EQ(a->version(), 2);
@@ -449,6 +456,56 @@ TEST(Serving, FailedDeltaExport_LeavesNoStagingDirectory) {
   EXPECT_NE(r.status().message().find(rows), std::string::npos) << r.status();
   EXPECT_TRUE(leftovers().empty()) << leftovers()[0];
   EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
+  ps::RemoveTree(dir);
+}
+
+// `ips export --delta` of a checkpoint whose tables have another width than the current version's
+// (a checkpoint of another model exported into this model's bundle root) is refused naming both
+// widths and models: the old code diffed rows of different widths (reading past the base's rows)
+// and published a delta that Bundle::Load, and so every server, refuses.
+TEST(Serving, DeltaExportOfAnotherWidth_RefusedNamingBothModels_NothingPublished) {
+  const std::string dir = TempDir();
+  Trained t(9);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 10);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  std::string wide = kConfig;
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"type: DIN embedding_dim: 4", "type: DIEN embedding_dim: 8 rnn_hidden: 16"},
+           {"\"item\" dim: 4", "\"item\" dim: 8"},
+           {"\"category\" dim: 4", "\"category\" dim: 8"}}) {
+    ASSERT_NE(wide.find(from), std::string::npos) << from;
+    wide.replace(wide.find(from), from.size(), to);
+  }
+  auto state = MakeServingState(wide, 8, {400, 30}, ps::TableOptions(), 0.5, 2);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt_wide";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(20, (*state)->content).ok());
+  ExportOptions delta = eo;
+  delta.checkpoint = co.dir;
+  delta.delta = true;
+  auto r = ExportBundle(delta);
+  ASSERT_FALSE(r.ok()) << "published v-" << r->version << " delta_of=" << r->delta_of;
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status();
+  for (const std::string& want :
+       {"the current version 1 of " + eo.output + " has table 'category' of dim 4, " + co.dir +
+            "/ckpt-20 has dim 8",
+        std::string("(the base was exported from a DIN model (model.embedding_dim 4), this from a "
+                    "DIEN model (model.embedding_dim 8))"),
+        std::string("export without --delta")})
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << want << "\n" << r.status();
+  EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
+  const std::vector<std::string> names = ps::ListDir(eo.output).value();
+  for (const auto& n : names) EXPECT_NE(n.rfind("tmp-", 0), 0u) << n;
+  // A full export of it is fine, and serves.
+  delta.delta = false;
+  auto full = ExportBundle(delta);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->version, 2);
+  auto scorer = Scorer::Create(std::move(Bundle::Load(eo.output)).value());
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
   ps::RemoveTree(dir);
 }
 
