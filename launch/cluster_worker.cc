@@ -120,6 +120,16 @@ StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v) {
   return static_cast<double>(f);
 }
 
+StatusOr<std::vector<double>> GatherFromWorkers(Collective* coll, int num_workers, double v) {
+  std::vector<double> all(static_cast<size_t>(num_workers), 0.0);
+  all[static_cast<size_t>(coll->rank())] = v;
+  if (num_workers == 1) return all;
+  // One broadcast per worker: bit-exact doubles (AllReduceSum is float).
+  for (int r = 0; r < num_workers; ++r)
+    IPS_RETURN_IF_ERROR(coll->Broadcast(&all[static_cast<size_t>(r)], sizeof(double), r));
+  return all;
+}
+
 uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i) {
   return static_cast<uint64_t>(i) * static_cast<uint64_t>(cluster->layout().num_workers) +
          static_cast<uint64_t>(cluster->role_index());
@@ -483,10 +493,22 @@ DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) 
   std::string dir;
   auto blobs = Restore(&dir);
   std::vector<int64_t> st;
-  std::vector<double> loss;
+  std::vector<double> loss, worker_loss;
+  const int num_workers = cluster_->layout().num_workers, me = cluster_->role_index();
   Status s = blobs.status();
   if (s.ok()) s = UnpackBlob(*blobs, "run/dataset", 7, &st);
   if (s.ok()) s = UnpackBlob(*blobs, "run/loss_sum", 1, &loss);
+  // Each worker's own sum, when the checkpoint has them for this many workers (older
+  // checkpoints, single-process ones and another worker count: worker 0 carries the total).
+  if (s.ok()) {
+    const bool own = blobs->count("run/worker_loss_sums") != 0 &&
+                     UnpackBlob(*blobs, "run/worker_loss_sums", num_workers, &worker_loss).ok();
+    if (own) {
+      loss[0] = worker_loss[static_cast<size_t>(me)];
+    } else if (me != 0) {
+      loss[0] = 0;
+    }
+  }
   if (s.ok() &&
       (st[0] < 0 || st[0] >= epochs || st[1] < 0 || st[1] > per_epoch || st[2] < 0 || st[6] < 0))
     s = DataLossError(dir + ": blob 'run/dataset' (epoch " + std::to_string(st[0] + 1) +
@@ -498,8 +520,7 @@ DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) 
     s = state_.restore_model_blobs(*blobs);
   }
   if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
-  // Worker 0 carries the sum of every worker's losses so far.
-  p = {st[0], st[1], st[2], st[3], st[4], st[5], cluster_->role_index() == 0 ? loss[0] : 0};
+  p = {st[0], st[1], st[2], st[3], st[4], st[5], s.ok() ? loss[0] : 0};
   if (cluster_->role_index() == 0)
     std::cerr << ("cluster: resumed from " + flags_.resume + " at epoch " +  // one write
                   std::to_string(p.epoch + 1) + " position " + std::to_string(p.position) +
@@ -543,14 +564,20 @@ void WorkerCheckpoints::WriteSynthetic(int64_t step, const std::vector<double>& 
 }
 
 void WorkerCheckpoints::WriteDataset(int64_t step, DatasetPosition at) {
-  auto global_loss =
-      SumOverWorkers(cluster_->collective(), cluster_->layout().num_workers, at.loss_sum);
-  if (!global_loss.ok()) cluster_->Abort(global_loss.status());
+  // Every worker's own sum, so that a resumed epoch adds each worker's later losses to exactly
+  // the sum it had (the epoch's mean is then the uninterrupted run's to the bit), and their total
+  // for a single-process resume.
+  auto worker_loss =
+      GatherFromWorkers(cluster_->collective(), cluster_->layout().num_workers, at.loss_sum);
+  if (!worker_loss.ok()) cluster_->Abort(worker_loss.status());
+  double total = 0;
+  for (double l : *worker_loss) total += l;
   Write(step, [&] {
     std::map<std::string, std::string> b;
     b["run/dataset"] = PackBlob(std::vector<int64_t>{at.epoch, at.position, at.steps, at.samples,
                                                      at.epoch_steps, at.epoch_samples, step});
-    b["run/loss_sum"] = PackBlob(std::vector<double>{*global_loss});
+    b["run/loss_sum"] = PackBlob(std::vector<double>{total});
+    b["run/worker_loss_sums"] = PackBlob(*worker_loss);
     return b;
   });
 }

@@ -90,6 +90,8 @@ double SlowestWorkerSeconds(Cluster* cluster, double seconds);
 
 // The sum of every worker's `v` (exact with one worker: no float round trip).
 StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v);
+// Every worker's `v`, bit-exact, indexed by worker (every worker calls it).
+StatusOr<std::vector<double>> GatherFromWorkers(Collective* coll, int num_workers, double v);
 
 // Synthetic data: worker w's training batch i is the generator's batch i * W + w (with one
 // worker, exactly the single-process stream); held-out batches follow every worker's batches.
@@ -156,8 +158,9 @@ void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const Datas
 // A dataset run's position, in the blobs of single-process RunDatasetTraining and
 // RunSeqDatasetTraining: "run/dataset" = {epoch, position, steps, samples, epoch steps, epoch
 // samples, trainer steps}, "run/loss_sum" = the epoch's loss sum, so a checkpoint resumes either
-// way. Here the position is the next unread example (sequence) of the epoch's order over every
-// worker, samples count every worker's and the loss sum is over every worker's step losses.
+// way; a cluster checkpoint adds "run/worker_loss_sums", each worker's part of it. Here the
+// position is the next unread example (sequence) of the epoch's order over every worker, samples
+// count every worker's and the loss sum is over every worker's step losses.
 struct DatasetPosition {
   int64_t epoch = 0, position = 0, steps = 0, samples = 0, epoch_steps = 0, epoch_samples = 0;
   double loss_sum = 0;
@@ -228,8 +231,9 @@ class WorkerCheckpoints {
   // the checkpoint's errors and on a position that does not fit a run of train_steps steps.
   int ResumeSynthetic(int train_steps, std::vector<double>* losses);
   // --resume of a dataset run (without it: the start): the dense state, trainer counters and the
-  // run's position (loss_sum: worker 0 carries every worker's, the others 0). Aborts the job on
-  // the checkpoint's errors and on a position outside the run.
+  // run's position (loss_sum: this worker's own from "run/worker_loss_sums"; from a checkpoint
+  // without them, e.g. single-process, worker 0 carries the total and the others 0). Aborts the job
+  // on the checkpoint's errors and on a position outside the run.
   DatasetPosition ResumeDataset(int epochs, int64_t per_epoch);
 
   // Before trainer step `step` (0-based; last: the run's last step): the test-only faults, then
