@@ -393,11 +393,7 @@ StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Data
                                                  const DatasetRunOptions& options,
                                                  const RunSinks& sinks) {
   if (trainer == nullptr) return InvalidArgumentError("RunSeqDatasetTraining: null trainer");
-  if (options.epochs < 1 || options.eval_every_epochs < 1 || options.max_steps < 0 ||
-      options.top_k < 1 || options.reader.batch_size < 1 || options.log_every_steps < 1)
-    return InvalidArgumentError(
-        "RunSeqDatasetTraining: epochs, eval_every_epochs, top_k, reader.batch_size and "
-        "log_every_steps must be >= 1, max_steps >= 0");
+  IPS_RETURN_IF_ERROR(internal::CheckDatasetRunOptions("RunSeqDatasetTraining", options));
   SeqEpochSource source(trainer, data, options, WithModelWindow(trainer, options.reader));
   if (source.per_epoch() == 0)
     return FailedPreconditionError(

@@ -791,10 +791,7 @@ StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& d
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks) {
   if (trainer == nullptr) return InvalidArgumentError("RunDatasetTraining: null trainer");
-  if (options.epochs < 1 || options.eval_every_epochs < 1 || options.max_steps < 0 ||
-      options.top_k < 1)
-    return InvalidArgumentError(
-        "RunDatasetTraining: epochs, eval_every_epochs and top_k must be >= 1, max_steps >= 0");
+  IPS_RETURN_IF_ERROR(internal::CheckDatasetRunOptions("RunDatasetTraining", options));
   if (trainer->model().aux_negatives() && data.manifest().items == 0)
     return FailedPreconditionError("dataset has no items");
   CtrEpochSource source(trainer, data, options);

@@ -50,6 +50,16 @@ inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated
          ",\"logloss\":" + metric(eval.logloss);
 }
 
+// The options RunDatasetTraining and RunSeqDatasetTraining (`fn`, for the message) need.
+inline Status CheckDatasetRunOptions(const char* fn, const DatasetRunOptions& o) {
+  if (o.epochs < 1 || o.eval_every_epochs < 1 || o.max_steps < 0 || o.top_k < 1 ||
+      o.reader.batch_size < 1 || o.log_every_steps < 1)
+    return InvalidArgumentError(std::string(fn) +
+                                ": epochs, eval_every_epochs, top_k, reader.batch_size and "
+                                "log_every_steps must be >= 1, max_steps >= 0");
+  return Status::Ok();
+}
+
 // An epoch line's EvalJsonMembers: an epoch not evaluated (a default-constructed eval) names the
 // fields an evaluation of the run would have (top_k; no hr/ndcg for a given dataset), all null.
 inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
