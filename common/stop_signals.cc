@@ -1,6 +1,10 @@
 #include "common/stop_signals.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <csignal>
+#include <cstdio>
 
 namespace ips {
 namespace {
@@ -14,6 +18,17 @@ extern "C" void OnStopSignal(int sig) {
   g_stop_requested.store(true, std::memory_order_relaxed);
 }
 
+// The server's note, formatted before the handler is installed (a handler may only write(2)).
+char g_ignored_note[256];
+size_t g_ignored_note_size = 0;
+std::atomic<bool> g_noted{false};
+
+extern "C" void OnIgnoredStopSignal(int) {
+  if (g_noted.exchange(true, std::memory_order_relaxed)) return;
+  ssize_t unused = write(STDERR_FILENO, g_ignored_note, g_ignored_note_size);
+  (void)unused;
+}
+
 }  // namespace
 
 void InstallStopSignals() {
@@ -22,8 +37,14 @@ void InstallStopSignals() {
 }
 
 void IgnoreStopSignals() {
-  std::signal(SIGTERM, SIG_IGN);
-  std::signal(SIGUSR1, SIG_IGN);
+  const int n = std::snprintf(
+      g_ignored_note, sizeof(g_ignored_note),
+      "ips: parameter server (pid %d) got a stop signal and keeps serving: the workers checkpoint "
+      "and stop the job when they get one (signal mpirun with SIGUSR1, or a worker)\n",
+      static_cast<int>(getpid()));
+  g_ignored_note_size = n > 0 ? std::min(static_cast<size_t>(n), sizeof(g_ignored_note) - 1) : 0;
+  std::signal(SIGTERM, OnIgnoredStopSignal);
+  std::signal(SIGUSR1, OnIgnoredStopSignal);
 }
 
 const std::atomic<bool>& StopRequested() { return g_stop_requested; }

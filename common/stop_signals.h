@@ -12,8 +12,9 @@ namespace ips {
 
 // Installs the stop handler for SIGTERM and SIGUSR1 (process-wide; idempotent).
 void InstallStopSignals();
-// Ignores SIGTERM and SIGUSR1 (a parameter server: the workers shut it down after their
-// checkpoint, which needs it).
+// A parameter server's SIGTERM and SIGUSR1: it keeps serving (the workers shut it down after
+// their checkpoint, which needs it) and says so once on stderr, so that a stop signal sent to a
+// server alone is not silently lost.
 void IgnoreStopSignals();
 // Set once a stop signal arrived (the flag a RunCheckpointing::stop points at).
 const std::atomic<bool>& StopRequested();
