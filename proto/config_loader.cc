@@ -260,7 +260,11 @@ Status ApplyOverride(const std::string& assignment, config::Config* config) {
       }
       // Parse into a scratch message first so that a bad value leaves the config untouched.
       std::unique_ptr<pb::Message> scratch(msg->New());
-      if (!pb::TextFormat::ParseFieldValueFromString(literal, f, scratch.get()))
+      // Errors go to a collector: the message below says it all (protobuf would log its own).
+      FirstErrorCollector errors;
+      pb::TextFormat::Parser value_parser;
+      value_parser.RecordErrorsTo(&errors);
+      if (!value_parser.ParseFieldValueFromString(literal, f, scratch.get()))
         return InvalidArgumentError(context + ": '" + v + "' is not a valid " + f->type_name() +
                                     " for field '" + f->full_name() + "'");
       // For a repeated field this appends one element.
@@ -272,7 +276,7 @@ Status ApplyOverride(const std::string& assignment, config::Config* config) {
 }
 
 Status ValidateConfig(const config::Config& cfg, const std::string& filename,
-                      const std::string& text) {
+                      const std::string& text, const std::vector<std::string>& overrides) {
   pb::TextFormat::ParseInfoTree tree;
   config::Config reparsed;
   const pb::TextFormat::ParseInfoTree* tree_ptr = nullptr;
@@ -287,6 +291,11 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
       dotted += (dotted.empty() ? "" : ".") + name;
       if (index >= 0) dotted += "[" + std::to_string(index) + "]";
     }
+    // A value an override set is blamed on the override (the last one of the field), not on the
+    // file's line that it replaced.
+    for (auto o = overrides.rbegin(); o != overrides.rend(); ++o)
+      if (o->compare(0, dotted.size() + 1, dotted + "=") == 0)
+        return InvalidArgumentError("--set " + *o + ": " + dotted + ": " + what);
     const int line = tree_ptr ? LineOf(tree_ptr, reparsed, path) : 0;
     std::string where = filename;
     if (line > 0) where += ":" + std::to_string(line);
@@ -387,7 +396,7 @@ StatusOr<config::Config> LoadConfig(const std::string& path,
   IPS_ASSIGN_OR_RETURN(const std::string text, ReadConfigFile(path));
   IPS_ASSIGN_OR_RETURN(config::Config cfg, ParseConfigText(text, path));
   for (const auto& o : overrides) IPS_RETURN_IF_ERROR(ApplyOverride(o, &cfg));
-  IPS_RETURN_IF_ERROR(ValidateConfig(cfg, path, text));
+  IPS_RETURN_IF_ERROR(ValidateConfig(cfg, path, text, overrides));
   return cfg;
 }
 

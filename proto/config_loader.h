@@ -28,9 +28,10 @@ StatusOr<config::Config> LoadConfigFile(const std::string& path);
 Status ApplyOverride(const std::string& assignment, config::Config* config);
 
 // Semantic checks (positive sizes, known version, consistent sections). Errors name the file,
-// the field path and, when the field was set in the file, its line.
+// the field path and, when the field was set in the file, its line; a field one of `overrides`
+// (the --set assignments applied) set is named as "--set path=value: path: ...".
 Status ValidateConfig(const config::Config& config, const std::string& filename,
-                      const std::string& text);
+                      const std::string& text, const std::vector<std::string>& overrides = {});
 
 // LoadConfigFile + every override in order + ValidateConfig.
 StatusOr<config::Config> LoadConfig(const std::string& path,

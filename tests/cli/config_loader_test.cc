@@ -113,6 +113,22 @@ TEST(ConfigOverride, ValidationRunsAfterOverrides) {
               "data.batch_size: must be positive");
 }
 
+// A value set by --set is blamed on the override, not on the file line it replaced; a value that
+// does not parse says so once (no protobuf log line before the error).
+TEST(ConfigOverride, ValidationErrorOfAnOverriddenFieldNamesTheOverride) {
+  const auto path = WriteTemp("blame.pbtxt", "data { batch_size: 16 }\n");
+  const Status s = LoadConfig(path, {"data.batch_size=8", "data.batch_size=-4"}).status();
+  ExpectError(s, "--set data.batch_size=-4: data.batch_size: must be positive, got -4");
+  EXPECT_EQ(s.message().find(path), std::string::npos) << s.message();
+  // A field the overrides did not touch still names the file's line.
+  const auto bad = WriteTemp("blame2.pbtxt", "data { batch_size: -2 }\n");
+  ExpectError(LoadConfig(bad, {"train.num_threads=2"}).status(), bad + ":1: data.batch_size");
+  ::testing::internal::CaptureStderr();
+  config::Config cfg;
+  ExpectError(ApplyOverride("data.batch_size=abc", &cfg), "'abc' is not a valid int32");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+}
+
 TEST(ConfigOverride, ThreadCountsAndBatchSizeAreBounded) {
   const auto path = WriteTemp("ps_threads.pbtxt", "cluster { num_ps: 1 ps_threads: 2 }\n");
   EXPECT_TRUE(LoadConfig(path, {}).ok());
@@ -177,8 +193,9 @@ TEST(ConfigLoader, NonFiniteFloatsAreRefusedNamingTheField) {
     SCOPED_TRACE(set);
     ExpectError(LoadConfig(ok, {set}).status(), want);
   }
-  // The file sets every_seconds: its line is named.
-  ExpectError(LoadConfig(ok, {"checkpoint.every_seconds=nan"}).status(), ok + ":1: ");
+  // The file sets every_seconds too, but the bad value is the override's: it is named.
+  ExpectError(LoadConfig(ok, {"checkpoint.every_seconds=nan"}).status(),
+              "--set checkpoint.every_seconds=nan: checkpoint.every_seconds: ");
 }
 
 TEST(ConfigLoader, NegativeCheckpointIntervalsAreRefused) {
