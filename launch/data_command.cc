@@ -46,10 +46,12 @@ void DeclareConvertFlags(FlagSet* f) {
                             "extra columns are ignored, as the peer does; item ids >= 1, 0 is "
                             "padding)");
   f->Required("input", "input file (plain or gzip), or directory for movielens100k/movielens1m");
-  f->Required("output", "output dataset directory (created if missing)");
+  f->Required("output",
+              "output dataset directory (created if missing; an existing one must be empty or "
+              "hold an earlier conversion)");
   f->String("eval_input", "", "dien only: DIEN's test file, converted into evaluation rows");
   f->Int("shards", 1, "number of shards (users are assigned by hash of their id)");
-  f->Int("seed", 0, "seed of the evaluation-user sample and evaluation negatives");
+  f->Int("seed", 0, "seed (>= 0) of the evaluation-user sample and evaluation negatives");
   f->String("protocol", "",
             "seqrec|ctr (dien: given); default seqrec for movielens*/seqrec, ctr for "
             "taobao/events");
@@ -97,6 +99,12 @@ int RunConvert(const std::vector<std::string>& args) {
   opt.output = flags.GetString("output");
   opt.eval_input = flags.GetString("eval_input");
   opt.shards = static_cast<int>(flags.GetInt("shards"));
+  // A negative --seed would silently become a huge unsigned one (-1 -> 2^64-1).
+  if (flags.GetInt("seed") < 0) {
+    std::cerr << "error: --seed must be >= 0 (got " << flags.GetInt("seed") << ")\n"
+              << flags.Usage() << std::endl;
+    return kExitUsage;
+  }
   opt.seed = static_cast<uint64_t>(flags.GetInt("seed"));
   opt.protocol = flags.GetString("protocol");
   opt.max_bad_records = flags.GetInt("max_bad_records");
@@ -114,6 +122,12 @@ int RunConvert(const std::vector<std::string>& args) {
   if (Status s = ValidateConvertOptions(opt); !s.ok()) {
     std::cerr << "error: " << s.message() << "\n" << flags.Usage() << std::endl;
     return kExitUsage;
+  }
+  // An --output that is a file, a checkpoint, a bundle or someone else's directory: refused
+  // before the input is read (ConvertDataset checks again; this keeps the progress line out).
+  if (Status s = CheckConvertOutput(opt.output); !s.ok()) {
+    std::cerr << "error: " << s.message() << std::endl;
+    return kExitError;
   }
   ProgressLine progress("convert " + opt.format, 0, "lines");
   opt.progress = [&](uint64_t lines) { progress.Update(static_cast<int64_t>(lines)); };

@@ -55,7 +55,7 @@ void DeclareFlags(FlagSet* f) {
             "action probabilities are multiplied by this on noise events");
   f->Int("start_time", d.start_time, "timestamp of the first event (Unix seconds)");
   f->Int("duration_s", d.duration_s, "seconds the stream spans");
-  f->Int("seed", static_cast<int64_t>(d.seed), "random seed: same seed, same bytes");
+  f->Int("seed", static_cast<int64_t>(d.seed), "random seed (>= 0): same seed, same bytes");
   f->Int("gzip_level", 1, "gzip level for a .gz output (0-9)");
   f->Int("truth_sample", 100, "users (ids 1..N, plus N cold users) listed in the truth file");
 }
@@ -76,6 +76,9 @@ Status ReadOptions(const FlagSet& f, SynthOptions* o) {
   if (f.GetInt("gzip_level") < 0 || f.GetInt("gzip_level") > 9)
     return InvalidArgumentError("--gzip_level must be in [0, 9]");
   if (f.GetInt("truth_sample") < 0) return InvalidArgumentError("--truth_sample must be >= 0");
+  // A negative seed would silently become a huge unsigned one (-1 -> 2^64-1).
+  if (f.GetInt("seed") < 0)
+    return InvalidArgumentError("--seed must be >= 0, got " + std::to_string(f.GetInt("seed")));
   o->events = f.GetInt("events");
   o->users = static_cast<uint64_t>(f.GetInt("users"));
   o->items = static_cast<uint64_t>(f.GetInt("items"));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -661,6 +662,37 @@ void RemoveStaleShards(const std::string& dir, const Manifest& m) {
   }
 }
 
+// The names a conversion writes into its output directory (and their ".tmp" staging copies), the
+// only entries a directory without a MANIFEST may hold for ConvertDataset to write into it: what
+// a conversion that failed before its MANIFEST leaves behind.
+bool IsOurDatasetFileName(const std::string& name) {
+  const std::string base = EndsWith(name, ".tmp") ? name.substr(0, name.size() - 4) : name;
+  return base == kVocabFile || base == kManifestFile || IsShardFileName(base);
+}
+
+// True when `name` is "<prefix><digits>" (ckpt-20, v-3).
+bool IsNumbered(const std::string& name, const std::string& prefix) {
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  return std::all_of(name.begin() + prefix.size(), name.end(),
+                     [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// What `dir` (a directory without a MANIFEST) looks like, from the names in it: "a training
+// checkpoint root (...)", "a serving bundle root (...)", or "" when neither.
+std::string DescribeForeignRoot(const std::string& dir, const std::vector<std::string>& names) {
+  std::string ckpt, bundle;
+  for (const std::string& n : names) {
+    if (ckpt.empty() &&
+        (n == "LATEST" || n == "LOCK" || (IsNumbered(n, "ckpt-") && IsDir(dir + "/" + n))))
+      ckpt = n;
+    if (bundle.empty() && (n == "CURRENT" || (IsNumbered(n, "v-") && IsDir(dir + "/" + n))))
+      bundle = n;
+  }
+  if (!ckpt.empty()) return "a training checkpoint root (it holds " + ckpt + ")";
+  if (!bundle.empty()) return "a serving bundle root (it holds " + bundle + ")";
+  return "";
+}
+
 }  // namespace
 
 const std::vector<std::string>& ConvertFormats() {
@@ -679,6 +711,95 @@ std::string ShardFileName(int index, int count) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "shard-%05d-of-%05d.ips", index, count);
   return buf;
+}
+
+Status CheckConvertOutput(const std::string& output) {
+  // A conversion replaces MANIFEST, vocab.ips and shard-NNNNN-of-NNNNN.ips in --output and removes
+  // stale shard files there. A mistyped --output (a checkpoint's ckpt-<step>, a bundle's v-<n>,
+  // an input directory) would lose that directory's MANIFEST, or make a checkpoint or bundle root
+  // look like a version directory: only a new or empty directory, one holding a previous
+  // conversion, or the leftovers of a failed one are written into.
+  const std::string remedy =
+      ": refusing to write a dataset there (a conversion writes MANIFEST, vocab.ips and "
+      "shard-NNNNN-of-NNNNN.ips into --output); choose a new or empty directory, or the "
+      "directory of an earlier conversion";
+  struct stat st;
+  if (::stat(output.c_str(), &st) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR)
+      return FailedPreconditionError("--output " + output +
+                                     ": cannot check it: " + std::strerror(errno));
+    // It will be created: the nearest existing ancestor must be a directory (a file there would
+    // only fail once the whole input has been parsed).
+    std::string p = output;
+    while (!p.empty() && p.back() == '/') p.pop_back();
+    for (;;) {
+      const size_t slash = p.rfind('/');
+      if (slash == std::string::npos) return Status::Ok();  // relative to the working directory
+      p = slash == 0 ? "/" : p.substr(0, slash);
+      while (p.size() > 1 && p.back() == '/') p.pop_back();
+      if (::stat(p.c_str(), &st) == 0) {
+        if (S_ISDIR(st.st_mode)) return Status::Ok();
+        return FailedPreconditionError("--output " + output + ": " + p +
+                                       " exists and is not a directory, so " + output +
+                                       " cannot be created");
+      }
+      if (p == "/") return Status::Ok();
+    }
+  }
+  if (!S_ISDIR(st.st_mode))
+    return FailedPreconditionError("--output " + output +
+                                   ": exists and is not a directory (a converted dataset is a "
+                                   "directory)" +
+                                   remedy);
+  const std::string manifest = output + "/" + kManifestFile;
+  if (::stat(manifest.c_str(), &st) == 0) {
+    // Ours starts with "ips_dataset_manifest " (worker/manifest.h); checkpoints and bundles frame
+    // theirs with an 8-byte magic (worker/checkpoint.cc, worker/serving.cc).
+    std::string head(32, '\0');
+    size_t n = 0;
+    if (FILE* f = S_ISREG(st.st_mode) ? std::fopen(manifest.c_str(), "rb") : nullptr) {
+      n = std::fread(head.data(), 1, head.size(), f);
+      std::fclose(f);
+    } else if (S_ISREG(st.st_mode)) {
+      return FailedPreconditionError("--output " + output + ": cannot read " + manifest +
+                                     " to check that it is a dataset's: " + std::strerror(errno));
+    }
+    head.resize(n);
+    if (head.rfind("ips_dataset_manifest ", 0) == 0) return Status::Ok();
+    std::string looks;
+    if (head.rfind("IPSMAN01", 0) == 0)
+      looks = "looks like a training checkpoint (" + manifest + " is a checkpoint manifest)";
+    else if (head.rfind("IPSBND01", 0) == 0)
+      looks = "looks like a serving bundle version (" + manifest + " is a bundle manifest)";
+    else
+      looks = "is not a converted dataset (" + manifest + " is not a dataset manifest)";
+    return FailedPreconditionError("--output " + output + ": " + looks + remedy);
+  }
+  // No MANIFEST: empty, or what a conversion that failed before writing it left. Hidden files
+  // (.gitkeep, .DS_Store, .nfs*) are never touched, so they do not count.
+  std::vector<std::string> names, foreign;
+  DIR* d = ::opendir(output.c_str());
+  if (d == nullptr)
+    return FailedPreconditionError("--output " + output +
+                                   ": cannot list it: " + std::strerror(errno));
+  while (dirent* de = ::readdir(d)) {
+    const std::string name = de->d_name;
+    if (name.empty() || name[0] == '.') continue;
+    names.push_back(name);
+    if (!IsOurDatasetFileName(name)) foreign.push_back(name);
+  }
+  ::closedir(d);
+  if (foreign.empty()) return Status::Ok();
+  std::sort(foreign.begin(), foreign.end());
+  std::string looks = DescribeForeignRoot(output, names);
+  if (looks.empty()) {
+    looks = "a non-empty directory without a dataset MANIFEST (it holds ";
+    for (size_t i = 0; i < foreign.size() && i < 3; ++i)
+      looks += (i ? ", '" : "'") + foreign[i] + "'";
+    if (foreign.size() > 3) looks += " and " + std::to_string(foreign.size() - 3) + " more";
+    looks += ")";
+  }
+  return FailedPreconditionError("--output " + output + ": is " + looks + remedy);
 }
 
 Status ValidateConvertOptions(const ConvertOptions& opt) {
@@ -727,11 +848,13 @@ Status ValidateConvertOptions(const ConvertOptions& opt) {
   return Status::Ok();
 }
 
-StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
-  IPS_RETURN_IF_ERROR(ValidateConvertOptions(opt));
-  const std::string protocol = opt.protocol.empty() ? DefaultProtocol(opt.format) : opt.protocol;
+namespace {
 
-  LineStats stats;
+// ConvertDataset after the checks of the options and --output; *stats counts the lines read
+// even when it fails.
+StatusOr<Manifest> Convert(const ConvertOptions& opt, LineStats* stats_out) {
+  const std::string protocol = opt.protocol.empty() ? DefaultProtocol(opt.format) : opt.protocol;
+  LineStats& stats = *stats_out;
   Built b;
   if (opt.format == "dien") {
     DienRows d;
@@ -905,6 +1028,19 @@ StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
   }
   IPS_RETURN_IF_ERROR(m.WriteTo(opt.output));
   RemoveStaleShards(opt.output, m);
+  return m;
+}
+
+}  // namespace
+
+StatusOr<Manifest> ConvertDataset(const ConvertOptions& opt) {
+  IPS_RETURN_IF_ERROR(ValidateConvertOptions(opt));
+  IPS_RETURN_IF_ERROR(CheckConvertOutput(opt.output));
+  LineStats stats;
+  StatusOr<Manifest> m = Convert(opt, &stats);
+  // The final count, also when the conversion failed: "0 lines" after reading a million would
+  // misstate where it stopped.
+  if (opt.progress) opt.progress(stats.lines);
   return m;
 }
 

@@ -62,6 +62,16 @@ std::string DefaultProtocol(const std::string& format);
 // the flag. ConvertDataset runs it first; the CLI runs it to report a usage error.
 Status ValidateConvertOptions(const ConvertOptions& options);
 
+// Checks, before any input is read, that a dataset may be written into `output`: refuses
+// (FAILED_PRECONDITION naming the path and what it looks like) an output that exists and is not a
+// directory, or whose parent cannot be a directory; a directory whose MANIFEST is not a dataset
+// manifest (a training checkpoint's ckpt-<step>, a serving bundle's v-<n>, anything else); and a
+// directory without a MANIFEST that holds other entries than a conversion writes (MANIFEST,
+// vocab.ips, shard-NNNNN-of-NNNNN.ips, their .tmp copies) and hidden files, e.g. a checkpoint or
+// bundle root or an input directory. New, empty and earlier conversions' directories pass.
+// ConvertDataset runs it first; the CLI runs it to refuse before printing progress.
+Status CheckConvertOutput(const std::string& output);
+
 // Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options, for a malformed line
 // ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad
 // (a MovieLens rating of an item missing from u.item / movies.dat is such a line), and for input
@@ -70,10 +80,12 @@ Status ValidateConvertOptions(const ConvertOptions& options);
 // with the 3 events leave-one-out evaluation needs, "file: no training rows" when no user keeps
 // >= 2 training events, "file: user U interacted with every one of the N items" when a user
 // with training rows or an evaluation list has no item left to draw its negatives from);
-// NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip. Refused input or options leave
-// options.output untouched. On success returns the manifest written to
-// options.output/MANIFEST; shard files of an earlier conversion into the same directory that the
-// new manifest does not list (names exactly like ShardFileName's) are then removed.
+// NOT_FOUND for missing inputs, DATA_LOSS for unreadable gzip, CheckConvertOutput's error for an
+// output that is not a dataset's. Refused input or options leave options.output untouched.
+// options.progress is called with the lines read at the end, also when the conversion fails. On
+// success returns the manifest written to options.output/MANIFEST; shard files of an earlier
+// conversion into the same directory that the new manifest does not list (names exactly like
+// ShardFileName's) are then removed.
 StatusOr<Manifest> ConvertDataset(const ConvertOptions& options);
 
 // The file name of shard `index` of `count`: "shard-00003-of-00008.ips".

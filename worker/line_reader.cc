@@ -12,6 +12,15 @@ constexpr size_t kBufferBytes = 1 << 20;
 constexpr size_t kMaxLineBytes = 64 << 20;
 }  // namespace
 
+std::string_view LineReader::StripBom(std::string_view piece) const {
+  // Editors on Windows (Notepad, Excel's "CSV UTF-8") start text files with the UTF-8 byte order
+  // mark EF BB BF. It is not part of the first field: without this every format would refuse the
+  // first line ("user: expected ... (got '\xef\xbb\xbf1')"). Only at the very start of the file.
+  constexpr std::string_view kBom = "\xef\xbb\xbf";
+  if (line_number_ == 0 && piece.substr(0, kBom.size()) == kBom) piece.remove_prefix(kBom.size());
+  return piece;
+}
+
 StatusOr<bool> IsGzipFile(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
@@ -85,7 +94,7 @@ StatusOr<bool> LineReader::Next(std::string_view* line) {
         piece = long_line_;
       }
       if (!piece.empty() && piece.back() == '\r') piece.remove_suffix(1);
-      *line = piece;
+      *line = StripBom(piece);
       ++line_number_;
       return true;
     }
@@ -98,7 +107,7 @@ StatusOr<bool> LineReader::Next(std::string_view* line) {
         piece = long_line_;
       }
       if (!piece.empty() && piece.back() == '\r') piece.remove_suffix(1);
-      *line = piece;
+      *line = StripBom(piece);
       ++line_number_;
       return true;
     }

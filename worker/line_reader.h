@@ -3,7 +3,8 @@
 // Every converter reads its input through this class so that gzip handling, line numbering and
 // the "file:line:" prefix of error messages are the same for all formats. Compression is detected
 // from the magic bytes (1f 8b), never from the file name. Lines are returned without the trailing
-// "\n" (and without a trailing "\r", so CRLF files parse like LF files). Not thread-safe.
+// "\n" (and without a trailing "\r", so CRLF files parse like LF files); a UTF-8 byte order mark
+// (EF BB BF) at the start of the file is dropped from the first line. Not thread-safe.
 #ifndef IPS_WORKER_LINE_READER_H_
 #define IPS_WORKER_LINE_READER_H_
 
@@ -43,6 +44,8 @@ class LineReader {
  private:
   LineReader(std::string path, void* gz, bool gzip);
   Status Fill();
+  // `piece` without a leading UTF-8 byte order mark when it is the file's first line.
+  std::string_view StripBom(std::string_view piece) const;
 
   std::string path_;
   void* gz_;  // gzFile; void* keeps zlib.h out of this header

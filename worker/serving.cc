@@ -512,6 +512,18 @@ StatusOr<std::shared_ptr<const Bundle>> Bundle::Load(const std::string& path_in)
   std::string dir = path;
   if (!ps::PathExists(path + "/MANIFEST")) {
     if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such bundle");
+    if (!ps::PathExists(path + "/" + kCurrent)) {
+      // "BUNDLE/CURRENT: cannot open" reads like a damaged bundle; this is a root nothing was
+      // exported into yet (or a directory that is no bundle at all: a checkpoint's says so).
+      if (ps::PathExists(path + "/LATEST"))
+        return NotFoundError(path +
+                             ": is a training checkpoint directory (it holds LATEST), not "
+                             "a serving bundle: run `ips export --checkpoint " +
+                             path + " --output BUNDLE` and serve BUNDLE");
+      return NotFoundError(path + ": no bundle version yet (no " + kCurrent +
+                           ", no MANIFEST): run `ips export --checkpoint CKPT --output " + path +
+                           "` first, or pass a bundle root or one v-<n> directory of it");
+    }
     IPS_ASSIGN_OR_RETURN(const int64_t v, CurrentBundleVersion(path));
     dir = path + "/" + VersionName(v);
   }
@@ -916,10 +928,52 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
 
 namespace {
 
+// Length of the valid UTF-8 sequence at s[i] (1..4), or 0 when the bytes there are not one
+// (a stray continuation byte, an overlong form, a UTF-16 surrogate, a code point above U+10FFFF,
+// a truncated sequence).
+size_t Utf8SequenceLength(const std::string& s, size_t i) {
+  const auto at = [&](size_t k) -> unsigned {
+    return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0x100;
+  };
+  const unsigned c = at(0);
+  if (c < 0x80) return 1;
+  const auto cont = [&](size_t k, unsigned lo = 0x80, unsigned hi = 0xbf) {
+    return at(k) >= lo && at(k) <= hi;
+  };
+  if (c >= 0xc2 && c <= 0xdf) return cont(1) ? 2 : 0;
+  if (c == 0xe0) return cont(1, 0xa0) && cont(2) ? 3 : 0;
+  if (c == 0xed) return cont(1, 0x80, 0x9f) && cont(2) ? 3 : 0;
+  if (c >= 0xe1 && c <= 0xef) return cont(1) && cont(2) ? 3 : 0;
+  if (c == 0xf0) return cont(1, 0x90) && cont(2) && cont(3) ? 4 : 0;
+  if (c >= 0xf1 && c <= 0xf3) return cont(1) && cont(2) && cont(3) ? 4 : 0;
+  if (c == 0xf4) return cont(1, 0x80, 0x8f) && cont(2) && cont(3) ? 4 : 0;
+  return 0;
+}
+
+// Appends `s` with every byte that is not part of valid UTF-8 replaced by the escape \ufffd
+// (U+FFFD REPLACEMENT CHARACTER): text echoed from a request (the user value, a field name in an
+// error) must not make the response line invalid JSON. Appends only: no allocation once *out
+// has grown.
+void AppendValidUtf8(std::string* out, const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = Utf8SequenceLength(s, i);
+    if (n == 0) {
+      out->append("\\ufffd");
+      ++i;
+    } else {
+      out->append(s, i, n);
+      i += n;
+    }
+  }
+}
+
 // A strict little JSON reader for one request object: the fields below only, ids as
-// non-negative integers. Parses into the caller's request (its vectors cleared, their capacity
-// kept): a serving loop that reuses one request allocates nothing per line once the vectors have
-// grown to its largest request.
+// non-negative integers (candidates >= 1: 0 is the padding id). Parses into the caller's request
+// (its vectors cleared, their capacity kept): a serving loop that reuses one request allocates
+// nothing per line once the vectors have grown to its largest request. Everything echoed into
+// the response (the user value verbatim) is valid JSON once AppendValidUtf8 has replaced invalid
+// UTF-8: string escapes are checked, raw control characters refused, bare words other than
+// true/false/null and malformed numbers refused.
 class RequestParser {
  public:
   explicit RequestParser(const std::string& s) : s_(s) {}
@@ -960,13 +1014,19 @@ class RequestParser {
         } else if (key == "history_cats") {
           IPS_RETURN_IF_ERROR(Ids(key, &q->history_cats));
         } else if (key == "candidates") {
-          IPS_RETURN_IF_ERROR(Ids(key, &q->candidates));
+          // Id 0 is the padding id (data convert refuses item 0): scoring it would answer a
+          // number for an item that cannot exist.
+          IPS_RETURN_IF_ERROR(Ids(key, &q->candidates, /*padding_allowed=*/false));
         } else if (key == "candidate_cats") {
           IPS_RETURN_IF_ERROR(Ids(key, &q->candidate_cats));
         } else if (key == "top_n") {
+          const size_t begin = pos_;
           uint64_t v = 0;
-          IPS_RETURN_IF_ERROR(Id(key, &v));
-          if (v > 100000) return Err("top_n " + std::to_string(v) + " > 100000");
+          constexpr char kTopN[] = "an integer in 0..100000 (the number of items to retrieve)";
+          IPS_RETURN_IF_ERROR(Uint(key, kTopN, nullptr, &v));
+          if (v > 100000)
+            return ErrAt(begin, "field \"top_n\": expected " + std::string(kTopN) + ", got " +
+                                    std::to_string(v));
           q->top_n = static_cast<int>(v);
         } else {
           return Err("unknown field \"" + key +
@@ -985,8 +1045,19 @@ class RequestParser {
   }
 
  private:
-  Status Err(const std::string& what) const {
-    return InvalidArgumentError("column " + std::to_string(pos_ + 1) + ": " + what);
+  Status Err(const std::string& what) const { return ErrAt(pos_, what); }
+  Status ErrAt(size_t pos, const std::string& what) const {
+    return InvalidArgumentError("column " + std::to_string(pos + 1) + ": " + what);
+  }
+  // The word or number at pos_ (ASCII letters, digits, "+-."; at most `max` bytes: 20 for
+  // messages).
+  std::string Token(size_t max = 20) const {
+    size_t end = pos_;
+    while (end < s_.size() && end - pos_ < max &&
+           (std::isalnum(static_cast<unsigned char>(s_[end])) || s_[end] == '-' || s_[end] == '+' ||
+            s_[end] == '.'))
+      ++end;
+    return s_.substr(pos_, end - pos_);
   }
   void Ws() {
     while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\r')) ++pos_;
@@ -1001,42 +1072,73 @@ class RequestParser {
   Status String(std::string* out) {
     if (!Eat('"')) return Err("expected a string");
     while (pos_ < s_.size() && s_[pos_] != '"') {
+      // JSON strings hold no raw control characters; echoed, one would make the response invalid.
+      if (static_cast<unsigned char>(s_[pos_]) < 0x20) {
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), "control character 0x%02x in a string (escape it)",
+                      static_cast<unsigned>(s_[pos_]));
+        return Err(buf);
+      }
       if (s_[pos_] == '\\') {
         if (++pos_ >= s_.size()) break;
         if (s_[pos_] == 'u') {  // kept verbatim: field names and user ids are echoed, not decoded
+          for (size_t k = 1; k <= 4; ++k)
+            if (pos_ + k >= s_.size() || !std::isxdigit(static_cast<unsigned char>(s_[pos_ + k])))
+              return ErrAt(pos_ - 1, "invalid escape in a string (\\u needs 4 hex digits)");
           out->append("\\u");
           ++pos_;
           continue;
         }
+        if (std::strchr("\"\\/bfnrt", s_[pos_]) == nullptr || s_[pos_] == '\0')
+          return ErrAt(pos_ - 1,
+                       "invalid escape in a string (JSON has \\\" \\\\ \\/ \\b \\f "
+                       "\\n \\r \\t \\uXXXX)");
       }
       out->push_back(s_[pos_++]);
     }
     if (!Eat('"')) return Err("unterminated string");
     return Status::Ok();
   }
-  Status Id(const std::string& field, uint64_t* v) {
-    if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9')
-      return Err("field \"" + field + "\": expected a non-negative integer id");
+  // A non-negative decimal integer: `expected` names what the field holds (for a value that is not
+  // one), `integers` says that fractions and exponents are not (for 2.5, 1e3; null: "expected
+  // <expected>, got 2.5").
+  Status Uint(const std::string& field, const char* expected, const char* integers, uint64_t* v) {
+    const size_t begin = pos_;
+    if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9') {
+      const std::string got = Token();
+      return Err("field \"" + field + "\": expected " + expected +
+                 (got.empty() ? std::string() : ", got " + got));
+    }
     uint64_t x = 0;
     while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
       const uint64_t d = static_cast<uint64_t>(s_[pos_] - '0');
-      if (x > (UINT64_MAX - d) / 10) return Err("field \"" + field + "\": id overflows 64 bits");
+      if (x > (UINT64_MAX - d) / 10) return Err("field \"" + field + "\": value overflows 64 bits");
       x = x * 10 + d;
       ++pos_;
     }
-    if (pos_ < s_.size() && (s_[pos_] == '.' || s_[pos_] == 'e' || s_[pos_] == 'E'))
-      return Err("field \"" + field + "\": ids are integers");
+    if (pos_ < s_.size() && (s_[pos_] == '.' || s_[pos_] == 'e' || s_[pos_] == 'E')) {
+      if (integers != nullptr) return Err("field \"" + field + "\": " + integers);
+      pos_ = begin;
+      return Err("field \"" + field + "\": expected " + expected + ", got " + Token());
+    }
     *v = x;
     return Status::Ok();
   }
-  Status Ids(const std::string& field, std::vector<uint64_t>* out) {
+  Status Id(const std::string& field, uint64_t* v) {
+    return Uint(field, "a non-negative integer id", "ids are integers", v);
+  }
+  Status Ids(const std::string& field, std::vector<uint64_t>* out, bool padding_allowed = true) {
     if (!Eat('[')) return Err("field \"" + field + "\": expected an array");
     Ws();
     if (Eat(']')) return Status::Ok();
     for (;;) {
       Ws();
+      const size_t begin = pos_;
       uint64_t v = 0;
       IPS_RETURN_IF_ERROR(Id(field, &v));
+      if (v == 0 && !padding_allowed)
+        return ErrAt(begin, "field \"" + field + "\": id 0 (entry " + std::to_string(out->size()) +
+                                ") is the padding id, not an item (item ids are >= 1)");
       out->push_back(v);
       if (out->size() > 1000000) return Err("field \"" + field + "\": more than 1e6 ids");
       Ws();
@@ -1074,12 +1176,42 @@ class RequestParser {
         return Err("expected ',' or closing bracket");
       }
     }
-    const size_t begin = pos_;
-    while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
-                                s_[pos_] == '-' || s_[pos_] == '+' || s_[pos_] == '.'))
-      ++pos_;
-    if (pos_ == begin) return Err("expected a value");
-    return Status::Ok();
+    // A bare word must be true, false, null or a JSON number: anything else echoed as the user
+    // value would make the response invalid JSON.
+    const std::string word = Token(s_.size());
+    if (word == "true" || word == "false" || word == "null" || IsJsonNumber(word)) {
+      pos_ += word.size();
+      return Status::Ok();
+    }
+    return Err(word.empty() ? std::string("expected a value")
+                            : "expected a value (a string, number, true, false, null, array or "
+                              "object), got " +
+                                  Token());
+  }
+  // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+  static bool IsJsonNumber(const std::string& w) {
+    size_t i = 0;
+    const auto digits = [&] {
+      const size_t b = i;
+      while (i < w.size() && w[i] >= '0' && w[i] <= '9') ++i;
+      return i - b;
+    };
+    if (i < w.size() && w[i] == '-') ++i;
+    if (i < w.size() && w[i] == '0') {
+      ++i;
+    } else if (digits() == 0) {
+      return false;
+    }
+    if (i < w.size() && w[i] == '.') {
+      ++i;
+      if (digits() == 0) return false;
+    }
+    if (i < w.size() && (w[i] == 'e' || w[i] == 'E')) {
+      ++i;
+      if (i < w.size() && (w[i] == '+' || w[i] == '-')) ++i;
+      if (digits() == 0) return false;
+    }
+    return i == w.size();
   }
 
   const std::string& s_;
@@ -1087,20 +1219,24 @@ class RequestParser {
   std::string key_;  // the field name being parsed (short: no allocation)
 };
 
+// The contents of a JSON string holding `s`: quotes, backslashes and control characters escaped,
+// bytes that are not valid UTF-8 (a request's field name echoed in an error) replaced by \ufffd.
 std::string JsonEscape(const std::string& s) {
-  std::string out;
+  std::string escaped;
   for (char c : s) {
     if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
+      escaped.push_back('\\');
+      escaped.push_back(c);
     } else if (static_cast<unsigned char>(c) < 0x20) {
       char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
+      std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(c));
+      escaped += buf;
     } else {
-      out.push_back(c);
+      escaped.push_back(c);
     }
   }
+  std::string out;
+  AppendValidUtf8(&out, escaped);
   return out;
 }
 
@@ -1209,7 +1345,8 @@ void BundleServer::HandleLine(int64_t line_no, const std::string& line, bool* ok
   Status s = RequestParser(line).Parse(&request_, &user_);
   if (s.ok()) s = scorer->Score(request_, &response_);
   out->clear();
-  out->append("{\"user\":").append(user_);
+  out->append("{\"user\":");
+  AppendValidUtf8(out, user_);  // the request's bytes: invalid UTF-8 would make the line invalid
   if (!s.ok()) {
     *ok = false;
     out->append(",\"line\":").append(std::to_string(line_no)).append(",\"error\":\"");

@@ -2,6 +2,7 @@
 // or format exits 2 with usage, and convert + inspect end with their RESULT lines. Inputs and
 // flag values that would yield a dataset the readers reject (or one evaluating to NaN, one
 // without training rows, or one with a user no negative can be drawn for) are refused.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -148,6 +149,94 @@ TEST(DataCli, MovieLensItemMissingFromTheItemTableExitsOne) {
   EXPECT_NE(r.output.find(dir.File("ratings.dat") +
                           ":3: item: expected a movie id listed in movies.dat (got '77')"),
             std::string::npos)
+      << r.output;
+}
+
+// `ips data convert --output` pointed at a checkpoint's ckpt-<step> exited 0 after replacing its
+// MANIFEST (`ips eval` then failed "not a checkpoint manifest"). Refused, exit 1, before the
+// input is read (no progress line, the malformed input is not reported), naming the path and
+// what it looks like; the checkpoint is left as it was. A --output that is a file is refused the
+// same way (it failed only after parsing, on "vocab.ips.tmp: cannot create").
+TEST(DataCli, OutputThatIsACheckpointBundleOrFileIsRefusedUpFront) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("bad.txt"), "1 1\n1 x\n");
+  ASSERT_EQ(::mkdir(dir.File("ckpt").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.File("ckpt/ckpt-20").c_str(), 0755), 0);
+  const std::string manifest = std::string("IPSMAN01") + '\x07' + std::string(3, '\0') + "proto";
+  testing::WriteFile(dir.File("ckpt/ckpt-20/MANIFEST"), manifest);
+  testing::WriteFile(dir.File("ckpt/LATEST"), "ckpt-20\n");
+  ASSERT_EQ(::mkdir(dir.File("bundle").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.File("bundle/v-1").c_str(), 0755), 0);
+  testing::WriteFile(dir.File("bundle/v-1/MANIFEST"), "IPSBND01...");
+  testing::WriteFile(dir.File("bundle/CURRENT"), "v-1\n");
+  testing::WriteFile(dir.File("afile"), "keep");
+  for (const auto& [out, what] : std::vector<std::pair<std::string, std::string>>{
+           {dir.File("ckpt/ckpt-20"), "looks like a training checkpoint"},
+           {dir.File("ckpt"), "is a training checkpoint root"},
+           {dir.File("bundle/v-1"), "looks like a serving bundle version"},
+           {dir.File("bundle"), "is a serving bundle root"},
+           {dir.File("afile"), "exists and is not a directory"}}) {
+    const testing::IpsRun r =
+        Ips("data convert --format seqrec --input " + dir.File("bad.txt") + " --output " + out);
+    EXPECT_EQ(r.exit_code, 1) << out << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: --output " + out + ": " + what), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("bad.txt:2"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("convert seqrec:"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+  }
+  EXPECT_EQ(testing::ReadFile(dir.File("ckpt/ckpt-20/MANIFEST")), manifest);
+  EXPECT_EQ(testing::ReadFile(dir.File("bundle/v-1/MANIFEST")), "IPSBND01...");
+  EXPECT_EQ(testing::ReadFile(dir.File("afile")), "keep");
+  EXPECT_NE(::access(dir.File("ckpt/ckpt-20/vocab.ips").c_str(), F_OK), 0);
+}
+
+// A leading UTF-8 BOM (Notepad's "UTF-8 with BOM") converts like the file without it.
+TEST(DataCli, LeadingUtf8BomIsSkipped) {
+  testing::TempDir dir;
+  const std::string data = "1 1\n1 2\n1 3\n2 1\n2 4\n";
+  testing::WriteFile(dir.File("bom.txt"), "\xef\xbb\xbf" + data);
+  testing::WriteFile(dir.File("plain.txt"), data);
+  const testing::IpsRun r = Ips("data convert --format seqrec --input " + dir.File("bom.txt") +
+                                " --output " + dir.File("a"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("RESULT data_convert format=seqrec protocol=seqrec lines=5 events=5 "
+                          "users=2 items=4 "),
+            std::string::npos)
+      << r.output;
+  ASSERT_EQ(Ips("data convert --format seqrec --input " + dir.File("plain.txt") + " --output " +
+                dir.File("b"))
+                .exit_code,
+            0);
+  EXPECT_EQ(testing::ReadFile(dir.File("a/shard-00000-of-00001.ips")),
+            testing::ReadFile(dir.File("b/shard-00000-of-00001.ips")));
+}
+
+// --seed -1 became 18446744073709551615 silently: a usage error like the other ranges.
+TEST(DataCli, NegativeSeedIsAUsageError) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("s.txt"), "1 1\n1 2\n1 3\n2 1\n2 4\n");
+  const testing::IpsRun r = Ips("data convert --format seqrec --input " + dir.File("s.txt") +
+                                " --output " + dir.File("out") + " --seed -1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("error: --seed must be >= 0 (got -1)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("usage:"), std::string::npos) << r.output;
+  EXPECT_NE(::access(dir.File("out").c_str(), F_OK), 0);
+  const testing::IpsRun s = Ips("data synth --output " + dir.File("e.tsv") + " --seed -1");
+  EXPECT_EQ(s.exit_code, 2) << s.output;
+  EXPECT_NE(s.output.find("--seed must be >= 0, got -1"), std::string::npos) << s.output;
+  EXPECT_NE(::access(dir.File("e.tsv").c_str(), F_OK), 0);
+}
+
+// A failing conversion's progress line counts the lines it read (it said "0 lines").
+TEST(DataCli, FailingConversionProgressShowsTheLinesRead) {
+  testing::TempDir dir;
+  testing::WriteFile(dir.File("bad.txt"), "1 1\n1 2\n1 3\n1 x\n2 1\n");
+  const testing::IpsRun r = Ips("data convert --format seqrec --input " + dir.File("bad.txt") +
+                                " --output " + dir.File("out"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("convert seqrec: 4 lines"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("convert seqrec: 0 lines"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(dir.File("bad.txt") + ":4: item: expected"), std::string::npos)
       << r.output;
 }
 

@@ -723,5 +723,212 @@ TEST(ConvertShards, ReconvertingWithFewerShardsRemovesOnlyStaleShardFiles) {
   EXPECT_EQ(ListDir(dir.File("out")), want);
 }
 
+// A mistyped --output must not cost a checkpoint, a bundle or an input directory its files: only
+// new, empty and earlier conversions' directories are written into, checked before any input is
+// read (here the input does not even exist), and a refused output is left exactly as it was.
+TEST(ConvertOutput, NotADatasetDirectoryIsRefusedBeforeReadingAndLeftUntouched) {
+  TempDir dir;
+  const auto mkdir = [&](const std::string& name) {
+    ASSERT_EQ(::mkdir(dir.File(name).c_str(), 0755), 0) << name;
+  };
+  mkdir("ckpt");
+  mkdir("ckpt/ckpt-20");
+  WriteFile(dir.File("ckpt/LATEST"), "ckpt-20\n");
+  const std::string ckpt_manifest = std::string("IPSMAN01") + '\x05' + std::string(3, '\0') + "xyz";
+  WriteFile(dir.File("ckpt/ckpt-20/MANIFEST"), ckpt_manifest);
+  WriteFile(dir.File("ckpt/ckpt-20/dense.bin"), "d");
+  mkdir("bundle");
+  mkdir("bundle/v-1");
+  WriteFile(dir.File("bundle/CURRENT"), "v-1\n");
+  WriteFile(dir.File("bundle/v-1/MANIFEST"), "IPSBND01abc");
+  mkdir("other");
+  WriteFile(dir.File("other/MANIFEST"), "name: something else\n");
+  mkdir("inputs");
+  WriteFile(dir.File("inputs/u.data"), kUData);
+  WriteFile(dir.File("inputs/u.item"), UItem());
+  WriteFile(dir.File("afile"), "not a directory");
+  const std::string missing_input = dir.File("no_such_input.txt");
+  struct Case {
+    std::string output;
+    std::vector<std::string> want;
+  };
+  const std::vector<Case> cases = {
+      {dir.File("ckpt/ckpt-20"),
+       {"looks like a training checkpoint",
+        dir.File("ckpt/ckpt-20/MANIFEST") + " is a checkpoint manifest"}},
+      {dir.File("ckpt"), {"is a training checkpoint root (it holds "}},
+      {dir.File("bundle/v-1"),
+       {"looks like a serving bundle version",
+        dir.File("bundle/v-1/MANIFEST") + " is a bundle manifest"}},
+      {dir.File("bundle"), {"is a serving bundle root (it holds "}},
+      {dir.File("other"), {dir.File("other/MANIFEST") + " is not a dataset manifest"}},
+      {dir.File("inputs"),
+       {"is a non-empty directory without a dataset MANIFEST (it holds 'u.data', 'u.item')"}},
+      {dir.File("afile"), {"exists and is not a directory"}},
+      {dir.File("afile/sub/out"),
+       {dir.File("afile") + " exists and is not a directory, so " + dir.File("afile/sub/out") +
+        " cannot be created"}},
+  };
+  const auto snapshot = [&] {
+    std::map<std::string, std::string> files;
+    for (const char* f :
+         {"ckpt/LATEST", "ckpt/ckpt-20/MANIFEST", "ckpt/ckpt-20/dense.bin", "bundle/CURRENT",
+          "bundle/v-1/MANIFEST", "other/MANIFEST", "inputs/u.data", "inputs/u.item", "afile"})
+      files[f] = testing::ReadFile(dir.File(f));
+    for (const char* d : {"", "ckpt", "ckpt/ckpt-20", "bundle", "bundle/v-1", "other", "inputs"})
+      for (const std::string& n : ListDir(dir.File(d))) files[std::string("ls ") + d] += n + ",";
+    return files;
+  };
+  const auto before = snapshot();
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.output);
+    const Status checked = CheckConvertOutput(c.output);
+    auto m = ConvertDataset(Options("seqrec", missing_input, c.output));
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), StatusCode::kFailedPrecondition) << m.status();
+    EXPECT_EQ(checked.ToString(), m.status().ToString());
+    EXPECT_EQ(m.status().message().rfind("--output " + c.output + ": ", 0), 0u) << m.status();
+    for (const std::string& w : c.want)
+      EXPECT_NE(m.status().message().find(w), std::string::npos) << m.status() << "\nmissing " << w;
+    if (c.output != dir.File("afile/sub/out")) {  // (that one cannot exist: no remedy needed)
+      EXPECT_NE(m.status().message().find("choose a new or empty directory"), std::string::npos);
+    }
+    EXPECT_EQ(m.status().message().find(missing_input), std::string::npos) << m.status();
+  }
+  EXPECT_EQ(snapshot(), before);
+}
+
+// What may be written into: a new directory (and its parents), an empty one, one holding only
+// hidden files, what a failed conversion left (no MANIFEST yet), and an earlier conversion (even
+// with the user's own files beside it).
+TEST(ConvertOutput, NewEmptyLeftoverAndEarlierDatasetDirectoriesAreWrittenInto) {
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), kThreeUsers);
+  const auto convert = [&](const std::string& out) {
+    SCOPED_TRACE(out);
+    EXPECT_TRUE(CheckConvertOutput(out).ok()) << CheckConvertOutput(out);
+    auto m = ConvertDataset(Options("seqrec", dir.File("s.txt"), out));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_NE(OpenOrDie(out), nullptr);
+  };
+  convert(dir.File("new/deeper/out"));
+  convert(dir.File("new/deeper/out"));  // an earlier conversion
+  WriteFile(dir.File("new/deeper/out/NOTES.txt"), "mine");
+  convert(dir.File("new/deeper/out"));
+  EXPECT_EQ(testing::ReadFile(dir.File("new/deeper/out/NOTES.txt")), "mine");
+  ASSERT_EQ(::mkdir(dir.File("empty").c_str(), 0755), 0);
+  convert(dir.File("empty"));
+  ASSERT_EQ(::mkdir(dir.File("hidden").c_str(), 0755), 0);
+  WriteFile(dir.File("hidden/.gitkeep"), "");
+  convert(dir.File("hidden/"));
+  ASSERT_EQ(::mkdir(dir.File("leftover").c_str(), 0755), 0);
+  for (const char* f : {"vocab.ips", "vocab.ips.tmp", "shard-00000-of-00002.ips",
+                        "shard-00001-of-00002.ips.tmp", "MANIFEST.tmp"})
+    WriteFile(dir.File(std::string("leftover/") + f), "partial");
+  convert(dir.File("leftover"));
+}
+
+// A UTF-8 byte order mark (what Windows editors put first) is not part of the first field in any
+// format: the conversion equals the one without it, byte for byte.
+TEST(ConvertBom, EveryFormatSkipsALeadingUtf8ByteOrderMark) {
+  TempDir dir;
+  const std::string bom = "\xef\xbb\xbf";
+  struct Input {
+    std::string format;
+    std::map<std::string, std::string> files;  // name -> content; the first is the input
+    std::string input, eval_input;
+  };
+  std::string events;
+  for (int i = 0; i < 8; ++i) {
+    Event e;
+    e.user = 1 + i % 2;
+    e.item = 10 + i;
+    e.category = 3;
+    e.timestamp = i;
+    AppendEventLine(e, &events);
+  }
+  const std::vector<Input> inputs = {
+      {"movielens100k", {{"u.data", kUData}, {"u.item", UItem()}}, "", ""},
+      {"movielens1m",
+       {{"ratings.dat", "1::20::5::3\n1::10::3::4\n1::30::4::1\n2::10::4::1\n2::40::3::2\n"},
+        {"movies.dat", "10::A::Comedy\n20::B::Western\n30::C::Action\n40::D::Comedy\n"}},
+       "",
+       ""},
+      {"seqrec", {{"s.txt", kThreeUsers}}, "s.txt", ""},
+      {"taobao",
+       {{"ub.csv",
+         "7,500,90,pv,30\n7,501,91,buy,10\n7,500,90,cart,20\n7,502,90,fav,40\n7,503,92,pv,50\n"
+         "8,504,91,pv,1\n"}},
+       "ub.csv",
+       ""},
+      {"events", {{"events.tsv", events}}, "events.tsv", ""},
+      {"dien",
+       {{"train",
+         "1\tU1\tM3\tC1\tM1\x02M2\tC1\x02"
+         "C2\n1\tU2\tM1\tC1\tM2\tC2\n"},
+        {"test", "1\tU3\tM2\tC2\tM3\tC1\n"}},
+       "train",
+       "test"},
+  };
+  for (const Input& in : inputs) {
+    for (bool gzip : {false, true}) {
+      SCOPED_TRACE(in.format + (gzip ? " gzip" : " plain"));
+      std::string outs[2];
+      for (int with_bom = 0; with_bom < 2; ++with_bom) {
+        const std::string sub = in.format + (gzip ? "_gz" : "") + (with_bom ? "_bom" : "");
+        ASSERT_EQ(::mkdir(dir.File(sub).c_str(), 0755), 0);
+        for (const auto& [name, content] : in.files) {
+          const std::string path = dir.File(sub + "/" + name) + (gzip ? ".gz" : "");
+          const std::string text = (with_bom ? bom : "") + content;
+          if (gzip) {
+            WriteGzip(path, text);
+          } else {
+            WriteFile(path, text);
+          }
+        }
+        const std::string g = gzip ? ".gz" : "";
+        ConvertOptions o = Options(
+            in.format, in.input.empty() ? dir.File(sub) : dir.File(sub + "/" + in.input) + g,
+            dir.File(sub + "/out"));
+        if (!in.eval_input.empty()) o.eval_input = dir.File(sub + "/" + in.eval_input) + g;
+        auto m = ConvertDataset(o);
+        ASSERT_TRUE(m.ok()) << m.status();
+        EXPECT_EQ(m->bad_records, 0u);
+        outs[with_bom] = testing::ReadFile(dir.File(sub + "/out/shard-00000-of-00001.ips")) +
+                         testing::ReadFile(dir.File(sub + "/out/vocab.ips"));
+      }
+      EXPECT_FALSE(outs[0].empty());
+      EXPECT_EQ(outs[0], outs[1]);
+    }
+  }
+  // Only at the very start: a BOM on a later line is still a malformed field.
+  WriteFile(dir.File("late.txt"), "1 1\n" + bom + "1 2\n");
+  ExpectInvalid(ConvertDataset(Options("seqrec", dir.File("late.txt"), dir.File("late_out"))),
+                {dir.File("late.txt") + ":2: user: expected"});
+}
+
+// The progress callback's last count is the lines read, also when the conversion fails (the
+// CLI's progress line said "0 lines" after reading the input).
+TEST(ConvertProgress, LastCountIsTheLinesReadAlsoOnFailure) {
+  TempDir dir;
+  WriteFile(dir.File("bad.txt"), "1 1\n1 2\n\n1 x\n1 3\n");
+  ConvertOptions o = Options("seqrec", dir.File("bad.txt"), dir.File("out"));
+  uint64_t last = 0;
+  o.progress = [&](uint64_t lines) { last = lines; };
+  ASSERT_FALSE(ConvertDataset(o).ok());
+  EXPECT_EQ(last, 4u);  // the bad line is the 4th
+  // Refused after reading everything (nobody has 9 events).
+  WriteFile(dir.File("ok.txt"), kThreeUsers);
+  o.input = dir.File("ok.txt");
+  o.min_user_events = 9;
+  last = 0;
+  ExpectInvalid(ConvertDataset(o), {"no user has >= 9 events"});
+  EXPECT_EQ(last, 11u);
+  o.min_user_events = 1;
+  last = 0;
+  ASSERT_TRUE(ConvertDataset(o).ok());
+  EXPECT_EQ(last, 11u);
+}
+
 }  // namespace
 }  // namespace ips

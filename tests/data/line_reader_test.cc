@@ -52,6 +52,27 @@ TEST(LineReader, PlainAndGzipGiveSameLinesWithNumbers) {
   EXPECT_EQ(ReadAll(dir.File("g.txt")), want);
 }
 
+// A UTF-8 byte order mark opening the file (Windows editors write one) is dropped from the first
+// line, plain or gzip; anywhere else it is data. A file that is only a BOM is one empty line.
+TEST(LineReader, LeadingUtf8ByteOrderMarkIsDroppedFromTheFirstLineOnly) {
+  testing::TempDir dir;
+  const std::string bom = "\xef\xbb\xbf";
+  const std::string content = bom + "1 2\r\n" + bom + "3 4\nx" + bom + "\n";
+  testing::WriteFile(dir.File("p.txt"), content);
+  testing::WriteGzip(dir.File("g.txt.gz"), content);
+  const std::vector<std::string> want = {"1 2", bom + "3 4", "x" + bom};
+  EXPECT_EQ(ReadAll(dir.File("p.txt")), want);
+  EXPECT_EQ(ReadAll(dir.File("g.txt.gz")), want);
+  testing::WriteFile(dir.File("only.txt"), bom);
+  EXPECT_EQ(ReadAll(dir.File("only.txt")), std::vector<std::string>{""});
+  // Only a whole BOM: a first line starting with its first two bytes is left alone.
+  testing::WriteFile(dir.File("part.txt"),
+                     "\xef\xbb"
+                     "a\n");
+  EXPECT_EQ(ReadAll(dir.File("part.txt")), std::vector<std::string>{"\xef\xbb"
+                                                                    "a"});
+}
+
 TEST(LineReader, LinesLongerThanTheBufferAndManyLines) {
   testing::TempDir dir;
   std::string content;

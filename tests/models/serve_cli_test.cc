@@ -6,11 +6,13 @@
 // `ips export --delta` onto an empty root writes a full bundle and says so; `ips eval` and `ips
 // train --resume` of another model's checkpoint name the model that wrote it.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "ps/checkpoint_io.h"
 #include "tests/testing/run_ips.h"
@@ -160,6 +162,62 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   auto missing = RunIps("export --checkpoint " + dir + "/none --output " + dir + "/b2");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find(dir + "/none"), std::string::npos) << missing.output;
+  ps::RemoveTree(dir);
+}
+
+// `ips serve` answers every request line with one valid JSON line: invalid UTF-8 in the request
+// (the user value, an unknown field's name) is replaced by \ufffd instead of echoed raw, and
+// candidate 0 (the padding id) and a negative top_n are errors naming their field. A bundle root
+// nothing was exported into says so (it said "BUNDLE/CURRENT: cannot open").
+TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExportFirst) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  const std::string requests = dir + "/requests.jsonl";
+  {
+    std::ofstream f(requests, std::ios::binary);
+    f << "{\"user\":\"\xff\xfe\",\"history\":[1,2],\"candidates\":[3]}\n";
+    f << "{\"user\":1,\"hist\xff\":[1]}\n";
+    f << R"({"user":2,"history":[1],"candidates":[4,0]})"
+      << "\n";
+    f << R"({"user":3,"history":[1],"top_n":-1})"
+      << "\n";
+  }
+  auto sv = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
+  ASSERT_EQ(sv.exit_code, 0) << sv.output << sv.error;
+  std::istringstream lines(sv.output);
+  std::vector<std::string> got;
+  for (std::string l; std::getline(lines, l);) got.push_back(l);
+  ASSERT_EQ(got.size(), 5u) << sv.output;
+  EXPECT_EQ(got[0].rfind(R"({"user":"\ufffd\ufffd","version":1,"scores":[)", 0), 0u) << got[0];
+  EXPECT_EQ(got[1].rfind(R"({"user":1,"line":2,"error":"line 2: column 19: unknown field )"
+                         R"(\"hist\ufffd\")",
+                         0),
+            0u)
+      << got[1];
+  EXPECT_NE(got[2].find(R"(field \"candidates\": id 0 (entry 1) is the padding id)"),
+            std::string::npos)
+      << got[2];
+  EXPECT_NE(got[3].find(R"(field \"top_n\": expected an integer in 0..100000)"), std::string::npos)
+      << got[3];
+  for (size_t i = 0; i < 4; ++i)
+    for (char c : got[i]) EXPECT_LT(static_cast<unsigned char>(c), 0x80) << "line " << i + 1;
+  EXPECT_EQ(got[4].rfind("RESULT serve requests=4 errors=3 ", 0), 0u) << sv.output;
+
+  ASSERT_EQ(::mkdir((dir + "/empty_root").c_str(), 0755), 0);
+  auto empty = RunIpsSplit("serve --bundle " + dir + "/empty_root < " + requests);
+  EXPECT_EQ(empty.exit_code, 1) << empty.output << empty.error;
+  EXPECT_NE(empty.error.find("error: " + dir +
+                             "/empty_root: no bundle version yet (no CURRENT, no MANIFEST): run "
+                             "`ips export --checkpoint CKPT --output " +
+                             dir + "/empty_root` first"),
+            std::string::npos)
+      << empty.error;
   ps::RemoveTree(dir);
 }
 

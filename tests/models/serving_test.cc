@@ -6,10 +6,12 @@
 #include "worker/serving.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -346,6 +348,21 @@ TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServe
       {R"({"user":1,"candidates":[3]})", R"(missing field \"history\")"},
       {R"({"user":1,"history":[1,2],"candidates":[3])", "expected ',' or '}'"},
       {R"({"user":1,"history":[1,2],"candidates":[3]} x)", "trailing"},
+      // Candidate 0 is the padding id (data convert refuses item 0): not scored silently.
+      {R"({"user":1,"history":[1,2],"candidates":[3,0]})",
+       R"(column 43: field \"candidates\": id 0 (entry 1) is the padding id, not an item)"},
+      // top_n is a count, not an id.
+      {R"({"user":1,"history":[1,2],"top_n":-1})",
+       R"(field \"top_n\": expected an integer in 0..100000 (the number of items to retrieve), )"
+       "got -1"},
+      {R"({"user":1,"history":[1,2],"top_n":100001})",
+       R"(field \"top_n\": expected an integer in 0..100000)"},
+      {R"({"user":1,"history":[1,2],"top_n":2.5})", "got 2.5"},
+      // What would be echoed into the response must be JSON.
+      {R"({"user":abc,"history":[1,2],"candidates":[3]})", "expected a value"},
+      {R"({"user":"a\q","history":[1,2],"candidates":[3]})", "invalid escape"},
+      {R"({"user":"\u12","history":[1,2],"candidates":[3]})", "4 hex digits"},
+      {"{\"user\":\"a\tb\",\"history\":[1,2],\"candidates\":[3]}", "control character 0x09"},
   };
   int64_t line = 0;
   for (const auto& c : cases) {
@@ -354,6 +371,9 @@ TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServe
     EXPECT_FALSE(ok) << c.line;
     EXPECT_NE(r.find("\"error\":\"line " + std::to_string(line) + ":"), std::string::npos) << r;
     EXPECT_NE(r.find(c.want), std::string::npos) << c.line << " -> " << r;
+    if (c.line.find("top_n") != std::string::npos) {
+      EXPECT_EQ(r.find("id"), std::string::npos) << c.line << " -> " << r;
+    }
     bool good = false;
     const std::string g = server->HandleLine(
         ++line, R"({"user":"u7","history":[1,2,3],"history_cats":[2,3,4],"candidates":[5,6]})",
@@ -361,6 +381,215 @@ TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServe
     EXPECT_TRUE(good) << g;
     EXPECT_EQ(g.rfind("{\"user\":\"u7\",\"version\":1,\"scores\":[", 0), 0u) << g;
   }
+  ps::RemoveTree(dir);
+}
+
+// True when `s` is one RFC 8259 JSON value in valid UTF-8 (what a client's parser accepts).
+class JsonChecker {
+ public:
+  static bool Valid(const std::string& s) {
+    JsonChecker c(s);
+    return c.Value(0) && (c.Ws(), c.i_ == s.size());
+  }
+
+ private:
+  explicit JsonChecker(const std::string& s) : s_(s) {}
+  void Ws() {
+    while (i_ < s_.size() && std::strchr(" \t\r\n", s_[i_]) != nullptr && s_[i_] != '\0') ++i_;
+  }
+  bool Lit(const char* w) {
+    const size_t n = std::strlen(w);
+    if (s_.compare(i_, n, w) != 0) return false;
+    i_ += n;
+    return true;
+  }
+  unsigned At(size_t k) const { return i_ + k < s_.size() ? (unsigned char)s_[i_ + k] : 0x100; }
+  bool Digits() {
+    const size_t b = i_;
+    while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+    return i_ > b;
+  }
+  bool Number() {
+    if (At(0) == '-') ++i_;
+    if (At(0) == '0') {
+      ++i_;
+    } else if (!Digits()) {
+      return false;
+    }
+    if (At(0) == '.' && (++i_, !Digits())) return false;
+    if (At(0) == 'e' || At(0) == 'E') {
+      ++i_;
+      if (At(0) == '+' || At(0) == '-') ++i_;
+      if (!Digits()) return false;
+    }
+    return true;
+  }
+  bool String() {
+    if (At(0) != '"') return false;
+    ++i_;
+    for (;;) {
+      const unsigned c = At(0);
+      if (c == 0x100 || c < 0x20) return false;
+      if (c == '"') {
+        ++i_;
+        return true;
+      }
+      if (c == '\\') {
+        const unsigned e = At(1);
+        if (e == 'u') {
+          for (size_t k = 2; k < 6; ++k)
+            if (At(k) == 0x100 || !std::isxdigit(static_cast<int>(At(k)))) return false;
+          i_ += 6;
+        } else if (e != 0x100 && std::strchr("\"\\/bfnrt", static_cast<int>(e)) != nullptr &&
+                   e != 0) {
+          i_ += 2;
+        } else {
+          return false;
+        }
+        continue;
+      }
+      // UTF-8: the sequence lengths and ranges of RFC 3629.
+      size_t n = 1;
+      unsigned lo = 0x80, hi = 0xbf;
+      if (c < 0x80) {
+        n = 1;
+      } else if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+      } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+      } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+      } else {
+        return false;
+      }
+      for (size_t k = 1; k < n; ++k) {
+        const unsigned b = At(k);
+        if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xbf)) return false;
+      }
+      i_ += n;
+    }
+  }
+  bool Value(int depth) {
+    if (depth > 64) return false;
+    Ws();
+    const unsigned c = At(0);
+    if (c == '"') return String();
+    if (c == '{' || c == '[') {
+      const char close = c == '{' ? '}' : ']';
+      ++i_;
+      Ws();
+      if (At(0) == static_cast<unsigned>(close)) return ++i_, true;
+      for (;;) {
+        if (c == '{') {
+          Ws();
+          if (!String()) return false;
+          Ws();
+          if (At(0) != ':') return false;
+          ++i_;
+        }
+        if (!Value(depth + 1)) return false;
+        Ws();
+        if (At(0) == ',') {
+          ++i_;
+          continue;
+        }
+        if (At(0) == static_cast<unsigned>(close)) return ++i_, true;
+        return false;
+      }
+    }
+    if (Lit("true") || Lit("false") || Lit("null")) return true;
+    return Number();
+  }
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+TEST(JsonChecker, AcceptsJsonAndRefusesWhatClientsRefuse) {
+  for (const char* ok :
+       {R"({"a":[1,-2.5e3,true,null],"b":"\u00e9\n"})", "\"\xc3\xa9\xf0\x9f\x98\x80\"", "0"})
+    EXPECT_TRUE(JsonChecker::Valid(ok)) << ok;
+  for (const char* bad : {"{\"a\":abc}", "\"\xff\"", "\"\xed\xa0\x80\"", "\"\xc0\xaf\"", "\"a\\q\"",
+                          "\"\t\"", "01", "{\"a\":1,}", "\"\xe2\x82\""})
+    EXPECT_FALSE(JsonChecker::Valid(bad)) << bad;
+}
+
+// Request bytes are echoed (the user value verbatim, a field name inside an error): invalid UTF-8
+// there made the response line invalid JSON. Every response is valid JSON, invalid bytes replaced
+// by U+FFFD; valid UTF-8 and escapes are echoed as sent.
+TEST(Serving, EveryResponseIsValidJson_InvalidUtf8InTheRequestIsReplaced) {
+  const std::string dir = TempDir();
+  Trained t(5);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto server = std::move(BundleServer::Create(eo.output, 50)).value();
+  struct Case {
+    std::string line, want;
+    bool ok;
+  };
+  const std::string rest = R"(,"history":[1,2],"candidates":[3]})";
+  const std::vector<Case> cases = {
+      {"{\"user\":\"\xff\xfe\"" + rest, R"({"user":"\ufffd\ufffd","version":1,"scores":[)", true},
+      {"{\"user\":{\"n\xc3\":[\"\xed\xa0\x80\"]}" + rest,
+       R"({"user":{"n\ufffd":["\ufffd\ufffd\ufffd"]},"version":1,)", true},
+      {"{\"user\":\"caf\xc3\xa9 \\u00e9 \\\"q\\\"\"" + rest,
+       "{\"user\":\"caf\xc3\xa9 \\u00e9 \\\"q\\\"\",\"version\":1,", true},
+      {"{\"user\":1,\"hist\xff\":[1]}",
+       R"({"user":1,"line":4,"error":"line 4: column 19: unknown field \"hist\ufffd\" )", false},
+      {"{\"user\":\"\xf0\x9f\x98\x80\",\"history\xe2\x82\":[1]}",
+       "{\"user\":\"\xf0\x9f\x98\x80\",\"line\":5,\"error\":\"line 5: column 28: unknown field "
+       "\\\"history\\ufffd\\ufffd\\\"",
+       false},
+      {"{\"user\":-1.5e3" + rest, R"({"user":-1.5e3,"version":1,)", true},
+      {"{\"user\":123456789012345678901234567890" + rest,
+       R"({"user":123456789012345678901234567890,"version":1,)", true},
+      {"{\"user\":[true,false,null,{}]" + rest, R"({"user":[true,false,null,{}],"version":1,)",
+       true},
+      {"{\"user\":\"\xff\",\"history\":[1],\"top_n\":-1}",
+       R"({"user":"\ufffd","line":9,"error":"line 9: column 35: field \"top_n\")", false},
+  };
+  std::string reused;
+  int64_t line = 0;
+  for (const Case& c : cases) {
+    ++line;
+    bool ok = !c.ok;
+    const std::string r = server->HandleLine(line, c.line, &ok);
+    EXPECT_EQ(ok, c.ok) << c.line << " -> " << r;
+    EXPECT_TRUE(JsonChecker::Valid(r)) << c.line << " -> " << r;
+    EXPECT_EQ(r.rfind(c.want, 0), 0u) << c.line << " -> " << r;
+    server->HandleLine(line, c.line, &ok, &reused);
+    EXPECT_EQ(reused, r);
+  }
+  ps::RemoveTree(dir);
+}
+
+// A bundle root nothing was exported into said "BUNDLE/CURRENT: cannot open", like a damaged
+// bundle; a checkpoint directory given as the bundle is named as one.
+TEST(Serving, EmptyBundleRoot_SaysThereIsNoVersionYet) {
+  const std::string dir = TempDir();
+  ASSERT_EQ(::mkdir((dir + "/root").c_str(), 0755), 0);
+  for (const auto& b :
+       {Bundle::Load(dir + "/root").status(), BundleServer::Create(dir + "/root", 10).status()}) {
+    EXPECT_EQ(b.code(), StatusCode::kNotFound) << b;
+    EXPECT_NE(b.message().find(dir +
+                               "/root: no bundle version yet (no CURRENT, no MANIFEST): "
+                               "run `ips export --checkpoint CKPT --output " +
+                               dir + "/root` first"),
+              std::string::npos)
+        << b;
+  }
+  Trained t(5);
+  Checkpoint(t, dir + "/ckpt", 20);
+  const Status c = Bundle::Load(dir + "/ckpt").status();
+  EXPECT_NE(c.message().find(dir + "/ckpt: is a training checkpoint directory (it holds LATEST), "
+                                   "not a serving bundle"),
+            std::string::npos)
+      << c;
   ps::RemoveTree(dir);
 }
 
