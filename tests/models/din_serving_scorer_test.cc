@@ -60,9 +60,10 @@ std::shared_ptr<const Bundle> ExportRandom(const std::string& dir, const std::st
 
 ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats) {
   ScoreRequest q;
-  // Keys up to kItems + 50: some were never pulled (zero rows); key 0 is the padding key.
+  // Keys up to kItems + 50: some were never pulled (zero rows); key 0 is the padding key, which a
+  // history may hold but a candidate may not (a JSON request's candidate 0 is an error).
   for (int i = 0; i < history; ++i) q.history.push_back(rng.UniformInt(kItems + 50));
-  for (int i = 0; i < candidates; ++i) q.candidates.push_back(rng.UniformInt(kItems + 50));
+  for (int i = 0; i < candidates; ++i) q.candidates.push_back(1 + rng.UniformInt(kItems + 49));
   if (cats) {
     for (uint64_t h : q.history) q.history_cats.push_back(SyntheticCategory(h, kCats));
     for (uint64_t c : q.candidates) q.candidate_cats.push_back(SyntheticCategory(c, kCats));
