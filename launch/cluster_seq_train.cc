@@ -127,6 +127,7 @@ class SeqRoundsSource : public DatasetRoundsSource {
         reader_options_(WithModelWindow(sw->trainer.get(), run.reader)),
         reader_(&data, {}, reader_options_) {}
 
+  const Dataset& data() const override { return data_; }
   int64_t per_epoch() const override { return reader_.sequences_per_epoch(); }
   Status Read(int64_t e, int64_t first, int64_t /*step*/, bool next) override {
     IPS_RETURN_IF_ERROR(reader_.SkipTo(e, first));

@@ -256,6 +256,7 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
       cluster->Abort(FailedPreconditionError("dataset has no items"));
   }
 
+  const Dataset& data() const override { return data_; }
   int64_t per_epoch() const override { return reader_.examples_per_epoch(); }
   Status Read(int64_t e, int64_t first, int64_t step, bool next) override {
     Slot& slot = slots_[next ? 1 : 0];

@@ -195,9 +195,12 @@ struct EpochRounds {
 // What a worker's checkpoint holds of its trainer (a Trainer or a SeqTrainer): the dense content
 // (weights, dense optimizer state, model state and the config text; every replica's is the same,
 // worker 0 writes it) and the trainer's counters: its step count and the model's dropout step
-// (blob "model/dropout_step", for models that have one).
+// (blob "model/dropout_step", for models that have one). `vocabulary`: a dataset run's
+// (RunDatasetRounds sets it), recorded in every checkpoint; --resume of a checkpoint trained on
+// another vocabulary is refused. Unset for synthetic data.
 struct TrainerCheckpointState {
   CheckpointContent dense;
+  std::optional<DatasetVocabulary> vocabulary;
   std::function<void(int64_t)> set_steps;
   std::function<void(std::map<std::string, std::string>*)> save_model_blobs;
   std::function<Status(const std::map<std::string, std::string>&)> restore_model_blobs;
@@ -219,7 +222,9 @@ TrainerCheckpointState CheckpointStateOf(TrainerT* trainer, const config::Config
 
 // A worker's checkpointing (checkpoint.dir set; every member is inert otherwise): the writer
 // (worker 0 only), the SIGTERM handler, the every_seconds clock and the test-only fault flags.
-// Made before the first step; aborts the job on an error.
+// Made before the first step; aborts the job on an error, e.g. when worker 0 finds that
+// checkpoint.dir holds checkpoints the run would mix with (CheckCheckpointDirForRun: any for a
+// fresh run, ones newer than the --resume checkpoint's step for a resumed one).
 class WorkerCheckpoints {
  public:
   WorkerCheckpoints(Cluster* cluster, const config::Config& config, const ClusterTrainFlags& flags,
@@ -325,7 +330,8 @@ class DatasetRoundsSource {
  public:
   virtual ~DatasetRoundsSource() = default;
 
-  virtual int64_t per_epoch() const = 0;  // examples (sequences) in an epoch's order
+  virtual const Dataset& data() const = 0;  // data.train_dir, fitted to the job
+  virtual int64_t per_epoch() const = 0;    // examples (sequences) in an epoch's order
   // Reads the batch from example `first` of epoch e's order (shuffled by epoch) for trainer step
   // `step`: as this step's batch, or (next) as the one the step prefetches.
   virtual Status Read(int64_t e, int64_t first, int64_t step, bool next) = 0;

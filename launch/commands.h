@@ -38,11 +38,13 @@ constexpr int kExitStopped = 3;
 // stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
 
-// `ips config check|print --config FILE [--set path=value ...] [--np N]`
+// `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]`
 // (launch/config_command.cc). `check` runs every check of `ips train` that needs neither a
 // training step nor a write: the config loader's, the job's (TrainJobFromConfig), the dataset's
 // (Dataset::Open and FitJobToDataset, when data.train_dir exists), the store's and the trainer's
-// (the model is built), the checkpoint section's and, with --np, the mpirun layout's.
+// (the model is built), the checkpoint section's (checkpoint.dir must hold no checkpoint of
+// another run: none for a fresh run, none newer than --resume DIR's step for a resumed one; DIR's
+// checkpoint must match data.train_dir's vocabulary) and, with --np, the mpirun layout's.
 int RunConfigCommand(const std::vector<std::string>& args);
 // `ips data convert|inspect|synth ...` (launch/data_command.cc).
 int RunDataCommand(const std::vector<std::string>& args);
@@ -52,8 +54,8 @@ int RunSynthCommand(const std::vector<std::string>& args);
 // (launch/train_command.cc).
 int RunTrainCommand(const std::vector<std::string>& args);
 // Checks of `ips train` that read only the config, shared with `ips config check`
-// (launch/train_command.cc). CheckStreamConfig: `ips train --stream` refuses checkpoint.dir (a
-// stream writes no checkpoints). INVALID_ARGUMENT naming the field.
+// (launch/stream_train.cc). CheckStreamConfig: `ips train --stream` (and RunStreamTrain itself)
+// refuses checkpoint.dir (a stream writes no checkpoints). INVALID_ARGUMENT naming the field.
 Status CheckStreamConfig(const config::Config& config);
 // The trainer of the job's model family, as `ips train`, `ips eval` and `ips config check` build
 // it (launch/train_command.cc): a CTR Trainer or a SeqTrainer; the other stays null.

@@ -7,11 +7,16 @@
 // dataset's (Dataset::Open and FitJobToDataset, eval.top_k against the candidate lists included)
 // when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
 // (the model is built: its options, the tables' widths) and the checkpoint section's (its
-// intervals, and checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
-// create or write, which check does not create), plus with --np N the layout of `mpirun -np N ips
-// train` and its dataset's epoch against the workers (CheckEpochFillsWorkers). A config that
-// passes is refused by `ips train` only for what cannot be known here: a data.train_dir created or
-// changed later, a checkpoint.dir locked by another run or failing to be written, an unwritable
+// intervals, checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
+// create or write, which check does not create, and through CheckCheckpointDirForRun: no
+// checkpoints of another run in it), plus with --np N the layout of `mpirun -np N ips train` and
+// its dataset's epoch against the workers (CheckEpochFillsWorkers). check takes `ips train`'s
+// --resume DIR: without it the run is checked as a fresh one (checkpoint.dir must hold no
+// checkpoint), with it as the resumed run (checkpoint.dir must hold none newer than DIR's step,
+// and DIR's checkpoint must have been trained on data.train_dir's vocabulary); DIR's files are
+// not verified (`ips train` does that). A config that passes is refused by `ips train` only for
+// what cannot be known here: a data.train_dir created or changed later, a checkpoint.dir locked by
+// another run or failing to be written, a damaged or unfitting --resume checkpoint, an unwritable
 // --metrics_out, and failures while training.
 //
 // A missing data.train_dir is a warning, not an error: a config is often checked before its data
@@ -19,6 +24,7 @@
 // Corrupt or unfit data in an existing directory is an error, as in `ips train`.
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -46,7 +52,7 @@ namespace {
 // "missing" (data.train_dir does not exist: warned, skipped) or "stream" (no data source: the
 // config is checked as an `ips train --stream` job). Errors are `ips train`'s, with its context.
 Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, int64_t np,
-                     std::string* data_state) {
+                     const std::string& resume, std::string* data_state) {
   const bool cluster = np > 1;
   // Neither data source: only `ips train --stream` takes the config (one process), and names the
   // stream as the job's data the way RunStreamTrain (launch/stream_train.cc) does.
@@ -58,6 +64,10 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
     std::cerr << "note: data has neither train_dir nor synthetic: checked as a job of `ips train "
                  "--stream` (plain `ips train` refuses it)\n";
     IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
+    if (!resume.empty())  // `ips train --stream` refuses it likewise
+      return InvalidArgumentError(
+          "--resume does not apply to --stream: a stream starts from a fresh model and writes "
+          "no checkpoints (its trained state is in the bundles of --stream_publish_dir)");
     config::Config c = cfg;
     c.mutable_data()->set_train_dir("stream:-");
     job = TrainJobFromConfig(c);
@@ -110,10 +120,32 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
   if (cluster && data != nullptr)
     IPS_RETURN_IF_ERROR(
         CheckEpochFillsWorkers(*job, TrainingRowsPerEpoch(*data, *job), num_workers));
+  // --resume: `ips train` restores it after building its trainer and refuses a checkpoint of
+  // another vocabulary. Only the manifest and the dense blobs are read here.
+  int64_t resumed_step = -1;
+  if (!resume.empty()) {
+    auto head = PeekCheckpoint(resume);
+    if (!head.ok()) return head.status().WithContext("--resume " + resume);
+    resumed_step = head->step;
+    if (data != nullptr) {
+      std::map<std::string, std::string> blobs;
+      IPS_RETURN_IF_ERROR(ReadDenseFile(head->dense_path, nullptr, &blobs));
+      IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(
+          head->dir, blobs, VocabularyOf(job->dataset.train_dir, data->manifest())));
+    }
+  }
   // The writer's checks that write nothing: `ips train` creates checkpoint.dir (SetupCheckpoints;
-  // mpirun: worker 0's StartCheckpointing) after its trainer.
-  if (!cfg.checkpoint().dir().empty())
+  // mpirun: worker 0's StartCheckpointing) after its trainer, then refuses a DIR holding
+  // checkpoints the run would mix with.
+  if (!cfg.checkpoint().dir().empty()) {
     IPS_RETURN_IF_ERROR(CheckpointWriter::CheckDir(cfg.checkpoint().dir()));
+    const Status s = CheckCheckpointDirForRun(cfg.checkpoint().dir(), resumed_step);
+    if (!s.ok() && resume.empty())
+      return Status(s.code(), s.message() +
+                                  " (checked as a fresh run: pass `ips config check` the "
+                                  "--resume DIR of `ips train` to check a resumed one)");
+    IPS_RETURN_IF_ERROR(s);
+  }
   return Status::Ok();
 }
 
@@ -121,7 +153,8 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
 
 int RunConfigCommand(const std::vector<std::string>& args) {
   const std::string usage_head =
-      "usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N]\n";
+      "usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N] "
+      "[--resume DIR]\n";
   if (args.empty() || (args[0] != "check" && args[0] != "print")) {
     std::cerr << usage_head;
     return args.empty() || args[0] == "--help" ? (args.empty() ? kExitUsage : kExitOk) : kExitUsage;
@@ -130,10 +163,14 @@ int RunConfigCommand(const std::vector<std::string>& args) {
   FlagSet flags("config " + verb);
   flags.Required("config", "Protobuf text-format config file (launch/configs/*.pbtxt)");
   flags.Repeated("set", "override one field: path.to.field=value");
-  if (verb == "check")
+  if (verb == "check") {
     flags.Int("np", 0,
               "also check the cluster layout of `mpirun -np N ips train` (cluster.num_ps); "
               "0 or 1: a single-process run");
+    flags.String("resume", "",
+                 "check the run as `ips train --resume DIR` (default: a fresh run, whose "
+                 "checkpoint.dir must hold no checkpoint)");
+  }
   if (auto rc = ParseCommandFlags(&flags, {args.begin() + 1, args.end()})) return *rc;
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
@@ -152,7 +189,9 @@ int RunConfigCommand(const std::vector<std::string>& args) {
     if (np < 0)
       return fail(InvalidArgumentError("--np must be >= 0 (got " + std::to_string(np) + ")"));
     std::string data_state;
-    if (Status s = CheckTrainJob(*cfg, flags.GetString("config"), np, &data_state); !s.ok())
+    if (Status s = CheckTrainJob(*cfg, flags.GetString("config"), np, flags.GetString("resume"),
+                                 &data_state);
+        !s.ok())
       return fail(s);
     line.Add("data", data_state);
     if (np > 1) line.Add("np", np);

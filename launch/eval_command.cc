@@ -7,7 +7,8 @@
 //     HR@K for every eval.top_k);
 //   * data.synthetic (CTR models): AUC / GAUC / logloss on the protocol's held-out batches.
 // Ends with `RESULT eval model=... step=... key=value ...`. Evaluation is read-only: no row is
-// created, nothing in the checkpoint changes.
+// created, nothing in the checkpoint changes. A checkpoint trained on a dataset of another
+// vocabulary than data.train_dir's is refused (worker/checkpoint.h CheckCheckpointVocabulary).
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -40,9 +41,12 @@ std::string Fixed(double v, int digits) {
 using Metrics = std::vector<std::pair<std::string, std::string>>;
 
 // Builds the job's trainer over `store` and restores the checkpoint into it; returns the step.
+// `vocabulary`: the evaluated dataset's (null for synthetic data); a checkpoint trained on
+// another vocabulary is refused (its rows would stand for other items).
 StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
-                          const std::string& checkpoint, ps::LocalEmbeddingStore* store,
-                          std::unique_ptr<Trainer>* ctr, std::unique_ptr<SeqTrainer>* seq) {
+                          const std::string& checkpoint, const DatasetVocabulary* vocabulary,
+                          ps::LocalEmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
+                          std::unique_ptr<SeqTrainer>* seq) {
   const std::string text = ConfigToText(cfg);
   CheckpointContent content;
   IPS_RETURN_IF_ERROR(MakeTrainer(job, store, ctr, seq));
@@ -52,7 +56,12 @@ StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
   } else {
     IPS_ASSIGN_OR_RETURN(content, SeqTrainerCheckpointContent(seq->get(), store, text));
   }
-  return LoadCheckpoint(checkpoint, content, nullptr);
+  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(checkpoint));
+  std::map<std::string, std::string> blobs;
+  IPS_RETURN_IF_ERROR(reader->Restore(content, &blobs));
+  if (vocabulary != nullptr)
+    IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(reader->dir(), blobs, *vocabulary));
+  return reader->step();
 }
 
 Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& checkpoint,
@@ -67,7 +76,8 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
       auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
-  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));
+  const DatasetVocabulary vocabulary = VocabularyOf(run.train_dir, data->manifest());
+  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, &vocabulary, store.get(), &ctr, &seq));
   RankingEvalResult r;
   if (ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(
@@ -113,7 +123,7 @@ Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::
       auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
-  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, store.get(), &ctr, &seq));
+  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, nullptr, store.get(), &ctr, &seq));
   IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r, EvaluateSyntheticHeldOut(ctr.get(), job.run));
   *out = {{"examples", std::to_string(r.count)},
           {"auc", Fixed(r.auc, 6)},

@@ -79,6 +79,17 @@ void AddStreamFlags(FlagSet* flags) {
              "--stream_publish_dir: bundle versions kept (plus the bases of kept deltas)");
 }
 
+Status CheckStreamConfig(const config::Config& cfg) {
+  // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
+  // what it would otherwise silently ignore. Defined here, not in train_command.cc, so that
+  // RunStreamTrain (linked without it by tests) runs it too.
+  if (!cfg.checkpoint().dir().empty())
+    return InvalidArgumentError(
+        "checkpoint.dir is set, but --stream writes no checkpoints (it publishes serving "
+        "bundles with --stream_publish_dir)");
+  return Status::Ok();
+}
+
 StatusOr<StreamCliOptions> StreamCliOptionsFromFlags(const FlagSet& flags) {
   StreamCliOptions o;
   o.follow = !flags.GetBool("stream_no_follow");
@@ -164,6 +175,10 @@ StatusOr<StreamPublisher> MakeBundlePublisher(const StreamCliOptions& options,
 
 int RunStreamTrain(const config::Config& cfg, const std::string& source, const RunSinks& sinks,
                    const StreamCliOptions& options) {
+  // A stream writes no checkpoints (its state goes out as bundles): a checkpoint.dir would be
+  // ignored, so it is refused here too, not only by `ips train --stream` (RunTrainCommand), for
+  // every caller of this function.
+  if (Status s = CheckStreamConfig(cfg); !s.ok()) return Fail(s);
   // TrainJobFromConfig maps model, tables and optimizer, and insists on a data source for the
   // batch trainers; the stream is ours, so name it there (nothing reads data.train_dir here).
   config::Config c = cfg;

@@ -10,7 +10,12 @@
 // steps after saving (exit code kExitStopped = 3 and `RESULT train ... status=stopped`).
 // `--resume DIR` (a checkpoint root or one ckpt-<step>) restores the weights, optimizer states,
 // tables, step counter and reader position and continues exactly where the run stopped.
-// Under mpirun, checkpoints and --resume are launch/cluster_train.h's (same layout).
+// A run never mixes its checkpoints with another run's (keep_last keeps the newest by step, and
+// --resume DIR takes the newest): a fresh run into a checkpoint.dir holding any ckpt-<step>, or a
+// resumed one into a checkpoint.dir holding a newer one than the resumed step, is refused before
+// its first step. A run on data.train_dir records the dataset's vocabulary in its checkpoints;
+// --resume of a checkpoint trained on another vocabulary is refused (ids are numbered per dataset).
+// Under mpirun, checkpoints and --resume are launch/cluster_train.h's (same layout and checks).
 #include <atomic>
 #include <csignal>
 #include <fstream>
@@ -37,16 +42,6 @@
 #include "worker/trainer.h"
 
 namespace ips {
-
-Status CheckStreamConfig(const config::Config& cfg) {
-  // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
-  // what it would otherwise silently ignore.
-  if (!cfg.checkpoint().dir().empty())
-    return InvalidArgumentError(
-        "checkpoint.dir is set, but --stream writes no checkpoints (it publishes serving "
-        "bundles with --stream_publish_dir)");
-  return Status::Ok();
-}
 
 Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
                    std::unique_ptr<SeqTrainer>* seq) {
@@ -82,9 +77,13 @@ struct CheckpointSetup {
 };
 
 // Builds the writer and the content, restores --resume when given, installs the stop handler
-// (SIGTERM, SIGUSR1: common/stop_signals.h).
+// (SIGTERM, SIGUSR1: common/stop_signals.h). `vocabulary`: the dataset's (data.train_dir; null
+// for synthetic data), recorded in every checkpoint; a resumed checkpoint trained on another
+// vocabulary is refused. Once the writer holds DIR/LOCK, a DIR holding checkpoints this run
+// would mix with is refused (CheckCheckpointDirForRun).
 Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
-                        SeqTrainer* seq, ps::LocalEmbeddingStore* store, CheckpointSetup* out) {
+                        SeqTrainer* seq, ps::LocalEmbeddingStore* store,
+                        const DatasetVocabulary* vocabulary, CheckpointSetup* out) {
   const std::string text = ConfigToText(cfg);
   if (ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(
@@ -94,10 +93,12 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     IPS_ASSIGN_OR_RETURN(out->run.content, SeqTrainerCheckpointContent(seq, store, text));
   }
   if (!resume.empty()) {
-    IPS_ASSIGN_OR_RETURN(out->resumed_step,
-                         LoadCheckpoint(resume, out->run.content, &out->resume_blobs));
+    IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(resume));
+    IPS_RETURN_IF_ERROR(reader->Restore(out->run.content, &out->resume_blobs));
+    if (vocabulary != nullptr)
+      IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(reader->dir(), out->resume_blobs, *vocabulary));
+    out->resumed_step = reader->step();
     out->run.resume = &out->resume_blobs;
-    std::cerr << "train: resumed from '" << resume << "' at step " << out->resumed_step << "\n";
   }
   const config::CheckpointConfig& c = cfg.checkpoint();
   if (!c.dir().empty()) {
@@ -105,12 +106,17 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     o.dir = c.dir();
     o.keep_last = c.keep_last();
     o.incremental = c.incremental();
+    if (vocabulary != nullptr) o.vocabulary = *vocabulary;
     IPS_ASSIGN_OR_RETURN(out->writer, CheckpointWriter::Create(o));
+    // After the lock: a second run into DIR is told that DIR is in use, not what it holds.
+    IPS_RETURN_IF_ERROR(CheckCheckpointDirForRun(c.dir(), out->resumed_step));
     out->run.writer = out->writer.get();
     out->run.every_steps = c.every_steps();
     out->run.every_seconds = c.every_seconds();
     out->dir = c.dir();
   }
+  if (!resume.empty())
+    std::cerr << "train: resumed from '" << resume << "' at step " << out->resumed_step << "\n";
   out->run.stop = &StopRequested();
   InstallStopSignals();
   return Status::Ok();
@@ -146,7 +152,10 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   std::unique_ptr<SeqTrainer> seq;
   if (Status s = MakeTrainer(job, store->get(), &ctr, &seq); !s.ok()) return Fail(s);
   CheckpointSetup ck;
-  if (Status s = SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &ck); !s.ok())
+  const DatasetVocabulary vocabulary = VocabularyOf(run.train_dir, (*data)->manifest());
+  if (Status s =
+          SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &vocabulary, &ck);
+      !s.ok())
     return Fail(s);
   sinks.checkpoint = &ck.run;
   const Manifest& m = (*data)->manifest();
@@ -313,7 +322,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
 
   const SyntheticRunOptions& run = job->run;
   CheckpointSetup ck;
-  if (Status s = SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), &ck); !s.ok())
+  if (Status s = SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), nullptr, &ck);
+      !s.ok())
     return fail(s);
   sinks.checkpoint = &ck.run;
   const std::string model = ModelKindName(job->trainer.model.kind);

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <utility>
@@ -19,6 +21,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
+#include "worker/manifest.h"
 
 namespace ips {
 namespace {
@@ -353,6 +356,141 @@ StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std
   return out;
 }
 
+// ---- What a run records of its dataset, and where it may write -----------------------------
+
+namespace {
+
+std::string Hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "0x%08x", v);
+  return buf;
+}
+
+}  // namespace
+
+std::string DatasetVocabulary::Describe() const {
+  return "data.train_dir '" + train_dir + "' (" + (format.empty() ? "" : format + ": ") +
+         std::to_string(users) + " users, " + std::to_string(items) + " items, " +
+         std::to_string(categories) + " categories, vocab.ips crc32c " + Hex32(crc32c) + ", " +
+         std::to_string(bytes) + " bytes)";
+}
+
+DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest) {
+  DatasetVocabulary v;
+  v.train_dir = train_dir;
+  v.format = manifest.format;
+  v.crc32c = manifest.vocab.crc;
+  v.bytes = manifest.vocab.bytes;
+  v.users = manifest.users;
+  v.items = manifest.items;
+  v.categories = manifest.categories;
+  return v;
+}
+
+std::string EncodeVocabulary(const DatasetVocabulary& v) {
+  // Text, one key=value a line: readable in a dump of the blobs, and fields can be added. The
+  // path only names the dataset in messages: a newline in it must not end its line.
+  std::string dir = v.train_dir;
+  std::replace(dir.begin(), dir.end(), '\n', '?');
+  return "train_dir=" + dir + "\nformat=" + v.format +
+         "\nvocab_crc32c=" + std::to_string(v.crc32c) + "\nvocab_bytes=" + std::to_string(v.bytes) +
+         "\nusers=" + std::to_string(v.users) + "\nitems=" + std::to_string(v.items) +
+         "\ncategories=" + std::to_string(v.categories) + "\n";
+}
+
+StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob) {
+  std::map<std::string, std::string> kv;
+  size_t begin = 0;
+  while (begin < blob.size()) {
+    size_t end = blob.find('\n', begin);
+    if (end == std::string::npos) end = blob.size();
+    const std::string line = blob.substr(begin, end - begin);
+    begin = end + 1;
+    if (line.empty()) continue;
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos)
+      return DataLossError(std::string("checkpoint blob '") + kVocabularyBlob + "': line '" + line +
+                           "' is not key=value");
+    kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  DatasetVocabulary v;
+  v.train_dir = kv["train_dir"];
+  v.format = kv["format"];
+  auto number = [&kv](const char* key, uint64_t max, uint64_t* out) -> Status {
+    const std::string& t = kv[key];
+    uint64_t n = 0;
+    bool ok = !t.empty() && t.size() <= 20;
+    for (char c : t) {
+      if (c < '0' || c > '9' || n > (UINT64_MAX - static_cast<uint64_t>(c - '0')) / 10) {
+        ok = false;
+        break;
+      }
+      n = n * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (!ok || n > max)
+      return DataLossError(std::string("checkpoint blob '") + kVocabularyBlob + "': field '" + key +
+                           "' = '" + t + "' is not a number");
+    *out = n;
+    return Status::Ok();
+  };
+  uint64_t crc = 0;
+  IPS_RETURN_IF_ERROR(number("vocab_crc32c", 0xffffffffULL, &crc));
+  v.crc32c = static_cast<uint32_t>(crc);
+  IPS_RETURN_IF_ERROR(number("vocab_bytes", UINT64_MAX, &v.bytes));
+  IPS_RETURN_IF_ERROR(number("users", UINT64_MAX, &v.users));
+  IPS_RETURN_IF_ERROR(number("items", UINT64_MAX, &v.items));
+  IPS_RETURN_IF_ERROR(number("categories", UINT64_MAX, &v.categories));
+  return v;
+}
+
+Status CheckCheckpointVocabulary(const std::string& checkpoint,
+                                 const std::map<std::string, std::string>& blobs,
+                                 const DatasetVocabulary& data) {
+  auto it = blobs.find(kVocabularyBlob);
+  if (it == blobs.end()) return Status::Ok();  // older checkpoint, or synthetic data
+  auto recorded = DecodeVocabulary(it->second);
+  if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
+  if (recorded->SameAs(data)) return Status::Ok();
+  return InvalidArgumentError(
+      "the checkpoint at " + checkpoint + " was trained on " + recorded->Describe() + ", but " +
+      data.Describe() +
+      " has another vocabulary: item, user and category ids are numbered per dataset, so the "
+      "checkpoint's embedding rows would stand for other items. Set data.train_dir to the "
+      "dataset the checkpoint was trained on (one converted again from the same input with the "
+      "same filters, e.g. with other --eval_negatives, has the same vocabulary), or train this "
+      "dataset from scratch");
+}
+
+Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step) {
+  if (!ps::IsDirectory(dir)) return Status::Ok();  // created empty by the writer
+  auto list = ListCheckpoints(dir);
+  if (!list.ok())
+    return InternalError("checkpoint.dir " + dir + ": cannot list: " + list.status().message());
+  if (list->empty()) return Status::Ok();
+  const auto& [newest_step, newest] = list->back();
+  const std::string newest_path = dir + "/" + newest;
+  if (resumed_step < 0)
+    return FailedPreconditionError(
+        "checkpoint.dir " + dir + " already holds " + std::to_string(list->size()) +
+        " checkpoint(s) of an earlier run (newest: " + newest_path +
+        ") and this run starts fresh (no --resume): keep_last retention keeps the newest by "
+        "step, so this run's lower steps would be deleted before the earlier run's, and a later "
+        "--resume " +
+        dir + " would continue the earlier run. Continue that run with --resume " + dir +
+        ", or give this run an empty or new checkpoint.dir");
+  if (newest_step <= resumed_step) return Status::Ok();
+  int newer = 0;
+  for (const auto& entry : *list)
+    if (entry.first > resumed_step) ++newer;
+  return FailedPreconditionError(
+      "checkpoint.dir " + dir + " holds " + std::to_string(newer) +
+      " checkpoint(s) newer than the resumed step " + std::to_string(resumed_step) +
+      " (newest: " + newest_path +
+      "): this run would overwrite them or keep_last retention would remove its own in their "
+      "favour. Continue from the newest with --resume " +
+      dir + ", or give this run an empty or new checkpoint.dir (or remove the newer checkpoints)");
+}
+
 // ---- CheckpointWriter ---------------------------------------------------------------------------
 
 Status CheckpointWriter::CheckDir(const std::string& dir) {
@@ -480,8 +618,10 @@ StatusOr<CheckpointInfo> CheckpointWriter::Commit(int64_t step, const std::strin
   info.incremental = incremental;
   info.parent = incremental ? last_committed_ : "";
 
+  std::map<std::string, std::string> blobs = content.blobs;
+  if (o_.vocabulary.has_value()) blobs[kVocabularyBlob] = EncodeVocabulary(*o_.vocabulary);
   IPS_ASSIGN_OR_RETURN(const ps::FileDigest dense,
-                       WriteDenseFile(staging + "/" + kDenseName, content.tensors, content.blobs));
+                       WriteDenseFile(staging + "/" + kDenseName, content.tensors, blobs));
   {
     auto* f = m.add_files();
     f->set_name(kDenseName);
@@ -569,59 +709,94 @@ void CheckpointWriter::Retain() {
   const auto& all = *list;
   if (static_cast<int>(all.size()) <= o_.keep_last) return;
   std::set<std::string> keep;
-  for (size_t i = all.size() - static_cast<size_t>(o_.keep_last); i < all.size(); ++i) {
-    // Keep the checkpoint and its chain of parents.
-    std::string name = all[i].second;
+  // Keeps a checkpoint and its chain of parents.
+  auto keep_chain = [&](std::string name) {
     for (int guard = 0; guard < 10000 && !name.empty() && keep.insert(name).second; ++guard) {
       auto m = ReadManifest(o_.dir + "/" + name);
       if (!m.ok() || m->kind() != ckpt::CheckpointManifest::INCREMENTAL) break;
       name = m->parent();
     }
-  }
+  };
+  for (size_t i = all.size() - static_cast<size_t>(o_.keep_last); i < all.size(); ++i)
+    keep_chain(all[i].second);
+  // The checkpoint just written (LATEST names it, the run reports it) is never removed, even
+  // when DIR holds higher steps (another run's, which CheckCheckpointDirForRun refuses at the
+  // start; a DIR without flock, or a library caller, can still get there).
+  keep_chain(last_committed_);
   for (const auto& [step, name] : all)
     if (keep.count(name) == 0) ps::RemoveTree(o_.dir + "/" + name);
 }
 
 // ---- CheckpointReader ---------------------------------------------------------------------------
 
-StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path_in) {
+namespace {
+
+// The checkpoint `path_in` names, as *root and *name (ckpt-<step>): a directory with a MANIFEST is
+// one checkpoint; otherwise a root, whose LATEST names it (without LATEST, or when LATEST names a
+// missing directory, the ckpt-<step> of highest step; the latter is logged when `warn`).
+Status ResolveCheckpoint(const std::string& path_in, bool warn, std::string* root,
+                         std::string* name) {
   std::string path = path_in;
   while (path.size() > 1 && path.back() == '/') path.pop_back();
   if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
-  std::string root, name;
   if (ps::PathExists(path + "/" + kManifestName)) {
     const size_t slash = path.find_last_of('/');
-    root = slash == std::string::npos ? "." : path.substr(0, slash);
-    name = slash == std::string::npos ? path : path.substr(slash + 1);
-  } else {
-    root = path;
-    auto latest = ps::ReadSmallFile(path + "/" + kLatestName);
-    std::string missing;  // what LATEST names when that directory does not exist
-    if (latest.ok()) {
-      name = *latest;
-      while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-      if (StepOfName(name) < 0)
-        return DataLossError(path + "/" + kLatestName + ": names '" + name +
-                             "', not a ckpt-<step> directory");
-      if (!ps::IsDirectory(root + "/" + name)) missing.swap(name);
-    }
-    if (name.empty()) {
-      IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
-      if (list.empty()) {
-        if (!missing.empty())
-          return NotFoundError(path + "/" + kLatestName + ": names '" + missing +
-                               "', which is missing, and there is no other ckpt-<step>");
-        return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
-      }
-      name = list.back().second;
-      // Deliberate (a writer killed between replacing a checkpoint and updating LATEST leaves
-      // this state), but never silent: the run may resume from an older step than expected.
-      if (!missing.empty())
-        LOG(WARNING) << path << "/" << kLatestName << " names '" << missing
-                     << "', which is missing; using " << root << "/" << name
-                     << " (the newest ckpt-<step>) instead";
-    }
+    *root = slash == std::string::npos ? "." : path.substr(0, slash);
+    *name = slash == std::string::npos ? path : path.substr(slash + 1);
+    return Status::Ok();
   }
+  *root = path;
+  name->clear();
+  auto latest = ps::ReadSmallFile(path + "/" + kLatestName);
+  std::string missing;  // what LATEST names when that directory does not exist
+  if (latest.ok()) {
+    *name = *latest;
+    while (!name->empty() && (name->back() == '\n' || name->back() == ' ')) name->pop_back();
+    if (StepOfName(*name) < 0)
+      return DataLossError(path + "/" + kLatestName + ": names '" + *name +
+                           "', not a ckpt-<step> directory");
+    if (!ps::IsDirectory(*root + "/" + *name)) missing.swap(*name);
+  }
+  if (name->empty()) {
+    IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(*root));
+    if (list.empty()) {
+      if (!missing.empty())
+        return NotFoundError(path + "/" + kLatestName + ": names '" + missing +
+                             "', which is missing, and there is no other ckpt-<step>");
+      return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
+    }
+    *name = list.back().second;
+    // Deliberate (a writer killed between replacing a checkpoint and updating LATEST leaves
+    // this state), but never silent: the run may resume from an older step than expected.
+    if (!missing.empty() && warn)
+      LOG(WARNING) << path << "/" << kLatestName << " names '" << missing
+                   << "', which is missing; using " << *root << "/" << *name
+                   << " (the newest ckpt-<step>) instead";
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path) {
+  std::string root, name;
+  // Open, which follows, warns about a LATEST naming a missing directory.
+  IPS_RETURN_IF_ERROR(ResolveCheckpoint(path, /*warn=*/false, &root, &name));
+  CheckpointHead head;
+  head.dir = root + "/" + name;
+  IPS_ASSIGN_OR_RETURN(const ckpt::CheckpointManifest m, ReadManifest(head.dir));
+  head.step = m.step();
+  for (const auto& f : m.files())
+    if (f.role() == ckpt::FileEntry::DENSE && !f.name().empty() &&
+        f.name().find('/') == std::string::npos && f.name() != "..")
+      head.dense_path = head.dir + "/" + f.name();
+  if (head.dense_path.empty()) return NotFoundError(head.dir + "/MANIFEST: lists no dense file");
+  return head;
+}
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path_in) {
+  std::string root, name;
+  IPS_RETURN_IF_ERROR(ResolveCheckpoint(path_in, /*warn=*/true, &root, &name));
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());
   // Follow the chain to its full checkpoint.
   std::vector<std::pair<std::string, ckpt::CheckpointManifest>> chain;

@@ -25,9 +25,10 @@
 // they are written (call between training steps for an exact snapshot). One writer per DIR: the
 // writer holds an advisory lock (flock) on DIR/LOCK for its lifetime, so a second run pointed at
 // the same DIR fails instead of interleaving checkpoints and deleting the first run's staging
-// directories. In a multi-process run only the coordinator (the process that publishes
-// manifests and LATEST) has a writer; the parameter servers write their table files into its
-// staging directory without the lock.
+// directories; a later run into a DIR still holding an earlier run's checkpoints is refused by
+// CheckCheckpointDirForRun (the launchers call it once they hold the lock). In a multi-process run
+// only the coordinator (the process that publishes manifests and LATEST) has a writer; the
+// parameter servers write their table files into its staging directory without the lock.
 #ifndef IPS_WORKER_CHECKPOINT_H_
 #define IPS_WORKER_CHECKPOINT_H_
 
@@ -35,6 +36,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,8 @@
 #include "worker/dense_optimizer.h"
 
 namespace ips {
+
+struct Manifest;  // worker/manifest.h
 
 // A float tensor referenced in place (not owned): read when saving, overwritten when restoring.
 struct TensorRef {
@@ -77,6 +81,47 @@ void AddModelState(Model* model, DenseOptimizer* optimizer, CheckpointContent* c
   AddDenseState(&model->params(), model->state(), optimizer, content);
 }
 
+// The vocabulary of a converted dataset (data.train_dir), as a checkpoint records it: `ips data
+// convert` numbers items, users and categories densely per dataset (worker/dataset_builder.cc), so
+// a table row means an item only under the vocabulary that numbered it. Two datasets have the same
+// vocabulary when their vocab.ips files (CRC32C and size, from the manifest) and their user, item
+// and category counts agree: a dataset converted again from the same input with other evaluation
+// lists (--eval_negatives, --eval_users, --seed) has the same one. train_dir and format only name
+// it in messages.
+struct DatasetVocabulary {
+  std::string train_dir;
+  std::string format;
+  uint32_t crc32c = 0;
+  uint64_t bytes = 0;
+  uint64_t users = 0, items = 0, categories = 0;
+
+  bool SameAs(const DatasetVocabulary& o) const {
+    return crc32c == o.crc32c && bytes == o.bytes && users == o.users && items == o.items &&
+           categories == o.categories;
+  }
+  // "data.train_dir 'DIR' (movielens100k: 943 users, 1682 items, 19 categories, vocab.ips
+  // crc32c 0x1234abcd, 40960 bytes)".
+  std::string Describe() const;
+};
+DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest);
+
+// The dense blob that records a run's DatasetVocabulary in each of its checkpoints (text lines
+// key=value; a checkpoint without it, written before it existed or by a synthetic-data run, is
+// accepted by every check).
+constexpr char kVocabularyBlob[] = "data/vocabulary";
+std::string EncodeVocabulary(const DatasetVocabulary& v);
+// DATA_LOSS naming the blob when a field is missing or malformed.
+StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob);
+
+// Refuses to resume or evaluate the checkpoint at `checkpoint` (its directory, for the message),
+// whose dense blobs are `blobs`, on a dataset of another vocabulary than the one it was trained
+// on: INVALID_ARGUMENT naming both (the recorded path and counts, and `data`'s). OK when the
+// checkpoint records no vocabulary (older checkpoints, synthetic-data runs); DATA_LOSS for a
+// malformed record.
+Status CheckCheckpointVocabulary(const std::string& checkpoint,
+                                 const std::map<std::string, std::string>& blobs,
+                                 const DatasetVocabulary& data);
+
 struct CheckpointOptions {
   std::string dir;
   int keep_last = 3;  // >= 1
@@ -87,6 +132,9 @@ struct CheckpointOptions {
   // Tests: called with "file:<name>" after each file is written and with "publish" before the
   // rename; an error stops the write there without any cleanup, as a killed process would.
   std::function<Status(const std::string& event)> fault_hook;
+  // A run on data.train_dir: recorded in every checkpoint as the blob kVocabularyBlob (so a
+  // resume or an evaluation on another dataset is refused); unset for synthetic data.
+  std::optional<DatasetVocabulary> vocabulary;
 };
 
 struct CheckpointInfo {
@@ -147,8 +195,10 @@ class CheckpointWriter {
   ~CheckpointWriter();
 
   // Writes and publishes checkpoint `step` of `content` (replacing an existing ckpt-<step>), then
-  // deletes checkpoints beyond keep_last. Errors: INTERNAL naming the file on I/O errors (the
-  // previous checkpoint stays the latest), INVALID_ARGUMENT for duplicate tensor or table names.
+  // deletes checkpoints beyond keep_last (the newest by step, plus the chains they need; the one
+  // just written and its chain are always kept, even when DIR holds higher steps). Errors: INTERNAL
+  // naming the file on I/O errors (the previous checkpoint stays the latest), INVALID_ARGUMENT for
+  // duplicate tensor or table names.
   StatusOr<CheckpointInfo> Write(int64_t step, const CheckpointContent& content);
 
   // Multi-process checkpoints (one coordinator, e.g. the first worker; table files from every
@@ -264,6 +314,28 @@ std::string DescribeConfigModel(const std::string& config_text);
 
 // The checkpoint directories under a root, sorted by step (oldest first).
 StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std::string& root);
+
+// The checkpoint `path` names, resolved as CheckpointReader::Open resolves it (a root's LATEST,
+// else its newest ckpt-<step>; or one ckpt-<step> directory), from its manifest alone: nothing
+// else is read or verified (Open does that). Errors: Open's for the same path.
+struct CheckpointHead {
+  std::string dir;         // ROOT/ckpt-<step>
+  int64_t step = 0;        // the manifest's
+  std::string dense_path;  // its dense file (for the blobs: ReadDenseFile)
+};
+StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path);
+
+// Whether a run may write its checkpoints into `dir` (checkpoint.dir), called once the run's
+// writer holds DIR/LOCK (so that "in use by another run" is reported first) by `ips train`, by
+// worker 0 of `mpirun ... ips train` and, without the lock, by `ips config check`. Retention keeps
+// the keep_last newest checkpoints by step and --resume DIR continues the newest, so a run must
+// not share DIR with checkpoints of higher steps than its own:
+//   resumed_step < 0 (a fresh run): DIR must hold no ckpt-<step> at all;
+//   resumed_step >= 0 (a run resumed from a checkpoint of that step, in DIR or elsewhere): DIR
+//   must hold none of a higher step (this run would overwrite or remove them).
+// FAILED_PRECONDITION naming DIR, its newest checkpoint and the remedies (--resume DIR, or an
+// empty or new checkpoint.dir); OK when DIR does not exist. INTERNAL when DIR cannot be listed.
+Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step);
 
 }  // namespace ips
 

@@ -305,4 +305,61 @@ TEST(ConfigCheck, CheckpointDirThatCannotBeADirectoryFailsLikeTrain) {
   (void)std::system(("rm -rf " + dir).c_str());
 }
 
+// `ips train` refuses a checkpoint.dir holding checkpoints it would mix with (any, for a fresh
+// run; newer ones than the resumed step, with --resume) and a --resume checkpoint trained on a
+// dataset of another vocabulary; check refuses them with the same error line (plus, for a fresh
+// run, how to check a resumed one) and, given `ips train`'s --resume DIR, checks the resumed run.
+TEST(ConfigCheck, CheckpointDirOfAnotherRunAndResumeVocabularyFailLikeTrain) {
+  const std::string dir = FreshDir("config_check_ckrun");
+  ConvertSmallDataset(dir);
+  const std::string ck = dir + "/ck";
+  const std::string args = "--config " + ConfigNamed("din_ml100k.pbtxt") + kDinOnDataset + dir +
+                           "/ds --set checkpoint.dir=" + ck + " --set checkpoint.every_steps=4";
+  const IpsRun first = RunIps("train --quiet " + args + " --set train.max_steps=8");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+
+  // A fresh run.
+  const IpsRun train = RunIps("train --quiet " + args + " --set train.max_steps=4");
+  ASSERT_EQ(train.exit_code, 1) << train.output;
+  const std::string want = "error: FAILED_PRECONDITION: checkpoint.dir " + ck +
+                           " already holds 2 checkpoint(s) of an earlier run (newest: " + ck +
+                           "/ckpt-8)";
+  EXPECT_EQ(ErrorLine(train).rfind(want, 0), 0u) << train.output;
+  IpsRun check = RunIps("config check " + args);
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  EXPECT_EQ(ErrorLine(check),
+            ErrorLine(train) +
+                " (checked as a fresh run: pass `ips config check` the --resume DIR of `ips "
+                "train` to check a resumed one)")
+      << check.output;
+
+  // Resumed: from the newest, fine; from an older one, refused like train.
+  check = RunIps("config check " + args + " --resume " + ck);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  ExpectCheckFailsLikeTrain(args + " --resume " + ck + "/ckpt-4",
+                            "train --quiet " + args + " --resume " + ck + "/ckpt-4",
+                            "holds 1 checkpoint(s) newer than the resumed step 4");
+
+  // A dataset of another vocabulary (every item id shifted), and the same one converted again
+  // with other evaluation lists.
+  {
+    std::ofstream out(dir + "/other.txt");
+    for (int u = 1; u <= 50; ++u)
+      for (int j = 0; j < 8; ++j) out << u << " " << (u * 7 + j) % 60 + 2 << "\n";
+  }
+  for (const std::string& conv :
+       {"--input " + dir + "/other.txt --output " + dir + "/other",
+        "--input " + dir + "/events.txt --output " + dir + "/again --eval_negatives 20 --seed 5"}) {
+    const IpsRun r = RunIps("data convert --format seqrec --max_history 10 " + conv);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const std::string other = args + " --set data.train_dir=" + dir + "/other";
+  ExpectCheckFailsLikeTrain(other + " --resume " + ck, "train --quiet " + other + " --resume " + ck,
+                            "the checkpoint at " + ck + "/ckpt-8 was trained on data.train_dir '" +
+                                dir + "/ds' (seqrec: 50 users, 60 items");
+  check = RunIps("config check " + args + " --set data.train_dir=" + dir + "/again --resume " + ck);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace

@@ -441,6 +441,165 @@ TEST(Checkpoint, SecondWriterOnTheSameDir_FailedPreconditionNamingDirAndPid) {
   ps::RemoveTree(dir);
 }
 
+// A writer whose DIR holds higher steps (another run's: CheckCheckpointDirForRun refuses that at
+// the start of a run, but a file system without flock or a library caller can still get here)
+// used to have keep_last retention (newest by step) delete the checkpoint it had just written,
+// leaving LATEST naming a missing directory. The one just written and its chain stay.
+TEST(Checkpoint, Retention_NeverRemovesTheCheckpointJustWritten) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(5, 1, 2);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.keep_last = 2;
+  {
+    auto earlier = std::move(CheckpointWriter::Create(o)).value();
+    for (int64_t step : {100, 110, 120}) ASSERT_TRUE(earlier->Write(step, a.content).ok());
+  }
+  o.incremental = true;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  a.Perturb(6, 3, 2);
+  auto info = w->Write(5, a.content);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(ps::IsDirectory(dir + "/ckpt-5")) << "retention removed the checkpoint just written";
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/LATEST").value(), "ckpt-5\n");
+  // An incremental one keeps its parent too.
+  a.Perturb(7, 5, 2);
+  info = w->Write(6, a.content);
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_TRUE(info->incremental);
+  auto reader = CheckpointReader::Open(dir);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->step(), 6);
+  EXPECT_EQ((*reader)->chain().size(), 2u);
+  State b(2);
+  ASSERT_TRUE((*reader)->Restore(b.content, nullptr).ok());
+  ExpectSameState(b, a);
+  // The other run's keep_last newest are kept as well.
+  const auto list = ListCheckpoints(dir).value();
+  std::vector<std::string> names;
+  for (const auto& entry : list) names.push_back(entry.second);
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt-5", "ckpt-6", "ckpt-110", "ckpt-120"}));
+  ps::RemoveTree(dir);
+}
+
+// The start-of-run check of `ips train` (single-process and worker 0 under mpirun) and of
+// `ips config check`: a fresh run needs a DIR without checkpoints, a resumed one a DIR without
+// checkpoints newer than the resumed step.
+TEST(Checkpoint, CheckDirForRun_FreshRunNeedsNoCheckpoints_ResumedRunNoneNewer) {
+  const std::string dir = TempDir();
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir + "/missing", -1).ok());
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir, -1).ok());  // empty
+  State a(1);
+  CheckpointOptions o;
+  o.dir = dir;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  // The writer's own LOCK and LATEST are not checkpoints.
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir, -1).ok());
+  ASSERT_TRUE(w->Write(10, a.content).ok());
+  ASSERT_TRUE(w->Write(20, a.content).ok());
+  ASSERT_TRUE(ps::MakeDirs(dir + "/not-a-checkpoint").ok());
+
+  const Status fresh = CheckCheckpointDirForRun(dir, -1);
+  EXPECT_EQ(fresh.code(), StatusCode::kFailedPrecondition) << fresh;
+  for (const std::string& part : std::vector<std::string>{
+           "checkpoint.dir " + dir +
+               " already holds 2 checkpoint(s) of an earlier run (newest: " + dir + "/ckpt-20)",
+           "no --resume", "--resume " + dir, "an empty or new checkpoint.dir"})
+    EXPECT_NE(fresh.message().find(part), std::string::npos) << part << "\n" << fresh;
+
+  const Status older = CheckCheckpointDirForRun(dir, 10);
+  EXPECT_EQ(older.code(), StatusCode::kFailedPrecondition) << older;
+  for (const std::string& part : std::vector<std::string>{
+           "checkpoint.dir " + dir +
+               " holds 1 checkpoint(s) newer than the resumed step 10 (newest: " + dir +
+               "/ckpt-20)",
+           "--resume " + dir, "an empty or new checkpoint.dir"})
+    EXPECT_NE(older.message().find(part), std::string::npos) << part << "\n" << older;
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir, 20).ok());
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir, 25).ok());  // resumed from elsewhere, further on
+
+  // PeekCheckpoint resolves like the reader, from the manifest alone.
+  auto head = PeekCheckpoint(dir);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->dir, dir + "/ckpt-20");
+  EXPECT_EQ(head->step, 20);
+  EXPECT_EQ(head->dense_path, dir + "/ckpt-20/dense.bin");
+  head = PeekCheckpoint(dir + "/ckpt-10/");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->step, 10);
+  EXPECT_EQ(PeekCheckpoint(dir + "/nothing").status().code(), StatusCode::kNotFound);
+  ps::RemoveTree(dir);
+}
+
+// A run on a dataset records its vocabulary in every checkpoint; a resume or an evaluation on a
+// dataset of another vocabulary is refused naming both, the same vocabulary (another path, e.g.
+// converted again with other evaluation lists) is accepted, and so is a checkpoint without the
+// record (older, or synthetic data).
+TEST(Checkpoint, Vocabulary_RecordedInEveryCheckpoint_AnotherOneRefusedNamingBoth) {
+  const std::string dir = TempDir();
+  DatasetVocabulary v;
+  v.train_dir = "/data/ml100k";
+  v.format = "movielens100k";
+  v.crc32c = 0x1234abcd;
+  v.bytes = 40960;
+  v.users = 943;
+  v.items = 1682;
+  v.categories = 19;
+  State a(1);
+  a.content.blobs["run/x"] = "y";
+  CheckpointOptions o;
+  o.dir = dir;
+  o.vocabulary = v;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  ASSERT_TRUE(w->Write(7, a.content).ok());
+  EXPECT_EQ(a.content.blobs.count(kVocabularyBlob), 0u) << "the caller's content is not changed";
+
+  State b(2);
+  std::map<std::string, std::string> blobs;
+  ASSERT_TRUE(LoadCheckpoint(dir, b.content, &blobs).ok());
+  EXPECT_EQ(blobs["run/x"], "y");
+  ASSERT_EQ(blobs.count(kVocabularyBlob), 1u);
+  auto decoded = DecodeVocabulary(blobs[kVocabularyBlob]);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->train_dir, v.train_dir);
+  EXPECT_EQ(decoded->format, v.format);
+  EXPECT_TRUE(decoded->SameAs(v));
+
+  DatasetVocabulary same = v;
+  same.train_dir = "/data/ml100k_eval50";  // converted again: only the lists differ
+  EXPECT_TRUE(CheckCheckpointVocabulary(dir + "/ckpt-7", blobs, same).ok());
+  DatasetVocabulary other;
+  other.train_dir = "/data/taobao";
+  other.format = "taobao";
+  other.crc32c = 0x0badf00d;
+  other.bytes = 81920;
+  other.users = 1000;
+  other.items = 5000;
+  other.categories = 100;
+  const Status s = CheckCheckpointVocabulary(dir + "/ckpt-7", blobs, other);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("the checkpoint at " + dir +
+                             "/ckpt-7 was trained on data.train_dir '/data/ml100k' "
+                             "(movielens100k: 943 users, 1682 items, 19 categories, vocab.ips "
+                             "crc32c 0x1234abcd, 40960 bytes), but data.train_dir '/data/taobao' "
+                             "(taobao: 1000 users, 5000 items, 100 categories, vocab.ips crc32c "
+                             "0x0badf00d, 81920 bytes) has another vocabulary"),
+            std::string::npos)
+      << s;
+  // Counts alone do not make a vocabulary: the same counts with another vocab.ips are refused.
+  DatasetVocabulary shifted = v;
+  shifted.crc32c ^= 1;
+  EXPECT_FALSE(CheckCheckpointVocabulary(dir + "/ckpt-7", blobs, shifted).ok());
+
+  // Without the record: accepted. A damaged one: DATA_LOSS naming the blob.
+  EXPECT_TRUE(CheckCheckpointVocabulary(dir, {{"run/x", "y"}}, other).ok());
+  const Status bad = CheckCheckpointVocabulary(dir, {{kVocabularyBlob, "items=many\n"}}, other);
+  EXPECT_EQ(bad.code(), StatusCode::kDataLoss) << bad;
+  EXPECT_NE(bad.message().find(kVocabularyBlob), std::string::npos) << bad;
+  ps::RemoveTree(dir);
+}
+
 TEST(Checkpoint, Reshard_TwoWritersIntoThreeTables_ThroughTheReader) {
   // A checkpoint of one table per "server" rank is emulated by two checkpoints of one table each;
   // the reader's TableFiles + ps::LoadTableChain with a keep predicate do the re-sharding.

@@ -550,6 +550,168 @@ TEST(ResumeCli, Sigusr1StopsLikeSigtermWithACheckpoint) {
   (void)std::system(("rm -rf " + root).c_str());
 }
 
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The ckpt-<step> names under `dir`, oldest first.
+std::vector<std::string> CheckpointNames(const std::string& dir) {
+  std::vector<std::string> names;
+  auto list = ListCheckpoints(dir);
+  EXPECT_TRUE(list.ok()) << list.status();
+  if (list.ok())
+    for (const auto& entry : *list) names.push_back(entry.second);
+  return names;
+}
+
+// A fresh run pointed at a checkpoint.dir holding an earlier run's checkpoints used to train,
+// have keep_last retention (newest by step) delete its own checkpoints, leave LATEST naming a
+// deleted one and a later --resume pick the earlier run's newest. It is refused before its first
+// step, naming DIR, the newest checkpoint and the remedies, and DIR is left as it was; so is a
+// run resumed from an older checkpoint than DIR's newest. Resuming the newest into DIR goes on.
+TEST(ResumeCli, RunsThatWouldMixWithAnotherRunsCheckpointsAreRefusedAndLeaveThemAlone) {
+  const std::string root = TempRoot("cli_mix");
+  WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);
+  const std::string ck = root + "/ck";
+  const std::string train = "train --quiet --config " + root +
+                            "/syn.pbtxt --set checkpoint.dir=" + ck +
+                            " --set checkpoint.keep_last=3";
+  // 3 warm-up + 30 steps: checkpoints 10, 20, 30 and 33, of which 20, 30, 33 are kept.
+  Cmd first = Exec(train + " --set checkpoint.every_steps=10", root);
+  ASSERT_EQ(first.rc, 0) << first.err;
+  const std::vector<std::string> kept = {"ckpt-20", "ckpt-30", "ckpt-33"};
+  ASSERT_EQ(CheckpointNames(ck), kept);
+  ASSERT_EQ(ReadAll(ck + "/LATEST"), "ckpt-33\n");
+
+  // A fresh, shorter run into the same DIR.
+  Cmd fresh = Exec(train + " --set data.synthetic.steps=12 --set checkpoint.every_steps=5", root);
+  EXPECT_EQ(fresh.rc, 1) << fresh.out << fresh.err;
+  EXPECT_NE(fresh.err.find("error: FAILED_PRECONDITION: checkpoint.dir " + ck +
+                           " already holds 3 checkpoint(s) of an earlier run (newest: " + ck +
+                           "/ckpt-33)"),
+            std::string::npos)
+      << fresh.err;
+  EXPECT_NE(fresh.err.find("Continue that run with --resume " + ck +
+                           ", or give this run an empty or new checkpoint.dir"),
+            std::string::npos)
+      << fresh.err;
+  EXPECT_EQ(fresh.out.find("RESULT"), std::string::npos) << fresh.out;
+  EXPECT_EQ(CheckpointNames(ck), kept);
+  EXPECT_EQ(ReadAll(ck + "/LATEST"), "ckpt-33\n");
+
+  // Resumed from an older checkpoint of DIR: ckpt-30 and ckpt-33 would be overwritten or removed.
+  Cmd older = Exec(train + " --set checkpoint.every_steps=5 --resume " + ck + "/ckpt-20", root);
+  EXPECT_EQ(older.rc, 1) << older.out << older.err;
+  EXPECT_NE(older.err.find("error: FAILED_PRECONDITION: checkpoint.dir " + ck +
+                           " holds 2 checkpoint(s) newer than the resumed step 20 (newest: " + ck +
+                           "/ckpt-33)"),
+            std::string::npos)
+      << older.err;
+  EXPECT_NE(older.err.find("--resume " + ck + ","), std::string::npos) << older.err;
+  EXPECT_EQ(CheckpointNames(ck), kept);
+  EXPECT_EQ(ReadAll(ck + "/LATEST"), "ckpt-33\n");
+  // The same checkpoint resumed into a new DIR is fine.
+  Cmd elsewhere = Exec(
+      train + " --set checkpoint.dir=" + root + "/ck_branch --resume " + ck + "/ckpt-20", root);
+  EXPECT_EQ(elsewhere.rc, 0) << elsewhere.err;
+
+  // Continuing the newest into DIR, which is what --resume DIR is for, goes on (and ends at the
+  // same step: a final checkpoint replacing ckpt-33).
+  Cmd resumed = Exec(train + " --resume " + ck, root);
+  EXPECT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_EQ(ReadAll(ck + "/LATEST"), "ckpt-33\n");
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// Item ids are numbered per dataset (its vocabulary): a checkpoint trained on one dataset and
+// resumed or evaluated on another used to run silently with every row meaning another item. Both
+// are refused naming the two datasets; the same input converted again with other evaluation
+// lists (--eval_negatives, --seed) has the same vocabulary and is accepted.
+TEST(ResumeCli, ResumeAndEvalOnAnotherVocabularyAreRefusedSameVocabularyIsAccepted) {
+  const std::string root = TempRoot("cli_vocab");
+  const std::string ds = MakeDataset(root);  // from root/in.txt
+  // The same input with other evaluation lists.
+  ConvertOptions again;
+  again.format = "seqrec";
+  again.input = root + "/in.txt";
+  again.output = root + "/ds_again";
+  again.max_history = 10;
+  again.eval_negatives = 50;
+  again.seed = 9;
+  ASSERT_OK(ConvertDataset(again).status());
+  // Another input with as many users, items and categories: every raw item id shifted by one.
+  {
+    std::ifstream in(root + "/in.txt");
+    std::ofstream out(root + "/other.txt");
+    int64_t user = 0, item = 0;
+    while (in >> user >> item) out << user << " " << item + 1 << "\n";
+  }
+  ConvertOptions other = again;
+  other.input = root + "/other.txt";
+  other.output = root + "/ds_other";
+  other.eval_negatives = 100;
+  other.seed = 0;
+  ASSERT_OK(ConvertDataset(other).status());
+
+  WriteConfig(root + "/din.pbtxt", kDinConfig);
+  const std::string config = " --config " + root + "/din.pbtxt --set train.max_steps=20";
+  Cmd train = Exec("train --quiet" + config + " --set data.train_dir=" + ds +
+                       " --set checkpoint.dir=" + root + "/ck",
+                   root);
+  ASSERT_EQ(train.rc, 0) << train.err;
+
+  const std::string other_dir = root + "/ds_other";
+  Cmd eval =
+      Exec("eval" + config + " --set data.train_dir=" + other_dir + " --checkpoint " + root + "/ck",
+           root);
+  EXPECT_EQ(eval.rc, 1) << eval.out << eval.err;
+  const std::string want = "error: INVALID_ARGUMENT: the checkpoint at " + root +
+                           "/ck/ckpt-20 was trained on data.train_dir '" + ds +
+                           "' (seqrec: 400 users, 400 items, 1 categories, vocab.ips crc32c ";
+  EXPECT_NE(eval.err.find(want), std::string::npos) << eval.err;
+  EXPECT_NE(eval.err.find("but data.train_dir '" + other_dir +
+                          "' (seqrec: 400 users, 400 items, 1 categories, vocab.ips crc32c "),
+            std::string::npos)
+      << eval.err;
+  EXPECT_NE(eval.err.find("has another vocabulary"), std::string::npos) << eval.err;
+  EXPECT_EQ(eval.out.find("RESULT"), std::string::npos) << eval.out;
+
+  Cmd resume = Exec("train --quiet" + config +
+                        " --set train.max_steps=30 --set data.train_dir=" + other_dir +
+                        " --set checkpoint.dir=" + root + "/ck2 --resume " + root + "/ck",
+                    root);
+  EXPECT_EQ(resume.rc, 1) << resume.out << resume.err;
+  EXPECT_NE(resume.err.find(want), std::string::npos) << resume.err;
+  EXPECT_FALSE(ps::IsDirectory(root + "/ck2/ckpt-30")) << "trained on the other vocabulary";
+
+  // The same vocabulary with other evaluation lists: eval and resume go on.
+  const std::string same = " --set data.train_dir=" + root + "/ds_again";
+  Cmd eval_again = Exec("eval" + config + same + " --checkpoint " + root + "/ck", root);
+  EXPECT_EQ(eval_again.rc, 0) << eval_again.err;
+  EXPECT_EQ(LastLine(eval_again.out).rfind("RESULT eval model=din step=20 ", 0), 0u)
+      << eval_again.out;
+  Cmd resume_again = Exec("train --quiet" + config + " --set train.max_steps=30" + same +
+                              " --set checkpoint.dir=" + root + "/ck --resume " + root + "/ck",
+                          root);
+  EXPECT_EQ(resume_again.rc, 0) << resume_again.err;
+  // Its checkpoint records the dataset it was trained on now.
+  auto reader = CheckpointReader::Open(root + "/ck");
+  ASSERT_OK(reader.status());
+  EXPECT_EQ((*reader)->step(), 30);
+  std::map<std::string, std::vector<float>> tensors;
+  std::map<std::string, std::string> blobs;
+  ASSERT_OK((*reader)->ReadDense(&tensors, &blobs));
+  ASSERT_EQ(blobs.count(kVocabularyBlob), 1u);
+  auto recorded = DecodeVocabulary(blobs[kVocabularyBlob]);
+  ASSERT_OK(recorded.status());
+  EXPECT_EQ(recorded->train_dir, root + "/ds_again");
+  EXPECT_EQ(recorded->items, 400u);
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
 TEST(ResumeCli, BadFlagsAreUsageErrors) {
   const std::string root = TempRoot("cli_flags");
   WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);

@@ -162,6 +162,60 @@ TEST(ClusterCheckpoint, OneWorkerSyncResumeEqualsUninterruptedBitwise) {
   std::printf("uninterrupted %.1f s, resumed %.1f s\n", full.seconds, resumed.seconds);
 }
 
+// Worker 0 owns the job's writer. A fresh job pointed at a DIR holding another run's checkpoints
+// used to train, with keep_last retention (newest by step) deleting its own checkpoints and
+// LATEST naming a deleted one; a job resumed from an older checkpoint than DIR's newest would
+// overwrite or remove the newer ones. Both are refused on worker 0, once it holds DIR/LOCK, with
+// single-process `ips train`'s message; the job ends on every rank without hanging and DIR is
+// left as it was. Continuing the newest into DIR goes on.
+TEST(ClusterCheckpoint, OneWorkerRefusesACheckpointDirOfAnotherRun) {
+  ScratchDir dir("mix");
+  TrainSetup s;
+  s.checkpoint_dir = dir / "ckpt";
+  const std::string config = WriteConfig(dir, "mix.pbtxt", s);
+  MpiRun first = RunMpiSelf(2, "--mpi_case=train --config=" + config);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20})) << first.output;
+
+  TrainSetup shorter = s;
+  shorter.steps = 8;
+  shorter.every_steps = 5;
+  MpiRun fresh =
+      RunMpiSelf(2, "--mpi_case=train --config=" + WriteConfig(dir, "fresh.pbtxt", shorter), 45);
+  EXPECT_NE(fresh.exit_code, 0) << fresh.output;
+  EXPECT_NE(fresh.exit_code, 124) << "hung: " << fresh.output;
+  EXPECT_NE(fresh.err.find("(worker 0): FAILED_PRECONDITION: checkpoint.dir " + s.checkpoint_dir +
+                           " already holds 2 checkpoint(s) of an earlier run (newest: " +
+                           s.checkpoint_dir + "/ckpt-20)"),
+            std::string::npos)
+      << fresh.output;
+  EXPECT_NE(fresh.err.find("Continue that run with --resume " + s.checkpoint_dir),
+            std::string::npos)
+      << fresh.output;
+  EXPECT_EQ(fresh.out.find("RESULT"), std::string::npos) << fresh.output;
+  EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20}));
+  EXPECT_EQ(ps::ReadSmallFile(s.checkpoint_dir + "/LATEST").value(), "ckpt-20\n");
+
+  MpiRun older = RunMpiSelf(
+      2, "--mpi_case=train --config=" + config + " --resume=" + s.checkpoint_dir + "/ckpt-10", 45);
+  EXPECT_NE(older.exit_code, 0) << older.output;
+  EXPECT_NE(older.exit_code, 124) << "hung: " << older.output;
+  EXPECT_NE(older.err.find("FAILED_PRECONDITION: checkpoint.dir " + s.checkpoint_dir +
+                           " holds 1 checkpoint(s) newer than the resumed step 10 (newest: " +
+                           s.checkpoint_dir + "/ckpt-20)"),
+            std::string::npos)
+      << older.output;
+  EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20}));
+
+  TrainSetup longer = s;
+  longer.steps = 28;
+  MpiRun resumed =
+      RunMpiSelf(2, "--mpi_case=train --config=" + WriteConfig(dir, "longer.pbtxt", longer) +
+                        " --resume=" + s.checkpoint_dir);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(ValidCheckpoints(s.checkpoint_dir), (std::vector<int64_t>{10, 20, 30}));
+}
+
 // The uninterrupted reference of the 2 PS + 2 worker tests: 40 steps of batch 64, AUC on 8
 // held-out batches; incremental checkpoints every 8 steps (8 full, 16 incremental on 8, ...; the
 // first one after a resume is full), so resuming from 16 loads a chain.

@@ -381,6 +381,57 @@ TEST_F(ClusterData, CheckpointMidEpochResumesBitwise) {
                                                                   << c_last;
 }
 
+// Item ids are numbered per dataset: a cluster --resume of a checkpoint trained on a dataset of
+// another vocabulary used to train silently with every row standing for another item. Every
+// worker refuses it naming both datasets, without hanging; the same input converted again with
+// other evaluation lists has the same vocabulary and resumes.
+TEST_F(ClusterData, OneWorkerResumeOnAnotherVocabularyIsRefused) {
+  const std::string ckpt = Dir() + "/ckpt_vocab";
+  ASSERT_EQ(std::system(("rm -rf " + ckpt).c_str()), 0);
+  // Every item id shifted: as many users, items and categories, another vocabulary.
+  {
+    std::istringstream in(testing::ReadFile(Dir() + "/events.txt"));
+    std::ofstream out(Dir() + "/events_shifted.txt");
+    for (std::string line; std::getline(in, line);) {
+      const size_t a = line.find('\t'), b = line.find('\t', a + 1);
+      out << line.substr(0, a + 1) << std::stoll(line.substr(a + 1, b - a - 1)) + 1000
+          << line.substr(b) << "\n";
+    }
+  }
+  for (const std::string& conv :
+       {"--input " + Dir() + "/events_shifted.txt --output " + Dir() + "/ds_shifted",
+        "--input " + Dir() + "/events.txt --output " + Dir() + "/ds_again --eval_negatives 50"}) {
+    auto r = RunIps("data convert --format events --protocol seqrec --max_history 10 --shards 2 " +
+                    conv);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  MpiRun train = RunMpiIps(2, "train --quiet --config " +
+                                  Config("voc", "checkpoint { dir: \"" + ckpt + "\" }\n") +
+                                  " --set train.max_steps=10");
+  ASSERT_EQ(train.exit_code, 0) << train.err << train.out;
+
+  MpiRun other = RunMpiIps(2,
+                           "train --quiet --config " +
+                               Config("voc_other", "", Dir() + "/ds_shifted") + " --resume " + ckpt,
+                           45);
+  EXPECT_NE(other.exit_code, 0) << other.err;
+  EXPECT_NE(other.exit_code, 124) << "hung: " << other.err;
+  EXPECT_NE(
+      other.err.find("(worker 0): INVALID_ARGUMENT: --resume " + ckpt + ": the checkpoint at " +
+                     ckpt + "/ckpt-10 was trained on data.train_dir '" + Data() + "' (events: "),
+      std::string::npos)
+      << other.err;
+  EXPECT_NE(other.err.find("but data.train_dir '" + Dir() + "/ds_shifted' (events: "),
+            std::string::npos)
+      << other.err;
+  EXPECT_EQ(other.out.find("RESULT"), std::string::npos) << other.out;
+
+  MpiRun again =
+      RunMpiIps(2, "train --quiet --config " + Config("voc_again", "", Dir() + "/ds_again") +
+                       " --set train.max_steps=20 --resume " + ckpt);
+  EXPECT_EQ(again.exit_code, 0) << again.err << again.out;
+}
+
 // 2 workers + 2 PS, sync: the servers apply a step's pushes in worker order, so a run resumed
 // mid-epoch repeats worker 0's step losses, the epoch lines and the final metrics bit for bit:
 // each worker resumes its own part of the epoch's loss sum (from step 13 on, a float sum of
