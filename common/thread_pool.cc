@@ -1,20 +1,45 @@
 #include "common/thread_pool.h"
 
 #include <algorithm>
+#include <string>
+#include <system_error>
 
 namespace ips {
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  workers_.reserve(static_cast<size_t>(num_threads_ - 1));
+  try {
+    for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  } catch (const std::system_error& e) {
+    // A throwing constructor runs no destructor, and destroying a joinable std::thread calls
+    // std::terminate: the workers already started are stopped here.
+    const size_t started = workers_.size();
+    StopWorkers();
+    throw std::system_error(e.code(),
+                            "cannot start a pool of " + std::to_string(num_threads_) +
+                                " threads (the caller and " + std::to_string(num_threads_ - 1) +
+                                " workers): " + std::to_string(started) + " workers started");
+  }
 }
 
-ThreadPool::~ThreadPool() {
+StatusOr<std::unique_ptr<ThreadPool>> ThreadPool::Create(int num_threads) {
+  try {
+    return std::make_unique<ThreadPool>(num_threads);
+  } catch (const std::system_error& e) {
+    return ResourceExhaustedError(e.what());
+  }
+}
+
+ThreadPool::~ThreadPool() { StopWorkers(); }
+
+void ThreadPool::StopWorkers() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,

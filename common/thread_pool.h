@@ -4,22 +4,33 @@
 // share 2 cores). ParallelFor splits [0, n) into contiguous chunks and blocks until all are done;
 // the calling thread runs one chunk itself. Thread-safe: ParallelFor may be called from one
 // thread at a time per pool (calls from several threads are serialised).
+//
+// Starting the threads can fail (a process or address-space limit: every thread maps a stack):
+// Create reports it as a Status; the constructor throws.
 #ifndef IPS_COMMON_THREAD_POOL_H_
 #define IPS_COMMON_THREAD_POOL_H_
 
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "common/status.h"
 
 namespace ips {
 
 class ThreadPool {
  public:
   // num_threads counts the caller: 1 means "run everything inline", no threads are started.
+  // When a thread cannot be started, stops those already started and throws std::system_error
+  // whose what() names the pool size, the threads started and the system's reason.
   explicit ThreadPool(int num_threads);
+  // The same pool, or that failure as RESOURCE_EXHAUSTED (the system's reason is usually
+  // "Resource temporarily unavailable": fewer threads fit in the process's limits).
+  static StatusOr<std::unique_ptr<ThreadPool>> Create(int num_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -33,6 +44,8 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int worker_index);
+  // Wakes every worker to exit and joins it.
+  void StopWorkers();
 
   const int num_threads_;
   std::vector<std::thread> workers_;

@@ -1,13 +1,18 @@
 // `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
-// Exit codes: 0 success, 1 runtime/data error, 2 usage error, 3 `ips train` stopped by SIGTERM
-// or SIGUSR1 after a checkpoint (common/stop_signals.h).
+// Exit codes: 0 success, 1 runtime/data error (a C++ exception that escapes a subcommand
+// included: see RunSubcommand), 2 usage error, 3 `ips train` stopped by SIGTERM or SIGUSR1 after
+// a checkpoint (common/stop_signals.h).
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "common/logging.h"
+#include "launch/cluster_train.h"
 #include "launch/commands.h"
 
 namespace {
@@ -35,6 +40,63 @@ void PrintUsage(std::ostream& os) {
   os << "\n`ips <command> --help` describes a command's flags.\n";
 }
 
+// A C++ exception that escapes a subcommand (std::bad_alloc for a size nobody checked,
+// std::system_error from the standard library) would end the process in std::terminate: an
+// abort (exit 134, a core dump) with the bare what(). It is a runtime error instead: a message on
+// stderr and exit 1. ReportException prints that message for the exception being handled.
+const char* g_command = "";  // the running subcommand, for the messages
+
+void ReportException(std::exception_ptr e) {
+  // Under mpirun the ranks' lines are merged: name the rank.
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (rank == nullptr) rank = std::getenv("PMI_RANK");
+  std::string where = std::string("`ips ") + g_command + "`";
+  if (rank != nullptr) where += std::string(" (rank ") + rank + ")";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::bad_alloc& b) {
+    std::fprintf(stderr,
+                 "error: out of memory (%s) in %s: lower the sizes of the config or the input "
+                 "(model layers, data.batch_size, data.max_history, ...) or give the process "
+                 "more memory\n",
+                 b.what(), where.c_str());
+  } catch (const std::exception& x) {
+    std::fprintf(stderr, "error: internal: %s (in %s)\n", x.what(), where.c_str());
+  } catch (...) {
+    std::fprintf(stderr, "error: internal: an exception of unknown type (in %s)\n", where.c_str());
+  }
+  std::fflush(stderr);
+}
+
+// std::terminate's handler: an exception nobody caught (one thrown on another thread, or any
+// under mpirun, see RunSubcommand) is reported and the process exits 1 at once, running no
+// destructor: under mpirun a rank that exits 1 ends the job. A terminate without an exception
+// (a programmer error, e.g. a joinable std::thread destroyed) still aborts, for its core dump.
+[[noreturn]] void OnTerminate() {
+  if (std::exception_ptr e = std::current_exception()) {
+    ReportException(e);
+    std::_Exit(ips::kExitError);
+  }
+  std::fputs("ips: std::terminate called without an active exception\n", stderr);
+  std::abort();
+}
+
+// Runs a subcommand. In one process an exception is caught here, after unwinding (the
+// destructors flush and close the output files). Under mpirun it is left to OnTerminate, which
+// does not unwind: a rank's ~Cluster shuts its transport down, which waits for peers that are
+// waiting for this rank, so an unwinding rank would hang, silent, until the others' heartbeat
+// timeout ended the job.
+int RunSubcommand(const Subcommand& c, const std::vector<std::string>& args) {
+  g_command = c.name;
+  if (ips::LaunchedUnderMpi()) return c.run(args);
+  try {
+    return c.run(args);
+  } catch (...) {
+    ReportException(std::current_exception());
+  }
+  return ips::kExitError;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -43,6 +105,7 @@ int main(int argc, char** argv) {
   // another rank's line, e.g. a RESULT line. With a line buffer every line is one write. The
   // progress line, which ends in \r, flushes itself.
   std::setvbuf(stderr, nullptr, _IOLBF, size_t{1} << 16);
+  std::set_terminate(OnTerminate);
   ips::InitLogging(argv[0]);
   if (argc < 2) {
     PrintUsage(std::cerr);
@@ -54,7 +117,7 @@ int main(int argc, char** argv) {
     return ips::kExitOk;
   }
   for (const auto& c : kSubcommands) {
-    if (command == c.name) return c.run(std::vector<std::string>(argv + 2, argv + argc));
+    if (command == c.name) return RunSubcommand(c, std::vector<std::string>(argv + 2, argv + argc));
   }
   std::cerr << "ips: unknown command '" << command << "'\n\n";
   PrintUsage(std::cerr);

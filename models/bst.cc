@@ -73,7 +73,7 @@ StatusOr<std::unique_ptr<Bst<T>>> Bst<T>::Create(const BstOptions& options) {
   sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
   sizes.push_back(1);
   m->mlp_ = std::make_unique<Mlp<T>>(&p, "top", sizes, o.activation, B);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   Rng rng(o.seed);
   const double std = std::sqrt(2.0 / static_cast<double>(S + E));

@@ -233,7 +233,7 @@ StatusOr<std::unique_ptr<Dien<T>>> Dien<T>::Create(const DienOptions& options) {
   sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
   sizes.push_back(1);
   m->mlp_ = std::make_unique<Mlp<T>>(&p, "top", sizes, o.activation, B);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   Rng rng(o.seed);
   {  // nn.GRU / nn.LSTM: every tensor U(-1/sqrt(H), 1/sqrt(H)).

@@ -42,7 +42,7 @@ StatusOr<std::unique_ptr<Din<T>>> Din<T>::Create(const DinOptions& options) {
   sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
   sizes.push_back(1);
   m->mlp_ = std::make_unique<Mlp<T>>(&p, "top", sizes, o.activation, B);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   Rng rng(o.seed);
   m->attn_.Init(rng);

@@ -57,7 +57,7 @@ StatusOr<std::unique_ptr<Gru4Rec<T>>> Gru4Rec<T>::Create(const Gru4RecOptions& o
   m->b_ih_ = p.Add(rnn + ".bias_ih_l0", G * H);
   m->b_hh_ = p.Add(rnn + ".bias_hh_l0", G * H);
   if (H != D) m->proj_ = std::make_unique<Linear<T>>(&p, "proj", H, D);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   // torch's nn.GRU / nn.LSTM reset_parameters: every tensor U(-1/sqrt(H), 1/sqrt(H)).
   Rng rng(o.seed);

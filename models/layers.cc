@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -41,13 +44,52 @@ int64_t DenseParams<T>::Add(std::string name, int64_t size) {
 }
 
 template <typename T>
-void DenseParams<T>::Finalize() {
+Status DenseParams<T>::Allocate() {
   if (finalized_) Die("DenseParams::Finalize twice");
-  values_.assign(static_cast<size_t>(size_), T(0));
-  grads_.assign(static_cast<size_t>(size_), T(0));
+  const auto n = static_cast<uint64_t>(size_);
+  bool fits = n <= values_.max_size();
+  if (fits) {
+    try {
+      values_.assign(static_cast<size_t>(n), T(0));
+      grads_.assign(static_cast<size_t>(n), T(0));
+    } catch (const std::bad_alloc&) {
+      fits = false;
+    } catch (const std::length_error&) {
+      fits = false;
+    }
+  }
+  if (!fits) {
+    std::vector<T>().swap(values_);
+    std::vector<T>().swap(grads_);
+    // The largest tensors name the layer sizes to lower.
+    std::vector<const Entry*> largest;
+    for (const Entry& e : entries_) largest.push_back(&e);
+    const size_t shown = std::min<size_t>(3, largest.size());
+    std::partial_sort(largest.begin(), largest.begin() + static_cast<std::ptrdiff_t>(shown),
+                      largest.end(),
+                      [](const Entry* a, const Entry* b) { return a->size > b->size; });
+    std::string names;
+    for (size_t i = 0; i < shown; ++i)
+      names +=
+          (i > 0 ? ", " : "") + largest[i]->name + " (" + std::to_string(largest[i]->size) + ")";
+    char gib[32];
+    std::snprintf(gib, sizeof(gib), "%.1f",
+                  2.0 * static_cast<double>(n) * sizeof(T) / (1024.0 * 1024.0 * 1024.0));
+    return ResourceExhaustedError("out of memory allocating " + std::to_string(n) +
+                                  " dense parameters (" + gib +
+                                  " GiB with their gradients); the largest tensors: " + names +
+                                  ": lower the model's layer sizes");
+  }
   compute_values_ = values_.data();
   compute_grads_ = grads_.data();
   finalized_ = true;
+  return Status::Ok();
+}
+
+template <typename T>
+void DenseParams<T>::Finalize() {
+  const Status s = Allocate();
+  if (!s.ok()) Die(s.ToString().c_str());
 }
 
 template <typename T>
@@ -223,19 +265,38 @@ Mlp<T>::Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t
   for (size_t i = 0; i < num_layers; ++i) {
     // Names follow the peer's nn.Sequential indices (Linear at 0, 2, 4; activation at 1, 3).
     layers_.emplace_back(params, name + "." + std::to_string(2 * i), sizes_[i], sizes_[i + 1]);
-    if (i + 1 < num_layers) {
+    if (i + 1 < num_layers)
       alpha_.push_back(
           params->Add(name + "." + std::to_string(2 * i + 1) + ".alpha", sizes_[i + 1]));
-      const auto width = static_cast<size_t>(sizes_[i + 1]);
-      if (act_ == MlpActivation::kDice) {
-        running_mean_.emplace_back(width, T(0));
-        running_var_.emplace_back(width, T(1));
-      }
-    }
   }
-  // Host memory fails only where std::vector would have thrown.
-  if (!AllocateBuffers(kernels::Device::kCpu, /*mirror_stats=*/false).ok())
-    Die("Mlp: out of host memory");
+  // A wide layer or a large max_rows (the batch size) may not fit in host memory: the error is
+  // kept for AttachDevice (a constructor cannot return it) instead of ending the process.
+  try {
+    if (act_ == MlpActivation::kDice)
+      for (size_t i = 0; i + 1 < num_layers; ++i) {
+        running_mean_.emplace_back(static_cast<size_t>(sizes_[i + 1]), T(0));
+        running_var_.emplace_back(static_cast<size_t>(sizes_[i + 1]), T(1));
+      }
+    alloc_status_ = AllocateBuffers(kernels::Device::kCpu, /*mirror_stats=*/false);
+  } catch (const std::bad_alloc&) {
+    alloc_status_ = ResourceExhaustedError("out of host memory");
+  }
+  if (!alloc_status_.ok()) {
+    std::string widths;
+    for (size_t i = 0; i < sizes_.size(); ++i)
+      widths += (i > 0 ? ", " : "") + std::to_string(sizes_[i]);
+    alloc_status_ = alloc_status_.WithContext("MLP '" + name_ + "' with layer sizes [" + widths +
+                                              "] for up to " + std::to_string(max_rows_) +
+                                              " rows (the batch size)");
+    running_mean_.clear();
+    running_var_.clear();
+    pre_.clear();
+    post_.clear();
+    grad_.clear();
+    dpost_.clear();
+    save_mean_.clear();
+    save_rstd_.clear();
+  }
 }
 
 template <typename T>
@@ -279,6 +340,7 @@ Status Mlp<T>::AllocateBuffers(kernels::Device device, bool mirror_stats) {
 
 template <typename T>
 Status Mlp<T>::AttachDevice(kernels::Device device, bool separate_copy) {
+  IPS_RETURN_IF_ERROR(alloc_status_);
   const bool mirror_stats = device != kernels::Device::kCpu || separate_copy;
   if (device == device_ && !mirror_stats) return Status::Ok();
   if (device != kernels::Device::kCpu && !std::is_same_v<T, float>)
@@ -312,6 +374,7 @@ Status Mlp<T>::DownloadRunningStats(const kernels::Context& ctx) {
 
 template <typename T>
 void Mlp<T>::Init(Rng& rng) {
+  if (!alloc_status_.ok()) return;  // no running statistics to set; AttachDevice reports it
   for (size_t i = 0; i < layers_.size(); ++i) {
     layers_[i].Init(rng);
     if (i < alpha_.size()) {
@@ -329,6 +392,7 @@ void Mlp<T>::Init(Rng& rng) {
 template <typename T>
 Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bool training,
                        const T** out) {
+  IPS_RETURN_IF_ERROR(alloc_status_);
   if (rows < 0 || rows > max_rows_)
     return InvalidArgumentError("Mlp::Forward: rows " + std::to_string(rows) + " outside [0, " +
                                 std::to_string(max_rows_) + "]");
@@ -376,6 +440,7 @@ Status Mlp<T>::Forward(const kernels::Context& ctx, int64_t rows, const T* x, bo
 template <typename T>
 Status Mlp<T>::Backward(const kernels::Context& ctx, int64_t rows, const T* x, const T* dout,
                         T* dx) {
+  IPS_RETURN_IF_ERROR(alloc_status_);
   if (rows < 0 || rows > max_rows_)
     return InvalidArgumentError("Mlp::Backward: rows " + std::to_string(rows) + " outside [0, " +
                                 std::to_string(max_rows_) + "]");

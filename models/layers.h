@@ -38,8 +38,8 @@
 namespace ips::models {
 
 // Named slices of one contiguous parameter array and its gradient array. Usage: every layer
-// Add()s its tensors in its constructor, the model calls Finalize() once, then layers read their
-// tensors through value()/grad() with the offsets Add() returned.
+// Add()s its tensors in its constructor, the model calls Allocate() (or Finalize()) once, then
+// layers read their tensors through value()/grad() with the offsets Add() returned.
 template <typename T>
 class DenseParams {
  public:
@@ -52,7 +52,13 @@ class DenseParams {
   // Reserves `size` elements called `name` and returns their offset. Calling it after
   // Finalize() is a programmer error (aborts).
   int64_t Add(std::string name, int64_t size);
-  // Allocates the value and gradient arrays (zero-filled).
+  // Allocates the value and gradient arrays (zero-filled). RESOURCE_EXHAUSTED when they do not
+  // fit in memory, naming the parameter count, the bytes and the largest tensors (a layer size
+  // typo, e.g. model.attention_hidden=100000,100000, fails here rather than in std::bad_alloc).
+  // Nothing is allocated then, and the params stay unfinalized.
+  Status Allocate();
+  // Allocate() for callers that build small parameter sets (tests): an allocation failure is
+  // fatal (prints the message and aborts).
   void Finalize();
   bool finalized() const { return finalized_; }
   // After Finalize: keeps a copy of the values and gradients on `device` for the kernels
@@ -190,12 +196,14 @@ class Mlp {
   Mlp(DenseParams<T>* params, const std::string& name, std::vector<int64_t> sizes,
       MlpActivation act, int64_t max_rows);
   // After params->Finalize(): Linear layers as torch, PReLU alphas 0.25, Dice alphas 0 and
-  // running statistics (mean 0, var 1).
+  // running statistics (mean 0, var 1). Does nothing when the constructor ran out of memory.
   void Init(Rng& rng);
   // Moves the activation buffers to `device` and keeps a device copy of Dice's running
   // statistics (the host copy, which state() exposes, stays the reference: uploaded at the start
   // of each Forward, copied back after a training one). separate_copy: keep that copy on the
-  // CPU too (as DenseParams). Errors as DenseParams::AttachDevice.
+  // CPU too (as DenseParams). Errors as DenseParams::AttachDevice, and first the constructor's
+  // RESOURCE_EXHAUSTED (naming the layer sizes and max_rows) when its host buffers did not fit:
+  // a constructor cannot return it, and every model calls AttachDevice before using the MLP.
   Status AttachDevice(kernels::Device device, bool separate_copy = false);
 
   // x [rows x sizes[0]] -> *out [rows x sizes.back()] (an internal buffer). training selects
@@ -221,6 +229,8 @@ class Mlp {
   std::vector<int64_t> sizes_;
   MlpActivation act_;
   int64_t max_rows_;
+  // The constructor's allocation failure (returned by AttachDevice, Forward and Backward).
+  Status alloc_status_;
   // Allocates the activation buffers on `device` (every one replaced), and the copies of
   // Dice's running statistics when mirror_stats.
   Status AllocateBuffers(kernels::Device device, bool mirror_stats);

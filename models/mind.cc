@@ -60,7 +60,7 @@ StatusOr<std::unique_ptr<Mind<T>>> Mind<T>::Create(const MindOptions& options) {
   m->s_ = p.Add("routing.bilinear", D * D2);
   m->w_ = p.Add("user.weight", D * D2);
   m->c_ = p.Add("user.bias", D);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   Rng rng(o.seed);
   T* s = p.value(m->s_);

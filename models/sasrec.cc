@@ -66,7 +66,7 @@ StatusOr<std::unique_ptr<Sasrec<T>>> Sasrec<T>::Create(const SasrecOptions& opti
         std::make_unique<TransformerBlock<T>>(&p, "blocks." + std::to_string(i), bo));
   m->ln_g_ = p.Add("ln_out.weight", d);
   m->ln_b_ = p.Add("ln_out.bias", d);
-  p.Finalize();
+  IPS_RETURN_IF_ERROR(p.Allocate().WithContext(std::string(m->name()) + " model"));
 
   Rng rng(o.seed);
   // nn.init.xavier_normal_ on the [L x d] table: std = sqrt(2 / (fan_in + fan_out)).

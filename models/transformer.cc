@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
+#include <string>
 #include <type_traits>
 
 #include "kernels/attention.h"
@@ -604,21 +606,33 @@ TransformerBlock<T>::TransformerBlock(DenseParams<T>* params, const std::string&
   ffn1_ = AddLinear(prefix + ".ffn.0", d, F);
   ffn2_ = AddLinear(prefix + ".ffn.3", F, d);
 
-  if (!Allocate(kernels::Device::kCpu).ok()) Die("TransformerBlock: out of memory");
-  // The fast CPU path's scratch (host memory, only where that path can run).
-  const auto n = [](int64_t v) { return static_cast<size_t>(v); };
-  if (o.fast_cpu_path) {
-    wt_.resize(n(d * std::max(d, F)));
-    ln_partials_.resize(n(kMaxParts * 2 * d));
-    partials_.resize(n(kMaxParts * d * std::max(d, F)));
+  // A long max_len (the attention is max_batch x heads x max_len^2) or a wide layer may not fit
+  // in host memory: the error is kept for AttachDevice (a constructor cannot return it) instead
+  // of ending the process.
+  try {
+    alloc_status_ = Allocate(kernels::Device::kCpu);
+    // The fast CPU path's scratch (host memory, only where that path can run).
+    const auto n = [](int64_t v) { return static_cast<size_t>(v); };
+    if (alloc_status_.ok() && o.fast_cpu_path) {
+      wt_.resize(n(d * std::max(d, F)));
+      ln_partials_.resize(n(kMaxParts * 2 * d));
+      partials_.resize(n(kMaxParts * d * std::max(d, F)));
+    }
+    if (alloc_status_.ok() && FastAttention()) {
+      const int64_t T_ = o.max_len, dh = d / o.num_heads;
+      attn_scratch_.resize(n(kMaxParts * (dh * T_ + 5 * T_ * T_)));
+      if (o.dropout > 0)
+        mask_attn_probs_.resize(
+            n(DropoutMaskWords(kernels::MhaSavedSize(o.max_batch, o.max_len, o.num_heads))));
+    }
+  } catch (const std::bad_alloc&) {
+    alloc_status_ = ResourceExhaustedError("out of host memory");
   }
-  if (FastAttention()) {
-    const int64_t T_ = o.max_len, dh = d / o.num_heads;
-    attn_scratch_.resize(n(kMaxParts * (dh * T_ + 5 * T_ * T_)));
-    if (o.dropout > 0)
-      mask_attn_probs_.resize(
-          n(DropoutMaskWords(kernels::MhaSavedSize(o.max_batch, o.max_len, o.num_heads))));
-  }
+  if (!alloc_status_.ok())
+    alloc_status_ = alloc_status_.WithContext(
+        "transformer block '" + prefix + "' (dim " + std::to_string(d) + ", ffn_hidden " +
+        std::to_string(F) + ", heads " + std::to_string(o.num_heads) + ", max_len " +
+        std::to_string(o.max_len) + ", up to " + std::to_string(o.max_batch) + " rows)");
 }
 
 template <typename T>
@@ -658,6 +672,7 @@ Status TransformerBlock<T>::Allocate(kernels::Device device) {
 
 template <typename T>
 Status TransformerBlock<T>::AttachDevice(kernels::Device device) {
+  IPS_RETURN_IF_ERROR(alloc_status_);
   if (device == kernels::Device::kCpu) return Status::Ok();
   if (!std::is_same_v<T, float>)
     return UnimplementedError("TransformerBlock: CUDA blocks are float only");
@@ -999,6 +1014,7 @@ template <typename T>
 Status TransformerBlock<T>::Forward(const kernels::Context& ctx, int64_t batch,
                                     const int32_t* lengths, const T* x, T* y, bool training,
                                     uint64_t seed) {
+  IPS_RETURN_IF_ERROR(alloc_status_);
   if (batch < 0 || batch > o_.max_batch)
     return InvalidArgumentError("TransformerBlock::Forward: batch " + std::to_string(batch) +
                                 " outside [0, " + std::to_string(o_.max_batch) + "]");

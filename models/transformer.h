@@ -134,6 +134,9 @@ class TransformerBlock {
   // Reallocates every buffer on `device` (the constructor puts them on the CPU); kCuda needs
   // T = float and fast_cpu_path = false (programmer errors otherwise: the model checks first).
   // INTERNAL when device memory cannot be had; UNIMPLEMENTED for CUDA in a build without it.
+  // First, on every device, the constructor's RESOURCE_EXHAUSTED (naming the block's sizes) when
+  // its host buffers did not fit: a constructor cannot return it, and every model calls
+  // AttachDevice before using the block (Forward returns it too).
   Status AttachDevice(kernels::Device device);
 
   // x [batch x T x dim] -> y [batch x T x dim] (y must not alias x). lengths [batch] (left
@@ -179,6 +182,7 @@ class TransformerBlock {
 
   DenseParams<T>* params_;
   TransformerBlockOptions o_;
+  Status alloc_status_;  // the constructor's allocation failure (see AttachDevice)
   int64_t ln1_g_ = 0, ln1_b_ = 0, ln2_g_ = 0, ln2_b_ = 0;
   Lin q_, k_, v_, proj_, ffn1_, ffn2_;
 

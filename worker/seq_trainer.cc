@@ -72,7 +72,13 @@ StatusOr<std::unique_ptr<SeqTrainer>> SeqTrainer::Create(
     return InvalidArgumentError("SeqTrainer: table '" + options.item_table + "' has dim " +
                                 std::to_string(dim) + " but the " + model->name() +
                                 " model's embedding_dim is " + std::to_string(t->dim_));
-  t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
+  // train.num_threads sets options.num_threads: a count the process's limits cannot start
+  // fails here, naming that field, instead of ending the process with an exception.
+  auto pool = ThreadPool::Create(options.num_threads);
+  if (!pool.ok())
+    return pool.status().WithContext("SeqTrainer: train.num_threads " +
+                                     std::to_string(options.num_threads));
+  t->pool_ = std::move(*pool);
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
   t->model_ctx_ = t->ctx_;
@@ -173,6 +179,7 @@ StatusOr<double> SeqTrainer::Step(const SeqBatchView& batch, const SeqBatchView*
   const models::SeqInputs<float> in = Inputs(batch, 0, batch.batch);
   float loss = 0;
   IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/true, &loss));
+  IPS_RETURN_IF_ERROR(CheckStepLoss(steps_ + 1, loss));
   IPS_RETURN_IF_ERROR(model_->Backward(model_ctx_, in, d_rows_.data()));
   IPS_RETURN_IF_ERROR(store_->Push(item_table_, AsU64(unique_), num_unique_, dim_, d_rows_.data()));
   ++steps_;
@@ -219,7 +226,7 @@ Status SeqTrainer::ScoreCandidates(const SeqBatchView& histories, const uint32_t
       }
     }
   }
-  return Status::Ok();
+  return CheckScores(scores, static_cast<int64_t>(histories.batch) * C, steps_);
 }
 
 StatusOr<std::unique_ptr<SeqTrainer>> CreateSeqTrainer(const TrainerOptions& options,

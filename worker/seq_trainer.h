@@ -96,15 +96,17 @@ class SeqTrainer {
   // next Step. It changes no value. Errors: INVALID_ARGUMENT for a batch (or next) that does not
   // fit the model (batch size outside [1, max_batch], seq_len != max_len, null arrays, lengths
   // outside [0, seq_len]), the store's Pull/Push errors, the hook's, the model's and kernels'
-  // errors. After an error the model or the store may be partially updated.
+  // errors, and CheckStepLoss's for a loss that is not finite (checked before the backward pass:
+  // nothing is pushed or updated then). After another error the model or the store may be
+  // partially updated.
   StatusOr<double> Step(const SeqBatchView& batch, const SeqBatchView* next = nullptr);
 
   // Ranking scores of candidates for each history: scores[b * num_candidates + c] =
   // <user vector of histories row b, E[candidates[b * num_candidates + c]]>. Inference forward
   // (no dropout), read-only lookups (unseen keys read as zeros, nothing is created or counted).
   // histories.pos/neg are not read; histories.batch may exceed max_batch (processed in chunks).
-  // Errors: INVALID_ARGUMENT for null arrays, num_candidates < 1, bad lengths or seq_len; the
-  // store's and the model's.
+  // Errors: INVALID_ARGUMENT for null arrays, num_candidates < 1, bad lengths or seq_len, and
+  // CheckScores's for a score that is not finite; the store's and the model's.
   Status ScoreCandidates(const SeqBatchView& histories, const uint32_t* candidates,
                          int num_candidates, float* scores);
 

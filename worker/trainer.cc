@@ -44,6 +44,30 @@ CtrBatchView ViewOf(const Batch& b) {
 
 // ---- Trainer ----------------------------------------------------------------------------------
 
+namespace {
+
+const char* NonFiniteName(double v) { return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"); }
+
+}  // namespace
+
+Status CheckStepLoss(int64_t step, double loss) {
+  if (std::isfinite(loss)) return Status::Ok();
+  return InvalidArgumentError("training diverged at step " + std::to_string(step) + ": loss is " +
+                              NonFiniteName(loss) +
+                              " (lower optimizer.learning_rate or check the input)");
+}
+
+Status CheckScores(const float* scores, int64_t n, int64_t steps) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(scores[i])) continue;
+    const std::string score = "row " + std::to_string(i) + " scores " + NonFiniteName(scores[i]);
+    if (steps == 0) return InvalidArgumentError("the model's weights are not finite: " + score);
+    return InvalidArgumentError("training diverged by step " + std::to_string(steps) + ": " +
+                                score + " (lower optimizer.learning_rate or check the input)");
+  }
+  return Status::Ok();
+}
+
 Trainer::Trainer(const TrainerOptions& o) : o_(o) {}
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
@@ -73,7 +97,13 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
       return InvalidArgumentError("Trainer: table '" + *name + "' has dim " + std::to_string(dim) +
                                   " but model.embedding_dim is " + std::to_string(D));
   }
-  t->pool_ = std::make_unique<ThreadPool>(options.num_threads);
+  // train.num_threads sets options.num_threads: a count the process's limits cannot start
+  // fails here, naming that field, instead of ending the process with an exception.
+  auto pool = ThreadPool::Create(options.num_threads);
+  if (!pool.ok())
+    return pool.status().WithContext("Trainer: train.num_threads " +
+                                     std::to_string(options.num_threads));
+  t->pool_ = std::move(*pool);
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
   t->model_ctx_ = t->ctx_;
@@ -217,6 +247,7 @@ StatusOr<double> Trainer::Step(const CtrBatchView& batch, const CtrBatchView* ne
   const models::CtrInputs<float> in = Inputs(batch);
   float loss = 0;
   IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/true, &loss));
+  IPS_RETURN_IF_ERROR(CheckStepLoss(steps_ + 1, loss));
   IPS_RETURN_IF_ERROR(model_->Backward(model_ctx_, in, d_item_rows_.data(), d_cat_rows_.data()));
   // Categories first: a PS serves a held prefetch as soon as the push it waits for is applied,
   // before the next request it has; the small category pull then delays the item push only a
@@ -258,7 +289,7 @@ Status Trainer::PredictLogits(const CtrBatchView& batch, float* out) {
   IPS_RETURN_IF_ERROR(model_->Forward(model_ctx_, in, /*training=*/false, nullptr));
   const float* logits = model_->logits();
   std::copy(logits, logits + batch.batch, out);
-  return Status::Ok();
+  return CheckScores(out, batch.batch, steps_);
 }
 
 // ---- Config mapping ---------------------------------------------------------------------------
@@ -396,10 +427,18 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
       r.top_k_set = true;
       r.top_k = cfg.eval().top_k(0);
       r.retrieval_cutoffs.assign(cfg.eval().top_k().begin(), cfg.eval().top_k().end());
-      for (int k : r.retrieval_cutoffs)
-        if (k < 1)
-          return InvalidArgumentError("eval.top_k entries must be >= 1 (got " + std::to_string(k) +
-                                      ")");
+      const std::vector<int>& ks = r.retrieval_cutoffs;
+      for (size_t i = 0; i < ks.size(); ++i) {
+        if (ks[i] < 1)
+          return InvalidArgumentError("eval.top_k entries must be >= 1 (got " +
+                                      std::to_string(ks[i]) + ")");
+        // A repeated cut-off would be evaluated and reported twice (MIND: recall10=.. twice).
+        for (size_t j = 0; j < i; ++j)
+          if (ks[j] == ks[i])
+            return InvalidArgumentError("eval.top_k[" + std::to_string(i) + "] " +
+                                        std::to_string(ks[i]) + " repeats eval.top_k[" +
+                                        std::to_string(j) + "]: list every cut-off once");
+      }
     }
     if (r.top_k < 1)
       return InvalidArgumentError("eval.top_k[0] must be >= 1 (got " + std::to_string(r.top_k) +

@@ -132,12 +132,13 @@ class Trainer {
   // TTL or a memory cap (TableOptions ttl_steps, max_memory_mb) a prefetched pull is a sighting
   // one step earlier (served before this step's AdvanceStep), so rows at the TTL edge may live a
   // step longer and eviction order may differ: launch/cluster_train.cc passes no `next` then.
-  // Errors also INVALID_ARGUMENT for a `next` that does not fit the model (nothing is pulled).
+  // Errors also INVALID_ARGUMENT for a `next` that does not fit the model (nothing is pulled), and
+  // CheckStepLoss's for a loss that is not finite (then nothing is pushed or updated).
   StatusOr<double> Step(const CtrBatchView& batch, const CtrBatchView* next = nullptr);
 
   // Click probabilities [batch.batch] of `batch` in inference mode (Dice uses its running
   // statistics) with read-only lookups (unseen keys read as zeros, nothing is created). Labels
-  // are not read. Errors as Step.
+  // are not read. Errors as Step, and CheckScores's for a score that is not finite.
   Status Predict(const CtrBatchView& batch, float* probs);
   // As Predict, but the logits [batch.batch] (the ranking score: no sigmoid saturation ties).
   Status PredictLogits(const CtrBatchView& batch, float* logits);
@@ -189,6 +190,20 @@ class Trainer {
   kernels::HostBuffer<float> d_item_rows_, d_cat_rows_;
   std::unique_ptr<DenseOptimizer> dense_optimizer_;
 };
+
+// The divergence check of Trainer::Step and SeqTrainer::Step on the loss of their 1-based step
+// `step`, before its gradients reach the store and the dense weights: a NaN or infinite loss
+// would make them NaN, so that training would go on silently and only the evaluation would fail.
+// INVALID_ARGUMENT "training diverged at step N: loss is nan (lower optimizer.learning_rate or
+// check the input)" (or inf) when the loss is not finite. Every driver stops on it: single
+// process, synthetic, datasets, stream and the cluster workers (whose rank then ends the job).
+Status CheckStepLoss(int64_t step, double loss);
+// The same check on the n scores (logits) of a prediction by a model trained `steps` steps
+// (Trainer::PredictLogits and Predict, SeqTrainer::ScoreCandidates): a weight update that made
+// the model non-finite shows there first (a stream's prequential evaluation predicts each batch
+// before training on it), not as a metric's "score is NaN". INVALID_ARGUMENT "training diverged
+// by step N: row R scores nan (...)" ("the model's weights are not finite: ..." at step 0).
+Status CheckScores(const float* scores, int64_t n, int64_t steps);
 
 // ---- The config -> options mapping ------------------------------------------------------------
 

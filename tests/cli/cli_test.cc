@@ -10,8 +10,33 @@
 
 namespace {
 
+using ips::testing::IpsRun;
 using ips::testing::LastLine;
 using ips::testing::RunIps;
+
+std::string SourceConfig(const std::string& name) {
+  return std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs/" + name;
+}
+
+// `ips ARGS 2>&1` under the shell's `ulimit` settings `limits` (e.g. "-v 4000000": KiB of
+// address space), so that memory and thread limits are the same on any machine.
+IpsRun RunIpsLimited(const std::string& limits, const std::string& args) {
+  IpsRun r;
+  const std::string cmd =
+      "ulimit " + limits + " && " + std::string(IPS_BINARY) + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+bool Has(const IpsRun& r, const std::string& text) {
+  return r.output.find(text) != std::string::npos;
+}
 
 TEST(Cli, NoCommandOrUnknownCommandIsUsageExit2) {
   auto r = RunIps("");
@@ -57,6 +82,102 @@ TEST(Cli, BadConfigIsExit1NamingFileAndLine) {
   r = RunIps("config check --config " + path + " --set model.embedding_dim=oops");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("'oops' is not a valid int32"), std::string::npos) << r.output;
+}
+
+// ---- Errors that were aborts (exit 134) or went unnoticed ------------------------------------
+
+// Layer sizes whose dense parameters cannot be allocated: RESOURCE_EXHAUSTED naming the
+// parameter count and the largest tensors, exit 1 (it was std::bad_alloc and std::terminate).
+TEST(Cli, ModelTooLargeForMemoryIsAnErrorNotAnAbort) {
+  const auto r =
+      RunIpsLimited("-v 4000000", "config check --config " + SourceConfig("din_synthetic.pbtxt") +
+                                      " --set model.attention_hidden=100000,100000");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r,
+                  "error: RESOURCE_EXHAUSTED: din model: out of memory allocating "
+                  "10014738242 dense parameters"))
+      << r.output;
+  EXPECT_TRUE(Has(r, "attn.net.2.weight (10000000000)")) << r.output;
+  EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+}
+
+// More threads than the process's limits can start (8 MiB stacks, 8 GB of address space, the
+// in-process store's 600 threads started first): the trainer's pool fails as a Status naming
+// train.num_threads (it was std::system_error and std::terminate).
+TEST(Cli, TrainerThreadsThatCannotStartNameTrainNumThreads) {
+  const auto r = RunIpsLimited("-s 8192 && ulimit -v 8000000",
+                               "config check --config " + SourceConfig("din_synthetic.pbtxt") +
+                                   " --set train.num_threads=600");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r,
+                  "error: RESOURCE_EXHAUSTED: Trainer: train.num_threads 600: cannot start a "
+                  "pool of 600 threads"))
+      << r.output;
+  EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+}
+
+// An exception nobody turns into a Status reaches main: `error: internal: <what>` (or `error: out
+// of memory` for std::bad_alloc), exit 1, never std::terminate's abort. Here the in-process
+// store's thread pool (ps/local_embedding_store.cc) fails to start under a 2 GB limit.
+TEST(Cli, UncaughtExceptionIsAnInternalErrorExit1) {
+  const auto r = RunIpsLimited("-s 8192 && ulimit -v 2000000",
+                               "config check --config " + SourceConfig("din_synthetic.pbtxt") +
+                                   " --set train.num_threads=600");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r, "cannot start a pool of 600 threads")) << r.output;
+  EXPECT_TRUE(Has(r, "error: ")) << r.output;
+  EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+}
+
+// std::bad_alloc from a size nobody checked (the synthetic protocol's pre-generated batches,
+// about 1.3 GB here, under a 1 GB limit): `error: out of memory (std::bad_alloc) in `ips train``,
+// exit 1. (A machine with less than 2.6 GB of memory refuses the batches up front instead.)
+TEST(Cli, OutOfMemoryIsAnErrorExit1) {
+  const auto r =
+      RunIpsLimited("-v 1000000", "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                                      " --set data.synthetic.steps=3000 --set train.num_threads=1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r, "error: out of memory (std::bad_alloc) in `ips train`") ||
+              Has(r, "error: RESOURCE_EXHAUSTED: data.synthetic:"))
+      << r.output;
+  EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+}
+
+// A learning rate that makes training diverge stops the run at the first non-finite loss, naming
+// the step (it trained on and failed only in the evaluation: "score is NaN").
+TEST(Cli, DivergedTrainingStopsWithAnError) {
+  const auto r = RunIps("train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                        " --set optimizer.learning_rate=1e30 --set data.synthetic.steps=20"
+                        " --set data.synthetic.warmup_steps=2 --set train.num_threads=1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r, "error: INVALID_ARGUMENT: training diverged at step ")) << r.output;
+  EXPECT_TRUE(Has(r, "(lower optimizer.learning_rate or check the input)")) << r.output;
+  EXPECT_FALSE(Has(r, "RESULT train")) << r.output;
+}
+
+// The stream's driver stops on a diverged model too: its prequential evaluation scores each
+// batch before training on it, so the divergence shows in the scores of the batch after.
+TEST(Cli, DivergedStreamTrainingStopsWithAnError) {
+  const std::string events = ::testing::TempDir() + "/cli_diverged_stream.txt";
+  auto synth = RunIps("data synth --output " + events +
+                      " --truth none --events 3000 --users 100 --items 500 --categories 10");
+  ASSERT_EQ(synth.exit_code, 0) << synth.output;
+  const auto r =
+      RunIps("train --quiet --config " + SourceConfig("din_stream.pbtxt") + " --stream " + events +
+             " --stream_no_follow --set optimizer.learning_rate=1e30"
+             " --set train.num_threads=1");
+  std::remove(events.c_str());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r, "error: INVALID_ARGUMENT: training diverged ")) << r.output;
+  EXPECT_TRUE(Has(r, "(lower optimizer.learning_rate or check the input)")) << r.output;
+}
+
+// A repeated eval.top_k entry is refused (MIND reported recall10=.. twice).
+TEST(Cli, RepeatedTopKIsRefused) {
+  const auto r = RunIps("config check --config " + SourceConfig("din_ml100k.pbtxt") +
+                        " --set eval.top_k=10,10");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Has(r, "eval.top_k[1] 10 repeats eval.top_k[0]")) << r.output;
 }
 
 }  // namespace

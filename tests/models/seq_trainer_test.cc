@@ -376,6 +376,54 @@ TEST(SeqTrainer, RejectsBadBatchesAndOptions) {
   EXPECT_EQ((*t)->steps(), 1);
 }
 
+// A step whose loss is not finite (NaN dense weights here, as a learning rate of 1e30 leaves
+// them) stops training with an error naming the step, before anything is pushed or updated.
+TEST(SeqTrainer, NonFiniteLossIsAnErrorNamingTheStepAndUpdatesNothing) {
+  const auto mo = SmallModel(3, 5, 4, 0, kernels::RnnCell::kGru);
+  auto store = MakeItemStore(3, ps::OptimizerOptions::Type::kAdam, 1e-2, 100);
+  auto t = MakeTrainer(mo, {}, store.get());
+  ASSERT_OK(t.status());
+  const SeqBatch b = SmallBatch();
+  ASSERT_OK((*t)->Step(ViewOf(b)).status());
+  auto& p = (*t)->model().params();
+  std::fill(p.values(), p.values() + p.size(), std::nanf(""));
+  const uint64_t key = 7;
+  std::vector<float> row_before(3), row_after(3);
+  ASSERT_OK(store->Lookup(0, &key, 1, 3, row_before.data()));
+  const Status s = (*t)->Step(ViewOf(b)).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("training diverged at step 2: loss is nan (lower "
+                             "optimizer.learning_rate or check the input)"),
+            std::string::npos)
+      << s;
+  EXPECT_EQ((*t)->steps(), 1);
+  ASSERT_OK(store->Lookup(0, &key, 1, 3, row_after.data()));
+  EXPECT_EQ(row_before, row_after);
+  // Scoring with the diverged model says so too, rather than a metric's "score is NaN".
+  std::vector<float> scores(8);
+  std::vector<uint32_t> cands(8, 3);
+  const Status scored = (*t)->ScoreCandidates(ViewOf(b), cands.data(), 2, scores.data());
+  EXPECT_EQ(scored.code(), StatusCode::kInvalidArgument) << scored;
+  EXPECT_NE(scored.message().find("training diverged by step 1: row 0 scores nan"),
+            std::string::npos)
+      << scored;
+}
+
+// A transformer block whose buffers cannot fit in memory (max_batch x max_len rows; more bytes
+// than a 64-bit address space maps) is RESOURCE_EXHAUSTED naming its sizes (it aborted before).
+TEST(SeqTrainer, SasrecThatCannotFitInMemoryIsResourceExhausted) {
+  models::SasrecOptions so;
+  so.embedding_dim = 16;
+  so.max_len = 5;
+  so.max_batch = int64_t{1} << 44;
+  so.num_blocks = 1;
+  auto model = models::Sasrec<float>::Create(so);
+  EXPECT_EQ(model.status().code(), StatusCode::kResourceExhausted) << model.status();
+  EXPECT_NE(model.status().message().find("transformer block 'blocks.0' (dim 16"),
+            std::string::npos)
+      << model.status();
+}
+
 // ---- Learning a planted sequential pattern ----------------------------------------------------
 
 // Items 1..N; the next item is perm[current] with probability 0.9 and uniform otherwise, so the

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -451,6 +452,94 @@ TEST(Trainer, PredictCreatesNoRows) {
   EXPECT_EQ(stats->rows, 0);
 }
 
+// A step whose loss is not finite stops training with an error naming the step: training on
+// would push NaN gradients into the rows and the dense weights, and only the evaluation would
+// fail (RankingMetrics: "score is NaN"), epochs later. Nothing of that step reaches the store or
+// the dense weights.
+TEST(Trainer, NonFiniteLossIsAnErrorNamingTheStepAndUpdatesNothing) {
+  TrainerOptions opt = SmallTrainerOptions(4, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  auto t = Trainer::Create(opt, store.get());
+  ASSERT_OK(t.status());
+  const CtrBatch b = SmallBatch();
+  ASSERT_OK((*t)->Step(ViewOf(b)).status());
+  auto& p = (*t)->model().params();
+  // A NaN output bias makes every logit, hence the loss, NaN.
+  const auto* bias = p.Find("top.4.bias");
+  ASSERT_NE(bias, nullptr);
+  p.values()[bias->offset] = std::nanf("");
+  const std::vector<float> dense_before(p.values(), p.values() + p.size());
+  const uint64_t key = 7;  // a history item of the batch
+  std::vector<float> row_before(3), row_after(3);
+  ASSERT_OK(store->Lookup(0, &key, 1, 3, row_before.data()));
+  auto loss = (*t)->Step(ViewOf(b));
+  EXPECT_EQ(loss.status().code(), StatusCode::kInvalidArgument) << loss.status();
+  EXPECT_NE(loss.status().message().find("training diverged at step 2: loss is nan (lower "
+                                         "optimizer.learning_rate or check the input)"),
+            std::string::npos)
+      << loss.status();
+  EXPECT_EQ((*t)->steps(), 1);
+  EXPECT_EQ(std::memcmp(dense_before.data(), p.values(), dense_before.size() * sizeof(float)), 0);
+  ASSERT_OK(store->Lookup(0, &key, 1, 3, row_after.data()));
+  EXPECT_EQ(row_before, row_after);
+  EXPECT_OK(CheckStepLoss(3, 0.5));
+  EXPECT_NE(CheckStepLoss(3, HUGE_VAL).message().find("at step 3: loss is inf"), std::string::npos);
+  // A prediction by the diverged model says so too (a stream's prequential evaluation predicts
+  // each batch before training on it), rather than a metric's "probability nan".
+  std::vector<float> probs(4);
+  const Status predicted = (*t)->Predict(ViewOf(b), probs.data());
+  EXPECT_EQ(predicted.code(), StatusCode::kInvalidArgument) << predicted;
+  EXPECT_NE(predicted.message().find("training diverged by step 1: row 0 scores nan (lower "
+                                     "optimizer.learning_rate"),
+            std::string::npos)
+      << predicted;
+  const float fresh[2] = {0.5f, -HUGE_VALF};
+  EXPECT_NE(CheckScores(fresh, 2, 0)
+                .message()
+                .find("the model's weights are not finite: row 1 "
+                      "scores -inf"),
+            std::string::npos);
+}
+
+// What `--set optimizer.learning_rate=1e30` does: the weights blow up within a few steps and the
+// run stops there with the divergence error (it trained on, to a NaN evaluation, before).
+TEST(Trainer, HugeLearningRateStopsWithTheDivergenceError) {
+  TrainerOptions opt = SmallTrainerOptions(4, 5);
+  opt.dense_optimizer = kernels::OptimizerHyper::Adam(1e30);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e30, 100, 5);
+  auto t = Trainer::Create(opt, store.get());
+  ASSERT_OK(t.status());
+  const CtrBatch b = SmallBatch();
+  Status last;
+  for (int i = 0; i < 20 && last.ok(); ++i) last = (*t)->Step(ViewOf(b)).status();
+  EXPECT_EQ(last.code(), StatusCode::kInvalidArgument) << last;
+  EXPECT_NE(last.message().find("training diverged at step "), std::string::npos) << last;
+}
+
+// Layer sizes that cannot fit in memory (on any machine: more bytes than a 64-bit address space
+// maps) are RESOURCE_EXHAUSTED naming the sizes, where they threw std::bad_alloc (dense
+// parameters) or aborted (the MLP's activation buffers) before.
+TEST(Trainer, ModelThatCannotFitInMemoryIsResourceExhausted) {
+  TrainerOptions opt = SmallTrainerOptions(4, 5);
+  auto store = MakeStore(opt.model.embedding_dim, ps::OptimizerOptions::Type::kAdam, 1e-3, 100, 5);
+  opt.model.din.attention_hidden1 = opt.model.din.attention_hidden2 = int64_t{1} << 30;
+  auto params = Trainer::Create(opt, store.get());
+  EXPECT_EQ(params.status().code(), StatusCode::kResourceExhausted) << params.status();
+  EXPECT_NE(params.status().message().find("din model: out of memory allocating "),
+            std::string::npos)
+      << params.status();
+  EXPECT_NE(params.status().message().find("attn.net.2.weight (1152921504606846976)"),
+            std::string::npos)
+      << params.status();
+  opt = SmallTrainerOptions(int64_t{1} << 44, 5);  // max_batch rows of every MLP layer
+  auto buffers = Trainer::Create(opt, store.get());
+  EXPECT_EQ(buffers.status().code(), StatusCode::kResourceExhausted) << buffers.status();
+  EXPECT_NE(buffers.status().message().find(
+                "MLP 'top' with layer sizes [18, 7, 4, 1] for up to 17592186044416 rows"),
+            std::string::npos)
+      << buffers.status();
+}
+
 std::string ConfigPath() {
   const char* src = std::getenv("IPS_SOURCE_DIR");
   return std::string(src ? src : ".") + "/launch/configs/din_synthetic.pbtxt";
@@ -549,6 +638,20 @@ TEST(TrainJob, TrainDirMapsToDatasetOptionsWithoutTouchingTheFileSystem) {
   EXPECT_EQ(job->dataset.top_k, 10);
   c.mutable_eval()->set_every_epochs(0);
   EXPECT_EQ(TrainJobFromConfig(c).status().code(), StatusCode::kInvalidArgument);
+}
+
+// A repeated eval.top_k entry would be evaluated and reported twice (MIND printed
+// recall10=.. recall10=..): refused, naming the entry and its value.
+TEST(TrainJob, RepeatedTopKIsRefused) {
+  auto c = LoadConfig(ConfigPath(), {"eval.top_k=10,20,10"});
+  ASSERT_OK(c.status());
+  c->mutable_data()->clear_synthetic();
+  c->mutable_data()->set_train_dir("/nonexistent/dataset");
+  const Status s = TrainJobFromConfig(*c).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("eval.top_k[2] 10 repeats eval.top_k[0]"), std::string::npos) << s;
+  c->mutable_eval()->set_top_k(2, 50);
+  EXPECT_OK(TrainJobFromConfig(*c).status());
 }
 
 // ---- Training on a converted dataset ----------------------------------------------------------
