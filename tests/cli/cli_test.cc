@@ -21,17 +21,7 @@ std::string SourceConfig(const std::string& name) {
 // `ips ARGS 2>&1` under the shell's `ulimit` settings `limits` (e.g. "-v 4000000": KiB of
 // address space), so that memory and thread limits are the same on any machine.
 IpsRun RunIpsLimited(const std::string& limits, const std::string& args) {
-  IpsRun r;
-  const std::string cmd =
-      "ulimit " + limits + " && " + std::string(IPS_BINARY) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return RunIps(args, "ulimit " + limits + " && ");
 }
 
 bool Has(const IpsRun& r, const std::string& text) {

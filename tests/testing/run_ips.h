@@ -24,10 +24,10 @@ struct IpsRun {
   std::string error;   // stderr (RunIpsSplit only)
 };
 
-// `ips ARGS 2>&1`.
-inline IpsRun RunIps(const std::string& args) {
+// `ips ARGS 2>&1`, after the shell command `before` when given (e.g. "ulimit -v 4000000 && ").
+inline IpsRun RunIps(const std::string& args, const std::string& before = "") {
   IpsRun r;
-  const std::string cmd = std::string(IPS_BINARY) + " " + args + " 2>&1";
+  const std::string cmd = before + std::string(IPS_BINARY) + " " + args + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
   char buf[4096];
