@@ -336,10 +336,11 @@ Status CheckEpochFillsWorkers(const TrainJob& job, int64_t per_epoch, int num_wo
   const char* rows = IsSequenceModel(job.trainer.model.kind)
                          ? "training sequences (with >= 2 events)"
                          : "training examples";
-  return FailedPreconditionError("data.train_dir '" + run.train_dir +
-                                 "': " + std::to_string(per_epoch) + " " + rows +
-                                 " per epoch are fewer than one batch of " + std::to_string(batch) +
-                                 " for each of the " + std::to_string(num_workers) + " workers");
+  return FailedPreconditionError(
+      "data.train_dir '" + run.train_dir + "': " + std::to_string(per_epoch) + " " + rows +
+      " per epoch do not give each of the " + std::to_string(num_workers) +
+      " workers one batch of " + std::to_string(batch) + " (that needs " +
+      std::to_string(batch * num_workers) + "): lower data.batch_size or use fewer workers");
 }
 
 void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,

@@ -26,7 +26,7 @@ struct Subcommand {
 const Subcommand kSubcommands[] = {
     {"data", "convert, inspect and synthesize datasets (ips data help)", ips::RunDataCommand},
     {"config", "check or print a config with its --set overrides", ips::RunConfigCommand},
-    {"train", "train a config's model (single process; DIN on synthetic data)",
+    {"train", "train a config's model (one process, or a cluster under mpirun)",
      ips::RunTrainCommand},
     {"eval", "evaluate a checkpoint of a config's model (ranking, retrieval or AUC)",
      ips::RunEvalCommand},

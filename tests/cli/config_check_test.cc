@@ -254,8 +254,9 @@ TEST(ConfigCheck, EpochWithFewerBatchesThanWorkersFailsWithNp) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
   EXPECT_EQ(ErrorLine(r), "error: FAILED_PRECONDITION: data.train_dir '" + ds +
-                              "': 500 training examples per epoch are fewer than one batch of "
-                              "100 for each of the 7 workers")
+                              "': 500 training examples per epoch do not give each of the 7 "
+                              "workers one batch of 100 (that needs 700): lower data.batch_size "
+                              "or use fewer workers")
       << r.output;
   // Without --np the run is single-process: one worker.
   r = RunIps("config check " + din);
@@ -269,8 +270,8 @@ TEST(ConfigCheck, EpochWithFewerBatchesThanWorkersFailsWithNp) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   r = RunIps("config check " + sasrec + " --np 7");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_NE(ErrorLine(r).find("50 training sequences (with >= 2 events) per epoch are fewer than "
-                              "one batch of 10 for each of the 6 workers"),
+  EXPECT_NE(ErrorLine(r).find("50 training sequences (with >= 2 events) per epoch do not give each "
+                              "of the 6 workers one batch of 10 (that needs 60)"),
             std::string::npos)
       << r.output;
   (void)std::system(("rm -rf " + dir).c_str());

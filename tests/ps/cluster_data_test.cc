@@ -265,8 +265,9 @@ TEST_F(ClusterData, BadTrainDirTooSmallForTheWorkersFailsAsConfigCheckSays) {
   const testing::IpsRun check = RunIps("config check --config " + config + sets + " --np 4");
   ASSERT_EQ(check.exit_code, 1) << check.output;
   const std::string want = "FAILED_PRECONDITION: data.train_dir '" + Dir() +
-                           "/given': 1500 training examples per epoch are fewer than one batch of "
-                           "1000 for each of the 3 workers";
+                           "/given': 1500 training examples per epoch do not give each of the 3 "
+                           "workers one batch of 1000 (that needs 3000): lower data.batch_size or "
+                           "use fewer workers";
   EXPECT_NE(check.output.find("error: " + want + "\n"), std::string::npos) << check.output;
   MpiRun r = RunMpiIps(4, "train --quiet --config " + config + sets, 45);
   EXPECT_NE(r.exit_code, 0) << r.err;
