@@ -328,10 +328,11 @@ int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const
 // the writer (null on the other workers) and, holding DIR/LOCK, refuses a DIR whose checkpoints
 // the run would mix with (CheckCheckpointDirForRun, as single-process `ips train`). *writing_step
 // is the checkpoint being written, read by the test-only fault hook
-// (flags.kill_in_checkpoint_step). `vocabulary`: recorded in every checkpoint (a dataset run).
-StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(
-    Cluster* cluster, const config::Config& config, const ClusterTrainFlags& flags,
-    const std::optional<DatasetVocabulary>& vocabulary, const int64_t* writing_step) {
+// (flags.kill_in_checkpoint_step).
+StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(Cluster* cluster,
+                                                               const config::Config& config,
+                                                               const ClusterTrainFlags& flags,
+                                                               const int64_t* writing_step) {
   const config::CheckpointConfig& ck = config.checkpoint();
   InstallStopSignals();
   if (cluster->role_index() != 0) return std::unique_ptr<CheckpointWriter>();
@@ -339,7 +340,6 @@ StatusOr<std::unique_ptr<CheckpointWriter>> StartCheckpointing(
   o.dir = ck.dir();
   o.keep_last = ck.keep_last();
   o.incremental = ck.incremental();
-  o.vocabulary = vocabulary;
   if (cluster->rank() == flags.kill_rank && flags.kill_in_checkpoint_step >= 0) {
     // Test-only: the coordinator dies with every file of the checkpoint and its manifest
     // written, just before the publishing rename.
@@ -459,7 +459,7 @@ WorkerCheckpoints::WorkerCheckpoints(Cluster* cluster, const config::Config& con
                                      ps::RemoteEmbeddingStore* store, TrainerCheckpointState state)
     : cluster_(cluster), config_(config), flags_(flags), store_(store), state_(std::move(state)) {
   if (!Checkpointing(config)) return;
-  auto wr = StartCheckpointing(cluster, config, flags, state_.vocabulary, &writing_step_);
+  auto wr = StartCheckpointing(cluster, config, flags, &writing_step_);
   if (!wr.ok()) cluster->Abort(wr.status());
   writer_ = std::move(wr).value();
 }
@@ -471,8 +471,6 @@ StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::str
   IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(flags_.resume));
   std::map<std::string, std::string> blobs;
   IPS_RETURN_IF_ERROR(reader->Restore(state_.dense, &blobs));
-  if (state_.vocabulary.has_value())
-    IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(reader->dir(), blobs, *state_.vocabulary));
   *dir = reader->dir();
   return blobs;
 }
@@ -666,7 +664,7 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   const int64_t per_epoch = source->per_epoch(), batch = run.reader.batch_size;
   if (Status s = CheckEpochFillsWorkers(job, per_epoch, num_workers); !s.ok()) cluster->Abort(s);
   const EpochRounds rounds_of{per_epoch, batch, num_workers};
-  checkpoint_state.vocabulary = VocabularyOf(run.train_dir, source->data().manifest());
+  checkpoint_state.dense.vocabulary = VocabularyOf(run.train_dir, source->data().manifest());
   WorkerCheckpoints ck(cluster, config, flags, store, std::move(checkpoint_state));
   DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
   const std::string model = ModelKindName(job.trainer.model.kind);

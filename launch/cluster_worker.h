@@ -195,12 +195,11 @@ struct EpochRounds {
 // What a worker's checkpoint holds of its trainer (a Trainer or a SeqTrainer): the dense content
 // (weights, dense optimizer state, model state and the config text; every replica's is the same,
 // worker 0 writes it) and the trainer's counters: its step count and the model's dropout step
-// (blob "model/dropout_step", for models that have one). `vocabulary`: a dataset run's
+// (blob "model/dropout_step", for models that have one). dense.vocabulary: a dataset run's
 // (RunDatasetRounds sets it), recorded in every checkpoint; --resume of a checkpoint trained on
 // another vocabulary is refused. Unset for synthetic data.
 struct TrainerCheckpointState {
   CheckpointContent dense;
-  std::optional<DatasetVocabulary> vocabulary;
   std::function<void(int64_t)> set_steps;
   std::function<void(std::map<std::string, std::string>*)> save_model_blobs;
   std::function<Status(const std::map<std::string, std::string>&)> restore_model_blobs;

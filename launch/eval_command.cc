@@ -56,12 +56,8 @@ StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
   } else {
     IPS_ASSIGN_OR_RETURN(content, SeqTrainerCheckpointContent(seq->get(), store, text));
   }
-  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(checkpoint));
-  std::map<std::string, std::string> blobs;
-  IPS_RETURN_IF_ERROR(reader->Restore(content, &blobs));
-  if (vocabulary != nullptr)
-    IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(reader->dir(), blobs, *vocabulary));
-  return reader->step();
+  if (vocabulary != nullptr) content.vocabulary = *vocabulary;
+  return LoadCheckpoint(checkpoint, content, nullptr);
 }
 
 Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& checkpoint,

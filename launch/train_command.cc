@@ -92,12 +92,10 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
   } else {
     IPS_ASSIGN_OR_RETURN(out->run.content, SeqTrainerCheckpointContent(seq, store, text));
   }
+  if (vocabulary != nullptr) out->run.content.vocabulary = *vocabulary;
   if (!resume.empty()) {
-    IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(resume));
-    IPS_RETURN_IF_ERROR(reader->Restore(out->run.content, &out->resume_blobs));
-    if (vocabulary != nullptr)
-      IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(reader->dir(), out->resume_blobs, *vocabulary));
-    out->resumed_step = reader->step();
+    IPS_ASSIGN_OR_RETURN(out->resumed_step,
+                         LoadCheckpoint(resume, out->run.content, &out->resume_blobs));
     out->run.resume = &out->resume_blobs;
   }
   const config::CheckpointConfig& c = cfg.checkpoint();
@@ -106,7 +104,6 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     o.dir = c.dir();
     o.keep_last = c.keep_last();
     o.incremental = c.incremental();
-    if (vocabulary != nullptr) o.vocabulary = *vocabulary;
     IPS_ASSIGN_OR_RETURN(out->writer, CheckpointWriter::Create(o));
     // After the lock: a second run into DIR is told that DIR is in use, not what it holds.
     IPS_RETURN_IF_ERROR(CheckCheckpointDirForRun(c.dir(), out->resumed_step));

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -419,14 +420,8 @@ StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob) {
   auto number = [&kv](const char* key, uint64_t max, uint64_t* out) -> Status {
     const std::string& t = kv[key];
     uint64_t n = 0;
-    bool ok = !t.empty() && t.size() <= 20;
-    for (char c : t) {
-      if (c < '0' || c > '9' || n > (UINT64_MAX - static_cast<uint64_t>(c - '0')) / 10) {
-        ok = false;
-        break;
-      }
-      n = n * 10 + static_cast<uint64_t>(c - '0');
-    }
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), n);
+    const bool ok = !t.empty() && ec == std::errc() && end == t.data() + t.size();
     if (!ok || n > max)
       return DataLossError(std::string("checkpoint blob '") + kVocabularyBlob + "': field '" + key +
                            "' = '" + t + "' is not a number");
@@ -619,7 +614,8 @@ StatusOr<CheckpointInfo> CheckpointWriter::Commit(int64_t step, const std::strin
   info.parent = incremental ? last_committed_ : "";
 
   std::map<std::string, std::string> blobs = content.blobs;
-  if (o_.vocabulary.has_value()) blobs[kVocabularyBlob] = EncodeVocabulary(*o_.vocabulary);
+  if (content.vocabulary.has_value())
+    blobs[kVocabularyBlob] = EncodeVocabulary(*content.vocabulary);
   IPS_ASSIGN_OR_RETURN(const ps::FileDigest dense,
                        WriteDenseFile(staging + "/" + kDenseName, content.tensors, blobs));
   {
@@ -875,6 +871,8 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
   std::map<std::string, std::vector<float>> tensors;
   std::map<std::string, std::string> saved_blobs;
   IPS_RETURN_IF_ERROR(ReadDense(&tensors, &saved_blobs));
+  if (into.vocabulary.has_value())
+    IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(dir(), saved_blobs, *into.vocabulary));
   std::vector<std::vector<std::vector<std::string>>> table_files;
   // Whether the checkpoint's tensors and tables fit `into`; a misfit is explained below in terms
   // of the two configs (a user passing the config of another model sees that, not tensor sizes).

@@ -58,29 +58,6 @@ struct TensorRef {
   int64_t size = 0;
 };
 
-// What a checkpoint holds, as references into the live training state.
-struct CheckpointContent {
-  std::vector<TensorRef> tensors;
-  // Opaque named state (reader positions, RNG states, step counters, ...).
-  std::map<std::string, std::string> blobs;
-  // Tables, identified by options().name; not owned.
-  std::vector<ps::DynamicTable*> tables;
-  // The training config in text format (saved; ignored on restore).
-  std::string config_text;
-};
-
-// Adds a model's dense weights ("dense/<entry>"), its non-trained state ("model_state/<name>")
-// and, when `optimizer` is not null, the optimizer's two state arrays sliced like the weights
-// ("dense_opt0/<entry>", "dense_opt1/<entry>"). The references stay valid as long as the model
-// and the optimizer do.
-void AddDenseState(models::DenseParams<float>* params,
-                   const std::vector<models::StateTensor<float>>& state, DenseOptimizer* optimizer,
-                   CheckpointContent* content);
-template <typename Model>  // models::CtrModel<float> or models::SeqModel<float>
-void AddModelState(Model* model, DenseOptimizer* optimizer, CheckpointContent* content) {
-  AddDenseState(&model->params(), model->state(), optimizer, content);
-}
-
 // The vocabulary of a converted dataset (data.train_dir), as a checkpoint records it: `ips data
 // convert` numbers items, users and categories densely per dataset (worker/dataset_builder.cc), so
 // a table row means an item only under the vocabulary that numbered it. Two datasets have the same
@@ -104,6 +81,34 @@ struct DatasetVocabulary {
   std::string Describe() const;
 };
 DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest);
+
+// What a checkpoint holds, as references into the live training state.
+struct CheckpointContent {
+  std::vector<TensorRef> tensors;
+  // Opaque named state (reader positions, RNG states, step counters, ...).
+  std::map<std::string, std::string> blobs;
+  // Tables, identified by options().name; not owned.
+  std::vector<ps::DynamicTable*> tables;
+  // The training config in text format (saved; on restore, it explains a checkpoint that does
+  // not fit in terms of the two configs).
+  std::string config_text;
+  // The dataset's vocabulary (a run on data.train_dir): saved as the blob kVocabularyBlob; on
+  // restore, a checkpoint recording another vocabulary is refused before anything is loaded
+  // (CheckCheckpointVocabulary). Unset (synthetic data): nothing saved or checked.
+  std::optional<DatasetVocabulary> vocabulary;
+};
+
+// Adds a model's dense weights ("dense/<entry>"), its non-trained state ("model_state/<name>")
+// and, when `optimizer` is not null, the optimizer's two state arrays sliced like the weights
+// ("dense_opt0/<entry>", "dense_opt1/<entry>"). The references stay valid as long as the model
+// and the optimizer do.
+void AddDenseState(models::DenseParams<float>* params,
+                   const std::vector<models::StateTensor<float>>& state, DenseOptimizer* optimizer,
+                   CheckpointContent* content);
+template <typename Model>  // models::CtrModel<float> or models::SeqModel<float>
+void AddModelState(Model* model, DenseOptimizer* optimizer, CheckpointContent* content) {
+  AddDenseState(&model->params(), model->state(), optimizer, content);
+}
 
 // The dense blob that records a run's DatasetVocabulary in each of its checkpoints (text lines
 // key=value; a checkpoint without it, written before it existed or by a synthetic-data run, is
@@ -132,9 +137,6 @@ struct CheckpointOptions {
   // Tests: called with "file:<name>" after each file is written and with "publish" before the
   // rename; an error stops the write there without any cleanup, as a killed process would.
   std::function<Status(const std::string& event)> fault_hook;
-  // A run on data.train_dir: recorded in every checkpoint as the blob kVocabularyBlob (so a
-  // resume or an evaluation on another dataset is refused); unset for synthetic data.
-  std::optional<DatasetVocabulary> vocabulary;
 };
 
 struct CheckpointInfo {

@@ -548,9 +548,9 @@ TEST(Checkpoint, Vocabulary_RecordedInEveryCheckpoint_AnotherOneRefusedNamingBot
   v.categories = 19;
   State a(1);
   a.content.blobs["run/x"] = "y";
+  a.content.vocabulary = v;
   CheckpointOptions o;
   o.dir = dir;
-  o.vocabulary = v;
   auto w = std::move(CheckpointWriter::Create(o)).value();
   ASSERT_TRUE(w->Write(7, a.content).ok());
   EXPECT_EQ(a.content.blobs.count(kVocabularyBlob), 0u) << "the caller's content is not changed";
