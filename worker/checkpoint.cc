@@ -23,13 +23,14 @@
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "worker/manifest.h"
+#include "worker/manifest_magic.h"
 
 namespace ips {
 namespace {
 
 constexpr int kFormatVersion = 1;
 constexpr char kDenseMagic[8] = {'I', 'P', 'S', 'D', 'N', 'S', '0', '1'};
-constexpr char kManifestMagic[8] = {'I', 'P', 'S', 'M', 'A', 'N', '0', '1'};
+constexpr const char* kManifestMagic = kCheckpointManifestMagic;
 constexpr char kManifestName[] = "MANIFEST";
 constexpr char kDenseName[] = "dense.bin";
 constexpr char kLatestName[] = "LATEST";

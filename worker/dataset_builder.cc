@@ -14,8 +14,10 @@
 #include <unordered_map>
 
 #include "common/random.h"
+#include "ps/checkpoint_io.h"
 #include "worker/columnar_file.h"
 #include "worker/line_reader.h"
+#include "worker/manifest_magic.h"
 #include "worker/negative_sampler.h"
 #include "worker/record_parsers.h"
 #include "worker/shard_schema.h"
@@ -646,15 +648,10 @@ bool IsShardFileName(const std::string& name) {
 void RemoveStaleShards(const std::string& dir, const Manifest& m) {
   std::set<std::string> listed;
   for (const ManifestFile& f : m.shards) listed.insert(f.file);
-  std::vector<std::string> stale;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* de = ::readdir(d)) {
-      const std::string name = de->d_name;
-      if (IsShardFileName(name) && listed.count(name) == 0) stale.push_back(name);
-    }
-    ::closedir(d);
-  }
-  for (const std::string& name : stale) {
+  auto names = ps::ListDir(dir);
+  if (!names.ok()) return;  // nothing to clean where nothing can be listed
+  for (const std::string& name : *names) {
+    if (!IsShardFileName(name) || listed.count(name) != 0) continue;
     const std::string path = dir + "/" + name;
     if (::unlink(path.c_str()) != 0)
       std::cerr << "warning: " << path << ": cannot remove stale shard: " << std::strerror(errno)
@@ -754,7 +751,7 @@ Status CheckConvertOutput(const std::string& output) {
   const std::string manifest = output + "/" + kManifestFile;
   if (::stat(manifest.c_str(), &st) == 0) {
     // Ours starts with "ips_dataset_manifest " (worker/manifest.h); checkpoints and bundles frame
-    // theirs with an 8-byte magic (worker/checkpoint.cc, worker/serving.cc).
+    // theirs with an 8-byte magic (worker/manifest_magic.h).
     std::string head(32, '\0');
     size_t n = 0;
     if (FILE* f = S_ISREG(st.st_mode) ? std::fopen(manifest.c_str(), "rb") : nullptr) {
@@ -767,9 +764,9 @@ Status CheckConvertOutput(const std::string& output) {
     head.resize(n);
     if (head.rfind("ips_dataset_manifest ", 0) == 0) return Status::Ok();
     std::string looks;
-    if (head.rfind("IPSMAN01", 0) == 0)
+    if (head.compare(0, 8, kCheckpointManifestMagic, 8) == 0)
       looks = "looks like a training checkpoint (" + manifest + " is a checkpoint manifest)";
-    else if (head.rfind("IPSBND01", 0) == 0)
+    else if (head.compare(0, 8, kBundleManifestMagic, 8) == 0)
       looks = "looks like a serving bundle version (" + manifest + " is a bundle manifest)";
     else
       looks = "is not a converted dataset (" + manifest + " is not a dataset manifest)";
@@ -777,18 +774,16 @@ Status CheckConvertOutput(const std::string& output) {
   }
   // No MANIFEST: empty, or what a conversion that failed before writing it left. Hidden files
   // (.gitkeep, .DS_Store, .nfs*) are never touched, so they do not count.
-  std::vector<std::string> names, foreign;
-  DIR* d = ::opendir(output.c_str());
-  if (d == nullptr)
+  auto listed = ps::ListDir(output);
+  if (!listed.ok())
     return FailedPreconditionError("--output " + output +
-                                   ": cannot list it: " + std::strerror(errno));
-  while (dirent* de = ::readdir(d)) {
-    const std::string name = de->d_name;
+                                   ": cannot list it: " + listed.status().message());
+  std::vector<std::string> names, foreign;
+  for (const std::string& name : *listed) {
     if (name.empty() || name[0] == '.') continue;
     names.push_back(name);
     if (!IsOurDatasetFileName(name)) foreign.push_back(name);
   }
-  ::closedir(d);
   if (foreign.empty()) return Status::Ok();
   std::sort(foreign.begin(), foreign.end());
   std::string looks = DescribeForeignRoot(output, names);

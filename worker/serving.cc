@@ -21,6 +21,7 @@
 #include "ps/table_checkpoint.h"
 #include "worker/checkpoint.h"
 #include "worker/data_reader.h"
+#include "worker/manifest_magic.h"
 #include "worker/model_factory.h"
 #include "worker/synthetic_batches.h"
 
@@ -28,7 +29,7 @@ namespace ips {
 namespace {
 
 constexpr int kBundleVersion = 1;
-constexpr char kManifestMagic[8] = {'I', 'P', 'S', 'B', 'N', 'D', '0', '1'};
+constexpr const char* kManifestMagic = kBundleManifestMagic;
 constexpr char kRowsMagic[8] = {'I', 'P', 'S', 'R', 'O', 'W', '0', '1'};
 constexpr char kCurrent[] = "CURRENT";
 
