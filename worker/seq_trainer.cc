@@ -72,13 +72,7 @@ StatusOr<std::unique_ptr<SeqTrainer>> SeqTrainer::Create(
     return InvalidArgumentError("SeqTrainer: table '" + options.item_table + "' has dim " +
                                 std::to_string(dim) + " but the " + model->name() +
                                 " model's embedding_dim is " + std::to_string(t->dim_));
-  // train.num_threads sets options.num_threads: a count the process's limits cannot start
-  // fails here, naming that field, instead of ending the process with an exception.
-  auto pool = ThreadPool::Create(options.num_threads);
-  if (!pool.ok())
-    return pool.status().WithContext("SeqTrainer: train.num_threads " +
-                                     std::to_string(options.num_threads));
-  t->pool_ = std::move(*pool);
+  IPS_ASSIGN_OR_RETURN(t->pool_, CreateTrainingPool("SeqTrainer", options.num_threads));
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
   t->model_ctx_ = t->ctx_;

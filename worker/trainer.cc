@@ -57,6 +57,13 @@ Status CheckStepLoss(int64_t step, double loss) {
                               " (lower optimizer.learning_rate or check the input)");
 }
 
+StatusOr<std::unique_ptr<ThreadPool>> CreateTrainingPool(const std::string& who, int num_threads) {
+  auto pool = ThreadPool::Create(num_threads);
+  if (!pool.ok())
+    return pool.status().WithContext(who + ": train.num_threads " + std::to_string(num_threads));
+  return pool;
+}
+
 Status CheckScores(const float* scores, int64_t n, int64_t steps) {
   for (int64_t i = 0; i < n; ++i) {
     if (std::isfinite(scores[i])) continue;
@@ -97,13 +104,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options
       return InvalidArgumentError("Trainer: table '" + *name + "' has dim " + std::to_string(dim) +
                                   " but model.embedding_dim is " + std::to_string(D));
   }
-  // train.num_threads sets options.num_threads: a count the process's limits cannot start
-  // fails here, naming that field, instead of ending the process with an exception.
-  auto pool = ThreadPool::Create(options.num_threads);
-  if (!pool.ok())
-    return pool.status().WithContext("Trainer: train.num_threads " +
-                                     std::to_string(options.num_threads));
-  t->pool_ = std::move(*pool);
+  IPS_ASSIGN_OR_RETURN(t->pool_, CreateTrainingPool("Trainer", options.num_threads));
   t->ctx_.device = kernels::Device::kCpu;
   t->ctx_.pool = t->pool_.get();
   t->model_ctx_ = t->ctx_;

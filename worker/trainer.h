@@ -204,6 +204,10 @@ Status CheckStepLoss(int64_t step, double loss);
 // before training on it), not as a metric's "score is NaN". INVALID_ARGUMENT "training diverged
 // by step N: row R scores nan (...)" ("the model's weights are not finite: ..." at step 0).
 Status CheckScores(const float* scores, int64_t n, int64_t steps);
+// The thread pool of a Trainer or SeqTrainer (`who`, for the message): train.num_threads sets
+// num_threads, and a count the process's limits cannot start fails naming that field (ThreadPool::
+// Create's RESOURCE_EXHAUSTED) instead of ending the process with an exception.
+StatusOr<std::unique_ptr<ThreadPool>> CreateTrainingPool(const std::string& who, int num_threads);
 
 // ---- The config -> options mapping ------------------------------------------------------------
 
