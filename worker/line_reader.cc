@@ -60,8 +60,15 @@ Status LineReader::Fill() {
   if (n < 0) {
     int err = 0;
     const char* msg = gzerror(static_cast<gzFile>(gz_), &err);
-    return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
-                         ": read error: " + (msg ? msg : "unknown"));
+    const std::string what = msg ? msg : "unknown";
+    // zlib checks a stream's CRC only at its end, so a corrupt file often fails here, lines
+    // after the corruption: say that the data is corrupt, not where it went wrong.
+    if (gzip_ && err == Z_DATA_ERROR)
+      return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) +
+                           ": corrupt gzip stream (zlib: " + what + "), found after " +
+                           std::to_string(line_number_) +
+                           " lines were read; the file's content cannot be trusted");
+    return DataLossError(path_ + ":" + std::to_string(line_number_ + 1) + ": read error: " + what);
   }
   if (n == 0) {
     // zlib ends a gzip stream cut short (a truncated download or copy) like a complete one and

@@ -107,6 +107,23 @@ TEST(LineReader, CorruptGzipIsDataLoss) {
   EXPECT_NE(error.message().find("c.gz:"), std::string::npos) << error;
 }
 
+// zlib checks the CRC only at the end of the stream: the error says the stream is corrupt and
+// how many lines were read, not just "read error" at whatever line the check happened to fail.
+TEST(LineReader, GzipCrcMismatchSaysCorrupt) {
+  testing::TempDir dir;
+  std::string content;
+  for (int i = 0; i < 100; ++i) content += "line " + std::to_string(i) + "\n";
+  testing::WriteGzip(dir.File("crc.gz"), content);
+  std::string bytes = testing::ReadFile(dir.File("crc.gz"));
+  bytes[bytes.size() - 8] ^= 0x01;  // the trailer's CRC32
+  testing::WriteFile(dir.File("crc.gz"), bytes);
+  const Status error = ReadToError(dir.File("crc.gz"));
+  EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error;
+  EXPECT_NE(error.message().find("crc.gz:"), std::string::npos) << error;
+  EXPECT_NE(error.message().find("corrupt gzip stream"), std::string::npos) << error;
+  EXPECT_NE(error.message().find("lines were read"), std::string::npos) << error;
+}
+
 // A gzip file cut short (in the middle of the compressed data, or only its 8-byte trailer) is an
 // error naming the file, never a silently shorter input.
 TEST(LineReader, TruncatedGzipIsDataLoss) {
