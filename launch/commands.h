@@ -38,13 +38,15 @@ constexpr int kExitStopped = 3;
 // stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
 
-// `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]`
-// (launch/config_command.cc). `check` runs every check of `ips train` that needs neither a
-// training step nor a write: the config loader's, the job's (TrainJobFromConfig), the dataset's
-// (Dataset::Open and FitJobToDataset, when data.train_dir exists), the store's and the trainer's
-// (the model is built), the checkpoint section's (checkpoint.dir must hold no checkpoint of
-// another run: none for a fresh run, none newer than --resume DIR's step for a resumed one; DIR's
-// checkpoint must match data.train_dir's vocabulary) and, with --np, the mpirun layout's.
+// `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
+// [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that
+// needs neither a training step nor a write: the config loader's, the job's (TrainJobFromConfig:
+// a data source is needed, unless --stream checks the config as an `ips train --stream` job), the
+// dataset's (Dataset::Open and FitJobToDataset, when data.train_dir exists), the store's and the
+// trainer's (the model is built), the checkpoint section's (checkpoint.dir must not be locked by
+// a run writing into it now, and must hold no checkpoint of another run: none for a fresh run,
+// none newer than --resume DIR's step for a resumed one; DIR's checkpoint must match
+// data.train_dir's vocabulary) and, with --np, the mpirun layout's.
 int RunConfigCommand(const std::vector<std::string>& args);
 // `ips data convert|inspect|synth ...` (launch/data_command.cc).
 int RunDataCommand(const std::vector<std::string>& args);

@@ -8,16 +8,20 @@
 // when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
 // (the model is built: its options, the tables' widths) and the checkpoint section's (its
 // intervals, checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
-// create or write, which check does not create, and through CheckCheckpointDirForRun: no
-// checkpoints of another run in it), plus with --np N the layout of `mpirun -np N ips train` and
-// its dataset's epoch against the workers (CheckEpochFillsWorkers). check takes `ips train`'s
-// --resume DIR: without it the run is checked as a fresh one (checkpoint.dir must hold no
-// checkpoint), with it as the resumed run (checkpoint.dir must hold none newer than DIR's step,
-// and DIR's checkpoint must have been trained on data.train_dir's vocabulary); DIR's files are
-// not verified (`ips train` does that). A config that passes is refused by `ips train` only for
-// what cannot be known here: a data.train_dir created or changed later, a checkpoint.dir locked by
-// another run or failing to be written, a damaged or unfitting --resume checkpoint, an unwritable
-// --metrics_out, and failures while training.
+// create or write, which check does not create, through CheckpointWriter::CheckNotLocked: not
+// locked by a run writing into it now, and through CheckCheckpointDirForRun: no checkpoints of
+// another run in it), plus with --np N the layout of `mpirun -np N ips train` and its dataset's
+// epoch against the workers (CheckEpochFillsWorkers). check takes `ips train`'s --resume DIR:
+// without it the run is checked as a fresh one (checkpoint.dir must hold no checkpoint), with it
+// as the resumed run (checkpoint.dir must hold none newer than DIR's step, and DIR's checkpoint
+// must have been trained on data.train_dir's vocabulary); DIR's files are not verified (`ips
+// train` does that). check takes `ips train`'s --stream SOURCE too (SOURCE is not read): the
+// config is then checked as an `ips train --stream` job, whose data is the stream; without it, a
+// config with neither data.train_dir nor data.synthetic is refused with `ips train`'s error, as
+// plain `ips train` refuses it. A config that passes is refused by `ips train` only for what
+// cannot be known here: a data.train_dir created or changed later, a checkpoint.dir locked by a
+// run started later or failing to be written, a damaged or unfitting --resume checkpoint, an
+// unwritable --metrics_out or unreadable stream, and failures while training.
 //
 // A missing data.train_dir is a warning, not an error: a config is often checked before its data
 // set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
@@ -49,33 +53,42 @@ namespace {
 // Builds the job of `cfg` as `ips train` does and runs its checks (see the file comment). `np`:
 // the mpirun world size to check the layout for (< 2: a single-process run). *data_state says
 // what was checked of the data: "synthetic", "checked" (data.train_dir opened and fitted),
-// "missing" (data.train_dir does not exist: warned, skipped) or "stream" (no data source: the
-// config is checked as an `ips train --stream` job). Errors are `ips train`'s, with its context.
+// "missing" (data.train_dir does not exist: warned, skipped) or "stream" (`stream`: the config is
+// checked as an `ips train --stream` job). Errors are `ips train`'s, with its context.
 Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, int64_t np,
-                     const std::string& resume, std::string* data_state) {
+                     const std::string& resume, bool stream, std::string* data_state) {
   const bool cluster = np > 1;
-  // Neither data source: only `ips train --stream` takes the config (one process), and names the
-  // stream as the job's data the way RunStreamTrain (launch/stream_train.cc) does.
-  const bool stream = !cluster && !cfg.data().has_synthetic() && cfg.data().train_dir().empty();
   StatusOr<TrainJob> job = InvalidArgumentError("no job");
   std::unique_ptr<Dataset> data;  // data.train_dir when it exists, fitted to the job
   if (stream) {
     *data_state = "stream";
-    std::cerr << "note: data has neither train_dir nor synthetic: checked as a job of `ips train "
-                 "--stream` (plain `ips train` refuses it)\n";
-    IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
-    if (!resume.empty())  // `ips train --stream` refuses it likewise
+    // RunTrainCommand's order: --resume, the config, then mpirun.
+    if (!resume.empty())
       return InvalidArgumentError(
           "--resume does not apply to --stream: a stream starts from a fresh model and writes "
           "no checkpoints (its trained state is in the bundles of --stream_publish_dir)");
+    IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
+    if (cluster) return InvalidArgumentError("--stream runs in one process, not under mpirun");
+    // RunStreamTrain (launch/stream_train.cc) names the stream as the job's data when the config
+    // names none, and reads neither data source.
     config::Config c = cfg;
-    c.mutable_data()->set_train_dir("stream:-");
+    if (!c.data().has_synthetic() && c.data().train_dir().empty())
+      c.mutable_data()->set_train_dir("stream:-");
     job = TrainJobFromConfig(c);
     if (!job.ok()) return job.status();
   } else {
     job = TrainJobFromConfig(cfg);
-    // Single-process `ips train` names the config file; its mpirun form does not.
-    if (!job.ok()) return cluster ? job.status() : job.status().WithContext(config_path);
+    if (!job.ok()) {
+      // Single-process `ips train` names the config file; its mpirun form does not.
+      Status s = cluster ? job.status() : job.status().WithContext(config_path);
+      // A config without a data source is one for `ips train --stream` (din_stream.pbtxt), which
+      // runs in one process: say how to check it as one, after `ips train`'s own error.
+      if (!cluster && !cfg.data().has_synthetic() && cfg.data().train_dir().empty())
+        s = Status(s.code(), s.message() +
+                                 " (checked as plain `ips train`: pass `ips config check` the "
+                                 "--stream SOURCE of `ips train --stream` to check a stream job)");
+      return s;
+    }
     *data_state = job->synthetic ? "synthetic" : "checked";
   }
 
@@ -139,6 +152,10 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
   // checkpoints the run would mix with.
   if (!cfg.checkpoint().dir().empty()) {
     IPS_RETURN_IF_ERROR(CheckpointWriter::CheckDir(cfg.checkpoint().dir()));
+    // CheckpointWriter::Create takes DIR/LOCK before anything else reads DIR: a run writing into
+    // DIR now is reported first, as `ips train` reports it. The probe holds the lock only while
+    // it tests it and creates nothing.
+    IPS_RETURN_IF_ERROR(CheckpointWriter::CheckNotLocked(cfg.checkpoint().dir()));
     const Status s = CheckCheckpointDirForRun(cfg.checkpoint().dir(), resumed_step);
     if (!s.ok() && resume.empty())
       return Status(s.code(), s.message() +
@@ -154,7 +171,7 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
 int RunConfigCommand(const std::vector<std::string>& args) {
   const std::string usage_head =
       "usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N] "
-      "[--resume DIR]\n";
+      "[--resume DIR] [--stream SOURCE]\n";
   if (args.empty() || (args[0] != "check" && args[0] != "print")) {
     std::cerr << usage_head;
     return args.empty() || args[0] == "--help" ? (args.empty() ? kExitUsage : kExitOk) : kExitUsage;
@@ -170,6 +187,10 @@ int RunConfigCommand(const std::vector<std::string>& args) {
     flags.String("resume", "",
                  "check the run as `ips train --resume DIR` (default: a fresh run, whose "
                  "checkpoint.dir must hold no checkpoint)");
+    flags.String("stream", "",
+                 "check the config as a job of `ips train --stream SOURCE` (SOURCE is not read; "
+                 "default: a job of plain `ips train`, which needs data.train_dir or "
+                 "data.synthetic)");
   }
   if (auto rc = ParseCommandFlags(&flags, {args.begin() + 1, args.end()})) return *rc;
   auto fail = [](const Status& s) {
@@ -190,7 +211,7 @@ int RunConfigCommand(const std::vector<std::string>& args) {
       return fail(InvalidArgumentError("--np must be >= 0 (got " + std::to_string(np) + ")"));
     std::string data_state;
     if (Status s = CheckTrainJob(*cfg, flags.GetString("config"), np, flags.GetString("resume"),
-                                 &data_state);
+                                 !flags.GetString("stream").empty(), &data_state);
         !s.ok())
       return fail(s);
     line.Add("data", data_state);

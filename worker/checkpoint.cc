@@ -55,6 +55,21 @@ int64_t StepOfName(const std::string& name) {
   return step;
 }
 
+// The error of a run that finds DIR/LOCK (`path`, open as `fd`) held by another writer, naming
+// the pid that writer recorded in it.
+Status DirInUseError(const std::string& dir, const std::string& path, int fd) {
+  char buf[32] = {};
+  const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+  std::string pid(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+  return FailedPreconditionError("checkpoint.dir " + dir + " is in use by another run (pid " +
+                                 (pid.empty() ? std::string("unknown") : pid) +
+                                 "): give each run its own checkpoint.dir (lock: " + path + ")");
+}
+
+// flock's errors of a file system without locks (NFS without lockd, some FUSE mounts).
+bool FlockUnsupported(int err) { return err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS; }
+
 // Takes DIR/LOCK exclusively without waiting and records this process's pid in it (for the
 // message a second run gets). Returns the descriptor, which holds the lock until it is closed (by
 // the writer's destructor or, for a killed process, by the kernel), or -1 where the file system
@@ -72,18 +87,12 @@ StatusOr<int> LockCheckpointDir(const std::string& dir) {
   if (rc != 0) {
     const int err = errno;
     if (err == EWOULDBLOCK) {
-      char buf[32] = {};
-      const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
-      std::string pid(buf, n > 0 ? static_cast<size_t>(n) : 0);
-      while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+      Status in_use = DirInUseError(dir, path, fd);
       ::close(fd);
-      return FailedPreconditionError("checkpoint.dir " + dir + " is in use by another run (pid " +
-                                     (pid.empty() ? std::string("unknown") : pid) +
-                                     "): give each run its own checkpoint.dir (lock: " + path +
-                                     ")");
+      return in_use;
     }
     ::close(fd);
-    if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
+    if (FlockUnsupported(err)) {
       LOG(WARNING) << path << ": the file system does not support flock (" << std::strerror(err)
                    << "); checkpoint.dir is not protected against a second run writing into it";
       return -1;
@@ -370,8 +379,8 @@ std::string Hex32(uint32_t v) {
 
 }  // namespace
 
-std::string DatasetVocabulary::Describe() const {
-  return "data.train_dir '" + train_dir + "' (" + (format.empty() ? "" : format + ": ") +
+std::string DatasetVocabulary::Describe(const std::string& field) const {
+  return field + " '" + train_dir + "' (" + (format.empty() ? "" : format + ": ") +
          std::to_string(users) + " users, " + std::to_string(items) + " items, " +
          std::to_string(categories) + " categories, vocab.ips crc32c " + Hex32(crc32c) + ", " +
          std::to_string(bytes) + " bytes)";
@@ -518,6 +527,34 @@ Status CheckpointWriter::CheckDir(const std::string& dir) {
     return refuse(exists ? std::string("is not writable: ") + std::strerror(errno)
                          : "cannot be created in " + at + ": " + std::strerror(errno));
   return Status::Ok();
+}
+
+Status CheckpointWriter::CheckNotLocked(const std::string& dir) {
+  const std::string path = dir + "/" + kLockName;
+  // O_RDWR as LockCheckpointDir opens it (so an unwritable LOCK fails here as it fails there), but
+  // without O_CREAT: a probe creates nothing. Opening writes nothing either.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    // No DIR or no DIR/LOCK yet: no writer has ever held it (the writer never removes LOCK).
+    if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
+    return InternalError(path + ": cannot open: " + std::strerror(errno));
+  }
+  int rc;
+  do {
+    // Shared: two probes (two `ips config check`) do not see each other as writers, while a
+    // writer's exclusive lock refuses it. Released at once by the close below; a writer starting
+    // within that instant is refused as it would be by any other holder.
+    rc = ::flock(fd, LOCK_SH | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  const int err = rc != 0 ? errno : 0;
+  Status s = Status::Ok();
+  if (err == EWOULDBLOCK) {
+    s = DirInUseError(dir, path, fd);
+  } else if (err != 0 && !FlockUnsupported(err)) {  // no flock: the writer runs unlocked too
+    s = InternalError(path + ": flock failed: " + std::strerror(err));
+  }
+  ::close(fd);  // releases the probe's lock
+  return s;
 }
 
 StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(

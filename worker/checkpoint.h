@@ -77,8 +77,8 @@ struct DatasetVocabulary {
            categories == o.categories;
   }
   // "data.train_dir 'DIR' (movielens100k: 943 users, 1682 items, 19 categories, vocab.ips
-  // crc32c 0x1234abcd, 40960 bytes)".
-  std::string Describe() const;
+  // crc32c 0x1234abcd, 40960 bytes)"; `field` names where DIR came from (`ips export --dataset`).
+  std::string Describe(const std::string& field = "data.train_dir") const;
 };
 DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest);
 
@@ -192,6 +192,13 @@ class CheckpointWriter {
   // (DIR cannot be created), or when DIR is a directory this process cannot write (Create writes
   // DIR/LOCK); INVALID_ARGUMENT for an empty DIR.
   static Status CheckDir(const std::string& dir);
+  // Create's lock check without keeping the lock (`ips config check` runs it after CheckDir):
+  // FAILED_PRECONDITION with Create's "checkpoint.dir DIR is in use by another run (pid N)" when
+  // a writer, in this or another process, holds DIR/LOCK. The lock is taken shared for the probe
+  // and released before returning; nothing is created or written. OK when DIR or DIR/LOCK does
+  // not exist or the file system has no flock; INTERNAL naming DIR/LOCK when it cannot be opened
+  // for writing (as Create fails).
+  static Status CheckNotLocked(const std::string& dir);
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
   ~CheckpointWriter();

@@ -2,8 +2,13 @@
 // `ips train` refuses before training is refused by `check` with the same error line, every
 // shipped config passes, a missing data.train_dir is a warning and an existing one is opened and
 // fitted to the job (eval.top_k against its candidate lists, and with --np N the epoch against
-// the workers), and a checkpoint.dir that cannot be a directory is refused without being created.
+// the workers), a checkpoint.dir that cannot be a directory is refused without being created, one
+// locked by a running run is refused as `ips train` refuses it, and a config without a data
+// source is refused as plain `ips train` refuses it unless --stream checks it as a stream job.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -108,8 +113,11 @@ TEST(ConfigCheck, EveryShippedConfigPasses) {
     // The shipped data.train_dir is a placeholder that may or may not exist on this host: point it
     // at a directory that certainly does not, so the result does not depend on the host.
     const bool dataset = !cfg->data().train_dir().empty();
-    const std::string args =
-        "config check --config " + path + (dataset ? " --set data.train_dir=" + absent : "");
+    // A config without a data source is one for `ips train --stream` (din_stream.pbtxt).
+    const bool stream = !dataset && !cfg->data().has_synthetic();
+    const std::string args = "config check --config " + path +
+                             (dataset ? " --set data.train_dir=" + absent : "") +
+                             (stream ? " --stream events.tsv" : "");
     const IpsRun r = RunIps(args);
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
     const std::string last = LastLine(r.output);
@@ -129,17 +137,63 @@ TEST(ConfigCheck, EveryShippedConfigPasses) {
 
 TEST(ConfigCheck, StreamConfigIsCheckedAsAStreamJob) {
   const std::string cfg = ConfigNamed("din_stream.pbtxt");
-  IpsRun r = RunIps("config check --config " + cfg);
+  // `ips config check` takes `ips train`'s --stream SOURCE (and does not read SOURCE).
+  const std::string stream = " --stream /nonexistent.tsv";
+  IpsRun r = RunIps("config check --config " + cfg + stream);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(LastLine(r.output).find(" data=stream"), std::string::npos) << r.output;
   // `ips train --stream` refuses checkpoint.dir before it reads the stream.
-  const std::string args = "--config " + cfg + " --set checkpoint.dir=/tmp/never_written";
-  ExpectCheckFailsLikeTrain(args, "train " + args + " --stream /nonexistent.tsv",
-                            "checkpoint.dir is set, but --stream");
+  const std::string args = "--config " + cfg + " --set checkpoint.dir=/tmp/never_written" + stream;
+  ExpectCheckFailsLikeTrain(args, "train " + args, "checkpoint.dir is set, but --stream");
   // A sequence model cannot stream (the stream trainer is the CTR Trainer).
   const std::string seq =
-      "--config " + cfg + " --set model.type=SASREC --set model.num_heads=1 --set tables[1].name=x";
-  ExpectCheckFailsLikeTrain(seq, "train " + seq + " --stream /nonexistent.tsv", "sequence model");
+      "--config " + cfg +
+      " --set model.type=SASREC --set model.num_heads=1 --set tables[1].name=x" + stream;
+  ExpectCheckFailsLikeTrain(seq, "train " + seq, "sequence model");
+  // --resume and mpirun do not go with --stream (`ips train` refuses them before the stream).
+  r = RunIps("config check --config " + cfg + stream + " --resume /tmp/no_checkpoint");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(ErrorLine(r),
+            ErrorLine(RunIps("train --config " + cfg + stream + " --resume /tmp/no_checkpoint")))
+      << r.output;
+  r = RunIps("config check --config " + cfg + stream + " --np 3");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(ErrorLine(r), "error: INVALID_ARGUMENT: --stream runs in one process, not under mpirun")
+      << r.output;
+}
+
+// A config with neither data.train_dir nor data.synthetic (data.train_dir empty, e.g. set to ""
+// by an override) is refused by plain `ips train` naming data.train_dir; check refuses it with
+// the same error line plus how to check it as a stream job (it passed, checked as one, without a
+// word on the exit code).
+TEST(ConfigCheck, NoDataSourceFailsLikeTrainWithoutStream) {
+  const std::string hint =
+      " (checked as plain `ips train`: pass `ips config check` the --stream SOURCE of `ips train "
+      "--stream` to check a stream job)";
+  for (const std::string& args :
+       {"--config " + ConfigNamed("din_stream.pbtxt"),
+        "--config " + ConfigNamed("din_ml100k.pbtxt") + " --set data.train_dir="}) {
+    SCOPED_TRACE(args);
+    const IpsRun train = RunIps("train --quiet " + args);
+    ASSERT_EQ(train.exit_code, 1) << train.output;
+    EXPECT_NE(ErrorLine(train).find("data: set data.train_dir"), std::string::npos) << train.output;
+    const IpsRun check = RunIps("config check " + args);
+    EXPECT_EQ(check.exit_code, 1) << check.output;
+    EXPECT_EQ(check.output.find("RESULT"), std::string::npos) << check.output;
+    EXPECT_EQ(ErrorLine(check), ErrorLine(train) + hint) << check.output;
+    // As a stream job it passes.
+    const IpsRun stream = RunIps("config check " + args + " --stream -");
+    EXPECT_EQ(stream.exit_code, 0) << stream.output;
+    EXPECT_NE(LastLine(stream.output).find(" data=stream"), std::string::npos) << stream.output;
+  }
+  // mpirun: the same error, without the config's name (as RunClusterTrain) and without the hint
+  // (a stream runs in one process).
+  const IpsRun np = RunIps("config check --config " + ConfigNamed("din_stream.pbtxt") + " --np 3");
+  EXPECT_EQ(np.exit_code, 1) << np.output;
+  EXPECT_EQ(ErrorLine(np),
+            "error: INVALID_ARGUMENT: data: set data.train_dir (a directory written by `ips data "
+            "convert`) or data.synthetic")
+      << np.output;
 }
 
 TEST(ConfigCheck, ClusterLayoutWithNp) {
@@ -303,6 +357,46 @@ TEST(ConfigCheck, CheckpointDirThatCannotBeADirectoryFailsLikeTrain) {
     ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "checkpoint.dir " + dir + "/ro/ck");
     std::filesystem::permissions(dir + "/ro", std::filesystem::perms::owner_all);
   }
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// `ips train` refuses a checkpoint.dir whose DIR/LOCK another run holds (its CheckpointWriter
+// flocks it for the run's lifetime): check refuses it with the same error line, naming the pid
+// recorded in the lock. The probe creates nothing (no DIR/LOCK in a DIR that has none) and leaves
+// the lock free once the other run is gone.
+TEST(ConfigCheck, CheckpointDirLockedByAnotherRunFailsLikeTrain) {
+  const std::string dir = FreshDir("config_check_cklock");
+  const std::string ck = dir + "/ck";
+  const std::string args =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set checkpoint.dir=" + ck;
+  ASSERT_EQ(::mkdir(ck.c_str(), 0755), 0);
+  IpsRun r = RunIps("config check " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(ck + "/LOCK")) << "config check created " << ck << "/LOCK";
+
+  // This test process is the other run: it holds the lock as CheckpointWriter does, with its pid.
+  const std::string lock = ck + "/LOCK";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const std::string pid = std::to_string(::getpid());
+  ASSERT_EQ(::write(fd, (pid + "\n").data(), pid.size() + 1), static_cast<ssize_t>(pid.size() + 1));
+  ExpectCheckFailsLikeTrain(args, "train " + args + kSmall,
+                            "FAILED_PRECONDITION: checkpoint.dir " + ck +
+                                " is in use by another run (pid " + pid +
+                                "): give each run its own checkpoint.dir (lock: " + lock + ")");
+  // Reported before what DIR holds (as `ips train` does: it takes the lock first).
+  ASSERT_EQ(::mkdir((ck + "/ckpt-5").c_str(), 0755), 0);
+  r = RunIps("config check " + args);
+  EXPECT_NE(ErrorLine(r).find("is in use by another run (pid " + pid + ")"), std::string::npos)
+      << r.output;
+  ASSERT_EQ(::rmdir((ck + "/ckpt-5").c_str()), 0);
+  // The other run is gone: check passes, and its probe left the lock free for `ips train`.
+  ::close(fd);
+  r = RunIps("config check " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const IpsRun train = RunIps("train --quiet " + args + kSmall);
+  EXPECT_EQ(train.exit_code, 0) << train.output;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

@@ -441,6 +441,50 @@ TEST(Checkpoint, SecondWriterOnTheSameDir_FailedPreconditionNamingDirAndPid) {
   ps::RemoveTree(dir);
 }
 
+// `ips config check` probes the lock a writer would take: a DIR held by a writer (of this process
+// or another) is refused with Create's message; a DIR without LOCK, or without DIR, is accepted
+// with nothing created; the probe does not keep the lock (a writer takes it right after), and a
+// LOCK left by a finished writer is free.
+TEST(Checkpoint, CheckNotLocked_RefusesADirHeldByAWriter_CreatesNothing_KeepsNoLock) {
+  const std::string dir = TempDir();
+  const std::string ck = dir + "/ck";
+  EXPECT_TRUE(CheckpointWriter::CheckNotLocked(ck).ok());
+  EXPECT_FALSE(ps::PathExists(ck));
+  ASSERT_TRUE(ps::MakeDirs(ck).ok());
+  EXPECT_TRUE(CheckpointWriter::CheckNotLocked(ck).ok());
+  EXPECT_FALSE(ps::PathExists(ck + "/LOCK"));
+
+  CheckpointOptions o;
+  o.dir = ck;
+  auto w = CheckpointWriter::Create(o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  const Status held = CheckpointWriter::CheckNotLocked(ck);
+  EXPECT_EQ(held.code(), StatusCode::kFailedPrecondition) << held;
+  EXPECT_EQ(held.message(), "checkpoint.dir " + ck + " is in use by another run (pid " +
+                                std::to_string(::getpid()) +
+                                "): give each run its own checkpoint.dir (lock: " + ck + "/LOCK)");
+  // The same message as the second writer's.
+  auto second = CheckpointWriter::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().ToString(), held.ToString());
+  // Another process's probe sees it too.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const Status s = CheckpointWriter::CheckNotLocked(ck);
+    ::_exit(s.code() == StatusCode::kFailedPrecondition ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+
+  w->reset();  // the run is over: LOCK stays, free
+  ASSERT_TRUE(ps::PathExists(ck + "/LOCK"));
+  EXPECT_TRUE(CheckpointWriter::CheckNotLocked(ck).ok());
+  EXPECT_TRUE(CheckpointWriter::Create(o).ok()) << "the probe kept the lock";
+  ps::RemoveTree(dir);
+}
+
 // A writer whose DIR holds higher steps (another run's: CheckCheckpointDirForRun refuses that at
 // the start of a run, but a file system without flock or a library caller can still get here)
 // used to have keep_last retention (newest by step) delete the checkpoint it had just written,
