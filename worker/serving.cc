@@ -172,10 +172,38 @@ constexpr uint64_t kMaxItemCats = uint64_t{1} << 31;
 
 // The item -> category map of a config's training data: the dataset directory `dataset` (or the
 // config's data.train_dir), or the synthetic catalogue's pure function. nullptr when the config
-// names none that opens (the bundle then records no map).
+// names none that opens (the bundle then records no map). The map is indexed by the dataset's
+// item ids, which `ips data convert` numbers per dataset: a dataset that opens must have the
+// vocabulary the checkpoint at `checkpoint` (whose dense blobs are `blobs`) records, if it records
+// one, else INVALID_ARGUMENT naming both (as `ips eval` refuses it), whether it was named by
+// --dataset or is the config's data.train_dir converted again since.
 using ItemCats = std::shared_ptr<const std::vector<uint32_t>>;
 
-StatusOr<ItemCats> ItemCatsForConfig(const config::Config& cfg, const std::string& dataset) {
+Status CheckExportVocabulary(const std::string& checkpoint,
+                             const std::map<std::string, std::string>& blobs,
+                             const std::string& dir, bool named, const Dataset& ds) {
+  auto it = blobs.find(kVocabularyBlob);
+  if (it == blobs.end()) return Status::Ok();  // older checkpoint, or synthetic data
+  auto recorded = DecodeVocabulary(it->second);
+  if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
+  const DatasetVocabulary data = VocabularyOf(dir, ds.manifest());
+  if (recorded->SameAs(data)) return Status::Ok();
+  return InvalidArgumentError(
+      "export: the checkpoint at " + checkpoint + " was trained on " + recorded->Describe() +
+      ", but " + (named ? data.Describe("--dataset") : "its config's " + data.Describe()) +
+      " has another vocabulary: item, user and category ids are numbered per dataset, so the "
+      "bundle's item -> category map would give the checkpoint's items the categories of other "
+      "items. " +
+      (named ? std::string("Pass --dataset the dataset the checkpoint was trained on")
+             : std::string("That directory no longer holds the dataset the checkpoint was "
+                           "trained on: pass --dataset that dataset")) +
+      " (one converted again from the same input with the same filters, e.g. with other "
+      "--eval_negatives, has the same vocabulary)");
+}
+
+StatusOr<ItemCats> ItemCatsForConfig(const config::Config& cfg, const std::string& dataset,
+                                     const std::string& checkpoint,
+                                     const std::map<std::string, std::string>& blobs) {
   std::string dir = dataset;
   if (dir.empty() && cfg.data().has_synthetic()) {
     const uint64_t n = cfg.data().synthetic().num_items();
@@ -194,6 +222,7 @@ StatusOr<ItemCats> ItemCatsForConfig(const config::Config& cfg, const std::strin
     if (!dataset.empty()) return ds.status();  // named explicitly: its error is the user's
     return ItemCats();
   }
+  IPS_RETURN_IF_ERROR(CheckExportVocabulary(checkpoint, blobs, dir, !dataset.empty(), **ds));
   const auto view = (*ds)->item_cat();
   auto m = std::make_shared<std::vector<uint32_t>>(view.data, view.data + view.size);
   return ItemCats(std::move(m));
@@ -244,9 +273,11 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   src.config_text = reader->config_text();
   src.step = reader->step();
   src.origin = reader->dir();
-  IPS_ASSIGN_OR_RETURN(src.item_cats, ItemCatsForConfig(cfg, options.dataset));
   std::map<std::string, std::vector<float>> tensors;
-  IPS_RETURN_IF_ERROR(reader->ReadDense(&tensors, nullptr));
+  std::map<std::string, std::string> blobs;  // the dataset's vocabulary, when recorded
+  IPS_RETURN_IF_ERROR(reader->ReadDense(&tensors, &blobs));
+  IPS_ASSIGN_OR_RETURN(src.item_cats,
+                       ItemCatsForConfig(cfg, options.dataset, reader->dir(), blobs));
   for (auto& [name, v] : tensors)
     src.tensors.push_back({name, v.data(), static_cast<int64_t>(v.size())});
   std::vector<std::unique_ptr<ps::DynamicTable>> tables;
@@ -969,12 +1000,12 @@ void AppendValidUtf8(std::string* out, const std::string& s) {
 }
 
 // A strict little JSON reader for one request object: the fields below only, ids as
-// non-negative integers (candidates >= 1: 0 is the padding id). Parses into the caller's request
-// (its vectors cleared, their capacity kept): a serving loop that reuses one request allocates
-// nothing per line once the vectors have grown to its largest request. Everything echoed into
-// the response (the user value verbatim) is valid JSON once AppendValidUtf8 has replaced invalid
-// UTF-8: string escapes are checked, raw control characters refused, bare words other than
-// true/false/null and malformed numbers refused.
+// non-negative integers (history and candidate items >= 1: 0 is the padding id). Parses into the
+// caller's request (its vectors cleared, their capacity kept): a serving loop that reuses one
+// request allocates nothing per line once the vectors have grown to its largest request. Everything
+// echoed into the response (the user value verbatim) is valid JSON once AppendValidUtf8 has
+// replaced invalid UTF-8: string escapes are checked, raw control characters refused, bare words
+// other than true/false/null and malformed numbers refused.
 class RequestParser {
  public:
   explicit RequestParser(const std::string& s) : s_(s) {}
@@ -1011,7 +1042,10 @@ class RequestParser {
           IPS_RETURN_IF_ERROR(SkipValue());
           user_raw->assign(s_, begin, pos_ - begin);
         } else if (key == "history") {
-          IPS_RETURN_IF_ERROR(Ids(key, &q->history));
+          // Id 0 is the padding id here too: the scorer pads short histories itself, so a 0 in a
+          // request is a client bug (an unmapped item, an off-by-one), not a shorter history to
+          // be read as zeros without a word.
+          IPS_RETURN_IF_ERROR(Ids(key, &q->history, /*padding_allowed=*/false));
         } else if (key == "history_cats") {
           IPS_RETURN_IF_ERROR(Ids(key, &q->history_cats));
         } else if (key == "candidates") {

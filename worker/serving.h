@@ -60,7 +60,10 @@ struct ExportOptions {
   bool delta = false;
   // A dataset directory whose vocab gives the item -> category map, for checkpoints whose config
   // names none (empty: the config's data.train_dir when it opens, or its synthetic catalogue;
-  // otherwise the bundle records that it has no map).
+  // otherwise the bundle records that it has no map). Its items are numbered by its vocabulary:
+  // the dataset used (named here, or the config's) must have the vocabulary the checkpoint
+  // records (worker/checkpoint.h DatasetVocabulary; checkpoints of synthetic runs and older ones
+  // record none and are not checked).
   std::string dataset;
 };
 
@@ -105,7 +108,8 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
 
 // Checks the checkpoint (CheckpointReader), builds the model from its config to check that the
 // dense tensors fit it, and publishes a new bundle version. Errors: the reader's (naming the
-// file), INVALID_ARGUMENT for a config that does not build a CTR model, INTERNAL on I/O errors.
+// file), INVALID_ARGUMENT for a config that does not build a CTR model or for a dataset of another
+// vocabulary than the checkpoint's (naming both, as `ips eval` does), INTERNAL on I/O errors.
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options);
 
 // One loaded bundle version: the config, the dense tensors and a read-only row map per table.
@@ -250,7 +254,9 @@ class BundleServer {
   std::vector<std::string> TakeReloadErrors();
 
   // One request line (JSON) -> one response line (JSON, no newline). Never fails: a bad line
-  // answers {"line":N,"error":"..."}; *ok tells which. Serving thread only.
+  // answers {"line":N,"error":"..."}; *ok tells which. Item id 0 in "history" or "candidates" is
+  // such an error, naming the field and the entry (0 is the padding id; item ids are >= 1).
+  // Serving thread only.
   std::string HandleLine(int64_t line_no, const std::string& line, bool* ok);
   // The same into *out (replaced): a loop that reuses `out` allocates nothing per request once
   // the buffers have grown to its largest request (no allocator or page-fault share in the p99).

@@ -58,11 +58,16 @@ std::shared_ptr<const Bundle> ExportRandom(const std::string& dir, const std::st
   return bundle.ok() ? *bundle : nullptr;
 }
 
-ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats) {
+// history_padding: whether the history may hold the padding key 0 (a Scorer call may; a JSON
+// request may not, as its history 0 is an error).
+ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats,
+                           bool history_padding = true) {
   ScoreRequest q;
   // Keys up to kItems + 50: some were never pulled (zero rows); key 0 is the padding key, which a
   // history may hold but a candidate may not (a JSON request's candidate 0 is an error).
-  for (int i = 0; i < history; ++i) q.history.push_back(rng.UniformInt(kItems + 50));
+  for (int i = 0; i < history; ++i)
+    q.history.push_back(history_padding ? rng.UniformInt(kItems + 50)
+                                        : 1 + rng.UniformInt(kItems + 49));
   for (int i = 0; i < candidates; ++i) q.candidates.push_back(1 + rng.UniformInt(kItems + 49));
   if (cats) {
     for (uint64_t h : q.history) q.history_cats.push_back(SyntheticCategory(h, kCats));
@@ -158,15 +163,15 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
   auto reused = BundleServer::Create(dir + "/bundle", 60000, 16);
   ASSERT_TRUE(reused.ok()) << reused.status();
   Rng rng(10);
-  const ScoreRequest big = RandomRequest(rng, 14, 37, true);
+  const ScoreRequest big = RandomRequest(rng, 14, 37, true, false);
   const std::vector<std::string> lines = {
       ScoreRequestLine("1", big),
-      ScoreRequestLine("2", RandomRequest(rng, 5, 3, false)),  // categories from the bundle's map
+      ScoreRequestLine("2", RandomRequest(rng, 5, 3, false, false)),  // categories from the bundle's map
       R"({"user":5,"history":[1,2],"history_cats":[1],"candidates":[3]})",  // length mismatch
-      ScoreRequestLine("\"u3\"", RandomRequest(rng, 3, 5, true)),
+      ScoreRequestLine("\"u3\"", RandomRequest(rng, 3, 5, true, false)),
       R"({"user":4,"history":[1],"history":[2],"candidates":[3]})",  // duplicate field
       R"({"history":[],"history_cats":[],"candidates":[7],"candidate_cats":[1]})",
-      ScoreRequestLine("6", RandomRequest(rng, 0, 1, true)),
+      ScoreRequestLine("6", RandomRequest(rng, 0, 1, true, false)),
       ScoreRequestLine("1", big),
   };
   std::string out = "stale";

@@ -3,12 +3,14 @@
 // bad ones answered by errors naming the line (RESULT serve ... errors=N), and usage errors exit 2.
 // The export records the synthetic catalogue's item -> category map, so requests may omit
 // categories; a bundle without a map answers such requests with an error naming the field.
-// `ips export --delta` onto an empty root writes a full bundle and says so; `ips eval` and `ips
+// `ips export --delta` onto an empty root writes a full bundle and says so; `ips export` with a
+// dataset of another vocabulary than the checkpoint's is refused naming both; `ips eval` and `ips
 // train --resume` of another model's checkpoint name the model that wrote it.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -167,7 +169,8 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
 
 // `ips serve` answers every request line with one valid JSON line: invalid UTF-8 in the request
 // (the user value, an unknown field's name) is replaced by \ufffd instead of echoed raw, and
-// candidate 0 (the padding id) and a negative top_n are errors naming their field. A bundle root
+// history or candidate item 0 (the padding id) and a negative top_n are errors naming their field
+// (and the entry). A bundle root
 // nothing was exported into says so (it said "BUNDLE/CURRENT: cannot open").
 TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExportFirst) {
   char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
@@ -187,13 +190,15 @@ TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExport
       << "\n";
     f << R"({"user":3,"history":[1],"top_n":-1})"
       << "\n";
+    f << R"({"user":4,"history":[5,0,1],"candidates":[2]})"
+      << "\n";
   }
   auto sv = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
   ASSERT_EQ(sv.exit_code, 0) << sv.output << sv.error;
   std::istringstream lines(sv.output);
   std::vector<std::string> got;
   for (std::string l; std::getline(lines, l);) got.push_back(l);
-  ASSERT_EQ(got.size(), 5u) << sv.output;
+  ASSERT_EQ(got.size(), 6u) << sv.output;
   EXPECT_EQ(got[0].rfind(R"({"user":"\ufffd\ufffd","version":1,"scores":[)", 0), 0u) << got[0];
   EXPECT_EQ(got[1].rfind(R"({"user":1,"line":2,"error":"line 2: column 19: unknown field )"
                          R"(\"hist\ufffd\")",
@@ -205,9 +210,13 @@ TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExport
       << got[2];
   EXPECT_NE(got[3].find(R"(field \"top_n\": expected an integer in 0..100000)"), std::string::npos)
       << got[3];
-  for (size_t i = 0; i < 4; ++i)
+  EXPECT_EQ(got[4],
+            R"({"user":4,"line":5,"error":"line 5: column 24: field \"history\": id 0 (entry 1) )"
+            R"x(is the padding id, not an item (item ids are >= 1)"})x")
+      << got[4];
+  for (size_t i = 0; i < 5; ++i)
     for (char c : got[i]) EXPECT_LT(static_cast<unsigned char>(c), 0x80) << "line " << i + 1;
-  EXPECT_EQ(got[4].rfind("RESULT serve requests=4 errors=3 ", 0), 0u) << sv.output;
+  EXPECT_EQ(got[5].rfind("RESULT serve requests=5 errors=4 ", 0), 0u) << sv.output;
 
   ASSERT_EQ(::mkdir((dir + "/empty_root").c_str(), 0755), 0);
   auto empty = RunIpsSplit("serve --bundle " + dir + "/empty_root < " + requests);
@@ -290,6 +299,96 @@ TEST(ServeCli, EvalAndResumeWithAnotherModelsConfig_SayWhichModelWroteTheCheckpo
   auto resume = RunIpsSplit("train --quiet --config " + config + " --resume " + co.dir);
   EXPECT_EQ(resume.exit_code, 1) << resume.output << resume.error;
   EXPECT_NE(resume.error.find(want), std::string::npos) << resume.error;
+  ps::RemoveTree(dir);
+}
+
+// The item -> category map of a bundle is indexed by the item ids of the dataset it comes from,
+// which `ips data convert` numbers per dataset: `ips export` of a checkpoint trained on one
+// dataset with the vocabulary of another (--dataset, or the config's data.train_dir converted
+// again from other input) is refused naming both, as `ips eval` refuses it, and writes nothing
+// (it wrote a bundle whose map gave the items other items' categories). A dataset of the same
+// vocabulary (the same input converted with other evaluation lists) is accepted.
+TEST(ServeCli, ExportWithADatasetOfAnotherVocabulary_RefusedNamingBoth) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  // 50 users of 8 events over 60 items; "other" shifts every item id by one.
+  {
+    std::ofstream events(dir + "/events.txt"), other(dir + "/other.txt");
+    for (int u = 1; u <= 50; ++u) {
+      for (int j = 0; j < 8; ++j) {
+        events << u << " " << (u * 7 + j) % 60 + 1 << "\n";
+        other << u << " " << (u * 7 + j) % 60 + 2 << "\n";
+      }
+    }
+  }
+  auto convert = [&](const std::string& input, const std::string& output,
+                     const std::string& extra) {
+    ps::RemoveTree(output);
+    auto r = RunIps("data convert --format seqrec --max_history 10 --input " + input +
+                    " --output " + output + extra);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  };
+  const std::string ds = dir + "/ds", other = dir + "/other", again = dir + "/again";
+  convert(dir + "/events.txt", ds, "");
+  convert(dir + "/other.txt", other, "");
+  convert(dir + "/events.txt", again, " --eval_negatives 20 --seed 5");
+  const std::string config = std::string(std::getenv("IPS_SOURCE_DIR")) +
+                             "/launch/configs/din_ml100k.pbtxt"
+                             " --set data.max_history=10 --set data.batch_size=16"
+                             " --set train.num_threads=1 --set data.train_dir=";
+  const std::string ck = dir + "/ck";
+  auto train = RunIps("train --quiet --config " + config + ds + " --set checkpoint.dir=" + ck +
+                      " --set train.max_steps=4");
+  ASSERT_EQ(train.exit_code, 0) << train.output;
+
+  // What the checkpoint records, in `ips eval`'s words.
+  auto eval = RunIpsSplit("eval --config " + config + other + " --checkpoint " + ck);
+  ASSERT_EQ(eval.exit_code, 1) << eval.output << eval.error;
+  const std::string trained = "the checkpoint at " + ck +
+                              "/ckpt-4 was trained on data.train_dir '" + ds +
+                              "' (seqrec: 50 users, 60 items, 1 categories, vocab.ips crc32c ";
+  ASSERT_NE(eval.error.find(trained), std::string::npos) << eval.error;
+  const size_t from = eval.error.find(trained);
+  const std::string recorded =
+      eval.error.substr(from, eval.error.find(", but ", from) + 6 - from);  // up to ", but "
+
+  const std::string out = dir + "/bundle";
+  auto ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out + " --dataset " + other);
+  EXPECT_EQ(ex.exit_code, 1) << ex.output << ex.error;
+  EXPECT_NE(ex.error.find("error: export: " + recorded + "--dataset '" + other +
+                          "' (seqrec: 50 users, 60 items, 1 categories, vocab.ips crc32c "),
+            std::string::npos)
+      << ex.error << "\nwant: " << recorded;
+  EXPECT_NE(ex.error.find("has another vocabulary"), std::string::npos) << ex.error;
+  EXPECT_NE(ex.error.find("Pass --dataset the dataset the checkpoint was trained on"),
+            std::string::npos)
+      << ex.error;
+  EXPECT_EQ(ex.output.find("RESULT"), std::string::npos) << ex.output;
+  EXPECT_FALSE(ps::PathExists(out)) << "a refused export wrote " << out;
+
+  // The same vocabulary: accepted, named or as the config's data.train_dir.
+  ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out + " --dataset " + again);
+  EXPECT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  EXPECT_NE(ex.output.find(" item_cats=true"), std::string::npos) << ex.output;
+  ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out);
+  EXPECT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  EXPECT_NE(ex.output.find(" version=2 "), std::string::npos) << ex.output;
+
+  // The config's data.train_dir converted again from other input since: refused too.
+  convert(dir + "/other.txt", ds, "");
+  ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out);
+  EXPECT_EQ(ex.exit_code, 1) << ex.output << ex.error;
+  EXPECT_NE(ex.error.find("error: export: " + recorded + "its config's data.train_dir '" + ds +
+                          "' (seqrec: 50 users, 60 items"),
+            std::string::npos)
+      << ex.error;
+  EXPECT_NE(ex.error.find("That directory no longer holds the dataset the checkpoint was trained "
+                          "on: pass --dataset that dataset"),
+            std::string::npos)
+      << ex.error;
+  EXPECT_FALSE(ps::PathExists(out + "/v-3"));
+  ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out + " --dataset " + again);
+  EXPECT_EQ(ex.exit_code, 0) << ex.output << ex.error;
   ps::RemoveTree(dir);
 }
 

@@ -351,6 +351,13 @@ TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServe
       // Candidate 0 is the padding id (data convert refuses item 0): not scored silently.
       {R"({"user":1,"history":[1,2],"candidates":[3,0]})",
        R"(column 43: field \"candidates\": id 0 (entry 1) is the padding id, not an item)"},
+      // So is history id 0: the scorer pads short histories itself, so a 0 is a client's bug
+      // (it was read as a zero row without a word).
+      {R"({"user":1,"history":[0,2],"candidates":[3]})",
+       R"(column 22: field \"history\": id 0 (entry 0) is the padding id, not an item (item ids )"
+       "are >= 1)"},
+      {R"({"user":1,"history":[1,0],"candidates":[3]})",
+       R"(column 24: field \"history\": id 0 (entry 1) is the padding id)"},
       // top_n is a count, not an id.
       {R"({"user":1,"history":[1,2],"top_n":-1})",
        R"(field \"top_n\": expected an integer in 0..100000 (the number of items to retrieve), )"
