@@ -172,6 +172,8 @@ Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, T
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, grads, "gradients"));
   // Every push is one optimizer step, even an empty one, as torch counts optimizer.step().
   const int64_t opt_step = optimizer_step_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (windowed_admission_)
+    for (auto& shard : shards_) shard->CloseSightingWindow();
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
@@ -179,6 +181,11 @@ Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, T
     return shards_[s]->Push(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, grads,
                             step, opt_step);
   });
+}
+
+void DynamicTable::SetWindowedAdmission(bool on) {
+  windowed_admission_ = on;
+  for (auto& shard : shards_) shard->SetWindowedAdmission(on);
 }
 
 int64_t DynamicTable::AdvanceStep(int64_t step) {

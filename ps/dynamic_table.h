@@ -96,6 +96,17 @@ class DynamicTable {
   // keys without a row dropped (counted). See EmbeddingStore::Push.
   Status Push(const uint64_t* keys, int64_t n, const float* grads, ThreadPool* pool = nullptr);
 
+  // Windowed admission, for a parameter server with several workers: the pulls between two
+  // pushes form a window whose admission decisions do not depend on their order. A pull admits a
+  // key when its count as of the window's start, plus this sighting, reaches min_count; the
+  // window's sightings are added to the sketch (in hash order) when the next Push begins. In sync
+  // mode each worker's pulls of a step fall between the same two pushes, while the order in which
+  // they reach a server varies run to run, so admission (and the whole run) stays deterministic.
+  // Off (the default, in-process training): each sighting counts at once, the same decisions
+  // when a pull holds each key once and every pull is followed by a push. Not thread-safe with
+  // other calls: set it before the table is used.
+  void SetWindowedAdmission(bool on);
+
   // Sets the current step (TTL ages, LRU recency) and sweeps expired rows when a sweep is due.
   // Returns the number of rows evicted by the sweep.
   int64_t AdvanceStep(int64_t step);
@@ -183,6 +194,7 @@ class DynamicTable {
   std::atomic<int64_t> step_{0};
   std::atomic<int64_t> last_sweep_step_{0};
   std::atomic<int64_t> optimizer_step_{0};
+  bool windowed_admission_ = false;
   std::atomic<uint32_t> epoch_{1};
 };
 

@@ -59,6 +59,12 @@ StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(Transport* tr
   s->async_error_.assign(options.num_workers, Status::Ok());
   s->shut_down_.assign(options.num_workers, false);
   s->held_pushes_.resize(options.tables.size());
+  if (options.num_workers > 1) {
+    for (int t = 0; t < s->store_->num_tables(); ++t) {
+      IPS_ASSIGN_OR_RETURN(DynamicTable * table, s->store_->table(t));
+      table->SetWindowedAdmission(true);
+    }
+  }
   return s;
 }
 

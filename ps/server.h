@@ -27,7 +27,11 @@
 // has sent its push of the same clock to the same table, and then they are applied in worker
 // order: the result does not depend on which worker's push arrived first, so sync training is
 // deterministic run to run (and a resumed run repeats an uninterrupted one). It costs no extra
-// wait: a sync worker's next pull waits for every worker's push anyway.
+// wait: a sync worker's next pull waits for every worker's push anyway. The workers' pulls of a
+// step still reach the server in any order, so with several workers the tables use windowed
+// admission (DynamicTable::SetWindowedAdmission): which keys a pull admits does not depend on
+// that order. Eviction under max_memory_mb does: which rows it samples depends on the order in
+// which rows were created, so a capped table is not deterministic with several workers.
 //
 // Checkpoints (launch/cluster_train.cc coordinates them, worker/checkpoint.h owns the layout):
 // CHECKPOINT writes this server's shard of every table (ps/table_checkpoint.h

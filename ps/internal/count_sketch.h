@@ -24,6 +24,17 @@ class CountSketch {
   explicit CountSketch(int64_t width)
       : width_(width), counters_(static_cast<size_t>(kDepth * width), 0) {}
 
+  // The key's estimated count (no sighting recorded).
+  int Estimate(uint64_t hash) const {
+    const uint64_t h = Mix64(hash ^ 0x5bd1e9955bd1e995ULL);
+    uint16_t lo = 0xffff;
+    for (int d = 0; d < kDepth; ++d) {
+      const uint64_t pos = (h >> (16 * d)) & static_cast<uint64_t>(width_ - 1);
+      lo = std::min(lo, counters_[static_cast<size_t>(d * width_ + static_cast<int64_t>(pos))]);
+    }
+    return lo;
+  }
+
   // Records one sighting of the key with 64-bit hash `hash`; returns its estimated count.
   int Add(uint64_t hash) {
     const uint64_t h = Mix64(hash ^ 0x5bd1e9955bd1e995ULL);

@@ -310,6 +310,33 @@ void TableShard::CopyState(uint32_t slot, float* state) const {
     std::memcpy(state + k * dim, s.state[k] + OffsetOf(slot) * dim, dim * sizeof(float));
 }
 
+int TableShard::Sighting(uint64_t hash) {
+  if (!windowed_admission_) return sketch_->Add(hash);
+  window_sightings_.push_back(hash);
+  return std::min(sketch_->Estimate(hash) + 1, 0xffff);
+}
+
+void TableShard::RecordSightings(CountSketch* sketch) const {
+  // Sorted: a conservative-update sketch (and its aging) depends on the order of additions.
+  std::vector<uint64_t> sorted = window_sightings_;
+  std::sort(sorted.begin(), sorted.end());
+  for (uint64_t h : sorted) sketch->Add(h);
+}
+
+void TableShard::SetWindowedAdmission(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!on && sketch_ != nullptr) RecordSightings(sketch_.get());
+  window_sightings_.clear();
+  windowed_admission_ = on;
+}
+
+void TableShard::CloseSightingWindow() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sketch_ == nullptr || window_sightings_.empty()) return;
+  RecordSightings(sketch_.get());
+  window_sightings_.clear();
+}
+
 Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
                         float* out, int64_t step, bool create) {
   const int64_t dim = config_->options.dim;
@@ -345,7 +372,7 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
       std::fill_n(dst, dim, 0.0f);
       continue;
     }
-    if (sketch_ != nullptr && sketch_->Add(h) < min_count) {
+    if (sketch_ != nullptr && Sighting(h) < min_count) {
       std::fill_n(dst, dim, 0.0f);
       ++counters_.unadmitted_pulls;
       continue;
@@ -631,8 +658,15 @@ bool TableShard::Erase(uint64_t key, uint64_t hash) {
 bool TableShard::SketchState(std::vector<uint16_t>* counters, int64_t* additions) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (sketch_ == nullptr) return false;
-  *counters = sketch_->counters();
-  *additions = sketch_->additions();
+  if (window_sightings_.empty()) {
+    *counters = sketch_->counters();
+    *additions = sketch_->additions();
+    return true;
+  }
+  CountSketch closed = *sketch_;  // as the window's close will leave it
+  RecordSightings(&closed);
+  *counters = closed.counters();
+  *additions = closed.additions();
   return true;
 }
 

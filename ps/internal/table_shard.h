@@ -102,7 +102,14 @@ class TableShard {
   Status RestoreRow(const RowRecord& row, uint64_t hash, int64_t step);
   // Removes the row of key; false when there is none.
   bool Erase(uint64_t key, uint64_t hash);
-  // Admission sketch state; false (and nothing copied) without a sketch.
+  // Windowed admission (see DynamicTable::SetWindowedAdmission): a pull decides on the sketch as
+  // of the window's start plus its own sighting, and its sightings are recorded when the window
+  // closes (the next Push, or an explicit CloseSightingWindow), sorted, so the sketch does not
+  // depend on the order of the window's pulls.
+  void SetWindowedAdmission(bool on);
+  void CloseSightingWindow();
+  // Admission sketch state (with the open window's sightings); false (and nothing copied)
+  // without a sketch.
   bool SketchState(std::vector<uint16_t>* counters, int64_t* additions) const;
   void MergeSketch(const uint16_t* counters, int64_t additions);
 
@@ -165,18 +172,24 @@ class TableShard {
                           const float* grads, int64_t step,
                           const kernels::OptimizerScalars& scalars);
   void CopyState(uint32_t slot, float* state) const;
+  // One sighting of a key without a row (sketch_ set): its estimated count including this one.
+  int Sighting(uint64_t hash);
+  // Records the open window's sightings into `sketch` in hash order.
+  void RecordSightings(CountSketch* sketch) const;
 
   const ShardConfig* const config_;
   mutable std::mutex mu_;
-  std::vector<Slab> slabs_;              // GUARDED_BY(mu_)
-  int64_t next_unused_ = 0;              // GUARDED_BY(mu_): slots handed out so far
-  uint32_t free_head_ = kNoSlot;         // GUARDED_BY(mu_)
-  int64_t live_ = 0;                     // GUARDED_BY(mu_)
-  std::vector<uint32_t> index_;          // GUARDED_BY(mu_): tag << 24 | (slot + 1)
-  uint64_t index_mask_ = 0;              // GUARDED_BY(mu_)
-  std::unique_ptr<CountSketch> sketch_;  // GUARDED_BY(mu_); null when min_count <= 1
-  Rng sample_rng_;                       // GUARDED_BY(mu_)
-  ShardCounters counters_;               // GUARDED_BY(mu_)
+  std::vector<Slab> slabs_;                 // GUARDED_BY(mu_)
+  int64_t next_unused_ = 0;                 // GUARDED_BY(mu_): slots handed out so far
+  uint32_t free_head_ = kNoSlot;            // GUARDED_BY(mu_)
+  int64_t live_ = 0;                        // GUARDED_BY(mu_)
+  std::vector<uint32_t> index_;             // GUARDED_BY(mu_): tag << 24 | (slot + 1)
+  uint64_t index_mask_ = 0;                 // GUARDED_BY(mu_)
+  std::unique_ptr<CountSketch> sketch_;     // GUARDED_BY(mu_); null when min_count <= 1
+  bool windowed_admission_ = false;         // GUARDED_BY(mu_)
+  std::vector<uint64_t> window_sightings_;  // GUARDED_BY(mu_): hashes, in arrival order
+  Rng sample_rng_;                          // GUARDED_BY(mu_)
+  ShardCounters counters_;                  // GUARDED_BY(mu_)
   // Incremental checkpoints: rows changed since epoch E are those with touched > E; removals are
   // recorded (key, epoch) only once a checkpoint started, so a table never checkpointed does not
   // grow a list.

@@ -413,6 +413,59 @@ TEST(DynamicTable, AdmissionAfterMinCountSightings) {
   EXPECT_EQ(table->Stats().rows, 2);
 }
 
+// Windowed admission (a server with several workers): the pulls between two pushes decide on the
+// counts as of the window's start, so two workers' pulls of a step admit the same keys in either
+// order; their sightings count from the next push on.
+TEST(DynamicTable, WindowedAdmissionDoesNotDependOnPullOrder) {
+  TableOptions o = Options("win", OptimizerOptions::Type::kSgd, 4);
+  o.min_count = 2;
+  o.num_shards = 2;
+  o.rows_per_slab = 16;
+  const uint64_t a[2] = {11, 12}, b[2] = {12, 13};  // key 12 is in both workers' pulls
+  std::vector<float> init(4);
+  for (int order = 0; order < 2; ++order) {
+    auto table = MakeTable(o);
+    table->SetWindowedAdmission(true);
+    table->InitialRow(12, init.data());
+    std::vector<float> out_a(8), out_b(8), grads(8, 0.5f);
+    Poison(out_a);
+    Poison(out_b);
+    // Step 1: worker A and worker B pull, in the two orders.
+    if (order == 0) {
+      ASSERT_TRUE(table->Pull(a, 2, out_a.data()).ok());
+      ASSERT_TRUE(table->Pull(b, 2, out_b.data()).ok());
+    } else {
+      ASSERT_TRUE(table->Pull(b, 2, out_b.data()).ok());
+      ASSERT_TRUE(table->Pull(a, 2, out_a.data()).ok());
+    }
+    // Key 12's second sighting is in the same window as its first: not admitted yet for either.
+    for (float v : out_a) EXPECT_EQ(v, 0.0f) << "order " << order;
+    for (float v : out_b) EXPECT_EQ(v, 0.0f) << "order " << order;
+    EXPECT_EQ(table->Stats().rows, 0);
+    ASSERT_TRUE(table->Push(a, 2, grads.data()).ok());  // closes the window (dropped: no rows)
+    ASSERT_TRUE(table->Push(b, 2, grads.data()).ok());
+    // Step 2: each key's sightings of step 1 count now: this one is the second of 11 and the
+    // third of 12, so both are admitted.
+    Poison(out_a);
+    ASSERT_TRUE(table->Pull(a, 2, out_a.data()).ok());
+    std::vector<float> init11(4);
+    table->InitialRow(11, init11.data());
+    EXPECT_TRUE(AllClose(out_a.data(), init11.data(), 4, Tolerance{0, 0})) << "order " << order;
+    EXPECT_TRUE(AllClose(out_a.data() + 4, init.data(), 4, Tolerance{0, 0})) << "order " << order;
+    EXPECT_EQ(table->Stats().rows, 2);
+    // The sketch handed to a checkpoint includes the open window's sightings.
+    const std::vector<SketchState> sketches = table->Sketches();
+    ASSERT_EQ(sketches.size(), 2u);
+    ASSERT_TRUE(table->Push(a, 2, grads.data()).ok());
+    const std::vector<SketchState> closed = table->Sketches();
+    for (size_t s = 0; s < sketches.size(); ++s) {
+      EXPECT_EQ(sketches[s].counters, closed[s].counters);
+      EXPECT_EQ(sketches[s].additions, closed[s].additions);
+    }
+    EXPECT_EQ(table->Stats().unadmitted_pulls, 4) << "order " << order;
+  }
+}
+
 // --- TTL eviction --------------------------------------------------------------------------------
 
 TEST(DynamicTable, TtlEvictsRowsUnseenForMoreThanTtlSteps) {

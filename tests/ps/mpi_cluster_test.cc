@@ -886,6 +886,32 @@ TEST(MpiTrain, TwoPsTwoWorkersSyncReplicasStayEqual) {
       << r.output;
 }
 
+// 2 workers, sync, admission (min_count 2): the workers' pulls of a step reach the servers in
+// any order, yet which keys they admit, and so every loss, is the same run to run (windowed
+// admission, ps/dynamic_table.h). Without it, 3 runs on ML-100K gave 3 different loglosses.
+TEST(MpiTrain, TwoWorkersSyncWithAdmissionIsDeterministic_2Ps) {
+  testing::SyntheticDinJob job;
+  job.num_ps = 2;
+  job.steps = 30;
+  std::string text = job.Text();
+  const std::string item = "tables { name: \"item\" dim: 8 }";
+  ASSERT_NE(text.find(item), std::string::npos);
+  text.replace(text.find(item), item.size(), "tables { name: \"item\" dim: 8 min_count: 2 }");
+  std::vector<double> losses[3];
+  for (int run = 0; run < 3; ++run) {
+    ScratchDir dir("admission" + std::to_string(run));
+    const std::string metrics_path = dir / "metrics.jsonl";
+    MpiRun r = RunMpi(4, "--mpi_case=train --config=" + dir.Write("adm.pbtxt", text) +
+                             " --metrics_out=" + metrics_path);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    for (const auto& [step, loss] : testing::LossesOf(metrics_path)) losses[run].push_back(loss);
+    ASSERT_EQ(losses[run].size(), 32u) << r.output;
+    if (run > 0)
+      EXPECT_TRUE(testing::AllClose(losses[run], losses[0], testing::Tolerance{0, 0}))
+          << "run " << run;
+  }
+}
+
 // The hybrid-synchronisation check: 2 workers, async with S = 4 reach a held-out AUC
 // within 0.005 of sync on synthetic data (DIN at its paper sizes, batch 256, 120 steps).
 TEST(MpiTrain, AsyncStaleness4AucWithin0005OfSync_2Workers) {
