@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <iomanip>
+#include <iostream>
 #include <limits>
 #include <ostream>
 #include <sstream>
@@ -99,12 +100,17 @@ EventStreamSource::EventStreamSource(int fd, bool owned, std::string name,
     : fd_(fd), owned_(owned), name_(std::move(name)), o_(options) {
   struct stat st;
   regular_file_ = fstat(fd_, &st) == 0 && S_ISREG(st.st_mode);
+  if (regular_file_) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
   buf_.resize(1 << 16);
   StreamNowSeconds();  // fix the clock's origin before the first read
 }
 
 EventStreamSource::~EventStreamSource() {
   if (owned_ && fd_ >= 0) close(fd_);
+  if (next_fd_ >= 0) close(next_fd_);
 }
 
 StatusOr<std::unique_ptr<EventStreamSource>> EventStreamSource::Open(
@@ -113,7 +119,10 @@ StatusOr<std::unique_ptr<EventStreamSource>> EventStreamSource::Open(
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return NotFoundError("cannot open event stream '" + path + "': " + std::strerror(errno));
-  return FromFd(fd, true, path, options);
+  std::unique_ptr<EventStreamSource> src = FromFd(fd, true, path, options);
+  // Only a file opened by its name can be followed across rotations (a descriptor has no name).
+  if (src->regular_file_) src->path_ = path;
+  return src;
 }
 
 std::unique_ptr<EventStreamSource> EventStreamSource::FromFd(int fd, bool owned, std::string name,
@@ -141,7 +150,102 @@ void EventStreamSource::Sleep(double seconds) {
   cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_; });
 }
 
+void EventStreamSource::Log(const std::string& line) const {
+  if (o_.log) {
+    o_.log(line);
+  } else {
+    std::cerr << line + "\n";  // one write: lines of other threads do not interleave inside it
+  }
+}
+
+namespace {
+// Where the open file `fd` is now (Linux /proc/self/fd): "" if unknown or deleted.
+std::string OpenFileNowAt(int fd) {
+  char target[4096];
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+  if (n <= 0) return "";
+  const std::string now(target, static_cast<size_t>(n));
+  const std::string deleted = " (deleted)";
+  if (now.size() > deleted.size() &&
+      now.compare(now.size() - deleted.size(), deleted.size(), deleted) == 0)
+    return "";
+  return now;
+}
+}  // namespace
+
+std::string EventStreamSource::FileName() const {
+  if (path_.empty()) return name_;
+  struct stat st;
+  if (stat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) return name_;
+  // The path names another file, or nothing: the open file was renamed (or deleted). Its current
+  // name is what a user can open to look at the line.
+  const std::string now = OpenFileNowAt(fd_);
+  return now.empty() ? name_ + " (the file it named before a rotation)" : now;
+}
+
+Status EventStreamSource::CheckPath() {
+  struct stat st;
+  if (stat(path_.c_str(), &st) != 0) {
+    if (!path_gone_) {
+      path_gone_ = true;
+      Log("event stream '" + name_ + "': the path is gone (" + std::strerror(errno) +
+          "): following the open file and waiting for the name to reappear");
+    }
+    return Status();
+  }
+  path_gone_ = false;
+  if (st.st_dev == dev_ && st.st_ino == ino_) return Status();
+  // Another file: open it now, so that it cannot vanish before it is read (and a later rotation
+  // is then another switch, from it). O_NONBLOCK: opening a FIFO must not block.
+  const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status();  // gone again: the next check sees it
+    return NotFoundError("event stream '" + name_ + "' was rotated, but the new file cannot be " +
+                         "opened: " + std::strerror(errno));
+  }
+  struct stat nst;
+  if (fstat(fd, &nst) != 0 || !S_ISREG(nst.st_mode)) {
+    close(fd);
+    return FailedPreconditionError("event stream '" + name_ +
+                                   "' was rotated to something that is not a regular file");
+  }
+  if (nst.st_dev == dev_ && nst.st_ino == ino_) {  // renamed back in between
+    close(fd);
+    return Status();
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  next_fd_ = fd;
+  rotation_seen_at_ = StreamNowSeconds();
+  return Status();
+}
+
+void EventStreamSource::SwitchToNextFile() {
+  const std::string old_now = OpenFileNowAt(fd_);
+  const int64_t old_lines = line_;
+  if (owned_) close(fd_);
+  fd_ = next_fd_;
+  next_fd_ = -1;
+  owned_ = true;
+  struct stat st;
+  if (fstat(fd_, &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
+  old_file_done_ = false;
+  file_bytes_ = 0;
+  line_ = 0;
+  ++file_index_;
+  rotations_.fetch_add(1, std::memory_order_relaxed);
+  Log("event stream '" + name_ + "' was rotated: read the previous file to its end (" +
+      std::to_string(old_lines) + " lines; now " +
+      (old_now.empty() ? std::string("deleted") : "'" + old_now + "'") +
+      "); following the new file from its start");
+}
+
 StatusOr<bool> EventStreamSource::Fill() {
+  // Next() consumed the rotated-away file's last line: go on with the file the path names now.
+  if (old_file_done_) SwitchToNextFile();
   // Keep the unread tail (a partial line) at the front, growing the buffer only for a line longer
   // than it.
   if (begin_ > 0) {
@@ -166,20 +270,24 @@ StatusOr<bool> EventStreamSource::Fill() {
         continue;
       }
     }
+    // Whether the path already named another file before this read: then a read that returns
+    // nothing means the old file is complete.
+    const bool rotation_seen = next_fd_ >= 0;
     const ssize_t n = read(fd_, buf_.data() + end_, buf_.size() - end_);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
-      return DataLossError("reading event stream '" + name_ + "' after line " +
+      return DataLossError("reading event stream '" + FileName() + "' after line " +
                            std::to_string(line_) + ": " + std::strerror(errno));
     }
     if (n > 0) {
-      if (bytes_read_ == 0 && n >= 2 && static_cast<unsigned char>(buf_[end_]) == 0x1f &&
+      if (file_bytes_ == 0 && n >= 2 && static_cast<unsigned char>(buf_[end_]) == 0x1f &&
           static_cast<unsigned char>(buf_[end_ + 1]) == 0x8b)
-        return InvalidArgumentError("event stream '" + name_ +
+        return InvalidArgumentError("event stream '" + FileName() +
                                     "' is gzip-compressed; a stream must be plain text (e.g. "
                                     "`zcat FILE | ips train --stream -`)");
       end_ += static_cast<size_t>(n);
       bytes_read_ += n;
+      file_bytes_ += n;
       last_read_time_ = StreamNowSeconds();
       return true;
     }
@@ -189,11 +297,37 @@ StatusOr<bool> EventStreamSource::Fill() {
       return false;
     }
     struct stat st;
-    if (fstat(fd_, &st) == 0 && st.st_size < bytes_read_)
-      return DataLossError("event stream '" + name_ + "' shrank from " +
-                           std::to_string(bytes_read_) + " to " + std::to_string(st.st_size) +
-                           " bytes while being followed (truncated or replaced)");
-    if (o_.idle_timeout_s > 0 && StreamNowSeconds() - idle_since >= o_.idle_timeout_s) return false;
+    if (fstat(fd_, &st) == 0 && st.st_size < file_bytes_)
+      return DataLossError("event stream '" + FileName() + "' shrank from " +
+                           std::to_string(file_bytes_) + " to " + std::to_string(st.st_size) +
+                           " bytes while being followed (truncated in place; rotate by renaming "
+                           "instead)");
+    const double now = StreamNowSeconds();
+    const bool idle = o_.idle_timeout_s > 0 && now - idle_since >= o_.idle_timeout_s;
+    if (rotation_seen) {
+      // The old file is read to its end (this read began after the new file was seen). Its
+      // writer may still append to it until it reopens the path (logrotate renames, creates,
+      // then signals the writer): leave it once it has been quiet for rotate_grace_s since the
+      // rotation was seen, or when the stream would end idle anyway (the new file's events are
+      // then read before it ends). The new file is held open meanwhile: nothing in it is lost.
+      if (now - std::max(last_read_time_, rotation_seen_at_) >= o_.rotate_grace_s || idle) {
+        // An unterminated last line is complete (Next parses it, then comes back here to
+        // switch); without one, switch now.
+        if (end_ > begin_) {
+          old_file_done_ = true;
+          return true;
+        }
+        SwitchToNextFile();
+        backoff = o_.poll_min_s;
+        continue;
+      }
+    } else if (!path_.empty()) {
+      IPS_RETURN_IF_ERROR(CheckPath());
+      // Rotated: read the old file once more (what was appended between the read above and the
+      // rename), without waiting.
+      if (next_fd_ >= 0) continue;
+    }
+    if (idle) return false;
     Sleep(backoff);
     backoff = std::min(o_.poll_max_s, backoff * 2);
   }
@@ -211,17 +345,17 @@ StatusOr<bool> EventStreamSource::Next(StreamEvent* out) {
       begin_ += line.size() + 1;
     } else if (static_cast<int64_t>(end_ - begin_) > o_.max_line_bytes) {
       error_ = InvalidArgumentError(FormatFieldError(
-          name_, line_ + 1, "line", "at most " + std::to_string(o_.max_line_bytes) + " bytes",
+          FileName(), line_ + 1, "line", "at most " + std::to_string(o_.max_line_bytes) + " bytes",
           std::string_view(begin, std::min<size_t>(32, end_ - begin_))));
       return error_;
-    } else if (eof_) {
-      if (begin_ == end_) {
-        ended_ = true;
-        return false;
-      }
-      // A last line without "\n" at the real end of the stream is complete.
+    } else if ((eof_ || old_file_done_) && begin_ < end_) {
+      // A last line without "\n" at the real end of the stream, or of a rotated-away file, is
+      // complete (never joined with the next file's first bytes).
       line = std::string_view(begin, end_ - begin_);
       begin_ = end_;
+    } else if (eof_) {
+      ended_ = true;
+      return false;
     } else {
       auto filled = Fill();
       if (!filled.ok()) {
@@ -238,22 +372,33 @@ StatusOr<bool> EventStreamSource::Next(StreamEvent* out) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;
     FieldError err;
+    std::string bad;  // the bad line's message, empty if it parsed
     if (!ParseEventLine(line, &out->event, &err)) {
-      error_ =
-          InvalidArgumentError(FormatFieldError(name_, line_, err.field, err.expected, err.got));
-      return error_;
+      bad = FormatFieldError(FileName(), line_, err.field, err.expected, err.got);
+    } else {
+      const char* wide = nullptr;
+      uint64_t wide_id = 0;
+      if (out->event.item > kMaxId) wide = "item", wide_id = out->event.item;
+      if (out->event.category > kMaxId) wide = "category", wide_id = out->event.category;
+      if (wide != nullptr)
+        bad =
+            FormatFieldError(FileName(), line_, wide, "an id below 2^32 (the trainer's key width)",
+                             std::to_string(wide_id));
     }
-    const char* wide = nullptr;
-    uint64_t wide_id = 0;
-    if (out->event.item > kMaxId) wide = "item", wide_id = out->event.item;
-    if (out->event.category > kMaxId) wide = "category", wide_id = out->event.category;
-    if (wide != nullptr) {
-      const std::string got = std::to_string(wide_id);
-      error_ = InvalidArgumentError(
-          FormatFieldError(name_, line_, wide, "an id below 2^32 (the trainer's key width)", got));
+    if (!bad.empty()) {
+      if (bad_lines_.load(std::memory_order_relaxed) < o_.max_bad_records) {
+        bad_lines_.fetch_add(1, std::memory_order_relaxed);
+        Log("warning: skipping bad line " + bad);
+        continue;
+      }
+      if (o_.max_bad_records > 0)
+        bad += " [more than --stream_max_bad_records=" + std::to_string(o_.max_bad_records) +
+               " bad lines]";
+      error_ = InvalidArgumentError(std::move(bad));
       return error_;
     }
     out->index = events_++;
+    out->file = file_index_;
     out->line = line_;
     out->read_time = last_read_time_;
     return true;
@@ -768,7 +913,22 @@ StatusOr<StreamTrainResult> StreamTrainer::Run(EventStreamSource* source, const 
     Status source_status;
     const EventQueue::Got got = queue.Pop(deadline, &e, &source_status);
     if (got == EventQueue::Got::kEnd) {
-      if (!source_status.ok()) return source_status;
+      if (!source_status.ok()) {
+        // Every event before the source's error is valid and the model is between steps: train
+        // and publish them as at a normal end, so a long stream ended by one bad line (or a read
+        // error) does not lose what it learnt since the last publish. Then report the error.
+        Status s = train_batch();
+        if (s.ok()) s = publish();
+        if (s.ok()) s = close_window();
+        std::string note;
+        if (!s.ok()) {
+          note = " (the events before it were not all trained and published: " + s.ToString() + ")";
+        } else if (res.events > 0) {
+          note = " (the " + std::to_string(res.events) + " events before it were " +
+                 (publisher_ ? "trained and published)" : "trained)");
+        }
+        return Status(source_status.code(), source_status.message() + note);
+      }
       break;
     }
     if (got == EventQueue::Got::kEvent) {
@@ -806,6 +966,8 @@ StatusOr<StreamTrainResult> StreamTrainer::Run(EventStreamSource* source, const 
   res.history_memory_bytes = h.MemoryBytes();
   res.history_memory_bound = UserHistoryStore::MemoryBound(h.max_len(), h.max_users());
   res.pool_items = builder_->pool_size();
+  res.bad_lines = source->bad_lines();
+  res.rotations = source->rotations();
   if (show_progress && !res.windows.empty())
     progress.Finish("auc=" + Fixed(res.windows.back().auc, 4));
   return res;

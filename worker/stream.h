@@ -2,8 +2,9 @@
 // event log while it grows, so that it tracks users' drifting interests.
 //
 //   EventStreamSource     tails the canonical event TSV (worker/events.h) from a growing file
-//                         (tail -f) or a pipe/stdin, one Event per complete line, stamped with the
-//                         steady-clock time the line was read;
+//                         (tail -F: following the name across rotations) or a pipe/stdin, one
+//                         Event per complete line, stamped with the steady-clock time the line was
+//                         read;
 //   UserHistoryStore      each user's last max_len (item, category) pairs, at most max_users users
 //                         (least recently active evicted whole): the only per-user state, bounded;
 //   StreamExampleBuilder  one event -> one positive (history before the event, item, 1) plus k
@@ -26,6 +27,9 @@
 #ifndef IPS_WORKER_STREAM_H_
 #define IPS_WORKER_STREAM_H_
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -51,7 +55,8 @@ double StreamNowSeconds();
 struct StreamEvent {
   Event event;
   int64_t index = 0;     // 0-based position among the stream's events (blank lines skipped)
-  int64_t line = 0;      // 1-based line number in the source
+  int64_t file = 0;      // which file of a followed path: 0, then +1 at each rotation followed
+  int64_t line = 0;      // 1-based line number in that file (in the source for a pipe)
   double read_time = 0;  // StreamNowSeconds() when the line's last byte was read
 };
 
@@ -68,18 +73,51 @@ struct EventSourceOptions {
   double idle_timeout_s = 0;
   // A line longer than this is an error (protects memory against a file without newlines).
   int64_t max_line_bytes = 1 << 20;
+  // Rotation of a followed path (see EventStreamSource): the old file is left for the new one
+  // once it has been read to its end and nothing was appended to it for this long since the
+  // rotation was seen (its writer may not have reopened the path yet). 0 = at once.
+  double rotate_grace_s = 1.0;
+  // Malformed lines (a field that does not parse, an id >= 2^32) skipped before one is an error
+  // (`ips data convert --max_bad_records`' policy): each skipped line is logged as
+  // "warning: skipping bad line SOURCE:LINE: FIELD: ..." and counted (bad_lines()); the
+  // max_bad_records+1-th fails the stream. 0 = the first bad line fails it. A line longer than
+  // max_line_bytes, a gzip stream and read errors are never skipped.
+  int64_t max_bad_records = 0;
+  // Where the source's one-line notices go (a bad line skipped, a rotation followed, the followed
+  // path gone), without a trailing newline. Empty: standard error. Called on Next()'s thread.
+  std::function<void(const std::string&)> log;
 };
 
 // Reads events from a growing file or a pipe. A partial last line (no "\n" yet) is kept until its
-// newline arrives; at a real end (a non-followed file's EOF, a closed pipe) an unterminated last
-// line is parsed like any other, while a followed file that stops (Stop, idle timeout) leaves it
-// unread (pending_bytes() says how much). Blank lines (and a trailing "\r") are ignored.
+// newline arrives; at a real end (a non-followed file's EOF, a closed pipe, a rotated-away file
+// read to its end) an unterminated last line is parsed like any other, while a followed file that
+// stops (Stop, idle timeout) leaves it unread (pending_bytes() says how much). Blank lines (and a
+// trailing "\r") are ignored.
+//
+// Rotation (a followed file opened by path, as `tail -F` and log shippers do it): when the path
+// names another file (its device/inode changed: `mv log log.1` and a new `log`), the open file is
+// read to its end first (including what the writer appends to it until it reopens the path, and
+// its unterminated last line, as at a real end), then the new file from its start, with one
+// notice ("...was rotated..."); StreamEvent::file counts the files, line numbers restart at 1.
+// The old file is left once a read that began after the new file was seen returned nothing and
+// nothing more arrived for rotate_grace_s (or the stream would end idle); the new file is held
+// open from the moment it is seen, and holding the old one open keeps its inode from being
+// reused: every event is read once, in file order. (Bytes appended to the old file after it was
+// left are not read, as with tail -F.) While the path does not exist (renamed, not yet
+// recreated; or deleted) the open file is still followed and the name is looked for at every
+// wait; idle_timeout_s bounds the wait as on any file. The check is one stat() per wait at the
+// end of the data, never while data is flowing. Error messages name where the line's file is
+// now: the path, or for the old file after its rename, its new name (/proc/self/fd), e.g.
+// "/logs/events.tsv.1:5001: item".
 //
 // Errors (the stream then stops for good; policy: the caller exits non-zero):
 //   INVALID_ARGUMENT "SOURCE:LINE: FIELD: expected ... (got '...')" for a bad line
-//   (ParseEventLine's fields, or an id >= 2^32), or for a line longer than max_line_bytes;
-//   DATA_LOSS naming the source for a read error or a followed file that shrank (truncated or
-//   replaced: the bytes already read no longer exist).
+//   (ParseEventLine's fields, or an id >= 2^32) beyond max_bad_records, or for a line longer than
+//   max_line_bytes;
+//   DATA_LOSS naming the source for a read error or a followed file that shrank (truncated in
+//   place, e.g. copytruncate: the bytes already read no longer exist);
+//   NOT_FOUND / FAILED_PRECONDITION when the path is rotated to a file that cannot be opened or is
+//   not a regular file.
 //
 // Thread safety: Next() from one thread; Stop() from any thread (and from a signal handler via
 // RequestStopFromSignal, which only sets an atomic flag checked at every wake-up).
@@ -103,15 +141,27 @@ class EventStreamSource {
   void Stop();
 
   const std::string& name() const { return name_; }
-  int64_t lines() const { return line_; }        // lines returned or skipped so far
+  int64_t lines() const { return line_; }        // lines returned or skipped so far, this file
   int64_t events() const { return events_; }     // events returned so far
-  int64_t bytes() const { return bytes_read_; }  // bytes read from the source
+  int64_t bytes() const { return bytes_read_; }  // bytes read from the source (all its files)
   int64_t pending_bytes() const { return static_cast<int64_t>(end_ - begin_); }
+  // Malformed lines skipped under max_bad_records, and rotations followed. Any thread.
+  int64_t bad_lines() const { return bad_lines_.load(std::memory_order_relaxed); }
+  int64_t rotations() const { return rotations_.load(std::memory_order_relaxed); }
 
  private:
   EventStreamSource(int fd, bool owned, std::string name, const EventSourceOptions& options);
   // Reads more bytes into buf_ (waiting per the options). Returns false at the end of the stream.
   StatusOr<bool> Fill();
+  // At the end of the open file's data: does the followed path still name it? Sets next_fd_ when
+  // it names another file now (opened, so that file cannot go away before it is read).
+  Status CheckPath();
+  // Leaves the finished old file for next_fd_.
+  void SwitchToNextFile();
+  // The name of the open file in messages: the path while it names this file, else where the
+  // file is now.
+  std::string FileName() const;
+  void Log(const std::string& line) const;
   bool StopRequested() const;
   // Waits up to `seconds` or until Stop().
   void Sleep(double seconds);
@@ -120,6 +170,9 @@ class EventStreamSource {
   bool owned_;
   bool regular_file_ = false;
   std::string name_;
+  std::string path_;  // the followed path (Open of a file); empty: no rotation to follow
+  dev_t dev_ = 0;     // identity of the open file
+  ino_t ino_ = 0;
   EventSourceOptions o_;
   std::vector<char> buf_;
   size_t begin_ = 0, end_ = 0;  // unread bytes are buf_[begin_, end_)
@@ -127,6 +180,13 @@ class EventStreamSource {
   bool ended_ = false;          // Next() returned false
   Status error_;                // sticky error
   int64_t line_ = 0, events_ = 0, bytes_read_ = 0;
+  int64_t file_bytes_ = 0;       // bytes read from the open file
+  int64_t file_index_ = 0;       // StreamEvent::file of the open file
+  int next_fd_ = -1;             // the file the path names now (rotation seen), owned
+  double rotation_seen_at_ = 0;  // when next_fd_ was opened
+  bool old_file_done_ = false;   // the open file is read to its end and next_fd_ is next
+  bool path_gone_ = false;       // the path did not exist at the last check (noticed once)
+  std::atomic<int64_t> bad_lines_{0}, rotations_{0};
   double last_read_time_ = 0;
 
   mutable std::mutex mu_;
@@ -303,6 +363,9 @@ struct StreamWindow {
 
 struct StreamTrainResult {
   int64_t events = 0, examples = 0, publishes = 0;
+  // The source's malformed lines skipped (EventSourceOptions::max_bad_records) and rotations
+  // followed.
+  int64_t bad_lines = 0, rotations = 0;
   int64_t steps = 0;   // steps of this run (Trainer::steps() counts every run)
   double seconds = 0;  // from Run() to the end of the final publish
   double events_per_s = 0, examples_per_s = 0;
@@ -333,7 +396,11 @@ class StreamTrainer {
 
   // Runs until the source ends (false from Next), max_events, or an error: the source's (bad
   // line: its message), the trainer's, the metrics' or the publisher's. The examples built so far
-  // are trained and published before a normal return; on an error nothing more is trained.
+  // are trained and published before a normal return, and before returning a source's error (a
+  // bad line, a read error: every event before it is valid and the model is between steps, so the
+  // publish is an ordinary one; the error's message then ends with "(the N events before it were
+  // trained and published)"). After the trainer's, the metrics' or the publisher's error nothing
+  // more is trained or published.
   // sinks.progress gets a progress line, sinks.metrics_out one JSON line per logged window
   // ({"phase":"stream","events":..,"auc":..,...}) and none at the end (the caller writes that).
   // `source` is not owned; Run stops it (Stop) before returning.

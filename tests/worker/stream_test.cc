@@ -7,6 +7,8 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,8 +17,10 @@
 #include <cstdio>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -291,6 +295,315 @@ TEST(EventStreamSource, BadLineErrorNamesSourceLineAndField) {
   // Gzip is refused with a hint instead of garbage-line errors.
   s = FirstError(std::string("\x1f\x8b\x08\x00rest", 8), "gz.tsv");
   EXPECT_NE(s.message().find("gzip"), std::string::npos) << s;
+}
+
+// ---- Rotation (tail -F) ---------------------------------------------------------------------
+
+// Opens a source whose notices it collects and reads it on its own thread until it ends. Going
+// out of scope stops the source and joins the thread (a failed assertion must not leave it
+// running).
+struct Collector {
+  std::mutex mu;
+  std::vector<StreamEvent> events;   // guarded by mu
+  std::vector<std::string> notices;  // guarded by mu
+  std::atomic<int> count{0};
+  Status status;  // the end: OK (ended) or the error
+  std::unique_ptr<EventStreamSource> src;
+  std::thread thread;
+
+  ~Collector() {
+    if (thread.joinable()) {
+      src->Stop();
+      thread.join();
+    }
+  }
+  Status Open(const std::string& path, EventSourceOptions o) {
+    o.log = Sink();
+    IPS_ASSIGN_OR_RETURN(src, EventStreamSource::Open(path, o));
+    thread = std::thread([this] {
+      StreamEvent e;
+      while (true) {
+        auto r = src->Next(&e);
+        if (!r.ok()) {
+          status = r.status();
+          return;
+        }
+        if (!*r) return;
+        std::lock_guard<std::mutex> lock(mu);
+        events.push_back(e);
+        count.store(static_cast<int>(events.size()));
+      }
+    });
+    return Status();
+  }
+  std::function<void(const std::string&)> Sink() {
+    return [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(mu);
+      notices.push_back(line);
+    };
+  }
+  // Waits (up to 20 s) until at least n events were read.
+  bool WaitFor(int n) {
+    for (int i = 0; i < 20000 && count.load() < n; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return count.load() >= n;
+  }
+  int Notices(const std::string& needle) {
+    std::lock_guard<std::mutex> lock(mu);
+    int n = 0;
+    for (const auto& l : notices) n += l.find(needle) != std::string::npos;
+    return n;
+  }
+};
+
+std::string Lines(int64_t from, int64_t to) {
+  std::string s;
+  for (int64_t i = from; i < to; ++i) s += Line(TestEvent(i));
+  return s;
+}
+
+std::string RealPath(const std::string& path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
+}
+
+// Events [0, n) in order, each once: event i's item/user/timestamp, and the file and line it
+// came from.
+void ExpectSequence(const std::vector<StreamEvent>& got, int n,
+                    const std::function<std::pair<int64_t, int64_t>(int)>& file_line) {
+  ASSERT_EQ(static_cast<int>(got.size()), n);
+  for (int i = 0; i < n; ++i) {
+    const Event want = TestEvent(i);
+    ASSERT_EQ(got[i].index, i);
+    ASSERT_EQ(got[i].event.timestamp, want.timestamp) << i;  // unique per event
+    ASSERT_EQ(got[i].event.item, want.item) << i;
+    ASSERT_EQ(got[i].event.user, want.user) << i;
+    const auto [file, line] = file_line(i);
+    ASSERT_EQ(got[i].file, file) << i;
+    ASSERT_EQ(got[i].line, line) << i;
+  }
+}
+
+// `mv log log.1` then a new `log` (the QA scenario): the old file is read to its end (including
+// what the writer appended to it after the rename, and its unterminated last line, which is
+// complete and never joined with the new file's first bytes), then the new file from its start,
+// with one notice; every event exactly once, line numbers per file.
+TEST(EventStreamSource, FollowsRotationByRenameEveryEventOnce) {
+  const std::string path = TempPath("rot.tsv"), old_path = TempPath("rot.tsv.1");
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+  AppendToFile(path, Lines(0, 300));
+  Collector c;
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 1.5;
+  o.rotate_grace_s = 0.2;
+  ASSERT_TRUE(c.Open(path, o).ok());
+  ASSERT_TRUE(c.WaitFor(300));
+  AppendToFile(path, Lines(300, 400));
+  ASSERT_TRUE(c.WaitFor(400));
+  ASSERT_EQ(std::rename(path.c_str(), old_path.c_str()), 0);
+  // The writer still holds the old file: what it appends before it reopens the path is read.
+  std::string last = Line(TestEvent(449));
+  last.pop_back();  // the old file's last line has no newline: complete at its end
+  AppendToFile(old_path, Lines(400, 449) + last);
+  AppendToFile(path, Lines(450, 700));
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  AppendToFile(path, Lines(700, 1000));
+  c.thread.join();  // the idle timeout ends it
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ExpectSequence(c.events, 1000, [](int i) {
+    return i < 450 ? std::make_pair<int64_t, int64_t>(0, i + 1)
+                   : std::make_pair<int64_t, int64_t>(1, i - 449);
+  });
+  EXPECT_EQ(c.src->rotations(), 1);
+  EXPECT_EQ(c.src->pending_bytes(), 0);
+  ASSERT_EQ(c.Notices("was rotated"), 1) << ::testing::PrintToString(c.notices);
+  EXPECT_EQ(c.Notices("(450 lines; now '" + RealPath(old_path) + "')"), 1)
+      << ::testing::PrintToString(c.notices);
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+}
+
+// The path vanishes for a while (renamed, created later): the open file is still followed (its
+// late lines are read) and the name is waited for; then the new file from its start. A second
+// rotation (to a deleted file this time) is followed as well.
+TEST(EventStreamSource, FollowsRotationWithDelayedCreation) {
+  const std::string path = TempPath("rotd.tsv"), old_path = TempPath("rotd.tsv.1");
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+  AppendToFile(path, Lines(0, 200));
+  Collector c;
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 1.5;
+  o.rotate_grace_s = 0.2;
+  ASSERT_TRUE(c.Open(path, o).ok());
+  ASSERT_TRUE(c.WaitFor(200));
+  ASSERT_EQ(std::rename(path.c_str(), old_path.c_str()), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  AppendToFile(old_path, Lines(200, 260));  // read while the name is gone
+  ASSERT_TRUE(c.WaitFor(260));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  AppendToFile(path, Lines(260, 500));  // the name reappears
+  ASSERT_TRUE(c.WaitFor(500));
+  // Second rotation: the current file is deleted and a new one created at once.
+  ASSERT_EQ(std::remove(path.c_str()), 0);
+  AppendToFile(path, Lines(500, 600));
+  c.thread.join();
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ExpectSequence(c.events, 600, [](int i) {
+    return i < 260   ? std::make_pair<int64_t, int64_t>(0, i + 1)
+           : i < 500 ? std::make_pair<int64_t, int64_t>(1, i - 259)
+                     : std::make_pair<int64_t, int64_t>(2, i - 499);
+  });
+  EXPECT_EQ(c.src->rotations(), 2);
+  // (Once for the rename; the remove-and-create may be seen as a second, short absence.)
+  EXPECT_GE(c.Notices("the path is gone"), 1) << ::testing::PrintToString(c.notices);
+  EXPECT_EQ(c.Notices("was rotated"), 2) << ::testing::PrintToString(c.notices);
+  EXPECT_EQ(c.Notices("now deleted"), 1) << ::testing::PrintToString(c.notices);
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+}
+
+// logrotate's order: rename, create the new file, then signal the writer, which writes to the
+// old file until it reopens the path. What it appends to the old file after the new one exists
+// (within rotate_grace_s of quiet) is read, before the new file's events: none lost, in order.
+TEST(EventStreamSource, RotationWaitsForTheOldFilesWriterToReopen) {
+  const std::string path = TempPath("rotw.tsv"), old_path = TempPath("rotw.tsv.1");
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+  AppendToFile(path, Lines(0, 100));
+  Collector c;
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 1.5;
+  o.rotate_grace_s = 1.0;
+  ASSERT_TRUE(c.Open(path, o).ok());
+  ASSERT_TRUE(c.WaitFor(100));
+  ASSERT_EQ(std::rename(path.c_str(), old_path.c_str()), 0);
+  AppendToFile(path, Lines(150, 300));  // the new file, already written by another writer
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  AppendToFile(old_path, Lines(100, 120));  // the old writer, not reopened yet
+  ASSERT_TRUE(c.WaitFor(120));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  AppendToFile(old_path, Lines(120, 150));  // its last lines (quiet for 0.4 s < the grace)
+  c.thread.join();
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ExpectSequence(c.events, 300, [](int i) {
+    return i < 150 ? std::make_pair<int64_t, int64_t>(0, i + 1)
+                   : std::make_pair<int64_t, int64_t>(1, i - 149);
+  });
+  EXPECT_EQ(c.src->rotations(), 1);
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+}
+
+// Bad lines around a rotation name the file they are in now, with its own line numbers: the old
+// file's under its new name, the new file's under the path. (Skipped under max_bad_records, so
+// both are seen in one run.)
+TEST(EventStreamSource, BadLinesAcrossRotationNameTheirFile) {
+  const std::string path = TempPath("rotb.tsv"), old_path = TempPath("rotb.tsv.1");
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+  AppendToFile(path, Lines(0, 10));
+  Collector c;
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 1.0;
+  o.rotate_grace_s = 0.2;
+  o.max_bad_records = 5;
+  ASSERT_TRUE(c.Open(path, o).ok());
+  ASSERT_TRUE(c.WaitFor(10));
+  ASSERT_EQ(std::rename(path.c_str(), old_path.c_str()), 0);
+  AppendToFile(old_path, "5\tx\t3\t1700000000\tpv\t0\n" + Lines(10, 12));                // line 11
+  AppendToFile(path, Lines(12, 14) + "5\t6\t3\t1700000000\tjump\t0\n" + Lines(14, 20));  // line 3
+  c.thread.join();
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  ExpectSequence(c.events, 20, [](int i) {
+    return i < 12   ? std::make_pair<int64_t, int64_t>(0, i < 10 ? i + 1 : i + 2)
+           : i < 14 ? std::make_pair<int64_t, int64_t>(1, i - 11)
+                    : std::make_pair<int64_t, int64_t>(1, i - 10);
+  });
+  EXPECT_EQ(c.src->bad_lines(), 2);
+  EXPECT_EQ(c.Notices("warning: skipping bad line " + RealPath(old_path) + ":11: item"), 1)
+      << ::testing::PrintToString(c.notices);
+  EXPECT_EQ(c.Notices("warning: skipping bad line " + path + ":3: action"), 1)
+      << ::testing::PrintToString(c.notices);
+  std::remove(path.c_str());
+  std::remove(old_path.c_str());
+}
+
+// Truncation in place (copytruncate) is still a DATA_LOSS error, not a rotation.
+TEST(EventStreamSource, TruncatedInPlaceIsDataLoss) {
+  const std::string path = TempPath("trunc.tsv");
+  std::remove(path.c_str());
+  AppendToFile(path, Lines(0, 50));
+  Collector c;
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 5;
+  ASSERT_TRUE(c.Open(path, o).ok());
+  ASSERT_TRUE(c.WaitFor(50));
+  ASSERT_EQ(truncate(path.c_str(), 0), 0);
+  c.thread.join();
+  EXPECT_EQ(c.status.code(), StatusCode::kDataLoss) << c.status;
+  EXPECT_NE(c.status.message().find("shrank"), std::string::npos) << c.status;
+  EXPECT_EQ(c.src->rotations(), 0);
+  std::remove(path.c_str());
+}
+
+// max_bad_records: up to N malformed lines (parse errors and ids beyond 32 bits) are skipped,
+// each logged with file:line: field and counted; the N+1-th fails, saying so.
+TEST(EventStreamSource, MaxBadRecordsSkipsAndCountsThenFails) {
+  const std::string path = TempPath("badrec.tsv");
+  std::remove(path.c_str());
+  AppendToFile(path, Lines(0, 3) + "5\tabc\t3\t1700000000\tpv\t0\n" + Lines(3, 6) +
+                         "5\t4294967296\t3\t1700000000\tpv\t0\n" + Lines(6, 9) +
+                         "5\t6\t3\tnever\tpv\t0\n" + Lines(9, 10));
+  for (int budget : {0, 2, 3}) {
+    std::vector<std::string> notices;
+    EventSourceOptions o;
+    o.follow = false;
+    o.max_bad_records = budget;
+    o.log = [&](const std::string& l) { notices.push_back(l); };
+    auto src = EventStreamSource::Open(path, o);
+    ASSERT_TRUE(src.ok());
+    int n = 0;
+    Status s;
+    StreamEvent e;
+    while (true) {
+      auto r = (*src)->Next(&e);
+      if (!r.ok()) {
+        s = r.status();
+        break;
+      }
+      if (!*r) break;
+      EXPECT_EQ(e.event.timestamp, TestEvent(n).timestamp);
+      ++n;
+    }
+    SCOPED_TRACE(budget);
+    if (budget == 0) {
+      EXPECT_EQ(n, 3);
+      EXPECT_EQ(s.message().rfind(path + ":4: item: expected ", 0), 0u) << s;
+      EXPECT_EQ(s.message().find("more than"), std::string::npos) << s;  // today's message
+    } else if (budget == 2) {
+      EXPECT_EQ(n, 9);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(s.message().find(path + ":12: timestamp"), std::string::npos) << s;
+      EXPECT_NE(s.message().find("[more than --stream_max_bad_records=2 bad lines]"),
+                std::string::npos)
+          << s;
+    } else {
+      EXPECT_TRUE(s.ok()) << s;
+      EXPECT_EQ(n, 10);
+    }
+    EXPECT_EQ((*src)->bad_lines(), std::min(budget, 3));
+    ASSERT_EQ(static_cast<int>(notices.size()), std::min(budget, 3));
+    if (budget > 0) {
+      EXPECT_EQ(notices[0].rfind("warning: skipping bad line " + path + ":4: item", 0), 0u)
+          << notices[0];
+      EXPECT_EQ(notices[1].rfind("warning: skipping bad line " + path + ":8: item", 0), 0u)
+          << notices[1];
+      EXPECT_NE(notices[1].find("2^32"), std::string::npos) << notices[1];
+    }
+  }
+  std::remove(path.c_str());
 }
 
 TEST(EventStreamSource, MissingFileIsNotFound) {
@@ -769,15 +1082,19 @@ TEST(StreamTrainer, FreshnessOnPacedStream) {
   EXPECT_LT(r->freshness_p99_s, 1.0);
 }
 
-TEST(StreamTrainer, BadLineStopsWithItsError) {
+// A bad line ends the stream with its error (exit 1 in the CLI), after training and publishing
+// the events before it: the default publish_every_s would otherwise lose up to 10 s of training.
+TEST(StreamTrainer, BadLineStopsWithItsErrorAfterPublishingWhatItTrained) {
   SmallSetup s = MakeTrainer(32, 4);
   ASSERT_NE(s.trainer, nullptr);
   StreamTrainerOptions o;
   o.batch_size = 32;
   o.examples.max_len = 4;
   int publishes = 0;
-  auto st = StreamTrainer::Create(o, s.trainer.get(), [&](int64_t, int64_t, double) {
+  int64_t newest = -1;
+  auto st = StreamTrainer::Create(o, s.trainer.get(), [&](int64_t, int64_t n, double) {
     ++publishes;
+    newest = n;
     return Status();
   });
   ASSERT_TRUE(st.ok());
@@ -790,7 +1107,42 @@ TEST(StreamTrainer, BadLineStopsWithItsError) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find(path + ":301: timestamp"), std::string::npos) << r.status();
-  EXPECT_EQ(publishes, 0);
+  // What was trained before the bad line is not lost: trained and published (one final publish).
+  EXPECT_NE(r.status().message().find("(the 300 events before it were trained and published)"),
+            std::string::npos)
+      << r.status();
+  EXPECT_EQ(publishes, 1);
+  EXPECT_EQ(newest, 299);
+  EXPECT_EQ(s.trainer->steps(), (599 + 31) / 32);
+  std::remove(path.c_str());
+}
+
+// With a bad-line budget the stream goes on past bad lines and reports how many it skipped.
+TEST(StreamTrainer, SkippedBadLinesAreCountedInTheResult) {
+  SmallSetup s = MakeTrainer(32, 4);
+  ASSERT_NE(s.trainer, nullptr);
+  StreamTrainerOptions o;
+  o.batch_size = 32;
+  o.examples.max_len = 4;
+  auto st = StreamTrainer::Create(o, s.trainer.get(), nullptr);
+  ASSERT_TRUE(st.ok());
+  const std::string path =
+      StreamFile("skip.tsv", 200, "1\t2\t3\tnot-a-time\tpv\t0\n1\t2\n" + Lines(200, 300));
+  EventSourceOptions so;
+  so.follow = false;
+  so.max_bad_records = 2;
+  std::vector<std::string> notices;
+  so.log = [&](const std::string& l) { notices.push_back(l); };
+  auto src = EventStreamSource::Open(path, so);
+  ASSERT_TRUE(src.ok());
+  auto r = (*st)->Run(src->get(), RunSinks{});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->events, 300);
+  EXPECT_EQ(r->bad_lines, 2);
+  EXPECT_EQ(r->rotations, 0);
+  ASSERT_EQ(notices.size(), 2u);
+  EXPECT_NE(notices[0].find(path + ":201: timestamp"), std::string::npos) << notices[0];
+  EXPECT_NE(notices[1].find(path + ":202: line"), std::string::npos) << notices[1];
   std::remove(path.c_str());
 }
 
