@@ -1,6 +1,8 @@
 #include "common/flags.h"
 
 #include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <sstream>
@@ -30,9 +32,7 @@ void FlagSet::Int(const std::string& name, int64_t d, std::string help) {
   Declare(name, Kind::kInt, std::to_string(d), std::move(help), false);
 }
 void FlagSet::Double(const std::string& name, double d, std::string help) {
-  std::ostringstream os;
-  os << d;
-  Declare(name, Kind::kDouble, os.str(), std::move(help), false);
+  Declare(name, Kind::kDouble, FormatNumber(d), std::move(help), false);
 }
 void FlagSet::Bool(const std::string& name, std::string help) {
   Declare(name, Kind::kBool, "false", std::move(help), false);
@@ -131,6 +131,18 @@ const std::vector<std::string>& FlagSet::GetRepeated(const std::string& name) co
 bool FlagSet::WasSet(const std::string& name) const {
   auto it = flags_.find(name);
   return it != flags_.end() && it->second.set;
+}
+
+std::string FormatNumber(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  // 17 significant digits always read back; fewer usually do.
+  char buf[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
 }
 
 std::string FlagSet::Usage() const {

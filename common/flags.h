@@ -34,6 +34,8 @@ class FlagSet {
   // missing required flags.
   Status Parse(const std::vector<std::string>& args);
 
+  // Any flag's value as given on the command line (or its default as declared), whatever its
+  // kind: "-1" for a number flag given -1, where std::to_string(GetDouble()) says "-1.000000".
   std::string GetString(const std::string& name) const;
   int64_t GetInt(const std::string& name) const;
   double GetDouble(const std::string& name) const;
@@ -67,6 +69,11 @@ class FlagSet {
   std::vector<std::string> order_;
   std::vector<std::string> positional_;
 };
+
+// The shortest decimal text that reads back as `v`: "-1", "0.1", "2.5e-07", "inf", "nan". For
+// messages that quote a number (a flag's value, an option checked after parsing): std::to_string
+// prints "-1.000000" and rounds 1e-7 to "0.000000".
+std::string FormatNumber(double v);
 
 }  // namespace ips
 

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -137,8 +138,17 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   flags.Required("checkpoint", "checkpoint root (LATEST) or one ckpt-<step> directory");
   flags.Repeated("set", "override one field: path.to.field=value");
   flags.String("metrics_out", "", "append the result as one JSON line to this file");
-  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches (as ips train)");
+  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches to evaluate (>= 1)");
   if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
+  // A usage error, like a bad flag: 0 batches would evaluate nothing and print auc=nan (unlike
+  // `ips train`, where 0 skips the final evaluation, eval has nothing else to do).
+  const int64_t eval_batches = flags.GetInt("eval_batches");
+  if (eval_batches < 1 || eval_batches > std::numeric_limits<int>::max()) {
+    std::cerr << "ips eval: --eval_batches must be in [1, " << std::numeric_limits<int>::max()
+              << "], got " << flags.GetString("eval_batches") << "\n"
+              << flags.Usage();
+    return kExitUsage;
+  }
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
@@ -147,9 +157,7 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   if (!cfg.ok()) return fail(cfg.status());
   auto job = TrainJobFromConfig(*cfg);
   if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
-  if (flags.GetInt("eval_batches") < 0)
-    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
-  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+  job->run.eval_batches = static_cast<int>(eval_batches);
   const std::string checkpoint = flags.GetString("checkpoint");
   int64_t step = 0;
   Metrics metrics;

@@ -84,11 +84,31 @@ done
 # Sorted ascending: the first worker count of a series is its speedup base.
 mapfile -t worker_list < <(printf '%s\n' "${worker_list[@]}" | sort -n -u)
 
-[[ "$build" = /* ]] || build=$root/$build
-[[ "$config" = /* ]] || config=$root/$config
+# A relative path is the caller's (from their current directory), else the repository's: the
+# defaults and the README's `--build build --config launch/configs/...` work from anywhere.
+# Made absolute here, so every rank (and the logs) see the same file.
+resolve() {
+  if [[ "$1" = /* ]]; then
+    echo "$1"
+  elif [[ -e "$1" ]]; then
+    echo "$PWD/$1"
+  elif [[ -e "$root/$1" ]]; then
+    echo "$root/$1"
+  else
+    echo "$PWD/$1"
+  fi
+}
+config_given=$config
+build=$(resolve "$build")
+config=$(resolve "$config")
 ips=$build/launch/ips
 [[ -x "$ips" ]] || die "$ips not found: build it first (cmake --build $build --target ips)"
-[[ -f "$config" ]] || die "config '$config' not found"
+if [[ ! -f "$config" ]]; then
+  if [[ "$config_given" = /* ]]; then
+    die "config '$config' not found"
+  fi
+  die "config '$config_given' not found (looked in $PWD and $root)"
+fi
 if [[ -n "$hostfile" ]]; then
   [[ -f "$hostfile" ]] || die "hostfile '$hostfile' not found"
   hostfile=$(cd "$(dirname "$hostfile")" && pwd)/$(basename "$hostfile")
@@ -221,10 +241,12 @@ if [[ -x /usr/bin/python3 ]]; then
   fi
 fi
 
-# Summary: the largest worker count of the first series against its base.
+# Summary: the largest worker count of the first series against its base. speedup_2w is 2
+# workers over 1, so "na" when the series has no 1-worker point (its speedups are then over its
+# smallest worker count, and the 2-worker one would read 1.000).
 summary=$(awk -F, -v m="${modes[0]}" -v s="${server_list[0]}" \
-  'NR > 1 && $1 == m && $3 == s { w = $2; sp = $11; e = $12; if (w == 2) two = sp }
+  'NR > 1 && $1 == m && $3 == s { w = $2; sp = $11; e = $12; if (w == 1) one = 1; if (w == 2) two = sp }
    END { printf "max_workers=%s speedup=%s efficiency=%s speedup_2w=%s", w, sp, e,
-         two == "" ? "na" : two }' "$csv")
+         (one && two != "") ? two : "na" }' "$csv")
 echo "RESULT scale mode=$mode points=$points cores=$cores hosts=$([[ -n "$hostfile" ]] &&
   echo hostfile || echo local) local_step_ms=$local_step_ms $summary csv=$csv png=${png:-none}"

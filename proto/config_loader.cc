@@ -73,6 +73,13 @@ StatusOr<std::vector<PathPart>> SplitPath(const std::string& path, const std::st
 
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxBatch = 1 << 20;
+// The ranges of the model and table options that a config sets, as the models and the store
+// check them (models/mind.cc ValidateMindOptions, ps/table_options.cc ValidateTableOptions).
+constexpr int kMaxInterests = 64;
+constexpr int kMaxRoutingIterations = 20;
+constexpr int kMaxTableDim = 65536;
+constexpr int kMaxMinCount = 65535;  // the admission sketch's counters are 16 bits
+constexpr int64_t kMaxTtlSteps = (int64_t{1} << 30) - 1;
 
 std::string FieldNames(const pb::Descriptor* d) {
   std::string names;
@@ -285,21 +292,46 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
     parser.WriteLocationsTo(&tree);
     if (parser.ParseFromString(text, &reparsed)) tree_ptr = &tree;
   }
-  auto fail = [&](std::vector<std::pair<std::string, int>> path, const std::string& what) {
+  using Path = std::vector<std::pair<std::string, int>>;
+  auto dotted_of = [](const Path& path) {
     std::string dotted;
     for (const auto& [name, index] : path) {
       dotted += (dotted.empty() ? "" : ".") + name;
       if (index >= 0) dotted += "[" + std::to_string(index) + "]";
     }
+    return dotted;
+  };
+  // The last override that set the field at `path`, or null. An element of a repeated scalar
+  // ("model.mlp_hidden[1]") is set by an override of the whole list ("model.mlp_hidden=64,0").
+  auto override_of = [&](const Path& path) -> const std::string* {
+    std::vector<std::string> names = {dotted_of(path)};
+    if (!path.empty() && path.back().second >= 0) {
+      Path list = path;
+      list.back().second = -1;
+      names.push_back(dotted_of(list));
+    }
+    for (auto o = overrides.rbegin(); o != overrides.rend(); ++o)
+      for (const std::string& name : names)
+        if (o->compare(0, name.size() + 1, name + "=") == 0) return &*o;
+    return nullptr;
+  };
+  auto fail = [&](const Path& path, const std::string& what) {
+    const std::string dotted = dotted_of(path);
     // A value an override set is blamed on the override (the last one of the field), not on the
     // file's line that it replaced.
-    for (auto o = overrides.rbegin(); o != overrides.rend(); ++o)
-      if (o->compare(0, dotted.size() + 1, dotted + "=") == 0)
-        return InvalidArgumentError("--set " + *o + ": " + dotted + ": " + what);
+    if (const std::string* o = override_of(path))
+      return InvalidArgumentError("--set " + *o + ": " + dotted + ": " + what);
     const int line = tree_ptr ? LineOf(tree_ptr, reparsed, path) : 0;
     std::string where = filename;
     if (line > 0) where += ":" + std::to_string(line);
     return InvalidArgumentError(where + ": " + dotted + ": " + what);
+  };
+  // A check of two fields together: blamed on the first that an override set (with what that
+  // field's message says), else on the first field.
+  auto fail_either = [&](const Path& a, const std::string& what_a, const Path& b,
+                         const std::string& what_b) {
+    if (override_of(b) != nullptr && override_of(a) == nullptr) return fail(b, what_b);
+    return fail(a, what_a);
   };
 
   if (cfg.version() < 1 || cfg.version() > kConfigVersion)
@@ -350,16 +382,164 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
   if (m.dropout() < 0 || m.dropout() >= 1)
     return fail({{"model", -1}, {"dropout", -1}}, "must be in [0, 1)");
   if (m.num_heads() <= 0) return fail({{"model", -1}, {"num_heads", -1}}, "must be positive");
-  if (cfg.optimizer().learning_rate() <= 0)
-    return fail({{"optimizer", -1}, {"learning_rate", -1}}, "must be positive");
+  // The checks of the model that the config builds (worker/model_factory.cc ModelSpecFromConfig
+  // and the models' Validate*Options, which stay as the models' own guard), made here so that a
+  // bad value is blamed on its --set or its line. Only the fields the model type reads.
+  const config::ModelConfig::Type type = m.type();
+  const std::string kind = config::ModelConfig::Type_Name(type);
+  const int64_t width = m.embedding_dim();
+  const Path embedding_dim = {{"model", -1}, {"embedding_dim", -1}};
+  if (type == config::ModelConfig::DIN || type == config::ModelConfig::DIEN ||
+      type == config::ModelConfig::POOLED || type == config::ModelConfig::BST) {
+    const Path activation = {{"model", -1}, {"activation", -1}};
+    if (m.activation() != config::PRELU && m.activation() != config::DICE)
+      return fail(activation, config::Activation_Name(m.activation()) + ": the MLP head of " +
+                                  kind + " supports PRELU and DICE");
+    // Dice normalises each hidden layer over the rows of the batch.
+    if (m.activation() == config::DICE && d.batch_size() < 2)
+      return fail_either({{"data", -1}, {"batch_size", -1}},
+                         "model.activation DICE needs batches of at least 2 rows, got " +
+                             std::to_string(d.batch_size()),
+                         activation,
+                         "DICE needs batches of at least 2 rows (data.batch_size is " +
+                             std::to_string(d.batch_size()) + ")");
+  }
+  if ((type == config::ModelConfig::DIN || type == config::ModelConfig::DIEN) &&
+      m.attention_hidden_size() != 0 && m.attention_hidden_size() != 2)
+    return fail({{"model", -1}, {"attention_hidden", -1}},
+                "the " + kind + " activation unit has exactly 2 hidden layers (got " +
+                    std::to_string(m.attention_hidden_size()) + " sizes)");
+  const Path rnn_hidden = {{"model", -1}, {"rnn_hidden", -1}};
+  switch (type) {
+    case config::ModelConfig::DIEN:
+      // The activation unit compares the target (item and category: 2 * embedding_dim wide) with
+      // the interest extractor's states. Unset or 0: that width.
+      if (m.has_rnn_hidden() && m.rnn_hidden() != 0 && m.rnn_hidden() != 2 * width)
+        return fail_either(rnn_hidden,
+                           "must be 2 * model.embedding_dim = " + std::to_string(2 * width) +
+                               " (or 0 for that), got " + std::to_string(m.rnn_hidden()),
+                           embedding_dim,
+                           std::to_string(width) + " needs model.rnn_hidden " +
+                               std::to_string(2 * width) + " (2 * embedding_dim) or 0, not " +
+                               std::to_string(m.rnn_hidden()));
+      if (m.aux_loss_weight() < 0)
+        return fail({{"model", -1}, {"aux_loss_weight", -1}},
+                    "must be >= 0 (0: no auxiliary loss), got " + NumberText(m.aux_loss_weight()));
+      break;
+    case config::ModelConfig::GRU4REC:
+      if (m.has_rnn_hidden() && m.rnn_hidden() < 0)
+        return fail(rnn_hidden,
+                    "must be >= 0 (0: model.embedding_dim), got " + std::to_string(m.rnn_hidden()));
+      break;
+    case config::ModelConfig::MIND:
+      if (m.num_interests() < 1 || m.num_interests() > kMaxInterests)
+        return fail({{"model", -1}, {"num_interests", -1}},
+                    "must be in [1, " + std::to_string(kMaxInterests) + "], got " +
+                        std::to_string(m.num_interests()));
+      if (m.routing_iterations() < 1 || m.routing_iterations() > kMaxRoutingIterations)
+        return fail({{"model", -1}, {"routing_iterations", -1}},
+                    "must be in [1, " + std::to_string(kMaxRoutingIterations) + "], got " +
+                        std::to_string(m.routing_iterations()));
+      break;
+    case config::ModelConfig::SASREC:
+    case config::ModelConfig::BST: {
+      if (m.num_blocks() < 1)
+        return fail({{"model", -1}, {"num_blocks", -1}},
+                    "must be >= 1, got " + std::to_string(m.num_blocks()));
+      // The heads split the blocks' width: SASRec's is the embedding, BST's item and category.
+      const bool bst = type == config::ModelConfig::BST;
+      const int64_t block_width = bst ? 2 * width : width;
+      const std::string of =
+          bst ? "BST's block width 2 * model.embedding_dim = " + std::to_string(block_width)
+              : "model.embedding_dim " + std::to_string(width);
+      if (block_width % m.num_heads() != 0)
+        return fail_either({{"model", -1}, {"num_heads", -1}},
+                           std::to_string(m.num_heads()) + " does not divide " + of, embedding_dim,
+                           (bst ? "2 * " : "") + std::to_string(width) +
+                               " is not divisible by model.num_heads " +
+                               std::to_string(m.num_heads()));
+      break;
+    }
+    default:
+      break;
+  }
+  // The optimizer of the dense weights, and of every table without its own: the store's checks
+  // (ps/table_options.cc ValidateTableOptions) of the fields its type reads.
+  auto check_optimizer = [&](const config::OptimizerConfig& o, const Path& at) -> Status {
+    auto field = [&](const char* name) {
+      Path p = at;
+      p.emplace_back(name, -1);
+      return p;
+    };
+    if (o.learning_rate() <= 0) return fail(field("learning_rate"), "must be positive");
+    const bool adam = o.type() == config::OptimizerConfig::ADAM;
+    if (adam && !(o.beta1() >= 0 && o.beta1() < 1))
+      return fail(field("beta1"), "must be in [0, 1), got " + NumberText(o.beta1()));
+    if (adam && !(o.beta2() >= 0 && o.beta2() < 1))
+      return fail(field("beta2"), "must be in [0, 1), got " + NumberText(o.beta2()));
+    if ((adam || o.type() == config::OptimizerConfig::ADAGRAD) && o.epsilon() <= 0)
+      return fail(field("epsilon"), "must be positive, got " + NumberText(o.epsilon()));
+    if (o.initial_accumulator() < 0)
+      return fail(field("initial_accumulator"),
+                  "must be >= 0, got " + NumberText(o.initial_accumulator()));
+    if (o.type() == config::OptimizerConfig::FTRL) {
+      if (o.l1() < 0) return fail(field("l1"), "must be >= 0, got " + NumberText(o.l1()));
+      if (o.l2() < 0) return fail(field("l2"), "must be >= 0, got " + NumberText(o.l2()));
+      if (o.ftrl_beta() < 0)
+        return fail(field("ftrl_beta"), "must be >= 0, got " + NumberText(o.ftrl_beta()));
+    }
+    return Status::Ok();
+  };
+  IPS_RETURN_IF_ERROR(check_optimizer(cfg.optimizer(), {{"optimizer", -1}}));
   for (int i = 0; i < cfg.tables_size(); ++i) {
     const auto& t = cfg.tables(i);
     if (t.name().empty()) return fail({{"tables", i}, {"name", -1}}, "every table needs a name");
     if (t.dim() <= 0) return fail({{"tables", i}, {"dim", -1}}, "must be positive");
+    if (t.dim() > kMaxTableDim)
+      return fail({{"tables", i}, {"dim", -1}}, "must be at most " + std::to_string(kMaxTableDim) +
+                                                    ", got " + std::to_string(t.dim()));
     if (t.min_count() < 0) return fail({{"tables", i}, {"min_count", -1}}, "must be >= 0");
+    if (t.min_count() > kMaxMinCount)
+      return fail({{"tables", i}, {"min_count", -1}},
+                  "must be at most " + std::to_string(kMaxMinCount) +
+                      " (the admission counters are 16 bits), got " +
+                      std::to_string(t.min_count()));
+    if (t.ttl_steps() < 0 || t.ttl_steps() > kMaxTtlSteps)
+      return fail({{"tables", i}, {"ttl_steps", -1}},
+                  "must be in [0, " + std::to_string(kMaxTtlSteps) +
+                      "] (0: rows never expire), got " + std::to_string(t.ttl_steps()));
+    // The smallest cap that holds the table is the store's to check (it depends on its layout):
+    // ps/dynamic_table.cc names it.
+    if (t.max_memory_mb() < 0)
+      return fail({{"tables", i}, {"max_memory_mb", -1}},
+                  "must be >= 0 (0: no cap), got " + std::to_string(t.max_memory_mb()));
+    if (t.has_optimizer())
+      IPS_RETURN_IF_ERROR(check_optimizer(t.optimizer(), {{"tables", i}, {"optimizer", -1}}));
+    const auto& init = t.initializer();
+    if (init.type() == config::InitializerConfig::NORMAL && init.stddev() < 0)
+      return fail({{"tables", i}, {"initializer", -1}, {"stddev", -1}},
+                  "must be >= 0, got " + NumberText(init.stddev()));
+    if (init.type() == config::InitializerConfig::UNIFORM && init.range() < 0)
+      return fail({{"tables", i}, {"initializer", -1}, {"range", -1}},
+                  "must be >= 0, got " + NumberText(init.range()));
     for (int j = 0; j < i; ++j)
       if (cfg.tables(j).name() == t.name())
         return fail({{"tables", i}, {"name", -1}}, "duplicate table name '" + t.name() + "'");
+  }
+  // The model reads its embeddings from the 'item' table (CTR models: and 'category'), rows of
+  // model.embedding_dim floats (worker/trainer.cc TrainJobFromConfig).
+  const bool sequence = type == config::ModelConfig::SASREC || type == config::ModelConfig::GRU4REC;
+  for (int i = 0; i < cfg.tables_size(); ++i) {
+    const auto& t = cfg.tables(i);
+    if (t.name() != "item" && (sequence || t.name() != "category")) continue;
+    if (t.dim() != width)
+      return fail_either(
+          {{"tables", i}, {"dim", -1}},
+          std::to_string(t.dim()) + " != model.embedding_dim " + std::to_string(width) +
+              " (table '" + t.name() + "' holds the model's embeddings)",
+          embedding_dim,
+          std::to_string(width) + " != tables[" + std::to_string(i) + "].dim " +
+              std::to_string(t.dim()) + " (table '" + t.name() + "' holds the model's embeddings)");
   }
   if (cfg.train().epochs() <= 0) return fail({{"train", -1}, {"epochs", -1}}, "must be positive");
   // Thread counts are capped: a typo of 10000 would start that many threads and abort in
@@ -371,6 +551,17 @@ Status ValidateConfig(const config::Config& cfg, const std::string& filename,
   if (cfg.cluster().num_ps() < 0) return fail({{"cluster", -1}, {"num_ps", -1}}, "must be >= 0");
   if (cfg.cluster().staleness() < 0)
     return fail({{"cluster", -1}, {"staleness", -1}}, "must be >= 0");
+  // SYNC waits for every push before a pull (a bound of 0): a staleness there would be ignored.
+  if (cfg.cluster().staleness() > 0 && cfg.cluster().sync() != config::ClusterConfig::ASYNC) {
+    const std::string s = std::to_string(cfg.cluster().staleness());
+    return fail_either({{"cluster", -1}, {"staleness", -1}},
+                       s + " is read only with cluster.sync ASYNC, and cluster.sync is SYNC: set "
+                           "cluster.sync to ASYNC, or leave cluster.staleness out",
+                       {{"cluster", -1}, {"sync", -1}},
+                       "SYNC would ignore cluster.staleness " + s +
+                           " (only ASYNC reads a staleness bound): set cluster.sync to ASYNC, or "
+                           "leave cluster.staleness out");
+  }
   if (cfg.cluster().ps_threads() < 0 || cfg.cluster().ps_threads() > kMaxThreads)
     return fail({{"cluster", -1}, {"ps_threads", -1}},
                 "must be in [0, " + std::to_string(kMaxThreads) + "] (0: automatic), got " +

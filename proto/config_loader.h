@@ -27,9 +27,16 @@ StatusOr<config::Config> LoadConfigFile(const std::string& path);
 // Enums take their names. Errors: INVALID_ARGUMENT naming the override and the failing part.
 Status ApplyOverride(const std::string& assignment, config::Config* config);
 
-// Semantic checks (positive sizes, known version, consistent sections). Errors name the file,
-// the field path and, when the field was set in the file, its line; a field one of `overrides`
-// (the --set assignments applied) set is named as "--set path=value: path: ...".
+// Semantic checks (positive sizes, known version, consistent sections), including those of the
+// model the config builds (the fields its model.type reads: worker/model_factory.cc and the
+// models' Validate*Options), of the tables (ps/table_options.h ValidateTableOptions, and each
+// model table's dim = model.embedding_dim) and of the cluster (cluster.staleness only with
+// ASYNC), so that every value is blamed where it was set. Errors name the file, the config field
+// path and, when the field was set in the file, its line; a field one of `overrides` (the --set
+// assignments applied) set is named as "--set path=value: path: ..." (an element of a list, as
+// "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: ..."). A check of two fields is blamed on
+// the one an override set. Not checked here: what needs the store's layout (the smallest
+// tables[i].max_memory_mb, ps::MinMemoryMb) or the machine (model.device CUDA).
 Status ValidateConfig(const config::Config& config, const std::string& filename,
                       const std::string& text, const std::vector<std::string>& overrides = {});
 

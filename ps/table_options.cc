@@ -4,6 +4,8 @@
 #include <string>
 
 #include "common/random.h"
+#include "ps/internal/count_sketch.h"
+#include "ps/internal/table_shard.h"
 
 namespace ips::ps {
 namespace {
@@ -54,6 +56,32 @@ Status ValidateTableOptions(const TableOptions& o) {
     return Bad(o, "sketch_width", "must be a power of two <= 65536");
   if (o.ttl_sweep_interval < 0) return Bad(o, "ttl_sweep_interval", "must be >= 0");
   return Status::Ok();
+}
+
+int64_t MinMemoryMb(const TableOptions& o) {
+  const int state_count = kernels::OptimizerStateCount(ToOptimizerKind(o.optimizer.type));
+  const int64_t sketch_bytes =
+      o.min_count > 1 ? internal::CountSketch::kDepth * o.sketch_width * int64_t{sizeof(uint16_t)}
+                      : 0;
+  const int64_t shard_bytes = internal::SlabBytesFor(o.rows_per_slab, o.dim, state_count) +
+                              internal::IndexBytesFor(o.rows_per_slab) + sketch_bytes;
+  // The cap is split evenly across the shards (DynamicTable::Create): each share must hold one.
+  const int64_t mb = int64_t{1} << 20;
+  return (shard_bytes * o.num_shards + mb - 1) / mb;
+}
+
+const char* OptimizerTypeName(OptimizerOptions::Type type) {
+  switch (type) {
+    case OptimizerOptions::Type::kSgd:
+      return "SGD";
+    case OptimizerOptions::Type::kAdagrad:
+      return "ADAGRAD";
+    case OptimizerOptions::Type::kAdam:
+      return "ADAM";
+    case OptimizerOptions::Type::kFtrl:
+      return "FTRL";
+  }
+  return "unknown";
 }
 
 kernels::OptimizerKind ToOptimizerKind(OptimizerOptions::Type type) {

@@ -86,6 +86,15 @@ struct TableOptions {
 // INVALID_ARGUMENT naming the table and the field when an option is out of range.
 Status ValidateTableOptions(const TableOptions& options);
 
+// The smallest max_memory_mb, in MB rounded up, that holds a table of these options: one slab of
+// rows and its index in every shard, plus the admission sketches when min_count > 1. It grows
+// with dim and the optimizer's state per row. DynamicTable::Create refuses a cap below it (0, no
+// cap, is always fine). For valid options.
+int64_t MinMemoryMb(const TableOptions& options);
+
+// The config's name of an optimizer type (proto OptimizerConfig.Type): "SGD", "ADAM", ...
+const char* OptimizerTypeName(OptimizerOptions::Type type);
+
 // The kernel hyper-parameters for the options' optimizer.
 kernels::OptimizerHyper ToOptimizerHyper(const OptimizerOptions& options);
 kernels::OptimizerKind ToOptimizerKind(OptimizerOptions::Type type);

@@ -124,6 +124,38 @@ Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t*
   return Status::Ok();
 }
 
+// A model's option check failed on a spec made from a config: names the config field behind the
+// option ("MindOptions.num_interests: ..." -> "model.num_interests: ..."), which the user sets.
+// ValidateConfig (proto/config_loader.cc) refuses these values first, blaming the file line or
+// the --set; this keeps the config's names when a Config that skipped it reaches here. Options
+// that no config field sets keep their own names.
+Status InConfigTerms(const Status& s, const std::string& options) {
+  if (s.ok()) return s;
+  const std::string prefix = options + ".";
+  const std::string& msg = s.message();
+  if (msg.compare(0, prefix.size(), prefix) != 0) return s;
+  const size_t colon = msg.find(':', prefix.size());
+  if (colon == std::string::npos) return s;
+  const std::string field = msg.substr(prefix.size(), colon - prefix.size());
+  std::string path;
+  if (field == "embedding_dim" || field == "num_interests" || field == "routing_iterations" ||
+      field == "num_blocks" || field == "num_heads" || field == "dropout" ||
+      field == "aux_loss_weight" || field == "rnn_hidden" || field.rfind("mlp_hidden[", 0) == 0) {
+    path = "model." + field;
+  } else if (field == "hidden") {  // GRU4Rec's
+    path = "model.rnn_hidden";
+  } else if (field == "attention_hidden1" || field == "attention_hidden2") {
+    path = std::string("model.attention_hidden[") + (field.back() == '1' ? "0" : "1") + "]";
+  } else if (field == "max_len") {
+    path = "data.max_history";
+  } else if (field == "max_batch") {
+    path = "data.batch_size";
+  } else {
+    return s;
+  }
+  return Status(s.code(), path + msg.substr(colon));
+}
+
 }  // namespace
 
 // ModelSpecFromConfig without the device checks.
@@ -152,7 +184,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
         d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
       d.attention_softmax = m.attention_softmax();
-      IPS_RETURN_IF_ERROR(models::ValidateDinOptions(WithCommon(d, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidateDinOptions(WithCommon(d, s)), "DinOptions"));
       return s;
     }
     case config::ModelConfig::DIEN: {
@@ -167,7 +200,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       if (m.mlp_hidden_size() != 0)
         d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
-      IPS_RETURN_IF_ERROR(models::ValidateDienOptions(WithCommon(d, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidateDienOptions(WithCommon(d, s)), "DienOptions"));
       return s;
     }
     case config::ModelConfig::POOLED: {
@@ -176,14 +210,16 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       if (m.mlp_hidden_size() != 0)
         p.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(p.activation, ActivationOf(m));
-      IPS_RETURN_IF_ERROR(models::ValidatePooledOptions(WithCommon(p, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidatePooledOptions(WithCommon(p, s)), "PooledOptions"));
       return s;
     }
     case config::ModelConfig::MIND: {
       s.kind = ModelKind::kMind;
       s.mind.num_interests = m.num_interests();
       s.mind.routing_iterations = m.routing_iterations();
-      IPS_RETURN_IF_ERROR(models::ValidateMindOptions(WithCommon(s.mind, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidateMindOptions(WithCommon(s.mind, s)), "MindOptions"));
       return s;
     }
     case config::ModelConfig::SASREC: {
@@ -192,7 +228,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       s.sasrec.num_heads = m.num_heads();
       s.sasrec.dropout = m.dropout();
       s.sasrec.layout = LayoutOf(m);
-      IPS_RETURN_IF_ERROR(models::ValidateSasrecOptions(WithCommon(s.sasrec, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidateSasrecOptions(WithCommon(s.sasrec, s)), "SasrecOptions"));
       return s;
     }
     case config::ModelConfig::BST: {
@@ -205,7 +242,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       if (m.mlp_hidden_size() != 0)
         b.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
       IPS_ASSIGN_OR_RETURN(b.activation, ActivationOf(m));
-      IPS_RETURN_IF_ERROR(models::ValidateBstOptions(WithCommon(b, s)));
+      IPS_RETURN_IF_ERROR(
+          InConfigTerms(models::ValidateBstOptions(WithCommon(b, s)), "BstOptions"));
       return s;
     }
     case config::ModelConfig::GRU4REC: {
@@ -213,7 +251,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       // rnn_hidden's default (36) is DIEN's; GRU4Rec's default is the embedding width.
       s.gru4rec.hidden = m.has_rnn_hidden() ? m.rnn_hidden() : 0;
       s.gru4rec.cell = m.cell() == config::LSTM ? kernels::RnnCell::kLstm : kernels::RnnCell::kGru;
-      IPS_RETURN_IF_ERROR(models::ValidateGru4RecOptions(WithCommon(s.gru4rec, s)));
+      IPS_RETURN_IF_ERROR(InConfigTerms(models::ValidateGru4RecOptions(WithCommon(s.gru4rec, s)),
+                                        "Gru4RecOptions"));
       return s;
     }
     default:

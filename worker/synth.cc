@@ -9,6 +9,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/flags.h"
 #include "common/timer.h"
 #include "worker/record_parsers.h"
 
@@ -165,13 +166,13 @@ Status ValidateSynthOptions(const SynthOptions& o) {
   auto prob = [](const char* name, double v) -> Status {
     if (!(v >= 0 && v <= 1))
       return InvalidArgumentError(std::string("--") + name + " must be in [0, 1], got " +
-                                  std::to_string(v));
+                                  FormatNumber(v));
     return Status::Ok();
   };
   auto nonneg = [](const char* name, double v) -> Status {
     if (!(v >= 0 && v <= 100))
       return InvalidArgumentError(std::string("--") + name + " must be in [0, 100], got " +
-                                  std::to_string(v));
+                                  FormatNumber(v));
     return Status::Ok();
   };
   if (o.events < 1) return InvalidArgumentError("--events must be >= 1");

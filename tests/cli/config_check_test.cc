@@ -16,6 +16,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proto/config_loader.h"
@@ -70,7 +71,7 @@ TEST(ConfigCheck, TableDimOtherThanEmbeddingDimFailsLikeTrain) {
   const std::string args =
       "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[0].dim=32";
   ExpectCheckFailsLikeTrain(args, "train " + args + kSmall,
-                            "tables[0].dim 32 != model.embedding_dim 18");
+                            "--set tables[0].dim=32: tables[0].dim: 32 != model.embedding_dim 18");
   // A table the model needs is missing.
   const std::string missing =
       "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[1].name=cat";
@@ -78,17 +79,72 @@ TEST(ConfigCheck, TableDimOtherThanEmbeddingDimFailsLikeTrain) {
 }
 
 TEST(ConfigCheck, ModelOptionsFailLikeTrain) {
-  // attention_hidden of 1 size: ModelSpecFromConfig's check, not the loader's.
+  // attention_hidden of 1 size: ModelSpecFromConfig's check, made by the loader too.
   const std::string args =
       "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set model.attention_hidden=80";
   ExpectCheckFailsLikeTrain(args, "train " + args + kSmall, "model.attention_hidden");
 }
 
+// A model's or a table's option set by --set is blamed on the override, with the config's field
+// path, not on the config file (whose line it replaced) and not with the option's C++ name
+// ("MindOptions.num_interests").
+TEST(ConfigCheck, OptionErrorsFromSetNameTheOverrideLikeTrain) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"din_synthetic.pbtxt --set tables[0].max_memory_mb=-5",
+       "error: INVALID_ARGUMENT: --set tables[0].max_memory_mb=-5: tables[0].max_memory_mb: must "
+       "be >= 0 (0: no cap), got -5"},
+      {"mind_games.pbtxt --set model.num_interests=0",
+       "error: INVALID_ARGUMENT: --set model.num_interests=0: model.num_interests: must be in [1, "
+       "64], got 0"},
+      {"bst_games.pbtxt --set model.num_heads=5",
+       "error: INVALID_ARGUMENT: --set model.num_heads=5: model.num_heads: 5 does not divide "
+       "BST's block width 2 * model.embedding_dim = 36"},
+      {"dien_synthetic.pbtxt --set model.aux_loss_weight=-1",
+       "error: INVALID_ARGUMENT: --set model.aux_loss_weight=-1: model.aux_loss_weight: must be >= "
+       "0 (0: no auxiliary loss), got -1"},
+      {"dien_synthetic.pbtxt --set model.rnn_hidden=20",
+       "error: INVALID_ARGUMENT: --set model.rnn_hidden=20: model.rnn_hidden: must be 2 * "
+       "model.embedding_dim = 36 (or 0 for that), got 20"},
+      {"din_synthetic.pbtxt --set model.mlp_hidden=200,0",
+       "error: INVALID_ARGUMENT: --set model.mlp_hidden=200,0: model.mlp_hidden[1]: must be "
+       "positive"},
+  };
+  for (const auto& [config_and_set, want] : cases) {
+    SCOPED_TRACE(config_and_set);
+    // The *_games configs name a placeholder data.train_dir (refused before it is read); the
+    // synthetic ones get kSmall, should a run start after all.
+    const std::string args = "--config " + ConfigNamed(config_and_set);
+    const bool synthetic = config_and_set.find("_synthetic") != std::string::npos;
+    ExpectCheckFailsLikeTrain(args, "train " + args + (synthetic ? kSmall : ""), want);
+    EXPECT_EQ(RunIps("config check " + args).output.find(".pbtxt"), std::string::npos);
+  }
+}
+
+// cluster.staleness bounds ASYNC's reads: with SYNC it would be ignored, so it is refused, naming
+// both fields. No shipped config sets it with SYNC.
+TEST(ConfigCheck, StalenessWithSyncIsRefused) {
+  const std::string args =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set cluster.staleness=3";
+  ExpectCheckFailsLikeTrain(
+      args, "train " + args + kSmall,
+      "error: INVALID_ARGUMENT: --set cluster.staleness=3: cluster.staleness: 3 is read only with "
+      "cluster.sync ASYNC, and cluster.sync is SYNC: set cluster.sync to ASYNC, or leave "
+      "cluster.staleness out");
+  const IpsRun async = RunIps("config check " + args + " --set cluster.sync=ASYNC");
+  EXPECT_EQ(async.exit_code, 0) << async.output;
+}
+
 TEST(ConfigCheck, StoreAndCheckpointChecksFailLikeTrain) {
-  // The store's table check: a memory cap below one slab per shard.
+  // The store's table check: a memory cap below one slab per shard. The error names the table,
+  // the smallest cap that works and nothing the config cannot set.
   const std::string cap =
       "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[0].max_memory_mb=1";
-  ExpectCheckFailsLikeTrain(cap, "train " + cap + kSmall, "max_memory_mb");
+  ExpectCheckFailsLikeTrain(cap, "train " + cap + kSmall,
+                            "table 'item': max_memory_mb 1 is below the 2 MB this table needs at "
+                            "least (dim 18 with ADAM's optimizer state); set max_memory_mb to 2 or "
+                            "more, or to 0 for no cap");
+  const IpsRun at_minimum = RunIps("config check " + cap + " --set tables[0].max_memory_mb=2");
+  EXPECT_EQ(at_minimum.exit_code, 0) << at_minimum.output;
   // Negative checkpoint intervals with checkpoint.dir set (nothing is written by check).
   const std::string dir = ::testing::TempDir() + "/config_check_ck_" + std::to_string(getpid());
   const std::string ck = "--config " + ConfigNamed("din_synthetic.pbtxt") +

@@ -81,7 +81,9 @@ TEST(ConfigOverride, SetsNestedScalarEnumStringAndRepeated) {
                               "tables { name: \"item\" dim: 18 }\n");
   auto cfg = LoadConfig(
       path, {"data.batch_size=128", "model.type=DIEN", "name=my run", "model.mlp_hidden=64,32,16",
-             "tables[0].dim=36", "tables[1].name=category", "data.synthetic.num_items=5000"});
+             "tables[0].dim=36", "tables[1].name=category", "data.synthetic.num_items=5000",
+             // The model's tables are as wide as its embeddings (checked by the loader too).
+             "model.embedding_dim=36", "tables[1].dim=36"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->data().batch_size(), 128);
   EXPECT_EQ(cfg->model().type(), config::ModelConfig::DIEN);
@@ -227,6 +229,148 @@ TEST(ConfigOverride, EmptyListIsAnError) {
   EXPECT_TRUE(ApplyOverride("model.mlp_hidden=32", &cfg).ok());
   ASSERT_EQ(cfg.model().mlp_hidden_size(), 1);
   EXPECT_EQ(cfg.model().mlp_hidden(0), 32);
+}
+
+// The checks of the model a config builds (ModelSpecFromConfig and the models' options), of the
+// tables (the store's) and of the cluster are the loader's too: a bad value from --set names the
+// override and the config field path ("model.num_interests", not "MindOptions.num_interests"),
+// one in the file names its line. Only the fields the model type reads are checked.
+TEST(ConfigOverride, ModelOptionErrorsNameTheOverrideAndTheConfigField) {
+  const auto path = WriteTemp("model_checks.pbtxt",
+                              "model { embedding_dim: 18 }\n"
+                              "tables { name: \"item\" dim: 18 }\n"
+                              "tables { name: \"category\" dim: 18 }\n");
+  ASSERT_TRUE(LoadConfig(path, {}).ok());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"model.type=MIND", "model.num_interests=0"},
+       "--set model.num_interests=0: model.num_interests: must be in [1, 64], got 0"},
+      {{"model.type=MIND", "model.num_interests=65"},
+       "--set model.num_interests=65: model.num_interests: must be in [1, 64], got 65"},
+      {{"model.type=MIND", "model.routing_iterations=21"},
+       "--set model.routing_iterations=21: model.routing_iterations: must be in [1, 20], got 21"},
+      {{"model.type=BST", "model.num_heads=5"},
+       "--set model.num_heads=5: model.num_heads: 5 does not divide BST's block width 2 * "
+       "model.embedding_dim = 36"},
+      {{"model.type=BST", "model.num_blocks=0"},
+       "--set model.num_blocks=0: model.num_blocks: must be >= 1, got 0"},
+      {{"model.type=SASREC", "model.num_heads=4"},
+       "--set model.num_heads=4: model.num_heads: 4 does not divide model.embedding_dim 18"},
+      {{"model.type=DIEN", "model.aux_loss_weight=-1"},
+       "--set model.aux_loss_weight=-1: model.aux_loss_weight: must be >= 0 (0: no auxiliary "
+       "loss), got -1"},
+      {{"model.type=DIEN", "model.rnn_hidden=20"},
+       "--set model.rnn_hidden=20: model.rnn_hidden: must be 2 * model.embedding_dim = 36 (or 0 "
+       "for that), got 20"},
+      {{"model.type=GRU4REC", "model.rnn_hidden=-1"},
+       "--set model.rnn_hidden=-1: model.rnn_hidden: must be >= 0 (0: model.embedding_dim), got "
+       "-1"},
+      {{"model.activation=RELU"},
+       "--set model.activation=RELU: model.activation: RELU: the MLP head of DIN supports PRELU "
+       "and DICE"},
+      {{"model.attention_hidden=80"},
+       "--set model.attention_hidden=80: model.attention_hidden: the DIN activation unit has "
+       "exactly 2 hidden layers (got 1 sizes)"},
+      {{"model.activation=DICE", "data.batch_size=1"},
+       "--set data.batch_size=1: data.batch_size: model.activation DICE needs batches of at least "
+       "2 rows, got 1"},
+      // An element of a list is blamed on the override of the list.
+      {{"model.mlp_hidden=64,0"},
+       "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: must be "
+       "positive"},
+  };
+  for (const auto& [sets, want] : cases) {
+    SCOPED_TRACE(sets.back());
+    const Status s = LoadConfig(path, sets).status();
+    ExpectError(s, want);
+    EXPECT_EQ(s.message().find("Options."), std::string::npos) << s.message();
+  }
+  // A field the model type does not read is not checked (DIN has no interests or heads to split).
+  EXPECT_TRUE(LoadConfig(path, {"model.num_interests=0", "model.num_heads=5"}).ok());
+  EXPECT_TRUE(LoadConfig(path, {"model.type=DIEN", "model.rnn_hidden=0"}).ok());
+  // In the file: its line.
+  const auto file = WriteTemp("mind_file.pbtxt", "model {\n  type: MIND\n  num_interests: 0\n}\n");
+  ExpectError(LoadConfig(file, {}).status(),
+              file + ":3: model.num_interests: must be in [1, 64], got 0");
+  // A check of two fields is blamed on the one an override set.
+  const auto small = WriteTemp("batch_of_one.pbtxt", "data { batch_size: 1 }\n");
+  ASSERT_TRUE(LoadConfig(small, {}).ok());
+  ExpectError(LoadConfig(small, {"model.activation=DICE"}).status(),
+              "--set model.activation=DICE: model.activation: DICE needs batches of at least 2 "
+              "rows (data.batch_size is 1)");
+}
+
+TEST(ConfigOverride, TableOptionErrorsNameTheOverrideAndTheConfigField) {
+  const auto path = WriteTemp("table_checks.pbtxt",
+                              "tables { name: \"item\" dim: 18 max_memory_mb: 64 }\n"
+                              "tables { name: \"category\" dim: 18 }\n");
+  ASSERT_TRUE(LoadConfig(path, {}).ok());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"tables[0].max_memory_mb=-5"},
+       "--set tables[0].max_memory_mb=-5: tables[0].max_memory_mb: must be >= 0 (0: no cap), got "
+       "-5"},
+      {{"tables[1].ttl_steps=-1"},
+       "--set tables[1].ttl_steps=-1: tables[1].ttl_steps: must be in [0, 1073741823] (0: rows "
+       "never expire), got -1"},
+      {{"tables[1].min_count=70000"},
+       "--set tables[1].min_count=70000: tables[1].min_count: must be at most 65535"},
+      {{"tables[1].dim=70000"}, "--set tables[1].dim=70000: tables[1].dim: must be at most 65536"},
+      {{"optimizer.beta1=1"}, "--set optimizer.beta1=1: optimizer.beta1: must be in [0, 1), got 1"},
+      {{"optimizer.type=ADAGRAD", "optimizer.epsilon=0"},
+       "--set optimizer.epsilon=0: optimizer.epsilon: must be positive, got 0"},
+      {{"tables[1].optimizer.type=FTRL", "tables[1].optimizer.l1=-0.5"},
+       "--set tables[1].optimizer.l1=-0.5: tables[1].optimizer.l1: must be >= 0, got -0.5"},
+      {{"tables[0].optimizer.initial_accumulator=-1"},
+       "--set tables[0].optimizer.initial_accumulator=-1: "
+       "tables[0].optimizer.initial_accumulator: must be >= 0, got -1"},
+      {{"tables[0].initializer.type=NORMAL", "tables[0].initializer.stddev=-1"},
+       "--set tables[0].initializer.stddev=-1: tables[0].initializer.stddev: must be >= 0, got -1"},
+      {{"tables[0].initializer.type=UNIFORM", "tables[0].initializer.range=-1"},
+       "--set tables[0].initializer.range=-1: tables[0].initializer.range: must be >= 0, got -1"},
+      // The model's tables hold rows of model.embedding_dim floats: the side an override changed
+      // is named.
+      {{"tables[0].dim=32"},
+       "--set tables[0].dim=32: tables[0].dim: 32 != model.embedding_dim 18 (table 'item' holds "
+       "the model's embeddings)"},
+      {{"model.embedding_dim=32"},
+       "--set model.embedding_dim=32: model.embedding_dim: 32 != tables[0].dim 18 (table 'item' "
+       "holds the model's embeddings)"},
+  };
+  for (const auto& [sets, want] : cases) {
+    SCOPED_TRACE(sets.back());
+    const Status s = LoadConfig(path, sets).status();
+    ExpectError(s, want);
+    EXPECT_EQ(s.message().find(path), std::string::npos) << s.message();
+  }
+  // A sequence model embeds items only: the category table's width is not the model's concern.
+  EXPECT_TRUE(LoadConfig(path, {"model.type=SASREC", "tables[1].dim=8"}).ok());
+  // A table the model does not read may have its own width.
+  EXPECT_TRUE(LoadConfig(path, {"tables[2].name=extra", "tables[2].dim=8"}).ok());
+  // In the file: its line.
+  const auto file = WriteTemp("table_file.pbtxt",
+                              "tables { name: \"item\" dim: 18 }\n"
+                              "tables {\n  name: \"category\"\n  max_memory_mb: -5\n}\n");
+  ExpectError(LoadConfig(file, {}).status(),
+              file + ":4: tables[1].max_memory_mb: must be >= 0 (0: no cap), got -5");
+}
+
+// cluster.staleness bounds ASYNC's reads; SYNC would ignore it, so the pair is refused, naming
+// the field an override set (and both fields either way).
+TEST(ConfigOverride, StalenessIsOnlyForAsync) {
+  const auto sync = WriteTemp("sync.pbtxt", "cluster { num_ps: 1 sync: SYNC }\n");
+  EXPECT_TRUE(LoadConfig(sync, {}).ok());
+  EXPECT_TRUE(LoadConfig(sync, {"cluster.staleness=0"}).ok());
+  ExpectError(LoadConfig(sync, {"cluster.staleness=3"}).status(),
+              "--set cluster.staleness=3: cluster.staleness: 3 is read only with cluster.sync "
+              "ASYNC, and cluster.sync is SYNC");
+  EXPECT_TRUE(LoadConfig(sync, {"cluster.sync=ASYNC", "cluster.staleness=3"}).ok());
+  const auto async = WriteTemp("async.pbtxt", "cluster { num_ps: 1 sync: ASYNC staleness: 2 }\n");
+  EXPECT_TRUE(LoadConfig(async, {}).ok());
+  ExpectError(LoadConfig(async, {"cluster.sync=SYNC"}).status(),
+              "--set cluster.sync=SYNC: cluster.sync: SYNC would ignore cluster.staleness 2 (only "
+              "ASYNC reads a staleness bound)");
+  // The default sync is SYNC.
+  const auto bare = WriteTemp("bare_stale.pbtxt", "cluster {\n  num_ps: 1\n  staleness: 4\n}\n");
+  ExpectError(LoadConfig(bare, {}).status(), bare + ":3: cluster.staleness: 4 is read only");
 }
 
 TEST(ConfigFiles, EveryShippedConfigLoads) {

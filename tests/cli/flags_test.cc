@@ -2,6 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace ips {
 namespace {
 
@@ -95,6 +102,39 @@ TEST(Flags, UsageShowsTheDeclaredDefaultNotTheGivenValue) {
     EXPECT_FALSE(f.Parse({"--input", "a", "--shards", "abc"}).ok());
     EXPECT_NE(f.Usage().find("number of shards (default 1)"), std::string::npos) << f.Usage();
   }
+}
+
+// A message about a number flag quotes its value as given ("--noise must be in [0, 1], got -1",
+// not "-1.000000"): GetString gives the text of any flag, FormatNumber the shortest text of a
+// number that reads back as the same double (for values checked after parsing).
+TEST(Flags, NumbersAreQuotedAsGivenNotWithSixDecimals) {
+  FlagSet f = MakeFlags();
+  ASSERT_TRUE(f.Parse({"--input", "a", "--rate", "-1", "--shards", "7"}).ok());
+  EXPECT_EQ(f.GetString("rate"), "-1");
+  EXPECT_EQ(f.GetString("shards"), "7");
+  EXPECT_EQ(FormatNumber(f.GetDouble("rate")), "-1");
+  const std::vector<std::pair<double, std::string>> cases = {
+      {-1, "-1"},
+      {0, "0"},
+      {0.1, "0.1"},
+      {2.5, "2.5"},
+      {1e-7, "1e-07"},
+      {123456789, "123456789"},
+      {0.123456789, "0.123456789"},
+      {1.0 / 3, "0.3333333333333333"},
+      {1e300, "1e+300"},
+  };
+  for (const auto& [v, want] : cases) EXPECT_EQ(FormatNumber(v), want);
+  EXPECT_EQ(FormatNumber(std::numeric_limits<double>::infinity()), "inf");
+  EXPECT_EQ(FormatNumber(-std::numeric_limits<double>::infinity()), "-inf");
+  EXPECT_EQ(FormatNumber(std::nan("")), "nan");
+  // Every value reads back exactly.
+  for (double v : {0.1 + 0.2, 1.0 / 7, -2.0e-310, 6.02214076e23})
+    EXPECT_EQ(std::strtod(FormatNumber(v).c_str(), nullptr), v) << FormatNumber(v);
+  // The usage shows a number default the same way (not rounded to 6 digits).
+  FlagSet g("synth");
+  g.Double("alpha", 0.123456789, "an exponent");
+  EXPECT_NE(g.Usage().find("an exponent (default 0.123456789)"), std::string::npos) << g.Usage();
 }
 
 }  // namespace

@@ -566,6 +566,9 @@ TEST(Synth, InvalidOptionsAreRejected) {
   const Status s = bad([](SynthOptions& o) { o.domain1_fraction = -0.1; });
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("domain1_fraction"), std::string::npos);
+  // The value as given, not std::to_string's "-0.100000".
+  EXPECT_NE(s.message().find("got -0.1"), std::string::npos) << s;
+  EXPECT_EQ(s.message().find("-0.100000"), std::string::npos) << s;
 }
 
 }  // namespace

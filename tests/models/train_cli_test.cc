@@ -124,6 +124,35 @@ TEST(TrainCli, RunsThatCannotWorkAreRefusedUpFront) {
   EXPECT_NE(r.output.find("--stream writes no checkpoints"), std::string::npos) << r.output;
 }
 
+// `ips eval --eval_batches 0` would evaluate no example and print auc=nan with exit 0: it is a
+// usage error (exit 2) naming the flag and its range, like a bad flag; 1 batch evaluates.
+TEST(TrainCli, EvalOfNoBatchesIsAUsageError) {
+  const std::string ck =
+      ::testing::TempDir() + "/train_cli_eval_batches_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + ck).c_str());
+  auto r = RunIps("train --quiet --config " + Config() + kSmall + " --set checkpoint.dir=" + ck);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string eval = "eval --config " + Config() + kSmall + " --checkpoint " + ck;
+  for (const char* bad : {"0", "-3", "2147483648"}) {
+    SCOPED_TRACE(bad);
+    r = RunIps(eval + " --eval_batches " + bad);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("ips eval: --eval_batches must be in [1, 2147483647], got " +
+                            std::string(bad)),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("usage: ips eval"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
+  }
+  r = RunIps(eval + " --eval_batches 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string last = LastLine(r.output);
+  EXPECT_EQ(last.rfind("RESULT eval model=din ", 0), 0u) << r.output;
+  EXPECT_NE(last.find(" examples=32 "), std::string::npos) << last;
+  EXPECT_TRUE(std::isfinite(ResultValue(last, "auc"))) << last;
+  (void)std::system(("rm -rf " + ck).c_str());
+}
+
 // A seqrec file with a planted pattern (user u walks cyclically through item group u % 40 of
 // 10 items), converted with `ips data convert`, then trained 2 epochs: HR@10 must clearly beat a
 // random scorer's 10/101.

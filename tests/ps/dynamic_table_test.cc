@@ -689,6 +689,53 @@ TEST(DynamicTable, CapTooSmallForOneSlabPerShardIsAnError) {
   EXPECT_NE(t.status().message().find("max_memory_mb"), std::string::npos) << t.status();
 }
 
+// The error names the smallest cap that works (MB, rounded up) and only settings a config has:
+// the store's layout (shards, slab rows) is not the user's to change. MinMemoryMb is exact: the
+// table is created at it and refused one MB below, whatever the width, optimizer and admission.
+TEST(DynamicTable, CapTooSmallNamesTheSmallestCapThatWorks) {
+  TableOptions o = Options("item", OptimizerOptions::Type::kAdam, 18);
+  o.max_memory_mb = 1;
+  EXPECT_EQ(MinMemoryMb(o), 2);  // 16 shards x 512 rows x (18 weights + 2 x 18 Adam moments)
+  auto t = DynamicTable::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(),
+            "table 'item': max_memory_mb 1 is below the 2 MB this table needs at least (dim 18 "
+            "with ADAM's optimizer state); set max_memory_mb to 2 or more, or to 0 for no cap");
+  for (const char* internal : {"shard", "slab", "rows_per_slab", "num_shards"})
+    EXPECT_EQ(t.status().message().find(internal), std::string::npos) << internal;
+  o.min_count = 3;  // the admission sketches count too
+  t = DynamicTable::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("below the 4 MB this table needs at least (dim 18 with "
+                                      "ADAM's optimizer state and the admission counts of "
+                                      "min_count 3); set max_memory_mb to 4 or more"),
+            std::string::npos)
+      << t.status();
+  for (const auto type : {OptimizerOptions::Type::kSgd, OptimizerOptions::Type::kAdagrad,
+                          OptimizerOptions::Type::kAdam, OptimizerOptions::Type::kFtrl}) {
+    for (const int64_t dim : {1, 18, 64, 300}) {
+      for (const int64_t min_count : {0, 5}) {
+        TableOptions c = Options("t", type, dim);
+        c.min_count = min_count;
+        const int64_t mb = MinMemoryMb(c);
+        SCOPED_TRACE(std::string(OptimizerTypeName(type)) + " dim " + std::to_string(dim) +
+                     " min_count " + std::to_string(min_count) + ": " + std::to_string(mb) + " MB");
+        c.max_memory_mb = mb;
+        EXPECT_TRUE(DynamicTable::Create(c).ok()) << DynamicTable::Create(c).status();
+        if (mb > 1) {
+          c.max_memory_mb = mb - 1;
+          auto refused = DynamicTable::Create(c);
+          ASSERT_FALSE(refused.ok());
+          EXPECT_NE(refused.status().message().find("set max_memory_mb to " + std::to_string(mb) +
+                                                    " or more"),
+                    std::string::npos)
+              << refused.status();
+        }
+      }
+    }
+  }
+}
+
 // --- Memory per row ------------------------------------------------------------------------------
 
 class BytesPerRow : public ::testing::TestWithParam<OptimizerOptions::Type> {};
