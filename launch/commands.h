@@ -57,7 +57,9 @@ int RunSynthCommand(const std::vector<std::string>& args);
 int RunTrainCommand(const std::vector<std::string>& args);
 // Checks of `ips train` that read only the config, shared with `ips config check`
 // (launch/stream_train.cc). CheckStreamConfig: `ips train --stream` (and RunStreamTrain itself)
-// refuses checkpoint.dir (a stream writes no checkpoints). INVALID_ARGUMENT naming the field.
+// refuses checkpoint.dir (a stream writes no checkpoints; INVALID_ARGUMENT naming the field) and a
+// model.type a serving bundle cannot hold (a sequence model; FAILED_PRECONDITION naming the
+// command and the supported types, worker/serving.h CheckBundleModelType).
 Status CheckStreamConfig(const config::Config& config);
 // The trainer of the job's model family, as `ips train`, `ips eval` and `ips config check` build
 // it (launch/train_command.cc): a CTR Trainer or a SeqTrainer; the other stays null.
@@ -67,6 +69,8 @@ Status MakeTrainer(const TrainJob& job, ps::EmbeddingStore* store, std::unique_p
 // the config's model family on a checkpoint (launch/eval_command.cc).
 int RunEvalCommand(const std::vector<std::string>& args);
 // `ips export --checkpoint DIR --output BUNDLE [--fp16] [--min_count N]` (launch/serve_command.cc).
+// Holds BUNDLE/LOCK while it writes; refuses an output that is not a bundle root, one held by
+// another writer, or one whose current version is another model type (worker/serving.h).
 int RunExportCommand(const std::vector<std::string>& args);
 // `ips serve --bundle BUNDLE [--poll_ms N]`: JSON lines on stdin -> scores on stdout
 // (launch/serve_command.cc).

@@ -1,5 +1,7 @@
 // `ips export` (a checkpoint -> a versioned serving bundle) and `ips serve` (JSON-lines scoring
-// on stdin/stdout with hot reload of newer bundle versions), over worker/serving.h.
+// on stdin/stdout with hot reload of newer bundle versions), over worker/serving.h. Export holds
+// the bundle root's writer lock while it writes (ExportBundle); serve takes no lock, so it keeps
+// serving a root that an export or a stream is writing into.
 #include <iostream>
 #include <string>
 
@@ -14,9 +16,14 @@ namespace ips {
 int RunExportCommand(const std::vector<std::string>& args) {
   FlagSet flags("export");
   flags.Required("checkpoint", "checkpoint root (follows LATEST) or one ckpt-<step> directory");
-  flags.Required("output", "bundle root; the export becomes its next version v-<n>");
+  flags.Required("output",
+                 "bundle root (created when missing; an existing one must be empty or a bundle "
+                 "root of the same model type, and is locked while the export writes); the export "
+                 "becomes its next version v-<n>");
   flags.Bool("fp16", "store embedding rows as IEEE half precision");
-  flags.Int("min_count", 0, "drop rows used fewer than N times (LFU count)");
+  flags.Int("min_count", 0,
+            "drop rows used fewer than N times (LFU count; refused when no row of a table would "
+            "be kept)");
   flags.Int("keep_versions", 3, "bundle versions kept in the root");
   flags.Bool("delta",
              "write only the rows that changed since the bundle's current version (a root with "

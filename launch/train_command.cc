@@ -252,6 +252,16 @@ int RunTrainCommand(const std::vector<std::string>& args) {
                "instead of data.train_dir / data.synthetic");
   AddStreamFlags(&flags);
   if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
+  // An out-of-range --stream_* value (--stream_negatives 0, ...) is a usage error like a bad flag:
+  // exit 2 with the usage, before the config is read.
+  StatusOr<StreamCliOptions> stream_options = StreamCliOptions();
+  if (!flags.GetString("stream").empty()) {
+    stream_options = StreamCliOptionsFromFlags(flags);
+    if (!stream_options.ok()) {
+      std::cerr << "error: " << stream_options.status().message() << "\n" << flags.Usage();
+      return kExitUsage;
+    }
+  }
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
@@ -297,11 +307,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   RunSinks sinks;
   sinks.progress = flags.GetBool("quiet") ? nullptr : stderr;
   sinks.metrics_out = metrics_path.empty() ? nullptr : &metrics;
-  if (!flags.GetString("stream").empty()) {
-    auto stream_options = StreamCliOptionsFromFlags(flags);
-    if (!stream_options.ok()) return fail(stream_options.status());
+  if (!flags.GetString("stream").empty())
     return RunStreamTrain(*cfg, flags.GetString("stream"), sinks, *stream_options);
-  }
   auto job = TrainJobFromConfig(*cfg);
   if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
   if (flags.GetInt("eval_batches") < 0)

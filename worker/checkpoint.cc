@@ -55,27 +55,32 @@ int64_t StepOfName(const std::string& name) {
   return step;
 }
 
-// The error of a run that finds DIR/LOCK (`path`, open as `fd`) held by another writer, naming
-// the pid that writer recorded in it.
-Status DirInUseError(const std::string& dir, const std::string& path, int fd) {
+// The error of a writer that finds DIR/LOCK (`path`, open as `fd`) held by another writer,
+// naming the pid that writer recorded in it.
+Status DirInUseError(const std::string& dir, const DirLockLabel& label, const std::string& path,
+                     int fd) {
   char buf[32] = {};
   const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
   std::string pid(buf, n > 0 ? static_cast<size_t>(n) : 0);
   while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
-  return FailedPreconditionError("checkpoint.dir " + dir + " is in use by another run (pid " +
+  return FailedPreconditionError(label.what + " " + dir + " is in use by another run (pid " +
                                  (pid.empty() ? std::string("unknown") : pid) +
-                                 "): give each run its own checkpoint.dir (lock: " + path + ")");
+                                 "): " + label.remedy + " (lock: " + path + ")");
 }
 
 // flock's errors of a file system without locks (NFS without lockd, some FUSE mounts).
 bool FlockUnsupported(int err) { return err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS; }
 
-// Takes DIR/LOCK exclusively without waiting and records this process's pid in it (for the
-// message a second run gets). Returns the descriptor, which holds the lock until it is closed (by
-// the writer's destructor or, for a killed process, by the kernel), or -1 where the file system
-// has no flock (the run goes on unlocked, with a warning). The file itself is never removed:
-// removing a lock file races with a process that has just opened it.
-StatusOr<int> LockCheckpointDir(const std::string& dir) {
+DirLockLabel CheckpointLockLabel() {
+  return {"checkpoint.dir", "give each run its own checkpoint.dir"};
+}
+
+}  // namespace
+
+// ---- DirLock ------------------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<DirLock>> DirLock::Acquire(const std::string& dir,
+                                                    const DirLockLabel& label) {
   const std::string path = dir + "/" + kLockName;
   // O_CLOEXEC: a process started by the run must not inherit (and outlive it with) the lock.
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -87,15 +92,16 @@ StatusOr<int> LockCheckpointDir(const std::string& dir) {
   if (rc != 0) {
     const int err = errno;
     if (err == EWOULDBLOCK) {
-      Status in_use = DirInUseError(dir, path, fd);
+      Status in_use = DirInUseError(dir, label, path, fd);
       ::close(fd);
       return in_use;
     }
     ::close(fd);
     if (FlockUnsupported(err)) {
       LOG(WARNING) << path << ": the file system does not support flock (" << std::strerror(err)
-                   << "); checkpoint.dir is not protected against a second run writing into it";
-      return -1;
+                   << "); " << label.what << " " << dir
+                   << " is not protected against a second run writing into it";
+      return std::unique_ptr<DirLock>(new DirLock(-1));
     }
     return InternalError(path + ": flock failed: " + std::strerror(err));
   }
@@ -104,10 +110,40 @@ StatusOr<int> LockCheckpointDir(const std::string& dir) {
   if (::ftruncate(fd, 0) != 0 ||
       ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
     LOG(WARNING) << path << ": cannot record the pid: " << std::strerror(errno);
-  return fd;
+  return std::unique_ptr<DirLock>(new DirLock(fd));
 }
 
-}  // namespace
+Status DirLock::CheckNotLocked(const std::string& dir, const DirLockLabel& label) {
+  const std::string path = dir + "/" + kLockName;
+  // O_RDWR as Acquire opens it (so an unwritable LOCK fails here as it fails there), but without
+  // O_CREAT: a probe creates nothing. Opening writes nothing either.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    // No DIR or no DIR/LOCK yet: no writer has ever held it (the writer never removes LOCK).
+    if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
+    return InternalError(path + ": cannot open: " + std::strerror(errno));
+  }
+  int rc;
+  do {
+    // Shared: two probes (two `ips config check`) do not see each other as writers, while a
+    // writer's exclusive lock refuses it. Released at once by the close below; a writer starting
+    // within that instant is refused as it would be by any other holder.
+    rc = ::flock(fd, LOCK_SH | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  const int err = rc != 0 ? errno : 0;
+  Status s = Status::Ok();
+  if (err == EWOULDBLOCK) {
+    s = DirInUseError(dir, label, path, fd);
+  } else if (err != 0 && !FlockUnsupported(err)) {  // no flock: the writer runs unlocked too
+    s = InternalError(path + ": flock failed: " + std::strerror(err));
+  }
+  ::close(fd);  // releases the probe's lock
+  return s;
+}
+
+DirLock::~DirLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
+}
 
 // ---- dense.bin --------------------------------------------------------------------------------
 
@@ -530,31 +566,7 @@ Status CheckpointWriter::CheckDir(const std::string& dir) {
 }
 
 Status CheckpointWriter::CheckNotLocked(const std::string& dir) {
-  const std::string path = dir + "/" + kLockName;
-  // O_RDWR as LockCheckpointDir opens it (so an unwritable LOCK fails here as it fails there), but
-  // without O_CREAT: a probe creates nothing. Opening writes nothing either.
-  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) {
-    // No DIR or no DIR/LOCK yet: no writer has ever held it (the writer never removes LOCK).
-    if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
-    return InternalError(path + ": cannot open: " + std::strerror(errno));
-  }
-  int rc;
-  do {
-    // Shared: two probes (two `ips config check`) do not see each other as writers, while a
-    // writer's exclusive lock refuses it. Released at once by the close below; a writer starting
-    // within that instant is refused as it would be by any other holder.
-    rc = ::flock(fd, LOCK_SH | LOCK_NB);
-  } while (rc != 0 && errno == EINTR);
-  const int err = rc != 0 ? errno : 0;
-  Status s = Status::Ok();
-  if (err == EWOULDBLOCK) {
-    s = DirInUseError(dir, path, fd);
-  } else if (err != 0 && !FlockUnsupported(err)) {  // no flock: the writer runs unlocked too
-    s = InternalError(path + ": flock failed: " + std::strerror(err));
-  }
-  ::close(fd);  // releases the probe's lock
-  return s;
+  return DirLock::CheckNotLocked(dir, CheckpointLockLabel());
 }
 
 StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
@@ -568,18 +580,15 @@ StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
                                 " < 1");
   IPS_RETURN_IF_ERROR(ps::MakeDirs(options.dir));
   // The lock comes first: the cleanup below would delete a live writer's staging directory.
-  IPS_ASSIGN_OR_RETURN(const int lock_fd, LockCheckpointDir(options.dir));
-  std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(options, lock_fd));
+  IPS_ASSIGN_OR_RETURN(std::unique_ptr<DirLock> lock,
+                       DirLock::Acquire(options.dir, CheckpointLockLabel()));
+  std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(options, std::move(lock)));
   IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.dir));
   for (const auto& n : names) {
     // Leftovers of a writer killed mid-write or mid-replace: never visible as checkpoints.
     if (n.rfind("tmp-", 0) == 0 || n.rfind("trash-", 0) == 0) ps::RemoveTree(options.dir + "/" + n);
   }
   return writer;
-}
-
-CheckpointWriter::~CheckpointWriter() {
-  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 StatusOr<std::vector<CheckpointFile>> WriteTableShards(

@@ -23,7 +23,8 @@
 //
 // Thread safety: a writer or reader is used by one thread; the tables' own locking applies while
 // they are written (call between training steps for an exact snapshot). One writer per DIR: the
-// writer holds an advisory lock (flock) on DIR/LOCK for its lifetime, so a second run pointed at
+// writer holds an advisory lock (flock) on DIR/LOCK for its lifetime (DirLock, which serving
+// bundle roots use too), so a second run pointed at
 // the same DIR fails instead of interleaving checkpoints and deleting the first run's staging
 // directories; a later run into a DIR still holding an earlier run's checkpoints is refused by
 // CheckCheckpointDirForRun (the launchers call it once they hold the lock). In a multi-process run
@@ -38,6 +39,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -127,6 +129,40 @@ Status CheckCheckpointVocabulary(const std::string& checkpoint,
                                  const std::map<std::string, std::string>& blobs,
                                  const DatasetVocabulary& data);
 
+// One writer per directory (a checkpoint.dir, a serving bundle root): an advisory lock (flock) on
+// DIR/LOCK, taken without waiting, with the holder's pid written into the file for the message of
+// the writer it refuses. The lock is released when the DirLock is destroyed or the process exits
+// (a kill included: the kernel drops it); the file itself is never removed (removing a lock file
+// races with a process that has just opened it). Readers (`ips serve`, `ips eval`) take no lock.
+// Where the file system has no flock (NFS without lockd, some FUSE mounts) the writer goes on
+// unlocked, with a warning.
+struct DirLockLabel {
+  // How messages name DIR: "checkpoint.dir", "--output", "--stream_publish_dir".
+  std::string what;
+  // What the refused writer should do, after "is in use by another run (pid N): ".
+  std::string remedy;
+};
+class DirLock {
+ public:
+  // Takes DIR/LOCK exclusively (DIR must exist). FAILED_PRECONDITION "<what> DIR is in use by
+  // another run (pid N): <remedy> (lock: DIR/LOCK)" when another writer, in this or another
+  // process, holds it; INTERNAL naming DIR/LOCK when it cannot be opened or locked.
+  static StatusOr<std::unique_ptr<DirLock>> Acquire(const std::string& dir,
+                                                    const DirLockLabel& label);
+  // Acquire's check without keeping the lock (a shared lock for the probe, released before
+  // returning; nothing is created or written): Acquire's FAILED_PRECONDITION when a writer holds
+  // DIR/LOCK; OK when DIR or DIR/LOCK does not exist or the file system has no flock; INTERNAL
+  // naming DIR/LOCK when it cannot be opened for writing (as Acquire fails).
+  static Status CheckNotLocked(const std::string& dir, const DirLockLabel& label);
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  ~DirLock();
+
+ private:
+  explicit DirLock(int fd) : fd_(fd) {}
+  int fd_ = -1;  // DIR/LOCK, flock'ed exclusively; -1 where the file system has no locks
+};
+
 struct CheckpointOptions {
   std::string dir;
   int keep_last = 3;  // >= 1
@@ -201,7 +237,6 @@ class CheckpointWriter {
   static Status CheckNotLocked(const std::string& dir);
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
-  ~CheckpointWriter();
 
   // Writes and publishes checkpoint `step` of `content` (replacing an existing ckpt-<step>), then
   // deletes checkpoints beyond keep_last (the newest by step, plus the chains they need; the one
@@ -228,12 +263,13 @@ class CheckpointWriter {
   const CheckpointOptions& options() const { return o_; }
 
  private:
-  CheckpointWriter(const CheckpointOptions& o, int lock_fd) : o_(o), lock_fd_(lock_fd) {}
+  CheckpointWriter(const CheckpointOptions& o, std::unique_ptr<DirLock> lock)
+      : o_(o), lock_(std::move(lock)) {}
   void Retain();
   Status FireHook(const std::string& event);
 
   CheckpointOptions o_;
-  int lock_fd_ = -1;  // DIR/LOCK, flock'ed exclusively; -1 where the file system has no locks
+  std::unique_ptr<DirLock> lock_;  // DIR/LOCK, held for the writer's lifetime
   int64_t counter_ = 0;
   // Incremental bookkeeping: the last committed checkpoint of this writer and each table's epoch
   // in it; empty until the first commit (so the first checkpoint after a resume is full).

@@ -667,29 +667,6 @@ bool IsOurDatasetFileName(const std::string& name) {
   return base == kVocabFile || base == kManifestFile || IsShardFileName(base);
 }
 
-// True when `name` is "<prefix><digits>" (ckpt-20, v-3).
-bool IsNumbered(const std::string& name, const std::string& prefix) {
-  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
-  return std::all_of(name.begin() + prefix.size(), name.end(),
-                     [](char c) { return c >= '0' && c <= '9'; });
-}
-
-// What `dir` (a directory without a MANIFEST) looks like, from the names in it: "a training
-// checkpoint root (...)", "a serving bundle root (...)", or "" when neither.
-std::string DescribeForeignRoot(const std::string& dir, const std::vector<std::string>& names) {
-  std::string ckpt, bundle;
-  for (const std::string& n : names) {
-    if (ckpt.empty() &&
-        (n == "LATEST" || n == "LOCK" || (IsNumbered(n, "ckpt-") && IsDir(dir + "/" + n))))
-      ckpt = n;
-    if (bundle.empty() && (n == "CURRENT" || (IsNumbered(n, "v-") && IsDir(dir + "/" + n))))
-      bundle = n;
-  }
-  if (!ckpt.empty()) return "a training checkpoint root (it holds " + ckpt + ")";
-  if (!bundle.empty()) return "a serving bundle root (it holds " + bundle + ")";
-  return "";
-}
-
 }  // namespace
 
 const std::vector<std::string>& ConvertFormats() {
@@ -743,57 +720,39 @@ Status CheckConvertOutput(const std::string& output) {
       if (p == "/") return Status::Ok();
     }
   }
-  if (!S_ISDIR(st.st_mode))
-    return FailedPreconditionError("--output " + output +
-                                   ": exists and is not a directory (a converted dataset is a "
-                                   "directory)" +
-                                   remedy);
-  const std::string manifest = output + "/" + kManifestFile;
-  if (::stat(manifest.c_str(), &st) == 0) {
-    // Ours starts with "ips_dataset_manifest " (worker/manifest.h); checkpoints and bundles frame
-    // theirs with an 8-byte magic (worker/manifest_magic.h).
-    std::string head(32, '\0');
-    size_t n = 0;
-    if (FILE* f = S_ISREG(st.st_mode) ? std::fopen(manifest.c_str(), "rb") : nullptr) {
-      n = std::fread(head.data(), 1, head.size(), f);
-      std::fclose(f);
-    } else if (S_ISREG(st.st_mode)) {
-      return FailedPreconditionError("--output " + output + ": cannot read " + manifest +
-                                     " to check that it is a dataset's: " + std::strerror(errno));
-    }
-    head.resize(n);
-    if (head.rfind("ips_dataset_manifest ", 0) == 0) return Status::Ok();
-    std::string looks;
-    if (head.compare(0, 8, kCheckpointManifestMagic, 8) == 0)
-      looks = "looks like a training checkpoint (" + manifest + " is a checkpoint manifest)";
-    else if (head.compare(0, 8, kBundleManifestMagic, 8) == 0)
-      looks = "looks like a serving bundle version (" + manifest + " is a bundle manifest)";
-    else
-      looks = "is not a converted dataset (" + manifest + " is not a dataset manifest)";
-    return FailedPreconditionError("--output " + output + ": " + looks + remedy);
+  // What it is: worker/manifest_magic.h InspectDirectory, which `ips export --output` and
+  // `--stream_publish_dir` use too, so that all of them name a directory the same way.
+  auto inspected = InspectDirectory(output);
+  if (!inspected.ok()) return inspected.status().WithContext("--output");
+  const DirectoryContents& c = *inspected;
+  switch (c.kind) {
+    case DirectoryContents::kMissing:  // removed since the stat above: created as it would be
+    case DirectoryContents::kDataset:  // an earlier conversion
+      return Status::Ok();
+    case DirectoryContents::kNotDirectory:
+      return FailedPreconditionError("--output " + output +
+                                     ": exists and is not a directory (a converted dataset is a "
+                                     "directory)" +
+                                     remedy);
+    case DirectoryContents::kCheckpoint:
+    case DirectoryContents::kBundleVersion:
+      return FailedPreconditionError("--output " + output + ": " + c.DescribeManifest() + remedy);
+    case DirectoryContents::kOtherManifest:
+      return FailedPreconditionError("--output " + output + ": is not a converted dataset (" +
+                                     c.manifest + " is not a dataset manifest)" + remedy);
+    case DirectoryContents::kNoManifest:
+      break;
   }
   // No MANIFEST: empty, or what a conversion that failed before writing it left. Hidden files
-  // (.gitkeep, .DS_Store, .nfs*) are never touched, so they do not count.
-  auto listed = ps::ListDir(output);
-  if (!listed.ok())
-    return FailedPreconditionError("--output " + output +
-                                   ": cannot list it: " + listed.status().message());
-  std::vector<std::string> names, foreign;
-  for (const std::string& name : *listed) {
-    if (name.empty() || name[0] == '.') continue;
-    names.push_back(name);
+  // (.gitkeep, .DS_Store, .nfs*) are never touched, so they do not count (c.names leaves them out).
+  std::vector<std::string> foreign;
+  for (const std::string& name : c.names)
     if (!IsOurDatasetFileName(name)) foreign.push_back(name);
-  }
   if (foreign.empty()) return Status::Ok();
-  std::sort(foreign.begin(), foreign.end());
-  std::string looks = DescribeForeignRoot(output, names);
-  if (looks.empty()) {
-    looks = "a non-empty directory without a dataset MANIFEST (it holds ";
-    for (size_t i = 0; i < foreign.size() && i < 3; ++i)
-      looks += (i ? ", '" : "'") + foreign[i] + "'";
-    if (foreign.size() > 3) looks += " and " + std::to_string(foreign.size() - 3) + " more";
-    looks += ")";
-  }
+  const std::string looks = !c.root.empty()
+                                ? c.root
+                                : "a non-empty directory without a dataset MANIFEST (it holds " +
+                                      QuoteNames(foreign) + ")";
   return FailedPreconditionError("--output " + output + ": is " + looks + remedy);
 }
 

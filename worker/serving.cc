@@ -1,6 +1,7 @@
 #include "worker/serving.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -264,11 +265,127 @@ class StagingDirCleanup {
 
 }  // namespace
 
+namespace {
+
+// The model types a bundle holds: the CTR models (CreateCtrModel builds them;
+// serving_test checks that every other type is a sequence model).
+constexpr config::ModelConfig::Type kBundleModelTypes[] = {
+    config::ModelConfig::DIN, config::ModelConfig::DIEN, config::ModelConfig::POOLED,
+    config::ModelConfig::MIND, config::ModelConfig::BST};
+
+std::string ModelTypeName(int type) {
+  const std::string name =
+      config::ModelConfig::Type_Name(static_cast<config::ModelConfig::Type>(type));
+  return name.empty() ? "#" + std::to_string(type) : name;
+}
+
+// "a DIN model (model.embedding_dim 4)", or "a DIN model" when the config says no more.
+std::string DescribeModel(const std::string& config_text, int type) {
+  const std::string described = DescribeConfigModel(config_text);
+  return described.empty() ? "a " + ModelTypeName(type) + " model" : described;
+}
+
+DirLockLabel BundleLockLabel(const std::string& what) {
+  return {what,
+          "one writer per bundle root: wait for it to end, or write into another bundle root"};
+}
+
+// The names a bundle writer writes into its root (and its staging directories).
+bool IsBundleRootName(const std::string& root, const std::string& name) {
+  if (name == kCurrent || name == std::string(kCurrent) + ".tmp" || name == "LOCK") return true;
+  if (name.rfind("tmp-", 0) == 0) return VersionOfName(name.substr(4)) >= 0;
+  return VersionOfName(name) >= 0 && ps::IsDirectory(root + "/" + name);
+}
+
+}  // namespace
+
+Status CheckBundleModelType(const config::Config& config, const std::string& command,
+                            const std::string& where) {
+  for (const auto type : kBundleModelTypes)
+    if (config.model().type() == type) return Status::Ok();
+  std::string supported;
+  for (size_t i = 0; i < std::size(kBundleModelTypes); ++i)
+    supported += std::string(i == 0                                  ? ""
+                             : i + 1 == std::size(kBundleModelTypes) ? " or "
+                                                                     : ", ") +
+                 ModelTypeName(kBundleModelTypes[i]);
+  const std::string type = ModelTypeName(config.model().type());
+  const bool sequence = config.model().type() == config::ModelConfig::SASREC ||
+                        config.model().type() == config::ModelConfig::GRU4REC;
+  return FailedPreconditionError(
+      command + ": " + (where.empty() ? "" : where + ": ") + "model.type " + type + " is " +
+      (sequence ? "a sequence model" : "not a model a serving bundle holds") + "; " + command +
+      " supports model.type " + supported + " (the CTR models)");
+}
+
+Status CheckBundleRoot(const std::string& root, const std::string& what) {
+  const std::string remedy =
+      ": refusing to write a serving bundle there (a bundle root holds CURRENT, LOCK and its "
+      "v-<n> version directories); choose a new or empty directory, or an existing bundle root";
+  auto inspected = InspectDirectory(root);
+  if (!inspected.ok()) return inspected.status().WithContext(what);
+  const DirectoryContents& c = *inspected;
+  const std::string at = what + " " + root + ": ";
+  switch (c.kind) {
+    case DirectoryContents::kMissing: {
+      // Created by the writer, with its missing parents: not inside another writer's directory,
+      // whose own writer would take it for one of its entries (a checkpoint root's retention
+      // removes a "ckpt-3" it did not write, a bundle root's a "v-3") or whose files it mixes with.
+      std::string at_dir = root;
+      while (at_dir.size() > 1 && at_dir.back() == '/') at_dir.pop_back();
+      for (;;) {
+        const size_t slash = at_dir.rfind('/');
+        if (slash == std::string::npos) return Status::Ok();  // in the working directory
+        at_dir = slash == 0 ? "/" : at_dir.substr(0, slash);
+        if (ps::PathExists(at_dir) || at_dir == "/") break;
+      }
+      auto parent = InspectDirectory(at_dir);
+      if (!parent.ok()) return Status::Ok();  // MakeDirs names what fails
+      std::string is = parent->DescribeManifest();
+      if (parent->kind == DirectoryContents::kNoManifest &&
+          parent->root_kind != DirectoryContents::kNoRoot &&
+          parent->root_kind != DirectoryContents::kLockOnly)
+        is = "is " + parent->root;
+      if (is.empty()) return Status::Ok();
+      return FailedPreconditionError(at + "would be created inside " + at_dir + ", which " + is +
+                                     ": its writer may remove or overwrite what is written there; "
+                                     "choose a bundle root outside it");
+    }
+    case DirectoryContents::kNotDirectory:
+      return FailedPreconditionError(at + "exists and is not a directory" + remedy);
+    case DirectoryContents::kBundleVersion:
+      return FailedPreconditionError(at + c.DescribeManifest() +
+                                     ": pass its bundle root (the directory holding CURRENT and "
+                                     "the v-<n> versions), not one version");
+    case DirectoryContents::kDataset:
+    case DirectoryContents::kCheckpoint:
+    case DirectoryContents::kOtherManifest:
+      return FailedPreconditionError(at + c.DescribeManifest() + remedy);
+    case DirectoryContents::kNoManifest:
+      break;
+  }
+  std::vector<std::string> foreign;
+  for (const std::string& n : c.names)
+    if (!IsBundleRootName(root, n)) foreign.push_back(n);
+  // A bundle root may hold the user's own files beside its versions (they are never touched).
+  if (foreign.empty() || c.root_kind == DirectoryContents::kBundleRoot) return Status::Ok();
+  return FailedPreconditionError(
+      at + "is " +
+      (c.root.empty() ? "a non-empty directory that is not a serving bundle root (it holds " +
+                            QuoteNames(foreign) + ")"
+                      : c.root) +
+      remedy);
+}
+
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
+  // The output first: a mistyped --output is refused before a large checkpoint is read.
+  IPS_RETURN_IF_ERROR(CheckBundleRoot(options.output, "--output"));
   IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(options.checkpoint));
   IPS_ASSIGN_OR_RETURN(const config::Config cfg,
                        ParseConfigText(reader->config_text(), reader->dir() + "/MANIFEST config"));
+  IPS_RETURN_IF_ERROR(
+      CheckBundleModelType(cfg, "`ips export`", "the checkpoint at " + reader->dir()));
   BundleSource src;
   src.config_text = reader->config_text();
   src.step = reader->step();
@@ -299,11 +416,54 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   return r;
 }
 
+StatusOr<std::unique_ptr<BundleWriter>> BundleWriter::Open(const std::string& root,
+                                                           const std::string& what) {
+  if (root.empty()) return InvalidArgumentError(what + ": empty bundle root");
+  IPS_RETURN_IF_ERROR(CheckBundleRoot(root, what));
+  IPS_RETURN_IF_ERROR(ps::MakeDirs(root));
+  IPS_ASSIGN_OR_RETURN(std::unique_ptr<DirLock> lock,
+                       DirLock::Acquire(root, BundleLockLabel(what)));
+  return std::unique_ptr<BundleWriter>(new BundleWriter(root, what, std::move(lock)));
+}
+
+Status BundleWriter::CheckModelType(const std::string& config_text) const {
+  auto current = CurrentBundleVersion(root_);
+  if (!current.ok()) return Status::Ok();  // no version yet (or a CURRENT the next one replaces)
+  auto m = ReadBundleManifest(root_ + "/" + VersionName(*current));
+  if (!m.ok()) return Status::Ok();
+  auto had = ParseConfigText(m->config_text(), "bundle config");
+  auto has = ParseConfigText(config_text, "config");
+  if (!had.ok() || !has.ok() || had->model().type() == has->model().type()) return Status::Ok();
+  return FailedPreconditionError(
+      what_ + " " + root_ + ": its current version " + VersionName(*current) + " holds " +
+      DescribeModel(m->config_text(), had->model().type()) + ", the new version would hold " +
+      DescribeModel(config_text, has->model().type()) + " (model.type " +
+      ModelTypeName(had->model().type()) + " -> " + ModelTypeName(has->model().type()) +
+      "): a server following " + root_ +
+      " would switch model type between two requests; write it into a new bundle root");
+}
+
 StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOptions& options,
                                      std::shared_ptr<const Bundle> base) {
+  // The source's checks first: a refused source creates nothing (not even the root).
+  IPS_ASSIGN_OR_RETURN(std::shared_ptr<Bundle> out, BundleWriter::Prepare(source, options));
+  IPS_ASSIGN_OR_RETURN(std::unique_ptr<BundleWriter> writer, BundleWriter::Open(options.output));
+  return writer->Write(std::move(out), source, options, std::move(base));
+}
+
+StatusOr<ExportResult> BundleWriter::Publish(const BundleSource& source,
+                                             const ExportOptions& options,
+                                             std::shared_ptr<const Bundle> base) {
+  IPS_ASSIGN_OR_RETURN(std::shared_ptr<Bundle> out, Prepare(source, options));
+  return Write(std::move(out), source, options, std::move(base));
+}
+
+StatusOr<std::shared_ptr<Bundle>> BundleWriter::Prepare(const BundleSource& source,
+                                                        const ExportOptions& options) {
   if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
   IPS_ASSIGN_OR_RETURN(const config::Config cfg,
                        ParseConfigText(source.config_text, source.origin + " config"));
+  IPS_RETURN_IF_ERROR(CheckBundleModelType(cfg, "a serving bundle", source.origin));
   // The model must build from the config and take the dense tensors.
   // max_batch 2: the smallest any model accepts (Dice needs 2 rows).
   IPS_ASSIGN_OR_RETURN(auto model, CreateCtrModel(cfg, 2));
@@ -317,17 +477,49 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
   if (source.item_cats != nullptr && source.item_cats->size() > kMaxItemCats)
     return InvalidArgumentError("export: item -> category map of " +
                                 std::to_string(source.item_cats->size()) + " items is too large");
-
-  IPS_RETURN_IF_ERROR(ps::MakeDirs(options.output));
-  int64_t version = 1;
-  {
-    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.output));
-    for (const auto& n : names) {
-      version = std::max(version, VersionOfName(n) + 1);
-      if (n.rfind("tmp-", 0) == 0) ps::RemoveTree(options.output + "/" + n);
+  // A min_count above every row's count leaves a table without rows: every key then reads as
+  // zeros and every candidate scores alike. Refused, naming what would have been kept.
+  if (options.min_count > 0) {
+    for (const ps::DynamicTable* t : source.tables) {
+      int64_t rows = 0, kept = 0;
+      uint32_t most = 0;
+      t->ForEachRowSince(0, [&](const ps::RowRecord& r) {
+        ++rows;
+        most = std::max(most, r.freq);
+        if (static_cast<int64_t>(r.freq) >= options.min_count) ++kept;
+      });
+      if (rows > 0 && kept == 0)
+        return InvalidArgumentError(
+            "export: --min_count " + std::to_string(options.min_count) + " keeps none of the " +
+            std::to_string(rows) + " rows of table '" + t->options().name +
+            "' (its most used row was used " + std::to_string(most) +
+            " times): the bundle would score every candidate with all-zero rows of that table; "
+            "use --min_count " +
+            std::to_string(most) + " or less");
     }
   }
-  const std::string tmp = options.output + "/tmp-" + VersionName(version);
+  return out;
+}
+
+StatusOr<ExportResult> BundleWriter::Write(std::shared_ptr<Bundle> out, const BundleSource& source,
+                                           const ExportOptions& options,
+                                           std::shared_ptr<const Bundle> base) {
+  if (!options.output.empty() && options.output != root_)
+    return InvalidArgumentError("BundleWriter of " + root_ + " asked to write into " +
+                                options.output);
+  IPS_RETURN_IF_ERROR(CheckModelType(source.config_text));
+  const std::string& root = root_;
+  int64_t version = 1;
+  {
+    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(root));
+    for (const auto& n : names) {
+      version = std::max(version, VersionOfName(n) + 1);
+      // A staging directory of a writer killed mid-publish (no other writer holds the lock).
+      if (n.rfind("tmp-", 0) == 0 && VersionOfName(n.substr(4)) >= 0)
+        ps::RemoveTree(root + "/" + n);
+    }
+  }
+  const std::string tmp = root + "/tmp-" + VersionName(version);
   StagingDirCleanup cleanup(tmp);
   IPS_RETURN_IF_ERROR(ps::MakeDirs(tmp));
   ckpt::BundleManifest m;
@@ -345,10 +537,10 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
   // A delta holds the rows that differ from the current version (bit for bit, after the same
   // fp16 rounding) and the keys it no longer has.
   if (options.delta) {
-    auto current = CurrentBundleVersion(options.output);
+    auto current = CurrentBundleVersion(root);
     if (base != nullptr && (!current.ok() || *current != base->version())) base = nullptr;
     if (base == nullptr && current.ok()) {
-      IPS_ASSIGN_OR_RETURN(base, Bundle::Load(options.output));
+      IPS_ASSIGN_OR_RETURN(base, Bundle::Load(root));
     } else if (base == nullptr && current.status().code() != StatusCode::kNotFound) {
       return current.status();
     }
@@ -367,9 +559,8 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
         const std::string is = DescribeConfigModel(source.config_text);
         return InvalidArgumentError(
             "export --delta: the current version " + std::to_string(base->version()) + " of " +
-            options.output + " has table '" + t->options().name + "' of dim " +
-            std::to_string(had) + ", " + source.origin + " has dim " +
-            std::to_string(t->options().dim) +
+            root + " has table '" + t->options().name + "' of dim " + std::to_string(had) + ", " +
+            source.origin + " has dim " + std::to_string(t->options().dim) +
             (was.empty() || is.empty()
                  ? std::string()
                  : " (the base was exported from " + was + ", this from " + is + ")") +
@@ -503,27 +694,28 @@ StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOpt
   }
   IPS_RETURN_IF_ERROR(WriteBundleManifest(tmp + "/MANIFEST", m));
   IPS_RETURN_IF_ERROR(ps::FsyncDir(tmp));
-  const std::string final_dir = options.output + "/" + VersionName(version);
-  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0)
-    return InternalError("rename " + tmp + " -> " + final_dir + " failed");
+  const std::string final_dir = root + "/" + VersionName(version);
+  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+    const int err = errno;
+    return InternalError("rename " + tmp + " -> " + final_dir + " failed: " + std::strerror(err));
+  }
   cleanup.Release();  // tmp is gone: the published version must never be removed here
-  IPS_RETURN_IF_ERROR(ps::FsyncDir(options.output));
-  IPS_RETURN_IF_ERROR(
-      ps::WriteFileAtomically(options.output + "/" + kCurrent, VersionName(version) + "\n"));
+  IPS_RETURN_IF_ERROR(ps::FsyncDir(root));
+  IPS_RETURN_IF_ERROR(ps::WriteFileAtomically(root + "/" + kCurrent, VersionName(version) + "\n"));
   // Older versions beyond keep_versions go (a server holds its version in memory), except the
   // bases the kept deltas need.
   {
-    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(options.output));
+    IPS_ASSIGN_OR_RETURN(const auto names, ps::ListDir(root));
     std::set<int64_t> keep;
     for (int64_t v = version; v > version - std::max(1, options.keep_versions) && v > 0; --v) {
       for (int64_t cur = v; cur > 0 && keep.insert(cur).second;) {
-        auto mv = ReadBundleManifest(options.output + "/" + VersionName(cur));
+        auto mv = ReadBundleManifest(root + "/" + VersionName(cur));
         cur = mv.ok() ? mv->delta_of() : 0;
       }
     }
     for (const auto& n : names) {
       const int64_t v = VersionOfName(n);
-      if (v >= 0 && keep.count(v) == 0) ps::RemoveTree(options.output + "/" + n);
+      if (v >= 0 && keep.count(v) == 0) ps::RemoveTree(root + "/" + n);
     }
   }
   out->dir_ = final_dir;

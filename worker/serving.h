@@ -18,8 +18,17 @@
 //   item_cats.bin    optional (role OTHER): the item -> category map of the training data, so
 //                    requests may omit categories and MIND retrieval scores item + category rows.
 //                    Absent: the bundle has no map (a delta without it inherits its base's).
+//   LOCK             the writer lock (worker/checkpoint.h DirLock): one writer per root
 // Export writes v-<n+1> under a temporary name, fsyncs and renames it, then replaces CURRENT
 // atomically; a server watching BUNDLE picks the new version up between requests.
+//
+// Writers: one per root. `ips export` holds BUNDLE/LOCK while it writes, a stream's publisher
+// (`ips train --stream --stream_publish_dir`) for its whole run (BundleWriter); a second writer is
+// refused naming the first one's pid (two writers staged the same tmp-v-<n> and published each
+// other's half-written files). Servers take no lock. A writer refuses a root that is not a bundle
+// root (a checkpoint, a dataset, any other non-empty directory: CheckBundleRoot), a model that a
+// bundle cannot hold (a sequence model: CheckBundleModelType), and a model of another type than
+// the root's current version (a server following the root would switch model type).
 //
 // Thread safety: a Bundle is immutable (shared between threads); a Scorer is used by one thread;
 // BundleServer's methods are called from one thread while its watcher thread loads new versions.
@@ -34,6 +43,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -45,12 +55,18 @@
 
 namespace ips {
 
+namespace config {
+class Config;
+}  // namespace config
+
 struct ExportOptions {
   std::string checkpoint;  // a checkpoint root or one ckpt-<step> directory
   std::string output;      // the bundle root (created when missing)
   bool fp16 = false;       // store rows as IEEE half
-  int64_t min_count = 0;   // drop rows used fewer than this many times (LFU count)
-  int keep_versions = 3;   // older v-<n> directories are removed (bases of kept deltas stay)
+  // Drop rows used fewer than this many times (LFU count); refused when it would drop every row
+  // of a table (a bundle of all-zero rows scores every candidate alike).
+  int64_t min_count = 0;
+  int keep_versions = 3;  // older v-<n> directories are removed (bases of kept deltas stay)
   // Write only the rows that differ from the bundle's current version (and the keys it no longer
   // has): a small, fast-to-publish update for streaming training. The current version must have
   // the same precision and table widths (INVALID_ARGUMENT naming both otherwise). When the output
@@ -100,16 +116,83 @@ struct BundleSource {
   std::shared_ptr<const std::vector<uint32_t>> item_cats;
 };
 
-// Writes `source` as the output's next version (options.checkpoint and options.dataset unused):
-// full, or with options.delta only the rows that differ from `base` (the output's current
-// version; nullptr: loaded from the output). Same atomic publish and retention as ExportBundle.
+// The model types a serving bundle holds (the CTR models; SASRec and GRU4Rec rank next items
+// from a sequence and have no bundle format): OK, or FAILED_PRECONDITION "<command>: <where>:
+// model.type SASREC is a sequence model; <command> supports model.type DIN, DIEN, POOLED, MIND
+// or BST (the CTR models)". `command` is how the user ran it ("`ips export`"), `where` what holds
+// the config (may be empty).
+Status CheckBundleModelType(const config::Config& config, const std::string& command,
+                            const std::string& where = "");
+
+// Whether a bundle may be written into `root` (nothing is written): OK when it does not exist, is
+// empty (hidden files aside), holds only what a bundle writer writes (CURRENT, LOCK, v-<n>,
+// tmp-v-<n>) or is a bundle root (CURRENT or v-<n> directories; other files beside them are left
+// alone). FAILED_PRECONDITION "<what> ROOT: ..." naming what it is otherwise (worker/
+// manifest_magic.h InspectDirectory, the description `ips data convert --output` gives too): not
+// a directory, a converted dataset, a training checkpoint or checkpoint root, one version v-<n> of
+// a bundle (pass its root), or another non-empty directory (its first entries). `what` names
+// root as the user gave it ("--output", "--stream_publish_dir").
+Status CheckBundleRoot(const std::string& root, const std::string& what);
+
+// Holds a bundle root for writing: from Open until destroyed no other BundleWriter (`ips export`,
+// a stream's publisher; in this or another process) can open it. Thread safety: one thread.
+class BundleWriter {
+ public:
+  // CheckBundleRoot, then creates `root` when missing and takes ROOT/LOCK. Errors:
+  // CheckBundleRoot's; FAILED_PRECONDITION "<what> ROOT is in use by another run (pid N): ..." when
+  // another writer holds it; INTERNAL naming the path on I/O errors.
+  static StatusOr<std::unique_ptr<BundleWriter>> Open(const std::string& root,
+                                                      const std::string& what = "--output");
+  BundleWriter(const BundleWriter&) = delete;
+  BundleWriter& operator=(const BundleWriter&) = delete;
+
+  // Refuses a model of another type than the one of the root's current version (a server that
+  // follows the root would switch model type between two requests): FAILED_PRECONDITION naming
+  // the root, its current version's model and `config_text`'s. OK when the root has no current
+  // version, or one whose manifest or config cannot be read (a new version replaces it).
+  Status CheckModelType(const std::string& config_text) const;
+
+  // Writes `source` as the root's next version (options.output must be empty or the root;
+  // options.checkpoint and options.dataset unused): full, or with options.delta only the rows that
+  // differ from `base` (the root's current version; nullptr: loaded from the root). Checks first
+  // (nothing written when they fail): CheckBundleModelType; the model builds from the config and
+  // takes the tensors; CheckModelType; options.min_count keeps at least one row of every table
+  // that has rows (INVALID_ARGUMENT naming the table, its rows and the most uses of a row).
+  StatusOr<ExportResult> Publish(const BundleSource& source, const ExportOptions& options,
+                                 std::shared_ptr<const Bundle> base = nullptr);
+
+  const std::string& root() const { return root_; }
+
+ private:
+  BundleWriter(std::string root, std::string what, std::unique_ptr<DirLock> lock)
+      : root_(std::move(root)), what_(std::move(what)), lock_(std::move(lock)) {}
+  // Publish's checks that need no root (the source alone): the bundle's in-memory copy (dense
+  // tensors) when they pass.
+  static StatusOr<std::shared_ptr<Bundle>> Prepare(const BundleSource& source,
+                                                   const ExportOptions& options);
+  StatusOr<ExportResult> Write(std::shared_ptr<Bundle> out, const BundleSource& source,
+                               const ExportOptions& options, std::shared_ptr<const Bundle> base);
+  friend StatusOr<ExportResult> PublishBundle(const BundleSource&, const ExportOptions&,
+                                              std::shared_ptr<const Bundle>);
+
+  std::string root_, what_;
+  std::unique_ptr<DirLock> lock_;
+};
+
+// One publish into options.output: BundleWriter::Open (after the source's own checks, so a
+// refused source creates nothing), Publish, and the lock released. Same atomic publish and
+// retention as ExportBundle.
 StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOptions& options,
                                      std::shared_ptr<const Bundle> base = nullptr);
 
-// Checks the checkpoint (CheckpointReader), builds the model from its config to check that the
-// dense tensors fit it, and publishes a new bundle version. Errors: the reader's (naming the
-// file), INVALID_ARGUMENT for a config that does not build a CTR model or for a dataset of another
-// vocabulary than the checkpoint's (naming both, as `ips eval` does), INTERNAL on I/O errors.
+// Checks the output (CheckBundleRoot, before anything is read) and the checkpoint
+// (CheckpointReader), builds the model from its config to check that the dense tensors fit it,
+// and publishes a new bundle version holding the root's lock (PublishBundle). Errors: the reader's
+// (naming the file); FAILED_PRECONDITION for an output that is not a bundle root, held by another
+// writer or of another model type, and for a sequence model's checkpoint; INVALID_ARGUMENT for a
+// config that does not build a CTR model, a min_count that keeps no row of a table, or a dataset
+// of another vocabulary than the checkpoint's (naming both, as `ips eval` does); INTERNAL on I/O
+// errors. A refused export writes nothing (a missing output is not created).
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options);
 
 // One loaded bundle version: the config, the dense tensors and a read-only row map per table.
@@ -142,8 +225,7 @@ class Bundle {
   }
 
  private:
-  friend StatusOr<ExportResult> PublishBundle(const BundleSource&, const ExportOptions&,
-                                              std::shared_ptr<const Bundle>);
+  friend class BundleWriter;
   Bundle() = default;
   struct Table {
     int64_t dim = 0;

@@ -798,6 +798,38 @@ TEST(ConvertOutput, NotADatasetDirectoryIsRefusedBeforeReadingAndLeftUntouched) 
   EXPECT_EQ(snapshot(), before);
 }
 
+// Bundle roots now hold their writer's lock too (LOCK, as checkpoint roots do): a bundle root was
+// then named "a training checkpoint root (it holds LOCK)". Each is named for what it holds, the
+// description `ips export --output` gives (worker/manifest_magic.h InspectDirectory), and a
+// directory holding only a lock for what it may be.
+TEST(ConvertOutput, RootsHoldingTheirWritersLockAreNamedForWhatTheyAre) {
+  TempDir dir;
+  const auto mkdir = [&](const std::string& name) {
+    ASSERT_EQ(::mkdir(dir.File(name).c_str(), 0755), 0) << name;
+  };
+  mkdir("bundle");
+  mkdir("bundle/v-1");
+  WriteFile(dir.File("bundle/v-1/MANIFEST"), "IPSBND01abc");
+  WriteFile(dir.File("bundle/CURRENT"), "v-1\n");
+  WriteFile(dir.File("bundle/LOCK"), "123\n");
+  mkdir("ckpt");
+  mkdir("ckpt/ckpt-20");
+  WriteFile(dir.File("ckpt/LATEST"), "ckpt-20\n");
+  WriteFile(dir.File("ckpt/LOCK"), "123\n");
+  mkdir("locked");
+  WriteFile(dir.File("locked/LOCK"), "123\n");
+  for (const auto& [output, want] : std::vector<std::pair<std::string, std::string>>{
+           {dir.File("bundle"), "is a serving bundle root (it holds CURRENT)"},
+           {dir.File("ckpt"), "is a training checkpoint root (it holds LATEST)"},
+           {dir.File("locked"),
+            "is a training checkpoint or serving bundle root (it holds LOCK)"}}) {
+    const Status s = CheckConvertOutput(output);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+    EXPECT_EQ(s.message().rfind("--output " + output + ": " + want + ": refusing to write", 0), 0u)
+        << s << "\nwant: " << want;
+  }
+}
+
 // What may be written into: a new directory (and its parents), an empty one, one holding only
 // hidden files, what a failed conversion left (no MANIFEST yet), and an earlier conversion (even
 // with the user's own files beside it).

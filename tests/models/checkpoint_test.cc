@@ -485,6 +485,31 @@ TEST(Checkpoint, CheckNotLocked_RefusesADirHeldByAWriter_CreatesNothing_KeepsNoL
   ps::RemoveTree(dir);
 }
 
+// The writer lock checkpoints and serving bundle roots share (DirLock): the label names the
+// directory as the user gave it, the holder's pid is recorded, the probe and a second writer see
+// the holder whatever label they use (one lock file, DIR/LOCK), and destroying the holder frees it.
+TEST(Checkpoint, DirLock_OneHolderPerDirWhateverTheLabel) {
+  const std::string dir = TempDir();
+  const DirLockLabel bundle{"--output", "wait for it"};
+  auto held = DirLock::Acquire(dir, bundle);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/LOCK").value(), std::to_string(::getpid()) + "\n");
+  const std::string want = "--output " + dir + " is in use by another run (pid " +
+                           std::to_string(::getpid()) + "): wait for it (lock: " + dir + "/LOCK)";
+  auto second = DirLock::Acquire(dir, bundle);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(second.status().message(), want);
+  EXPECT_EQ(DirLock::CheckNotLocked(dir, bundle).message(), want);
+  EXPECT_NE(CheckpointWriter::CheckNotLocked(dir).message().find("checkpoint.dir " + dir +
+                                                                 " is in use by another run"),
+            std::string::npos);
+  held->reset();
+  EXPECT_TRUE(DirLock::CheckNotLocked(dir, bundle).ok());
+  EXPECT_TRUE(DirLock::Acquire(dir, bundle).ok());
+  ps::RemoveTree(dir);
+}
+
 // A writer whose DIR holds higher steps (another run's: CheckCheckpointDirForRun refuses that at
 // the start of a run, but a file system without flock or a library caller can still get here)
 // used to have keep_last retention (newest by step) delete the checkpoint it had just written,

@@ -5,15 +5,21 @@
 // categories; a bundle without a map answers such requests with an error naming the field.
 // `ips export --delta` onto an empty root writes a full bundle and says so; `ips export` with a
 // dataset of another vocabulary than the checkpoint's is refused naming both; `ips eval` and `ips
-// train --resume` of another model's checkpoint name the model that wrote it.
+// train --resume` of another model's checkpoint name the model that wrote it. Bundle writers: two
+// streams publishing into one root (the second is refused before it trains; the root serves), an
+// export into a checkpoint or a converted dataset, and `ips train --stream` flags and models it
+// cannot run are refused.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ps/checkpoint_io.h"
@@ -389,6 +395,139 @@ TEST(ServeCli, ExportWithADatasetOfAnotherVocabulary_RefusedNamingBoth) {
   EXPECT_FALSE(ps::PathExists(out + "/v-3"));
   ex = RunIpsSplit("export --checkpoint " + ck + " --output " + out + " --dataset " + again);
   EXPECT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  ps::RemoveTree(dir);
+}
+
+// QA: two `ips train --stream ... --stream_publish_dir ROOT` started 0.2 s apart interleaved their
+// versions (one failed renaming ROOT/tmp-v-9, the other exited 0) and `ips serve --bundle ROOT`
+// then failed a checksum. The first run holds ROOT/LOCK from before it trains to its end: the
+// second is refused up front naming the first one's pid and writes nothing, `ips serve` keeps
+// serving the root meanwhile, and the root the first run leaves serves its last version.
+TEST(ServeCli, TwoStreamsIntoOneRoot_TheSecondIsRefusedUpFront_TheRootServes) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string events = dir + "/ev.tsv", root = dir + "/root";
+  auto synth = RunIps("data synth --output " + events +
+                      " --truth none --events 20000 --users 500 --items 2000 --categories 16 "
+                      "--seed 3");
+  ASSERT_EQ(synth.exit_code, 0) << synth.output;
+  const std::string stream = "train --quiet --config " +
+                             std::string(std::getenv("IPS_SOURCE_DIR")) +
+                             "/launch/configs/din_stream.pbtxt --stream " + events +
+                             " --stream_publish_every_steps 10 --stream_publish_full_every 1000 "
+                             "--stream_publish_keep_versions 1000 --stream_publish_dir " +
+                             root;
+  // The first run tails the file and ends 4 s after its end: the second starts while it runs.
+  // (RunIps, not RunIpsSplit: two runs at once must not share RunIpsSplit's output files.)
+  ::ips::testing::IpsRun first;
+  std::thread first_run([&] { first = RunIps(stream + " --stream_idle_timeout_s 4"); });
+  for (int i = 0; i < 6000 && !ps::PathExists(root + "/CURRENT"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(ps::PathExists(root + "/CURRENT"));
+  auto second = RunIps(stream + " --stream_no_follow");
+  const std::string request = dir + "/request.jsonl";
+  std::ofstream(request) << R"({"history":[1,2,3],"candidates":[4,5]})"
+                         << "\n";
+  auto serving = RunIps("serve --bundle " + root + " < " + request);
+  first_run.join();
+  EXPECT_EQ(second.exit_code, 1) << second.output;
+  EXPECT_EQ(second.output.find("RESULT"), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find("error: FAILED_PRECONDITION: --stream_publish_dir " + root +
+                               " is in use by another run (pid "),
+            std::string::npos)
+      << second.output;
+  EXPECT_EQ(second.output.find("streamed "), std::string::npos) << "trained: " << second.output;
+  EXPECT_EQ(serving.exit_code, 0) << serving.output;
+  EXPECT_NE(serving.output.find("RESULT serve requests=1 errors=0 "), std::string::npos)
+      << serving.output;
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const size_t at = first.output.find(" publishes=");
+  ASSERT_NE(at, std::string::npos) << first.output;
+  const int64_t publishes = std::atoll(first.output.c_str() + at + 11);
+  auto after = RunIpsSplit("serve --bundle " + root + " < " + request);
+  EXPECT_EQ(after.exit_code, 0) << after.output << after.error;
+  EXPECT_NE(after.output.find("\"version\":" + std::to_string(publishes) + ","), std::string::npos)
+      << after.output << after.error;
+  EXPECT_NE(after.output.find("RESULT serve requests=1 errors=0 "), std::string::npos)
+      << after.output;
+  ps::RemoveTree(dir);
+}
+
+// `ips export --output` and `--stream_publish_dir` wrote v-<n> and CURRENT into a training
+// checkpoint's directory or a converted dataset's (then `ips serve` failed or served the wrong
+// thing): refused naming what the directory is, leaving it as it was.
+TEST(ServeCli, ExportOrStreamIntoACheckpointOrADataset_RefusedNamingIt) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  auto synthed = RunIps("data synth --output " + dir +
+                        "/events.tsv --truth none --events 300 --users 20 --items 40 "
+                        "--categories 16 --domain1_fraction 0");
+  ASSERT_EQ(synthed.exit_code, 0) << synthed.output;
+  auto conv =
+      RunIps("data convert --format events --input " + dir + "/events.tsv --output " + dir + "/ds");
+  ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  const auto listing = [](const std::string& d) {
+    auto names = ps::ListDir(d);
+    if (!names.ok()) return names.status().ToString();
+    std::sort(names->begin(), names->end());
+    std::string all;
+    for (const auto& n : *names) all += n + ",";
+    return all;
+  };
+  const std::string ckpt_before = listing(co.dir), ds_before = listing(dir + "/ds");
+  const std::string remedy = ": refusing to write a serving bundle there";
+  auto into_ckpt = RunIpsSplit("export --checkpoint " + co.dir + " --output " + co.dir);
+  EXPECT_EQ(into_ckpt.exit_code, 1) << into_ckpt.output << into_ckpt.error;
+  EXPECT_NE(into_ckpt.error.find("error: --output " + co.dir +
+                                 ": is a training checkpoint root (it holds "),
+            std::string::npos)
+      << into_ckpt.error;
+  EXPECT_NE(into_ckpt.error.find(remedy), std::string::npos) << into_ckpt.error;
+  auto into_ds = RunIpsSplit("export --checkpoint " + co.dir + " --output " + dir + "/ds");
+  EXPECT_EQ(into_ds.exit_code, 1) << into_ds.output << into_ds.error;
+  EXPECT_NE(into_ds.error.find("error: --output " + dir + "/ds: is a converted dataset (" + dir +
+                               "/ds/MANIFEST is a dataset manifest)" + remedy),
+            std::string::npos)
+      << into_ds.error;
+  auto stream = RunIpsSplit("train --quiet --config " + std::string(std::getenv("IPS_SOURCE_DIR")) +
+                            "/launch/configs/din_stream.pbtxt --stream " + dir +
+                            "/events.tsv --stream_no_follow --stream_publish_dir " + dir + "/ds");
+  EXPECT_EQ(stream.exit_code, 1) << stream.output << stream.error;
+  EXPECT_NE(stream.error.find("--stream_publish_dir " + dir + "/ds: is a converted dataset"),
+            std::string::npos)
+      << stream.error;
+  EXPECT_EQ(listing(co.dir), ckpt_before);
+  EXPECT_EQ(listing(dir + "/ds"), ds_before);
+  EXPECT_EQ(RunIps("data inspect " + dir + "/ds").exit_code, 0);
+  ps::RemoveTree(dir);
+}
+
+// `ips train --stream --stream_negatives 0` trained on positives alone and ended with
+// auc_window=nan, exit 0: a usage error (exit 2) naming the valid range. A sequence model names
+// the command and the models it runs.
+TEST(ServeCli, StreamNegativesZeroIsAUsageError_SequenceModelNamesTheSupportedModels) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  std::ofstream(dir + "/ev.tsv") << "1\t2\t1\t1700000000\tclick\n";
+  const std::string configs = std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs/";
+  auto zero = RunIpsSplit("train --quiet --config " + configs + "din_stream.pbtxt --stream " + dir +
+                          "/ev.tsv --stream_no_follow --stream_negatives 0");
+  EXPECT_EQ(zero.exit_code, 2) << zero.output << zero.error;
+  EXPECT_EQ(zero.output.find("RESULT"), std::string::npos) << zero.output;
+  EXPECT_NE(zero.error.find("--stream_negatives 0: expected 1..1000"), std::string::npos)
+      << zero.error;
+  auto seq = RunIpsSplit("train --quiet --config " + configs + "sasrec_synthetic.pbtxt --stream " +
+                         dir + "/ev.tsv --stream_no_follow");
+  EXPECT_EQ(seq.exit_code, 1) << seq.output << seq.error;
+  EXPECT_NE(seq.error.find("`ips train --stream`: model.type SASREC is a sequence model; `ips "
+                           "train --stream` supports model.type DIN, DIEN, POOLED, MIND or BST"),
+            std::string::npos)
+      << seq.error;
   ps::RemoveTree(dir);
 }
 

@@ -2,10 +2,14 @@
 // model's inference logits (fp32: max abs diff <= 1e-5; fp16: AUC within 0.001), chunking,
 // min_count, request parsing errors, corrupt bundles, and hot reload under a stream of requests
 // with no request lost; --delta onto a root with no version writes a full bundle and says why,
-// and onto a version of other table widths is refused.
+// and onto a version of other table widths is refused. Writers: an output that is not a bundle
+// root, a root another writer holds (ROOT/LOCK), a root of another model type, a sequence model
+// and a min_count that keeps no row of a table are refused, writing nothing.
 #include "worker/serving.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <string>
 #include <thread>
@@ -23,6 +28,7 @@
 
 #include "common/random.h"
 #include "kernels/activation.h"
+#include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
 #include "worker/checkpoint.h"
@@ -706,9 +712,11 @@ TEST(Serving, DeltaExportOfAnotherWidth_RefusedNamingBothModels_NothingPublished
   eo.checkpoint = Checkpoint(t, dir + "/ckpt", 10);
   eo.output = dir + "/bundle";
   ASSERT_TRUE(ExportBundle(eo).ok());
+  // The same model type (a model of another type is refused before widths are compared: see
+  // ExportOfAnotherModelType_RefusedNamingBoth_NothingPublished).
   std::string wide = kConfig;
   for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-           {"type: DIN embedding_dim: 4", "type: DIEN embedding_dim: 8 rnn_hidden: 16"},
+           {"type: DIN embedding_dim: 4", "type: DIN embedding_dim: 8"},
            {"\"item\" dim: 4", "\"item\" dim: 8"},
            {"\"category\" dim: 4", "\"category\" dim: 8"}}) {
     ASSERT_NE(wide.find(from), std::string::npos) << from;
@@ -729,7 +737,7 @@ TEST(Serving, DeltaExportOfAnotherWidth_RefusedNamingBothModels_NothingPublished
        {"the current version 1 of " + eo.output + " has table 'category' of dim 4, " + co.dir +
             "/ckpt-20 has dim 8",
         std::string("(the base was exported from a DIN model (model.embedding_dim 4), this from a "
-                    "DIEN model (model.embedding_dim 8))"),
+                    "DIN model (model.embedding_dim 8))"),
         std::string("export without --delta")})
     EXPECT_NE(r.status().message().find(want), std::string::npos) << want << "\n" << r.status();
   EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
@@ -977,6 +985,338 @@ TEST(Serving, PublishBundle_DeltaInheritsTheMap_InMemoryBundleEqualsLoaded) {
   }
   EXPECT_EQ(loaded->tensors(), delta->bundle->tensors());
   ps::RemoveTree(dir);
+}
+
+// Every entry of `dir`, recursively, with the contents of its files: what a refused writer must
+// leave as it was.
+std::map<std::string, std::string> Snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  auto names = ps::ListDir(dir);
+  if (!names.ok()) return out;
+  for (const auto& n : *names) {
+    const std::string path = dir + "/" + n;
+    if (ps::IsDirectory(path)) {
+      out[path] = "<dir>";
+      for (auto& [k, v] : Snapshot(path)) out[k] = v;
+    } else {
+      auto content = ps::ReadSmallFile(path);
+      out[path] = content.ok() ? *content : "<unreadable>";
+    }
+  }
+  return out;
+}
+
+// `ips export --output` and PublishBundle wrote v-<n> and CURRENT into whatever directory they were
+// given: a checkpoint root (then `ips serve` of it served nothing and the checkpoint root held
+// bundle versions), one checkpoint, a converted dataset, a bundle's version directory, any other
+// non-empty directory. Each is refused naming what it is, and nothing is written; so is a new
+// root inside a checkpoint or bundle root (whose writer's retention would remove it). New, empty
+// (hidden files aside) and bundle roots (with the user's own files beside the versions) are
+// written into.
+TEST(Serving, ExportIntoWhatIsNotABundleRoot_RefusedNamingIt_NothingWritten) {
+  const std::string dir = TempDir();
+  Trained t(21);
+  const std::string ckpt = Checkpoint(t, dir + "/ckpt", 10);  // dir/ckpt/ckpt-10
+  ExportOptions eo;
+  eo.checkpoint = ckpt;
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  ASSERT_EQ(::mkdir((dir + "/dataset").c_str(), 0755), 0);
+  std::ofstream(dir + "/dataset/MANIFEST") << "ips_dataset_manifest 1\nformat=events\n";
+  std::ofstream(dir + "/dataset/vocab.ips") << "v";
+  ASSERT_EQ(::mkdir((dir + "/inputs").c_str(), 0755), 0);
+  std::ofstream(dir + "/inputs/u.data") << "1 2 3\n";
+  std::ofstream(dir + "/inputs/u.item") << "2|x\n";
+  std::ofstream(dir + "/afile") << "not a directory";
+  struct Case {
+    std::string output, want;
+  };
+  const std::vector<Case> cases = {
+      {dir + "/ckpt", "--output " + dir + "/ckpt: is a training checkpoint root (it holds "},
+      {ckpt, "--output " + ckpt + ": looks like a training checkpoint (" + ckpt +
+                 "/MANIFEST is a checkpoint manifest)"},
+      {dir + "/dataset", "--output " + dir + "/dataset: is a converted dataset (" + dir +
+                             "/dataset/MANIFEST is a dataset manifest)"},
+      {dir + "/bundle/v-1", "--output " + dir +
+                                "/bundle/v-1: looks like a serving bundle version (" + dir +
+                                "/bundle/v-1/MANIFEST is a bundle manifest): pass its bundle "
+                                "root"},
+      {dir + "/inputs", "--output " + dir +
+                            "/inputs: is a non-empty directory that is not a serving bundle root "
+                            "(it holds 'u.data', 'u.item')"},
+      {dir + "/afile", "--output " + dir + "/afile: exists and is not a directory"},
+      {dir + "/ckpt/ckpt-11", "--output " + dir + "/ckpt/ckpt-11: would be created inside " + dir +
+                                  "/ckpt, which is a training checkpoint root"},
+      {dir + "/bundle/v-7/x", "--output " + dir + "/bundle/v-7/x: would be created inside " + dir +
+                                  "/bundle, which is a serving bundle root"},
+  };
+  const auto before = Snapshot(dir);
+  BundleSource src;
+  src.config_text = kConfig;
+  src.origin = "test";
+  src.tensors = t.content.tensors;
+  for (auto& tb : t.tables) src.tables.push_back(tb.get());
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.output);
+    eo.output = c.output;
+    auto r = ExportBundle(eo);
+    ASSERT_FALSE(r.ok()) << "wrote " << r->path;
+    EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_EQ(r.status().message().rfind(c.want, 0), 0u) << r.status() << "\nwant: " << c.want;
+    auto p = PublishBundle(src, eo);
+    ASSERT_FALSE(p.ok()) << "wrote " << p->path;
+    EXPECT_EQ(p.status().message().rfind(c.want, 0), 0u) << p.status();
+  }
+  EXPECT_EQ(Snapshot(dir), before);
+  // What may be written into.
+  ASSERT_EQ(::mkdir((dir + "/empty").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((dir + "/hidden").c_str(), 0755), 0);
+  std::ofstream(dir + "/hidden/.gitkeep") << "";
+  std::ofstream(dir + "/bundle/NOTES.txt") << "mine";
+  for (const std::string& out : {dir + "/new/deeper", dir + "/empty", dir + "/hidden/",
+                                 dir + "/bundle", dir + "/new/deeper"}) {
+    eo.output = out;
+    auto r = ExportBundle(eo);
+    EXPECT_TRUE(r.ok()) << out << ": " << r.status();
+  }
+  EXPECT_EQ(CurrentBundleVersion(dir + "/bundle").value(), 2);
+  EXPECT_EQ(CurrentBundleVersion(dir + "/new/deeper").value(), 2);
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/bundle/NOTES.txt").value(), "mine");
+  ps::RemoveTree(dir);
+}
+
+// A bundle root's current version holds one model type: exporting another (MIND into a DIN root)
+// was accepted and a server following the root switched model type between two requests. Refused,
+// naming both models, whether full or --delta; nothing is published. The same type with other
+// sizes is a new full version as before.
+TEST(Serving, ExportOfAnotherModelType_RefusedNamingBoth_NothingPublished) {
+  const std::string dir = TempDir();
+  Trained din(31);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(din, dir + "/din", 10);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  Trained mind(32, kMindConfig);
+  ExportOptions other = eo;
+  other.checkpoint = Checkpoint(mind, dir + "/mind", 10);
+  const auto before = Snapshot(eo.output);
+  for (const bool delta : {false, true}) {
+    SCOPED_TRACE(delta ? "delta" : "full");
+    other.delta = delta;
+    auto r = ExportBundle(other);
+    ASSERT_FALSE(r.ok()) << "published v-" << r->version;
+    EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+    for (const std::string& want :
+         {"--output " + eo.output + ": its current version v-1 holds a DIN model",
+          std::string("the new version would hold a MIND model"),
+          std::string("(model.type DIN -> MIND)"), std::string("write it into a new bundle root")})
+      EXPECT_NE(r.status().message().find(want), std::string::npos) << want << "\n" << r.status();
+    // The library's publish (a stream's) is refused the same way.
+    BundleSource src;
+    src.config_text = kMindConfig;
+    src.origin = "test";
+    src.tensors = mind.content.tensors;
+    for (auto& tb : mind.tables) src.tables.push_back(tb.get());
+    auto p = PublishBundle(src, other);
+    ASSERT_FALSE(p.ok());
+    EXPECT_NE(p.status().message().find("(model.type DIN -> MIND)"), std::string::npos)
+        << p.status();
+  }
+  EXPECT_EQ(Snapshot(eo.output), before);
+  // Into a new root it is fine.
+  other.output = dir + "/mind_bundle";
+  other.delta = false;
+  EXPECT_TRUE(ExportBundle(other).ok());
+  ps::RemoveTree(dir);
+}
+
+// --min_count above every row's use count dropped every row without a word (rows=0: every
+// candidate then scored alike). Refused, naming the table, its rows and the count that keeps some;
+// nothing is written (not even the output directory).
+TEST(Serving, MinCountKeepingNoRowOfATable_RefusedNamingTheTable_NothingWritten) {
+  const std::string dir = TempDir();
+  Trained t(6);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 10);
+  eo.output = dir + "/bundle";
+  eo.min_count = 100000;
+  auto r = ExportBundle(eo);
+  ASSERT_FALSE(r.ok()) << "rows=" << r->rows << " rows_dropped=" << r->rows_dropped;
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status();
+  // The tables in the checkpoint's order (by name): category first.
+  uint32_t most[2] = {0, 0};
+  for (int i = 0; i < 2; ++i)
+    t.tables[i]->ForEachRowSince(
+        0, [&](const ps::RowRecord& row) { most[i] = std::max(most[i], row.freq); });
+  for (const std::string& want : {"export: --min_count 100000 keeps none of the " +
+                                      std::to_string(t.tables[1]->Stats().rows) +
+                                      " rows of table 'category' (its most used row was used " +
+                                      std::to_string(most[1]) + " times)",
+                                  "use --min_count " + std::to_string(most[1]) + " or less"})
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << want << "\n" << r.status();
+  EXPECT_FALSE(ps::PathExists(eo.output));
+  // The item table's turn: a count above its most used row but not the categories'.
+  ASSERT_LT(most[0], most[1]);
+  eo.min_count = most[0] + 1;
+  r = ExportBundle(eo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(" rows of table 'item' (its most used row was used " +
+                                      std::to_string(most[0]) + " times)"),
+            std::string::npos)
+      << r.status();
+  EXPECT_FALSE(ps::PathExists(eo.output));
+  // The largest count that keeps a row of every table is accepted.
+  eo.min_count = most[0];
+  auto ok = ExportBundle(eo);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_GT(ok->rows, 0);
+  ps::RemoveTree(dir);
+}
+
+// `ips export` of a SASRec or GRU4Rec checkpoint said "model sasrec is a sequence model, not a
+// CTR model": now the command and the model types it supports.
+TEST(Serving, ExportOfASequenceModel_NamesTheCommandAndTheSupportedTypes) {
+  const std::string dir = TempDir();
+  for (const char* type : {"SASREC", "GRU4REC"}) {
+    SCOPED_TRACE(type);
+    Trained t(7);
+    std::string config = kConfig;
+    const std::string din =
+        "type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4]";
+    ASSERT_NE(config.find(din), std::string::npos);
+    config.replace(config.find(din), din.size(),
+                   std::string("type: ") + type + " embedding_dim: 4 num_heads: 1");
+    t.content.config_text = config;
+    ExportOptions eo;
+    eo.checkpoint = Checkpoint(t, dir + "/" + type, 10);
+    eo.output = dir + "/bundle";
+    auto r = ExportBundle(eo);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().message(),
+              "`ips export`: the checkpoint at " + eo.checkpoint + ": model.type " + type +
+                  " is a sequence model; `ips export` supports model.type DIN, DIEN, POOLED, MIND "
+                  "or BST (the CTR models)")
+        << r.status();
+    EXPECT_FALSE(ps::PathExists(eo.output));
+  }
+  ps::RemoveTree(dir);
+}
+
+// Two writers publishing into one bundle root (two streams, an export beside a stream) staged the
+// same tmp-v-<n>, and one published the other's half-written files: the root failed its checksums
+// and the survivor reported success. The root's lock (ROOT/LOCK, flock, the holder's pid in it) is
+// held by the writer: a second one is refused naming that pid and writes nothing, while servers
+// (which take no lock) keep loading the root.
+TEST(Serving, ExportIntoARootAnotherWriterHolds_RefusedWithItsPid_ServingGoesOn) {
+  const std::string dir = TempDir();
+  Trained t(11);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 10);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  // Another writer, as the protocol has it (the lock of this process's own writers is taken the
+  // same way by an open file of their own, so this process's writers are refused too).
+  const int fd = ::open((eo.output + "/LOCK").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const std::string pid = std::to_string(::getpid());
+  ASSERT_EQ(::ftruncate(fd, 0), 0);
+  ASSERT_EQ(::pwrite(fd, (pid + "\n").data(), pid.size() + 1, 0),
+            static_cast<ssize_t>(pid.size() + 1));
+  const auto before = Snapshot(eo.output);
+  auto r = ExportBundle(eo);
+  ASSERT_FALSE(r.ok()) << "published v-" << r->version << " beside another writer";
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_EQ(r.status().message().rfind(
+                "--output " + eo.output + " is in use by another run (pid " + pid + "): ", 0),
+            0u)
+      << r.status();
+  EXPECT_NE(r.status().message().find("(lock: " + eo.output + "/LOCK)"), std::string::npos)
+      << r.status();
+  EXPECT_EQ(Snapshot(eo.output), before);
+  // Serving goes on while the writer holds the root.
+  auto server = BundleServer::Create(eo.output, 5);
+  ASSERT_TRUE(server.ok()) << server.status();
+  bool ok = false;
+  (*server)->HandleLine(1, R"({"history":[1,2],"candidates":[3,4]})", &ok);
+  EXPECT_TRUE(ok);
+  ::close(fd);  // the other writer is done
+  auto again = ExportBundle(eo);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, 2);
+  for (int i = 0; i < 400 && (*server)->version() != 2; ++i) ::usleep(5000);
+  EXPECT_EQ((*server)->version(), 2);
+  ps::RemoveTree(dir);
+}
+
+// ---- Tests of the writer's API (they do not compile against the code before it) ---------------
+
+// A BundleWriter holds its root from Open until destroyed: a second writer (an export, another
+// stream) is refused, readers are not; CheckModelType compares with the current version.
+TEST(Serving, BundleWriter_HoldsTheRootUntilDestroyed) {
+  const std::string dir = TempDir();
+  Trained t(12);
+  BundleSource src;
+  src.config_text = kConfig;
+  src.origin = "test";
+  src.tensors = t.content.tensors;
+  for (auto& tb : t.tables) src.tables.push_back(tb.get());
+  auto writer = BundleWriter::Open(dir + "/bundle", "--stream_publish_dir");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  EXPECT_TRUE((*writer)->CheckModelType(kMindConfig).ok()) << "no version yet";
+  ExportOptions eo;
+  auto first = (*writer)->Publish(src, eo);
+  ASSERT_TRUE(first.ok()) << first.status();
+  eo.delta = true;
+  auto second = (*writer)->Publish(src, eo, first->bundle);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->delta_of, 1);
+  const Status mind = (*writer)->CheckModelType(kMindConfig);
+  EXPECT_NE(mind.message().find("--stream_publish_dir " + dir +
+                                "/bundle: its current version v-2 "
+                                "holds a DIN model"),
+            std::string::npos)
+      << mind;
+  const std::string in_use = " is in use by another run (pid " + std::to_string(::getpid()) + ")";
+  auto other = BundleWriter::Open(dir + "/bundle");
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("--output " + dir + "/bundle" + in_use),
+            std::string::npos)
+      << other.status();
+  eo.output = dir + "/bundle";
+  auto publish = PublishBundle(src, eo);
+  ASSERT_FALSE(publish.ok());
+  EXPECT_NE(publish.status().message().find(in_use), std::string::npos) << publish.status();
+  EXPECT_TRUE(Bundle::Load(dir + "/bundle").ok());
+  writer->reset();
+  EXPECT_TRUE(PublishBundle(src, eo).ok());
+  ps::RemoveTree(dir);
+}
+
+// The model types a bundle holds are exactly those CreateCtrModel builds (the others are the
+// sequence models), and every other type is refused naming the command and the supported list.
+TEST(Serving, BundleModelTypes_AreTheCtrModels) {
+  const google::protobuf::EnumDescriptor* types = config::ModelConfig::Type_descriptor();
+  int checked = 0;
+  for (int i = 0; i < types->value_count(); ++i) {
+    config::Config cfg;
+    cfg.mutable_model()->set_type(
+        static_cast<config::ModelConfig::Type>(types->value(i)->number()));
+    const std::string name = types->value(i)->name();
+    SCOPED_TRACE(name);
+    auto spec = ModelSpecFromConfig(cfg);
+    const Status s = CheckBundleModelType(cfg, "`ips export`");
+    if (spec.ok()) {
+      EXPECT_EQ(s.ok(), !IsSequenceModel(spec->kind)) << s;
+      ++checked;
+    }
+    if (!s.ok()) {
+      EXPECT_EQ(s.message(), "`ips export`: model.type " + name +
+                                 " is a sequence model; `ips export` supports model.type DIN, "
+                                 "DIEN, POOLED, MIND or BST (the CTR models)");
+    }
+  }
+  EXPECT_EQ(checked, types->value_count()) << "a type whose default model options do not build";
 }
 
 }  // namespace

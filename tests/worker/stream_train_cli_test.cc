@@ -3,8 +3,13 @@
 // publisher built by make_publisher, writes metrics JSON lines; a bad line exits 1 naming the file,
 // line and field; bad --stream_* flags are rejected. With --stream_publish_dir the stream publishes
 // serving bundles (a full one, then deltas) that a BundleServer (the body of `ips serve`) running
-// alongside hot-reloads without losing a request.
+// alongside hot-reloads without losing a request. Without a publisher nothing is published and no
+// freshness is reported; --stream_negatives 0, a sequence model, and a --stream_publish_dir that
+// another run holds, that is no bundle root or whose current version is another model type are
+// refused before anything is trained.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +31,7 @@
 #include "ps/checkpoint_io.h"
 #include "worker/record_parsers.h"
 #include "worker/serving.h"
+#include "worker/serving_fixture.h"
 
 namespace ips {
 namespace {
@@ -312,6 +318,176 @@ TEST(StreamTrainCli, MissingSourceAndBadFlags) {
   auto r = StreamCliOptionsFromFlags(bad);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("--stream_window_events"), std::string::npos);
+}
+
+// Without --stream_publish_dir (or a caller's publisher) nothing is published, but the RESULT line
+// said publishes=1 freshness_p50_ms=44.5 (the no-op publish points): now publishes=0 and no
+// freshness (na; null in the metrics JSON, as other undefined metrics there).
+TEST(StreamTrainCli, WithoutAPublisher_ReportsNoPublishAndNoFreshness) {
+  const std::string path = WriteEvents("nopub.tsv", 2000, "");
+  StreamCliOptions o;
+  o.follow = false;
+  o.publish_every_steps = 5;
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  testing::internal::CaptureStdout();
+  testing::internal::CaptureStderr();
+  const int rc = RunStreamTrain(SmallConfig(), path, sinks, o);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const std::string err = testing::internal::GetCapturedStderr();
+  std::remove(path.c_str());
+  ASSERT_EQ(rc, kExitOk) << err;
+  EXPECT_NE(out.find(" publishes=0 freshness_p50_ms=na freshness_p99_ms=na"), std::string::npos)
+      << out;
+  EXPECT_NE(
+      metrics.str().find("\"publishes\":0,\"freshness_p50_ms\":null,\"freshness_p99_ms\":null}"),
+      std::string::npos)
+      << metrics.str();
+  EXPECT_NE(err.find("nothing published (no --stream_publish_dir)"), std::string::npos) << err;
+}
+
+// --stream_negatives 0 was accepted: every example a positive, the window AUC nan, exit 0. The
+// valid range is 1..1000, from the flags and for a library caller alike.
+TEST(StreamTrainCli, NegativesOutsideTheirRange_Refused) {
+  for (const char* n : {"0", "-1", "1001"}) {
+    FlagSet flags("train");
+    AddStreamFlags(&flags);
+    ASSERT_TRUE(flags.Parse({"--stream_negatives", n}).ok());
+    auto r = StreamCliOptionsFromFlags(flags);
+    ASSERT_FALSE(r.ok()) << n;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message().rfind(
+                  std::string("--stream_negatives ") + n + ": expected 1..1000", 0),
+              0u)
+        << r.status();
+  }
+  const std::string path = WriteEvents("neg0.tsv", 200, "");
+  StreamCliOptions o;
+  o.follow = false;
+  o.negatives = 0;
+  testing::internal::CaptureStdout();
+  testing::internal::CaptureStderr();
+  const int rc = RunStreamTrain(SmallConfig(), path, RunSinks{}, o);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const std::string err = testing::internal::GetCapturedStderr();
+  std::remove(path.c_str());
+  EXPECT_EQ(rc, kExitError);
+  EXPECT_EQ(out.find("RESULT"), std::string::npos) << out;
+  EXPECT_NE(err.find("--stream_negatives 0: expected 1..1000"), std::string::npos) << err;
+}
+
+// A sequence model said "model sasrec is a sequence model, not a CTR model": the command and the
+// model types it supports are named.
+TEST(StreamTrainCli, SequenceModel_RefusedNamingTheCommandAndTheSupportedTypes) {
+  config::Config cfg = SmallConfig();
+  cfg.mutable_model()->set_type(config::ModelConfig::SASREC);
+  cfg.mutable_model()->set_num_heads(1);
+  const std::string want =
+      "`ips train --stream`: model.type SASREC is a sequence model; `ips train --stream` supports "
+      "model.type DIN, DIEN, POOLED, MIND or BST (the CTR models)";
+  EXPECT_EQ(CheckStreamConfig(cfg).message(), want);
+  const std::string path = WriteEvents("sasrec.tsv", 200, "");
+  StreamCliOptions o;
+  o.follow = false;
+  testing::internal::CaptureStderr();
+  const int rc = RunStreamTrain(cfg, path, RunSinks{}, o);
+  const std::string err = testing::internal::GetCapturedStderr();
+  std::remove(path.c_str());
+  EXPECT_EQ(rc, kExitError);
+  EXPECT_NE(err.find(want), std::string::npos) << err;
+}
+
+// --stream_publish_dir is checked and locked before anything is trained: a root that another run
+// holds (its pid named), a directory that is no bundle root (a checkpoint's), and a root whose
+// current version is another model type (a DIEN bundle for a DIN stream: a server following it
+// would switch model type) are refused with nothing trained or written.
+TEST(StreamTrainCli, PublishDirRefusedBeforeTraining_HeldNotABundleRootOrAnotherModelType) {
+  const std::string tmp = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
+                          "/ips_stream_refused_" + std::to_string(getpid());
+  ps::RemoveTree(tmp);
+  ASSERT_TRUE(ps::MakeDirs(tmp).ok());
+  const std::string events = tmp + "/events.tsv";
+  std::ofstream(events, std::ios::binary) << EventLines(0, 500);
+  // A DIEN bundle root.
+  std::string dien_text = ConfigToText(SmallConfig());
+  const std::string din = "type: DIN";
+  ASSERT_NE(dien_text.find(din), std::string::npos) << dien_text;
+  dien_text.replace(dien_text.find(din), din.size(), "type: DIEN");
+  auto dien = MakeServingState(dien_text, 8, {5, 5}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(dien.ok()) << dien.status();
+  BundleSource src;
+  src.config_text = dien_text;
+  src.origin = "test";
+  src.tensors = (*dien)->content.tensors;
+  for (auto& t : (*dien)->tables) src.tables.push_back(t.get());
+  ExportOptions eo;
+  eo.output = tmp + "/dien_bundle";
+  ASSERT_TRUE(PublishBundle(src, eo).ok());
+  // A checkpoint root.
+  CheckpointOptions co;
+  co.dir = tmp + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(3, (*dien)->content).ok());
+  // A bundle root another run holds.
+  const std::string held = tmp + "/held";
+  ASSERT_TRUE(ps::MakeDirs(held).ok());
+  const int fd = ::open((held + "/LOCK").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const std::string pid = std::to_string(::getpid());
+  ASSERT_EQ(::pwrite(fd, (pid + "\n").data(), pid.size() + 1, 0),
+            static_cast<ssize_t>(pid.size() + 1));
+  struct Case {
+    std::string dir, want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {held, "--stream_publish_dir " + held + " is in use by another run (pid " + pid + ")"},
+           {co.dir, "--stream_publish_dir " + co.dir + ": is a training checkpoint root"},
+           {eo.output, "--stream_publish_dir " + eo.output +
+                           ": its current version v-1 holds a DIEN model (model.embedding_dim 4), "
+                           "the new version would hold a DIN model (model.embedding_dim 4)"}}) {
+    SCOPED_TRACE(c.dir);
+    StreamCliOptions o;
+    o.follow = false;
+    o.publish_every_steps = 2;
+    o.publish_dir = c.dir;
+    RunSinks sinks;
+    std::ostringstream metrics;  // a window line would mean training happened
+    sinks.metrics_out = &metrics;
+    o.window_events = 100;
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    const int rc = RunStreamTrain(SmallConfig(), events, sinks, o);
+    const std::string out = testing::internal::GetCapturedStdout();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(rc, kExitError) << out;
+    EXPECT_EQ(out.find("RESULT"), std::string::npos) << out;
+    EXPECT_EQ(metrics.str(), "") << "trained before refusing";
+    EXPECT_EQ(err.find("streamed "), std::string::npos) << err;
+    EXPECT_NE(err.find(c.want), std::string::npos) << err << "\nwant: " << c.want;
+  }
+  EXPECT_EQ(CurrentBundleVersion(eo.output).value(), 1);
+  EXPECT_FALSE(ps::PathExists(held + "/CURRENT"));
+  EXPECT_FALSE(ps::PathExists(co.dir + "/CURRENT"));
+  ::close(fd);
+  ps::RemoveTree(tmp);
+}
+
+TEST(StreamTrainCli, MaxBadRecordsSkipsAndCountsInResult) {
+  const std::string path = WriteEvents("skip.tsv", 100, "3\t9\t2\t1700000000\tpv\tx\n");
+  StreamCliOptions o;
+  o.follow = false;
+  o.max_bad_records = 1;
+  testing::internal::CaptureStdout();
+  testing::internal::CaptureStderr();
+  const int rc = RunStreamTrain(SmallConfig(), path, RunSinks{}, o);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const std::string err = testing::internal::GetCapturedStderr();
+  std::remove(path.c_str());
+  EXPECT_EQ(rc, kExitOk) << err;
+  EXPECT_NE(out.find(" bad_lines=1"), std::string::npos) << out;
+  EXPECT_NE(err.find("warning: skipping bad line " + path + ":101: domain"), std::string::npos)
+      << err;
 }
 
 }  // namespace
