@@ -2,24 +2,50 @@
 // and SIGUSR1. SIGUSR1 exists for mpirun: Open MPI forwards it to every rank and waits for them,
 // whereas a SIGTERM sent to mpirun is followed by SIGKILL after odls_base_sigkill_timeout (1 s),
 // too soon for a checkpoint of large tables to be written. The handler only sets flags
-// (async-signal safe); the training loops poll StopRequested() between steps.
+// (async-signal safe); the training loops poll StopRequested() between steps, and the evaluations
+// between batches (an evaluation abandoned for a stop ends the run as a stop between two steps).
+//
+// `ips train` installs the handler first thing in main() (launch/main.cc), so a signal that
+// arrives while the run is still loading its config and data is not fatal: the run stops after
+// its first step. A process started with SIGTERM/SIGUSR1 blocked (a launcher that must not lose a
+// stop sent before the program could handle it) gets them unblocked once the handler is in place,
+// and a pending one is delivered then.
 #ifndef IPS_COMMON_STOP_SIGNALS_H_
 #define IPS_COMMON_STOP_SIGNALS_H_
 
 #include <atomic>
 
+#include "common/status.h"
+
 namespace ips {
 
-// Installs the stop handler for SIGTERM and SIGUSR1 (process-wide; idempotent).
+// Installs the stop handler for SIGTERM and SIGUSR1 (process-wide; idempotent) and unblocks them
+// in the calling thread, so that one sent while they were blocked is handled now.
 void InstallStopSignals();
 // A parameter server's SIGTERM and SIGUSR1: it keeps serving (the workers shut it down after
 // their checkpoint, which needs it) and says so once on stderr, so that a stop signal sent to a
-// server alone is not silently lost.
+// server alone is not silently lost. A stop signal that reached the stop handler before this call
+// (the early one of `ips train`) is noted now. Unblocks them as InstallStopSignals.
 void IgnoreStopSignals();
+// The default action (termination) again for SIGTERM and SIGUSR1, for a process that has no stop
+// to offer (a cluster run without checkpoint.dir); a stop signal that already reached the stop
+// handler is raised again, so it ends the process as it would have without that handler.
+void DefaultStopSignals();
 // Set once a stop signal arrived (the flag a RunCheckpointing::stop points at).
 const std::atomic<bool>& StopRequested();
 // "SIGTERM" or "SIGUSR1": the first stop signal received ("a stop request" before any).
 const char* StopSignalName();
+
+// An evaluation that takes a stop flag (worker/trainer.h EvaluateRanking, worker/seq_trainer.h
+// EvaluateSeqRanking, worker/retrieval.h EvaluateRetrieval) checks it between two batches, and
+// once it is set gives up with EvaluationAbandonedError (ABORTED; IsEvaluationAbandoned tells it
+// from other errors): the model and tables are only read, so the training state is still the
+// step boundary before the evaluation, and the run checkpoints and stops as between two steps.
+inline bool StopSet(const std::atomic<bool>* stop) {
+  return stop != nullptr && stop->load(std::memory_order_relaxed);
+}
+Status EvaluationAbandonedError();
+bool IsEvaluationAbandoned(const Status& s);
 
 }  // namespace ips
 

@@ -23,6 +23,7 @@
 // dataset run's epoch, position in SequenceReader's order and the epoch's loss sum), so a
 // checkpoint resumes on any number of servers and workers, and single-process.
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -144,10 +145,10 @@ class SeqRoundsSource : public DatasetRoundsSource {
   const models::DenseParams<float>& params() const override {
     return sw_->trainer->model().params();
   }
-  StatusOr<RankingEvalResult> Evaluate(bool /*last*/,
-                                       std::vector<RetrievalCutoff>* /*recall*/) override {
+  StatusOr<RankingEvalResult> Evaluate(bool /*last*/, std::vector<RetrievalCutoff>* /*recall*/,
+                                       const std::atomic<bool>* stop) override {
     return EvaluateSeqRanking(sw_->trainer.get(), data_, reader_options_, run_.eval_max_users,
-                              run_.top_k);
+                              run_.top_k, stop);
   }
   Names names() const override { return {"sequences", "sequences"}; }
 

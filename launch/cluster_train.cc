@@ -1,6 +1,7 @@
 #include "launch/cluster_train.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -46,6 +47,23 @@ using cluster_internal::Fixed;
 using cluster_internal::OpenMetricsOut;
 using cluster_internal::SyntheticSummary;
 using cluster_internal::WorkerClient;
+
+// RunRetrievalEvaluation, abandoned (EvaluationAbandonedError) once *stop is set (may be null).
+StatusOr<RetrievalResult> RetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
+                                              const Dataset& data, const DatasetRunOptions& run,
+                                              const std::atomic<bool>* stop) {
+  RetrievalOptions o;
+  o.cutoffs = run.retrieval_cutoffs;
+  o.max_users = run.eval_max_users;
+  o.stop = stop;
+  IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
+  IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
+  IPS_ASSIGN_OR_RETURN(RetrievalResult r, EvaluateRetrieval(trainer->context(), &trainer->model(),
+                                                            store, item, data, o));
+  std::cerr << "retrieval: " << r.users << " users x " << r.items << " items in "
+            << cluster_internal::Fixed(r.seconds, 1) << " s\n";
+  return r;
+}
 
 // A CTR training worker (RunWorker, RunDatasetWorker): the client of the parameter servers and
 // the trainer, whose dense gradients the client's hook averages over the workers; the replicas
@@ -179,6 +197,10 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
     BinaryMetrics bm;
     std::vector<float> probs(static_cast<size_t>(run.batch));
     for (int e = 0; e < flags.eval_batches; ++e) {
+      // A stop during the held-out evaluation (worker 0's alone: the others are done) ends the
+      // run after the last step's checkpoint, which every checkpointed run writes.
+      if (Checkpointing(config) && StopRequested().load(std::memory_order_relaxed))
+        return ck.Stop(job, train_steps, nullptr);
       CtrBatch b;
       const uint64_t index = static_cast<uint64_t>(train_steps) * num_workers + e;
       if (Status s = (*gen)->CtrBatchAt(index, run.batch, &b); !s.ok()) cluster->Abort(s);
@@ -280,13 +302,14 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
   }
   int64_t steps() const override { return trainer_->steps(); }
   const models::DenseParams<float>& params() const override { return trainer_->model().params(); }
-  StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall) override {
+  StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall,
+                                       const std::atomic<bool>* stop) override {
     IPS_ASSIGN_OR_RETURN(
         RankingEvalResult ranking,
-        EvaluateRanking(trainer_, data_, run_.reader, run_.eval_max_users, run_.top_k));
+        EvaluateRanking(trainer_, data_, run_.reader, run_.eval_max_users, run_.top_k, stop));
     if (last && trainer_->model().num_user_vectors() > 0) {
       IPS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
-                           RunRetrievalEvaluation(trainer_, tw_->store.get(), data_, run_));
+                           RetrievalEvaluation(trainer_, tw_->store.get(), data_, run_, stop));
       *recall = retrieval.cutoffs;
     }
     return ranking;
@@ -358,19 +381,14 @@ void AddRankingFields(const RankingEvalResult& eval, const std::vector<Retrieval
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
                                                  const Dataset& data,
                                                  const DatasetRunOptions& run) {
-  RetrievalOptions o;
-  o.cutoffs = run.retrieval_cutoffs;
-  o.max_users = run.eval_max_users;
-  IPS_ASSIGN_OR_RETURN(const int item, store->FindTable(trainer->options().item_table));
-  IPS_ASSIGN_OR_RETURN(o.category_table, store->FindTable(trainer->options().category_table));
-  IPS_ASSIGN_OR_RETURN(RetrievalResult r, EvaluateRetrieval(trainer->context(), &trainer->model(),
-                                                            store, item, data, o));
-  std::cerr << "retrieval: " << r.users << " users x " << r.items << " items in "
-            << cluster_internal::Fixed(r.seconds, 1) << " s\n";
-  return r;
+  return RetrievalEvaluation(trainer, store, data, run, /*stop=*/nullptr);
 }
 
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags) {
+  // Without checkpoint.dir a rank has no stop to offer: SIGTERM and SIGUSR1 end it, as before
+  // `ips train` installed the stop handler first thing (launch/main.cc); one that arrived since
+  // ends it now. With checkpoint.dir, the servers ignore them (RunServer) and the workers stop.
+  if (!Checkpointing(config)) DefaultStopSignals();
   // data.train_dir: every rank opens and checks the dataset (the servers need its row counts for
   // the tables' initialisers).
   auto job = TrainJobFromConfig(config);

@@ -616,6 +616,7 @@ void DatasetWalk::StartEpoch(int64_t e) {
   if (!resumed_epoch) epoch_.position = 0;
   p0_ = epoch_.position;
   rounds_in_epoch_ = rounds_.From(p0_);
+  last_round_ = -1;
   resumed_ = false;
 }
 
@@ -642,10 +643,21 @@ bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoin
                                       std::to_string(run_.epochs) + " loss=" + Fixed(loss, 4));
   if (metrics != nullptr && (done % run_.log_every_steps == 0 || at_.steps == last_step_))
     WriteDatasetStepLine(*metrics, cluster_, e + 1, done, loss);
-  if (checkpoint_after)
+  last_round_ = k;
+  if (checkpoint_after) {
     ck_->WriteDataset(done, {e, rounds_.PositionAfter(p0_, k), at_.steps, at_.samples,
                              epoch_.epoch_steps, epoch_.epoch_samples, epoch_.loss_sum});
+    checkpointed_step_ = done;
+  }
   return stop && at_.steps < last_step_;
+}
+
+void DatasetWalk::CheckpointNow(int64_t done) {
+  if (checkpointed_step_ == done) return;
+  // PositionAfter(p0, -1) = p0: an epoch entered at a resumed position and not stepped yet.
+  ck_->WriteDataset(done, {epoch_.epoch, rounds_.PositionAfter(p0_, last_round_), at_.steps,
+                           at_.samples, epoch_.epoch_steps, epoch_.epoch_samples, epoch_.loss_sum});
+  checkpointed_step_ = done;
 }
 
 int RunDatasetRounds(Cluster* cluster, const config::Config& config, const TrainJob& job,
@@ -687,6 +699,9 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   summary.loss = std::nan("");
   double train_seconds = 0;  // this worker's reading + steps (evaluation excluded)
   bool stopped = false, finished = false;
+  // Worker 0's evaluations watch the stop flag when a stop can end the run (checkpointing).
+  const bool checkpointing = Checkpointing(config);
+  const std::atomic<bool>& stop_flag = StopRequested();
   Timer timer;
   for (int64_t e = walk.at().epoch; e < run.epochs && !stopped && !finished; ++e) {
     const std::string where = "epoch " + std::to_string(e + 1);
@@ -732,13 +747,32 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
       // Every worker's pushes are applied and nobody pulls until worker 0 is done, so it reads
       // the tables of exactly this step.
       if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+      float abandoned = 0;  // worker 0 gave its evaluation up for a stop signal
       if (w == 0) {
-        auto ranking = source->Evaluate(last, &summary.recall);
-        if (!ranking.ok()) cluster->Abort(ranking.status().WithContext(where));
-        eval = *ranking;
-        summary.eval = eval;
+        auto ranking =
+            source->Evaluate(last, &summary.recall, checkpointing ? &stop_flag : nullptr);
+        if (!ranking.ok() && checkpointing && IsEvaluationAbandoned(ranking.status()) &&
+            stop_flag.load(std::memory_order_relaxed)) {
+          abandoned = 1;
+        } else if (!ranking.ok()) {
+          cluster->Abort(ranking.status().WithContext(where));
+        } else {
+          eval = *ranking;
+          summary.eval = eval;
+        }
       }
       if (Status s = coll->Barrier(); !s.ok()) cluster->Abort(s);
+      if (checkpointing) {
+        // Every worker makes this all-reduce after every evaluation (checkpointing is the
+        // config's, the same on every rank), so none waits for a peer that left.
+        if (Status s = coll->AllReduceSum(&abandoned, 1); !s.ok()) cluster->Abort(s);
+        if (abandoned > 0) {
+          // The evaluation only read: the state is the epoch's last step, whose checkpoint the
+          // workers write together (unless written already), then they stop as after a step.
+          walk.CheckpointNow(source->steps());
+          return ck.Stop(job, source->steps(), progress.get());
+        }
+      }
     }
     const double epoch_samples_per_s =
         epoch_seconds > 0 ? static_cast<double>(walk.epoch_samples()) / epoch_seconds : 0;

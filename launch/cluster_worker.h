@@ -11,6 +11,7 @@
 #define IPS_LAUNCH_CLUSTER_WORKER_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
@@ -298,6 +299,10 @@ class DatasetWalk {
   // checkpoint_after. Returns whether the run stops here (stop, and steps are left).
   bool AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
                  ProgressLine* progress, std::ostream* metrics);
+  // Checkpoint `done` (the trainer's step count) of the position after the last round stepped
+  // (the current epoch's start when none was), unless AfterStep wrote it already. Every worker
+  // calls it at the same point (WriteDataset is collective).
+  void CheckpointNow(int64_t done);
 
   // The current epoch's steps, every worker's samples and this worker's loss sum (worker 0's
   // includes every worker's up to a resumed checkpoint).
@@ -319,6 +324,8 @@ class DatasetWalk {
   bool resumed_ = false;   // at_ came from a checkpoint and its epoch is not entered yet
   int64_t p0_ = 0, rounds_in_epoch_ = 0;
   int64_t first_step_ = 0, last_step_ = 0, samples_run_ = 0;
+  int64_t last_round_ = -1;         // the current epoch's last round stepped (-1: none yet)
+  int64_t checkpointed_step_ = -1;  // the step of the last checkpoint this walk wrote
 };
 
 // What a dataset worker trains (RunDatasetRounds): the reader of the single-process epoch order,
@@ -341,8 +348,10 @@ class DatasetRoundsSource {
   virtual int64_t steps() const = 0;  // the trainer's step count
   virtual const models::DenseParams<float>& params() const = 0;
   // Worker 0's evaluation after an epoch (last: the run's last; models with user vectors add
-  // their full-ranking recall to *recall then).
-  virtual StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall) = 0;
+  // their full-ranking recall to *recall then), abandoned with EvaluationAbandonedError
+  // (common/stop_signals.h) once *stop (may be null) is set.
+  virtual StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall,
+                                               const std::atomic<bool>* stop) = 0;
 
   // What the messages call the data: e.g. "examples" (per epoch), "samples" (the progress line's
   // unit).
@@ -356,8 +365,11 @@ class DatasetRoundsSource {
 // A dataset run of data.train_dir on this worker (see launch/cluster_train.cc's RunDatasetWorker
 // for the sharding): resume, the epochs' rounds with prefetch, replica checks, checkpoints and
 // SIGTERM stops, the per-epoch evaluation on worker 0 between two barriers, the progress and
-// --metrics_out lines, and worker 0's RESULT line; shuts the servers down at the end. Aborts the
-// job on an error; returns the exit code.
+// --metrics_out lines, and worker 0's RESULT line; shuts the servers down at the end. A stop
+// signal that reaches worker 0 during its evaluation (SIGUSR1 to mpirun reaches every rank)
+// abandons it; the workers learn it together after the second barrier (an all-reduce every
+// worker makes after every evaluation when checkpointing) and stop with the checkpoint of the
+// epoch's last step. Aborts the job on an error; returns the exit code.
 int RunDatasetRounds(Cluster* cluster, const config::Config& config, const TrainJob& job,
                      const ClusterTrainFlags& flags, const WorkerClient& client,
                      TrainerCheckpointState checkpoint_state, DatasetRoundsSource* source);

@@ -2,6 +2,9 @@
 // Exit codes: 0 success, 1 runtime/data error (a C++ exception that escapes a subcommand
 // included: see RunSubcommand), 2 usage error, 3 `ips train` stopped by SIGTERM or SIGUSR1 after
 // a checkpoint (common/stop_signals.h).
+#include <glog/logging.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "common/logging.h"
+#include "common/stop_signals.h"
 #include "launch/cluster_train.h"
 #include "launch/commands.h"
 
@@ -97,9 +101,55 @@ int RunSubcommand(const Subcommand& c, const std::vector<std::string>& args) {
   return ips::kExitError;
 }
 
-}  // namespace
+// Whether argv is `ips train` with the stop handler of common/stop_signals.h: every `ips train`
+// but --stream, whose own SIGINT/SIGTERM handler (launch/stream_train.cc) is installed later and
+// reads another flag (the stop handler would swallow a signal that the stream never sees; without
+// it, the default action at least ends the process).
+bool TrainsWithStopSignals(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "train") != 0) return false;
+  for (int i = 2; i < argc; ++i)
+    if (std::strcmp(argv[i], "--stream") == 0 || std::strncmp(argv[i], "--stream=", 9) == 0)
+      return false;
+  return true;
+}
 
-int main(int argc, char** argv) {
+// The stop handler of `ips train`, installed before anything else runs: glibc calls an
+// executable's .preinit_array functions (with main's arguments) before the initialisers of its
+// shared libraries (OpenBLAS starting a thread per core, Open MPI, protobuf, glog), so a SIGTERM
+// or SIGUSR1 stops the run from then on, not only from main(); before, only the loader mapping
+// and relocating the libraries remains. main() installs it again (idempotent) for a loader that
+// skips the array, and for sanitizer builds, whose runtime must be initialised before any
+// instrumented code runs.
+void InstallStopSignalsFirst(int argc, char** argv, char** /*envp*/) {
+  if (TrainsWithStopSignals(argc, argv)) ips::InstallStopSignals();
+}
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+__attribute__((section(".preinit_array"),
+               used)) void (*preinit_stop_signals)(int, char**, char**) = InstallStopSignalsFirst;
+#endif
+
+// The process's end, with `code`: every buffered output flushed (std::cout has its own buffer
+// when a command turned off sync_with_stdio; glog's files with --log_dir), then _exit, which does
+// not run the exit handlers of the libraries. OpenBLAS's handler joins its worker threads, and
+// under an address-space limit (ulimit -v) a worker that could not get its buffer when the library
+// was loaded (one per core, 128 MiB each, before main) retries forever: exit() then never returned,
+// whatever the command did (even `ips help`). Nothing of ips is left to them: a command closes its
+// own files and MPI is finalised before RunClusterTrain returns. Sanitizer builds exit normally,
+// for the leak check that runs at exit.
+[[noreturn]] void ExitProcess(int code) {
+  std::cout.flush();
+  std::cerr.flush();
+  std::clog.flush();
+  google::FlushLogFiles(google::GLOG_INFO);
+  std::fflush(nullptr);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  std::exit(code);
+#else
+  _exit(code);
+#endif
+}
+
+int Main(int argc, char** argv) {
   // Line-buffered stderr: under mpirun the ranks' output is merged into one stream, and a line
   // written in pieces (an unbuffered std::cerr writes every << separately) could be split by
   // another rank's line, e.g. a RESULT line. With a line buffer every line is one write. The
@@ -122,4 +172,17 @@ int main(int argc, char** argv) {
   std::cerr << "ips: unknown command '" << command << "'\n\n";
   PrintUsage(std::cerr);
   return ips::kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The stop handler before anything else (InstallStopSignalsFirst did it already): a
+  // SIGTERM or SIGUSR1 that arrives while `ips train` loads its config and data (tens of ms,
+  // seconds for a large dataset) would otherwise end the process with the default action instead
+  // of stopping it (exit 3 after the first step). Under mpirun the ranks then adjust it
+  // (launch/cluster_train.cc): the servers ignore and note stop signals, and without
+  // checkpoint.dir every rank gets the default action back.
+  if (TrainsWithStopSignals(argc, argv)) ips::InstallStopSignals();
+  ExitProcess(Main(argc, argv));
 }

@@ -481,6 +481,7 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
   Batch batch;
   Timer t;
   while (done < lists && reader.Next(&batch)) {
+    if (StopSet(options.stop)) return EvaluationAbandonedError();
     if (batch.size % cands != 0 || batch.max_len != L)
       return DataLossError("EvaluateRetrieval: evaluation batch of " + std::to_string(batch.size) +
                            " rows is not whole lists of " + std::to_string(cands));

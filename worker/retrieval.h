@@ -34,10 +34,12 @@
 #ifndef IPS_WORKER_RETRIEVAL_H_
 #define IPS_WORKER_RETRIEVAL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
 #include "common/status.h"
+#include "common/stop_signals.h"
 #include "kernels/context.h"
 #include "models/model.h"
 #include "ps/embedding_store.h"
@@ -57,6 +59,9 @@ struct RetrievalOptions {
   int64_t users_per_forward = 0;  // 0 = the model's max_batch()
   int64_t item_block = 2048;      // items per scoring tile
   int64_t user_block = 64;        // users per scoring tile
+  // Checked before every batch of users_per_forward users (may be null): once set, the evaluation
+  // is abandoned with EvaluationAbandonedError (common/stop_signals.h).
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct RetrievalCutoff {

@@ -274,7 +274,7 @@ ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader) {
 
 StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
                                                const ReaderOptions& reader, int64_t max_users,
-                                               int k) {
+                                               int k, const std::atomic<bool>* stop) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSeqRanking: null trainer");
   Timer timer;
   ReaderOptions ro = WithModelWindow(trainer, reader);
@@ -298,6 +298,7 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
   std::vector<int32_t> lengths;
   std::vector<float> scores;
   while (remaining > 0 && eval.Next(&batch)) {
+    if (StopSet(stop)) return EvaluationAbandonedError();
     if (batch.size % cands != 0)
       return DataLossError("EvaluateSeqRanking: evaluation batch of " + std::to_string(batch.size) +
                            " rows is not whole lists of " + std::to_string(cands));
@@ -374,9 +375,9 @@ class SeqEpochSource {
     *samples = batch_.size;
     return true;
   }
-  StatusOr<RankingEvalResult> Evaluate() {
+  StatusOr<RankingEvalResult> Evaluate(const std::atomic<bool>* stop) {
     return EvaluateSeqRanking(trainer_, data_, reader_options_, options_.eval_max_users,
-                              options_.top_k);
+                              options_.top_k, stop);
   }
 
  private:

@@ -36,6 +36,7 @@
 #ifndef IPS_WORKER_SEQ_TRAINER_H_
 #define IPS_WORKER_SEQ_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -191,10 +192,12 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
 // max_history, which must then equal it). max_users > 0 evaluates only the first max_users lists
 // (EvalReader's order). Read-only: no row is created or updated. Errors: FAILED_PRECONDITION for
 // fewer than 2 candidates per list; DATA_LOSS for a batch that is not whole lists or a list whose
-// rows disagree on the history; the trainer's and the metrics'.
+// rows disagree on the history; the trainer's and the metrics'. `stop` (may be null) is checked
+// before every batch: once set, the evaluation is abandoned with EvaluationAbandonedError
+// (common/stop_signals.h).
 StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
                                                const ReaderOptions& reader, int64_t max_users,
-                                               int k);
+                                               int k, const std::atomic<bool>* stop = nullptr);
 
 // `reader` with the trainer's model window (its max_len) where reader.max_len is 0, which a
 // SequenceReader would otherwise read as the manifest's max_history.

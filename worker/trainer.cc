@@ -605,10 +605,14 @@ Status CheckpointTrigger::AfterStep(
 
 namespace {
 
-StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vector<CtrBatch>& bs) {
+// The held-out batches' AUC, logloss and accuracy; abandoned (EvaluationAbandonedError) once
+// *stop is set (may be null).
+StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vector<CtrBatch>& bs,
+                                              const std::atomic<bool>* stop) {
   BinaryMetrics metrics;
   std::vector<float> probs;
   for (const CtrBatch& b : bs) {
+    if (StopSet(stop)) return EvaluationAbandonedError();
     probs.resize(static_cast<size_t>(b.batch));
     IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(b), probs.data()));
     IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b.label.data(), nullptr, b.batch));
@@ -628,7 +632,7 @@ StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
   IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
       0, options.eval_batches, options.batch, [first](int64_t i) { return first + i; },
       "held-out (--eval_batches)", &bs));
-  return EvaluateBatches(trainer, bs);
+  return EvaluateBatches(trainer, bs, /*stop=*/nullptr);
 }
 
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
@@ -655,7 +659,15 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
 
   std::vector<CtrBatch> held_out(batches.begin() + train_batches, batches.end());
   batches.clear();
-  IPS_ASSIGN_OR_RETURN(r.eval, EvaluateBatches(trainer, held_out));
+  // The last step's checkpoint is saved (RunSyntheticSteps forces it): a stop during the
+  // evaluation ends the run there, as one before it would.
+  const std::atomic<bool>* stop = sinks.checkpoint != nullptr ? sinks.checkpoint->stop : nullptr;
+  auto eval = EvaluateBatches(trainer, held_out, stop);
+  if (!eval.ok() && StopSet(stop) && IsEvaluationAbandoned(eval.status())) {
+    r.stopped = true;
+    return r;
+  }
+  IPS_ASSIGN_OR_RETURN(r.eval, std::move(eval));
   if (sinks.metrics_out != nullptr) {
     *sinks.metrics_out << "{\"phase\":\"eval\",\"step\":" << trainer->steps()
                        << ",\"examples\":" << r.eval.count << ",\"auc\":" << JsonNumber(r.eval.auc)
@@ -698,13 +710,15 @@ namespace {
 
 // EvaluateRanking of a given dataset: every EvalReader row is one labelled CTR example.
 StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* eval,
-                                                 int64_t max_rows, int k) {
+                                                 int64_t max_rows, int k,
+                                                 const std::atomic<bool>* stop) {
   Timer timer;
   int64_t remaining = max_rows > 0 ? std::min(max_rows, eval->num_lists()) : eval->num_lists();
   BinaryMetrics metrics;
   Batch batch;
   std::vector<float> scores;
   while (remaining > 0 && eval->Next(&batch)) {
+    if (StopSet(stop)) return EvaluationAbandonedError();
     scores.resize(static_cast<size_t>(batch.size));
     IPS_RETURN_IF_ERROR(trainer->PredictLogits(ViewOf(batch), scores.data()));
     const int64_t rows = std::min<int64_t>(batch.size, remaining);
@@ -729,14 +743,15 @@ StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* e
 }  // namespace
 
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
-                                            const ReaderOptions& reader, int64_t max_users, int k) {
+                                            const ReaderOptions& reader, int64_t max_users, int k,
+                                            const std::atomic<bool>* stop) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateRanking: null trainer");
   Timer timer;
   ReaderOptions ro = reader;
   ro.shuffle = false;
   EvalReader eval(&data, {}, ro);
   if (data.manifest().eval_candidates == 0)
-    return EvaluateLabelledRows(trainer, &eval, max_users, k);
+    return EvaluateLabelledRows(trainer, &eval, max_users, k, stop);
   const int cands = eval.candidates_per_list();
   if (cands < 2)
     return FailedPreconditionError("EvaluateRanking: the dataset has " + std::to_string(cands) +
@@ -746,6 +761,7 @@ StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& dat
   Batch batch;
   std::vector<float> scores;
   while (remaining > 0 && eval.Next(&batch)) {
+    if (StopSet(stop)) return EvaluationAbandonedError();
     if (batch.size % cands != 0)
       return DataLossError("EvaluateRanking: evaluation batch of " + std::to_string(batch.size) +
                            " rows is not whole lists of " + std::to_string(cands));
@@ -810,9 +826,9 @@ class CtrEpochSource {
     *samples = batch_.size;
     return true;
   }
-  StatusOr<RankingEvalResult> Evaluate() {
+  StatusOr<RankingEvalResult> Evaluate(const std::atomic<bool>* stop) {
     return EvaluateRanking(trainer_, data_, options_.reader, options_.eval_max_users,
-                           options_.top_k);
+                           options_.top_k, stop);
   }
 
  private:

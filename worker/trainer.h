@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/stop_signals.h"
 #include "common/thread_pool.h"
 #include "common/timer.h"
 #include "kernels/context.h"
@@ -286,7 +287,7 @@ struct SyntheticRunResult {
   std::vector<double> losses;  // every step, warm-up included
   double loss_first10 = 0;     // mean of the first 10 losses (warm-up included, as the peer)
   double loss_last10 = 0;
-  BinaryMetricsResult eval;  // on the held-out batches (not run when stopped)
+  BinaryMetricsResult eval;  // on the held-out batches (not run, or abandoned, when stopped)
   bool stopped = false;      // a stop request ended the run early (after a checkpoint)
 };
 
@@ -367,7 +368,8 @@ struct RunSinks {
 // Generates warmup + steps + eval batches (SyntheticBatches::CtrBatchAt(i), i = 0, 1, ...)
 // before timing, runs the warm-up steps, times the remaining steps (Step only, as the peer times
 // zero_grad..optimizer.step), then evaluates AUC on the held-out batches. sinks.checkpoint:
-// periodic checkpoints, stop (returns stopped = true without evaluating) and resume (batch index
+// periodic checkpoints, stop (returns stopped = true without evaluating; a stop during the
+// held-out evaluation abandons it, after the checkpoint of the last step) and resume (batch index
 // = restored step; the losses so far are restored, so first10/last10 equal an uninterrupted
 // run's). Errors: the trainer's and the generator's.
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
@@ -416,9 +418,12 @@ class RankingEvaluation {
 // updated) and fed to RankingMetrics(k). max_users > 0 evaluates only the first max_users lists
 // (EvalReader's order: raw user id). A given dataset (no candidate lists) is evaluated as CTR
 // examples instead: AUC, GAUC and logloss over its labelled evaluation rows (max_users caps the
-// rows; ranked = false). Errors: the trainer's and the metrics'.
+// rows; ranked = false). `stop` (may be null) is checked before every batch: once set, the
+// evaluation is abandoned with EvaluationAbandonedError (common/stop_signals.h). Errors: the
+// trainer's and the metrics'.
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
-                                            const ReaderOptions& reader, int64_t max_users, int k);
+                                            const ReaderOptions& reader, int64_t max_users, int k,
+                                            const std::atomic<bool>* stop = nullptr);
 
 struct EpochResult {
   int epoch = 0;             // 1-based
@@ -439,7 +444,9 @@ struct DatasetRunResult {
   double loss = 0;           // mean step loss of the last epoch
   RankingEvalResult eval;    // of the last evaluation (always after the last epoch)
   std::vector<EpochResult> per_epoch;
-  bool stopped = false;  // a stop request ended the run early (after a checkpoint; no eval)
+  // A stop request ended the run early, after a checkpoint: between two steps, or during an
+  // evaluation (abandoned; the checkpoint is of the step before it). No eval then.
+  bool stopped = false;
 };
 
 // Trains options.epochs epochs (TrainReader: epoch-fresh negatives, per-epoch shuffle with
@@ -448,7 +455,10 @@ struct DatasetRunResult {
 // "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,...}; metrics null for epochs without
 // evaluation). sinks.checkpoint: periodic checkpoints (plus one after the last step, before the
 // last evaluation: `ips eval` reproduces that evaluation), stop and resume at the saved epoch and
-// reader position (per_epoch then holds the epochs run after the resume). Errors:
+// reader position (per_epoch then holds the epochs run after the resume). A stop requested during
+// an evaluation abandons it (checked between batches) and the run ends as a stop after the epoch's
+// last step: a checkpoint of that step (if not saved already) and stopped = true; resumed, the
+// run repeats that evaluation (it only reads the model) and goes on. Errors:
 // INVALID_ARGUMENT for bad options, DATA_LOSS for resume blobs that do not fit, the trainer's
 // and the metrics'.
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,

@@ -123,18 +123,40 @@ TEST(Cli, UncaughtExceptionIsAnInternalErrorExit1) {
 // about 1.3 GB here, under a 1 GB limit): `error: out of memory (std::bad_alloc) in `ips train``,
 // exit 1. (A machine with less than 2.6 GB of memory refuses the batches up front instead; a
 // build with CUDA maps more at start-up and may fail at an earlier allocation, which says "out of
-// host memory".) OpenBLAS runs one thread: its worker threads, unable to get their 128 MB buffers
-// under the limit, retry forever, and the exit handlers wait for them (an OpenBLAS behaviour).
+// host memory".) OpenBLAS keeps its default threads: see the next test.
 TEST(Cli, OutOfMemoryIsAnErrorExit1) {
   const auto r = RunIps("train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
                             " --set data.synthetic.steps=3000 --set train.num_threads=1",
-                        "ulimit -v 1000000 && OPENBLAS_NUM_THREADS=1 ");
+                        "ulimit -v 1000000 && timeout -s KILL 120 ");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(Has(r, "error: out of memory (std::bad_alloc) in `ips train`") ||
               Has(r, "error: RESOURCE_EXHAUSTED: data.synthetic:") ||
               Has(r, "error: RESOURCE_EXHAUSTED: out of host memory allocating"))
       << r.output;
   EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+}
+
+// OpenBLAS starts a worker thread per core when the library is loaded, and each allocates a
+// 128 MiB buffer, retrying forever when it cannot; its exit handler joins them. Under an
+// address-space limit that leaves no room for those buffers, `ips` used to hang at exit whatever
+// it did (a failed `ips train` after printing its error, `ips help`), unless OPENBLAS_NUM_THREADS
+// was 1. It ends with _exit after flushing its output, so no library's exit handler runs. (With
+// one core OpenBLAS starts no worker thread and nothing could hang.)
+TEST(Cli, ExitDoesNotWaitForOpenBlasThreadsStuckUnderAnAddressSpaceLimit) {
+  const std::string limited = "ulimit -v 150000 && timeout -s KILL 60 ";
+  if (RunIps("help", "export OPENBLAS_NUM_THREADS=1 && " + limited).exit_code != 0)
+    GTEST_SKIP() << "this build of ips does not start under a 150 MB address-space limit";
+  const std::string defaults = "unset OPENBLAS_NUM_THREADS GOTO_NUM_THREADS OMP_NUM_THREADS; ";
+  auto r = RunIps("train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                      " --set data.synthetic.steps=3000 --set train.num_threads=1",
+                  defaults + limited);
+  EXPECT_EQ(r.exit_code, 1) << "(137: killed by the timeout, hung at exit)\n" << r.output;
+  EXPECT_TRUE(Has(r, "error: out of memory (std::bad_alloc) in `ips train`") ||
+              Has(r, "error: RESOURCE_EXHAUSTED: "))
+      << r.output;
+  r = RunIps("help", defaults + limited);
+  EXPECT_EQ(r.exit_code, 0) << "(137: killed by the timeout, hung at exit)\n" << r.output;
+  EXPECT_TRUE(Has(r, "usage: ips")) << r.output;
 }
 
 // A learning rate that makes training diverge stops the run at the first non-finite loss, naming

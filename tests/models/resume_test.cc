@@ -4,9 +4,12 @@
 // with the same evaluation, for DIN, DIEN (aux negatives drawn from (seed, step)) and SASRec
 // (dropout step) on a converted dataset and DIN on the synthetic protocol. The CLI part runs the
 // `ips` binary: `ips eval` of the final checkpoint reproduces the trainer's final evaluation
-// numbers, SIGTERM stops with exit code 3 and a checkpoint that --resume continues, a corrupt
-// checkpoint is rejected naming the file, bad flags exit 2.
+// numbers, SIGTERM stops with exit code 3 and a checkpoint that --resume continues (also one sent
+// before the first step, and one during an evaluation, which is abandoned), a corrupt checkpoint
+// is rejected naming the file, bad flags exit 2.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,8 +18,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -722,6 +727,257 @@ TEST(ResumeCli, BadFlagsAreUsageErrors) {
       Exec("eval --config " + root + "/syn.pbtxt --checkpoint " + root + "/nothing", root);
   EXPECT_EQ(missing.rc, 1);
   EXPECT_NE(missing.err.find(root + "/nothing"), std::string::npos) << missing.err;
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// ---- Stop signals that arrive early, or during an evaluation ----------------------------------
+
+// `ips ARGS` (split at spaces; stdout and stderr to root/signalled.out and .err), sent `sig` once
+// ready(pid) holds (polled every 2 ms), or at once to a child that starts with `sig` blocked when
+// `pending` (sent before the child even execs ips, so it is pending when ips starts). Killed after
+// 120 s.
+struct Signalled {
+  int status = -1;  // waitpid's
+  std::string out, err;
+  std::string err_at_signal;  // stderr when the signal was sent
+  bool sent = false;
+  double after_signal_s = 0;  // from the signal to the exit
+};
+Signalled RunSignalled(const std::string& args, const std::string& root, int sig,
+                       const std::function<bool(pid_t)>& ready, bool pending = false) {
+  Signalled r;
+  std::vector<std::string> words{IPS_BINARY};
+  std::istringstream in(args);
+  for (std::string w; in >> w;) words.push_back(w);
+  std::vector<char*> argv;
+  for (std::string& w : words) argv.push_back(w.data());
+  argv.push_back(nullptr);
+  const std::string out = root + "/signalled.out", err = root + "/signalled.err";
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, sig);
+  if (pending) pthread_sigmask(SIG_BLOCK, &block, &old);  // the child inherits the mask
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (o < 0 || e < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0) _exit(126);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  if (pending) pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  EXPECT_GT(pid, 0) << "fork failed";
+  if (pid <= 0) return r;
+  if (pending) {
+    EXPECT_EQ(kill(pid, sig), 0);
+    r.sent = true;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto signalled_at = start;
+  for (;;) {
+    if (waitpid(pid, &r.status, WNOHANG) == pid) break;
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(120)) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &r.status, 0);
+      ADD_FAILURE() << "killed after 120 s: " << args;
+      break;
+    }
+    if (!r.sent && ready(pid)) {
+      r.err_at_signal = ReadAll(err);
+      EXPECT_EQ(kill(pid, sig), 0);
+      r.sent = true;
+      signalled_at = std::chrono::steady_clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  r.after_signal_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled_at).count();
+  r.out = ReadAll(out);
+  r.err = ReadAll(err);
+  return r;
+}
+
+// The process's resident memory in KiB (/proc/PID/status VmRSS; 0 when unreadable).
+int64_t ResidentKib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoll(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
+
+std::string Describe(const Signalled& r) {
+  std::ostringstream os;
+  if (WIFSIGNALED(r.status))
+    os << "killed by signal " << WTERMSIG(r.status);
+  else
+    os << "exit " << WEXITSTATUS(r.status);
+  return os.str() + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+// A dense layer of 4096 x 4096 weights (64 MiB, with its Adam state and gradients about 260 MiB)
+// takes `ips train` a few hundred ms to allocate and initialise before its first step.
+constexpr char kLargeModelConfig[] = R"(
+version: 1
+name: "early_stop"
+data {
+  batch_size: 4
+  max_history: 4
+  seed: 0
+  synthetic { num_items: 500 num_categories: 50 zipf_alpha: 1.1 warmup_steps: 1 steps: 3 }
+}
+model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [4096, 4096] activation: PRELU }
+optimizer { type: ADAM learning_rate: 0.01 beta1: 0.9 beta2: 0.999 }
+tables { name: "item" dim: 4 initializer { type: XAVIER_NORMAL } }
+tables { name: "category" dim: 4 initializer { type: XAVIER_NORMAL } }
+train { epochs: 1 num_threads: 1 seed: 0 }
+)";
+
+// A stop signal that arrives before the run's first step stops it after that step with its
+// checkpoint (exit 3, status=stopped step=1), never the default action: `ips train` installs the
+// handler before it loads anything. (It did so only once the model was built and the checkpoint
+// directory checked: a SIGTERM in the first ~20 ms, or while a large model or dataset loaded,
+// killed the process.) Sent (a) while the large model is being initialised (the process's memory
+// passes 100 MiB), (b) before ips even runs, to a child that starts with SIGUSR1 blocked: ips
+// unblocks it once its handler is in place, and the pending signal stops the run.
+TEST(ResumeCli, StopSignalBeforeTheFirstStepStopsTheRunAfterIt) {
+  const std::string root = TempRoot("cli_early");
+  WriteConfig(root + "/big.pbtxt", kLargeModelConfig);
+  const std::string args = "train --quiet --config " + root + "/big.pbtxt --set checkpoint.dir=";
+  const Signalled starting = RunSignalled(args + root + "/ck_a", root, SIGTERM,
+                                          [](pid_t pid) { return ResidentKib(pid) > 100 * 1024; });
+  ASSERT_TRUE(starting.sent) << Describe(starting);
+  EXPECT_EQ(starting.err_at_signal.find("train: model="), std::string::npos)
+      << "the signal came after the run started training: " << starting.err_at_signal;
+  ASSERT_TRUE(WIFEXITED(starting.status)) << Describe(starting);
+  EXPECT_EQ(WEXITSTATUS(starting.status), 3) << Describe(starting);
+  EXPECT_EQ(LastLine(starting.out),
+            "RESULT train model=din status=stopped step=1 checkpoint=" + root + "/ck_a/ckpt-1")
+      << Describe(starting);
+  EXPECT_NE(starting.err.find("stopped by SIGTERM at step 1"), std::string::npos)
+      << Describe(starting);
+
+  const Signalled pending = RunSignalled(
+      args + root + "/ck_b", root, SIGUSR1, [](pid_t) { return true; },
+      /*pending=*/true);
+  ASSERT_TRUE(WIFEXITED(pending.status)) << Describe(pending);
+  EXPECT_EQ(WEXITSTATUS(pending.status), 3) << Describe(pending);
+  EXPECT_EQ(LastLine(pending.out),
+            "RESULT train model=din status=stopped step=1 checkpoint=" + root + "/ck_b/ckpt-1")
+      << Describe(pending);
+  EXPECT_NE(pending.err.find("stopped by SIGUSR1 at step 1"), std::string::npos)
+      << Describe(pending);
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// The planted dataset with 1000 sampled negatives per evaluation list: 400 lists of 1001 rows,
+// an evaluation of about a second on one core, ten times an epoch's training.
+std::string MakeLongEvaluationDataset(const std::string& root) {
+  {
+    std::ofstream out(root + "/in.txt");
+    Rng rng(1);
+    for (int u = 1; u <= 400; ++u) {
+      const int g = (u - 1) % 40, s = static_cast<int>(rng.UniformInt(10));
+      for (int j = 0; j < 12; ++j) out << u << " " << g * 10 + (s + j) % 10 + 1 << "\n";
+    }
+  }
+  ConvertOptions o;
+  o.format = "seqrec";
+  o.input = root + "/in.txt";
+  o.output = root + "/ds";
+  o.max_history = 10;
+  o.eval_negatives = 1000;
+  EXPECT_OK(ConvertDataset(o).status());
+  return root + "/ds";
+}
+
+constexpr char kLongEvaluationConfig[] = R"(
+version: 1
+name: "eval_stop"
+data { batch_size: 32 max_history: 10 seed: 3 }
+model { type: DIN embedding_dim: 8 attention_hidden: [64, 32] mlp_hidden: [256, 128] activation: PRELU }
+optimizer { type: ADAM learning_rate: 0.01 beta1: 0.9 beta2: 0.999 }
+tables { name: "item" dim: 8 initializer { type: XAVIER_NORMAL } }
+tables { name: "category" dim: 8 initializer { type: XAVIER_NORMAL } }
+train { epochs: 2 num_threads: 1 seed: 0 }
+eval { top_k: 10 every_epochs: 1 max_users: 0 }
+)";
+
+// Whether `dir` holds the published checkpoint of `step` (the runs save one right before an
+// evaluation here: the last step's always, epoch 1's with every_steps = the epoch's steps).
+bool HasCheckpoint(const std::string& dir, int64_t step) {
+  auto list = ListCheckpoints(dir);
+  if (!list.ok()) return false;
+  for (const auto& entry : *list)
+    if (entry.first == step) return true;
+  return false;
+}
+
+// A stop signal during an evaluation abandons it (between two batches) and the run stops at once,
+// with the checkpoint of the step before the evaluation: exit 3, status=stopped at that step, in
+// a fraction of the evaluation's time. (It used to finish the evaluation, train one more step and
+// stop there; during the final evaluation it finished the run, exit 0.) Resumed, the run repeats
+// the evaluation and ends with the uninterrupted run's RESULT.
+TEST(ResumeCli, StopDuringAnEvaluationAbandonsItAndResumesLikeAnUninterruptedRun) {
+  const std::string root = TempRoot("cli_eval_stop");
+  const std::string ds = MakeLongEvaluationDataset(root);
+  WriteConfig(root + "/ev.pbtxt", kLongEvaluationConfig);
+  const std::string base =
+      "train --quiet --config " + root + "/ev.pbtxt --set data.train_dir=" + ds;
+  Cmd full = Exec(
+      base + " --set checkpoint.dir=" + root + "/full --metrics_out " + root + "/full.json", root);
+  ASSERT_EQ(full.rc, 0) << full.err;
+  std::string epoch1;
+  {
+    std::ifstream f(root + "/full.json");
+    std::getline(f, epoch1);
+  }
+  const int64_t per_epoch = std::stoll(Field(epoch1, "steps", true));
+  const double eval_s = std::stod(Field(epoch1, "eval_s", true));
+  ASSERT_GT(per_epoch, 10);
+  const std::string full_result = LastLine(full.out);
+  ASSERT_EQ(full_result.rfind("RESULT train model=din epochs=2 steps=", 0), 0u) << full.out;
+  // The RESULT but its throughput (a resumed run's counts only its own steps).
+  auto without_throughput = [](std::string line) {
+    const size_t b = line.find(" samples_per_s="), e = line.find(' ', b + 1);
+    return b == std::string::npos ? line : line.erase(b, e - b);
+  };
+
+  struct Case {
+    const char* name;
+    std::string extra;  // every_steps for epoch 1's checkpoint
+    int64_t step;       // the checkpoint saved before the evaluation hit
+  };
+  for (const Case& c :
+       {Case{"mid", " --set checkpoint.every_steps=" + std::to_string(per_epoch), per_epoch},
+        Case{"final", "", 2 * per_epoch}}) {
+    SCOPED_TRACE(c.name);
+    const std::string dir = root + "/" + c.name;
+    const std::string args = base + " --set checkpoint.dir=" + dir + c.extra;
+    // The signal a quarter of an evaluation after the checkpoint: in the evaluation, not in the
+    // moment between the checkpoint and the check of the stop flag that follows it in the loop.
+    std::optional<std::chrono::steady_clock::time_point> saved;
+    const Signalled stopped = RunSignalled(args, root, SIGUSR1, [&](pid_t) {
+      if (!saved && HasCheckpoint(dir, c.step)) saved = std::chrono::steady_clock::now();
+      return saved &&
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - *saved).count() >=
+                 eval_s / 4;
+    });
+    ASSERT_TRUE(stopped.sent) << Describe(stopped);
+    ASSERT_TRUE(WIFEXITED(stopped.status)) << Describe(stopped);
+    EXPECT_EQ(WEXITSTATUS(stopped.status), 3) << Describe(stopped);
+    EXPECT_EQ(LastLine(stopped.out),
+              "RESULT train model=din status=stopped step=" + std::to_string(c.step) +
+                  " checkpoint=" + dir + "/ckpt-" + std::to_string(c.step))
+        << Describe(stopped);
+    EXPECT_LT(stopped.after_signal_s, eval_s / 2)
+        << "the stop waited for the evaluation (" << eval_s << " s)";
+    Cmd resumed = Exec(args + " --resume " + dir, root);
+    ASSERT_EQ(resumed.rc, 0) << resumed.err;
+    EXPECT_NE(resumed.err.find("resumed from '" + dir + "' at step " + std::to_string(c.step)),
+              std::string::npos)
+        << resumed.err;
+    EXPECT_EQ(without_throughput(LastLine(resumed.out)), without_throughput(full_result));
+  }
   (void)std::system(("rm -rf " + root).c_str());
 }
 #endif  // IPS_BINARY

@@ -3,7 +3,8 @@
 // parameter server killed with SIGKILL (mid-run, or mid-checkpoint) ends the job non-zero and
 // leaves the last complete checkpoint intact and no partial one visible, and --resume finishes
 // with the uninterrupted run's held-out AUC (within 0.002); a checkpoint written by 2 servers
-// resumes on 3 (re-sharded by PsOfKey) with the same tables and losses as on 2.
+// resumes on 3 (re-sharded by PsOfKey) with the same tables and losses as on 2; a stop signal
+// during worker 0's evaluation abandons it and stops every worker at the step before it.
 //
 // One binary plays two parts (as tests/ps/mpi_cluster_test.cc). Run by ctest, its tests launch
 // `mpirun ... <this binary> --mpi_case=train ...`; run by mpirun with --mpi_case=train, every rank
@@ -27,6 +28,7 @@
 #include "tests/testing/mpi_run.h"
 #include "tests/testing/tolerance.h"
 #include "worker/checkpoint.h"
+#include "worker/dataset_builder.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -382,6 +384,79 @@ TEST(ClusterCheckpoint, Sigusr1ToMpirunCheckpointsAndStops_1Ps1Worker) {
   EXPECT_EQ(std::to_string(valid.back()), step) << stopped.output;
   EXPECT_GT(valid.back(), 10);
   EXPECT_NE(stopped.err.find("stopped by"), std::string::npos) << stopped.output;
+}
+
+// (g) SIGUSR1 to mpirun while worker 0 evaluates (1 PS + 2 workers on a dataset whose evaluation,
+// 400 lists of 1001 candidates, outlasts an epoch's training several times): worker 0 abandons
+// the evaluation, the workers learn it together after it (an all-reduce) and stop with the
+// checkpoint of the epoch's last step, exit 3. (Before, the evaluation ran to its end and the
+// workers stopped one step later; during the final evaluation the run finished, exit 0.) Resumed,
+// the run repeats the evaluation and ends with the uninterrupted run's metrics.
+TEST(ClusterCheckpoint, Sigusr1ToMpirunDuringAnEvaluationAbandonsIt_1Ps2Workers) {
+  ScratchDir dir("g");
+  {
+    std::FILE* in = std::fopen((dir / "in.txt").c_str(), "w");
+    ASSERT_NE(in, nullptr);
+    for (int u = 1; u <= 400; ++u)  // user u walks through group u % 40 of 10 items
+      for (int j = 0; j < 12; ++j) std::fprintf(in, "%d %d\n", u, (u - 1) % 40 * 10 + j % 10 + 1);
+    std::fclose(in);
+  }
+  ConvertOptions convert;
+  convert.format = "seqrec";
+  convert.input = dir / "in.txt";
+  convert.output = dir / "ds";
+  convert.max_history = 10;
+  convert.eval_negatives = 1000;
+  ASSERT_TRUE(ConvertDataset(convert).ok());
+  auto config = [&](const std::string& name, const std::string& checkpoint,
+                    const std::string& every = "") {
+    return dir.Write(
+        name,
+        "version: 1\nname: \"cluster_eval_stop\"\ndata { train_dir: \"" + (dir / "ds") +
+            "\" batch_size: 32 max_history: 10 seed: 3 }\nmodel { type: DIN embedding_dim: 8 "
+            "attention_hidden: [64, 32] mlp_hidden: [256, 128] activation: PRELU }\noptimizer { "
+            "type: ADAM learning_rate: 0.01 }\ntables { name: \"item\" dim: 8 }\ntables { name: "
+            "\"category\" dim: 8 }\ntrain { epochs: 2 num_threads: 1 seed: 0 }\neval { top_k: 10 "
+            "every_epochs: 1 }\ncluster { num_ps: 1 sync: SYNC }\ncheckpoint { dir: \"" +
+            (dir / checkpoint) + "\" " + every + "}\n");
+  };
+  MpiRun ref = RunMpiSelf(3,
+                          "--mpi_case=train --config=" + config("ref.pbtxt", "ref") +
+                              " --metrics_out=" + (dir / "ref.jsonl"),
+                          120);
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string steps = Field(ref.out, "RESULT train_cluster", "steps");
+  ASSERT_FALSE(steps.empty()) << ref.output;
+  const int64_t last = std::stoll(steps), per_epoch = last / 2;
+  ASSERT_GT(per_epoch, 10);
+
+  for (const int64_t at : {per_epoch, last}) {
+    SCOPED_TRACE("evaluation after step " + std::to_string(at));
+    const std::string ck = "ck" + std::to_string(at);
+    // The epoch's checkpoint is saved right before its evaluation (the last step's always is).
+    const std::string c = config(
+        ck + ".pbtxt", ck, at == last ? "" : "every_steps: " + std::to_string(per_epoch) + " ");
+    const auto evaluating = [&] {
+      auto list = ListCheckpoints(dir / ck);
+      return list.ok() && !list->empty() && list->back().first == at;
+    };
+    MpiRun stopped = testing::RunMpiSignalled(
+        testing::SelfPath(), 3, "--mpi_case=train --config=" + c, SIGUSR1, evaluating, 110);
+    EXPECT_EQ(stopped.exit_code, 3) << stopped.output;
+    EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "status"), "stopped") << stopped.output;
+    EXPECT_EQ(Field(stopped.out, "RESULT train_cluster", "step"), std::to_string(at))
+        << stopped.output;
+    EXPECT_EQ(ValidCheckpoints(dir / ck), (std::vector<int64_t>{at})) << stopped.output;
+
+    MpiRun resumed =
+        RunMpiSelf(3, "--mpi_case=train --config=" + c + " --resume=" + (dir / ck), 120);
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    for (const char* key : {"steps", "loss", "hr10", "ndcg10", "auc", "gauc", "logloss"})
+      EXPECT_EQ(Field(resumed.out, "RESULT train_cluster", key),
+                Field(ref.out, "RESULT train_cluster", key))
+          << key << "\n"
+          << resumed.output;
+  }
 }
 
 // (d) A checkpoint written by 2 PS resumed on 2 and on 3 PS (1 worker, sync): the same losses

@@ -6,6 +6,7 @@
 #define IPS_WORKER_INTERNAL_RUN_STEPS_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <iomanip>
 #include <map>
@@ -16,6 +17,7 @@
 
 #include "common/progress.h"
 #include "common/status.h"
+#include "common/stop_signals.h"
 #include "common/timer.h"
 #include "worker/trainer.h"
 
@@ -243,7 +245,11 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
 //   Status SkipTo(int epoch, int64_t position);   a checkpoint's reader position
 //   int64_t Position(int64_t epoch_samples) const;  the reader's position now, for a checkpoint
 //   StatusOr<bool> Step(double* loss, int64_t* samples);  one training step; false at epoch end
-//   StatusOr<RankingEvalResult> Evaluate();
+//   StatusOr<RankingEvalResult> Evaluate(const std::atomic<bool>* stop);  abandoned once *stop
+//                                                 is set (EvaluationAbandonedError)
+// A stop requested during an evaluation abandons it: the run saves the checkpoint of the epoch's
+// last step (unless saved already: the run's last step always is) and returns stopped, as a stop
+// after that step would have; a resumed run re-enters the epoch at its end and evaluates again.
 template <typename TrainerT, typename SourceT>
 StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
                                             const DatasetRunOptions& options, const RunSinks& sinks,
@@ -345,7 +351,18 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     er.samples_per_s = epoch_seconds > 0 ? static_cast<double>(samples_here) / epoch_seconds : 0;
     const bool last = stop || e + 1 == options.epochs;
     if ((e + 1) % options.eval_every_epochs == 0 || last) {
-      IPS_ASSIGN_OR_RETURN(er.eval, source->Evaluate());
+      const std::atomic<bool>* stop_flag = ckpt != nullptr ? ckpt->stop : nullptr;
+      StatusOr<RankingEvalResult> eval = source->Evaluate(stop_flag);
+      if (!eval.ok() && trigger.StopRequested() && IsEvaluationAbandoned(eval.status())) {
+        // The evaluation only read the model and tables: the state is the step boundary the
+        // blobs describe (epoch e at its end), the same checkpoint a stop after the step saves.
+        IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
+        r.stopped = true;
+        r.epochs = e + 1;
+        return r;
+      }
+      if (!eval.ok()) return eval.status();
+      er.eval = *eval;
       er.evaluated = true;
       r.eval = er.eval;
     }
