@@ -9,6 +9,7 @@
 // Ends with `RESULT eval model=... step=... key=value ...`. Evaluation is read-only: no row is
 // created, nothing in the checkpoint changes. A checkpoint trained on a dataset of another
 // vocabulary than data.train_dir's is refused (worker/checkpoint.h CheckCheckpointVocabulary).
+#include <algorithm>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -47,7 +48,8 @@ using Metrics = std::vector<std::pair<std::string, std::string>>;
 StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
                           const std::string& checkpoint, const DatasetVocabulary* vocabulary,
                           ps::LocalEmbeddingStore* store, std::unique_ptr<Trainer>* ctr,
-                          std::unique_ptr<SeqTrainer>* seq) {
+                          std::unique_ptr<SeqTrainer>* seq,
+                          std::map<std::string, std::string>* blobs = nullptr) {
   const std::string text = ConfigToText(cfg);
   CheckpointContent content;
   IPS_RETURN_IF_ERROR(MakeTrainer(job, store, ctr, seq));
@@ -58,7 +60,7 @@ StatusOr<int64_t> Restore(const config::Config& cfg, const TrainJob& job,
     IPS_ASSIGN_OR_RETURN(content, SeqTrainerCheckpointContent(seq->get(), store, text));
   }
   if (vocabulary != nullptr) content.vocabulary = *vocabulary;
-  return LoadCheckpoint(checkpoint, content, nullptr);
+  return LoadCheckpoint(checkpoint, content, blobs);
 }
 
 Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& checkpoint,
@@ -120,8 +122,20 @@ Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::
       auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
   std::unique_ptr<SeqTrainer> seq;
-  IPS_ASSIGN_OR_RETURN(*step, Restore(cfg, job, checkpoint, nullptr, store.get(), &ctr, &seq));
-  IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r, EvaluateSyntheticHeldOut(ctr.get(), job.run));
+  std::map<std::string, std::string> blobs;
+  IPS_ASSIGN_OR_RETURN(*step,
+                       Restore(cfg, job, checkpoint, nullptr, store.get(), &ctr, &seq, &blobs));
+  // W workers trained on batches 0 .. W * (warm-up + steps) - 1 (worker w on w, w + W, ...): the
+  // held-out batches follow all of them, as the cluster run's own evaluation took them. A
+  // single-process checkpoint records no layout.
+  int64_t num_workers = 1;
+  if (blobs.count("cluster/layout") != 0) {
+    std::vector<int64_t> layout;
+    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "cluster/layout", 2, &layout).WithContext(checkpoint));
+    num_workers = std::max<int64_t>(1, layout[1]);
+  }
+  IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r,
+                       EvaluateSyntheticHeldOut(ctr.get(), job.run, num_workers));
   *out = {{"examples", std::to_string(r.count)},
           {"auc", Fixed(r.auc, 6)},
           {"gauc", Fixed(r.gauc, 6)},

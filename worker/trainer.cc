@@ -623,11 +623,15 @@ StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vecto
 }  // namespace
 
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
-                                                       const SyntheticRunOptions& options) {
+                                                       const SyntheticRunOptions& options,
+                                                       int64_t num_workers) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSyntheticHeldOut: null trainer");
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
-  // The held-out batches follow the warm-up and timed ones.
-  const uint64_t first = static_cast<uint64_t>(options.warmup_steps + options.steps);
+  // The held-out batches follow the warm-up and timed ones of every worker.
+  if (num_workers < 1)
+    return InvalidArgumentError("EvaluateSyntheticHeldOut: num_workers must be >= 1");
+  const uint64_t first = static_cast<uint64_t>(options.warmup_steps + options.steps) *
+                         static_cast<uint64_t>(num_workers);
   std::vector<CtrBatch> bs;
   IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
       0, options.eval_batches, options.batch, [first](int64_t i) { return first + i; },

@@ -376,10 +376,12 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
                                                   const RunSinks& sinks);
 
-// The protocol's held-out evaluation alone: batches warmup + steps .. + eval_batches - 1 of the
-// stream, Predict, AUC/GAUC/logloss (`ips eval` of a synthetic checkpoint).
+// The protocol's held-out evaluation alone: the eval_batches batches of the stream after the
+// training batches of num_workers workers (W x (warmup + steps) of them), Predict,
+// AUC/GAUC/logloss (`ips eval` of a synthetic checkpoint, trained in one process or by W workers).
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
-                                                       const SyntheticRunOptions& options);
+                                                       const SyntheticRunOptions& options,
+                                                       int64_t num_workers = 1);
 
 // ---- Training on a converted dataset ----------------------------------------------------------
 

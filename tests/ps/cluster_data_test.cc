@@ -313,6 +313,29 @@ TEST_F(ClusterData, TwoWorkersTwoPsSplitTheBatches) {
   EXPECT_NE(r.err.find("rank 1 (ps 1): table item rows="), std::string::npos) << r.err;
 }
 
+// `ips eval` of a synthetic checkpoint of 2 workers scores the held-out batches the run scored:
+// those after both workers' training batches (QA: it took those after one worker's, which the
+// second worker had trained on, and reported AUC 0.935 for a run whose held-out AUC was 0.905).
+TEST_F(ClusterData, TwoWorkersSyntheticEvalScoresTheRunsHeldOutBatches) {
+  const char* src = std::getenv("IPS_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "ctest sets IPS_SOURCE_DIR";
+  const std::string sets =
+      " --config " + std::string(src) +
+      "/launch/configs/din_synthetic.pbtxt --set data.synthetic.num_items=20000"
+      " --set data.synthetic.steps=24 --set data.synthetic.warmup_steps=2"
+      " --set data.batch_size=128 --set train.num_threads=1 --set checkpoint.dir=" +
+      Dir() + "/syn_ckpt";
+  MpiRun r = RunMpiIps(3, "train --quiet" + sets, 90);
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  const std::string last = LastLine(r.out);
+  ASSERT_EQ(last.rfind("RESULT train_cluster model=din workers=2", 0), 0u) << last;
+  const double heldout = ResultValue(last, "auc");  // the held-out AUC, 4 digits
+  const testing::IpsRun eval = RunIps("eval" + sets + " --checkpoint " + Dir() + "/syn_ckpt");
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  const double got = ResultValue(LastLine(eval.output), "auc");
+  EXPECT_NEAR(got, heldout, 5e-5) << eval.output << "\n" << last;
+}
+
 TEST_F(ClusterData, BadTrainDirFailsOnEveryRankWithoutHanging) {
   const std::string missing = Dir() + "/no_such_dir";
   MpiRun r = RunMpiIps(
