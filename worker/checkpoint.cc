@@ -484,14 +484,23 @@ StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob) {
   return v;
 }
 
+StatusOr<std::optional<DatasetVocabulary>> RecordedOtherVocabulary(
+    const std::string& checkpoint, const std::map<std::string, std::string>& blobs,
+    const DatasetVocabulary& data) {
+  auto it = blobs.find(kVocabularyBlob);
+  if (it == blobs.end()) return std::optional<DatasetVocabulary>();  // older, or synthetic data
+  auto recorded = DecodeVocabulary(it->second);
+  if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
+  if (recorded->SameAs(data)) return std::optional<DatasetVocabulary>();
+  return std::optional<DatasetVocabulary>(*std::move(recorded));
+}
+
 Status CheckCheckpointVocabulary(const std::string& checkpoint,
                                  const std::map<std::string, std::string>& blobs,
                                  const DatasetVocabulary& data) {
-  auto it = blobs.find(kVocabularyBlob);
-  if (it == blobs.end()) return Status::Ok();  // older checkpoint, or synthetic data
-  auto recorded = DecodeVocabulary(it->second);
-  if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
-  if (recorded->SameAs(data)) return Status::Ok();
+  IPS_ASSIGN_OR_RETURN(const std::optional<DatasetVocabulary> recorded,
+                       RecordedOtherVocabulary(checkpoint, blobs, data));
+  if (!recorded.has_value()) return Status::Ok();
   return InvalidArgumentError(
       "the checkpoint at " + checkpoint + " was trained on " + recorded->Describe() + ", but " +
       data.Describe() +

@@ -120,6 +120,16 @@ std::string EncodeVocabulary(const DatasetVocabulary& v);
 // DATA_LOSS naming the blob when a field is missing or malformed.
 StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob);
 
+// The vocabulary the checkpoint at `checkpoint` (its directory, for messages), whose dense blobs
+// are `blobs`, was trained on, when it is another than `data`'s; nullopt when they are the same or
+// the checkpoint records none (older checkpoints, synthetic-data runs). DATA_LOSS naming the
+// checkpoint for a malformed record. The one comparison behind CheckCheckpointVocabulary and
+// `ips export`'s check of its dataset (worker/serving.cc), which word the refusal each for its
+// command.
+StatusOr<std::optional<DatasetVocabulary>> RecordedOtherVocabulary(
+    const std::string& checkpoint, const std::map<std::string, std::string>& blobs,
+    const DatasetVocabulary& data);
+
 // Refuses to resume or evaluate the checkpoint at `checkpoint` (its directory, for the message),
 // whose dense blobs are `blobs`, on a dataset of another vocabulary than the one it was trained
 // on: INVALID_ARGUMENT naming both (the recorded path and counts, and `data`'s). OK when the

@@ -183,12 +183,10 @@ using ItemCats = std::shared_ptr<const std::vector<uint32_t>>;
 Status CheckExportVocabulary(const std::string& checkpoint,
                              const std::map<std::string, std::string>& blobs,
                              const std::string& dir, bool named, const Dataset& ds) {
-  auto it = blobs.find(kVocabularyBlob);
-  if (it == blobs.end()) return Status::Ok();  // older checkpoint, or synthetic data
-  auto recorded = DecodeVocabulary(it->second);
-  if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
   const DatasetVocabulary data = VocabularyOf(dir, ds.manifest());
-  if (recorded->SameAs(data)) return Status::Ok();
+  IPS_ASSIGN_OR_RETURN(const std::optional<DatasetVocabulary> recorded,
+                       RecordedOtherVocabulary(checkpoint, blobs, data));
+  if (!recorded.has_value()) return Status::Ok();
   return InvalidArgumentError(
       "export: the checkpoint at " + checkpoint + " was trained on " + recorded->Describe() +
       ", but " + (named ? data.Describe("--dataset") : "its config's " + data.Describe()) +
