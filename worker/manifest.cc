@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/crc32c.h"
+#include "worker/manifest_magic.h"
 
 namespace ips {
 namespace {
@@ -54,7 +55,7 @@ bool ParseFileLine(const std::string& s, ManifestFile* f) {
 
 std::string Manifest::ToText() const {
   std::ostringstream os;
-  os << "ips_dataset_manifest " << kManifestVersion << "\n";
+  os << kDatasetManifestPrefix << kManifestVersion << "\n";
   os << "format=" << format << "\nprotocol=" << protocol << "\ninput=" << input << "\nseed=" << seed
      << "\nmax_history=" << max_history << "\neval_negatives=" << eval_negatives
      << "\neval_users=" << eval_users << "\nmin_user_events=" << min_user_events
@@ -101,9 +102,9 @@ StatusOr<Manifest> Manifest::Parse(const std::string& path, const std::string& t
     ++line_no;
     const std::string where = path + ":" + std::to_string(line_no) + ": ";
     if (line_no == 1) {
-      if (line.rfind("ips_dataset_manifest ", 0) != 0)
+      if (line.rfind(kDatasetManifestPrefix, 0) != 0)
         return DataLossError(where + "expected 'ips_dataset_manifest <version>'");
-      if (line != "ips_dataset_manifest " + std::to_string(kManifestVersion))
+      if (line != kDatasetManifestPrefix + std::to_string(kManifestVersion))
         return FailedPreconditionError(where + "unsupported manifest version '" + line + "'");
       continue;
     }
