@@ -271,6 +271,18 @@ bool PathExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+std::string NearestExistingAncestor(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  for (;;) {
+    const size_t slash = p.rfind('/');
+    if (slash == std::string::npos) return "";
+    p = slash == 0 ? "/" : p.substr(0, slash);
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    if (p == "/" || PathExists(p)) return p;
+  }
+}
+
 bool IsDirectory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);

@@ -128,6 +128,11 @@ Status MakeDirs(const std::string& path);
 StatusOr<std::vector<std::string>> ListDir(const std::string& dir);
 bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);
+// The nearest ancestor of `path` that exists (any stat failure counts as missing), where MakeDirs
+// would create the first missing directory: "/" at the top, "" for a relative path none of whose
+// ancestors exist (it would be created in the working directory). Trailing and repeated slashes
+// are dropped.
+std::string NearestExistingAncestor(const std::string& path);
 
 }  // namespace ips::ps
 

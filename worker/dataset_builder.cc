@@ -703,22 +703,12 @@ Status CheckConvertOutput(const std::string& output) {
       return FailedPreconditionError("--output " + output +
                                      ": cannot check it: " + std::strerror(errno));
     // It will be created: the nearest existing ancestor must be a directory (a file there would
-    // only fail once the whole input has been parsed).
-    std::string p = output;
-    while (!p.empty() && p.back() == '/') p.pop_back();
-    for (;;) {
-      const size_t slash = p.rfind('/');
-      if (slash == std::string::npos) return Status::Ok();  // relative to the working directory
-      p = slash == 0 ? "/" : p.substr(0, slash);
-      while (p.size() > 1 && p.back() == '/') p.pop_back();
-      if (::stat(p.c_str(), &st) == 0) {
-        if (S_ISDIR(st.st_mode)) return Status::Ok();
-        return FailedPreconditionError("--output " + output + ": " + p +
-                                       " exists and is not a directory, so " + output +
-                                       " cannot be created");
-      }
-      if (p == "/") return Status::Ok();
-    }
+    // only fail once the whole input has been parsed). None: in the working directory.
+    const std::string p = ps::NearestExistingAncestor(output);
+    if (p.empty() || ps::IsDirectory(p)) return Status::Ok();
+    return FailedPreconditionError("--output " + output + ": " + p +
+                                   " exists and is not a directory, so " + output +
+                                   " cannot be created");
   }
   // What it is: worker/manifest_magic.h InspectDirectory, which `ips export --output` and
   // `--stream_publish_dir` use too, so that all of them name a directory the same way.

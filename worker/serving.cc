@@ -329,14 +329,8 @@ Status CheckBundleRoot(const std::string& root, const std::string& what) {
       // Created by the writer, with its missing parents: not inside another writer's directory,
       // whose own writer would take it for one of its entries (a checkpoint root's retention
       // removes a "ckpt-3" it did not write, a bundle root's a "v-3") or whose files it mixes with.
-      std::string at_dir = root;
-      while (at_dir.size() > 1 && at_dir.back() == '/') at_dir.pop_back();
-      for (;;) {
-        const size_t slash = at_dir.rfind('/');
-        if (slash == std::string::npos) return Status::Ok();  // in the working directory
-        at_dir = slash == 0 ? "/" : at_dir.substr(0, slash);
-        if (ps::PathExists(at_dir) || at_dir == "/") break;
-      }
+      const std::string at_dir = ps::NearestExistingAncestor(root);
+      if (at_dir.empty()) return Status::Ok();  // in the working directory
       auto parent = InspectDirectory(at_dir);
       if (!parent.ok()) return Status::Ok();  // MakeDirs names what fails
       std::string is = parent->DescribeManifest();
