@@ -153,8 +153,11 @@ int Main(int argc, char** argv) {
   // Line-buffered stderr: under mpirun the ranks' output is merged into one stream, and a line
   // written in pieces (an unbuffered std::cerr writes every << separately) could be split by
   // another rank's line, e.g. a RESULT line. With a line buffer every line is one write. The
-  // progress line, which ends in \r, flushes itself.
+  // progress line, which ends in \r, flushes itself. std::cerr writes into that buffer, but its
+  // unitbuf flag (set by default) flushed it after every <<, so a line still went out in pieces
+  // and ranks' lines interleaved mid-line: off, the line buffer decides.
   std::setvbuf(stderr, nullptr, _IOLBF, size_t{1} << 16);
+  std::cerr.unsetf(std::ios::unitbuf);
   std::set_terminate(OnTerminate);
   ips::InitLogging(argv[0]);
   if (argc < 2) {
