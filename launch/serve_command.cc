@@ -102,6 +102,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
   std::ios::sync_with_stdio(false);
   Timer timer;
   int64_t line_no = 0, requests = 0, errors = 0;
+  bool noted_truncation = false;
   std::string line, response;  // reused: no allocation per request once grown
   while (std::getline(std::cin, line)) {
     ++line_no;
@@ -113,6 +114,17 @@ int RunServeCommand(const std::vector<std::string>& args) {
       ++errors;
       std::cerr << "error: stdin line " << line_no << ": request skipped\n";
     }
+    if (!noted_truncation && (*server)->truncated_histories() > 0) {
+      // Scored as training builds its histories, but never silently: once here, every time in the
+      // response ("history_dropped") and the count in the RESULT line.
+      noted_truncation = true;
+      const ScoreResponse& r = (*server)->last_response();
+      std::cerr << "note: stdin line " << line_no << ": the history has "
+                << r.history_used + r.history_dropped << " entries, the model reads the newest "
+                << r.history_used
+                << " (data.max_history), as in training: the oldest were not scored (responses "
+                   "say \"history_dropped\":N; RESULT counts truncated_histories)\n";
+    }
     std::cout << response << '\n';
     std::cout.flush();  // one response per request as it is answered (interactive clients)
     for (const auto& e : (*server)->TakeReloadErrors())
@@ -121,6 +133,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
   ResultLine("serve")
       .Add("requests", requests)
       .Add("errors", errors)
+      .Add("truncated_histories", (*server)->truncated_histories())
       .Add("reloads", (*server)->reloads())
       .Add("first_version", first_version)
       .Add("version", (*server)->version())

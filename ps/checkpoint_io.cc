@@ -180,7 +180,8 @@ Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c) {
   const uint32_t whole_file_crc = Crc32cExtend(body_crc, &body_crc, sizeof(body_crc));
   if (whole_file_crc == crc32c) return Status::Ok();
   return DataLossError(path + ": checksum mismatch (crc32c " + Hex(body_crc) + ", manifest says " +
-                       Hex(crc32c) + "): the file is corrupt or belongs to another checkpoint");
+                       Hex(crc32c) +
+                       "): the file is corrupt or belongs to another checkpoint or bundle version");
 }
 
 Status VerifyTrailer(const std::string& path) { return VerifiedBodyCrc(path).status(); }

@@ -104,9 +104,9 @@ StatusOr<FileDigest> DigestFile(const std::string& path);
 // Checks a file written by CrcFileWriter against its manifest entry (CrcFileWriter's file_bytes
 // and file_crc32c): NOT_FOUND "<path>: missing", DATA_LOSS "<path>: truncated (N bytes, manifest
 // says M)" / "size N bytes, manifest says M" / "checksum mismatch (...)" when the body's CRC32C
-// differs from the trailer or from the manifest's (a corrupt file, or one from another checkpoint).
-// Manifests written before the body CRC was recorded hold the CRC of the whole file, which every
-// intact file shares: they are accepted on the trailer alone.
+// differs from the trailer or from the manifest's (a corrupt file, or one from another checkpoint
+// or bundle version). Manifests written before the body CRC was recorded hold the CRC of the whole
+// file, which every intact file shares: they are accepted on the trailer alone.
 Status VerifyFile(const std::string& path, int64_t bytes, uint32_t crc32c);
 
 // Checks the trailer of a file written by CrcFileWriter (the last 4 bytes are the CRC32C of the

@@ -922,6 +922,32 @@ const std::vector<uint64_t>& Bundle::keys(const std::string& table) const {
 
 // ---- Scorer -----------------------------------------------------------------------------------
 
+namespace {
+
+// out->items/item_scores = the top_n candidates by their logit in out->scores, best first, ties
+// in request order (a NaN logit ranks last). `order` is a reused buffer: no allocation once grown.
+void TopCandidates(const std::vector<uint64_t>& candidates, int top_n, std::vector<uint32_t>* order,
+                   ScoreResponse* out) {
+  const std::vector<float>& s = out->scores;
+  const size_t k = std::min(static_cast<size_t>(std::max(0, top_n)), s.size());
+  order->resize(s.size());
+  for (size_t i = 0; i < s.size(); ++i) (*order)[i] = static_cast<uint32_t>(i);
+  const auto key = [&](uint32_t i) { return std::isnan(s[i]) ? -INFINITY : s[i]; };
+  std::partial_sort(order->begin(), order->begin() + static_cast<std::ptrdiff_t>(k), order->end(),
+                    [&](uint32_t a, uint32_t b) {
+                      const float x = key(a), y = key(b);
+                      return x > y || (x == y && a < b);
+                    });
+  out->items.clear();
+  out->item_scores.clear();
+  for (size_t i = 0; i < k; ++i) {
+    out->items.push_back(candidates[(*order)[i]]);
+    out->item_scores.push_back(s[(*order)[i]]);
+  }
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Scorer>> Scorer::Create(std::shared_ptr<const Bundle> bundle,
                                                  int64_t max_batch, bool fast_path) {
   if (bundle == nullptr) return InvalidArgumentError("Scorer: null bundle");
@@ -969,15 +995,16 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   const int64_t T = model_->max_len();
   const int64_t D = model_->embedding_dim();
   const int64_t max_b = model_->max_batch();
+  out->scores.clear();
+  out->items.clear();
+  out->item_scores.clear();
+  out->history_used = out->history_dropped = 0;
   if (!q.history_cats.empty() && q.history_cats.size() != q.history.size())
     return InvalidArgumentError("history_cats has " + std::to_string(q.history_cats.size()) +
                                 " entries, history " + std::to_string(q.history.size()));
   if (!q.candidate_cats.empty() && q.candidate_cats.size() != q.candidates.size())
     return InvalidArgumentError("candidate_cats has " + std::to_string(q.candidate_cats.size()) +
                                 " entries, candidates " + std::to_string(q.candidates.size()));
-  out->scores.clear();
-  out->items.clear();
-  out->item_scores.clear();
   const bool retrieval = q.candidates.empty();
   if (retrieval && model_->num_user_vectors() == 0)
     return InvalidArgumentError(std::string("no candidates, and model '") + model_->name() +
@@ -1004,8 +1031,12 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   const auto cand_cat = [&](size_t i) {
     return q.candidate_cats.empty() ? bundle_->ItemCategory(q.candidates[i]) : q.candidate_cats[i];
   };
+  // The newest T entries, as training builds its histories (the newest max_history events before
+  // the target): the model has T positions. The dropped ones are reported, not hidden.
   const int64_t len = std::min<int64_t>(T, static_cast<int64_t>(q.history.size()));
   const size_t first = q.history.size() - static_cast<size_t>(len);
+  out->history_used = len;
+  out->history_dropped = static_cast<int64_t>(first);
   if (din_fast_ != nullptr && !retrieval) {
     // Behaviours [item row, category row] (zeros for key 0 and unknown keys, as below), the
     // history once and each candidate once; the rows looked up in one batch per table
@@ -1043,8 +1074,10 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
       put(dst + D, cats[i], cat_rows[i]);
     }
     out->scores.resize(static_cast<size_t>(n));
-    return din_fast_->Score(hist_behaviours_.data(), len, cand_behaviours_.data(), n,
-                            out->scores.data());
+    IPS_RETURN_IF_ERROR(din_fast_->Score(hist_behaviours_.data(), len, cand_behaviours_.data(), n,
+                                         out->scores.data()));
+    if (q.top_n >= 0) TopCandidates(q.candidates, q.top_n, &rank_order_, out);
+    return Status::Ok();
   }
   // Row tables: row 0 = zeros (padding and unknown keys, as the store's Lookup), then the T
   // history rows, then one row per candidate of the chunk.
@@ -1103,7 +1136,7 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
     const float* u = model_->user_vectors();
     using Entry = std::pair<float, uint64_t>;  // min-heap of the best top_n
     std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> best;
-    const size_t n = static_cast<size_t>(std::max(0, q.top_n));
+    const size_t n = static_cast<size_t>(q.top_n < 0 ? ScoreRequest::kDefaultTopN : q.top_n);
     const bool with_cats = retrieval_uses_categories_;
     std::vector<float> x(static_cast<size_t>(V));
     for (uint64_t key : bundle_->keys(item_table_)) {
@@ -1136,6 +1169,8 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
     }
     std::reverse(out->items.begin(), out->items.end());
     std::reverse(out->item_scores.begin(), out->item_scores.end());
+  } else if (q.top_n >= 0) {
+    TopCandidates(q.candidates, q.top_n, &rank_order_, out);
   }
   return Status::Ok();
 }
@@ -1184,7 +1219,7 @@ void AppendValidUtf8(std::string* out, const std::string& s) {
 }
 
 // A strict little JSON reader for one request object: the fields below only, ids as
-// non-negative integers (history and candidate items >= 1: 0 is the padding id). Parses into the
+// non-negative integers (items and categories >= 1: 0 is the padding id). Parses into the
 // caller's request (its vectors cleared, their capacity kept): a serving loop that reuses one
 // request allocates nothing per line once the vectors have grown to its largest request. Everything
 // echoed into the response (the user value verbatim) is valid JSON once AppendValidUtf8 has
@@ -1229,19 +1264,22 @@ class RequestParser {
           // Id 0 is the padding id here too: the scorer pads short histories itself, so a 0 in a
           // request is a client bug (an unmapped item, an off-by-one), not a shorter history to
           // be read as zeros without a word.
-          IPS_RETURN_IF_ERROR(Ids(key, &q->history, /*padding_allowed=*/false));
+          IPS_RETURN_IF_ERROR(Ids(key, &q->history, "item"));
         } else if (key == "history_cats") {
-          IPS_RETURN_IF_ERROR(Ids(key, &q->history_cats));
+          // Category 0 is the padding item's only (real categories are >= 1 in converted data and
+          // the synthetic catalogue): as for item 0, a client bug read as a zero row otherwise.
+          IPS_RETURN_IF_ERROR(Ids(key, &q->history_cats, "category"));
         } else if (key == "candidates") {
           // Id 0 is the padding id (data convert refuses item 0): scoring it would answer a
           // number for an item that cannot exist.
-          IPS_RETURN_IF_ERROR(Ids(key, &q->candidates, /*padding_allowed=*/false));
+          IPS_RETURN_IF_ERROR(Ids(key, &q->candidates, "item"));
         } else if (key == "candidate_cats") {
-          IPS_RETURN_IF_ERROR(Ids(key, &q->candidate_cats));
+          IPS_RETURN_IF_ERROR(Ids(key, &q->candidate_cats, "category"));
         } else if (key == "top_n") {
           const size_t begin = pos_;
           uint64_t v = 0;
-          constexpr char kTopN[] = "an integer in 0..100000 (the number of items to retrieve)";
+          // Retrieval's items, or (with candidates) how many of them to rank.
+          constexpr char kTopN[] = "an integer in 0..100000 (the number of items to return)";
           IPS_RETURN_IF_ERROR(Uint(key, kTopN, nullptr, &v));
           if (v > 100000)
             return ErrAt(begin, "field \"top_n\": expected " + std::string(kTopN) + ", got " +
@@ -1346,7 +1384,8 @@ class RequestParser {
   Status Id(const std::string& field, uint64_t* v) {
     return Uint(field, "a non-negative integer id", "ids are integers", v);
   }
-  Status Ids(const std::string& field, std::vector<uint64_t>* out, bool padding_allowed = true) {
+  // `what` ("item", "category"): the kind of id, of which 0 is the padding id and refused.
+  Status Ids(const std::string& field, std::vector<uint64_t>* out, const char* what) {
     if (!Eat('[')) return Err("field \"" + field + "\": expected an array");
     Ws();
     if (Eat(']')) return Status::Ok();
@@ -1355,9 +1394,10 @@ class RequestParser {
       const size_t begin = pos_;
       uint64_t v = 0;
       IPS_RETURN_IF_ERROR(Id(field, &v));
-      if (v == 0 && !padding_allowed)
+      if (v == 0)
         return ErrAt(begin, "field \"" + field + "\": id 0 (entry " + std::to_string(out->size()) +
-                                ") is the padding id, not an item (item ids are >= 1)");
+                                ") is the padding id, not " + (what[0] == 'i' ? "an " : "a ") +
+                                what + " (" + what + " ids are >= 1)");
       out->push_back(v);
       if (out->size() > 1000000) return Err("field \"" + field + "\": more than 1e6 ids");
       Ws();
@@ -1576,14 +1616,14 @@ void BundleServer::HandleLine(int64_t line_no, const std::string& line, bool* ok
   *ok = true;
   const ScoreResponse& r = response_;
   out->append(",\"version\":").append(std::to_string(scorer->bundle().version()));
-  if (!request_.candidates.empty()) {
+  if (!request_.candidates.empty() && request_.top_n < 0) {
     out->append(",\"scores\":[");
     for (size_t i = 0; i < r.scores.size(); ++i) {
       if (i > 0) out->push_back(',');
       AppendFloat(out, r.scores[i]);
     }
-    out->append("]}");
-  } else {
+    out->push_back(']');
+  } else {  // retrieval, or the top_n of the candidates: the same answer, ranked items
     out->append(",\"items\":[");
     for (size_t i = 0; i < r.items.size(); ++i) {
       if (i > 0) out->push_back(',');
@@ -1594,8 +1634,15 @@ void BundleServer::HandleLine(int64_t line_no, const std::string& line, bool* ok
       if (i > 0) out->push_back(',');
       AppendFloat(out, r.item_scores[i]);
     }
-    out->append("]}");
+    out->push_back(']');
   }
+  if (r.history_dropped > 0) {
+    // The model reads the newest max_history entries (as training does); the client is told that
+    // the others did not count.
+    ++truncated_histories_;
+    out->append(",\"history_dropped\":").append(std::to_string(r.history_dropped));
+  }
+  out->push_back('}');
 }
 
 }  // namespace ips

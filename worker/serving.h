@@ -262,19 +262,32 @@ class Bundle {
 StatusOr<int64_t> CurrentBundleVersion(const std::string& root);
 
 struct ScoreRequest {
-  std::vector<uint64_t> history;  // item ids, oldest first (the last max_len are used)
+  // Item ids, oldest first. Only the newest max_len (the config's data.max_history) are scored,
+  // as training's histories are the newest max_history events before the target (worker/
+  // data_reader.h); ScoreResponse::history_dropped counts the others.
+  std::vector<uint64_t> history;
   // Same length, or empty: the categories come from the bundle's item -> category map (a bundle
   // without one refuses a request that omits them).
   std::vector<uint64_t> history_cats;
   std::vector<uint64_t> candidates;      // item ids to score; empty = retrieval (top_n)
   std::vector<uint64_t> candidate_cats;  // same length, or empty (as history_cats)
-  int top_n = 10;                        // retrieval only
+  // Retrieval (no candidates): how many items to return (kDefaultTopN when not given, < 0).
+  // With candidates, when given (>= 0): rank them, answering the top_n candidates best first in
+  // ScoreResponse::items (a re-ranking request; `scores` still holds every candidate's logit).
+  int top_n = -1;
+  static constexpr int kDefaultTopN = 10;
 };
 
 struct ScoreResponse {
-  std::vector<float> scores;    // one logit per candidate (CTR models)
-  std::vector<uint64_t> items;  // retrieval: the top_n items, best first
+  std::vector<float> scores;  // one logit per candidate (CTR models), in request order
+  // Retrieval: the top_n items of the bundle, best first. Candidates with top_n: the top_n
+  // candidates by logit, best first (ties in request order; a candidate given twice is ranked
+  // twice). item_scores: their scores.
+  std::vector<uint64_t> items;
   std::vector<float> item_scores;
+  // History entries scored (the newest max_len) and dropped (the oldest beyond max_len).
+  int64_t history_used = 0;
+  int64_t history_dropped = 0;
 };
 
 // Scores requests with one bundle's model. Not thread-safe (the model's buffers).
@@ -288,12 +301,14 @@ class Scorer {
   // configurations it does not cover and CPUs without AVX-512 use the generic Forward.
   static StatusOr<std::unique_ptr<Scorer>> Create(std::shared_ptr<const Bundle> bundle,
                                                   int64_t max_batch = 128, bool fast_path = true);
-  // Logits of every candidate (inference-mode Forward, in chunks of max_batch) or, without
-  // candidates and for models with user vectors, the top_n items of the bundle's item table by
-  // max over user vectors of <vector, item vector>, the item vector being the item row, plus its
-  // category's row for MIND with use_categories (which needs the bundle's item -> category map:
-  // FAILED_PRECONDITION without one). INVALID_ARGUMENT for inconsistent lengths, or omitted
-  // categories on a bundle without a map.
+  // Logits of every candidate (inference-mode Forward, in chunks of max_batch; with top_n >= 0
+  // also the top_n of them, ranked) or, without candidates and for models with user vectors, the
+  // top_n items of the bundle's item table by max over user vectors of <vector, item vector>, the
+  // item vector being the item row, plus its category's row for MIND with use_categories (which
+  // needs the bundle's item -> category map: FAILED_PRECONDITION without one). A history longer
+  // than the model's max_len is scored by its newest max_len entries (history_dropped says how
+  // many were not). INVALID_ARGUMENT for inconsistent lengths, or omitted categories on a bundle
+  // without a map. Ids 0 (padding) read as zero rows here; the JSON requests refuse them.
   Status Score(const ScoreRequest& request, ScoreResponse* response);
   const Bundle& bundle() const { return *bundle_; }
   models::CtrModel<float>& model() { return *model_; }
@@ -316,6 +331,7 @@ class Scorer {
   std::vector<float> item_rows_, cat_rows_;
   std::vector<int64_t> item_index_, cat_index_;
   std::vector<int32_t> lengths_;
+  std::vector<uint32_t> rank_order_;  // candidate positions, for top_n of the candidates
 };
 
 // A scorer that follows a bundle root: a watcher thread checks CURRENT every poll_ms (a timed
@@ -332,13 +348,21 @@ class BundleServer {
   Scorer* Acquire();
   int64_t version();
   int64_t reloads() const { return reloads_; }
+  // Requests answered whose history was longer than the model reads (history_dropped > 0).
+  int64_t truncated_histories() const { return truncated_histories_; }
+  // The last request's response (its history_used/history_dropped for a note). Serving thread.
+  const ScoreResponse& last_response() const { return response_; }
   // Errors of failed reload attempts (the old version keeps serving), for logging.
   std::vector<std::string> TakeReloadErrors();
 
   // One request line (JSON) -> one response line (JSON, no newline). Never fails: a bad line
-  // answers {"line":N,"error":"..."}; *ok tells which. Item id 0 in "history" or "candidates" is
-  // such an error, naming the field and the entry (0 is the padding id; item ids are >= 1).
-  // Serving thread only.
+  // answers {"line":N,"error":"..."}; *ok tells which. Id 0 in "history", "candidates",
+  // "history_cats" or "candidate_cats" is such an error, naming the field and the entry (0 is the
+  // padding id: item and category ids are >= 1). Answers: {"user":..,"version":V,"scores":[..]}
+  // (one logit per candidate), or {"user":..,"version":V,"items":[..],"scores":[..]} for
+  // retrieval and for candidates with "top_n" (the top_n of them, best first); either ends with
+  // ,"history_dropped":N when the history was longer than the model reads (its oldest N entries
+  // were not scored). Serving thread only.
   std::string HandleLine(int64_t line_no, const std::string& line, bool* ok);
   // The same into *out (replaced): a loop that reuses `out` allocates nothing per request once
   // the buffers have grown to its largest request (no allocator or page-fault share in the p99).
@@ -357,6 +381,7 @@ class BundleServer {
   ScoreResponse response_;
   std::string user_;
   int64_t reloads_ = 0;
+  int64_t truncated_histories_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;                // GUARDED_BY(mu_)

@@ -87,7 +87,8 @@ inline StatusOr<std::shared_ptr<const Bundle>> ExportServingBundle(const Serving
 }
 
 // The JSON line `ips serve` reads for `q`; `user` is JSON text (a number or a quoted string).
-// Category arrays are left out when empty (the bundle's item -> category map fills them in).
+// Category arrays are left out when empty (the bundle's item -> category map fills them in), and
+// top_n when not given (< 0).
 inline std::string ScoreRequestLine(const std::string& user, const ScoreRequest& q) {
   std::string s = "{\"user\":" + user;
   auto ids = [&](const char* name, const std::vector<uint64_t>& v) {
@@ -99,6 +100,7 @@ inline std::string ScoreRequestLine(const std::string& user, const ScoreRequest&
   if (!q.history_cats.empty()) ids("history_cats", q.history_cats);
   ids("candidates", q.candidates);
   if (!q.candidate_cats.empty()) ids("candidate_cats", q.candidate_cats);
+  if (q.top_n >= 0) s += ",\"top_n\":" + std::to_string(q.top_n);
   return s + "}";
 }
 

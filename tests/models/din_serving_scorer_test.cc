@@ -3,10 +3,12 @@
 // equal the generic Forward path's (the same bundle with fast_path = false; max abs diff <= 1e-5)
 // for histories of length 0, 1, max_len and longer (truncated), candidates the tables never saw
 // (zero rows), more candidates than max_batch (the generic path's chunking), categories sent or
-// filled in from the bundle's map, fp32 and fp16 bundles. A Dice DIN keeps the generic path.
+// filled in from the bundle's map, fp32 and fp16 bundles; both paths count the history entries
+// beyond max_history and rank candidates for top_n. A Dice DIN keeps the generic path.
 // The serving loop's buffers: HandleLine into a reused string answers what a fresh server
 // answers, line after line (good and bad lines mixed: nothing of a request leaks into the
-// next), and, once warm, neither it nor Scorer::Score allocates. Bundle::Rows equals Row.
+// next), and, once warm, neither it nor Scorer::Score allocates (a ranked request, a truncated
+// history included). Bundle::Rows equals Row.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -76,6 +78,23 @@ ScoreRequest RandomRequest(Rng& rng, int history, int candidates, bool cats,
   return q;
 }
 
+// r ranks q's candidates (q.top_n >= 0): items/item_scores are the top_n of (candidates, scores),
+// best first, ties in request order.
+void ExpectTopCandidates(const ScoreRequest& q, const ScoreResponse& r) {
+  ASSERT_EQ(r.scores.size(), q.candidates.size());
+  std::vector<size_t> order(r.scores.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return r.scores[a] > r.scores[b]; });
+  const size_t k = std::min(static_cast<size_t>(q.top_n), order.size());
+  ASSERT_EQ(r.items.size(), k);
+  ASSERT_EQ(r.item_scores.size(), k);
+  for (size_t i = 0; i < k; ++i) {
+    EXPECT_EQ(r.items[i], q.candidates[order[i]]) << "rank " << i;
+    EXPECT_EQ(r.item_scores[i], r.scores[order[i]]) << "rank " << i;
+  }
+}
+
 class DinServingScorer : public ::testing::TestWithParam<bool> {};  // fp16 bundle?
 
 TEST_P(DinServingScorer, FastPathEqualsGenericForward_Len0_1_Max_Longer_UnknownKeys_Chunks) {
@@ -103,6 +122,18 @@ TEST_P(DinServingScorer, FastPathEqualsGenericForward_Len0_1_Max_Longer_UnknownK
         ASSERT_TRUE((*fast)->Score(q, &got).ok());
         ASSERT_TRUE((*generic)->Score(q, &want).ok());
         EXPECT_TRUE(testing::AllClose(got.scores, want.scores, {1e-5, 0.0}));
+        // The newest max_history (10) entries are scored, the rest counted, on both paths.
+        EXPECT_EQ(got.history_used, std::min(history, 10));
+        EXPECT_EQ(got.history_dropped, std::max(history - 10, 0));
+        EXPECT_EQ(want.history_dropped, got.history_dropped);
+        // top_n of the candidates: each path ranks by its own logits.
+        ScoreRequest ranked = q;
+        ranked.top_n = 5;
+        ASSERT_TRUE((*fast)->Score(ranked, &got).ok());
+        ASSERT_TRUE((*generic)->Score(ranked, &want).ok());
+        ExpectTopCandidates(ranked, got);
+        ExpectTopCandidates(ranked, want);
+        EXPECT_TRUE(testing::AllClose(got.item_scores, want.item_scores, {1e-5, 0.0}));
       }
     }
   }
@@ -163,16 +194,20 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
   auto reused = BundleServer::Create(dir + "/bundle", 60000, 16);
   ASSERT_TRUE(reused.ok()) << reused.status();
   Rng rng(10);
-  const ScoreRequest big = RandomRequest(rng, 14, 37, true, false);
+  const ScoreRequest big = RandomRequest(rng, 14, 37, true, false);  // history truncated to 10
+  ScoreRequest big_top5 = big;
+  big_top5.top_n = 5;
   const std::vector<std::string> lines = {
       ScoreRequestLine("1", big),
-      ScoreRequestLine("2", RandomRequest(rng, 5, 3, false, false)),  // categories from the bundle's map
+      ScoreRequestLine("2",
+                       RandomRequest(rng, 5, 3, false, false)),  // categories from the bundle's map
       R"({"user":5,"history":[1,2],"history_cats":[1],"candidates":[3]})",  // length mismatch
       ScoreRequestLine("\"u3\"", RandomRequest(rng, 3, 5, true, false)),
       R"({"user":4,"history":[1],"history":[2],"candidates":[3]})",  // duplicate field
       R"({"history":[],"history_cats":[],"candidates":[7],"candidate_cats":[1]})",
       ScoreRequestLine("6", RandomRequest(rng, 0, 1, true, false)),
       ScoreRequestLine("1", big),
+      ScoreRequestLine("7", big_top5),  // the top 5 of big's candidates
   };
   std::string out = "stale";
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -196,6 +231,12 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
   (*reused)->HandleLine(8, lines[0], &ok, &out);
   EXPECT_EQ(HeapAllocations() - before, 0);
   EXPECT_TRUE(ok) << out;
+  EXPECT_NE(out.find(R"("history_dropped":4})"), std::string::npos) << out;
+  before = HeapAllocations();
+  (*reused)->HandleLine(9, lines.back(), &ok, &out);  // ranked (warm: it ran above)
+  EXPECT_EQ(HeapAllocations() - before, 0);
+  EXPECT_TRUE(ok) << out;
+  EXPECT_NE(out.find(R"("items":[)"), std::string::npos) << out;
   auto scorer = Scorer::Create(bundle, 16);
   ASSERT_TRUE(scorer.ok()) << scorer.status();
   ASSERT_EQ((*scorer)->scoring_path(), "din_serving/avx512");
@@ -205,6 +246,11 @@ TEST(DinServingScorerPaths, ReusedBuffersAnswerAsFresh_AndAllocateNothingOnceWar
   ASSERT_TRUE((*scorer)->Score(big, &r).ok());
   EXPECT_EQ(HeapAllocations() - before, 0);
   EXPECT_EQ(r.scores.size(), big.candidates.size());
+  ASSERT_TRUE((*scorer)->Score(big_top5, &r).ok());
+  before = HeapAllocations();
+  ASSERT_TRUE((*scorer)->Score(big_top5, &r).ok());
+  EXPECT_EQ(HeapAllocations() - before, 0);
+  EXPECT_EQ(r.items.size(), 5u);
   ps::RemoveTree(dir);
 }
 

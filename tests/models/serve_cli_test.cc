@@ -3,6 +3,9 @@
 // bad ones answered by errors naming the line (RESULT serve ... errors=N), and usage errors exit 2.
 // The export records the synthetic catalogue's item -> category map, so requests may omit
 // categories; a bundle without a map answers such requests with an error naming the field.
+// Histories longer than max_history are counted (response field, stderr note, RESULT
+// truncated_histories=), "top_n" ranks candidates, category 0 is refused, and a damaged bundle
+// file is named as a bundle's.
 // `ips export --delta` onto an empty root writes a full bundle and says so; `ips export` with a
 // dataset of another vocabulary than the checkpoint's is refused naming both; `ips eval` and `ips
 // train --resume` of another model's checkpoint name the model that wrote it. Bundle writers: two
@@ -107,7 +110,7 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   {
     std::ofstream f(requests);
     f << R"({"user":"a","history":[1,2,3],"history_cats":[1,2,3],"candidates":[4,5,99],)"
-      << R"("candidate_cats":[1,2,0]})"
+      << R"("candidate_cats":[1,2,3]})"
       << "\n";
     f << R"({"user":"d","history":[1,2],"candidates":[4]})"
       << "\n";
@@ -233,6 +236,81 @@ TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExport
                              dir + "/empty_root` first"),
             std::string::npos)
       << empty.error;
+  ps::RemoveTree(dir);
+}
+
+// What `ips serve` did without a word: a history longer than the model's data.max_history (5) is
+// scored by its newest 5 entries, as training does, and each such response says how many were
+// dropped; stderr notes it once and the RESULT line counts those requests (truncated_histories=).
+// "top_n" with "candidates" answers the top_n of them, best first; a category id 0 is an error
+// naming the field and entry. A damaged bundle file is named as a bundle's, not a checkpoint's.
+TEST(ServeCli, LongHistoriesCounted_TopNRanksCandidates_CategoryZeroRefused_DamagedBundle) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0.3, 4);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  const std::string requests = dir + "/requests.jsonl";
+  {
+    std::ofstream f(requests);
+    f << R"({"user":1,"history":[6,6,1,2,3,4,5],"candidates":[2,3]})"
+      << "\n";
+    f << R"({"user":2,"history":[1,2,3,4,5],"candidates":[2,3]})"
+      << "\n";
+    f << R"({"user":3,"history":[1,2,3,4,5,6,1,2,3],"candidates":[2,3,4],"top_n":2})"
+      << "\n";
+    f << R"({"user":4,"history":[1],"candidates":[2,3],"candidate_cats":[1,0]})"
+      << "\n";
+  }
+  auto sv = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
+  ASSERT_EQ(sv.exit_code, 0) << sv.output << sv.error;
+  std::istringstream lines(sv.output);
+  std::vector<std::string> got;
+  for (std::string l; std::getline(lines, l);) got.push_back(l);
+  ASSERT_EQ(got.size(), 5u) << sv.output;
+  // The newest 5 of request 1 are request 2's history: the same scores.
+  const std::string scores2 = got[1].substr(got[1].find("\"scores\""));
+  EXPECT_EQ(got[0], R"({"user":1,"version":1,)" + scores2.substr(0, scores2.size() - 1) +
+                        R"(,"history_dropped":2})")
+      << got[0] << "\n"
+      << got[1];
+  EXPECT_EQ(got[1].find("history_dropped"), std::string::npos) << got[1];
+  EXPECT_EQ(got[2].rfind(R"({"user":3,"version":1,"items":[)", 0), 0u) << got[2];
+  EXPECT_NE(got[2].find(R"(],"history_dropped":4})"), std::string::npos) << got[2];
+  EXPECT_EQ(got[3],
+            R"({"user":4,"line":4,"error":"line 4: column 64: field \"candidate_cats\": id 0 )"
+            R"x((entry 1) is the padding id, not a category (category ids are >= 1)"})x")
+      << got[3];
+  EXPECT_EQ(got[4].rfind("RESULT serve requests=4 errors=1 truncated_histories=2 ", 0), 0u)
+      << sv.output;
+  // One note on stderr (the first truncated request), not one per request.
+  const std::string note =
+      "note: stdin line 1: the history has 7 entries, the model reads the newest 5 "
+      "(data.max_history)";
+  EXPECT_NE(sv.error.find(note), std::string::npos) << sv.error;
+  EXPECT_EQ(sv.error.find("note: stdin line 3"), std::string::npos) << sv.error;
+
+  // A bundle file replaced by another intact one (its trailer matches its body, the manifest's
+  // CRC does not): named, and a bundle is among its possible origins (it said "checkpoint").
+  const std::string rows = dir + "/bundle/v-1/rows-item.bin";
+  {
+    std::string bytes = std::move(ps::ReadSmallFile(rows)).value();
+    bytes.resize(bytes.size() - 4);
+    bytes[60] ^= 0x40;
+    auto w = std::move(ps::CrcFileWriter::Create(rows)).value();
+    ASSERT_TRUE(w->Write(bytes.data(), bytes.size()).ok());
+    ASSERT_TRUE(w->Finish().ok());
+  }
+  auto damaged = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
+  EXPECT_EQ(damaged.exit_code, 1) << damaged.output << damaged.error;
+  EXPECT_NE(damaged.error.find("error: " + rows + ": checksum mismatch"), std::string::npos)
+      << damaged.error;
+  EXPECT_NE(damaged.error.find("belongs to another checkpoint or bundle version"),
+            std::string::npos)
+      << damaged.error;
   ps::RemoveTree(dir);
 }
 

@@ -1,10 +1,12 @@
 // Tests of the serving bundle and scorer (worker/serving.h): export/score parity with the
 // model's inference logits (fp32: max abs diff <= 1e-5; fp16: AUC within 0.001), chunking,
-// min_count, request parsing errors, corrupt bundles, and hot reload under a stream of requests
-// with no request lost; --delta onto a root with no version writes a full bundle and says why,
-// and onto a version of other table widths is refused. Writers: an output that is not a bundle
-// root, a root another writer holds (ROOT/LOCK), a root of another model type, a sequence model
-// and a min_count that keeps no row of a table are refused, writing nothing.
+// min_count, request parsing errors (item and category id 0 refused), "top_n" with candidates
+// (their top_n, ranked), histories longer than max_history (newest scored, the rest counted in
+// the response), corrupt bundles (a file of another version named as such), and hot reload under
+// a stream of requests with no request lost; --delta onto a root with no version writes a full
+// bundle and says why, and onto a version of other table widths is refused. Writers: an output that
+// is not a bundle root, a root another writer holds (ROOT/LOCK), a root of another model type, a
+// sequence model and a min_count that keeps no row of a table are refused, writing nothing.
 #include "worker/serving.h"
 
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -329,6 +332,24 @@ TEST(Serving, CorruptBundleFile_RejectedNamingTheFile) {
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find(rows), std::string::npos) << b.status();
   EXPECT_FALSE(BundleServer::Create(eo.output, 10).ok());
+  // An intact file (its trailer matches its body) that is not the one the manifest lists, as a
+  // file copied in from another version is: the message named only a checkpoint as its origin.
+  std::string bytes = std::move(ps::ReadSmallFile(rows)).value();
+  bytes.resize(bytes.size() - 4);  // the trailer, rewritten below for the changed body
+  {
+    auto w = std::move(ps::CrcFileWriter::Create(rows)).value();
+    ASSERT_TRUE(w->Write(bytes.data(), bytes.size()).ok());
+    ASSERT_TRUE(w->Finish().ok());
+  }
+  const std::string want = rows + ": checksum mismatch (crc32c ";
+  const std::string cause =
+      "): the file is corrupt or belongs to another checkpoint or bundle version";
+  for (const Status& s :
+       {Bundle::Load(eo.output).status(), BundleServer::Create(eo.output, 10).status()}) {
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s;
+    EXPECT_NE(s.message().find(cause), std::string::npos) << s;
+  }
   ps::RemoveTree(dir);
 }
 
@@ -364,9 +385,16 @@ TEST(Serving, BadRequestLines_AnsweredWithErrorsNamingLineAndField_NextLineServe
        "are >= 1)"},
       {R"({"user":1,"history":[1,0],"candidates":[3]})",
        R"(column 24: field \"history\": id 0 (entry 1) is the padding id)"},
+      // Category 0 is the padding category too (a real item's category is >= 1; only the padding
+      // item 0 has category 0): it was scored as a zero row without a word.
+      {R"({"user":1,"history":[1,2],"candidates":[3,4],"candidate_cats":[2,0]})",
+       R"(column 66: field \"candidate_cats\": id 0 (entry 1) is the padding id, not a category )"
+       "(category ids are >= 1"},
+      {R"({"user":1,"history":[1,2],"history_cats":[0,2],"candidates":[3]})",
+       R"(column 43: field \"history_cats\": id 0 (entry 0) is the padding id, not a category)"},
       // top_n is a count, not an id.
       {R"({"user":1,"history":[1,2],"top_n":-1})",
-       R"(field \"top_n\": expected an integer in 0..100000 (the number of items to retrieve), )"
+       R"(field \"top_n\": expected an integer in 0..100000 (the number of items to return), )"
        "got -1"},
       {R"({"user":1,"history":[1,2],"top_n":100001})",
        R"(field \"top_n\": expected an integer in 0..100000)"},
@@ -533,6 +561,130 @@ TEST(JsonChecker, AcceptsJsonAndRefusesWhatClientsRefuse) {
 // Request bytes are echoed (the user value verbatim, a field name inside an error): invalid UTF-8
 // there made the response line invalid JSON. Every response is valid JSON, invalid bytes replaced
 // by U+FFFD; valid UTF-8 and escapes are echoed as sent.
+// The numbers of the JSON array "field":[...] in a response line (empty when it has none).
+std::vector<double> JsonNumbers(const std::string& line, const std::string& field) {
+  std::vector<double> out;
+  const size_t at = line.find("\"" + field + "\":[");
+  if (at == std::string::npos) return out;
+  const char* p = line.c_str() + at + field.size() + 4;
+  while (*p != ']' && *p != '\0') {
+    char* end = nullptr;
+    out.push_back(std::strtod(p, &end));
+    if (end == p) break;
+    p = end + (*end == ',' ? 1 : 0);
+  }
+  return out;
+}
+
+// The request line of `q` with "top_n":n.
+std::string WithTopN(ScoreRequest q, int n) {
+  q.top_n = n;
+  return ScoreRequestLine("1", q);
+}
+
+// "candidates" with "top_n" answers the top_n of those candidates, best first, as retrieval
+// answers ("items" and their "scores"): their logits, ties in request order. Without top_n, one
+// score per candidate in request order (top_n was ignored without a word).
+TEST(Serving, CandidatesWithTopN_AnswersTheTopNOfThemBestFirst) {
+  const std::string dir = TempDir();
+  Trained t(5);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto server = std::move(BundleServer::Create(eo.output, 50, 16)).value();
+  Rng rng(21);
+  ScoreRequest q = RandomRequest(rng, 6, 40, false);  // 40 candidates: chunks of 16
+  q.candidates[7] = q.candidates[3];                  // a tie: kept in request order
+  bool ok = false;
+  const std::string plain = server->HandleLine(1, ScoreRequestLine("1", q), &ok);
+  ASSERT_TRUE(ok) << plain;
+  const std::vector<double> scores = JsonNumbers(plain, "scores");
+  ASSERT_EQ(scores.size(), q.candidates.size()) << plain;
+  std::vector<size_t> order(scores.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+  for (int n : {0, 1, 5, 40, 100}) {
+    SCOPED_TRACE("top_n " + std::to_string(n));
+    const std::string r = server->HandleLine(2, WithTopN(q, n), &ok);
+    ASSERT_TRUE(ok) << r;
+    EXPECT_EQ(r.rfind(R"({"user":1,"version":1,"items":[)", 0), 0u) << r;
+    EXPECT_TRUE(JsonChecker::Valid(r)) << r;
+    const std::vector<double> items = JsonNumbers(r, "items"), got = JsonNumbers(r, "scores");
+    const size_t k = std::min<size_t>(n, q.candidates.size());
+    ASSERT_EQ(items.size(), k) << r;
+    ASSERT_EQ(got.size(), k) << r;
+    for (size_t i = 0; i < k; ++i) {
+      EXPECT_EQ(items[i], static_cast<double>(q.candidates[order[i]])) << "rank " << i;
+      EXPECT_EQ(got[i], scores[order[i]]) << "rank " << i;
+    }
+    // The Scorer: the same ranking, and still every candidate's logit.
+    auto scorer = std::move(Scorer::Create(std::move(Bundle::Load(eo.output)).value(), 16)).value();
+    ScoreRequest ranked = q;
+    ranked.top_n = n;
+    ScoreResponse resp;
+    ASSERT_TRUE(scorer->Score(ranked, &resp).ok());
+    ASSERT_EQ(resp.scores.size(), q.candidates.size());
+    ASSERT_EQ(resp.items.size(), k);
+    for (size_t i = 0; i < k; ++i) {
+      EXPECT_EQ(resp.items[i], q.candidates[order[i]]) << "rank " << i;
+      EXPECT_EQ(resp.item_scores[i], resp.scores[order[i]]) << "rank " << i;
+    }
+  }
+  // Without top_n (-1): no ranking.
+  auto scorer = std::move(Scorer::Create(std::move(Bundle::Load(eo.output)).value(), 16)).value();
+  ScoreResponse resp;
+  ASSERT_TRUE(scorer->Score(q, &resp).ok());
+  EXPECT_EQ(resp.scores.size(), q.candidates.size());
+  EXPECT_TRUE(resp.items.empty());
+  ps::RemoveTree(dir);
+}
+
+// A history longer than the model's data.max_history (10 here) is scored by its newest 10
+// entries, as training builds its histories (the newest max_history events before the target,
+// worker/data_reader.cc), but not silently: the response says how many of its oldest entries
+// were dropped ("history_dropped"). A history that fits has no such field.
+TEST(Serving, HistoryLongerThanMaxHistory_NewestScored_ResponseSaysHowManyDropped) {
+  const std::string dir = TempDir();
+  Trained t(5);
+  ExportOptions eo;
+  eo.checkpoint = Checkpoint(t, dir + "/ckpt", 20);
+  eo.output = dir + "/bundle";
+  ASSERT_TRUE(ExportBundle(eo).ok());
+  auto server = std::move(BundleServer::Create(eo.output, 50)).value();
+  Rng rng(23);
+  for (bool cats : {true, false}) {
+    const ScoreRequest q = RandomRequest(rng, 14, 5, cats);
+    ScoreRequest newest = q;
+    newest.history.erase(newest.history.begin(), newest.history.begin() + 4);
+    if (cats)
+      newest.history_cats.erase(newest.history_cats.begin(), newest.history_cats.begin() + 4);
+    bool ok = false;
+    const std::string fits = server->HandleLine(1, ScoreRequestLine("1", newest), &ok);
+    ASSERT_TRUE(ok) << fits;
+    EXPECT_EQ(fits.find("history_dropped"), std::string::npos) << fits;
+    const std::string cut = server->HandleLine(2, ScoreRequestLine("1", q), &ok);
+    ASSERT_TRUE(ok) << cut;
+    EXPECT_EQ(cut, fits.substr(0, fits.size() - 1) + ",\"history_dropped\":4}");
+    EXPECT_TRUE(JsonChecker::Valid(cut)) << cut;
+    // With top_n too: the ranked answer says so as well.
+    const std::string ranked = server->HandleLine(3, WithTopN(q, 2), &ok);
+    ASSERT_TRUE(ok) << ranked;
+    EXPECT_NE(ranked.find(R"(],"history_dropped":4})"), std::string::npos) << ranked;
+    EXPECT_TRUE(JsonChecker::Valid(ranked)) << ranked;
+  }
+  // The Scorer says so too; a history of exactly max_history drops nothing.
+  auto scorer = std::move(Scorer::Create(std::move(Bundle::Load(eo.output)).value())).value();
+  for (int n : {0, 3, 10, 11, 25}) {
+    ScoreResponse r;
+    ASSERT_TRUE(scorer->Score(RandomRequest(rng, n, 3, true), &r).ok());
+    EXPECT_EQ(r.history_used, std::min(n, 10)) << n;
+    EXPECT_EQ(r.history_dropped, std::max(n - 10, 0)) << n;
+  }
+  ps::RemoveTree(dir);
+}
+
 TEST(Serving, EveryResponseIsValidJson_InvalidUtf8InTheRequestIsReplaced) {
   const std::string dir = TempDir();
   Trained t(5);
