@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -22,6 +23,17 @@ struct GroupScratch {
   std::vector<int64_t> order;
   std::vector<int64_t> begin;
   std::vector<int64_t> fill;
+};
+
+// A pull's resolution, kept for a push of the same keys (see DynamicTable::Pull): the keys in
+// input order, their grouping by shard (order, begin) and, in grouped order, the slot each
+// resolved to, with each shard's stamp.
+struct PullRecord {
+  std::vector<uint64_t> keys;
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;
+  std::vector<uint32_t> slots;
+  std::vector<PullStamp> stamps;
 };
 
 }  // namespace internal
@@ -131,12 +143,12 @@ void DynamicTable::GroupByShard(const uint64_t* keys, int64_t n, internal::Group
 }
 
 Status DynamicTable::ForEachShardOf(
-    const GroupScratch& g, int64_t n, ThreadPool* pool,
+    const std::vector<int64_t>& begin, int64_t n, ThreadPool* pool,
     const std::function<Status(size_t s, int64_t begin, int64_t m)>& fn) const {
   const size_t num_shards = shards_.size();
   auto run = [&](size_t s) -> Status {
-    const int64_t m = g.begin[s + 1] - g.begin[s];
-    return m == 0 ? Status::Ok() : fn(s, g.begin[s], m);
+    const int64_t m = begin[s + 1] - begin[s];
+    return m == 0 ? Status::Ok() : fn(s, begin[s], m);
   };
   if (pool == nullptr || pool->num_threads() < 2 || n < kParallelKeys) {
     for (size_t s = 0; s < num_shards; ++s) IPS_RETURN_IF_ERROR(run(s));
@@ -155,23 +167,79 @@ Status DynamicTable::ForEachShardOf(
 }
 
 Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) {
-  return ReadRows(keys, n, out, pool, /*create=*/true);
+  if (!record_pulls_ || n < kMinRecordedPull)
+    return ReadRows(keys, n, out, pool, /*create=*/true, nullptr);
+  std::unique_ptr<internal::PullRecord> record;
+  {
+    std::lock_guard<std::mutex> lock(records_mu_);
+    record = std::move(spare_record_);
+  }
+  if (record == nullptr) record = std::make_unique<internal::PullRecord>();
+  IPS_RETURN_IF_ERROR(ReadRows(keys, n, out, pool, /*create=*/true, record.get()));
+  record->keys.assign(keys, keys + n);
+  std::lock_guard<std::mutex> lock(records_mu_);
+  recorded_keys_ += n;
+  records_.push_back(std::move(record));
+  // Pulls never pushed (or pushed with other keys) age out; a record's memory is 20 bytes a key.
+  while (records_.size() > kMaxPullRecords || recorded_keys_ > kMaxRecordedKeys) {
+    recorded_keys_ -= static_cast<int64_t>(records_.front()->keys.size());
+    spare_record_ = std::move(records_.front());
+    records_.erase(records_.begin());
+  }
+  return Status::Ok();
 }
 
 Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) const {
-  return ReadRows(keys, n, out, pool, /*create=*/false);
+  return ReadRows(keys, n, out, pool, /*create=*/false, nullptr);
 }
 
 Status DynamicTable::ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool,
-                              bool create) const {
+                              bool create, internal::PullRecord* record) const {
   IPS_RETURN_IF_ERROR(CheckArgs(options_, keys, n, out, "output"));
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
   const int64_t step = step_.load(std::memory_order_relaxed);
-  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
+  if (record != nullptr) {
+    record->slots.resize(static_cast<size_t>(n));
+    record->stamps.resize(shards_.size());
+  }
+  IPS_RETURN_IF_ERROR(ForEachShardOf(g.begin, n, pool, [&](size_t s, int64_t b, int64_t m) {
     return shards_[s]->Pull(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, out,
-                            step, create);
-  });
+                            step, create, record != nullptr ? record->slots.data() + b : nullptr,
+                            record != nullptr ? &record->stamps[s] : nullptr);
+  }));
+  if (record != nullptr) {
+    record->begin = g.begin;
+    record->order.swap(g.order);  // the scratch takes the record's old buffer
+  }
+  return Status::Ok();
+}
+
+bool DynamicTable::TakeRecordsCovering(const uint64_t* keys, int64_t n,
+                                       std::vector<std::unique_ptr<internal::PullRecord>>* used) {
+  std::lock_guard<std::mutex> lock(records_mu_);
+  std::vector<size_t> picked;
+  for (int64_t at = 0; at < n;) {
+    // The oldest match first: with prefetching, pulls t and t + 1 may hold the same keys, and
+    // push t follows pull t.
+    size_t found = records_.size();
+    for (size_t r = 0; r < records_.size() && found == records_.size(); ++r) {
+      const std::vector<uint64_t>& k = records_[r]->keys;
+      if (static_cast<int64_t>(k.size()) <= n - at && k[0] == keys[at] &&
+          std::find(picked.begin(), picked.end(), r) == picked.end() &&
+          std::memcmp(k.data(), keys + at, k.size() * sizeof(uint64_t)) == 0)
+        found = r;
+    }
+    if (found == records_.size()) return false;
+    picked.push_back(found);
+    at += static_cast<int64_t>(records_[found]->keys.size());
+  }
+  for (size_t r : picked) {
+    recorded_keys_ -= static_cast<int64_t>(records_[r]->keys.size());
+    used->push_back(std::move(records_[r]));
+  }
+  records_.erase(std::remove(records_.begin(), records_.end(), nullptr), records_.end());
+  return true;
 }
 
 Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, ThreadPool* pool) {
@@ -180,10 +248,41 @@ Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, T
   const int64_t opt_step = optimizer_step_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (windowed_admission_)
     for (auto& shard : shards_) shard->CloseSightingWindow();
+  const int64_t step = step_.load(std::memory_order_relaxed);
+  std::vector<std::unique_ptr<internal::PullRecord>> used;
+  if (n >= kMinRecordedPull && TakeRecordsCovering(keys, n, &used)) {
+    // The trainer pushes the keys it pulled: the pulls' slots spare the push its grouping and
+    // index probes (a third of a pull + push's table work).
+    const size_t num_shards = shards_.size();
+    const size_t u = used.size();
+    std::vector<internal::ResolvedPart> parts(num_shards * u);
+    std::vector<int64_t> begin(num_shards + 1, 0);
+    int64_t offset = 0;
+    for (size_t k = 0; k < u; ++k) {
+      const internal::PullRecord& r = *used[k];
+      for (size_t s = 0; s < num_shards; ++s) {
+        internal::ResolvedPart& part = parts[s * u + k];
+        part.slots = r.slots.data() + r.begin[s];
+        part.pos = r.order.data() + r.begin[s];
+        part.m = r.begin[s + 1] - r.begin[s];
+        part.offset = offset;
+        part.stamp = r.stamps[s];
+        begin[s + 1] += part.m;
+      }
+      offset += static_cast<int64_t>(r.keys.size());
+    }
+    for (size_t s = 0; s < num_shards; ++s) begin[s + 1] += begin[s];
+    Status status = ForEachShardOf(begin, n, pool, [&](size_t s, int64_t, int64_t) {
+      return shards_[s]->PushResolved(parts.data() + s * u, static_cast<int>(u), keys, grads, step,
+                                      opt_step);
+    });
+    std::lock_guard<std::mutex> lock(records_mu_);
+    spare_record_ = std::move(used.back());
+    return status;
+  }
   GroupScratch& g = ThreadGroupScratch();
   GroupByShard(keys, n, &g);
-  const int64_t step = step_.load(std::memory_order_relaxed);
-  return ForEachShardOf(g, n, pool, [&](size_t s, int64_t b, int64_t m) {
+  return ForEachShardOf(g.begin, n, pool, [&](size_t s, int64_t b, int64_t m) {
     return shards_[s]->Push(g.keys.data() + b, g.hashes.data() + b, g.order.data() + b, m, grads,
                             step, opt_step);
   });
@@ -333,6 +432,7 @@ TableStats DynamicTable::Stats() const {
     st.evicted_capacity += c.evicted_capacity;
     st.pulled_keys += c.pulled_keys;
     st.pushed_keys += c.pushed_keys;
+    st.push_keys_resolved_by_pull += c.push_keys_resolved_by_pull;
   }
   st.bytes = st.slab_bytes + st.index_bytes + st.sketch_bytes;
   st.optimizer_step = optimizer_step();

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "common/status.h"
@@ -46,6 +47,7 @@ namespace internal {
 class TableShard;
 struct ShardConfig;
 struct GroupScratch;
+struct PullRecord;
 }  // namespace internal
 
 // One row as a checkpoint sees it: value[dim], optimizer state[state_count * dim] (nullptr for
@@ -89,7 +91,21 @@ class DynamicTable {
   // Rows of keys[0, n) into out[n x dim]; see EmbeddingStore::Pull. Errors: INVALID_ARGUMENT
   // for n < 0 or null pointers with n > 0; RESOURCE_EXHAUSTED when a shard would exceed
   // 2^24 - 1 rows with nothing to evict.
+  //
+  // A pull of at least kMinRecordedPull keys is recorded (its keys, and the row slot each
+  // resolved to), and a Push whose keys are those of one or more recorded pulls laid end to end
+  // (the trainer's step; a parameter server's pull parts) uses their slots instead of grouping
+  // and looking the keys up again. A recorded slot is used only while the shard has removed no
+  // row since the pull (and, for a key left without a row, created none): the rows, counters and
+  // bits are those of a push without records (tested). The newest kMaxPullRecords records of at
+  // most kMaxRecordedKeys keys (20 bytes each) are kept.
+  static constexpr int64_t kMinRecordedPull = 256;
+  static constexpr size_t kMaxPullRecords = 64;
+  static constexpr int64_t kMaxRecordedKeys = int64_t{1} << 20;
   Status Pull(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool = nullptr);
+  // Recording on (the default) or off, to compare the two (tests, benchmarks). Not thread-safe
+  // with other calls.
+  void set_record_pulls(bool on) { record_pulls_ = on; }
   // Read-only pull: missing or expired keys read as zeros; creates, counts and touches nothing.
   Status Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool = nullptr) const;
   // One optimizer step on the rows of keys[0, n) with grads[n x dim]; duplicates are summed,
@@ -178,11 +194,17 @@ class DynamicTable {
   void GroupByShard(const uint64_t* keys, int64_t n, internal::GroupScratch* g) const;
   // Pull (create = true: rows are created, counted and touched) and Lookup (create = false).
   // Const because the shards are reached through pointers and lock themselves.
-  Status ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool, bool create) const;
-  // Calls fn(s, begin, m) for every shard s that has m > 0 of g's keys (starting at g's
-  // position begin), over `pool` when n is large enough. Returns the error of the first failing
-  // shard in shard order (so which error is reported does not depend on the threads).
-  Status ForEachShardOf(const internal::GroupScratch& g, int64_t n, ThreadPool* pool,
+  // With `record`, fills its grouping, slots and stamps (not its keys).
+  Status ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool, bool create,
+                  internal::PullRecord* record) const;
+  // Moves into *used the recorded pulls whose keys, end to end, are keys[0, n); false (and
+  // nothing moved) when there are none such.
+  bool TakeRecordsCovering(const uint64_t* keys, int64_t n,
+                           std::vector<std::unique_ptr<internal::PullRecord>>* used);
+  // Calls fn(s, begin[s], m) for every shard s with m = begin[s + 1] - begin[s] > 0 keys, over
+  // `pool` when n is large enough. Returns the error of the first failing shard in shard order
+  // (so which error is reported does not depend on the threads).
+  Status ForEachShardOf(const std::vector<int64_t>& begin, int64_t n, ThreadPool* pool,
                         const std::function<Status(size_t s, int64_t begin, int64_t m)>& fn) const;
 
   const TableOptions options_;
@@ -195,6 +217,12 @@ class DynamicTable {
   std::atomic<int64_t> last_sweep_step_{0};
   std::atomic<int64_t> optimizer_step_{0};
   bool windowed_admission_ = false;
+  bool record_pulls_ = true;
+  std::mutex records_mu_;
+  std::vector<std::unique_ptr<internal::PullRecord>>
+      records_;                                         // GUARDED_BY(records_mu_), oldest first
+  int64_t recorded_keys_ = 0;                           // GUARDED_BY(records_mu_)
+  std::unique_ptr<internal::PullRecord> spare_record_;  // GUARDED_BY(records_mu_): reused buffers
   std::atomic<uint32_t> epoch_{1};
 };
 

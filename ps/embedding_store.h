@@ -37,6 +37,8 @@ struct TableStats {
   int64_t evicted_capacity = 0;   // rows removed to stay under max_memory_mb
   int64_t pulled_keys = 0;
   int64_t pushed_keys = 0;
+  // Pushed keys whose rows a recorded pull had found (DynamicTable::Pull); not sent by servers.
+  int64_t push_keys_resolved_by_pull = 0;
   int64_t optimizer_step = 0;  // pushes applied so far (Adam's step count)
   // bytes / rows (0 when empty).
   double BytesPerRow() const { return rows > 0 ? static_cast<double>(bytes) / rows : 0.0; }

@@ -26,6 +26,8 @@ int64_t IndexCapacityFor(int64_t slots) {
   return NextPow2(std::max<int64_t>(16, (slots * 4 + 2) / 3));
 }
 
+}  // namespace
+
 // Per-thread scratch for Push, reused across calls so a push does not allocate in steady state.
 struct PushScratch {
   std::vector<std::pair<uint32_t, int64_t>> items;    // (slot, key position), by position
@@ -39,6 +41,8 @@ struct PushScratch {
   std::vector<uint32_t> seen;
   uint32_t generation = 0;
 };
+
+namespace {
 
 PushScratch& ThreadScratch() {
   thread_local PushScratch scratch;
@@ -149,6 +153,7 @@ __attribute__((always_inline)) inline int64_t TableShard::FindPos(uint64_t key,
 }
 
 void TableShard::IndexInsert(uint64_t hash, uint32_t slot) {
+  ++insertions_;
   const uint32_t entry = (static_cast<uint32_t>((hash >> 40) & 0xff) << kSlotBits) | (slot + 1);
   uint64_t pos = hash & index_mask_;
   while (index_[pos] != 0) pos = (pos + 1) & index_mask_;
@@ -189,6 +194,7 @@ void TableShard::GrowIndexFor(int64_t slots) {
 }
 
 void TableShard::RemoveAt(uint64_t pos, uint32_t slot) {
+  ++removals_;
   IndexEraseAt(pos);
   RowMeta& m = MetaAt(slot);
   if (track_removed_) removed_.emplace_back(m.key, epoch_);
@@ -338,12 +344,26 @@ void TableShard::CloseSightingWindow() {
 }
 
 Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
-                        float* out, int64_t step, bool create) {
+                        float* out, int64_t step, bool create, uint32_t* slots, PullStamp* stamp) {
   const int64_t dim = config_->options.dim;
   const int64_t min_count = config_->options.min_count;
   const bool padding = config_->options.has_padding_key;
   const uint64_t padding_key = config_->options.padding_key;
   std::lock_guard<std::mutex> lock(mu_);
+  if (stamp != nullptr) {
+    // Counters as of before this pull: a row it removes (TTL, the memory cap) may free a slot
+    // that a key resolved earlier in it had, and a key it leaves without a row may get one from
+    // a later duplicate; either way the record is then not used.
+    stamp->removals = removals_;
+    stamp->insertions = insertions_;
+    stamp->missing = false;
+  }
+  // Records what key t resolved to (a no-op without `slots`).
+  auto record = [&](int64_t t, uint32_t slot) {
+    if (slots == nullptr) return;
+    slots[t] = slot;
+    if (slot == kNoSlot) stamp->missing = true;
+  };
   for (int64_t t = 0; t < m; ++t) {
     if (t + kFar < m) Prefetch(hashes[t + kFar], /*far=*/true);
     if (t + kNear < m) Prefetch(hashes[t + kNear], /*far=*/false);
@@ -353,6 +373,7 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
     float* dst = out + i * dim;
     if (padding && key == padding_key) {
       std::fill_n(dst, dim, 0.0f);
+      record(t, kPaddingSlot);
       continue;
     }
     int64_t at = FindPos(key, h);
@@ -361,6 +382,7 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
       if (!Expired(slot, step)) {
         if (create) Touch(slot, step);
         std::memcpy(dst, ValueAt(slot), dim * sizeof(float));
+        record(t, slot);
         continue;
       }
       if (create) {
@@ -370,25 +392,42 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
     }
     if (!create) {
       std::fill_n(dst, dim, 0.0f);
+      record(t, kNoSlot);
       continue;
     }
     if (sketch_ != nullptr && Sighting(h) < min_count) {
       std::fill_n(dst, dim, 0.0f);
       ++counters_.unadmitted_pulls;
+      record(t, kNoSlot);
       continue;
     }
     IPS_ASSIGN_OR_RETURN(const uint32_t slot, AllocateSlot(step));
     InitRow(slot, key, step);
     IndexInsert(h, slot);
     std::memcpy(dst, ValueAt(slot), dim * sizeof(float));
+    record(t, slot);
   }
   if (create) counters_.pulled_keys += m;
   return Status::Ok();
 }
 
+namespace {
+
+// Starts a push's duplicate detection: a new generation of `seen` (grown to `slots` entries).
+uint32_t NextGeneration(PushScratch* scratch, int64_t slots) {
+  if (scratch->seen.size() < static_cast<size_t>(slots))
+    scratch->seen.resize(static_cast<size_t>(slots));
+  if (++scratch->generation == 0) {  // wrapped: forget every stamp
+    std::fill(scratch->seen.begin(), scratch->seen.end(), 0u);
+    scratch->generation = 1;
+  }
+  return scratch->generation;
+}
+
+}  // namespace
+
 Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
                         const float* grads, int64_t step, int64_t optimizer_step) {
-  const int64_t dim = config_->options.dim;
   const bool padding = config_->options.has_padding_key;
   const uint64_t padding_key = config_->options.padding_key;
   PushScratch& scratch = ThreadScratch();
@@ -397,13 +436,7 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
   auto& items = scratch.items;
   items.clear();
   auto& seen = scratch.seen;
-  if (seen.size() < static_cast<size_t>(next_unused_))
-    seen.resize(static_cast<size_t>(next_unused_));
-  if (++scratch.generation == 0) {  // wrapped: forget every stamp
-    std::fill(seen.begin(), seen.end(), 0u);
-    scratch.generation = 1;
-  }
-  const uint32_t generation = scratch.generation;
+  const uint32_t generation = NextGeneration(&scratch, next_unused_);
   bool duplicates = false;
   for (int64_t t = 0; t < m; ++t) {
     if (t + kFar < m) Prefetch(hashes[t + kFar], /*far=*/true);
@@ -424,6 +457,71 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
     duplicates |= seen[slot] == generation;
     seen[slot] = generation;
   }
+  return ApplyPushItems(&scratch, duplicates, grads, step, optimizer_step);
+}
+
+bool TableShard::StillResolves(const PullStamp& stamp) const {
+  return stamp.removals == removals_ && (!stamp.missing || stamp.insertions == insertions_);
+}
+
+Status TableShard::PushResolved(const ResolvedPart* parts, int num_parts, const uint64_t* keys,
+                                const float* grads, int64_t step, int64_t optimizer_step) {
+  const bool padding = config_->options.has_padding_key;
+  const uint64_t padding_key = config_->options.padding_key;
+  PushScratch& scratch = ThreadScratch();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& items = scratch.items;
+  items.clear();
+  auto& seen = scratch.seen;
+  const uint32_t generation = NextGeneration(&scratch, next_unused_);
+  bool duplicates = false;
+  for (int k = 0; k < num_parts; ++k) {
+    const ResolvedPart& part = parts[k];
+    counters_.pushed_keys += part.m;
+    const bool resolved = StillResolves(part.stamp);
+    if (resolved) counters_.push_keys_resolved_by_pull += part.m;
+    for (int64_t t = 0; t < part.m; ++t) {
+      const int64_t i = part.offset + part.pos[t];
+      uint32_t slot;
+      if (resolved) {
+        if (t + kNear < part.m && part.slots[t + kNear] < kPaddingSlot) {
+          const uint32_t ahead = part.slots[t + kNear];
+          __builtin_prefetch(&MetaAt(ahead));
+          __builtin_prefetch(&SlabOf(ahead).touched[OffsetOf(ahead)]);
+        }
+        slot = part.slots[t];
+        if (slot == kPaddingSlot) continue;
+        if (slot == kNoSlot) {
+          ++counters_.dropped_push_keys;
+          continue;
+        }
+      } else {  // rows changed since the pull: look the key up as Push does
+        const uint64_t key = keys[i];
+        if (padding && key == padding_key) continue;
+        const int64_t at = FindPos(key, KeyHash(key));
+        if (at < 0) {
+          ++counters_.dropped_push_keys;
+          continue;
+        }
+        slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+      }
+      if (Expired(slot, step)) {
+        ++counters_.dropped_push_keys;
+        continue;
+      }
+      items.emplace_back(slot, i);
+      duplicates |= seen[slot] == generation;
+      seen[slot] = generation;
+    }
+  }
+  return ApplyPushItems(&scratch, duplicates, grads, step, optimizer_step);
+}
+
+Status TableShard::ApplyPushItems(PushScratch* scratch_ptr, bool duplicates, const float* grads,
+                                  int64_t step, int64_t optimizer_step) {
+  PushScratch& scratch = *scratch_ptr;
+  auto& items = scratch.items;
+  const int64_t dim = config_->options.dim;
   const kernels::OptimizerHyper& hyper = config_->hyper;
   if (!duplicates && (hyper.kind != kernels::OptimizerKind::kFtrl || hyper.ftrl_alpha > 0)) {
     // Distinct rows (the trainer deduplicates its keys): each row gets its own gradient, so the

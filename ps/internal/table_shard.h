@@ -55,6 +55,7 @@ struct ShardCounters {
   int64_t evicted_capacity = 0;
   int64_t pulled_keys = 0;
   int64_t pushed_keys = 0;
+  int64_t push_keys_resolved_by_pull = 0;  // pushed keys whose rows a recorded pull had found
 };
 
 struct ShardMemory {
@@ -65,6 +66,28 @@ struct ShardMemory {
   int64_t sketch_bytes = 0;
 };
 
+// What a pull resolved, kept by DynamicTable for a push of the same keys: the shard's change
+// counters as of before the pull, and whether some key was left without a row. The slots the
+// pull found stay the keys' rows while no row was removed since (a slot changes key only after
+// a removal frees it); a key without a row still has none while no row was created since.
+struct PullStamp {
+  uint64_t removals = 0;
+  uint64_t insertions = 0;
+  bool missing = false;
+};
+
+// One recorded pull's share of this shard, as a push of the same keys uses it: slots[t] is what
+// key t resolved to, pos[t] its position in the pull (offset + pos[t] in the push).
+struct ResolvedPart {
+  const uint32_t* slots = nullptr;
+  const int64_t* pos = nullptr;
+  int64_t m = 0;
+  int64_t offset = 0;
+  PullStamp stamp;
+};
+
+struct PushScratch;
+
 class TableShard {
  public:
   TableShard(const ShardConfig* config, uint64_t sample_seed);
@@ -73,13 +96,21 @@ class TableShard {
 
   // Pulls keys[t] (hash hashes[t]) for t in [0, m) into out + pos[t] * dim: keys and hashes are
   // this shard's share of a call, gathered contiguously (read front to back), pos their
-  // positions in the caller's arrays. create = false: read-only lookup.
+  // positions in the caller's arrays. create = false: read-only lookup. With `slots` (and
+  // `stamp`), records for PushResolved what each key resolved to (slots[t]) and the shard's
+  // state before the pull (*stamp).
   Status Pull(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
-              float* out, int64_t step, bool create);
+              float* out, int64_t step, bool create, uint32_t* slots = nullptr,
+              PullStamp* stamp = nullptr);
   // Applies grads + pos[t] * dim to the rows of keys[t] (hash hashes[t]; as Pull) as one step
   // of the optimizer with Adam step count `optimizer_step`.
   Status Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
               const float* grads, int64_t step, int64_t optimizer_step);
+  // Push of keys whose rows recorded pulls resolved: parts[0, num_parts) in increasing offset,
+  // keys[] and grads[] the whole push's. A part whose stamp no longer holds is looked up key by
+  // key; either way the rows, counters and bits are those of Push.
+  Status PushResolved(const ResolvedPart* parts, int num_parts, const uint64_t* keys,
+                      const float* grads, int64_t step, int64_t optimizer_step);
   Status Insert(uint64_t key, uint64_t hash, const float* value, const float* state, int64_t step);
   bool ReadRow(uint64_t key, uint64_t hash, float* value, float* state, int64_t step) const;
   void ForEachRow(const std::function<void(uint64_t, const float*, const float*)>& fn,
@@ -128,6 +159,7 @@ class TableShard {
     uint32_t* touched = nullptr;  // [R] checkpoint epoch of the last change (incremental saves)
   };
   static constexpr uint32_t kNoSlot = 0xffffffffu;
+  static constexpr uint32_t kPaddingSlot = 0xfffffffeu;  // a recorded pull's padding key
   static constexpr int kSlotBits = 24;
   static constexpr uint32_t kSlotMask = (1u << kSlotBits) - 1;
 
@@ -172,6 +204,12 @@ class TableShard {
                           const float* grads, int64_t step,
                           const kernels::OptimizerScalars& scalars);
   void CopyState(uint32_t slot, float* state) const;
+  // Whether a recorded pull's slots are still its keys' rows (see PullStamp).
+  bool StillResolves(const PullStamp& stamp) const;
+  // The update of Push and PushResolved once scratch->items holds (slot, gradient position) in
+  // position order; `duplicates`: some slot occurs twice.
+  Status ApplyPushItems(PushScratch* scratch, bool duplicates, const float* grads, int64_t step,
+                        int64_t optimizer_step);
   // One sighting of a key without a row (sketch_ set): its estimated count including this one.
   int Sighting(uint64_t hash);
   // Records the open window's sightings into `sketch` in hash order.
@@ -190,6 +228,8 @@ class TableShard {
   std::vector<uint64_t> window_sightings_;  // GUARDED_BY(mu_): hashes, in arrival order
   Rng sample_rng_;                          // GUARDED_BY(mu_)
   ShardCounters counters_;                  // GUARDED_BY(mu_)
+  uint64_t removals_ = 0;                   // GUARDED_BY(mu_): rows removed so far
+  uint64_t insertions_ = 0;                 // GUARDED_BY(mu_): index insertions so far
   // Incremental checkpoints: rows changed since epoch E are those with touched > E; removals are
   // recorded (key, epoch) only once a checkpoint started, so a table never checkpointed does not
   // grow a list.

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <thread>
@@ -874,6 +875,159 @@ TEST(DynamicTable, BadOptionsAndArgumentsAreStatusErrors) {
   EXPECT_EQ(table->Push(&key, 1, nullptr).code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(table->Pull(nullptr, 0, nullptr).ok());
   EXPECT_EQ(table->Stats().rows, 0);
+}
+
+// --- Pushes use the slots of recorded pulls -----------------------------------------------------
+
+// Runs the same rounds of pulls (in `parts` slices) and pushes of the whole key list on a table
+// that records pulls and on one that does not, with `between(table, round)` done to both between
+// a round's pulls and its push, and checks that every pulled row, every row, state and count
+// ends equal bit for bit. Returns the recording table's stats.
+TableStats CheckRecordedPullsChangeNothing(
+    TableOptions o, int parts, const std::function<void(DynamicTable&, int)>& between = {},
+    ThreadPool* pool = nullptr) {
+  auto recording = MakeTable(o);
+  auto plain = MakeTable(o);
+  plain->set_record_pulls(false);
+  const int64_t n = 3 * DynamicTable::kParallelKeys;
+  for (int round = 0; round < 5; ++round) {
+    recording->AdvanceStep(round);
+    plain->AdvanceStep(round);
+    // Half the keys repeat from a fixed set (admission counts, hot rows), half are new, and a
+    // tenth repeat earlier keys of the list (summed gradients; admitted within the pull).
+    std::vector<uint64_t> keys = RandomKeys(n, 3000 + round);
+    const std::vector<uint64_t> fixed = RandomKeys(n / 2, 8);
+    std::copy(fixed.begin(), fixed.end(), keys.begin());
+    for (int64_t i = 0; i < n / 10; ++i) keys[n - 1 - i] = keys[n / 2 + i];
+    std::vector<float> a(n * o.dim), b(n * o.dim);
+    Poison(a);
+    Poison(b);
+    for (int k = 0; k < parts; ++k) {
+      const int64_t begin = n * k / parts, end = n * (k + 1) / parts;
+      EXPECT_TRUE(
+          recording->Pull(keys.data() + begin, end - begin, a.data() + begin * o.dim, pool).ok());
+      EXPECT_TRUE(plain->Pull(keys.data() + begin, end - begin, b.data() + begin * o.dim).ok());
+    }
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "round " << round;
+    if (between) {
+      between(*recording, round);
+      between(*plain, round);
+    }
+    const std::vector<float> grads = RandomGrads(n * o.dim, 4000 + round);
+    EXPECT_TRUE(recording->Push(keys.data(), n, grads.data(), pool).ok());
+    EXPECT_TRUE(plain->Push(keys.data(), n, grads.data()).ok());
+  }
+  auto dump = [&](const DynamicTable& t) {
+    std::map<uint64_t, std::vector<float>> rows;
+    t.ForEachRowSince(0, [&](const RowRecord& r) {
+      std::vector<float>& v = rows[r.key];
+      v.assign(r.value, r.value + o.dim);
+      if (r.state != nullptr) v.insert(v.end(), r.state, r.state + t.state_count() * o.dim);
+      v.push_back(static_cast<float>(r.freq));
+      v.push_back(static_cast<float>(r.last_step));
+    });
+    return rows;
+  };
+  const auto want = dump(*plain);
+  EXPECT_GT(want.size(), 0u);
+  EXPECT_TRUE(want == dump(*recording));
+  const TableStats got = recording->Stats(), reference = plain->Stats();
+  EXPECT_EQ(got.rows, reference.rows);
+  EXPECT_EQ(got.created_rows, reference.created_rows);
+  EXPECT_EQ(got.dropped_push_keys, reference.dropped_push_keys);
+  EXPECT_EQ(got.unadmitted_pulls, reference.unadmitted_pulls);
+  EXPECT_EQ(got.evicted_capacity, reference.evicted_capacity);
+  EXPECT_EQ(got.evicted_ttl, reference.evicted_ttl);
+  EXPECT_EQ(got.pushed_keys, reference.pushed_keys);
+  EXPECT_EQ(reference.push_keys_resolved_by_pull, 0);
+  return got;
+}
+
+TEST(DynamicTable, PushOfThePulledKeysUsesTheirSlots_AdamWithDuplicates) {
+  const TableStats st =
+      CheckRecordedPullsChangeNothing(Options("rec_adam", OptimizerOptions::Type::kAdam), 1);
+  EXPECT_EQ(st.push_keys_resolved_by_pull, st.pushed_keys);
+}
+
+TEST(DynamicTable, PushOfPullPartsEndToEndUsesTheirSlots_SgdOverAPool) {
+  ThreadPool pool(3);
+  const TableStats st = CheckRecordedPullsChangeNothing(
+      Options("rec_parts", OptimizerOptions::Type::kSgd), 4, {}, &pool);
+  EXPECT_EQ(st.push_keys_resolved_by_pull, st.pushed_keys);
+}
+
+TEST(DynamicTable, RecordedPullWithAdmissionWithinItIsLookedUpAgain_Ftrl) {
+  // A key first unadmitted, then admitted by its duplicate later in the same pull, has a row the
+  // record does not know of; those shards' keys are looked up again.
+  TableOptions o = Options("rec_admit", OptimizerOptions::Type::kFtrl);
+  o.min_count = 2;
+  const TableStats st = CheckRecordedPullsChangeNothing(o, 2);
+  EXPECT_GT(st.unadmitted_pulls, 0);
+  EXPECT_LT(st.push_keys_resolved_by_pull, st.pushed_keys);
+}
+
+TEST(DynamicTable, RecordedPullThatEvictedIsLookedUpAgain_AdagradUnderACap) {
+  // Under the memory cap a pull evicts rows, possibly ones it had already resolved, and reuses
+  // their slots for later keys.
+  TableOptions o = Options("rec_cap", OptimizerOptions::Type::kAdagrad);
+  o.max_memory_mb = 4;
+  o.num_shards = 4;
+  o.rows_per_slab = 256;
+  const TableStats st = CheckRecordedPullsChangeNothing(o, 1);
+  EXPECT_GT(st.evicted_capacity, 0);
+  EXPECT_LT(st.push_keys_resolved_by_pull, st.pushed_keys);
+}
+
+TEST(DynamicTable, RowsErasedAndSlotsReusedBetweenPullAndPushAreNotUpdated) {
+  // Between the pull and the push, some pulled keys lose their rows and new keys (a pull too
+  // small to be recorded) take their slots: the push must drop the erased keys' gradients, not
+  // apply them to the new rows.
+  const TableStats st = CheckRecordedPullsChangeNothing(
+      Options("rec_erase", OptimizerOptions::Type::kAdam), 1, [](DynamicTable& t, int round) {
+        const std::vector<uint64_t> fixed = RandomKeys(3 * DynamicTable::kParallelKeys / 2, 8);
+        for (int i = 0; i < 50; ++i) t.Erase(fixed[static_cast<size_t>(i * 7 + round)]);
+        const std::vector<uint64_t> fresh = RandomKeys(100, 5000 + round);
+        std::vector<float> rows(100 * t.dim());
+        ASSERT_TRUE(t.Pull(fresh.data(), 100, rows.data()).ok());
+      });
+  EXPECT_GT(st.dropped_push_keys, 0);
+  EXPECT_LT(st.push_keys_resolved_by_pull, st.pushed_keys);
+}
+
+TEST(DynamicTable, RowsSweptByTtlBetweenPullAndPushAreNotUpdated) {
+  TableOptions o = Options("rec_ttl", OptimizerOptions::Type::kSgd);
+  o.ttl_steps = 2;
+  o.ttl_sweep_interval = 1;
+  const TableStats st = CheckRecordedPullsChangeNothing(o, 1, [](DynamicTable& t, int round) {
+    if (round != 3) return;
+    // Every row expires and is swept; new keys (a pull too small to be recorded) take their
+    // slots.
+    t.AdvanceStep(100);
+    const std::vector<uint64_t> fresh = RandomKeys(200, 6000);
+    std::vector<float> rows(200 * t.dim());
+    ASSERT_TRUE(t.Pull(fresh.data(), 200, rows.data()).ok());
+  });
+  EXPECT_GT(st.evicted_ttl, 0);
+  EXPECT_GT(st.dropped_push_keys, 0);
+}
+
+TEST(DynamicTable, PushOfOtherKeysThanThePullIsLookedUp) {
+  auto t = MakeTable(Options("rec_other", OptimizerOptions::Type::kSgd));
+  const int64_t n = 1000;
+  const std::vector<uint64_t> keys = RandomKeys(n, 9);
+  std::vector<float> rows(n * t->dim());
+  ASSERT_TRUE(t->Pull(keys.data(), n, rows.data()).ok());
+  std::vector<uint64_t> other = keys;
+  std::swap(other[10], other[11]);  // the same keys in another order: no record matches
+  const std::vector<float> grads = RandomGrads(n * t->dim(), 10);
+  ASSERT_TRUE(t->Push(other.data(), n, grads.data()).ok());
+  EXPECT_EQ(t->Stats().push_keys_resolved_by_pull, 0);
+  ASSERT_TRUE(t->Push(keys.data(), n - 1, grads.data()).ok());  // a prefix: no record matches
+  EXPECT_EQ(t->Stats().push_keys_resolved_by_pull, 0);
+  ASSERT_TRUE(t->Push(keys.data(), n, grads.data()).ok());
+  EXPECT_EQ(t->Stats().push_keys_resolved_by_pull, n);
+  ASSERT_TRUE(t->Push(keys.data(), n, grads.data()).ok());  // the record was used up
+  EXPECT_EQ(t->Stats().push_keys_resolved_by_pull, n);
 }
 
 }  // namespace
