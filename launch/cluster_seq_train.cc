@@ -68,7 +68,6 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
     cluster->Abort(InvalidArgumentError(
         "data.synthetic steps, batch and train.log_every_steps must be >= 1, warmup_steps >= 0"));
   SeqWorker sw(cluster, config, &job);
-  const int num_workers = cluster->layout().num_workers;
   const int train_steps = run.warmup_steps + run.steps;
   WorkerCheckpoints ck(cluster, config, flags, sw.store.get(),
                        CheckpointStateOf(sw.trainer.get(), config));
@@ -103,12 +102,7 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
     std::cerr << "loss first10=" << Fixed(internal::Mean(losses, 0, k), 4)
               << " last10=" << Fixed(summary.loss, 4) << "\n";
     if (metrics.is_open()) {
-      metrics << "{\"phase\":\"result\",\"model\":\"" << ModelKindName(job.trainer.model.kind)
-              << "\",\"workers\":" << num_workers << ",\"ps\":" << cluster->layout().num_ps
-              << ",\"samples_per_s\":" << Fixed(summary.samples_per_s, 1)
-              << ",\"loss\":" << Fixed(summary.loss, 6) << ",\"staleness_max\":" << m.staleness_max
-              << "}\n";
-      metrics.flush();
+      SyntheticResultMetrics(cluster, job, summary, m).WriteTo(&metrics);
       if (!metrics) exit_code = 1;
     }
     SyntheticResultLine(cluster, config, job, sw, m, summary).Print();

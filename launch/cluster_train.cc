@@ -209,7 +209,7 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
         cluster->Abort(s);
     }
     const BinaryMetricsResult eval = bm.Compute();
-    std::ostringstream tables;
+    std::vector<std::pair<std::string, int64_t>> table_sizes;  // <table>_rows and _bytes
     double largest_ratio = 0;  // of the table with the most rows (small tables: slab floor)
     int64_t largest_rows = -1;
     for (int t = 0; t < static_cast<int>(job.tables.size()); ++t) {
@@ -224,19 +224,19 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       std::cerr << "table " << ts->name << ": rows=" << ts->rows << " bytes=" << ts->bytes
                 << " bytes_per_row=" << Fixed(ts->BytesPerRow(), 1) << " (" << Fixed(ratio, 3)
                 << "x row+state)\n";
-      tables << ",\"" << ts->name << "_rows\":" << ts->rows << ",\"" << ts->name
-             << "_bytes\":" << ts->bytes;
+      table_sizes.emplace_back(ts->name + "_rows", ts->rows);
+      table_sizes.emplace_back(ts->name + "_bytes", ts->bytes);
     }
     const double last10 = summary.loss;
     std::cerr << "loss first10=" << Fixed(internal::Mean(losses, 0, k), 4)
               << " last10=" << Fixed(last10, 4) << " heldout_auc=" << Fixed(eval.auc, 4) << "\n";
-    if (metrics.is_open()) {
-      metrics << "{\"phase\":\"result\",\"workers\":" << num_workers
-              << ",\"ps\":" << cluster->layout().num_ps
-              << ",\"samples_per_s\":" << summary.samples_per_s << ",\"loss\":" << last10
-              << ",\"auc\":" << eval.auc << ",\"staleness_max\":" << m.staleness_max << tables.str()
-              << "}\n";
-      metrics.flush();
+    if (metrics.is_open()) {  // single-process training's eval line, then the result line
+      internal::SyntheticEvalMetricsLine(ModelKindName(job.trainer.model.kind), train_steps, eval)
+          .WriteTo(&metrics);
+      MetricsLine result = cluster_internal::SyntheticResultMetrics(cluster, job, summary, m);
+      result.Decimals("auc", eval.auc, 6);
+      for (const auto& [key, value] : table_sizes) result.Int(key, value);
+      result.WriteTo(&metrics);
       if (!metrics) exit_code = 1;
     }
     summary.quality.emplace_back("auc", Fixed(eval.auc, 4));
@@ -379,9 +379,9 @@ void AddRankingFields(const RankingEvalResult& eval, const std::vector<Retrieval
 }
 
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
-                                                 const Dataset& data,
-                                                 const DatasetRunOptions& run) {
-  return RetrievalEvaluation(trainer, store, data, run, /*stop=*/nullptr);
+                                                 const Dataset& data, const DatasetRunOptions& run,
+                                                 const std::atomic<bool>* stop) {
+  return RetrievalEvaluation(trainer, store, data, run, stop);
 }
 
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags) {
@@ -415,6 +415,9 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
     return 1;
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
+  // Worker 0 prints the job's RESULT line, its error line included (launch/main.cc); until now
+  // rank 0 would have.
+  SetPrintsResultLine(cluster->role() == Role::kWorker && cluster->role_index() == 0);
   if (!job.ok()) cluster->Abort(job.status());
   if (!job->synthetic) {
     // The ranks agree before anything starts: a bad directory (or one missing on some host) ends
@@ -429,13 +432,20 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
     if (!agreed.ok()) cluster->Abort(agreed);
     if (bad != 0) {
       // One write per line: mpirun interleaves the ranks' stderr at write boundaries.
-      const std::string line =
-          "error: " + cluster->Describe() + ": " +
+      const std::string message =
+          cluster->Describe() + ": " +
           (data_status.ok() ? "another rank failed its checks of the job; see its error"
-                            : data_status.ToString()) +
-          "\n";
+                            : data_status.ToString());
+      const std::string line = "error: " + message + "\n";
       std::fputs(line.c_str(), stderr);
       std::fflush(stderr);
+      // Not written through std::cerr, whose "error: " lines launch/main.cc notes itself.
+      NoteResultError(message);
+      // Worker 0 prints the job's RESULT line before any rank may exit: mpirun kills the others
+      // as soon as the first one exits with an error.
+      FinishRunResult(1);
+      Status waited = ps::MpiStatus(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
+      if (waited.ok()) waited = ps::WaitWithoutSpinning(&req, "MPI_Ibarrier");
       cluster.reset();  // MPI_Finalize on every rank
       return 1;
     }

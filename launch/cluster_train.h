@@ -46,6 +46,7 @@
 #ifndef IPS_LAUNCH_CLUSTER_TRAIN_H_
 #define IPS_LAUNCH_CLUSTER_TRAIN_H_
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -90,7 +91,9 @@ struct ClusterTrainFlags {
 // finalises it (worker/cluster.h); call it at most once per process. Returns the process exit code:
 // 0 on success, 1 on a bad layout (printed once, by rank 0, before anything starts) or a runtime
 // error (the failing rank prints it naming itself and its role, and ends the job with MPI_Abort).
-// Worker 0 prints `RESULT train_cluster ...` as its last stdout line. A run stopped by SIGTERM
+// Worker 0 prints `RESULT train_cluster ...` as its last stdout line, and is the rank that prints
+// the error RESULT line of launch/main.cc when it fails (SetPrintsResultLine: none for a job that
+// another rank ends with MPI_Abort). A run stopped by SIGTERM
 // returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
 // prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. A bad
 // data.train_dir returns 1 on every rank before training starts (the ranks agree first), each
@@ -108,10 +111,12 @@ inline bool LaunchedUnderMpi() { return MpiWorldSizeFromEnv() > 1; }
 // The full-ranking retrieval evaluation (EvaluateRetrieval, worker/retrieval.h) of a model with
 // user vectors (MIND) after training on `data`: item vectors = the store's item + category rows,
 // cut-offs and user limit from `run`; logs its size and time on stderr. Shared by single-process
-// `ips train` and worker 0 of a cluster run. Errors: NOT_FOUND for a missing table,
-// EvaluateRetrieval's.
+// `ips train` and worker 0 of a cluster run. Once *stop is set (checked before every batch of
+// users; may be null) it is abandoned with EvaluationAbandonedError (common/stop_signals.h).
+// Errors: NOT_FOUND for a missing table, EvaluateRetrieval's.
 StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::EmbeddingStore* store,
-                                                 const Dataset& data, const DatasetRunOptions& run);
+                                                 const Dataset& data, const DatasetRunOptions& run,
+                                                 const std::atomic<bool>* stop = nullptr);
 
 // Every worker of a dataset run steps in every round (the dense gradients are all-reduced over
 // all of them), so an epoch of per_epoch training rows (TrainingRowsPerEpoch, worker/trainer.h)

@@ -135,15 +135,19 @@ uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i) {
          static_cast<uint64_t>(cluster->role_index());
 }
 
-void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
-                            const ps::RemoteStoreMetrics& m) {
-  metrics << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
-          << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17) << loss
-          << std::setprecision(6) << ",\"pull_p50_us\":" << m.pull_p50_us
-          << ",\"pull_p99_us\":" << m.pull_p99_us << ",\"push_p50_us\":" << m.push_p50_us
-          << ",\"push_p99_us\":" << m.push_p99_us << ",\"bytes_sent\":" << m.bytes_sent
-          << ",\"bytes_received\":" << m.bytes_received << ",\"staleness_max\":" << m.staleness_max
-          << "}\n";
+void WriteTrainLine(std::ostream& metrics, Cluster* cluster, std::string_view model,
+                    const internal::TrainLineFigures& f, const ps::RemoteStoreMetrics& m) {
+  internal::TrainMetricsLine(model, f)
+      .Str("role", "worker")
+      .Int("rank", cluster->rank())
+      .Num("pull_p50_us", m.pull_p50_us, 6)
+      .Num("pull_p99_us", m.pull_p99_us, 6)
+      .Num("push_p50_us", m.push_p50_us, 6)
+      .Num("push_p99_us", m.push_p99_us, 6)
+      .Int("bytes_sent", m.bytes_sent)
+      .Int("bytes_received", m.bytes_received)
+      .Int("staleness_max", m.staleness_max)
+      .WriteTo(&metrics);
 }
 
 void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m) {
@@ -176,8 +180,10 @@ std::optional<int> RunSyntheticRounds(
     progress = std::make_unique<ProgressLine>(
         "train", static_cast<int64_t>(run.steps) * run.batch * num_workers, unit, stderr);
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
+  const std::string model = ModelKindName(job.trainer.model.kind);
   double timed = 0;
   int64_t timed_steps = 0;
+  internal::LossWindow window;  // worker 0's losses since its last train line
   Timer timer;
   for (int i = start; i < train_steps; ++i) {
     // Whether this step ends with a checkpoint (and the run stops after it): see DecideCheckpoint.
@@ -196,13 +202,24 @@ std::optional<int> RunSyntheticRounds(
     }
     if (!loss.ok()) cluster->Abort(loss.status().WithContext("step " + std::to_string(i + 1)));
     losses->push_back(*loss);
+    window.Add(*loss);
     const int done = i + 1;
     CheckReplicas(cluster, params, done, flags.replica_check_every, /*force=*/false);
     if (progress && i >= run.warmup_steps)
       progress->Update(static_cast<int64_t>(i - run.warmup_steps + 1) * run.batch * num_workers,
                        "loss=" + Fixed(*loss, 4));
-    if (metrics != nullptr && (done % run.log_every_steps == 0 || done == train_steps))
-      WriteSyntheticStepLine(*metrics, cluster, done, *loss, client->store->metrics());
+    if (metrics != nullptr && (done % run.log_every_steps == 0 || done == train_steps)) {
+      // The steps this process timed, every worker's samples (the workers step together).
+      internal::TrainLineFigures f;
+      f.step = done;
+      f.timed_steps = std::max(0, done - run.warmup_steps);
+      f.loss = window.Take();
+      f.step_loss = *loss;
+      f.samples_per_s =
+          internal::PerSecond(static_cast<double>(timed_steps) * run.batch * num_workers, timed);
+      f.elapsed_s = timed;
+      WriteTrainLine(*metrics, cluster, model, f, client->store->metrics());
+    }
     if (checkpoint_after) ck->WriteSynthetic(done, *losses);
     if (stop && done < train_steps) {
       return ck->Stop(job, done, progress.get());
@@ -254,15 +271,6 @@ ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, c
   return line;
 }
 
-void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
-                          double loss) {
-  std::ostringstream line;  // worker 0's step loss, every digit (the tests compare them)
-  line << "{\"phase\":\"train\",\"role\":\"worker\",\"rank\":" << cluster->rank()
-       << ",\"epoch\":" << epoch << ",\"step\":" << done << ",\"loss\":" << std::setprecision(17)
-       << loss << "}\n";
-  metrics << line.str();
-}
-
 ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
                              const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                              const DatasetSummary& s) {
@@ -284,16 +292,24 @@ ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
   return line;
 }
 
-void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s) {
-  metrics << "{\"phase\":\"result\",\"model\":\"" << s.model
-          << "\",\"workers\":" << cluster->layout().num_workers
-          << ",\"ps\":" << cluster->layout().num_ps << ",\"epochs\":" << s.epochs
-          << ",\"steps\":" << s.steps << ",\"samples_per_s\":" << Fixed(s.samples_per_s, 1)
-          << ",\"loss\":" << Fixed(s.loss, 6) << "," << internal::EvalJsonMembers(s.eval, true, 6);
-  for (const RetrievalCutoff& c : s.recall)
-    metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6);
-  metrics << "}\n";
-  metrics.flush();
+void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s,
+                            const ps::RemoteStoreMetrics& m) {
+  internal::DatasetResultMetricsLine(s.model, s.epochs, s.steps, s.samples_per_s, s.loss, s.eval,
+                                     s.recall)
+      .Int("workers", cluster->layout().num_workers)
+      .Int("ps", cluster->layout().num_ps)
+      .Int("staleness_max", m.staleness_max)
+      .WriteTo(&metrics);
+}
+
+MetricsLine SyntheticResultMetrics(Cluster* cluster, const TrainJob& job, const SyntheticSummary& s,
+                                   const ps::RemoteStoreMetrics& m) {
+  MetricsLine line = internal::SyntheticResultMetricsLine(
+      ModelKindName(job.trainer.model.kind), s.samples_per_s, job.run.steps, job.run.batch, s.loss);
+  line.Int("workers", cluster->layout().num_workers)
+      .Int("ps", cluster->layout().num_ps)
+      .Int("staleness_max", m.staleness_max);
+  return line;
 }
 
 }  // namespace cluster_internal
@@ -599,8 +615,15 @@ int WorkerCheckpoints::Stop(const TrainJob& job, int64_t step, ProgressLine* pro
 }
 
 DatasetWalk::DatasetWalk(Cluster* cluster, const DatasetRunOptions& run, const EpochRounds& rounds,
-                         WorkerCheckpoints* ck, bool resume)
-    : cluster_(cluster), run_(run), rounds_(rounds), ck_(ck), resumed_(resume) {
+                         WorkerCheckpoints* ck, bool resume, std::string model,
+                         ps::RemoteEmbeddingStore* store)
+    : cluster_(cluster),
+      run_(run),
+      rounds_(rounds),
+      ck_(ck),
+      model_(std::move(model)),
+      store_(store),
+      resumed_(resume) {
   at_ = ck->ResumeDataset(run.epochs, rounds.per_epoch);
   first_step_ = at_.steps;
   // The run's last step (a checkpoint always follows it, as in single-process training).
@@ -629,7 +652,7 @@ StatusOr<double> DatasetWalk::EpochLoss() const {
 }
 
 bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
-                            ProgressLine* progress, std::ostream* metrics) {
+                            double elapsed_s, ProgressLine* progress, std::ostream* metrics) {
   const int64_t rows = rounds_.Rows(p0_, k);
   epoch_.loss_sum += loss;
   ++epoch_.epoch_steps;
@@ -637,12 +660,21 @@ bool DatasetWalk::AfterStep(int64_t k, int64_t done, double loss, bool checkpoin
   ++at_.steps;
   at_.samples += rows;
   samples_run_ += rows;
+  window_.Add(loss);
   const int64_t e = epoch_.epoch;
   if (progress != nullptr && (epoch_.epoch_steps % run_.log_every_steps == 0 || k == 0))
     progress->Update(at_.samples, "epoch " + std::to_string(e + 1) + "/" +
                                       std::to_string(run_.epochs) + " loss=" + Fixed(loss, 4));
-  if (metrics != nullptr && (done % run_.log_every_steps == 0 || at_.steps == last_step_))
-    WriteDatasetStepLine(*metrics, cluster_, e + 1, done, loss);
+  if (metrics != nullptr && (done % run_.log_every_steps == 0 || at_.steps == last_step_)) {
+    internal::TrainLineFigures f;
+    f.step = done;
+    f.epoch = e + 1;
+    f.loss = window_.Take();
+    f.step_loss = loss;
+    f.samples_per_s = internal::PerSecond(static_cast<double>(samples_run_), elapsed_s);
+    f.elapsed_s = elapsed_s;
+    WriteTrainLine(*metrics, cluster_, model_, f, store_->metrics());
+  }
   last_round_ = k;
   if (checkpoint_after) {
     ck_->WriteDataset(done, {e, rounds_.PositionAfter(p0_, k), at_.steps, at_.samples,
@@ -678,8 +710,8 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   const EpochRounds rounds_of{per_epoch, batch, num_workers};
   checkpoint_state.dense.vocabulary = VocabularyOf(run.train_dir, source->data().manifest());
   WorkerCheckpoints ck(cluster, config, flags, store, std::move(checkpoint_state));
-  DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty());
   const std::string model = ModelKindName(job.trainer.model.kind);
+  DatasetWalk walk(cluster, run, rounds_of, &ck, !flags.resume.empty(), model, store);
   if (w == 0)
     std::cerr << "cluster: model=" << model << " data=" << run.train_dir << " " << names.items
               << "/epoch=" << per_epoch << " batch=" << batch << " per worker x " << num_workers
@@ -728,7 +760,8 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
       if (!loss.ok()) cluster->Abort(loss.status().WithContext(where));
       CheckReplicas(cluster, source->params(), source->steps(), flags.replica_check_every,
                     /*force=*/false);
-      stopped = walk.AfterStep(k, source->steps(), *loss, checkpoint_after, stop, progress.get(),
+      stopped = walk.AfterStep(k, source->steps(), *loss, checkpoint_after, stop,
+                               train_seconds + timer.Seconds(), progress.get(),
                                metrics.is_open() ? &metrics : nullptr);
       if (stopped) break;
     }
@@ -782,11 +815,10 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
       if (evaluate) extra += internal::EvalProgressText(eval);
       progress->Update(walk.at().samples, extra);
     }
-    if (metrics.is_open()) {  // single-process RunDatasetTraining's per-epoch line
-      metrics << internal::EpochJsonLine(e + 1, eval, evaluate, run, summary.loss,
-                                         epoch_samples_per_s, source->steps());
-      metrics.flush();
-    }
+    if (metrics.is_open())  // single-process RunDatasetTraining's epoch line
+      internal::EpochMetricsLine(model, e + 1, eval, evaluate, run, summary.loss,
+                                 epoch_samples_per_s, source->steps())
+          .WriteTo(&metrics);
   }
   if (stopped) return ck.Stop(job, source->steps(), progress.get());
   if (progress) progress->Finish("loss=" + Fixed(summary.loss, 4));
@@ -812,7 +844,7 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
               << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users
               << (summary.eval.ranked ? " users" : " rows") << "\n";
     if (metrics.is_open()) {
-      WriteDatasetResultLine(metrics, cluster, summary);
+      WriteDatasetResultLine(metrics, cluster, summary, m);
       if (!metrics) exit_code = 1;
     }
     DatasetResultLine(cluster, config, client, m, summary).Print();

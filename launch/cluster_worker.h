@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "proto/config_loader.h"
 #include "worker/checkpoint.h"
 #include "worker/internal/run_steps.h"
+#include "worker/metrics_line.h"
 #include "worker/retrieval.h"
 #include "worker/trainer.h"
 
@@ -98,9 +100,16 @@ StatusOr<std::vector<double>> GatherFromWorkers(Collective* coll, int num_worker
 // worker, exactly the single-process stream); held-out batches follow every worker's batches.
 uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i);
 
-// A synthetic run's per-step --metrics_out line (the loss with every digit: tests compare them)
-// and its end: this worker's traffic on stderr, and worker 0's RESULT line (`quality`: the
-// metrics after the loss, e.g. the CTR held-out AUC; none for a sequence model).
+// Worker 0's "train" line on --metrics_out, in a synthetic or a dataset run of either kind of
+// worker: internal::TrainMetricsLine (its own losses and time, every worker's samples), then
+// "role" ("worker"), "rank" and its client's parameter-server traffic so far (pull/push latency
+// percentiles, bytes each way, the largest staleness).
+void WriteTrainLine(std::ostream& metrics, Cluster* cluster, std::string_view model,
+                    const internal::TrainLineFigures& f, const ps::RemoteStoreMetrics& m);
+
+// A synthetic run's end: this worker's traffic on stderr, and worker 0's RESULT line (`quality`:
+// the metrics after the loss, e.g. the CTR held-out AUC; none for a sequence model) and
+// --metrics_out "result" line (SyntheticResultMetrics).
 struct SyntheticSummary {
   int64_t train_steps = 0;  // warm-up included
   int64_t timed_steps = 0;
@@ -109,17 +118,15 @@ struct SyntheticSummary {
   double loss = 0;  // mean of the last 10 step losses
   std::vector<std::pair<std::string, std::string>> quality;
 };
-void WriteSyntheticStepLine(std::ostream& metrics, Cluster* cluster, int64_t done, double loss,
-                            const ps::RemoteStoreMetrics& m);
 // The steps of a synthetic run on this worker, for both kinds of worker: trainer steps `start` (a
 // resumed checkpoint's, else 0) to run.warmup_steps + run.steps, where step(i, prefetch) trains
 // the worker's batch i (pulling batch i + 1's rows during it when prefetch) and returns its loss;
 // checkpoints and SIGTERM stops, replica checks, worker 0's progress line (in `unit`s) and
-// --metrics_out step lines (metrics: null when closed). Appends the losses to *losses (which
-// holds a resumed run's), fills *summary (train_steps, timed steps and seconds, samples_per_s
-// over every worker, the last 10 losses' mean) and logs this worker's traffic. Returns the exit
-// code when a stop ended the run early (after its checkpoint; *summary is not filled then).
-// Aborts the job on an error.
+// --metrics_out train lines (WriteTrainLine; metrics: null when closed). Appends the losses to
+// *losses (which holds a resumed run's), fills *summary (train_steps, timed steps and seconds,
+// samples_per_s over every worker, the last 10 losses' mean) and logs this worker's traffic.
+// Returns the exit code when a stop ended the run early (after its checkpoint; *summary is not
+// filled then). Aborts the job on an error.
 std::optional<int> RunSyntheticRounds(
     Cluster* cluster, const ClusterTrainFlags& flags, const TrainJob& job, WorkerClient* client,
     WorkerCheckpoints* ck, const models::DenseParams<float>& params, int start, const char* unit,
@@ -133,10 +140,17 @@ void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
 ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
                                const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                                const SyntheticSummary& s);
+// Worker 0's --metrics_out "result" line of a synthetic run (both kinds of worker; the caller
+// adds its quality, e.g. the CTR held-out "auc", and writes it):
+// internal::SyntheticResultMetricsLine (every worker's samples over the slowest worker's time, the
+// last 10 losses' mean), "workers", "ps" and "staleness_max".
+MetricsLine SyntheticResultMetrics(Cluster* cluster, const TrainJob& job, const SyntheticSummary& s,
+                                   const ps::RemoteStoreMetrics& m);
 
-// A dataset run's lines: per step on --metrics_out (per epoch: internal::EpochJsonLine, the
-// single-process line of RunDatasetTraining), and at the end worker 0's RESULT line and
-// --metrics_out result.
+// A dataset run's lines: train lines on --metrics_out (WriteTrainLine; per epoch:
+// internal::EpochMetricsLine, the single-process line of RunDatasetTraining), and at the end
+// worker 0's RESULT line and --metrics_out "result" line (internal::DatasetResultMetricsLine,
+// "workers", "ps" and "staleness_max").
 struct DatasetSummary {
   std::string model;
   int epochs = 0;
@@ -147,12 +161,11 @@ struct DatasetSummary {
   RankingEvalResult eval;
   std::vector<RetrievalCutoff> recall;
 };
-void WriteDatasetStepLine(std::ostream& metrics, Cluster* cluster, int64_t epoch, int64_t done,
-                          double loss);
 ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
                              const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                              const DatasetSummary& s);
-void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s);
+void WriteDatasetResultLine(std::ostream& metrics, Cluster* cluster, const DatasetSummary& s,
+                            const ps::RemoteStoreMetrics& m);
 
 // ---- Checkpoints, the same for both kinds of worker (see the header comment) -----------------
 
@@ -275,9 +288,11 @@ class WorkerCheckpoints {
 class DatasetWalk {
  public:
   // Resumes through ck->ResumeDataset (nothing without --resume); the run ends after
-  // run.max_steps steps when > 0.
+  // run.max_steps steps when > 0. `model` names it on the train lines, whose traffic figures are
+  // `store`'s.
   DatasetWalk(Cluster* cluster, const DatasetRunOptions& run, const EpochRounds& rounds,
-              WorkerCheckpoints* ck, bool resume);
+              WorkerCheckpoints* ck, bool resume, std::string model,
+              ps::RemoteEmbeddingStore* store);
 
   const DatasetPosition& at() const { return at_; }
   int64_t first_step() const { return first_step_; }
@@ -294,11 +309,13 @@ class DatasetWalk {
   // Whether round k (about to run) may prefetch round k + 1: within the epoch, not the last step.
   bool HasNext(int64_t k) const { return k + 1 < rounds_in_epoch_ && at_.steps + 1 < last_step_; }
 
-  // After round k's step (the trainer's step count `done`, this worker's `loss`): advances the
-  // position and the epoch's sums, writes worker 0's lines and the checkpoint when
-  // checkpoint_after. Returns whether the run stops here (stop, and steps are left).
+  // After round k's step (the trainer's step count `done`, this worker's `loss`; elapsed_s: this
+  // worker's training seconds so far, evaluations excluded): advances the position and the
+  // epoch's sums, writes worker 0's lines (a train line every run.log_every_steps steps and after
+  // the run's last) and the checkpoint when checkpoint_after. Returns whether the run stops here
+  // (stop, and steps are left).
   bool AfterStep(int64_t k, int64_t done, double loss, bool checkpoint_after, bool stop,
-                 ProgressLine* progress, std::ostream* metrics);
+                 double elapsed_s, ProgressLine* progress, std::ostream* metrics);
   // Checkpoint `done` (the trainer's step count) of the position after the last round stepped
   // (the current epoch's start when none was), unless AfterStep wrote it already. Every worker
   // calls it at the same point (WriteDataset is collective).
@@ -319,9 +336,12 @@ class DatasetWalk {
   const DatasetRunOptions& run_;
   EpochRounds rounds_;
   WorkerCheckpoints* ck_;
-  DatasetPosition at_;     // the run's
-  DatasetPosition epoch_;  // the current epoch's: epoch, position p0 and sums
-  bool resumed_ = false;   // at_ came from a checkpoint and its epoch is not entered yet
+  std::string model_;
+  ps::RemoteEmbeddingStore* store_;
+  internal::LossWindow window_;  // this worker's losses since its last train line
+  DatasetPosition at_;           // the run's
+  DatasetPosition epoch_;        // the current epoch's: epoch, position p0 and sums
+  bool resumed_ = false;         // at_ came from a checkpoint and its epoch is not entered yet
   int64_t p0_ = 0, rounds_in_epoch_ = 0;
   int64_t first_step_ = 0, last_step_ = 0, samples_run_ = 0;
   int64_t last_round_ = -1;         // the current epoch's last round stepped (-1: none yet)

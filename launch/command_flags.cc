@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/flags.h"
+#include "common/result_line.h"
 #include "launch/commands.h"
 
 namespace ips {
@@ -18,10 +19,11 @@ std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::stri
   }
   const Status parsed = flags->Parse(args);
   if (!parsed.ok() || !flags->positional().empty()) {
-    std::cerr << (parsed.ok() ? "unexpected argument '" + flags->positional()[0] + "'"
-                              : parsed.message())
-              << "\n"
-              << flags->Usage();
+    const std::string message =
+        parsed.ok() ? "unexpected argument '" + flags->positional()[0] + "'" : parsed.message();
+    std::cerr << message << "\n" << flags->Usage();
+    // Printed without "error: ": the message of the command's error RESULT line (launch/main.cc).
+    NoteResultError(message);
     return kExitUsage;
   }
   return std::nullopt;

@@ -1,7 +1,11 @@
 // The subcommands of the `ips` binary. Each takes the arguments after its name and returns the
-// process exit code: 0 success, 1 a runtime or data error (printed to stderr, naming file, line
-// and field), 2 a usage error (unknown flag or subcommand: usage printed to stderr). Each prints
-// `RESULT <command> key=value ...` as its last stdout line on success.
+// process exit code: 0 success, 1 a runtime or data error (printed to stderr as "error: <message>",
+// naming file, line and field), 2 a usage error (unknown flag or subcommand: usage printed to
+// stderr). Each prints `RESULT <command> key=value ...` as its last stdout line on success; on
+// failure launch/main.cc prints `RESULT <command> status=error exit=<code> error="<message>"`
+// instead, its message the last "error: " line the command wrote to std::cerr (or one noted with
+// NoteResultError, common/result_line.h): a command that prints its own RESULT line before it
+// fails (`ips train` stopped, exit 3) gets no second one.
 #ifndef IPS_LAUNCH_COMMANDS_H_
 #define IPS_LAUNCH_COMMANDS_H_
 
@@ -37,6 +41,11 @@ constexpr int kExitStopped = 3;
 // (exit 0); a bad flag or an unexpected positional argument prints the error and the usage on
 // stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
+
+// Prints the run's RESULT line for exit code `code` now, if this process prints one and has not
+// (launch/main.cc prints it after the command returns): for a cluster rank that must print before
+// another rank's exit lets mpirun kill it. Returns `code`.
+int FinishRunResult(int code);
 
 // `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
 // [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that

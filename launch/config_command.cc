@@ -2,8 +2,9 @@
 // effective configuration (print) or a one-line summary (check).
 //
 // `check` runs, in `ips train`'s order and with its messages, every check `ips train` runs before
-// its first training step that writes nothing: the config loader's (ValidateConfig), the job's
-// (TrainJobFromConfig: model options through ModelSpecFromConfig, tables, run options), the
+// its first training step that writes nothing: the config loader's (LoadConfigForRun:
+// ValidateConfig, and CheckConfigForRun's model, table and run options, each error naming the
+// --set or the file line that set the value), the job's (TrainJobFromConfig), the
 // dataset's (Dataset::Open and FitJobToDataset, eval.top_k against the candidate lists included)
 // when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
 // (the model is built: its options, the tables' widths) and the checkpoint section's (its
@@ -43,6 +44,7 @@
 #include "ps/local_embedding_store.h"
 #include "worker/checkpoint.h"
 #include "worker/cluster.h"
+#include "worker/config_validation.h"
 #include "worker/data_reader.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
@@ -197,7 +199,7 @@ int RunConfigCommand(const std::vector<std::string>& args) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
-  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
   ResultLine line("config_" + verb);
   line.Add("config", flags.GetString("config"))

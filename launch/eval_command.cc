@@ -25,6 +25,7 @@
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "worker/checkpoint.h"
+#include "worker/config_validation.h"
 #include "worker/data_reader.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
@@ -167,7 +168,7 @@ int RunEvalCommand(const std::vector<std::string>& args) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
-  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
   auto job = TrainJobFromConfig(*cfg);
   if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));

@@ -12,6 +12,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "worker/metrics_line.h"
 #include "worker/serving.h"
 
 namespace ips {
@@ -23,9 +24,8 @@ std::string Fixed(double v, int digits) {
   return os.str();
 }
 
-// JSON has no NaN: an undefined metric (no publish, a one-class window) is null.
-std::string Json(double v, int digits) { return std::isfinite(v) ? Fixed(v, digits) : "null"; }
-// The RESULT line's: "na".
+// The RESULT line's undefined metric (no publish, a one-class window): "na" (null on
+// --metrics_out).
 std::string Na(double v, int digits) { return std::isfinite(v) ? Fixed(v, digits) : "na"; }
 
 int Fail(const Status& s) {
@@ -321,15 +321,20 @@ int RunStreamTrain(const config::Config& cfg, const std::string& source, const R
       .Add("freshness_p99_ms", Na(fresh_p99, 1))
       .Add("bad_lines", r.bad_lines);
   if (sinks.metrics_out != nullptr) {
-    *sinks.metrics_out << "{\"phase\":\"stream_result\",\"model\":\"" << model
-                       << "\",\"events\":" << r.events << ",\"examples\":" << r.examples
-                       << ",\"steps\":" << r.steps
-                       << ",\"examples_per_s\":" << Fixed(r.examples_per_s, 1)
-                       << ",\"auc_window\":" << Json(auc, 6) << ",\"bad_lines\":" << r.bad_lines
-                       << ",\"publishes\":" << publishes
-                       << ",\"freshness_p50_ms\":" << Json(fresh_p50, 3)
-                       << ",\"freshness_p99_ms\":" << Json(fresh_p99, 3) << "}\n";
-    sinks.metrics_out->flush();
+    // The RESULT line's figures, under the same names (phase "stream_result").
+    MetricsLine("stream_result", model)
+        .Int("events", r.events)
+        .Int("examples", r.examples)
+        .Int("steps", r.steps)
+        .Decimals("events_per_s", r.events_per_s, 1)
+        .Decimals("examples_per_s", r.examples_per_s, 1)
+        .Decimals("loss", r.mean_loss, 6)
+        .Decimals("auc_window", auc, 6)
+        .Int("bad_lines", r.bad_lines)
+        .Int("publishes", publishes)
+        .Decimals("freshness_p50_ms", fresh_p50, 3)
+        .Decimals("freshness_p99_ms", fresh_p99, 3)
+        .WriteTo(sinks.metrics_out);
     if (!*sinks.metrics_out) return Fail(DataLossError("writing the metrics output"));
   }
   line.Print();

@@ -35,6 +35,7 @@
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "worker/checkpoint.h"
+#include "worker/config_validation.h"
 #include "worker/data_reader.h"
 #include "worker/internal/run_steps.h"
 #include "worker/retrieval.h"
@@ -64,6 +65,14 @@ std::string Fixed(double v, int digits) {
 int Fail(const Status& s) {
   std::cerr << "error: " << s.ToString() << "\n";
   return kExitError;
+}
+
+// " cell=GRU" or " cell=LSTM" for the models with a recurrent cell (model.cell: DIEN's interest
+// evolution, GRU4Rec), for the header line: "" for the others, which ignore the field.
+std::string CellField(const config::Config& cfg) {
+  const config::ModelConfig& m = cfg.model();
+  if (m.type() != config::ModelConfig::DIEN && m.type() != config::ModelConfig::GRU4REC) return "";
+  return " cell=" + config::RecurrentCell_Name(m.cell());
 }
 
 // Checkpointing of one run: the writer (checkpoint.dir set), the content of the trainer and the
@@ -158,22 +167,27 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   const Manifest& m = (*data)->manifest();
   const int64_t per_epoch = TrainingRowsPerEpoch(**data, job);
   const std::string model = ModelKindName(job.trainer.model.kind);
-  std::cerr << "train: model=" << model << " data=" << run.train_dir << " (" << m.format << "/"
-            << m.protocol << ", " << m.users << " users, " << m.items << " items, " << m.categories
-            << " cats) examples/epoch=" << per_epoch << " eval_lists=" << m.eval_examples << "x"
-            << m.eval_candidates << " batch=" << run.reader.batch_size
-            << " seq=" << run.reader.max_len << " epochs=" << run.epochs
-            << " threads=" << job.trainer.num_threads << "\n";
+  std::cerr << "train: model=" << model << CellField(cfg) << " data=" << run.train_dir << " ("
+            << m.format << "/" << m.protocol << ", " << m.users << " users, " << m.items
+            << " items, " << m.categories << " cats) examples/epoch=" << per_epoch
+            << " eval_lists=" << m.eval_examples << "x" << m.eval_candidates
+            << " batch=" << run.reader.batch_size << " seq=" << run.reader.max_len
+            << " epochs=" << run.epochs << " threads=" << job.trainer.num_threads << "\n";
   Timer wall;
   auto result = sequence ? RunSeqDatasetTraining(seq.get(), **data, run, sinks)
                          : RunDatasetTraining(ctr.get(), **data, run, sinks);
   if (!result.ok()) return Fail(result.status());
   const DatasetRunResult& r = *result;
   if (r.stopped) return ReportStopped(model, ctr != nullptr ? ctr->steps() : seq->steps(), ck);
-  // MIND (user vectors): the full-ranking retrieval evaluation after the sampled ranking one.
+  // MIND (user vectors): the full-ranking retrieval evaluation after the sampled ranking one. A
+  // stop abandons it as it abandons the ranking one: the run's last step is checkpointed already
+  // (RunDatasetTraining saves it before the last evaluation), so the run stops there, and resumed
+  // it evaluates again.
   std::vector<RetrievalCutoff> recall;
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
-    auto retrieval = RunRetrievalEvaluation(ctr.get(), store->get(), **data, run);
+    auto retrieval = RunRetrievalEvaluation(ctr.get(), store->get(), **data, run, ck.run.stop);
+    if (!retrieval.ok() && StopSet(ck.run.stop) && IsEvaluationAbandoned(retrieval.status()))
+      return ReportStopped(model, ctr->steps(), ck);
     if (!retrieval.ok()) return Fail(retrieval.status());
     recall = retrieval->cutoffs;
   }
@@ -188,15 +202,9 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
       .Add("loss", Fixed(r.loss, 4));
   AddRankingFields(r.eval, recall, &line);
   if (sinks.metrics_out != nullptr) {
-    *metrics << "{\"phase\":\"result\",\"model\":\"" << model << "\",\"epochs\":" << r.epochs
-             << ",\"steps\":" << r.steps << ",\"samples_per_s\":" << Fixed(r.samples_per_s, 1)
-             << ",\"loss\":" << Fixed(r.loss, 6) << ","
-             << internal::EvalJsonMembers(r.eval, true, 6);
-    for (const RetrievalCutoff& c : recall)
-      *metrics << ",\"recall" << c.k << "\":" << Fixed(c.recall, 6) << ",\"retrieval_hr" << c.k
-               << "\":" << Fixed(c.hit_rate, 6);
-    *metrics << "}\n";
-    metrics->flush();
+    internal::DatasetResultMetricsLine(model, r.epochs, r.steps, r.samples_per_s, r.loss, r.eval,
+                                       recall)
+        .WriteTo(metrics);
     if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   line.Print();
@@ -223,11 +231,9 @@ int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const Checkpoin
       .Add("threads", static_cast<int64_t>(job.trainer.num_threads))
       .Add("loss", Fixed(r.loss_last10, 4));
   if (sinks.metrics_out != nullptr) {
-    *metrics << "{\"phase\":\"result\",\"model\":\"" << model
-             << "\",\"samples_per_s\":" << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps
-             << ",\"batch\":" << r.batch << ",\"threads\":" << job.trainer.num_threads
-             << ",\"loss\":" << Fixed(r.loss_last10, 6) << "}\n";
-    metrics->flush();
+    internal::SyntheticResultMetricsLine(model, r.samples_per_s, r.steps, r.batch, r.loss_last10)
+        .Int("threads", job.trainer.num_threads)
+        .WriteTo(metrics);
     if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   line.Print();
@@ -266,7 +272,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
-  auto cfg = LoadConfig(flags.GetString("config"), flags.GetRepeated("set"));
+  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
   if (!flags.GetString("stream").empty()) {
     // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
@@ -331,10 +337,10 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     return fail(s);
   sinks.checkpoint = &ck.run;
   const std::string model = ModelKindName(job->trainer.model.kind);
-  std::cerr << "train: model=" << model << " batch=" << run.batch << " seq=" << run.data.seq_len
-            << " items=" << run.data.num_items << " cats=" << run.data.num_categories
-            << " warmup=" << run.warmup_steps << " steps=" << run.steps
-            << " threads=" << job->trainer.num_threads << "\n";
+  std::cerr << "train: model=" << model << CellField(*cfg) << " batch=" << run.batch
+            << " seq=" << run.data.seq_len << " items=" << run.data.num_items
+            << " cats=" << run.data.num_categories << " warmup=" << run.warmup_steps
+            << " steps=" << run.steps << " threads=" << job->trainer.num_threads << "\n";
   if (seq != nullptr) return RunSeqSyntheticJob(seq.get(), *job, ck, sinks, &metrics, metrics_path);
   auto result = RunSyntheticTraining(ctr.get(), run, sinks);
   if (!result.ok()) return fail(result.status());
@@ -353,12 +359,10 @@ int RunTrainCommand(const std::vector<std::string>& args) {
       .Add("loss", Fixed(r.loss_last10, 4))
       .Add("auc", Fixed(r.eval.auc, 4));
   if (sinks.metrics_out != nullptr) {
-    metrics << "{\"phase\":\"result\",\"model\":\"" << model
-            << "\",\"samples_per_s\":" << Fixed(r.samples_per_s, 1) << ",\"steps\":" << r.steps
-            << ",\"batch\":" << r.batch << ",\"threads\":" << job->trainer.num_threads
-            << ",\"loss\":" << Fixed(r.loss_last10, 6) << ",\"auc\":" << Fixed(r.eval.auc, 6)
-            << "}\n";
-    metrics.flush();
+    internal::SyntheticResultMetricsLine(model, r.samples_per_s, r.steps, r.batch, r.loss_last10)
+        .Int("threads", job->trainer.num_threads)
+        .Decimals("auc", r.eval.auc, 6)
+        .WriteTo(&metrics);
     if (!metrics) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   line.Print();

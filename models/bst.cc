@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <sstream>
 #include <string>
 
 #include "models/transformer_ops.h"
@@ -9,8 +11,23 @@
 namespace ips::models {
 namespace {
 
-Status Bad(const std::string& field, const std::string& what) {
-  return InvalidArgumentError("BstOptions." + field + ": " + what);
+using OptionNames = std::function<std::string(const std::string&)>;
+
+// An option as a message of ValidateBstOptions calls it: the caller's name for it (`names`),
+// else "BstOptions.<field>" for the option at fault and the bare field for one the message
+// mentions.
+Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
+  return InvalidArgumentError((names ? names(field) : "BstOptions." + field) + ": " + what);
+}
+
+std::string Mention(const OptionNames& names, const std::string& field) {
+  return names ? names(field) : field;
+}
+
+std::string Num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 TransformerBlockOptions BlockOptions(const BstOptions& o) {
@@ -37,18 +54,22 @@ int64_t MlpInputWidth(const BstOptions& o) {
 
 }  // namespace
 
-Status ValidateBstOptions(const BstOptions& o) {
-  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
-  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
-  if (o.num_blocks < 1) return Bad("num_blocks", "must be >= 1");
-  if (o.num_heads < 1) return Bad("num_heads", "must be >= 1");
+Status ValidateBstOptions(const BstOptions& o, const OptionNames& names) {
+  if (o.embedding_dim < 1)
+    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+  if (o.num_blocks < 1)
+    return Bad(names, "num_blocks", "must be >= 1, got " + std::to_string(o.num_blocks));
+  if (o.num_heads < 1) return Bad(names, "num_heads", "must be positive");
+  // The heads split the blocks' width: the behaviour's item and category embeddings.
   if ((2 * o.embedding_dim) % o.num_heads != 0)
-    return Bad("num_heads", std::to_string(o.num_heads) + " does not divide the behaviour width " +
-                                std::to_string(2 * o.embedding_dim));
-  if (o.ffn_hidden < 0) return Bad("ffn_hidden", "must be >= 0 (0: the behaviour width)");
+    return Bad(names, "num_heads",
+               std::to_string(o.num_heads) + " does not divide BST's block width 2 * " +
+                   Mention(names, "embedding_dim") + " = " + std::to_string(2 * o.embedding_dim));
+  if (o.ffn_hidden < 0) return Bad(names, "ffn_hidden", "must be >= 0 (0: the behaviour width)");
   if (!(o.dropout >= 0 && o.dropout < 1))
-    return Bad("dropout", std::to_string(o.dropout) + " outside [0, 1)");
+    return Bad(names, "dropout", "must be in [0, 1), got " + Num(o.dropout));
   IPS_RETURN_IF_ERROR(CheckMlpHeadOptions("BstOptions", o.mlp_hidden, o.activation, o.max_batch));
   return ValidateTransformerBlockOptions(BlockOptions(o), "BstOptions");
 }

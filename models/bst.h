@@ -42,7 +42,9 @@
 #define IPS_MODELS_BST_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -85,8 +87,12 @@ struct BstOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field ("BstOptions.<field>: ...").
-Status ValidateBstOptions(const BstOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("BstOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateBstOptions(const BstOptions& o,
+                          const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class Bst final : public CtrModel<T> {

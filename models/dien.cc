@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -23,8 +25,23 @@
 namespace ips::models {
 namespace {
 
-Status Bad(const std::string& field, const std::string& what) {
-  return InvalidArgumentError("DienOptions." + field + ": " + what);
+using OptionNames = std::function<std::string(const std::string&)>;
+
+// An option as a message of ValidateDienOptions calls it: the caller's name for it (`names`),
+// else "DienOptions.<field>" for the option at fault and the bare field for one the message
+// mentions.
+Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
+  return InvalidArgumentError((names ? names(field) : "DienOptions." + field) + ": " + what);
+}
+
+std::string Mention(const OptionNames& names, const std::string& field) {
+  return names ? names(field) : field;
+}
+
+std::string Num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 // Elements of T holding `bytes` (the RNN kernels size their buffers in bytes).
@@ -153,23 +170,30 @@ void SigmoidBackwardInPlace(const T* y, T* d, int64_t n) {
 
 const char* DienCellName(DienCell c) { return c == DienCell::kLstm ? "lstm" : "gru"; }
 
-Status ValidateDienOptions(const DienOptions& o) {
-  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
-  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
+Status ValidateDienOptions(const DienOptions& o, const OptionNames& names) {
+  if (o.embedding_dim < 1)
+    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+  // The attention compares the target (item and category: 2 * embedding_dim wide) with the
+  // interest extractor's states.
   if (o.rnn_hidden != 0 && o.rnn_hidden != 2 * o.embedding_dim)
-    return Bad("rnn_hidden",
-               "must be 0 or 2 * embedding_dim = " + std::to_string(2 * o.embedding_dim) +
-                   " (the attention compares the target with the extractor states), got " +
+    return Bad(names, "rnn_hidden",
+               "must be 2 * " + Mention(names, "embedding_dim") + " = " +
+                   std::to_string(2 * o.embedding_dim) + " (or 0 for that), got " +
                    std::to_string(o.rnn_hidden));
   if (o.cell != DienCell::kGru && o.cell != DienCell::kLstm)
-    return Bad("cell", "must be GRU or LSTM");
+    return Bad(names, "cell", "must be GRU or LSTM");
   for (size_t i = 0; i < o.aux_hidden.size(); ++i)
-    if (o.aux_hidden[i] < 1) return Bad("aux_hidden[" + std::to_string(i) + "]", "must be >= 1");
-  if (!std::isfinite(o.aux_loss_weight) || o.aux_loss_weight < 0)
-    return Bad("aux_loss_weight", "must be finite and >= 0");
-  if (o.attention_hidden1 < 1) return Bad("attention_hidden1", "must be >= 1");
-  if (o.attention_hidden2 < 1) return Bad("attention_hidden2", "must be >= 1");
+    if (o.aux_hidden[i] < 1)
+      return Bad(names, "aux_hidden[" + std::to_string(i) + "]", "must be >= 1");
+  if (!std::isfinite(o.aux_loss_weight))
+    return Bad(names, "aux_loss_weight", "must be finite, got " + Num(o.aux_loss_weight));
+  if (o.aux_loss_weight < 0)
+    return Bad(names, "aux_loss_weight",
+               "must be >= 0 (0: no auxiliary loss), got " + Num(o.aux_loss_weight));
+  if (o.attention_hidden1 < 1) return Bad(names, "attention_hidden1", "must be positive");
+  if (o.attention_hidden2 < 1) return Bad(names, "attention_hidden2", "must be positive");
   return CheckMlpHeadOptions("DienOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

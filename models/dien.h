@@ -43,7 +43,9 @@
 #define IPS_MODELS_DIEN_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -97,8 +99,12 @@ struct DienOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field ("DienOptions.<field>: ...").
-Status ValidateDienOptions(const DienOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("DienOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateDienOptions(const DienOptions& o,
+                           const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class Dien final : public CtrModel<T> {

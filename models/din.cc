@@ -1,6 +1,7 @@
 #include "models/din.h"
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -10,18 +11,23 @@
 namespace ips::models {
 namespace {
 
-Status Bad(const std::string& field, const std::string& what) {
-  return InvalidArgumentError("DinOptions." + field + ": " + what);
+using OptionNames = std::function<std::string(const std::string&)>;
+
+// An option as a message of ValidateDinOptions calls it: the caller's name for it (`names`),
+// else "DinOptions.<field>" for the option at fault.
+Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
+  return InvalidArgumentError((names ? names(field) : "DinOptions." + field) + ": " + what);
 }
 
 }  // namespace
 
-Status ValidateDinOptions(const DinOptions& o) {
-  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
-  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
-  if (o.attention_hidden1 < 1) return Bad("attention_hidden1", "must be >= 1");
-  if (o.attention_hidden2 < 1) return Bad("attention_hidden2", "must be >= 1");
+Status ValidateDinOptions(const DinOptions& o, const OptionNames& names) {
+  if (o.embedding_dim < 1)
+    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+  if (o.attention_hidden1 < 1) return Bad(names, "attention_hidden1", "must be positive");
+  if (o.attention_hidden2 < 1) return Bad(names, "attention_hidden2", "must be positive");
   return CheckMlpHeadOptions("DinOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

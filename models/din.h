@@ -29,7 +29,9 @@
 #define IPS_MODELS_DIN_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -65,8 +67,12 @@ struct DinOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field.
-Status ValidateDinOptions(const DinOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("DinOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateDinOptions(const DinOptions& o,
+                          const std::function<std::string(const std::string&)>& names = {});
 
 // One batch as the model sees it: models/model.h CtrInputs ([B x T] history, then B targets).
 template <typename T>

@@ -35,7 +35,9 @@
 #define IPS_MODELS_GRU4REC_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -62,8 +64,12 @@ struct Gru4RecOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field.
-Status ValidateGru4RecOptions(const Gru4RecOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("Gru4RecOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateGru4RecOptions(const Gru4RecOptions& o,
+                              const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class Gru4Rec final : public SeqModel<T> {

@@ -86,7 +86,9 @@
 #define IPS_MODELS_MIND_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -124,8 +126,12 @@ struct MindOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field ("MindOptions.<field>: ...").
-Status ValidateMindOptions(const MindOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("MindOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateMindOptions(const MindOptions& o,
+                           const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class Mind final : public CtrModel<T> {

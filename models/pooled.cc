@@ -1,6 +1,7 @@
 #include "models/pooled.h"
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -9,8 +10,12 @@
 namespace ips::models {
 namespace {
 
-Status Bad(const std::string& field, const std::string& what) {
-  return InvalidArgumentError("PooledOptions." + field + ": " + what);
+using OptionNames = std::function<std::string(const std::string&)>;
+
+// An option as a message of ValidatePooledOptions calls it: the caller's name for it (`names`),
+// else "PooledOptions.<field>" for the option at fault.
+Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
+  return InvalidArgumentError((names ? names(field) : "PooledOptions." + field) + ": " + what);
 }
 
 }  // namespace
@@ -19,12 +24,13 @@ const char* HistoryPoolingName(HistoryPooling p) {
   return p == HistoryPooling::kSum ? "sum" : "mean";
 }
 
-Status ValidatePooledOptions(const PooledOptions& o) {
-  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
-  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
+Status ValidatePooledOptions(const PooledOptions& o, const OptionNames& names) {
+  if (o.embedding_dim < 1)
+    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
   if (o.pooling != HistoryPooling::kSum && o.pooling != HistoryPooling::kMean)
-    return Bad("pooling", "must be kSum or kMean");
+    return Bad(names, "pooling", "must be kSum or kMean");
   return CheckMlpHeadOptions("PooledOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

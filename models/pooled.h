@@ -22,7 +22,9 @@
 #define IPS_MODELS_POOLED_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -53,8 +55,12 @@ struct PooledOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field ("PooledOptions.<field>: ...").
-Status ValidatePooledOptions(const PooledOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("PooledOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidatePooledOptions(const PooledOptions& o,
+                             const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class PooledModel final : public CtrModel<T> {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <sstream>
 #include <string>
 
 #include "kernels/activation.h"
@@ -11,8 +13,23 @@
 namespace ips::models {
 namespace {
 
-Status Bad(const std::string& field, const std::string& what) {
-  return InvalidArgumentError("SasrecOptions." + field + ": " + what);
+using OptionNames = std::function<std::string(const std::string&)>;
+
+// An option as a message of ValidateSasrecOptions calls it: the caller's name for it (`names`),
+// else "SasrecOptions.<field>" for the option at fault and the bare field for one the message
+// mentions.
+Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
+  return InvalidArgumentError((names ? names(field) : "SasrecOptions." + field) + ": " + what);
+}
+
+std::string Mention(const OptionNames& names, const std::string& field) {
+  return names ? names(field) : field;
+}
+
+std::string Num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 // Dropout site of the embedding input (blocks use sites 1..num_blocks as their seeds).
@@ -20,17 +37,21 @@ constexpr uint64_t kSiteInput = 0;
 
 }  // namespace
 
-Status ValidateSasrecOptions(const SasrecOptions& o) {
-  if (o.embedding_dim < 1) return Bad("embedding_dim", "must be >= 1");
-  if (o.max_len < 1) return Bad("max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad("max_batch", "must be >= 1");
-  if (o.num_blocks < 1) return Bad("num_blocks", "must be >= 1");
-  if (o.num_heads < 1) return Bad("num_heads", "must be >= 1");
+Status ValidateSasrecOptions(const SasrecOptions& o, const OptionNames& names) {
+  if (o.embedding_dim < 1)
+    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
+  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+  if (o.num_blocks < 1)
+    return Bad(names, "num_blocks", "must be >= 1, got " + std::to_string(o.num_blocks));
+  if (o.num_heads < 1) return Bad(names, "num_heads", "must be positive");
+  // The heads split the embedding.
   if (o.embedding_dim % o.num_heads != 0)
-    return Bad("num_heads", std::to_string(o.num_heads) + " does not divide embedding_dim " +
-                                std::to_string(o.embedding_dim));
+    return Bad(names, "num_heads",
+               std::to_string(o.num_heads) + " does not divide " + Mention(names, "embedding_dim") +
+                   " " + std::to_string(o.embedding_dim));
   if (!(o.dropout >= 0 && o.dropout < 1))
-    return Bad("dropout", std::to_string(o.dropout) + " outside [0, 1)");
+    return Bad(names, "dropout", "must be in [0, 1), got " + Num(o.dropout));
   return Status::Ok();
 }
 

@@ -40,7 +40,9 @@
 #define IPS_MODELS_SASREC_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -74,8 +76,12 @@ struct SasrecOptions {
   bool stage_on_cpu = false;
 };
 
-// INVALID_ARGUMENT naming the first bad field ("SasrecOptions.<field>: ...").
-Status ValidateSasrecOptions(const SasrecOptions& o);
+// INVALID_ARGUMENT naming the first bad field ("SasrecOptions.<field>: ..."). `names`, when given,
+// names the options in the message instead (the one at fault and any it mentions):
+// ModelSpecFromConfig passes the config field paths that set them ("model.embedding_dim"), so
+// that this stays the one copy of each check. Without it a mentioned option is its bare field.
+Status ValidateSasrecOptions(const SasrecOptions& o,
+                             const std::function<std::string(const std::string&)>& names = {});
 
 template <typename T>
 class Sasrec final : public SeqModel<T> {

@@ -27,22 +27,47 @@ StatusOr<config::Config> LoadConfigFile(const std::string& path);
 // Enums take their names. Errors: INVALID_ARGUMENT naming the override and the failing part.
 Status ApplyOverride(const std::string& assignment, config::Config* config);
 
-// Semantic checks (positive sizes, known version, consistent sections), including those of the
-// model the config builds (the fields its model.type reads: worker/model_factory.cc and the
-// models' Validate*Options), of the tables (ps/table_options.h ValidateTableOptions, and each
-// model table's dim = model.embedding_dim) and of the cluster (cluster.staleness only with
-// ASYNC), so that every value is blamed where it was set. Errors name the file, the config field
-// path and, when the field was set in the file, its line; a field one of `overrides` (the --set
-// assignments applied) set is named as "--set path=value: path: ..." (an element of a list, as
-// "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: ..."). A check of two fields is blamed on
-// the one an override set. Not checked here: what needs the store's layout (the smallest
-// tables[i].max_memory_mb, ps::MinMemoryMb) or the machine (model.device CUDA).
-Status ValidateConfig(const config::Config& config, const std::string& filename,
-                      const std::string& text, const std::vector<std::string>& overrides = {});
+// Where a config came from, for naming the place that set a field: its file name, the file's
+// text (for line numbers; may be empty) and the --set assignments applied after it, in order.
+// An empty source (a Config made in code) names fields by their path alone.
+struct ConfigSource {
+  std::string filename;
+  std::string text;
+  std::vector<std::string> overrides;
+};
 
-// LoadConfigFile + every override in order + ValidateConfig.
+// The INVALID_ARGUMENT error of a check of the config field at `field_path` ("model.num_heads",
+// "tables[1].dim", an element of a list as "model.mlp_hidden[1]"), blaming where the value was
+// set: "--set path=value: FIELD_PATH: MESSAGE" when one of source.overrides set it (the last one
+// that did; a list element is set by the override of its whole list), else
+// "FILE:LINE: FIELD_PATH: MESSAGE" (":LINE" when the file sets it), or "FIELD_PATH: MESSAGE" for
+// an empty source. `also_read`: other fields the failed check read; when no override set
+// `field_path` but one set a field of `also_read`, that override is named (a model's
+// "model.num_heads: 5 does not divide ..." after --set model.embedding_dim=...). Every check of a
+// config field, wherever it lives (here, worker/model_factory.cc, worker/config_validation.cc),
+// words its errors through this.
+Status BlameConfigField(const ConfigSource& source, const std::string& field_path,
+                        const std::string& message, const std::vector<std::string>& also_read = {});
+
+// A check of two fields whose message depends on the one blamed: blamed on `path_b` (with
+// `message_b`) when an override set it and none set `path_a`, else on `path_a` (with
+// `message_a`).
+Status BlameConfigFields(const ConfigSource& source, const std::string& path_a,
+                         const std::string& message_a, const std::string& path_b,
+                         const std::string& message_b);
+
+// The config's own checks, blamed through BlameConfigField: the schema version, finite floats,
+// the data section, the table list (names), the train, cluster and checkpoint sections. The
+// checks that belong to the components that read a field (the model's options, the tables'
+// store options, the run's options) live with them and are run on a loaded config by
+// CheckConfigForRun (worker/config_validation.h), which every command that takes --config calls.
+Status ValidateConfig(const config::Config& config, const ConfigSource& source);
+
+// LoadConfigFile + every override in order + ValidateConfig. `source`, when given, receives the
+// file's name and text and the overrides, for blaming later checks (CheckConfigForRun).
 StatusOr<config::Config> LoadConfig(const std::string& path,
-                                    const std::vector<std::string>& overrides);
+                                    const std::vector<std::string>& overrides,
+                                    ConfigSource* source = nullptr);
 
 // The config in text format (for logs and checkpoints).
 std::string ConfigToText(const config::Config& config);

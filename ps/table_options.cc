@@ -1,6 +1,7 @@
 #include "ps/table_options.h"
 
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "common/random.h"
@@ -12,50 +13,79 @@ namespace {
 
 bool IsPowerOfTwo(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 
-Status Bad(const TableOptions& o, const std::string& field, const std::string& why) {
-  return InvalidArgumentError("table '" + o.name + "': " + field + " " + why);
+std::string Num(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 }  // namespace
 
-Status ValidateTableOptions(const TableOptions& o) {
-  if (o.name.empty()) return InvalidArgumentError("table options: name is empty");
-  if (o.dim <= 0 || o.dim > 65536)
-    return Bad(o, "dim", "must be in [1, 65536], got " + std::to_string(o.dim));
-  const OptimizerOptions& opt = o.optimizer;
-  if (!(opt.learning_rate > 0) || !std::isfinite(opt.learning_rate))
-    return Bad(o, "optimizer.learning_rate", "must be positive and finite");
-  if (opt.type == OptimizerOptions::Type::kAdam) {
-    if (!(opt.beta1 >= 0 && opt.beta1 < 1)) return Bad(o, "optimizer.beta1", "must be in [0, 1)");
-    if (!(opt.beta2 >= 0 && opt.beta2 < 1)) return Bad(o, "optimizer.beta2", "must be in [0, 1)");
+Status CheckOptimizerOptions(const OptimizerOptions& o, const OptionFailure& fail) {
+  if (!std::isfinite(o.learning_rate))
+    return fail("learning_rate", "must be finite, got " + Num(o.learning_rate));
+  if (!(o.learning_rate > 0)) return fail("learning_rate", "must be positive");
+  const bool adam = o.type == OptimizerOptions::Type::kAdam;
+  if (adam && !(o.beta1 >= 0 && o.beta1 < 1))
+    return fail("beta1", "must be in [0, 1), got " + Num(o.beta1));
+  if (adam && !(o.beta2 >= 0 && o.beta2 < 1))
+    return fail("beta2", "must be in [0, 1), got " + Num(o.beta2));
+  if ((adam || o.type == OptimizerOptions::Type::kAdagrad) && !(o.epsilon > 0))
+    return fail("epsilon", "must be positive, got " + Num(o.epsilon));
+  if (!(o.initial_accumulator >= 0))
+    return fail("initial_accumulator", "must be >= 0, got " + Num(o.initial_accumulator));
+  if (o.type == OptimizerOptions::Type::kFtrl) {
+    if (!(o.l1 >= 0)) return fail("l1", "must be >= 0, got " + Num(o.l1));
+    if (!(o.l2 >= 0)) return fail("l2", "must be >= 0, got " + Num(o.l2));
+    if (!(o.ftrl_beta >= 0)) return fail("ftrl_beta", "must be >= 0, got " + Num(o.ftrl_beta));
   }
-  if ((opt.type == OptimizerOptions::Type::kAdam || opt.type == OptimizerOptions::Type::kAdagrad) &&
-      !(opt.epsilon > 0))
-    return Bad(o, "optimizer.epsilon", "must be positive");
-  if (!(opt.initial_accumulator >= 0))
-    return Bad(o, "optimizer.initial_accumulator", "must be >= 0");
-  if (opt.type == OptimizerOptions::Type::kFtrl &&
-      (!(opt.l1 >= 0) || !(opt.l2 >= 0) || !(opt.ftrl_beta >= 0)))
-    return Bad(o, "optimizer.l1/l2/ftrl_beta", "must be >= 0");
+  return Status::Ok();
+}
+
+Status CheckTableOptions(const TableOptions& o, const OptionFailure& fail) {
+  if (o.name.empty()) return fail("name", "is empty");
+  if (o.dim <= 0) return fail("dim", "must be positive, got " + std::to_string(o.dim));
+  if (o.dim > kMaxTableDim)
+    return fail("dim", "must be at most " + std::to_string(kMaxTableDim) + ", got " +
+                           std::to_string(o.dim));
+  IPS_RETURN_IF_ERROR(
+      CheckOptimizerOptions(o.optimizer, [&](const std::string& field, const std::string& what) {
+        return fail("optimizer." + field, what);
+      }));
   const InitializerOptions& init = o.initializer;
   if (init.type == InitializerOptions::Type::kNormal && !(init.stddev >= 0))
-    return Bad(o, "initializer.stddev", "must be >= 0");
+    return fail("initializer.stddev", "must be >= 0, got " + Num(init.stddev));
   if (init.type == InitializerOptions::Type::kUniform && !(init.range >= 0))
-    return Bad(o, "initializer.range", "must be >= 0");
+    return fail("initializer.range", "must be >= 0, got " + Num(init.range));
   if (init.type == InitializerOptions::Type::kXavierNormal && !(init.xavier_fan_rows > 0))
-    return Bad(o, "initializer.xavier_fan_rows", "must be positive");
-  if (o.min_count < 0) return Bad(o, "min_count", "must be >= 0");
-  if (o.min_count > 65535) return Bad(o, "min_count", "must be <= 65535 (sketch counters)");
-  if (o.ttl_steps < 0) return Bad(o, "ttl_steps", "must be >= 0");
-  if (o.ttl_steps >= (int64_t{1} << 30)) return Bad(o, "ttl_steps", "must be < 2^30");
-  if (o.max_memory_mb < 0) return Bad(o, "max_memory_mb", "must be >= 0");
-  if (o.num_shards < 1 || o.num_shards > 4096) return Bad(o, "num_shards", "must be in [1, 4096]");
+    return fail("initializer.xavier_fan_rows", "must be positive");
+  if (o.min_count < 0) return fail("min_count", "must be >= 0");
+  if (o.min_count > kMaxMinCount)
+    return fail("min_count", "must be at most " + std::to_string(kMaxMinCount) +
+                                 " (the admission counters are 16 bits), got " +
+                                 std::to_string(o.min_count));
+  if (o.ttl_steps < 0 || o.ttl_steps > kMaxTtlSteps)
+    return fail("ttl_steps", "must be in [0, " + std::to_string(kMaxTtlSteps) +
+                                 "] (0: rows never expire), got " + std::to_string(o.ttl_steps));
+  if (o.max_memory_mb < 0)
+    return fail("max_memory_mb",
+                "must be >= 0 (0: no cap), got " + std::to_string(o.max_memory_mb));
+  if (o.num_shards < 1 || o.num_shards > 4096) return fail("num_shards", "must be in [1, 4096]");
   if (!IsPowerOfTwo(o.rows_per_slab) || o.rows_per_slab > (int64_t{1} << 20))
-    return Bad(o, "rows_per_slab", "must be a power of two <= 2^20");
+    return fail("rows_per_slab", "must be a power of two <= 2^20");
   if (o.min_count > 1 && (!IsPowerOfTwo(o.sketch_width) || o.sketch_width > 65536))
-    return Bad(o, "sketch_width", "must be a power of two <= 65536");
-  if (o.ttl_sweep_interval < 0) return Bad(o, "ttl_sweep_interval", "must be >= 0");
+    return fail("sketch_width", "must be a power of two <= 65536");
+  if (o.ttl_sweep_interval < 0) return fail("ttl_sweep_interval", "must be >= 0");
   return Status::Ok();
+}
+
+Status ValidateTableOptions(const TableOptions& o) {
+  return CheckTableOptions(o, [&](const std::string& field, const std::string& what) {
+    return InvalidArgumentError((o.name.empty() ? "table options: " : "table '" + o.name + "': ") +
+                                field + " " + what);
+  });
 }
 
 int64_t MinMemoryMb(const TableOptions& o) {

@@ -6,6 +6,7 @@
 #define IPS_PS_TABLE_OPTIONS_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "common/status.h"
@@ -83,7 +84,28 @@ struct TableOptions {
   int64_t ttl_sweep_interval = 0;
 };
 
-// INVALID_ARGUMENT naming the table and the field when an option is out of range.
+// The ranges the store accepts (ValidateTableOptions).
+constexpr int64_t kMaxTableDim = 65536;
+constexpr int64_t kMaxMinCount = 65535;  // the admission sketch's counters are 16 bits
+constexpr int64_t kMaxTtlSteps = (int64_t{1} << 30) - 1;
+
+// How an options check reports a failed check: `field` is the option at fault as the options
+// struct spells it ("dim", "optimizer.beta1") and `what` says why ("must be at most 65536, got
+// 70000"); the Status it returns is the check's result. The one copy of each rule lives in the
+// Check* functions; each caller words the error for its user: ValidateTableOptions as "table
+// 'NAME': FIELD WHAT", the config check (worker/config_validation.h) with the config field path
+// and the --set or file line that set it.
+using OptionFailure = std::function<Status(const std::string& field, const std::string& what)>;
+
+// The checks of an optimizer's options (fields "learning_rate", "beta1", ...): the ones its type
+// reads.
+Status CheckOptimizerOptions(const OptimizerOptions& options, const OptionFailure& fail);
+
+// Every check of ValidateTableOptions, reported through `fail` (the optimizer's fields as
+// "optimizer.<field>", the initializer's as "initializer.<field>").
+Status CheckTableOptions(const TableOptions& options, const OptionFailure& fail);
+
+// INVALID_ARGUMENT "table 'NAME': FIELD WHAT" when an option is out of range.
 Status ValidateTableOptions(const TableOptions& options);
 
 // The smallest max_memory_mb, in MB rounded up, that holds a table of these options: one slab of

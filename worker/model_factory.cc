@@ -1,9 +1,14 @@
 #include "worker/model_factory.h"
 
+#include <functional>
+#include <map>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "kernels/context.h"
 #include "proto/config.pb.h"
+#include "proto/config_loader.h"
 
 namespace ips {
 
@@ -95,71 +100,104 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
 
 namespace {
 
-StatusOr<models::MlpActivation> ActivationOf(const config::ModelConfig& m) {
-  switch (m.activation()) {
-    case config::PRELU:
-      return models::MlpActivation::kPrelu;
-    case config::DICE:
-      return models::MlpActivation::kDice;
-    default:
-      return InvalidArgumentError("model.activation " + config::Activation_Name(m.activation()) +
-                                  ": the MLP heads support PRELU and DICE");
-  }
-}
-
 models::BlockLayout LayoutOf(const config::ModelConfig& m) {
   return m.block_layout() == config::ModelConfig::QUERY_NORM ? models::BlockLayout::kQueryNorm
                                                              : models::BlockLayout::kPreLn;
 }
 
 // model.attention_hidden: the activation unit's two hidden widths (unset = the model's default).
-Status AttentionHidden(const config::ModelConfig& m, const char* model, int64_t* h1, int64_t* h2) {
+Status AttentionHidden(const config::ModelConfig& m, const std::string& kind,
+                       const ConfigSource& src, int64_t* h1, int64_t* h2) {
   if (m.attention_hidden_size() == 0) return Status::Ok();
   if (m.attention_hidden_size() != 2)
-    return InvalidArgumentError(std::string("model.attention_hidden: the ") + model +
-                                " activation unit has exactly 2 hidden layers (got " +
+    return BlameConfigField(src, "model.attention_hidden",
+                            "the " + kind + " activation unit has exactly 2 hidden layers (got " +
                                 std::to_string(m.attention_hidden_size()) + " sizes)");
   *h1 = m.attention_hidden(0);
   *h2 = m.attention_hidden(1);
   return Status::Ok();
 }
 
-// A model's option check failed on a spec made from a config: names the config field behind the
-// option ("MindOptions.num_interests: ..." -> "model.num_interests: ..."), which the user sets.
-// ValidateConfig (proto/config_loader.cc) refuses these values first, blaming the file line or
-// the --set; this keeps the config's names when a Config that skipped it reaches here. Options
-// that no config field sets keep their own names.
-Status InConfigTerms(const Status& s, const std::string& options) {
-  if (s.ok()) return s;
-  const std::string prefix = options + ".";
-  const std::string& msg = s.message();
-  if (msg.compare(0, prefix.size(), prefix) != 0) return s;
-  const size_t colon = msg.find(':', prefix.size());
-  if (colon == std::string::npos) return s;
-  const std::string field = msg.substr(prefix.size(), colon - prefix.size());
-  std::string path;
-  if (field == "embedding_dim" || field == "num_interests" || field == "routing_iterations" ||
-      field == "num_blocks" || field == "num_heads" || field == "dropout" ||
-      field == "aux_loss_weight" || field == "rnn_hidden" || field.rfind("mlp_hidden[", 0) == 0) {
-    path = "model." + field;
-  } else if (field == "hidden") {  // GRU4Rec's
-    path = "model.rnn_hidden";
-  } else if (field == "attention_hidden1" || field == "attention_hidden2") {
-    path = std::string("model.attention_hidden[") + (field.back() == '1' ? "0" : "1") + "]";
-  } else if (field == "max_len") {
-    path = "data.max_history";
-  } else if (field == "max_batch") {
-    path = "data.batch_size";
-  } else {
-    return s;
+// model.mlp_hidden and model.activation of a model with an MLP head (DIN, DIEN, POOLED, BST).
+// The head's options know two activations (models::MlpActivation). models/layers.cc
+// CheckMlpHeadOptions, which the models' Validate*Options call, checks the widths and Dice's
+// batches too, but names the options' fields and not the config's: until it takes the names
+// that the Validate*Options take, those two checks are worded here for the config.
+Status MlpHead(const config::Config& cfg, const std::string& kind, const ConfigSource& src,
+               std::vector<int64_t>* hidden, models::MlpActivation* activation) {
+  const config::ModelConfig& m = cfg.model();
+  for (int i = 0; i < m.mlp_hidden_size(); ++i)
+    if (m.mlp_hidden(i) <= 0)
+      return BlameConfigField(src, "model.mlp_hidden[" + std::to_string(i) + "]",
+                              "must be positive");
+  if (m.mlp_hidden_size() != 0) hidden->assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
+  switch (m.activation()) {
+    case config::PRELU:
+      *activation = models::MlpActivation::kPrelu;
+      break;
+    case config::DICE:
+      *activation = models::MlpActivation::kDice;
+      break;
+    default:
+      return BlameConfigField(src, "model.activation",
+                              config::Activation_Name(m.activation()) + ": the MLP head of " +
+                                  kind + " supports PRELU and DICE");
   }
-  return Status(s.code(), path + msg.substr(colon));
+  // Dice normalises each hidden layer over the rows of the batch.
+  const int32_t batch = cfg.data().batch_size();
+  if (*activation == models::MlpActivation::kDice && batch < 2)
+    return BlameConfigFields(
+        src, "data.batch_size",
+        "model.activation DICE needs batches of at least 2 rows, got " + std::to_string(batch),
+        "model.activation",
+        "DICE needs batches of at least 2 rows (data.batch_size is " + std::to_string(batch) + ")");
+  return Status::Ok();
 }
 
-}  // namespace
+// The config field that sets a model option (ModelSpecFromConfig's mapping below), or "" for an
+// option no config field sets.
+std::string ConfigPathOfOption(const std::string& field) {
+  if (field == "embedding_dim" || field == "num_interests" || field == "routing_iterations" ||
+      field == "num_blocks" || field == "num_heads" || field == "dropout" ||
+      field == "aux_loss_weight" || field == "rnn_hidden")
+    return "model." + field;
+  if (field == "hidden") return "model.rnn_hidden";  // GRU4Rec's
+  if (field == "attention_hidden1") return "model.attention_hidden[0]";
+  if (field == "attention_hidden2") return "model.attention_hidden[1]";
+  if (field == "max_len") return "data.max_history";
+  if (field == "max_batch") return "data.batch_size";
+  return "";
+}
 
-// ModelSpecFromConfig without the device checks.
-static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
+// Runs a model's Validate*Options, the one copy of its checks, on options made from the config,
+// with the config's names for the options, and blames a failure on the config field at fault
+// (BlameConfigField). `also_read`: for a field at fault, the other config fields its check reads
+// (SASRec's model.num_heads must divide model.embedding_dim), so that a --set of one of them is
+// named. A failure of an option no config field sets keeps the options' name.
+template <typename Options>
+Status CheckModelOptions(Status (*validate)(const Options&,
+                                            const std::function<std::string(const std::string&)>&),
+                         const Options& options, const char* options_name, const ConfigSource& src,
+                         const std::map<std::string, std::vector<std::string>>& also_read = {}) {
+  const Status s = validate(options, [&](const std::string& field) {
+    const std::string path = ConfigPathOfOption(field);
+    return path.empty() ? std::string(options_name) + "." + field : path;
+  });
+  if (s.ok()) return s;
+  // The message starts with the name of the option at fault: a config field path ("model.",
+  // "data.") when a config field sets it.
+  const std::string& message = s.message();
+  const size_t colon = message.find(": ");
+  if (colon == std::string::npos) return s;
+  const std::string path = message.substr(0, colon);
+  if (path.rfind("model.", 0) != 0 && path.rfind("data.", 0) != 0) return s;
+  const auto also = also_read.find(path);
+  return BlameConfigField(src, path, message.substr(colon + 2),
+                          also == also_read.end() ? std::vector<std::string>{} : also->second);
+}
+
+// ModelSpecFromConfig without the device checks, its errors blamed on `src`.
+StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg, const ConfigSource& src) {
   const auto& m = cfg.model();
   ModelSpec s;
   if (m.device() == config::CUDA) {
@@ -172,20 +210,21 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
   s.max_len = cfg.data().max_history();
   s.max_batch = cfg.data().batch_size();
   s.seed = cfg.train().seed();
-  if (s.embedding_dim < 1)
-    return InvalidArgumentError("model.embedding_dim must be >= 1 (got " +
-                                std::to_string(s.embedding_dim) + ")");
+  const std::string kind = config::ModelConfig::Type_Name(m.type());
+  // SASRec's and BST's heads split a width of model.embedding_dim: a check of model.num_heads
+  // reads it too.
+  const std::map<std::string, std::vector<std::string>> heads_split_width = {
+      {"model.num_heads", {"model.embedding_dim"}}};
   switch (m.type()) {
     case config::ModelConfig::DIN: {
       s.kind = ModelKind::kDin;
       models::DinOptions& d = s.din;
-      IPS_RETURN_IF_ERROR(AttentionHidden(m, "DIN", &d.attention_hidden1, &d.attention_hidden2));
-      if (m.mlp_hidden_size() != 0)
-        d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
-      IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
+      IPS_RETURN_IF_ERROR(
+          AttentionHidden(m, kind, src, &d.attention_hidden1, &d.attention_hidden2));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &d.mlp_hidden, &d.activation));
       d.attention_softmax = m.attention_softmax();
       IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidateDinOptions(WithCommon(d, s)), "DinOptions"));
+          CheckModelOptions(models::ValidateDinOptions, WithCommon(d, s), "DinOptions", src));
       return s;
     }
     case config::ModelConfig::DIEN: {
@@ -196,30 +235,28 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       d.aux_loss_weight = m.aux_loss_weight();
       // A zero weight skips the auxiliary network's work instead of multiplying it by zero.
       d.aux_loss_disabled = m.aux_loss_weight() == 0;
-      IPS_RETURN_IF_ERROR(AttentionHidden(m, "DIEN", &d.attention_hidden1, &d.attention_hidden2));
-      if (m.mlp_hidden_size() != 0)
-        d.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
-      IPS_ASSIGN_OR_RETURN(d.activation, ActivationOf(m));
       IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidateDienOptions(WithCommon(d, s)), "DienOptions"));
+          AttentionHidden(m, kind, src, &d.attention_hidden1, &d.attention_hidden2));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &d.mlp_hidden, &d.activation));
+      IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateDienOptions, WithCommon(d, s),
+                                            "DienOptions", src,
+                                            {{"model.rnn_hidden", {"model.embedding_dim"}}}));
       return s;
     }
     case config::ModelConfig::POOLED: {
       s.kind = ModelKind::kPooled;
       models::PooledOptions& p = s.pooled;
-      if (m.mlp_hidden_size() != 0)
-        p.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
-      IPS_ASSIGN_OR_RETURN(p.activation, ActivationOf(m));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &p.mlp_hidden, &p.activation));
       IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidatePooledOptions(WithCommon(p, s)), "PooledOptions"));
+          CheckModelOptions(models::ValidatePooledOptions, WithCommon(p, s), "PooledOptions", src));
       return s;
     }
     case config::ModelConfig::MIND: {
       s.kind = ModelKind::kMind;
       s.mind.num_interests = m.num_interests();
       s.mind.routing_iterations = m.routing_iterations();
-      IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidateMindOptions(WithCommon(s.mind, s)), "MindOptions"));
+      IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateMindOptions, WithCommon(s.mind, s),
+                                            "MindOptions", src));
       return s;
     }
     case config::ModelConfig::SASREC: {
@@ -228,8 +265,8 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       s.sasrec.num_heads = m.num_heads();
       s.sasrec.dropout = m.dropout();
       s.sasrec.layout = LayoutOf(m);
-      IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidateSasrecOptions(WithCommon(s.sasrec, s)), "SasrecOptions"));
+      IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateSasrecOptions, WithCommon(s.sasrec, s),
+                                            "SasrecOptions", src, heads_split_width));
       return s;
     }
     case config::ModelConfig::BST: {
@@ -239,11 +276,9 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       b.num_heads = m.num_heads();
       b.dropout = m.dropout();
       b.layout = LayoutOf(m);
-      if (m.mlp_hidden_size() != 0)
-        b.mlp_hidden.assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
-      IPS_ASSIGN_OR_RETURN(b.activation, ActivationOf(m));
-      IPS_RETURN_IF_ERROR(
-          InConfigTerms(models::ValidateBstOptions(WithCommon(b, s)), "BstOptions"));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &b.mlp_hidden, &b.activation));
+      IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateBstOptions, WithCommon(b, s),
+                                            "BstOptions", src, heads_split_width));
       return s;
     }
     case config::ModelConfig::GRU4REC: {
@@ -251,18 +286,24 @@ static StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg) {
       // rnn_hidden's default (36) is DIEN's; GRU4Rec's default is the embedding width.
       s.gru4rec.hidden = m.has_rnn_hidden() ? m.rnn_hidden() : 0;
       s.gru4rec.cell = m.cell() == config::LSTM ? kernels::RnnCell::kLstm : kernels::RnnCell::kGru;
-      IPS_RETURN_IF_ERROR(InConfigTerms(models::ValidateGru4RecOptions(WithCommon(s.gru4rec, s)),
-                                        "Gru4RecOptions"));
+      IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateGru4RecOptions,
+                                            WithCommon(s.gru4rec, s), "Gru4RecOptions", src));
       return s;
     }
     default:
-      return UnimplementedError("model.type " + config::ModelConfig::Type_Name(m.type()) +
-                                ": not trained yet");
+      return UnimplementedError("model.type " + kind + ": not trained yet");
   }
 }
 
+}  // namespace
+
+Status CheckModelConfig(const config::Config& cfg, const ConfigSource& source) {
+  return SpecOfConfig(cfg, source).status();
+}
+
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& cfg) {
-  IPS_ASSIGN_OR_RETURN(ModelSpec s, SpecOfConfig(cfg));
+  // Without a source, an error names the config field alone ("model.num_interests: ...").
+  IPS_ASSIGN_OR_RETURN(ModelSpec s, SpecOfConfig(cfg, ConfigSource()));
   if (s.device == kernels::Device::kCuda && !kernels::CudaBuilt())
     return UnimplementedError(
         "model.device CUDA: this ips was built without CUDA (nvcc was not found at configure "

@@ -27,6 +27,7 @@ namespace ips {
 namespace config {
 class Config;
 }
+struct ConfigSource;  // proto/config_loader.h
 
 enum class ModelKind { kPooled, kDin, kDien, kSasrec, kBst, kMind, kGru4Rec };
 const char* ModelKindName(ModelKind kind);
@@ -59,9 +60,15 @@ StatusOr<std::unique_ptr<models::CtrModel<float>>> CreateCtrModel(const ModelSpe
 StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpec& spec);
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
-// INVALID_ARGUMENT naming the config field for unsupported values; UNIMPLEMENTED for CUDA in a
+// INVALID_ARGUMENT "FIELD_PATH: ..." naming the config field for unsupported values (the model's
+// Validate*Options, run with the config's names for its options); UNIMPLEMENTED for CUDA in a
 // build without CUDA; FAILED_PRECONDITION for CUDA with no visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
+
+// The checks of ModelSpecFromConfig but what model.device needs of the machine, each error blamed
+// (BlameConfigField) on the --set or the line of `source` that set the field at fault. Only the
+// fields config.model.type reads are checked. For CheckConfigForRun (worker/config_validation.h).
+Status CheckModelConfig(const config::Config& config, const ConfigSource& source);
 
 // The model of a config, for scoring (`ips export`, the serving library): the spec from the
 // config with max_batch replaced, on the CPU whatever model.device says.

@@ -41,7 +41,6 @@ const uint64_t* AsU64(const std::vector<int64_t>& v) {
   return reinterpret_cast<const uint64_t*>(v.data());
 }
 
-using internal::JsonNumber;
 using internal::Mean;
 
 }  // namespace
@@ -258,10 +257,8 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
       "warm-up and timed", &batches));
 
   SeqSyntheticRunResult r;
-  IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences",
-                                                  /*json_model=*/true, &r));
-  if (r.stopped) return r;
-  if (sinks.metrics_out != nullptr) sinks.metrics_out->flush();
+  IPS_RETURN_IF_ERROR(
+      internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences", &r));
   return r;
 }
 

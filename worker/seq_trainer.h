@@ -177,10 +177,10 @@ struct SeqSyntheticRunResult {
 // Generates warmup + steps batches (SyntheticBatches::SeqBatchAt(i), i = 0, 1, ...) before
 // timing, runs the warm-up steps, then times the remaining steps (Step only). options.eval_batches
 // is not used: like the peer, the sequence protocol measures throughput only (Zipf sequences have
-// no sequential signal to evaluate). sinks.metrics_out gets a JSON line every log_every_steps
-// steps. sinks.checkpoint: periodic checkpoints, stop and resume as RunSyntheticTraining (the
-// losses so far and SASRec's dropout step travel with the checkpoint). Errors: INVALID_ARGUMENT
-// for bad options; the trainer's and the generator's.
+// no sequential signal to evaluate). sinks.metrics_out gets a "train" line every log_every_steps
+// steps (warm-up included) and after the last. sinks.checkpoint: periodic checkpoints, stop and
+// resume as RunSyntheticTraining (the losses so far and SASRec's dropout step travel with the
+// checkpoint). Errors: INVALID_ARGUMENT for bad options; the trainer's and the generator's.
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,
                                                         const RunSinks& sinks);
@@ -206,9 +206,10 @@ ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader);
 // Trains options.epochs epochs over SequenceReader (reader.seed shuffles and draws the per-epoch
 // negatives; reader.batch_size sequences per step) or until max_steps, evaluating after every
 // eval_every_epochs-th epoch and after the last one. Samples are sequences. A progress line goes
-// to sinks.progress; sinks.metrics_out gets one JSON line per epoch ({"epoch":..,"hr10":..,
-// "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..};
-// metrics null for epochs without evaluation). Errors: INVALID_ARGUMENT for bad options;
+// to sinks.progress; sinks.metrics_out gets "train" lines as RunDatasetTraining's and one "epoch"
+// line per epoch ({"phase":"epoch","model":..,"epoch":..,"hr10":..,"ndcg10":..,"auc":..,"loss":..,
+// "samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..}; metrics null for epochs without
+// evaluation). Errors: INVALID_ARGUMENT for bad options;
 // FAILED_PRECONDITION for a dataset without training sequences; the trainer's and the metrics'.
 // The checkpoint content of a single-process sequence trainer (see TrainerCheckpointContent).
 StatusOr<CheckpointContent> SeqTrainerCheckpointContent(SeqTrainer* trainer,

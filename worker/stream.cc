@@ -24,6 +24,7 @@
 
 #include "common/progress.h"
 #include "worker/line_reader.h"
+#include "worker/metrics_line.h"
 #include "worker/record_parsers.h"
 
 namespace ips {
@@ -39,9 +40,6 @@ std::string Fixed(double v, int digits) {
   os << std::fixed << std::setprecision(digits) << v;
   return os.str();
 }
-
-// JSON has no NaN: an undefined metric (a window with one class) is written as null.
-std::string Json(double v, int digits) { return std::isfinite(v) ? Fixed(v, digits) : "null"; }
 
 // Quantiles of a stream of positive durations in bounded memory: buckets 2% wide on a log scale
 // from 1 us to ~11 days (a stream runs for ever, so keeping every sample is not an option). A
@@ -846,15 +844,17 @@ StatusOr<StreamTrainResult> StreamTrainer::Run(EventStreamSource* source, const 
       const double ex_s = res.examples / std::max(1e-9, w.seconds);
       if (show_progress)
         progress.Update(res.events, "auc=" + Fixed(w.auc, 4) + " examples/s=" + Fixed(ex_s, 0));
-      if (sinks.metrics_out != nullptr) {
-        *sinks.metrics_out << "{\"phase\":\"stream\",\"events\":" << (w.last_event + 1)
-                           << ",\"window_first_event\":" << w.first_event
-                           << ",\"examples\":" << w.examples << ",\"auc\":" << Json(w.auc, 6)
-                           << ",\"logloss\":" << Json(w.logloss, 6) << ",\"step\":" << w.step
-                           << ",\"seconds\":" << Fixed(w.seconds, 3)
-                           << ",\"examples_per_s\":" << Fixed(ex_s, 1) << "}\n";
-        sinks.metrics_out->flush();
-      }
+      if (sinks.metrics_out != nullptr)
+        MetricsLine("stream", trainer_->model().name())
+            .Int("events", w.last_event + 1)
+            .Int("window_first_event", w.first_event)
+            .Int("examples", w.examples)
+            .Decimals("auc", w.auc, 6)
+            .Decimals("logloss", w.logloss, 6)
+            .Int("step", w.step)
+            .Decimals("elapsed_s", w.seconds, 3)
+            .Decimals("examples_per_s", ex_s, 1)
+            .WriteTo(sinks.metrics_out);
     }
     return Status();
   };

@@ -401,8 +401,9 @@ class StreamTrainer {
   // publish is an ordinary one; the error's message then ends with "(the N events before it were
   // trained and published)"). After the trainer's, the metrics' or the publisher's error nothing
   // more is trained or published.
-  // sinks.progress gets a progress line, sinks.metrics_out one JSON line per logged window
-  // ({"phase":"stream","events":..,"auc":..,...}) and none at the end (the caller writes that).
+  // sinks.progress gets a progress line, sinks.metrics_out one "stream" line per logged window
+  // (worker/metrics_line.h: {"phase":"stream","model":..,"events":..,"auc":..,...}; an undefined
+  // AUC, a window with one class, is null) and none at the end (the caller writes that).
   // `source` is not owned; Run stops it (Stop) before returning.
   StatusOr<StreamTrainResult> Run(EventStreamSource* source, const RunSinks& sinks);
 

@@ -10,6 +10,8 @@
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
 #include "proto/config.pb.h"
+#include "proto/config_loader.h"
+#include "worker/config_validation.h"
 #include "worker/internal/run_steps.h"
 
 namespace ips {
@@ -311,42 +313,16 @@ kernels::OptimizerHyper HyperOf(const config::OptimizerConfig& c) {
   }
 }
 
-ps::OptimizerOptions TableOptimizerOf(const config::OptimizerConfig& c) {
-  ps::OptimizerOptions o;
-  switch (c.type()) {
-    case config::OptimizerConfig::SGD:
-      o.type = ps::OptimizerOptions::Type::kSgd;
-      break;
-    case config::OptimizerConfig::ADAGRAD:
-      o.type = ps::OptimizerOptions::Type::kAdagrad;
-      break;
-    case config::OptimizerConfig::FTRL:
-      o.type = ps::OptimizerOptions::Type::kFtrl;
-      break;
-    case config::OptimizerConfig::ADAM:
-    default:
-      o.type = ps::OptimizerOptions::Type::kAdam;
-      break;
-  }
-  o.learning_rate = c.learning_rate();
-  o.beta1 = c.beta1();
-  o.beta2 = c.beta2();
-  o.epsilon = c.epsilon();
-  o.initial_accumulator = c.initial_accumulator();
-  o.l1 = c.l1();
-  o.l2 = c.l2();
-  o.ftrl_beta = c.ftrl_beta();
-  return o;
-}
-
 }  // namespace
 
 StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
   TrainJob job;
-  const auto& m = cfg.model();
   if (!cfg.data().has_synthetic() && cfg.data().train_dir().empty())
     return InvalidArgumentError(
         "data: set data.train_dir (a directory written by `ips data convert`) or data.synthetic");
+  // The model's, the tables' and the run's checks, for a Config that did not come through
+  // LoadConfigForRun (which blames the same errors on their --set or line): errors name the field.
+  IPS_RETURN_IF_ERROR(CheckConfigForRun(cfg, ConfigSource()));
   IPS_ASSIGN_OR_RETURN(job.trainer.model, ModelSpecFromConfig(cfg));
   const bool sequence = IsSequenceModel(job.trainer.model.kind);
   job.trainer.dense_optimizer = HyperOf(cfg.optimizer());
@@ -367,45 +343,7 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
       return InvalidArgumentError(std::string("tables: model ") +
                                   ModelKindName(job.trainer.model.kind) + " needs a table named '" +
                                   name + "'");
-    const auto& t = cfg.tables(found);
-    const std::string where = "tables[" + std::to_string(found) + "]";
-    if (t.dim() != m.embedding_dim())
-      return InvalidArgumentError(where + ".dim " + std::to_string(t.dim()) +
-                                  " != model.embedding_dim " + std::to_string(m.embedding_dim()));
-    ps::TableOptions o;
-    o.name = name;
-    o.dim = t.dim();
-    o.optimizer = TableOptimizerOf(t.has_optimizer() ? t.optimizer() : cfg.optimizer());
-    switch (t.initializer().type()) {
-      case config::InitializerConfig::NORMAL:
-        o.initializer.type = ps::InitializerOptions::Type::kNormal;
-        break;
-      case config::InitializerConfig::UNIFORM:
-        o.initializer.type = ps::InitializerOptions::Type::kUniform;
-        break;
-      case config::InitializerConfig::ZEROS:
-        o.initializer.type = ps::InitializerOptions::Type::kZeros;
-        break;
-      default:
-        o.initializer.type = ps::InitializerOptions::Type::kXavierNormal;
-    }
-    o.initializer.stddev = t.initializer().stddev();
-    o.initializer.range = t.initializer().range();
-    // The peer's Xavier scale uses the table's row count: n_items + 1 and n_cats.
-    if (cfg.data().has_synthetic())
-      o.initializer.xavier_fan_rows =
-          name == "item" ? static_cast<double>(syn.num_items()) + 1
-                         : static_cast<double>(std::max<int64_t>(syn.num_categories(), 1));
-    o.min_count = t.min_count();
-    o.ttl_steps = t.ttl_steps();
-    o.max_memory_mb = t.max_memory_mb();
-    o.eviction = t.eviction() == config::TableConfig::LRU ? ps::TableOptions::Eviction::kLru
-                                                          : ps::TableOptions::Eviction::kLfu;
-    o.seed = cfg.train().seed();
-    o.has_padding_key = true;  // item 0 / category 0 pad histories (torch's padding_idx = 0)
-    o.padding_key = 0;
-    IPS_RETURN_IF_ERROR(ps::ValidateTableOptions(o));
-    job.tables.push_back(std::move(o));
+    job.tables.push_back(TableOptionsFromConfig(cfg, found));
   }
 
   if (!cfg.data().has_synthetic()) {
@@ -417,33 +355,13 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
     r.reader.shuffle = cfg.data().shuffle();
     r.epochs = cfg.train().epochs();
     r.max_steps = cfg.train().max_steps();
-    if (r.max_steps < 0) return InvalidArgumentError("train.max_steps must be >= 0");
     r.eval_every_epochs = cfg.eval().every_epochs();
-    if (r.eval_every_epochs < 1)
-      return InvalidArgumentError("eval.every_epochs must be >= 1 (got " +
-                                  std::to_string(r.eval_every_epochs) + ")");
     r.eval_max_users = cfg.eval().max_users();
-    if (r.eval_max_users < 0) return InvalidArgumentError("eval.max_users must be >= 0");
     if (cfg.eval().top_k_size() > 0) {
       r.top_k_set = true;
       r.top_k = cfg.eval().top_k(0);
       r.retrieval_cutoffs.assign(cfg.eval().top_k().begin(), cfg.eval().top_k().end());
-      const std::vector<int>& ks = r.retrieval_cutoffs;
-      for (size_t i = 0; i < ks.size(); ++i) {
-        if (ks[i] < 1)
-          return InvalidArgumentError("eval.top_k entries must be >= 1 (got " +
-                                      std::to_string(ks[i]) + ")");
-        // A repeated cut-off would be evaluated and reported twice (MIND: recall10=.. twice).
-        for (size_t j = 0; j < i; ++j)
-          if (ks[j] == ks[i])
-            return InvalidArgumentError("eval.top_k[" + std::to_string(i) + "] " +
-                                        std::to_string(ks[i]) + " repeats eval.top_k[" +
-                                        std::to_string(j) + "]: list every cut-off once");
-      }
     }
-    if (r.top_k < 1)
-      return InvalidArgumentError("eval.top_k[0] must be >= 1 (got " + std::to_string(r.top_k) +
-                                  ")");
     r.log_every_steps = std::max(1, cfg.train().log_every_steps());
     return job;
   }
@@ -455,16 +373,12 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
   r.data.seq_len = cfg.data().max_history();
   r.data.alpha = syn.zipf_alpha();
   r.data.seed = cfg.data().seed();
-  if (syn.num_items() > (int64_t{1} << 28))
-    return InvalidArgumentError("data.synthetic.num_items must be <= 2^28");
   IPS_RETURN_IF_ERROR(ValidateSyntheticOptions(r.data));
   r.batch = cfg.data().batch_size();
   r.warmup_steps = syn.warmup_steps();
   r.steps = syn.steps();
   if (cfg.train().max_steps() > 0)
     r.steps = static_cast<int>(std::min<int64_t>(r.steps, cfg.train().max_steps()));
-  if (r.warmup_steps < 0 || r.steps < 1)
-    return InvalidArgumentError("data.synthetic: warmup_steps must be >= 0 and steps >= 1");
   r.log_every_steps = std::max(1, cfg.train().log_every_steps());
   return job;
 }
@@ -561,7 +475,6 @@ int64_t TrainingRowsPerEpoch(const Dataset& data, const TrainJob& job) {
 
 namespace {
 
-using internal::JsonNumber;
 using internal::Mean;
 
 }  // namespace
@@ -657,8 +570,7 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
       "warm-up, timed and held-out (--eval_batches)", &batches));
 
   SyntheticRunResult r;
-  IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples",
-                                                  /*json_model=*/false, &r));
+  IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples", &r));
   if (r.stopped) return r;
 
   std::vector<CtrBatch> held_out(batches.begin() + train_batches, batches.end());
@@ -672,13 +584,9 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
     return r;
   }
   IPS_ASSIGN_OR_RETURN(r.eval, std::move(eval));
-  if (sinks.metrics_out != nullptr) {
-    *sinks.metrics_out << "{\"phase\":\"eval\",\"step\":" << trainer->steps()
-                       << ",\"examples\":" << r.eval.count << ",\"auc\":" << JsonNumber(r.eval.auc)
-                       << ",\"logloss\":" << JsonNumber(r.eval.logloss)
-                       << ",\"accuracy\":" << JsonNumber(r.eval.accuracy) << "}\n";
-    sinks.metrics_out->flush();
-  }
+  if (sinks.metrics_out != nullptr)
+    internal::SyntheticEvalMetricsLine(trainer->model().name(), trainer->steps(), r.eval)
+        .WriteTo(sinks.metrics_out);
   return r;
 }
 

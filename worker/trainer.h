@@ -359,15 +359,19 @@ class CheckpointTrigger {
 
 // Output sinks of a run; every pointer may be null.
 struct RunSinks {
-  FILE* progress = nullptr;             // ProgressLine (samples/s, loss, ETA)
-  std::ostream* metrics_out = nullptr;  // JSON lines: one per log interval, one for eval
+  FILE* progress = nullptr;  // ProgressLine (samples/s, loss, ETA)
+  // --metrics_out lines (worker/metrics_line.h): "train" every log_every_steps steps, "epoch" per
+  // epoch of a dataset run, "eval" for a synthetic run's held-out batches.
+  std::ostream* metrics_out = nullptr;
   const RunCheckpointing* checkpoint = nullptr;
   std::function<void(int64_t step, double loss)> on_step;  // after every training step
 };
 
 // Generates warmup + steps + eval batches (SyntheticBatches::CtrBatchAt(i), i = 0, 1, ...)
 // before timing, runs the warm-up steps, times the remaining steps (Step only, as the peer times
-// zero_grad..optimizer.step), then evaluates AUC on the held-out batches. sinks.checkpoint:
+// zero_grad..optimizer.step), then evaluates AUC on the held-out batches. sinks.metrics_out gets
+// a "train" line every log_every_steps steps (warm-up included) and after the last, and an "eval"
+// line for the held-out batches. sinks.checkpoint:
 // periodic checkpoints, stop (returns stopped = true without evaluating; a stop during the
 // held-out evaluation abandons it, after the checkpoint of the last step) and resume (batch index
 // = restored step; the losses so far are restored, so first10/last10 equal an uninterrupted
@@ -453,16 +457,18 @@ struct DatasetRunResult {
 
 // Trains options.epochs epochs (TrainReader: epoch-fresh negatives, per-epoch shuffle with
 // reader.seed) or until max_steps, evaluating after every eval_every_epochs-th epoch and after
-// the last one. sinks.metrics_out gets one JSON line per epoch ({"epoch":..,"hr10":..,
-// "ndcg10":..,"auc":..,"loss":..,"samples_per_s":..,...}; metrics null for epochs without
-// evaluation). sinks.checkpoint: periodic checkpoints (plus one after the last step, before the
-// last evaluation: `ips eval` reproduces that evaluation), stop and resume at the saved epoch and
-// reader position (per_epoch then holds the epochs run after the resume). A stop requested during
-// an evaluation abandons it (checked between batches) and the run ends as a stop after the epoch's
-// last step: a checkpoint of that step (if not saved already) and stopped = true; resumed, the
-// run repeats that evaluation (it only reads the model) and goes on. Errors:
-// INVALID_ARGUMENT for bad options, DATA_LOSS for resume blobs that do not fit, the trainer's
-// and the metrics'.
+// the last one. sinks.metrics_out gets a "train" line whenever the trainer's step count is a
+// multiple of log_every_steps and after the run's last step ({"phase":"train","model":..,
+// "step":..,"epoch":..,"loss":..,"step_loss":..,...}), and an "epoch" line per epoch
+// ({"phase":"epoch","model":..,"epoch":..,"hr10":..,"ndcg10":..,"auc":..,"loss":..,
+// "samples_per_s":..,...}; metrics null for epochs without evaluation). sinks.checkpoint: periodic
+// checkpoints (plus one after the last step, before the last evaluation: `ips eval` reproduces that
+// evaluation), stop and resume at the saved epoch and reader position (per_epoch then holds the
+// epochs run after the resume). A stop requested during an evaluation abandons it (checked between
+// batches) and the run ends as a stop after the epoch's last step: a checkpoint of that step (if
+// not saved already) and stopped = true; resumed, the run repeats that evaluation (it only reads
+// the model) and goes on. Errors: INVALID_ARGUMENT for bad options, DATA_LOSS for resume blobs that
+// do not fit, the trainer's and the metrics'.
 StatusOr<DatasetRunResult> RunDatasetTraining(Trainer* trainer, const Dataset& data,
                                               const DatasetRunOptions& options,
                                               const RunSinks& sinks);

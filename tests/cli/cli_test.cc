@@ -4,8 +4,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
+#include "common/result_line.h"
 #include "tests/testing/run_ips.h"
 
 namespace {
@@ -26,6 +29,27 @@ IpsRun RunIpsLimited(const std::string& limits, const std::string& args) {
 
 bool Has(const IpsRun& r, const std::string& text) {
   return r.output.find(text) != std::string::npos;
+}
+
+// The lines of `text` that start with "RESULT ".
+std::vector<std::string> ResultLines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("RESULT ", 0) == 0) out.push_back(line);
+  return out;
+}
+
+// Whether `r` ended with its only RESULT line, and it starts with `prefix`.
+::testing::AssertionResult EndsWithOneResultLine(const IpsRun& r, const std::string& prefix) {
+  const std::vector<std::string> lines = ResultLines(r.output);
+  if (lines.size() != 1)
+    return ::testing::AssertionFailure() << lines.size() << " RESULT lines in:\n" << r.output;
+  if (LastLine(r.output) != lines[0])
+    return ::testing::AssertionFailure() << "RESULT is not the last line of:\n" << r.output;
+  if (lines[0].rfind(prefix, 0) != 0)
+    return ::testing::AssertionFailure() << "want " << prefix << "\ngot  " << lines[0];
+  return ::testing::AssertionSuccess();
 }
 
 TEST(Cli, NoCommandOrUnknownCommandIsUsageExit2) {
@@ -117,6 +141,7 @@ TEST(Cli, UncaughtExceptionIsAnInternalErrorExit1) {
   EXPECT_TRUE(Has(r, "cannot start a pool of 600 threads")) << r.output;
   EXPECT_TRUE(Has(r, "error: ")) << r.output;
   EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+  EXPECT_TRUE(EndsWithOneResultLine(r, "RESULT config_check status=error exit=1 error=\""));
 }
 
 // std::bad_alloc from a size nobody checked (the synthetic protocol's pre-generated batches,
@@ -134,6 +159,13 @@ TEST(Cli, OutOfMemoryIsAnErrorExit1) {
               Has(r, "error: RESOURCE_EXHAUSTED: out of host memory allocating"))
       << r.output;
   EXPECT_FALSE(Has(r, "terminate called")) << r.output;
+  // The exception's message is the RESULT line's (ReportException notes it).
+  EXPECT_TRUE(
+      EndsWithOneResultLine(r,
+                            "RESULT train status=error exit=1 error=\"out of memory "
+                            "(std::bad_alloc) in `ips train`: lower the sizes of the config") ||
+      EndsWithOneResultLine(r, "RESULT train status=error exit=1 error=\"RESOURCE_EXHAUSTED: "))
+      << r.output;
 }
 
 // OpenBLAS starts a worker thread per core when the library is loaded, and each allocates a
@@ -168,7 +200,9 @@ TEST(Cli, DivergedTrainingStopsWithAnError) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(Has(r, "error: INVALID_ARGUMENT: training diverged at step ")) << r.output;
   EXPECT_TRUE(Has(r, "(lower optimizer.learning_rate or check the input)")) << r.output;
-  EXPECT_FALSE(Has(r, "RESULT train")) << r.output;
+  // No success line: the error's.
+  EXPECT_TRUE(EndsWithOneResultLine(
+      r, "RESULT train status=error exit=1 error=\"INVALID_ARGUMENT: training diverged at step "));
 }
 
 // The stream's driver stops on a diverged model too: its prequential evaluation scores each
@@ -186,6 +220,8 @@ TEST(Cli, DivergedStreamTrainingStopsWithAnError) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(Has(r, "error: INVALID_ARGUMENT: training diverged ")) << r.output;
   EXPECT_TRUE(Has(r, "(lower optimizer.learning_rate or check the input)")) << r.output;
+  EXPECT_TRUE(EndsWithOneResultLine(
+      r, "RESULT train_stream status=error exit=1 error=\"INVALID_ARGUMENT: training diverged "));
 }
 
 // A repeated eval.top_k entry is refused (MIND reported recall10=.. twice).
@@ -194,6 +230,198 @@ TEST(Cli, RepeatedTopKIsRefused) {
                         " --set eval.top_k=10,10");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(Has(r, "eval.top_k[1] 10 repeats eval.top_k[0]")) << r.output;
+}
+
+// ---- The RESULT line of a run that fails or only prints its help -------------------------------
+
+using ips::testing::RunIpsSplit;
+
+// A usage error (exit 2) ends stdout with `RESULT <name> status=error exit=2 error="<message>"`:
+// the name of the command's success line, the first line of its message, quoted. stderr keeps the
+// message and the usage, and no RESULT line. (Nothing was printed on stdout: a script reading
+// RESULT lines could not tell a usage error from a crash.)
+TEST(CliResult, UsageErrorsEndStdoutWithAnErrorLine) {
+  struct Case {
+    std::string args, line;
+  };
+  for (
+      const Case& c : std::vector<Case>{
+          {"",
+           R"r(RESULT ips status=error exit=2 error="no command given (usage: ips <command> [flags])")r"},
+          {"frobnicate",
+           R"r(RESULT ips status=error exit=2 error="unknown command 'frobnicate'")r"},
+          // Quotes and backslashes are escaped: the value ends at its closing quote.
+          {R"r('a"b\c')r", R"r(RESULT ips status=error exit=2 error="unknown command 'a\"b\\c'")r"},
+          {"config check --config x.pbtxt --bogus 1",
+           R"r(RESULT config_check status=error exit=2 error="ips config check: unknown flag '--bogus'")r"},
+          {"train --config x.pbtxt stray",
+           R"r(RESULT train status=error exit=2 error="unexpected argument 'stray'")r"},
+          {"train --config x.pbtxt --stream - --stream_negatives 0",
+           R"r(RESULT train_stream status=error exit=2 error="--stream_negatives 0: expected 1..1000 (sampled negatives per event: every event is a positive, so at least 1 is needed for the model to learn anything)")r"},
+          {"eval",
+           R"r(RESULT eval status=error exit=2 error="ips eval: missing required flag --config")r"},
+          {"export",
+           R"r(RESULT export status=error exit=2 error="ips export: missing required flag --checkpoint")r"},
+          {"serve",
+           R"r(RESULT serve status=error exit=2 error="ips serve: missing required flag --bundle")r"},
+          {"data frobnicate",
+           R"r(RESULT data status=error exit=2 error="unknown subcommand 'data frobnicate'")r"},
+          {"data convert --format parquet --input x --output y",
+           R"r(RESULT data_convert status=error exit=2 error="unknown --format 'parquet' (expected one of movielens100k|movielens1m|seqrec|taobao|dien|events)")r"},
+          // No "error: " line: the first line printed (the usage) is the message.
+          {"config",
+           R"r(RESULT config status=error exit=2 error="usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N] [--resume DIR] [--stream SOURCE]")r"},
+      }) {
+    SCOPED_TRACE("ips " + c.args);
+    const IpsRun r = RunIpsSplit(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.error;
+    EXPECT_EQ(r.output, c.line + "\n") << r.error;
+    EXPECT_EQ(r.error.find("RESULT"), std::string::npos) << r.error;
+  }
+}
+
+// A runtime error (exit 1) ends stdout the same way, its message the command's "error: "
+// line.
+TEST(CliResult, RuntimeErrorsEndStdoutWithTheirErrorLine) {
+  const std::string missing = ::testing::TempDir() + "/cli_result_missing";
+  struct Case {
+    std::string args, name;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"config check --config " + missing + ".pbtxt", "config_check"},
+           {"config print --config " + missing + ".pbtxt", "config_print"},
+           {"data inspect " + missing, "data_inspect"},
+           {"train --quiet --config " + missing + ".pbtxt", "train"},
+           {"eval --config " + SourceConfig("din_synthetic.pbtxt") + " --checkpoint " + missing,
+            "eval"},
+           {"export --checkpoint " + missing + " --output " + missing + "_bundle", "export"},
+           {"serve --bundle " + missing + " </dev/null", "serve"},
+           {"train --quiet --config " + SourceConfig("din_stream.pbtxt") + " --stream " + missing +
+                " --stream_no_follow",
+            "train_stream"},
+       }) {
+    SCOPED_TRACE("ips " + c.args);
+    const IpsRun r = RunIpsSplit(c.args);
+    EXPECT_EQ(r.exit_code, 1) << r.error;
+    const size_t at = r.error.rfind("error: ");
+    ASSERT_NE(at, std::string::npos) << r.error;
+    const std::string message = r.error.substr(at + 7, r.error.find('\n', at) - at - 7);
+    EXPECT_NE(message.find(missing), std::string::npos) << r.error;
+    EXPECT_EQ(r.output, "RESULT " + c.name +
+                            " status=error exit=1 error=" + ips::QuoteResultValue(message) + "\n")
+        << r.error;
+  }
+}
+
+// `ips data synth --output -` writes the event log to stdout and its RESULT line to stderr:
+// so does its error line.
+TEST(CliResult, SynthToStdoutPrintsItsErrorLineOnStderr) {
+  IpsRun r = RunIpsSplit("data synth --output - --events 0");
+  EXPECT_EQ(r.exit_code, 2) << r.error;
+  EXPECT_EQ(r.output, "");
+  EXPECT_EQ(
+      LastLine(r.error),
+      R"r(RESULT data_synth status=error exit=2 error="ips data synth: --events must be >= 1, got 0")r")
+      << r.error;
+  // Written to a file, stdout has it.
+  r = RunIpsSplit("data synth --output=" + ::testing::TempDir() + "/cli_result.tsv --events 0");
+  EXPECT_EQ(r.exit_code, 2) << r.error;
+  EXPECT_EQ(r.output,
+            "RESULT data_synth status=error exit=2 error=\"ips data synth: --events must be >= 1, "
+            "got 0\"\n")
+      << r.error;
+}
+
+// A help text ends with `RESULT <name> status=help` on stdout: the run did nothing else.
+TEST(CliResult, HelpEndsWithAHelpLine) {
+  struct Case {
+    std::string args, line;
+  };
+  for (const Case& c : std::vector<Case>{{"help", "RESULT help status=help"},
+                                         {"--help", "RESULT help status=help"},
+                                         {"train --help", "RESULT train status=help"},
+                                         {"config --help", "RESULT config status=help"},
+                                         {"data help", "RESULT data status=help"},
+                                         {"data convert --help", "RESULT data_convert status=help"},
+                                         {"data synth -h", "RESULT data_synth status=help"}}) {
+    SCOPED_TRACE("ips " + c.args);
+    const IpsRun r = RunIpsSplit(c.args);
+    EXPECT_EQ(r.exit_code, 0) << r.error;
+    EXPECT_EQ(ResultLines(r.output), std::vector<std::string>{c.line}) << r.output;
+    EXPECT_EQ(LastLine(r.output), c.line) << r.output;
+  }
+}
+
+// A successful command's line is its own, alone: nothing added, no second line.
+TEST(CliResult, SuccessLinesAreUnchanged) {
+  const IpsRun r = RunIpsSplit("config check --config " + SourceConfig("din_synthetic.pbtxt"));
+  EXPECT_EQ(r.exit_code, 0) << r.error;
+  const std::vector<std::string> lines = ResultLines(r.output);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(lines[0].rfind("RESULT config_check config=", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[0].find(" status="), std::string::npos) << lines[0];
+}
+
+// ---- The header line of `ips train` ----------------------------------------------------------
+
+// Synthetic runs small enough to train in a moment.
+const char* kSmall =
+    " --set data.synthetic.num_items=3000 --set data.synthetic.num_categories=20"
+    " --set data.batch_size=32 --set data.max_history=10 --set data.synthetic.warmup_steps=2"
+    " --set data.synthetic.steps=6 --set train.num_threads=1";
+
+// The line of `ips train` after "train: " (its header), "" if none.
+std::string HeaderLine(const std::string& output) {
+  std::istringstream in(output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("train: model=", 0) == 0) return line;
+  return "";
+}
+
+// The header line names the recurrent cell (model.cell) of DIEN and GRU4Rec, on synthetic data and
+// on a dataset, right after the model; the models without one say nothing of it. (It named no
+// cell: a GRU and an LSTM run of the same model read the same.)
+TEST(Cli, TrainHeaderNamesTheRecurrentCell) {
+  struct Case {
+    std::string args, header;
+  };
+  const std::string dir = ::testing::TempDir() + "/cli_cell_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  {
+    std::ofstream in(dir + "/seq.txt");
+    for (int u = 1; u <= 100; ++u)
+      for (int j = 0; j < 6; ++j) in << u << " " << (u * 7 + j * 13) % 200 + 1 << "\n";
+  }
+  const auto conv = RunIps("data convert --format seqrec --input " + dir + "/seq.txt --output " +
+                           dir + "/ds --eval_negatives 20");
+  ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  const std::string on_dataset = " --set data.train_dir=" + dir +
+                                 "/ds --set train.epochs=1 --set train.num_threads=1"
+                                 " --set data.batch_size=32 --set data.max_history=10"
+                                 " --set eval.top_k=10";
+  for (const Case& c : std::vector<Case>{
+           {"--config " + SourceConfig("dien_synthetic.pbtxt") + kSmall + " --set model.cell=LSTM",
+            "train: model=dien cell=LSTM batch=32 "},
+           {"--config " + SourceConfig("dien_synthetic.pbtxt") + kSmall,
+            "train: model=dien cell=GRU batch=32 "},
+           {"--config " + SourceConfig("sasrec_synthetic.pbtxt") + kSmall +
+                " --set model.type=GRU4REC",
+            "train: model=gru4rec cell=GRU batch=32 "},
+           {"--config " + SourceConfig("sasrec_games.pbtxt") + on_dataset +
+                " --set model.type=GRU4REC --set model.cell=LSTM",
+            "train: model=gru4rec cell=LSTM data=" + dir + "/ds "},
+           {"--config " + SourceConfig("dien_games.pbtxt") + on_dataset,
+            "train: model=dien cell=GRU data=" + dir + "/ds "},
+           {"--config " + SourceConfig("din_synthetic.pbtxt") + kSmall,
+            "train: model=din batch=32 "},
+           {"--config " + SourceConfig("sasrec_synthetic.pbtxt") + kSmall,
+            "train: model=sasrec batch=32 "}}) {
+    SCOPED_TRACE(c.args);
+    const auto r = RunIps("train --quiet " + c.args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(HeaderLine(r.output).rfind(c.header, 0), 0u) << r.output;
+  }
+  (void)std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/result_line.h"
 #include "proto/config_loader.h"
 #include "tests/testing/run_ips.h"
 
@@ -40,6 +42,19 @@ std::string ErrorLine(const IpsRun& r) {
   return "";
 }
 
+// Whether the only RESULT line of a failed `ips config check` is its error line (launch/main.cc),
+// last, with the message of its "error: " line.
+::testing::AssertionResult EndsWithTheErrorResultLine(const IpsRun& r) {
+  const std::string error = ErrorLine(r);
+  const std::string want = "RESULT config_check status=error exit=1 error=" +
+                           ips::QuoteResultValue(error.substr(std::min<size_t>(error.size(), 7)));
+  if (r.output.find("RESULT") != r.output.rfind("RESULT") || LastLine(r.output) != want)
+    return ::testing::AssertionFailure() << "want the last and only RESULT line\n"
+                                         << want << "\nin:\n"
+                                         << r.output;
+  return ::testing::AssertionSuccess();
+}
+
 // `ips config check ARGS` fails (exit 1, no RESULT line) with the error line of `ips TRAIN_ARGS`,
 // which must contain `want`.
 void ExpectCheckFailsLikeTrain(const std::string& args, const std::string& train_args,
@@ -48,7 +63,7 @@ void ExpectCheckFailsLikeTrain(const std::string& args, const std::string& train
   ASSERT_EQ(train.exit_code, 1) << train.output;
   const IpsRun check = RunIps("config check " + args);
   EXPECT_EQ(check.exit_code, 1) << check.output;
-  EXPECT_EQ(check.output.find("RESULT"), std::string::npos) << check.output;
+  EXPECT_TRUE(EndsWithTheErrorResultLine(check));
   EXPECT_NE(ErrorLine(check).find(want), std::string::npos) << check.output;
   EXPECT_EQ(ErrorLine(check), ErrorLine(train)) << "check:\n"
                                                 << check.output << "train:\n"
@@ -235,7 +250,7 @@ TEST(ConfigCheck, NoDataSourceFailsLikeTrainWithoutStream) {
     EXPECT_NE(ErrorLine(train).find("data: set data.train_dir"), std::string::npos) << train.output;
     const IpsRun check = RunIps("config check " + args);
     EXPECT_EQ(check.exit_code, 1) << check.output;
-    EXPECT_EQ(check.output.find("RESULT"), std::string::npos) << check.output;
+    EXPECT_TRUE(EndsWithTheErrorResultLine(check));
     EXPECT_EQ(ErrorLine(check), ErrorLine(train) + hint) << check.output;
     // As a stream job it passes.
     const IpsRun stream = RunIps("config check " + args + " --stream -");
@@ -362,7 +377,7 @@ TEST(ConfigCheck, EpochWithFewerBatchesThanWorkersFailsWithNp) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   r = RunIps("config check " + din + " --np 8");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
+  EXPECT_TRUE(EndsWithTheErrorResultLine(r));
   EXPECT_EQ(ErrorLine(r), "error: FAILED_PRECONDITION: data.train_dir '" + ds +
                               "': 500 training examples per epoch do not give each of the 7 "
                               "workers one batch of 100 (that needs 700): lower data.batch_size "

@@ -45,14 +45,6 @@ TEST(ConfigLoader, ValidationErrorNamesLineAndFieldPath) {
   ExpectError(cfg.status(), path + ":4: data.batch_size: must be positive, got -4");
 }
 
-TEST(ConfigLoader, ValidationOfRepeatedTableNamesIndex) {
-  const auto path = WriteTemp("tables.pbtxt",
-                              "tables { name: \"item\" dim: 18 }\n"
-                              "tables { name: \"cat\" dim: 0 }\n");
-  auto cfg = LoadConfig(path, {});
-  ExpectError(cfg.status(), path + ":2: tables[1].dim: must be positive");
-}
-
 // An element appended by --set that fails validation: the error, without a line (the file has
 // no such element), never a crash.
 TEST(ConfigLoader, InvalidElementAppendedBySetIsAnError) {
@@ -82,7 +74,7 @@ TEST(ConfigOverride, SetsNestedScalarEnumStringAndRepeated) {
   auto cfg = LoadConfig(
       path, {"data.batch_size=128", "model.type=DIEN", "name=my run", "model.mlp_hidden=64,32,16",
              "tables[0].dim=36", "tables[1].name=category", "data.synthetic.num_items=5000",
-             // The model's tables are as wide as its embeddings (checked by the loader too).
+             // The model's tables are as wide as its embeddings (CheckConfigForRun).
              "model.embedding_dim=36", "tables[1].dim=36"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->data().batch_size(), 128);
@@ -231,126 +223,54 @@ TEST(ConfigOverride, EmptyListIsAnError) {
   EXPECT_EQ(cfg.model().mlp_hidden(0), 32);
 }
 
-// The checks of the model a config builds (ModelSpecFromConfig and the models' options), of the
-// tables (the store's) and of the cluster are the loader's too: a bad value from --set names the
-// override and the config field path ("model.num_interests", not "MindOptions.num_interests"),
-// one in the file names its line. Only the fields the model type reads are checked.
-TEST(ConfigOverride, ModelOptionErrorsNameTheOverrideAndTheConfigField) {
-  const auto path = WriteTemp("model_checks.pbtxt",
-                              "model { embedding_dim: 18 }\n"
-                              "tables { name: \"item\" dim: 18 }\n"
-                              "tables { name: \"category\" dim: 18 }\n");
-  ASSERT_TRUE(LoadConfig(path, {}).ok());
-  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"model.type=MIND", "model.num_interests=0"},
-       "--set model.num_interests=0: model.num_interests: must be in [1, 64], got 0"},
-      {{"model.type=MIND", "model.num_interests=65"},
-       "--set model.num_interests=65: model.num_interests: must be in [1, 64], got 65"},
-      {{"model.type=MIND", "model.routing_iterations=21"},
-       "--set model.routing_iterations=21: model.routing_iterations: must be in [1, 20], got 21"},
-      {{"model.type=BST", "model.num_heads=5"},
-       "--set model.num_heads=5: model.num_heads: 5 does not divide BST's block width 2 * "
-       "model.embedding_dim = 36"},
-      {{"model.type=BST", "model.num_blocks=0"},
-       "--set model.num_blocks=0: model.num_blocks: must be >= 1, got 0"},
-      {{"model.type=SASREC", "model.num_heads=4"},
-       "--set model.num_heads=4: model.num_heads: 4 does not divide model.embedding_dim 18"},
-      {{"model.type=DIEN", "model.aux_loss_weight=-1"},
-       "--set model.aux_loss_weight=-1: model.aux_loss_weight: must be >= 0 (0: no auxiliary "
-       "loss), got -1"},
-      {{"model.type=DIEN", "model.rnn_hidden=20"},
-       "--set model.rnn_hidden=20: model.rnn_hidden: must be 2 * model.embedding_dim = 36 (or 0 "
-       "for that), got 20"},
-      {{"model.type=GRU4REC", "model.rnn_hidden=-1"},
-       "--set model.rnn_hidden=-1: model.rnn_hidden: must be >= 0 (0: model.embedding_dim), got "
-       "-1"},
-      {{"model.activation=RELU"},
-       "--set model.activation=RELU: model.activation: RELU: the MLP head of DIN supports PRELU "
-       "and DICE"},
-      {{"model.attention_hidden=80"},
-       "--set model.attention_hidden=80: model.attention_hidden: the DIN activation unit has "
-       "exactly 2 hidden layers (got 1 sizes)"},
-      {{"model.activation=DICE", "data.batch_size=1"},
-       "--set data.batch_size=1: data.batch_size: model.activation DICE needs batches of at least "
-       "2 rows, got 1"},
-      // An element of a list is blamed on the override of the list.
-      {{"model.mlp_hidden=64,0"},
-       "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: must be "
-       "positive"},
+// BlameConfigField words every config check's error: the --set that set the field (the last
+// one; a list element's is its list's), else the file and the line that set it, else the file;
+// a field the check also read is blamed when its --set is the only one.
+TEST(ConfigBlame, NamesTheOverrideOrTheFileLineOfTheField) {
+  ConfigSource src;
+  src.filename = "f.pbtxt";
+  src.text = "model {\n  num_heads: 3\n  mlp_hidden: [64, 0]\n}\ntables { name: \"item\" }\n";
+  src.overrides = {"model.embedding_dim=20", "data.batch_size=8", "data.batch_size=-4"};
+  auto message = [&](const std::string& path, const std::vector<std::string>& also = {}) {
+    return BlameConfigField(src, path, "is bad", also).message();
   };
-  for (const auto& [sets, want] : cases) {
-    SCOPED_TRACE(sets.back());
-    const Status s = LoadConfig(path, sets).status();
-    ExpectError(s, want);
-    EXPECT_EQ(s.message().find("Options."), std::string::npos) << s.message();
-  }
-  // A field the model type does not read is not checked (DIN has no interests or heads to split).
-  EXPECT_TRUE(LoadConfig(path, {"model.num_interests=0", "model.num_heads=5"}).ok());
-  EXPECT_TRUE(LoadConfig(path, {"model.type=DIEN", "model.rnn_hidden=0"}).ok());
-  // In the file: its line.
-  const auto file = WriteTemp("mind_file.pbtxt", "model {\n  type: MIND\n  num_interests: 0\n}\n");
-  ExpectError(LoadConfig(file, {}).status(),
-              file + ":3: model.num_interests: must be in [1, 64], got 0");
-  // A check of two fields is blamed on the one an override set.
-  const auto small = WriteTemp("batch_of_one.pbtxt", "data { batch_size: 1 }\n");
-  ASSERT_TRUE(LoadConfig(small, {}).ok());
-  ExpectError(LoadConfig(small, {"model.activation=DICE"}).status(),
-              "--set model.activation=DICE: model.activation: DICE needs batches of at least 2 "
-              "rows (data.batch_size is 1)");
+  EXPECT_EQ(message("model.num_heads"), "f.pbtxt:2: model.num_heads: is bad");
+  EXPECT_EQ(message("model.mlp_hidden[1]"), "f.pbtxt:3: model.mlp_hidden[1]: is bad");
+  EXPECT_EQ(message("tables[0].name"), "f.pbtxt:5: tables[0].name: is bad");
+  // Not in the file (a default, or an element --set appended): the file alone.
+  EXPECT_EQ(message("train.epochs"), "f.pbtxt: train.epochs: is bad");
+  EXPECT_EQ(message("tables[1].dim"), "f.pbtxt: tables[1].dim: is bad");
+  EXPECT_EQ(message("data.batch_size"), "--set data.batch_size=-4: data.batch_size: is bad");
+  EXPECT_EQ(message("model.num_heads", {"model.embedding_dim"}),
+            "--set model.embedding_dim=20: model.num_heads: is bad");
+  src.overrides.push_back("model.mlp_hidden=64,0");
+  EXPECT_EQ(message("model.mlp_hidden[1]"),
+            "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: is bad");
+  EXPECT_EQ(BlameConfigFields(src, "model.num_heads", "a", "model.embedding_dim", "b").message(),
+            "--set model.embedding_dim=20: model.embedding_dim: b");
+  EXPECT_EQ(BlameConfigFields(src, "data.batch_size", "a", "model.embedding_dim", "b").message(),
+            "--set data.batch_size=-4: data.batch_size: a");
+  // A Config made in code: the field alone.
+  EXPECT_EQ(BlameConfigField(ConfigSource(), "model.num_heads", "is bad").message(),
+            "model.num_heads: is bad");
+  EXPECT_EQ(BlameConfigField(src, "model.num_heads", "x").code(), StatusCode::kInvalidArgument);
 }
 
-TEST(ConfigOverride, TableOptionErrorsNameTheOverrideAndTheConfigField) {
-  const auto path = WriteTemp("table_checks.pbtxt",
-                              "tables { name: \"item\" dim: 18 max_memory_mb: 64 }\n"
-                              "tables { name: \"category\" dim: 18 }\n");
-  ASSERT_TRUE(LoadConfig(path, {}).ok());
-  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"tables[0].max_memory_mb=-5"},
-       "--set tables[0].max_memory_mb=-5: tables[0].max_memory_mb: must be >= 0 (0: no cap), got "
-       "-5"},
-      {{"tables[1].ttl_steps=-1"},
-       "--set tables[1].ttl_steps=-1: tables[1].ttl_steps: must be in [0, 1073741823] (0: rows "
-       "never expire), got -1"},
-      {{"tables[1].min_count=70000"},
-       "--set tables[1].min_count=70000: tables[1].min_count: must be at most 65535"},
-      {{"tables[1].dim=70000"}, "--set tables[1].dim=70000: tables[1].dim: must be at most 65536"},
-      {{"optimizer.beta1=1"}, "--set optimizer.beta1=1: optimizer.beta1: must be in [0, 1), got 1"},
-      {{"optimizer.type=ADAGRAD", "optimizer.epsilon=0"},
-       "--set optimizer.epsilon=0: optimizer.epsilon: must be positive, got 0"},
-      {{"tables[1].optimizer.type=FTRL", "tables[1].optimizer.l1=-0.5"},
-       "--set tables[1].optimizer.l1=-0.5: tables[1].optimizer.l1: must be >= 0, got -0.5"},
-      {{"tables[0].optimizer.initial_accumulator=-1"},
-       "--set tables[0].optimizer.initial_accumulator=-1: "
-       "tables[0].optimizer.initial_accumulator: must be >= 0, got -1"},
-      {{"tables[0].initializer.type=NORMAL", "tables[0].initializer.stddev=-1"},
-       "--set tables[0].initializer.stddev=-1: tables[0].initializer.stddev: must be >= 0, got -1"},
-      {{"tables[0].initializer.type=UNIFORM", "tables[0].initializer.range=-1"},
-       "--set tables[0].initializer.range=-1: tables[0].initializer.range: must be >= 0, got -1"},
-      // The model's tables hold rows of model.embedding_dim floats: the side an override changed
-      // is named.
-      {{"tables[0].dim=32"},
-       "--set tables[0].dim=32: tables[0].dim: 32 != model.embedding_dim 18 (table 'item' holds "
-       "the model's embeddings)"},
-      {{"model.embedding_dim=32"},
-       "--set model.embedding_dim=32: model.embedding_dim: 32 != tables[0].dim 18 (table 'item' "
-       "holds the model's embeddings)"},
-  };
-  for (const auto& [sets, want] : cases) {
-    SCOPED_TRACE(sets.back());
-    const Status s = LoadConfig(path, sets).status();
-    ExpectError(s, want);
-    EXPECT_EQ(s.message().find(path), std::string::npos) << s.message();
-  }
-  // A sequence model embeds items only: the category table's width is not the model's concern.
-  EXPECT_TRUE(LoadConfig(path, {"model.type=SASREC", "tables[1].dim=8"}).ok());
-  // A table the model does not read may have its own width.
-  EXPECT_TRUE(LoadConfig(path, {"tables[2].name=extra", "tables[2].dim=8"}).ok());
-  // In the file: its line.
-  const auto file = WriteTemp("table_file.pbtxt",
-                              "tables { name: \"item\" dim: 18 }\n"
-                              "tables {\n  name: \"category\"\n  max_memory_mb: -5\n}\n");
-  ExpectError(LoadConfig(file, {}).status(),
-              file + ":4: tables[1].max_memory_mb: must be >= 0 (0: no cap), got -5");
+// The loader checks the config's own rules; the model's, the tables' and the run's are their
+// components' (CheckConfigForRun in worker/config_validation.h, tests/cli/config_validation_test),
+// which proto/ does not depend on.
+TEST(ConfigLoader, LeavesTheComponentsChecksToThem) {
+  const auto path = WriteTemp("components.pbtxt", "tables { name: \"item\" dim: 18 }\n");
+  EXPECT_TRUE(LoadConfig(path, {"model.type=MIND", "model.num_interests=0"}).ok());
+  EXPECT_TRUE(LoadConfig(path, {"tables[0].dim=70000", "train.max_steps=-1"}).ok());
+  // Its own rules stay: table names, for one.
+  ExpectError(LoadConfig(path, {"tables[1].dim=4"}).status(),
+              path + ": tables[1].name: every table needs a name");
+  ConfigSource source;
+  ASSERT_TRUE(LoadConfig(path, {"data.batch_size=8"}, &source).ok());
+  EXPECT_EQ(source.filename, path);
+  EXPECT_EQ(source.text, "tables { name: \"item\" dim: 18 }\n");
+  EXPECT_EQ(source.overrides, std::vector<std::string>{"data.batch_size=8"});
 }
 
 // cluster.staleness bounds ASYNC's reads; SYNC would ignore it, so the pair is refused, naming

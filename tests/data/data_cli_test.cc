@@ -79,7 +79,9 @@ TEST(DataCli, EmptyInputExitsOneNamingTheFile) {
   EXPECT_NE(r.output.find("error: " + dir.File("empty.txt") + ": no usable events"),
             std::string::npos)
       << r.output;
-  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+  EXPECT_EQ(
+      testing::LastLine(r.output).rfind("RESULT data_convert status=error exit=1 error=\"", 0), 0u)
+      << r.output;
 }
 
 TEST(DataCli, DegenerateFlagValuesAreUsageErrorsNamingTheFlag) {
@@ -123,7 +125,9 @@ TEST(DataCli, DatasetsThatCannotTrainOrHaveNoNegativeExitOneNamingTheInput) {
       << r.output;
   EXPECT_NE(r.output.find("the input needs a user with 2 events, or with >= 4"), std::string::npos)
       << r.output;
-  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+  EXPECT_EQ(
+      testing::LastLine(r.output).rfind("RESULT data_convert status=error exit=1 error=\"", 0), 0u)
+      << r.output;
   // User 1 interacted with all 4 items: no evaluation negative can be drawn for it.
   testing::WriteFile(dir.File("all.txt"), "1 1\n1 2\n1 3\n1 4\n2 1\n2 2\n");
   r = Ips("data convert --format seqrec --input " + dir.File("all.txt") + " --output " +
@@ -134,7 +138,9 @@ TEST(DataCli, DatasetsThatCannotTrainOrHaveNoNegativeExitOneNamingTheInput) {
                           "negative can be drawn for it: the --eval_negatives=5 candidates"),
             std::string::npos)
       << r.output;
-  EXPECT_EQ(r.output.find("RESULT data_convert"), std::string::npos) << r.output;
+  EXPECT_EQ(
+      testing::LastLine(r.output).rfind("RESULT data_convert status=error exit=1 error=\"", 0), 0u)
+      << r.output;
   EXPECT_NE(::access(dir.File("out").c_str(), F_OK), 0)
       << "a refused conversion wrote " << dir.File("out");
 }

@@ -603,7 +603,14 @@ TEST(ResumeCli, RunsThatWouldMixWithAnotherRunsCheckpointsAreRefusedAndLeaveThem
                            ", or give this run an empty or new checkpoint.dir"),
             std::string::npos)
       << fresh.err;
-  EXPECT_EQ(fresh.out.find("RESULT"), std::string::npos) << fresh.out;
+  // No success line: the error's, alone (launch/main.cc).
+  EXPECT_EQ(fresh.out.rfind("RESULT train status=error exit=1 error=\"FAILED_PRECONDITION: "
+                            "checkpoint.dir " +
+                                ck + " already holds 3 checkpoint(s) of an earlier run",
+                            0),
+            0u)
+      << fresh.out;
+  EXPECT_EQ(fresh.out.find('\n'), fresh.out.size() - 1) << fresh.out;
   EXPECT_EQ(CheckpointNames(ck), kept);
   EXPECT_EQ(ReadAll(ck + "/LATEST"), "ckpt-33\n");
 
@@ -682,7 +689,13 @@ TEST(ResumeCli, ResumeAndEvalOnAnotherVocabularyAreRefusedSameVocabularyIsAccept
             std::string::npos)
       << eval.err;
   EXPECT_NE(eval.err.find("has another vocabulary"), std::string::npos) << eval.err;
-  EXPECT_EQ(eval.out.find("RESULT"), std::string::npos) << eval.out;
+  EXPECT_EQ(eval.out.rfind("RESULT eval status=error exit=1 error=\"INVALID_ARGUMENT: the "
+                           "checkpoint at " +
+                               root + "/ck/ckpt-20 was trained on data.train_dir '",
+                           0),
+            0u)
+      << eval.out;
+  EXPECT_EQ(eval.out.find('\n'), eval.out.size() - 1) << eval.out;
 
   Cmd resume = Exec("train --quiet" + config +
                         " --set train.max_steps=30 --set data.train_dir=" + other_dir +
@@ -939,10 +952,11 @@ TEST(ResumeCli, StopDuringAnEvaluationAbandonsItAndResumesLikeAnUninterruptedRun
   Cmd full = Exec(
       base + " --set checkpoint.dir=" + root + "/full --metrics_out " + root + "/full.json", root);
   ASSERT_EQ(full.rc, 0) << full.err;
-  std::string epoch1;
+  std::string epoch1;  // the first epoch line (train lines come before it)
   {
     std::ifstream f(root + "/full.json");
-    std::getline(f, epoch1);
+    while (std::getline(f, epoch1) && epoch1.find("\"phase\":\"epoch\"") == std::string::npos) {
+    }
   }
   const int64_t per_epoch = std::stoll(Field(epoch1, "steps", true));
   const double eval_s = std::stod(Field(epoch1, "eval_s", true));
@@ -991,6 +1005,104 @@ TEST(ResumeCli, StopDuringAnEvaluationAbandonsItAndResumesLikeAnUninterruptedRun
         << resumed.err;
     EXPECT_EQ(without_throughput(LastLine(resumed.out)), without_throughput(full_result));
   }
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// 6000 users of 12 events on items drawn from 200000 ids (about 66000 distinct): MIND's
+// full-ranking retrieval evaluation (6000 users x every item) takes about two seconds on one
+// core, several times the sampled ranking evaluation before it (20 negatives per list).
+std::string MakeLongRetrievalDataset(const std::string& root) {
+  {
+    std::ofstream out(root + "/in.txt");
+    Rng rng(1);
+    for (int u = 1; u <= 6000; ++u)
+      for (int j = 0; j < 12; ++j) out << u << " " << 1 + rng.UniformInt(199999) << "\n";
+  }
+  ConvertOptions o;
+  o.format = "seqrec";
+  o.input = root + "/in.txt";
+  o.output = root + "/ds";
+  o.max_history = 10;
+  o.eval_negatives = 20;
+  EXPECT_OK(ConvertDataset(o).status());
+  return root + "/ds";
+}
+
+constexpr char kLongRetrievalConfig[] = R"(
+version: 1
+name: "retrieval_stop"
+data { batch_size: 64 max_history: 10 seed: 3 }
+model { type: MIND embedding_dim: 32 num_interests: 2 routing_iterations: 3 }
+optimizer { type: ADAM learning_rate: 0.01 beta1: 0.9 beta2: 0.999 }
+tables { name: "item" dim: 32 initializer { type: XAVIER_NORMAL } }
+tables { name: "category" dim: 32 initializer { type: XAVIER_NORMAL } }
+train { epochs: 1 num_threads: 1 seed: 0 }
+eval { top_k: [10, 20] every_epochs: 1 max_users: 0 }
+)";
+
+// MIND's full-ranking retrieval evaluation, which single-process `ips train` runs after the last
+// epoch's ranking evaluation, is abandoned by a stop signal like the other evaluations: exit 3,
+// one RESULT line status=stopped at the last step, whose checkpoint (saved before the
+// evaluations) is there, in a fraction of the evaluation's time. Resumed, the run evaluates again
+// and ends with the uninterrupted run's RESULT. (It finished the retrieval evaluation and the run:
+// exit 0.)
+TEST(ResumeCli, StopDuringMindRetrievalEvaluationAbandonsItAndResumesLikeAnUninterruptedRun) {
+  const std::string root = TempRoot("cli_retrieval_stop");
+  const std::string ds = MakeLongRetrievalDataset(root);
+  WriteConfig(root + "/mind.pbtxt", kLongRetrievalConfig);
+  const std::string base =
+      "train --quiet --config " + root + "/mind.pbtxt --set data.train_dir=" + ds;
+  Cmd full = Exec(base + " --set checkpoint.dir=" + root + "/full", root);
+  ASSERT_EQ(full.rc, 0) << full.err;
+  const std::string full_result = LastLine(full.out);
+  ASSERT_EQ(full_result.rfind("RESULT train model=mind epochs=1 steps=", 0), 0u) << full.out;
+  ASSERT_NE(full_result.find(" recall20="), std::string::npos) << full_result;
+  const int64_t steps = std::stoll(Field(full_result, "steps", false));
+  // "retrieval: U users x I items in S s"
+  const size_t at = full.err.find("retrieval: ");
+  ASSERT_NE(at, std::string::npos) << full.err;
+  const size_t in = full.err.find(" in ", at);
+  ASSERT_NE(in, std::string::npos) << full.err;
+  const double retrieval_s = std::stod(full.err.substr(in + 4));
+  ASSERT_GE(retrieval_s, 0.4) << "too quick to be signalled in the middle: " << full.err;
+  auto without_throughput = [](std::string line) {
+    const size_t b = line.find(" samples_per_s="), e = line.find(' ', b + 1);
+    return b == std::string::npos ? line : line.erase(b, e - b);
+  };
+
+  const std::string dir = root + "/stop", metrics = root + "/stop.json";
+  const std::string args = base + " --set checkpoint.dir=" + dir + " --metrics_out " + metrics;
+  // The signal a quarter of the retrieval evaluation after it started: the epoch's JSON line (the
+  // first with the ranking metrics) is written after the ranking evaluation, right before the
+  // retrieval one.
+  std::optional<std::chrono::steady_clock::time_point> started;
+  const Signalled stopped = RunSignalled(args, root, SIGTERM, [&](pid_t) {
+    if (!started && ReadAll(metrics).find("\"hr10\":") != std::string::npos)
+      started = std::chrono::steady_clock::now();
+    return started &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - *started).count() >=
+               retrieval_s / 4;
+  });
+  ASSERT_TRUE(stopped.sent) << Describe(stopped);
+  ASSERT_TRUE(WIFEXITED(stopped.status)) << Describe(stopped);
+  EXPECT_EQ(WEXITSTATUS(stopped.status), 3) << Describe(stopped);
+  EXPECT_EQ(stopped.out, "RESULT train model=mind status=stopped step=" + std::to_string(steps) +
+                             " checkpoint=" + dir + "/ckpt-" + std::to_string(steps) + "\n")
+      << Describe(stopped);
+  EXPECT_NE(stopped.err.find("stopped by SIGTERM at step " + std::to_string(steps)),
+            std::string::npos)
+      << Describe(stopped);
+  EXPECT_EQ(stopped.err.find("retrieval: "), std::string::npos) << "it finished the evaluation";
+  EXPECT_TRUE(HasCheckpoint(dir, steps)) << Describe(stopped);
+  EXPECT_LT(stopped.after_signal_s, retrieval_s / 2)
+      << "the stop waited for the retrieval evaluation (" << retrieval_s << " s)";
+
+  Cmd resumed = Exec(args + " --resume " + dir, root);
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resumed from '" + dir + "' at step " + std::to_string(steps)),
+            std::string::npos)
+      << resumed.err;
+  EXPECT_EQ(without_throughput(LastLine(resumed.out)), without_throughput(full_result));
   (void)std::system(("rm -rf " + root).c_str());
 }
 #endif  // IPS_BINARY

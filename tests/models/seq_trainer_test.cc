@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -29,6 +30,7 @@
 #include "tests/testing/tolerance.h"
 #include "worker/dataset_builder.h"
 #include "worker/metrics.h"
+#include "worker/metrics_line.h"
 #include "worker/model_factory.h"
 
 namespace ips {
@@ -631,10 +633,21 @@ TEST(SeqTrainer, SyntheticRunTimesStepsAndLogs) {
   auto l0 = (*t2)->Step(ViewOf(b0));
   ASSERT_OK(l0.status());
   EXPECT_EQ(*l0, r->losses[0]);
-  const std::string m = metrics.str();
-  EXPECT_NE(m.find("\"timed_steps\":5,"), std::string::npos) << m;
-  EXPECT_NE(m.find("\"timed_steps\":7,"), std::string::npos) << m;
-  EXPECT_NE(m.find("\"model\":\"gru4rec\""), std::string::npos) << m;
+  // Train lines when the step count (warm-up included) is a multiple of 5 and after the last step.
+  auto lines = ParseMetricsLines(metrics.str());
+  ASSERT_OK(lines.status());
+  ASSERT_EQ(lines->size(), 2u) << metrics.str();
+  for (const ParsedMetricsLine& l : *lines) {
+    EXPECT_EQ(l.Get("phase"), "train");
+    EXPECT_EQ(l.Get("model"), "gru4rec");
+  }
+  EXPECT_EQ((*lines)[0].Get("step"), "5");
+  EXPECT_EQ((*lines)[0].Get("timed_steps"), "2");
+  EXPECT_EQ((*lines)[1].Get("step"), "10");
+  EXPECT_EQ((*lines)[1].Get("timed_steps"), "7");
+  std::ostringstream last_loss;
+  last_loss << std::setprecision(17) << r->losses.back();
+  EXPECT_EQ((*lines)[1].Get("step_loss"), last_loss.str());
   o.steps = 0;
   EXPECT_EQ(RunSeqSyntheticTraining(t->get(), o, sinks).status().code(),
             StatusCode::kInvalidArgument);
@@ -747,8 +760,29 @@ TEST_F(SeqDatasetTraining, EpochsLearnThePatternAndEvaluateOnSchedule) {
   EXPECT_GT(r->eval.auc, 0.85);
   EXPECT_GT(r->eval.hr, r->per_epoch[2].eval.hr - 0.05);
   const std::string m = metrics.str();
-  EXPECT_NE(m.find("{\"epoch\":1,\"hr10\":null,"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"epoch\":6,\"hr10\":0."), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"gru4rec\",\"epoch\":1,\"hr10\":null,"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"gru4rec\",\"epoch\":6,\"hr10\":0."),
+            std::string::npos)
+      << m;
+  // Every line has its phase and the model; a train line every 5 steps (13 per epoch: the last,
+  // step 78, is logged for being the last), each epoch's line after its train lines (QA: a
+  // dataset run wrote no train lines).
+  auto lines = ParseMetricsLines(m);
+  ASSERT_OK(lines.status());
+  std::vector<std::string> phases;
+  for (const ParsedMetricsLine& l : *lines) {
+    EXPECT_EQ(l.Get("model"), "gru4rec");
+    phases.push_back(l.Get("phase") + (l.Get("phase") == "train" ? l.Get("step") : l.Get("epoch")));
+  }
+  std::vector<std::string> want;
+  for (int64_t step = 5, epoch = 1; epoch <= 6; ++epoch) {
+    for (; step <= 13 * epoch; step += 5) want.push_back("train" + std::to_string(step));
+    if (epoch == 6 && want.back() != "train78") want.push_back("train78");
+    want.push_back("epoch" + std::to_string(epoch));
+  }
+  EXPECT_EQ(phases, want) << m;
 
   o.max_steps = 4;
   auto short_run = RunSeqDatasetTraining(t->get(), *data_, o, RunSinks{});

@@ -447,7 +447,8 @@ TEST(ServeCli, ExportWithADatasetOfAnotherVocabulary_RefusedNamingBoth) {
   EXPECT_NE(ex.error.find("Pass --dataset the dataset the checkpoint was trained on"),
             std::string::npos)
       << ex.error;
-  EXPECT_EQ(ex.output.find("RESULT"), std::string::npos) << ex.output;
+  EXPECT_EQ(ex.output.rfind("RESULT export status=error exit=1 error=\"export: ", 0), 0u)
+      << ex.output;
   EXPECT_FALSE(ps::PathExists(out)) << "a refused export wrote " << out;
 
   // The same vocabulary: accepted, named or as the config's data.train_dir.
@@ -509,7 +510,12 @@ TEST(ServeCli, TwoStreamsIntoOneRoot_TheSecondIsRefusedUpFront_TheRootServes) {
   auto serving = RunIps("serve --bundle " + root + " < " + request);
   first_run.join();
   EXPECT_EQ(second.exit_code, 1) << second.output;
-  EXPECT_EQ(second.output.find("RESULT"), std::string::npos) << second.output;
+  EXPECT_EQ(LastLine(second.output)
+                .rfind("RESULT train_stream status=error exit=1 error=\"FAILED_PRECONDITION: "
+                       "--stream_publish_dir ",
+                       0),
+            0u)
+      << second.output;
   EXPECT_NE(second.output.find("error: FAILED_PRECONDITION: --stream_publish_dir " + root +
                                " is in use by another run (pid "),
             std::string::npos)
@@ -596,7 +602,12 @@ TEST(ServeCli, StreamNegativesZeroIsAUsageError_SequenceModelNamesTheSupportedMo
   auto zero = RunIpsSplit("train --quiet --config " + configs + "din_stream.pbtxt --stream " + dir +
                           "/ev.tsv --stream_no_follow --stream_negatives 0");
   EXPECT_EQ(zero.exit_code, 2) << zero.output << zero.error;
-  EXPECT_EQ(zero.output.find("RESULT"), std::string::npos) << zero.output;
+  EXPECT_EQ(
+      zero.output.rfind(
+          "RESULT train_stream status=error exit=2 error=\"--stream_negatives 0: expected 1..1000",
+          0),
+      0u)
+      << zero.output;
   EXPECT_NE(zero.error.find("--stream_negatives 0: expected 1..1000"), std::string::npos)
       << zero.error;
   auto seq = RunIpsSplit("train --quiet --config " + configs + "sasrec_synthetic.pbtxt --stream " +

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "tests/testing/run_ips.h"
+#include "worker/metrics_line.h"
 
 namespace {
 
@@ -62,11 +63,20 @@ TEST(TrainCli, SyntheticRunEndsWithResultAndWritesMetrics) {
   std::stringstream all;
   all << in.rdbuf();
   const std::string m = all.str();
-  // Intervals at 3 and 6 timed steps, then eval and result.
-  EXPECT_NE(m.find("{\"phase\":\"train\",\"step\":5,\"timed_steps\":3,"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"phase\":\"train\",\"step\":8,\"timed_steps\":6,"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"phase\":\"eval\",\"step\":8,\"examples\":64,"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"phase\":\"result\",\"model\":\"din\""), std::string::npos) << m;
+  // Train lines at step counts 3 and 6 (warm-up included) and the last, 8; then eval and result.
+  // Every line names its phase and the model (the CTR run's train and eval lines did not).
+  auto lines = ips::ParseMetricsLines(m);
+  ASSERT_TRUE(lines.ok()) << lines.status().ToString();
+  std::string phases;
+  for (const ips::ParsedMetricsLine& l : *lines) {
+    EXPECT_EQ(l.Get("model"), "din") << m;
+    phases += l.Get("phase") + l.Get("step") + " ";
+  }
+  EXPECT_EQ(phases, "train3 train6 train8 eval8 result ") << m;
+  EXPECT_EQ((*lines)[1].Get("timed_steps"), "4") << m;
+  EXPECT_EQ((*lines)[3].Get("examples"), "64") << m;
+  for (const char* key : {"samples_per_s", "steps", "batch", "threads", "loss", "auc"})
+    EXPECT_TRUE((*lines)[4].Has(key)) << key << " in " << m;
   std::remove(metrics.c_str());
 }
 
@@ -142,7 +152,12 @@ TEST(TrainCli, EvalOfNoBatchesIsAUsageError) {
               std::string::npos)
         << r.output;
     EXPECT_NE(r.output.find("usage: ips eval"), std::string::npos) << r.output;
-    EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
+    EXPECT_EQ(LastLine(r.output).rfind("RESULT eval status=error exit=2 error=\"ips eval: "
+                                       "--eval_batches must be in [1, 2147483647], got " +
+                                           std::string(bad) + "\"",
+                                       0),
+              0u)
+        << r.output;
   }
   r = RunIps(eval + " --eval_batches 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -187,11 +202,32 @@ TEST(TrainCli, ConvertedDatasetTrainsEpochsAndReportsRankingMetrics) {
   EXPECT_GT(ResultValue(last, "ndcg10"), 0.1) << last;
   EXPECT_GT(ResultValue(last, "auc"), 0.7) << last;
   const std::string m = Slurp(metrics);
-  EXPECT_NE(m.find("{\"epoch\":1,\"hr10\":"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"epoch\":2,\"hr10\":"), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"din\",\"epoch\":1,\"hr10\":"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"din\",\"epoch\":2,\"hr10\":"),
+            std::string::npos)
+      << m;
   EXPECT_NE(m.find("\"ndcg10\":"), std::string::npos) << m;
   EXPECT_NE(m.find("{\"phase\":\"result\",\"model\":\"din\",\"epochs\":2,"), std::string::npos)
       << m;
+  // Every line parses and names its phase and the model; train lines every train.log_every_steps
+  // (20 in din_ml100k.pbtxt) steps and after the last, as synthetic and cluster runs write them
+  // (QA: a dataset run wrote none, and its epoch lines had no "phase").
+  auto lines = ips::ParseMetricsLines(m);
+  ASSERT_TRUE(lines.ok()) << lines.status().ToString();
+  for (const ips::ParsedMetricsLine& l : *lines) EXPECT_EQ(l.Get("model"), "din") << m;
+  const auto train = ips::LinesOfPhase(*lines, "train");
+  const int64_t steps = static_cast<int64_t>(ResultValue(last, "steps"));
+  ASSERT_EQ(train.size(), static_cast<size_t>((steps + 19) / 20)) << m;
+  for (size_t i = 0; i < train.size(); ++i) {
+    EXPECT_EQ(train[i].Get("step"),
+              std::to_string(i + 1 < train.size() ? 20 * static_cast<int64_t>(i + 1) : steps));
+    for (const char* key : {"epoch", "loss", "step_loss", "samples_per_s", "elapsed_s"})
+      EXPECT_TRUE(train[i].Has(key)) << key << " in " << m;
+  }
+  EXPECT_EQ(ips::LinesOfPhase(*lines, "epoch").size(), 2u) << m;
+  EXPECT_EQ(lines->back().Get("phase"), "result") << m;
 
   // Missing and corrupt dataset directories: exit 1 with the reader's message.
   r = RunIps(base + " --set data.train_dir=" + dir + "/no_such_dir");
@@ -205,7 +241,8 @@ TEST(TrainCli, ConvertedDatasetTrainsEpochsAndReportsRankingMetrics) {
   r = RunIps(base);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("DATA_LOSS"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("RESULT"), std::string::npos) << r.output;
+  EXPECT_EQ(LastLine(r.output).rfind("RESULT train status=error exit=1 error=\"DATA_LOSS: ", 0), 0u)
+      << r.output;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

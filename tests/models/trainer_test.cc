@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iomanip>
+#include <limits>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -27,7 +29,9 @@
 #include "tests/models/trainer_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
+#include "worker/config_validation.h"
 #include "worker/dataset_builder.h"
+#include "worker/metrics_line.h"
 
 namespace ips {
 namespace {
@@ -596,7 +600,7 @@ TEST(TrainJob, UnsupportedIsReportedNotCrashed) {
   }
   // The loader refuses these (naming the --set); TrainJobFromConfig still does, for a Config
   // that skipped it, with the config's field names.
-  EXPECT_FALSE(LoadConfig(ConfigPath(), {"model.activation=RELU"}).ok());
+  EXPECT_FALSE(LoadConfigForRun(ConfigPath(), {"model.activation=RELU"}).ok());
   cfg = LoadConfig(ConfigPath(), {});
   ASSERT_OK(cfg.status());
   config::Config c = *cfg;
@@ -794,8 +798,12 @@ TEST_F(DatasetTraining, TwoEpochsLearnThePlantedPatternAndEvaluateOnSchedule) {
   EXPECT_GT(r->eval.hr, before->hr + 0.1);
   EXPECT_GT(r->eval.auc, 0.7);
   const std::string m = metrics.str();
-  EXPECT_NE(m.find("{\"epoch\":1,\"hr10\":null,"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"epoch\":2,\"hr10\":0."), std::string::npos) << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"din\",\"epoch\":1,\"hr10\":null,"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"din\",\"epoch\":2,\"hr10\":0."),
+            std::string::npos)
+      << m;
   // Ranked lists count the evaluated users (0 in an epoch not evaluated).
   EXPECT_NE(m.find(",\"eval_users\":0,"), std::string::npos) << m;
   EXPECT_NE(m.find(",\"eval_users\":400,"), std::string::npos) << m;
@@ -816,6 +824,171 @@ StatusOr<TrainJob> DatasetJob(const std::string& dir, std::vector<std::string> s
   c.mutable_data()->clear_synthetic();
   c.mutable_data()->set_train_dir(dir);
   return TrainJobFromConfig(c);
+}
+
+// MetricsLine writes null for what JSON cannot hold (the cluster's result line printed "nan"
+// with operator<<), escapes strings, and ParseMetricsLine reads it back; it refuses what is not
+// JSON, e.g. a bare nan.
+TEST(MetricsLine, NonFiniteIsNullStringsAreEscapedAndItParsesBack) {
+  const std::string line = MetricsLine("result", "di\"n")
+                               .Num("loss", std::nan(""))
+                               .Decimals("auc", std::numeric_limits<double>::infinity(), 6)
+                               .Num("step_loss", 0.1, 17)
+                               .Int("steps", -3)
+                               .Str("path", "a\\b\n")
+                               .str();
+  EXPECT_EQ(line,
+            "{\"phase\":\"result\",\"model\":\"di\\\"n\",\"loss\":null,\"auc\":null,"
+            "\"step_loss\":0.10000000000000001,\"steps\":-3,\"path\":\"a\\\\b\\u000a\"}\n");
+  auto parsed = ParseMetricsLine(line);
+  ASSERT_OK(parsed.status());
+  EXPECT_EQ(parsed->Get("model"), "di\"n");
+  EXPECT_EQ(parsed->Get("path"), "a\\b\n");
+  EXPECT_EQ(parsed->Get("loss"), "null");
+  EXPECT_EQ(std::stod(parsed->Get("step_loss")), 0.1);
+  for (const char* bad : {"{\"phase\":\"x\",\"loss\":nan}", "{\"a\":1,\"a\":2}", "{\"a\":01}",
+                          "{\"a\":1,}", "{\"a\":1} x", "{\"a\":\"b}", "[1]", "{\"a\":-inf}"})
+    EXPECT_EQ(ParseMetricsLine(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  EXPECT_EQ(ParseMetricsLines("{\"model\":\"din\",\"phase\":\"train\"}\n").status().code(),
+            StatusCode::kInvalidArgument)
+      << "phase first";
+  auto two = ParseMetricsLines(line + "\n" + line);
+  ASSERT_OK(two.status());
+  EXPECT_EQ(two->size(), 2u);
+  EXPECT_EQ(LinesOfPhase(*two, "result").size(), 2u);
+}
+
+// 17 significant digits: a double as the train lines' "step_loss" prints it.
+std::string Digits17(double v) {
+  std::ostringstream os;
+  os << std::setprecision(17) << v;
+  return os.str();
+}
+
+// The train lines of a run whose step losses were `losses` (step i + 1: losses[i]): one whenever
+// the trainer's step count is a multiple of `every` and after the last step, with that step's
+// loss to the last bit and the mean of the losses since the previous train line (8 digits).
+void ExpectTrainLines(const std::vector<ParsedMetricsLine>& train,
+                      const std::vector<double>& losses, int64_t every) {
+  std::vector<int64_t> want;
+  const auto n = static_cast<int64_t>(losses.size());
+  for (int64_t s = every; s <= n; s += every) want.push_back(s);
+  if (n % every != 0) want.push_back(n);
+  ASSERT_EQ(train.size(), want.size());
+  int64_t begin = 0;
+  double elapsed = 0;
+  for (size_t i = 0; i < train.size(); ++i) {
+    const ParsedMetricsLine& l = train[i];
+    const int64_t step = std::stoll(l.Get("step"));
+    ASSERT_EQ(step, want[i]);
+    EXPECT_EQ(l.Get("step_loss"), Digits17(losses[static_cast<size_t>(step - 1)])) << step;
+    double mean = 0;
+    for (int64_t j = begin; j < step; ++j) mean += losses[static_cast<size_t>(j)];
+    mean /= static_cast<double>(step - begin);
+    EXPECT_NEAR(std::stod(l.Get("loss")), mean, 1e-7 * std::fabs(mean)) << step;
+    EXPECT_GE(std::stod(l.Get("elapsed_s")), elapsed) << step;
+    elapsed = std::stod(l.Get("elapsed_s"));
+    begin = step;
+  }
+}
+
+// --metrics_out of a dataset run (QA: it had only the epoch lines, without "phase", while
+// synthetic and cluster runs logged train lines): every line parses and begins with "phase" and
+// "model"; train lines (ExpectTrainLines) carry the step's epoch and the throughput so far, and
+// each epoch's line follows its train lines.
+TEST_F(DatasetTraining, MetricsHaveTrainLinesAndEveryLineAPhaseAndModel) {
+  auto job = DatasetJob(dir_ + "/ds",
+                        {"data.batch_size=64", "data.max_history=10", "train.epochs=2",
+                         "train.num_threads=1", "train.log_every_steps=7", "eval.every_epochs=2"});
+  ASSERT_OK(job.status());
+  ASSERT_OK(FitJobToDataset(*data_, &*job));
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_OK(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_OK(trainer.status());
+  std::ostringstream metrics;
+  std::vector<double> losses;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  sinks.on_step = [&losses](int64_t, double loss) { losses.push_back(loss); };
+  auto r = RunDatasetTraining(trainer->get(), *data_, job->dataset, sinks);
+  ASSERT_OK(r.status());
+  const int64_t per_epoch =
+      (static_cast<int64_t>(data_->manifest().train_examples_per_epoch) + 63) / 64;
+  ASSERT_EQ(r->steps, 2 * per_epoch);
+  ASSERT_NE(per_epoch % 7, 0) << "the last step is to be logged for being the last";
+  ASSERT_EQ(losses.size(), static_cast<size_t>(r->steps));
+
+  auto lines = ParseMetricsLines(metrics.str());
+  ASSERT_OK(lines.status());
+  for (const ParsedMetricsLine& l : *lines) EXPECT_EQ(l.Get("model"), "din");
+  const std::vector<ParsedMetricsLine> train = LinesOfPhase(*lines, "train"),
+                                       epochs = LinesOfPhase(*lines, "epoch");
+  EXPECT_EQ(train.size() + epochs.size(), lines->size()) << metrics.str();
+  ExpectTrainLines(train, losses, 7);
+  for (const ParsedMetricsLine& l : train) {
+    const int64_t step = std::stoll(l.Get("step"));
+    EXPECT_EQ(l.Get("epoch"), std::to_string((step - 1) / per_epoch + 1)) << step;
+    EXPECT_FALSE(l.Has("timed_steps"));
+    EXPECT_GT(std::stod(l.Get("samples_per_s")), 0) << step;
+  }
+  ASSERT_EQ(epochs.size(), 2u);
+  EXPECT_EQ(epochs[0].Get("hr10"), "null");  // evaluated every 2 epochs
+  EXPECT_EQ(epochs[1].Get("steps"), std::to_string(r->steps));
+  EXPECT_EQ(epochs[1].Get("eval_users"), "400");
+  // Epoch 1's line comes after the train line of its last logged step, before epoch 2's.
+  size_t at = 0;
+  while (at < lines->size() && (*lines)[at].Get("phase") == "train" &&
+         std::stoll((*lines)[at].Get("step")) <= per_epoch)
+    ++at;
+  ASSERT_LT(at, lines->size());
+  EXPECT_EQ((*lines)[at].Get("phase"), "epoch");
+  EXPECT_EQ((*lines)[at].Get("epoch"), "1");
+  EXPECT_EQ(lines->back().Get("phase"), "epoch");
+}
+
+// --metrics_out of a synthetic run: train lines whenever the step count (warm-up included) is a
+// multiple of log_every_steps and after the last step, counting the timed steps (0 in the
+// warm-up, with no throughput yet), then the held-out "eval" line; every line names the model (the
+// CTR run's lines had no "model", the sequence run's had).
+TEST(Trainer, SyntheticRunMetricsLinesNameTheModelAndLogEveryStepCountMultiple) {
+  auto cfg = LoadConfig(ConfigPath(), {"train.num_threads=1", "data.synthetic.num_items=3000",
+                                       "data.synthetic.num_categories=20", "data.batch_size=32",
+                                       "data.max_history=10", "data.synthetic.warmup_steps=4",
+                                       "data.synthetic.steps=6", "train.log_every_steps=3"});
+  ASSERT_OK(cfg.status());
+  auto job = TrainJobFromConfig(*cfg);
+  ASSERT_OK(job.status());
+  job->run.eval_batches = 2;
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_OK(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_OK(trainer.status());
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  auto r = RunSyntheticTraining(trainer->get(), job->run, sinks);
+  ASSERT_OK(r.status());
+  ASSERT_EQ(r->losses.size(), 10u);
+  auto lines = ParseMetricsLines(metrics.str());
+  ASSERT_OK(lines.status());
+  for (const ParsedMetricsLine& l : *lines) EXPECT_EQ(l.Get("model"), "din") << metrics.str();
+  const std::vector<ParsedMetricsLine> train = LinesOfPhase(*lines, "train");
+  ExpectTrainLines(train, r->losses, 3);  // steps 3, 6, 9 and 10
+  ASSERT_EQ(train.size(), 4u);
+  EXPECT_EQ(train[0].Get("timed_steps"), "0");  // in the warm-up
+  EXPECT_EQ(train[0].Get("samples_per_s"), "null");
+  EXPECT_EQ(train[1].Get("timed_steps"), "2");
+  EXPECT_EQ(train[3].Get("timed_steps"), "6");
+  EXPECT_GT(std::stod(train[3].Get("samples_per_s")), 0);
+  EXPECT_FALSE(train[3].Has("epoch"));
+  ASSERT_EQ(lines->size(), 5u) << metrics.str();
+  const ParsedMetricsLine& eval = lines->back();
+  EXPECT_EQ(eval.Get("phase"), "eval");
+  EXPECT_EQ(eval.Get("step"), "10");
+  EXPECT_EQ(eval.Get("examples"), "64");
+  for (const char* key : {"auc", "gauc", "logloss", "accuracy"})
+    EXPECT_TRUE(std::isfinite(std::stod(eval.Get(key)))) << key;
 }
 
 // eval.top_k beyond the candidates a user's evaluation ranks would report HR@K (or recall@K) = 1
@@ -958,8 +1131,9 @@ TEST_F(GivenDatasetTraining, DinLearnsTheLabelsAndIsEvaluatedByAucOverTheRows) {
   EXPECT_LT(r->eval.logloss, 0.5);
   const std::string m = metrics.str();
   EXPECT_EQ(m.find("hr10"), std::string::npos) << m;
-  EXPECT_NE(m.find("{\"epoch\":1,\"auc\":null,"), std::string::npos) << m;  // not evaluated
-  EXPECT_NE(m.find("{\"epoch\":3,\"auc\":0."), std::string::npos) << m;
+  EXPECT_NE(m.find("\"model\":\"din\",\"epoch\":1,\"auc\":null,"), std::string::npos)
+      << m;  // not evaluated
+  EXPECT_NE(m.find("\"model\":\"din\",\"epoch\":3,\"auc\":0."), std::string::npos) << m;
   // The epoch lines count the evaluated rows, not users (0 in an epoch not evaluated).
   EXPECT_NE(m.find(",\"eval_rows\":0,"), std::string::npos) << m;
   EXPECT_NE(m.find(",\"eval_rows\":600,"), std::string::npos) << m;

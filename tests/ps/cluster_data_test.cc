@@ -33,6 +33,7 @@
 #include "tests/testing/mpi_run.h"
 #include "tests/testing/run_ips.h"
 #include "worker/data_reader.h"
+#include "worker/metrics_line.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -145,11 +146,24 @@ class ClusterData : public ::testing::Test {
 };
 testing::ScratchDir* ClusterData::dir_ = nullptr;
 
+// The lines of a --metrics_out text with the given phase, as written ("" phase: every line).
+// Every line must parse and begin with "phase" and "model" (ParseMetricsLines).
+std::vector<std::string> LinesOf(const std::string& text, const std::string& phase) {
+  auto parsed = ParseMetricsLines(text);
+  EXPECT_TRUE(parsed.ok()) << parsed.status().ToString() << "\n" << text;
+  std::vector<std::string> out;
+  const std::vector<std::string> all = Lines(text);
+  if (!parsed.ok() || parsed->size() != all.size()) return out;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (phase.empty() || (*parsed)[i].Get("phase") == phase) out.push_back(all[i]);
+  return out;
+}
+
 // Single-process training as `ips train` runs it (launch/train_command.cc): every step's loss and
-// the per-epoch metrics lines.
+// the train and per-epoch metrics lines.
 struct SingleProcess {
   std::vector<double> losses;
-  std::vector<std::string> epoch_lines;
+  std::vector<std::string> train_lines, epoch_lines;
 };
 SingleProcess TrainSingleProcess(const std::string& config_path) {
   SingleProcess sp;
@@ -173,25 +187,29 @@ SingleProcess TrainSingleProcess(const std::string& config_path) {
   sinks.on_step = [&sp](int64_t, double loss) { sp.losses.push_back(loss); };
   auto r = RunDatasetTraining(trainer->get(), **data, job->dataset, sinks);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
-  sp.epoch_lines = Lines(metrics.str());
+  sp.train_lines = LinesOf(metrics.str(), "train");
+  sp.epoch_lines = LinesOf(metrics.str(), "epoch");
+  EXPECT_EQ(sp.train_lines.size() + sp.epoch_lines.size(), Lines(metrics.str()).size());
   return sp;
 }
 
-// The cluster run's metrics lines: step losses (17 digits) and per-epoch lines.
+// The cluster run's metrics lines: step losses (17 digits), train, per-epoch and result lines.
 struct ClusterMetrics {
   std::vector<std::string> losses;  // as printed
   std::vector<int64_t> steps;
-  std::vector<std::string> epoch_lines;
+  std::vector<std::string> train_lines, epoch_lines, result_lines;
 };
 ClusterMetrics ReadClusterMetrics(const std::string& path) {
   ClusterMetrics m;
-  for (const std::string& line : Lines(testing::ReadFile(path))) {
-    if (line.rfind("{\"phase\":\"train\"", 0) == 0) {
-      m.losses.push_back(JsonField(line, "loss"));
-      m.steps.push_back(std::stoll(JsonField(line, "step")));
-    } else if (line.rfind("{\"epoch\":", 0) == 0) {
-      m.epoch_lines.push_back(line);
-    }
+  const std::string text = testing::ReadFile(path);
+  m.train_lines = LinesOf(text, "train");
+  m.epoch_lines = LinesOf(text, "epoch");
+  m.result_lines = LinesOf(text, "result");
+  EXPECT_EQ(m.train_lines.size() + m.epoch_lines.size() + m.result_lines.size(), Lines(text).size())
+      << text;
+  for (const std::string& line : m.train_lines) {
+    m.losses.push_back(JsonField(line, "step_loss"));
+    m.steps.push_back(std::stoll(JsonField(line, "step")));
   }
   return m;
 }
@@ -201,11 +219,20 @@ std::string Digits17(double v) {
   return os.str();
 }
 
-// The cluster run's step losses (all 17 digits) and epoch lines equal single-process training's.
+// The cluster run's step losses (all 17 digits), train lines and epoch lines equal single-process
+// training's: every step is logged (train.log_every_steps 1), in the same train lines but worker
+// 0's timings, rank and PS traffic (QA: single-process dataset runs wrote no train lines).
 void ExpectSameRun(const SingleProcess& sp, const ClusterMetrics& cm, const std::string& err) {
   ASSERT_EQ(cm.losses.size(), sp.losses.size()) << err;
   for (size_t i = 0; i < sp.losses.size(); ++i)
     ASSERT_EQ(cm.losses[i], Digits17(sp.losses[i])) << "step " << i + 1;
+  ASSERT_EQ(cm.train_lines.size(), sp.train_lines.size());
+  for (size_t i = 0; i < sp.train_lines.size(); ++i)
+    for (const char* key : {"model", "step", "epoch", "loss", "step_loss"})
+      ASSERT_EQ(JsonField(cm.train_lines[i], key), JsonField(sp.train_lines[i], key))
+          << key << "\n"
+          << cm.train_lines[i] << "\n"
+          << sp.train_lines[i];
   ASSERT_EQ(cm.epoch_lines.size(), sp.epoch_lines.size());
   for (size_t e = 0; e < sp.epoch_lines.size(); ++e)
     EXPECT_EQ(WithoutTimings(cm.epoch_lines[e]), WithoutTimings(sp.epoch_lines[e]));
@@ -220,12 +247,22 @@ TEST_F(ClusterData, OneWorkerOnePsEqualsSingleProcessBitwise) {
   MpiRun r = RunMpiIps(2, "train --quiet --config " + config + " --metrics_out " + metrics);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   std::cerr << "1 worker + 1 PS: " << r.seconds << " s\n";
-  ExpectSameRun(sp, ReadClusterMetrics(metrics), r.err);
+  const ClusterMetrics cm = ReadClusterMetrics(metrics);
+  ExpectSameRun(sp, cm, r.err);
   const std::string last = LastLine(r.out);
   EXPECT_EQ(
       last.rfind("RESULT train_cluster model=din workers=1 ps=1 sync=sync epochs=2 steps=60", 0),
       0u)
       << last;
+  // The result line: single-process `ips train`'s names, then the layout.
+  ASSERT_EQ(cm.result_lines.size(), 1u);
+  const std::string& result = cm.result_lines[0];
+  for (const auto& [key, want] : std::vector<std::pair<std::string, std::string>>{
+           {"model", "\"din\""}, {"epochs", "2"}, {"steps", "60"}, {"workers", "1"}, {"ps", "1"}})
+    EXPECT_EQ(JsonField(result, key), want) << key << " in " << result;
+  for (const char* key :
+       {"samples_per_s", "loss", "hr10", "ndcg10", "auc", "gauc", "logloss", "staleness_max"})
+    EXPECT_FALSE(JsonField(result, key).empty()) << key << " in " << result;
   std::ostringstream hr;
   hr << std::fixed << std::setprecision(4) << std::stod(JsonField(sp.epoch_lines[1], "hr10"));
   EXPECT_NE(last.find(" hr10=" + hr.str() + " "), std::string::npos) << last;
@@ -349,7 +386,13 @@ TEST_F(ClusterData, BadTrainDirFailsOnEveryRankWithoutHanging) {
         std::string::npos)
         << rank << "\n"
         << r.err;
-  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+  // One RESULT line for the job: worker 0's error line (launch/main.cc).
+  EXPECT_EQ(r.out,
+            "RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): NOT_FOUND: "
+            "data.train_dir '" +
+                missing + "': " + missing +
+                "/MANIFEST: cannot open (not a converted dataset directory?)\"\n")
+      << r.out;
   EXPECT_LT(r.seconds, 40) << r.err;
 
   // A corrupt copy (a flipped byte in MANIFEST): DATA_LOSS.
@@ -365,7 +408,13 @@ TEST_F(ClusterData, BadTrainDirFailsOnEveryRankWithoutHanging) {
   EXPECT_NE(r.exit_code, 0) << r.err;
   EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
   EXPECT_NE(r.err.find("DATA_LOSS"), std::string::npos) << r.err;
-  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.rfind("RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): "
+                        "DATA_LOSS: data.train_dir '" +
+                            corrupt + "'",
+                        0),
+            0u)
+      << r.out;
+  EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << r.out;
 }
 
 TEST_F(ClusterData, CheckpointMidEpochResumesBitwise) {

@@ -293,7 +293,7 @@ TEST_F(ClusterSeqData, OneWorkerEqualsSingleProcessAndTwoWorkersRank) {
   ASSERT_TRUE(run.ok()) << run.status();
   ASSERT_EQ(single.size(), 21u);  // 3 epochs of ceil(199 / 32) = 7 batches
   const std::vector<std::string> single_epochs =
-      LinesStartingWith(single_metrics.str(), "{\"epoch\":");
+      LinesStartingWith(single_metrics.str(), "{\"phase\":\"epoch\"");
   ASSERT_EQ(single_epochs.size(), 3u);
 
   ScratchDir dir("seq_data_one");
@@ -305,7 +305,7 @@ TEST_F(ClusterSeqData, OneWorkerEqualsSingleProcessAndTwoWorkersRank) {
   // The prefetch stays within an epoch: 7 steps, 6 of them prefetched, in each of 3 epochs.
   EXPECT_NE(r.err.find("(worker 0): pulls=21 prefetch_hits=18"), std::string::npos) << r.err;
   const std::vector<std::string> epochs =
-      LinesStartingWith(testing::ReadFile(metrics), "{\"epoch\":");
+      LinesStartingWith(testing::ReadFile(metrics), "{\"phase\":\"epoch\"");
   ASSERT_EQ(epochs.size(), 3u) << r.output;
   for (size_t e = 0; e < 3; ++e)
     for (const char* key : {"epoch", "hr10", "ndcg10", "auc", "loss", "steps", "eval_users"})
@@ -335,7 +335,8 @@ TEST_F(ClusterSeqData, OneWorkerEqualsSingleProcessAndTwoWorkersRank) {
 // The per-epoch lines of a --metrics_out file without their timings (samples_per_s, eval_s).
 std::vector<std::string> EpochLinesWithoutTimings(const std::string& metrics_path) {
   std::vector<std::string> out;
-  for (std::string line : LinesStartingWith(testing::ReadFile(metrics_path), "{\"epoch\":")) {
+  for (std::string line :
+       LinesStartingWith(testing::ReadFile(metrics_path), "{\"phase\":\"epoch\"")) {
     for (const char* key : {"\"samples_per_s\":", "\"eval_s\":"}) {
       const size_t at = line.find(key);
       if (at != std::string::npos) line.erase(at, line.find_first_of(",}", at) - at);

@@ -48,7 +48,9 @@ struct SyntheticDinJob {
   }
 };
 
-// step -> loss of the per-step lines ("phase":"train") of a --metrics_out file (worker 0's).
+// step -> loss of the train lines ("phase":"train") of a --metrics_out file (worker 0's): their
+// "step_loss", the logged step's own loss with every digit ("loss" is the mean since the previous
+// train line).
 inline std::map<int64_t, double> LossesOf(const std::string& metrics_path) {
   std::map<int64_t, double> losses;
   FILE* f = std::fopen(metrics_path.c_str(), "r");
@@ -57,10 +59,10 @@ inline std::map<int64_t, double> LossesOf(const std::string& metrics_path) {
   while (std::fgets(line, sizeof(line), f) != nullptr) {
     const std::string s(line);
     if (s.find("\"phase\":\"train\"") == std::string::npos) continue;
-    const size_t st = s.find("\"step\":"), k = s.find("\"loss\":");
+    const size_t st = s.find("\"step\":"), k = s.find("\"step_loss\":");
     if (st != std::string::npos && k != std::string::npos)
       losses[std::strtoll(s.c_str() + st + 7, nullptr, 10)] =
-          std::strtod(s.c_str() + k + 7, nullptr);
+          std::strtod(s.c_str() + k + 12, nullptr);
   }
   std::fclose(f);
   return losses;

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,7 @@
 #include "worker/cluster.h"
 #include "worker/collective.h"
 #include "worker/metrics.h"
+#include "worker/metrics_line.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -873,6 +875,69 @@ TEST(MpiTrain, OneWorkerSyncEqualsSingleProcessLosses_1And2Ps) {
     EXPECT_TRUE(testing::AllClose(got, single->losses, testing::Tolerance{0, 0})) << ps << " PS\n"
                                                                                   << r.output;
   }
+}
+
+// --metrics_out of a synthetic cluster run (1 worker + 1 PS, sync: single-process training's
+// steps, losses and held-out batches) has single-process training's lines under the same names:
+// train lines at the same steps with the same losses and timed steps (and worker 0's rank and PS
+// traffic), the held-out "eval" line, then a "result" line that names the model (QA: it had no
+// "model"; the train lines neither, and there was no eval line). Every line parses and begins
+// with "phase" and "model".
+TEST(MpiTrain, OneWorkerMetricsLinesAreSingleProcessOnes) {
+  testing::SyntheticDinJob sj;
+  sj.log_every_steps = 5;  // 14 steps: lines at 5, 10 and the last
+  auto cfg = ParseConfigText(sj.Text(), "test");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  auto job = TrainJobFromConfig(*cfg);
+  ASSERT_TRUE(job.ok()) << job.status();
+  job->run.eval_batches = 2;  // the train case's
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_TRUE(store.ok());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  std::ostringstream single_text;
+  RunSinks sinks;
+  sinks.metrics_out = &single_text;
+  ASSERT_TRUE(RunSyntheticTraining(trainer->get(), job->run, sinks).ok());
+  auto single = ParseMetricsLines(single_text.str());
+  ASSERT_TRUE(single.ok()) << single.status();
+
+  ScratchDir dir("metrics_lines");
+  const std::string metrics_path = dir / "metrics.jsonl";
+  MpiRun r = RunMpi(2, "--mpi_case=train --config=" + dir.Write("m.pbtxt", sj.Text()) +
+                           " --metrics_out=" + metrics_path);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string text = testing::ReadFile(metrics_path);
+  auto cluster = ParseMetricsLines(text);
+  ASSERT_TRUE(cluster.ok()) << cluster.status() << "\n" << text;
+  auto phases = [](const std::vector<ParsedMetricsLine>& lines) {
+    std::string s;
+    for (const ParsedMetricsLine& l : lines) s += l.Get("phase") + l.Get("step") + " ";
+    return s;
+  };
+  ASSERT_EQ(phases(*single), "train5 train10 train14 eval14 ") << single_text.str();
+  ASSERT_EQ(phases(*cluster), "train5 train10 train14 eval14 result ") << text;
+  for (size_t i = 0; i < 4; ++i) {
+    const ParsedMetricsLine &c = (*cluster)[i], &s = (*single)[i];
+    for (const auto& [key, value] : s.members) {
+      if (key == "samples_per_s" || key == "elapsed_s") {
+        EXPECT_TRUE(c.Has(key)) << key << " in " << text;
+      } else {
+        EXPECT_EQ(c.Get(key), value) << key << "\n" << text << "\n" << single_text.str();
+      }
+    }
+  }
+  for (const char* key : {"role", "rank", "pull_p50_us", "push_p99_us", "bytes_sent"})
+    EXPECT_TRUE((*cluster)[2].Has(key)) << key << " in " << text;
+  EXPECT_EQ((*cluster)[2].Get("rank"), "1");  // rank 0 is the server
+  const ParsedMetricsLine& result = cluster->back();
+  EXPECT_EQ(result.Get("model"), "din") << text;
+  for (const auto& [key, want] : std::vector<std::pair<std::string, std::string>>{
+           {"workers", "1"}, {"ps", "1"}, {"steps", "12"}, {"batch", "32"}})
+    EXPECT_EQ(result.Get(key), want) << key << " in " << text;
+  for (const char* key : {"samples_per_s", "loss", "auc", "staleness_max"})
+    EXPECT_TRUE(result.Has(key)) << key << " in " << text;
+  EXPECT_NEAR(std::stod(result.Get("auc")), std::stod((*single)[3].Get("auc")), 1e-6) << text;
 }
 
 // 2 PS + 2 workers, sync: trains, replicas pass the periodic checksum (the job would abort on

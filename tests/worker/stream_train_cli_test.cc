@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -29,6 +30,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
+#include "worker/metrics_line.h"
 #include "worker/record_parsers.h"
 #include "worker/serving.h"
 #include "worker/serving_fixture.h"
@@ -122,8 +124,37 @@ TEST(StreamTrainCli, TrainsFileEndsWithResultLineAndPublishes) {
   int lines = 0;
   for (char ch : m) lines += ch == '\n';
   EXPECT_EQ(lines, 4) << m;
-  EXPECT_NE(m.find("\"phase\":\"stream\""), std::string::npos);
-  EXPECT_NE(m.find("\"phase\":\"stream_result\""), std::string::npos);
+  // Every line parses and names its phase and the model; the stream_result line has the RESULT
+  // line's figures, loss and events_per_s included (QA: they were missing).
+  auto parsed = ParseMetricsLines(m);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  ASSERT_EQ(parsed->size(), 4u) << m;
+  for (size_t i = 0; i < 3; ++i) {
+    const ParsedMetricsLine& w = (*parsed)[i];
+    EXPECT_EQ(w.Get("phase"), "stream") << m;
+    EXPECT_EQ(w.Get("model"), "din") << m;
+    EXPECT_EQ(w.Get("events"), std::to_string(1000 * (i + 1))) << m;
+    for (const char* key : {"examples", "auc", "logloss", "step", "elapsed_s", "examples_per_s"})
+      EXPECT_TRUE(w.Has(key)) << key << " in " << m;
+  }
+  auto field = [&out](const std::string& key) {  // key= of the RESULT line
+    const size_t at = out.find(" " + key + "=");
+    if (at == std::string::npos) return std::string();
+    const size_t b = at + key.size() + 2;
+    return out.substr(b, out.find_first_of(" \n", b) - b);
+  };
+  const ParsedMetricsLine& result = parsed->back();
+  EXPECT_EQ(result.Get("phase"), "stream_result") << m;
+  EXPECT_EQ(result.Get("model"), "din") << m;
+  EXPECT_EQ(result.Get("events"), "3000") << m;
+  for (const char* key : {"loss", "events_per_s", "examples_per_s", "auc_window"}) {
+    ASSERT_TRUE(result.Has(key)) << key << " in " << m;
+    EXPECT_TRUE(std::isfinite(std::stod(result.Get(key)))) << key << " in " << m;
+    // The RESULT line's figure (4 decimals there, 6 here; 1 for the rates in both).
+    const std::string shown = field(key);
+    ASSERT_FALSE(shown.empty()) << key << " in " << out;
+    EXPECT_NEAR(std::stod(result.Get(key)), std::stod(shown), 1e-4) << key;
+  }
 }
 
 // The scores of a response line {"user":..,"version":V,"scores":[...]} (%.9g: exact floats).

@@ -11,25 +11,21 @@
 #include <iomanip>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/progress.h"
 #include "common/status.h"
 #include "common/stop_signals.h"
 #include "common/timer.h"
+#include "worker/metrics_line.h"
+#include "worker/retrieval.h"
 #include "worker/trainer.h"
 
 namespace ips::internal {
-
-// A JSON number, or null for NaN/inf (JSON has no literal for them).
-inline std::string JsonNumber(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream os;
-  os << std::setprecision(8) << v;
-  return os.str();
-}
 
 // An evaluation's metrics as JSON members (no braces): "hr<k>", "ndcg<k>" (ranked lists only: a
 // given dataset has none), "auc", "gauc", "logloss"; every value null when not `evaluated`.
@@ -38,11 +34,8 @@ inline std::string JsonNumber(double v) {
 inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
                                    int fixed_digits = -1) {
   auto metric = [&](double v) {
-    if (!evaluated || !std::isfinite(v)) return std::string("null");
-    if (fixed_digits < 0) return JsonNumber(v);
-    std::ostringstream os;
-    os << std::fixed << std::setprecision(fixed_digits) << v;
-    return os.str();
+    if (!evaluated) return std::string("null");
+    return fixed_digits < 0 ? JsonNumber(v) : JsonFixed(v, fixed_digits);
   };
   const std::string k = std::to_string(eval.k);
   std::string s;
@@ -62,6 +55,64 @@ inline Status CheckDatasetRunOptions(const char* fn, const DatasetRunOptions& o)
   return Status::Ok();
 }
 
+// The --metrics_out lines of a training run (worker/metrics_line.h), built here for every
+// writer: single-process training (RunSyntheticSteps, RunDatasetEpochs and the synthetic
+// held-out evaluation of worker/trainer.cc), a cluster run's worker 0 (launch/cluster_worker.cc,
+// cluster_train.cc, cluster_seq_train.cc) and the result lines of `ips train`
+// (launch/train_command.cc), so the same quantity has the same name and format in each.
+
+// A "train" line, every log_every_steps steps and after the run's last step: the trainer's step
+// count (a resumed run's included), the epoch (dataset runs) or the timed steps done (synthetic
+// runs: warm-up excluded, 0 in the warm-up), the mean step loss since the previous train line
+// ("loss", 8 digits), the logged step's own loss ("step_loss", 17 digits: runs are compared bit
+// for bit with it), the samples trained per second so far and the seconds so far (synthetic: the
+// timed steps'; dataset: reading and steps, evaluations excluded), both of this process's run (not
+// a resumed checkpoint's). A cluster run's worker 0 writes its own losses and time, its samples
+// counting every worker's, and appends its rank and parameter-server traffic.
+struct TrainLineFigures {
+  int64_t step = 0;
+  std::optional<int64_t> epoch;        // dataset runs (1-based)
+  std::optional<int64_t> timed_steps;  // synthetic runs
+  double loss = 0, step_loss = 0, samples_per_s = 0, elapsed_s = 0;
+};
+inline MetricsLine TrainMetricsLine(std::string_view model, const TrainLineFigures& f) {
+  MetricsLine line("train", model);
+  line.Int("step", f.step);
+  if (f.epoch) line.Int("epoch", *f.epoch);
+  if (f.timed_steps) line.Int("timed_steps", *f.timed_steps);
+  line.Num("loss", f.loss)
+      .Num("step_loss", f.step_loss, 17)
+      .Num("samples_per_s", f.samples_per_s)
+      .Num("elapsed_s", f.elapsed_s);
+  return line;
+}
+
+// The step losses since the previous train line.
+class LossWindow {
+ public:
+  void Add(double loss) {
+    sum_ += loss;
+    ++steps_;
+  }
+  bool empty() const { return steps_ == 0; }
+  // Their mean (NaN when none); starts the next window.
+  double Take() {
+    const double mean = steps_ > 0 ? sum_ / static_cast<double>(steps_) : std::nan("");
+    sum_ = 0;
+    steps_ = 0;
+    return mean;
+  }
+
+ private:
+  double sum_ = 0;
+  int64_t steps_ = 0;
+};
+
+// samples / seconds, NaN before any time has passed (null on the line).
+inline double PerSecond(double samples, double seconds) {
+  return seconds > 0 ? samples / seconds : std::nan("");
+}
+
 // An epoch line's EvalJsonMembers: an epoch not evaluated (a default-constructed eval) names the
 // fields an evaluation of the run would have (top_k; no hr/ndcg for a given dataset), all null.
 inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
@@ -73,23 +124,74 @@ inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool eval
   return EvalJsonMembers(shown, false);
 }
 
-// One epoch's JSON line on --metrics_out (with its newline), the same for single-process training
-// (RunDatasetEpochs) and a cluster run's worker 0 (launch/cluster_worker.cc): the epoch, its
-// EpochEvalJsonMembers, mean step loss, throughput, the trainer's step count, what the evaluation
-// covered and its time. That count is "eval_users" for ranked candidate lists (one per user) and
-// "eval_rows" for a given dataset (RankingEvalResult::users holds its labelled rows); 0 in an
-// epoch not evaluated, under the key an evaluation of the run would use.
-inline std::string EpochJsonLine(int64_t epoch, const RankingEvalResult& eval, bool evaluated,
-                                 const DatasetRunOptions& options, double loss,
-                                 double samples_per_s, int64_t steps) {
+// An "epoch" line, the same for single-process training (RunDatasetEpochs) and a cluster run's
+// worker 0 (launch/cluster_worker.cc): the epoch, its EpochEvalJsonMembers, mean step loss,
+// throughput, the trainer's step count, what the evaluation covered and its time. That count is
+// "eval_users" for ranked candidate lists (one per user) and "eval_rows" for a given dataset
+// (RankingEvalResult::users holds its labelled rows); 0 in an epoch not evaluated, under the key
+// an evaluation of the run would use.
+inline MetricsLine EpochMetricsLine(std::string_view model, int64_t epoch,
+                                    const RankingEvalResult& eval, bool evaluated,
+                                    const DatasetRunOptions& options, double loss,
+                                    double samples_per_s, int64_t steps) {
   const bool ranked = evaluated ? eval.ranked : options.ranked_eval;
-  std::ostringstream os;
-  os << "{\"epoch\":" << epoch << "," << EpochEvalJsonMembers(eval, evaluated, options)
-     << ",\"loss\":" << JsonNumber(loss) << ",\"samples_per_s\":" << JsonNumber(samples_per_s)
-     << ",\"steps\":" << steps << (ranked ? ",\"eval_users\":" : ",\"eval_rows\":")
-     << (evaluated ? eval.users : 0) << ",\"eval_s\":" << JsonNumber(evaluated ? eval.seconds : 0)
-     << "}\n";
-  return os.str();
+  MetricsLine line("epoch", model);
+  line.Int("epoch", epoch)
+      .Members(EpochEvalJsonMembers(eval, evaluated, options))
+      .Num("loss", loss)
+      .Num("samples_per_s", samples_per_s)
+      .Int("steps", steps)
+      .Int(ranked ? "eval_users" : "eval_rows", evaluated ? eval.users : 0)
+      .Num("eval_s", evaluated ? eval.seconds : 0);
+  return line;
+}
+
+// The "eval" line of a synthetic run's held-out batches (single-process and a cluster run's
+// worker 0) after trainer step `step`.
+inline MetricsLine SyntheticEvalMetricsLine(std::string_view model, int64_t step,
+                                            const BinaryMetricsResult& eval) {
+  MetricsLine line("eval", model);
+  line.Int("step", step)
+      .Int("examples", eval.count)
+      .Num("auc", eval.auc)
+      .Num("gauc", eval.gauc)
+      .Num("logloss", eval.logloss)
+      .Num("accuracy", eval.accuracy);
+  return line;
+}
+
+// The "result" line of a synthetic run: throughput (every worker's samples over the slowest
+// worker's time in a cluster run), the timed steps, the batch (per worker) and the mean of the
+// last 10 step losses. Single-process runs add "threads" (and the CTR held-out "auc"), cluster
+// runs "workers", "ps" (and "auc") and "staleness_max".
+inline MetricsLine SyntheticResultMetricsLine(std::string_view model, double samples_per_s,
+                                              int64_t steps, int64_t batch, double loss) {
+  MetricsLine line("result", model);
+  line.Decimals("samples_per_s", samples_per_s, 1)
+      .Int("steps", steps)
+      .Int("batch", batch)
+      .Decimals("loss", loss, 6);
+  return line;
+}
+
+// The "result" line of a dataset run: epochs, the run's steps, throughput, the last epoch's mean
+// step loss, the last evaluation (EvalJsonMembers, 6 decimals: the figures `ips eval` prints) and
+// a MIND run's full-ranking "recall<k>" and "retrieval_hr<k>". Cluster runs add "workers", "ps"
+// and "staleness_max".
+inline MetricsLine DatasetResultMetricsLine(std::string_view model, int64_t epochs, int64_t steps,
+                                            double samples_per_s, double loss,
+                                            const RankingEvalResult& eval,
+                                            const std::vector<RetrievalCutoff>& recall) {
+  MetricsLine line("result", model);
+  line.Int("epochs", epochs)
+      .Int("steps", steps)
+      .Decimals("samples_per_s", samples_per_s, 1)
+      .Decimals("loss", loss, 6)
+      .Members(EvalJsonMembers(eval, true, 6));
+  for (const RetrievalCutoff& c : recall)
+    line.Decimals("recall" + std::to_string(c.k), c.recall, 6)
+        .Decimals("retrieval_hr" + std::to_string(c.k), c.hit_rate, 6);
+  return line;
 }
 
 // The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.. auc=.." (given: " auc=..
@@ -132,14 +234,15 @@ Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs, Model
 
 // The training part of the peer's synthetic protocol for either trainer: resume from the
 // checkpoint's run blobs, the untimed warm-up steps, then the timed steps (Step only inside the
-// timer; progress line in `unit`s; a JSON line every log_every_steps, with the model's name when
-// json_model), with checkpoints after every step. `batches` holds warmup + steps training
-// batches (batch i = step i). Fills r's batch, steps, losses, seconds, samples_per_s,
-// loss_first10/last10; sets r->stopped and returns early when a stop was requested.
+// timer; progress line in `unit`s; a train line (TrainMetricsLine) whenever the trainer's step
+// count is a multiple of log_every_steps, warm-up included, and after the last step), with
+// checkpoints after every step. `batches` holds warmup + steps training batches (batch i = step
+// i). Fills r's batch, steps, losses, seconds, samples_per_s, loss_first10/last10; sets
+// r->stopped and returns early when a stop was requested.
 template <typename TrainerT, typename BatchT, typename ResultT>
 Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
                          const SyntheticRunOptions& options, const RunSinks& sinks,
-                         const char* unit, bool json_model, ResultT* r) {
+                         const char* unit, ResultT* r) {
   const int train_batches = options.warmup_steps + options.steps;
   r->batch = options.batch;
   r->steps = options.steps;
@@ -165,56 +268,60 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
     SaveDropoutStep(trainer->model(), &b);
     return b;
   };
-  auto after_step = [&](double loss, bool last) -> Status {
-    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
-    return trigger.AfterStep(trainer->steps(), last, blobs);
-  };
   const int first = static_cast<int>(trainer->steps());
+  const int first_timed = std::max(0, first - options.warmup_steps);
+  double timed = 0;  // the timed steps' seconds so far
+  LossWindow window;
+  // After trainer step i + 1 (loss: its loss; timed_done: the timed steps done).
+  auto after_step = [&](int i, double loss, int timed_done) -> Status {
+    r->losses.push_back(loss);
+    window.Add(loss);
+    const int done = i + 1;
+    if (sinks.metrics_out != nullptr &&
+        (done % options.log_every_steps == 0 || done == train_batches)) {
+      TrainLineFigures f;
+      f.step = trainer->steps();
+      f.timed_steps = timed_done;
+      f.loss = window.Take();
+      f.step_loss = loss;
+      f.samples_per_s =
+          PerSecond(static_cast<double>(timed_done - first_timed) * options.batch, timed);
+      f.elapsed_s = timed;
+      TrainMetricsLine(trainer->model().name(), f).WriteTo(sinks.metrics_out);
+    }
+    if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
+    return trigger.AfterStep(trainer->steps(), done == train_batches, blobs);
+  };
   for (int i = first; i < options.warmup_steps; ++i) {
     IPS_ASSIGN_OR_RETURN(const double loss, trainer->Step(ViewOf(batches[i])));
-    r->losses.push_back(loss);
-    IPS_RETURN_IF_ERROR(after_step(loss, i + 1 == train_batches));
+    IPS_RETURN_IF_ERROR(after_step(i, loss, 0));
     if (trigger.StopRequested()) {
       r->stopped = true;
       return Status::Ok();
     }
   }
 
-  const int first_timed = std::max(0, first - options.warmup_steps);
   std::unique_ptr<ProgressLine> progress;
   if (sinks.progress != nullptr)
     progress = std::make_unique<ProgressLine>(
         "train", static_cast<int64_t>(options.steps) * options.batch, unit, sinks.progress);
   Timer timer;  // the timed region: the steps themselves (logging is outside it)
-  double timed = 0;
-  size_t log_begin = r->losses.size();
+  size_t progress_begin = r->losses.size();  // the losses the progress line's mean covers
   for (int s = first_timed; s < options.steps; ++s) {
     const auto view = ViewOf(batches[static_cast<size_t>(options.warmup_steps + s)]);
     timer.Reset();
     auto loss = trainer->Step(view);
     timed += timer.Seconds();
     if (!loss.ok()) return loss.status();
-    r->losses.push_back(*loss);
     const int done = s + 1;
-    const double window_loss = Mean(r->losses, log_begin, r->losses.size());
+    IPS_RETURN_IF_ERROR(after_step(options.warmup_steps + s, *loss, done));
     if (progress) {
       std::ostringstream extra;
-      extra << "loss=" << std::fixed << std::setprecision(4) << window_loss;
+      extra << "loss=" << std::fixed << std::setprecision(4)
+            << Mean(r->losses, progress_begin, r->losses.size());
       progress->Update(static_cast<int64_t>(done) * options.batch, extra.str());
     }
-    if (done % options.log_every_steps == 0 || done == options.steps) {
-      if (sinks.metrics_out != nullptr) {
-        *sinks.metrics_out << "{\"phase\":\"train\",";
-        if (json_model) *sinks.metrics_out << "\"model\":\"" << trainer->model().name() << "\",";
-        *sinks.metrics_out << "\"step\":" << trainer->steps() << ",\"timed_steps\":" << done
-                           << ",\"loss\":" << JsonNumber(window_loss) << ",\"samples_per_s\":"
-                           << JsonNumber(static_cast<double>(done - first_timed) * options.batch /
-                                         timed)
-                           << ",\"elapsed_s\":" << JsonNumber(timed) << "}\n";
-      }
-      log_begin = r->losses.size();
-    }
-    IPS_RETURN_IF_ERROR(after_step(*loss, done == options.steps));
+    if (done % options.log_every_steps == 0) progress_begin = r->losses.size();
     if (trigger.StopRequested() && done < options.steps) {
       r->stopped = true;
       r->seconds = timed;
@@ -238,8 +345,10 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
 // The epochs of a dataset run for either trainer: resume from the checkpoint's run blobs (epoch,
 // reader position, counters and the epoch's loss sum), each epoch's steps (a progress line in
 // `unit`s with the loss of the last log_every_steps steps, a checkpoint trigger after every
-// step), evaluation every eval_every_epochs epochs and after the last, and one JSON line per
-// epoch (EvalJsonMembers). `source` owns the reader and the step:
+// step), evaluation every eval_every_epochs epochs and after the last, a train line
+// (TrainMetricsLine) whenever the trainer's step count is a multiple of log_every_steps and after
+// the run's last step, and an epoch line (EpochMetricsLine) per epoch. `source` owns the reader and
+// the step:
 //   int64_t per_epoch() const;                    examples (or sequences) per epoch
 //   void StartEpoch(int epoch);
 //   Status SkipTo(int epoch, int64_t position);   a checkpoint's reader position
@@ -282,6 +391,20 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
   CheckpointTrigger trigger(ckpt);
   Timer timer;
   bool stop = false;
+  const char* model = trainer->model().name();
+  LossWindow train_window;  // the losses since the last train line
+  // The train line after the step of loss `loss` in epoch e (0-based).
+  auto train_line = [&](int e, double loss) {
+    TrainLineFigures f;
+    f.step = trainer->steps();
+    f.epoch = e + 1;
+    f.loss = train_window.Take();
+    f.step_loss = loss;
+    f.elapsed_s = r.train_seconds + timer.Seconds();
+    f.samples_per_s = PerSecond(static_cast<double>(r.samples - first_samples), f.elapsed_s);
+    TrainMetricsLine(model, f).WriteTo(sinks.metrics_out);
+  };
+  double last_loss = 0;  // of the last step
   const int first_epoch = resume_state.empty() ? 0 : static_cast<int>(resume_state[0]);
   for (int e = first_epoch; e < options.epochs && !stop; ++e) {
     EpochResult er;
@@ -332,6 +455,10 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
         window_sum = 0;
         window_steps = 0;
       }
+      train_window.Add(loss);
+      last_loss = loss;
+      if (sinks.metrics_out != nullptr && trainer->steps() % options.log_every_steps == 0)
+        train_line(e, loss);
       if (sinks.on_step) sinks.on_step(trainer->steps(), loss);
       IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), false, blobs));
       if (trigger.StopRequested()) {
@@ -340,10 +467,12 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
         return r;
       }
     }
-    // The final state (before the last evaluation) is always saved: `ips eval` and `ips export`
-    // read it.
-    if (stop || e + 1 == options.epochs)
+    // The run's last step: its train line (unless its step count was a multiple), and the final
+    // state (before the last evaluation) is always saved: `ips eval` and `ips export` read it.
+    if (stop || e + 1 == options.epochs) {
+      if (sinks.metrics_out != nullptr && !train_window.empty()) train_line(e, last_loss);
       IPS_RETURN_IF_ERROR(trigger.AfterStep(trainer->steps(), true, blobs));
+    }
     const double epoch_seconds = timer.Seconds();
     r.train_seconds += epoch_seconds;
     r.epochs = e + 1;
@@ -373,11 +502,10 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
       if (er.evaluated) extra << EvalProgressText(er.eval);
       progress->Update(r.samples, extra.str());
     }
-    if (sinks.metrics_out != nullptr) {
-      *sinks.metrics_out << EpochJsonLine(er.epoch, er.eval, er.evaluated, options, er.loss,
-                                          er.samples_per_s, trainer->steps());
-      sinks.metrics_out->flush();
-    }
+    if (sinks.metrics_out != nullptr)
+      EpochMetricsLine(model, er.epoch, er.eval, er.evaluated, options, er.loss, er.samples_per_s,
+                       trainer->steps())
+          .WriteTo(sinks.metrics_out);
     r.loss = er.loss;
     r.per_epoch.push_back(er);
   }
