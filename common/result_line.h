@@ -124,6 +124,21 @@ class ResultLine {
 // Whether this process printed a RESULT line with ResultLine::Print.
 inline bool ResultLinePrinted() { return result_line_internal::Printed().load(); }
 
+// The process's finisher of its RESULT line (launch/main.cc sets it; none in a test binary):
+// prints the run's line for exit code `code` when the command printed none, returns `code`.
+using ResultFinisher = int (*)(int code);
+inline std::atomic<ResultFinisher>& ResultFinisherSlot() {
+  static std::atomic<ResultFinisher> finisher{nullptr};
+  return finisher;
+}
+// Prints the run's RESULT line now rather than after the command returns (main.cc prints it
+// then; without a finisher, nothing): a cluster rank must print before another rank's exit lets
+// mpirun kill it. Returns `code`.
+inline int FinishRunResult(int code) {
+  const ResultFinisher finish = ResultFinisherSlot().load();
+  return finish != nullptr ? finish(code) : code;
+}
+
 // Notes `message` (its first line) as the error that ends the process: the message of the error
 // RESULT line. The last one noted wins: the error that ends a command is the one reported last.
 // launch/main.cc notes every "error: <message>" line written to std::cerr, the commands' way of

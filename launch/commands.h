@@ -42,11 +42,6 @@ constexpr int kExitStopped = 3;
 // stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
 
-// Prints the run's RESULT line for exit code `code` now, if this process prints one and has not
-// (launch/main.cc prints it after the command returns): for a cluster rank that must print before
-// another rank's exit lets mpirun kill it. Returns `code`.
-int FinishRunResult(int code);
-
 // `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
 // [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that
 // needs neither a training step nor a write: the config loader's, the job's (TrainJobFromConfig:

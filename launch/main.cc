@@ -389,10 +389,6 @@ int Main(int argc, char** argv) {
 
 }  // namespace
 
-namespace ips {
-int FinishRunResult(int code) { return FinishResult(code); }
-}  // namespace ips
-
 int main(int argc, char** argv) {
   // The stop handler before anything else (InstallStopSignalsFirst did it already): a
   // SIGTERM or SIGUSR1 that arrives while `ips train` loads its config and data (tens of ms,
@@ -401,5 +397,6 @@ int main(int argc, char** argv) {
   // (launch/cluster_train.cc): the servers ignore and note stop signals, and without
   // checkpoint.dir every rank gets the default action back.
   if (TrainsWithStopSignals(argc, argv)) ips::InstallStopSignals();
+  ips::ResultFinisherSlot().store(&FinishResult);
   ExitProcess(FinishResult(Main(argc, argv)));
 }
