@@ -10,6 +10,7 @@
 // created, nothing in the checkpoint changes. A checkpoint trained on a dataset of another
 // vocabulary than data.train_dir's is refused (worker/checkpoint.h CheckCheckpointVocabulary).
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -17,6 +18,8 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "common/flags.h"
 #include "common/result_line.h"
@@ -27,6 +30,7 @@
 #include "worker/checkpoint.h"
 #include "worker/config_validation.h"
 #include "worker/data_reader.h"
+#include "worker/metrics_line.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
@@ -40,8 +44,25 @@ std::string Fixed(double v, int digits) {
   return os.str();
 }
 
-// The evaluation's numbers in RESULT order (also written as one JSON line).
-using Metrics = std::vector<std::pair<std::string, std::string>>;
+// One number of the evaluation, under its RESULT key and its --metrics_out key: the name the
+// training run's epoch and eval lines give the same quantity (README.md "Metrics lines"), which
+// differs for the count of evaluated candidate lists (RESULT "users", as scripts read it; the
+// epoch lines' "eval_users"). A count is an integer, a metric has 6 decimals in both (the result
+// lines' figures); a metric that is not finite is null on the metrics line.
+struct Figure {
+  std::string key;
+  std::string metrics_key;
+  bool count = false;
+  int64_t n = 0;
+  double v = 0;
+};
+Figure Count(const std::string& key, int64_t n, const std::string& metrics_key = "") {
+  return {key, metrics_key.empty() ? key : metrics_key, true, n, 0};
+}
+Figure Metric(const std::string& key, double v) { return {key, key, false, 0, v}; }
+
+// The evaluation's numbers in RESULT order (also written as one metrics line, phase "eval").
+using Metrics = std::vector<Figure>;
 
 // Builds the job's trainer over `store` and restores the checkpoint into it; returns the step.
 // `vocabulary`: the evaluated dataset's (null for synthetic data); a checkpoint trained on
@@ -88,14 +109,12 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
   }
   const std::string k = std::to_string(r.k);
   if (r.ranked)
-    *out = {{"users", std::to_string(r.users)},
-            {"hr" + k, Fixed(r.hr, 6)},
-            {"ndcg" + k, Fixed(r.ndcg, 6)}};
+    *out = {Count("users", r.users, "eval_users"), Metric("hr" + k, r.hr),
+            Metric("ndcg" + k, r.ndcg)};
   else  // a given dataset: labelled rows, no candidate lists
-    *out = {{"examples", std::to_string(r.users)}};
-  out->insert(
-      out->end(),
-      {{"auc", Fixed(r.auc, 6)}, {"gauc", Fixed(r.gauc, 6)}, {"logloss", Fixed(r.logloss, 6)}});
+    *out = {Count("examples", r.users, "eval_rows")};
+  out->insert(out->end(),
+              {Metric("auc", r.auc), Metric("gauc", r.gauc), Metric("logloss", r.logloss)});
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
     RetrievalOptions o;
     o.cutoffs = run.retrieval_cutoffs;
@@ -105,10 +124,10 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
     IPS_ASSIGN_OR_RETURN(const RetrievalResult rr, EvaluateRetrieval(ctr->context(), &ctr->model(),
                                                                      store.get(), item, *data, o));
     for (const RetrievalCutoff& c : rr.cutoffs) {
-      out->emplace_back("recall" + std::to_string(c.k), Fixed(c.recall, 6));
-      out->emplace_back("retrieval_hr" + std::to_string(c.k), Fixed(c.hit_rate, 6));
+      out->push_back(Metric("recall" + std::to_string(c.k), c.recall));
+      out->push_back(Metric("retrieval_hr" + std::to_string(c.k), c.hit_rate));
     }
-    out->emplace_back("retrieval_items", std::to_string(rr.items));
+    out->push_back(Count("retrieval_items", rr.items));
   }
   return Status::Ok();
 }
@@ -137,11 +156,8 @@ Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::
   }
   IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r,
                        EvaluateSyntheticHeldOut(ctr.get(), job.run, num_workers));
-  *out = {{"examples", std::to_string(r.count)},
-          {"auc", Fixed(r.auc, 6)},
-          {"gauc", Fixed(r.gauc, 6)},
-          {"logloss", Fixed(r.logloss, 6)},
-          {"accuracy", Fixed(r.accuracy, 6)}};
+  *out = {Count("examples", r.count), Metric("auc", r.auc), Metric("gauc", r.gauc),
+          Metric("logloss", r.logloss), Metric("accuracy", r.accuracy)};
   return Status::Ok();
 }
 
@@ -182,16 +198,21 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   const std::string model = ModelKindName(job->trainer.model.kind);
   const std::string metrics_path = flags.GetString("metrics_out");
   if (!metrics_path.empty()) {
+    MetricsLine json("eval", model);
+    json.Int("step", step);
+    for (const Figure& m : metrics) {
+      if (m.count)
+        json.Int(m.metrics_key, m.n);
+      else
+        json.Decimals(m.metrics_key, m.v, 6);
+    }
     std::ofstream f(metrics_path, std::ios::app);
-    f << "{\"phase\":\"eval\",\"model\":\"" << model << "\",\"step\":" << step;
-    for (const auto& [key, value] : metrics) f << ",\"" << key << "\":" << value;
-    f << "}\n";
-    f.flush();
+    json.WriteTo(&f);
     if (!f) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   ResultLine line("eval");
   line.Add("model", model).Add("step", step);
-  for (const auto& [key, value] : metrics) line.Add(key, value);
+  for (const Figure& m : metrics) line.Add(m.key, m.count ? std::to_string(m.n) : Fixed(m.v, 6));
   line.Print();
   return kExitOk;
 }

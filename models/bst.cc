@@ -6,29 +6,11 @@
 #include <sstream>
 #include <string>
 
+#include "models/option_names.h"
 #include "models/transformer_ops.h"
 
 namespace ips::models {
 namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateBstOptions calls it: the caller's name for it (`names`),
-// else "BstOptions.<field>" for the option at fault and the bare field for one the message
-// mentions.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "BstOptions." + field) + ": " + what);
-}
-
-std::string Mention(const OptionNames& names, const std::string& field) {
-  return names ? names(field) : field;
-}
-
-std::string Num(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
 
 TransformerBlockOptions BlockOptions(const BstOptions& o) {
   TransformerBlockOptions bo;
@@ -56,20 +38,25 @@ int64_t MlpInputWidth(const BstOptions& o) {
 
 Status ValidateBstOptions(const BstOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "BstOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "BstOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "BstOptions", "max_batch", "must be >= 1");
   if (o.num_blocks < 1)
-    return Bad(names, "num_blocks", "must be >= 1, got " + std::to_string(o.num_blocks));
-  if (o.num_heads < 1) return Bad(names, "num_heads", "must be positive");
+    return BadOption(names, "BstOptions", "num_blocks",
+                     "must be >= 1, got " + std::to_string(o.num_blocks));
+  if (o.num_heads < 1) return BadOption(names, "BstOptions", "num_heads", "must be positive");
   // The heads split the blocks' width: the behaviour's item and category embeddings.
   if ((2 * o.embedding_dim) % o.num_heads != 0)
-    return Bad(names, "num_heads",
-               std::to_string(o.num_heads) + " does not divide BST's block width 2 * " +
-                   Mention(names, "embedding_dim") + " = " + std::to_string(2 * o.embedding_dim));
-  if (o.ffn_hidden < 0) return Bad(names, "ffn_hidden", "must be >= 0 (0: the behaviour width)");
+    return BadOption(names, "BstOptions", "num_heads",
+                     std::to_string(o.num_heads) + " does not divide BST's block width 2 * " +
+                         MentionedOption(names, "embedding_dim") + " = " +
+                         std::to_string(2 * o.embedding_dim));
+  if (o.ffn_hidden < 0)
+    return BadOption(names, "BstOptions", "ffn_hidden", "must be >= 0 (0: the behaviour width)");
   if (!(o.dropout >= 0 && o.dropout < 1))
-    return Bad(names, "dropout", "must be in [0, 1), got " + Num(o.dropout));
+    return BadOption(names, "BstOptions", "dropout",
+                     "must be in [0, 1), got " + OptionNumber(o.dropout));
   IPS_RETURN_IF_ERROR(CheckMlpHeadOptions("BstOptions", o.mlp_hidden, o.activation, o.max_batch));
   return ValidateTransformerBlockOptions(BlockOptions(o), "BstOptions");
 }

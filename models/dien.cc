@@ -15,6 +15,7 @@
 #include "kernels/linear.h"
 #include "kernels/loss.h"
 #include "models/dien_ops.h"
+#include "models/option_names.h"
 
 #if defined(__GNUC__)
 #define IPS_DIEN_INLINE __attribute__((always_inline)) inline
@@ -24,25 +25,6 @@
 
 namespace ips::models {
 namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateDienOptions calls it: the caller's name for it (`names`),
-// else "DienOptions.<field>" for the option at fault and the bare field for one the message
-// mentions.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "DienOptions." + field) + ": " + what);
-}
-
-std::string Mention(const OptionNames& names, const std::string& field) {
-  return names ? names(field) : field;
-}
-
-std::string Num(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
 
 // Elements of T holding `bytes` (the RNN kernels size their buffers in bytes).
 size_t ElemsFor(size_t bytes, size_t elem) { return (bytes + elem - 1) / elem; }
@@ -172,28 +154,33 @@ const char* DienCellName(DienCell c) { return c == DienCell::kLstm ? "lstm" : "g
 
 Status ValidateDienOptions(const DienOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "DienOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "DienOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "DienOptions", "max_batch", "must be >= 1");
   // The attention compares the target (item and category: 2 * embedding_dim wide) with the
   // interest extractor's states.
   if (o.rnn_hidden != 0 && o.rnn_hidden != 2 * o.embedding_dim)
-    return Bad(names, "rnn_hidden",
-               "must be 2 * " + Mention(names, "embedding_dim") + " = " +
-                   std::to_string(2 * o.embedding_dim) + " (or 0 for that), got " +
-                   std::to_string(o.rnn_hidden));
+    return BadOption(names, "DienOptions", "rnn_hidden",
+                     "must be 2 * " + MentionedOption(names, "embedding_dim") + " = " +
+                         std::to_string(2 * o.embedding_dim) + " (or 0 for that), got " +
+                         std::to_string(o.rnn_hidden));
   if (o.cell != DienCell::kGru && o.cell != DienCell::kLstm)
-    return Bad(names, "cell", "must be GRU or LSTM");
+    return BadOption(names, "DienOptions", "cell", "must be GRU or LSTM");
   for (size_t i = 0; i < o.aux_hidden.size(); ++i)
     if (o.aux_hidden[i] < 1)
-      return Bad(names, "aux_hidden[" + std::to_string(i) + "]", "must be >= 1");
+      return BadOption(names, "DienOptions", "aux_hidden[" + std::to_string(i) + "]",
+                       "must be >= 1");
   if (!std::isfinite(o.aux_loss_weight))
-    return Bad(names, "aux_loss_weight", "must be finite, got " + Num(o.aux_loss_weight));
+    return BadOption(names, "DienOptions", "aux_loss_weight",
+                     "must be finite, got " + OptionNumber(o.aux_loss_weight));
   if (o.aux_loss_weight < 0)
-    return Bad(names, "aux_loss_weight",
-               "must be >= 0 (0: no auxiliary loss), got " + Num(o.aux_loss_weight));
-  if (o.attention_hidden1 < 1) return Bad(names, "attention_hidden1", "must be positive");
-  if (o.attention_hidden2 < 1) return Bad(names, "attention_hidden2", "must be positive");
+    return BadOption(names, "DienOptions", "aux_loss_weight",
+                     "must be >= 0 (0: no auxiliary loss), got " + OptionNumber(o.aux_loss_weight));
+  if (o.attention_hidden1 < 1)
+    return BadOption(names, "DienOptions", "attention_hidden1", "must be positive");
+  if (o.attention_hidden2 < 1)
+    return BadOption(names, "DienOptions", "attention_hidden2", "must be positive");
   return CheckMlpHeadOptions("DienOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

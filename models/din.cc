@@ -7,27 +7,19 @@
 
 #include "kernels/attention.h"
 #include "models/ctr_ops.h"
+#include "models/option_names.h"
 
 namespace ips::models {
-namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateDinOptions calls it: the caller's name for it (`names`),
-// else "DinOptions.<field>" for the option at fault.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "DinOptions." + field) + ": " + what);
-}
-
-}  // namespace
-
 Status ValidateDinOptions(const DinOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
-  if (o.attention_hidden1 < 1) return Bad(names, "attention_hidden1", "must be positive");
-  if (o.attention_hidden2 < 1) return Bad(names, "attention_hidden2", "must be positive");
+    return BadOption(names, "DinOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "DinOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "DinOptions", "max_batch", "must be >= 1");
+  if (o.attention_hidden1 < 1)
+    return BadOption(names, "DinOptions", "attention_hidden1", "must be positive");
+  if (o.attention_hidden2 < 1)
+    return BadOption(names, "DinOptions", "attention_hidden2", "must be positive");
   return CheckMlpHeadOptions("DinOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

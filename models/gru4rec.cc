@@ -7,37 +7,23 @@
 
 #include "common/random.h"
 #include "kernels/loss.h"
+#include "models/option_names.h"
 #include "models/seq_ops.h"
 
 namespace ips::models {
-namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateGru4RecOptions calls it: the caller's name for it (`names`),
-// else "Gru4RecOptions.<field>" for the option at fault and the bare field for one the message
-// mentions.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "Gru4RecOptions." + field) + ": " + what);
-}
-
-std::string Mention(const OptionNames& names, const std::string& field) {
-  return names ? names(field) : field;
-}
-
-}  // namespace
-
 Status ValidateGru4RecOptions(const Gru4RecOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "Gru4RecOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "Gru4RecOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "Gru4RecOptions", "max_batch", "must be >= 1");
   if (o.hidden < 0)
-    return Bad(names, "hidden",
-               "must be >= 0 (0: " + Mention(names, "embedding_dim") + "), got " +
-                   std::to_string(o.hidden));
+    return BadOption(names, "Gru4RecOptions", "hidden",
+                     "must be >= 0 (0: " + MentionedOption(names, "embedding_dim") + "), got " +
+                         std::to_string(o.hidden));
   if (o.cell != kernels::RnnCell::kGru && o.cell != kernels::RnnCell::kLstm)
-    return Bad(names, "cell", "must be GRU or LSTM (AUGRU needs attention scores)");
+    return BadOption(names, "Gru4RecOptions", "cell",
+                     "must be GRU or LSTM (AUGRU needs attention scores)");
   return Status::Ok();
 }
 

@@ -15,6 +15,7 @@
 #include "kernels/linear.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "models/option_names.h"
 
 namespace ips::models {
 namespace {
@@ -243,14 +244,28 @@ const char* MlpActivationName(MlpActivation a) {
 }
 
 Status CheckMlpHeadOptions(const char* options, const std::vector<int64_t>& hidden,
-                           MlpActivation act, int64_t max_batch) {
+                           MlpActivation act, int64_t max_batch,
+                           const std::function<std::string(const std::string&)>& names,
+                           const OptionPairFailure& pair) {
+  // The option at fault begins the message; one the message mentions is named by `names` too,
+  // else by its bare field (as the models' Validate*Options mention options).
+  auto subject = [&](const std::string& field) { return OptionAtFault(names, options, field); };
+  auto mention = [&](const std::string& field) { return MentionedOption(names, field); };
   for (size_t i = 0; i < hidden.size(); ++i)
     if (hidden[i] < 1)
-      return InvalidArgumentError(std::string(options) + ".mlp_hidden[" + std::to_string(i) +
-                                  "]: must be >= 1");
-  if (act == MlpActivation::kDice && max_batch < 2 && !hidden.empty())
-    return InvalidArgumentError(std::string(options) +
-                                ".max_batch: Dice needs batches of at least 2 rows");
+      return InvalidArgumentError(subject("mlp_hidden[" + std::to_string(i) + "]") +
+                                  ": must be positive");
+  // Dice normalises each hidden layer's output over the rows of the batch.
+  if (act == MlpActivation::kDice && max_batch < 2 && !hidden.empty()) {
+    const std::string batch = subject("max_batch"), activation = subject("activation");
+    const std::string what_batch = mention("activation") +
+                                   " DICE needs batches of at least 2 rows, got " +
+                                   std::to_string(max_batch);
+    if (!pair) return InvalidArgumentError(batch + ": " + what_batch);
+    return pair(batch, what_batch, activation,
+                "DICE needs batches of at least 2 rows (" + mention("max_batch") + " is " +
+                    std::to_string(max_batch) + ")");
+  }
   return Status::Ok();
 }
 

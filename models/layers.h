@@ -26,6 +26,7 @@
 #define IPS_MODELS_LAYERS_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -179,11 +180,29 @@ enum class MlpActivation {
 };
 const char* MlpActivationName(MlpActivation a);
 
-// The option checks of a model's MLP head, as an INVALID_ARGUMENT "<options>.<field>: ..."
-// (options: e.g. "DinOptions"): every hidden width >= 1, and Dice (batch statistics) only with
-// max_batch >= 2.
+// A failure of a rule that reads two options (Dice's activation and max_batch): the error that
+// blames `field_a` with `what_a` or `field_b` with `what_b`, the caller's choice.
+// worker/model_factory.cc blames, through BlameConfigFields (proto/config_loader.h), the one a
+// --set changed.
+using OptionPairFailure =
+    std::function<Status(const std::string& field_a, const std::string& what_a,
+                         const std::string& field_b, const std::string& what_b)>;
+
+// The option checks of a model's MLP head, the one copy of each: every hidden width positive
+// ("mlp_hidden[i]"), and Dice (batch statistics) only with max_batch >= 2 (when the head has a
+// hidden layer to normalise). The models' Validate*Options run them; ModelSpecFromConfig
+// (worker/model_factory.h) runs them on a config's model.mlp_hidden, model.activation and
+// data.batch_size. Errors: INVALID_ARGUMENT "<options>.<field>: ..." (options: e.g.
+// "DinOptions"). `names`, when given, names the options instead (the one at fault and any it
+// mentions), as the Validate*Options' `names` does; without it a mentioned option is its bare
+// field. `pair`, when given, makes the error of the Dice rule from its two wordings, the options
+// already named: max_batch's ("<activation> DICE needs batches of at least 2 rows, got N") and
+// activation's ("DICE needs batches of at least 2 rows (<max_batch> is N)"); without it the rule
+// blames max_batch.
 Status CheckMlpHeadOptions(const char* options, const std::vector<int64_t>& hidden,
-                           MlpActivation act, int64_t max_batch);
+                           MlpActivation act, int64_t max_batch,
+                           const std::function<std::string(const std::string&)>& names = {},
+                           const OptionPairFailure& pair = {});
 
 // sizes = [in, h1, ..., hk, out]: Linear layers between consecutive sizes with the activation
 // after every layer but the last (the peer's `mlp(sizes, act)`). Owns its activation buffers for

@@ -11,17 +11,10 @@
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "models/mind_ops.h"
+#include "models/option_names.h"
 
 namespace ips::models {
 namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateMindOptions calls it: the caller's name for it (`names`),
-// else "MindOptions.<field>" for the option at fault.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "MindOptions." + field) + ": " + what);
-}
 
 // The largest num_interests (the routing kernels keep one weight per interest on the stack:
 // mind_ops.cc) and routing_iterations.
@@ -36,27 +29,30 @@ constexpr uint64_t kRoutingSeedSalt = 0x6d696e64726f7574ULL;  // "mindrout"
 
 Status ValidateMindOptions(const MindOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "MindOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "MindOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "MindOptions", "max_batch", "must be >= 1");
   if (o.num_interests < 1 || o.num_interests > kMaxInterests)
-    return Bad(names, "num_interests",
-               "must be in [1, " + std::to_string(kMaxInterests) + "], got " +
-                   std::to_string(o.num_interests));
+    return BadOption(names, "MindOptions", "num_interests",
+                     "must be in [1, " + std::to_string(kMaxInterests) + "], got " +
+                         std::to_string(o.num_interests));
   if (o.routing_iterations < 1 || o.routing_iterations > kMaxRoutingIterations)
-    return Bad(names, "routing_iterations",
-               "must be in [1, " + std::to_string(kMaxRoutingIterations) + "], got " +
-                   std::to_string(o.routing_iterations));
-  if (o.capsule_dim < 0) return Bad(names, "capsule_dim", "must be >= 0 (0 = embedding_dim)");
+    return BadOption(names, "MindOptions", "routing_iterations",
+                     "must be in [1, " + std::to_string(kMaxRoutingIterations) + "], got " +
+                         std::to_string(o.routing_iterations));
+  if (o.capsule_dim < 0)
+    return BadOption(names, "MindOptions", "capsule_dim", "must be >= 0 (0 = embedding_dim)");
   if (o.label_attention_pow < 0 || o.label_attention_pow > 8)
-    return Bad(names, "label_attention_pow", "must be in [0, 8]");
+    return BadOption(names, "MindOptions", "label_attention_pow", "must be in [0, 8]");
   if (!(o.routing_init_stddev >= 0) || !std::isfinite(o.routing_init_stddev))
-    return Bad(names, "routing_init_stddev", "must be finite and >= 0");
+    return BadOption(names, "MindOptions", "routing_init_stddev", "must be finite and >= 0");
   if (o.routing_init_stddev == 0 && o.num_interests > 1)
-    return Bad(names, "routing_init_stddev",
-               "0 (zero routing logits) makes all interests identical when num_interests > 1");
+    return BadOption(
+        names, "MindOptions", "routing_init_stddev",
+        "0 (zero routing logits) makes all interests identical when num_interests > 1");
   if (!(o.bilinear_init_stddev > 0) || !std::isfinite(o.bilinear_init_stddev))
-    return Bad(names, "bilinear_init_stddev", "must be finite and > 0");
+    return BadOption(names, "MindOptions", "bilinear_init_stddev", "must be finite and > 0");
   return Status::Ok();
 }
 

@@ -6,31 +6,21 @@
 #include <utility>
 
 #include "models/ctr_ops.h"
+#include "models/option_names.h"
 
 namespace ips::models {
-namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidatePooledOptions calls it: the caller's name for it (`names`),
-// else "PooledOptions.<field>" for the option at fault.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "PooledOptions." + field) + ": " + what);
-}
-
-}  // namespace
-
 const char* HistoryPoolingName(HistoryPooling p) {
   return p == HistoryPooling::kSum ? "sum" : "mean";
 }
 
 Status ValidatePooledOptions(const PooledOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "PooledOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "PooledOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "PooledOptions", "max_batch", "must be >= 1");
   if (o.pooling != HistoryPooling::kSum && o.pooling != HistoryPooling::kMean)
-    return Bad(names, "pooling", "must be kSum or kMean");
+    return BadOption(names, "PooledOptions", "pooling", "must be kSum or kMean");
   return CheckMlpHeadOptions("PooledOptions", o.mlp_hidden, o.activation, o.max_batch);
 }
 

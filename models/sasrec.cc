@@ -8,29 +8,11 @@
 
 #include "kernels/activation.h"
 #include "kernels/norm.h"
+#include "models/option_names.h"
 #include "models/transformer_ops.h"
 
 namespace ips::models {
 namespace {
-
-using OptionNames = std::function<std::string(const std::string&)>;
-
-// An option as a message of ValidateSasrecOptions calls it: the caller's name for it (`names`),
-// else "SasrecOptions.<field>" for the option at fault and the bare field for one the message
-// mentions.
-Status Bad(const OptionNames& names, const std::string& field, const std::string& what) {
-  return InvalidArgumentError((names ? names(field) : "SasrecOptions." + field) + ": " + what);
-}
-
-std::string Mention(const OptionNames& names, const std::string& field) {
-  return names ? names(field) : field;
-}
-
-std::string Num(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
 
 // Dropout site of the embedding input (blocks use sites 1..num_blocks as their seeds).
 constexpr uint64_t kSiteInput = 0;
@@ -39,19 +21,23 @@ constexpr uint64_t kSiteInput = 0;
 
 Status ValidateSasrecOptions(const SasrecOptions& o, const OptionNames& names) {
   if (o.embedding_dim < 1)
-    return Bad(names, "embedding_dim", "must be positive, got " + std::to_string(o.embedding_dim));
-  if (o.max_len < 1) return Bad(names, "max_len", "must be >= 1");
-  if (o.max_batch < 1) return Bad(names, "max_batch", "must be >= 1");
+    return BadOption(names, "SasrecOptions", "embedding_dim",
+                     "must be positive, got " + std::to_string(o.embedding_dim));
+  if (o.max_len < 1) return BadOption(names, "SasrecOptions", "max_len", "must be >= 1");
+  if (o.max_batch < 1) return BadOption(names, "SasrecOptions", "max_batch", "must be >= 1");
   if (o.num_blocks < 1)
-    return Bad(names, "num_blocks", "must be >= 1, got " + std::to_string(o.num_blocks));
-  if (o.num_heads < 1) return Bad(names, "num_heads", "must be positive");
+    return BadOption(names, "SasrecOptions", "num_blocks",
+                     "must be >= 1, got " + std::to_string(o.num_blocks));
+  if (o.num_heads < 1) return BadOption(names, "SasrecOptions", "num_heads", "must be positive");
   // The heads split the embedding.
   if (o.embedding_dim % o.num_heads != 0)
-    return Bad(names, "num_heads",
-               std::to_string(o.num_heads) + " does not divide " + Mention(names, "embedding_dim") +
-                   " " + std::to_string(o.embedding_dim));
+    return BadOption(names, "SasrecOptions", "num_heads",
+                     std::to_string(o.num_heads) + " does not divide " +
+                         MentionedOption(names, "embedding_dim") + " " +
+                         std::to_string(o.embedding_dim));
   if (!(o.dropout >= 0 && o.dropout < 1))
-    return Bad(names, "dropout", "must be in [0, 1), got " + Num(o.dropout));
+    return BadOption(names, "SasrecOptions", "dropout",
+                     "must be in [0, 1), got " + OptionNumber(o.dropout));
   return Status::Ok();
 }
 

@@ -12,10 +12,6 @@
 namespace ips {
 namespace {
 
-// The largest synthetic catalogue (ValidateSyntheticOptions, worker/synthetic_batches.h), checked
-// here on the config's 64-bit count, which the run narrows to 32 bits.
-constexpr int64_t kMaxSyntheticItems = int64_t{1} << 28;
-
 // Whether a field of ps::TableOptions ("dim", "optimizer.beta1") is set by a TableConfig field of
 // the same name; the others are the store's own (shards, slabs, sketch width, the Xavier fan).
 bool IsTableConfigField(const std::string& field) {
@@ -24,7 +20,26 @@ bool IsTableConfigField(const std::string& field) {
          field == "initializer.range" || field.rfind("optimizer.", 0) == 0;
 }
 
+// The config field that sets a SyntheticOptions field (SyntheticOptionsFromConfig), or "".
+std::string SyntheticConfigPath(const std::string& field) {
+  if (field == "num_items" || field == "num_categories") return "data.synthetic." + field;
+  if (field == "alpha") return "data.synthetic.zipf_alpha";
+  if (field == "seq_len") return "data.max_history";
+  return "";
+}
+
 }  // namespace
+
+SyntheticOptions SyntheticOptionsFromConfig(const config::Config& cfg) {
+  const auto& syn = cfg.data().synthetic();
+  SyntheticOptions o;
+  o.num_items = static_cast<uint32_t>(syn.num_items());
+  o.num_categories = static_cast<uint32_t>(syn.num_categories());
+  o.seq_len = cfg.data().max_history();
+  o.alpha = syn.zipf_alpha();
+  o.seed = cfg.data().seed();
+  return o;
+}
 
 ps::OptimizerOptions OptimizerOptionsFromConfig(const config::OptimizerConfig& c) {
   ps::OptimizerOptions o;
@@ -103,9 +118,18 @@ Status CheckRunConfig(const config::Config& cfg, const ConfigSource& source) {
   const auto& d = cfg.data();
   if (d.has_synthetic()) {
     const auto& syn = d.synthetic();
-    if (syn.num_items() > kMaxSyntheticItems)
-      return fail("data.synthetic.num_items",
-                  "must be <= 2^28, got " + std::to_string(syn.num_items()));
+    // The catalogue's own rules (worker/synthetic_batches.h), under the config's names. The counts
+    // first, on the config's 64 bits: the options hold them in 32.
+    const SyntheticOptions options = SyntheticOptionsFromConfig(cfg);
+    auto blame = [&](const std::string& field, const std::string& what) {
+      const std::string path = SyntheticConfigPath(field);
+      // An option no config field sets (the label rates): the options' own words.
+      if (path.empty()) return ValidateSyntheticOptions(options);
+      return fail(path, what);
+    };
+    IPS_RETURN_IF_ERROR(CheckSyntheticCount("num_items", syn.num_items(), blame));
+    IPS_RETURN_IF_ERROR(CheckSyntheticCount("num_categories", syn.num_categories(), blame));
+    IPS_RETURN_IF_ERROR(CheckSyntheticOptions(options, blame));
     if (syn.warmup_steps() < 0)
       return fail("data.synthetic.warmup_steps",
                   "must be >= 0, got " + std::to_string(syn.warmup_steps()));

@@ -13,6 +13,7 @@
 
 #include "common/status.h"
 #include "ps/table_options.h"
+#include "worker/synthetic_batches.h"
 
 namespace ips {
 
@@ -30,9 +31,17 @@ ps::OptimizerOptions OptimizerOptionsFromConfig(const config::OptimizerConfig& o
 // and with data.synthetic the Xavier row fan of the synthetic catalogue.
 ps::TableOptions TableOptionsFromConfig(const config::Config& config, int index);
 
+// The synthetic catalogue of config.data.synthetic, as a training run's (worker/trainer.cc
+// TrainJobFromConfig) makes it: the counts narrowed to 32 bits (checked first by CheckRunConfig),
+// the history length data.max_history, the Zipf exponent, data.seed.
+SyntheticOptions SyntheticOptionsFromConfig(const config::Config& config);
+
 // The run's checks: train.max_steps; for a run on a dataset or a stream (no data.synthetic)
-// eval.every_epochs, eval.max_users and eval.top_k; for a synthetic run data.synthetic's step
-// counts and catalogue cap. Errors blamed on `source` (an empty source names the field alone).
+// eval.every_epochs, eval.max_users and eval.top_k; for a synthetic run the catalogue's own rules
+// (worker/synthetic_batches.h CheckSyntheticCount on the config's 64-bit counts, then
+// CheckSyntheticOptions: data.synthetic.num_items and num_categories, data.max_history,
+// data.synthetic.zipf_alpha) and data.synthetic's step counts. Errors blamed on `source` (an
+// empty source names the field alone).
 Status CheckRunConfig(const config::Config& config, const ConfigSource& source);
 
 // Every check ValidateConfig leaves to the components, in this order: the model's

@@ -118,18 +118,58 @@ Status AttentionHidden(const config::ModelConfig& m, const std::string& kind,
   return Status::Ok();
 }
 
-// model.mlp_hidden and model.activation of a model with an MLP head (DIN, DIEN, POOLED, BST).
-// The head's options know two activations (models::MlpActivation). models/layers.cc
-// CheckMlpHeadOptions, which the models' Validate*Options call, checks the widths and Dice's
-// batches too, but names the options' fields and not the config's: until it takes the names
-// that the Validate*Options take, those two checks are worded here for the config.
-Status MlpHead(const config::Config& cfg, const std::string& kind, const ConfigSource& src,
-               std::vector<int64_t>* hidden, models::MlpActivation* activation) {
+// The config field that sets a model option (ModelSpecFromConfig's mapping below), or "" for an
+// option no config field sets.
+std::string ConfigPathOfOption(const std::string& field) {
+  if (field == "embedding_dim" || field == "num_interests" || field == "routing_iterations" ||
+      field == "num_blocks" || field == "num_heads" || field == "dropout" ||
+      field == "aux_loss_weight" || field == "rnn_hidden" || field == "activation" ||
+      field.rfind("mlp_hidden[", 0) == 0)
+    return "model." + field;
+  if (field == "hidden") return "model.rnn_hidden";  // GRU4Rec's
+  if (field == "attention_hidden1") return "model.attention_hidden[0]";
+  if (field == "attention_hidden2") return "model.attention_hidden[1]";
+  if (field == "max_len") return "data.max_history";
+  if (field == "max_batch") return "data.batch_size";
+  return "";
+}
+
+// The `names` a model's checks take: the config field path that sets an option, else the
+// options' own name ("DinOptions.aux_hidden[0]").
+std::function<std::string(const std::string&)> ConfigNamesOf(const char* options_name) {
+  return [options_name](const std::string& field) {
+    const std::string path = ConfigPathOfOption(field);
+    return path.empty() ? std::string(options_name) + "." + field : path;
+  };
+}
+
+// The error of a model check run with ConfigNamesOf, blamed on the config field at fault
+// (BlameConfigField). `also_read`: for a field at fault, the other config fields its check reads
+// (SASRec's model.num_heads must divide model.embedding_dim), so that a --set of one of them is
+// named. A failure of an option no config field sets keeps the options' name.
+Status BlameOptionError(const Status& s, const ConfigSource& src,
+                        const std::map<std::string, std::vector<std::string>>& also_read = {}) {
+  if (s.ok()) return s;
+  // The message starts with the name of the option at fault: a config field path ("model.",
+  // "data.") when a config field sets it.
+  const std::string& message = s.message();
+  const size_t colon = message.find(": ");
+  if (colon == std::string::npos) return s;
+  const std::string path = message.substr(0, colon);
+  if (path.rfind("model.", 0) != 0 && path.rfind("data.", 0) != 0) return s;
+  const auto also = also_read.find(path);
+  return BlameConfigField(src, path, message.substr(colon + 2),
+                          also == also_read.end() ? std::vector<std::string>{} : also->second);
+}
+
+// model.mlp_hidden and model.activation of a model with an MLP head (DIN, DIEN, POOLED, BST),
+// checked by the head's own rules (models/layers.h CheckMlpHeadOptions: the widths, and Dice's
+// batches against data.batch_size) under the config's names. The head's options know two
+// activations (models::MlpActivation).
+Status MlpHead(const config::Config& cfg, const std::string& kind, const char* options_name,
+               const ConfigSource& src, std::vector<int64_t>* hidden,
+               models::MlpActivation* activation) {
   const config::ModelConfig& m = cfg.model();
-  for (int i = 0; i < m.mlp_hidden_size(); ++i)
-    if (m.mlp_hidden(i) <= 0)
-      return BlameConfigField(src, "model.mlp_hidden[" + std::to_string(i) + "]",
-                              "must be positive");
   if (m.mlp_hidden_size() != 0) hidden->assign(m.mlp_hidden().begin(), m.mlp_hidden().end());
   switch (m.activation()) {
     case config::PRELU:
@@ -143,57 +183,23 @@ Status MlpHead(const config::Config& cfg, const std::string& kind, const ConfigS
                               config::Activation_Name(m.activation()) + ": the MLP head of " +
                                   kind + " supports PRELU and DICE");
   }
-  // Dice normalises each hidden layer over the rows of the batch.
-  const int32_t batch = cfg.data().batch_size();
-  if (*activation == models::MlpActivation::kDice && batch < 2)
-    return BlameConfigFields(
-        src, "data.batch_size",
-        "model.activation DICE needs batches of at least 2 rows, got " + std::to_string(batch),
-        "model.activation",
-        "DICE needs batches of at least 2 rows (data.batch_size is " + std::to_string(batch) + ")");
-  return Status::Ok();
-}
-
-// The config field that sets a model option (ModelSpecFromConfig's mapping below), or "" for an
-// option no config field sets.
-std::string ConfigPathOfOption(const std::string& field) {
-  if (field == "embedding_dim" || field == "num_interests" || field == "routing_iterations" ||
-      field == "num_blocks" || field == "num_heads" || field == "dropout" ||
-      field == "aux_loss_weight" || field == "rnn_hidden")
-    return "model." + field;
-  if (field == "hidden") return "model.rnn_hidden";  // GRU4Rec's
-  if (field == "attention_hidden1") return "model.attention_hidden[0]";
-  if (field == "attention_hidden2") return "model.attention_hidden[1]";
-  if (field == "max_len") return "data.max_history";
-  if (field == "max_batch") return "data.batch_size";
-  return "";
+  return BlameOptionError(
+      models::CheckMlpHeadOptions(
+          options_name, *hidden, *activation, cfg.data().batch_size(), ConfigNamesOf(options_name),
+          [&](const std::string& a, const std::string& what_a, const std::string& b,
+              const std::string& what_b) { return BlameConfigFields(src, a, what_a, b, what_b); }),
+      src);
 }
 
 // Runs a model's Validate*Options, the one copy of its checks, on options made from the config,
-// with the config's names for the options, and blames a failure on the config field at fault
-// (BlameConfigField). `also_read`: for a field at fault, the other config fields its check reads
-// (SASRec's model.num_heads must divide model.embedding_dim), so that a --set of one of them is
-// named. A failure of an option no config field sets keeps the options' name.
+// with the config's names for the options (ConfigNamesOf), and blames a failure on the config
+// field at fault (BlameOptionError, `also_read` as there).
 template <typename Options>
 Status CheckModelOptions(Status (*validate)(const Options&,
                                             const std::function<std::string(const std::string&)>&),
                          const Options& options, const char* options_name, const ConfigSource& src,
                          const std::map<std::string, std::vector<std::string>>& also_read = {}) {
-  const Status s = validate(options, [&](const std::string& field) {
-    const std::string path = ConfigPathOfOption(field);
-    return path.empty() ? std::string(options_name) + "." + field : path;
-  });
-  if (s.ok()) return s;
-  // The message starts with the name of the option at fault: a config field path ("model.",
-  // "data.") when a config field sets it.
-  const std::string& message = s.message();
-  const size_t colon = message.find(": ");
-  if (colon == std::string::npos) return s;
-  const std::string path = message.substr(0, colon);
-  if (path.rfind("model.", 0) != 0 && path.rfind("data.", 0) != 0) return s;
-  const auto also = also_read.find(path);
-  return BlameConfigField(src, path, message.substr(colon + 2),
-                          also == also_read.end() ? std::vector<std::string>{} : also->second);
+  return BlameOptionError(validate(options, ConfigNamesOf(options_name)), src, also_read);
 }
 
 // ModelSpecFromConfig without the device checks, its errors blamed on `src`.
@@ -221,7 +227,7 @@ StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg, const ConfigSource& 
       models::DinOptions& d = s.din;
       IPS_RETURN_IF_ERROR(
           AttentionHidden(m, kind, src, &d.attention_hidden1, &d.attention_hidden2));
-      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &d.mlp_hidden, &d.activation));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, "DinOptions", src, &d.mlp_hidden, &d.activation));
       d.attention_softmax = m.attention_softmax();
       IPS_RETURN_IF_ERROR(
           CheckModelOptions(models::ValidateDinOptions, WithCommon(d, s), "DinOptions", src));
@@ -237,7 +243,7 @@ StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg, const ConfigSource& 
       d.aux_loss_disabled = m.aux_loss_weight() == 0;
       IPS_RETURN_IF_ERROR(
           AttentionHidden(m, kind, src, &d.attention_hidden1, &d.attention_hidden2));
-      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &d.mlp_hidden, &d.activation));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, "DienOptions", src, &d.mlp_hidden, &d.activation));
       IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateDienOptions, WithCommon(d, s),
                                             "DienOptions", src,
                                             {{"model.rnn_hidden", {"model.embedding_dim"}}}));
@@ -246,7 +252,7 @@ StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg, const ConfigSource& 
     case config::ModelConfig::POOLED: {
       s.kind = ModelKind::kPooled;
       models::PooledOptions& p = s.pooled;
-      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &p.mlp_hidden, &p.activation));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, "PooledOptions", src, &p.mlp_hidden, &p.activation));
       IPS_RETURN_IF_ERROR(
           CheckModelOptions(models::ValidatePooledOptions, WithCommon(p, s), "PooledOptions", src));
       return s;
@@ -276,7 +282,7 @@ StatusOr<ModelSpec> SpecOfConfig(const config::Config& cfg, const ConfigSource& 
       b.num_heads = m.num_heads();
       b.dropout = m.dropout();
       b.layout = LayoutOf(m);
-      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, src, &b.mlp_hidden, &b.activation));
+      IPS_RETURN_IF_ERROR(MlpHead(cfg, kind, "BstOptions", src, &b.mlp_hidden, &b.activation));
       IPS_RETURN_IF_ERROR(CheckModelOptions(models::ValidateBstOptions, WithCommon(b, s),
                                             "BstOptions", src, heads_split_width));
       return s;

@@ -61,8 +61,9 @@ StatusOr<std::unique_ptr<models::SeqModel<float>>> CreateSeqModel(const ModelSpe
 
 // Maps config.model (+ data.max_history, data.batch_size, train.seed) to a spec. Errors:
 // INVALID_ARGUMENT "FIELD_PATH: ..." naming the config field for unsupported values (the model's
-// Validate*Options, run with the config's names for its options); UNIMPLEMENTED for CUDA in a
-// build without CUDA; FAILED_PRECONDITION for CUDA with no visible device.
+// Validate*Options and its MLP head's models::CheckMlpHeadOptions, run with the config's names
+// for their options); UNIMPLEMENTED for CUDA in a build without CUDA; FAILED_PRECONDITION for CUDA
+// with no visible device.
 StatusOr<ModelSpec> ModelSpecFromConfig(const config::Config& config);
 
 // The checks of ModelSpecFromConfig but what model.device needs of the machine, each error blamed

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 namespace ips {
@@ -72,29 +73,43 @@ double BoundedZipf::Probability(uint32_t id) const {
 // ---------------------------------------------------------------------------------------------
 // SyntheticBatches
 
-Status ValidateSyntheticOptions(const SyntheticOptions& o) {
-  if (o.num_items < 1 || o.num_items > (1u << 28)) {
-    return InvalidArgumentError("synthetic: num_items must be in [1, 2^28], got " +
-                                std::to_string(o.num_items));
-  }
-  if (o.num_categories < 1) return InvalidArgumentError("synthetic: num_categories must be >= 1");
-  if (o.seq_len < 1 || o.seq_len > 65535) {
-    return InvalidArgumentError("synthetic: seq_len must be in [1, 65535], got " +
-                                std::to_string(o.seq_len));
-  }
-  if (!std::isfinite(o.alpha) || o.alpha < 0) {
-    return InvalidArgumentError("synthetic: alpha must be finite and >= 0, got " +
-                                std::to_string(o.alpha));
-  }
-  if (!(o.positive_rate >= 0 && o.positive_rate <= 1)) {
-    return InvalidArgumentError("synthetic: positive_rate must be in [0, 1], got " +
-                                std::to_string(o.positive_rate));
-  }
-  if (!(o.planted_rate >= 0 && o.planted_rate <= 1)) {
-    return InvalidArgumentError("synthetic: planted_rate must be in [0, 1], got " +
-                                std::to_string(o.planted_rate));
-  }
+namespace {
+
+// A double as the options' messages print it: "-1", "1.5", "nan".
+std::string Num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+}  // namespace
+
+Status CheckSyntheticCount(const std::string& field, int64_t count,
+                           const SyntheticOptionFailure& fail) {
+  if (count < 1) return fail(field, "must be >= 1, got " + std::to_string(count));
+  if (count > kMaxSyntheticCount)
+    return fail(field, "must be <= 2^28, got " + std::to_string(count));
   return Status::Ok();
+}
+
+Status CheckSyntheticOptions(const SyntheticOptions& o, const SyntheticOptionFailure& fail) {
+  IPS_RETURN_IF_ERROR(CheckSyntheticCount("num_items", o.num_items, fail));
+  IPS_RETURN_IF_ERROR(CheckSyntheticCount("num_categories", o.num_categories, fail));
+  if (o.seq_len < 1 || o.seq_len > 65535)
+    return fail("seq_len", "must be in [1, 65535], got " + std::to_string(o.seq_len));
+  if (!std::isfinite(o.alpha) || o.alpha < 0)
+    return fail("alpha", "must be finite and >= 0, got " + Num(o.alpha));
+  if (!(o.positive_rate >= 0 && o.positive_rate <= 1))
+    return fail("positive_rate", "must be in [0, 1], got " + Num(o.positive_rate));
+  if (!(o.planted_rate >= 0 && o.planted_rate <= 1))
+    return fail("planted_rate", "must be in [0, 1], got " + Num(o.planted_rate));
+  return Status::Ok();
+}
+
+Status ValidateSyntheticOptions(const SyntheticOptions& o) {
+  return CheckSyntheticOptions(o, [](const std::string& field, const std::string& what) {
+    return InvalidArgumentError("synthetic: " + field + " " + what);
+  });
 }
 
 StatusOr<std::unique_ptr<SyntheticBatches>> SyntheticBatches::Create(

@@ -114,8 +114,30 @@ struct SyntheticOptions {
   uint64_t seed = 0;               // peer --seed (a different generator: same seed != same data)
 };
 
-// INVALID_ARGUMENT naming the first bad field: num_items in [1, 2^28], num_categories >= 1,
-// seq_len in [1, 65535], alpha finite and >= 0, rates in [0, 1].
+// The largest synthetic catalogue, in items and in categories (each holds a table row and an
+// index entry per id; 2^28 items take 7.5 GB here).
+constexpr int64_t kMaxSyntheticCount = int64_t{1} << 28;
+
+// How a check of SyntheticOptions reports the option at fault: `field` is the option's name
+// ("num_items", "seq_len", "alpha", ...), `what` the rule it breaks ("must be in [1, 65535], got
+// 70000"). ValidateSyntheticOptions words it "synthetic: <field> <what>"; a config's check
+// (worker/config_validation.h CheckRunConfig) blames the config field that sets the option, on
+// the --set or the file line.
+using SyntheticOptionFailure =
+    std::function<Status(const std::string& field, const std::string& what)>;
+
+// The rule of a catalogue count (`field`: "num_items" or "num_categories"): in [1, 2^28]. On 64
+// bits, so that a config's count (int64) is checked before a run narrows it to SyntheticOptions'
+// 32 bits: 2^32 + 1 items is refused, not read as 1.
+Status CheckSyntheticCount(const std::string& field, int64_t count,
+                           const SyntheticOptionFailure& fail);
+
+// SyntheticOptions' rules, the one copy of each, the first broken one reported through `fail`:
+// num_items and num_categories (CheckSyntheticCount), seq_len in [1, 65535], alpha finite and
+// >= 0, positive_rate and planted_rate in [0, 1].
+Status CheckSyntheticOptions(const SyntheticOptions& o, const SyntheticOptionFailure& fail);
+
+// CheckSyntheticOptions as INVALID_ARGUMENT "synthetic: <field> <what>".
 Status ValidateSyntheticOptions(const SyntheticOptions& o);
 
 // The synthetic category of an item: fmix64(item) % num_categories + 1 for item >= 1, and 0 for

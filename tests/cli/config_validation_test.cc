@@ -15,11 +15,17 @@
 #include <utility>
 #include <vector>
 
+#include "models/bst.h"
+#include "models/dien.h"
+#include "models/din.h"
+#include "models/layers.h"
 #include "models/mind.h"
+#include "models/pooled.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/table_options.h"
 #include "tests/testing/run_ips.h"
+#include "worker/synthetic_batches.h"
 
 namespace ips {
 namespace {
@@ -231,6 +237,23 @@ TEST(ConfigValidation, RunOptionErrorsNameTheOverrideAndTheConfigField) {
        {"data.synthetic.num_items=300000000"},
        "--set data.synthetic.num_items=300000000: data.synthetic.num_items: must be <= 2^28, got "
        "300000000"},
+      // The catalogue's own rules (worker/synthetic_batches.h) blame the --set too (they named
+      // the config file), the counts on the config's 64 bits (2^32 + 1 categories was read as 1).
+      {synthetic,
+       {"data.synthetic.zipf_alpha=-1"},
+       "--set data.synthetic.zipf_alpha=-1: data.synthetic.zipf_alpha: must be finite and >= 0, "
+       "got -1"},
+      {synthetic,
+       {"data.max_history=70000"},
+       "--set data.max_history=70000: data.max_history: must be in [1, 65535], got 70000"},
+      {synthetic,
+       {"data.synthetic.num_categories=4294967297"},
+       "--set data.synthetic.num_categories=4294967297: data.synthetic.num_categories: must be <= "
+       "2^28, got 4294967297"},
+      {synthetic,
+       {"data.synthetic.num_items=4294967297"},
+       "--set data.synthetic.num_items=4294967297: data.synthetic.num_items: must be <= 2^28, got "
+       "4294967297"},
   };
   for (const auto& [path, sets, want] : cases) {
     SCOPED_TRACE(sets.back());
@@ -246,6 +269,11 @@ TEST(ConfigValidation, RunOptionErrorsNameTheOverrideAndTheConfigField) {
                              "eval {\n  top_k: [10, 10]\n}\n");
   ExpectError(LoadConfigForRun(bad, {"train.epochs=2"}).status(),
               bad + ":3: eval.top_k: eval.top_k[1] 10 repeats eval.top_k[0]");
+  const auto zipf = WriteTemp("run_zipf.pbtxt",
+                              "data {\n  synthetic {\n    zipf_alpha: -0.5\n  }\n}\n"
+                              "tables { name: \"item\" }\ntables { name: \"category\" }\n");
+  ExpectError(LoadConfigForRun(zipf, {}).status(),
+              zipf + ":3: data.synthetic.zipf_alpha: must be finite and >= 0, got -0.5");
 }
 
 // The one copy of each rule: a config's error says what the component's own check says of its
@@ -280,6 +308,94 @@ TEST(ConfigValidation, ErrorsAreTheComponentsOwnChecks) {
   cfg.mutable_train()->set_max_steps(-3);
   EXPECT_EQ(CheckConfigForRun(cfg, ConfigSource()).message(),
             "train.max_steps: must be >= 0 (0: no limit), got -3");
+
+  // The synthetic catalogue's (ValidateSyntheticOptions: "synthetic: <field> <what>").
+  SyntheticOptions catalogue;
+  catalogue.alpha = -1;
+  const std::string synthetic = ValidateSyntheticOptions(catalogue).message();
+  const std::string alpha = "synthetic: alpha ";
+  ASSERT_EQ(synthetic.rfind(alpha, 0), 0u) << synthetic;
+  EXPECT_EQ(LoadConfigForRun(ShippedConfig("din_synthetic.pbtxt"), {"data.synthetic.zipf_alpha=-1"})
+                .status()
+                .message(),
+            "--set data.synthetic.zipf_alpha=-1: data.synthetic.zipf_alpha: " +
+                synthetic.substr(alpha.size()));
+}
+
+// The MLP head's rules (model.mlp_hidden, DICE's batches) have one copy, models/layers.h
+// CheckMlpHeadOptions, which every model with the head runs and which words a config's error
+// under the config's names (worker/model_factory.cc had its own copy, worded apart).
+TEST(ConfigValidation, MlpHeadErrorsAreTheHeadsOwnChecks) {
+  using models::MlpActivation;
+  const auto path = WriteTemp("mlp_head.pbtxt",
+                              "model { embedding_dim: 18 }\n"
+                              "tables { name: \"item\" dim: 18 }\n"
+                              "tables { name: \"category\" dim: 18 }\n");
+  ASSERT_TRUE(LoadConfigForRun(path, {}).ok());
+  // The options' words, and the same rule's in every model with the head.
+  const std::string width =
+      models::CheckMlpHeadOptions("DinOptions", {64, 0}, MlpActivation::kPrelu, 8).message();
+  EXPECT_EQ(width, "DinOptions.mlp_hidden[1]: must be positive");
+  models::DinOptions din;
+  din.mlp_hidden = {64, 0};
+  EXPECT_EQ(models::ValidateDinOptions(din).message(), width);
+  models::DienOptions dien;
+  dien.mlp_hidden = {64, 0};
+  EXPECT_EQ(models::ValidateDienOptions(dien).message(),
+            "DienOptions.mlp_hidden[1]: must be positive");
+  models::PooledOptions pooled;
+  pooled.mlp_hidden = {64, 0};
+  EXPECT_EQ(models::ValidatePooledOptions(pooled).message(),
+            "PooledOptions.mlp_hidden[1]: must be positive");
+  models::BstOptions bst;
+  bst.mlp_hidden = {64, 0};
+  EXPECT_EQ(models::ValidateBstOptions(bst).message(),
+            "BstOptions.mlp_hidden[1]: must be positive");
+  // A config's error: the same words under its field's name, blamed on the --set.
+  const std::string field = "DinOptions.mlp_hidden[1]: ";
+  EXPECT_EQ(LoadConfigForRun(path, {"model.mlp_hidden=64,0"}).status().message(),
+            "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: " + width.substr(field.size()));
+  for (const char* type : {"DIEN", "POOLED", "BST"}) {
+    SCOPED_TRACE(type);
+    EXPECT_EQ(LoadConfigForRun(path, {std::string("model.type=") + type, "model.mlp_hidden=64,0"})
+                  .status()
+                  .message(),
+              "--set model.mlp_hidden=64,0: model.mlp_hidden[1]: must be positive");
+  }
+
+  // DICE's rule reads two options: the error names both, and blames the one the caller picks.
+  const auto names = [](const std::string& f) {
+    return f == "max_batch" ? std::string("data.batch_size") : "model." + f;
+  };
+  EXPECT_EQ(models::CheckMlpHeadOptions("DinOptions", {64}, MlpActivation::kDice, 1).message(),
+            "DinOptions.max_batch: activation DICE needs batches of at least 2 rows, got 1");
+  const std::string dice =
+      models::CheckMlpHeadOptions("DinOptions", {64}, MlpActivation::kDice, 1, names).message();
+  EXPECT_EQ(dice, "data.batch_size: model.activation DICE needs batches of at least 2 rows, got 1");
+  std::vector<std::string> pair;
+  const Status picked =
+      models::CheckMlpHeadOptions("DinOptions", {64}, MlpActivation::kDice, 1, names,
+                                  [&](const std::string& a, const std::string& what_a,
+                                      const std::string& b, const std::string& what_b) {
+                                    pair = {a, what_a, b, what_b};
+                                    return InvalidArgumentError(b + ": " + what_b);
+                                  });
+  EXPECT_EQ(picked.message(),
+            "model.activation: DICE needs batches of at least 2 rows (data.batch_size is 1)");
+  EXPECT_EQ(
+      pair,
+      (std::vector<std::string>{
+          "data.batch_size", "model.activation DICE needs batches of at least 2 rows, got 1",
+          "model.activation", "DICE needs batches of at least 2 rows (data.batch_size is 1)"}));
+  EXPECT_EQ(
+      LoadConfigForRun(path, {"model.activation=DICE", "data.batch_size=1"}).status().message(),
+      "--set data.batch_size=1: " + dice);
+  EXPECT_EQ(
+      LoadConfigForRun(path, {"data.batch_size=1", "model.activation=DICE"}).status().message(),
+      "--set data.batch_size=1: " + dice);
+  // Without a hidden layer there is nothing for Dice to normalise.
+  EXPECT_TRUE(models::CheckMlpHeadOptions("DinOptions", {}, MlpActivation::kDice, 1).ok());
+  EXPECT_TRUE(models::CheckMlpHeadOptions("DinOptions", {64}, MlpActivation::kDice, 2).ok());
 }
 
 TEST(ConfigValidation, EveryShippedConfigPassesTheRunChecks) {
@@ -319,6 +435,14 @@ TEST(ConfigValidationCli, RunOptionFromSetNamesTheOverride) {
            " --set data.synthetic.steps=0",
        "error: INVALID_ARGUMENT: --set data.synthetic.steps=0: data.synthetic.steps: must be >= 1, "
        "got 0"},
+      {"config check --config " + ShippedConfig("din_synthetic.pbtxt") +
+           " --set data.synthetic.zipf_alpha=-1",
+       "error: INVALID_ARGUMENT: --set data.synthetic.zipf_alpha=-1: data.synthetic.zipf_alpha: "
+       "must be finite and >= 0, got -1"},
+      {"config check --config " + ShippedConfig("din_synthetic.pbtxt") +
+           " --set data.max_history=70000",
+       "error: INVALID_ARGUMENT: --set data.max_history=70000: data.max_history: must be in [1, "
+       "65535], got 70000"},
       {"config check --config " + ShippedConfig("mind_games.pbtxt") + " --set eval.top_k=0",
        "error: INVALID_ARGUMENT: --set eval.top_k=0: eval.top_k[0]: must be >= 1, got 0"},
       {"eval --config " + ShippedConfig("din_ml100k.pbtxt") +

@@ -146,6 +146,66 @@ TEST(SyntheticBatches, ValidatesOptions) {
   EXPECT_FALSE(s->SeqBatchAt(0, -3, &q).ok());
 }
 
+// Each rule reports its option's name and the rule through the caller's `fail` (a config's check
+// blames the config field with it), and ValidateSyntheticOptions words it "synthetic: <field>
+// <what>". The counts are capped at 2^28 on 64 bits: a config's 2^32 + 1 categories would read
+// as 1 in SyntheticOptions, and 2^32 - 1 overflowed the category index (num_categories + 2).
+TEST(SyntheticBatches, OptionRulesNameTheOptionAtFault) {
+  struct Case {
+    void (*mutate)(SyntheticOptions*);
+    const char* field;
+    const char* what;
+  };
+  const Case cases[] = {
+      {[](SyntheticOptions* o) { o->num_items = 0; }, "num_items", "must be >= 1, got 0"},
+      {[](SyntheticOptions* o) { o->num_items = (1u << 28) + 1; }, "num_items",
+       "must be <= 2^28, got 268435457"},
+      {[](SyntheticOptions* o) { o->num_categories = 0; }, "num_categories", "must be >= 1, got 0"},
+      {[](SyntheticOptions* o) { o->num_categories = 4294967295u; }, "num_categories",
+       "must be <= 2^28, got 4294967295"},
+      {[](SyntheticOptions* o) { o->seq_len = 65536; }, "seq_len",
+       "must be in [1, 65535], got 65536"},
+      {[](SyntheticOptions* o) { o->alpha = -1; }, "alpha", "must be finite and >= 0, got -1"},
+      {[](SyntheticOptions* o) { o->alpha = std::nan(""); }, "alpha",
+       "must be finite and >= 0, got nan"},
+      {[](SyntheticOptions* o) { o->positive_rate = 2; }, "positive_rate",
+       "must be in [0, 1], got 2"},
+      {[](SyntheticOptions* o) { o->planted_rate = -0.5; }, "planted_rate",
+       "must be in [0, 1], got -0.5"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.field);
+    SyntheticOptions o;
+    c.mutate(&o);
+    std::string field, what;
+    const Status s = CheckSyntheticOptions(o, [&](const std::string& f, const std::string& w) {
+      field = f;
+      what = w;
+      return DataLossError("reported");
+    });
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss);  // the caller's error, as made
+    EXPECT_EQ(field, c.field);
+    EXPECT_EQ(what, c.what);
+    const Status v = ValidateSyntheticOptions(o);
+    EXPECT_EQ(v.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(v.message(), std::string("synthetic: ") + c.field + " " + c.what);
+  }
+  EXPECT_TRUE(ValidateSyntheticOptions(SyntheticOptions()).ok());
+  SyntheticOptions largest;
+  largest.num_items = largest.num_categories = 1u << 28;
+  largest.seq_len = 65535;
+  EXPECT_TRUE(ValidateSyntheticOptions(largest).ok());
+  // A count on 64 bits, as a config holds it.
+  auto count = [](int64_t n) {
+    return CheckSyntheticCount("num_items", n, [](const std::string& f, const std::string& w) {
+      return InvalidArgumentError(f + " " + w);
+    });
+  };
+  EXPECT_EQ(count((int64_t{1} << 32) + 1).message(), "num_items must be <= 2^28, got 4294967297");
+  EXPECT_EQ(count(-5).message(), "num_items must be >= 1, got -5");
+  EXPECT_TRUE(count(int64_t{1} << 28).ok());
+}
+
 TEST(SyntheticBatches, CategoryIsPureFunctionAndIndexPartitionsItems) {
   SyntheticOptions o;
   o.num_items = 20000;
