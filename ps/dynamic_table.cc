@@ -90,20 +90,7 @@ StatusOr<std::unique_ptr<DynamicTable>> DynamicTable::Create(const TableOptions&
           ? internal::CountSketch::kDepth * options.sketch_width * int64_t{sizeof(uint16_t)}
           : 0;
   if (options.max_memory_mb > 0) {
-    // Each shard's share of the cap must hold one slab and its index (and sketch). The message
-    // names only what a config sets: the layout (shards, slab rows) is the store's own.
-    const int64_t minimum_mb = MinMemoryMb(options);
-    if (options.max_memory_mb < minimum_mb) {
-      std::string needs = "dim " + std::to_string(options.dim) + " with " +
-                          OptimizerTypeName(options.optimizer.type) + "'s optimizer state";
-      if (options.min_count > 1)
-        needs += " and the admission counts of min_count " + std::to_string(options.min_count);
-      return InvalidArgumentError("table '" + options.name + "': max_memory_mb " +
-                                  std::to_string(options.max_memory_mb) + " is below the " +
-                                  std::to_string(minimum_mb) + " MB this table needs at least (" +
-                                  needs + "); set max_memory_mb to " + std::to_string(minimum_mb) +
-                                  " or more, or to 0 for no cap");
-    }
+    // ValidateTableOptions checked that each shard's share holds one slab (MinMemoryMb).
     config->budget_bytes = options.max_memory_mb * (int64_t{1} << 20) / options.num_shards;
   }
   table->config_ = std::move(config);

@@ -78,6 +78,21 @@ Status CheckTableOptions(const TableOptions& o, const OptionFailure& fail) {
   if (o.min_count > 1 && (!IsPowerOfTwo(o.sketch_width) || o.sketch_width > 65536))
     return fail("sketch_width", "must be a power of two <= 65536");
   if (o.ttl_sweep_interval < 0) return fail("ttl_sweep_interval", "must be >= 0");
+  if (o.max_memory_mb > 0) {
+    // Each shard's share of the cap must hold one slab and its index (and sketch). The message
+    // names only what a config sets: the layout (shards, slab rows) is the store's own.
+    const int64_t minimum_mb = MinMemoryMb(o);
+    if (o.max_memory_mb < minimum_mb) {
+      std::string needs = "dim " + std::to_string(o.dim) + " with " +
+                          OptimizerTypeName(o.optimizer.type) + "'s optimizer state";
+      if (o.min_count > 1)
+        needs += " and the admission counts of min_count " + std::to_string(o.min_count);
+      return fail("max_memory_mb",
+                  std::to_string(o.max_memory_mb) + " is below the " + std::to_string(minimum_mb) +
+                      " MB this table needs at least (" + needs + "); set max_memory_mb to " +
+                      std::to_string(minimum_mb) + " or more, or to 0 for no cap");
+    }
+  }
   return Status::Ok();
 }
 

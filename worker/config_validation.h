@@ -46,10 +46,10 @@ Status CheckRunConfig(const config::Config& config, const ConfigSource& source);
 
 // Every check ValidateConfig leaves to the components, in this order: the model's
 // (CheckModelConfig, worker/model_factory.h: the fields config.model.type reads), the optimizer's
-// and every table's (ps::CheckOptimizerOptions, ps::CheckTableOptions on TableOptionsFromConfig),
-// each model table's dim against model.embedding_dim, and CheckRunConfig. Not checked here: what
-// needs the store's layout (the smallest tables[i].max_memory_mb, ps::MinMemoryMb), the machine
-// (model.device CUDA) or the data (Dataset::Open, FitJobToDataset).
+// and every table's (ps::CheckOptimizerOptions, ps::CheckTableOptions on TableOptionsFromConfig,
+// the smallest max_memory_mb included: every store, in one process or on a server, lays tables
+// out alike), each model table's dim against model.embedding_dim, and CheckRunConfig. Not
+// checked here: the machine (model.device CUDA) or the data (Dataset::Open, FitJobToDataset).
 Status CheckConfigForRun(const config::Config& config, const ConfigSource& source);
 
 // LoadConfig (the file, the --set overrides in order, ValidateConfig) + CheckConfigForRun: what

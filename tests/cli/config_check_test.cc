@@ -150,14 +150,15 @@ TEST(ConfigCheck, StalenessWithSyncIsRefused) {
 }
 
 TEST(ConfigCheck, StoreAndCheckpointChecksFailLikeTrain) {
-  // The store's table check: a memory cap below one slab per shard. The error names the table,
-  // the smallest cap that works and nothing the config cannot set.
+  // The store's table check: a memory cap below one slab per shard, refused when the config
+  // loads (blaming the --set), not when a store (a server, under mpirun) builds the table. The
+  // error names the smallest cap that works and nothing the config cannot set.
   const std::string cap =
       "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set tables[0].max_memory_mb=1";
   ExpectCheckFailsLikeTrain(cap, "train " + cap + kSmall,
-                            "table 'item': max_memory_mb 1 is below the 2 MB this table needs at "
-                            "least (dim 18 with ADAM's optimizer state); set max_memory_mb to 2 or "
-                            "more, or to 0 for no cap");
+                            "--set tables[0].max_memory_mb=1: tables[0].max_memory_mb: 1 is below "
+                            "the 2 MB this table needs at least (dim 18 with ADAM's optimizer "
+                            "state); set max_memory_mb to 2 or more, or to 0 for no cap");
   const IpsRun at_minimum = RunIps("config check " + cap + " --set tables[0].max_memory_mb=2");
   EXPECT_EQ(at_minimum.exit_code, 0) << at_minimum.output;
   // Negative checkpoint intervals with checkpoint.dir set (nothing is written by check).
