@@ -10,6 +10,11 @@
 // its first step. A process started with SIGTERM/SIGUSR1 blocked (a launcher that must not lose a
 // stop sent before the program could handle it) gets them unblocked once the handler is in place,
 // and a pending one is delivered then.
+//
+// `ips serve` takes SIGINT too (InstallStopSignals(/*with_sigint=*/true), also first thing in
+// main()): a server's stop is its normal end, from a supervisor (SIGTERM) or a terminal (Ctrl-C).
+// A loop that blocks on input waits in poll(2) on its descriptor and StopSignalFd(), which the
+// handler makes readable, so a stop ends the wait at once without a timeout or busy polling.
 #ifndef IPS_COMMON_STOP_SIGNALS_H_
 #define IPS_COMMON_STOP_SIGNALS_H_
 
@@ -19,9 +24,15 @@
 
 namespace ips {
 
-// Installs the stop handler for SIGTERM and SIGUSR1 (process-wide; idempotent) and unblocks them
-// in the calling thread, so that one sent while they were blocked is handled now.
-void InstallStopSignals();
+// Installs the stop handler for SIGTERM and SIGUSR1, and SIGINT when `with_sigint` (process-wide;
+// idempotent) and unblocks them in the calling thread, so that one sent while they were blocked
+// is handled now. Creates StopSignalFd() first.
+void InstallStopSignals(bool with_sigint = false);
+// A descriptor that becomes readable when a stop signal reaches the stop handler (the read end of
+// a pipe the handler writes a byte into; nobody reads it, so it stays readable), for poll(2) next
+// to a blocking input; -1 before InstallStopSignals. The handler runs in whichever thread the
+// kernel picks, so a thread waiting for input learns of the stop from this, not from EINTR.
+int StopSignalFd();
 // A parameter server's SIGTERM and SIGUSR1: it keeps serving (the workers shut it down after
 // their checkpoint, which needs it) and says so once on stderr, so that a stop signal sent to a
 // server alone is not silently lost. A stop signal that reached the stop handler before this call
@@ -33,7 +44,7 @@ void IgnoreStopSignals();
 void DefaultStopSignals();
 // Set once a stop signal arrived (the flag a RunCheckpointing::stop points at).
 const std::atomic<bool>& StopRequested();
-// "SIGTERM" or "SIGUSR1": the first stop signal received ("a stop request" before any).
+// "SIGTERM", "SIGUSR1" or "SIGINT": the first stop signal received ("a stop request" before any).
 const char* StopSignalName();
 
 // An evaluation that takes a stop flag (worker/trainer.h EvaluateRanking, worker/seq_trainer.h

@@ -404,14 +404,29 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   }
   ClusterOptions copt;
   copt.num_ps = config.cluster().num_ps();
+  copt.config_source = flags.config_source;
   copt.transport.spin_us = TransportSpinUs(config.cluster().transport_spin_us());
+  // Every rank prints an error of Cluster::Init, a bad layout before the ranks wait for one
+  // another (report_bad_layout), with rank 0's RESULT line: mpirun kills the others as soon as
+  // the first one exits, so a message left to rank 0 alone, or printed after Init returned, is
+  // lost whenever another rank exits first.
+  bool reported = false;
+  const auto report = [&reported](const Status& s) {
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    const std::string message =
+        "rank " + std::string(rank != nullptr ? rank : "0") + ": " + s.ToString();
+    const std::string line = "error: " + message + "\n";  // one write: ranks' lines interleave
+    std::fputs(line.c_str(), stderr);
+    std::fflush(stderr);
+    // Not written through std::cerr, whose "error: " lines launch/main.cc notes itself.
+    NoteResultError(message);
+    FinishRunResult(1);
+    reported = true;
+  };
+  copt.report_bad_layout = report;
   auto cluster_or = Cluster::Init(nullptr, nullptr, copt);
   if (!cluster_or.ok()) {
-    // Every rank prints: mpirun kills the others as soon as the first one exits, so a message left
-    // to rank 0 alone is lost whenever another rank exits first.
-    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-    std::cerr << "error: rank " << (rank != nullptr ? rank : "0") << ": "
-              << cluster_or.status().ToString() << "\n";
+    if (!reported) report(cluster_or.status());
     return 1;
   }
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();

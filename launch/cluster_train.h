@@ -65,6 +65,7 @@ namespace ps {
 class EmbeddingStore;
 }  // namespace ps
 class Dataset;
+struct ConfigSource;  // proto/config_loader.h
 struct RetrievalResult;
 
 struct ClusterTrainFlags {
@@ -74,6 +75,10 @@ struct ClusterTrainFlags {
   int replica_check_every = 50;  // steps between dense replica checksums (0 = never)
   // Continue from this checkpoint (a root with LATEST, or one ckpt-<step>); "" = fresh start.
   std::string resume;
+  // Where the config came from (file, text, --set overrides; outlives the call): a layout that
+  // cannot work (cluster.num_ps < 1, or no rank left for a worker) is blamed on the --set or the
+  // file line that set cluster.num_ps, as config errors are. Null: the field alone.
+  const ConfigSource* config_source = nullptr;
   // Test-only failure injection: rank kill_rank raises SIGKILL, a worker at training step
   // kill_step, a PS after serving kill_step pushes or, when kill_in_checkpoint_step >= 0, in the
   // middle of the checkpoint of that step: a PS after writing its shards (before acknowledging
@@ -89,7 +94,8 @@ struct ClusterTrainFlags {
 // Runs the job on this rank (every rank of the mpirun job calls it with the same config).
 // Initialises MPI (MPI_Init_thread with null argc/argv: Open MPI needs no arguments) and
 // finalises it (worker/cluster.h); call it at most once per process. Returns the process exit code:
-// 0 on success, 1 on a bad layout (printed once, by rank 0, before anything starts) or a runtime
+// 0 on success, 1 on a bad layout (printed by every rank, naming the --set or the file line of
+// cluster.num_ps through flags.config_source, before anything starts) or a runtime
 // error (the failing rank prints it naming itself and its role, and ends the job with MPI_Abort).
 // Worker 0 prints `RESULT train_cluster ...` as its last stdout line, and is the rank that prints
 // the error RESULT line of launch/main.cc when it fails (SetPrintsResultLine: none for a job that

@@ -1,11 +1,14 @@
 // The subcommands of the `ips` binary. Each takes the arguments after its name and returns the
 // process exit code: 0 success, 1 a runtime or data error (printed to stderr as "error: <message>",
-// naming file, line and field), 2 a usage error (unknown flag or subcommand: usage printed to
-// stderr). Each prints `RESULT <command> key=value ...` as its last stdout line on success; on
-// failure launch/main.cc prints `RESULT <command> status=error exit=<code> error="<message>"`
-// instead, its message the last "error: " line the command wrote to std::cerr (or one noted with
-// NoteResultError, common/result_line.h): a command that prints its own RESULT line before it
-// fails (`ips train` stopped, exit 3) gets no second one.
+// naming file, line and field), 2 a usage error (a command line that cannot run as given: an
+// unknown flag or subcommand, a flag value out of its range, a --set that is not
+// path.to.field=value, a flag that does nothing in the run's mode: the message and the usage
+// printed to stderr). A --set of the right form whose field or value the config refuses is a
+// config error (1), as the same value in the file would be. Each prints `RESULT <command> key=value
+// ...` as its last stdout line on success; on failure launch/main.cc prints `RESULT <command>
+// status=error exit=<code> error="<message>"` instead, its message the last "error: " line the
+// command wrote to std::cerr (or one noted with NoteResultError, common/result_line.h): a command
+// that prints its own RESULT line before it fails (`ips train` stopped, exit 3) gets no second one.
 #ifndef IPS_LAUNCH_COMMANDS_H_
 #define IPS_LAUNCH_COMMANDS_H_
 
@@ -18,6 +21,7 @@
 
 namespace ips {
 
+struct ConfigSource;  // proto/config_loader.h
 class FlagSet;
 class SeqTrainer;
 class Trainer;
@@ -38,9 +42,27 @@ constexpr int kExitUsage = 2;
 constexpr int kExitStopped = 3;
 
 // Parses a subcommand's flags (launch/command_flags.cc): --help or -h prints the usage on stdout
-// (exit 0); a bad flag or an unexpected positional argument prints the error and the usage on
-// stderr (exit 2). Returns that exit code, or nullopt when the command goes on.
+// (exit 0); a bad flag, an unexpected positional argument or a --set that is not of the form
+// path.to.field=value (no "=", or nothing before it) prints the error and the usage on stderr
+// (exit 2). Returns that exit code, or nullopt when the command goes on.
 std::optional<int> ParseCommandFlags(FlagSet* flags, const std::vector<std::string>& args);
+// A usage error found after parsing (a flag value out of range, flags that do not go together):
+// prints "error: <message>" and the usage on stderr and returns kExitUsage.
+int UsageError(const FlagSet& flags, const std::string& message);
+
+// The flags of `ips train` that apply only in some of its modes, checked before the config is
+// read (launch/command_flags.cc); `ips config check`, which takes --stream, --resume and --np,
+// runs the same checks. INVALID_ARGUMENT naming the flag and what it needs, for UsageError:
+// --stream_* flags without --stream SOURCE; with --stream, --resume, --eval_batches and an mpirun
+// run (`mpirun`: under mpirun, or `config check --np N` with N > 1). A flag `flags` does not
+// declare counts as not given. `args`: the arguments `flags` parsed.
+Status CheckTrainModeFlags(const FlagSet& flags, const std::vector<std::string>& args, bool mpirun);
+
+// The ConfigSource (proto/config_loader.h: file name, text, --set overrides) of a config that
+// LoadConfigForRun loaded from `path` and `overrides`, for blaming a check made later on the --set
+// or the file line that set the field (the mpirun layout's cluster.num_ps). An empty source (the
+// field alone) if the file no longer loads.
+ConfigSource ConfigSourceOf(const std::string& path, const std::vector<std::string>& overrides);
 
 // `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
 // [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that
@@ -77,7 +99,8 @@ int RunEvalCommand(const std::vector<std::string>& args);
 // another writer, or one whose current version is another model type (worker/serving.h).
 int RunExportCommand(const std::vector<std::string>& args);
 // `ips serve --bundle BUNDLE [--poll_ms N]`: JSON lines on stdin -> scores on stdout
-// (launch/serve_command.cc).
+// (launch/serve_command.cc). SIGTERM, SIGINT or SIGUSR1 stop it after the request being scored:
+// `RESULT serve ... status=stopped`, exit 0.
 int RunServeCommand(const std::vector<std::string>& args);
 
 }  // namespace ips

@@ -11,8 +11,9 @@
 // intervals, checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
 // create or write, which check does not create, through CheckpointWriter::CheckNotLocked: not
 // locked by a run writing into it now, and through CheckCheckpointDirForRun: no checkpoints of
-// another run in it), plus with --np N the layout of `mpirun -np N ips train` and its dataset's
-// epoch against the workers (CheckEpochFillsWorkers). check takes `ips train`'s --resume DIR:
+// another run in it), plus with --np N the layout of `mpirun -np N ips train` (its error naming
+// the --set or the file line of cluster.num_ps, as RunClusterTrain's) and its dataset's epoch
+// against the workers (CheckEpochFillsWorkers). check takes `ips train`'s --resume DIR:
 // without it the run is checked as a fresh one (checkpoint.dir must hold no checkpoint), with it
 // as the resumed run (checkpoint.dir must hold none newer than DIR's step, and DIR's checkpoint
 // must have been trained on data.train_dir's vocabulary); DIR's files are not verified (`ips
@@ -24,11 +25,16 @@
 // run started later or failing to be written, a damaged or unfitting --resume checkpoint, an
 // unwritable --metrics_out or unreadable stream, and failures while training.
 //
+// Usage errors come first, before the config is read, with exit code 2 as in `ips train`: --np
+// out of range, and the flags that do not go with --stream (--resume; --np N > 1, an mpirun job),
+// through `ips train`'s CheckTrainModeFlags (launch/commands.h).
+//
 // A missing data.train_dir is a warning, not an error: a config is often checked before its data
 // set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
 // Corrupt or unfit data in an existing directory is an error, as in `ips train`.
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,20 +63,17 @@ namespace {
 // what was checked of the data: "synthetic", "checked" (data.train_dir opened and fitted),
 // "missing" (data.train_dir does not exist: warned, skipped) or "stream" (`stream`: the config is
 // checked as an `ips train --stream` job). Errors are `ips train`'s, with its context.
-Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, int64_t np,
-                     const std::string& resume, bool stream, std::string* data_state) {
+Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
+                     const ConfigSource& source, int64_t np, const std::string& resume, bool stream,
+                     std::string* data_state) {
   const bool cluster = np > 1;
   StatusOr<TrainJob> job = InvalidArgumentError("no job");
   std::unique_ptr<Dataset> data;  // data.train_dir when it exists, fitted to the job
   if (stream) {
     *data_state = "stream";
-    // RunTrainCommand's order: --resume, the config, then mpirun.
-    if (!resume.empty())
-      return InvalidArgumentError(
-          "--resume does not apply to --stream: a stream starts from a fresh model and writes "
-          "no checkpoints (its trained state is in the bundles of --stream_publish_dir)");
+    // --resume and --np N > 1 were refused with --stream before the config was read
+    // (CheckTrainModeFlags, as RunTrainCommand).
     IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
-    if (cluster) return InvalidArgumentError("--stream runs in one process, not under mpirun");
     // RunStreamTrain (launch/stream_train.cc) names the stream as the job's data when the config
     // names none, and reads neither data source.
     config::Config c = cfg;
@@ -112,10 +115,11 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path, 
     }
   }
 
-  // mpirun: RunClusterTrain checks the layout (Cluster::Init) after the job and the dataset.
+  // mpirun: RunClusterTrain checks the layout (Cluster::Init) after the job and the dataset,
+  // blaming cluster.num_ps's --set or file line.
   int num_workers = 1;
   if (cluster) {
-    auto layout = MakeClusterLayout(static_cast<int>(np), cfg.cluster().num_ps());
+    auto layout = MakeClusterLayout(static_cast<int>(np), cfg.cluster().num_ps(), source);
     if (!layout.ok()) return layout.status();
     num_workers = layout->num_workers;
   }
@@ -195,6 +199,19 @@ int RunConfigCommand(const std::vector<std::string>& args) {
                  "data.synthetic)");
   }
   if (auto rc = ParseCommandFlags(&flags, {args.begin() + 1, args.end()})) return *rc;
+  // `ips train`'s usage errors, before the config is read: --np out of range, and flags that do
+  // not go with --stream (--resume; --np N > 1, an mpirun job).
+  const std::vector<std::string> flag_args(args.begin() + 1, args.end());
+  int64_t np = 0;
+  if (verb == "check") {
+    np = flags.GetInt("np");
+    if (np < 0 || np > std::numeric_limits<int>::max())
+      return UsageError(flags, "--np must be in [0, " +
+                                   std::to_string(std::numeric_limits<int>::max()) + "], got " +
+                                   flags.GetString("np"));
+    if (Status s = CheckTrainModeFlags(flags, flag_args, np > 1); !s.ok())
+      return UsageError(flags, s.message());
+  }
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
@@ -208,12 +225,14 @@ int RunConfigCommand(const std::vector<std::string>& args) {
       .Add("tables", static_cast<int64_t>(cfg->tables_size()))
       .Add("overrides", static_cast<int64_t>(flags.GetRepeated("set").size()));
   if (verb == "check") {
-    const int64_t np = flags.GetInt("np");
-    if (np < 0)
-      return fail(InvalidArgumentError("--np must be >= 0 (got " + std::to_string(np) + ")"));
+    // The mpirun layout's error names the --set or the file line of cluster.num_ps.
+    const ConfigSource source =
+        np > 1 ? ConfigSourceOf(flags.GetString("config"), flags.GetRepeated("set"))
+               : ConfigSource();
     std::string data_state;
-    if (Status s = CheckTrainJob(*cfg, flags.GetString("config"), np, flags.GetString("resume"),
-                                 !flags.GetString("stream").empty(), &data_state);
+    if (Status s =
+            CheckTrainJob(*cfg, flags.GetString("config"), source, np, flags.GetString("resume"),
+                          !flags.GetString("stream").empty(), &data_state);
         !s.ok())
       return fail(s);
     line.Add("data", data_state);

@@ -185,18 +185,39 @@ StatusOr<uint32_t> FileCrc(const std::string& path) {
   return crc;
 }
 
+// `ips data inspect`'s usage: one usage line naming its DIR (FlagSet::Usage's own first line,
+// "usage: ips data inspect [flags]", would be a second one), then the flags.
+std::string InspectUsage(const FlagSet& flags) {
+  const std::string usage = flags.Usage();
+  const size_t first_line_end = usage.find('\n');
+  return "usage: ips data inspect DIR [flags]\n" +
+         (first_line_end == std::string::npos ? "" : usage.substr(first_line_end + 1));
+}
+
 int RunInspect(const std::vector<std::string>& args) {
   FlagSet flags("data inspect");
   flags.Bool("help", "print this help");
   if (WantsHelp(args)) {
-    std::cerr << "usage: ips data inspect DIR\n" << flags.Usage() << std::endl;
+    std::cerr << InspectUsage(flags) << std::flush;
     return kExitOk;
   }
-  if (Status s = flags.Parse(args);
-      !s.ok() || flags.GetBool("help") || flags.positional().size() != 1) {
-    if (!s.ok()) std::cerr << "error: " << s.message() << "\n";
-    std::cerr << "usage: ips data inspect DIR\n" << flags.Usage() << std::endl;
-    return s.ok() && flags.GetBool("help") ? kExitOk : kExitUsage;
+  const Status parsed = flags.Parse(args);
+  if (parsed.ok() && flags.GetBool("help")) {  // --help=true
+    std::cerr << InspectUsage(flags) << std::flush;
+    return kExitOk;
+  }
+  if (const Status& s = parsed; !s.ok() || flags.positional().size() != 1) {
+    if (!s.ok()) {
+      std::cerr << "error: " << s.message() << "\n";
+    } else if (flags.positional().empty()) {
+      std::cerr << "error: ips data inspect: missing DIR (a dataset directory written by `ips "
+                   "data convert`)\n";
+    } else {
+      std::cerr << "error: ips data inspect: expected one DIR, got " << flags.positional().size()
+                << " arguments\n";
+    }
+    std::cerr << InspectUsage(flags) << std::flush;
+    return kExitUsage;
   }
   const std::string dir = flags.positional()[0];
   Timer timer;

@@ -1,11 +1,12 @@
 // `ips`: the one binary of interest-ps. `ips <subcommand> [flags]`; `ips help` lists them.
 // Exit codes: 0 success, 1 runtime/data error (a C++ exception that escapes a subcommand
 // included: see RunSubcommand), 2 usage error, 3 `ips train` stopped by SIGTERM or SIGUSR1 after
-// a checkpoint (common/stop_signals.h).
+// a checkpoint (common/stop_signals.h). `ips serve` stopped by SIGTERM, SIGINT or SIGUSR1 exits 0
+// (a server's stop is its normal end; there is nothing to resume).
 //
 // Every run ends with one RESULT line (common/result_line.h). A command prints its own when it
-// succeeds (and `ips train` when stopped); when it fails, or only printed its help, this file
-// prints it (FinishResult):
+// succeeds (and `ips train` and `ips serve` when stopped); when it fails, or only printed its help,
+// this file prints it (FinishResult):
 //   RESULT <name> status=error exit=<code> error="<message>"
 //   RESULT <name> status=help
 // <name> is the one of the command's success line (ResultTargetOf: train, train_cluster,
@@ -296,27 +297,39 @@ int RunSubcommand(const Subcommand& c, const std::vector<std::string>& args) {
   return ips::kExitError;
 }
 
-// Whether argv is `ips train` with the stop handler of common/stop_signals.h: every `ips train`
-// but --stream, whose own SIGINT/SIGTERM handler (launch/stream_train.cc) is installed later and
-// reads another flag (the stop handler would swallow a signal that the stream never sees; without
-// it, the default action at least ends the process).
-bool TrainsWithStopSignals(int argc, char** argv) {
-  if (argc < 2 || std::strcmp(argv[1], "train") != 0) return false;
+// The commands that take the stop handler of common/stop_signals.h first thing (see
+// InstallStopSignalsFirst): every `ips train` but --stream, whose own SIGINT/SIGTERM handler
+// (launch/stream_train.cc) is installed later and reads another flag (the stop handler would
+// swallow a signal that the stream never sees; without it, the default action at least ends the
+// process); and `ips serve`, with SIGINT: a server stops gracefully whenever the stop comes (one
+// during the bundle's load ends it before its first request).
+enum class EarlyStop { kNone, kTrain, kServe };
+
+EarlyStop EarlyStopOf(int argc, char** argv) {
+  if (argc < 2) return EarlyStop::kNone;
+  if (std::strcmp(argv[1], "serve") == 0) return EarlyStop::kServe;
+  if (std::strcmp(argv[1], "train") != 0) return EarlyStop::kNone;
   for (int i = 2; i < argc; ++i)
     if (std::strcmp(argv[i], "--stream") == 0 || std::strncmp(argv[i], "--stream=", 9) == 0)
-      return false;
-  return true;
+      return EarlyStop::kNone;
+  return EarlyStop::kTrain;
 }
 
-// The stop handler of `ips train`, installed before anything else runs: glibc calls an
-// executable's .preinit_array functions (with main's arguments) before the initialisers of its
-// shared libraries (OpenBLAS starting a thread per core, Open MPI, protobuf, glog), so a SIGTERM
-// or SIGUSR1 stops the run from then on, not only from main(); before, only the loader mapping
-// and relocating the libraries remains. main() installs it again (idempotent) for a loader that
-// skips the array, and for sanitizer builds, whose runtime must be initialised before any
-// instrumented code runs.
+void InstallEarlyStopSignals(int argc, char** argv) {
+  const EarlyStop which = EarlyStopOf(argc, argv);
+  if (which != EarlyStop::kNone)
+    ips::InstallStopSignals(/*with_sigint=*/which == EarlyStop::kServe);
+}
+
+// The stop handler of `ips train` and `ips serve`, installed before anything else runs: glibc
+// calls an executable's .preinit_array functions (with main's arguments) before the initialisers
+// of its shared libraries (OpenBLAS starting a thread per core, Open MPI, protobuf, glog), so a
+// SIGTERM or SIGUSR1 stops the run from then on, not only from main(); before, only the loader
+// mapping and relocating the libraries remains. main() installs it again (idempotent) for a
+// loader that skips the array, and for sanitizer builds, whose runtime must be initialised before
+// any instrumented code runs.
 void InstallStopSignalsFirst(int argc, char** argv, char** /*envp*/) {
-  if (TrainsWithStopSignals(argc, argv)) ips::InstallStopSignals();
+  InstallEarlyStopSignals(argc, argv);
 }
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 __attribute__((section(".preinit_array"),
@@ -395,8 +408,9 @@ int main(int argc, char** argv) {
   // seconds for a large dataset) would otherwise end the process with the default action instead
   // of stopping it (exit 3 after the first step). Under mpirun the ranks then adjust it
   // (launch/cluster_train.cc): the servers ignore and note stop signals, and without
-  // checkpoint.dir every rank gets the default action back.
-  if (TrainsWithStopSignals(argc, argv)) ips::InstallStopSignals();
+  // checkpoint.dir every rank gets the default action back. `ips serve` likewise (with SIGINT):
+  // a stop while its bundle loads ends it before its first request, with its RESULT line.
+  InstallEarlyStopSignals(argc, argv);
   ips::ResultFinisherSlot().store(&FinishResult);
   ExitProcess(FinishResult(Main(argc, argv)));
 }

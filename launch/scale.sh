@@ -127,8 +127,13 @@ mpi=(mpirun --oversubscribe)
 [[ -n "$hostfile" ]] && mpi+=(--hostfile "$hostfile")
 # shellcheck disable=SC2206  # deliberate word splitting of extra mpirun arguments
 [[ -n "$mpirun_args" ]] && mpi+=($mpirun_args)
-common=(--config "$config" --quiet --eval_batches 1 --set "data.synthetic.steps=$steps"
+common=(--config "$config" --quiet --set "data.synthetic.steps=$steps"
   --set "data.synthetic.warmup_steps=$warmup" --set "train.num_threads=$threads")
+# One held-out batch for the final AUC of a CTR model; sequence models have none (ips refuses the
+# flag for them).
+if ! "$ips" config print --config "$config" | grep -qE '^  type: (SASREC|GRU4REC)$'; then
+  common+=(--eval_batches 1)
+fi
 
 # key=value of a RESULT line ($1) for key $2 ("" when absent).
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }

@@ -2,16 +2,108 @@
 // on stdin/stdout with hot reload of newer bundle versions), over worker/serving.h. Export holds
 // the bundle root's writer lock while it writes (ExportBundle); serve takes no lock, so it keeps
 // serving a root that an export or a stream is writing into.
+//
+// Serve stops gracefully on SIGTERM, SIGINT or SIGUSR1 (common/stop_signals.h; the handler is
+// installed first thing in main): the request being scored is answered, the lines after it are
+// left unanswered (a client tells which were answered by the responses), then the RESULT line
+// says status=stopped and the exit code is 0. A stop is a server's normal end (a supervisor's
+// SIGTERM, a terminal's Ctrl-C), not an interrupted job: unlike a stopped `ips train` (exit 3,
+// "continue it with --resume") a server has nothing to resume, so a supervisor that treats
+// non-zero as a failure must not restart or alert on it.
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "common/flags.h"
 #include "common/result_line.h"
+#include "common/stop_signals.h"
 #include "common/timer.h"
 #include "launch/commands.h"
 #include "worker/serving.h"
 
 namespace ips {
+namespace {
+
+// The request lines of a descriptor (stdin), read in blocks. A wait for input is poll(2) on the
+// descriptor and the stop descriptor (common/stop_signals.h StopSignalFd), with no timeout: a
+// stop ends a blocking wait at once and an idle server uses no CPU. Lines are returned as
+// std::getline returns them (without the "\n"; a last line without one is returned too).
+class InputLines {
+ public:
+  enum class Next { kLine, kEnd, kStopped };
+
+  InputLines(int fd, int stop_fd) : fd_(fd), stop_fd_(stop_fd), buf_(size_t{1} << 16) {}
+
+  // The next line into *line, kEnd at the end of the input, kStopped when a stop signal came
+  // while waiting for more input. Errors: DATA_LOSS for a failed read(2) or poll(2).
+  StatusOr<Next> Read(std::string* line) {
+    for (;;) {
+      if (const char* nl =
+              static_cast<const char*>(std::memchr(buf_.data() + begin_, '\n', end_ - begin_))) {
+        const size_t at = static_cast<size_t>(nl - buf_.data());
+        line->assign(buf_.data() + begin_, at - begin_);
+        begin_ = at + 1;
+        return Next::kLine;
+      }
+      if (eof_) {
+        if (begin_ == end_) return Next::kEnd;
+        line->assign(buf_.data() + begin_, end_ - begin_);
+        begin_ = end_;
+        return Next::kLine;
+      }
+      IPS_ASSIGN_OR_RETURN(const bool stopped, Fill());
+      if (stopped) return Next::kStopped;
+    }
+  }
+
+ private:
+  // Waits for input (or a stop: returns true) and appends what one read(2) gives to the buffer,
+  // after moving the unread part to its front (grown only for a line longer than the buffer).
+  StatusOr<bool> Fill() {
+    if (begin_ > 0) {
+      std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+    }
+    if (end_ == buf_.size()) buf_.resize(buf_.size() * 2);
+    for (;;) {
+      pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+      // Without a stop descriptor (the pipe could not be created) the stop flag is checked
+      // every 200 ms instead.
+      const int r = poll(fds, stop_fd_ >= 0 ? 2 : 1, stop_fd_ >= 0 ? -1 : 200);
+      if (r < 0 && errno != EINTR) return Failed("poll");
+      if (StopRequested().load(std::memory_order_relaxed) ||
+          (stop_fd_ >= 0 && (fds[1].revents & POLLIN) != 0))
+        return true;
+      if (r <= 0) continue;  // EINTR (another signal) or the fallback's timeout
+      // Readable, at its end (POLLHUP) or in error: read(2) tells which.
+      const ssize_t n = read(fd_, buf_.data() + end_, buf_.size() - end_);
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return Failed("read");
+      }
+      if (n == 0) eof_ = true;
+      end_ += static_cast<size_t>(n);
+      return false;
+    }
+  }
+
+  Status Failed(const char* call) const {
+    return DataLossError(std::string(call) + ": " + std::strerror(errno));
+  }
+
+  const int fd_, stop_fd_;
+  std::vector<char> buf_;
+  size_t begin_ = 0, end_ = 0;  // unread bytes: buf_[begin_, end_)
+  bool eof_ = false;
+};
+
+}  // namespace
 
 int RunExportCommand(const std::vector<std::string>& args) {
   FlagSet flags("export");
@@ -102,9 +194,29 @@ int RunServeCommand(const std::vector<std::string>& args) {
   std::ios::sync_with_stdio(false);
   Timer timer;
   int64_t line_no = 0, requests = 0, errors = 0;
-  bool noted_truncation = false;
+  bool noted_truncation = false, stopped = false;
   std::string line, response;  // reused: no allocation per request once grown
-  while (std::getline(std::cin, line)) {
+  // main() installed the stop handler (SIGTERM, SIGINT, SIGUSR1) before anything else; again
+  // here (idempotent) for a caller that did not.
+  InstallStopSignals(/*with_sigint=*/true);
+  InputLines input(STDIN_FILENO, StopSignalFd());
+  for (;;) {
+    // Checked between two requests: the one being scored when the signal came is answered.
+    if (StopRequested().load(std::memory_order_relaxed)) {
+      stopped = true;
+      break;
+    }
+    StatusOr<InputLines::Next> next = input.Read(&line);
+    if (!next.ok()) {
+      std::cerr << "error: reading stdin after line " << line_no << ": " << next.status().message()
+                << "\n";
+      return kExitError;
+    }
+    if (*next == InputLines::Next::kEnd) break;
+    if (*next == InputLines::Next::kStopped) {
+      stopped = true;
+      break;
+    }
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
     bool ok = false;
@@ -130,15 +242,18 @@ int RunServeCommand(const std::vector<std::string>& args) {
     for (const auto& e : (*server)->TakeReloadErrors())
       std::cerr << "warning: reload failed, still serving the old version: " << e << "\n";
   }
-  ResultLine("serve")
-      .Add("requests", requests)
+  if (stopped)
+    std::cerr << "serve: stopped by " << StopSignalName() << " after " << requests << " requests\n";
+  ResultLine result("serve");
+  result.Add("requests", requests)
       .Add("errors", errors)
       .Add("truncated_histories", (*server)->truncated_histories())
       .Add("reloads", (*server)->reloads())
       .Add("first_version", first_version)
       .Add("version", (*server)->version())
-      .Add("seconds", timer.Seconds())
-      .Print();
+      .Add("seconds", timer.Seconds());
+  if (stopped) result.Add("status", "stopped");
+  result.Print();
   return kExitOk;
 }
 

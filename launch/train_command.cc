@@ -21,6 +21,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -38,6 +39,7 @@
 #include "worker/config_validation.h"
 #include "worker/data_reader.h"
 #include "worker/internal/run_steps.h"
+#include "worker/model_factory.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
 #include "worker/trainer.h"
@@ -240,6 +242,22 @@ int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const Checkpoin
   return kExitOk;
 }
 
+// --eval_batches sets the held-out batches of the final AUC of a CTR model on data.synthetic
+// (RunSyntheticTraining; worker 0's under mpirun): why a run of `cfg` would ignore it, a usage
+// error; "" when it applies.
+std::string EvalBatchesUnused(const config::Config& cfg) {
+  if (!cfg.data().has_synthetic())
+    return "--eval_batches applies only to data.synthetic runs (the held-out batches of their "
+           "final AUC); this config trains on data.train_dir '" +
+           cfg.data().train_dir() + "', evaluated after every eval.every_epochs epochs";
+  auto spec = ModelSpecFromConfig(cfg);
+  if (spec.ok() && IsSequenceModel(spec->kind))
+    return std::string("--eval_batches applies only to CTR models on data.synthetic; ") +
+           ModelKindName(spec->kind) +
+           " on data.synthetic measures throughput only (no held-out evaluation)";
+  return "";
+}
+
 }  // namespace
 
 int RunTrainCommand(const std::vector<std::string>& args) {
@@ -249,7 +267,9 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   flags.String("metrics_out", "",
                "append JSON lines (train intervals, eval, result) to this file "
                "(default: train.metrics_out of the config)");
-  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches for the final AUC");
+  flags.Int("eval_batches", 4,
+            "CTR models on data.synthetic only (refused otherwise): held-out batches for the "
+            "final AUC (0: none)");
   flags.Bool("quiet", "no progress line on stderr");
   flags.String("resume", "",
                "continue a run from a checkpoint: its root (LATEST) or one ckpt-<step> directory");
@@ -258,32 +278,36 @@ int RunTrainCommand(const std::vector<std::string>& args) {
                "instead of data.train_dir / data.synthetic");
   AddStreamFlags(&flags);
   if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
-  // An out-of-range --stream_* value (--stream_negatives 0, ...) is a usage error like a bad flag:
-  // exit 2 with the usage, before the config is read.
+  // Usage errors (exit 2 with the usage), before the config is read: flags that do nothing in the
+  // run's mode (--stream_* without --stream; --resume, --eval_batches or mpirun with it) and
+  // out-of-range values (--stream_negatives 0, --eval_batches -1, ...).
+  if (Status s = CheckTrainModeFlags(flags, args, LaunchedUnderMpi()); !s.ok())
+    return UsageError(flags, s.message());
   StatusOr<StreamCliOptions> stream_options = StreamCliOptions();
   if (!flags.GetString("stream").empty()) {
     stream_options = StreamCliOptionsFromFlags(flags);
-    if (!stream_options.ok()) {
-      std::cerr << "error: " << stream_options.status().message() << "\n" << flags.Usage();
-      return kExitUsage;
-    }
+    if (!stream_options.ok()) return UsageError(flags, stream_options.status().message());
   }
+  const int64_t eval_batches = flags.GetInt("eval_batches");
+  if (eval_batches < 0 || eval_batches > std::numeric_limits<int>::max())
+    return UsageError(flags, "--eval_batches must be in [0, " +
+                                 std::to_string(std::numeric_limits<int>::max()) + "], got " +
+                                 flags.GetString("eval_batches"));
   auto fail = [](const Status& s) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
   auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
   if (!cfg.ok()) return fail(cfg.status());
+  // Streaming training writes no checkpoints and trains a CTR model: refuse a config it would
+  // silently misread.
   if (!flags.GetString("stream").empty()) {
-    // Streaming training writes no checkpoints (its state goes out as serving bundles): refuse
-    // what it would otherwise silently ignore.
-    if (!flags.GetString("resume").empty())
-      return fail(InvalidArgumentError(
-          "--resume does not apply to --stream: a stream starts from a fresh model and writes "
-          "no checkpoints (its trained state is in the bundles of --stream_publish_dir)"));
     if (Status s = CheckStreamConfig(*cfg); !s.ok()) return fail(s);
-    if (LaunchedUnderMpi())
-      return fail(InvalidArgumentError("--stream runs in one process, not under mpirun"));
+  }
+  // A usage error too, though it needs the config: the flag would do nothing in this run.
+  if (flags.WasSet("eval_batches")) {
+    if (const std::string unused = EvalBatchesUnused(*cfg); !unused.empty())
+      return UsageError(flags, unused);
   }
   if (MpiWorldSizeFromEnv() == 1 && flags.GetString("stream").empty())
     std::cerr << "train: mpirun started one rank: no room for parameter servers and workers "
@@ -294,12 +318,15 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   if (LaunchedUnderMpi()) {
     // `mpirun -np N ips train`: parameter-server and worker ranks (launch/cluster_train.h).
     ClusterTrainFlags cf;
-    cf.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+    cf.eval_batches = static_cast<int>(eval_batches);
     cf.quiet = flags.GetBool("quiet");
     cf.metrics_out = flags.GetString("metrics_out").empty() ? cfg->train().metrics_out()
                                                             : flags.GetString("metrics_out");
     // Every rank gets the same --resume: the servers load their shards, the workers the rest.
     cf.resume = flags.GetString("resume");
+    // A layout error names the --set or the file line of cluster.num_ps, as config errors do.
+    const ConfigSource source = ConfigSourceOf(flags.GetString("config"), flags.GetRepeated("set"));
+    cf.config_source = &source;
     return RunClusterTrain(*cfg, cf);
   }
   std::string metrics_path = flags.GetString("metrics_out");
@@ -317,9 +344,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     return RunStreamTrain(*cfg, flags.GetString("stream"), sinks, *stream_options);
   auto job = TrainJobFromConfig(*cfg);
   if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
-  if (flags.GetInt("eval_batches") < 0)
-    return fail(InvalidArgumentError("--eval_batches must be >= 0"));
-  job->run.eval_batches = static_cast<int>(flags.GetInt("eval_batches"));
+  job->run.eval_batches = static_cast<int>(eval_batches);
 
   const std::string resume = flags.GetString("resume");
   if (!job->synthetic) return RunDatasetJob(*job, *cfg, resume, sinks, &metrics, metrics_path);

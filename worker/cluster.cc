@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "proto/config.pb.h"
+#include "proto/config_loader.h"
 
 namespace ips {
 
@@ -64,17 +65,24 @@ int TransportSpinUs(int configured) {
 }
 
 StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps) {
+  return MakeClusterLayout(world_size, num_ps, ConfigSource());
+}
+
+StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps, const ConfigSource& source) {
   if (world_size < 1)
     return InvalidArgumentError("cluster: world size " + std::to_string(world_size) + " < 1");
+  // 0 is a valid value in the config: a single-process run ignores the cluster section.
   if (num_ps < 1)
-    return InvalidArgumentError("cluster: cluster.num_ps = " + std::to_string(num_ps) +
-                                "; at least one parameter server is needed");
+    return BlameConfigField(source, "cluster.num_ps",
+                            "must be >= 1 under mpirun (the parameter-server ranks; a "
+                            "single-process run ignores it), got " +
+                                std::to_string(num_ps));
   if (num_ps >= world_size)
-    return InvalidArgumentError("cluster: cluster.num_ps = " + std::to_string(num_ps) +
-                                " leaves no worker among the " + std::to_string(world_size) +
-                                " ranks of this job; run mpirun -np " + std::to_string(num_ps + 1) +
-                                " or more, or lower cluster.num_ps below " +
-                                std::to_string(world_size));
+    return BlameConfigField(
+        source, "cluster.num_ps",
+        std::to_string(num_ps) + " leaves no worker among the " + std::to_string(world_size) +
+            " ranks of this job; run mpirun -np " + std::to_string(num_ps + 1) +
+            " or more, or lower cluster.num_ps below " + std::to_string(world_size));
   ClusterLayout l;
   l.world_size = world_size;
   l.num_ps = num_ps;
@@ -110,9 +118,19 @@ StatusOr<std::unique_ptr<Cluster>> Cluster::Init(int* argc, char*** argv,
   int world = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &c->rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  StatusOr<ClusterLayout> layout = MakeClusterLayout(world, options.num_ps);
+  StatusOr<ClusterLayout> layout =
+      options.config_source != nullptr
+          ? MakeClusterLayout(world, options.num_ps, *options.config_source)
+          : MakeClusterLayout(world, options.num_ps);
   if (!layout.ok()) {
-    // Every rank computed the same verdict: nothing started, finalise and let the caller exit.
+    // Every rank computed the same verdict: nothing started. Each reports it, then they wait for
+    // one another before MPI is finalised and the caller exits: mpirun kills the other ranks as
+    // soon as one exits with an error, and rank 0's report (the job's RESULT line) was lost
+    // whenever another rank got there first.
+    if (options.report_bad_layout) options.report_bad_layout(layout.status());
+    MPI_Request req;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &req) == MPI_SUCCESS)
+      (void)ps::WaitWithoutSpinning(&req, "MPI_Ibarrier");
     if (c->owns_mpi_) {
       c->owns_mpi_ = false;
       MPI_Finalize();

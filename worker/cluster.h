@@ -11,6 +11,7 @@
 
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@ namespace ips {
 namespace config {
 class ClusterConfig;  // proto/config.proto; only cluster.cc includes the generated header
 }
+struct ConfigSource;  // proto/config_loader.h
 
 enum class Role { kPs, kWorker };
 
@@ -44,8 +46,13 @@ struct ClusterLayout {
 };
 
 // INVALID_ARGUMENT with a message saying what to change when num_ps < 1 or num_ps >= world_size
-// (no rank left for a worker). Pure: no MPI.
+// (no rank left for a worker), about the config field it comes from: "cluster.num_ps: must be >= 1
+// under mpirun ..., got 0", "cluster.num_ps: 2 leaves no worker among the 2 ranks of this job;
+// ...". With `source`, blamed as a config check's error (proto/config_loader.h BlameConfigField)
+// on the --set or the file line that set cluster.num_ps: "--set cluster.num_ps=0:
+// cluster.num_ps: ...". Pure: no MPI.
 StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps);
+StatusOr<ClusterLayout> MakeClusterLayout(int world_size, int num_ps, const ConfigSource& source);
 // The same from the config's `cluster { num_ps: P }`.
 StatusOr<ClusterLayout> ClusterLayoutFromConfig(const config::ClusterConfig& cluster,
                                                 int world_size);
@@ -69,6 +76,14 @@ int TransportSpinUs(int configured);
 
 struct ClusterOptions {
   int num_ps = 1;
+  // Where num_ps came from (cluster.num_ps of a loaded config; outlives Init), for a layout error
+  // naming its --set or file line (MakeClusterLayout). Null: the field alone.
+  const ConfigSource* config_source = nullptr;
+  // Called on every rank with the error of a layout that cannot work, before the ranks wait for
+  // one another and MPI is finalised: where to print it (mpirun kills the others as soon as one
+  // rank exits with an error, so what a rank prints after Init returned may be lost). May be
+  // empty.
+  std::function<void(const Status&)> report_bad_layout;
   ps::Transport::Options transport;  // role_of_rank is filled in by Init
   // Collective backend of the workers: false = MPI; true = NCCL on device `device`.
   bool nccl = false;
@@ -78,10 +93,10 @@ struct ClusterOptions {
 class Cluster {
  public:
   // Initialises MPI (unless already initialised; then it must provide MPI_THREAD_MULTIPLE),
-  // checks the layout (INVALID_ARGUMENT on every rank for a bad one, after which MPI is
-  // finalised and nothing else may run; the caller prints the message on rank 0 and exits
-  // non-zero), then builds the transport and, on workers, the workers' Collective. Collective
-  // over MPI_COMM_WORLD.
+  // checks the layout (INVALID_ARGUMENT on every rank for a bad one, blamed on
+  // options.config_source and passed to options.report_bad_layout, after which the ranks meet at
+  // a barrier, MPI is finalised and nothing else may run; the caller exits non-zero), then builds
+  // the transport and, on workers, the workers' Collective. Collective over MPI_COMM_WORLD.
   static StatusOr<std::unique_ptr<Cluster>> Init(int* argc, char*** argv,
                                                  const ClusterOptions& options);
   // Shuts the transport down (collective), frees the communicators and finalises MPI if Init

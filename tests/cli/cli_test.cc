@@ -362,6 +362,59 @@ TEST(CliResult, SuccessLinesAreUnchanged) {
   EXPECT_EQ(lines[0].find(" status="), std::string::npos) << lines[0];
 }
 
+// QA: a bad flag value was a usage error (2) or a runtime error (1) depending on the flag and
+// the command (`config check --np abc` 2, `--np -3` 1; `train --eval_batches -1` 1), and a --set
+// without "=" was 1. Every one is a usage error now (exit 2, the message and the usage on stderr,
+// `RESULT <command> status=error exit=2 ...` on stdout), in train, eval and config check alike;
+// a --set of the right form whose field or value the config refuses stays a config error (exit 1),
+// as the same value in the config file is.
+TEST(CliResult, BadFlagValuesAndMalformedSetAreUsageErrorsInEveryCommand) {
+  const std::string cfg = SourceConfig("din_synthetic.pbtxt");
+  struct Case {
+    std::string args, line;
+  };
+  for (
+      const Case& c : std::vector<Case>{
+          {"config check --config " + cfg + " --np -3",
+           R"r(RESULT config_check status=error exit=2 error="--np must be in [0, 2147483647], got -3")r"},
+          {"config check --config " + cfg + " --np 4294967298",
+           R"r(RESULT config_check status=error exit=2 error="--np must be in [0, 2147483647], got 4294967298")r"},
+          {"config check --config " + cfg + " --np abc",
+           R"r(RESULT config_check status=error exit=2 error="flag --np: expected an integer, got 'abc'")r"},
+          {"train --config " + cfg + " --eval_batches -1",
+           R"r(RESULT train status=error exit=2 error="--eval_batches must be in [0, 2147483647], got -1")r"},
+          {"config check --config " + cfg + " --set data.batch_size",
+           R"r(RESULT config_check status=error exit=2 error="--set data.batch_size: expected path.to.field=value (e.g. --set data.batch_size=64)")r"},
+          {"config print --config " + cfg + " --set =64",
+           R"r(RESULT config_print status=error exit=2 error="--set =64: expected path.to.field=value (e.g. --set data.batch_size=64)")r"},
+          {"train --config " + cfg + " --set data.batch_size=8 --set data.batch_size",
+           R"r(RESULT train status=error exit=2 error="--set data.batch_size: expected path.to.field=value (e.g. --set data.batch_size=64)")r"},
+          {"eval --config " + cfg + " --checkpoint /nonexistent --set data.batch_size",
+           R"r(RESULT eval status=error exit=2 error="--set data.batch_size: expected path.to.field=value (e.g. --set data.batch_size=64)")r"},
+      }) {
+    SCOPED_TRACE("ips " + c.args);
+    const IpsRun r = RunIpsSplit(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.error;
+    EXPECT_EQ(r.output, c.line + "\n") << r.error;
+    EXPECT_NE(r.error.find("usage: ips "), std::string::npos) << r.error;
+  }
+  // The form is right: the config refuses the field or the value, exit 1 in every command, with
+  // the error the config file's line would get.
+  for (const std::string& set :
+       std::vector<std::string>{"data.batch_size=-4", "data.batch_size=abc", "data.no_such=1"}) {
+    for (const std::string& command :
+         {"config check --config " + cfg, "train --quiet --config " + cfg,
+          "eval --config " + cfg + " --checkpoint /nonexistent"}) {
+      SCOPED_TRACE(command + " --set " + set);
+      const IpsRun r = RunIpsSplit(command + " --set " + set);
+      EXPECT_EQ(r.exit_code, 1) << r.error;
+      EXPECT_NE(r.error.find("error: INVALID_ARGUMENT: --set " + set + ": "), std::string::npos)
+          << r.error;
+      EXPECT_EQ(r.error.find("usage: "), std::string::npos) << r.error;
+    }
+  }
+}
+
 // ---- The header line of `ips train` ----------------------------------------------------------
 
 // Synthetic runs small enough to train in a moment.

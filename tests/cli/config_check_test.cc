@@ -222,16 +222,28 @@ TEST(ConfigCheck, StreamConfigIsCheckedAsAStreamJob) {
       "--config " + cfg +
       " --set model.type=SASREC --set model.num_heads=1 --set tables[1].name=x" + stream;
   ExpectCheckFailsLikeTrain(seq, "train " + seq, "sequence model");
-  // --resume and mpirun do not go with --stream (`ips train` refuses them before the stream).
+  // --resume and mpirun do not go with --stream: usage errors (exit 2, before the config is read)
+  // in `ips train` and here alike.
   r = RunIps("config check --config " + cfg + stream + " --resume /tmp/no_checkpoint");
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  const IpsRun train = RunIps("train --config " + cfg + stream + " --resume /tmp/no_checkpoint");
+  EXPECT_EQ(train.exit_code, 2) << train.output;
+  EXPECT_EQ(ErrorLine(r), ErrorLine(train)) << r.output;
   EXPECT_EQ(ErrorLine(r),
-            ErrorLine(RunIps("train --config " + cfg + stream + " --resume /tmp/no_checkpoint")))
+            "error: --resume does not apply to --stream: a stream starts from a fresh model and "
+            "writes no checkpoints (its trained state is in the bundles of --stream_publish_dir)")
       << r.output;
+  EXPECT_NE(r.output.find("usage: ips config check"), std::string::npos) << r.output;
   r = RunIps("config check --config " + cfg + stream + " --np 3");
-  EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_EQ(ErrorLine(r), "error: INVALID_ARGUMENT: --stream runs in one process, not under mpirun")
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(ErrorLine(r), "error: --stream runs in one process, not under mpirun") << r.output;
+  EXPECT_EQ(LastLine(r.output),
+            "RESULT config_check status=error exit=2 error=\"--stream runs in one process, not "
+            "under mpirun\"")
       << r.output;
+  // --np 1 is a single-process run: --stream goes with it.
+  r = RunIps("config check --config " + cfg + stream + " --np 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
 // A config with neither data.train_dir nor data.synthetic (data.train_dir empty, e.g. set to ""
@@ -272,8 +284,10 @@ TEST(ConfigCheck, ClusterLayoutWithNp) {
   const std::string cfg = "--config " + ConfigNamed("din_synthetic.pbtxt");
   IpsRun r = RunIps("config check " + cfg + " --set cluster.num_ps=2 --np 2");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_NE(r.output.find("cluster.num_ps = 2 leaves no worker among the 2 ranks"),
-            std::string::npos)
+  EXPECT_EQ(ErrorLine(r),
+            "error: INVALID_ARGUMENT: --set cluster.num_ps=2: cluster.num_ps: 2 leaves no worker "
+            "among the 2 ranks of this job; run mpirun -np 3 or more, or lower cluster.num_ps "
+            "below 2")
       << r.output;
   r = RunIps("config check " + cfg + " --set cluster.num_ps=2 --np 3");
   EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -281,8 +295,46 @@ TEST(ConfigCheck, ClusterLayoutWithNp) {
   // Without --np (or with 1) the run is single-process, which ignores the cluster section.
   r = RunIps("config check " + cfg + " --set cluster.num_ps=2");
   EXPECT_EQ(r.exit_code, 0) << r.output;
+  // A bad --np is a usage error, as a bad flag is.
   r = RunIps("config check " + cfg + " --np -1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+// QA: `mpirun -np 2 ips train ... --set cluster.num_ps=0` failed with "rank 0: INVALID_ARGUMENT:
+// cluster: cluster.num_ps = 0; ..." naming neither the --set nor the file line, and `config check
+// --np 2` alike. The layout's error is blamed as a config check's now (the --set, else the file's
+// line). num_ps 0 stays valid for a single-process run, which ignores the cluster section.
+TEST(ConfigCheck, LayoutErrorsWithNpNameTheSetOrTheFileLine) {
+  const std::string synthetic = ConfigNamed("din_synthetic.pbtxt");
+  IpsRun r = RunIps("config check --config " + synthetic + " --set cluster.num_ps=0 --np 2");
   EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(ErrorLine(r),
+            "error: INVALID_ARGUMENT: --set cluster.num_ps=0: cluster.num_ps: must be >= 1 under "
+            "mpirun (the parameter-server ranks; a single-process run ignores it), got 0")
+      << r.output;
+  EXPECT_TRUE(EndsWithTheErrorResultLine(r));
+  r = RunIps("config check --config " + synthetic + " --set cluster.num_ps=0");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // Set by the file: its line.
+  const std::string path = ::testing::TempDir() + "/layout_" + std::to_string(getpid()) + ".pbtxt";
+  {
+    std::ifstream in(synthetic);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string t = text.str();
+    const size_t at = t.find("num_ps: 1");
+    ASSERT_NE(at, std::string::npos) << t;
+    const int line = static_cast<int>(std::count(t.begin(), t.begin() + at, '\n')) + 1;
+    t.replace(at, std::string("num_ps: 1").size(), "num_ps: 4");
+    std::ofstream(path) << t;
+    r = RunIps("config check --config " + path + " --np 3");
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_EQ(ErrorLine(r), "error: INVALID_ARGUMENT: " + path + ":" + std::to_string(line) +
+                                ": cluster.num_ps: 4 leaves no worker among the 3 ranks of this "
+                                "job; run mpirun -np 5 or more, or lower cluster.num_ps below 3")
+        << r.output;
+  }
+  std::remove(path.c_str());
 }
 
 // A fresh scratch directory `name` (removed first) under the test's temp dir.

@@ -68,9 +68,30 @@ TEST(ResultLineMpi, StreamUnderMpirunPrintsOneErrorLine) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   const std::vector<std::string> lines = ResultLines(r.out);
   ASSERT_EQ(lines.size(), 1u) << r.output;
+  // A usage error (exit 2): --stream does not go with mpirun.
   EXPECT_EQ(lines[0],
-            "RESULT train_stream status=error exit=1 error=\"INVALID_ARGUMENT: --stream runs in "
-            "one process, not under mpirun\"")
+            "RESULT train_stream status=error exit=2 error=\"--stream runs in one process, not "
+            "under mpirun\"")
+      << r.output;
+}
+
+// QA: a layout that cannot work (cluster.num_ps = 0 from a --set) failed with "rank 0:
+// INVALID_ARGUMENT: cluster: cluster.num_ps = 0; ..." naming neither the --set nor the file's
+// line. Blamed as a config check's error now, on every rank's line and in the job's RESULT line.
+TEST(ResultLineMpi, ALayoutThatCannotWorkNamesTheSetOfNumPs) {
+  const MpiRun r = testing::RunMpi(
+      IPS_BINARY, 2,
+      "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") + " --set cluster.num_ps=0",
+      60);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.output;
+  const std::string error =
+      "INVALID_ARGUMENT: --set cluster.num_ps=0: cluster.num_ps: must be >= 1 under mpirun (the "
+      "parameter-server ranks; a single-process run ignores it), got 0";
+  EXPECT_NE(r.output.find("error: rank 0: " + error), std::string::npos) << r.output;
+  const std::vector<std::string> lines = ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(lines[0], "RESULT train_cluster status=error exit=1 error=\"rank 0: " + error + "\"")
       << r.output;
 }
 

@@ -233,6 +233,34 @@ TEST(DataCli, NegativeSeedIsAUsageError) {
   EXPECT_NE(::access(dir.File("e.tsv").c_str(), F_OK), 0);
 }
 
+// QA: `ips data inspect` without DIR printed two usage lines ("usage: ips data inspect DIR", then
+// FlagSet's "usage: ips data inspect [flags]"). One now, after an error line saying what is
+// missing; --help prints the same usage (exit 0); two DIRs are refused the same way.
+TEST(DataCli, InspectWithoutDirPrintsOneUsageLine) {
+  const auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  testing::IpsRun r = Ips("data inspect");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(count(r.output, "usage:"), 1u) << r.output;
+  EXPECT_NE(r.output.find("usage: ips data inspect DIR [flags]\n  --help"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("error: ips data inspect: missing DIR"), std::string::npos) << r.output;
+  EXPECT_EQ(testing::LastLine(r.output),
+            "RESULT data_inspect status=error exit=2 error=\"ips data inspect: missing DIR (a "
+            "dataset directory written by `ips data convert`)\"")
+      << r.output;
+  r = Ips("data inspect a b");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(count(r.output, "usage:"), 1u) << r.output;
+  EXPECT_NE(r.output.find("expected one DIR, got 2 arguments"), std::string::npos) << r.output;
+  r = Ips("data inspect --help");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, "usage:"), 1u) << r.output;
+}
+
 // A failing conversion's progress line counts the lines it read (it said "0 lines").
 TEST(DataCli, FailingConversionProgressShowsTheLinesRead) {
   testing::TempDir dir;

@@ -11,15 +11,22 @@
 // train --resume` of another model's checkpoint name the model that wrote it. Bundle writers: two
 // streams publishing into one root (the second is refused before it trains; the root serves), an
 // export into a checkpoint or a converted dataset, and `ips train --stream` flags and models it
-// cannot run are refused.
+// cannot run are refused. `ips serve` stops gracefully on SIGTERM and SIGINT while it waits for a
+// request (RESULT ... status=stopped, exit 0), uses no CPU while it waits, and still hot-reloads.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -617,6 +624,213 @@ TEST(ServeCli, StreamNegativesZeroIsAUsageError_SequenceModelNamesTheSupportedMo
                            "train --stream` supports model.type DIN, DIEN, POOLED, MIND or BST"),
             std::string::npos)
       << seq.error;
+  ps::RemoveTree(dir);
+}
+
+// `ips serve --bundle ROOT --poll_ms 50` as a supervisor runs it: stdin a pipe this test writes
+// and keeps open (the server waits for the next request), stdout a pipe this test reads, stderr a
+// file.
+class ServeProcess {
+ public:
+  ServeProcess(const std::string& root, const std::string& err_path) : err_path_(err_path) {
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int e = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (e < 0 || dup2(in[0], STDIN_FILENO) < 0 || dup2(out[1], STDOUT_FILENO) < 0 ||
+          dup2(e, STDERR_FILENO) < 0)
+        _exit(126);
+      close(in[1]);
+      close(out[0]);
+      execl(IPS_BINARY, IPS_BINARY, "serve", "--bundle", root.c_str(), "--poll_ms", "50",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    in_ = in[1];
+    out_ = out[0];
+  }
+  ~ServeProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status_, 0);
+    }
+    if (in_ >= 0) close(in_);
+    if (out_ >= 0) close(out_);
+  }
+  bool started() const { return pid_ > 0 && in_ >= 0 && out_ >= 0; }
+  pid_t pid() const { return pid_; }
+
+  void Send(const std::string& line) {
+    const std::string l = line + "\n";
+    ASSERT_EQ(write(in_, l.data(), l.size()), static_cast<ssize_t>(l.size()));
+  }
+  // The next stdout line ("" after 20 s without one, or at the end).
+  std::string ReadLine() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (;;) {
+      const size_t nl = pending_.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = pending_.substr(0, nl);
+        pending_.erase(0, nl + 1);
+        return line;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deadline - std::chrono::steady_clock::now())
+                            .count();
+      pollfd p{out_, POLLIN, 0};
+      if (left <= 0 || poll(&p, 1, static_cast<int>(left)) <= 0) return "";
+      char buf[4096];
+      const ssize_t n = read(out_, buf, sizeof(buf));
+      if (n <= 0) return "";
+      pending_.append(buf, static_cast<size_t>(n));
+    }
+  }
+  // Every stdout line until the end, after the process exited.
+  std::string ReadRest() {
+    std::string rest = pending_;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(out_, buf, sizeof(buf))) > 0) rest.append(buf, static_cast<size_t>(n));
+    pending_.clear();
+    return rest;
+  }
+  // Sends `sig` and waits up to 20 s for the exit: the seconds it took (-1: killed after 20 s).
+  double SignalAndWait(int sig) {
+    const auto start = std::chrono::steady_clock::now();
+    if (kill(pid_, sig) != 0) return -1;
+    for (;;) {
+      if (waitpid(pid_, &status_, WNOHANG) == pid_) {
+        exited_ = true;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+      if (std::chrono::steady_clock::now() - start > std::chrono::seconds(20)) return -1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  int status() const { return status_; }
+  std::string Stderr() const {
+    std::ifstream f(err_path_);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  // CPU seconds (user + system) the process used so far (/proc/PID/stat; -1 if unreadable).
+  double CpuSeconds() const {
+    std::ifstream f("/proc/" + std::to_string(pid_) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const size_t close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos) return -1;
+    std::istringstream fields(stat.substr(close_paren + 2));
+    std::string field;
+    double ticks = 0;
+    // Fields 3.. after the command name: utime and stime are fields 14 and 15.
+    for (int i = 3; i <= 15 && fields >> field; ++i)
+      if (i >= 14) ticks += std::stod(field);
+    return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+
+ private:
+  std::string err_path_;
+  pid_t pid_ = -1;
+  int in_ = -1, out_ = -1;
+  int status_ = -1;
+  bool exited_ = false;
+  std::string pending_;
+};
+
+// QA: `ips serve` killed by SIGTERM (a supervisor's stop) or SIGINT exited 143 / 130 with no
+// RESULT line and no count of the requests it served. It stops gracefully now, also while it
+// blocks waiting for a request: every request read is answered, `RESULT serve ...
+// status=stopped` (the keys of its normal line, plus status) ends stdout, exit 0. The wait is
+// poll(2) on stdin and the stop descriptor, no busy loop (an idle server uses no CPU), and the
+// bundle root is still polled every --poll_ms (a new export is served while stdin is idle).
+TEST(ServeCli, SigtermOrSigintWhileWaitingStopsGracefully_IdleUsesNoCpu_HotReloadStillWorks) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  const std::string root = dir + "/bundle";
+  auto ex = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
+  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  const std::string request = R"({"user":"a","history":[1,2,3],"candidates":[4,5]})";
+
+  {
+    ServeProcess serve(root, dir + "/serve.err");
+    ASSERT_TRUE(serve.started());
+    serve.Send(request);
+    EXPECT_EQ(serve.ReadLine().rfind(R"({"user":"a","version":1,"scores":[)", 0), 0u)
+        << serve.Stderr();
+    // Idle, blocked on stdin: no CPU beyond the watcher's 20 checks of CURRENT a second (a busy
+    // loop would use the whole second).
+    const double cpu_before = serve.CpuSeconds();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const double idle_cpu = serve.CpuSeconds() - cpu_before;
+    EXPECT_GE(cpu_before, 0);
+    EXPECT_LT(idle_cpu, 0.15) << "CPU seconds used in 1 s of waiting for a request";
+    // A second export becomes version 2, which the server loads while it waits for stdin.
+    auto ex2 = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
+    ASSERT_EQ(ex2.exit_code, 0) << ex2.output << ex2.error;
+    int requests = 1;
+    bool reloaded = false;
+    for (int i = 0; i < 100 && !reloaded; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      serve.Send(request);
+      ++requests;
+      const std::string response = serve.ReadLine();
+      ASSERT_EQ(response.rfind(R"({"user":"a","version":)", 0), 0u) << serve.Stderr();
+      reloaded = response.rfind(R"({"user":"a","version":2,"scores":[)", 0) == 0;
+    }
+    EXPECT_TRUE(reloaded) << "version 2 not served within 10 s; stderr: " << serve.Stderr();
+    const double seconds = serve.SignalAndWait(SIGTERM);
+    ASSERT_GE(seconds, 0) << "still running 20 s after SIGTERM; stderr: " << serve.Stderr();
+    EXPECT_LT(seconds, 5);
+    ASSERT_TRUE(WIFEXITED(serve.status())) << "killed by signal " << WTERMSIG(serve.status());
+    EXPECT_EQ(WEXITSTATUS(serve.status()), 0) << serve.Stderr();
+    const std::string rest = serve.ReadRest();
+    const std::string last = LastLine(rest);
+    EXPECT_EQ(last.rfind("RESULT serve requests=" + std::to_string(requests) +
+                             " errors=0 truncated_histories=0 reloads=1 first_version=1 "
+                             "version=2 seconds=",
+                         0),
+              0u)
+        << rest;
+    EXPECT_NE(last.find(" status=stopped"), std::string::npos) << rest;
+    EXPECT_EQ(last.substr(last.size() - std::strlen(" status=stopped")), " status=stopped");
+    EXPECT_NE(serve.Stderr().find("serve: stopped by SIGTERM after " + std::to_string(requests) +
+                                  " requests"),
+              std::string::npos)
+        << serve.Stderr();
+  }
+  {
+    // SIGINT (a terminal's Ctrl-C) the same, before any request.
+    ServeProcess serve(root, dir + "/serve2.err");
+    ASSERT_TRUE(serve.started());
+    // Waits until it serves (the line is printed once the bundle is loaded).
+    for (int i = 0; i < 400 && serve.Stderr().find("serving ") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const double seconds = serve.SignalAndWait(SIGINT);
+    ASSERT_GE(seconds, 0) << "still running 20 s after SIGINT; stderr: " << serve.Stderr();
+    ASSERT_TRUE(WIFEXITED(serve.status())) << "killed by signal " << WTERMSIG(serve.status());
+    EXPECT_EQ(WEXITSTATUS(serve.status()), 0) << serve.Stderr();
+    const std::string last = LastLine(serve.ReadRest());
+    EXPECT_EQ(last.rfind("RESULT serve requests=0 errors=0 ", 0), 0u) << last;
+    EXPECT_NE(last.find(" status=stopped"), std::string::npos) << last;
+    EXPECT_NE(serve.Stderr().find("stopped by SIGINT"), std::string::npos) << serve.Stderr();
+  }
+  // The end of stdin is the normal end: no status key.
+  {
+    std::ofstream(dir + "/one.jsonl") << request << "\n";
+    auto sv = RunIpsSplit("serve --bundle " + root + " < " + dir + "/one.jsonl");
+    ASSERT_EQ(sv.exit_code, 0) << sv.output << sv.error;
+    EXPECT_EQ(LastLine(sv.output).rfind("RESULT serve requests=1 errors=0 ", 0), 0u) << sv.output;
+    EXPECT_EQ(sv.output.find("status="), std::string::npos) << sv.output;
+  }
   ps::RemoveTree(dir);
 }
 

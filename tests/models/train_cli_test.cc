@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "tests/testing/run_ips.h"
 #include "worker/metrics_line.h"
@@ -125,8 +126,9 @@ TEST(TrainCli, RunsThatCannotWorkAreRefusedUpFront) {
   EXPECT_NE(r.output.find("data.synthetic.steps"), std::string::npos) << r.output;
   // Streaming training writes no checkpoints: --resume and checkpoint.dir are refused.
   const std::string stream_config = ConfigNamed("din_stream.pbtxt");
+  // (A usage error, exit 2, before the config is read: see EvalBatchesOnlyWhereItEvaluates.)
   r = RunIps("train --config " + stream_config + " --stream /nonexistent.tsv --resume /tmp/x");
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--resume does not apply to --stream"), std::string::npos) << r.output;
   r = RunIps("train --config " + stream_config +
              " --stream /nonexistent.tsv --set checkpoint.dir=/tmp/x");
@@ -244,6 +246,221 @@ TEST(TrainCli, ConvertedDatasetTrainsEpochsAndReportsRankingMetrics) {
   EXPECT_EQ(LastLine(r.output).rfind("RESULT train status=error exit=1 error=\"DATA_LOSS: ", 0), 0u)
       << r.output;
   (void)std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
+
+namespace {
+
+// The value of `key=` in a RESULT line as printed ("" if absent).
+std::string ResultText(const std::string& line, const std::string& key) {
+  const size_t at = line.find(" " + key + "=");
+  if (at == std::string::npos) return "";
+  const size_t b = at + key.size() + 2, e = line.find(' ', b);
+  return line.substr(b, e == std::string::npos ? std::string::npos : e - b);
+}
+
+// The one line of an `ips eval --metrics_out` file, which must parse as a metrics line.
+ips::ParsedMetricsLine OnlyLine(const std::string& path) {
+  const std::string text = Slurp(path);
+  auto lines = ips::ParseMetricsLines(text);
+  EXPECT_TRUE(lines.ok()) << lines.status().ToString();
+  if (!lines.ok() || lines->size() != 1) {
+    ADD_FAILURE() << "want one line in " << path << ":\n" << text;
+    return {};
+  }
+  return lines->front();
+}
+
+// `ips eval --metrics_out` writes a MetricsLine (phase "eval"): the figures of its RESULT line,
+// under the names training's lines give them (the evaluated candidate lists are "eval_users" as
+// in the epoch lines, given rows "eval_rows"; RESULT keeps "users" and "examples", which scripts
+// read), a metric that is not finite as null. Its line was written by hand: it said "users" and
+// printed nan, which no JSON reader takes.
+TEST(TrainCli, EvalMetricsLineNamesItsFiguresAsTrainingDoes) {
+  const std::string dir = ::testing::TempDir() + "/train_cli_eval_line_" + std::to_string(getpid());
+  ASSERT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  // Every figure of the line but phase and model is the RESULT line's, as printed there (nan:
+  // null).
+  // `renamed`: the line's name of the count, `as`: RESULT's.
+  auto expect_figures_of = [](const ips::ParsedMetricsLine& line, const std::string& result,
+                              const std::string& renamed, const std::string& as) {
+    EXPECT_EQ(line.Get("phase"), "eval");
+    EXPECT_EQ(line.Get("model"), "din");
+    for (size_t i = 2; i < line.members.size(); ++i) {
+      const auto& [key, value] = line.members[i];
+      const std::string printed = ResultText(result, key == renamed ? as : key);
+      EXPECT_EQ(value, printed == "nan" ? "null" : printed) << key << " in " << result;
+    }
+  };
+
+  // Synthetic data: the members of training's own eval line of the held-out batches.
+  const std::string syn = Config() + kSmall;
+  auto r =
+      RunIps("train --quiet --config " + syn + " --eval_batches 2 --set checkpoint.dir=" + dir +
+             "/syn_ck --metrics_out " + dir + "/syn_train.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("eval --config " + syn + " --eval_batches 2 --checkpoint " + dir +
+             "/syn_ck --metrics_out " + dir + "/syn_eval.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const ips::ParsedMetricsLine syn_eval = OnlyLine(dir + "/syn_eval.jsonl");
+  expect_figures_of(syn_eval, LastLine(r.output), "", "");
+  auto train_lines = ips::ParseMetricsLines(Slurp(dir + "/syn_train.jsonl"));
+  ASSERT_TRUE(train_lines.ok()) << train_lines.status().ToString();
+  const auto train_eval = ips::LinesOfPhase(*train_lines, "eval");
+  ASSERT_EQ(train_eval.size(), 1u);
+  ASSERT_EQ(syn_eval.members.size(), train_eval[0].members.size())
+      << Slurp(dir + "/syn_eval.jsonl");
+  for (size_t i = 0; i < syn_eval.members.size(); ++i)
+    EXPECT_EQ(syn_eval.members[i].first, train_eval[0].members[i].first);
+
+  // A ranked dataset (seqrec): the evaluation members of training's epoch lines.
+  {
+    std::ofstream out(dir + "/events.txt");
+    for (int u = 1; u <= 60; ++u)
+      for (int j = 0; j < 8; ++j) out << u << " " << (u % 6) * 10 + (u + j) % 10 + 1 << "\n";
+  }
+  r = RunIps("data convert --format seqrec --input " + dir + "/events.txt --output " + dir +
+             "/ranked --max_history 10");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string ranked = ConfigNamed("din_ml100k.pbtxt") + " --set data.train_dir=" + dir +
+                             "/ranked --set data.max_history=10 --set data.batch_size=32" +
+                             " --set train.num_threads=1 --set train.epochs=1";
+  r = RunIps("train --quiet --config " + ranked + " --set checkpoint.dir=" + dir +
+             "/ranked_ck --metrics_out " + dir + "/ranked_train.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("eval --config " + ranked + " --checkpoint " + dir + "/ranked_ck --metrics_out " +
+             dir + "/ranked_eval.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string ranked_result = LastLine(r.output);
+  EXPECT_NE(ranked_result.find(" users="), std::string::npos) << ranked_result;
+  const ips::ParsedMetricsLine ranked_eval = OnlyLine(dir + "/ranked_eval.jsonl");
+  expect_figures_of(ranked_eval, ranked_result, "eval_users", "users");
+  EXPECT_FALSE(ranked_eval.Has("users")) << Slurp(dir + "/ranked_eval.jsonl");
+  train_lines = ips::ParseMetricsLines(Slurp(dir + "/ranked_train.jsonl"));
+  ASSERT_TRUE(train_lines.ok()) << train_lines.status().ToString();
+  const auto epochs = ips::LinesOfPhase(*train_lines, "epoch");
+  ASSERT_EQ(epochs.size(), 1u);
+  for (const char* key : {"hr10", "ndcg10", "auc", "gauc", "logloss", "eval_users"}) {
+    EXPECT_TRUE(epochs[0].Has(key)) << key;
+    EXPECT_TRUE(ranked_eval.Has(key)) << key << " in " << Slurp(dir + "/ranked_eval.jsonl");
+  }
+
+  // A given dataset (DIEN's files) whose evaluation rows are all clicks: AUC and GAUC are NaN.
+  auto write_dien = [](const std::string& path, int lines, bool all_clicks) {
+    std::ofstream out(path);
+    for (int n = 0; n < lines; ++n) {
+      const int user = n % 40, group = user % 8;
+      const bool click = all_clicks || n % 2 == 0;
+      const int target = (click ? group : (group + 1) % 8) * 10 + n % 10;
+      std::string hist, cats;
+      for (int t = 0; t < 4; ++t) {
+        hist += (t ? "\x02" : "") + ("M" + std::to_string(group * 10 + (n + t) % 10));
+        cats += (t ? "\x02" : "") + ("C" + std::to_string(group));
+      }
+      out << (click ? 1 : 0) << "\tU" << user << "\tM" << target << "\tC" << target / 10 << "\t"
+          << hist << "\t" << cats << "\n";
+    }
+  };
+  write_dien(dir + "/train", 200, false);
+  write_dien(dir + "/test", 40, true);
+  r = RunIps("data convert --format dien --input " + dir + "/train --eval_input " + dir +
+             "/test --output " + dir + "/given --max_history 10");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string given = ConfigNamed("din_ml100k.pbtxt") + " --set data.train_dir=" + dir +
+                            "/given --set data.max_history=10 --set data.batch_size=32" +
+                            " --set train.num_threads=1 --set train.epochs=1";
+  r = RunIps("train --quiet --config " + given + " --set checkpoint.dir=" + dir + "/given_ck");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("eval --config " + given + " --checkpoint " + dir + "/given_ck --metrics_out " + dir +
+             "/given_eval.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string given_result = LastLine(r.output);
+  EXPECT_EQ(ResultText(given_result, "auc"), "nan") << given_result;  // RESULT as before
+  const ips::ParsedMetricsLine given_eval = OnlyLine(dir + "/given_eval.jsonl");
+  expect_figures_of(given_eval, given_result, "eval_rows", "examples");
+  EXPECT_EQ(given_eval.Get("auc"), "null");
+  EXPECT_EQ(given_eval.Get("eval_rows"), "40");
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: --eval_batches was accepted and ignored where nothing evaluates held-out batches: it sets
+// the final AUC's batches of a CTR model on data.synthetic. Elsewhere it is a usage error (exit 2)
+// naming the flag and what it needs: a config on data.train_dir (refused before the dataset is
+// opened), a sequence model on data.synthetic (throughput only), --stream (a prequential AUC).
+// A bad value is a usage error too (it was exit 1, after the config was read).
+TEST(TrainCli, EvalBatchesOnlyWhereItEvaluates) {
+  struct Case {
+    std::string args, error;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"--config " + ConfigNamed("din_games.pbtxt") + " --set data.train_dir=/nonexistent" +
+                " --eval_batches 3",
+            "error: --eval_batches applies only to data.synthetic runs (the held-out batches of "
+            "their final AUC); this config trains on data.train_dir '/nonexistent', evaluated "
+            "after every eval.every_epochs epochs"},
+           {"--config " + ConfigNamed("sasrec_synthetic.pbtxt") + kSmall + " --eval_batches 0",
+            "error: --eval_batches applies only to CTR models on data.synthetic; sasrec on "
+            "data.synthetic measures throughput only (no held-out evaluation)"},
+           {"--config " + ConfigNamed("din_stream.pbtxt") + " --stream /nonexistent.tsv" +
+                " --eval_batches 3",
+            "error: --eval_batches does not apply to --stream: it sets the held-out batches of a "
+            "data.synthetic run's final AUC; a stream reports its prequential AUC per "
+            "--stream_window_events window"},
+           {"--config " + Config() + kSmall + " --eval_batches -2",
+            "error: --eval_batches must be in [0, 2147483647], got -2"},
+           {"--config " + Config() + kSmall + " --eval_batches=2147483648",
+            "error: --eval_batches must be in [0, 2147483647], got 2147483648"}}) {
+    SCOPED_TRACE(c.args);
+    const auto r = RunIps("train --quiet " + c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(c.error + "\nusage: ips train"), std::string::npos) << r.output;
+    EXPECT_NE(LastLine(r.output).find(" status=error exit=2 error="), std::string::npos)
+        << r.output;
+  }
+  // Where it applies it is taken (0: no held-out evaluation); a sequence model without it trains.
+  auto r = RunIps("train --quiet --config " + Config() + kSmall + " --eval_batches 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("train --quiet --config " + ConfigNamed("sasrec_synthetic.pbtxt") + kSmall);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// QA: `ips train --stream_publish_dir DIR` without --stream failed with an unrelated "set
+// data.train_dir ... or data.synthetic" error (a stream config), or trained the synthetic config
+// and ignored the flag. Every --stream_* flag without --stream is a usage error (exit 2) naming the
+// flags and what they need, before the config is read; --resume and mpirun with --stream too.
+TEST(TrainCli, StreamFlagsWithoutStreamAreUsageErrors) {
+  struct Case {
+    std::string args, error;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"--config " + ConfigNamed("din_stream.pbtxt") + " --stream_publish_dir /tmp/never",
+            "error: --stream_publish_dir applies only to streaming training: give --stream "
+            "SOURCE (an event log, or - for stdin), or leave it out"},
+           {"--config " + Config() + kSmall +
+                " --stream_no_follow --stream_negatives=3 --stream_no_follow",
+            "error: --stream_no_follow, --stream_negatives apply only to streaming training: give "
+            "--stream SOURCE (an event log, or - for stdin), or leave them out"},
+           {"--config " + ConfigNamed("din_stream.pbtxt") + " --stream /nonexistent.tsv" +
+                " --resume /tmp/x",
+            "error: --resume does not apply to --stream: a stream starts from a fresh model and "
+            "writes no checkpoints (its trained state is in the bundles of "
+            "--stream_publish_dir)"}}) {
+    SCOPED_TRACE(c.args);
+    const auto r = RunIps("train --quiet " + c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(c.error + "\nusage: ips train"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("data: set data.train_dir"), std::string::npos) << r.output;
+    EXPECT_NE(LastLine(r.output).find(" status=error exit=2 error="), std::string::npos)
+        << r.output;
+  }
+  // A word that is another flag's value is not taken for a --stream_* flag.
+  // (--resume's DIR here: no checkpoint there, a runtime error naming it.)
+  const auto r =
+      RunIps("train --quiet --config " + Config() + kSmall + " --resume --stream_no_follow");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("--stream_no_follow"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("applies only to streaming"), std::string::npos) << r.output;
 }
 
 }  // namespace
