@@ -413,18 +413,41 @@ Status TableShard::Pull(const uint64_t* keys, const uint64_t* hashes, const int6
 
 namespace {
 
-// Starts a push's duplicate detection: a new generation of `seen` (grown to `slots` entries).
-uint32_t NextGeneration(PushScratch* scratch, int64_t slots) {
-  if (scratch->seen.size() < static_cast<size_t>(slots))
-    scratch->seen.resize(static_cast<size_t>(slots));
-  if (++scratch->generation == 0) {  // wrapped: forget every stamp
-    std::fill(scratch->seen.begin(), scratch->seen.end(), 0u);
-    scratch->generation = 1;
+// A push's (slot, gradient position) items, collected into scratch->items with duplicate
+// detection (a new generation of `seen` per shard push, so the array is never cleared).
+class PushItems {
+ public:
+  PushItems(PushScratch* scratch, int64_t slots) : s_(*scratch) {
+    s_.items.clear();
+    if (s_.seen.size() < static_cast<size_t>(slots)) s_.seen.resize(static_cast<size_t>(slots));
+    if (++s_.generation == 0) {  // wrapped: forget every stamp
+      std::fill(s_.seen.begin(), s_.seen.end(), 0u);
+      s_.generation = 1;
+    }
   }
-  return scratch->generation;
-}
+  void Add(uint32_t slot, int64_t position) {
+    s_.items.emplace_back(slot, position);
+    duplicates_ |= s_.seen[slot] == s_.generation;
+    s_.seen[slot] = s_.generation;
+  }
+  bool duplicates() const { return duplicates_; }
+
+ private:
+  PushScratch& s_;
+  bool duplicates_ = false;
+};
 
 }  // namespace
+
+uint32_t TableShard::LiveSlotForPush(uint64_t key, uint64_t hash, int64_t step) {
+  const int64_t at = FindPos(key, hash);
+  if (at >= 0) {
+    const uint32_t slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+    if (!Expired(slot, step)) return slot;
+  }
+  ++counters_.dropped_push_keys;
+  return kNoSlot;
+}
 
 Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int64_t* pos, int64_t m,
                         const float* grads, int64_t step, int64_t optimizer_step) {
@@ -433,31 +456,15 @@ Status TableShard::Push(const uint64_t* keys, const uint64_t* hashes, const int6
   PushScratch& scratch = ThreadScratch();
   std::lock_guard<std::mutex> lock(mu_);
   counters_.pushed_keys += m;
-  auto& items = scratch.items;
-  items.clear();
-  auto& seen = scratch.seen;
-  const uint32_t generation = NextGeneration(&scratch, next_unused_);
-  bool duplicates = false;
+  PushItems items(&scratch, next_unused_);
   for (int64_t t = 0; t < m; ++t) {
     if (t + kFar < m) Prefetch(hashes[t + kFar], /*far=*/true);
     if (t + kNear < m) Prefetch(hashes[t + kNear], /*far=*/false);
-    const int64_t i = pos[t];
     if (padding && keys[t] == padding_key) continue;
-    const int64_t at = FindPos(keys[t], hashes[t]);
-    if (at < 0) {
-      ++counters_.dropped_push_keys;
-      continue;
-    }
-    const uint32_t slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
-    if (Expired(slot, step)) {
-      ++counters_.dropped_push_keys;
-      continue;
-    }
-    items.emplace_back(slot, i);
-    duplicates |= seen[slot] == generation;
-    seen[slot] = generation;
+    const uint32_t slot = LiveSlotForPush(keys[t], hashes[t], step);
+    if (slot != kNoSlot) items.Add(slot, pos[t]);
   }
-  return ApplyPushItems(&scratch, duplicates, grads, step, optimizer_step);
+  return ApplyPushItems(&scratch, items.duplicates(), grads, step, optimizer_step);
 }
 
 bool TableShard::StillResolves(const PullStamp& stamp) const {
@@ -470,11 +477,7 @@ Status TableShard::PushResolved(const ResolvedPart* parts, int num_parts, const 
   const uint64_t padding_key = config_->options.padding_key;
   PushScratch& scratch = ThreadScratch();
   std::lock_guard<std::mutex> lock(mu_);
-  auto& items = scratch.items;
-  items.clear();
-  auto& seen = scratch.seen;
-  const uint32_t generation = NextGeneration(&scratch, next_unused_);
-  bool duplicates = false;
+  PushItems items(&scratch, next_unused_);
   for (int k = 0; k < num_parts; ++k) {
     const ResolvedPart& part = parts[k];
     counters_.pushed_keys += part.m;
@@ -482,39 +485,27 @@ Status TableShard::PushResolved(const ResolvedPart* parts, int num_parts, const 
     if (resolved) counters_.push_keys_resolved_by_pull += part.m;
     for (int64_t t = 0; t < part.m; ++t) {
       const int64_t i = part.offset + part.pos[t];
-      uint32_t slot;
-      if (resolved) {
-        if (t + kNear < part.m && part.slots[t + kNear] < kPaddingSlot) {
-          const uint32_t ahead = part.slots[t + kNear];
-          __builtin_prefetch(&MetaAt(ahead));
-          __builtin_prefetch(&SlabOf(ahead).touched[OffsetOf(ahead)]);
-        }
-        slot = part.slots[t];
-        if (slot == kPaddingSlot) continue;
-        if (slot == kNoSlot) {
-          ++counters_.dropped_push_keys;
-          continue;
-        }
-      } else {  // rows changed since the pull: look the key up as Push does
-        const uint64_t key = keys[i];
-        if (padding && key == padding_key) continue;
-        const int64_t at = FindPos(key, KeyHash(key));
-        if (at < 0) {
-          ++counters_.dropped_push_keys;
-          continue;
-        }
-        slot = (index_[static_cast<uint64_t>(at)] & kSlotMask) - 1;
+      if (!resolved) {  // rows changed since the pull: look the key up as Push does
+        if (padding && keys[i] == padding_key) continue;
+        const uint32_t slot = LiveSlotForPush(keys[i], KeyHash(keys[i]), step);
+        if (slot != kNoSlot) items.Add(slot, i);
+        continue;
       }
-      if (Expired(slot, step)) {
+      if (t + kNear < part.m && part.slots[t + kNear] < kPaddingSlot) {
+        const uint32_t ahead = part.slots[t + kNear];
+        __builtin_prefetch(&MetaAt(ahead));
+        __builtin_prefetch(&SlabOf(ahead).touched[OffsetOf(ahead)]);
+      }
+      const uint32_t slot = part.slots[t];
+      if (slot == kPaddingSlot) continue;
+      if (slot == kNoSlot || Expired(slot, step)) {
         ++counters_.dropped_push_keys;
         continue;
       }
-      items.emplace_back(slot, i);
-      duplicates |= seen[slot] == generation;
-      seen[slot] = generation;
+      items.Add(slot, i);
     }
   }
-  return ApplyPushItems(&scratch, duplicates, grads, step, optimizer_step);
+  return ApplyPushItems(&scratch, items.duplicates(), grads, step, optimizer_step);
 }
 
 Status TableShard::ApplyPushItems(PushScratch* scratch_ptr, bool duplicates, const float* grads,

@@ -204,6 +204,9 @@ class TableShard {
                           const float* grads, int64_t step,
                           const kernels::OptimizerScalars& scalars);
   void CopyState(uint32_t slot, float* state) const;
+  // The live row slot of key for a push, or kNoSlot (no row, or an expired one) with the dropped
+  // gradient counted.
+  uint32_t LiveSlotForPush(uint64_t key, uint64_t hash, int64_t step);
   // Whether a recorded pull's slots are still its keys' rows (see PullStamp).
   bool StillResolves(const PullStamp& stamp) const;
   // The update of Push and PushResolved once scratch->items holds (slot, gradient position) in
