@@ -94,10 +94,4 @@ Status CheckTrainModeFlags(const FlagSet& flags, const std::vector<std::string>&
   return Status::Ok();
 }
 
-ConfigSource ConfigSourceOf(const std::string& path, const std::vector<std::string>& overrides) {
-  ConfigSource source;
-  if (!LoadConfig(path, overrides, &source).ok()) return ConfigSource();
-  return source;
-}
-
 }  // namespace ips

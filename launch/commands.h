@@ -58,12 +58,6 @@ int UsageError(const FlagSet& flags, const std::string& message);
 // declare counts as not given. `args`: the arguments `flags` parsed.
 Status CheckTrainModeFlags(const FlagSet& flags, const std::vector<std::string>& args, bool mpirun);
 
-// The ConfigSource (proto/config_loader.h: file name, text, --set overrides) of a config that
-// LoadConfigForRun loaded from `path` and `overrides`, for blaming a check made later on the --set
-// or the file line that set the field (the mpirun layout's cluster.num_ps). An empty source (the
-// field alone) if the file no longer loads.
-ConfigSource ConfigSourceOf(const std::string& path, const std::vector<std::string>& overrides);
-
 // `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
 // [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that
 // needs neither a training step nor a write: the config loader's, the job's (TrainJobFromConfig:

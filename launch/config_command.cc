@@ -216,7 +216,8 @@ int RunConfigCommand(const std::vector<std::string>& args) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
-  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
+  ConfigSource loaded;  // where cluster.num_ps was set, for the mpirun layout's error
+  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"), &loaded);
   if (!cfg.ok()) return fail(cfg.status());
   ResultLine line("config_" + verb);
   line.Add("config", flags.GetString("config"))
@@ -226,9 +227,7 @@ int RunConfigCommand(const std::vector<std::string>& args) {
       .Add("overrides", static_cast<int64_t>(flags.GetRepeated("set").size()));
   if (verb == "check") {
     // The mpirun layout's error names the --set or the file line of cluster.num_ps.
-    const ConfigSource source =
-        np > 1 ? ConfigSourceOf(flags.GetString("config"), flags.GetRepeated("set"))
-               : ConfigSource();
+    const ConfigSource source = np > 1 ? loaded : ConfigSource();
     std::string data_state;
     if (Status s =
             CheckTrainJob(*cfg, flags.GetString("config"), source, np, flags.GetString("resume"),

@@ -297,7 +297,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     std::cerr << "error: " << s.ToString() << "\n";
     return kExitError;
   };
-  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"));
+  ConfigSource source;  // where cluster.num_ps was set, for the mpirun layout's error
+  auto cfg = LoadConfigForRun(flags.GetString("config"), flags.GetRepeated("set"), &source);
   if (!cfg.ok()) return fail(cfg.status());
   // Streaming training writes no checkpoints and trains a CTR model: refuse a config it would
   // silently misread.
@@ -325,7 +326,6 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     // Every rank gets the same --resume: the servers load their shards, the workers the rest.
     cf.resume = flags.GetString("resume");
     // A layout error names the --set or the file line of cluster.num_ps, as config errors do.
-    const ConfigSource source = ConfigSourceOf(flags.GetString("config"), flags.GetRepeated("set"));
     cf.config_source = &source;
     return RunClusterTrain(*cfg, cf);
   }

@@ -197,10 +197,12 @@ Status CheckConfigForRun(const config::Config& cfg, const ConfigSource& source) 
 }
 
 StatusOr<config::Config> LoadConfigForRun(const std::string& path,
-                                          const std::vector<std::string>& overrides) {
-  ConfigSource source;
-  IPS_ASSIGN_OR_RETURN(config::Config cfg, LoadConfig(path, overrides, &source));
-  IPS_RETURN_IF_ERROR(CheckConfigForRun(cfg, source));
+                                          const std::vector<std::string>& overrides,
+                                          ConfigSource* source) {
+  ConfigSource own;
+  ConfigSource& from = source != nullptr ? *source : own;
+  IPS_ASSIGN_OR_RETURN(config::Config cfg, LoadConfig(path, overrides, &from));
+  IPS_RETURN_IF_ERROR(CheckConfigForRun(cfg, from));
   return cfg;
 }
 

@@ -53,9 +53,12 @@ Status CheckRunConfig(const config::Config& config, const ConfigSource& source);
 Status CheckConfigForRun(const config::Config& config, const ConfigSource& source);
 
 // LoadConfig (the file, the --set overrides in order, ValidateConfig) + CheckConfigForRun: what
-// `ips train`, `ips eval` and `ips config check` load a config with.
+// `ips train`, `ips eval` and `ips config check` load a config with. `source`, when given,
+// receives where the config came from, for blaming a check made later (the mpirun layout's
+// cluster.num_ps).
 StatusOr<config::Config> LoadConfigForRun(const std::string& path,
-                                          const std::vector<std::string>& overrides);
+                                          const std::vector<std::string>& overrides,
+                                          ConfigSource* source = nullptr);
 
 }  // namespace ips
 
