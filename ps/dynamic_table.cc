@@ -159,7 +159,11 @@ Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out, ThreadPoo
   std::unique_ptr<internal::PullRecord> record;
   {
     std::lock_guard<std::mutex> lock(records_mu_);
-    record = std::move(spare_record_);
+    if (!spare_records_.empty()) {
+      record = std::move(spare_records_.back());
+      spare_records_.pop_back();
+      spare_keys_ -= static_cast<int64_t>(record->keys.capacity());
+    }
   }
   if (record == nullptr) record = std::make_unique<internal::PullRecord>();
   IPS_RETURN_IF_ERROR(ReadRows(keys, n, out, pool, /*create=*/true, record.get()));
@@ -170,10 +174,17 @@ Status DynamicTable::Pull(const uint64_t* keys, int64_t n, float* out, ThreadPoo
   // Pulls never pushed (or pushed with other keys) age out; a record's memory is 20 bytes a key.
   while (records_.size() > kMaxPullRecords || recorded_keys_ > kMaxRecordedKeys) {
     recorded_keys_ -= static_cast<int64_t>(records_.front()->keys.size());
-    spare_record_ = std::move(records_.front());
+    KeepSpare(std::move(records_.front()));
     records_.erase(records_.begin());
   }
   return Status::Ok();
+}
+
+void DynamicTable::KeepSpare(std::unique_ptr<internal::PullRecord> record) {
+  const int64_t keys = static_cast<int64_t>(record->keys.capacity());
+  if (spare_keys_ + keys > kMaxRecordedKeys) return;  // freed
+  spare_keys_ += keys;
+  spare_records_.push_back(std::move(record));
 }
 
 Status DynamicTable::Lookup(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool) const {
@@ -264,7 +275,7 @@ Status DynamicTable::Push(const uint64_t* keys, int64_t n, const float* grads, T
                                       opt_step);
     });
     std::lock_guard<std::mutex> lock(records_mu_);
-    spare_record_ = std::move(used.back());
+    for (auto& record : used) KeepSpare(std::move(record));
     return status;
   }
   GroupScratch& g = ThreadGroupScratch();

@@ -98,7 +98,8 @@ class DynamicTable {
   // and looking the keys up again. A recorded slot is used only while the shard has removed no
   // row since the pull (and, for a key left without a row, created none): the rows, counters and
   // bits are those of a push without records (tested). The newest kMaxPullRecords records of at
-  // most kMaxRecordedKeys keys (20 bytes each) are kept.
+  // most kMaxRecordedKeys keys (20 bytes each) are kept, and as many keys' worth of used-up
+  // records' buffers for later pulls to reuse.
   static constexpr int64_t kMinRecordedPull = 256;
   static constexpr size_t kMaxPullRecords = 64;
   static constexpr int64_t kMaxRecordedKeys = int64_t{1} << 20;
@@ -197,6 +198,9 @@ class DynamicTable {
   // With `record`, fills its grouping, slots and stamps (not its keys).
   Status ReadRows(const uint64_t* keys, int64_t n, float* out, ThreadPool* pool, bool create,
                   internal::PullRecord* record) const;
+  // Keeps `record`'s buffers for a later pull (records_mu_ held), unless the spares would exceed
+  // kMaxRecordedKeys keys.
+  void KeepSpare(std::unique_ptr<internal::PullRecord> record);
   // Moves into *used the recorded pulls whose keys, end to end, are keys[0, n); false (and
   // nothing moved) when there are none such.
   bool TakeRecordsCovering(const uint64_t* keys, int64_t n,
@@ -220,9 +224,12 @@ class DynamicTable {
   bool record_pulls_ = true;
   std::mutex records_mu_;
   std::vector<std::unique_ptr<internal::PullRecord>>
-      records_;                                         // GUARDED_BY(records_mu_), oldest first
-  int64_t recorded_keys_ = 0;                           // GUARDED_BY(records_mu_)
-  std::unique_ptr<internal::PullRecord> spare_record_;  // GUARDED_BY(records_mu_): reused buffers
+      records_;                // GUARDED_BY(records_mu_), oldest first
+  int64_t recorded_keys_ = 0;  // GUARDED_BY(records_mu_)
+  // Records a push used up or that aged out, reused by later pulls (a server's push of 4 pull
+  // parts frees 4 buffers of a few hundred KB each step); at most kMaxRecordedKeys keys' worth.
+  std::vector<std::unique_ptr<internal::PullRecord>> spare_records_;  // GUARDED_BY(records_mu_)
+  int64_t spare_keys_ = 0;  // GUARDED_BY(records_mu_): their keys' capacity
   std::atomic<uint32_t> epoch_{1};
 };
 
