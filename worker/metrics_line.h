@@ -40,21 +40,27 @@ inline std::string JsonFixed(double v, int decimals) {
   return os.str();
 }
 
-// A JSON string: quoted, with '"', '\\' and control characters escaped.
-inline std::string JsonString(std::string_view s) {
-  std::string out = "\"";
+// Appends the contents of a JSON string holding `s`: '"', '\\' and control characters escaped
+// (other bytes as they are; worker/serving.cc's JsonEscape also replaces invalid UTF-8).
+inline void AppendJsonEscaped(std::string* out, std::string_view s) {
   for (const char c : s) {
     if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
+      out->push_back('\\');
+      out->push_back(c);
     } else if (static_cast<unsigned char>(c) < 0x20) {
       char buf[8];
       std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(c));
-      out += buf;
+      out->append(buf);
     } else {
-      out += c;
+      out->push_back(c);
     }
   }
+}
+
+// A JSON string: quoted, escaped by AppendJsonEscaped.
+inline std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  AppendJsonEscaped(&out, s);
   return out + "\"";
 }
 

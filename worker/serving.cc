@@ -23,6 +23,7 @@
 #include "worker/checkpoint.h"
 #include "worker/data_reader.h"
 #include "worker/manifest_magic.h"
+#include "worker/metrics_line.h"
 #include "worker/model_factory.h"
 #include "worker/synthetic_batches.h"
 
@@ -1482,18 +1483,7 @@ class RequestParser {
 // bytes that are not valid UTF-8 (a request's field name echoed in an error) replaced by \ufffd.
 std::string JsonEscape(const std::string& s) {
   std::string escaped;
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      escaped.push_back('\\');
-      escaped.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(c));
-      escaped += buf;
-    } else {
-      escaped.push_back(c);
-    }
-  }
+  AppendJsonEscaped(&escaped, s);
   std::string out;
   AppendValidUtf8(&out, escaped);
   return out;
