@@ -26,11 +26,11 @@
 #include "proto/config.pb.h"
 #include "ps/local_embedding_store.h"
 #include "tests/models/trainer_test_util.h"
+#include "tests/testing/metrics_lines.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 #include "worker/dataset_builder.h"
 #include "worker/metrics.h"
-#include "worker/metrics_line.h"
 #include "worker/model_factory.h"
 
 namespace ips {

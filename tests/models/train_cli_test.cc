@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/metrics_lines.h"
 #include "tests/testing/run_ips.h"
-#include "worker/metrics_line.h"
 
 namespace {
 

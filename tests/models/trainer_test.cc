@@ -27,11 +27,11 @@
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
 #include "tests/models/trainer_test_util.h"
+#include "tests/testing/metrics_lines.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tolerance.h"
 #include "worker/config_validation.h"
 #include "worker/dataset_builder.h"
-#include "worker/metrics_line.h"
 
 namespace ips {
 namespace {

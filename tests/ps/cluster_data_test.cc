@@ -30,10 +30,10 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/local_embedding_store.h"
+#include "tests/testing/metrics_lines.h"
 #include "tests/testing/mpi_run.h"
 #include "tests/testing/run_ips.h"
 #include "worker/data_reader.h"
-#include "worker/metrics_line.h"
 #include "worker/trainer.h"
 
 namespace ips {

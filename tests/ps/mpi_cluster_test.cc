@@ -35,12 +35,12 @@
 #include "ps/server.h"
 #include "ps/transport.h"
 #include "tests/ps/cluster_train_case.h"
+#include "tests/testing/metrics_lines.h"
 #include "tests/testing/mpi_run.h"
 #include "tests/testing/tolerance.h"
 #include "worker/cluster.h"
 #include "worker/collective.h"
 #include "worker/metrics.h"
-#include "worker/metrics_line.h"
 #include "worker/trainer.h"
 
 namespace ips {

@@ -30,7 +30,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
-#include "worker/metrics_line.h"
+#include "tests/testing/metrics_lines.h"
 #include "worker/record_parsers.h"
 #include "worker/serving.h"
 #include "worker/serving_fixture.h"
