@@ -202,7 +202,8 @@ int64_t MhaSavedSize(const MhaArgs<T>& a) {
 Status MhaCudaSupports(int64_t seq_len, int64_t head_dim);
 
 // out: [B x T x H*dh]; saved: [MhaSavedSize] elements (also the attention map, for inspection).
-// CUDA supports seq_len <= 1024 and needs (2*T*dh + 2*T*T) floats of shared memory per block.
+// CUDA supports seq_len <= 1024 and needs the larger of (2*T*dh + 8*(T + dh)) floats (forward)
+// and (2*T*dh + 2*T*T) floats (backward) of shared memory per block.
 template <typename T>
 Status MhaForward(const Context& ctx, const MhaArgs<T>& args, T* out, T* saved);
 

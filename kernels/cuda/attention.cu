@@ -437,8 +437,16 @@ __global__ void MhaBackwardKernel(MhaDev m, const float* __restrict__ Q,
   }
 }
 
-// Shared memory per block of the backward kernel (the larger of the two): a head's Q/K rows and
-// its T x T scores and their gradients.
+// Shared memory per block of the forward kernel: a head's K/V rows and, per warp, a probability
+// row and a query row.
+size_t MhaForwardSmemBytes(int64_t seq_len, int64_t head_dim) {
+  return sizeof(float) *
+         static_cast<size_t>(2 * seq_len * head_dim + kMhaWarps * (seq_len + head_dim));
+}
+
+// Shared memory per block of the backward kernel: a head's K/V rows and its T x T scores and
+// their gradients. Usually the larger of the two, but not for very short, very wide heads
+// (T = 2, dh = 8000), so MhaCudaSupportsCuda checks both.
 size_t MhaBackwardSmemBytes(int64_t seq_len, int64_t head_dim) {
   return sizeof(float) * static_cast<size_t>(2 * seq_len * head_dim + 2 * seq_len * seq_len);
 }
@@ -600,8 +608,7 @@ Status MhaForwardCuda(const Context& ctx, const MhaArgs<float>& a, float* out, f
   if (a.batch * a.seq_len == 0) return Status::Ok();
   if (a.seq_len > 1024) return UnimplementedError("MhaForwardCuda: seq_len > 1024");
   const MhaDev m = MakeMhaDev(a);
-  const size_t smem =
-      sizeof(float) * (2 * a.seq_len * a.head_dim + kMhaWarps * (a.seq_len + a.head_dim));
+  const size_t smem = MhaForwardSmemBytes(a.seq_len, a.head_dim);
   IPS_RETURN_IF_ERROR(
       PrepareSmem("mha_forward", reinterpret_cast<const void*>(MhaForwardKernel), smem));
   return cuda::Launch("mha_forward", MhaForwardKernel,
@@ -626,10 +633,11 @@ Status MhaCudaSupportsCuda(int64_t seq_len, int64_t head_dim) {
   if (seq_len > 1024)
     return UnimplementedError("multi-head attention on CUDA: seq_len " + std::to_string(seq_len) +
                               " > 1024");
-  return CheckSmem(("multi-head attention on CUDA with seq_len " + std::to_string(seq_len) +
-                    " and head_dim " + std::to_string(head_dim))
-                       .c_str(),
-                   MhaBackwardSmemBytes(seq_len, head_dim));
+  return CheckSmem(
+      ("multi-head attention on CUDA with seq_len " + std::to_string(seq_len) + " and head_dim " +
+       std::to_string(head_dim))
+          .c_str(),
+      std::max(MhaForwardSmemBytes(seq_len, head_dim), MhaBackwardSmemBytes(seq_len, head_dim)));
 }
 
 }  // namespace ips::kernels

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "common/cuda_check.h"
@@ -170,9 +171,10 @@ __global__ void ForwardPersistentKernel(
     }
     __syncthreads();
   }
-  for (int i = threadIdx.x; i < rows * (T - steps) * H; i += blockDim.x) {
-    const int per_row = (T - steps) * H;
-    const int r = i / per_row, rem = i - r * per_row;
+  // 64-bit: rows * (T - steps) * H outgrows int for long sequences (32 * 2^19 * 128 = 2^31).
+  const int64_t per_row = static_cast<int64_t>(T - steps) * H;
+  for (int64_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
+    const int64_t r = i / per_row, rem = i - r * per_row;
     states[(static_cast<size_t>(b0 + r) * T + steps) * H + rem] = 0.f;
   }
   for (int i = threadIdx.x; i < rows * H; i += blockDim.x) {
@@ -529,9 +531,13 @@ Status BackwardImpl(const Context& ctx, const RnnBackwardArgs<float>& a) {
 
 Status CheckCudaShape(const char* op, const RnnShape& s) {
   // Kernels index with int within a row block; B·T·G·H must fit comfortably in 64-bit offsets
-  // (used) but B, T, H individually in int.
-  if (s.batch > (1 << 30) || s.steps > (1 << 30) || s.hidden > (1 << 20) || s.input > (1 << 30))
-    return InvalidArgumentError(std::string(op) + ": shape too large for the CUDA kernels");
+  // (used) but B, T, H individually in int, and so must B·H: the [B x H] states (h0, final_h,
+  // dh, ...) are indexed as b * H + u in int and sized as int n = B * H.
+  if (s.batch > (1 << 30) || s.steps > (1 << 30) || s.hidden > (1 << 20) || s.input > (1 << 30) ||
+      s.batch * s.hidden > INT32_MAX)
+    return InvalidArgumentError(
+        std::string(op) + ": shape too large for the CUDA kernels (B=" + std::to_string(s.batch) +
+        ", H=" + std::to_string(s.hidden) + "; B*H must fit in int32)");
   return Status::Ok();
 }
 

@@ -251,5 +251,14 @@ TEST(MhaGpu, MatchesCpu_OptInSmem_B3_T100_H2_D64_Causal_NoLengths) {
   RunMhaParity({3, 100, 2, 64, true, Padding::kLeft, false, 0.1});
 }
 
+// MhaCudaSupports must cover the forward kernel's shared memory too: for a very short, very wide
+// head the forward needs more than the backward (T = 2, dh = 8000: 384 KB vs 128 KB), and a
+// model that passed the check would otherwise fail its first forward.
+TEST(MhaGpu, SupportsChecksForwardSharedMemoryToo_T2_D8000) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device visible";
+  EXPECT_EQ(MhaCudaSupports(2, 8000).code(), StatusCode::kUnimplemented);
+  EXPECT_TRUE(MhaCudaSupports(50, 64).ok());
+}
+
 }  // namespace
 }  // namespace ips::kernels

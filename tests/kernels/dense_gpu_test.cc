@@ -132,6 +132,49 @@ TEST_F(DenseGpu, Gemm_AllTransposes_MatchesCpu) {
       }
 }
 
+// k = 0 is an empty sum: C = beta C, and zeros over a poisoned C for beta = 0 (what the CPU path
+// writes, and what MindRoutingBackward's empty batch relies on for dS), whatever cuBLAS does.
+// ldc > n: the columns past n are finite and must come back untouched.
+TEST_F(DenseGpu, Gemm_KZero_WritesBetaTimesC_ZerosForBetaZero) {
+  Rng rng(13);
+  const int64_t m = 37, n = 19, ldc = 23;
+  for (float beta : {0.f, 0.5f, 1.f}) {
+    std::vector<float> c = Random(m * ldc, rng);
+    if (beta == 0.f) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = NAN;
+    }
+    GemmArgs<float> g;
+    g.m = m;
+    g.n = n;
+    g.k = 0;
+    g.lda = 1;
+    g.ldb = n;
+    g.ldc = ldc;
+    g.beta = beta;
+    std::vector<float> want = c;
+    g.c = want.data();
+    ASSERT_TRUE(Gemm(cpu_, g).ok());
+    Dev dc(c);
+    g.c = dc.get();
+    ASSERT_TRUE(Gemm(gpu_, g).ok()) << "beta=" << beta;
+    EXPECT_TRUE(AllClose(dc.ToHost(), want, {0, 1e-6})) << "beta=" << beta;
+  }
+}
+
+// cuBLAS takes int sizes; a size beyond INT_MAX must be refused, not truncated.
+TEST_F(DenseGpu, Gemm_SizeBeyondInt_IsInvalidArgument) {
+  GemmArgs<float> g;
+  g.m = int64_t{1} << 31;
+  g.n = 1;
+  g.k = 1;
+  g.lda = 1;
+  g.ldb = 1;
+  g.ldc = 1;
+  // Refused before any pointer is used, so none is needed.
+  EXPECT_EQ(Gemm(gpu_, g).code(), StatusCode::kInvalidArgument);
+}
+
 // ---- activation.h -----------------------------------------------------------------------------
 
 TEST_F(DenseGpu, BiasActivationAndBackward_AllActivations) {

@@ -92,7 +92,9 @@ Batch MakeBatch(Rng& rng, int64_t batch, int64_t max_len, int64_t rows) {
   return b;
 }
 
-// Dims cover every vector width the kernels pick: 18 (float2), 36 and 64 (float4), 7 (scalar).
+// Dims cover every vector width the kernels pick: 18 (float2), 36 and 64 (float4), 7 (scalar),
+// and rows wider than one 32-thread group's vectors, so that a lane walks several vectors of a
+// row: 130 (float2, 65 vectors) and 132 (float4, 33 vectors).
 class EmbeddingGpuDimTest : public EmbeddingGpuTest, public ::testing::WithParamInterface<int> {};
 
 TEST_P(EmbeddingGpuDimTest, ForwardMatchesCpu_GatherAndPooled) {
@@ -233,7 +235,7 @@ TEST_P(EmbeddingGpuDimTest, BackwardMatchesCpu_ScatterPaddedPooled) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Dims, EmbeddingGpuDimTest, ::testing::Values(7, 18, 36, 64),
+INSTANTIATE_TEST_SUITE_P(Dims, EmbeddingGpuDimTest, ::testing::Values(7, 18, 36, 64, 130, 132),
                          [](const auto& info) { return "D" + std::to_string(info.param); });
 
 // CUDA dedup is sort-based, so it must equal the CPU sort reference exactly.
