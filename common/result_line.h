@@ -161,6 +161,16 @@ inline std::string NotedResultError() {
 inline void SetPrintsResultLine(bool prints) { result_line_internal::Owner().store(prints); }
 inline bool PrintsResultLine() { return result_line_internal::Owner().load(); }
 
+// Under mpirun, the world rank that prints the job's RESULT line (0 until told otherwise): a rank
+// that sees it die and ends the job prints the line itself, without waiting for it
+// (ps::AbortJob).
+inline std::atomic<int>& ResultLineRankSlot() {
+  static std::atomic<int> rank{0};
+  return rank;
+}
+inline void SetResultLineRank(int rank) { ResultLineRankSlot().store(rank); }
+inline int ResultLineRank() { return ResultLineRankSlot().load(); }
+
 }  // namespace ips
 
 #endif  // IPS_COMMON_RESULT_LINE_H_

@@ -101,11 +101,11 @@ int RunSeqSynthetic(Cluster* cluster, const config::Config& config, TrainJob job
   if (cluster->role_index() == 0) {
     std::cerr << "loss first10=" << Fixed(internal::Mean(losses, 0, k), 4)
               << " last10=" << Fixed(summary.loss, 4) << "\n";
-    if (metrics.is_open()) {
-      SyntheticResultMetrics(cluster, job, summary, m).WriteTo(&metrics);
-      if (!metrics) exit_code = 1;
-    }
-    SyntheticResultLine(cluster, config, job, sw, m, summary).Print();
+    if (metrics.is_open()) SyntheticResultMetrics(cluster, job, summary, m).WriteTo(&metrics);
+    if (MetricsOutWritten(*cluster, flags, metrics))
+      SyntheticResultLine(cluster, config, job, sw, m, summary).Print();
+    else
+      exit_code = 1;
   }
   if (Status s = sw.store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;

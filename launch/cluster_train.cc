@@ -237,12 +237,14 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
       result.Decimals("auc", eval.auc, 6);
       for (const auto& [key, value] : table_sizes) result.Int(key, value);
       result.WriteTo(&metrics);
-      if (!metrics) exit_code = 1;
     }
     summary.quality.emplace_back("auc", Fixed(eval.auc, 4));
-    cluster_internal::SyntheticResultLine(cluster, config, job, tw, m, summary)
-        .Add("bytes_per_row_ratio", Fixed(largest_ratio, 3))
-        .Print();
+    if (cluster_internal::MetricsOutWritten(*cluster, flags, metrics))
+      cluster_internal::SyntheticResultLine(cluster, config, job, tw, m, summary)
+          .Add("bytes_per_row_ratio", Fixed(largest_ratio, 3))
+          .Print();
+    else
+      exit_code = 1;
   }
   if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;
@@ -433,6 +435,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   // Worker 0 prints the job's RESULT line, its error line included (launch/main.cc); until now
   // rank 0 would have.
   SetPrintsResultLine(cluster->role() == Role::kWorker && cluster->role_index() == 0);
+  SetResultLineRank(cluster->layout().num_ps);  // worker 0's rank
   if (!job.ok()) cluster->Abort(job.status());
   if (!job->synthetic) {
     // The ranks agree before anything starts: a bad directory (or one missing on some host) ends

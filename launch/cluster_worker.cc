@@ -96,6 +96,15 @@ void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstr
     cluster->Abort(NotFoundError("cannot open --metrics_out file '" + flags.metrics_out + "'"));
 }
 
+bool MetricsOutWritten(const Cluster& cluster, const ClusterTrainFlags& flags,
+                       const std::ofstream& metrics) {
+  if (!metrics.is_open() || metrics.good()) return true;
+  std::cerr << "error: " << cluster.Describe() << ": "
+            << DataLossError("writing --metrics_out file '" + flags.metrics_out + "'").ToString()
+            << "\n";
+  return false;
+}
+
 bool PrefetchChangesNothing(const std::vector<ps::TableOptions>& tables) {
   for (const ps::TableOptions& t : tables)
     if (t.ttl_steps > 0 || t.max_memory_mb > 0) return false;
@@ -843,11 +852,11 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
     std::cerr << "trained " << summary.steps_run << " steps x " << num_workers << " workers in "
               << Fixed(train_seconds, 1) << " s, evaluated " << summary.eval.users
               << (summary.eval.ranked ? " users" : " rows") << "\n";
-    if (metrics.is_open()) {
-      WriteDatasetResultLine(metrics, cluster, summary, m);
-      if (!metrics) exit_code = 1;
-    }
-    DatasetResultLine(cluster, config, client, m, summary).Print();
+    if (metrics.is_open()) WriteDatasetResultLine(metrics, cluster, summary, m);
+    if (MetricsOutWritten(*cluster, flags, metrics))
+      DatasetResultLine(cluster, config, client, m, summary).Print();
+    else
+      exit_code = 1;
   }
   if (Status s = store->ShutdownServers(); !s.ok()) cluster->Abort(s);
   return exit_code;

@@ -81,6 +81,12 @@ void CheckReplicas(Cluster* cluster, const models::DenseParams<float>& params, i
 
 // Worker 0's --metrics_out (appended to); closed on the other workers and without the flag.
 void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics);
+// Worker 0 at the end of a run: whether `metrics` (--metrics_out, if open) took every line. If
+// not, the run failed: says so on stderr ("error: rank R (worker 0): DATA_LOSS: writing
+// --metrics_out file 'F'", which the run's error RESULT line takes), and the caller prints no
+// success RESULT line and returns exit code 1.
+bool MetricsOutWritten(const Cluster& cluster, const ClusterTrainFlags& flags,
+                       const std::ofstream& metrics);
 
 // Whether the next batch's pull may overlap a step (the trainers' Step `next`) at all: not with
 // TTL or a memory cap (a prefetch is served before this step's AdvanceStep, so its rows' ages and

@@ -274,6 +274,9 @@ void ReportException(std::exception_ptr e) {
 [[noreturn]] void OnTerminate() {
   if (std::exception_ptr e = std::current_exception()) {
     ReportException(e);
+    // Under mpirun this rank's exit ends the job, and mpirun may kill the rank that prints the
+    // job's RESULT line before it does: this one prints it.
+    if (ips::LaunchedUnderMpi()) ips::SetPrintsResultLine(true);
     FinishResult(ips::kExitError);
     std::_Exit(ips::kExitError);
   }

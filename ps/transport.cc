@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -15,6 +17,8 @@
 #include <ctime>
 #include <fstream>
 #include <utility>
+
+#include "common/result_line.h"
 
 namespace ips::ps {
 namespace {
@@ -56,6 +60,100 @@ bool ProcessAlive(int pid) {
 
 }  // namespace
 
+namespace {
+
+// Each rank's "ending the job" mark: a word of its bell page, in shared memory that the other
+// ranks on its host map. A rank ending the job sets its own before it says anything, so that
+// the others on the host can tell a rank that ended the job from one that died, and see which
+// rank prints the job's RESULT line.
+enum EndingMark : uint32_t {
+  kRunning = 0,
+  kEndingQuietly = 1,   // ending the job; another rank prints the RESULT line (or may)
+  kEndingPrinting = 2,  // ending the job and printing its RESULT line
+};
+
+}  // namespace
+
+// The marks of the live Transport (registered by Create, removed by its destructor): this
+// process's own and its peers' (null where not mapped: another host, no shared memory).
+struct EndingMarks {
+  std::atomic<uint32_t>* own = nullptr;
+  std::vector<const std::atomic<uint32_t>*> peers;
+};
+
+namespace {
+
+std::mutex g_marks_mu;
+EndingMarks* g_marks = nullptr;  // guarded by g_marks_mu
+
+void SetOwnMark(EndingMark mark) {
+  std::lock_guard<std::mutex> lock(g_marks_mu);
+  if (g_marks != nullptr && g_marks->own != nullptr) g_marks->own->store(mark);
+}
+
+bool APeerIsPrinting() {
+  std::lock_guard<std::mutex> lock(g_marks_mu);
+  if (g_marks == nullptr) return false;
+  for (const std::atomic<uint32_t>* mark : g_marks->peers)
+    if (mark != nullptr && mark->load() == kEndingPrinting) return true;
+  return false;
+}
+
+constexpr int kAbortExitCode = 1;  // mpirun's exit code after MPI_Abort(..., 1)
+
+// Ends the job; see AbortJob. `dead_rank` < 0: this rank's own failure. `dead_rank_ended_job`:
+// the dead rank's process is gone because it ended the job itself (its mark was set): it said
+// why, and the RESULT line is printed by it or by another, so this rank follows silently.
+[[noreturn]] void EndJob(const std::string& message, int dead_rank, bool dead_rank_ended_job) {
+  static std::atomic<bool> ending{false};
+  if (ending.exchange(true)) {
+    for (;;) pause();  // the first caller's MPI_Abort ends this process
+  }
+  if (dead_rank_ended_job) {
+    SetOwnMark(kEndingQuietly);
+    MPI_Abort(MPI_COMM_WORLD, kAbortExitCode);
+  }
+  std::fprintf(stderr, "%s\n", message.c_str());
+  std::fflush(stderr);
+  if (!PrintsResultLine()) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    const int result_rank = ResultLineRank();
+    const int backup = result_rank == 0 ? 1 : 0;
+    if (!(dead_rank == result_rank && rank == backup)) {
+      // The rank that prints the job's RESULT line (worker 0) may be ending the job too: for
+      // the same failure (one every worker hits alike) or having seen the same rank die. Its line
+      // should be the only one, and its MPI_Abort gets this rank killed; it is given a grace
+      // period, in which this rank also follows at once any rank on this host that marks itself
+      // printing. After it (the failure is this rank's alone, or worker 0 cannot print), this
+      // rank prints the line; the period grows with the rank, so that of several such ranks the
+      // lowest prints. Aborting at once would get worker 0 killed before it prints. When worker 0
+      // is the rank that died, the lowest other rank (the backup) prints at once.
+      SetOwnMark(kEndingQuietly);
+      const auto deadline = std::chrono::steady_clock::now() +
+                            std::chrono::milliseconds(1000 + 200 * std::min(rank, 40));
+      while (std::chrono::steady_clock::now() < deadline) {
+        if (APeerIsPrinting()) MPI_Abort(MPI_COMM_WORLD, kAbortExitCode);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    SetPrintsResultLine(true);
+  }
+  SetOwnMark(kEndingPrinting);
+  // The RESULT line's error is the message without the "ips: " that names the program on stderr.
+  constexpr std::string_view kProgram = "ips: ";
+  const std::string_view text(message);
+  NoteResultError(std::string(
+      text.substr(0, kProgram.size()) == kProgram ? text.substr(kProgram.size()) : text));
+  FinishRunResult(kAbortExitCode);
+  MPI_Abort(MPI_COMM_WORLD, kAbortExitCode);
+  std::abort();  // MPI_Abort does not return; keeps [[noreturn]] honest
+}
+
+}  // namespace
+
+void AbortJob(const std::string& message) { EndJob(message, -1, false); }
+
 struct Transport::Ticket::Slot {
   int peer = -1;
   std::mutex mu;
@@ -69,6 +167,8 @@ struct Transport::Ticket::Slot {
 struct alignas(64) Transport::Bell {
   std::atomic<uint32_t> seq{0};       // bumped by every ring; the futex word
   std::atomic<uint32_t> sleepers{0};  // threads in SleepOn: ringers skip the syscall when 0
+  // Request bell only: the owning process's EndingMark.
+  std::atomic<uint32_t> ending_mark{kRunning};
 };
 
 static_assert(sizeof(std::atomic<uint32_t>) == 4, "futex words are 32-bit");
@@ -208,17 +308,71 @@ StatusOr<std::unique_ptr<Transport>> Transport::Create(MPI_Comm comm, const Opti
     bell_ids.push_back(id.bell_id);
   }
   IPS_RETURN_IF_ERROR(t->OpenPeerBells(bell_ids));
+  t->ending_marks_ = std::make_unique<EndingMarks>();
+  if (!t->owned_bells_) t->ending_marks_->own = &t->own_bells_[kRequestBell].ending_mark;
+  for (int p = 0; p < t->size_; ++p)
+    t->ending_marks_->peers.push_back(p != t->rank_ && t->peer_bells_[p] != nullptr
+                                          ? &t->peer_bells_[p][kRequestBell].ending_mark
+                                          : nullptr);
+  {
+    std::lock_guard<std::mutex> lock(g_marks_mu);
+    g_marks = t->ending_marks_.get();
+  }
   const int64_t now = NowUs();
   t->last_heard_us_.assign(t->size_, now);
   t->departed_.assign(t->size_, false);
   t->last_heartbeat_us_ = 0;
   t->last_pid_check_us_ = now;
   t->thread_ = std::thread([p = t.get()] { p->Loop(); });
+  if (t->options_.watch_local_pids) {
+    for (int p = 0; p < t->size_; ++p) {
+      if (p == t->rank_ || t->hosts_[p] != t->hosts_[t->rank_]) continue;
+      const int fd = static_cast<int>(syscall(SYS_pidfd_open, t->pids_[p], 0));
+      if (fd >= 0) t->peer_pidfds_.push_back(fd);  // else (old kernel): the 100 ms check alone
+    }
+    t->exit_watch_stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (!t->peer_pidfds_.empty() && t->exit_watch_stop_fd_ >= 0)
+      t->exit_watch_thread_ = std::thread([p = t.get()] { p->WatchPeerExits(); });
+  }
   return t;
+}
+
+void Transport::WatchPeerExits() {
+  std::vector<pollfd> fds;
+  fds.push_back({exit_watch_stop_fd_, POLLIN, 0});
+  for (int fd : peer_pidfds_) fds.push_back({fd, POLLIN, 0});
+  while (fds.size() > 1) {
+    if (poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return;  // the 100 ms check still runs
+    }
+    if (fds[0].revents != 0) return;
+    for (size_t i = 1; i < fds.size();) {
+      if (fds[i].revents != 0) {
+        peer_exited_.store(true);
+        Ring(&own_bells_[kRequestBell]);
+        fds[i] = fds.back();  // an exited process stays readable: stop watching it
+        fds.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
 }
 
 Transport::~Transport() {
   if (thread_.joinable()) Shutdown();
+  if (exit_watch_thread_.joinable()) {
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t written = write(exit_watch_stop_fd_, &one, sizeof(one));
+    exit_watch_thread_.join();
+  }
+  if (exit_watch_stop_fd_ >= 0) close(exit_watch_stop_fd_);
+  for (int fd : peer_pidfds_) close(fd);
+  {
+    std::lock_guard<std::mutex> lock(g_marks_mu);
+    if (g_marks == ending_marks_.get()) g_marks = nullptr;
+  }
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (!own_bell_name_.empty()) shm_unlink(own_bell_name_.c_str());
   for (void* m : mappings_) munmap(m, kBellPageBytes);
@@ -514,15 +668,11 @@ void Transport::FailAllTickets(const std::string& why) {
 void Transport::DeclareDead(int peer, const std::string& why) {
   const std::string message =
       "ips: " + Describe(peer) + " " + why + "; " + Describe(rank_) + " is ending the job";
-  FailAllTickets(message);
-  if (options_.on_peer_dead) {
-    options_.on_peer_dead(peer, message);
-    departed_[peer] = true;  // report once
-    return;
-  }
-  std::fprintf(stderr, "%s\n", message.c_str());
-  std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, 1);
+  // A peer on this host that marked its bell page ended the job itself (its MPI_Abort is what
+  // ended its process): it said why and printed the job's RESULT line if it was its to print.
+  const bool peer_ended_job = peer_bells_[peer] != nullptr &&
+                              peer_bells_[peer][kRequestBell].ending_mark.load() != kRunning;
+  EndJob(message, peer, peer_ended_job);
 }
 
 void Transport::Deliver(int source, int tag, std::unique_ptr<char[]> bytes, size_t size) {
@@ -577,17 +727,16 @@ void Transport::CheckPeers() {
     if (now - last_heard_us_[p] > int64_t{options_.dead_after_ms} * 1000) {
       DeclareDead(p, "sent nothing for " + std::to_string(options_.dead_after_ms / 1000) +
                          " s (no heartbeat): it died or hangs");
-      return;
     }
   }
-  if (options_.watch_local_pids && now - last_pid_check_us_ >= 100000) {
+  if (options_.watch_local_pids &&
+      (peer_exited_.exchange(false) || now - last_pid_check_us_ >= 100000)) {
     last_pid_check_us_ = now;
     for (int p = 0; p < size_; ++p) {
       if (p == rank_ || departed_[p] || hosts_[p] != hosts_[rank_]) continue;
       if (!ProcessAlive(pids_[p])) {
         DeclareDead(p,
                     "died (process " + std::to_string(pids_[p]) + " on " + hosts_[p] + " is gone)");
-        return;
       }
     }
   }

@@ -59,6 +59,22 @@
 
 namespace ips::ps {
 
+// Ends the whole MPI job from this process, for a failure of this rank's own that it cannot
+// recover from: prints `message` to stderr and the run's error RESULT line to stdout
+// (common/result_line.h), then MPI_Abort(MPI_COMM_WORLD, 1). Of the ranks, the one that prints
+// the job's RESULT line (worker 0) prints it at once; another prints it after a grace period of
+// 1 s + 0.2 s per rank, unless mpirun has killed it by then (worker 0 ended the job for the same
+// reason, with its own line). A rank's death is reported by Transport (the same, for the dead
+// rank's peers: worker 0 prints the line, or the lowest other rank if worker 0 died; a peer on
+// the same host that ended the job with AbortJob is followed silently, not reported as dead).
+// Only the first call in a process does this; a concurrent or later one (another thread that saw
+// the same failure) sleeps until the process is killed: Open MPI's MPI_Abort is not safe to enter
+// from two threads at once (a worker whose comm thread and trainer thread both saw a peer die
+// crashed in its help-message parser).
+[[noreturn]] void AbortJob(const std::string& message);
+
+struct EndingMarks;  // ps/transport.cc
+
 // One message: [id u64][kind u32][meta_len u32][meta bytes][pad to 8][payload]. Move-only; the
 // storage is uninitialised on creation (payloads are several MB; no zero-fill).
 class Frame {
@@ -114,9 +130,6 @@ class Transport {
     // spinning thread holds a core, as blocking MPI calls do; it saves the two wake-ups of a
     // round trip. 0: never spin.
     int spin_us = 0;
-    // Called on the comm thread when a peer is dead, with a message naming its rank and role.
-    // Default: print it to stderr and MPI_Abort(MPI_COMM_WORLD, 1).
-    std::function<void(int rank, const std::string& message)> on_peer_dead;
   };
 
   // Duplicates `comm` (the transport's traffic never matches anyone else's receives),
@@ -191,7 +204,8 @@ class Transport {
   // One pass of the loop; returns whether anything happened.
   bool Poll();
   void CheckPeers();
-  void DeclareDead(int peer, const std::string& why);
+  // Ends the job (AbortJob) with a message naming the dead peer and this rank.
+  [[noreturn]] void DeclareDead(int peer, const std::string& why);
   void FailAllTickets(const std::string& why);
 
   void Deliver(int source, int tag, std::unique_ptr<char[]> bytes, size_t size);
@@ -217,7 +231,9 @@ class Transport {
   std::vector<Bell*> peer_bells_;        // per rank: its [2] bells, nullptr = none (poll)
   std::vector<void*> mappings_;          // shared-memory mappings to unmap
   std::string own_bell_name_;            // shm name until unlinked
-  bool all_peers_ring_ = false;          // every peer can ring this rank's bells
+  // This process's and its peers' ending marks (in the bell pages), registered for AbortJob.
+  std::unique_ptr<EndingMarks> ending_marks_;
+  bool all_peers_ring_ = false;  // every peer can ring this rank's bells
 
   struct PendingSend {
     MPI_Request request;
@@ -236,6 +252,15 @@ class Transport {
   int rank_ = 0, size_ = 1;
   std::vector<int> pids_;
   std::vector<std::string> hosts_;
+  // Exit watch of the peers on this host (watch_local_pids, where pidfd_open works): a thread
+  // blocked in poll(2) on their pidfds raises peer_exited_ and rings this rank's request bell, so
+  // that the comm thread checks them at once rather than at its next 100 ms check. mpirun kills
+  // every rank soon after one is killed; the survivors must see it first to say which died.
+  void WatchPeerExits();
+  std::thread exit_watch_thread_;
+  std::vector<int> peer_pidfds_;          // local peers' pidfds (closed at the end)
+  int exit_watch_stop_fd_ = -1;           // eventfd that ends the watch
+  std::atomic<bool> peer_exited_{false};  // a watched peer's process has exited
 
   std::thread thread_;
   std::atomic<bool> shutdown_requested_{false};

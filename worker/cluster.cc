@@ -173,11 +173,7 @@ std::string Cluster::Describe() const {
 }
 
 void Cluster::Abort(const Status& status) const {
-  std::fprintf(stderr, "ips: %s: %s; ending the job\n", Describe().c_str(),
-               status.ToString().c_str());
-  std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  std::abort();  // MPI_Abort does not return; keeps [[noreturn]] honest
+  ps::AbortJob("ips: " + Describe() + ": " + status.ToString() + "; ending the job");
 }
 
 }  // namespace ips

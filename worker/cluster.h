@@ -115,7 +115,8 @@ class Cluster {
   // The workers' collective; null on PS ranks.
   Collective* collective() { return collective_.get(); }
 
-  // Prints "ips: rank R (role): <status>" to stderr and ends the whole job (MPI_Abort).
+  // Ends the whole job with "ips: rank R (role): <status>; ending the job" (ps::AbortJob: stderr,
+  // the error RESULT line, MPI_Abort).
   [[noreturn]] void Abort(const Status& status) const;
 
  private:

@@ -5,8 +5,9 @@
 // printed by every failing rank, it would have printed N.
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,15 +17,7 @@ namespace ips {
 namespace {
 
 using testing::MpiRun;
-
-// The lines of `text` that start with "RESULT ".
-std::vector<std::string> ResultLines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("RESULT ", 0) == 0) out.push_back(line);
-  return out;
-}
+using testing::ResultLines;
 
 std::string SourceConfig(const std::string& name) {
   return std::string(std::getenv("IPS_SOURCE_DIR")) + "/launch/configs/" + name;
@@ -93,6 +86,107 @@ TEST(ResultLineMpi, ALayoutThatCannotWorkNamesTheSetOfNumPs) {
   ASSERT_EQ(lines.size(), 1u) << r.output;
   EXPECT_EQ(lines[0], "RESULT train_cluster status=error exit=1 error=\"rank 0: " + error + "\"")
       << r.output;
+}
+
+// A rank killed (SIGKILL) in the middle of training: the ranks that see it die end the job, and
+// its stdout ends with one RESULT line, status=error, naming the dead rank and its role. mpirun
+// runs with --enable-recovery, so that the ranks end the job themselves rather than mpirun
+// killing them all when the rank dies (what it does by default, racing the ranks' own end).
+// Before, an ended job printed no RESULT line, and a worker whose comm thread and trainer thread
+// both ended the job crashed inside MPI_Abort ("Segmentation fault" in Open MPI's help parser).
+MpiRun KillRankWhileTraining(int rank) {
+  const std::string metrics =
+      testing::TempRoot() + "/result_line_mpi_kill_" + std::to_string(getpid()) + ".jsonl";
+  std::remove(metrics.c_str());
+  const MpiRun r = testing::RunMpiActing(
+      IPS_BINARY, 3,
+      "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+          " --set cluster.num_ps=1 --set data.synthetic.steps=1000 --set "
+          "data.synthetic.warmup_steps=0"
+          " --set train.log_every_steps=2 --metrics_out " +
+          metrics,
+      // Training has started once worker 0 has written a metrics line.
+      [&] { return !testing::ReadFile(metrics).empty(); },
+      [rank](pid_t mpirun) {
+        const pid_t pid = testing::RankPid(mpirun, rank);
+        EXPECT_GT(pid, 0) << "no rank " << rank << " under mpirun " << mpirun;
+        if (pid > 0) kill(pid, SIGKILL);
+      },
+      90);
+  std::remove(metrics.c_str());
+  return r;
+}
+
+void ExpectOneErrorLineNaming(const MpiRun& r, const std::string& dead) {
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.output;
+  EXPECT_LT(r.seconds, 60) << r.output;
+  EXPECT_EQ(r.err.find("Segmentation fault"), std::string::npos) << r.output;
+  const std::vector<std::string> lines = ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(
+      lines[0].rfind("RESULT train_cluster status=error exit=1 error=\"" + dead + " died (", 0), 0u)
+      << r.output;
+}
+
+// QA: worker 0 alone failing (a checkpoint.dir only it creates) ends the job itself; the server,
+// finding worker 0's process gone, reported "rank 1 (worker 0) died" and printed a second RESULT
+// line. A rank that ends the job marks it first (ps/transport.h AbortJob), and its peers follow.
+TEST(ResultLineMpi, WorkerZeroEndingTheJobIsNotReportedAsDeadBySomeoneElse) {
+  const MpiRun r = testing::RunMpi(
+      IPS_BINARY, 3,
+      "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+          " --set cluster.num_ps=1 --set data.synthetic.steps=5 --set "
+          "data.synthetic.warmup_steps=0 --set checkpoint.dir=/proc/ips_no_such_dir",
+      60);
+  EXPECT_NE(r.exit_code, 124) << "hung: " << r.output;
+  EXPECT_EQ(r.err.find("died"), std::string::npos) << r.output;
+  const std::vector<std::string> lines = ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(lines[0].rfind("RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): "
+                           "INTERNAL: /proc/ips_no_such_dir: cannot create directory",
+                           0),
+            0u)
+      << r.output;
+}
+
+// QA: worker 0 failing to write --metrics_out at the end exited 1 after printing the job's
+// success RESULT line, with no message. Now the write error is the job's error.
+TEST(ResultLineMpi, AMetricsOutThatCannotBeWrittenIsTheJobsError) {
+  const MpiRun r =
+      testing::RunMpi(IPS_BINARY, 2,
+                      "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                          " --set data.synthetic.steps=3 --set data.synthetic.warmup_steps=0 --set "
+                          "data.synthetic.num_items=1000 --metrics_out /dev/full",
+                      60);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.err.find("error: rank 1 (worker 0): DATA_LOSS: writing --metrics_out file "
+                       "'/dev/full'"),
+            std::string::npos)
+      << r.output;
+  const std::vector<std::string> lines = ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(lines[0],
+            "RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): DATA_LOSS: "
+            "writing --metrics_out file '/dev/full'\"")
+      << r.output;
+}
+
+TEST(ResultLineMpi, AKilledWorkerEndsTheJobWithOneErrorLineNamingIt) {
+  const MpiRun r = KillRankWhileTraining(2);
+  ExpectOneErrorLineNaming(r, "rank 2 (worker 1)");
+}
+
+TEST(ResultLineMpi, AKilledServerEndsTheJobWithOneErrorLineNamingIt) {
+  const MpiRun r = KillRankWhileTraining(0);
+  ExpectOneErrorLineNaming(r, "rank 0 (ps 0)");
+}
+
+// Worker 0, the rank that prints the job's RESULT line, killed: the lowest other rank (the
+// server, rank 0) prints it at once; worker 1, which sees the death too, would print only after
+// a grace period, which the server's MPI_Abort (or mpirun) ends first.
+TEST(ResultLineMpi, AKilledWorkerZeroEndsTheJobWithOneErrorLineFromAnotherRank) {
+  const MpiRun r = KillRankWhileTraining(1);
+  ExpectOneErrorLineNaming(r, "rank 1 (worker 0)");
 }
 
 }  // namespace

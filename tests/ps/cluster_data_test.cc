@@ -310,7 +310,11 @@ TEST_F(ClusterData, BadTrainDirTooSmallForTheWorkersFailsAsConfigCheckSays) {
   EXPECT_NE(r.exit_code, 0) << r.err;
   EXPECT_NE(r.exit_code, 124) << "hung: " << r.err;
   EXPECT_NE(r.err.find(want), std::string::npos) << r.err;
-  EXPECT_EQ(r.out.find("RESULT"), std::string::npos) << r.out;
+  // The job's one RESULT line: worker 0's error (before, a job ended so printed none).
+  const std::vector<std::string> lines = testing::ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  EXPECT_EQ(lines[0], "RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): " +
+                          want + "; ending the job\"");
   // Two workers get a batch each.
   EXPECT_EQ(RunIps("config check --config " + config + sets + " --np 3").exit_code, 0);
 }
@@ -497,7 +501,13 @@ TEST_F(ClusterData, OneWorkerResumeOnAnotherVocabularyIsRefused) {
   EXPECT_NE(other.err.find("but data.train_dir '" + Dir() + "/ds_shifted' (events: "),
             std::string::npos)
       << other.err;
-  EXPECT_EQ(other.out.find("RESULT"), std::string::npos) << other.out;
+  const std::vector<std::string> lines = testing::ResultLines(other.out);
+  ASSERT_EQ(lines.size(), 1u) << other.out;
+  EXPECT_EQ(lines[0].rfind("RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): "
+                           "INVALID_ARGUMENT: --resume ",
+                           0),
+            0u)
+      << lines[0];
 
   MpiRun again =
       RunMpiIps(2, "train --quiet --config " + Config("voc_again", "", Dir() + "/ds_again") +

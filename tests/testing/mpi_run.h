@@ -6,6 +6,7 @@
 #ifndef IPS_TESTS_TESTING_MPI_RUN_H_
 #define IPS_TESTS_TESTING_MPI_RUN_H_
 
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/timer.h"
 #include "ps/checkpoint_io.h"
@@ -110,13 +112,14 @@ inline MpiRun RunMpi(const std::string& program, int np, const std::string& args
   return r;
 }
 
-// mpirun as RunMpi, but once `ready()` holds (polled every 20 ms) signal `sig` is sent to the
-// mpirun process itself, as a user or a scheduler stops a job; then waited for. mpirun runs in
-// its own process group, which is SIGKILLed (ranks included) when timeout_s passes; exit_code is
-// then 124. ready() never holding before mpirun exits: the signal is not sent.
-inline MpiRun RunMpiSignalled(const std::string& program, int np, const std::string& args, int sig,
-                              const std::function<bool()>& ready, int timeout_s,
-                              const std::string& mpirun_flags = "") {
+// mpirun as RunMpi, but once `ready()` holds (polled every 20 ms) `act(pid of mpirun)` runs,
+// once; then waited for. mpirun runs in its own process group, which is SIGKILLed (ranks
+// included) when timeout_s passes; exit_code is then 124. ready() never holding before mpirun
+// exits: act does not run.
+inline MpiRun RunMpiActing(const std::string& program, int np, const std::string& args,
+                           const std::function<bool()>& ready,
+                           const std::function<void(pid_t)>& act, int timeout_s,
+                           const std::string& mpirun_flags = "") {
   const MpiRunFiles files;
   const std::string cmd =
       "mkdir -p " + files.session() + " && exec " + files.Command(program, np, args, mpirun_flags);
@@ -130,7 +133,7 @@ inline MpiRun RunMpiSignalled(const std::string& program, int np, const std::str
   }
   EXPECT_GT(pid, 0) << "fork failed";
   if (pid <= 0) return r;
-  bool signalled = false;
+  bool acted = false;
   int status = 0;
   for (;;) {
     if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -143,15 +146,69 @@ inline MpiRun RunMpiSignalled(const std::string& program, int np, const std::str
       r.exit_code = 124;
       break;
     }
-    if (!signalled && ready()) {
-      kill(pid, sig);
-      signalled = true;
+    if (!acted && ready()) {
+      act(pid);
+      acted = true;
     }
     usleep(20000);
   }
   r.seconds = timer.Seconds();
   files.Collect(&r);
   return r;
+}
+
+// RunMpiActing that sends `sig` to the mpirun process itself, as a user or a scheduler stops a
+// job.
+inline MpiRun RunMpiSignalled(const std::string& program, int np, const std::string& args, int sig,
+                              const std::function<bool()>& ready, int timeout_s,
+                              const std::string& mpirun_flags = "") {
+  return RunMpiActing(
+      program, np, args, ready, [sig](pid_t mpirun) { kill(mpirun, sig); }, timeout_s,
+      mpirun_flags);
+}
+
+// The pid of MPI rank `rank` among the children of process `parent` (mpirun on one host starts
+// the ranks itself), found by the OMPI_COMM_WORLD_RANK in their environment; -1 if none.
+inline pid_t RankPid(pid_t parent, int rank) {
+  const std::string want = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  pid_t found = -1;
+  while (dirent* e = readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    // /proc/PID/stat: "PID (comm) STATE PPID ...", comm may hold spaces: read after the last ')'.
+    const std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    int ppid = -1;
+    char state = 0;
+    if (std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) != 2 || ppid != parent)
+      continue;
+    const std::string env = ReadFile("/proc/" + std::to_string(pid) + "/environ");
+    size_t at = 0;
+    for (size_t end; at < env.size(); at = end + 1) {
+      end = env.find('\0', at);
+      if (end == std::string::npos) end = env.size();
+      if (env.compare(at, end - at, want) == 0) found = pid;
+    }
+    if (found > 0) break;
+  }
+  closedir(proc);
+  return found;
+}
+
+// The lines of `text` (a run's stdout) that start with "RESULT ".
+inline std::vector<std::string> ResultLines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    if (text.compare(at, 7, "RESULT ") == 0) out.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return out;
 }
 
 // RunMpi of this test binary (its mpirun side: see MpiTestMain).
