@@ -33,7 +33,7 @@ class Collective {
   // accepts device memory). INVALID_ARGUMENT for n < 0 or null data with n > 0; INTERNAL (MPI)
   // or UNAVAILABLE (NCCL) naming the failing call.
   virtual Status AllReduceSum(float* data, int64_t n) = 0;
-  // AllReduceSum, then divides by size().
+  // AllReduceSum, then divides by size() on the host: `data` must be host memory here.
   Status AllReduceMean(float* data, int64_t n);
   // Copies root's bytes[0, n) to every rank.
   virtual Status Broadcast(void* data, int64_t bytes, int root) = 0;

@@ -38,13 +38,24 @@ class NcclCollective : public Collective {
     MPI_Comm_size(comm, &size_);
     IPS_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
     IPS_RETURN_IF_ERROR(CudaStatus(cudaStreamCreate(&stream_), "cudaStreamCreate"));
-    ncclUniqueId id;
-    if (rank_ == 0) IPS_RETURN_IF_ERROR(NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+    // Rank 0's id goes out with whether it could make one: a rank 0 that returned before the
+    // broadcast would leave the others waiting in it.
+    struct {
+      int ok;
+      ncclUniqueId id;
+    } bootstrap{};
+    Status made = Status::Ok();
+    if (rank_ == 0) {
+      made = NcclStatus(ncclGetUniqueId(&bootstrap.id), "ncclGetUniqueId");
+      bootstrap.ok = made.ok() ? 1 : 0;
+    }
     MPI_Request req;
-    IPS_RETURN_IF_ERROR(
-        ps::MpiStatus(MPI_Ibcast(&id, sizeof(id), MPI_BYTE, 0, comm, &req), "MPI_Ibcast(nccl id)"));
+    IPS_RETURN_IF_ERROR(ps::MpiStatus(
+        MPI_Ibcast(&bootstrap, sizeof(bootstrap), MPI_BYTE, 0, comm, &req), "MPI_Ibcast(nccl id)"));
     IPS_RETURN_IF_ERROR(ps::WaitWithoutSpinning(&req, "MPI_Ibcast(nccl id)"));
-    return NcclStatus(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
+    if (!made.ok()) return made;
+    if (bootstrap.ok == 0) return UnavailableError("NCCL: rank 0 could not make the unique id");
+    return NcclStatus(ncclCommInitRank(&comm_, size_, bootstrap.id, rank_), "ncclCommInitRank");
   }
 
   Status AllReduceSum(float* data, int64_t n) override {
