@@ -92,6 +92,11 @@ Status FlagSet::Parse(const std::vector<std::string>& args) {
     if (f.kind == Kind::kRepeated) {
       f.values.push_back(value);
     } else {
+      // Which of two values was meant is anyone's guess (a script's default and the user's
+      // override?): refused rather than the last one taken silently.
+      if (f.set && f.value != value)
+        return InvalidArgumentError("flag --" + name + " given twice, as '" + f.value +
+                                    "' and as '" + value + "': give it once");
       f.value = value;
     }
     f.set = true;

@@ -2,8 +2,9 @@
 //
 // Each subcommand declares its flags (name, help, default) and parses argv. Accepts `--name value`
 // and `--name=value`; boolean flags take no value (`--fp16`). Repeatable flags (`--set a=b`)
-// collect every occurrence. An unknown flag, a missing value or a value of the wrong type is an
-// INVALID_ARGUMENT naming the flag; the caller prints Usage() and exits 2.
+// collect every occurrence; any other flag given twice with different values is refused. An
+// unknown flag, a missing value or a value of the wrong type is an INVALID_ARGUMENT naming the
+// flag; the caller prints Usage() and exits 2.
 #ifndef IPS_COMMON_FLAGS_H_
 #define IPS_COMMON_FLAGS_H_
 

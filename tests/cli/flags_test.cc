@@ -68,6 +68,31 @@ TEST(Flags, ErrorsNameTheFlag) {
   }
 }
 
+// QA: `--shards 2 --shards 3` took 3 silently. A flag given twice with different values is
+// refused; the same value twice, or a repeatable flag, is fine.
+TEST(Flags, AFlagGivenTwiceWithDifferentValuesIsRefused) {
+  {
+    FlagSet f = MakeFlags();
+    Status s = f.Parse({"--input", "a", "--shards", "2", "--shards=3"});
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("flag --shards given twice, as '2' and as '3': give it once"),
+              std::string::npos)
+        << s;
+  }
+  {
+    FlagSet f = MakeFlags();
+    Status s = f.Parse({"--input", "a", "--input", "b"});
+    EXPECT_NE(s.message().find("flag --input given twice, as 'a' and as 'b'"), std::string::npos)
+        << s;
+  }
+  FlagSet f = MakeFlags();
+  ASSERT_TRUE(f.Parse({"--input", "a", "--shards", "2", "--shards", "2", "--fp16", "--fp16",
+                       "--set", "x=1", "--set", "x=2"})
+                  .ok());
+  EXPECT_EQ(f.GetInt("shards"), 2);
+  EXPECT_EQ(f.GetRepeated("set"), (std::vector<std::string>{"x=1", "x=2"}));
+}
+
 TEST(Flags, UsageListsEveryFlag) {
   FlagSet f = MakeFlags();
   const std::string u = f.Usage();
