@@ -45,7 +45,9 @@ void DeclareConvertFlags(FlagSet* f) {
                             " (seqrec: `user item` per line in time order, space/tab separated; "
                             "extra columns are ignored, as the peer does; item ids >= 1, 0 is "
                             "padding)");
-  f->Required("input", "input file (plain or gzip), or directory for movielens100k/movielens1m");
+  f->Required("input",
+              "input file (plain or gzip; a pipe or FIFO too), or directory for "
+              "movielens100k/movielens1m (movielens1m: every ratings*.dat[.gz] in it)");
   f->Required("output",
               "output dataset directory (created if missing; an existing one must be empty or "
               "hold an earlier conversion)");

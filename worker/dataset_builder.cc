@@ -53,6 +53,33 @@ StatusOr<std::string> FindBeside(const std::string& dir, const std::string& name
   return NotFoundError(plain + ": not found (nor " + gz + ")");
 }
 
+// The ratings files of a MovieLens-1M directory, as paths in sorted name order: every regular
+// file named ratings*.dat or ratings*.dat.gz (the official ratings.dat, or pieces of it such as
+// shared/data's ratings.users_0001-2999.dat.gz). They are all read, as one concatenated input:
+// taking only one silently dropped the others. A piece present both plain and gzipped is one
+// file: the plain one is read, as FindBeside does. Other names (ratings.dat.bak, ratings.csv) are
+// not ratings pieces and are left alone.
+StatusOr<std::vector<std::string>> MovieLens1mRatingsFiles(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return NotFoundError(dir + ": cannot list: " + std::strerror(errno));
+  std::set<std::string> names;
+  while (const dirent* de = ::readdir(d)) {
+    const std::string name = de->d_name;
+    if (name.rfind("ratings", 0) == 0 && (EndsWith(name, ".dat") || EndsWith(name, ".dat.gz")) &&
+        IsFile(dir + "/" + name))
+      names.insert(name);
+  }
+  ::closedir(d);
+  std::vector<std::string> paths;
+  for (const std::string& name : names)
+    if (!EndsWith(name, ".gz") || names.count(name.substr(0, name.size() - 3)) == 0)
+      paths.push_back(dir + "/" + name);
+  if (paths.empty())
+    return NotFoundError(dir + ": no MovieLens-1M ratings file (ratings.dat, or ratings*.dat or " +
+                         "ratings*.dat.gz pieces of it)");
+  return paths;
+}
+
 Status MakeDirs(const std::string& dir) {
   std::string cur;
   size_t i = 0;
@@ -862,36 +889,63 @@ StatusOr<Manifest> Convert(const ConvertOptions& opt, LineStats* stats_out) {
         return true;
       }));
     } else if (opt.format == "movielens1m") {
+      std::vector<std::string> ratings = {opt.input};
       if (IsDir(opt.input)) {
-        auto found = FindBeside(opt.input, "ratings.dat", false);
-        if (!found.ok()) {
-          // Partial copies are named e.g. ratings.users_0001-2999.dat.gz: take the first
-          // (sorted) ratings*.dat* in the directory.
-          std::vector<std::string> names;
-          if (DIR* dir = ::opendir(opt.input.c_str())) {
-            while (dirent* de = ::readdir(dir)) {
-              const std::string name = de->d_name;
-              if (name.rfind("ratings", 0) == 0 && name.find(".dat") != std::string::npos)
-                names.push_back(name);
-            }
-            ::closedir(dir);
-          }
-          std::sort(names.begin(), names.end());
-          if (names.empty()) return found.status();
-          data_path = opt.input + "/" + names[0];
+        IPS_ASSIGN_OR_RETURN(ratings, MovieLens1mRatingsFiles(opt.input));
+        // Errors about the events as a whole name the directory and every file read.
+        if (ratings.size() > 1) {
+          data_path = opt.input + " (";
+          for (size_t i = 0; i < ratings.size(); ++i)
+            data_path += (i ? " + " : "") + ratings[i].substr(opt.input.size() + 1);
+          data_path += ")";
         } else {
-          data_path = *found;
+          data_path = ratings[0];
         }
       }
-      IPS_ASSIGN_OR_RETURN(std::string movies_path, FindBeside(DirName(data_path), "movies.dat",
-                                                               EndsWith(data_path, ".gz")));
+      IPS_ASSIGN_OR_RETURN(std::string movies_path, FindBeside(DirName(ratings[0]), "movies.dat",
+                                                               EndsWith(ratings[0], ".gz")));
       IPS_RETURN_IF_ERROR(ReadItemTable(movies_path, &item_cat, ParseMovieLens1mMovie));
-      IPS_RETURN_IF_ERROR(ReadLines(data_path, opt, &stats, [&](std::string_view l, FieldError* e) {
-        if (!ParseMovieLens1mRating(l, &ev, e)) return false;
-        if (!set_category("a movie id listed in movies.dat", e)) return false;
-        events.push_back(ev);
-        return true;
-      }));
+      // Several files are one input, read in sorted name order as if concatenated. A (user,
+      // movie) pair already rated in an earlier file is a bad line: ML-1M has one rating per
+      // pair, so the files overlap (one is a copy or a superset of another, e.g. the complete
+      // ratings.dat beside a partial piece) and reading both would duplicate those users'
+      // events. A pair repeated within one file is read as it always was.
+      struct PairHash {
+        size_t operator()(const std::pair<uint64_t, uint64_t>& p) const {
+          return Mix64(p.first ^ Mix64(p.second));
+        }
+      };
+      std::unordered_map<std::pair<uint64_t, uint64_t>, uint32_t, PairHash> earlier;
+      std::string overlap_expected;  // the `expected` of that error (viewed until formatted)
+      size_t indexed = 0;            // events[0, indexed) are in `earlier`
+      for (size_t f = 0; f < ratings.size(); ++f) {
+        IPS_RETURN_IF_ERROR(
+            ReadLines(ratings[f], opt, &stats, [&](std::string_view l, FieldError* e) {
+              if (!ParseMovieLens1mRating(l, &ev, e)) return false;
+              if (!set_category("a movie id listed in movies.dat", e)) return false;
+              if (!earlier.empty()) {
+                const auto it = earlier.find({ev.user, ev.item});
+                if (it != earlier.end()) {
+                  overlap_expected = "a movie user " + std::to_string(ev.user) +
+                                     " did not rate in " + ratings[it->second] +
+                                     " (the ratings files overlap)";
+                  missing_item = std::to_string(ev.item);
+                  e->field = "item";
+                  e->expected = overlap_expected.c_str();
+                  e->got = missing_item;
+                  return false;
+                }
+              }
+              events.push_back(ev);
+              return true;
+            }));
+        if (f + 1 < ratings.size()) {
+          for (size_t i = indexed; i < events.size(); ++i)
+            earlier.emplace(std::make_pair(events[i].user, events[i].item),
+                            static_cast<uint32_t>(f));
+          indexed = events.size();
+        }
+      }
     } else if (opt.format == "seqrec") {
       IPS_RETURN_IF_ERROR(ReadLines(data_path, opt, &stats, [&](std::string_view l, FieldError* e) {
         if (!ParseSeqRecLine(l, &ev, e)) return false;

@@ -37,7 +37,7 @@ namespace ips {
 
 struct ConvertOptions {
   std::string format;      // movielens100k | movielens1m | seqrec | taobao | dien | events
-  std::string input;       // file, or directory for the MovieLens formats
+  std::string input;       // file (or pipe, FIFO), or directory for the MovieLens formats
   std::string eval_input;  // dien only: the test file (optional)
   std::string output;      // directory (created if missing)
   int shards = 1;
@@ -74,7 +74,9 @@ Status CheckConvertOutput(const std::string& output);
 
 // Runs the whole conversion. Errors: INVALID_ARGUMENT for bad options, for a malformed line
 // ("file:line: field: expected ... (got '...')") when more than max_bad_records lines are bad
-// (a MovieLens rating of an item missing from u.item / movies.dat is such a line), and for input
+// (a MovieLens rating of an item missing from u.item / movies.dat is such a line, and so is a
+// movielens1m rating already read from an earlier ratings file of the same directory: every
+// ratings*.dat[.gz] there is read, in sorted name order, as one input), and for input
 // that would give a dataset the readers reject, that cannot train or that evaluates to NaN or
 // to a meaningless ranking ("file: no usable events", "file: no user has >= N events", no user
 // with the 3 events leave-one-out evaluation needs, "file: no training rows" when no user keeps

@@ -1,7 +1,10 @@
 #include "worker/line_reader.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -10,6 +13,17 @@ namespace {
 constexpr size_t kBufferBytes = 1 << 20;
 // A line longer than this is certainly not one of our formats: fail instead of eating memory.
 constexpr size_t kMaxLineBytes = 64 << 20;
+
+// zlib's message without the "<fd:N>: " prefix it puts before messages of a gzdopen()ed file:
+// the caller names the file itself.
+std::string ZlibMessage(const char* msg) {
+  std::string what = msg ? msg : "unknown";
+  if (what.rfind("<fd:", 0) == 0) {
+    const size_t end = what.find(">: ");
+    if (end != std::string::npos) what.erase(0, end + 3);
+  }
+  return what.empty() ? "unknown" : what;
+}
 }  // namespace
 
 std::string_view LineReader::StripBom(std::string_view piece) const {
@@ -22,20 +36,40 @@ std::string_view LineReader::StripBom(std::string_view piece) const {
 }
 
 StatusOr<bool> IsGzipFile(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
+  // read(2), not stdio: only the two bytes asked for are consumed (stdio would take 4 KiB).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
   unsigned char magic[2] = {0, 0};
-  const size_t n = std::fread(magic, 1, 2, f);
-  std::fclose(f);
+  size_t n = 0;
+  while (n < 2) {
+    const ssize_t got = ::read(fd, magic + n, 2 - n);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    n += static_cast<size_t>(got);
+  }
+  ::close(fd);
   return n == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
 }
 
 StatusOr<std::unique_ptr<LineReader>> LineReader::Open(const std::string& path) {
-  IPS_ASSIGN_OR_RETURN(bool gzip, IsGzipFile(path));
-  // gzopen reads non-gzip files transparently, so one code path serves both.
-  gzFile gz = gzopen(path.c_str(), "rb");
-  if (gz == nullptr) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
-  gzbuffer(gz, 256 << 10);
+  // The path is opened exactly once and zlib both detects and reads through that descriptor.
+  // Sniffing the magic bytes through a separate open (as IsGzipFile does) and then opening again
+  // loses data on anything that is not a regular file: on a pipe (/dev/stdin, <(...)) the first
+  // read consumed bytes the second open never sees, and on a named FIFO the second open waits
+  // forever for a writer that has already finished.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
+  // gzdopen reads non-gzip data transparently, so one code path serves both.
+  gzFile gz = gzdopen(fd, "rb");
+  if (gz == nullptr) {
+    const int err = errno;
+    ::close(fd);
+    return NotFoundError(path + ": cannot open: " + std::strerror(err));
+  }
+  gzbuffer(gz, 256 << 10);  // before gzdirect, which allocates the buffers
+  // gzdirect reads the first bytes into zlib's own buffer (nothing is lost) to look for the
+  // gzip magic 1f 8b: 0 means a gzip stream, 1 plain data.
+  const bool gzip = gzdirect(gz) == 0;
   return std::unique_ptr<LineReader>(new LineReader(path, gz, gzip));
 }
 
@@ -59,8 +93,7 @@ Status LineReader::Fill() {
                        static_cast<unsigned>(buf_.size() - end_));
   if (n < 0) {
     int err = 0;
-    const char* msg = gzerror(static_cast<gzFile>(gz_), &err);
-    const std::string what = msg ? msg : "unknown";
+    const std::string what = ZlibMessage(gzerror(static_cast<gzFile>(gz_), &err));
     // zlib checks a stream's CRC only at its end, so a corrupt file often fails here, lines
     // after the corruption: say that the data is corrupt, not where it went wrong.
     if (gzip_ && err == Z_DATA_ERROR)

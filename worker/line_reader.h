@@ -18,12 +18,16 @@
 
 namespace ips {
 
-// True if the file starts with the gzip magic bytes. NOT_FOUND if it cannot be opened.
+// True if the file starts with the gzip magic bytes. NOT_FOUND if it cannot be opened. It reads
+// the first two bytes, so on a pipe or FIFO they are gone: LineReader does not use it.
 StatusOr<bool> IsGzipFile(const std::string& path);
 
 class LineReader {
  public:
-  // Opens `path` for reading. NOT_FOUND if the file does not exist or cannot be opened.
+  // Opens `path` for reading. NOT_FOUND if the file does not exist or cannot be opened. The path
+  // is opened once and every byte is read once, so it may be a pipe, a FIFO, /dev/stdin or a
+  // shell's <(...) as well as a regular file (plain or gzip alike). Opening a FIFO waits for its
+  // writer, as any reader of it does.
   static StatusOr<std::unique_ptr<LineReader>> Open(const std::string& path);
   ~LineReader();
   LineReader(const LineReader&) = delete;
@@ -38,7 +42,8 @@ class LineReader {
   int64_t line_number() const { return line_number_; }
   const std::string& path() const { return path_; }
   bool gzip() const { return gzip_; }
-  // Compressed bytes consumed so far (for progress against the file size).
+  // Compressed bytes consumed so far (for progress against the file size); -1 when the input is
+  // not seekable (a pipe or FIFO).
   int64_t compressed_offset() const;
 
  private:

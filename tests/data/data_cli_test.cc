@@ -145,6 +145,30 @@ TEST(DataCli, DatasetsThatCannotTrainOrHaveNoNegativeExitOneNamingTheInput) {
       << "a refused conversion wrote " << dir.File("out");
 }
 
+// `cat f | ips data convert --input /dev/stdin` lost the first 4 KiB of the pipe (the gzip check
+// read them through stdio before the file was opened again) and exited 0 with fewer lines; a
+// gzip stream piped in was read as text and refused. Every line is read, plain and gzip alike.
+TEST(DataCli, InputFromAPipeReadsEveryLinePlainAndGzip) {
+  testing::TempDir dir;
+  std::string lines;
+  // 2000 lines (~16 KiB): 20 users, each seeing 25 of the 500 items.
+  for (int i = 0; i < 2000; ++i)
+    lines += std::to_string(i % 20 + 1) + " " + std::to_string(i % 500 + 1) + "\n";
+  testing::WriteFile(dir.File("s.txt"), lines);
+  testing::WriteGzip(dir.File("s.txt.gz"), lines);
+  for (const std::string name : {"s.txt", "s.txt.gz"}) {
+    SCOPED_TRACE(name);
+    const testing::IpsRun r = testing::RunIps(
+        "data convert --format seqrec --input /dev/stdin --output " + dir.File("out_" + name),
+        "cat " + dir.File(name) + " | ");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("RESULT data_convert format=seqrec protocol=seqrec lines=2000 "
+                            "events=2000 users=20 items=500 "),
+              std::string::npos)
+        << r.output;
+  }
+}
+
 TEST(DataCli, MovieLensItemMissingFromTheItemTableExitsOne) {
   testing::TempDir dir;
   testing::WriteFile(dir.File("ratings.dat"), "1::10::5::1\n1::20::5::2\n1::77::5::3\n");

@@ -445,6 +445,90 @@ void ExpectInvalid(const StatusOr<Manifest>& m, const std::vector<std::string>& 
     EXPECT_NE(m.status().message().find(p), std::string::npos) << m.status() << "\nmissing: " << p;
 }
 
+// A directory holding the ratings in several ratings*.dat[.gz] pieces (shared/data's ML-1M is
+// ratings.users_0001-2999.dat.gz; the rest of the users would come as more pieces) is one input:
+// every piece is read, in sorted name order, as if concatenated. Only the first was read (the
+// others silently dropped).
+TEST(ConvertMovieLens1m, EveryRatingsPieceInADirectoryIsRead) {
+  TempDir dir;
+  const std::string ratings = "1::20::5::3\n1::10::3::4\n1::30::4::1\n2::10::4::1\n2::40::3::2\n";
+  const std::string movies = "10::A::Comedy\n20::B::Western\n30::C::Action\n40::D::Comedy\n";
+  ASSERT_EQ(::mkdir(dir.File("one").c_str(), 0755), 0);
+  WriteFile(dir.File("one/ratings.dat"), ratings);
+  WriteFile(dir.File("one/movies.dat"), movies);
+  auto whole = ConvertDataset(Options("movielens1m", dir.File("one"), dir.File("one_out")));
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->events, 5u);
+
+  // Cut inside user 1 (as `head`/`tail` would); a plain and a gzip piece, names sorting in file
+  // order: the same dataset as the whole file.
+  ASSERT_EQ(::mkdir(dir.File("split").c_str(), 0755), 0);
+  WriteFile(dir.File("split/ratings.users_0001-0001.dat"), "1::20::5::3\n1::10::3::4\n");
+  WriteGzip(dir.File("split/ratings.users_0001-0002.dat.gz"),
+            "1::30::4::1\n2::10::4::1\n2::40::3::2\n");
+  WriteGzip(dir.File("split/movies.dat.gz"), movies);
+  for (bool with_others : {false, true}) {
+    SCOPED_TRACE(with_others ? "with other files" : "only the pieces");
+    if (with_others) {
+      // A piece present both plain and gzipped is read once (the plain one), and files that are
+      // not ratings*.dat[.gz] are left alone.
+      WriteGzip(dir.File("split/ratings.users_0001-0001.dat.gz"), "1::20::5::3\n1::10::3::4\n");
+      WriteFile(dir.File("split/ratings.dat.bak"), "not::a::rating\n");
+      WriteFile(dir.File("split/ratings.csv"), "1,2,3\n");
+    }
+    auto split = ConvertDataset(Options("movielens1m", dir.File("split"), dir.File("split_out")));
+    ASSERT_TRUE(split.ok()) << split.status();
+    EXPECT_EQ(split->input_lines, 5u);
+    EXPECT_EQ(split->events, 5u);
+    EXPECT_EQ(split->users, 2u);
+    EXPECT_EQ(testing::ReadFile(dir.File("split_out/shard-00000-of-00001.ips")),
+              testing::ReadFile(dir.File("one_out/shard-00000-of-00001.ips")));
+    EXPECT_EQ(testing::ReadFile(dir.File("split_out/vocab.ips")),
+              testing::ReadFile(dir.File("one_out/vocab.ips")));
+  }
+
+  // A bad line names its own piece and its line in that piece.
+  WriteFile(dir.File("split/ratings.users_0001-0001.dat"),
+            "1::20::5::3\n1::10::3::4\n1::x::4::1\n");
+  ExpectInvalid(ConvertDataset(Options("movielens1m", dir.File("split"), dir.File("split_out"))),
+                {dir.File("split/ratings.users_0001-0001.dat") + ":3: item: expected"});
+  WriteFile(dir.File("split/ratings.users_0001-0001.dat"), "1::20::5::3\n1::10::3::4\n");
+  WriteGzip(dir.File("split/ratings.users_0001-0002.dat.gz"),
+            "1::30::4::1\n2::10::4::1\n2::77::3::2\n");
+  ExpectInvalid(ConvertDataset(Options("movielens1m", dir.File("split"), dir.File("split_out"))),
+                {dir.File("split/ratings.users_0001-0002.dat.gz") +
+                 ":3: item: expected a movie id listed in movies.dat (got '77')"});
+
+  // Overlapping pieces (the complete ratings.dat beside a piece of it) would duplicate events:
+  // a rating already read from an earlier file is a bad line naming both files.
+  ASSERT_EQ(::mkdir(dir.File("overlap").c_str(), 0755), 0);
+  WriteFile(dir.File("overlap/ratings.dat"), ratings);
+  WriteFile(dir.File("overlap/ratings.users_0002-0002.dat"), "2::10::4::1\n2::40::3::2\n");
+  WriteFile(dir.File("overlap/movies.dat"), movies);
+  ConvertOptions o = Options("movielens1m", dir.File("overlap"), dir.File("overlap_out"));
+  ExpectInvalid(ConvertDataset(o),
+                {dir.File("overlap/ratings.users_0002-0002.dat") +
+                 ":1: item: expected a movie user 2 did not rate in " +
+                 dir.File("overlap/ratings.dat") + " (the ratings files overlap) (got '10')"});
+  // Skipped and counted under --max_bad_records, like any bad line: the events of one copy.
+  o.max_bad_records = 2;
+  auto skipped = ConvertDataset(o);
+  ASSERT_TRUE(skipped.ok()) << skipped.status();
+  EXPECT_EQ(skipped->input_lines, 7u);
+  EXPECT_EQ(skipped->bad_records, 2u);
+  EXPECT_EQ(skipped->events, 5u);
+
+  // No ratings file at all: NOT_FOUND naming the directory.
+  ASSERT_EQ(::mkdir(dir.File("none").c_str(), 0755), 0);
+  WriteFile(dir.File("none/movies.dat"), movies);
+  auto none = ConvertDataset(Options("movielens1m", dir.File("none"), dir.File("none_out")));
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound) << none.status();
+  EXPECT_EQ(none.status().message().rfind(dir.File("none") + ": no MovieLens-1M ratings file", 0),
+            0u)
+      << none.status();
+}
+
 TEST(ConvertRefuses, EmptyInputNamesTheFileAndWritesNothing) {
   TempDir dir;
   WriteFile(dir.File("empty.txt"), "");

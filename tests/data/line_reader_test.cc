@@ -1,5 +1,16 @@
 #include "worker/line_reader.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -105,6 +116,16 @@ TEST(LineReader, CorruptGzipIsDataLoss) {
   const Status error = ReadToError(dir.File("c.gz"));
   EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error;
   EXPECT_NE(error.message().find("c.gz:"), std::string::npos) << error;
+  // The file is named by its path, not by zlib's "<fd:N>" for a descriptor.
+  EXPECT_EQ(error.message().find("<fd:"), std::string::npos) << error;
+}
+
+TEST(LineReader, DirectoryIsAReadErrorNamingIt) {
+  testing::TempDir dir;
+  const Status error = ReadToError(dir.path());
+  EXPECT_EQ(error.code(), StatusCode::kDataLoss) << error;
+  EXPECT_EQ(error.message().rfind(dir.path() + ":1: read error: ", 0), 0u) << error;
+  EXPECT_EQ(error.message().find("<fd:"), std::string::npos) << error;
 }
 
 // zlib checks the CRC only at the end of the stream: the error says the stream is corrupt and
@@ -142,6 +163,120 @@ TEST(LineReader, TruncatedGzipIsDataLoss) {
     EXPECT_NE(error.message().find("truncated gzip"), std::string::npos) << error;
   }
   EXPECT_EQ(ReadAll(dir.File("full.gz")).size(), 20000u);
+}
+
+// Non-regular inputs: `ips data convert --input /dev/stdin` (a pipe), a shell's `<(...)`
+// (/dev/fd/N) and a named FIFO. Sniffing the gzip magic through a separate stdio open took the
+// first 4 KiB off a pipe (lines lost, or gzip read as text) and made the second open of a FIFO wait
+// forever.
+
+// `count` lines "u i\n": several of the 4 KiB stdio buffers and of a 64 KiB pipe.
+std::string NumberedLines(int count) {
+  std::string content;
+  for (int i = 0; i < count; ++i)
+    content += std::to_string(i % 97 + 1) + " " + std::to_string(i + 1) + "\n";
+  return content;
+}
+
+std::string Gzipped(const std::string& content) {
+  testing::TempDir dir;
+  testing::WriteGzip(dir.File("z.gz"), content);
+  return testing::ReadFile(dir.File("z.gz"));
+}
+
+// Writes every byte it can to `fd`, then closes it. A reader closing early (EPIPE) ends it.
+void WriteAllAndClose(int fd, const std::string& bytes) {
+  size_t off = 0;
+  while (off < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+}
+
+// ReadAll(path) on its own thread; after 10 s (a hang) calls `unblock` and fails the test, then
+// returns what was read.
+std::vector<std::string> ReadAllOrTimeOut(const std::string& path, bool want_gzip,
+                                          const std::function<void()>& unblock) {
+  auto read = std::async(std::launch::async, [&] {
+    auto r = LineReader::Open(path);
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<std::string> lines;
+    if (!r.ok()) return lines;
+    EXPECT_EQ((*r)->gzip(), want_gzip);
+    std::string_view line;
+    for (;;) {
+      auto more = (*r)->Next(&line);
+      EXPECT_TRUE(more.ok()) << more.status();
+      if (!more.ok() || !*more) break;
+      lines.emplace_back(line);
+    }
+    return lines;
+  });
+  if (read.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << path << ": reading did not finish in 10 s";
+    unblock();
+  }
+  return read.get();
+}
+
+std::vector<std::string> SplitLines(const std::string& content) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  for (size_t nl; (nl = content.find('\n', start)) != std::string::npos; start = nl + 1)
+    lines.push_back(content.substr(start, nl - start));
+  return lines;
+}
+
+TEST(LineReader, PipeAsDevFdReadsEveryLinePlainAndGzip) {
+  std::signal(SIGPIPE, SIG_IGN);  // a reader closing early must not kill the test
+  const std::string content = NumberedLines(30000);
+  const std::vector<std::string> want = SplitLines(content);
+  for (bool gzip : {false, true}) {
+    SCOPED_TRACE(gzip ? "gzip" : "plain");
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    std::thread writer(WriteAllAndClose, fds[1], gzip ? Gzipped(content) : content);
+    // What `--input /dev/stdin` and `<(cmd)` open: the pipe through /dev/fd/N.
+    const std::string path = "/dev/fd/" + std::to_string(fds[0]);
+    const auto lines = ReadAllOrTimeOut(path, gzip, [&] { ::close(fds[0]); });
+    writer.join();
+    ::close(fds[0]);
+    EXPECT_EQ(lines.size(), want.size());
+    EXPECT_TRUE(lines == want);
+  }
+}
+
+TEST(LineReader, NamedFifoReadsEveryLinePlainAndGzipWithoutHanging) {
+  std::signal(SIGPIPE, SIG_IGN);
+  testing::TempDir dir;
+  // 1000 lines fit in the FIFO at once (the writer is gone before the reader is done: the case
+  // that hung), 30000 do not (the writer is still writing while the reader reads).
+  for (int count : {1000, 30000}) {
+    const std::string content = NumberedLines(count);
+    const std::vector<std::string> want = SplitLines(content);
+    for (bool gzip : {false, true}) {
+      SCOPED_TRACE(std::to_string(count) + (gzip ? " lines gzip" : " lines plain"));
+      const std::string fifo = dir.File("fifo" + std::to_string(count) + (gzip ? ".gz" : ""));
+      ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+      const std::string bytes = gzip ? Gzipped(content) : content;
+      // Like `cat file > fifo &`: opens (waiting for the reader), writes, closes.
+      std::thread writer([&] {
+        const int fd = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) WriteAllAndClose(fd, bytes);
+      });
+      // A reader stuck in open() waits for a writer: open one and close it to end the wait.
+      const auto lines = ReadAllOrTimeOut(fifo, gzip, [&] {
+        const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0) ::close(fd);
+      });
+      writer.join();
+      EXPECT_EQ(lines.size(), want.size());
+      EXPECT_TRUE(lines == want);
+    }
+  }
 }
 
 }  // namespace
