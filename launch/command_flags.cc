@@ -8,7 +8,9 @@
 #include "common/flags.h"
 #include "common/result_line.h"
 #include "launch/commands.h"
+#include "proto/config.pb.h"
 #include "proto/config_loader.h"
+#include "worker/model_factory.h"
 
 namespace ips {
 
@@ -92,6 +94,21 @@ Status CheckTrainModeFlags(const FlagSet& flags, const std::vector<std::string>&
         "--stream_window_events window");
   if (mpirun) return InvalidArgumentError("--stream runs in one process, not under mpirun");
   return Status::Ok();
+}
+
+std::string EvalBatchesUnused(const config::Config& cfg, const std::string& command) {
+  if (!cfg.data().has_synthetic())
+    return "--eval_batches applies only to data.synthetic runs (the held-out batches of their "
+           "AUC); this config " +
+           (command == "train" ? "trains on data.train_dir '" + cfg.data().train_dir() +
+                                     "', evaluated after every eval.every_epochs epochs"
+                               : "evaluates on data.train_dir '" + cfg.data().train_dir() +
+                                     "', with the dataset's evaluation lists");
+  auto spec = ModelSpecFromConfig(cfg);
+  if (spec.ok() && IsSequenceModel(spec->kind))
+    return std::string("--eval_batches applies only to CTR models on data.synthetic; ") +
+           ModelKindName(spec->kind) + " on data.synthetic has no held-out evaluation";
+  return "";
 }
 
 }  // namespace ips

@@ -58,6 +58,11 @@ int UsageError(const FlagSet& flags, const std::string& message);
 // declare counts as not given. `args`: the arguments `flags` parsed.
 Status CheckTrainModeFlags(const FlagSet& flags, const std::vector<std::string>& args, bool mpirun);
 
+// Why `ips train` or `ips eval` (`command`) would ignore --eval_batches for `cfg`, "" where it
+// applies: it sets the held-out batches of a CTR model's AUC on data.synthetic. Both commands
+// make a given flag that would be ignored a usage error (launch/command_flags.cc).
+std::string EvalBatchesUnused(const config::Config& cfg, const std::string& command);
+
 // `ips config check|print --config FILE [--set path=value ...] [--np N] [--resume DIR]
 // [--stream SOURCE]` (launch/config_command.cc). `check` runs every check of `ips train` that
 // needs neither a training step nor a write: the config loader's, the job's (TrainJobFromConfig:

@@ -169,7 +169,9 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   flags.Required("checkpoint", "checkpoint root (LATEST) or one ckpt-<step> directory");
   flags.Repeated("set", "override one field: path.to.field=value");
   flags.String("metrics_out", "", "append the result as one JSON line to this file");
-  flags.Int("eval_batches", 4, "data.synthetic only: held-out batches to evaluate (>= 1)");
+  flags.Int("eval_batches", 4,
+            "CTR models on data.synthetic only (refused otherwise): held-out batches to "
+            "evaluate (>= 1)");
   if (auto rc = ParseCommandFlags(&flags, args)) return *rc;
   // A usage error, like a bad flag: 0 batches would evaluate nothing and print auc=nan (unlike
   // `ips train`, where 0 skips the final evaluation, eval has nothing else to do).
@@ -188,6 +190,11 @@ int RunEvalCommand(const std::vector<std::string>& args) {
   if (!cfg.ok()) return fail(cfg.status());
   auto job = TrainJobFromConfig(*cfg);
   if (!job.ok()) return fail(job.status().WithContext(flags.GetString("config")));
+  // Given where nothing takes it, the flag would be ignored silently.
+  if (flags.WasSet("eval_batches")) {
+    if (const std::string unused = EvalBatchesUnused(*cfg, "eval"); !unused.empty())
+      return UsageError(flags, unused);
+  }
   job->run.eval_batches = static_cast<int>(eval_batches);
   const std::string checkpoint = flags.GetString("checkpoint");
   int64_t step = 0;

@@ -69,8 +69,8 @@ void PrintUsage(std::ostream& os) {
 // that prefix (NoteResultError), and the first other non-blank line is kept as the message of
 // last resort (a usage error that prints only the usage; `ips data synth: ...`). It writes every
 // piece on to the stream's own buffer at once (stderr's line buffer, see Main), so what reaches
-// stderr is unchanged. Thread-safe, as std::cerr is. A command that turns off sync_with_stdio
-// (`ips serve`) gives std::cerr another buffer: its later lines are not read.
+// stderr is unchanged. Thread-safe, as std::cerr is. (A command that turned off sync_with_stdio
+// would give std::cerr another buffer, whose lines are not read: none does.)
 class ErrorLineTap : public std::streambuf {
  public:
   explicit ErrorLineTap(std::streambuf* out) : out_(out) {}

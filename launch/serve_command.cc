@@ -10,10 +10,18 @@
 // SIGTERM, a terminal's Ctrl-C), not an interrupted job: unlike a stopped `ips train` (exit 3,
 // "continue it with --resume") a server has nothing to resume, so a supervisor that treats
 // non-zero as a failure must not restart or alert on it.
+//
+// A response that cannot be written (stdout on a full disk, a closed pipe when SIGPIPE is
+// ignored) ends serving: "error: writing to stdout (the response to stdin line N): <errno
+// text>; ..." on stderr and exit 1. launch/main.cc then prints the error RESULT line to stdout,
+// where it is lost too when stdout is what failed: stderr and the exit code tell. Answering
+// later requests into an output that lost one would leave a client pairing responses with the
+// wrong requests.
 #include <errno.h>
 #include <poll.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -103,6 +111,22 @@ class InputLines {
   bool eof_ = false;
 };
 
+// Writes all of `data` to `fd` (write(2) again after a partial write or EINTR: a stop signal
+// while a slow client holds the pipe full does not cut a response). The errno text of the write
+// that failed, "" on success.
+std::string WriteAll(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::strerror(errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return "";
+}
+
 }  // namespace
 
 int RunExportCommand(const std::vector<std::string>& args) {
@@ -191,7 +215,12 @@ int RunServeCommand(const std::vector<std::string>& args) {
   }
   const int64_t first_version = (*server)->version();
   std::cerr << "serving " << flags.GetString("bundle") << " version " << first_version << "\n";
-  std::ios::sync_with_stdio(false);
+  // Responses go to descriptor 1 with write(2), one call per response (as it is answered, for
+  // interactive clients), so that a failed write is seen with its errno; the RESULT line after
+  // them goes through stdio, which holds nothing before it. (std::ios::sync_with_stdio(false),
+  // for a faster std::cout, is not used: it also gave std::cerr a buffer of its own, which
+  // launch/main.cc's ErrorLineTap does not read, and the error RESULT line then carried the
+  // "serving ..." line instead of the error.)
   Timer timer;
   int64_t line_no = 0, requests = 0, errors = 0;
   bool noted_truncation = false, stopped = false;
@@ -237,8 +266,13 @@ int RunServeCommand(const std::vector<std::string>& args) {
                 << " (data.max_history), as in training: the oldest were not scored (responses "
                    "say \"history_dropped\":N; RESULT counts truncated_histories)\n";
     }
-    std::cout << response << '\n';
-    std::cout.flush();  // one response per request as it is answered (interactive clients)
+    response += '\n';
+    if (const std::string failed = WriteAll(STDOUT_FILENO, response); !failed.empty()) {
+      std::cerr << "error: writing to stdout (the response to stdin line " << line_no
+                << "): " << failed << "; serving stopped after " << requests - 1
+                << " requests answered\n";
+      return kExitError;
+    }
     for (const auto& e : (*server)->TakeReloadErrors())
       std::cerr << "warning: reload failed, still serving the old version: " << e << "\n";
   }
@@ -254,6 +288,12 @@ int RunServeCommand(const std::vector<std::string>& args) {
       .Add("seconds", timer.Seconds());
   if (stopped) result.Add("status", "stopped");
   result.Print();
+  // Print flushed stdout: a RESULT line that did not get out (a disk that filled after the last
+  // response) is a failed run, not a silent exit 0.
+  if (std::ferror(stdout)) {
+    std::cerr << "error: writing the RESULT line to stdout: " << std::strerror(errno) << "\n";
+    return kExitError;
+  }
   return kExitOk;
 }
 

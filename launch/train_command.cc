@@ -242,22 +242,6 @@ int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const Checkpoin
   return kExitOk;
 }
 
-// --eval_batches sets the held-out batches of the final AUC of a CTR model on data.synthetic
-// (RunSyntheticTraining; worker 0's under mpirun): why a run of `cfg` would ignore it, a usage
-// error; "" when it applies.
-std::string EvalBatchesUnused(const config::Config& cfg) {
-  if (!cfg.data().has_synthetic())
-    return "--eval_batches applies only to data.synthetic runs (the held-out batches of their "
-           "final AUC); this config trains on data.train_dir '" +
-           cfg.data().train_dir() + "', evaluated after every eval.every_epochs epochs";
-  auto spec = ModelSpecFromConfig(cfg);
-  if (spec.ok() && IsSequenceModel(spec->kind))
-    return std::string("--eval_batches applies only to CTR models on data.synthetic; ") +
-           ModelKindName(spec->kind) +
-           " on data.synthetic measures throughput only (no held-out evaluation)";
-  return "";
-}
-
 }  // namespace
 
 int RunTrainCommand(const std::vector<std::string>& args) {
@@ -307,7 +291,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   }
   // A usage error too, though it needs the config: the flag would do nothing in this run.
   if (flags.WasSet("eval_batches")) {
-    if (const std::string unused = EvalBatchesUnused(*cfg); !unused.empty())
+    if (const std::string unused = EvalBatchesUnused(*cfg, "train"); !unused.empty())
       return UsageError(flags, unused);
   }
   if (MpiWorldSizeFromEnv() == 1 && flags.GetString("stream").empty())

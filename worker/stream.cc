@@ -101,6 +101,12 @@ EventStreamSource::EventStreamSource(int fd, bool owned, std::string name,
   if (regular_file_) {
     dev_ = st.st_dev;
     ino_ = st.st_ino;
+    // A descriptor passed in (stdin redirected from a file) may not be at the file's start: the
+    // truncation checks compare the file with what was read from this offset on, and only a file
+    // read from its start can begin with a byte order mark.
+    const off_t at = lseek(fd_, 0, SEEK_CUR);
+    start_offset_ = at > 0 ? static_cast<int64_t>(at) : 0;
+    at_file_start_ = start_offset_ == 0;
   }
   buf_.resize(1 << 16);
   StreamNowSeconds();  // fix the clock's origin before the first read
@@ -232,6 +238,9 @@ void EventStreamSource::SwitchToNextFile() {
   }
   old_file_done_ = false;
   file_bytes_ = 0;
+  start_offset_ = 0;
+  tail_len_ = 0;
+  at_file_start_ = true;
   line_ = 0;
   ++file_index_;
   rotations_.fetch_add(1, std::memory_order_relaxed);
@@ -239,6 +248,47 @@ void EventStreamSource::SwitchToNextFile() {
       std::to_string(old_lines) + " lines; now " +
       (old_now.empty() ? std::string("deleted") : "'" + old_now + "'") +
       "); following the new file from its start");
+}
+
+Status EventStreamSource::CheckNotTruncated() const {
+  const int64_t offset = start_offset_ + file_bytes_;
+  struct stat st;
+  if (fstat(fd_, &st) == 0 && st.st_size < offset)
+    return DataLossError("event stream '" + FileName() + "' shrank from " + std::to_string(offset) +
+                         " to " + std::to_string(st.st_size) +
+                         " bytes while being read (truncated in place; rotate by renaming "
+                         "instead)");
+  // A file truncated and written again past the read position between two looks at it (its
+  // writer is faster than the poll) is no shorter than what was read: the bytes just before the
+  // position tell. Compared at every read, before the bytes it returned are used: those would be
+  // the middle of the new content, read as if they followed the old.
+  if (tail_len_ == 0) return Status();
+  char now[kTailBytes];
+  const ssize_t n = pread(fd_, now, static_cast<size_t>(tail_len_), offset - tail_len_);
+  if (n < 0)
+    return DataLossError("reading event stream '" + FileName() + "' after line " +
+                         std::to_string(line_) + ": " + std::strerror(errno));
+  if (n == tail_len_ && std::memcmp(now, tail_, static_cast<size_t>(tail_len_)) == 0)
+    return Status();
+  return DataLossError("event stream '" + FileName() +
+                       "' was truncated in place and written again while being read: its " +
+                       std::to_string(tail_len_) + " bytes before offset " +
+                       std::to_string(offset) +
+                       " (the end of what was read) are no longer those read there (rotate by "
+                       "renaming instead)");
+}
+
+void EventStreamSource::KeepTail(size_t n) {
+  const char* fresh = buf_.data() + end_;
+  if (n >= static_cast<size_t>(kTailBytes)) {
+    std::memcpy(tail_, fresh + n - kTailBytes, kTailBytes);
+    tail_len_ = kTailBytes;
+    return;
+  }
+  const int keep = std::min(tail_len_, kTailBytes - static_cast<int>(n));  // older bytes kept
+  std::memmove(tail_, tail_ + tail_len_ - keep, static_cast<size_t>(keep));
+  std::memcpy(tail_ + keep, fresh, n);
+  tail_len_ = keep + static_cast<int>(n);
 }
 
 StatusOr<bool> EventStreamSource::Fill() {
@@ -283,6 +333,10 @@ StatusOr<bool> EventStreamSource::Fill() {
         return InvalidArgumentError("event stream '" + FileName() +
                                     "' is gzip-compressed; a stream must be plain text (e.g. "
                                     "`zcat FILE | ips train --stream -`)");
+      if (regular_file_) {
+        IPS_RETURN_IF_ERROR(CheckNotTruncated());
+        KeepTail(static_cast<size_t>(n));
+      }
       end_ += static_cast<size_t>(n);
       bytes_read_ += n;
       file_bytes_ += n;
@@ -294,12 +348,7 @@ StatusOr<bool> EventStreamSource::Fill() {
       eof_ = true;
       return false;
     }
-    struct stat st;
-    if (fstat(fd_, &st) == 0 && st.st_size < file_bytes_)
-      return DataLossError("event stream '" + FileName() + "' shrank from " +
-                           std::to_string(file_bytes_) + " to " + std::to_string(st.st_size) +
-                           " bytes while being followed (truncated in place; rotate by renaming "
-                           "instead)");
+    IPS_RETURN_IF_ERROR(CheckNotTruncated());
     const double now = StreamNowSeconds();
     const bool idle = o_.idle_timeout_s > 0 && now - idle_since >= o_.idle_timeout_s;
     if (rotation_seen) {
@@ -335,6 +384,23 @@ StatusOr<bool> EventStreamSource::Next(StreamEvent* out) {
   if (!error_.ok()) return error_;
   if (ended_) return false;
   while (true) {
+    if (at_file_start_ && end_ > begin_) {
+      // Editors on Windows start text files with the UTF-8 byte order mark; `ips data convert`
+      // skips it (worker/line_reader.cc), and so does the stream: only at the very start of a
+      // file, where it is not part of the first field. While what arrived so far is a prefix of
+      // it, more is read (below) before deciding.
+      constexpr std::string_view kBom = "\xef\xbb\xbf";
+      const size_t have = std::min(kBom.size(), end_ - begin_);
+      if (std::string_view(buf_.data() + begin_, have) != kBom.substr(0, have)) {
+        at_file_start_ = false;
+      } else if (have == kBom.size()) {
+        begin_ += have;
+        at_file_start_ = false;
+        continue;
+      } else if (eof_ || old_file_done_) {
+        at_file_start_ = false;  // the file ends inside the mark: a (bad) line like any other
+      }
+    }
     const char* begin = buf_.data() + begin_;
     const char* nl = static_cast<const char*>(std::memchr(begin, '\n', end_ - begin_));
     std::string_view line;

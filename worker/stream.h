@@ -92,7 +92,8 @@ struct EventSourceOptions {
 // newline arrives; at a real end (a non-followed file's EOF, a closed pipe, a rotated-away file
 // read to its end) an unterminated last line is parsed like any other, while a followed file that
 // stops (Stop, idle timeout) leaves it unread (pending_bytes() says how much). Blank lines (and a
-// trailing "\r") are ignored.
+// trailing "\r") are ignored, and so is a UTF-8 byte order mark (EF BB BF) at the very start of
+// a file (or of a pipe), as `ips data convert` ignores it; anywhere else it is part of the line.
 //
 // Rotation (a followed file opened by path, as `tail -F` and log shippers do it): when the path
 // names another file (its device/inode changed: `mv log log.1` and a new `log`), the open file is
@@ -114,8 +115,10 @@ struct EventSourceOptions {
 //   INVALID_ARGUMENT "SOURCE:LINE: FIELD: expected ... (got '...')" for a bad line
 //   (ParseEventLine's fields, or an id >= 2^32) beyond max_bad_records, or for a line longer than
 //   max_line_bytes;
-//   DATA_LOSS naming the source for a read error or a followed file that shrank (truncated in
-//   place, e.g. copytruncate: the bytes already read no longer exist);
+//   DATA_LOSS naming the source for a read error or a file truncated in place while being read
+//   (e.g. copytruncate: the bytes already read no longer exist): one that shrank below what was
+//   read, and one written again past it (the bytes just before the read position are compared,
+//   at every read and every wait, with those read there);
 //   NOT_FOUND / FAILED_PRECONDITION when the path is rotated to a file that cannot be opened or is
 //   not a regular file.
 //
@@ -158,6 +161,12 @@ class EventStreamSource {
   Status CheckPath();
   // Leaves the finished old file for next_fd_.
   void SwitchToNextFile();
+  // A regular file: DATA_LOSS if the open file no longer holds what was read from it (truncated
+  // in place): it is shorter than the read position, or the bytes just before that position
+  // (tail_) differ from those read there (truncated and written again past the position).
+  Status CheckNotTruncated() const;
+  // Remembers the last bytes read (tail_) after a read of `n` bytes into buf_ at end_.
+  void KeepTail(size_t n);
   // The name of the open file in messages: the path while it names this file, else where the
   // file is now.
   std::string FileName() const;
@@ -180,7 +189,16 @@ class EventStreamSource {
   bool ended_ = false;          // Next() returned false
   Status error_;                // sticky error
   int64_t line_ = 0, events_ = 0, bytes_read_ = 0;
-  int64_t file_bytes_ = 0;       // bytes read from the open file
+  int64_t file_bytes_ = 0;  // bytes read from the open file
+  // The open file's offset where reading began (a descriptor may be passed in at another
+  // position than 0): the read position is start_offset_ + file_bytes_.
+  int64_t start_offset_ = 0;
+  // The last tail_len_ bytes read from the open file (those before the read position), to tell
+  // a file truncated in place and written again past the position (CheckNotTruncated).
+  static constexpr int kTailBytes = 64;
+  char tail_[kTailBytes] = {};
+  int tail_len_ = 0;
+  bool at_file_start_ = true;    // nothing of the open file consumed yet (a BOM is skipped)
   int64_t file_index_ = 0;       // StreamEvent::file of the open file
   int next_fd_ = -1;             // the file the path names now (rotation seen), owned
   double rotation_seen_at_ = 0;  // when next_fd_ was opened

@@ -834,5 +834,76 @@ TEST(ServeCli, SigtermOrSigintWhileWaitingStopsGracefully_IdleUsesNoCpu_HotReloa
   ps::RemoveTree(dir);
 }
 
+// QA: `ips serve > /dev/full` exited 0 with nothing on stderr: responses were cut mid-line and
+// the RESULT line lost, as std::cout's state was never checked. A response that cannot be written
+// now ends serving with an error naming stdout and the errno text, exit 1: a full disk, and a
+// closed pipe when SIGPIPE is ignored (with it, the signal ends the process as for any tool).
+// And the error RESULT line of a failed serve carries its error: with stdin a directory it said
+// error="serving ... version 1" (std::cerr's lines after sync_with_stdio(false) were not read).
+TEST(ServeCli, AFailedWriteToStdoutEndsServingWithAnError_ResultLineCarriesTheError) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  const std::string root = dir + "/bundle";
+  auto ex = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
+  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  // Far more response bytes than a pipe holds (64 KiB), so that the broken pipe is written to.
+  const std::string requests = dir + "/requests.jsonl";
+  {
+    std::ofstream f(requests);
+    for (int i = 0; i < 5000; ++i)
+      f << R"({"user":"a","history":[1,2,3],"candidates":[4,5,6]})"
+        << "\n";
+  }
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const std::string serve =
+      std::string(IPS_BINARY) + " serve --bundle " + root + " < " + requests + " 2>" + dir + "/err";
+  if (::access("/dev/full", W_OK) == 0) {
+    const int status = std::system((serve + " >/dev/full").c_str());
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 1) << slurp(dir + "/err");
+    EXPECT_NE(slurp(dir + "/err")
+                  .find("error: writing to stdout (the response to stdin line 1): " +
+                        std::string(std::strerror(ENOSPC)) +
+                        "; serving stopped after 0 requests answered"),
+              std::string::npos)
+        << slurp(dir + "/err");
+  }
+  // A reader that goes away after one byte, SIGPIPE ignored (inherited: `trap '' PIPE`).
+  const int status = std::system(
+      ("(trap '' PIPE; " + serve + "; echo $? >" + dir + "/rc) | head -c 1 >/dev/null").c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(slurp(dir + "/rc"), "1\n") << slurp(dir + "/err");
+  EXPECT_NE(slurp(dir + "/err").find("error: writing to stdout (the response to stdin line "),
+            std::string::npos)
+      << slurp(dir + "/err");
+  EXPECT_NE(slurp(dir + "/err").find(std::string("): ") + std::strerror(EPIPE) + "; serving "),
+            std::string::npos)
+      << slurp(dir + "/err");
+
+  // stdin a directory: the RESULT line's error is the read's.
+  auto sv = RunIpsSplit("serve --bundle " + root + " < " + dir);
+  EXPECT_EQ(sv.exit_code, 1) << sv.output << sv.error;
+  EXPECT_NE(sv.error.find("error: reading stdin after line 0: read: " +
+                          std::string(std::strerror(EISDIR))),
+            std::string::npos)
+      << sv.error;
+  EXPECT_EQ(LastLine(sv.output),
+            "RESULT serve status=error exit=1 error=\"reading stdin after "
+            "line 0: read: " +
+                std::string(std::strerror(EISDIR)) + "\"")
+      << sv.output;
+  ps::RemoveTree(dir);
+}
+
 }  // namespace
 }  // namespace ips

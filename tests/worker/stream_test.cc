@@ -548,6 +548,142 @@ TEST(EventStreamSource, TruncatedInPlaceIsDataLoss) {
   std::remove(path.c_str());
 }
 
+// QA: a file truncated in place and written again past its old size before the reader looked
+// (the writer faster than the poll) was not noticed: only a read of 0 bytes compared the size
+// with what was read, so reading went on at the old offset, mid-way through the new content
+// (events skipped, a line fragment parsed as an event), exit 0. The bytes just before the read
+// position are compared with those read there at every read and wait: DATA_LOSS, as for a file
+// that shrank. Also a file rewritten to exactly its old size (seen while waiting).
+TEST(EventStreamSource, TruncatedInPlaceAndWrittenAgainIsDataLoss) {
+  const std::string first = Lines(0, 50);
+  std::string same_size;  // the same lines in reverse order: as long, other bytes at the end
+  for (int64_t i = 49; i >= 0; --i) same_size += Line(TestEvent(i));
+  ASSERT_EQ(same_size.size(), first.size());
+  for (const std::string& again : {Lines(50, 400), same_size}) {
+    SCOPED_TRACE(again.size());
+    const std::string path = TempPath("trunc_again.tsv");
+    std::remove(path.c_str());
+    AppendToFile(path, first);
+    Collector c;
+    // The reader waits 1 s between looks at the end of the file: the truncation and the new
+    // content land inside one wait, never seen apart.
+    EventSourceOptions o;
+    o.poll_min_s = o.poll_max_s = 1.0;
+    o.idle_timeout_s = 3;
+    ASSERT_TRUE(c.Open(path, o).ok());
+    ASSERT_TRUE(c.WaitFor(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    {
+      std::ofstream f(path, std::ios::trunc | std::ios::binary);
+      f << again;
+    }
+    c.thread.join();
+    EXPECT_EQ(c.status.code(), StatusCode::kDataLoss) << c.status;
+    EXPECT_NE(c.status.message().find("event stream '" + path +
+                                      "' was truncated in place and written again while being "
+                                      "read: its 64 bytes before offset " +
+                                      std::to_string(first.size()) + " (the end of what was read)"),
+              std::string::npos)
+        << c.status;
+    EXPECT_EQ(c.events.size(), 50u);
+    EXPECT_EQ(c.src->rotations(), 0);
+    std::remove(path.c_str());
+  }
+}
+
+// A file that only grows is never taken for a truncated one, also when its reader is a
+// descriptor passed in at another offset than 0 (stdin redirected from a file that was read
+// from before): the comparison is with what was read from that offset on.
+TEST(EventStreamSource, DescriptorPassedInMidFileIsFollowedWithoutFalseTruncation) {
+  const std::string path = TempPath("midfile.tsv");
+  std::remove(path.c_str());
+  const std::string skipped = Lines(0, 10);
+  AppendToFile(path, skipped + Lines(10, 30));
+  const int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(lseek(fd, static_cast<off_t>(skipped.size()), SEEK_SET),
+            static_cast<off_t>(skipped.size()));
+  EventSourceOptions o = FastPolling();
+  o.idle_timeout_s = 0.5;
+  auto src = EventStreamSource::FromFd(fd, /*owned=*/true, "stdin", o);
+  std::thread writer([&] {
+    for (int i = 30; i < 60; i += 5) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      AppendToFile(path, Lines(i, i + 5));
+    }
+  });
+  StreamEvent e;
+  int64_t n = 0;
+  for (;;) {
+    auto r = src->Next(&e);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (!*r) break;
+    EXPECT_EQ(e.event.timestamp, TestEvent(10 + n).timestamp) << n;
+    ++n;
+  }
+  writer.join();
+  EXPECT_EQ(n, 50);
+  std::remove(path.c_str());
+}
+
+// QA: `ips data convert` skips a UTF-8 byte order mark at the start of a file, the stream
+// failed on it ("user: ... (got '\xef\xbb\xbf101')"). Skipped at the start of a file (and of a
+// pipe, also when it arrives in pieces), and only there: elsewhere it is part of the line.
+TEST(EventStreamSource, ByteOrderMarkAtTheStartIsSkippedOnlyThere) {
+  const std::string bom = "\xef\xbb\xbf";
+  const std::string path = TempPath("bom.tsv");
+  std::remove(path.c_str());
+  AppendToFile(path, bom + Lines(0, 20));
+  EventSourceOptions o = FastPolling();
+  o.follow = false;
+  auto src = EventStreamSource::Open(path, o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  StreamEvent e;
+  for (int i = 0; i < 20; ++i) {
+    auto r = (*src)->Next(&e);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(*r);
+    EXPECT_EQ(e.event.user, TestEvent(i).user) << i;
+    EXPECT_EQ(e.line, i + 1);
+  }
+  auto end = (*src)->Next(&e);
+  ASSERT_TRUE(end.ok()) << end.status();
+  EXPECT_FALSE(*end);
+
+  // Not at the start of the file: the first field's error.
+  std::remove(path.c_str());
+  AppendToFile(path, Lines(0, 2) + bom + Lines(2, 4));
+  src = EventStreamSource::Open(path, o);
+  ASSERT_TRUE(src.ok()) << src.status();
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE((*src)->Next(&e).value());
+  auto bad = (*src)->Next(&e);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find(path + ":3: user:"), std::string::npos) << bad.status();
+  std::remove(path.c_str());
+
+  // A pipe whose mark arrives in pieces.
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  auto piped = EventStreamSource::FromFd(p[0], /*owned=*/true, "pipe", FastPolling());
+  std::thread writer([&] {
+    const std::string rest = bom.substr(1) + Lines(0, 5);
+    ASSERT_EQ(write(p[1], bom.data(), 1), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    ASSERT_EQ(write(p[1], rest.data(), rest.size()), static_cast<ssize_t>(rest.size()));
+    close(p[1]);
+  });
+  int64_t n = 0;
+  for (;;) {
+    auto r = piped->Next(&e);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (!*r) break;
+    EXPECT_EQ(e.event.timestamp, TestEvent(n).timestamp) << n;
+    ++n;
+  }
+  writer.join();
+  EXPECT_EQ(n, 5);
+}
+
 // max_bad_records: up to N malformed lines (parse errors and ids beyond 32 bits) are skipped,
 // each logged with file:line: field and counted; the N+1-th fails, saying so.
 TEST(EventStreamSource, MaxBadRecordsSkipsAndCountsThenFails) {

@@ -324,6 +324,29 @@ TEST(StreamTrainCli, BadLineExitsNonZeroNamingFileLineField) {
   EXPECT_NE(err.find(path + ":101: domain"), std::string::npos) << err;
 }
 
+// QA: a file starting with a UTF-8 byte order mark (an editor's "UTF-8 with BOM"), which `ips
+// data convert` reads, failed the stream at line 1 ("user: ... (got '\xef\xbb\xbf...')"). It
+// trains every event now, as the same file without the mark.
+TEST(StreamTrainCli, FileStartingWithAByteOrderMarkTrainsEveryEvent) {
+  const std::string plain = WriteEvents("plain.tsv", 300, "");
+  const std::string path = plain + ".bom";
+  {
+    std::ifstream in(plain, std::ios::binary);
+    std::ofstream(path, std::ios::binary) << "\xef\xbb\xbf" << in.rdbuf();
+  }
+  StreamCliOptions o;
+  o.follow = false;
+  testing::internal::CaptureStdout();
+  testing::internal::CaptureStderr();
+  const int rc = RunStreamTrain(SmallConfig(), path, RunSinks{}, o);
+  const std::string out = testing::internal::GetCapturedStdout();
+  const std::string err = testing::internal::GetCapturedStderr();
+  std::remove(plain.c_str());
+  std::remove(path.c_str());
+  EXPECT_EQ(rc, kExitOk) << err;
+  EXPECT_NE(out.find("RESULT train_stream model=din events=300 "), std::string::npos) << out;
+}
+
 TEST(StreamTrainCli, MissingSourceAndBadFlags) {
   StreamCliOptions o;
   testing::internal::CaptureStderr();
