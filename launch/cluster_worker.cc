@@ -528,6 +528,10 @@ DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) 
   DatasetPosition p;
   if (flags_.resume.empty()) return p;
   std::string dir;
+  // A checkpoint saved mid-epoch is refused when this run's data.seed, data.shuffle,
+  // data.batch_size or dataset layout would make its position stand for other examples
+  // (CheckResumeEpochOrder, as single-process `ips train --resume`).
+  state_.dense.resume_examples_per_epoch = per_epoch;
   auto blobs = Restore(&dir);
   std::vector<int64_t> st;
   std::vector<double> loss, worker_loss;

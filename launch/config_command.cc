@@ -149,8 +149,12 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
     if (data != nullptr) {
       std::map<std::string, std::string> blobs;
       IPS_RETURN_IF_ERROR(ReadDenseFile(head->dense_path, nullptr, &blobs));
-      IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(
-          head->dir, blobs, VocabularyOf(job->dataset.train_dir, data->manifest())));
+      const DatasetVocabulary vocabulary = VocabularyOf(job->dataset.train_dir, data->manifest());
+      IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(head->dir, blobs, vocabulary));
+      // A checkpoint saved mid-epoch must keep its position's meaning under this config.
+      IPS_RETURN_IF_ERROR(CheckResumeEpochOrder(head->dir, head->config_text, blobs,
+                                                ConfigToText(cfg), vocabulary,
+                                                TrainingRowsPerEpoch(*data, *job)));
     }
   }
   // The writer's checks that write nothing: `ips train` creates checkpoint.dir (SetupCheckpoints;

@@ -90,11 +90,15 @@ struct CheckpointSetup {
 // Builds the writer and the content, restores --resume when given, installs the stop handler
 // (SIGTERM, SIGUSR1: common/stop_signals.h). `vocabulary`: the dataset's (data.train_dir; null
 // for synthetic data), recorded in every checkpoint; a resumed checkpoint trained on another
-// vocabulary is refused. Once the writer holds DIR/LOCK, a DIR holding checkpoints this run
-// would mix with is refused (CheckCheckpointDirForRun).
+// vocabulary is refused, and so is one saved mid-epoch whose position would stand for other
+// examples under this run's data.seed, data.shuffle, data.batch_size or dataset layout
+// (`examples_per_epoch`: the dataset's TrainingRowsPerEpoch; CheckResumeEpochOrder). Once the
+// writer holds DIR/LOCK, a DIR holding checkpoints this run would mix with is refused
+// (CheckCheckpointDirForRun).
 Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
                         SeqTrainer* seq, ps::LocalEmbeddingStore* store,
-                        const DatasetVocabulary* vocabulary, CheckpointSetup* out) {
+                        const DatasetVocabulary* vocabulary, int64_t examples_per_epoch,
+                        CheckpointSetup* out) {
   const std::string text = ConfigToText(cfg);
   if (ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(
@@ -105,6 +109,7 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
   }
   if (vocabulary != nullptr) out->run.content.vocabulary = *vocabulary;
   if (!resume.empty()) {
+    if (vocabulary != nullptr) out->run.content.resume_examples_per_epoch = examples_per_epoch;
     IPS_ASSIGN_OR_RETURN(out->resumed_step,
                          LoadCheckpoint(resume, out->run.content, &out->resume_blobs));
     out->run.resume = &out->resume_blobs;
@@ -161,13 +166,13 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   if (Status s = MakeTrainer(job, store->get(), &ctr, &seq); !s.ok()) return Fail(s);
   CheckpointSetup ck;
   const DatasetVocabulary vocabulary = VocabularyOf(run.train_dir, (*data)->manifest());
-  if (Status s =
-          SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &vocabulary, &ck);
+  const int64_t per_epoch = TrainingRowsPerEpoch(**data, job);
+  if (Status s = SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &vocabulary,
+                                  per_epoch, &ck);
       !s.ok())
     return Fail(s);
   sinks.checkpoint = &ck.run;
   const Manifest& m = (*data)->manifest();
-  const int64_t per_epoch = TrainingRowsPerEpoch(**data, job);
   const std::string model = ModelKindName(job.trainer.model.kind);
   std::cerr << "train: model=" << model << CellField(cfg) << " data=" << run.train_dir << " ("
             << m.format << "/" << m.protocol << ", " << m.users << " users, " << m.items
@@ -341,7 +346,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
 
   const SyntheticRunOptions& run = job->run;
   CheckpointSetup ck;
-  if (Status s = SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), nullptr, &ck);
+  if (Status s =
+          SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), nullptr, -1, &ck);
       !s.ok())
     return fail(s);
   sinks.checkpoint = &ck.run;

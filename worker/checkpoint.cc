@@ -422,6 +422,15 @@ std::string DatasetVocabulary::Describe(const std::string& field) const {
          std::to_string(bytes) + " bytes)";
 }
 
+std::string DatasetVocabulary::DescribeLayout() const {
+  std::string rows;
+  for (size_t i = 0; i < shard_rows.size(); ++i)
+    rows += (i > 0 ? " + " : "") + std::to_string(shard_rows[i]);
+  return std::to_string(shard_rows.size()) +
+         (shard_rows.size() == 1 ? " shard of " : " shards of ") + rows +
+         " training rows, protocol " + protocol;
+}
+
 DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest) {
   DatasetVocabulary v;
   v.train_dir = train_dir;
@@ -431,8 +440,24 @@ DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& man
   v.users = manifest.users;
   v.items = manifest.items;
   v.categories = manifest.categories;
+  v.protocol = manifest.protocol;
+  for (const ManifestFile& shard : manifest.shards) v.shard_rows.push_back(shard.train_examples);
   return v;
 }
+
+namespace {
+
+// The layout lines of the vocabulary blob (absent from checkpoints written before them, and
+// when the layout is unknown): "protocol=seqrec", "shard_rows=19381,19381".
+std::string EncodeLayout(const DatasetVocabulary& v) {
+  if (v.shard_rows.empty()) return "";
+  std::string rows;
+  for (size_t i = 0; i < v.shard_rows.size(); ++i)
+    rows += (i > 0 ? "," : "") + std::to_string(v.shard_rows[i]);
+  return "protocol=" + v.protocol + "\nshard_rows=" + rows + "\n";
+}
+
+}  // namespace
 
 std::string EncodeVocabulary(const DatasetVocabulary& v) {
   // Text, one key=value a line: readable in a dump of the blobs, and fields can be added. The
@@ -442,7 +467,7 @@ std::string EncodeVocabulary(const DatasetVocabulary& v) {
   return "train_dir=" + dir + "\nformat=" + v.format +
          "\nvocab_crc32c=" + std::to_string(v.crc32c) + "\nvocab_bytes=" + std::to_string(v.bytes) +
          "\nusers=" + std::to_string(v.users) + "\nitems=" + std::to_string(v.items) +
-         "\ncategories=" + std::to_string(v.categories) + "\n";
+         "\ncategories=" + std::to_string(v.categories) + "\n" + EncodeLayout(v);
 }
 
 StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob) {
@@ -481,6 +506,21 @@ StatusOr<DatasetVocabulary> DecodeVocabulary(const std::string& blob) {
   IPS_RETURN_IF_ERROR(number("users", UINT64_MAX, &v.users));
   IPS_RETURN_IF_ERROR(number("items", UINT64_MAX, &v.items));
   IPS_RETURN_IF_ERROR(number("categories", UINT64_MAX, &v.categories));
+  if (auto it = kv.find("shard_rows"); it != kv.end()) {
+    const std::string& t = it->second;
+    for (size_t begin = 0; begin <= t.size();) {
+      size_t end = t.find(',', begin);
+      if (end == std::string::npos) end = t.size();
+      uint64_t n = 0;
+      const auto [stop, ec] = std::from_chars(t.data() + begin, t.data() + end, n);
+      if (end == begin || ec != std::errc() || stop != t.data() + end)
+        return DataLossError(std::string("checkpoint blob '") + kVocabularyBlob +
+                             "': field 'shard_rows' = '" + t + "' is not a list of numbers");
+      v.shard_rows.push_back(n);
+      begin = end + 1;
+    }
+    v.protocol = kv["protocol"];
+  }
   return v;
 }
 
@@ -511,6 +551,121 @@ Status CheckCheckpointVocabulary(const std::string& checkpoint,
       "dataset from scratch");
 }
 
+namespace {
+
+// The settings of a config that, with the dataset's layout, fix a training epoch's order
+// (effective values: unset fields read as their defaults). known = false: no config text, or one
+// without a data section (a library caller's placeholder, not the config of a dataset run).
+struct EpochOrderSettings {
+  bool known = false;
+  uint64_t seed = 0;
+  bool shuffle = true;
+  int64_t batch_size = 0;
+};
+
+EpochOrderSettings EpochOrderSettingsOf(const std::string& config_text) {
+  EpochOrderSettings s;
+  if (config_text.empty()) return s;
+  auto cfg = ParseConfigText(config_text, "checkpoint config");
+  if (!cfg.ok() || !cfg->has_data()) return s;
+  s.known = true;
+  s.seed = cfg->data().seed();
+  s.shuffle = cfg->data().shuffle();
+  s.batch_size = cfg->data().batch_size();
+  return s;
+}
+
+// A setting that differs between the checkpoint's run and this one.
+struct OrderChange {
+  std::string field;  // "data.seed"
+  std::string was;    // the checkpoint's run's value
+  std::string now;    // this run's
+  std::string why;    // what it decides in the epoch
+  std::string fix;    // how to continue the checkpoint's run
+};
+
+std::string BoolText(bool b) { return b ? "true" : "false"; }
+
+}  // namespace
+
+Status CheckResumeEpochOrder(const std::string& checkpoint, const std::string& recorded_config,
+                             const std::map<std::string, std::string>& blobs,
+                             const std::string& config_text, const DatasetVocabulary& data,
+                             int64_t examples_per_epoch) {
+  // The position: "run/dataset" = {epoch, position, ...} (worker/internal/run_steps.h, shared
+  // with the mpirun workers). Without it (synthetic data) there is no epoch order to keep; a
+  // malformed one is reported by the run that unpacks it.
+  auto run = blobs.find("run/dataset");
+  if (run == blobs.end() || run->second.size() != 7 * sizeof(int64_t)) return Status::Ok();
+  int64_t state[2];
+  std::memcpy(state, run->second.data(), sizeof(state));
+  const int64_t epoch = state[0], position = state[1];
+
+  std::vector<OrderChange> changes;
+  const EpochOrderSettings was = EpochOrderSettingsOf(recorded_config);
+  const EpochOrderSettings now = EpochOrderSettingsOf(config_text);
+  if (was.known && now.known) {
+    if (was.seed != now.seed)
+      changes.push_back({"data.seed", std::to_string(was.seed), std::to_string(now.seed),
+                         "it draws the epoch's shuffle and its sampled negatives",
+                         "set data.seed back to " + std::to_string(was.seed)});
+    if (was.shuffle != now.shuffle)
+      changes.push_back({"data.shuffle", BoolText(was.shuffle), BoolText(now.shuffle),
+                         "it decides whether the epoch's order is shuffled",
+                         "set data.shuffle back to " + BoolText(was.shuffle)});
+    if (was.batch_size != now.batch_size)
+      changes.push_back({"data.batch_size", std::to_string(was.batch_size),
+                         std::to_string(now.batch_size),
+                         "it cuts the rest of the epoch into other batches",
+                         "set data.batch_size back to " + std::to_string(was.batch_size)});
+  }
+  if (auto it = blobs.find(kVocabularyBlob); it != blobs.end()) {
+    auto recorded = DecodeVocabulary(it->second);
+    if (!recorded.ok()) return recorded.status().WithContext(checkpoint);
+    if (!recorded->shard_rows.empty() && !data.shard_rows.empty() &&
+        !recorded->SameLayoutAs(data)) {
+      std::string like = "--shards " + std::to_string(recorded->shard_rows.size());
+      if (recorded->protocol != data.protocol) like += " --protocol " + recorded->protocol;
+      changes.push_back({"data.train_dir",
+                         "'" + recorded->train_dir + "' (" + recorded->DescribeLayout() + ")",
+                         "'" + data.train_dir + "' (" + data.DescribeLayout() + ")",
+                         "the epoch's order is a permutation of the rows of every shard in turn",
+                         "set data.train_dir back to '" + recorded->train_dir +
+                             "' (or to the same input converted again with " + like + ")"});
+    }
+  }
+  if (changes.empty()) return Status::Ok();
+
+  std::string what;
+  for (size_t i = 0; i < changes.size(); ++i) {
+    const OrderChange& c = changes[i];
+    what += (i > 0 ? "; " : "") + c.field + " is " + c.now + ", the checkpoint's run had " + c.was +
+            ": " + c.why;
+  }
+  const bool boundary = position == 0 || position == examples_per_epoch;
+  if (boundary) {
+    // The saved position is the epoch's start or end, which every order agrees on; the epochs
+    // after it are drawn with this run's settings. Legitimate (e.g. another batch size for the
+    // epochs added by a larger train.epochs), but the run stops repeating the one it continues.
+    LOG(WARNING) << "resuming the checkpoint at " << checkpoint << " at the "
+                 << (position == 0 ? "start" : "end") << " of epoch " << epoch + 1
+                 << " with other settings than the run that wrote it: " << what
+                 << ". The epochs from here on follow this run's settings, so the run will not "
+                    "repeat an uninterrupted run of either";
+    return Status::Ok();
+  }
+  std::string fix;
+  for (size_t i = 0; i < changes.size(); ++i)
+    fix += (i == 0 ? "" : i + 1 == changes.size() ? " and " : ", ") + changes[i].fix;
+  return InvalidArgumentError(
+      "the checkpoint at " + checkpoint + " was saved in the middle of epoch " +
+      std::to_string(epoch + 1) + " (at position " + std::to_string(position) +
+      " of the epoch's order), which this run would continue with other examples or other "
+      "batches than the run that wrote it, so the result would match neither run: " +
+      what + ". To continue that run, " + fix +
+      "; or train from scratch (a checkpoint saved at the end of an epoch accepts these changes)");
+}
+
 Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step) {
   if (!ps::IsDirectory(dir)) return Status::Ok();  // created empty by the writer
   auto list = ListCheckpoints(dir);
@@ -532,13 +687,40 @@ Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step) {
   int newer = 0;
   for (const auto& entry : *list)
     if (entry.first > resumed_step) ++newer;
+  const std::string refused = "checkpoint.dir " + dir + " holds " + std::to_string(newer) +
+                              " checkpoint(s) newer than the resumed step " +
+                              std::to_string(resumed_step) + " (newest: " + newest_path +
+                              "): this run would overwrite them or keep_last retention would "
+                              "remove its own in their favour. ";
+  // --resume DIR continues the newest checkpoint that validates: advising it is right only when
+  // one newer than the resumed step does. When none does, --resume DIR is what resolved to the
+  // resumed step (or resolves to it), and the newer ones must go first.
+  std::vector<std::string> damaged;  // newer than the newest one that loads, newest first
+  std::string loadable;              // the newest checkpoint newer than resumed_step that loads
+  for (auto it = list->rbegin(); it != list->rend() && it->first > resumed_step; ++it) {
+    auto reader = CheckpointReader::OpenCheckpoint(dir, it->second);
+    if (reader.ok()) {
+      loadable = dir + "/" + it->second;
+      break;
+    }
+    damaged.push_back(dir + "/" + it->second + " (" + reader.status().ToString() + ")");
+  }
+  if (damaged.empty())
+    return FailedPreconditionError(
+        refused + "Continue from the newest with --resume " + dir +
+        ", or give this run an empty or new checkpoint.dir (or remove the newer checkpoints)");
+  std::string which;
+  for (size_t i = 0; i < damaged.size(); ++i) which += (i > 0 ? "; " : "") + damaged[i];
+  const std::string cannot =
+      "Of these, " + std::to_string(damaged.size()) + " cannot be loaded: " + which + ". ";
+  if (!loadable.empty())
+    return FailedPreconditionError(refused + cannot + "Move the damaged checkpoint(s) out of " +
+                                   dir + ", then continue from the newest that loads (" + loadable +
+                                   ") with --resume " + dir +
+                                   "; or give this run an empty or new checkpoint.dir");
   return FailedPreconditionError(
-      "checkpoint.dir " + dir + " holds " + std::to_string(newer) +
-      " checkpoint(s) newer than the resumed step " + std::to_string(resumed_step) +
-      " (newest: " + newest_path +
-      "): this run would overwrite them or keep_last retention would remove its own in their "
-      "favour. Continue from the newest with --resume " +
-      dir + ", or give this run an empty or new checkpoint.dir (or remove the newer checkpoints)");
+      refused + cannot + "Move the damaged checkpoint(s) out of " + dir +
+      " and run this command again, or give this run an empty or new checkpoint.dir");
 }
 
 // ---- CheckpointWriter ---------------------------------------------------------------------------
@@ -783,61 +965,38 @@ void CheckpointWriter::Retain() {
 
 namespace {
 
-// The checkpoint `path_in` names, as *root and *name (ckpt-<step>): a directory with a MANIFEST is
-// one checkpoint; otherwise a root, whose LATEST names it (without LATEST, or when LATEST names a
-// missing directory, the ckpt-<step> of highest step; the latter is logged when `warn`).
-Status ResolveCheckpoint(const std::string& path_in, bool warn, std::string* root,
-                         std::string* name) {
-  std::string path = path_in;
+std::string TrimSlashes(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
-  if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
-  if (ps::PathExists(path + "/" + kManifestName)) {
-    const size_t slash = path.find_last_of('/');
-    *root = slash == std::string::npos ? "." : path.substr(0, slash);
-    *name = slash == std::string::npos ? path : path.substr(slash + 1);
-    return Status::Ok();
-  }
-  *root = path;
-  name->clear();
-  auto latest = ps::ReadSmallFile(path + "/" + kLatestName);
-  std::string missing;  // what LATEST names when that directory does not exist
-  if (latest.ok()) {
-    *name = *latest;
-    while (!name->empty() && (name->back() == '\n' || name->back() == ' ')) name->pop_back();
-    if (StepOfName(*name) < 0)
-      return DataLossError(path + "/" + kLatestName + ": names '" + *name +
-                           "', not a ckpt-<step> directory");
-    if (!ps::IsDirectory(*root + "/" + *name)) missing.swap(*name);
-  }
-  if (name->empty()) {
-    IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(*root));
-    if (list.empty()) {
-      if (!missing.empty())
-        return NotFoundError(path + "/" + kLatestName + ": names '" + missing +
-                             "', which is missing, and there is no other ckpt-<step>");
-      return NotFoundError(path + ": no checkpoint (no LATEST, no ckpt-<step>)");
-    }
-    *name = list.back().second;
-    // Deliberate (a writer killed between replacing a checkpoint and updating LATEST leaves
-    // this state), but never silent: the run may resume from an older step than expected.
-    if (!missing.empty() && warn)
-      LOG(WARNING) << path << "/" << kLatestName << " names '" << missing
-                   << "', which is missing; using " << *root << "/" << *name
-                   << " (the newest ckpt-<step>) instead";
-  }
-  return Status::Ok();
+  return path;
+}
+
+// Whether `path` (trimmed) is one checkpoint, a directory with a MANIFEST, as *root and *name.
+bool IsOneCheckpoint(const std::string& path, std::string* root, std::string* name) {
+  if (!ps::PathExists(path + "/" + kManifestName)) return false;
+  const size_t slash = path.find_last_of('/');
+  *root = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  *name = slash == std::string::npos ? path : path.substr(slash + 1);
+  return true;
 }
 
 }  // namespace
 
-StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path) {
-  std::string root, name;
-  // Open, which follows, warns about a LATEST naming a missing directory.
-  IPS_RETURN_IF_ERROR(ResolveCheckpoint(path, /*warn=*/false, &root, &name));
+StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path_in) {
+  const std::string path = TrimSlashes(path_in);
+  if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
   CheckpointHead head;
-  head.dir = root + "/" + name;
+  std::string root, name;
+  if (IsOneCheckpoint(path, &root, &name)) {
+    head.dir = root + "/" + name;
+  } else {
+    // A root resolves to its newest checkpoint that validates, which only validating tells. The
+    // reader that follows (Open) warns about what the resolution skipped.
+    IPS_ASSIGN_OR_RETURN(const auto reader, CheckpointReader::Open(path, /*warn=*/false));
+    head.dir = reader->dir();
+  }
   IPS_ASSIGN_OR_RETURN(const ckpt::CheckpointManifest m, ReadManifest(head.dir));
   head.step = m.step();
+  head.config_text = m.config_text();
   for (const auto& f : m.files())
     if (f.role() == ckpt::FileEntry::DENSE && !f.name().empty() &&
         f.name().find('/') == std::string::npos && f.name() != "..")
@@ -846,9 +1005,84 @@ StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path) {
   return head;
 }
 
-StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path_in) {
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path_in,
+                                                                   bool warn) {
+  const std::string path = TrimSlashes(path_in);
+  if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
   std::string root, name;
-  IPS_RETURN_IF_ERROR(ResolveCheckpoint(path_in, /*warn=*/true, &root, &name));
+  if (IsOneCheckpoint(path, &root, &name)) return OpenCheckpoint(root, name);
+  return OpenRoot(path, warn);
+}
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenRoot(const std::string& root,
+                                                                       bool warn) {
+  // LATEST, as a hint: what it names is reported when it is not what the root resolves to.
+  std::string latest;
+  if (auto text = ps::ReadSmallFile(root + "/" + kLatestName); text.ok()) {
+    latest = *text;
+    while (!latest.empty() && (latest.back() == '\n' || latest.back() == ' ')) latest.pop_back();
+    if (StepOfName(latest) < 0) {
+      if (warn)
+        LOG(WARNING) << root << "/" << kLatestName << " names '" << latest
+                     << "', not a ckpt-<step> directory; ignoring it";
+      latest.clear();
+    }
+  }
+  IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
+  if (list.empty()) {
+    if (!latest.empty())
+      return NotFoundError(root + "/" + kLatestName + ": names '" + latest +
+                           "', which is missing, and there is no other ckpt-<step>");
+    return NotFoundError(root + ": no checkpoint (no LATEST, no ckpt-<step>)");
+  }
+  // Newest first. A ckpt-<step> is renamed into place only once complete and fsynced, so the
+  // newest one is the run's last checkpoint even when LATEST, replaced after the rename, still
+  // names the one before (a writer killed in between); one that does not validate (damaged
+  // since) is skipped, never silently.
+  std::vector<std::pair<std::string, Status>> skipped;  // (ROOT/ckpt-N, why), newest first
+  for (auto it = list.rbegin(); it != list.rend(); ++it) {
+    auto reader = OpenCheckpoint(root, it->second);
+    if (!reader.ok()) {
+      skipped.emplace_back(root + "/" + it->second, reader.status());
+      continue;
+    }
+    if (warn) {
+      const std::string& name = it->second;
+      const std::string using_it = root + "/" + name;
+      for (const auto& [dir, why] : skipped)
+        LOG(WARNING) << "checkpoint " << dir << " cannot be loaded (" << why.ToString()
+                     << "); using " << using_it << ", the newest checkpoint of " << root
+                     << " that can";
+      if (!latest.empty() && latest != name) {
+        if (!ps::IsDirectory(root + "/" + latest)) {
+          // A writer killed between moving a same-step checkpoint aside and updating LATEST.
+          LOG(WARNING) << root << "/" << kLatestName << " names '" << latest
+                       << "', which is missing; using " << using_it
+                       << " (the newest ckpt-<step> that loads) instead";
+        } else if (StepOfName(latest) < it->first) {
+          LOG(WARNING) << root << "/" << kLatestName << " names '" << latest << "', but "
+                       << using_it
+                       << " is newer and complete (a writer stopped after publishing it, before "
+                          "updating LATEST); using it";
+        }
+        // Else LATEST names a newer checkpoint that does not load: reported as skipped above.
+      }
+    }
+    return reader;
+  }
+  // None loads: the newest one's error, which names the file, and the others'.
+  const Status& newest_error = skipped.front().second;
+  if (skipped.size() == 1) return newest_error;
+  std::string others;
+  for (size_t i = 1; i < skipped.size(); ++i)
+    others += (i > 1 ? "; " : "") + skipped[i].second.ToString();
+  return Status(newest_error.code(), newest_error.message() + " (no checkpoint of " + root +
+                                         " loads; the " + std::to_string(skipped.size() - 1) +
+                                         " older: " + others + ")");
+}
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenCheckpoint(
+    const std::string& root, const std::string& name) {
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());
   // Follow the chain to its full checkpoint.
   std::vector<std::pair<std::string, ckpt::CheckpointManifest>> chain;
@@ -857,8 +1091,10 @@ StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::st
     if (!seen.insert(cur).second)
       return InvalidArgumentError(root + ": checkpoint chain cycles at " + cur);
     const std::string dir = root + "/" + cur;
-    if (!ps::IsDirectory(dir))
+    if (!ps::IsDirectory(dir)) {
+      if (chain.empty()) return NotFoundError(dir + ": no such checkpoint directory");
       return NotFoundError(dir + ": missing (parent of " + chain.back().first + ")");
+    }
     IPS_ASSIGN_OR_RETURN(ckpt::CheckpointManifest m, ReadManifest(dir));
     const bool inc = m.kind() == ckpt::CheckpointManifest::INCREMENTAL;
     std::string parent = m.parent();
@@ -966,6 +1202,11 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
     return Status::Ok();
   }();
   if (!fits.ok()) return ExplainMisfit(fits, dir(), config_text_, into.config_text);
+  // A run continuing this checkpoint: its saved position in the epoch must mean the same
+  // examples under this run's settings.
+  if (into.vocabulary.has_value() && into.resume_examples_per_epoch >= 0)
+    IPS_RETURN_IF_ERROR(CheckResumeEpochOrder(dir(), config_text_, saved_blobs, into.config_text,
+                                              *into.vocabulary, into.resume_examples_per_epoch));
   for (const auto* t : into.tables)
     if (t->Stats().rows != 0)
       return FailedPreconditionError("table '" + t->options().name +

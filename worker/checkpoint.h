@@ -7,7 +7,9 @@
 //                Dice running statistics) and named opaque blobs (reader positions, RNG states,
 //                step counters), see CheckpointContent
 //   table-<name>-r<rank>.bin   one table shard per writer (ps/table_checkpoint.h)
-// and DIR/LATEST names the newest one.
+// and DIR/LATEST names the newest one. Readers take LATEST as a hint: --resume DIR continues the
+// newest ckpt-<step> that validates (CheckpointReader::Open), which a writer killed after
+// publishing a checkpoint but before replacing LATEST leaves newer than what LATEST names.
 //
 // Durability: a checkpoint is written into DIR/tmp-<step>-..., every file is fsynced, then the
 // directory, then it is renamed to DIR/ckpt-<step> and DIR is fsynced, then LATEST is replaced
@@ -67,12 +69,23 @@ struct TensorRef {
 // and category counts agree: a dataset converted again from the same input with other evaluation
 // lists (--eval_negatives, --eval_users, --seed) has the same one. train_dir and format only name
 // it in messages.
+//
+// It also carries the dataset's layout, which SameAs ignores (a vocabulary is the same whatever
+// the shards): with data.seed, data.shuffle and data.batch_size it fixes the order of a training
+// epoch, so a run resumed mid-epoch must find it unchanged (CheckResumeEpochOrder). A training
+// epoch is a permutation of every shard's rows taken shard after shard (users go to shard
+// Mix64(user) % N), with sampled negatives drawn per (shard, row): another --shards count, or
+// another --protocol, puts other examples at the same position.
 struct DatasetVocabulary {
   std::string train_dir;
   std::string format;
   uint32_t crc32c = 0;
   uint64_t bytes = 0;
   uint64_t users = 0, items = 0, categories = 0;
+  // Layout: the manifest's protocol and each shard's training rows, in shard order. Empty
+  // shard_rows: not recorded (a checkpoint written before the layout was recorded).
+  std::string protocol;
+  std::vector<uint64_t> shard_rows;
 
   bool SameAs(const DatasetVocabulary& o) const {
     return crc32c == o.crc32c && bytes == o.bytes && users == o.users && items == o.items &&
@@ -81,7 +94,13 @@ struct DatasetVocabulary {
   // "data.train_dir 'DIR' (movielens100k: 943 users, 1682 items, 19 categories, vocab.ips
   // crc32c 0x1234abcd, 40960 bytes)"; `field` names where DIR came from (`ips export --dataset`).
   std::string Describe(const std::string& field = "data.train_dir") const;
+  bool SameLayoutAs(const DatasetVocabulary& o) const {
+    return protocol == o.protocol && shard_rows == o.shard_rows;
+  }
+  // "2 shards of 19381 + 19381 training rows, protocol seqrec".
+  std::string DescribeLayout() const;
 };
+// The vocabulary and layout of the dataset in `train_dir`, from its manifest.
 DatasetVocabulary VocabularyOf(const std::string& train_dir, const Manifest& manifest);
 
 // What a checkpoint holds, as references into the live training state.
@@ -98,6 +117,13 @@ struct CheckpointContent {
   // restore, a checkpoint recording another vocabulary is refused before anything is loaded
   // (CheckCheckpointVocabulary). Unset (synthetic data): nothing saved or checked.
   std::optional<DatasetVocabulary> vocabulary;
+  // Set (>= 0) only by a run that continues the checkpoint it restores (`ips train --resume` on
+  // data.train_dir, the workers of `mpirun ... ips train --resume`), not by `ips eval`: the
+  // examples (sequences, for the sequence models) of one training epoch of this run
+  // (TrainingRowsPerEpoch). With `vocabulary` set, Restore then refuses, before anything is
+  // loaded, a checkpoint saved mid-epoch whose position would stand for other examples under this
+  // run's data.seed, data.shuffle, data.batch_size or dataset layout (CheckResumeEpochOrder).
+  int64_t resume_examples_per_epoch = -1;
 };
 
 // Adds a model's dense weights ("dense/<entry>"), its non-trained state ("model_state/<name>")
@@ -138,6 +164,28 @@ StatusOr<std::optional<DatasetVocabulary>> RecordedOtherVocabulary(
 Status CheckCheckpointVocabulary(const std::string& checkpoint,
                                  const std::map<std::string, std::string>& blobs,
                                  const DatasetVocabulary& data);
+
+// Whether a dataset run may continue the checkpoint at `checkpoint` (its directory, for messages)
+// where it stopped. The checkpoint's position in its epoch (blob "run/dataset": epoch, position)
+// counts examples of that epoch's order, which data.seed and data.shuffle (the permutation and
+// the sampled negatives), data.batch_size (how the rest is cut into steps) and the dataset's
+// layout (DatasetVocabulary::SameLayoutAs) decide. Mid-epoch (0 < position <
+// examples_per_epoch) a change of any of them would continue the epoch with other examples or
+// other batches than the run that wrote the checkpoint: INVALID_ARGUMENT naming each changed
+// field with both values and how to continue ("To continue that run, set data.batch_size back to
+// 32; or train from scratch"). At an epoch's start or end the position means the same under any
+// of them (the next epoch is drawn afresh), so a change is accepted with a warning that the run
+// will not repeat the uninterrupted one. `recorded_config` is the checkpoint's config text
+// (CheckpointReader::config_text, CheckpointHead::config_text), `config_text` this run's;
+// `examples_per_epoch` is this run's TrainingRowsPerEpoch. Settings that are not recorded (no
+// config text, or a config without a data section; no layout in older checkpoints; no
+// "run/dataset": synthetic data) are not compared. Under mpirun an epoch leaves up to W-1
+// batches unread, so its last checkpoint is mid-epoch here. DATA_LOSS for a malformed vocabulary
+// record.
+Status CheckResumeEpochOrder(const std::string& checkpoint, const std::string& recorded_config,
+                             const std::map<std::string, std::string>& blobs,
+                             const std::string& config_text, const DatasetVocabulary& data,
+                             int64_t examples_per_epoch);
 
 // One writer per directory (a checkpoint.dir, a serving bundle root): an advisory lock (flock) on
 // DIR/LOCK, taken without waiting, with the holder's pid written into the file for the message of
@@ -291,14 +339,25 @@ class CheckpointWriter {
 
 class CheckpointReader {
  public:
-  // `path` is a checkpoint root (the directory named by its LATEST file; without LATEST, or when
-  // it names a missing directory, the ckpt-<step> of highest step; the latter is logged as a
-  // warning naming both) or one ckpt-<step> directory.
+  // `path` is one ckpt-<step> directory (a directory holding a MANIFEST) or a checkpoint root,
+  // which resolves to its newest ckpt-<step> that validates. A ckpt-<step> only ever appears,
+  // by rename, once complete, so it is a valid checkpoint whatever LATEST says: LATEST is a
+  // hint (a writer killed between publishing ckpt-<step> and replacing LATEST leaves it naming
+  // the previous one, or a missing one when it was replacing a checkpoint of the same step).
+  // When `warn`, the resolution says so whenever it is not silent agreement: LATEST naming
+  // another checkpoint than the one used (an older one, or a missing one: both are named), and
+  // every newer ckpt-<step> skipped because it does not validate (named with its error).
   // Validates the whole chain (every manifest, every file's size and CRC32C, every table file's
   // structure) before returning. Errors: NOT_FOUND (no checkpoint, a missing file: named),
   // DATA_LOSS (corrupt or truncated file: named, with what was wrong), INVALID_ARGUMENT (a broken
-  // chain or an unknown format version).
-  static StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& path);
+  // chain or an unknown format version); for a root none of whose checkpoints validates, the
+  // newest one's error.
+  static StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& path,
+                                                          bool warn = true);
+  // The checkpoint ROOT/NAME itself (NAME = ckpt-<step>), validated as Open validates it but
+  // never resolved as a root: a checkpoint directory without its MANIFEST is NOT_FOUND naming it.
+  static StatusOr<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& root,
+                                                                    const std::string& name);
   CheckpointReader(const CheckpointReader&) = delete;
   CheckpointReader& operator=(const CheckpointReader&) = delete;
 
@@ -330,6 +389,8 @@ class CheckpointReader {
 
  private:
   CheckpointReader() = default;
+  // Open of a root: its newest ckpt-<step> that validates (see Open).
+  static StatusOr<std::unique_ptr<CheckpointReader>> OpenRoot(const std::string& root, bool warn);
   struct FileRef {
     std::string path;
     std::string table;
@@ -370,13 +431,15 @@ std::string DescribeConfigModel(const std::string& config_text);
 // The checkpoint directories under a root, sorted by step (oldest first).
 StatusOr<std::vector<std::pair<int64_t, std::string>>> ListCheckpoints(const std::string& root);
 
-// The checkpoint `path` names, resolved as CheckpointReader::Open resolves it (a root's LATEST,
-// else its newest ckpt-<step>; or one ckpt-<step> directory), from its manifest alone: nothing
-// else is read or verified (Open does that). Errors: Open's for the same path.
+// The checkpoint `path` names, resolved as CheckpointReader::Open resolves it (one ckpt-<step>
+// directory: its manifest alone is read; a root: its newest ckpt-<step> that validates, which
+// reads and checks its files as Open does, without Open's warnings). Errors: Open's for the
+// same path.
 struct CheckpointHead {
-  std::string dir;         // ROOT/ckpt-<step>
-  int64_t step = 0;        // the manifest's
-  std::string dense_path;  // its dense file (for the blobs: ReadDenseFile)
+  std::string dir;          // ROOT/ckpt-<step>
+  int64_t step = 0;         // the manifest's
+  std::string dense_path;   // its dense file (for the blobs: ReadDenseFile)
+  std::string config_text;  // the config that wrote it (the manifest's; may be empty)
 };
 StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path);
 
@@ -390,6 +453,10 @@ StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path);
 //   must hold none of a higher step (this run would overwrite or remove them).
 // FAILED_PRECONDITION naming DIR, its newest checkpoint and the remedies (--resume DIR, or an
 // empty or new checkpoint.dir); OK when DIR does not exist. INTERNAL when DIR cannot be listed.
+// --resume DIR continues DIR's newest checkpoint that validates, so a resumed run refused here
+// either resumed another checkpoint (then --resume DIR is the remedy) or DIR's newer ones do not
+// validate: those are named with their errors, and the remedy is to move them away (never the
+// --resume DIR that just resolved to the older one).
 Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step);
 
 }  // namespace ips

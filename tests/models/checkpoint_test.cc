@@ -4,7 +4,10 @@
 // nothing loaded; a writer stopped mid-write (and one killed with SIGKILL) leaves the previous
 // checkpoint loadable and no partial one visible; re-sharding through the reader; a checkpoint of
 // another model or configuration is rejected saying which model (and settings) wrote it and what
-// the config says, falling back to the misfit tensor where the checkpoint records no config.
+// the config says, falling back to the misfit tensor where the checkpoint records no config. A
+// root resolves to its newest checkpoint that validates (LATEST is a hint: a kill between the
+// publishing rename and LATEST leaves it behind), and a resumed run whose checkpoint was saved
+// mid-epoch is refused when its data.seed, data.shuffle, data.batch_size or dataset layout changed.
 #include "worker/checkpoint.h"
 
 #include <glog/logging.h>
@@ -379,12 +382,16 @@ TEST(Checkpoint, LatestNamesMissingDirectory_FallsBackToNewest_WithAWarningNamin
   EXPECT_NE(err.find(dir + "/LATEST names 'ckpt-12', which is missing; using " + dir + "/ckpt-9"),
             std::string::npos)
       << err;
-  // LATEST naming an existing checkpoint: used, and nothing logged.
-  ASSERT_TRUE(ps::WriteFileAtomically(dir + "/LATEST", "ckpt-7\n").ok());
+  // LATEST naming the newest checkpoint: used, and nothing logged.
+  ASSERT_TRUE(ps::WriteFileAtomically(dir + "/LATEST", "ckpt-9\n").ok());
   testing::internal::CaptureStderr();
-  auto r7 = CheckpointReader::Open(dir);
+  auto r9 = CheckpointReader::Open(dir);
   const std::string quiet = testing::internal::GetCapturedStderr();
   EXPECT_EQ(quiet.find("LATEST"), std::string::npos) << quiet;
+  ASSERT_TRUE(r9.ok()) << r9.status();
+  EXPECT_EQ((*r9)->step(), 9);
+  // An older one is a named checkpoint, not the root: DIR/ckpt-7.
+  auto r7 = CheckpointReader::Open(dir + "/ckpt-7");
   ASSERT_TRUE(r7.ok()) << r7.status();
   EXPECT_EQ((*r7)->step(), 7);
   // Nothing to fall back to: the error names LATEST and what it names.
@@ -397,6 +404,136 @@ TEST(Checkpoint, LatestNamesMissingDirectory_FallsBackToNewest_WithAWarningNamin
             std::string::npos)
       << none.status();
   ps::RemoveTree(empty);
+  ps::RemoveTree(dir);
+}
+
+// The state `kill -9` leaves between the publishing rename of ckpt-<step> and the replacement of
+// LATEST (1 in 8 random kills of `ips train` with checkpoint.every_steps=7): a complete, newer
+// checkpoint and LATEST naming the one before. The reader used to follow LATEST, so `--resume DIR`
+// resumed the older one and the run was then refused for the newer one in DIR, with the advice to
+// run `--resume DIR`, the command that had just failed. The root now resolves to the newest
+// complete checkpoint (with a warning naming both), PeekCheckpoint agrees without the warning,
+// the run is accepted, and the next checkpoint puts LATEST right.
+TEST(Checkpoint, LatestBehindANewerCompleteCheckpoint_RootResolvesToTheNewest) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(3, 1, 2);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.keep_last = 5;
+  auto w = std::move(CheckpointWriter::Create(o)).value();
+  ASSERT_TRUE(w->Write(4, a.content).ok());
+  a.Perturb(4, 3, 2);
+  ASSERT_TRUE(w->Write(7, a.content).ok());
+  w.reset();  // killed: its lock goes with it
+  ASSERT_TRUE(ps::WriteFileAtomically(dir + "/LATEST", "ckpt-4\n").ok());
+
+  FLAGS_logtostderr = true;
+  testing::internal::CaptureStderr();
+  auto head = PeekCheckpoint(dir);
+  const std::string peek_err = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->dir, dir + "/ckpt-7");
+  EXPECT_EQ(head->step, 7);
+  EXPECT_EQ(head->config_text, "name: \"test\"");
+  EXPECT_EQ(peek_err.find("LATEST"), std::string::npos)
+      << "Open, which follows, warns: " << peek_err;
+  // What `ips train --resume DIR` then checks of DIR, which is its checkpoint.dir too.
+  EXPECT_TRUE(CheckCheckpointDirForRun(dir, head->step).ok())
+      << CheckCheckpointDirForRun(dir, head->step);
+
+  testing::internal::CaptureStderr();
+  State b(2);
+  Poison(&b);
+  auto step = LoadCheckpoint(dir, b.content, nullptr);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(*step, 7);
+  ExpectSameState(b, a);
+  EXPECT_NE(err.find(dir + "/LATEST names 'ckpt-4', but " + dir +
+                     "/ckpt-7 is newer and complete (a writer stopped after publishing it, "
+                     "before updating LATEST); using it"),
+            std::string::npos)
+      << err;
+
+  // The resumed run's writer: its first checkpoint replaces LATEST.
+  auto w2 = std::move(CheckpointWriter::Create(o)).value();
+  ASSERT_TRUE(w2->Write(8, b.content).ok());
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/LATEST").value(), "ckpt-8\n");
+  ps::RemoveTree(dir);
+}
+
+// A newer checkpoint that does not validate (damaged after it was published: a ckpt-<step> is
+// only ever renamed into place complete) is skipped with a warning naming it and what is wrong;
+// the run resumed from the older one is refused while the damaged one is in DIR, and the advice
+// is to move it away (then run the same command), never `--resume DIR`, which just resolved to
+// the older one. With a loadable checkpoint between the two, the advice names that one. When no
+// checkpoint loads, the error is the newest one's, naming the file.
+TEST(Checkpoint, NewestCheckpointDamaged_FallsBackWithAWarning_AdviceIsNotTheFailedCommand) {
+  const std::string dir = TempDir();
+  State a(1);
+  CheckpointOptions o;
+  o.dir = dir;
+  o.keep_last = 5;
+  {
+    auto w = std::move(CheckpointWriter::Create(o)).value();
+    a.Perturb(3, 1, 2);
+    ASSERT_TRUE(w->Write(4, a.content).ok());
+    a.Perturb(4, 3, 2);
+    ASSERT_TRUE(w->Write(7, a.content).ok());
+  }
+  State at7(5);
+  ASSERT_TRUE(LoadCheckpoint(dir, at7.content, nullptr).ok());
+  const std::string damaged = dir + "/ckpt-7/dense.bin";
+  Corrupt(damaged, 40);
+
+  FLAGS_logtostderr = true;
+  testing::internal::CaptureStderr();
+  State b(2);
+  auto step = LoadCheckpoint(dir, b.content, nullptr);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(*step, 4);
+  EXPECT_NE(err.find("checkpoint " + dir + "/ckpt-7 cannot be loaded (DATA_LOSS: " + damaged),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("using " + dir + "/ckpt-4, the newest checkpoint of " + dir + " that can"),
+            std::string::npos)
+      << err;
+  auto head = PeekCheckpoint(dir);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->step, 4);
+
+  const Status refused = CheckCheckpointDirForRun(dir, 4);
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused;
+  for (const std::string& part : std::vector<std::string>{
+           "checkpoint.dir " + dir + " holds 1 checkpoint(s) newer than the resumed step 4",
+           "Of these, 1 cannot be loaded: " + dir + "/ckpt-7 (DATA_LOSS: " + damaged,
+           "Move the damaged checkpoint(s) out of " + dir + " and run this command again"})
+    EXPECT_NE(refused.message().find(part), std::string::npos) << part << "\n" << refused;
+  EXPECT_EQ(refused.message().find("--resume"), std::string::npos)
+      << "--resume DIR resolved to step 4: " << refused;
+
+  // A loadable checkpoint between the resumed one and the damaged one: continue from it.
+  ASSERT_EQ(std::system(("cp -r " + dir + "/ckpt-4 " + dir + "/ckpt-2").c_str()), 0);
+  // (ckpt-2 holds the manifest of step 4: loadable, which is all the check asks.)
+  const Status from2 = CheckCheckpointDirForRun(dir, 2);
+  EXPECT_EQ(from2.code(), StatusCode::kFailedPrecondition) << from2;
+  EXPECT_NE(from2.message().find("then continue from the newest that loads (" + dir +
+                                 "/ckpt-4) with --resume " + dir),
+            std::string::npos)
+      << from2;
+
+  // Nothing loads: the newest one's error, naming its file, and the others'.
+  ps::RemoveTree(dir + "/ckpt-2");
+  Corrupt(dir + "/ckpt-4/dense.bin", 40);
+  auto none = CheckpointReader::Open(dir);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(none.status().message().rfind(damaged, 0), 0u) << none.status();
+  const std::string older =
+      "no checkpoint of " + dir + " loads; the 1 older: DATA_LOSS: " + dir + "/ckpt-4/dense.bin";
+  EXPECT_NE(none.status().message().find(older), std::string::npos) << none.status();
   ps::RemoveTree(dir);
 }
 
@@ -537,7 +674,13 @@ TEST(Checkpoint, Retention_NeverRemovesTheCheckpointJustWritten) {
   info = w->Write(6, a.content);
   ASSERT_TRUE(info.ok()) << info.status();
   ASSERT_TRUE(info->incremental);
-  auto reader = CheckpointReader::Open(dir);
+  EXPECT_EQ(ps::ReadSmallFile(dir + "/LATEST").value(), "ckpt-6\n");
+  // The root resolves to its highest step that loads, the other run's (LATEST is a hint), which
+  // is why a run that would mix with another run's checkpoints is refused at its start.
+  auto root = PeekCheckpoint(dir);
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(root->step, 120);
+  auto reader = CheckpointReader::Open(dir + "/ckpt-6");
   ASSERT_TRUE(reader.ok()) << reader.status();
   EXPECT_EQ((*reader)->step(), 6);
   EXPECT_EQ((*reader)->chain().size(), 2u);
@@ -666,6 +809,172 @@ TEST(Checkpoint, Vocabulary_RecordedInEveryCheckpoint_AnotherOneRefusedNamingBot
   const Status bad = CheckCheckpointVocabulary(dir, {{kVocabularyBlob, "items=many\n"}}, other);
   EXPECT_EQ(bad.code(), StatusCode::kDataLoss) << bad;
   EXPECT_NE(bad.message().find(kVocabularyBlob), std::string::npos) << bad;
+  ps::RemoveTree(dir);
+}
+
+// The blob "run/dataset" of a dataset run's checkpoint (worker/internal/run_steps.h): epoch,
+// position, steps, samples, epoch steps, epoch samples, trainer steps.
+std::string RunDatasetBlob(int64_t epoch, int64_t position) {
+  const int64_t v[7] = {epoch, position, 10, position, 10, position, 10};
+  return std::string(reinterpret_cast<const char*>(v), sizeof(v));
+}
+
+DatasetVocabulary Ml100k(const std::string& dir, std::vector<uint64_t> shard_rows) {
+  DatasetVocabulary v;
+  v.train_dir = dir;
+  v.format = "movielens100k";
+  v.crc32c = 0x1234abcd;
+  v.bytes = 40960;
+  v.users = 943;
+  v.items = 1682;
+  v.categories = 19;
+  v.protocol = "seqrec";
+  v.shard_rows = std::move(shard_rows);
+  return v;
+}
+
+// A run resumed mid-epoch continues the epoch's order at the saved position: another data.seed or
+// data.shuffle (the permutation and the negatives), data.batch_size (the batches) or dataset
+// layout (another --shards) used to continue silently with other examples. Each is refused
+// naming the field, both values and how to continue; at an epoch's start or end any of them is
+// accepted (with a warning). The layout rides in the vocabulary blob and is not part of the
+// vocabulary. What a checkpoint does not record is not compared.
+TEST(Checkpoint, ResumeEpochOrder_MidEpochChangesRefusedNamingBothValues_EpochEndAccepted) {
+  const std::string ck = "/ck/ckpt-17";
+  const std::string cfg32 = "data { train_dir: \"/data/a\" batch_size: 32 seed: 3 }";
+  const DatasetVocabulary a = Ml100k("/data/a", {19381, 19381});
+  std::map<std::string, std::string> blobs = {{"run/dataset", RunDatasetBlob(0, 544)},
+                                              {kVocabularyBlob, EncodeVocabulary(a)}};
+  const int64_t per_epoch = 77524;
+  // The layout survives the blob and is not part of the vocabulary.
+  auto decoded = DecodeVocabulary(blobs[kVocabularyBlob]);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->shard_rows, a.shard_rows);
+  EXPECT_EQ(decoded->protocol, "seqrec");
+  const DatasetVocabulary three = Ml100k("/data/b", {12000, 13000, 13762});
+  EXPECT_TRUE(decoded->SameAs(three));
+  EXPECT_FALSE(decoded->SameLayoutAs(three));
+
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, cfg32, blobs, cfg32, a, per_epoch).ok());
+  // Unrelated settings may change.
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, cfg32, blobs,
+                                    cfg32 + " train { epochs: 9 } optimizer { learning_rate: 1 }",
+                                    a, per_epoch)
+                  .ok());
+
+  struct Case {
+    std::string config;
+    DatasetVocabulary data;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"data { train_dir: \"/data/a\" batch_size: 32 seed: 4 }",
+       a,
+       {"data.seed is 4, the checkpoint's run had 3: it draws the epoch's shuffle and its "
+        "sampled negatives",
+        "To continue that run, set data.seed back to 3; or train from scratch"}},
+      {"data { train_dir: \"/data/a\" batch_size: 64 seed: 3 }",
+       a,
+       {"data.batch_size is 64, the checkpoint's run had 32: it cuts the rest of the epoch into "
+        "other batches",
+        "set data.batch_size back to 32"}},
+      {"data { train_dir: \"/data/a\" batch_size: 32 seed: 3 shuffle: false }",
+       a,
+       {"data.shuffle is false, the checkpoint's run had true", "set data.shuffle back to true"}},
+      {cfg32,
+       three,
+       {"data.train_dir is '/data/b' (3 shards of 12000 + 13000 + 13762 training rows, protocol "
+        "seqrec), the checkpoint's run had '/data/a' (2 shards of 19381 + 19381 training rows, "
+        "protocol seqrec): the epoch's order is a permutation of the rows of every shard in turn",
+        "set data.train_dir back to '/data/a' (or to the same input converted again with "
+        "--shards 2)"}},
+      // Two at once (the default batch size, 512, for an unset field): both, joined.
+      {"data { train_dir: \"/data/a\" seed: 4 }",
+       a,
+       {"data.seed is 4", "data.batch_size is 512, the checkpoint's run had 32",
+        "set data.seed back to 3 and set data.batch_size back to 32"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.config);
+    const Status s = CheckResumeEpochOrder(ck, cfg32, blobs, c.config, c.data, per_epoch);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("the checkpoint at /ck/ckpt-17 was saved in the middle of epoch 1 "
+                               "(at position 544 of the epoch's order)"),
+              std::string::npos)
+        << s;
+    for (const std::string& part : c.parts)
+      EXPECT_NE(s.message().find(part), std::string::npos) << part << "\n" << s;
+    // At the end of the epoch (the position a run's last checkpoint has) and at the start of
+    // one, the same change is accepted, with a warning.
+    for (const int64_t at : {per_epoch, int64_t{0}}) {
+      std::map<std::string, std::string> boundary = blobs;
+      boundary["run/dataset"] = RunDatasetBlob(1, at);
+      FLAGS_logtostderr = true;
+      testing::internal::CaptureStderr();
+      const Status ok = CheckResumeEpochOrder(ck, cfg32, boundary, c.config, c.data, per_epoch);
+      const std::string err = testing::internal::GetCapturedStderr();
+      EXPECT_TRUE(ok.ok()) << ok;
+      EXPECT_NE(err.find("resuming the checkpoint at /ck/ckpt-17 at the " +
+                         std::string(at == 0 ? "start" : "end") +
+                         " of epoch 2 with other settings than the run that wrote it: "),
+                std::string::npos)
+          << err;
+      EXPECT_NE(err.find(c.parts[0]), std::string::npos) << err;
+    }
+  }
+
+  // Not recorded, not compared: a checkpoint without a data section in its config (a library
+  // caller's), without the layout (older), without a reader position (synthetic data).
+  const std::string seed4 = "data { train_dir: \"/data/a\" batch_size: 32 seed: 4 }";
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, "name: \"test\"", blobs, seed4, a, per_epoch).ok());
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, "", blobs, seed4, a, per_epoch).ok());
+  DatasetVocabulary unlaid = a;
+  unlaid.shard_rows.clear();
+  const std::map<std::string, std::string> older = {{"run/dataset", RunDatasetBlob(0, 544)},
+                                                    {kVocabularyBlob, EncodeVocabulary(unlaid)}};
+  EXPECT_EQ(EncodeVocabulary(unlaid).find("shard_rows"), std::string::npos);
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, cfg32, older, cfg32, three, per_epoch).ok());
+  EXPECT_TRUE(CheckResumeEpochOrder(ck, cfg32, {}, seed4, a, per_epoch).ok());
+  const Status bad = CheckResumeEpochOrder(
+      ck, cfg32, {{"run/dataset", RunDatasetBlob(0, 544)}, {kVocabularyBlob, "shard_rows=1,x\n"}},
+      cfg32, a, per_epoch);
+  EXPECT_EQ(bad.code(), StatusCode::kDataLoss) << bad;
+}
+
+// Restore runs the check only for a run that continues the checkpoint
+// (resume_examples_per_epoch set), before anything is loaded; `ips eval` may use any batch size.
+TEST(Checkpoint, ResumeEpochOrder_CheckedByRestoreOnlyForAResume) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(3, 1, 2);
+  a.content.config_text = "data { train_dir: \"/data/a\" batch_size: 32 seed: 3 }";
+  a.content.vocabulary = Ml100k("/data/a", {19381, 19381});
+  a.content.blobs["run/dataset"] = RunDatasetBlob(0, 544);
+  CheckpointOptions o;
+  o.dir = dir;
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(o)).value()->Write(17, a.content).ok());
+
+  State b(2);
+  Poison(&b);
+  b.content.config_text = "data { train_dir: \"/data/a\" batch_size: 64 seed: 3 }";
+  b.content.vocabulary = a.content.vocabulary;
+  b.content.resume_examples_per_epoch = 77524;
+  auto refused = LoadCheckpoint(dir, b.content, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("the checkpoint at " + dir +
+                                            "/ckpt-17 was saved in the middle of epoch 1"),
+            std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("set data.batch_size back to 32"), std::string::npos)
+      << refused.status();
+  for (const auto& t : b.content.tensors) EXPECT_TRUE(std::isnan(t.data[0])) << t.name;
+  for (const auto& t : b.tables) EXPECT_EQ(t->Stats().rows, 0);
+
+  b.content.resume_examples_per_epoch = -1;  // an evaluation
+  auto evaluated = LoadCheckpoint(dir, b.content, nullptr);
+  ASSERT_TRUE(evaluated.ok()) << evaluated.status();
+  ExpectSameState(b, a);
   ps::RemoveTree(dir);
 }
 
