@@ -26,13 +26,16 @@ std::string ZlibMessage(const char* msg) {
 }
 }  // namespace
 
-std::string_view LineReader::StripBom(std::string_view piece) const {
-  // Editors on Windows (Notepad, Excel's "CSV UTF-8") start text files with the UTF-8 byte order
-  // mark EF BB BF. It is not part of the first field: without this every format would refuse the
-  // first line ("user: expected ... (got '\xef\xbb\xbf1')"). Only at the very start of the file.
+std::string_view WithoutUtf8Bom(std::string_view first_line) {
   constexpr std::string_view kBom = "\xef\xbb\xbf";
-  if (line_number_ == 0 && piece.substr(0, kBom.size()) == kBom) piece.remove_prefix(kBom.size());
-  return piece;
+  if (first_line.substr(0, kBom.size()) == kBom) first_line.remove_prefix(kBom.size());
+  return first_line;
+}
+
+std::string_view LineReader::StripBom(std::string_view piece) const {
+  // Without this every format would refuse the first line of a file that starts with a byte
+  // order mark ("user: expected ... (got '\xef\xbb\xbf1')").
+  return line_number_ == 0 ? WithoutUtf8Bom(piece) : piece;
 }
 
 StatusOr<bool> IsGzipFile(const std::string& path) {

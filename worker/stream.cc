@@ -106,7 +106,7 @@ EventStreamSource::EventStreamSource(int fd, bool owned, std::string name,
     // read from its start can begin with a byte order mark.
     const off_t at = lseek(fd_, 0, SEEK_CUR);
     start_offset_ = at > 0 ? static_cast<int64_t>(at) : 0;
-    at_file_start_ = start_offset_ == 0;
+    read_from_file_start_ = start_offset_ == 0;
   }
   buf_.resize(1 << 16);
   StreamNowSeconds();  // fix the clock's origin before the first read
@@ -240,7 +240,7 @@ void EventStreamSource::SwitchToNextFile() {
   file_bytes_ = 0;
   start_offset_ = 0;
   tail_len_ = 0;
-  at_file_start_ = true;
+  read_from_file_start_ = true;
   line_ = 0;
   ++file_index_;
   rotations_.fetch_add(1, std::memory_order_relaxed);
@@ -384,23 +384,6 @@ StatusOr<bool> EventStreamSource::Next(StreamEvent* out) {
   if (!error_.ok()) return error_;
   if (ended_) return false;
   while (true) {
-    if (at_file_start_ && end_ > begin_) {
-      // Editors on Windows start text files with the UTF-8 byte order mark; `ips data convert`
-      // skips it (worker/line_reader.cc), and so does the stream: only at the very start of a
-      // file, where it is not part of the first field. While what arrived so far is a prefix of
-      // it, more is read (below) before deciding.
-      constexpr std::string_view kBom = "\xef\xbb\xbf";
-      const size_t have = std::min(kBom.size(), end_ - begin_);
-      if (std::string_view(buf_.data() + begin_, have) != kBom.substr(0, have)) {
-        at_file_start_ = false;
-      } else if (have == kBom.size()) {
-        begin_ += have;
-        at_file_start_ = false;
-        continue;
-      } else if (eof_ || old_file_done_) {
-        at_file_start_ = false;  // the file ends inside the mark: a (bad) line like any other
-      }
-    }
     const char* begin = buf_.data() + begin_;
     const char* nl = static_cast<const char*>(std::memchr(begin, '\n', end_ - begin_));
     std::string_view line;
@@ -432,6 +415,8 @@ StatusOr<bool> EventStreamSource::Next(StreamEvent* out) {
       }
       continue;
     }
+    // A byte order mark is skipped at the start of a file, as `ips data convert` skips it.
+    if (line_ == 0 && read_from_file_start_) line = WithoutUtf8Bom(line);
     ++line_;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;

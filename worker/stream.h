@@ -198,12 +198,12 @@ class EventStreamSource {
   static constexpr int kTailBytes = 64;
   char tail_[kTailBytes] = {};
   int tail_len_ = 0;
-  bool at_file_start_ = true;    // nothing of the open file consumed yet (a BOM is skipped)
-  int64_t file_index_ = 0;       // StreamEvent::file of the open file
-  int next_fd_ = -1;             // the file the path names now (rotation seen), owned
-  double rotation_seen_at_ = 0;  // when next_fd_ was opened
-  bool old_file_done_ = false;   // the open file is read to its end and next_fd_ is next
-  bool path_gone_ = false;       // the path did not exist at the last check (noticed once)
+  bool read_from_file_start_ = true;  // the open file is read from byte 0 (its BOM is skipped)
+  int64_t file_index_ = 0;            // StreamEvent::file of the open file
+  int next_fd_ = -1;                  // the file the path names now (rotation seen), owned
+  double rotation_seen_at_ = 0;       // when next_fd_ was opened
+  bool old_file_done_ = false;        // the open file is read to its end and next_fd_ is next
+  bool path_gone_ = false;            // the path did not exist at the last check (noticed once)
   std::atomic<int64_t> bad_lines_{0}, rotations_{0};
   double last_read_time_ = 0;
 
