@@ -168,7 +168,12 @@ inline std::atomic<int>& ResultLineRankSlot() {
   static std::atomic<int> rank{0};
   return rank;
 }
-inline void SetResultLineRank(int rank) { ResultLineRankSlot().store(rank); }
+// Rank `result_rank` prints the job's RESULT line; this process (rank `own_rank`) prints it if it
+// is that rank.
+inline void SetResultLineRank(int result_rank, int own_rank) {
+  ResultLineRankSlot().store(result_rank);
+  SetPrintsResultLine(result_rank == own_rank);
+}
 inline int ResultLineRank() { return ResultLineRankSlot().load(); }
 
 }  // namespace ips

@@ -434,8 +434,7 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   std::unique_ptr<Cluster> cluster = std::move(cluster_or).value();
   // Worker 0 prints the job's RESULT line, its error line included (launch/main.cc); until now
   // rank 0 would have.
-  SetPrintsResultLine(cluster->role() == Role::kWorker && cluster->role_index() == 0);
-  SetResultLineRank(cluster->layout().num_ps);  // worker 0's rank
+  SetResultLineRank(/*worker 0's rank=*/cluster->layout().num_ps, cluster->rank());
   if (!job.ok()) cluster->Abort(job.status());
   if (!job->synthetic) {
     // The ranks agree before anything starts: a bad directory (or one missing on some host) ends
