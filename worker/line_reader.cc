@@ -38,25 +38,9 @@ std::string_view LineReader::StripBom(std::string_view piece) const {
   return line_number_ == 0 ? WithoutUtf8Bom(piece) : piece;
 }
 
-StatusOr<bool> IsGzipFile(const std::string& path) {
-  // read(2), not stdio: only the two bytes asked for are consumed (stdio would take 4 KiB).
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NotFoundError(path + ": cannot open: " + std::strerror(errno));
-  unsigned char magic[2] = {0, 0};
-  size_t n = 0;
-  while (n < 2) {
-    const ssize_t got = ::read(fd, magic + n, 2 - n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    n += static_cast<size_t>(got);
-  }
-  ::close(fd);
-  return n == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
-}
-
 StatusOr<std::unique_ptr<LineReader>> LineReader::Open(const std::string& path) {
   // The path is opened exactly once and zlib both detects and reads through that descriptor.
-  // Sniffing the magic bytes through a separate open (as IsGzipFile does) and then opening again
+  // Sniffing the magic bytes through a separate open and then opening again
   // loses data on anything that is not a regular file: on a pipe (/dev/stdin, <(...)) the first
   // read consumed bytes the second open never sees, and on a named FIFO the second open waits
   // forever for a writer that has already finished.

@@ -18,10 +18,6 @@
 
 namespace ips {
 
-// True if the file starts with the gzip magic bytes. NOT_FOUND if it cannot be opened. It reads
-// the first two bytes, so on a pipe or FIFO they are gone: LineReader does not use it.
-StatusOr<bool> IsGzipFile(const std::string& path);
-
 // `first_line` without a leading UTF-8 byte order mark (EF BB BF). Editors on Windows (Notepad,
 // Excel's "CSV UTF-8") start text files with it; it is not part of the first field. For the
 // first line of a file (or a pipe) only: anywhere else the mark is part of the line.

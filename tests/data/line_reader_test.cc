@@ -53,8 +53,8 @@ TEST(LineReader, PlainAndGzipGiveSameLinesWithNumbers) {
   const std::string content = "a b\r\nsecond\n\nlast-without-newline";
   testing::WriteFile(dir.File("p.txt"), content);
   testing::WriteGzip(dir.File("g.txt"), content);  // no .gz suffix: detected by magic bytes
-  EXPECT_FALSE(*IsGzipFile(dir.File("p.txt")));
-  EXPECT_TRUE(*IsGzipFile(dir.File("g.txt")));
+  EXPECT_FALSE((*LineReader::Open(dir.File("p.txt")))->gzip());
+  EXPECT_TRUE((*LineReader::Open(dir.File("g.txt")))->gzip());
   std::vector<int64_t> nums;
   const auto plain = ReadAll(dir.File("p.txt"), &nums);
   const std::vector<std::string> want = {"a b", "second", "", "last-without-newline"};
