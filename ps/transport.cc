@@ -58,10 +58,6 @@ bool ProcessAlive(int pid) {
   return state != 'Z' && state != 'X';
 }
 
-}  // namespace
-
-namespace {
-
 // Each rank's "ending the job" mark: a word of its bell page, in shared memory that the other
 // ranks on its host map. A rank ending the job sets its own before it says anything, so that
 // the others on the host can tell a rank that ended the job from one that died, and see which
