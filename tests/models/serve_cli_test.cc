@@ -741,6 +741,24 @@ class ServeProcess {
   std::string pending_;
 };
 
+// A fresh temporary directory (dir) holding checkpoint step 7 of kConfig's small model (ckpt),
+// exported into the bundle root dir/bundle (root).
+struct ExportedCheckpoint {
+  std::string dir, ckpt, root;
+};
+void ExportSmallCheckpoint(ExportedCheckpoint* out) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  out->dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = out->ckpt = out->dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  out->root = out->dir + "/bundle";
+  auto ex = RunIpsSplit("export --checkpoint " + out->ckpt + " --output " + out->root);
+  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+}
+
 // QA: `ips serve` killed by SIGTERM (a supervisor's stop) or SIGINT exited 143 / 130 with no
 // RESULT line and no count of the requests it served. It stops gracefully now, also while it
 // blocks waiting for a request: every request read is answered, `RESULT serve ...
@@ -748,16 +766,10 @@ class ServeProcess {
 // poll(2) on stdin and the stop descriptor, no busy loop (an idle server uses no CPU), and the
 // bundle root is still polled every --poll_ms (a new export is served while stdin is idle).
 TEST(ServeCli, SigtermOrSigintWhileWaitingStopsGracefully_IdleUsesNoCpu_HotReloadStillWorks) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  const std::string root = dir + "/bundle";
-  auto ex = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
-  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  ExportedCheckpoint exported;
+  ASSERT_NO_FATAL_FAILURE(ExportSmallCheckpoint(&exported));
+  const std::string& dir = exported.dir;
+  const std::string& root = exported.root;
   const std::string request = R"({"user":"a","history":[1,2,3],"candidates":[4,5]})";
 
   {
@@ -774,7 +786,7 @@ TEST(ServeCli, SigtermOrSigintWhileWaitingStopsGracefully_IdleUsesNoCpu_HotReloa
     EXPECT_GE(cpu_before, 0);
     EXPECT_LT(idle_cpu, 0.15) << "CPU seconds used in 1 s of waiting for a request";
     // A second export becomes version 2, which the server loads while it waits for stdin.
-    auto ex2 = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
+    auto ex2 = RunIpsSplit("export --checkpoint " + exported.ckpt + " --output " + root);
     ASSERT_EQ(ex2.exit_code, 0) << ex2.output << ex2.error;
     int requests = 1;
     bool reloaded = false;
@@ -841,16 +853,10 @@ TEST(ServeCli, SigtermOrSigintWhileWaitingStopsGracefully_IdleUsesNoCpu_HotReloa
 // And the error RESULT line of a failed serve carries its error: with stdin a directory it said
 // error="serving ... version 1" (std::cerr's lines after sync_with_stdio(false) were not read).
 TEST(ServeCli, AFailedWriteToStdoutEndsServingWithAnError_ResultLineCarriesTheError) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  const std::string root = dir + "/bundle";
-  auto ex = RunIpsSplit("export --checkpoint " + co.dir + " --output " + root);
-  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+  ExportedCheckpoint exported;
+  ASSERT_NO_FATAL_FAILURE(ExportSmallCheckpoint(&exported));
+  const std::string& dir = exported.dir;
+  const std::string& root = exported.root;
   // Far more response bytes than a pipe holds (64 KiB), so that the broken pipe is written to.
   const std::string requests = dir + "/requests.jsonl";
   {
