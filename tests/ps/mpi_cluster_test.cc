@@ -971,9 +971,10 @@ TEST(MpiTrain, TwoWorkersSyncWithAdmissionIsDeterministic_2Ps) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     for (const auto& [step, loss] : testing::LossesOf(metrics_path)) losses[run].push_back(loss);
     ASSERT_EQ(losses[run].size(), 32u) << r.output;
-    if (run > 0)
+    if (run > 0) {
       EXPECT_TRUE(testing::AllClose(losses[run], losses[0], testing::Tolerance{0, 0}))
           << "run " << run;
+    }
   }
 }
 
