@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -957,13 +958,63 @@ void CheckpointWriter::Retain() {
   // when DIR holds higher steps (another run's, which CheckCheckpointDirForRun refuses at the
   // start; a DIR without flock, or a library caller, can still get there).
   keep_chain(last_committed_);
-  for (const auto& [step, name] : all)
-    if (keep.count(name) == 0) ps::RemoveTree(o_.dir + "/" + name);
+  // A reader may be reading any of these (`ips eval` or `ips export` on this run's root). Each is
+  // renamed away before its files are deleted, so that the reader finds it whole or gone, never
+  // half deleted (which would read as damaged: CheckpointReader::Open tells the two apart by the
+  // directory), and newest first, so that an incremental checkpoint goes before the parent it
+  // needs. A leftover trash-* of a killed writer is removed by the next writer (Create).
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (keep.count(it->second) != 0) continue;
+    const std::string dir = o_.dir + "/" + it->second;
+    const std::string trash = o_.dir + "/trash-" + it->second + "-" + std::to_string(::getpid());
+    ps::RemoveTree(std::rename(dir.c_str(), trash.c_str()) == 0 ? trash : dir);
+  }
 }
 
 // ---- CheckpointReader ---------------------------------------------------------------------------
 
 namespace {
+
+// CheckpointReader::SetRaceHookForTesting's hook (tests only; empty otherwise).
+std::function<void(const std::string&, const std::string&)>& RaceHook() {
+  static auto* hook = new std::function<void(const std::string&, const std::string&)>();
+  return *hook;
+}
+void FireRaceHook(const std::string& event, const std::string& dir) {
+  if (RaceHook()) RaceHook()(event, dir);
+}
+
+// How many times a root picks its newest checkpoint when the one picked is removed while being
+// read. Retention removes a checkpoint only once keep_last newer ones exist, so each pick has
+// keep_last checkpoint intervals to finish reading: more picks only help a reader much slower
+// than the writer, which is better told so.
+constexpr int kMaxPicks = 5;
+
+// The identity of directory `dir`, or nullopt when it is none (any more).
+std::optional<std::pair<uint64_t, uint64_t>> DirIdentity(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return std::nullopt;
+  return std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+}
+
+std::string ParentDir(const std::string& dir) {
+  const size_t slash = dir.find_last_of('/');
+  return slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+}
+
+// What a run writing checkpoints to `root` does to the ones being read.
+std::string RetentionNote(const std::string& root) {
+  return "a run still writing checkpoints to " + root +
+         " removes all but its checkpoint.keep_last newest ones";
+}
+
+// The error of a read of checkpoint `dir` that failed with `why` because the checkpoint was
+// removed or replaced under it: a message that does not read as a damaged checkpoint.
+Status RemovedWhileReading(const std::string& dir, const Status& why) {
+  return NotFoundError(dir + ": checkpoint removed while being read (another process removed or " +
+                       "replaced it: " + RetentionNote(ParentDir(dir)) +
+                       "); the read failed with " + why.ToString());
+}
 
 std::string TrimSlashes(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -981,20 +1032,29 @@ bool IsOneCheckpoint(const std::string& path, std::string* root, std::string* na
 
 }  // namespace
 
+void CheckpointReader::SetRaceHookForTesting(
+    std::function<void(const std::string& event, const std::string& dir)> hook) {
+  RaceHook() = std::move(hook);
+}
+
 StatusOr<CheckpointHead> PeekCheckpoint(const std::string& path_in) {
   const std::string path = TrimSlashes(path_in);
   if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
   CheckpointHead head;
   std::string root, name;
+  std::unique_ptr<CheckpointReader> reader;  // a root's, which resolved it
   if (IsOneCheckpoint(path, &root, &name)) {
     head.dir = root + "/" + name;
   } else {
     // A root resolves to its newest checkpoint that validates, which only validating tells. The
     // reader that follows (Open) warns about what the resolution skipped.
-    IPS_ASSIGN_OR_RETURN(const auto reader, CheckpointReader::Open(path, /*warn=*/false));
+    IPS_ASSIGN_OR_RETURN(reader, CheckpointReader::Open(path, /*warn=*/false));
     head.dir = reader->dir();
   }
-  IPS_ASSIGN_OR_RETURN(const ckpt::CheckpointManifest m, ReadManifest(head.dir));
+  auto manifest = ReadManifest(head.dir);
+  // Removed since the root resolved to it (a running job's retention): say so.
+  if (!manifest.ok() && reader != nullptr) return reader->ExplainReadError(manifest.status());
+  IPS_ASSIGN_OR_RETURN(const ckpt::CheckpointManifest m, std::move(manifest));
   head.step = m.step();
   head.config_text = m.config_text();
   for (const auto& f : m.files())
@@ -1010,79 +1070,138 @@ StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::st
   const std::string path = TrimSlashes(path_in);
   if (!ps::IsDirectory(path)) return NotFoundError(path + ": no such checkpoint directory");
   std::string root, name;
-  if (IsOneCheckpoint(path, &root, &name)) return OpenCheckpoint(root, name);
+  if (IsOneCheckpoint(path, &root, &name)) {
+    std::string removed;
+    auto r = OpenOne(root, name, /*listed=*/true, &removed);
+    if (!r.ok() && !removed.empty()) return RemovedWhileReading(removed, r.status());
+    return r;
+  }
   return OpenRoot(path, warn);
 }
 
 StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenRoot(const std::string& root,
                                                                        bool warn) {
-  // LATEST, as a hint: what it names is reported when it is not what the root resolves to.
-  std::string latest;
-  if (auto text = ps::ReadSmallFile(root + "/" + kLatestName); text.ok()) {
-    latest = *text;
-    while (!latest.empty() && (latest.back() == '\n' || latest.back() == ' ')) latest.pop_back();
-    if (StepOfName(latest) < 0) {
-      if (warn)
-        LOG(WARNING) << root << "/" << kLatestName << " names '" << latest
-                     << "', not a ckpt-<step> directory; ignoring it";
-      latest.clear();
-    }
-  }
-  IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
-  if (list.empty()) {
-    if (!latest.empty())
-      return NotFoundError(root + "/" + kLatestName + ": names '" + latest +
-                           "', which is missing, and there is no other ckpt-<step>");
-    return NotFoundError(root + ": no checkpoint (no LATEST, no ckpt-<step>)");
-  }
-  // Newest first. A ckpt-<step> is renamed into place only once complete and fsynced, so the
-  // newest one is the run's last checkpoint even when LATEST, replaced after the rename, still
-  // names the one before (a writer killed in between); one that does not validate (damaged
-  // since) is skipped, never silently.
-  std::vector<std::pair<std::string, Status>> skipped;  // (ROOT/ckpt-N, why), newest first
-  for (auto it = list.rbegin(); it != list.rend(); ++it) {
-    auto reader = OpenCheckpoint(root, it->second);
-    if (!reader.ok()) {
-      skipped.emplace_back(root + "/" + it->second, reader.status());
-      continue;
-    }
-    if (warn) {
-      const std::string& name = it->second;
-      const std::string using_it = root + "/" + name;
-      for (const auto& [dir, why] : skipped)
-        LOG(WARNING) << "checkpoint " << dir << " cannot be loaded (" << why.ToString()
-                     << "); using " << using_it << ", the newest checkpoint of " << root
-                     << " that can";
-      if (!latest.empty() && latest != name) {
-        if (!ps::IsDirectory(root + "/" + latest)) {
-          // A writer killed between moving a same-step checkpoint aside and updating LATEST.
+  // Each pick lists the root afresh: the checkpoint picked may be removed while being read by the
+  // retention of a run still writing to the root, which has written newer ones by then.
+  for (int pick = 1;; ++pick) {
+    // LATEST, as a hint: what it names is reported when it is not what the root resolves to.
+    std::string latest;
+    if (auto text = ps::ReadSmallFile(root + "/" + kLatestName); text.ok()) {
+      latest = *text;
+      while (!latest.empty() && (latest.back() == '\n' || latest.back() == ' ')) latest.pop_back();
+      if (StepOfName(latest) < 0) {
+        if (warn && pick == 1)
           LOG(WARNING) << root << "/" << kLatestName << " names '" << latest
-                       << "', which is missing; using " << using_it
-                       << " (the newest ckpt-<step> that loads) instead";
-        } else if (StepOfName(latest) < it->first) {
-          LOG(WARNING) << root << "/" << kLatestName << " names '" << latest << "', but "
-                       << using_it
-                       << " is newer and complete (a writer stopped after publishing it, before "
-                          "updating LATEST); using it";
-        }
-        // Else LATEST names a newer checkpoint that does not load: reported as skipped above.
+                       << "', not a ckpt-<step> directory; ignoring it";
+        latest.clear();
       }
     }
-    return reader;
+    IPS_ASSIGN_OR_RETURN(const auto list, ListCheckpoints(root));
+    if (list.empty()) {
+      if (!latest.empty())
+        return NotFoundError(root + "/" + kLatestName + ": names '" + latest +
+                             "', which is missing, and there is no other ckpt-<step>");
+      return NotFoundError(root + ": no checkpoint (no LATEST, no ckpt-<step>)");
+    }
+    // Newest first. A ckpt-<step> is renamed into place only once complete and fsynced, so the
+    // newest one is the run's last checkpoint even when LATEST, replaced after the rename, still
+    // names the one before (a writer killed in between); one that does not validate (damaged
+    // since) is skipped, never silently.
+    std::vector<std::pair<std::string, Status>> skipped;  // (ROOT/ckpt-N, why), newest first
+    std::string removed;  // the checkpoint removed under this pick, if any
+    Status removed_why;
+    for (auto it = list.rbegin(); it != list.rend(); ++it) {
+      auto reader = OpenOne(root, it->second, /*listed=*/true, &removed);
+      if (!reader.ok() && !removed.empty()) {
+        removed_why = reader.status();
+        break;  // pick again: the older ones are gone too, and newer ones have appeared
+      }
+      if (!reader.ok()) {
+        skipped.emplace_back(root + "/" + it->second, reader.status());
+        continue;
+      }
+      if (warn) {
+        const std::string& name = it->second;
+        const std::string using_it = root + "/" + name;
+        for (const auto& [dir, why] : skipped)
+          LOG(WARNING) << "checkpoint " << dir << " cannot be loaded (" << why.ToString()
+                       << "); using " << using_it << ", the newest checkpoint of " << root
+                       << " that can";
+        if (!latest.empty() && latest != name) {
+          if (!ps::IsDirectory(root + "/" + latest)) {
+            // A writer killed between moving a same-step checkpoint aside and updating LATEST.
+            LOG(WARNING) << root << "/" << kLatestName << " names '" << latest
+                         << "', which is missing; using " << using_it
+                         << " (the newest ckpt-<step> that loads) instead";
+          } else if (StepOfName(latest) < it->first) {
+            LOG(WARNING) << root << "/" << kLatestName << " names '" << latest << "', but "
+                         << using_it
+                         << " is newer and complete (a writer stopped after publishing it, "
+                            "before updating LATEST); using it";
+          }
+          // Else LATEST names a newer checkpoint that does not load: reported as skipped above.
+        }
+      }
+      return reader;
+    }
+    if (!removed.empty()) {
+      if (pick == kMaxPicks)
+        return NotFoundError(
+            root + ": the checkpoint picked was removed while being read " +
+            std::to_string(kMaxPicks) + " times in a row (" + RetentionNote(root) +
+            ", faster than they are read here; last: " + removed + ", whose read failed with " +
+            removed_why.ToString() +
+            "). Try again, raise that run's checkpoint.keep_last, or read a copy of a checkpoint");
+      if (warn)
+        LOG(WARNING) << "checkpoint " << removed << " was removed while being read ("
+                     << RetentionNote(root) << "); picking the newest checkpoint of " << root
+                     << " again";
+      continue;
+    }
+    // None loads: the newest one's error, which names the file, and the others'.
+    const Status& newest_error = skipped.front().second;
+    if (skipped.size() == 1) return newest_error;
+    std::string others;
+    for (size_t i = 1; i < skipped.size(); ++i)
+      others += (i > 1 ? "; " : "") + skipped[i].second.ToString();
+    return Status(newest_error.code(), newest_error.message() + " (no checkpoint of " + root +
+                                           " loads; the " + std::to_string(skipped.size() - 1) +
+                                           " older: " + others + ")");
   }
-  // None loads: the newest one's error, which names the file, and the others'.
-  const Status& newest_error = skipped.front().second;
-  if (skipped.size() == 1) return newest_error;
-  std::string others;
-  for (size_t i = 1; i < skipped.size(); ++i)
-    others += (i > 1 ? "; " : "") + skipped[i].second.ToString();
-  return Status(newest_error.code(), newest_error.message() + " (no checkpoint of " + root +
-                                         " loads; the " + std::to_string(skipped.size() - 1) +
-                                         " older: " + others + ")");
 }
 
 StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenCheckpoint(
     const std::string& root, const std::string& name) {
+  std::string removed;
+  auto r = OpenOne(root, name, /*listed=*/false, &removed);
+  if (!r.ok() && !removed.empty()) return RemovedWhileReading(removed, r.status());
+  return r;
+}
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenOne(const std::string& root,
+                                                                      const std::string& name,
+                                                                      bool listed,
+                                                                      std::string* removed) {
+  removed->clear();
+  std::vector<std::pair<std::string, DirId>> read;
+  auto r = ReadChain(root, name, &read);
+  if (r.ok()) return r;
+  // A directory that is gone or another one since it was read was removed or replaced under the
+  // reader (retention renames a checkpoint away before deleting its files); a damaged one is
+  // still the same directory.
+  for (const auto& [dir, id] : read) {
+    if (DirIdentity(dir) != id) {
+      *removed = dir;
+      return r;
+    }
+  }
+  if (read.empty() && listed && !DirIdentity(root + "/" + name)) *removed = root + "/" + name;
+  return r;
+}
+
+StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::ReadChain(
+    const std::string& root, const std::string& name,
+    std::vector<std::pair<std::string, DirId>>* read) {
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());
   // Follow the chain to its full checkpoint.
   std::vector<std::pair<std::string, ckpt::CheckpointManifest>> chain;
@@ -1091,10 +1210,12 @@ StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenCheckpoint(
     if (!seen.insert(cur).second)
       return InvalidArgumentError(root + ": checkpoint chain cycles at " + cur);
     const std::string dir = root + "/" + cur;
-    if (!ps::IsDirectory(dir)) {
+    const std::optional<DirId> id = DirIdentity(dir);
+    if (!id) {
       if (chain.empty()) return NotFoundError(dir + ": no such checkpoint directory");
       return NotFoundError(dir + ": missing (parent of " + chain.back().first + ")");
     }
+    read->emplace_back(dir, *id);
     IPS_ASSIGN_OR_RETURN(ckpt::CheckpointManifest m, ReadManifest(dir));
     const bool inc = m.kind() == ckpt::CheckpointManifest::INCREMENTAL;
     std::string parent = m.parent();
@@ -1104,7 +1225,9 @@ StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::OpenCheckpoint(
       return InvalidArgumentError(dir + "/MANIFEST: incremental without a parent");
     cur = parent;
   }
+  for (auto it = read->rbegin(); it != read->rend(); ++it) r->dir_ids_.push_back(it->second);
   std::reverse(chain.begin(), chain.end());
+  FireRaceHook("picked", root + "/" + name);
   const ckpt::CheckpointManifest& newest = chain.back().second;
   r->step_ = newest.step();
   r->config_text_ = newest.config_text();
@@ -1148,11 +1271,26 @@ std::vector<std::vector<std::string>> CheckpointReader::TableFiles(const std::st
   return groups;
 }
 
+bool CheckpointReader::Removed() const {
+  for (size_t i = 0; i < dirs_.size(); ++i)
+    if (DirIdentity(dirs_[i]) != dir_ids_[i]) return true;
+  return false;
+}
+
+Status CheckpointReader::ExplainReadError(const Status& error) const {
+  if (error.ok()) return error;
+  // Newest link first: the checkpoint that was asked for, when it is among the ones removed.
+  for (size_t i = dirs_.size(); i-- > 0;)
+    if (DirIdentity(dirs_[i]) != dir_ids_[i]) return RemovedWhileReading(dirs_[i], error);
+  return error;
+}
+
 Status CheckpointReader::ReadDense(std::map<std::string, std::vector<float>>* tensors,
                                    std::map<std::string, std::string>* blobs) const {
   // The dense state of an incremental checkpoint is complete: read the newest link only.
   for (const auto& f : files_.back())
-    if (f.role == ckpt::FileEntry::DENSE) return ReadDenseFile(f.path, tensors, blobs);
+    if (f.role == ckpt::FileEntry::DENSE)
+      return ExplainReadError(ReadDenseFile(f.path, tensors, blobs));
   return NotFoundError(dir() + "/MANIFEST: lists no dense file");
 }
 
@@ -1201,7 +1339,11 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
     }
     return Status::Ok();
   }();
-  if (!fits.ok()) return ExplainMisfit(fits, dir(), config_text_, into.config_text);
+  if (!fits.ok()) {
+    // A checkpoint removed under the reader is no question of configs either.
+    if (Removed()) return ExplainReadError(fits);
+    return ExplainMisfit(fits, dir(), config_text_, into.config_text);
+  }
   // A run continuing this checkpoint: its saved position in the epoch must mean the same
   // examples under this run's settings.
   if (into.vocabulary.has_value() && into.resume_examples_per_epoch >= 0)
@@ -1217,7 +1359,8 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
     std::copy(v.begin(), v.end(), t.data);
   }
   for (size_t i = 0; i < into.tables.size(); ++i)
-    IPS_RETURN_IF_ERROR(ps::LoadTableChain(table_files[i], into.tables[i], keep, nullptr));
+    IPS_RETURN_IF_ERROR(
+        ExplainReadError(ps::LoadTableChain(table_files[i], into.tables[i], keep, nullptr)));
   if (blobs != nullptr) *blobs = std::move(saved_blobs);
   return Status::Ok();
 }
@@ -1225,9 +1368,22 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
 StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointContent& into,
                                  std::map<std::string, std::string>* blobs,
                                  const ps::KeyFilter& keep) {
-  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
-  IPS_RETURN_IF_ERROR(reader->Restore(into, blobs, keep));
-  return reader->step();
+  // A root's checkpoint may also be removed (by the retention of a run still writing to the root)
+  // after Open picked it, while Restore reads it: open the root again, as long as nothing was
+  // loaded (Restore reads and checks every file before it loads anything).
+  const std::string trimmed = TrimSlashes(path);
+  std::string root, name;
+  const bool is_root = ps::IsDirectory(trimmed) && !IsOneCheckpoint(trimmed, &root, &name);
+  for (int pick = 1;; ++pick) {
+    IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
+    FireRaceHook("opened", reader->dir());
+    const Status restored = reader->Restore(into, blobs, keep);
+    if (restored.ok()) return reader->step();
+    bool loaded = false;
+    for (const auto* t : into.tables) loaded = loaded || t->Stats().rows != 0;
+    if (!is_root || pick == kMaxPicks || loaded || !reader->Removed()) return restored;
+    LOG(WARNING) << restored.message() << "; opening " << trimmed << " again";
+  }
 }
 
 }  // namespace ips

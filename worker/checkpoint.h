@@ -16,7 +16,8 @@
 // atomically (write + fsync + rename). A writer killed at any point leaves the previous
 // checkpoint loadable and no partially visible one (a leftover tmp-* is removed by the next
 // writer). The last keep_last checkpoints are kept, plus the ancestors their incremental chains
-// need.
+// need; the others are renamed away (DIR/trash-*) before their files are deleted, newest first,
+// so that a reader of a running job's DIR sees each checkpoint whole or gone (CheckpointReader).
 //
 // Reading validates everything before loading anything: the manifests of the whole chain, then
 // every file's existence, size and CRC32C, then the structure of every table file and that every
@@ -352,6 +353,16 @@ class CheckpointReader {
   // DATA_LOSS (corrupt or truncated file: named, with what was wrong), INVALID_ARGUMENT (a broken
   // chain or an unknown format version); for a root none of whose checkpoints validates, the
   // newest one's error.
+  //
+  // A root may belong to a run that is still writing checkpoints, whose retention removes all
+  // but its keep_last newest, possibly the one being read (`ips eval` or `ips export` on a
+  // training job's checkpoint.dir). A checkpoint removed (or replaced) while being read is told
+  // apart from a damaged one by its directory: retention renames it away before deleting its
+  // files, so it is gone or another directory, while a damaged one is still there. A root then
+  // picks its newest checkpoint that validates again, from a fresh listing, up to 5 times
+  // (warning each time), before NOT_FOUND "ROOT: the checkpoint picked was removed while being
+  // read 5 times in a row ..."; one ckpt-<step> that is removed is NOT_FOUND "DIR: checkpoint
+  // removed while being read ...". A damaged checkpoint keeps its error above.
   static StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& path,
                                                           bool warn = true);
   // The checkpoint ROOT/NAME itself (NAME = ckpt-<step>), validated as Open validates it but
@@ -360,6 +371,24 @@ class CheckpointReader {
                                                                     const std::string& name);
   CheckpointReader(const CheckpointReader&) = delete;
   CheckpointReader& operator=(const CheckpointReader&) = delete;
+
+  // Tests only: hook(event, dir) is called where a checkpoint being read can vanish under the
+  // reader (a running job's retention removing it), so that a test can remove or replace
+  // checkpoints there deterministically: "picked" once the manifests of DIR's chain are read and
+  // before its files are (Open, OpenCheckpoint); "opened" by LoadCheckpoint between opening DIR
+  // and restoring it. nullptr (the default) clears it. Set it while no reader runs.
+  static void SetRaceHookForTesting(
+      std::function<void(const std::string& event, const std::string& dir)> hook);
+
+  // Whether a directory of the chain has been removed or replaced since it was read (by another
+  // process: a running job's retention, or a rewrite of the same step). The files are then gone
+  // and every later read of them (Restore, ReadDense, TableFiles' paths) fails.
+  bool Removed() const;
+  // `error`, of a read of this checkpoint's files after Open (Restore and ReadDense apply it;
+  // callers reading TableFiles' paths should too), or, when the checkpoint has been removed
+  // since (Removed), NOT_FOUND "DIR: checkpoint removed while being read ..." ending with
+  // `error`, so that the removal does not read as a damaged checkpoint.
+  Status ExplainReadError(const Status& error) const;
 
   const std::string& dir() const { return dirs_.back(); }
   int64_t step() const { return step_; }
@@ -391,6 +420,19 @@ class CheckpointReader {
   CheckpointReader() = default;
   // Open of a root: its newest ckpt-<step> that validates (see Open).
   static StatusOr<std::unique_ptr<CheckpointReader>> OpenRoot(const std::string& root, bool warn);
+  // (device, inode) of a directory: what tells a checkpoint removed or replaced under the reader.
+  using DirId = std::pair<uint64_t, uint64_t>;
+  // OpenCheckpoint's validation, appending each directory of the chain to *read with its identity
+  // as it is read (also on errors).
+  static StatusOr<std::unique_ptr<CheckpointReader>> ReadChain(
+      const std::string& root, const std::string& name,
+      std::vector<std::pair<std::string, DirId>>* read);
+  // ReadChain, and on an error the directory of the chain removed or replaced while it was being
+  // read in *removed ("" when the error is the checkpoint's own). `listed`: ROOT/NAME was seen a
+  // moment ago (listed in the root, or holding a MANIFEST), so its absence is a removal too.
+  static StatusOr<std::unique_ptr<CheckpointReader>> OpenOne(const std::string& root,
+                                                             const std::string& name, bool listed,
+                                                             std::string* removed);
   struct FileRef {
     std::string path;
     std::string table;
@@ -398,6 +440,7 @@ class CheckpointReader {
     int role = 0;
   };
   std::vector<std::string> dirs_;            // chain, oldest first
+  std::vector<DirId> dir_ids_;               // per chain link, as read by Open
   std::vector<std::vector<FileRef>> files_;  // per chain link
   std::string config_text_;
   int64_t step_ = 0;
