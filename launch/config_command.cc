@@ -9,21 +9,26 @@
 // when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
 // (the model is built: its options, the tables' widths) and the checkpoint section's (its
 // intervals, checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
-// create or write, which check does not create, through CheckpointWriter::CheckNotLocked: not
-// locked by a run writing into it now, and through CheckCheckpointDirForRun: no checkpoints of
-// another run in it), plus with --np N the layout of `mpirun -np N ips train` (its error naming
-// the --set or the file line of cluster.num_ps, as RunClusterTrain's) and its dataset's epoch
-// against the workers (CheckEpochFillsWorkers). check takes `ips train`'s --resume DIR:
-// without it the run is checked as a fresh one (checkpoint.dir must hold no checkpoint), with it
-// as the resumed run (checkpoint.dir must hold none newer than DIR's step, and DIR's checkpoint
-// must have been trained on data.train_dir's vocabulary); DIR's files are not verified (`ips
+// create or write, which check does not create, and not on a kernel pseudo file system such as
+// /proc or /sys, whose permission bits pass CheckDir for root; through
+// CheckpointWriter::CheckNotLocked: not locked by a run writing into it now, and through
+// CheckCheckpointDirForRun: no checkpoints of another run in it), train.metrics_out (a file `ips
+// train` can open, found with stat(2) and access(2), with `ips train`'s error; not created), plus
+// with --np N the layout of `mpirun -np N ips train` (its error naming the --set or the file line
+// of cluster.num_ps, as RunClusterTrain's) and its dataset's epoch against the workers
+// (CheckEpochFillsWorkers). check takes `ips train`'s --resume DIR: without it the run is checked
+// as a fresh one (checkpoint.dir must hold no checkpoint), with it as the resumed run
+// (checkpoint.dir must hold none newer than DIR's step, DIR's checkpoint must have been trained
+// on data.train_dir's vocabulary, and its position must lie within this run: its epoch below
+// train.epochs, or its step within data.synthetic's steps); DIR's files are not verified (`ips
 // train` does that). check takes `ips train`'s --stream SOURCE too (SOURCE is not read): the
 // config is then checked as an `ips train --stream` job, whose data is the stream; without it, a
 // config with neither data.train_dir nor data.synthetic is refused with `ips train`'s error, as
 // plain `ips train` refuses it. A config that passes is refused by `ips train` only for what
 // cannot be known here: a data.train_dir created or changed later, a checkpoint.dir locked by a
-// run started later or failing to be written, a damaged or unfitting --resume checkpoint, an
-// unwritable --metrics_out or unreadable stream, and failures while training.
+// run started later or failing to be written, a damaged or unfitting --resume checkpoint, a
+// --metrics_out flag (check sees only train.metrics_out) or an unreadable stream, and failures
+// while training.
 //
 // Usage errors come first, before the config is read, with exit code 2 as in `ips train`: --np
 // out of range, and the flags that do not go with --stream (--resume; --np N > 1, an mpirun job),
@@ -32,6 +37,14 @@
 // A missing data.train_dir is a warning, not an error: a config is often checked before its data
 // set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
 // Corrupt or unfit data in an existing directory is an error, as in `ips train`.
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <limits>
@@ -58,6 +71,148 @@
 namespace ips {
 namespace {
 
+// The nearest path of `path` that exists: itself or the ancestor it would be created in (the walk
+// of CheckpointWriter::CheckDir). `path` itself when it cannot be checked (stat fails otherwise).
+std::string NearestExisting(const std::string& path) {
+  auto trim = [](std::string p) {
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    return p;
+  };
+  std::string at = trim(path);
+  struct stat st;
+  while (::stat(at.c_str(), &st) != 0) {
+    if ((errno != ENOENT && errno != ENOTDIR) || at == "." || at == "/") return path;
+    const size_t slash = at.find_last_of('/');
+    at = slash == std::string::npos ? "." : slash == 0 ? "/" : trim(at.substr(0, slash));
+  }
+  return at;
+}
+
+// The kernel pseudo file system `path` (which exists) lies on, or "" for any other. Their
+// directories take no files `ips train` writes: procfs and sysfs refuse new files and directories
+// (even to root, whose permission bits pass CheckpointWriter::CheckDir's access(2) test), and
+// cgroup, configfs, tracefs and the like make a kernel object of a new directory or file.
+std::string PseudoFileSystemOf(const std::string& path) {
+  struct statfs fs;
+  if (::statfs(path.c_str(), &fs) != 0) return "";
+  static constexpr struct {
+    uint32_t magic;  // <linux/magic.h>
+    const char* name;
+  } kPseudo[] = {{0x9fa0, "procfs"},          {0x62656572, "sysfs"},     {0x27e0eb, "cgroup"},
+                 {0x63677270, "cgroup2"},     {0x64626720, "debugfs"},   {0x74726163, "tracefs"},
+                 {0x73636673, "securityfs"},  {0xcafe4a11, "bpf"},       {0x6165676c, "pstore"},
+                 {0xde5e81e4, "efivarfs"},    {0xf97cff8c, "selinuxfs"}, {0x1cd1, "devpts"},
+                 {0x42494e4d, "binfmt_misc"}, {0x62656570, "configfs"},  {0x19800202, "mqueue"},
+                 {0x958458f6, "hugetlbfs"},   {0x65735543, "fusectl"},   {0x6e736673, "nsfs"}};
+  const uint32_t type = static_cast<uint32_t>(fs.f_type);
+  for (const auto& p : kPseudo)
+    if (type == p.magic) return p.name;
+  return "";
+}
+
+// checkpoint.dir on a kernel pseudo file system (PseudoFileSystemOf): `ips train` fails to create
+// it there, or makes a kernel object of it, however CheckpointWriter::CheckDir's permission test
+// came out. FAILED_PRECONDITION, as CheckDir's refusals.
+Status CheckCheckpointDirFileSystem(const std::string& dir) {
+  const std::string at = NearestExisting(dir);
+  const std::string fs = PseudoFileSystemOf(at);
+  if (fs.empty()) return Status::Ok();
+  return FailedPreconditionError(
+      "checkpoint.dir " + dir + (at == dir ? " is" : " would be created in " + at + ", which is") +
+      " on " + fs + ", a kernel pseudo file system that holds no checkpoint files: choose a " +
+      "directory on a disk file system");
+}
+
+// train.metrics_out as `ips train` opens it (launch/train_command.cc OpenMetricsFile: open(2) with
+// O_CREAT | O_APPEND, its errno in the message and the code), found without creating the file: the
+// errno open(2) would fail with, from stat(2) and access(2) of the file or of the directory it
+// would be created in, with `ips train`'s message. A regular file on (or a new one in a directory
+// on) a kernel pseudo file system is refused too: open(2) fails there or writes into the kernel.
+// Character devices and pipes (/dev/stdout) are accepted.
+Status CheckMetricsOut(const std::string& path) {
+  const std::string what = "cannot open train.metrics_out file '" + path + "': ";
+  auto fail = [&what](int err) {
+    const std::string why = what + std::strerror(err);
+    if (err == ENOENT || err == ENOTDIR) return NotFoundError(why);
+    if (err == EISDIR || err == ENAMETOOLONG || err == ELOOP) return InvalidArgumentError(why);
+    return FailedPreconditionError(why);  // EACCES, EPERM, EROFS, ...
+  };
+  auto pseudo = [&what](const std::string& at, const std::string& fs) {
+    return FailedPreconditionError(what + (at.empty() ? "it is" : "its directory " + at + " is") +
+                                   " on " + fs +
+                                   ", a kernel pseudo file system that holds no metrics files: "
+                                   "choose a file on a disk file system");
+  };
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return fail(EISDIR);
+    if (::access(path.c_str(), W_OK) != 0) return fail(errno);
+    if (S_ISREG(st.st_mode)) {
+      if (const std::string fs = PseudoFileSystemOf(path); !fs.empty()) return pseudo("", fs);
+    }
+    return Status::Ok();
+  }
+  if (errno != ENOENT) return fail(errno);
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  if (::stat(dir.c_str(), &st) != 0) return fail(errno);
+  if (!S_ISDIR(st.st_mode)) return fail(ENOTDIR);
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) return fail(errno);
+  if (const std::string fs = PseudoFileSystemOf(dir); !fs.empty()) return pseudo(dir, fs);
+  return Status::Ok();
+}
+
+// Whether the resumed checkpoint at `checkpoint` (blobs `blobs`) lies within this run, as `ips
+// train` checks it (launch/train_command.cc CheckResumeFitsRun, same messages): a dataset run's
+// epoch below train.epochs, a synthetic run's step within data.synthetic.warmup_steps +
+// data.synthetic.steps (capped by train.max_steps). FAILED_PRECONDITION naming the checkpoint and
+// the value to set. A missing or mis-sized blob is left to `ips train`.
+Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
+                          const std::map<std::string, std::string>& blobs) {
+  auto first = [&blobs](const char* name, size_t n, int64_t* v) {
+    auto it = blobs.find(name);
+    if (it == blobs.end() || it->second.size() != n * sizeof(int64_t)) return false;
+    std::memcpy(v, it->second.data(), sizeof(int64_t));
+    return true;
+  };
+  int64_t v = 0;
+  if (!cfg.data().has_synthetic()) {
+    // "run/dataset" = {epoch (0-based), position, ...} (worker/internal/run_steps.h).
+    const int64_t epochs = cfg.train().epochs();
+    if (!first("run/dataset", 7, &v) || v < epochs) return Status::Ok();
+    const std::string need = std::to_string(v + 1);
+    return FailedPreconditionError("the checkpoint at " + checkpoint + " was saved in epoch " +
+                                   need + ", beyond this run's train.epochs " +
+                                   std::to_string(epochs) + ": set train.epochs to at least " +
+                                   need + " to continue it (--set train.epochs=" + need + ")");
+  }
+  // "run/synthetic_step" = {the trainer's step, warm-up included}.
+  const config::SyntheticConfig& syn = cfg.data().synthetic();
+  int64_t steps = syn.steps();
+  const int64_t max_steps = cfg.train().max_steps();
+  if (max_steps > 0) steps = std::min(steps, max_steps);
+  if (!first("run/synthetic_step", 1, &v) || v <= syn.warmup_steps() + steps) return Status::Ok();
+  const int64_t need = v - syn.warmup_steps();
+  std::string fields, sets;  // what falls short of `need`
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"data.synthetic.steps", syn.steps()},
+        {"train.max_steps", max_steps > 0 ? max_steps : need}}) {
+    if (value >= need) continue;
+    fields += (fields.empty() ? "" : " and ") + std::string(field);
+    sets += (sets.empty() ? "--set " : " --set ") + std::string(field) + "=" + std::to_string(need);
+  }
+  return FailedPreconditionError(
+      "the checkpoint at " + checkpoint + " was saved at step " + std::to_string(v) +
+      ", beyond this run's " + std::to_string(syn.warmup_steps() + steps) +
+      " steps (data.synthetic.warmup_steps " + std::to_string(syn.warmup_steps()) +
+      " + data.synthetic.steps " + std::to_string(syn.steps()) +
+      (max_steps > 0 ? ", capped by train.max_steps " + std::to_string(max_steps) : "") +
+      "): set " + fields + " to at least " + std::to_string(need) + " to continue it (" + sets +
+      ")");
+}
+
 // Builds the job of `cfg` as `ips train` does and runs its checks (see the file comment). `np`:
 // the mpirun world size to check the layout for (< 2: a single-process run). *data_state says
 // what was checked of the data: "synthetic", "checked" (data.train_dir opened and fitted),
@@ -69,11 +224,15 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
   const bool cluster = np > 1;
   StatusOr<TrainJob> job = InvalidArgumentError("no job");
   std::unique_ptr<Dataset> data;  // data.train_dir when it exists, fitted to the job
+  // `ips train` opens train.metrics_out (when no --metrics_out replaces it) right after its
+  // config checks (a stream's included), before the job is built.
+  if (stream) IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
+  if (!cfg.train().metrics_out().empty())
+    IPS_RETURN_IF_ERROR(CheckMetricsOut(cfg.train().metrics_out()));
   if (stream) {
     *data_state = "stream";
     // --resume and --np N > 1 were refused with --stream before the config was read
     // (CheckTrainModeFlags, as RunTrainCommand).
-    IPS_RETURN_IF_ERROR(CheckStreamConfig(cfg));
     // RunStreamTrain (launch/stream_train.cc) names the stream as the job's data when the config
     // names none, and reads neither data source.
     config::Config c = cfg;
@@ -146,9 +305,9 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
     auto head = PeekCheckpoint(resume);
     if (!head.ok()) return head.status().WithContext("--resume " + resume);
     resumed_step = head->step;
+    std::map<std::string, std::string> blobs;
+    IPS_RETURN_IF_ERROR(ReadDenseFile(head->dense_path, nullptr, &blobs));
     if (data != nullptr) {
-      std::map<std::string, std::string> blobs;
-      IPS_RETURN_IF_ERROR(ReadDenseFile(head->dense_path, nullptr, &blobs));
       const DatasetVocabulary vocabulary = VocabularyOf(job->dataset.train_dir, data->manifest());
       IPS_RETURN_IF_ERROR(CheckCheckpointVocabulary(head->dir, blobs, vocabulary));
       // A checkpoint saved mid-epoch must keep its position's meaning under this config.
@@ -156,12 +315,16 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
                                                 ConfigToText(cfg), vocabulary,
                                                 TrainingRowsPerEpoch(*data, *job)));
     }
+    // Then, as `ips train` once the checkpoint is restored: its position within this run.
+    IPS_RETURN_IF_ERROR(
+        CheckResumeFitsRun(cfg, head->dir, blobs).WithContext("--resume " + resume));
   }
   // The writer's checks that write nothing: `ips train` creates checkpoint.dir (SetupCheckpoints;
   // mpirun: worker 0's StartCheckpointing) after its trainer, then refuses a DIR holding
   // checkpoints the run would mix with.
   if (!cfg.checkpoint().dir().empty()) {
     IPS_RETURN_IF_ERROR(CheckpointWriter::CheckDir(cfg.checkpoint().dir()));
+    IPS_RETURN_IF_ERROR(CheckCheckpointDirFileSystem(cfg.checkpoint().dir()));
     // CheckpointWriter::Create takes DIR/LOCK before anything else reads DIR: a run writing into
     // DIR now is reported first, as `ips train` reports it. The probe holds the lock only while
     // it tests it and creates nothing.

@@ -1,6 +1,7 @@
 #include "worker/serving.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -1259,7 +1260,7 @@ class RequestParser {
         Ws();
         if (key == "user") {
           const size_t begin = pos_;
-          IPS_RETURN_IF_ERROR(SkipValue());
+          if (Status s = SkipValue(); !s.ok()) return InField(s, key);
           user_raw->assign(s_, begin, pos_ - begin);
         } else if (key == "history") {
           // Id 0 is the padding id here too: the scorer pads short histories itself, so a 0 in a
@@ -1304,6 +1305,14 @@ class RequestParser {
 
  private:
   Status Err(const std::string& what) const { return ErrAt(pos_, what); }
+  // An ErrAt error ("column N: what") raised inside the value of `field`, naming it as the id
+  // fields' errors do: "column N: field \"user\": what".
+  static Status InField(const Status& s, const std::string& field) {
+    const std::string& m = s.message();
+    const size_t at = m.find(": ");
+    if (at == std::string::npos) return s;
+    return Status(s.code(), m.substr(0, at + 2) + "field \"" + field + "\": " + m.substr(at + 2));
+  }
   Status ErrAt(size_t pos, const std::string& what) const {
     return InvalidArgumentError("column " + std::to_string(pos + 1) + ": " + what);
   }
@@ -1360,12 +1369,24 @@ class RequestParser {
   // A non-negative decimal integer: `expected` names what the field holds (for a value that is not
   // one), `integers` says that fractions and exponents are not (for 2.5, 1e3; null: "expected
   // <expected>, got 2.5").
+  //
+  // RFC 8259's number grammar decides what is a number at all: a leading zero ("007": JSON
+  // parsers refuse it, and reading it as 7 would answer for a request the client never sent
+  // validly) and malformed fractions or exponents ("1.", "1e") are refused as not numbers, with
+  // `expected`; only a well-formed non-integer (2.5, 1e3) gets `integers`.
   Status Uint(const std::string& field, const char* expected, const char* integers, uint64_t* v) {
     const size_t begin = pos_;
-    if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9') {
+    auto not_expected = [&] {
+      pos_ = begin;
       const std::string got = Token();
       return Err("field \"" + field + "\": expected " + expected +
                  (got.empty() ? std::string() : ", got " + got));
+    };
+    if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9') return not_expected();
+    if (s_[pos_] == '0' && pos_ + 1 < s_.size() && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9') {
+      pos_ = begin;
+      return Err("field \"" + field + "\": expected " + expected + ", got " + Token() +
+                 " (a JSON number has no leading zeros)");
     }
     uint64_t x = 0;
     while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
@@ -1375,12 +1396,26 @@ class RequestParser {
       ++pos_;
     }
     if (pos_ < s_.size() && (s_[pos_] == '.' || s_[pos_] == 'e' || s_[pos_] == 'E')) {
-      if (integers != nullptr) return Err("field \"" + field + "\": " + integers);
       pos_ = begin;
-      return Err("field \"" + field + "\": expected " + expected + ", got " + Token());
+      if (integers == nullptr || !IsJsonNumber(NumberToken())) return not_expected();
+      return Err("field \"" + field + "\": " + integers + ", got " + NumberToken());
     }
+    // Letters run on from the digits ("12abc", "0x1f"): a bare word, not a number.
+    if (pos_ < s_.size() && std::isalpha(static_cast<unsigned char>(s_[pos_])))
+      return not_expected();
     *v = x;
     return Status::Ok();
+  }
+  // The characters of a number at pos_ (digits, "+-.eE"), for telling a well-formed non-integer
+  // from a malformed number; Token's letters beyond e/E ("1.5x") are not part of it.
+  std::string NumberToken() const {
+    size_t end = pos_;
+    while (end < s_.size() &&
+           (std::isdigit(static_cast<unsigned char>(s_[end])) ||
+            std::strchr("+-.eE", s_[end]) != nullptr) &&
+           s_[end] != '\0')
+      ++end;
+    return s_.substr(pos_, end - pos_);
   }
   Status Id(const std::string& field, uint64_t* v) {
     return Uint(field, "a non-negative integer id", "ids are integers", v);
@@ -1443,10 +1478,13 @@ class RequestParser {
       pos_ += word.size();
       return Status::Ok();
     }
-    return Err(word.empty() ? std::string("expected a value")
-                            : "expected a value (a string, number, true, false, null, array or "
-                              "object), got " +
-                                  Token());
+    if (word.empty()) return Err("expected a value");
+    // "01", "-007": RFC 8259 numbers have no leading zeros (clients' parsers refuse them).
+    const size_t digit = word[0] == '-' ? 1 : 0;
+    const bool leading_zero = word.size() > digit + 1 && word[digit] == '0' &&
+                              std::isdigit(static_cast<unsigned char>(word[digit + 1]));
+    return Err("expected a value (a string, number, true, false, null, array or object), got " +
+               Token() + (leading_zero ? " (a JSON number has no leading zeros)" : ""));
   }
   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
   static bool IsJsonNumber(const std::string& w) {

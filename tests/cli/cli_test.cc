@@ -1,5 +1,6 @@
 // Runs the built `ips` binary as a user would and checks exit codes and messages.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -474,6 +475,149 @@ TEST(Cli, TrainHeaderNamesTheRecurrentCell) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(HeaderLine(r.output).rfind(c.header, 0), 0u) << r.output;
   }
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: a --metrics_out that cannot be opened failed with "cannot open --metrics_out file 'F'" and
+// no reason, and NOT_FOUND whatever the reason. The reason is open(2)'s errno now, and the code
+// follows it: NOT_FOUND for a missing directory (or a path under a file), INVALID_ARGUMENT for a
+// directory, FAILED_PRECONDITION for a file that may not be written. The config's
+// train.metrics_out is named as such.
+TEST(Cli, MetricsOutThatCannotBeOpenedSaysWhy) {
+  const std::string dir = ::testing::TempDir() + "/cli_metrics_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  std::ofstream(dir + "/file") << "x\n";
+  const std::string train =
+      "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") + kSmall;
+  struct Case {
+    std::string flags, error;
+  };
+  std::vector<Case> cases = {
+      {"--metrics_out " + dir + "/missing/m.jsonl",
+       "NOT_FOUND: cannot open --metrics_out file '" + dir +
+           "/missing/m.jsonl': No such file or directory"},
+      {"--metrics_out " + dir,
+       "INVALID_ARGUMENT: cannot open --metrics_out file '" + dir + "': Is a directory"},
+      {"--metrics_out " + dir + "/file/m.jsonl",
+       "NOT_FOUND: cannot open --metrics_out file '" + dir + "/file/m.jsonl': Not a directory"},
+      {"--set train.metrics_out=" + dir + "/missing/m.jsonl",
+       "NOT_FOUND: cannot open train.metrics_out file '" + dir +
+           "/missing/m.jsonl': No such file or directory"},
+  };
+  // Root writes anywhere: a read-only file only refuses another user.
+  if (geteuid() != 0) {
+    std::ofstream(dir + "/ro") << "";
+    (void)std::system(("chmod 444 " + dir + "/ro").c_str());
+    cases.push_back(
+        {"--metrics_out " + dir + "/ro", "FAILED_PRECONDITION: cannot open --metrics_out file '" +
+                                             dir + "/ro': Permission denied"});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.flags);
+    const IpsRun r = RunIps(train + " " + c.flags);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: " + c.error + "\n"), std::string::npos) << r.output;
+    EXPECT_TRUE(EndsWithOneResultLine(
+        r, "RESULT train status=error exit=1 error=" + ips::QuoteResultValue(c.error)));
+  }
+  const IpsRun ok = RunIps(train + " --metrics_out " + dir + "/m.jsonl");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: `ips serve` scored {"history":[007]} as item 7: RFC 8259 numbers have no leading zeros, so
+// a client's JSON library refuses such a line, and the server answered it. Numbers are read by
+// RFC 8259's grammar now: a leading zero, "-", "1.", ".5", "1e", "+1", "--1" are refused in the
+// id fields, "top_n" and the echoed "user" alike, each with the serve error naming the line and
+// the field; a well-formed non-integer id is refused as such; valid numbers are served.
+TEST(Cli, ServeRefusesNumbersThatAreNotJson) {
+  const std::string dir = ::testing::TempDir() + "/cli_serve_json_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  IpsRun r = RunIps("train --quiet --config " + SourceConfig("din_synthetic.pbtxt") + kSmall +
+                    " --set checkpoint.dir=" + dir + "/ck");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("export --checkpoint " + dir + "/ck --output " + dir + "/bundle");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  struct Case {
+    std::string line, error;  // error "": served
+  };
+  const std::string lz = " (a JSON number has no leading zeros)";
+  const std::string id = R"(field \"history\": expected a non-negative integer id, got )";
+  const std::string value =
+      R"(field \"user\": expected a value (a string, number, true, false, null, array or )"
+      "object), got ";
+  const std::vector<Case> cases = {
+      {R"({"history":[01],"candidates":[3]})", "column 13: " + id + "01" + lz},
+      {R"({"history":[1,007],"candidates":[3]})", "column 15: " + id + "007" + lz},
+      {R"({"history":[00],"candidates":[3]})", "column 13: " + id + "00" + lz},
+      {R"({"history":[1],"candidates":[05]})",
+       R"(column 30: field \"candidates\": expected a non-negative integer id, got 05)" + lz},
+      {R"({"history":[1],"candidates":[3],"top_n":01})",
+       R"(column 41: field \"top_n\": expected an integer in 0..100000 (the number of items to )"
+       "return), got 01" +
+           lz},
+      {R"({"user":01,"history":[1],"candidates":[3]})", "column 9: " + value + "01" + lz},
+      {R"({"user":-007,"history":[1],"candidates":[3]})", "column 9: " + value + "-007" + lz},
+      {R"({"history":[-],"candidates":[3]})", "column 13: " + id + "-"},
+      {R"({"history":[1.],"candidates":[3]})", "column 13: " + id + "1."},
+      {R"({"history":[.5],"candidates":[3]})", "column 13: " + id + ".5"},
+      {R"({"history":[1e],"candidates":[3]})", "column 13: " + id + "1e"},
+      {R"({"history":[+1],"candidates":[3]})", "column 13: " + id + "+1"},
+      {R"({"history":[--1],"candidates":[3]})", "column 13: " + id + "--1"},
+      {R"({"history":[12abc],"candidates":[3]})", "column 13: " + id + "12abc"},
+      {R"({"user":-,"history":[1],"candidates":[3]})", "column 9: " + value + "-"},
+      {R"({"user":1.,"history":[1],"candidates":[3]})", "column 9: " + value + "1."},
+      {R"({"user":.5,"history":[1],"candidates":[3]})", "column 9: " + value + ".5"},
+      {R"({"user":1e,"history":[1],"candidates":[3]})", "column 9: " + value + "1e"},
+      {R"({"user":+1,"history":[1],"candidates":[3]})", "column 9: " + value + "+1"},
+      {R"({"user":--1,"history":[1],"candidates":[3]})", "column 9: " + value + "--1"},
+      {R"({"user":{"a":[01]},"history":[1],"candidates":[3]})", "column 15: " + value + "01" + lz},
+      {R"({"history":[1],"candidates":[3],"top_n":1.})",
+       R"(column 41: field \"top_n\": expected an integer in 0..100000 (the number of items to )"
+       "return), got 1."},
+      // Well-formed numbers that are not integers: refused as such.
+      {R"({"history":[1e2],"candidates":[3]})",
+       R"(column 13: field \"history\": ids are integers, got 1e2)"},
+      {R"({"history":[2.5],"candidates":[3]})",
+       R"(column 13: field \"history\": ids are integers, got 2.5)"},
+      // Valid JSON numbers are served.
+      {R"({"user":0,"history":[10,1],"candidates":[3,100],"top_n":0})", ""},
+      {R"({"user":-0.5e-3,"history":[1],"candidates":[3]})", ""},
+      {R"({"user":1E+2,"history":[1],"candidates":[3]})", ""},
+      {R"({"user":-0,"history":[1],"candidates":[3]})", ""},
+  };
+  {
+    std::ofstream in(dir + "/requests.jsonl");
+    for (const Case& c : cases) in << c.line << "\n";
+  }
+  r = RunIpsSplit("serve --bundle " + dir + "/bundle <" + dir + "/requests.jsonl");
+  EXPECT_EQ(r.exit_code, 0) << r.error;
+  std::istringstream out(r.output);
+  std::vector<std::string> responses;
+  for (std::string line; std::getline(out, line);)
+    if (line.rfind("RESULT ", 0) != 0) responses.push_back(line);
+  ASSERT_EQ(responses.size(), cases.size()) << r.output;
+  int errors = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].line);
+    const std::string n = std::to_string(i + 1);
+    if (cases[i].error.empty()) {
+      EXPECT_EQ(responses[i].find("\"error\""), std::string::npos) << responses[i];
+      EXPECT_NE(responses[i].find("\"scores\":["), std::string::npos) << responses[i];
+      continue;
+    }
+    ++errors;
+    EXPECT_NE(responses[i].find(",\"line\":" + n + ",\"error\":\"line " + n + ": " +
+                                cases[i].error + "\"}"),
+              std::string::npos)
+        << responses[i];
+    EXPECT_NE(r.error.find("error: stdin line " + n + ": request skipped"), std::string::npos)
+        << r.error;
+  }
+  EXPECT_NE(LastLine(r.output).find(" requests=" + std::to_string(cases.size()) +
+                                    " errors=" + std::to_string(errors) + " "),
+            std::string::npos)
+      << r.output;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

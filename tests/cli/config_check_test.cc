@@ -581,4 +581,154 @@ TEST(ConfigCheck, CheckpointDirOfAnotherRunAndResumeVocabularyFailLikeTrain) {
   (void)std::system(("rm -rf " + dir).c_str());
 }
 
+// QA: as root, CheckpointWriter::CheckDir's permission test passes under /proc and /sys, so check
+// accepted a checkpoint.dir there that `ips train` then failed to create ("INTERNAL: /proc/x:
+// cannot create directory"). A checkpoint.dir on a kernel pseudo file system is refused, naming
+// it and where it would be created, without creating anything.
+TEST(ConfigCheck, CheckpointDirOnAKernelPseudoFileSystemIsRefused) {
+  const std::string tag = std::to_string(getpid());
+  struct Case {
+    std::string dir, want;
+  };
+  std::vector<Case> cases = {
+      {"/proc/ips_ck_" + tag,
+       "error: FAILED_PRECONDITION: checkpoint.dir /proc/ips_ck_" + tag +
+           " would be created in /proc, which is on procfs, a kernel pseudo file system that holds "
+           "no checkpoint files: choose a directory on a disk file system"},
+      {"/proc/ips_ck_" + tag + "/a/b", "would be created in /proc, which is on procfs"},
+      {"/proc", "error: FAILED_PRECONDITION: checkpoint.dir /proc is on procfs"},
+  };
+  if (std::filesystem::is_directory("/sys/kernel"))
+    cases.push_back({"/sys/kernel/ips_ck_" + tag, "would be created in /sys/kernel, which is on "});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.dir);
+    const std::string args =
+        "--config " + ConfigNamed("din_synthetic.pbtxt") + " --set checkpoint.dir=" + c.dir;
+    const IpsRun check = RunIps("config check " + args);
+    EXPECT_EQ(check.exit_code, 1) << check.output;
+    EXPECT_TRUE(EndsWithTheErrorResultLine(check));
+    EXPECT_NE(ErrorLine(check).find(c.want), std::string::npos) << check.output;
+    // `ips train` fails on it too (before its first step).
+    const IpsRun train = RunIps("train --quiet " + args + kSmall);
+    EXPECT_EQ(train.exit_code, 1) << train.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists("/proc/ips_ck_" + tag));
+  // A directory on a disk file system passes.
+  const std::string dir = FreshDir("config_check_ck_fs");
+  const IpsRun ok = RunIps("config check --config " + ConfigNamed("din_synthetic.pbtxt") +
+                           " --set checkpoint.dir=" + dir + "/ck");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: train.metrics_out was not checked ("an unwritable --metrics_out" was left to `ips train`,
+// which opens it before the job is built). check refuses what `ips train` cannot open with
+// `ips train`'s error line (the reason from open(2)'s errno, and its code), creating nothing: a
+// missing directory, a directory, a path under a file; a file on a kernel pseudo file system is
+// refused by both (check names the file system). A new file in a writable directory, an existing
+// file and /dev/null pass.
+TEST(ConfigCheck, MetricsOutTrainCannotOpenFailsLikeTrain) {
+  const std::string dir = FreshDir("config_check_metrics");
+  std::ofstream(dir + "/file") << "x\n";
+  const std::string base = "--config " + ConfigNamed("din_synthetic.pbtxt") + kSmall;
+  struct Case {
+    std::string path, want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {dir + "/missing/m.jsonl", "error: NOT_FOUND: cannot open train.metrics_out file '" +
+                                          dir + "/missing/m.jsonl': No such file or directory"},
+           {dir, "error: INVALID_ARGUMENT: cannot open train.metrics_out file '" + dir +
+                     "': Is a directory"},
+           {dir + "/file/m.jsonl", "error: NOT_FOUND: cannot open train.metrics_out file '" + dir +
+                                       "/file/m.jsonl': Not a directory"},
+       }) {
+    SCOPED_TRACE(c.path);
+    const std::string args = base + " --set train.metrics_out=" + c.path;
+    ExpectCheckFailsLikeTrain(args, "train --quiet " + args, c.want);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/missing"));
+  // /proc takes no new file: `ips train` fails with open(2)'s reason, check names procfs.
+  const std::string proc = "/proc/ips_metrics_" + std::to_string(getpid()) + ".jsonl";
+  const std::string args = base + " --set train.metrics_out=" + proc;
+  const IpsRun train = RunIps("train --quiet " + args);
+  EXPECT_EQ(train.exit_code, 1) << train.output;
+  EXPECT_NE(ErrorLine(train).find("cannot open train.metrics_out file '" + proc + "': "),
+            std::string::npos)
+      << train.output;
+  const IpsRun check = RunIps("config check " + args);
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  EXPECT_EQ(ErrorLine(check), "error: FAILED_PRECONDITION: cannot open train.metrics_out file '" +
+                                  proc +
+                                  "': its directory /proc is on procfs, a kernel pseudo file "
+                                  "system that holds no metrics files: choose a file on a disk "
+                                  "file system")
+      << check.output;
+  // What `ips train` can open passes, and check creates nothing.
+  for (const std::string& ok : {dir + "/new.jsonl", dir + "/file", std::string("/dev/null")}) {
+    const IpsRun r = RunIps("config check " + base + " --set train.metrics_out=" + ok);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/new.jsonl"));
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: resuming a checkpoint saved in epoch 2 with train.epochs 1 failed with "DATA_LOSS:
+// checkpoint epoch 2 is beyond train.epochs 1", naming neither the checkpoint nor the fix (and
+// the data is not lost: the config ends before it); a synthetic run's step beyond its steps alike
+// ("DATA_LOSS: checkpoint blob 'run/synthetic_step' = 3 does not fit a run of 2 steps"), and check
+// passed both. Now FAILED_PRECONDITION naming the checkpoint and the value to set, in check and
+// train alike; the run that fits passes.
+TEST(ConfigCheck, ResumeBeyondTheRunFailsLikeTrainNamingTheFix) {
+  const std::string dir = FreshDir("config_check_resume_fits");
+  ConvertSmallDataset(dir);
+  const std::string ck = dir + "/ck";
+  const std::string args = "--config " + ConfigNamed("din_ml100k.pbtxt") + kDinOnDataset + dir +
+                           "/ds --set checkpoint.dir=" + ck + " --set checkpoint.every_steps=1000";
+  const IpsRun two = RunIps("train --quiet " + args + " --set train.epochs=2");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  // 500 examples per epoch in batches of 16: 32 steps per epoch, the run's last checkpoint 64.
+  const std::string one = args + " --set train.epochs=1 --resume " + ck;
+  ExpectCheckFailsLikeTrain(one, "train --quiet " + one,
+                            "error: FAILED_PRECONDITION: --resume " + ck + ": the checkpoint at " +
+                                ck +
+                                "/ckpt-64 was saved in epoch 2, beyond this run's train.epochs 1: "
+                                "set train.epochs to at least 2 to continue it (--set "
+                                "train.epochs=2)");
+  // One checkpoint directory named directly (a trailing slash too) is named alike.
+  ExpectCheckFailsLikeTrain(
+      args + " --set train.epochs=1 --resume " + ck + "/ckpt-64/",
+      "train --quiet " + args + " --set train.epochs=1 --resume " + ck + "/ckpt-64/",
+      "the checkpoint at " + ck + "/ckpt-64 was saved in epoch 2");
+  IpsRun r = RunIps("config check " + args + " --set train.epochs=2 --resume " + ck);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = RunIps("config check " + args + " --set train.epochs=3 --resume " + ck);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+
+  // Synthetic: kSmall's 1 warm-up + 2 steps, checkpointed after the last (step 3).
+  const std::string syn_ck = dir + "/syn";
+  const std::string syn =
+      "--config " + ConfigNamed("din_synthetic.pbtxt") + kSmall + " --set checkpoint.dir=" + syn_ck;
+  r = RunIps("train --quiet " + syn);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string fewer = syn + " --set data.synthetic.steps=1 --resume " + syn_ck;
+  ExpectCheckFailsLikeTrain(fewer, "train --quiet " + fewer,
+                            "error: FAILED_PRECONDITION: --resume " + syn_ck +
+                                ": the checkpoint at " + syn_ck +
+                                "/ckpt-3 was saved at step 3, beyond this run's 2 steps "
+                                "(data.synthetic.warmup_steps 1 + data.synthetic.steps 1): set "
+                                "data.synthetic.steps to at least 2 to continue it (--set "
+                                "data.synthetic.steps=2)");
+  // train.max_steps caps data.synthetic.steps: both named when both fall short.
+  const std::string capped =
+      syn + " --set data.synthetic.steps=1 --set train.max_steps=1 --resume " + syn_ck;
+  ExpectCheckFailsLikeTrain(capped, "train --quiet " + capped,
+                            "(data.synthetic.warmup_steps 1 + data.synthetic.steps 1, capped by "
+                            "train.max_steps 1): set data.synthetic.steps and train.max_steps to "
+                            "at least 2 to continue it (--set data.synthetic.steps=2 --set "
+                            "train.max_steps=2)");
+  r = RunIps("config check " + syn + " --resume " + syn_ck);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace

@@ -4,11 +4,13 @@
 // is (a data.train_dir every rank refuses). Before, a failing job printed no RESULT line at all;
 // printed by every failing rank, it would have printed N.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/testing/mpi_run.h"
@@ -169,6 +171,68 @@ TEST(ResultLineMpi, AMetricsOutThatCannotBeWrittenIsTheJobsError) {
             "RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): DATA_LOSS: "
             "writing --metrics_out file '/dev/full'\"")
       << r.output;
+}
+
+// QA: worker 0 failing to open --metrics_out said "NOT_FOUND: cannot open --metrics_out file 'F'",
+// with no reason and NOT_FOUND for any reason. open(2)'s errno is the reason and picks the code,
+// as in single-process `ips train`.
+TEST(ResultLineMpi, AMetricsOutThatCannotBeOpenedSaysWhy) {
+  const std::string dir =
+      testing::TempRoot() + "/result_line_mpi_metrics_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string train = "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                            " --set data.synthetic.steps=3 --set data.synthetic.warmup_steps=0 "
+                            "--set data.synthetic.num_items=1000 --metrics_out ";
+  for (const auto& [path, error] : std::vector<std::pair<std::string, std::string>>{
+           {dir + "/missing/m.jsonl", "NOT_FOUND: cannot open --metrics_out file '" + dir +
+                                          "/missing/m.jsonl': No such file or directory"},
+           {dir, "INVALID_ARGUMENT: cannot open --metrics_out file '" + dir + "': Is a directory"},
+       }) {
+    SCOPED_TRACE(path);
+    const MpiRun r = testing::RunMpi(IPS_BINARY, 2, train + path, 60);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    const std::vector<std::string> lines = ResultLines(r.out);
+    ASSERT_EQ(lines.size(), 1u) << r.output;
+    EXPECT_EQ(
+        lines[0].rfind(
+            "RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): " + error, 0),
+        0u)
+        << r.output;
+  }
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: resuming a checkpoint beyond the run (data.synthetic.steps lowered below its step; a dataset
+// run's train.epochs below its epoch) failed with "DATA_LOSS: ...: blob 'run/synthetic_step' = 3
+// does not fit a run of 2 steps": the checkpoint is intact, the config ends before it. Now
+// FAILED_PRECONDITION naming the checkpoint and the value to set, as single-process `ips train`.
+TEST(ResultLineMpi, AResumeBeyondTheRunNamesTheCheckpointAndTheFix) {
+  const std::string dir =
+      testing::TempRoot() + "/result_line_mpi_resume_" + std::to_string(getpid());
+  (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string train = "train --quiet --config " + SourceConfig("din_synthetic.pbtxt") +
+                            " --set data.synthetic.warmup_steps=1 --set data.synthetic.num_items="
+                            "1000 --set data.batch_size=16 --set train.num_threads=1";
+  const MpiRun first = testing::RunMpi(
+      IPS_BINARY, 2, train + " --set data.synthetic.steps=2 --set checkpoint.dir=" + dir + "/ck",
+      60);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const MpiRun r = testing::RunMpi(
+      IPS_BINARY, 2, train + " --set data.synthetic.steps=1 --resume " + dir + "/ck", 60);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  const std::vector<std::string> lines = ResultLines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  EXPECT_EQ(lines[0].rfind("RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): "
+                           "FAILED_PRECONDITION: --resume " +
+                               dir + "/ck: the checkpoint at " + dir +
+                               "/ck/ckpt-3 was saved at step 3, beyond this run's 2 steps "
+                               "(data.synthetic.warmup_steps 1 + data.synthetic.steps 1): set "
+                               "data.synthetic.steps to at least 2 to continue it (--set "
+                               "data.synthetic.steps=2)",
+                           0),
+            0u)
+      << r.output;
+  (void)std::system(("rm -rf " + dir).c_str());
 }
 
 TEST(ResultLineMpi, AKilledWorkerEndsTheJobWithOneErrorLineNamingIt) {
