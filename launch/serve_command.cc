@@ -138,8 +138,9 @@ int RunExportCommand(const std::vector<std::string>& args) {
                  "becomes its next version v-<n>");
   flags.Bool("fp16", "store embedding rows as IEEE half precision");
   flags.Int("min_count", 0,
-            "drop rows used fewer than N times (LFU count; refused when no row of a table would "
-            "be kept)");
+            "drop rows used fewer than N times (the LFU count: each pull and each push counts "
+            "one, so a training step that uses a row counts 2; refused when no row of a table "
+            "would be kept)");
   flags.Int("keep_versions", 3, "bundle versions kept in the root");
   flags.Bool("delta",
              "write only the rows that changed since the bundle's current version (a root with "
