@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -50,15 +51,20 @@ ProgressLine::~ProgressLine() {
 }
 
 std::string ProgressLine::Format(int64_t done, const std::string& extra) const {
-  const double elapsed = timer_.Seconds();
-  const double rate = elapsed > 0 ? done / elapsed : 0;
+  return Format(done, extra, timer_.Seconds());
+}
+
+std::string ProgressLine::Format(int64_t done, const std::string& extra, double elapsed) const {
+  // This process's units only: a resumed run's earlier ones took no time here.
+  const double rate = elapsed > 0 ? std::max(0.0, static_cast<double>(done - start_) / elapsed) : 0;
   std::ostringstream os;
   os << label_ << ": " << done;
   if (total_ > 0) os << "/" << total_ << " (" << static_cast<int>(100.0 * done / total_) << "%)";
   os << " " << unit_ << ", " << FormatRate(rate) << " " << unit_ << "/s";
   if (!extra.empty()) os << ", " << extra;
   os << ", elapsed " << FormatDuration(elapsed);
-  if (total_ > 0 && done < total_ && rate > 0) os << ", ETA " << FormatDuration((total_ - done) / rate);
+  if (total_ > 0 && done < total_ && rate > 0)
+    os << ", ETA " << FormatDuration((total_ - done) / rate);
   return os.str();
 }
 

@@ -1,6 +1,8 @@
 // ProgressLine: one line of training/processing progress (samples/s, loss, AUC, ETA) that
 // updates in place on a terminal (carriage return) and prints plain lines, at most one every
-// `plain_interval_s`, when stderr is not a terminal (logs, CI). Not thread-safe: one owner.
+// `plain_interval_s`, when stderr is not a terminal (logs, CI). The position and percentage count
+// every unit done, a resumed run's before this process included (StartFrom); the rate and ETA
+// only the units done since the line was created. Not thread-safe: one owner.
 #ifndef IPS_COMMON_PROGRESS_H_
 #define IPS_COMMON_PROGRESS_H_
 
@@ -24,11 +26,20 @@ class ProgressLine {
   void Update(int64_t done, const std::string& extra = "");
   // Sets the count without drawing (for a final Finish()).
   void Set(int64_t done) { last_done_ = done; }
+  // `done` units were complete before this process started (a run resumed from a checkpoint):
+  // they count in the position and percentage but not in the rate, which is this process's
+  // (done - start) / elapsed, nor in the ETA. Call before the first Update.
+  void StartFrom(int64_t done) {
+    start_ = done;
+    last_done_ = done;
+  }
   // Prints the final state and a newline.
   void Finish(const std::string& extra = "");
 
-  // Formats the line without printing (exposed for tests).
+  // Formats the line without printing (exposed for tests), at the elapsed time now or at
+  // `elapsed_s` seconds.
   std::string Format(int64_t done, const std::string& extra) const;
+  std::string Format(int64_t done, const std::string& extra, double elapsed_s) const;
 
  private:
   std::string label_;
@@ -39,6 +50,7 @@ class ProgressLine {
   double plain_interval_s_;
   Timer timer_;
   double last_draw_s_ = -1e9;
+  int64_t start_ = 0;  // units done before this process (StartFrom)
   int64_t last_done_ = 0;
   bool finished_ = false;
   size_t last_width_ = 0;

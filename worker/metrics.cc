@@ -399,17 +399,21 @@ StatusOr<RankingMetrics> RankingMetrics::Deserialize(std::string_view bytes) {
   return m;
 }
 
-double RankingMetrics::HitRate() const {
-  if (users_ == 0) return kNaN;
+double RankingMetrics::HitRate() const { return HitRateAt(k_); }
+
+double RankingMetrics::Ndcg() const { return NdcgAt(k_); }
+
+double RankingMetrics::HitRateAt(int j) const {
+  if (users_ == 0 || j < 1 || j > k_) return kNaN;
   int64_t hits = 0;
-  for (int64_t c : rank_count_) hits += c;
+  for (int r = 0; r < j; ++r) hits += rank_count_[r];
   return static_cast<double>(hits) / users_;
 }
 
-double RankingMetrics::Ndcg() const {
-  if (users_ == 0) return kNaN;
+double RankingMetrics::NdcgAt(int j) const {
+  if (users_ == 0 || j < 1 || j > k_) return kNaN;
   double sum = 0;
-  for (int r = 0; r < k_; ++r) sum += rank_count_[r] / std::log2(r + 2.0);
+  for (int r = 0; r < j; ++r) sum += rank_count_[r] / std::log2(r + 2.0);
   return sum / users_;
 }
 

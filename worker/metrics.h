@@ -126,7 +126,9 @@ class BinaryMetrics {
 //   HR@K = mean over users of [rank < K];  NDCG@K = mean of [rank < K] / log2(rank + 2);
 //   sampled AUC = mean over users of (#neg < pos + 0.5 * #neg == pos) / #negatives.
 // All state is integer counts (hits per rank below K, AUC numerators per negative count), so
-// results do not depend on the order of users or of merges.
+// results do not depend on the order of users or of merges. The counts per rank also give HR@j
+// and NDCG@j of every j <= K (HitRateAt, NdcgAt): one accumulator of the largest cut-off reports
+// all of them from the same ranks.
 class RankingMetrics {
  public:
   // k >= 1 (the peer reports k = 10); a non-positive k is treated as 1.
@@ -151,8 +153,12 @@ class RankingMetrics {
 
   int k() const { return k_; }
   int64_t Users() const { return users_; }
-  double HitRate() const;     // HR@K; NaN when no users
-  double Ndcg() const;        // NDCG@K; NaN when no users
+  double HitRate() const;  // HR@K; NaN when no users
+  double Ndcg() const;     // NDCG@K; NaN when no users
+  // HR@j and NDCG@j for a cut-off j in [1, K] (j = K: HitRate(), Ndcg()); NaN when no users or j
+  // is outside [1, K] (the ranks at or beyond K are not kept).
+  double HitRateAt(int j) const;
+  double NdcgAt(int j) const;
   double SampledAuc() const;  // NaN when no users
 
  private:

@@ -463,12 +463,11 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
       options.max_users > 0 ? std::min(options.max_users, reader.num_lists()) : reader.num_lists();
   if (lists == 0) return FailedPreconditionError("EvaluateRetrieval: no evaluation lists");
 
-  std::vector<RankingMetrics> ranking;
+  // One rank histogram up to max_k gives HR@K and NDCG@K of every cut-off (RankingMetrics::
+  // HitRateAt): a rank is below N, so a cut-off beyond N reads as N.
+  RankingMetrics ranking(max_k);
   std::vector<RecallMetrics> recall;
-  for (int k : options.cutoffs) {
-    ranking.emplace_back(k);
-    recall.emplace_back(k);
-  }
+  for (int k : options.cutoffs) recall.emplace_back(k);
   std::vector<int32_t> lengths(static_cast<size_t>(U));
   std::vector<int64_t> item_index(static_cast<size_t>(U * L + U));
   std::vector<int64_t> cat_index(static_cast<size_t>(U * L + U));
@@ -537,9 +536,8 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
     IPS_RETURN_IF_ERROR(ScoreAllItems(ctx, vectors.data(), nu, K, D, score_rows, N, relevant.data(),
                                       max_k, options.user_block, options.item_block, below.data(),
                                       ties.data(), top.data()));
+    IPS_RETURN_IF_ERROR(ranking.AddCounts(below.data(), ties.data(), nu, static_cast<int>(N - 1)));
     for (size_t c = 0; c < options.cutoffs.size(); ++c) {
-      IPS_RETURN_IF_ERROR(
-          ranking[c].AddCounts(below.data(), ties.data(), nu, static_cast<int>(N - 1)));
       for (int64_t u = 0; u < nu; ++u)
         IPS_RETURN_IF_ERROR(
             recall[c].AddRetrieved(top.data() + u * max_k, max_k, relevant.data() + u, 1));
@@ -557,8 +555,8 @@ StatusOr<RetrievalResult> EvaluateRetrieval(const kernels::Context& ctx,
     RetrievalCutoff rc;
     rc.k = options.cutoffs[c];
     rc.recall = recall[c].Recall();
-    rc.hit_rate = ranking[c].HitRate();
-    rc.ndcg = ranking[c].Ndcg();
+    rc.hit_rate = ranking.HitRateAt(std::min(rc.k, max_k));
+    rc.ndcg = ranking.NdcgAt(std::min(rc.k, max_k));
     r.cutoffs.push_back(rc);
   }
   r.mean_rank = done > 0 ? rank_sum / static_cast<double>(done) : 0;

@@ -272,7 +272,15 @@ ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader) {
 StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
                                                const ReaderOptions& reader, int64_t max_users,
                                                int k, const std::atomic<bool>* stop) {
+  return EvaluateSeqRanking(trainer, data, reader, max_users, std::vector<int>{k}, stop);
+}
+
+StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
+                                               const ReaderOptions& reader, int64_t max_users,
+                                               const std::vector<int>& cutoffs,
+                                               const std::atomic<bool>* stop) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSeqRanking: null trainer");
+  IPS_RETURN_IF_ERROR(CheckRankingCutoffs("EvaluateSeqRanking", cutoffs));
   Timer timer;
   ReaderOptions ro = WithModelWindow(trainer, reader);
   ro.shuffle = false;
@@ -289,7 +297,7 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
     return FailedPreconditionError("EvaluateSeqRanking: the dataset has " + std::to_string(cands) +
                                    " candidates per evaluation list (need >= 2)");
   int64_t remaining = max_users > 0 ? std::min(max_users, eval.num_lists()) : eval.num_lists();
-  RankingEvaluation metrics(k);
+  RankingEvaluation metrics(cutoffs);
   Batch batch;
   std::vector<uint32_t> hist;
   std::vector<int32_t> lengths;
@@ -374,7 +382,7 @@ class SeqEpochSource {
   }
   StatusOr<RankingEvalResult> Evaluate(const std::atomic<bool>* stop) {
     return EvaluateSeqRanking(trainer_, data_, reader_options_, options_.eval_max_users,
-                              options_.top_k, stop);
+                              RankingCutoffs(options_), stop);
   }
 
  private:

@@ -187,14 +187,21 @@ StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
 
 // The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
 // item first, every row carrying the user's history) is scored by encoding the history once
-// (the list's first row) and ranking its candidates by ScoreCandidates; scores go to
-// RankingMetrics(k). reader.max_len must be the model's max_len (0 = the manifest's
+// (the list's first row) and ranking its candidates by ScoreCandidates; HR@k and NDCG@k are
+// reported for every k of `cutoffs` from that one ranking (RankingEvaluation: result cutoffs in
+// that order; k, hr, ndcg the first's). reader.max_len must be the model's max_len (0 = the
+// manifest's
 // max_history, which must then equal it). max_users > 0 evaluates only the first max_users lists
 // (EvalReader's order). Read-only: no row is created or updated. Errors: FAILED_PRECONDITION for
 // fewer than 2 candidates per list; DATA_LOSS for a batch that is not whole lists or a list whose
 // rows disagree on the history; the trainer's and the metrics'. `stop` (may be null) is checked
 // before every batch: once set, the evaluation is abandoned with EvaluationAbandonedError
-// (common/stop_signals.h).
+// (common/stop_signals.h). Errors also CheckRankingCutoffs'.
+StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
+                                               const ReaderOptions& reader, int64_t max_users,
+                                               const std::vector<int>& cutoffs,
+                                               const std::atomic<bool>* stop = nullptr);
+// One cut-off k.
 StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Dataset& data,
                                                const ReaderOptions& reader, int64_t max_users,
                                                int k, const std::atomic<bool>* stop = nullptr);
@@ -203,21 +210,21 @@ StatusOr<RankingEvalResult> EvaluateSeqRanking(SeqTrainer* trainer, const Datase
 // SequenceReader would otherwise read as the manifest's max_history.
 ReaderOptions WithModelWindow(SeqTrainer* trainer, ReaderOptions reader);
 
-// Trains options.epochs epochs over SequenceReader (reader.seed shuffles and draws the per-epoch
-// negatives; reader.batch_size sequences per step) or until max_steps, evaluating after every
-// eval_every_epochs-th epoch and after the last one. Samples are sequences. A progress line goes
-// to sinks.progress; sinks.metrics_out gets "train" lines as RunDatasetTraining's and one "epoch"
-// line per epoch ({"phase":"epoch","model":..,"epoch":..,"hr10":..,"ndcg10":..,"auc":..,"loss":..,
-// "samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..}; metrics null for epochs without
-// evaluation). Errors: INVALID_ARGUMENT for bad options;
-// FAILED_PRECONDITION for a dataset without training sequences; the trainer's and the metrics'.
 // The checkpoint content of a single-process sequence trainer (see TrainerCheckpointContent).
 StatusOr<CheckpointContent> SeqTrainerCheckpointContent(SeqTrainer* trainer,
                                                         ps::LocalEmbeddingStore* store,
                                                         const std::string& config_text);
 
-// sinks.checkpoint: periodic checkpoints, stop and resume as RunDatasetTraining (SASRec's dropout
-// step is saved and restored with the run).
+// Trains options.epochs epochs over SequenceReader (reader.seed shuffles and draws the per-epoch
+// negatives; reader.batch_size sequences per step) or until max_steps, evaluating after every
+// eval_every_epochs-th epoch and after the last one. Samples are sequences. A progress line goes
+// to sinks.progress; sinks.metrics_out gets "train" lines as RunDatasetTraining's and one "epoch"
+// line per epoch ({"phase":"epoch","model":..,"epoch":..,"hr10":..,"ndcg10":..,"auc":..,"loss":..,
+// "samples_per_s":..,"steps":..,"eval_users":..,"eval_s":..}: hr<k> and ndcg<k> for every k of
+// RankingCutoffs(options); metrics null for epochs without evaluation). sinks.checkpoint:
+// periodic checkpoints, stop and resume as RunDatasetTraining (SASRec's dropout step is saved and
+// restored with the run). Errors: INVALID_ARGUMENT for bad options; FAILED_PRECONDITION for a
+// dataset without training sequences; the trainer's and the metrics'.
 StatusOr<DatasetRunResult> RunSeqDatasetTraining(SeqTrainer* trainer, const Dataset& data,
                                                  const DatasetRunOptions& options,
                                                  const RunSinks& sinks);

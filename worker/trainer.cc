@@ -362,6 +362,12 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
       r.top_k = cfg.eval().top_k(0);
       r.retrieval_cutoffs.assign(cfg.eval().top_k().begin(), cfg.eval().top_k().end());
     }
+    // Every entry is a cut-off of the sampled ranking (eval.top_k: "HR@K / NDCG@K / Recall@K
+    // cut-offs"), but for MIND, whose later entries are its retrieval cut-offs: they may exceed
+    // the candidates of a list (CheckTopKFitsDataset), where HR@K would be 1 for everyone.
+    r.ranking_cutoffs = r.top_k_set && job.trainer.model.kind != ModelKind::kMind
+                            ? r.retrieval_cutoffs
+                            : std::vector<int>{r.top_k};
     r.log_every_steps = std::max(1, cfg.train().log_every_steps());
     return job;
   }
@@ -385,13 +391,19 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& cfg) {
 
 namespace {
 
-// FitJobToDataset's eval.top_k check on a dataset of ranked candidate lists (see trainer.h).
+// How cut-off k compares with the n entries a ranking ranks: "equals" or "exceeds" (k >= n).
+std::string ReachedBy(int k, uint64_t n) {
+  return static_cast<uint64_t>(k) == n ? "equals" : "exceeds";
+}
+
+// FitJobToDataset's eval.top_k check on a dataset of ranked candidate lists (see trainer.h). A
+// ranking of n entries puts the held-out one at a rank below n, so HR@K (recall@K) is 1 for
+// every user once K >= n: a cut-off must be below the entries ranked.
 Status CheckTopKFitsDataset(const Manifest& m, const TrainJob& job) {
   const DatasetRunOptions& r = job.dataset;
   const bool mind = job.trainer.model.kind == ModelKind::kMind;
-  // The sampled ranking uses top_k[0] and MIND's retrieval every entry (or its default
-  // cut-offs). The other models ignore the later entries; one that no candidate list could reach
-  // is refused all the same (the user expected it to mean something).
+  // The sampled ranking uses every entry (MIND: top_k[0]; its retrieval uses every entry, or its
+  // default cut-offs).
   const std::vector<int> entries = r.top_k_set ? r.retrieval_cutoffs : std::vector<int>{r.top_k};
   auto name = [&](size_t i, int k) {
     const std::string v = " " + std::to_string(k);
@@ -402,26 +414,27 @@ Status CheckTopKFitsDataset(const Manifest& m, const TrainJob& job) {
   const uint64_t candidates = m.eval_candidates;
   for (size_t i = 0; i < entries.size(); ++i) {
     const int k = entries[i];
-    if ((i == 0 || !mind) && static_cast<uint64_t>(k) > candidates)
+    if ((i == 0 || !mind) && static_cast<uint64_t>(k) >= candidates)
       return FailedPreconditionError(
-          name(i, k) + " exceeds the " + std::to_string(candidates) +
+          name(i, k) + " " + ReachedBy(k, candidates) + " the " + std::to_string(candidates) +
           " candidates ranked per user (the held-out item and " + std::to_string(candidates - 1) +
           " sampled negatives): HR@" + std::to_string(k) +
-          " would be 1 for every user; use at most " + std::to_string(candidates) +
+          " would be 1 for every user; use at most " + std::to_string(candidates - 1) +
           " (or convert with more --eval_negatives)");
   }
   if (!mind) return Status::Ok();
   const std::vector<int>& cutoffs = r.retrieval_cutoffs;
   for (size_t i = 0; i < cutoffs.size(); ++i) {
     const int k = cutoffs[i];
-    if (static_cast<uint64_t>(k) <= m.items) continue;
+    if (static_cast<uint64_t>(k) < m.items) continue;
     const std::string what =
         r.top_k_set ? name(i, k) : "the default retrieval cut-off " + std::to_string(k);
-    const std::string items = std::to_string(m.items), recall = "recall@" + std::to_string(k);
+    const std::string recall = "recall@" + std::to_string(k);
     return FailedPreconditionError(
-        what + " exceeds the " + items + " items MIND ranks per user in its full-ranking " +
-        "retrieval: " + recall + " would be 1 for every user; set eval.top_k entries of at most " +
-        items);
+        what + " " + ReachedBy(k, m.items) + " the " + std::to_string(m.items) +
+        " items MIND ranks per user in its full-ranking retrieval: " + recall +
+        " would be 1 for every user; set eval.top_k entries of at most " +
+        std::to_string(m.items > 0 ? m.items - 1 : 0));
   }
   return Status::Ok();
 }
@@ -592,6 +605,45 @@ StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
 
 // ---- Converted datasets -----------------------------------------------------------------------
 
+std::vector<int> RankingCutoffs(const DatasetRunOptions& options) {
+  return options.ranking_cutoffs.empty() ? std::vector<int>{options.top_k}
+                                         : options.ranking_cutoffs;
+}
+
+std::vector<RankingCutoff> RankingCutoffsOf(const RankingEvalResult& eval) {
+  if (!eval.cutoffs.empty()) return eval.cutoffs;
+  return {RankingCutoff{eval.k, eval.hr, eval.ndcg}};
+}
+
+Status CheckRankingCutoffs(const char* fn, const std::vector<int>& cutoffs) {
+  if (cutoffs.empty()) return InvalidArgumentError(std::string(fn) + ": no ranking cut-off");
+  for (size_t i = 0; i < cutoffs.size(); ++i) {
+    if (cutoffs[i] < 1)
+      return InvalidArgumentError(std::string(fn) + ": cut-off " + std::to_string(cutoffs[i]) +
+                                  " must be >= 1");
+    for (size_t j = 0; j < i; ++j)
+      if (cutoffs[j] == cutoffs[i])
+        return InvalidArgumentError(std::string(fn) + ": cut-off " + std::to_string(cutoffs[i]) +
+                                    " is given twice");
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+int MaxCutoff(const std::vector<int>& cutoffs) {
+  int k = 1;
+  for (int c : cutoffs) k = std::max(k, c);
+  return k;
+}
+
+}  // namespace
+
+RankingEvaluation::RankingEvaluation(std::vector<int> cutoffs)
+    : cutoffs_(std::move(cutoffs)), ranking_(MaxCutoff(cutoffs_)) {
+  if (cutoffs_.empty()) cutoffs_.push_back(1);
+}
+
 Status RankingEvaluation::Add(const float* scores, const uint64_t* users, int64_t lists,
                               int cands) {
   IPS_RETURN_IF_ERROR(ranking_.Add(scores, lists, cands));
@@ -608,9 +660,14 @@ Status RankingEvaluation::Add(const float* scores, const uint64_t* users, int64_
 RankingEvalResult RankingEvaluation::Result(double seconds) const {
   RankingEvalResult r;
   r.users = ranking_.Users();
-  r.k = k_;
-  r.hr = ranking_.HitRate();
-  r.ndcg = ranking_.Ndcg();
+  // Every cut-off from the one rank histogram of the largest (RankingMetrics::HitRateAt).
+  for (const int k : cutoffs_) {
+    const int j = std::max(k, 1);
+    r.cutoffs.push_back({k, ranking_.HitRateAt(j), ranking_.NdcgAt(j)});
+  }
+  r.k = r.cutoffs[0].k;
+  r.hr = r.cutoffs[0].hr;
+  r.ndcg = r.cutoffs[0].ndcg;
   r.auc = ranking_.SampledAuc();
   r.gauc = ctr_.Gauc();
   r.logloss = ctr_.LogLoss();
@@ -622,7 +679,7 @@ namespace {
 
 // EvaluateRanking of a given dataset: every EvalReader row is one labelled CTR example.
 StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* eval,
-                                                 int64_t max_rows, int k,
+                                                 int64_t max_rows, const std::vector<int>& cutoffs,
                                                  const std::atomic<bool>* stop) {
   Timer timer;
   int64_t remaining = max_rows > 0 ? std::min(max_rows, eval->num_lists()) : eval->num_lists();
@@ -643,7 +700,8 @@ StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* e
   RankingEvalResult r;
   r.ranked = false;
   r.users = b.count;
-  r.k = k;
+  for (const int k : cutoffs) r.cutoffs.push_back({k, std::nan(""), std::nan("")});
+  r.k = cutoffs[0];
   r.hr = r.ndcg = std::nan("");
   r.auc = b.auc;
   r.gauc = b.gauc;
@@ -657,19 +715,27 @@ StatusOr<RankingEvalResult> EvaluateLabelledRows(Trainer* trainer, EvalReader* e
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
                                             const ReaderOptions& reader, int64_t max_users, int k,
                                             const std::atomic<bool>* stop) {
+  return EvaluateRanking(trainer, data, reader, max_users, std::vector<int>{k}, stop);
+}
+
+StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
+                                            const ReaderOptions& reader, int64_t max_users,
+                                            const std::vector<int>& cutoffs,
+                                            const std::atomic<bool>* stop) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateRanking: null trainer");
+  IPS_RETURN_IF_ERROR(CheckRankingCutoffs("EvaluateRanking", cutoffs));
   Timer timer;
   ReaderOptions ro = reader;
   ro.shuffle = false;
   EvalReader eval(&data, {}, ro);
   if (data.manifest().eval_candidates == 0)
-    return EvaluateLabelledRows(trainer, &eval, max_users, k, stop);
+    return EvaluateLabelledRows(trainer, &eval, max_users, cutoffs, stop);
   const int cands = eval.candidates_per_list();
   if (cands < 2)
     return FailedPreconditionError("EvaluateRanking: the dataset has " + std::to_string(cands) +
                                    " candidates per evaluation list (need >= 2)");
   int64_t remaining = max_users > 0 ? std::min(max_users, eval.num_lists()) : eval.num_lists();
-  RankingEvaluation metrics(k);
+  RankingEvaluation metrics(cutoffs);
   Batch batch;
   std::vector<float> scores;
   while (remaining > 0 && eval.Next(&batch)) {
@@ -740,7 +806,7 @@ class CtrEpochSource {
   }
   StatusOr<RankingEvalResult> Evaluate(const std::atomic<bool>* stop) {
     return EvaluateRanking(trainer_, data_, options_.reader, options_.eval_max_users,
-                           options_.top_k, stop);
+                           RankingCutoffs(options_), stop);
   }
 
  private:

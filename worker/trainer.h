@@ -234,6 +234,11 @@ struct DatasetRunOptions {
   int64_t eval_max_users = 0;  // eval.max_users: evaluate the first N lists; 0 = all
   int top_k = 10;              // eval.top_k[0] (default 10)
   bool top_k_set = false;      // eval.top_k was given (else top_k and retrieval_cutoffs: defaults)
+  // The HR@K / NDCG@K cut-offs of the sampled ranking, in eval.top_k order (RankingCutoffs reads
+  // them): every eval.top_k entry, all computed from one ranking of each list; MIND's first
+  // entry only (its other entries are its retrieval cut-offs, which may exceed the candidates).
+  // Empty: {top_k}.
+  std::vector<int> ranking_cutoffs;
   // Whether the evaluation ranks candidate lists (seqrec, ctr) or scores labelled rows (given):
   // set by FitJobToDataset; the epoch lines of epochs not evaluated name the same fields.
   bool ranked_eval = true;
@@ -242,6 +247,10 @@ struct DatasetRunOptions {
   std::vector<int> retrieval_cutoffs = {20, 50, 100};
   int log_every_steps = 50;
 };
+
+// options.ranking_cutoffs, or {options.top_k} when it is empty: the cut-offs EvaluateRanking
+// and EvaluateSeqRanking report for the run (`ips train`, its mpirun form and `ips eval`).
+std::vector<int> RankingCutoffs(const DatasetRunOptions& options);
 
 struct TrainJob {
   TrainerOptions trainer;
@@ -266,9 +275,10 @@ StatusOr<TrainJob> TrainJobFromConfig(const config::Config& config);
 // rows). FAILED_PRECONDITION for a given dataset with a sequence model (they train on per-user
 // sequences), MIND (its retrieval evaluation needs candidate lists) or no evaluation rows, for a
 // dataset without training rows, and, on a dataset of candidate lists, for an eval.top_k entry
-// (or default) beyond what a user's evaluation ranks, which would make every HR@K (recall@K) 1:
-// the eval_candidates of a list (the held-out item and its sampled negatives) for every entry
-// (MIND: top_k[0], its sampled ranking's), the dataset's items for MIND's retrieval cut-offs.
+// (or default) not below the count a user's evaluation ranks, which would make every HR@K
+// (recall@K) 1 (the held-out item's rank is below that count): the eval_candidates of a list
+// (the held-out item and its sampled negatives) for every entry (MIND: top_k[0], its sampled
+// ranking's), the dataset's items for MIND's retrieval cut-offs.
 // `ips train`, its mpirun form, `ips eval` and `ips config check` all run it.
 Status FitJobToDataset(const Dataset& data, TrainJob* job);
 
@@ -389,31 +399,52 @@ StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
 
 // ---- Training on a converted dataset ----------------------------------------------------------
 
+// HR@k and NDCG@k of one cut-off of a ranking evaluation.
+struct RankingCutoff {
+  int k = 10;
+  double hr = 0, ndcg = 0;  // NaN when no users (and for a given dataset)
+};
+
 struct RankingEvalResult {
   // false for a given dataset: no candidate lists, so no HR/NDCG (NaN); `users` counts rows and
   // `auc` is the AUC over all labelled rows.
   bool ranked = true;
   int64_t users = 0;  // evaluated candidate lists (given: labelled rows)
+  // The first cut-off's figures (cutoffs[0]), for the callers that report one.
   int k = 10;
   double hr = 0, ndcg = 0, auc = 0;  // HR@k, NDCG@k, sampled AUC (NaN when no users)
+  // Every cut-off evaluated, in the order asked (eval.top_k's); cutoffs[0] is {k, hr, ndcg}. A
+  // result built field by field may hold none: RankingCutoffsOf then gives {k, hr, ndcg}.
+  std::vector<RankingCutoff> cutoffs;
   // Over every (user, candidate) row as a CTR example (label 1 = the held-out item; given: the
   // row's label): user-weighted GAUC and logloss of sigmoid(score).
   double gauc = 0, logloss = 0;
   double seconds = 0;
 };
 
+// The cut-offs of `eval`: eval.cutoffs, or {k, hr, ndcg} of a result that holds none (a result
+// built field by field).
+std::vector<RankingCutoff> RankingCutoffsOf(const RankingEvalResult& eval);
+
+// Checks the cut-offs of a ranking evaluation (`fn`, for the message): at least one, each >= 1,
+// none repeated (it would be reported twice). INVALID_ARGUMENT otherwise.
+Status CheckRankingCutoffs(const char* fn, const std::vector<int>& cutoffs);
+
 // Accumulates scored candidate lists (candidate 0 of each list = the held-out item) into a
-// RankingEvalResult: HR@k, NDCG@k and sampled AUC (RankingMetrics) plus GAUC and logloss of the
-// rows as CTR examples (BinaryMetrics on sigmoid(score)). Shared by the CTR and sequence trainers.
+// RankingEvalResult: HR@k and NDCG@k of every cut-off k, from one RankingMetrics of the largest
+// (each list is ranked once), and sampled AUC, plus GAUC and logloss of the rows as CTR examples
+// (BinaryMetrics on sigmoid(score)). Shared by the CTR and sequence trainers.
 class RankingEvaluation {
  public:
-  explicit RankingEvaluation(int k) : k_(k), ranking_(k) {}
+  explicit RankingEvaluation(int k) : RankingEvaluation(std::vector<int>{k}) {}
+  // cutoffs: as CheckRankingCutoffs accepts them (a non-positive entry counts as 1).
+  explicit RankingEvaluation(std::vector<int> cutoffs);
   // scores [lists x cands]; users [lists * cands] may be null. Errors: the metrics'.
   Status Add(const float* scores, const uint64_t* users, int64_t lists, int cands);
   RankingEvalResult Result(double seconds) const;
 
  private:
-  int k_;
+  std::vector<int> cutoffs_;
   RankingMetrics ranking_;
   BinaryMetrics ctr_;
   std::vector<float> probs_, labels_;
@@ -421,12 +452,18 @@ class RankingEvaluation {
 
 // The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
 // item first) is scored with PredictLogits (read-only: no store rows are created, nothing is
-// updated) and fed to RankingMetrics(k). max_users > 0 evaluates only the first max_users lists
-// (EvalReader's order: raw user id). A given dataset (no candidate lists) is evaluated as CTR
-// examples instead: AUC, GAUC and logloss over its labelled evaluation rows (max_users caps the
-// rows; ranked = false). `stop` (may be null) is checked before every batch: once set, the
-// evaluation is abandoned with EvaluationAbandonedError (common/stop_signals.h). Errors: the
-// trainer's and the metrics'.
+// updated) and ranked once; HR@k and NDCG@k are reported for every k of `cutoffs` (result
+// cutoffs, in that order; k, hr, ndcg: the first). max_users > 0 evaluates only the first
+// max_users lists (EvalReader's order: raw user id). A given dataset (no candidate lists) is
+// evaluated as CTR examples instead: AUC, GAUC and logloss over its labelled evaluation rows
+// (max_users caps the rows; ranked = false; HR and NDCG NaN). `stop` (may be null) is checked
+// before every batch: once set, the evaluation is abandoned with EvaluationAbandonedError
+// (common/stop_signals.h). Errors: CheckRankingCutoffs', the trainer's and the metrics'.
+StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
+                                            const ReaderOptions& reader, int64_t max_users,
+                                            const std::vector<int>& cutoffs,
+                                            const std::atomic<bool>* stop = nullptr);
+// One cut-off k.
 StatusOr<RankingEvalResult> EvaluateRanking(Trainer* trainer, const Dataset& data,
                                             const ReaderOptions& reader, int64_t max_users, int k,
                                             const std::atomic<bool>* stop = nullptr);
@@ -461,7 +498,8 @@ struct DatasetRunResult {
 // multiple of log_every_steps and after the run's last step ({"phase":"train","model":..,
 // "step":..,"epoch":..,"loss":..,"step_loss":..,...}), and an "epoch" line per epoch
 // ({"phase":"epoch","model":..,"epoch":..,"hr10":..,"ndcg10":..,"auc":..,"loss":..,
-// "samples_per_s":..,...}; metrics null for epochs without evaluation). sinks.checkpoint: periodic
+// "samples_per_s":..,...}: hr<k> and ndcg<k> for every k of RankingCutoffs(options); metrics null
+// for epochs without evaluation). sinks.checkpoint: periodic
 // checkpoints (plus one after the last step, before the last evaluation: `ips eval` reproduces that
 // evaluation), stop and resume at the saved epoch and reader position (per_epoch then holds the
 // epochs run after the resume). A stop requested during an evaluation abandons it (checked between

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/progress.h"
 #include "common/random.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
@@ -489,6 +490,125 @@ TEST(Resume, CheckpointOfAnotherModelIsRejected) {
   ASSERT_FALSE(step.ok());
   EXPECT_NE(step.status().message().find("dense/"), std::string::npos) << step.status();
   (void)std::system(("rm -rf " + root).c_str());
+}
+
+// ---- The progress line after a resume ---------------------------------------------------------
+
+// A progress line "train: DONE[/TOTAL (P%)] samples, RATE samples/s, ..." (RATE as ProgressLine
+// prints it: 950, 12.3k, 1.23M): its position and rate; false if it is not one.
+bool ParseProgress(const std::string& line, int64_t* done, double* rate) {
+  const size_t colon = line.find(": "), per = line.find(" samples/s");
+  if (colon == std::string::npos || per == std::string::npos) return false;
+  *done = std::stoll(line.substr(colon + 2));
+  const size_t begin = line.rfind(' ', per - 1) + 1;
+  std::string token = line.substr(begin, per - begin);
+  double unit = 1;
+  if (!token.empty() && (token.back() == 'k' || token.back() == 'M')) {
+    unit = token.back() == 'k' ? 1e3 : 1e6;
+    token.pop_back();
+  }
+  *rate = std::stod(token) * unit;
+  return true;
+}
+
+// The lines `run` wrote to its progress FILE.
+std::vector<std::string> ProgressLines(const std::string& path,
+                                       const std::function<void(FILE*)>& run) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  EXPECT_NE(f, nullptr) << path;
+  if (f == nullptr) return {};
+  run(f);
+  std::fclose(f);
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+
+// A printed rate `shown` is at most `rate` (the rounding of the printed digits allowed).
+void ExpectRateAtMost(const std::string& line, double shown, double rate) {
+  EXPECT_LE(shown, rate * 1.006 + 1) << line << "\nthis process's throughput: " << rate;
+}
+
+// QA: after --resume the progress line divided every sample of the run, the resumed checkpoint's
+// included, by this process's seconds ("39287/61422 (63%) sequences, 42.5k sequences/s" where it
+// trained ~7k/s). Its position still counts them, and the rate only what this process trained:
+// at the end it cannot exceed the run's own throughput (this process's samples over its training
+// seconds, which the line's elapsed time includes). Resumed a few steps before the end, the old
+// rate was several times that. Nothing is saved in the resumed runs (their time is the steps').
+TEST(Resume, ProgressRateAfterAResumeCountsOnlyThisProcesssSamples) {
+  const std::string root = TempRoot("progress");
+  const std::string ds = MakeDataset(root);
+  // Few evaluation lists: the line's time is mostly the steps'.
+  std::string config = kDinConfig;
+  config.replace(config.find("max_users: 0"), 12, "max_users: 10");
+  std::unique_ptr<JobSetup> setup = SetUpJob(config, ds);
+  const int64_t batch = setup->job.dataset.reader.batch_size;
+  const int64_t per_epoch = TrainingRowsPerEpoch(*setup->data, setup->job);
+  const int64_t steps = 2 * ((per_epoch + batch - 1) / batch);
+  const int64_t k = steps - 4;
+  ASSERT_GT(k, 10 * 4) << "resume late: the resumed samples are most of the run";
+  const RunOutcome first = RunJob(config, ds, root + "/part", "", k);
+  ASSERT_TRUE(first.stopped);
+  std::map<std::string, std::string> blobs;
+  ASSERT_OK(RestoreForResume(setup.get(), root + "/part", &blobs).status());
+  RunCheckpointing ck;
+  ck.resume = &blobs;
+  ck.content = setup->content;
+  StatusOr<DatasetRunResult> r = InternalError("not run");
+  const std::vector<std::string> lines = ProgressLines(root + "/dataset.txt", [&](FILE* f) {
+    RunSinks sinks;
+    sinks.checkpoint = &ck;
+    sinks.progress = f;
+    r = RunDatasetTraining(setup->ctr.get(), *setup->data, setup->job.dataset, sinks);
+  });
+  ASSERT_OK(r.status());
+  ASSERT_EQ(r->steps_run, 4);
+  ASSERT_FALSE(lines.empty());
+  int64_t done = 0;
+  double rate = 0;
+  ASSERT_TRUE(ParseProgress(lines.back(), &done, &rate)) << lines.back();
+  EXPECT_EQ(done, 2 * per_epoch) << lines.back();  // the position: the whole run
+  EXPECT_NE(lines.back().find("(100%)"), std::string::npos) << lines.back();
+  ExpectRateAtMost(lines.back(), rate, r->samples_per_s);
+
+  // The synthetic protocol: resumed 2 timed steps before the end of 30.
+  const std::string syn_root = root + "/syn";
+  const RunOutcome syn_first = RunJob(kSyntheticConfig, "", syn_root, "", 3 + 28);
+  ASSERT_TRUE(syn_first.stopped);
+  std::unique_ptr<JobSetup> syn = SetUpJob(kSyntheticConfig, "");
+  std::map<std::string, std::string> syn_blobs;
+  ASSERT_OK(RestoreForResume(syn.get(), syn_root, &syn_blobs).status());
+  RunCheckpointing syn_ck;
+  syn_ck.resume = &syn_blobs;
+  syn_ck.content = syn->content;
+  StatusOr<SyntheticRunResult> sr = InternalError("not run");
+  const std::vector<std::string> syn_lines = ProgressLines(root + "/synthetic.txt", [&](FILE* f) {
+    RunSinks sinks;
+    sinks.checkpoint = &syn_ck;
+    sinks.progress = f;
+    sr = RunSyntheticTraining(syn->ctr.get(), syn->job.run, sinks);
+  });
+  ASSERT_OK(sr.status());
+  ASSERT_FALSE(syn_lines.empty());
+  ASSERT_TRUE(ParseProgress(syn_lines.back(), &done, &rate)) << syn_lines.back();
+  EXPECT_EQ(done, 30 * syn->job.run.batch) << syn_lines.back();
+  ExpectRateAtMost(syn_lines.back(), rate, sr->samples_per_s);
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// ProgressLine::StartFrom: the position counts the units before it, the rate and the ETA only the
+// units since (at a given elapsed time, the line is exact).
+TEST(ProgressLine, RateAndEtaCountOnlyTheUnitsAfterStartFrom) {
+  ProgressLine fresh("train", 1000, "samples", stderr);
+  EXPECT_EQ(fresh.Format(700, "loss=0.5", 10.0),
+            "train: 700/1000 (70%) samples, 70 samples/s, loss=0.5, elapsed 10s, ETA 4s");
+  ProgressLine resumed("train", 1000, "samples", stderr);
+  resumed.StartFrom(600);
+  EXPECT_EQ(resumed.Format(700, "loss=0.5", 10.0),
+            "train: 700/1000 (70%) samples, 10 samples/s, loss=0.5, elapsed 10s, ETA 30s");
+  EXPECT_EQ(resumed.Format(1000, "", 40.0),
+            "train: 1000/1000 (100%) samples, 10 samples/s, elapsed 40s");
 }
 
 // ---- The `ips` binary -------------------------------------------------------------------------

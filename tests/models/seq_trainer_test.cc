@@ -31,6 +31,7 @@
 #include "tests/testing/tolerance.h"
 #include "worker/dataset_builder.h"
 #include "worker/metrics.h"
+#include "worker/metrics_line.h"
 #include "worker/model_factory.h"
 
 namespace ips {
@@ -726,6 +727,53 @@ TEST_F(SeqDatasetTraining, EvaluateIsReadOnlyCapsUsersAndMatchesListByListScorin
   EXPECT_NEAR(capped->hr, hits / 7, 1e-12);
   EXPECT_NEAR(capped->ndcg, ndcg / 7, 1e-9);
   EXPECT_NEAR(capped->auc, auc / 7, 1e-9);
+}
+
+// QA: a sequence model (SASRec, GRU4Rec) reported HR/NDCG of eval.top_k[0] alone. Every cut-off
+// of DatasetRunOptions::ranking_cutoffs (the eval.top_k entries) is evaluated from one ranking of
+// each list and named on the epoch lines, in that order; each equals that cut-off's evaluation
+// alone, bit for bit.
+TEST_F(SeqDatasetTraining, EveryTopKEntryIsEvaluatedAndNamedOnTheEpochLines) {
+  auto store = MakeItemStore(16, ps::OptimizerOptions::Type::kAdam, 1e-2, 401);
+  SeqTrainerOptions to;
+  to.dense_optimizer = kernels::OptimizerHyper::Adam(1e-2);
+  auto t = MakeTrainer(SmallModel(16, kMaxLen, 32, 0, kernels::RnnCell::kGru), to, store.get());
+  ASSERT_OK(t.status());
+  DatasetRunOptions o;
+  o.reader.batch_size = 32;
+  o.reader.max_len = 0;  // the model's window
+  o.epochs = 2;
+  o.eval_every_epochs = 2;
+  o.top_k = 5;
+  o.ranking_cutoffs = {5, 10};
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  auto r = RunSeqDatasetTraining(t->get(), *data_, o, sinks);
+  ASSERT_OK(r.status());
+  ASSERT_EQ(r->eval.cutoffs.size(), 2u);
+  EXPECT_EQ(r->eval.k, 5);
+  for (const RankingCutoff& c : r->eval.cutoffs) {
+    auto alone = EvaluateSeqRanking(t->get(), *data_, o.reader, 0, c.k);
+    ASSERT_OK(alone.status());
+    EXPECT_EQ(c.hr, alone->hr) << c.k;
+    EXPECT_EQ(c.ndcg, alone->ndcg) << c.k;
+  }
+  const std::string m = metrics.str();
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"gru4rec\",\"epoch\":1,\"hr5\":null,"
+                   "\"ndcg5\":null,\"hr10\":null,\"ndcg10\":null,\"auc\":null,"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("{\"phase\":\"epoch\",\"model\":\"gru4rec\",\"epoch\":2,\"hr5\":" +
+                   JsonNumber(r->eval.cutoffs[0].hr) +
+                   ",\"ndcg5\":" + JsonNumber(r->eval.cutoffs[0].ndcg) +
+                   ",\"hr10\":" + JsonNumber(r->eval.cutoffs[1].hr) +
+                   ",\"ndcg10\":" + JsonNumber(r->eval.cutoffs[1].ndcg) + ",\"auc\":"),
+            std::string::npos)
+      << m;
+  o.ranking_cutoffs = {5, 5};
+  EXPECT_EQ(RunSeqDatasetTraining(t->get(), *data_, o, RunSinks{}).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST_F(SeqDatasetTraining, EpochsLearnThePatternAndEvaluateOnSchedule) {

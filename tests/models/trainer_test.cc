@@ -32,6 +32,8 @@
 #include "tests/testing/tolerance.h"
 #include "worker/config_validation.h"
 #include "worker/dataset_builder.h"
+#include "worker/internal/run_steps.h"
+#include "worker/metrics_line.h"
 
 namespace ips {
 namespace {
@@ -991,10 +993,12 @@ TEST(Trainer, SyntheticRunMetricsLinesNameTheModelAndLogEveryStepCountMultiple) 
     EXPECT_TRUE(std::isfinite(std::stod(eval.Get(key)))) << key;
 }
 
-// eval.top_k beyond the candidates a user's evaluation ranks would report HR@K (or recall@K) = 1
-// for everyone: FitJobToDataset refuses it, naming the entry, its value and the candidate count.
-// Every model ranks the sampled lists (101 candidates here) with top_k[0]; MIND also ranks every
-// item (400 here) for its retrieval cut-offs, which are all the entries.
+// eval.top_k at or beyond the candidates a user's evaluation ranks would report HR@K (or
+// recall@K) = 1 for everyone (the held-out item's rank is below the count): FitJobToDataset
+// refuses it, naming the entry, its value and the candidate count, and allows one less. Every
+// model ranks the sampled lists (101 candidates here) with every entry (MIND: top_k[0]); MIND
+// also ranks every item (400 here) for its retrieval cut-offs, which are all the entries. (QA:
+// eval.top_k=101 was accepted, and the message for 102 said "use at most 101".)
 TEST_F(DatasetTraining, TopKBeyondTheCandidatesIsRefused) {
   auto fit = [&](std::vector<std::string> sets) -> Status {
     IPS_ASSIGN_OR_RETURN(TrainJob job, DatasetJob(dir_ + "/ds", std::move(sets)));
@@ -1008,20 +1012,118 @@ TEST_F(DatasetTraining, TopKBeyondTheCandidatesIsRefused) {
   ASSERT_EQ(data_->manifest().eval_candidates, 101u);
   ASSERT_EQ(data_->manifest().items, 400u);
   EXPECT_OK(fit({}));  // the default 10
-  EXPECT_OK(fit({"eval.top_k=101"}));
+  EXPECT_OK(fit({"eval.top_k=100"}));
+  expect_refused({"eval.top_k=101"},
+                 "eval.top_k 101 equals the 101 candidates ranked per user (the held-out item "
+                 "and 100 sampled negatives): HR@101 would be 1 for every user; use at most 100 "
+                 "(or convert with more --eval_negatives)");
   expect_refused({"eval.top_k=102"},
                  "eval.top_k 102 exceeds the 101 candidates ranked per user (the held-out item "
-                 "and 100 sampled negatives)");
+                 "and 100 sampled negatives): HR@102 would be 1 for every user; use at most 100");
   expect_refused({"eval.top_k=10,500"}, "eval.top_k[1] 500 exceeds the 101 candidates");
+  expect_refused({"eval.top_k=10,101"}, "eval.top_k[1] 101 equals the 101 candidates");
+  EXPECT_OK(fit({"eval.top_k=10,100"}));
   const std::vector<std::string> mind = {"model.type=MIND", "model.num_interests=2"};
   auto with = [](std::vector<std::string> v, const std::string& set) {
     v.push_back(set);
     return v;
   };
   EXPECT_OK(fit(mind));  // the default cut-offs 20, 50, 100
-  EXPECT_OK(fit(with(mind, "eval.top_k=10,400")));
+  EXPECT_OK(fit(with(mind, "eval.top_k=10,399")));
+  expect_refused(with(mind, "eval.top_k=10,400"),
+                 "eval.top_k[1] 400 equals the 400 items MIND ranks per user in its full-ranking "
+                 "retrieval: recall@400 would be 1 for every user; set eval.top_k entries of at "
+                 "most 399");
   expect_refused(with(mind, "eval.top_k=10,401"), "eval.top_k[1] 401 exceeds the 400 items");
-  expect_refused(with(mind, "eval.top_k=102,400"), "eval.top_k[0] 102 exceeds the 101 candidates");
+  expect_refused(with(mind, "eval.top_k=101,300"), "eval.top_k[0] 101 equals the 101 candidates");
+}
+
+// QA: with several eval.top_k entries, the models without user vectors evaluated and reported the
+// first alone (hr5 ndcg5 of eval.top_k=5,10), though every entry is a cut-off. Every entry is
+// now one, in the config's order, all from one ranking of each list (equal, bit for bit, to an
+// evaluation of that cut-off alone); the first stays RankingEvalResult's k/hr/ndcg. MIND keeps
+// top_k[0] for its sampled ranking (its entries are its retrieval cut-offs, which may exceed
+// the candidates).
+TEST_F(DatasetTraining, EveryTopKEntryIsEvaluatedAndReported) {
+  auto job = DatasetJob(dir_ + "/ds",
+                        {"data.batch_size=64", "data.max_history=10", "train.epochs=2",
+                         "train.num_threads=1", "eval.every_epochs=2", "eval.top_k=20,5,10"});
+  ASSERT_OK(job.status());
+  EXPECT_EQ(job->dataset.top_k, 20);
+  EXPECT_EQ(RankingCutoffs(job->dataset), (std::vector<int>{20, 5, 10}));
+  auto mind = DatasetJob(dir_ + "/ds", {"model.type=MIND", "eval.top_k=20,5,10"});
+  ASSERT_OK(mind.status());
+  EXPECT_EQ(RankingCutoffs(mind->dataset), std::vector<int>{20});
+  EXPECT_EQ(mind->dataset.retrieval_cutoffs, (std::vector<int>{20, 5, 10}));
+  auto one = DatasetJob(dir_ + "/ds", {});
+  ASSERT_OK(one.status());
+  EXPECT_EQ(RankingCutoffs(one->dataset), std::vector<int>{10});  // the default
+
+  ASSERT_OK(FitJobToDataset(*data_, &*job));
+  auto store = ps::LocalEmbeddingStore::Create(job->tables);
+  ASSERT_OK(store.status());
+  auto trainer = Trainer::Create(job->trainer, store->get());
+  ASSERT_OK(trainer.status());
+  std::ostringstream metrics;
+  RunSinks sinks;
+  sinks.metrics_out = &metrics;
+  auto r = RunDatasetTraining(trainer->get(), *data_, job->dataset, sinks);
+  ASSERT_OK(r.status());
+  const RankingEvalResult& e = r->eval;
+  ASSERT_EQ(e.cutoffs.size(), 3u);
+  EXPECT_EQ(e.k, 20);
+  EXPECT_EQ(e.hr, e.cutoffs[0].hr);
+  EXPECT_EQ(e.ndcg, e.cutoffs[0].ndcg);
+  for (const RankingCutoff& c : e.cutoffs) {
+    auto alone = EvaluateRanking(trainer->get(), *data_, job->dataset.reader, 0, c.k);
+    ASSERT_OK(alone.status());
+    EXPECT_EQ(c.hr, alone->hr) << "hr" << c.k;  // the same ranks: bit for bit
+    EXPECT_EQ(c.ndcg, alone->ndcg) << "ndcg" << c.k;
+    EXPECT_EQ(e.auc, alone->auc);
+  }
+  EXPECT_LE(e.cutoffs[1].hr, e.cutoffs[2].hr);  // HR@5 <= HR@10 <= HR@20
+  EXPECT_LE(e.cutoffs[2].hr, e.cutoffs[0].hr);
+
+  // The epoch lines name every cut-off in that order (null in an epoch not evaluated), then auc.
+  auto lines = ParseMetricsLines(metrics.str());
+  ASSERT_OK(lines.status());
+  const std::vector<ParsedMetricsLine> epochs = LinesOfPhase(*lines, "epoch");
+  ASSERT_EQ(epochs.size(), 2u);
+  const std::vector<std::string> keys = {"hr20", "ndcg20", "hr5", "ndcg5", "hr10", "ndcg10", "auc"};
+  for (const ParsedMetricsLine& l : epochs) {
+    ASSERT_GE(l.members.size(), 3 + keys.size()) << metrics.str();
+    for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(l.members[3 + i].first, keys[i]);
+  }
+  EXPECT_EQ(epochs[0].Get("hr5"), "null");
+  EXPECT_EQ(epochs[1].Get("hr5"), JsonNumber(e.cutoffs[1].hr));
+  EXPECT_EQ(epochs[1].Get("ndcg10"), JsonNumber(e.cutoffs[2].ndcg));
+  // So do the result line of --metrics_out (`ips train`) and the progress line.
+  auto result = ParseMetricsLine(
+      internal::DatasetResultMetricsLine("din", r->epochs, r->steps, 1, 0.5, e, {}).str());
+  ASSERT_OK(result.status());
+  ASSERT_GE(result->members.size(), 6 + keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(result->members[6 + i].first, keys[i]);
+  EXPECT_EQ(result->Get("hr10"), JsonFixed(e.cutoffs[2].hr, 6));
+  const std::string progress = internal::EvalProgressText(e);
+  size_t at = 0;
+  for (const std::string& key : keys) {
+    at = progress.find(" " + key + "=", at);
+    EXPECT_NE(at, std::string::npos) << key << " in order in" << progress;
+  }
+
+  // Bad cut-offs are refused, not reported under a key twice.
+  EXPECT_EQ(EvaluateRanking(trainer->get(), *data_, job->dataset.reader, 0, std::vector<int>{})
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(EvaluateRanking(trainer->get(), *data_, job->dataset.reader, 0, std::vector<int>{5, 0})
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(EvaluateRanking(trainer->get(), *data_, job->dataset.reader, 0, std::vector<int>{5, 5})
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
 }
 
 // Trains `job` on `data` from scratch; the run's result.

@@ -277,6 +277,35 @@ TEST(RankingMetrics, MatchesPeerDefinition_RandomListsWithTies) {
   }
 }
 
+// Several eval.top_k cut-offs are reported from one accumulator of the largest (each list
+// ranked once): HR@j and NDCG@j of every j <= K equal those of an accumulator of cut-off j, bit
+// for bit, and the peer's definition; j outside [1, K] has no figure (its ranks were not kept).
+TEST(RankingMetrics, EveryCutoffUpToKFromOneAccumulator) {
+  Rng rng(7);
+  const int users = 400, c = 101, big = 50;
+  const auto s = TiedScores(rng, static_cast<int64_t>(users) * c, 20);
+  std::vector<std::vector<float>> rows;
+  for (int u = 0; u < users; ++u) rows.emplace_back(s.begin() + u * c, s.begin() + (u + 1) * c);
+  RankingMetrics all(big);
+  ASSERT_TRUE(all.Add(s.data(), users, c).ok());
+  for (int j = 1; j <= big; ++j) {
+    RankingMetrics one(j);
+    ASSERT_TRUE(one.Add(s.data(), users, c).ok());
+    EXPECT_EQ(all.HitRateAt(j), one.HitRate()) << "j=" << j;
+    EXPECT_EQ(all.NdcgAt(j), one.Ndcg()) << "j=" << j;
+    const BruteRank want = PeerRankMetrics(rows, j);
+    EXPECT_NEAR(all.HitRateAt(j), want.hr, 1e-12) << "j=" << j;
+    EXPECT_NEAR(all.NdcgAt(j), want.ndcg, 1e-12) << "j=" << j;
+  }
+  EXPECT_EQ(all.HitRateAt(big), all.HitRate());
+  EXPECT_EQ(all.NdcgAt(big), all.Ndcg());
+  for (int j : {0, -1, big + 1}) {
+    EXPECT_TRUE(std::isnan(all.HitRateAt(j))) << j;
+    EXPECT_TRUE(std::isnan(all.NdcgAt(j))) << j;
+  }
+  EXPECT_TRUE(std::isnan(RankingMetrics(10).HitRateAt(5)));  // no users
+}
+
 TEST(RankingMetrics, AddCountsAndMergeEqualAdd) {
   Rng rng(4);
   const int users = 300, c = 101;

@@ -27,20 +27,24 @@
 
 namespace ips::internal {
 
-// An evaluation's metrics as JSON members (no braces): "hr<k>", "ndcg<k>" (ranked lists only: a
-// given dataset has none), "auc", "gauc", "logloss"; every value null when not `evaluated`.
-// fixed_digits >= 0 prints that many decimals (the result lines: the same figures as `ips eval`'s
-// RESULT line), else JsonNumber's 8 significant digits.
+// An evaluation's metrics as JSON members (no braces): "hr<k>", "ndcg<k>" for every cut-off k
+// (RankingCutoffsOf, in eval.top_k order; ranked lists only: a given dataset has none), "auc",
+// "gauc", "logloss"; every value null when not `evaluated`. fixed_digits >= 0 prints that many
+// decimals (the result lines: the same figures as `ips eval`'s RESULT line), else JsonNumber's 8
+// significant digits.
 inline std::string EvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
                                    int fixed_digits = -1) {
   auto metric = [&](double v) {
     if (!evaluated) return std::string("null");
     return fixed_digits < 0 ? JsonNumber(v) : JsonFixed(v, fixed_digits);
   };
-  const std::string k = std::to_string(eval.k);
   std::string s;
-  if (eval.ranked)
-    s += "\"hr" + k + "\":" + metric(eval.hr) + ",\"ndcg" + k + "\":" + metric(eval.ndcg) + ",";
+  if (eval.ranked) {
+    for (const RankingCutoff& c : RankingCutoffsOf(eval)) {
+      const std::string k = std::to_string(c.k);
+      s += "\"hr" + k + "\":" + metric(c.hr) + ",\"ndcg" + k + "\":" + metric(c.ndcg) + ",";
+    }
+  }
   return s + "\"auc\":" + metric(eval.auc) + ",\"gauc\":" + metric(eval.gauc) +
          ",\"logloss\":" + metric(eval.logloss);
 }
@@ -52,7 +56,7 @@ inline Status CheckDatasetRunOptions(const char* fn, const DatasetRunOptions& o)
     return InvalidArgumentError(std::string(fn) +
                                 ": epochs, eval_every_epochs, top_k, reader.batch_size and "
                                 "log_every_steps must be >= 1, max_steps >= 0");
-  return Status::Ok();
+  return CheckRankingCutoffs(fn, RankingCutoffs(o));
 }
 
 // The --metrics_out lines of a training run (worker/metrics_line.h), built here for every
@@ -114,12 +118,14 @@ inline double PerSecond(double samples, double seconds) {
 }
 
 // An epoch line's EvalJsonMembers: an epoch not evaluated (a default-constructed eval) names the
-// fields an evaluation of the run would have (top_k; no hr/ndcg for a given dataset), all null.
+// fields an evaluation of the run would have (every RankingCutoffs(options); no hr/ndcg for a
+// given dataset), all null.
 inline std::string EpochEvalJsonMembers(const RankingEvalResult& eval, bool evaluated,
                                         const DatasetRunOptions& options) {
   if (evaluated) return EvalJsonMembers(eval, true);
   RankingEvalResult shown;
-  shown.k = options.top_k;
+  for (const int k : RankingCutoffs(options)) shown.cutoffs.push_back({k, 0, 0});
+  shown.k = shown.cutoffs[0].k;
   shown.ranked = options.ranked_eval;
   return EvalJsonMembers(shown, false);
 }
@@ -194,16 +200,18 @@ inline MetricsLine DatasetResultMetricsLine(std::string_view model, int64_t epoc
   return line;
 }
 
-// The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.. auc=.." (given: " auc=..
-// gauc=..").
+// The progress line's view of an evaluation: " hr<k>=.. ndcg<k>=.." for every cut-off, then
+// " auc=.." (given: " auc=.. gauc=..").
 inline std::string EvalProgressText(const RankingEvalResult& eval) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(4);
-  if (eval.ranked)
-    os << " hr" << eval.k << "=" << eval.hr << " ndcg" << eval.k << "=" << eval.ndcg
-       << " auc=" << eval.auc;
-  else
+  if (eval.ranked) {
+    for (const RankingCutoff& c : RankingCutoffsOf(eval))
+      os << " hr" << c.k << "=" << c.hr << " ndcg" << c.k << "=" << c.ndcg;
+    os << " auc=" << eval.auc;
+  } else {
     os << " auc=" << eval.auc << " gauc=" << eval.gauc;
+  }
   return os.str();
 }
 
@@ -302,9 +310,12 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
   }
 
   std::unique_ptr<ProgressLine> progress;
-  if (sinks.progress != nullptr)
+  if (sinks.progress != nullptr) {
     progress = std::make_unique<ProgressLine>(
         "train", static_cast<int64_t>(options.steps) * options.batch, unit, sinks.progress);
+    // A resumed run's timed steps so far count in the position, not in this process's rate.
+    progress->StartFrom(static_cast<int64_t>(first_timed) * options.batch);
+  }
   Timer timer;  // the timed region: the steps themselves (logging is outside it)
   size_t progress_begin = r->losses.size();  // the losses the progress line's mean covers
   for (int s = first_timed; s < options.steps; ++s) {
@@ -385,6 +396,8 @@ StatusOr<DatasetRunResult> RunDatasetEpochs(TrainerT* trainer, SourceT* source,
     IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
     r.steps = resume_state[2];
     r.samples = resume_state[3];
+    // The progress line's position counts the resumed samples, its rate only this process's.
+    if (progress) progress->StartFrom(r.samples);
   }
   // Throughput counts what this process trains, not the resumed checkpoint's steps and samples.
   const int64_t first_steps = r.steps, first_samples = r.samples;
