@@ -1,5 +1,8 @@
 #include "common/status.h"
 
+#include <cerrno>
+#include <cstring>
+
 namespace ips {
 
 const char* StatusCodeName(StatusCode code) {
@@ -27,6 +30,30 @@ std::string Status::ToString() const {
 Status Status::WithContext(const std::string& context) const {
   if (ok()) return *this;
   return Status(code_, context + ": " + message_);
+}
+
+StatusCode StatusCodeFromErrno(int err) {
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return StatusCode::kNotFound;
+    case EISDIR:
+    case ENAMETOOLONG:
+    case ELOOP:
+      return StatusCode::kInvalidArgument;
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+      return StatusCode::kResourceExhausted;
+    default:
+      return StatusCode::kFailedPrecondition;
+  }
+}
+
+Status StatusFromErrno(int err, const std::string& message) {
+  return Status(StatusCodeFromErrno(err),
+                message + ": " + (err != 0 ? std::strerror(err) : "no reason given"));
 }
 
 }  // namespace ips

@@ -77,6 +77,18 @@ inline Status ResourceExhaustedError(std::string m) {
 }
 inline Status AbortedError(std::string m) { return Status(StatusCode::kAborted, std::move(m)); }
 
+// The code of a system call that failed with errno `err`, so that a file error says what the user
+// can do about it: NOT_FOUND for a path that does not exist (ENOENT; ENOTDIR: a component is a
+// file), INVALID_ARGUMENT for one that cannot name what was asked for (EISDIR, ENAMETOOLONG,
+// ELOOP), RESOURCE_EXHAUSTED for a full disk, quota or file table (ENOSPC, EDQUOT, EMFILE,
+// ENFILE), and FAILED_PRECONDITION for the rest (EACCES, EPERM, EROFS, ETXTBSY, ...: a path that
+// may not be written, as for an unwritable checkpoint.dir).
+StatusCode StatusCodeFromErrno(int err);
+// "<message>: <strerror(err)>" with StatusCodeFromErrno's code; `message` names the path and
+// the operation ("cannot open --metrics_out file 'F'"). err 0 (a failure that set no errno):
+// "<message>: no reason given", FAILED_PRECONDITION.
+Status StatusFromErrno(int err, const std::string& message);
+
 // Holds either a value or a non-OK Status. Accessing value() of an error aborts (programmer
 // error), so callers check ok() first or use IPS_ASSIGN_OR_RETURN.
 template <typename T>

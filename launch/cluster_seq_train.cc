@@ -142,7 +142,7 @@ class SeqRoundsSource : public DatasetRoundsSource {
   StatusOr<RankingEvalResult> Evaluate(bool /*last*/, std::vector<RetrievalCutoff>* /*recall*/,
                                        const std::atomic<bool>* stop) override {
     return EvaluateSeqRanking(sw_->trainer.get(), data_, reader_options_, run_.eval_max_users,
-                              run_.top_k, stop);
+                              RankingCutoffs(run_), stop);
   }
   Names names() const override { return {"sequences", "sequences"}; }
 

@@ -306,9 +306,9 @@ class CtrRoundsSource : public cluster_internal::DatasetRoundsSource {
   const models::DenseParams<float>& params() const override { return trainer_->model().params(); }
   StatusOr<RankingEvalResult> Evaluate(bool last, std::vector<RetrievalCutoff>* recall,
                                        const std::atomic<bool>* stop) override {
-    IPS_ASSIGN_OR_RETURN(
-        RankingEvalResult ranking,
-        EvaluateRanking(trainer_, data_, run_.reader, run_.eval_max_users, run_.top_k, stop));
+    IPS_ASSIGN_OR_RETURN(RankingEvalResult ranking,
+                         EvaluateRanking(trainer_, data_, run_.reader, run_.eval_max_users,
+                                         RankingCutoffs(run_), stop));
     if (last && trainer_->model().num_user_vectors() > 0) {
       IPS_ASSIGN_OR_RETURN(RetrievalResult retrieval,
                            RetrievalEvaluation(trainer_, tw_->store.get(), data_, run_, stop));
@@ -371,8 +371,12 @@ Status CheckEpochFillsWorkers(const TrainJob& job, int64_t per_epoch, int num_wo
 void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,
                       ResultLine* line) {
   using cluster_internal::Fixed;
-  const std::string k = std::to_string(eval.k);
-  if (eval.ranked) line->Add("hr" + k, Fixed(eval.hr, 4)).Add("ndcg" + k, Fixed(eval.ndcg, 4));
+  if (eval.ranked) {
+    for (const RankingCutoff& c : RankingCutoffsOf(eval)) {
+      const std::string k = std::to_string(c.k);
+      line->Add("hr" + k, Fixed(c.hr, 4)).Add("ndcg" + k, Fixed(c.ndcg, 4));
+    }
+  }
   line->Add("auc", Fixed(eval.auc, 4))
       .Add("gauc", Fixed(eval.gauc, 4))
       .Add("logloss", Fixed(eval.logloss, 4));

@@ -132,7 +132,8 @@ StatusOr<RetrievalResult> RunRetrievalEvaluation(Trainer* trainer, ps::Embedding
 Status CheckEpochFillsWorkers(const TrainJob& job, int64_t per_epoch, int num_workers);
 
 // The ranking fields of a dataset run's RESULT line, the same for `ips train` and its mpirun
-// form: hrK ndcgK auc gauc logloss (K = eval.k, 4 decimals), then recallK per retrieval cut-off.
+// form: hrK ndcgK for every cut-off K of the evaluation (RankingCutoffsOf: eval.top_k's order),
+// auc gauc logloss (4 decimals), then recallK per retrieval cut-off.
 void AddRankingFields(const RankingEvalResult& eval, const std::vector<RetrievalCutoff>& recall,
                       ResultLine* line);
 

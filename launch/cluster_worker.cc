@@ -1,16 +1,11 @@
 #include "launch/cluster_worker.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -23,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/output_file.h"
 #include "common/progress.h"
 #include "common/random.h"
 #include "common/result_line.h"
@@ -95,27 +91,11 @@ void CheckReplicas(Cluster* cluster, const models::DenseParams<float>& params, i
     cluster->Abort(s);
 }
 
-// As single-process `ips train` (launch/train_command.cc OpenMetricsFile): std::ofstream does not
-// promise errno, so open(2) opens the file first and its errno gives the reason and the code.
+// As single-process `ips train`: the reason of a failure and its code from open(2)'s errno.
 void OpenMetricsOut(Cluster* cluster, const ClusterTrainFlags& flags, std::ofstream* metrics) {
   if (cluster->role_index() != 0 || flags.metrics_out.empty()) return;
-  auto fail = [&](int err) {
-    const std::string why = "cannot open --metrics_out file '" + flags.metrics_out +
-                            "': " + (err != 0 ? std::strerror(err) : "the output stream failed");
-    if (err == ENOENT || err == ENOTDIR) cluster->Abort(NotFoundError(why));
-    if (err == EISDIR || err == ENAMETOOLONG || err == ELOOP)
-      cluster->Abort(InvalidArgumentError(why));
-    if (err == ENOSPC || err == EDQUOT || err == EMFILE || err == ENFILE)
-      cluster->Abort(ResourceExhaustedError(why));
-    cluster->Abort(FailedPreconditionError(why));  // EACCES, EPERM, EROFS, ETXTBSY, ...
-  };
-  const int fd = ::open(flags.metrics_out.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
-  if (fd < 0) fail(errno);
-  ::close(fd);
-  // The stream can still fail: libstdc++ seeks to the end, which procfs files refuse (EINVAL).
-  errno = 0;
-  metrics->open(flags.metrics_out, std::ios::app);
-  if (!*metrics) fail(errno);
+  if (Status s = OpenAppendFile(flags.metrics_out, "--metrics_out", metrics); !s.ok())
+    cluster->Abort(s);
 }
 
 bool MetricsOutWritten(const Cluster& cluster, const ClusterTrainFlags& flags,
@@ -207,9 +187,13 @@ std::optional<int> RunSyntheticRounds(
   const int num_workers = cluster->layout().num_workers;
   const int train_steps = run.warmup_steps + run.steps;
   std::unique_ptr<ProgressLine> progress;
-  if (cluster->role_index() == 0 && !flags.quiet)
+  if (cluster->role_index() == 0 && !flags.quiet) {
     progress = std::make_unique<ProgressLine>(
         "train", static_cast<int64_t>(run.steps) * run.batch * num_workers, unit, stderr);
+    // A resumed run's timed steps count in the position, not in this process's rate.
+    progress->StartFrom(static_cast<int64_t>(std::max(0, start - run.warmup_steps)) * run.batch *
+                        num_workers);
+  }
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
   const std::string model = ModelKindName(job.trainer.model.kind);
   double timed = 0;
@@ -495,57 +479,6 @@ Status WriteCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, Checkp
   return coll->Barrier();
 }
 
-// Whether the resumed checkpoint at `checkpoint` (blobs `blobs`) lies within this run, as
-// single-process `ips train` checks it (launch/train_command.cc CheckResumeFitsRun, same
-// messages): a dataset run's epoch below train.epochs, a synthetic run's step within
-// data.synthetic.warmup_steps + data.synthetic.steps (capped by train.max_steps). The checkpoint is
-// intact and the config ends before it: FAILED_PRECONDITION naming the checkpoint and the value to
-// set, not the DATA_LOSS of a position out of range for other reasons (checked after this). A
-// missing or mis-sized blob is left to the unpacking that follows.
-Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
-                          const std::map<std::string, std::string>& blobs) {
-  auto first = [&blobs](const char* name, size_t n, int64_t* v) {
-    auto it = blobs.find(name);
-    if (it == blobs.end() || it->second.size() != n * sizeof(int64_t)) return false;
-    std::memcpy(v, it->second.data(), sizeof(int64_t));
-    return true;
-  };
-  int64_t v = 0;
-  if (!cfg.data().has_synthetic()) {
-    // "run/dataset" = {epoch (0-based), position, ...} (DatasetPosition).
-    const int64_t epochs = cfg.train().epochs();
-    if (!first("run/dataset", 7, &v) || v < epochs) return Status::Ok();
-    const std::string need = std::to_string(v + 1);
-    return FailedPreconditionError("the checkpoint at " + checkpoint + " was saved in epoch " +
-                                   need + ", beyond this run's train.epochs " +
-                                   std::to_string(epochs) + ": set train.epochs to at least " +
-                                   need + " to continue it (--set train.epochs=" + need + ")");
-  }
-  // "run/synthetic_step" = {the trainer's step, warm-up included}.
-  const config::SyntheticConfig& syn = cfg.data().synthetic();
-  int64_t steps = syn.steps();
-  const int64_t max_steps = cfg.train().max_steps();
-  if (max_steps > 0) steps = std::min(steps, max_steps);
-  if (!first("run/synthetic_step", 1, &v) || v <= syn.warmup_steps() + steps) return Status::Ok();
-  const int64_t need = v - syn.warmup_steps();
-  std::string fields, sets;  // what falls short of `need`
-  for (const auto& [field, value] :
-       {std::pair<const char*, int64_t>{"data.synthetic.steps", syn.steps()},
-        {"train.max_steps", max_steps > 0 ? max_steps : need}}) {
-    if (value >= need) continue;
-    fields += (fields.empty() ? "" : " and ") + std::string(field);
-    sets += (sets.empty() ? "--set " : " --set ") + std::string(field) + "=" + std::to_string(need);
-  }
-  return FailedPreconditionError(
-      "the checkpoint at " + checkpoint + " was saved at step " + std::to_string(v) +
-      ", beyond this run's " + std::to_string(syn.warmup_steps() + steps) +
-      " steps (data.synthetic.warmup_steps " + std::to_string(syn.warmup_steps()) +
-      " + data.synthetic.steps " + std::to_string(syn.steps()) +
-      (max_steps > 0 ? ", capped by train.max_steps " + std::to_string(max_steps) : "") +
-      "): set " + fields + " to at least " + std::to_string(need) + " to continue it (" + sets +
-      ")");
-}
-
 }  // namespace
 
 // ---- WorkerCheckpoints: the protocol above for either trainer ---------------------------------
@@ -568,7 +501,14 @@ StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::str
   // Every worker loads the same dense state, so the replicas stay equal.
   IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(flags_.resume));
   std::map<std::string, std::string> blobs;
-  IPS_RETURN_IF_ERROR(reader->Restore(state_.dense, &blobs));
+  // A checkpoint whose position lies beyond this run is refused before the dense state loads.
+  state_.dense.check_resume = [this](const std::string& checkpoint,
+                                     const std::map<std::string, std::string>& b) {
+    return CheckResumeFitsRun(config_, checkpoint, b);
+  };
+  const Status restored = reader->Restore(state_.dense, &blobs);
+  state_.dense.check_resume = nullptr;  // the content is also what every checkpoint writes
+  IPS_RETURN_IF_ERROR(restored);
   *dir = reader->dir();
   return blobs;
 }
@@ -579,7 +519,6 @@ int WorkerCheckpoints::ResumeSynthetic(int train_steps, std::vector<double>* los
   auto blobs = Restore(&dir);
   std::vector<int64_t> step;
   Status s = blobs.status();
-  if (s.ok()) s = CheckResumeFitsRun(config_, dir, *blobs);
   if (s.ok()) s = UnpackBlob(*blobs, "run/synthetic_step", 1, &step);
   if (s.ok()) s = UnpackBlob(*blobs, "run/losses", 0, losses);
   if (s.ok() &&
@@ -611,7 +550,6 @@ DatasetPosition WorkerCheckpoints::ResumeDataset(int epochs, int64_t per_epoch) 
   std::vector<double> loss, worker_loss;
   const int num_workers = cluster_->layout().num_workers, me = cluster_->role_index();
   Status s = blobs.status();
-  if (s.ok()) s = CheckResumeFitsRun(config_, dir, *blobs);
   if (s.ok()) s = UnpackBlob(*blobs, "run/dataset", 7, &st);
   if (s.ok()) s = UnpackBlob(*blobs, "run/loss_sum", 1, &loss);
   // Each worker's own sum, when the checkpoint has them for this many workers (older
@@ -809,9 +747,13 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   std::ofstream metrics;
   OpenMetricsOut(cluster, flags, &metrics);
   std::unique_ptr<ProgressLine> progress;
-  if (w == 0 && !flags.quiet)
+  if (w == 0 && !flags.quiet) {
+    // The position counts a resumed checkpoint's samples (walk.at()), the rate this process's.
     progress = std::make_unique<ProgressLine>(
-        "train", (walk.last_step() - walk.first_step()) * batch * num_workers, names.unit, stderr);
+        "train", walk.at().samples + (walk.last_step() - walk.first_step()) * batch * num_workers,
+        names.unit, stderr);
+    progress->StartFrom(walk.at().samples);
+  }
   const bool may_prefetch = PrefetchChangesNothing(job.tables);
 
   DatasetSummary summary;

@@ -9,8 +9,8 @@
 // when data.train_dir exists, the store's (table options such as max_memory_mb), the trainer's
 // (the model is built: its options, the tables' widths) and the checkpoint section's (its
 // intervals, checkpoint.dir through CheckpointWriter::CheckDir: a directory `ips train` can
-// create or write, which check does not create, and not on a kernel pseudo file system such as
-// /proc or /sys, whose permission bits pass CheckDir for root; through
+// create or write, not on a kernel pseudo file system such as /proc or /sys (whose permission
+// bits pass for root), which check does not create; through
 // CheckpointWriter::CheckNotLocked: not locked by a run writing into it now, and through
 // CheckCheckpointDirForRun: no checkpoints of another run in it), train.metrics_out (a file `ips
 // train` can open, found with stat(2) and access(2), with `ips train`'s error; not created), plus
@@ -38,13 +38,9 @@
 // set is converted (the shipped launch/configs/*_games.pbtxt name a placeholder directory).
 // Corrupt or unfit data in an existing directory is an error, as in `ips train`.
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
-#include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <limits>
@@ -60,6 +56,7 @@
 #include "launch/commands.h"
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
+#include "ps/checkpoint_io.h"
 #include "ps/local_embedding_store.h"
 #include "worker/checkpoint.h"
 #include "worker/cluster.h"
@@ -71,84 +68,27 @@
 namespace ips {
 namespace {
 
-// The nearest path of `path` that exists: itself or the ancestor it would be created in (the walk
-// of CheckpointWriter::CheckDir). `path` itself when it cannot be checked (stat fails otherwise).
-std::string NearestExisting(const std::string& path) {
-  auto trim = [](std::string p) {
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    return p;
-  };
-  std::string at = trim(path);
-  struct stat st;
-  while (::stat(at.c_str(), &st) != 0) {
-    if ((errno != ENOENT && errno != ENOTDIR) || at == "." || at == "/") return path;
-    const size_t slash = at.find_last_of('/');
-    at = slash == std::string::npos ? "." : slash == 0 ? "/" : trim(at.substr(0, slash));
-  }
-  return at;
-}
-
-// The kernel pseudo file system `path` (which exists) lies on, or "" for any other. Their
-// directories take no files `ips train` writes: procfs and sysfs refuse new files and directories
-// (even to root, whose permission bits pass CheckpointWriter::CheckDir's access(2) test), and
-// cgroup, configfs, tracefs and the like make a kernel object of a new directory or file.
-std::string PseudoFileSystemOf(const std::string& path) {
-  struct statfs fs;
-  if (::statfs(path.c_str(), &fs) != 0) return "";
-  static constexpr struct {
-    uint32_t magic;  // <linux/magic.h>
-    const char* name;
-  } kPseudo[] = {{0x9fa0, "procfs"},          {0x62656572, "sysfs"},     {0x27e0eb, "cgroup"},
-                 {0x63677270, "cgroup2"},     {0x64626720, "debugfs"},   {0x74726163, "tracefs"},
-                 {0x73636673, "securityfs"},  {0xcafe4a11, "bpf"},       {0x6165676c, "pstore"},
-                 {0xde5e81e4, "efivarfs"},    {0xf97cff8c, "selinuxfs"}, {0x1cd1, "devpts"},
-                 {0x42494e4d, "binfmt_misc"}, {0x62656570, "configfs"},  {0x19800202, "mqueue"},
-                 {0x958458f6, "hugetlbfs"},   {0x65735543, "fusectl"},   {0x6e736673, "nsfs"}};
-  const uint32_t type = static_cast<uint32_t>(fs.f_type);
-  for (const auto& p : kPseudo)
-    if (type == p.magic) return p.name;
-  return "";
-}
-
-// checkpoint.dir on a kernel pseudo file system (PseudoFileSystemOf): `ips train` fails to create
-// it there, or makes a kernel object of it, however CheckpointWriter::CheckDir's permission test
-// came out. FAILED_PRECONDITION, as CheckDir's refusals.
-Status CheckCheckpointDirFileSystem(const std::string& dir) {
-  const std::string at = NearestExisting(dir);
-  const std::string fs = PseudoFileSystemOf(at);
-  if (fs.empty()) return Status::Ok();
-  return FailedPreconditionError(
-      "checkpoint.dir " + dir + (at == dir ? " is" : " would be created in " + at + ", which is") +
-      " on " + fs + ", a kernel pseudo file system that holds no checkpoint files: choose a " +
-      "directory on a disk file system");
-}
-
-// train.metrics_out as `ips train` opens it (launch/train_command.cc OpenMetricsFile: open(2) with
+// train.metrics_out as `ips train` opens it (common/output_file.h OpenAppendFile: open(2) with
 // O_CREAT | O_APPEND, its errno in the message and the code), found without creating the file: the
 // errno open(2) would fail with, from stat(2) and access(2) of the file or of the directory it
 // would be created in, with `ips train`'s message. A regular file on (or a new one in a directory
 // on) a kernel pseudo file system is refused too: open(2) fails there or writes into the kernel.
 // Character devices and pipes (/dev/stdout) are accepted.
 Status CheckMetricsOut(const std::string& path) {
-  const std::string what = "cannot open train.metrics_out file '" + path + "': ";
-  auto fail = [&what](int err) {
-    const std::string why = what + std::strerror(err);
-    if (err == ENOENT || err == ENOTDIR) return NotFoundError(why);
-    if (err == EISDIR || err == ENAMETOOLONG || err == ELOOP) return InvalidArgumentError(why);
-    return FailedPreconditionError(why);  // EACCES, EPERM, EROFS, ...
-  };
+  const std::string what = "cannot open train.metrics_out file '" + path + "'";
+  auto fail = [&what](int err) { return StatusFromErrno(err, what); };
   auto pseudo = [&what](const std::string& at, const std::string& fs) {
-    return FailedPreconditionError(what + (at.empty() ? "it is" : "its directory " + at + " is") +
-                                   " on " + fs +
-                                   ", a kernel pseudo file system that holds no metrics files: "
-                                   "choose a file on a disk file system");
+    return FailedPreconditionError(
+        what + (at.empty() ? ": it is" : ": its directory " + at + " is") + " on " + fs +
+        ", a kernel pseudo file system that holds no metrics files: "
+        "choose a file on a disk file system");
   };
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) return fail(EISDIR);
     if (::access(path.c_str(), W_OK) != 0) return fail(errno);
     if (S_ISREG(st.st_mode)) {
-      if (const std::string fs = PseudoFileSystemOf(path); !fs.empty()) return pseudo("", fs);
+      if (const std::string fs = ps::PseudoFileSystemOf(path); !fs.empty()) return pseudo("", fs);
     }
     return Status::Ok();
   }
@@ -160,57 +100,8 @@ Status CheckMetricsOut(const std::string& path) {
   if (::stat(dir.c_str(), &st) != 0) return fail(errno);
   if (!S_ISDIR(st.st_mode)) return fail(ENOTDIR);
   if (::access(dir.c_str(), W_OK | X_OK) != 0) return fail(errno);
-  if (const std::string fs = PseudoFileSystemOf(dir); !fs.empty()) return pseudo(dir, fs);
+  if (const std::string fs = ps::PseudoFileSystemOf(dir); !fs.empty()) return pseudo(dir, fs);
   return Status::Ok();
-}
-
-// Whether the resumed checkpoint at `checkpoint` (blobs `blobs`) lies within this run, as `ips
-// train` checks it (launch/train_command.cc CheckResumeFitsRun, same messages): a dataset run's
-// epoch below train.epochs, a synthetic run's step within data.synthetic.warmup_steps +
-// data.synthetic.steps (capped by train.max_steps). FAILED_PRECONDITION naming the checkpoint and
-// the value to set. A missing or mis-sized blob is left to `ips train`.
-Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
-                          const std::map<std::string, std::string>& blobs) {
-  auto first = [&blobs](const char* name, size_t n, int64_t* v) {
-    auto it = blobs.find(name);
-    if (it == blobs.end() || it->second.size() != n * sizeof(int64_t)) return false;
-    std::memcpy(v, it->second.data(), sizeof(int64_t));
-    return true;
-  };
-  int64_t v = 0;
-  if (!cfg.data().has_synthetic()) {
-    // "run/dataset" = {epoch (0-based), position, ...} (worker/internal/run_steps.h).
-    const int64_t epochs = cfg.train().epochs();
-    if (!first("run/dataset", 7, &v) || v < epochs) return Status::Ok();
-    const std::string need = std::to_string(v + 1);
-    return FailedPreconditionError("the checkpoint at " + checkpoint + " was saved in epoch " +
-                                   need + ", beyond this run's train.epochs " +
-                                   std::to_string(epochs) + ": set train.epochs to at least " +
-                                   need + " to continue it (--set train.epochs=" + need + ")");
-  }
-  // "run/synthetic_step" = {the trainer's step, warm-up included}.
-  const config::SyntheticConfig& syn = cfg.data().synthetic();
-  int64_t steps = syn.steps();
-  const int64_t max_steps = cfg.train().max_steps();
-  if (max_steps > 0) steps = std::min(steps, max_steps);
-  if (!first("run/synthetic_step", 1, &v) || v <= syn.warmup_steps() + steps) return Status::Ok();
-  const int64_t need = v - syn.warmup_steps();
-  std::string fields, sets;  // what falls short of `need`
-  for (const auto& [field, value] :
-       {std::pair<const char*, int64_t>{"data.synthetic.steps", syn.steps()},
-        {"train.max_steps", max_steps > 0 ? max_steps : need}}) {
-    if (value >= need) continue;
-    fields += (fields.empty() ? "" : " and ") + std::string(field);
-    sets += (sets.empty() ? "--set " : " --set ") + std::string(field) + "=" + std::to_string(need);
-  }
-  return FailedPreconditionError(
-      "the checkpoint at " + checkpoint + " was saved at step " + std::to_string(v) +
-      ", beyond this run's " + std::to_string(syn.warmup_steps() + steps) +
-      " steps (data.synthetic.warmup_steps " + std::to_string(syn.warmup_steps()) +
-      " + data.synthetic.steps " + std::to_string(syn.steps()) +
-      (max_steps > 0 ? ", capped by train.max_steps " + std::to_string(max_steps) : "") +
-      "): set " + fields + " to at least " + std::to_string(need) + " to continue it (" + sets +
-      ")");
 }
 
 // Builds the job of `cfg` as `ips train` does and runs its checks (see the file comment). `np`:
@@ -324,7 +215,6 @@ Status CheckTrainJob(const config::Config& cfg, const std::string& config_path,
   // checkpoints the run would mix with.
   if (!cfg.checkpoint().dir().empty()) {
     IPS_RETURN_IF_ERROR(CheckpointWriter::CheckDir(cfg.checkpoint().dir()));
-    IPS_RETURN_IF_ERROR(CheckCheckpointDirFileSystem(cfg.checkpoint().dir()));
     // CheckpointWriter::Create takes DIR/LOCK before anything else reads DIR: a run writing into
     // DIR now is reported first, as `ips train` reports it. The probe holds the lock only while
     // it tests it and creates nothing.
@@ -345,9 +235,18 @@ int RunConfigCommand(const std::vector<std::string>& args) {
   const std::string usage_head =
       "usage: ips config check|print --config FILE [--set path.to.field=value ...] [--np N] "
       "[--resume DIR] [--stream SOURCE]\n";
-  if (args.empty() || (args[0] != "check" && args[0] != "print")) {
+  if (args.empty()) {
     std::cerr << usage_head;
-    return args.empty() || args[0] == "--help" ? (args.empty() ? kExitUsage : kExitOk) : kExitUsage;
+    return kExitUsage;
+  }
+  if (args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::cerr << usage_head;
+    return kExitOk;
+  }
+  if (args[0] != "check" && args[0] != "print") {
+    // As `ips data` names an unknown subcommand: the error line is the RESULT line's message.
+    std::cerr << "error: unknown subcommand 'config " << args[0] << "'\n" << usage_head;
+    return kExitUsage;
   }
   const std::string verb = args[0];
   FlagSet flags("config " + verb);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/flags.h"
+#include "common/output_file.h"
 #include "common/result_line.h"
 #include "launch/commands.h"
 #include "proto/config.pb.h"
@@ -102,17 +103,21 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
   RankingEvalResult r;
   if (ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(
-        r, EvaluateRanking(ctr.get(), *data, run.reader, run.eval_max_users, run.top_k));
+        r, EvaluateRanking(ctr.get(), *data, run.reader, run.eval_max_users, RankingCutoffs(run)));
   } else {
-    IPS_ASSIGN_OR_RETURN(
-        r, EvaluateSeqRanking(seq.get(), *data, run.reader, run.eval_max_users, run.top_k));
+    IPS_ASSIGN_OR_RETURN(r, EvaluateSeqRanking(seq.get(), *data, run.reader, run.eval_max_users,
+                                               RankingCutoffs(run)));
   }
-  const std::string k = std::to_string(r.k);
-  if (r.ranked)
-    *out = {Count("users", r.users, "eval_users"), Metric("hr" + k, r.hr),
-            Metric("ndcg" + k, r.ndcg)};
-  else  // a given dataset: labelled rows, no candidate lists
+  if (r.ranked) {
+    // hr<k> and ndcg<k> for every cut-off (eval.top_k; MIND: its first), as `ips train` reports.
+    *out = {Count("users", r.users, "eval_users")};
+    for (const RankingCutoff& c : RankingCutoffsOf(r)) {
+      out->push_back(Metric("hr" + std::to_string(c.k), c.hr));
+      out->push_back(Metric("ndcg" + std::to_string(c.k), c.ndcg));
+    }
+  } else {  // a given dataset: labelled rows, no candidate lists
     *out = {Count("examples", r.users, "eval_rows")};
+  }
   out->insert(out->end(),
               {Metric("auc", r.auc), Metric("gauc", r.gauc), Metric("logloss", r.logloss)});
   if (ctr != nullptr && ctr->model().num_user_vectors() > 0) {
@@ -196,6 +201,14 @@ int RunEvalCommand(const std::vector<std::string>& args) {
       return UsageError(flags, unused);
   }
   job->run.eval_batches = static_cast<int>(eval_batches);
+  // Opened before the evaluation, as `ips train` opens it before training: a path that cannot be
+  // written fails at once, with open(2)'s reason, not after a long evaluation.
+  const std::string metrics_path = flags.GetString("metrics_out");
+  std::ofstream metrics_file;
+  if (!metrics_path.empty()) {
+    if (Status s = OpenAppendFile(metrics_path, "--metrics_out", &metrics_file); !s.ok())
+      return fail(s);
+  }
   const std::string checkpoint = flags.GetString("checkpoint");
   int64_t step = 0;
   Metrics metrics;
@@ -203,7 +216,6 @@ int RunEvalCommand(const std::vector<std::string>& args) {
                                   : EvalDataset(*cfg, *job, checkpoint, &step, &metrics);
   if (!s.ok()) return fail(s);
   const std::string model = ModelKindName(job->trainer.model.kind);
-  const std::string metrics_path = flags.GetString("metrics_out");
   if (!metrics_path.empty()) {
     MetricsLine json("eval", model);
     json.Int("step", step);
@@ -213,9 +225,9 @@ int RunEvalCommand(const std::vector<std::string>& args) {
       else
         json.Decimals(m.metrics_key, m.v, 6);
     }
-    std::ofstream f(metrics_path, std::ios::app);
-    json.WriteTo(&f);
-    if (!f) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
+    json.WriteTo(&metrics_file);
+    if (!metrics_file)
+      return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   ResultLine line("eval");
   line.Add("model", model).Add("step", step);

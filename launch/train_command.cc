@@ -16,14 +16,8 @@
 // its first step. A run on data.train_dir records the dataset's vocabulary in its checkpoints;
 // --resume of a checkpoint trained on another vocabulary is refused (ids are numbered per dataset).
 // Under mpirun, checkpoints and --resume are launch/cluster_train.h's (same layout and checks).
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <csignal>
-#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -32,9 +26,9 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <utility>
 
 #include "common/flags.h"
+#include "common/output_file.h"
 #include "common/result_line.h"
 #include "common/stop_signals.h"
 #include "common/timer.h"
@@ -78,100 +72,12 @@ int Fail(const Status& s) {
   return kExitError;
 }
 
-// Opens the metrics file `path` for appending; `source` names where it was given ("--metrics_out",
-// or "train.metrics_out" for the config's default). std::ofstream says only that it failed (it
-// does not promise errno), so open(2) opens the file first: its errno is the reason the message
-// gives (a missing directory, a directory, no permission) and picks the code: NOT_FOUND for a
-// missing directory, INVALID_ARGUMENT for a path that cannot name a file, FAILED_PRECONDITION for
-// one that may not be written (as for an unwritable checkpoint.dir), RESOURCE_EXHAUSTED for a full
-// disk or file table. `ips config check` reports train.metrics_out's alike without creating it.
-// The stream then opens what open(2) created.
-Status OpenMetricsFile(const std::string& path, const std::string& source, std::ofstream* out) {
-  auto failed = [&](int err) {
-    const std::string why = "cannot open " + source + " file '" + path +
-                            "': " + (err != 0 ? std::strerror(err) : "the output stream failed");
-    if (err == ENOENT || err == ENOTDIR) return NotFoundError(why);
-    if (err == EISDIR || err == ENAMETOOLONG || err == ELOOP) return InvalidArgumentError(why);
-    if (err == ENOSPC || err == EDQUOT || err == EMFILE || err == ENFILE)
-      return ResourceExhaustedError(why);
-    return FailedPreconditionError(why);  // EACCES, EPERM, EROFS, ETXTBSY, ...
-  };
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
-  if (fd < 0) return failed(errno);
-  ::close(fd);
-  // The stream can still fail: libstdc++ seeks to the end, which procfs files refuse (EINVAL).
-  // Its errno is taken when it sets one.
-  errno = 0;
-  out->open(path, std::ios::app);
-  if (!*out) return failed(errno);
-  return Status::Ok();
-}
-
 // " cell=GRU" or " cell=LSTM" for the models with a recurrent cell (model.cell: DIEN's interest
 // evolution, GRU4Rec), for the header line: "" for the others, which ignore the field.
 std::string CellField(const config::Config& cfg) {
   const config::ModelConfig& m = cfg.model();
   if (m.type() != config::ModelConfig::DIEN && m.type() != config::ModelConfig::GRU4REC) return "";
   return " cell=" + config::RecurrentCell_Name(m.cell());
-}
-
-// The directory of the checkpoint `resume` (--resume: a checkpoint root or one ckpt-<step>)
-// resolved to, given its step: a root resolves to its ckpt-<step> (CheckpointReader::Open).
-std::string ResumedCheckpointDir(std::string resume, int64_t step) {
-  while (resume.size() > 1 && resume.back() == '/') resume.pop_back();
-  if (::access((resume + "/MANIFEST").c_str(), F_OK) == 0) return resume;
-  return resume + "/ckpt-" + std::to_string(step);
-}
-
-// Whether the resumed checkpoint at `checkpoint` (blobs `blobs`) lies within this run: a dataset
-// run's epoch below train.epochs, a synthetic run's step within data.synthetic.warmup_steps +
-// data.synthetic.steps (capped by train.max_steps). The checkpoint is intact, the config just
-// ends before it, so this is FAILED_PRECONDITION naming the checkpoint and the value to set, not
-// the DATA_LOSS with neither that RunDatasetEpochs and RunSyntheticSteps would return (they still
-// refuse a position that is out of range for other reasons: a damaged or foreign checkpoint). A
-// missing or mis-sized blob is left to them.
-Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
-                          const std::map<std::string, std::string>& blobs) {
-  auto first = [&blobs](const char* name, size_t n, int64_t* v) {
-    auto it = blobs.find(name);
-    if (it == blobs.end() || it->second.size() != n * sizeof(int64_t)) return false;
-    std::memcpy(v, it->second.data(), sizeof(int64_t));
-    return true;
-  };
-  int64_t v = 0;
-  if (!cfg.data().has_synthetic()) {
-    // "run/dataset" = {epoch (0-based), position, ...} (worker/internal/run_steps.h).
-    const int64_t epochs = cfg.train().epochs();
-    if (!first("run/dataset", 7, &v) || v < epochs) return Status::Ok();
-    const std::string need = std::to_string(v + 1);
-    return FailedPreconditionError("the checkpoint at " + checkpoint + " was saved in epoch " +
-                                   need + ", beyond this run's train.epochs " +
-                                   std::to_string(epochs) + ": set train.epochs to at least " +
-                                   need + " to continue it (--set train.epochs=" + need + ")");
-  }
-  // "run/synthetic_step" = {the trainer's step, warm-up included}.
-  const config::SyntheticConfig& syn = cfg.data().synthetic();
-  int64_t steps = syn.steps();
-  const int64_t max_steps = cfg.train().max_steps();
-  if (max_steps > 0) steps = std::min(steps, max_steps);
-  if (!first("run/synthetic_step", 1, &v) || v <= syn.warmup_steps() + steps) return Status::Ok();
-  const int64_t need = v - syn.warmup_steps();
-  std::string fields, sets;  // what falls short of `need`
-  for (const auto& [field, value] :
-       {std::pair<const char*, int64_t>{"data.synthetic.steps", syn.steps()},
-        {"train.max_steps", max_steps > 0 ? max_steps : need}}) {
-    if (value >= need) continue;
-    fields += (fields.empty() ? "" : " and ") + std::string(field);
-    sets += (sets.empty() ? "--set " : " --set ") + std::string(field) + "=" + std::to_string(need);
-  }
-  return FailedPreconditionError(
-      "the checkpoint at " + checkpoint + " was saved at step " + std::to_string(v) +
-      ", beyond this run's " + std::to_string(syn.warmup_steps() + steps) +
-      " steps (data.synthetic.warmup_steps " + std::to_string(syn.warmup_steps()) +
-      " + data.synthetic.steps " + std::to_string(syn.steps()) +
-      (max_steps > 0 ? ", capped by train.max_steps " + std::to_string(max_steps) : "") +
-      "): set " + fields + " to at least " + std::to_string(need) + " to continue it (" + sets +
-      ")");
 }
 
 // Checkpointing of one run: the writer (checkpoint.dir set), the content of the trainer and the
@@ -189,9 +95,10 @@ struct CheckpointSetup {
 // for synthetic data), recorded in every checkpoint; a resumed checkpoint trained on another
 // vocabulary is refused, and so is one saved mid-epoch whose position would stand for other
 // examples under this run's data.seed, data.shuffle, data.batch_size or dataset layout
-// (`examples_per_epoch`: the dataset's TrainingRowsPerEpoch; CheckResumeEpochOrder). Once the
-// writer holds DIR/LOCK, a DIR holding checkpoints this run would mix with is refused
-// (CheckCheckpointDirForRun).
+// (`examples_per_epoch`: the dataset's TrainingRowsPerEpoch; CheckResumeEpochOrder), and so is
+// one whose position lies beyond this run's train.epochs or steps (CheckResumeFitsRun), both
+// before its tables load. Once the writer holds DIR/LOCK, a DIR holding checkpoints this run
+// would mix with is refused (CheckCheckpointDirForRun).
 Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
                         SeqTrainer* seq, ps::LocalEmbeddingStore* store,
                         const DatasetVocabulary* vocabulary, int64_t examples_per_epoch,
@@ -207,11 +114,15 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
   if (vocabulary != nullptr) out->run.content.vocabulary = *vocabulary;
   if (!resume.empty()) {
     if (vocabulary != nullptr) out->run.content.resume_examples_per_epoch = examples_per_epoch;
-    IPS_ASSIGN_OR_RETURN(out->resumed_step,
-                         LoadCheckpoint(resume, out->run.content, &out->resume_blobs));
-    IPS_RETURN_IF_ERROR(
-        CheckResumeFitsRun(cfg, ResumedCheckpointDir(resume, out->resumed_step), out->resume_blobs)
-            .WithContext("--resume " + resume));
+    // A checkpoint whose position lies beyond this run is refused before its tables load.
+    out->run.content.check_resume = [&cfg, &resume](const std::string& checkpoint,
+                                                    const std::map<std::string, std::string>& b) {
+      return CheckResumeFitsRun(cfg, checkpoint, b).WithContext("--resume " + resume);
+    };
+    auto resumed = LoadCheckpoint(resume, out->run.content, &out->resume_blobs);
+    out->run.content.check_resume = nullptr;  // it refers to this call's arguments
+    if (!resumed.ok()) return resumed.status();
+    out->resumed_step = *resumed;
     out->run.resume = &out->resume_blobs;
   }
   const config::CheckpointConfig& c = cfg.checkpoint();
@@ -426,7 +337,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   }
   std::ofstream metrics;
   if (!metrics_path.empty()) {
-    if (Status s = OpenMetricsFile(metrics_path, metrics_source, &metrics); !s.ok()) return fail(s);
+    if (Status s = OpenAppendFile(metrics_path, metrics_source, &metrics); !s.ok()) return fail(s);
   }
   RunSinks sinks;
   sinks.progress = flags.GetBool("quiet") ? nullptr : stderr;

@@ -4,9 +4,11 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "common/crc32c.h"
@@ -249,7 +251,7 @@ Status MakeDirs(const std::string& path) {
     cur = path.substr(0, pos);
     if (cur.empty()) continue;
     if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      return InternalError(cur + ": cannot create directory: " + Errno());
+      return StatusFromErrno(errno, cur + ": cannot create directory");
   }
   if (!IsDirectory(path)) return InternalError(path + ": exists and is not a directory");
   return Status::Ok();
@@ -282,6 +284,42 @@ std::string NearestExistingAncestor(const std::string& path) {
     while (p.size() > 1 && p.back() == '/') p.pop_back();
     if (p == "/" || PathExists(p)) return p;
   }
+}
+
+std::string PseudoFileSystemOf(const std::string& path) {
+  struct statfs fs;
+  if (::statfs(path.c_str(), &fs) != 0) return "";
+  static constexpr struct {
+    uint32_t magic;  // <linux/magic.h>
+    const char* name;
+  } kPseudo[] = {{0x9fa0, "procfs"},          {0x62656572, "sysfs"},     {0x27e0eb, "cgroup"},
+                 {0x63677270, "cgroup2"},     {0x64626720, "debugfs"},   {0x74726163, "tracefs"},
+                 {0x73636673, "securityfs"},  {0xcafe4a11, "bpf"},       {0x6165676c, "pstore"},
+                 {0xde5e81e4, "efivarfs"},    {0xf97cff8c, "selinuxfs"}, {0x1cd1, "devpts"},
+                 {0x42494e4d, "binfmt_misc"}, {0x62656570, "configfs"},  {0x19800202, "mqueue"},
+                 {0x958458f6, "hugetlbfs"},   {0x65735543, "fusectl"},   {0x6e736673, "nsfs"}};
+  const uint32_t type = static_cast<uint32_t>(fs.f_type);
+  for (const auto& p : kPseudo)
+    if (type == p.magic) return p.name;
+  return "";
+}
+
+Status CheckNotOnPseudoFileSystem(const std::string& dir, const std::string& what,
+                                  const std::string& holds) {
+  std::string target = dir;
+  while (target.size() > 1 && target.back() == '/') target.pop_back();
+  // DIR itself, or the directory MakeDirs would create its first missing component in.
+  std::string at = target;
+  if (!PathExists(at)) {
+    at = NearestExistingAncestor(target);
+    if (at.empty()) at = ".";
+  }
+  const std::string fs = PseudoFileSystemOf(at);
+  if (fs.empty()) return Status::Ok();
+  return FailedPreconditionError(
+      what + " " + dir + (at == target ? " is" : " would be created in " + at + ", which is") +
+      " on " + fs + ", a kernel pseudo file system that holds no " + holds +
+      ": choose a directory on a disk file system");
 }
 
 bool IsDirectory(const std::string& path) {

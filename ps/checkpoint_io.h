@@ -122,7 +122,9 @@ Status WriteFileAtomically(const std::string& path, const std::string& content);
 StatusOr<std::string> ReadSmallFile(const std::string& path);
 // Removes a directory tree (best effort; errors are ignored: a leftover is cleaned next time).
 void RemoveTree(const std::string& path);
-// Creates a directory (and parents). INTERNAL naming the path on failure.
+// Creates a directory (and parents). On failure "<dir>: cannot create directory: <reason>" with
+// the code of mkdir(2)'s errno (StatusFromErrno: NOT_FOUND, FAILED_PRECONDITION for no
+// permission, ...); INTERNAL when `path` exists and is not a directory.
 Status MakeDirs(const std::string& path);
 // Names of the entries of a directory (no "." / ".."); NOT_FOUND when it cannot be read.
 StatusOr<std::vector<std::string>> ListDir(const std::string& dir);
@@ -133,6 +135,22 @@ bool IsDirectory(const std::string& path);
 // ancestors exist (it would be created in the working directory). Trailing and repeated slashes
 // are dropped.
 std::string NearestExistingAncestor(const std::string& path);
+
+// The kernel pseudo file system the existing path `path` lies on ("procfs", "sysfs", "cgroup2",
+// "configfs", ...), or "" for any other (and when statfs(2) fails). Their directories take no
+// files a command writes: procfs and sysfs refuse new files and directories (even to root, whose
+// permission bits pass an access(2) test there), and cgroup, configfs, tracefs and the like make
+// a kernel object of a new directory or file.
+std::string PseudoFileSystemOf(const std::string& path);
+// Refuses the directory `dir`, which a writer writes into and creates with its missing parents
+// (MakeDirs), when it is on a kernel pseudo file system (PseudoFileSystemOf of DIR, or of the
+// nearest ancestor it would be created in): FAILED_PRECONDITION "<what> DIR is on procfs" or
+// "<what> DIR would be created in AT, which is on procfs", then ", a kernel pseudo file system
+// that holds no <holds>: choose a directory on a disk file system". `what` names the setting
+// ("checkpoint.dir", "--output"), `holds` what DIR would hold ("checkpoint files"). Creates
+// nothing; OK for any other file system.
+Status CheckNotOnPseudoFileSystem(const std::string& dir, const std::string& what,
+                                  const std::string& holds);
 
 }  // namespace ips::ps
 

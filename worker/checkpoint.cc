@@ -667,6 +667,51 @@ Status CheckResumeEpochOrder(const std::string& checkpoint, const std::string& r
       "; or train from scratch (a checkpoint saved at the end of an epoch accepts these changes)");
 }
 
+Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
+                          const std::map<std::string, std::string>& blobs) {
+  // The first value of blob `name` of n int64 values, when it is there with that size.
+  auto first = [&blobs](const char* name, size_t n, int64_t* v) {
+    auto it = blobs.find(name);
+    if (it == blobs.end() || it->second.size() != n * sizeof(int64_t)) return false;
+    std::memcpy(v, it->second.data(), sizeof(int64_t));
+    return true;
+  };
+  int64_t v = 0;
+  if (!cfg.data().has_synthetic()) {
+    // "run/dataset" = {epoch (0-based), position, ...} (worker/internal/run_steps.h).
+    const int64_t epochs = cfg.train().epochs();
+    if (!first("run/dataset", 7, &v) || v < epochs) return Status::Ok();
+    const std::string need = std::to_string(v + 1);
+    return FailedPreconditionError("the checkpoint at " + checkpoint + " was saved in epoch " +
+                                   need + ", beyond this run's train.epochs " +
+                                   std::to_string(epochs) + ": set train.epochs to at least " +
+                                   need + " to continue it (--set train.epochs=" + need + ")");
+  }
+  // "run/synthetic_step" = {the trainer's step, warm-up included}.
+  const config::SyntheticConfig& syn = cfg.data().synthetic();
+  int64_t steps = syn.steps();
+  const int64_t max_steps = cfg.train().max_steps();
+  if (max_steps > 0) steps = std::min(steps, max_steps);
+  if (!first("run/synthetic_step", 1, &v) || v <= syn.warmup_steps() + steps) return Status::Ok();
+  const int64_t need = v - syn.warmup_steps();
+  std::string fields, sets;  // what falls short of `need`
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"data.synthetic.steps", syn.steps()},
+        {"train.max_steps", max_steps > 0 ? max_steps : need}}) {
+    if (value >= need) continue;
+    fields += (fields.empty() ? "" : " and ") + std::string(field);
+    sets += (sets.empty() ? "--set " : " --set ") + std::string(field) + "=" + std::to_string(need);
+  }
+  return FailedPreconditionError(
+      "the checkpoint at " + checkpoint + " was saved at step " + std::to_string(v) +
+      ", beyond this run's " + std::to_string(syn.warmup_steps() + steps) +
+      " steps (data.synthetic.warmup_steps " + std::to_string(syn.warmup_steps()) +
+      " + data.synthetic.steps " + std::to_string(syn.steps()) +
+      (max_steps > 0 ? ", capped by train.max_steps " + std::to_string(max_steps) : "") +
+      "): set " + fields + " to at least " + std::to_string(need) + " to continue it (" + sets +
+      ")");
+}
+
 Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step) {
   if (!ps::IsDirectory(dir)) return Status::Ok();  // created empty by the writer
   auto list = ListCheckpoints(dir);
@@ -728,6 +773,9 @@ Status CheckCheckpointDirForRun(const std::string& dir, int64_t resumed_step) {
 
 Status CheckpointWriter::CheckDir(const std::string& dir) {
   if (dir.empty()) return InvalidArgumentError("checkpoint: empty dir");
+  // Before the permission test, which root passes on /proc and /sys: Create would fail there, or
+  // make a kernel object (a cgroup) of DIR.
+  IPS_RETURN_IF_ERROR(ps::CheckNotOnPseudoFileSystem(dir, "checkpoint.dir", "checkpoint files"));
   auto refuse = [&dir](const std::string& why) {
     return FailedPreconditionError("checkpoint.dir " + dir + " " + why);
   };
@@ -1349,6 +1397,8 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
   if (into.vocabulary.has_value() && into.resume_examples_per_epoch >= 0)
     IPS_RETURN_IF_ERROR(CheckResumeEpochOrder(dir(), config_text_, saved_blobs, into.config_text,
                                               *into.vocabulary, into.resume_examples_per_epoch));
+  // And its position must lie within this run (CheckResumeFitsRun), before the tables load.
+  if (into.check_resume) IPS_RETURN_IF_ERROR(into.check_resume(dir(), saved_blobs));
   for (const auto* t : into.tables)
     if (t->Stats().rows != 0)
       return FailedPreconditionError("table '" + t->options().name +
@@ -1365,25 +1415,40 @@ Status CheckpointReader::Restore(const CheckpointContent& into,
   return Status::Ok();
 }
 
-StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointContent& into,
-                                 std::map<std::string, std::string>* blobs,
-                                 const ps::KeyFilter& keep) {
-  // A root's checkpoint may also be removed (by the retention of a run still writing to the root)
-  // after Open picked it, while Restore reads it: open the root again, as long as nothing was
-  // loaded (Restore reads and checks every file before it loads anything).
+StatusOr<std::unique_ptr<CheckpointReader>> OpenAndReadCheckpoint(
+    const std::string& path, const std::function<Status(const CheckpointReader&)>& read,
+    const std::function<bool()>& may_retry) {
+  // Open already picks a root's checkpoint again when it is removed while Open validates it;
+  // this covers the reads after Open.
   const std::string trimmed = TrimSlashes(path);
   std::string root, name;
   const bool is_root = ps::IsDirectory(trimmed) && !IsOneCheckpoint(trimmed, &root, &name);
   for (int pick = 1;; ++pick) {
     IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(path));
     FireRaceHook("opened", reader->dir());
-    const Status restored = reader->Restore(into, blobs, keep);
-    if (restored.ok()) return reader->step();
-    bool loaded = false;
-    for (const auto* t : into.tables) loaded = loaded || t->Stats().rows != 0;
-    if (!is_root || pick == kMaxPicks || loaded || !reader->Removed()) return restored;
-    LOG(WARNING) << restored.message() << "; opening " << trimmed << " again";
+    const Status s = read(*reader);
+    if (s.ok()) return reader;
+    if (!is_root || pick == kMaxPicks || !reader->Removed() || (may_retry && !may_retry()))
+      return s;
+    LOG(WARNING) << s.message() << "; opening " << trimmed << " again";
   }
+}
+
+StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointContent& into,
+                                 std::map<std::string, std::string>* blobs,
+                                 const ps::KeyFilter& keep) {
+  // Restore reads and checks every file before it loads anything, so a failed Restore that
+  // loaded no table row may be tried again on a newer checkpoint.
+  IPS_ASSIGN_OR_RETURN(
+      auto reader,
+      OpenAndReadCheckpoint(
+          path, [&](const CheckpointReader& r) { return r.Restore(into, blobs, keep); },
+          [&into] {
+            for (const auto* t : into.tables)
+              if (t->Stats().rows != 0) return false;
+            return true;
+          }));
+  return reader->step();
 }
 
 }  // namespace ips

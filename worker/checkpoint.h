@@ -55,6 +55,9 @@
 namespace ips {
 
 struct Manifest;  // worker/manifest.h
+namespace config {
+class Config;  // proto/config.pb.h
+}  // namespace config
 
 // A float tensor referenced in place (not owned): read when saving, overwritten when restoring.
 struct TensorRef {
@@ -125,6 +128,14 @@ struct CheckpointContent {
   // loaded, a checkpoint saved mid-epoch whose position would stand for other examples under this
   // run's data.seed, data.shuffle, data.batch_size or dataset layout (CheckResumeEpochOrder).
   int64_t resume_examples_per_epoch = -1;
+  // Set only by a run that continues the checkpoint it restores (`ips train --resume`, the workers
+  // of `mpirun ... ips train --resume`): called by Restore with the checkpoint's directory and
+  // dense blobs once its other checks passed and before anything is loaded, so that a checkpoint
+  // the run cannot continue is refused before its tables load. Its error is Restore's. The
+  // launchers pass CheckResumeFitsRun.
+  std::function<Status(const std::string& checkpoint,
+                       const std::map<std::string, std::string>& blobs)>
+      check_resume;
 };
 
 // Adds a model's dense weights ("dense/<entry>"), its non-trained state ("model_state/<name>")
@@ -187,6 +198,21 @@ Status CheckResumeEpochOrder(const std::string& checkpoint, const std::string& r
                              const std::map<std::string, std::string>& blobs,
                              const std::string& config_text, const DatasetVocabulary& data,
                              int64_t examples_per_epoch);
+
+// Whether the checkpoint at `checkpoint` (its directory, for the message), whose dense blobs are
+// `blobs`, lies within the run `cfg` configures, so that the run can continue it: a dataset run's
+// epoch (blob "run/dataset") below train.epochs, a synthetic run's step (blob
+// "run/synthetic_step", warm-up included) within data.synthetic.warmup_steps +
+// data.synthetic.steps (the latter capped by train.max_steps). The checkpoint is intact and the
+// config ends before it, so this is FAILED_PRECONDITION naming the checkpoint and the values to
+// set ("the checkpoint at DIR/ckpt-64 was saved in epoch 2, beyond this run's train.epochs 1: set
+// train.epochs to at least 2 to continue it (--set train.epochs=2)"), not the DATA_LOSS of a
+// position out of range for other reasons (a damaged or foreign checkpoint), which the trainers
+// still refuse. A missing or mis-sized blob is OK here: it is left to them too. `ips train
+// --resume` (through CheckpointContent::check_resume), its mpirun workers and `ips config check
+// --resume` call it.
+Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
+                          const std::map<std::string, std::string>& blobs);
 
 // One writer per directory (a checkpoint.dir, a serving bundle root): an advisory lock (flock) on
 // DIR/LOCK, taken without waiting, with the holder's pid written into the file for the message of
@@ -285,7 +311,10 @@ class CheckpointWriter {
   // `ips train` would at start-up): FAILED_PRECONDITION "checkpoint.dir DIR ..." when DIR exists
   // and is not a directory, when its nearest existing ancestor is not a directory or not writable
   // (DIR cannot be created), or when DIR is a directory this process cannot write (Create writes
-  // DIR/LOCK); INVALID_ARGUMENT for an empty DIR.
+  // DIR/LOCK); INVALID_ARGUMENT for an empty DIR. DIR on (or to be created in a directory on) a
+  // kernel pseudo file system such as /proc, /sys or a cgroup mount is refused first
+  // (ps::CheckNotOnPseudoFileSystem): root passes the permission test there, and creating DIR
+  // would fail or make a kernel object (a cgroup) of it.
   static Status CheckDir(const std::string& dir);
   // Create's lock check without keeping the lock (`ips config check` runs it after CheckDir):
   // FAILED_PRECONDITION with Create's "checkpoint.dir DIR is in use by another run (pid N)" when
@@ -375,8 +404,9 @@ class CheckpointReader {
   // Tests only: hook(event, dir) is called where a checkpoint being read can vanish under the
   // reader (a running job's retention removing it), so that a test can remove or replace
   // checkpoints there deterministically: "picked" once the manifests of DIR's chain are read and
-  // before its files are (Open, OpenCheckpoint); "opened" by LoadCheckpoint between opening DIR
-  // and restoring it. nullptr (the default) clears it. Set it while no reader runs.
+  // before its files are (Open, OpenCheckpoint); "opened" by OpenAndReadCheckpoint (so by
+  // LoadCheckpoint and `ips export`) between opening DIR and reading its files. nullptr (the
+  // default) clears it. Set it while no reader runs.
   static void SetRaceHookForTesting(
       std::function<void(const std::string& event, const std::string& dir)> hook);
 
@@ -446,8 +476,24 @@ class CheckpointReader {
   int64_t step_ = 0;
 };
 
+// Opens `path` (CheckpointReader::Open: a root or one checkpoint) and reads it with
+// read(reader), returning the reader that was read. A root's checkpoint may also be removed (by
+// the retention of a run still writing to the root) after Open picked it, while `read` reads its
+// files: when `read` fails and the checkpoint has been removed since (Removed), the root is
+// opened again and read anew, up to as many times as Open picks (5, warning each time), as long
+// as may_retry() says the failed read left nothing behind (null: always). One checkpoint
+// directory, a checkpoint still there (a damaged one) or the last attempt returns read's error.
+// `read` starts afresh on each call and passes its errors of reading the checkpoint's files
+// through ExplainReadError (Restore and ReadDense do), so that a removal reads as one. Used by
+// LoadCheckpoint and `ips export` (worker/serving.cc ExportBundle).
+StatusOr<std::unique_ptr<CheckpointReader>> OpenAndReadCheckpoint(
+    const std::string& path, const std::function<Status(const CheckpointReader&)>& read,
+    const std::function<bool()>& may_retry = nullptr);
+
 // The trainer's one-liners. SaveCheckpoint = writer->Write. LoadCheckpoint opens `path` (a root
-// or one checkpoint), restores `into` (see CheckpointReader::Restore) and returns the step.
+// or one checkpoint), restores `into` (see CheckpointReader::Restore) and returns the step; a
+// root's checkpoint removed while it is restored, with nothing loaded yet, is opened again
+// (OpenAndReadCheckpoint).
 inline StatusOr<CheckpointInfo> SaveCheckpoint(CheckpointWriter* writer, int64_t step,
                                                const CheckpointContent& content) {
   return writer->Write(step, content);

@@ -322,6 +322,9 @@ Status CheckBundleRoot(const std::string& root, const std::string& what) {
   const std::string remedy =
       ": refusing to write a serving bundle there (a bundle root holds CURRENT, LOCK and its "
       "v-<n> version directories); choose a new or empty directory, or an existing bundle root";
+  // Before anything else: /proc's or /sys's directories would pass the checks below for root,
+  // and a new directory on a cgroup or configfs mount is a kernel object.
+  IPS_RETURN_IF_ERROR(ps::CheckNotOnPseudoFileSystem(root, what, "serving bundle files"));
   auto inspected = InspectDirectory(root);
   if (!inspected.ok()) return inspected.status().WithContext(what);
   const DirectoryContents& c = *inspected;
@@ -375,35 +378,47 @@ StatusOr<ExportResult> ExportBundle(const ExportOptions& options) {
   if (options.min_count < 0) return InvalidArgumentError("export: --min_count < 0");
   // The output first: a mistyped --output is refused before a large checkpoint is read.
   IPS_RETURN_IF_ERROR(CheckBundleRoot(options.output, "--output"));
-  IPS_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(options.checkpoint));
-  IPS_ASSIGN_OR_RETURN(const config::Config cfg,
-                       ParseConfigText(reader->config_text(), reader->dir() + "/MANIFEST config"));
-  IPS_RETURN_IF_ERROR(
-      CheckBundleModelType(cfg, "`ips export`", "the checkpoint at " + reader->dir()));
+  // Everything read from the checkpoint, before anything is written: a root's checkpoint removed
+  // meanwhile by the retention of a run still writing to the root is read again from the root's
+  // newest (OpenAndReadCheckpoint).
   BundleSource src;
-  src.config_text = reader->config_text();
-  src.step = reader->step();
-  src.origin = reader->dir();
-  std::map<std::string, std::vector<float>> tensors;
-  std::map<std::string, std::string> blobs;  // the dataset's vocabulary, when recorded
-  IPS_RETURN_IF_ERROR(reader->ReadDense(&tensors, &blobs));
-  IPS_ASSIGN_OR_RETURN(src.item_cats,
-                       ItemCatsForConfig(cfg, options.dataset, reader->dir(), blobs));
-  for (auto& [name, v] : tensors)
-    src.tensors.push_back({name, v.data(), static_cast<int64_t>(v.size())});
   std::vector<std::unique_ptr<ps::DynamicTable>> tables;
-  for (const auto& table : reader->table_names()) {
-    const auto groups = reader->TableFiles(table);
-    IPS_ASSIGN_OR_RETURN(const ps::TableFileHeader h, ps::VerifyTableFile(groups[0][0]));
-    ps::TableOptions to;
-    to.name = table;
-    to.dim = h.dim;
-    to.optimizer.type = static_cast<ps::OptimizerOptions::Type>(h.optimizer_type);
-    IPS_ASSIGN_OR_RETURN(auto t, ps::DynamicTable::Create(to));
-    IPS_RETURN_IF_ERROR(ps::LoadTableChain(groups, t.get(), nullptr, nullptr));
-    src.tables.push_back(t.get());
-    tables.push_back(std::move(t));
-  }
+  std::map<std::string, std::vector<float>> tensors;
+  auto read = [&](const CheckpointReader& reader) -> Status {
+    src = BundleSource();
+    tables.clear();
+    tensors.clear();
+    IPS_ASSIGN_OR_RETURN(const config::Config cfg,
+                         ParseConfigText(reader.config_text(), reader.dir() + "/MANIFEST config"));
+    IPS_RETURN_IF_ERROR(
+        CheckBundleModelType(cfg, "`ips export`", "the checkpoint at " + reader.dir()));
+    src.config_text = reader.config_text();
+    src.step = reader.step();
+    src.origin = reader.dir();
+    std::map<std::string, std::string> blobs;  // the dataset's vocabulary, when recorded
+    IPS_RETURN_IF_ERROR(reader.ReadDense(&tensors, &blobs));
+    IPS_ASSIGN_OR_RETURN(src.item_cats,
+                         ItemCatsForConfig(cfg, options.dataset, reader.dir(), blobs));
+    for (auto& [name, v] : tensors)
+      src.tensors.push_back({name, v.data(), static_cast<int64_t>(v.size())});
+    for (const auto& table : reader.table_names()) {
+      const auto groups = reader.TableFiles(table);
+      // The files are gone when the checkpoint was removed since Open: say so (ExplainReadError).
+      auto h = ps::VerifyTableFile(groups[0][0]);
+      if (!h.ok()) return reader.ExplainReadError(h.status());
+      ps::TableOptions to;
+      to.name = table;
+      to.dim = h->dim;
+      to.optimizer.type = static_cast<ps::OptimizerOptions::Type>(h->optimizer_type);
+      IPS_ASSIGN_OR_RETURN(auto t, ps::DynamicTable::Create(to));
+      IPS_RETURN_IF_ERROR(
+          reader.ExplainReadError(ps::LoadTableChain(groups, t.get(), nullptr, nullptr)));
+      src.tables.push_back(t.get());
+      tables.push_back(std::move(t));
+    }
+    return Status::Ok();
+  };
+  IPS_RETURN_IF_ERROR(OpenAndReadCheckpoint(options.checkpoint, read).status());
   auto r = PublishBundle(src, options);
   if (!r.ok()) return r.status();
   r->bundle = nullptr;  // the CLI does not need the in-memory copy

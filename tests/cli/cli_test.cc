@@ -267,6 +267,8 @@ TEST(CliResult, UsageErrorsEndStdoutWithAnErrorLine) {
            R"r(RESULT serve status=error exit=2 error="ips serve: missing required flag --bundle")r"},
           {"data frobnicate",
            R"r(RESULT data status=error exit=2 error="unknown subcommand 'data frobnicate'")r"},
+          {"config frobnicate --config x.pbtxt",
+           R"r(RESULT config status=error exit=2 error="unknown subcommand 'config frobnicate'")r"},
           {"data convert --format parquet --input x --output y",
            R"r(RESULT data_convert status=error exit=2 error="unknown --format 'parquet' (expected one of movielens100k|movielens1m|seqrec|taobao|dien|events)")r"},
           // No "error: " line: the first line printed (the usage) is the message.
@@ -482,7 +484,7 @@ TEST(Cli, TrainHeaderNamesTheRecurrentCell) {
 // no reason, and NOT_FOUND whatever the reason. The reason is open(2)'s errno now, and the code
 // follows it: NOT_FOUND for a missing directory (or a path under a file), INVALID_ARGUMENT for a
 // directory, FAILED_PRECONDITION for a file that may not be written. The config's
-// train.metrics_out is named as such.
+// train.metrics_out is named as such. `ips eval --metrics_out` fails alike, before evaluating.
 TEST(Cli, MetricsOutThatCannotBeOpenedSaysWhy) {
   const std::string dir = ::testing::TempDir() + "/cli_metrics_" + std::to_string(getpid());
   (void)std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
@@ -512,16 +514,28 @@ TEST(Cli, MetricsOutThatCannotBeOpenedSaysWhy) {
         {"--metrics_out " + dir + "/ro", "FAILED_PRECONDITION: cannot open --metrics_out file '" +
                                              dir + "/ro': Permission denied"});
   }
+  // `ips eval` opens its --metrics_out alike (common/output_file.h OpenAppendFile), before it
+  // reads the checkpoint (none here): it used to fail only after the whole evaluation, with
+  // "DATA_LOSS: writing --metrics_out file 'F'" and no reason.
+  const std::string eval = "eval --config " + SourceConfig("din_synthetic.pbtxt") +
+                           " --checkpoint " + dir + "/no_checkpoint";
   for (const Case& c : cases) {
-    SCOPED_TRACE(c.flags);
-    const IpsRun r = RunIps(train + " " + c.flags);
-    EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_NE(r.output.find("error: " + c.error + "\n"), std::string::npos) << r.output;
-    EXPECT_TRUE(EndsWithOneResultLine(
-        r, "RESULT train status=error exit=1 error=" + ips::QuoteResultValue(c.error)));
+    for (const std::string& command : {std::string("train"), std::string("eval")}) {
+      if (command == "eval" && c.flags.rfind("--metrics_out ", 0) != 0) continue;
+      SCOPED_TRACE(command + " " + c.flags);
+      const IpsRun r = RunIps((command == "train" ? train : eval) + " " + c.flags);
+      EXPECT_EQ(r.exit_code, 1) << r.output;
+      EXPECT_NE(r.output.find("error: " + c.error + "\n"), std::string::npos) << r.output;
+      EXPECT_TRUE(EndsWithOneResultLine(
+          r, "RESULT " + command + " status=error exit=1 error=" + ips::QuoteResultValue(c.error)));
+    }
   }
   const IpsRun ok = RunIps(train + " --metrics_out " + dir + "/m.jsonl");
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  // An eval --metrics_out that opens: the checkpoint's error is next.
+  const IpsRun opened = RunIps(eval + " --metrics_out " + dir + "/m.jsonl");
+  EXPECT_EQ(opened.exit_code, 1) << opened.output;
+  EXPECT_NE(opened.output.find(dir + "/no_checkpoint"), std::string::npos) << opened.output;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

@@ -392,9 +392,10 @@ TEST(ConfigCheck, DatasetIsOpenedAndFitted) {
   (void)std::system(("rm -rf " + dir).c_str());
 }
 
-// eval.top_k beyond the candidates ranked per user (101 here) would report HR@K = 1: `ips train`,
-// `ips eval` and `ips config check` refuse it with the same message, naming the value and the
-// candidate count. The whole list (101) is accepted.
+// eval.top_k at or beyond the candidates ranked per user (101 here) would report HR@K = 1: `ips
+// train`, `ips eval` and `ips config check` refuse it with the same message, naming the value and
+// the candidate count. One less than the list (100) is accepted; the whole list (101) is not (QA:
+// it was, and the refusal of 102 said "use at most 101").
 TEST(ConfigCheck, TopKBeyondTheCandidateListFailsLikeTrainAndEval) {
   const std::string dir = FreshDir("config_check_top_k");
   ConvertSmallDataset(dir);
@@ -411,8 +412,13 @@ TEST(ConfigCheck, TopKBeyondTheCandidateListFailsLikeTrainAndEval) {
   ExpectCheckFailsLikeTrain(args + " --set eval.top_k=10,102",
                             "train " + args + " --set eval.top_k=10,102",
                             "eval.top_k[1] 102 exceeds the 101 candidates");
-  const IpsRun whole = RunIps("config check " + args + " --set eval.top_k=101");
-  EXPECT_EQ(whole.exit_code, 0) << whole.output;
+  ExpectCheckFailsLikeTrain(args + " --set eval.top_k=101",
+                            "train " + args + " --set eval.top_k=101",
+                            "eval.top_k 101 equals the 101 candidates ranked per user (the "
+                            "held-out item and 100 sampled negatives): HR@101 would be 1 for every "
+                            "user; use at most 100");
+  const IpsRun most = RunIps("config check " + args + " --set eval.top_k=100");
+  EXPECT_EQ(most.exit_code, 0) << most.output;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 
@@ -583,8 +589,9 @@ TEST(ConfigCheck, CheckpointDirOfAnotherRunAndResumeVocabularyFailLikeTrain) {
 
 // QA: as root, CheckpointWriter::CheckDir's permission test passes under /proc and /sys, so check
 // accepted a checkpoint.dir there that `ips train` then failed to create ("INTERNAL: /proc/x:
-// cannot create directory"). A checkpoint.dir on a kernel pseudo file system is refused, naming
-// it and where it would be created, without creating anything.
+// cannot create directory"). A checkpoint.dir on a kernel pseudo file system is refused by
+// CheckDir itself, so by check and `ips train` alike, naming it and where it would be created,
+// without creating anything.
 TEST(ConfigCheck, CheckpointDirOnAKernelPseudoFileSystemIsRefused) {
   const std::string tag = std::to_string(getpid());
   struct Case {
@@ -608,9 +615,12 @@ TEST(ConfigCheck, CheckpointDirOnAKernelPseudoFileSystemIsRefused) {
     EXPECT_EQ(check.exit_code, 1) << check.output;
     EXPECT_TRUE(EndsWithTheErrorResultLine(check));
     EXPECT_NE(ErrorLine(check).find(c.want), std::string::npos) << check.output;
-    // `ips train` fails on it too (before its first step).
+    // `ips train` refuses it alike, before it creates anything (CheckpointWriter::CheckDir): it
+    // used to go on and create the directory ("INTERNAL: ... cannot create directory" on /proc; on
+    // a cgroup mount, as root, a new cgroup).
     const IpsRun train = RunIps("train --quiet " + args + kSmall);
     EXPECT_EQ(train.exit_code, 1) << train.output;
+    EXPECT_EQ(ErrorLine(train), ErrorLine(check)) << train.output;
   }
   EXPECT_FALSE(std::filesystem::exists("/proc/ips_ck_" + tag));
   // A directory on a disk file system passes.

@@ -145,7 +145,8 @@ TEST(ResultLineMpi, WorkerZeroEndingTheJobIsNotReportedAsDeadBySomeoneElse) {
   const std::vector<std::string> lines = ResultLines(r.out);
   ASSERT_EQ(lines.size(), 1u) << r.output;
   EXPECT_EQ(lines[0].rfind("RESULT train_cluster status=error exit=1 error=\"rank 1 (worker 0): "
-                           "INTERNAL: /proc/ips_no_such_dir: cannot create directory",
+                           "FAILED_PRECONDITION: checkpoint.dir /proc/ips_no_such_dir would be "
+                           "created in /proc, which is on procfs",
                            0),
             0u)
       << r.output;

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
+
 namespace ips {
 namespace {
 
@@ -30,6 +32,24 @@ TEST(StatusOr, MacrosPropagate) {
   Status s = UsesMacros(-1, &out);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("-1"), std::string::npos);
+}
+
+// One errno -> code mapping for every file error (--metrics_out, checkpoint directories): the
+// code says what the user can do, the message the reason.
+TEST(Status, FromErrno_CodeFollowsTheReason) {
+  const Status missing = StatusFromErrno(ENOENT, "cannot open --metrics_out file 'a/m'");
+  EXPECT_EQ(missing.code(), StatusCode::kNotFound);
+  EXPECT_EQ(missing.message(), "cannot open --metrics_out file 'a/m': No such file or directory");
+  EXPECT_EQ(StatusCodeFromErrno(ENOTDIR), StatusCode::kNotFound);
+  for (int err : {EISDIR, ENAMETOOLONG, ELOOP})
+    EXPECT_EQ(StatusCodeFromErrno(err), StatusCode::kInvalidArgument) << err;
+  for (int err : {ENOSPC, EDQUOT, EMFILE, ENFILE})
+    EXPECT_EQ(StatusCodeFromErrno(err), StatusCode::kResourceExhausted) << err;
+  for (int err : {EACCES, EPERM, EROFS, ETXTBSY, EINVAL})
+    EXPECT_EQ(StatusCodeFromErrno(err), StatusCode::kFailedPrecondition) << err;
+  const Status none = StatusFromErrno(0, "x");
+  EXPECT_EQ(none.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(none.message(), "x: no reason given");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 
 #include "common/random.h"
 #include "models/din.h"
+#include "proto/config.pb.h"
 #include "ps/checkpoint_io.h"
 #include "worker/serving_fixture.h"
 
@@ -975,6 +976,130 @@ TEST(Checkpoint, ResumeEpochOrder_CheckedByRestoreOnlyForAResume) {
   auto evaluated = LoadCheckpoint(dir, b.content, nullptr);
   ASSERT_TRUE(evaluated.ok()) << evaluated.status();
   ExpectSameState(b, a);
+  ps::RemoveTree(dir);
+}
+
+// A resumed checkpoint whose position lies beyond the run (CheckResumeFitsRun, the one check of
+// `ips train --resume`, its mpirun workers and `ips config check --resume`): refused through
+// CheckpointContent::check_resume by Restore before anything is loaded (the tables of a large
+// run are not read first), FAILED_PRECONDITION naming the checkpoint and the value to set.
+TEST(Checkpoint, ResumeFitsRun_RefusedByRestoreBeforeAnythingLoads) {
+  const std::string dir = TempDir();
+  State a(1);
+  a.Perturb(3, 1, 2);
+  a.content.blobs["run/dataset"] = RunDatasetBlob(1, 544);  // epoch 2 (0-based 1)
+  CheckpointOptions o;
+  o.dir = dir;
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(o)).value()->Write(64, a.content).ok());
+
+  config::Config cfg;
+  cfg.mutable_train()->set_epochs(1);
+  State b(2);
+  Poison(&b);
+  b.content.check_resume = [&cfg](const std::string& checkpoint,
+                                  const std::map<std::string, std::string>& blobs) {
+    return CheckResumeFitsRun(cfg, checkpoint, blobs);
+  };
+  auto refused = LoadCheckpoint(dir, b.content, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_EQ(refused.status().message(),
+            "the checkpoint at " + dir +
+                "/ckpt-64 was saved in epoch 2, beyond this run's train.epochs 1: set "
+                "train.epochs to at least 2 to continue it (--set train.epochs=2)");
+  for (const auto& t : b.content.tensors) EXPECT_TRUE(std::isnan(t.data[0])) << t.name;
+  for (const auto& t : b.tables) EXPECT_EQ(t->Stats().rows, 0);
+
+  cfg.mutable_train()->set_epochs(2);  // the run that fits
+  auto resumed = LoadCheckpoint(dir, b.content, nullptr);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ExpectSameState(b, a);
+  ps::RemoveTree(dir);
+}
+
+// The synthetic form: the step (warm-up included) against warmup_steps + steps, capped by
+// train.max_steps; every field that falls short is named. A missing or mis-sized blob is left to
+// the trainer (OK here).
+TEST(Checkpoint, ResumeFitsRun_SyntheticStepBeyondTheRunNamesEveryFieldToRaise) {
+  const int64_t step = 3;
+  const std::map<std::string, std::string> blobs = {
+      {"run/synthetic_step", std::string(reinterpret_cast<const char*>(&step), sizeof(step))}};
+  config::Config cfg;
+  cfg.mutable_data()->mutable_synthetic()->set_warmup_steps(1);
+  cfg.mutable_data()->mutable_synthetic()->set_steps(1);
+  Status s = CheckResumeFitsRun(cfg, "/ck/ckpt-3", blobs);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(s.message(),
+            "the checkpoint at /ck/ckpt-3 was saved at step 3, beyond this run's 2 steps "
+            "(data.synthetic.warmup_steps 1 + data.synthetic.steps 1): set data.synthetic.steps "
+            "to at least 2 to continue it (--set data.synthetic.steps=2)");
+  cfg.mutable_train()->set_max_steps(1);
+  s = CheckResumeFitsRun(cfg, "/ck/ckpt-3", blobs);
+  EXPECT_NE(s.message().find(", capped by train.max_steps 1): set data.synthetic.steps and "
+                             "train.max_steps to at least 2 to continue it (--set "
+                             "data.synthetic.steps=2 --set train.max_steps=2)"),
+            std::string::npos)
+      << s;
+  cfg.mutable_data()->mutable_synthetic()->set_steps(5);
+  cfg.mutable_train()->set_max_steps(2);
+  EXPECT_TRUE(CheckResumeFitsRun(cfg, "/ck/ckpt-3", blobs).ok());
+  cfg.mutable_train()->set_max_steps(0);
+  EXPECT_TRUE(CheckResumeFitsRun(cfg, "/ck/ckpt-3", blobs).ok());
+  EXPECT_TRUE(CheckResumeFitsRun(cfg, "/ck/ckpt-3", {}).ok());
+  EXPECT_TRUE(CheckResumeFitsRun(cfg, "/ck/ckpt-3", {{"run/synthetic_step", "x"}}).ok());
+}
+
+// QA: as root, CheckDir's permission test passed under /proc and /sys, so `ips train` went on to
+// create checkpoint.dir there (on a cgroup mount, a new directory is a cgroup). CheckDir refuses
+// a kernel pseudo file system first, naming it and where DIR would be created; only the checks
+// run here (nothing is created under /proc or /sys). A directory on a disk file system passes.
+TEST(Checkpoint, CheckDir_RefusesAKernelPseudoFileSystem_DiskPasses) {
+  const std::string tag = std::to_string(::getpid());
+  EXPECT_EQ(ps::PseudoFileSystemOf("/proc"), "procfs");
+  EXPECT_EQ(ps::PseudoFileSystemOf("/proc/self"), "procfs");
+  EXPECT_EQ(ps::PseudoFileSystemOf("/tmp"), "");
+  EXPECT_EQ(ps::PseudoFileSystemOf("/no/such/path"), "");
+  const std::string proc = "/proc/ips_ck_" + tag;
+  Status s = CheckpointWriter::CheckDir(proc + "/a");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(s.message(), "checkpoint.dir " + proc +
+                             "/a would be created in /proc, which is on procfs, a kernel pseudo "
+                             "file system that holds no checkpoint files: choose a directory on a "
+                             "disk file system");
+  s = CheckpointWriter::CheckDir("/proc/");
+  EXPECT_EQ(s.message().rfind("checkpoint.dir /proc/ is on procfs, ", 0), 0u) << s;
+  if (ps::PseudoFileSystemOf("/sys") == "sysfs") {
+    s = CheckpointWriter::CheckDir("/sys/ips_ck_" + tag);
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("would be created in /sys, which is on sysfs"), std::string::npos)
+        << s;
+  }
+  EXPECT_FALSE(ps::PathExists(proc));
+  // The same check, for another writer's directory (`ips export --output`).
+  s = ps::CheckNotOnPseudoFileSystem("/proc/x", "--output", "serving bundle files");
+  EXPECT_EQ(s.message().rfind("--output /proc/x would be created in /proc, which is on procfs, a "
+                              "kernel pseudo file system that holds no serving bundle files",
+                              0),
+            0u)
+      << s;
+  const std::string dir = TempDir();
+  EXPECT_TRUE(CheckpointWriter::CheckDir(dir + "/ck/a").ok());
+  EXPECT_TRUE(ps::CheckNotOnPseudoFileSystem(dir, "checkpoint.dir", "checkpoint files").ok());
+  EXPECT_FALSE(ps::PathExists(dir + "/ck"));
+  ps::RemoveTree(dir);
+}
+
+// MakeDirs's error takes its code from mkdir(2)'s errno (StatusFromErrno), as every file error:
+// a path under a regular file cannot exist (NOT_FOUND, "Not a directory"), not an INTERNAL error.
+TEST(Checkpoint, MakeDirs_ErrorCodeFollowsErrno) {
+  const std::string dir = TempDir();
+  FILE* f = std::fopen((dir + "/file").c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  const Status s = ps::MakeDirs(dir + "/file/sub/x");
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_EQ(s.message(), dir + "/file/sub: cannot create directory: Not a directory");
+  EXPECT_TRUE(ps::MakeDirs(dir + "/a/b").ok());
   ps::RemoveTree(dir);
 }
 

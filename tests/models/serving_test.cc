@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
@@ -34,6 +35,7 @@
 #include "proto/config.pb.h"
 #include "proto/config_loader.h"
 #include "ps/checkpoint_io.h"
+#include "tests/testing/scoped_race_hook.h"
 #include "worker/checkpoint.h"
 #include "worker/metrics.h"
 #include "worker/model_factory.h"
@@ -1469,6 +1471,110 @@ TEST(Serving, BundleModelTypes_AreTheCtrModels) {
     }
   }
   EXPECT_EQ(checked, types->value_count()) << "a type whose default model options do not build";
+}
+
+// ---- A checkpoint removed by a running job's retention while `ips export` reads it -------------
+
+// A job writing checkpoints of `t` into `dir` with retention (keep_last).
+struct RetainingJob {
+  Trained& t;
+  std::unique_ptr<CheckpointWriter> writer;
+  int64_t step = 0;
+  RetainingJob(Trained& trained, const std::string& dir, int keep_last) : t(trained) {
+    CheckpointOptions o;
+    o.dir = dir;
+    o.keep_last = keep_last;
+    writer = std::move(CheckpointWriter::Create(o)).value();
+  }
+  void Checkpoint() {
+    auto info = writer->Write(++step, t.content);
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
+};
+
+// QA: `ips export --checkpoint ROOT` of a job still training read the table files of the
+// checkpoint it had opened after the job's retention had removed it, and failed with a raw
+// "cannot open: No such file or directory". Like LoadCheckpoint, export now opens the root again
+// (nothing is written before everything is read) and exports the newest checkpoint.
+TEST(Serving, ExportOfARootWhoseCheckpointIsRemovedWhileRead_OpensTheRootAgain) {
+  const std::string dir = TempDir();
+  Trained t(31);
+  RetainingJob job(t, dir + "/ck", /*keep_last=*/2);
+  for (int k = 0; k < 2; ++k) job.Checkpoint();
+  testing::ScopedRaceHook opened("opened", [&](size_t n, const std::string&) {
+    if (n != 1) return;
+    job.Checkpoint();  // retention removes ckpt-2 once ckpt-4 is written
+    job.Checkpoint();
+  });
+  ExportOptions eo;
+  eo.checkpoint = dir + "/ck";
+  eo.output = dir + "/bundle";
+  auto ex = ExportBundle(eo);
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  EXPECT_EQ(ex->step, 4);
+  EXPECT_EQ(opened.seen(), (std::vector<std::string>{dir + "/ck/ckpt-2", dir + "/ck/ckpt-4"}));
+  auto bundle = Bundle::Load(eo.output);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  EXPECT_EQ((*bundle)->rows("item"), t.tables[0]->Stats().rows);
+  ps::RemoveTree(dir);
+}
+
+// One ckpt-<step> directory replaced while export reads it (its dense file back, its table files
+// gone, as a rewrite of the same step half done): the table file's error says the checkpoint was
+// removed while being read, naming it, instead of a raw "cannot open"; a root whose checkpoint is
+// removed on every attempt gives up the same way. Nothing is written either time.
+TEST(Serving, ExportOfACheckpointReplacedWhileRead_SaysRemovedWhileBeingRead_WritesNothing) {
+  const std::string dir = TempDir();
+  Trained t(32);
+  RetainingJob job(t, dir + "/ck", /*keep_last=*/1);
+  job.Checkpoint();
+  const std::string one = dir + "/ck/ckpt-1";
+  ExportOptions eo;
+  eo.checkpoint = one;
+  eo.output = dir + "/bundle";
+  StatusOr<ExportResult> r = InternalError("not run");
+  {
+    testing::ScopedRaceHook replace("opened", [&](size_t, const std::string&) {
+      ASSERT_EQ(std::rename(one.c_str(), (dir + "/old").c_str()), 0);
+      ASSERT_TRUE(ps::MakeDirs(one).ok());
+      const auto names = ps::ListDir(dir + "/old");
+      ASSERT_TRUE(names.ok()) << names.status();
+      for (const auto& n : *names)
+        if (n.rfind("table-", 0) != 0) std::filesystem::copy_file(dir + "/old/" + n, one + "/" + n);
+    });
+    r = ExportBundle(eo);
+  }
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound) << r.status();
+  EXPECT_EQ(r.status().message().rfind(one + ": checkpoint removed while being read", 0), 0u)
+      << r.status();
+  EXPECT_NE(r.status().message().find("table-"), std::string::npos) << r.status();
+  EXPECT_FALSE(ps::PathExists(eo.output));
+
+  job.Checkpoint();  // retention removes the half-rewritten ckpt-1
+  testing::ScopedRaceHook removed("opened", [&](size_t, const std::string&) { job.Checkpoint(); });
+  eo.checkpoint = dir + "/ck";
+  r = ExportBundle(eo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(removed.seen().size(), 5u);
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound) << r.status();
+  EXPECT_NE(r.status().message().find("checkpoint removed while being read"), std::string::npos)
+      << r.status();
+  EXPECT_FALSE(ps::PathExists(eo.output));
+  ps::RemoveTree(dir);
+}
+
+// `ips export --output` on a kernel pseudo file system is refused before anything is read or
+// created (as root, /proc and /sys pass every other check); only the check runs here.
+TEST(Serving, ExportOutputOnAKernelPseudoFileSystem_Refused) {
+  const Status s = CheckBundleRoot("/proc/ips_bundle_" + std::to_string(::getpid()), "--output");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find(" would be created in /proc, which is on procfs, a kernel pseudo file "
+                             "system that holds no serving bundle files"),
+            std::string::npos)
+      << s;
+  EXPECT_EQ(CheckBundleRoot("/proc", "--output").message().rfind("--output /proc is on procfs", 0),
+            0u);
 }
 
 }  // namespace

@@ -494,4 +494,122 @@ TEST(TrainCli, StreamFlagsWithoutStreamAreUsageErrors) {
   EXPECT_EQ(r.output.find("applies only to streaming"), std::string::npos) << r.output;
 }
 
+// A small seqrec dataset in dir/ranked (60 users, 101 candidates per evaluation list); the
+// din_ml100k.pbtxt arguments that train on it for one epoch.
+std::string SmallRankedDataset(const std::string& dir) {
+  {
+    std::ofstream out(dir + "/events.txt");
+    for (int u = 1; u <= 60; ++u)
+      for (int j = 0; j < 8; ++j) out << u << " " << (u % 6) * 10 + (u + j) % 10 + 1 << "\n";
+  }
+  const auto r = RunIps("data convert --format seqrec --input " + dir + "/events.txt --output " +
+                        dir + "/ranked --max_history 10");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return "--config " + ConfigNamed("din_ml100k.pbtxt") + " --set data.train_dir=" + dir +
+         "/ranked --set data.max_history=10 --set data.batch_size=32" +
+         " --set train.num_threads=1 --set train.epochs=1";
+}
+
+// The keys of a RESULT line, in order.
+std::vector<std::string> ResultKeys(const std::string& line) {
+  std::vector<std::string> keys;
+  std::istringstream in(line);
+  for (std::string word; in >> word;) {
+    const size_t eq = word.find('=');
+    if (eq != std::string::npos) keys.push_back(word.substr(0, eq));
+  }
+  return keys;
+}
+
+// The keys of `all` that are in `some`, in `all`'s order.
+std::vector<std::string> KeysAmong(const std::vector<std::string>& all,
+                                   const std::vector<std::string>& some) {
+  std::vector<std::string> out;
+  for (const std::string& k : all)
+    for (const std::string& s : some)
+      if (k == s) out.push_back(k);
+  return out;
+}
+
+// QA: with several eval.top_k entries (--set eval.top_k=5,10) the models without user vectors
+// reported the first alone: `RESULT ... hr5=.. ndcg5=..` and no hr10/ndcg10, in the RESULT line,
+// the epoch and result lines of --metrics_out and `ips eval`. Every entry is reported, in the
+// config's order, as hr<k> ndcg<k> before auc, each the figure an evaluation of that cut-off alone
+// gives; one entry keeps its keys and their order.
+TEST(TrainCli, EveryTopKEntryIsReportedByTrainAndEval) {
+  const std::string dir = ::testing::TempDir() + "/train_cli_top_k_" + std::to_string(getpid());
+  ASSERT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  const std::string args = SmallRankedDataset(dir);
+  const std::string top_k = " --set eval.top_k=5,10";
+  const std::vector<std::string> ranking = {"hr5", "ndcg5", "hr10", "ndcg10", "auc"};
+  auto r = RunIps("train --quiet " + args + top_k + " --set checkpoint.dir=" + dir +
+                  "/ck --metrics_out " + dir + "/train.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string train_result = LastLine(r.output);
+  EXPECT_EQ(KeysAmong(ResultKeys(train_result), ranking), ranking) << train_result;
+  auto lines = ips::ParseMetricsLines(Slurp(dir + "/train.jsonl"));
+  ASSERT_TRUE(lines.ok()) << lines.status().ToString();
+  const auto epochs = ips::LinesOfPhase(*lines, "epoch"),
+             results = ips::LinesOfPhase(*lines, "result");
+  ASSERT_EQ(epochs.size(), 1u);
+  ASSERT_EQ(results.size(), 1u);
+  for (const ips::ParsedMetricsLine* l : {&epochs[0], &results[0]}) {
+    std::vector<std::string> keys;
+    for (const auto& [key, value] : l->members) keys.push_back(key);
+    EXPECT_EQ(KeysAmong(keys, ranking), ranking) << l->Get("phase");
+  }
+  for (const std::string& key : ranking)  // 4 decimals in RESULT, 6 on the line
+    EXPECT_NEAR(ResultValue(train_result, key), std::stod(results[0].Get(key)), 5.1e-5) << key;
+
+  // `ips eval` of the final checkpoint: the same figures (6 decimals, as the result line).
+  r = RunIps("eval " + args + top_k + " --checkpoint " + dir + "/ck --metrics_out " + dir +
+             "/eval.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string eval_result = LastLine(r.output);
+  EXPECT_EQ(KeysAmong(ResultKeys(eval_result), ranking), ranking) << eval_result;
+  const ips::ParsedMetricsLine eval_line = OnlyLine(dir + "/eval.jsonl");
+  for (const std::string& key : ranking) {
+    EXPECT_EQ(ResultText(eval_result, key), results[0].Get(key)) << key;
+    EXPECT_EQ(eval_line.Get(key), results[0].Get(key)) << key;
+  }
+  // Each cut-off is the one an evaluation of it alone reports; one entry: its keys as before.
+  for (const char* k : {"5", "10"}) {
+    r = RunIps("eval " + args + " --set eval.top_k=" + k + " --checkpoint " + dir + "/ck");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string alone = LastLine(r.output);
+    const std::vector<std::string> one = {std::string("hr") + k, std::string("ndcg") + k, "auc"};
+    EXPECT_EQ(KeysAmong(ResultKeys(alone), ranking), one) << alone;
+    for (const std::string& key : one)
+      EXPECT_EQ(ResultText(alone, key), ResultText(eval_result, key)) << key;
+  }
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
+// QA: eval.top_k=101 was accepted with 101 candidates per list (the held-out item and 100
+// negatives), where HR@101 is 1 for every user, and the refusal of 102 said "use at most 101".
+// A cut-off must be below the candidates: `ips train` and `ips config check` refuse 101 with the
+// same message and accept 100.
+TEST(TrainCli, TopKOfEveryCandidateIsRefusedByTrainAndConfigCheck) {
+  const std::string dir = ::testing::TempDir() + "/train_cli_top_k_all_" + std::to_string(getpid());
+  ASSERT_EQ(std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  const std::string args = SmallRankedDataset(dir);
+  const std::string want =
+      "eval.top_k 101 equals the 101 candidates ranked per user (the held-out item and 100 "
+      "sampled negatives): HR@101 would be 1 for every user; use at most 100 (or convert with "
+      "more --eval_negatives)";
+  const auto train = RunIps("train --quiet " + args + " --set eval.top_k=101");
+  EXPECT_EQ(train.exit_code, 1) << train.output;
+  EXPECT_NE(LastLine(train.output).find(want), std::string::npos) << train.output;
+  const auto check = RunIps("config check " + args + " --set eval.top_k=101");
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  EXPECT_NE(LastLine(check.output).find(want), std::string::npos) << check.output;
+  const auto beyond = RunIps("config check " + args + " --set eval.top_k=102");
+  EXPECT_NE(beyond.output.find("eval.top_k 102 exceeds the 101 candidates"), std::string::npos)
+      << beyond.output;
+  EXPECT_NE(beyond.output.find("use at most 100 "), std::string::npos) << beyond.output;
+  const auto most = RunIps("config check " + args + " --set eval.top_k=100");
+  EXPECT_EQ(most.exit_code, 0) << most.output;
+  (void)std::system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace

@@ -21,6 +21,7 @@
 
 #include "ps/checkpoint_io.h"
 #include "ps/dynamic_table.h"
+#include "tests/testing/scoped_race_hook.h"
 #include "worker/checkpoint.h"
 
 namespace ips {
@@ -89,11 +90,6 @@ struct Job {
   }
 };
 
-// Clears the hook when a test ends, whatever its outcome.
-struct HookGuard {
-  ~HookGuard() { CheckpointReader::SetRaceHookForTesting(nullptr); }
-};
-
 // The QA scenario: the reader picks ckpt-2 (LATEST and the newest), and before it reads the
 // files, the job writes two more checkpoints, whose retention (keep_last 2) removes ckpt-2. The
 // reader picks again and opens the newest one, ckpt-4, and restores exactly it.
@@ -103,21 +99,16 @@ TEST(CheckpointRace, RootOpen_PickedCheckpointRemovedByRetention_OpensTheNewestA
     const std::string dir = TempDir();
     Job job(dir, /*keep_last=*/2, incremental);
     for (int k = 0; k < 2; ++k) job.Checkpoint();
-    HookGuard guard;
-    std::vector<std::string> picked;
-    CheckpointReader::SetRaceHookForTesting([&](const std::string& event, const std::string& d) {
-      if (event != "picked") return;
-      picked.push_back(d);
-      if (picked.size() == 1) {
-        job.Checkpoint();
-        job.Checkpoint();
-      }
+    testing::ScopedRaceHook picked("picked", [&](size_t n, const std::string&) {
+      if (n != 1) return;
+      job.Checkpoint();
+      job.Checkpoint();
     });
     auto reader = CheckpointReader::Open(dir);
     ASSERT_TRUE(reader.ok()) << reader.status();
     EXPECT_EQ((*reader)->step(), 4);
     EXPECT_EQ((*reader)->dir(), dir + "/ckpt-4");
-    EXPECT_EQ(picked, (std::vector<std::string>{dir + "/ckpt-2", dir + "/ckpt-4"}));
+    EXPECT_EQ(picked.seen(), (std::vector<std::string>{dir + "/ckpt-2", dir + "/ckpt-4"}));
     EXPECT_FALSE(ps::IsDirectory(dir + "/ckpt-2"));
     State restored;
     std::map<std::string, std::string> blobs;
@@ -125,7 +116,6 @@ TEST(CheckpointRace, RootOpen_PickedCheckpointRemovedByRetention_OpensTheNewestA
     EXPECT_EQ(blobs["run/step"], "4");
     EXPECT_EQ(restored.dense[0], 4.f);
     EXPECT_EQ(restored.table->Stats().rows, job.state.table->Stats().rows);
-    CheckpointReader::SetRaceHookForTesting(nullptr);
     ps::RemoveTree(dir);
   }
 }
@@ -137,16 +127,11 @@ TEST(CheckpointRace, RootOpen_RemovedOnEveryAttempt_GivesUpSayingRemovedWhileBei
   const std::string dir = TempDir();
   Job job(dir, /*keep_last=*/1);
   job.Checkpoint();
-  HookGuard guard;
-  int picks = 0;
-  CheckpointReader::SetRaceHookForTesting([&](const std::string& event, const std::string&) {
-    if (event != "picked") return;
-    ++picks;
-    job.Checkpoint();
-  });
+  auto picked = std::make_unique<testing::ScopedRaceHook>(
+      "picked", [&](size_t, const std::string&) { job.Checkpoint(); });
   auto reader = CheckpointReader::Open(dir);
   ASSERT_FALSE(reader.ok());
-  EXPECT_EQ(picks, 5);
+  EXPECT_EQ(picked->seen().size(), 5u);
   const Status& s = reader.status();
   EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
   EXPECT_TRUE(Contains(s.message(), "removed while being read")) << s;
@@ -154,7 +139,7 @@ TEST(CheckpointRace, RootOpen_RemovedOnEveryAttempt_GivesUpSayingRemovedWhileBei
   EXPECT_TRUE(Contains(s.message(), "checkpoint.keep_last")) << s;
   EXPECT_TRUE(Contains(s.message(), dir + "/ckpt-5")) << s;  // the last one picked
   EXPECT_FALSE(Contains(s.message(), "no checkpoint of")) << s;
-  CheckpointReader::SetRaceHookForTesting(nullptr);
+  picked.reset();
   // Once the job pauses, the root opens.
   auto later = CheckpointReader::Open(dir);
   ASSERT_TRUE(later.ok()) << later.status();
@@ -168,12 +153,10 @@ TEST(CheckpointRace, CheckpointDirOpen_RemovedWhileRead_SaysSoNamingIt) {
   const std::string dir = TempDir();
   Job job(dir, /*keep_last=*/2);
   for (int k = 0; k < 2; ++k) job.Checkpoint();
-  HookGuard guard;
-  CheckpointReader::SetRaceHookForTesting([&](const std::string& event, const std::string& d) {
-    if (event == "picked" && d == dir + "/ckpt-2") {
-      job.Checkpoint();
-      job.Checkpoint();
-    }
+  testing::ScopedRaceHook picked("picked", [&](size_t, const std::string& d) {
+    if (d != dir + "/ckpt-2") return;
+    job.Checkpoint();
+    job.Checkpoint();
   });
   auto reader = CheckpointReader::Open(dir + "/ckpt-2");
   ASSERT_FALSE(reader.ok());
@@ -190,22 +173,17 @@ TEST(CheckpointRace, LoadCheckpoint_RemovedBetweenOpenAndRestore_OpensTheRootAga
   const std::string dir = TempDir();
   Job job(dir, /*keep_last=*/2);
   for (int k = 0; k < 2; ++k) job.Checkpoint();
-  HookGuard guard;
-  std::vector<std::string> opened;
-  CheckpointReader::SetRaceHookForTesting([&](const std::string& event, const std::string& d) {
-    if (event != "opened") return;
-    opened.push_back(d);
-    if (opened.size() == 1) {
-      job.Checkpoint();
-      job.Checkpoint();
-    }
+  testing::ScopedRaceHook opened("opened", [&](size_t n, const std::string&) {
+    if (n != 1) return;
+    job.Checkpoint();
+    job.Checkpoint();
   });
   State restored;
   std::map<std::string, std::string> blobs;
   auto step = LoadCheckpoint(dir, restored.content, &blobs);
   ASSERT_TRUE(step.ok()) << step.status();
   EXPECT_EQ(*step, 4);
-  EXPECT_EQ(opened, (std::vector<std::string>{dir + "/ckpt-2", dir + "/ckpt-4"}));
+  EXPECT_EQ(opened.seen(), (std::vector<std::string>{dir + "/ckpt-2", dir + "/ckpt-4"}));
   EXPECT_EQ(blobs["run/step"], "4");
   EXPECT_EQ(restored.dense[0], 4.f);
   ps::RemoveTree(dir);
@@ -244,9 +222,9 @@ TEST(CheckpointRace, DamagedCheckpoint_KeepsItsErrorAndIsSkippedWithAWarning) {
   ASSERT_EQ(::truncate(dense2.c_str(), size - 7), 0);
 
   FLAGS_logtostderr = true;
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   auto older = CheckpointReader::Open(dir);
-  const std::string err = testing::internal::GetCapturedStderr();
+  const std::string err = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(older.ok()) << older.status();
   EXPECT_EQ((*older)->step(), 1);
   EXPECT_TRUE(Contains(err, "checkpoint " + dir + "/ckpt-2 cannot be loaded (DATA_LOSS: " + dense2))
