@@ -224,7 +224,7 @@ int RunServeCommand(const std::vector<std::string>& args) {
   // "serving ..." line instead of the error.)
   Timer timer;
   int64_t line_no = 0, requests = 0, errors = 0;
-  bool noted_truncation = false, stopped = false;
+  bool noted_truncation = false, noted_unknown = false, stopped = false;
   std::string line, response;  // reused: no allocation per request once grown
   // main() installed the stop handler (SIGTERM, SIGINT, SIGUSR1) before anything else; again
   // here (idempotent) for a caller that did not.
@@ -267,6 +267,24 @@ int RunServeCommand(const std::vector<std::string>& args) {
                 << " (data.max_history), as in training: the oldest were not scored (responses "
                    "say \"history_dropped\":N; RESULT counts truncated_histories)\n";
     }
+    if (!noted_unknown && (*server)->requests_with_unknown_ids() > 0) {
+      // Ids without a row score as zero rows: a request of raw ids (the dataset's source ids
+      // instead of its dense ids) answers plausible-looking scores of nothing. Said once here,
+      // in every response ("unknown_ids") and counted in the RESULT line.
+      noted_unknown = true;
+      const ScoreResponse& r = (*server)->last_response();
+      std::cerr << "note: stdin line " << line_no << ": " << r.unknown_ids
+                << (r.unknown_ids == 1 ? " id" : " ids") << " of the request "
+                << (r.unknown_ids == 1 ? "has" : "have")
+                << " no row in the bundle and scored as zeros (the first: \""
+                << r.first_unknown_field << "\" entry " << r.first_unknown_entry << ", id "
+                << r.first_unknown_id
+                << "): requests carry the model's ids (for a bundle trained on a converted "
+                   "dataset, the dataset's dense ids 1..n that `ips data convert` assigned, not "
+                   "the raw ids; its vocab.ips maps them), and ids training never saw or "
+                   "--min_count dropped have no row (responses say \"unknown_ids\":N; RESULT "
+                   "counts unknown_ids and requests_with_unknown_ids)\n";
+    }
     response += '\n';
     if (const std::string failed = WriteAll(STDOUT_FILENO, response); !failed.empty()) {
       std::cerr << "error: writing to stdout (the response to stdin line " << line_no
@@ -286,7 +304,11 @@ int RunServeCommand(const std::vector<std::string>& args) {
       .Add("reloads", (*server)->reloads())
       .Add("first_version", first_version)
       .Add("version", (*server)->version())
-      .Add("seconds", timer.Seconds());
+      .Add("seconds", timer.Seconds())
+      // After the older keys (consumers that read the line by position keep working), before
+      // status (which ends a stopped server's line).
+      .Add("unknown_ids", (*server)->unknown_ids())
+      .Add("requests_with_unknown_ids", (*server)->requests_with_unknown_ids());
   if (stopped) result.Add("status", "stopped");
   result.Print();
   // Print flushed stdout: a RESULT line that did not get out (a disk that filled after the last

@@ -724,6 +724,10 @@ Status CheckConvertOutput(const std::string& output) {
       ": refusing to write a dataset there (a conversion writes MANIFEST, vocab.ips and "
       "shard-NNNNN-of-NNNNN.ips into --output); choose a new or empty directory, or the "
       "directory of an earlier conversion";
+  // Before anything else: a new directory under /proc or /sys passes the checks below (its parent
+  // is a directory) and the conversion failed only after parsing the whole input, and one on a
+  // cgroup or configfs mount is a kernel object the conversion would create.
+  IPS_RETURN_IF_ERROR(ps::CheckNotOnPseudoFileSystem(output, "--output", "dataset files"));
   struct stat st;
   if (::stat(output.c_str(), &st) != 0) {
     if (errno != ENOENT && errno != ENOTDIR)

@@ -62,11 +62,14 @@ std::string DefaultProtocol(const std::string& format);
 // the flag. ConvertDataset runs it first; the CLI runs it to report a usage error.
 Status ValidateConvertOptions(const ConvertOptions& options);
 
-// Checks, before any input is read, that a dataset may be written into `output`: refuses
-// (FAILED_PRECONDITION naming the path and what it looks like) an output that exists and is not a
-// directory, or whose parent cannot be a directory; a directory whose MANIFEST is not a dataset
-// manifest (a training checkpoint's ckpt-<step>, a serving bundle's v-<n>, anything else); and a
-// directory without a MANIFEST that holds other entries than a conversion writes (MANIFEST,
+// Checks, before any input is read, that a dataset may be written into `output` (creating
+// nothing): refuses (FAILED_PRECONDITION naming the path and what it looks like) first an output
+// on a kernel pseudo file system, or one that would be created in a directory there (/proc, /sys,
+// cgroup, configfs, ...: ps::CheckNotOnPseudoFileSystem, "--output DIR is on procfs, ..." or
+// "--output DIR would be created in AT, which is on procfs, ..."), then an output that exists and
+// is not a directory, or whose parent cannot be a directory; a directory whose MANIFEST is not a
+// dataset manifest (a training checkpoint's ckpt-<step>, a serving bundle's v-<n>, anything else);
+// and a directory without a MANIFEST that holds other entries than a conversion writes (MANIFEST,
 // vocab.ips, shard-NNNNN-of-NNNNN.ips, their .tmp copies) and hidden files, e.g. a checkpoint or
 // bundle root or an input directory. New, empty and earlier conversions' directories pass.
 // ConvertDataset runs it first; the CLI runs it to refuse before printing progress.

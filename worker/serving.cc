@@ -1016,6 +1016,10 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   out->items.clear();
   out->item_scores.clear();
   out->history_used = out->history_dropped = 0;
+  out->unknown_ids = 0;
+  out->first_unknown_field = nullptr;
+  out->first_unknown_entry = -1;
+  out->first_unknown_id = 0;
   if (!q.history_cats.empty() && q.history_cats.size() != q.history.size())
     return InvalidArgumentError("history_cats has " + std::to_string(q.history_cats.size()) +
                                 " entries, history " + std::to_string(q.history.size()));
@@ -1054,6 +1058,20 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   const size_t first = q.history.size() - static_cast<size_t>(len);
   out->history_used = len;
   out->history_dropped = static_cast<int64_t>(first);
+  // An id the request gave that has no row scores as zeros (as the store's Lookup reads a key it
+  // never saw), which is what raw ids sent to a bundle of dense ids look like: counted, never
+  // silent. Categories the bundle's map filled in are not the request's (an item the map does not
+  // know gets category 0, the padding). Called with the rows already looked up: no lookup and no
+  // allocation of its own.
+  const bool count_hist_cats = !q.history_cats.empty();
+  const bool count_cand_cats = !q.candidate_cats.empty();
+  const auto unknown = [out](const char* field, size_t entry, uint64_t id) {
+    if (out->unknown_ids++ == 0) {
+      out->first_unknown_field = field;
+      out->first_unknown_entry = static_cast<int64_t>(entry);
+      out->first_unknown_id = id;
+    }
+  };
   if (din_fast_ != nullptr && !retrieval) {
     // Behaviours [item row, category row] (zeros for key 0 and unknown keys, as below), the
     // history once and each candidate once; the rows looked up in one batch per table
@@ -1089,6 +1107,12 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
       float* dst = b < 0 ? hist_behaviours_.data() + i * E : cand_behaviours_.data() + b * E;
       put(dst, items[i], item_rows[i]);
       put(dst + D, cats[i], cat_rows[i]);
+      if (item_rows[i] == nullptr && items[i] != 0)
+        unknown(b < 0 ? "history" : "candidates", b < 0 ? first + i : static_cast<size_t>(b),
+                items[i]);
+      if (cat_rows[i] == nullptr && cats[i] != 0 && (b < 0 ? count_hist_cats : count_cand_cats))
+        unknown(b < 0 ? "history_cats" : "candidate_cats",
+                b < 0 ? first + i : static_cast<size_t>(b), cats[i]);
     }
     out->scores.resize(static_cast<size_t>(n));
     IPS_RETURN_IF_ERROR(din_fast_->Score(hist_behaviours_.data(), len, cand_behaviours_.data(), n,
@@ -1102,16 +1126,20 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
   const int64_t rows = 1 + len + chunk_cap;
   item_rows_.assign(static_cast<size_t>(rows * D), 0.0f);
   cat_rows_.assign(static_cast<size_t>(rows * D), 0.0f);
+  // Returns false for a key other than 0 that has no row.
   auto put = [&](std::vector<float>& dst, int64_t row, const std::string& table, uint64_t key) {
     const float* r = key == 0 ? nullptr : bundle_->Row(table, key);
     if (r != nullptr)
       std::copy(r, r + D, dst.begin() + row * D);
     else
       std::fill(dst.begin() + row * D, dst.begin() + (row + 1) * D, 0.0f);
+    return r != nullptr || key == 0;
   };
   for (int64_t t = 0; t < len; ++t) {
-    put(item_rows_, 1 + t, item_table_, q.history[first + t]);
-    put(cat_rows_, 1 + t, cat_table_, hist_cat(first + t));
+    const size_t h = first + static_cast<size_t>(t);
+    if (!put(item_rows_, 1 + t, item_table_, q.history[h])) unknown("history", h, q.history[h]);
+    if (!put(cat_rows_, 1 + t, cat_table_, hist_cat(h)) && count_hist_cats)
+      unknown("history_cats", h, q.history_cats[h]);
   }
   const int64_t total = retrieval ? 1 : static_cast<int64_t>(q.candidates.size());
   for (int64_t begin = 0; begin < total; begin += chunk_cap) {
@@ -1126,8 +1154,11 @@ Status Scorer::Score(const ScoreRequest& q, ScoreResponse* out) {
       }
       const int64_t row = 1 + len + b;
       if (!retrieval) {
-        put(item_rows_, row, item_table_, q.candidates[begin + b]);
-        put(cat_rows_, row, cat_table_, cand_cat(begin + b));
+        const size_t c = static_cast<size_t>(begin + b);
+        if (!put(item_rows_, row, item_table_, q.candidates[c]))
+          unknown("candidates", c, q.candidates[c]);
+        if (!put(cat_rows_, row, cat_table_, cand_cat(c)) && count_cand_cats)
+          unknown("candidate_cats", c, q.candidate_cats[c]);
       }
       item_index_[B * T + b] = retrieval ? 0 : row;
       cat_index_[B * T + b] = retrieval ? 0 : row;
@@ -1678,6 +1709,14 @@ void BundleServer::HandleLine(int64_t line_no, const std::string& line, bool* ok
       AppendFloat(out, r.item_scores[i]);
     }
     out->push_back(']');
+  }
+  if (r.unknown_ids > 0) {
+    // Ids without a row scored as zero rows: the scores are not what the client meant to ask
+    // for (raw ids instead of the model's, typically), so the response says how many.
+    // Before history_dropped, which stays the last field (as clients read it).
+    ++requests_with_unknown_ids_;
+    unknown_ids_ += r.unknown_ids;
+    out->append(",\"unknown_ids\":").append(std::to_string(r.unknown_ids));
   }
   if (r.history_dropped > 0) {
     // The model reads the newest max_history entries (as training does); the client is told that

@@ -124,14 +124,20 @@ struct BundleSource {
 Status CheckBundleModelType(const config::Config& config, const std::string& command,
                             const std::string& where = "");
 
-// Whether a bundle may be written into `root` (nothing is written): OK when it does not exist, is
-// empty (hidden files aside), holds only what a bundle writer writes (CURRENT, LOCK, v-<n>,
-// tmp-v-<n>) or is a bundle root (CURRENT or v-<n> directories; other files beside them are left
-// alone). FAILED_PRECONDITION "<what> ROOT: ..." naming what it is otherwise (worker/
+// Whether a bundle may be written into `root` (nothing is written or created): OK when it does
+// not exist, is empty (hidden files aside), holds only what a bundle writer writes (CURRENT,
+// LOCK, v-<n>, tmp-v-<n>) or is a bundle root (CURRENT or v-<n> directories; other files beside
+// them are left alone). First of all, a root on a kernel pseudo file system (/proc, /sys, a
+// cgroup or configfs mount, ...; or one that would be created in a directory there) is refused
+// (ps::CheckNotOnPseudoFileSystem, ps/checkpoint_io.h: FAILED_PRECONDITION "<what> ROOT is on
+// procfs, ..." or "... would be created in AT, which is on procfs, ..."): as root, /proc's and
+// /sys's directories pass every check below, and a new directory on cgroup or configfs is a
+// kernel object. Otherwise FAILED_PRECONDITION "<what> ROOT: ..." naming what it is (worker/
 // manifest_magic.h InspectDirectory, the description `ips data convert --output` gives too): not
 // a directory, a converted dataset, a training checkpoint or checkpoint root, one version v-<n> of
-// a bundle (pass its root), or another non-empty directory (its first entries). `what` names
-// root as the user gave it ("--output", "--stream_publish_dir").
+// a bundle (pass its root), another non-empty directory (its first entries), or a missing root
+// that would be created inside a checkpoint, dataset or bundle root (whose writer would remove or
+// overwrite it). `what` names root as the user gave it ("--output", "--stream_publish_dir").
 Status CheckBundleRoot(const std::string& root, const std::string& what);
 
 // Holds a bundle root for writing: from Open until destroyed no other BundleWriter (`ips export`,
@@ -185,14 +191,21 @@ class BundleWriter {
 StatusOr<ExportResult> PublishBundle(const BundleSource& source, const ExportOptions& options,
                                      std::shared_ptr<const Bundle> base = nullptr);
 
-// Checks the output (CheckBundleRoot, before anything is read) and the checkpoint
-// (CheckpointReader), builds the model from its config to check that the dense tensors fit it,
-// and publishes a new bundle version holding the root's lock (PublishBundle). Errors: the reader's
-// (naming the file); FAILED_PRECONDITION for an output that is not a bundle root, held by another
-// writer or of another model type, and for a sequence model's checkpoint; INVALID_ARGUMENT for a
-// config that does not build a CTR model, a min_count that keeps no row of a table, or a dataset
-// of another vocabulary than the checkpoint's (naming both, as `ips eval` does); INTERNAL on I/O
-// errors. A refused export writes nothing (a missing output is not created).
+// Checks the output (CheckBundleRoot, before anything is read: an output on a kernel pseudo file
+// system such as /proc or /sys is refused before the checkpoint is opened or anything is
+// created), reads the whole checkpoint (CheckpointReader) into memory, builds the model from its
+// config to check that the dense tensors fit it, and publishes a new bundle version holding the
+// root's lock (PublishBundle). A checkpoint root may belong to a job still training, whose
+// retention (checkpoint.keep_last) can remove the checkpoint being read: the root is then opened
+// again and its newest checkpoint read anew (OpenAndReadCheckpoint, worker/checkpoint.h: up to
+// 5 times, warning each time; nothing is written before everything is read); one ckpt-<step>
+// directory removed while read is NOT_FOUND "DIR: checkpoint removed while being read ...".
+// Errors: the reader's (naming the file); FAILED_PRECONDITION for an output that is not a bundle
+// root (CheckBundleRoot's), held by another writer or of another model type, and for a sequence
+// model's checkpoint; INVALID_ARGUMENT for a config that does not build a CTR model, a min_count
+// that keeps no row of a table, or a dataset of another vocabulary than the checkpoint's (naming
+// both, as `ips eval` does); INTERNAL on I/O errors. A refused export writes nothing (a missing
+// output is not created).
 StatusOr<ExportResult> ExportBundle(const ExportOptions& options);
 
 // One loaded bundle version: the config, the dense tensors and a read-only row map per table.
@@ -288,6 +301,18 @@ struct ScoreResponse {
   // History entries scored (the newest max_len) and dropped (the oldest beyond max_len).
   int64_t history_used = 0;
   int64_t history_dropped = 0;
+  // Ids the request gave that the bundle has no row for, among those scored (the used history
+  // entries and every candidate; item ids, and the category ids the request carried, not those
+  // the bundle's map filled in): they scored as zero rows, as the store's Lookup reads a key it
+  // never saw. Typically ids the model does not know (raw ids sent to a bundle of a dataset's
+  // dense ids), or rows --min_count dropped. 0 (padding) is not counted.
+  int64_t unknown_ids = 0;
+  // The first of them, in the order history entry (item, then its category), then candidate
+  // (item, then category): its field ("history", "history_cats", "candidates",
+  // "candidate_cats"; nullptr when unknown_ids == 0), its entry in that field, and the id.
+  const char* first_unknown_field = nullptr;
+  int64_t first_unknown_entry = -1;
+  uint64_t first_unknown_id = 0;
 };
 
 // Scores requests with one bundle's model. Not thread-safe (the model's buffers).
@@ -307,8 +332,9 @@ class Scorer {
   // item vector being the item row, plus its category's row for MIND with use_categories (which
   // needs the bundle's item -> category map: FAILED_PRECONDITION without one). A history longer
   // than the model's max_len is scored by its newest max_len entries (history_dropped says how
-  // many were not). INVALID_ARGUMENT for inconsistent lengths, or omitted categories on a bundle
-  // without a map. Ids 0 (padding) read as zero rows here; the JSON requests refuse them.
+  // many were not); ids without a row score as zeros and are counted (unknown_ids).
+  // INVALID_ARGUMENT for inconsistent lengths, or omitted categories on a bundle without a map. Ids
+  // 0 (padding) read as zero rows here; the JSON requests refuse them.
   Status Score(const ScoreRequest& request, ScoreResponse* response);
   const Bundle& bundle() const { return *bundle_; }
   models::CtrModel<float>& model() { return *model_; }
@@ -350,7 +376,12 @@ class BundleServer {
   int64_t reloads() const { return reloads_; }
   // Requests answered whose history was longer than the model reads (history_dropped > 0).
   int64_t truncated_histories() const { return truncated_histories_; }
-  // The last request's response (its history_used/history_dropped for a note). Serving thread.
+  // Ids without a row in the bundle over the requests answered (ScoreResponse::unknown_ids), and
+  // the requests answered that had any.
+  int64_t unknown_ids() const { return unknown_ids_; }
+  int64_t requests_with_unknown_ids() const { return requests_with_unknown_ids_; }
+  // The last request's response (its history_used/history_dropped, its unknown ids for a note).
+  // Serving thread.
   const ScoreResponse& last_response() const { return response_; }
   // Errors of failed reload attempts (the old version keeps serving), for logging.
   std::vector<std::string> TakeReloadErrors();
@@ -361,8 +392,9 @@ class BundleServer {
   // padding id: item and category ids are >= 1). Answers: {"user":..,"version":V,"scores":[..]}
   // (one logit per candidate), or {"user":..,"version":V,"items":[..],"scores":[..]} for
   // retrieval and for candidates with "top_n" (the top_n of them, best first); either ends with
-  // ,"history_dropped":N when the history was longer than the model reads (its oldest N entries
-  // were not scored). Serving thread only.
+  // ,"unknown_ids":N when N of the ids scored have no row in the bundle (ScoreResponse::
+  // unknown_ids: they scored as zero rows), then ,"history_dropped":N when the history was longer
+  // than the model reads (its oldest N entries were not scored). Serving thread only.
   std::string HandleLine(int64_t line_no, const std::string& line, bool* ok);
   // The same into *out (replaced): a loop that reuses `out` allocates nothing per request once
   // the buffers have grown to its largest request (no allocator or page-fault share in the p99).
@@ -382,6 +414,7 @@ class BundleServer {
   std::string user_;
   int64_t reloads_ = 0;
   int64_t truncated_histories_ = 0;
+  int64_t unknown_ids_ = 0, requests_with_unknown_ids_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;                // GUARDED_BY(mu_)

@@ -2,15 +2,19 @@
 // columns read back through Dataset/ShardView, malformed-line messages and bad-record accounting,
 // sharding, corruption/truncation of converted shards, and the inputs/options refused because
 // they would yield a dataset the readers reject, one that evaluates to NaN, one without training
-// rows, or one with a user no negative can be drawn for.
+// rows, or one with a user no negative can be drawn for; outputs that are not a dataset's
+// directory (a checkpoint, a bundle, a directory on a kernel pseudo file system) are refused
+// before anything is read or created.
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 
 #include "gtest/gtest.h"
+#include "ps/checkpoint_io.h"
 #include "tests/data/data_test_util.h"
 #include "worker/data_reader.h"
 #include "worker/dataset_builder.h"
@@ -942,6 +946,49 @@ TEST(ConvertOutput, NewEmptyLeftoverAndEarlierDatasetDirectoriesAreWrittenInto) 
                         "shard-00001-of-00002.ips.tmp", "MANIFEST.tmp"})
     WriteFile(dir.File(std::string("leftover/") + f), "partial");
   convert(dir.File("leftover"));
+}
+
+// `ips data convert --output` under /proc or /sys passed the output check (its nearest existing
+// ancestor is a directory), parsed the whole input and only then failed to mkdir; on a cgroup or
+// configfs mount the conversion would create a kernel object. Refused first, before anything is
+// read or created, naming the file system (ps::CheckNotOnPseudoFileSystem). Only paths under
+// /proc and /sys that procfs and sysfs never let anyone create are used, and the conversion runs
+// only once the check has refused them.
+TEST(ConvertOutput, OutputOnAKernelPseudoFileSystemIsRefusedBeforeAnythingIsCreated) {
+  if (ps::PseudoFileSystemOf("/proc") != "procfs" || ps::PseudoFileSystemOf("/sys") != "sysfs")
+    GTEST_SKIP() << "/proc or /sys is not mounted here";
+  TempDir dir;
+  WriteFile(dir.File("s.txt"), kThreeUsers);
+  const std::string pid = std::to_string(::getpid());
+  struct Case {
+    std::string output, want;
+  };
+  const std::vector<Case> cases = {
+      {"/proc/ips_convert_" + pid + "/out",
+       "--output /proc/ips_convert_" + pid +
+           "/out would be created in /proc, which is on procfs, a kernel pseudo file system that "
+           "holds no dataset files: choose a directory on a disk file system"},
+      {"/proc/ips_convert_" + pid,
+       "--output /proc/ips_convert_" + pid + " would be created in /proc, which is on procfs"},
+      {"/proc", "--output /proc is on procfs, a kernel pseudo file system"},
+      {"/proc/self/", "--output /proc/self/ is on procfs"},
+      {"/sys/ips_convert_" + pid + "/out",
+       "--output /sys/ips_convert_" + pid + "/out would be created in /sys, which is on sysfs"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.output);
+    const Status checked = CheckConvertOutput(c.output);
+    ASSERT_EQ(checked.code(), StatusCode::kFailedPrecondition) << checked;
+    EXPECT_EQ(checked.message().rfind(c.want, 0), 0u) << checked << "\nwant: " << c.want;
+    // The conversion itself refuses the same way, before reading its (valid) input.
+    auto m = ConvertDataset(Options("seqrec", dir.File("s.txt"), c.output));
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().ToString(), checked.ToString());
+  }
+  for (const std::string& p : {"/proc/ips_convert_" + pid, "/sys/ips_convert_" + pid}) {
+    struct stat st;
+    EXPECT_NE(::stat(p.c_str(), &st), 0) << p << " was created";
+  }
 }
 
 // A UTF-8 byte order mark (what Windows editors put first) is not part of the first field in any

@@ -4,8 +4,9 @@
 // The export records the synthetic catalogue's item -> category map, so requests may omit
 // categories; a bundle without a map answers such requests with an error naming the field.
 // Histories longer than max_history are counted (response field, stderr note, RESULT
-// truncated_histories=), "top_n" ranks candidates, category 0 is refused, and a damaged bundle
-// file is named as a bundle's.
+// truncated_histories=), so are ids the bundle has no row for (response field, stderr note,
+// RESULT unknown_ids= requests_with_unknown_ids=), "top_n" ranks candidates, category 0 is
+// refused, and a damaged bundle file is named as a bundle's.
 // `ips export --delta` onto an empty root writes a full bundle and says so; `ips export` with a
 // dataset of another vocabulary than the checkpoint's is refused naming both; `ips eval` and `ips
 // train --resume` of another model's checkpoint name the model that wrote it. Bundle writers: two
@@ -318,6 +319,85 @@ TEST(ServeCli, LongHistoriesCounted_TopNRanksCandidates_CategoryZeroRefused_Dama
   EXPECT_NE(damaged.error.find("belongs to another checkpoint or bundle version"),
             std::string::npos)
       << damaged.error;
+  ps::RemoveTree(dir);
+}
+
+// QA: a request of ids the bundle has no row for (a client sending a dataset's raw ids instead
+// of its dense ids) was scored with zero rows without a word: plausible scores, errors=0. Each
+// such response says how many of its ids have no row (,"unknown_ids":N, before
+// "history_dropped"), stderr notes the first such request once (its line, the first such id and
+// field, and that requests carry the model's ids), and the RESULT line counts the ids and the
+// requests after its older keys. The scores stay those of zero rows; error lines do not count.
+TEST(ServeCli, UnknownIdsCounted_ResponseStderrNoteAndResultLine_ScoresUnchanged) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0.3, 4);  // keys 1..6
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  const std::string requests = dir + "/requests.jsonl";
+  {
+    std::ofstream f(requests);
+    f << R"({"user":1,"history":[1,2,3],"candidates":[4,5]})"
+      << "\n";
+    f << R"({"user":2,"history":[1,100002,3],"candidates":[4,100005]})"
+      << "\n";
+    f << R"({"user":2,"history":[1,100012,3],"candidates":[4,100009]})"
+      << "\n";
+    f << R"({"user":4,"history":[1,2,3,4,5,6,100007],"history_cats":[1,2,3,1,2,3,70],)"
+      << R"("candidates":[2]})"
+      << "\n";
+    f << R"({"user":5,"history":[100001],"candidates":[0]})"
+      << "\n";
+  }
+  auto sv = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
+  ASSERT_EQ(sv.exit_code, 0) << sv.output << sv.error;
+  std::istringstream lines(sv.output);
+  std::vector<std::string> got;
+  for (std::string l; std::getline(lines, l);) got.push_back(l);
+  ASSERT_EQ(got.size(), 6u) << sv.output;
+  EXPECT_EQ(got[0].find("unknown_ids"), std::string::npos) << got[0];
+  EXPECT_EQ(got[1].rfind(R"({"user":2,"version":1,"scores":[)", 0), 0u) << got[1];
+  EXPECT_EQ(got[1].substr(got[1].size() - 18), R"(],"unknown_ids":2})") << got[1];
+  // Other unknown ids: the same zero rows, the same answer.
+  EXPECT_EQ(got[2], got[1]);
+  // The newest 5 entries are scored: item 100007 and category 70 have no row.
+  EXPECT_EQ(got[3].substr(got[3].size() - 38), R"(],"unknown_ids":2,"history_dropped":2})")
+      << got[3];
+  EXPECT_NE(got[4].find(R"("line":5,"error":)"), std::string::npos) << got[4];
+  const std::string& result = got[5];
+  EXPECT_EQ(result.rfind("RESULT serve requests=5 errors=1 truncated_histories=1 reloads=0 ", 0),
+            0u)
+      << result;
+  const size_t seconds = result.find(" seconds=");
+  const size_t unknown = result.find(" unknown_ids=6 requests_with_unknown_ids=3");
+  ASSERT_NE(unknown, std::string::npos) << result;
+  EXPECT_LT(seconds, unknown) << result;
+  EXPECT_EQ(unknown + std::strlen(" unknown_ids=6 requests_with_unknown_ids=3"), result.size())
+      << result;
+  // One note, at the first such request, naming the first unknown id and what ids to send.
+  EXPECT_NE(sv.error.find("note: stdin line 2: 2 ids of the request have no row in the bundle "
+                          "and scored as zeros (the first: \"history\" entry 1, id 100002): "
+                          "requests carry the model's ids (for a bundle trained on a converted "
+                          "dataset, the dataset's dense ids"),
+            std::string::npos)
+      << sv.error;
+  EXPECT_EQ(sv.error.find("no row in the bundle"), sv.error.rfind("no row in the bundle"))
+      << sv.error;
+
+  // Requests whose ids all have rows: no note, zero counts.
+  {
+    std::ofstream f(requests);
+    f << R"({"user":1,"history":[1,2,3],"candidates":[4,5]})"
+      << "\n";
+  }
+  auto known = RunIpsSplit("serve --bundle " + dir + "/bundle < " + requests);
+  ASSERT_EQ(known.exit_code, 0) << known.output << known.error;
+  EXPECT_NE(known.output.find(" unknown_ids=0 requests_with_unknown_ids=0"), std::string::npos)
+      << known.output;
+  EXPECT_EQ(known.error.find("no row"), std::string::npos) << known.error;
   ps::RemoveTree(dir);
 }
 

@@ -2,11 +2,13 @@
 // model's inference logits (fp32: max abs diff <= 1e-5; fp16: AUC within 0.001), chunking,
 // min_count, request parsing errors (item and category id 0 refused), "top_n" with candidates
 // (their top_n, ranked), histories longer than max_history (newest scored, the rest counted in
-// the response), corrupt bundles (a file of another version named as such), and hot reload under
-// a stream of requests with no request lost; --delta onto a root with no version writes a full
-// bundle and says why, and onto a version of other table widths is refused. Writers: an output that
-// is not a bundle root, a root another writer holds (ROOT/LOCK), a root of another model type, a
-// sequence model and a min_count that keeps no row of a table are refused, writing nothing.
+// the response), ids without a row in the bundle (scored as zeros, counted in the response on
+// the fast and the generic path, with no allocation), corrupt bundles (a file of another version
+// named as such), and hot reload under a stream of requests with no request lost; --delta onto a
+// root with no version writes a full bundle and says why, and onto a version of other table widths
+// is refused. Writers: an output that is not a bundle root, a root another writer holds
+// (ROOT/LOCK), a root of another model type, a sequence model and a min_count that keeps no row of
+// a table are refused, writing nothing.
 #include "worker/serving.h"
 
 #include <fcntl.h>
@@ -30,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/allocation_counter.h"
 #include "common/random.h"
 #include "kernels/activation.h"
 #include "proto/config.pb.h"
@@ -670,10 +673,11 @@ TEST(Serving, HistoryLongerThanMaxHistory_NewestScored_ResponseSaysHowManyDroppe
     ASSERT_TRUE(ok) << cut;
     EXPECT_EQ(cut, fits.substr(0, fits.size() - 1) + ",\"history_dropped\":4}");
     EXPECT_TRUE(JsonChecker::Valid(cut)) << cut;
-    // With top_n too: the ranked answer says so as well.
+    // With top_n too: the ranked answer says so as well (after "unknown_ids" when some of the
+    // random ids have no row).
     const std::string ranked = server->HandleLine(3, WithTopN(q, 2), &ok);
     ASSERT_TRUE(ok) << ranked;
-    EXPECT_NE(ranked.find(R"(],"history_dropped":4})"), std::string::npos) << ranked;
+    EXPECT_NE(ranked.find(R"("history_dropped":4})"), std::string::npos) << ranked;
     EXPECT_TRUE(JsonChecker::Valid(ranked)) << ranked;
   }
   // The Scorer says so too; a history of exactly max_history drops nothing.
@@ -1575,6 +1579,224 @@ TEST(Serving, ExportOutputOnAKernelPseudoFileSystem_Refused) {
       << s;
   EXPECT_EQ(CheckBundleRoot("/proc", "--output").message().rfind("--output /proc is on procfs", 0),
             0u);
+}
+
+// ---- Ids the bundle has no row for ------------------------------------------------------------
+
+constexpr char kPreluConfig[] = R"(
+version: 1
+name: "serving_test_unknown"
+data { batch_size: 128 max_history: 10 synthetic { num_items: 350 num_categories: 20 } }
+model { type: DIN embedding_dim: 4 attention_hidden: [6, 5] mlp_hidden: [7, 4] activation: PRELU }
+tables { name: "item" dim: 4 }
+tables { name: "category" dim: 4 }
+)";
+
+// A bundle of kConfig-like sizes whose tables hold exactly items 1..kItems and categories
+// 1..kCats (the synthetic catalogue's map covers items 1..350: 301..350 have a category, no row).
+std::shared_ptr<const Bundle> ExportKnownRows(const std::string& dir, const char* config) {
+  auto state = MakeServingState(config, 128, {kItems, kCats}, ps::TableOptions(), 0.3, 4);
+  EXPECT_TRUE(state.ok()) << state.status();
+  if (!state.ok()) return nullptr;
+  auto bundle = ExportServingBundle(**state, dir, 1, /*fp16=*/false);
+  EXPECT_TRUE(bundle.ok()) << bundle.status();
+  return bundle.ok() ? *bundle : nullptr;
+}
+
+// QA: a request of ids the bundle has no row for (raw dataset ids sent to a bundle of the
+// dataset's dense ids) was scored with zero rows without a word. The scorer counts the ids the
+// request gave that have no row (items, and categories the request carried; not the categories
+// the map filled in, not 0, not the history entries beyond max_history, which are not scored)
+// and names the first, identically on the DIN fast path and the generic Forward; the scores stay
+// those of zero rows.
+TEST(Serving, UnknownIds_CountedAndFirstNamed_FastAndGenericPaths_ScoresUnchanged) {
+  const std::string dir = TempDir();
+  auto bundle = ExportKnownRows(dir, kPreluConfig);
+  ASSERT_NE(bundle, nullptr);
+  auto fast = std::move(Scorer::Create(bundle, 16)).value();
+  auto generic = std::move(Scorer::Create(bundle, 16, /*fast_path=*/false)).value();
+  EXPECT_EQ(fast->scoring_path(),
+            models::DinServing::CpuHasAvx512() ? "din_serving/avx512" : "forward");
+  ASSERT_EQ(generic->scoring_path(), "forward");
+  struct Case {
+    std::string name;
+    ScoreRequest q;
+    int64_t unknown;
+    std::string field;  // of the first unknown id ("" when none)
+    int64_t entry;
+    uint64_t id;
+  };
+  std::vector<Case> cases;
+  {
+    Case c{"all known", {}, 0, "", -1, 0};
+    c.q.history = {1, 2, 3};
+    c.q.history_cats = {1, 2, 3};
+    c.q.candidates = {4, 300};
+    c.q.candidate_cats = {1, 20};
+    cases.push_back(c);
+  }
+  {
+    // Item 1000001 and category 999 are raw ids; 5000 and 777 too.
+    Case c{"every field", {}, 4, "history_cats", 1, 999};
+    c.q.history = {1, 2, 1000001, 3};
+    c.q.history_cats = {1, 999, 2, 3};
+    c.q.candidates = {4, 5000, 7};
+    c.q.candidate_cats = {1, 2, 777};
+    cases.push_back(c);
+  }
+  {
+    // Categories from the map: 1000001 and 5000 get category 0 (padding), 320 category
+    // CatOf(320), which has a row; only the three items count.
+    Case c{"categories from the map", {}, 3, "history", 2, 1000001};
+    c.q.history = {1, 2, 1000001, 3};
+    c.q.candidates = {320, 5000, 7};
+    cases.push_back(c);
+  }
+  {
+    // 14 entries, the newest 10 scored: the unknown entries 0 and 1 are not, entry 9 is.
+    Case c{"beyond max_history", {}, 2, "history", 9, 900009};
+    for (uint64_t i = 0; i < 14; ++i) c.q.history.push_back(1 + i);
+    c.q.history[0] = 900000;
+    c.q.history[1] = 900001;
+    c.q.history[9] = 900009;
+    c.q.candidates = {4, 800000};
+    cases.push_back(c);
+  }
+  {
+    Case c{"ranked candidates", {}, 1, "candidates", 2, 123456789012ull};
+    c.q.history = {5};
+    c.q.candidates = {1, 2, 123456789012ull, 4};
+    c.q.top_n = 2;
+    cases.push_back(c);
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ScoreResponse got_fast, got_generic;
+    got_fast.unknown_ids = 77;  // stale values must be replaced
+    got_fast.first_unknown_field = "stale";
+    ASSERT_TRUE(fast->Score(c.q, &got_fast).ok());
+    ASSERT_TRUE(generic->Score(c.q, &got_generic).ok());
+    for (const ScoreResponse* r : {&got_fast, &got_generic}) {
+      SCOPED_TRACE(r == &got_fast ? "fast path" : "generic path");
+      EXPECT_EQ(r->unknown_ids, c.unknown);
+      EXPECT_EQ(r->first_unknown_field == nullptr ? "" : r->first_unknown_field, c.field);
+      EXPECT_EQ(r->first_unknown_entry, c.entry);
+      EXPECT_EQ(r->first_unknown_id, c.id);
+    }
+    EXPECT_LE(MaxAbsDiff(got_fast.scores, got_generic.scores), 1e-5);
+    // The scores are those of zero rows: other unknown ids (and 0, the padding id, which a
+    // Scorer call may hold and which is not counted) score exactly the same.
+    ScoreRequest other = c.q, padded = c.q;
+    // With the categories the map gave the original ids sent along (another item id may have
+    // another category in the map).
+    for (ScoreRequest* x : {&other, &padded}) {
+      if (x->history_cats.empty())
+        for (uint64_t h : c.q.history) x->history_cats.push_back(bundle->ItemCategory(h));
+      if (x->candidate_cats.empty())
+        for (uint64_t h : c.q.candidates) x->candidate_cats.push_back(bundle->ItemCategory(h));
+    }
+    const auto replace = [&](std::vector<uint64_t>* v, std::vector<uint64_t>* p, uint64_t n) {
+      for (size_t i = 0; i < v->size(); ++i)
+        if ((*v)[i] > n) {
+          (*v)[i] += 17;
+          (*p)[i] = 0;
+        }
+    };
+    replace(&other.history, &padded.history, kItems);
+    replace(&other.candidates, &padded.candidates, kItems);
+    replace(&other.history_cats, &padded.history_cats, kCats);
+    replace(&other.candidate_cats, &padded.candidate_cats, kCats);
+    for (Scorer* s : {fast.get(), generic.get()}) {
+      const ScoreResponse& base = s == fast.get() ? got_fast : got_generic;
+      ScoreResponse r;
+      ASSERT_TRUE(s->Score(other, &r).ok());
+      EXPECT_EQ(r.scores, base.scores);
+      EXPECT_EQ(r.item_scores, base.item_scores);
+      EXPECT_EQ(r.unknown_ids, c.unknown);
+      ASSERT_TRUE(s->Score(padded, &r).ok());
+      EXPECT_EQ(r.scores, base.scores);
+      EXPECT_EQ(r.unknown_ids, 0);
+      EXPECT_EQ(r.first_unknown_field, nullptr);
+    }
+  }
+  ps::RemoveTree(dir);
+}
+
+// MIND retrieval (no candidates) counts the history's unknown ids the same way.
+TEST(Serving, UnknownIds_CountedInMindRetrieval) {
+  const std::string dir = TempDir();
+  auto bundle = ExportKnownRows(dir, kMindConfig);
+  ASSERT_NE(bundle, nullptr);
+  auto scorer = std::move(Scorer::Create(bundle)).value();
+  ScoreRequest q;
+  q.history = {1, 4000, 2};
+  q.history_cats = {1, 2, 4000};
+  q.top_n = 3;
+  ScoreResponse r;
+  ASSERT_TRUE(scorer->Score(q, &r).ok());
+  EXPECT_EQ(r.items.size(), 3u);
+  EXPECT_EQ(r.unknown_ids, 2);
+  EXPECT_STREQ(r.first_unknown_field, "history");
+  EXPECT_EQ(r.first_unknown_entry, 1);
+  EXPECT_EQ(r.first_unknown_id, 4000u);
+  ps::RemoveTree(dir);
+}
+
+// The JSON answer: ,"unknown_ids":N only when N > 0 (before "history_dropped", which stays last);
+// the server counts the ids and the requests over the lines answered (error lines do not count),
+// and a warm request with unknown ids allocates nothing on the fast path.
+TEST(Serving, UnknownIds_InTheResponseAndCounted_NoAllocationOnceWarm) {
+  const std::string dir = TempDir();
+  ASSERT_NE(ExportKnownRows(dir, kPreluConfig), nullptr);
+  auto server = std::move(BundleServer::Create(dir + "/bundle", 60000, 16)).value();
+  struct Line {
+    std::string request, suffix;  // the response ends with suffix
+    bool ok;
+  };
+  const std::vector<Line> lines = {
+      {R"({"user":1,"history":[1,2],"candidates":[3,4]})", "]}", true},
+      {R"({"user":2,"history":[1,70001],"candidates":[3,90001]})", R"(],"unknown_ids":2})", true},
+      {R"({"user":3,"history":[1],"history_cats":[5000],"candidates":[3],"candidate_cats":[7]})",
+       R"(],"unknown_ids":1})", true},
+      {R"({"user":4,"history":[1,2,3,4,5,6,7,8,9,10,11,70001],"candidates":[3,4],"top_n":1})",
+       R"(],"unknown_ids":1,"history_dropped":2})", true},
+      // An error line is not counted, unknown ids or not.
+      {R"({"user":5,"history":[70001],"candidates":[0]})", "\"}", false},
+  };
+  for (size_t i = 0; i < lines.size(); ++i) {
+    bool ok = !lines[i].ok;
+    const std::string out = server->HandleLine(int64_t(i + 1), lines[i].request, &ok);
+    EXPECT_EQ(ok, lines[i].ok) << out;
+    ASSERT_GE(out.size(), lines[i].suffix.size()) << out;
+    EXPECT_EQ(out.substr(out.size() - lines[i].suffix.size()), lines[i].suffix) << out;
+    EXPECT_EQ(out.find("unknown_ids") != std::string::npos,
+              lines[i].suffix.find("unknown_ids") != std::string::npos)
+        << out;
+    EXPECT_TRUE(JsonChecker::Valid(out)) << out;
+  }
+  EXPECT_EQ(server->unknown_ids(), 4);
+  EXPECT_EQ(server->requests_with_unknown_ids(), 3);
+  EXPECT_EQ(server->truncated_histories(), 1);
+  // The scores are those of the same request with other unknown ids.
+  bool ok = false;
+  const std::string a = server->HandleLine(6, lines[1].request, &ok);
+  const std::string b =
+      server->HandleLine(7, R"({"user":2,"history":[1,80002],"candidates":[3,99999]})", &ok);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(server->requests_with_unknown_ids(), 5);
+  if (!models::DinServing::CpuHasAvx512()) {
+    ps::RemoveTree(dir);
+    GTEST_SKIP() << "no AVX-512: the Forward serves, and its allocations are not checked";
+  }
+  std::string out;
+  for (int warm = 0; warm < 2; ++warm) server->HandleLine(8, lines[3].request, &ok, &out);
+  const int64_t before = HeapAllocations();
+  server->HandleLine(9, lines[3].request, &ok, &out);
+  server->HandleLine(10, lines[1].request, &ok, &out);
+  EXPECT_EQ(HeapAllocations() - before, 0);
+  EXPECT_TRUE(ok) << out;
+  EXPECT_NE(out.find(R"("unknown_ids":2})"), std::string::npos) << out;
+  ps::RemoveTree(dir);
 }
 
 }  // namespace
