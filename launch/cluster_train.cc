@@ -152,14 +152,13 @@ using cluster_internal::WorkerCheckpoints;
 int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
               const ClusterTrainFlags& flags) {
   const int w = cluster->role_index();
-  const int num_workers = cluster->layout().num_workers;
   TrainingWorker tw(cluster, config, &job);
   ps::RemoteEmbeddingStore* store = tw.store.get();
   Trainer* trainer = tw.trainer.get();
   const SyntheticRunOptions& run = job.run;
   const int train_steps = run.warmup_steps + run.steps;
 
-  // Checkpoints hold the run's position: the step (batch index) and worker 0's losses so far.
+  // Checkpoints hold the run's position: the step, the batch schedule and worker 0's losses.
   WorkerCheckpoints ck(cluster, config, flags, store, CheckpointStateOf(trainer, config));
   std::vector<double> losses;
   const int start = ck.ResumeSynthetic(train_steps, &losses);
@@ -168,7 +167,8 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
   auto gen = SyntheticBatches::Create(run.data);
   if (!gen.ok()) cluster->Abort(gen.status());
   // Worker w's shard: batches w, w + W, w + 2W, ... (with one worker: exactly the
-  // single-process stream); held-out batches follow every worker's training batches.
+  // single-process stream), continued after every batch a resumed checkpoint's run trained
+  // (SyntheticBatchIndex); held-out batches follow every batch the run trains.
   std::vector<CtrBatch> batches;
   if (Status s = (*gen)->MakeCtrBatches(
           start, train_steps, run.batch,
@@ -194,21 +194,22 @@ int RunWorker(Cluster* cluster, const config::Config& config, TrainJob job,
 
   int exit_code = 0;
   if (w == 0) {
-    BinaryMetrics bm;
-    std::vector<float> probs(static_cast<size_t>(run.batch));
-    for (int e = 0; e < flags.eval_batches; ++e) {
-      // A stop during the held-out evaluation (worker 0's alone: the others are done) ends the
-      // run after the last step's checkpoint, which every checkpointed run writes.
-      if (Checkpointing(config) && StopRequested().load(std::memory_order_relaxed))
-        return ck.Stop(job, train_steps, nullptr);
-      CtrBatch b;
-      const uint64_t index = static_cast<uint64_t>(train_steps) * num_workers + e;
-      if (Status s = (*gen)->CtrBatchAt(index, run.batch, &b); !s.ok()) cluster->Abort(s);
-      if (Status s = trainer->Predict(ViewOf(b), probs.data()); !s.ok()) cluster->Abort(s);
-      if (Status s = bm.Add(probs.data(), b.label.data(), nullptr, b.batch); !s.ok())
-        cluster->Abort(s);
-    }
-    const BinaryMetricsResult eval = bm.Compute();
+    // The held-out batches follow every batch the run trained (its schedule's). A stop during
+    // the evaluation (worker 0's alone: the others are done) ends the run after the last step's
+    // checkpoint, which every checkpointed run writes.
+    const uint64_t first = ck.schedule().HeldOutFirst(train_steps);
+    CtrBatch held_out;  // made one at a time
+    auto evaluated = internal::EvaluateSyntheticBatches(
+        trainer, flags.eval_batches,
+        [&](int e) -> StatusOr<const CtrBatch*> {
+          IPS_RETURN_IF_ERROR((*gen)->CtrBatchAt(first + e, run.batch, &held_out));
+          return &held_out;
+        },
+        Checkpointing(config) ? &StopRequested() : nullptr);
+    if (!evaluated.ok() && IsEvaluationAbandoned(evaluated.status()))
+      return ck.Stop(job, train_steps, nullptr);
+    if (!evaluated.ok()) cluster->Abort(evaluated.status());
+    const BinaryMetricsResult eval = *evaluated;
     std::vector<std::pair<std::string, int64_t>> table_sizes;  // <table>_rows and _bytes
     double largest_ratio = 0;  // of the table with the most rows (small tables: slab floor)
     int64_t largest_rows = -1;
@@ -440,10 +441,14 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   // rank 0 would have.
   SetResultLineRank(/*worker 0's rank=*/cluster->layout().num_ps, cluster->rank());
   if (!job.ok()) cluster->Abort(job.status());
-  if (!job->synthetic) {
-    // The ranks agree before anything starts: a bad directory (or one missing on some host) ends
-    // every rank with exit code 1, each printing why. (Exiting without the agreement, mpirun
-    // kills the other ranks before they can print.)
+  // --resume of a checkpoint beyond this run (CheckResumeFitsRun) is refused by every rank before
+  // anything loads: the servers would otherwise load their shards of it while the workers refuse.
+  if (data_status.ok() && !flags.resume.empty())
+    data_status = CheckResumePathFitsRun(config, flags.resume);
+  if (!job->synthetic || !flags.resume.empty()) {
+    // The ranks agree before anything starts: a bad directory (or one missing on some host) or a
+    // resume beyond the run ends every rank with exit code 1, each printing why. (Exiting without
+    // the agreement, mpirun kills the other ranks before they can print.)
     int bad = data_status.ok() ? 0 : 1;
     MPI_Request req;
     Status agreed =

@@ -27,19 +27,23 @@
 // servers resumes on any number of servers), the workers load the dense state and continue at
 // the saved step with the same batches. A checkpoint of a single-process run resumes here and
 // a cluster checkpoint resumes single-process (`ips train --resume`) or exports (`ips export`).
+// Every rank first refuses a checkpoint beyond the run (CheckResumeFitsRun), before any loads.
+// Synthetic data continues the checkpoint's batch schedule (worker/synthetic_batches.h
+// SyntheticSchedule, recorded in every checkpoint): with another number of workers (or after a
+// single process) the stream goes on after every batch trained before, never repeating one.
 //
-// Data: data.synthetic (worker w trains the generator's batches w, w + W, ...; worker 0 evaluates
-// AUC on held-out batches) or data.train_dir, a directory of `ips data convert`. Every rank opens
-// and checks the directory. Sequence models (SASRec, GRU4Rec) train the same way through
-// launch/cluster_seq_train.cc, checkpoints included; what both workers share is in
-// launch/cluster_worker.h. Each worker
-// follows the single-process epoch order (TrainReader: same seed, same per-epoch shuffle) and
-// trains every W-th batch of it: round k of an epoch is batches kW .. kW + W - 1, one per worker,
-// so the workers read disjoint examples; every worker runs floor(batches / W) rounds per epoch (up
-// to W - 1 batches of each epoch's order are left out). With one worker the batches, losses and
-// metrics are single-process training's. After every eval.every_epochs-th epoch and the last,
-// worker 0 runs the single-process evaluation (EvaluateRanking: HR@k, NDCG@k, AUC, GAUC, logloss;
-// EvaluateRetrieval for MIND) while the others wait, and writes the same per-epoch JSON lines to
+// Data: data.synthetic (worker w trains the generator's batches w, w + W, ... from step 0; worker 0
+// evaluates AUC on held-out batches after every batch the run trains) or data.train_dir, a
+// directory of `ips data convert`. Every rank opens and checks the directory. Sequence models
+// (SASRec, GRU4Rec) train the same way through launch/cluster_seq_train.cc, checkpoints included;
+// what both workers share is in launch/cluster_worker.h. Each worker follows the single-process
+// epoch order (TrainReader: same seed, same per-epoch shuffle) and trains every W-th batch of it:
+// round k of an epoch is batches kW .. kW + W - 1, one per worker, so the workers read disjoint
+// examples; every worker runs floor(batches / W) rounds per epoch (up to W - 1 batches of each
+// epoch's order are left out). With one worker the batches, losses and metrics are single-process
+// training's. After every eval.every_epochs-th epoch and the last, worker 0 runs the single-process
+// evaluation (EvaluateRanking: HR@k, NDCG@k, AUC, GAUC, logloss; EvaluateRetrieval for MIND) while
+// the others wait, and writes the same per-epoch JSON lines to
 // --metrics_out. Checkpoints hold the single-process reader blobs (epoch, position in the epoch's
 // order, counters, the epoch's loss sum over every worker), so they resume on any number of workers
 // and single-process.
@@ -102,8 +106,10 @@ struct ClusterTrainFlags {
 // another rank ends with MPI_Abort). A run stopped by SIGTERM
 // returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
 // prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. A bad
-// data.train_dir returns 1 on every rank before training starts (the ranks agree first), each
-// rank printing the error.
+// data.train_dir, or a --resume checkpoint beyond the run (CheckResumePathFitsRun), returns 1 on
+// every rank before anything loads or trains (the ranks agree first), each rank printing the
+// error. Worker 0's stop message says how to continue (ContinueAdvice: with --set checkpoint.dir
+// when the config file does not set it); a --resume without checkpoint.dir is warned about.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 
 // The world size mpirun announced to this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE or

@@ -69,7 +69,6 @@ WorkerClient::WorkerClient(Cluster* cluster, const config::Config& config, const
     Timer t;
     Status st = coll->AllReduceMean(g, n);
     allreduce_s += t.Seconds();
-    dense_floats = n;
     return st;
   };
 }
@@ -141,9 +140,21 @@ StatusOr<std::vector<double>> GatherFromWorkers(Collective* coll, int num_worker
   return all;
 }
 
+namespace {
+
+// The batch schedule of this process's synthetic run, settled by
+// WorkerCheckpoints::ResumeSynthetic (null before: every worker from step 0).
+const SyntheticSchedule*& RunSchedule() {
+  static const SyntheticSchedule* schedule = nullptr;
+  return schedule;
+}
+
+}  // namespace
+
 uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i) {
-  return static_cast<uint64_t>(i) * static_cast<uint64_t>(cluster->layout().num_workers) +
-         static_cast<uint64_t>(cluster->role_index());
+  const SyntheticSchedule fresh(cluster->layout().num_workers);
+  const SyntheticSchedule* schedule = RunSchedule() != nullptr ? RunSchedule() : &fresh;
+  return schedule->BatchIndex(i, cluster->role_index());
 }
 
 void WriteTrainLine(std::ostream& metrics, Cluster* cluster, std::string_view model,
@@ -168,7 +179,7 @@ void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m) {
 
 void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
                       const ps::RemoteStoreMetrics& m) {
-  std::cerr << cluster->Describe() << ": steps=" << s.train_steps << " own_samples_per_s="
+  std::cerr << cluster->Describe() << ": steps=" << s.steps_run << " own_samples_per_s="
             << Fixed(s.timed_s > 0 ? static_cast<double>(s.timed_steps) * batch / s.timed_s : 0, 1)
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)
             << " pull_p99_us=" << Fixed(m.pull_p99_us, 0)
@@ -245,7 +256,9 @@ std::optional<int> RunSyntheticRounds(
   // Global throughput: every worker's samples over the slowest worker's time.
   const double slowest = SlowestWorkerSeconds(cluster, timed);
   summary->train_steps = train_steps;
+  summary->steps_run = train_steps - start;
   summary->timed_steps = timed_steps;
+  summary->dense_floats = params.size();
   summary->timed_s = timed;
   summary->samples_per_s =
       slowest > 0 ? static_cast<double>(timed_steps) * run.batch * num_workers / slowest : 0;
@@ -276,13 +289,14 @@ ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, c
       .Add("push_p50_us", Fixed(m.push_p50_us, 0))
       .Add("push_p99_us", Fixed(m.push_p99_us, 0))
       // Worker 0's per-step averages over the timed steps (step = the trainer's Step), its PS
-      // traffic per step over all steps, and the dense floats all-reduced per step.
+      // traffic per step over every step this process ran (its traffic is theirs: a resumed
+      // checkpoint's steps are not), and the dense floats all-reduced per step.
       .Add("step_ms", Fixed(per_step * s.timed_s, 3))
       .Add("allreduce_ms", Fixed(per_step * client.allreduce_s, 3))
       .Add("ps_bytes_per_step",
-           static_cast<int64_t>(
-               s.train_steps > 0 ? (m.bytes_sent + m.bytes_received) / s.train_steps : 0))
-      .Add("dense_floats", client.dense_floats);
+           static_cast<int64_t>(s.steps_run > 0 ? (m.bytes_sent + m.bytes_received) / s.steps_run
+                                                : 0))
+      .Add("dense_floats", s.dense_floats);
   return line;
 }
 
@@ -303,7 +317,7 @@ ResultLine DatasetResultLine(Cluster* cluster, const config::Config& config,
       .Add("allreduce_ms",
            Fixed(s.steps_run > 0 ? 1000 * client.allreduce_s / static_cast<double>(s.steps_run) : 0,
                  3))
-      .Add("dense_floats", client.dense_floats);
+      .Add("dense_floats", s.dense_floats);
   return line;
 }
 
@@ -336,13 +350,16 @@ using cluster_internal::Fixed;
 
 // The end of a run stopped by SIGTERM or SIGUSR1 after its checkpoint `step`: worker 0 says where
 // the checkpoint is (and prints the RESULT line), the servers are shut down; returns kExitStopped.
+// The advice names checkpoint.dir unless the config file (flags.config_source) sets it.
 int StopAfterCheckpoint(Cluster* cluster, ps::RemoteEmbeddingStore* store, const TrainJob& job,
-                        const config::CheckpointConfig& ck, int64_t step, ProgressLine* progress) {
+                        const ClusterTrainFlags& flags, const config::CheckpointConfig& ck,
+                        int64_t step, ProgressLine* progress) {
   if (progress != nullptr) progress->Finish("stopped");
   if (cluster->role_index() == 0) {
+    const std::string file_text = flags.config_source != nullptr ? flags.config_source->text : "";
     std::cerr << "cluster: stopped by " << StopSignalName() << " at step " << step
-              << "; checkpoint " << ck.dir() << "/ckpt-" << step << "; continue with --resume "
-              << ck.dir() << "\n";
+              << "; checkpoint " << ck.dir() << "/ckpt-" << step << "; continue with "
+              << ContinueAdvice(ck.dir(), file_text) << "\n";
     ResultLine("train_cluster")
         .Add("model", ModelKindName(job.trainer.model.kind))
         .Add("status", "stopped")
@@ -488,14 +505,28 @@ namespace cluster_internal {
 WorkerCheckpoints::WorkerCheckpoints(Cluster* cluster, const config::Config& config,
                                      const ClusterTrainFlags& flags,
                                      ps::RemoteEmbeddingStore* store, TrainerCheckpointState state)
-    : cluster_(cluster), config_(config), flags_(flags), store_(store), state_(std::move(state)) {
+    : cluster_(cluster),
+      config_(config),
+      flags_(flags),
+      store_(store),
+      state_(std::move(state)),
+      schedule_(cluster->layout().num_workers) {
+  // --resume only reads: without checkpoint.dir of its own the job saves nothing, and a stop
+  // signal then ends it without a checkpoint.
+  if (!Checkpointing(config) && !flags.resume.empty() && cluster->role_index() == 0)
+    std::cerr << ("warning: --resume " + flags.resume +  // one write
+                  ": this run writes no checkpoints (no checkpoint.dir); add --set "
+                  "checkpoint.dir=" +
+                  CheckpointRootOf(flags.resume) + " to keep saving\n");
   if (!Checkpointing(config)) return;
   auto wr = StartCheckpointing(cluster, config, flags, &writing_step_);
   if (!wr.ok()) cluster->Abort(wr.status());
   writer_ = std::move(wr).value();
 }
 
-WorkerCheckpoints::~WorkerCheckpoints() = default;
+WorkerCheckpoints::~WorkerCheckpoints() {
+  if (RunSchedule() == &schedule_) RunSchedule() = nullptr;
+}
 
 StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::string* dir) {
   // Every worker loads the same dense state, so the replicas stay equal.
@@ -514,6 +545,8 @@ StatusOr<std::map<std::string, std::string>> WorkerCheckpoints::Restore(std::str
 }
 
 int WorkerCheckpoints::ResumeSynthetic(int train_steps, std::vector<double>* losses) {
+  const int num_workers = cluster_->layout().num_workers;
+  RunSchedule() = &schedule_;
   if (flags_.resume.empty()) return 0;
   std::string dir;
   auto blobs = Restore(&dir);
@@ -526,14 +559,30 @@ int WorkerCheckpoints::ResumeSynthetic(int train_steps, std::vector<double>* los
     s = DataLossError(dir + ": blob 'run/synthetic_step' = " + std::to_string(step[0]) +
                       " does not fit a run of " + std::to_string(train_steps) + " steps with " +
                       std::to_string(losses->size()) + " losses");
+  // The batches the checkpoint's run trained (by another number of workers, or in one process):
+  // this run continues the stream after them.
+  SyntheticSchedule saved;
+  if (s.ok()) {
+    auto schedule = SyntheticScheduleOf(dir, *blobs, step[0]);
+    s = schedule.status();
+    if (s.ok()) saved = *schedule;
+  }
   if (s.ok()) {
     state_.set_steps(step[0]);
     s = state_.restore_model_blobs(*blobs);
   }
   if (!s.ok()) cluster_->Abort(s.WithContext("--resume " + flags_.resume));
-  if (cluster_->role_index() == 0)
-    std::cerr << ("cluster: resumed from " + flags_.resume + " at step " +  // one write
-                  std::to_string(step[0]) + "\n");
+  schedule_ = saved.ContinuedAt(step[0], num_workers);
+  if (cluster_->role_index() == 0) {
+    std::string line =
+        "cluster: resumed from " + flags_.resume + " at step " + std::to_string(step[0]) + "\n";
+    if (schedule_ != saved)
+      line += "cluster: the checkpoint's batches were trained by " + saved.Describe() +
+              ": continuing the stream at batch " +
+              std::to_string(schedule_.BatchIndex(step[0], 0)) + ", held-out batches from " +
+              std::to_string(schedule_.HeldOutFirst(train_steps)) + "\n";
+    std::cerr << line;  // one write
+  }
   return static_cast<int>(step[0]);
 }
 
@@ -613,6 +662,7 @@ void WorkerCheckpoints::WriteSynthetic(int64_t step, const std::vector<double>& 
     std::map<std::string, std::string> b;
     b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{step});
     b["run/losses"] = PackBlob(losses);
+    b[kSyntheticScheduleBlob] = EncodeSyntheticSchedule(schedule_);
     return b;
   });
 }
@@ -637,7 +687,7 @@ void WorkerCheckpoints::WriteDataset(int64_t step, DatasetPosition at) {
 }
 
 int WorkerCheckpoints::Stop(const TrainJob& job, int64_t step, ProgressLine* progress) {
-  return StopAfterCheckpoint(cluster_, store_, job, config_.checkpoint(), step, progress);
+  return StopAfterCheckpoint(cluster_, store_, job, flags_, config_.checkpoint(), step, progress);
 }
 
 DatasetWalk::DatasetWalk(Cluster* cluster, const DatasetRunOptions& run, const EpochRounds& rounds,
@@ -859,6 +909,7 @@ int RunDatasetRounds(Cluster* cluster, const config::Config& config, const Train
   summary.samples_per_s = slowest > 0 ? static_cast<double>(walk.samples_run()) / slowest : 0;
   summary.steps = walk.at().steps;
   summary.steps_run = walk.at().steps - walk.first_step();
+  summary.dense_floats = source->params().size();
   const ps::RemoteStoreMetrics m = store->metrics();
   std::cerr << cluster->Describe() << ": steps=" << summary.steps_run
             << " pull_p50_us=" << Fixed(m.pull_p50_us, 0)

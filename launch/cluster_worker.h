@@ -56,16 +56,15 @@ std::string Fixed(double v, int digits);  // fixed notation with `digits` decima
 // What every training worker starts with: its client of the parameter servers (cluster.sync,
 // cluster.staleness) and the hook (for TrainerOptions / SeqTrainerOptions dense_grad_allreduce)
 // that averages the dense gradients over the workers, i.e. the gradient of the global batch's
-// mean loss. The hook is timed into allreduce_s and dense_floats (the RESULT line's allreduce_ms)
-// and points at them, so the object stays where it is made. Aborts the job on an error.
+// mean loss. The hook is timed into allreduce_s (the RESULT line's allreduce_ms) and points at
+// it, so the object stays where it is made. Aborts the job on an error.
 struct WorkerClient {
   WorkerClient(Cluster* cluster, const config::Config& config, const TrainJob& job);
   ~WorkerClient();
   WorkerClient(const WorkerClient&) = delete;
   WorkerClient& operator=(const WorkerClient&) = delete;
 
-  double allreduce_s = 0;    // seconds in the dense all-reduce
-  int64_t dense_floats = 0;  // floats per all-reduce
+  double allreduce_s = 0;  // seconds in the dense all-reduce
   std::unique_ptr<ps::RemoteEmbeddingStore> store;
   DenseGradHook dense_grad_hook;
 };
@@ -102,8 +101,12 @@ StatusOr<double> SumOverWorkers(Collective* coll, int num_workers, double v);
 // Every worker's `v`, bit-exact, indexed by worker (every worker calls it).
 StatusOr<std::vector<double>> GatherFromWorkers(Collective* coll, int num_workers, double v);
 
-// Synthetic data: worker w's training batch i is the generator's batch i * W + w (with one
-// worker, exactly the single-process stream); held-out batches follow every worker's batches.
+// Synthetic data: the stream batch this worker trains at trainer step i, by the run's schedule
+// (SyntheticSchedule, worker/synthetic_batches.h) that WorkerCheckpoints::ResumeSynthetic settled
+// (call it first; a process runs one job): worker w of W trains batch i * W + w from step 0 (one
+// worker: the single-process stream); a run resumed from a checkpoint of another number of
+// workers continues the stream after every batch trained before. Held-out batches follow every
+// batch the run trains (WorkerCheckpoints::schedule().HeldOutFirst).
 uint64_t SyntheticBatchIndex(Cluster* cluster, int64_t i);
 
 // Worker 0's "train" line on --metrics_out, in a synthetic or a dataset run of either kind of
@@ -117,9 +120,11 @@ void WriteTrainLine(std::ostream& metrics, Cluster* cluster, std::string_view mo
 // the metrics after the loss, e.g. the CTR held-out AUC; none for a sequence model) and
 // --metrics_out "result" line (SyntheticResultMetrics).
 struct SyntheticSummary {
-  int64_t train_steps = 0;  // warm-up included
-  int64_t timed_steps = 0;
-  double timed_s = 0;  // this worker's seconds in the timed steps
+  int64_t train_steps = 0;   // warm-up included
+  int64_t steps_run = 0;     // of them, run by this process (not a resumed checkpoint's)
+  int64_t timed_steps = 0;   // of those, the timed ones
+  int64_t dense_floats = 0;  // floats per all-reduce: the model's dense parameters
+  double timed_s = 0;        // this worker's seconds in the timed steps
   double samples_per_s = 0;
   double loss = 0;  // mean of the last 10 step losses
   std::vector<std::pair<std::string, std::string>> quality;
@@ -129,8 +134,10 @@ struct SyntheticSummary {
 // the worker's batch i (pulling batch i + 1's rows during it when prefetch) and returns its loss;
 // checkpoints and SIGTERM stops, replica checks, worker 0's progress line (in `unit`s) and
 // --metrics_out train lines (WriteTrainLine; metrics: null when closed). Appends the losses to
-// *losses (which holds a resumed run's), fills *summary (train_steps, timed steps and seconds,
-// samples_per_s over every worker, the last 10 losses' mean) and logs this worker's traffic.
+// *losses (which holds a resumed run's), fills *summary (train_steps, the steps this process
+// ran, timed steps and seconds, samples_per_s over every worker, the last 10 losses' mean, the
+// dense floats per all-reduce: known without a step, so also for a resume of the last step) and
+// logs this worker's traffic.
 // Returns the exit code when a stop ended the run early (after its checkpoint; *summary is not
 // filled then). Aborts the job on an error.
 std::optional<int> RunSyntheticRounds(
@@ -141,8 +148,12 @@ std::optional<int> RunSyntheticRounds(
 // How many of this worker's pulls its prefetch served (every step's but the first of each run of
 // prefetched steps, when the prefetch is on), on stderr.
 void PrintPrefetchHits(Cluster* cluster, const ps::RemoteStoreMetrics& m);
+// This worker's steps (run by this process), throughput and parameter-server traffic, on stderr.
 void LogWorkerTraffic(Cluster* cluster, const SyntheticSummary& s, int batch,
                       const ps::RemoteStoreMetrics& m);
+// Worker 0's RESULT line of a synthetic run: its per-step figures are over the steps this process
+// ran (after --resume, not the checkpoint's), e.g. ps_bytes_per_step = this worker's parameter-
+// server bytes over s.steps_run.
 ResultLine SyntheticResultLine(Cluster* cluster, const config::Config& config, const TrainJob& job,
                                const WorkerClient& client, const ps::RemoteStoreMetrics& m,
                                const SyntheticSummary& s);
@@ -160,8 +171,9 @@ MetricsLine SyntheticResultMetrics(Cluster* cluster, const TrainJob& job, const 
 struct DatasetSummary {
   std::string model;
   int epochs = 0;
-  int64_t steps = 0;      // the run's steps (every worker's rounds)
-  int64_t steps_run = 0;  // of them, run by this process (not resumed)
+  int64_t steps = 0;         // the run's steps (every worker's rounds)
+  int64_t steps_run = 0;     // of them, run by this process (not resumed)
+  int64_t dense_floats = 0;  // floats per all-reduce: the model's dense parameters
   double samples_per_s = 0;
   double loss = 0;  // the last epoch's mean step loss over every worker
   RankingEvalResult eval;
@@ -251,9 +263,13 @@ class WorkerCheckpoints {
   ~WorkerCheckpoints();
 
   // --resume (flags.resume; without it: nothing, step 0) of a synthetic run: the dense state and
-  // trainer counters, worker 0's losses so far; returns the step to continue at. Aborts the job on
-  // the checkpoint's errors and on a position that does not fit a run of train_steps steps.
+  // trainer counters, worker 0's losses so far, and the run's batch schedule (schedule(): the
+  // checkpoint's, continued with this run's workers); returns the step to continue at. Aborts the
+  // job on the checkpoint's errors and on a position that does not fit a run of train_steps
+  // steps.
   int ResumeSynthetic(int train_steps, std::vector<double>* losses);
+  // The synthetic run's batch schedule (settled by ResumeSynthetic), which its checkpoints record.
+  const SyntheticSchedule& schedule() const { return schedule_; }
   // --resume of a dataset run (without it: the start): the dense state, trainer counters and the
   // run's position (loss_sum: this worker's own from "run/worker_loss_sums"; from a checkpoint
   // without them, e.g. single-process, worker 0 carries the total and the others 0). Aborts the job
@@ -283,7 +299,8 @@ class WorkerCheckpoints {
   ps::RemoteEmbeddingStore* store_;
   TrainerCheckpointState state_;
   std::unique_ptr<CheckpointWriter> writer_;
-  int64_t writing_step_ = -1;  // the checkpoint being written (for the test-only fault hook)
+  int64_t writing_step_ = -1;   // the checkpoint being written (for the test-only fault hook)
+  SyntheticSchedule schedule_;  // a synthetic run's
   Timer since_checkpoint_;
   bool stepping_ = false;  // BeginStep was called
 };

@@ -5,7 +5,10 @@
 //     EvaluateSeqRanking for sequence models: HR@K, NDCG@K, sampled AUC, GAUC, logloss) and, for
 //     models with user vectors (MIND), the full-ranking retrieval (EvaluateRetrieval: recall@K,
 //     HR@K for every eval.top_k);
-//   * data.synthetic (CTR models): AUC / GAUC / logloss on the protocol's held-out batches.
+//   * data.synthetic (CTR models): AUC / GAUC / logloss on the protocol's held-out batches of the
+//     run that wrote the checkpoint: its recorded data.synthetic.*, data.seed, data.batch_size,
+//     data.max_history and train.max_steps (noted when this config differs) and its batch
+//     schedule (the batches after every one it trained, whatever number of workers trained them).
 // Ends with `RESULT eval model=... step=... key=value ...`. Evaluation is read-only: no row is
 // created, nothing in the checkpoint changes. A checkpoint trained on a dataset of another
 // vocabulary than data.train_dir's is refused (worker/checkpoint.h CheckCheckpointVocabulary).
@@ -34,6 +37,7 @@
 #include "worker/metrics_line.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
+#include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -137,12 +141,79 @@ Status EvalDataset(const config::Config& cfg, TrainJob job, const std::string& c
   return Status::Ok();
 }
 
-Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::string& checkpoint,
-                     int64_t* step, Metrics* out) {
-  if (IsSequenceModel(job.trainer.model.kind))
+// The settings that decide a synthetic run's batches, training and held-out alike (the stream:
+// data.seed, data.batch_size, data.max_history, the catalogue; where the held-out batches start:
+// data.synthetic.warmup_steps and steps, capped by train.max_steps), as text for a note.
+struct SyntheticSetting {
+  const char* field;
+  std::string (*value)(const config::Config&);
+};
+std::string Num(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+constexpr SyntheticSetting kSyntheticSettings[] = {
+    {"data.seed", [](const config::Config& c) { return std::to_string(c.data().seed()); }},
+    {"data.batch_size",
+     [](const config::Config& c) { return std::to_string(c.data().batch_size()); }},
+    {"data.max_history",
+     [](const config::Config& c) { return std::to_string(c.data().max_history()); }},
+    {"data.synthetic.num_items",
+     [](const config::Config& c) { return std::to_string(c.data().synthetic().num_items()); }},
+    {"data.synthetic.num_categories",
+     [](const config::Config& c) { return std::to_string(c.data().synthetic().num_categories()); }},
+    {"data.synthetic.zipf_alpha",
+     [](const config::Config& c) { return Num(c.data().synthetic().zipf_alpha()); }},
+    {"data.synthetic.warmup_steps",
+     [](const config::Config& c) { return std::to_string(c.data().synthetic().warmup_steps()); }},
+    {"data.synthetic.steps",
+     [](const config::Config& c) { return std::to_string(c.data().synthetic().steps()); }},
+    {"train.max_steps",
+     [](const config::Config& c) { return std::to_string(c.train().max_steps()); }},
+};
+
+// `cfg` with the synthetic settings of the run that wrote the checkpoint at `checkpoint` (the
+// config its manifest records): its held-out batches are those that follow that run's training
+// batches in that run's stream, whatever this config says, so that `ips eval` reports what
+// `ips train` reported. A setting that differs is noted on stderr, naming both values. A
+// checkpoint without a recorded synthetic config (older ones, or one trained on a dataset) leaves
+// `cfg` as it is.
+StatusOr<config::Config> WithCheckpointSyntheticSettings(const config::Config& cfg,
+                                                         const std::string& checkpoint) {
+  IPS_ASSIGN_OR_RETURN(const CheckpointHead head, PeekCheckpoint(checkpoint));
+  if (head.config_text.empty()) return cfg;
+  auto recorded = ParseConfigText(head.config_text, head.dir + "/MANIFEST config");
+  if (!recorded.ok() || !recorded->data().has_synthetic()) return cfg;
+  std::string differ;
+  for (const SyntheticSetting& s : kSyntheticSettings) {
+    const std::string mine = s.value(cfg), theirs = s.value(*recorded);
+    if (mine != theirs)
+      differ += std::string(differ.empty() ? "" : ", ") + s.field + " " + theirs +
+                " (this config: " + mine + ")";
+  }
+  if (differ.empty()) return cfg;
+  std::cerr << "eval: " << head.dir << " was trained with " << differ
+            << ": evaluating the held-out batches of that run, with its settings\n";
+  config::Config out = cfg;
+  *out.mutable_data()->mutable_synthetic() = recorded->data().synthetic();
+  out.mutable_data()->set_seed(recorded->data().seed());
+  out.mutable_data()->set_batch_size(recorded->data().batch_size());
+  out.mutable_data()->set_max_history(recorded->data().max_history());
+  out.mutable_train()->set_max_steps(recorded->train().max_steps());
+  return out;
+}
+
+Status EvalSynthetic(const config::Config& eval_cfg, const TrainJob& eval_job,
+                     const std::string& checkpoint, int64_t* step, Metrics* out) {
+  if (IsSequenceModel(eval_job.trainer.model.kind))
     return FailedPreconditionError(
         "ips eval: sequence models on data.synthetic have no evaluation (i.i.d. Zipf sequences "
         "carry no sequential signal); use data.train_dir");
+  IPS_ASSIGN_OR_RETURN(const config::Config cfg,
+                       WithCheckpointSyntheticSettings(eval_cfg, checkpoint));
+  IPS_ASSIGN_OR_RETURN(TrainJob job, TrainJobFromConfig(cfg));
+  job.run.eval_batches = eval_job.run.eval_batches;
   IPS_ASSIGN_OR_RETURN(
       auto store, ps::LocalEmbeddingStore::CreateThreaded(job.tables, job.trainer.num_threads));
   std::unique_ptr<Trainer> ctr;
@@ -150,17 +221,13 @@ Status EvalSynthetic(const config::Config& cfg, const TrainJob& job, const std::
   std::map<std::string, std::string> blobs;
   IPS_ASSIGN_OR_RETURN(*step,
                        Restore(cfg, job, checkpoint, nullptr, store.get(), &ctr, &seq, &blobs));
-  // W workers trained on batches 0 .. W * (warm-up + steps) - 1 (worker w on w, w + W, ...): the
-  // held-out batches follow all of them, as the cluster run's own evaluation took them. A
-  // single-process checkpoint records no layout.
-  int64_t num_workers = 1;
-  if (blobs.count("cluster/layout") != 0) {
-    std::vector<int64_t> layout;
-    IPS_RETURN_IF_ERROR(UnpackBlob(blobs, "cluster/layout", 2, &layout).WithContext(checkpoint));
-    num_workers = std::max<int64_t>(1, layout[1]);
-  }
+  // The held-out batches follow every batch the run trained (SyntheticSchedule::HeldOutFirst):
+  // W workers from step 0 trained batches 0 .. W * (warm-up + steps) - 1, as the cluster run's
+  // own evaluation took them; a run resumed onto another number of workers follows its schedule.
+  IPS_ASSIGN_OR_RETURN(const SyntheticSchedule schedule,
+                       SyntheticScheduleOf(checkpoint, blobs, *step));
   IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r,
-                       EvaluateSyntheticHeldOut(ctr.get(), job.run, num_workers));
+                       EvaluateSyntheticHeldOut(ctr.get(), job.run, schedule.MaxWorkers()));
   *out = {Count("examples", r.count), Metric("auc", r.auc), Metric("gauc", r.gauc),
           Metric("logloss", r.logloss), Metric("accuracy", r.accuracy)};
   return Status::Ok();

@@ -15,6 +15,11 @@
 // resumed one into a checkpoint.dir holding a newer one than the resumed step, is refused before
 // its first step. A run on data.train_dir records the dataset's vocabulary in its checkpoints;
 // --resume of a checkpoint trained on another vocabulary is refused (ids are numbered per dataset).
+// A synthetic run continues its checkpoint's batch schedule (SyntheticSchedule): a cluster
+// checkpoint of W workers goes on with the batches the cluster would have trained next and its
+// held-out batches, and records that for `ips eval` and later resumes. --resume without a
+// checkpoint.dir is warned about (the run saves nothing); a stop says how to continue, naming
+// checkpoint.dir when the config file does not set it.
 // Under mpirun, checkpoints and --resume are launch/cluster_train.h's (same layout and checks).
 #include <atomic>
 #include <csignal>
@@ -26,6 +31,8 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "common/flags.h"
 #include "common/output_file.h"
@@ -45,6 +52,7 @@
 #include "worker/model_factory.h"
 #include "worker/retrieval.h"
 #include "worker/seq_trainer.h"
+#include "worker/synthetic_batches.h"
 #include "worker/trainer.h"
 
 namespace ips {
@@ -88,6 +96,9 @@ struct CheckpointSetup {
   RunCheckpointing run;
   std::string dir;
   int64_t resumed_step = -1;
+  // How a stopped run continues (ContinueAdvice): "--resume DIR", with "--set checkpoint.dir=DIR"
+  // when the config file does not set it.
+  std::string continue_advice;
 };
 
 // Builds the writer and the content, restores --resume when given, installs the stop handler
@@ -98,11 +109,12 @@ struct CheckpointSetup {
 // (`examples_per_epoch`: the dataset's TrainingRowsPerEpoch; CheckResumeEpochOrder), and so is
 // one whose position lies beyond this run's train.epochs or steps (CheckResumeFitsRun), both
 // before its tables load. Once the writer holds DIR/LOCK, a DIR holding checkpoints this run
-// would mix with is refused (CheckCheckpointDirForRun).
-Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Trainer* ctr,
-                        SeqTrainer* seq, ps::LocalEmbeddingStore* store,
-                        const DatasetVocabulary* vocabulary, int64_t examples_per_epoch,
-                        CheckpointSetup* out) {
+// would mix with is refused (CheckCheckpointDirForRun). `source`: where the config came from
+// (the stop message's advice names a checkpoint.dir that the config file does not set).
+Status SetupCheckpoints(const config::Config& cfg, const ConfigSource& source,
+                        const std::string& resume, Trainer* ctr, SeqTrainer* seq,
+                        ps::LocalEmbeddingStore* store, const DatasetVocabulary* vocabulary,
+                        int64_t examples_per_epoch, CheckpointSetup* out) {
   const std::string text = ConfigToText(cfg);
   if (ctr != nullptr) {
     IPS_ASSIGN_OR_RETURN(
@@ -138,9 +150,16 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
     out->run.every_steps = c.every_steps();
     out->run.every_seconds = c.every_seconds();
     out->dir = c.dir();
+    out->continue_advice = ContinueAdvice(c.dir(), source.text);
   }
   if (!resume.empty())
     std::cerr << "train: resumed from '" << resume << "' at step " << out->resumed_step << "\n";
+  // --resume only reads: without checkpoint.dir of its own the run saves nothing, and a stop
+  // signal then loses what it trained.
+  if (!resume.empty() && c.dir().empty())
+    std::cerr << "warning: --resume " << resume
+              << ": this run writes no checkpoints (no checkpoint.dir); add --set checkpoint.dir="
+              << CheckpointRootOf(resume) << " to keep saving\n";
   out->run.stop = &StopRequested();
   InstallStopSignals();
   return Status::Ok();
@@ -150,7 +169,7 @@ Status SetupCheckpoints(const config::Config& cfg, const std::string& resume, Tr
 int ReportStopped(const std::string& model, int64_t step, const CheckpointSetup& ck) {
   if (ck.writer != nullptr)
     std::cerr << "train: stopped by " << StopSignalName() << " at step " << step << "; checkpoint "
-              << ck.dir << "/ckpt-" << step << "; continue with --resume " << ck.dir << "\n";
+              << ck.dir << "/ckpt-" << step << "; continue with " << ck.continue_advice << "\n";
   else
     std::cerr << "train: stopped by " << StopSignalName() << " at step " << step
               << "; nothing saved (no checkpoint.dir in the config)\n";
@@ -162,8 +181,9 @@ int ReportStopped(const std::string& model, int64_t step, const CheckpointSetup&
 }
 
 // data.train_dir: open and validate the dataset, train, evaluate, print the RESULT line.
-int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& resume,
-                  RunSinks sinks, std::ofstream* metrics, const std::string& metrics_path) {
+int RunDatasetJob(TrainJob job, const config::Config& cfg, const ConfigSource& source,
+                  const std::string& resume, RunSinks sinks, std::ofstream* metrics,
+                  const std::string& metrics_path) {
   const DatasetRunOptions& run = job.dataset;
   auto data = Dataset::Open(run.train_dir);
   if (!data.ok()) return Fail(data.status().WithContext("data.train_dir '" + run.train_dir + "'"));
@@ -178,8 +198,8 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   CheckpointSetup ck;
   const DatasetVocabulary vocabulary = VocabularyOf(run.train_dir, (*data)->manifest());
   const int64_t per_epoch = TrainingRowsPerEpoch(**data, job);
-  if (Status s = SetupCheckpoints(cfg, resume, ctr.get(), seq.get(), store->get(), &vocabulary,
-                                  per_epoch, &ck);
+  if (Status s = SetupCheckpoints(cfg, source, resume, ctr.get(), seq.get(), store->get(),
+                                  &vocabulary, per_epoch, &ck);
       !s.ok())
     return Fail(s);
   sinks.checkpoint = &ck.run;
@@ -229,18 +249,104 @@ int RunDatasetJob(TrainJob job, const config::Config& cfg, const std::string& re
   return kExitOk;
 }
 
-// data.synthetic with a sequence model: throughput only (i.i.d. Zipf sequences carry no
-// sequential signal, so there is nothing to evaluate), as the peer.
-int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const CheckpointSetup& ck,
-                       const RunSinks& sinks, std::ofstream* metrics,
-                       const std::string& metrics_path) {
-  auto result = RunSeqSyntheticTraining(trainer, job.run, sinks);
-  if (!result.ok()) return Fail(result.status());
-  const SeqSyntheticRunResult& r = *result;
-  if (r.stopped) return ReportStopped(ModelKindName(job.trainer.model.kind), trainer->steps(), ck);
+// The batch schedule of a synthetic run in this process (SyntheticSchedule,
+// worker/synthetic_batches.h): a fresh run trains the single-process stream (batch i at step i);
+// a resumed one continues its checkpoint's schedule with one worker. After a cluster checkpoint
+// of W workers at step s (batches 0 .. W*s - 1 trained) that is batch W*s + (i - s) at step i, and
+// the held-out batches stay the cluster run's. Its checkpoints record it, so that `ips eval` and
+// later resumes, in one process or under mpirun, take the same batches.
+StatusOr<SyntheticSchedule> ScheduleOfRun(const CheckpointSetup& ck, const std::string& resume,
+                                          int64_t train_steps) {
+  if (ck.resumed_step < 0) return SyntheticSchedule(1);
+  IPS_ASSIGN_OR_RETURN(const SyntheticSchedule saved,
+                       SyntheticScheduleOf("--resume " + resume, ck.resume_blobs, ck.resumed_step));
+  const SyntheticSchedule schedule = saved.ContinuedAt(ck.resumed_step, 1);
+  if (schedule != saved)
+    std::cerr << "train: the checkpoint's batches were trained by " << saved.Describe()
+              << ": continuing the stream at batch " << schedule.BatchIndex(ck.resumed_step, 0)
+              << ", held-out batches from " << schedule.HeldOutFirst(train_steps) << "\n";
+  return schedule;
+}
+
+// Trains the steps of a synthetic run from the resumed step (0 for a fresh run) on the batches
+// `schedule` gives them. Every batch is made before the first step, as the peer's protocol does
+// (and a run whose batches would not fit in memory is refused before it trains): the training
+// batches, and for a CTR model the held-out ones after them in *batches (steps [first, warm-up +
+// steps), then the held-out batches).
+template <typename TrainerT, typename BatchT, typename ResultT>
+Status TrainSynthetic(TrainerT* trainer, const SyntheticBatches& gen,
+                      const SyntheticRunOptions& run, const SyntheticSchedule& schedule,
+                      int64_t first, const RunSinks& sinks, std::vector<BatchT>* batches,
+                      ResultT* r) {
+  const int64_t end = run.warmup_steps + run.steps;
+  const uint64_t held_out = schedule.HeldOutFirst(end);
+  auto index_of = [&](int64_t i) {
+    return i < end ? schedule.BatchIndex(i, 0) : held_out + static_cast<uint64_t>(i - end);
+  };
+  if constexpr (std::is_same_v<BatchT, CtrBatch>) {
+    IPS_RETURN_IF_ERROR(gen.MakeCtrBatches(first, end + run.eval_batches, run.batch, index_of,
+                                           "warm-up, timed and held-out (--eval_batches)",
+                                           batches));
+    return internal::RunSyntheticSteps(trainer, *batches, run, sinks, "samples", r, &schedule);
+  } else {
+    IPS_RETURN_IF_ERROR(
+        gen.MakeSeqBatches(first, end, run.batch, index_of, "warm-up and timed", batches));
+    return internal::RunSyntheticSteps(trainer, *batches, run, sinks, "sequences", r, &schedule);
+  }
+}
+
+// data.synthetic: the peer's throughput protocol (worker/trainer.h RunSyntheticTraining, on the
+// batches of ScheduleOfRun); a CTR model then scores the held-out batches (AUC), a sequence model
+// has nothing to evaluate (i.i.d. Zipf sequences carry no sequential signal), as the peer.
+int RunSyntheticJob(Trainer* ctr, SeqTrainer* seq, const TrainJob& job, const CheckpointSetup& ck,
+                    const std::string& resume, const RunSinks& sinks, std::ofstream* metrics,
+                    const std::string& metrics_path) {
+  const SyntheticRunOptions& run = job.run;
   const std::string model = ModelKindName(job.trainer.model.kind);
+  const int64_t train_steps = run.warmup_steps + run.steps;
+  auto gen = SyntheticBatches::Create(run.data);
+  if (!gen.ok()) return Fail(gen.status());
+  auto schedule = ScheduleOfRun(ck, resume, train_steps);
+  if (!schedule.ok()) return Fail(schedule.status());
+  const int64_t first = std::max<int64_t>(0, ck.resumed_step);
+  SyntheticRunResult r;  // a sequence model's SeqSyntheticRunResult copied in (no eval)
+  if (seq != nullptr) {
+    SeqSyntheticRunResult sr;
+    std::vector<SeqBatch> batches;
+    if (Status s = TrainSynthetic(seq, **gen, run, *schedule, first, sinks, &batches, &sr); !s.ok())
+      return Fail(s);
+    if (sr.stopped) return ReportStopped(model, seq->steps(), ck);
+    r.batch = sr.batch;
+    r.steps = sr.steps;
+    r.seconds = sr.seconds;
+    r.samples_per_s = sr.samples_per_s;
+    r.loss_first10 = sr.loss_first10;
+    r.loss_last10 = sr.loss_last10;
+  } else {
+    std::vector<CtrBatch> batches;
+    if (Status s = TrainSynthetic(ctr, **gen, run, *schedule, first, sinks, &batches, &r); !s.ok())
+      return Fail(s);
+    if (r.stopped) return ReportStopped(model, ctr->steps(), ck);
+    // The last step's checkpoint is saved (RunSyntheticSteps forces it): a stop during the
+    // evaluation ends the run there, as one before it would.
+    auto eval = internal::EvaluateSyntheticBatches(
+        ctr, run.eval_batches,
+        [&](int e) -> StatusOr<const CtrBatch*> {
+          return &batches[static_cast<size_t>(train_steps + e)];
+        },
+        ck.run.stop);
+    if (!eval.ok() && StopSet(ck.run.stop) && IsEvaluationAbandoned(eval.status()))
+      return ReportStopped(model, ctr->steps(), ck);
+    if (!eval.ok()) return Fail(eval.status());
+    r.eval = *eval;
+    if (sinks.metrics_out != nullptr)
+      internal::SyntheticEvalMetricsLine(model, ctr->steps(), r.eval).WriteTo(sinks.metrics_out);
+  }
   std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
-            << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1) << "\n";
+            << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1);
+  if (ctr != nullptr)
+    std::cerr << " heldout_auc=" << Fixed(r.eval.auc, 4) << " (" << r.eval.count << " examples)";
+  std::cerr << "\n";
   ResultLine line("train");
   line.Add("model", model)
       .Add("samples_per_s", Fixed(r.samples_per_s, 1))
@@ -248,10 +354,13 @@ int RunSeqSyntheticJob(SeqTrainer* trainer, const TrainJob& job, const Checkpoin
       .Add("batch", static_cast<int64_t>(r.batch))
       .Add("threads", static_cast<int64_t>(job.trainer.num_threads))
       .Add("loss", Fixed(r.loss_last10, 4));
+  if (ctr != nullptr) line.Add("auc", Fixed(r.eval.auc, 4));
   if (sinks.metrics_out != nullptr) {
-    internal::SyntheticResultMetricsLine(model, r.samples_per_s, r.steps, r.batch, r.loss_last10)
-        .Int("threads", job.trainer.num_threads)
-        .WriteTo(metrics);
+    MetricsLine result = internal::SyntheticResultMetricsLine(model, r.samples_per_s, r.steps,
+                                                              r.batch, r.loss_last10);
+    result.Int("threads", job.trainer.num_threads);
+    if (ctr != nullptr) result.Decimals("auc", r.eval.auc, 6);
+    result.WriteTo(metrics);
     if (!*metrics) return Fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
   }
   line.Print();
@@ -349,7 +458,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   job->run.eval_batches = static_cast<int>(eval_batches);
 
   const std::string resume = flags.GetString("resume");
-  if (!job->synthetic) return RunDatasetJob(*job, *cfg, resume, sinks, &metrics, metrics_path);
+  if (!job->synthetic)
+    return RunDatasetJob(*job, *cfg, source, resume, sinks, &metrics, metrics_path);
 
   auto store = ps::LocalEmbeddingStore::CreateThreaded(job->tables, job->trainer.num_threads);
   if (!store.ok()) return fail(store.status());
@@ -359,8 +469,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
 
   const SyntheticRunOptions& run = job->run;
   CheckpointSetup ck;
-  if (Status s =
-          SetupCheckpoints(*cfg, resume, ctr.get(), seq.get(), store->get(), nullptr, -1, &ck);
+  if (Status s = SetupCheckpoints(*cfg, source, resume, ctr.get(), seq.get(), store->get(), nullptr,
+                                  -1, &ck);
       !s.ok())
     return fail(s);
   sinks.checkpoint = &ck.run;
@@ -369,32 +479,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
             << " seq=" << run.data.seq_len << " items=" << run.data.num_items
             << " cats=" << run.data.num_categories << " warmup=" << run.warmup_steps
             << " steps=" << run.steps << " threads=" << job->trainer.num_threads << "\n";
-  if (seq != nullptr) return RunSeqSyntheticJob(seq.get(), *job, ck, sinks, &metrics, metrics_path);
-  auto result = RunSyntheticTraining(ctr.get(), run, sinks);
-  if (!result.ok()) return fail(result.status());
-  const SyntheticRunResult& r = *result;
-  if (r.stopped) return ReportStopped(model, ctr->steps(), ck);
-  std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
-            << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1)
-            << " heldout_auc=" << Fixed(r.eval.auc, 4) << " (" << r.eval.count << " examples)\n";
-
-  ResultLine line("train");
-  line.Add("model", model)
-      .Add("samples_per_s", Fixed(r.samples_per_s, 1))
-      .Add("steps", r.steps)
-      .Add("batch", static_cast<int64_t>(r.batch))
-      .Add("threads", static_cast<int64_t>(job->trainer.num_threads))
-      .Add("loss", Fixed(r.loss_last10, 4))
-      .Add("auc", Fixed(r.eval.auc, 4));
-  if (sinks.metrics_out != nullptr) {
-    internal::SyntheticResultMetricsLine(model, r.samples_per_s, r.steps, r.batch, r.loss_last10)
-        .Int("threads", job->trainer.num_threads)
-        .Decimals("auc", r.eval.auc, 6)
-        .WriteTo(&metrics);
-    if (!metrics) return fail(DataLossError("writing --metrics_out file '" + metrics_path + "'"));
-  }
-  line.Print();
-  return kExitOk;
+  return RunSyntheticJob(ctr.get(), seq.get(), *job, ck, resume, sinks, &metrics, metrics_path);
 }
 
 }  // namespace ips

@@ -1451,4 +1451,72 @@ StatusOr<int64_t> LoadCheckpoint(const std::string& path, const CheckpointConten
   return reader->step();
 }
 
+Status CheckResumePathFitsRun(const config::Config& cfg, const std::string& resume) {
+  auto head = PeekCheckpoint(resume);
+  if (!head.ok()) return Status::Ok();
+  std::map<std::string, std::string> blobs;
+  if (!ReadDenseFile(head->dense_path, nullptr, &blobs).ok()) return Status::Ok();
+  return CheckResumeFitsRun(cfg, head->dir, blobs).WithContext("--resume " + resume);
+}
+
+std::string CheckpointRootOf(const std::string& path) {
+  const std::string trimmed = TrimSlashes(path);
+  std::string root, name;
+  return IsOneCheckpoint(trimmed, &root, &name) ? root : trimmed;
+}
+
+std::string ContinueAdvice(const std::string& dir, const std::string& config_file_text) {
+  std::string advice = "--resume " + dir;
+  auto file = ParseConfigText(config_file_text, "--config");
+  if (config_file_text.empty() || !file.ok() || file->checkpoint().dir() != dir)
+    advice += " --set checkpoint.dir=" + dir;
+  return advice;
+}
+
+std::string EncodeSyntheticSchedule(const SyntheticSchedule& schedule) {
+  std::vector<int64_t> v;
+  for (const SyntheticSchedule::Part& p : schedule.parts()) {
+    v.push_back(p.first_step);
+    v.push_back(p.num_workers);
+  }
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(int64_t));
+}
+
+StatusOr<SyntheticSchedule> SyntheticScheduleOf(const std::string& checkpoint,
+                                                const std::map<std::string, std::string>& blobs,
+                                                int64_t step) {
+  auto int64s = [&blobs](const std::string& name, std::vector<int64_t>* v) {
+    const std::string& b = blobs.at(name);
+    v->resize(b.size() / sizeof(int64_t));
+    std::memcpy(v->data(), b.data(), v->size() * sizeof(int64_t));
+    return b.size() % sizeof(int64_t) == 0;
+  };
+  std::vector<int64_t> v;
+  if (blobs.count(kSyntheticScheduleBlob) == 0) {
+    // Written before the schedule was recorded: W workers from step 0 (W = 1 without a layout).
+    if (blobs.count("cluster/layout") == 0) return SyntheticSchedule(1);
+    if (!int64s("cluster/layout", &v) || v.size() != 2 || v[1] < 1 || v[1] > (1 << 20))
+      return DataLossError(checkpoint + ": checkpoint blob 'cluster/layout' is malformed (" +
+                           std::to_string(blobs.at("cluster/layout").size()) + " bytes)");
+    return SyntheticSchedule(static_cast<int>(v[1]));
+  }
+  const std::string what = checkpoint + ": checkpoint blob '" + kSyntheticScheduleBlob + "' ";
+  if (!int64s(kSyntheticScheduleBlob, &v) || v.empty() || v.size() % 2 != 0)
+    return DataLossError(what + "is malformed (" +
+                         std::to_string(blobs.at(kSyntheticScheduleBlob).size()) + " bytes)");
+  std::vector<SyntheticSchedule::Part> parts;
+  for (size_t i = 0; i < v.size(); i += 2) {
+    if (v[i + 1] < 1 || v[i + 1] > (1 << 20))
+      return DataLossError(what + "gives " + std::to_string(v[i + 1]) + " workers");
+    parts.push_back({v[i], static_cast<int>(v[i + 1])});
+  }
+  auto schedule = SyntheticSchedule::FromParts(std::move(parts));
+  if (!schedule.ok()) return DataLossError(what + "is malformed: " + schedule.status().message());
+  if (schedule->parts().back().first_step > step)
+    return DataLossError(what + "starts a part at step " +
+                         std::to_string(schedule->parts().back().first_step) +
+                         ", after the checkpoint's step " + std::to_string(step));
+  return schedule;
+}
+
 }  // namespace ips

@@ -51,6 +51,7 @@
 #include "ps/dynamic_table.h"
 #include "ps/table_checkpoint.h"
 #include "worker/dense_optimizer.h"
+#include "worker/synthetic_batches.h"
 
 namespace ips {
 
@@ -213,6 +214,35 @@ Status CheckResumeEpochOrder(const std::string& checkpoint, const std::string& r
 // --resume` call it.
 Status CheckResumeFitsRun(const config::Config& cfg, const std::string& checkpoint,
                           const std::map<std::string, std::string>& blobs);
+// CheckResumeFitsRun of the checkpoint `resume` names (a root or one ckpt-<step>, resolved as
+// PeekCheckpoint does; only its manifest and dense blobs are read), its error prefixed with
+// "--resume RESUME". OK when the checkpoint cannot be read: the restore that follows says why.
+// Every rank of `mpirun ... ips train --resume` checks it before anything loads.
+Status CheckResumePathFitsRun(const config::Config& cfg, const std::string& resume);
+
+// The checkpoint root of `path`: its parent when it names one ckpt-<step> directory (holding a
+// MANIFEST), else `path` itself (trailing slashes trimmed).
+std::string CheckpointRootOf(const std::string& path);
+
+// How to continue a run that saves into checkpoint.dir `dir`: "--resume DIR", plus " --set
+// checkpoint.dir=DIR" unless the config file itself (config_file_text: the text of --config;
+// "" when unknown) sets checkpoint.dir to DIR. A resumed run saves only where its own config
+// says (a --set of the stopped run is not remembered), so the advice names it.
+std::string ContinueAdvice(const std::string& dir, const std::string& config_file_text);
+
+// The blob in which every checkpoint of a synthetic run, single-process or under mpirun, records
+// its batch schedule (SyntheticSchedule, worker/synthetic_batches.h): (first step, workers) int64
+// pairs, one per part.
+constexpr char kSyntheticScheduleBlob[] = "run/synthetic_schedule";
+std::string EncodeSyntheticSchedule(const SyntheticSchedule& schedule);
+// The schedule of the synthetic run that wrote the checkpoint at `checkpoint` (its directory,
+// for messages) at trainer step `step`, from its dense blobs: kSyntheticScheduleBlob, or for a
+// checkpoint written before it existed the workers of its "cluster/layout" blob (a cluster run)
+// from step 0, or one worker (a single-process run). DATA_LOSS naming the checkpoint and the blob
+// when it is malformed or has a part starting after `step`.
+StatusOr<SyntheticSchedule> SyntheticScheduleOf(const std::string& checkpoint,
+                                                const std::map<std::string, std::string>& blobs,
+                                                int64_t step);
 
 // One writer per directory (a checkpoint.dir, a serving bundle root): an advisory lock (flock) on
 // DIR/LOCK, taken without waiting, with the holder's pid written into the file for the message of

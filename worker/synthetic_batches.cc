@@ -298,4 +298,63 @@ Status SyntheticBatches::MakeSeqBatches(int64_t begin, int64_t end, int batch,
                      [&](uint64_t index, SeqBatch* b) { return SeqBatchAt(index, batch, b); });
 }
 
+StatusOr<SyntheticSchedule> SyntheticSchedule::FromParts(std::vector<Part> parts) {
+  if (parts.empty() || parts[0].first_step != 0)
+    return InvalidArgumentError("synthetic schedule: the first part must start at step 0");
+  for (size_t k = 0; k < parts.size(); ++k) {
+    if (parts[k].num_workers < 1 || parts[k].num_workers > (1 << 20))
+      return InvalidArgumentError("synthetic schedule: part " + std::to_string(k) + " has " +
+                                  std::to_string(parts[k].num_workers) + " workers");
+    if (k > 0 && parts[k].first_step <= parts[k - 1].first_step)
+      return InvalidArgumentError("synthetic schedule: part " + std::to_string(k) +
+                                  " starts at step " + std::to_string(parts[k].first_step) +
+                                  ", not after the previous part's step " +
+                                  std::to_string(parts[k - 1].first_step));
+  }
+  SyntheticSchedule s;
+  s.parts_ = std::move(parts);
+  return s;
+}
+
+uint64_t SyntheticSchedule::BatchIndex(int64_t step, int worker) const {
+  uint64_t first = 0;  // the first batch of part k
+  size_t k = 0;
+  for (; k + 1 < parts_.size() && parts_[k + 1].first_step <= step; ++k)
+    first += static_cast<uint64_t>(parts_[k + 1].first_step - parts_[k].first_step) *
+             static_cast<uint64_t>(parts_[k].num_workers);
+  return first +
+         static_cast<uint64_t>(step - parts_[k].first_step) *
+             static_cast<uint64_t>(parts_[k].num_workers) +
+         static_cast<uint64_t>(worker);
+}
+
+SyntheticSchedule SyntheticSchedule::ContinuedAt(int64_t step, int num_workers) const {
+  if (parts_.back().num_workers == num_workers) return *this;
+  SyntheticSchedule s = *this;
+  if (s.parts_.size() > 1 && s.parts_.back().first_step >= step) s.parts_.pop_back();
+  if (s.parts_.back().first_step >= step) {
+    s.parts_.back().num_workers = num_workers;  // nothing trained under it (step 0)
+  } else if (s.parts_.back().num_workers != num_workers) {
+    s.parts_.push_back({step, num_workers});
+  }
+  return s;
+}
+
+int SyntheticSchedule::MaxWorkers() const {
+  int most = 1;
+  for (const Part& p : parts_) most = std::max(most, p.num_workers);
+  return most;
+}
+
+std::string SyntheticSchedule::Describe() const {
+  std::string s;
+  for (size_t k = 0; k < parts_.size(); ++k) {
+    const int w = parts_[k].num_workers;
+    s += (k == 0 ? "" : ", ") + std::to_string(w) +
+         (k == 0 ? (w == 1 ? " worker" : " workers") : "") + " from step " +
+         std::to_string(parts_[k].first_step);
+  }
+  return s;
+}
+
 }  // namespace ips

@@ -226,6 +226,54 @@ class SyntheticBatches {
                                      // by_cat_[cat_start_[c], cat_start_[c + 1])
 };
 
+// Which batch of the stream each worker trains at each trainer step of a synthetic run, across
+// resumes onto another number of workers (single-process training is one worker). A run of W
+// workers from step 0 trains, at step i, batch i * W + w on worker w (one worker: batch i, the
+// single-process stream). A run that continues at step s with another number of workers W'
+// continues the stream where every earlier step left it: worker w trains batch b(s) + (i - s) *
+// W' + w, where b(s) counts the batches trained before step s. So no batch is trained twice or
+// skipped, and the held-out batches (HeldOutFirst) never were trained, whatever the resumes.
+// Every checkpoint of a synthetic run records it (worker/checkpoint.h kSyntheticScheduleBlob).
+class SyntheticSchedule {
+ public:
+  // Steps from first_step on (up to the next part's) are trained by num_workers workers.
+  struct Part {
+    int64_t first_step = 0;
+    int num_workers = 1;
+    bool operator==(const Part& o) const {
+      return first_step == o.first_step && num_workers == o.num_workers;
+    }
+  };
+  // num_workers workers from step 0 (>= 1).
+  explicit SyntheticSchedule(int num_workers = 1) : parts_{{0, num_workers}} {}
+  // INVALID_ARGUMENT unless the first part starts at step 0, the parts start at increasing steps
+  // and each has 1 .. 2^20 workers.
+  static StatusOr<SyntheticSchedule> FromParts(std::vector<Part> parts);
+
+  const std::vector<Part>& parts() const { return parts_; }
+  // The batch worker w trains at step `step` (>= 0).
+  uint64_t BatchIndex(int64_t step, int worker) const;
+  // The schedule of a run that continues at `step` with num_workers workers: this one when its
+  // last part has that many workers, else this one with a part from `step` on (replacing a last
+  // part that starts at `step`: it trained nothing).
+  SyntheticSchedule ContinuedAt(int64_t step, int num_workers) const;
+  // The most workers of any part.
+  int MaxWorkers() const;
+  // The first held-out batch of a run of train_steps steps (warm-up included): train_steps *
+  // MaxWorkers(), after every batch the run trains (b(train_steps) <= that), and for a run of W
+  // workers throughout exactly where its evaluation always took them.
+  uint64_t HeldOutFirst(int64_t train_steps) const {
+    return static_cast<uint64_t>(train_steps) * static_cast<uint64_t>(MaxWorkers());
+  }
+  // "2 workers from step 0, 1 from step 16".
+  std::string Describe() const;
+  bool operator==(const SyntheticSchedule& o) const { return parts_ == o.parts_; }
+  bool operator!=(const SyntheticSchedule& o) const { return !(*this == o); }
+
+ private:
+  std::vector<Part> parts_;  // parts_[0].first_step == 0, first steps increasing
+};
+
 }  // namespace ips
 
 #endif  // IPS_WORKER_SYNTHETIC_BATCHES_H_

@@ -207,6 +207,8 @@ TEST(ResultLineMpi, AMetricsOutThatCannotBeOpenedSaysWhy) {
 // run's train.epochs below its epoch) failed with "DATA_LOSS: ...: blob 'run/synthetic_step' = 3
 // does not fit a run of 2 steps": the checkpoint is intact, the config ends before it. Now
 // FAILED_PRECONDITION naming the checkpoint and the value to set, as single-process `ips train`.
+// Every rank refuses it before anything loads: the server loaded its shards of the checkpoint
+// ("resumed from ... rows") while the workers refused it.
 TEST(ResultLineMpi, AResumeBeyondTheRunNamesTheCheckpointAndTheFix) {
   const std::string dir =
       testing::TempRoot() + "/result_line_mpi_resume_" + std::to_string(getpid());
@@ -233,6 +235,7 @@ TEST(ResultLineMpi, AResumeBeyondTheRunNamesTheCheckpointAndTheFix) {
                            0),
             0u)
       << r.output;
+  EXPECT_EQ(r.err.find("resumed from"), std::string::npos) << r.err;
   (void)std::system(("rm -rf " + dir).c_str());
 }
 

@@ -343,6 +343,101 @@ TEST(Resume, SasrecSyntheticIsBitwise) {
   ExpectBitwiseResume("sasrec_syn", kSasrecSyntheticConfig, false, 11);
 }
 
+// RunSyntheticTraining trains the single-process stream (batch i at step i). A checkpoint that 2
+// workers wrote (its "cluster/layout" blob; they trained batches 0 .. 2 * step - 1) used to
+// continue there silently, training the cluster's batches again; it is refused, naming the
+// workers (`ips train --resume` continues it on the batches the cluster left,
+// tests/cli/synthetic_resume_mpi_test.cc).
+TEST(Resume, SyntheticRunRefusesACheckpointOfAnotherNumberOfWorkers) {
+  const std::string root = TempRoot("syn_layout");
+  ASSERT_TRUE(RunJob(kSyntheticConfig, "", root + "/part", "", 6).stopped);
+  std::unique_ptr<JobSetup> setup = SetUpJob(kSyntheticConfig, "");
+  std::map<std::string, std::string> blobs;
+  ASSERT_OK(RestoreForResume(setup.get(), root + "/part", &blobs).status());
+  blobs.erase("run/synthetic_schedule");  // as a cluster checkpoint written before it existed
+  blobs["cluster/layout"] = PackBlob(std::vector<int64_t>{1, 2});
+  RunCheckpointing ck;
+  ck.content = setup->content;
+  ck.resume = &blobs;
+  RunSinks sinks;
+  sinks.checkpoint = &ck;
+  auto r = RunSyntheticTraining(setup->ctr.get(), setup->job.run, sinks);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("was trained by 2 workers from step 0"), std::string::npos)
+      << r.status();
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// ---- The batch schedule of a synthetic run (worker/synthetic_batches.h) ----------------------
+
+TEST(SyntheticSchedule, ContinuesTheStreamAcrossWorkerCountsWithoutRepeatsOrGaps) {
+  // 2 workers from step 0, 1 from step 10 (a single process), 3 from step 15.
+  const SyntheticSchedule s =
+      SyntheticSchedule(2).ContinuedAt(10, 1).ContinuedAt(15, 3).ContinuedAt(15, 3);
+  EXPECT_EQ(s.Describe(), "2 workers from step 0, 1 from step 10, 3 from step 15");
+  EXPECT_EQ(s.BatchIndex(0, 1), 1u);
+  EXPECT_EQ(s.BatchIndex(9, 1), 19u);
+  EXPECT_EQ(s.BatchIndex(10, 0), 20u);
+  EXPECT_EQ(s.BatchIndex(14, 0), 24u);
+  EXPECT_EQ(s.BatchIndex(15, 2), 27u);
+  const int64_t train_steps = 20;
+  std::vector<int> trained(100, 0);
+  for (int64_t i = 0; i < train_steps; ++i) {
+    const int workers = i < 10 ? 2 : i < 15 ? 1 : 3;
+    for (int w = 0; w < workers; ++w) ++trained[s.BatchIndex(i, w)];
+  }
+  const uint64_t held_out = s.HeldOutFirst(train_steps);
+  EXPECT_EQ(held_out, 60u);
+  for (size_t b = 0; b < trained.size(); ++b) {
+    EXPECT_LE(trained[b], 1) << "batch " << b;
+    EXPECT_EQ(trained[b], b < 20 + 5 + 15 ? 1 : 0) << "batch " << b;
+  }
+  // The same number of workers continues the schedule unchanged; a part that trained nothing is
+  // replaced.
+  EXPECT_EQ(SyntheticSchedule(2).ContinuedAt(7, 2), SyntheticSchedule(2));
+  EXPECT_EQ(SyntheticSchedule(2).ContinuedAt(0, 1), SyntheticSchedule(1));
+  EXPECT_EQ(SyntheticSchedule(2).ContinuedAt(5, 1).ContinuedAt(5, 3).Describe(),
+            "2 workers from step 0, 3 from step 5");
+  EXPECT_EQ(SyntheticSchedule(2).ContinuedAt(5, 1).ContinuedAt(5, 2), SyntheticSchedule(2));
+  // One worker throughout: the single-process stream and its held-out batches.
+  EXPECT_EQ(SyntheticSchedule(1).BatchIndex(7, 0), 7u);
+  EXPECT_EQ(SyntheticSchedule(1).HeldOutFirst(23), 23u);
+  EXPECT_EQ(SyntheticSchedule(4).HeldOutFirst(23), 92u);
+}
+
+TEST(SyntheticSchedule, CheckpointBlobRoundTripsAndOlderCheckpointsReadAsTheirLayout) {
+  const SyntheticSchedule s = SyntheticSchedule(2).ContinuedAt(10, 1);
+  std::map<std::string, std::string> blobs = {{kSyntheticScheduleBlob, EncodeSyntheticSchedule(s)}};
+  auto read = SyntheticScheduleOf("ck", blobs, 12);
+  ASSERT_OK(read.status());
+  EXPECT_EQ(*read, s);
+  // A part after the checkpoint's step, a malformed blob: DATA_LOSS naming the checkpoint.
+  auto after = SyntheticScheduleOf("ck", blobs, 9);
+  EXPECT_EQ(after.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(after.status().message().find("ck: checkpoint blob 'run/synthetic_schedule' starts a "
+                                          "part at step 10, after the checkpoint's step 9"),
+            std::string::npos)
+      << after.status();
+  blobs[kSyntheticScheduleBlob] = "abc";
+  EXPECT_EQ(SyntheticScheduleOf("ck", blobs, 12).status().code(), StatusCode::kDataLoss);
+  // Without the blob: the cluster's layout (2 workers), or one worker.
+  EXPECT_EQ(
+      *SyntheticScheduleOf("ck", {{"cluster/layout", PackBlob(std::vector<int64_t>{1, 2})}}, 12),
+      SyntheticSchedule(2));
+  EXPECT_EQ(*SyntheticScheduleOf("ck", {}, 12), SyntheticSchedule(1));
+}
+
+// The stop message's advice: the checkpoint.dir to set unless the config file sets it.
+TEST(SyntheticSchedule, ContinueAdviceNamesACheckpointDirTheConfigFileDoesNotSet) {
+  EXPECT_EQ(ContinueAdvice("/tmp/ck", "checkpoint { dir: \"/tmp/ck\" }"), "--resume /tmp/ck");
+  EXPECT_EQ(ContinueAdvice("/tmp/ck", "checkpoint { dir: \"/tmp/other\" }"),
+            "--resume /tmp/ck --set checkpoint.dir=/tmp/ck");
+  EXPECT_EQ(ContinueAdvice("/tmp/ck", "version: 1"),
+            "--resume /tmp/ck --set checkpoint.dir=/tmp/ck");
+  EXPECT_EQ(ContinueAdvice("/tmp/ck", ""), "--resume /tmp/ck --set checkpoint.dir=/tmp/ck");
+}
+
 // `kill -9` between the publishing rename of ckpt-<step> and the replacement of LATEST leaves a
 // complete ckpt-30 and LATEST naming ckpt-20. `--resume DIR` into the same DIR used to resume
 // ckpt-20 and be refused for the newer ckpt-30, advising `--resume DIR`. It now continues from
@@ -818,6 +913,12 @@ TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterrupted
   const int64_t step = stopped.step;
   ASSERT_GT(step, 0);
   ASSERT_LT(step, 20003);
+  // checkpoint.dir came from a --set, not the config file: `--resume DIR` alone would save
+  // nothing, so the advice names it too.
+  EXPECT_NE(stopped.err.find("; continue with --resume " + root +
+                             "/ck --set checkpoint.dir=" + root + "/ck\n"),
+            std::string::npos)
+      << stopped.err;
 
   // Resume to the end and compare with an uninterrupted run of fewer steps? The same steps:
   // shorten both to keep the test quick is impossible (the stop step is not known in advance),
@@ -831,6 +932,34 @@ TEST(ResumeCli, SigtermCheckpointsExitsThreeAndResumeFinishesLikeAnUninterrupted
   ASSERT_EQ(fresh.rc, 0) << fresh.err;
   EXPECT_EQ(Field(LastLine(resumed.out), "loss", false), Field(LastLine(fresh.out), "loss", false));
   EXPECT_EQ(Field(LastLine(resumed.out), "auc", false), Field(LastLine(fresh.out), "auc", false));
+  (void)std::system(("rm -rf " + root).c_str());
+}
+
+// QA: `ips train --resume DIR` with a config without checkpoint.dir trained on silently saving
+// nothing (a stop then said "nothing saved"). It says so when it starts, with the --set to add.
+TEST(ResumeCli, ResumeWithoutACheckpointDirWarnsThatItSavesNothing) {
+  const std::string root = TempRoot("cli_no_dir");
+  WriteConfig(root + "/syn.pbtxt", kSyntheticConfig);
+  const std::string train = "train --quiet --config " + root + "/syn.pbtxt";
+  Cmd first =
+      Exec(train + " --set data.synthetic.steps=2 --set checkpoint.dir=" + root + "/ck", root);
+  ASSERT_EQ(first.rc, 0) << first.err;
+  const std::string warning =
+      ": this run writes no checkpoints (no checkpoint.dir); add --set "
+      "checkpoint.dir=" +
+      root + "/ck to keep saving\n";
+  for (const std::string& resume : {root + "/ck", root + "/ck/ckpt-5"}) {
+    Cmd resumed = Exec(train + " --set data.synthetic.steps=4 --resume " + resume, root);
+    ASSERT_EQ(resumed.rc, 0) << resumed.err;
+    EXPECT_NE(resumed.err.find("warning: --resume " + resume + warning), std::string::npos)
+        << resumed.err;
+  }
+  // With checkpoint.dir there is nothing to warn about.
+  Cmd saving = Exec(train + " --set data.synthetic.steps=4 --resume " + root +
+                        "/ck --set checkpoint.dir=" + root + "/ck",
+                    root);
+  ASSERT_EQ(saving.rc, 0) << saving.err;
+  EXPECT_EQ(saving.err.find("warning: --resume"), std::string::npos) << saving.err;
   (void)std::system(("rm -rf " + root).c_str());
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <iomanip>
 #include <map>
 #include <memory>
@@ -244,18 +245,28 @@ Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs, Model
 // checkpoint's run blobs, the untimed warm-up steps, then the timed steps (Step only inside the
 // timer; progress line in `unit`s; a train line (TrainMetricsLine) whenever the trainer's step
 // count is a multiple of log_every_steps, warm-up included, and after the last step), with
-// checkpoints after every step. `batches` holds warmup + steps training batches (batch i = step
-// i). Fills r's batch, steps, losses, seconds, samples_per_s, loss_first10/last10; sets
-// r->stopped and returns early when a stop was requested.
+// checkpoints after every step. `batches` holds the training batches of steps [resumed step,
+// warmup + steps): batch i is the one `schedule` gives worker 0 at step i, a single-process run
+// being one worker (null: the single-process stream, batch i = step i, SyntheticSchedule(1)).
+// Its checkpoints record the schedule (kSyntheticScheduleBlob). A resumed checkpoint must
+// continue with the schedule: with a null one, a checkpoint that another number of workers
+// trained (a cluster checkpoint of 2 workers trained batches 0 .. 2 * step - 1) is refused, as
+// those batches would be trained again; launch/train_command.cc passes the schedule continued
+// from the checkpoint (SyntheticScheduleOf + ContinuedAt). Fills r's batch, steps, losses,
+// seconds, samples_per_s, loss_first10/last10; sets r->stopped and returns early when a stop was
+// requested.
 template <typename TrainerT, typename BatchT, typename ResultT>
 Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
                          const SyntheticRunOptions& options, const RunSinks& sinks,
-                         const char* unit, ResultT* r) {
+                         const char* unit, ResultT* r,
+                         const SyntheticSchedule* schedule = nullptr) {
   const int train_batches = options.warmup_steps + options.steps;
   r->batch = options.batch;
   r->steps = options.steps;
   r->losses.reserve(static_cast<size_t>(train_batches));
-  // Resume: the trainer continues at the saved step (batch index = step) with the saved losses.
+  const SyntheticSchedule one_worker(1);
+  if (schedule == nullptr) schedule = &one_worker;
+  // Resume: the trainer continues at the saved step with the saved losses.
   const RunCheckpointing* ckpt = sinks.checkpoint;
   if (ckpt != nullptr && ckpt->resume != nullptr) {
     std::vector<int64_t> st;
@@ -265,6 +276,16 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
       return DataLossError("checkpoint blob 'run/synthetic_step' = " + std::to_string(st[0]) +
                            " does not fit a run of " + std::to_string(train_batches) +
                            " steps with " + std::to_string(r->losses.size()) + " losses");
+    if (schedule == &one_worker) {
+      IPS_ASSIGN_OR_RETURN(const SyntheticSchedule saved,
+                           SyntheticScheduleOf("the resumed checkpoint", *ckpt->resume, st[0]));
+      if (saved.ContinuedAt(st[0], 1) != one_worker)
+        return FailedPreconditionError(
+            "the resumed checkpoint (step " + std::to_string(st[0]) + ") was trained by " +
+            saved.Describe() +
+            ": its batches are not the single-process stream's, which this "
+            "run trains (batch index = step); continue it with `ips train --resume`");
+    }
     trainer->set_steps(st[0]);
     IPS_RETURN_IF_ERROR(RestoreDropoutStep(*ckpt->resume, &trainer->model()));
   }
@@ -273,6 +294,7 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
     std::map<std::string, std::string> b;
     b["run/synthetic_step"] = PackBlob(std::vector<int64_t>{trainer->steps()});
     b["run/losses"] = PackBlob(r->losses);
+    b[kSyntheticScheduleBlob] = EncodeSyntheticSchedule(*schedule);
     SaveDropoutStep(trainer->model(), &b);
     return b;
   };
@@ -351,6 +373,25 @@ Status RunSyntheticSteps(TrainerT* trainer, const std::vector<BatchT>& batches,
     progress->Finish(extra.str());
   }
   return Status::Ok();
+}
+
+// A synthetic run's held-out evaluation: Predict over `count` batches, batch_at(e) giving the e-th
+// (from SyntheticSchedule::HeldOutFirst on), AUC / GAUC / logloss / accuracy. Abandoned
+// (EvaluationAbandonedError) once *stop is set (checked before every batch; may be null).
+// Single-process `ips train` and worker 0 of its mpirun form.
+inline StatusOr<BinaryMetricsResult> EvaluateSyntheticBatches(
+    Trainer* trainer, int count, const std::function<StatusOr<const CtrBatch*>(int)>& batch_at,
+    const std::atomic<bool>* stop) {
+  BinaryMetrics metrics;
+  std::vector<float> probs;
+  for (int e = 0; e < count; ++e) {
+    if (StopSet(stop)) return EvaluationAbandonedError();
+    IPS_ASSIGN_OR_RETURN(const CtrBatch* b, batch_at(e));
+    probs.resize(static_cast<size_t>(b->batch));
+    IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(*b), probs.data()));
+    IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b->label.data(), nullptr, b->batch));
+  }
+  return metrics.Compute();
 }
 
 // The epochs of a dataset run for either trainer: resume from the checkpoint's run blobs (epoch,
