@@ -184,20 +184,35 @@ TEST(ServeCli, ExportThenServe_ResultLines_ErrorsNameTheLine) {
   ps::RemoveTree(dir);
 }
 
+// A fresh temporary directory (dir) holding checkpoint step 7 of kConfig's small model (ckpt),
+// exported into the bundle root dir/bundle (root); weight_stddev > 0 draws its dense weights
+// (MakeServingState).
+struct ExportedCheckpoint {
+  std::string dir, ckpt, root;
+};
+void ExportSmallCheckpoint(ExportedCheckpoint* out, double weight_stddev = 0,
+                           uint64_t weight_seed = 0) {
+  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
+  out->dir = ::mkdtemp(tmpl);
+  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), weight_stddev, weight_seed);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CheckpointOptions co;
+  co.dir = out->ckpt = out->dir + "/ckpt";
+  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
+  out->root = out->dir + "/bundle";
+  auto ex = RunIpsSplit("export --checkpoint " + out->ckpt + " --output " + out->root);
+  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
+}
+
 // `ips serve` answers every request line with one valid JSON line: invalid UTF-8 in the request
 // (the user value, an unknown field's name) is replaced by \ufffd instead of echoed raw, and
 // history or candidate item 0 (the padding id) and a negative top_n are errors naming their field
 // (and the entry). A bundle root
 // nothing was exported into says so (it said "BUNDLE/CURRENT: cannot open").
 TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExportFirst) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  ExportedCheckpoint exported;
+  ASSERT_NO_FATAL_FAILURE(ExportSmallCheckpoint(&exported));
+  const std::string& dir = exported.dir;
   const std::string requests = dir + "/requests.jsonl";
   {
     std::ofstream f(requests, std::ios::binary);
@@ -253,14 +268,9 @@ TEST(ServeCli, ResponsesAreValidJsonLines_BadIdsNameTheField_EmptyRootSaysExport
 // "top_n" with "candidates" answers the top_n of them, best first; a category id 0 is an error
 // naming the field and entry. A damaged bundle file is named as a bundle's, not a checkpoint's.
 TEST(ServeCli, LongHistoriesCounted_TopNRanksCandidates_CategoryZeroRefused_DamagedBundle) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0.3, 4);
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  ExportedCheckpoint exported;
+  ASSERT_NO_FATAL_FAILURE(ExportSmallCheckpoint(&exported, 0.3, 4));
+  const std::string& dir = exported.dir;
   const std::string requests = dir + "/requests.jsonl";
   {
     std::ofstream f(requests);
@@ -329,14 +339,9 @@ TEST(ServeCli, LongHistoriesCounted_TopNRanksCandidates_CategoryZeroRefused_Dama
 // field, and that requests carry the model's ids), and the RESULT line counts the ids and the
 // requests after its older keys. The scores stay those of zero rows; error lines do not count.
 TEST(ServeCli, UnknownIdsCounted_ResponseStderrNoteAndResultLine_ScoresUnchanged) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0.3, 4);  // keys 1..6
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  ASSERT_EQ(RunIps("export --checkpoint " + co.dir + " --output " + dir + "/bundle").exit_code, 0);
+  ExportedCheckpoint exported;  // keys 1..6
+  ASSERT_NO_FATAL_FAILURE(ExportSmallCheckpoint(&exported, 0.3, 4));
+  const std::string& dir = exported.dir;
   const std::string requests = dir + "/requests.jsonl";
   {
     std::ofstream f(requests);
@@ -820,24 +825,6 @@ class ServeProcess {
   bool exited_ = false;
   std::string pending_;
 };
-
-// A fresh temporary directory (dir) holding checkpoint step 7 of kConfig's small model (ckpt),
-// exported into the bundle root dir/bundle (root).
-struct ExportedCheckpoint {
-  std::string dir, ckpt, root;
-};
-void ExportSmallCheckpoint(ExportedCheckpoint* out) {
-  char tmpl[] = "/tmp/ips_serve_cli_XXXXXX";
-  out->dir = ::mkdtemp(tmpl);
-  auto state = MakeServingState(kConfig, 8, {6, 6}, ps::TableOptions(), 0, 0);
-  ASSERT_TRUE(state.ok()) << state.status();
-  CheckpointOptions co;
-  co.dir = out->ckpt = out->dir + "/ckpt";
-  ASSERT_TRUE(std::move(CheckpointWriter::Create(co)).value()->Write(7, (*state)->content).ok());
-  out->root = out->dir + "/bundle";
-  auto ex = RunIpsSplit("export --checkpoint " + out->ckpt + " --output " + out->root);
-  ASSERT_EQ(ex.exit_code, 0) << ex.output << ex.error;
-}
 
 // QA: `ips serve` killed by SIGTERM (a supervisor's stop) or SIGINT exited 143 / 130 with no
 // RESULT line and no count of the requests it served. It stops gracefully now, also while it
