@@ -227,7 +227,7 @@ Status EvalSynthetic(const config::Config& eval_cfg, const TrainJob& eval_job,
   IPS_ASSIGN_OR_RETURN(const SyntheticSchedule schedule,
                        SyntheticScheduleOf(checkpoint, blobs, *step));
   IPS_ASSIGN_OR_RETURN(const BinaryMetricsResult r,
-                       EvaluateSyntheticHeldOut(ctr.get(), job.run, schedule.MaxWorkers()));
+                       EvaluateSyntheticHeldOut(ctr.get(), job.run, schedule));
   *out = {Count("examples", r.count), Metric("auc", r.auc), Metric("gauc", r.gauc),
           Metric("logloss", r.logloss), Metric("accuracy", r.accuracy)};
   return Status::Ok();

@@ -31,7 +31,6 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "common/flags.h"
@@ -268,33 +267,6 @@ StatusOr<SyntheticSchedule> ScheduleOfRun(const CheckpointSetup& ck, const std::
   return schedule;
 }
 
-// Trains the steps of a synthetic run from the resumed step (0 for a fresh run) on the batches
-// `schedule` gives them. Every batch is made before the first step, as the peer's protocol does
-// (and a run whose batches would not fit in memory is refused before it trains): the training
-// batches, and for a CTR model the held-out ones after them in *batches (steps [first, warm-up +
-// steps), then the held-out batches).
-template <typename TrainerT, typename BatchT, typename ResultT>
-Status TrainSynthetic(TrainerT* trainer, const SyntheticBatches& gen,
-                      const SyntheticRunOptions& run, const SyntheticSchedule& schedule,
-                      int64_t first, const RunSinks& sinks, std::vector<BatchT>* batches,
-                      ResultT* r) {
-  const int64_t end = run.warmup_steps + run.steps;
-  const uint64_t held_out = schedule.HeldOutFirst(end);
-  auto index_of = [&](int64_t i) {
-    return i < end ? schedule.BatchIndex(i, 0) : held_out + static_cast<uint64_t>(i - end);
-  };
-  if constexpr (std::is_same_v<BatchT, CtrBatch>) {
-    IPS_RETURN_IF_ERROR(gen.MakeCtrBatches(first, end + run.eval_batches, run.batch, index_of,
-                                           "warm-up, timed and held-out (--eval_batches)",
-                                           batches));
-    return internal::RunSyntheticSteps(trainer, *batches, run, sinks, "samples", r, &schedule);
-  } else {
-    IPS_RETURN_IF_ERROR(
-        gen.MakeSeqBatches(first, end, run.batch, index_of, "warm-up and timed", batches));
-    return internal::RunSyntheticSteps(trainer, *batches, run, sinks, "sequences", r, &schedule);
-  }
-}
-
 // data.synthetic: the peer's throughput protocol (worker/trainer.h RunSyntheticTraining, on the
 // batches of ScheduleOfRun); a CTR model then scores the held-out batches (AUC), a sequence model
 // has nothing to evaluate (i.i.d. Zipf sequences carry no sequential signal), as the peer.
@@ -303,44 +275,24 @@ int RunSyntheticJob(Trainer* ctr, SeqTrainer* seq, const TrainJob& job, const Ch
                     const std::string& metrics_path) {
   const SyntheticRunOptions& run = job.run;
   const std::string model = ModelKindName(job.trainer.model.kind);
-  const int64_t train_steps = run.warmup_steps + run.steps;
-  auto gen = SyntheticBatches::Create(run.data);
-  if (!gen.ok()) return Fail(gen.status());
-  auto schedule = ScheduleOfRun(ck, resume, train_steps);
+  auto schedule = ScheduleOfRun(ck, resume, run.warmup_steps + run.steps);
   if (!schedule.ok()) return Fail(schedule.status());
-  const int64_t first = std::max<int64_t>(0, ck.resumed_step);
   SyntheticRunResult r;  // a sequence model's SeqSyntheticRunResult copied in (no eval)
   if (seq != nullptr) {
-    SeqSyntheticRunResult sr;
-    std::vector<SeqBatch> batches;
-    if (Status s = TrainSynthetic(seq, **gen, run, *schedule, first, sinks, &batches, &sr); !s.ok())
-      return Fail(s);
-    if (sr.stopped) return ReportStopped(model, seq->steps(), ck);
-    r.batch = sr.batch;
-    r.steps = sr.steps;
-    r.seconds = sr.seconds;
-    r.samples_per_s = sr.samples_per_s;
-    r.loss_first10 = sr.loss_first10;
-    r.loss_last10 = sr.loss_last10;
+    auto sr = RunSeqSyntheticTraining(seq, run, sinks, &*schedule);
+    if (!sr.ok()) return Fail(sr.status());
+    if (sr->stopped) return ReportStopped(model, seq->steps(), ck);
+    r.batch = sr->batch;
+    r.steps = sr->steps;
+    r.seconds = sr->seconds;
+    r.samples_per_s = sr->samples_per_s;
+    r.loss_first10 = sr->loss_first10;
+    r.loss_last10 = sr->loss_last10;
   } else {
-    std::vector<CtrBatch> batches;
-    if (Status s = TrainSynthetic(ctr, **gen, run, *schedule, first, sinks, &batches, &r); !s.ok())
-      return Fail(s);
+    auto cr = RunSyntheticTraining(ctr, run, sinks, &*schedule);
+    if (!cr.ok()) return Fail(cr.status());
+    r = *std::move(cr);
     if (r.stopped) return ReportStopped(model, ctr->steps(), ck);
-    // The last step's checkpoint is saved (RunSyntheticSteps forces it): a stop during the
-    // evaluation ends the run there, as one before it would.
-    auto eval = internal::EvaluateSyntheticBatches(
-        ctr, run.eval_batches,
-        [&](int e) -> StatusOr<const CtrBatch*> {
-          return &batches[static_cast<size_t>(train_steps + e)];
-        },
-        ck.run.stop);
-    if (!eval.ok() && StopSet(ck.run.stop) && IsEvaluationAbandoned(eval.status()))
-      return ReportStopped(model, ctr->steps(), ck);
-    if (!eval.ok()) return Fail(eval.status());
-    r.eval = *eval;
-    if (sinks.metrics_out != nullptr)
-      internal::SyntheticEvalMetricsLine(model, ctr->steps(), r.eval).WriteTo(sinks.metrics_out);
   }
   std::cerr << "loss first10=" << Fixed(r.loss_first10, 4) << " last10=" << Fixed(r.loss_last10, 4)
             << " step_ms=" << Fixed(1000 * r.seconds / r.steps, 1);

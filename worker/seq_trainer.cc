@@ -241,24 +241,27 @@ StatusOr<std::unique_ptr<SeqTrainer>> CreateSeqTrainer(const TrainerOptions& opt
 
 StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
                                                         const SyntheticRunOptions& options,
-                                                        const RunSinks& sinks) {
+                                                        const RunSinks& sinks,
+                                                        const SyntheticSchedule* schedule) {
   if (trainer == nullptr) return InvalidArgumentError("RunSeqSyntheticTraining: null trainer");
   if (options.steps < 1 || options.warmup_steps < 0 || options.batch < 1 ||
       options.log_every_steps < 1)
     return InvalidArgumentError(
         "RunSeqSyntheticTraining: steps, batch and log_every_steps must be >= 1, warmup_steps "
         ">= 0");
-  // Like the peer, every batch exists before the timer starts.
-  const int train_batches = options.warmup_steps + options.steps;
+  // Like the peer, every batch exists before the timer starts (from the resumed step on).
+  const int64_t train_batches = options.warmup_steps + options.steps;
+  const SyntheticSchedule one_worker(1);
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   std::vector<SeqBatch> batches;
   IPS_RETURN_IF_ERROR(gen->MakeSeqBatches(
-      0, train_batches, options.batch, [](int64_t i) { return static_cast<uint64_t>(i); },
+      internal::SyntheticFirstStep(sinks, train_batches), train_batches, options.batch,
+      internal::SyntheticSlotIndex(schedule != nullptr ? *schedule : one_worker, train_batches),
       "warm-up and timed", &batches));
 
   SeqSyntheticRunResult r;
   IPS_RETURN_IF_ERROR(
-      internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences", &r));
+      internal::RunSyntheticSteps(trainer, batches, options, sinks, "sequences", &r, schedule));
   return r;
 }
 

@@ -174,16 +174,17 @@ struct SeqSyntheticRunResult {
   bool stopped = false;  // a stop request ended the run early (after a checkpoint)
 };
 
-// Generates warmup + steps batches (SyntheticBatches::SeqBatchAt(i), i = 0, 1, ...) before
-// timing, runs the warm-up steps, then times the remaining steps (Step only). options.eval_batches
+// Generates the warm-up and timed batches (`schedule`'s for worker 0, null: SeqBatchAt(i) at step
+// i, as RunSyntheticTraining) before timing, runs the warm-up steps, then times the remaining
+// steps (Step only). options.eval_batches
 // is not used: like the peer, the sequence protocol measures throughput only (Zipf sequences have
 // no sequential signal to evaluate). sinks.metrics_out gets a "train" line every log_every_steps
 // steps (warm-up included) and after the last. sinks.checkpoint: periodic checkpoints, stop and
 // resume as RunSyntheticTraining (the losses so far and SASRec's dropout step travel with the
 // checkpoint). Errors: INVALID_ARGUMENT for bad options; the trainer's and the generator's.
-StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(SeqTrainer* trainer,
-                                                        const SyntheticRunOptions& options,
-                                                        const RunSinks& sinks);
+StatusOr<SeqSyntheticRunResult> RunSeqSyntheticTraining(
+    SeqTrainer* trainer, const SyntheticRunOptions& options, const RunSinks& sinks,
+    const SyntheticSchedule* schedule = nullptr);
 
 // The peer's leave-one-out evaluation: every EvalReader list (user x candidates, the held-out
 // item first, every row carrying the user's history) is scored by encoding the history once

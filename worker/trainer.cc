@@ -529,69 +529,58 @@ Status CheckpointTrigger::AfterStep(
   return Status::Ok();
 }
 
-namespace {
-
-// The held-out batches' AUC, logloss and accuracy; abandoned (EvaluationAbandonedError) once
-// *stop is set (may be null).
-StatusOr<BinaryMetricsResult> EvaluateBatches(Trainer* trainer, const std::vector<CtrBatch>& bs,
-                                              const std::atomic<bool>* stop) {
-  BinaryMetrics metrics;
-  std::vector<float> probs;
-  for (const CtrBatch& b : bs) {
-    if (StopSet(stop)) return EvaluationAbandonedError();
-    probs.resize(static_cast<size_t>(b.batch));
-    IPS_RETURN_IF_ERROR(trainer->Predict(ViewOf(b), probs.data()));
-    IPS_RETURN_IF_ERROR(metrics.Add(probs.data(), b.label.data(), nullptr, b.batch));
-  }
-  return metrics.Compute();
-}
-
-}  // namespace
-
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
                                                        const SyntheticRunOptions& options,
-                                                       int64_t num_workers) {
+                                                       const SyntheticSchedule& schedule) {
   if (trainer == nullptr) return InvalidArgumentError("EvaluateSyntheticHeldOut: null trainer");
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
-  // The held-out batches follow the warm-up and timed ones of every worker.
-  if (num_workers < 1)
-    return InvalidArgumentError("EvaluateSyntheticHeldOut: num_workers must be >= 1");
-  const uint64_t first = static_cast<uint64_t>(options.warmup_steps + options.steps) *
-                         static_cast<uint64_t>(num_workers);
+  // The held-out batches follow every batch the run's schedule trained.
+  const uint64_t first = schedule.HeldOutFirst(options.warmup_steps + options.steps);
   std::vector<CtrBatch> bs;
   IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
       0, options.eval_batches, options.batch, [first](int64_t i) { return first + i; },
       "held-out (--eval_batches)", &bs));
-  return EvaluateBatches(trainer, bs, /*stop=*/nullptr);
+  return internal::EvaluateSyntheticBatches(
+      trainer, options.eval_batches,
+      [&](int e) -> StatusOr<const CtrBatch*> { return &bs[static_cast<size_t>(e)]; },
+      /*stop=*/nullptr);
 }
 
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
-                                                  const RunSinks& sinks) {
+                                                  const RunSinks& sinks,
+                                                  const SyntheticSchedule* schedule) {
   if (trainer == nullptr) return InvalidArgumentError("RunSyntheticTraining: null trainer");
   if (options.steps < 1 || options.warmup_steps < 0 || options.eval_batches < 0)
     return InvalidArgumentError(
         "RunSyntheticTraining: steps must be >= 1, warmup_steps and "
         "eval_batches >= 0");
-  // Like the peer, every batch exists before the timer starts.
-  const int train_batches = options.warmup_steps + options.steps;
+  // Like the peer, every batch exists before the timer starts: the training batches from the
+  // resumed step on, then the held-out ones.
+  const int64_t train_batches = options.warmup_steps + options.steps;
+  const SyntheticSchedule one_worker(1);
   IPS_ASSIGN_OR_RETURN(auto gen, SyntheticBatches::Create(options.data));
   std::vector<CtrBatch> batches;
   IPS_RETURN_IF_ERROR(gen->MakeCtrBatches(
-      0, static_cast<int64_t>(train_batches) + options.eval_batches, options.batch,
-      [](int64_t i) { return static_cast<uint64_t>(i); },
+      internal::SyntheticFirstStep(sinks, train_batches), train_batches + options.eval_batches,
+      options.batch,
+      internal::SyntheticSlotIndex(schedule != nullptr ? *schedule : one_worker, train_batches),
       "warm-up, timed and held-out (--eval_batches)", &batches));
 
   SyntheticRunResult r;
-  IPS_RETURN_IF_ERROR(internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples", &r));
+  IPS_RETURN_IF_ERROR(
+      internal::RunSyntheticSteps(trainer, batches, options, sinks, "samples", &r, schedule));
   if (r.stopped) return r;
 
-  std::vector<CtrBatch> held_out(batches.begin() + train_batches, batches.end());
-  batches.clear();
   // The last step's checkpoint is saved (RunSyntheticSteps forces it): a stop during the
   // evaluation ends the run there, as one before it would.
   const std::atomic<bool>* stop = sinks.checkpoint != nullptr ? sinks.checkpoint->stop : nullptr;
-  auto eval = EvaluateBatches(trainer, held_out, stop);
+  auto eval = internal::EvaluateSyntheticBatches(
+      trainer, options.eval_batches,
+      [&](int e) -> StatusOr<const CtrBatch*> {
+        return &batches[static_cast<size_t>(train_batches + e)];
+      },
+      stop);
   if (!eval.ok() && StopSet(stop) && IsEvaluationAbandoned(eval.status())) {
     r.stopped = true;
     return r;

@@ -377,25 +377,31 @@ struct RunSinks {
   std::function<void(int64_t step, double loss)> on_step;  // after every training step
 };
 
-// Generates warmup + steps + eval batches (SyntheticBatches::CtrBatchAt(i), i = 0, 1, ...)
-// before timing, runs the warm-up steps, times the remaining steps (Step only, as the peer times
-// zero_grad..optimizer.step), then evaluates AUC on the held-out batches. sinks.metrics_out gets
-// a "train" line every log_every_steps steps (warm-up included) and after the last, and an "eval"
-// line for the held-out batches. sinks.checkpoint:
-// periodic checkpoints, stop (returns stopped = true without evaluating; a stop during the
-// held-out evaluation abandons it, after the checkpoint of the last step) and resume (batch index
-// = restored step; the losses so far are restored, so first10/last10 equal an uninterrupted
-// run's). Errors: the trainer's and the generator's.
+// Generates the warm-up, timed and eval batches before timing, runs the warm-up steps, times the
+// remaining steps (Step only, as the peer times zero_grad..optimizer.step), then evaluates AUC on
+// the held-out batches. Which batch of the stream each step trains is `schedule`'s for worker 0
+// (this process) at that step, the held-out ones following from schedule->HeldOutFirst; null: the
+// single-process stream (batch i at step i, SyntheticSchedule(1)). sinks.metrics_out gets a
+// "train" line every log_every_steps steps (warm-up included) and after the last, and an "eval"
+// line for the held-out batches. sinks.checkpoint: periodic checkpoints (recording the schedule),
+// stop (returns stopped = true without evaluating; a stop during the held-out evaluation abandons
+// it, after the checkpoint of the last step) and resume (from the restored step, whose batches on
+// are made; the losses so far are restored, so first10/last10 equal an uninterrupted run's). A
+// resumed checkpoint must continue with `schedule`: `ips train` passes the checkpoint's schedule
+// continued with one worker (SyntheticSchedule::ContinuedAt); with a null one, a checkpoint
+// another number of workers trained is refused (internal::RunSyntheticSteps). Errors: the
+// trainer's and the generator's.
 StatusOr<SyntheticRunResult> RunSyntheticTraining(Trainer* trainer,
                                                   const SyntheticRunOptions& options,
-                                                  const RunSinks& sinks);
+                                                  const RunSinks& sinks,
+                                                  const SyntheticSchedule* schedule = nullptr);
 
-// The protocol's held-out evaluation alone: the eval_batches batches of the stream after the
-// training batches of num_workers workers (W x (warmup + steps) of them), Predict,
-// AUC/GAUC/logloss (`ips eval` of a synthetic checkpoint, trained in one process or by W workers).
+// The protocol's held-out evaluation alone: the eval_batches batches of the stream after every
+// batch `schedule` trained (schedule.HeldOutFirst(warmup + steps) on), Predict, AUC/GAUC/logloss
+// (`ips eval` of a synthetic checkpoint, trained in one process or by W workers).
 StatusOr<BinaryMetricsResult> EvaluateSyntheticHeldOut(Trainer* trainer,
                                                        const SyntheticRunOptions& options,
-                                                       int64_t num_workers = 1);
+                                                       const SyntheticSchedule& schedule);
 
 // ---- Training on a converted dataset ----------------------------------------------------------
 

@@ -241,6 +241,29 @@ Status RestoreDropoutStep(const std::map<std::string, std::string>& blobs, Model
   return Status::Ok();
 }
 
+// The step a synthetic run starts at: its resumed checkpoint's run/synthetic_step (clamped to
+// [0, train_steps]; RunSyntheticSteps reports a blob that does not fit), 0 for a fresh run. The
+// batches of the steps before it are not made.
+inline int64_t SyntheticFirstStep(const RunSinks& sinks, int64_t train_steps) {
+  const RunCheckpointing* ckpt = sinks.checkpoint;
+  if (ckpt == nullptr || ckpt->resume == nullptr) return 0;
+  std::vector<int64_t> st;
+  if (!UnpackBlob(*ckpt->resume, "run/synthetic_step", 1, &st).ok()) return 0;
+  return std::clamp<int64_t>(st[0], 0, train_steps);
+}
+
+// Which batch of the stream slot i of a synthetic run's batches holds: for i < train_steps the
+// one `schedule` gives worker 0 (this process) at step i, after them the held-out batches from
+// schedule.HeldOutFirst(train_steps) on.
+inline std::function<uint64_t(int64_t)> SyntheticSlotIndex(const SyntheticSchedule& schedule,
+                                                           int64_t train_steps) {
+  const uint64_t held_out = schedule.HeldOutFirst(train_steps);
+  return [&schedule, train_steps, held_out](int64_t i) {
+    return i < train_steps ? schedule.BatchIndex(i, 0)
+                           : held_out + static_cast<uint64_t>(i - train_steps);
+  };
+}
+
 // The training part of the peer's synthetic protocol for either trainer: resume from the
 // checkpoint's run blobs, the untimed warm-up steps, then the timed steps (Step only inside the
 // timer; progress line in `unit`s; a train line (TrainMetricsLine) whenever the trainer's step
