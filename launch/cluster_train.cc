@@ -441,9 +441,11 @@ int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags
   // rank 0 would have.
   SetResultLineRank(/*worker 0's rank=*/cluster->layout().num_ps, cluster->rank());
   if (!job.ok()) cluster->Abort(job.status());
-  // --resume of a checkpoint beyond this run (CheckResumeFitsRun) is refused by every rank before
-  // anything loads: the servers would otherwise load their shards of it while the workers refuse.
-  if (data_status.ok() && !flags.resume.empty())
+  // --resume of a checkpoint beyond this run (CheckResumeFitsRun) is refused before anything
+  // loads, through the agreement below: the servers would otherwise load their shards of it while
+  // the workers refuse. Worker 0 alone checks it (for a root that validates the whole checkpoint,
+  // a read of every file that other ranks need not repeat); it prints the job's RESULT line.
+  if (data_status.ok() && !flags.resume.empty() && cluster->rank() == cluster->layout().num_ps)
     data_status = CheckResumePathFitsRun(config, flags.resume);
   if (!job->synthetic || !flags.resume.empty()) {
     // The ranks agree before anything starts: a bad directory (or one missing on some host) or a

@@ -27,7 +27,8 @@
 // servers resumes on any number of servers), the workers load the dense state and continue at
 // the saved step with the same batches. A checkpoint of a single-process run resumes here and
 // a cluster checkpoint resumes single-process (`ips train --resume`) or exports (`ips export`).
-// Every rank first refuses a checkpoint beyond the run (CheckResumeFitsRun), before any loads.
+// A checkpoint beyond the run (CheckResumeFitsRun, checked by worker 0) is refused on every rank
+// before any loads.
 // Synthetic data continues the checkpoint's batch schedule (worker/synthetic_batches.h
 // SyntheticSchedule, recorded in every checkpoint): with another number of workers (or after a
 // single process) the stream goes on after every batch trained before, never repeating one.
@@ -106,10 +107,11 @@ struct ClusterTrainFlags {
 // another rank ends with MPI_Abort). A run stopped by SIGTERM
 // returns 3 on the workers (kExitStopped, launch/commands.h) after its checkpoint, and worker 0
 // prints `RESULT train_cluster ... status=stopped step=N checkpoint=DIR/ckpt-N`. A bad
-// data.train_dir, or a --resume checkpoint beyond the run (CheckResumePathFitsRun), returns 1 on
-// every rank before anything loads or trains (the ranks agree first), each rank printing the
-// error. Worker 0's stop message says how to continue (ContinueAdvice: with --set checkpoint.dir
-// when the config file does not set it); a --resume without checkpoint.dir is warned about.
+// data.train_dir, or a --resume checkpoint beyond the run (CheckResumePathFitsRun, on worker 0),
+// returns 1 on every rank before anything loads or trains (the ranks agree first), each rank
+// printing its error or that another rank failed. Worker 0's stop message says how to continue
+// (ContinueAdvice: with --set checkpoint.dir when the config file does not set it); a --resume
+// without checkpoint.dir is warned about.
 int RunClusterTrain(const config::Config& config, const ClusterTrainFlags& flags);
 
 // The world size mpirun announced to this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE or
