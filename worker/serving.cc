@@ -1429,10 +1429,10 @@ class RequestParser {
                  (got.empty() ? std::string() : ", got " + got));
     };
     if (pos_ >= s_.size() || s_[pos_] < '0' || s_[pos_] > '9') return not_expected();
-    if (s_[pos_] == '0' && pos_ + 1 < s_.size() && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9') {
+    if (HasLeadingZero(std::string_view(s_).substr(pos_))) {
       pos_ = begin;
       return Err("field \"" + field + "\": expected " + expected + ", got " + Token() +
-                 " (a JSON number has no leading zeros)");
+                 kLeadingZeroNote);
     }
     uint64_t x = 0;
     while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
@@ -1525,13 +1525,16 @@ class RequestParser {
       return Status::Ok();
     }
     if (word.empty()) return Err("expected a value");
-    // "01", "-007": RFC 8259 numbers have no leading zeros (clients' parsers refuse them).
-    const size_t digit = word[0] == '-' ? 1 : 0;
-    const bool leading_zero = word.size() > digit + 1 && word[digit] == '0' &&
-                              std::isdigit(static_cast<unsigned char>(word[digit + 1]));
     return Err("expected a value (a string, number, true, false, null, array or object), got " +
-               Token() + (leading_zero ? " (a JSON number has no leading zeros)" : ""));
+               Token() + (HasLeadingZero(word) ? kLeadingZeroNote : ""));
   }
+  // "01", "-007" (at the start of w): RFC 8259 numbers have no leading zeros, and clients'
+  // parsers refuse them.
+  static bool HasLeadingZero(std::string_view w) {
+    const size_t digit = !w.empty() && w[0] == '-' ? 1 : 0;
+    return w.size() > digit + 1 && w[digit] == '0' && w[digit + 1] >= '0' && w[digit + 1] <= '9';
+  }
+  static constexpr const char* kLeadingZeroNote = " (a JSON number has no leading zeros)";
   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
   static bool IsJsonNumber(const std::string& w) {
     size_t i = 0;
