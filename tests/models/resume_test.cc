@@ -110,6 +110,18 @@ std::string MakeDataset(const std::string& root) {
   return testing_util::MakePlantedGroupsDataset(root, 10);
 }
 
+// MakeDataset's input (root/in.txt) converted again into root/ds2 with 2 shards: the same
+// examples, another layout (the order of an epoch runs over every shard's rows in turn).
+void ConvertInTwoShards(const std::string& root) {
+  ConvertOptions two;
+  two.format = "seqrec";
+  two.input = root + "/in.txt";
+  two.output = root + "/ds2";
+  two.max_history = 10;
+  two.shards = 2;
+  ASSERT_OK(ConvertDataset(two).status());
+}
+
 // One single-process run as `ips train` does it, in fresh objects: stop_after > 0 raises the stop
 // flag after that step (SIGTERM's path); `resume` restores a checkpoint first.
 struct RunOutcome {
@@ -482,13 +494,7 @@ TEST(Resume, KilledBetweenPublishAndLatest_ResumeDirContinuesTheNewestBitwise) {
 TEST(Resume, MidEpochChangesOfSeedShuffleBatchSizeOrShardsAreRefused) {
   const std::string root = TempRoot("order");
   const std::string ds = MakeDataset(root);
-  ConvertOptions two;
-  two.format = "seqrec";
-  two.input = root + "/in.txt";
-  two.output = root + "/ds2";
-  two.max_history = 10;
-  two.shards = 2;
-  ASSERT_OK(ConvertDataset(two).status());
+  ASSERT_NO_FATAL_FAILURE(ConvertInTwoShards(root));
   const RunOutcome first = RunJob(kDinConfig, ds, root + "/part", "", 17);
   ASSERT_TRUE(first.stopped);
   const std::string ck = root + "/part/ckpt-17";
@@ -1240,13 +1246,7 @@ TEST(ResumeCli, ResumeDirAfterAKillBetweenPublishAndLatestContinuesTheNewest) {
 TEST(ResumeCli, MidEpochResumeWithAnotherSeedBatchSizeOrShardsIsRefused) {
   const std::string root = TempRoot("cli_order");
   const std::string ds = MakeDataset(root);
-  ConvertOptions two;
-  two.format = "seqrec";
-  two.input = root + "/in.txt";
-  two.output = root + "/ds2";
-  two.max_history = 10;
-  two.shards = 2;
-  ASSERT_OK(ConvertDataset(two).status());
+  ASSERT_NO_FATAL_FAILURE(ConvertInTwoShards(root));
   WriteConfig(root + "/din.pbtxt", kDinConfig);
   const std::string config = " --config " + root + "/din.pbtxt --set data.train_dir=";
   Cmd train = Exec("train --quiet" + config + ds + " --set train.max_steps=17 " +
